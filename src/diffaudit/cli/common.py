@@ -1,0 +1,65 @@
+"""Flags every command shares (DESIGN: conventions) and output helpers.
+
+``--data`` a dataset; ``--samples`` generations; ``--model`` a run or diffusers directory;
+``--membership`` a membership-matrix file; ``--out``; ``--seed``; ``--device``; plus ``--fresh``,
+``--quiet`` and ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+
+def add_data_args(p: argparse.ArgumentParser, *, required: bool = False, default: str | None = "digits") -> None:
+    """``--data`` and the loader options (resize, crop, subset, mode, skip-bad, cifar root)."""
+    g = p.add_argument_group("dataset")
+    g.add_argument("--data", required=required, default=None if required else default,
+                   help="dataset: built-in name (digits, cifar10, cifar10-test), image folder, "
+                        "WebDataset shards as a brace pattern, .npz with uint8 `images`, or a sample store"
+                        + ("" if required else f" (default: {default})"))
+    g.add_argument("--image-size", type=int, default=None, help="resize to this square size (pixels)")
+    g.add_argument("--center-crop", type=int, default=None, help="centre-crop to this square size first")
+    g.add_argument("--subset", type=int, default=None, help="use a seeded random subset of N examples")
+    g.add_argument("--subset-seed", type=int, default=0, help="seed of --subset (default 0)")
+    g.add_argument("--mode", choices=["L", "RGB"], default=None, help="convert to grayscale (L) or RGB")
+    g.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted and reported) instead of failing")
+    g.add_argument("--cifar-root", default=None, help="folder of the CIFAR-10 shards (default: $DIFFAUDIT_CIFAR10 or ../shared/data/cifar10)")
+
+
+def data_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The loader keyword arguments from ``add_data_args`` flags (recorded in settings)."""
+    return {
+        "image_size": args.image_size,
+        "center_crop": args.center_crop,
+        "subset": args.subset,
+        "subset_seed": args.subset_seed,
+        "mode": args.mode,
+        "skip_bad": args.skip_bad,
+        "cifar_root": args.cifar_root,
+    }
+
+
+def add_run_args(p: argparse.ArgumentParser, *, out_required: bool = True) -> None:
+    """``--out --seed --device --fresh`` (``--quiet --json`` are global)."""
+    p.add_argument("--out", required=out_required, help="output folder (resumed automatically when it holds finished work)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    p.add_argument("--fresh", action="store_true", help="delete what --out holds and start over")
+
+
+def emit(args: argparse.Namespace, result: dict[str, Any], human: str) -> None:
+    """Print the result: JSON on stdout with ``--json``, else the human line."""
+    if getattr(args, "json", False):
+        json.dump(result, sys.stdout, indent=2, default=str, allow_nan=False)
+        sys.stdout.write("\n")
+    elif not getattr(args, "quiet", False):
+        print(human)
+
+
+def set_quiet(quiet: bool) -> None:
+    if quiet:
+        os.environ["DIFFAUDIT_QUIET"] = "1"

@@ -1,0 +1,69 @@
+"""``diffaudit`` command line: a thin layer over the library.
+
+Each command lives in its own module ``diffaudit.cli.<name>`` exposing ``NAME``, ``HELP``,
+``add_arguments(parser)`` and ``run(args) -> int``; they are listed in :data:`COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from diffaudit import __version__
+from diffaudit.cli.common import set_quiet
+from diffaudit.core.errors import DiffauditError
+
+# Order shown in --help: the audit first, then the pipeline's stages.
+COMMANDS = [
+    "audit", "train", "sample", "export", "extract", "verify", "shadows", "mia", "inpaint",
+    "dedup", "prompts", "canaries", "compare", "report", "membership",
+]
+
+
+def _available_commands():
+    for name in COMMANDS:
+        try:
+            yield importlib.import_module(f"diffaudit.cli.{name.replace('-', '_')}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"diffaudit.cli.{name.replace('-', '_')}":
+                raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diffaudit",
+        description="Audit image diffusion models for memorized training data: does the model emit "
+                    "its training images, which ones, and how sure are we? (Carlini et al. 2023)",
+    )
+    parser.add_argument("--version", action="version", version=f"diffaudit {__version__}")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or stage lines")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod in _available_commands():
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    set_quiet(args.quiet or args.json)
+    try:
+        return int(args._run(args) or 0)
+    except DiffauditError as exc:
+        print(f"diffaudit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"diffaudit {args.command}: interrupted; finished work is kept, re-run to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

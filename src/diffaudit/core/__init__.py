@@ -1,0 +1,1 @@
+"""Shared plumbing every layer may import: seeds, atomic files, result envelopes, errors."""

@@ -1,0 +1,118 @@
+"""Atomic file writes and safe reads.
+
+A file is written to a temporary name in the same folder, flushed, fsynced and renamed over its
+final name, so a reader never sees a partial file: either the old content, the new one, or none.
+Storage errors (disk full, read-only) surface as :class:`DiffauditError` naming the path.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from diffaudit.core.errors import DiffauditError
+from diffaudit.core.faults import check_storage
+
+
+def _storage_error(path: Path, exc: OSError) -> DiffauditError:
+    return DiffauditError(
+        f"could not write {path}: {exc.strerror or exc}. Free space or choose a writable --out; "
+        "finished work is kept and a re-run continues from it."
+    )
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
+    """Write ``path`` atomically through ``write(fileobj)``; returns the final path."""
+    path = Path(path)
+    tmp = None
+    try:
+        check_storage(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        raise _storage_error(path, exc) from exc
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def dumps_json(obj: Any) -> str:
+    """JSON text; NaN and infinities are refused (results never carry them)."""
+    return json.dumps(obj, indent=2, sort_keys=False, default=_json_default, allow_nan=False)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    return write_bytes_atomic(path, (dumps_json(obj) + "\n").encode("utf-8"))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DiffauditError(f"{path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DiffauditError(f"{path} is not valid JSON: {exc}") from None
+
+
+def save_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """Save one array as ``.npy`` (never pickled: object arrays are refused)."""
+    if array.dtype == object:
+        raise TypeError("object arrays are not stored (they would need pickle)")
+    return atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
+
+
+def save_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
+    for k, a in arrays.items():
+        if np.asarray(a).dtype == object:
+            raise TypeError(f"array {k!r} is an object array (would need pickle)")
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def load_npy(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
+    """Load ``.npy`` without pickle; memory-mapped on request."""
+    try:
+        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except ValueError as exc:
+        raise DiffauditError(f"{path}: {exc} (pickled arrays are refused)") from None
+
+
+def make_private_dir(path: str | os.PathLike) -> Path:
+    """Create ``path`` (and parents) owner-only (0o700): outputs may hold training images."""
+    path = Path(path)
+    try:
+        check_storage(path)
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(path, 0o700)
+    except OSError as exc:
+        raise _storage_error(path, exc) from exc
+    return path

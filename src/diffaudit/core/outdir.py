@@ -1,0 +1,65 @@
+"""Output folders with automatic resume (DESIGN: conventions).
+
+A command writes ``settings.json`` into its ``--out`` folder before any work. Pointed at a folder
+that already holds settings, it resumes when they are equal and stops with an error naming the first
+setting that differs otherwise; ``fresh=True`` (``--fresh``) empties the folder first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from diffaudit.core.errors import SettingsMismatchError
+from diffaudit.core.io import make_private_dir, read_json, write_json_atomic
+
+SETTINGS_FILE = "settings.json"
+
+
+def _normalise(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def diff_settings(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Names (dotted) of the settings that differ between ``old`` and ``new``."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += diff_settings(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} (was {a!r}, now {b!r})")
+    return out
+
+
+def prepare_out_dir(out: str | os.PathLike, command: str, settings: dict[str, Any], *, fresh: bool = False) -> tuple[Path, bool]:
+    """Create or reopen ``out`` for ``command`` with ``settings``.
+
+    Returns ``(path, resumed)``; ``resumed`` is True when the folder held the same settings.
+    Raises :class:`SettingsMismatchError` when it holds different ones.
+    """
+    path = Path(out)
+    if fresh and path.exists():
+        shutil.rmtree(path)
+    make_private_dir(path)
+    record = {"command": command, "settings": _normalise(settings)}
+    sfile = path / SETTINGS_FILE
+    if sfile.exists():
+        old = read_json(sfile)
+        if old.get("command") != command:
+            raise SettingsMismatchError(
+                f"{path} holds the output of `diffaudit {old.get('command')}`, not `{command}`; "
+                "choose another --out or pass --fresh to start over"
+            )
+        diffs = diff_settings(old.get("settings", {}), record["settings"])
+        if diffs:
+            raise SettingsMismatchError(
+                f"{path} holds work made with other settings: {'; '.join(diffs[:5])}. "
+                "Use the same settings to resume, another --out, or --fresh to start over."
+            )
+        return path, True
+    write_json_atomic(sfile, record)
+    return path, False

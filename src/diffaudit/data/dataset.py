@@ -1,0 +1,100 @@
+"""The in-memory dataset every command consumes.
+
+An :class:`ImageDataset` holds uint8 pixels (N, H, W, C), C in {1, 3}, one stable string id per
+example (its WebDataset key, its file path relative to the dataset root, or ``npz:<index>``), and
+optional labels and captions. An example's integer index is its position in the dataset as loaded
+(loading is deterministic for the same spec and options).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from diffaudit.core.errors import DiffauditError
+
+
+@dataclass
+class ImageDataset:
+    """Images with stable ids.
+
+    Attributes:
+        images: uint8 array (N, H, W, C), C = 1 (grayscale) or 3 (RGB).
+        keys: N stable ids (strings).
+        labels: int64 array (N,) or None.
+        captions: N strings or None.
+        source: the spec it was loaded from (for results and error messages).
+        skipped: (name, reason) of every input skipped with ``skip_bad`` (never a silent drop).
+    """
+
+    images: np.ndarray
+    keys: list[str]
+    labels: np.ndarray | None = None
+    captions: list[str] | None = None
+    source: str = ""
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check shapes and types; raises :class:`DiffauditError` naming the offending field."""
+        im = self.images
+        if not isinstance(im, np.ndarray) or im.dtype != np.uint8 or im.ndim != 4 or im.shape[-1] not in (1, 3):
+            raise DiffauditError(
+                f"{self.source or 'dataset'}: images must be a uint8 array (N, H, W, C) with C in (1, 3); "
+                f"got {getattr(im, 'dtype', type(im))} {getattr(im, 'shape', '')}"
+            )
+        n = len(im)
+        if len(self.keys) != n:
+            raise DiffauditError(f"{self.source}: {len(self.keys)} keys for {n} images")
+        if len(set(self.keys)) != n:
+            raise DiffauditError(f"{self.source}: keys are not unique")
+        if self.labels is not None and len(self.labels) != n:
+            raise DiffauditError(f"{self.source}: {len(self.labels)} labels for {n} images")
+        if self.captions is not None and len(self.captions) != n:
+            raise DiffauditError(f"{self.source}: {len(self.captions)} captions for {n} images")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C)."""
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def subset(self, indices) -> "ImageDataset":
+        """The examples at ``indices`` (positions), in that order, keeping their keys."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return ImageDataset(
+            images=self.images[idx],
+            keys=[self.keys[i] for i in idx],
+            labels=None if self.labels is None else self.labels[idx],
+            captions=None if self.captions is None else [self.captions[i] for i in idx],
+            source=self.source,
+            skipped=list(self.skipped),
+        )
+
+    def index_of(self) -> dict[str, int]:
+        """Map key -> index."""
+        return {k: i for i, k in enumerate(self.keys)}
+
+
+def to_model_space(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> float32 (N, C, H, W) in [-1, 1] (the models' pixel range)."""
+    t = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
+    return t.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def to_unit(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> float32 (N, C, H, W) in [0, 1] (the distances' pixel range)."""
+    t = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
+    return t.permute(0, 3, 1, 2).float().div(255.0)
+
+
+def from_model_space(x: torch.Tensor) -> np.ndarray:
+    """float (N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C), rounded, clipped."""
+    y = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return y.permute(0, 2, 3, 1).cpu().numpy()
