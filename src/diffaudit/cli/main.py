@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from diffaudit import __version__
@@ -44,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         mod.add_arguments(p)
+        out = p.add_argument_group("output")
+        out.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars or stage lines")
+        out.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the result as JSON on stdout")
         p.set_defaults(_run=mod.run)
     return parser
 
@@ -54,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    previous = os.environ.get("DIFFAUDIT_QUIET")
     set_quiet(args.quiet or args.json)
     try:
         return int(args._run(args) or 0)
@@ -63,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"diffaudit {args.command}: interrupted; finished work is kept, re-run to continue", file=sys.stderr)
         return 130
+    finally:
+        if previous is None:
+            os.environ.pop("DIFFAUDIT_QUIET", None)
+        else:
+            os.environ["DIFFAUDIT_QUIET"] = previous
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -27,6 +27,7 @@ class ImageDataset:
         captions: N strings or None.
         source: the spec it was loaded from (for results and error messages).
         skipped: (name, reason) of every input skipped with ``skip_bad`` (never a silent drop).
+        class_names: names of the label values (``class_names[label]``), or None when unknown.
     """
 
     images: np.ndarray
@@ -35,6 +36,7 @@ class ImageDataset:
     captions: list[str] | None = None
     source: str = ""
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    class_names: list[str] | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -75,6 +77,7 @@ class ImageDataset:
             captions=None if self.captions is None else [self.captions[i] for i in idx],
             source=self.source,
             skipped=list(self.skipped),
+            class_names=None if self.class_names is None else list(self.class_names),
         )
 
     def index_of(self) -> dict[str, int]:

@@ -1,0 +1,158 @@
+"""Generate-and-filter for conditional models (paper §4.2.1, steps 3-4).
+
+For each prompt's generations: the tiled-ℓ2 near-duplicate graph, its maximum clique, a flag when
+the clique has ≥ ``min_clique`` members (10 in the paper), the clique's medoid (its representative)
+and its mean internal distance (flagged prompts are ranked by it, tightest first).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from diffaudit.attacks.extraction.cliques import DEFAULT_MAX_EXPANSIONS, max_clique
+from diffaudit.attacks.extraction.graph import (
+    DEFAULT_EDGE_THRESHOLD,
+    DEFAULT_MIN_CLIQUE,
+    check_threshold,
+    mean_internal_distance,
+    medoid,
+    near_duplicate_graph,
+)
+from diffaudit.core.errors import DiffauditError
+from diffaudit.distances.pixel import DEFAULT_GRID
+
+
+@dataclass
+class FilterSettings:
+    """Thresholds of the filter (paper defaults). ``edge_threshold`` in (0, 1]; ``min_clique`` ≥ 2."""
+
+    edge_threshold: float = DEFAULT_EDGE_THRESHOLD
+    min_clique: int = DEFAULT_MIN_CLIQUE
+    grid: int = DEFAULT_GRID
+    max_expansions: int = DEFAULT_MAX_EXPANSIONS
+
+    def validate(self) -> "FilterSettings":
+        check_threshold(self.edge_threshold, "--edge-threshold")
+        if int(self.min_clique) < 2:
+            raise DiffauditError(f"--min-clique must be at least 2 (a clique of one is every image), got {self.min_clique}")
+        if int(self.grid) < 1:
+            raise DiffauditError(f"--grid must be at least 1, got {self.grid}")
+        if int(self.max_expansions) < 1:
+            raise DiffauditError(f"--max-expansions must be at least 1, got {self.max_expansions}")
+        return self
+
+
+@dataclass
+class PromptResult:
+    """One prompt's verdict (issue 3 result fields).
+
+    Attributes:
+        prompt: the caption; prompt_index: its order of first appearance in the samples;
+        n_generations: generations of the prompt; largest_clique: size of the maximum clique;
+        members: sample ids of the clique; medoid: sample id of its medoid (None without generations);
+        mean_distance: mean tiled ℓ2 inside the clique, in [0, 1] (smaller = tighter = more likely
+        memorized); flagged: largest_clique ≥ min_clique; bound_hit: the clique search hit its
+        expansion bound; rank: 1-based rank among flagged prompts (None when not flagged).
+    """
+
+    prompt: str
+    prompt_index: int
+    n_generations: int
+    largest_clique: int
+    members: list[str]
+    medoid: str | None
+    mean_distance: float
+    flagged: bool
+    bound_hit: bool
+    rank: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def filter_prompt(
+    images: Any,
+    ids: Sequence[str],
+    prompt: str,
+    *,
+    settings: FilterSettings | None = None,
+    prompt_index: int = 0,
+    device: Any = None,
+    compute: str = "auto",
+    distances_out: list | None = None,
+) -> PromptResult:
+    """Filter one prompt's generations ``images`` (n, H, W, C) uint8 with sample ids ``ids``.
+
+    Paper §4.2.1: graph (tiled ℓ2 ≤ edge threshold), maximum clique, flag, medoid.
+    ``distances_out``, when a list, receives the (n, n) tiled-ℓ2 matrix (for calibration).
+    """
+    s = (settings or FilterSettings()).validate()
+    n = len(ids)
+    if n == 0:
+        return PromptResult(prompt, prompt_index, 0, 0, [], None, 0.0, False, False)
+    g = near_duplicate_graph(images, threshold=s.edge_threshold, grid=s.grid, device=device, compute=compute)
+    if distances_out is not None:
+        distances_out.append(g.distances)
+    cq = max_clique(g.adjacency, max_expansions=s.max_expansions)
+    members = cq.members
+    med = medoid(members, g.distances)
+    return PromptResult(
+        prompt=prompt,
+        prompt_index=prompt_index,
+        n_generations=n,
+        largest_clique=cq.size,
+        members=[ids[i] for i in members],
+        medoid=ids[med],
+        mean_distance=mean_internal_distance(members, g.distances),
+        flagged=cq.size >= s.min_clique,
+        bound_hit=cq.bound_hit,
+    )
+
+
+def group_by_prompt(captions: Sequence[str]) -> list[tuple[str, np.ndarray]]:
+    """(prompt, indices) for every distinct caption, in order of first appearance."""
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(captions):
+        groups.setdefault(c, []).append(i)
+    return [(p, np.asarray(ix, dtype=np.int64)) for p, ix in groups.items()]
+
+
+def rank_prompts(results: list[PromptResult]) -> list[PromptResult]:
+    """Flagged first, ranked by mean internal distance (tightest first; ties: larger clique, then
+    prompt order), then the rest by clique size (descending) and prompt order. Sets ``rank``."""
+    flagged = sorted((r for r in results if r.flagged), key=lambda r: (r.mean_distance, -r.largest_clique, r.prompt_index))
+    rest = sorted((r for r in results if not r.flagged), key=lambda r: (-r.largest_clique, r.mean_distance, r.prompt_index))
+    for i, r in enumerate(flagged, 1):
+        r.rank = i
+    for r in rest:
+        r.rank = None
+    return flagged + rest
+
+
+def filter_conditional(
+    images: np.ndarray,
+    ids: Sequence[str],
+    captions: Sequence[str],
+    *,
+    settings: FilterSettings | None = None,
+    device: Any = None,
+    compute: str = "auto",
+    progress: Callable[[int], None] | None = None,
+) -> list[PromptResult]:
+    """Filter every prompt of a conditional sample set; returns ranked :class:`PromptResult` s.
+
+    images: uint8 (N, H, W, C); ids, captions: N strings (the generation ids and their prompts).
+    """
+    if len(ids) != len(images) or len(captions) != len(images):
+        raise DiffauditError(f"{len(images)} images, {len(ids)} ids and {len(captions)} prompts: counts differ")
+    s = (settings or FilterSettings()).validate()
+    out = []
+    for pi, (prompt, idx) in enumerate(group_by_prompt(captions)):
+        out.append(filter_prompt(images[idx], [ids[i] for i in idx], prompt, settings=s, prompt_index=pi,
+                                 device=device, compute=compute))
+        if progress is not None:
+            progress(1)
+    return rank_prompts(out)

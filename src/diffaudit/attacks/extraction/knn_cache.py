@@ -1,0 +1,71 @@
+"""Resumable nearest-neighbour search: one atomic ``.npz`` per chunk of queries.
+
+A command that is killed keeps every finished chunk; a re-run loads them and computes only the rest.
+Chunk files are named by their query range, so a partial file is never read as complete (atomic
+rename) and chunks computed on another device are reused (the search is exact, hence identical).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from diffaudit.core.errors import DiffauditError
+from diffaudit.core.faults import fault_point
+from diffaudit.core.io import save_npz_atomic
+from diffaudit.distances.knn import KnnResult, knn_search
+
+#: Queries per cached chunk.
+DEFAULT_CHUNK = 16384
+
+
+def _load_chunk(path: Path, n: int, k: int) -> KnnResult | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            idx, sq, dist, dim = z["indices"], z["sq"], z["distances"], int(z["dim"])
+    except (OSError, ValueError, KeyError):
+        return None  # unreadable: recompute (atomic writes make this a foreign file, not ours)
+    if idx.shape != (n, k) or sq.shape != (n, k):
+        return None
+    return KnnResult(dist, idx, sq, dim)
+
+
+def cached_knn(
+    queries: Any,
+    reference: Any,
+    k: int,
+    cache_dir: str | Path | None,
+    *,
+    chunk: int = DEFAULT_CHUNK,
+    exclude_self: bool = False,
+    fault_name: str = "knn-chunk",
+    progress: Callable[[int], None] | None = None,
+    **knn_kwargs: Any,
+) -> KnnResult:
+    """:func:`~diffaudit.distances.knn.knn_search` of ``queries`` (a random-access uint8 array
+    (N, ...)) in chunks of ``chunk`` rows, each saved to ``cache_dir/knn-<lo>-<hi>.npz``."""
+    n = len(queries)
+    if n == 0:
+        raise DiffauditError("no queries: the sample set is empty")
+    parts: list[KnnResult] = []
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        path = None if cache_dir is None else Path(cache_dir) / f"knn-{lo:010d}-{hi:010d}.npz"
+        res = _load_chunk(path, hi - lo, k) if path is not None and path.exists() else None
+        if res is None:
+            res = knn_search(queries[lo:hi], reference, k, exclude_self=exclude_self, query_offset=lo, **knn_kwargs)
+            if path is not None:
+                save_npz_atomic(path, indices=res.indices, sq=res.sq, distances=res.distances, dim=np.int64(res.dim))
+                fault_point(fault_name)
+        if progress is not None:
+            progress(hi - lo)
+        parts.append(res)
+    return KnnResult(
+        np.concatenate([p.distances for p in parts]),
+        np.concatenate([p.indices for p in parts]),
+        np.concatenate([p.sq for p in parts]),
+        parts[0].dim,
+        sum(p.fallback_rows for p in parts),
+    )

@@ -1,0 +1,145 @@
+"""Per-model loss arrays cached on disk, so a re-run (or another attack) never recomputes them.
+
+Layout: ``<cache>/<name>-<model digest>-<data digest>/t<t>-d<draws>-f<flips>-s<noise seed>-<precision>.npy``,
+one float64 (N, Q) array per timestep, Q = draws × (2 if flips else 1), query q = draw·n_flip + flip
+(the order of :func:`diffaudit.models.loss.per_example_loss`). The folder name carries digests of
+the model's weights and of the dataset (pixels, keys, labels), so a retrained model or another
+dataset never reads stale losses. A cached array with more draws than needed is reused: its first
+queries are exactly the fewer-draw queries (ε of (example, draw) does not depend on the draw count).
+Files are written atomically: a killed run leaves whole arrays or none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from diffaudit.core.errors import DiffauditError
+from diffaudit.core.faults import fault_point
+from diffaudit.core.io import load_npy, save_npy_atomic
+from diffaudit.core.progress import Timer, stage_line
+from diffaudit.data.dataset import ImageDataset
+from diffaudit.models.denoiser import load_denoiser
+from diffaudit.models.loss import per_example_loss
+
+PRECISIONS = ("fp32", "bf16")
+_NAME = re.compile(r"^t(\d+)-d(\d+)-f([01])-s(-?\d+)-(fp32|bf16)\.npy$")
+
+
+def _hash_file(h, path: Path) -> None:
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+
+
+def model_digest(run_dir: str | Path) -> str:
+    """SHA-256 (16 hex) of a model folder's weights (``*.safetensors``) and configs (``*.json``)."""
+    root = Path(run_dir)
+    unet = root / "unet" if (root / "unet").is_dir() else root
+    files = sorted(unet.glob("*.safetensors")) + sorted(unet.glob("*.json"))
+    sched = root / "scheduler" / "scheduler_config.json"
+    if sched.exists():
+        files.append(sched)
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.name.encode())
+        _hash_file(h, p)
+    return h.hexdigest()[:16]
+
+
+def dataset_digest(dataset: ImageDataset) -> str:
+    """SHA-256 (16 hex) of a dataset's pixels, keys and labels."""
+    h = hashlib.sha256()
+    h.update(str(dataset.images.shape).encode())
+    h.update(np.ascontiguousarray(dataset.images).tobytes())
+    h.update("\x00".join(dataset.keys).encode("utf-8"))
+    if dataset.labels is not None:
+        h.update(np.asarray(dataset.labels, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _file_name(t: int, draws: int, flips: bool, noise_seed: int, precision: str) -> str:
+    return f"t{int(t):04d}-d{int(draws):03d}-f{int(bool(flips))}-s{int(noise_seed)}-{precision}.npy"
+
+
+def _find(folder: Path, t: int, draws: int, flips: bool, noise_seed: int, precision: str, n: int) -> np.ndarray | None:
+    """A cached (N, Q) array for ``t`` with at least ``draws`` draws, sliced to ``draws``; None if absent."""
+    if not folder.is_dir():
+        return None
+    n_flip = 2 if flips else 1
+    best = None
+    for p in folder.glob("t*.npy"):
+        m = _NAME.match(p.name)
+        if not m:
+            continue
+        pt, pd, pf, ps, pp = int(m[1]), int(m[2]), m[3] == "1", int(m[4]), m[5]
+        if (pt, pf, ps, pp) == (int(t), bool(flips), int(noise_seed), precision) and pd >= draws:
+            if best is None or pd < best[0]:
+                best = (pd, p)
+    if best is None:
+        return None
+    arr = load_npy(best[1])
+    if arr.ndim != 2 or arr.shape[0] != n or arr.shape[1] != best[0] * n_flip or not np.isfinite(arr).all():
+        return None  # not what its name says: recompute (and overwrite with the right array)
+    return np.array(arr[:, : draws * n_flip])
+
+
+def cached_model_losses(
+    run_dir: str | Path,
+    dataset: ImageDataset,
+    *,
+    timesteps: Sequence[int],
+    n_draws: int = 1,
+    flips: bool = False,
+    noise_seed: int = 0,
+    precision: str = "fp32",
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    cache_dir: str | Path,
+    name: str = "model",
+    data_digest: str | None = None,
+) -> np.ndarray:
+    """Losses of the model in ``run_dir`` on every example of ``dataset``: float64 (N, T, Q).
+
+    Timesteps already in the cache are read; the others are computed in one pass of
+    :func:`~diffaudit.models.loss.per_example_loss` (ε seeded per (example index, draw) by
+    ``noise_seed``: identical in every model) and saved. Lower loss = more likely a member.
+
+    Args:
+        run_dir: a diffaudit run directory or a diffusers UNet/pipeline folder.
+        dataset: the examples (their index in the dataset seeds ε).
+        timesteps: integers in [0, T).
+        n_draws, flips: queries per example (Q = n_draws × (2 if flips else 1)).
+        precision: ``fp32`` or ``bf16`` (bf16 only makes sense on a GPU).
+        cache_dir: the cache root; ``name`` labels the model's folder in it.
+        data_digest: :func:`dataset_digest` of ``dataset`` when the caller already has it.
+    """
+    if precision not in PRECISIONS:
+        raise DiffauditError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    folder = Path(cache_dir) / f"{name}-{model_digest(run_dir)}-{data_digest or dataset_digest(dataset)}"
+    n = len(dataset)
+    ts = [int(t) for t in timesteps]
+    have = {t: _find(folder, t, n_draws, flips, noise_seed, precision, n) for t in ts}
+    missing = [t for t in ts if have[t] is None]
+    if missing:
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        den = load_denoiser(run_dir, device=device, dtype=torch.float32)
+        if dtype != torch.float32:
+            den.optimise_for_gpu(dtype=dtype, channels_last=True, compile=False)
+        labels = dataset.labels if den.num_classes is not None else None
+        with Timer() as timer:
+            fresh = per_example_loss(den, dataset.images, timesteps=missing, n_draws=n_draws, flips=flips,
+                                     noise_seed=noise_seed, labels=labels, batch_size=batch_size)
+        for j, t in enumerate(missing):
+            save_npy_atomic(folder / _file_name(t, n_draws, flips, noise_seed, precision), np.ascontiguousarray(fresh[:, j]))
+            have[t] = fresh[:, j]
+        q = fresh.shape[2]
+        stage_line(f"mia: losses of {name} at t={missing} ({n} examples x {q} queries) in {timer.seconds:.1f}s "
+                   f"({n * q * len(missing) / max(timer.seconds, 1e-9):.0f} img/s)")
+        fault_point("mia.model_losses")
+    return np.stack([have[t] for t in ts], axis=1)

@@ -1,0 +1,245 @@
+"""Membership inference end to end: losses of every model (cached), then the attack's scores.
+
+:func:`run_mia` is the library behind ``diffaudit mia``: it computes (or reads from the cache, see
+:mod:`.loss_cache`) the per-example losses of the shadow models and of the target, and scores them
+with one attack from :mod:`.registry`, at the attack's timesteps and, optionally, at every timestep
+of a sweep (the paper's Figure 9). Evaluation (AUC, TPR at FPR) is :mod:`diffaudit.evaluation`'s.
+
+Who is attacked (:class:`TargetSpec`):
+
+- ``leave-one-out`` (default): every shadow model in turn, the others being its shadows; scores of
+  all targets are pooled (N·M rows).
+- ``shadow``: shadow model k is the target, the other M − 1 its shadows (N rows).
+- ``model``: a separate run directory, whose training set is read from its ``train_ids.json``,
+  attacked with all M shadows (N rows).
+
+Queries: each example gets ``n_draws`` noise draws ε (and their horizontal flips with ``flips``),
+the same ε in every model. Every attack uses all the queries it is given: ``loss`` and the
+``lira*`` variants average the losses over queries first, ``strong-lira`` fits one Gaussian per
+query and sums the log-likelihood ratios. Several attack timesteps act as more queries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from diffaudit.attacks.membership.inputs import TRANSFORMS
+from diffaudit.attacks.membership.lira import AGGREGATES
+from diffaudit.attacks.membership.loss_cache import PRECISIONS, cached_model_losses, dataset_digest
+from diffaudit.attacks.membership.registry import get_attack
+from diffaudit.attacks.membership.sweep import sweep_scores
+from diffaudit.attacks.membership.targets import PooledScores, score_models
+from diffaudit.core.errors import DiffauditError
+from diffaudit.core.io import read_json
+from diffaudit.data.dataset import ImageDataset
+
+TARGET_MODES = ("leave-one-out", "shadow", "model")
+
+
+@dataclass
+class MiaConfig:
+    """Settings of one membership-inference run (recorded in ``result.json``).
+
+    Attributes:
+        attack: registry name (``loss``, ``lira``, ``lira-offline``, ``lira-fixed``, ...).
+        timesteps: diffusion timesteps of the attack, in [0, T) (paper default 100).
+        sweep: timesteps of the Figure 9 sweep (empty: no sweep).
+        n_draws: noise draws ε per example (Strong LiRA: up to 20).
+        flips: also query the horizontally flipped image with each ε.
+        noise_seed: seed of ε (same ε in every model).
+        transform: ``log`` or ``none``: what LiRA fits Gaussians to.
+        strong_aggregate: ``sum-llr`` or ``mean-loss`` (Strong LiRA only).
+        precision: ``fp32`` or ``bf16`` forward passes.
+        batch_size: examples per forward pass.
+    """
+
+    attack: str = "lira"
+    timesteps: tuple[int, ...] = (100,)
+    sweep: tuple[int, ...] = ()
+    n_draws: int = 1
+    flips: bool = False
+    noise_seed: int = 0
+    transform: str = "log"
+    strong_aggregate: str = "sum-llr"
+    precision: str = "fp32"
+    batch_size: int = 256
+
+    def validate(self) -> None:
+        get_attack(self.attack, transform=self.transform, strong_aggregate=self.strong_aggregate)
+        if not self.timesteps:
+            raise DiffauditError("--timesteps: give at least one timestep")
+        if len(set(self.timesteps)) != len(self.timesteps) or len(set(self.sweep)) != len(self.sweep):
+            raise DiffauditError("--timesteps and --sweep must not repeat a timestep")
+        if min(list(self.timesteps) + list(self.sweep)) < 0:
+            raise DiffauditError("timesteps must be >= 0")
+        if self.n_draws < 1:
+            raise DiffauditError(f"--draws must be at least 1; got {self.n_draws}")
+        if self.batch_size < 1:
+            raise DiffauditError(f"--batch-size must be at least 1; got {self.batch_size}")
+        if self.transform not in TRANSFORMS:
+            raise DiffauditError(f"--transform must be one of {', '.join(TRANSFORMS)}")
+        if self.strong_aggregate not in AGGREGATES:
+            raise DiffauditError(f"--strong-aggregate must be one of {', '.join(AGGREGATES)}")
+        if self.precision not in PRECISIONS:
+            raise DiffauditError(f"--precision must be one of {', '.join(PRECISIONS)}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["timesteps"], d["sweep"] = list(self.timesteps), list(self.sweep)
+        return d
+
+
+@dataclass
+class TargetSpec:
+    """Who is attacked: ``mode`` in ``leave-one-out``, ``shadow`` (with ``index``), ``model`` (with ``run``)."""
+
+    mode: str = "leave-one-out"
+    index: int | None = None
+    run: Path | None = None
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "index": self.index, "run": None if self.run is None else str(self.run)}
+
+
+@dataclass
+class MiaScores:
+    """Scores of one attack (larger = more likely a member).
+
+    Attributes:
+        attack: the attack's name.
+        timesteps: the attack's timesteps.
+        target: who was attacked.
+        main: the pooled scores at ``timesteps``.
+        sweep: timestep -> pooled scores at that timestep alone (empty without a sweep).
+        n_models: number of shadow models.
+    """
+
+    attack: str
+    timesteps: list[int]
+    target: TargetSpec
+    main: PooledScores
+    sweep: dict[int, PooledScores] = field(default_factory=dict)
+    n_models: int = 0
+
+
+def shadow_run_dirs(shadows_dir: str | Path, n_models: int) -> list[Path]:
+    """``shadows_dir/model-00 .. model-{M-1}``; raises naming the first that is missing or unfinished."""
+    root = Path(shadows_dir)
+    out = []
+    for k in range(n_models):
+        run = root / f"model-{k:02d}"
+        if not (run / "result.json").exists():
+            state = "unfinished" if run.exists() else "missing"
+            raise DiffauditError(
+                f"shadow model {k} ({run}) is {state}; train the shadows first "
+                f"(`diffaudit shadows --out {root}` resumes where it stopped)"
+            )
+        out.append(run)
+    return out
+
+
+def target_membership(run_dir: str | Path, dataset: ImageDataset) -> np.ndarray:
+    """bool (N,): which examples of ``dataset`` trained the run in ``run_dir`` (its ``train_ids.json`` keys)."""
+    path = Path(run_dir) / "train_ids.json"
+    if not path.exists():
+        raise DiffauditError(f"--target {run_dir}: no train_ids.json, so its training set is unknown; "
+                             "use a diffaudit run directory, or --target-index for a shadow model")
+    keys = read_json(path).get("keys")
+    if not isinstance(keys, list):
+        raise DiffauditError(f"{path}: no `keys` list")
+    index = dataset.index_of()
+    unknown = [k for k in keys if k not in index]
+    if unknown:
+        raise DiffauditError(f"--target {run_dir} trained on {len(unknown)} examples that are not in the dataset "
+                             f"{dataset.source} (first: {unknown[0]!r}); give the --data it was trained on")
+    members = np.zeros(len(dataset), dtype=bool)
+    members[[index[k] for k in keys]] = True
+    return members
+
+
+def run_mia(
+    dataset: ImageDataset,
+    membership: np.ndarray,
+    shadow_runs: Sequence[str | Path],
+    config: MiaConfig,
+    *,
+    target: TargetSpec | None = None,
+    cache_dir: str | Path,
+    device: str | torch.device = "cpu",
+) -> MiaScores:
+    """Compute (or read) the losses and score ``config.attack``.
+
+    Args:
+        dataset: the N examples (the shadows' training pool).
+        membership: bool (N, M), column k = training set of ``shadow_runs[k]``.
+        shadow_runs: M run directories.
+        config: the attack settings.
+        target: who is attacked (default leave-one-out).
+        cache_dir: loss cache root (see :mod:`.loss_cache`).
+        device: where the forward passes run.
+
+    Returns:
+        :class:`MiaScores` with scores float (R,), larger = more likely a member.
+    """
+    config.validate()
+    target = target or TargetSpec()
+    membership = np.asarray(membership, dtype=bool)
+    n, m = len(dataset), len(shadow_runs)
+    if membership.shape != (n, m):
+        raise DiffauditError(f"membership matrix has shape {membership.shape}; expected ({n}, {m}) "
+                             f"for {n} examples and {m} shadow models")
+    attack = get_attack(config.attack, transform=config.transform, strong_aggregate=config.strong_aggregate)
+    if target.mode not in TARGET_MODES:
+        raise DiffauditError(f"unknown target mode {target.mode!r}; choose one of {', '.join(TARGET_MODES)}")
+    if target.mode == "shadow" and not (target.index is not None and 0 <= target.index < m):
+        raise DiffauditError(f"--target-index must lie in [0, {m - 1}]; got {target.index}")
+    if target.mode == "model" and target.run is None:
+        raise DiffauditError("target mode `model` needs a run directory (--target)")
+
+    all_ts = list(dict.fromkeys([*config.timesteps, *config.sweep]))  # attack timesteps first, no repeats
+    data_fp = dataset_digest(dataset)
+
+    def losses_of(run: str | Path, name: str) -> np.ndarray:
+        return cached_model_losses(
+            run, dataset, timesteps=all_ts, n_draws=config.n_draws, flips=config.flips,
+            noise_seed=config.noise_seed, precision=config.precision, batch_size=config.batch_size,
+            device=device, cache_dir=cache_dir, name=name, data_digest=data_fp,
+        )
+
+    # Which shadow models' losses are needed: all of them unless the attack ignores shadows.
+    if target.mode == "leave-one-out" or attack.needs_shadows:
+        needed = list(range(m))
+    elif target.mode == "shadow":
+        needed = [int(target.index)]
+    else:
+        needed = []
+    shadow_losses = {k: losses_of(shadow_runs[k], f"model-{k:02d}") for k in needed}
+    target_losses = target_in = None
+    if target.mode == "model":
+        target_in = target_membership(target.run, dataset)
+        target_losses = losses_of(target.run, "target")
+    q = config.n_draws * (2 if config.flips else 1)
+    # (N, M, T, Q); models an attack does not read stay zero (score_models never reads them).
+    all_losses = np.zeros((n, m, len(all_ts), q))
+    for k, arr in shadow_losses.items():
+        all_losses[:, k] = arr
+    who = dict(mode=target.mode, index=target.index, target_in=target_in)
+
+    def flat(a: np.ndarray) -> np.ndarray:  # (..., T', Q) -> (..., T'·Q): timesteps act as queries
+        return a.reshape(*a.shape[:-2], a.shape[-2] * a.shape[-1])
+
+    n_main = len(config.timesteps)
+    main = score_models(attack, flat(all_losses[:, :, :n_main]), membership, **who,
+                        target_losses=None if target_losses is None else flat(target_losses[:, :n_main]))
+    sweep: dict[int, PooledScores] = {}
+    if config.sweep:
+        pos = [all_ts.index(t) for t in sorted(config.sweep)]
+        sweep = sweep_scores(attack, all_losses[:, :, pos], membership, sorted(config.sweep), **who,
+                             target_losses=None if target_losses is None else target_losses[:, pos])
+    return MiaScores(attack=config.attack, timesteps=list(config.timesteps), target=target, main=main,
+                     sweep=sweep, n_models=m)

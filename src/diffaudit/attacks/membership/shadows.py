@@ -1,0 +1,84 @@
+"""Shadow models for LiRA: one DDPM per column of a membership matrix (Carlini et al. 2023, Sec. 5.1:
+16 models, each on a random half of the data).
+
+Layout of the output folder::
+
+    settings.json            the command's settings (resume checks them)
+    membership.npz           a copy of the matrix (``diffaudit mia`` reads it by default)
+    model-00/ .. model-KK/   run directories of :func:`diffaudit.models.training.train`
+    result.json              written when every model is finished
+
+Model k trains on the examples with ``matrix[:, k]`` True, with training seed
+``derive_seed(seed, "shadow", k)`` (different initialisation and batch order per model). A finished
+model (its ``result.json`` exists) is never retrained; an interrupted one resumes from its last
+checkpoint, so a killed run continued later ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from diffaudit.core.faults import fault_point
+from diffaudit.core.errors import DiffauditError
+from diffaudit.core.progress import stage_line
+from diffaudit.core.seeds import derive_seed
+from diffaudit.data.dataset import ImageDataset
+from diffaudit.data.membership import Membership, save_membership
+from diffaudit.models.training import TrainConfig, is_finished, train
+
+
+def shadow_dir(out_dir: str | Path, k: int) -> Path:
+    """The run directory of shadow model ``k``: ``out_dir/model-{k:02d}``."""
+    return Path(out_dir) / f"model-{int(k):02d}"
+
+
+def shadow_seed(seed: int, k: int) -> int:
+    """Training seed of shadow model ``k`` (fits in 63 bits)."""
+    return derive_seed(int(seed), "shadow", int(k))
+
+
+def train_shadows(
+    dataset: ImageDataset,
+    membership: Membership,
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    models: Sequence[int] | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    data_record: dict[str, Any] | None = None,
+) -> list[Path]:
+    """Train the shadow models ``models`` (default: every column) and return their run directories.
+
+    Args:
+        dataset: N examples, the same (keys, order) as the matrix rows.
+        membership: the matrix (N, M) with its keys.
+        config: training hyper-parameters; its ``seed`` is replaced per model by :func:`shadow_seed`.
+        out_dir: the shadows folder (must already be prepared by the caller for resume checks).
+        models: which columns to train (indices in [0, M)).
+        seed: the run seed the per-model seeds derive from.
+    """
+    membership.check_keys(dataset.keys, dataset=f"dataset {dataset.source}")
+    m = membership.n_models
+    ks = list(range(m)) if models is None else [int(k) for k in models]
+    bad = [k for k in ks if not 0 <= k < m]
+    if bad:
+        raise DiffauditError(f"model index {bad[0]} is out of range: the membership matrix has {m} models (0..{m - 1})")
+    out = Path(out_dir)
+    save_membership(out / "membership.npz", membership.matrix, membership.keys, membership.seed)
+    runs = []
+    for k in ks:
+        run = shadow_dir(out, k)
+        if is_finished(run):
+            stage_line(f"shadows: model {k} is finished ({run}); skipped")
+        else:
+            cfg = dataclasses.replace(config, seed=shadow_seed(seed, k))
+            record = dict(data_record or {"source": dataset.source}, model_index=k)
+            train(dataset, cfg, run, device=device, train_indices=membership.column_indices(k), data_record=record)
+            fault_point("shadows.model")
+        runs.append(run)
+    return runs

@@ -1,0 +1,128 @@
+"""Who is attacked: a separate target model, or each model in turn (leave-one-out).
+
+Losses of all models: float (N, M, Q) for N examples, M models, Q queries; ``membership`` bool
+(N, M), True where example n trained model m (the membership matrix's columns).
+
+- :func:`leave_one_out_scores`: for each model k as the target, the shadows are the other M − 1
+  models; the N scores of every target are pooled into one set of N·M (score, label) pairs, model k's
+  labels being column k (issue 4: "when the target is one of the shadows, evaluation is
+  leave-one-out over all models").
+- :func:`target_scores`: one target model (its losses (N, Q) and membership (N,)) against all M
+  shadows.
+Scores keep the attack's direction: larger = more likely a member.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from diffaudit.attacks.membership.inputs import AttackInput
+from diffaudit.attacks.membership.registry import MembershipAttack
+from diffaudit.core.errors import DiffauditError
+
+
+@dataclass
+class PooledScores:
+    """Scores of one attack, one row per (target model, example).
+
+    Attributes:
+        scores: float64 (R,), larger = more likely a member.
+        labels: bool (R,), True when the example trained that target.
+        example_index: int64 (R,), the example's index in the dataset.
+        model_index: int64 (R,), the target's column (-1 for a separate target model).
+    """
+
+    scores: np.ndarray
+    labels: np.ndarray
+    example_index: np.ndarray
+    model_index: np.ndarray
+
+
+def _check(losses: np.ndarray, membership: np.ndarray) -> None:
+    if losses.ndim != 3:
+        raise DiffauditError(f"losses must have shape (n_examples, n_models, n_queries); got {losses.shape}")
+    if membership.shape != losses.shape[:2]:
+        raise DiffauditError(f"membership matrix has shape {membership.shape} but the losses are for "
+                             f"{losses.shape[:2]} (n_examples, n_models)")
+
+
+def scores_for_target(attack: MembershipAttack, target: np.ndarray, shadows: np.ndarray | None,
+                      shadow_in: np.ndarray | None) -> np.ndarray:
+    """Score one target's losses (N, Q) with ``attack`` given shadows (N, S, Q) and their membership (N, S)."""
+    if not attack.needs_shadows:
+        shadows = shadow_in = None
+    inp = AttackInput(target=target, shadows=shadows, shadow_in=shadow_in)
+    return np.asarray(attack.score(inp), dtype=np.float64)
+
+
+def leave_one_out_scores(attack: MembershipAttack, losses: np.ndarray, membership: np.ndarray) -> PooledScores:
+    """Each model in turn is the target, the others its shadows; pooled (M·N rows, model-major)."""
+    losses = np.asarray(losses, dtype=np.float64)
+    membership = np.asarray(membership, dtype=bool)
+    _check(losses, membership)
+    n, m, _ = losses.shape
+    if attack.needs_shadows and m < 2:
+        raise DiffauditError(f"leave-one-out {attack.name} needs at least 2 models; got {m}")
+    out = []
+    for k in range(m):
+        others = np.r_[0:k, k + 1:m]
+        out.append(scores_for_target(attack, losses[:, k], losses[:, others], membership[:, others]))
+    return PooledScores(
+        scores=np.concatenate(out),
+        labels=membership.T.reshape(-1).copy(),
+        example_index=np.tile(np.arange(n, dtype=np.int64), m),
+        model_index=np.repeat(np.arange(m, dtype=np.int64), n),
+    )
+
+
+def target_scores(attack: MembershipAttack, target: np.ndarray, target_in: np.ndarray, shadows: np.ndarray,
+                  membership: np.ndarray, *, model_index: int = -1) -> PooledScores:
+    """A single target (losses (N, Q), membership (N,)) attacked with shadows (N, M, Q) / (N, M)."""
+    target = np.asarray(target, dtype=np.float64)
+    target_in = np.asarray(target_in, dtype=bool)
+    shadows = np.asarray(shadows, dtype=np.float64)
+    membership = np.asarray(membership, dtype=bool)
+    _check(shadows, membership)
+    if target_in.shape != (target.shape[0],):
+        raise DiffauditError(f"target membership has shape {target_in.shape}; expected ({target.shape[0]},)")
+    n = target.shape[0]
+    return PooledScores(
+        scores=scores_for_target(attack, target, shadows, membership),
+        labels=target_in.copy(),
+        example_index=np.arange(n, dtype=np.int64),
+        model_index=np.full(n, model_index, dtype=np.int64),
+    )
+
+
+def score_models(
+    attack: MembershipAttack,
+    losses: np.ndarray,
+    membership: np.ndarray,
+    *,
+    mode: str = "leave-one-out",
+    index: int | None = None,
+    target_losses: np.ndarray | None = None,
+    target_in: np.ndarray | None = None,
+) -> PooledScores:
+    """Score by target mode: ``leave-one-out`` (all models in turn), ``shadow`` (model ``index``
+    against the others) or ``model`` (``target_losses`` (N, Q) with ``target_in`` (N,) against all).
+
+    ``losses`` float (N, M, Q), ``membership`` bool (N, M). Columns of models a mode does not use
+    (e.g. the shadows of the ``loss`` attack) are never read.
+    """
+    if mode == "leave-one-out":
+        return leave_one_out_scores(attack, losses, membership)
+    if mode == "shadow":
+        m = losses.shape[1]
+        if index is None or not 0 <= index < m:
+            raise DiffauditError(f"target index must lie in [0, {m - 1}]; got {index}")
+        others = np.r_[0:index, index + 1:m]
+        return target_scores(attack, losses[:, index], np.asarray(membership)[:, index], losses[:, others],
+                             np.asarray(membership)[:, others], model_index=int(index))
+    if mode == "model":
+        if target_losses is None or target_in is None:
+            raise DiffauditError("a separate target needs its losses and its membership")
+        return target_scores(attack, target_losses, target_in, losses, membership)
+    raise DiffauditError(f"unknown target mode {mode!r}; choose leave-one-out, shadow or model")

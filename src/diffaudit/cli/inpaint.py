@@ -1,0 +1,284 @@
+"""``diffaudit inpaint``: the inpainting reconstruction attack (Carlini et al. 2023, Section 5.2).
+
+Targets are members (in the target run's ``train_ids.json``) and non-members of ``--data``. Each
+is masked, inpainted ``--n-inpaint`` times by the target model, scored by target/shadow loss at
+``--timestep`` with a shadow that did not train on it, and the best ``--top-k`` are compared with
+the original (ℓ2). Output folder:
+
+    settings.json            the settings (resume checks them)
+    targets/<index>.json     one finished target (TargetResult + grid path); finished ones are skipped on re-run
+    targets/<index>.npz      the kept inpaintings (uint8 (k, H, W, C)) with their scores
+    grids/<index>.png        original, masked input, kept reconstructions
+    result.json              envelope + targets + summary (members vs non-members) + auc
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffaudit.attacks.inpainting import InpaintAttackConfig, TargetResult, inpaint_targets, score_target, summarize
+from diffaudit.attacks.inpainting.figures import save_grid
+from diffaudit.attacks.inpainting.summary import membership_scores
+from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit
+from diffaudit.core.device import resolve_device
+from diffaudit.core.errors import DiffauditError
+from diffaudit.core.faults import fault_point
+from diffaudit.core.io import read_json, save_npz_atomic, write_json_atomic
+from diffaudit.core.outdir import prepare_out_dir
+from diffaudit.core.progress import progress_bar, stage_line
+from diffaudit.core.results import write_result
+from diffaudit.core.seeds import derive_seed, numpy_rng
+from diffaudit.data import load_dataset, load_membership
+from diffaudit.sampling.masks import MASK_KINDS, describe_mask, make_mask
+
+NAME = "inpaint"
+HELP = "inpainting attack: reconstruct masked training images with the target model, ranked with a shadow model"
+DESCRIPTION = (
+    "Mask part of each target image (default: the left half), inpaint it --n-inpaint times with the target "
+    "model (RePaint resampling), score every inpainting by target loss / shadow loss at t=100 (the shadow did "
+    "not train on the image), keep the best --top-k and report their ℓ2 to the original, for members and "
+    "non-members of the target's training set (paper Section 5.2, Figure 12). Resumes per target."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="target model: a diffaudit run directory (with train_ids.json)")
+    g = p.add_argument_group("shadow model (did not train on the targets)")
+    g.add_argument("--shadow", help="one shadow run directory, trained on none of the targets")
+    g.add_argument("--shadows", help="folder of shadow runs model-00, model-01, ... (from `diffaudit shadows`)")
+    g.add_argument("--membership", help="membership file of --shadows: per target, a shadow whose column says OUT")
+    add_data_args(p)
+    t = p.add_argument_group("targets")
+    t.add_argument("--targets", default="8,8", help="N_IN,N_OUT: seeded random members and non-members of --data")
+    t.add_argument("--target-keys", help="comma-separated example ids to attack instead (membership from train_ids.json)")
+    a = p.add_argument_group("attack")
+    a.add_argument("--mask", default="left", help=f"{', '.join(MASK_KINDS)} (the hidden region) or a mask image (nonzero = known)")
+    a.add_argument("--n-inpaint", type=int, default=64, help="inpaintings per target (the paper: 5,000)")
+    a.add_argument("--top-k", type=int, default=10, help="best-scored inpaintings kept per target")
+    a.add_argument("--steps", type=int, default=50, help="respaced sampling levels")
+    a.add_argument("--jump-length", type=int, default=5, help="RePaint jump length j")
+    a.add_argument("--jump-n-sample", type=int, default=2, help="RePaint resamplings r (1 = none)")
+    a.add_argument("--eta", type=float, default=1.0, help="noise scale of each step (1 = DDPM ancestral)")
+    a.add_argument("--timestep", type=int, default=100, help="timestep of the scoring loss")
+    a.add_argument("--n-draws", type=int, default=4, help="noise draws ε of the scoring loss (same for both models)")
+    f = p.add_argument_group("speed")
+    f.add_argument("--batch-size", type=int, default=1024, help="inpaintings per model call (many targets share a batch)")
+    f.add_argument("--bf16", action="store_true", help="run the models in bfloat16 (CUDA)")
+    f.add_argument("--compile", action="store_true", help="torch.compile the UNets (CUDA)")
+    add_run_args(p)
+
+
+# --------------------------------------------------------------------------- targets and shadows
+
+def _train_keys(run: Path, what: str) -> set[str]:
+    f = Path(run) / "train_ids.json"
+    if not f.exists():
+        raise DiffauditError(f"{what} {run}: no train_ids.json, so its training set is unknown (train it with `diffaudit train`)")
+    keys = read_json(f).get("keys")
+    if not isinstance(keys, list):
+        raise DiffauditError(f"{f}: no `keys` list")
+    return set(map(str, keys))
+
+
+def _parse_counts(text: str) -> tuple[int, int]:
+    try:
+        a, b = (int(v) for v in text.split(","))
+    except ValueError:
+        raise DiffauditError(f"--targets must be N_IN,N_OUT (two integers); got {text!r}") from None
+    if a < 0 or b < 0 or a + b == 0:
+        raise DiffauditError(f"--targets must be non-negative and not both zero; got {text!r}")
+    return a, b
+
+
+def select_targets(ds, train_keys: set[str], *, targets: str, target_keys: str | None, seed: int) -> list[int]:
+    """Dataset indices of the targets: explicit keys, or N_IN members and N_OUT non-members (seeded)."""
+    if target_keys:
+        index = ds.index_of()
+        out = []
+        for k in (k.strip() for k in target_keys.split(",") if k.strip()):
+            if k not in index:
+                raise DiffauditError(f"--target-keys: {k!r} is not an example of {ds.source}")
+            out.append(index[k])
+        return out
+    n_in, n_out = _parse_counts(targets)
+    member = np.array([k in train_keys for k in ds.keys])
+    ins, outs = np.flatnonzero(member), np.flatnonzero(~member)
+    if n_in > len(ins) or n_out > len(outs):
+        raise DiffauditError(
+            f"--targets {targets}: {ds.source} holds {len(ins)} members and {len(outs)} non-members of the target's training set"
+        )
+    rng = numpy_rng(derive_seed(seed, "inpaint-targets"))
+    return sorted([int(i) for i in rng.choice(ins, n_in, replace=False)] + [int(i) for i in rng.choice(outs, n_out, replace=False)])
+
+
+def _shadow_runs(folder: Path) -> dict[int, Path]:
+    runs = {}
+    for p in sorted(folder.glob("model-*")):
+        tail = p.name.removeprefix("model-")
+        if p.is_dir() and tail.isdigit():
+            runs[int(tail)] = p
+    if not runs:
+        raise DiffauditError(f"--shadows {folder}: no model-NN run directories (make them with `diffaudit shadows`)")
+    return runs
+
+
+def assign_shadows(args, ds, targets: list[int]) -> dict[int, Path]:
+    """Target index -> the shadow run that scores it (never trained on it, never the target itself)."""
+    target_run = Path(args.model).resolve()
+    if bool(args.shadow) == bool(args.shadows):
+        raise DiffauditError("give exactly one of --shadow RUN or --shadows DIR --membership FILE")
+    if args.shadow:
+        chosen = {i: Path(args.shadow) for i in targets}
+    else:
+        if not args.membership:
+            raise DiffauditError("--shadows needs --membership (which shadow trained on which example)")
+        mem = load_membership(args.membership, ds)
+        runs = _shadow_runs(Path(args.shadows))
+        chosen = {}
+        for i in targets:
+            cands = [runs[k] for k in np.flatnonzero(~mem.matrix[i]) if k in runs and runs[k].resolve() != target_run]
+            if not cands:
+                raise DiffauditError(f"no shadow in {args.shadows} is OUT for target {ds.keys[i]!r} (and not the target model)")
+            chosen[i] = cands[0]
+    cache: dict[Path, set[str]] = {}
+    for i, run in chosen.items():
+        if run.resolve() == target_run:
+            raise DiffauditError(f"the shadow {run} is the target model itself")
+        if run not in cache:
+            cache[run] = _train_keys(run, "shadow") if (run / "train_ids.json").exists() else set()
+        if ds.keys[i] in cache[run]:
+            raise DiffauditError(f"shadow {run} trained on target {ds.keys[i]!r}: it must be a model that did not see the image")
+    return chosen
+
+
+# --------------------------------------------------------------------------- models
+
+def _load(path: Path, device, args):
+    from diffaudit.models.denoiser import load_denoiser
+
+    den = load_denoiser(path, device=device)
+    if device.type == "cuda" and (args.bf16 or args.compile):
+        den.optimise_for_gpu(dtype=torch.bfloat16 if args.bf16 else torch.float32, compile=args.compile)
+    return den
+
+
+class _Models:
+    """Loaded denoisers by path (the target stays; shadows are swapped as the targets need them)."""
+
+    def __init__(self, device, args):
+        self.device, self.args, self._cache = device, args, {}
+
+    def get(self, path: Path):
+        key = Path(path).resolve()
+        if key not in self._cache:
+            if len(self._cache) >= 3:
+                self._cache.pop(next(k for k in self._cache if k != Path(self.args.model).resolve()))
+            self._cache[key] = _load(Path(path), self.device, self.args)
+        return self._cache[key]
+
+
+# --------------------------------------------------------------------------- run
+
+def _settings(args, config: InpaintAttackConfig) -> dict:
+    return {
+        "model": str(args.model), "shadow": args.shadow, "shadows": args.shadows, "membership": args.membership,
+        "data": {"spec": args.data, "options": data_options(args)},
+        "targets": args.targets if not args.target_keys else None, "target_keys": args.target_keys,
+        "mask": args.mask, "n_inpaintings": config.n_inpaint, "top_k": config.top_k, "steps": config.steps,
+        "jump_length": config.jump_length, "jump_n_sample": config.jump_n_sample, "eta": config.eta,
+        "timestep": config.timestep, "n_draws": config.n_draws, "seed": config.seed, "bf16": bool(args.bf16),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    config = InpaintAttackConfig(
+        n_inpaint=args.n_inpaint, top_k=args.top_k, steps=args.steps, jump_length=args.jump_length,
+        jump_n_sample=args.jump_n_sample, eta=args.eta, timestep=args.timestep, n_draws=args.n_draws, seed=args.seed,
+    )
+    config.validate()
+    if args.batch_size < 1:
+        raise DiffauditError(f"--batch-size must be at least 1; got {args.batch_size}")
+    ds = load_dataset(args.data, **data_options(args))
+    H, W, _ = ds.image_shape
+    train_keys = _train_keys(Path(args.model), "--model")
+    targets = select_targets(ds, train_keys, targets=args.targets, target_keys=args.target_keys, seed=args.seed)
+    masks = {i: make_mask(args.mask, H, W, seed=args.seed, target_index=i) for i in targets}
+    shadows = assign_shadows(args, ds, targets)
+    settings = _settings(args, config)
+    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
+    done_file = lambda i: out / "targets" / f"{i:06d}.json"  # noqa: E731
+    pending = [i for i in targets if not done_file(i).exists()]
+    if resumed:
+        stage_line(f"inpaint: resuming {out}: {len(targets) - len(pending)} of {len(targets)} targets already finished")
+
+    device = resolve_device(args.device)
+    models = _Models(device, args)
+    group = max(1, args.batch_size // config.n_inpaint)
+    pending.sort(key=lambda i: (str(shadows[i]), i))  # fewer shadow swaps
+    with progress_bar("inpaint", len(pending), unit="target") as bar:
+        for g in range(0, len(pending), group):
+            idx = pending[g:g + group]
+            target = models.get(Path(args.model))
+            labels = _labels(ds, idx, target)
+            inps = inpaint_targets(
+                target, ds.images[idx], np.stack([masks[i] for i in idx]), target_indices=idx, config=config,
+                alphas_cumprod=target.alphas_cumprod, labels=labels, device=device, micro_batch=args.batch_size,
+            )
+            for n, i in enumerate(idx):
+                shadow = models.get(shadows[i])
+                res, kept = score_target(
+                    target, shadow, ds.images[i], inps[n], target_index=i, key=ds.keys[i], member=ds.keys[i] in train_keys,
+                    mask_name=describe_mask(args.mask, seed=args.seed, target_index=i), shadow_name=str(shadows[i]),
+                    config=config, alphas_cumprod=target.alphas_cumprod, shadow_alphas_cumprod=shadow.alphas_cumprod,
+                    label=None if labels is None else int(labels[n]), device=device, micro_batch=args.batch_size,
+                )
+                _save_target(out, i, res, kept, ds.images[i], masks[i])
+                fault_point("inpaint.target")
+                bar.advance(1, best_l2=res.best_l2)
+
+    results = [TargetResult.from_dict(read_json(done_file(i))) for i in targets]
+    result = write_result(out / "result.json", NAME, settings, {"seed": args.seed}, **_fields(results))
+    s = result["summary"]["mean_top10_l2"]
+    emit(args, result, (
+        f"inpaint: {len(results)} targets; mean top-{config.top_k} ℓ2 members {_fmt(s['members']['mean'])}, "
+        f"non-members {_fmt(s['nonmembers']['mean'])}; AUC {_fmt(result['auc'])} -> {out / 'result.json'}"
+    ))
+    return 0
+
+
+def _labels(ds, idx, model):
+    if getattr(model, "num_classes", None) is None:
+        return None
+    if ds.labels is None:
+        raise DiffauditError(f"the target model is class-conditional but {ds.source} has no labels")
+    return np.asarray(ds.labels)[idx]
+
+
+def _save_target(out: Path, i: int, res: TargetResult, kept: np.ndarray, image: np.ndarray, mask: np.ndarray) -> None:
+    grid = Path("grids") / f"{i:06d}.png"
+    save_grid(out / grid, image, mask, kept, res.top_l2, title=f"{res.id} ({'member' if res.member else 'non-member'})")
+    save_npz_atomic(out / "targets" / f"{i:06d}.npz", kept=kept, scores=np.asarray(res.top_scores),
+                    inpaintings=np.asarray(res.top_inpaintings, dtype=np.int64))
+    write_json_atomic(out / "targets" / f"{i:06d}.json", {**res.to_dict(), "grid": str(grid)})  # last: marks it finished
+
+
+def _fields(results: list[TargetResult]) -> dict:
+    from diffaudit.evaluation.roc import auc
+
+    members = [r.member for r in results]
+    both = any(members) and not all(members)
+    aucs = {}
+    for name in ("mean_top10_l2", "best_l2"):
+        scores, y = membership_scores(results, name)
+        aucs[name] = auc(scores, y) if both else None
+    targets = [{**r.to_dict(), "grid": f"grids/{r.index:06d}.png"} for r in results]
+    return {"targets": targets, "summary": summarize(results), "auc": aucs["mean_top10_l2"], "auc_best_l2": aucs["best_l2"],
+            "score": "-mean_top10_l2 (larger = more likely a member)"}
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"

@@ -1,0 +1,80 @@
+"""``diffaudit membership``: write the seeded membership matrix of a dataset (LiRA shadow splits).
+
+Each of the ``--models`` shadow models trains on the examples IN its column; every example is IN
+for exactly half of the models (see :mod:`diffaudit.data.membership`). The file records the
+dataset's keys, so ``train --membership FILE --model-index k`` and the attacks can check they read
+the same dataset. Re-running with the same settings leaves an existing file untouched; a file made
+with other settings is an error unless ``--fresh``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from diffaudit.cli.common import add_data_args, data_options, emit
+from diffaudit.core.errors import DiffauditError
+from diffaudit.core.results import envelope
+from diffaudit.data import load_dataset
+from diffaudit.data.membership import load_membership, make_membership, save_membership
+
+NAME = "membership"
+HELP = "write a seeded membership matrix (each example IN for exactly half of the shadow models)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_data_args(p)
+    p.add_argument("--models", type=int, default=16, help="number of shadow models M (even; the paper: 16)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the matrix")
+    p.add_argument("--out", required=True, help="the membership file to write (.npz)")
+    p.add_argument("--fresh", action="store_true", help="overwrite an existing file made with other settings")
+
+
+def _differs(path: Path, matrix: np.ndarray, keys: list[str], seed: int) -> str | None:
+    """What differs between the file at ``path`` and the new matrix, or None when they are equal."""
+    try:
+        old = load_membership(path)
+    except DiffauditError as exc:
+        return f"it is not a valid membership file ({exc})"
+    if old.n_models != matrix.shape[1]:
+        return f"models (was {old.n_models}, now {matrix.shape[1]})"
+    if old.seed != seed:
+        return f"seed (was {old.seed}, now {seed})"
+    if old.keys != keys:
+        return f"dataset keys ({old.n_examples} examples before, {len(keys)} now)"
+    if not np.array_equal(old.matrix, matrix):
+        return "matrix"
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    options = data_options(args)
+    dataset = load_dataset(args.data, **options)
+    matrix = make_membership(len(dataset), args.models, args.seed)
+    out = Path(args.out)
+    status = "wrote"
+    if out.exists() and not args.fresh:
+        diff = _differs(out, matrix, dataset.keys, args.seed)
+        if diff:
+            raise DiffauditError(
+                f"{out} already holds a membership matrix that differs in {diff}; "
+                "choose another --out, or pass --fresh to overwrite it"
+            )
+        status = "unchanged"
+    else:
+        save_membership(out, matrix, dataset.keys, args.seed)
+    per_model = matrix.sum(axis=0)
+    settings = {"data": args.data, **options, "models": args.models, "seed": args.seed}
+    result = envelope(
+        NAME, settings, {"membership": args.seed},
+        out=str(out), status=status, n_examples=len(dataset), n_models=args.models,
+        examples_per_model_min=int(per_model.min()), examples_per_model_max=int(per_model.max()),
+        skipped=[list(s) for s in dataset.skipped],
+    )
+    skipped = f"; {len(dataset.skipped)} bad inputs skipped" if dataset.skipped else ""
+    emit(args, result,
+         f"{status} {out}: {len(dataset)} examples x {args.models} models (seed {args.seed}), each example IN for "
+         f"{args.models // 2}; {per_model.min()}..{per_model.max()} examples per model{skipped}")
+    return 0

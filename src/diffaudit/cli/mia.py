@@ -1,0 +1,184 @@
+"""``diffaudit mia``: membership inference (loss threshold, LiRA online/offline/fixed, Strong LiRA)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffaudit.attacks.membership.loss_cache import model_digest
+from diffaudit.attacks.membership.registry import ATTACK_NAMES
+from diffaudit.attacks.membership.run import MiaConfig, MiaScores, TargetSpec, run_mia, shadow_run_dirs
+from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit
+from diffaudit.cli.shadows import membership_digest
+from diffaudit.core.device import resolve_device
+from diffaudit.core.errors import DiffauditError
+from diffaudit.core.io import read_json, save_npz_atomic
+from diffaudit.core.outdir import prepare_out_dir
+from diffaudit.core.progress import Timer, stage_line
+from diffaudit.core.results import write_result
+from diffaudit.data import load_dataset
+from diffaudit.data.dataset import ImageDataset
+from diffaudit.data.membership import load_membership
+from diffaudit.evaluation.attack_evaluation import evaluate_attack
+from diffaudit.evaluation.timestep_sweep import evaluate_sweep
+from diffaudit.report.plots_roc import write_roc_png, write_sweep_png
+
+NAME = "mia"
+HELP = "membership inference with the loss threshold attack or LiRA (online, offline, fixed variance, Strong)"
+DESCRIPTION = (
+    "Membership inference against diffusion models (Carlini et al. 2023, Sec. 5.1). Computes each model's "
+    "per-example loss L(x, t, ε) at --timesteps (cached under --out/losses, or --loss-cache, so re-runs and "
+    "other attacks reuse it) and scores every example; larger scores mean 'more likely a member'. By default "
+    "every shadow model is attacked in turn with the others as its shadows (leave-one-out, pooled); "
+    "--target-index attacks one shadow, --target a separate run directory. Writes result.json (AUC, TPR at "
+    "1% and 0.1% FPR with bootstrap intervals), scores.npz (id, score, member per example), roc.png "
+    "(log-log) and, with --sweep, sweep.png (attack success over t, the paper's Figure 9)."
+)
+
+DEFAULT_STRONG_DRAWS = 20
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(v) for v in str(text).split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers; got {text!r}") from None
+    return out
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_data_args(p)
+    add_run_args(p)
+    g = p.add_argument_group("models")
+    g.add_argument("--shadows", required=True, help="folder of `diffaudit shadows` (model-00, model-01, ...)")
+    g.add_argument("--membership", default=None, help="membership-matrix file (default: SHADOWS/membership.npz)")
+    g.add_argument("--models", type=int, default=None, help="use the first K shadow models (default: every column)")
+    t = g.add_mutually_exclusive_group()
+    t.add_argument("--target", default=None, help="attack this separate run directory (its train_ids.json gives its members)")
+    t.add_argument("--target-index", type=int, default=None, help="attack shadow model k with the others as shadows")
+    a = p.add_argument_group("attack")
+    a.add_argument("--attack", choices=ATTACK_NAMES, default="lira",
+                   help="loss: -loss of the target; lira: per-example IN/OUT Gaussians; lira-offline: OUT only, "
+                        "one-sided; *-fixed: one global variance; strong-lira: a Gaussian per query, log-ratios summed")
+    a.add_argument("--timesteps", type=_int_list, default=(100,), help="timestep(s) of the attack (several act as more queries)")
+    a.add_argument("--sweep", type=_int_list, default=(), help="also evaluate at each of these timesteps, e.g. 10,50,100,200,300,500,1000 "
+                   "(values >= T are clipped to T-1)")
+    a.add_argument("--draws", type=int, default=None,
+                   help=f"noise draws ε per example (default 1; {DEFAULT_STRONG_DRAWS} for strong-lira)")
+    a.add_argument("--flips", action="store_true", help="also query each image flipped horizontally (same ε)")
+    a.add_argument("--transform", choices=("log", "none"), default="log", help="LiRA fits Gaussians to log(loss) or the loss")
+    a.add_argument("--strong-aggregate", choices=("sum-llr", "mean-loss"), default="sum-llr",
+                   help="strong-lira: sum per-query log-likelihood ratios, or average the losses first")
+    a.add_argument("--batch-size", type=int, default=256, help="examples per forward pass")
+    a.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="forward passes (auto: bf16 on CUDA, else fp32)")
+    a.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates for the confidence intervals (0: none)")
+    a.add_argument("--loss-cache", default=None, help="folder of cached losses to share between runs (default: OUT/losses)")
+
+
+def _clip_sweep(sweep: tuple[int, ...], n_timesteps: int) -> tuple[int, ...]:
+    """Sweep timesteps in [0, T): the paper's t = 1000 means the last step, T − 1."""
+    return tuple(sorted({min(int(t), n_timesteps - 1) for t in sweep}))
+
+
+def _num_train_timesteps(run: Path) -> int:
+    for cfg in (run / "scheduler" / "scheduler_config.json", run / "scheduler_config.json"):
+        if cfg.exists():
+            return int(read_json(cfg).get("num_train_timesteps", 1000))
+    return 1000
+
+
+def write_mia_outputs(out: Path, scores: MiaScores, dataset: ImageDataset, *, config: MiaConfig,
+                      settings: dict[str, Any], seed: int, n_bootstrap: int, extra: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate ``scores`` and write scores.npz, roc.png, sweep.png and result.json into ``out``."""
+    main = scores.main
+    ev = evaluate_attack(main.scores, main.labels, attack=scores.attack, timesteps=scores.timesteps,
+                         n_bootstrap=n_bootstrap, seed=seed)
+    keys = np.array(dataset.keys, dtype=str)[main.example_index]
+    arrays = dict(id=keys, score=main.scores, member=main.labels, example_index=main.example_index,
+                  model_index=main.model_index)
+    sweep = None
+    if scores.sweep:
+        ts = sorted(scores.sweep)
+        arrays["sweep_timesteps"] = np.array(ts, dtype=np.int64)
+        arrays["sweep_scores"] = np.stack([scores.sweep[t].scores for t in ts])
+        sweep = evaluate_sweep({t: s.scores for t, s in scores.sweep.items()}, main.labels, attack=scores.attack)
+        write_sweep_png(out / "sweep.png", [sweep])
+    save_npz_atomic(out / "scores.npz", **arrays)
+    write_roc_png(out / "roc.png", [ev])
+    fields = ev.to_dict()
+    fields.update(
+        target=scores.target.to_dict(), n_models=scores.n_models, queries_per_timestep=config.n_draws * (2 if config.flips else 1),
+        n_draws=config.n_draws, flips=config.flips, transform=config.transform,
+        strong_aggregate=config.strong_aggregate if scores.attack.startswith("strong") else None,
+        sweep=None if sweep is None else sweep.to_dict(), scores_file="scores.npz", roc_png="roc.png",
+        sweep_png=None if sweep is None else "sweep.png", score_direction="larger = more likely a member",
+        **extra,
+    )
+    return write_result(out / "result.json", NAME, settings, {"seed": seed, "noise_seed": config.noise_seed,
+                                                              "bootstrap_seed": seed}, **fields)
+
+
+def _summary(r: dict[str, Any]) -> str:
+    tpr = r["tpr_at_fpr"]
+    fmt = lambda v: "n/a (too few non-members)" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+    return (f"{r['attack']}: AUC {r['auc']:.4f}, TPR {fmt(tpr.get('0.01'))} at 1% FPR, {fmt(tpr.get('0.001'))} at 0.1% FPR "
+            f"({r['n_members']} members, {r['n_nonmembers']} non-members)")
+
+
+def run(args: argparse.Namespace) -> int:
+    opts = data_options(args)
+    ds = load_dataset(args.data, **opts)
+    shadows = Path(args.shadows)
+    mem_path = Path(args.membership) if args.membership else shadows / "membership.npz"
+    if not mem_path.exists():
+        raise DiffauditError(f"membership file {mem_path} does not exist; pass --membership (the matrix the shadows were trained on)")
+    mem = load_membership(mem_path, ds)
+    m = mem.n_models if args.models is None else args.models
+    if not 1 <= m <= mem.n_models:
+        raise DiffauditError(f"--models must lie in [1, {mem.n_models}]; got {m}")
+    runs = shadow_run_dirs(shadows, m)
+    device = resolve_device(args.device)
+    precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    n_draws = args.draws if args.draws is not None else (DEFAULT_STRONG_DRAWS if args.attack.startswith("strong") else 1)
+    t_max = _num_train_timesteps(runs[0])
+    if max(args.timesteps) >= t_max:
+        raise DiffauditError(f"--timesteps must lie in [0, {t_max - 1}]; got {list(args.timesteps)}")
+    config = MiaConfig(attack=args.attack, timesteps=tuple(args.timesteps), sweep=_clip_sweep(args.sweep, t_max),
+                       n_draws=n_draws, flips=args.flips, noise_seed=args.seed, transform=args.transform,
+                       strong_aggregate=args.strong_aggregate, precision=precision, batch_size=args.batch_size)
+    config.validate()
+    if args.target_index is not None:
+        target = TargetSpec(mode="shadow", index=args.target_index)
+    elif args.target is not None:
+        target = TargetSpec(mode="model", run=Path(args.target))
+    else:
+        target = TargetSpec()
+    settings = {
+        "data": {"spec": args.data, "options": opts},
+        "membership": {"digest": membership_digest(mem), "models": m},
+        "shadows": str(shadows.resolve()),
+        "target": target.to_dict(),
+        "attack": {k: v for k, v in config.to_dict().items() if k != "batch_size"},
+        "bootstrap": args.bootstrap,
+        "seed": args.seed,
+    }
+    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
+    if resumed and (out / "result.json").exists():
+        result = read_json(out / "result.json")
+        emit(args, result, _summary(result) + f" (already finished in {out})")
+        return 0
+    cache = Path(args.loss_cache) if args.loss_cache else out / "losses"
+    with Timer() as timer:
+        scores = run_mia(ds, mem.matrix[:, :m], runs, config, target=target, cache_dir=cache, device=device)
+    stage_line(f"mia: {config.attack} scored {len(scores.main.scores)} (target, example) pairs in {timer.seconds:.1f}s")
+    extra = {"models": {r.name: model_digest(r) for r in runs}, "seconds": timer.seconds, "device": str(device),
+             "precision": precision}
+    if target.mode == "model":
+        extra["target_digest"] = model_digest(target.run)
+    result = write_mia_outputs(out, scores, ds, config=config, settings=settings, seed=args.seed,
+                               n_bootstrap=args.bootstrap, extra=extra)
+    emit(args, result, _summary(result) + f"; results in {out}")
+    return 0

@@ -1,0 +1,58 @@
+"""``diffaudit report RESULT_DIR [--out FILE] [--redact]``: the HTML report and summary.json."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from diffaudit.cli.common import emit
+
+NAME = "report"
+HELP = "render the self-contained HTML report (and summary.json) of an audit or of one command's result"
+DESCRIPTION = (
+    "Render RESULT_DIR (the output folder of `diffaudit audit`, or of extract, verify, mia, inpaint, "
+    "canaries or dedup) as one self-contained HTML file: was training data extracted, how much, how "
+    "sure; extracted pairs, flagged cliques, ROC curves, inpainting, canaries, settings and versions. "
+    "Images are embedded; the page loads nothing from the network. It shows training images, so it is "
+    "written owner-only; --redact replaces them by their ids. summary.json (the same numbers) is "
+    "written beside the report: summary.json next to report.html, else <name>.summary.json."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("result_dir", metavar="RESULT_DIR", help="an audit folder or one command's output folder")
+    p.add_argument("--out", default=None, metavar="FILE", help="HTML file to write (default: RESULT_DIR/report.html)")
+    p.add_argument("--redact", action="store_true", help="replace training images (and inpainting grids) by their ids")
+
+
+def summary_path(report: Path) -> Path:
+    """Where summary.json goes: beside ``report.html``, else ``<name>.summary.json`` (never clobbers a neighbour's)."""
+    return report.with_name("summary.json") if report.name == "report.html" else report.with_suffix(".summary.json")
+
+
+def run(args: argparse.Namespace) -> int:
+    from diffaudit.report import build_summary, render_report
+    from diffaudit.report.html import ensure_private_parent
+    from diffaudit.core.io import write_json_atomic
+    import os
+
+    out = Path(args.out) if args.out else Path(args.result_dir) / "report.html"
+    report = render_report(args.result_dir, out, redact=args.redact)
+    summary = build_summary(args.result_dir)
+    spath = summary_path(report)
+    ensure_private_parent(spath)
+    write_json_atomic(spath, summary)
+    os.chmod(spath, 0o600)
+    ex = summary.get("extraction") or {}
+    parts = []
+    if ex.get("unique_extracted") is not None:
+        base = ex.get("baseline_unique_extracted")
+        parts.append(f"{ex['unique_extracted']} extracted of {ex.get('n_samples')} samples"
+                     + (f" (baseline {base})" if base is not None else ""))
+    for key, m in (summary.get("mia") or {}).items():
+        tpr = (m.get("tpr_at_fpr") or {}).get("0.01")
+        if tpr is not None:
+            parts.append(f"{key} TPR@1%FPR {tpr * 100:.1f}%")
+    human = f"report: {report}" + (f" ({'; '.join(parts)})" if parts else "") + f"\nsummary: {spath}"
+    emit(args, {"report": str(report), "summary_file": str(spath), "summary": summary}, human)
+    return 0

@@ -1,0 +1,88 @@
+"""``diffaudit shadows``: train the LiRA shadow models, one per column of a membership matrix."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+
+import numpy as np
+
+from diffaudit.attacks.membership.shadows import shadow_dir, shadow_seed, train_shadows
+from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit
+from diffaudit.cli.train import add_train_options, train_config_from
+from diffaudit.core.device import resolve_device
+from diffaudit.core.errors import DiffauditError
+from diffaudit.core.io import read_json
+from diffaudit.core.outdir import prepare_out_dir
+from diffaudit.core.progress import Timer, stage_line
+from diffaudit.core.results import write_result
+from diffaudit.data import load_dataset
+from diffaudit.data.membership import Membership, load_membership
+
+NAME = "shadows"
+HELP = "train LiRA shadow models, one per column of a membership matrix (resumable)"
+DESCRIPTION = (
+    "Train K DDPM shadow models (the paper: 16), model k on the examples IN column k of --membership, "
+    "into --out/model-00, model-01, ... A finished model is never retrained and an interrupted one resumes "
+    "from its last checkpoint, so re-running the same command continues the work. Then run "
+    "`diffaudit mia --shadows OUT` to attack them."
+)
+
+
+def membership_digest(mem: Membership) -> str:
+    """SHA-256 (16 hex) of a membership matrix and its keys (recorded in settings)."""
+    h = hashlib.sha256(np.ascontiguousarray(mem.matrix).tobytes())
+    h.update(str(mem.matrix.shape).encode())
+    h.update("\x00".join(mem.keys).encode("utf-8"))
+    return h.hexdigest()[:16]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_data_args(p)
+    add_run_args(p)
+    p.add_argument("--membership", required=True, help="membership-matrix file (.npz from `diffaudit membership`)")
+    p.add_argument("--models", type=int, default=None,
+                   help="train the first K columns (default: every column); raise it later to add models")
+    add_train_options(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    opts = data_options(args)
+    ds = load_dataset(args.data, **opts)
+    mem = load_membership(args.membership, ds)
+    k = mem.n_models if args.models is None else args.models
+    if not 1 <= k <= mem.n_models:
+        raise DiffauditError(f"--models must lie in [1, {mem.n_models}] (the membership matrix has {mem.n_models} columns); got {k}")
+    config = train_config_from(args)
+    train_settings = {key: v for key, v in dataclasses.asdict(config).items() if key != "seed"}
+    # --models is left out on purpose: a later run with a larger K adds models to the same folder.
+    settings = {
+        "data": {"spec": args.data, "options": opts},
+        "membership": {"digest": membership_digest(mem), "n_models": mem.n_models, "seed": mem.seed},
+        "train": train_settings,
+        "seed": args.seed,
+    }
+    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
+    if resumed:
+        stage_line(f"shadows: resuming {out}")
+    device = resolve_device(args.device)
+    with Timer() as timer:
+        runs = train_shadows(ds, mem, config, out, models=range(k), seed=args.seed, device=device,
+                             data_record={"spec": args.data, "options": opts})
+    finished = sorted(p for p in out.glob("model-*") if (p / "result.json").exists())
+    models = []
+    for j in range(mem.n_models):
+        run_dir = shadow_dir(out, j)
+        if run_dir in finished:
+            r = read_json(run_dir / "result.json")
+            models.append({"index": j, "run": run_dir.name, "n_train": r.get("n_train"), "final_loss": r.get("final_loss"),
+                           "seed": shadow_seed(args.seed, j)})
+    result = write_result(
+        out / "result.json", NAME, settings, {"seed": args.seed},
+        n_models=len(models), n_columns=mem.n_models, n_examples=len(ds), membership="membership.npz",
+        models=models, seconds_this_session=timer.seconds,
+    )
+    emit(args, result, f"{len(runs)} shadow models in {out} (of {mem.n_models} columns); "
+                       f"attack them with `diffaudit mia --data {args.data} --shadows {out} --out MIA_OUT`")
+    return 0

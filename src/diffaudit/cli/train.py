@@ -1,0 +1,109 @@
+"""``diffaudit train``: DDPM training of a UNet on a dataset, a subset or a membership column."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit
+from diffaudit.core.device import resolve_device
+from diffaudit.core.errors import DiffauditError
+from diffaudit.core.io import read_json
+from diffaudit.data import load_dataset
+from diffaudit.models.training import TrainConfig, train
+from diffaudit.models.unets import PRESETS
+
+NAME = "train"
+HELP = "train a DDPM UNet (tiny CPU model up to the 35.7M-parameter DDPM CIFAR-10 architecture)"
+DESCRIPTION = (
+    "Train a DDPM (ε-prediction, linear β 1e-4..0.02, 1,000 steps) on --data and write a run directory "
+    "(save_pretrained UNet with EMA weights, scheduler, config, training ids, loss log). Re-running the same "
+    "command on the same --out resumes from the last checkpoint; the result equals an uninterrupted run."
+)
+
+
+def add_train_options(p: argparse.ArgumentParser, *, steps: int = 1000) -> None:
+    """Training hyper-parameters shared by train, shadows, canaries and audit."""
+    g = p.add_argument_group("training")
+    g.add_argument("--preset", choices=PRESETS, default="tiny", help="model size")
+    g.add_argument("--steps", type=int, default=steps, help="optimisation steps")
+    g.add_argument("--batch-size", type=int, default=64, help="images per step")
+    g.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate")
+    g.add_argument("--warmup-steps", type=int, default=100, help="linear learning-rate warm-up")
+    g.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clipping")
+    g.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the saved weights")
+    g.add_argument("--flip", action="store_true", help="random horizontal flips")
+    g.add_argument("--class-conditional", action="store_true", help="condition on the dataset's labels")
+    g.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
+    g.add_argument("--log-every", type=int, default=None, help="steps per loss-log line (default: gcd(50, --checkpoint-every))")
+    g.add_argument("--no-bf16", action="store_true", help="no bf16 autocast on CUDA")
+    g.add_argument("--compile", action="store_true", help="torch.compile the UNet (CUDA)")
+
+
+def train_config_from(args: argparse.Namespace, seed: int | None = None) -> TrainConfig:
+    log_every = args.log_every or math.gcd(50, args.checkpoint_every)
+    return TrainConfig(
+        preset=args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
+        grad_clip=args.grad_clip, ema_decay=args.ema_decay, flip=args.flip, class_conditional=args.class_conditional,
+        seed=args.seed if seed is None else seed, checkpoint_every=args.checkpoint_every, bf16=not args.no_bf16,
+        compile=args.compile, log_every=log_every,
+    )
+
+
+def read_repeats(path: str, dataset) -> dict[int, int]:
+    """A repeat file: JSON {key-or-index: times}, or lines "KEY TIMES"."""
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError:
+        raw = {}
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip() and not line.startswith("#"):
+                parts = line.split()
+                if len(parts) != 2:
+                    raise DiffauditError(f"{path}:{n}: expected `KEY TIMES`")
+                raw[parts[0]] = parts[1]
+    index = dataset.index_of()
+    out = {}
+    for k, v in raw.items():
+        i = index.get(str(k))
+        if i is None and str(k).isdigit() and int(k) < len(dataset):
+            i = int(k)
+        if i is None:
+            raise DiffauditError(f"{path}: {k!r} is neither a key nor an index of {dataset.source}")
+        out[i] = int(v)
+    return out
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_data_args(p)
+    add_run_args(p)
+    add_train_options(p)
+    g = p.add_argument_group("training set")
+    g.add_argument("--membership", help="membership-matrix file: train on one of its columns")
+    g.add_argument("--model-index", type=int, help="the column of --membership to train on")
+    g.add_argument("--repeat", help="repeat chosen examples: JSON {key: times} or lines `KEY TIMES`")
+
+
+def run(args: argparse.Namespace) -> int:
+    opts = data_options(args)
+    ds = load_dataset(args.data, **opts)
+    indices = None
+    record = {"spec": args.data, "options": opts}
+    if args.membership:
+        from diffaudit.data.membership import load_membership
+
+        if args.model_index is None:
+            raise DiffauditError("--membership needs --model-index (which column to train on)")
+        mem = load_membership(args.membership, ds)
+        if not 0 <= args.model_index < mem.matrix.shape[1]:
+            raise DiffauditError(f"--model-index must lie in [0, {mem.matrix.shape[1] - 1}]")
+        indices = mem.column_indices(args.model_index)
+        record.update(membership=str(args.membership), model_index=args.model_index)
+    repeats = read_repeats(args.repeat, ds) if args.repeat else None
+    run_dir = train(ds, train_config_from(args), args.out, device=resolve_device(args.device), train_indices=indices,
+                    repeats=repeats, data_record=record, fresh=args.fresh)
+    emit(args, read_json(run_dir / "result.json"), f"run directory: {run_dir}")
+    return 0

@@ -1,0 +1,80 @@
+"""What a source lists before anything is decoded: one :class:`Entry` per example.
+
+Every loader (built-ins, folders, shards, npz) first lists its entries in their deterministic
+order, without decoding pixels; :func:`diffaudit.data.loader.load_dataset` then takes the seeded
+subset, decodes only the chosen entries, and assembles the :class:`ImageDataset`. So ``subset=1000``
+of CIFAR-10 decodes 1,000 JPEGs, not 50,000.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from diffaudit.data.images import BadImageError
+
+
+@dataclass
+class Entry:
+    """One example, not yet decoded.
+
+    Attributes:
+        key: the stable id (WebDataset key, path relative to the folder, ``npz:<i>``, ``digits:<i>``).
+        name: what errors name: the file path, or ``<shard>:<member>``.
+        read: returns the pixels, uint8 (H, W, C) with C in {1, 3}; raises :class:`BadImageError`.
+        label: the class index, or None.
+        caption: the caption, or None.
+        problem: when set, the entry is bad for this reason (e.g. a shard sample without an image);
+            reading it raises :class:`BadImageError` (skipped and recorded with ``skip_bad``).
+    """
+
+    key: str
+    name: str
+    read: Callable[[], np.ndarray]
+    label: int | None = None
+    caption: str | None = None
+    problem: str | None = None
+
+    def pixels(self) -> np.ndarray:
+        """uint8 (H, W, C) with C in {1, 3}; raises :class:`BadImageError` for a bad entry."""
+        if self.problem is not None:
+            raise BadImageError(self.name, self.problem)
+        return self.read()
+
+
+@dataclass
+class Listing:
+    """A source's entries in their deterministic order, plus what was skipped while listing.
+
+    Attributes:
+        entries: the examples, in order.
+        source: the spec, for messages and ``ImageDataset.source``.
+        has_labels: every entry carries a label (entries lacking one are listed with a ``problem``).
+        has_captions: every entry carries a caption (idem).
+        class_names: names of the label values, or None.
+        skipped: (name, reason) of whatever was skipped while listing (``skip_bad`` only).
+    """
+
+    entries: list[Entry]
+    source: str
+    has_labels: bool = False
+    has_captions: bool = False
+    class_names: list[str] | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def array_entries(images: np.ndarray, prefix: str, name: str, labels: np.ndarray | None = None,
+                  captions: list[str] | None = None) -> list[Entry]:
+    """Entries over the rows of uint8 (N, H, W, C): key ``<prefix>:<i>``, errors name ``<name>[<i>]``."""
+    return [
+        Entry(
+            key=f"{prefix}:{i}",
+            name=f"{name}[{i}]",
+            read=(lambda i=i: images[i]),
+            label=None if labels is None else int(labels[i]),
+            caption=None if captions is None else captions[i],
+        )
+        for i in range(len(images))
+    ]

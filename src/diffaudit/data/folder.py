@@ -1,0 +1,87 @@
+"""A folder of image files: flat, or one sub-folder per class.
+
+- Image files: extensions in :data:`~diffaudit.data.images.IMAGE_EXTENSIONS` (any case). Other
+  files (a README, a labels.json) are not examples and are ignored; so are hidden files and folders
+  (names starting with ``.``). Symbolic links to folders are not followed.
+- Flat: every image directly in the folder; no labels.
+- Classes: every image inside a sub-folder (at any depth); the class is the top-level sub-folder
+  and the label its position among the sorted names of the sub-folders that hold images
+  (``class_names``). A folder with images both at the top level and in sub-folders is an error
+  (the layout would be ambiguous).
+- Keys: the path relative to the folder, with ``/`` separators (``cat/0001.png``). Examples are
+  ordered by their path components, so the order is deterministic and groups each class together.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from diffaudit.core.errors import DiffauditError
+from diffaudit.data.entries import Entry, Listing
+from diffaudit.data.images import IMAGE_EXTENSIONS, BadImageError, decode_image
+
+
+def _image_files(root: Path) -> list[tuple[str, ...]]:
+    """Relative path parts of every (non-hidden) image file under ``root``, sorted by parts."""
+    found: list[tuple[str, ...]] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        rel = Path(dirpath).relative_to(root).parts
+        for fn in filenames:
+            if fn.startswith("."):
+                continue
+            ext = fn.rsplit(".", 1)[-1].lower() if "." in fn else ""
+            if ext in IMAGE_EXTENSIONS:
+                found.append((*rel, fn))
+    found.sort()
+    return found
+
+
+def _file_reader(path: Path, name: str):
+    def read():
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise BadImageError(name, f"cannot read the file ({exc.strerror or exc})") from None
+        return decode_image(data, name)
+
+    return read
+
+
+def list_folder(root: str | os.PathLike, *, source: str | None = None) -> Listing:
+    """The images under ``root`` as entries (see the module doc for layout, labels and order).
+
+    Raises:
+        DiffauditError: the folder mixes top-level images with class sub-folders, or holds no images.
+    """
+    root = Path(root)
+    files = _image_files(root)
+    source = source or str(root)
+    if not files:
+        hint = ""
+        if (root / "manifest.json").is_file():
+            hint = " It looks like a sample store: pass it as --samples, which reads stores."
+        raise DiffauditError(
+            f"{root}: the folder holds no images ({', '.join('.' + e for e in IMAGE_EXTENSIONS)}).{hint}"
+        )
+    top = [p for p in files if len(p) == 1]
+    nested = [p for p in files if len(p) > 1]
+    if top and nested:
+        raise DiffauditError(
+            f"{root}: mixes images at the top level ({top[0][0]}) with images in sub-folders "
+            f"({'/'.join(nested[0])}); use a flat folder, or one sub-folder per class"
+        )
+    class_names = sorted({p[0] for p in nested}) if nested else None
+    label_of = {c: i for i, c in enumerate(class_names or [])}
+    entries = []
+    for parts in files:
+        key = "/".join(parts)
+        path = root.joinpath(*parts)
+        entries.append(Entry(
+            key=key,
+            name=str(path),
+            read=_file_reader(path, str(path)),
+            label=label_of[parts[0]] if class_names else None,
+        ))
+    return Listing(entries=entries, source=source, has_labels=class_names is not None, class_names=class_names)

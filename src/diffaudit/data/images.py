@@ -1,0 +1,109 @@
+"""Decode one image file (bytes) into uint8 pixels (H, W, C), C = 1 or 3.
+
+Modes, as Pillow reports them after opening the file:
+
+- ``1``, ``L``, ``LA``, ``La``: grayscale, C = 1 (alpha dropped).
+- ``RGB``: C = 3. ``RGBA``, ``RGBa``, ``RGBX``, ``P``, ``PA``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``:
+  converted to RGB by Pillow, C = 3. Alpha is *dropped*, not composited: a transparent pixel keeps
+  the colour stored under it (palette images: the palette colour).
+- 16-bit grayscale (``I;16``, ``I;16B``, ``I;16L``, ``I;16N``) and 32-bit integer ``I`` holding
+  values in [0, 65535]: scaled to 8 bits by ``round(v / 257)`` (65535 -> 255, 257*k -> k), never
+  clipped (DESIGN: "16-bit images scale by 1/257"). An ``I`` image with values outside [0, 65535]
+  is refused.
+- 16-bit RGB PNGs: Pillow's decoder itself reduces them to 8-bit ``RGB`` by keeping the high byte
+  (``v >> 8``), which equals ``round(v / 257)`` for v = 257*k and differs from it by at most 1
+  elsewhere.
+- ``F`` (32-bit float) and anything Pillow cannot convert to RGB: refused.
+
+EXIF orientation is not applied: pixels are used as stored (as training pipelines read them).
+Every failure raises :class:`BadImageError` carrying the file's name and the reason; the loaders
+turn it into a :class:`~diffaudit.core.errors.DiffauditError`, or a recorded skip with ``skip_bad``.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from diffaudit.core.errors import DiffauditError
+
+#: File extensions read as images (lower case, without the dot).
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "bmp", "webp", "tif", "tiff")
+
+_GRAY_MODES = {"1", "L", "LA", "La"}
+_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+_TO_RGB_MODES = {"RGBA", "RGBa", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"}
+
+
+class BadImageError(DiffauditError):
+    """An image that cannot be decoded. ``name`` is the file (or shard member); ``reason`` says why."""
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"{name}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+def scale_16bit(values: np.ndarray) -> np.ndarray:
+    """16-bit values in [0, 65535] -> uint8 ``round(v / 257)`` (65535 -> 255; 257*k -> k). Same shape."""
+    v = np.asarray(values)
+    return np.rint(v.astype(np.float64) / 257.0).astype(np.uint8)
+
+
+def decode_image(data: bytes, name: str) -> np.ndarray:
+    """Decode the encoded image ``data`` (PNG, JPEG, BMP, WebP, TIFF...).
+
+    Args:
+        data: the file's bytes.
+        name: the file's name, used in errors.
+
+    Returns:
+        uint8 array (H, W, C), C = 1 (grayscale) or 3 (RGB), values in [0, 255].
+
+    Raises:
+        BadImageError: unreadable, truncated or corrupt data, or an unsupported mode.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return image_to_array(im, name)
+    except BadImageError:
+        raise
+    except UnidentifiedImageError:
+        raise BadImageError(name, f"not a recognised image format ({len(data)} bytes)") from None
+    except Image.DecompressionBombError as exc:
+        raise BadImageError(name, f"refused as a decompression bomb: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any decoder failure on untrusted bytes is a bad image
+        reason = str(exc) or type(exc).__name__
+        raise BadImageError(name, f"corrupt or truncated image ({type(exc).__name__}: {reason})") from None
+
+
+def image_to_array(im: Image.Image, name: str) -> np.ndarray:
+    """A loaded Pillow image -> uint8 (H, W, C), C in {1, 3}, following the module's mode rules."""
+    mode = im.mode
+    if mode == "L":
+        arr = np.asarray(im)
+    elif mode in _GRAY_MODES:
+        arr = np.asarray(im.convert("L"))
+    elif mode == "RGB":
+        arr = np.asarray(im)
+    elif mode in _SIXTEEN_BIT_MODES:
+        raw = np.asarray(im)
+        if raw.size and (int(raw.min()) < 0 or int(raw.max()) > 65535):
+            raise BadImageError(
+                name, f"mode {mode} values span [{int(raw.min())}, {int(raw.max())}], outside the 16-bit range [0, 65535]"
+            )
+        arr = scale_16bit(raw)
+    elif mode in _TO_RGB_MODES:
+        arr = np.asarray(im.convert("RGB"))
+    else:
+        raise BadImageError(name, f"unsupported image mode {mode!r} (use 8- or 16-bit grayscale, RGB or RGBA)")
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] not in (1, 3):
+        raise BadImageError(name, f"decoded to an unexpected array {arr.dtype} {arr.shape} (mode {mode})")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise BadImageError(name, "image has zero width or height")
+    return np.ascontiguousarray(arr)

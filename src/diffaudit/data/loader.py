@@ -1,0 +1,165 @@
+"""``load_dataset``: one entry point for every dataset spec.
+
+Specs, tried in this order:
+
+1. ``digits``, ``cifar10``, ``cifar10-test``: built-ins (:mod:`diffaudit.data.builtin`); a folder
+   that happens to carry one of these names is read as ``./digits``.
+2. A brace pattern or a path ending ``.tar`` (``.tar.gz``, ``.tgz``...): WebDataset shards
+   (:mod:`diffaudit.data.shards`).
+3. A path ending ``.npz``: :mod:`diffaudit.data.npz`.
+4. A folder: :mod:`diffaudit.data.folder`.
+
+Pipeline: list the source's entries in their deterministic order (no decoding) -> seeded subset
+(``subset``/``subset_seed``: positions chosen among all listed entries, in source order) -> decode
+each chosen entry -> centre crop -> resize -> channel conversion -> stack. Bad entries (corrupt,
+truncated, unreadable) raise a :class:`DiffauditError` naming the file, or with ``skip_bad`` are
+skipped and recorded in ``ImageDataset.skipped``; a subset that meets bad entries is that much
+smaller (it is never topped up, so the chosen positions stay those of the seed).
+
+Channels: with ``mode="L"`` or ``"RGB"`` every image is converted (see
+:mod:`diffaudit.data.transforms`); without ``mode`` a dataset that mixes grayscale and colour
+images is converted to RGB, and a dataset of grayscale images stays C = 1.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from diffaudit.core.errors import DiffauditError
+from diffaudit.core.progress import progress_bar
+from diffaudit.data.builtin import BUILTIN_NAMES, list_cifar10, list_digits
+from diffaudit.data.dataset import ImageDataset
+from diffaudit.data.entries import Listing
+from diffaudit.data.folder import list_folder
+from diffaudit.data.images import BadImageError
+from diffaudit.data.npz import list_npz
+from diffaudit.data.shards import is_shard_spec, list_shard_pattern
+from diffaudit.data.subset import choose_subset
+from diffaudit.data.transforms import apply_geometry, check_size_option, to_channels
+
+MODES = ("L", "RGB")
+
+
+def list_source(spec: str | os.PathLike, *, skip_bad: bool = False, cifar_root: str | os.PathLike | None = None) -> Listing:
+    """The entries of ``spec`` (see the module doc for the dispatch order), not decoded.
+
+    Raises:
+        DiffauditError: the spec names nothing readable (with what was expected).
+    """
+    s = os.fspath(spec)
+    if s == "digits":
+        return list_digits()
+    if s in BUILTIN_NAMES:
+        return list_cifar10(s, cifar_root, skip_bad=skip_bad)
+    if is_shard_spec(s):
+        return list_shard_pattern(s, skip_bad=skip_bad)
+    path = Path(s).expanduser()
+    if s.lower().endswith(".npz"):
+        return list_npz(path)
+    if path.is_dir():
+        return list_folder(path, source=s)
+    if path.exists():
+        raise DiffauditError(
+            f"{s}: not a dataset: expected a folder of images, WebDataset shards (.tar or a brace pattern) "
+            "or an .npz with an `images` array"
+        )
+    raise DiffauditError(
+        f"dataset {s!r} not found: expected a built-in name ({', '.join(BUILTIN_NAMES)}), a folder of images, "
+        "WebDataset shards (.tar, or a brace pattern like shards-{000000..000004}.tar) or an .npz file"
+    )
+
+
+def load_dataset(
+    spec: str | os.PathLike,
+    *,
+    image_size: int | None = None,
+    center_crop: int | None = None,
+    subset: int | None = None,
+    subset_seed: int = 0,
+    mode: str | None = None,
+    skip_bad: bool = False,
+    cifar_root: str | os.PathLike | None = None,
+) -> ImageDataset:
+    """Load a dataset into memory.
+
+    Args:
+        spec: ``digits``, ``cifar10``, ``cifar10-test``, a folder, shards (``x-{000000..000004}.tar``) or ``x.npz``.
+        image_size: resize every image to ``image_size`` x ``image_size`` (bilinear), after the crop.
+        center_crop: first crop the central ``center_crop`` x ``center_crop`` square.
+        subset: keep a seeded random ``subset`` of the examples (in source order).
+        subset_seed: seed of the subset.
+        mode: ``"L"`` (grayscale, C = 1) or ``"RGB"`` (C = 3); None keeps grayscale datasets
+            grayscale and converts mixed ones to RGB.
+        skip_bad: skip bad images and damaged shards (recorded in ``.skipped``) instead of failing.
+        cifar_root: folder of the CIFAR-10 shards (else ``$DIFFAUDIT_CIFAR10``, else searched).
+
+    Returns:
+        :class:`ImageDataset` with uint8 images (N, H, W, C), C in {1, 3}, values in [0, 255];
+        ``keys`` the stable ids; ``labels`` int64 (N,) or None; ``captions`` or None.
+
+    Raises:
+        DiffauditError: bad options, a spec that names nothing, bad input (naming the file), images of
+            different sizes without ``image_size``, or an empty result.
+    """
+    image_size = check_size_option("image_size", image_size)
+    center_crop = check_size_option("center_crop", center_crop)
+    if mode is not None and mode not in MODES:
+        raise DiffauditError(f"mode must be one of {', '.join(MODES)} (or None); got {mode!r}")
+    listing = list_source(spec, skip_bad=skip_bad, cifar_root=cifar_root)
+    source = listing.source
+    entries = listing.entries
+    if not entries:
+        extra = f" ({len(listing.skipped)} skipped: {listing.skipped[0][0]}: {listing.skipped[0][1]})" if listing.skipped else ""
+        raise DiffauditError(f"{source}: the dataset is empty (no examples){extra}")
+    if subset is not None:
+        entries = [entries[i] for i in choose_subset(len(entries), subset, subset_seed, source)]
+
+    skipped = list(listing.skipped)
+    kept, pixels = [], []
+    with progress_bar(f"load {source}", len(entries), unit="img") as bar:
+        for entry in entries:
+            try:
+                img = apply_geometry(entry.pixels(), entry.name, center_crop_size=center_crop, image_size=image_size)
+            except BadImageError as exc:
+                if not skip_bad:
+                    raise DiffauditError(
+                        f"{exc}. Fix or remove it, or pass --skip-bad (skip_bad=True) to skip bad images; "
+                        "skips are counted and reported"
+                    ) from None
+                skipped.append((exc.name, exc.reason))
+                continue
+            finally:
+                bar.advance(1)
+            kept.append(entry)
+            pixels.append(img)
+    if not kept:
+        raise DiffauditError(f"{source}: no readable images ({len(skipped)} skipped, first: {skipped[0][0]}: {skipped[0][1]})")
+
+    h, w = pixels[0].shape[:2]
+    for entry, img in zip(kept, pixels):
+        if img.shape[:2] != (h, w):
+            raise DiffauditError(
+                f"{source}: images differ in size: {kept[0].name} is {w}x{h} but {entry.name} is "
+                f"{img.shape[1]}x{img.shape[0]} (width x height); pass --image-size (image_size=) to resize "
+                "them all, with --center-crop (center_crop=) to keep their aspect ratio"
+            )
+    if mode is not None:
+        channels = 1 if mode == "L" else 3
+    else:
+        channels = 3 if any(img.shape[2] == 3 for img in pixels) else 1
+    images = np.empty((len(pixels), h, w, channels), dtype=np.uint8)
+    for i, img in enumerate(pixels):
+        images[i] = to_channels(img, channels)
+
+    return ImageDataset(
+        images=images,
+        keys=[e.key for e in kept],
+        labels=np.array([e.label for e in kept], dtype=np.int64) if listing.has_labels else None,
+        captions=[e.caption for e in kept] if listing.has_captions else None,
+        source=source,
+        skipped=skipped,
+        class_names=listing.class_names,
+    )

@@ -1,0 +1,329 @@
+"""WebDataset tar shards, given as a brace pattern (``data/train-{000000..000004}.tar``).
+
+The pattern is expanded with ``braceexpand`` (as ``webdataset`` does). Each shard is read by a
+small memory-mapped ustar reader when it is an uncompressed tar of plain headers (fast: it parses
+the 100,000 CIFAR-10 headers in a fraction of a second), and otherwise by :mod:`tarfile` in stream
+mode (``.gz``, ``.bz2``, ``.xz``, pax/GNU headers). Members are grouped into samples exactly as
+``webdataset`` does: consecutive members sharing the prefix before the first dot of
+their base name form one sample, whose ``__key__`` is that prefix (directories included:
+``a/b.c.jpg`` has key ``a/b`` and extension ``c.jpg``); extensions are lower-cased; members named
+``__*__`` are metadata and ignored, as are members without an extension. The tests check the keys
+against ``webdataset.WebDataset`` itself. Reading the tar directly (rather than through
+``webdataset``'s pipeline) is what lets every failure name its shard and member:
+
+- A sample's image is its first of ``.png .jpg .jpeg .webp .bmp .tif .tiff``; ``.cls`` is its label
+  (an ASCII integer >= 0) and ``.txt`` its caption (UTF-8). When some samples carry a label (caption)
+  every sample must: a sample lacking it, or with no image, is a bad sample (an error, or skipped and
+  recorded with ``skip_bad``).
+- A member named with an absolute path (``/x``, ``C:x``) or a ``..`` component (``../../x``), a link
+  or a device member, is refused with an error naming the shard and the member, whatever
+  ``skip_bad`` says (nothing is ever extracted to disk; such a shard is not trusted at all).
+- A truncated or unreadable shard is an error naming it. An uncompressed shard must end with the
+  tar end-of-archive marker (two zero blocks) right after its last member: :mod:`tarfile` stops
+  silently at a truncation that falls on a member boundary or at a garbled header, and this check
+  catches both. With ``skip_bad`` the complete samples before the damage are kept and the shard is
+  recorded in ``skipped``. (Compressed shards rely on the compressor's own end-of-stream checks.)
+- A key found twice (in one shard or across shards) is an error naming both places.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import tarfile
+import zlib
+from pathlib import Path
+
+from diffaudit.core.errors import DiffauditError
+from diffaudit.data.entries import Entry, Listing
+from diffaudit.data.images import IMAGE_EXTENSIONS, decode_image
+
+_META = re.compile(r"__[^/]*__($|/)")
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_SEPARATORS = re.compile(r"[/\\]")
+_BASE_PLUS_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset.tariterators.base_plus_ext
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
+END_OF_ARCHIVE = 1024  # two 512-byte zero blocks (POSIX ustar)
+
+
+def is_shard_spec(spec: str) -> bool:
+    """Whether ``spec`` names tar shards (a brace pattern or a ``.tar``/``.tar.gz``/``.tgz`` path)."""
+    s = spec.lower()
+    return ("{" in spec and ".." in spec) or s.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz"))
+
+
+def expand_pattern(pattern: str) -> list[Path]:
+    """Shard paths of a brace pattern (``{000000..000004}``, ``{a,b}``), in pattern order.
+
+    Raises:
+        DiffauditError: a shard of the pattern does not exist (naming it).
+    """
+    import braceexpand
+
+    paths = [Path(p).expanduser() for p in braceexpand.braceexpand(pattern)]
+    if not paths:
+        raise DiffauditError(f"{pattern}: the pattern names no shards")
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise DiffauditError(
+            f"shard {missing[0]} does not exist ({len(missing)} of the {len(paths)} shards of {pattern} are missing)"
+        )
+    return paths
+
+
+def unsafe_member_reason(name: str) -> str | None:
+    """Why a tar member name is unsafe (absolute, drive letter, ``..`` component), or None."""
+    if name[:1] in ("/", "\\"):
+        return "is an absolute path"
+    if name[1:2] == ":" and _DRIVE.match(name):
+        return "starts with a drive letter"
+    if ".." in name and ".." in _SEPARATORS.split(name):
+        return "climbs out of the archive with '..'"
+    return None
+
+
+def _is_compressed(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(6)
+    return head.startswith(_COMPRESSED_MAGIC)
+
+
+def _check_end_of_archive(path: Path, offset: int) -> None:
+    """Raise ``tarfile.ReadError`` unless ``path`` holds two zero blocks at ``offset``."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        tail = f.read(END_OF_ARCHIVE)
+    if len(tail) < END_OF_ARCHIVE:
+        raise tarfile.ReadError(f"ends at byte {path.stat().st_size} without the tar end-of-archive marker")
+    if tail.count(0) != END_OF_ARCHIVE:
+        raise tarfile.ReadError(f"unreadable tar header at byte {offset}")
+
+
+class _NeedsTarfile(Exception):
+    """The fast reader met something only :mod:`tarfile` handles (pax/GNU headers, odd checksums)."""
+
+
+_BLOCK = 512
+_ZERO_BLOCK = bytes(_BLOCK)
+_REGULAR, _DIRECTORY, _LINKS, _SPECIAL = (b"0", b"\0", b"7"), (b"5",), (b"1", b"2"), (b"3", b"4", b"6")
+_POSIX_MAGIC = b"ustar\x0000"
+
+
+def _octal(field: bytes) -> int:
+    if field[:1] in (b"\x80", b"\xff"):
+        raise _NeedsTarfile("base-256 number")
+    text = field.split(b"\0", 1)[0].strip()
+    try:
+        return int(text or b"0", 8)
+    except ValueError:
+        raise _NeedsTarfile("non-octal number") from None
+
+
+def _plain_members(path: Path):
+    """(name, kind, data) of every member of an uncompressed ustar/v7 tar, read from a memory map.
+
+    About 4x faster than :mod:`tarfile` on shards of small files (the CIFAR-10 shards hold 20,000
+    members each). Raises ``_NeedsTarfile`` on anything it does not handle itself (pax or GNU
+    extension headers, base-256 sizes, a header whose checksum does not add up), so that the caller
+    re-reads the shard with :mod:`tarfile`; raises ``tarfile.ReadError`` on truncation or a missing
+    end-of-archive marker. ``kind`` is ``file``, ``dir``, ``link`` or ``special``; data is None but
+    for files.
+    """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise tarfile.ReadError("empty file")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            off = 0
+            while True:
+                if off + END_OF_ARCHIVE > size:
+                    raise tarfile.ReadError(f"ends at byte {size} without the tar end-of-archive marker")
+                hdr = mm[off:off + _BLOCK]
+                if hdr == _ZERO_BLOCK:
+                    if mm[off + _BLOCK:off + END_OF_ARCHIVE] != _ZERO_BLOCK:
+                        raise _NeedsTarfile("lone zero block")
+                    return
+                if _octal(hdr[148:156]) != 256 + sum(hdr) - sum(hdr[148:156]):
+                    raise _NeedsTarfile("checksum")
+                flag = hdr[156:157]
+                name = hdr[:100].split(b"\0", 1)[0]
+                if hdr[257:265] == _POSIX_MAGIC and hdr[345]:
+                    name = hdr[345:500].split(b"\0", 1)[0] + b"/" + name
+                name = name.decode("utf-8", "surrogateescape")
+                length = _octal(hdr[124:136])
+                if flag in _REGULAR:
+                    kind = "dir" if flag == b"\0" and name.endswith("/") else "file"
+                elif flag in _DIRECTORY:
+                    kind = "dir"
+                elif flag in _LINKS:
+                    kind, length = "link", 0
+                elif flag in _SPECIAL:
+                    kind, length = "special", 0
+                else:
+                    raise _NeedsTarfile(f"type {flag!r}")
+                start = off + _BLOCK
+                if start + length > size:
+                    raise tarfile.ReadError("unexpected end of data")
+                yield name.rstrip("/") if kind == "dir" else name, kind, mm[start:start + length] if kind == "file" else None
+                off = start + -(-length // _BLOCK) * _BLOCK
+
+
+def _tarfile_members(path: Path, compressed: bool):
+    """(name, kind, data) of every member, read by :mod:`tarfile` in stream mode (any compression)."""
+    with open(path, "rb") as f:
+        with tarfile.open(fileobj=f, mode="r|*") as tf:
+            for member in tf:
+                if member.isreg():
+                    yield member.name, "file", tf.extractfile(member).read()
+                elif member.isdir():
+                    yield member.name, "dir", None
+                else:
+                    yield member.name, "link" if (member.issym() or member.islnk()) else "special", None
+            end = tf.offset
+    if not compressed:
+        _check_end_of_archive(path, end)
+
+
+def _group(path: Path, members, samples: list) -> None:
+    """Append the samples of ``members`` to ``samples`` (webdataset grouping; see the module doc)."""
+    key, parts = None, None
+    for name, kind, data in members:
+        reason = unsafe_member_reason(name)
+        if reason:
+            raise DiffauditError(f"{path}: member {name!r} {reason}; the shard is refused")
+        if kind == "dir":
+            continue
+        if kind != "file":
+            raise DiffauditError(f"{path}: member {name!r} is a {'link' if kind == 'link' else 'special file'}; "
+                                 "shards may hold regular files only")
+        if "__" in name and (_META.match(name) or ("/" not in name and name.startswith("__") and name.endswith("__"))):
+            continue
+        m = _BASE_PLUS_EXT.match(name)
+        if not m:
+            continue
+        prefix, ext = m.group(1), m.group(2).lower()
+        if prefix != key:
+            if parts is not None:
+                samples.append((key, parts))
+            key, parts = prefix, {}
+        if ext in parts:
+            raise DiffauditError(f"{path}: sample {key!r} has two .{ext} members")
+        parts[ext] = data
+    if parts is not None:
+        samples.append((key, parts))
+
+
+def read_shard(path: Path, *, skip_bad: bool) -> tuple[list[tuple[str, dict[str, bytes]]], str | None]:
+    """The samples of one shard, in order: ``[(key, {extension: bytes})]``.
+
+    Returns:
+        (samples, damage): ``damage`` is None for a sound shard; with ``skip_bad``, the reason the
+        shard could not be read to its end (the samples before the damage are returned).
+
+    Raises:
+        DiffauditError: an unsafe member (always), or a truncated/unreadable shard (unless ``skip_bad``).
+    """
+    samples: list[tuple[str, dict[str, bytes]]] = []
+    try:
+        compressed = _is_compressed(path)
+        try:
+            _group(path, _tarfile_members(path, True) if compressed else _plain_members(path), samples)
+        except _NeedsTarfile:
+            samples.clear()
+            _group(path, _tarfile_members(path, compressed), samples)
+        return samples, None
+    except DiffauditError:
+        raise
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        # ``samples`` holds the samples completed before the damage; the one being read (possibly
+        # incomplete) was never appended.
+        if not skip_bad:
+            raise DiffauditError(
+                f"shard {path} is truncated or unreadable ({why}); re-create or re-download it, "
+                "or pass --skip-bad to keep the complete samples before the damage"
+            ) from None
+        return samples, f"truncated or unreadable ({why}); kept the {len(samples)} samples before the damage"
+
+
+def _image_ext(parts: dict[str, bytes]) -> str | None:
+    """The sample's image member: the first exact image extension, else the first (sorted) extension
+    whose last component is one (``seg.png``, decoded by its last extension as webdataset does)."""
+    for ext in IMAGE_EXTENSIONS:
+        if ext in parts:
+            return ext
+    for ext in sorted(parts):
+        if ext.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS:
+            return ext
+    return None
+
+
+def _reader(data: bytes, name: str):
+    return lambda: decode_image(data, name)
+
+
+def list_shards(paths: list[Path], *, source: str, skip_bad: bool) -> Listing:
+    """The samples of ``paths`` (in order) as entries keyed by their WebDataset ``__key__``.
+
+    Raises:
+        DiffauditError: an unsafe member, a damaged shard (unless ``skip_bad``), a duplicate key.
+    """
+    raw: list[tuple[Path, str, dict[str, bytes]]] = []
+    skipped: list[tuple[str, str]] = []
+    seen: dict[str, Path] = {}
+    for path in paths:
+        samples, damage = read_shard(path, skip_bad=skip_bad)
+        if damage:
+            skipped.append((str(path), damage))
+        for key, parts in samples:
+            if key in seen:
+                where = "twice in" if seen[key] == path else f"in {seen[key]} and in"
+                raise DiffauditError(f"sample key {key!r} appears {where} {path}; keys must be unique")
+            seen[key] = path
+            raw.append((path, key, parts))
+    has_labels = any("cls" in p for _, _, p in raw)
+    has_captions = any("txt" in p for _, _, p in raw)
+    entries = []
+    for path, key, parts in raw:
+        name = f"{path}:{key}"
+        problems: list[str] = []
+        ext = _image_ext(parts)
+        if ext is None:
+            problems.append(f"sample has no image ({', '.join('.' + e for e in IMAGE_EXTENSIONS)}); "
+                            f"it holds {', '.join('.' + e for e in sorted(parts))}")
+        else:
+            name = f"{path}:{key}.{ext}"
+        label = caption = None
+        if has_labels:
+            if "cls" not in parts:
+                problems.append("no .cls label while other samples have one")
+            else:
+                text = parts["cls"].decode("ascii", errors="replace").strip()
+                if text.isascii() and text.isdigit():
+                    label = int(text)
+                else:
+                    problems.append(f".cls label {text[:20]!r} is not an integer >= 0")
+        if has_captions:
+            if "txt" not in parts:
+                problems.append("no .txt caption while other samples have one")
+            else:
+                try:
+                    caption = parts["txt"].decode("utf-8").strip()
+                except UnicodeDecodeError:
+                    problems.append(".txt caption is not UTF-8")
+        entries.append(Entry(
+            key=key,
+            name=name,
+            read=_reader(parts[ext], name) if ext else (lambda: None),
+            label=label,
+            caption=caption,
+            problem="; ".join(problems) or None,
+        ))
+    return Listing(entries=entries, source=source, has_labels=has_labels, has_captions=has_captions,
+                   skipped=skipped)
+
+
+def list_shard_pattern(pattern: str | os.PathLike, *, skip_bad: bool) -> Listing:
+    """The samples of the shards named by the brace pattern (or single path) ``pattern``."""
+    return list_shards(expand_pattern(str(pattern)), source=str(pattern), skip_bad=skip_bad)

@@ -1,0 +1,78 @@
+"""Per-image geometry (centre crop, square resize) and channel conversion, on uint8 arrays.
+
+Order applied by the loaders: decode -> ``center_crop`` -> ``image_size`` resize -> channel
+conversion (``mode``, or L -> RGB when a dataset mixes grayscale and colour images).
+
+- Centre crop: a ``size`` x ``size`` square at the centre (top-left offset ``(H - size) // 2``,
+  ``(W - size) // 2``); an image smaller than ``size`` on either side is an error.
+- Resize: to ``size`` x ``size`` with Pillow's bilinear filter (which also low-pass filters when
+  shrinking, so downsizing does not alias). A non-square image is stretched: centre-crop it first to
+  keep its aspect ratio. The built-in 8x8 digits are upsampled by the same bilinear filter.
+- Grayscale from RGB: ITU-R 601-2 luma with Pillow's integer rounding,
+  ``L = (19595 R + 38470 G + 7471 B + 32768) >> 16`` (identical to ``Image.convert("L")``).
+- RGB from grayscale: the gray value copied into the three channels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from diffaudit.core.errors import DiffauditError
+
+
+def center_crop(image: np.ndarray, size: int, name: str) -> np.ndarray:
+    """The central ``size`` x ``size`` square of uint8 (H, W, C) -> uint8 (size, size, C)."""
+    h, w = image.shape[:2]
+    if size > h or size > w:
+        raise DiffauditError(f"{name}: cannot centre-crop {size}x{size} from a {w}x{h} image (width x height)")
+    top, left = (h - size) // 2, (w - size) // 2
+    return image[top:top + size, left:left + size]
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (H, W, C), C in {1, 3} -> uint8 (size, size, C), Pillow bilinear (antialiased when shrinking)."""
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    c = image.shape[2]
+    pil = Image.fromarray(image[:, :, 0] if c == 1 else image, mode=None)
+    out = np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR))
+    return out[:, :, None] if c == 1 else out
+
+
+def apply_geometry(image: np.ndarray, name: str, *, center_crop_size: int | None, image_size: int | None) -> np.ndarray:
+    """Centre crop (when ``center_crop_size``) then resize (when ``image_size``); uint8 (H, W, C) in and out."""
+    if center_crop_size is not None:
+        image = center_crop(image, center_crop_size, name)
+    if image_size is not None:
+        image = resize(np.ascontiguousarray(image), image_size)
+    return image
+
+
+def rgb_to_gray(images: np.ndarray) -> np.ndarray:
+    """uint8 (..., 3) -> uint8 (..., 1): ITU-R 601-2 luma, bit-identical to Pillow's ``convert("L")``."""
+    x = images.astype(np.uint32)
+    luma = (x[..., 0] * 19595 + x[..., 1] * 38470 + x[..., 2] * 7471 + 0x8000) >> 16
+    return luma.astype(np.uint8)[..., None]
+
+
+def gray_to_rgb(images: np.ndarray) -> np.ndarray:
+    """uint8 (..., 1) -> uint8 (..., 3), the gray value in every channel."""
+    return np.repeat(images, 3, axis=-1)
+
+
+def to_channels(images: np.ndarray, channels: int) -> np.ndarray:
+    """uint8 (..., C) with C in {1, 3} -> uint8 (..., ``channels``) (1 or 3)."""
+    c = images.shape[-1]
+    if c == channels:
+        return images
+    return rgb_to_gray(images) if channels == 1 else gray_to_rgb(images)
+
+
+def check_size_option(name: str, value: int | None) -> int | None:
+    """Validate an ``image_size`` / ``center_crop`` option: None or a positive int."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise DiffauditError(f"{name} must be a positive number of pixels; got {value!r}")
+    return int(value)

@@ -1,0 +1,321 @@
+"""Image embedders for near-duplicate search (paper Section 4.2.1, step 1: "embed every training
+image and find near-duplicate groups").
+
+An embedder maps uint8 images (B, H, W, C), C in {1, 3}, to one vector per image, and defines a
+*similarity* in [0, 1] (1 = identical) on those vectors; two images are near-duplicates when their
+similarity is at least the embedder's threshold. Three embedders are registered:
+
+| name    | vector                                         | similarity              | default threshold |
+|---------|------------------------------------------------|-------------------------|-------------------|
+| `pixel` | 8x8 area-downsampled grayscale, mean-centred,  | cosine (inner product)  | 0.97              |
+|         | L2-normalised, float32 (64,)                   |                         |                   |
+| `phash` | 64-bit DCT perceptual hash, packed uint8 (8,)  | 1 − Hamming / 64        | 0.86 (≤ 9 bits)   |
+| `clip`  | CLIP image embedding, L2-normalised (512,)     | cosine                  | 0.95              |
+
+The `pixel` and `phash` thresholds are calibrated on duplicates planted in real CIFAR-10 images
+(see :mod:`diffaudit.defenses.calibration`, whose docstring holds the measured table); the paper
+itself removed CIFAR-10 near-duplicates at imagededup CNN similarity > 0.85, a different embedding
+whose scale does not transfer. The `clip` default was not calibrated here (no CLIP weights could be
+loaded offline); calibrate it with :func:`diffaudit.defenses.calibration.calibrate` before relying on it.
+
+Vectors of ``metric == "cosine"`` embedders are float32 and unit-norm (similarity = inner product);
+vectors of ``metric == "hamming"`` embedders are packed bits (uint8, 8 bits per byte).
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import scipy.fft
+import torch
+import torch.nn.functional as F
+
+from diffaudit.core.errors import DiffauditError
+
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as PIL's "L" mode
+
+
+def check_images(images: np.ndarray, name: str = "images") -> np.ndarray:
+    """Validate uint8 (B, H, W, C), C in {1, 3}; returns it as an ndarray."""
+    a = np.asarray(images)
+    if a.dtype != np.uint8 or a.ndim != 4 or a.shape[-1] not in (1, 3):
+        raise DiffauditError(f"{name}: expected uint8 images (B, H, W, C) with C in (1, 3); got {a.dtype} {a.shape}")
+    return a
+
+
+def to_gray(images: np.ndarray) -> torch.Tensor:
+    """uint8 (B, H, W, C) -> float32 (B, 1, H, W) luma in [0, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+    if x.shape[-1] == 3:
+        x = x @ torch.from_numpy(_LUMA)
+    else:
+        x = x[..., 0]
+    return x[:, None]
+
+
+def resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, C, H, W) float -> (B, C, size, size): area averaging when shrinking, bilinear when growing."""
+    if x.shape[-2:] == (size, size):
+        return x
+    if x.shape[-2] >= size and x.shape[-1] >= size:
+        return F.adaptive_avg_pool2d(x, size)
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def shift_images(images: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """Translate uint8 (B, H, W, C) by (dx, dy) pixels (right/down positive), repeating edge pixels."""
+    h, w = images.shape[1:3]
+    p = max(abs(dx), abs(dy))
+    if p == 0:
+        return images
+    padded = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0)), mode="edge")
+    return np.ascontiguousarray(padded[:, p - dy:p - dy + h, p - dx:p - dx + w])
+
+
+class Embedder(ABC):
+    """One vector per image and a similarity on them.
+
+    Attributes:
+        name: registry name.
+        metric: ``"cosine"`` (unit float32 vectors) or ``"hamming"`` (packed uint8 bits).
+        dim: vector length (for ``hamming``: the number of bits).
+        default_threshold: similarity at or above which two images are near-duplicates.
+    """
+
+    name: str = ""
+    metric: str = "cosine"
+    dim: int = 0
+    default_threshold: float = 0.9
+
+    max_shift: int = 0
+
+    @abstractmethod
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (B, H, W, C) -> float32 (B, dim) unit vectors, or uint8 (B, dim // 8) packed bits."""
+
+    def settings(self) -> dict[str, Any]:
+        """The options that define the embedding (recorded in results; resume checks them)."""
+        return {"name": self.name}
+
+    @property
+    def shifts(self) -> list[tuple[int, int]]:
+        """The (dx, dy) translations of the query views; (0, 0) first."""
+        r = int(self.max_shift)
+        return [(0, 0)] + [(dx, dy) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if (dx, dy) != (0, 0)]
+
+    def embed_views(self, images: np.ndarray) -> np.ndarray:
+        """Embeddings of ``images`` translated by each of :attr:`shifts`: (S, B, ...); view 0 = :meth:`embed`.
+
+        Shift tolerance: the similarity of two images is the largest similarity between a view of
+        one and the plain embedding of the other, so a copy moved by up to ``max_shift`` pixels
+        (the paper's re-cropped duplicates) is as close as an aligned one.
+        """
+        a = check_images(images)
+        return np.stack([self.embed(a if s == (0, 0) else shift_images(a, *s)) for s in self.shifts])
+
+    def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Pairwise similarity of two embedding batches: (Na, Nb) float64 in [0, 1] (cosine may be < 0)."""
+        return pairwise_similarity(a, b, self.metric, self.dim)
+
+
+def pairwise_similarity(a: np.ndarray, b: np.ndarray, metric: str, dim: int) -> np.ndarray:
+    """Brute-force similarity matrix (the reference faiss is tested against)."""
+    if metric == "cosine":
+        return np.asarray(a, np.float64) @ np.asarray(b, np.float64).T
+    if metric == "hamming":
+        ba = np.unpackbits(np.asarray(a, np.uint8), axis=1)[:, :dim].astype(np.int32)
+        bb = np.unpackbits(np.asarray(b, np.uint8), axis=1)[:, :dim].astype(np.int32)
+        ham = ba.sum(1)[:, None] + bb.sum(1)[None, :] - 2 * ba @ bb.T
+        return 1.0 - ham / float(dim)
+    raise DiffauditError(f"unknown metric {metric!r} (cosine or hamming)")
+
+
+class PixelEmbedder(Embedder):
+    """Down-sampled pixels, mean-centred and L2-normalised; cosine similarity.
+
+    Area down-sampling to ``size`` x ``size`` absorbs JPEG noise and 1-2 px shifts (a 2 px shift at
+    32x32 is half a cell at 8x8); subtracting the image's mean and dividing by the norm makes the
+    vector invariant to brightness offsets and gains (±10 % brightness barely moves it).
+    Images with no contrast (constant after down-sampling) map to one extra axis, so all blank
+    images are duplicates of each other and of nothing else.
+
+    Args:
+        size: side of the down-sampled image (8 or 16 are sensible for 32x32 data).
+        color: ``"gray"`` (luma, dim size²) or ``"rgb"`` (dim 3·size²).
+        max_shift: translations of up to this many pixels (native resolution) are tolerated
+            (query views, see :meth:`Embedder.embed_views`; 2 → 25 views).
+    """
+
+    name = "pixel"
+    metric = "cosine"
+    default_threshold = 0.97
+
+    def __init__(self, size: int = 8, color: str = "gray", max_shift: int = 2):
+        if size < 2:
+            raise DiffauditError(f"pixel embedder: size must be at least 2; got {size}")
+        if color not in ("gray", "rgb"):
+            raise DiffauditError(f"pixel embedder: color must be 'gray' or 'rgb'; got {color!r}")
+        if not 0 <= int(max_shift) <= 8:
+            raise DiffauditError(f"pixel embedder: max_shift must lie in [0, 8]; got {max_shift}")
+        self.size, self.color, self.max_shift = int(size), color, int(max_shift)
+        self.dim = (3 if color == "rgb" else 1) * self.size**2 + 1
+
+    def settings(self) -> dict[str, Any]:
+        return {"name": self.name, "size": self.size, "color": self.color, "max_shift": self.max_shift}
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        a = check_images(images)
+        if self.color == "gray":
+            x = to_gray(a)
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(a)).float().div_(255.0).permute(0, 3, 1, 2)
+            if x.shape[1] == 1:
+                x = x.expand(-1, 3, -1, -1)
+        v = resize(x, self.size).flatten(1).double()
+        v = v - v.mean(1, keepdim=True)
+        norm = v.norm(dim=1, keepdim=True)
+        flat = norm[:, 0] < 1e-6  # no contrast: a blank image
+        v = torch.where(flat[:, None], torch.zeros_like(v), v / norm.clamp_min(1e-12))
+        out = torch.cat([v, flat[:, None].double()], dim=1)
+        return out.float().numpy()
+
+
+class PHashEmbedder(Embedder):
+    """Perceptual hash (DCT): 64 bits; similarity 1 − Hamming distance / 64.
+
+    As in the common ``imagehash.phash``: luma resized to 32x32, 2-D DCT-II (:func:`scipy.fft.dctn`),
+    the top-left 8x8 low-frequency block, each coefficient compared with the block's median.
+    """
+
+    name = "phash"
+    metric = "hamming"
+    default_threshold = 1.0 - 9 / 64  # Hamming distance <= 9 bits
+
+    def __init__(self, hash_size: int = 8, highfreq_factor: int = 4, max_shift: int = 0):
+        self.hash_size, self.highfreq_factor = int(hash_size), int(highfreq_factor)
+        if not 0 <= int(max_shift) <= 8:
+            raise DiffauditError(f"phash: max_shift must lie in [0, 8]; got {max_shift}")
+        self.max_shift = int(max_shift)
+        if self.hash_size < 2 or (self.hash_size**2) % 8:
+            raise DiffauditError(f"phash: hash_size² must be a multiple of 8; got hash_size={hash_size}")
+        self.dim = self.hash_size**2
+
+    def settings(self) -> dict[str, Any]:
+        return {"name": self.name, "hash_size": self.hash_size, "highfreq_factor": self.highfreq_factor,
+                "max_shift": self.max_shift}
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        a = check_images(images)
+        n = self.hash_size * self.highfreq_factor
+        g = resize(to_gray(a), n)[:, 0].double().numpy()  # (B, n, n)
+        dct = scipy.fft.dctn(g, type=2, axes=(1, 2))
+        low = dct[:, : self.hash_size, : self.hash_size].reshape(len(a), -1)
+        bits = low > np.median(low, axis=1, keepdims=True)
+        return np.packbits(bits, axis=1)
+
+
+DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
+
+
+class ClipEmbedder(Embedder):
+    """CLIP image embeddings (the paper's choice), L2-normalised; cosine similarity.
+
+    Loads ``CLIPVisionModelWithProjection`` and ``CLIPImageProcessor`` from a local directory or,
+    given a hub name, from the user's Hugging Face cache only (``local_files_only=True``: nothing
+    is downloaded). Grayscale images are repeated to three channels.
+
+    Args:
+        model: a directory holding ``config.json`` + weights (+ ``preprocessor_config.json``), or a
+            hub name already in the cache (default ``openai/clip-vit-base-patch32``, 512-d).
+        device: where the model runs.
+        batch_size: images per forward pass.
+    """
+
+    name = "clip"
+    metric = "cosine"
+    default_threshold = 0.95
+
+    def __init__(self, model: str | os.PathLike = DEFAULT_CLIP_MODEL, device: str | torch.device = "cpu", batch_size: int = 256):
+        from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+        self.model_name = str(model)
+        self.batch_size = int(batch_size)
+        self.device = torch.device(device)
+        try:
+            self.model = CLIPVisionModelWithProjection.from_pretrained(self.model_name, local_files_only=True)
+            try:
+                self.processor = CLIPImageProcessor.from_pretrained(self.model_name, local_files_only=True)
+            except OSError:
+                if Path(self.model_name).is_dir():  # a bare model folder: CLIP's standard preprocessing
+                    size = int(self.model.config.image_size)
+                    self.processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+                else:
+                    raise
+        except OSError as exc:
+            raise DiffauditError(
+                f"clip embedder: CLIP model {self.model_name!r} is not available locally ({str(exc).splitlines()[0]}). "
+                "Pass --clip-model DIR, a folder with a CLIPVisionModelWithProjection saved by save_pretrained "
+                "(config.json, model.safetensors, preprocessor_config.json), or put the model in the Hugging Face "
+                "cache beforehand; nothing is downloaded. The pixel and phash embedders need no download."
+            ) from None
+        self.model.to(self.device).eval()
+        self.dim = int(self.model.config.projection_dim)
+
+    def settings(self) -> dict[str, Any]:
+        return {"name": self.name, "model": self.model_name, "dim": self.dim}
+
+    @torch.no_grad()
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        a = check_images(images)
+        if a.shape[-1] == 1:
+            a = np.repeat(a, 3, axis=-1)
+        out = np.empty((len(a), self.dim), dtype=np.float32)
+        for s in range(0, len(a), self.batch_size):
+            batch = list(a[s:s + self.batch_size])
+            pix = self.processor(images=batch, return_tensors="pt")["pixel_values"].to(self.device)
+            e = self.model(pixel_values=pix).image_embeds.float()
+            out[s:s + len(batch)] = F.normalize(e, dim=1).cpu().numpy()
+        return out
+
+
+EMBEDDERS: dict[str, Callable[..., Embedder]] = {
+    "pixel": PixelEmbedder,
+    "phash": PHashEmbedder,
+    "clip": ClipEmbedder,
+}
+
+
+def get_embedder(name: str, **options: Any) -> Embedder:
+    """The embedder registered as ``name``, built with ``options`` (None values are dropped).
+
+    Raises:
+        DiffauditError: unknown name (listing the known ones) or bad options.
+    """
+    if name not in EMBEDDERS:
+        raise DiffauditError(f"unknown embedder {name!r}; choose one of: {', '.join(EMBEDDERS)}")
+    opts = {k: v for k, v in options.items() if v is not None}
+    try:
+        return EMBEDDERS[name](**opts)
+    except TypeError as exc:
+        raise DiffauditError(f"embedder {name!r}: bad option ({exc})") from None
+
+
+def embed_batches(embedder: Embedder, images, *, batch_size: int = 4096) -> np.ndarray:
+    """Embed ``images`` (uint8 (N, H, W, C) or an iterable of such batches) in bounded batches.
+
+    Returns the concatenated embeddings (N, ...) in input order.
+    """
+    parts = []
+    if isinstance(images, np.ndarray):
+        for s in range(0, len(images), batch_size):
+            parts.append(embedder.embed(images[s:s + batch_size]))
+    else:
+        for batch in images:
+            parts.append(embedder.embed(np.asarray(batch)))
+    if not parts:
+        raise DiffauditError("no images to embed")
+    return np.concatenate(parts, axis=0)

@@ -1,0 +1,156 @@
+"""How squared distances are computed by GEMM: ‖a − b‖² = ‖a‖² + ‖b‖² − 2·a·b on integer pixels.
+
+Every distance in :mod:`diffaudit.distances` works on the integer pixel values 0..255 and divides by
+255² only at the end. On integers the squared norms are exact (int64), and so is each product
+a_i·b_i ≤ 65,025. Only the accumulation of the cross term a·b can round:
+
+- ``float64`` (default on the CPU): every partial sum is an integer below 2^53 for any realistic
+  image (D·65,025 < 2^53 for D < 1.3·10^11 values), so the GEMM is *exact*; error margin 0.
+- ``bf16`` (default on CUDA): 0..255 are exact in bfloat16; the GEMM accumulates in fp32 and writes
+  fp32 (``torch.mm(..., out_dtype=torch.float32)``; where that overload is missing, fp32/TF32 inputs,
+  which also hold 0..255 exactly, are used instead).
+- ``float32``: fp32 inputs and accumulation (the CPU's fast path).
+
+For the inexact kinds, :func:`error_margin` bounds the rounding error of the cross term with the
+probabilistic bound of Higham & Mary (2019, "A new approach to probabilistic rounding error
+analysis"): |err| ≤ λ·sqrt(D)·u·Σ|a_i b_i| with u = 2^-24, which holds with overwhelming probability
+for λ = 8 (the deterministic worst case is D·u·Σ|a_i b_i|). Callers that need exact answers (the kNN
+re-ranking, the near-duplicate graph) recompute every value that lies within the margin of a decision
+with exact integer arithmetic, so the *final* distances are exact whatever kind is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+
+from diffaudit.core.errors import DiffauditError
+
+#: fp32 unit roundoff.
+U_FP32 = 2.0 ** -24
+#: λ of the probabilistic error bound (see the module docstring).
+MARGIN_LAMBDA = 8.0
+#: 255²: integer squared distances are divided by D·255² to become mean squares on [0, 1] pixels.
+PIXEL_SQ = 255.0 * 255.0
+
+COMPUTE_KINDS = ("auto", "float64", "float32", "bf16")
+
+
+@dataclass(frozen=True)
+class ComputeSpec:
+    """How the cross term a·b is computed on ``device``.
+
+    Attributes:
+        kind: ``float64``, ``float32`` or ``bf16`` (inputs), see the module docstring.
+        device: where the GEMM runs.
+        exact: True when the GEMM result is exact (float64 on integer pixels).
+    """
+
+    kind: str
+    device: torch.device
+
+    @property
+    def exact(self) -> bool:
+        return self.kind == "float64"
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        return {"float64": torch.float64, "float32": torch.float32, "bf16": torch.bfloat16}[self.kind]
+
+    @property
+    def output_dtype(self) -> torch.dtype:
+        return torch.float64 if self.kind == "float64" else torch.float32
+
+
+def resolve_compute(kind: str, device: torch.device, *, cpu_default: str = "float64") -> ComputeSpec:
+    """The :class:`ComputeSpec` for ``kind`` ("auto": bf16 on CUDA, ``cpu_default`` elsewhere)."""
+    if kind not in COMPUTE_KINDS:
+        raise DiffauditError(f"compute precision {kind!r} is unknown; choose one of: {', '.join(COMPUTE_KINDS)}")
+    if kind == "auto":
+        kind = "bf16" if device.type == "cuda" else cpu_default
+    if kind == "bf16" and device.type != "cuda":
+        # bf16 GEMMs on the CPU are slow and have no fp32-output overload: use fp32 there.
+        kind = "float32"
+    return ComputeSpec(kind, device)
+
+
+def to_compute(x_uint8: torch.Tensor, spec: ComputeSpec) -> torch.Tensor:
+    """uint8 (N, D) on any device -> the GEMM input dtype on ``spec.device`` (values 0..255)."""
+    return x_uint8.to(spec.device, non_blocking=True).to(spec.input_dtype)
+
+
+def sq_norms(x_uint8: torch.Tensor) -> torch.Tensor:
+    """Exact squared norms of integer rows: uint8 (N, D) -> int64 (N,) = Σ_i x_i²."""
+    x = x_uint8.to(torch.int32) if x_uint8.dtype == torch.uint8 else x_uint8.to(torch.int64)
+    return (x * x).sum(dim=1, dtype=torch.int64)
+
+
+@contextlib.contextmanager
+def _tf32_allowed(device: torch.device):
+    if device.type != "cuda":
+        yield
+        return
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True  # 0..255 are exact in TF32's 10-bit mantissa
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+_MM_OUT_DTYPE_OK: dict[str, bool] = {}
+
+
+def cross(a: torch.Tensor, b: torch.Tensor, spec: ComputeSpec) -> torch.Tensor:
+    """a (Na, D) · b (Nb, D)ᵀ in ``spec`` -> (Na, Nb) float64 (exact kind) or float32.
+
+    Inputs are already in ``spec.input_dtype`` on ``spec.device`` (see :func:`to_compute`).
+    """
+    if spec.kind != "bf16":
+        return a @ b.T
+    key = str(spec.device)
+    if _MM_OUT_DTYPE_OK.get(key, True):
+        try:
+            out = torch.mm(a, b.T, out_dtype=torch.float32)
+            _MM_OUT_DTYPE_OK[key] = True
+            return out
+        except (RuntimeError, TypeError, NotImplementedError):
+            _MM_OUT_DTYPE_OK[key] = False
+    with _tf32_allowed(spec.device):
+        return a.float() @ b.float().T
+
+
+def error_margin(spec: ComputeSpec, dim: int, norms_sum: torch.Tensor) -> torch.Tensor:
+    """Bound on |computed − exact| of a squared distance whose norms add up to ``norms_sum``.
+
+    ``norms_sum`` = ‖a‖² + ‖b‖² (integer units, any shape); since Σ|a_i b_i| = a·b ≤ (‖a‖²+‖b‖²)/2,
+    the error of 2·a·b is at most λ·sqrt(D)·u·(‖a‖²+‖b‖²), plus the fp32 rounding of the norms and of
+    the final sum (3·u·(‖a‖²+‖b‖²)). Zero for the exact kind.
+    """
+    if spec.exact:
+        return torch.zeros_like(norms_sum, dtype=torch.float64)
+    return norms_sum.to(torch.float64) * ((MARGIN_LAMBDA * math.sqrt(dim) + 3.0) * U_FP32)
+
+
+def exact_sq_dists(q: torch.Tensor, cand: torch.Tensor, q_norms: torch.Tensor | None = None,
+                   cand_norms: torch.Tensor | None = None) -> torch.Tensor:
+    """Exact integer squared distances: q uint8 (B, D), cand uint8 (B, C, D) -> int64 (B, C).
+
+    float64 products and sums of 0..255 integers are exact (all partial sums < 2^53), so a batched
+    float64 GEMM gives the exact value on any device. ``q_norms`` (B,) and ``cand_norms`` (B, C) are
+    the exact int64 squared norms when already known.
+    """
+    qf = q.to(torch.float64)
+    cf = cand.to(torch.float64)
+    dots = torch.bmm(cf, qf.unsqueeze(2)).squeeze(2)  # (B, C)
+    qn = (qf * qf).sum(1) if q_norms is None else q_norms.to(torch.float64)
+    cn = (cf * cf).sum(2) if cand_norms is None else cand_norms.to(torch.float64)
+    return (qn.unsqueeze(1) + cn - 2.0 * dots).round().to(torch.int64)
+
+
+def mean_square(sq: torch.Tensor, dim: int) -> torch.Tensor:
+    """Integer squared distance over ``dim`` values -> mean square on [0, 1] pixels (float64)."""
+    return sq.to(torch.float64) / (dim * PIXEL_SQ)

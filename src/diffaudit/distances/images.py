@@ -1,0 +1,82 @@
+"""Image inputs of the distance functions: shapes, dtypes, layouts.
+
+Distances take images in the file layout (N, H, W, C) (or one image (H, W, C)), either uint8 0..255
+(the store's and the datasets' format, scaled by 1/255) or floats already in [0, 1]. A
+:class:`~diffaudit.data.dataset.ImageDataset` is accepted wherever images are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import warnings
+
+import numpy as np
+import torch
+
+from diffaudit.core.errors import DiffauditError
+
+
+def from_numpy(a: np.ndarray) -> torch.Tensor:
+    """``torch.from_numpy`` without a copy, also for read-only arrays (memory maps); never written to."""
+    a = np.ascontiguousarray(a)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "non-writable array": we only read it
+        return torch.from_numpy(a)
+
+
+def as_tensor(images: Any, *, name: str = "images", batch: bool = True) -> torch.Tensor:
+    """``images`` as a torch tensor (N, H, W, C), uint8 or floating, without copying when possible.
+
+    Accepts numpy arrays, torch tensors and ImageDatasets. With ``batch=True`` a single (H, W, C)
+    image becomes (1, H, W, C). Raises :class:`DiffauditError` naming ``name`` on a bad shape/dtype.
+    """
+    if hasattr(images, "images") and hasattr(images, "keys"):
+        images = images.images
+    if isinstance(images, np.ndarray):
+        t = from_numpy(images)
+    elif isinstance(images, torch.Tensor):
+        t = images
+    else:
+        raise DiffauditError(f"{name}: expected an image array (N, H, W, C), got {type(images).__name__}")
+    if batch and t.ndim == 3:
+        t = t.unsqueeze(0)
+    if t.ndim != 4:
+        raise DiffauditError(f"{name}: expected images of shape (N, H, W, C), got shape {tuple(t.shape)}")
+    if t.dtype != torch.uint8 and not t.is_floating_point():
+        raise DiffauditError(f"{name}: expected uint8 pixels (0..255) or floats in [0, 1], got {t.dtype}")
+    return t
+
+
+def to_unit_float64(t: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+    """uint8 or [0, 1] float (N, H, W, C) -> float64 in [0, 1] on ``device``."""
+    if device is not None:
+        t = t.to(device)
+    return t.to(torch.float64) / 255.0 if t.dtype == torch.uint8 else t.to(torch.float64)
+
+
+def check_same_shape(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str] = ("a", "b"), *, batch: bool = False) -> None:
+    """Raise :class:`DiffauditError` when the image shapes (H, W, C) (and N with ``batch``) differ."""
+    if tuple(a.shape[1:]) != tuple(b.shape[1:]):
+        raise DiffauditError(
+            f"{names[0]} and {names[1]} have different image shapes (H, W, C): "
+            f"{tuple(a.shape[1:])} vs {tuple(b.shape[1:])}; resize one of them (e.g. --image-size)"
+        )
+    if batch and a.shape[0] != b.shape[0]:
+        raise DiffauditError(f"{names[0]} and {names[1]} hold {a.shape[0]} and {b.shape[0]} images; paired distances need equal counts")
+
+
+def flat_uint8(images: Any, *, name: str = "images") -> torch.Tensor:
+    """uint8 images (N, H, W, C) or rows (N, D) -> uint8 (N, D) (a view when contiguous)."""
+    if hasattr(images, "images") and hasattr(images, "keys"):
+        images = images.images
+    t = from_numpy(images) if isinstance(images, np.ndarray) else images
+    if not isinstance(t, torch.Tensor):
+        raise DiffauditError(f"{name}: expected a uint8 array, got {type(images).__name__}")
+    if t.dtype != torch.uint8:
+        raise DiffauditError(f"{name}: nearest-neighbour search needs uint8 pixels (0..255), got {t.dtype}")
+    if t.ndim == 4:
+        t = t.reshape(t.shape[0], -1)
+    elif t.ndim != 2:
+        raise DiffauditError(f"{name}: expected (N, H, W, C) images or (N, D) rows, got shape {tuple(t.shape)}")
+    return t

@@ -1,0 +1,274 @@
+"""Exact k-nearest-neighbour search in ℓ2 (RMS on [0, 1] pixels), streamed in blocks.
+
+Used by verification (generations x training set, paper §5.1: each generation's n = 50 nearest
+training images) and by the black-box extraction mode (generations x generations).
+
+For every query block and every reference block (:mod:`.sources`):
+
+1. a backend (:mod:`.knn_backends`: ``torch`` blocked GEMM, or ``faiss``) proposes the
+   c = k + extra rows with the smallest approximate squared distance;
+2. the candidates are re-ranked with exact integer arithmetic (:func:`.compute.exact_sq_dists`) and
+   merged into the running top k (ties broken by the smaller reference index, so results are
+   deterministic and equal across backends);
+3. a certificate checks that no other row of the block can beat the current k-th distance:
+   every non-candidate's approximate distance is ≥ the block's cutoff, so its exact one is ≥
+   cutoff − margin (:func:`.compute.error_margin`). Queries whose certificate fails are recomputed
+   exactly against the whole block. The result is therefore the exact top k, with exact distances.
+
+Memory is bounded by the blocks: queries are read once, ``query_block`` rows at a time; the reference
+is cached prepared on the device when it fits ``ref_cache_bytes``, else re-streamed for every query
+block. Distances are returned ascending, float64 RMS in [0, 1]; smaller = nearer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from diffaudit.core.device import resolve_device
+from diffaudit.core.errors import DiffauditError
+from diffaudit.distances.compute import PIXEL_SQ, exact_sq_dists, resolve_compute
+from diffaudit.distances.knn_backends import Candidates, PreparedBlock, PreparedQueries, get_backend
+from diffaudit.distances.sources import ReferenceSource, iter_blocks
+
+_SENTINEL = torch.iinfo(torch.int64).max
+#: Bytes of float64 gathered candidates per exact re-ranking chunk.
+_RERANK_BYTES = 256 << 20
+
+
+@dataclass
+class KnnResult:
+    """The k nearest reference rows of each query.
+
+    Attributes:
+        distances: float64 (Q, k), ascending ℓ2 (RMS on [0, 1] pixels), exact.
+        indices: int64 (Q, k), reference row indices (global, 0-based); ties by smaller index.
+        sq: int64 (Q, k), the exact squared sums Σ(q − r)² on 0..255 values.
+        dim: values per image (H·W·C).
+        fallback_rows: query-block pairs recomputed in full because the certificate failed (a
+            diagnostic; 0 for exact float64 GEMMs except on exact ties).
+    """
+
+    distances: np.ndarray
+    indices: np.ndarray
+    sq: np.ndarray
+    dim: int
+    fallback_rows: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def default_extra(k: int) -> int:
+    """Extra candidates fetched per block beyond k: max(8, k // 4)."""
+    return max(8, k // 4)
+
+
+def _default_blocks(device: torch.device, n_ref: int | None) -> tuple[int, int]:
+    if device.type == "cuda":
+        rb = min(n_ref or 65536, 65536)
+        return max(256, (1 << 28) // max(rb, 1)), rb
+    rb = min(n_ref or 8192, 8192)
+    return max(64, (1 << 23) // max(rb, 1)), rb
+
+
+def _merge(best_sq: torch.Tensor, best_idx: torch.Tensor, new_sq: torch.Tensor, new_idx: torch.Tensor, k: int):
+    """Top k of (best ∪ new) by (sq, index). best is sorted; new rows hold larger indices than best."""
+    order = torch.argsort(new_idx, dim=1)  # tie-break by index inside the new block
+    new_sq, new_idx = new_sq.gather(1, order), new_idx.gather(1, order)
+    sq = torch.cat([best_sq, new_sq], 1)
+    idx = torch.cat([best_idx, new_idx], 1)
+    keep = torch.sort(sq, dim=1, stable=True).indices[:, :k]
+    return sq.gather(1, keep), idx.gather(1, keep)
+
+
+def _exact_candidates(q: PreparedQueries, r: PreparedBlock, cand: Candidates) -> torch.Tensor:
+    """Exact int64 squared distances of the candidates (sentinel where approx is +inf)."""
+    bq, c = cand.local.shape
+    d = q.raw.shape[1]
+    out = torch.empty((bq, c), dtype=torch.int64, device=q.raw.device)
+    rows = max(1, _RERANK_BYTES // max(1, c * d * 8))
+    local = cand.local.to(q.raw.device)
+    for lo in range(0, bq, rows):
+        hi = min(bq, lo + rows)
+        sel = local[lo:hi]
+        gathered = r.raw[sel.reshape(-1)].reshape(hi - lo, c, d)
+        out[lo:hi] = exact_sq_dists(q.raw[lo:hi], gathered, q.norms[lo:hi], r.norms[sel])
+    out[~torch.isfinite(cand.approx.to(out.device))] = _SENTINEL
+    return out
+
+
+def _exact_block_topk(q_raw: torch.Tensor, q_global: torch.Tensor | None, r: PreparedBlock, k: int):
+    """Exact top-k of a few query rows against a whole block (certificate fallback).
+
+    ``q_global``: the rows' global query indices when self matches are excluded, else None.
+    """
+    f, d = q_raw.shape
+    n = r.raw.shape[0]
+    qf = q_raw.to(torch.float64)
+    qn = (qf * qf).sum(1)
+    sq = torch.empty((f, n), dtype=torch.int64, device=q_raw.device)
+    step = max(1, _RERANK_BYTES // max(1, d * 8))
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        rf = r.raw[lo:hi].to(q_raw.device, torch.float64)
+        sq[:, lo:hi] = (qn.unsqueeze(1) + (rf * rf).sum(1).unsqueeze(0) - 2.0 * (qf @ rf.T)).round().to(torch.int64)
+    if q_global is not None:
+        local = q_global - r.offset
+        ok = (local >= 0) & (local < n)
+        sq[ok.nonzero().squeeze(1), local[ok]] = _SENTINEL
+    kk = min(k, n)
+    keep = torch.sort(sq, dim=1, stable=True).indices[:, :kk]
+    return sq.gather(1, keep), keep + r.offset
+
+
+def _search_block(backend, q: PreparedQueries, blocks: Iterator[PreparedBlock], k: int, c: int, exclude_self: bool):
+    bq = q.raw.shape[0]
+    dev = q.raw.device
+    best_sq = torch.full((bq, k), _SENTINEL, dtype=torch.int64, device=dev)
+    best_idx = torch.full((bq, k), -1, dtype=torch.int64, device=dev)
+    fallback = 0
+    for r in blocks:
+        n = r.raw.shape[0]
+        if r.raw.shape[1] != q.raw.shape[1]:
+            raise DiffauditError(
+                f"queries have {q.raw.shape[1]} values per image but the reference has {r.raw.shape[1]}: image shapes differ"
+            )
+        if n == 0:
+            continue
+        cc = min(c, n)
+        cand = backend.candidates(q, r, cc, exclude_self)
+        if backend.spec.exact:  # the float64 GEMM already gave exact integers
+            exact = torch.where(torch.isfinite(cand.approx), cand.approx, torch.zeros_like(cand.approx)).round().to(torch.int64)
+            exact[~torch.isfinite(cand.approx)] = _SENTINEL
+            exact = exact.to(dev)
+        else:
+            exact = _exact_candidates(q, r, cand)
+        prev_sq, prev_idx = best_sq, best_idx
+        best_sq, best_idx = _merge(prev_sq, prev_idx, exact, cand.local.to(dev) + r.offset, k)
+        if cc >= n:
+            continue  # every row of the block was a candidate
+        kth = best_sq[:, -1].to(torch.float64)
+        bound = (cand.cutoff - cand.margin).to(dev)
+        fail = ~(bound > kth)
+        if bool(fail.any()):
+            rows = fail.nonzero().squeeze(1)
+            fallback += int(rows.numel())
+            q_global = (rows + q.offset) if exclude_self else None
+            fsq, fidx = _exact_block_topk(q.raw[rows], q_global, r, k)
+            msq, midx = _merge(prev_sq[rows], prev_idx[rows], fsq, fidx, k)
+            best_sq[rows], best_idx[rows] = msq, midx
+    return best_sq, best_idx, fallback
+
+
+def iter_knn(
+    queries: Any,
+    reference: Any,
+    k: int,
+    *,
+    backend: str = "torch",
+    device: str | torch.device = "auto",
+    compute: str = "auto",
+    extra: int | None = None,
+    query_block: int | None = None,
+    ref_block: int | None = None,
+    exclude_self: bool = False,
+    query_offset: int = 0,
+    ref_cache_bytes: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[tuple[int, KnnResult]]:
+    """Yield ``(query_offset, KnnResult)`` per query block; see :func:`knn_search` for arguments."""
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise DiffauditError(f"k must be a positive integer, got {k!r}")
+    dev = resolve_device(device) if isinstance(device, str) else device
+    spec = resolve_compute(compute, dev, cpu_default="float32")
+    be = get_backend(backend, spec)
+    ref = ReferenceSource(reference, name="reference")
+    qb_default, rb_default = _default_blocks(be.device, ref.size)
+    qb, rb = query_block or qb_default, ref_block or rb_default
+    if qb < 1 or rb < 1:
+        raise DiffauditError("query_block and ref_block must be positive")
+    c = k + (default_extra(k) if extra is None else int(extra))
+    if ref.size is not None:
+        avail = ref.size - (1 if exclude_self else 0)
+        if avail < k:
+            raise DiffauditError(f"k = {k} nearest neighbours requested but the reference set has only {avail} other images")
+    cache_budget = ref_cache_bytes if ref_cache_bytes is not None else ((4 << 30) if be.device.type == "cuda" else (1 << 30))
+    cached: list[PreparedBlock] | None = None
+    if ref.random_access is not None:
+        itemsize = 1 + torch.empty((), dtype=spec.input_dtype).element_size()
+        if ref.random_access.numel() * itemsize <= cache_budget:
+            cached = [be.prepare_block(off, t) for off, t in ref.blocks(rb)]
+
+    def ref_blocks() -> Iterator[PreparedBlock]:
+        if cached is not None:
+            yield from cached
+        else:
+            for off, t in ref.blocks(rb):
+                yield be.prepare_block(off, t)
+
+    for q_off, q_raw in iter_blocks(queries, qb, name="queries"):
+        q_off += int(query_offset)
+        if ref.dim is not None and q_raw.shape[1] != ref.dim:
+            raise DiffauditError(
+                f"queries have {q_raw.shape[1]} values per image but the reference has {ref.dim}: image shapes differ"
+            )
+        q = be.prepare_queries(q_off, q_raw)
+        best_sq, best_idx, fallback = _search_block(be, q, ref_blocks(), k, c, exclude_self)
+        if q_raw.shape[1] != ref.dim:  # a streamed reference's shape is known after its first block
+            raise DiffauditError(
+                f"queries have {q_raw.shape[1]} values per image but the reference has {ref.dim}: image shapes differ"
+            )
+        if bool((best_sq == _SENTINEL).any()):
+            raise DiffauditError(f"k = {k} nearest neighbours requested but the reference set has only {ref.size} images")
+        sq = best_sq.cpu().numpy()
+        dim = int(q_raw.shape[1])
+        dist = np.sqrt(sq.astype(np.float64) / (dim * PIXEL_SQ))
+        res = KnnResult(dist, best_idx.cpu().numpy(), sq, dim, fallback, {"backend": be.name, "compute": be.spec.kind})
+        if progress is not None:
+            progress(int(q_raw.shape[0]))
+        yield q_off, res
+
+
+def knn_search(
+    queries: Any,
+    reference: Any,
+    k: int,
+    **kwargs: Any,
+) -> KnnResult:
+    """Exact k nearest reference images of every query image, by ℓ2 (RMS on [0, 1] pixels).
+
+    Args:
+        queries: uint8 images (Q, H, W, C) or rows (Q, D) (numpy, memory map, torch, ImageDataset) or
+            an iterable of such blocks (read once).
+        reference: uint8 (N, H, W, C)/(N, D) array or ImageDataset, a list of blocks, or a callable
+            returning a fresh iterator of blocks (re-read per query block when not cached).
+        k: neighbours per query, 1 ≤ k ≤ N (the paper uses n = 50; up to ~100 is cheap).
+        backend: ``torch`` (blocked GEMM) or ``faiss`` (IndexFlatL2, CPU); see :mod:`.knn_backends`.
+        device: ``auto``, ``cpu``, ``cuda``... (faiss always runs on the CPU).
+        compute: GEMM precision, ``auto`` (bf16 on CUDA, float32 on the CPU), ``float32``, ``float64``.
+        extra: candidates fetched beyond k per block (default max(8, k // 4)); only speed depends on it.
+        query_block, ref_block: rows per block (defaults bound the (query x ref) block to 1 GiB on CUDA,
+            32 MiB on the CPU).
+        exclude_self: queries and reference are the same set; a query never returns its own row.
+        query_offset: global index of the first query (for ``exclude_self`` on a slice of the set);
+            yielded offsets include it.
+        ref_cache_bytes: cache the prepared reference when it fits (default 4 GiB CUDA, 1 GiB CPU).
+        progress: called with the number of queries finished after every block.
+
+    Returns:
+        :class:`KnnResult` with exact ascending distances (Q, k) and indices; equal for every backend
+        and device (ties broken by the smaller index).
+    """
+    parts = list(iter_knn(queries, reference, k, **kwargs))
+    if not parts:
+        return KnnResult(np.zeros((0, k)), np.zeros((0, k), dtype=np.int64), np.zeros((0, k), dtype=np.int64), 0)
+    return KnnResult(
+        np.concatenate([p.distances for _, p in parts]),
+        np.concatenate([p.indices for _, p in parts]),
+        np.concatenate([p.sq for _, p in parts]),
+        parts[0][1].dim,
+        sum(p.fallback_rows for _, p in parts),
+        parts[0][1].stats,
+    )

@@ -1,0 +1,163 @@
+"""Candidate generators of the exact kNN search, behind one interface, chosen by name.
+
+A backend proposes, per query, the ``c`` reference rows of one block with the smallest *approximate*
+squared distance; :mod:`diffaudit.distances.knn` then re-ranks them with exact integer arithmetic and
+certifies that no row outside the candidates can belong to the top k. Backends:
+
+- ``torch``: blocked GEMM ‖q‖² + ‖r‖² − 2·q·r on integer pixels (bf16 in / fp32 accumulate on CUDA,
+  fp32 or float64 on the CPU; :mod:`.compute`) and ``torch.topk``.
+- ``faiss``: ``faiss.IndexFlatL2`` (exhaustive, fp32; it returns squared sums Σ(q − r)² on the values
+  it was given, here 0..255, so the RMS is sqrt(D / (d·255²))); CPU only (faiss-cpu).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from diffaudit.core.errors import DiffauditError
+from diffaudit.distances.compute import ComputeSpec, cross, error_margin, sq_norms, to_compute
+
+
+@dataclass
+class PreparedBlock:
+    """One reference block, ready for candidate search and exact re-ranking.
+
+    raw: uint8 (n, D) on the backend's device (for exact re-ranking); norms: int64 (n,) exact ‖r‖²;
+    offset: global index of row 0; handle: the backend's own form (GEMM operand or faiss index).
+    """
+
+    offset: int
+    raw: torch.Tensor
+    norms: torch.Tensor
+    max_norm: int
+    handle: Any
+
+
+@dataclass
+class PreparedQueries:
+    offset: int
+    raw: torch.Tensor
+    norms: torch.Tensor
+    handle: Any
+
+
+@dataclass
+class Candidates:
+    """Per query: ``local`` (Bq, c) int64 candidate rows of the block; ``approx`` (Bq, c) float64
+    approximate squared distances (+inf marks an excluded self match); ``cutoff`` (Bq,) float64: every
+    non-candidate row's approximate squared distance is ≥ cutoff; ``margin`` (Bq,) float64: bound on
+    |approximate − exact| for this query and block."""
+
+    local: torch.Tensor
+    approx: torch.Tensor
+    cutoff: torch.Tensor
+    margin: torch.Tensor
+
+
+class TorchGemmBackend:
+    """Blocked GEMM on ``spec.device`` with torch.topk (see module docstring)."""
+
+    name = "torch"
+
+    def __init__(self, spec: ComputeSpec):
+        self.spec = spec
+        self.device = spec.device
+
+    def prepare_block(self, offset: int, raw: torch.Tensor) -> PreparedBlock:
+        raw = raw.to(self.device)
+        norms = sq_norms(raw)
+        return PreparedBlock(offset, raw, norms, int(norms.max()) if len(norms) else 0,
+                             (to_compute(raw, self.spec), norms.to(self.spec.output_dtype)))
+
+    def prepare_queries(self, offset: int, raw: torch.Tensor) -> PreparedQueries:
+        raw = raw.to(self.device)
+        norms = sq_norms(raw)
+        return PreparedQueries(offset, raw, norms, to_compute(raw, self.spec))
+
+    def candidates(self, q: PreparedQueries, r: PreparedBlock, c: int, exclude_self: bool) -> Candidates:
+        rc, rn = r.handle
+        approx = cross(q.handle, rc, self.spec).mul_(-2.0).add_(rn.unsqueeze(0))  # ‖r‖² − 2 q·r
+        if exclude_self:
+            _mask_self(approx, q.offset, r.offset)
+        vals, local = torch.topk(approx, c, dim=1, largest=False, sorted=False)
+        vals = vals.to(torch.float64) + q.norms.to(torch.float64).unsqueeze(1)
+        finite = torch.where(torch.isfinite(vals), vals, torch.full_like(vals, -np.inf))
+        cutoff = finite.amax(1)
+        margin = error_margin(self.spec, q.raw.shape[1], q.norms + r.max_norm)
+        return Candidates(local, vals, cutoff, margin)
+
+
+class FaissFlatBackend:
+    """``faiss.IndexFlatL2`` per reference block, on the CPU (see module docstring)."""
+
+    name = "faiss"
+
+    def __init__(self, spec: ComputeSpec):
+        try:
+            import faiss  # noqa: F401
+        except ImportError as exc:  # pragma: no cover - faiss-cpu is a dependency
+            raise DiffauditError("the faiss backend needs faiss-cpu (pip install faiss-cpu)") from exc
+        # faiss-cpu computes on the CPU in fp32 whatever device was asked for.
+        self.spec = ComputeSpec("float32", torch.device("cpu"))
+        self.device = self.spec.device
+
+    def prepare_block(self, offset: int, raw: torch.Tensor) -> PreparedBlock:
+        import faiss
+
+        raw = raw.cpu()
+        index = faiss.IndexFlatL2(raw.shape[1])
+        index.add(np.ascontiguousarray(raw.numpy(), dtype=np.float32))
+        norms = sq_norms(raw)
+        return PreparedBlock(offset, raw, norms, int(norms.max()) if len(norms) else 0, index)
+
+    def prepare_queries(self, offset: int, raw: torch.Tensor) -> PreparedQueries:
+        raw = raw.cpu()
+        return PreparedQueries(offset, raw, sq_norms(raw), np.ascontiguousarray(raw.numpy(), dtype=np.float32))
+
+    def candidates(self, q: PreparedQueries, r: PreparedBlock, c: int, exclude_self: bool) -> Candidates:
+        n = r.raw.shape[0]
+        want = min(n, c + (1 if exclude_self else 0))
+        dist, idx = r.handle.search(q.handle, want)
+        approx = torch.from_numpy(dist.astype(np.float64))
+        local = torch.from_numpy(idx.astype(np.int64))
+        approx[local < 0] = np.inf
+        local = local.clamp_(min=0)
+        if exclude_self:
+            rows = torch.arange(local.shape[0]) + q.offset
+            approx[(local + r.offset) == rows.unsqueeze(1)] = np.inf
+            # keep the c best (faiss lists ascending; a masked self may sit anywhere)
+            order = torch.sort(approx, dim=1, stable=True).indices[:, :c]
+            approx, local = approx.gather(1, order), local.gather(1, order)
+        finite = torch.where(torch.isfinite(approx), approx, torch.full_like(approx, -np.inf))
+        cutoff = finite.amax(1)
+        margin = error_margin(self.spec, q.raw.shape[1], q.norms + r.max_norm)
+        return Candidates(local, approx, cutoff, margin)
+
+
+def _mask_self(approx: torch.Tensor, q_offset: int, r_offset: int) -> None:
+    """Set approx[i, j] = +inf where query q_offset + i is reference row r_offset + j."""
+    bq, br = approx.shape
+    lo, hi = max(q_offset, r_offset), min(q_offset + bq, r_offset + br)
+    if lo < hi:
+        i = torch.arange(lo - q_offset, hi - q_offset, device=approx.device)
+        j = torch.arange(lo - r_offset, hi - r_offset, device=approx.device)
+        approx[i, j] = np.inf
+
+
+KNN_BACKENDS: dict[str, Callable[[ComputeSpec], Any]] = {
+    "torch": TorchGemmBackend,
+    "faiss": FaissFlatBackend,
+}
+
+
+def get_backend(name: str, spec: ComputeSpec):
+    """The backend registered as ``name``; :class:`DiffauditError` listing the choices otherwise."""
+    try:
+        factory = KNN_BACKENDS[name]
+    except KeyError:
+        raise DiffauditError(f"unknown nearest-neighbour backend {name!r}; choose one of: {', '.join(sorted(KNN_BACKENDS))}") from None
+    return factory(spec)

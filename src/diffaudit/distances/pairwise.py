@@ -1,0 +1,130 @@
+"""All-pairs ℓ2 and tiled ℓ2 within one set or between two sets, by blocked GEMM.
+
+For every same-position tile t (one tile = the whole image for plain ℓ2) the squared distances of
+all pairs come from ‖a_t‖² + ‖b_t‖² − 2·a_t·b_tᵀ on integer pixels (:mod:`.compute`), one row block
+x column block at a time, so no more than ``block_bytes`` of GEMM inputs live at once besides the
+(Na, Nb) result. The tiled ℓ2 keeps the running maximum over tiles (paper §4.2.1).
+
+Precision: on the CPU the default ``float64`` GEMM is exact for uint8 images. On CUDA the default
+bf16-in/fp32-accumulate GEMM is within :attr:`PairwiseMeanSquares.margin` (mean-square units) of the
+exact value; :func:`diffaudit.attacks.extraction.graph.near_duplicate_graph` recomputes every pair
+within that margin of its threshold exactly, so graphs do not depend on the device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from diffaudit.distances.compute import (
+    MARGIN_LAMBDA,
+    PIXEL_SQ,
+    U_FP32,
+    ComputeSpec,
+    cross,
+    resolve_compute,
+    sq_norms,
+)
+from diffaudit.distances.images import as_tensor, check_same_shape
+from diffaudit.distances.pixel import DEFAULT_GRID, tile_edges
+
+
+@dataclass
+class PairwiseMeanSquares:
+    """Largest per-tile mean square difference of every pair.
+
+    Attributes:
+        ms: (Na, Nb) float64 (exact kinds) or float32 tensor on the compute device: max over tiles of
+            mean((a_t − b_t)²) on [0, 1] pixels, in [0, 1]. sqrt(ms) is the (tiled) ℓ2.
+        margin: bound on |ms − exact ms| (0.0 when exact).
+        spec: how it was computed.
+    """
+
+    ms: torch.Tensor
+    margin: float
+    spec: ComputeSpec
+
+
+def default_block_bytes(device: torch.device) -> int:
+    """GEMM-input budget per block: 2 GiB on CUDA, 256 MiB on the CPU."""
+    return (2 << 30) if device.type == "cuda" else (256 << 20)
+
+
+def pairwise_tile_mean_squares(
+    a: Any,
+    b: Any = None,
+    *,
+    grid: int = DEFAULT_GRID,
+    device: str | torch.device | None = None,
+    compute: str = "auto",
+    block_bytes: int | None = None,
+) -> PairwiseMeanSquares:
+    """Max-over-tiles mean square difference of all pairs (a_i, b_j); ``b=None`` means b = a.
+
+    a: (Na, H, W, C), b: (Nb, H, W, C); uint8 0..255 or floats in [0, 1]; any H, W ≥ grid.
+    ``grid=1`` gives the plain ℓ2's mean squares. ``device`` defaults to a's device. Float inputs
+    are computed in float64 (CPU) or float32 (CUDA), never bf16 (only integers are exact there).
+    """
+    ta = as_tensor(a, name="a")
+    tb = ta if b is None else as_tensor(b, name="b")
+    check_same_shape(ta, tb)
+    dev = torch.device(device) if device is not None else ta.device
+    integer = ta.dtype == torch.uint8 and tb.dtype == torch.uint8
+    spec = resolve_compute(compute, dev)
+    if not integer and spec.kind == "bf16":
+        spec = ComputeSpec("float32", dev)
+    na, h, w, c = ta.shape
+    nb = tb.shape[0]
+    rows, cols = tile_edges(h, grid), tile_edges(w, grid)
+    xa = ta.to(dev)
+    xb = xa if b is None else tb.to(dev)
+    if not integer:
+        xa, xb = xa.to(spec.input_dtype), xb.to(spec.input_dtype)
+    out = torch.zeros((na, nb), dtype=spec.output_dtype, device=dev)
+    dt_max = (rows[0][1] - rows[0][0]) * (cols[0][1] - cols[0][0]) * c
+    itemsize = torch.empty((), dtype=spec.input_dtype).element_size()
+    budget = block_bytes or default_block_bytes(dev)
+    per_side = max(1, budget // (2 * dt_max * (itemsize + 1)))
+    ra, rb = min(na, per_side), min(nb, per_side)
+
+    def prep(x: torch.Tensor, lo: int, hi: int, r: tuple[int, int], cc: tuple[int, int]):
+        t = x[lo:hi, r[0]:r[1], cc[0]:cc[1], :].reshape(hi - lo, -1)
+        if integer:
+            return t.to(spec.input_dtype), sq_norms(t).to(spec.output_dtype)
+        return t, (t.to(spec.output_dtype) ** 2).sum(1)
+
+    for r in rows:
+        for cc in cols:
+            dt = (r[1] - r[0]) * (cc[1] - cc[0]) * c
+            scale = 1.0 / (dt * PIXEL_SQ) if integer else 1.0 / dt
+            for j0 in range(0, nb, rb):
+                j1 = min(nb, j0 + rb)
+                bm, bn = prep(xb, j0, j1, r, cc)
+                for i0 in range(0, na, ra):
+                    i1 = min(na, i0 + ra)
+                    am, an = (bm, bn) if (b is None and i0 == j0 and i1 == j1) else prep(xa, i0, i1, r, cc)
+                    sq = an.unsqueeze(1) + bn.unsqueeze(0) - 2.0 * cross(am, bm, spec)
+                    ms = (sq * scale).clamp_(min=0.0)
+                    blk = out[i0:i1, j0:j1]
+                    torch.maximum(blk, ms.to(out.dtype), out=blk)
+    if b is None:
+        # One set: the matrix is symmetric with a zero diagonal by definition; make it so exactly.
+        out = torch.maximum(out, out.T)
+        out.fill_diagonal_(0.0)
+    margin = 0.0 if spec.exact else (MARGIN_LAMBDA * math.sqrt(dt_max) + 3.0) * U_FP32 * 2.0
+    return PairwiseMeanSquares(out, margin, spec)
+
+
+def pairwise_l2(a: Any, b: Any = None, **kwargs: Any) -> torch.Tensor:
+    """ℓ2 (RMS on [0, 1] pixels, paper §4.1) of all pairs: (Na, Nb) tensor in [0, 1] on the compute
+    device; ``b=None`` for all pairs within ``a``. Keywords as :func:`pairwise_tile_mean_squares`."""
+    return pairwise_tile_mean_squares(a, b, grid=1, **kwargs).ms.sqrt()
+
+
+def pairwise_tiled_l2(a: Any, b: Any = None, *, grid: int = DEFAULT_GRID, **kwargs: Any) -> torch.Tensor:
+    """Tiled ℓ2 (max over grid x grid same-position tiles, paper §4.2.1) of all pairs: (Na, Nb) in
+    [0, 1]; ``b=None`` for all pairs within ``a``. Keywords as :func:`pairwise_tile_mean_squares`."""
+    return pairwise_tile_mean_squares(a, b, grid=grid, **kwargs).ms.sqrt()

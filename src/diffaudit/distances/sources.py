@@ -1,0 +1,97 @@
+"""Blocks of uint8 image rows, streamed from arrays, memory maps, datasets or iterables.
+
+Nearest-neighbour search reads its queries once and its reference set once per query block, so
+neither side has to fit in memory: both are sequences of uint8 blocks (n, H, W, C) or (n, D).
+
+- queries: an array (numpy, memory-mapped ``.npy``, torch), an ImageDataset, or any iterable of
+  uint8 arrays (e.g. a generator reading store shards); re-chunked to ``block`` rows.
+- reference: an array or ImageDataset (random access), a list of arrays, or a zero-argument callable
+  returning a fresh iterator of arrays (re-iterated once per query block).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from diffaudit.core.errors import DiffauditError
+from diffaudit.distances.images import flat_uint8
+
+
+def _is_array(x: Any) -> bool:
+    return isinstance(x, (np.ndarray, torch.Tensor)) or (hasattr(x, "images") and hasattr(x, "keys"))
+
+
+def rechunk(blocks: Iterable[Any], block: int, *, name: str) -> Iterator[tuple[int, torch.Tensor]]:
+    """(offset, uint8 (n ≤ block, D)) from an iterable of uint8 arrays of any sizes, in order."""
+    buf: list[torch.Tensor] = []
+    have, offset, dim = 0, 0, None
+    for arr in blocks:
+        t = flat_uint8(arr, name=name)
+        if dim is None:
+            dim = t.shape[1]
+        elif t.shape[1] != dim:
+            raise DiffauditError(f"{name}: a block has {t.shape[1]} values per image, the first had {dim} (mixed image sizes)")
+        while t.shape[0]:
+            take = min(block - have, t.shape[0])
+            buf.append(t[:take])
+            have += take
+            t = t[take:]
+            if have == block:
+                out = buf[0] if len(buf) == 1 else torch.cat(buf)
+                yield offset, out
+                offset += out.shape[0]
+                buf, have = [], 0
+    if have:
+        out = buf[0] if len(buf) == 1 else torch.cat(buf)
+        yield offset, out
+
+
+def iter_blocks(source: Any, block: int, *, name: str) -> Iterator[tuple[int, torch.Tensor]]:
+    """(offset, uint8 (n, D) block) over ``source`` (an array or an iterable of arrays)."""
+    if _is_array(source):
+        t = flat_uint8(source, name=name)
+        for lo in range(0, t.shape[0], block):
+            yield lo, t[lo:lo + block]
+        return
+    if callable(source):
+        source = source()
+    yield from rechunk(source, block, name=name)
+
+
+class ReferenceSource:
+    """A re-iterable reference set; ``len`` and ``dim`` are known after the first full pass."""
+
+    def __init__(self, source: Any, *, name: str = "reference"):
+        self.name = name
+        self._array = flat_uint8(source, name=name) if _is_array(source) else None
+        if self._array is None and not (callable(source) or isinstance(source, (list, tuple))):
+            raise DiffauditError(
+                f"{name}: pass an array, a dataset, a list of arrays or a callable returning an iterator "
+                "(a one-shot generator cannot be re-read for every query block)"
+            )
+        self._source: Any = source
+        self.size: int | None = None if self._array is None else int(self._array.shape[0])
+        self.dim: int | None = None if self._array is None else int(self._array.shape[1])
+
+    def blocks(self, block: int) -> Iterator[tuple[int, torch.Tensor]]:
+        src: Any = self._array if self._array is not None else self._source
+        n = 0
+        for off, t in iter_blocks(src, block, name=self.name):
+            if self.dim is None:
+                self.dim = int(t.shape[1])
+            n = off + t.shape[0]
+            yield off, t
+        self.size = n
+
+    @property
+    def random_access(self) -> torch.Tensor | None:
+        """The whole reference as uint8 (N, D) when it was given as an array, else None."""
+        return self._array
+
+
+QuerySource = Any
+RefSource = Any
+BlockFactory = Callable[[], Iterable[Any]]

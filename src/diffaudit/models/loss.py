@@ -1,0 +1,93 @@
+"""Per-example denoising loss, the signal of every white-box attack (paper Section 5).
+
+    L(x, t, ε) = mean over pixels of (ε − ε_θ(sqrt(ᾱ_t)·x + sqrt(1 − ᾱ_t)·ε, t))²
+
+One value per (example, timestep, query). A query is a noise draw ε, optionally on the
+horizontally flipped image too (Strong LiRA). ε for (example index, draw) comes from
+``derive_seed(noise_seed, "loss-noise", index, draw)`` alone, so every model sees the same ε for
+the same example, whatever the batch. Lower loss means "more likely a member".
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from diffaudit.core.errors import DiffauditError, NonFiniteError
+from diffaudit.core.seeds import derive_seed, randn_per_seed
+from diffaudit.data.dataset import to_model_space
+from diffaudit.models.denoiser import Denoiser
+
+
+def loss_noise_seeds(indices: Sequence[int], draw: int, noise_seed: int) -> list[int]:
+    """Seeds of ε for ``indices`` at ``draw`` (shared by every model)."""
+    return [derive_seed(int(noise_seed), "loss-noise", int(i), int(draw)) for i in indices]
+
+
+@torch.no_grad()
+def per_example_loss(
+    denoiser: Denoiser,
+    images: np.ndarray,
+    *,
+    timesteps: Sequence[int] = (100,),
+    n_draws: int = 1,
+    flips: bool = False,
+    noise_seed: int = 0,
+    labels: np.ndarray | None = None,
+    batch_size: int = 256,
+    indices: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Loss of every example at every timestep for every query.
+
+    Args:
+        denoiser: the model (any :class:`Denoiser`).
+        images: uint8 (N, H, W, C).
+        timesteps: integers in [0, T).
+        n_draws: noise draws ε per example (Strong LiRA uses up to 20).
+        flips: also evaluate the horizontally flipped image with the same ε (doubles the queries).
+        noise_seed: seed of ε; keep it equal across models.
+        labels: (N,) class indices for class-conditional models.
+        batch_size: examples per forward pass.
+        indices: the examples' indices in their dataset (seed ε); default 0..N-1.
+
+    Returns:
+        float64 (N, len(timesteps), n_draws * (2 if flips else 1)); query q = draw * n_flip + flip.
+    """
+    images = np.asarray(images)
+    n = len(images)
+    idx = np.arange(n) if indices is None else np.asarray(indices)
+    if len(idx) != n:
+        raise DiffauditError(f"{len(idx)} indices for {n} images")
+    T = denoiser.num_train_timesteps
+    ts = [int(t) for t in timesteps]
+    if not ts or min(ts) < 0 or max(ts) >= T:
+        raise DiffauditError(f"timesteps must lie in [0, {T - 1}]; got {list(timesteps)}")
+    if n_draws < 1:
+        raise DiffauditError("n_draws must be at least 1")
+    a_bar = denoiser.alphas_cumprod
+    n_flip = 2 if flips else 1
+    out = np.empty((n, len(ts), n_draws * n_flip), dtype=np.float64)
+    dev = denoiser.device
+    for start in range(0, n, batch_size):
+        sl = slice(start, min(n, start + batch_size))
+        x0 = to_model_space(images[sl]).to(dev)
+        lab = None if labels is None else torch.as_tensor(np.asarray(labels)[sl], dtype=torch.long, device=dev)
+        for d in range(n_draws):
+            eps = randn_per_seed(loss_noise_seeds(idx[sl], d, noise_seed), x0.shape[1:], device=dev)
+            for f in range(n_flip):
+                x = x0.flip(-1) if f else x0
+                for j, t in enumerate(ts):
+                    ab = float(a_bar[t])
+                    x_t = (ab ** 0.5) * x + ((1 - ab) ** 0.5) * eps
+                    tt = torch.full((x.shape[0],), t, dtype=torch.long, device=dev)
+                    pred = denoiser(x_t, tt, lab)
+                    val = (eps - pred).pow(2).flatten(1).mean(1).double().cpu().numpy()
+                    if not np.isfinite(val).all():
+                        raise NonFiniteError(
+                            f"the model returned non-finite values at t={t} for examples {start}..{sl.stop - 1}; "
+                            "check the weights (diverged training?)"
+                        )
+                    out[sl, j, d * n_flip + f] = val
+    return out

@@ -1,0 +1,317 @@
+"""DDPM training of a ``UNet2DModel`` (Ho et al. 2020; the models the paper attacks).
+
+Loss: E_{x, t, ε} ||ε − ε_θ(sqrt(ᾱ_t)·x + sqrt(1 − ᾱ_t)·ε, t)||², t uniform in [0, T).
+Adam with linear warm-up, gradient clipping, EMA weights, optional horizontal flips,
+bf16 autocast and ``torch.compile`` on a GPU.
+
+Determinism: everything random at step s (batch order, t, ε, flips) derives from (seed, s) alone,
+and model state is checkpointed every ``checkpoint_every`` steps, so a killed run resumed from its
+last checkpoint ends with exactly the weights of an uninterrupted run (bitwise on the CPU).
+
+Run directory:
+    unet/                 EMA weights (save_pretrained, safetensors): what sampling and attacks load
+    scheduler/            DDPMScheduler config
+    train_config.json     TrainConfig + data record
+    train_ids.json        keys and indices of the training examples, and repeats
+    loss_log.jsonl        step, loss, lr
+    checkpoints/step-N/   raw + EMA weights (safetensors), optimizer state, for resume
+    result.json           written last: the run is finished when it exists
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from diffaudit.core.errors import DiffauditError, NonFiniteError
+from diffaudit.core.faults import fault_point
+from diffaudit.core.io import atomic_write, read_json, write_bytes_atomic, write_json_atomic
+from diffaudit.core.outdir import prepare_out_dir
+from diffaudit.core.progress import progress_bar, stage_line
+from diffaudit.core.results import write_result
+from diffaudit.core.seeds import derive_seed, numpy_rng, torch_generator
+from diffaudit.data.dataset import ImageDataset, to_model_space
+from diffaudit.models.scheduler import alphas_cumprod_of, make_scheduler
+from diffaudit.models.unets import build_unet, count_parameters, unet_config
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of a training run (saved in ``train_config.json``)."""
+
+    preset: str = "tiny"
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 2e-4
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    flip: bool = False
+    class_conditional: bool = False
+    seed: int = 0
+    checkpoint_every: int = 500
+    log_every: int = 50
+    bf16: bool = True  # autocast on CUDA only
+    compile: bool = False  # torch.compile on CUDA only
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise DiffauditError(f"--{name.replace('_', '-')} must be at least 1")
+        if not (0 < self.lr < 1):
+            raise DiffauditError(f"--lr must lie in (0, 1); got {self.lr}")
+        if not (0 <= self.ema_decay < 1):
+            raise DiffauditError(f"--ema-decay must lie in [0, 1); got {self.ema_decay}")
+        if self.checkpoint_every % self.log_every:
+            raise DiffauditError("--checkpoint-every must be a multiple of the log interval (log_every)")
+        if self.warmup_steps < 0 or self.grad_clip <= 0:
+            raise DiffauditError("--warmup-steps must be >= 0 and --grad-clip > 0")
+
+
+def expand_repeats(indices: np.ndarray, repeats: dict[int, int] | None) -> np.ndarray:
+    """The training stream's index list: each index once, or ``repeats[index]`` times."""
+    if not repeats:
+        return np.asarray(indices, dtype=np.int64)
+    members = set(int(i) for i in indices)
+    for i, r in repeats.items():
+        if int(i) not in members:
+            raise DiffauditError(f"repeat given for example {i}, which is not in the training set")
+        if int(r) < 1:
+            raise DiffauditError(f"repeat count of example {i} must be at least 1; got {r}")
+    return np.asarray([i for i in indices for _ in range(int(repeats.get(int(i), 1)))], dtype=np.int64)
+
+
+def batch_positions(step: int, batch_size: int, n: int, seed: int) -> np.ndarray:
+    """Positions (into the training stream of length n) of the examples in batch ``step``.
+
+    The stream is the concatenation of per-epoch permutations, each seeded by (seed, epoch).
+    """
+    start = step * batch_size
+    out = np.empty(batch_size, dtype=np.int64)
+    k = 0
+    while k < batch_size:
+        epoch, offset = divmod(start + k, n)
+        perm = numpy_rng(derive_seed(seed, "epoch", epoch)).permutation(n)
+        take = min(batch_size - k, n - offset)
+        out[k:k + take] = perm[offset:offset + take]
+        k += take
+    return out
+
+
+class _Ema:
+    """Exponential moving average of parameters with warm-up: decay_s = min(decay, (1+s)/(10+s))."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+
+def _lr_at(step: int, cfg: TrainConfig) -> float:
+    return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+
+
+def _checkpoint_dirs(run: Path) -> list[Path]:
+    d = run / "checkpoints"
+    return sorted(p for p in d.glob("step-*") if (p / "state.json").exists()) if d.exists() else []
+
+
+def _save_checkpoint(run: Path, step: int, model, ema: _Ema, opt, log: list[dict]) -> None:
+    final = run / "checkpoints" / f"step-{step:08d}"
+    tmp = run / "checkpoints" / f".tmp-step-{step:08d}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(tmp / "model.safetensors", lambda f: f.write(_st_bytes(sd)))
+    atomic_write(tmp / "ema.safetensors", lambda f: f.write(_st_bytes(ema.shadow)))
+    atomic_write(tmp / "optimizer.pt", lambda f: torch.save(opt.state_dict(), f))
+    write_json_atomic(tmp / "log.json", log)
+    write_json_atomic(tmp / "state.json", {"step": step})  # written last: marks the checkpoint complete
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    for old in _checkpoint_dirs(run)[:-2]:
+        shutil.rmtree(old)
+
+
+def _st_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+
+
+def _load_checkpoint(ck: Path, model, ema: _Ema, opt) -> tuple[int, list[dict]]:
+    model.load_state_dict(load_file(ck / "model.safetensors"))
+    ema.shadow = {k: v.float() for k, v in load_file(ck / "ema.safetensors").items()}
+    opt.load_state_dict(torch.load(ck / "optimizer.pt", weights_only=True, map_location="cpu"))
+    return int(read_json(ck / "state.json")["step"]), list(read_json(ck / "log.json"))
+
+
+def is_finished(run: str | Path) -> bool:
+    return (Path(run) / "result.json").exists()
+
+
+def train(
+    dataset: ImageDataset,
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    train_indices: np.ndarray | list[int] | None = None,
+    repeats: dict[int, int] | None = None,
+    data_record: dict[str, Any] | None = None,
+    fresh: bool = False,
+) -> Path:
+    """Train a DDPM on ``dataset[train_indices]`` (default: all) and write a run directory.
+
+    ``repeats`` maps example index -> number of copies in the training stream (duplication studies).
+    Re-running with the same arguments resumes from the last checkpoint, or returns at once if finished.
+    """
+    config.validate()
+    device = torch.device(device)
+    n_all = len(dataset)
+    idx = np.arange(n_all) if train_indices is None else np.asarray(sorted(int(i) for i in train_indices), dtype=np.int64)
+    if len(idx) == 0:
+        raise DiffauditError("the training set is empty (no example selected)")
+    if idx.min() < 0 or idx.max() >= n_all:
+        raise DiffauditError(f"training indices must lie in [0, {n_all - 1}]")
+    stream = expand_repeats(idx, repeats)
+    H, W, C = dataset.image_shape
+    if H != W:
+        raise DiffauditError(f"training needs square images; got {H}x{W} (use --image-size)")
+    num_classes = None
+    if config.class_conditional:
+        if dataset.labels is None:
+            raise DiffauditError(f"{dataset.source}: --class-conditional needs labels")
+        num_classes = int(dataset.labels.max()) + 1
+    ucfg = unet_config(config.preset, image_size=H, in_channels=C, num_classes=num_classes)
+    ids_record = {
+        "keys": [dataset.keys[i] for i in idx],
+        "indices": idx.tolist(),
+        "repeats": {dataset.keys[int(i)]: int(r) for i, r in sorted((repeats or {}).items())},
+        "n_dataset": n_all,
+    }
+    ids_digest = derive_seed(json.dumps(ids_record, sort_keys=True))
+    settings = {"train": dataclasses.asdict(config), "unet": ucfg, "data": data_record or {"source": dataset.source},
+                "training_set_digest": ids_digest}
+    run, _ = prepare_out_dir(out_dir, "train", settings, fresh=fresh)
+    if is_finished(run):
+        stage_line(f"train: {run} is already finished ({config.steps} steps); nothing to do")
+        return run
+    write_json_atomic(run / "train_config.json", {**dataclasses.asdict(config), "unet": ucfg, "data": data_record or {"source": dataset.source}})
+    write_json_atomic(run / "train_ids.json", ids_record)
+
+    with torch.random.fork_rng(devices=[]):  # UNet initialisation draws from torch's RNG: isolate and seed it
+        torch.manual_seed(derive_seed(config.seed, "init") % (2**31))
+        model = build_unet(ucfg)
+    model.to(device).train()
+    ema = _Ema(model, config.ema_decay)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    start, log = 0, []
+    cks = _checkpoint_dirs(run)
+    if cks:
+        start, log = _load_checkpoint(cks[-1], model, ema, opt)
+        ema.shadow = {k: v.to(device) for k, v in ema.shadow.items()}
+        stage_line(f"train: resuming {run} from step {start}")
+    else:
+        ema.shadow = {k: v.to(device) for k, v in ema.shadow.items()}
+
+    scheduler = make_scheduler()
+    a_bar = alphas_cumprod_of(scheduler).to(device=device, dtype=torch.float32)
+    T = scheduler.config.num_train_timesteps
+    data_x = to_model_space(dataset.images)  # (N, C, H, W) in [-1, 1], on the CPU
+    labels = None if num_classes is None else torch.as_tensor(dataset.labels, dtype=torch.long)
+    use_amp = device.type == "cuda" and config.bf16
+    fwd = torch.compile(model) if (config.compile and device.type == "cuda") else model
+
+    t0, seen = time.perf_counter(), 0
+    window = torch.zeros((), device=device)  # summed loss since the last log line (no per-step host sync)
+    window_n = 0
+    with progress_bar("train", config.steps, unit="step", completed=start) as bar:
+        for step in range(start, config.steps):
+            pos = batch_positions(step, config.batch_size, len(stream), config.seed)
+            ex = stream[pos]
+            g = torch_generator(derive_seed(config.seed, "train-step", step))
+            t = torch.randint(0, T, (len(ex),), generator=g)
+            eps = torch.randn((len(ex), C, H, W), generator=g)
+            flip = torch.rand(len(ex), generator=g) < 0.5
+            x0 = data_x[ex]
+            if config.flip:
+                x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+            x0, t, eps = x0.to(device), t.to(device), eps.to(device)
+            ab = a_bar[t][:, None, None, None]
+            x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+            lab = None if labels is None else labels[ex].to(device)
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, config)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                pred = fwd(x_t, t, class_labels=lab).sample
+            loss = torch.nn.functional.mse_loss(pred.float(), eps)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            opt.step()
+            ema.update(model, step)
+            window += loss.detach()
+            window_n += 1
+            seen += len(ex)
+            done = step + 1
+            if done % config.log_every == 0 or done == config.steps:
+                lv = float(window.item()) / window_n
+                window.zero_()
+                window_n = 0
+                if not math.isfinite(lv):
+                    raise NonFiniteError(f"training loss became {lv} at step {done}; lower --lr or check the data")
+                log.append({"step": done, "loss": lv, "lr": _lr_at(step, config)})  # mean over the window
+                bar.advance(0, loss=lv)
+            bar.advance(1)
+            fault_point("train.step")
+            if done % config.checkpoint_every == 0 and done < config.steps:
+                _save_checkpoint(run, done, model, ema, opt, log)
+                fault_point("train.checkpoint")
+    elapsed = time.perf_counter() - t0
+
+    # Final weights: the EMA copy, in the UNet's own save_pretrained layout.
+    final_model = build_unet(ucfg)
+    final_model.load_state_dict({k: v.detach().cpu() for k, v in ema.shadow.items()})
+    _save_pretrained_atomic(final_model, run / "unet")
+    scheduler.save_pretrained(run / "scheduler")
+    write_bytes_atomic(run / "loss_log.jsonl", "".join(json.dumps(r) + "\n" for r in log).encode())
+    write_json_atomic(run / "timing.json", {"seconds": elapsed, "images_per_second": seen / max(elapsed, 1e-9),
+                                            "steps_this_session": config.steps - start, "device": str(device)})
+    write_result(
+        run / "result.json", "train", settings, {"seed": config.seed},
+        steps=config.steps, n_parameters=count_parameters(final_model), n_train=int(len(idx)),
+        n_stream=int(len(stream)), final_loss=log[-1]["loss"] if log else None,
+    )
+    stage_line(f"train: {config.steps} steps on {len(idx)} images ({len(stream)} with repeats) -> {run}")
+    return run
+
+
+def _save_pretrained_atomic(model, folder: Path) -> None:
+    tmp = folder.parent / f".tmp-{folder.name}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp, safe_serialization=True)
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)

@@ -1,0 +1,87 @@
+"""Number formatting for the report (Jinja filters) and flattening of settings for tables."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+DASH = "–"
+
+
+def fmt_int(v: Any) -> str:
+    if v is None:
+        return DASH
+    try:
+        return f"{int(v):,}"
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def fmt_float(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return DASH
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    if not math.isfinite(x):
+        return DASH
+    if x != 0 and abs(x) < 10 ** -digits:
+        return f"{x:.2g}"
+    return f"{x:.{digits}f}"
+
+
+def fmt_pct(v: Any) -> str:
+    """A rate in [0, 1] as a percentage; small rates keep two significant digits."""
+    if v is None:
+        return "n/a"
+    try:
+        x = float(v) * 100
+    except (TypeError, ValueError):
+        return str(v)
+    if not math.isfinite(x):
+        return DASH
+    if x == 0 or x >= 1:
+        return f"{x:.1f}%"
+    return f"{x:.2g}%"
+
+
+def fmt(value: Any, kind: str = "float") -> str:
+    """Format by kind: ``int``, ``float``, ``pct`` or ``text``."""
+    if kind == "int":
+        return fmt_int(value)
+    if kind == "pct":
+        return fmt_pct(value)
+    if kind == "text":
+        return DASH if value is None else str(value)
+    return fmt_float(value)
+
+
+def fmt_ci(ci: Any, kind: str = "float") -> str:
+    """``[low, high]`` of an interval dict, or '' when absent."""
+    if not isinstance(ci, dict) or ci.get("low") is None or ci.get("high") is None:
+        return ""
+    level = ci.get("level")
+    lvl = f"{float(level) * 100:.0f}% CI " if isinstance(level, (int, float)) else "CI "
+    return f"{lvl}[{fmt(ci['low'], kind)}, {fmt(ci['high'], kind)}]"
+
+
+def flatten(d: Any, prefix: str = "", limit: int = 300) -> list[tuple[str, str]]:
+    """Rows (dotted key, value text) of a nested settings dictionary; long values are shortened."""
+    rows: list[tuple[str, str]] = []
+    if isinstance(d, dict):
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict) and v:
+                rows += flatten(v, key + ".", limit)
+            else:
+                rows.append((key, _text(v, limit)))
+    elif prefix:
+        rows.append((prefix.rstrip("."), _text(d, limit)))
+    return rows
+
+
+def _text(v: Any, limit: int) -> str:
+    s = v if isinstance(v, str) else json.dumps(v, default=str, ensure_ascii=False)
+    return s if len(s) <= limit else s[: limit - 1] + "…"

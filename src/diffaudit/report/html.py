@@ -1,0 +1,98 @@
+"""The HTML report: one self-contained file (issue 7).
+
+Everything is inside the file: CSS inline, images and plots as PNG ``data:`` URIs, no script.
+A Content-Security-Policy meta tag allows only embedded images and inline style, so even a file
+that was tampered with cannot fetch anything. Jinja2 autoescapes every value (captions, ids and
+file names come from scraped data and must never run as markup). The file is written atomically
+and owner-only (0o600): it shows training images, unless ``redact`` replaces them by their ids.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from diffaudit.core.io import make_private_dir, write_bytes_atomic
+from diffaudit.report.fmt import fmt, fmt_ci
+from diffaudit.report.results import load_results
+from diffaudit.report.summary import summarise
+from diffaudit.report.view_extraction import cliques, gallery, rule_text, verdict
+from diffaudit.report.view_mia import best_mia, mia_view
+from diffaudit.report.view_misc import canaries_view, inpainting_view, settings_view, training_view
+
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+def _environment():
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        autoescape=True,  # every template, whatever its name
+        undefined=jinja2.ChainableUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    def defined(v: Any) -> Any:
+        return None if isinstance(v, jinja2.Undefined) else v
+
+    env.filters["fmt"] = lambda v, kind="float": fmt(defined(v), kind)
+    env.filters["ci"] = lambda v, kind="float": fmt_ci(defined(v), kind)
+    # JSON of a value for data-value='...' (autoescape then escapes any quote in it).
+    env.filters["jsonvalue"] = lambda v: json.dumps(defined(v), default=str)
+    return env
+
+
+def ensure_private_parent(path: Path) -> None:
+    """Create ``path``'s folder owner-only when it does not exist (an existing folder is left as it is)."""
+    if not path.parent.exists():
+        make_private_dir(path.parent)
+
+
+def report_context(result_dir: str | os.PathLike, *, redact: bool = False) -> dict[str, Any]:
+    """Everything the template renders: the summary and the per-section views."""
+    rs = load_results(result_dir)
+    summary = summarise(rs)
+    ex = summary.get("extraction")
+    return {
+        "title": f"diffaudit report: {rs.root.resolve().name}",
+        "source": rs.root.resolve().name,
+        "command": rs.command,
+        "redact": redact,
+        "csp": CSP,
+        "summary": summary,
+        "verdict": verdict(ex),
+        "rule": rule_text((ex or {}).get("rule"), (ex or {}).get("delta")),
+        "best_mia": best_mia(summary),
+        "gallery": gallery(rs, redact=redact),
+        "cliques": cliques(rs),
+        "mia": mia_view(rs, summary),
+        "inpainting": inpainting_view(rs, summary, redact=redact),
+        "canaries": canaries_view(rs, summary),
+        "training": training_view(rs),
+        "tables": settings_view(summary),
+    }
+
+
+def render_html(result_dir: str | os.PathLike, *, redact: bool = False) -> str:
+    """The report's HTML text (nothing is written)."""
+    return _environment().get_template("report.html").render(**report_context(result_dir, redact=redact))
+
+
+def render_report(result_dir: str | os.PathLike, out_file: str | os.PathLike | None = None, redact: bool = False) -> Path:
+    """Write the self-contained HTML report of ``result_dir`` to ``out_file`` (default ``result_dir/report.html``).
+
+    ``result_dir`` is an audit folder or one command's result folder (told apart by ``result.json``'s
+    ``command``). ``redact`` replaces every training image (and inpainting grid, which shows its
+    target) by its id. The file is created owner-only (0o600); a missing parent folder is created
+    owner-only (0o700). Returns the path written. Raises DiffauditError when nothing can be rendered.
+    """
+    out = Path(out_file) if out_file is not None else Path(result_dir) / "report.html"
+    html = render_html(result_dir, redact=redact)
+    ensure_private_parent(out)
+    write_bytes_atomic(out, html.encode("utf-8"))
+    os.chmod(out, 0o600)
+    return out

@@ -1,0 +1,168 @@
+"""Matplotlib figures for the report, returned as PNG bytes (Agg, no pyplot global state).
+
+Every function takes plain arrays and returns ``bytes``; none reads files. Axis conventions follow
+the paper: ROC curves log-log (Carlini et al. 2023, Fig. 8), the timestep sweep over t (Fig. 9),
+inpainting distances for members vs non-members (Fig. 12), memorization vs duplicates (Fig. 5).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Sequence
+
+import numpy as np
+
+PALETTE = ["#1f5fa8", "#d1495b", "#2a9d8f", "#e9a23b", "#6a4c93", "#3d405b", "#8ab17d", "#b5838d"]
+
+
+def _figure(width: float = 5.2, height: float = 3.6, *, wspace: float = 0.25):
+    """A figure with fixed margins (constrained layout would double the drawing time)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110)
+    fig.subplots_adjust(left=0.7 / width, right=1 - 0.15 / width, bottom=0.5 / height, top=1 - 0.3 / height, wspace=wspace)
+    return fig
+
+
+def _png(fig) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _style(ax) -> None:
+    ax.grid(True, which="major", alpha=0.35, linewidth=0.6)
+    ax.grid(True, which="minor", alpha=0.12, linewidth=0.4)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
+def roc_loglog(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], *, min_fpr: float | None = None) -> bytes:
+    """Log-log ROC curves: ``curves`` = [(label, fpr (K,), tpr (K,)), ...], rates in [0, 1].
+
+    The x axis starts at ``min_fpr`` (default: the smallest non-zero FPR over all curves, at most
+    1e-3); points at FPR 0 are drawn at that floor. The dashed diagonal is chance.
+    """
+    fig = _figure()
+    ax = fig.add_subplot()
+    floors = [float(np.min(f[f > 0])) for _, f, _ in curves if np.any(np.asarray(f) > 0)]
+    lo = min_fpr if min_fpr is not None else min([1e-3] + floors)
+    grid = np.logspace(np.log10(lo), 0, 50)
+    ax.plot(grid, grid, "--", color="#888", linewidth=1, label="chance")
+    for i, (label, fpr, tpr) in enumerate(curves):
+        f = np.clip(np.asarray(fpr, dtype=float), lo, 1.0)
+        t = np.clip(np.asarray(tpr, dtype=float), lo, 1.0)
+        ax.step(f, t, where="post", color=PALETTE[i % len(PALETTE)], linewidth=1.6, label=label)
+    for x in (1e-2, 1e-3):
+        if x >= lo:
+            ax.axvline(x, color="#bbb", linewidth=0.8, linestyle=":")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, 1.0)
+    ax.set_ylim(lo, 1.05)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("Membership inference ROC (log-log)")
+    _style(ax)
+    ax.legend(loc="lower right", fontsize=8, frameon=False)
+    return _png(fig)
+
+
+def timestep_sweep(sweeps: Sequence[tuple[str, Sequence[int], Sequence[float | None], Sequence[float | None]]]) -> bytes:
+    """AUC and TPR at 1% FPR over the timestep t: ``sweeps`` = [(label, t, auc, tpr_at_1pct), ...].
+
+    The paper's best zone (t in [50, 300]) is shaded. None values are skipped.
+    """
+    fig = _figure(8.0, 3.2)
+    axes = fig.subplots(1, 2)
+    for ax, col, title in ((axes[0], 2, "AUC"), (axes[1], 3, "TPR at 1% FPR")):
+        ax.axvspan(50, 300, color="#2a9d8f", alpha=0.08, label="t in [50, 300]")
+        for i, sweep in enumerate(sweeps):
+            t = np.asarray(sweep[1], dtype=float)
+            y = np.array([np.nan if v is None else float(v) for v in sweep[col]], dtype=float)
+            ok = np.isfinite(y)
+            if ok.any():
+                ax.plot(t[ok], y[ok], "o-", color=PALETTE[i % len(PALETTE)], markersize=3.5, linewidth=1.4, label=sweep[0])
+        if col == 2:
+            ax.axhline(0.5, color="#888", linestyle="--", linewidth=0.8)
+        ax.set_xlabel("diffusion timestep t")
+        ax.set_title(title, fontsize=10)
+        _style(ax)
+    axes[0].legend(fontsize=8, frameon=False)
+    return _png(fig)
+
+
+def canary_curve(repeats: Sequence[int], exposure: Sequence[float | None], extracted: Sequence[bool]) -> bytes:
+    """Exposure of each canary over its number of repeats (log2 axis), extracted ones filled.
+
+    The line is the mean exposure per repeat count; the right panel is the fraction extracted.
+    """
+    r = np.asarray(repeats, dtype=float)
+    e = np.array([np.nan if v is None else float(v) for v in exposure], dtype=float)
+    x = np.asarray(extracted, dtype=bool)
+    fig = _figure(8.0, 3.2)
+    ax, ax2 = fig.subplots(1, 2)
+    ok = np.isfinite(e)
+    ax.scatter(r[ok & ~x], e[ok & ~x], s=18, facecolors="none", edgecolors=PALETTE[0], label="not extracted")
+    ax.scatter(r[ok & x], e[ok & x], s=18, color=PALETTE[1], label="extracted")
+    levels = np.unique(r)
+    means = [np.nanmean(e[(r == v) & ok]) if np.any((r == v) & ok) else np.nan for v in levels]
+    ax.plot(levels, means, "-", color="#444", linewidth=1.2, label="mean")
+    frac = [float(np.mean(x[r == v])) for v in levels]
+    ax2.bar(np.arange(len(levels)), frac, color=PALETTE[1], alpha=0.8)
+    ax2.set_xticks(np.arange(len(levels)), [f"{int(v)}" for v in levels])
+    ax2.set_ylim(0, 1.05)
+    ax2.set_xlabel("repeats in training")
+    ax2.set_title("fraction extracted", fontsize=10)
+    if len(levels) and levels.min() > 0:
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel("repeats in training")
+    ax.set_ylabel("exposure (bits)")
+    ax.set_title("canary exposure", fontsize=10)
+    for a in (ax, ax2):
+        _style(a)
+    ax.legend(fontsize=8, frameon=False)
+    return _png(fig)
+
+
+def distance_histogram(members: Sequence[float], nonmembers: Sequence[float], *, xlabel: str) -> bytes:
+    """Overlaid histograms of a distance for members (training images) and non-members."""
+    fig = _figure(5.2, 3.0)
+    ax = fig.add_subplot()
+    allv = np.asarray([*members, *nonmembers], dtype=float)
+    allv = allv[np.isfinite(allv)]
+    bins = np.linspace(allv.min(), allv.max() + 1e-9, 20) if allv.size else 10
+    if len(members):
+        ax.hist(members, bins=bins, alpha=0.6, color=PALETTE[1], label=f"members ({len(members)})")
+    if len(nonmembers):
+        ax.hist(nonmembers, bins=bins, alpha=0.6, color=PALETTE[0], label=f"non-members ({len(nonmembers)})")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("targets")
+    _style(ax)
+    ax.legend(fontsize=8, frameon=False)
+    return _png(fig)
+
+
+def training_loss(steps: Sequence[float], losses: Sequence[float]) -> bytes:
+    """Training loss over steps (log y), with a moving average when there are many points."""
+    s = np.asarray(steps, dtype=float)
+    l = np.asarray(losses, dtype=float)
+    fig = _figure(5.2, 2.8)
+    ax = fig.add_subplot()
+    ax.plot(s, l, color=PALETTE[0], alpha=0.35 if len(l) > 50 else 1.0, linewidth=0.8)
+    if len(l) > 50:
+        k = max(5, len(l) // 50)
+        smooth = np.convolve(l, np.ones(k) / k, mode="valid")
+        ax.plot(s[k - 1:], smooth, color=PALETTE[0], linewidth=1.6)
+    if np.all(l > 0):
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    _style(ax)
+    return _png(fig)

@@ -1,0 +1,196 @@
+"""Find and read the results a report renders: one command's folder or a whole audit folder.
+
+A single command's folder holds ``result.json`` whose ``command`` names it (``verify``, ``mia``,
+...). An audit folder holds one sub-folder per stage (``train/``, ``samples/``, ``extract/``,
+``verify/``, ``mia/`` or ``mia-<attack>/``, ``inpaint/``, ``canaries/``, ``dedup/``), each with its
+own ``result.json``, plus ``audit.json``. Everything here tolerates missing or partial stages: a
+report renders what exists.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from diffaudit.core.errors import DiffauditError
+from diffaudit.core.io import read_json
+
+RESULT_FILE = "result.json"
+AUDIT_FILES = ("audit.json",)
+
+
+@dataclass
+class Stage:
+    """One command's result: its folder, its ``result.json`` and the command that wrote it."""
+
+    name: str
+    command: str
+    path: Path
+    result: dict[str, Any]
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        s = self.result.get("settings")
+        return s if isinstance(s, dict) else {}
+
+    @property
+    def seeds(self) -> dict[str, Any]:
+        s = self.result.get("seeds")
+        return s if isinstance(s, dict) else {}
+
+    @property
+    def versions(self) -> dict[str, Any]:
+        s = self.result.get("versions")
+        return s if isinstance(s, dict) else {}
+
+
+@dataclass
+class ResultSet:
+    """Every stage found under ``root``.
+
+    Attributes:
+        root: the folder given to the report.
+        command: ``audit`` for an audit folder, else the single command's name.
+        stages: in folder order; a command may occur several times (``mia-loss``, ``mia-lira``).
+        audit: the content of ``audit.json`` (or of an ``audit`` result.json), {} when absent.
+        store_dirs: sample stores found (folders holding ``manifest.json``).
+    """
+
+    root: Path
+    command: str
+    stages: list[Stage] = field(default_factory=list)
+    audit: dict[str, Any] = field(default_factory=dict)
+    store_dirs: list[Path] = field(default_factory=list)
+
+    @property
+    def audit_settings(self) -> dict[str, Any]:
+        """The audit's own settings: ``audit.json``'s ``settings``, or the file itself when it is a bare config."""
+        s = self.audit.get("settings")
+        if isinstance(s, dict):
+            return s
+        envelope = ("schema_version", "command", "settings", "seeds", "versions")
+        return {k: v for k, v in self.audit.items() if k not in envelope and not isinstance(v, list)}
+
+    def of(self, command: str) -> list[Stage]:
+        """The stages written by ``command``."""
+        return [s for s in self.stages if s.command == command]
+
+    def first(self, command: str) -> Stage | None:
+        found = self.of(command)
+        return found[0] if found else None
+
+
+def _read_result(path: Path) -> dict[str, Any] | None:
+    try:
+        data = read_json(path)
+    except DiffauditError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _command_of(result: dict[str, Any], folder: Path) -> str:
+    cmd = result.get("command")
+    if isinstance(cmd, str) and cmd:
+        return cmd
+    # Fall back on the folder's name: ``mia-lira`` -> ``mia``.
+    return folder.name.split("-")[0]
+
+
+def _subdirs(root: Path) -> Iterator[Path]:
+    try:
+        yield from sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return
+
+
+def load_results(result_dir: str | Path) -> ResultSet:
+    """Read ``result_dir`` as a single command's folder or an audit folder.
+
+    Raises :class:`DiffauditError` when the folder does not exist or holds no result at all.
+    """
+    root = Path(result_dir)
+    if not root.is_dir():
+        raise DiffauditError(f"{root} is not a folder; give the output folder of `diffaudit audit` or of one command")
+    top = _read_result(root / RESULT_FILE) if (root / RESULT_FILE).exists() else None
+    audit: dict[str, Any] = {}
+    for name in AUDIT_FILES:
+        if (root / name).exists():
+            data = _read_result(root / name)
+            if data:
+                audit = data
+    if top is not None and _command_of(top, root) != "audit" and not audit:
+        stage = Stage(root.name, _command_of(top, root), root, top)
+        stores = [root] if (root / "manifest.json").exists() else []
+        return ResultSet(root=root, command=stage.command, stages=[stage], store_dirs=stores)
+    if top is not None and not audit:
+        audit = top
+    rs = ResultSet(root=root, command="audit", audit=audit)
+    for sub in _subdirs(root):
+        if (sub / "manifest.json").exists():
+            rs.store_dirs.append(sub)
+        if (sub / RESULT_FILE).exists():
+            data = _read_result(sub / RESULT_FILE)
+            if data is not None:
+                rs.stages.append(Stage(sub.name, _command_of(data, sub), sub, data))
+    if not rs.stages and not audit:
+        raise DiffauditError(
+            f"{root} holds no {RESULT_FILE} (nor stage folders with one); give the output folder of "
+            "`diffaudit audit` or of one command (extract, verify, mia, inpaint, canaries, dedup)"
+        )
+    return rs
+
+
+def records(result: dict[str, Any], *required: str, preferred: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The list of per-item records in ``result`` whose items carry all ``required`` keys.
+
+    Looks first at the keys in ``preferred``, then at every list value, so a renamed field still
+    renders. Returns [] when none is found.
+    """
+    candidates = [result.get(k) for k in preferred] + list(result.values())
+    for value in candidates:
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            if all(all(k in v for k in required) for v in value):
+                return value
+    return []
+
+
+def read_jsonl(path: Path, limit: int = 200_000) -> list[dict[str, Any]]:
+    """Rows of a JSON-lines file; unreadable lines (a torn last line) are skipped."""
+    rows: list[dict[str, Any]] = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f):
+                if i >= limit:
+                    break
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(row, dict):
+                    rows.append(row)
+    except OSError:
+        return []
+    return rows
+
+
+def resolve_path(value: Any, *bases: Path) -> Path | None:
+    """An existing path for a recorded ``value``: as given, or relative to one of ``bases``.
+
+    Recorded paths may be relative to the working folder of the command that wrote them; the report
+    may run elsewhere, so each base (the stage folder, the audit folder, their parents) is tried,
+    and last the base name inside each base.
+    """
+    if not isinstance(value, (str, Path)) or not str(value):
+        return None
+    p = Path(value)
+    if p.exists():
+        return p
+    for base in bases:
+        if not p.is_absolute() and (base / p).exists():
+            return base / p
+    for base in bases:
+        if (base / p.name).exists():
+            return base / p.name
+    return None

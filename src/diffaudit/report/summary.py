@@ -1,0 +1,288 @@
+"""``summary.json``: the audit's numbers in one file (issue 7).
+
+Fields: ``schema_version``, ``command`` (``audit`` or the single command summarised), ``dataset``,
+``model``, ``extraction`` {``unique_extracted``, ``n_samples``, ``rule``,
+``baseline_unique_extracted``, ...}, ``mia`` {attack: {``auc``, ``tpr_at_fpr``, ``ci``, ...}},
+``inpainting``, ``canaries``, ``dedup``, ``settings`` and ``seeds`` (per stage), ``versions``.
+A section whose stage did not run is null. The HTML report renders from this dictionary, so the
+numbers a person reads are the numbers in the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from diffaudit.core.io import write_json_atomic
+from diffaudit.core.results import SCHEMA_VERSION
+from diffaudit.report.images import data_spec
+from diffaudit.report.results import ResultSet, Stage, load_results, records
+
+ENVELOPE = ("schema_version", "command", "settings", "seeds", "versions")
+
+
+def _finite(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _int(x: Any) -> int | None:
+    try:
+        return int(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def interval(value: Any) -> dict[str, float] | None:
+    """A confidence interval as ``{"low", "high"[, "level"]}`` from a dict or a [low, high] pair."""
+    if isinstance(value, dict):
+        lo = value.get("low", value.get("lo", value.get("lower")))
+        hi = value.get("high", value.get("hi", value.get("upper")))
+        out = {"low": _finite(lo), "high": _finite(hi)}
+        if "level" in value:
+            out["level"] = _finite(value["level"])
+    elif isinstance(value, (list, tuple)) and len(value) == 2:
+        out = {"low": _finite(value[0]), "high": _finite(value[1])}
+    else:
+        return None
+    return out if out["low"] is not None and out["high"] is not None else None
+
+
+def _tpr_value(v: Any) -> tuple[float | None, Any]:
+    """(value, ci) of a TPR entry that is a number or a dict {value|tpr, ci}."""
+    if isinstance(v, dict):
+        return _finite(v.get("value", v.get("tpr"))), v.get("ci")
+    return _finite(v), None
+
+
+def _mia_entry(stage: Stage) -> dict[str, Any]:
+    r = stage.result
+    ci = r.get("ci") if isinstance(r.get("ci"), dict) else (r.get("bootstrap") if isinstance(r.get("bootstrap"), dict) else {})
+    tpr: dict[str, float | None] = {}
+    tpr_ci: dict[str, Any] = {}
+    raw_ci = ci.get("tpr_at_fpr") if isinstance(ci.get("tpr_at_fpr"), dict) else (r.get("tpr_at_fpr_ci") or {})
+    for key, value in (r.get("tpr_at_fpr") or {}).items():
+        tpr[str(key)], inline_ci = _tpr_value(value)
+        tpr_ci[str(key)] = interval(inline_ci if inline_ci is not None else (raw_ci or {}).get(key))
+    out = {
+        "attack": str(r.get("attack") or stage.name),
+        "auc": _finite(r.get("auc")),
+        "tpr_at_fpr": tpr,
+        "ci": {"auc": interval(ci.get("auc", r.get("auc_ci"))), "tpr_at_fpr": tpr_ci},
+        "n_members": _int(r.get("n_members")),
+        "n_nonmembers": _int(r.get("n_nonmembers")),
+        "timesteps": r.get("timesteps"),
+    }
+    if "balanced_accuracy" in r:
+        out["balanced_accuracy"] = _finite(r.get("balanced_accuracy"))
+    return out
+
+
+def mia_key(stage: Stage, taken: set[str]) -> str:
+    """The attack's name, made unique by the folder name when two folders ran the same attack."""
+    name = str(stage.result.get("attack") or stage.name)
+    return name if name not in taken else stage.name
+
+
+def _extraction(rs: ResultSet) -> dict[str, Any] | None:
+    verify, extract = rs.first("verify"), rs.first("extract")
+    if verify is None and extract is None:
+        return None
+    out: dict[str, Any] = {"unique_extracted": None, "n_samples": None, "rule": None, "baseline_unique_extracted": None}
+    if verify is not None:
+        r, s = verify.result, verify.settings
+        extracted = r.get("extracted") if isinstance(r.get("extracted"), list) else []
+        unique = r.get("unique_extracted")
+        if unique is None:
+            unique = len({e.get("train_key", e.get("train_id")) for e in extracted if isinstance(e, dict)})
+        out.update(
+            unique_extracted=_int(unique),
+            n_samples=_int(r.get("n_samples")),
+            rule=r.get("rule", s.get("rule")),
+            baseline_unique_extracted=_int(r.get("baseline_unique_extracted")),
+            n_extracted_generations=len(extracted),
+        )
+        for k in ("delta", "alpha", "n_neighbors"):
+            if k in r or k in s:
+                out[k] = r.get(k, s.get(k))
+    if extract is not None:
+        prompts = records(extract.result, "members", preferred=("prompts", "cliques", "results"))
+        out["n_prompts"] = len(prompts)
+        out["n_flagged"] = sum(1 for p in prompts if p.get("flagged"))
+        if out["n_samples"] is None:
+            out["n_samples"] = sum(_int(p.get("n_generations")) or 0 for p in prompts) or None
+    return out
+
+
+def _mean(values: list[float]) -> float | None:
+    v = [x for x in values if x is not None]
+    return sum(v) / len(v) if v else None
+
+
+def _inpainting(rs: ResultSet) -> dict[str, Any] | None:
+    st = rs.first("inpaint")
+    if st is None:
+        return None
+    targets = records(st.result, "best_l2", preferred=("targets", "results"))
+    mem = [t for t in targets if t.get("member")]
+    non = [t for t in targets if not t.get("member")]
+    return {
+        "auc": _finite(st.result.get("auc")),
+        "n_targets": len(targets),
+        "n_members": len(mem),
+        "n_nonmembers": len(non),
+        "mean_top10_l2": {
+            "members": _mean([_finite(t.get("mean_top10_l2")) for t in mem]),
+            "nonmembers": _mean([_finite(t.get("mean_top10_l2")) for t in non]),
+        },
+        "best_l2": {
+            "members": _mean([_finite(t.get("best_l2")) for t in mem]),
+            "nonmembers": _mean([_finite(t.get("best_l2")) for t in non]),
+        },
+    }
+
+
+def _canaries(rs: ResultSet) -> dict[str, Any] | None:
+    st = rs.first("canaries")
+    if st is None:
+        return None
+    cans = records(st.result, "repeats", preferred=("canaries",))
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for c in cans:
+        r = _int(c.get("repeats"))
+        if r is not None:
+            groups.setdefault(r, []).append(c)
+    by_repeats = []
+    for r in sorted(groups):
+        exps = [_finite(c.get("exposure")) for c in groups[r]]
+        exps = [e for e in exps if e is not None]
+        by_repeats.append({
+            "repeats": r,
+            "n": len(groups[r]),
+            "mean_exposure": _mean(exps),
+            "max_exposure": max(exps) if exps else None,
+            "n_extracted": sum(1 for c in groups[r] if c.get("extracted")),
+        })
+    return {
+        "n_canaries": len(cans),
+        "n_extracted": sum(1 for c in cans if c.get("extracted")),
+        "by_repeats": by_repeats,
+    }
+
+
+def _dedup(rs: ResultSet) -> dict[str, Any] | None:
+    st = rs.first("dedup")
+    if st is None:
+        return None
+    groups = records(st.result, "members", preferred=("groups",))
+    sizes = [len(g.get("members") or []) for g in groups]
+    return {
+        "n_groups": len(groups),
+        "n_in_groups": sum(sizes),
+        "largest_group": max(sizes) if sizes else 0,
+        "embedder": st.result.get("embedder", st.settings.get("embedder")),
+    }
+
+
+def _dataset(rs: ResultSet) -> dict[str, Any] | None:
+    order = ["verify", "train", "mia", "extract", "inpaint", "canaries", "dedup"]
+    candidates = [rs.audit_settings]
+    candidates += [st.settings for c in order for st in rs.of(c)]
+    for s in candidates:
+        spec, opts = data_spec(s)
+        if spec:
+            out: dict[str, Any] = {"spec": spec, "options": opts}
+            train = rs.first("train")
+            if train is not None:
+                n = _int(train.result.get("n_train", train.result.get("n_examples")))
+                ids = train.path / "train_ids.json"
+                if n is None and ids.exists():
+                    try:
+                        n = len(json.loads(ids.read_text(encoding="utf-8")).get("keys", []))
+                    except (OSError, ValueError, AttributeError):
+                        n = None
+                out["n_train"] = n
+            return out
+    return None
+
+
+def _scalars(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k not in ENVELOPE and isinstance(v, (str, int, float, bool)) and v is not None}
+
+
+def _model(rs: ResultSet) -> dict[str, Any] | None:
+    train = rs.first("train")
+    out: dict[str, Any] = {}
+    for s in [rs.audit_settings] + [st.settings for st in rs.stages]:
+        if s.get("model"):
+            out["path"] = s["model"]
+            break
+    if train is not None:
+        out.setdefault("path", train.name)
+        out.update(_scalars(train.result))
+        for k in ("preset", "image_size", "steps", "batch_size", "lr"):
+            if train.settings.get(k) is not None and k not in out:
+                out[k] = train.settings[k]
+    return out or None
+
+
+def summarise(rs: ResultSet) -> dict[str, Any]:
+    """The summary dictionary of a loaded :class:`ResultSet` (see the module docstring)."""
+    mia: dict[str, Any] = {}
+    for st in rs.of("mia"):
+        mia[mia_key(st, set(mia))] = _mia_entry(st)
+    settings: dict[str, Any] = {}
+    seeds: dict[str, Any] = {}
+    if rs.audit:
+        if rs.audit_settings:
+            settings["audit"] = rs.audit_settings
+        if isinstance(rs.audit.get("seeds"), dict):
+            seeds["audit"] = rs.audit["seeds"]
+    for st in rs.stages:
+        settings[st.name] = st.settings
+        seeds[st.name] = st.seeds
+    versions: dict[str, Any] = {}
+    for src in [rs.audit] + [st.result for st in rs.stages]:
+        if isinstance(src.get("versions"), dict) and src["versions"]:
+            versions = dict(src["versions"])
+            break
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "command": rs.command,
+        "dataset": _dataset(rs),
+        "model": _model(rs),
+        "extraction": _extraction(rs),
+        "mia": mia or None,
+        "inpainting": _inpainting(rs),
+        "canaries": _canaries(rs),
+        "dedup": _dedup(rs),
+        "stages": [{"name": st.name, "command": st.command} for st in rs.stages],
+        "settings": settings,
+        "seeds": seeds,
+        "versions": versions,
+    }
+
+
+def build_summary(result_dir: str | os.PathLike) -> dict[str, Any]:
+    """The ``summary.json`` dictionary of an audit folder or of one command's result folder.
+
+    Raises :class:`~diffaudit.core.errors.DiffauditError` when ``result_dir`` holds no result.
+    """
+    return summarise(load_results(result_dir))
+
+
+def write_summary(result_dir: str | os.PathLike, out_file: str | os.PathLike | None = None) -> Path:
+    """Write :func:`build_summary` atomically (owner-only) to ``out_file`` (default ``result_dir/summary.json``)."""
+    out = Path(out_file) if out_file is not None else Path(result_dir) / "summary.json"
+    from diffaudit.report.html import ensure_private_parent
+
+    ensure_private_parent(out)
+    write_json_atomic(out, build_summary(result_dir))
+    os.chmod(out, 0o600)
+    return out

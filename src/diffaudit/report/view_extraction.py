@@ -1,0 +1,150 @@
+"""Report view of extraction: the headline verdict, the gallery of extracted pairs, flagged cliques.
+
+A pair shows the generation (from the sample store) beside the training image it reproduces (from
+the dataset recorded in the verify settings), with ℓ2, the normalised ratio, eidetic k and the
+duplicate count. Missing pixels show as ids; with ``redact`` training images are never loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from diffaudit.report.images import SampleImages, TrainingImages, data_spec, image_uri
+from diffaudit.report.results import ResultSet, Stage, records, resolve_path
+
+MAX_PAIRS = 48
+MAX_PROMPTS = 30
+MAX_MEMBERS = 12
+THUMB = 96
+PAIR_SIDE = 256
+
+
+def rule_text(rule: Any, delta: Any = None) -> str:
+    """The extraction rule in words (DESIGN: (ℓ2, δ)-extraction and the normalised distance)."""
+    if rule == "ratio":
+        return "normalised ℓ2 ratio ≤ 1 (α = 0.5, against the 50 nearest training images)"
+    if rule == "l2":
+        return f"ℓ2 ≤ δ = {delta if delta is not None else 0.15}"
+    return "unknown rule" if rule is None else str(rule)
+
+
+def verdict(ex: dict[str, Any] | None) -> dict[str, str]:
+    """The answer to "was training data extracted?": level (yes/no/unsure/unknown) and a sentence."""
+    if not ex or ex.get("unique_extracted") is None:
+        return {"level": "unknown", "text": "Extraction was not verified against the training set."}
+    n, base, total = ex["unique_extracted"], ex.get("baseline_unique_extracted"), ex.get("n_samples")
+    of = f" from {total:,} generations" if isinstance(total, int) else ""
+    if n == 0:
+        return {"level": "no", "text": f"No training image was extracted{of}. This bounds, but does not rule out, memorization."}
+    s = "image was" if n == 1 else "images were"
+    if base is None:
+        return {"level": "yes", "text": f"Yes: {n:,} training {s} extracted{of}. No baseline was run, so the false-positive rate is not measured."}
+    if base >= n:
+        return {"level": "unsure", "text": f"Inconclusive: {n:,} matches{of}, but {base:,} on never-seen images (the false-positive baseline)."}
+    fp = "false positive" if base == 1 else "false positives"
+    return {"level": "yes", "text": f"Yes: {n:,} training {s} extracted{of}, against {base:,} {fp} on never-seen images (the baseline)."}
+
+
+def _bases(stage: Stage, rs: ResultSet) -> tuple[Path, ...]:
+    return (stage.path, rs.root, stage.path.parent, rs.root.parent)
+
+
+def sample_images(stage: Stage | None, rs: ResultSet) -> SampleImages:
+    """The generations a stage read: its recorded ``samples`` setting, else the audit's store."""
+    path = None
+    if stage is not None:
+        path = resolve_path(stage.settings.get("samples"), *_bases(stage, rs))
+    if path is None and rs.store_dirs:
+        path = rs.store_dirs[0]
+    return SampleImages(path)
+
+
+def duplicate_counts(rs: ResultSet) -> dict[str, int]:
+    """Training key -> size of its near-duplicate group, from a dedup result (if any)."""
+    st = rs.first("dedup")
+    out: dict[str, int] = {}
+    if st is None:
+        return out
+    for g in records(st.result, "members", preferred=("groups",)):
+        keys = g.get("keys") or [f"#{m}" for m in g.get("members", [])]
+        for k in keys:
+            out[str(k)] = len(g.get("members") or keys)
+    return out
+
+
+def gallery(rs: ResultSet, *, redact: bool) -> dict[str, Any] | None:
+    """Pairs of the verify stage, most exact first (smallest ℓ2), at most ``MAX_PAIRS``."""
+    st = rs.first("verify")
+    if st is None:
+        return None
+    pairs = [e for e in (st.result.get("extracted") or []) if isinstance(e, dict)]
+    pairs.sort(key=lambda e: (e.get("l2") is None, e.get("l2") if isinstance(e.get("l2"), (int, float)) else 0))
+    shown = pairs[:MAX_PAIRS]
+    samples = sample_images(st, rs)
+    notes = []
+    if shown and samples.path is None:
+        notes.append("The sample store was not found; generations are shown by id.")
+    train = None
+    if not redact and shown:
+        spec, opts = data_spec(st.settings)
+        train = TrainingImages(spec, opts, _bases(st, rs))
+        if train.error:
+            notes.append(f"Training images are shown by id: {train.error}.")
+    dups = duplicate_counts(rs)
+    items = []
+    for e in shown:
+        key = e.get("train_key")
+        gen = samples.get(e.get("sample"))
+        timg = None if train is None else train.get(key, e.get("train_id"))
+        items.append({
+            "sample": e.get("sample"),
+            "gen_uri": image_uri(gen, max_side=PAIR_SIDE),
+            "train_key": key if key is not None else e.get("train_id"),
+            "train_id": e.get("train_id"),
+            "train_uri": image_uri(timg, max_side=PAIR_SIDE),
+            "l2": e.get("l2"),
+            "ratio": e.get("ratio"),
+            "eidetic_k": e.get("eidetic_k"),
+            "duplicates": dups.get(str(key)) if key is not None else None,
+        })
+    return {"items": items, "total": len(pairs), "notes": notes, "redacted": redact}
+
+
+def cliques(rs: ResultSet) -> dict[str, Any] | None:
+    """Flagged prompts (largest clique ≥ min size), ranked by mean internal distance, with thumbnails."""
+    st = rs.first("extract")
+    if st is None:
+        return None
+    prompts = records(st.result, "members", preferred=("prompts", "cliques", "results"))
+    flagged = [p for p in prompts if p.get("flagged")]
+    flagged.sort(key=lambda p: (p.get("mean_distance") is None, p.get("mean_distance") or 0.0))
+    samples = sample_images(st, rs)
+    items = []
+    for p in flagged[:MAX_PROMPTS]:
+        members = [str(m) for m in (p.get("members") or [])]
+        medoid = p.get("medoid")
+        order = ([str(medoid)] if medoid is not None and str(medoid) in members else []) + [m for m in members if m != str(medoid)]
+        thumbs = [{"id": m, "uri": image_uri(samples.get(m), max_side=THUMB), "medoid": m == str(medoid)} for m in order[:MAX_MEMBERS]]
+        items.append({
+            "prompt": p.get("prompt"),
+            "n_generations": p.get("n_generations"),
+            "largest_clique": p.get("largest_clique", len(members)),
+            "mean_distance": p.get("mean_distance"),
+            "medoid": medoid,
+            "members": thumbs,
+            "more": max(0, len(order) - MAX_MEMBERS),
+            "bound_hit": bool(p.get("bound_hit") or p.get("search_bound_hit")),
+        })
+    notes = []
+    if items and samples.path is None:
+        notes.append("The sample store was not found; clique members are shown by id.")
+    settings = st.settings
+    return {
+        "items": items,
+        "n_prompts": len(prompts),
+        "n_flagged": len(flagged),
+        "edge_threshold": settings.get("edge_threshold"),
+        "min_clique": settings.get("min_clique"),
+        "notes": notes,
+    }

@@ -1,0 +1,160 @@
+"""Report view of membership inference: per-attack metrics, log-log ROC curves, the timestep sweep.
+
+ROC points come from the result itself (``roc`` {fpr, tpr} or top-level ``fpr``/``tpr``) or are
+recomputed from the per-example scores file next to it (``scores.npz``/``.json``/``.csv`` with a
+score and a member label per example; larger score = member).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffaudit.report import plots
+from diffaudit.report.images import data_uri
+from diffaudit.report.results import ResultSet, Stage
+from diffaudit.report.summary import mia_key
+
+SCORE_NAMES = ("scores", "score")
+LABEL_NAMES = ("member", "members", "is_member", "labels", "label")
+SCORE_FILES = ("scores.npz", "scores.json", "scores.csv", "per_example.npz", "per_example.json", "per_example.csv")
+
+
+def _pick(d: dict[str, Any], names: tuple[str, ...]):
+    for n in names:
+        if n in d:
+            return d[n]
+    return None
+
+
+def _load_scores(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                d = {k: z[k] for k in z.files}
+        elif path.suffix == ".json":
+            d = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(d, list):
+                d = {k: [row.get(k) for row in d] for k in (SCORE_NAMES + LABEL_NAMES) if d and isinstance(d[0], dict) and k in d[0]}
+        elif path.suffix == ".csv":
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+            d = {k: [r[k] for r in rows] for k in (rows[0].keys() if rows else [])}
+        else:
+            return None
+        s, y = _pick(d, SCORE_NAMES), _pick(d, LABEL_NAMES)
+        if s is None or y is None:
+            return None
+        s = np.asarray(s, dtype=float)
+        y = np.asarray([str(v).lower() in ("1", "true", "1.0") if isinstance(v, str) else bool(v) for v in y], dtype=bool)
+        if s.ndim != 1 or s.shape != y.shape:
+            return None
+        return s, y
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def roc_points(stage: Stage) -> tuple[np.ndarray, np.ndarray] | None:
+    """(fpr, tpr) of one mia stage, or None when neither the curve nor the scores are recorded."""
+    r = stage.result
+    roc = r.get("roc") if isinstance(r.get("roc"), dict) else r
+    if isinstance(roc.get("fpr"), list) and isinstance(roc.get("tpr"), list) and len(roc["fpr"]) == len(roc["tpr"]) > 1:
+        return np.asarray(roc["fpr"], dtype=float), np.asarray(roc["tpr"], dtype=float)
+    names = [r.get(k) for k in ("scores_file", "scores_path", "scores") if isinstance(r.get(k), str)]
+    candidates = [stage.path / n for n in names] + [stage.path / n for n in SCORE_FILES]
+    for path in candidates:
+        if path.is_file():
+            loaded = _load_scores(path)
+            if loaded is None:
+                continue
+            try:
+                from diffaudit.evaluation import roc_curve
+
+                curve = roc_curve(*loaded)
+            except Exception:  # noqa: BLE001 - a bad scores file leaves the curve out, not the report
+                continue
+            return curve.fpr, curve.tpr
+    return None
+
+
+def _sweep_columns(sweep: Any) -> tuple[list[int], list[Any], list[Any]] | None:
+    """(timesteps, auc, tpr at 1%) from the column form, a list of rows, or a {t: row} mapping."""
+    if isinstance(sweep, dict) and isinstance(sweep.get("timesteps"), list):
+        tpr = sweep.get("tpr_at_fpr", {}).get("0.01") if isinstance(sweep.get("tpr_at_fpr"), dict) else None
+        ts = sweep["timesteps"]
+        return ts, list(sweep.get("auc") or [None] * len(ts)), list(tpr or [None] * len(ts))
+    rows = None
+    if isinstance(sweep, list):
+        rows = [r for r in sweep if isinstance(r, dict)]
+    elif isinstance(sweep, dict):
+        rows = [dict(v, t=k) for k, v in sweep.items() if isinstance(v, dict)]
+    if not rows:
+        return None
+    out = []
+    for row in rows:
+        t = row.get("t", row.get("timestep", (row.get("timesteps") or [None])[0] if isinstance(row.get("timesteps"), list) else None))
+        try:
+            t = int(t)
+        except (TypeError, ValueError):
+            continue
+        tpr = row.get("tpr_at_fpr", {}).get("0.01") if isinstance(row.get("tpr_at_fpr"), dict) else None
+        out.append((t, row.get("auc"), tpr))
+    out.sort()
+    return [o[0] for o in out], [o[1] for o in out], [o[2] for o in out]
+
+
+def mia_view(rs: ResultSet, summary: dict[str, Any]) -> dict[str, Any] | None:
+    stages = rs.of("mia")
+    if not stages:
+        return None
+    taken: set[str] = set()
+    rows, curves, sweeps, missing = [], [], [], []
+    for st in stages:
+        key = mia_key(st, taken)
+        taken.add(key)
+        entry = (summary.get("mia") or {}).get(key, {})
+        rows.append({"key": key, **entry})
+        pts = roc_points(st)
+        if pts is not None:
+            auc = entry.get("auc")
+            curves.append((f"{key} (AUC {auc:.3f})" if isinstance(auc, float) else key, pts[0], pts[1]))
+        else:
+            missing.append(key)
+        cols = _sweep_columns(st.result.get("sweep"))
+        if cols and cols[0]:
+            sweeps.append((key, *cols))
+    n_non = [r.get("n_nonmembers") for r in rows if r.get("n_nonmembers")]
+    min_fpr = max(1.0 / max(n_non), 1e-5) if n_non else None
+    return {
+        "rows": rows,
+        "roc_uri": data_uri(plots.roc_loglog(curves, min_fpr=min(min_fpr, 1e-3) if min_fpr else None)) if curves else None,
+        "no_curve": missing,
+        "sweep_uri": data_uri(plots.timestep_sweep(sweeps)) if sweeps else None,
+        "sweeps": [{"key": s[0], "rows": list(zip(s[1], s[2], s[3]))} for s in sweeps],
+    }
+
+
+def best_mia(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The attack with the highest TPR at 1% FPR (then AUC), for the headline."""
+    best = None
+    for key, e in (summary.get("mia") or {}).items():
+        tpr = (e.get("tpr_at_fpr") or {}).get("0.01")
+        rank = (tpr if tpr is not None else -1.0, e.get("auc") or 0.0)
+        if best is None or rank > best[0]:
+            best = (rank, key, e)
+    if best is None:
+        return None
+    _, key, e = best
+    return {
+        "key": key,
+        "tpr": (e.get("tpr_at_fpr") or {}).get("0.01"),
+        "tpr_ci": ((e.get("ci") or {}).get("tpr_at_fpr") or {}).get("0.01"),
+        "auc": e.get("auc"),
+        "auc_ci": (e.get("ci") or {}).get("auc"),
+        "n_members": e.get("n_members"),
+        "n_nonmembers": e.get("n_nonmembers"),
+    }

@@ -1,0 +1,102 @@
+"""Report views of inpainting, canaries, training-set duplicates, the training run and settings."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from diffaudit.report import plots
+from diffaudit.report.fmt import flatten
+from diffaudit.report.images import data_uri, png_file_uri
+from diffaudit.report.results import ResultSet, read_jsonl, records, resolve_path
+
+MAX_GRIDS = 16
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def _safe_name(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", s)
+
+
+def _grid_files(folder: Path) -> list[Path]:
+    found = [p for p in sorted(folder.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    return found[:500]
+
+
+def inpainting_view(rs: ResultSet, summary: dict[str, Any], *, redact: bool) -> dict[str, Any] | None:
+    """Numbers, the members-vs-non-members distance histogram, and the per-target grids.
+
+    A grid shows the original target (a training image when it is a member), so ``redact`` replaces
+    every grid by its target's id.
+    """
+    st = rs.first("inpaint")
+    if st is None:
+        return None
+    targets = records(st.result, "best_l2", preferred=("targets", "results"))
+    mem = [float(t["mean_top10_l2"]) for t in targets if t.get("member") and isinstance(t.get("mean_top10_l2"), (int, float))]
+    non = [float(t["mean_top10_l2"]) for t in targets if not t.get("member") and isinstance(t.get("mean_top10_l2"), (int, float))]
+    hist = data_uri(plots.distance_histogram(mem, non, xlabel="mean ℓ2 of the 10 best inpaintings")) if mem or non else None
+    files = _grid_files(st.path)
+    used: set[Path] = set()
+    grids = []
+    # Members first: their reconstructions are what the attack is about.
+    for t in sorted(targets, key=lambda t: (not t.get("member"), t.get("mean_top10_l2") or 0.0)):
+        if len(grids) >= MAX_GRIDS:
+            break
+        tid = str(t.get("id"))
+        path = resolve_path(t.get("grid"), st.path) if t.get("grid") else None
+        if path is None:
+            stem = _safe_name(tid)
+            path = next((f for f in files if f not in used and (f.stem == stem or f.stem.endswith(stem) or f.stem.endswith("-" + stem))), None)
+        if path is not None:
+            used.add(path)
+        grids.append({
+            "id": tid, "member": bool(t.get("member")), "best_l2": t.get("best_l2"), "mean_top10_l2": t.get("mean_top10_l2"),
+            "name": path.name if path is not None else None,
+            "uri": None if redact or path is None else png_file_uri(path),
+        })
+    for f in files:
+        if len(grids) >= MAX_GRIDS:
+            break
+        if f not in used:  # a grid no target claims: shown under its file name
+            grids.append({"id": f.stem, "member": None, "best_l2": None, "mean_top10_l2": None, "name": f.name,
+                          "uri": None if redact else png_file_uri(f)})
+    return {
+        "summary": summary.get("inpainting") or {},
+        "hist_uri": hist,
+        "grids": [g for g in grids if g["name"] is not None],
+        "n_targets": len(targets),
+        "redacted": redact,
+        "mask": st.settings.get("mask"),
+        "n_inpaintings": st.settings.get("n_inpaintings", st.settings.get("n")),
+    }
+
+
+def canaries_view(rs: ResultSet, summary: dict[str, Any]) -> dict[str, Any] | None:
+    st = rs.first("canaries")
+    if st is None:
+        return None
+    cans = [c for c in records(st.result, "repeats", preferred=("canaries",)) if isinstance(c.get("repeats"), (int, float))]
+    uri = None
+    if cans:
+        uri = data_uri(plots.canary_curve([c["repeats"] for c in cans], [c.get("exposure") for c in cans], [bool(c.get("extracted")) for c in cans]))
+    return {"summary": summary.get("canaries") or {}, "plot_uri": uri}
+
+
+def training_view(rs: ResultSet) -> dict[str, Any] | None:
+    st = rs.first("train")
+    if st is None:
+        return None
+    rows = read_jsonl(st.path / "loss_log.jsonl")
+    pts = [(r.get("step", i), r.get("loss")) for i, r in enumerate(rows) if isinstance(r.get("loss"), (int, float))]
+    uri = data_uri(plots.training_loss([p[0] for p in pts], [p[1] for p in pts])) if len(pts) > 1 else None
+    return {"loss_uri": uri, "n_points": len(pts), "final_loss": pts[-1][1] if pts else None}
+
+
+def settings_view(summary: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "settings": [(stage, flatten(s)) for stage, s in (summary.get("settings") or {}).items()],
+        "seeds": [(stage, flatten(s)) for stage, s in (summary.get("seeds") or {}).items() if s],
+        "versions": flatten(summary.get("versions") or {}),
+    }

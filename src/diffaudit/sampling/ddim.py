@@ -1,0 +1,65 @@
+"""DDIM / DDPM sampling as a pure function (Song et al. 2021, Eq. 12; eta = 1 is DDPM-like).
+
+    x̂_0 = (x_t − sqrt(1 − ᾱ_t)·ε̂) / sqrt(ᾱ_t)
+    σ_t = η · sqrt((1 − ᾱ_prev)/(1 − ᾱ_t)) · sqrt(1 − ᾱ_t/ᾱ_prev)
+    x_prev = sqrt(ᾱ_prev)·x̂_0 + sqrt(1 − ᾱ_prev − σ_t²)·ε̂ + σ_t·z
+
+The model is any callable ``model(x_t, t, labels) -> ε̂``. No state, no global RNG: the only
+randomness is x_T (given) and, for η > 0, z drawn per image from ``noise_seeds[i]`` and the step
+index. x̂_0 is clipped to [-1, 1] as diffusers' DDIMScheduler does with ``clip_sample=True`` (and
+``use_clipped_model_output=False``), so images match the stock ``DDIMPipeline`` for the same x_T.
+Non-finite values are tracked in a flag kept on the device and checked once at the end (no host
+synchronisation inside the loop).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from diffaudit.core.errors import NonFiniteError
+from diffaudit.core.seeds import derive_seed, randn_per_seed
+
+Model = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+@torch.no_grad()
+def sample(
+    model: Model,
+    x_T: torch.Tensor,
+    *,
+    alphas_cumprod: torch.Tensor,
+    timesteps: Sequence[int],
+    eta: float = 0.0,
+    labels: torch.Tensor | None = None,
+    noise_seeds: Sequence[int] | None = None,
+    clip_sample: bool = True,
+) -> torch.Tensor:
+    """Run the reverse process from x_T (B, C, H, W) over descending ``timesteps``; returns x_0 in [-1, 1].
+
+    ``alphas_cumprod``: (T,) ᾱ_t. ``noise_seeds``: one per image, needed when ``eta > 0``.
+    """
+    if eta > 0 and (noise_seeds is None or len(noise_seeds) != x_T.shape[0]):
+        raise ValueError("eta > 0 needs one noise seed per image")
+    ab = alphas_cumprod.to(torch.float64)
+    x = x_T.float()
+    finite = torch.ones((), dtype=torch.bool, device=x.device)
+    ts = list(timesteps)
+    for k, t in enumerate(ts):
+        a_t = float(ab[t])
+        a_prev = float(ab[ts[k + 1]]) if k + 1 < len(ts) else 1.0
+        tt = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
+        eps = model(x, tt, labels).float()
+        x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t ** 0.5
+        if clip_sample:
+            x0 = x0.clamp(-1, 1)  # the direction term keeps the unclipped ε̂, as DDIMPipeline does by default
+        sigma = eta * ((1 - a_prev) / (1 - a_t)) ** 0.5 * (1 - a_t / a_prev) ** 0.5 if k + 1 < len(ts) else 0.0
+        x = a_prev ** 0.5 * x0 + max(1 - a_prev - sigma**2, 0.0) ** 0.5 * eps
+        if sigma > 0:
+            z = randn_per_seed([derive_seed(s, "ddim-step", k) for s in noise_seeds], x.shape[1:], device=x.device)
+            x = x + sigma * z
+        finite &= torch.isfinite(x).all()
+    if not bool(finite):
+        raise NonFiniteError("the model produced NaN or infinite values while sampling; no images were written")
+    return x.clamp(-1, 1)

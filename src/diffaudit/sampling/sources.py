@@ -1,0 +1,129 @@
+"""Image sources: turn a model directory into ``source(seeds, prompts) -> uint8 (N, H, W, C)``.
+
+- :class:`PixelSource`: a DDPM/DDIM pixel-space UNet (our runs, diffusers UNet2DModel or DDPM
+  pipeline folders); unconditional (prompt None) or class-conditional (prompt = class index).
+- :class:`StableDiffusionSource`: a local ``StableDiffusionPipeline`` folder; each image's initial
+  latent is drawn from its own seed, so any image can be regenerated alone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from diffaudit.core.errors import DiffauditError
+from diffaudit.core.seeds import randn_per_seed
+from diffaudit.models.denoiser import Denoiser, load_denoiser
+from diffaudit.sampling.generate import generate_images
+
+
+@dataclass
+class PixelSource:
+    denoiser: Denoiser
+    steps: int = 50
+    eta: float = 0.0
+    micro_batch: int = 64
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.denoiser.image_size, self.denoiser.image_size, self.denoiser.in_channels)
+
+    def settings(self) -> dict[str, Any]:
+        return {"kind": "pixel", "steps": self.steps, "eta": self.eta, "micro_batch": self.micro_batch,
+                "num_classes": self.denoiser.num_classes}
+
+    def __call__(self, seeds: Sequence[int], prompts: Sequence[str | None]) -> np.ndarray:
+        labels = None
+        if self.denoiser.num_classes is not None:
+            try:
+                labels = [int(p) for p in prompts]
+            except (TypeError, ValueError):
+                raise DiffauditError("this model is class-conditional: prompts must be class indices (0, 1, ...)") from None
+            if min(labels) < 0 or max(labels) >= self.denoiser.num_classes:
+                raise DiffauditError(f"class prompts must lie in [0, {self.denoiser.num_classes - 1}]")
+        return generate_images(self.denoiser, seeds, steps=self.steps, eta=self.eta, labels=labels, micro_batch=self.micro_batch)
+
+
+@dataclass
+class StableDiffusionSource:
+    """Text-to-image generation with a local StableDiffusionPipeline folder (no hub access)."""
+
+    path: str
+    device: str | torch.device = "cpu"
+    steps: int = 50
+    guidance_scale: float = 7.5
+    scheduler: str = "ddim"
+    micro_batch: int = 8
+    dtype: torch.dtype = torch.float32
+    height: int | None = None
+    pipe: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, PNDMScheduler, StableDiffusionPipeline
+
+        schedulers = {"ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler, "pndm": PNDMScheduler}
+        if self.scheduler not in schedulers:
+            raise DiffauditError(f"unknown --scheduler {self.scheduler!r}; choose one of {', '.join(schedulers)}")
+        pipe = StableDiffusionPipeline.from_pretrained(self.path, torch_dtype=self.dtype, use_safetensors=True,
+                                                       local_files_only=True, safety_checker=None, requires_safety_checker=False)
+        pipe.scheduler = schedulers[self.scheduler].from_config(pipe.scheduler.config)
+        pipe.set_progress_bar_config(disable=True)
+        self.pipe = pipe.to(self.device)
+        self.height = self.height or int(pipe.unet.config.sample_size) * pipe.vae_scale_factor
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.height, self.height, 3)
+
+    def settings(self) -> dict[str, Any]:
+        return {"kind": "stable-diffusion", "steps": self.steps, "guidance_scale": self.guidance_scale,
+                "scheduler": self.scheduler, "micro_batch": self.micro_batch, "height": self.height, "dtype": str(self.dtype)}
+
+    def __call__(self, seeds: Sequence[int], prompts: Sequence[str | None]) -> np.ndarray:
+        if any(p is None for p in prompts):
+            raise DiffauditError("a Stable Diffusion pipeline needs a prompt for every image (--prompts FILE)")
+        pipe = self.pipe
+        lat_c = pipe.unet.config.in_channels
+        lat_s = self.height // pipe.vae_scale_factor
+        out = []
+        for start in range(0, len(seeds), self.micro_batch):
+            s = list(seeds[start:start + self.micro_batch])
+            latents = randn_per_seed(s, (lat_c, lat_s, lat_s), device=self.device, dtype=self.dtype)
+            res = pipe(prompt=list(prompts[start:start + self.micro_batch]), latents=latents, num_inference_steps=self.steps,
+                       guidance_scale=self.guidance_scale, height=self.height, width=self.height, output_type="np")
+            imgs = np.asarray(res.images)
+            if not np.isfinite(imgs).all():
+                raise DiffauditError("the pipeline produced NaN or infinite values; no images were written")
+            out.append(np.clip(np.round(imgs * 255), 0, 255).astype(np.uint8))
+        return np.concatenate(out)
+
+
+def is_stable_diffusion_dir(path: str | Path) -> bool:
+    mi = Path(path) / "model_index.json"
+    if not mi.is_file():
+        return False
+    try:
+        return "StableDiffusion" in json.loads(mi.read_text()).get("_class_name", "")
+    except json.JSONDecodeError:
+        return False
+
+
+def open_source(model: str | Path, *, device: torch.device, steps: int, eta: float = 0.0, micro_batch: int | None = None,
+                guidance_scale: float = 7.5, scheduler: str = "ddim", fast: bool = False):
+    """The image source for a model directory (pixel UNet or Stable Diffusion pipeline).
+
+    ``fast`` (CUDA only): bf16 weights and channels-last memory for the UNet.
+    """
+    if is_stable_diffusion_dir(model):
+        dtype = torch.bfloat16 if (fast and device.type == "cuda") else torch.float32
+        return StableDiffusionSource(str(model), device=device, steps=steps, guidance_scale=guidance_scale,
+                                     scheduler=scheduler, micro_batch=micro_batch or 8, dtype=dtype)
+    den = load_denoiser(model, device=device)
+    if fast and device.type == "cuda":
+        den.optimise_for_gpu(dtype=torch.bfloat16, channels_last=True)
+    return PixelSource(den, steps=steps, eta=eta, micro_batch=micro_batch or (256 if device.type == "cuda" else 32))

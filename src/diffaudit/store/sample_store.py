@@ -1,0 +1,181 @@
+"""Sharded, resumable, atomic storage of generations (DESIGN: conventions).
+
+Layout of a store folder::
+
+    settings.json              the sampling settings (resume checks them)
+    manifest.json              totals, shard size, image shape, prompts
+    shards/shard-NNNNNN.npy    uint8 (S, H, W, C): generations with ordinals [N*S, (N+1)*S)
+    shards/shard-NNNNNN.json   sidecar: ids, seeds, prompts, sampler settings (written last)
+    result.json                written when every shard is done
+
+Generation ordinal o belongs to prompt p = o // per_prompt, image i = o % per_prompt; its id is
+``p<p>-i<i>`` and its seed ``generation_seed(seed, p, i)``. A shard counts as finished only when
+its sidecar exists; both files are written atomically, so a killed writer leaves either a whole
+shard or nothing, and a resumed run redoes exactly the unfinished shards. Finished shards are never
+rewritten.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from diffaudit.core.errors import DiffauditError
+from diffaudit.core.io import load_npy, read_json, save_npy_atomic, write_json_atomic
+from diffaudit.core.outdir import prepare_out_dir
+from diffaudit.core.seeds import generation_seed
+from diffaudit.data.dataset import ImageDataset
+
+MANIFEST = "manifest.json"
+_SHARD_RE = re.compile(r"^shard-(\d{6})\.json$")
+
+
+def generation_id(prompt_index: int, image_index: int) -> str:
+    return f"p{prompt_index}-i{image_index}"
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """What shard ``index`` holds: ordinals [start, stop)."""
+
+    index: int
+    start: int
+    stop: int
+
+
+class SampleStore:
+    """A folder of generation shards. Open with :meth:`create` (writer) or :meth:`open` (reader)."""
+
+    def __init__(self, path: str | Path, manifest: dict[str, Any]):
+        self.path = Path(path)
+        self.manifest = manifest
+
+    # -- opening --------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | Path, *, settings: dict[str, Any], prompts: list[str | None], per_prompt: int,
+               image_shape: tuple[int, int, int], shard_size: int, fresh: bool = False) -> "SampleStore":
+        """Create a store, or reopen one made with the same settings (resume)."""
+        if per_prompt < 1 or not prompts:
+            raise DiffauditError("nothing to generate: need at least one prompt and one image per prompt")
+        if shard_size < 1:
+            raise DiffauditError("--shard-size must be at least 1")
+        full = {**settings, "prompts": prompts, "per_prompt": per_prompt, "shard_size": shard_size}
+        root, resumed = prepare_out_dir(path, "sample", full, fresh=fresh)
+        total = len(prompts) * per_prompt
+        manifest = {
+            "schema_version": 1, "n_total": total, "per_prompt": per_prompt, "shard_size": shard_size,
+            "n_shards": -(-total // shard_size), "image_shape": list(image_shape), "prompts": prompts,
+            "seed": settings.get("seed", 0), "sampler": settings,
+        }
+        if not (root / MANIFEST).exists():
+            write_json_atomic(root / MANIFEST, manifest)
+        (root / "shards").mkdir(exist_ok=True)
+        return cls(root, read_json(root / MANIFEST))
+
+    @classmethod
+    def open(cls, path: str | Path) -> "SampleStore":
+        root = Path(path)
+        if not (root / MANIFEST).exists():
+            raise DiffauditError(f"{root} is not a sample store (no {MANIFEST})")
+        return cls(root, read_json(root / MANIFEST))
+
+    @staticmethod
+    def is_store(path: str | Path) -> bool:
+        return Path(path, MANIFEST).is_file()
+
+    # -- plan ----------------------------------------------------------------------------
+    @property
+    def n_shards(self) -> int:
+        return int(self.manifest["n_shards"])
+
+    def plan(self, index: int) -> ShardPlan:
+        s = int(self.manifest["shard_size"])
+        return ShardPlan(index, index * s, min((index + 1) * s, int(self.manifest["n_total"])))
+
+    def ordinal_info(self, ordinal: int) -> tuple[int, int, int, str | None]:
+        """(prompt index, image index, seed, prompt) of a generation ordinal."""
+        per = int(self.manifest["per_prompt"])
+        p, i = divmod(int(ordinal), per)
+        return p, i, generation_seed(int(self.manifest["seed"]), p, i), self.manifest["prompts"][p]
+
+    def shard_request(self, index: int) -> dict[str, list]:
+        """ids, seeds, prompt indices and prompts of shard ``index``."""
+        pl = self.plan(index)
+        info = [self.ordinal_info(o) for o in range(pl.start, pl.stop)]
+        return {
+            "ids": [generation_id(p, i) for p, i, _, _ in info],
+            "seeds": [s for _, _, s, _ in info],
+            "prompt_indices": [p for p, _, _, _ in info],
+            "prompts": [pr for _, _, _, pr in info],
+        }
+
+    # -- shards --------------------------------------------------------------------------
+    def _npy(self, index: int) -> Path:
+        return self.path / "shards" / f"shard-{index:06d}.npy"
+
+    def _sidecar(self, index: int) -> Path:
+        return self.path / "shards" / f"shard-{index:06d}.json"
+
+    def is_complete(self, index: int) -> bool:
+        return self._sidecar(index).exists() and self._npy(index).exists()
+
+    def completed(self) -> list[int]:
+        out = []
+        for p in sorted((self.path / "shards").glob("shard-*.json")):
+            m = _SHARD_RE.match(p.name)
+            if m and self._npy(int(m.group(1))).exists():
+                out.append(int(m.group(1)))
+        return out
+
+    def pending(self) -> list[int]:
+        done = set(self.completed())
+        return [k for k in range(self.n_shards) if k not in done]
+
+    def write_shard(self, index: int, images: np.ndarray) -> None:
+        """Write shard ``index`` (uint8 (S, H, W, C)); refuses to overwrite a finished shard."""
+        if self.is_complete(index):
+            raise DiffauditError(f"shard {index} of {self.path} is finished; finished shards are never rewritten")
+        pl = self.plan(index)
+        exp = (pl.stop - pl.start, *self.manifest["image_shape"])
+        if images.dtype != np.uint8 or tuple(images.shape) != exp:
+            raise DiffauditError(f"shard {index}: expected uint8 {exp}, got {images.dtype} {images.shape}")
+        save_npy_atomic(self._npy(index), images)
+        req = self.shard_request(index)
+        write_json_atomic(self._sidecar(index), {
+            "shard": index, "start": pl.start, "stop": pl.stop, "ids": req["ids"], "seeds": req["seeds"],
+            "prompts": req["prompts"], "sampler": self.manifest["sampler"],
+        })
+
+    def read_shard(self, index: int) -> tuple[np.ndarray, dict[str, Any]]:
+        if not self.is_complete(index):
+            raise DiffauditError(f"shard {index} of {self.path} is not finished")
+        meta = read_json(self._sidecar(index))
+        images = load_npy(self._npy(index))
+        if len(images) != len(meta["ids"]):
+            raise DiffauditError(f"{self._npy(index)}: {len(images)} images but {len(meta['ids'])} ids in its sidecar")
+        return images, meta
+
+    def iter_shards(self) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
+        for k in self.completed():
+            yield self.read_shard(k)
+
+    def to_dataset(self, *, require_complete: bool = True) -> ImageDataset:
+        """All finished generations as a dataset: keys are generation ids, captions the prompts."""
+        if require_complete and self.pending():
+            raise DiffauditError(
+                f"{self.path}: {len(self.pending())} of {self.n_shards} shards are unfinished; re-run `diffaudit sample` to finish"
+            )
+        imgs, keys, prompts = [], [], []
+        for images, meta in self.iter_shards():
+            imgs.append(images)
+            keys += meta["ids"]
+            prompts += meta["prompts"]
+        if not imgs:
+            raise DiffauditError(f"{self.path} holds no finished generations")
+        conditional = any(p is not None for p in prompts)
+        return ImageDataset(np.concatenate(imgs), keys, captions=[str(p) for p in prompts] if conditional else None,
+                            source=str(self.path))

@@ -1,0 +1,120 @@
+"""Image decoding through load_dataset: modes, 16-bit scaling, corrupt and truncated files, skip_bad."""
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffaudit.core.errors import DiffauditError
+from diffaudit.data import load_dataset
+from diffaudit.data.images import BadImageError, decode_image
+
+RNG = np.random.default_rng(1234)
+RGB = RNG.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+GRAY = RNG.integers(0, 256, (6, 6), dtype=np.uint8)
+
+
+def png16_rgb(values: np.ndarray) -> bytes:
+    """A 16-bit-per-channel RGB PNG written by hand (Pillow cannot write one). values: uint16 (H, W, 3)."""
+    h, w, _ = values.shape
+    raw = b"".join(b"\x00" + values[r].astype(">u2").tobytes() for r in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def test_gray_and_rgb_modes(write_images):
+    root = write_images({"g.png": GRAY})
+    ds = load_dataset(root)
+    assert ds.images.shape == (1, 6, 6, 1)
+    np.testing.assert_array_equal(ds.images[0, :, :, 0], GRAY)
+    root = write_images({"c.png": RGB}, root=root.parent / "rgb")
+    np.testing.assert_array_equal(load_dataset(root).images[0], RGB)
+
+
+def test_rgba_drops_alpha_and_palette_becomes_rgb(encode_image):
+    rgba = np.dstack([RGB, np.zeros((6, 6), np.uint8)])  # fully transparent: colours kept as stored
+    np.testing.assert_array_equal(decode_image(encode_image(rgba), "a.png"), RGB)
+    pal = Image.fromarray(RGB).convert("P", palette=Image.Palette.ADAPTIVE, colors=8)
+    out = decode_image(encode_image(pal), "p.png")
+    assert out.shape == (6, 6, 3)
+    np.testing.assert_array_equal(out, np.asarray(pal.convert("RGB")))
+    la = Image.fromarray(GRAY).convert("LA")
+    np.testing.assert_array_equal(decode_image(encode_image(la), "la.png")[:, :, 0], GRAY)
+
+
+def test_16bit_gray_png_scales_by_1_over_257_not_clipped(write_images):
+    values = np.array([[65535, 257 * 100, 0], [257, 200, 65280]], dtype=np.uint16)
+    img = Image.fromarray(values)
+    assert img.mode == "I;16"
+    ds = load_dataset(write_images({"deep.png": img}))
+    got = ds.images[0, :, :, 0]
+    # 65535 -> 255 and 257*100 -> 100 (a clip would give 255); 200 -> 1 and 65280 -> 254 (v >> 8 gives 0, 255)
+    np.testing.assert_array_equal(got, [[255, 100, 0], [1, 1, 254]])
+    assert got[0, 0] == 255 and got[0, 1] == 100
+
+
+def test_16bit_tiff_and_out_of_range_int32(encode_image):
+    values = np.array([[65535, 25700]], dtype=np.uint16)
+    np.testing.assert_array_equal(decode_image(encode_image(Image.fromarray(values), "TIFF"), "d.tif")[0, :, 0], [255, 100])
+    bad = Image.fromarray(np.array([[70000, 1]], dtype=np.int32))
+    assert bad.mode == "I"
+    with pytest.raises(BadImageError, match=r"i32\.tif.*outside the 16-bit range"):
+        decode_image(encode_image(bad, "TIFF"), "i32.tif")
+
+
+def test_16bit_rgb_png_high_byte():
+    values = np.zeros((2, 2, 3), np.uint16)
+    values[0, 0] = [65535, 257 * 100, 0]
+    out = decode_image(png16_rgb(values), "rgb16.png")
+    assert out.shape == (2, 2, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[0, 0], [255, 100, 0])
+
+
+def test_float_mode_refused(encode_image):
+    img = Image.fromarray(np.ones((3, 3), np.float32))
+    with pytest.raises(BadImageError, match=r"f\.tif.*unsupported image mode 'F'"):
+        decode_image(encode_image(img, "TIFF"), "f.tif")
+
+
+def test_mixed_channels_become_rgb_unless_mode(write_images):
+    root = write_images({"a.png": GRAY, "b.png": RGB})
+    ds = load_dataset(root)
+    assert ds.images.shape == (2, 6, 6, 3)
+    np.testing.assert_array_equal(ds.images[0], np.repeat(GRAY[:, :, None], 3, axis=2))
+    gray = load_dataset(root, mode="L")
+    assert gray.images.shape == (2, 6, 6, 1)
+    # RGB -> L is bit-identical to Pillow's convert("L")
+    np.testing.assert_array_equal(gray.images[1, :, :, 0], np.asarray(Image.fromarray(RGB).convert("L")))
+    assert load_dataset(root, mode="RGB").images.shape == (2, 6, 6, 3)
+    with pytest.raises(DiffauditError, match="mode must be one of"):
+        load_dataset(root, mode="CMYK")
+
+
+@pytest.mark.parametrize("fmt,ext", [("JPEG", "jpg"), ("PNG", "png")])
+def test_truncated_image_names_the_file(write_images, encode_image, fmt, ext):
+    data = encode_image(RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8), fmt)
+    root = write_images({f"ok.{ext}": RGB, f"cut.{ext}": data[: len(data) // 2]})
+    with pytest.raises(DiffauditError, match=rf"cut\.{ext}.*(truncated|corrupt).*--skip-bad"):
+        load_dataset(root)
+
+
+def test_corrupt_files_error_or_counted_skips(write_images):
+    root = write_images({"a.png": RGB, "b.png": b"not an image at all", "c.jpg": b"\xff\xd8\xff garbage", "d.png": RGB})
+    with pytest.raises(DiffauditError, match=r"b\.png: not a recognised image format"):
+        load_dataset(root)
+    ds = load_dataset(root, skip_bad=True)
+    assert ds.keys == ["a.png", "d.png"]
+    assert [name.rsplit("/", 1)[-1] for name, _ in ds.skipped] == ["b.png", "c.jpg"]
+    assert all(reason for _, reason in ds.skipped)
+
+
+def test_all_bad_is_an_error_even_with_skip_bad(write_images):
+    root = write_images({"x.png": b"junk"})
+    with pytest.raises(DiffauditError, match=r"no readable images \(1 skipped, first: .*x\.png"):
+        load_dataset(root, skip_bad=True)

@@ -1,0 +1,369 @@
+"""The HTML report and summary.json (issue 7, parts 2 and 4) on synthetic result folders.
+
+``make_audit`` writes an audit folder the way the commands do (result.json envelopes with each
+issue's fields, a real sample store, an .npz training set, a scores file, an inpainting grid), with
+hostile captions and names in it. The tests parse the HTML (html.parser) rather than grepping it.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import stat
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffaudit.core.errors import DiffauditError
+from diffaudit.core.io import save_npy_atomic, write_json_atomic
+from diffaudit.report import build_summary, render_report
+
+SCRIPT = "<script>alert(1)</script>"
+IMG = "<img src=x onerror=alert(1)>"
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+EXTRACTED_TRAIN = (2, 5, 7)
+VERSIONS = {"diffaudit": "0.1.0", "torch": "2.13.0", "diffusers": "0.42.1", "numpy": "2.4.6"}
+
+
+def _envelope(command: str, settings: dict, seeds: dict | None = None, **fields) -> dict:
+    return {"schema_version": 1, "command": command, "settings": settings, "seeds": seeds or {}, "versions": VERSIONS, **fields}
+
+
+def _train_images(n: int = 12, size: int = 16) -> np.ndarray:
+    """Distinct, structured RGB images: each a different gradient + stripe pattern."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size]
+    out = []
+    for i in range(n):
+        r = (xx * (8 + 5 * i)) % 256
+        g = (yy * (3 + 7 * i)) % 256
+        b = ((xx + yy) * (i + 1) * 4 + rng.integers(0, 40, (size, size))) % 256
+        out.append(np.stack([r, g, b], -1))
+    return np.asarray(out, dtype=np.uint8)
+
+
+def _noisy(img: np.ndarray, seed: int) -> np.ndarray:
+    noise = np.random.default_rng(seed).integers(-6, 7, img.shape)
+    return np.clip(img.astype(int) + noise, 0, 255).astype(np.uint8)
+
+
+def make_audit(root: Path) -> Path:
+    """An audit folder with every stage; returns its path. The training set is root/data/train.npz."""
+    train = _train_images()
+    data = root / "data" / "train.npz"
+    data.parent.mkdir(parents=True)
+    np.savez(data, images=train)
+    audit = root / "audit"
+    # Sample store: prompt 0 is memorized (noisy copies of training image 2), prompt 1 is varied;
+    # p1-i0 and p1-i1 copy training images 5 and 7.
+    ids, gens, prompts = [], [], [SCRIPT, IMG]
+    rng = np.random.default_rng(1)
+    for p in range(2):
+        for i in range(10):
+            ids.append(f"p{p}-i{i}")
+            if p == 0:
+                gens.append(_noisy(train[2], 100 + i))
+            elif i < 2:
+                gens.append(_noisy(train[(5, 7)[i]], 200 + i))
+            else:
+                gens.append(rng.integers(0, 256, train.shape[1:], dtype=np.uint8))
+    store = audit / "samples"
+    write_json_atomic(store / "manifest.json", {"schema_version": 1, "n_total": 20, "per_prompt": 10, "shard_size": 20,
+                                                "n_shards": 1, "image_shape": [16, 16, 3], "prompts": prompts})
+    save_npy_atomic(store / "shards" / "shard-000000.npy", np.asarray(gens))
+    write_json_atomic(store / "shards" / "shard-000000.json", {"ids": ids, "seeds": list(range(20)),
+                                                              "prompts": [prompts[int(x[1])] for x in ids]})
+    data_settings = {"data": str(data), "image_size": None, "center_crop": None, "subset": None, "subset_seed": 0, "mode": None}
+    write_json_atomic(audit / "audit.json", {"settings": {**data_settings, "caption_note": SCRIPT, "mia": "loss"}, "seeds": {"seed": 0}})
+    (audit / "train").mkdir()
+    write_json_atomic(audit / "train" / "result.json", _envelope("train", {**data_settings, "preset": "tiny", "steps": 300},
+                                                                 {"seed": 0}, n_train=12, final_loss=0.041))
+    (audit / "train" / "loss_log.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0 / (1 + s / 20)}) + "\n" for s in range(0, 300, 10)) + '{"step": 30')
+    write_json_atomic(audit / "extract" / "result.json", _envelope(
+        "extract", {"samples": str(store), "edge_threshold": 0.1, "min_clique": 10}, {"seed": 0},
+        prompts=[
+            {"prompt": SCRIPT, "n_generations": 10, "largest_clique": 10, "members": ids[:10], "medoid": "p0-i3",
+             "mean_distance": 0.031, "flagged": True},
+            {"prompt": IMG, "n_generations": 10, "largest_clique": 2, "members": ids[10:12], "medoid": "p1-i0",
+             "mean_distance": 0.2, "flagged": False},
+        ]))
+    write_json_atomic(audit / "verify" / "result.json", _envelope(
+        "verify", {**data_settings, "samples": "samples", "rule": "ratio"}, {"seed": 0},
+        n_samples=20, rule="ratio", unique_extracted=3, baseline_unique_extracted=1,
+        extracted=[
+            {"sample": "p1-i0", "train_id": 5, "train_key": "npz:5", "l2": 0.021, "ratio": 0.12, "eidetic_k": 1},
+            {"sample": "p0-i0", "train_id": 2, "train_key": "npz:2", "l2": 0.019, "ratio": 0.1, "eidetic_k": 2},
+            {"sample": "p1-i1", "train_id": 7, "train_key": "npz:7", "l2": 0.024, "ratio": 0.15, "eidetic_k": 1},
+        ]))
+    # mia-loss: a scores file next to it; mia-lira: ROC points inline.
+    srng = np.random.default_rng(3)
+    member = np.r_[np.ones(200, bool), np.zeros(200, bool)]
+    scores = np.r_[srng.normal(1.0, 1, 200), srng.normal(0, 1, 200)]
+    (audit / "mia-loss").mkdir()
+    np.savez(audit / "mia-loss" / "scores.npz", scores=scores, member=member)
+    write_json_atomic(audit / "mia-loss" / "result.json", _envelope(
+        "mia", {**data_settings, "attack": "loss", "model": "train"}, {"seed": 0, "noise_seed": 0},
+        attack="loss", timesteps=[100], auc=0.7612, tpr_at_fpr={"0.01": 0.055, "0.001": None}, balanced_accuracy=0.69,
+        n_members=200, n_nonmembers=200,
+        ci={"auc": {"low": 0.71, "high": 0.80, "level": 0.95}, "tpr_at_fpr": {"0.01": {"low": 0.02, "high": 0.11, "level": 0.95}, "0.001": None}},
+        sweep={"attack": "loss", "timesteps": [10, 50, 100, 300, 600], "auc": [0.6, 0.72, 0.76, 0.74, 0.61],
+               "tpr_at_fpr": {"0.01": [0.01, 0.04, 0.055, 0.05, 0.012]}}))
+    fpr = [0.0, 0.001, 0.01, 0.1, 0.5, 1.0]
+    write_json_atomic(audit / "mia-lira" / "result.json", _envelope(
+        "mia", {**data_settings, "attack": "lira"}, {"seed": 0}, attack="lira", timesteps=[100], auc=0.934,
+        tpr_at_fpr={"0.01": 0.31, "0.001": 0.12}, n_members=1000, n_nonmembers=1000,
+        roc={"fpr": fpr, "tpr": [0.0, 0.12, 0.31, 0.7, 0.95, 1.0]}))
+    # Inpainting: a grid per target; the member's grid holds its training image.
+    targets = [{"id": "npz:2", "member": True, "best_l2": 0.04, "mean_top10_l2": 0.06},
+               {"id": "npz:9", "member": True, "best_l2": 0.07, "mean_top10_l2": 0.09},
+               {"id": "npz:11", "member": False, "best_l2": 0.2, "mean_top10_l2": 0.25}]
+    (audit / "inpaint" / "grids").mkdir(parents=True)
+    grid = np.concatenate([train[2], np.zeros_like(train[2]), _noisy(train[2], 7)], axis=1)
+    Image.fromarray(grid).save(audit / "inpaint" / "grids" / "grid-npz_2.png")
+    Image.fromarray(grid[::-1]).save(audit / "inpaint" / "grids" / f"grid-npz_9{IMG}.png")
+    write_json_atomic(audit / "inpaint" / "result.json", _envelope("inpaint", {**data_settings, "mask": "left", "n_inpaintings": 64},
+                                                                   {"seed": 0}, targets=targets, auc=0.875))
+    canaries = [{"key": f"canary:{r}:{j}", "kind": "noise", "repeats": r, "exposure": float(np.log2(r) + j * 0.5),
+                 "extracted": r >= 16} for r in (1, 4, 16, 64) for j in range(3)]
+    write_json_atomic(audit / "canaries" / "result.json", _envelope("canaries", {"repeats": [1, 4, 16, 64]}, {"seed": 0}, canaries=canaries))
+    write_json_atomic(audit / "dedup" / "result.json", _envelope("dedup", {**data_settings, "embedder": "pixel"}, {},
+                                                                 groups=[{"members": [2, 3], "keys": ["npz:2", "npz:3"]}]))
+    return audit
+
+
+class Page(HTMLParser):
+    """Tags, attributes, metric spans and text of an HTML page."""
+
+    def __init__(self, text: str):
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict]] = []
+        self.metrics: list[tuple[str, str, str]] = []
+        self._metric: list | None = None
+        self.text: list[str] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.append((tag, a))
+        if "data-metric" in a:
+            self._metric = [a["data-metric"], a.get("data-value"), ""]
+
+    def handle_endtag(self, tag):
+        if tag == "span" and self._metric is not None:
+            self.metrics.append(tuple(self._metric))
+            self._metric = None
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self._metric is not None:
+            self._metric[2] += data
+
+    def ids(self) -> set[str]:
+        return {a["id"] for _, a in self.tags if a.get("id")}
+
+    def images(self, kind: str | None = None) -> list[dict]:
+        return [a for t, a in self.tags if t == "img" and (kind is None or a.get("data-kind") == kind)]
+
+
+def lookup(d, path: str):
+    """Value at a dotted ``path`` in ``d``, where keys may themselves contain dots (``0.01``)."""
+    parts = path.split(".")
+    cur = d
+    i = 0
+    while i < len(parts):
+        for j in range(len(parts), i, -1):
+            key = ".".join(parts[i:j])
+            if isinstance(cur, dict) and key in cur:
+                cur, i = cur[key], j
+                break
+        else:
+            raise KeyError(path)
+    return cur
+
+
+def decode(uri: str) -> np.ndarray:
+    assert uri.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def audit(tmp_path_factory) -> Path:
+    return make_audit(tmp_path_factory.mktemp("report"))
+
+
+@pytest.fixture(scope="module")
+def rendered(audit):
+    path = render_report(audit)
+    return path, path.read_text(encoding="utf-8"), build_summary(audit)
+
+
+@pytest.fixture(scope="module")
+def redacted(audit, tmp_path_factory):
+    out = tmp_path_factory.mktemp("redacted") / "new" / "folder" / "r.html"
+    path = render_report(audit, out, redact=True)
+    return path, path.read_text(encoding="utf-8")
+
+
+def test_summary_holds_every_section(audit):
+    s = build_summary(audit)
+    for key in ("schema_version", "command", "dataset", "model", "extraction", "mia", "inpainting", "canaries", "settings", "seeds", "versions"):
+        assert key in s, key
+    assert s["command"] == "audit" and s["schema_version"] == 1
+    assert s["extraction"]["unique_extracted"] == 3 and s["extraction"]["n_samples"] == 20
+    assert s["extraction"]["rule"] == "ratio" and s["extraction"]["baseline_unique_extracted"] == 1
+    assert s["extraction"]["n_flagged"] == 1 and s["extraction"]["n_prompts"] == 2
+    assert set(s["mia"]) == {"loss", "lira"}
+    assert s["mia"]["loss"]["tpr_at_fpr"] == {"0.01": 0.055, "0.001": None}
+    assert s["mia"]["loss"]["ci"]["tpr_at_fpr"]["0.01"] == {"low": 0.02, "high": 0.11, "level": 0.95}
+    assert s["mia"]["lira"]["auc"] == 0.934
+    assert s["inpainting"]["auc"] == 0.875 and s["inpainting"]["n_members"] == 2
+    assert s["inpainting"]["mean_top10_l2"]["members"] == pytest.approx(0.075)
+    assert [r["repeats"] for r in s["canaries"]["by_repeats"]] == [1, 4, 16, 64]
+    assert s["canaries"]["n_extracted"] == 6
+    assert s["dataset"]["spec"].endswith("train.npz") and s["dataset"]["n_train"] == 12
+    assert s["settings"]["verify"]["rule"] == "ratio" and s["settings"]["audit"]["mia"] == "loss"
+    assert s["seeds"]["mia-loss"] == {"seed": 0, "noise_seed": 0}
+    assert s["versions"] == VERSIONS
+    json.dumps(s, allow_nan=False)  # summary.json must be strict JSON
+
+
+def test_sections_exist(rendered):
+    page = Page(rendered[1])
+    assert {"answer", "extracted", "cliques", "mia", "inpainting", "canaries", "duplicates", "training", "reproduce"} <= page.ids()
+    assert len(page.images("generation")) >= 3 + 10  # three pairs and the flagged clique
+    assert len(page.images("train")) == 3
+    assert len(page.images("plot")) >= 4  # ROC, sweep, inpainting histogram, canaries, loss
+    assert len(page.images("inpaint")) == 2
+
+
+def test_numbers_match_summary(rendered):
+    _, html, summary = rendered
+    page = Page(html)
+    seen = {m[0] for m in page.metrics}
+    assert {"extraction.unique_extracted", "extraction.baseline_unique_extracted", "extraction.n_samples",
+            "mia.lira.tpr_at_fpr.0.01", "mia.loss.auc", "inpainting.auc", "canaries.n_extracted"} <= seen
+    for path, raw, text in page.metrics:
+        value = lookup(summary, path)
+        assert json.loads(raw) == value, path
+        shown = text.strip().replace(",", "")
+        if value is None:
+            assert shown in ("–", "n/a"), (path, shown)
+        elif shown.endswith("%"):
+            assert float(shown[:-1]) / 100 == pytest.approx(value, rel=0.02, abs=1e-4), path
+        else:
+            assert float(shown) == pytest.approx(value, abs=5e-4), path
+    # The headline names the best attack at 1% FPR (LiRA), with the loss attack's CI in its row.
+    assert "mia.lira.tpr_at_fpr.0.01" in [m[0] for m in page.metrics[:8]]
+    assert "95% CI [2.0%, 11.0%]" in html
+    assert "verdict-yes" in html
+
+
+def test_hostile_text_is_escaped(rendered):
+    html = rendered[1]
+    assert SCRIPT not in html and IMG not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    page = Page(html)
+    assert not [t for t, _ in page.tags if t in ("script", "iframe", "object", "embed", "link", "base", "form")]
+    assert not [(t, k) for t, a in page.tags for k in a if k.startswith("on")]
+    assert any(SCRIPT in chunk for chunk in page.text)  # shown to the reader, as text
+
+
+def test_csp_and_no_external_resources(rendered):
+    html = rendered[1]
+    page = Page(html)
+    metas = [a for t, a in page.tags if t == "meta" and (a.get("http-equiv") or "").lower() == "content-security-policy"]
+    assert len(metas) == 1 and metas[0]["content"] == CSP
+    for tag, a in page.tags:
+        for attr in ("src", "href", "srcset", "action", "poster", "data"):
+            if attr in a:
+                v = a[attr] or ""
+                assert v.startswith("data:image/png;base64,") or v.startswith("#"), (tag, attr, v[:60])
+    lowered = html.lower()
+    assert "http://" not in lowered and "https://" not in lowered
+    assert "url(" not in lowered and "@import" not in lowered
+
+
+def test_gallery_shows_the_training_images(rendered, audit):
+    page = Page(rendered[1])
+    train = np.load(audit.parent / "data" / "train.npz")["images"]
+    decoded = [decode(a["src"]) for a in page.images("train")]
+    for i in EXTRACTED_TRAIN:
+        assert any(d.shape == train[i].shape and np.array_equal(d, train[i]) for d in decoded), i
+    # Most exact first: p0-i0 (ℓ2 0.019) leads the gallery.
+    pairs = [a["data-sample"] for t, a in page.tags if t == "figure" and "data-sample" in a]
+    assert pairs == ["p0-i0", "p1-i0", "p1-i1"]
+
+
+def test_redact_removes_training_images(redacted, audit):
+    path, html = redacted
+    page = Page(html)
+    assert page.images("train") == [] and page.images("inpaint") == []
+    train = np.load(audit.parent / "data" / "train.npz")["images"]
+    for a in page.images():
+        img = decode(a["src"])
+        for i in range(len(train)):
+            assert not (img.shape == train[i].shape and np.array_equal(img, train[i])), i
+    text = "".join(page.text)
+    for i in EXTRACTED_TRAIN:
+        assert f"npz:{i}" in text
+    assert "redacted" in text
+    assert len(page.images("generation")) >= 13  # generations stay
+
+
+def test_files_are_owner_only(rendered, redacted):
+    assert stat.S_IMODE(os.stat(rendered[0]).st_mode) == 0o600
+    assert rendered[0].name == "report.html" and rendered[0].parent.name == "audit"
+    assert stat.S_IMODE(os.stat(redacted[0]).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(redacted[0].parent).st_mode) == 0o700
+
+
+def test_single_command_folders(audit):
+    html = render_report(audit / "verify", audit.parent / "v.html").read_text(encoding="utf-8")
+    page = Page(html)
+    assert "extracted" in page.ids() and "mia" not in page.ids() and "cliques" not in page.ids()
+    assert len(page.images("train")) == 3 and len(page.images("generation")) == 3
+    s = build_summary(audit / "mia-lira")
+    assert s["command"] == "mia" and s["extraction"] is None and set(s["mia"]) == {"lira"}
+    page = Page(render_report(audit / "mia-loss", audit.parent / "m.html").read_text(encoding="utf-8"))
+    assert "mia" in page.ids() and "extracted" not in page.ids()
+    assert len(page.images("plot")) == 2  # ROC recomputed from scores.npz, and the sweep
+
+
+def test_missing_images_show_ids(tmp_path):
+    res = tmp_path / "verify"
+    write_json_atomic(res / "result.json", _envelope(
+        "verify", {"data": str(tmp_path / "gone.npz"), "samples": str(tmp_path / "no-store")}, {},
+        n_samples=5, rule="l2", unique_extracted=1, extracted=[{"sample": "p0-i0", "train_id": 4, "train_key": "npz:4", "l2": 0.1, "ratio": None, "eidetic_k": 1}]))
+    page = Page(render_report(res).read_text(encoding="utf-8"))
+    kinds = [a.get("data-kind") for _, a in page.tags]
+    assert "train-missing" in kinds and "generation-missing" in kinds
+    text = "".join(page.text)
+    assert "npz:4" in text and "p0-i0" in text and "No baseline was run" in text
+    assert build_summary(res)["extraction"]["baseline_unique_extracted"] is None
+
+
+def test_empty_folder_is_a_user_error(tmp_path):
+    with pytest.raises(DiffauditError, match="no result.json"):
+        build_summary(tmp_path)
+    with pytest.raises(DiffauditError, match="not a folder"):
+        render_report(tmp_path / "missing")
+
+
+def test_cli_report(audit, tmp_path, capsys):
+    from diffaudit.cli.main import main
+
+    out = tmp_path / "out" / "audit.html"
+    assert main(["--json", "report", str(audit), "--out", str(out), "--redact"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["report"] == str(out) and Path(printed["summary_file"]) == tmp_path / "out" / "audit.summary.json"
+    assert json.loads((tmp_path / "out" / "audit.summary.json").read_text()) == build_summary(audit)
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(tmp_path / "out" / "audit.summary.json").st_mode) == 0o600
+    assert not Page(out.read_text(encoding="utf-8")).images("train")
+    assert main(["report", str(tmp_path / "nothing-here")]) == 2
+    assert "not a folder" in capsys.readouterr().err

@@ -1,0 +1,141 @@
+"""Known-answer tests of the ROC metrics, bootstrap intervals and result types (issue 4)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+from sklearn.metrics import roc_auc_score
+from sklearn.metrics import roc_curve as sk_roc_curve
+
+from diffaudit.core.errors import DiffauditError, NonFiniteError
+from diffaudit.evaluation import (
+    AttackEvaluation,
+    auc,
+    balanced_accuracy,
+    bootstrap_ci,
+    evaluate_attack,
+    evaluate_sweep,
+    roc_curve,
+    tpr_at_fpr,
+)
+
+
+def gaussian_scores(n_pos: int, n_neg: int, delta: float, seed: int):
+    rng = np.random.default_rng(seed)
+    s = np.r_[rng.normal(delta, 1.0, n_pos), rng.normal(0.0, 1.0, n_neg)]
+    y = np.r_[np.ones(n_pos, bool), np.zeros(n_neg, bool)]
+    return s, y
+
+
+def test_hand_computed_example():
+    s = np.array([0.9, 0.8, 0.7, 0.6])
+    y = np.array([True, False, True, False])
+    assert auc(s, y) == pytest.approx(0.75)
+    c = roc_curve(s, y)
+    np.testing.assert_allclose(c.fpr, [0, 0, 0.5, 0.5, 1.0])
+    np.testing.assert_allclose(c.tpr, [0, 0.5, 0.5, 1.0, 1.0])
+    assert c.thresholds[0] == np.inf
+    assert balanced_accuracy(s, y) == pytest.approx(0.75)  # threshold 0.7: TPR 1, FPR 0.5
+    assert tpr_at_fpr(s, y, 0.5) == pytest.approx(1.0)
+    # FPR target 0.5 with 2 negatives is measurable; the best TPR at FPR 0 is 0.5
+    assert tpr_at_fpr(s, y, 0.5 - 1e-9) is None  # below 1/2 cannot be measured with 2 negatives
+
+
+def test_matches_sklearn_with_ties():
+    rng = np.random.default_rng(1)
+    s = rng.integers(0, 6, 300).astype(float)  # many ties
+    y = rng.random(300) < 0.4 + 0.05 * s
+    assert auc(s, y) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    fpr, tpr, _ = sk_roc_curve(y, s, drop_intermediate=False)
+    c = roc_curve(s, y)
+    np.testing.assert_allclose(c.fpr, fpr)
+    np.testing.assert_allclose(c.tpr, tpr)
+
+
+def test_gaussian_scores_give_analytical_auc_and_tpr():
+    delta = 1.5
+    s, y = gaussian_scores(20_000, 20_000, delta, seed=2)
+    assert auc(s, y) == pytest.approx(norm.cdf(delta / np.sqrt(2)), abs=0.01)
+    for fpr in (0.1, 0.01):
+        expected = norm.cdf(delta - norm.ppf(1 - fpr))  # TPR of the threshold at the OUT (1-fpr) quantile
+        assert tpr_at_fpr(s, y, fpr) == pytest.approx(expected, abs=0.03)
+    assert balanced_accuracy(s, y) == pytest.approx(norm.cdf(delta / 2), abs=0.01)  # threshold at delta/2
+
+
+def test_tpr_at_low_fpr_with_few_negatives_is_none_not_zero():
+    s, y = gaussian_scores(2000, 500, 3.0, seed=3)  # 500 negatives: resolution 0.002
+    assert tpr_at_fpr(s, y, 0.001) is None
+    assert tpr_at_fpr(s, y, 0.002) is not None
+    ev = evaluate_attack(s, y, attack="loss")
+    assert ev.tpr_at_fpr["0.001"] is None and ev.tpr_at_fpr["0.01"] > 0.3
+    text = json.dumps(ev.to_dict(), allow_nan=False)
+    assert '"0.001": null' in text
+
+
+def test_tpr_at_fpr_counts_zero_fpr_thresholds():
+    # perfectly separated: TPR 1 at FPR 0, measurable once the target reaches 1/n_neg
+    s = np.r_[np.linspace(10, 11, 50), np.linspace(0, 1, 100)]
+    y = np.r_[np.ones(50, bool), np.zeros(100, bool)]
+    assert tpr_at_fpr(s, y, 0.01) == 1.0
+    assert auc(s, y) == 1.0 and balanced_accuracy(s, y) == 1.0
+    assert auc(-s, y) == 0.0
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(DiffauditError, match="both members and non-members"):
+        auc([1.0, 2.0], [True, True])
+    with pytest.raises(NonFiniteError, match="NaN"):
+        auc([1.0, np.nan], [True, False])
+    with pytest.raises(DiffauditError, match="labels have shape"):
+        auc([1.0, 2.0, 3.0], [True, False])
+    with pytest.raises(DiffauditError, match="out of range"):
+        tpr_at_fpr([1.0, 2.0], [True, False], 0.0)
+    with pytest.raises(DiffauditError, match="booleans"):
+        auc([1.0, 2.0], [2, 0])
+
+
+def test_bootstrap_is_seeded_and_covers_the_estimate():
+    s, y = gaussian_scores(400, 400, 1.0, seed=4)
+    a = bootstrap_ci(s, y, n_bootstrap=100, seed=7)
+    b = bootstrap_ci(s, y, n_bootstrap=100, seed=7)
+    c = bootstrap_ci(s, y, n_bootstrap=100, seed=8)
+    assert a == b and a != c
+    point = auc(s, y)
+    assert a.auc.low < point < a.auc.high
+    assert 0.02 < a.auc.high - a.auc.low < 0.15  # roughly 4 standard errors of an AUC on 800 examples
+    assert a.tpr_at_fpr["0.001"] is None  # 400 negatives cannot resolve 0.1%
+    lo_hi = a.tpr_at_fpr["0.01"]
+    assert 0 <= lo_hi.low <= tpr_at_fpr(s, y, 0.01) <= lo_hi.high <= 1
+    # bigger sample -> narrower interval
+    s2, y2 = gaussian_scores(4000, 4000, 1.0, seed=5)
+    wide = a.auc.high - a.auc.low
+    narrow = bootstrap_ci(s2, y2, n_bootstrap=100, seed=7).auc
+    assert narrow.high - narrow.low < wide / 2
+
+
+def test_attack_evaluation_serialises_without_nan():
+    s, y = gaussian_scores(300, 1200, 1.0, seed=6)
+    ev = evaluate_attack(s, y, attack="lira", timesteps=[100], n_bootstrap=50, seed=1)
+    assert isinstance(ev, AttackEvaluation)
+    d = json.loads(json.dumps(ev.to_dict(), allow_nan=False))
+    assert d["attack"] == "lira" and d["timesteps"] == [100]
+    assert set(d["tpr_at_fpr"]) == {"0.01", "0.001"}
+    assert d["n_members"] == 300 and d["n_nonmembers"] == 1200
+    assert d["ci"]["auc"]["low"] <= d["auc"] <= d["ci"]["auc"]["high"]
+    assert "curve" not in d
+
+
+def test_sweep_finds_best_timestep():
+    y = np.r_[np.ones(500, bool), np.zeros(500, bool)]
+    rng = np.random.default_rng(9)
+    deltas = {10: 0.1, 100: 1.5, 1000: 0.5}
+    scores = {t: rng.normal(0, 1, 1000) + d * y for t, d in deltas.items()}
+    sw = evaluate_sweep(scores, y, attack="loss")
+    assert sw.timesteps == [10, 100, 1000]
+    assert sw.best_timestep == 100
+    d = json.loads(json.dumps(sw.to_dict(), allow_nan=False))
+    assert d["auc"][1] > d["auc"][2] > d["auc"][0]
+    assert len(d["tpr_at_fpr"]["0.01"]) == 3

@@ -1,0 +1,96 @@
+"""Sample store: sharded atomic writes, resume after SIGKILL, batch-size independence, reading back."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from diffaudit.cli.main import main
+from diffaudit.core.errors import DiffauditError
+from diffaudit.core.seeds import generation_seed
+from diffaudit.models.scheduler import make_scheduler
+from diffaudit.models.unets import build_unet, unet_config
+from diffaudit.store import SampleStore, read_samples
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """An untrained tiny UNet saved like a run directory (sampling does not need a trained one)."""
+    root = tmp_path_factory.mktemp("model")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        build_unet(unet_config("tiny", image_size=8, in_channels=1)).save_pretrained(root / "unet")
+    make_scheduler().save_pretrained(root / "scheduler")
+    return root
+
+
+def sample_args(model, out, *extra):
+    return ["sample", "--model", str(model), "--out", str(out), "--n", "40", "--steps", "3",
+            "--shard-size", "16", "--micro-batch", "8", "--quiet", "--device", "cpu", *extra]
+
+
+def test_store_layout_ids_and_seeds(tiny_model, tmp_path):
+    out = tmp_path / "s"
+    assert main(sample_args(tiny_model, out)) == 0
+    store = SampleStore.open(out)
+    assert store.n_shards == 3 and store.pending() == []
+    images, meta = store.read_shard(2)
+    assert images.shape == (8, 8, 8, 1) and images.dtype == np.uint8
+    assert meta["ids"][0] == "p0-i32" and meta["seeds"][0] == generation_seed(0, 0, 32)
+    ds = read_samples(str(out))
+    assert len(ds) == 40 and ds.keys[5] == "p0-i5" and ds.captions is None
+    assert json.loads((out / "result.json").read_text())["n_samples"] == 40
+    # Finished shards are never rewritten.
+    with pytest.raises(DiffauditError):
+        store.write_shard(0, images[:8].repeat(2, axis=0))
+
+
+def test_batch_size_does_not_change_pixels(tiny_model, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(sample_args(tiny_model, a, "--batch-size", "5")) == 0
+    assert main(sample_args(tiny_model, b, "--batch-size", "16")) == 0
+    assert np.array_equal(read_samples(str(a)).images, read_samples(str(b)).images)
+
+
+def test_killed_sampling_resumes_to_the_same_store(tiny_model, tmp_path):
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    assert main(sample_args(tiny_model, ref)) == 0
+    env = {**os.environ, "DIFFAUDIT_KILL_AT": "sample.shard:2"}
+    proc = subprocess.run([sys.executable, "-m", "diffaudit.cli.main", *sample_args(tiny_model, killed)], env=env)
+    assert proc.returncode == -9
+    partial = SampleStore.open(killed)
+    assert partial.completed() == [0, 1] and partial.pending() == [2]
+    with pytest.raises(DiffauditError, match="unfinished"):
+        partial.to_dataset()
+    mtime = os.path.getmtime(killed / "shards" / "shard-000000.npy")
+    assert main(sample_args(tiny_model, killed)) == 0
+    assert os.path.getmtime(killed / "shards" / "shard-000000.npy") == mtime
+    for k in range(3):
+        assert np.array_equal(SampleStore.open(ref).read_shard(k)[0], SampleStore.open(killed).read_shard(k)[0])
+    assert not list((killed / "shards").glob(".*tmp"))
+
+
+def test_changed_settings_are_refused(tiny_model, tmp_path, capsys):
+    out = tmp_path / "s"
+    assert main(sample_args(tiny_model, out)) == 0
+    assert main(sample_args(tiny_model, out)[:-2] + ["--device", "cpu", "--steps", "5"]) == 2
+    assert "steps" in capsys.readouterr().err
+
+
+def test_export_png(tiny_model, tmp_path):
+    out = tmp_path / "s"
+    assert main(sample_args(tiny_model, out)) == 0
+    assert main(["export", "--samples", str(out), "--out", str(tmp_path / "png"), "--quiet"]) == 0
+    files = sorted(os.listdir(tmp_path / "png"))
+    assert len(files) == 40 and "p0-i0.png" in files
+
+
+def test_empty_prompt_file_is_an_error(tiny_model, tmp_path, capsys):
+    pf = tmp_path / "prompts.txt"
+    pf.write_text("\n\n")
+    assert main(["sample", "--model", str(tiny_model), "--out", str(tmp_path / "s"), "--prompts", str(pf), "--quiet"]) == 2
+    assert "empty" in capsys.readouterr().err

@@ -1,0 +1,75 @@
+"""Training: the loss falls, resume equals an uninterrupted run, the run directory is complete."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from diffaudit.cli.main import main
+from diffaudit.core.errors import DiffauditError, SettingsMismatchError
+from diffaudit.models.training import TrainConfig, batch_positions, expand_repeats
+
+TRAIN = ["train", "--data", "digits", "--subset", "48", "--preset", "tiny", "--batch-size", "16",
+         "--warmup-steps", "5", "--quiet"]
+
+
+def weights(run):
+    return load_file(os.path.join(run, "unet", "diffusion_pytorch_model.safetensors"))
+
+
+def test_training_decreases_loss_and_writes_run_dir(tmp_path):
+    out = tmp_path / "run"
+    assert main(TRAIN + ["--steps", "120", "--checkpoint-every", "40", "--out", str(out)]) == 0
+    log = [json.loads(line) for line in (out / "loss_log.jsonl").read_text().splitlines()]
+    assert log[-1]["loss"] < 0.8 * log[0]["loss"]
+    ids = json.loads((out / "train_ids.json").read_text())
+    assert len(ids["keys"]) == 48 and ids["keys"][0].startswith("digits:")
+    assert (out / "scheduler" / "scheduler_config.json").exists()
+    result = json.loads((out / "result.json").read_text())
+    assert result["command"] == "train" and result["schema_version"] == 1 and "versions" in result
+    assert result["n_parameters"] < 250_000
+
+
+def test_killed_training_resumes_to_identical_weights(tmp_path):
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    args = TRAIN + ["--steps", "30", "--checkpoint-every", "10"]
+    assert main(args + ["--out", str(ref)]) == 0
+    env = {**os.environ, "DIFFAUDIT_KILL_AT": "train.step:25"}  # dies after the step-20 checkpoint
+    proc = subprocess.run([sys.executable, "-m", "diffaudit.cli.main", *args, "--out", str(killed)], env=env)
+    assert proc.returncode == -9
+    assert not (killed / "result.json").exists()
+    assert main(args + ["--out", str(killed)]) == 0
+    a, b = weights(ref), weights(killed)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    assert (ref / "loss_log.jsonl").read_text() == (killed / "loss_log.jsonl").read_text()
+    assert json.loads((ref / "result.json").read_text()) == json.loads((killed / "result.json").read_text())
+
+
+def test_other_settings_on_same_out_is_an_error(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(TRAIN + ["--steps", "10", "--checkpoint-every", "10", "--lr", "1e-4", "--out", str(out)]) == 0
+    assert main(TRAIN + ["--steps", "10", "--checkpoint-every", "10", "--lr", "3e-4", "--out", str(out)]) == 2
+    assert "lr" in capsys.readouterr().err
+
+
+def test_repeats_and_batches_are_deterministic():
+    stream = expand_repeats(np.array([0, 1, 2]), {1: 3})
+    assert stream.tolist() == [0, 1, 1, 1, 2]
+    with pytest.raises(DiffauditError):
+        expand_repeats(np.array([0, 1]), {5: 2})
+    a = [batch_positions(s, 4, 10, seed=3).tolist() for s in range(5)]
+    assert a == [batch_positions(s, 4, 10, seed=3).tolist() for s in range(5)]
+    # Every epoch visits every position once.
+    flat = sum(a, [])
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
+
+
+def test_bad_config_is_rejected():
+    with pytest.raises(DiffauditError):
+        TrainConfig(lr=5.0).validate()
+    with pytest.raises(DiffauditError):
+        TrainConfig(steps=0).validate()
