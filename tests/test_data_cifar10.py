@@ -24,8 +24,8 @@ def test_cifar10_test_subset_real_pixels(cifar10_root):
     assert 40 < ds.images.mean() < 200 and ds.images.std() > 30  # natural images, not blanks
     # the decoded pixels are exactly Pillow's decoding of the shard member
     first = ds.keys[0]
-    with tarfile.open(cifar10_root / "cifar10-test-000000.tar") as tf:
-        raw = tf.extractfile(f"{first}.jpg").read()
+    with tarfile.open(cifar10_root / "cifar10-test-000000.tar", "r|") as tf:  # stream: stop at the member
+        raw = next(tf.extractfile(m).read() for m in tf if m.name == f"{first}.jpg")
     np.testing.assert_array_equal(ds.images[0], np.asarray(Image.open(io.BytesIO(raw)).convert("RGB")))
     again = load_dataset("cifar10-test", subset=200, subset_seed=0, cifar_root=cifar10_root)
     assert again.keys == ds.keys

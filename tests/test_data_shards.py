@@ -150,3 +150,41 @@ def test_empty_shard(tmp_path, write_tar):
     junk.write_bytes(b"definitely not a tar file" * 40)
     with pytest.raises(DiffauditError, match=r"junk\.tar is truncated or unreadable"):
         load_dataset(junk)
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_fast_reader_agrees_with_tarfile(tmp_path, encode_image, fmt):
+    from diffaudit.data.shards import _plain_members, _tarfile_members, read_shard
+
+    long_dir = "d" * 90 + "/" + "e" * 60  # > 100 characters: ustar prefix field, GNU 'L' or pax 'x' header
+    shard = tmp_path / "f.tar"
+    with tarfile.open(shard, "w", format=fmt) as tf:
+        for name, data in [(f"{long_dir}/k.png", encode_image(np.zeros((4, 4, 3), np.uint8))),
+                           (f"{long_dir}/k.cls", b"1"), ("ü/ñ.png", encode_image(np.ones((4, 4, 3), np.uint8))),
+                           ("ü/ñ.cls", b"2")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        d = tarfile.TarInfo("adir")
+        d.type = tarfile.DIRTYPE
+        tf.addfile(d)
+    reference = list(_tarfile_members(shard, False))
+    try:
+        fast = list(_plain_members(shard))
+    except Exception as exc:  # the fast reader hands pax/GNU extension headers to tarfile
+        assert type(exc).__name__ == "_NeedsTarfile" and fmt != tarfile.USTAR_FORMAT
+    else:
+        assert fast == reference
+    samples, damage = read_shard(shard, skip_bad=False)
+    assert damage is None and [k for k, _ in samples] == [f"{long_dir}/k", "ü/ñ"]
+    assert load_dataset(shard).labels.tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("pattern", [
+    "s-{000000..000004}.tar", "a{1..3}b{x,y}.tar", "{8..11}.tar", "{3..1}.tar", "{08..11}.tar", "plain.tar", "{a,b}-{0..1}", "lit{x}-{1..2}",
+])
+def test_fallback_brace_expansion_matches_braceexpand(pattern):
+    braceexpand = pytest.importorskip("braceexpand")
+    from diffaudit.data.shards import expand_braces
+
+    assert expand_braces(pattern) == list(braceexpand.braceexpand(pattern))

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from diffaudit.core.errors import DiffauditError
@@ -97,7 +99,8 @@ def make_audit(root: Path) -> Path:
         n_samples=20, rule="ratio", unique_extracted=3, baseline_unique_extracted=1,
         extracted=[
             {"sample": "p1-i0", "train_id": 5, "train_key": "npz:5", "l2": 0.021, "ratio": 0.12, "eidetic_k": 1},
-            {"sample": "p0-i0", "train_id": 2, "train_key": "npz:2", "l2": 0.019, "ratio": 0.1, "eidetic_k": 2},
+            {"sample": "p0-i0", "train_id": 2, "train_key": "npz:2", "l2": 0.019, "ratio": 0.1, "eidetic_k": 2,
+             "n_matching_samples": 10, "duplicates": [3]},
             {"sample": "p1-i1", "train_id": 7, "train_key": "npz:7", "l2": 0.024, "ratio": 0.15, "eidetic_k": 1},
         ]))
     # mia-loss: a scores file next to it; mia-lira: ROC points inline.
@@ -105,10 +108,12 @@ def make_audit(root: Path) -> Path:
     member = np.r_[np.ones(200, bool), np.zeros(200, bool)]
     scores = np.r_[srng.normal(1.0, 1, 200), srng.normal(0, 1, 200)]
     (audit / "mia-loss").mkdir()
-    np.savez(audit / "mia-loss" / "scores.npz", scores=scores, member=member)
+    # The layout `diffaudit mia` writes: id, score, member, example_index.
+    np.savez(audit / "mia-loss" / "scores.npz", id=np.array([f"npz:{i}" for i in range(400)]), score=scores, member=member,
+             example_index=np.arange(400))
     write_json_atomic(audit / "mia-loss" / "result.json", _envelope(
         "mia", {**data_settings, "attack": "loss", "model": "train"}, {"seed": 0, "noise_seed": 0},
-        attack="loss", timesteps=[100], auc=0.7612, tpr_at_fpr={"0.01": 0.055, "0.001": None}, balanced_accuracy=0.69,
+        attack="loss", timesteps=[100], auc=0.7612, scores_file="scores.npz", tpr_at_fpr={"0.01": 0.055, "0.001": None}, balanced_accuracy=0.69,
         n_members=200, n_nonmembers=200,
         ci={"auc": {"low": 0.71, "high": 0.80, "level": 0.95}, "tpr_at_fpr": {"0.01": {"low": 0.02, "high": 0.11, "level": 0.95}, "0.001": None}},
         sweep={"attack": "loss", "timesteps": [10, 50, 100, 300, 600], "auc": [0.6, 0.72, 0.76, 0.74, 0.61],
@@ -334,6 +339,72 @@ def test_single_command_folders(audit):
     assert len(page.images("plot")) == 2  # ROC recomputed from scores.npz, and the sweep
 
 
+def test_pair_caption_carries_duplicates(rendered):
+    page = Page(rendered[1])
+    text = " ".join("".join(page.text).split())
+    assert "duplicated ×2 · 10 generations" in text
+
+
+def test_unconditional_cliques(audit, tmp_path):
+    res = tmp_path / "extract-bb"
+    groups = [{"group": 1, "component": 0, "component_size": 12, "size": 10, "members": [f"p0-i{i}" for i in range(10)],
+               "member_indices": list(range(10)), "medoid": "p0-i4", "mean_distance": 0.02, "bound_hit": True, "truncated": False}]
+    write_json_atomic(res / "result.json", _envelope("extract", {"samples": str(audit / "samples"), "mode": "unconditional",
+                                                                 "edge_threshold": 0.1, "min_clique": 10}, {"seed": 0},
+                                                     mode="unconditional", n_samples=20, n_groups=1, groups=groups))
+    html = render_report(res).read_text(encoding="utf-8")
+    page = Page(html)
+    assert "Cliques of near-identical generations" in html and "search bound hit" in html
+    thumbs = [a for a in page.images("generation") if "thumb" in a.get("class", "")]
+    assert len(thumbs) == 10 and "medoid" in thumbs[0]["class"] and thumbs[0]["alt"].endswith("p0-i4")
+    s = build_summary(res)["extraction"]
+    assert s["n_cliques"] == 1 and s["n_samples"] == 20 and s["unique_extracted"] is None
+
+
+class CaptionPage(Page):
+    """Also collects the text inside ``<span class="caption">``."""
+
+    def __init__(self, text: str):
+        self.captions: list[str] = []
+        self._in_caption = False
+        super().__init__(text)
+
+    def handle_starttag(self, tag, attrs):
+        super().handle_starttag(tag, attrs)
+        if tag == "span" and dict(attrs).get("class") == "caption":
+            self._in_caption = True
+            self.captions.append("")
+
+    def handle_endtag(self, tag):
+        super().handle_endtag(tag)
+        if tag == "span":
+            self._in_caption = False
+
+    def handle_data(self, data):
+        super().handle_data(data)
+        if self._in_caption:
+            self.captions[-1] += data
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(prompt=st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=40)
+       | st.sampled_from([SCRIPT, IMG, "</span></div><script>x</script>", "\" onmouseover=\"alert(1)", "' onload='x", "{{ 7*7 }}", "&lt;b&gt;"]))
+def test_any_caption_round_trips_as_text(tmp_path, prompt):
+    """Whatever a caption holds, the browser's parser reads it back as the same text, never as markup."""
+    from diffaudit.report import render_html
+
+    res = tmp_path / "extract"
+    write_json_atomic(res / "result.json", _envelope("extract", {"samples": "none", "note": prompt}, {}, prompts=[
+        {"prompt": prompt, "n_generations": 10, "largest_clique": 10, "members": ["p0-i0"], "medoid": "p0-i0",
+         "mean_distance": 0.1, "flagged": True}]))
+    page = CaptionPage(render_html(res))
+    assert page.captions == [prompt]
+    assert {t for t, _ in page.tags} <= {"html", "head", "meta", "title", "style", "body", "header", "div", "span", "h1", "h2",
+                                         "h3", "p", "code", "main", "section", "nav", "a", "b", "em", "table", "thead",
+                                         "tbody", "tr", "th", "td", "details", "summary", "footer", "figure", "figcaption"}
+    assert not [(t, k) for t, a in page.tags for k in a if k.startswith("on")]
+
+
 def test_missing_images_show_ids(tmp_path):
     res = tmp_path / "verify"
     write_json_atomic(res / "result.json", _envelope(
@@ -347,6 +418,20 @@ def test_missing_images_show_ids(tmp_path):
     assert build_summary(res)["extraction"]["baseline_unique_extracted"] is None
 
 
+def test_audit_result_json_marks_an_audit_folder(tmp_path):
+    """An audit folder may carry its own result.json (command "audit") instead of audit.json."""
+    write_json_atomic(tmp_path / "result.json", _envelope("audit", {"data": "digits", "mia": "lira"}, {"seed": 7}))
+    write_json_atomic(tmp_path / "mia" / "result.json", _envelope("mia", {"data": "digits"}, {"seed": 7}, attack="lira", auc=0.9,
+                                                                  tpr_at_fpr={"0.01": 0.4, "0.001": 0.1}, n_members=10, n_nonmembers=10))
+    s = build_summary(tmp_path)
+    assert s["command"] == "audit" and s["settings"]["audit"]["mia"] == "lira" and s["seeds"]["audit"] == {"seed": 7}
+    assert s["mia"]["lira"]["tpr_at_fpr"]["0.01"] == 0.4 and s["dataset"]["spec"] == "digits"
+    assert s["extraction"] is None and s["inpainting"] is None and s["canaries"] is None
+    page = Page(render_report(tmp_path).read_text(encoding="utf-8"))
+    assert "mia" in page.ids() and "extracted" not in page.ids()
+    assert any(p == "mia.lira.tpr_at_fpr.0.01" for p, _, _ in page.metrics)
+
+
 def test_empty_folder_is_a_user_error(tmp_path):
     with pytest.raises(DiffauditError, match="no result.json"):
         build_summary(tmp_path)
@@ -354,16 +439,37 @@ def test_empty_folder_is_a_user_error(tmp_path):
         render_report(tmp_path / "missing")
 
 
-def test_cli_report(audit, tmp_path, capsys):
-    from diffaudit.cli.main import main
+def _cli(argv: list[str], *, json_out: bool = False) -> int:
+    """Run ``diffaudit report`` in-process the way cli.main does (parser from the module, --json global).
 
+    cli.main itself imports every command (torch, diffusers: seconds); its registration of
+    ``report`` is checked by name.
+    """
+    import argparse
+
+    from diffaudit.cli import main as cli_main
+    from diffaudit.cli import report
+
+    assert report.NAME in cli_main.COMMANDS
+    parser = argparse.ArgumentParser(prog="diffaudit report", description=report.DESCRIPTION)
+    report.add_arguments(parser)
+    args = parser.parse_args(argv)
+    args.json, args.quiet, args.command = json_out, False, report.NAME
+    return report.run(args)
+
+
+def test_cli_report(audit, tmp_path, capsys):
     out = tmp_path / "out" / "audit.html"
-    assert main(["--json", "report", str(audit), "--out", str(out), "--redact"]) == 0
+    assert _cli([str(audit), "--out", str(out), "--redact"], json_out=True) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["report"] == str(out) and Path(printed["summary_file"]) == tmp_path / "out" / "audit.summary.json"
     assert json.loads((tmp_path / "out" / "audit.summary.json").read_text()) == build_summary(audit)
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(tmp_path / "out" / "audit.summary.json").st_mode) == 0o600
     assert not Page(out.read_text(encoding="utf-8")).images("train")
-    assert main(["report", str(tmp_path / "nothing-here")]) == 2
-    assert "not a folder" in capsys.readouterr().err
+    with pytest.raises(DiffauditError, match="not a folder"):  # cli.main prints it and exits 2
+        _cli([str(tmp_path / "nothing-here")])
+    # Default: report.html and summary.json inside the result folder, and a human line.
+    assert _cli([str(audit / "verify")]) == 0
+    assert "3 extracted of 20 samples" in capsys.readouterr().out
+    assert (audit / "verify" / "report.html").exists() and (audit / "verify" / "summary.json").exists()

@@ -19,15 +19,19 @@ def add_data_args(p: argparse.ArgumentParser, *, required: bool = False, default
     g = p.add_argument_group("dataset")
     g.add_argument("--data", required=required, default=None if required else default,
                    help="dataset: built-in name (digits, cifar10, cifar10-test), image folder, "
-                        "WebDataset shards as a brace pattern, .npz with uint8 `images`, or a sample store"
-                        + ("" if required else f" (default: {default})"))
-    g.add_argument("--image-size", type=int, default=None, help="resize to this square size (pixels)")
-    g.add_argument("--center-crop", type=int, default=None, help="centre-crop to this square size first")
-    g.add_argument("--subset", type=int, default=None, help="use a seeded random subset of N examples")
-    g.add_argument("--subset-seed", type=int, default=0, help="seed of --subset (default 0)")
-    g.add_argument("--mode", choices=["L", "RGB"], default=None, help="convert to grayscale (L) or RGB")
-    g.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted and reported) instead of failing")
-    g.add_argument("--cifar-root", default=None, help="folder of the CIFAR-10 shards (default: $DIFFAUDIT_CIFAR10 or ../shared/data/cifar10)")
+                        "WebDataset shards (.tar or a brace pattern like x-{000000..000004}.tar), .npz with uint8 "
+                        "`images`, or a sample store" + ("" if required else " (default: %(default)s)"))
+    g.add_argument("--image-size", type=int, default=None, help="resize to this square size in pixels (bilinear); None: keep the size")
+    g.add_argument("--center-crop", type=int, default=None, help="centre-crop to this square size first; None: no crop")
+    g.add_argument("--subset", type=int, default=None, help="use a seeded random subset of N examples, in dataset order; None: all")
+    g.add_argument("--subset-seed", type=int, default=0, help="seed of --subset (default: %(default)s)")
+    g.add_argument("--mode", choices=["L", "RGB"], default=None,
+                   help="convert to grayscale (L) or RGB; None: keep (a mix of gray and colour becomes RGB)")
+    g.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable images and damaged shards (counted and reported) instead of failing")
+    g.add_argument("--cifar-root", default=None,
+                   help="folder of the CIFAR-10 shards; None: $DIFFAUDIT_CIFAR10, else ../shared/data/cifar10 "
+                        "found from the repository or the current directory")
 
 
 def data_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -5,11 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from PIL import Image
-
 from diffaudit.cli.common import emit
-from diffaudit.core.io import atomic_write, make_private_dir
-from diffaudit.store import SampleStore
 
 NAME = "export"
 HELP = "export a sample store to a folder of PNG files (one per generation, named by its id)"
@@ -21,6 +17,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from diffaudit.core.io import atomic_write, make_private_dir
+    from diffaudit.store import SampleStore
+
     store = SampleStore.open(args.samples)
     out = make_private_dir(args.out)
     n = 0

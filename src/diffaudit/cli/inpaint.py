@@ -126,16 +126,21 @@ def _shadow_runs(folder: Path) -> dict[int, Path]:
     return runs
 
 
+def check_shadow_args(args) -> None:
+    """Exactly one of ``--shadow`` or ``--shadows`` (which needs ``--membership``)."""
+    if bool(args.shadow) == bool(args.shadows):
+        raise DiffauditError("give exactly one of --shadow RUN or --shadows DIR --membership FILE")
+    if args.shadows and not args.membership:
+        raise DiffauditError("--shadows needs --membership (which shadow trained on which example)")
+
+
 def assign_shadows(args, ds, targets: list[int]) -> dict[int, Path]:
     """Target index -> the shadow run that scores it (never trained on it, never the target itself)."""
     target_run = Path(args.model).resolve()
-    if bool(args.shadow) == bool(args.shadows):
-        raise DiffauditError("give exactly one of --shadow RUN or --shadows DIR --membership FILE")
+    check_shadow_args(args)
     if args.shadow:
         chosen = {i: Path(args.shadow) for i in targets}
     else:
-        if not args.membership:
-            raise DiffauditError("--shadows needs --membership (which shadow trained on which example)")
         mem = load_membership(args.membership, ds)
         runs = _shadow_runs(Path(args.shadows))
         chosen = {}
@@ -183,14 +188,15 @@ class _Models:
 
 # --------------------------------------------------------------------------- run
 
-def _settings(args, config: InpaintAttackConfig) -> dict:
+def _settings(args, config: InpaintAttackConfig, device: torch.device) -> dict:
     return {
         "model": str(args.model), "shadow": args.shadow, "shadows": args.shadows, "membership": args.membership,
         "data": {"spec": args.data, "options": data_options(args)},
         "targets": args.targets if not args.target_keys else None, "target_keys": args.target_keys,
         "mask": args.mask, "n_inpaintings": config.n_inpaint, "top_k": config.top_k, "steps": config.steps,
         "jump_length": config.jump_length, "jump_n_sample": config.jump_n_sample, "eta": config.eta,
-        "timestep": config.timestep, "n_draws": config.n_draws, "seed": config.seed, "bf16": bool(args.bf16),
+        "timestep": config.timestep, "n_draws": config.n_draws, "seed": config.seed,
+        "bf16": bool(args.bf16 and device.type == "cuda"),  # the numbers depend on it; --compile and --batch-size do not
     }
 
 
@@ -200,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
         jump_n_sample=args.jump_n_sample, eta=args.eta, timestep=args.timestep, n_draws=args.n_draws, seed=args.seed,
     )
     config.validate()
+    check_shadow_args(args)
     if args.batch_size < 1:
         raise DiffauditError(f"--batch-size must be at least 1; got {args.batch_size}")
     ds = load_dataset(args.data, **data_options(args))
@@ -208,14 +215,16 @@ def run(args: argparse.Namespace) -> int:
     targets = select_targets(ds, train_keys, targets=args.targets, target_keys=args.target_keys, seed=args.seed)
     masks = {i: make_mask(args.mask, H, W, seed=args.seed, target_index=i) for i in targets}
     shadows = assign_shadows(args, ds, targets)
-    settings = _settings(args, config)
+    device = resolve_device(args.device)
+    if device.type != "cuda" and (args.bf16 or args.compile):
+        stage_line("inpaint: --bf16 and --compile apply on CUDA only; running float32 eager on the CPU")
+    settings = _settings(args, config, device)
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
     done_file = lambda i: out / "targets" / f"{i:06d}.json"  # noqa: E731
     pending = [i for i in targets if not done_file(i).exists()]
     if resumed:
         stage_line(f"inpaint: resuming {out}: {len(targets) - len(pending)} of {len(targets)} targets already finished")
 
-    device = resolve_device(args.device)
     models = _Models(device, args)
     group = max(1, args.batch_size // config.n_inpaint)
     pending.sort(key=lambda i: (str(shadows[i]), i))  # fewer shadow swaps

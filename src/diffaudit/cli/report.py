@@ -31,18 +31,13 @@ def summary_path(report: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffaudit.report import build_summary, render_report
-    from diffaudit.report.html import ensure_private_parent
-    from diffaudit.core.io import write_json_atomic
-    import os
+    from diffaudit.core.io import read_json
+    from diffaudit.report import render_report, write_summary
 
     out = Path(args.out) if args.out else Path(args.result_dir) / "report.html"
     report = render_report(args.result_dir, out, redact=args.redact)
-    summary = build_summary(args.result_dir)
-    spath = summary_path(report)
-    ensure_private_parent(spath)
-    write_json_atomic(spath, summary)
-    os.chmod(spath, 0o600)
+    spath = write_summary(args.result_dir, summary_path(report))
+    summary = read_json(spath)
     ex = summary.get("extraction") or {}
     parts = []
     if ex.get("unique_extracted") is not None:

@@ -6,11 +6,7 @@ import argparse
 from pathlib import Path
 
 from diffaudit.cli.common import emit
-from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
-from diffaudit.core.results import write_result
-from diffaudit.sampling.sources import open_source
-from diffaudit.store import SampleStore, fill_store
 
 NAME = "sample"
 HELP = "generate images into a sharded, resumable store (each image from its own seed)"
@@ -72,8 +68,13 @@ def plan_prompts(args: argparse.Namespace, source) -> tuple[list[str | None], in
     return [None], n
 
 
-def sample_into(args: argparse.Namespace, model: str, out: str) -> SampleStore:
-    """Open the source and store, then fill it (used by `sample` and `audit`)."""
+def sample_into(args: argparse.Namespace, model: str, out: str):
+    """Open the source and store, then fill it (used by `sample` and `audit`); returns the SampleStore."""
+    from diffaudit.core.device import resolve_device
+    from diffaudit.core.results import write_result
+    from diffaudit.sampling.sources import open_source
+    from diffaudit.store import SampleStore, fill_store
+
     device = resolve_device(args.device)
     source = open_source(model, device=device, steps=args.steps, eta=args.eta, micro_batch=args.micro_batch,
                          guidance_scale=args.guidance_scale, scheduler=args.scheduler, fast=args.fast)

@@ -8,11 +8,7 @@ import math
 from pathlib import Path
 
 from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit
-from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
-from diffaudit.core.io import read_json
-from diffaudit.data import load_dataset
-from diffaudit.models.training import TrainConfig, train
 from diffaudit.models.unets import PRESETS
 
 NAME = "train"
@@ -42,7 +38,9 @@ def add_train_options(p: argparse.ArgumentParser, *, steps: int = 1000) -> None:
     g.add_argument("--compile", action="store_true", help="torch.compile the UNet (CUDA)")
 
 
-def train_config_from(args: argparse.Namespace, seed: int | None = None) -> TrainConfig:
+def train_config_from(args: argparse.Namespace, seed: int | None = None):
+    from diffaudit.models.training import TrainConfig
+
     log_every = args.log_every or math.gcd(50, args.checkpoint_every)
     return TrainConfig(
         preset=args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
@@ -88,6 +86,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from diffaudit.core.device import resolve_device
+    from diffaudit.core.io import read_json
+    from diffaudit.data import load_dataset
+    from diffaudit.models.training import train
+
     opts = data_options(args)
     ds = load_dataset(args.data, **opts)
     indices = None

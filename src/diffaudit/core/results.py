@@ -16,19 +16,17 @@ SCHEMA_VERSION = 1
 
 
 def versions() -> dict[str, str]:
-    """Versions of diffaudit, torch and diffusers (and numpy), for reproducibility."""
-    import numpy
-    import torch
+    """Versions of diffaudit, torch, diffusers and numpy, for reproducibility (read from metadata, not imports)."""
+    from importlib.metadata import PackageNotFoundError, version
 
     import diffaudit
 
-    out = {"diffaudit": diffaudit.__version__, "torch": torch.__version__, "numpy": numpy.__version__}
-    try:
-        import diffusers
-
-        out["diffusers"] = diffusers.__version__
-    except ImportError:  # pragma: no cover - diffusers is a hard dependency
-        out["diffusers"] = "not installed"
+    out = {"diffaudit": diffaudit.__version__}
+    for name in ("torch", "diffusers", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
     return out
 
 

@@ -32,7 +32,7 @@ from diffaudit.core.errors import DiffauditError
 from diffaudit.core.progress import progress_bar
 from diffaudit.data.builtin import BUILTIN_NAMES, list_cifar10, list_digits
 from diffaudit.data.dataset import ImageDataset
-from diffaudit.data.entries import Listing
+from diffaudit.data.entries import Listing, gc_paused
 from diffaudit.data.folder import list_folder
 from diffaudit.data.images import BadImageError
 from diffaudit.data.npz import list_npz
@@ -119,7 +119,7 @@ def load_dataset(
 
     skipped = list(listing.skipped)
     kept, pixels = [], []
-    with progress_bar(f"load {source}", len(entries), unit="img") as bar:
+    with progress_bar(f"load {source}", len(entries), unit="img") as bar, gc_paused():
         for entry in entries:
             try:
                 img = apply_geometry(entry.pixels(), entry.name, center_crop_size=center_crop, image_size=image_size)

@@ -1,6 +1,7 @@
 """WebDataset tar shards, given as a brace pattern (``data/train-{000000..000004}.tar``).
 
-The pattern is expanded with ``braceexpand`` (as ``webdataset`` does). Each shard is read by a
+The pattern is expanded with ``braceexpand`` (as ``webdataset`` does; :func:`expand_braces` when it is
+not installed). Each shard is read by a
 small memory-mapped ustar reader when it is an uncompressed tar of plain headers (fast: it parses
 the 100,000 CIFAR-10 headers in a fraction of a second), and otherwise by :mod:`tarfile` in stream
 mode (``.gz``, ``.bz2``, ``.xz``, pax/GNU headers). Members are grouped into samples exactly as
@@ -36,7 +37,7 @@ import zlib
 from pathlib import Path
 
 from diffaudit.core.errors import DiffauditError
-from diffaudit.data.entries import Entry, Listing
+from diffaudit.data.entries import Entry, Listing, gc_paused
 from diffaudit.data.images import IMAGE_EXTENSIONS, decode_image
 
 _META = re.compile(r"__[^/]*__($|/)")
@@ -53,15 +54,42 @@ def is_shard_spec(spec: str) -> bool:
     return ("{" in spec and ".." in spec) or s.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz"))
 
 
+def expand_braces(pattern: str) -> list[str]:
+    """Brace expansion as ``braceexpand`` does it, for numeric ranges and lists.
+
+    ``{000..003}`` keeps the zero padding (``000 001 002 003``), ``{3..1}`` counts down, ``{a,b}``
+    lists; several braces expand left-major (the first varies slowest). Used when the
+    ``braceexpand`` package (a ``webdataset`` dependency) is not installed, e.g. on a bare GPU machine.
+    """
+    m = re.search(r"\{([^{}]*)\}", pattern)
+    if not m:
+        return [pattern]
+    body, head, tail = m.group(1), pattern[:m.start()], pattern[m.end():]
+    r = re.fullmatch(r"(-?\d+)\.\.(-?\d+)", body)
+    if r:
+        a, b = r.groups()
+        padded = any(len(x.lstrip("-")) > 1 and x.lstrip("-").startswith("0") for x in (a, b))
+        width = max(len(a), len(b)) if padded else 0
+        step = 1 if int(b) >= int(a) else -1
+        options = [str(v).zfill(width) for v in range(int(a), int(b) + step, step)]
+    elif "," in body:
+        options = body.split(",")
+    else:
+        options = ["{" + body + "}"]  # not a range or a list: kept literally
+    return [head + o + t for o in options for t in expand_braces(tail)]
+
+
 def expand_pattern(pattern: str) -> list[Path]:
     """Shard paths of a brace pattern (``{000000..000004}``, ``{a,b}``), in pattern order.
 
     Raises:
         DiffauditError: a shard of the pattern does not exist (naming it).
     """
-    import braceexpand
-
-    paths = [Path(p).expanduser() for p in braceexpand.braceexpand(pattern)]
+    try:
+        from braceexpand import braceexpand
+    except ImportError:  # pragma: no cover - braceexpand comes with webdataset
+        braceexpand = expand_braces
+    paths = [Path(p).expanduser() for p in braceexpand(pattern)]
     if not paths:
         raise DiffauditError(f"{pattern}: the pattern names no shards")
     missing = [p for p in paths if not p.is_file()]
@@ -269,6 +297,11 @@ def list_shards(paths: list[Path], *, source: str, skip_bad: bool) -> Listing:
     Raises:
         DiffauditError: an unsafe member, a damaged shard (unless ``skip_bad``), a duplicate key.
     """
+    with gc_paused():
+        return _list_shards(paths, source=source, skip_bad=skip_bad)
+
+
+def _list_shards(paths: list[Path], *, source: str, skip_bad: bool) -> Listing:
     raw: list[tuple[Path, str, dict[str, bytes]]] = []
     skipped: list[tuple[str, str]] = []
     seen: dict[str, Path] = {}

@@ -23,7 +23,7 @@ from PIL import Image
 
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.seeds import numpy_rng
-from diffaudit.defenses.embedders import Embedder, embed_batches, shift_images
+from diffaudit.defenses.embedders import Embedder, shift_images
 
 TRANSFORMS = ("exact", "jpeg50", "shift1", "shift2", "bright-10", "bright+10")
 
@@ -101,15 +101,18 @@ def plant_duplicates(images: np.ndarray, n_per_transform: int, *, seed: int = 0,
     return Planted(all_images, np.asarray(pairs, dtype=np.int64).reshape(-1, 2), kinds)
 
 
-def nearest_other_similarity(emb: np.ndarray, embedder: Embedder, *, block: int = 2048) -> np.ndarray:
-    """For each row, its largest similarity to any other row (exact, blocked): float64 (N,)."""
-    n = len(emb)
-    out = np.empty(n)
-    for s in range(0, n, block):
-        sim = embedder.similarity(emb[s:s + block], emb)
-        sim[np.arange(sim.shape[0]), np.arange(s, s + sim.shape[0])] = -np.inf
-        out[s:s + block] = sim.max(1)
-    return out
+def view_similarity_matrix(views: np.ndarray, embedder: Embedder, *, block: int = 2048) -> np.ndarray:
+    """Symmetric similarity of every pair under the embedder's shift tolerance: float32 (N, N).
+
+    ``views`` (S, N, ...) from :meth:`Embedder.embed_views`; entry (i, j) is the largest similarity
+    of any view of i against j's plain embedding or of any view of j against i's.
+    """
+    n = views.shape[1]
+    m = np.full((n, n), -np.inf, dtype=np.float32)
+    for v in views:
+        for s in range(0, n, block):
+            np.maximum(m[s:s + block], embedder.similarity(v[s:s + block], views[0]).astype(np.float32), out=m[s:s + block])
+    return np.maximum(m, m.T)
 
 
 def calibrate(embedder: Embedder, images: np.ndarray, *, n_per_transform: int = 200, seed: int = 0,
@@ -120,14 +123,21 @@ def calibrate(embedder: Embedder, images: np.ndarray, *, n_per_transform: int = 
     ``distinct`` quantiles (``p50``, ``p99``, ``p999``, ``max``) of each original's nearest-other
     similarity; for each threshold the ``recall`` per transformation (pairs at or above it) and the
     ``distinct_fpr`` (share of originals whose nearest other original is at or above it, an upper
-    bound on false positives: real CIFAR-10 holds true near-duplicates too).
+    bound on false positives: real CIFAR-10 holds true near-duplicates too). Memory O(N²) with
+    N = len(images) (use at most ~10,000 originals).
     """
     planted = plant_duplicates(images, n_per_transform, seed=seed)
-    emb = embed_batches(embedder, planted.images)
     n = len(images)
-    pair_sim = np.array([embedder.similarity(emb[a:a + 1], emb[b:b + 1])[0, 0] for a, b in planted.pairs])
+    views = np.concatenate([embedder.embed_views(planted.images[s:s + 2048]) for s in range(0, len(planted.images), 2048)], axis=1)
+    pair_sim = np.empty(len(planted.pairs))
+    for p, (a, b) in enumerate(planted.pairs):
+        pair_sim[p] = max(float(embedder.similarity(views[:, a], views[0, b:b + 1]).max()),
+                          float(embedder.similarity(views[:, b], views[0, a:a + 1]).max()))
     kinds = np.asarray(planted.kinds)
-    nn = nearest_other_similarity(emb[:n], embedder)
+    sim = view_similarity_matrix(views[:, :n], embedder)
+    np.fill_diagonal(sim, -np.inf)
+    nn = sim.max(1).astype(np.float64)
+    del sim
     out: dict = {"embedder": embedder.settings(), "n_originals": n, "n_per_transform": n_per_transform, "planted": {}, "distinct": {
         "p50": float(np.quantile(nn, 0.5)), "p99": float(np.quantile(nn, 0.99)),
         "p999": float(np.quantile(nn, 0.999)), "max": float(nn.max())}}

@@ -5,12 +5,13 @@ An embedder maps uint8 images (B, H, W, C), C in {1, 3}, to one vector per image
 *similarity* in [0, 1] (1 = identical) on those vectors; two images are near-duplicates when their
 similarity is at least the embedder's threshold. Three embedders are registered:
 
-| name    | vector                                         | similarity              | default threshold |
-|---------|------------------------------------------------|-------------------------|-------------------|
-| `pixel` | 8x8 area-downsampled grayscale, mean-centred,  | cosine (inner product)  | 0.97              |
-|         | L2-normalised, float32 (64,)                   |                         |                   |
-| `phash` | 64-bit DCT perceptual hash, packed uint8 (8,)  | 1 − Hamming / 64        | 0.86 (≤ 9 bits)   |
-| `clip`  | CLIP image embedding, L2-normalised (512,)     | cosine                  | 0.95              |
+| name    | vector                                          | similarity             | default threshold  |
+|---------|-------------------------------------------------|------------------------|--------------------|
+| `pixel` | 8x8 area-downsampled luma, mean-centred,        | cosine (inner product) | 0.97               |
+|         | L2-normalised, float32 (65,); 2 px shift views  |                        |                    |
+| `phash` | 64-bit DCT perceptual hash, packed uint8 (8,);  | 1 − Hamming / 64       | 0.906 (≤ 6 bits)   |
+|         | 2 px shift views                                |                        |                    |
+| `clip`  | CLIP image embedding, L2-normalised (512,)      | cosine                 | 0.95 (uncalibrated)|
 
 The `pixel` and `phash` thresholds are calibrated on duplicates planted in real CIFAR-10 images
 (see :mod:`diffaudit.defenses.calibration`, whose docstring holds the measured table); the paper
@@ -76,6 +77,25 @@ def shift_images(images: np.ndarray, dx: int, dy: int) -> np.ndarray:
     return np.ascontiguousarray(padded[:, p - dy:p - dy + h, p - dx:p - dx + w])
 
 
+def gray_np(images: np.ndarray) -> np.ndarray:
+    """uint8 (B, H, W, C) -> float32 (B, 1, H, W) luma in [0, 1] (numpy: no thread pool for small work)."""
+    if images.shape[-1] == 3:
+        g = images.astype(np.float32) @ (_LUMA / np.float32(255.0))
+    else:
+        g = images[..., 0].astype(np.float32) / np.float32(255.0)
+    return g[:, None]
+
+
+def area_resize_np(x: np.ndarray, size: int) -> np.ndarray:
+    """(B, C, H, W) float -> (B, C, size, size) by area averaging (block means when H, W divide)."""
+    b, c, h, w = x.shape
+    if (h, w) == (size, size):
+        return x
+    if h % size == 0 and w % size == 0:
+        return x.reshape(b, c, size, h // size, size, w // size).mean(axis=(3, 5))
+    return resize(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), size).numpy()
+
+
 class Embedder(ABC):
     """One vector per image and a similarity on them.
 
@@ -103,16 +123,20 @@ class Embedder(ABC):
 
     @property
     def shifts(self) -> list[tuple[int, int]]:
-        """The (dx, dy) translations of the query views; (0, 0) first."""
+        """The (dx, dy) translations of the query views: (0, 0) first, then one of each ±s pair.
+
+        Half the (2r+1)² translations suffice because searches run in both directions: a view of
+        a shifted by s meets b as a view of b shifted by −s would meet a (up to the edge pixels).
+        """
         r = int(self.max_shift)
-        return [(0, 0)] + [(dx, dy) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if (dx, dy) != (0, 0)]
+        return [(0, 0)] + [(dx, dy) for dy in range(0, r + 1) for dx in range(-r, r + 1) if dy > 0 or dx > 0]
 
     def embed_views(self, images: np.ndarray) -> np.ndarray:
         """Embeddings of ``images`` translated by each of :attr:`shifts`: (S, B, ...); view 0 = :meth:`embed`.
 
-        Shift tolerance: the similarity of two images is the largest similarity between a view of
-        one and the plain embedding of the other, so a copy moved by up to ``max_shift`` pixels
-        (the paper's re-cropped duplicates) is as close as an aligned one.
+        Shift tolerance: the similarity of two images a, b is the largest similarity between a view
+        of one and the plain embedding of the other (both directions), so a copy moved by up to
+        ``max_shift`` pixels (the paper's re-cropped duplicates) is as close as an aligned one.
         """
         a = check_images(images)
         return np.stack([self.embed(a if s == (0, 0) else shift_images(a, *s)) for s in self.shifts])
@@ -167,21 +191,34 @@ class PixelEmbedder(Embedder):
     def settings(self) -> dict[str, Any]:
         return {"name": self.name, "size": self.size, "color": self.color, "max_shift": self.max_shift}
 
-    def embed(self, images: np.ndarray) -> np.ndarray:
+    def _pixels(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (B, H, W, C) -> float32 (B, 1 or 3, H, W) in [0, 1]."""
         a = check_images(images)
         if self.color == "gray":
-            x = to_gray(a)
-        else:
-            x = torch.from_numpy(np.ascontiguousarray(a)).float().div_(255.0).permute(0, 3, 1, 2)
-            if x.shape[1] == 1:
-                x = x.expand(-1, 3, -1, -1)
-        v = resize(x, self.size).flatten(1).double()
-        v = v - v.mean(1, keepdim=True)
-        norm = v.norm(dim=1, keepdim=True)
+            return gray_np(a)
+        x = np.ascontiguousarray(a.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
+        return np.repeat(x, 3, axis=1) if x.shape[1] == 1 else x
+
+    def _vectors(self, x: np.ndarray) -> np.ndarray:
+        v = area_resize_np(x, self.size).reshape(len(x), -1).astype(np.float64)
+        v -= v.mean(1, keepdims=True)
+        norm = np.linalg.norm(v, axis=1, keepdims=True)
         flat = norm[:, 0] < 1e-6  # no contrast: a blank image
-        v = torch.where(flat[:, None], torch.zeros_like(v), v / norm.clamp_min(1e-12))
-        out = torch.cat([v, flat[:, None].double()], dim=1)
-        return out.float().numpy()
+        v = np.where(flat[:, None], 0.0, v / np.maximum(norm, 1e-12))
+        return np.concatenate([v, flat[:, None]], axis=1).astype(np.float32)
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        return self._vectors(self._pixels(images))
+
+    def embed_views(self, images: np.ndarray) -> np.ndarray:
+        # Same views as the generic version (edge-replicating shifts), with the colour conversion done once.
+        x = self._pixels(images)
+        r = self.max_shift
+        if r == 0:
+            return self._vectors(x)[None]
+        h, w = x.shape[-2:]
+        padded = np.pad(x, ((0, 0), (0, 0), (r, r), (r, r)), mode="edge")
+        return np.stack([self._vectors(padded[..., r - dy:r - dy + h, r - dx:r - dx + w]) for dx, dy in self.shifts])
 
 
 class PHashEmbedder(Embedder):
@@ -189,13 +226,15 @@ class PHashEmbedder(Embedder):
 
     As in the common ``imagehash.phash``: luma resized to 32x32, 2-D DCT-II (:func:`scipy.fft.dctn`),
     the top-left 8x8 low-frequency block, each coefficient compared with the block's median.
+    A plain pHash is not shift-tolerant (a 2 px shift of a 32x32 image flips ~16 bits), hence the
+    query views of up to ``max_shift`` pixels (default 2; 0 gives the classic hash alone).
     """
 
     name = "phash"
     metric = "hamming"
-    default_threshold = 1.0 - 9 / 64  # Hamming distance <= 9 bits
+    default_threshold = 1.0 - 6 / 64  # Hamming distance <= 6 of 64 bits, with max_shift 2 (calibration table)
 
-    def __init__(self, hash_size: int = 8, highfreq_factor: int = 4, max_shift: int = 0):
+    def __init__(self, hash_size: int = 8, highfreq_factor: int = 4, max_shift: int = 2):
         self.hash_size, self.highfreq_factor = int(hash_size), int(highfreq_factor)
         if not 0 <= int(max_shift) <= 8:
             raise DiffauditError(f"phash: max_shift must lie in [0, 8]; got {max_shift}")

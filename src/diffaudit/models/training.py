@@ -118,11 +118,17 @@ class _Ema:
     @torch.no_grad()
     def update(self, model: torch.nn.Module, step: int) -> None:
         d = min(self.decay, (1 + step) / (10 + step))
-        for k, v in model.state_dict().items():
-            if v.dtype.is_floating_point:
-                self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
-            else:
+        state = model.state_dict()
+        keys = [k for k, v in state.items() if v.dtype.is_floating_point]
+        shadow = [self.shadow[k] for k in keys]
+        torch._foreach_mul_(shadow, d)
+        torch._foreach_add_(shadow, [state[k].detach().float() for k in keys], alpha=1 - d)
+        for k, v in state.items():
+            if not v.dtype.is_floating_point:
                 self.shadow[k].copy_(v)
+
+
+_WARMUP_TIMING_STEPS = 10  # steps (compilation, allocator warm-up) left out of the steady-state rate
 
 
 def _lr_at(step: int, cfg: TrainConfig) -> float:
@@ -225,7 +231,7 @@ def train(
         model = build_unet(ucfg)
     model.to(device).train()
     ema = _Ema(model, config.ema_decay)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, fused=device.type == "cuda")
     start, log = 0, []
     cks = _checkpoint_dirs(run)
     if cks:
@@ -238,29 +244,33 @@ def train(
     scheduler = make_scheduler()
     a_bar = alphas_cumprod_of(scheduler).to(device=device, dtype=torch.float32)
     T = scheduler.config.num_train_timesteps
-    data_x = to_model_space(dataset.images)  # (N, C, H, W) in [-1, 1], on the CPU
+    data_x = to_model_space(dataset.images[idx])  # (n_train, C, H, W) in [-1, 1]
+    data_x = data_x.to(device)
+    stream_pos = {int(i): p for p, i in enumerate(idx)}  # dataset index -> row of data_x
     labels = None if num_classes is None else torch.as_tensor(dataset.labels, dtype=torch.long)
     use_amp = device.type == "cuda" and config.bf16
     fwd = torch.compile(model) if (config.compile and device.type == "cuda") else model
 
     t0, seen = time.perf_counter(), 0
+    t_warm, seen_warm = None, 0
     window = torch.zeros((), device=device)  # summed loss since the last log line (no per-step host sync)
     window_n = 0
     with progress_bar("train", config.steps, unit="step", completed=start) as bar:
         for step in range(start, config.steps):
             pos = batch_positions(step, config.batch_size, len(stream), config.seed)
             ex = stream[pos]
+            rows = torch.as_tensor([stream_pos[int(i)] for i in ex], device=device)
             g = torch_generator(derive_seed(config.seed, "train-step", step))
             t = torch.randint(0, T, (len(ex),), generator=g)
             eps = torch.randn((len(ex), C, H, W), generator=g)
             flip = torch.rand(len(ex), generator=g) < 0.5
-            x0 = data_x[ex]
+            x0 = data_x[rows]
+            t, eps, flip = t.to(device), eps.to(device), flip.to(device)
             if config.flip:
                 x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-            x0, t, eps = x0.to(device), t.to(device), eps.to(device)
             ab = a_bar[t][:, None, None, None]
             x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-            lab = None if labels is None else labels[ex].to(device)
+            lab = None if labels is None else labels[torch.as_tensor(ex)].to(device)
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, config)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -284,6 +294,8 @@ def train(
                 log.append({"step": done, "loss": lv, "lr": _lr_at(step, config)})  # mean over the window
                 bar.advance(0, loss=lv)
             bar.advance(1)
+            if step + 1 - start == _WARMUP_TIMING_STEPS:
+                t_warm, seen_warm = time.perf_counter(), seen
             fault_point("train.step")
             if done % config.checkpoint_every == 0 and done < config.steps:
                 _save_checkpoint(run, done, model, ema, opt, log)
@@ -296,7 +308,9 @@ def train(
     _save_pretrained_atomic(final_model, run / "unet")
     scheduler.save_pretrained(run / "scheduler")
     write_bytes_atomic(run / "loss_log.jsonl", "".join(json.dumps(r) + "\n" for r in log).encode())
+    steady = None if t_warm is None or seen == seen_warm else (seen - seen_warm) / (t0 + elapsed - t_warm)
     write_json_atomic(run / "timing.json", {"seconds": elapsed, "images_per_second": seen / max(elapsed, 1e-9),
+                                            "images_per_second_after_warmup": steady,
                                             "steps_this_session": config.steps - start, "device": str(device)})
     write_result(
         run / "result.json", "train", settings, {"seed": config.seed},

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from diffusers import UNet2DModel
-
 from diffaudit.core.errors import DiffauditError
 
 _PRESETS: dict[str, dict[str, Any]] = {
@@ -62,8 +60,10 @@ def unet_config(preset: str, *, image_size: int, in_channels: int, num_classes: 
     return cfg
 
 
-def build_unet(config: dict[str, Any]) -> UNet2DModel:
-    """A freshly initialised ``UNet2DModel`` (initialisation uses the caller's torch seed context)."""
+def build_unet(config: dict[str, Any]):
+    """A freshly initialised ``diffusers.UNet2DModel`` (initialisation uses the caller's torch seed context)."""
+    from diffusers import UNet2DModel
+
     return UNet2DModel(**config)
 
 

@@ -55,6 +55,12 @@ def fmt(value: Any, kind: str = "float") -> str:
         return fmt_pct(value)
     if kind == "text":
         return DASH if value is None else str(value)
+    if kind == "auto":  # ints with separators, floats to 4 significant digits, the rest as text
+        if isinstance(value, bool) or value is None or isinstance(value, str):
+            return fmt(value, "text")
+        if isinstance(value, int):
+            return fmt_int(value)
+        return f"{float(value):.4g}" if isinstance(value, float) else str(value)
     return fmt_float(value)
 
 

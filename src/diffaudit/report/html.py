@@ -9,6 +9,7 @@ and owner-only (0o600): it shows training images, unless ``redact`` replaces the
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -26,6 +27,7 @@ CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 TEMPLATES = Path(__file__).parent / "templates"
 
 
+@functools.lru_cache(maxsize=1)
 def _environment():
     import jinja2
 

@@ -58,7 +58,7 @@ def png_file_uri(path: Path, *, max_side: int = 1024) -> str | None:
             if img.mode not in ("L", "RGB", "RGBA"):
                 img = img.convert("RGB")
             return image_uri(np.asarray(img), max_side=max_side)
-    except (OSError, ValueError):
+    except (OSError, ValueError, Image.DecompressionBombError):
         return None
 
 

@@ -106,17 +106,22 @@ def _extraction(rs: ResultSet) -> dict[str, Any] | None:
             n_samples=_int(r.get("n_samples")),
             rule=r.get("rule", s.get("rule")),
             baseline_unique_extracted=_int(r.get("baseline_unique_extracted")),
-            n_extracted_generations=len(extracted),
+            n_extracting_samples=_int(r.get("n_extracting_samples", len(extracted))),
         )
         for k in ("delta", "alpha", "n_neighbors"):
             if k in r or k in s:
                 out[k] = r.get(k, s.get(k))
     if extract is not None:
-        prompts = records(extract.result, "members", preferred=("prompts", "cliques", "results"))
-        out["n_prompts"] = len(prompts)
-        out["n_flagged"] = sum(1 for p in prompts if p.get("flagged"))
+        r = extract.result
+        if r.get("mode") == "unconditional" or "groups" in r:
+            groups = records(r, "members", preferred=("groups",))
+            out["n_cliques"] = _int(r.get("n_groups", len(groups)))
+        else:
+            prompts = records(r, "members", preferred=("prompts", "cliques", "results"))
+            out["n_prompts"] = _int(r.get("n_prompts", len(prompts)))
+            out["n_flagged"] = _int(r.get("n_flagged", sum(1 for p in prompts if p.get("flagged"))))
         if out["n_samples"] is None:
-            out["n_samples"] = sum(_int(p.get("n_generations")) or 0 for p in prompts) or None
+            out["n_samples"] = _int(r.get("n_samples"))
     return out
 
 
@@ -199,7 +204,9 @@ def _dataset(rs: ResultSet) -> dict[str, Any] | None:
         if spec:
             out: dict[str, Any] = {"spec": spec, "options": opts}
             train = rs.first("train")
-            if train is not None:
+            verify = rs.first("verify")
+            n = _int(verify.result.get("n_train")) if verify is not None else None
+            if train is not None and n is None:
                 n = _int(train.result.get("n_train", train.result.get("n_examples")))
                 ids = train.path / "train_ids.json"
                 if n is None and ids.exists():
@@ -207,7 +214,7 @@ def _dataset(rs: ResultSet) -> dict[str, Any] | None:
                         n = len(json.loads(ids.read_text(encoding="utf-8")).get("keys", []))
                     except (OSError, ValueError, AttributeError):
                         n = None
-                out["n_train"] = n
+            out["n_train"] = n
             return out
     return None
 

@@ -95,6 +95,8 @@ def gallery(rs: ResultSet, *, redact: bool) -> dict[str, Any] | None:
     items = []
     for e in shown:
         key = e.get("train_key")
+        group = e.get("duplicates")
+        n_dup = 1 + len(group) if isinstance(group, list) else (dups.get(str(key)) if key is not None else None)
         gen = samples.get(e.get("sample"))
         timg = None if train is None else train.get(key, e.get("train_id"))
         items.append({
@@ -106,7 +108,8 @@ def gallery(rs: ResultSet, *, redact: bool) -> dict[str, Any] | None:
             "l2": e.get("l2"),
             "ratio": e.get("ratio"),
             "eidetic_k": e.get("eidetic_k"),
-            "duplicates": dups.get(str(key)) if key is not None else None,
+            "duplicates": n_dup,
+            "n_matching": e.get("n_matching_samples"),
         })
     return {"items": items, "total": len(pairs), "notes": notes, "redacted": redact}
 
@@ -116,8 +119,10 @@ def cliques(rs: ResultSet) -> dict[str, Any] | None:
     st = rs.first("extract")
     if st is None:
         return None
-    prompts = records(st.result, "members", preferred=("prompts", "cliques", "results"))
-    flagged = [p for p in prompts if p.get("flagged")]
+    prompts = records(st.result, "members", preferred=("prompts", "groups", "cliques", "results"))
+    # The black-box unconditional mode reports only cliques of at least --min-clique: all flagged.
+    unconditional = st.result.get("mode") == "unconditional" or (prompts and not any("flagged" in p for p in prompts))
+    flagged = prompts if unconditional else [p for p in prompts if p.get("flagged")]
     flagged.sort(key=lambda p: (p.get("mean_distance") is None, p.get("mean_distance") or 0.0))
     samples = sample_images(st, rs)
     items = []
@@ -128,8 +133,8 @@ def cliques(rs: ResultSet) -> dict[str, Any] | None:
         thumbs = [{"id": m, "uri": image_uri(samples.get(m), max_side=THUMB), "medoid": m == str(medoid)} for m in order[:MAX_MEMBERS]]
         items.append({
             "prompt": p.get("prompt"),
-            "n_generations": p.get("n_generations"),
-            "largest_clique": p.get("largest_clique", len(members)),
+            "n_generations": p.get("n_generations", p.get("component_size")),
+            "largest_clique": p.get("largest_clique", p.get("size", len(members))),
             "mean_distance": p.get("mean_distance"),
             "medoid": medoid,
             "members": thumbs,
@@ -142,6 +147,7 @@ def cliques(rs: ResultSet) -> dict[str, Any] | None:
     settings = st.settings
     return {
         "items": items,
+        "unconditional": bool(unconditional),
         "n_prompts": len(prompts),
         "n_flagged": len(flagged),
         "edge_threshold": settings.get("edge_threshold"),

@@ -208,9 +208,11 @@ def inpaint(
     dev = original.device
     H, W = original.shape[-2:]
     m = torch.as_tensor(mask, device=dev)
-    while m.ndim < 4:
-        m = m.unsqueeze(0)
-    if tuple(m.shape[-2:]) != (H, W) or m.shape[1] != 1:
+    if m.ndim == 2:  # (H, W)
+        m = m[None, None]
+    elif m.ndim == 3:  # (B, H, W)
+        m = m[:, None]
+    if m.ndim != 4 or tuple(m.shape[-2:]) != (H, W) or m.shape[1] != 1:
         raise DiffauditError(f"inpaint: mask of shape {tuple(torch.as_tensor(mask).shape)} does not fit images {H}x{W}")
     known = m > 0.5
     x_known = _broadcast_rows(original.float(), B, "original")

@@ -25,6 +25,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from diffaudit.core.errors import DiffauditError
+from diffaudit.core.faults import fault_point
 from diffaudit.core.io import load_npy, read_json, save_npy_atomic, write_json_atomic
 from diffaudit.core.outdir import prepare_out_dir
 from diffaudit.core.seeds import generation_seed
@@ -144,6 +145,7 @@ class SampleStore:
         if images.dtype != np.uint8 or tuple(images.shape) != exp:
             raise DiffauditError(f"shard {index}: expected uint8 {exp}, got {images.dtype} {images.shape}")
         save_npy_atomic(self._npy(index), images)
+        fault_point("store.between_files")  # a crash here leaves pixels without a sidecar: unfinished
         req = self.shard_request(index)
         write_json_atomic(self._sidecar(index), {
             "shard": index, "start": pl.start, "stop": pl.stop, "ids": req["ids"], "seeds": req["seeds"],

@@ -2,7 +2,7 @@
 
 One PNG row per target (paper Figure 11): the original, the input with its hidden pixels grey,
 then the ``top_k`` kept inpaintings in rank order (best score first), each titled with its ℓ2 to the
-original. Drawn with matplotlib's Agg backend (no display needed) and written atomically.
+original. Drawn with a bare matplotlib ``Figure`` (Agg rendering, no pyplot state, no display) and written atomically.
 """
 
 from __future__ import annotations
@@ -29,10 +29,7 @@ def _show(ax, image: np.ndarray, title: str) -> None:
 
 def grid_png(original: np.ndarray, mask: np.ndarray, kept: np.ndarray, l2: Sequence[float], *, title: str = "") -> bytes:
     """PNG bytes of one target's grid. original uint8 (H, W, C); mask (H, W), 1 = known; kept uint8 (k, H, W, C)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # no pyplot: no global backend state, no display needed
 
     masked = np.array(original, copy=True)
     masked[np.asarray(mask) < 0.5] = 128

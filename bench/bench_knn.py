@@ -1,0 +1,216 @@
+"""Benchmark: exact top-k nearest neighbours, generations x training images (issue 3, Performance).
+
+Compares, side by side in one run and on the same data:
+
+- ``diffaudit``: :func:`diffaudit.distances.knn_search` (blocked GEMM on integer pixels, bf16/fp32
+  accumulate on CUDA, fp32 on the CPU, exact re-ranking and certificate);
+- ``gemm_only``: the block GEMMs alone (the floor of any GEMM-based search; with --peak-tflops the
+  fraction of the device's peak they reach);
+- ``cdist_topk``: a ``torch.cdist`` + ``torch.topk`` loop over the same query blocks (fp32);
+- ``faiss_cpu``: raw ``faiss.IndexFlatL2`` on the CPU (approximate fp32 distances), on at most
+  --faiss-queries queries, its time scaled to all queries;
+- ``diffaudit_faiss``: the faiss backend with diffaudit's exact re-ranking (same query cap).
+
+Data: training images from the CIFAR-10 shards (--cifar-root) when present, generations made from
+the CIFAR-10 test images with seeded noise (so distances look like real ones); --synthetic uses
+seeded random images instead. Exactness is checked against a float64 brute force on a sample of
+queries. Prints one JSON object. Small CPU defaults; on an H100, e.g.
+``--queries 1048576 --refs 50000 --k 50 --peak-tflops 989``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import resource
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffaudit.core.device import resolve_device
+from diffaudit.core.seeds import numpy_rng
+from diffaudit.distances.compute import cross, resolve_compute, to_compute
+from diffaudit.distances.knn import knn_search
+
+
+def _cifar(root: Path, split: str, n: int) -> np.ndarray | None:
+    from PIL import Image
+
+    shards = sorted(root.glob(f"cifar10-{split}-*.tar"))
+    if not shards:
+        return None
+    out = []
+    for shard in shards:
+        with tarfile.open(shard) as tf:
+            for m in tf:
+                if m.name.endswith(".jpg"):
+                    out.append(np.asarray(Image.open(io.BytesIO(tf.extractfile(m).read())).convert("RGB")))
+                    if len(out) == n:
+                        return np.stack(out)
+    return np.stack(out)
+
+
+def make_data(args) -> tuple[np.ndarray, np.ndarray, str]:
+    rng = numpy_rng(args.seed)
+    shape = (args.size, args.size, 3)
+    refs = None if args.synthetic else _cifar(Path(args.cifar_root), "train", args.refs)
+    if refs is not None and len(refs) >= args.refs and args.size == 32:
+        base = _cifar(Path(args.cifar_root), "test", min(args.queries, 10000))
+        src = "cifar10"
+    else:
+        refs = rng.integers(0, 256, (args.refs, *shape), dtype=np.uint8)
+        base = rng.integers(0, 256, (min(args.queries, 10000), *shape), dtype=np.uint8)
+        src = "synthetic"
+    # generations: cycle the base images with seeded ±8 noise, in chunks to bound memory
+    q = np.empty((args.queries, *shape), dtype=np.uint8)
+    for lo in range(0, args.queries, 65536):
+        hi = min(args.queries, lo + 65536)
+        idx = np.arange(lo, hi) % len(base)
+        noise = rng.integers(-8, 9, (hi - lo, *shape), dtype=np.int16)
+        q[lo:hi] = np.clip(base[idx].astype(np.int16) + noise, 0, 255).astype(np.uint8)
+    return q, refs[: args.refs], src
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def time_diffaudit(q, r, k, dev, backend="torch", repeats=1):
+    best, res = float("inf"), None
+    for _ in range(repeats):
+        _sync(dev)
+        t = time.perf_counter()
+        res = knn_search(q, r, k, backend=backend, device=dev)
+        _sync(dev)
+        best = min(best, time.perf_counter() - t)
+    return best, res
+
+
+def time_gemm_only(q, r, dev, qb):
+    spec = resolve_compute("auto", dev, cpu_default="float32")
+    rt = to_compute(torch.from_numpy(r.reshape(len(r), -1)), spec)
+    _sync(dev)
+    t = time.perf_counter()
+    for lo in range(0, len(q), qb):
+        qt = to_compute(torch.from_numpy(q[lo:lo + qb].reshape(-1, rt.shape[1])), spec)
+        cross(qt, rt, spec)
+    _sync(dev)
+    return time.perf_counter() - t, spec.kind
+
+
+def time_cdist_topk(q, r, k, dev, qb):
+    rt = torch.from_numpy(r.reshape(len(r), -1)).to(dev).float()
+    dists, idx = [], []
+    _sync(dev)
+    t = time.perf_counter()
+    for lo in range(0, len(q), qb):
+        qt = torch.from_numpy(q[lo:lo + qb].reshape(-1, rt.shape[1])).to(dev).float()
+        d = torch.cdist(qt, rt)
+        v, i = torch.topk(d, k, dim=1, largest=False)
+        dists.append(v.cpu())
+        idx.append(i.cpu())
+    _sync(dev)
+    el = time.perf_counter() - t
+    d = torch.cat(dists).double().numpy() / (255.0 * np.sqrt(rt.shape[1]))
+    return el, d, torch.cat(idx).numpy()
+
+
+def time_faiss(q, r, k):
+    import faiss
+
+    index = faiss.IndexFlatL2(q[0].size)
+    t = time.perf_counter()
+    index.add(np.ascontiguousarray(r.reshape(len(r), -1), dtype=np.float32))
+    d, i = index.search(np.ascontiguousarray(q.reshape(len(q), -1), dtype=np.float32), k)
+    el = time.perf_counter() - t
+    return el, np.sqrt(np.maximum(d, 0) / q[0].size) / 255.0, i
+
+
+def brute_check(q, r, res_d, res_i, n):
+    """Max |distance error| and fraction of rows with identical ids vs a float64 brute force."""
+    sel = np.linspace(0, len(q) - 1, min(n, len(q))).astype(int)
+    qf = q[sel].reshape(len(sel), -1).astype(np.float64)
+    rf = r.reshape(len(r), -1).astype(np.float64)
+    sq = (qf ** 2).sum(1)[:, None] + (rf ** 2).sum(1)[None] - 2 * qf @ rf.T
+    k = res_d.shape[1]
+    order = np.lexsort((np.broadcast_to(np.arange(len(r)), sq.shape), sq), axis=1)[:, :k]
+    d = np.sqrt(np.take_along_axis(sq, order, 1) / (qf.shape[1] * 255.0 ** 2))
+    return float(np.abs(res_d[sel] - d).max()), float((res_i[sel] == order).all(1).mean())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--queries", type=int, default=2048, help="generations (2^20 in the paper)")
+    p.add_argument("--refs", type=int, default=5000, help="training images (50,000 for CIFAR-10)")
+    p.add_argument("--k", type=int, default=50)
+    p.add_argument("--size", type=int, default=32, help="image side (pixels, 3 channels)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--peak-tflops", type=float, default=None, help="device peak for the GEMM dtype (H100 SXM bf16 dense: 989)")
+    p.add_argument("--faiss-queries", type=int, default=1024, help="queries given to faiss-cpu (time scaled to all)")
+    p.add_argument("--check-queries", type=int, default=256, help="queries checked against a float64 brute force")
+    p.add_argument("--query-block", type=int, default=None, help="query block of the cdist and GEMM-only loops")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--skip", default="", help="comma-separated methods to skip (cdist_topk, faiss_cpu, diffaudit_faiss)")
+    p.add_argument("--synthetic", action="store_true", help="random images instead of CIFAR-10")
+    p.add_argument("--cifar-root", default="/work/shared/data/cifar10")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    dev = resolve_device(args.device)
+    skip = set(filter(None, args.skip.split(",")))
+    q, r, src = make_data(args)
+    dim = q[0].size
+    qb = args.query_block or (max(256, (1 << 28) // len(r)) if dev.type == "cuda" else max(64, (1 << 23) // len(r)))
+    out: dict = {"device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+                 "data": src, "queries": len(q), "refs": len(r), "k": args.k, "dim": dim, "torch_threads": torch.get_num_threads(),
+                 "seconds": {}}
+    flops = 2.0 * len(q) * len(r) * dim
+    # warm-up (CUDA context, kernels)
+    knn_search(q[:256], r[:2048], min(args.k, 2047), device=dev)
+    t_da, res = time_diffaudit(q, r, args.k, dev, repeats=args.repeats)
+    out["seconds"]["diffaudit"] = t_da
+    out["diffaudit_compute"] = res.stats.get("compute")
+    out["diffaudit_fallback_rows"] = res.fallback_rows
+    err, same = brute_check(q, r, res.distances, res.indices, args.check_queries)
+    out["diffaudit_exactness"] = {"max_abs_distance_error": err, "rows_with_identical_ids": same}
+    t_g, kind = time_gemm_only(q, r, dev, qb)
+    out["seconds"]["gemm_only"] = t_g
+    out["gemm"] = {"dtype": kind, "tflops": flops / t_g / 1e12}
+    if args.peak_tflops:
+        out["gemm"]["fraction_of_peak"] = flops / t_g / 1e12 / args.peak_tflops
+        out["diffaudit_fraction_of_peak"] = flops / t_da / 1e12 / args.peak_tflops
+    if "cdist_topk" not in skip:
+        t_c, d_c, i_c = time_cdist_topk(q, r, args.k, dev, qb)
+        out["seconds"]["cdist_topk"] = t_c
+        out["cdist_vs_exact"] = {"max_abs_distance_error": float(np.abs(d_c - res.distances).max()),
+                                 "rows_with_identical_ids": float((i_c == res.indices).all(1).mean())}
+    nf = min(len(q), args.faiss_queries)
+    scale = len(q) / nf
+    if "faiss_cpu" not in skip:
+        t_f, d_f, i_f = time_faiss(q[:nf], r, args.k)
+        out["seconds"]["faiss_cpu"] = t_f * scale
+        out["faiss_vs_exact"] = {"max_abs_distance_error": float(np.abs(d_f - res.distances[:nf]).max()),
+                                 "rows_with_identical_ids": float((i_f == res.indices[:nf]).all(1).mean()),
+                                 "queries_timed": nf}
+    if "diffaudit_faiss" not in skip:
+        t_df, res_f = time_diffaudit(q[:nf], r, args.k, torch.device("cpu"), backend="faiss")
+        out["seconds"]["diffaudit_faiss"] = t_df * scale
+        out["diffaudit_faiss_equals_torch"] = bool(np.array_equal(res_f.indices, res.indices[:nf])
+                                                   and np.array_equal(res_f.distances, res.distances[:nf]))
+    out["queries_per_second"] = {m: len(q) / s for m, s in out["seconds"].items()}
+    out["speedup_of_diffaudit"] = {m: s / t_da for m, s in out["seconds"].items() if m != "diffaudit"}
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if dev.type == "cuda":
+        out["peak_cuda_mib"] = torch.cuda.max_memory_allocated(dev) / 2 ** 20
+    json.dump(out, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

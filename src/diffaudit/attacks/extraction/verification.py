@@ -1,0 +1,259 @@
+"""Verification: which generations reproduce a training image (paper §2.2 and §5.1).
+
+For every generation x̂, its n nearest training images (exact ℓ2, :mod:`diffaudit.distances.knn`) and:
+
+- rule ``l2``: (ℓ2, δ)-extraction (paper Definition 1), extracted when ℓ2(x̂, x) ≤ δ = 0.15 with x the
+  nearest training image;
+- rule ``ratio``: the neighbourhood-normalised distance ℓ(x̂, x; S) = ℓ2(x̂, x) / (α · mean_{y∈S} ℓ2(x̂, y))
+  ≤ 1, α = 0.5, S the n = min(50, N_train − 1) nearest (paper §5.1; the default for unconditional models).
+
+Counting (paper §5.1: "count each training image once"): generations are visited in order and each
+training image is credited to its first extracting generation only. Duplicated training images are
+collapsed so that a duplicate is not counted twice. **Rule**: two training images are duplicates
+when their ℓ2 is ≤ ``dup_delta`` (0.1, the eidetic δ); the groups are the connected components of
+that relation over the matched training images and their ``dup_delta``-neighbourhoods (one hop from
+a matched image). The eidetic k of a matched image x (Definition 2) is the number of training images
+within ``eidetic_delta`` = 0.1 of x, x itself included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from diffaudit.attacks.extraction.crops import crop_aligned_l2
+from diffaudit.attacks.extraction.graph import check_threshold
+from diffaudit.core.errors import DiffauditError
+from diffaudit.distances.knn import KnnResult, knn_search
+from diffaudit.distances.normalized import DEFAULT_ALPHA, DEFAULT_NEIGHBORS, nearest_ratio, neighborhood_size
+from diffaudit.distances.radius import radius_neighbors
+
+RULES = ("l2", "ratio")
+#: δ of (ℓ2, δ)-extraction (paper §2.2 / §4.2.1 step 5).
+DEFAULT_DELTA = 0.15
+#: δ of eidetic memorization and of the training-duplicate rule (paper §2.2, Definition 2).
+DEFAULT_EIDETIC_DELTA = 0.1
+
+
+@dataclass
+class VerifySettings:
+    """Rule and thresholds; :meth:`validate` names the offending option."""
+
+    rule: str = "ratio"
+    delta: float = DEFAULT_DELTA
+    alpha: float = DEFAULT_ALPHA
+    n_neighbors: int = DEFAULT_NEIGHBORS
+    eidetic_delta: float = DEFAULT_EIDETIC_DELTA
+    dup_delta: float = DEFAULT_EIDETIC_DELTA
+
+    def validate(self) -> "VerifySettings":
+        if self.rule not in RULES:
+            raise DiffauditError(f"--rule must be one of {', '.join(RULES)}, got {self.rule!r}")
+        check_threshold(self.delta, "--delta")
+        check_threshold(self.eidetic_delta, "--eidetic-delta")
+        check_threshold(self.dup_delta, "--dup-delta")
+        if not (np.isfinite(self.alpha) and 0 < self.alpha <= 10):
+            raise DiffauditError(f"--alpha must be in (0, 10], got {self.alpha}")
+        if int(self.n_neighbors) < 1 or int(self.n_neighbors) > 1000:
+            raise DiffauditError(f"--n-neighbors must be in [1, 1000], got {self.n_neighbors}")
+        return self
+
+
+@dataclass
+class Extraction:
+    """One extracted training image, credited to its first generation.
+
+    sample / sample_index: that generation's id and position; train_id / train_key: the nearest
+    training image's index in the training set and its key; l2: ℓ2 in [0, 1] (smaller = closer);
+    ratio: normalised distance (≤ 1 = extracted under the ratio rule; None if undefined);
+    eidetic_k: training images within eidetic_delta of train_id, itself included;
+    n_matching_samples: generations that extracted this (duplicate group of) training image(s);
+    duplicates: the other training ids in its duplicate group.
+    """
+
+    sample: str
+    sample_index: int
+    train_id: int
+    train_key: str
+    l2: float
+    ratio: float | None
+    eidetic_k: int
+    n_matching_samples: int
+    duplicates: list[int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Verification:
+    """Outcome of :func:`verify`.
+
+    n_samples, n_train; extracted: one :class:`Extraction` per unique training image (group);
+    unique_extracted = len(extracted); n_extracting_samples: generations satisfying the rule;
+    per-sample arrays (Q,): nearest ``train_ids``, ``l2``, ``ratio`` (float64, inf where undefined),
+    ``is_extracted`` (bool).
+    """
+
+    n_samples: int
+    n_train: int
+    settings: VerifySettings
+    neighbors: int
+    extracted: list[Extraction]
+    n_extracting_samples: int
+    train_ids: np.ndarray
+    l2: np.ndarray
+    ratio: np.ndarray
+    is_extracted: np.ndarray
+
+    @property
+    def unique_extracted(self) -> int:
+        return len(self.extracted)
+
+
+def decide(knn: KnnResult, settings: VerifySettings, n_train: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(l2, ratio, extracted) per generation from its sorted kNN distances (paper §2.2, §5.1)."""
+    n = neighborhood_size(n_train, settings.n_neighbors)
+    l2 = knn.distances[:, 0]
+    ratio = nearest_ratio(knn.distances, n=n, alpha=settings.alpha)
+    ext = (l2 <= settings.delta) if settings.rule == "l2" else (ratio <= 1.0)
+    return l2, ratio, ext
+
+
+class _UnionFind:
+    def __init__(self):
+        self.parent: dict[int, int] = {}
+
+    def find(self, x: int) -> int:
+        p = self.parent.setdefault(x, x)
+        while p != self.parent[p]:
+            self.parent[p] = self.parent[self.parent[p]]
+            p = self.parent[p]
+        self.parent[x] = p
+        return p
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def count_unique(
+    sample_ids: Sequence[str],
+    train_ids: np.ndarray,
+    l2: np.ndarray,
+    ratio: np.ndarray,
+    extracted: np.ndarray,
+    train_images: Any,
+    train_keys: Sequence[str],
+    settings: VerifySettings,
+    *,
+    device: Any = "auto",
+) -> list[Extraction]:
+    """Credit each training image (duplicate group) to its first extracting generation (module rule)."""
+    hits = np.flatnonzero(extracted)
+    if len(hits) == 0:
+        return []
+    matched = np.unique(train_ids[hits])
+    radius = max(settings.eidetic_delta, settings.dup_delta)
+    neigh = radius_neighbors(np.asarray(train_images)[matched], train_images, radius, device=device)
+    uf = _UnionFind()
+    eidetic: dict[int, int] = {}
+    for j, (idx, dist) in zip(matched.tolist(), neigh):
+        eidetic[j] = int((dist <= settings.eidetic_delta).sum())
+        uf.find(j)
+        for y in idx[dist <= settings.dup_delta].tolist():
+            uf.union(j, y)
+    members: dict[int, list[int]] = {}
+    for x in list(uf.parent):
+        members.setdefault(uf.find(x), []).append(x)
+    first: dict[int, Extraction] = {}
+    for i in hits.tolist():
+        j = int(train_ids[i])
+        g = uf.find(j)
+        if g in first:
+            first[g].n_matching_samples += 1
+            continue
+        r = float(ratio[i])
+        first[g] = Extraction(
+            sample=str(sample_ids[i]), sample_index=int(i), train_id=j, train_key=str(train_keys[j]),
+            l2=float(l2[i]), ratio=r if np.isfinite(r) else None, eidetic_k=eidetic[j], n_matching_samples=1,
+            duplicates=sorted(x for x in members[g] if x != j),
+        )
+    return sorted(first.values(), key=lambda e: e.sample_index)
+
+
+def verify(
+    samples: Any,
+    sample_ids: Sequence[str],
+    train_images: Any,
+    train_keys: Sequence[str],
+    *,
+    settings: VerifySettings | None = None,
+    knn: KnnResult | None = None,
+    backend: str = "torch",
+    device: Any = "auto",
+    compute: str = "auto",
+    progress: Callable[[int], None] | None = None,
+) -> Verification:
+    """Verify generations against a training set (module docstring).
+
+    samples: uint8 (Q, H, W, C) (or a block source, see :func:`~diffaudit.distances.knn.knn_search`);
+    train_images: uint8 (N, H, W, C), random access; ``knn``: a precomputed search of the samples
+    against the training set with k ≥ n (else it is computed here).
+    """
+    s = (settings or VerifySettings()).validate()
+    train = np.asarray(train_images.images if hasattr(train_images, "images") else train_images)
+    n_train = len(train)
+    if len(train_keys) != n_train:
+        raise DiffauditError(f"{n_train} training images but {len(train_keys)} keys")
+    n = neighborhood_size(n_train, s.n_neighbors)
+    if knn is None:
+        knn = knn_search(samples, train, n, backend=backend, device=device, compute=compute, progress=progress)
+    if knn.distances.shape[1] < n:
+        raise DiffauditError(f"the neighbour search holds {knn.distances.shape[1]} neighbours per sample, {n} are needed")
+    if len(sample_ids) != len(knn.indices):
+        raise DiffauditError(f"{len(knn.indices)} samples searched but {len(sample_ids)} sample ids")
+    l2, ratio, ext = decide(knn, s, n_train)
+    ids = knn.indices[:, 0]
+    extracted = count_unique(sample_ids, ids, l2, ratio, ext, train, train_keys, s, device=device)
+    return Verification(len(sample_ids), n_train, s, n, extracted, int(ext.sum()), ids, l2, ratio, ext)
+
+
+def check_prompt_map(
+    images: np.ndarray,
+    sample_ids: Sequence[str],
+    captions: Sequence[str],
+    prompt_map: dict[str, list[int]],
+    train_images: np.ndarray,
+    train_keys: Sequence[str],
+    *,
+    delta: float = DEFAULT_DELTA,
+    select: Sequence[int] | None = None,
+) -> list[dict[str, Any]]:
+    """Check generations against their own prompt's training image(s) under every crop alignment.
+
+    prompt_map: prompt -> training indices (the images that caption came from); ``select``: sample
+    positions to check (default all). For each checked sample of a mapped prompt: the best training
+    image and window. Returns dicts {prompt, sample, train_id, train_key, l2, offset, extracted}
+    (extracted: ℓ2 ≤ δ, paper §4.2.1 step 5).
+    """
+    check_threshold(delta, "--delta")
+    out = []
+    positions = range(len(sample_ids)) if select is None else select
+    for i in positions:
+        prompt = captions[i]
+        targets = prompt_map.get(prompt)
+        if not targets:
+            continue
+        best = None
+        for j in targets:
+            d, off = crop_aligned_l2(images[i], train_images[j])
+            if best is None or d < best[0]:
+                best = (d, off, j)
+        d, off, j = best
+        out.append({"prompt": prompt, "sample": str(sample_ids[i]), "train_id": int(j), "train_key": str(train_keys[j]),
+                    "l2": d, "offset": list(off), "extracted": bool(d <= delta)})
+    return out

@@ -1,0 +1,208 @@
+"""``diffaudit extract``: generate-and-filter (paper §4.2.1) and its black-box unconditional mode."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffaudit.attacks.extraction.blackbox import DEFAULT_K_NEIGHBORS, DEFAULT_MAX_COMPONENT, extract_unconditional
+from diffaudit.attacks.extraction.calibration import calibrate, parse_float_list, parse_int_list
+from diffaudit.attacks.extraction.cliques import DEFAULT_MAX_EXPANSIONS
+from diffaudit.attacks.extraction.filter import FilterSettings, PromptResult, filter_prompt, group_by_prompt, rank_prompts
+from diffaudit.attacks.extraction.graph import DEFAULT_EDGE_THRESHOLD, DEFAULT_MIN_CLIQUE, check_threshold, near_duplicate_graph
+from diffaudit.attacks.extraction.knn_cache import cached_knn
+from diffaudit.cli.common import add_run_args, emit
+from diffaudit.core.device import resolve_device
+from diffaudit.core.errors import DiffauditError
+from diffaudit.core.faults import fault_point
+from diffaudit.core.io import read_json, write_json_atomic
+from diffaudit.core.outdir import prepare_out_dir
+from diffaudit.core.progress import Timer, progress_bar, stage_line
+from diffaudit.core.results import write_result
+from diffaudit.distances.knn_backends import KNN_BACKENDS
+from diffaudit.distances.pixel import DEFAULT_GRID
+from diffaudit.store import read_samples
+
+NAME = "extract"
+HELP = "find memorized generations: near-duplicate cliques per prompt (tiled l2), or among unconditional samples"
+DESCRIPTION = (
+    "Generate-and-filter (Carlini et al. 2023, Sec. 4.2.1). Conditional samples (with prompts): for each prompt, "
+    "a graph over its generations with an edge where the tiled l2 (max over 4x4 same-position tiles) is <= "
+    "--edge-threshold; the prompt is flagged when the maximum clique has >= --min-clique members; flagged prompts "
+    "are ranked by the clique's mean internal distance and represented by its medoid. Unconditional samples (no "
+    "prompts): exact nearest neighbours among the generations give a sparse near-duplicate graph, and every clique "
+    "of >= --min-clique inside its connected components is reported (one per memorized image), without the "
+    "training set. --calibrate GROUND_TRUTH sweeps the edge threshold and clique size and reports precision/recall. "
+    "Writes result.json in --out; follow with `diffaudit verify --from-extract OUT/result.json`."
+)
+
+#: Prompts per resumable part file.
+PROMPTS_PER_PART = 64
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--samples", required=True, help="generations: a sample store, image folder, WebDataset shards or .npz "
+                                                    "(uint8 `images`, optional per-image `prompts`)")
+    add_run_args(p)
+    g = p.add_argument_group("filter")
+    g.add_argument("--mode", choices=("auto", "conditional", "unconditional"), default="auto",
+                   help="auto: conditional when the samples carry prompts")
+    g.add_argument("--edge-threshold", type=float, default=DEFAULT_EDGE_THRESHOLD,
+                   help="edge when tiled l2 <= this, in (0, 1] (not published by the paper; calibrate it)")
+    g.add_argument("--min-clique", type=int, default=DEFAULT_MIN_CLIQUE, help="flag when the largest clique has at least this many members")
+    g.add_argument("--grid", type=int, default=DEFAULT_GRID, help="tiles per side of the tiled l2")
+    g.add_argument("--max-expansions", type=int, default=DEFAULT_MAX_EXPANSIONS,
+                   help="node-expansion bound of each clique search (deterministic; results say when it was hit)")
+    b = p.add_argument_group("unconditional (black-box) mode")
+    b.add_argument("--k-neighbors", type=int, default=DEFAULT_K_NEIGHBORS, help="nearest neighbours per generation in the sparse graph")
+    b.add_argument("--max-component", type=int, default=DEFAULT_MAX_COMPONENT, help="largest connected component analysed in full")
+    b.add_argument("--backend", choices=sorted(KNN_BACKENDS), default="torch", help="exact nearest-neighbour backend")
+    c = p.add_argument_group("calibration")
+    c.add_argument("--calibrate", default=None, metavar="GROUND_TRUTH",
+                   help="memorized prompts: a JSON list (or {\"memorized\": [...]}) or a text file, one prompt per line")
+    c.add_argument("--sweep-thresholds", default="0.025,0.05,0.075,0.1,0.125,0.15,0.2", help="edge thresholds to sweep")
+    c.add_argument("--sweep-min-clique", default="2,3,5,10,20,50", help="clique sizes to sweep")
+
+
+def _load_ground_truth(path: str) -> set[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise DiffauditError(f"--calibrate {p}: file does not exist")
+    if p.suffix.lower() == ".json":
+        data = read_json(p)
+        if isinstance(data, dict):
+            data = data.get("memorized")
+        if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
+            raise DiffauditError(f"--calibrate {p}: expected a JSON list of prompts or {{\"memorized\": [prompts]}}")
+        return set(data)
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise DiffauditError(f"--calibrate {p}: not UTF-8 text") from None
+    return {ln for ln in (x.strip() for x in lines) if ln}
+
+
+def _settings(args: argparse.Namespace, mode: str) -> dict[str, Any]:
+    s: dict[str, Any] = {
+        "samples": str(args.samples), "mode": mode, "edge_threshold": args.edge_threshold, "min_clique": args.min_clique,
+        "grid": args.grid, "max_expansions": args.max_expansions,
+    }
+    if mode == "unconditional":
+        s.update(k_neighbors=args.k_neighbors, max_component=args.max_component)
+    if args.calibrate:
+        for t in parse_float_list(args.sweep_thresholds, "--sweep-thresholds"):
+            check_threshold(t, "--sweep-thresholds")
+        s.update(calibrate=str(args.calibrate), sweep_thresholds=parse_float_list(args.sweep_thresholds, "--sweep-thresholds"),
+                 sweep_min_clique=parse_int_list(args.sweep_min_clique, "--sweep-min-clique"))
+    return s
+
+
+def _conditional(args, ds, fs: FilterSettings, out: Path, device) -> dict[str, Any]:
+    groups = group_by_prompt(ds.captions)
+    parts_dir = out / "parts"
+    results: list[PromptResult] = []
+    with Timer() as t, progress_bar("extract: filter prompts", len(groups), unit="prompt") as bar:
+        for part, lo in enumerate(range(0, len(groups), PROMPTS_PER_PART)):
+            path = parts_dir / f"part-{part:06d}.json"
+            chunk = groups[lo:lo + PROMPTS_PER_PART]
+            if path.exists():
+                done = [PromptResult(**d) for d in read_json(path)]
+                if [d.prompt for d in done] == [p for p, _ in chunk]:
+                    results += done
+                    bar.advance(len(chunk))
+                    continue
+            part_results = []
+            for j, (prompt, idx) in enumerate(chunk):
+                part_results.append(filter_prompt(ds.images[idx], [ds.keys[i] for i in idx], prompt, settings=fs,
+                                                  prompt_index=lo + j, device=device))
+                bar.advance(1)
+            write_json_atomic(path, [r.to_dict() for r in part_results])
+            fault_point("extract-part")
+            results += part_results
+    ranked = rank_prompts(results)
+    n_flagged = sum(r.flagged for r in ranked)
+    stage_line(f"extract: {n_flagged} of {len(ranked)} prompts flagged ({t.seconds:.1f} s)")
+    fields: dict[str, Any] = {
+        "mode": "conditional", "n_samples": len(ds), "n_prompts": len(ranked), "n_flagged": n_flagged,
+        "bound_hit": any(r.bound_hit for r in ranked), "prompts": [r.to_dict() for r in ranked],
+    }
+    if args.calibrate:
+        truth = args._ground_truth
+        dists = []
+        with progress_bar("extract: calibration distances", len(groups), unit="prompt") as bar:
+            for _, idx in groups:
+                dists.append(near_duplicate_graph(ds.images[idx], threshold=1.0, grid=fs.grid, device=device).distances)
+                bar.advance(1)
+        points = calibrate(dists, [p in truth for p, _ in groups],
+                           thresholds=parse_float_list(args.sweep_thresholds, "--sweep-thresholds"),
+                           clique_sizes=parse_int_list(args.sweep_min_clique, "--sweep-min-clique"),
+                           max_expansions=fs.max_expansions)
+        known = {p for p, _ in groups}
+        fields["calibration"] = {
+            "n_memorized": len(truth & known), "unknown_prompts": len(truth - known),
+            "points": [pt.to_dict() for pt in points],
+        }
+    return fields
+
+
+def _unconditional(args, ds, fs: FilterSettings, out: Path, device) -> dict[str, Any]:
+    n = len(ds)
+    if n < 2:
+        raise DiffauditError(f"{args.samples}: {n} sample(s); the unconditional mode needs at least 2")
+    k = min(args.k_neighbors, n - 1)
+    with Timer() as t, progress_bar("extract: nearest generations", n, unit="img") as bar:
+        knn = cached_knn(ds.images, ds.images, k, out / "knn", exclude_self=True, backend=args.backend, device=device,
+                         fault_name="extract-knn", progress=bar.advance)
+    stage_line(f"extract: exact {k}-NN among {n} generations ({t.seconds:.1f} s)")
+    with Timer() as t, progress_bar("extract: cliques per component", None, unit="comp") as bar:
+        res = extract_unconditional(ds.images, ds.keys, settings=fs, k_neighbors=k, max_component=args.max_component,
+                                    knn=knn, device=device, progress=bar.advance)
+    stage_line(f"extract: {len(res.groups)} cliques of >= {fs.min_clique} in {res.n_components} components ({t.seconds:.1f} s)")
+    return {
+        "mode": "unconditional", "n_samples": n, "n_groups": len(res.groups), "bound_hit": res.bound_hit,
+        "k_neighbors": k, "n_candidate_edges": res.n_candidate_edges, "n_components": res.n_components,
+        "n_saturated": res.n_saturated, "groups": [g.to_dict() for g in res.groups],
+    }
+
+
+def _summary(r: dict[str, Any], out: Path) -> str:
+    if r["mode"] == "conditional":
+        top = next((p for p in r["prompts"] if p["flagged"]), None)
+        extra = f"; top: {top['prompt'][:60]!r} (clique {top['largest_clique']}, medoid {top['medoid']})" if top else ""
+        return f"extract: {r['n_flagged']} of {r['n_prompts']} prompts flagged{extra} -> {out / 'result.json'}"
+    sizes = ", ".join(str(g["size"]) for g in r["groups"][:10])
+    return f"extract: {r['n_groups']} cliques of near-identical generations (sizes {sizes or '-'}) -> {out / 'result.json'}"
+
+
+def run(args: argparse.Namespace) -> int:
+    fs = FilterSettings(args.edge_threshold, args.min_clique, args.grid, args.max_expansions).validate()
+    if args.k_neighbors < 1:
+        raise DiffauditError(f"--k-neighbors must be at least 1, got {args.k_neighbors}")
+    if args.max_component < args.min_clique:
+        raise DiffauditError(f"--max-component ({args.max_component}) must be at least --min-clique ({args.min_clique})")
+    device = resolve_device(args.device)
+    ds = read_samples(args.samples)
+    mode = args.mode
+    if mode == "auto":
+        mode = "conditional" if ds.captions is not None else "unconditional"
+    if mode == "conditional" and ds.captions is None:
+        raise DiffauditError(f"--mode conditional: {args.samples} carries no prompts; use --mode unconditional")
+    if args.calibrate:
+        if mode != "conditional":
+            raise DiffauditError("--calibrate needs prompts (conditional samples): the ground truth names memorized prompts")
+        args._ground_truth = _load_ground_truth(args.calibrate)
+    settings = _settings(args, mode)
+    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
+    result_path = out / "result.json"
+    if resumed and result_path.exists():
+        result = read_json(result_path)
+        emit(args, result, _summary(result, out) + " (already finished)")
+        return 0
+    fields = (_conditional if mode == "conditional" else _unconditional)(args, ds, fs, out, device)
+    fields["runtime"] = {"device": str(device), "backend": args.backend}
+    result = write_result(result_path, NAME, settings, {"seed": args.seed}, **fields)
+    emit(args, result, _summary(result, out))
+    return 0

@@ -1,0 +1,88 @@
+"""``diffaudit prompts``: the captions of the most duplicated training images, as a prompt file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit
+from diffaudit.core.device import resolve_device
+from diffaudit.core.errors import DiffauditError
+from diffaudit.core.io import read_json
+from diffaudit.core.outdir import prepare_out_dir
+from diffaudit.core.progress import stage_line
+from diffaudit.core.results import write_result
+from diffaudit.data import load_dataset
+from diffaudit.defenses.dedup import find_duplicates
+from diffaudit.defenses.embedders import EMBEDDERS, get_embedder
+from diffaudit.defenses.prompts import rank_prompts, write_prompt_file
+
+NAME = "prompts"
+HELP = "rank captions by the duplication of their images and write the top N as a prompt file"
+DESCRIPTION = (
+    "Step 1 of generate-and-filter (Carlini et al. 2023, Sec. 4.2.1): take the captions of the most duplicated "
+    "training images as prompts. Duplicate counts come from a `diffaudit dedup` run on the same --data "
+    "(--duplicates DIR) or are computed here with --embedder/--threshold. Writes prompts.txt (one per line, UTF-8) "
+    "for `diffaudit sample --prompts prompts.txt --per-prompt 500`, and result.json with each prompt's score "
+    "(largest duplicate count of its images) and image indices."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_data_args(p, required=True)
+    add_run_args(p)
+    g = p.add_argument_group("selection")
+    g.add_argument("--top", type=int, default=1000, help="prompts written (paper: 350,000 from LAION)")
+    g.add_argument("--min-score", type=int, default=0, help="keep captions whose images have at least this many duplicates")
+    g.add_argument("--duplicates", default=None, metavar="DEDUP_DIR",
+                   help="a `diffaudit dedup` output folder (or its result.json) made on the same --data")
+    g.add_argument("--embedder", choices=sorted(EMBEDDERS), default="pixel", help="embedder when --duplicates is not given")
+    g.add_argument("--threshold", type=float, default=None, help="duplicate threshold when --duplicates is not given")
+
+
+def _counts_from(path: str, keys: list[str]) -> np.ndarray:
+    p = Path(path)
+    r = read_json(p / "result.json" if p.is_dir() else p)
+    if r.get("command") != "dedup" or "duplicate_count" not in r:
+        raise DiffauditError(f"--duplicates {path}: not the output of `diffaudit dedup`")
+    index = {k: i for i, k in enumerate(keys)}
+    counts = np.zeros(len(keys), dtype=np.int64)
+    if len(r["duplicate_count"]) != len(keys):
+        raise DiffauditError(f"--duplicates {path}: made on {len(r['duplicate_count'])} images, but --data has {len(keys)}; "
+                             "run dedup on the same --data and options")
+    for g in r.get("groups", []):
+        for k in g.get("keys", []):
+            if k not in index:
+                raise DiffauditError(f"--duplicates {path}: key {k!r} is not in --data; run dedup on the same --data")
+            counts[index[k]] = len(g["keys"]) - 1
+    return counts
+
+
+def run(args: argparse.Namespace) -> int:
+    opts = data_options(args)
+    settings = {"data": str(args.data), "data_options": opts, "top": args.top, "min_score": args.min_score,
+                "duplicates": args.duplicates, "embedder": None if args.duplicates else args.embedder,
+                "threshold": None if args.duplicates else args.threshold}
+    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
+    if resumed and (out / "result.json").exists():
+        r = read_json(out / "result.json")
+        emit(args, r, f"{r['n_prompts']} prompts in {out / 'prompts.txt'} (already finished)")
+        return 0
+    ds = load_dataset(args.data, **opts)
+    if ds.captions is None:
+        raise DiffauditError(f"--data {args.data}: the dataset has no captions (WebDataset .txt or npz `captions` needed)")
+    if args.duplicates:
+        counts = _counts_from(args.duplicates, ds.keys)
+    else:
+        emb = get_embedder(args.embedder, **({"device": str(resolve_device(args.device))} if args.embedder == "clip" else {}))
+        counts = find_duplicates(ds.images, emb, threshold=args.threshold, seed=args.seed).duplicate_count
+    ranked = rank_prompts(ds.captions, counts, top=args.top, min_score=args.min_score)
+    write_prompt_file(out / "prompts.txt", ranked)
+    r = write_result(out / "result.json", NAME, settings, {"seed": args.seed}, prompt_file="prompts.txt",
+                     n_prompts=len(ranked), n_images=len(ds), n_duplicated_images=int((counts > 0).sum()),
+                     prompts=[x.to_dict() for x in ranked])
+    stage_line(f"prompts: {len(ranked)} prompts -> {out / 'prompts.txt'}")
+    emit(args, r, f"{len(ranked)} prompts in {out / 'prompts.txt'}")
+    return 0

@@ -1,0 +1,213 @@
+"""``diffaudit verify``: which generations reproduce training images (paper §2.2, §4.2.1 step 5, §5.1)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffaudit.attacks.extraction.knn_cache import cached_knn
+from diffaudit.attacks.extraction.verification import (
+    DEFAULT_DELTA,
+    DEFAULT_EIDETIC_DELTA,
+    RULES,
+    Verification,
+    VerifySettings,
+    check_prompt_map,
+    verify,
+)
+from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit
+from diffaudit.core.device import resolve_device
+from diffaudit.core.errors import DiffauditError
+from diffaudit.core.io import read_json, save_npz_atomic
+from diffaudit.core.outdir import prepare_out_dir
+from diffaudit.core.progress import Timer, progress_bar, stage_line
+from diffaudit.core.results import write_result
+from diffaudit.core.seeds import derive_seed, numpy_rng
+from diffaudit.data import load_dataset
+from diffaudit.data.dataset import ImageDataset
+from diffaudit.distances.frechet import fid_from_file
+from diffaudit.distances.knn_backends import KNN_BACKENDS
+from diffaudit.distances.normalized import DEFAULT_ALPHA, DEFAULT_NEIGHBORS, neighborhood_size
+from diffaudit.store import read_samples
+
+NAME = "verify"
+HELP = "verify generations against the training set: (l2, delta)-extraction or the normalised distance, unique counts"
+DESCRIPTION = (
+    "For every generation (or only the flagged medoids of `diffaudit extract`, --from-extract), its exact nearest "
+    "training images in --data. --rule l2: extracted when l2 <= --delta (0.15). --rule ratio (default for samples "
+    "without prompts): l2 to the nearest divided by alpha times the mean l2 to the n nearest (alpha 0.5, "
+    "n = min(50, N-1)) is <= 1 (Carlini et al. 2023, Sec. 5.1). Each training image is counted once (its first "
+    "generation) and training images within --dup-delta of each other count as one; eidetic_k is the number of "
+    "training images within --eidetic-delta of the match, itself included. --baseline DATASET repeats the "
+    "verification against an equal-size set the model never saw (false-positive baseline). --train-map checks "
+    "each prompt's generations against its own training image(s) under every crop alignment. Works on samples "
+    "from any generator (e.g. a GAN's, in a folder or .npz)."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--samples", required=True, help="generations: a sample store, image folder, WebDataset shards or .npz")
+    add_data_args(p, required=True)
+    add_run_args(p)
+    g = p.add_argument_group("verification")
+    g.add_argument("--rule", choices=("auto",) + RULES, default="auto",
+                   help="l2: (l2, delta)-extraction; ratio: normalised distance <= 1; auto: ratio without prompts, else l2")
+    g.add_argument("--delta", type=float, default=DEFAULT_DELTA, help="delta of (l2, delta)-extraction, in (0, 1]")
+    g.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="alpha of the normalised distance")
+    g.add_argument("--n-neighbors", type=int, default=DEFAULT_NEIGHBORS, help="n of the normalised distance (capped at N_train - 1)")
+    g.add_argument("--eidetic-delta", type=float, default=DEFAULT_EIDETIC_DELTA, help="radius of the eidetic count, in (0, 1]")
+    g.add_argument("--dup-delta", type=float, default=DEFAULT_EIDETIC_DELTA,
+                   help="training images within this l2 of each other count as one image, in (0, 1]")
+    g.add_argument("--from-extract", default=None, metavar="RESULT", help="verify only the flagged medoids of this extract result.json")
+    g.add_argument("--baseline", default=None, metavar="DATASET",
+                   help="images the model never saw (e.g. cifar10-test): same verification, reported as the false-positive baseline")
+    g.add_argument("--train-map", default=None, metavar="MAP",
+                   help="JSON {prompt: [training keys or indices]}: check each prompt's generations against its own images, every crop alignment")
+    g.add_argument("--fid-features", default=None, metavar="NPZ",
+                   help=".npz with feature matrices `samples` and `reference` (or their mu_/sigma_ statistics), e.g. Inception "
+                        "pool3 features computed elsewhere; without it fid is 'not computed'")
+    g.add_argument("--backend", choices=sorted(KNN_BACKENDS), default="torch", help="exact nearest-neighbour backend")
+
+
+def _select_from_extract(path: str, samples: ImageDataset) -> tuple[ImageDataset, list[str]]:
+    r = read_json(path)
+    if r.get("command") != "extract":
+        raise DiffauditError(f"--from-extract {path}: not a result.json of `diffaudit extract`")
+    medoids = [p["medoid"] for p in r.get("prompts", []) if p.get("flagged") and p.get("medoid") is not None]
+    medoids += [g["medoid"] for g in r.get("groups", [])]
+    index = samples.index_of()
+    missing = [m for m in medoids if m not in index]
+    if missing:
+        raise DiffauditError(f"--from-extract {path}: {len(missing)} medoid(s) are not in --samples (first: {missing[0]}); "
+                             "pass the samples the extract ran on")
+    return samples.subset([index[m] for m in medoids]), medoids
+
+
+def _load_train_map(path: str, train: ImageDataset) -> dict[str, list[int]]:
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise DiffauditError(f"--train-map {path}: expected a JSON object {{prompt: [training keys or indices]}}")
+    index = train.index_of()
+    out: dict[str, list[int]] = {}
+    for prompt, refs in data.items():
+        refs = refs if isinstance(refs, list) else [refs]
+        ids = []
+        for ref in refs:
+            if isinstance(ref, int) and not isinstance(ref, bool):
+                if not 0 <= ref < len(train):
+                    raise DiffauditError(f"--train-map {path}: index {ref} of prompt {prompt!r} is outside --data (N = {len(train)})")
+                ids.append(ref)
+            elif isinstance(ref, str) and ref in index:
+                ids.append(index[ref])
+            else:
+                raise DiffauditError(f"--train-map {path}: {ref!r} (prompt {prompt!r}) is not a key or index of --data")
+        out[str(prompt)] = ids
+    return out
+
+
+def _run_verification(label: str, samples: ImageDataset, train: ImageDataset, vs: VerifySettings, out: Path, cache: str,
+                      args, device) -> Verification:
+    n = neighborhood_size(len(train), vs.n_neighbors)
+    with Timer() as t, progress_bar(f"verify: nearest {label} images", len(samples), unit="img") as bar:
+        knn = cached_knn(samples.images, train.images, n, out / cache, backend=args.backend, device=device,
+                         fault_name="verify-knn", progress=bar.advance)
+    v = verify(samples.images, samples.keys, train.images, train.keys, settings=vs, knn=knn, device=device)
+    stage_line(f"verify: {v.unique_extracted} unique {label} images extracted by {v.n_extracting_samples} of "
+               f"{len(samples)} generations ({t.seconds:.1f} s)")
+    return v
+
+
+def _check_shapes(samples: ImageDataset, other: ImageDataset, what: str) -> None:
+    if samples.image_shape != other.image_shape:
+        raise DiffauditError(
+            f"--samples images are {samples.image_shape} (H, W, C) but {what} images are {other.image_shape}; "
+            "load them at the same size (--image-size, --mode)"
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    rule = args.rule
+    vs_probe = VerifySettings("l2" if rule == "auto" else rule, args.delta, args.alpha, args.n_neighbors,
+                              args.eidetic_delta, args.dup_delta).validate()
+    device = resolve_device(args.device)
+    opts = data_options(args)
+    train = load_dataset(args.data, **opts)
+    samples = read_samples(args.samples)
+    n_samples_total = len(samples)
+    medoids = None
+    if args.from_extract:
+        samples, medoids = _select_from_extract(args.from_extract, samples)
+    if rule == "auto":
+        rule = "l2" if samples.captions is not None else "ratio"
+    vs = VerifySettings(rule, vs_probe.delta, vs_probe.alpha, vs_probe.n_neighbors, vs_probe.eidetic_delta, vs_probe.dup_delta)
+    prompt_map = _load_train_map(args.train_map, train) if args.train_map else None
+    if prompt_map is not None and samples.captions is None:
+        raise DiffauditError("--train-map needs samples with prompts; these samples carry none")
+    if len(samples) and prompt_map is None:
+        _check_shapes(samples, train, "--data")
+    settings = {
+        "samples": str(args.samples), "data": str(args.data), "data_options": opts, "rule": rule, "delta": vs.delta,
+        "alpha": vs.alpha, "n_neighbors": vs.n_neighbors, "eidetic_delta": vs.eidetic_delta, "dup_delta": vs.dup_delta,
+        "from_extract": args.from_extract, "baseline": args.baseline, "train_map": args.train_map,
+        "fid_features": args.fid_features,
+    }
+    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
+    result_path = out / "result.json"
+    if resumed and result_path.exists():
+        result = read_json(result_path)
+        emit(args, result, _summary(result, out) + " (already finished)")
+        return 0
+    fields: dict[str, Any] = {"n_samples": len(samples), "n_samples_total": n_samples_total, "n_train": len(train), "rule": rule,
+                              "n_neighbors": neighborhood_size(len(train), vs.n_neighbors)}
+    if medoids is not None:
+        fields["verified_medoids"] = medoids
+    if len(samples) == 0:
+        fields.update(extracted=[], unique_extracted=0, n_extracting_samples=0)
+    elif prompt_map is None or samples.image_shape == train.image_shape:
+        v = _run_verification("training", samples, train, vs, out, "knn", args, device)
+        save_npz_atomic(out / "per_sample.npz", sample=np.array(samples.keys, dtype=str), train_id=v.train_ids,
+                        l2=v.l2, ratio=v.ratio, extracted=v.is_extracted)
+        fields.update(extracted=[e.to_dict() for e in v.extracted], unique_extracted=v.unique_extracted,
+                      n_extracting_samples=v.n_extracting_samples, per_sample_file="per_sample.npz")
+    else:
+        fields.update(extracted=None, unique_extracted=None, n_extracting_samples=None,
+                      note="samples and --data differ in size: only the --train-map crop-alignment check was run")
+    fields["baseline_unique_extracted"] = None
+    if args.baseline:
+        base_opts = dict(opts, subset=None)
+        base = load_dataset(args.baseline, **base_opts)
+        if len(base) > len(train):
+            pick = np.sort(numpy_rng(derive_seed(args.seed, "verify-baseline")).choice(len(base), len(train), replace=False))
+            base = base.subset(pick)
+        if len(samples):
+            _check_shapes(samples, base, "--baseline")
+            vb = _run_verification("baseline", samples, base, vs, out, "knn-baseline", args, device)
+            fields["baseline_unique_extracted"] = vb.unique_extracted
+            fields["baseline"] = {"source": str(args.baseline), "n_images": len(base), "equal_size": len(base) == len(train),
+                                  "n_extracting_samples": vb.n_extracting_samples,
+                                  "extracted": [e.to_dict() for e in vb.extracted]}
+        else:
+            fields["baseline_unique_extracted"] = 0
+    if prompt_map is not None:
+        with Timer() as t:
+            checks = check_prompt_map(samples.images, samples.keys, samples.captions, prompt_map, train.images, train.keys,
+                                      delta=vs.delta)
+        fields["prompt_checks"] = checks
+        fields["prompt_checks_extracted"] = sum(c["extracted"] for c in checks)
+        stage_line(f"verify: {fields['prompt_checks_extracted']} of {len(checks)} mapped generations within delta of "
+                   f"their own training image ({t.seconds:.1f} s)")
+    fields["fid"] = fid_from_file(args.fid_features) if args.fid_features else "not computed"
+    fields["runtime"] = {"device": str(device), "backend": args.backend}
+    result = write_result(result_path, NAME, settings, {"seed": args.seed}, **fields)
+    emit(args, result, _summary(result, out))
+    return 0
+
+
+def _summary(r: dict[str, Any], out: Path) -> str:
+    base = "" if r.get("baseline_unique_extracted") is None else f" (baseline: {r['baseline_unique_extracted']})"
+    ue = r.get("unique_extracted")
+    return (f"verify: {ue if ue is not None else 'n/a'} unique training images extracted from {r['n_samples']} generations "
+            f"by rule {r['rule']}{base} -> {out / 'result.json'}")

@@ -1,0 +1,180 @@
+"""The canary experiment end to end: insert, train, measure exposure, generate, verify.
+
+Stages (each resumable inside ``out``; a finished stage is never redone):
+
+1. ``canaries.json`` (the membership record: every canary's key, index, repeats, source) and
+   ``canaries.npz`` (inserted canaries and references R, uint8).
+2. ``model/``: a diffaudit run directory from :func:`diffaudit.models.training.train` on the training
+   set plus the canaries, each repeated as planned (``model/train_ids.json`` records the repeats).
+3. ``losses.npz``: per-example loss (:func:`diffaudit.models.loss.per_example_loss`, t = 100 by
+   default, ``n_draws`` noise draws averaged) of every canary and reference -> exposure.
+4. ``samples/chunk-NNNNNN.npy``: ``n_samples`` generations (DDIM, seeds ``generation_seed(seed, 0, i)``),
+   verified against the training set with :func:`diffaudit.attacks.extraction.verification.verify`
+   (paper §5.1 rule ``ratio`` by default): a canary is extracted when a generation extracts it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffaudit.core.errors import DiffauditError
+from diffaudit.core.io import load_npy, read_json, save_npy_atomic, save_npz_atomic, write_json_atomic
+from diffaudit.core.progress import progress_bar, stage_line
+from diffaudit.core.seeds import derive_seed, generation_seed, numpy_rng
+from diffaudit.data.dataset import ImageDataset
+from diffaudit.defenses.canaries import CanaryPlan, exposure, exposure_curve, exposure_gaussian, insert_canaries
+
+SAMPLE_CHUNK = 1024
+
+
+@dataclass
+class CanaryEval:
+    """How canaries are measured after training.
+
+    Attributes:
+        timestep: t of the loss (paper: best in [50, 300]; 100 by default).
+        n_draws: noise draws averaged per loss (lower variance exposure).
+        noise_seed: seed of the loss noise (same for canaries and references).
+        n_samples: generations for the extraction check (0 skips it).
+        sample_steps: DDIM steps.
+        sample_seed: seed of the generations.
+        rule: verification rule, ``ratio`` (paper §5.1, unconditional) or ``l2`` (ℓ2 ≤ delta).
+        delta: δ of the ``l2`` rule.
+        micro_batch: images per sampler call.
+    """
+
+    timestep: int = 100
+    n_draws: int = 4
+    noise_seed: int = 0
+    n_samples: int = 256
+    sample_steps: int = 20
+    sample_seed: int = 0
+    rule: str = "ratio"
+    delta: float = 0.15
+    micro_batch: int = 64
+
+
+def _labels_for(plan: CanaryPlan, record: dict[str, Any], dataset: ImageDataset) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if dataset.labels is None:
+        return None, None
+    n_classes = int(dataset.labels.max()) + 1
+    can = np.asarray([c["label"] for c in record["canaries"]], dtype=np.int64)
+    ref = numpy_rng(derive_seed(plan.seed, "reference-labels")).integers(0, n_classes, size=len(plan.reference_keys))
+    return can, ref.astype(np.int64)
+
+
+def _losses(run: Path, plan: CanaryPlan, labels: tuple, ev: CanaryEval, out: Path, device) -> tuple[np.ndarray, np.ndarray]:
+    path = out / "losses.npz"
+    if path.exists():
+        with np.load(path, allow_pickle=False) as z:
+            return z["canary"], z["reference"]
+    from diffaudit.models.denoiser import load_denoiser
+    from diffaudit.models.loss import per_example_loss
+
+    den = load_denoiser(run, device=device)
+    images = np.concatenate([plan.images, plan.reference])
+    lab = None if labels[0] is None else np.concatenate(labels)
+    loss = per_example_loss(den, images, timesteps=(ev.timestep,), n_draws=ev.n_draws, noise_seed=ev.noise_seed,
+                            labels=lab, indices=np.arange(len(images)))
+    mean = loss[:, 0, :].mean(1)
+    can, ref = mean[:len(plan.images)], mean[len(plan.images):]
+    save_npz_atomic(path, canary=can, reference=ref, timestep=np.int64(ev.timestep), n_draws=np.int64(ev.n_draws))
+    return can, ref
+
+
+def _samples(run: Path, ev: CanaryEval, out: Path, device, n_classes: int | None) -> np.ndarray:
+    from diffaudit.models.denoiser import load_denoiser
+    from diffaudit.sampling.generate import generate_images
+
+    folder = out / "samples"
+    parts = []
+    den = None
+    with progress_bar("canaries: generate", ev.n_samples, unit="img") as bar:
+        for c, s in enumerate(range(0, ev.n_samples, SAMPLE_CHUNK)):
+            path = folder / f"chunk-{c:06d}.npy"
+            if path.exists():
+                parts.append(load_npy(path))
+            else:
+                den = den or load_denoiser(run, device=device)
+                idx = range(s, min(ev.n_samples, s + SAMPLE_CHUNK))
+                labels = None if n_classes is None else [i % n_classes for i in idx]
+                imgs = generate_images(den, [generation_seed(ev.sample_seed, 0, i) for i in idx], steps=ev.sample_steps,
+                                       labels=labels, micro_batch=ev.micro_batch)
+                save_npy_atomic(path, imgs)
+                parts.append(imgs)
+            bar.advance(len(parts[-1]))
+    return np.concatenate(parts)
+
+
+def _extraction(samples: np.ndarray, combined: ImageDataset, plan: CanaryPlan, ev: CanaryEval, device) -> tuple[list[bool], np.ndarray, int]:
+    from diffaudit.attacks.extraction.verification import VerifySettings, verify
+    from diffaudit.distances.pairwise import pairwise_l2
+
+    ids = [f"p0-i{i}" for i in range(len(samples))]
+    v = verify(samples, ids, combined.images, combined.keys, settings=VerifySettings(rule=ev.rule, delta=ev.delta), device=device)
+    hit = set()
+    for e in v.extracted:
+        hit.add(e.train_key)
+        hit.update(combined.keys[int(d)] for d in (getattr(e, "duplicates", None) or []))
+    nearest = pairwise_l2(plan.images, samples, device=device).min(dim=1).values.double().cpu().numpy()
+    return [k in hit for k in plan.keys], nearest, v.unique_extracted
+
+
+def run_canary_experiment(dataset: ImageDataset, plan: CanaryPlan, config, out: str | Path, *, evaluation: CanaryEval,
+                          device="cpu", data_record: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Insert ``plan``'s canaries into ``dataset``, train with ``config`` (a ``TrainConfig``) and measure.
+
+    Returns the result fields: ``canaries`` (one {key, kind, repeats, loss, exposure,
+    exposure_gaussian, extracted, nearest_l2} per canary), ``curve`` (per repeat count), the
+    reference-loss summary, ``model`` (the run directory) and counts.
+    """
+    from diffaudit.models.training import train
+
+    out = Path(out)
+    if evaluation.rule not in ("ratio", "l2"):
+        raise DiffauditError(f"--rule must be ratio or l2; got {evaluation.rule!r}")
+    combined, repeats, record = insert_canaries(dataset, plan)
+    if not (out / "canaries.json").exists():
+        save_npz_atomic(out / "canaries.npz", canaries=plan.images, reference=plan.reference,
+                        keys=np.asarray(plan.keys, dtype=str), reference_keys=np.asarray(plan.reference_keys, dtype=str))
+        write_json_atomic(out / "canaries.json", record)
+    elif read_json(out / "canaries.json") != record:
+        raise DiffauditError(f"{out / 'canaries.json'} records other canaries; use --fresh to start over")
+    run = train(combined, config, out / "model", device=device, repeats=repeats,
+                data_record={**(data_record or {"source": dataset.source}), "canaries": "canaries.json"})
+    labels = _labels_for(plan, record, dataset) if config.class_conditional else (None, None)
+    can_loss, ref_loss = _losses(run, plan, labels, evaluation, out, device)
+    exp = exposure(can_loss, ref_loss)
+    exp_g = exposure_gaussian(can_loss, ref_loss)
+    extracted: list[bool | None] = [None] * len(plan.keys)
+    nearest = np.full(len(plan.keys), np.nan)
+    n_unique = None
+    if evaluation.n_samples > 0:
+        n_classes = int(dataset.labels.max()) + 1 if (config.class_conditional and dataset.labels is not None) else None
+        samples = _samples(run, evaluation, out, device, n_classes)
+        extracted, nearest, n_unique = _extraction(samples, combined, plan, evaluation, device)
+    stage_line(f"canaries: mean exposure {exp.mean():.2f} bits of {np.log2(len(ref_loss)):.2f}; "
+               f"{sum(bool(e) for e in extracted)} of {len(extracted)} canaries extracted")
+    rows = [{"key": k, "kind": plan.kind, "repeats": int(r), "index": record["canaries"][j]["index"],
+             "loss": float(can_loss[j]), "exposure": float(exp[j]), "exposure_gaussian": float(exp_g[j]),
+             "extracted": extracted[j], "nearest_l2": None if np.isnan(nearest[j]) else float(nearest[j])}
+            for j, (k, r) in enumerate(zip(plan.keys, plan.repeats))]
+    return {
+        "kind": plan.kind,
+        "model": str(run),
+        "n_train": len(dataset),
+        "n_canaries": len(plan.keys),
+        "n_reference": len(plan.reference_keys),
+        "max_exposure": float(np.log2(len(ref_loss))),
+        "reference_loss": {"mean": float(ref_loss.mean()), "std": float(ref_loss.std()), "min": float(ref_loss.min())},
+        "evaluation": asdict(evaluation),
+        "n_extracted": sum(bool(e) for e in extracted) if evaluation.n_samples > 0 else None,
+        "unique_extracted_training_images": n_unique,
+        "canaries": rows,
+        "curve": exposure_curve(plan.repeats, exp, extracted if evaluation.n_samples > 0 else None),
+        "membership_file": "canaries.json",
+    }

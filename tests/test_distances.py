@@ -1,0 +1,142 @@
+"""ℓ2, tiled ℓ2, pairwise GEMM distances and the normalised distance on hand-computed values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from diffaudit.core.errors import DiffauditError
+from diffaudit.distances import (
+    l2,
+    nearest_ratio,
+    neighborhood_size,
+    normalized_distance,
+    pairwise_l2,
+    pairwise_tile_mean_squares,
+    pairwise_tiled_l2,
+    tile_edges,
+    tile_l2,
+    tiled_l2,
+)
+from diffaudit.distances.pixel import tile_weights
+
+
+def test_l2_is_rms_on_unit_pixels():
+    a = np.zeros((4, 4, 1), np.uint8)
+    b = np.full((4, 4, 1), 255, np.uint8)
+    assert float(l2(a, b)) == pytest.approx(1.0)
+    b2 = np.zeros((4, 4, 1), np.uint8)
+    b2[0, 0, 0] = 255  # one pixel of 16 differs by 1.0 -> sqrt(1/16)
+    assert float(l2(a, b2)) == pytest.approx(0.25)
+    # floats in [0, 1] give the same answer as the uint8 they encode
+    assert float(l2(a.astype(np.float32), b2.astype(np.float32) / 255)) == pytest.approx(0.25)
+
+
+def test_tile_edges_uneven_and_errors():
+    assert tile_edges(8, 4) == [(0, 2), (2, 4), (4, 6), (6, 8)]
+    assert tile_edges(10, 4) == [(0, 3), (3, 6), (6, 8), (8, 10)]  # as numpy.array_split
+    assert [len(x) for x in np.array_split(np.arange(10), 4)] == [b - a for a, b in tile_edges(10, 4)]
+    np.testing.assert_allclose(tile_weights(10, 7, 3).sum(), 1.0)
+    with pytest.raises(DiffauditError, match="finer than the image"):
+        tile_edges(3, 4)
+    with pytest.raises(DiffauditError, match="at least 1"):
+        tile_edges(3, 0)
+
+
+def test_tiled_l2_is_the_worst_tile():
+    a = np.zeros((8, 8, 3), np.uint8)
+    b = a.copy()
+    b[0:2, 6:8] = 255  # tile (0, 3) of a 4x4 grid differs completely
+    t = tile_l2(a, b, grid=4)
+    assert t.shape == (4, 4)
+    assert float(t[0, 3]) == pytest.approx(1.0)
+    assert float(t.sum()) == pytest.approx(1.0)
+    assert float(tiled_l2(a, b)) == pytest.approx(1.0)
+    assert float(l2(a, b)) == pytest.approx(0.25)  # 4 of 64 pixels
+
+
+def test_flat_background_plain_small_tiled_large():
+    """The paper's motivation for the tiled ℓ2: a shared flat background hides a local difference."""
+    a = np.full((32, 32, 3), 128, np.uint8)
+    b = a.copy()
+    a[2:8, 2:8] = 100
+    b[2:8, 2:8] = 202  # a 6x6 patch differing by 0.4: ℓ2 = 0.4 * 6/32 = 0.075, worst 8x8 tile 0.4 * 6/8 = 0.3
+    assert float(l2(a, b)) == pytest.approx(0.075)
+    assert float(tiled_l2(a, b)) == pytest.approx(0.3)
+
+
+def test_pairwise_matches_paired_and_is_exact_on_cpu():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (7, 10, 9, 3), dtype=np.uint8)  # uneven 4x4 tiles
+    b = rng.integers(0, 256, (5, 10, 9, 3), dtype=np.uint8)
+    for grid in (1, 3, 4):
+        pw = pairwise_tiled_l2(a, b, grid=grid).numpy()
+        ref = np.array([[float(tiled_l2(a[i], b[j], grid=grid)) for j in range(5)] for i in range(7)])
+        np.testing.assert_allclose(pw, ref, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(pairwise_l2(a, b).numpy(), pairwise_tiled_l2(a, b, grid=1).numpy())
+    res = pairwise_tile_mean_squares(a, b, grid=4)
+    assert res.spec.kind == "float64" and res.margin == 0.0
+
+
+def test_pairwise_within_a_set_symmetric_zero_diagonal_and_blocked():
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (23, 12, 12, 1), dtype=np.uint8)
+    full = pairwise_tiled_l2(x).numpy()
+    tiny = pairwise_tiled_l2(x, block_bytes=600).numpy()  # forces many small blocks
+    np.testing.assert_array_equal(full, full.T)
+    assert np.all(np.diag(full) == 0)
+    np.testing.assert_allclose(tiny, full, atol=1e-12)
+
+
+def test_pairwise_float32_within_its_margin():
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
+    exact = pairwise_tile_mean_squares(x, grid=4, compute="float64").ms.numpy()
+    approx = pairwise_tile_mean_squares(x, grid=4, compute="float32")
+    assert approx.margin > 0
+    assert np.abs(approx.ms.numpy().astype(np.float64) - exact).max() <= approx.margin
+
+
+def test_shape_and_dtype_errors_name_the_input():
+    with pytest.raises(DiffauditError, match="different image shapes"):
+        l2(np.zeros((2, 4, 4, 3), np.uint8), np.zeros((2, 4, 5, 3), np.uint8))
+    with pytest.raises(DiffauditError, match="equal counts"):
+        l2(np.zeros((2, 4, 4, 3), np.uint8), np.zeros((3, 4, 4, 3), np.uint8))
+    with pytest.raises(DiffauditError, match="uint8 pixels"):
+        l2(np.zeros((2, 4, 4, 3), np.int32), np.zeros((2, 4, 4, 3), np.int32))
+    with pytest.raises(DiffauditError, match="compute precision"):
+        pairwise_l2(np.zeros((2, 4, 4, 3), np.uint8), compute="fp8")
+
+
+def test_normalized_distance_hand_computed():
+    # nearest at 0.02, neighbourhood mean (0.02 + 0.30 + 0.40) / 3 = 0.24 -> 0.02 / (0.5 * 0.24) = 1/6
+    d = np.array([[0.02, 0.30, 0.40], [0.20, 0.22, 0.24]])
+    r = nearest_ratio(d, n=3, alpha=0.5)
+    np.testing.assert_allclose(r, [0.02 / 0.12, 0.20 / 0.11])
+    assert r[0] <= 1 < r[1]
+    # α scales the ratio inversely; n restricts the neighbourhood
+    np.testing.assert_allclose(nearest_ratio(d, n=3, alpha=1.0), r / 2)
+    np.testing.assert_allclose(nearest_ratio(d, n=2, alpha=0.5)[0], 0.02 / (0.5 * 0.16))
+    # a neighbourhood entirely at distance 0 (duplicated training images): 0, never NaN
+    np.testing.assert_array_equal(normalized_distance(np.array([0.0]), np.zeros((1, 4))), [0.0])
+
+
+def test_neighborhood_size_rule():
+    assert neighborhood_size(50_000) == 50
+    assert neighborhood_size(30) == 29  # n = min(50, N_train - 1)
+    assert neighborhood_size(1) == 1
+    with pytest.raises(DiffauditError):
+        neighborhood_size(0)
+    with pytest.raises(DiffauditError, match="need the 5 nearest"):
+        nearest_ratio(np.zeros((2, 3)), n=5)
+
+
+def test_devices_agree_when_cuda_present():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA")
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    cpu = pairwise_tile_mean_squares(x, grid=4)
+    gpu = pairwise_tile_mean_squares(x, grid=4, device="cuda")
+    assert np.abs(gpu.ms.cpu().numpy() - cpu.ms.numpy()).max() <= gpu.margin

@@ -1,0 +1,161 @@
+"""Generate-and-filter on real CIFAR-10 images: known answers for the conditional and black-box modes."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffaudit.attacks.extraction import (
+    FilterSettings,
+    calibrate,
+    extract_unconditional,
+    filter_conditional,
+    near_duplicate_graph,
+    verify,
+    VerifySettings,
+)
+from diffaudit.attacks.extraction.filter import group_by_prompt
+from diffaudit.core.errors import DiffauditError
+from diffaudit.distances import pairwise_l2, pairwise_tiled_l2
+
+CIFAR = Path("/work/shared/data/cifar10")
+
+
+def cifar_images(n: int, split: str = "train") -> np.ndarray:
+    """The first ``n`` decoded images of a CIFAR-10 shard, uint8 (n, 32, 32, 3)."""
+    path = CIFAR / f"cifar10-{split}-000000.tar"
+    if not path.exists():
+        pytest.skip("CIFAR-10 shards absent")
+    out = []
+    with tarfile.open(path) as tf:
+        for m in tf:
+            if m.name.endswith(".jpg"):
+                out.append(np.asarray(Image.open(io.BytesIO(tf.extractfile(m).read())).convert("RGB")))
+                if len(out) == n:
+                    break
+    return np.stack(out)
+
+
+def noisy_copies(img: np.ndarray, n: int, seed: int, sigma: float = 0.02) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = img[None].astype(np.float64) / 255 + rng.normal(0, sigma, (n, *img.shape))
+    return (np.clip(x, 0, 1) * 255).round().astype(np.uint8)
+
+
+def flat_background_set(sources: np.ndarray, n: int) -> np.ndarray:
+    """n grey images with a distinct 6x6 CIFAR patch at the same place (inside one 8x8 tile):
+    patches chosen pairwise 0.15..0.5 apart, so plain ℓ2 = 0.1875·d ≤ 0.094 but tiled = 0.75·d ≥ 0.11."""
+    patches = sources[:, 9:15, 9:15].astype(np.float64) / 255
+    kept: list[int] = []
+    for i in range(len(sources)):
+        d = [np.sqrt(((patches[i] - patches[j]) ** 2).mean()) for j in kept]
+        if all(0.15 < x < 0.5 for x in d):
+            kept.append(i)
+        if len(kept) == n:
+            break
+    assert len(kept) == n
+    out = np.full((n, 32, 32, 3), 128, np.uint8)
+    out[:, 9:15, 9:15] = sources[kept, 9:15, 9:15]
+    return out
+
+
+@pytest.fixture(scope="module")
+def world():
+    train = cifar_images(300, "train")
+    test = cifar_images(400, "test")
+    memorized = noisy_copies(train[17], 20, seed=1)
+    flat = flat_background_set(test[100:400], 20)
+    distinct = test[:20]
+    images = np.concatenate([memorized, flat, distinct])
+    captions = ["a memorized photo"] * 20 + ["a grey card"] * 20 + ["a varied scene"] * 20
+    ids = [f"p{p}-i{i}" for p in range(3) for i in range(20)]
+    return dict(train=train, test=test, images=images, captions=captions, ids=ids, flat=flat)
+
+
+def test_conditional_known_answer(world):
+    res = filter_conditional(world["images"], world["ids"], world["captions"])
+    by = {r.prompt: r for r in res}
+    mem = by["a memorized photo"]
+    assert mem.flagged and mem.largest_clique == 20 and mem.rank == 1
+    assert mem.members == world["ids"][:20] and mem.medoid in mem.members
+    assert 0 < mem.mean_distance < 0.05
+    assert not by["a grey card"].flagged and by["a grey card"].largest_clique < 10
+    assert not by["a varied scene"].flagged
+    assert res[0].prompt == "a memorized photo"  # flagged first
+    # verification of the flagged medoid: the right training image
+    medoid = world["ids"].index(mem.medoid)
+    v = verify(world["images"][[medoid]], [mem.medoid], world["train"], [f"train:{i}" for i in range(300)],
+               settings=VerifySettings(rule="l2"))
+    assert v.unique_extracted == 1
+    assert v.extracted[0].train_id == 17 and v.extracted[0].train_key == "train:17"
+    assert v.extracted[0].l2 < 0.03
+
+
+def test_flat_backgrounds_fool_plain_l2_but_not_tiled(world):
+    flat = world["flat"]
+    plain = pairwise_l2(flat).numpy()
+    tiled = pairwise_tiled_l2(flat).numpy()
+    off = ~np.eye(len(flat), dtype=bool)
+    assert plain[off].max() <= 0.1 < tiled[off].min()
+    # the same filter with a 1x1 grid (plain ℓ2) flags the grey cards: the paper's reason for tiles
+    res = filter_conditional(world["images"], world["ids"], world["captions"], settings=FilterSettings(grid=1))
+    assert {r.prompt for r in res if r.flagged} == {"a memorized photo", "a grey card"}
+
+
+def test_graph_on_uneven_tiles_and_margins(world):
+    g = near_duplicate_graph(world["images"][:20, :30, :29], threshold=0.1, grid=4)  # 30x29: uneven tiles
+    assert g.adjacency.sum() == 20 * 19 and g.refined == 0
+    g2 = near_duplicate_graph(world["images"][:20], threshold=0.1, compute="float32")
+    assert np.array_equal(g2.adjacency, near_duplicate_graph(world["images"][:20], threshold=0.1).adjacency)
+    with pytest.raises(DiffauditError, match="edge threshold"):
+        near_duplicate_graph(world["images"][:3], threshold=0)
+
+
+def test_unconditional_black_box_finds_each_memorized_image(world):
+    train, test = world["train"], world["test"]
+    samples = np.concatenate([noisy_copies(train[5], 15, 2), test[:150], noisy_copies(train[42], 12, 3)])
+    ids = [f"s{i}" for i in range(len(samples))]
+    res = extract_unconditional(samples, ids, k_neighbors=16)
+    sizes = sorted(g.size for g in res.groups)
+    assert sizes == [12, 15]
+    members = sorted(tuple(g.member_indices) for g in res.groups)
+    assert members == [tuple(range(15)), tuple(range(165, 177))]
+    assert not res.bound_hit and res.n_components == 2
+    assert all(g.medoid in g.members for g in res.groups)
+    # without copies, nothing
+    none = extract_unconditional(test[:150], ids[:150], k_neighbors=16)
+    assert none.groups == []
+
+
+def test_unconditional_saturation_and_truncation_reported(world):
+    samples = noisy_copies(world["train"][8], 30, 4)
+    res = extract_unconditional(samples, [f"s{i}" for i in range(30)], k_neighbors=5, max_component=20)
+    assert res.n_saturated == 30  # every copy has more than 5 near-duplicates
+    assert res.groups[0].truncated and res.groups[0].size >= 10
+
+
+def test_calibration_precision_recall(world):
+    groups = group_by_prompt(world["captions"])
+    dists = [near_duplicate_graph(world["images"][idx], threshold=1.0).distances for _, idx in groups]
+    truth = [p == "a memorized photo" for p, _ in groups]
+    pts = calibrate(dists, truth, thresholds=[0.01, 0.1, 0.5], clique_sizes=[10])
+    by = {p.edge_threshold: p for p in pts}
+    assert by[0.01].flagged == 0 and by[0.01].precision is None and by[0.01].recall == 0.0
+    assert by[0.1].precision == 1.0 and by[0.1].recall == 1.0
+    assert by[0.5].recall == 1.0 and by[0.5].precision < 1.0  # a loose threshold flags the grey cards too
+    with pytest.raises(DiffauditError, match="sweep-min-clique"):
+        calibrate(dists, truth, thresholds=[0.1], clique_sizes=[1])
+
+
+def test_filter_settings_validation():
+    with pytest.raises(DiffauditError, match="--edge-threshold"):
+        FilterSettings(edge_threshold=1.5).validate()
+    with pytest.raises(DiffauditError, match="--min-clique"):
+        FilterSettings(min_clique=1).validate()
+    with pytest.raises(DiffauditError, match="counts differ"):
+        filter_conditional(np.zeros((2, 8, 8, 3), np.uint8), ["a", "b"], ["x"])

@@ -1,0 +1,240 @@
+"""The inpainting attack: loss-ratio scoring (known answers with stub models), top-k selection, a tiny
+model that memorized one digit, and the `diffaudit inpaint` command (result, resume, errors)."""
+
+import argparse
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from diffaudit.attacks.inpainting import (
+    InpaintAttackConfig, denoising_loss, inpaint_targets, loss_ratio, rms_l2, score_inpaintings, score_noise,
+    score_target, summarize,
+)
+from diffaudit.cli.inpaint import assign_shadows, select_targets
+from diffaudit.cli.main import main
+from diffaudit.core.errors import DiffauditError
+from diffaudit.data import make_membership, save_membership
+from diffaudit.models.denoiser import load_denoiser
+from diffaudit.models.scheduler import alphas_cumprod_of, make_scheduler
+from diffaudit.models.training import TrainConfig, train
+from diffaudit.sampling.masks import make_mask
+
+AB = alphas_cumprod_of(make_scheduler())
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread (OpenMP barriers are slow on a shared CPU)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+# ---------------------------------------------------------------- scoring with stub models
+
+def test_loss_ratio_divides_per_example_with_identical_noise():
+    images = torch.linspace(-1, 1, 3 * 2 * 4 * 4).reshape(3, 2, 4, 4)
+    noise = score_noise(0, 9, 4, (2, 4, 4))
+    seen = {"target": [], "shadow": []}
+
+    def target(x_t, t, labels=None):  # ε̂ = 0.5 x_t
+        seen["target"].append(x_t.clone())
+        return 0.5 * x_t
+
+    def shadow(x_t, t, labels=None):  # ε̂ = −x_t + 0.1
+        seen["shadow"].append(x_t.clone())
+        return -x_t + 0.1
+
+    s = score_inpaintings(target, shadow, images, alphas_cumprod=AB, noise=noise, timestep=100, micro_batch=5)
+    ab = float(AB[100])
+    x_t = ab ** 0.5 * images[:, None] + (1 - ab) ** 0.5 * noise[None]  # (B, D, C, H, W)
+    lt = ((noise[None] - 0.5 * x_t) ** 2).flatten(2).mean(2).mean(1).double().numpy()
+    ls = ((noise[None] - (-x_t + 0.1)) ** 2).flatten(2).mean(2).mean(1).double().numpy()
+    np.testing.assert_allclose(s.target_loss, lt, rtol=1e-5)
+    np.testing.assert_allclose(s.shadow_loss, ls, rtol=1e-5)
+    np.testing.assert_allclose(s.ratio, lt / ls, rtol=1e-5)  # per example, not a ratio of means
+    assert len(set(np.round(s.ratio, 6))) == 3
+    assert torch.equal(torch.cat(seen["target"]), torch.cat(seen["shadow"]))  # both models saw the same x_t
+
+
+def test_score_noise_is_seeded_per_target():
+    a = score_noise(0, 1, 4, (1, 8, 8))
+    assert a.shape == (4, 1, 8, 8) and torch.equal(a, score_noise(0, 1, 4, (1, 8, 8)))
+    assert not torch.equal(a, score_noise(0, 2, 4, (1, 8, 8))) and not torch.equal(a, score_noise(1, 1, 4, (1, 8, 8)))
+    assert torch.equal(score_noise(0, 1, 2, (1, 8, 8)), a[:2])  # more draws extend, never change, the first ones
+    with pytest.raises(DiffauditError, match="--n-draws"):
+        score_noise(0, 1, 0, (1, 8, 8))
+
+
+def test_loss_ratio_and_loss_errors():
+    np.testing.assert_allclose(loss_ratio([1.0, 2.0, 3.0], [2.0, 4.0, 1.0]), [0.5, 0.5, 3.0])
+    with pytest.raises(DiffauditError, match="zero or negative"):
+        loss_ratio([1.0], [0.0])
+    with pytest.raises(DiffauditError, match="--timestep"):
+        denoising_loss(lambda x, t, l=None: x, torch.zeros(1, 1, 4, 4), alphas_cumprod=AB, timestep=1000,
+                       noise=torch.zeros(1, 1, 4, 4))
+
+
+def test_ranking_keeps_the_inpaintings_the_target_model_denoises_best():
+    """Known answer: a target that is the exact denoiser of the original ranks inpaintings by distance."""
+    rng = np.random.default_rng(0)
+    original = rng.integers(0, 256, (8, 8, 1), dtype=np.uint8)
+    noise_levels = np.arange(12) * 6
+    inps = np.clip(original[None].astype(int) + rng.choice([-1, 1], (12, 8, 8, 1)) * noise_levels[:, None, None, None], 0, 255).astype(np.uint8)
+    inps = inps[rng.permutation(12)]
+    x_star = torch.as_tensor(original).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+    def target(x_t, t, labels=None):
+        ab = AB.float()[t][:, None, None, None]
+        return (x_t - ab.sqrt() * x_star) / (1 - ab).sqrt()
+
+    shadow = lambda x_t, t, labels=None: torch.zeros_like(x_t)  # noqa: E731  loss = mean(ε²): the same for all
+    cfg = InpaintAttackConfig(n_inpaint=12, top_k=4)
+    res, kept = score_target(target, shadow, original, inps, target_index=3, key="k3", member=True, mask_name="left",
+                             shadow_name="s", config=cfg, alphas_cumprod=AB)
+    d = rms_l2(inps, original)
+    assert res.top_inpaintings == list(np.argsort(d)[:4])
+    np.testing.assert_allclose(res.top_l2, np.sort(d)[:4])
+    assert res.top1_l2 == res.best_l2 == res.oracle_best_l2 == pytest.approx(d.min())
+    assert res.mean_top10_l2 == pytest.approx(np.sort(d)[:4].mean()) and res.mean_l2 == pytest.approx(d.mean())
+    assert res.top_scores == sorted(res.top_scores)
+    assert np.array_equal(kept, inps[res.top_inpaintings])
+
+
+def test_config_validation():
+    with pytest.raises(DiffauditError, match="--top-k"):
+        InpaintAttackConfig(n_inpaint=5, top_k=10).validate()
+    with pytest.raises(DiffauditError, match="--n-draws"):
+        InpaintAttackConfig(n_draws=0).validate()
+    with pytest.raises(DiffauditError, match="--jump-length"):
+        InpaintAttackConfig(jump_length=0).validate()
+
+
+# ---------------------------------------------------------------- a tiny model that memorized one digit
+
+MEMBER, UNSEEN_SAME_CLASS, UNSEEN_OTHER, SHADOW_IMAGE = 0, 10, 1, 2  # digits 0, 0, 1, 2
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, digits):
+    """Target: the tiny preset trained 150 steps on digit 0 alone. Shadow: 60 steps on digit 2 alone."""
+    root = tmp_path_factory.mktemp("inpaint-runs")
+    common = dict(preset="tiny", batch_size=16, lr=2e-3, warmup_steps=20, ema_decay=0.99, checkpoint_every=10_000)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DIFFAUDIT_QUIET", "1")
+        target = train(digits, TrainConfig(steps=150, seed=0, **common), root / "target", train_indices=[MEMBER])
+        shadow = train(digits, TrainConfig(steps=60, seed=1, **common), root / "shadow", train_indices=[SHADOW_IMAGE])
+    return target, shadow
+
+
+def test_memorized_digit_is_reconstructed_closer_than_unseen_ones(runs, digits):
+    target, shadow = (load_denoiser(r) for r in runs)
+    cfg = InpaintAttackConfig(n_inpaint=12, top_k=4, steps=20, jump_length=5, jump_n_sample=2, seed=0)
+    idx = [MEMBER, UNSEEN_SAME_CLASS, UNSEEN_OTHER]
+    mask = make_mask("left", 8, 8)
+    inps = inpaint_targets(target, digits.images[idx], mask, target_indices=idx, config=cfg, alphas_cumprod=target.alphas_cumprod)
+    assert inps.shape == (3, 12, 8, 8, 1) and inps.dtype == np.uint8
+    known = mask.astype(bool)
+    assert (inps[:, :, known] == digits.images[idx][:, None][:, :, known]).all()  # known half kept exactly
+    res = [score_target(target, shadow, digits.images[i], inps[n], target_index=i, key=digits.keys[i], member=i == MEMBER,
+                        mask_name="left", shadow_name="shadow", config=cfg, alphas_cumprod=target.alphas_cumprod)[0]
+           for n, i in enumerate(idx)]
+    member, same_class, other = res
+    assert member.mean_top10_l2 < 0.06  # a near-copy (DESIGN: < 0.05 is near pixel-perfect)
+    assert member.mean_top10_l2 < 0.5 * same_class.mean_top10_l2
+    assert member.mean_top10_l2 < 0.5 * other.mean_top10_l2
+    s = summarize(res)
+    assert s["n_members"] == 1 and s["n_nonmembers"] == 2
+    assert s["mean_top10_l2"]["members"]["mean"] < s["mean_top10_l2"]["nonmembers"]["median"]
+
+
+# ---------------------------------------------------------------- the command
+
+def _cli(runs, out, *extra):
+    target, shadow = runs
+    return main(["--quiet", "inpaint", "--model", str(target), "--shadow", str(shadow), "--data", "digits",
+                 "--target-keys", "digits:0,digits:10,digits:1", "--n-inpaint", "8", "--top-k", "3", "--steps", "10",
+                 "--jump-length", "5", "--batch-size", "16", "--device", "cpu", "--out", str(out), *extra])
+
+
+def test_command_writes_results_grids_and_resumes_per_target(runs, tmp_path, monkeypatch):
+    out = tmp_path / "inp"
+    assert _cli(runs, out) == 0
+    r = json.loads((out / "result.json").read_text())
+    assert r["command"] == "inpaint" and r["settings"]["mask"] == "left" and r["settings"]["n_inpaintings"] == 8
+    assert {"schema_version", "seeds", "versions"} <= set(r)
+    t = {x["id"]: x for x in r["targets"]}
+    assert list(t) == ["digits:0", "digits:10", "digits:1"]  # the order given
+    assert t["digits:0"]["member"] and not t["digits:10"]["member"]
+    for x in r["targets"]:
+        assert {"id", "member", "best_l2", "mean_top10_l2"} <= set(x) and len(x["top_l2"]) == 3
+        assert (out / x["grid"]).stat().st_size > 0
+        assert np.load(out / "targets" / f"{x['index']:06d}.npz")["kept"].shape == (3, 8, 8, 1)
+    assert t["digits:0"]["mean_top10_l2"] < min(t["digits:1"]["mean_top10_l2"], t["digits:10"]["mean_top10_l2"])
+    assert r["auc"] == 1.0 and r["summary"]["n_members"] == 1
+
+    # Re-run: every target is finished, nothing is inpainted again.
+    import diffaudit.cli.inpaint as cli
+
+    monkeypatch.setattr(cli, "inpaint_targets", lambda *a, **k: pytest.fail("a finished target was redone"))
+    assert _cli(runs, out) == 0
+    monkeypatch.undo()
+    # A lost target is redone, identically (seeded per target and inpainting).
+    before = json.loads((out / "targets" / "000010.json").read_text())
+    (out / "targets" / "000010.json").unlink()
+    assert _cli(runs, out) == 0
+    assert json.loads((out / "targets" / "000010.json").read_text()) == before
+    # Other settings in the same folder: an error naming the setting.
+    assert _cli(runs, out, "--n-inpaint", "9") == 2
+
+
+def test_command_errors(runs, tmp_path, capsys):
+    target, shadow = runs
+    assert _cli(runs, tmp_path / "a", "--mask", "diagonal") == 2
+    assert "unknown mask 'diagonal'" in capsys.readouterr().err
+    assert main(["--quiet", "inpaint", "--model", str(target), "--shadow", str(target), "--data", "digits",
+                 "--target-keys", "digits:1", "--out", str(tmp_path / "b")]) == 2
+    assert "is the target model itself" in capsys.readouterr().err
+    assert main(["--quiet", "inpaint", "--model", str(target), "--shadow", str(shadow), "--data", "digits",
+                 "--target-keys", "digits:2", "--out", str(tmp_path / "c")]) == 2
+    assert "trained on target 'digits:2'" in capsys.readouterr().err
+    assert main(["--quiet", "inpaint", "--model", str(target), "--shadows", str(tmp_path), "--data", "digits",
+                 "--out", str(tmp_path / "d")]) == 2
+    assert "--shadows needs --membership" in capsys.readouterr().err
+
+
+def test_targets_are_seeded_members_and_nonmembers(digits):
+    members = {digits.keys[i] for i in (0, 5, 7)}
+    a = select_targets(digits, members, targets="2,3", target_keys=None, seed=0)
+    assert a == select_targets(digits, members, targets="2,3", target_keys=None, seed=0) and a == sorted(a)
+    assert sum(digits.keys[i] in members for i in a) == 2 and len(a) == 5
+    assert a != select_targets(digits, members, targets="2,3", target_keys=None, seed=1)
+    with pytest.raises(DiffauditError, match="holds 3 members"):
+        select_targets(digits, members, targets="4,1", target_keys=None, seed=0)
+    with pytest.raises(DiffauditError, match="N_IN,N_OUT"):
+        select_targets(digits, members, targets="4", target_keys=None, seed=0)
+    with pytest.raises(DiffauditError, match="'nope' is not an example"):
+        select_targets(digits, members, targets="1,1", target_keys="digits:3,nope", seed=0)
+
+
+def test_shadows_from_a_membership_matrix_are_out_for_their_target(runs, digits, tmp_path):
+    _, shadow = runs
+    matrix = make_membership(len(digits), 4, seed=3)
+    save_membership(tmp_path / "m.npz", matrix, digits.keys, 3)
+    folder = tmp_path / "shadows"
+    for k in range(4):  # copies of one UNet, each with the training set of its column
+        run = folder / f"model-{k:02d}"
+        shutil.copytree(shadow, run)
+        keys = [digits.keys[i] for i in np.flatnonzero(matrix[:, k])]
+        (run / "train_ids.json").write_text(json.dumps({"keys": keys, "indices": np.flatnonzero(matrix[:, k]).tolist()}))
+    args = argparse.Namespace(model=str(runs[0]), shadow=None, shadows=str(folder), membership=str(tmp_path / "m.npz"))
+    targets = list(range(20))
+    chosen = assign_shadows(args, digits, targets)
+    for i in targets:
+        k = int(chosen[i].name.removeprefix("model-"))
+        assert not matrix[i, k]  # OUT
+        assert k == int(np.flatnonzero(~matrix[i])[0])  # the first OUT model, deterministically

@@ -1,0 +1,129 @@
+"""Exact nearest-neighbour search: brute force, backends, streaming, self-exclusion, radius."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from diffaudit.core.errors import DiffauditError
+from diffaudit.distances import knn_search, radius_neighbors
+from diffaudit.distances.knn_backends import get_backend
+
+
+def brute(q, r, k, exclude_self=False):
+    """Exact integer squared distances, sorted by (distance, index)."""
+    qf = q.reshape(len(q), -1).astype(np.int64)
+    rf = r.reshape(len(r), -1).astype(np.int64)
+    d = (qf ** 2).sum(1)[:, None] + (rf ** 2).sum(1)[None] - 2 * qf @ rf.T
+    if exclude_self:
+        np.fill_diagonal(d, np.iinfo(np.int64).max)
+    order = np.lexsort((np.broadcast_to(np.arange(len(r)), d.shape), d), axis=1)[:, :k]
+    return np.take_along_axis(d, order, 1), order
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    ref = rng.integers(0, 256, (1500, 6, 6, 3), dtype=np.uint8)
+    ref[700:710] = ref[3]  # exact duplicates: ties broken by the smaller index
+    q = rng.integers(0, 256, (300, 6, 6, 3), dtype=np.uint8)
+    q[:20] = ref[:20]
+    q[20:40] = np.clip(ref[100:120].astype(int) + rng.integers(-3, 4, (20, 6, 6, 3)), 0, 255)
+    return q, ref
+
+
+@pytest.mark.parametrize("backend,compute", [("torch", "float32"), ("torch", "float64"), ("faiss", "auto")])
+def test_exact_equals_brute_force(data, backend, compute):
+    q, ref = data
+    res = knn_search(q, ref, 12, backend=backend, compute=compute, query_block=64, ref_block=400)
+    sq, idx = brute(q, ref, 12)
+    np.testing.assert_array_equal(res.sq, sq)
+    np.testing.assert_array_equal(res.indices, idx)
+    np.testing.assert_allclose(res.distances, np.sqrt(sq / (6 * 6 * 3 * 255.0 ** 2)))
+    assert np.all(np.diff(res.distances, axis=1) >= 0)
+    assert res.distances[0, 0] == 0 and res.indices[3, :1].tolist() == [3]
+
+
+def test_faiss_and_torch_agree(data):
+    q, ref = data
+    a = knn_search(q, ref, 50, backend="torch")
+    b = knn_search(q, ref, 50, backend="faiss")
+    np.testing.assert_array_equal(a.distances, b.distances)
+    np.testing.assert_array_equal(a.indices, b.indices)  # same tie-break: smaller index first
+
+
+def test_certificate_fallback_keeps_results_exact(data):
+    """With no extra candidates and tiny blocks, many rows need the exact fallback; still exact."""
+    q, ref = data
+    res = knn_search(q, ref, 5, extra=0, ref_block=37, query_block=50, compute="float32")
+    assert res.fallback_rows > 0  # the fallback path did run
+    sq, idx = brute(q, ref, 5)
+    np.testing.assert_array_equal(res.sq, sq)
+    np.testing.assert_array_equal(res.indices, idx)
+
+
+def test_streaming_both_sides(data):
+    q, ref = data
+    queries = (q[i:i + 33] for i in range(0, len(q), 33))  # a one-shot generator, odd sizes
+    reference = lambda: (ref[i:i + 101] for i in range(0, len(ref), 101))  # noqa: E731  re-iterable
+    res = knn_search(queries, reference, 7, query_block=50, ref_block=200, ref_cache_bytes=0)
+    sq, idx = brute(q, ref, 7)
+    np.testing.assert_array_equal(res.sq, sq)
+    np.testing.assert_array_equal(res.indices, idx)
+
+
+def test_exclude_self(data):
+    _, ref = data
+    sub = ref[:400]
+    for backend in ("torch", "faiss"):
+        res = knn_search(sub, sub, 4, exclude_self=True, backend=backend, query_block=90, ref_block=150)
+        sq, idx = brute(sub, sub, 4, exclude_self=True)
+        np.testing.assert_array_equal(res.indices, idx)
+        np.testing.assert_array_equal(res.sq, sq)
+        assert not np.any(res.indices == np.arange(400)[:, None])
+    # a slice of the queries with its global offset
+    part = knn_search(sub[100:200], sub, 4, exclude_self=True, query_offset=100)
+    np.testing.assert_array_equal(part.indices, idx[100:200])
+
+
+def test_errors_are_clear(data):
+    q, ref = data
+    with pytest.raises(DiffauditError, match="unknown nearest-neighbour backend 'annoy'"):
+        knn_search(q, ref, 3, backend="annoy")
+    with pytest.raises(DiffauditError, match="unknown nearest-neighbour backend"):
+        get_backend("nope", None)
+    with pytest.raises(DiffauditError, match="only 4 other images"):
+        knn_search(ref[:5], ref[:5], 5, exclude_self=True)
+    with pytest.raises(DiffauditError, match="image shapes differ"):
+        knn_search(q[:, :5], ref, 3)
+    with pytest.raises(DiffauditError, match="uint8"):
+        knn_search(q.astype(np.float32), ref, 3)
+    with pytest.raises(DiffauditError, match="positive integer"):
+        knn_search(q, ref, 0)
+    with pytest.raises(DiffauditError, match="one-shot generator"):
+        knn_search(q, (r for r in [ref]), 3)
+
+
+def test_radius_neighbors_exact(data):
+    q, ref = data
+    radius = 0.02
+    hits = radius_neighbors(q[:60], ref, radius, query_block=16, ref_block=500)
+    sq, idx = brute(q[:60], ref, len(ref))
+    limit = radius ** 2 * 6 * 6 * 3 * 255.0 ** 2
+    for i, (ix, d) in enumerate(hits):
+        expect = np.sort(idx[i][sq[i] <= limit])
+        np.testing.assert_array_equal(ix, expect)
+        assert np.all(d <= radius)
+    assert len(hits[3][0]) == 11  # ref[3] and its 10 duplicates
+    assert hits[3][0][0] == 3
+
+
+def test_cuda_equals_cpu_when_present(data):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA")
+    q, ref = data
+    a = knn_search(q, ref, 20, device="cpu")
+    b = knn_search(q, ref, 20, device="cuda")
+    np.testing.assert_array_equal(a.sq, b.sq)
+    np.testing.assert_array_equal(a.indices, b.indices)

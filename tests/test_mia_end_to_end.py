@@ -1,0 +1,157 @@
+"""End to end on digits: 4 tiny shadow models that memorize 20 images each, then `diffaudit mia`.
+
+One module-scoped fixture trains the shadows through the CLI (in-process, ~25 s CPU); the tests
+attack them with several attacks and target modes, sharing one loss cache.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffaudit.cli.main import main
+from diffaudit.core.io import load_npy, read_json
+from diffaudit.data import load_dataset, make_membership, save_membership
+
+N, M, STEPS = 40, 4, 120
+DATA = ["--data", "digits", "--subset", str(N)]
+
+
+@pytest.fixture(scope="module")
+def shadows(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny UNet is faster on one thread than contending for two
+    root = tmp_path_factory.mktemp("mia")
+    ds = load_dataset("digits", subset=N)
+    matrix = make_membership(N, M, seed=3)
+    save_membership(root / "membership.npz", matrix, ds.keys, 3)
+    rc = main(["--quiet", "shadows", *DATA, "--membership", str(root / "membership.npz"), "--out", str(root / "shadows"),
+               "--steps", str(STEPS), "--batch-size", "20", "--lr", "3e-3", "--warmup-steps", "10", "--ema-decay", "0.99",
+               "--checkpoint-every", "100000", "--device", "cpu"])
+    assert rc == 0
+    yield root, matrix, ds
+    torch.set_num_threads(threads)
+
+
+def mia(root: Path, out: str, *extra: str) -> tuple[int, Path]:
+    dest = root / out
+    rc = main(["--quiet", "mia", *DATA, "--shadows", str(root / "shadows"), "--out", str(dest), "--device", "cpu",
+               "--loss-cache", str(root / "cache"), "--bootstrap", "30", *extra])
+    return rc, dest
+
+
+def test_shadows_folder(shadows):
+    root, matrix, _ = shadows
+    r = read_json(root / "shadows" / "result.json")
+    assert r["command"] == "shadows" and r["n_models"] == M and r["n_columns"] == M
+    for k in range(M):
+        ids = read_json(root / "shadows" / f"model-{k:02d}" / "train_ids.json")
+        assert ids["indices"] == np.flatnonzero(matrix[:, k]).tolist()
+    seeds = {m["seed"] for m in r["models"]}
+    assert len(seeds) == M  # every shadow has its own training seed
+    assert (root / "shadows" / "membership.npz").exists()
+
+
+def test_fixed_variance_lira_detects_members(shadows):
+    root, matrix, _ = shadows
+    rc, out = mia(root, "lira-fixed", "--attack", "lira-fixed", "--sweep", "10,100,1000")
+    assert rc == 0
+    r = read_json(out / "result.json")
+    assert r["attack"] == "lira-fixed" and r["timesteps"] == [100]
+    assert r["auc"] > 0.7  # leave-one-out over 4 models: 80 members, 80 non-members
+    assert r["n_members"] == int(matrix.sum()) and r["n_nonmembers"] == matrix.size - int(matrix.sum())
+    # 80 non-members cannot resolve an FPR of 1% or 0.1%: null, not 0
+    assert r["tpr_at_fpr"] == {"0.01": None, "0.001": None}
+    assert r["ci"]["auc"]["low"] <= r["auc"] <= r["ci"]["auc"]["high"]
+    assert r["sweep"]["timesteps"] == [10, 100, 999]  # t = 1000 is the last step, 999
+    assert r["balanced_accuracy"] >= 0.5
+    assert "NaN" not in (out / "result.json").read_text()
+    with np.load(out / "scores.npz", allow_pickle=False) as z:
+        assert z["score"].shape == (N * M,)
+        np.testing.assert_array_equal(z["member"], matrix.T.reshape(-1))
+        assert z["id"][0] == "digits:" + z["id"][0].split(":")[1]
+        assert z["sweep_scores"].shape == (3, N * M)
+    for png in ("roc.png", "sweep.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_loss_attack_direction_and_cache_reuse(shadows, monkeypatch):
+    root, matrix, _ = shadows
+    rc, out = mia(root, "loss", "--attack", "loss")
+    assert rc == 0
+    r = read_json(out / "result.json")
+    with np.load(out / "scores.npz", allow_pickle=False) as z:
+        score, member, ex, model = z["score"], z["member"], z["example_index"], z["model_index"]
+    # score = -loss of the attacked model at t = 100 (larger = lower loss = more likely a member)
+    cached = {}
+    for folder in (root / "cache").glob("model-*"):
+        cached[folder.name.split("-")[1]] = load_npy(next(folder.glob("t0100-d001-*.npy")))[:, 0]
+    for k in range(M):
+        rows = model == k
+        np.testing.assert_allclose(score[rows], -cached[f"{k:02d}"][ex[rows]])
+    assert score[member].mean() > score[~member].mean()
+    assert r["auc"] > 0.6 and r["score_direction"].startswith("larger")
+
+    # another attack on the same models reads every loss from the shared cache
+    def no_forward(*a, **k):
+        raise AssertionError("losses should come from the cache")
+
+    monkeypatch.setattr("diffaudit.attacks.membership.loss_cache.per_example_loss", no_forward)
+    rc, out = mia(root, "cached", "--attack", "lira")
+    assert rc == 0 and read_json(out / "result.json")["attack"] == "lira"
+
+
+def test_target_modes(shadows):
+    root, matrix, _ = shadows
+    rc, out = mia(root, "idx", "--attack", "lira-fixed", "--target-index", "1")
+    assert rc == 0
+    r = read_json(out / "result.json")
+    assert r["n_members"] + r["n_nonmembers"] == N and r["target"]["mode"] == "shadow"
+    with np.load(out / "scores.npz", allow_pickle=False) as z:
+        np.testing.assert_array_equal(z["member"], matrix[:, 1])
+        idx_scores = z["score"]
+    # a separate target run (here the folder of model 1 itself): members from its train_ids.json
+    rc, out = mia(root, "sep", "--attack", "loss", "--target", str(root / "shadows" / "model-01"))
+    assert rc == 0
+    with np.load(out / "scores.npz", allow_pickle=False) as z:
+        np.testing.assert_array_equal(z["member"], matrix[:, 1])
+        assert (z["model_index"] == -1).all()
+    assert np.isfinite(idx_scores).all()
+
+
+def test_resume_and_settings_mismatch(shadows, capsys):
+    root, _, _ = shadows
+    rc, out = mia(root, "resume", "--attack", "lira-offline-fixed")
+    assert rc == 0
+    before = (out / "result.json").stat().st_mtime_ns
+    rc, _ = mia(root, "resume", "--attack", "lira-offline-fixed")
+    assert rc == 0 and (out / "result.json").stat().st_mtime_ns == before  # finished work is not redone
+    capsys.readouterr()
+    rc, _ = mia(root, "resume", "--attack", "lira")
+    assert rc == 2
+    assert "attack.attack" in capsys.readouterr().err
+
+
+def test_user_errors_name_the_thing(shadows, capsys, tmp_path):
+    root, _, _ = shadows
+    rc, _ = mia(root, "err1", "--models", "9")
+    assert rc == 2 and "--models" in capsys.readouterr().err
+    rc = main(["--quiet", "mia", *DATA, "--shadows", str(tmp_path / "none"), "--membership", str(root / "membership.npz"),
+               "--out", str(tmp_path / "o")])
+    assert rc == 2 and "shadow model 0" in capsys.readouterr().err
+    rc, _ = mia(root, "err3", "--timesteps", "1000")
+    assert rc == 2 and "--timesteps" in capsys.readouterr().err
+
+
+def test_result_is_valid_json_without_nan(shadows):
+    root, _, _ = shadows
+    rc, out = mia(root, "strong", "--attack", "strong-lira-fixed", "--draws", "3", "--flips")
+    assert rc == 0
+    r = json.loads((out / "result.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in result.json"))
+    assert r["n_draws"] == 3 and r["flips"] and r["queries_per_timestep"] == 6
+    assert r["strong_aggregate"] == "sum-llr"
+    assert r["auc"] > 0.6

@@ -1,0 +1,149 @@
+"""``diffaudit verify`` in-process: result fields, baseline, --from-extract, train map, resume, errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffaudit.cli.main import main
+
+CIFAR = Path("/work/shared/data/cifar10")
+EXTRACTED_FIELDS = {"sample", "train_id", "train_key", "l2", "ratio", "eidetic_k"}
+
+
+def cifar_images(n: int, split: str = "train") -> np.ndarray:
+    path = CIFAR / f"cifar10-{split}-000000.tar"
+    if not path.exists():
+        pytest.skip("CIFAR-10 shards absent")
+    out = []
+    with tarfile.open(path) as tf:
+        for m in tf:
+            if m.name.endswith(".jpg"):
+                out.append(np.asarray(Image.open(io.BytesIO(tf.extractfile(m).read())).convert("RGB")))
+                if len(out) == n:
+                    break
+    return np.stack(out)
+
+
+def noisy_copies(img, n, seed, sigma=0.02):
+    rng = np.random.default_rng(seed)
+    x = img[None].astype(np.float64) / 255 + rng.normal(0, sigma, (n, *img.shape))
+    return (np.clip(x, 0, 1) * 255).round().astype(np.uint8)
+
+
+def strict_json(path: Path) -> dict:
+    def no_constants(name):
+        raise AssertionError(f"{path} contains {name}")
+    return json.loads(path.read_text(), parse_constant=no_constants)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("verify")
+    train = cifar_images(200, "train")
+    train[150] = train[5]  # a duplicated training image
+    test = cifar_images(500, "test")
+    np.savez(d / "train.npz", images=train)
+    np.savez(d / "unseen.npz", images=test[200:500])  # 300 >= 200: subset to an equal size
+    unc = np.concatenate([noisy_copies(train[5], 12, 1), test[:60], noisy_copies(train[42], 11, 2)])
+    np.savez(d / "unc.npz", images=unc)
+    cond = np.concatenate([noisy_copies(train[17], 12, 3), test[60:72]])
+    np.savez(d / "cond.npz", images=cond, prompts=np.array(["memorized"] * 12 + ["fresh"] * 12))
+    (d / "map.json").write_text(json.dumps({"memorized": ["npz:17"], "fresh": [60]}))
+    np.savez(d / "small.npz", images=cifar_images(10, "train")[:, :16, :16])
+    return d
+
+
+def run(*argv) -> int:
+    return main(["--quiet", *map(str, argv)])
+
+
+def test_unconditional_ratio_rule_with_baseline(files, tmp_path, capsys):
+    out = tmp_path / "v"
+    assert run("verify", "--samples", files / "unc.npz", "--data", files / "train.npz", "--baseline",
+               files / "unseen.npz", "--out", out, "--device", "cpu") == 0
+    r = strict_json(out / "result.json")
+    assert r["command"] == "verify" and r["rule"] == "ratio" and r["n_samples"] == 83 and r["n_train"] == 200
+    assert r["unique_extracted"] == 2 and r["n_extracting_samples"] == 23
+    for e in r["extracted"]:
+        assert EXTRACTED_FIELDS <= e.keys()
+    first, second = r["extracted"]
+    assert first["sample"] == "npz:0" and first["train_id"] in (5, 150) and first["eidetic_k"] == 2
+    assert second["train_id"] == 42 and second["train_key"] == "npz:42"
+    assert r["baseline"]["n_images"] == 200 and r["baseline"]["equal_size"]
+    # the false-positive baseline: unseen images "extracted" by chance (here at most one CIFAR-10 test image
+    # with a close look-alike among the other test images, never a near-copy)
+    assert r["baseline_unique_extracted"] <= 1 < r["unique_extracted"]
+    assert all(e["l2"] > 0.05 for e in r["baseline"]["extracted"])
+    assert r["fid"] == "not computed"
+    with np.load(out / "per_sample.npz", allow_pickle=False) as z:
+        assert z["extracted"].sum() == 23 and len(z["sample"]) == 83
+    # resume: finished work is reported, not redone
+    before = (out / "result.json").read_bytes()
+    assert main(["verify", "--samples", str(files / "unc.npz"), "--data", str(files / "train.npz"), "--baseline",
+                 str(files / "unseen.npz"), "--out", str(out), "--device", "cpu"]) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert (out / "result.json").read_bytes() == before
+
+
+def test_cached_neighbours_reused_after_interruption(files, tmp_path):
+    out = tmp_path / "v"
+    argv = ["verify", "--samples", files / "unc.npz", "--data", files / "train.npz", "--out", out, "--device", "cpu"]
+    assert run(*argv) == 0
+    first = strict_json(out / "result.json")
+    (out / "result.json").unlink()  # as if killed after the neighbour search
+    chunk = next((out / "knn").iterdir())
+    stamp = chunk.stat().st_mtime_ns
+    assert run(*argv) == 0
+    assert chunk.stat().st_mtime_ns == stamp  # loaded, not recomputed
+    assert strict_json(out / "result.json")["extracted"] == first["extracted"]
+
+
+def test_from_extract_verifies_flagged_medoids(files, tmp_path):
+    ex = tmp_path / "ex"
+    assert run("extract", "--samples", files / "unc.npz", "--out", ex, "--device", "cpu", "--k-neighbors", "16") == 0
+    out = tmp_path / "v"
+    assert run("verify", "--samples", files / "unc.npz", "--data", files / "train.npz", "--from-extract",
+               ex / "result.json", "--out", out, "--device", "cpu") == 0
+    r = strict_json(out / "result.json")
+    assert r["n_samples"] == 2 and r["n_samples_total"] == 83 and len(r["verified_medoids"]) == 2
+    assert sorted(e["train_id"] for e in r["extracted"]) in ([5, 42], [42, 150])
+
+
+def test_conditional_l2_rule_and_prompt_map(files, tmp_path):
+    out = tmp_path / "v"
+    assert run("verify", "--samples", files / "cond.npz", "--data", files / "train.npz", "--train-map",
+               files / "map.json", "--out", out, "--device", "cpu") == 0
+    r = strict_json(out / "result.json")
+    assert r["rule"] == "l2"  # auto: samples with prompts
+    assert r["unique_extracted"] >= 1 and r["extracted"][0]["train_id"] == 17
+    checks = r["prompt_checks"]
+    assert len(checks) == 24 and r["prompt_checks_extracted"] == 12
+    assert all(c["extracted"] == (c["prompt"] == "memorized") for c in checks)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--delta", "0"], "--delta must be in (0, 1]"),
+    (["--eidetic-delta", "3"], "--eidetic-delta must be in (0, 1]"),
+    (["--n-neighbors", "0"], "--n-neighbors must be in [1, 1000]"),
+])
+def test_threshold_errors(files, tmp_path, capsys, argv, message):
+    assert run("verify", "--samples", files / "unc.npz", "--data", files / "train.npz", "--out", tmp_path / "x", *argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_shape_and_input_errors(files, tmp_path, capsys):
+    assert run("verify", "--samples", files / "small.npz", "--data", files / "train.npz", "--out", tmp_path / "a") == 2
+    assert "--samples images are (16, 16, 3)" in capsys.readouterr().err
+    assert run("verify", "--samples", files / "unc.npz", "--data", files / "train.npz", "--out", tmp_path / "b",
+               "--from-extract", files / "map.json") == 2
+    assert "not a result.json of `diffaudit extract`" in capsys.readouterr().err
+    assert run("verify", "--samples", files / "unc.npz", "--data", files / "train.npz", "--out", tmp_path / "c",
+               "--train-map", files / "map.json") == 2
+    assert "needs samples with prompts" in capsys.readouterr().err
