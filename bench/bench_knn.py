@@ -9,7 +9,9 @@ Compares, side by side in one run and on the same data:
 - ``cdist_topk``: a ``torch.cdist`` + ``torch.topk`` loop over the same query blocks (fp32);
 - ``faiss_cpu``: raw ``faiss.IndexFlatL2`` on the CPU (approximate fp32 distances), on at most
   --faiss-queries queries, its time scaled to all queries;
-- ``diffaudit_faiss``: the faiss backend with diffaudit's exact re-ranking (same query cap).
+- ``diffaudit_faiss``: the faiss backend with diffaudit's exact re-ranking (same query cap);
+- ``naive_numpy``: the whole (Q, N) float64 distance matrix in numpy (``--only-naive`` runs it alone,
+  so that peak RSS of the two can be compared run by run).
 
 Data: training images from the CIFAR-10 shards (--cifar-root) when present, generations made from
 the CIFAR-10 test images with seeded noise (so distances look like real ones); --synthetic uses
@@ -93,7 +95,7 @@ def time_diffaudit(q, r, k, dev, backend="torch", repeats=1):
 
 
 def time_gemm_only(q, r, dev, qb):
-    spec = resolve_compute("auto", dev, cpu_default="float32")
+    spec = resolve_compute("auto", dev, cpu_default="float64")  # the GEMM knn_search runs
     rt = to_compute(torch.from_numpy(r.reshape(len(r), -1)), spec)
     _sync(dev)
     t = time.perf_counter()
@@ -132,6 +134,20 @@ def time_faiss(q, r, k):
     return el, np.sqrt(np.maximum(d, 0) / q[0].size) / 255.0, i
 
 
+def time_naive_numpy(q, r, k):
+    """The naive baseline: the whole (Q, N) float64 distance matrix in numpy, then argpartition."""
+    t = time.perf_counter()
+    qf = q.reshape(len(q), -1).astype(np.float64)
+    rf = r.reshape(len(r), -1).astype(np.float64)
+    sq = (qf ** 2).sum(1)[:, None] + (rf ** 2).sum(1)[None] - 2 * qf @ rf.T
+    part = np.argpartition(sq, k - 1, axis=1)[:, :k]
+    d = np.take_along_axis(sq, part, 1)
+    order = np.argsort(d, axis=1, kind="stable")
+    idx = np.take_along_axis(part, order, 1)
+    dist = np.sqrt(np.maximum(np.take_along_axis(d, order, 1), 0) / (qf.shape[1] * 255.0 ** 2))
+    return time.perf_counter() - t, dist, idx
+
+
 def brute_check(q, r, res_d, res_i, n):
     """Max |distance error| and fraction of rows with identical ids vs a float64 brute force."""
     sel = np.linspace(0, len(q) - 1, min(n, len(q))).astype(int)
@@ -156,14 +172,27 @@ def main(argv=None) -> int:
     p.add_argument("--check-queries", type=int, default=256, help="queries checked against a float64 brute force")
     p.add_argument("--query-block", type=int, default=None, help="query block of the cdist and GEMM-only loops")
     p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--skip", default="", help="comma-separated methods to skip (cdist_topk, faiss_cpu, diffaudit_faiss)")
+    p.add_argument("--skip", default="", help="comma-separated methods to skip (cdist_topk, faiss_cpu, diffaudit_faiss, "
+                   "naive_numpy, gemm_only)")
+    p.add_argument("--only", default="", help="run only these methods besides diffaudit (e.g. none, or naive_numpy); "
+                   "run twice to compare peak RSS of diffaudit alone and the naive baseline alone")
+    p.add_argument("--only-naive", action="store_true", help="run the naive numpy baseline alone (for its peak RSS)")
     p.add_argument("--synthetic", action="store_true", help="random images instead of CIFAR-10")
     p.add_argument("--cifar-root", default="/work/shared/data/cifar10")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     dev = resolve_device(args.device)
+    methods = {"gemm_only", "cdist_topk", "faiss_cpu", "diffaudit_faiss", "naive_numpy"}
     skip = set(filter(None, args.skip.split(",")))
+    if args.only:
+        skip |= methods - set(args.only.split(","))
     q, r, src = make_data(args)
+    if args.only_naive:
+        t_n, _, _ = time_naive_numpy(q, r, args.k)
+        json.dump({"naive_numpy_seconds": t_n, "queries": len(q), "refs": len(r),
+                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
     dim = q[0].size
     qb = args.query_block or (max(256, (1 << 28) // len(r)) if dev.type == "cuda" else max(64, (1 << 23) // len(r)))
     out: dict = {"device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
@@ -178,11 +207,13 @@ def main(argv=None) -> int:
     out["diffaudit_fallback_rows"] = res.fallback_rows
     err, same = brute_check(q, r, res.distances, res.indices, args.check_queries)
     out["diffaudit_exactness"] = {"max_abs_distance_error": err, "rows_with_identical_ids": same}
-    t_g, kind = time_gemm_only(q, r, dev, qb)
-    out["seconds"]["gemm_only"] = t_g
-    out["gemm"] = {"dtype": kind, "tflops": flops / t_g / 1e12}
+    if "gemm_only" not in skip:
+        t_g, kind = time_gemm_only(q, r, dev, qb)
+        out["seconds"]["gemm_only"] = t_g
+        out["gemm"] = {"dtype": kind, "tflops": flops / t_g / 1e12}
+        if args.peak_tflops:
+            out["gemm"]["fraction_of_peak"] = flops / t_g / 1e12 / args.peak_tflops
     if args.peak_tflops:
-        out["gemm"]["fraction_of_peak"] = flops / t_g / 1e12 / args.peak_tflops
         out["diffaudit_fraction_of_peak"] = flops / t_da / 1e12 / args.peak_tflops
     if "cdist_topk" not in skip:
         t_c, d_c, i_c = time_cdist_topk(q, r, args.k, dev, qb)
@@ -202,6 +233,13 @@ def main(argv=None) -> int:
         out["seconds"]["diffaudit_faiss"] = t_df * scale
         out["diffaudit_faiss_equals_torch"] = bool(np.array_equal(res_f.indices, res.indices[:nf])
                                                    and np.array_equal(res_f.distances, res.distances[:nf]))
+    if "naive_numpy" not in skip:
+        if len(q) * len(r) > 5e8:
+            out["naive_numpy"] = "skipped: the full distance matrix would exceed 4 GB (use --only-naive)"
+        else:
+            t_n, d_n, i_n = time_naive_numpy(q, r, args.k)
+            out["seconds"]["naive_numpy"] = t_n
+            out["naive_vs_exact"] = {"max_abs_distance_error": float(np.abs(d_n - res.distances).max())}
     out["queries_per_second"] = {m: len(q) / s for m, s in out["seconds"].items()}
     out["speedup_of_diffaudit"] = {m: s / t_da for m, s in out["seconds"].items() if m != "diffaudit"}
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

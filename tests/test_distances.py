@@ -132,6 +132,7 @@ def test_neighborhood_size_rule():
         nearest_ratio(np.zeros((2, 3)), n=5)
 
 
+@pytest.mark.gpu
 def test_devices_agree_when_cuda_present():
     if not torch.cuda.is_available():
         pytest.skip("no CUDA")

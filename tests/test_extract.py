@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from diffaudit.attacks.extraction import (
@@ -159,3 +160,23 @@ def test_filter_settings_validation():
         FilterSettings(min_clique=1).validate()
     with pytest.raises(DiffauditError, match="counts differ"):
         filter_conditional(np.zeros((2, 8, 8, 3), np.uint8), ["a", "b"], ["x"])
+
+
+@pytest.mark.gpu
+def test_cuda_graph_filter_and_blackbox_equal_cpu(world):
+    """On CUDA (bf16 GEMM, pairs near the threshold recomputed exactly) the graph and verdicts match."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA")
+    imgs = world["images"]
+    cpu = near_duplicate_graph(imgs, threshold=0.1)
+    gpu = near_duplicate_graph(imgs, threshold=0.1, device="cuda")
+    assert np.array_equal(cpu.adjacency, gpu.adjacency)
+    assert np.abs(cpu.distances - gpu.distances).max() < 5e-3  # sqrt near 0 magnifies the fp32 margin
+    a = filter_conditional(imgs, world["ids"], world["captions"])
+    b = filter_conditional(imgs, world["ids"], world["captions"], device="cuda")
+    assert [(r.prompt, r.flagged, r.members, r.medoid) for r in a] == [(r.prompt, r.flagged, r.members, r.medoid) for r in b]
+    samples = np.concatenate([noisy_copies(world["train"][5], 15, 2), world["test"][:150]])
+    ids = [f"s{i}" for i in range(len(samples))]
+    ua = extract_unconditional(samples, ids, k_neighbors=16, device="cpu")
+    ub = extract_unconditional(samples, ids, k_neighbors=16, device="cuda")
+    assert [g.members for g in ua.groups] == [g.members for g in ub.groups]

@@ -112,6 +112,9 @@ def test_unconditional_black_box_mode(files, tmp_path):
     g = r["groups"][0]
     assert g["size"] == 11 and g["members"] == [f"npz:{i}" for i in range(11)] and g["medoid"] in g["members"]
     assert any(p.name.startswith("knn-") for p in (out / "knn").iterdir())  # resumable kNN chunks
+    again = tmp_path / "unc2"
+    assert run("extract", "--samples", files / "unc.npz", "--out", again, "--device", "cpu", "--k-neighbors", "16") == 0
+    assert (again / "result.json").read_bytes() == (out / "result.json").read_bytes()  # deterministic bytes
 
 
 def test_calibration_mode(files, tmp_path):

@@ -178,9 +178,9 @@ def test_command_writes_results_grids_and_resumes_per_target(runs, tmp_path, mon
     assert r["auc"] == 1.0 and r["summary"]["n_members"] == 1
 
     # Re-run: every target is finished, nothing is inpainted again.
-    import diffaudit.cli.inpaint as cli
+    import diffaudit.attacks.inpainting as attack
 
-    monkeypatch.setattr(cli, "inpaint_targets", lambda *a, **k: pytest.fail("a finished target was redone"))
+    monkeypatch.setattr(attack, "inpaint_targets", lambda *a, **k: pytest.fail("a finished target was redone"))
     assert _cli(runs, out) == 0
     monkeypatch.undo()
     # A lost target is redone, identically (seeded per target and inpainting).

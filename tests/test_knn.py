@@ -8,6 +8,7 @@ import torch
 
 from diffaudit.core.errors import DiffauditError
 from diffaudit.distances import knn_search, radius_neighbors
+from diffaudit.distances.knn import ResidentReference, prepare_reference, prepare_reference_if_fits
 from diffaudit.distances.knn_backends import get_backend
 
 
@@ -87,6 +88,18 @@ def test_exclude_self(data):
     np.testing.assert_array_equal(part.indices, idx[100:200])
 
 
+def test_prepared_reference_is_reused(data):
+    q, ref = data
+    prep = prepare_reference(ref, ref_block=500)
+    assert isinstance(prep, ResidentReference) and prep.size == len(ref)
+    parts = [knn_search(q[:100], prep, 6), knn_search(q[100:], prep, 6, query_offset=100)]
+    full = knn_search(q, ref, 6)
+    np.testing.assert_array_equal(np.concatenate([p.indices for p in parts]), full.indices)
+    np.testing.assert_array_equal(np.concatenate([p.sq for p in parts]), full.sq)
+    assert prepare_reference_if_fits(ref, ref_cache_bytes=10) is ref  # too large: streamed instead
+    assert isinstance(prepare_reference_if_fits(ref), ResidentReference)
+
+
 def test_errors_are_clear(data):
     q, ref = data
     with pytest.raises(DiffauditError, match="unknown nearest-neighbour backend 'annoy'"):
@@ -119,11 +132,23 @@ def test_radius_neighbors_exact(data):
     assert hits[3][0][0] == 3
 
 
+@pytest.mark.gpu
 def test_cuda_equals_cpu_when_present(data):
+    """bf16 GEMM + exact re-ranking on CUDA gives the CPU's exact answer, resident or streamed."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA")
     q, ref = data
     a = knn_search(q, ref, 20, device="cpu")
-    b = knn_search(q, ref, 20, device="cuda")
-    np.testing.assert_array_equal(a.sq, b.sq)
-    np.testing.assert_array_equal(a.indices, b.indices)
+    for kw in ({}, {"ref_cache_bytes": 0, "ref_block": 300}, {"extra": 0}):
+        b = knn_search(q, ref, 20, device="cuda", **kw)
+        assert b.stats["compute"] == "bf16"
+        np.testing.assert_array_equal(a.sq, b.sq)
+        np.testing.assert_array_equal(a.indices, b.indices)
+    sub = ref[:400]
+    c = knn_search(sub, sub, 4, exclude_self=True, device="cuda")
+    np.testing.assert_array_equal(c.indices, knn_search(sub, sub, 4, exclude_self=True, device="cpu").indices)
+    hits_cpu = radius_neighbors(q[:60], ref, 0.02, device="cpu")
+    hits_gpu = radius_neighbors(q[:60], ref, 0.02, device="cuda")
+    for (i1, d1), (i2, d2) in zip(hits_cpu, hits_gpu):
+        np.testing.assert_array_equal(i1, i2)
+        np.testing.assert_array_equal(d1, d2)

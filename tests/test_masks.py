@@ -127,3 +127,9 @@ def test_validate_mask_errors(mask, match):
 def test_validate_mask_names_the_mask():
     with pytest.raises(DiffauditError, match="^my mask "):
         validate_mask(np.zeros((8, 8)), 8, 8, name="my mask")
+
+
+def test_the_command_lists_every_mask_kind():
+    from diffaudit.cli.inpaint import MASK_CHOICES
+
+    assert MASK_CHOICES == ", ".join(MASK_KINDS)

@@ -155,3 +155,36 @@ def test_result_is_valid_json_without_nan(shadows):
     assert r["n_draws"] == 3 and r["flips"] and r["queries_per_timestep"] == 6
     assert r["strong_aggregate"] == "sum-llr"
     assert r["auc"] > 0.6
+
+
+def test_killed_mia_resumes_to_the_same_scores(shadows):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    root, _, _ = shadows
+    common = ["mia", *DATA, "--shadows", str(root / "shadows"), "--device", "cpu", "--attack", "lira-fixed", "--bootstrap", "20"]
+    assert main(["--quiet", *common, "--out", str(root / "straight")]) == 0
+    env = dict(os.environ, DIFFAUDIT_KILL_AT="mia.model_losses:2", OMP_NUM_THREADS="1", DIFFAUDIT_QUIET="1")
+    proc = subprocess.run([sys.executable, "-m", "diffaudit.cli.main", *common, "--out", str(root / "killed")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert not (root / "killed" / "result.json").exists()
+    assert len(list((root / "killed" / "losses").glob("model-*/*.npy"))) == 2  # two models' losses kept
+    assert main(["--quiet", *common, "--out", str(root / "killed")]) == 0
+    a, b = read_json(root / "straight" / "result.json"), read_json(root / "killed" / "result.json")
+    for key in ("auc", "tpr_at_fpr", "balanced_accuracy", "ci", "n_members"):
+        assert a[key] == b[key]
+    with np.load(root / "straight" / "scores.npz") as za, np.load(root / "killed" / "scores.npz") as zb:
+        np.testing.assert_array_equal(za["score"], zb["score"])
+
+
+def test_full_disk_is_a_clear_error(shadows, monkeypatch, capsys):
+    root, _, _ = shadows
+    monkeypatch.setenv("DIFFAUDIT_STORAGE_FAULT", "ENOSPC")
+    rc, out = mia(root, "full", "--attack", "loss")
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "could not write" in err and "No space left" in err
+    assert not (out / "result.json").exists()

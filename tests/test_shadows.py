@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -81,3 +80,13 @@ def test_bad_inputs(setup, capsys):
            "--out", str(root / "bad2"), *TRAIN]
     assert main(bad) == 2
     assert "membership" in capsys.readouterr().err
+
+
+def test_parallel_workers_give_the_same_models(setup, monkeypatch):
+    root, _ = setup
+    if not (root / "straight" / "result.json").exists():
+        assert main(args(root, "straight", "--models", "2")) == 0
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the spawned workers use one thread, as this process does
+    assert main(args(root, "parallel", "--models", "2", "--workers", "2")) == 0
+    for k in range(2):
+        assert weights(root / "parallel" / f"model-{k:02d}") == weights(root / "straight" / f"model-{k:02d}")

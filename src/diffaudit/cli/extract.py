@@ -1,12 +1,10 @@
-"""``diffaudit extract``: generate-and-filter (paper §4.2.1) and its black-box unconditional mode."""
+"""``diffaudit extract``: generate-and-filter (paper §4.1) and its black-box unconditional mode."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from diffaudit.attacks.extraction.blackbox import DEFAULT_K_NEIGHBORS, DEFAULT_MAX_COMPONENT, extract_unconditional
 from diffaudit.attacks.extraction.calibration import calibrate, parse_float_list, parse_int_list
@@ -29,7 +27,7 @@ from diffaudit.store import read_samples
 NAME = "extract"
 HELP = "find memorized generations: near-duplicate cliques per prompt (tiled l2), or among unconditional samples"
 DESCRIPTION = (
-    "Generate-and-filter (Carlini et al. 2023, Sec. 4.2.1). Conditional samples (with prompts): for each prompt, "
+    "Generate-and-filter (Carlini et al. 2023, Sec. 4.1). Conditional samples (with prompts): for each prompt, "
     "a graph over its generations with an edge where the tiled l2 (max over 4x4 same-position tiles) is <= "
     "--edge-threshold; the prompt is flagged when the maximum clique has >= --min-clique members; flagged prompts "
     "are ranked by the clique's mean internal distance and represented by its medoid. Unconditional samples (no "
@@ -202,6 +200,8 @@ def run(args: argparse.Namespace) -> int:
         emit(args, result, _summary(result, out) + " (already finished)")
         return 0
     fields = (_conditional if mode == "conditional" else _unconditional)(args, ds, fs, out, device)
+    fields["score_direction"] = ("largest_clique: larger = more likely memorized; mean_distance (tiled l2 inside the "
+                                 "clique): smaller = tighter, ranked first")
     fields["runtime"] = {"device": str(device), "backend": args.backend}
     result = write_result(result_path, NAME, settings, {"seed": args.seed}, **fields)
     emit(args, result, _summary(result, out))

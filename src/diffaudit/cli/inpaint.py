@@ -17,23 +17,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from diffaudit.attacks.inpainting import InpaintAttackConfig, TargetResult, inpaint_targets, score_target, summarize
-from diffaudit.attacks.inpainting.figures import save_grid
-from diffaudit.attacks.inpainting.summary import membership_scores
 from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit
-from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
-from diffaudit.core.faults import fault_point
-from diffaudit.core.io import read_json, save_npz_atomic, write_json_atomic
-from diffaudit.core.outdir import prepare_out_dir
-from diffaudit.core.progress import progress_bar, stage_line
-from diffaudit.core.results import write_result
-from diffaudit.core.seeds import derive_seed, numpy_rng
-from diffaudit.data import load_dataset, load_membership
-from diffaudit.sampling.masks import MASK_KINDS, describe_mask, make_mask
+
+# Heavy imports (torch, the attack, the data loaders) happen inside the functions: building the
+# parser for `diffaudit --help` imports every command module.
+MASK_CHOICES = "left, right, top, bottom, random, center"  # diffaudit.sampling.masks.MASK_KINDS
 
 NAME = "inpaint"
 HELP = "inpainting attack: reconstruct masked training images with the target model, ranked with a shadow model"
@@ -56,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--targets", default="8,8", help="N_IN,N_OUT: seeded random members and non-members of --data")
     t.add_argument("--target-keys", help="comma-separated example ids to attack instead (membership from train_ids.json)")
     a = p.add_argument_group("attack")
-    a.add_argument("--mask", default="left", help=f"{', '.join(MASK_KINDS)} (the hidden region) or a mask image (nonzero = known)")
+    a.add_argument("--mask", default="left", help=f"{MASK_CHOICES} (the hidden region) or a mask image (nonzero = known)")
     a.add_argument("--n-inpaint", type=int, default=64, help="inpaintings per target (the paper: 5,000)")
     a.add_argument("--top-k", type=int, default=10, help="best-scored inpaintings kept per target")
     a.add_argument("--steps", type=int, default=50, help="respaced sampling levels")
@@ -75,6 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------- targets and shadows
 
 def _train_keys(run: Path, what: str) -> set[str]:
+    from diffaudit.core.io import read_json
+
     f = Path(run) / "train_ids.json"
     if not f.exists():
         raise DiffauditError(f"{what} {run}: no train_ids.json, so its training set is unknown (train it with `diffaudit train`)")
@@ -96,6 +87,10 @@ def _parse_counts(text: str) -> tuple[int, int]:
 
 def select_targets(ds, train_keys: set[str], *, targets: str, target_keys: str | None, seed: int) -> list[int]:
     """Dataset indices of the targets: explicit keys, or N_IN members and N_OUT non-members (seeded)."""
+    import numpy as np
+
+    from diffaudit.core.seeds import derive_seed, numpy_rng
+
     if target_keys:
         index = ds.index_of()
         out = []
@@ -136,6 +131,10 @@ def check_shadow_args(args) -> None:
 
 def assign_shadows(args, ds, targets: list[int]) -> dict[int, Path]:
     """Target index -> the shadow run that scores it (never trained on it, never the target itself)."""
+    import numpy as np
+
+    from diffaudit.data import load_membership
+
     target_run = Path(args.model).resolve()
     check_shadow_args(args)
     if args.shadow:
@@ -163,6 +162,8 @@ def assign_shadows(args, ds, targets: list[int]) -> dict[int, Path]:
 # --------------------------------------------------------------------------- models
 
 def _load(path: Path, device, args):
+    import torch
+
     from diffaudit.models.denoiser import load_denoiser
 
     den = load_denoiser(path, device=device)
@@ -188,7 +189,7 @@ class _Models:
 
 # --------------------------------------------------------------------------- run
 
-def _settings(args, config: InpaintAttackConfig, device: torch.device) -> dict:
+def _settings(args, config, device) -> dict:
     return {
         "model": str(args.model), "shadow": args.shadow, "shadows": args.shadows, "membership": args.membership,
         "data": {"spec": args.data, "options": data_options(args)},
@@ -201,7 +202,19 @@ def _settings(args, config: InpaintAttackConfig, device: torch.device) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = InpaintAttackConfig(
+    import numpy as np
+
+    from diffaudit.attacks import inpainting as attack
+    from diffaudit.core.device import resolve_device
+    from diffaudit.core.faults import fault_point
+    from diffaudit.core.io import read_json
+    from diffaudit.core.outdir import prepare_out_dir
+    from diffaudit.core.progress import progress_bar, stage_line
+    from diffaudit.core.results import write_result
+    from diffaudit.data import load_dataset
+    from diffaudit.sampling.masks import describe_mask, make_mask
+
+    config = attack.InpaintAttackConfig(
         n_inpaint=args.n_inpaint, top_k=args.top_k, steps=args.steps, jump_length=args.jump_length,
         jump_n_sample=args.jump_n_sample, eta=args.eta, timestep=args.timestep, n_draws=args.n_draws, seed=args.seed,
     )
@@ -233,13 +246,13 @@ def run(args: argparse.Namespace) -> int:
             idx = pending[g:g + group]
             target = models.get(Path(args.model))
             labels = _labels(ds, idx, target)
-            inps = inpaint_targets(
+            inps = attack.inpaint_targets(
                 target, ds.images[idx], np.stack([masks[i] for i in idx]), target_indices=idx, config=config,
                 alphas_cumprod=target.alphas_cumprod, labels=labels, device=device, micro_batch=args.batch_size,
             )
             for n, i in enumerate(idx):
                 shadow = models.get(shadows[i])
-                res, kept = score_target(
+                res, kept = attack.score_target(
                     target, shadow, ds.images[i], inps[n], target_index=i, key=ds.keys[i], member=ds.keys[i] in train_keys,
                     mask_name=describe_mask(args.mask, seed=args.seed, target_index=i), shadow_name=str(shadows[i]),
                     config=config, alphas_cumprod=target.alphas_cumprod, shadow_alphas_cumprod=shadow.alphas_cumprod,
@@ -249,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
                 fault_point("inpaint.target")
                 bar.advance(1, best_l2=res.best_l2)
 
-    results = [TargetResult.from_dict(read_json(done_file(i))) for i in targets]
+    results = [attack.TargetResult.from_dict(read_json(done_file(i))) for i in targets]
     result = write_result(out / "result.json", NAME, settings, {"seed": args.seed}, **_fields(results))
     s = result["summary"]["mean_top10_l2"]
     emit(args, result, (
@@ -260,6 +273,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _labels(ds, idx, model):
+    import numpy as np
+
     if getattr(model, "num_classes", None) is None:
         return None
     if ds.labels is None:
@@ -267,7 +282,13 @@ def _labels(ds, idx, model):
     return np.asarray(ds.labels)[idx]
 
 
-def _save_target(out: Path, i: int, res: TargetResult, kept: np.ndarray, image: np.ndarray, mask: np.ndarray) -> None:
+def _save_target(out: Path, i: int, res, kept, image, mask) -> None:
+    """Grid, kept inpaintings, then the target's JSON (written last: it marks the target finished)."""
+    import numpy as np
+
+    from diffaudit.attacks.inpainting.figures import save_grid
+    from diffaudit.core.io import save_npz_atomic, write_json_atomic
+
     grid = Path("grids") / f"{i:06d}.png"
     save_grid(out / grid, image, mask, kept, res.top_l2, title=f"{res.id} ({'member' if res.member else 'non-member'})")
     save_npz_atomic(out / "targets" / f"{i:06d}.npz", kept=kept, scores=np.asarray(res.top_scores),
@@ -275,7 +296,8 @@ def _save_target(out: Path, i: int, res: TargetResult, kept: np.ndarray, image: 
     write_json_atomic(out / "targets" / f"{i:06d}.json", {**res.to_dict(), "grid": str(grid)})  # last: marks it finished
 
 
-def _fields(results: list[TargetResult]) -> dict:
+def _fields(results) -> dict:
+    from diffaudit.attacks.inpainting import membership_scores, summarize
     from diffaudit.evaluation.roc import auc
 
     members = [r.member for r in results]

@@ -29,7 +29,7 @@ from diffaudit.report.plots_roc import write_roc_png, write_sweep_png
 NAME = "mia"
 HELP = "membership inference with the loss threshold attack or LiRA (online, offline, fixed variance, Strong)"
 DESCRIPTION = (
-    "Membership inference against diffusion models (Carlini et al. 2023, Sec. 5.1). Computes each model's "
+    "Membership inference against diffusion models (Carlini et al. 2023, Sec. 5). Computes each model's "
     "per-example loss L(x, t, ε) at --timesteps (cached under --out/losses, or --loss-cache, so re-runs and "
     "other attacks reuse it) and scores every example; larger scores mean 'more likely a member'. By default "
     "every shadow model is attacked in turn with the others as its shadows (leave-one-out, pooled); "

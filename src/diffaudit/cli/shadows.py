@@ -44,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--membership", required=True, help="membership-matrix file (.npz from `diffaudit membership`)")
     p.add_argument("--models", type=int, default=None,
                    help="train the first K columns (default: every column); raise it later to add models")
+    p.add_argument("--workers", type=int, default=1,
+                   help="models trained at once, each in its own process (several small models share one GPU well)")
     add_train_options(p)
 
 
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     with Timer() as timer:
         runs = train_shadows(ds, mem, config, out, models=range(k), seed=args.seed, device=device,
-                             data_record={"spec": args.data, "options": opts})
+                             data_record={"spec": args.data, "options": opts}, workers=args.workers)
     finished = sorted(p for p in out.glob("model-*") if (p / "result.json").exists())
     models = []
     for j in range(mem.n_models):

@@ -1,4 +1,4 @@
-"""``diffaudit verify``: which generations reproduce training images (paper §2.2, §4.2.1 step 5, §5.1)."""
+"""``diffaudit verify``: which generations reproduce training images (paper §3, §4.1, §5.1)."""
 
 from __future__ import annotations
 
@@ -200,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
         stage_line(f"verify: {fields['prompt_checks_extracted']} of {len(checks)} mapped generations within delta of "
                    f"their own training image ({t.seconds:.1f} s)")
     fields["fid"] = fid_from_file(args.fid_features) if args.fid_features else "not computed"
+    fields["score_direction"] = "l2 and ratio: smaller = closer to the training image (extracted at l2 <= delta or ratio <= 1)"
     fields["runtime"] = {"device": str(device), "backend": args.backend}
     result = write_result(result_path, NAME, settings, {"seed": args.seed}, **fields)
     emit(args, result, _summary(result, out))

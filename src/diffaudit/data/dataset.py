@@ -87,13 +87,13 @@ class ImageDataset:
 
 def to_model_space(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 (N, H, W, C) -> float32 (N, C, H, W) in [-1, 1] (the models' pixel range)."""
-    t = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
+    t = torch.as_tensor(np.ascontiguousarray(images)) if not isinstance(images, torch.Tensor) else images
     return t.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
 def to_unit(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 (N, H, W, C) -> float32 (N, C, H, W) in [0, 1] (the distances' pixel range)."""
-    t = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
+    t = torch.as_tensor(np.ascontiguousarray(images)) if not isinstance(images, torch.Tensor) else images
     return t.permute(0, 3, 1, 2).float().div(255.0)
 
 

@@ -39,6 +39,7 @@ from diffaudit.data.npz import list_npz
 from diffaudit.data.shards import is_shard_spec, list_shard_pattern
 from diffaudit.data.subset import choose_subset
 from diffaudit.data.transforms import apply_geometry, check_size_option, to_channels
+from diffaudit.data.view import is_view, read_view
 
 MODES = ("L", "RGB")
 
@@ -104,6 +105,9 @@ def load_dataset(
         DiffauditError: bad options, a spec that names nothing, bad input (naming the file), images of
             different sizes without ``image_size``, or an empty result.
     """
+    if is_view(spec):
+        return _load_view(spec, image_size=image_size, center_crop=center_crop, subset=subset, subset_seed=subset_seed,
+                          mode=mode, skip_bad=skip_bad, cifar_root=cifar_root)
     image_size = check_size_option("image_size", image_size)
     center_crop = check_size_option("center_crop", center_crop)
     if mode is not None and mode not in MODES:
@@ -163,3 +167,23 @@ def load_dataset(
         skipped=skipped,
         class_names=listing.class_names,
     )
+
+
+def _load_view(path, *, subset, subset_seed, cifar_root, **given) -> ImageDataset:
+    """Load a view file: its dataset with its own options, restricted to its keys (in order)."""
+    spec, options, keys = read_view(path)
+    overridden = [k for k, v in given.items() if v not in (None, False) and options.get(k) != v]
+    if overridden:
+        raise DiffauditError(f"{path}: a dataset view carries its own loader options; do not pass {', '.join(overridden)}")
+    if cifar_root is not None:
+        options = dict(options, cifar_root=cifar_root)
+    base = load_dataset(spec, **options)
+    index = base.index_of()
+    missing = [k for k in keys if k not in index]
+    if missing:
+        raise DiffauditError(f"{path}: {len(missing)} keys are not in {spec} (first: {missing[0]!r})")
+    ds = base.subset([index[k] for k in keys])
+    ds.source = str(path)
+    if subset is not None:
+        ds = ds.subset(choose_subset(len(ds), subset, subset_seed, str(path)))
+    return ds

@@ -7,8 +7,9 @@ similarity is at least the embedder's threshold. Three embedders are registered:
 
 | name    | vector                                          | similarity             | default threshold  |
 |---------|-------------------------------------------------|------------------------|--------------------|
-| `pixel` | 8x8 area-downsampled luma, mean-centred,        | cosine (inner product) | 0.97               |
-|         | L2-normalised, float32 (65,); 2 px shift views  |                        |                    |
+| `pixel` | 8x8 luma (mean-centred) + 4x4 chroma, area-     | cosine (inner product) | 0.97               |
+|         | downsampled, L2-normalised, float32 (97,);      |                        |                    |
+|         | 2 px shift views                                |                        |                    |
 | `phash` | 64-bit DCT perceptual hash, packed uint8 (8,);  | 1 − Hamming / 64       | 0.906 (≤ 6 bits)   |
 |         | 2 px shift views                                |                        |                    |
 | `clip`  | CLIP image embedding, L2-normalised (512,)      | cosine                 | 0.95 (uncalibrated)|
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 from diffaudit.core.errors import DiffauditError
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as PIL's "L" mode
+_YCC = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], dtype=np.float32)  # JPEG YCbCr
 
 
 def check_images(images: np.ndarray, name: str = "images") -> np.ndarray:
@@ -162,46 +164,67 @@ class PixelEmbedder(Embedder):
     """Down-sampled pixels, mean-centred and L2-normalised; cosine similarity.
 
     Area down-sampling to ``size`` x ``size`` absorbs JPEG noise and 1-2 px shifts (a 2 px shift at
-    32x32 is half a cell at 8x8); subtracting the image's mean and dividing by the norm makes the
-    vector invariant to brightness offsets and gains (±10 % brightness barely moves it).
+    32x32 is half a cell at 8x8); subtracting the image's mean luma and dividing by the norm makes
+    the vector invariant to brightness offsets and gains (±10 % brightness barely moves it).
     Images with no contrast (constant after down-sampling) map to one extra axis, so all blank
     images are duplicates of each other and of nothing else.
 
+    Colour (``color``):
+
+    - ``"ycc"`` (default): luma (BT.601 Y) at ``size`` x ``size``, mean-centred, and the two chroma
+      planes (Cb, Cr, not centred) at half that side, scaled so that a chroma cell weighs as much
+      as the luma cells it covers — JPEG's own 4:2:0 layout, so JPEG's chroma loss barely moves
+      the vector. Dim size² + 2·(size/2)² + 1 (97 at size 8).
+    - ``"rgb"``: the three channels at ``size``, centred on their common mean (dim 3·size² + 1).
+    - ``"gray"``: luma only (dim size² + 1); cheapest, but on CIFAR-10 it chains low-contrast
+      horizon scenes (ships, planes) into one large false group that colour separates.
+
     Args:
-        size: side of the down-sampled image (8 or 16 are sensible for 32x32 data).
-        color: ``"gray"`` (luma, dim size²) or ``"rgb"`` (dim 3·size²).
+        size: side of the down-sampled luma (8 or 16 are sensible for 32x32 data).
+        color: ``"ycc"``, ``"rgb"`` or ``"gray"``.
         max_shift: translations of up to this many pixels (native resolution) are tolerated
-            (query views, see :meth:`Embedder.embed_views`; 2 → 25 views).
+            (query views, see :meth:`Embedder.embed_views`; 2 → 13 views).
     """
 
     name = "pixel"
     metric = "cosine"
     default_threshold = 0.97
+    COLORS = ("ycc", "rgb", "gray")
 
-    def __init__(self, size: int = 8, color: str = "gray", max_shift: int = 2):
-        if size < 2:
-            raise DiffauditError(f"pixel embedder: size must be at least 2; got {size}")
-        if color not in ("gray", "rgb"):
-            raise DiffauditError(f"pixel embedder: color must be 'gray' or 'rgb'; got {color!r}")
+    def __init__(self, size: int = 8, color: str = "ycc", max_shift: int = 2):
+        if size < 2 or (color == "ycc" and size % 2):
+            raise DiffauditError(f"pixel embedder: size must be at least 2 (and even for ycc); got {size}")
+        if color not in self.COLORS:
+            raise DiffauditError(f"pixel embedder: color must be one of {', '.join(self.COLORS)}; got {color!r}")
         if not 0 <= int(max_shift) <= 8:
             raise DiffauditError(f"pixel embedder: max_shift must lie in [0, 8]; got {max_shift}")
         self.size, self.color, self.max_shift = int(size), color, int(max_shift)
-        self.dim = (3 if color == "rgb" else 1) * self.size**2 + 1
+        self.dim = {"gray": self.size**2, "rgb": 3 * self.size**2, "ycc": self.size**2 + 2 * (self.size // 2) ** 2}[color] + 1
 
     def settings(self) -> dict[str, Any]:
         return {"name": self.name, "size": self.size, "color": self.color, "max_shift": self.max_shift}
 
     def _pixels(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (B, H, W, C) -> float32 (B, 1 or 3, H, W) in [0, 1]."""
+        """uint8 (B, H, W, C) -> float32 (B, 1 or 3, H, W): luma, RGB or (Y, Cb, Cr), in [0, 1] (chroma ±0.5)."""
         a = check_images(images)
         if self.color == "gray":
             return gray_np(a)
         x = np.ascontiguousarray(a.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
-        return np.repeat(x, 3, axis=1) if x.shape[1] == 1 else x
+        if x.shape[1] == 1:
+            x = np.repeat(x, 3, axis=1)
+        if self.color == "ycc":
+            x = np.einsum("kc,bchw->bkhw", _YCC, x)
+        return x
 
     def _vectors(self, x: np.ndarray) -> np.ndarray:
-        v = area_resize_np(x, self.size).reshape(len(x), -1).astype(np.float64)
-        v -= v.mean(1, keepdims=True)
+        if self.color == "ycc":
+            y = area_resize_np(x[:, :1], self.size).reshape(len(x), -1).astype(np.float64)
+            y -= y.mean(1, keepdims=True)
+            c = area_resize_np(x[:, 1:], self.size // 2).reshape(len(x), -1).astype(np.float64) * 2.0
+            v = np.concatenate([y, c], axis=1)
+        else:
+            v = area_resize_np(x, self.size).reshape(len(x), -1).astype(np.float64)
+            v -= v.mean(1, keepdims=True)
         norm = np.linalg.norm(v, axis=1, keepdims=True)
         flat = norm[:, 0] < 1e-6  # no contrast: a blank image
         v = np.where(flat[:, None], 0.0, v / np.maximum(norm, 1e-12))

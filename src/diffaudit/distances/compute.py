@@ -37,6 +37,9 @@ MARGIN_LAMBDA = 8.0
 PIXEL_SQ = 255.0 * 255.0
 
 COMPUTE_KINDS = ("auto", "float64", "float32", "bf16")
+#: Values per exact fp32 partial dot product: 256 · 255² = 16,646,400 < 2^24, so every partial sum of
+#: 256 integer products is an integer that fp32 holds exactly, in any summation order (also TF32).
+EXACT_CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -83,9 +86,18 @@ def to_compute(x_uint8: torch.Tensor, spec: ComputeSpec) -> torch.Tensor:
 
 
 def sq_norms(x_uint8: torch.Tensor) -> torch.Tensor:
-    """Exact squared norms of integer rows: uint8 (N, D) -> int64 (N,) = Σ_i x_i²."""
-    x = x_uint8.to(torch.int32) if x_uint8.dtype == torch.uint8 else x_uint8.to(torch.int64)
-    return (x * x).sum(dim=1, dtype=torch.int64)
+    """Exact squared norms of integer rows: uint8 (N, D) -> int64 (N,) = Σ_i x_i².
+
+    fp32 sums over chunks of :data:`EXACT_CHUNK` values are exact (see there); chunk sums are added
+    in float64 (exact below 2^53).
+    """
+    n, d = x_uint8.shape
+    xf = x_uint8.to(torch.float32)
+    pad = (-d) % EXACT_CHUNK
+    if pad:
+        xf = torch.nn.functional.pad(xf, (0, pad))
+    v = xf.reshape(-1, EXACT_CHUNK)
+    return torch.einsum("ij,ij->i", v, v).reshape(n, -1).to(torch.float64).sum(1).round().to(torch.int64)
 
 
 @contextlib.contextmanager
@@ -135,20 +147,35 @@ def error_margin(spec: ComputeSpec, dim: int, norms_sum: torch.Tensor) -> torch.
     return norms_sum.to(torch.float64) * ((MARGIN_LAMBDA * math.sqrt(dim) + 3.0) * U_FP32)
 
 
+def exact_dots(q: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """Exact integer dot products: q uint8 (B, D), cand uint8 (B, C, D) -> float64 (B, C).
+
+    fp32 batched GEMVs over chunks of :data:`EXACT_CHUNK` values are exact (see there); the chunk
+    results are added in float64 (exact below 2^53). Works on any device.
+    """
+    b, c, d = cand.shape
+    qf = q.to(torch.float32)
+    cf = cand.to(torch.float32)
+    out = torch.zeros((b, c), dtype=torch.float64, device=q.device)
+    with _tf32_allowed(q.device):
+        for lo in range(0, d, EXACT_CHUNK):
+            hi = min(d, lo + EXACT_CHUNK)
+            part = torch.bmm(cf[:, :, lo:hi], qf[:, lo:hi].unsqueeze(2)).squeeze(2)
+            out += part.to(torch.float64)
+    return out
+
+
 def exact_sq_dists(q: torch.Tensor, cand: torch.Tensor, q_norms: torch.Tensor | None = None,
                    cand_norms: torch.Tensor | None = None) -> torch.Tensor:
     """Exact integer squared distances: q uint8 (B, D), cand uint8 (B, C, D) -> int64 (B, C).
 
-    float64 products and sums of 0..255 integers are exact (all partial sums < 2^53), so a batched
-    float64 GEMM gives the exact value on any device. ``q_norms`` (B,) and ``cand_norms`` (B, C) are
-    the exact int64 squared norms when already known.
+    ‖q‖² + ‖r‖² − 2·q·r with exact integer norms (int64, given or computed) and exact dot products
+    (:func:`exact_dots`).
     """
-    qf = q.to(torch.float64)
-    cf = cand.to(torch.float64)
-    dots = torch.bmm(cf, qf.unsqueeze(2)).squeeze(2)  # (B, C)
-    qn = (qf * qf).sum(1) if q_norms is None else q_norms.to(torch.float64)
-    cn = (cf * cf).sum(2) if cand_norms is None else cand_norms.to(torch.float64)
-    return (qn.unsqueeze(1) + cn - 2.0 * dots).round().to(torch.int64)
+    qn = sq_norms(q) if q_norms is None else q_norms
+    cn = sq_norms(cand.reshape(-1, cand.shape[-1])).reshape(cand.shape[:2]) if cand_norms is None else cand_norms
+    dots = exact_dots(q, cand).round().to(torch.int64)
+    return qn.to(torch.int64).unsqueeze(1) + cn.to(torch.int64) - 2 * dots
 
 
 def mean_square(sq: torch.Tensor, dim: int) -> torch.Tensor:

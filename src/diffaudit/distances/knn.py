@@ -35,7 +35,7 @@ from diffaudit.distances.knn_backends import Candidates, PreparedBlock, Prepared
 from diffaudit.distances.sources import ReferenceSource, iter_blocks
 
 _SENTINEL = torch.iinfo(torch.int64).max
-#: Bytes of float64 gathered candidates per exact re-ranking chunk.
+#: Bytes of fp32 gathered candidates per exact re-ranking chunk.
 _RERANK_BYTES = 256 << 20
 
 
@@ -88,7 +88,7 @@ def _exact_candidates(q: PreparedQueries, r: PreparedBlock, cand: Candidates) ->
     bq, c = cand.local.shape
     d = q.raw.shape[1]
     out = torch.empty((bq, c), dtype=torch.int64, device=q.raw.device)
-    rows = max(1, _RERANK_BYTES // max(1, c * d * 8))
+    rows = max(1, _RERANK_BYTES // max(1, c * d * 4))
     local = cand.local.to(q.raw.device)
     for lo in range(0, bq, rows):
         hi = min(bq, lo + rows)
@@ -162,6 +162,137 @@ def _search_block(backend, q: PreparedQueries, blocks: Iterator[PreparedBlock], 
     return best_sq, best_idx, fallback
 
 
+def _search_resident(backend, q: PreparedQueries, blocks: list[PreparedBlock], ref_raw: torch.Tensor,
+                     ref_norms: torch.Tensor, k: int, c: int, exclude_self: bool):
+    """Search a reference held whole on the device: candidates are merged by their *approximate*
+    distance across all blocks and re-ranked exactly once at the end (one gather per query).
+
+    Certificate: a row outside the final c candidates has an approximate distance ≥ the c-th merged
+    one (τ) — either it lost the merge, or it lost inside its block, whose own cutoff is ≥ τ — so its
+    exact distance is ≥ τ − margin; queries where that does not exceed the exact k-th distance are
+    recomputed against the whole reference.
+    """
+    bq = q.raw.shape[0]
+    dev = q.raw.device
+    n_total = int(ref_raw.shape[0])
+    c = min(c, n_total)
+    approx = torch.full((bq, c), np.inf, dtype=torch.float64, device=dev)
+    idx = torch.zeros((bq, c), dtype=torch.int64, device=dev)
+    margin = torch.zeros(bq, dtype=torch.float64, device=dev)
+    for r in blocks:
+        n = r.raw.shape[0]
+        if n == 0:
+            continue
+        cand = backend.candidates(q, r, min(c, n), exclude_self)
+        a2 = torch.cat([approx, cand.approx.to(dev)], 1)
+        i2 = torch.cat([idx, cand.local.to(dev) + r.offset], 1)
+        keep = torch.topk(a2, c, dim=1, largest=False, sorted=False).indices
+        approx, idx = a2.gather(1, keep), i2.gather(1, keep)
+        margin = torch.maximum(margin, cand.margin.to(dev))
+    if backend.spec.exact:
+        exact = torch.where(torch.isfinite(approx), approx, torch.zeros_like(approx)).round().to(torch.int64)
+    else:
+        exact = torch.empty((bq, c), dtype=torch.int64, device=dev)
+        d = q.raw.shape[1]
+        rows = max(1, _RERANK_BYTES // max(1, c * d * 4))
+        for lo in range(0, bq, rows):
+            hi = min(bq, lo + rows)
+            sel = idx[lo:hi]
+            gathered = ref_raw[sel.reshape(-1)].reshape(hi - lo, c, d)
+            exact[lo:hi] = exact_sq_dists(q.raw[lo:hi], gathered, q.norms[lo:hi], ref_norms[sel])
+    exact[~torch.isfinite(approx)] = _SENTINEL
+    empty = torch.empty((bq, 0), dtype=torch.int64, device=dev)
+    best_sq, best_idx = _merge(empty, empty, exact, idx, k)
+    if best_sq.shape[1] < k:  # fewer rows than k: pad (reported as an error by the caller)
+        pad = k - best_sq.shape[1]
+        best_sq = torch.cat([best_sq, torch.full((bq, pad), _SENTINEL, dtype=torch.int64, device=dev)], 1)
+        best_idx = torch.cat([best_idx, torch.full((bq, pad), -1, dtype=torch.int64, device=dev)], 1)
+    fallback = 0
+    if c < n_total:
+        finite = torch.where(torch.isfinite(approx), approx, torch.full_like(approx, -np.inf))
+        tau = finite.amax(1)
+        fail = ~((tau - margin) > best_sq[:, -1].to(torch.float64))
+        if bool(fail.any()):
+            rows_f = fail.nonzero().squeeze(1)
+            fallback = int(rows_f.numel())
+            whole = PreparedBlock(0, ref_raw, ref_norms, 0, None)
+            q_global = (rows_f + q.offset) if exclude_self else None
+            fsq, fidx = _exact_block_topk(q.raw[rows_f], q_global, whole, k)
+            best_sq[rows_f], best_idx[rows_f] = fsq, fidx
+    return best_sq, best_idx, fallback
+
+
+@dataclass
+class ResidentReference:
+    """A reference set prepared once on the device (uint8 rows, exact norms, backend operands), to be
+    reused by several searches (e.g. one per resumable chunk of queries). Make it with
+    :func:`prepare_reference`; pass it as ``reference`` with the same backend and device."""
+
+    backend: Any
+    raw: torch.Tensor
+    norms: torch.Tensor
+    blocks: list[PreparedBlock]
+
+    @property
+    def size(self) -> int:
+        return int(self.raw.shape[0])
+
+
+def _make_backend(backend: str, device: str | torch.device, compute: str):
+    dev = resolve_device(device) if isinstance(device, str) else device
+    return get_backend(backend, resolve_compute(compute, dev, cpu_default="float64"))
+
+
+def _prepare_resident(be, raw_cpu: torch.Tensor, rb: int) -> ResidentReference:
+    raw = raw_cpu.to(be.device)
+    blocks = [be.prepare_block(off, raw[off:off + rb]) for off in range(0, raw.shape[0], rb)]
+    norms = torch.cat([b.norms for b in blocks]) if blocks else torch.zeros(0, dtype=torch.int64, device=be.device)
+    return ResidentReference(be, raw, norms, blocks)
+
+
+def prepare_reference(
+    reference: Any,
+    *,
+    backend: str = "torch",
+    device: str | torch.device = "auto",
+    compute: str = "auto",
+    ref_block: int | None = None,
+) -> ResidentReference:
+    """Prepare a random-access uint8 reference (N, H, W, C)/(N, D) once for repeated searches."""
+    be = _make_backend(backend, device, compute)
+    ref = ReferenceSource(reference, name="reference")
+    if ref.random_access is None:
+        raise DiffauditError("prepare_reference needs an array or dataset, not a stream of blocks")
+    rb = ref_block or _default_blocks(be.device, ref.size)[1]
+    return _prepare_resident(be, ref.random_access, rb)
+
+
+def default_cache_bytes(device: torch.device) -> int:
+    """Largest prepared reference kept resident: 4 GiB on CUDA, 1 GiB on the CPU."""
+    return (4 << 30) if device.type == "cuda" else (1 << 30)
+
+
+def prepare_reference_if_fits(
+    reference: Any,
+    *,
+    backend: str = "torch",
+    device: str | torch.device = "auto",
+    compute: str = "auto",
+    ref_cache_bytes: int | None = None,
+) -> Any:
+    """:func:`prepare_reference` when the reference is an array whose prepared form (uint8 + GEMM
+    operand) fits ``ref_cache_bytes``; otherwise ``reference`` unchanged (it is then streamed)."""
+    be = _make_backend(backend, device, compute)
+    ref = ReferenceSource(reference, name="reference")
+    if ref.random_access is None or not ref.size:
+        return reference
+    budget = default_cache_bytes(be.device) if ref_cache_bytes is None else ref_cache_bytes
+    itemsize = 1 + torch.empty((), dtype=be.spec.input_dtype).element_size()
+    if ref.random_access.numel() * itemsize > budget:
+        return reference
+    return _prepare_resident(be, ref.random_access, _default_blocks(be.device, ref.size)[1])
+
+
 def iter_knn(
     queries: Any,
     reference: Any,
@@ -181,47 +312,50 @@ def iter_knn(
     """Yield ``(query_offset, KnnResult)`` per query block; see :func:`knn_search` for arguments."""
     if not isinstance(k, (int, np.integer)) or k < 1:
         raise DiffauditError(f"k must be a positive integer, got {k!r}")
-    dev = resolve_device(device) if isinstance(device, str) else device
-    spec = resolve_compute(compute, dev, cpu_default="float32")
-    be = get_backend(backend, spec)
-    ref = ReferenceSource(reference, name="reference")
-    qb_default, rb_default = _default_blocks(be.device, ref.size)
+    resident: ResidentReference | None = None
+    ref: ReferenceSource | None = None
+    if isinstance(reference, ResidentReference):
+        resident, be = reference, reference.backend
+        size: int | None = resident.size
+    else:
+        be = _make_backend(backend, device, compute)
+        ref = ReferenceSource(reference, name="reference")
+        size = ref.size
+    qb_default, rb_default = _default_blocks(be.device, size)
     qb, rb = query_block or qb_default, ref_block or rb_default
     if qb < 1 or rb < 1:
         raise DiffauditError("query_block and ref_block must be positive")
     c = k + (default_extra(k) if extra is None else int(extra))
-    if ref.size is not None:
-        avail = ref.size - (1 if exclude_self else 0)
+    if size is not None:
+        avail = size - (1 if exclude_self else 0)
         if avail < k:
             raise DiffauditError(f"k = {k} nearest neighbours requested but the reference set has only {avail} other images")
-    cache_budget = ref_cache_bytes if ref_cache_bytes is not None else ((4 << 30) if be.device.type == "cuda" else (1 << 30))
-    cached: list[PreparedBlock] | None = None
-    if ref.random_access is not None:
-        itemsize = 1 + torch.empty((), dtype=spec.input_dtype).element_size()
-        if ref.random_access.numel() * itemsize <= cache_budget:
-            cached = [be.prepare_block(off, t) for off, t in ref.blocks(rb)]
+    if resident is None and ref is not None and ref.random_access is not None and ref.size:
+        budget = ref_cache_bytes if ref_cache_bytes is not None else default_cache_bytes(be.device)
+        itemsize = 1 + torch.empty((), dtype=be.spec.input_dtype).element_size()
+        if ref.random_access.numel() * itemsize <= budget:
+            resident = _prepare_resident(be, ref.random_access, rb)  # one exact re-rank per query
 
-    def ref_blocks() -> Iterator[PreparedBlock]:
-        if cached is not None:
-            yield from cached
-        else:
-            for off, t in ref.blocks(rb):
-                yield be.prepare_block(off, t)
+    def streamed_blocks() -> Iterator[PreparedBlock]:
+        for off, t in ref.blocks(rb):
+            yield be.prepare_block(off, t)
 
     for q_off, q_raw in iter_blocks(queries, qb, name="queries"):
         q_off += int(query_offset)
-        if ref.dim is not None and q_raw.shape[1] != ref.dim:
+        ref_dim = int(resident.raw.shape[1]) if resident is not None else ref.dim
+        if ref_dim is not None and q_raw.shape[1] != ref_dim:
             raise DiffauditError(
-                f"queries have {q_raw.shape[1]} values per image but the reference has {ref.dim}: image shapes differ"
+                f"queries have {q_raw.shape[1]} values per image but the reference has {ref_dim}: image shapes differ"
             )
         q = be.prepare_queries(q_off, q_raw)
-        best_sq, best_idx, fallback = _search_block(be, q, ref_blocks(), k, c, exclude_self)
-        if q_raw.shape[1] != ref.dim:  # a streamed reference's shape is known after its first block
-            raise DiffauditError(
-                f"queries have {q_raw.shape[1]} values per image but the reference has {ref.dim}: image shapes differ"
-            )
+        if resident is not None:
+            best_sq, best_idx, fallback = _search_resident(be, q, resident.blocks, resident.raw, resident.norms, k, c,
+                                                           exclude_self)
+        else:
+            best_sq, best_idx, fallback = _search_block(be, q, streamed_blocks(), k, c, exclude_self)
         if bool((best_sq == _SENTINEL).any()):
-            raise DiffauditError(f"k = {k} nearest neighbours requested but the reference set has only {ref.size} images")
+            n_ref = resident.size if resident is not None else ref.size
+            raise DiffauditError(f"k = {k} nearest neighbours requested but the reference set has only {n_ref} images")
         sq = best_sq.cpu().numpy()
         dim = int(q_raw.shape[1])
         dist = np.sqrt(sq.astype(np.float64) / (dim * PIXEL_SQ))
@@ -242,12 +376,15 @@ def knn_search(
     Args:
         queries: uint8 images (Q, H, W, C) or rows (Q, D) (numpy, memory map, torch, ImageDataset) or
             an iterable of such blocks (read once).
-        reference: uint8 (N, H, W, C)/(N, D) array or ImageDataset, a list of blocks, or a callable
-            returning a fresh iterator of blocks (re-read per query block when not cached).
+        reference: uint8 (N, H, W, C)/(N, D) array or ImageDataset, a list of blocks, a callable
+            returning a fresh iterator of blocks (re-read per query block when not cached), or a
+            :class:`ResidentReference` from :func:`prepare_reference` (then backend/device/compute
+            are those it was prepared with).
         k: neighbours per query, 1 ≤ k ≤ N (the paper uses n = 50; up to ~100 is cheap).
         backend: ``torch`` (blocked GEMM) or ``faiss`` (IndexFlatL2, CPU); see :mod:`.knn_backends`.
         device: ``auto``, ``cpu``, ``cuda``... (faiss always runs on the CPU).
-        compute: GEMM precision, ``auto`` (bf16 on CUDA, float32 on the CPU), ``float32``, ``float64``.
+        compute: GEMM precision, ``auto`` (bf16 with exact re-ranking on CUDA; float64 on the CPU, where the
+            GEMM on integer pixels is already exact and no re-ranking is needed), ``float32``, ``float64``.
         extra: candidates fetched beyond k per block (default max(8, k // 4)); only speed depends on it.
         query_block, ref_block: rows per block (defaults bound the (query x ref) block to 1 GiB on CUDA,
             32 MiB on the CPU).

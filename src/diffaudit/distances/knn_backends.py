@@ -5,7 +5,7 @@ squared distance; :mod:`diffaudit.distances.knn` then re-ranks them with exact i
 certifies that no row outside the candidates can belong to the top k. Backends:
 
 - ``torch``: blocked GEMM ‖q‖² + ‖r‖² − 2·q·r on integer pixels (bf16 in / fp32 accumulate on CUDA,
-  fp32 or float64 on the CPU; :mod:`.compute`) and ``torch.topk``.
+  float64 (exact) or fp32 on the CPU; :mod:`.compute`) and ``torch.topk``.
 - ``faiss``: ``faiss.IndexFlatL2`` (exhaustive, fp32; it returns squared sums Σ(q − r)² on the values
   it was given, here 0..255, so the RMS is sqrt(D / (d·255²))); CPU only (faiss-cpu).
 """
@@ -76,11 +76,12 @@ class TorchGemmBackend:
     def prepare_queries(self, offset: int, raw: torch.Tensor) -> PreparedQueries:
         raw = raw.to(self.device)
         norms = sq_norms(raw)
-        return PreparedQueries(offset, raw, norms, to_compute(raw, self.spec))
+        # −2·q folded into the operand (−510..0 are exact in bf16), saving a pass over the (Bq, Br) block
+        return PreparedQueries(offset, raw, norms, to_compute(raw, self.spec).mul_(-2))
 
     def candidates(self, q: PreparedQueries, r: PreparedBlock, c: int, exclude_self: bool) -> Candidates:
         rc, rn = r.handle
-        approx = cross(q.handle, rc, self.spec).mul_(-2.0).add_(rn.unsqueeze(0))  # ‖r‖² − 2 q·r
+        approx = cross(q.handle, rc, self.spec).add_(rn.unsqueeze(0))  # ‖r‖² − 2 q·r (‖q‖² added to the candidates)
         if exclude_self:
             _mask_self(approx, q.offset, r.offset)
         vals, local = torch.topk(approx, c, dim=1, largest=False, sorted=False)

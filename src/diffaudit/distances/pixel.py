@@ -25,7 +25,7 @@ import torch
 from diffaudit.core.errors import DiffauditError
 from diffaudit.distances.images import as_tensor, check_same_shape, to_unit_float64
 
-#: Default grid of the tiled ℓ2 (paper §4.2.1: 4 x 4 non-overlapping tiles, 128 x 128 at 512 x 512).
+#: Default grid of the tiled ℓ2 (paper §4.1: 4 x 4 non-overlapping tiles, 128 x 128 at 512 x 512).
 DEFAULT_GRID = 4
 
 
@@ -66,7 +66,7 @@ def _paired(a: Any, b: Any, device) -> tuple[torch.Tensor, torch.Tensor, bool]:
 def l2(a: Any, b: Any, *, device: str | torch.device | None = None) -> torch.Tensor:
     """ℓ2(a, b) = sqrt(mean((a − b)²)) over all pixels and channels, on [0, 1] pixels.
 
-    DESIGN "Distances" / paper §4.1 (root mean square, so it does not grow with resolution).
+    DESIGN "Distances" / paper §3 (root mean square, so it does not grow with resolution).
     a, b: (N, H, W, C) or (H, W, C), uint8 or [0, 1] floats. Returns float64 (N,) (a 0-d tensor for
     single images), values in [0, 1]; smaller = more alike.
     """
@@ -95,7 +95,7 @@ def tile_l2(a: Any, b: Any, *, grid: int = DEFAULT_GRID, device: str | torch.dev
 def tiled_l2(a: Any, b: Any, *, grid: int = DEFAULT_GRID, device: str | torch.device | None = None) -> torch.Tensor:
     """Tiled ℓ2: the MAXIMUM over the grid x grid same-position tiles of the tiles' ℓ2.
 
-    Paper §4.2.1 (generate-and-filter): two images are close only if they are close everywhere, so
+    Paper §4.1 (generate-and-filter): two images are close only if they are close everywhere, so
     generations that merely share a flat background are not near-duplicates. Shapes as :func:`l2`;
     float64 (N,) in [0, 1]; smaller = more alike; always ≥ :func:`l2` (module docstring).
     """

@@ -1,6 +1,6 @@
 """Exact fixed-radius neighbours in ℓ2 (RMS on [0, 1] pixels), streamed in blocks.
 
-Used for the eidetic count (paper §2.2, Definition 2: how many training images lie within δ = 0.1
+Used for the eidetic count (paper §3, Definition 2: how many training images lie within δ = 0.1
 of an extracted one) and to collapse duplicated training images. Pairs within the GEMM's error
 margin of the radius are recomputed exactly, so the answer is exact on every device.
 """
@@ -37,7 +37,7 @@ def radius_neighbors(
     if not 0 <= radius <= 1:
         raise DiffauditError(f"radius must be in [0, 1], got {radius}")
     dev = resolve_device(device) if isinstance(device, str) else device
-    spec = resolve_compute(compute, dev, cpu_default="float32")
+    spec = resolve_compute(compute, dev, cpu_default="float64")
     ref = ReferenceSource(reference, name="reference")
     rb = ref_block or (65536 if dev.type == "cuda" else 8192)
     out: list[tuple[np.ndarray, np.ndarray]] = []

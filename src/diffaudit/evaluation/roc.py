@@ -3,7 +3,7 @@
 Convention (DESIGN: scores): ``scores`` is float (n,), larger means "more likely a member";
 ``labels`` is bool (n,), True for members (positives). A threshold τ predicts "member" for every
 example with ``score >= τ``. The paper reports AUC and the TPR at 1% and 0.1% FPR on log-log ROC
-curves (Carlini et al. 2023, Sec. 5.1, Fig. 8/9; following LiRA, Carlini et al. 2022, Sec. IV).
+curves (Carlini et al. 2023, Sec. 5, membership inference; following LiRA, Carlini et al. 2022).
 
 Ties: examples with equal scores always fall on the same side of a threshold, so the ROC curve has
 one point per distinct score value (plus (0, 0)); the AUC counts a tied member/non-member pair as

@@ -1,7 +1,7 @@
 """Attack success as a function of the diffusion timestep t (the paper's Figure 9).
 
 The paper finds membership leaks most at intermediate timesteps, t ≈ 50-300 of T = 1000
-(Carlini et al. 2023, Sec. 5.1, Fig. 9); :class:`TimestepSweep` holds one
+(Carlini et al. 2023, Sec. 5, membership inference, Fig. 9); :class:`TimestepSweep` holds one
 :class:`~diffaudit.evaluation.attack_evaluation.AttackEvaluation` per t.
 """
 

@@ -109,5 +109,5 @@ def load_denoiser(path: str | Path, device: str | torch.device = "cpu", dtype: t
         raise DiffauditError(f"--model {root}: {cls} is not a pixel-space UNet2DModel (latent pipelines load with load_sd_pipeline)")
     if not any(unet_dir.glob("*.safetensors")):
         raise DiffauditError(f"--model {root}: weights must be in safetensors format (pickled .bin weights are refused)")
-    unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True).to(device=device, dtype=dtype).eval()
+    unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True, torch_dtype=dtype).to(device=device).eval()
     return Denoiser(unet=unet, alphas_cumprod=alphas_cumprod_of(_scheduler_from(sched_dir)), dtype=dtype, path=str(root))

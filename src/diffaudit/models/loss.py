@@ -3,9 +3,11 @@
     L(x, t, ε) = mean over pixels of (ε − ε_θ(sqrt(ᾱ_t)·x + sqrt(1 − ᾱ_t)·ε, t))²
 
 One value per (example, timestep, query). A query is a noise draw ε, optionally on the
-horizontally flipped image too (Strong LiRA). ε for (example index, draw) comes from
-``derive_seed(noise_seed, "loss-noise", index, draw)`` alone, so every model sees the same ε for
-the same example, whatever the batch. Lower loss means "more likely a member".
+horizontally flipped image too (Strong LiRA). ε for (example index, draw) is counter-based noise
+keyed by ``derive_seed(noise_seed, "loss-noise", index)`` at counter ``draw``, computed on the
+model's device: every model sees the same ε for the same example, whatever the batch, at the cost
+of one kernel per batch (equal across devices up to float rounding). Lower loss means "more likely
+a member".
 """
 
 from __future__ import annotations
@@ -16,14 +18,19 @@ import numpy as np
 import torch
 
 from diffaudit.core.errors import DiffauditError, NonFiniteError
-from diffaudit.core.seeds import derive_seed, randn_per_seed
+from diffaudit.core.seeds import counter_randn, derive_seed
 from diffaudit.data.dataset import to_model_space
 from diffaudit.models.denoiser import Denoiser
 
 
-def loss_noise_seeds(indices: Sequence[int], draw: int, noise_seed: int) -> list[int]:
-    """Seeds of ε for ``indices`` at ``draw`` (shared by every model)."""
-    return [derive_seed(int(noise_seed), "loss-noise", int(i), int(draw)) for i in indices]
+def loss_noise_keys(indices: Sequence[int], noise_seed: int) -> torch.Tensor:
+    """Keys of ε for examples ``indices`` (shared by every model); draw d is counter d."""
+    return torch.tensor([derive_seed(int(noise_seed), "loss-noise", int(i)) for i in indices], dtype=torch.int64)
+
+
+def loss_noise(indices: Sequence[int], draw: int, noise_seed: int, shape: Sequence[int], device) -> torch.Tensor:
+    """ε of shape (len(indices), *shape) for ``draw``: identical for every model."""
+    return counter_randn(loss_noise_keys(indices, noise_seed).to(device), int(draw), shape)
 
 
 @torch.no_grad()
@@ -74,8 +81,9 @@ def per_example_loss(
         sl = slice(start, min(n, start + batch_size))
         x0 = to_model_space(images[sl]).to(dev)
         lab = None if labels is None else torch.as_tensor(np.asarray(labels)[sl], dtype=torch.long, device=dev)
+        keys = loss_noise_keys(idx[sl], noise_seed).to(dev)
         for d in range(n_draws):
-            eps = randn_per_seed(loss_noise_seeds(idx[sl], d, noise_seed), x0.shape[1:], device=dev)
+            eps = counter_randn(keys, d, x0.shape[1:])
             for f in range(n_flip):
                 x = x0.flip(-1) if f else x0
                 for j, t in enumerate(ts):

@@ -1,4 +1,4 @@
-"""PNG files of membership-inference results: the log-log ROC curve (Carlini et al. 2023, Fig. 8)
+"""PNG files of membership-inference results: the log-log ROC curve (Carlini et al. 2023, Sec. 5)
 and the attack's success over the diffusion timestep (Fig. 9).
 
 Thin writers over the drawing functions of :mod:`diffaudit.report.plots` (matplotlib Agg, no

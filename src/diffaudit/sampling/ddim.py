@@ -5,8 +5,8 @@
     x_prev = sqrt(ᾱ_prev)·x̂_0 + sqrt(1 − ᾱ_prev − σ_t²)·ε̂ + σ_t·z
 
 The model is any callable ``model(x_t, t, labels) -> ε̂``. No state, no global RNG: the only
-randomness is x_T (given) and, for η > 0, z drawn per image from ``noise_seeds[i]`` and the step
-index. x̂_0 is clipped to [-1, 1] as diffusers' DDIMScheduler does with ``clip_sample=True`` (and
+randomness is x_T (given) and, for η > 0, z: counter-based noise keyed by ``noise_seeds[i]`` at
+the step index, computed on the device. x̂_0 is clipped to [-1, 1] as diffusers' DDIMScheduler does with ``clip_sample=True`` (and
 ``use_clipped_model_output=False``), so images match the stock ``DDIMPipeline`` for the same x_T.
 Non-finite values are tracked in a flag kept on the device and checked once at the end (no host
 synchronisation inside the loop).
@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import torch
 
 from diffaudit.core.errors import NonFiniteError
-from diffaudit.core.seeds import derive_seed, randn_per_seed
+from diffaudit.core.seeds import counter_randn
 
 Model = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -46,6 +46,7 @@ def sample(
     x = x_T.float()
     finite = torch.ones((), dtype=torch.bool, device=x.device)
     ts = list(timesteps)
+    keys = None if noise_seeds is None else torch.as_tensor(list(noise_seeds), dtype=torch.int64, device=x.device)
     for k, t in enumerate(ts):
         a_t = float(ab[t])
         a_prev = float(ab[ts[k + 1]]) if k + 1 < len(ts) else 1.0
@@ -57,7 +58,7 @@ def sample(
         sigma = eta * ((1 - a_prev) / (1 - a_t)) ** 0.5 * (1 - a_t / a_prev) ** 0.5 if k + 1 < len(ts) else 0.0
         x = a_prev ** 0.5 * x0 + max(1 - a_prev - sigma**2, 0.0) ** 0.5 * eps
         if sigma > 0:
-            z = randn_per_seed([derive_seed(s, "ddim-step", k) for s in noise_seeds], x.shape[1:], device=x.device)
+            z = counter_randn(keys, k, x.shape[1:])
             x = x + sigma * z
         finite &= torch.isfinite(x).all()
     if not bool(finite):

@@ -37,12 +37,9 @@ from typing import Callable, Sequence
 import torch
 
 from diffaudit.core.errors import DiffauditError, NonFiniteError
-from diffaudit.core.seeds import derive_seed
+from diffaudit.core.seeds import _mix32, counter_randn, derive_seed  # noqa: F401 (re-exported)
 
 Model = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
-
-_M32 = 0xFFFFFFFF
-
 
 # --------------------------------------------------------------------------- schedules
 
@@ -100,51 +97,6 @@ def model_evaluations(steps: int, *, jump_length: int, jump_n_sample: int) -> in
 def inpainting_seeds(seed: int, target_index: int, n: int, *, start: int = 0) -> list[int]:
     """Keys of inpaintings ``start .. start + n − 1`` of target ``target_index`` (dataset index)."""
     return [derive_seed(int(seed), "inpaint", int(target_index), j) for j in range(start, start + n)]
-
-
-# --------------------------------------------------------------------------- counter-based noise
-
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """(x · c) mod 2^32 for int64 x in [0, 2^32), without int64 overflow (16-bit split of c)."""
-    lo = x * (c & 0xFFFF)
-    hi = ((x * (c >> 16)) & 0xFFFF) << 16
-    return (lo + hi) & _M32
-
-
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """A bijective 32-bit integer hash (Wellons' "lowbias32") on int64 tensors holding [0, 2^32)."""
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
-
-
-def counter_randn(keys: torch.Tensor, counter: int, shape: Sequence[int], *, device=None) -> torch.Tensor:
-    """Standard normal noise (B, *shape), float32; row b depends only on (keys[b], counter).
-
-    Args:
-        keys: int64 (B,) in [0, 2^63) (seeds from :func:`~diffaudit.core.seeds.derive_seed`).
-        counter: int in [0, 2^32): which draw of the row's stream (schedule position and purpose).
-        shape: per-row shape, e.g. (C, H, W).
-        device: where to compute (default: the keys' device).
-
-    Integer hashing gives two 24-bit uniforms per element, turned Gaussian by Box-Muller
-    (|z| ≤ 5.9). Not cryptographic; statistically fine for sampling noise.
-    """
-    keys = torch.as_tensor(keys, dtype=torch.int64, device=device)
-    dev = keys.device
-    if not 0 <= int(counter) <= _M32:
-        raise ValueError(f"counter must lie in [0, 2^32); got {counter}")
-    n = math.prod(int(s) for s in shape)
-    c = _mix32(torch.tensor([int(counter)], dtype=torch.int64, device=dev))
-    row = _mix32((keys & _M32) ^ _mix32(((keys >> 32) & _M32) ^ c))  # (B,)
-    idx = _mix32((torch.arange(2 * n, dtype=torch.int64, device=dev) + 0x9E3779B9) & _M32)  # (2n,)
-    h = _mix32(row[:, None] ^ idx[None, :]) >> 8  # (B, 2n) in [0, 2^24)
-    u = h.to(torch.float32) * (2.0 ** -24) + 2.0 ** -25  # uniform in (0, 1)
-    u1, u2 = u[:, :n], u[:, n:]
-    z = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)
-    return z.reshape(len(keys), *shape)
 
 
 # --------------------------------------------------------------------------- the sampler

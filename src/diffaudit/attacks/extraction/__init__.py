@@ -2,7 +2,7 @@
 
 - :mod:`.cliques`: exact maximum clique with a deterministic expansion bound;
 - :mod:`.graph`: the tiled-ℓ2 near-duplicate graph, medoids, mean internal distances;
-- :mod:`.filter`: per-prompt filtering of conditional generations (paper §4.2.1);
+- :mod:`.filter`: per-prompt filtering of conditional generations (paper §4.1);
 - :mod:`.blackbox`: cliques among unconditional generations without the training set;
 - :mod:`.calibration`: precision/recall over edge thresholds and clique sizes;
 - :mod:`.verification`: (ℓ2, δ) and normalised-distance extraction, eidetic k, unique counting;

@@ -7,7 +7,7 @@ so the grouping comes from the generations themselves:
 2. keep the pairs with ℓ2 ≤ edge threshold: since ℓ2 ≤ tiled ℓ2 always (module
    :mod:`diffaudit.distances.pixel`), every tiled-ℓ2 edge among a generation's k nearest is kept;
 3. connected components of that sparse graph; components smaller than ``min_clique`` are dropped;
-4. inside each component, the exact tiled-ℓ2 graph (paper §4.2.1) and every disjoint clique of at least
+4. inside each component, the exact tiled-ℓ2 graph (paper §4.1) and every disjoint clique of at least
    ``min_clique`` members, largest first: each memorized image forms its own clique of copies.
 
 Limits, reported in the result: a generation whose k-th neighbour is still within the threshold is

@@ -1,4 +1,5 @@
-"""Exact maximum clique with a deterministic work bound (paper §4.2.1, step 4 of generate-and-filter).
+"""Exact maximum clique with a deterministic work bound (paper §4.1; DESIGN generate-and-filter
+step 4).
 
 Branch and bound with greedy colouring (Tomita & Seki's MCQ / Tomita et al.'s MCS, in the bitset form
 of San Segundo's BBMC): vertices are ordered by non-increasing degree; at each search node the

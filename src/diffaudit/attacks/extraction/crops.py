@@ -1,6 +1,6 @@
-"""ℓ2 of a generation against a larger training image under every crop alignment (paper §4.2.1,
-step 5: Stable Diffusion trained on random square crops, so a memorized generation may match any
-window of its source image).
+"""ℓ2 of a generation against a larger training image under every crop alignment (paper §4.1;
+DESIGN generate-and-filter step 5: Stable Diffusion was trained on random square crops, so a memorized
+generation may match any window of its source image).
 
 For a generation g (h, w, C) and a training image t (H ≥ h, W ≥ w, C), the ℓ2 of g against the
 window at offset (y, x) is sqrt(mean((t[y:y+h, x:x+w] − g)²)). All (H − h + 1)(W − w + 1) offsets

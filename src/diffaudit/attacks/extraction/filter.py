@@ -1,4 +1,4 @@
-"""Generate-and-filter for conditional models (paper §4.2.1, steps 3-4).
+"""Generate-and-filter for conditional models (paper §4.1; DESIGN generate-and-filter steps 3-4).
 
 For each prompt's generations: the tiled-ℓ2 near-duplicate graph, its maximum clique, a flag when
 the clique has ≥ ``min_clique`` members (10 in the paper), the clique's medoid (its representative)
@@ -86,7 +86,7 @@ def filter_prompt(
 ) -> PromptResult:
     """Filter one prompt's generations ``images`` (n, H, W, C) uint8 with sample ids ``ids``.
 
-    Paper §4.2.1: graph (tiled ℓ2 ≤ edge threshold), maximum clique, flag, medoid.
+    Paper §4.1: graph (tiled ℓ2 ≤ edge threshold), maximum clique, flag, medoid.
     ``distances_out``, when a list, receives the (n, n) tiled-ℓ2 matrix (for calibration).
     """
     s = (settings or FilterSettings()).validate()

@@ -1,4 +1,5 @@
-"""The near-duplicate graph over generations (paper §4.2.1, step 3) and clique summaries.
+"""The near-duplicate graph over generations and clique summaries (paper §4.1; DESIGN generate-and-filter
+step 3).
 
 Vertices are generations; an edge joins two generations whose tiled ℓ2 (max over the 4 x 4
 same-position tiles) is ≤ the edge threshold. Pairs whose GEMM value lies within the computation's
@@ -21,7 +22,7 @@ from diffaudit.distances.pixel import DEFAULT_GRID, tile_l2
 
 #: Default edge threshold of the tiled ℓ2 (not published; DESIGN: "0.1 is a sensible default").
 DEFAULT_EDGE_THRESHOLD = 0.1
-#: Default minimum clique size that flags a prompt (paper §4.2.1).
+#: Default minimum clique size that flags a prompt (paper §4.1).
 DEFAULT_MIN_CLIQUE = 10
 
 
@@ -56,7 +57,8 @@ def near_duplicate_graph(
 ) -> NearDuplicateGraph:
     """Graph over ``images`` (N, H, W, C) uint8 (or [0, 1] floats): edge iff tiled ℓ2 ≤ ``threshold``.
 
-    Paper §4.2.1 step 3. ``device`` defaults to the images' device (pass ``cuda`` to build it there).
+    Paper §4.1 (DESIGN generate-and-filter step 3). ``device`` defaults to the images' device (pass
+    ``cuda`` to build it there).
     """
     check_threshold(threshold, "edge threshold")
     t = as_tensor(images, name="generations")

@@ -15,7 +15,7 @@ import numpy as np
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.faults import fault_point
 from diffaudit.core.io import save_npz_atomic
-from diffaudit.distances.knn import KnnResult, knn_search
+from diffaudit.distances.knn import KnnResult, knn_search, prepare_reference_if_fits
 
 #: Queries per cached chunk.
 DEFAULT_CHUNK = 16384
@@ -45,17 +45,23 @@ def cached_knn(
     **knn_kwargs: Any,
 ) -> KnnResult:
     """:func:`~diffaudit.distances.knn.knn_search` of ``queries`` (a random-access uint8 array
-    (N, ...)) in chunks of ``chunk`` rows, each saved to ``cache_dir/knn-<lo>-<hi>.npz``."""
+    (N, ...)) against ``reference`` (prepared on the device once when it fits, else streamed) in chunks of
+    ``chunk`` rows, each saved to ``cache_dir/knn-<lo>-<hi>.npz``."""
     n = len(queries)
     if n == 0:
         raise DiffauditError("no queries: the sample set is empty")
     parts: list[KnnResult] = []
+    prepared = None  # the reference, prepared on the device at the first chunk that needs computing
     for lo in range(0, n, chunk):
         hi = min(n, lo + chunk)
         path = None if cache_dir is None else Path(cache_dir) / f"knn-{lo:010d}-{hi:010d}.npz"
         res = _load_chunk(path, hi - lo, k) if path is not None and path.exists() else None
         if res is None:
-            res = knn_search(queries[lo:hi], reference, k, exclude_self=exclude_self, query_offset=lo, **knn_kwargs)
+            if prepared is None:
+                prepared = prepare_reference_if_fits(reference, **{a: knn_kwargs[a] for a in
+                                                                   ("backend", "device", "compute", "ref_cache_bytes")
+                                                                   if a in knn_kwargs})
+            res = knn_search(queries[lo:hi], prepared, k, exclude_self=exclude_self, query_offset=lo, **knn_kwargs)
             if path is not None:
                 save_npz_atomic(path, indices=res.indices, sq=res.sq, distances=res.distances, dim=np.int64(res.dim))
                 fault_point(fault_name)

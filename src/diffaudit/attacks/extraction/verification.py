@@ -1,4 +1,4 @@
-"""Verification: which generations reproduce a training image (paper §2.2 and §5.1).
+"""Verification: which generations reproduce a training image (paper §3, Definitions 1-2, and §5.1).
 
 For every generation x̂, its n nearest training images (exact ℓ2, :mod:`diffaudit.distances.knn`) and:
 
@@ -31,9 +31,9 @@ from diffaudit.distances.normalized import DEFAULT_ALPHA, DEFAULT_NEIGHBORS, nea
 from diffaudit.distances.radius import radius_neighbors
 
 RULES = ("l2", "ratio")
-#: δ of (ℓ2, δ)-extraction (paper §2.2 / §4.2.1 step 5).
+#: δ of (ℓ2, δ)-extraction (paper §3, Definition 1; §4.1, verification).
 DEFAULT_DELTA = 0.15
-#: δ of eidetic memorization and of the training-duplicate rule (paper §2.2, Definition 2).
+#: δ of eidetic memorization and of the training-duplicate rule (paper §3, Definition 2).
 DEFAULT_EIDETIC_DELTA = 0.1
 
 
@@ -114,7 +114,7 @@ class Verification:
 
 
 def decide(knn: KnnResult, settings: VerifySettings, n_train: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(l2, ratio, extracted) per generation from its sorted kNN distances (paper §2.2, §5.1)."""
+    """(l2, ratio, extracted) per generation from its sorted kNN distances (paper §3, §5.1)."""
     n = neighborhood_size(n_train, settings.n_neighbors)
     l2 = knn.distances[:, 0]
     ratio = nearest_ratio(knn.distances, n=n, alpha=settings.alpha)
@@ -238,7 +238,7 @@ def check_prompt_map(
     prompt_map: prompt -> training indices (the images that caption came from); ``select``: sample
     positions to check (default all). For each checked sample of a mapped prompt: the best training
     image and window. Returns dicts {prompt, sample, train_id, train_key, l2, offset, extracted}
-    (extracted: ℓ2 ≤ δ, paper §4.2.1 step 5).
+    (extracted: ℓ2 ≤ δ, paper §4.1, verification).
     """
     check_threshold(delta, "--delta")
     out = []

@@ -1,7 +1,9 @@
-"""Membership inference on diffusion models (Carlini et al. 2023, Sec. 5.1): the loss-threshold
-attack and LiRA (online, offline, fixed variance, Strong), as pure functions on loss arrays, plus
-the orchestration that computes and caches the losses (:mod:`.run`). Scores: larger = more likely
-a member."""
+"""Membership inference on diffusion models (Carlini et al. 2023, Sec. 5).
+
+The loss-threshold attack and LiRA (online, offline, fixed variance, Strong) as pure functions on
+loss arrays; the shadow-model training (:mod:`.shadows`) and the orchestration that computes and
+caches the losses (:mod:`.run`). Scores: larger = more likely a member.
+"""
 
 from diffaudit.attacks.membership.inputs import AttackInput, transform_losses
 from diffaudit.attacks.membership.lira import gaussian_fit, lira_offline_scores, lira_online_scores

@@ -1,6 +1,6 @@
 """Typed inputs of the membership attacks and the loss transform they fit Gaussians on.
 
-Every attack reads per-example losses L(x, t, ε) (Carlini et al. 2023, Sec. 5.1:
+Every attack reads per-example losses L(x, t, ε) (Carlini et al. 2023, Sec. 5, membership inference:
 L = ||ε − ε_θ(sqrt(ᾱ_t)·x + sqrt(1 − ᾱ_t)·ε, t)||², mean over pixels, ≥ 0) of one target model and,
 for LiRA, of shadow models with known membership. Shapes (N examples, S shadows, Q queries; a
 query is one (noise draw ε, flip) pair, identical in every model):
@@ -28,7 +28,7 @@ def transform_losses(losses: np.ndarray, transform: str) -> np.ndarray:
     ``"log"`` (default): log(max(loss, 1e-12)). A loss is a mean of squared errors, positive and
     right-skewed (scaled chi-square-like) and its spread grows with its mean; its logarithm is close
     to Gaussian across shadow models and has a comparable spread for easy and hard examples, the role
-    logit scaling of the confidence plays in LiRA for classifiers (Carlini et al. 2022, Sec. IV-C).
+    logit scaling of the confidence plays in LiRA for classifiers (Carlini et al. 2022, Sec. IV).
     ``"none"``: the raw loss (the paper's description, "Gaussians fitted to the loss").
     """
     if transform == "log":

@@ -1,17 +1,17 @@
 """The Likelihood Ratio Attack (LiRA) on diffusion losses: online, offline, fixed variance, Strong.
 
-Carlini et al. 2023, Sec. 5.1 ("Membership inference"): train shadow models on random halves of the
+Carlini et al. 2023, Sec. 5 (membership inference): train shadow models on random halves of the
 data so each example is IN for about half of them, fit per-example Gaussians to the shadow models'
 losses on it, and score the target model's loss by the likelihood ratio (LiRA, Carlini et al. 2022,
-Sec. IV, Eq. 4). Pure functions on arrays (shapes in :mod:`.inputs`); losses are first transformed
+Sec. IV, Algorithm 1). Pure functions on arrays (shapes in :mod:`.inputs`); losses are first transformed
 (:func:`~.inputs.transform_losses`, log by default). Every score is float (N,), finite, and LARGER
 MEANS MORE LIKELY A MEMBER.
 
 - online (:func:`lira_online_scores`): Λ(x) = log N(ℓ; μ_in, σ_in²) − log N(ℓ; μ_out, σ_out²)
   with (μ_in, σ_in) from the shadows IN on x and (μ_out, σ_out) from those OUT.
 - offline (:func:`lira_offline_scores`): OUT shadows only, one-sided: −log Φ((ℓ − μ_out) / σ_out),
-  minus the log-probability that an OUT model has a loss at most ℓ (LiRA's one-sided test, Sec. VI-A
-  there). Large when the target's loss lies below the OUT distribution; ≥ 0.
+  minus the log-probability that an OUT model has a loss at most ℓ (the one-sided test of LiRA's
+  offline variant). Large when the target's loss lies below the OUT distribution; ≥ 0.
 - variance ``"fixed"``: one σ_in and one σ_out (per query) shared by all examples, the pooled
   within-example standard deviation; needed when there are few shadows (with 2 IN / 2 OUT a
   per-example σ is degenerate). ``"per-example"``: σ from each example's own shadows (ddof = 1);

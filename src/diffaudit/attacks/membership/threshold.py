@@ -1,4 +1,4 @@
-"""The loss-threshold attack (Carlini et al. 2023, Sec. 5.1; Yeom et al. 2018).
+"""The loss-threshold attack (Carlini et al. 2023, Sec. 5, membership inference; Yeom et al. 2018).
 
 A model fits its training images better, so a low loss L(x, t, ε) at the target model means
 "member". Score = −mean_q L(x, t, ε_q): float (N,), ≤ 0, LARGER (less negative, i.e. lower loss)

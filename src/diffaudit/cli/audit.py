@@ -1,0 +1,276 @@
+"""``diffaudit audit``: the whole study in one folder, resumable stage by stage.
+
+Stages (each a diffaudit command writing its own sub-folder, so each can be re-run or inspected
+alone): membership matrix and target training (``models/``, the target is ``models/model-00``
+unless ``--model`` names an existing one), sampling (``samples/``), extraction (``extract/``),
+verification against the target's training set with the never-seen examples as false-positive
+baseline (``verify/``), membership inference (``mia/``), the inpainting attack (``inpaint/``, with
+``--inpaint``), then ``summary.json`` and ``report.html``. A stage whose ``result.json`` exists is
+not run again; the audit's own ``settings.json`` makes a re-run with other options an error naming
+the option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from diffaudit.cli.common import add_data_args, data_options, emit
+from diffaudit.cli.train import add_train_options
+from diffaudit.core.errors import DiffauditError
+
+NAME = "audit"
+HELP = "run the whole audit (train, sample, extract, verify, membership inference, report) into one folder"
+DESCRIPTION = (
+    "Audit a diffusion model for memorized training data. With no arguments: the built-in digits dataset, a tiny "
+    "model trained on half of a 128-image subset (the other half never seen), 512 generations, extraction by the "
+    "ratio rule, the loss-threshold membership attack, and audit-out/report.html, in a few minutes on 2 CPU cores. "
+    "--model audits an existing run directory instead of training one. --config FILE.toml may hold any option "
+    "(flags on the command line win); the exact configuration used is saved as config.toml in --out."
+)
+
+MIA_ATTACKS = ("loss", "lira", "lira-offline", "lira-fixed", "strong-lira")
+
+# Options that never change results (left out of the audit's settings).
+_NOT_SETTINGS = {"config", "fresh", "quiet", "json", "command", "_run", "_argv", "redact"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML file with any of these options (names as flags, `-` or `_`)")
+    add_data_args(p)
+    p.set_defaults(subset=128)
+    p.add_argument("--out", default="audit-out", help="output folder")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--fresh", action="store_true", help="delete what --out holds and start over")
+    p.add_argument("--model", default=None, help="audit this run directory instead of training a target")
+    add_train_options(p, steps=1500)
+    p.set_defaults(batch_size=32, lr=1e-3, warmup_steps=50)
+    g = p.add_argument_group("sampling and extraction")
+    g.add_argument("--n-samples", type=int, default=512, help="generations")
+    g.add_argument("--sample-steps", type=int, default=20, help="DDIM steps per generation")
+    g.add_argument("--min-clique", type=int, default=10, help="clique size that flags memorization (extract)")
+    g.add_argument("--rule", choices=("auto", "ratio", "l2"), default="auto", help="verification rule (auto: ratio when unconditional)")
+    g = p.add_argument_group("membership inference")
+    g.add_argument("--mia", choices=MIA_ATTACKS, default="loss", help="attack")
+    g.add_argument("--shadows", type=int, default=0, help="train K shadow models (even; LiRA needs them); the target is model 0")
+    g.add_argument("--timesteps", default="100", help="attack timestep(s), comma-separated")
+    g.add_argument("--sweep", default="10,50,100,200,300,500,1000", help="timestep sweep (paper Fig. 9); empty for none")
+    g.add_argument("--draws", type=int, default=None, help="noise draws per example (strong-lira default 20)")
+    g = p.add_argument_group("inpainting attack")
+    g.add_argument("--inpaint", action="store_true", help="run the inpainting attack (needs --shadows >= 2)")
+    g.add_argument("--inpaint-targets", default="4,4", help="members,non-members to attack")
+    g.add_argument("--n-inpaint", type=int, default=16, help="inpaintings per target (paper: 5,000)")
+    g = p.add_argument_group("report")
+    g.add_argument("--redact", action="store_true", help="show training images as their ids in the report")
+
+
+# --------------------------------------------------------------------------- configuration
+
+def _load_toml(path: str) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise DiffauditError(f"--config {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise DiffauditError(f"--config {path}: not valid TOML: {exc}") from None
+    return {k.replace("-", "_"): v for k, v in raw.items()}
+
+
+def apply_config(args: argparse.Namespace, argv: list[str]) -> argparse.Namespace:
+    """Options from ``--config`` for every option not given on the command line (the command line wins)."""
+    if not args.config:
+        return args
+    cfg = _load_toml(args.config)
+    unknown = sorted(k for k in cfg if not hasattr(args, k) or k in _NOT_SETTINGS)
+    if unknown:
+        raise DiffauditError(f"--config {args.config}: unknown option(s) {', '.join(unknown)}; see `diffaudit audit --help`")
+    given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
+    for k, v in cfg.items():
+        if k not in given:
+            setattr(args, k, v)
+    return args
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))  # a JSON string is a valid TOML basic string
+
+
+def config_toml(settings: dict[str, Any]) -> str:
+    lines = ["# The exact configuration of this audit: `diffaudit audit --config config.toml --out ...` repeats it."]
+    lines += [f"{k.replace('_', '-')} = {_toml_value(v)}" for k, v in sorted(settings.items()) if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+def audit_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_SETTINGS}
+
+
+# --------------------------------------------------------------------------- stages
+
+def _data_flags(args: argparse.Namespace) -> list[str]:
+    flags = ["--data", args.data]
+    for name, value in data_options(args).items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            flags.append(flag)
+        elif value not in (None, False) and not (name == "subset_seed" and args.subset is None):
+            flags += [flag, str(value)]
+    return flags
+
+
+def _train_flags(args: argparse.Namespace) -> list[str]:
+    flags = ["--preset", args.preset, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+             "--lr", str(args.lr), "--warmup-steps", str(args.warmup_steps), "--grad-clip", str(args.grad_clip),
+             "--ema-decay", str(args.ema_decay), "--checkpoint-every", str(args.checkpoint_every)]
+    for name in ("flip", "class_conditional", "no_bf16", "compile"):
+        if getattr(args, name):
+            flags.append("--" + name.replace("_", "-"))
+    if args.log_every:
+        flags += ["--log-every", str(args.log_every)]
+    return flags
+
+
+class _Stages:
+    def __init__(self, out: Path, common: list[str]):
+        self.out, self.common, self.done = out, common, []
+
+    def run(self, name: str, argv: list[str], folder: str | None = None) -> dict[str, Any] | None:
+        """Run one stage command unless its result exists; returns its result.json."""
+        from diffaudit.cli.main import main
+        from diffaudit.core.io import read_json
+        from diffaudit.core.progress import stage_line
+
+        result = self.out / (folder or name) / "result.json"
+        if result.exists():
+            stage_line(f"audit: {name}: finished earlier, kept")
+        else:
+            t0 = time.perf_counter()
+            code = main(argv + self.common)
+            if code != 0:
+                raise DiffauditError(f"stage `{name}` failed (exit {code}); fix the cause and re-run: finished stages are kept")
+            stage_line(f"audit: {name}: done in {time.perf_counter() - t0:.1f}s")
+        self.done.append(name)
+        return read_json(result) if result.exists() else None
+
+
+def _target_members(args, models: Path, dataset) -> tuple[Path, list[str]]:
+    """The target run and the keys of its training set."""
+    from diffaudit.core.io import read_json
+
+    target = Path(args.model) if args.model else models / "model-00"
+    ids = target / "train_ids.json"
+    if not ids.exists():
+        raise DiffauditError(f"{target}: no train_ids.json, so its training set is unknown: audit a diffaudit run directory")
+    keys = read_json(ids)["keys"]
+    known = set(dataset.keys)
+    if not set(keys) <= known:
+        raise DiffauditError(f"{target} was trained on examples that are not in --data {args.data} (with these options)")
+    return target, keys
+
+
+def run(args: argparse.Namespace) -> int:
+    from diffaudit.core.io import make_private_dir, write_bytes_atomic
+    from diffaudit.core.outdir import prepare_out_dir
+    from diffaudit.core.progress import stage_line
+    from diffaudit.core.results import write_result
+    from diffaudit.data import load_dataset, make_membership, save_membership
+    from diffaudit.data.view import save_view
+    from diffaudit.report import render_report, write_summary
+
+    args = apply_config(args, args._argv)
+    if args.shadows < 0 or args.shadows % 2:
+        raise DiffauditError("--shadows must be an even number (every example is IN for half of the models)")
+    if args.inpaint and args.shadows < 2:
+        raise DiffauditError("--inpaint needs shadow models that did not train on each target: pass --shadows 2 or more")
+    if args.mia != "loss" and args.shadows < 2:
+        raise DiffauditError(f"--mia {args.mia} needs shadow models: pass --shadows K (K even, the paper uses 16)")
+    settings = audit_settings(args)
+    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
+    write_bytes_atomic(out / "config.toml", config_toml(settings).encode("utf-8"))
+    t0 = time.perf_counter()
+    common = ["--quiet"] if getattr(args, "quiet", False) else []
+    stages = _Stages(out, common)
+    dev = ["--device", args.device]
+    seed = ["--seed", str(args.seed)]
+
+    data = load_dataset(args.data, **data_options(args))
+    models = make_private_dir(out / "models")
+    n_models = max(2, args.shadows)
+    if not (models / "membership.npz").exists():
+        save_membership(models / "membership.npz", make_membership(len(data), n_models, seed=args.seed), data.keys, args.seed)
+    if args.model is None:
+        n_train = args.shadows if args.shadows else 1
+        stages.run("train", ["shadows", *_data_flags(args), "--membership", str(models / "membership.npz"),
+                             "--out", str(models), "--models", str(n_train), *_train_flags(args), *dev, *seed],
+                   folder="models/model-00")
+        if n_train > 1:  # the other shadows (the stage above returns once model 0 exists on a resumed run)
+            stages.run("shadows", ["shadows", *_data_flags(args), "--membership", str(models / "membership.npz"),
+                                   "--out", str(models), "--models", str(n_train), *_train_flags(args), *dev, *seed],
+                       folder=f"models/model-{n_train - 1:02d}")
+    target, member_keys = _target_members(args, models, data)
+    members = set(member_keys)
+    nonmember_keys = [k for k in data.keys if k not in members]
+    opts = {k: v for k, v in data_options(args).items() if v not in (None, False)}
+    save_view(out / "members.view.json", args.data, opts, member_keys)
+    if nonmember_keys:
+        save_view(out / "nonmembers.view.json", args.data, opts, nonmember_keys)
+
+    stages.run("sample", ["sample", "--model", str(target), "--out", str(out / "samples"), "--n", str(args.n_samples),
+                          "--steps", str(args.sample_steps), *dev, *seed])
+    stages.run("extract", ["extract", "--samples", str(out / "samples"), "--out", str(out / "extract"),
+                           "--min-clique", str(args.min_clique), *dev, *seed])
+    baseline = ["--baseline", str(out / "nonmembers.view.json")] if nonmember_keys else []
+    verify = stages.run("verify", ["verify", "--samples", str(out / "samples"), "--data", str(out / "members.view.json"),
+                                   *baseline, "--rule", args.rule, "--out", str(out / "verify"), *dev, *seed])
+
+    mia_models = str(args.shadows) if args.shadows else "1"
+    target_flags = ["--target", str(target)] if args.model else ["--target-index", "0"]
+    draws = ["--draws", str(args.draws)] if args.draws else []
+    sweep = ["--sweep", args.sweep] if args.sweep else []
+    mia = stages.run("mia", ["mia", *_data_flags(args), "--shadows", str(models), "--models", mia_models, *target_flags,
+                             "--attack", args.mia, "--timesteps", args.timesteps, *sweep, *draws,
+                             "--out", str(out / "mia"), *dev, *seed])
+    if args.inpaint:
+        stages.run("inpaint", ["inpaint", "--model", str(target), "--shadows", str(models), "--membership",
+                               str(models / "membership.npz"), *_data_flags(args), "--targets", args.inpaint_targets,
+                               "--n-inpaint", str(args.n_inpaint), "--out", str(out / "inpaint"), *dev, *seed])
+
+    fields = {
+        "stages": stages.done,
+        "target": str(target),
+        "n_train": len(member_keys),
+        "n_nonmembers": len(nonmember_keys),
+        "unique_extracted": None if verify is None else verify.get("unique_extracted"),
+        "baseline_unique_extracted": None if verify is None else verify.get("baseline_unique_extracted"),
+        "mia": None if mia is None else {"attack": mia.get("attack"), "auc": mia.get("auc"), "tpr_at_fpr": mia.get("tpr_at_fpr")},
+        "seconds": time.perf_counter() - t0,
+    }
+    result = write_result(out / "result.json", NAME, settings, {"seed": args.seed}, **fields)
+    write_summary(out)
+    report = render_report(out, redact=args.redact)
+    stage_line(f"audit: report written to {report}")
+    ext = fields["unique_extracted"]
+    base = fields["baseline_unique_extracted"]
+    head = (f"{ext} of {len(member_keys)} training images extracted from {args.n_samples} generations"
+            + ("" if base is None else f" (false-positive baseline: {base})"))
+    if fields["mia"]:
+        m = fields["mia"]
+        tpr = (m.get("tpr_at_fpr") or {}).get("0.01")
+        head += f"; {m['attack']} MIA AUC {m['auc']:.3f}, TPR {'n/a' if tpr is None else f'{100 * tpr:.1f}%'} at 1% FPR"
+    emit(args, result, f"{head}. Report: {report}")
+    return 0

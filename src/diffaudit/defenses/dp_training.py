@@ -1,0 +1,350 @@
+"""DP-SGD training of the DDPM through opacus (paper Section 7: differential privacy as a defence;
+the paper's DP-SGD runs diverged even at ε ≥ 50).
+
+Same loop, schedule, EMA and run-directory layout as :func:`diffaudit.models.training.train`
+(``unet/``, ``scheduler/``, ``train_config.json``, ``train_ids.json``, ``loss_log.jsonl``,
+``checkpoints/``, ``result.json``), so sampling, the loss and every attack load a DP run like any
+other, plus ``dp.json``: ε, δ, σ, sampling rate, steps, accountant.
+
+DP-SGD (Abadi et al. 2016) per step:
+
+1. Batch: Poisson sampling (each training example independently with probability q = B / N;
+   ``poisson_sampling=False`` uses the plain run's shuffled fixed-size batches, which the accountant
+   does not formally cover).
+2. Per example, K = ``augmentations`` (t, ε) draws (augmentation multiplicity, De et al. 2022): the
+   example's gradient is the mean over its K draws, then clipped to norm ``max_grad_norm`` = C.
+3. Sum, add N(0, σ²C²) noise (σ = ``noise_multiplier``, or solved from ``target_epsilon``), divide
+   by the expected batch size B, Adam step (DP is preserved by post-processing, as is the EMA).
+
+Accounting: opacus RDP (default) or PRV accountant over (σ, q, steps), δ = 1 / (10 N) by default.
+Per-sample gradients come from opacus' ``GradSampleModule``. **Known opacus problem**: its hook
+mode returns silently wrong (zero) per-sample gradients for Conv2d layers whose input is not
+contiguous — which is what diffusers' attention blocks hand to the next convolution (measured:
+every conv after an ``AttnDownBlock2D``/mid-block attention of a ``UNet2DModel`` got zero
+per-sample gradients, opacus 1.6). ``grad_sample_mode="auto"`` therefore uses the hook mode only
+for UNets without attention and functorch (``force_functorch=True``, vmap per layer; exact, ~1.5x
+slower) otherwise; :func:`check_grad_samples` compares either against per-example backward passes.
+diffusers UNets use GroupNorm only (no BatchNorm), which opacus' ``ModuleValidator`` confirms.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffaudit.core.errors import DiffauditError, NonFiniteError
+from diffaudit.core.faults import fault_point
+from diffaudit.core.io import write_bytes_atomic, write_json_atomic
+from diffaudit.core.outdir import prepare_out_dir
+from diffaudit.core.progress import progress_bar, stage_line
+from diffaudit.core.results import write_result
+from diffaudit.core.seeds import derive_seed, numpy_rng, torch_generator
+from diffaudit.data.dataset import ImageDataset, to_model_space
+from diffaudit.models.scheduler import alphas_cumprod_of, make_scheduler
+from diffaudit.models.training import (  # the plain run's pieces, reused so both runs share one definition
+    TrainConfig,
+    _checkpoint_dirs,
+    _Ema,
+    _load_checkpoint,
+    _lr_at,
+    _save_checkpoint,
+    _save_pretrained_atomic,
+    batch_positions,
+    is_finished,
+)
+from diffaudit.models.unets import build_unet, count_parameters, unet_config
+
+ACCOUNTANTS = ("rdp", "prv")
+GRAD_SAMPLE_MODES = ("auto", "hooks", "functorch")
+
+
+@dataclass
+class DPConfig:
+    """DP-SGD settings (saved in ``train_config.json`` and ``dp.json``).
+
+    Attributes:
+        noise_multiplier: σ (noise std = σ · C); None with ``target_epsilon`` set: solved for it.
+        target_epsilon: the ε to reach after ``TrainConfig.steps`` steps (instead of σ).
+        delta: δ; None: 1 / (10 N).
+        max_grad_norm: per-example clipping norm C (``inf``: no clipping, only with σ = 0).
+        poisson_sampling: Poisson batches (what the accountant assumes) or the plain run's batches.
+        accountant: ``rdp`` or ``prv``.
+        augmentations: K (t, ε) draws per example per step, averaged before clipping.
+        grad_sample_mode: ``auto``, ``hooks`` or ``functorch`` (module docstring).
+    """
+
+    noise_multiplier: float | None = 1.0
+    target_epsilon: float | None = None
+    delta: float | None = None
+    max_grad_norm: float = 1.0
+    poisson_sampling: bool = True
+    accountant: str = "rdp"
+    augmentations: int = 1
+    grad_sample_mode: str = "auto"
+
+    def validate(self) -> None:
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise DiffauditError("DP-SGD: give exactly one of --dp-noise (noise multiplier) and --dp-epsilon (target epsilon)")
+        if self.noise_multiplier is not None and not (0 <= self.noise_multiplier < 1e4):
+            raise DiffauditError(f"--dp-noise must lie in [0, 1e4); got {self.noise_multiplier}")
+        if self.target_epsilon is not None and not (0 < self.target_epsilon < 1e4):
+            raise DiffauditError(f"--dp-epsilon must be positive; got {self.target_epsilon}")
+        if self.delta is not None and not (0 < self.delta < 1):
+            raise DiffauditError(f"--dp-delta must lie in (0, 1); got {self.delta}")
+        if not self.max_grad_norm > 0:
+            raise DiffauditError(f"--dp-max-grad-norm must be positive (inf: no clipping); got {self.max_grad_norm}")
+        if math.isinf(self.max_grad_norm) and (self.target_epsilon is not None or self.noise_multiplier):
+            raise DiffauditError("--dp-max-grad-norm inf (no clipping) only works without noise (--dp-noise 0): "
+                                 "the noise is proportional to the clipping norm")
+        if self.accountant not in ACCOUNTANTS:
+            raise DiffauditError(f"--dp-accountant must be one of {', '.join(ACCOUNTANTS)}; got {self.accountant!r}")
+        if self.augmentations < 1:
+            raise DiffauditError(f"--dp-augmentations must be at least 1; got {self.augmentations}")
+        if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
+            raise DiffauditError(f"--dp-grad-sample-mode must be one of {', '.join(GRAD_SAMPLE_MODES)}")
+
+
+def check_model(model: torch.nn.Module) -> None:
+    """Raise :class:`DiffauditError` listing what opacus cannot train privately (e.g. BatchNorm)."""
+    from opacus.validators import ModuleValidator
+
+    errors = ModuleValidator.validate(model, strict=False)
+    if errors:
+        raise DiffauditError("this UNet cannot be trained with DP-SGD: " + "; ".join(str(e) for e in errors[:5]))
+
+
+def has_attention(model: torch.nn.Module) -> bool:
+    """Whether the model holds a diffusers attention block (see the opacus hook-mode problem above)."""
+    return any(type(m).__name__ == "Attention" for m in model.modules())
+
+
+def wrap_model(model: torch.nn.Module, mode: str = "auto"):
+    """``GradSampleModule`` over ``model`` (loss reduction mean); returns (wrapped, mode used)."""
+    from opacus import GradSampleModule
+
+    used = ("functorch" if has_attention(model) else "hooks") if mode == "auto" else mode
+    return GradSampleModule(model, loss_reduction="mean", force_functorch=(used == "functorch")), used
+
+
+def check_grad_samples(model: torch.nn.Module, mode: str, x: torch.Tensor, t: torch.Tensor, *, atol: float = 1e-5) -> float:
+    """Largest absolute difference between opacus' per-sample gradients and per-example backward passes.
+
+    Runs on a deep copy of ``model``; ``x`` (B, C, H, W), ``t`` (B,) long. A correct mode gives ~1e-7.
+    """
+    import copy
+
+    ref_model = copy.deepcopy(model)
+    refs = []
+    for i in range(len(x)):
+        ref_model.zero_grad(set_to_none=True)
+        ref_model(x[i:i + 1], t[i:i + 1]).sample.pow(2).mean().backward()
+        refs.append([p.grad.detach().clone() for p in ref_model.parameters()])
+    probe = copy.deepcopy(model)
+    gsm, _ = wrap_model(probe, mode)
+    gsm(x, t).sample.pow(2).flatten(1).mean(1).mean().backward()
+    err = 0.0
+    for j, p in enumerate(probe.parameters()):
+        for i in range(len(x)):
+            err = max(err, float((p.grad_sample[i] - refs[i][j]).abs().max()))
+    gsm._close()
+    return err
+
+
+def resolve_noise(dp: DPConfig, *, sample_rate: float, steps: int, delta: float) -> float:
+    """σ: the configured one, or the smallest reaching ``target_epsilon`` after ``steps`` (opacus search)."""
+    if dp.noise_multiplier is not None:
+        return float(dp.noise_multiplier)
+    from opacus.accountants.utils import get_noise_multiplier
+
+    return float(get_noise_multiplier(target_epsilon=dp.target_epsilon, target_delta=delta, sample_rate=sample_rate,
+                                      steps=steps, accountant=dp.accountant, epsilon_tolerance=0.01))
+
+
+def epsilon_after(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp") -> float:
+    """ε after ``steps`` DP-SGD steps at (σ, q), for δ (``inf`` without noise, 0 before any step)."""
+    if steps <= 0:
+        return 0.0
+    if noise_multiplier <= 0:
+        return math.inf
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    acc = RDPAccountant() if accountant == "rdp" else PRVAccountant()
+    acc.history = [(float(noise_multiplier), float(sample_rate), int(steps))]
+    return float(acc.get_epsilon(delta=delta))
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def _batch(step: int, cfg: TrainConfig, dp: DPConfig, idx: np.ndarray, q: float) -> np.ndarray:
+    if not dp.poisson_sampling:
+        return idx[batch_positions(step, cfg.batch_size, len(idx), cfg.seed)]
+    mask = numpy_rng(derive_seed(cfg.seed, "dp-poisson", step)).random(len(idx)) < q
+    return idx[mask]
+
+
+def train_dp(
+    dataset: ImageDataset,
+    config: TrainConfig,
+    dp: DPConfig,
+    out_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    train_indices: np.ndarray | list[int] | None = None,
+    data_record: dict[str, Any] | None = None,
+    fresh: bool = False,
+) -> Path:
+    """Train a DDPM with DP-SGD on ``dataset[train_indices]`` and write a run directory (module docstring).
+
+    ``config.grad_clip`` (the plain run's global clipping) is replaced by per-example clipping to
+    ``dp.max_grad_norm``; ``config.bf16``/``compile`` are not used (per-sample gradients in float32).
+    Under the same seeds, with σ = 0, C = inf, ``poisson_sampling=False`` and K = 1, the updates equal
+    those of :func:`diffaudit.models.training.train` (up to float summation order).
+    """
+    config.validate()
+    dp.validate()
+    device = torch.device(device)
+    n_all = len(dataset)
+    idx = np.arange(n_all) if train_indices is None else np.asarray(sorted(int(i) for i in train_indices), dtype=np.int64)
+    if len(idx) == 0:
+        raise DiffauditError("the training set is empty (no example selected)")
+    if idx.min() < 0 or idx.max() >= n_all:
+        raise DiffauditError(f"training indices must lie in [0, {n_all - 1}]")
+    n = len(idx)
+    H, W, C = dataset.image_shape
+    if H != W:
+        raise DiffauditError(f"training needs square images; got {H}x{W} (use --image-size)")
+    num_classes = None
+    if config.class_conditional:
+        if dataset.labels is None:
+            raise DiffauditError(f"{dataset.source}: --class-conditional needs labels")
+        num_classes = int(dataset.labels.max()) + 1
+    if config.batch_size > n:
+        raise DiffauditError(f"--batch-size {config.batch_size} exceeds the {n} training examples")
+    q = config.batch_size / n
+    delta = dp.delta if dp.delta is not None else 1.0 / (10 * n)
+    sigma = resolve_noise(dp, sample_rate=q, steps=config.steps, delta=delta)
+    ucfg = unet_config(config.preset, image_size=H, in_channels=C, num_classes=num_classes)
+    ids_record = {"keys": [dataset.keys[i] for i in idx], "indices": idx.tolist(), "repeats": {}, "n_dataset": n_all}
+    dp_settings = {**dataclasses.asdict(dp), "max_grad_norm": _finite(dp.max_grad_norm), "delta": delta,
+                   "noise_multiplier_used": sigma, "sample_rate": q}
+    settings = {"train": dataclasses.asdict(config), "unet": ucfg, "data": data_record or {"source": dataset.source},
+                "training_set_digest": derive_seed(json.dumps(ids_record, sort_keys=True)), "dp": dp_settings}
+    run, _ = prepare_out_dir(out_dir, "train", settings, fresh=fresh)
+    if is_finished(run):
+        stage_line(f"train (DP-SGD): {run} is already finished; nothing to do")
+        return run
+    write_json_atomic(run / "train_config.json", {**dataclasses.asdict(config), "unet": ucfg,
+                                                  "data": data_record or {"source": dataset.source}, "dp": dp_settings})
+    write_json_atomic(run / "train_ids.json", ids_record)
+
+    with torch.random.fork_rng(devices=[]):  # same initialisation as the plain run
+        torch.manual_seed(derive_seed(config.seed, "init") % (2**31))
+        model = build_unet(ucfg)
+    check_model(model)
+    model.to(device).train()
+    ema = _Ema(model, config.ema_decay)
+    gsm, mode = wrap_model(model, dp.grad_sample_mode)
+    from opacus.optimizers import DPOptimizer
+
+    clip = dp.max_grad_norm if math.isfinite(dp.max_grad_norm) else 1e30  # σ = 0 here: noise std 0 · 1e30 = 0
+    opt = DPOptimizer(torch.optim.Adam(model.parameters(), lr=config.lr), noise_multiplier=sigma, max_grad_norm=clip,
+                      expected_batch_size=config.batch_size, loss_reduction="mean")
+    start, log = 0, []
+    cks = _checkpoint_dirs(run)
+    if cks:
+        start, log = _load_checkpoint(cks[-1], model, ema, opt)
+        stage_line(f"train (DP-SGD): resuming {run} from step {start}")
+    ema.shadow = {k: v.to(device) for k, v in ema.shadow.items()}
+
+    scheduler = make_scheduler()
+    a_bar = alphas_cumprod_of(scheduler).to(device=device, dtype=torch.float32)
+    T = scheduler.config.num_train_timesteps
+    data_x = to_model_space(dataset.images)
+    labels = None if num_classes is None else torch.as_tensor(dataset.labels, dtype=torch.long)
+    K = dp.augmentations
+    params = [p for p in model.parameters() if p.requires_grad]
+    t0, seen = time.perf_counter(), 0
+    with progress_bar("train (DP-SGD)", config.steps, unit="step", completed=start) as bar:
+        for step in range(start, config.steps):
+            ex = _batch(step, config, dp, idx, q)
+            rows = np.repeat(ex, K)  # K consecutive rows per example
+            g = torch_generator(derive_seed(config.seed, "train-step", step))
+            t = torch.randint(0, T, (len(rows),), generator=g)
+            eps = torch.randn((len(rows), C, H, W), generator=g)
+            flip = torch.rand(len(rows), generator=g) < 0.5
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, config)
+            opt.zero_grad(set_to_none=True)
+            opt.generator = torch_generator(derive_seed(config.seed, "dp-noise", step))
+            lv = float("nan")
+            if len(rows):
+                x0 = data_x[rows]
+                if config.flip:
+                    x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+                x0, t, eps = x0.to(device), t.to(device), eps.to(device)
+                ab = a_bar[t][:, None, None, None]
+                x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+                lab = None if labels is None else labels[rows].to(device)
+                pred = gsm(x_t, t, class_labels=lab).sample
+                loss = torch.nn.functional.mse_loss(pred.float(), eps)
+                loss.backward()
+                lv = float(loss.item())
+                if K > 1:  # per-example gradient = mean of its K per-draw gradients
+                    for p in params:
+                        p.grad_sample = p.grad_sample.reshape(len(ex), K, *p.shape).mean(1)
+            else:  # an empty Poisson batch: the step is pure noise
+                for p in params:
+                    p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+            opt.step()
+            ema.update(model, step)
+            seen += len(ex)
+            done = step + 1
+            if done % config.log_every == 0 or done == config.steps:
+                if len(rows) and not math.isfinite(lv):
+                    raise NonFiniteError(f"DP-SGD training loss became {lv} at step {done}; lower --lr or raise --dp-max-grad-norm")
+                e = epsilon_after(noise_multiplier=sigma, sample_rate=q, steps=done, delta=delta, accountant=dp.accountant)
+                log.append({"step": done, "loss": lv if math.isfinite(lv) else None, "lr": _lr_at(step, config),
+                            "epsilon": _finite(e), "batch": int(len(ex))})
+                bar.advance(0, loss=lv, eps=e)
+            bar.advance(1)
+            fault_point("train.step")
+            if done % config.checkpoint_every == 0 and done < config.steps:
+                _save_checkpoint(run, done, model, ema, opt, log)
+                fault_point("train.checkpoint")
+    elapsed = time.perf_counter() - t0
+    gsm._close()
+
+    final_model = build_unet(ucfg)
+    final_model.load_state_dict({k: v.detach().cpu() for k, v in ema.shadow.items()})
+    _save_pretrained_atomic(final_model, run / "unet")
+    scheduler.save_pretrained(run / "scheduler")
+    write_bytes_atomic(run / "loss_log.jsonl", "".join(json.dumps(r) + "\n" for r in log).encode())
+    epsilon = epsilon_after(noise_multiplier=sigma, sample_rate=q, steps=config.steps, delta=delta, accountant=dp.accountant)
+    dp_record = {
+        "epsilon": _finite(epsilon), "delta": delta, "noise_multiplier": sigma, "sample_rate": q, "steps": config.steps,
+        "max_grad_norm": _finite(dp.max_grad_norm), "accountant": dp.accountant, "poisson_sampling": dp.poisson_sampling,
+        "augmentations": K, "grad_sample_mode": mode, "n_train": n, "target_epsilon": dp.target_epsilon,
+        "note": ("not private: no noise (epsilon is infinite)" if epsilon == math.inf else
+                 "accounting assumes Poisson sampling; fixed shuffled batches are not formally covered"
+                 if not dp.poisson_sampling else "(epsilon, delta)-DP per training example, Poisson-subsampled Gaussian mechanism"),
+    }
+    write_json_atomic(run / "dp.json", dp_record)
+    write_json_atomic(run / "timing.json", {"seconds": elapsed, "images_per_second": seen / max(elapsed, 1e-9),
+                                            "steps_this_session": config.steps - start, "device": str(device)})
+    finals = [r["loss"] for r in log if r.get("loss") is not None]
+    write_result(run / "result.json", "train", settings, {"seed": config.seed}, steps=config.steps,
+                 n_parameters=count_parameters(final_model), n_train=n, n_stream=n,
+                 final_loss=finals[-1] if finals else None, dp=dp_record)
+    stage_line(f"train (DP-SGD): {config.steps} steps on {n} images, epsilon {epsilon:.3g} at delta {delta:.2g} "
+               f"(sigma {sigma:.3g}, C {dp.max_grad_norm}, q {q:.3g}) -> {run}")
+    return run

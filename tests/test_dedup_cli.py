@@ -1,0 +1,89 @@
+"""``diffaudit dedup`` in-process: result.json fields, keep list, deduplicated npz, resume, settings mismatch."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from diffaudit.cli.main import main
+from diffaudit.defenses.calibration import brightness, jpeg_reencode, shift
+
+
+def _planted_npz(tmp_npz, digits):
+    """40 distinct digits + a JPEG copy of #3, a shifted copy of #7 and two exact copies of #11."""
+    base = np.repeat(np.repeat(digits.images[:40], 4, axis=1), 4, axis=2)  # 32x32 gray
+    base = np.repeat(base, 3, axis=-1)
+    extra = [jpeg_reencode(base[3], 50), shift(base[7], 1, 0), base[11].copy(), brightness(base[11], 1.1)]
+    images = np.concatenate([base, np.stack(extra)])
+    labels = np.concatenate([digits.labels[:40], digits.labels[[3, 7, 11, 11]]])
+    return tmp_npz(images, labels=labels), images
+
+
+def test_dedup_cli_writes_groups_keep_list_and_deduped_npz(tmp_path, tmp_npz, digits, capsys):
+    from diffaudit.data import load_dataset
+
+    data, images = _planted_npz(tmp_npz, digits)
+    out = tmp_path / "dd"
+    deduped = tmp_path / "kept.npz"
+    rc = main(["--json", "dedup", "--data", str(data), "--out", str(out), "--write-deduped", str(deduped), "--batch-size", "16"])
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["command"] == "dedup" and r["schema_version"] == 1 and "versions" in r and r["seeds"] == {"seed": 0}
+    members = [g["members"] for g in r["groups"]]
+    for group in ([3, 40], [7, 41], [11, 42, 43]):
+        assert any(set(group) <= set(m) for m in members), f"{group} not grouped: {members}"
+    assert r["groups"][0]["keys"] == [f"npz:{i}" for i in r["groups"][0]["members"]]
+    assert len(r["duplicate_count"]) == 44 and r["duplicate_count"][42] >= 2 and r["duplicate_count"][0] == 0
+    keep = json.loads((out / "keep.json").read_text())
+    assert 40 not in keep["indices"] and 3 in keep["indices"] and "npz:42" in keep["removed_keys"]
+    ds = load_dataset(str(deduped))
+    assert len(ds) == len(keep["indices"]) == 44 - r["n_removed"]
+    with np.load(deduped) as z:
+        assert list(z["keys"]) == keep["keys"]
+        np.testing.assert_array_equal(z["images"], images[keep["indices"]])
+        np.testing.assert_array_equal(z["labels"], np.asarray(load_dataset(str(data)).labels)[keep["indices"]])
+
+
+def test_dedup_cli_resumes_and_refuses_other_settings(tmp_path, tmp_npz, digits, capsys):
+    data, _ = _planted_npz(tmp_npz, digits)
+    out = tmp_path / "dd"
+    assert main(["dedup", "--data", str(data), "--out", str(out), "--embedder", "phash"]) == 0
+    before = (out / "result.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["dedup", "--data", str(data), "--out", str(out), "--embedder", "phash"]) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert (out / "result.json").stat().st_mtime_ns == before
+    assert main(["dedup", "--data", str(data), "--out", str(out), "--embedder", "phash", "--threshold", "0.8"]) == 2
+    assert "threshold" in capsys.readouterr().err
+
+
+def test_dedup_cli_resumes_from_embedding_chunks(tmp_path, tmp_npz, digits):
+    data, _ = _planted_npz(tmp_npz, digits)
+    out = tmp_path / "dd"
+    assert main(["dedup", "--data", str(data), "--out", str(out), "--batch-size", "16"]) == 0
+    chunks = sorted((out / "embeddings").glob("chunk-*.npy"))
+    assert len(chunks) == 3
+    first = json.loads((out / "result.json").read_text())
+    # a run killed after embedding: result gone, chunks kept -> the re-run reuses them and agrees
+    (out / "result.json").unlink()
+    stamp = [c.stat().st_mtime_ns for c in chunks]
+    assert main(["dedup", "--data", str(data), "--out", str(out), "--batch-size", "16"]) == 0
+    assert [c.stat().st_mtime_ns for c in chunks] == stamp
+    assert json.loads((out / "result.json").read_text())["groups"] == first["groups"]
+
+
+def test_dedup_cli_unknown_clip_model_is_a_user_error(tmp_path, tmp_npz, digits, capsys):
+    data, _ = _planted_npz(tmp_npz, digits)
+    rc = main(["dedup", "--data", str(data), "--out", str(tmp_path / "o"), "--embedder", "clip", "--clip-model", str(tmp_path / "none")])
+    assert rc == 2
+    assert "not available locally" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("color,dim", [("gray", 65), ("rgb", 193), ("ycc", 97)])
+def test_pixel_colour_options(color, dim, digits):
+    from diffaudit.defenses.embedders import get_embedder
+
+    e = get_embedder("pixel", color=color)
+    assert e.embed(digits.images[:3]).shape == (3, dim) == (3, e.dim)

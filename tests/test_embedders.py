@@ -1,0 +1,157 @@
+"""Embedders for near-duplicate search: registry, pixel, phash (golden DCT), CLIP on a tiny local model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.fftpack
+
+from diffaudit.core.errors import DiffauditError
+from diffaudit.defenses.calibration import brightness, jpeg_reencode, shift
+from diffaudit.defenses.embedders import EMBEDDERS, Embedder, get_embedder, pairwise_similarity, shift_images
+
+
+def _images(n=6, size=32, c=3, seed=0):
+    rng = np.random.default_rng(seed)
+    # smooth random images (blurred noise) look more like photos than white noise does
+    base = rng.random((n, size // 4, size // 4, c))
+    return (np.kron(base, np.ones((1, 4, 4, 1))) * 255).astype(np.uint8)
+
+
+def test_registry_names_and_unknown_name():
+    assert set(EMBEDDERS) == {"pixel", "phash", "clip"}
+    with pytest.raises(DiffauditError, match="unknown embedder 'dino'.*pixel"):
+        get_embedder("dino")
+    with pytest.raises(DiffauditError, match="bad option"):
+        get_embedder("pixel", colour="gray")
+    with pytest.raises(DiffauditError, match="color"):
+        get_embedder("pixel", color="hsv")
+
+
+def test_embedders_reject_bad_images():
+    with pytest.raises(DiffauditError, match="uint8"):
+        get_embedder("pixel").embed(np.zeros((2, 8, 8, 3), dtype=np.float32))
+    with pytest.raises(DiffauditError, match="C in"):
+        get_embedder("phash").embed(np.zeros((2, 8, 8, 2), dtype=np.uint8))
+
+
+def test_pixel_embedding_is_unit_and_brightness_invariant():
+    e = get_embedder("pixel")
+    x = _images()
+    v = e.embed(x)
+    assert v.shape == (6, 97) and v.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    darker = np.stack([brightness(im, 0.9) for im in x])
+    sim = (e.embed(darker) * v).sum(1)
+    assert sim.min() > 0.999  # a gain only rescales the centred vector
+    other = e.embed(_images(seed=1))
+    assert (other * v).sum(1).max() < 0.9  # different images are not near-duplicates
+
+
+def test_pixel_blank_images_group_only_with_each_other():
+    e = get_embedder("pixel", size=8, color="rgb")
+    blank = np.stack([np.full((16, 16, 3), 10, np.uint8), np.full((16, 16, 3), 200, np.uint8)])
+    v = e.embed(np.concatenate([blank, _images(2, 16)]))
+    assert v.shape[1] == 3 * 64 + 1
+    assert v[0] @ v[1] == pytest.approx(1.0)
+    assert abs(v[0] @ v[2]) < 1e-6 and abs(v[1] @ v[3]) < 1e-6
+
+
+def test_shift_views_first_view_is_plain_and_half_the_shifts():
+    e = get_embedder("pixel", max_shift=2)
+    assert len(e.shifts) == 13 and e.shifts[0] == (0, 0)
+    assert {(-dx, -dy) for dx, dy in e.shifts[1:]}.isdisjoint(e.shifts)  # never both s and -s
+    x = _images(3)
+    views = e.embed_views(x)
+    assert views.shape == (13, 3, 97)
+    np.testing.assert_array_equal(views[0], e.embed(x))
+    j = e.shifts.index((1, 2))
+    np.testing.assert_allclose(views[j], e.embed(shift_images(x, 1, 2)), atol=1e-6)
+    # the generic implementation (shift, then embed) agrees with the pixel fast path
+    np.testing.assert_allclose(Embedder.embed_views(e, x), views, atol=1e-6)
+
+
+def test_shift_images_repeats_edges():
+    x = np.arange(16, dtype=np.uint8).reshape(1, 4, 4, 1)
+    y = shift_images(x, 1, 0)[0, :, :, 0]
+    np.testing.assert_array_equal(y[:, 1:], x[0, :, :3, 0])
+    np.testing.assert_array_equal(y[:, 0], x[0, :, 0, 0])
+    np.testing.assert_array_equal(shift(x[0], 0, -1)[:3, :, 0], x[0, 1:, :, 0])
+
+
+def test_phash_matches_reference_dct_hash():
+    """Golden check against the common pHash recipe (imagehash.phash) on a 32x32 gray image."""
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, size=(1, 32, 32, 1), dtype=np.uint8)
+    pixels = img[0, :, :, 0].astype(np.float64) / 255.0
+    dct = scipy.fftpack.dct(scipy.fftpack.dct(pixels, axis=0), axis=1)
+    low = dct[:8, :8]
+    expected = np.packbits((low > np.median(low)).reshape(1, -1), axis=1)
+    e = get_embedder("phash", max_shift=0)
+    got = e.embed(img)
+    assert got.shape == (1, 8) and got.dtype == np.uint8
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_phash_similarity_is_one_minus_hamming():
+    e = get_embedder("phash")
+    x = _images(4)
+    h = e.embed(x)
+    sim = e.similarity(h, h)
+    np.testing.assert_allclose(np.diag(sim), 1.0)
+    bits = np.unpackbits(h, axis=1).astype(int)
+    ham = np.abs(bits[:, None, :] - bits[None, :, :]).sum(-1)
+    np.testing.assert_allclose(sim, 1 - ham / 64)
+    jpeg = np.stack([jpeg_reencode(im, 50) for im in x])
+    assert e.similarity(e.embed(jpeg), h).diagonal().min() >= e.default_threshold
+
+
+def test_pairwise_similarity_unknown_metric():
+    with pytest.raises(DiffauditError, match="metric"):
+        pairwise_similarity(np.zeros((1, 2)), np.zeros((1, 2)), "l1", 2)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_dir(tmp_path_factory):
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+    import torch
+
+    torch.manual_seed(0)
+    cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8, projection_dim=16)
+    d = tmp_path_factory.mktemp("tiny-clip")
+    CLIPVisionModelWithProjection(cfg).save_pretrained(d)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(d)
+    return d
+
+
+def test_clip_embedder_on_tiny_local_model_finds_exact_duplicate(tiny_clip_dir):
+    from diffaudit.defenses.dedup import find_duplicates
+
+    e = get_embedder("clip", model=str(tiny_clip_dir), batch_size=3)
+    assert e.dim == 16 and e.metric == "cosine"
+    x = _images(5, 32)
+    x = np.concatenate([x, x[2:3]])  # image 5 is an exact copy of image 2
+    v = e.embed(x)
+    assert v.shape == (6, 16) and v.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(v[5], v[2], atol=1e-6)
+    res = find_duplicates(x, e, threshold=0.99999)
+    assert [g.tolist() for g in res.groups] == [[2, 5]]
+    # grayscale input is repeated to RGB
+    assert e.embed(x[:2, :, :, :1]).shape == (2, 16)
+
+
+def test_clip_embedder_without_processor_config(tmp_path, tiny_clip_dir):
+    import shutil
+
+    d = tmp_path / "bare"
+    shutil.copytree(tiny_clip_dir, d)
+    (d / "preprocessor_config.json").unlink()
+    e = get_embedder("clip", model=str(d))
+    assert e.embed(_images(2, 24)).shape == (2, 16)
+
+
+def test_clip_embedder_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(DiffauditError, match="not available locally.*--clip-model"):
+        get_embedder("clip", model=str(tmp_path / "nothing-here"))

@@ -1,0 +1,87 @@
+"""Prompt selection: captions of the most duplicated images, as a UTF-8 prompt file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from diffaudit.cli.main import main
+from diffaudit.core.errors import DiffauditError
+from diffaudit.defenses.prompts import normalise_caption, rank_prompts, write_prompt_file
+
+
+def test_rank_prompts_orders_by_duplicate_count_then_caption_frequency():
+    captions = ["a cat", "a dog", "a cat", "un café\nau lait", "", "a bird"]
+    counts = np.array([0, 3, 1, 5, 9, 0])
+    ranked = rank_prompts(captions, counts)
+    assert [r.prompt for r in ranked] == ["un café au lait", "a dog", "a cat", "a bird"]
+    assert ranked[2].indices == [0, 2] and ranked[2].score == 1 and ranked[2].n_images == 2
+    assert [r.prompt for r in rank_prompts(captions, counts, top=2)] == ["un café au lait", "a dog"]
+    assert [r.prompt for r in rank_prompts(captions, counts, min_score=1)] == ["un café au lait", "a dog", "a cat"]
+    # equal scores: the caption shared by more images first, then first appearance
+    tie = rank_prompts(["x", "y", "y", "z"], np.array([2, 2, 2, 2]))
+    assert [r.prompt for r in tie] == ["y", "x", "z"]
+
+
+def test_rank_prompts_errors():
+    with pytest.raises(DiffauditError, match="no captions"):
+        rank_prompts(None, np.zeros(3))
+    with pytest.raises(DiffauditError, match="shape"):
+        rank_prompts(["a", "b"], np.zeros(3))
+    with pytest.raises(DiffauditError, match="--top"):
+        rank_prompts(["a"], np.zeros(1), top=0)
+
+
+def test_prompt_file_is_one_line_per_prompt_utf8(tmp_path):
+    p = write_prompt_file(tmp_path / "p.txt", ["héllo\u2028wörld", "  spaced   out  ", "日本語"])
+    text = p.read_bytes().decode("utf-8")
+    assert text.splitlines() == ["héllo wörld", "spaced out", "日本語"]
+    assert normalise_caption("a\r\nb\tc") == "a b c"
+    with pytest.raises(DiffauditError, match="no prompt"):
+        write_prompt_file(tmp_path / "e.txt", [])
+
+
+def _captioned(tmp_npz, digits):
+    """30 distinct random block images (32x32) with captions; #2 has 3 exact copies, #5 one."""
+    rng = np.random.default_rng(0)
+    base = np.repeat(np.repeat(rng.integers(0, 256, (30, 8, 8, 3), dtype=np.uint8), 4, axis=1), 4, axis=2)
+    images = np.concatenate([base, base[[2, 2, 2, 5]]])
+    captions = [f"photo number {i}" for i in range(30)] + ["copy of two", "copy of two", "other copy ✓", "copy of five"]
+    return tmp_npz(images, captions=np.array(captions, dtype=str))
+
+
+def test_prompts_cli_on_captioned_npz(tmp_path, tmp_npz, digits, capsys):
+    from diffaudit.cli.sample import read_prompts
+
+    data = _captioned(tmp_npz, digits)
+    out = tmp_path / "pr"
+    assert main(["--json", "prompts", "--data", str(data), "--out", str(out), "--top", "4"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    lines = (out / "prompts.txt").read_text(encoding="utf-8").splitlines()
+    # images 2, 30, 31, 32 form a group of 4 (duplicate count 3); 5 and 33 a group of 2 (count 1)
+    assert lines[:3] == ["copy of two", "photo number 2", "other copy ✓"]
+    assert lines[3] in ("photo number 5", "copy of five")
+    assert read_prompts(str(out / "prompts.txt")) == lines  # what `diffaudit sample --prompts` reads
+    assert r["n_prompts"] == 4 and r["prompts"][0] == {"prompt": "copy of two", "score": 3, "n_images": 2, "indices": [30, 31]}
+    assert r["n_duplicated_images"] == 6
+
+
+def test_prompts_cli_reuses_a_dedup_run_and_checks_it(tmp_path, tmp_npz, digits, capsys):
+    data = _captioned(tmp_npz, digits)
+    dd = tmp_path / "dd"
+    assert main(["dedup", "--data", str(data), "--out", str(dd), "--embedder", "phash"]) == 0
+    assert main(["prompts", "--data", str(data), "--out", str(tmp_path / "pr"), "--duplicates", str(dd), "--top", "1"]) == 0
+    assert (tmp_path / "pr" / "prompts.txt").read_text(encoding="utf-8") == "copy of two\n"
+    # a dedup run of another dataset is refused
+    other = tmp_npz(digits.images[:10], name="other.npz", captions=np.array([str(i) for i in range(10)]))
+    capsys.readouterr()
+    assert main(["prompts", "--data", str(other), "--out", str(tmp_path / "pr2"), "--duplicates", str(dd)]) == 2
+    assert "same --data" in capsys.readouterr().err
+
+
+def test_prompts_cli_needs_captions(tmp_path, tmp_npz, digits, capsys):
+    data = tmp_npz(digits.images[:10])
+    assert main(["prompts", "--data", str(data), "--out", str(tmp_path / "pr")]) == 2
+    assert "no captions" in capsys.readouterr().err
