@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import device_info, emit, random_denoiser, sync  # noqa: E402
 
 from diffaudit.core.io import write_json_atomic  # noqa: E402
-from diffaudit.core.seeds import randn_per_seed, torch_generator  # noqa: E402
+from diffaudit.core.seeds import torch_generator  # noqa: E402
 from diffaudit.data.dataset import to_model_space  # noqa: E402
-from diffaudit.models.loss import loss_noise_seeds, per_example_loss  # noqa: E402
+from diffaudit.models.loss import loss_noise, per_example_loss  # noqa: E402
 
 
 def make_models(a, device: torch.device):
@@ -121,8 +121,8 @@ def main() -> None:
     diffaudit_losses(models[:1], warm, a.timestep, 1, a.batch)
     t32, l32 = timed_once(lambda: diffaudit_losses(models, images, a.timestep, a.draws, a.batch), dev)
     # the seeded-noise share: drawing every (example, draw) ε once, as per_example_loss does per model
-    t_noise, _ = timed_once(lambda: [randn_per_seed(loss_noise_seeds(range(a.n), d, 0), (a.channels, a.image_size, a.image_size),
-                                                    device=dev) for d in range(a.draws)], dev)
+    t_noise, _ = timed_once(lambda: [loss_noise(range(a.n), d, 0, (a.channels, a.image_size, a.image_size), dev)
+                                     for d in range(a.draws)], dev)
     result = {
         "bench": "loss", **device_info(dev), "preset": a.preset, "image_size": a.image_size, "channels": a.channels,
         "n_examples": a.n, "n_models": a.models, "n_draws": a.draws, "timestep": a.timestep, "batch": a.batch,

@@ -68,7 +68,7 @@ def main() -> None:
     ds = ImageDataset(imgs, [f"r{i}" for i in range(a.n)], source="random")
     plain = plain_loop(torch.as_tensor(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1, a.preset, a.batch, a.steps, dev)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = TrainConfig(preset=a.preset, steps=a.steps + 10, batch_size=a.batch, checkpoint_every=10**6,
+        cfg = TrainConfig(preset=a.preset, steps=a.steps + 10, batch_size=a.batch, checkpoint_every=a.steps + 10,
                           log_every=a.steps + 10, compile=not a.no_compile)
         train(ds, cfg, f"{tmp}/run", device=dev)
         timing = json.loads(open(f"{tmp}/run/timing.json").read())

@@ -8,6 +8,7 @@ import sys
 from diffaudit.cli.common import emit
 from diffaudit.core.outdir import prepare_out_dir
 from diffaudit.core.results import envelope, write_result
+from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import read_json
 from diffaudit.defenses.compare import compare_summaries, find_dp_record, format_table
 from diffaudit.report.summary import build_summary
@@ -33,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     labels = [s.strip() for s in args.labels.split(",")]
     if len(labels) != 2 or not all(labels):
-        labels = ["A", "B"]
+        raise DiffauditError(f"--labels needs two comma-separated names (e.g. plain,dedup); got {args.labels!r}")
     settings = {"audit_a": str(args.audit_a), "audit_b": str(args.audit_b), "labels": labels}
     out = None
     if args.out:

@@ -9,7 +9,7 @@
 from diffaudit.data.dataset import ImageDataset, from_model_space, to_model_space, to_unit
 from diffaudit.data.images import IMAGE_EXTENSIONS, BadImageError
 from diffaudit.data.loader import load_dataset
-from diffaudit.data.membership import Membership, load_membership, make_membership, save_membership
+from diffaudit.data.membership import Membership, load_membership, make_membership, save_membership, target_split
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -21,6 +21,7 @@ __all__ = [
     "load_membership",
     "make_membership",
     "save_membership",
+    "target_split",
     "to_model_space",
     "to_unit",
 ]

@@ -63,6 +63,21 @@ def make_membership(n_examples: int, n_models: int = 16, seed: int = 0) -> np.nd
     return matrix
 
 
+def target_split(n_examples: int, n_train: int, seed: int = 0) -> np.ndarray:
+    """A two-column matrix for one target model: column 0 holds ``n_train`` seeded random examples
+    (the target's training set), column 1 the rest (never trained; they are the non-members).
+
+    Every row is IN for exactly one of the two columns, so it is a valid membership matrix.
+    """
+    if not 1 <= n_train < n_examples:
+        raise DiffauditError(f"the training-set size must lie in [1, {n_examples - 1}] (some examples must stay unseen); got {n_train}")
+    chosen = numpy_rng(derive_seed(int(seed), "target-split", int(n_examples))).choice(n_examples, n_train, replace=False)
+    matrix = np.zeros((n_examples, 2), dtype=bool)
+    matrix[:, 1] = True
+    matrix[chosen, 0], matrix[chosen, 1] = True, False
+    return matrix
+
+
 @dataclass(frozen=True)
 class Membership:
     """A membership matrix with the ids of its rows.

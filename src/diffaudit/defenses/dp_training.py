@@ -29,10 +29,12 @@ diffusers UNets use GroupNorm only (no BatchNorm), which opacus' ``ModuleValidat
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,7 +151,9 @@ def check_grad_samples(model: torch.nn.Module, mode: str, x: torch.Tensor, t: to
         refs.append([p.grad.detach().clone() for p in ref_model.parameters()])
     probe = copy.deepcopy(model)
     gsm, _ = wrap_model(probe, mode)
-    gsm(x, t).sample.pow(2).flatten(1).mean(1).mean().backward()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+        gsm(x, t).sample.pow(2).flatten(1).mean(1).mean().backward()
     err = 0.0
     for j, p in enumerate(probe.parameters()):
         for i in range(len(x)):
@@ -179,6 +183,16 @@ def epsilon_after(*, noise_multiplier: float, sample_rate: float, steps: int, de
     acc = RDPAccountant() if accountant == "rdp" else PRVAccountant()
     acc.history = [(float(noise_multiplier), float(sample_rate), int(steps))]
     return float(acc.get_epsilon(delta=delta))
+
+
+def average_grad_samples(params, n_examples: int, k: int) -> None:
+    """Per-example gradient = mean of its ``k`` per-draw gradients (rows e·k .. e·k + k − 1), in place.
+
+    ``p.grad_sample`` goes from (n_examples·k, *p.shape) to (n_examples, *p.shape), so opacus clips
+    and counts examples, not draws (augmentation multiplicity, De et al. 2022).
+    """
+    for p in params:
+        p.grad_sample = p.grad_sample.reshape(n_examples, k, *p.shape).mean(1)
 
 
 def _finite(x: float) -> float | None:
@@ -274,7 +288,9 @@ def train_dp(
     K = dp.augmentations
     params = [p for p in model.parameters() if p.requires_grad]
     t0, seen = time.perf_counter(), 0
-    with progress_bar("train (DP-SGD)", config.steps, unit="step", completed=start) as bar:
+    with progress_bar("train (DP-SGD)", config.steps, unit="step", completed=start) as bar, warnings.catch_warnings():
+        # opacus' hooks fire on module outputs (the images need no gradient): expected, not a problem
+        warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
         for step in range(start, config.steps):
             ex = _batch(step, config, dp, idx, q)
             rows = np.repeat(ex, K)  # K consecutive rows per example
@@ -299,9 +315,8 @@ def train_dp(
                 loss = torch.nn.functional.mse_loss(pred.float(), eps)
                 loss.backward()
                 lv = float(loss.item())
-                if K > 1:  # per-example gradient = mean of its K per-draw gradients
-                    for p in params:
-                        p.grad_sample = p.grad_sample.reshape(len(ex), K, *p.shape).mean(1)
+                if K > 1:
+                    average_grad_samples(params, len(ex), K)
             else:  # an empty Poisson batch: the step is pure noise
                 for p in params:
                     p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
@@ -348,3 +363,28 @@ def train_dp(
     stage_line(f"train (DP-SGD): {config.steps} steps on {n} images, epsilon {epsilon:.3g} at delta {delta:.2g} "
                f"(sigma {sigma:.3g}, C {dp.max_grad_norm}, q {q:.3g}) -> {run}")
     return run
+
+
+def add_dp_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--dp-*`` flags (for ``diffaudit train``): ``--dp-noise`` or ``--dp-epsilon`` switches DP-SGD on."""
+    g = parser.add_argument_group("DP-SGD (opacus)")
+    g.add_argument("--dp-noise", type=float, default=None, help="DP-SGD noise multiplier sigma (turns DP-SGD on)")
+    g.add_argument("--dp-epsilon", type=float, default=None, help="target epsilon after --steps (turns DP-SGD on; sigma solved)")
+    g.add_argument("--dp-delta", type=float, default=None, help="delta (default 1/(10 N))")
+    g.add_argument("--dp-max-grad-norm", type=float, default=1.0, help="per-example clipping norm C (inf: none, only with --dp-noise 0)")
+    g.add_argument("--dp-no-poisson", action="store_true", help="fixed shuffled batches instead of Poisson sampling")
+    g.add_argument("--dp-accountant", choices=ACCOUNTANTS, default="rdp", help="privacy accountant")
+    g.add_argument("--dp-augmentations", type=int, default=1, help="(t, noise) draws per example per step, averaged before clipping")
+    g.add_argument("--dp-grad-sample-mode", choices=GRAD_SAMPLE_MODES, default="auto", help="opacus per-sample gradient mode")
+
+
+def dp_config_from_args(args: argparse.Namespace) -> DPConfig | None:
+    """The :class:`DPConfig` of ``add_dp_arguments`` flags, or None when DP-SGD is off."""
+    if getattr(args, "dp_noise", None) is None and getattr(args, "dp_epsilon", None) is None:
+        return None
+    cfg = DPConfig(noise_multiplier=args.dp_noise, target_epsilon=args.dp_epsilon, delta=args.dp_delta,
+                   max_grad_norm=args.dp_max_grad_norm, poisson_sampling=not args.dp_no_poisson,
+                   accountant=args.dp_accountant, augmentations=args.dp_augmentations,
+                   grad_sample_mode=args.dp_grad_sample_mode)
+    cfg.validate()
+    return cfg

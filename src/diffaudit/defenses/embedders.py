@@ -302,7 +302,12 @@ class ClipEmbedder(Embedder):
     default_threshold = 0.95
 
     def __init__(self, model: str | os.PathLike = DEFAULT_CLIP_MODEL, device: str | torch.device = "cpu", batch_size: int = 256):
-        from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+        from transformers import CLIPVisionModelWithProjection
+
+        try:  # the PIL processor: the default one wants torchvision, which is not installed here
+            from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+        except ImportError:  # older transformers: CLIPImageProcessor is the PIL one
+            from transformers import CLIPImageProcessor
 
         self.model_name = str(model)
         self.batch_size = int(batch_size)

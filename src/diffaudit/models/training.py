@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import pickle
 import shutil
 import time
 from dataclasses import dataclass
@@ -168,7 +169,20 @@ def _st_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
 def _load_checkpoint(ck: Path, model, ema: _Ema, opt) -> tuple[int, list[dict]]:
     model.load_state_dict(load_file(ck / "model.safetensors"))
     ema.shadow = {k: v.float() for k, v in load_file(ck / "ema.safetensors").items()}
-    opt.load_state_dict(torch.load(ck / "optimizer.pt", weights_only=True, map_location="cpu"))
+    try:
+        opt_state = torch.load(ck / "optimizer.pt", weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError) as exc:
+        # weights_only=True refuses any pickle that would import or call code: say so, without torch's
+        # suggestion to retry with weights_only=False (that would run the file's code).
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+        reason = next((ln for ln in lines if "GLOBAL" in ln.upper()), lines[0])
+        raise DiffauditError(
+            f"{ck / 'optimizer.pt'}: refused to load: it is not a plain weights-only checkpoint (it would need "
+            f"arbitrary pickled objects or code, or it is damaged: {reason[:200]}). "
+            "diffaudit loads weights only from safetensors and optimizer state only with torch.load(weights_only=True). "
+            "Delete this checkpoint folder to resume from an earlier one, or re-run with --fresh."
+        ) from None
+    opt.load_state_dict(opt_state)
     return int(read_json(ck / "state.json")["step"]), list(read_json(ck / "log.json"))
 
 

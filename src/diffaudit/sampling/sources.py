@@ -114,10 +114,11 @@ def is_stable_diffusion_dir(path: str | Path) -> bool:
 
 
 def open_source(model: str | Path, *, device: torch.device, steps: int, eta: float = 0.0, micro_batch: int | None = None,
-                guidance_scale: float = 7.5, scheduler: str = "ddim", fast: bool = False):
+                guidance_scale: float = 7.5, scheduler: str = "ddim", fast: bool = False, compile: bool = False):
     """The image source for a model directory (pixel UNet or Stable Diffusion pipeline).
 
-    ``fast`` (CUDA only): bf16 weights and channels-last memory for the UNet.
+    ``fast`` (CUDA only): bf16 weights and channels-last memory for the UNet; ``compile`` adds
+    ``torch.compile`` (about a minute once; pays off from tens of thousands of images).
     """
     if is_stable_diffusion_dir(model):
         dtype = torch.bfloat16 if (fast and device.type == "cuda") else torch.float32
@@ -125,5 +126,5 @@ def open_source(model: str | Path, *, device: torch.device, steps: int, eta: flo
                                      scheduler=scheduler, micro_batch=micro_batch or 8, dtype=dtype)
     den = load_denoiser(model, device=device)
     if fast and device.type == "cuda":
-        den.optimise_for_gpu(dtype=torch.bfloat16, channels_last=True)
+        den.optimise_for_gpu(dtype=torch.bfloat16, channels_last=True, compile=compile)
     return PixelSource(den, steps=steps, eta=eta, micro_batch=micro_batch or (256 if device.type == "cuda" else 32))

@@ -23,7 +23,8 @@ from diffaudit.store.sample_store import SampleStore
 
 def _source_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"steps": args.steps, "eta": args.eta, "micro_batch": args.micro_batch, "guidance_scale": args.guidance_scale,
-            "scheduler": args.scheduler, "fast": args.fast, "batch_size": args.batch_size}
+            "scheduler": args.scheduler, "fast": args.fast, "compile": getattr(args, "compile", False),
+            "batch_size": args.batch_size}
 
 
 class _ShardWorker:

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Issue 3's experiment (the paper's Figure 5 in miniature), end to end with diffaudit's commands:
+# the DDPM CIFAR-10 UNet trained on 1,000 CIFAR-10 images of which groups of 10 are repeated
+# 4, 16 and 64 times; 4,096 DDIM-100 samples; black-box extract; verify with the ratio rule
+# against the training set and against 1,000 never-seen images. Resumable: re-run to continue.
+set -uo pipefail
+OUT=${OUT:-extraction-out}; W=${WORK:-.gpu/work-extraction}; mkdir -p "$OUT" "$W"
+D=${DATA:-.gpu/cifar10-train-000000.tar}
+STEPS=${STEPS:-5400}
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD/src
+else
+  export PYTHONPATH=$PWD/src
+fi
+export PYTHONUNBUFFERED=1
+da() { python3 -m diffaudit.cli.main "$@"; }
+t0=$(date +%s)
+python3 experiments/make_duplicates.py --data "$D" --subset 1000 --repeats 4,16,64 --group 10 --baseline 1000 --out "$W/dup"
+da train --data "$D" --subset 1000 --repeat "$W/dup/repeats.txt" --preset ddpm-cifar10 --steps "$STEPS" --batch-size 128 \
+   --lr 2e-4 --warmup-steps 200 --checkpoint-every 900 --compile --device cuda --out "$W/run" || exit 1
+t1=$(date +%s); echo "train seconds: $((t1 - t0))"
+cp "$W/run/result.json" "$OUT/train-result.json"; cp "$W/run/timing.json" "$OUT/train-timing.json"; cp "$W/run/loss_log.jsonl" "$OUT/"
+da sample --model "$W/run" --n 4096 --steps 100 --fast --micro-batch 1024 --shard-size 1024 --device cuda --out "$W/samples" || exit 1
+t2=$(date +%s); echo "sample seconds: $((t2 - t1))"
+da extract --samples "$W/samples" --device cuda --out "$W/extract" || exit 1
+da verify --samples "$W/samples" --data "$D" --subset 1000 --baseline "$W/dup/baseline.view.json" --device cuda --out "$W/verify" || exit 1
+t3=$(date +%s); echo "extract+verify seconds: $((t3 - t2))"
+cp "$W/extract/result.json" "$OUT/extract-result.json"; cp "$W/verify/result.json" "$OUT/verify-result.json"
+python3 experiments/extraction_by_group.py --groups "$W/dup/groups.json" --verify "$W/verify" --extract "$W/extract" \
+   --samples "$W/samples" --data "$D" --subset 1000 --out "$OUT/pairs.png" | tee "$OUT/by_group.json"

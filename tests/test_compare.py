@@ -1,0 +1,54 @@
+"""``diffaudit compare``: two audits side by side."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from diffaudit.cli.main import main
+from diffaudit.core.results import write_result
+from diffaudit.defenses.compare import compare_summaries, format_table, metrics
+
+
+def _audit(root, extracted, tpr, auc, eps=None):
+    write_result(root / "verify" / "result.json", "verify", {"rule": "ratio"}, {}, unique_extracted=extracted,
+                 n_samples=1000, extracted=[], rule="ratio")
+    write_result(root / "mia" / "result.json", "mia", {}, {}, attack="lira", auc=auc,
+                 tpr_at_fpr={"0.01": tpr, "0.001": tpr / 2}, n_members=50, n_nonmembers=50)
+    if eps is not None:
+        (root / "train").mkdir(parents=True)
+        (root / "train" / "dp.json").write_text(json.dumps({"epsilon": eps, "delta": 1e-5}))
+    return root
+
+
+def test_compare_summaries_rows_and_table():
+    a = {"extraction": {"unique_extracted": 1280, "n_samples": 2**20}, "mia": {"lira": {"auc": 0.98, "tpr_at_fpr": {"0.01": 0.9}}}}
+    b = {"extraction": {"unique_extracted": 986, "n_samples": 2**20}, "mia": {"lira": {"auc": 0.9, "tpr_at_fpr": {"0.01": None}}},
+         "canaries": {"n_extracted": 2, "by_repeats": [{"repeats": 64, "mean_exposure": 5.5}]}}
+    rows = {r["metric"]: r for r in compare_summaries(a, b, dp_b={"epsilon": 50.0})}
+    assert rows["extraction: unique extracted"] == {"metric": "extraction: unique extracted", "a": 1280, "b": 986, "change": -294}
+    assert rows["mia lira: TPR at 1% FPR"]["b"] is None and rows["mia lira: TPR at 1% FPR"]["change"] is None
+    assert rows["mia lira: AUC"]["change"] == pytest.approx(-0.08)
+    assert rows["canaries x64: mean exposure"]["a"] is None and rows["model: DP epsilon"]["b"] == 50.0
+    table = format_table(list(rows.values()), "plain", "dedup")
+    assert table.splitlines()[0].startswith("| metric") and "| 1280" in table and "-294" in table
+    assert metrics({}) == {}
+
+
+def test_compare_cli_on_two_audit_folders(tmp_path, capsys):
+    a = _audit(tmp_path / "plain", 12, 0.5, 0.9)
+    b = _audit(tmp_path / "dp", 3, 0.1, 0.6, eps=42.0)
+    out = tmp_path / "cmp"
+    assert main(["--json", "compare", str(a), str(b), "--labels", "plain,dp", "--out", str(out)]) == 0
+    r = json.loads(capsys.readouterr().out)
+    rows = {x["metric"]: x for x in r["rows"]}
+    assert rows["extraction: unique extracted"]["a"] == 12 and rows["extraction: unique extracted"]["b"] == 3
+    assert rows["mia lira: TPR at 1% FPR"]["a"] == 0.5 and rows["mia lira: TPR at 1% FPR"]["change"] == pytest.approx(-0.4)
+    assert rows["model: DP epsilon"]["b"] == 42.0 and rows["model: DP epsilon"]["a"] is None
+    assert r["command"] == "compare" and r["labels"] == ["plain", "dp"]
+    assert json.loads((out / "result.json").read_text())["rows"] == r["rows"]
+    assert main(["compare", str(a), str(b)]) == 0
+    text = capsys.readouterr().out
+    assert "| extraction: unique extracted" in text and "| 12 " in text
+    assert main(["compare", str(a), str(tmp_path / "missing")]) == 2

@@ -1,0 +1,201 @@
+"""DP-SGD training through opacus: accounting, per-sample gradients, equivalence with plain training, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffaudit.core.errors import DiffauditError
+from diffaudit.data.dataset import ImageDataset
+from diffaudit.defenses.dp_training import (
+    DPConfig,
+    average_grad_samples,
+    check_grad_samples,
+    epsilon_after,
+    has_attention,
+    resolve_noise,
+    train_dp,
+    wrap_model,
+)
+from diffaudit.models.training import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    return ImageDataset(rng.integers(0, 256, (48, 8, 8, 1), dtype=np.uint8), [f"k{i}" for i in range(48)], source="test")
+
+
+def _cfg(**kw):
+    base = dict(preset="tiny", steps=3, batch_size=8, lr=1e-3, warmup_steps=0, grad_clip=1e9, ema_decay=0.0, seed=3,
+                log_every=1, checkpoint_every=100)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _weights(run):
+    return load_file(str(run / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_dp_config_validation():
+    DPConfig().validate()
+    with pytest.raises(DiffauditError, match="exactly one"):
+        DPConfig(noise_multiplier=1.0, target_epsilon=8.0).validate()
+    with pytest.raises(DiffauditError, match="exactly one"):
+        DPConfig(noise_multiplier=None).validate()
+    with pytest.raises(DiffauditError, match="no clipping"):
+        DPConfig(noise_multiplier=1.0, max_grad_norm=math.inf).validate()
+    with pytest.raises(DiffauditError, match="accountant"):
+        DPConfig(accountant="gdp2").validate()
+    with pytest.raises(DiffauditError, match="augmentations"):
+        DPConfig(augmentations=0).validate()
+
+
+def test_epsilon_grows_with_steps_and_falls_with_noise():
+    eps = [epsilon_after(noise_multiplier=1.0, sample_rate=0.01, steps=s, delta=1e-5) for s in (1, 10, 100, 1000)]
+    assert all(math.isfinite(e) and e > 0 for e in eps) and eps == sorted(eps) and eps[0] < eps[-1]
+    assert epsilon_after(noise_multiplier=2.0, sample_rate=0.01, steps=100, delta=1e-5) < eps[2]
+    assert epsilon_after(noise_multiplier=0.0, sample_rate=0.01, steps=5, delta=1e-5) == math.inf
+    assert epsilon_after(noise_multiplier=1.0, sample_rate=0.01, steps=0, delta=1e-5) == 0.0
+    prv = epsilon_after(noise_multiplier=1.0, sample_rate=0.01, steps=100, delta=1e-5, accountant="prv")
+    assert 0 < prv <= eps[2] * 1.05  # PRV is tighter than RDP (up to its discretisation)
+
+
+def test_target_epsilon_is_reached():
+    sigma = resolve_noise(DPConfig(noise_multiplier=None, target_epsilon=4.0), sample_rate=0.02, steps=200, delta=1e-5)
+    got = epsilon_after(noise_multiplier=sigma, sample_rate=0.02, steps=200, delta=1e-5)
+    assert got <= 4.0 and got > 3.9
+
+
+def _attention_unet():
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    return UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4, attention_head_dim=8)
+
+
+def test_per_sample_gradients_are_exact_with_attention():
+    model = _attention_unet()
+    assert has_attention(model)
+    g = torch.Generator().manual_seed(1)
+    x, t = torch.randn(3, 1, 8, 8, generator=g), torch.randint(0, 1000, (3,), generator=g)
+    assert check_grad_samples(model, "functorch", x, t) < 1e-5
+    gsm, mode = wrap_model(_attention_unet(), "auto")
+    assert mode == "functorch"  # hook mode returns zero grads for convs fed by attention (opacus 1.6)
+    gsm._close()
+
+
+def test_average_grad_samples_per_example():
+    p = torch.nn.Parameter(torch.zeros(2))
+    p.grad_sample = torch.tensor([[1.0, 0.0], [3.0, 2.0], [5.0, 5.0], [7.0, 7.0]])
+    average_grad_samples([p], 2, 2)
+    torch.testing.assert_close(p.grad_sample, torch.tensor([[2.0, 1.0], [6.0, 6.0]]))
+
+
+def test_noise_free_unclipped_dp_matches_plain_training(tmp_path, data):
+    cfg = _cfg()
+    plain = _weights(train(data, cfg, tmp_path / "plain"))
+    dp = _weights(train_dp(data, cfg, DPConfig(noise_multiplier=0.0, max_grad_norm=math.inf, poisson_sampling=False),
+                           tmp_path / "dp"))
+    assert plain.keys() == dp.keys()
+    moved = max(float((plain[k] - load_init(cfg, data)[k]).abs().max()) for k in plain)
+    assert moved > 1e-3  # training did change the weights
+    for k in plain:
+        # Adam divides by sqrt(v): where a true gradient is ~0 (exactly 0 for the attention key bias, softmax
+        # being shift-invariant) summation-order rounding becomes an update of up to ~lr. A wrong batch, noise
+        # draw or gradient scale would move nearly every weight by ~lr = 1e-3 instead.
+        tol = 3 * cfg.lr * cfg.steps if k.endswith("to_k.bias") else 1e-5
+        torch.testing.assert_close(dp[k], plain[k], atol=tol, rtol=0)
+    diffs = torch.cat([(dp[k] - plain[k]).abs().flatten() for k in plain])
+    assert float(diffs.median()) < 1e-8 and float((diffs > 1e-7).float().mean()) < 0.01
+    record = json.loads((tmp_path / "dp" / "dp.json").read_text())
+    assert record["epsilon"] is None and "not private" in record["note"]
+
+
+def load_init(cfg, data):
+    from diffaudit.core.seeds import derive_seed
+    from diffaudit.models.unets import build_unet, unet_config
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(cfg.seed, "init") % (2**31))
+        return build_unet(unet_config(cfg.preset, image_size=8, in_channels=1)).state_dict()
+
+
+def test_dp_training_reports_finite_growing_epsilon(tmp_path, data):
+    from diffaudit.models.denoiser import load_denoiser
+    from diffaudit.models.loss import per_example_loss
+
+    run = train_dp(data, _cfg(steps=4), DPConfig(noise_multiplier=1.0, max_grad_norm=1.0, augmentations=2), tmp_path / "dp")
+    log = [json.loads(line) for line in (run / "loss_log.jsonl").read_text().splitlines()]
+    eps = [r["epsilon"] for r in log]
+    assert len(eps) == 4 and all(math.isfinite(e) and e > 0 for e in eps)
+    assert all(a < b for a, b in zip(eps, eps[1:]))
+    record = json.loads((run / "dp.json").read_text())
+    assert record["epsilon"] == pytest.approx(eps[-1]) and record["delta"] == pytest.approx(1 / (10 * 48))
+    assert record["augmentations"] == 2 and record["grad_sample_mode"] == "functorch" and record["sample_rate"] == pytest.approx(8 / 48)
+    res = json.loads((run / "result.json").read_text())
+    assert res["command"] == "train" and res["dp"]["epsilon"] == record["epsilon"]
+    # the run directory loads like any other: sampling and attacks can use it
+    den = load_denoiser(run)
+    loss = per_example_loss(den, data.images[:4], timesteps=(100,))
+    assert loss.shape == (4, 1, 1) and np.isfinite(loss).all()
+
+
+def test_clipping_and_noise_change_the_update(tmp_path, data):
+    cfg = _cfg(steps=2)
+    free = _weights(train_dp(data, cfg, DPConfig(noise_multiplier=0.0, max_grad_norm=math.inf, poisson_sampling=False), tmp_path / "a"))
+    clipped = _weights(train_dp(data, cfg, DPConfig(noise_multiplier=0.0, max_grad_norm=1e-4, poisson_sampling=False), tmp_path / "b"))
+    noisy = _weights(train_dp(data, cfg, DPConfig(noise_multiplier=1.0, max_grad_norm=1e-4, poisson_sampling=False), tmp_path / "c"))
+    diff = lambda a, b: max(float((a[k] - b[k]).abs().max()) for k in a)  # noqa: E731
+    assert diff(free, clipped) > 1e-5 and diff(clipped, noisy) > 1e-5
+
+
+def test_dp_run_resumes_to_the_same_weights(tmp_path, data, monkeypatch):
+    import diffaudit.defenses.dp_training as dpt
+
+    cfg = _cfg(steps=4, checkpoint_every=2)
+    dp = DPConfig(noise_multiplier=0.5, max_grad_norm=1.0)
+    whole = _weights(train_dp(data, cfg, dp, tmp_path / "whole"))
+    calls = {"n": 0}
+
+    def crash(name):
+        if name == "train.step":
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt  # killed after the step-2 checkpoint
+    monkeypatch.setattr(dpt, "fault_point", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_dp(data, cfg, dp, tmp_path / "killed")
+    monkeypatch.undo()
+    assert not (tmp_path / "killed" / "result.json").exists()
+    resumed = _weights(train_dp(data, cfg, dp, tmp_path / "killed"))
+    for k in whole:
+        torch.testing.assert_close(resumed[k], whole[k], atol=0, rtol=0)
+
+
+def test_dp_rejects_batchnorm_models():
+    from diffaudit.defenses.dp_training import check_model
+
+    with pytest.raises(DiffauditError, match="cannot be trained with DP-SGD"):
+        check_model(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2)))
+
+
+def test_dp_flags_build_a_config():
+    import argparse
+
+    from diffaudit.defenses.dp_training import add_dp_arguments, dp_config_from_args
+
+    p = argparse.ArgumentParser()
+    add_dp_arguments(p)
+    assert dp_config_from_args(p.parse_args([])) is None
+    cfg = dp_config_from_args(p.parse_args(["--dp-epsilon", "8", "--dp-augmentations", "4", "--dp-no-poisson"]))
+    assert cfg == DPConfig(noise_multiplier=None, target_epsilon=8.0, augmentations=4, poisson_sampling=False)
+    with pytest.raises(DiffauditError, match="exactly one"):
+        dp_config_from_args(p.parse_args(["--dp-epsilon", "8", "--dp-noise", "1"]))

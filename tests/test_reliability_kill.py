@@ -1,0 +1,239 @@
+"""Kill and resume (issue 9, item 1): SIGKILL at seeded fault points and at random moments, then resume.
+
+`train`, `sample`, `shadows` and `mia` each have a kill-and-resume test in their own files
+(test_training, test_store, test_shadows, test_mia_end_to_end). Here:
+
+- the whole `audit`, killed twice by the fault hooks (inside training after a checkpoint, then inside
+  sampling after a shard) and resumed in-process, ends with the same bytes as an uninterrupted audit:
+  weights, sample shards, scores, and every stage's result.json up to wall-clock fields;
+- (slow) `train` and `sample` killed by the parent at seeded random moments, several times in a row:
+  after every kill each piece marked finished is whole and equal to the reference, and the finished
+  run equals an uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffaudit.cli.main import main
+from diffaudit.core.io import read_json
+from diffaudit.store import SampleStore
+
+AUDIT = ["audit", "--subset", "48", "--train-size", "16", "--steps", "40", "--checkpoint-every", "20",
+         "--batch-size", "8", "--warmup-steps", "5", "--n-samples", "32", "--sample-steps", "3", "--sweep", "",
+         "--device", "cpu", "--seed", "3"]
+
+# Keys whose values are wall-clock measurements (or package versions): the only ones allowed to differ.
+VOLATILE = {"seconds", "seconds_this_session", "versions", "images_per_second", "images_per_second_after_warmup"}
+
+
+def normalised(obj, roots: list[Path]):
+    """``obj`` without wall-clock fields, with the run's own folder replaced by ``<OUT>`` in every string."""
+    if isinstance(obj, dict):
+        return {k: normalised(v, roots) for k, v in obj.items() if k not in VOLATILE}
+    if isinstance(obj, list):
+        return [normalised(v, roots) for v in obj]
+    if isinstance(obj, str):
+        for r in roots:
+            obj = obj.replace(str(r.resolve()), "<OUT>").replace(str(r), "<OUT>")
+        return obj
+    return obj
+
+
+def files_of(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def assert_same_outputs(ref: Path, other: Path, *, skip_suffixes=(".html", ".png", ".pt")) -> None:
+    """Every file of ``ref`` exists in ``other`` with the same content: bytes for arrays and weights,
+    arrays for .npz (zip members carry timestamps), JSON up to wall-clock fields and the folder name."""
+    names = files_of(ref)
+    assert names == files_of(other), sorted(names ^ files_of(other))
+    for name in sorted(names):
+        a, b = ref / name, other / name
+        if name.endswith(skip_suffixes) or name.endswith("timing.json"):
+            continue
+        if name.endswith(".json"):
+            assert normalised(read_json(a), [ref]) == normalised(read_json(b), [other]), name
+        elif name.endswith(".npz"):
+            with np.load(a, allow_pickle=False) as za, np.load(b, allow_pickle=False) as zb:
+                assert sorted(za.files) == sorted(zb.files), name
+                for k in za.files:
+                    np.testing.assert_array_equal(za[k], zb[k], err_msg=f"{name}:{k}")
+        else:  # .npy shards and losses, .safetensors weights, .jsonl logs, .toml config
+            if name.endswith(".toml"):
+                assert a.read_text().replace(str(ref), "<OUT>") == b.read_text().replace(str(other), "<OUT>"), name
+            else:
+                assert a.read_bytes() == b.read_bytes(), name
+
+
+def cli_subprocess(argv: list[str], env_extra: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", DIFFAUDIT_QUIET="1", **env_extra)
+    return subprocess.run([sys.executable, "-m", "diffaudit.cli.main", "--quiet", *argv], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def reference_audit(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("audit-ref") / "out"
+    assert main(["--quiet", *AUDIT, "--out", str(root)]) == 0
+    return root
+
+
+def test_audit_killed_in_training_then_in_sampling_resumes_to_the_same_bytes(reference_audit, tmp_path):
+    out = tmp_path / "out"
+    argv = [*AUDIT, "--out", str(out)]
+
+    # 1. Killed right after training wrote its first checkpoint (step 20 of 40).
+    proc = cli_subprocess(argv, {"DIFFAUDIT_KILL_AT": "train.checkpoint:1"})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    run = out / "models" / "model-00"
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000020"]
+    assert not (run / "result.json").exists() and not (run / "unet").exists()
+    assert not (out / "samples").exists() and not (out / "result.json").exists()
+
+    # 2. Re-run: training resumes at step 20 and finishes; killed again after the first sample shard.
+    proc = cli_subprocess(argv, {"DIFFAUDIT_KILL_AT": "sample.shard:1"})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert (run / "result.json").exists()
+    store = SampleStore.open(out / "samples")
+    assert store.completed() == [0] and not (out / "samples" / "result.json").exists()
+    trained_at = (run / "result.json").stat().st_mtime_ns
+    shard_at = (out / "samples" / "shards" / "shard-000000.npy").stat().st_mtime_ns
+
+    # 3. Re-run in-process to the end: finished pieces are kept, the rest is done.
+    assert main(["--quiet", *argv]) == 0
+    assert (run / "result.json").stat().st_mtime_ns == trained_at
+    assert (out / "samples" / "shards" / "shard-000000.npy").stat().st_mtime_ns == shard_at
+    assert read_json(out / "result.json")["stages"] == ["train", "sample", "extract", "verify", "mia"]
+
+    # Same weights (bitwise), shards (bitwise), scores and results as the uninterrupted audit.
+    a = load_file(reference_audit / "models/model-00/unet/diffusion_pytorch_model.safetensors")
+    b = load_file(run / "unet/diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_outputs(reference_audit, out)
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".tmp-")]
+
+
+def test_audit_config_toml_round_trips_and_resumes(reference_audit, capsys):
+    """The config.toml an audit saves is data that reproduces it: re-running with it resumes the same
+    folder (no setting differs) and redoes nothing."""
+    stamp = (reference_audit / "mia" / "result.json").stat().st_mtime_ns
+    argv = ["audit", "--config", str(reference_audit / "config.toml"), "--out", str(reference_audit), "--quiet"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert (reference_audit / "mia" / "result.json").stat().st_mtime_ns == stamp
+
+
+# --------------------------------------------------------------------------- random kills (slow)
+
+def _kill_at_random_moments(argv: list[str], started: Path, rng: random.Random, kills: int, check) -> int:
+    """Run ``argv`` in a subprocess, SIGKILL it a seeded random time after ``started`` appears, check the
+    folder, and repeat ``kills`` times; returns how many runs were really killed (not finished first)."""
+    killed = 0
+    for _ in range(kills):
+        env = dict(os.environ, OMP_NUM_THREADS="1", DIFFAUDIT_QUIET="1")
+        env.pop("DIFFAUDIT_KILL_AT", None)
+        proc = subprocess.Popen([sys.executable, "-m", "diffaudit.cli.main", "--quiet", *argv], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 120
+            while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 2.5))
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                killed += 1
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+        assert proc.returncode in (0, -signal.SIGKILL), proc.stderr.read().decode()
+        proc.stderr.close()
+        check()
+    return killed
+
+
+@pytest.mark.slow
+def test_train_killed_at_random_moments_ends_with_identical_weights(tmp_path):
+    torch.set_num_threads(1)
+    argv = ["train", "--data", "digits", "--subset", "32", "--steps", "150", "--checkpoint-every", "10",
+            "--batch-size", "16", "--warmup-steps", "5", "--device", "cpu"]
+    ref, out = tmp_path / "ref", tmp_path / "killed"
+    assert main(["--quiet", *argv, "--out", str(ref)]) == 0
+
+    def check():
+        # Every checkpoint that counts as complete loads, whole, and names its own step.
+        for ck in (out / "checkpoints").glob("step-*") if (out / "checkpoints").exists() else []:
+            if (ck / "state.json").exists():
+                assert read_json(ck / "state.json")["step"] == int(ck.name.split("-")[1])
+                load_file(ck / "model.safetensors"), load_file(ck / "ema.safetensors")
+                torch.load(ck / "optimizer.pt", weights_only=True)
+                assert len(read_json(ck / "log.json")) >= 1
+        if (out / "result.json").exists():  # finished: the weights must already be the final ones
+            assert (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == \
+                (ref / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+
+    killed = _kill_at_random_moments([*argv, "--out", str(out)], out / "settings.json", random.Random(9), 5, check)
+    assert killed >= 3  # the test really interrupted training
+    assert main(["--quiet", *argv, "--out", str(out)]) == 0
+    for name in ("unet/diffusion_pytorch_model.safetensors", "loss_log.jsonl", "train_ids.json", "train_config.json"):
+        assert (ref / name).read_bytes() == (out / name).read_bytes(), name
+    assert normalised(read_json(ref / "result.json"), [ref]) == normalised(read_json(out / "result.json"), [out])
+
+
+@pytest.mark.slow
+def test_sample_killed_at_random_moments_ends_with_identical_shards(tmp_path):
+    from diffaudit.models.scheduler import make_scheduler
+    from diffaudit.models.unets import build_unet, unet_config
+
+    torch.set_num_threads(1)
+    model = tmp_path / "model"
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        build_unet(unet_config("tiny", image_size=8, in_channels=1)).save_pretrained(model / "unet")
+    make_scheduler().save_pretrained(model / "scheduler")
+    argv = ["sample", "--model", str(model), "--n", "240", "--steps", "8", "--shard-size", "12", "--micro-batch", "12",
+            "--device", "cpu"]
+    ref, out = tmp_path / "ref", tmp_path / "killed"
+    assert main(["--quiet", *argv, "--out", str(ref)]) == 0
+    reference = SampleStore.open(ref)
+    seen_complete: set[int] = set()
+
+    def check():
+        if not (out / "manifest.json").exists():
+            return
+        store = SampleStore.open(out)
+        done = store.completed()
+        assert seen_complete <= set(done)  # a finished shard never becomes unfinished
+        seen_complete.update(done)
+        for k in done:  # what counts as finished is whole and exact (temporary files never count)
+            assert store._npy(k).read_bytes() == reference._npy(k).read_bytes()
+            assert store._sidecar(k).read_bytes() == reference._sidecar(k).read_bytes()
+        if (out / "result.json").exists():
+            assert store.pending() == []
+        if done and len(done) < store.n_shards:
+            with pytest.raises(Exception, match="unfinished"):
+                store.to_dataset()
+
+    killed = _kill_at_random_moments([*argv, "--out", str(out)], out / "manifest.json", random.Random(4), 5, check)
+    assert killed >= 3
+    assert main(["--quiet", *argv, "--out", str(out)]) == 0
+    check()
+    for name in files_of(ref / "shards"):
+        assert (ref / "shards" / name).read_bytes() == (out / "shards" / name).read_bytes(), name
+    assert (ref / "result.json").read_bytes() == (out / "result.json").read_bytes()
+    assert {p.name for p in (out / "shards").iterdir() if not p.name.startswith(".")} == files_of(ref / "shards")
