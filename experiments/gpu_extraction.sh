@@ -29,3 +29,16 @@ t3=$(date +%s); echo "extract+verify seconds: $((t3 - t2))"
 cp "$W/extract/result.json" "$OUT/extract-result.json"; cp "$W/verify/result.json" "$OUT/verify-result.json"
 python3 experiments/extraction_by_group.py --groups "$W/dup/groups.json" --verify "$W/verify" --extract "$W/extract" \
    --samples "$W/samples" --data "$D" --subset 1000 --out "$OUT/pairs.png" | tee "$OUT/by_group.json"
+# bf16 fast path against fp32 on the trained model, same per-image seeds (first 256 generations).
+da sample --model "$W/run" --n 256 --steps 100 --micro-batch 256 --shard-size 256 --device cuda --out "$W/samples-fp32" || exit 1
+python3 - "$W" <<'PY' | tee "$OUT/bf16_vs_fp32.json"
+import json, sys
+import numpy as np
+from diffaudit.store import SampleStore
+w = sys.argv[1]
+fast = SampleStore.open(f"{w}/samples").read_shard(0)[0][:256].astype(np.float64) / 255
+ref = SampleStore.open(f"{w}/samples-fp32").read_shard(0)[0].astype(np.float64) / 255
+l2 = np.sqrt(((fast - ref) ** 2).reshape(256, -1).mean(1))
+print(json.dumps({"n": 256, "mean_l2": float(l2.mean()), "max_l2": float(l2.max()), "median_l2": float(np.median(l2))}))
+PY
+echo "total seconds: $(( $(date +%s) - t0 ))"

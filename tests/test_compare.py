@@ -52,3 +52,11 @@ def test_compare_cli_on_two_audit_folders(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "| extraction: unique extracted" in text and "| 12 " in text
     assert main(["compare", str(a), str(tmp_path / "missing")]) == 2
+
+
+def test_top_level_help_renders_with_the_defence_commands():
+    from diffaudit.cli.main import build_parser
+
+    text = build_parser().format_help()  # argparse %-formats every command's help
+    for name in ("dedup", "prompts", "canaries", "compare"):
+        assert f"    {name} " in text

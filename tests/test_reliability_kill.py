@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -139,20 +138,52 @@ def test_audit_config_toml_round_trips_and_resumes(reference_audit, capsys):
 
 # --------------------------------------------------------------------------- random kills (slow)
 
-def _kill_at_random_moments(argv: list[str], started: Path, rng: random.Random, kills: int, check) -> int:
-    """Run ``argv`` in a subprocess, SIGKILL it a seeded random time after ``started`` appears, check the
-    folder, and repeat ``kills`` times; returns how many runs were really killed (not finished first)."""
+# The child imports everything first, then touches a file: kill times count from there, not from a
+# process start whose import time varies with the machine's load.
+_CHILD = (
+    "import sys, pathlib\n"
+    "import torch, diffusers, diffaudit.cli.main, diffaudit.cli.train, diffaudit.cli.sample\n"
+    "import diffaudit.models.training, diffaudit.models.denoiser, diffaudit.sampling.sources, diffaudit.store\n"
+    "from diffusers import UNet2DModel, DDPMScheduler\n"
+    "pathlib.Path(sys.argv[1]).touch()\n"
+    "sys.exit(diffaudit.cli.main.main(sys.argv[2:]))\n"
+)
+
+
+def _child(argv: list[str], ready: Path) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1", DIFFAUDIT_QUIET="1")
+    env.pop("DIFFAUDIT_KILL_AT", None)
+    ready.unlink(missing_ok=True)
+    return subprocess.Popen([sys.executable, "-c", _CHILD, str(ready), "--quiet", *argv], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _wait_ready(proc: subprocess.Popen, ready: Path) -> None:
+    deadline = time.monotonic() + 120
+    while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _reference_run(argv: list[str], ready: Path) -> float:
+    """Run ``argv`` uninterrupted in a child like the killed ones; returns its length after the imports."""
+    proc = _child(argv, ready)
+    _wait_ready(proc, ready)
+    t0 = time.monotonic()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()
+    return time.monotonic() - t0
+
+
+def _kill_at_random_moments(argv: list[str], ready: Path, rng: random.Random, kills: int, span: float, check) -> int:
+    """Run ``argv`` in a subprocess and SIGKILL it a seeded random time after its imports (5% to 30% of
+    ``span``, the length of an uninterrupted run, so most kills land mid-run); check the folder after
+    each; repeat ``kills`` times. Returns how many runs were really killed (not finished first)."""
     killed = 0
     for _ in range(kills):
-        env = dict(os.environ, OMP_NUM_THREADS="1", DIFFAUDIT_QUIET="1")
-        env.pop("DIFFAUDIT_KILL_AT", None)
-        proc = subprocess.Popen([sys.executable, "-m", "diffaudit.cli.main", "--quiet", *argv], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = _child(argv, ready)
         try:
-            deadline = time.monotonic() + 120
-            while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.02)
-            time.sleep(rng.uniform(0.0, 2.5))
+            _wait_ready(proc, ready)
+            time.sleep(span * rng.uniform(0.05, 0.3))
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGKILL)
                 killed += 1
@@ -173,9 +204,12 @@ def test_train_killed_at_random_moments_ends_with_identical_weights(tmp_path):
     argv = ["train", "--data", "digits", "--subset", "32", "--steps", "150", "--checkpoint-every", "10",
             "--batch-size", "16", "--warmup-steps", "5", "--device", "cpu"]
     ref, out = tmp_path / "ref", tmp_path / "killed"
-    assert main(["--quiet", *argv, "--out", str(ref)]) == 0
+    span = _reference_run([*argv, "--out", str(ref)], tmp_path / "ready")  # kills land inside a run this long
+    progress = []
 
     def check():
+        cks = sorted((out / "checkpoints").glob("step-*/state.json")) if (out / "checkpoints").exists() else []
+        progress.append("done" if (out / "result.json").exists() else len(cks) and int(cks[-1].parent.name[5:]))
         # Every checkpoint that counts as complete loads, whole, and names its own step.
         for ck in (out / "checkpoints").glob("step-*") if (out / "checkpoints").exists() else []:
             if (ck / "state.json").exists():
@@ -187,8 +221,8 @@ def test_train_killed_at_random_moments_ends_with_identical_weights(tmp_path):
             assert (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == \
                 (ref / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
 
-    killed = _kill_at_random_moments([*argv, "--out", str(out)], out / "settings.json", random.Random(9), 5, check)
-    assert killed >= 3  # the test really interrupted training
+    killed = _kill_at_random_moments([*argv, "--out", str(out)], tmp_path / "ready", random.Random(9), 5, span, check)
+    assert killed >= 3 and any(p not in (0, "done") for p in progress), progress  # really interrupted mid-training
     assert main(["--quiet", *argv, "--out", str(out)]) == 0
     for name in ("unet/diffusion_pytorch_model.safetensors", "loss_log.jsonl", "train_ids.json", "train_config.json"):
         assert (ref / name).read_bytes() == (out / name).read_bytes(), name
@@ -206,18 +240,20 @@ def test_sample_killed_at_random_moments_ends_with_identical_shards(tmp_path):
         torch.manual_seed(0)
         build_unet(unet_config("tiny", image_size=8, in_channels=1)).save_pretrained(model / "unet")
     make_scheduler().save_pretrained(model / "scheduler")
-    argv = ["sample", "--model", str(model), "--n", "240", "--steps", "8", "--shard-size", "12", "--micro-batch", "12",
+    argv = ["sample", "--model", str(model), "--n", "360", "--steps", "8", "--shard-size", "12", "--micro-batch", "12",
             "--device", "cpu"]
     ref, out = tmp_path / "ref", tmp_path / "killed"
-    assert main(["--quiet", *argv, "--out", str(ref)]) == 0
+    span = _reference_run([*argv, "--out", str(ref)], tmp_path / "ready")
     reference = SampleStore.open(ref)
     seen_complete: set[int] = set()
+    progress = []
 
     def check():
         if not (out / "manifest.json").exists():
             return
         store = SampleStore.open(out)
         done = store.completed()
+        progress.append(len(done))
         assert seen_complete <= set(done)  # a finished shard never becomes unfinished
         seen_complete.update(done)
         for k in done:  # what counts as finished is whole and exact (temporary files never count)
@@ -229,8 +265,8 @@ def test_sample_killed_at_random_moments_ends_with_identical_shards(tmp_path):
             with pytest.raises(Exception, match="unfinished"):
                 store.to_dataset()
 
-    killed = _kill_at_random_moments([*argv, "--out", str(out)], out / "manifest.json", random.Random(4), 5, check)
-    assert killed >= 3
+    killed = _kill_at_random_moments([*argv, "--out", str(out)], tmp_path / "ready", random.Random(4), 5, span, check)
+    assert killed >= 3 and any(0 < p < reference.n_shards for p in progress), progress
     assert main(["--quiet", *argv, "--out", str(out)]) == 0
     check()
     for name in files_of(ref / "shards"):

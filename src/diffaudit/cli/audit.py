@@ -93,14 +93,14 @@ def apply_config(args: argparse.Namespace, argv: list[str]) -> argparse.Namespac
     if not args.config:
         return args
     cfg = _load_toml(args.config)
-    unknown = sorted(k for k in cfg if not hasattr(args, k) or k in _NOT_SETTINGS)
+    actions = _audit_actions()
+    unknown = sorted(k for k in cfg if k not in actions or k in _NOT_SETTINGS)
     if unknown:
         raise DiffauditError(f"--config {args.config}: unknown option(s) {', '.join(unknown)}; see `diffaudit audit --help`")
     given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
-    actions = _audit_actions()
     for k, v in cfg.items():
         if k not in given:
-            setattr(args, k, _config_value(actions.get(k), k, v, args.config))
+            setattr(args, k, _config_value(actions[k], k, v, args.config))
     return args
 
 
@@ -108,20 +108,18 @@ def _audit_actions() -> dict[str, argparse.Action]:
     """The argparse actions of `diffaudit audit`, by destination (to check --config values like flags)."""
     p = argparse.ArgumentParser()
     add_arguments(p)
-    return {a.dest: a for a in p._actions}
+    return {a.dest: a for a in p._actions if a.dest != "help"}
 
 
-def _config_value(action: argparse.Action | None, key: str, value: Any, path: str) -> Any:
+def _config_value(action: argparse.Action, key: str, value: Any, path: str) -> Any:
     """A --config value checked and converted as the same flag on the command line would be (type, choices)."""
     where = f"--config {path}: {key.replace('_', '-')} = {value!r}"
-    if action is None:
-        return value
     if action.nargs == 0:  # a switch such as --flip
         if not isinstance(value, bool):
             raise DiffauditError(f"{where}: expected true or false")
         return value
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise DiffauditError(f"{where}: expected a {getattr(action.type, '__name__', 'str')}")
+        raise DiffauditError(f"{where}: expected a value of type {getattr(action.type, '__name__', 'str')}")
     try:
         value = action.type(str(value)) if action.type else str(value)
     except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:

@@ -14,7 +14,7 @@ from diffaudit.defenses.compare import compare_summaries, find_dp_record, format
 from diffaudit.report.summary import build_summary
 
 NAME = "compare"
-HELP = "compare two audits side by side (extracted images, MIA TPR at 1% FPR, canaries, DP epsilon)"
+HELP = "compare two audits side by side (extracted images, MIA TPR at FPR 0.01, canaries, DP epsilon)"
 DESCRIPTION = (
     "Put two audit folders (or single command folders: verify, mia, canaries, dedup, ...) side by side: unique "
     "extracted training images, membership-inference AUC and TPR at 1% and 0.1% FPR, canaries extracted and their "

@@ -22,13 +22,22 @@ COMMANDS = [
 ]
 
 
+_UNAVAILABLE: dict[str, str] = {}
+
+
 def _available_commands():
+    """Command modules; one whose third-party dependency is missing is left out (and explained when called)."""
     for name in COMMANDS:
+        module = f"diffaudit.cli.{name.replace('-', '_')}"
         try:
-            yield importlib.import_module(f"diffaudit.cli.{name.replace('-', '_')}")
+            yield importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            if exc.name != f"diffaudit.cli.{name.replace('-', '_')}":
-                raise
+            if exc.name == module:
+                continue
+            if exc.name and not exc.name.startswith("diffaudit"):
+                _UNAVAILABLE[name] = f"`diffaudit {name}` needs the Python package {exc.name!r}: pip install {exc.name}"
+                continue
+            raise
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    raw = list(sys.argv[1:] if argv is None else argv)
+    missing = next((_UNAVAILABLE[a] for a in raw if a in _UNAVAILABLE), None)
+    if missing:
+        print(f"diffaudit: error: {missing}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     args._argv = list(sys.argv[1:] if argv is None else argv)  # which flags were given (audit --config)
     if not getattr(args, "_run", None):

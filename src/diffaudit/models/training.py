@@ -35,7 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from diffaudit.core.errors import DiffauditError, NonFiniteError
-from diffaudit.core.faults import fault_point
+from diffaudit.core.faults import check_storage, fault_point
 from diffaudit.core.io import atomic_write, read_json, write_bytes_atomic, write_json_atomic
 from diffaudit.core.outdir import prepare_out_dir
 from diffaudit.core.progress import progress_bar, stage_line
@@ -337,9 +337,16 @@ def train(
 
 def _save_pretrained_atomic(model, folder: Path) -> None:
     tmp = folder.parent / f".tmp-{folder.name}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+    try:  # diffusers writes these files itself: storage errors (and the fault hook) are handled here
+        check_storage(folder)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        model.save_pretrained(tmp, safe_serialization=True)
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    except OSError as exc:
+        raise DiffauditError(
+            f"could not write {folder}: {exc.strerror or exc}. Free space or choose a writable --out; "
+            "finished work is kept and a re-run continues from it."
+        ) from exc

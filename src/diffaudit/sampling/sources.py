@@ -20,6 +20,7 @@ from diffaudit.core.errors import DiffauditError
 from diffaudit.core.seeds import randn_per_seed
 from diffaudit.models.denoiser import Denoiser, load_denoiser
 from diffaudit.sampling.generate import generate_images
+from diffaudit.sampling.schedules import ddim_timesteps
 
 
 @dataclass
@@ -120,11 +121,17 @@ def open_source(model: str | Path, *, device: torch.device, steps: int, eta: flo
     ``fast`` (CUDA only): bf16 weights and channels-last memory for the UNet; ``compile`` adds
     ``torch.compile`` (about a minute once; pays off from tens of thousands of images).
     """
+    # Checked before any output folder exists, so a corrected re-run is not refused as "other settings".
+    if not 0.0 <= eta <= 1.0:
+        raise DiffauditError(f"--eta must lie in [0, 1] (0: deterministic DDIM, 1: DDPM-like); got {eta}")
+    if micro_batch is not None and micro_batch < 1:
+        raise DiffauditError(f"--micro-batch must be at least 1; got {micro_batch}")
     if is_stable_diffusion_dir(model):
         dtype = torch.bfloat16 if (fast and device.type == "cuda") else torch.float32
         return StableDiffusionSource(str(model), device=device, steps=steps, guidance_scale=guidance_scale,
                                      scheduler=scheduler, micro_batch=micro_batch or 8, dtype=dtype)
     den = load_denoiser(model, device=device)
+    ddim_timesteps(den.num_train_timesteps, steps)  # --steps in range, before any output folder exists
     if fast and device.type == "cuda":
         den.optimise_for_gpu(dtype=torch.bfloat16, channels_last=True, compile=compile)
     return PixelSource(den, steps=steps, eta=eta, micro_batch=micro_batch or (256 if device.type == "cuda" else 32))

@@ -24,7 +24,13 @@ def read_samples(spec: str, **load_options) -> ImageDataset:
     if str(spec).endswith(".npz") and Path(spec).is_file():
         with np.load(spec, allow_pickle=False) as z:
             if "prompts" in z.files:
-                prompts = z["prompts"]
+                try:
+                    prompts = z["prompts"]
+                except ValueError as exc:  # an object array: reading it would unpickle (and could run code)
+                    raise DiffauditError(
+                        f"{spec}: array 'prompts' is an object array, which diffaudit never loads (unpickling can run "
+                        f"code); store prompts as a fixed-width string array, e.g. np.array(prompts, dtype=str) ({exc})"
+                    ) from None
                 if len(prompts) != len(ds):
                     raise DiffauditError(f"{spec}: {len(prompts)} prompts for {len(ds)} images")
                 if load_options.get("subset"):

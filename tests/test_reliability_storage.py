@@ -1,0 +1,268 @@
+"""Disk full and read-only output (issue 9, item 2), through the storage fault hook of core.io.
+
+Tests run as root, so ``DIFFAUDIT_STORAGE_FAULT=ENOSPC|EROFS[:n]`` makes every write through
+:mod:`diffaudit.core.io` fail after n successful ones. For `train`, `sample` and `extract`:
+
+- the command exits with status 2 and a message naming the path it could not write and the reason;
+- nothing that counts as finished is damaged (finished shards and checkpoints are whole and exact;
+  no result.json appears);
+- a later run without the fault continues and ends with the bytes of an uninterrupted run.
+
+The n-th write is found by recording the paths an uninterrupted run writes, so the failure lands
+exactly where the test says (mid-checkpoint, between a shard's pixels and its sidecar, ...).
+`mia` under a full disk is tested in test_mia_end_to_end::test_full_disk_is_a_clear_error.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import diffaudit.core.faults as faults
+import diffaudit.core.io as dio
+from diffaudit.cli.main import main
+from diffaudit.core.io import read_json
+from diffaudit.store import SampleStore
+
+TRAIN = ["train", "--data", "digits", "--subset", "16", "--steps", "30", "--checkpoint-every", "10",
+         "--batch-size", "8", "--warmup-steps", "2", "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from diffaudit.models.scheduler import make_scheduler
+    from diffaudit.models.unets import build_unet, unet_config
+
+    root = tmp_path_factory.mktemp("model")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        build_unet(unet_config("tiny", image_size=8, in_channels=1)).save_pretrained(root / "unet")
+    make_scheduler().save_pretrained(root / "scheduler")
+    return root
+
+
+def sample_argv(model: Path, out: Path) -> list[str]:
+    return ["sample", "--model", str(model), "--out", str(out), "--n", "40", "--steps", "3", "--shard-size", "16",
+            "--micro-batch", "8", "--device", "cpu", "--quiet"]
+
+
+def recorded_writes(monkeypatch, argv: list[str]) -> list[Path]:
+    """Run ``argv`` without faults and return, in order, the paths it wrote through core.io."""
+    import diffaudit.models.training  # noqa: F401  (imports check_storage by name too)
+
+    paths: list[Path] = []
+    real = faults.check_storage
+    users = [m for name, m in list(sys.modules.items())
+             if name.startswith("diffaudit") and getattr(m, "check_storage", None) is real]
+    assert dio in users
+    with monkeypatch.context() as mp:
+        for m in users:
+            mp.setattr(m, "check_storage", lambda p: (paths.append(Path(p)), real(p))[1])
+        mp.delenv("DIFFAUDIT_STORAGE_FAULT", raising=False)
+        assert main(argv) == 0
+    return paths
+
+
+def run_with_fault(monkeypatch, capsys, argv: list[str], spec: str) -> tuple[int, str]:
+    monkeypatch.setattr(faults, "_writes", 0)  # the hook counts writes per process
+    monkeypatch.setenv("DIFFAUDIT_STORAGE_FAULT", spec)
+    capsys.readouterr()
+    rc = main(argv)
+    monkeypatch.delenv("DIFFAUDIT_STORAGE_FAULT")
+    return rc, capsys.readouterr().err
+
+
+def assert_clear_error(rc: int, err: str, path: Path, reason: str) -> None:
+    assert rc == 2, err
+    assert f"could not write {path}: {reason}" in err, err
+    assert "Traceback" not in err and "re-run continues" in err
+
+
+def assert_strict_json_files(root: Path) -> None:
+    """Every JSON file left behind is whole, valid JSON without NaN (no half-written file is visible)."""
+    for p in root.rglob("*.json"):
+        json.loads(p.read_text(), parse_constant=lambda c: pytest.fail(f"{p}: {c}"))
+
+
+@pytest.fixture(scope="module")
+def train_reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train-ref") / "run"
+    mp = pytest.MonkeyPatch()
+    try:
+        writes = recorded_writes(mp, TRAIN + ["--out", str(out)])
+    finally:
+        mp.undo()
+    return out, [str(p.relative_to(out)) for p in writes]
+
+
+def unet_bytes(run: Path) -> bytes:
+    return (run / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+
+
+def check_train_after_fault(run: Path, ref: Path) -> None:
+    assert not (run / "result.json").exists()
+    assert_strict_json_files(run)
+    for ck in sorted((run / "checkpoints").glob("step-*")) if (run / "checkpoints").exists() else []:
+        assert (ck / "state.json").exists(), f"{ck} looks finished but is not"
+        load_file(ck / "model.safetensors"), load_file(ck / "ema.safetensors")
+        torch.load(ck / "optimizer.pt", weights_only=True)
+
+
+def train_fault_points(writes: list[str]) -> dict[str, int]:
+    """Named places in the write sequence of `train` (index of the write that fails)."""
+    second_opt = [i for i, w in enumerate(writes) if w.endswith("optimizer.pt")][1]
+    return {"settings": writes.index("settings.json"), "second-checkpoint-optimizer": second_opt,
+            "result": writes.index("result.json")}
+
+
+@pytest.mark.parametrize("where", ["second-checkpoint-optimizer", "result"])
+def test_train_disk_full_mid_run_then_resume_gives_identical_weights(train_reference, tmp_path, monkeypatch, capsys, where):
+    ref, writes = train_reference
+    n = train_fault_points(writes)[where]
+    run = tmp_path / "run"
+    rc, err = run_with_fault(monkeypatch, capsys, TRAIN + ["--out", str(run)], f"ENOSPC:{n}")
+    assert_clear_error(rc, err, run / writes[n], "No space left on device")
+    check_train_after_fault(run, ref)
+    if where == "second-checkpoint-optimizer":  # the first checkpoint is kept, the second never counts
+        assert [p.name for p in (run / "checkpoints").glob("step-*")] == ["step-00000010"]
+    assert main(TRAIN + ["--out", str(run)]) == 0
+    assert unet_bytes(run) == unet_bytes(ref)
+    assert (run / "loss_log.jsonl").read_bytes() == (ref / "loss_log.jsonl").read_bytes()
+
+
+def test_train_read_only_output_writes_nothing(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    rc, err = run_with_fault(monkeypatch, capsys, TRAIN + ["--out", str(run)], "EROFS")
+    assert_clear_error(rc, err, run, "Read-only file system")
+    assert not run.exists()
+
+
+def test_train_disk_full_while_saving_the_final_unet_is_a_clear_error(train_reference, tmp_path, monkeypatch, capsys):
+    """save_pretrained writes through diffusers, not core.io: a real OSError there is still a clear error."""
+    from diffusers import UNet2DModel
+
+    ref, _ = train_reference
+    run = tmp_path / "run"
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(UNet2DModel, "save_pretrained", full)
+    capsys.readouterr()
+    assert main(TRAIN + ["--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"could not write {run / 'unet'}" in err and "No space left on device" in err
+    assert not (run / "unet").exists() and not (run / "result.json").exists()
+    monkeypatch.undo()
+    assert main(TRAIN + ["--out", str(run)]) == 0
+    assert unet_bytes(run) == unet_bytes(ref)
+
+
+@pytest.mark.slow
+def test_train_every_failing_write_then_resume(train_reference, tmp_path, monkeypatch, capsys):
+    ref, writes = train_reference
+    for n in range(len(writes)):
+        run = tmp_path / f"run-{n}"
+        rc, err = run_with_fault(monkeypatch, capsys, TRAIN + ["--out", str(run)], f"ENOSPC:{n}")
+        assert_clear_error(rc, err, run / writes[n] if writes[n] != "." else run, "No space left on device")
+        check_train_after_fault(run, ref)
+        assert main(TRAIN + ["--out", str(run)]) == 0, n
+        assert unet_bytes(run) == unet_bytes(ref), n
+
+
+# --------------------------------------------------------------------------- sample
+
+@pytest.fixture(scope="module")
+def sample_reference(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sample-ref") / "store"
+    mp = pytest.MonkeyPatch()
+    try:
+        writes = recorded_writes(mp, sample_argv(tiny_model, out))
+    finally:
+        mp.undo()
+    return out, [str(p.relative_to(out)) for p in writes]
+
+
+def check_store_after_fault(out: Path, ref: Path) -> None:
+    assert not (out / "result.json").exists()
+    assert_strict_json_files(out)
+    if (out / "manifest.json").exists():
+        store, reference = SampleStore.open(out), SampleStore.open(ref)
+        for k in store.completed():  # what counts as finished is exact
+            assert store._npy(k).read_bytes() == reference._npy(k).read_bytes()
+            assert store._sidecar(k).read_bytes() == reference._sidecar(k).read_bytes()
+
+
+def assert_same_store(out: Path, ref: Path) -> None:
+    names = sorted(p.name for p in (ref / "shards").iterdir())
+    assert sorted(p.name for p in (out / "shards").iterdir() if not p.name.startswith(".")) == names
+    for name in names:
+        assert (out / "shards" / name).read_bytes() == (ref / "shards" / name).read_bytes(), name
+    for name in ("manifest.json", "result.json", "settings.json"):
+        assert (out / name).read_bytes() == (ref / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("spec", ["ENOSPC", "EROFS"])
+def test_sample_fault_between_a_shards_pixels_and_its_sidecar(sample_reference, tiny_model, tmp_path, monkeypatch, capsys, spec):
+    ref, writes = sample_reference
+    n = writes.index("shards/shard-000001.json")  # shard 0 finished, shard 1's pixels written, its sidecar fails
+    out = tmp_path / "store"
+    rc, err = run_with_fault(monkeypatch, capsys, sample_argv(tiny_model, out), f"{spec}:{n}")
+    reason = "No space left on device" if spec == "ENOSPC" else "Read-only file system"
+    assert_clear_error(rc, err, out / "shards" / "shard-000001.json", reason)
+    check_store_after_fault(out, ref)
+    store = SampleStore.open(out)
+    assert store.completed() == [0] and (out / "shards" / "shard-000001.npy").exists()  # pixels alone: unfinished
+    with pytest.raises(Exception, match="unfinished"):
+        store.to_dataset()
+    assert main(sample_argv(tiny_model, out)) == 0
+    assert_same_store(out, ref)
+
+
+def test_sample_every_failing_write_then_resume(sample_reference, tiny_model, tmp_path, monkeypatch, capsys):
+    ref, writes = sample_reference
+    for n in range(len(writes)):
+        out = tmp_path / f"store-{n}"
+        rc, err = run_with_fault(monkeypatch, capsys, sample_argv(tiny_model, out), f"ENOSPC:{n}")
+        assert_clear_error(rc, err, out / writes[n] if writes[n] != "." else out, "No space left on device")
+        check_store_after_fault(out, ref)
+        assert main(sample_argv(tiny_model, out)) == 0, n
+        assert_same_store(out, ref)
+
+
+def test_sample_read_only_output_writes_nothing(tiny_model, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "store"
+    rc, err = run_with_fault(monkeypatch, capsys, sample_argv(tiny_model, out), "EROFS")
+    assert_clear_error(rc, err, out, "Read-only file system")
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------- extract
+
+def test_extract_every_failing_write_then_resume(sample_reference, tmp_path, monkeypatch, capsys):
+    store, _ = sample_reference
+    argv = lambda out: ["extract", "--samples", str(store), "--out", str(out), "--device", "cpu", "--quiet"]  # noqa: E731
+    ref = tmp_path / "ref"
+    writes = [str(p.relative_to(ref)) for p in recorded_writes(monkeypatch, argv(ref))]
+    assert len(writes) >= 3  # folder, settings, kNN chunk(s), result
+    for n in range(len(writes)):
+        out = tmp_path / f"ex-{n}"
+        rc, err = run_with_fault(monkeypatch, capsys, argv(out), f"ENOSPC:{n}")
+        assert_clear_error(rc, err, out / writes[n] if writes[n] != "." else out, "No space left on device")
+        assert not (out / "result.json").exists()
+        assert_strict_json_files(out) if out.exists() else None
+        assert main(argv(out)) == 0
+        a, b = read_json(ref / "result.json"), read_json(out / "result.json")
+        a.pop("versions"), b.pop("versions")
+        assert json.dumps(a).replace(str(ref), "<OUT>") == json.dumps(b).replace(str(out), "<OUT>")
+        for chunk in (ref / "knn").iterdir():
+            with np.load(chunk) as za, np.load(out / "knn" / chunk.name) as zb:
+                assert all(np.array_equal(za[k], zb[k]) for k in za.files)
