@@ -38,7 +38,8 @@ def make_pipeline(tiny: bool, size: int, dtype: torch.dtype, device: torch.devic
             unet = UNet2DConditionModel(sample_size=size // 8, cross_attention_dim=768)  # SD 1.x defaults
             vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), latent_channels=4, layers_per_block=2,
                                 down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
-            text = CLIPTextModel(CLIPTextConfig())  # ViT-L/14 text tower sizes
+            text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+                                                num_hidden_layers=12, projection_dim=768))  # ViT-L/14 text tower
     vocab = {f"w{i}": i for i in range(998)}
     vocab.update({"<|startoftext|>": 998, "<|endoftext|>": 999})
     with tempfile.TemporaryDirectory() as tmp:

@@ -50,12 +50,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="audit this run directory instead of training a target")
     p.add_argument("--train-size", type=int, default=32,
                    help="without shadows: the target trains on this many seeded random examples; all others are non-members")
-    add_train_options(p, steps=1500)
+    add_train_options(p, steps=3000)
     p.set_defaults(batch_size=32, lr=1e-3, warmup_steps=50)
     g = p.add_argument_group("sampling and extraction")
     g.add_argument("--n-samples", type=int, default=512, help="generations")
     g.add_argument("--sample-steps", type=int, default=20, help="DDIM steps per generation")
     g.add_argument("--min-clique", type=int, default=10, help="clique size that flags memorization (extract)")
+    g.add_argument("--grid", type=int, default=None,
+                   help="tiles per side of the tiled l2 (default: 4, fewer for images under 16 px so tiles keep >= 4 px)")
     g.add_argument("--rule", choices=("auto", "ratio", "l2"), default="auto", help="verification rule (auto: ratio when unconditional)")
     g = p.add_argument_group("membership inference")
     g.add_argument("--mia", choices=MIA_ATTACKS, default="loss", help="attack")
@@ -262,8 +264,9 @@ def run(args: argparse.Namespace) -> int:
 
     stages.run("sample", ["sample", "--model", str(target), "--out", str(out / "samples"), "--n", str(args.n_samples),
                           "--steps", str(args.sample_steps), *dev, *seed])
+    grid = args.grid or max(1, min(4, data.image_shape[0] // 4))
     stages.run("extract", ["extract", "--samples", str(out / "samples"), "--out", str(out / "extract"),
-                           "--min-clique", str(args.min_clique), *dev, *seed])
+                           "--min-clique", str(args.min_clique), "--grid", str(grid), *dev, *seed])
     baseline = ["--baseline", str(out / "nonmembers.view.json")] if nonmember_keys else []
     verify = stages.run("verify", ["verify", "--samples", str(out / "samples"), "--data", str(out / "members.view.json"),
                                    *baseline, "--rule", args.rule, "--out", str(out / "verify"), *dev, *seed])

@@ -7,6 +7,8 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+
 from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit
 from diffaudit.core.errors import DiffauditError
 from diffaudit.models.unets import PRESETS
@@ -83,6 +85,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--membership", help="membership-matrix file: train on one of its columns")
     g.add_argument("--model-index", type=int, help="the column of --membership to train on")
     g.add_argument("--repeat", help="repeat chosen examples: JSON {key: times} or lines `KEY TIMES`")
+    g.add_argument("--dedup", metavar="KEEP_JSON",
+                   help="defence: train only on the examples kept by `diffaudit dedup` (its keep.json): near-duplicates dropped")
+    from diffaudit.defenses.dp_training import add_dp_arguments
+
+    add_dp_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -105,8 +112,23 @@ def run(args: argparse.Namespace) -> int:
             raise DiffauditError(f"--model-index must lie in [0, {mem.matrix.shape[1] - 1}]")
         indices = mem.column_indices(args.model_index)
         record.update(membership=str(args.membership), model_index=args.model_index)
+    if args.dedup:
+        from diffaudit.defenses.dedup import load_keep_list
+
+        keep = load_keep_list(args.dedup, ds)
+        indices = keep if indices is None else np.intersect1d(indices, keep)
+        record.update(dedup=str(args.dedup), n_dropped_duplicates=int(len(ds) - len(keep)))
     repeats = read_repeats(args.repeat, ds) if args.repeat else None
-    run_dir = train(ds, train_config_from(args), args.out, device=resolve_device(args.device), train_indices=indices,
-                    repeats=repeats, data_record=record, fresh=args.fresh)
+    from diffaudit.defenses.dp_training import dp_config_from_args, train_dp
+
+    dp = dp_config_from_args(args)
+    if dp is not None:
+        if repeats:
+            raise DiffauditError("--repeat and DP-SGD together are not supported (DP accounting assumes each example once)")
+        run_dir = train_dp(ds, train_config_from(args), dp, args.out, device=resolve_device(args.device),
+                           train_indices=indices, data_record=record, fresh=args.fresh)
+    else:
+        run_dir = train(ds, train_config_from(args), args.out, device=resolve_device(args.device), train_indices=indices,
+                        repeats=repeats, data_record=record, fresh=args.fresh)
     emit(args, read_json(run_dir / "result.json"), f"run directory: {run_dir}")
     return 0

@@ -53,12 +53,12 @@ from diffaudit.data.dataset import ImageDataset, to_model_space
 from diffaudit.models.scheduler import alphas_cumprod_of, make_scheduler
 from diffaudit.models.training import (  # the plain run's pieces, reused so both runs share one definition
     TrainConfig,
-    _checkpoint_dirs,
-    _Ema,
-    _load_checkpoint,
-    _lr_at,
-    _save_checkpoint,
-    _save_pretrained_atomic,
+    checkpoint_dirs,
+    Ema,
+    load_checkpoint,
+    lr_at,
+    save_checkpoint,
+    save_pretrained_atomic,
     batch_positions,
     is_finished,
 )
@@ -266,7 +266,7 @@ def train_dp(
         model = build_unet(ucfg)
     check_model(model)
     model.to(device).train()
-    ema = _Ema(model, config.ema_decay)
+    ema = Ema(model, config.ema_decay)
     gsm, mode = wrap_model(model, dp.grad_sample_mode)
     from opacus.optimizers import DPOptimizer
 
@@ -274,9 +274,9 @@ def train_dp(
     opt = DPOptimizer(torch.optim.Adam(model.parameters(), lr=config.lr), noise_multiplier=sigma, max_grad_norm=clip,
                       expected_batch_size=config.batch_size, loss_reduction="mean")
     start, log = 0, []
-    cks = _checkpoint_dirs(run)
+    cks = checkpoint_dirs(run)
     if cks:
-        start, log = _load_checkpoint(cks[-1], model, ema, opt)
+        start, log = load_checkpoint(cks[-1], model, ema, opt)
         stage_line(f"train (DP-SGD): resuming {run} from step {start}")
     ema.shadow = {k: v.to(device) for k, v in ema.shadow.items()}
 
@@ -299,7 +299,7 @@ def train_dp(
             eps = torch.randn((len(rows), C, H, W), generator=g)
             flip = torch.rand(len(rows), generator=g) < 0.5
             for group in opt.param_groups:
-                group["lr"] = _lr_at(step, config)
+                group["lr"] = lr_at(step, config)
             opt.zero_grad(set_to_none=True)
             opt.generator = torch_generator(derive_seed(config.seed, "dp-noise", step))
             lv = float("nan")
@@ -328,20 +328,20 @@ def train_dp(
                 if len(rows) and not math.isfinite(lv):
                     raise NonFiniteError(f"DP-SGD training loss became {lv} at step {done}; lower --lr or raise --dp-max-grad-norm")
                 e = epsilon_after(noise_multiplier=sigma, sample_rate=q, steps=done, delta=delta, accountant=dp.accountant)
-                log.append({"step": done, "loss": lv if math.isfinite(lv) else None, "lr": _lr_at(step, config),
+                log.append({"step": done, "loss": lv if math.isfinite(lv) else None, "lr": lr_at(step, config),
                             "epsilon": _finite(e), "batch": int(len(ex))})
                 bar.advance(0, loss=lv, eps=e)
             bar.advance(1)
             fault_point("train.step")
             if done % config.checkpoint_every == 0 and done < config.steps:
-                _save_checkpoint(run, done, model, ema, opt, log)
+                save_checkpoint(run, done, model, ema, opt, log)
                 fault_point("train.checkpoint")
     elapsed = time.perf_counter() - t0
     gsm._close()
 
     final_model = build_unet(ucfg)
     final_model.load_state_dict({k: v.detach().cpu() for k, v in ema.shadow.items()})
-    _save_pretrained_atomic(final_model, run / "unet")
+    save_pretrained_atomic(final_model, run / "unet")
     scheduler.save_pretrained(run / "scheduler")
     write_bytes_atomic(run / "loss_log.jsonl", "".join(json.dumps(r) + "\n" for r in log).encode())
     epsilon = epsilon_after(noise_multiplier=sigma, sample_rate=q, steps=config.steps, delta=delta, accountant=dp.accountant)

@@ -109,7 +109,7 @@ def batch_positions(step: int, batch_size: int, n: int, seed: int) -> np.ndarray
     return out
 
 
-class _Ema:
+class Ema:
     """Exponential moving average of parameters with warm-up: decay_s = min(decay, (1+s)/(10+s))."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
@@ -132,16 +132,16 @@ class _Ema:
 _WARMUP_TIMING_STEPS = 10  # steps (compilation, allocator warm-up) left out of the steady-state rate
 
 
-def _lr_at(step: int, cfg: TrainConfig) -> float:
+def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
 
 
-def _checkpoint_dirs(run: Path) -> list[Path]:
+def checkpoint_dirs(run: Path) -> list[Path]:
     d = run / "checkpoints"
     return sorted(p for p in d.glob("step-*") if (p / "state.json").exists()) if d.exists() else []
 
 
-def _save_checkpoint(run: Path, step: int, model, ema: _Ema, opt, log: list[dict]) -> None:
+def save_checkpoint(run: Path, step: int, model, ema: Ema, opt, log: list[dict]) -> None:
     final = run / "checkpoints" / f"step-{step:08d}"
     tmp = run / "checkpoints" / f".tmp-step-{step:08d}"
     if tmp.exists():
@@ -156,7 +156,7 @@ def _save_checkpoint(run: Path, step: int, model, ema: _Ema, opt, log: list[dict
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
-    for old in _checkpoint_dirs(run)[:-2]:
+    for old in checkpoint_dirs(run)[:-2]:
         shutil.rmtree(old)
 
 
@@ -166,7 +166,7 @@ def _st_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
     return save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
 
 
-def _load_checkpoint(ck: Path, model, ema: _Ema, opt) -> tuple[int, list[dict]]:
+def load_checkpoint(ck: Path, model, ema: Ema, opt) -> tuple[int, list[dict]]:
     model.load_state_dict(load_file(ck / "model.safetensors"))
     ema.shadow = {k: v.float() for k, v in load_file(ck / "ema.safetensors").items()}
     try:
@@ -244,12 +244,12 @@ def train(
         torch.manual_seed(derive_seed(config.seed, "init") % (2**31))
         model = build_unet(ucfg)
     model.to(device).train()
-    ema = _Ema(model, config.ema_decay)
+    ema = Ema(model, config.ema_decay)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, fused=device.type == "cuda")
     start, log = 0, []
-    cks = _checkpoint_dirs(run)
+    cks = checkpoint_dirs(run)
     if cks:
-        start, log = _load_checkpoint(cks[-1], model, ema, opt)
+        start, log = load_checkpoint(cks[-1], model, ema, opt)
         ema.shadow = {k: v.to(device) for k, v in ema.shadow.items()}
         stage_line(f"train: resuming {run} from step {start}")
     else:
@@ -286,7 +286,7 @@ def train(
             x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
             lab = None if labels is None else labels[torch.as_tensor(ex)].to(device)
             for group in opt.param_groups:
-                group["lr"] = _lr_at(step, config)
+                group["lr"] = lr_at(step, config)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 pred = fwd(x_t, t, class_labels=lab).sample
             loss = torch.nn.functional.mse_loss(pred.float(), eps)
@@ -305,21 +305,21 @@ def train(
                 window_n = 0
                 if not math.isfinite(lv):
                     raise NonFiniteError(f"training loss became {lv} at step {done}; lower --lr or check the data")
-                log.append({"step": done, "loss": lv, "lr": _lr_at(step, config)})  # mean over the window
+                log.append({"step": done, "loss": lv, "lr": lr_at(step, config)})  # mean over the window
                 bar.advance(0, loss=lv)
             bar.advance(1)
             if step + 1 - start == _WARMUP_TIMING_STEPS:
                 t_warm, seen_warm = time.perf_counter(), seen
             fault_point("train.step")
             if done % config.checkpoint_every == 0 and done < config.steps:
-                _save_checkpoint(run, done, model, ema, opt, log)
+                save_checkpoint(run, done, model, ema, opt, log)
                 fault_point("train.checkpoint")
     elapsed = time.perf_counter() - t0
 
     # Final weights: the EMA copy, in the UNet's own save_pretrained layout.
     final_model = build_unet(ucfg)
     final_model.load_state_dict({k: v.detach().cpu() for k, v in ema.shadow.items()})
-    _save_pretrained_atomic(final_model, run / "unet")
+    save_pretrained_atomic(final_model, run / "unet")
     scheduler.save_pretrained(run / "scheduler")
     write_bytes_atomic(run / "loss_log.jsonl", "".join(json.dumps(r) + "\n" for r in log).encode())
     steady = None if t_warm is None or seen == seen_warm else (seen - seen_warm) / (t0 + elapsed - t_warm)
@@ -335,7 +335,7 @@ def train(
     return run
 
 
-def _save_pretrained_atomic(model, folder: Path) -> None:
+def save_pretrained_atomic(model, folder: Path) -> None:
     tmp = folder.parent / f".tmp-{folder.name}"
     try:  # diffusers writes these files itself: storage errors (and the fault hook) are handled here
         check_storage(folder)
