@@ -18,7 +18,7 @@ import torch
 from diffusers import DDIMPipeline, DDIMScheduler
 
 from _common import device_info, emit, random_denoiser, timed
-from diffaudit.core.seeds import generation_seed, randn_per_seed
+from diffaudit.core.seeds import generation_seed
 from diffaudit.models.scheduler import make_scheduler
 from diffaudit.sampling.generate import generate_images
 
@@ -36,7 +36,6 @@ def main() -> None:
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     den = random_denoiser(a.preset, a.image_size, a.channels, dev)
     seeds = [generation_seed(0, 0, i) for i in range(a.batch)]
-    C, S = a.channels, a.image_size
 
     # Stock pipeline: same UNet, same x_T (its `latents` are not exposed in DDIMPipeline: we pass a
     # generator, which is what users of the stock pipeline do), fp32, eta = 0.

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import io
-import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from diffaudit.attacks.extraction import (
     FilterSettings,
@@ -23,23 +19,9 @@ from diffaudit.attacks.extraction import (
 from diffaudit.attacks.extraction.filter import group_by_prompt
 from diffaudit.core.errors import DiffauditError
 from diffaudit.distances import pairwise_l2, pairwise_tiled_l2
+from helpers import cifar_images
 
-CIFAR = Path("/work/shared/data/cifar10")
 
-
-def cifar_images(n: int, split: str = "train") -> np.ndarray:
-    """The first ``n`` decoded images of a CIFAR-10 shard, uint8 (n, 32, 32, 3)."""
-    path = CIFAR / f"cifar10-{split}-000000.tar"
-    if not path.exists():
-        pytest.skip("CIFAR-10 shards absent")
-    out = []
-    with tarfile.open(path) as tf:
-        for m in tf:
-            if m.name.endswith(".jpg"):
-                out.append(np.asarray(Image.open(io.BytesIO(tf.extractfile(m).read())).convert("RGB")))
-                if len(out) == n:
-                    break
-    return np.stack(out)
 
 
 def noisy_copies(img: np.ndarray, n: int, seed: int, sigma: float = 0.02) -> np.ndarray:

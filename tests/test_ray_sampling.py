@@ -4,12 +4,10 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
 from diffaudit.cli.main import main
-from diffaudit.models.scheduler import make_scheduler
-from diffaudit.models.unets import build_unet, unet_config
 from diffaudit.store import SampleStore
+from helpers import make_tiny_model_dir
 
 ray = pytest.importorskip("ray", reason="Ray is optional: pip install 'diffaudit[ray]'")
 pytestmark = pytest.mark.slow
@@ -17,12 +15,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    root = tmp_path_factory.mktemp("model")
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        build_unet(unet_config("tiny", image_size=8, in_channels=1)).save_pretrained(root / "unet")
-    make_scheduler().save_pretrained(root / "scheduler")
-    return root
+    return make_tiny_model_dir(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")

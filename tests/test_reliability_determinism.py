@@ -19,6 +19,7 @@ from diffaudit.cli.main import main
 from diffaudit.core.io import read_json
 from diffaudit.models.scheduler import make_scheduler
 from diffaudit.models.unets import build_unet, unet_config
+from helpers import make_tiny_model_dir
 
 VOLATILE = {"versions", "seconds", "seconds_this_session"}
 
@@ -46,13 +47,8 @@ def all_bytes(root: Path, pattern: str = "*") -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("model")
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        build_unet(unet_config("tiny", image_size=8, in_channels=1)).save_pretrained(root / "unet")
-    make_scheduler().save_pretrained(root / "scheduler")
-    return root
+def tiny_model(tmp_path_factory):
+    return make_tiny_model_dir(tmp_path_factory.mktemp("model"))
 
 
 def sample(model: Path, out: Path, *extra: str) -> Path:

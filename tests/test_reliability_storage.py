@@ -31,6 +31,7 @@ import diffaudit.core.io as dio
 from diffaudit.cli.main import main
 from diffaudit.core.io import read_json
 from diffaudit.store import SampleStore
+from helpers import make_tiny_model_dir
 
 TRAIN = ["train", "--data", "digits", "--subset", "16", "--steps", "30", "--checkpoint-every", "10",
          "--batch-size", "8", "--warmup-steps", "2", "--device", "cpu", "--quiet"]
@@ -38,15 +39,7 @@ TRAIN = ["train", "--data", "digits", "--subset", "16", "--steps", "30", "--chec
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from diffaudit.models.scheduler import make_scheduler
-    from diffaudit.models.unets import build_unet, unet_config
-
-    root = tmp_path_factory.mktemp("model")
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        build_unet(unet_config("tiny", image_size=8, in_channels=1)).save_pretrained(root / "unet")
-    make_scheduler().save_pretrained(root / "scheduler")
-    return root
+    return make_tiny_model_dir(tmp_path_factory.mktemp("model"))
 
 
 def sample_argv(model: Path, out: Path) -> list[str]:

@@ -7,25 +7,17 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from diffaudit.cli.main import main
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.seeds import generation_seed
-from diffaudit.models.scheduler import make_scheduler
-from diffaudit.models.unets import build_unet, unet_config
 from diffaudit.store import SampleStore, read_samples
+from helpers import make_tiny_model_dir
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    """An untrained tiny UNet saved like a run directory (sampling does not need a trained one)."""
-    root = tmp_path_factory.mktemp("model")
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        build_unet(unet_config("tiny", image_size=8, in_channels=1)).save_pretrained(root / "unet")
-    make_scheduler().save_pretrained(root / "scheduler")
-    return root
+    return make_tiny_model_dir(tmp_path_factory.mktemp("model"))
 
 
 def sample_args(model, out, *extra):

@@ -10,7 +10,7 @@ import pytest
 from safetensors.torch import load_file
 
 from diffaudit.cli.main import main
-from diffaudit.core.errors import DiffauditError, SettingsMismatchError
+from diffaudit.core.errors import DiffauditError
 from diffaudit.models.training import TrainConfig, batch_positions, expand_repeats
 
 TRAIN = ["train", "--data", "digits", "--subset", "48", "--preset", "tiny", "--batch-size", "16",

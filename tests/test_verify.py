@@ -3,9 +3,6 @@ crop alignment and FID."""
 
 from __future__ import annotations
 
-import io
-import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,22 +12,9 @@ from diffaudit.attacks.extraction.crops import crop_aligned_l2
 from diffaudit.attacks.extraction.verification import VerifySettings, check_prompt_map, verify
 from diffaudit.core.errors import DiffauditError
 from diffaudit.distances.frechet import fid_from_file, frechet_distance, gaussian_stats
+from helpers import cifar_images
 
-CIFAR = Path("/work/shared/data/cifar10")
 
-
-def cifar_images(n: int, split: str = "train") -> np.ndarray:
-    path = CIFAR / f"cifar10-{split}-000000.tar"
-    if not path.exists():
-        pytest.skip("CIFAR-10 shards absent")
-    out = []
-    with tarfile.open(path) as tf:
-        for m in tf:
-            if m.name.endswith(".jpg"):
-                out.append(np.asarray(Image.open(io.BytesIO(tf.extractfile(m).read())).convert("RGB")))
-                if len(out) == n:
-                    break
-    return np.stack(out)
 
 
 def noisy_copies(img, n, seed, sigma=0.02):

@@ -2,33 +2,17 @@
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from diffaudit.cli.main import main
+from helpers import cifar_images
 
-CIFAR = Path("/work/shared/data/cifar10")
 EXTRACTED_FIELDS = {"sample", "train_id", "train_key", "l2", "ratio", "eidetic_k"}
 
-
-def cifar_images(n: int, split: str = "train") -> np.ndarray:
-    path = CIFAR / f"cifar10-{split}-000000.tar"
-    if not path.exists():
-        pytest.skip("CIFAR-10 shards absent")
-    out = []
-    with tarfile.open(path) as tf:
-        for m in tf:
-            if m.name.endswith(".jpg"):
-                out.append(np.asarray(Image.open(io.BytesIO(tf.extractfile(m).read())).convert("RGB")))
-                if len(out) == n:
-                    break
-    return np.stack(out)
 
 
 def noisy_copies(img, n, seed, sigma=0.02):

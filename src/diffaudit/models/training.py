@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from diffaudit.core.errors import DiffauditError, NonFiniteError
 from diffaudit.core.faults import check_storage, fault_point
