@@ -11,9 +11,13 @@ import importlib
 import os
 import sys
 
-from diffaudit import __version__
-from diffaudit.cli.common import set_quiet
-from diffaudit.core.errors import DiffauditError
+# Library chatter (diffusers' and transformers' advice about optional packages) is not for our users.
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from diffaudit import __version__  # noqa: E402
+from diffaudit.cli.common import set_quiet  # noqa: E402
+from diffaudit.core.errors import DiffauditError  # noqa: E402
 
 # Order shown in --help: the audit first, then the pipeline's stages.
 COMMANDS = [

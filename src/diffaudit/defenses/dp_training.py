@@ -45,24 +45,25 @@ import torch
 from diffaudit.core.errors import DiffauditError, NonFiniteError
 from diffaudit.core.faults import fault_point
 from diffaudit.core.io import write_bytes_atomic, write_json_atomic
-from diffaudit.core.outdir import prepare_out_dir
 from diffaudit.core.progress import progress_bar, stage_line
 from diffaudit.core.results import write_result
 from diffaudit.core.seeds import derive_seed, numpy_rng, torch_generator
 from diffaudit.data.dataset import ImageDataset, to_model_space
 from diffaudit.models.scheduler import alphas_cumprod_of, make_scheduler
 from diffaudit.models.training import (  # the plain run's pieces, reused so both runs share one definition
-    TrainConfig,
-    checkpoint_dirs,
     Ema,
+    TrainConfig,
+    batch_positions,
+    checkpoint_dirs,
+    init_model,
+    is_finished,
     load_checkpoint,
     lr_at,
+    plan_run,
     save_checkpoint,
     save_pretrained_atomic,
-    batch_positions,
-    is_finished,
 )
-from diffaudit.models.unets import build_unet, count_parameters, unet_config
+from diffaudit.models.unets import build_unet, count_parameters
 
 ACCOUNTANTS = ("rdp", "prv")
 GRAD_SAMPLE_MODES = ("auto", "hooks", "functorch")
@@ -227,43 +228,23 @@ def train_dp(
     config.validate()
     dp.validate()
     device = torch.device(device)
-    n_all = len(dataset)
-    idx = np.arange(n_all) if train_indices is None else np.asarray(sorted(int(i) for i in train_indices), dtype=np.int64)
-    if len(idx) == 0:
-        raise DiffauditError("the training set is empty (no example selected)")
-    if idx.min() < 0 or idx.max() >= n_all:
-        raise DiffauditError(f"training indices must lie in [0, {n_all - 1}]")
-    n = len(idx)
-    H, W, C = dataset.image_shape
-    if H != W:
-        raise DiffauditError(f"training needs square images; got {H}x{W} (use --image-size)")
-    num_classes = None
-    if config.class_conditional:
-        if dataset.labels is None:
-            raise DiffauditError(f"{dataset.source}: --class-conditional needs labels")
-        num_classes = int(dataset.labels.max()) + 1
+    n = len(dataset) if train_indices is None else len({int(i) for i in train_indices})
     if config.batch_size > n:
         raise DiffauditError(f"--batch-size {config.batch_size} exceeds the {n} training examples")
     q = config.batch_size / n
     delta = dp.delta if dp.delta is not None else 1.0 / (10 * n)
     sigma = resolve_noise(dp, sample_rate=q, steps=config.steps, delta=delta)
-    ucfg = unet_config(config.preset, image_size=H, in_channels=C, num_classes=num_classes)
-    ids_record = {"keys": [dataset.keys[i] for i in idx], "indices": idx.tolist(), "repeats": {}, "n_dataset": n_all}
     dp_settings = {**dataclasses.asdict(dp), "max_grad_norm": _finite(dp.max_grad_norm), "delta": delta,
                    "noise_multiplier_used": sigma, "sample_rate": q}
-    settings = {"train": dataclasses.asdict(config), "unet": ucfg, "data": data_record or {"source": dataset.source},
-                "training_set_digest": derive_seed(json.dumps(ids_record, sort_keys=True)), "dp": dp_settings}
-    run, _ = prepare_out_dir(out_dir, "train", settings, fresh=fresh)
+    plan = plan_run(dataset, config, train_indices=train_indices, data_record=data_record, extra={"dp": dp_settings})
+    idx, ucfg, num_classes, settings = plan.indices, plan.unet_config, plan.num_classes, plan.settings
+    H, W, C = dataset.image_shape
+    run = plan.open(out_dir, fresh=fresh)
     if is_finished(run):
         stage_line(f"train (DP-SGD): {run} is already finished; nothing to do")
         return run
-    write_json_atomic(run / "train_config.json", {**dataclasses.asdict(config), "unet": ucfg,
-                                                  "data": data_record or {"source": dataset.source}, "dp": dp_settings})
-    write_json_atomic(run / "train_ids.json", ids_record)
 
-    with torch.random.fork_rng(devices=[]):  # same initialisation as the plain run
-        torch.manual_seed(derive_seed(config.seed, "init") % (2**31))
-        model = build_unet(ucfg)
+    model = init_model(config, ucfg)  # same initialisation as the plain run
     check_model(model)
     model.to(device).train()
     ema = Ema(model, config.ema_decay)

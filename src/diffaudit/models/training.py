@@ -190,24 +190,40 @@ def is_finished(run: str | Path) -> bool:
     return (Path(run) / "result.json").exists()
 
 
-def train(
-    dataset: ImageDataset,
-    config: TrainConfig,
-    out_dir: str | Path,
-    *,
-    device: str | torch.device = "cpu",
-    train_indices: np.ndarray | list[int] | None = None,
-    repeats: dict[int, int] | None = None,
-    data_record: dict[str, Any] | None = None,
-    fresh: bool = False,
-) -> Path:
-    """Train a DDPM on ``dataset[train_indices]`` (default: all) and write a run directory.
+@dataclass
+class RunPlan:
+    """What a training run trains on and the settings that identify it (shared by plain and DP-SGD runs).
 
-    ``repeats`` maps example index -> number of copies in the training stream (duplication studies).
-    Re-running with the same arguments resumes from the last checkpoint, or returns at once if finished.
+    Attributes:
+        indices: sorted dataset indices of the training examples, int64 (n,).
+        stream: the training stream's indices, each example repeated as asked, int64 (n_stream,).
+        num_classes: class count for a class-conditional model, else None.
+        unet_config: ``UNet2DModel`` keyword arguments.
+        ids_record: what ``train_ids.json`` holds (keys, indices, repeats, n_dataset).
+        settings: what identifies the run (resume compares them).
+        config_record: what ``train_config.json`` holds.
     """
-    config.validate()
-    device = torch.device(device)
+
+    indices: np.ndarray
+    stream: np.ndarray
+    num_classes: int | None
+    unet_config: dict[str, Any]
+    ids_record: dict[str, Any]
+    settings: dict[str, Any]
+    config_record: dict[str, Any]
+
+    def open(self, out_dir: str | Path, *, fresh: bool = False) -> Path:
+        """Create or reopen the run folder (resume) and record the config and training ids."""
+        run, _ = prepare_out_dir(out_dir, "train", self.settings, fresh=fresh)
+        if not is_finished(run):
+            write_json_atomic(run / "train_config.json", self.config_record)
+            write_json_atomic(run / "train_ids.json", self.ids_record)
+        return run
+
+
+def plan_run(dataset: ImageDataset, config: TrainConfig, *, train_indices=None, repeats: dict[int, int] | None = None,
+             data_record: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> RunPlan:
+    """Validate the training set and build a run's records; ``extra`` settings are added (e.g. ``dp``)."""
     n_all = len(dataset)
     idx = np.arange(n_all) if train_indices is None else np.asarray(sorted(int(i) for i in train_indices), dtype=np.int64)
     if len(idx) == 0:
@@ -230,19 +246,48 @@ def train(
         "repeats": {dataset.keys[int(i)]: int(r) for i, r in sorted((repeats or {}).items())},
         "n_dataset": n_all,
     }
-    ids_digest = derive_seed(json.dumps(ids_record, sort_keys=True))
-    settings = {"train": dataclasses.asdict(config), "unet": ucfg, "data": data_record or {"source": dataset.source},
-                "training_set_digest": ids_digest}
-    run, _ = prepare_out_dir(out_dir, "train", settings, fresh=fresh)
+    data = data_record or {"source": dataset.source}
+    settings = {"train": dataclasses.asdict(config), "unet": ucfg, "data": data,
+                "training_set_digest": derive_seed(json.dumps(ids_record, sort_keys=True)), **(extra or {})}
+    config_record = {**dataclasses.asdict(config), "unet": ucfg, "data": data, **(extra or {})}
+    return RunPlan(idx, stream, num_classes, ucfg, ids_record, settings, config_record)
+
+
+def init_model(config: TrainConfig, ucfg: dict[str, Any]):
+    """The UNet's initial weights, seeded by (seed, "init"); torch's RNG is isolated and restored."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(config.seed, "init") % (2**31))
+        return build_unet(ucfg)
+
+
+def train(
+    dataset: ImageDataset,
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    train_indices: np.ndarray | list[int] | None = None,
+    repeats: dict[int, int] | None = None,
+    data_record: dict[str, Any] | None = None,
+    fresh: bool = False,
+) -> Path:
+    """Train a DDPM on ``dataset[train_indices]`` (default: all) and write a run directory.
+
+    ``repeats`` maps example index -> number of copies in the training stream (duplication studies).
+    Re-running with the same arguments resumes from the last checkpoint, or returns at once if finished.
+    """
+    config.validate()
+    device = torch.device(device)
+    plan = plan_run(dataset, config, train_indices=train_indices, repeats=repeats, data_record=data_record)
+    idx, stream, ucfg, num_classes = plan.indices, plan.stream, plan.unet_config, plan.num_classes
+    H, W, C = dataset.image_shape
+    run = plan.open(out_dir, fresh=fresh)
     if is_finished(run):
         stage_line(f"train: {run} is already finished ({config.steps} steps); nothing to do")
         return run
-    write_json_atomic(run / "train_config.json", {**dataclasses.asdict(config), "unet": ucfg, "data": data_record or {"source": dataset.source}})
-    write_json_atomic(run / "train_ids.json", ids_record)
+    settings = plan.settings
 
-    with torch.random.fork_rng(devices=[]):  # UNet initialisation draws from torch's RNG: isolate and seed it
-        torch.manual_seed(derive_seed(config.seed, "init") % (2**31))
-        model = build_unet(ucfg)
+    model = init_model(config, ucfg)
     model.to(device).train()
     ema = Ema(model, config.ema_decay)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, fused=device.type == "cuda")
@@ -250,10 +295,8 @@ def train(
     cks = checkpoint_dirs(run)
     if cks:
         start, log = load_checkpoint(cks[-1], model, ema, opt)
-        ema.shadow = {k: v.to(device) for k, v in ema.shadow.items()}
         stage_line(f"train: resuming {run} from step {start}")
-    else:
-        ema.shadow = {k: v.to(device) for k, v in ema.shadow.items()}
+    ema.shadow = {k: v.to(device) for k, v in ema.shadow.items()}
 
     scheduler = make_scheduler()
     a_bar = alphas_cumprod_of(scheduler).to(device=device, dtype=torch.float32)

@@ -108,9 +108,15 @@ def _extraction(rs: ResultSet) -> dict[str, Any] | None:
             baseline_unique_extracted=_int(r.get("baseline_unique_extracted")),
             n_extracting_samples=_int(r.get("n_extracting_samples", len(extracted))),
         )
-        for k in ("delta", "alpha", "n_neighbors"):
+        for k in ("delta", "alpha", "n_neighbors", "n_train"):
             if k in r or k in s:
                 out[k] = r.get(k, s.get(k))
+        # How far the matches lie: training matches should be much closer than any baseline "match".
+        base = r.get("baseline") if isinstance(r.get("baseline"), dict) else {}
+        for name, rows in (("extracted", extracted), ("baseline", base.get("extracted") or [])):
+            l2 = sorted(float(e["l2"]) for e in rows if isinstance(e, dict) and isinstance(e.get("l2"), (int, float)))
+            if l2:
+                out[f"{name}_l2_min"], out[f"{name}_l2_median"], out[f"{name}_l2_max"] = l2[0], l2[len(l2) // 2], l2[-1]
     if extract is not None:
         r = extract.result
         if r.get("mode") == "unconditional" or "groups" in r:

@@ -20,10 +20,14 @@ THUMB = 96
 PAIR_SIDE = 256
 
 
-def rule_text(rule: Any, delta: Any = None) -> str:
+def rule_text(rule: Any, delta: Any = None, *, alpha: Any = None, n_neighbors: Any = None, n_train: Any = None) -> str:
     """The extraction rule in words (DESIGN: (ℓ2, δ)-extraction and the normalised distance)."""
     if rule == "ratio":
-        return "normalised ℓ2 ratio ≤ 1 (α = 0.5, against the 50 nearest training images)"
+        n = int(n_neighbors) if isinstance(n_neighbors, (int, float)) else 50
+        if isinstance(n_train, int) and n_train > 1:
+            n = min(n, n_train - 1)  # n = min(50, N_train - 1), as verify used it
+        a = alpha if isinstance(alpha, (int, float)) else 0.5
+        return f"normalised ℓ2 ratio ≤ 1 (α = {a:g}, against the {n} nearest training images)"
     if rule == "l2":
         return f"ℓ2 ≤ δ = {delta if delta is not None else 0.15}"
     return "unknown rule" if rule is None else str(rule)
@@ -43,7 +47,11 @@ def verdict(ex: dict[str, Any] | None) -> dict[str, str]:
     if base >= n:
         return {"level": "unsure", "text": f"Inconclusive: {n:,} matches{of}, but {base:,} on never-seen images (the false-positive baseline)."}
     fp = "false positive" if base == 1 else "false positives"
-    return {"level": "yes", "text": f"Yes: {n:,} training {s} extracted{of}, against {base:,} {fp} on never-seen images (the baseline)."}
+    text = f"Yes: {n:,} training {s} extracted{of}, against {base:,} {fp} on never-seen images (the baseline)."
+    if base and ex.get("extracted_l2_median") is not None and ex.get("baseline_l2_min") is not None:
+        text += (f" The training matches lie at median ℓ2 {ex['extracted_l2_median']:.3f}; the closest baseline match is at "
+                 f"ℓ2 {ex['baseline_l2_min']:.3f}.")
+    return {"level": "yes", "text": text}
 
 
 def _bases(stage: Stage, rs: ResultSet) -> tuple[Path, ...]:
