@@ -8,7 +8,7 @@ DA=${DA:-diffaudit}
 D=(--data digits --subset 400)
 export OMP_NUM_THREADS=1
 $DA membership "${D[@]}" --models 8 --seed 0 --out "$OUT/shadows/membership.npz"
-$DA shadows "${D[@]}" --membership "$OUT/shadows/membership.npz" --out "$OUT/shadows" --preset tiny --steps 3000 \
+$DA shadows "${D[@]}" --membership "$OUT/shadows/membership.npz" --out "$OUT/shadows" --preset tiny --steps ${STEPS:-2000} \
     --batch-size 32 --lr 1e-3 --warmup-steps 50 --checkpoint-every 1000 --workers 2 --device cpu
 common=("${D[@]}" --shadows "$OUT/shadows" --loss-cache "$OUT/losses" --device cpu --bootstrap 200)
 $DA mia "${common[@]}" --attack loss --sweep 10,50,100,200,300,500,1000 --out "$OUT/mia-loss"

@@ -94,10 +94,13 @@ class StableDiffusionSource:
         out = []
         for start in range(0, len(seeds), self.micro_batch):
             s = list(seeds[start:start + self.micro_batch])
+            p = list(prompts[start:start + self.micro_batch])
+            real, pad = len(s), self.micro_batch - len(s)
+            s, p = s + [s[-1]] * pad, p + [p[-1]] * pad  # fixed micro-batch: pixels independent of --batch-size
             latents = randn_per_seed(s, (lat_c, lat_s, lat_s), device=self.device, dtype=self.dtype)
-            res = pipe(prompt=list(prompts[start:start + self.micro_batch]), latents=latents, num_inference_steps=self.steps,
+            res = pipe(prompt=p, latents=latents, num_inference_steps=self.steps,
                        guidance_scale=self.guidance_scale, height=self.height, width=self.height, output_type="np")
-            imgs = np.asarray(res.images)
+            imgs = np.asarray(res.images)[:real]
             if not np.isfinite(imgs).all():
                 raise DiffauditError("the pipeline produced NaN or infinite values; no images were written")
             out.append(np.clip(np.round(imgs * 255), 0, 255).astype(np.uint8))
