@@ -34,7 +34,7 @@ DESCRIPTION = (
     "(flags on the command line win); the exact configuration used is saved as config.toml in --out."
 )
 
-MIA_ATTACKS = ("loss", "lira", "lira-offline", "lira-fixed", "strong-lira")
+MIA_ATTACKS = ("loss", "lira", "lira-offline", "lira-fixed", "strong-lira", "strong-lira-fixed")
 
 # Options that never change results (left out of the audit's settings).
 _NOT_SETTINGS = {"config", "fresh", "quiet", "json", "command", "_run", "_argv", "redact"}
@@ -60,7 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="tiles per side of the tiled l2 (default: 4, fewer for images under 16 px so tiles keep >= 4 px)")
     g.add_argument("--rule", choices=("auto", "ratio", "l2"), default="auto", help="verification rule (auto: ratio when unconditional)")
     g = p.add_argument_group("membership inference")
-    g.add_argument("--mia", choices=MIA_ATTACKS, default="loss", help="attack")
+    g.add_argument("--mia", choices=MIA_ATTACKS, default="loss",
+                   help="attack; with few shadows (< 16) the -fixed variants (one global variance) are far stronger")
     g.add_argument("--shadows", type=int, default=0, help="train K shadow models (even; LiRA needs them); the target is model 0")
     g.add_argument("--timesteps", default="100", help="attack timestep(s), comma-separated")
     g.add_argument("--sweep", default="10,50,100,200,300,500,1000", help="timestep sweep (paper Fig. 9); empty for none")

@@ -25,7 +25,9 @@ from diffaudit.core.io import load_npy, save_npy_atomic
 from diffaudit.core.progress import Timer, stage_line
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.models.denoiser import load_denoiser
+from diffaudit.models.latent_loss import load_sd_pipeline, per_example_latent_loss
 from diffaudit.models.loss import per_example_loss
+from diffaudit.sampling.sources import is_stable_diffusion_dir
 
 PRECISIONS = ("fp32", "bf16")
 _NAME = re.compile(r"^t(\d+)-d(\d+)-f([01])-s(-?\d+)-(fp32|bf16)\.npy$")
@@ -40,11 +42,14 @@ def _hash_file(h, path: Path) -> None:
 def model_digest(run_dir: str | Path) -> str:
     """SHA-256 (16 hex) of a model folder's weights (``*.safetensors``) and configs (``*.json``)."""
     root = Path(run_dir)
-    unet = root / "unet" if (root / "unet").is_dir() else root
-    files = sorted(unet.glob("*.safetensors")) + sorted(unet.glob("*.json"))
-    sched = root / "scheduler" / "scheduler_config.json"
-    if sched.exists():
-        files.append(sched)
+    if (root / "model_index.json").exists():  # a pipeline: every component (VAE, text encoder, UNet, ...)
+        files = sorted(p for p in root.rglob("*") if p.suffix in (".safetensors", ".json", ".txt") and p.is_file())
+    else:
+        unet = root / "unet" if (root / "unet").is_dir() else root
+        files = sorted(unet.glob("*.safetensors")) + sorted(unet.glob("*.json"))
+        sched = root / "scheduler" / "scheduler_config.json"
+        if sched.exists():
+            files.append(sched)
     h = hashlib.sha256()
     for p in files:
         h.update(p.name.encode())
@@ -128,13 +133,21 @@ def cached_model_losses(
     missing = [t for t in ts if have[t] is None]
     if missing:
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        den = load_denoiser(run_dir, device=device, dtype=torch.float32)
-        if dtype != torch.float32:
-            den.optimise_for_gpu(dtype=dtype, channels_last=True, compile=False)
-        labels = dataset.labels if den.num_classes is not None else None
-        with Timer() as timer:
-            fresh = per_example_loss(den, dataset.images, timesteps=missing, n_draws=n_draws, flips=flips,
-                                     noise_seed=noise_seed, labels=labels, batch_size=batch_size)
+        if is_stable_diffusion_dir(run_dir):  # latent diffusion: the loss needs a caption per image
+            if dataset.captions is None:
+                raise DiffauditError(f"{run_dir} is a Stable Diffusion pipeline: --data needs a caption per image")
+            pipe = load_sd_pipeline(run_dir, device=device, dtype=dtype)
+            with Timer() as timer:
+                fresh = per_example_latent_loss(pipe, dataset.images, dataset.captions, timesteps=missing, n_draws=n_draws,
+                                                flips=flips, noise_seed=noise_seed, batch_size=min(batch_size, 64))
+        else:
+            den = load_denoiser(run_dir, device=device, dtype=torch.float32)
+            if dtype != torch.float32:
+                den.optimise_for_gpu(dtype=dtype, channels_last=True, compile=False)
+            labels = dataset.labels if den.num_classes is not None else None
+            with Timer() as timer:
+                fresh = per_example_loss(den, dataset.images, timesteps=missing, n_draws=n_draws, flips=flips,
+                                         noise_seed=noise_seed, labels=labels, batch_size=batch_size)
         for j, t in enumerate(missing):
             save_npy_atomic(folder / _file_name(t, n_draws, flips, noise_seed, precision), np.ascontiguousarray(fresh[:, j]))
             have[t] = fresh[:, j]

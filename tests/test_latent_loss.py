@@ -1,0 +1,47 @@
+"""Per-example loss of a Stable Diffusion pipeline in latent space, with a caption per image."""
+
+import numpy as np
+import pytest
+
+from diffaudit.attacks.membership.loss_cache import cached_model_losses
+from diffaudit.core.errors import DiffauditError
+from diffaudit.data.dataset import ImageDataset
+from diffaudit.models.latent_loss import load_sd_pipeline, per_example_latent_loss
+from diffaudit.models.sd_configs import build_stable_diffusion
+
+
+@pytest.fixture(scope="module")
+def sd_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sd")
+    build_stable_diffusion(tiny=True, size=32).save_pretrained(root, safe_serialization=True)
+    return root
+
+
+def images(n, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+
+
+def test_latent_loss_shape_determinism_and_caption_dependence(sd_dir):
+    pipe = load_sd_pipeline(sd_dir)
+    x = images(5)
+    caps = ["a cat", "a dog", "w1", "w2 w3", "a ship"]
+    a = per_example_latent_loss(pipe, x, caps, timesteps=[100, 500], n_draws=2, flips=True, batch_size=2)
+    assert a.shape == (5, 2, 4) and np.isfinite(a).all() and (a > 0).all()
+    b = per_example_latent_loss(pipe, x[::-1], caps[::-1], timesteps=[100, 500], n_draws=2, flips=True,
+                                batch_size=3, indices=[4, 3, 2, 1, 0])
+    np.testing.assert_allclose(a, b[::-1], rtol=1e-4, atol=1e-6)  # same ε per (example, draw) whatever the batch
+    c = per_example_latent_loss(pipe, x, ["zzz"] * 5, timesteps=[100, 500], n_draws=2, flips=True, batch_size=2)
+    assert not np.allclose(a, c)  # the caption conditions the model
+    with pytest.raises(DiffauditError, match="caption"):
+        per_example_latent_loss(pipe, x, caps[:2])
+    with pytest.raises(DiffauditError, match="32x32"):
+        per_example_latent_loss(pipe, images(2)[:, :16, :16], caps[:2])
+
+
+def test_mia_loss_cache_routes_pipelines_to_the_latent_loss(sd_dir, tmp_path):
+    ds = ImageDataset(images(4, 1), [f"k{i}" for i in range(4)], captions=["a", "b", "c", "d"], source="test")
+    losses = cached_model_losses(sd_dir, ds, timesteps=[100], n_draws=1, flips=False, noise_seed=0, cache_dir=tmp_path)
+    assert losses.shape == (4, 1, 1) and np.isfinite(losses).all()
+    no_caps = ImageDataset(ds.images, ds.keys, source="test")
+    with pytest.raises(DiffauditError, match="caption"):
+        cached_model_losses(sd_dir, no_caps, timesteps=[200], n_draws=1, flips=False, noise_seed=0, cache_dir=tmp_path)
