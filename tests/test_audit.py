@@ -45,3 +45,21 @@ def test_audit_config_file_and_changed_settings(tmp_path, capsys):
     capsys.readouterr()
     assert main(["audit", "--config", str(cfg), "--steps", "50", "--out", str(out), "--device", "cpu", "--quiet"]) == 2
     assert "steps" in capsys.readouterr().err
+
+
+def test_defence_workflow_reaudit_existing_runs_and_compare(tmp_path, capsys):
+    """A defended model (DP-SGD) and a plain one, each re-audited with `--model` on the same seeds, side by side."""
+    train = ["train", "--data", "digits", "--subset", "16", "--steps", "60", "--batch-size", "8", "--checkpoint-every", "30",
+             "--warmup-steps", "5", "--lr", "1e-3", "--device", "cpu", "--quiet"]
+    assert main(train + ["--out", str(tmp_path / "plain")]) == 0
+    assert main(train + ["--dp-noise", "1.0", "--out", str(tmp_path / "dp")]) == 0
+    audit = ["audit", "--data", "digits", "--n-samples", "16", "--sample-steps", "3", "--sweep", "", "--device", "cpu",
+             "--quiet"]
+    for name in ("plain", "dp"):
+        assert main(audit + ["--model", str(tmp_path / name), "--out", str(tmp_path / f"audit-{name}")]) == 0
+        r = json.loads((tmp_path / f"audit-{name}" / "result.json").read_text())
+        assert r["n_train"] == 16 and r["mia"]["attack"] == "loss"
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "audit-plain"), str(tmp_path / "audit-dp"), "--json"]) == 0
+    table = capsys.readouterr().out
+    assert "audit-plain" in table and "audit-dp" in table

@@ -216,6 +216,8 @@ def _target_members(args, models: Path, dataset) -> tuple[Path, list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from diffaudit.core.io import make_private_dir, write_bytes_atomic
     from diffaudit.core.outdir import prepare_out_dir
     from diffaudit.core.progress import stage_line
@@ -243,18 +245,17 @@ def run(args: argparse.Namespace) -> int:
     data = load_dataset(args.data, **data_options(args))
     models = make_private_dir(out / "models")
     if not (models / "membership.npz").exists():
-        matrix = (make_membership(len(data), args.shadows, seed=args.seed) if args.shadows
-                  else target_split(len(data), args.train_size, seed=args.seed))
+        if args.shadows:
+            matrix = make_membership(len(data), args.shadows, seed=args.seed)
+        elif args.model:  # the audited run's own training set is column 0, everything else column 1
+            _, keys = _target_members(args, models, data)
+            inside = np.isin(np.asarray(data.keys), keys)
+            matrix = np.stack([inside, ~inside], axis=1)
+        else:
+            matrix = target_split(len(data), args.train_size, seed=args.seed)
         save_membership(models / "membership.npz", matrix, data.keys, args.seed)
-    if args.model is None:
-        n_train = args.shadows if args.shadows else 1
-        stages.run("train", ["shadows", *_data_flags(args), "--membership", str(models / "membership.npz"),
-                             "--out", str(models), "--models", str(n_train), *_train_flags(args), *dev, *seed],
-                   folder="models/model-00")
-        if n_train > 1:  # the other shadows (the stage above returns once model 0 exists on a resumed run)
-            stages.run("shadows", ["shadows", *_data_flags(args), "--membership", str(models / "membership.npz"),
-                                   "--out", str(models), "--models", str(n_train), *_train_flags(args), *dev, *seed],
-                       folder=f"models/model-{n_train - 1:02d}")
+    if args.model and not args.shadows and not (models / "model-00").exists():
+        (models / "model-00").symlink_to(Path(args.model).resolve(), target_is_directory=True)
     target, member_keys = _target_members(args, models, data)
     members = set(member_keys)
     nonmember_keys = [k for k in data.keys if k not in members]
@@ -273,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
                                    *baseline, "--rule", args.rule, "--out", str(out / "verify"), *dev, *seed])
 
     mia_models = str(args.shadows) if args.shadows else "1"
-    target_flags = ["--target", str(target)] if args.model else ["--target-index", "0"]
+    target_flags = ["--target", str(target)] if args.model and args.shadows else ["--target-index", "0"]
     draws = ["--draws", str(args.draws)] if args.draws else []
     sweep = ["--sweep", args.sweep] if args.sweep else []
     mia = stages.run("mia", ["mia", *_data_flags(args), "--shadows", str(models), "--models", mia_models, *target_flags,
