@@ -63,3 +63,19 @@ def test_defence_workflow_reaudit_existing_runs_and_compare(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "audit-plain"), str(tmp_path / "audit-dp"), "--json"]) == 0
     table = capsys.readouterr().out
     assert "audit-plain" in table and "audit-dp" in table
+
+
+def test_audit_with_shadows_lira_and_inpainting(tmp_path):
+    out = tmp_path / "audit"
+    args = ["audit", "--subset", "40", "--shadows", "4", "--mia", "lira-fixed", "--inpaint", "--inpaint-targets", "2,2",
+            "--n-inpaint", "4", "--steps", "40", "--batch-size", "8", "--checkpoint-every", "20", "--n-samples", "16",
+            "--sample-steps", "3", "--sweep", "", "--device", "cpu", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    assert sorted(p.name for p in (out / "models").glob("model-*")) == [f"model-{k:02d}" for k in range(4)]
+    mia = json.loads((out / "mia" / "result.json").read_text())
+    assert mia["attack"] == "lira-fixed" and mia["n_members"] > 0 and mia["n_nonmembers"] > 0
+    inpaint = json.loads((out / "inpaint" / "result.json").read_text())
+    assert len(inpaint["targets"]) == 4
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["inpainting"] is not None and "lira-fixed" in json.dumps(summary["mia"])
+    assert "Inpainting" in (out / "report.html").read_text() or "inpaint" in (out / "report.html").read_text()

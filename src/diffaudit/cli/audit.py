@@ -16,6 +16,8 @@ import argparse
 import json
 import time
 from pathlib import Path
+
+import numpy as np
 from typing import Any
 
 from diffaudit.cli.common import add_data_args, data_options, emit
@@ -200,6 +202,36 @@ class _Stages:
         return read_json(result) if result.exists() else None
 
 
+def outliers_stage(out: Path, data, seed: int) -> None:
+    """Outlier score of every member against its membership score (the paper: outliers are more exposed)."""
+    from diffaudit.core.io import make_private_dir
+    from diffaudit.core.progress import stage_line
+    from diffaudit.core.results import write_result
+    from diffaudit.defenses.outliers import outlier_exposure
+
+    z = np.load(out / "mia" / "scores.npz", allow_pickle=False)
+    members = z["member"].astype(bool)
+    ex, score = z["example_index"][members], z["score"][members]
+    per_example = {}
+    for i, v in zip(ex.tolist(), score.tolist()):
+        per_example.setdefault(i, []).append(v)
+    idx = sorted(per_example)
+    if len(idx) < 3:
+        return
+    mean_score = np.array([np.mean(per_example[i]) for i in idx])
+    try:
+        res = outlier_exposure(data.images, mean_score, k=1000, rows=np.array(idx))
+    except DiffauditError as exc:  # e.g. every member scored alike: nothing to correlate
+        stage_line(f"audit: outliers: skipped ({exc})")
+        return
+    make_private_dir(out / "outliers")
+    write_result(out / "outliers" / "result.json", "outliers", {"embedder": res["embedder"], "k": res["k"]},
+                 {"seed": seed}, population="member", **res)
+    corr = res["spearman"]
+    stage_line(f"audit: outliers: Spearman rho {corr['rho']:.3f} (p = {corr['pvalue']:.2g}) between outlier and "
+               f"membership scores of {len(idx)} members")
+
+
 def _target_members(args, models: Path, dataset) -> tuple[Path, list[str]]:
     """The target run and the keys of its training set."""
     from diffaudit.core.io import read_json
@@ -216,8 +248,6 @@ def _target_members(args, models: Path, dataset) -> tuple[Path, list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from diffaudit.core.io import make_private_dir, write_bytes_atomic
     from diffaudit.core.outdir import prepare_out_dir
     from diffaudit.core.progress import stage_line
@@ -256,6 +286,15 @@ def run(args: argparse.Namespace) -> int:
         save_membership(models / "membership.npz", matrix, data.keys, args.seed)
     if args.model and not args.shadows and not (models / "model-00").exists():
         (models / "model-00").symlink_to(Path(args.model).resolve(), target_is_directory=True)
+    if args.model is None:
+        n_train = args.shadows if args.shadows else 1
+        stages.run("train", ["shadows", *_data_flags(args), "--membership", str(models / "membership.npz"),
+                             "--out", str(models), "--models", str(n_train), *_train_flags(args), *dev, *seed],
+                   folder="models/model-00")
+        if n_train > 1:  # the other shadows (the stage above returns once model 0 exists on a resumed run)
+            stages.run("shadows", ["shadows", *_data_flags(args), "--membership", str(models / "membership.npz"),
+                                   "--out", str(models), "--models", str(n_train), *_train_flags(args), *dev, *seed],
+                       folder=f"models/model-{n_train - 1:02d}")
     target, member_keys = _target_members(args, models, data)
     members = set(member_keys)
     nonmember_keys = [k for k in data.keys if k not in members]
@@ -280,10 +319,13 @@ def run(args: argparse.Namespace) -> int:
     mia = stages.run("mia", ["mia", *_data_flags(args), "--shadows", str(models), "--models", mia_models, *target_flags,
                              "--attack", args.mia, "--timesteps", args.timesteps, *sweep, *draws,
                              "--out", str(out / "mia"), *dev, *seed])
+    if mia is not None and not (out / "outliers" / "result.json").exists():
+        outliers_stage(out, data, args.seed)
     if args.inpaint:
         stages.run("inpaint", ["inpaint", "--model", str(target), "--shadows", str(models), "--membership",
                                str(models / "membership.npz"), *_data_flags(args), "--targets", args.inpaint_targets,
-                               "--n-inpaint", str(args.n_inpaint), "--out", str(out / "inpaint"), *dev, *seed])
+                               "--n-inpaint", str(args.n_inpaint), "--top-k", str(min(10, args.n_inpaint)),
+                               "--out", str(out / "inpaint"), *dev, *seed])
 
     fields = {
         "stages": stages.done,

@@ -107,7 +107,7 @@ def outlier_mia_correlation(outlier: np.ndarray, mia_score: np.ndarray) -> Outli
 
 
 def outlier_exposure(images: np.ndarray, mia_score: np.ndarray, *, embedder: Embedder | None = None,
-                     k: int = DEFAULT_K, n_bins: int = 5) -> dict:
+                     k: int = DEFAULT_K, n_bins: int = 5, rows: np.ndarray | None = None) -> dict:
     """What the report shows: are outliers more exposed to membership inference?
 
     Args:
@@ -116,6 +116,8 @@ def outlier_exposure(images: np.ndarray, mia_score: np.ndarray, *, embedder: Emb
         embedder: default the ``pixel`` embedder (no shift views: alignment does not matter here).
         k: neighbours of the outlier score (capped at N − 1).
         n_bins: outlier-score quantile bins for the per-bin mean MIA score.
+        rows: when given, ``mia_score`` belongs to ``images[rows]`` only (e.g. the members): outlier
+            scores are still measured against all ``images``.
 
     Returns:
         ``{"k", "embedder", "spearman": {rho, pvalue, n}, "bins": [{outlier_lo, outlier_hi, n, mean_mia_score}]}``.
@@ -124,10 +126,13 @@ def outlier_exposure(images: np.ndarray, mia_score: np.ndarray, *, embedder: Emb
 
     emb = embedder or get_embedder("pixel", max_shift=0)
     out = outlier_scores(np.asarray(images), emb, k=k)
+    n_all = len(out)
+    if rows is not None:
+        out = out[np.asarray(rows, dtype=np.int64)]
     corr = outlier_mia_correlation(out, mia_score)
     score = np.asarray(mia_score, np.float64)
     edges = np.quantile(out, np.linspace(0, 1, n_bins + 1))
     which = np.clip(np.searchsorted(edges, out, side="right") - 1, 0, n_bins - 1)
     bins = [{"outlier_lo": float(edges[b]), "outlier_hi": float(edges[b + 1]), "n": int((which == b).sum()),
              "mean_mia_score": float(score[which == b].mean()) if (which == b).any() else None} for b in range(n_bins)]
-    return {"k": min(int(k), len(out) - 1), "embedder": emb.settings(), "spearman": corr.to_dict(), "bins": bins}
+    return {"k": min(int(k), n_all - 1), "embedder": emb.settings(), "spearman": corr.to_dict(), "bins": bins}

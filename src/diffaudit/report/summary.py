@@ -187,6 +187,16 @@ def _canaries(rs: ResultSet) -> dict[str, Any] | None:
     }
 
 
+def _outliers(rs: ResultSet) -> dict[str, Any] | None:
+    st = rs.first("outliers")
+    if st is None:
+        return None
+    r = st.result
+    sp = r.get("spearman") or {}
+    return {"rho": _finite(sp.get("rho")), "pvalue": _finite(sp.get("pvalue")), "n": _int(sp.get("n")),
+            "k": _int(r.get("k")), "population": r.get("population"), "bins": r.get("bins") or []}
+
+
 def _dedup(rs: ResultSet) -> dict[str, Any] | None:
     st = rs.first("dedup")
     if st is None:
@@ -275,6 +285,7 @@ def summarise(rs: ResultSet) -> dict[str, Any]:
         "inpainting": _inpainting(rs),
         "canaries": _canaries(rs),
         "dedup": _dedup(rs),
+        "outliers": _outliers(rs),
         "stages": [{"name": st.name, "command": st.command} for st in rs.stages],
         "settings": settings,
         "seeds": seeds,
