@@ -3,13 +3,7 @@
 # Needs diffusers on the machine (wheels in .whl/ are installed to /tmp/site when present).
 set -uo pipefail
 OUT=${OUT:-bench-out}; mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD/src
-else
-  export PYTHONPATH=$PWD/src
-fi
-export PYTHONUNBUFFERED=1
+source "$(dirname "$0")/_env.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 bench/run_all.py --timeout "${LIMIT:-170}" | tee "$OUT/bench.json"
 echo "== gpu tests"

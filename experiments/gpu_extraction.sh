@@ -4,17 +4,11 @@
 # 4, 16 and 64 times; 4,096 DDIM-100 samples; black-box extract; verify with the ratio rule
 # against the training set and against 1,000 never-seen images. Resumable: re-run to continue.
 set -uo pipefail
-OUT=${OUT:-extraction-out}; W=${WORK:-.gpu/work-extraction}; mkdir -p "$OUT" "$W"
+# The work folder lies outside carried folders: a later call that carries .gpu would replace it.
+OUT=${OUT:-extraction-out}; W=${WORK:-/tmp/diffaudit-work-extraction}; mkdir -p "$OUT" "$W"
 D=${DATA:-.gpu/cifar10-train-000000.tar}
 STEPS=${STEPS:-5400}
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD/src
-else
-  export PYTHONPATH=$PWD/src
-fi
-export PYTHONUNBUFFERED=1
-da() { python3 -m diffaudit.cli.main "$@"; }
+source "$(dirname "$0")/_env.sh"
 t0=$(date +%s)
 python3 experiments/make_duplicates.py --data "$D" --subset 1000 --repeats 4,16,64 --group 10 --baseline 1000 --out "$W/dup"
 da train --data "$D" --subset 1000 --repeat "$W/dup/repeats.txt" --preset ddpm-cifar10 --steps "$STEPS" --batch-size 128 \

@@ -4,17 +4,11 @@
 # models), the timestep sweep; then the inpainting attack on model 0 (50 members, 50 non-members,
 # left-half masks) scored with a shadow that did not train on each target. Resumable.
 set -uo pipefail
-OUT=${OUT:-mia-out}; W=${WORK:-.gpu/work-mia}; mkdir -p "$OUT" "$W"
+# The work folder lies outside carried folders: a later call that carries .gpu would replace it.
+OUT=${OUT:-mia-out}; W=${WORK:-/tmp/diffaudit-work-mia}; mkdir -p "$OUT" "$W"
 D=${DATA:-.gpu/cifar10-train-000000.tar}
 STEPS=${STEPS:-2000}; MODELS=${MODELS:-8}; WORKERS=${WORKERS:-4}; STAGE=${STAGE:-all}
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD/src
-else
-  export PYTHONPATH=$PWD/src
-fi
-export PYTHONUNBUFFERED=1
-da() { python3 -m diffaudit.cli.main "$@"; }
+source "$(dirname "$0")/_env.sh"
 DATA_FLAGS=(--data "$D" --subset 2000)
 t0=$(date +%s)
 if [ "$STAGE" = all ] || [ "$STAGE" = train ]; then

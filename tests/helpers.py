@@ -41,3 +41,20 @@ def make_tiny_model_dir(root: Path, *, image_size: int = 8, channels: int = 1) -
         build_unet(unet_config("tiny", image_size=image_size, in_channels=channels)).save_pretrained(root / "unet")
     make_scheduler().save_pretrained(root / "scheduler")
     return root
+
+
+def noisy_copies(img: np.ndarray, n: int, seed: int, sigma: float = 0.02) -> np.ndarray:
+    """``n`` copies of uint8 ``img`` with seeded Gaussian pixel noise (std ``sigma`` in [0, 1] units)."""
+    rng = np.random.default_rng(seed)
+    x = img[None].astype(np.float64) / 255 + rng.normal(0, sigma, (n, *img.shape))
+    return (np.clip(x, 0, 1) * 255).round().astype(np.uint8)
+
+
+def strict_json(path: Path) -> dict:
+    """Parse a JSON file, failing on NaN or infinities (results never carry them)."""
+    import json
+
+    def no_constants(name):
+        raise AssertionError(f"{path} contains {name}")
+
+    return json.loads(path.read_text(), parse_constant=no_constants)

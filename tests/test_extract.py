@@ -19,15 +19,7 @@ from diffaudit.attacks.extraction import (
 from diffaudit.attacks.extraction.filter import group_by_prompt
 from diffaudit.core.errors import DiffauditError
 from diffaudit.distances import pairwise_l2, pairwise_tiled_l2
-from helpers import cifar_images
-
-
-
-
-def noisy_copies(img: np.ndarray, n: int, seed: int, sigma: float = 0.02) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    x = img[None].astype(np.float64) / 255 + rng.normal(0, sigma, (n, *img.shape))
-    return (np.clip(x, 0, 1) * 255).round().astype(np.uint8)
+from helpers import cifar_images, noisy_copies
 
 
 def flat_background_set(sources: np.ndarray, n: int) -> np.ndarray:

@@ -3,29 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import diffaudit.cli.extract as extract_cli
 from diffaudit.cli.main import main
-from helpers import cifar_images
+from helpers import cifar_images, noisy_copies, strict_json
 
 PROMPT_FIELDS = {"prompt", "n_generations", "largest_clique", "members", "medoid", "mean_distance", "flagged", "bound_hit"}
-
-
-
-def noisy_copies(img, n, seed, sigma=0.02):
-    rng = np.random.default_rng(seed)
-    x = img[None].astype(np.float64) / 255 + rng.normal(0, sigma, (n, *img.shape))
-    return (np.clip(x, 0, 1) * 255).round().astype(np.uint8)
-
-
-def strict_json(path: Path) -> dict:
-    def no_constants(name):
-        raise AssertionError(f"{path} contains {name}")
-    return json.loads(path.read_text(), parse_constant=no_constants)
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,7 @@ from diffaudit.attacks.extraction.crops import crop_aligned_l2
 from diffaudit.attacks.extraction.verification import VerifySettings, check_prompt_map, verify
 from diffaudit.core.errors import DiffauditError
 from diffaudit.distances.frechet import fid_from_file, frechet_distance, gaussian_stats
-from helpers import cifar_images
-
-
-
-
-def noisy_copies(img, n, seed, sigma=0.02):
-    rng = np.random.default_rng(seed)
-    x = img[None].astype(np.float64) / 255 + rng.normal(0, sigma, (n, *img.shape))
-    return (np.clip(x, 0, 1) * 255).round().astype(np.uint8)
+from helpers import cifar_images, noisy_copies
 
 
 @pytest.fixture(scope="module")

@@ -264,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
     if args.mia != "loss" and args.shadows < 2:
         raise DiffauditError(f"--mia {args.mia} needs shadow models: pass --shadows K (K even, the paper uses 16)")
     settings = audit_settings(args)
-    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
+    out, _ = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
     write_bytes_atomic(out / "config.toml", config_toml(settings).encode("utf-8"))
     t0 = time.perf_counter()
     common = ["--quiet"] if getattr(args, "quiet", False) else []
@@ -286,15 +286,11 @@ def run(args: argparse.Namespace) -> int:
         save_membership(models / "membership.npz", matrix, data.keys, args.seed)
     if args.model and not args.shadows and not (models / "model-00").exists():
         (models / "model-00").symlink_to(Path(args.model).resolve(), target_is_directory=True)
-    if args.model is None:
+    if args.model is None:  # train the target (model 0) and any shadows: one `shadows` call, done with the last model
         n_train = args.shadows if args.shadows else 1
         stages.run("train", ["shadows", *_data_flags(args), "--membership", str(models / "membership.npz"),
                              "--out", str(models), "--models", str(n_train), *_train_flags(args), *dev, *seed],
-                   folder="models/model-00")
-        if n_train > 1:  # the other shadows (the stage above returns once model 0 exists on a resumed run)
-            stages.run("shadows", ["shadows", *_data_flags(args), "--membership", str(models / "membership.npz"),
-                                   "--out", str(models), "--models", str(n_train), *_train_flags(args), *dev, *seed],
-                       folder=f"models/model-{n_train - 1:02d}")
+                   folder=f"models/model-{n_train - 1:02d}")
     target, member_keys = _target_members(args, models, data)
     members = set(member_keys)
     nonmember_keys = [k for k in data.keys if k not in members]
