@@ -29,9 +29,10 @@ COMMANDS = [
 _UNAVAILABLE: dict[str, str] = {}
 
 
-def _available_commands():
-    """Command modules; one whose third-party dependency is missing is left out (and explained when called)."""
-    for name in COMMANDS:
+def _available_commands(only: str | None = None):
+    """Command modules (just ``only`` when given); one whose third-party dependency is missing is left
+    out (and explained when called)."""
+    for name in ([only] if only in COMMANDS else COMMANDS):
         module = f"diffaudit.cli.{name.replace('-', '_')}"
         try:
             yield importlib.import_module(module)
@@ -44,7 +45,9 @@ def _available_commands():
             raise
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The CLI parser; with ``only``, just that command's sub-parser (command modules import torch and
+    friends, so building every sub-parser costs seconds that a single command does not need)."""
     parser = argparse.ArgumentParser(
         prog="diffaudit",
         description="Audit image diffusion models for memorized training data: does the model emit "
@@ -54,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bars or stage lines")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for mod in _available_commands():
+    for mod in _available_commands(only):
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         mod.add_arguments(p)
@@ -66,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
     raw = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in raw if not a.startswith("-")), None)  # top-level options are flags only
+    parser = build_parser(only=command if command in COMMANDS else None)
     missing = next((_UNAVAILABLE[a] for a in raw if a in _UNAVAILABLE), None)
     if missing:
         print(f"diffaudit: error: {missing}", file=sys.stderr)
