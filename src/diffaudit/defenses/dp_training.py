@@ -54,12 +54,11 @@ from diffaudit.models.training import (  # the plain run's pieces, reused so bot
     Ema,
     TrainConfig,
     batch_positions,
-    checkpoint_dirs,
     init_model,
     is_finished,
-    load_checkpoint,
     lr_at,
     plan_run,
+    resume,
     save_checkpoint,
     save_pretrained_atomic,
 )
@@ -254,12 +253,7 @@ def train_dp(
     clip = dp.max_grad_norm if math.isfinite(dp.max_grad_norm) else 1e30  # σ = 0 here: noise std 0 · 1e30 = 0
     opt = DPOptimizer(torch.optim.Adam(model.parameters(), lr=config.lr), noise_multiplier=sigma, max_grad_norm=clip,
                       expected_batch_size=config.batch_size, loss_reduction="mean")
-    start, log = 0, []
-    cks = checkpoint_dirs(run)
-    if cks:
-        start, log = load_checkpoint(cks[-1], model, ema, opt)
-        stage_line(f"train (DP-SGD): resuming {run} from step {start}")
-    ema.shadow = {k: v.to(device) for k, v in ema.shadow.items()}
+    start, log = resume(run, model, ema, opt, device, label="train (DP-SGD)")
 
     scheduler = make_scheduler()
     a_bar = alphas_cumprod_of(scheduler).to(device=device, dtype=torch.float32)

@@ -186,6 +186,17 @@ def load_checkpoint(ck: Path, model, ema: Ema, opt) -> tuple[int, list[dict]]:
     return int(read_json(ck / "state.json")["step"]), list(read_json(ck / "log.json"))
 
 
+def resume(run: Path, model, ema: Ema, opt, device, label: str = "train") -> tuple[int, list[dict]]:
+    """Load ``run``'s newest complete checkpoint, if any, and put the EMA on ``device``; returns (next step, log)."""
+    start, log = 0, []
+    cks = checkpoint_dirs(run)
+    if cks:
+        start, log = load_checkpoint(cks[-1], model, ema, opt)
+        stage_line(f"{label}: resuming {run} from step {start}")
+    ema.shadow = {k: v.to(device) for k, v in ema.shadow.items()}
+    return start, log
+
+
 def is_finished(run: str | Path) -> bool:
     return (Path(run) / "result.json").exists()
 
@@ -291,12 +302,7 @@ def train(
     model.to(device).train()
     ema = Ema(model, config.ema_decay)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, fused=device.type == "cuda")
-    start, log = 0, []
-    cks = checkpoint_dirs(run)
-    if cks:
-        start, log = load_checkpoint(cks[-1], model, ema, opt)
-        stage_line(f"train: resuming {run} from step {start}")
-    ema.shadow = {k: v.to(device) for k, v in ema.shadow.items()}
+    start, log = resume(run, model, ema, opt, device)
 
     scheduler = make_scheduler()
     a_bar = alphas_cumprod_of(scheduler).to(device=device, dtype=torch.float32)
