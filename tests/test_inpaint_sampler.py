@@ -20,14 +20,6 @@ from diffaudit.sampling.masks import make_mask
 AB = alphas_cumprod_of(make_scheduler())
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (OpenMP barriers are slow on a shared CPU)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def tiny():

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from diffaudit.cli.main import main
 from diffaudit.core.io import load_npy, read_json
@@ -23,8 +22,6 @@ DATA = ["--data", "digits", "--subset", str(N)]
 
 @pytest.fixture(scope="module")
 def shadows(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny UNet is faster on one thread than contending for two
     root = tmp_path_factory.mktemp("mia")
     ds = load_dataset("digits", subset=N)
     matrix = make_membership(N, M, seed=3)
@@ -34,7 +31,6 @@ def shadows(tmp_path_factory):
                "--checkpoint-every", "100000", "--device", "cpu"])
     assert rc == 0
     yield root, matrix, ds
-    torch.set_num_threads(threads)
 
 
 def mia(root: Path, out: str, *extra: str) -> tuple[int, Path]:

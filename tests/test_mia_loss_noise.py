@@ -79,7 +79,6 @@ def _run_dir(path, seed: int):
 
 
 def test_cache_reuses_more_draws_and_separates_models(tmp_path, monkeypatch):
-    torch.set_num_threads(1)
     ds = load_dataset("digits", subset=12)
     m0, m1 = _run_dir(tmp_path / "m0", 0), _run_dir(tmp_path / "m1", 1)
     assert model_digest(m0) != model_digest(m1)

@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 from diffaudit.cli.main import main
 from diffaudit.core.io import read_json
 from diffaudit.store import SampleStore
+from helpers import make_tiny_model_dir
 
 AUDIT = ["audit", "--subset", "48", "--train-size", "16", "--steps", "40", "--checkpoint-every", "20",
          "--batch-size", "8", "--warmup-steps", "5", "--n-samples", "32", "--sample-steps", "3", "--sweep", "",
@@ -86,7 +87,6 @@ def cli_subprocess(argv: list[str], env_extra: dict[str, str], timeout: float = 
 
 @pytest.fixture(scope="module")
 def reference_audit(tmp_path_factory):
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("audit-ref") / "out"
     assert main(["--quiet", *AUDIT, "--out", str(root)]) == 0
     return root
@@ -200,7 +200,6 @@ def _kill_at_random_moments(argv: list[str], ready: Path, rng: random.Random, ki
 
 @pytest.mark.slow
 def test_train_killed_at_random_moments_ends_with_identical_weights(tmp_path):
-    torch.set_num_threads(1)
     argv = ["train", "--data", "digits", "--subset", "32", "--steps", "150", "--checkpoint-every", "10",
             "--batch-size", "16", "--warmup-steps", "5", "--device", "cpu"]
     ref, out = tmp_path / "ref", tmp_path / "killed"
@@ -231,15 +230,7 @@ def test_train_killed_at_random_moments_ends_with_identical_weights(tmp_path):
 
 @pytest.mark.slow
 def test_sample_killed_at_random_moments_ends_with_identical_shards(tmp_path):
-    from diffaudit.models.scheduler import make_scheduler
-    from diffaudit.models.unets import build_unet, unet_config
-
-    torch.set_num_threads(1)
-    model = tmp_path / "model"
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        build_unet(unet_config("tiny", image_size=8, in_channels=1)).save_pretrained(model / "unet")
-    make_scheduler().save_pretrained(model / "scheduler")
+    model = make_tiny_model_dir(tmp_path / "model")
     argv = ["sample", "--model", str(model), "--n", "360", "--steps", "8", "--shard-size", "12", "--micro-batch", "12",
             "--device", "cpu"]
     ref, out = tmp_path / "ref", tmp_path / "killed"

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from diffaudit.cli.main import main
 from diffaudit.core.io import read_json
@@ -21,14 +20,11 @@ TRAIN = ["--steps", "12", "--batch-size", "12", "--warmup-steps", "2", "--checkp
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("shadows")
     ds = load_dataset("digits", subset=N)
     matrix = make_membership(N, 4, seed=1)
     save_membership(root / "m.npz", matrix, ds.keys, 1)
     yield root, matrix
-    torch.set_num_threads(threads)
 
 
 def args(root: Path, out: str, *extra: str) -> list[str]:

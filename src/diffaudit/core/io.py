@@ -11,6 +11,7 @@ import io
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -104,6 +105,25 @@ def load_npy(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
         return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except ValueError as exc:
         raise DiffauditError(f"{path}: {exc} (pickled arrays are refused)") from None
+
+
+def open_npz(path: str | os.PathLike, *, kind: str = ".npz file", expected: str = "an .npz archive",
+             missing: str | None = None) -> "np.lib.npyio.NpzFile":
+    """Open an ``.npz`` without pickle (use it as a context manager).
+
+    Raises :class:`DiffauditError` when the file is missing (``missing``, else "PATH does not exist"),
+    unreadable ("not a readable ``kind``"), or a lone ``.npy`` array ("expected ``expected``").
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DiffauditError(missing or f"{path} does not exist")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise DiffauditError(f"{path}: not a readable {kind} ({exc})") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise DiffauditError(f"{path}: expected {expected}, found a single .npy array")
+    return npz
 
 
 def make_private_dir(path: str | os.PathLike) -> Path:

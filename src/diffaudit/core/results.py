@@ -6,7 +6,6 @@ diffusers), then the command's own fields.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any
 
@@ -49,9 +48,3 @@ def write_result(path: str | os.PathLike, command: str, settings: dict[str, Any]
     write_json_atomic(path, data)
     return data
 
-
-def asdict(obj: Any) -> Any:
-    """``dataclasses.asdict`` that also passes through plain values."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    return obj

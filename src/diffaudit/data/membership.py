@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from diffaudit.core.errors import DiffauditError
-from diffaudit.core.io import save_npz_atomic
+from diffaudit.core.io import open_npz, save_npz_atomic
 from diffaudit.core.seeds import derive_seed, numpy_rng
 
 FORMAT_VERSION = 1
@@ -175,14 +175,8 @@ def load_membership(path: str | os.PathLike, dataset=None) -> Membership:
             dataset whose size or keys differ (naming the size difference or the first differing key).
     """
     path = Path(path)
-    if not path.is_file():
-        raise DiffauditError(f"membership file {path} does not exist (make one with `diffaudit membership`)")
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise DiffauditError(f"{path}: not a readable membership file ({exc})") from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise DiffauditError(f"{path}: not a membership file (an .npz with `membership`, `keys`, `seed`)")
+    npz = open_npz(path, kind="membership file", expected="a membership file (an .npz with `membership`, `keys`, `seed`)",
+                   missing=f"membership file {path} does not exist (make one with `diffaudit membership`)")
     arrays = {}
     with npz:
         for name in ("membership", "keys", "seed"):

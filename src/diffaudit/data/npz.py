@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from diffaudit.core.errors import DiffauditError
+from diffaudit.core.io import open_npz
 from diffaudit.data.entries import Listing, array_entries
 from diffaudit.data.images import scale_16bit
 
@@ -46,14 +47,7 @@ def read_npz_arrays(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | N
         DiffauditError: missing/unreadable file, missing ``images``, wrong dtype or shape (naming the array).
     """
     path = Path(path)
-    if not path.is_file():
-        raise DiffauditError(f"{path} does not exist")
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise DiffauditError(f"{path}: not a readable .npz file ({exc})") from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise DiffauditError(f"{path}: expected an .npz archive with an `images` array, found a single .npy array")
+    npz = open_npz(path, expected="an .npz archive with an `images` array")
     with npz:
         images = _get(npz, path, "images")
         labels = _get(npz, path, "labels")

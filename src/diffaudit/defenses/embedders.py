@@ -370,19 +370,3 @@ def get_embedder(name: str, **options: Any) -> Embedder:
     except TypeError as exc:
         raise DiffauditError(f"embedder {name!r}: bad option ({exc})") from None
 
-
-def embed_batches(embedder: Embedder, images, *, batch_size: int = 4096) -> np.ndarray:
-    """Embed ``images`` (uint8 (N, H, W, C) or an iterable of such batches) in bounded batches.
-
-    Returns the concatenated embeddings (N, ...) in input order.
-    """
-    parts = []
-    if isinstance(images, np.ndarray):
-        for s in range(0, len(images), batch_size):
-            parts.append(embedder.embed(images[s:s + batch_size]))
-    else:
-        for batch in images:
-            parts.append(embedder.embed(np.asarray(batch)))
-    if not parts:
-        raise DiffauditError("no images to embed")
-    return np.concatenate(parts, axis=0)

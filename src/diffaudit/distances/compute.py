@@ -177,7 +177,3 @@ def exact_sq_dists(q: torch.Tensor, cand: torch.Tensor, q_norms: torch.Tensor | 
     dots = exact_dots(q, cand).round().to(torch.int64)
     return qn.to(torch.int64).unsqueeze(1) + cn.to(torch.int64) - 2 * dots
 
-
-def mean_square(sq: torch.Tensor, dim: int) -> torch.Tensor:
-    """Integer squared distance over ``dim`` values -> mean square on [0, 1] pixels (float64)."""
-    return sq.to(torch.float64) / (dim * PIXEL_SQ)

@@ -21,6 +21,7 @@ Run directory:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import pickle
@@ -92,6 +93,14 @@ def expand_repeats(indices: np.ndarray, repeats: dict[int, int] | None) -> np.nd
     return np.asarray([i for i in indices for _ in range(int(repeats.get(int(i), 1)))], dtype=np.int64)
 
 
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The stream order of ``epoch`` (computed once per epoch, not once per step); read-only."""
+    perm = numpy_rng(derive_seed(seed, "epoch", epoch)).permutation(n)
+    perm.flags.writeable = False
+    return perm
+
+
 def batch_positions(step: int, batch_size: int, n: int, seed: int) -> np.ndarray:
     """Positions (into the training stream of length n) of the examples in batch ``step``.
 
@@ -102,7 +111,7 @@ def batch_positions(step: int, batch_size: int, n: int, seed: int) -> np.ndarray
     k = 0
     while k < batch_size:
         epoch, offset = divmod(start + k, n)
-        perm = numpy_rng(derive_seed(seed, "epoch", epoch)).permutation(n)
+        perm = _epoch_permutation(seed, epoch, n)
         take = min(batch_size - k, n - offset)
         out[k:k + take] = perm[offset:offset + take]
         k += take
@@ -309,7 +318,7 @@ def train(
     T = scheduler.config.num_train_timesteps
     data_x = to_model_space(dataset.images[idx])  # (n_train, C, H, W) in [-1, 1]
     data_x = data_x.to(device)
-    stream_pos = {int(i): p for p, i in enumerate(idx)}  # dataset index -> row of data_x
+    stream_rows = torch.as_tensor(np.searchsorted(idx, stream), device=device)  # stream position -> row of data_x
     labels = None if num_classes is None else torch.as_tensor(dataset.labels, dtype=torch.long)
     use_amp = device.type == "cuda" and config.bf16
     fwd = torch.compile(model) if (config.compile and device.type == "cuda") else model
@@ -322,7 +331,7 @@ def train(
         for step in range(start, config.steps):
             pos = batch_positions(step, config.batch_size, len(stream), config.seed)
             ex = stream[pos]
-            rows = torch.as_tensor([stream_pos[int(i)] for i in ex], device=device)
+            rows = stream_rows[torch.as_tensor(pos, device=device)]
             g = torch_generator(derive_seed(config.seed, "train-step", step))
             t = torch.randint(0, T, (len(ex),), generator=g)
             eps = torch.randn((len(ex), C, H, W), generator=g)

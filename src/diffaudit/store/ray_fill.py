@@ -13,7 +13,6 @@ Ray is optional (``pip install 'diffaudit[ray]'``).
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 from diffaudit.core.errors import DiffauditError
@@ -48,9 +47,6 @@ class _ShardWorker:
 
         fill_shard(self.store, index, self.source, batch_size=self.batch_size)
         return index
-
-    def pid(self) -> int:
-        return os.getpid()
 
 
 def fill_store_ray(store: SampleStore, model: str, args: argparse.Namespace, *, workers: int | None = None,
