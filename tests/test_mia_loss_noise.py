@@ -38,7 +38,7 @@ def images():
 def test_noise_identical_across_models_and_batches(images):
     a, b = Recorder(0.0), Recorder(0.7)
     la = per_example_loss(a, images, timesteps=[100], n_draws=2, batch_size=5, noise_seed=3)
-    lb = per_example_loss(b, images, timesteps=[100], n_draws=2, batch_size=12, noise_seed=3)
+    per_example_loss(b, images, timesteps=[100], n_draws=2, batch_size=12, noise_seed=3)  # records model b's inputs
     assert la.shape == (12, 1, 2)
     # zero predictor: L = mean(ε²); constant c: L = mean((ε − c)²) = mean(ε²) − 2c·mean(ε) + c²
     eps_sq = la[:, 0, :]
