@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_component < args.min_clique:
         raise DiffauditError(f"--max-component ({args.max_component}) must be at least --min-clique ({args.min_clique})")
     device = resolve_device(args.device)
-    ds = read_samples(args.samples)
+    ds = read_samples(args.samples, lazy=True)
     mode = args.mode
     if mode == "auto":
         mode = "conditional" if ds.captions is not None else "unconditional"

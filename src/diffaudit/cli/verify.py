@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from diffaudit.attacks.extraction.knn_cache import cached_knn
+from diffaudit.attacks.extraction.knn_cache import iter_cached_knn
 from diffaudit.attacks.extraction.verification import (
     DEFAULT_DELTA,
     DEFAULT_EIDETIC_DELTA,
@@ -16,7 +16,8 @@ from diffaudit.attacks.extraction.verification import (
     Verification,
     VerifySettings,
     check_prompt_map,
-    verify,
+    decide,
+    verify_decided,
 )
 from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit
 from diffaudit.core.device import resolve_device
@@ -111,10 +112,13 @@ def _load_train_map(path: str, train: ImageDataset) -> dict[str, list[int]]:
 def _run_verification(label: str, samples: ImageDataset, train: ImageDataset, vs: VerifySettings, out: Path, cache: str,
                       args, device) -> Verification:
     n = neighborhood_size(len(train), vs.n_neighbors)
+    chunks = []  # per chunk (nearest id, l2, ratio, extracted), each (q,): never the (Q, n) neighbour lists
     with Timer() as t, progress_bar(f"verify: nearest {label} images", len(samples), unit="img") as bar:
-        knn = cached_knn(samples.images, train.images, n, out / cache, backend=args.backend, device=device,
-                         fault_name="verify-knn", progress=bar.advance)
-    v = verify(samples.images, samples.keys, train.images, train.keys, settings=vs, knn=knn, device=device)
+        for _, knn in iter_cached_knn(samples.images, train.images, n, out / cache, backend=args.backend, device=device,
+                                      fault_name="verify-knn", progress=bar.advance):
+            chunks.append((knn.indices[:, 0], *decide(knn, vs, len(train))))
+    ids, l2, ratio, ext = (np.concatenate(col) for col in zip(*chunks))
+    v = verify_decided(samples.keys, ids, l2, ratio, ext, train.images, train.keys, settings=vs, device=device)
     stage_line(f"verify: {v.unique_extracted} unique {label} images extracted by {v.n_extracting_samples} of "
                f"{len(samples)} generations ({t.seconds:.1f} s)")
     return v
@@ -135,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     opts = data_options(args)
     train = load_dataset(args.data, **opts)
-    samples = read_samples(args.samples)
+    samples = read_samples(args.samples, lazy=True)
     n_samples_total = len(samples)
     medoids = None
     if args.from_extract:

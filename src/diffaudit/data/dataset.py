@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from diffaudit.core.errors import DiffauditError
+from diffaudit.data.sharded import ShardedImages, is_image_array
 
 
 @dataclass
@@ -21,7 +22,8 @@ class ImageDataset:
     """Images with stable ids.
 
     Attributes:
-        images: uint8 array (N, H, W, C), C = 1 (grayscale) or 3 (RGB).
+        images: uint8 array (N, H, W, C), C = 1 (grayscale) or 3 (RGB), or a :class:`ShardedImages` over
+            memory-mapped parts (a sample store read lazily: rows are read when indexed).
         keys: N stable ids (strings).
         labels: int64 array (N,) or None.
         captions: N strings or None.
@@ -30,7 +32,7 @@ class ImageDataset:
         class_names: names of the label values (``class_names[label]``), or None when unknown.
     """
 
-    images: np.ndarray
+    images: "np.ndarray | ShardedImages"
     keys: list[str]
     labels: np.ndarray | None = None
     captions: list[str] | None = None
@@ -44,7 +46,7 @@ class ImageDataset:
     def validate(self) -> None:
         """Check shapes and types; raises :class:`DiffauditError` naming the offending field."""
         im = self.images
-        if not isinstance(im, np.ndarray) or im.dtype != np.uint8 or im.ndim != 4 or im.shape[-1] not in (1, 3):
+        if not is_image_array(im) or im.dtype != np.uint8 or im.ndim != 4 or im.shape[-1] not in (1, 3):
             raise DiffauditError(
                 f"{self.source or 'dataset'}: images must be a uint8 array (N, H, W, C) with C in (1, 3); "
                 f"got {getattr(im, 'dtype', type(im))} {getattr(im, 'shape', '')}"

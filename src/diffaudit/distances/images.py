@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from diffaudit.core.errors import DiffauditError
+from diffaudit.data.sharded import ShardedImages
 
 
 def from_numpy(a: np.ndarray) -> torch.Tensor:
@@ -33,6 +34,8 @@ def as_tensor(images: Any, *, name: str = "images", batch: bool = True) -> torch
     """
     if hasattr(images, "images") and hasattr(images, "keys"):
         images = images.images
+    if isinstance(images, ShardedImages):
+        images = np.asarray(images)  # reads every part: streaming callers walk .parts() instead
     if isinstance(images, np.ndarray):
         t = from_numpy(images)
     elif isinstance(images, torch.Tensor):
@@ -70,6 +73,8 @@ def flat_uint8(images: Any, *, name: str = "images") -> torch.Tensor:
     """uint8 images (N, H, W, C) or rows (N, D) -> uint8 (N, D) (a view when contiguous)."""
     if hasattr(images, "images") and hasattr(images, "keys"):
         images = images.images
+    if isinstance(images, ShardedImages):
+        images = np.asarray(images)  # reads every part: streaming callers walk .parts() instead
     t = from_numpy(images) if isinstance(images, np.ndarray) else images
     if not isinstance(t, torch.Tensor):
         raise DiffauditError(f"{name}: expected a uint8 array, got {type(images).__name__}")

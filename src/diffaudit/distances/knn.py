@@ -65,12 +65,17 @@ def default_extra(k: int) -> int:
     return max(8, k // 4)
 
 
-def _default_blocks(device: torch.device, n_ref: int | None) -> tuple[int, int]:
-    if device.type == "cuda":
-        rb = min(n_ref or 65536, 65536)
-        return max(256, (1 << 28) // max(rb, 1)), rb
-    rb = min(n_ref or 8192, 8192)
-    return max(64, (1 << 23) // max(rb, 1)), rb
+def _default_blocks(device: torch.device, n_ref: int | None, dim: int | None = None) -> tuple[int, int]:
+    """(query rows, reference rows) per block: the (query x ref) distance block holds at most 2^28
+    entries on CUDA (1 GiB fp32), 2^23 on the CPU (64 MiB float64), and the query operand at most
+    1 GiB / 64 MiB as float64 when the image size ``dim`` is known (a small reference must not make
+    the query block huge)."""
+    cuda = device.type == "cuda"
+    rb = min(n_ref or (65536 if cuda else 8192), 65536 if cuda else 8192)
+    qb = (1 << 28 if cuda else 1 << 23) // max(rb, 1)
+    if dim:
+        qb = min(qb, (1 << 30 if cuda else 1 << 26) // (8 * dim))
+    return max(256 if cuda else 64, qb), rb
 
 
 def _merge(best_sq: torch.Tensor, best_idx: torch.Tensor, new_sq: torch.Tensor, new_idx: torch.Tensor, k: int):
@@ -284,13 +289,20 @@ def prepare_reference_if_fits(
     operand) fits ``ref_cache_bytes``; otherwise ``reference`` unchanged (it is then streamed)."""
     be = _make_backend(backend, device, compute)
     ref = ReferenceSource(reference, name="reference")
-    if ref.random_access is None or not ref.size:
-        return reference
-    budget = default_cache_bytes(be.device) if ref_cache_bytes is None else ref_cache_bytes
-    itemsize = 1 + torch.empty((), dtype=be.spec.input_dtype).element_size()
-    if ref.random_access.numel() * itemsize > budget:
+    if not _fits(be, ref, ref_cache_bytes):
         return reference
     return _prepare_resident(be, ref.random_access, _default_blocks(be.device, ref.size)[1])
+
+
+def _fits(be, ref: ReferenceSource, ref_cache_bytes: int | None) -> bool:
+    """Whether the prepared reference (uint8 rows + the backend's GEMM operand) fits the cache budget;
+    decided from its known size, before anything is read."""
+    nbytes = ref.known_bytes
+    if not nbytes:
+        return False
+    budget = default_cache_bytes(be.device) if ref_cache_bytes is None else ref_cache_bytes
+    itemsize = 1 + torch.empty((), dtype=be.spec.input_dtype).element_size()
+    return nbytes * itemsize <= budget
 
 
 def iter_knn(
@@ -321,7 +333,7 @@ def iter_knn(
         be = _make_backend(backend, device, compute)
         ref = ReferenceSource(reference, name="reference")
         size = ref.size
-    qb_default, rb_default = _default_blocks(be.device, size)
+    qb_default, rb_default = _default_blocks(be.device, size, int(resident.raw.shape[1]) if resident is not None else ref.dim)
     qb, rb = query_block or qb_default, ref_block or rb_default
     if qb < 1 or rb < 1:
         raise DiffauditError("query_block and ref_block must be positive")
@@ -330,11 +342,8 @@ def iter_knn(
         avail = size - (1 if exclude_self else 0)
         if avail < k:
             raise DiffauditError(f"k = {k} nearest neighbours requested but the reference set has only {avail} other images")
-    if resident is None and ref is not None and ref.random_access is not None and ref.size:
-        budget = ref_cache_bytes if ref_cache_bytes is not None else default_cache_bytes(be.device)
-        itemsize = 1 + torch.empty((), dtype=be.spec.input_dtype).element_size()
-        if ref.random_access.numel() * itemsize <= budget:
-            resident = _prepare_resident(be, ref.random_access, rb)  # one exact re-rank per query
+    if resident is None and ref is not None and _fits(be, ref, ref_cache_bytes):
+        resident = _prepare_resident(be, ref.random_access, rb)  # one exact re-rank per query
 
     def streamed_blocks() -> Iterator[PreparedBlock]:
         for off, t in ref.blocks(rb):
@@ -387,7 +396,7 @@ def knn_search(
             GEMM on integer pixels is already exact and no re-ranking is needed), ``float32``, ``float64``.
         extra: candidates fetched beyond k per block (default max(8, k // 4)); only speed depends on it.
         query_block, ref_block: rows per block (defaults bound the (query x ref) block to 1 GiB on CUDA,
-            32 MiB on the CPU).
+            64 MiB on the CPU, and the query operand alike when the reference's image size is known).
         exclude_self: queries and reference are the same set; a query never returns its own row.
         query_offset: global index of the first query (for ``exclude_self`` on a slice of the set);
             yielded offsets include it.

@@ -3,10 +3,11 @@
 Nearest-neighbour search reads its queries once and its reference set once per query block, so
 neither side has to fit in memory: both are sequences of uint8 blocks (n, H, W, C) or (n, D).
 
-- queries: an array (numpy, memory-mapped ``.npy``, torch), an ImageDataset, or any iterable of
-  uint8 arrays (e.g. a generator reading store shards); re-chunked to ``block`` rows.
-- reference: an array or ImageDataset (random access), a list of arrays, or a zero-argument callable
-  returning a fresh iterator of arrays (re-iterated once per query block).
+- queries: an array (numpy, memory-mapped ``.npy``, torch), a ShardedImages (a sample store read
+  lazily), an ImageDataset, or any iterable of uint8 arrays; re-chunked to ``block`` rows.
+- reference: an array or ImageDataset (random access), a ShardedImages (streamed part by part, or
+  read once when it is small enough to keep prepared on the device), a list of arrays, or a
+  zero-argument callable returning a fresh iterator of arrays (re-iterated once per query block).
 """
 
 from __future__ import annotations
@@ -17,11 +18,22 @@ import numpy as np
 import torch
 
 from diffaudit.core.errors import DiffauditError
+from diffaudit.data.sharded import ShardedImages
 from diffaudit.distances.images import flat_uint8
 
 
+def _unwrap(x: Any) -> Any:
+    """An ImageDataset's images, anything else unchanged."""
+    return x.images if hasattr(x, "images") and hasattr(x, "keys") else x
+
+
 def _is_array(x: Any) -> bool:
-    return isinstance(x, (np.ndarray, torch.Tensor)) or (hasattr(x, "images") and hasattr(x, "keys"))
+    return isinstance(_unwrap(x), (np.ndarray, torch.Tensor))
+
+
+def _lazy(x: Any) -> ShardedImages | None:
+    x = _unwrap(x)
+    return x if isinstance(x, ShardedImages) else None
 
 
 def rechunk(blocks: Iterable[Any], block: int, *, name: str) -> Iterator[tuple[int, torch.Tensor]]:
@@ -50,7 +62,11 @@ def rechunk(blocks: Iterable[Any], block: int, *, name: str) -> Iterator[tuple[i
 
 
 def iter_blocks(source: Any, block: int, *, name: str) -> Iterator[tuple[int, torch.Tensor]]:
-    """(offset, uint8 (n, D) block) over ``source`` (an array or an iterable of arrays)."""
+    """(offset, uint8 (n, D) block) over ``source`` (an array, ShardedImages, or an iterable of arrays)."""
+    lazy = _lazy(source)
+    if lazy is not None:
+        yield from rechunk(lazy.parts(), block, name=name)
+        return
     if _is_array(source):
         t = flat_uint8(source, name=name)
         for lo in range(0, t.shape[0], block):
@@ -62,17 +78,23 @@ def iter_blocks(source: Any, block: int, *, name: str) -> Iterator[tuple[int, to
 
 
 class ReferenceSource:
-    """A re-iterable reference set; ``len`` and ``dim`` are known after the first full pass."""
+    """A re-iterable reference set; ``len`` and ``dim`` are known after the first full pass (at once
+    for arrays and ShardedImages)."""
 
     def __init__(self, source: Any, *, name: str = "reference"):
         self.name = name
+        self._lazy = _lazy(source)
         self._array = flat_uint8(source, name=name) if _is_array(source) else None
+        if self._lazy is not None:
+            self.size, self.dim = len(self._lazy), int(np.prod(self._lazy.shape[1:]))
+            self._source: Any = self._lazy.parts
+            return
         if self._array is None and not (callable(source) or isinstance(source, (list, tuple))):
             raise DiffauditError(
                 f"{name}: pass an array, a dataset, a list of arrays or a callable returning an iterator "
                 "(a one-shot generator cannot be re-read for every query block)"
             )
-        self._source: Any = source
+        self._source = source
         self.size: int | None = None if self._array is None else int(self._array.shape[0])
         self.dim: int | None = None if self._array is None else int(self._array.shape[1])
 
@@ -88,8 +110,17 @@ class ReferenceSource:
 
     @property
     def random_access(self) -> torch.Tensor | None:
-        """The whole reference as uint8 (N, D) when it was given as an array, else None."""
+        """The whole reference as uint8 (N, D) when it was given as an array (ShardedImages are read
+        into memory at the first call: ask :attr:`known_bytes` first), else None."""
+        if self._array is None and self._lazy is not None:
+            self._array = flat_uint8(np.asarray(self._lazy), name=self.name)
         return self._array
+
+    @property
+    def known_bytes(self) -> int | None:
+        """uint8 bytes of the whole reference when known without reading it (arrays, ShardedImages)."""
+        return None if self.size is None or self.dim is None or (self._array is None and self._lazy is None) \
+            else self.size * self.dim
 
 
 QuerySource = Any

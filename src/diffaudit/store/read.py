@@ -17,9 +17,11 @@ from diffaudit.data.dataset import ImageDataset
 from diffaudit.store.sample_store import SampleStore
 
 
-def read_samples(spec: str, **load_options) -> ImageDataset:
+def read_samples(spec: str, *, lazy: bool = False, **load_options) -> ImageDataset:
+    """``spec`` as a dataset; a sample store with ``lazy`` is memory-mapped (images: ShardedImages),
+    every other input is decoded into memory (load_options: those of ``load_dataset``)."""
     if SampleStore.is_store(spec):
-        return SampleStore.open(spec).to_dataset()
+        return SampleStore.open(spec).to_dataset(lazy=lazy)
     ds = load_dataset(spec, **load_options)
     if str(spec).endswith(".npz") and Path(spec).is_file():
         with np.load(spec, allow_pickle=False) as z:

@@ -30,6 +30,7 @@ from diffaudit.core.io import load_npy, read_json, save_npy_atomic, write_json_a
 from diffaudit.core.outdir import prepare_out_dir
 from diffaudit.core.seeds import generation_seed
 from diffaudit.data.dataset import ImageDataset
+from diffaudit.data.sharded import ShardedImages
 
 MANIFEST = "manifest.json"
 _SHARD_RE = re.compile(r"^shard-(\d{6})\.json$")
@@ -152,11 +153,12 @@ class SampleStore:
             "prompts": req["prompts"], "sampler": self.manifest["sampler"],
         })
 
-    def read_shard(self, index: int) -> tuple[np.ndarray, dict[str, Any]]:
+    def read_shard(self, index: int, *, mmap: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+        """uint8 (n, H, W, C) of a finished shard (memory-mapped with ``mmap``) and its sidecar."""
         if not self.is_complete(index):
             raise DiffauditError(f"shard {index} of {self.path} is not finished")
         meta = read_json(self._sidecar(index))
-        images = load_npy(self._npy(index))
+        images = load_npy(self._npy(index), mmap=mmap)
         if len(images) != len(meta["ids"]):
             raise DiffauditError(f"{self._npy(index)}: {len(images)} images but {len(meta['ids'])} ids in its sidecar")
         return images, meta
@@ -165,19 +167,25 @@ class SampleStore:
         for k in self.completed():
             yield self.read_shard(k)
 
-    def to_dataset(self, *, require_complete: bool = True) -> ImageDataset:
-        """All finished generations as a dataset: keys are generation ids, captions the prompts."""
+    def to_dataset(self, *, require_complete: bool = True, lazy: bool = False) -> ImageDataset:
+        """All finished generations as a dataset: keys are generation ids, captions the prompts.
+
+        With ``lazy`` the images are a :class:`~diffaudit.data.ShardedImages` over the memory-mapped
+        shards: only the rows a command indexes are read, so memory stays bounded by its block size
+        (2^20 CIFAR-sized generations are 3.2 GB on disk, never all in memory).
+        """
         if require_complete and self.pending():
             raise DiffauditError(
                 f"{self.path}: {len(self.pending())} of {self.n_shards} shards are unfinished; re-run `diffaudit sample` to finish"
             )
         imgs, keys, prompts = [], [], []
-        for images, meta in self.iter_shards():
-            imgs.append(images)
+        for k in self.completed():
+            images, meta = self.read_shard(k, mmap=lazy)  # checks the shard against its sidecar
+            imgs.append(self._npy(k) if lazy else images)
             keys += meta["ids"]
             prompts += meta["prompts"]
         if not imgs:
             raise DiffauditError(f"{self.path} holds no finished generations")
         conditional = any(p is not None for p in prompts)
-        return ImageDataset(np.concatenate(imgs), keys, captions=[str(p) for p in prompts] if conditional else None,
-                            source=str(self.path))
+        images = ShardedImages(imgs, name=str(self.path)) if lazy else np.concatenate(imgs)
+        return ImageDataset(images, keys, captions=[str(p) for p in prompts] if conditional else None, source=str(self.path))

@@ -8,7 +8,7 @@ rename) and chunks computed on another device are reused (the search is exact, h
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -17,8 +17,10 @@ from diffaudit.core.faults import fault_point
 from diffaudit.core.io import save_npz_atomic
 from diffaudit.distances.knn import KnnResult, knn_search, prepare_reference_if_fits
 
-#: Queries per cached chunk.
+#: Queries per cached chunk, at most.
 DEFAULT_CHUNK = 16384
+#: Bytes of query pixels per chunk, at most (bounds memory for large images: 682 rows at 512x512x3).
+CHUNK_BYTES = 512 << 20
 
 
 def _load_chunk(path: Path, n: int, k: int) -> KnnResult | None:
@@ -32,7 +34,7 @@ def _load_chunk(path: Path, n: int, k: int) -> KnnResult | None:
     return KnnResult(dist, idx, sq, dim)
 
 
-def cached_knn(
+def iter_cached_knn(
     queries: Any,
     reference: Any,
     k: int,
@@ -43,14 +45,17 @@ def cached_knn(
     fault_name: str = "knn-chunk",
     progress: Callable[[int], None] | None = None,
     **knn_kwargs: Any,
-) -> KnnResult:
-    """:func:`~diffaudit.distances.knn.knn_search` of ``queries`` (a random-access uint8 array
-    (N, ...)) against ``reference`` (prepared on the device once when it fits, else streamed) in chunks of
-    ``chunk`` rows, each saved to ``cache_dir/knn-<lo>-<hi>.npz``."""
+) -> Iterator[tuple[int, KnnResult]]:
+    """(first query index, KnnResult) per chunk: :func:`~diffaudit.distances.knn.knn_search` of
+    ``queries`` (a random-access uint8 array (N, ...), e.g. a memory-mapped ShardedImages) against
+    ``reference`` (prepared on the device once when it fits, else streamed) in chunks of at most
+    ``chunk`` rows and :data:`CHUNK_BYTES` bytes, each saved to ``cache_dir/knn-<lo>-<hi>.npz``. Only
+    one chunk of queries and its result are in memory at a time unless the caller keeps them."""
     n = len(queries)
     if n == 0:
         raise DiffauditError("no queries: the sample set is empty")
-    parts: list[KnnResult] = []
+    row_bytes = int(np.prod(queries.shape[1:])) if getattr(queries, "shape", None) is not None else 1
+    chunk = max(1, min(chunk, CHUNK_BYTES // max(1, row_bytes)))
     prepared = None  # the reference, prepared on the device at the first chunk that needs computing
     for lo in range(0, n, chunk):
         hi = min(n, lo + chunk)
@@ -67,7 +72,12 @@ def cached_knn(
                 fault_point(fault_name)
         if progress is not None:
             progress(hi - lo)
-        parts.append(res)
+        yield lo, res
+
+
+def cached_knn(queries: Any, reference: Any, k: int, cache_dir: str | Path | None, **kwargs: Any) -> KnnResult:
+    """All chunks of :func:`iter_cached_knn` as one KnnResult (N, k)."""
+    parts = [res for _, res in iter_cached_knn(queries, reference, k, cache_dir, **kwargs)]
     return KnnResult(
         np.concatenate([p.distances for p in parts]),
         np.concatenate([p.indices for p in parts]),

@@ -217,9 +217,30 @@ def verify(
     if len(sample_ids) != len(knn.indices):
         raise DiffauditError(f"{len(knn.indices)} samples searched but {len(sample_ids)} sample ids")
     l2, ratio, ext = decide(knn, s, n_train)
-    ids = knn.indices[:, 0]
-    extracted = count_unique(sample_ids, ids, l2, ratio, ext, train, train_keys, s, device=device)
-    return Verification(len(sample_ids), n_train, s, n, extracted, int(ext.sum()), ids, l2, ratio, ext)
+    return verify_decided(sample_ids, knn.indices[:, 0], l2, ratio, ext, train, train_keys, settings=s, device=device)
+
+
+def verify_decided(
+    sample_ids: Sequence[str],
+    train_ids: np.ndarray,
+    l2: np.ndarray,
+    ratio: np.ndarray,
+    extracted: np.ndarray,
+    train_images: Any,
+    train_keys: Sequence[str],
+    *,
+    settings: VerifySettings,
+    device: Any = "auto",
+) -> Verification:
+    """:func:`verify` from per-generation decisions already made by :func:`decide` (so a caller that
+    searches in chunks keeps (Q,) arrays, never the (Q, n) neighbour lists): nearest ``train_ids``,
+    ``l2``, ``ratio`` and ``extracted``, each (Q,)."""
+    train = np.asarray(train_images.images if hasattr(train_images, "images") else train_images)
+    if not len(sample_ids) == len(train_ids) == len(l2) == len(ratio) == len(extracted):
+        raise DiffauditError(f"{len(sample_ids)} sample ids but {len(train_ids)} decisions")
+    n = neighborhood_size(len(train), settings.n_neighbors)
+    found = count_unique(sample_ids, train_ids, l2, ratio, extracted, train, train_keys, settings, device=device)
+    return Verification(len(sample_ids), len(train), settings, n, found, int(extracted.sum()), train_ids, l2, ratio, extracted)
 
 
 def check_prompt_map(

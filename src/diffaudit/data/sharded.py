@@ -1,0 +1,137 @@
+"""A read-only image array made of several parts (the ``.npy`` shards of a sample store).
+
+:class:`ShardedImages` behaves like a uint8 array (N, H, W, C) for what diffaudit asks of one
+(``len``, ``shape``, ``dtype``, indexing by an integer, a slice or an integer array) but reads only
+the rows asked for. Parts given as ``.npy`` paths are memory-mapped one at a time and unmapped when
+the next is opened, so a command walking over 2^20 generations in blocks holds about one block and
+one mapped shard, never the whole set (mapped pages that stay mapped would count as resident).
+``np.asarray`` on it reads everything (a copy); code that can stream walks :meth:`ShardedImages.parts`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from diffaudit.core.errors import DiffauditError
+from diffaudit.core.io import load_npy
+
+
+class ShardedImages:
+    """uint8 images (N, H, W, C) stored as consecutive parts (n_i, H, W, C), N = Σ n_i.
+
+    Args:
+        parts: uint8 arrays, or paths of ``.npy`` files holding them (read memory-mapped, one open at
+            a time), all of one image shape (H, W, C).
+        name: what the parts are, for error messages.
+    """
+
+    def __init__(self, parts: Sequence[np.ndarray | str | Path], *, name: str = "images"):
+        self.name = name
+        shapes, kept = [], []
+        for p in parts:
+            a = p if isinstance(p, np.ndarray) else load_npy(p, mmap=True)  # header only: no pixel is read
+            if a.dtype != np.uint8 or a.ndim != 4 or (shapes and a.shape[1:] != shapes[0][1:]):
+                raise DiffauditError(
+                    f"{name}: every part must be uint8 (n, H, W, C) of one image shape; got {a.dtype} {a.shape}"
+                    + (f" beside {shapes[0][1:]}" if shapes else "")
+                )
+            if len(a):
+                shapes.append(a.shape)
+                kept.append(p)
+        if not kept:
+            raise DiffauditError(f"{name}: no images")
+        self._parts: list[np.ndarray | str | Path] = kept
+        self._image_shape = tuple(int(x) for x in shapes[0][1:])
+        self._starts = np.cumsum([0] + [n for n, *_ in shapes])
+        self._open: tuple[int, np.ndarray] | None = None  # the one mapped file part
+
+    def _part(self, p: int) -> np.ndarray:
+        part = self._parts[p]
+        if isinstance(part, np.ndarray):
+            return part
+        if self._open is None or self._open[0] != p:
+            self._open = None  # drop the previous mapping first
+            self._open = (p, load_npy(part, mmap=True))
+        return self._open[1]
+
+    # -- the array protocol diffaudit uses ---------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (int(self._starts[-1]),) + self._image_shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.uint8)
+
+    @property
+    def ndim(self) -> int:
+        return 4
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def parts(self) -> Iterator[np.ndarray]:
+        """The parts in order (their concatenation is the array), each opened when reached."""
+        for p in range(len(self._parts)):
+            yield self._part(p)
+        self._open = None
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self._range(0, len(self))
+        return out if dtype is None else out.astype(dtype)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        n = len(self)
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + (n if key < 0 else 0)
+            if not 0 <= i < n:
+                raise IndexError(f"index {int(key)} is out of range for {n} images")
+            p = int(np.searchsorted(self._starts, i, side="right")) - 1
+            return np.array(self._part(p)[i - self._starts[p]])
+        if isinstance(key, slice):
+            lo, hi, step = key.indices(n)
+            if step != 1:
+                return self[np.arange(lo, hi, step)]
+            return self._range(lo, hi)
+        idx = np.asarray(key)
+        if idx.dtype == bool:
+            if idx.shape != (n,):
+                raise IndexError(f"a boolean mask of shape {idx.shape} for {n} images")
+            idx = np.flatnonzero(idx)
+        if idx.dtype.kind not in "iu" or idx.ndim != 1:
+            raise IndexError(f"index images by an integer, a slice or a 1-D integer array, not {idx.dtype} {idx.shape}")
+        idx = np.where(idx < 0, idx + n, idx).astype(np.int64)
+        if len(idx) and (idx.min() < 0 or idx.max() >= n):
+            raise IndexError(f"an index is out of range for {n} images")
+        out = np.empty((len(idx),) + self.shape[1:], dtype=np.uint8)
+        which = np.searchsorted(self._starts, idx, side="right") - 1
+        for p in np.unique(which):
+            sel = which == p
+            out[sel] = self._part(int(p))[idx[sel] - self._starts[p]]
+        return out
+
+    def _range(self, lo: int, hi: int) -> np.ndarray:
+        if hi <= lo:
+            return np.empty((0,) + self.shape[1:], dtype=np.uint8)
+        out = np.empty((hi - lo,) + self._image_shape, dtype=np.uint8)
+        p = int(np.searchsorted(self._starts, lo, side="right")) - 1
+        while p < len(self._parts) and self._starts[p] < hi:
+            a, b = max(lo, self._starts[p]), min(hi, self._starts[p + 1])
+            out[a - lo:b - lo] = self._part(p)[a - self._starts[p]:b - self._starts[p]]
+            p += 1
+        return out
+
+    def __repr__(self) -> str:
+        return f"ShardedImages({self.name!r}, shape={self.shape}, parts={len(self._parts)})"
+
+
+def is_image_array(x: Any) -> bool:
+    """True for a numpy uint8/float array or a :class:`ShardedImages` (what ImageDataset holds)."""
+    return isinstance(x, (np.ndarray, ShardedImages))
