@@ -25,6 +25,7 @@ def main() -> None:
     ap.add_argument("--samples", required=True)
     ap.add_argument("--data", required=True)
     ap.add_argument("--subset", type=int, default=None)
+    ap.add_argument("--image-size", type=int, default=None, help="the size training used (--image-size)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     groups = json.load(open(a.groups))
@@ -54,8 +55,8 @@ def main() -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        samples = read_samples(a.samples)
-        data = load_dataset(a.data, subset=a.subset)
+        samples = read_samples(a.samples, lazy=True)
+        data = load_dataset(a.data, subset=a.subset, image_size=a.image_size)
         s_idx, d_idx = samples.index_of(), data.index_of()
         pairs = sorted(v["extracted"], key=lambda x: x["l2"])[:16]
         fig, ax = plt.subplots(2, len(pairs), figsize=(1.2 * len(pairs), 2.6))
