@@ -9,7 +9,7 @@ DA=${DA:-diffaudit}; PY=${PY:-python3}
 STEPS=${STEPS:-6000}; PRESET=${PRESET:-tiny}
 D=(--data cifar10 --image-size 16)
 export OMP_NUM_THREADS=1
-$PY experiments/make_duplicates.py --data cifar10 --subset 1000 --repeats 4,16,64 --group 10 --baseline 1000 --out "$OUT/dup"
+$PY experiments/make_duplicates.py --data cifar10 --subset 1000 --repeats 4,16,64 --group 10 --baseline 1000 --image-size 16 --out "$OUT/dup"
 for run in dup control; do
   repeat=(); [ "$run" = dup ] && repeat=(--repeat "$OUT/dup/repeats.txt")
   $DA train "${D[@]}" --subset 1000 "${repeat[@]}" --preset "$PRESET" --steps "$STEPS" --batch-size 32 --lr 1e-3 \

@@ -26,6 +26,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True)
     ap.add_argument("--baseline", type=int, default=0, help="also write baseline.view.json: this many other images of --data")
+    ap.add_argument("--image-size", type=int, default=None, help="recorded in the baseline view (the size training used)")
     a = ap.parse_args()
     ds = load_dataset(a.data, subset=a.subset)
     times = [int(t) for t in a.repeats.split(",")]
@@ -46,7 +47,8 @@ def main() -> None:
         members = set(ds.keys)
         others = [k for k in full.keys if k not in members]
         pick = sorted(numpy_rng(derive_seed(a.seed, "baseline")).choice(len(others), a.baseline, replace=False))
-        save_view(out / "baseline.view.json", a.data, {}, [others[i] for i in pick])
+        options = {} if a.image_size is None else {"image_size": a.image_size}
+        save_view(out / "baseline.view.json", a.data, options, [others[i] for i in pick])
     print(json.dumps({t: len(k) for t, k in groups.items()}))
 
 
