@@ -26,16 +26,20 @@ def from_numpy(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a)
 
 
+def _pixels(images: Any) -> Any:
+    """An ImageDataset's images; a ShardedImages read whole (streaming callers walk ``.parts()``)."""
+    if hasattr(images, "images") and hasattr(images, "keys"):
+        images = images.images
+    return np.asarray(images) if isinstance(images, ShardedImages) else images
+
+
 def as_tensor(images: Any, *, name: str = "images", batch: bool = True) -> torch.Tensor:
     """``images`` as a torch tensor (N, H, W, C), uint8 or floating, without copying when possible.
 
     Accepts numpy arrays, torch tensors and ImageDatasets. With ``batch=True`` a single (H, W, C)
     image becomes (1, H, W, C). Raises :class:`DiffauditError` naming ``name`` on a bad shape/dtype.
     """
-    if hasattr(images, "images") and hasattr(images, "keys"):
-        images = images.images
-    if isinstance(images, ShardedImages):
-        images = np.asarray(images)  # reads every part: streaming callers walk .parts() instead
+    images = _pixels(images)
     if isinstance(images, np.ndarray):
         t = from_numpy(images)
     elif isinstance(images, torch.Tensor):
@@ -71,10 +75,7 @@ def check_same_shape(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str] = 
 
 def flat_uint8(images: Any, *, name: str = "images") -> torch.Tensor:
     """uint8 images (N, H, W, C) or rows (N, D) -> uint8 (N, D) (a view when contiguous)."""
-    if hasattr(images, "images") and hasattr(images, "keys"):
-        images = images.images
-    if isinstance(images, ShardedImages):
-        images = np.asarray(images)  # reads every part: streaming callers walk .parts() instead
+    images = _pixels(images)
     t = from_numpy(images) if isinstance(images, np.ndarray) else images
     if not isinstance(t, torch.Tensor):
         raise DiffauditError(f"{name}: expected a uint8 array, got {type(images).__name__}")

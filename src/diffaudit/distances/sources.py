@@ -119,8 +119,9 @@ class ReferenceSource:
     @property
     def known_bytes(self) -> int | None:
         """uint8 bytes of the whole reference when known without reading it (arrays, ShardedImages)."""
-        return None if self.size is None or self.dim is None or (self._array is None and self._lazy is None) \
-            else self.size * self.dim
+        if self._array is None and self._lazy is None:
+            return None  # a stream: its size is learnt only by reading it
+        return self.size * self.dim
 
 
 QuerySource = Any
