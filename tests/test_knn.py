@@ -8,6 +8,7 @@ import torch
 
 from diffaudit.core.errors import DiffauditError
 from diffaudit.distances import knn_search, radius_neighbors
+from diffaudit.distances.compute import SPLIT_CHUNK, exact_dots
 from diffaudit.distances.knn import ResidentReference, prepare_reference, prepare_reference_if_fits
 from diffaudit.distances.knn_backends import get_backend
 
@@ -44,6 +45,37 @@ def test_exact_equals_brute_force(data, backend, compute):
     np.testing.assert_allclose(res.distances, np.sqrt(sq / (6 * 6 * 3 * 255.0 ** 2)))
     assert np.all(np.diff(res.distances, axis=1) >= 0)
     assert res.distances[0, 0] == 0 and res.indices[3, :1].tolist() == [3]
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.bfloat16, torch.float64])
+def test_exact_dots_exact_where_plain_fp32_rounds(dtype):
+    """Bright images with more values than one split chunk: the split re-rank is exact for every
+    operand dtype, while a plain fp32 dot product of the same rows rounds (so the test can fail)."""
+    rng = np.random.default_rng(1)
+    d = 2 * SPLIT_CHUNK + 37
+    q = rng.integers(200, 256, (6, d), dtype=np.uint8)
+    q[0] = 255
+    cand = rng.integers(200, 256, (6, 9, d), dtype=np.uint8)
+    cand[0, 0] = 255
+    want = np.einsum("bcd,bd->bc", cand.astype(np.int64), q.astype(np.int64))
+    got = exact_dots(torch.from_numpy(q), torch.from_numpy(cand).to(dtype))
+    assert got.dtype == torch.float64
+    np.testing.assert_array_equal(got.numpy().astype(np.int64), want)
+    plain = torch.bmm(torch.from_numpy(cand).float(), torch.from_numpy(q).float().unsqueeze(2)).squeeze(2)
+    assert (plain.double().numpy() != want).any()
+
+
+@pytest.mark.parametrize("cache", [None, 0])
+def test_float32_rerank_exact_on_large_images(cache):
+    """The fp32 GEMM + split re-rank on 48x48x3 images (more values than one split chunk), with the
+    reference resident (gathered from its fp32 operand) or streamed block by block."""
+    rng = np.random.default_rng(2)
+    ref = rng.integers(150, 256, (120, 48, 48, 3), dtype=np.uint8)
+    q = np.clip(ref[:30].astype(int) + rng.integers(-20, 21, (30, 48, 48, 3)), 0, 255).astype(np.uint8)
+    res = knn_search(q, ref, 6, compute="float32", ref_block=50, ref_cache_bytes=cache)
+    sq, idx = brute(q, ref, 6)
+    np.testing.assert_array_equal(res.sq, sq)
+    np.testing.assert_array_equal(res.indices, idx)
 
 
 def test_faiss_and_torch_agree(data):

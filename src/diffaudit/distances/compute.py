@@ -147,30 +147,60 @@ def error_margin(spec: ComputeSpec, dim: int, norms_sum: torch.Tensor) -> torch.
     return norms_sum.to(torch.float64) * ((MARGIN_LAMBDA * math.sqrt(dim) + 3.0) * U_FP32)
 
 
-def exact_dots(q: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
-    """Exact integer dot products: q uint8 (B, D), cand uint8 (B, C, D) -> float64 (B, C).
+#: Pixel values per exact fp32 partial dot product of the re-rank, whose query side is split into
+#: 4-bit halves: products are at most 255·15 = 3,825 and 4,096 · 3,825 = 15,667,200 < 2^24, so every
+#: partial sum is an integer that fp32 holds exactly, in any summation order (also TF32 and bf16
+#: inputs with fp32 accumulation, which all hold 0..255 exactly).
+SPLIT_CHUNK = 4096
 
-    fp32 batched GEMVs over chunks of :data:`EXACT_CHUNK` values are exact (see there); the chunk
-    results are added in float64 (exact below 2^53). Works on any device.
+
+def _bmm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a (B, n, m) @ b (B, m, p) accumulated and returned in fp32 (float64 stays float64)."""
+    if a.dtype != torch.bfloat16:
+        with _tf32_allowed(a.device):
+            return torch.bmm(a, b)
+    key = f"bmm:{a.device}"
+    if _MM_OUT_DTYPE_OK.get(key, True):
+        try:
+            out = torch.bmm(a, b, out_dtype=torch.float32)
+            _MM_OUT_DTYPE_OK[key] = True
+            return out
+        except (RuntimeError, TypeError, NotImplementedError):
+            _MM_OUT_DTYPE_OK[key] = False
+    with _tf32_allowed(a.device):
+        return torch.bmm(a.float(), b.float())
+
+
+def exact_dots(q: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """Exact integer dot products: q uint8 (B, D), cand (B, C, D) -> float64 (B, C).
+
+    ``cand`` holds integer pixels 0..255 as uint8, or already as a GEMM operand that holds them
+    exactly (bfloat16, float32, float64; e.g. gathered from :func:`to_compute`'s output, which saves a
+    conversion pass). The query is split into 4-bit halves, q = 16·q_hi + q_lo, and one batched GEMM
+    per :data:`SPLIT_CHUNK` values gives both q_hi·r and q_lo·r exactly in fp32 (see there);
+    q·r = 16·(q_hi·r) + q_lo·r is added in float64 (exact below 2^53). Works on any device.
     """
     b, c, d = cand.shape
-    qf = q.to(torch.float32)
-    cf = cand.to(torch.float32)
+    if cand.dtype == torch.uint8:
+        cand = cand.to(torch.float32)
+    if cand.dtype == torch.float64:  # exact as it is
+        return torch.bmm(cand, q.to(torch.float64).unsqueeze(2)).squeeze(2)
+    split = torch.stack([q >> 4, q & 15], dim=2).to(cand.dtype)  # (B, D, 2), values 0..15
     out = torch.zeros((b, c), dtype=torch.float64, device=q.device)
-    with _tf32_allowed(q.device):
-        for lo in range(0, d, EXACT_CHUNK):
-            hi = min(d, lo + EXACT_CHUNK)
-            part = torch.bmm(cf[:, :, lo:hi], qf[:, lo:hi].unsqueeze(2)).squeeze(2)
-            out += part.to(torch.float64)
+    for lo in range(0, d, SPLIT_CHUNK):
+        hi = min(d, lo + SPLIT_CHUNK)
+        part = _bmm_fp32(cand[:, :, lo:hi], split[:, lo:hi]).to(torch.float64)  # (B, C, 2)
+        out += part[..., 0] * 16.0 + part[..., 1]
     return out
 
 
 def exact_sq_dists(q: torch.Tensor, cand: torch.Tensor, q_norms: torch.Tensor | None = None,
                    cand_norms: torch.Tensor | None = None) -> torch.Tensor:
-    """Exact integer squared distances: q uint8 (B, D), cand uint8 (B, C, D) -> int64 (B, C).
+    """Exact integer squared distances: q uint8 (B, D), cand (B, C, D) -> int64 (B, C).
 
     ‖q‖² + ‖r‖² − 2·q·r with exact integer norms (int64, given or computed) and exact dot products
-    (:func:`exact_dots`).
+    (:func:`exact_dots`; ``cand`` as there: uint8 or an exact float operand; norms are computed from it
+    when not given).
     """
     qn = sq_norms(q) if q_norms is None else q_norms
     cn = sq_norms(cand.reshape(-1, cand.shape[-1])).reshape(cand.shape[:2]) if cand_norms is None else cand_norms

@@ -90,17 +90,24 @@ def _merge(best_sq: torch.Tensor, best_idx: torch.Tensor, new_sq: torch.Tensor, 
 
 def _exact_candidates(q: PreparedQueries, r: PreparedBlock, cand: Candidates) -> torch.Tensor:
     """Exact int64 squared distances of the candidates (sentinel where approx is +inf)."""
-    bq, c = cand.local.shape
+    out = _rerank(q, r.rows, r.norms, cand.local.to(q.raw.device))
+    out[~torch.isfinite(cand.approx.to(out.device))] = _SENTINEL
+    return out
+
+
+def _rerank(q: PreparedQueries, rows: torch.Tensor, norms: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
+    """Exact int64 squared distances (Bq, c) of each query to its candidate rows ``sel`` (Bq, c) of
+    ``rows`` (n, D) (uint8 or an exact GEMM operand, see :func:`.compute.exact_dots`), gathered in chunks
+    of at most ``_RERANK_BYTES``."""
+    bq, c = sel.shape
     d = q.raw.shape[1]
     out = torch.empty((bq, c), dtype=torch.int64, device=q.raw.device)
-    rows = max(1, _RERANK_BYTES // max(1, c * d * 4))
-    local = cand.local.to(q.raw.device)
-    for lo in range(0, bq, rows):
-        hi = min(bq, lo + rows)
-        sel = local[lo:hi]
-        gathered = r.raw[sel.reshape(-1)].reshape(hi - lo, c, d)
-        out[lo:hi] = exact_sq_dists(q.raw[lo:hi], gathered, q.norms[lo:hi], r.norms[sel])
-    out[~torch.isfinite(cand.approx.to(out.device))] = _SENTINEL
+    step = max(1, _RERANK_BYTES // max(1, c * d * max(4, rows.element_size())))
+    for lo in range(0, bq, step):
+        hi = min(bq, lo + step)
+        s = sel[lo:hi]
+        gathered = rows[s.reshape(-1)].reshape(hi - lo, c, d)
+        out[lo:hi] = exact_sq_dists(q.raw[lo:hi], gathered, q.norms[lo:hi], norms[s])
     return out
 
 
@@ -168,7 +175,7 @@ def _search_block(backend, q: PreparedQueries, blocks: Iterator[PreparedBlock], 
 
 
 def _search_resident(backend, q: PreparedQueries, blocks: list[PreparedBlock], ref_raw: torch.Tensor,
-                     ref_norms: torch.Tensor, k: int, c: int, exclude_self: bool):
+                     ref_rows: torch.Tensor, ref_norms: torch.Tensor, k: int, c: int, exclude_self: bool):
     """Search a reference held whole on the device: candidates are merged by their *approximate*
     distance across all blocks and re-ranked exactly once at the end (one gather per query).
 
@@ -197,14 +204,7 @@ def _search_resident(backend, q: PreparedQueries, blocks: list[PreparedBlock], r
     if backend.spec.exact:
         exact = torch.where(torch.isfinite(approx), approx, torch.zeros_like(approx)).round().to(torch.int64)
     else:
-        exact = torch.empty((bq, c), dtype=torch.int64, device=dev)
-        d = q.raw.shape[1]
-        rows = max(1, _RERANK_BYTES // max(1, c * d * 4))
-        for lo in range(0, bq, rows):
-            hi = min(bq, lo + rows)
-            sel = idx[lo:hi]
-            gathered = ref_raw[sel.reshape(-1)].reshape(hi - lo, c, d)
-            exact[lo:hi] = exact_sq_dists(q.raw[lo:hi], gathered, q.norms[lo:hi], ref_norms[sel])
+        exact = _rerank(q, ref_rows, ref_norms, idx)
     exact[~torch.isfinite(approx)] = _SENTINEL
     empty = torch.empty((bq, 0), dtype=torch.int64, device=dev)
     best_sq, best_idx = _merge(empty, empty, exact, idx, k)
@@ -231,12 +231,16 @@ def _search_resident(backend, q: PreparedQueries, blocks: list[PreparedBlock], r
 class ResidentReference:
     """A reference set prepared once on the device (uint8 rows, exact norms, backend operands), to be
     reused by several searches (e.g. one per resumable chunk of queries). Make it with
-    :func:`prepare_reference`; pass it as ``reference`` with the same backend and device."""
+    :func:`prepare_reference`; pass it as ``reference`` with the same backend and device.
+
+    ``rows`` is the backend's operand of the whole set (the re-rank gathers from it); the blocks'
+    operands are slices of it, so it costs no extra memory."""
 
     backend: Any
     raw: torch.Tensor
     norms: torch.Tensor
     blocks: list[PreparedBlock]
+    rows: torch.Tensor
 
     @property
     def size(self) -> int:
@@ -250,9 +254,10 @@ def _make_backend(backend: str, device: str | torch.device, compute: str):
 
 def _prepare_resident(be, raw_cpu: torch.Tensor, rb: int) -> ResidentReference:
     raw = raw_cpu.to(be.device)
-    blocks = [be.prepare_block(off, raw[off:off + rb]) for off in range(0, raw.shape[0], rb)]
+    rows = be.operand(raw)
+    blocks = [be.prepare_block(off, raw[off:off + rb], rows[off:off + rb]) for off in range(0, raw.shape[0], rb)]
     norms = torch.cat([b.norms for b in blocks]) if blocks else torch.zeros(0, dtype=torch.int64, device=be.device)
-    return ResidentReference(be, raw, norms, blocks)
+    return ResidentReference(be, raw, norms, blocks, rows)
 
 
 def prepare_reference(
@@ -358,8 +363,8 @@ def iter_knn(
             )
         q = be.prepare_queries(q_off, q_raw)
         if resident is not None:
-            best_sq, best_idx, fallback = _search_resident(be, q, resident.blocks, resident.raw, resident.norms, k, c,
-                                                           exclude_self)
+            best_sq, best_idx, fallback = _search_resident(be, q, resident.blocks, resident.raw, resident.rows,
+                                                           resident.norms, k, c, exclude_self)
         else:
             best_sq, best_idx, fallback = _search_block(be, q, streamed_blocks(), k, c, exclude_self)
         if bool((best_sq == _SENTINEL).any()):

@@ -26,8 +26,10 @@ from diffaudit.distances.compute import ComputeSpec, cross, error_margin, sq_nor
 class PreparedBlock:
     """One reference block, ready for candidate search and exact re-ranking.
 
-    raw: uint8 (n, D) on the backend's device (for exact re-ranking); norms: int64 (n,) exact ‖r‖²;
-    offset: global index of row 0; handle: the backend's own form (GEMM operand or faiss index).
+    raw: uint8 (n, D) on the backend's device; norms: int64 (n,) exact ‖r‖²; offset: global index of
+    row 0; handle: the backend's own form (GEMM operand or faiss index); rows: (n, D) the rows the
+    exact re-rank gathers candidates from (:func:`.compute.exact_dots`): the GEMM operand where it
+    holds the integers exactly (bf16 or fp32 on the device, no conversion pass), else ``raw``.
     """
 
     offset: int
@@ -35,6 +37,11 @@ class PreparedBlock:
     norms: torch.Tensor
     max_norm: int
     handle: Any
+    rows: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.rows is None:
+            self.rows = self.raw
 
 
 @dataclass
@@ -67,11 +74,17 @@ class TorchGemmBackend:
         self.spec = spec
         self.device = spec.device
 
-    def prepare_block(self, offset: int, raw: torch.Tensor) -> PreparedBlock:
+    def operand(self, raw: torch.Tensor) -> torch.Tensor:
+        """The GEMM operand of uint8 rows (n, D): their values 0..255 in the compute dtype, on the device."""
+        return to_compute(raw, self.spec)
+
+    def prepare_block(self, offset: int, raw: torch.Tensor, operand: torch.Tensor | None = None) -> PreparedBlock:
+        """``operand``: :meth:`operand` of ``raw`` when already made (e.g. a slice of a whole reference's)."""
         raw = raw.to(self.device)
         norms = sq_norms(raw)
+        op = self.operand(raw) if operand is None else operand
         return PreparedBlock(offset, raw, norms, int(norms.max()) if len(norms) else 0,
-                             (to_compute(raw, self.spec), norms.to(self.spec.output_dtype)))
+                             (op, norms.to(self.spec.output_dtype)), rows=op)
 
     def prepare_queries(self, offset: int, raw: torch.Tensor) -> PreparedQueries:
         raw = raw.to(self.device)
@@ -106,7 +119,11 @@ class FaissFlatBackend:
         self.spec = ComputeSpec("float32", torch.device("cpu"))
         self.device = self.spec.device
 
-    def prepare_block(self, offset: int, raw: torch.Tensor) -> PreparedBlock:
+    def operand(self, raw: torch.Tensor) -> torch.Tensor:
+        """Rows for the exact re-rank: the uint8 rows themselves (faiss keeps its own copy)."""
+        return raw.cpu()
+
+    def prepare_block(self, offset: int, raw: torch.Tensor, operand: torch.Tensor | None = None) -> PreparedBlock:
         import faiss
 
         raw = raw.cpu()
