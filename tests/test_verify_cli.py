@@ -117,3 +117,30 @@ def test_shape_and_input_errors(files, tmp_path, capsys):
     assert run("verify", "--samples", files / "unc.npz", "--data", files / "train.npz", "--out", tmp_path / "c",
                "--train-map", files / "map.json") == 2
     assert "needs samples with prompts" in capsys.readouterr().err
+
+
+def test_data_cache_gives_the_same_result_without_reading_the_training_set_whole(files, tmp_path, monkeypatch):
+    """--data-cache decodes --data and --baseline into .npy parts; with the device cache budget at 0
+    the training set is streamed part by part (never read whole), and the answer is the in-memory one."""
+    import diffaudit.data.decoded as decoded
+    import diffaudit.distances.knn as knn
+    from diffaudit.data import ShardedImages
+
+    common = ("--samples", files / "unc.npz", "--data", files / "train.npz", "--baseline", files / "unseen.npz",
+              "--device", "cpu")
+    assert run("verify", *common, "--out", tmp_path / "mem") == 0
+    monkeypatch.setattr(knn, "default_cache_bytes", lambda device: 0)
+
+    def refuse(self, *a, **k):
+        raise AssertionError("the whole training set was read into memory")
+
+    monkeypatch.setattr(ShardedImages, "__array__", refuse)
+    cache = tmp_path / "cache"
+    assert run("verify", *common, "--data-cache", cache, "--out", tmp_path / "disk") == 0
+    mem, disk = (json.loads((tmp_path / d / "result.json").read_text()) for d in ("mem", "disk"))
+    for field in ("n_train", "unique_extracted", "n_extracting_samples", "extracted", "baseline_unique_extracted"):
+        assert disk[field] == mem[field], field
+    assert disk["unique_extracted"] == 2 and "data_cache" not in disk["settings"]
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 2  # --data and --baseline
+    monkeypatch.setattr(decoded, "iter_decoded", lambda *a, **k: pytest.fail("the cache was decoded again"))
+    assert run("verify", *common, "--data-cache", cache, "--out", tmp_path / "again") == 0

@@ -14,8 +14,10 @@ import sys
 from typing import Any
 
 
-def add_data_args(p: argparse.ArgumentParser, *, required: bool = False, default: str | None = "digits") -> None:
-    """``--data`` and the loader options (resize, crop, subset, mode, skip-bad, cifar root)."""
+def add_data_args(p: argparse.ArgumentParser, *, required: bool = False, default: str | None = "digits",
+                  cache: bool = False) -> None:
+    """``--data`` and the loader options (resize, crop, subset, mode, skip-bad, cifar root); with
+    ``cache``, also ``--data-cache`` (see :func:`load_data`)."""
     g = p.add_argument_group("dataset")
     g.add_argument("--data", required=required, default=None if required else default,
                    help="dataset: built-in name (digits, cifar10, cifar10-test), image folder, "
@@ -32,6 +34,23 @@ def add_data_args(p: argparse.ArgumentParser, *, required: bool = False, default
     g.add_argument("--cifar-root", default=None,
                    help="folder of the CIFAR-10 shards; None: $DIFFAUDIT_CIFAR10, else ../shared/data/cifar10 "
                         "found from the repository or the current directory")
+    if cache:
+        g.add_argument("--data-cache", default=None, metavar="DIR",
+                       help="decode the datasets once into uint8 .npy parts in DIR and read them memory-mapped from "
+                            "there, for training sets larger than memory (reused by later runs with the same dataset "
+                            "and options; an interrupted decode resumes; --fresh decodes again); None: decode into memory")
+
+
+def load_data(args: argparse.Namespace, spec: str, **options: Any):
+    """The dataset ``spec`` loaded with ``options``: into memory, or through ``--data-cache`` when the
+    command has it and it is set (then its images are a memory-mapped ShardedImages)."""
+    from diffaudit.data import load_dataset
+    from diffaudit.data.decoded import load_dataset_to_disk
+
+    cache = getattr(args, "data_cache", None)
+    if cache:
+        return load_dataset_to_disk(spec, cache, fresh=bool(getattr(args, "fresh", False)), **options)
+    return load_dataset(spec, **options)
 
 
 def data_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from diffaudit.attacks.extraction.verification import (
     decide,
     verify_decided,
 )
-from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit
+from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit, load_data
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import read_json, save_npz_atomic
@@ -27,7 +27,6 @@ from diffaudit.core.outdir import prepare_out_dir
 from diffaudit.core.progress import Timer, progress_bar, stage_line
 from diffaudit.core.results import write_result
 from diffaudit.core.seeds import derive_seed, numpy_rng
-from diffaudit.data import load_dataset
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.distances.frechet import fid_from_file
 from diffaudit.distances.knn_backends import KNN_BACKENDS
@@ -51,7 +50,7 @@ DESCRIPTION = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", required=True, help="generations: a sample store, image folder, WebDataset shards or .npz")
-    add_data_args(p, required=True)
+    add_data_args(p, required=True, cache=True)
     add_run_args(p)
     g = p.add_argument_group("verification")
     g.add_argument("--rule", choices=("auto",) + RULES, default="auto",
@@ -138,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
                               args.eidetic_delta, args.dup_delta).validate()
     device = resolve_device(args.device)
     opts = data_options(args)
-    train = load_dataset(args.data, **opts)
+    train = load_data(args, args.data, **opts)
     samples = read_samples(args.samples, lazy=True)
     n_samples_total = len(samples)
     medoids = None
@@ -182,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     fields["baseline_unique_extracted"] = None
     if args.baseline:
         base_opts = dict(opts, subset=None)
-        base = load_dataset(args.baseline, **base_opts)
+        base = load_data(args, args.baseline, **base_opts)
         if len(base) > len(train):
             pick = np.sort(numpy_rng(derive_seed(args.seed, "verify-baseline")).choice(len(base), len(train), replace=False))
             base = base.subset(pick)

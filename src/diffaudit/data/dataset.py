@@ -70,10 +70,11 @@ class ImageDataset:
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
     def subset(self, indices) -> "ImageDataset":
-        """The examples at ``indices`` (positions), in that order, keeping their keys."""
+        """The examples at ``indices`` (positions), in that order, keeping their keys (lazy images stay
+        lazy when the positions are non-decreasing, see :meth:`ShardedImages.take`)."""
         idx = np.asarray(indices, dtype=np.int64)
         return ImageDataset(
-            images=self.images[idx],
+            images=self.images.take(idx) if isinstance(self.images, ShardedImages) else self.images[idx],
             keys=[self.keys[i] for i in idx],
             labels=None if self.labels is None else self.labels[idx],
             captions=None if self.captions is None else [self.captions[i] for i in idx],

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -32,7 +33,7 @@ from diffaudit.core.errors import DiffauditError
 from diffaudit.core.progress import progress_bar
 from diffaudit.data.builtin import BUILTIN_NAMES, list_cifar10, list_digits
 from diffaudit.data.dataset import ImageDataset
-from diffaudit.data.entries import Listing, gc_paused
+from diffaudit.data.entries import Entry, Listing, gc_paused
 from diffaudit.data.folder import list_folder
 from diffaudit.data.images import BadImageError
 from diffaudit.data.npz import list_npz
@@ -106,23 +107,54 @@ def load_dataset(
             different sizes without ``image_size``, or an empty result.
     """
     if is_view(spec):
-        return _load_view(spec, image_size=image_size, center_crop=center_crop, subset=subset, subset_seed=subset_seed,
-                          mode=mode, skip_bad=skip_bad, cifar_root=cifar_root)
+        return load_view(spec, load_dataset, image_size=image_size, center_crop=center_crop, subset=subset,
+                         subset_seed=subset_seed, mode=mode, skip_bad=skip_bad, cifar_root=cifar_root)
+    image_size, center_crop = check_options(image_size, center_crop, mode)
+    listing, entries = list_selected(spec, subset=subset, subset_seed=subset_seed, skip_bad=skip_bad, cifar_root=cifar_root)
+    skipped = list(listing.skipped)
+    kept, pixels = [], []
+    for entry, img in iter_decoded(entries, listing.source, skipped, center_crop=center_crop, image_size=image_size,
+                                   skip_bad=skip_bad):
+        if pixels:
+            check_same_size(listing.source, kept[0].name, pixels[0].shape, entry.name, img.shape)
+        kept.append(entry)
+        pixels.append(img)
+    if not kept:
+        raise no_readable_images(listing.source, skipped)
+    channels = dataset_channels(mode, any(img.shape[2] == 3 for img in pixels))
+    h, w = pixels[0].shape[:2]
+    images = np.empty((len(pixels), h, w, channels), dtype=np.uint8)
+    for i, img in enumerate(pixels):
+        images[i] = to_channels(img, channels)
+    return assemble(listing, kept, images, skipped)
+
+
+def check_options(image_size, center_crop, mode) -> tuple[int | None, int | None]:
+    """Validated (image_size, center_crop); raises :class:`DiffauditError` for a bad ``mode``."""
     image_size = check_size_option("image_size", image_size)
     center_crop = check_size_option("center_crop", center_crop)
     if mode is not None and mode not in MODES:
         raise DiffauditError(f"mode must be one of {', '.join(MODES)} (or None); got {mode!r}")
+    return image_size, center_crop
+
+
+def list_selected(spec, *, subset, subset_seed, skip_bad, cifar_root) -> tuple[Listing, list[Entry]]:
+    """The source's listing and the entries a load decodes (the seeded subset, else all); raises
+    :class:`DiffauditError` for an empty source."""
     listing = list_source(spec, skip_bad=skip_bad, cifar_root=cifar_root)
-    source = listing.source
     entries = listing.entries
     if not entries:
         extra = f" ({len(listing.skipped)} skipped: {listing.skipped[0][0]}: {listing.skipped[0][1]})" if listing.skipped else ""
-        raise DiffauditError(f"{source}: the dataset is empty (no examples){extra}")
+        raise DiffauditError(f"{listing.source}: the dataset is empty (no examples){extra}")
     if subset is not None:
-        entries = [entries[i] for i in choose_subset(len(entries), subset, subset_seed, source)]
+        entries = [entries[i] for i in choose_subset(len(entries), subset, subset_seed, listing.source)]
+    return listing, entries
 
-    skipped = list(listing.skipped)
-    kept, pixels = [], []
+
+def iter_decoded(entries: list[Entry], source: str, skipped: list[tuple[str, str]], *, center_crop, image_size,
+                 skip_bad: bool) -> Iterator[tuple[Entry, np.ndarray]]:
+    """(entry, uint8 (H, W, C) after crop and resize) per readable entry, with a progress bar; a bad
+    entry raises, or with ``skip_bad`` is appended to ``skipped``."""
     with progress_bar(f"load {source}", len(entries), unit="img") as bar, gc_paused():
         for entry in entries:
             try:
@@ -137,47 +169,53 @@ def load_dataset(
                 continue
             finally:
                 bar.advance(1)
-            kept.append(entry)
-            pixels.append(img)
-    if not kept:
-        raise DiffauditError(f"{source}: no readable images ({len(skipped)} skipped, first: {skipped[0][0]}: {skipped[0][1]})")
+            yield entry, img
 
-    h, w = pixels[0].shape[:2]
-    for entry, img in zip(kept, pixels):
-        if img.shape[:2] != (h, w):
-            raise DiffauditError(
-                f"{source}: images differ in size: {kept[0].name} is {w}x{h} but {entry.name} is "
-                f"{img.shape[1]}x{img.shape[0]} (width x height); pass --image-size (image_size=) to resize "
-                "them all, with --center-crop (center_crop=) to keep their aspect ratio"
-            )
+
+def check_same_size(source: str, first_name: str, first_shape, name: str, shape) -> None:
+    """Raise the error that explains --image-size when an image's (H, W) differs from the first's."""
+    if tuple(shape[:2]) != tuple(first_shape[:2]):
+        raise DiffauditError(
+            f"{source}: images differ in size: {first_name} is {first_shape[1]}x{first_shape[0]} but {name} is "
+            f"{shape[1]}x{shape[0]} (width x height); pass --image-size (image_size=) to resize "
+            "them all, with --center-crop (center_crop=) to keep their aspect ratio"
+        )
+
+
+def no_readable_images(source: str, skipped: list[tuple[str, str]]) -> DiffauditError:
+    return DiffauditError(f"{source}: no readable images ({len(skipped)} skipped, first: {skipped[0][0]}: {skipped[0][1]})")
+
+
+def dataset_channels(mode: str | None, any_colour: bool) -> int:
+    """C of a loaded dataset: 1 for mode L, 3 for RGB; without a mode 3 when any image is colour."""
     if mode is not None:
-        channels = 1 if mode == "L" else 3
-    else:
-        channels = 3 if any(img.shape[2] == 3 for img in pixels) else 1
-    images = np.empty((len(pixels), h, w, channels), dtype=np.uint8)
-    for i, img in enumerate(pixels):
-        images[i] = to_channels(img, channels)
+        return 1 if mode == "L" else 3
+    return 3 if any_colour else 1
 
+
+def assemble(listing: Listing, kept: list[Entry], images, skipped: list[tuple[str, str]]) -> ImageDataset:
+    """The :class:`ImageDataset` of the decoded entries ``kept`` and their ``images``."""
     return ImageDataset(
         images=images,
         keys=[e.key for e in kept],
         labels=np.array([e.label for e in kept], dtype=np.int64) if listing.has_labels else None,
         captions=[e.caption for e in kept] if listing.has_captions else None,
-        source=source,
+        source=listing.source,
         skipped=skipped,
         class_names=listing.class_names,
     )
 
 
-def _load_view(path, *, subset, subset_seed, cifar_root, **given) -> ImageDataset:
-    """Load a view file: its dataset with its own options, restricted to its keys (in order)."""
+def load_view(path, load: Callable[..., ImageDataset], *, subset, subset_seed, cifar_root, **given) -> ImageDataset:
+    """Load a view file: its dataset, loaded by ``load(spec, **options)`` with the view's own options,
+    restricted to its keys (in order)."""
     spec, options, keys = read_view(path)
     overridden = [k for k, v in given.items() if v not in (None, False) and options.get(k) != v]
     if overridden:
         raise DiffauditError(f"{path}: a dataset view carries its own loader options; do not pass {', '.join(overridden)}")
     if cifar_root is not None:
         options = dict(options, cifar_root=cifar_root)
-    base = load_dataset(spec, **options)
+    base = load(spec, **options)
     index = base.index_of()
     missing = [k for k in keys if k not in index]
     if missing:

@@ -6,12 +6,14 @@ the rows asked for. Parts given as ``.npy`` paths are memory-mapped one at a tim
 the next is opened, so a command walking over 2^20 generations in blocks holds about one block and
 one mapped shard, never the whole set (mapped pages that stay mapped would count as resident).
 ``np.asarray`` on it reads everything (a copy); code that can stream walks :meth:`ShardedImages.parts`.
+:meth:`ShardedImages.take` selects rows in order without reading them (a dataset's subset stays lazy).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, Union
 
 import numpy as np
 
@@ -19,20 +21,42 @@ from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import load_npy
 
 
+@dataclass(frozen=True)
+class Rows:
+    """Some rows of a part: ``source`` (a uint8 array or an ``.npy`` path) at positions ``rows``."""
+
+    source: np.ndarray | str | Path
+    rows: np.ndarray
+
+
+Part = Union[np.ndarray, str, Path, Rows]
+
+
+def _open_part(part: Part, *, header_only: bool = False) -> np.ndarray:
+    """The part's array: memory-mapped for a path; a :class:`Rows` part is read (a copy) unless only
+    its shape is wanted (``header_only``: a zero-copy stand-in of the right shape)."""
+    if isinstance(part, Rows):
+        src = _open_part(part.source)
+        if header_only:
+            return np.broadcast_to(np.zeros((), np.uint8), (len(part.rows),) + src.shape[1:])
+        return np.asarray(src[part.rows])
+    return part if isinstance(part, np.ndarray) else load_npy(part, mmap=True)
+
+
 class ShardedImages:
     """uint8 images (N, H, W, C) stored as consecutive parts (n_i, H, W, C), N = Σ n_i.
 
     Args:
-        parts: uint8 arrays, or paths of ``.npy`` files holding them (read memory-mapped, one open at
-            a time), all of one image shape (H, W, C).
+        parts: uint8 arrays, paths of ``.npy`` files holding them (read memory-mapped, one open at a
+            time), or :class:`Rows` of either, all of one image shape (H, W, C).
         name: what the parts are, for error messages.
     """
 
-    def __init__(self, parts: Sequence[np.ndarray | str | Path], *, name: str = "images"):
+    def __init__(self, parts: Sequence[Part], *, name: str = "images"):
         self.name = name
         shapes, kept = [], []
         for p in parts:
-            a = p if isinstance(p, np.ndarray) else load_npy(p, mmap=True)  # header only: no pixel is read
+            a = _open_part(p, header_only=True)  # a path's header only: no pixel is read
             if a.dtype != np.uint8 or a.ndim != 4 or (shapes and a.shape[1:] != shapes[0][1:]):
                 raise DiffauditError(
                     f"{name}: every part must be uint8 (n, H, W, C) of one image shape; got {a.dtype} {a.shape}"
@@ -43,7 +67,7 @@ class ShardedImages:
                 kept.append(p)
         if not kept:
             raise DiffauditError(f"{name}: no images")
-        self._parts: list[np.ndarray | str | Path] = kept
+        self._parts: list[Part] = kept
         self._image_shape = tuple(int(x) for x in shapes[0][1:])
         self._starts = np.cumsum([0] + [n for n, *_ in shapes])
         self._open: tuple[int, np.ndarray] | None = None  # the one mapped file part
@@ -54,8 +78,45 @@ class ShardedImages:
             return part
         if self._open is None or self._open[0] != p:
             self._open = None  # drop the previous mapping first
-            self._open = (p, load_npy(part, mmap=True))
+            self._open = (p, _open_part(part))
         return self._open[1]
+
+    def take(self, indices: Any) -> "ShardedImages | np.ndarray":
+        """The rows at ``indices`` (1-D integers), in that order. Non-decreasing indices (a seeded
+        subset, a view in dataset order) give a lazy :class:`ShardedImages` whose parts are the
+        selected rows of these parts, read only when reached; other orders give a numpy copy."""
+        idx = self._positions(indices)
+        if len(idx) == 0 or np.any(np.diff(idx) < 0):
+            return self[idx]
+        which = np.searchsorted(self._starts, idx, side="right") - 1
+        cuts = np.flatnonzero(np.diff(which)) + 1
+        parts: list[Part] = []
+        for run in np.split(np.arange(len(idx)), cuts):
+            p = int(which[run[0]])
+            base, local = self._parts[p], idx[run] - self._starts[p]
+            n_part = int(self._starts[p + 1] - self._starts[p])
+            if len(local) == n_part and np.array_equal(local, np.arange(n_part)):
+                parts.append(base)  # the whole part, in order
+            elif isinstance(base, Rows):
+                parts.append(Rows(base.source, base.rows[local]))
+            else:
+                parts.append(Rows(base, local))
+        return ShardedImages(parts, name=self.name)
+
+    def _positions(self, key: Any) -> np.ndarray:
+        """int64 positions from an integer array or boolean mask, negatives wrapped, range-checked."""
+        n = len(self)
+        idx = np.asarray(key)
+        if idx.dtype == bool:
+            if idx.shape != (n,):
+                raise IndexError(f"a boolean mask of shape {idx.shape} for {n} images")
+            idx = np.flatnonzero(idx)
+        if idx.dtype.kind not in "iu" or idx.ndim != 1:
+            raise IndexError(f"index images by an integer, a slice or a 1-D integer array, not {idx.dtype} {idx.shape}")
+        idx = np.where(idx < 0, idx + n, idx).astype(np.int64)
+        if len(idx) and (idx.min() < 0 or idx.max() >= n):
+            raise IndexError(f"an index is out of range for {n} images")
+        return idx
 
     # -- the array protocol diffaudit uses ---------------------------------------------------------
     @property
@@ -100,16 +161,7 @@ class ShardedImages:
             if step != 1:
                 return self[np.arange(lo, hi, step)]
             return self._range(lo, hi)
-        idx = np.asarray(key)
-        if idx.dtype == bool:
-            if idx.shape != (n,):
-                raise IndexError(f"a boolean mask of shape {idx.shape} for {n} images")
-            idx = np.flatnonzero(idx)
-        if idx.dtype.kind not in "iu" or idx.ndim != 1:
-            raise IndexError(f"index images by an integer, a slice or a 1-D integer array, not {idx.dtype} {idx.shape}")
-        idx = np.where(idx < 0, idx + n, idx).astype(np.int64)
-        if len(idx) and (idx.min() < 0 or idx.max() >= n):
-            raise IndexError(f"an index is out of range for {n} images")
+        idx = self._positions(key)
         out = np.empty((len(idx),) + self.shape[1:], dtype=np.uint8)
         which = np.searchsorted(self._starts, idx, side="right") - 1
         for p in np.unique(which):

@@ -158,7 +158,7 @@ def count_unique(
         return []
     matched = np.unique(train_ids[hits])
     radius = max(settings.eidetic_delta, settings.dup_delta)
-    neigh = radius_neighbors(np.asarray(train_images)[matched], train_images, radius, device=device)
+    neigh = radius_neighbors(train_images[matched], train_images, radius, device=device)
     uf = _UnionFind()
     eidetic: dict[int, int] = {}
     for j, (idx, dist) in zip(matched.tolist(), neigh):
@@ -235,7 +235,7 @@ def verify_decided(
     """:func:`verify` from per-generation decisions already made by :func:`decide` (so a caller that
     searches in chunks keeps (Q,) arrays, never the (Q, n) neighbour lists): nearest ``train_ids``,
     ``l2``, ``ratio`` and ``extracted``, each (Q,)."""
-    train = np.asarray(train_images.images if hasattr(train_images, "images") else train_images)
+    train = train_images.images if hasattr(train_images, "images") else train_images  # never read whole
     if not len(sample_ids) == len(train_ids) == len(l2) == len(ratio) == len(extracted):
         raise DiffauditError(f"{len(sample_ids)} sample ids but {len(train_ids)} decisions")
     n = neighborhood_size(len(train), settings.n_neighbors)

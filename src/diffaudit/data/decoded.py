@@ -1,0 +1,176 @@
+"""``load_dataset_to_disk``: decode a dataset once into ``.npy`` parts and read it memory-mapped.
+
+For training sets larger than memory (verification against millions of images, paper §5.1), the
+decoded pixels go to uint8 ``.npy`` parts (N_i, H, W, C) of at most ``part_bytes`` in a cache folder,
+and the returned :class:`ImageDataset` holds a :class:`ShardedImages` over them: commands read the rows
+they need, and the nearest-neighbour search streams the parts. The result equals
+:func:`~diffaudit.data.loader.load_dataset` with the same options (same keys, labels, captions,
+pixels, channels, skipped entries).
+
+Layout of ``<cache>/<digest>/`` (digest: the spec, the loader options and the listed keys):
+
+- ``part-000000.npy`` + ``part-000000.json`` (keys, labels, captions, skipped entries, and how many
+  listed entries were consumed up to the end of this part): written atomically, the ``.json`` last;
+- ``done.json`` once every entry is decoded.
+
+An interrupted decode resumes after its last complete part; a finished one is reused by later calls
+with the same spec, options and listing (files changed in place keep their keys: pass ``fresh=True``
+to decode again). Without ``mode``, parts decoded before the first colour image are rewritten as RGB at
+the end, as the in-memory loader converts a mixed dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffaudit.core.errors import DiffauditError
+from diffaudit.core.io import load_npy, make_private_dir, read_json, save_npy_atomic, write_json_atomic
+from diffaudit.data.dataset import ImageDataset
+from diffaudit.data.loader import (
+    check_options,
+    check_same_size,
+    dataset_channels,
+    iter_decoded,
+    list_selected,
+    load_view,
+    no_readable_images,
+)
+from diffaudit.data.sharded import ShardedImages
+from diffaudit.data.transforms import to_channels
+from diffaudit.data.view import is_view
+
+#: Largest decoded part file (uint8 bytes).
+PART_BYTES = 256 << 20
+
+
+def _digest(spec: str, options: dict[str, Any], keys: list[str]) -> str:
+    h = hashlib.sha256(json.dumps({"spec": spec, "options": options}, sort_keys=True).encode())
+    for k in keys:
+        h.update(k.encode() + b"\0")
+    return h.hexdigest()[:20]
+
+
+def _part_name(i: int) -> str:
+    return f"part-{i:06d}"
+
+
+def _finished_parts(folder: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """The consecutive parts whose ``.npy`` and ``.json`` are both written, in order."""
+    out = []
+    while True:
+        name = _part_name(len(out))
+        npy, meta = folder / f"{name}.npy", folder / f"{name}.json"
+        if not (npy.is_file() and meta.is_file()):
+            return out
+        out.append((npy, read_json(meta)))
+
+
+def load_dataset_to_disk(
+    spec: str | os.PathLike,
+    cache: str | os.PathLike,
+    *,
+    image_size: int | None = None,
+    center_crop: int | None = None,
+    subset: int | None = None,
+    subset_seed: int = 0,
+    mode: str | None = None,
+    skip_bad: bool = False,
+    cifar_root: str | os.PathLike | None = None,
+    fresh: bool = False,
+    part_bytes: int = PART_BYTES,
+) -> ImageDataset:
+    """Like :func:`~diffaudit.data.loader.load_dataset`, with the pixels decoded into ``cache``.
+
+    Args:
+        spec, image_size, center_crop, subset, subset_seed, mode, skip_bad, cifar_root: as there.
+        cache: the cache folder (created owner-only); one subfolder per spec, options and listing.
+        fresh: decode again even when a finished or partial decode is there.
+        part_bytes: largest part, in bytes (at least one image per part).
+
+    Returns:
+        :class:`ImageDataset` whose ``images`` is a :class:`ShardedImages` over the parts.
+    """
+    if is_view(spec):
+        return load_view(spec, lambda s, **o: load_dataset_to_disk(s, cache, fresh=fresh, part_bytes=part_bytes, **o),
+                         image_size=image_size, center_crop=center_crop, subset=subset, subset_seed=subset_seed,
+                         mode=mode, skip_bad=skip_bad, cifar_root=cifar_root)
+    image_size, center_crop = check_options(image_size, center_crop, mode)
+    listing, entries = list_selected(spec, subset=subset, subset_seed=subset_seed, skip_bad=skip_bad, cifar_root=cifar_root)
+    options = {"image_size": image_size, "center_crop": center_crop, "subset": subset, "subset_seed": subset_seed,
+               "mode": mode, "skip_bad": skip_bad}
+    folder = Path(cache) / _digest(os.fspath(spec), options, [e.key for e in entries])
+    if fresh and folder.exists():
+        shutil.rmtree(folder)
+    make_private_dir(folder)
+
+    if not (folder / "done.json").is_file():
+        _decode(folder, listing, entries, mode=mode, skip_bad=skip_bad, center_crop=center_crop, image_size=image_size,
+                part_bytes=part_bytes)
+    done = read_json(folder / "done.json")
+    parts = _finished_parts(folder)
+    keys = [k for _, m in parts for k in m["keys"]]
+    return ImageDataset(
+        images=ShardedImages([p for p, _ in parts], name=listing.source),
+        keys=keys,
+        labels=np.array([x for _, m in parts for x in m["labels"]], dtype=np.int64) if listing.has_labels else None,
+        captions=[x for _, m in parts for x in m["captions"]] if listing.has_captions else None,
+        source=listing.source,
+        skipped=[tuple(x) for x in done["skipped"]],
+        class_names=listing.class_names,
+    )
+
+
+def _decode(folder: Path, listing, entries, *, mode, skip_bad, center_crop, image_size, part_bytes) -> None:
+    """Decode the entries not yet in a finished part, part by part; then make channels uniform and
+    write ``done.json``."""
+    parts = _finished_parts(folder)
+    consumed = parts[-1][1]["consumed"] if parts else 0
+    skipped = [tuple(x) for x in listing.skipped] + [tuple(x) for _, m in parts for x in m["skipped"]]
+    first = (parts[0][1]["first"], tuple(load_npy(parts[0][0], mmap=True).shape[1:])) if parts else None
+    colour = any(load_npy(p, mmap=True).shape[-1] == 3 for p, _ in parts)
+    position = {id(e): i for i, e in enumerate(entries)}
+    buf: list[tuple[Any, np.ndarray]] = []
+    part_skipped: list[tuple[str, str]] = []  # iter_decoded appends the entries it skips
+    rows = None
+
+    def flush(next_consumed: int) -> None:
+        nonlocal buf
+        images = np.stack([to_channels(img, dataset_channels(mode, colour)) for _, img in buf])
+        name = _part_name(len(parts))
+        save_npy_atomic(folder / f"{name}.npy", images)
+        meta = {"first": first[0], "keys": [e.key for e, _ in buf], "labels": [e.label for e, _ in buf],
+                "captions": [e.caption for e, _ in buf], "skipped": list(part_skipped), "consumed": next_consumed}
+        write_json_atomic(folder / f"{name}.json", meta)  # last: the part counts once its .json is there
+        parts.append((folder / f"{name}.npy", meta))
+        skipped.extend(part_skipped)
+        buf = []
+        part_skipped.clear()  # the same list iter_decoded appends to
+
+    for entry, img in iter_decoded(entries[consumed:], listing.source, part_skipped, center_crop=center_crop,
+                                   image_size=image_size, skip_bad=skip_bad):
+        if first is None:
+            first = (entry.name, img.shape)
+        check_same_size(listing.source, first[0], first[1], entry.name, img.shape)
+        colour = colour or img.shape[2] == 3
+        buf.append((entry, img))
+        rows = rows or max(1, part_bytes // (img.shape[0] * img.shape[1] * 3))
+        if len(buf) == rows:
+            flush(position[id(entry)] + 1)
+    if buf:
+        flush(len(entries))
+    skipped.extend(part_skipped)  # bad entries after the last image (redone on a resume)
+    if not parts:
+        raise no_readable_images(listing.source, skipped)
+    channels = dataset_channels(mode, colour)
+    for path, _ in parts:  # parts decoded before the first colour image
+        if load_npy(path, mmap=True).shape[-1] != channels:
+            save_npy_atomic(path, to_channels(load_npy(path), channels))
+    write_json_atomic(folder / "done.json", {"n": sum(len(m["keys"]) for _, m in parts), "skipped": skipped,
+                                            "channels": channels})

@@ -1,0 +1,111 @@
+"""load_dataset_to_disk: a dataset decoded once into .npy parts equals the in-memory load; reuse,
+resume after an interruption, mixed channels, skipped files, views, and lazy subsets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import diffaudit.data.decoded as decoded
+from diffaudit.core.errors import DiffauditError
+from diffaudit.data import ShardedImages, load_dataset
+from diffaudit.data.decoded import load_dataset_to_disk
+from diffaudit.data.view import save_view
+
+
+def assert_same(a, b):
+    assert isinstance(b.images, ShardedImages)
+    assert a.keys == b.keys and a.source == b.source and a.skipped == b.skipped and a.class_names == b.class_names
+    np.testing.assert_array_equal(a.images, np.asarray(b.images))
+    assert (a.labels is None) == (b.labels is None) and (a.labels is None or np.array_equal(a.labels, b.labels))
+    assert a.captions == b.captions
+
+
+def test_digits_in_parts_equal_memory_and_are_reused(tmp_path, monkeypatch):
+    want = load_dataset("digits", subset=700, subset_seed=3)
+    got = load_dataset_to_disk("digits", tmp_path, subset=700, subset_seed=3, part_bytes=192 * 100)
+    assert_same(want, got)
+    assert len(got.images._parts) == 7  # 100 images of 8x8 per part
+    monkeypatch.setattr(decoded, "iter_decoded", lambda *a, **k: pytest.fail("a finished decode is decoded again"))
+    assert_same(want, load_dataset_to_disk("digits", tmp_path, subset=700, subset_seed=3, part_bytes=192 * 100))
+    other = tmp_path / "other"
+    with pytest.raises(BaseException, match="decoded again"):  # other options: another folder, decoded anew
+        load_dataset_to_disk("digits", other, subset=700, subset_seed=4)
+
+
+def test_cifar_resized_equals_memory(cifar10_root, tmp_path):
+    opts = dict(subset=300, subset_seed=1, image_size=16, cifar_root=cifar10_root)
+    assert_same(load_dataset("cifar10", **opts), load_dataset_to_disk("cifar10", tmp_path, part_bytes=16 * 16 * 3 * 64, **opts))
+
+
+def test_interrupted_decode_resumes_after_its_last_part(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = decoded.save_npy_atomic
+
+    def dies_on_the_fourth(path, array):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(path, array)
+
+    monkeypatch.setattr(decoded, "save_npy_atomic", dies_on_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        load_dataset_to_disk("digits", tmp_path, part_bytes=192 * 300)
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    written = {p.name: p.stat().st_mtime_ns for p in folder.glob("part-*.npy")}
+    assert sorted(written) == ["part-000000.npy", "part-000001.npy", "part-000002.npy"]
+    assert not (folder / "done.json").exists()
+
+    seen = []
+    real_iter = decoded.iter_decoded
+    monkeypatch.setattr(decoded, "iter_decoded", lambda entries, *a, **k: (seen.append(len(entries)), real_iter(entries, *a, **k))[1])
+    got = load_dataset_to_disk("digits", tmp_path, part_bytes=192 * 300)
+    assert seen == [1797 - 900]  # only the entries after the three finished parts
+    assert_same(load_dataset("digits"), got)
+    assert {p: folder.joinpath(p).stat().st_mtime_ns for p in written} == written  # finished parts untouched
+
+
+def test_gray_parts_become_rgb_when_colour_follows_and_skips_are_recorded(write_images, tmp_path):
+    files = {f"{i:02d}.png": np.full((8, 8), 10 * i, dtype=np.uint8) for i in range(6)}
+    files["07.png"] = b"corrupt"
+    files["09.png"] = np.full((8, 8, 3), 99, dtype=np.uint8)
+    root = write_images(files)
+    with pytest.raises(DiffauditError, match="07.png"):
+        load_dataset_to_disk(root, tmp_path / "c")
+    want = load_dataset(root, skip_bad=True)
+    got = load_dataset_to_disk(root, tmp_path / "c", skip_bad=True, part_bytes=192 * 2)
+    assert got.images.shape == (7, 8, 8, 3) and len(got.skipped) == 1
+    assert_same(want, got)
+    assert_same(load_dataset(root, skip_bad=True, mode="L"), load_dataset_to_disk(root, tmp_path / "c", skip_bad=True, mode="L"))
+
+
+def test_view_and_fresh(tmp_path):
+    view = save_view(tmp_path / "members.view.json", "digits", {"subset": 50, "subset_seed": 2},
+                     load_dataset("digits", subset=50, subset_seed=2).keys[10:30])
+    assert_same(load_dataset(view), load_dataset_to_disk(view, tmp_path / "cache", part_bytes=192 * 8))
+    with pytest.raises(DiffauditError, match="image_size"):
+        load_dataset_to_disk(view, tmp_path / "cache", image_size=4)
+    (folder,) = (tmp_path / "cache").iterdir()
+    (folder / "stale").write_text("from before")
+    load_dataset_to_disk(view, tmp_path / "cache", part_bytes=192 * 8)
+    assert (folder / "stale").exists()
+    assert_same(load_dataset(view), load_dataset_to_disk(view, tmp_path / "cache", fresh=True, part_bytes=192 * 8))
+    assert not (folder / "stale").exists()  # fresh decodes into an emptied folder
+
+
+def test_subset_of_lazy_images_stays_lazy_in_order(tmp_path):
+    ds = load_dataset_to_disk("digits", tmp_path, part_bytes=192 * 100)
+    full = np.asarray(ds.images)
+    pick = np.array([3, 4, 99, 100, 101, 250, 1796])
+    sub = ds.subset(pick)
+    assert isinstance(sub.images, ShardedImages) and len(sub.images._parts) == 4
+    np.testing.assert_array_equal(np.asarray(sub.images), full[pick])
+    np.testing.assert_array_equal(sub.images[[6, 0, 2]], full[pick[[6, 0, 2]]])
+    assert sub.keys == [ds.keys[i] for i in pick]
+    nested = sub.subset([1, 2, 5])
+    np.testing.assert_array_equal(np.asarray(nested.images), full[pick[[1, 2, 5]]])
+    shuffled = ds.subset([5, 1, 9])
+    assert isinstance(shuffled.images, np.ndarray)
+    np.testing.assert_array_equal(shuffled.images, full[[5, 1, 9]])
+    whole_part = ds.subset(np.arange(100, 200))
+    assert whole_part.images._parts == [ds.images._parts[1]]  # a whole part is kept as the file
