@@ -184,3 +184,25 @@ def test_cuda_equals_cpu_when_present(data):
     for (i1, d1), (i2, d2) in zip(hits_cpu, hits_gpu):
         np.testing.assert_array_equal(i1, i2)
         np.testing.assert_array_equal(d1, d2)
+
+
+@pytest.mark.gpu
+def test_cuda_split_rerank_exact_on_large_bright_images():
+    """On CUDA the re-rank gathers bf16 operand rows: exact past one split chunk, resident or streamed."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA")
+    rng = np.random.default_rng(3)
+    d = 2 * SPLIT_CHUNK + 37
+    q = rng.integers(200, 256, (64, d), dtype=np.uint8)
+    cand = rng.integers(200, 256, (64, 9, d), dtype=np.uint8)
+    want = np.einsum("bcd,bd->bc", cand.astype(np.int64), q.astype(np.int64))
+    got = exact_dots(torch.from_numpy(q).cuda(), torch.from_numpy(cand).cuda().to(torch.bfloat16))
+    np.testing.assert_array_equal(got.cpu().numpy().astype(np.int64), want)
+    ref = rng.integers(150, 256, (300, 48, 48, 3), dtype=np.uint8)
+    qi = np.clip(ref[:80].astype(int) + rng.integers(-20, 21, (80, 48, 48, 3)), 0, 255).astype(np.uint8)
+    sq, idx = brute(qi, ref, 6)
+    for kw in ({}, {"ref_cache_bytes": 0, "ref_block": 128}):
+        res = knn_search(qi, ref, 6, device="cuda", **kw)
+        assert res.stats["compute"] == "bf16"
+        np.testing.assert_array_equal(res.sq, sq)
+        np.testing.assert_array_equal(res.indices, idx)
