@@ -60,3 +60,18 @@ def test_top_level_help_renders_with_the_defence_commands():
     text = build_parser().format_help()  # argparse %-formats every command's help
     for name in ("dedup", "prompts", "canaries", "compare"):
         assert f"    {name} " in text
+
+
+def test_top_level_help_is_read_without_importing_the_commands():
+    """`diffaudit --help` lists the same commands and help as the full parser, without importing
+    torch (the command modules' imports take seconds)."""
+    import subprocess
+    import sys
+
+    from diffaudit.cli.main import build_parser
+
+    assert build_parser(overview=True).format_help() == build_parser().format_help()
+    code = ("import sys; from diffaudit.cli.main import build_parser; build_parser(overview=True).format_help(); "
+            "print(sorted(m for m in ('torch', 'numpy', 'diffusers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -7,7 +7,9 @@ Each command lives in its own module ``diffaudit.cli.<name>`` exposing ``NAME``,
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import importlib.util
 import os
 import sys
 
@@ -45,9 +47,36 @@ def _available_commands(only: str | None = None):
             raise
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+def _summary(name: str) -> tuple[str, str] | None:
+    """(NAME, HELP) of a command module read from its source without importing it (its imports take
+    seconds); None when they are not plain string constants there."""
+    spec = importlib.util.find_spec(f"diffaudit.cli.{name.replace('-', '_')}")
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    found: dict[str, str] = {}
+    for node in ast.parse(open(spec.origin, encoding="utf-8").read()).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            if node.targets[0].id in ("NAME", "HELP") and isinstance(node.value, ast.Constant):
+                found[node.targets[0].id] = node.value.value
+    return (found["NAME"], found["HELP"]) if {"NAME", "HELP"} <= found.keys() else None
+
+
+def _overview_parser(parser: argparse.ArgumentParser) -> bool:
+    """Add every command by name and one-line help only (for ``diffaudit`` / ``diffaudit --help``);
+    False when a module's summary cannot be read without importing it."""
+    summaries = [_summary(name) for name in COMMANDS]
+    if any(x is None for x in summaries):
+        return False
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_ in summaries:
+        sub.add_parser(name, help=help_)
+    return True
+
+
+def build_parser(only: str | None = None, *, overview: bool = False) -> argparse.ArgumentParser:
     """The CLI parser; with ``only``, just that command's sub-parser (command modules import torch and
-    friends, so building every sub-parser costs seconds that a single command does not need)."""
+    friends, so building every sub-parser costs seconds that a single command does not need); with
+    ``overview`` and no command, the commands' names and one-line help only, read without importing."""
     parser = argparse.ArgumentParser(
         prog="diffaudit",
         description="Audit image diffusion models for memorized training data: does the model emit "
@@ -56,6 +85,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"diffaudit {__version__}")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or stage lines")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    if overview and only is None and _overview_parser(parser):
+        return parser
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod in _available_commands(only):
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
@@ -71,7 +102,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in raw if not a.startswith("-")), None)  # top-level options are flags only
-    parser = build_parser(only=command if command in COMMANDS else None)
+    parser = build_parser(only=command if command in COMMANDS else None, overview=command not in COMMANDS)
     missing = next((_UNAVAILABLE[a] for a in raw if a in _UNAVAILABLE), None)
     if missing:
         print(f"diffaudit: error: {missing}", file=sys.stderr)
