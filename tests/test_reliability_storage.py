@@ -259,3 +259,28 @@ def test_extract_every_failing_write_then_resume(sample_reference, tmp_path, mon
         for chunk in (ref / "knn").iterdir():
             with np.load(chunk) as za, np.load(out / "knn" / chunk.name) as zb:
                 assert all(np.array_equal(za[k], zb[k]) for k in za.files)
+
+
+def test_temp_file_of_a_writer_killed_mid_write_is_removed_on_resume(tmp_path):
+    """SIGKILL inside an atomic write leaves `.<name>.<host>-<pid>.<rand>.tmp`; resuming the folder
+    deletes it, but keeps the temporary files of writers still running and of other hosts."""
+    import signal
+    import subprocess
+
+    from diffaudit.core.outdir import prepare_out_dir
+
+    out, _ = prepare_out_dir(tmp_path / "out", "extract", {"a": 1})
+    code = ("import os, signal, sys; from diffaudit.core.io import atomic_write; "
+            "atomic_write(sys.argv[1], lambda f: (f.write(b'half'), f.flush(), os.kill(os.getpid(), signal.SIGKILL)))")
+    proc = subprocess.run([sys.executable, "-c", code, str(out / "part" / "x.npy")])
+    assert proc.returncode == -signal.SIGKILL
+    (stale,) = (out / "part").glob(".x.npy.*.tmp")
+    dead_pid = int(stale.name.split("-")[-1].split(".")[0])
+    live = out / "part" / f".y.npy.{dio._HOST}-{os.getpid()}.abcd1234.tmp"
+    remote = out / f".z.json.otherhost_{dio._HOST}-{dead_pid}.abcd1234.tmp"
+    for f in (live, remote):
+        f.write_bytes(b"in flight")
+    assert not (out / "part" / "x.npy").exists()
+    _, resumed = prepare_out_dir(tmp_path / "out", "extract", {"a": 1})
+    assert resumed and not stale.exists()
+    assert live.exists() and remote.exists()

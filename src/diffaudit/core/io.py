@@ -3,6 +3,10 @@
 A file is written to a temporary name in the same folder, flushed, fsynced and renamed over its
 final name, so a reader never sees a partial file: either the old content, the new one, or none.
 Storage errors (disk full, read-only) surface as :class:`DiffauditError` naming the path.
+
+A temporary file is named ``.<name>.<host>-<pid>.<random>.tmp``; a process killed mid-write leaves
+it behind, and :func:`remove_stale_temps` (called when a command resumes a folder) deletes those
+whose writer, on this host, is no longer running.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import socket
 import tempfile
 import zipfile
 from pathlib import Path
@@ -35,7 +41,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
     try:
         check_storage(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -48,6 +54,36 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+_TEMP = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> int:
+    """Delete the temporary files of :func:`atomic_write` under ``folder`` (recursively) whose writer
+    ran on this host and has exited (killed mid-write); returns how many. Files of running writers
+    (e.g. other workers filling the same store) and of other hosts are kept."""
+    removed = 0
+    for tmp in Path(folder).rglob(".*.tmp"):
+        m = _TEMP.match(tmp.name)
+        if m and m["host"] == _HOST and not _running(int(m["pid"])):
+            try:
+                tmp.unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:

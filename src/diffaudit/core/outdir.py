@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from diffaudit.core.errors import SettingsMismatchError
-from diffaudit.core.io import make_private_dir, read_json, write_json_atomic
+from diffaudit.core.io import make_private_dir, read_json, remove_stale_temps, write_json_atomic
 
 SETTINGS_FILE = "settings.json"
 
@@ -60,6 +60,7 @@ def prepare_out_dir(out: str | os.PathLike, command: str, settings: dict[str, An
                 f"{path} holds work made with other settings: {'; '.join(diffs[:5])}. "
                 "Use the same settings to resume, another --out, or --fresh to start over."
             )
+        remove_stale_temps(path)  # partial files of a run killed mid-write
         return path, True
     write_json_atomic(sfile, record)
     return path, False

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from diffaudit.core.errors import DiffauditError
-from diffaudit.core.io import load_npy, make_private_dir, read_json, save_npy_atomic, write_json_atomic
+from diffaudit.core.io import load_npy, make_private_dir, read_json, remove_stale_temps, save_npy_atomic, write_json_atomic
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.data.loader import (
     check_options,
@@ -111,6 +111,7 @@ def load_dataset_to_disk(
     make_private_dir(folder)
 
     if not (folder / "done.json").is_file():
+        remove_stale_temps(folder)  # a part being written when the last decode was killed
         _decode(folder, listing, entries, mode=mode, skip_bad=skip_bad, center_crop=center_crop, image_size=image_size,
                 part_bytes=part_bytes)
     done = read_json(folder / "done.json")
