@@ -83,8 +83,7 @@ def test_view_and_fresh(tmp_path):
     view = save_view(tmp_path / "members.view.json", "digits", {"subset": 50, "subset_seed": 2},
                      load_dataset("digits", subset=50, subset_seed=2).keys[10:30])
     assert_same(load_dataset(view), load_dataset_to_disk(view, tmp_path / "cache", part_bytes=192 * 8))
-    with pytest.raises(DiffauditError, match="image_size"):
-        load_dataset_to_disk(view, tmp_path / "cache", image_size=4)
+    assert_same(load_dataset(view, image_size=4), load_dataset_to_disk(view, tmp_path / "small", image_size=4))
     (folder,) = (tmp_path / "cache").iterdir()
     (folder / "stale").write_text("from before")
     load_dataset_to_disk(view, tmp_path / "cache", part_bytes=192 * 8)

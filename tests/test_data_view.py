@@ -22,8 +22,13 @@ def test_view_keeps_its_loader_options(tmp_path):
     path = save_view(tmp_path / "v.view.json", "digits", {"subset": 20, "subset_seed": 3, "image_size": 16}, base.keys[:4])
     ds = load_dataset(str(path))
     assert ds.image_shape == (16, 16, 1) and np.array_equal(ds.images, base.images[:4])
-    with pytest.raises(DiffauditError, match="its own loader options"):
-        load_dataset(str(path), image_size=32)
+    # per-image options replace the view's (same examples, other pixels); selection options may not differ
+    big = load_dataset(str(path), image_size=32, mode="RGB")
+    assert big.keys == ds.keys and big.image_shape == (32, 32, 3)
+    np.testing.assert_array_equal(big.images, load_dataset("digits", subset=20, subset_seed=3, image_size=32,
+                                                           mode="RGB").images[:4])
+    with pytest.raises(DiffauditError, match="its own loader options; do not pass skip_bad"):
+        load_dataset(str(path), skip_bad=True)
 
 
 def test_view_errors(tmp_path):

@@ -22,7 +22,7 @@ def add_data_args(p: argparse.ArgumentParser, *, required: bool = False, default
     g.add_argument("--data", required=required, default=None if required else default,
                    help="dataset: built-in name (digits, cifar10, cifar10-test), image folder, "
                         "WebDataset shards (.tar or a brace pattern like x-{000000..000004}.tar), .npz with uint8 "
-                        "`images`, or a sample store" + ("" if required else " (default: %(default)s)"))
+                        "`images` (generations in a sample store are --samples)" + ("" if required else " (default: %(default)s)"))
     g.add_argument("--image-size", type=int, default=None, help="resize to this square size in pixels (bilinear); None: keep the size")
     g.add_argument("--center-crop", type=int, default=None, help="centre-crop to this square size first; None: no crop")
     g.add_argument("--subset", type=int, default=None, help="use a seeded random subset of N examples, in dataset order; None: all")

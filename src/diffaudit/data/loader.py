@@ -43,6 +43,8 @@ from diffaudit.data.transforms import apply_geometry, check_size_option, to_chan
 from diffaudit.data.view import is_view, read_view
 
 MODES = ("L", "RGB")
+#: Loader options that only transform each image (a view's keys stay valid under any of them).
+PER_IMAGE_OPTIONS = ("image_size", "center_crop", "mode")
 
 
 def list_source(spec: str | os.PathLike, *, skip_bad: bool = False, cifar_root: str | os.PathLike | None = None) -> Listing:
@@ -208,11 +210,15 @@ def assemble(listing: Listing, kept: list[Entry], images, skipped: list[tuple[st
 
 def load_view(path, load: Callable[..., ImageDataset], *, subset, subset_seed, cifar_root, **given) -> ImageDataset:
     """Load a view file: its dataset, loaded by ``load(spec, **options)`` with the view's own options,
-    restricted to its keys (in order)."""
+    restricted to its keys (in order). Per-image options given here (``image_size``, ``center_crop``,
+    ``mode``) replace the view's, since they change pixels, not which examples the keys name; any other
+    option that differs from the view's is an error."""
     spec, options, keys = read_view(path)
-    overridden = [k for k, v in given.items() if v not in (None, False) and options.get(k) != v]
+    per_image = {k: v for k, v in given.items() if k in PER_IMAGE_OPTIONS and v is not None}
+    overridden = [k for k, v in given.items() if k not in per_image and v not in (None, False) and options.get(k) != v]
     if overridden:
         raise DiffauditError(f"{path}: a dataset view carries its own loader options; do not pass {', '.join(overridden)}")
+    options = dict(options, **per_image)
     if cifar_root is not None:
         options = dict(options, cifar_root=cifar_root)
     base = load(spec, **options)

@@ -4,7 +4,9 @@ A view file (``NAME.view.json``) holds ``{"view": 1, "spec": ..., "options": {..
 the underlying dataset spec with its loader options and the keys to keep, in that order. The audit
 writes one for the target's training set (members) and one for the images it never saw
 (non-members), so ``verify --data members.view.json --baseline nonmembers.view.json`` compares
-against exactly those images while every result keeps the original stable keys.
+against exactly those images while every result keeps the original stable keys. Loading a view with
+``image_size``, ``center_crop`` or ``mode`` replaces the view's own (same examples, other pixels);
+other loader options must match the view's.
 """
 
 from __future__ import annotations
