@@ -107,6 +107,29 @@ def test_unconditional_black_box_finds_each_memorized_image(world):
     assert none.groups == []
 
 
+def test_unconditional_from_edges_of_chunks_equals_from_the_whole_search(world):
+    """The CLI keeps only the edges within the threshold, chunk by chunk: same graph, same cliques."""
+    from diffaudit.attacks.extraction.blackbox import NeighbourEdges
+    from diffaudit.distances.knn import iter_knn, knn_search
+
+    train, test = world["train"], world["test"]
+    samples = np.concatenate([noisy_copies(train[5], 15, 2), test[:100], noisy_copies(train[42], 12, 3)])
+    ids = [f"s{i}" for i in range(len(samples))]
+    knn = knn_search(samples, samples, 16, exclude_self=True, device="cpu")
+    whole = NeighbourEdges.from_knn(knn, 0.1)
+    chunked = NeighbourEdges.from_chunks(len(samples), iter_knn(samples, samples, 16, exclude_self=True, device="cpu",
+                                                                query_block=20), 0.1)
+    assert len(whole.rows) == len(chunked.rows) > 0 and whole.saturated == chunked.saturated
+    assert set(zip(whole.rows.tolist(), whole.cols.tolist())) == set(zip(chunked.rows.tolist(), chunked.cols.tolist()))
+    assert all(knn.distances[r, list(knn.indices[r]).index(c)] <= 0.1 for r, c in zip(chunked.rows, chunked.cols))
+    a = extract_unconditional(samples, ids, k_neighbors=16, knn=knn)
+    b = extract_unconditional(samples, ids, k_neighbors=16, knn=chunked)
+    assert [g.to_dict() for g in a.groups] == [g.to_dict() for g in b.groups] and len(b.groups) == 2
+    assert (a.n_candidate_edges, a.n_saturated) == (b.n_candidate_edges, b.n_saturated)
+    with pytest.raises(DiffauditError, match="covers"):
+        extract_unconditional(samples[:50], ids[:50], k_neighbors=16, knn=chunked)
+
+
 def test_unconditional_saturation_and_truncation_reported(world):
     samples = noisy_copies(world["train"][8], 30, 4)
     res = extract_unconditional(samples, [f"s{i}" for i in range(30)], k_neighbors=5, max_component=20)

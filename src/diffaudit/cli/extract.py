@@ -6,12 +6,17 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from diffaudit.attacks.extraction.blackbox import DEFAULT_K_NEIGHBORS, DEFAULT_MAX_COMPONENT, extract_unconditional
+from diffaudit.attacks.extraction.blackbox import (
+    DEFAULT_K_NEIGHBORS,
+    DEFAULT_MAX_COMPONENT,
+    NeighbourEdges,
+    extract_unconditional,
+)
 from diffaudit.attacks.extraction.calibration import calibrate, parse_float_list, parse_int_list
 from diffaudit.attacks.extraction.cliques import DEFAULT_MAX_EXPANSIONS
 from diffaudit.attacks.extraction.filter import FilterSettings, PromptResult, filter_prompt, group_by_prompt, rank_prompts
 from diffaudit.attacks.extraction.graph import DEFAULT_EDGE_THRESHOLD, DEFAULT_MIN_CLIQUE, check_threshold, near_duplicate_graph
-from diffaudit.attacks.extraction.knn_cache import cached_knn
+from diffaudit.attacks.extraction.knn_cache import iter_cached_knn
 from diffaudit.cli.common import add_run_args, emit
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
@@ -152,12 +157,14 @@ def _unconditional(args, ds, fs: FilterSettings, out: Path, device) -> dict[str,
         raise DiffauditError(f"{args.samples}: {n} sample(s); the unconditional mode needs at least 2")
     k = min(args.k_neighbors, n - 1)
     with Timer() as t, progress_bar("extract: nearest generations", n, unit="img") as bar:
-        knn = cached_knn(ds.images, ds.images, k, out / "knn", exclude_self=True, backend=args.backend, device=device,
-                         fault_name="extract-knn", progress=bar.advance)
+        # only the pairs within the edge threshold are kept, chunk by chunk (never the (N, k) lists)
+        chunks = iter_cached_knn(ds.images, ds.images, k, out / "knn", exclude_self=True, backend=args.backend,
+                                 device=device, fault_name="extract-knn", progress=bar.advance)
+        edges = NeighbourEdges.from_chunks(n, chunks, fs.edge_threshold)
     stage_line(f"extract: exact {k}-NN among {n} generations ({t.seconds:.1f} s)")
     with Timer() as t, progress_bar("extract: cliques per component", None, unit="comp") as bar:
         res = extract_unconditional(ds.images, ds.keys, settings=fs, k_neighbors=k, max_component=args.max_component,
-                                    knn=knn, device=device, progress=bar.advance)
+                                    knn=edges, device=device, progress=bar.advance)
     stage_line(f"extract: {len(res.groups)} cliques of >= {fs.min_clique} in {res.n_components} components ({t.seconds:.1f} s)")
     return {
         "mode": "unconditional", "n_samples": n, "n_groups": len(res.groups), "bound_hit": res.bound_hit,

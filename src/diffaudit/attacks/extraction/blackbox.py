@@ -14,12 +14,15 @@ Limits, reported in the result: a generation whose k-th neighbour is still withi
 *saturated* (it may have more near-duplicates than k; raise ``k_neighbors``); a component above
 ``max_component`` generations is cut to the ``max_component`` members with the most kNN edges
 (``truncated``).
+
+Memory: only the edges within the threshold are kept (:class:`NeighbourEdges`, built chunk by chunk
+from a resumable search), never the (N, k) neighbour lists, so 2^20 generations cost O(edges).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 from scipy.sparse import coo_matrix
@@ -80,22 +83,50 @@ class UnconditionalResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def candidate_components(knn: KnnResult, threshold: float, min_size: int) -> tuple[list[np.ndarray], int, int]:
-    """Components (index arrays, ≥ ``min_size``, ordered by smallest member) of the graph joining each
-    query to its kNN within ``threshold``; also the number of such edges and of saturated rows."""
-    n, k = knn.indices.shape
-    within = knn.distances <= threshold
-    rows = np.repeat(np.arange(n), k)[within.ravel()]
-    cols = knn.indices.ravel()[within.ravel()]
-    saturated = int(within[:, -1].sum()) if k else 0
-    g = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n, n))
+@dataclass
+class NeighbourEdges:
+    """The near-duplicate candidates of a kNN self-search: every (query, neighbour) pair with ℓ2 ≤ the
+    edge threshold.
+
+    Attributes:
+        n: generations; rows, cols: int64 (E,) query and neighbour positions; saturated: queries whose
+        k-th neighbour is within the threshold; fallback_rows: the search's certificate fallbacks.
+    """
+
+    n: int
+    rows: np.ndarray
+    cols: np.ndarray
+    saturated: int
+    fallback_rows: int = 0
+
+    @classmethod
+    def from_chunks(cls, n: int, chunks: Iterable[tuple[int, KnnResult]], threshold: float) -> "NeighbourEdges":
+        """Edges from ``(query offset, KnnResult)`` chunks (e.g. ``iter_cached_knn``), one chunk in memory."""
+        rows, cols, saturated, fallback = [], [], 0, 0
+        for off, knn in chunks:
+            within = knn.distances <= threshold
+            r, c = np.nonzero(within)
+            rows.append(r.astype(np.int64) + off)
+            cols.append(knn.indices[r, c].astype(np.int64))
+            saturated += int(within[:, -1].sum()) if within.shape[1] else 0
+            fallback += knn.fallback_rows
+        cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int64))
+        return cls(n, cat(rows), cat(cols), saturated, fallback)
+
+    @classmethod
+    def from_knn(cls, knn: KnnResult, threshold: float) -> "NeighbourEdges":
+        return cls.from_chunks(len(knn.indices), [(0, knn)], threshold)
+
+
+def candidate_components(edges: NeighbourEdges, min_size: int) -> list[np.ndarray]:
+    """Components (index arrays, ≥ ``min_size``, ordered by smallest member) of the graph of ``edges``."""
+    n = edges.n
+    g = coo_matrix((np.ones(len(edges.rows), dtype=np.int8), (edges.rows, edges.cols)), shape=(n, n))
     _, labels = connected_components(g, directed=True, connection="weak")
-    comps = []
     sizes = np.bincount(labels, minlength=labels.max(initial=0) + 1)
-    for lab in np.flatnonzero(sizes >= min_size):
-        comps.append(np.flatnonzero(labels == lab))
+    comps = [np.flatnonzero(labels == lab) for lab in np.flatnonzero(sizes >= min_size)]
     comps.sort(key=lambda c: int(c[0]))
-    return comps, int(len(rows)), saturated
+    return comps
 
 
 def extract_unconditional(
@@ -105,7 +136,7 @@ def extract_unconditional(
     settings: FilterSettings | None = None,
     k_neighbors: int = DEFAULT_K_NEIGHBORS,
     max_component: int = DEFAULT_MAX_COMPONENT,
-    knn: KnnResult | None = None,
+    knn: KnnResult | NeighbourEdges | None = None,
     backend: str = "torch",
     device: Any = "auto",
     compute: str = "auto",
@@ -114,7 +145,8 @@ def extract_unconditional(
     """Find cliques of near-identical generations among unconditional samples (module docstring).
 
     images: uint8 (N, H, W, C); ids: N sample ids. ``knn``: a precomputed self-search with
-    ``exclude_self`` (e.g. from :func:`~diffaudit.attacks.extraction.knn_cache.cached_knn`).
+    ``exclude_self`` (e.g. from :func:`~diffaudit.attacks.extraction.knn_cache.cached_knn`), or its
+    :class:`NeighbourEdges` at ``settings.edge_threshold`` (:meth:`NeighbourEdges.from_chunks`).
     ``progress`` is called once per analysed component.
     """
     s = (settings or FilterSettings()).validate()
@@ -130,8 +162,11 @@ def extract_unconditional(
     k = min(k_neighbors, n - 1)
     if knn is None:
         knn = knn_search(images, images, k, exclude_self=True, backend=backend, device=device, compute=compute)
-    comps, n_edges, saturated = candidate_components(knn, s.edge_threshold, s.min_clique)
-    indeg = np.bincount(knn.indices[knn.distances <= s.edge_threshold].ravel(), minlength=n)
+    edges = knn if isinstance(knn, NeighbourEdges) else NeighbourEdges.from_knn(knn, s.edge_threshold)
+    if edges.n != n:
+        raise DiffauditError(f"the neighbour graph covers {edges.n} generations, not {n}")
+    comps = candidate_components(edges, s.min_clique)
+    indeg = np.bincount(edges.cols, minlength=n)
     groups: list[CliqueGroup] = []
     bound_hit = False
     graph_device = resolve_device(device) if device is None or isinstance(device, str) else device
@@ -162,5 +197,5 @@ def extract_unconditional(
     groups.sort(key=lambda c: (c.mean_distance, -c.size, c.member_indices[0]))
     for i, c in enumerate(groups, 1):
         c.group = i
-    return UnconditionalResult(groups, n, n_edges, len(comps), saturated, bound_hit,
-                               {"k_neighbors": k, "knn_fallback_rows": knn.fallback_rows})
+    return UnconditionalResult(groups, n, int(len(edges.rows)), len(comps), edges.saturated, bound_hit,
+                               {"k_neighbors": k, "knn_fallback_rows": edges.fallback_rows})
