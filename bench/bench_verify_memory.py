@@ -2,6 +2,10 @@
 memory-mapped, chunk by chunk) beside the same generations in an .npz (decoded into memory).
 
     python bench/bench_verify_memory.py --sizes 16384,131072 --train 500
+    python bench/bench_verify_memory.py --sizes 4096 --data-cache-train 50000
+
+The second form compares the training set decoded into memory (`--data cifar10 --subset N`) with the
+same set decoded once into `--data-cache` parts and read memory-mapped (a second run reuses them).
 
 Generations are noisy copies of real CIFAR-10 images written as a finished sample store and as an
 .npz; each `verify` runs in its own process, whose peak RSS (ru_maxrss) is reported. Bounded memory
@@ -55,9 +59,9 @@ def _write_inputs(root: Path, n: int, base: np.ndarray, seed: int) -> tuple[Path
     return store.path, npz
 
 
-def _verify(samples: Path, train: Path, out: Path, threads: int) -> dict:
+def _verify(samples: Path, train: Path | str, out: Path, threads: int, extra: tuple[str, ...] = ()) -> dict:
     cmd = [sys.executable, "-c", CHILD, "--quiet", "verify", "--samples", str(samples), "--data", str(train),
-           "--out", str(out), "--device", "cpu"]
+           "--out", str(out), "--device", "cpu", *extra]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     seconds = time.perf_counter() - t0
@@ -73,8 +77,14 @@ def main() -> None:
     p.add_argument("--sizes", default="16384,131072", help="numbers of generations, comma-separated")
     p.add_argument("--train", type=int, default=500, help="training images (real CIFAR-10)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--data-cache-train", type=int, default=None, metavar="N",
+                   help="instead: N CIFAR-10 training images decoded into memory vs through --data-cache")
     a = p.parse_args()
     from diffaudit.data import load_dataset
+
+    if a.data_cache_train:
+        emit(_cache_rows(a))
+        return
 
     train = load_dataset("cifar10", subset=a.train).images
     rows = []
@@ -92,6 +102,28 @@ def main() -> None:
     emit({"benchmark": "verify_memory", "train_images": a.train, "threads": a.threads, "rows": rows,
           "note": "peak RSS of the whole `diffaudit verify` process; store: memory-mapped, read one chunk of "
                   "16,384 queries at a time; npz: decoded into memory first"})
+
+
+def _cache_rows(a) -> dict:
+    """verify against `cifar10 --subset N`: decoded into memory, then through --data-cache (twice)."""
+    from diffaudit.data import load_dataset
+
+    base = load_dataset("cifar10", subset=min(a.data_cache_train, 2000)).images
+    n = int(a.sizes.split(",")[0])
+    spec = ("--subset", str(a.data_cache_train))
+    with tempfile.TemporaryDirectory(prefix="bench-verify-") as tmp:
+        root = Path(tmp)
+        store, npz = _write_inputs(root, n, base, seed=n)
+        npz.unlink()
+        row = {"generations": n, "train_images": a.data_cache_train,
+               "memory": _verify(store, "cifar10", root / "v-mem", a.threads, spec),
+               "data_cache_first": _verify(store, "cifar10", root / "v-c1", a.threads,
+                                           (*spec, "--data-cache", str(root / "cache"))),
+               "data_cache_reused": _verify(store, "cifar10", root / "v-c2", a.threads,
+                                            (*spec, "--data-cache", str(root / "cache")))}
+    return {"benchmark": "verify_memory_data_cache", "threads": a.threads, "row": row,
+            "note": "peak RSS of the whole `diffaudit verify` process; memory: --data decoded into memory; "
+                    "data_cache: decoded into .npy parts (first run) or reusing them (second run)"}
 
 
 if __name__ == "__main__":
