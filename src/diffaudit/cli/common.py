@@ -44,7 +44,7 @@ def add_data_args(p: argparse.ArgumentParser, *, required: bool = False, default
 def load_data(args: argparse.Namespace, spec: str, **options: Any):
     """The dataset ``spec`` loaded with ``options``: into memory, or through ``--data-cache`` when the
     command has it and it is set (then its images are a memory-mapped ShardedImages)."""
-    from diffaudit.data import load_dataset
+    from diffaudit.data import load_dataset  # here, not at the top: `diffaudit --help` stays free of numpy/torch
     from diffaudit.data.decoded import load_dataset_to_disk
 
     cache = getattr(args, "data_cache", None)

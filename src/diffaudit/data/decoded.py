@@ -136,7 +136,6 @@ def _decode(folder: Path, listing, entries, *, mode, skip_bad, center_crop, imag
     skipped = [tuple(x) for x in listing.skipped] + [tuple(x) for _, m in parts for x in m["skipped"]]
     first = (parts[0][1]["first"], tuple(load_npy(parts[0][0], mmap=True).shape[1:])) if parts else None
     colour = any(load_npy(p, mmap=True).shape[-1] == 3 for p, _ in parts)
-    position = {id(e): i for i, e in enumerate(entries)}
     buf: list[tuple[Any, np.ndarray]] = []
     part_skipped: list[tuple[str, str]] = []  # iter_decoded appends the entries it skips
     rows = None
@@ -154,8 +153,8 @@ def _decode(folder: Path, listing, entries, *, mode, skip_bad, center_crop, imag
         buf = []
         part_skipped.clear()  # the same list iter_decoded appends to
 
-    for entry, img in iter_decoded(entries[consumed:], listing.source, part_skipped, center_crop=center_crop,
-                                   image_size=image_size, skip_bad=skip_bad):
+    for i, entry, img in iter_decoded(entries[consumed:], listing.source, part_skipped, center_crop=center_crop,
+                                      image_size=image_size, skip_bad=skip_bad):
         if first is None:
             first = (entry.name, img.shape)
         check_same_size(listing.source, first[0], first[1], entry.name, img.shape)
@@ -163,7 +162,7 @@ def _decode(folder: Path, listing, entries, *, mode, skip_bad, center_crop, imag
         buf.append((entry, img))
         rows = rows or max(1, part_bytes // (img.shape[0] * img.shape[1] * 3))
         if len(buf) == rows:
-            flush(position[id(entry)] + 1)
+            flush(consumed + i + 1)
     if buf:
         flush(len(entries))
     skipped.extend(part_skipped)  # bad entries after the last image (redone on a resume)
@@ -173,5 +172,4 @@ def _decode(folder: Path, listing, entries, *, mode, skip_bad, center_crop, imag
     for path, _ in parts:  # parts decoded before the first colour image
         if load_npy(path, mmap=True).shape[-1] != channels:
             save_npy_atomic(path, to_channels(load_npy(path), channels))
-    write_json_atomic(folder / "done.json", {"n": sum(len(m["keys"]) for _, m in parts), "skipped": skipped,
-                                            "channels": channels})
+    write_json_atomic(folder / "done.json", {"skipped": skipped})

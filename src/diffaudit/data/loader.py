@@ -115,8 +115,8 @@ def load_dataset(
     listing, entries = list_selected(spec, subset=subset, subset_seed=subset_seed, skip_bad=skip_bad, cifar_root=cifar_root)
     skipped = list(listing.skipped)
     kept, pixels = [], []
-    for entry, img in iter_decoded(entries, listing.source, skipped, center_crop=center_crop, image_size=image_size,
-                                   skip_bad=skip_bad):
+    for _, entry, img in iter_decoded(entries, listing.source, skipped, center_crop=center_crop, image_size=image_size,
+                                      skip_bad=skip_bad):
         if pixels:
             check_same_size(listing.source, kept[0].name, pixels[0].shape, entry.name, img.shape)
         kept.append(entry)
@@ -154,11 +154,11 @@ def list_selected(spec, *, subset, subset_seed, skip_bad, cifar_root) -> tuple[L
 
 
 def iter_decoded(entries: list[Entry], source: str, skipped: list[tuple[str, str]], *, center_crop, image_size,
-                 skip_bad: bool) -> Iterator[tuple[Entry, np.ndarray]]:
-    """(entry, uint8 (H, W, C) after crop and resize) per readable entry, with a progress bar; a bad
-    entry raises, or with ``skip_bad`` is appended to ``skipped``."""
+                 skip_bad: bool) -> Iterator[tuple[int, Entry, np.ndarray]]:
+    """(position in ``entries``, entry, uint8 (H, W, C) after crop and resize) per readable entry, with a
+    progress bar; a bad entry raises, or with ``skip_bad`` is appended to ``skipped``."""
     with progress_bar(f"load {source}", len(entries), unit="img") as bar, gc_paused():
-        for entry in entries:
+        for i, entry in enumerate(entries):
             try:
                 img = apply_geometry(entry.pixels(), entry.name, center_crop_size=center_crop, image_size=image_size)
             except BadImageError as exc:
@@ -171,7 +171,7 @@ def iter_decoded(entries: list[Entry], source: str, skipped: list[tuple[str, str
                 continue
             finally:
                 bar.advance(1)
-            yield entry, img
+            yield i, entry, img
 
 
 def check_same_size(source: str, first_name: str, first_shape, name: str, shape) -> None:

@@ -116,6 +116,21 @@ def _tf32_allowed(device: torch.device):
 _MM_OUT_DTYPE_OK: dict[str, bool] = {}
 
 
+def _bf16_fp32_out(op, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``op(a, b)`` (torch.mm or torch.bmm) of bf16 operands, accumulated and returned in fp32: the
+    ``out_dtype`` overload where the device has it, else fp32/TF32 copies (exact on 0..255 too)."""
+    key = f"{op.__name__}:{a.device}"
+    if _MM_OUT_DTYPE_OK.get(key, True):
+        try:
+            out = op(a, b, out_dtype=torch.float32)
+            _MM_OUT_DTYPE_OK[key] = True
+            return out
+        except (RuntimeError, TypeError, NotImplementedError):
+            _MM_OUT_DTYPE_OK[key] = False
+    with _tf32_allowed(a.device):
+        return op(a.float(), b.float())
+
+
 def cross(a: torch.Tensor, b: torch.Tensor, spec: ComputeSpec) -> torch.Tensor:
     """a (Na, D) · b (Nb, D)ᵀ in ``spec`` -> (Na, Nb) float64 (exact kind) or float32.
 
@@ -123,16 +138,7 @@ def cross(a: torch.Tensor, b: torch.Tensor, spec: ComputeSpec) -> torch.Tensor:
     """
     if spec.kind != "bf16":
         return a @ b.T
-    key = str(spec.device)
-    if _MM_OUT_DTYPE_OK.get(key, True):
-        try:
-            out = torch.mm(a, b.T, out_dtype=torch.float32)
-            _MM_OUT_DTYPE_OK[key] = True
-            return out
-        except (RuntimeError, TypeError, NotImplementedError):
-            _MM_OUT_DTYPE_OK[key] = False
-    with _tf32_allowed(spec.device):
-        return a.float() @ b.float().T
+    return _bf16_fp32_out(torch.mm, a, b.T)
 
 
 def error_margin(spec: ComputeSpec, dim: int, norms_sum: torch.Tensor) -> torch.Tensor:
@@ -156,19 +162,10 @@ SPLIT_CHUNK = 4096
 
 def _bmm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a (B, n, m) @ b (B, m, p) accumulated and returned in fp32 (float64 stays float64)."""
-    if a.dtype != torch.bfloat16:
-        with _tf32_allowed(a.device):
-            return torch.bmm(a, b)
-    key = f"bmm:{a.device}"
-    if _MM_OUT_DTYPE_OK.get(key, True):
-        try:
-            out = torch.bmm(a, b, out_dtype=torch.float32)
-            _MM_OUT_DTYPE_OK[key] = True
-            return out
-        except (RuntimeError, TypeError, NotImplementedError):
-            _MM_OUT_DTYPE_OK[key] = False
+    if a.dtype == torch.bfloat16:
+        return _bf16_fp32_out(torch.bmm, a, b)
     with _tf32_allowed(a.device):
-        return torch.bmm(a.float(), b.float())
+        return torch.bmm(a, b)
 
 
 def exact_dots(q: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
