@@ -1,7 +1,10 @@
 """load_dataset_to_disk: a dataset decoded once into .npy parts equals the in-memory load; reuse,
-resume after an interruption, mixed channels, skipped files, views, and lazy subsets."""
+resume after an interruption, mixed channels, skipped files, views, lazy subsets, and sources
+rewritten in place."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -108,3 +111,30 @@ def test_subset_of_lazy_images_stays_lazy_in_order(tmp_path):
     np.testing.assert_array_equal(shuffled.images, full[[5, 1, 9]])
     whole_part = ds.subset(np.arange(100, 200))
     assert whole_part.images._parts == [ds.images._parts[1]]  # a whole part is kept as the file
+
+
+@pytest.mark.parametrize("kind", ["folder", "shard", "npz"])
+def test_source_rewritten_in_place_is_decoded_again(kind, write_images, write_tar, encode_image, tmp_npz, tmp_path):
+    """Same keys, new pixels: the cache notices (file size / modification time) and replaces the old decode."""
+    def write(value):
+        images = [np.full((8, 8, 3), value + i, dtype=np.uint8) for i in range(5)]
+        if kind == "folder":
+            return write_images({f"{i}.png": im for i, im in enumerate(images)})
+        if kind == "shard":
+            return write_tar(tmp_path / "s.tar", [(f"k{i}.png", encode_image(im)) for i, im in enumerate(images)])
+        return tmp_npz(np.stack(images))
+
+    cache = tmp_path / "cache"
+    spec = write(10)
+    first = load_dataset_to_disk(spec, cache, part_bytes=192 * 2)
+    assert_same(load_dataset(spec), first)
+    (old,) = cache.iterdir()
+    spec = write(200)  # same names, same keys, other pixels
+    for f in (spec.iterdir() if spec.is_dir() else [spec]):  # a later modification time, whatever the clock's resolution
+        st = f.stat()
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    got = load_dataset_to_disk(spec, cache, part_bytes=192 * 2)
+    assert_same(load_dataset(spec), got)
+    assert int(np.asarray(got.images).min()) == 200
+    assert [p.name for p in cache.iterdir()] != [old.name] and len(list(cache.iterdir())) == 1  # the old decode is gone
+    np.testing.assert_array_equal(np.asarray(load_dataset_to_disk(spec, cache).images), np.asarray(got.images))

@@ -87,3 +87,30 @@ def test_pixel_colour_options(color, dim, digits):
 
     e = get_embedder("pixel", color=color)
     assert e.embed(digits.images[:3]).shape == (3, dim) == (3, e.dim)
+
+
+def test_dedup_cli_data_cache_streams_the_dataset_and_agrees(tmp_path, tmp_npz, digits, monkeypatch):
+    """--data-cache: the images are decoded once into .npy parts and embedded batch by batch from
+    there (never read whole); groups, keep list and the deduplicated npz equal the in-memory run."""
+    from diffaudit.data import ShardedImages
+
+    data, images = _planted_npz(tmp_npz, digits)
+    assert main(["dedup", "--data", str(data), "--out", str(tmp_path / "mem"), "--batch-size", "16"]) == 0
+
+    def refuse(self, *a, **k):
+        raise AssertionError("the whole dataset was read into memory")
+
+    with monkeypatch.context() as m:
+        m.setattr(ShardedImages, "__array__", refuse)
+        assert main(["dedup", "--data", str(data), "--out", str(tmp_path / "disk"), "--batch-size", "16",
+                     "--data-cache", str(tmp_path / "cache")]) == 0
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+    mem, disk = (json.loads((tmp_path / d / "result.json").read_text()) for d in ("mem", "disk"))
+    assert disk["groups"] == mem["groups"] and disk["duplicate_count"] == mem["duplicate_count"]
+    assert disk["settings"] == mem["settings"]  # where the pixels were decoded is not a setting
+    assert (tmp_path / "disk" / "keep.json").read_text() == (tmp_path / "mem" / "keep.json").read_text()
+    kept = tmp_path / "kept.npz"  # the resumed run writes the kept images from the cache
+    assert main(["dedup", "--data", str(data), "--out", str(tmp_path / "disk"), "--batch-size", "16",
+                 "--data-cache", str(tmp_path / "cache"), "--write-deduped", str(kept)]) == 0
+    with np.load(kept) as z:
+        np.testing.assert_array_equal(z["images"], images[json.loads((tmp_path / "mem" / "keep.json").read_text())["indices"]])

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit
+from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit, load_data
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import read_json, save_npz_atomic
 from diffaudit.core.outdir import prepare_out_dir
 from diffaudit.core.progress import Timer, stage_line
 from diffaudit.core.results import write_result
-from diffaudit.data import load_dataset
 from diffaudit.defenses.dedup import find_duplicates, write_deduped_npz, write_keep_list
 from diffaudit.defenses.embedders import DEFAULT_CLIP_MODEL, EMBEDDERS, get_embedder
 from diffaudit.defenses.neighbours import INDEX_KINDS
@@ -29,7 +28,7 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_data_args(p, required=True)
+    add_data_args(p, required=True, cache=True)
     add_run_args(p)
     g = p.add_argument_group("near-duplicates")
     g.add_argument("--embedder", choices=sorted(EMBEDDERS), default="pixel", help="image embedding")
@@ -77,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         "index": args.index, "k": args.k, "nlist": args.nlist, "nprobe": args.nprobe, "batch_size": args.batch_size,
     }
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
-    ds = load_dataset(args.data, **opts)
+    ds = load_data(args, args.data, **opts)
     result_path = out / "result.json"
     if resumed and result_path.exists():
         result = read_json(result_path)

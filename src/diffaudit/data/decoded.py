@@ -7,16 +7,18 @@ they need, and the nearest-neighbour search streams the parts. The result equals
 :func:`~diffaudit.data.loader.load_dataset` with the same options (same keys, labels, captions,
 pixels, channels, skipped entries).
 
-Layout of ``<cache>/<digest>/`` (digest: the spec, the loader options and the listed keys):
+Layout of ``<cache>/<options digest>-<contents digest>/`` (options: the spec and the loader options;
+contents: the listed keys and each source file's path, size and modification time):
 
 - ``part-000000.npy`` + ``part-000000.json`` (keys, labels, captions, skipped entries, and how many
   listed entries were consumed up to the end of this part): written atomically, the ``.json`` last;
 - ``done.json`` once every entry is decoded.
 
 An interrupted decode resumes after its last complete part; a finished one is reused by later calls
-with the same spec, options and listing (files changed in place keep their keys: pass ``fresh=True``
-to decode again). Without ``mode``, parts decoded before the first colour image are rewritten as RGB at
-the end, as the in-memory loader converts a mixed dataset.
+with the same spec, options and contents. A source file added, removed, rewritten or touched changes
+the contents digest: the dataset is decoded again, and the older decode of the same spec and options
+is deleted (``fresh=True`` decodes again regardless). Without ``mode``, parts decoded before the first
+colour image are rewritten as RGB at the end, as the in-memory loader converts a mixed dataset.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import numpy as np
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import load_npy, make_private_dir, read_json, remove_stale_temps, save_npy_atomic, write_json_atomic
 from diffaudit.data.dataset import ImageDataset
+from diffaudit.data.entries import Entry
 from diffaudit.data.loader import (
     check_options,
     check_same_size,
@@ -50,11 +53,32 @@ from diffaudit.data.view import is_view
 PART_BYTES = 256 << 20
 
 
-def _digest(spec: str, options: dict[str, Any], keys: list[str]) -> str:
-    h = hashlib.sha256(json.dumps({"spec": spec, "options": options}, sort_keys=True).encode())
-    for k in keys:
-        h.update(k.encode() + b"\0")
-    return h.hexdigest()[:20]
+def _folder_name(spec: str, options: dict[str, Any], entries: list[Entry]) -> str:
+    """``<options digest>-<contents digest>``: the spec and options, then the keys and the stamp
+    (path, size, modification time in ns) of every file the entries are read from."""
+    head = hashlib.sha256(json.dumps({"spec": spec, "options": options}, sort_keys=True).encode())
+    body = hashlib.sha256()
+    files: dict[str, None] = {}
+    for e in entries:
+        body.update(e.key.encode() + b"\0")
+        if e.file is not None:
+            files.setdefault(e.file)
+    for f in files:
+        try:
+            st = os.stat(f)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        body.update(f"{f}\0{stamp}\0".encode())
+    return f"{head.hexdigest()[:16]}-{body.hexdigest()[:16]}"
+
+
+def _remove_older_decodes(folder: Path) -> None:
+    """Delete the other decodes of the same spec and options (their source files have changed since)."""
+    prefix = folder.name.split("-")[0] + "-"
+    for other in folder.parent.glob(prefix + "*"):
+        if other != folder and other.is_dir():
+            shutil.rmtree(other, ignore_errors=True)
 
 
 def _part_name(i: int) -> str:
@@ -90,7 +114,8 @@ def load_dataset_to_disk(
 
     Args:
         spec, image_size, center_crop, subset, subset_seed, mode, skip_bad, cifar_root: as there.
-        cache: the cache folder (created owner-only); one subfolder per spec, options and listing.
+        cache: the cache folder (created owner-only); one subfolder per spec and options, named
+            also by the contents (keys, source files' sizes and modification times).
         fresh: decode again even when a finished or partial decode is there.
         part_bytes: largest part, in bytes (at least one image per part).
 
@@ -105,9 +130,11 @@ def load_dataset_to_disk(
     listing, entries = list_selected(spec, subset=subset, subset_seed=subset_seed, skip_bad=skip_bad, cifar_root=cifar_root)
     options = {"image_size": image_size, "center_crop": center_crop, "subset": subset, "subset_seed": subset_seed,
                "mode": mode, "skip_bad": skip_bad}
-    folder = Path(cache) / _digest(os.fspath(spec), options, [e.key for e in entries])
+    folder = Path(cache) / _folder_name(os.fspath(spec), options, entries)
     if fresh and folder.exists():
         shutil.rmtree(folder)
+    if not folder.exists():
+        _remove_older_decodes(folder)
     make_private_dir(folder)
 
     if not (folder / "done.json").is_file():

@@ -30,6 +30,8 @@ class Entry:
         caption: the caption, or None.
         problem: when set, the entry is bad for this reason (e.g. a shard sample without an image);
             reading it raises :class:`BadImageError` (skipped and recorded with ``skip_bad``).
+        file: the file the pixels are read from (image file, shard, ``.npz``), or None for data
+            held by a package (digits); a decode cache stamps it (size, modification time).
     """
 
     key: str
@@ -38,6 +40,7 @@ class Entry:
     label: int | None = None
     caption: str | None = None
     problem: str | None = None
+    file: str | None = None
 
     def pixels(self) -> np.ndarray:
         """uint8 (H, W, C) with C in {1, 3}; raises :class:`BadImageError` for a bad entry."""
@@ -68,8 +71,9 @@ class Listing:
 
 
 def array_entries(images: np.ndarray, prefix: str, name: str, labels: np.ndarray | None = None,
-                  captions: list[str] | None = None) -> list[Entry]:
-    """Entries over the rows of uint8 (N, H, W, C): key ``<prefix>:<i>``, errors name ``<name>[<i>]``."""
+                  captions: list[str] | None = None, file: str | None = None) -> list[Entry]:
+    """Entries over the rows of uint8 (N, H, W, C): key ``<prefix>:<i>``, errors name ``<name>[<i>]``;
+    ``file``: the file the array was read from, if any."""
     return [
         Entry(
             key=f"{prefix}:{i}",
@@ -77,6 +81,7 @@ def array_entries(images: np.ndarray, prefix: str, name: str, labels: np.ndarray
             read=(lambda i=i: images[i]),
             label=None if labels is None else int(labels[i]),
             caption=None if captions is None else captions[i],
+            file=file,
         )
         for i in range(len(images))
     ]

@@ -83,5 +83,6 @@ def list_folder(root: str | os.PathLike, *, source: str | None = None) -> Listin
             name=str(path),
             read=_file_reader(path, str(path)),
             label=label_of[parts[0]] if class_names else None,
+            file=str(path),
         ))
     return Listing(entries=entries, source=source, has_labels=class_names is not None, class_names=class_names)

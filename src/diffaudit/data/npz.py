@@ -89,7 +89,7 @@ def list_npz(path: str | os.PathLike) -> Listing:
     """The rows of the ``.npz`` at ``path`` as entries ``npz:<i>``."""
     images, labels, captions = read_npz_arrays(path)
     return Listing(
-        entries=array_entries(images, "npz", str(path), labels=labels, captions=captions),
+        entries=array_entries(images, "npz", str(path), labels=labels, captions=captions, file=str(path)),
         source=str(path),
         has_labels=labels is not None,
         has_captions=captions is not None,

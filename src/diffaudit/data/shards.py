@@ -318,6 +318,7 @@ def _list_shards(paths: list[Path], *, source: str, skip_bad: bool) -> Listing:
     has_labels = any("cls" in p for _, _, p in raw)
     has_captions = any("txt" in p for _, _, p in raw)
     entries = []
+    files = {path: str(path) for path in paths}  # one string per shard, shared by its entries
     for path, key, parts in raw:
         name = f"{path}:{key}"
         problems: list[str] = []
@@ -352,6 +353,7 @@ def _list_shards(paths: list[Path], *, source: str, skip_bad: bool) -> Listing:
             label=label,
             caption=caption,
             problem="; ".join(problems) or None,
+            file=files[path],
         ))
     return Listing(entries=entries, source=source, has_labels=has_labels, has_captions=has_captions,
                    skipped=skipped)
