@@ -4,8 +4,10 @@ Compares, side by side in one run and on the same data:
 
 - ``diffaudit``: :func:`diffaudit.distances.knn_search` (blocked GEMM on integer pixels, bf16/fp32
   accumulate on CUDA, fp32 on the CPU, exact re-ranking and certificate);
-- ``gemm_only``: the block GEMMs alone (the floor of any GEMM-based search; with --peak-tflops the
-  fraction of the device's peak they reach);
+- ``gemm_only``: the block GEMMs alone, each query block copied to the device and converted first
+  (the floor of any GEMM-based search over queries on the host; with --peak-tflops the fraction of
+  the device's peak it reaches); ``gemm_resident``: the same GEMMs on operands already on the device
+  (the matrix-product rate the hardware gives these shapes);
 - ``cdist_topk``: a ``torch.cdist`` + ``torch.topk`` loop over the same query blocks (fp32);
 - ``faiss_cpu``: raw ``faiss.IndexFlatL2`` on the CPU (approximate fp32 distances), on at most
   --faiss-queries queries, its time scaled to all queries;
@@ -16,7 +18,10 @@ Compares, side by side in one run and on the same data:
 Data: training images from the CIFAR-10 shards (--cifar-root) when present, generations made from
 the CIFAR-10 test images with seeded noise (so distances look like real ones); --synthetic uses
 seeded random images instead. Exactness is checked against a float64 brute force on a sample of
-queries. Prints one JSON object. Small CPU defaults; on an H100, e.g.
+queries. ``--query-blocks`` times the search again at other query blocks (the default bounds the
+distance block to 1 GiB on CUDA); ``--profile`` adds the search's most expensive operators (torch
+profiler, self time on the device, else on the CPU), to see where the time beyond the GEMM goes.
+Prints one JSON object. Small CPU defaults; on an H100, e.g.
 ``--queries 1048576 --refs 50000 --k 50 --peak-tflops 989``.
 """
 
@@ -83,12 +88,12 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def time_diffaudit(q, r, k, dev, backend="torch", repeats=1):
+def time_diffaudit(q, r, k, dev, backend="torch", repeats=1, query_block=None):
     best, res = float("inf"), None
     for _ in range(repeats):
         _sync(dev)
         t = time.perf_counter()
-        res = knn_search(q, r, k, backend=backend, device=dev)
+        res = knn_search(q, r, k, backend=backend, device=dev, query_block=query_block)
         _sync(dev)
         best = min(best, time.perf_counter() - t)
     return best, res
@@ -104,6 +109,38 @@ def time_gemm_only(q, r, dev, qb):
         cross(qt, rt, spec)
     _sync(dev)
     return time.perf_counter() - t, spec.kind
+
+
+def time_gemm_resident(n_queries, r, dev, qb, repeats=3):
+    """The same block GEMMs on one query block held on the device, run for every block of
+    ``n_queries``: the rate of the matrix products alone (best of ``repeats``)."""
+    spec = resolve_compute("auto", dev, cpu_default="float64")
+    rt = to_compute(torch.from_numpy(r.reshape(len(r), -1)), spec)
+    blocks = [min(qb, n_queries - lo) for lo in range(0, n_queries, qb)]
+    qt = to_compute(torch.from_numpy(numpy_rng(1).integers(0, 256, (blocks[0], rt.shape[1]), dtype=np.uint8)), spec)
+    cross(qt, rt, spec)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(dev)
+        t = time.perf_counter()
+        for n in blocks:
+            cross(qt[:n], rt, spec)
+        _sync(dev)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def profile_diffaudit(q, r, k, dev, top=15):
+    """The search's ``top`` operators by self time (device time on CUDA), from the torch profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        knn_search(q, r, k, device=dev)
+        _sync(dev)
+    attr = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    rows = sorted(prof.key_averages(), key=lambda e: getattr(e, attr, 0), reverse=True)[:top]
+    return {"by": attr, "ops": [{"name": e.key, "calls": e.count, "self_ms": getattr(e, attr, 0) / 1e3} for e in rows]}
 
 
 def time_cdist_topk(q, r, k, dev, qb):
@@ -171,9 +208,11 @@ def main(argv=None) -> int:
     p.add_argument("--faiss-queries", type=int, default=1024, help="queries given to faiss-cpu (time scaled to all)")
     p.add_argument("--check-queries", type=int, default=256, help="queries checked against a float64 brute force")
     p.add_argument("--query-block", type=int, default=None, help="query block of the cdist and GEMM-only loops")
+    p.add_argument("--query-blocks", default="", help="comma-separated query blocks at which to time diffaudit's search again")
+    p.add_argument("--profile", action="store_true", help="add the search's most expensive operators (torch profiler)")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--skip", default="", help="comma-separated methods to skip (cdist_topk, faiss_cpu, diffaudit_faiss, "
-                   "naive_numpy, gemm_only)")
+                   "naive_numpy, gemm_only, gemm_resident)")
     p.add_argument("--only", default="", help="run only these methods besides diffaudit (e.g. none, or naive_numpy); "
                    "run twice to compare peak RSS of diffaudit alone and the naive baseline alone")
     p.add_argument("--only-naive", action="store_true", help="run the naive numpy baseline alone (for its peak RSS)")
@@ -182,7 +221,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     dev = resolve_device(args.device)
-    methods = {"gemm_only", "cdist_topk", "faiss_cpu", "diffaudit_faiss", "naive_numpy"}
+    methods = {"gemm_only", "gemm_resident", "cdist_topk", "faiss_cpu", "diffaudit_faiss", "naive_numpy"}
     skip = set(filter(None, args.skip.split(",")))
     if args.only:
         skip |= methods - set(args.only.split(","))
@@ -213,6 +252,18 @@ def main(argv=None) -> int:
         out["gemm"] = {"dtype": kind, "tflops": flops / t_g / 1e12}
         if args.peak_tflops:
             out["gemm"]["fraction_of_peak"] = flops / t_g / 1e12 / args.peak_tflops
+    if "gemm_resident" not in skip:
+        t_gr = time_gemm_resident(len(q), r, dev, qb)
+        out["seconds"]["gemm_resident"] = t_gr
+        out["gemm_resident"] = {"tflops": flops / t_gr / 1e12, "query_block": qb}
+        if args.peak_tflops:
+            out["gemm_resident"]["fraction_of_peak"] = flops / t_gr / 1e12 / args.peak_tflops
+    for qb_try in (int(x) for x in filter(None, args.query_blocks.split(","))):
+        t_b, res_b = time_diffaudit(q, r, args.k, dev, repeats=args.repeats, query_block=qb_try)
+        out.setdefault("diffaudit_by_query_block", {})[qb_try] = {
+            "seconds": t_b, "same_result": bool(np.array_equal(res_b.indices, res.indices) and np.array_equal(res_b.sq, res.sq))}
+    if args.profile:
+        out["profile"] = profile_diffaudit(q, r, args.k, dev)
     if args.peak_tflops:
         out["diffaudit_fraction_of_peak"] = flops / t_da / 1e12 / args.peak_tflops
     if "cdist_topk" not in skip:

@@ -22,7 +22,8 @@ CIFAR_UNET = ["--preset", "ddpm-cifar10", "--image-size", "32", "--channels", "3
 GPU = {
     "sampling": ["bench_sampling.py", *CIFAR_UNET, "--batch", "1024", "--steps", "50", "--repeats", "1"],
     "training": ["bench_training.py", *CIFAR_UNET, "--batch", "128", "--steps", "60", "--n", "4096"],
-    "knn": ["bench_knn.py", "--synthetic", "--queries", "1048576", "--refs", "50000", "--k", "50", "--peak-tflops", "989"],
+    "knn": ["bench_knn.py", "--synthetic", "--queries", "1048576", "--refs", "50000", "--k", "50", "--peak-tflops", "989",
+            "--query-blocks", "21845,43690", "--profile"],
     "rerank": ["bench_rerank.py", "--queries", "1048576", "--refs", "50000", "--k", "50", "--repeats", "1"],
     "loss": ["bench_loss.py", *CIFAR_UNET, "--n", "4096", "--models", "2", "--draws", "4", "--batch", "1024",
              "--baseline-batches", "256,1024"],
