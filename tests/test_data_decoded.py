@@ -95,7 +95,7 @@ def test_view_and_fresh(tmp_path):
     assert not (folder / "stale").exists()  # fresh decodes into an emptied folder
 
 
-def test_subset_of_lazy_images_stays_lazy_in_order(tmp_path):
+def test_subset_of_lazy_images_stays_lazy_unless_shuffled(tmp_path):
     ds = load_dataset_to_disk("digits", tmp_path, part_bytes=192 * 100)
     full = np.asarray(ds.images)
     pick = np.array([3, 4, 99, 100, 101, 250, 1796])
@@ -106,9 +106,18 @@ def test_subset_of_lazy_images_stays_lazy_in_order(tmp_path):
     assert sub.keys == [ds.keys[i] for i in pick]
     nested = sub.subset([1, 2, 5])
     np.testing.assert_array_equal(np.asarray(nested.images), full[pick[[1, 2, 5]]])
-    shuffled = ds.subset([5, 1, 9])
+    few_runs = ds.subset([5, 1, 9, 150, 120, 3])  # any order inside a part: still lazy, 3 parts
+    assert isinstance(few_runs.images, ShardedImages) and len(few_runs.images._parts) == 3
+    np.testing.assert_array_equal(np.asarray(few_runs.images), full[[5, 1, 9, 150, 120, 3]])
+    repeats = np.r_[np.arange(1797), np.repeat([7, 500], 150)]  # rows repeated after the rest
+    repeated = ds.images.take(repeats)
+    assert isinstance(repeated, ShardedImages) and len(repeated) == 1797 + 300
+    assert max(len(part) for part in repeated.parts()) <= 100  # no part longer than its source part
+    np.testing.assert_array_equal(np.asarray(repeated), full[repeats])
+    jumpy = np.random.default_rng(0).permutation(1797)[:400]  # a shuffle jumps between parts at almost every row
+    shuffled = ds.subset(jumpy)
     assert isinstance(shuffled.images, np.ndarray)
-    np.testing.assert_array_equal(shuffled.images, full[[5, 1, 9]])
+    np.testing.assert_array_equal(shuffled.images, full[jumpy])
     whole_part = ds.subset(np.arange(100, 200))
     assert whole_part.images._parts == [ds.images._parts[1]]  # a whole part is kept as the file
 

@@ -57,9 +57,9 @@ def test_dataset_holds_sharded_images_and_subsets_read_rows():
     parts = _parts(np.random.default_rng(1))
     ds = ImageDataset(ShardedImages(parts), [f"g{i}" for i in range(16)])
     assert ds.image_shape == (4, 4, 3) and len(ds) == 16
-    sub = ds.subset([14, 2])
-    assert isinstance(sub.images, np.ndarray) and sub.keys == ["g14", "g2"]
-    assert np.array_equal(sub.images, np.concatenate(parts)[[14, 2]])
+    sub = ds.subset([14, 2])  # two runs, each in one part: lazy
+    assert isinstance(sub.images, ShardedImages) and sub.keys == ["g14", "g2"]
+    assert np.array_equal(np.asarray(sub.images), np.concatenate(parts)[[14, 2]])
 
 
 def _no_full_read(monkeypatch):

@@ -71,7 +71,7 @@ class ImageDataset:
 
     def subset(self, indices) -> "ImageDataset":
         """The examples at ``indices`` (positions), in that order, keeping their keys (lazy images stay
-        lazy when the positions are non-decreasing, see :meth:`ShardedImages.take`)."""
+        lazy unless the positions jump between parts often, see :meth:`ShardedImages.take`)."""
         idx = np.asarray(indices, dtype=np.int64)
         return ImageDataset(
             images=self.images.take(idx) if isinstance(self.images, ShardedImages) else self.images[idx],

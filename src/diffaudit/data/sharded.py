@@ -6,7 +6,7 @@ the rows asked for. Parts given as ``.npy`` paths are memory-mapped one at a tim
 the next is opened, so a command walking over 2^20 generations in blocks holds about one block and
 one mapped shard, never the whole set (mapped pages that stay mapped would count as resident).
 ``np.asarray`` on it reads everything (a copy); code that can stream walks :meth:`ShardedImages.parts`.
-:meth:`ShardedImages.take` selects rows in order without reading them (a dataset's subset stays lazy).
+:meth:`ShardedImages.take` selects rows without reading them (a dataset's subset stays lazy).
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ class Rows:
 
 
 Part = Union[np.ndarray, str, Path, Rows]
+
+#: :meth:`ShardedImages.take` stays lazy while it makes at most one part per this many rows (or 64).
+LAZY_RUN_ROWS = 256
 
 
 def _open_part(part: Part, *, header_only: bool = False) -> np.ndarray:
@@ -82,19 +85,30 @@ class ShardedImages:
         return self._open[1]
 
     def take(self, indices: Any) -> "ShardedImages | np.ndarray":
-        """The rows at ``indices`` (1-D integers), in that order. Non-decreasing indices (a seeded
-        subset, a view in dataset order) give a lazy :class:`ShardedImages` whose parts are the
-        selected rows of these parts, read only when reached; other orders give a numpy copy."""
+        """The rows at ``indices`` (1-D integers, any order, repeats allowed), in that order.
+
+        Lazy when the indices fall into few runs that stay in one part (a seeded subset, a view in
+        dataset order, a view that repeats some keys after the others): a :class:`ShardedImages` whose
+        parts are the selected rows of these parts (each at most as long as its part), read only when
+        reached. Indices that jump between
+        parts more than once per :data:`LAZY_RUN_ROWS` rows on average (a shuffle) give a numpy copy.
+        """
         idx = self._positions(indices)
-        if len(idx) == 0 or np.any(np.diff(idx) < 0):
+        if len(idx) == 0:
             return self[idx]
         which = np.searchsorted(self._starts, idx, side="right") - 1
-        cuts = np.flatnonzero(np.diff(which)) + 1
+        sizes = np.diff(self._starts)
+        pieces = []  # runs within one part, cut to at most that part's size (a part read is bounded)
+        for run in np.split(np.arange(len(idx)), np.flatnonzero(np.diff(which)) + 1):
+            n_part = int(sizes[which[run[0]]])
+            pieces.extend(run[lo:lo + n_part] for lo in range(0, len(run), n_part))
+        if len(pieces) > max(64, len(idx) // LAZY_RUN_ROWS):
+            return self[idx]
         parts: list[Part] = []
-        for run in np.split(np.arange(len(idx)), cuts):
+        for run in pieces:
             p = int(which[run[0]])
             base, local = self._parts[p], idx[run] - self._starts[p]
-            n_part = int(self._starts[p + 1] - self._starts[p])
+            n_part = int(sizes[p])
             if len(local) == n_part and np.array_equal(local, np.arange(n_part)):
                 parts.append(base)  # the whole part, in order
             elif isinstance(base, Rows):
