@@ -75,6 +75,33 @@ def test_cached_neighbours_reused_after_interruption(files, tmp_path):
     assert strict_json(out / "result.json")["extracted"] == first["extracted"]
 
 
+def test_resume_refuses_another_baseline_seed_or_other_medoids(files, tmp_path, capsys):
+    """A folder's cached neighbours belong to its baseline pick and its medoids: resuming it with
+    another --seed (another equal-size pick) or an extract result rewritten with other medoids is a
+    settings mismatch, not a silent reuse."""
+    out = tmp_path / "v"
+    base = ("verify", "--samples", files / "unc.npz", "--data", files / "train.npz", "--baseline", files / "unseen.npz",
+            "--out", out, "--device", "cpu")
+    assert run(*base) == 0
+    (out / "result.json").unlink()  # as if killed after the neighbour searches
+    capsys.readouterr()
+    assert run(*base, "--seed", "1") == 2
+    assert "baseline_seed" in capsys.readouterr().err
+    assert run(*base) == 0  # the same seed resumes
+
+    ex = tmp_path / "ex"
+    assert run("extract", "--samples", files / "unc.npz", "--out", ex, "--device", "cpu", "--k-neighbors", "16") == 0
+    vargs = ("verify", "--samples", files / "unc.npz", "--data", files / "train.npz", "--from-extract", ex / "result.json",
+             "--out", tmp_path / "vx", "--device", "cpu")
+    assert run(*vargs) == 0
+    r = json.loads((ex / "result.json").read_text())
+    r["groups"][0]["medoid"] = "npz:30"  # the extract result rewritten in place: another medoid
+    (ex / "result.json").write_text(json.dumps(r))
+    capsys.readouterr()
+    assert run(*vargs) == 2
+    assert "from_extract_samples" in capsys.readouterr().err
+
+
 def test_from_extract_verifies_flagged_medoids(files, tmp_path):
     ex = tmp_path / "ex"
     assert run("extract", "--samples", files / "unc.npz", "--out", ex, "--device", "cpu", "--k-neighbors", "16") == 0

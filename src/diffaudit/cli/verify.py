@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,11 @@ def _run_verification(label: str, samples: ImageDataset, train: ImageDataset, vs
     return v
 
 
+def _keys_digest(keys: list[str]) -> str:
+    """A short digest of a list of sample ids (settings record it instead of the whole list)."""
+    return hashlib.sha256("\0".join(keys).encode()).hexdigest()[:16]
+
+
 def _check_shapes(samples: ImageDataset, other: ImageDataset, what: str) -> None:
     if samples.image_shape != other.image_shape:
         raise DiffauditError(
@@ -156,6 +162,10 @@ def run(args: argparse.Namespace) -> int:
         "alpha": vs.alpha, "n_neighbors": vs.n_neighbors, "eidetic_delta": vs.eidetic_delta, "dup_delta": vs.dup_delta,
         "from_extract": args.from_extract, "baseline": args.baseline, "train_map": args.train_map,
         "fid_features": args.fid_features,
+        # what the path names alone would not tell apart on a resume: the medoids an extract result
+        # selected (it may be rewritten in place), and the seed of the equal-size baseline pick
+        "from_extract_samples": _keys_digest(samples.keys) if args.from_extract else None,
+        "baseline_seed": args.seed if args.baseline else None,
     }
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
     result_path = out / "result.json"
