@@ -141,6 +141,14 @@ def test_user_errors_name_the_thing(shadows, capsys, tmp_path):
     assert rc == 2 and "shadow model 0" in capsys.readouterr().err
     rc, _ = mia(root, "err3", "--timesteps", "1000")
     assert rc == 2 and "--timesteps" in capsys.readouterr().err
+    rc, _ = mia(root, "err4", "--timesteps", ",")
+    assert rc == 2 and "at least one timestep" in capsys.readouterr().err
+    rc, _ = mia(root, "err5", "--attack", "lira", "--draws", "4")  # was: silently Strong LiRA on averaged losses
+    assert rc == 2 and "one query per example" in capsys.readouterr().err
+    rc, _ = mia(root, "err6", "--attack", "lira-fixed", "--flips")
+    assert rc == 2 and "strong-lira" in capsys.readouterr().err
+    rc, _ = mia(root, "err7", "--attack", "lira", "--models", "2")  # the target and one shadow: never IN and OUT
+    assert rc == 2 and "at least 2 shadow models" in capsys.readouterr().err
 
 
 def test_result_is_valid_json_without_nan(shadows):
@@ -151,6 +159,20 @@ def test_result_is_valid_json_without_nan(shadows):
     assert r["n_draws"] == 3 and r["flips"] and r["queries_per_timestep"] == 6
     assert r["strong_aggregate"] == "sum-llr"
     assert r["auc"] > 0.6
+
+
+def test_strong_lira_defaults_use_draws_and_flips(shadows):
+    """strong-lira with no flags: 20 draws and their flips (40 queries), per-query log-ratios summed;
+    --strong-aggregate mean-loss is another score."""
+    root, _, _ = shadows
+    rc, out = mia(root, "strong-default", "--attack", "strong-lira")
+    assert rc == 0
+    r = read_json(out / "result.json")
+    assert (r["n_draws"], r["flips"], r["queries_per_timestep"], r["strong_aggregate"]) == (20, True, 40, "sum-llr")
+    rc, out_mean = mia(root, "strong-mean", "--attack", "strong-lira", "--strong-aggregate", "mean-loss", "--no-flips")
+    assert rc == 0
+    r = read_json(out_mean / "result.json")
+    assert (r["flips"], r["queries_per_timestep"], r["strong_aggregate"]) == (False, 20, "mean-loss")
 
 
 def test_killed_mia_resumes_to_the_same_scores(shadows):

@@ -110,7 +110,7 @@ def test_mia_twice_gives_identical_scores(tmp_path):
     outs = [tmp_path / "a", tmp_path / "b"]
     for o in outs:
         assert main(["--quiet", "mia", "--data", "digits", "--subset", str(n), "--shadows", str(shadows),
-                     "--attack", "lira-fixed", "--draws", "2", "--flips", "--bootstrap", "20", "--device", "cpu",
+                     "--attack", "strong-lira-fixed", "--draws", "2", "--flips", "--bootstrap", "20", "--device", "cpu",
                      "--out", str(o)]) == 0
     assert comparable(outs[0] / "result.json", outs[0]) == comparable(outs[1] / "result.json", outs[1])
     same_npz(outs[0] / "scores.npz", outs[1] / "scores.npz")

@@ -64,7 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("membership inference")
     g.add_argument("--mia", choices=MIA_ATTACKS, default="loss",
                    help="attack; with few shadows (< 16) the -fixed variants (one global variance) are far stronger")
-    g.add_argument("--shadows", type=int, default=0, help="train K shadow models (even; LiRA needs them); the target is model 0")
+    g.add_argument("--shadows", type=int, default=0, help="train K shadow models (even; LiRA needs 4 or more); the target is model 0")
     g.add_argument("--timesteps", default="100", help="attack timestep(s), comma-separated")
     g.add_argument("--sweep", default="10,50,100,200,300,500,1000", help="timestep sweep (paper Fig. 9); empty for none")
     g.add_argument("--draws", type=int, default=None, help="noise draws per example (strong-lira default 20)")
@@ -261,8 +261,10 @@ def run(args: argparse.Namespace) -> int:
         raise DiffauditError("--shadows must be an even number (every example is IN for half of the models)")
     if args.inpaint and args.shadows < 2:
         raise DiffauditError("--inpaint needs shadow models that did not train on each target: pass --shadows 2 or more")
-    if args.mia != "loss" and args.shadows < 2:
-        raise DiffauditError(f"--mia {args.mia} needs shadow models: pass --shadows K (K even, the paper uses 16)")
+    if args.mia != "loss" and args.shadows < 4:
+        raise DiffauditError(f"--mia {args.mia} needs at least 4 shadow models (the target is one of them, and every "
+                             "example needs losses from the others both with and without it): pass --shadows K "
+                             "(K even, the paper uses 16)")
     settings = audit_settings(args)
     out, _ = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
     write_bytes_atomic(out / "config.toml", config_toml(settings).encode("utf-8"))

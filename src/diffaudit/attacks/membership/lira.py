@@ -16,11 +16,12 @@ MEANS MORE LIKELY A MEMBER.
   within-example standard deviation; needed when there are few shadows (with 2 IN / 2 OUT a
   per-example σ is degenerate). ``"per-example"``: σ from each example's own shadows (ddof = 1);
   an example with fewer than 2 shadow losses on a side falls back to the pooled σ of that side.
-- Strong LiRA (``aggregate="sum-llr"``): one Gaussian per (example, query), query = noise draw ε
-  and horizontal flip with the same ε in every model; the per-query scores are summed (the queries'
-  log-likelihood ratios add as if independent). ``aggregate="mean-loss"`` averages the raw losses
-  over the queries first and fits one Gaussian (DESIGN: "Strong LiRA averages the loss over several
-  noise draws ε and horizontal flips").
+- Strong LiRA, query = noise draw ε and horizontal flip with the same ε in every model:
+  ``aggregate="sum-llr"`` (the attack registry's default) fits one Gaussian per (example, query) and
+  sums the per-query scores (the log-likelihood ratios add as if independent);
+  ``aggregate="mean-loss"`` averages the raw losses over the queries first and fits one Gaussian
+  (DESIGN: "Strong LiRA averages the loss over several noise draws ε and horizontal flips"). Measured
+  on 8 digits models, sum-llr is the stronger (docs/experiments.md).
 
 An example with no IN (or no OUT) shadow loss takes μ from the other side shifted by the mean
 IN − OUT gap over the examples that have both, and the pooled σ.

@@ -14,9 +14,12 @@ Who is attacked (:class:`TargetSpec`):
   attacked with all M shadows (N rows).
 
 Queries: each example gets ``n_draws`` noise draws ε (and their horizontal flips with ``flips``),
-the same ε in every model. Every attack uses all the queries it is given: ``loss`` and the
-``lira*`` variants average the losses over queries first, ``strong-lira`` fits one Gaussian per
-query and sums the log-likelihood ratios. Several attack timesteps act as more queries.
+the same ε in every model. ``loss`` and the ``lira*`` variants take one query (``MiaConfig``
+refuses more draws or flips for them); ``strong-lira`` uses all of them, summing per-query
+log-likelihood ratios (``strong_aggregate="sum-llr"``, default) or averaging the losses first
+(``"mean-loss"``).
+Several attack timesteps act as more queries, whose losses every attack averages (``sum-llr``: sums
+their ratios).
 """
 
 from __future__ import annotations
@@ -70,7 +73,12 @@ class MiaConfig:
     batch_size: int = 256
 
     def validate(self) -> None:
-        get_attack(self.attack, transform=self.transform, strong_aggregate=self.strong_aggregate)
+        attack = get_attack(self.attack, transform=self.transform, strong_aggregate=self.strong_aggregate)
+        if not attack.all_queries and (self.n_draws > 1 or self.flips):
+            raise DiffauditError(
+                f"attack {self.attack!r} uses one query per example (noise draw 0, unflipped); --draws and --flips "
+                "are for strong-lira, which averages the loss over them"
+            )
         if not self.timesteps:
             raise DiffauditError("--timesteps: give at least one timestep")
         if len(set(self.timesteps)) != len(self.timesteps) or len(set(self.sweep)) != len(self.sweep):
@@ -200,6 +208,13 @@ def run_mia(
         raise DiffauditError(f"--target-index must lie in [0, {m - 1}]; got {target.index}")
     if target.mode == "model" and target.run is None:
         raise DiffauditError("target mode `model` needs a run directory (--target)")
+    n_shadows = m if target.mode == "model" else m - 1
+    if attack.needs_shadows and n_shadows < 2:
+        raise DiffauditError(
+            f"attack {config.attack!r} needs at least 2 shadow models besides the target, so that examples have losses "
+            f"from models that trained on them and from models that did not; got {n_shadows} "
+            "(train 4 or more models on random halves: `diffaudit membership --models 4`)"
+        )
 
     all_ts = list(dict.fromkeys([*config.timesteps, *config.sweep]))  # attack timesteps first, no repeats
     data_fp = dataset_digest(dataset)
