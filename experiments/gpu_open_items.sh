@@ -3,12 +3,12 @@
 # the exact kNN (2^20 x 50,000, with the split re-rank; again at 4 and 8 GiB distance blocks, the GEMM
 # alone on resident operands, and a profile of the operators where the rest of its time goes) and its
 # re-rank beside the previous method,
-# the Stable Diffusion pipeline against the stock one, then the CUDA-marked kNN tests.
-# Needs diffusers on the machine (wheels in .whl/ are installed to /tmp/site when present).
+# the Stable Diffusion pipeline against the stock one, then the CUDA-marked kNN and DP-SGD tests.
+# Needs diffusers and opacus on the machine (wheels in .whl/ are installed to /tmp/site when present).
 set -uo pipefail
 OUT=${OUT:-bench-out}; mkdir -p "$OUT"
 source "$(dirname "$0")/_env.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 bench/run_all.py --only knn,rerank,stable_diffusion --timeout "${LIMIT:-170}" | tee "$OUT/open-items.json"
 echo "== gpu tests"
-python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_knn.py 2>&1 | tail -15
+python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_knn.py tests/test_dp.py 2>&1 | tail -15

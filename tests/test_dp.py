@@ -199,3 +199,17 @@ def test_dp_flags_build_a_config():
     assert cfg == DPConfig(noise_multiplier=None, target_epsilon=8.0, augmentations=4, poisson_sampling=False)
     with pytest.raises(DiffauditError, match="exactly one"):
         dp_config_from_args(p.parse_args(["--dp-epsilon", "8", "--dp-noise", "1"]))
+
+
+@pytest.mark.gpu
+def test_dp_training_runs_on_cuda_with_noise(tmp_path, data):
+    """opacus draws the noise on the gradients' device with the optimizer's generator, which must live
+    there (a CPU generator is refused for CUDA draws)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    run = train_dp(data, _cfg(steps=3), DPConfig(noise_multiplier=1.0, max_grad_norm=1.0), tmp_path / "dp", device="cuda")
+    w = _weights(run)
+    assert all(torch.isfinite(v).all() for v in w.values())
+    again = _weights(train_dp(data, _cfg(steps=3), DPConfig(noise_multiplier=1.0, max_grad_norm=1.0), tmp_path / "dp2",
+                              device="cuda"))
+    assert max(float((w[k] - again[k]).abs().max()) for k in w) < 1e-4  # the seeded noise is drawn again

@@ -28,9 +28,10 @@ def generation_seed(run_seed: int, prompt_index: int, image_index: int) -> int:
     return derive_seed(int(run_seed), "generation", int(prompt_index), int(image_index))
 
 
-def torch_generator(seed: int) -> torch.Generator:
-    """A CPU ``torch.Generator`` seeded with ``seed``."""
-    g = torch.Generator(device="cpu")
+def torch_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` (default the CPU) seeded with ``seed``. Draws with it must be
+    made on that device; the same seed gives other numbers on another device type."""
+    g = torch.Generator(device=device)
     g.manual_seed(int(seed))
     return g
 

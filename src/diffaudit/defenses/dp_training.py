@@ -276,7 +276,9 @@ def train_dp(
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, config)
             opt.zero_grad(set_to_none=True)
-            opt.generator = torch_generator(derive_seed(config.seed, "dp-noise", step))
+            # opacus draws the noise on the gradients' device, where a generator must live (a CPU one is
+            # refused for CUDA draws); the noise is seeded per step either way, so a resumed run draws the same
+            opt.generator = torch_generator(derive_seed(config.seed, "dp-noise", step), device=params[0].device)
             lv = float("nan")
             if len(rows):
                 x0 = data_x[rows]
