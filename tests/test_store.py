@@ -73,12 +73,42 @@ def test_changed_settings_are_refused(tiny_model, tmp_path, capsys):
     assert "steps" in capsys.readouterr().err
 
 
+def test_store_refuses_to_resume_with_other_weights_in_the_same_folder(tiny_model, tmp_path, capsys):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    out = tmp_path / "s"
+    assert main(sample_args(model, out)) == 0
+    (out / "shards" / "shard-000001.npy").unlink()  # as if killed before the second shard
+    weights = next(model.rglob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # other weights under the same path
+    weights.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(sample_args(model, out)) == 2
+    assert "model_digest" in capsys.readouterr().err
+
+
 def test_export_png(tiny_model, tmp_path):
     out = tmp_path / "s"
     assert main(sample_args(tiny_model, out)) == 0
     assert main(["export", "--samples", str(out), "--out", str(tmp_path / "png"), "--quiet"]) == 0
     files = sorted(os.listdir(tmp_path / "png"))
     assert len(files) == 40 and "p0-i0.png" in files
+
+
+def test_export_refuses_an_id_that_would_leave_the_folder(tiny_model, tmp_path, capsys):
+    out = tmp_path / "s"
+    assert main(sample_args(tiny_model, out)) == 0
+    sidecar = out / "shards" / "shard-000001.json"
+    meta = json.loads(sidecar.read_text())
+    meta["ids"][0] = "../../escaped"
+    sidecar.write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert main(["export", "--samples", str(out), "--out", str(tmp_path / "png" / "x"), "--quiet"]) == 2
+    assert "not a generation id" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("escaped*"))
 
 
 def test_empty_prompt_file_is_an_error(tiny_model, tmp_path, capsys):

@@ -40,6 +40,11 @@ def generation_id(prompt_index: int, image_index: int) -> str:
     return f"p{prompt_index}-i{image_index}"
 
 
+#: What :func:`generation_id` writes; a sidecar id that is not of this form is refused when read
+#: (ids name exported files, so a hand-edited ``../x`` must not become a path).
+GENERATION_ID = re.compile(r"p\d+-i\d+")
+
+
 @dataclass(frozen=True)
 class ShardPlan:
     """What shard ``index`` holds: ordinals [start, stop)."""
@@ -161,6 +166,10 @@ class SampleStore:
         images = load_npy(self._npy(index), mmap=mmap)
         if len(images) != len(meta["ids"]):
             raise DiffauditError(f"{self._npy(index)}: {len(images)} images but {len(meta['ids'])} ids in its sidecar")
+        bad = [i for i in meta["ids"] if not (isinstance(i, str) and GENERATION_ID.fullmatch(i))]
+        if bad:
+            raise DiffauditError(f"{self._sidecar(index)}: id {bad[0]!r} is not a generation id (p<prompt>-i<image>); "
+                                 "the sidecar was edited or damaged")
         return images, meta
 
     def iter_shards(self) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
