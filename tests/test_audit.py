@@ -45,6 +45,52 @@ def test_audit_config_file_and_changed_settings(tmp_path, capsys):
     capsys.readouterr()
     assert main(["audit", "--config", str(cfg), "--steps", "50", "--out", str(out), "--device", "cpu", "--quiet"]) == 2
     assert "steps" in capsys.readouterr().err
+    # another spelling of the same folder is the same audit (--out is not a compared setting)
+    same = tmp_path / "elsewhere" / ".." / "audit"
+    assert main(["audit", "--config", str(cfg), "--out", str(same), "--device", "cpu", "--quiet"]) == 0
+    # abbreviated flags are refused (they would bypass the "command line wins over --config" check)
+    try:
+        rc = main(["audit", "--config", str(cfg), "--ste", "50", "--out", str(out), "--device", "cpu", "--quiet"])
+    except SystemExit as exc:
+        rc = exc.code
+    assert rc == 2 and "--ste" in capsys.readouterr().err
+
+
+def test_audit_refuses_bad_values_before_recording_anything(tmp_path, capsys):
+    for bad, says in ((["--data", str(tmp_path / "nope.npz")], "nope.npz"), (["--timesteps", "abc"], "--timesteps"),
+                      (["--inpaint", "--shadows", "2", "--inpaint-targets", "x"], "--inpaint-targets"),
+                      (["--mia", "loss", "--draws", "5"], "--draws")):
+        out = tmp_path / "e"
+        assert main(["audit", *bad, "--out", str(out), "--device", "cpu", "--quiet"]) == 2
+        assert says in capsys.readouterr().err
+        assert not out.exists()  # nothing recorded: the corrected command starts cleanly
+
+
+def test_audit_class_conditional_samples_every_class(tmp_path):
+    out = tmp_path / "audit"
+    assert main(["audit", "--train-size", "20", "--class-conditional", "--steps", "30", "--batch-size", "8",
+                 "--n-samples", "20", "--sample-steps", "3", "--sweep", "", "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+    sample = json.loads((out / "samples" / "result.json").read_text())
+    assert sample["n_prompts"] == 10 and sample["per_prompt"] == 2 and sample["n_samples"] == 20
+    assert json.loads((out / "extract" / "result.json").read_text())["command"] == "extract"
+
+
+def test_audit_of_an_existing_run_trains_the_shadows_it_asks_for(tmp_path):
+    from diffaudit.data import load_dataset
+    from diffaudit.data.view import save_view
+
+    data = ["--data", "digits", "--subset", "40"]
+    view = save_view(tmp_path / "first20.view.json", "digits", {"subset": 40}, load_dataset("digits", subset=40).keys[:20])
+    assert main(["train", "--data", str(view), "--steps", "30", "--batch-size", "8", "--checkpoint-every", "30", "--device", "cpu",
+                 "--quiet", "--out", str(tmp_path / "run")]) == 0
+    out = tmp_path / "audit"
+    assert main(["audit", *data, "--model", str(tmp_path / "run"), "--shadows", "4", "--mia", "lira-fixed", "--steps", "30",
+                 "--batch-size", "8", "--checkpoint-every", "30", "--n-samples", "16", "--sample-steps", "3", "--sweep", "",
+                 "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+    assert sorted(p.name for p in (out / "models").glob("model-*")) == [f"model-{k:02d}" for k in range(4)]
+    mia = json.loads((out / "mia" / "result.json").read_text())
+    assert mia["attack"] == "lira-fixed" and mia["target"]["mode"] == "model"
+    assert json.loads((out / "result.json").read_text())["target"] == str(tmp_path / "run")
 
 
 def test_defence_workflow_reaudit_existing_runs_and_compare(tmp_path, capsys):

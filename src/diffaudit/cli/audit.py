@@ -40,6 +40,9 @@ MIA_ATTACKS = ("loss", "lira", "lira-offline", "lira-fixed", "strong-lira", "str
 
 # Options that never change results (left out of the audit's settings).
 _NOT_SETTINGS = {"config", "fresh", "quiet", "json", "command", "_run", "_argv", "redact"}
+#: Options that --config may set but that are not compared on a resume (another spelling of the same
+#: --out folder is the same audit).
+_NOT_COMPARED = {"out"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -151,7 +154,7 @@ def config_toml(settings: dict[str, Any]) -> str:
 
 
 def audit_settings(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_SETTINGS}
+    return {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_SETTINGS | _NOT_COMPARED}
 
 
 # --------------------------------------------------------------------------- stages
@@ -194,7 +197,10 @@ class _Stages:
             stage_line(f"audit: {name}: finished earlier, kept")
         else:
             t0 = time.perf_counter()
-            code = main(argv + self.common)
+            try:
+                code = main(argv + self.common)
+            except SystemExit as exc:  # the stage's own argument parser refused a value
+                code = exc.code if isinstance(exc.code, int) else 2
             if code != 0:
                 raise DiffauditError(f"stage `{name}` failed (exit {code}); fix the cause and re-run: finished stages are kept")
             stage_line(f"audit: {name}: done in {time.perf_counter() - t0:.1f}s")
@@ -232,6 +238,24 @@ def outliers_stage(out: Path, data, seed: int) -> None:
                f"membership scores of {len(idx)} members")
 
 
+def check_stage_values(args: argparse.Namespace) -> None:
+    """Refuse, before anything is trained or recorded, the values that the stages would refuse late:
+    --timesteps, --sweep, --draws, --inpaint-targets."""
+    from diffaudit.attacks.extraction.calibration import parse_int_list
+    from diffaudit.cli.inpaint import parse_counts
+
+    timesteps = parse_int_list(args.timesteps, "--timesteps")
+    sweep = parse_int_list(args.sweep, "--sweep") if str(args.sweep).strip() else []
+    if min(timesteps + sweep) < 0:
+        raise DiffauditError("--timesteps and --sweep: timesteps must be >= 0")
+    if args.draws is not None and args.draws < 1:
+        raise DiffauditError(f"--draws must be at least 1; got {args.draws}")
+    if args.draws not in (None, 1) and not args.mia.startswith("strong"):
+        raise DiffauditError(f"--draws is for --mia strong-lira; --mia {args.mia} uses one noise draw per example")
+    if args.inpaint:
+        parse_counts(args.inpaint_targets, "--inpaint-targets")
+
+
 def _target_members(args, models: Path, dataset) -> tuple[Path, list[str]]:
     """The target run and the keys of its training set."""
     from diffaudit.core.io import read_json
@@ -265,6 +289,10 @@ def run(args: argparse.Namespace) -> int:
         raise DiffauditError(f"--mia {args.mia} needs at least 4 shadow models (the target is one of them, and every "
                              "example needs losses from the others both with and without it): pass --shadows K "
                              "(K even, the paper uses 16)")
+    check_stage_values(args)
+    data = load_dataset(args.data, **data_options(args))  # before --out records anything: a typo costs nothing
+    if args.class_conditional and data.labels is None:
+        raise DiffauditError(f"--class-conditional needs labels, and {args.data} has none")
     settings = audit_settings(args)
     out, _ = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
     write_bytes_atomic(out / "config.toml", config_toml(settings).encode("utf-8"))
@@ -274,7 +302,6 @@ def run(args: argparse.Namespace) -> int:
     dev = ["--device", args.device]
     seed = ["--seed", str(args.seed)]
 
-    data = load_dataset(args.data, **data_options(args))
     models = make_private_dir(out / "models")
     if not (models / "membership.npz").exists():
         if args.shadows:
@@ -288,7 +315,7 @@ def run(args: argparse.Namespace) -> int:
         save_membership(models / "membership.npz", matrix, data.keys, args.seed)
     if args.model and not args.shadows and not (models / "model-00").exists():
         (models / "model-00").symlink_to(Path(args.model).resolve(), target_is_directory=True)
-    if args.model is None:  # train the target (model 0) and any shadows: one `shadows` call, done with the last model
+    if args.model is None or args.shadows:  # the target (model 0) unless --model, and any shadows: one `shadows` call
         n_train = args.shadows if args.shadows else 1
         stages.run("train", ["shadows", *_data_flags(args), "--membership", str(models / "membership.npz"),
                              "--out", str(models), "--models", str(n_train), *_train_flags(args), *dev, *seed],
@@ -301,7 +328,12 @@ def run(args: argparse.Namespace) -> int:
     if nonmember_keys:
         save_view(out / "nonmembers.view.json", args.data, opts, nonmember_keys)
 
-    stages.run("sample", ["sample", "--model", str(target), "--out", str(out / "samples"), "--n", str(args.n_samples),
+    if args.class_conditional:  # one prompt per class, the generations shared among them
+        n_classes = len(data.class_names) if data.class_names else int(np.max(data.labels)) + 1
+        what = ["--classes", "--per-prompt", str(max(1, args.n_samples // n_classes))]
+    else:
+        what = ["--n", str(args.n_samples)]
+    stages.run("sample", ["sample", "--model", str(target), "--out", str(out / "samples"), *what,
                           "--steps", str(args.sample_steps), *dev, *seed])
     grid = args.grid or max(1, min(4, data.image_shape[0] // 4))
     stages.run("extract", ["extract", "--samples", str(out / "samples"), "--out", str(out / "extract"),

@@ -75,13 +75,14 @@ def _train_keys(run: Path, what: str) -> set[str]:
     return set(map(str, keys))
 
 
-def _parse_counts(text: str) -> tuple[int, int]:
+def parse_counts(text: str, flag: str = "--targets") -> tuple[int, int]:
+    """N_IN,N_OUT from ``text`` (``flag`` names the option in errors)."""
     try:
         a, b = (int(v) for v in text.split(","))
     except ValueError:
-        raise DiffauditError(f"--targets must be N_IN,N_OUT (two integers); got {text!r}") from None
+        raise DiffauditError(f"{flag} must be N_IN,N_OUT (two integers); got {text!r}") from None
     if a < 0 or b < 0 or a + b == 0:
-        raise DiffauditError(f"--targets must be non-negative and not both zero; got {text!r}")
+        raise DiffauditError(f"{flag} must be non-negative and not both zero; got {text!r}")
     return a, b
 
 
@@ -99,7 +100,7 @@ def select_targets(ds, train_keys: set[str], *, targets: str, target_keys: str |
                 raise DiffauditError(f"--target-keys: {k!r} is not an example of {ds.source}")
             out.append(index[k])
         return out
-    n_in, n_out = _parse_counts(targets)
+    n_in, n_out = parse_counts(targets)
     member = np.array([k in train_keys for k in ds.keys])
     ins, outs = np.flatnonzero(member), np.flatnonzero(~member)
     if n_in > len(ins) or n_out > len(outs):

@@ -89,8 +89,10 @@ def build_parser(only: str | None = None, *, overview: bool = False) -> argparse
         return parser
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod in _available_commands(only):
+        # no abbreviated flags: `audit --config` tells given options by their full names, and a flag
+        # added later must not change what an abbreviation in someone's script means
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
         mod.add_arguments(p)
         out = p.add_argument_group("output")
         out.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars or stage lines")
