@@ -39,3 +39,15 @@ def test_view_errors(tmp_path):
     bad.write_text('{"spec": "digits"}')
     with pytest.raises(DiffauditError, match="not a dataset view"):
         load_dataset(str(bad))
+
+
+def test_view_of_a_relative_path_loads_from_any_directory(tmp_path, tmp_npz, monkeypatch):
+    images = np.arange(6 * 4 * 4 * 3, dtype=np.uint8).reshape(6, 4, 4, 3)
+    tmp_npz(images, name="d6.npz")
+    monkeypatch.chdir(tmp_path)
+    view = save_view(tmp_path / "out" / "sel.view.json", "d6.npz", {}, ["npz:4", "npz:1"])  # as `audit --data d6.npz`
+    monkeypatch.chdir("/")
+    assert np.array_equal(load_dataset(str(view)).images, images[[4, 1]])
+    # a view written by hand with a path relative to its own folder
+    (tmp_path / "out" / "hand.view.json").write_text('{"view": 1, "spec": "../d6.npz", "options": {}, "keys": ["npz:2"]}')
+    assert np.array_equal(load_dataset(str(tmp_path / "out" / "hand.view.json")).images, images[[2]])

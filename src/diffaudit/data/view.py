@@ -1,7 +1,8 @@
 """Dataset views: a saved selection of another dataset's examples, usable wherever a dataset is.
 
 A view file (``NAME.view.json``) holds ``{"view": 1, "spec": ..., "options": {...}, "keys": [...]}``:
-the underlying dataset spec with its loader options and the keys to keep, in that order. The audit
+the underlying dataset spec (a built-in name, or an absolute path; a relative one is looked for in
+the view's folder, then in the working directory) with its loader options and the keys to keep, in that order. The audit
 writes one for the target's training set (members) and one for the images it never saw
 (non-members), so ``verify --data members.view.json --baseline nonmembers.view.json`` compares
 against exactly those images while every result keeps the original stable keys. Loading a view with
@@ -17,6 +18,7 @@ from typing import Any, Sequence
 
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import read_json, write_json_atomic
+from diffaudit.data.builtin import BUILTIN_NAMES
 
 VIEW_SUFFIX = ".view.json"
 
@@ -31,7 +33,9 @@ def save_view(path: str | os.PathLike, spec: str, options: dict[str, Any], keys:
         raise DiffauditError(f"a dataset view file must end with {VIEW_SUFFIX}: {path}")
     if not keys:
         raise DiffauditError(f"{path}: a view needs at least one key")
-    return write_json_atomic(path, {"view": 1, "spec": str(spec), "options": dict(options), "keys": list(keys)})
+    # a path is stored absolute, so the view loads from any working directory (a built-in name stays a name)
+    spec = str(spec) if str(spec) in BUILTIN_NAMES else os.path.abspath(spec)
+    return write_json_atomic(path, {"view": 1, "spec": spec, "options": dict(options), "keys": list(keys)})
 
 
 def read_view(path: str | os.PathLike) -> tuple[str, dict[str, Any], list[str]]:
@@ -44,4 +48,8 @@ def read_view(path: str | os.PathLike) -> tuple[str, dict[str, Any], list[str]]:
     opts = v.get("options") or {}
     if not isinstance(opts, dict):
         raise DiffauditError(f"{path}: options must be an object")
-    return str(v["spec"]), opts, [str(k) for k in v["keys"]]
+    spec = str(v["spec"])
+    beside = Path(path).parent / spec  # a relative path (a view written by hand) is looked for beside the view first
+    if spec not in BUILTIN_NAMES and not os.path.isabs(spec) and beside.exists():
+        spec = str(beside)
+    return spec, opts, [str(k) for k in v["keys"]]
