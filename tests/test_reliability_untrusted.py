@@ -105,6 +105,26 @@ def test_pickled_bin_weights_are_never_loaded(tmp_path, marker, capsys, with_saf
         load_denoiser(unet_dir)
 
 
+
+@pytest.mark.parametrize("damage", ["config", "weights"])
+def test_damaged_model_folder_is_a_user_error(tmp_path, capsys, damage):
+    """A config.json that is not JSON, or a truncated safetensors file: one line naming the folder."""
+    model = tmp_path / "model"
+    tiny_unet().save_pretrained(model / "unet")
+    make_scheduler().save_pretrained(model / "scheduler")
+    if damage == "config":
+        (model / "unet" / "config.json").write_text("{ not json")
+    else:
+        weights = next((model / "unet").glob("*.safetensors"))
+        weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(DiffauditError, match="--model"):
+        load_denoiser(model)
+    assert main(["--quiet", "sample", "--model", str(model), "--out", str(tmp_path / "s"), "--n", "2", "--steps", "2",
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert str(model) in err and "Traceback" not in err
+
+
 # --------------------------------------------------------------------------- arrays
 
 def test_samples_npz_with_object_prompts_is_refused(tmp_path, marker, capsys):

@@ -107,10 +107,18 @@ def load_denoiser(path: str | Path, device: str | torch.device = "cpu", dtype: t
             f"--model {root}: no UNet found (looked for unet/config.json and config.json). "
             "Train one with `diffaudit train` or point to a diffusers UNet2DModel/DDPM pipeline folder."
         )
-    cls = json.loads((unet_dir / "config.json").read_text()).get("_class_name", "UNet2DModel")
+    try:
+        config = json.loads((unet_dir / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DiffauditError(f"--model {root}: {unet_dir / 'config.json'} is not readable JSON ({exc})") from None
+    cls = config.get("_class_name", "UNet2DModel") if isinstance(config, dict) else None
     if cls != "UNet2DModel":
         raise DiffauditError(f"--model {root}: {cls} is not a pixel-space UNet2DModel (latent pipelines load with load_sd_pipeline)")
     if not any(unet_dir.glob("*.safetensors")):
         raise DiffauditError(f"--model {root}: weights must be in safetensors format (pickled .bin weights are refused)")
-    unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True, torch_dtype=dtype).to(device=device).eval()
+    try:
+        unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True, torch_dtype=dtype)
+    except (OSError, ValueError, RuntimeError) as exc:  # a truncated or damaged weights file, a config that does not fit them
+        raise DiffauditError(f"--model {root}: the UNet in {unet_dir} cannot be loaded: {str(exc).splitlines()[0]}") from None
+    unet = unet.to(device=device).eval()
     return Denoiser(unet=unet, alphas_cumprod=alphas_cumprod_of(_scheduler_from(sched_dir)), dtype=dtype, path=str(root))
