@@ -50,6 +50,8 @@ def test_npz_object_array_refused_without_unpickling(tmp_npz):
     ({"images": np.zeros((2, 2, 2), np.uint8), "labels": [0, -1]}, r"`labels` must be >= 0"),
     ({"images": np.zeros((2, 2, 2), np.uint8), "captions": [1, 2]}, r"`captions` must be strings"),
     ({"images": np.zeros((0, 2, 2), np.uint8)}, r"the dataset is empty"),
+    ({"images": np.zeros((4, 0, 0), np.uint8)}, r"images have no pixels \(height x width 0x0\)"),
+    ({"images": np.zeros((4, 3, 0, 3), np.uint8)}, r"images have no pixels"),
 ])
 def test_npz_bad_arrays(tmp_npz, kwargs, match):
     with pytest.raises(DiffauditError, match=match):

@@ -51,6 +51,8 @@ class ImageDataset:
                 f"{self.source or 'dataset'}: images must be a uint8 array (N, H, W, C) with C in (1, 3); "
                 f"got {getattr(im, 'dtype', type(im))} {getattr(im, 'shape', '')}"
             )
+        if im.shape[1] < 1 or im.shape[2] < 1:
+            raise DiffauditError(f"{self.source or 'dataset'}: images have no pixels (height x width {im.shape[1]}x{im.shape[2]})")
         n = len(im)
         if len(self.keys) != n:
             raise DiffauditError(f"{self.source}: {len(self.keys)} keys for {n} images")
