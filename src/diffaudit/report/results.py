@@ -134,8 +134,8 @@ def load_results(result_dir: str | Path) -> ResultSet:
             data = _read_result(sub / RESULT_FILE)
             if data is not None:
                 rs.stages.append(Stage(sub.name, _command_of(data, sub), sub, data))
-    # an audit trains its target as model 0 of its `shadows` folder (models/model-00): that is its training
-    for st in [st for st in rs.stages if st.command == "shadows"]:
+    # an audit without --model trains its target as model 0 of its `shadows` folder (models/model-00)
+    for st in [st for st in rs.stages if st.command == "shadows" and not rs.audit_settings.get("model")]:
         target = st.path / "model-00"
         data = _read_result(target / RESULT_FILE) if (target / RESULT_FILE).exists() else None
         if data is not None and _command_of(data, target) == "train" and rs.first("train") is None:
