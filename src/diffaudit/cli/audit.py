@@ -240,18 +240,14 @@ def outliers_stage(out: Path, data, seed: int) -> None:
 
 def check_stage_values(args: argparse.Namespace) -> None:
     """Refuse, before anything is trained or recorded, the values that the stages would refuse late:
-    --timesteps, --sweep, --draws, --inpaint-targets."""
+    --timesteps, --sweep and --draws (by the mia stage's own MiaConfig), --inpaint-targets."""
     from diffaudit.attacks.extraction.calibration import parse_int_list
+    from diffaudit.attacks.membership.run import MiaConfig
     from diffaudit.cli.inpaint import parse_counts
 
     timesteps = parse_int_list(args.timesteps, "--timesteps")
     sweep = parse_int_list(args.sweep, "--sweep") if str(args.sweep).strip() else []
-    if min(timesteps + sweep) < 0:
-        raise DiffauditError("--timesteps and --sweep: timesteps must be >= 0")
-    if args.draws is not None and args.draws < 1:
-        raise DiffauditError(f"--draws must be at least 1; got {args.draws}")
-    if args.draws not in (None, 1) and not args.mia.startswith("strong"):
-        raise DiffauditError(f"--draws is for --mia strong-lira; --mia {args.mia} uses one noise draw per example")
+    MiaConfig(attack=args.mia, timesteps=tuple(timesteps), sweep=tuple(sweep), n_draws=args.draws or 1).validate()
     if args.inpaint:
         parse_counts(args.inpaint_targets, "--inpaint-targets")
 

@@ -81,7 +81,7 @@ def sample_into(args: argparse.Namespace, model: str, out: str):
                          guidance_scale=args.guidance_scale, scheduler=args.scheduler, fast=args.fast,
                          compile=getattr(args, "compile", False))
     prompts, per_prompt = plan_prompts(args, source)
-    from diffaudit.attacks.membership.loss_cache import model_digest
+    from diffaudit.models.digest import model_digest
 
     # the weights' digest too: a store resumed after the folder's weights changed would mix two models
     settings = {"model": str(Path(model).resolve()), "model_digest": model_digest(model), "seed": args.seed,

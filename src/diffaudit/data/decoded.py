@@ -58,12 +58,9 @@ def _folder_name(spec: str, options: dict[str, Any], entries: list[Entry]) -> st
     (path, size, modification time in ns) of every file the entries are read from."""
     head = hashlib.sha256(json.dumps({"spec": spec, "options": options}, sort_keys=True).encode())
     body = hashlib.sha256()
-    files: dict[str, None] = {}
     for e in entries:
         body.update(e.key.encode() + b"\0")
-        if e.file is not None:
-            files.setdefault(e.file)
-    for f in files:
+    for f in dict.fromkeys(e.file for e in entries if e.file is not None):  # each file once, in order
         try:
             st = os.stat(f)
             stamp = f"{st.st_size}:{st.st_mtime_ns}"

@@ -88,21 +88,23 @@ class ShardedImages:
         """The rows at ``indices`` (1-D integers, any order, repeats allowed), in that order.
 
         Lazy when the indices fall into few runs that stay in one part (a seeded subset, a view in
-        dataset order, a view that repeats some keys after the others): a :class:`ShardedImages` whose
-        parts are the selected rows of these parts (each at most as long as its part), read only when
-        reached. Indices that jump between
-        parts more than once per :data:`LAZY_RUN_ROWS` rows on average (a shuffle) give a numpy copy.
+        dataset order, rows repeated after the others): a :class:`ShardedImages` whose parts are the
+        selected rows of these parts (each at most as long as its part), read only when reached.
+        Indices that jump between parts more than once per :data:`LAZY_RUN_ROWS` rows (a shuffle)
+        give a numpy copy.
         """
         idx = self._positions(indices)
-        if len(idx) == 0:
-            return self[idx]
+        limit = max(64, len(idx) // LAZY_RUN_ROWS)
         which = np.searchsorted(self._starts, idx, side="right") - 1
+        cuts = np.flatnonzero(np.diff(which)) + 1
+        if len(idx) == 0 or len(cuts) >= limit:  # too many runs already, before any is cut to size
+            return self[idx]
         sizes = np.diff(self._starts)
         pieces = []  # runs within one part, cut to at most that part's size (a part read is bounded)
-        for run in np.split(np.arange(len(idx)), np.flatnonzero(np.diff(which)) + 1):
+        for run in np.split(np.arange(len(idx)), cuts):
             n_part = int(sizes[which[run[0]]])
             pieces.extend(run[lo:lo + n_part] for lo in range(0, len(run), n_part))
-        if len(pieces) > max(64, len(idx) // LAZY_RUN_ROWS):
+        if len(pieces) > limit:
             return self[idx]
         parts: list[Part] = []
         for run in pieces:

@@ -2,8 +2,8 @@
 
 A view file (``NAME.view.json``) holds ``{"view": 1, "spec": ..., "options": {...}, "keys": [...]}``:
 the underlying dataset spec (a built-in name, or an absolute path; a relative one is looked for in
-the view's folder, then in the working directory) with its loader options and the keys to keep, in that order. The audit
-writes one for the target's training set (members) and one for the images it never saw
+the view's folder, then in the working directory) with its loader options and the keys to keep, in
+that order. The audit writes one for the target's training set (members) and one for the images it never saw
 (non-members), so ``verify --data members.view.json --baseline nonmembers.view.json`` compares
 against exactly those images while every result keeps the original stable keys. Loading a view with
 ``image_size``, ``center_crop`` or ``mode`` replaces the view's own (same examples, other pixels);

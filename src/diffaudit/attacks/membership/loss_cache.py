@@ -26,35 +26,12 @@ from diffaudit.core.progress import Timer, stage_line
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.models.denoiser import load_denoiser
 from diffaudit.models.latent_loss import load_sd_pipeline, per_example_latent_loss
+from diffaudit.models.digest import model_digest
 from diffaudit.models.loss import per_example_loss
 from diffaudit.sampling.sources import is_stable_diffusion_dir
 
 PRECISIONS = ("fp32", "bf16")
 _NAME = re.compile(r"^t(\d+)-d(\d+)-f([01])-s(-?\d+)-(fp32|bf16)\.npy$")
-
-
-def _hash_file(h, path: Path) -> None:
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-
-
-def model_digest(run_dir: str | Path) -> str:
-    """SHA-256 (16 hex) of a model folder's weights (``*.safetensors``) and configs (``*.json``)."""
-    root = Path(run_dir)
-    if (root / "model_index.json").exists():  # a pipeline: every component (VAE, text encoder, UNet, ...)
-        files = sorted(p for p in root.rglob("*") if p.suffix in (".safetensors", ".json", ".txt") and p.is_file())
-    else:
-        unet = root / "unet" if (root / "unet").is_dir() else root
-        files = sorted(unet.glob("*.safetensors")) + sorted(unet.glob("*.json"))
-        sched = root / "scheduler" / "scheduler_config.json"
-        if sched.exists():
-            files.append(sched)
-    h = hashlib.sha256()
-    for p in files:
-        h.update(p.name.encode())
-        _hash_file(h, p)
-    return h.hexdigest()[:16]
 
 
 def dataset_digest(dataset: ImageDataset) -> str:

@@ -77,7 +77,7 @@ class MiaConfig:
         if not attack.all_queries and (self.n_draws > 1 or self.flips):
             raise DiffauditError(
                 f"attack {self.attack!r} uses one query per example (noise draw 0, unflipped); --draws and --flips "
-                "are for strong-lira, which averages the loss over them"
+                "are for strong-lira, which uses them all"
             )
         if not self.timesteps:
             raise DiffauditError("--timesteps: give at least one timestep")
