@@ -75,3 +75,20 @@ def test_top_level_help_is_read_without_importing_the_commands():
             "print(sorted(m for m in ('torch', 'numpy', 'diffusers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_compare_out_is_recomputed_when_a_folder_changes(tmp_path, capsys):
+    """Same paths, new results: the written table follows the folders, never an earlier run's."""
+    a = _audit(tmp_path / "plain", 12, 0.5, 0.9)
+    b = _audit(tmp_path / "dedup", 3, 0.1, 0.6)
+    out = tmp_path / "cmp"
+    assert main(["--json", "compare", str(a), str(b), "--out", str(out)]) == 0
+    capsys.readouterr()
+    _audit(tmp_path / "dedup2", 7, 0.1, 0.6)
+    (b / "verify" / "result.json").write_bytes((tmp_path / "dedup2" / "verify" / "result.json").read_bytes())
+    assert main(["--json", "compare", str(a), str(b), "--out", str(out)]) == 0
+    rows = {x["metric"]: x for x in json.loads(capsys.readouterr().out)["rows"]}
+    assert rows["extraction: unique extracted"]["b"] == 7
+    saved = {x["metric"]: x for x in json.loads((out / "result.json").read_text())["rows"]}
+    assert saved["extraction: unique extracted"]["b"] == 7
+    assert main(["compare", str(a), str(b), "--labels", "x,y", "--out", str(out)]) == 2  # other settings: refused

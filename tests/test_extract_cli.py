@@ -118,3 +118,21 @@ def test_mode_and_settings_errors(files, tmp_path, capsys):
     assert run("extract", "--samples", files / "cond.npz", "--out", out, "--device", "cpu") == 0
     assert run("extract", "--samples", files / "cond.npz", "--out", out, "--min-clique", "5") == 2
     assert "min_clique (was 10, now 5)" in capsys.readouterr().err
+
+
+def test_calibration_distances_are_exact_on_every_device(files, tmp_path, monkeypatch):
+    """The sweep compares each distance with several thresholds, so it asks for float64 (exact)
+    distances: on CUDA the default GEMM is exact only near the graph's own threshold."""
+    import diffaudit.cli.extract as extract_cli
+
+    seen = []
+    real = extract_cli.near_duplicate_graph
+
+    def spy(images, **kw):
+        seen.append(kw.get("compute", "auto"))
+        return real(images, **kw)
+
+    monkeypatch.setattr(extract_cli, "near_duplicate_graph", spy)
+    assert run("extract", "--samples", files / "cond.npz", "--out", tmp_path / "cal", "--calibrate", files / "truth.json",
+               "--device", "cpu") == 0
+    assert seen and set(seen) == {"float64"}

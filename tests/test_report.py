@@ -317,7 +317,12 @@ def test_redact_removes_training_images(redacted, audit):
     for i in EXTRACTED_TRAIN:
         assert f"npz:{i}" in text
     assert "redacted" in text
-    assert len(page.images("generation")) >= 13  # generations stay
+    # the verified generations and clique members are copies (or candidates) of training images too
+    assert page.images("generation") == [] and page.images() == page.images("plot")
+    assert html.count('data-kind="generation-redacted"') >= 13
+    for sample in ("p0-i0", "p1-i0", "p1-i1"):
+        assert sample in text
+    assert "no generation found to copy one" in text
 
 
 def test_files_are_owner_only(rendered, redacted):

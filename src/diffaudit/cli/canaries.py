@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict
 
-from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit
+from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit, emit_finished
 from diffaudit.cli.train import add_train_options, train_config_from
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
-from diffaudit.core.io import read_json
 from diffaudit.core.outdir import prepare_out_dir
 from diffaudit.core.results import write_result
 from diffaudit.data import load_dataset
@@ -64,9 +63,7 @@ def run(args: argparse.Namespace) -> int:
                 "repeats": repeats, "per_repeat": args.per_repeat, "n_reference": args.n_reference,
                 "train": asdict(config), "evaluation": asdict(ev)}
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
-    if resumed and (out / "result.json").exists():
-        r = read_json(out / "result.json")
-        emit(args, r, f"{r['n_canaries']} canaries, {r['n_extracted']} extracted (already finished)")
+    if emit_finished(args, out, resumed, lambda r: f"{r['n_canaries']} canaries, {r['n_extracted']} extracted"):
         return 0
     ds = load_dataset(args.data, **opts)
     pool = None

@@ -11,7 +11,8 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 
 def add_data_args(p: argparse.ArgumentParser, *, required: bool = False, default: str | None = "digits",
@@ -81,6 +82,19 @@ def emit(args: argparse.Namespace, result: dict[str, Any], human: str) -> None:
         sys.stdout.write("\n")
     elif not getattr(args, "quiet", False):
         print(human)
+
+
+def emit_finished(args: argparse.Namespace, out: Path, resumed: bool, summary: Callable[[dict[str, Any]], str]) -> bool:
+    """On a resumed ``out`` that already holds ``result.json``: print it (``summary(result)`` plus
+    "(already finished)") and return True; the command then returns 0 without redoing anything."""
+    from diffaudit.core.io import read_json
+
+    path = out / "result.json"
+    if not (resumed and path.exists()):
+        return False
+    result = read_json(path)
+    emit(args, result, f"{summary(result)} (already finished in {out})")
+    return True
 
 
 def set_quiet(quiet: bool) -> None:

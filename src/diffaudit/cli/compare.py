@@ -9,7 +9,6 @@ from diffaudit.cli.common import emit
 from diffaudit.core.outdir import prepare_out_dir
 from diffaudit.core.results import envelope, write_result
 from diffaudit.core.errors import DiffauditError
-from diffaudit.core.io import read_json
 from diffaudit.defenses.compare import compare_summaries, find_dp_record, format_table
 from diffaudit.report.summary import build_summary
 
@@ -28,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("audit_b", metavar="AUDIT_B", help="second audit or result folder (e.g. after --dedup or DP-SGD)")
     p.add_argument("--labels", default="A,B", help="column names, comma-separated")
     p.add_argument("--out", default=None, help="also write result.json into this folder")
-    p.add_argument("--fresh", action="store_true", help="start --out over")
+    p.add_argument("--fresh", action="store_true", help="empty --out first (result.json is rewritten on every run anyway)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,13 +35,9 @@ def run(args: argparse.Namespace) -> int:
     if len(labels) != 2 or not all(labels):
         raise DiffauditError(f"--labels needs two comma-separated names (e.g. plain,dedup); got {args.labels!r}")
     settings = {"audit_a": str(args.audit_a), "audit_b": str(args.audit_b), "labels": labels}
-    out = None
-    if args.out:
-        out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
-        if resumed and (out / "result.json").exists():
-            result = read_json(out / "result.json")
-            emit(args, result, format_table(result["rows"], *labels) + "\n(already written; --fresh to recompute)")
-            return 0
+    # Always recomputed (it only reads two folders' JSON): a result kept from an earlier run would be
+    # stale once either folder's results change, and the settings hold only their paths.
+    out = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)[0] if args.out else None
     a, b = build_summary(args.audit_a), build_summary(args.audit_b)
     rows = compare_summaries(a, b, dp_a=find_dp_record(args.audit_a), dp_b=find_dp_record(args.audit_b))
     fields = {"labels": labels, "rows": rows, "a": {"path": str(args.audit_a), "command": a.get("command")},

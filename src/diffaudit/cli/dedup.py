@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit, load_data
+from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit, emit_finished, load_data
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
-from diffaudit.core.io import read_json, save_npz_atomic
+from diffaudit.core.io import save_npz_atomic
 from diffaudit.core.outdir import prepare_out_dir
 from diffaudit.core.progress import Timer, stage_line
 from diffaudit.core.results import write_result
@@ -77,14 +77,11 @@ def run(args: argparse.Namespace) -> int:
     }
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
     ds = load_data(args, args.data, **opts)
-    result_path = out / "result.json"
-    if resumed and result_path.exists():
-        result = read_json(result_path)
-        if args.write_deduped:
-            from diffaudit.defenses.dedup import load_keep_list
+    if resumed and args.write_deduped and (out / "result.json").exists():
+        from diffaudit.defenses.dedup import load_keep_list
 
-            write_deduped_npz(args.write_deduped, ds, load_keep_list(out / "keep.json", ds))
-        emit(args, result, _summary(result) + " (already finished)")
+        write_deduped_npz(args.write_deduped, ds, load_keep_list(out / "keep.json", ds))
+    if emit_finished(args, out, resumed, _summary):
         return 0
     with Timer() as t:
         res = find_duplicates(ds.images, embedder, threshold=threshold, index=args.index, k=args.k, nlist=args.nlist,
@@ -93,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     write_keep_list(out / "keep.json", ds, res)
     if args.write_deduped:
         write_deduped_npz(args.write_deduped, ds, res.keep_indices())
-    result = write_result(result_path, NAME, settings, {"seed": args.seed}, **res.result_fields(ds.keys),
+    result = write_result(out / "result.json", NAME, settings, {"seed": args.seed}, **res.result_fields(ds.keys),
                           keep_file="keep.json", edges_file="edges.npz", seconds=round(t.seconds, 3))
     stage_line(f"dedup: {_summary(result)} ({t.seconds:.1f} s)")
     emit(args, result, _summary(result))

@@ -17,7 +17,7 @@ from diffaudit.attacks.extraction.cliques import DEFAULT_MAX_EXPANSIONS
 from diffaudit.attacks.extraction.filter import FilterSettings, PromptResult, filter_prompt, group_by_prompt, rank_prompts
 from diffaudit.attacks.extraction.graph import DEFAULT_EDGE_THRESHOLD, DEFAULT_MIN_CLIQUE, check_threshold, near_duplicate_graph
 from diffaudit.attacks.extraction.knn_cache import iter_cached_knn
-from diffaudit.cli.common import add_run_args, emit
+from diffaudit.cli.common import add_run_args, emit, emit_finished
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.faults import fault_point
@@ -137,7 +137,10 @@ def _conditional(args, ds, fs: FilterSettings, out: Path, device) -> dict[str, A
         dists = []
         with progress_bar("extract: calibration distances", len(groups), unit="prompt") as bar:
             for _, idx in groups:
-                dists.append(near_duplicate_graph(ds.images[idx], threshold=1.0, grid=fs.grid, device=device).distances)
+                # float64: every distance exact (the graph refines only those near its own threshold),
+                # since the sweep compares each with several thresholds
+                dists.append(near_duplicate_graph(ds.images[idx], threshold=1.0, grid=fs.grid, device=device,
+                                                  compute="float64").distances)
                 bar.advance(1)
         points = calibrate(dists, [p in truth for p, _ in groups],
                            thresholds=parse_float_list(args.sweep_thresholds, "--sweep-thresholds"),
@@ -201,15 +204,12 @@ def run(args: argparse.Namespace) -> int:
         args._ground_truth = _load_ground_truth(args.calibrate)
     settings = _settings(args, mode)
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
-    result_path = out / "result.json"
-    if resumed and result_path.exists():
-        result = read_json(result_path)
-        emit(args, result, _summary(result, out) + " (already finished)")
+    if emit_finished(args, out, resumed, lambda r: _summary(r, out)):
         return 0
     fields = (_conditional if mode == "conditional" else _unconditional)(args, ds, fs, out, device)
     fields["score_direction"] = ("largest_clique: larger = more likely memorized; mean_distance (tiled l2 inside the "
                                  "clique): smaller = tighter, ranked first")
     fields["runtime"] = {"device": str(device), "backend": args.backend}
-    result = write_result(result_path, NAME, settings, {"seed": args.seed}, **fields)
+    result = write_result(out / "result.json", NAME, settings, {"seed": args.seed}, **fields)
     emit(args, result, _summary(result, out))
     return 0

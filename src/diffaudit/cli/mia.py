@@ -11,7 +11,7 @@ import numpy as np
 from diffaudit.models.digest import model_digest
 from diffaudit.attacks.membership.registry import ATTACK_NAMES
 from diffaudit.attacks.membership.run import MiaConfig, MiaScores, TargetSpec, run_mia, shadow_run_dirs
-from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit
+from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit, emit_finished
 from diffaudit.cli.shadows import membership_digest
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
@@ -172,9 +172,7 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
     }
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
-    if resumed and (out / "result.json").exists():
-        result = read_json(out / "result.json")
-        emit(args, result, _summary(result) + f" (already finished in {out})")
+    if emit_finished(args, out, resumed, _summary):
         return 0
     cache = Path(args.loss_cache) if args.loss_cache else out / "losses"
     with Timer() as timer:

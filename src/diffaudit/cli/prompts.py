@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit
+from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit, emit_finished
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import read_json
@@ -66,9 +66,7 @@ def run(args: argparse.Namespace) -> int:
                 "duplicates": args.duplicates, "embedder": None if args.duplicates else args.embedder,
                 "threshold": None if args.duplicates else args.threshold}
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
-    if resumed and (out / "result.json").exists():
-        r = read_json(out / "result.json")
-        emit(args, r, f"{r['n_prompts']} prompts in {out / 'prompts.txt'} (already finished)")
+    if emit_finished(args, out, resumed, lambda r: f"{r['n_prompts']} prompts in {out / 'prompts.txt'}"):
         return 0
     ds = load_dataset(args.data, **opts)
     if ds.captions is None:

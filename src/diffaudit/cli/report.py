@@ -14,7 +14,7 @@ DESCRIPTION = (
     "canaries or dedup) as one self-contained HTML file: was training data extracted, how much, how "
     "sure; extracted pairs, flagged cliques, ROC curves, inpainting, canaries, settings and versions. "
     "Images are embedded; the page loads nothing from the network. It shows training images, so it is "
-    "written owner-only; --redact replaces them by their ids. summary.json (the same numbers) is "
+    "written owner-only; --redact replaces them, and the generations that copy them, by their ids. summary.json (the same numbers) is "
     "written beside the report: summary.json next to report.html, else <name>.summary.json."
 )
 
@@ -22,7 +22,9 @@ DESCRIPTION = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("result_dir", metavar="RESULT_DIR", help="an audit folder or one command's output folder")
     p.add_argument("--out", default=None, metavar="FILE", help="HTML file to write (default: RESULT_DIR/report.html)")
-    p.add_argument("--redact", action="store_true", help="replace training images (and inpainting grids) by their ids")
+    p.add_argument("--redact", action="store_true",
+                   help="replace training images, the generations that copy them (verified pairs, clique members) "
+                   "and inpainting grids by their ids")
 
 
 def summary_path(report: Path) -> Path:

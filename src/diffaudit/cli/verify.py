@@ -20,7 +20,7 @@ from diffaudit.attacks.extraction.verification import (
     decide,
     verify_decided,
 )
-from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit, load_data
+from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit, emit_finished, load_data
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import read_json, save_npz_atomic
@@ -168,10 +168,7 @@ def run(args: argparse.Namespace) -> int:
         "baseline_seed": args.seed if args.baseline else None,
     }
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
-    result_path = out / "result.json"
-    if resumed and result_path.exists():
-        result = read_json(result_path)
-        emit(args, result, _summary(result, out) + " (already finished)")
+    if emit_finished(args, out, resumed, lambda r: _summary(r, out)):
         return 0
     fields: dict[str, Any] = {"n_samples": len(samples), "n_samples_total": n_samples_total, "n_train": len(train), "rule": rule,
                               "n_neighbors": neighborhood_size(len(train), vs.n_neighbors)}
@@ -215,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     fields["fid"] = fid_from_file(args.fid_features) if args.fid_features else "not computed"
     fields["score_direction"] = "l2 and ratio: smaller = closer to the training image (extracted at l2 <= delta or ratio <= 1)"
     fields["runtime"] = {"device": str(device), "backend": args.backend}
-    result = write_result(result_path, NAME, settings, {"seed": args.seed}, **fields)
+    result = write_result(out / "result.json", NAME, settings, {"seed": args.seed}, **fields)
     emit(args, result, _summary(result, out))
     return 0
 

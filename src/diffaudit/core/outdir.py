@@ -2,7 +2,9 @@
 
 A command writes ``settings.json`` into its ``--out`` folder before any work. Pointed at a folder
 that already holds settings, it resumes when they are equal and stops with an error naming the first
-setting that differs otherwise; ``fresh=True`` (``--fresh``) empties the folder first.
+setting that differs otherwise; ``fresh=True`` (``--fresh``) empties the folder first, but only a
+folder diffaudit made (one holding its ``settings.json``) or an empty one: a mistyped ``--out`` must
+never delete a user's own files.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from diffaudit.core.errors import SettingsMismatchError
+from diffaudit.core.errors import DiffauditError, SettingsMismatchError
 from diffaudit.core.io import make_private_dir, read_json, remove_stale_temps, write_json_atomic
 
 SETTINGS_FILE = "settings.json"
@@ -35,6 +37,36 @@ def diff_settings(old: dict[str, Any], new: dict[str, Any], prefix: str = "") ->
     return out
 
 
+def _made_by_diffaudit(path: Path) -> bool:
+    """Whether ``path`` holds a ``settings.json`` written by :func:`prepare_out_dir`."""
+    try:
+        record = read_json(path / SETTINGS_FILE)
+    except (DiffauditError, OSError, ValueError):
+        return False
+    return isinstance(record, dict) and isinstance(record.get("command"), str) and isinstance(record.get("settings"), dict)
+
+
+def remove_for_fresh(path: Path) -> None:
+    """Delete the output folder ``path`` for ``--fresh``; refuse anything diffaudit did not make.
+
+    Raises :class:`DiffauditError` when ``path`` is a file, holds the working directory, or is a
+    non-empty folder without diffaudit's ``settings.json``; nothing is deleted then.
+    """
+    if not path.exists():
+        return
+    if not path.is_dir() or path.is_symlink():
+        raise DiffauditError(f"--fresh: {path} is not a folder; choose another --out")
+    cwd, target = Path.cwd().resolve(), path.resolve()
+    if cwd == target or target in cwd.parents:
+        raise DiffauditError(f"--fresh would delete {target}, which holds the current directory; choose another --out")
+    if any(path.iterdir()) and not _made_by_diffaudit(path):
+        raise DiffauditError(
+            f"--fresh deletes only folders diffaudit made, and {path} holds no diffaudit {SETTINGS_FILE}; "
+            "choose another --out, or empty it yourself"
+        )
+    shutil.rmtree(path)
+
+
 def prepare_out_dir(out: str | os.PathLike, command: str, settings: dict[str, Any], *, fresh: bool = False) -> tuple[Path, bool]:
     """Create or reopen ``out`` for ``command`` with ``settings``.
 
@@ -42,8 +74,8 @@ def prepare_out_dir(out: str | os.PathLike, command: str, settings: dict[str, An
     Raises :class:`SettingsMismatchError` when it holds different ones.
     """
     path = Path(out)
-    if fresh and path.exists():
-        shutil.rmtree(path)
+    if fresh:
+        remove_for_fresh(path)
     make_private_dir(path)
     record = {"command": command, "settings": _normalise(settings)}
     sfile = path / SETTINGS_FILE

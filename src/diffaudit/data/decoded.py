@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 
-from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import load_npy, make_private_dir, read_json, remove_stale_temps, save_npy_atomic, write_json_atomic
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.data.entries import Entry

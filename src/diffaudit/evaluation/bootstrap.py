@@ -4,6 +4,13 @@ Stratified percentile bootstrap: each replicate resamples the members and the no
 separately, with replacement, keeping their counts, so every replicate has the same resolution
 (1/n_nonmembers) as the original and a TPR at FPR that is None in the original is None in every
 replicate. The random draws come only from ``numpy_rng(derive_seed(seed, "bootstrap"))``.
+
+What the interval covers: the sampling of the evaluated examples, the scores being fixed. On
+binormal scores with known AUC and TPR at 1% FPR, 95% intervals contained the true values in 95 and
+94 of 100 datasets of 1,000 + 1,000 examples (tests/test_roc.py). It does not cover the randomness
+of training: another target model (or other shadow models) gives other scores, and that variance
+is measured only by attacking several models (``mia`` without ``--target`` attacks each shadow
+model in turn and pools their scores).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Everything is inside the file: CSS inline, images and plots as PNG ``data:`` URI
 A Content-Security-Policy meta tag allows only embedded images and inline style, so even a file
 that was tampered with cannot fetch anything. Jinja2 autoescapes every value (captions, ids and
 file names come from scraped data and must never run as markup). The file is written atomically
-and owner-only (0o600): it shows training images, unless ``redact`` replaces them by their ids.
+and owner-only (0o600): it shows training images, unless ``redact`` replaces them, and the
+generations that copy them, by their ids.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def report_context(result_dir: str | os.PathLike, *, redact: bool = False) -> di
                           n_neighbors=(ex or {}).get("n_neighbors"), n_train=(ex or {}).get("n_train")),
         "best_mia": best_mia(summary),
         "gallery": gallery(rs, redact=redact),
-        "cliques": cliques(rs),
+        "cliques": cliques(rs, redact=redact),
         "mia": mia_view(rs, summary),
         "inpainting": inpainting_view(rs, summary, redact=redact),
         "canaries": canaries_view(rs, summary),
@@ -90,7 +91,7 @@ def render_report(result_dir: str | os.PathLike, out_file: str | os.PathLike | N
 
     ``result_dir`` is an audit folder or one command's result folder (told apart by ``result.json``'s
     ``command``). ``redact`` replaces every training image (and inpainting grid, which shows its
-    target) by its id. The file is created owner-only (0o600); a missing parent folder is created
+    target), verified copy and clique member by its id. The file is created owner-only (0o600); a missing parent folder is created
     owner-only (0o700). Returns the path written. Raises DiffauditError when nothing can be rendered.
     """
     out = Path(out_file) if out_file is not None else Path(result_dir) / "report.html"

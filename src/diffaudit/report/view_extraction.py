@@ -2,7 +2,8 @@
 
 A pair shows the generation (from the sample store) beside the training image it reproduces (from
 the dataset recorded in the verify settings), with ℓ2, the normalised ratio, eidetic k and the
-duplicate count. Missing pixels show as ids; with ``redact`` training images are never loaded.
+duplicate count. Missing pixels show as ids; with ``redact`` training images are never loaded, and
+the verified generations and clique members (copies, or candidate copies, of them) show as ids too.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def gallery(rs: ResultSet, *, redact: bool) -> dict[str, Any] | None:
     shown = pairs[:MAX_PAIRS]
     samples = sample_images(st, rs)
     notes = []
-    if shown and samples.path is None:
+    if shown and samples.path is None and not redact:
         notes.append("The sample store was not found; generations are shown by id.")
     train = None
     if not redact and shown:
@@ -105,7 +106,7 @@ def gallery(rs: ResultSet, *, redact: bool) -> dict[str, Any] | None:
         key = e.get("train_key")
         group = e.get("duplicates")
         n_dup = 1 + len(group) if isinstance(group, list) else (dups.get(str(key)) if key is not None else None)
-        gen = samples.get(e.get("sample"))
+        gen = None if redact else samples.get(e.get("sample"))  # a verified copy shows its training image
         timg = None if train is None else train.get(key, e.get("train_id"))
         items.append({
             "sample": e.get("sample"),
@@ -122,8 +123,9 @@ def gallery(rs: ResultSet, *, redact: bool) -> dict[str, Any] | None:
     return {"items": items, "total": len(pairs), "notes": notes, "redacted": redact}
 
 
-def cliques(rs: ResultSet) -> dict[str, Any] | None:
-    """Flagged prompts (largest clique ≥ min size), ranked by mean internal distance, with thumbnails."""
+def cliques(rs: ResultSet, *, redact: bool = False) -> dict[str, Any] | None:
+    """Flagged prompts (largest clique ≥ min size), ranked by mean internal distance, with thumbnails
+    (none with ``redact``: a clique's members are candidate copies of a training image)."""
     st = rs.first("extract")
     if st is None:
         return None
@@ -138,7 +140,8 @@ def cliques(rs: ResultSet) -> dict[str, Any] | None:
         members = [str(m) for m in (p.get("members") or [])]
         medoid = p.get("medoid")
         order = ([str(medoid)] if medoid is not None and str(medoid) in members else []) + [m for m in members if m != str(medoid)]
-        thumbs = [{"id": m, "uri": image_uri(samples.get(m), max_side=THUMB), "medoid": m == str(medoid)} for m in order[:MAX_MEMBERS]]
+        thumbs = [{"id": m, "uri": None if redact else image_uri(samples.get(m), max_side=THUMB), "medoid": m == str(medoid)}
+                  for m in order[:MAX_MEMBERS]]
         items.append({
             "prompt": p.get("prompt"),
             "n_generations": p.get("n_generations", p.get("component_size")),
@@ -150,7 +153,7 @@ def cliques(rs: ResultSet) -> dict[str, Any] | None:
             "bound_hit": bool(p.get("bound_hit") or p.get("search_bound_hit")),
         })
     notes = []
-    if items and samples.path is None:
+    if items and samples.path is None and not redact:
         notes.append("The sample store was not found; clique members are shown by id.")
     settings = st.settings
     return {
