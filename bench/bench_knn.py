@@ -2,8 +2,11 @@
 
 Compares, side by side in one run and on the same data:
 
-- ``diffaudit``: :func:`diffaudit.distances.knn_search` (blocked GEMM on integer pixels, bf16/fp32
-  accumulate on CUDA, fp32 on the CPU, exact re-ranking and certificate);
+- ``diffaudit``: :func:`diffaudit.distances.knn_search` with ``--compute`` (default ``auto``: the exact
+  int8 GEMM on shifted pixels for images of at most 43,690 values, on CUDA and the CPU; ``bf16``:
+  bf16 in / fp32 accumulate with exact re-ranking; ``float64``: exact on the CPU), and certificate;
+  ``--also-compute`` times the search again with other kinds in the same run (same result checked),
+  each with its GEMM rate on resident operands;
 - ``gemm_only``: the block GEMMs alone, each query block copied to the device and converted first
   (the floor of any GEMM-based search over queries on the host; with --peak-tflops the fraction of
   the device's peak it reaches); ``gemm_resident``: the same GEMMs on operands already on the device
@@ -21,8 +24,9 @@ seeded random images instead. Exactness is checked against a float64 brute force
 queries. ``--query-blocks`` times the search again at other query blocks (the default bounds the
 distance block to 1 GiB on CUDA); ``--profile`` adds the search's most expensive operators (torch
 profiler, self time on the device, else on the CPU), to see where the time beyond the GEMM goes.
-Prints one JSON object. Small CPU defaults; on an H100, e.g.
-``--queries 1048576 --refs 50000 --k 50 --peak-tflops 989``.
+GEMM rates are given against ``--peak-tflops`` (the device's bf16 peak) and, for int8, also against
+``--peak-int8-tops``. Prints one JSON object. Small CPU defaults; on an H100, e.g.
+``--queries 1048576 --refs 50000 --k 50 --peak-tflops 989 --peak-int8-tops 1979 --also-compute bf16``.
 """
 
 from __future__ import annotations
@@ -88,19 +92,24 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def time_diffaudit(q, r, k, dev, backend="torch", repeats=1, query_block=None):
+def gemm_spec(kind, dev, dim):
+    """The GEMM kind knn_search runs for ``kind`` (``auto`` resolved as it does)."""
+    return resolve_compute(kind, dev, cpu_default="float64", dim=dim, allow_int8=True)
+
+
+def time_diffaudit(q, r, k, dev, backend="torch", repeats=1, query_block=None, compute="auto"):
     best, res = float("inf"), None
     for _ in range(repeats):
         _sync(dev)
         t = time.perf_counter()
-        res = knn_search(q, r, k, backend=backend, device=dev, query_block=query_block)
+        res = knn_search(q, r, k, backend=backend, device=dev, query_block=query_block, compute=compute)
         _sync(dev)
         best = min(best, time.perf_counter() - t)
     return best, res
 
 
-def time_gemm_only(q, r, dev, qb):
-    spec = resolve_compute("auto", dev, cpu_default="float64")  # the GEMM knn_search runs
+def time_gemm_only(q, r, dev, qb, kind="auto"):
+    spec = gemm_spec(kind, dev, r[0].size)
     rt = to_compute(torch.from_numpy(r.reshape(len(r), -1)), spec)
     _sync(dev)
     t = time.perf_counter()
@@ -111,10 +120,10 @@ def time_gemm_only(q, r, dev, qb):
     return time.perf_counter() - t, spec.kind
 
 
-def time_gemm_resident(n_queries, r, dev, qb, repeats=3):
+def time_gemm_resident(n_queries, r, dev, qb, repeats=3, kind="auto"):
     """The same block GEMMs on one query block held on the device, run for every block of
     ``n_queries``: the rate of the matrix products alone (best of ``repeats``)."""
-    spec = resolve_compute("auto", dev, cpu_default="float64")
+    spec = gemm_spec(kind, dev, r[0].size)
     rt = to_compute(torch.from_numpy(r.reshape(len(r), -1)), spec)
     blocks = [min(qb, n_queries - lo) for lo in range(0, n_queries, qb)]
     qt = to_compute(torch.from_numpy(numpy_rng(1).integers(0, 256, (blocks[0], rt.shape[1]), dtype=np.uint8)), spec)
@@ -130,13 +139,13 @@ def time_gemm_resident(n_queries, r, dev, qb, repeats=3):
     return best
 
 
-def profile_diffaudit(q, r, k, dev, top=15):
+def profile_diffaudit(q, r, k, dev, top=15, compute="auto"):
     """The search's ``top`` operators by self time (device time on CUDA), from the torch profiler."""
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     with profile(activities=acts) as prof:
-        knn_search(q, r, k, device=dev)
+        knn_search(q, r, k, device=dev, compute=compute)
         _sync(dev)
     attr = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
     rows = sorted(prof.key_averages(), key=lambda e: getattr(e, attr, 0), reverse=True)[:top]
@@ -204,7 +213,10 @@ def main(argv=None) -> int:
     p.add_argument("--k", type=int, default=50)
     p.add_argument("--size", type=int, default=32, help="image side (pixels, 3 channels)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--peak-tflops", type=float, default=None, help="device peak for the GEMM dtype (H100 SXM bf16 dense: 989)")
+    p.add_argument("--peak-tflops", type=float, default=None, help="the device's bf16 dense peak (H100 SXM: 989)")
+    p.add_argument("--peak-int8-tops", type=float, default=None, help="the device's int8 dense peak (H100 SXM: 1979)")
+    p.add_argument("--compute", default="auto", help="GEMM kind of the main search (auto, int8, bf16, float32, float64)")
+    p.add_argument("--also-compute", default="", help="comma-separated GEMM kinds to time the search with too (e.g. bf16)")
     p.add_argument("--faiss-queries", type=int, default=1024, help="queries given to faiss-cpu (time scaled to all)")
     p.add_argument("--check-queries", type=int, default=256, help="queries checked against a float64 brute force")
     p.add_argument("--query-block", type=int, default=None, help="query block of the cdist and GEMM-only loops")
@@ -239,33 +251,50 @@ def main(argv=None) -> int:
                  "seconds": {}}
     flops = 2.0 * len(q) * len(r) * dim
     # warm-up (CUDA context, kernels)
-    knn_search(q[:256], r[:2048], min(args.k, 2047), device=dev)
-    t_da, res = time_diffaudit(q, r, args.k, dev, repeats=args.repeats)
+    def peaks(kind: str, ops_per_s: float) -> dict:
+        """The fraction of the bf16 peak, and for int8 of the int8 peak too."""
+        f = {}
+        if args.peak_tflops:
+            f["fraction_of_bf16_peak"] = ops_per_s / 1e12 / args.peak_tflops
+        if kind == "int8" and args.peak_int8_tops:
+            f["fraction_of_int8_peak"] = ops_per_s / 1e12 / args.peak_int8_tops
+        return f
+
+    knn_search(q[:256], r[:2048], min(args.k, 2047), device=dev, compute=args.compute)
+    t_da, res = time_diffaudit(q, r, args.k, dev, repeats=args.repeats, compute=args.compute)
     out["seconds"]["diffaudit"] = t_da
-    out["diffaudit_compute"] = res.stats.get("compute")
+    main_kind = res.stats.get("compute")
+    out["diffaudit_compute"] = main_kind
     out["diffaudit_fallback_rows"] = res.fallback_rows
     err, same = brute_check(q, r, res.distances, res.indices, args.check_queries)
     out["diffaudit_exactness"] = {"max_abs_distance_error": err, "rows_with_identical_ids": same}
     if "gemm_only" not in skip:
-        t_g, kind = time_gemm_only(q, r, dev, qb)
+        t_g, kind = time_gemm_only(q, r, dev, qb, args.compute)
         out["seconds"]["gemm_only"] = t_g
-        out["gemm"] = {"dtype": kind, "tflops": flops / t_g / 1e12}
-        if args.peak_tflops:
-            out["gemm"]["fraction_of_peak"] = flops / t_g / 1e12 / args.peak_tflops
+        out["gemm"] = {"dtype": kind, "tflops": flops / t_g / 1e12, **peaks(kind, flops / t_g)}
     if "gemm_resident" not in skip:
-        t_gr = time_gemm_resident(len(q), r, dev, qb)
+        t_gr = time_gemm_resident(len(q), r, dev, qb, kind=args.compute)
         out["seconds"]["gemm_resident"] = t_gr
-        out["gemm_resident"] = {"tflops": flops / t_gr / 1e12, "query_block": qb}
-        if args.peak_tflops:
-            out["gemm_resident"]["fraction_of_peak"] = flops / t_gr / 1e12 / args.peak_tflops
+        out["gemm_resident"] = {"dtype": main_kind, "tflops": flops / t_gr / 1e12, "query_block": qb, **peaks(main_kind, flops / t_gr)}
+
+    def same(other) -> bool:
+        return bool(np.array_equal(other.indices, res.indices) and np.array_equal(other.sq, res.sq))
+
+    for kind in filter(None, args.also_compute.split(",")):
+        knn_search(q[:256], r[:2048], min(args.k, 2047), device=dev, compute=kind)  # warm-up
+        t_k, res_k = time_diffaudit(q, r, args.k, dev, repeats=args.repeats, compute=kind)
+        entry = {"compute": res_k.stats.get("compute"), "seconds": t_k, "same_result": same(res_k),
+                 "fallback_rows": res_k.fallback_rows, "diffaudit_speedup_over_it": t_k / t_da}
+        if "gemm_resident" not in skip:
+            t_kr = time_gemm_resident(len(q), r, dev, qb, kind=kind)
+            entry["gemm_resident"] = {"seconds": t_kr, "tflops": flops / t_kr / 1e12, **peaks(entry["compute"], flops / t_kr)}
+        out.setdefault("diffaudit_by_compute", {})[kind] = entry
     for qb_try in (int(x) for x in filter(None, args.query_blocks.split(","))):
-        t_b, res_b = time_diffaudit(q, r, args.k, dev, repeats=args.repeats, query_block=qb_try)
-        out.setdefault("diffaudit_by_query_block", {})[qb_try] = {
-            "seconds": t_b, "same_result": bool(np.array_equal(res_b.indices, res.indices) and np.array_equal(res_b.sq, res.sq))}
+        t_b, res_b = time_diffaudit(q, r, args.k, dev, repeats=args.repeats, query_block=qb_try, compute=args.compute)
+        out.setdefault("diffaudit_by_query_block", {})[qb_try] = {"seconds": t_b, "same_result": same(res_b)}
     if args.profile:
-        out["profile"] = profile_diffaudit(q, r, args.k, dev)
-    if args.peak_tflops:
-        out["diffaudit_fraction_of_peak"] = flops / t_da / 1e12 / args.peak_tflops
+        out["profile"] = profile_diffaudit(q, r, args.k, dev, compute=args.compute)
+    out["diffaudit_rate"] = {"tflops": flops / t_da / 1e12, **peaks(main_kind, flops / t_da)}
     if "cdist_topk" not in skip:
         t_c, d_c, i_c = time_cdist_topk(q, r, args.k, dev, qb)
         out["seconds"]["cdist_topk"] = t_c

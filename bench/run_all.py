@@ -23,7 +23,7 @@ GPU = {
     "sampling": ["bench_sampling.py", *CIFAR_UNET, "--batch", "1024", "--steps", "50", "--repeats", "1"],
     "training": ["bench_training.py", *CIFAR_UNET, "--batch", "128", "--steps", "60", "--n", "4096"],
     "knn": ["bench_knn.py", "--synthetic", "--queries", "1048576", "--refs", "50000", "--k", "50", "--peak-tflops", "989",
-            "--query-blocks", "21845,43690", "--profile"],
+            "--peak-int8-tops", "1979", "--also-compute", "bf16", "--query-blocks", "21845,43690", "--profile"],
     "rerank": ["bench_rerank.py", "--queries", "1048576", "--refs", "50000", "--k", "50", "--repeats", "1"],
     "loss": ["bench_loss.py", *CIFAR_UNET, "--n", "4096", "--models", "2", "--draws", "4", "--batch", "1024",
              "--baseline-batches", "256,1024"],
@@ -35,7 +35,7 @@ GPU = {
 CPU = {
     "sampling": ["bench_sampling.py", "--batch", "64", "--steps", "10"],
     "training": ["bench_training.py", "--batch", "32", "--steps", "40", "--n", "256"],
-    "knn": ["bench_knn.py", "--queries", "2048", "--refs", "5000", "--k", "50"],
+    "knn": ["bench_knn.py", "--queries", "2048", "--refs", "5000", "--k", "50", "--also-compute", "float64"],
     "rerank": ["bench_rerank.py", "--queries", "4096", "--refs", "5000", "--k", "50"],
     "loss": ["bench_loss.py"],
     "inpaint": ["bench_inpaint.py"],

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU measurements issues 3 and 8 still lack, in one lease (about 6 minutes on an H100):
-# the exact kNN (2^20 x 50,000, with the split re-rank; again at 4 and 8 GiB distance blocks, the GEMM
-# alone on resident operands, and a profile of the operators where the rest of its time goes) and its
-# re-rank beside the previous method,
+# the exact kNN (2^20 x 50,000: the exact int8 GEMM beside bf16 + the split re-rank in the same run;
+# again at 4 and 8 GiB distance blocks, the GEMM alone on resident operands, and a profile of the
+# operators where the rest of its time goes) and the bf16 re-rank beside the previous method,
 # the Stable Diffusion pipeline against the stock one, then the CUDA-marked kNN and DP-SGD tests.
 # Needs diffusers and opacus on the machine (wheels in .whl/ are installed to /tmp/site when present).
 set -uo pipefail

@@ -60,7 +60,9 @@ def test_audit_config_file_and_changed_settings(tmp_path, capsys):
 def test_audit_refuses_bad_values_before_recording_anything(tmp_path, capsys):
     for bad, says in ((["--data", str(tmp_path / "nope.npz")], "nope.npz"), (["--timesteps", "abc"], "--timesteps"),
                       (["--inpaint", "--shadows", "2", "--inpaint-targets", "x"], "--inpaint-targets"),
-                      (["--mia", "loss", "--draws", "5"], "--draws")):
+                      (["--mia", "loss", "--draws", "5"], "--draws"), (["--n-samples", "0"], "--n-samples"),
+                      (["--sample-steps", "0"], "--sample-steps"), (["--min-clique", "1"], "--min-clique"),
+                      (["--grid", "0"], "--grid"), (["--lr", "2"], "--lr"), (["--steps", "0"], "--steps")):
         out = tmp_path / "e"
         assert main(["audit", *bad, "--out", str(out), "--device", "cpu", "--quiet"]) == 2
         assert says in capsys.readouterr().err

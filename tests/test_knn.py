@@ -8,7 +8,7 @@ import torch
 
 from diffaudit.core.errors import DiffauditError
 from diffaudit.distances import knn_search, radius_neighbors
-from diffaudit.distances.compute import SPLIT_CHUNK, exact_dots
+from diffaudit.distances.compute import INT8_MAX_DIM, SPLIT_CHUNK, exact_dots, int8_dots, resolve_compute, shifted_sq_norms, to_compute
 from diffaudit.distances.knn import ResidentReference, prepare_reference, prepare_reference_if_fits
 from diffaudit.distances.knn_backends import get_backend
 
@@ -35,7 +35,8 @@ def data():
     return q, ref
 
 
-@pytest.mark.parametrize("backend,compute", [("torch", "float32"), ("torch", "float64"), ("faiss", "auto")])
+@pytest.mark.parametrize("backend,compute", [("torch", "float32"), ("torch", "float64"), ("torch", "int8"), ("torch", "auto"),
+                                             ("faiss", "auto")])
 def test_exact_equals_brute_force(data, backend, compute):
     q, ref = data
     res = knn_search(q, ref, 12, backend=backend, compute=compute, query_block=64, ref_block=400)
@@ -86,14 +87,78 @@ def test_faiss_and_torch_agree(data):
     np.testing.assert_array_equal(a.indices, b.indices)  # same tie-break: smaller index first
 
 
-def test_certificate_fallback_keeps_results_exact(data):
-    """With no extra candidates and tiny blocks, many rows need the exact fallback; still exact."""
+@pytest.mark.parametrize("compute", ["float32", "int8"])
+def test_certificate_fallback_keeps_results_exact(data, compute):
+    """With no extra candidates and tiny blocks, many rows need the exact fallback (for the exact
+    int8 GEMM: the 11 copies of ref[3] tie at the k-th distance); still exact."""
     q, ref = data
-    res = knn_search(q, ref, 5, extra=0, ref_block=37, query_block=50, compute="float32")
+    res = knn_search(q, ref, 5, extra=0, ref_block=37, query_block=50, compute=compute)
     assert res.fallback_rows > 0  # the fallback path did run
     sq, idx = brute(q, ref, 5)
     np.testing.assert_array_equal(res.sq, sq)
     np.testing.assert_array_equal(res.indices, idx)
+
+
+@pytest.mark.parametrize("m,n,d", [(1, 5, 3), (16, 8, 8), (17, 8, 9), (40, 43, 147), (300, 1000, 64), (20, 7, 16)])
+def test_int8_dots_exact_on_every_branch(m, n, d):
+    """Shifted pixels x − 128 and int32 accumulation: exact for every split of int8_dots (≤ 16 rows
+    padded, N % 8 columns in float64, K padded to a multiple of 8)."""
+    rng = np.random.default_rng(m * 1000 + n + d)
+    a, b = rng.integers(0, 256, (m, d), dtype=np.uint8), rng.integers(0, 256, (n, d), dtype=np.uint8)
+    spec = resolve_compute("int8", torch.device("cpu"), allow_int8=True)
+    ta, tb = to_compute(torch.from_numpy(a), spec), to_compute(torch.from_numpy(b), spec)
+    assert ta.dtype == torch.int8 and ta.shape == (m, d + (-d) % 8)
+    np.testing.assert_array_equal(ta[:, :d].numpy().astype(np.int64), a.astype(np.int64) - 128)
+    assert not ta[:, d:].any()
+    got = int8_dots(ta, tb)
+    assert got.dtype == torch.int32 and got.shape == (m, n)
+    np.testing.assert_array_equal(got.numpy(), (a.astype(np.int64) - 128) @ (b.astype(np.int64) - 128).T)
+    np.testing.assert_array_equal(shifted_sq_norms(torch.from_numpy(a)).numpy(), ((a.astype(np.int64) - 128) ** 2).sum(1))
+
+
+def test_int8_falls_back_to_exact_float64_without_int8_gemms(data, monkeypatch):
+    import diffaudit.distances.compute as compute
+
+    def missing(*_a, **_k):
+        raise RuntimeError("_int_mm_out: not implemented for this build")
+
+    monkeypatch.setattr(torch, "_int_mm", missing)
+    monkeypatch.setattr(compute, "_INT_MM_OK", {})
+    q, ref = data
+    res = knn_search(q, ref, 12, compute="int8", device="cpu")
+    sq, idx = brute(q, ref, 12)
+    np.testing.assert_array_equal(res.sq, sq)
+    np.testing.assert_array_equal(res.indices, idx)
+    assert compute._INT_MM_OK == {"cpu": False}
+
+
+def test_int8_is_exact_at_its_largest_image_size():
+    """At D = INT8_MAX_DIM the extreme rows (0 against 255, and equal rows) still fit int32."""
+    d = INT8_MAX_DIM
+    rows = np.stack([np.zeros(d, np.uint8), np.full(d, 255, np.uint8), np.full(d, 128, np.uint8)] * 6)
+    res = knn_search(rows, rows, 18, compute="int8", device="cpu")
+    sq, idx = brute(rows, rows, 18)
+    np.testing.assert_array_equal(res.sq, sq)
+    np.testing.assert_array_equal(res.indices, idx)
+    assert res.sq.max() == d * 255 ** 2
+
+
+def test_compute_auto_picks_int8_where_it_is_exact():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_compute("auto", cpu, dim=3072, allow_int8=True).kind == "int8"
+    assert resolve_compute("auto", cuda, dim=3072, allow_int8=True).kind == "int8"
+    assert resolve_compute("auto", cpu, dim=INT8_MAX_DIM + 1, allow_int8=True).kind == "float64"
+    assert resolve_compute("auto", cuda, dim=INT8_MAX_DIM + 1, allow_int8=True).kind == "bf16"
+    assert resolve_compute("auto", cpu, dim=None, allow_int8=True).kind == "float64"  # a stream of unknown size
+    assert resolve_compute("auto", cpu, dim=3072).kind == "float64"  # other users of the GEMM keep their kinds
+    with pytest.raises(DiffauditError, match="at most 43690"):
+        resolve_compute("int8", cpu, dim=INT8_MAX_DIM + 1, allow_int8=True)
+    with pytest.raises(DiffauditError, match="unknown"):
+        radius_neighbors(np.zeros((2, 4), np.uint8), np.zeros((3, 4), np.uint8), 0.1, compute="int8")
+    ref = np.zeros((10, 4, 4, 3), np.uint8)
+    assert knn_search(ref, ref, 2, device="cpu").stats["compute"] == "int8"
+    streamed = knn_search(ref, lambda: iter([ref]), 2, device="cpu", ref_cache_bytes=0)
+    assert streamed.stats["compute"] == "float64"
 
 
 def test_streaming_both_sides(data):
@@ -166,19 +231,27 @@ def test_radius_neighbors_exact(data):
 
 @pytest.mark.gpu
 def test_cuda_equals_cpu_when_present(data):
-    """bf16 GEMM + exact re-ranking on CUDA gives the CPU's exact answer, resident or streamed."""
+    """The int8 GEMM, and bf16 + exact re-ranking, on CUDA give the CPU's exact answer, resident or streamed."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA")
     q, ref = data
     a = knn_search(q, ref, 20, device="cpu")
-    for kw in ({}, {"ref_cache_bytes": 0, "ref_block": 300}, {"extra": 0}):
-        b = knn_search(q, ref, 20, device="cuda", **kw)
-        assert b.stats["compute"] == "bf16"
-        np.testing.assert_array_equal(a.sq, b.sq)
-        np.testing.assert_array_equal(a.indices, b.indices)
+    for compute in ("auto", "bf16"):  # auto: the int8 GEMM (cuBLAS int8 paths: 300 queries, 1,500 refs)
+        for kw in ({}, {"ref_cache_bytes": 0, "ref_block": 300}, {"extra": 0}, {"query_block": 10, "ref_block": 333}):
+            b = knn_search(q, ref, 20, device="cuda", compute=compute, **kw)
+            assert b.stats["compute"] == ("int8" if compute == "auto" else "bf16")
+            np.testing.assert_array_equal(a.sq, b.sq)
+            np.testing.assert_array_equal(a.indices, b.indices)
     sub = ref[:400]
-    c = knn_search(sub, sub, 4, exclude_self=True, device="cuda")
-    np.testing.assert_array_equal(c.indices, knn_search(sub, sub, 4, exclude_self=True, device="cpu").indices)
+    for compute in ("auto", "bf16"):
+        c = knn_search(sub, sub, 4, exclude_self=True, device="cuda", compute=compute)
+        np.testing.assert_array_equal(c.indices, knn_search(sub, sub, 4, exclude_self=True, device="cpu").indices)
+    for m, n, d in ((1, 5, 3), (17, 8, 9), (40, 43, 147), (300, 1000, 64)):
+        rng = np.random.default_rng(m + n + d)
+        x, y = rng.integers(0, 256, (m, d), dtype=np.uint8), rng.integers(0, 256, (n, d), dtype=np.uint8)
+        spec = resolve_compute("int8", torch.device("cuda"), allow_int8=True)
+        got = int8_dots(to_compute(torch.from_numpy(x), spec), to_compute(torch.from_numpy(y), spec)).cpu().numpy()
+        np.testing.assert_array_equal(got, (x.astype(np.int64) - 128) @ (y.astype(np.int64) - 128).T)
     hits_cpu = radius_neighbors(q[:60], ref, 0.02, device="cpu")
     hits_gpu = radius_neighbors(q[:60], ref, 0.02, device="cuda")
     for (i1, d1), (i2, d2) in zip(hits_cpu, hits_gpu):
@@ -202,7 +275,7 @@ def test_cuda_split_rerank_exact_on_large_bright_images():
     qi = np.clip(ref[:80].astype(int) + rng.integers(-20, 21, (80, 48, 48, 3)), 0, 255).astype(np.uint8)
     sq, idx = brute(qi, ref, 6)
     for kw in ({}, {"ref_cache_bytes": 0, "ref_block": 128}):
-        res = knn_search(qi, ref, 6, device="cuda", **kw)
+        res = knn_search(qi, ref, 6, device="cuda", compute="bf16", **kw)
         assert res.stats["compute"] == "bf16"
         np.testing.assert_array_equal(res.sq, sq)
         np.testing.assert_array_equal(res.indices, idx)

@@ -239,12 +239,22 @@ def outliers_stage(out: Path, data, seed: int) -> None:
 
 
 def check_stage_values(args: argparse.Namespace) -> None:
-    """Refuse, before anything is trained or recorded, the values that the stages would refuse late:
-    --timesteps, --sweep and --draws (by the mia stage's own MiaConfig), --inpaint-targets."""
+    """Refuse, before anything is trained or recorded, the values that the stages would refuse late,
+    by the stages' own checks where they have one: the training options (TrainConfig), --n-samples
+    and --sample-steps, --min-clique and --grid (the filter's FilterSettings), --timesteps, --sweep
+    and --draws (the mia stage's MiaConfig), --inpaint-targets and --n-inpaint."""
     from diffaudit.attacks.extraction.calibration import parse_int_list
+    from diffaudit.attacks.extraction.filter import FilterSettings
     from diffaudit.attacks.membership.run import MiaConfig
     from diffaudit.cli.inpaint import parse_counts
+    from diffaudit.cli.train import train_config_from
 
+    if not args.model or args.shadows:
+        train_config_from(args).validate()
+    for flag, value in (("--n-samples", args.n_samples), ("--sample-steps", args.sample_steps), ("--n-inpaint", args.n_inpaint)):
+        if value < 1:
+            raise DiffauditError(f"{flag} must be at least 1, got {value}")
+    FilterSettings(min_clique=args.min_clique, **({"grid": args.grid} if args.grid is not None else {})).validate()
     timesteps = parse_int_list(args.timesteps, "--timesteps")
     sweep = parse_int_list(args.sweep, "--sweep") if str(args.sweep).strip() else []
     MiaConfig(attack=args.mia, timesteps=tuple(timesteps), sweep=tuple(sweep), n_draws=args.draws or 1).validate()

@@ -10,6 +10,11 @@ a_i·b_i ≤ 65,025. Only the accumulation of the cross term a·b can round:
   fp32 (``torch.mm(..., out_dtype=torch.float32)``; where that overload is missing, fp32/TF32 inputs,
   which also hold 0..255 exactly, are used instead).
 - ``float32``: fp32 inputs and accumulation (the CPU's fast path).
+- ``int8`` (default of the kNN search where it applies): the pixels shifted to x − 128 ∈ [−128, 127]
+  (a shift leaves every difference, hence every distance, unchanged) and multiplied by an int8 GEMM
+  with int32 accumulation (``torch._int_mm``: int8 tensor cores on CUDA, twice the bf16 rate on
+  Hopper). Every product is an integer ≤ 16,384 in magnitude and int32 holds their sums exactly, so
+  the result is *exact*, with no re-ranking, for images of at most :data:`INT8_MAX_DIM` values.
 
 For the inexact kinds, :func:`error_margin` bounds the rounding error of the cross term with the
 probabilistic bound of Higham & Mary (2019, "A new approach to probabilistic rounding error
@@ -37,6 +42,13 @@ MARGIN_LAMBDA = 8.0
 PIXEL_SQ = 255.0 * 255.0
 
 COMPUTE_KINDS = ("auto", "float64", "float32", "bf16")
+#: The kinds of the kNN search (:mod:`.knn`), which alone folds the norms in the int8 way.
+KNN_COMPUTE_KINDS = COMPUTE_KINDS + ("int8",)
+#: Largest D for the exact int8 kind: with x' = x − 128, ‖r'‖² − 2·q'·r' lies in
+#: [−16,384·D, 49,152·D], which int32 holds for D ≤ 43,690 (e.g. 120 x 120 RGB; CIFAR-10 has 3,072).
+INT8_MAX_DIM = (2 ** 31 - 1) // (3 * 128 * 128)
+#: int8 GEMM operand columns are padded with zeros to a multiple of this (cuBLAS int8 needs K % 8 = 0).
+INT8_ALIGN = 8
 #: Values per exact fp32 partial dot product: 256 · 255² = 16,646,400 < 2^24, so every partial sum of
 #: 256 integer products is an integer that fp32 holds exactly, in any summation order (also TF32).
 EXACT_CHUNK = 256
@@ -57,21 +69,32 @@ class ComputeSpec:
 
     @property
     def exact(self) -> bool:
-        return self.kind == "float64"
+        return self.kind in ("float64", "int8")
 
     @property
     def input_dtype(self) -> torch.dtype:
-        return {"float64": torch.float64, "float32": torch.float32, "bf16": torch.bfloat16}[self.kind]
+        return {"float64": torch.float64, "float32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}[self.kind]
 
     @property
     def output_dtype(self) -> torch.dtype:
-        return torch.float64 if self.kind == "float64" else torch.float32
+        return {"float64": torch.float64, "int8": torch.int32}.get(self.kind, torch.float32)
 
 
-def resolve_compute(kind: str, device: torch.device, *, cpu_default: str = "float64") -> ComputeSpec:
-    """The :class:`ComputeSpec` for ``kind`` ("auto": bf16 on CUDA, ``cpu_default`` elsewhere)."""
-    if kind not in COMPUTE_KINDS:
-        raise DiffauditError(f"compute precision {kind!r} is unknown; choose one of: {', '.join(COMPUTE_KINDS)}")
+def resolve_compute(kind: str, device: torch.device, *, cpu_default: str = "float64", dim: int | None = None,
+                    allow_int8: bool = False) -> ComputeSpec:
+    """The :class:`ComputeSpec` for ``kind``.
+
+    "auto": ``int8`` when ``allow_int8`` (the kNN search) and the image size ``dim`` is known and at
+    most :data:`INT8_MAX_DIM`; else bf16 on CUDA and ``cpu_default`` elsewhere.
+    """
+    kinds = KNN_COMPUTE_KINDS if allow_int8 else COMPUTE_KINDS
+    if kind not in kinds:
+        raise DiffauditError(f"compute precision {kind!r} is unknown; choose one of: {', '.join(kinds)}")
+    if kind == "int8" and dim is not None and dim > INT8_MAX_DIM:
+        raise DiffauditError(f"the exact int8 GEMM holds images of at most {INT8_MAX_DIM} values; these have {dim}: "
+                             "use compute float64 or bf16")
+    if kind == "auto" and allow_int8 and dim is not None and 0 < dim <= INT8_MAX_DIM:
+        kind = "int8"
     if kind == "auto":
         kind = "bf16" if device.type == "cuda" else cpu_default
     if kind == "bf16" and device.type != "cuda":
@@ -81,8 +104,67 @@ def resolve_compute(kind: str, device: torch.device, *, cpu_default: str = "floa
 
 
 def to_compute(x_uint8: torch.Tensor, spec: ComputeSpec) -> torch.Tensor:
-    """uint8 (N, D) on any device -> the GEMM input dtype on ``spec.device`` (values 0..255)."""
-    return x_uint8.to(spec.device, non_blocking=True).to(spec.input_dtype)
+    """uint8 (N, D) on any device -> the GEMM input dtype on ``spec.device``: values 0..255, or for
+    ``int8`` the shifted values x − 128 with D padded by zero columns to a multiple of :data:`INT8_ALIGN`
+    (zeros on both operands add nothing to a product)."""
+    x = x_uint8.to(spec.device, non_blocking=True)
+    if spec.kind != "int8":
+        return x.to(spec.input_dtype)
+    shifted = torch.bitwise_xor(x, 128).view(torch.int8)  # x − 128, exactly: flipping the top bit
+    pad = (-shifted.shape[1]) % INT8_ALIGN
+    return torch.nn.functional.pad(shifted, (0, pad)) if pad else shifted
+
+
+def shifted_sq_norms(x_uint8: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
+    """Exact ‖x − 128‖² of uint8 rows (N, D) -> int64 (N,) = ‖x‖² − 256·Σx + 16,384·D (``norms``:
+    ‖x‖² when already known)."""
+    n2 = sq_norms(x_uint8) if norms is None else norms.to(torch.int64)
+    return n2 - 256 * x_uint8.sum(1, dtype=torch.int64) + 16384 * x_uint8.shape[1]
+
+
+def int8_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Exact a (M, K) · b (N, K)ᵀ of int8 operands (:func:`to_compute`) -> int32 (M, N).
+
+    ``torch._int_mm`` (int32 accumulation); on CUDA it needs M > 16 and N % 8 = 0 (K is padded by
+    :func:`to_compute`): at most 16 rows are padded with zero rows to 17, and the last N % 8 columns
+    are multiplied in float64, exactly too (|a·b| ≤ 16,384·K < 2^53). The same split runs on every
+    device, so the CPU tests cover it. A torch build or device without int8 GEMMs gets the whole
+    product in float64 (still exact, slower), decided once per device type.
+    """
+    m, n = a.shape[0], b.shape[0]
+    if n == 0:
+        return torch.zeros((m, 0), dtype=torch.int32, device=a.device)
+    if not _INT_MM_OK.get(a.device.type, True):
+        return _float64_dots(a, b)
+    try:
+        out = _int_mm_split(a, b)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except (RuntimeError, NotImplementedError, AttributeError):  # a build or device without int8 GEMMs
+        _INT_MM_OK[a.device.type] = False
+        return _float64_dots(a, b)
+    _INT_MM_OK[a.device.type] = True
+    return out
+
+
+_INT_MM_OK: dict[str, bool] = {}
+
+
+def _float64_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The same products in float64 (exact: |a·b| ≤ 16,384·K < 2^53), for devices without int8 GEMMs."""
+    return (a.to(torch.float64) @ b.to(torch.float64).T).to(torch.int32)
+
+
+def _int_mm_split(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    m, n = a.shape[0], b.shape[0]
+    if m <= 16:
+        a = torch.nn.functional.pad(a, (0, 0, 0, 17 - m))
+    n8 = n - n % 8
+    parts = [torch._int_mm(a, b[:n8].T)] if n8 else []
+    if n8 < n:
+        parts.append(_float64_dots(a, b[n8:]))
+    out = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+    return out[:m] if m <= 16 else out
 
 
 def sq_norms(x_uint8: torch.Tensor) -> torch.Tensor:
@@ -134,8 +216,11 @@ def _bf16_fp32_out(op, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def cross(a: torch.Tensor, b: torch.Tensor, spec: ComputeSpec) -> torch.Tensor:
     """a (Na, D) · b (Nb, D)ᵀ in ``spec`` -> (Na, Nb) float64 (exact kind) or float32.
 
-    Inputs are already in ``spec.input_dtype`` on ``spec.device`` (see :func:`to_compute`).
+    Inputs are already in ``spec.input_dtype`` on ``spec.device`` (see :func:`to_compute`); for
+    ``int8`` they are the shifted operands and the result is their exact int32 product.
     """
+    if spec.kind == "int8":
+        return int8_dots(a, b)
     if spec.kind != "bf16":
         return a @ b.T
     return _bf16_fp32_out(torch.mm, a, b.T)

@@ -9,7 +9,8 @@ For every query block and every reference block (:mod:`.sources`):
    c = k + extra rows with the smallest approximate squared distance;
 2. the candidates are re-ranked with exact integer arithmetic (:func:`.compute.exact_sq_dists`) and
    merged into the running top k (ties broken by the smaller reference index, so results are
-   deterministic and equal across backends);
+   deterministic and equal across backends); with an exact GEMM (the default int8 one, or float64)
+   the candidates' distances are exact already and are merged as they are;
 3. a certificate checks that no other row of the block can beat the current k-th distance:
    every non-candidate's approximate distance is ≥ the block's cutoff, so its exact one is ≥
    cutoff − margin (:func:`.compute.error_margin`). Queries whose certificate fails are recomputed
@@ -247,9 +248,11 @@ class ResidentReference:
         return int(self.raw.shape[0])
 
 
-def _make_backend(backend: str, device: str | torch.device, compute: str):
+def _make_backend(backend: str, device: str | torch.device, compute: str, dim: int | None):
+    """The backend for ``compute`` on ``device``; ``dim`` (values per image, None if unknown) decides
+    whether "auto" can be the exact int8 GEMM."""
     dev = resolve_device(device) if isinstance(device, str) else device
-    return get_backend(backend, resolve_compute(compute, dev, cpu_default="float64"))
+    return get_backend(backend, resolve_compute(compute, dev, cpu_default="float64", dim=dim, allow_int8=True))
 
 
 def _prepare_resident(be, raw_cpu: torch.Tensor, rb: int) -> ResidentReference:
@@ -269,8 +272,8 @@ def prepare_reference(
     ref_block: int | None = None,
 ) -> ResidentReference:
     """Prepare a random-access uint8 reference (N, H, W, C)/(N, D) once for repeated searches."""
-    be = _make_backend(backend, device, compute)
     ref = ReferenceSource(reference, name="reference")
+    be = _make_backend(backend, device, compute, ref.dim)
     if ref.random_access is None:
         raise DiffauditError("prepare_reference needs an array or dataset, not a stream of blocks")
     rb = ref_block or _default_blocks(be.device, ref.size)[1]
@@ -292,8 +295,8 @@ def prepare_reference_if_fits(
 ) -> Any:
     """:func:`prepare_reference` when the reference is an array whose prepared form (uint8 + GEMM
     operand) fits ``ref_cache_bytes``; otherwise ``reference`` unchanged (it is then streamed)."""
-    be = _make_backend(backend, device, compute)
     ref = ReferenceSource(reference, name="reference")
+    be = _make_backend(backend, device, compute, ref.dim)
     if not _fits(be, ref, ref_cache_bytes):
         return reference
     return _prepare_resident(be, ref.random_access, _default_blocks(be.device, ref.size)[1])
@@ -335,8 +338,8 @@ def iter_knn(
         resident, be = reference, reference.backend
         size: int | None = resident.size
     else:
-        be = _make_backend(backend, device, compute)
         ref = ReferenceSource(reference, name="reference")
+        be = _make_backend(backend, device, compute, ref.dim)
         size = ref.size
     qb_default, rb_default = _default_blocks(be.device, size, int(resident.raw.shape[1]) if resident is not None else ref.dim)
     qb, rb = query_block or qb_default, ref_block or rb_default
@@ -397,8 +400,10 @@ def knn_search(
         k: neighbours per query, 1 ≤ k ≤ N (the paper uses n = 50; up to ~100 is cheap).
         backend: ``torch`` (blocked GEMM) or ``faiss`` (IndexFlatL2, CPU); see :mod:`.knn_backends`.
         device: ``auto``, ``cpu``, ``cuda``... (faiss always runs on the CPU).
-        compute: GEMM precision, ``auto`` (bf16 with exact re-ranking on CUDA; float64 on the CPU, where the
-            GEMM on integer pixels is already exact and no re-ranking is needed), ``float32``, ``float64``.
+        compute: GEMM precision: ``auto`` (the exact int8 GEMM on shifted pixels, on CUDA and the CPU, for
+            images of at most :data:`.compute.INT8_MAX_DIM` values whose size the reference tells; else
+            bf16 with exact re-ranking on CUDA and float64, exact, on the CPU), ``int8``, ``bf16``,
+            ``float32``, ``float64``.
         extra: candidates fetched beyond k per block (default max(8, k // 4)); only speed depends on it.
         query_block, ref_block: rows per block (defaults bound the (query x ref) block to 1 GiB on CUDA,
             64 MiB on the CPU, and the query operand alike when the reference's image size is known).

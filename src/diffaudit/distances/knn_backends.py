@@ -4,8 +4,9 @@ A backend proposes, per query, the ``c`` reference rows of one block with the sm
 squared distance; :mod:`diffaudit.distances.knn` then re-ranks them with exact integer arithmetic and
 certifies that no row outside the candidates can belong to the top k. Backends:
 
-- ``torch``: blocked GEMM ‖q‖² + ‖r‖² − 2·q·r on integer pixels (bf16 in / fp32 accumulate on CUDA,
-  float64 (exact) or fp32 on the CPU; :mod:`.compute`) and ``torch.topk``.
+- ``torch``: blocked GEMM ‖q‖² + ‖r‖² − 2·q·r on integer pixels and ``torch.topk``: exact int8 with
+  int32 accumulation on shifted pixels wherever the image size allows (:data:`.compute.INT8_MAX_DIM`),
+  else bf16 in / fp32 accumulate on CUDA, float64 (exact) or fp32 on the CPU (:mod:`.compute`).
 - ``faiss``: ``faiss.IndexFlatL2`` (exhaustive, fp32; it returns squared sums Σ(q − r)² on the values
   it was given, here 0..255, so the RMS is sqrt(D / (d·255²))); CPU only (faiss-cpu).
 """
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from diffaudit.core.errors import DiffauditError
-from diffaudit.distances.compute import ComputeSpec, cross, error_margin, sq_norms, to_compute
+from diffaudit.distances.compute import ComputeSpec, cross, error_margin, shifted_sq_norms, sq_norms, to_compute
 
 
 @dataclass
@@ -105,6 +106,43 @@ class TorchGemmBackend:
         return Candidates(local, vals, cutoff, margin)
 
 
+class TorchInt8Backend(TorchGemmBackend):
+    """The ``torch`` backend with the exact int8 GEMM (``spec.kind == "int8"``, :mod:`.compute`).
+
+    The operands are the pixels shifted by −128, so the squared distance is
+    ‖q'‖² + ‖r'‖² − 2·q'·r' with the shifted norms; ‖r'‖² − 2·q'·r' is formed in int32 (exact, see
+    :data:`.compute.INT8_MAX_DIM`) and ranked there. Candidates' distances are exact: no re-ranking,
+    margin 0; ties at the k-th distance fall back to the exact block search, as for float64.
+    """
+
+    _EXCLUDED = torch.iinfo(torch.int32).max  # above every real value (≤ 49,152·D < 2^31 − 1)
+
+    def prepare_block(self, offset: int, raw: torch.Tensor, operand: torch.Tensor | None = None) -> PreparedBlock:
+        raw = raw.to(self.device)
+        norms = sq_norms(raw)
+        op = self.operand(raw) if operand is None else operand
+        return PreparedBlock(offset, raw, norms, int(norms.max()) if len(norms) else 0,
+                             (op, shifted_sq_norms(raw, norms).to(torch.int32)), rows=op)
+
+    def prepare_queries(self, offset: int, raw: torch.Tensor) -> PreparedQueries:
+        raw = raw.to(self.device)
+        norms = sq_norms(raw)
+        return PreparedQueries(offset, raw, norms, (to_compute(raw, self.spec), shifted_sq_norms(raw, norms)))
+
+    def candidates(self, q: PreparedQueries, r: PreparedBlock, c: int, exclude_self: bool) -> Candidates:
+        q_op, q_norms = q.handle
+        rc, rn = r.handle
+        approx = torch.add(rn.unsqueeze(0), cross(q_op, rc, self.spec), alpha=-2)  # ‖r'‖² − 2 q'·r', int32
+        if exclude_self:
+            _mask_self(approx, q.offset, r.offset, self._EXCLUDED)
+        vals, local = torch.topk(approx, c, dim=1, largest=False, sorted=False)
+        excluded = vals == self._EXCLUDED
+        vals = vals.to(torch.float64) + q_norms.to(torch.float64).unsqueeze(1)
+        vals[excluded] = np.inf
+        finite = torch.where(excluded, torch.full_like(vals, -np.inf), vals)
+        return Candidates(local, vals, finite.amax(1), torch.zeros(vals.shape[0], dtype=torch.float64, device=vals.device))
+
+
 class FaissFlatBackend:
     """``faiss.IndexFlatL2`` per reference block, on the CPU (see module docstring)."""
 
@@ -156,18 +194,22 @@ class FaissFlatBackend:
         return Candidates(local, approx, cutoff, margin)
 
 
-def _mask_self(approx: torch.Tensor, q_offset: int, r_offset: int) -> None:
-    """Set approx[i, j] = +inf where query q_offset + i is reference row r_offset + j."""
+def _mask_self(approx: torch.Tensor, q_offset: int, r_offset: int, value: float = np.inf) -> None:
+    """Set approx[i, j] = ``value`` (+inf) where query q_offset + i is reference row r_offset + j."""
     bq, br = approx.shape
     lo, hi = max(q_offset, r_offset), min(q_offset + bq, r_offset + br)
     if lo < hi:
         i = torch.arange(lo - q_offset, hi - q_offset, device=approx.device)
         j = torch.arange(lo - r_offset, hi - r_offset, device=approx.device)
-        approx[i, j] = np.inf
+        approx[i, j] = value
+
+
+def _torch_backend(spec: ComputeSpec) -> TorchGemmBackend:
+    return TorchInt8Backend(spec) if spec.kind == "int8" else TorchGemmBackend(spec)
 
 
 KNN_BACKENDS: dict[str, Callable[[ComputeSpec], Any]] = {
-    "torch": TorchGemmBackend,
+    "torch": _torch_backend,
     "faiss": FaissFlatBackend,
 }
 
