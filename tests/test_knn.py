@@ -153,8 +153,10 @@ def test_compute_auto_picks_int8_where_it_is_exact():
     assert resolve_compute("auto", cpu, dim=3072).kind == "float64"  # other users of the GEMM keep their kinds
     with pytest.raises(DiffauditError, match="at most 43690"):
         resolve_compute("int8", cpu, dim=INT8_MAX_DIM + 1, allow_int8=True)
-    with pytest.raises(DiffauditError, match="unknown"):
-        radius_neighbors(np.zeros((2, 4), np.uint8), np.zeros((3, 4), np.uint8), 0.1, compute="int8")
+    from diffaudit.distances.pairwise import pairwise_tile_mean_squares
+
+    with pytest.raises(DiffauditError, match="unknown"):  # the tiled distances have no int8 kind
+        pairwise_tile_mean_squares(np.zeros((2, 8, 8, 3), np.uint8), None, compute="int8")
     ref = np.zeros((10, 4, 4, 3), np.uint8)
     assert knn_search(ref, ref, 2, device="cpu").stats["compute"] == "int8"
     streamed = knn_search(ref, lambda: iter([ref]), 2, device="cpu", ref_cache_bytes=0)
@@ -215,18 +217,21 @@ def test_errors_are_clear(data):
         knn_search(q, (r for r in [ref]), 3)
 
 
-def test_radius_neighbors_exact(data):
+@pytest.mark.parametrize("compute", ["auto", "int8", "float32", "float64"])
+def test_radius_neighbors_exact(data, compute):
     q, ref = data
-    radius = 0.02
-    hits = radius_neighbors(q[:60], ref, radius, query_block=16, ref_block=500)
     sq, idx = brute(q[:60], ref, len(ref))
-    limit = radius ** 2 * 6 * 6 * 3 * 255.0 ** 2
-    for i, (ix, d) in enumerate(hits):
-        expect = np.sort(idx[i][sq[i] <= limit])
-        np.testing.assert_array_equal(ix, expect)
-        assert np.all(d <= radius)
-    assert len(hits[3][0]) == 11  # ref[3] and its 10 duplicates
-    assert hits[3][0][0] == 3
+    for radius in (0.02, 0.4):
+        hits = radius_neighbors(q[:60], ref, radius, query_block=16, ref_block=500, compute=compute)
+        limit = radius ** 2 * 6 * 6 * 3 * 255.0 ** 2
+        for i, (ix, d) in enumerate(hits):
+            keep = sq[i] <= limit
+            np.testing.assert_array_equal(ix, np.sort(idx[i][keep]))
+            exact_sq = np.empty(len(ref), np.int64)
+            exact_sq[idx[i]] = sq[i]
+            np.testing.assert_array_equal(d, np.sqrt(exact_sq[ix] / (6 * 6 * 3 * 255.0 ** 2)))
+        if radius == 0.02:
+            assert len(hits[3][0]) == 11 and hits[3][0][0] == 3  # ref[3] and its 10 duplicates
 
 
 @pytest.mark.gpu

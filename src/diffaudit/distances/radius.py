@@ -1,8 +1,9 @@
 """Exact fixed-radius neighbours in ℓ2 (RMS on [0, 1] pixels), streamed in blocks.
 
 Used for the eidetic count (paper §3, Definition 2: how many training images lie within δ = 0.1
-of an extracted one) and to collapse duplicated training images. Pairs within the GEMM's error
-margin of the radius are recomputed exactly, so the answer is exact on every device.
+of an extracted one) and to collapse duplicated training images. The GEMM is the kNN search's
+(:mod:`.compute`; "auto": exact int8 where the image size allows); pairs within its error margin of
+the radius (none for the exact kinds) are recomputed exactly, so the answer is exact on every device.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
-from diffaudit.distances.compute import PIXEL_SQ, cross, error_margin, resolve_compute, sq_norms, to_compute
+from diffaudit.distances.compute import PIXEL_SQ, cross, error_margin, resolve_compute, shifted_sq_norms, sq_norms, to_compute
 from diffaudit.distances.sources import ReferenceSource, iter_blocks
 
 
@@ -37,8 +38,12 @@ def radius_neighbors(
     if not 0 <= radius <= 1:
         raise DiffauditError(f"radius must be in [0, 1], got {radius}")
     dev = resolve_device(device) if isinstance(device, str) else device
-    spec = resolve_compute(compute, dev, cpu_default="float64")
     ref = ReferenceSource(reference, name="reference")
+    spec = resolve_compute(compute, dev, cpu_default="float64", dim=ref.dim, allow_int8=True)
+
+    def gemm_norms(x: torch.Tensor, n2: torch.Tensor) -> torch.Tensor:
+        """The norms the GEMM's distance formula needs: of the shifted pixels for int8."""
+        return shifted_sq_norms(x, n2) if spec.kind == "int8" else n2
     rb = ref_block or (65536 if dev.type == "cuda" else 8192)
     out: list[tuple[np.ndarray, np.ndarray]] = []
     for _, q_raw in iter_blocks(queries, query_block, name="queries"):
@@ -54,7 +59,7 @@ def radius_neighbors(
             rd = r_raw.to(dev)
             rn = sq_norms(rd)
             approx = cross(qc, to_compute(rd, spec), spec).to(torch.float64).mul_(-2.0)
-            approx += qn.to(torch.float64).unsqueeze(1) + rn.to(torch.float64).unsqueeze(0)
+            approx += gemm_norms(qd, qn).to(torch.float64).unsqueeze(1) + gemm_norms(rd, rn).to(torch.float64).unsqueeze(0)
             margin = error_margin(spec, dim, qn.unsqueeze(1) + rn.unsqueeze(0))
             i, j = (approx <= limit + margin).nonzero(as_tuple=True)
             if i.numel():
