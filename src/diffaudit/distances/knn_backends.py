@@ -111,8 +111,9 @@ class TorchInt8Backend(TorchGemmBackend):
 
     The operands are the pixels shifted by −128, so the squared distance is
     ‖q'‖² + ‖r'‖² − 2·q'·r' with the shifted norms; ‖r'‖² − 2·q'·r' is formed in int32 (exact, see
-    :data:`.compute.INT8_MAX_DIM`) and ranked there. Candidates' distances are exact: no re-ranking,
-    margin 0; ties at the k-th distance fall back to the exact block search, as for float64.
+    :data:`.compute.INT8_MAX_DIM`) and ranked there. Candidates' distances are exact: no re-ranking
+    (so nothing is ever gathered from the shifted ``rows``), margin 0; ties at the k-th distance fall
+    back to the exact block search, as for float64.
     """
 
     _EXCLUDED = torch.iinfo(torch.int32).max  # above every real value (≤ 49,152·D < 2^31 − 1)
