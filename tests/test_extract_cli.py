@@ -136,3 +136,16 @@ def test_calibration_distances_are_exact_on_every_device(files, tmp_path, monkey
     assert run("extract", "--samples", files / "cond.npz", "--out", tmp_path / "cal", "--calibrate", files / "truth.json",
                "--device", "cpu") == 0
     assert seen and set(seen) == {"float64"}
+
+
+def test_resume_refuses_samples_rewritten_in_place(files, tmp_path, capsys):
+    samples = tmp_path / "unc.npz"
+    images = np.load(files / "unc.npz")["images"]
+    np.savez(samples, images=images)
+    out = tmp_path / "x"
+    args = ("extract", "--samples", samples, "--out", out, "--device", "cpu", "--k-neighbors", "16")
+    assert run(*args) == 0
+    (out / "result.json").unlink()  # as if killed after the cached neighbour search
+    np.savez(samples, images=images[::-1])
+    capsys.readouterr()
+    assert run(*args) == 2 and "samples_identity" in capsys.readouterr().err

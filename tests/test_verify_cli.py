@@ -171,3 +171,37 @@ def test_data_cache_gives_the_same_result_without_reading_the_training_set_whole
     assert len([p for p in cache.iterdir() if p.is_dir()]) == 2  # --data and --baseline
     monkeypatch.setattr(decoded, "iter_decoded", lambda *a, **k: pytest.fail("the cache was decoded again"))
     assert run("verify", *common, "--data-cache", cache, "--out", tmp_path / "again") == 0
+
+
+def test_resume_refuses_samples_regenerated_in_place(files, tmp_path, capsys):
+    """The neighbours cached in --out belong to the generations: an .npz rewritten at the same path,
+    or a sample store made again with another seed, is a settings mismatch, never a silent reuse;
+    the same generations (even a store reopened unchanged) resume."""
+    from helpers import make_tiny_model_dir
+
+    samples = tmp_path / "gen.npz"
+    unc = np.load(files / "unc.npz")["images"]
+    np.savez(samples, images=unc)
+    out = tmp_path / "v"
+    args = ("verify", "--samples", samples, "--data", files / "train.npz", "--out", out, "--device", "cpu")
+    assert run(*args) == 0
+    (out / "result.json").unlink()
+    np.savez(samples, images=unc)  # rewritten, same pixels: the same generations
+    assert run(*args) == 0
+    (out / "result.json").unlink()
+    np.savez(samples, images=unc[::-1])
+    capsys.readouterr()
+    assert run(*args) == 2 and "samples_identity" in capsys.readouterr().err
+
+    model = make_tiny_model_dir(tmp_path / "model", image_size=8, channels=3)
+    store = tmp_path / "store"
+    train8 = tmp_path / "train8.npz"
+    np.savez(train8, images=np.load(files / "train.npz")["images"][:, :8, :8])
+    for seed, want in (("0", 0), ("0", 0), ("1", 2)):
+        assert run("sample", "--model", model, "--n", "12", "--steps", "2", "--out", store, "--seed", seed, "--device", "cpu",
+                   *(("--fresh",) if seed == "1" else ())) == 0
+        capsys.readouterr()
+        vx = ("verify", "--samples", store, "--data", train8, "--out", tmp_path / "vs", "--device", "cpu")
+        assert run(*vx) == want
+        if want:
+            assert "samples_identity" in capsys.readouterr().err

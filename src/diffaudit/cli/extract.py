@@ -27,7 +27,7 @@ from diffaudit.core.progress import Timer, progress_bar, stage_line
 from diffaudit.core.results import write_result
 from diffaudit.distances.knn_backends import KNN_BACKENDS
 from diffaudit.distances.pixel import DEFAULT_GRID
-from diffaudit.store import read_samples
+from diffaudit.store import read_samples, samples_identity
 
 NAME = "extract"
 HELP = "find memorized generations: near-duplicate cliques per prompt (tiled l2), or among unconditional samples"
@@ -90,7 +90,8 @@ def _load_ground_truth(path: str) -> set[str]:
 
 def _settings(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     s: dict[str, Any] = {
-        "samples": str(args.samples), "mode": mode, "edge_threshold": args.edge_threshold, "min_clique": args.min_clique,
+        "samples": str(args.samples), "samples_identity": samples_identity(args.samples), "mode": mode,
+        "edge_threshold": args.edge_threshold, "min_clique": args.min_clique,
         "grid": args.grid, "max_expansions": args.max_expansions,
     }
     if mode == "unconditional":

@@ -32,7 +32,7 @@ from diffaudit.data.dataset import ImageDataset
 from diffaudit.distances.frechet import fid_from_file
 from diffaudit.distances.knn_backends import KNN_BACKENDS
 from diffaudit.distances.normalized import DEFAULT_ALPHA, DEFAULT_NEIGHBORS, neighborhood_size
-from diffaudit.store import read_samples
+from diffaudit.store import read_samples, samples_identity
 
 NAME = "verify"
 HELP = "verify generations against the training set: (l2, delta)-extraction or the normalised distance, unique counts"
@@ -158,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
     if len(samples) and prompt_map is None:
         _check_shapes(samples, train, "--data")
     settings = {
-        "samples": str(args.samples), "data": str(args.data), "data_options": opts, "rule": rule, "delta": vs.delta,
+        "samples": str(args.samples), "samples_identity": samples_identity(args.samples),
+        "data": str(args.data), "data_options": opts, "rule": rule, "delta": vs.delta,
         "alpha": vs.alpha, "n_neighbors": vs.n_neighbors, "eidetic_delta": vs.eidetic_delta, "dup_delta": vs.dup_delta,
         "from_extract": args.from_extract, "baseline": args.baseline, "train_map": args.train_map,
         "fid_features": args.fid_features,
