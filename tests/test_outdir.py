@@ -48,8 +48,13 @@ def test_fresh_refuses_a_folder_diffaudit_did_not_make(tmp_path, settings_text):
 def test_fresh_refuses_a_file_and_the_working_directory(tmp_path, monkeypatch):
     f = tmp_path / "result.txt"
     f.write_text("x")
-    with pytest.raises(DiffauditError, match="not a folder"):
+    with pytest.raises(DiffauditError, match="a file or a link"):
         prepare_out_dir(f, "extract", {}, fresh=True)
+    made, _ = prepare_out_dir(tmp_path / "made", "extract", {})
+    (tmp_path / "link").symlink_to(made)
+    with pytest.raises(DiffauditError, match="a file or a link"):
+        prepare_out_dir(tmp_path / "link", "extract", {}, fresh=True)
+    assert (made / "settings.json").is_file()
     out, _ = prepare_out_dir(tmp_path / "o", "extract", {})
     (out / "sub").mkdir()
     monkeypatch.chdir(out / "sub")

@@ -49,13 +49,13 @@ def _made_by_diffaudit(path: Path) -> bool:
 def remove_for_fresh(path: Path) -> None:
     """Delete the output folder ``path`` for ``--fresh``; refuse anything diffaudit did not make.
 
-    Raises :class:`DiffauditError` when ``path`` is a file, holds the working directory, or is a
-    non-empty folder without diffaudit's ``settings.json``; nothing is deleted then.
+    Raises :class:`DiffauditError` when ``path`` is a file or a link, holds the working directory, or
+    is a non-empty folder without diffaudit's ``settings.json``; nothing is deleted then.
     """
     if not path.exists():
         return
     if not path.is_dir() or path.is_symlink():
-        raise DiffauditError(f"--fresh: {path} is not a folder; choose another --out")
+        raise DiffauditError(f"--fresh: {path} is a file or a link, not a folder diffaudit made; choose another --out")
     cwd, target = Path.cwd().resolve(), path.resolve()
     if cwd == target or target in cwd.parents:
         raise DiffauditError(f"--fresh would delete {target}, which holds the current directory; choose another --out")

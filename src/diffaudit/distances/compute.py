@@ -42,7 +42,8 @@ MARGIN_LAMBDA = 8.0
 PIXEL_SQ = 255.0 * 255.0
 
 COMPUTE_KINDS = ("auto", "float64", "float32", "bf16")
-#: The kinds of the kNN search (:mod:`.knn`), which alone folds the norms in the int8 way.
+#: The kinds of the kNN and radius searches (:mod:`.knn`, :mod:`.radius`), the GEMM users that use the
+#: shifted norms the int8 kind needs.
 KNN_COMPUTE_KINDS = COMPUTE_KINDS + ("int8",)
 #: Largest D for the exact int8 kind: with x' = x − 128, ‖r'‖² − 2·q'·r' lies in
 #: [−16,384·D, 49,152·D], which int32 holds for D ≤ 43,690 (e.g. 120 x 120 RGB; CIFAR-10 has 3,072).
