@@ -255,6 +255,12 @@ def _make_backend(backend: str, device: str | torch.device, compute: str, dim: i
     return get_backend(backend, resolve_compute(compute, dev, cpu_default="float64", dim=dim, allow_int8=True))
 
 
+def _source_and_backend(reference: Any, backend: str, device: str | torch.device, compute: str):
+    """The reference as a :class:`ReferenceSource` and the backend its image size allows."""
+    ref = ReferenceSource(reference, name="reference")
+    return ref, _make_backend(backend, device, compute, ref.dim)
+
+
 def _prepare_resident(be, raw_cpu: torch.Tensor, rb: int) -> ResidentReference:
     raw = raw_cpu.to(be.device)
     rows = be.operand(raw)
@@ -272,8 +278,7 @@ def prepare_reference(
     ref_block: int | None = None,
 ) -> ResidentReference:
     """Prepare a random-access uint8 reference (N, H, W, C)/(N, D) once for repeated searches."""
-    ref = ReferenceSource(reference, name="reference")
-    be = _make_backend(backend, device, compute, ref.dim)
+    ref, be = _source_and_backend(reference, backend, device, compute)
     if ref.random_access is None:
         raise DiffauditError("prepare_reference needs an array or dataset, not a stream of blocks")
     rb = ref_block or _default_blocks(be.device, ref.size)[1]
@@ -295,8 +300,7 @@ def prepare_reference_if_fits(
 ) -> Any:
     """:func:`prepare_reference` when the reference is an array whose prepared form (uint8 + GEMM
     operand) fits ``ref_cache_bytes``; otherwise ``reference`` unchanged (it is then streamed)."""
-    ref = ReferenceSource(reference, name="reference")
-    be = _make_backend(backend, device, compute, ref.dim)
+    ref, be = _source_and_backend(reference, backend, device, compute)
     if not _fits(be, ref, ref_cache_bytes):
         return reference
     return _prepare_resident(be, ref.random_access, _default_blocks(be.device, ref.size)[1])
@@ -338,8 +342,7 @@ def iter_knn(
         resident, be = reference, reference.backend
         size: int | None = resident.size
     else:
-        ref = ReferenceSource(reference, name="reference")
-        be = _make_backend(backend, device, compute, ref.dim)
+        ref, be = _source_and_backend(reference, backend, device, compute)
         size = ref.size
     qb_default, rb_default = _default_blocks(be.device, size, int(resident.raw.shape[1]) if resident is not None else ref.dim)
     qb, rb = query_block or qb_default, ref_block or rb_default

@@ -85,7 +85,11 @@ class TorchGemmBackend:
         norms = sq_norms(raw)
         op = self.operand(raw) if operand is None else operand
         return PreparedBlock(offset, raw, norms, int(norms.max()) if len(norms) else 0,
-                             (op, norms.to(self.spec.output_dtype)), rows=op)
+                             (op, self.gemm_norms(raw, norms).to(self.spec.output_dtype)), rows=op)
+
+    def gemm_norms(self, raw: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+        """The norms the GEMM's distance formula adds: ‖r‖² (int64 ``norms``) for these kinds."""
+        return norms
 
     def prepare_queries(self, offset: int, raw: torch.Tensor) -> PreparedQueries:
         raw = raw.to(self.device)
@@ -118,17 +122,14 @@ class TorchInt8Backend(TorchGemmBackend):
 
     _EXCLUDED = torch.iinfo(torch.int32).max  # above every real value (≤ 49,152·D < 2^31 − 1)
 
-    def prepare_block(self, offset: int, raw: torch.Tensor, operand: torch.Tensor | None = None) -> PreparedBlock:
-        raw = raw.to(self.device)
-        norms = sq_norms(raw)
-        op = self.operand(raw) if operand is None else operand
-        return PreparedBlock(offset, raw, norms, int(norms.max()) if len(norms) else 0,
-                             (op, shifted_sq_norms(raw, norms).to(torch.int32)), rows=op)
+    def gemm_norms(self, raw: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+        """‖r − 128‖², the shifted operand's norms (int32 in the handle: at most 16,384·D)."""
+        return shifted_sq_norms(raw, norms)
 
     def prepare_queries(self, offset: int, raw: torch.Tensor) -> PreparedQueries:
         raw = raw.to(self.device)
         norms = sq_norms(raw)
-        return PreparedQueries(offset, raw, norms, (to_compute(raw, self.spec), shifted_sq_norms(raw, norms)))
+        return PreparedQueries(offset, raw, norms, (to_compute(raw, self.spec), self.gemm_norms(raw, norms)))
 
     def candidates(self, q: PreparedQueries, r: PreparedBlock, c: int, exclude_self: bool) -> Candidates:
         q_op, q_norms = q.handle
