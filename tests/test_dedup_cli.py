@@ -59,6 +59,19 @@ def test_dedup_cli_resumes_and_refuses_other_settings(tmp_path, tmp_npz, digits,
     assert "threshold" in capsys.readouterr().err
 
 
+def test_dedup_cli_refuses_data_rewritten_in_place(tmp_path, tmp_npz, digits, capsys):
+    """Cached embeddings and groups belong to the pixels, not the path."""
+    data, images = _planted_npz(tmp_npz, digits)
+    out = tmp_path / "dd"
+    assert main(["dedup", "--data", str(data), "--out", str(out), "--embedder", "phash"]) == 0
+    with np.load(data) as z:
+        labels = z["labels"]
+    np.savez(data, images=images[::-1], labels=labels[::-1])
+    capsys.readouterr()
+    assert main(["dedup", "--data", str(data), "--out", str(out), "--embedder", "phash"]) == 2
+    assert "data_digest" in capsys.readouterr().err
+
+
 def test_dedup_cli_resumes_from_embedding_chunks(tmp_path, tmp_npz, digits):
     data, _ = _planted_npz(tmp_npz, digits)
     out = tmp_path / "dd"

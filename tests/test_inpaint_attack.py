@@ -184,6 +184,26 @@ def test_command_writes_results_grids_and_resumes_per_target(runs, tmp_path, mon
     assert _cli(runs, out, "--n-inpaint", "9") == 2
 
 
+def test_command_refuses_a_target_retrained_in_place(runs, tmp_path, capsys):
+    """Finished targets were inpainted by the target's weights at the time: the same --model path with
+    other weights is a settings mismatch, not a resume."""
+    import shutil
+
+    target, shadow = runs
+    copy = tmp_path / "target"
+    shutil.copytree(target, copy)
+    out = tmp_path / "inp"
+    args = ["--quiet", "inpaint", "--model", str(copy), "--shadow", str(shadow), "--data", "digits", "--target-keys",
+            "digits:0", "--n-inpaint", "4", "--top-k", "2", "--steps", "5", "--jump-length", "5", "--device", "cpu",
+            "--out", str(out)]
+    assert main(args) == 0
+    for w in sorted(copy.rglob("*.safetensors")):  # the target's weights replaced by the shadow's
+        shutil.copyfile(shadow / w.relative_to(copy), w)
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "digests.model" in capsys.readouterr().err
+
+
 def test_command_errors(runs, tmp_path, capsys):
     target, shadow = runs
     assert _cli(runs, tmp_path / "a", "--mask", "diagonal") == 2

@@ -132,6 +132,27 @@ def test_resume_and_settings_mismatch(shadows, capsys):
     assert "attack.attack" in capsys.readouterr().err
 
 
+def test_resume_refuses_shadows_retrained_in_place(shadows, tmp_path, capsys):
+    """A finished mia folder records its shadows' weights: a shadow retrained (or replaced) at the same
+    path is a settings mismatch, not a stale result reported as finished."""
+    import shutil
+
+    root, _, _ = shadows
+    copy = tmp_path / "shadows"
+    shutil.copytree(root / "shadows", copy)
+    args = ["--quiet", "mia", *DATA, "--shadows", str(copy), "--out", str(tmp_path / "m"), "--device", "cpu",
+            "--loss-cache", str(root / "cache"), "--attack", "loss", "--bootstrap", "10"]
+    assert main(args) == 0
+    assert main(args) == 0  # unchanged: finished
+    weights = sorted((copy / "model-01").rglob("*.safetensors"))
+    assert weights
+    for w in weights:  # model 1's weights now those of model 2
+        shutil.copyfile(copy / "model-02" / w.relative_to(copy / "model-01"), w)
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "shadow_digests" in capsys.readouterr().err
+
+
 def test_user_errors_name_the_thing(shadows, capsys, tmp_path):
     root, _, _ = shadows
     rc, _ = mia(root, "err1", "--models", "9")

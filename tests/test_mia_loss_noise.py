@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffaudit.attacks.membership.loss_cache import cached_model_losses, dataset_digest
+from diffaudit.attacks.membership.loss_cache import cached_model_losses
+from diffaudit.data.digest import dataset_digest
 from diffaudit.models.digest import model_digest
 from diffaudit.data import load_dataset
 from diffaudit.models.loss import per_example_loss

@@ -74,6 +74,11 @@ def test_prompts_cli_reuses_a_dedup_run_and_checks_it(tmp_path, tmp_npz, digits,
     assert main(["dedup", "--data", str(data), "--out", str(dd), "--embedder", "phash"]) == 0
     assert main(["prompts", "--data", str(data), "--out", str(tmp_path / "pr"), "--duplicates", str(dd), "--top", "1"]) == 0
     assert (tmp_path / "pr" / "prompts.txt").read_text(encoding="utf-8") == "copy of two\n"
+    # the dedup run redone in place with other groups: the kept prompts are of the old ones, so a mismatch
+    assert main(["dedup", "--data", str(data), "--out", str(dd), "--embedder", "phash", "--threshold", "0.5", "--fresh"]) == 0
+    capsys.readouterr()
+    assert main(["prompts", "--data", str(data), "--out", str(tmp_path / "pr"), "--duplicates", str(dd), "--top", "1"]) == 2
+    assert "duplicate_counts" in capsys.readouterr().err
     # a dedup run of another dataset is refused
     other = tmp_npz(digits.images[:10], name="other.npz", captions=np.array([str(i) for i in range(10)]))
     capsys.readouterr()

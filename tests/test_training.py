@@ -56,6 +56,25 @@ def test_other_settings_on_same_out_is_an_error(tmp_path, capsys):
     assert "lr" in capsys.readouterr().err
 
 
+def test_resume_refuses_training_data_rewritten_in_place(tmp_path, capsys):
+    """The training examples' pixels are part of a run's settings: the same path with other pixels is
+    another training set, never resumed into the same weights."""
+    from diffaudit.data import load_dataset
+
+    images = load_dataset("digits", subset=32).images
+    data, out = tmp_path / "d.npz", tmp_path / "run"
+    np.savez(data, images=images)
+    args = ["train", "--data", str(data), "--preset", "tiny", "--batch-size", "16", "--warmup-steps", "2", "--steps", "4",
+            "--checkpoint-every", "4", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    assert main(args) == 0  # unchanged: finished, resumed
+    images[31, 4, 4, 0] ^= 1
+    np.savez(data, images=images)
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "training_pixels_digest" in capsys.readouterr().err
+
+
 def test_repeats_and_batches_are_deterministic():
     stream = expand_repeats(np.array([0, 1, 2]), {1: 3})
     assert stream.tolist() == [0, 1, 1, 1, 2]

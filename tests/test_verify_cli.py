@@ -205,3 +205,28 @@ def test_resume_refuses_samples_regenerated_in_place(files, tmp_path, capsys):
         assert run(*vx) == want
         if want:
             assert "samples_identity" in capsys.readouterr().err
+
+
+def test_resume_refuses_data_or_baseline_rewritten_in_place(files, tmp_path, capsys):
+    """--data and --baseline are recorded by their pixels as well as their paths: a training set or a
+    baseline rewritten at the same path is a settings mismatch (the cached neighbours are of the old
+    images); the same pixels written again resume."""
+    train, unseen = tmp_path / "train.npz", tmp_path / "unseen.npz"
+    images, other = np.load(files / "train.npz")["images"], np.load(files / "unseen.npz")["images"]
+    np.savez(train, images=images)
+    np.savez(unseen, images=other)
+    out = tmp_path / "v"
+    args = ("verify", "--samples", files / "unc.npz", "--data", train, "--baseline", unseen, "--out", out, "--device", "cpu")
+    assert run(*args) == 0
+    (out / "result.json").unlink()
+    np.savez(train, images=images)
+    assert run(*args) == 0
+    for path, arr, field in ((train, images, "data_digest"), (unseen, other, "baseline_digest")):
+        changed = arr.copy()
+        changed[0, 0, 0, 0] ^= 1  # one pixel of one image
+        np.savez(path, images=changed)
+        capsys.readouterr()
+        assert run(*args) == 2
+        assert field in capsys.readouterr().err
+        np.savez(path, images=arr)
+    assert run(*args) == 0

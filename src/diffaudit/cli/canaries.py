@@ -12,6 +12,7 @@ from diffaudit.core.errors import DiffauditError
 from diffaudit.core.outdir import prepare_out_dir
 from diffaudit.core.results import write_result
 from diffaudit.data import load_dataset
+from diffaudit.data.digest import dataset_digest
 from diffaudit.defenses.canaries import CANARY_KINDS, DEFAULT_REPEATS, make_canaries
 from diffaudit.defenses.canary_run import CanaryEval, run_canary_experiment
 
@@ -59,18 +60,18 @@ def run(args: argparse.Namespace) -> int:
     ev = CanaryEval(timestep=args.timestep, n_draws=args.n_draws, noise_seed=args.seed, n_samples=args.n_samples,
                     sample_steps=args.sample_steps, sample_seed=args.seed, rule=args.rule, delta=args.delta)
     repeats = _repeats(args.repeats)
+    if args.kind == "heldout" and not args.canary_pool:
+        raise DiffauditError("--kind heldout needs --canary-pool (images the model never trains on, e.g. cifar10-test)")
+    ds = load_dataset(args.data, **opts)
+    pool = load_dataset(args.canary_pool, **dict(opts, subset=None)) if args.kind == "heldout" else None
     settings = {"data": str(args.data), "data_options": opts, "kind": args.kind, "canary_pool": args.canary_pool,
                 "repeats": repeats, "per_repeat": args.per_repeat, "n_reference": args.n_reference,
-                "train": asdict(config), "evaluation": asdict(ev)}
+                "train": asdict(config), "evaluation": asdict(ev),
+                # the pixels behind the paths (rewritten in place, they are other data)
+                "data_digest": dataset_digest(ds), "canary_pool_digest": None if pool is None else dataset_digest(pool)}
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
     if emit_finished(args, out, resumed, lambda r: f"{r['n_canaries']} canaries, {r['n_extracted']} extracted"):
         return 0
-    ds = load_dataset(args.data, **opts)
-    pool = None
-    if args.kind == "heldout":
-        if not args.canary_pool:
-            raise DiffauditError("--kind heldout needs --canary-pool (images the model never trains on, e.g. cifar10-test)")
-        pool = load_dataset(args.canary_pool, **dict(opts, subset=None))
     plan = make_canaries(args.kind, image_shape=ds.image_shape, repeats=repeats, per_repeat=args.per_repeat,
                          n_reference=args.n_reference, seed=args.seed, pool=pool)
     fields = run_canary_experiment(ds, plan, config, out, evaluation=ev, device=device,

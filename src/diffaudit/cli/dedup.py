@@ -11,6 +11,7 @@ from diffaudit.core.io import save_npz_atomic
 from diffaudit.core.outdir import prepare_out_dir
 from diffaudit.core.progress import Timer, stage_line
 from diffaudit.core.results import write_result
+from diffaudit.data.digest import dataset_digest
 from diffaudit.defenses.dedup import find_duplicates, write_deduped_npz, write_keep_list
 from diffaudit.defenses.embedders import DEFAULT_CLIP_MODEL, EMBEDDERS, get_embedder
 from diffaudit.defenses.neighbours import INDEX_KINDS
@@ -71,12 +72,13 @@ def run(args: argparse.Namespace) -> int:
     embedder = get_embedder(args.embedder, **_embedder_options(args, device))
     threshold = embedder.default_threshold if args.threshold is None else args.threshold
     opts = data_options(args)
+    ds = load_data(args, args.data, **opts)
     settings = {
-        "data": str(args.data), "data_options": opts, "embedder": embedder.settings(), "threshold": threshold,
-        "index": args.index, "k": args.k, "nlist": args.nlist, "nprobe": args.nprobe, "batch_size": args.batch_size,
+        "data": str(args.data), "data_options": opts, "data_digest": dataset_digest(ds), "embedder": embedder.settings(),
+        "threshold": threshold, "index": args.index, "k": args.k, "nlist": args.nlist, "nprobe": args.nprobe,
+        "batch_size": args.batch_size,
     }
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
-    ds = load_data(args, args.data, **opts)
     if resumed and args.write_deduped and (out / "result.json").exists():
         from diffaudit.defenses.dedup import load_keep_list
 

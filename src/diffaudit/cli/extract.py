@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,12 @@ from diffaudit.cli.common import add_run_args, emit, emit_finished
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.faults import fault_point
+from diffaudit.core.identity import text_digest
 from diffaudit.core.io import read_json, write_json_atomic
 from diffaudit.core.outdir import prepare_out_dir
 from diffaudit.core.progress import Timer, progress_bar, stage_line
 from diffaudit.core.results import write_result
+from diffaudit.data.dataset import ImageDataset
 from diffaudit.distances.knn_backends import KNN_BACKENDS
 from diffaudit.distances.pixel import DEFAULT_GRID
 from diffaudit.store import read_samples, samples_identity
@@ -88,9 +91,9 @@ def _load_ground_truth(path: str) -> set[str]:
     return {ln for ln in (x.strip() for x in lines) if ln}
 
 
-def _settings(args: argparse.Namespace, mode: str) -> dict[str, Any]:
+def _settings(args: argparse.Namespace, mode: str, ds: ImageDataset) -> dict[str, Any]:
     s: dict[str, Any] = {
-        "samples": str(args.samples), "samples_identity": samples_identity(args.samples), "mode": mode,
+        "samples": str(args.samples), "samples_identity": samples_identity(args.samples, ds), "mode": mode,
         "edge_threshold": args.edge_threshold, "min_clique": args.min_clique,
         "grid": args.grid, "max_expansions": args.max_expansions,
     }
@@ -99,7 +102,8 @@ def _settings(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     if args.calibrate:
         for t in parse_float_list(args.sweep_thresholds, "--sweep-thresholds"):
             check_threshold(t, "--sweep-thresholds")
-        s.update(calibrate=str(args.calibrate), sweep_thresholds=parse_float_list(args.sweep_thresholds, "--sweep-thresholds"),
+        s.update(calibrate=str(args.calibrate), calibrate_digest=text_digest(json.dumps(sorted(args._ground_truth))),
+                 sweep_thresholds=parse_float_list(args.sweep_thresholds, "--sweep-thresholds"),
                  sweep_min_clique=parse_int_list(args.sweep_min_clique, "--sweep-min-clique"))
     return s
 
@@ -203,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
         if mode != "conditional":
             raise DiffauditError("--calibrate needs prompts (conditional samples): the ground truth names memorized prompts")
         args._ground_truth = _load_ground_truth(args.calibrate)
-    settings = _settings(args, mode)
+    settings = _settings(args, mode, ds)
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
     if emit_finished(args, out, resumed, lambda r: _summary(r, out)):
         return 0

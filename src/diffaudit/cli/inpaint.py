@@ -190,10 +190,24 @@ class _Models:
 
 # --------------------------------------------------------------------------- run
 
-def _settings(args, config, device) -> dict:
+def _settings(args, config, device, ds, shadows: dict[int, Path]) -> dict:
+    import json
+
+    from diffaudit.core.seeds import derive_seed
+    from diffaudit.data.digest import dataset_digest
+    from diffaudit.models.digest import model_digest
+
+    used = sorted({str(p) for p in shadows.values()})
     return {
         "model": str(args.model), "shadow": args.shadow, "shadows": args.shadows, "membership": args.membership,
         "data": {"spec": args.data, "options": data_options(args)},
+        # what the paths alone do not tell: weights retrained and data rewritten in place, and which
+        # shadow scores which target (a rewritten --membership may assign others)
+        "digests": {
+            "data": dataset_digest(ds), "model": model_digest(args.model),
+            "shadows": {p: model_digest(p) for p in used},
+            "assignment": derive_seed(json.dumps(sorted((i, str(p)) for i, p in shadows.items()))),
+        },
         "targets": args.targets if not args.target_keys else None, "target_keys": args.target_keys,
         "mask": args.mask, "n_inpaintings": config.n_inpaint, "top_k": config.top_k, "steps": config.steps,
         "jump_length": config.jump_length, "jump_n_sample": config.jump_n_sample, "eta": config.eta,
@@ -232,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if device.type != "cuda" and (args.bf16 or args.compile):
         stage_line("inpaint: --bf16 and --compile apply on CUDA only; running float32 eager on the CPU")
-    settings = _settings(args, config, device)
+    settings = _settings(args, config, device, ds, shadows)
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
     done_file = lambda i: out / "targets" / f"{i:06d}.json"  # noqa: E731
     pending = [i for i in targets if not done_file(i).exists()]

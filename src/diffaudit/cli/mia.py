@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 
-from diffaudit.models.digest import model_digest
 from diffaudit.attacks.membership.registry import ATTACK_NAMES
 from diffaudit.attacks.membership.run import MiaConfig, MiaScores, TargetSpec, run_mia, shadow_run_dirs
 from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit, emit_finished
@@ -21,9 +20,11 @@ from diffaudit.core.progress import Timer, stage_line
 from diffaudit.core.results import write_result
 from diffaudit.data import load_dataset
 from diffaudit.data.dataset import ImageDataset
+from diffaudit.data.digest import dataset_digest
 from diffaudit.data.membership import load_membership
 from diffaudit.evaluation.attack_evaluation import evaluate_attack
 from diffaudit.evaluation.timestep_sweep import evaluate_sweep
+from diffaudit.models.digest import model_digest
 from diffaudit.report.plots_roc import write_roc_png, write_sweep_png
 
 NAME = "mia"
@@ -162,11 +163,16 @@ def run(args: argparse.Namespace) -> int:
         target = TargetSpec(mode="model", run=Path(args.target))
     else:
         target = TargetSpec()
+    # the weights and pixels behind the paths: shadows retrained or data rewritten in place are other inputs
+    digests = {r.name: model_digest(r) for r in runs}
+    target_digest = model_digest(target.run) if target.mode == "model" else None
     settings = {
-        "data": {"spec": args.data, "options": opts},
+        "data": {"spec": args.data, "options": opts, "digest": dataset_digest(ds)},
         "membership": {"digest": membership_digest(mem), "models": m},
         "shadows": str(shadows.resolve()),
+        "shadow_digests": digests,
         "target": target.to_dict(),
+        "target_digest": target_digest,
         "attack": {k: v for k, v in config.to_dict().items() if k != "batch_size"},
         "bootstrap": args.bootstrap,
         "seed": args.seed,
@@ -178,10 +184,9 @@ def run(args: argparse.Namespace) -> int:
     with Timer() as timer:
         scores = run_mia(ds, mem.matrix[:, :m], runs, config, target=target, cache_dir=cache, device=device)
     stage_line(f"mia: {config.attack} scored {len(scores.main.scores)} (target, example) pairs in {timer.seconds:.1f}s")
-    extra = {"models": {r.name: model_digest(r) for r in runs}, "seconds": timer.seconds, "device": str(device),
-             "precision": precision}
-    if target.mode == "model":
-        extra["target_digest"] = model_digest(target.run)
+    extra = {"models": digests, "seconds": timer.seconds, "device": str(device), "precision": precision}
+    if target_digest is not None:
+        extra["target_digest"] = target_digest
     result = write_mia_outputs(out, scores, ds, config=config, settings=settings, seed=args.seed,
                                n_bootstrap=args.bootstrap, extra=extra)
     emit(args, result, _summary(result) + f"; results in {out}")

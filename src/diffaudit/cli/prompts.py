@@ -10,11 +10,13 @@ import numpy as np
 from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit, emit_finished
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
+from diffaudit.core.identity import text_digest
 from diffaudit.core.io import read_json
 from diffaudit.core.outdir import prepare_out_dir
 from diffaudit.core.progress import stage_line
 from diffaudit.core.results import write_result
 from diffaudit.data import load_dataset
+from diffaudit.data.digest import dataset_digest
 from diffaudit.defenses.dedup import find_duplicates
 from diffaudit.defenses.embedders import EMBEDDERS, get_embedder
 from diffaudit.defenses.prompts import rank_prompts, write_prompt_file
@@ -62,18 +64,20 @@ def _counts_from(path: str, keys: list[str]) -> np.ndarray:
 
 def run(args: argparse.Namespace) -> int:
     opts = data_options(args)
-    settings = {"data": str(args.data), "data_options": opts, "top": args.top, "min_score": args.min_score,
-                "duplicates": args.duplicates, "embedder": None if args.duplicates else args.embedder,
-                "threshold": None if args.duplicates else args.threshold}
-    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
-    if emit_finished(args, out, resumed, lambda r: f"{r['n_prompts']} prompts in {out / 'prompts.txt'}"):
-        return 0
     ds = load_dataset(args.data, **opts)
     if ds.captions is None:
         raise DiffauditError(f"--data {args.data}: the dataset has no captions (WebDataset .txt or npz `captions` needed)")
-    if args.duplicates:
-        counts = _counts_from(args.duplicates, ds.keys)
-    else:
+    counts = _counts_from(args.duplicates, ds.keys) if args.duplicates else None
+    settings = {"data": str(args.data), "data_options": opts, "top": args.top, "min_score": args.min_score,
+                "duplicates": args.duplicates, "embedder": None if args.duplicates else args.embedder,
+                "threshold": None if args.duplicates else args.threshold,
+                # the contents behind the paths (rewritten in place, they are other inputs)
+                "data_digest": dataset_digest(ds),
+                "duplicate_counts": None if counts is None else text_digest(",".join(map(str, counts.tolist())))}
+    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
+    if emit_finished(args, out, resumed, lambda r: f"{r['n_prompts']} prompts in {out / 'prompts.txt'}"):
+        return 0
+    if counts is None:
         emb = get_embedder(args.embedder, **({"device": str(resolve_device(args.device))} if args.embedder == "clip" else {}))
         counts = find_duplicates(ds.images, emb, threshold=args.threshold, seed=args.seed).duplicate_count
     ranked = rank_prompts(ds.captions, counts, top=args.top, min_score=args.min_score)

@@ -18,6 +18,7 @@ from diffaudit.core.outdir import prepare_out_dir
 from diffaudit.core.progress import Timer, stage_line
 from diffaudit.core.results import write_result
 from diffaudit.data import load_dataset
+from diffaudit.data.digest import dataset_digest
 from diffaudit.data.membership import Membership, load_membership
 
 NAME = "shadows"
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     train_settings = {key: v for key, v in dataclasses.asdict(config).items() if key != "seed"}
     # --models is left out on purpose: a later run with a larger K adds models to the same folder.
     settings = {
-        "data": {"spec": args.data, "options": opts},
+        "data": {"spec": args.data, "options": opts, "digest": dataset_digest(ds)},
         "membership": {"digest": membership_digest(mem), "n_models": mem.n_models, "seed": mem.seed},
         "train": train_settings,
         "seed": args.seed,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +23,14 @@ from diffaudit.attacks.extraction.verification import (
 from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit, emit_finished, load_data
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
+from diffaudit.core.identity import text_digest
 from diffaudit.core.io import read_json, save_npz_atomic
 from diffaudit.core.outdir import prepare_out_dir
 from diffaudit.core.progress import Timer, progress_bar, stage_line
 from diffaudit.core.results import write_result
 from diffaudit.core.seeds import derive_seed, numpy_rng
 from diffaudit.data.dataset import ImageDataset
+from diffaudit.data.digest import dataset_digest
 from diffaudit.distances.frechet import fid_from_file
 from diffaudit.distances.knn_backends import KNN_BACKENDS
 from diffaudit.distances.normalized import DEFAULT_ALPHA, DEFAULT_NEIGHBORS, neighborhood_size
@@ -124,11 +126,6 @@ def _run_verification(label: str, samples: ImageDataset, train: ImageDataset, vs
     return v
 
 
-def _keys_digest(keys: list[str]) -> str:
-    """A short digest of a list of sample ids (settings record it instead of the whole list)."""
-    return hashlib.sha256("\0".join(keys).encode()).hexdigest()[:16]
-
-
 def _check_shapes(samples: ImageDataset, other: ImageDataset, what: str) -> None:
     if samples.image_shape != other.image_shape:
         raise DiffauditError(
@@ -157,16 +154,21 @@ def run(args: argparse.Namespace) -> int:
         raise DiffauditError("--train-map needs samples with prompts; these samples carry none")
     if len(samples) and prompt_map is None:
         _check_shapes(samples, train, "--data")
+    base = load_data(args, args.baseline, **dict(opts, subset=None)) if args.baseline else None
     settings = {
-        "samples": str(args.samples), "samples_identity": samples_identity(args.samples),
+        "samples": str(args.samples), "samples_identity": samples_identity(args.samples, samples),
         "data": str(args.data), "data_options": opts, "rule": rule, "delta": vs.delta,
         "alpha": vs.alpha, "n_neighbors": vs.n_neighbors, "eidetic_delta": vs.eidetic_delta, "dup_delta": vs.dup_delta,
         "from_extract": args.from_extract, "baseline": args.baseline, "train_map": args.train_map,
         "fid_features": args.fid_features,
         # what the path names alone would not tell apart on a resume: the medoids an extract result
         # selected (it may be rewritten in place), and the seed of the equal-size baseline pick
-        "from_extract_samples": _keys_digest(samples.keys) if args.from_extract else None,
+        "from_extract_samples": text_digest("\0".join(samples.keys)) if args.from_extract else None,
         "baseline_seed": args.seed if args.baseline else None,
+        # and the contents behind --data, --baseline and --train-map (rewritten in place, they are other data)
+        "data_digest": dataset_digest(train),
+        "baseline_digest": dataset_digest(base) if base is not None else None,
+        "train_map_digest": text_digest(json.dumps(prompt_map, sort_keys=True)) if prompt_map is not None else None,
     }
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
     if emit_finished(args, out, resumed, lambda r: _summary(r, out)):
@@ -187,9 +189,7 @@ def run(args: argparse.Namespace) -> int:
         fields.update(extracted=None, unique_extracted=None, n_extracting_samples=None,
                       note="samples and --data differ in size: only the --train-map crop-alignment check was run")
     fields["baseline_unique_extracted"] = None
-    if args.baseline:
-        base_opts = dict(opts, subset=None)
-        base = load_data(args, args.baseline, **base_opts)
+    if base is not None:
         if len(base) > len(train):
             pick = np.sort(numpy_rng(derive_seed(args.seed, "verify-baseline")).choice(len(base), len(train), replace=False))
             base = base.subset(pick)

@@ -43,6 +43,7 @@ from diffaudit.core.progress import progress_bar, stage_line
 from diffaudit.core.results import write_result
 from diffaudit.core.seeds import derive_seed, numpy_rng, torch_generator
 from diffaudit.data.dataset import ImageDataset, to_model_space
+from diffaudit.data.digest import dataset_digest
 from diffaudit.models.scheduler import alphas_cumprod_of, make_scheduler
 from diffaudit.models.unets import build_unet, count_parameters, unet_config
 
@@ -268,7 +269,9 @@ def plan_run(dataset: ImageDataset, config: TrainConfig, *, train_indices=None, 
     }
     data = data_record or {"source": dataset.source}
     settings = {"train": dataclasses.asdict(config), "unet": ucfg, "data": data,
-                "training_set_digest": derive_seed(json.dumps(ids_record, sort_keys=True)), **(extra or {})}
+                "training_set_digest": derive_seed(json.dumps(ids_record, sort_keys=True)),
+                # the training examples' pixels: a resume after the data was rewritten in place is refused
+                "training_pixels_digest": dataset_digest(dataset, idx), **(extra or {})}
     config_record = {**dataclasses.asdict(config), "unet": ucfg, "data": data, **(extra or {})}
     return RunPlan(idx, stream, num_classes, ucfg, ids_record, settings, config_record)
 

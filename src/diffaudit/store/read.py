@@ -14,23 +14,23 @@ from pathlib import Path
 import numpy as np
 
 from diffaudit.core.errors import DiffauditError
+from diffaudit.core.identity import file_identity
 from diffaudit.core.io import read_json
 from diffaudit.data import load_dataset
 from diffaudit.data.dataset import ImageDataset
+from diffaudit.data.digest import dataset_digest
 from diffaudit.store.sample_store import MANIFEST, SampleStore
 
-#: Files up to this size are identified by their contents, larger ones by size and modification time.
-HASHED_FILE_BYTES = 64 << 20
-
-
-def samples_identity(spec: str) -> str | None:
+def samples_identity(spec: str, samples: ImageDataset | None = None) -> str | None:
     """What, beside its path, tells whether ``spec`` still holds the same generations when a command
     resumes (``verify`` and ``extract`` record it in their settings, so cached neighbours of other
     generations are never reused).
 
     A sample store: a digest of its manifest (model weights digest, seed, sampler, prompts; the
-    images are a function of it), without the model folder's path. A file: a digest of its contents, or its size and modification time
-    above :data:`HASHED_FILE_BYTES`. None for an image folder or a shard pattern (the path alone).
+    images are a function of it), without the model folder's path. A file: a digest of its contents,
+    or its size and modification time above :data:`~diffaudit.core.identity.HASHED_FILE_BYTES`. An
+    image folder or shards: the :func:`~diffaudit.data.digest.dataset_digest` of ``samples`` (``spec``
+    as read; None when it is not given).
     """
     path = Path(spec)
     if SampleStore.is_store(path):
@@ -40,15 +40,8 @@ def samples_identity(spec: str) -> str | None:
         body = json.dumps({**manifest, "sampler": sampler}, sort_keys=True).encode("utf-8")
         return "store:" + hashlib.sha256(body).hexdigest()[:16]
     if path.is_file():
-        st = path.stat()
-        if st.st_size > HASHED_FILE_BYTES:
-            return f"file:{st.st_size}:{st.st_mtime_ns}"
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return "file:" + h.hexdigest()[:16]
-    return None
+        return file_identity(path)
+    return None if samples is None else "data:" + dataset_digest(samples)
 
 
 def read_samples(spec: str, *, lazy: bool = False, **load_options) -> ImageDataset:

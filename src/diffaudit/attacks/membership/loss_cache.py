@@ -11,7 +11,6 @@ Files are written atomically: a killed run leaves whole arrays or none.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 from typing import Sequence
@@ -24,6 +23,7 @@ from diffaudit.core.faults import fault_point
 from diffaudit.core.io import load_npy, save_npy_atomic
 from diffaudit.core.progress import Timer, stage_line
 from diffaudit.data.dataset import ImageDataset
+from diffaudit.data.digest import dataset_digest
 from diffaudit.models.denoiser import load_denoiser
 from diffaudit.models.latent_loss import load_sd_pipeline, per_example_latent_loss
 from diffaudit.models.digest import model_digest
@@ -32,17 +32,6 @@ from diffaudit.sampling.sources import is_stable_diffusion_dir
 
 PRECISIONS = ("fp32", "bf16")
 _NAME = re.compile(r"^t(\d+)-d(\d+)-f([01])-s(-?\d+)-(fp32|bf16)\.npy$")
-
-
-def dataset_digest(dataset: ImageDataset) -> str:
-    """SHA-256 (16 hex) of a dataset's pixels, keys and labels."""
-    h = hashlib.sha256()
-    h.update(str(dataset.images.shape).encode())
-    h.update(np.ascontiguousarray(dataset.images).tobytes())
-    h.update("\x00".join(dataset.keys).encode("utf-8"))
-    if dataset.labels is not None:
-        h.update(np.asarray(dataset.labels, dtype=np.int64).tobytes())
-    return h.hexdigest()[:16]
 
 
 def _file_name(t: int, draws: int, flips: bool, noise_seed: int, precision: str) -> str:

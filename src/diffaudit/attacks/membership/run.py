@@ -33,7 +33,8 @@ import torch
 
 from diffaudit.attacks.membership.inputs import TRANSFORMS
 from diffaudit.attacks.membership.lira import AGGREGATES
-from diffaudit.attacks.membership.loss_cache import PRECISIONS, cached_model_losses, dataset_digest
+from diffaudit.attacks.membership.loss_cache import PRECISIONS, cached_model_losses
+from diffaudit.data.digest import dataset_digest
 from diffaudit.attacks.membership.registry import get_attack
 from diffaudit.attacks.membership.sweep import sweep_scores
 from diffaudit.attacks.membership.targets import PooledScores, score_models

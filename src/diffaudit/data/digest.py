@@ -1,0 +1,45 @@
+"""``dataset_digest``: a short fingerprint of a loaded dataset's pixels, keys and labels.
+
+Recorded wherever a result must not outlive the data it came from: the settings of every command
+that reads ``--data`` (a resume after the files were rewritten in place is a settings mismatch, not
+a silent reuse of cached neighbours, losses or models) and the loss cache's folder names. A path
+names a dataset; only its contents say whether it is still the same one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Sequence
+
+import numpy as np
+
+from diffaudit.data.dataset import ImageDataset
+
+#: Rows hashed at a time: a memory-mapped dataset is read in slices of this many images, never whole.
+DIGEST_ROWS = 4096
+
+
+def dataset_digest(dataset: ImageDataset, indices: Sequence[int] | np.ndarray | None = None) -> str:
+    """SHA-256 (16 hex) of a dataset's image shape, pixels (uint8, row by row), keys and labels.
+
+    Args:
+        dataset: images (N, H, W, C) uint8, in memory or a memory-mapped ShardedImages (streamed in
+            slices of :data:`DIGEST_ROWS` images, so memory stays bounded).
+        indices: only these examples, in this order (e.g. one model's training set); None: all.
+
+    Returns:
+        16 lowercase hex characters. The same for the same examples however they are stored; any
+        changed pixel, key, label or order changes it.
+    """
+    images = dataset.images
+    rows = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
+    h = hashlib.sha256()
+    h.update(str((len(rows),) + tuple(images.shape[1:])).encode())
+    contiguous = indices is None
+    for lo in range(0, len(rows), DIGEST_ROWS):
+        block = images[lo:lo + DIGEST_ROWS] if contiguous else images[rows[lo:lo + DIGEST_ROWS]]
+        h.update(np.ascontiguousarray(block, dtype=np.uint8).tobytes())
+    h.update("\x00".join(dataset.keys[int(i)] for i in rows).encode("utf-8"))
+    if dataset.labels is not None:
+        h.update(np.asarray(dataset.labels, dtype=np.int64)[rows].tobytes())
+    return h.hexdigest()[:16]

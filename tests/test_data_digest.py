@@ -1,0 +1,65 @@
+"""``dataset_digest``: the same examples give the same digest however they are stored; any change differs."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from diffaudit.data import load_dataset
+from diffaudit.data import digest as digest_module
+from diffaudit.data.decoded import load_dataset_to_disk
+from diffaudit.data.digest import dataset_digest
+
+
+@pytest.fixture()
+def npz(tmp_path):
+    ds = load_dataset("digits", subset=50)
+    path = tmp_path / "d.npz"
+    np.savez(path, images=ds.images, labels=ds.labels)
+    return path
+
+
+def test_same_in_memory_memory_mapped_and_in_any_slice_size(npz, tmp_path, monkeypatch):
+    mem = load_dataset(str(npz))
+    disk = load_dataset_to_disk(str(npz), tmp_path / "cache", part_bytes=7 * 8 * 8 * 3)  # 7 images per part: 8 parts
+    assert len(list(disk.images.parts())) == 8
+    want = dataset_digest(mem)
+    assert dataset_digest(disk) == want
+    monkeypatch.setattr(digest_module, "DIGEST_ROWS", 3)  # slices that straddle the parts
+    assert dataset_digest(disk) == dataset_digest(mem) == want
+
+
+def test_the_loss_cache_names_keep_their_digest(npz):
+    """The loss cache names its folders by this digest: its definition is the shape, the pixels, the
+    keys and the labels, in that order (losses cached by earlier versions stay valid)."""
+    ds = load_dataset(str(npz))
+    h = hashlib.sha256(str(ds.images.shape).encode())
+    h.update(ds.images.tobytes())
+    h.update("\x00".join(ds.keys).encode("utf-8"))
+    h.update(np.asarray(ds.labels, dtype=np.int64).tobytes())
+    assert dataset_digest(ds) == h.hexdigest()[:16]
+
+
+def test_indices_digest_the_selected_examples_in_order(npz):
+    ds = load_dataset(str(npz))
+    idx = [7, 3, 41]
+    assert dataset_digest(ds, idx) == dataset_digest(ds.subset(idx))
+    assert dataset_digest(ds, idx) != dataset_digest(ds, [3, 7, 41])
+    assert dataset_digest(ds, np.arange(len(ds))) == dataset_digest(ds)
+
+
+def test_any_pixel_key_or_label_changes_it(npz):
+    ds = load_dataset(str(npz))
+    want = dataset_digest(ds)
+    pixel = load_dataset(str(npz))
+    pixel.images[49, 7, 7, 0] ^= 1
+    key = load_dataset(str(npz))
+    key.keys[0] = "other"
+    label = load_dataset(str(npz))
+    label.labels[0] += 1
+    unlabelled = load_dataset(str(npz))
+    unlabelled.labels = None
+    got = [dataset_digest(d) for d in (pixel, key, label, unlabelled)]
+    assert want not in got and len(set(got)) == 4
