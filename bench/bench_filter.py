@@ -55,17 +55,30 @@ def _sync(dev):
         torch.cuda.synchronize(dev)
 
 
-def run_prompts(sets, n_prompts, settings, dev, ids):
+def run_prompts(sets, n_prompts, settings, dev, ids, compute="auto"):
     flagged, t_total = 0, 0.0
     for p in range(n_prompts):
         imgs = sets[p % 2]
         _sync(dev)
         t = time.perf_counter()
-        r = filter_prompt(imgs, ids, f"prompt {p}", settings=settings, prompt_index=p, device=dev)
+        r = filter_prompt(imgs, ids, f"prompt {p}", settings=settings, prompt_index=p, device=dev, compute=compute)
         _sync(dev)
         t_total += time.perf_counter() - t
         flagged += int(r.flagged)
     return t_total, flagged
+
+
+def _timed_graph(images, args, dev, compute):
+    _sync(dev)
+    t = time.perf_counter()
+    g = near_duplicate_graph(images, threshold=args.edge_threshold, grid=args.grid, device=dev, compute=compute)
+    _sync(dev)
+    return g, time.perf_counter() - t
+
+
+def _gemm_ops(args) -> float:
+    """Multiply-adds x 2 of one prompt's graph: all pairs of generations, every pixel value once."""
+    return 2.0 * args.generations ** 2 * args.size ** 2 * 3
 
 
 def main(argv=None) -> int:
@@ -78,29 +91,40 @@ def main(argv=None) -> int:
     p.add_argument("--min-clique", type=int, default=10)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compute", default="auto", help="GEMM kind of the graph (auto: exact int8 on uint8 images)")
+    p.add_argument("--also-compute", default="",
+                   help="comma-separated other kinds (int8, float64, float32, bf16) timed in the same run on the same "
+                        "prompts, with the graph checked against the main kind's")
     args = p.parse_args(argv)
     dev = resolve_device(args.device)
     settings = FilterSettings(args.edge_threshold, args.min_clique, args.grid).validate()
     sets = prompt_sets(args.generations, args.size, args.seed)
     ids = [f"i{i}" for i in range(args.generations)]
-    run_prompts(sets, 2, settings, dev, ids)  # warm-up: one prompt of each kind (allocator, kernels)
+    run_prompts(sets, 2, settings, dev, ids, args.compute)  # warm-up: one prompt of each kind (allocator, kernels)
     out = {"device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
            "prompts": args.prompts, "generations": args.generations, "size": args.size, "grid": args.grid,
            "torch_threads": torch.get_num_threads()}
-    t_host, flagged = run_prompts(sets, args.prompts, settings, dev, ids)
+    t_host, flagged = run_prompts(sets, args.prompts, settings, dev, ids, args.compute)
     out["host_inputs"] = {"seconds": t_host, "prompts_per_second": args.prompts / t_host, "flagged": flagged}
     # split of one prompt's time: graph vs clique
-    _sync(dev)
-    t = time.perf_counter()
-    g = near_duplicate_graph(sets[0], threshold=args.edge_threshold, grid=args.grid, device=dev)
-    _sync(dev)
-    t_graph = time.perf_counter() - t
+    g, t_graph = _timed_graph(sets[0], args, dev, args.compute)
     t = time.perf_counter()
     cq = max_clique(g.adjacency)
     t_clique = time.perf_counter() - t
-    out["one_memorized_prompt"] = {"graph_seconds": t_graph, "clique_seconds": t_clique, "largest_clique": cq.size,
-                                   "bound_hit": cq.bound_hit, "refined_pairs": g.refined,
-                                   "gemm_tflops": 2.0 * args.generations ** 2 * args.size ** 2 * 3 / t_graph / 1e12}
+    out["one_memorized_prompt"] = {"compute": args.compute, "graph_seconds": t_graph, "clique_seconds": t_clique,
+                                   "largest_clique": cq.size, "bound_hit": cq.bound_hit, "refined_pairs": g.refined,
+                                   "gemm_tops": _gemm_ops(args) / t_graph / 1e12}
+    for kind in [k.strip() for k in args.also_compute.split(",") if k.strip()]:
+        run_prompts(sets, 2, settings, dev, ids, kind)  # warm-up
+        t_k, flagged_k = run_prompts(sets, args.prompts, settings, dev, ids, kind)
+        g_k, t_graph_k = _timed_graph(sets[0], args, dev, kind)
+        out[f"also_{kind}"] = {
+            "seconds": t_k, "prompts_per_second": args.prompts / t_k, "flagged": flagged_k,
+            "graph_seconds": t_graph_k, "refined_pairs": g_k.refined, "gemm_tops": _gemm_ops(args) / t_graph_k / 1e12,
+            "same_graph": bool(np.array_equal(g_k.adjacency, g.adjacency)),
+            "max_distance_difference": float(np.abs(g_k.distances - g.distances).max()),
+            "speedup_of_main_kind": t_k / t_host, "graph_speedup_of_main_kind": t_graph_k / t_graph,
+        }
     if dev.type == "cuda":
         resident = tuple(torch.from_numpy(s).to(dev) for s in sets)
         run_prompts(resident, 2, settings, dev, ids)

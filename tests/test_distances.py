@@ -19,7 +19,11 @@ from diffaudit.distances import (
     tile_l2,
     tiled_l2,
 )
+from diffaudit.distances.compute import int8_gemm_exact
 from diffaudit.distances.pixel import tile_weights
+
+#: What "auto" picks for uint8 images on this CPU: int8 where its GEMM passes the exactness probe.
+CPU_AUTO = "int8" if int8_gemm_exact("cpu") else "float64"
 
 
 def test_l2_is_rms_on_unit_pixels():
@@ -76,7 +80,45 @@ def test_pairwise_matches_paired_and_is_exact_on_cpu():
         np.testing.assert_allclose(pw, ref, rtol=0, atol=1e-12)
     np.testing.assert_allclose(pairwise_l2(a, b).numpy(), pairwise_tiled_l2(a, b, grid=1).numpy())
     res = pairwise_tile_mean_squares(a, b, grid=4)
-    assert res.spec.kind == "float64" and res.margin == 0.0
+    assert res.spec.kind == CPU_AUTO and res.margin == 0.0  # the default on uint8 images: exact
+    assert pairwise_tile_mean_squares(a / 255.0, b / 255.0, grid=4).spec.kind == "float64"  # floats: exact float64
+
+
+@pytest.mark.parametrize("na,nb,h,w,c,grid", [
+    (7, 5, 10, 9, 3, 4),  # uneven tiles, tile lengths not a multiple of 8, at most 16 rows
+    (40, 23, 8, 8, 1, 1),  # more than 16 rows, columns not a multiple of 8
+    (33, None, 12, 12, 3, 4),  # one set (b = a): the symmetric path
+])
+def test_pairwise_int8_equals_float64_bit_for_bit(na, nb, h, w, c, grid):
+    """The int8 GEMM (x − 128, int32 cross terms, float64 norms) gives the float64 GEMM's exact mean
+    squares, value for value, on every branch of the int8 product (row padding, N % 8 columns, K padding)."""
+    rng = np.random.default_rng(na)
+    a = rng.integers(0, 256, (na, h, w, c), dtype=np.uint8)
+    b = None if nb is None else rng.integers(0, 256, (nb, h, w, c), dtype=np.uint8)
+    i8 = pairwise_tile_mean_squares(a, b, grid=grid, compute="int8")
+    f64 = pairwise_tile_mean_squares(a, b, grid=grid, compute="float64")
+    assert i8.spec.kind == "int8" and i8.margin == 0.0 and i8.ms.dtype == torch.float64
+    assert torch.equal(i8.ms, f64.ms)
+    blocked = pairwise_tile_mean_squares(a, b, grid=grid, compute="int8", block_bytes=900)  # many small blocks
+    assert torch.equal(blocked.ms, f64.ms)
+
+
+def test_pairwise_int8_exact_at_a_stable_diffusion_tile_size():
+    """A 128 x 128 RGB tile (a 512 x 512 image under the 4 x 4 grid: 49,152 values, above the kNN's
+    fused int8 limit) with the extreme pixels 0 and 255, where the cross terms are largest: exact."""
+    from diffaudit.distances.compute import INT8_CROSS_MAX_DIM
+
+    x = np.zeros((3, 128, 128, 3), dtype=np.uint8)
+    x[1] = 255
+    x[2, ::2] = 255  # half the rows
+    assert 128 * 128 * 3 <= INT8_CROSS_MAX_DIM
+    res = pairwise_tile_mean_squares(x, None, grid=1)
+    assert res.spec.kind == CPU_AUTO
+    want = np.array([[0.0, 1.0, 0.5], [1.0, 0.0, 0.5], [0.5, 0.5, 0.0]])
+    np.testing.assert_array_equal(res.ms.numpy(), want)
+    with pytest.raises(DiffauditError, match="at most 131071"):
+        pairwise_tile_mean_squares(np.zeros((2, 210, 210, 3), np.uint8), None, grid=1, compute="int8")
+    assert pairwise_tile_mean_squares(np.zeros((2, 210, 210, 3), np.uint8), None, grid=1).spec.kind == "float64"
 
 
 def test_pairwise_within_a_set_symmetric_zero_diagonal_and_blocked():
@@ -139,5 +181,9 @@ def test_devices_agree_when_cuda_present():
     rng = np.random.default_rng(3)
     x = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
     cpu = pairwise_tile_mean_squares(x, grid=4)
-    gpu = pairwise_tile_mean_squares(x, grid=4, device="cuda")
-    assert np.abs(gpu.ms.cpu().numpy() - cpu.ms.numpy()).max() <= gpu.margin
+    gpu = pairwise_tile_mean_squares(x, grid=4, device="cuda")  # int8 on cuBLAS: exact
+    assert gpu.spec.kind == "int8" and torch.equal(gpu.ms.cpu(), cpu.ms)
+    x = rng.integers(0, 256, (24, 512, 512, 3), dtype=np.uint8)  # SD-sized tiles (49,152 values), few rows
+    assert torch.equal(pairwise_tile_mean_squares(x, grid=4, device="cuda").ms.cpu(), pairwise_tile_mean_squares(x, grid=4).ms)
+    bf16 = pairwise_tile_mean_squares(x, grid=4, device="cuda", compute="bf16")
+    assert (bf16.ms.cpu().double() - pairwise_tile_mean_squares(x, grid=4).ms).abs().max() <= bf16.margin

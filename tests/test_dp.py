@@ -109,12 +109,14 @@ def test_noise_free_unclipped_dp_matches_plain_training(tmp_path, data):
     assert moved > 1e-3  # training did change the weights
     for k in plain:
         # Adam divides by sqrt(v): where a true gradient is ~0 (exactly 0 for the attention key bias, softmax
-        # being shift-invariant) summation-order rounding becomes an update of up to ~lr. A wrong batch, noise
-        # draw or gradient scale would move nearly every weight by ~lr = 1e-3 instead.
-        tol = 3 * cfg.lr * cfg.steps if k.endswith("to_k.bias") else 1e-5
-        torch.testing.assert_close(dp[k], plain[k], atol=tol, rtol=0)
+        # being shift-invariant) summation-order rounding becomes an update of up to ~lr per step, and which
+        # few weights that hits depends on the CPU's kernels (AVX2 vs AVX-512). So single weights may move by
+        # up to lr·steps; a wrong batch, noise draw or gradient scale would move nearly every weight by ~lr
+        # = 1e-3 instead, which the fractions below rule out.
+        torch.testing.assert_close(dp[k], plain[k], atol=3 * cfg.lr * cfg.steps, rtol=0)
     diffs = torch.cat([(dp[k] - plain[k]).abs().flatten() for k in plain])
     assert float(diffs.median()) < 1e-8 and float((diffs > 1e-7).float().mean()) < 0.01
+    assert float((diffs > 1e-5).float().mean()) < 1e-3
     record = json.loads((tmp_path / "dp" / "dp.json").read_text())
     assert record["epsilon"] is None and "not private" in record["note"]
 

@@ -99,10 +99,25 @@ def test_certificate_fallback_keeps_results_exact(data, compute):
     np.testing.assert_array_equal(res.indices, idx)
 
 
+def _cublas_like_int_mm(a, b):
+    """An exact int8 GEMM with cuBLAS's shape rules (M > 16, N % 8 = 0, K % 8 = 0), so that the splits
+    of int8_dots are tested on any CPU, also one whose own int8 GEMM fails the probe."""
+    if a.shape[0] <= 16 or b.shape[1] % 8 or a.shape[1] % 8:
+        raise AssertionError(f"cuBLAS refuses int8 shapes {tuple(a.shape)} x {tuple(b.shape)}")
+    return (a.to(torch.int64) @ b.to(torch.int64)).to(torch.int32)
+
+
+@pytest.mark.parametrize("gemm", ["torch", "cublas-like"])
 @pytest.mark.parametrize("m,n,d", [(1, 5, 3), (16, 8, 8), (17, 8, 9), (40, 43, 147), (300, 1000, 64), (20, 7, 16)])
-def test_int8_dots_exact_on_every_branch(m, n, d):
+def test_int8_dots_exact_on_every_branch(m, n, d, gemm, monkeypatch):
     """Shifted pixels x − 128 and int32 accumulation: exact for every split of int8_dots (≤ 16 rows
-    padded, N % 8 columns in float64, K padded to a multiple of 8)."""
+    padded, N % 8 columns in float64, K padded to a multiple of 8), with this machine's GEMM and with
+    one that enforces cuBLAS's shape rules."""
+    if gemm == "cublas-like":
+        import diffaudit.distances.compute as compute
+
+        monkeypatch.setattr(torch, "_int_mm", _cublas_like_int_mm)
+        monkeypatch.setattr(compute, "_INT_MM_OK", {"cpu": True})
     rng = np.random.default_rng(m * 1000 + n + d)
     a, b = rng.integers(0, 256, (m, d), dtype=np.uint8), rng.integers(0, 256, (n, d), dtype=np.uint8)
     spec = resolve_compute("int8", torch.device("cpu"), allow_int8=True)
@@ -132,6 +147,65 @@ def test_int8_falls_back_to_exact_float64_without_int8_gemms(data, monkeypatch):
     assert compute._INT_MM_OK == {"cpu": False}
 
 
+def _saturating_int_mm(a, b):
+    """What oneDNN's s8 x s8 GEMM does on x86 CPUs without VNNI: pairs of products summed in int16
+    with saturation (vpmaddubsw), silently wrong for large values."""
+    a64, b64 = a.to(torch.int64), b.to(torch.int64)
+    k = a64.shape[1] - a64.shape[1] % 2
+    pairs = a64[:, 0:k:2, None] * b64[None, 0:k:2] + a64[:, 1:k:2, None] * b64[None, 1:k:2]
+    return pairs.clamp(-32768, 32767).sum(1).to(torch.int32)
+
+
+def test_an_inexact_int8_gemm_is_detected_and_never_used(data, monkeypatch):
+    """A GEMM that returns wrong int8 products without raising fails the one-time probe: "auto" then
+    picks float64, an explicit int8 search multiplies in float64, and every result stays exact."""
+    import diffaudit.distances.compute as compute
+    from diffaudit.distances.pairwise import pairwise_tile_mean_squares
+
+    monkeypatch.setattr(torch, "_int_mm", _saturating_int_mm)
+    monkeypatch.setattr(compute, "_INT_MM_OK", {})
+    assert not compute.int8_gemm_exact("cpu") and compute._INT_MM_OK == {"cpu": False}
+    assert resolve_compute("auto", torch.device("cpu"), dim=3072, allow_int8=True).kind == "float64"
+    q, ref = data
+    extreme = np.where(ref > 127, 255, 0).astype(np.uint8)  # where saturation would show
+    for kind in ("auto", "int8"):
+        res = knn_search(extreme[:50], extreme, 7, compute=kind, device="cpu")
+        sq, idx = brute(extreme[:50], extreme, 7)
+        np.testing.assert_array_equal(res.sq, sq)
+        np.testing.assert_array_equal(res.indices, idx)
+    x = extreme[:20]
+    assert torch.equal(pairwise_tile_mean_squares(x, None, compute="int8").ms,
+                       pairwise_tile_mean_squares(x, None, compute="float64").ms)
+    monkeypatch.setattr(compute, "_INT_MM_OK", {})
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b: (a.to(torch.int64) @ b.to(torch.int64)).to(torch.int32))
+    assert compute.int8_gemm_exact("cpu")  # an exact GEMM passes the same probe
+
+
+def test_cpu_without_vnni_gets_exact_results():
+    """The real case, in a fresh process: oneDNN limited to AVX2 (no VNNI) computes s8 x s8 with
+    saturating int16 sums; the probe sees it and every search stays exact."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, torch\n"
+        "from diffaudit.distances import knn_search\n"
+        "from diffaudit.distances.compute import int8_gemm_exact\n"
+        "x = np.where(np.random.default_rng(0).random((60, 192)) < 0.5, 0, 255).astype(np.uint8)\n"
+        "a = knn_search(x, x, 5, device='cpu')\n"
+        "b = knn_search(x, x, 5, device='cpu', compute='float64')\n"
+        "c = knn_search(x, x, 5, device='cpu', compute='int8')\n"
+        "assert (a.sq == b.sq).all() and (a.indices == b.indices).all()\n"
+        "assert (c.sq == b.sq).all() and (c.indices == b.indices).all()\n"
+        "print(int8_gemm_exact('cpu'), a.stats['compute'])\n"
+    )
+    env = {**__import__("os").environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    exact, kind = proc.stdout.split()
+    assert (exact, kind) in (("False", "float64"), ("True", "int8"))  # int8 only where its products are exact
+
+
 def test_int8_is_exact_at_its_largest_image_size():
     """At D = INT8_MAX_DIM the extreme rows (0 against 255, and equal rows) still fit int32."""
     d = INT8_MAX_DIM
@@ -143,8 +217,17 @@ def test_int8_is_exact_at_its_largest_image_size():
     assert res.sq.max() == d * 255 ** 2
 
 
-def test_compute_auto_picks_int8_where_it_is_exact():
+def test_compute_auto_picks_int8_where_it_is_exact(monkeypatch):
+    import diffaudit.distances.compute as compute
+
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    this_cpu = "int8" if compute.int8_gemm_exact(cpu) else "float64"
+    ref = np.zeros((10, 4, 4, 3), np.uint8)
+    assert knn_search(ref, ref, 2, device="cpu").stats["compute"] == this_cpu
+    monkeypatch.setattr(compute, "_INT_MM_OK", {"cpu": False, "cuda": False})  # probes failed: never int8
+    assert resolve_compute("auto", cpu, dim=3072, allow_int8=True).kind == "float64"
+    assert resolve_compute("auto", cuda, dim=3072, allow_int8=True).kind == "bf16"
+    monkeypatch.setattr(compute, "_INT_MM_OK", {"cpu": True, "cuda": True})  # probes passed
     assert resolve_compute("auto", cpu, dim=3072, allow_int8=True).kind == "int8"
     assert resolve_compute("auto", cuda, dim=3072, allow_int8=True).kind == "int8"
     assert resolve_compute("auto", cpu, dim=INT8_MAX_DIM + 1, allow_int8=True).kind == "float64"
@@ -155,9 +238,8 @@ def test_compute_auto_picks_int8_where_it_is_exact():
         resolve_compute("int8", cpu, dim=INT8_MAX_DIM + 1, allow_int8=True)
     from diffaudit.distances.pairwise import pairwise_tile_mean_squares
 
-    with pytest.raises(DiffauditError, match="unknown"):  # the tiled distances have no int8 kind
-        pairwise_tile_mean_squares(np.zeros((2, 8, 8, 3), np.uint8), None, compute="int8")
-    ref = np.zeros((10, 4, 4, 3), np.uint8)
+    with pytest.raises(DiffauditError, match="int8 needs uint8"):  # the tiled distances use int8 on uint8 only
+        pairwise_tile_mean_squares(np.zeros((2, 8, 8, 3), np.float32), None, compute="int8")
     assert knn_search(ref, ref, 2, device="cpu").stats["compute"] == "int8"
     streamed = knn_search(ref, lambda: iter([ref]), 2, device="cpu", ref_cache_bytes=0)
     assert streamed.stats["compute"] == "float64"

@@ -10,7 +10,7 @@ a_i·b_i ≤ 65,025. Only the accumulation of the cross term a·b can round:
   fp32 (``torch.mm(..., out_dtype=torch.float32)``; where that overload is missing, fp32/TF32 inputs,
   which also hold 0..255 exactly, are used instead).
 - ``float32``: fp32 inputs and accumulation (the CPU's fast path).
-- ``int8`` (default of the kNN search where it applies): the pixels shifted to x − 128 ∈ [−128, 127]
+- ``int8`` (default of the kNN search and of the pairwise ℓ2 on uint8 images, where it applies): the pixels shifted to x − 128 ∈ [−128, 127]
   (a shift leaves every difference, hence every distance, unchanged) and multiplied by an int8 GEMM
   with int32 accumulation (``torch._int_mm``: int8 tensor cores on CUDA, twice the bf16 rate on
   Hopper). Every product is an integer ≤ 16,384 in magnitude and int32 holds their sums exactly, so
@@ -42,12 +42,16 @@ MARGIN_LAMBDA = 8.0
 PIXEL_SQ = 255.0 * 255.0
 
 COMPUTE_KINDS = ("auto", "float64", "float32", "bf16")
-#: The kinds of the kNN and radius searches (:mod:`.knn`, :mod:`.radius`), the GEMM users that use the
-#: shifted norms the int8 kind needs.
+#: The kinds of the GEMM users that handle the int8 kind's shifted operands: the kNN and radius
+#: searches (:mod:`.knn`, :mod:`.radius`) and, on uint8 images, the pairwise (tiled) ℓ2 (:mod:`.pairwise`).
 KNN_COMPUTE_KINDS = COMPUTE_KINDS + ("int8",)
 #: Largest D for the exact int8 kind: with x' = x − 128, ‖r'‖² − 2·q'·r' lies in
 #: [−16,384·D, 49,152·D], which int32 holds for D ≤ 43,690 (e.g. 120 x 120 RGB; CIFAR-10 has 3,072).
 INT8_MAX_DIM = (2 ** 31 - 1) // (3 * 128 * 128)
+#: Largest D whose int8 cross term alone is exact in int32 (|q'·r'| ≤ 16,384·D): 131,071 values, e.g.
+#: a 128 x 128 RGB tile of a 512 x 512 image under the paper's 4 x 4 grid (49,152). The pairwise code
+#: adds the norms in float64, so it uses int8 up to this size.
+INT8_CROSS_MAX_DIM = (2 ** 31 - 1) // (128 * 128)
 #: int8 GEMM operand columns are padded with zeros to a multiple of this (cuBLAS int8 needs K % 8 = 0).
 INT8_ALIGN = 8
 #: Values per exact fp32 partial dot product: 256 · 255² = 16,646,400 < 2^24, so every partial sum of
@@ -82,19 +86,22 @@ class ComputeSpec:
 
 
 def resolve_compute(kind: str, device: torch.device, *, cpu_default: str = "float64", dim: int | None = None,
-                    allow_int8: bool = False) -> ComputeSpec:
+                    allow_int8: bool = False, int8_max_dim: int = INT8_MAX_DIM) -> ComputeSpec:
     """The :class:`ComputeSpec` for ``kind``.
 
-    "auto": ``int8`` when ``allow_int8`` (the kNN search) and the image size ``dim`` is known and at
-    most :data:`INT8_MAX_DIM`; else bf16 on CUDA and ``cpu_default`` elsewhere.
+    "auto": ``int8`` when ``allow_int8`` (integer pixels, a caller that handles the shifted operands)
+    and the GEMM's length ``dim`` is known and at most ``int8_max_dim`` (:data:`INT8_MAX_DIM` where
+    norms and cross term share int32, :data:`INT8_CROSS_MAX_DIM` where only the cross term is int32);
+    else bf16 on CUDA and ``cpu_default`` elsewhere.
     """
     kinds = KNN_COMPUTE_KINDS if allow_int8 else COMPUTE_KINDS
     if kind not in kinds:
-        raise DiffauditError(f"compute precision {kind!r} is unknown; choose one of: {', '.join(kinds)}")
-    if kind == "int8" and dim is not None and dim > INT8_MAX_DIM:
-        raise DiffauditError(f"the exact int8 GEMM holds images of at most {INT8_MAX_DIM} values; these have {dim}: "
-                             "use compute float64 or bf16")
-    if kind == "auto" and allow_int8 and dim is not None and 0 < dim <= INT8_MAX_DIM:
+        extra = " (int8 needs uint8 images)" if kind == "int8" else ""
+        raise DiffauditError(f"compute precision {kind!r} is unknown here{extra}; choose one of: {', '.join(kinds)}")
+    if kind == "int8" and dim is not None and dim > int8_max_dim:
+        raise DiffauditError(f"the exact int8 GEMM holds at most {int8_max_dim} values per image or tile; these have "
+                             f"{dim}: use compute float64 or bf16")
+    if kind == "auto" and allow_int8 and dim is not None and 0 < dim <= int8_max_dim and int8_gemm_exact(device):
         kind = "int8"
     if kind == "auto":
         kind = "bf16" if device.type == "cuda" else cpu_default
@@ -130,12 +137,13 @@ def int8_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     :func:`to_compute`): at most 16 rows are padded with zero rows to 17, and the last N % 8 columns
     are multiplied in float64, exactly too (|a·b| ≤ 16,384·K < 2^53). The same split runs on every
     device, so the CPU tests cover it. A torch build or device without int8 GEMMs gets the whole
-    product in float64 (still exact, slower), decided once per device type.
+    product in float64 (still exact, slower), decided once per device type by
+    :func:`int8_gemm_exact`, and again if a product raises.
     """
     m, n = a.shape[0], b.shape[0]
     if n == 0:
         return torch.zeros((m, 0), dtype=torch.int32, device=a.device)
-    if not _INT_MM_OK.get(a.device.type, True):
+    if not int8_gemm_exact(a.device):
         return _float64_dots(a, b)
     try:
         out = _int_mm_split(a, b)
@@ -148,7 +156,43 @@ def int8_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out
 
 
+#: Per device type: whether ``torch._int_mm`` is there and exact (:func:`int8_gemm_exact`).
 _INT_MM_OK: dict[str, bool] = {}
+
+
+def int8_gemm_exact(device: torch.device | str) -> bool:
+    """Whether ``torch._int_mm`` gives exact int32 products on ``device``'s type; probed once per type.
+
+    Not every int8 GEMM is exact. On x86 CPUs without VNNI (AVX2, AVX-512 without VNNI) oneDNN
+    multiplies s8 x s8 through ``vpmaddubsw``, whose int16 pair sums saturate: 64 products 127·127
+    come out as 8,160 instead of 1,032,256, with no error raised. The probe multiplies operands built
+    from the extreme values (all 127, all −128, and a seeded mix of −128, −127, −1, 0, 1, 126, 127)
+    on the device and compares every product with float64 (exact here); a mismatch or an error means
+    the callers use float64 products instead (:func:`int8_dots`) and ``"auto"`` does not pick int8.
+    """
+    dev = torch.device(device)
+    ok = _INT_MM_OK.get(dev.type)
+    if ok is None:
+        ok = _INT_MM_OK[dev.type] = _probe_int_mm(dev)
+    return ok
+
+
+def _probe_int_mm(dev: torch.device) -> bool:
+    gen = torch.Generator().manual_seed(0)
+    values = torch.tensor([-128, -127, -1, 0, 1, 126, 127], dtype=torch.int8)
+    a = values[torch.randint(len(values), (48, 256), generator=gen)]
+    b = values[torch.randint(len(values), (40, 256), generator=gen)]
+    a[0], b[0], a[1], b[1] = 127, 127, -128, -128  # the saturating cases: 127·127 and (−128)·(−128) sums
+    want = a.to(torch.float64) @ b.to(torch.float64).T
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        return False
+    try:
+        got = torch._int_mm(a.to(dev), b.to(dev).T).to("cpu", torch.float64)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except (RuntimeError, NotImplementedError, AttributeError, TypeError):  # no int8 GEMM on this build or device
+        return False
+    return bool(torch.equal(got, want))
 
 
 def _float64_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

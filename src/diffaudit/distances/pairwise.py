@@ -5,10 +5,13 @@ all pairs come from ‖a_t‖² + ‖b_t‖² − 2·a_t·b_tᵀ on integer pixe
 x column block at a time, so no more than ``block_bytes`` of GEMM inputs live at once besides the
 (Na, Nb) result. The tiled ℓ2 keeps the running maximum over tiles (paper §4.1).
 
-Precision: on the CPU the default ``float64`` GEMM is exact for uint8 images. On CUDA the default
-bf16-in/fp32-accumulate GEMM is within :attr:`PairwiseMeanSquares.margin` (mean-square units) of the
-exact value; :func:`diffaudit.attacks.extraction.graph.near_duplicate_graph` recomputes every pair
-within that margin of its threshold exactly, so graphs do not depend on the device.
+Precision: for uint8 images the default is the exact ``int8`` GEMM on every device (pixels shifted
+by −128, int32 cross terms, norms added in float64), for tiles of up to
+:data:`~diffaudit.distances.compute.INT8_CROSS_MAX_DIM` values (a 128 x 128 RGB tile of a 512 x 512
+image has 49,152). ``float64`` is exact too. The bf16-in/fp32-accumulate GEMM (the CUDA default for
+larger tiles) is within :attr:`PairwiseMeanSquares.margin` (mean-square units) of the exact value;
+:func:`diffaudit.attacks.extraction.graph.near_duplicate_graph` recomputes every pair within that
+margin of its threshold exactly, so graphs do not depend on the device or the kind.
 """
 
 from __future__ import annotations
@@ -20,12 +23,15 @@ from typing import Any
 import torch
 
 from diffaudit.distances.compute import (
+    INT8_CROSS_MAX_DIM,
     MARGIN_LAMBDA,
     PIXEL_SQ,
     U_FP32,
     ComputeSpec,
     cross,
     resolve_compute,
+    shifted_sq_norms,
+    to_compute,
 )
 from diffaudit.distances.images import as_tensor, check_same_shape
 from diffaudit.distances.pixel import DEFAULT_GRID, tile_edges
@@ -36,7 +42,7 @@ class PairwiseMeanSquares:
     """Largest per-tile mean square difference of every pair.
 
     Attributes:
-        ms: (Na, Nb) float64 (exact kinds) or float32 tensor on the compute device: max over tiles of
+        ms: (Na, Nb) float64 (exact kinds: int8, float64) or float32 tensor on the compute device: max over tiles of
             mean((a_t − b_t)²) on [0, 1] pixels, in [0, 1]. sqrt(ms) is the (tiled) ℓ2.
         margin: bound on |ms − exact ms| (0.0 when exact).
         spec: how it was computed.
@@ -64,31 +70,38 @@ def pairwise_tile_mean_squares(
     """Max-over-tiles mean square difference of all pairs (a_i, b_j); ``b=None`` means b = a.
 
     a: (Na, H, W, C), b: (Nb, H, W, C); uint8 0..255 or floats in [0, 1]; any H, W ≥ grid.
-    ``grid=1`` gives the plain ℓ2's mean squares. ``device`` defaults to a's device. Float inputs
-    are computed in float64 (CPU) or float32 (CUDA), never bf16 (only integers are exact there).
+    ``grid=1`` gives the plain ℓ2's mean squares. ``device`` defaults to a's device. ``compute``:
+    "auto" is the exact int8 GEMM for uint8 images whose tiles have at most
+    :data:`~diffaudit.distances.compute.INT8_CROSS_MAX_DIM` values, else bf16 on CUDA and float64 on
+    the CPU; or one of int8 (uint8 images only), float64, float32, bf16. Float inputs are computed in
+    float64 (CPU) or float32 (CUDA), never bf16 (only integers are exact there).
     """
     ta = as_tensor(a, name="a")
     tb = ta if b is None else as_tensor(b, name="b")
     check_same_shape(ta, tb)
     dev = torch.device(device) if device is not None else ta.device
     integer = ta.dtype == torch.uint8 and tb.dtype == torch.uint8
-    spec = resolve_compute(compute, dev)
-    if not integer and spec.kind == "bf16":
-        spec = ComputeSpec("float32", dev)
     na, h, w, c = ta.shape
     nb = tb.shape[0]
     rows, cols = tile_edges(h, grid), tile_edges(w, grid)
+    dt_max = (rows[0][1] - rows[0][0]) * (cols[0][1] - cols[0][0]) * c
+    spec = resolve_compute(compute, dev, dim=dt_max, allow_int8=integer, int8_max_dim=INT8_CROSS_MAX_DIM)
+    if not integer and spec.kind == "bf16":
+        spec = ComputeSpec("float32", dev)
+    shifted = spec.kind == "int8"
     xa = ta.to(dev)
     xb = xa if b is None else tb.to(dev)
-    out = torch.zeros((na, nb), dtype=spec.output_dtype, device=dev)
-    dt_max = (rows[0][1] - rows[0][0]) * (cols[0][1] - cols[0][0]) * c
+    out = torch.zeros((na, nb), dtype=torch.float64 if shifted else spec.output_dtype, device=dev)
     itemsize = torch.empty((), dtype=spec.input_dtype).element_size()
     budget = block_bytes or default_block_bytes(dev)
     per_side = max(1, budget // (2 * dt_max * (itemsize + 1)))
     ra, rb = min(na, per_side), min(nb, per_side)
 
     def prep(x: torch.Tensor, lo: int, hi: int, r: tuple[int, int], cc: tuple[int, int]):
-        t = x[lo:hi, r[0]:r[1], cc[0]:cc[1], :].reshape(hi - lo, -1).to(spec.input_dtype)
+        t = x[lo:hi, r[0]:r[1], cc[0]:cc[1], :].reshape(hi - lo, -1)
+        if shifted:  # x − 128 as int8 and its exact squared norm (int64, then float64: exact below 2^53)
+            return to_compute(t, spec), shifted_sq_norms(t).to(torch.float64)
+        t = t.to(spec.input_dtype)
         # squared norms from the converted values: exact in float64; in fp32 within the margin's 3u term
         tn = t.to(spec.output_dtype)
         return t, torch.einsum("ij,ij->i", tn, tn) if spec.exact else (tn * tn).sum(1)
@@ -103,7 +116,8 @@ def pairwise_tile_mean_squares(
                 for i0 in range(0, na, ra):
                     i1 = min(na, i0 + ra)
                     am, an = (bm, bn) if (b is None and i0 == j0 and i1 == j1) else prep(xa, i0, i1, r, cc)
-                    sq = an.unsqueeze(1) + bn.unsqueeze(0) - 2.0 * cross(am, bm, spec)
+                    dots = cross(am, bm, spec)
+                    sq = an.unsqueeze(1) + bn.unsqueeze(0) - 2.0 * (dots.to(torch.float64) if shifted else dots)
                     ms = (sq * scale).clamp_(min=0.0)
                     blk = out[i0:i1, j0:j1]
                     torch.maximum(blk, ms.to(out.dtype), out=blk)

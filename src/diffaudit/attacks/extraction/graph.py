@@ -37,7 +37,8 @@ def check_threshold(value: float, name: str, *, upper: float = 1.0) -> float:
 @dataclass
 class NearDuplicateGraph:
     """adjacency: bool (N, N), symmetric, empty diagonal; distances: float64 (N, N) tiled ℓ2 in
-    [0, 1] (exact on the CPU; on CUDA within ~1e-4 away from the threshold, exact near it);
+    [0, 1] (exact for uint8 images by default; with an inexact kind, e.g. bf16 for tiles too large for
+    int8, within ~1e-4 away from the threshold and exact near it);
     threshold, grid: the settings; refined: pairs recomputed exactly near the threshold."""
 
     adjacency: np.ndarray
