@@ -172,12 +172,42 @@ def test_leave_one_out_pools_every_model():
     np.testing.assert_array_equal(pooled.example_index[500:1000], np.arange(500))
     k = 3
     others = [i for i in range(8) if i != k]
-    alone = target_scores(attack, losses[:, k], member[:, k], losses[:, others], member[:, others]).scores
+    alone = target_scores(attack, losses[:, k], member[:, k], losses[:, others], member[:, others], model_index=k).scores
     np.testing.assert_allclose(pooled.scores[k * 500:(k + 1) * 500], alone)
     assert auc(pooled.scores, pooled.labels) > 0.75
     # the threshold attack in leave-one-out is -loss of each model, pooled
     thr = leave_one_out_scores(get_attack("loss"), losses, member)
     np.testing.assert_allclose(thr.scores, -losses[:, :, 0].T.reshape(-1))
+
+
+@pytest.mark.parametrize("m", [4, 8])
+@pytest.mark.parametrize("name,q", [("lira", 1), ("lira-offline", 1), ("lira-fixed", 1), ("strong-lira", 4)])
+def test_leave_one_out_learns_nothing_from_losses_without_signal(name, q, m):
+    """Losses independent of membership, the balanced matrix of `diffaudit membership`: with the
+    target among the models, a member is IN for M/2 − 1 of the others and a non-member for M/2, so
+    scores that read those counts separate them (before equalising: AUC 0.66 for lira and 0.85 for
+    strong-lira at M = 4). Reading as many IN as OUT shadows per example leaves chance."""
+    from diffaudit.attacks.membership.targets import equal_in_out, score_models
+    from diffaudit.data import make_membership
+
+    n = 3000
+    rng = np.random.default_rng(m * 10 + q)
+    member = make_membership(n, m, seed=1)
+    losses = np.exp(rng.normal(0.0, 1.0, (n, 1, 1)) + 0.3 * rng.normal(size=(n, m, q)))
+    pooled = leave_one_out_scores(get_attack(name), losses, member)
+    assert abs(auc(pooled.scores, pooled.labels) - 0.5) < 0.02
+    one = score_models(get_attack(name), losses, member, mode="shadow", index=1)
+    assert abs(auc(one.scores, one.labels) - 0.5) < 0.04
+    used = equal_in_out(member[:, 1:])
+    assert ((member[:, 1:] & used).sum(1) == m // 2 - 1).all() and ((~member[:, 1:] & used).sum(1) == m // 2 - 1).all()
+
+
+def test_equal_in_out_keeps_the_first_shadows_of_each_side():
+    from diffaudit.attacks.membership.targets import equal_in_out
+
+    s = np.array([[1, 0, 1, 0, 0], [1, 1, 0, 1, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]], bool)
+    want = np.array([[1, 1, 1, 1, 0], [1, 1, 1, 0, 1], [1, 1, 1, 1, 1], [1, 0, 0, 0, 1]], bool)
+    np.testing.assert_array_equal(equal_in_out(s), want)
 
 
 def test_sweep_scores_per_timestep():

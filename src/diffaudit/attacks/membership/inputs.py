@@ -7,7 +7,9 @@ query is one (noise draw ε, flip) pair, identical in every model):
 
 - ``target``: float (N, Q), the target model's losses;
 - ``shadows``: float (N, S, Q), the shadow models' losses on the same examples and queries;
-- ``shadow_in``: bool (N, S), True where example n was in shadow s's training set.
+- ``shadow_in``: bool (N, S), True where example n was in shadow s's training set;
+- ``shadow_used``: bool (N, S) or None (all): which shadows' losses on example n the attack may
+  read (:func:`~.targets.equal_in_out` drops some so that IN and OUT counts carry no label).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class AttackInput:
     target: np.ndarray
     shadows: np.ndarray | None = None
     shadow_in: np.ndarray | None = None
+    shadow_used: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.target = np.asarray(self.target, dtype=np.float64)
@@ -58,7 +61,19 @@ class AttackInput:
             self.shadows = np.asarray(self.shadows, dtype=np.float64)
         if self.shadow_in is not None:
             self.shadow_in = np.asarray(self.shadow_in)
+        if self.shadow_used is not None:
+            self.shadow_used = np.asarray(self.shadow_used)
         self.validate()
+
+    @property
+    def in_mask(self) -> np.ndarray:
+        """bool (N, S): the shadows IN on each example whose losses the attack reads."""
+        return self.shadow_in if self.shadow_used is None else self.shadow_in & self.shadow_used
+
+    @property
+    def out_mask(self) -> np.ndarray:
+        """bool (N, S): the shadows OUT on each example whose losses the attack reads."""
+        return ~self.shadow_in if self.shadow_used is None else ~self.shadow_in & self.shadow_used
 
     @property
     def n_examples(self) -> int:
@@ -90,12 +105,15 @@ class AttackInput:
                 f"shadow membership has shape {self.shadow_in.shape} but the shadow losses are "
                 f"{self.shadows.shape[:2]} (n_examples, n_shadows)"
             )
+        if self.shadow_used is not None and (self.shadow_used.dtype != bool or self.shadow_used.shape != self.shadow_in.shape):
+            raise DiffauditError(f"shadow_used must be boolean of shape {self.shadow_in.shape}; got "
+                                 f"{self.shadow_used.dtype} {self.shadow_used.shape}")
 
     def require_shadows(self, attack: str, *, need_in: bool) -> None:
         """Raise unless the shadows an attack needs are present (some OUT; some IN when ``need_in``)."""
         if self.shadows is None or self.shadows.shape[1] == 0:
             raise DiffauditError(f"attack {attack!r} needs shadow models; none were given")
-        if not (~self.shadow_in).any():
+        if not self.out_mask.any():
             raise DiffauditError(f"attack {attack!r} needs shadow models that did not train on the examples (OUT); none did")
-        if need_in and not self.shadow_in.any():
+        if need_in and not self.in_mask.any():
             raise DiffauditError(f"attack {attack!r} needs shadow models trained on the examples (IN); none were")

@@ -122,7 +122,7 @@ def lira_online_scores(
     """Online LiRA: Σ_q [log N(ℓ_q; μ_in,q, σ_in,q²) − log N(ℓ_q; μ_out,q, σ_out,q²)].
 
     Args:
-        inp: target (N, Q), shadows (N, S, Q), shadow_in (N, S); needs IN and OUT shadows.
+        inp: target (N, Q), shadows (N, S, Q), shadow_in (N, S) (and shadow_used); needs IN and OUT shadows.
         variance: ``"per-example"`` or ``"fixed"``.
         aggregate: ``"mean-loss"`` (average queries first; one Gaussian per example, plain LiRA)
             or ``"sum-llr"`` (one Gaussian per query, log-ratios summed: Strong LiRA).
@@ -133,8 +133,8 @@ def lira_online_scores(
     """
     inp.require_shadows("lira", need_in=True)
     target, shadows = _prepare(inp, aggregate, transform)
-    mu_in, sd_in, n_in = gaussian_fit(shadows, inp.shadow_in, variance=variance)
-    mu_out, sd_out, n_out = gaussian_fit(shadows, ~inp.shadow_in, variance=variance)
+    mu_in, sd_in, n_in = gaussian_fit(shadows, inp.in_mask, variance=variance)
+    mu_out, sd_out, n_out = gaussian_fit(shadows, inp.out_mask, variance=variance)
     mu_in = _fill_missing(mu_in, n_in, mu_out, n_out)
     mu_out = _fill_missing(mu_out, n_out, mu_in, n_in)
     llr = _log_normal_pdf(target, mu_in, sd_in) - _log_normal_pdf(target, mu_out, sd_out)
@@ -156,10 +156,10 @@ def lira_offline_scores(
     """
     inp.require_shadows("lira-offline", need_in=False)
     target, shadows = _prepare(inp, aggregate, transform)
-    mu_out, sd_out, n_out = gaussian_fit(shadows, ~inp.shadow_in, variance=variance)
+    mu_out, sd_out, n_out = gaussian_fit(shadows, inp.out_mask, variance=variance)
     if (n_out == 0).any():
         # No OUT loss for some example: use its IN mean shifted by the mean OUT - IN gap.
-        mu_in, _, n_in = gaussian_fit(shadows, inp.shadow_in, variance=variance)
+        mu_in, _, n_in = gaussian_fit(shadows, inp.in_mask, variance=variance)
         mu_out = _fill_missing(mu_out, n_out, mu_in, n_in)
     z = (target - mu_out) / sd_out
     return (-log_ndtr(z)).sum(axis=1)

@@ -10,6 +10,15 @@ Losses of all models: float (N, M, Q) for N examples, M models, Q queries; ``mem
 - :func:`target_scores`: one target model (its losses (N, Q) and membership (N,)) against all M
   shadows.
 Scores keep the attack's direction: larger = more likely a member.
+
+When the target is one of the models (leave-one-out, ``shadow`` mode), the other models' IN and
+OUT counts give its label away: with every example IN for exactly half of the M models
+(:func:`~diffaudit.data.membership.make_membership`), a member of the target is IN for M/2 − 1 of
+the others and OUT for M/2, a non-member the reverse. LiRA's fits, its fallbacks for small counts
+and Strong LiRA's per-query sums all move with those counts, so scores would separate members from
+non-members even for losses that carry no signal. :func:`equal_in_out` therefore reads, per
+example, as many IN as OUT shadows (the first ones by index), as LiRA's reference code does when it
+truncates every example to the smallest count.
 """
 
 from __future__ import annotations
@@ -48,12 +57,38 @@ def _check(losses: np.ndarray, membership: np.ndarray) -> None:
                              f"{losses.shape[:2]} (n_examples, n_models)")
 
 
+def equal_in_out(shadow_in: np.ndarray) -> np.ndarray:
+    """Per example, the first c IN and the first c OUT shadows (by index), c = min(#IN, #OUT).
+
+    Args:
+        shadow_in: bool (N, S), the shadows' membership (the target's column left out).
+
+    Returns:
+        bool (N, S), the shadows an attack may read. Every example gets as many IN as OUT shadows, so
+        the counts no longer depend on the target's label (see the module docstring). An example with
+        no shadow on one side keeps all of its shadows (there is nothing to equalise; LiRA then fills
+        the missing side from the mean IN − OUT gap).
+    """
+    shadow_in = np.asarray(shadow_in, dtype=bool)
+    rank_in = np.cumsum(shadow_in, axis=1)  # 1-based rank of each IN shadow among the example's IN ones
+    rank_out = np.cumsum(~shadow_in, axis=1)
+    c = np.minimum(shadow_in.sum(1), (~shadow_in).sum(1))[:, None]  # (N, 1)
+    used = np.where(shadow_in, rank_in <= c, rank_out <= c)
+    used[c[:, 0] == 0] = True
+    return used
+
+
 def scores_for_target(attack: MembershipAttack, target: np.ndarray, shadows: np.ndarray | None,
-                      shadow_in: np.ndarray | None) -> np.ndarray:
-    """Score one target's losses (N, Q) with ``attack`` given shadows (N, S, Q) and their membership (N, S)."""
+                      shadow_in: np.ndarray | None, *, target_is_a_model: bool = False) -> np.ndarray:
+    """Score one target's losses (N, Q) with ``attack`` given shadows (N, S, Q) and their membership (N, S).
+
+    ``target_is_a_model``: the target is one of the membership matrix's models (leave-one-out or
+    ``shadow`` mode), so the shadows are read through :func:`equal_in_out`.
+    """
     if not attack.needs_shadows:
         shadows = shadow_in = None
-    inp = AttackInput(target=target, shadows=shadows, shadow_in=shadow_in)
+    used = equal_in_out(shadow_in) if target_is_a_model and shadow_in is not None else None
+    inp = AttackInput(target=target, shadows=shadows, shadow_in=shadow_in, shadow_used=used)
     return np.asarray(attack.score(inp), dtype=np.float64)
 
 
@@ -68,7 +103,7 @@ def leave_one_out_scores(attack: MembershipAttack, losses: np.ndarray, membershi
     out = []
     for k in range(m):
         others = np.r_[0:k, k + 1:m]
-        out.append(scores_for_target(attack, losses[:, k], losses[:, others], membership[:, others]))
+        out.append(scores_for_target(attack, losses[:, k], losses[:, others], membership[:, others], target_is_a_model=True))
     return PooledScores(
         scores=np.concatenate(out),
         labels=membership.T.reshape(-1).copy(),
@@ -79,7 +114,8 @@ def leave_one_out_scores(attack: MembershipAttack, losses: np.ndarray, membershi
 
 def target_scores(attack: MembershipAttack, target: np.ndarray, target_in: np.ndarray, shadows: np.ndarray,
                   membership: np.ndarray, *, model_index: int = -1) -> PooledScores:
-    """A single target (losses (N, Q), membership (N,)) attacked with shadows (N, M, Q) / (N, M)."""
+    """A single target (losses (N, Q), membership (N,)) attacked with shadows (N, M, Q) / (N, M);
+    ``model_index`` ≥ 0 when the target is that model of the matrix (IN/OUT counts equalised)."""
     target = np.asarray(target, dtype=np.float64)
     target_in = np.asarray(target_in, dtype=bool)
     shadows = np.asarray(shadows, dtype=np.float64)
@@ -89,7 +125,7 @@ def target_scores(attack: MembershipAttack, target: np.ndarray, target_in: np.nd
         raise DiffauditError(f"target membership has shape {target_in.shape}; expected ({target.shape[0]},)")
     n = target.shape[0]
     return PooledScores(
-        scores=scores_for_target(attack, target, shadows, membership),
+        scores=scores_for_target(attack, target, shadows, membership, target_is_a_model=model_index >= 0),
         labels=target_in.copy(),
         example_index=np.arange(n, dtype=np.int64),
         model_index=np.full(n, model_index, dtype=np.int64),
