@@ -121,6 +121,16 @@ def test_pairwise_int8_exact_at_a_stable_diffusion_tile_size():
     assert pairwise_tile_mean_squares(np.zeros((2, 210, 210, 3), np.uint8), None, grid=1).spec.kind == "float64"
 
 
+def test_pairwise_mixes_uint8_and_unit_floats():
+    """One side uint8 0..255, the other the same images as [0, 1] floats: the distances of equal images are 0."""
+    rng = np.random.default_rng(4)
+    a = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    mixed = pairwise_l2(a, a / 255.0).numpy()
+    np.testing.assert_allclose(np.diag(mixed), 0.0, atol=1e-7)
+    np.testing.assert_allclose(mixed, pairwise_l2(a, a).numpy(), atol=1e-7)
+    np.testing.assert_allclose(pairwise_tiled_l2(a / 255.0, a).numpy(), pairwise_tiled_l2(a, a).numpy(), atol=1e-7)
+
+
 def test_pairwise_within_a_set_symmetric_zero_diagonal_and_blocked():
     rng = np.random.default_rng(1)
     x = rng.integers(0, 256, (23, 12, 12, 1), dtype=np.uint8)

@@ -90,6 +90,14 @@ def test_per_sample_gradients_are_exact_with_attention():
     gsm, mode = wrap_model(_attention_unet(), "auto")
     assert mode == "functorch"  # hook mode returns zero grads for convs fed by attention (opacus 1.6)
     gsm._close()
+    with pytest.raises(DiffauditError, match="hooks gives wrong"):  # asked for explicitly: refused, not silently wrong
+        wrap_model(_attention_unet(), "hooks")
+
+
+def test_repeated_training_indices_are_refused(tmp_path, data):
+    """Poisson sampling would draw each copy on its own (sensitivity 2C) while the accountant assumes one."""
+    with pytest.raises(DiffauditError, match="must be distinct"):
+        train_dp(data, _cfg(), DPConfig(noise_multiplier=1.0), tmp_path / "dp", train_indices=[0, 1, 2, 3, 3, 4, 5, 6, 7, 8])
 
 
 def test_average_grad_samples_per_example():
@@ -142,6 +150,7 @@ def test_dp_training_reports_finite_growing_epsilon(tmp_path, data):
     record = json.loads((run / "dp.json").read_text())
     assert record["epsilon"] == pytest.approx(eps[-1]) and record["delta"] == pytest.approx(1 / (10 * 48))
     assert record["augmentations"] == 2 and record["grad_sample_mode"] == "functorch" and record["sample_rate"] == pytest.approx(8 / 48)
+    assert "seed" in record["noise_secrecy"]  # the noise is reproducible from the folder: said so
     res = json.loads((run / "result.json").read_text())
     assert res["command"] == "train" and res["dp"]["epsilon"] == record["epsilon"]
     # the run directory loads like any other: sampling and attacks can use it

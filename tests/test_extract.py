@@ -135,6 +135,8 @@ def test_unconditional_saturation_and_truncation_reported(world):
     res = extract_unconditional(samples, [f"s{i}" for i in range(30)], k_neighbors=5, max_component=20)
     assert res.n_saturated == 30  # every copy has more than 5 near-duplicates
     assert res.groups[0].truncated and res.groups[0].size >= 10
+    whole = extract_unconditional(samples[:12], [f"s{i}" for i in range(12)], k_neighbors=11)
+    assert whole.n_saturated == 0 and whole.groups[0].size == 12  # k = n − 1: every edge was seen, no warning
 
 
 def test_calibration_precision_recall(world):

@@ -104,6 +104,9 @@ def test_config_validation():
         InpaintAttackConfig(n_draws=0).validate()
     with pytest.raises(DiffauditError, match="--jump-length"):
         InpaintAttackConfig(jump_length=0).validate()
+    for eta in (-0.1, 1.5):
+        with pytest.raises(DiffauditError, match="--eta must lie in"):
+            InpaintAttackConfig(eta=eta).validate()
 
 
 # ---------------------------------------------------------------- a tiny model that memorized one digit

@@ -72,9 +72,15 @@ def test_baseline_of_unseen_images_extracts_nothing(world):
 
 def test_settings_validation():
     for kw, name in [({"delta": 0}, "--delta"), ({"delta": 2}, "--delta"), ({"eidetic_delta": -1}, "--eidetic-delta"),
-                     ({"rule": "cosine"}, "--rule"), ({"alpha": 0}, "--alpha"), ({"n_neighbors": 0}, "--n-neighbors")]:
+                     ({"rule": "cosine"}, "--rule"), ({"alpha": 0}, "--alpha"), ({"n_neighbors": 0}, "--n-neighbors"),
+                     ({"n_neighbors": 1}, "--n-neighbors 1")]:
         with pytest.raises(DiffauditError, match=name):
             VerifySettings(**kw).validate()
+    # with n = 1 the ratio is 1/α whatever the distance: refused, for the ratio rule only
+    with pytest.raises(DiffauditError, match="a training set of 2 images"):
+        VerifySettings().neighbourhood(2)
+    assert VerifySettings().neighbourhood(3) == 2 and VerifySettings(rule="l2").neighbourhood(2) == 1
+    assert VerifySettings(rule="l2", n_neighbors=1).validate().n_neighbors == 1
 
 
 def test_crop_alignment_finds_the_window(world):

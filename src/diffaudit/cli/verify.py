@@ -154,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         raise DiffauditError("--train-map needs samples with prompts; these samples carry none")
     if len(samples) and prompt_map is None:
         _check_shapes(samples, train, "--data")
+        vs.neighbourhood(len(train))  # a degenerate ratio rule is refused before --out records anything
     base = load_data(args, args.baseline, **dict(opts, subset=None)) if args.baseline else None
     settings = {
         "samples": str(args.samples), "samples_identity": samples_identity(args.samples, samples),

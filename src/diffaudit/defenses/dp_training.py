@@ -133,6 +133,9 @@ def wrap_model(model: torch.nn.Module, mode: str = "auto"):
     from opacus import GradSampleModule
 
     used = ("functorch" if has_attention(model) else "hooks") if mode == "auto" else mode
+    if used == "hooks" and has_attention(model):
+        raise DiffauditError("--dp-grad-sample-mode hooks gives wrong (zero) per-example gradients for the convolutions "
+                             "after a diffusers attention block, which this UNet has (opacus 1.6); use auto or functorch")
     return GradSampleModule(model, loss_reduction="mean", force_functorch=(used == "functorch")), used
 
 
@@ -227,7 +230,11 @@ def train_dp(
     config.validate()
     dp.validate()
     device = torch.device(device)
-    n = len(dataset) if train_indices is None else len({int(i) for i in train_indices})
+    if train_indices is not None and len({int(i) for i in train_indices}) != len(train_indices):
+        # Poisson sampling draws each listed copy on its own: an example listed twice can enter a batch
+        # twice (sensitivity 2C) while the accountant assumes it enters once with rate q = B / n
+        raise DiffauditError("DP-SGD training indices must be distinct: a repeated example breaks the privacy accounting")
+    n = len(dataset) if train_indices is None else len(train_indices)
     if config.batch_size > n:
         raise DiffauditError(f"--batch-size {config.batch_size} exceeds the {n} training examples")
     q = config.batch_size / n
@@ -329,6 +336,11 @@ def train_dp(
         "note": ("not private: no noise (epsilon is infinite)" if epsilon == math.inf else
                  "accounting assumes Poisson sampling; fixed shuffled batches are not formally covered"
                  if not dp.poisson_sampling else "(epsilon, delta)-DP per training example, Poisson-subsampled Gaussian mechanism"),
+        # The batches and the noise are drawn from the run's seed so that a killed run resumes to the same
+        # weights. Whoever knows the seed can regenerate the noise, so the guarantee holds against an
+        # adversary who sees the released weights, not this folder: the audit studies DP-SGD's effect on
+        # memorization; it does not produce models to release as private.
+        "noise_secrecy": "noise and batches derive from the recorded seed: keep this folder private, release only the weights",
     }
     write_json_atomic(run / "dp.json", dp_record)
     write_json_atomic(run / "timing.json", {"seconds": elapsed, "images_per_second": seen / max(elapsed, 1e-9),
@@ -337,7 +349,8 @@ def train_dp(
     write_result(run / "result.json", "train", settings, {"seed": config.seed}, steps=config.steps,
                  n_parameters=count_parameters(final_model), n_train=n, n_stream=n,
                  final_loss=finals[-1] if finals else None, dp=dp_record)
-    stage_line(f"train (DP-SGD): {config.steps} steps on {n} images, epsilon {epsilon:.3g} at delta {delta:.2g} "
+    caveat = "" if dp.poisson_sampling else " (accounted as if Poisson-sampled; the batches were not)"
+    stage_line(f"train (DP-SGD): {config.steps} steps on {n} images, epsilon {epsilon:.3g} at delta {delta:.2g}{caveat} "
                f"(sigma {sigma:.3g}, C {dp.max_grad_norm}, q {q:.3g}) -> {run}")
     return run
 

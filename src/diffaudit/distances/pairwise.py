@@ -81,6 +81,9 @@ def pairwise_tile_mean_squares(
     check_same_shape(ta, tb)
     dev = torch.device(device) if device is not None else ta.device
     integer = ta.dtype == torch.uint8 and tb.dtype == torch.uint8
+    if not integer:  # one side uint8, the other [0, 1] floats: both to [0, 1]
+        ta = ta.to(torch.float64) / 255.0 if ta.dtype == torch.uint8 else ta
+        tb = ta if b is None else (tb.to(torch.float64) / 255.0 if tb.dtype == torch.uint8 else tb)
     na, h, w, c = ta.shape
     nb = tb.shape[0]
     rows, cols = tile_edges(h, grid), tile_edges(w, grid)

@@ -90,7 +90,8 @@ class NeighbourEdges:
 
     Attributes:
         n: generations; rows, cols: int64 (E,) query and neighbour positions; saturated: queries whose
-        k-th neighbour is within the threshold; fallback_rows: the search's certificate fallbacks.
+        k-th neighbour is within the threshold while k < n − 1 (some edges may be missing);
+        fallback_rows: the search's certificate fallbacks.
     """
 
     n: int
@@ -108,7 +109,10 @@ class NeighbourEdges:
             r, c = np.nonzero(within)
             rows.append(r.astype(np.int64) + off)
             cols.append(knn.indices[r, c].astype(np.int64))
-            saturated += int(within[:, -1].sum()) if within.shape[1] else 0
+            # a k-th neighbour within the threshold means edges may be missing, unless the k neighbours
+            # are all the other generations (self excluded: k = n − 1), when nothing can be missing
+            if within.shape[1] and within.shape[1] < n - 1:
+                saturated += int(within[:, -1].sum())
             fallback += knn.fallback_rows
         cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int64))
         return cls(n, cat(rows), cat(cols), saturated, fallback)

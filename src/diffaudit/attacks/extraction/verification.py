@@ -58,7 +58,21 @@ class VerifySettings:
             raise DiffauditError(f"--alpha must be in (0, 10], got {self.alpha}")
         if int(self.n_neighbors) < 1 or int(self.n_neighbors) > 1000:
             raise DiffauditError(f"--n-neighbors must be in [1, 1000], got {self.n_neighbors}")
+        if self.rule == "ratio" and int(self.n_neighbors) < 2:
+            raise DiffauditError(_DEGENERATE_RATIO.format(why="--n-neighbors 1"))
         return self
+
+    def neighbourhood(self, n_train: int) -> int:
+        """n = min(n_neighbors, N_train − 1); for the ratio rule at least 2, else an error."""
+        n = neighborhood_size(n_train, self.n_neighbors)
+        if self.rule == "ratio" and n < 2:
+            raise DiffauditError(_DEGENERATE_RATIO.format(why=f"a training set of {n_train} images"))
+        return n
+
+
+_DEGENERATE_RATIO = ("the ratio rule divides the nearest distance by α times the mean of the n nearest; with n = 1 "
+                     "({why}) that is 1/α for every generation, so it decides nothing: use --rule l2, or n ≥ 2 "
+                     "(at least 3 training images)")
 
 
 @dataclass
@@ -115,7 +129,7 @@ class Verification:
 
 def decide(knn: KnnResult, settings: VerifySettings, n_train: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(l2, ratio, extracted) per generation from its sorted kNN distances (paper §3, §5.1)."""
-    n = neighborhood_size(n_train, settings.n_neighbors)
+    n = settings.neighbourhood(n_train)
     l2 = knn.distances[:, 0]
     ratio = nearest_ratio(knn.distances, n=n, alpha=settings.alpha)
     ext = (l2 <= settings.delta) if settings.rule == "l2" else (ratio <= 1.0)
@@ -209,7 +223,7 @@ def verify(
     n_train = len(train)
     if len(train_keys) != n_train:
         raise DiffauditError(f"{n_train} training images but {len(train_keys)} keys")
-    n = neighborhood_size(n_train, s.n_neighbors)
+    n = s.neighbourhood(n_train)
     if knn is None:
         knn = knn_search(samples, train, n, backend=backend, device=device, compute=compute, progress=progress)
     if knn.distances.shape[1] < n:

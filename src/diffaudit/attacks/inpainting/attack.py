@@ -58,8 +58,8 @@ class InpaintAttackConfig:
         for name in ("steps", "jump_length", "jump_n_sample"):
             if getattr(self, name) < 1:
                 raise DiffauditError(f"--{name.replace('_', '-')} must be at least 1; got {getattr(self, name)}")
-        if self.eta < 0:
-            raise DiffauditError(f"--eta must be >= 0; got {self.eta}")
+        if not 0 <= self.eta <= 1:  # above 1 the DDIM variance exceeds 1 − ᾱ_prev: not a RePaint/DDIM step
+            raise DiffauditError(f"--eta must lie in [0, 1] (0: DDIM, 1: DDPM); got {self.eta}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
