@@ -29,7 +29,7 @@ GPU = {
              "--baseline-batches", "256,1024"],
     "inpaint": ["bench_inpaint.py", *CIFAR_UNET, "--targets", "16", "--baseline-targets", "2", "--n-inpaint", "128",
                 "--batch", "2048", "--steps", "20", "--repeats", "1"],
-    "filter": ["bench_filter.py", "--prompts", "50", "--generations", "500", "--size", "512"],
+    "filter": ["bench_filter.py", "--prompts", "50", "--generations", "500", "--size", "512", "--also-compute", "bf16"],
     "stable_diffusion": ["bench_sd.py", "--size", "512", "--batch", "8", "--steps", "20", "--repeats", "1"],
 }
 CPU = {
@@ -39,7 +39,7 @@ CPU = {
     "rerank": ["bench_rerank.py", "--queries", "4096", "--refs", "5000", "--k", "50"],
     "loss": ["bench_loss.py"],
     "inpaint": ["bench_inpaint.py"],
-    "filter": ["bench_filter.py"],
+    "filter": ["bench_filter.py", "--also-compute", "float64"],
     "stable_diffusion": ["bench_sd.py", "--tiny", "--size", "64", "--batch", "2", "--steps", "4"],
     "ray": ["bench_ray.py", "--n", "128", "--steps", "10"],
 }

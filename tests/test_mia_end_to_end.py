@@ -170,6 +170,8 @@ def test_user_errors_name_the_thing(shadows, capsys, tmp_path):
     assert rc == 2 and "strong-lira" in capsys.readouterr().err
     rc, _ = mia(root, "err7", "--attack", "lira", "--models", "2")  # the target and one shadow: never IN and OUT
     assert rc == 2 and "at least 2 shadow models" in capsys.readouterr().err
+    rc, _ = mia(root, "err8", "--attack", "lira", "--target", str(root / "shadows" / "model-01"))
+    assert rc == 2 and "is one of the shadows" in capsys.readouterr().err
 
 
 def test_result_is_valid_json_without_nan(shadows):

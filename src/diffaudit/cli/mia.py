@@ -161,6 +161,9 @@ def run(args: argparse.Namespace) -> int:
         target = TargetSpec(mode="shadow", index=args.target_index)
     elif args.target is not None:
         target = TargetSpec(mode="model", run=Path(args.target))
+        if any(Path(args.target).resolve() == r.resolve() for r in runs):
+            raise DiffauditError(f"--target {args.target} is one of the shadows: its own losses would enter its IN/OUT "
+                                 "statistics; use --target-index for a shadow as the target")
     else:
         target = TargetSpec()
     # the weights and pixels behind the paths: shadows retrained or data rewritten in place are other inputs
