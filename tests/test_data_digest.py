@@ -61,5 +61,9 @@ def test_any_pixel_key_or_label_changes_it(npz):
     label.labels[0] += 1
     unlabelled = load_dataset(str(npz))
     unlabelled.labels = None
-    got = [dataset_digest(d) for d in (pixel, key, label, unlabelled)]
-    assert want not in got and len(set(got)) == 4
+    captioned = load_dataset(str(npz))
+    captioned.captions = ["a digit"] * len(captioned)
+    recaptioned = load_dataset(str(npz))
+    recaptioned.captions = ["a digit"] * (len(recaptioned) - 1) + ["another"]
+    got = [dataset_digest(d) for d in (pixel, key, label, unlabelled, captioned, recaptioned)]
+    assert want not in got and len(set(got)) == 6

@@ -94,6 +94,14 @@ def test_per_sample_gradients_are_exact_with_attention():
         wrap_model(_attention_unet(), "hooks")
 
 
+def test_hooks_mode_is_refused_before_the_run_folder_exists(tmp_path, data):
+    """Every diffusers UNet2DModel has a mid-block attention: hooks would train with wrong gradients.
+    Refused before anything is recorded, so the corrected command (auto) is not a settings mismatch."""
+    with pytest.raises(DiffauditError, match="hooks gives wrong"):
+        train_dp(data, _cfg(), DPConfig(noise_multiplier=1.0, grad_sample_mode="hooks"), tmp_path / "dp")
+    assert not (tmp_path / "dp").exists()
+
+
 def test_repeated_training_indices_are_refused(tmp_path, data):
     """Poisson sampling would draw each copy on its own (sensitivity 2C) while the accountant assumes one."""
     with pytest.raises(DiffauditError, match="must be distinct"):

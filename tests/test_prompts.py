@@ -79,6 +79,13 @@ def test_prompts_cli_reuses_a_dedup_run_and_checks_it(tmp_path, tmp_npz, digits,
     capsys.readouterr()
     assert main(["prompts", "--data", str(data), "--out", str(tmp_path / "pr"), "--duplicates", str(dd), "--top", "1"]) == 2
     assert "duplicate_counts" in capsys.readouterr().err
+    # the captions rewritten in place (same pixels): the prompts were the old captions, so a mismatch
+    with np.load(data) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["captions"] = np.array([f"new caption {i}" for i in range(len(arrays["captions"]))])
+    np.savez(data, **arrays)
+    assert main(["prompts", "--data", str(data), "--out", str(tmp_path / "pr"), "--duplicates", str(dd), "--top", "1"]) == 2
+    assert "data_digest" in capsys.readouterr().err
     # a dedup run of another dataset is refused
     other = tmp_npz(digits.images[:10], name="other.npz", captions=np.array([str(i) for i in range(10)]))
     capsys.readouterr()

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from diffaudit.attacks.membership.registry import ATTACK_NAMES
+from diffaudit.attacks.membership.registry import ATTACK_NAMES, get_attack
 from diffaudit.attacks.membership.run import MiaConfig, MiaScores, TargetSpec, run_mia, shadow_run_dirs
 from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit, emit_finished
 from diffaudit.cli.shadows import membership_digest
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         target = TargetSpec(mode="shadow", index=args.target_index)
     elif args.target is not None:
         target = TargetSpec(mode="model", run=Path(args.target))
-        if any(Path(args.target).resolve() == r.resolve() for r in runs):
+        if get_attack(args.attack).needs_shadows and any(Path(args.target).resolve() == r.resolve() for r in runs):
             raise DiffauditError(f"--target {args.target} is one of the shadows: its own losses would enter its IN/OUT "
                                  "statistics; use --target-index for a shadow as the target")
     else:

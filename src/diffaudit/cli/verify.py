@@ -23,7 +23,7 @@ from diffaudit.attacks.extraction.verification import (
 from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit, emit_finished, load_data
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
-from diffaudit.core.identity import text_digest
+from diffaudit.core.identity import file_identity, text_digest
 from diffaudit.core.io import read_json, save_npz_atomic
 from diffaudit.core.outdir import prepare_out_dir
 from diffaudit.core.progress import Timer, progress_bar, stage_line
@@ -154,14 +154,19 @@ def run(args: argparse.Namespace) -> int:
         raise DiffauditError("--train-map needs samples with prompts; these samples carry none")
     if len(samples) and prompt_map is None:
         _check_shapes(samples, train, "--data")
-        vs.neighbourhood(len(train))  # a degenerate ratio rule is refused before --out records anything
     base = load_data(args, args.baseline, **dict(opts, subset=None)) if args.baseline else None
+    if len(samples):  # a degenerate ratio rule is refused before --out records anything
+        if prompt_map is None or samples.image_shape == train.image_shape:
+            vs.neighbourhood(len(train))
+        if base is not None:
+            vs.neighbourhood(min(len(base), len(train)))
     settings = {
         "samples": str(args.samples), "samples_identity": samples_identity(args.samples, samples),
         "data": str(args.data), "data_options": opts, "rule": rule, "delta": vs.delta,
         "alpha": vs.alpha, "n_neighbors": vs.n_neighbors, "eidetic_delta": vs.eidetic_delta, "dup_delta": vs.dup_delta,
         "from_extract": args.from_extract, "baseline": args.baseline, "train_map": args.train_map,
         "fid_features": args.fid_features,
+        "fid_features_identity": file_identity(args.fid_features) if args.fid_features else None,
         # what the path names alone would not tell apart on a resume: the medoids an extract result
         # selected (it may be rewritten in place), and the seed of the equal-size baseline pick
         "from_extract_samples": text_digest("\0".join(samples.keys)) if args.from_extract else None,

@@ -2,7 +2,7 @@
 
 Recorded wherever a result must not outlive the data it came from: the settings of every command
 that reads ``--data`` (a resume after the files were rewritten in place is a settings mismatch, not
-a silent reuse of cached neighbours, losses or models) and the loss cache's folder names. A path
+a silent reuse of cached neighbours, losses, models or prompts) and the loss cache's folder names. A path
 names a dataset; only its contents say whether it is still the same one.
 """
 
@@ -20,7 +20,7 @@ DIGEST_ROWS = 4096
 
 
 def dataset_digest(dataset: ImageDataset, indices: Sequence[int] | np.ndarray | None = None) -> str:
-    """SHA-256 (16 hex) of a dataset's image shape, pixels (uint8, row by row), keys and labels.
+    """SHA-256 (16 hex) of a dataset's image shape, pixels (uint8, row by row), keys, labels and captions.
 
     Args:
         dataset: images (N, H, W, C) uint8, in memory or a memory-mapped ShardedImages (streamed in
@@ -29,7 +29,8 @@ def dataset_digest(dataset: ImageDataset, indices: Sequence[int] | np.ndarray | 
 
     Returns:
         16 lowercase hex characters. The same for the same examples however they are stored; any
-        changed pixel, key, label or order changes it.
+        changed pixel, key, label, caption or order changes it. A dataset without captions hashes
+        exactly as before captions were included (loss caches named by it stay valid).
     """
     images = dataset.images
     rows = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
@@ -42,4 +43,6 @@ def dataset_digest(dataset: ImageDataset, indices: Sequence[int] | np.ndarray | 
     h.update("\x00".join(dataset.keys[int(i)] for i in rows).encode("utf-8"))
     if dataset.labels is not None:
         h.update(np.asarray(dataset.labels, dtype=np.int64)[rows].tobytes())
+    if dataset.captions is not None:  # prompts, and the conditioning of latent-diffusion losses
+        h.update(b"\x00captions\x00" + "\x00".join(str(dataset.captions[int(i)]) for i in rows).encode("utf-8"))
     return h.hexdigest()[:16]

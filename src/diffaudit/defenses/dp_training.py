@@ -245,13 +245,15 @@ def train_dp(
     plan = plan_run(dataset, config, train_indices=train_indices, data_record=data_record, extra={"dp": dp_settings})
     idx, ucfg, num_classes, settings = plan.indices, plan.unet_config, plan.num_classes, plan.settings
     H, W, C = dataset.image_shape
+    model = init_model(config, ucfg)  # same initialisation as the plain run
+    check_model(model)  # what opacus cannot train, and hooks with attention: refused before the folder exists
+    if dp.grad_sample_mode == "hooks" and has_attention(model):
+        wrap_model(model, "hooks")  # raises, naming the problem
     run = plan.open(out_dir, fresh=fresh)
     if is_finished(run):
         stage_line(f"train (DP-SGD): {run} is already finished; nothing to do")
         return run
 
-    model = init_model(config, ucfg)  # same initialisation as the plain run
-    check_model(model)
     model.to(device).train()
     ema = Ema(model, config.ema_decay)
     gsm, mode = wrap_model(model, dp.grad_sample_mode)

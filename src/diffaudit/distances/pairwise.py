@@ -5,7 +5,8 @@ all pairs come from ‖a_t‖² + ‖b_t‖² − 2·a_t·b_tᵀ on integer pixe
 x column block at a time, so no more than ``block_bytes`` of GEMM inputs live at once besides the
 (Na, Nb) result. The tiled ℓ2 keeps the running maximum over tiles (paper §4.1).
 
-Precision: for uint8 images the default is the exact ``int8`` GEMM on every device (pixels shifted
+Precision: for uint8 images the default is the exact ``int8`` GEMM wherever the device's int8 GEMM
+passes the exactness probe (:func:`~diffaudit.distances.compute.int8_gemm_exact`; pixels shifted
 by −128, int32 cross terms, norms added in float64), for tiles of up to
 :data:`~diffaudit.distances.compute.INT8_CROSS_MAX_DIM` values (a 128 x 128 RGB tile of a 512 x 512
 image has 49,152). ``float64`` is exact too. The bf16-in/fp32-accumulate GEMM (the CUDA default for
@@ -72,8 +73,8 @@ def pairwise_tile_mean_squares(
     a: (Na, H, W, C), b: (Nb, H, W, C); uint8 0..255 or floats in [0, 1]; any H, W ≥ grid.
     ``grid=1`` gives the plain ℓ2's mean squares. ``device`` defaults to a's device. ``compute``:
     "auto" is the exact int8 GEMM for uint8 images whose tiles have at most
-    :data:`~diffaudit.distances.compute.INT8_CROSS_MAX_DIM` values, else bf16 on CUDA and float64 on
-    the CPU; or one of int8 (uint8 images only), float64, float32, bf16. Float inputs are computed in
+    :data:`~diffaudit.distances.compute.INT8_CROSS_MAX_DIM` values, where the device's int8 GEMM is
+    exact, else bf16 on CUDA and float64 on the CPU; or one of int8 (uint8 images only), float64, float32, bf16. Float inputs are computed in
     float64 (CPU) or float32 (CUDA), never bf16 (only integers are exact there).
     """
     ta = as_tensor(a, name="a")
