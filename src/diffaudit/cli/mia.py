@@ -169,8 +169,9 @@ def run(args: argparse.Namespace) -> int:
     # the weights and pixels behind the paths: shadows retrained or data rewritten in place are other inputs
     digests = {r.name: model_digest(r) for r in runs}
     target_digest = model_digest(target.run) if target.mode == "model" else None
+    data_digest = dataset_digest(ds)
     settings = {
-        "data": {"spec": args.data, "options": opts, "digest": dataset_digest(ds)},
+        "data": {"spec": args.data, "options": opts, "digest": data_digest},
         "membership": {"digest": membership_digest(mem), "models": m},
         "shadows": str(shadows.resolve()),
         "shadow_digests": digests,
@@ -185,7 +186,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     cache = Path(args.loss_cache) if args.loss_cache else out / "losses"
     with Timer() as timer:
-        scores = run_mia(ds, mem.matrix[:, :m], runs, config, target=target, cache_dir=cache, device=device)
+        scores = run_mia(ds, mem.matrix[:, :m], runs, config, target=target, cache_dir=cache, device=device,
+                         data_digest=data_digest)
     stage_line(f"mia: {config.attack} scored {len(scores.main.scores)} (target, example) pairs in {timer.seconds:.1f}s")
     extra = {"models": digests, "seconds": timer.seconds, "device": str(device), "precision": precision}
     if target_digest is not None:

@@ -128,14 +128,21 @@ def has_attention(model: torch.nn.Module) -> bool:
     return any(type(m).__name__ == "Attention" for m in model.modules())
 
 
-def wrap_model(model: torch.nn.Module, mode: str = "auto"):
-    """``GradSampleModule`` over ``model`` (loss reduction mean); returns (wrapped, mode used)."""
-    from opacus import GradSampleModule
-
+def grad_sample_mode(model: torch.nn.Module, mode: str = "auto") -> str:
+    """The per-sample gradient mode for ``model``: ``auto`` -> functorch with attention, else hooks;
+    ``hooks`` with attention is refused (:class:`DiffauditError`, see the module docstring)."""
     used = ("functorch" if has_attention(model) else "hooks") if mode == "auto" else mode
     if used == "hooks" and has_attention(model):
         raise DiffauditError("--dp-grad-sample-mode hooks gives wrong (zero) per-example gradients for the convolutions "
                              "after a diffusers attention block, which this UNet has (opacus 1.6); use auto or functorch")
+    return used
+
+
+def wrap_model(model: torch.nn.Module, mode: str = "auto"):
+    """``GradSampleModule`` over ``model`` (loss reduction mean); returns (wrapped, mode used)."""
+    from opacus import GradSampleModule
+
+    used = grad_sample_mode(model, mode)
     return GradSampleModule(model, loss_reduction="mean", force_functorch=(used == "functorch")), used
 
 
@@ -247,8 +254,7 @@ def train_dp(
     H, W, C = dataset.image_shape
     model = init_model(config, ucfg)  # same initialisation as the plain run
     check_model(model)  # what opacus cannot train, and hooks with attention: refused before the folder exists
-    if dp.grad_sample_mode == "hooks" and has_attention(model):
-        wrap_model(model, "hooks")  # raises, naming the problem
+    grad_sample_mode(model, dp.grad_sample_mode)
     run = plan.open(out_dir, fresh=fresh)
     if is_finished(run):
         stage_line(f"train (DP-SGD): {run} is already finished; nothing to do")

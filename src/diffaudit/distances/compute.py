@@ -10,9 +10,9 @@ a_i·b_i ≤ 65,025. Only the accumulation of the cross term a·b can round:
   fp32 (``torch.mm(..., out_dtype=torch.float32)``; where that overload is missing, fp32/TF32 inputs,
   which also hold 0..255 exactly, are used instead).
 - ``float32``: fp32 inputs and accumulation (the CPU's fast path).
-- ``int8`` (default of the kNN search and of the pairwise ℓ2 on uint8 images, where it applies): the pixels shifted to x − 128 ∈ [−128, 127]
-  (a shift leaves every difference, hence every distance, unchanged) and multiplied by an int8 GEMM
-  with int32 accumulation (``torch._int_mm``: int8 tensor cores on CUDA, twice the bf16 rate on
+- ``int8`` (default of the kNN search and of the pairwise ℓ2 on uint8 images, where it applies): the
+  pixels shifted to x − 128 ∈ [−128, 127] (a shift leaves every difference, hence every distance,
+  unchanged) and multiplied by an int8 GEMM with int32 accumulation (``torch._int_mm``: int8 tensor cores on CUDA, twice the bf16 rate on
   Hopper). Every product is an integer ≤ 16,384 in magnitude and int32 holds their sums exactly, so
   the result is *exact*, with no re-ranking, for images of at most :data:`INT8_MAX_DIM` values.
 
@@ -178,14 +178,14 @@ def int8_gemm_exact(device: torch.device | str) -> bool:
 
 
 def _probe_int_mm(dev: torch.device) -> bool:
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        return False
     gen = torch.Generator().manual_seed(0)
     values = torch.tensor([-128, -127, -1, 0, 1, 126, 127], dtype=torch.int8)
     a = values[torch.randint(len(values), (48, 256), generator=gen)]
     b = values[torch.randint(len(values), (40, 256), generator=gen)]
     a[0], b[0], a[1], b[1] = 127, 127, -128, -128  # the saturating cases: 127·127 and (−128)·(−128) sums
     want = a.to(torch.float64) @ b.to(torch.float64).T
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        return False
     try:
         got = torch._int_mm(a.to(dev), b.to(dev).T).to("cpu", torch.float64)
     except torch.cuda.OutOfMemoryError:

@@ -43,8 +43,8 @@ class PairwiseMeanSquares:
     """Largest per-tile mean square difference of every pair.
 
     Attributes:
-        ms: (Na, Nb) float64 (exact kinds: int8, float64) or float32 tensor on the compute device: max over tiles of
-            mean((a_t − b_t)²) on [0, 1] pixels, in [0, 1]. sqrt(ms) is the (tiled) ℓ2.
+        ms: (Na, Nb) float64 (exact kinds: int8, float64) or float32 tensor on the compute device:
+            max over tiles of mean((a_t − b_t)²) on [0, 1] pixels, in [0, 1]. sqrt(ms) is the (tiled) ℓ2.
         margin: bound on |ms − exact ms| (0.0 when exact).
         spec: how it was computed.
     """
@@ -74,8 +74,9 @@ def pairwise_tile_mean_squares(
     ``grid=1`` gives the plain ℓ2's mean squares. ``device`` defaults to a's device. ``compute``:
     "auto" is the exact int8 GEMM for uint8 images whose tiles have at most
     :data:`~diffaudit.distances.compute.INT8_CROSS_MAX_DIM` values, where the device's int8 GEMM is
-    exact, else bf16 on CUDA and float64 on the CPU; or one of int8 (uint8 images only), float64, float32, bf16. Float inputs are computed in
-    float64 (CPU) or float32 (CUDA), never bf16 (only integers are exact there).
+    exact, else bf16 on CUDA and float64 on the CPU; or one of int8 (uint8 images only), float64,
+    float32, bf16. Float inputs are computed in float64 (CPU) or float32 (CUDA), never bf16 (only
+    integers are exact there).
     """
     ta = as_tensor(a, name="a")
     tb = ta if b is None else as_tensor(b, name="b")

@@ -180,6 +180,7 @@ def run_mia(
     target: TargetSpec | None = None,
     cache_dir: str | Path,
     device: str | torch.device = "cpu",
+    data_digest: str | None = None,
 ) -> MiaScores:
     """Compute (or read) the losses and score ``config.attack``.
 
@@ -191,6 +192,8 @@ def run_mia(
         target: who is attacked (default leave-one-out).
         cache_dir: loss cache root (see :mod:`.loss_cache`).
         device: where the forward passes run.
+        data_digest: :func:`~diffaudit.data.digest.dataset_digest` of ``dataset`` when the caller
+            already has it (the loss cache's folder names use it).
 
     Returns:
         :class:`MiaScores` with scores float (R,), larger = more likely a member.
@@ -218,7 +221,7 @@ def run_mia(
         )
 
     all_ts = list(dict.fromkeys([*config.timesteps, *config.sweep]))  # attack timesteps first, no repeats
-    data_fp = dataset_digest(dataset)
+    data_fp = data_digest or dataset_digest(dataset)
 
     def losses_of(run: str | Path, name: str) -> np.ndarray:
         return cached_model_losses(
