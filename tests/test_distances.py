@@ -161,6 +161,25 @@ def test_shape_and_dtype_errors_name_the_input():
         pairwise_l2(np.zeros((2, 4, 4, 3), np.uint8), compute="fp8")
 
 
+@pytest.mark.parametrize("f", [l2, tiled_l2, lambda a, b: pairwise_tiled_l2(a, b)])
+def test_layouts_and_float_ranges_that_would_give_wrong_numbers_are_refused(f):
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (5, 8, 8), dtype=np.uint8)  # a greyscale batch without its channel axis
+    with pytest.raises(DiffauditError, match="channel axis"):
+        f(grey, grey)
+    chw = torch.rand(2, 3, 8, 8)  # channel-first
+    with pytest.raises(DiffauditError, match="channels-last"):
+        f(chw, chw)
+    unit = rng.random((2, 8, 8, 3))
+    for bad in (unit * 2 - 1, unit * 255, np.full_like(unit, np.nan)):  # [-1, 1], 0..255 as floats, NaN
+        with pytest.raises(DiffauditError, match=r"must lie in \[0, 1\]"):
+            f(bad, unit)
+    # the accepted forms still work, and agree: uint8, its [0, 1] floats, and the greyscale batch with its axis
+    u8 = rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    assert np.allclose(np.asarray(f(u8, u8[::-1])), np.asarray(f(u8 / 255.0, u8[::-1] / 255.0)), atol=1e-6)
+    assert np.asarray(f(grey[..., None], grey[..., None])).shape[0] == 5
+
+
 def test_normalized_distance_hand_computed():
     # nearest at 0.02, neighbourhood mean (0.02 + 0.30 + 0.40) / 3 = 0.24 -> 0.02 / (0.5 * 0.24) = 1/6
     d = np.array([[0.02, 0.30, 0.40], [0.20, 0.22, 0.24]])

@@ -179,3 +179,67 @@ def test_bootstrap_intervals_cover_the_true_values_at_their_level():
     assert 0.88 <= cover_auc / trials <= 1.0 and 0.88 <= cover_tpr / trials <= 1.0
     # the AUC's standard error here is about 0.0063 (Hanley & McNeil), so a 95% interval is about 0.025 wide
     assert 0.018 < float(np.mean(widths)) < 0.032
+
+
+def _rows_of_examples(n, m, balanced, seed, delta=1.0, eps=0.3):
+    """n examples of difficulty d ~ N(0, 1), m scored rows each: d + delta·member + eps·noise. Balanced:
+    each example is a member in half its rows (pooled leave-one-out); else one label per example."""
+    r = np.random.default_rng(seed)
+    d = r.normal(0, 1, n)
+    g = np.repeat(np.arange(n), m)
+    if balanced:
+        y = np.tile(np.r_[np.ones(m // 2, bool), np.zeros(m - m // 2, bool)], n)
+    else:
+        y = np.repeat(np.arange(n) % 2 == 0, m)
+    return d[g] + delta * y + eps * r.normal(size=n * m), y, g
+
+
+def test_cluster_bootstrap_with_distinct_groups_is_the_stratified_one():
+    s, y = gaussian_scores(200, 300, 1.0, seed=12)
+    plain = bootstrap_ci(s, y, n_bootstrap=50, seed=2)
+    assert bootstrap_ci(s, y, n_bootstrap=50, seed=2, groups=np.arange(500)[::-1]) == plain
+    assert plain.method == "stratified percentile bootstrap"
+    with pytest.raises(DiffauditError, match="groups"):
+        bootstrap_ci(s, y, groups=np.arange(10))
+
+
+def test_cluster_bootstrap_replicate_equals_resampled_examples():
+    from diffaudit.core.seeds import derive_seed, numpy_rng
+
+    s, y, g = _rows_of_examples(40, 3, True, seed=13)
+    s = np.round(s, 1)  # ties
+    ci = bootstrap_ci(s, y, n_bootstrap=2, level=0.5, seed=4, fpr_targets=(0.1,), groups=g)
+    assert ci.method == "example-clustered percentile bootstrap"
+    rng = numpy_rng(derive_seed(4, "bootstrap"))
+    aucs = []
+    for _ in range(2):
+        drawn = rng.integers(0, 40, 40)
+        rows = np.concatenate([np.nonzero(g == e)[0] for e in drawn])
+        aucs.append(auc(s[rows], y[rows]))
+    lo, hi = np.quantile(aucs, [0.25, 0.75])
+    assert ci.auc.low == pytest.approx(lo, abs=1e-12) and ci.auc.high == pytest.approx(hi, abs=1e-12)
+
+
+def test_cluster_bootstrap_covers_where_resampling_rows_does_not():
+    """Rows of one example share its difficulty. When each example keeps one label in all its rows,
+    resampling rows treats 4 copies as 4 examples: its 95% intervals covered the true AUC in 66 of 100
+    datasets here, the clustered ones in 95. With half the rows members (pooled leave-one-out), the
+    example's effects on both sides cancel and resampling rows is too wide instead (100/100)."""
+    true_auc = norm.cdf(1.0 / np.sqrt(2 + 2 * 0.3 ** 2))
+    trials = 100
+    for balanced in (False, True):
+        cover_c = cover_r = 0
+        width_c, width_r = [], []
+        for t in range(trials):
+            s, y, g = _rows_of_examples(300, 4, balanced, seed=1000 + t)
+            c = bootstrap_ci(s, y, n_bootstrap=200, seed=t, groups=g, fpr_targets=(0.01,))
+            r = bootstrap_ci(s, y, n_bootstrap=200, seed=t, fpr_targets=(0.01,))
+            cover_c += c.auc.low <= true_auc <= c.auc.high
+            cover_r += r.auc.low <= true_auc <= r.auc.high
+            width_c.append(c.auc.high - c.auc.low)
+            width_r.append(r.auc.high - r.auc.low)
+        assert 0.88 <= cover_c / trials <= 1.0
+        if balanced:
+            assert np.mean(width_c) < 0.8 * np.mean(width_r)
+        else:
+            assert cover_r / trials < 0.8 and np.mean(width_c) > 1.5 * np.mean(width_r)

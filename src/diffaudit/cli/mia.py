@@ -100,7 +100,7 @@ def write_mia_outputs(out: Path, scores: MiaScores, dataset: ImageDataset, *, co
     """Evaluate ``scores`` and write scores.npz, roc.png, sweep.png and result.json into ``out``."""
     main = scores.main
     ev = evaluate_attack(main.scores, main.labels, attack=scores.attack, timesteps=scores.timesteps,
-                         n_bootstrap=n_bootstrap, seed=seed)
+                         n_bootstrap=n_bootstrap, seed=seed, groups=main.example_index)
     keys = np.array(dataset.keys, dtype=str)[main.example_index]
     arrays = dict(id=keys, score=main.scores, member=main.labels, example_index=main.example_index,
                   model_index=main.model_index)

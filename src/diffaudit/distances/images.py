@@ -3,6 +3,11 @@
 Distances take images in the file layout (N, H, W, C) (or one image (H, W, C)), either uint8 0..255
 (the store's and the datasets' format, scaled by 1/255) or floats already in [0, 1]. A
 :class:`~diffaudit.data.dataset.ImageDataset` is accepted wherever images are.
+
+Two mistakes would otherwise give plausible wrong numbers, so both are refused: a last axis of more
+than :data:`MAX_CHANNELS` values is not a channel axis (channel-first (N, C, H, W) tensors, or a
+greyscale batch (N, H, W) read as one image), and floats outside [0, 1] are not pixels on the
+distances' scale (a model's [-1, 1] output, or 0..255 values in a float array).
 """
 
 from __future__ import annotations
@@ -16,6 +21,12 @@ import torch
 
 from diffaudit.core.errors import DiffauditError
 from diffaudit.data.sharded import ShardedImages
+
+
+#: The most values the last (channel) axis may hold: greyscale, grey + alpha, RGB, RGBA.
+MAX_CHANNELS = 4
+#: Slack allowed beyond [0, 1] for float pixels (rounding in a caller's own conversion).
+FLOAT_RANGE_SLACK = 1e-6
 
 
 def from_numpy(a: np.ndarray) -> torch.Tensor:
@@ -37,7 +48,8 @@ def as_tensor(images: Any, *, name: str = "images", batch: bool = True) -> torch
     """``images`` as a torch tensor (N, H, W, C), uint8 or floating, without copying when possible.
 
     Accepts numpy arrays, torch tensors and ImageDatasets. With ``batch=True`` a single (H, W, C)
-    image becomes (1, H, W, C). Raises :class:`DiffauditError` naming ``name`` on a bad shape/dtype.
+    image becomes (1, H, W, C). Raises :class:`DiffauditError` naming ``name`` on a bad shape or
+    dtype, a last axis of more than :data:`MAX_CHANNELS` values, or floats outside [0, 1] (or NaN).
     """
     images = _pixels(images)
     if isinstance(images, np.ndarray):
@@ -50,8 +62,21 @@ def as_tensor(images: Any, *, name: str = "images", batch: bool = True) -> torch
         t = t.unsqueeze(0)
     if t.ndim != 4:
         raise DiffauditError(f"{name}: expected images of shape (N, H, W, C), got shape {tuple(t.shape)}")
+    if t.shape[-1] > MAX_CHANNELS:
+        raise DiffauditError(
+            f"{name}: shape {tuple(t.shape)} does not end in a channel axis (at most {MAX_CHANNELS} values); "
+            "images are channels-last (N, H, W, C): permute channel-first tensors, and give greyscale "
+            "batches a channel axis (images[..., None])"
+        )
     if t.dtype != torch.uint8 and not t.is_floating_point():
         raise DiffauditError(f"{name}: expected uint8 pixels (0..255) or floats in [0, 1], got {t.dtype}")
+    if t.is_floating_point() and t.numel():
+        lo, hi = (float(v) for v in torch.aminmax(t))
+        if not (lo >= -FLOAT_RANGE_SLACK and hi <= 1.0 + FLOAT_RANGE_SLACK):
+            raise DiffauditError(
+                f"{name}: float pixels must lie in [0, 1], found values in [{lo:.4g}, {hi:.4g}]; "
+                "pass uint8 0..255 as uint8, and map a model's [-1, 1] output with (x + 1) / 2"
+            )
     return t
 
 

@@ -121,9 +121,11 @@ def pairwise_tile_mean_squares(
                 for i0 in range(0, na, ra):
                     i1 = min(na, i0 + ra)
                     am, an = (bm, bn) if (b is None and i0 == j0 and i1 == j1) else prep(xa, i0, i1, r, cc)
-                    dots = cross(am, bm, spec)
-                    sq = an.unsqueeze(1) + bn.unsqueeze(0) - 2.0 * (dots.to(torch.float64) if shifted else dots)
-                    ms = (sq * scale).clamp_(min=0.0)
+                    # one (ra, rb) temporary: the products (int32 ones in float64), turned in place
+                    # into mean squares (‖a‖² + ‖b‖² − 2a·b) / (D·255²), then merged into the output
+                    ms = cross(am, bm, spec)
+                    ms = ms.to(torch.float64) if shifted else ms
+                    ms.mul_(-2.0).add_(an.unsqueeze(1)).add_(bn.unsqueeze(0)).mul_(scale).clamp_(min=0.0)
                     blk = out[i0:i1, j0:j1]
                     torch.maximum(blk, ms.to(out.dtype), out=blk)
     if b is None:

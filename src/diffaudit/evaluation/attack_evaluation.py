@@ -75,15 +75,18 @@ def evaluate_attack(
     n_bootstrap: int = 0,
     ci_level: float = 0.95,
     seed: int = 0,
+    groups=None,
 ) -> AttackEvaluation:
     """Evaluate ``scores`` (float (n,), larger = member) against ``labels`` (bool (n,), True = member).
 
-    ``n_bootstrap`` > 0 adds seeded stratified bootstrap intervals (see :mod:`.bootstrap`).
+    ``n_bootstrap`` > 0 adds seeded bootstrap intervals (see :mod:`.bootstrap`): stratified by class,
+    or, with ``groups`` (int (n,), the example of each row) repeating, resampling whole examples.
     """
     curve = roc_curve(scores, labels)
     ci = None
     if n_bootstrap:
-        ci = bootstrap_ci(scores, labels, fpr_targets=fpr_targets, n_bootstrap=n_bootstrap, level=ci_level, seed=seed)
+        ci = bootstrap_ci(scores, labels, fpr_targets=fpr_targets, n_bootstrap=n_bootstrap, level=ci_level, seed=seed,
+                          groups=groups)
     return AttackEvaluation(
         attack=attack,
         auc=auc_from_curve(curve),

@@ -121,6 +121,12 @@ def tpr_at_fpr_from_curve(curve: RocCurve, target: float) -> float | None:
         raise DiffauditError(f"FPR target {target} is out of range; it must lie in (0, 1]")
     if target < 1.0 / curve.n_nonmembers:
         return None
+    return best_tpr_within(curve, target)
+
+
+def best_tpr_within(curve: RocCurve, target: float) -> float:
+    """Largest TPR at a threshold whose FPR is at most ``target`` (FPR-0 thresholds included), with
+    no resolution check: for a bootstrap replicate, whose measurability the original data decides."""
     ok = curve.fpr <= target * (1 + 1e-12)
     return float(curve.tpr[ok].max())
 

@@ -24,7 +24,8 @@ MEANS MORE LIKELY A MEMBER.
   on 8 digits models, sum-llr is the stronger (docs/experiments.md).
 
 An example with no IN (or no OUT) shadow loss takes μ from the other side shifted by the mean
-IN − OUT gap over the examples that have both, and the pooled σ.
+IN − OUT gap over the examples that have both, and the pooled σ; one with no shadow loss it may read
+(see :func:`~.targets.equal_in_out`) is scored against the mean IN and OUT Gaussians of all examples.
 """
 
 from __future__ import annotations
@@ -84,7 +85,9 @@ def gaussian_fit(x: np.ndarray, mask: np.ndarray, *, variance: str = "per-exampl
 
 
 def _fill_missing(mu: np.ndarray, count: np.ndarray, other_mu: np.ndarray, other_count: np.ndarray) -> np.ndarray:
-    """Fill μ where an example has no value on this side: the other side's μ + the mean gap (this − other)."""
+    """Fill μ where an example has no value on this side: the other side's μ + the mean gap (this −
+    other); with no value on either side, this side's mean μ over the examples (the population's
+    Gaussian, which reads nothing of the example's shadows)."""
     missing = count == 0
     if not missing.any():
         return mu
@@ -93,7 +96,9 @@ def _fill_missing(mu: np.ndarray, count: np.ndarray, other_mu: np.ndarray, other
         raise DiffauditError("no example has both IN and OUT shadow losses; train shadows on random halves (see `diffaudit membership`)")
     gap = np.mean(mu[both] - other_mu[both], axis=0)  # (Q,)
     mu = mu.copy()
-    mu[missing] = other_mu[missing] + gap
+    one_side = missing & (other_count > 0)
+    mu[one_side] = other_mu[one_side] + gap
+    mu[missing & (other_count == 0)] = mu[~missing].mean(axis=0)
     return mu
 
 

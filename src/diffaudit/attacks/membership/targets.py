@@ -66,19 +66,18 @@ def equal_in_out(shadow_in: np.ndarray) -> np.ndarray:
     Returns:
         bool (N, S), the shadows an attack may read. Every example gets as many IN as OUT shadows, so
         the counts no longer depend on the target's label (see the module docstring). An example with
-        no shadow on one side keeps all of its shadows (there is nothing to equalise; LiRA then fills
-        the missing side from the mean IN − OUT gap). With the full balanced matrix and M ≥ 4 models
-        that never happens; with a few columns of a larger matrix (``mia --models`` below its count)
-        it can, and those examples' counts still follow the label (measured: strong-lira AUC 0.52 to
-        0.55 on signal-free losses with 3 or 4 of 16 models).
+        no shadow on one side reads none (c = 0): any use of its one-sided shadows would follow the
+        label, so LiRA scores it against the population's IN and OUT Gaussians instead. With the full
+        balanced matrix and M ≥ 4 models that never happens; with a few columns of a larger matrix
+        (``mia --models`` below its count) it can. Before, such examples kept all their shadows, and
+        strong-lira scored AUC 0.52 to 0.55 on signal-free losses with 3 or 4 of 16 models
+        (``tests/test_lira.py::test_examples_with_shadows_on_one_side_only_carry_no_label``).
     """
     shadow_in = np.asarray(shadow_in, dtype=bool)
     rank_in = np.cumsum(shadow_in, axis=1)  # 1-based rank of each IN shadow among the example's IN ones
     rank_out = np.cumsum(~shadow_in, axis=1)
     c = np.minimum(shadow_in.sum(1), (~shadow_in).sum(1))[:, None]  # (N, 1)
-    used = np.where(shadow_in, rank_in <= c, rank_out <= c)
-    used[c[:, 0] == 0] = True
-    return used
+    return np.where(shadow_in, rank_in <= c, rank_out <= c)  # c = 0: nothing
 
 
 def scores_for_target(attack: MembershipAttack, target: np.ndarray, shadows: np.ndarray | None,
