@@ -147,3 +147,30 @@ def test_source_rewritten_in_place_is_decoded_again(kind, write_images, write_ta
     assert int(np.asarray(got.images).min()) == 200
     assert [p.name for p in cache.iterdir()] != [old.name] and len(list(cache.iterdir())) == 1  # the old decode is gone
     np.testing.assert_array_equal(np.asarray(load_dataset_to_disk(spec, cache).images), np.asarray(got.images))
+
+
+def test_one_relative_name_in_two_folders_is_two_datasets(write_images, tmp_path, monkeypatch):
+    """`--data train` run from two folders: two decodes side by side, neither deleting the other's."""
+    cache = tmp_path / "cache"
+    for parent, value in (("a", 10), ("b", 200)):
+        (tmp_path / parent).mkdir()
+        write_images({"x.png": np.full((4, 4, 3), value, np.uint8)}, root=tmp_path / parent / "train")
+    seen = {}
+    for parent in ("a", "b", "a", "b"):
+        monkeypatch.chdir(tmp_path / parent)
+        ds = load_dataset_to_disk("train", cache)
+        seen.setdefault(parent, int(np.asarray(ds.images)[0, 0, 0, 0]))
+        assert int(np.asarray(ds.images)[0, 0, 0, 0]) == seen[parent]
+    assert seen == {"a": 10, "b": 200} and len([p for p in cache.iterdir() if p.is_dir()]) == 2
+
+
+def test_another_pillow_decodes_again(tmp_path, monkeypatch):
+    import PIL
+
+    load_dataset_to_disk("digits", tmp_path, subset=50)
+    monkeypatch.setattr(PIL, "__version__", "0.0-other")
+    calls = []
+    real = decoded.iter_decoded
+    monkeypatch.setattr(decoded, "iter_decoded", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    load_dataset_to_disk("digits", tmp_path, subset=50)
+    assert calls and len([p for p in tmp_path.iterdir() if p.is_dir()]) == 1  # the older decode is removed

@@ -100,3 +100,20 @@ def test_subset_of_folder_applies_before_decoding(write_images):
     ds = load_dataset(root, subset=5, subset_seed=seed)
     assert len(ds) == 5 and ds.skipped == []
     np.testing.assert_array_equal(ds.images[:, 0, 0, 0], [int(k[:2]) for k in ds.keys])
+
+
+def test_folder_names_with_braces_are_folders(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from diffaudit.data.shards import is_shard_spec
+
+    for name in ("run{1}", "run{1,2}", "a..b{x}"):
+        folder = tmp_path / name
+        folder.mkdir()
+        Image.fromarray(img(10)).save(folder / "a.png")
+        sub = tmp_path / "sub"
+        sub.mkdir(exist_ok=True)
+        monkeypatch.chdir(sub)
+        assert load_dataset(f"../{name}").keys == ["a.png"]  # relative, with '..': still the folder
+    assert is_shard_spec("s-{000000..000004}.tar") and is_shard_spec("s-{a,b}.tar") and is_shard_spec("x.tar.gz")
+    assert not is_shard_spec(str(tmp_path / "run{1}"))

@@ -1,5 +1,6 @@
 """Image decoding through load_dataset: modes, 16-bit scaling, corrupt and truncated files, skip_bad."""
 
+import io
 import struct
 import zlib
 
@@ -16,15 +17,16 @@ RGB = RNG.integers(0, 256, (6, 6, 3), dtype=np.uint8)
 GRAY = RNG.integers(0, 256, (6, 6), dtype=np.uint8)
 
 
-def png16_rgb(values: np.ndarray) -> bytes:
-    """A 16-bit-per-channel RGB PNG written by hand (Pillow cannot write one). values: uint16 (H, W, 3)."""
+def png16_rgb(values: np.ndarray, colour_type: int = 2) -> bytes:
+    """A 16-bit-per-channel PNG written by hand (Pillow cannot write one). values: uint16 (H, W, C),
+    C = 3 for colour type 2 (RGB), 2 for colour type 4 (grey + alpha)."""
     h, w, _ = values.shape
     raw = b"".join(b"\x00" + values[r].astype(">u2").tobytes() for r in range(h))
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
 
 
@@ -74,6 +76,26 @@ def test_16bit_rgb_png_high_byte():
     out = decode_image(png16_rgb(values), "rgb16.png")
     assert out.shape == (2, 2, 3) and out.dtype == np.uint8
     np.testing.assert_array_equal(out[0, 0], [255, 100, 0])
+
+
+def test_16bit_grey_alpha_png_stays_grayscale():
+    values = np.zeros((2, 2, 2), np.uint16)
+    values[..., 0] = [[65535, 257 * 100], [0, 257 * 7]]
+    values[..., 1] = 65535  # alpha, dropped
+    out = decode_image(png16_rgb(values, colour_type=4), "la16.png")
+    assert out.shape == (2, 2, 1)  # Pillow opens it as RGBA; it is grey, C = 1
+    np.testing.assert_array_equal(out[..., 0], [[255, 100], [0, 7]])
+
+
+def test_only_the_listed_formats_are_decoded():
+    """A file named .png holding PostScript must not reach Pillow's EPS plugin (which runs Ghostscript)."""
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 2 2\nshowpage\n"
+    with pytest.raises(BadImageError, match="not a recognised image format"):
+        decode_image(eps, "x.png")
+    gif = io.BytesIO()
+    Image.fromarray(RGB).save(gif, format="GIF")
+    with pytest.raises(BadImageError, match="not a recognised image format"):
+        decode_image(gif.getvalue(), "y.png")
 
 
 def test_float_mode_refused(encode_image):

@@ -33,6 +33,8 @@ def test_npz_gray_3d_bytes_captions_rgba_and_uint16(tmp_npz):
     assert np.all(load_dataset(tmp_npz(rgba, name="rgba.npz")).images == 7)
     deep = np.array([[[65535, 25700]]], dtype=np.uint16)
     np.testing.assert_array_equal(load_dataset(tmp_npz(deep, name="deep.npz")).images[0, 0, :, 0], [255, 100])
+    big_endian = deep.astype(">u2")  # saved by a big-endian machine, or written with an explicit order
+    np.testing.assert_array_equal(load_dataset(tmp_npz(big_endian, name="be.npz")).images[0, 0, :, 0], [255, 100])
 
 
 def test_npz_object_array_refused_without_unpickling(tmp_npz):
@@ -71,3 +73,22 @@ def test_npz_missing_images_truncated_and_absent(tmp_path):
         load_dataset(cut)
     with pytest.raises(DiffauditError, match=r"gone\.npz does not exist"):
         load_dataset(tmp_path / "gone.npz")
+
+
+def test_samples_npz_prompts_as_bytes_or_text(tmp_path):
+    from diffaudit.store.read import read_samples
+
+    path = tmp_path / "s.npz"
+    images = np.zeros((3, 4, 4, 3), np.uint8)
+    np.savez(path, images=images, prompts=np.array(["a cat", "a dog", "café".encode()], dtype="S"))
+    assert read_samples(str(path)).captions == ["a cat", "a dog", "café"]  # not "b'a cat'"
+    np.savez(path, images=images, prompts=np.array(["a cat", "a dog", "café"]))
+    assert read_samples(str(path)).captions == ["a cat", "a dog", "café"]
+    with pytest.raises(DiffauditError, match="--subset with per-image prompts"):
+        read_samples(str(path), subset=2)
+    np.savez(path, images=images, prompts=np.array(["a", "b"]))
+    with pytest.raises(DiffauditError, match=r"`prompts` must be strings of shape \(3,\)"):
+        read_samples(str(path))
+    np.savez(path, images=images, prompts=np.arange(3))
+    with pytest.raises(DiffauditError, match="`prompts` must be strings"):
+        read_samples(str(path))

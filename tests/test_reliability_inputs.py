@@ -213,3 +213,26 @@ def test_16bit_pngs_train_exactly_like_their_8bit_equivalents(tmp_path):
     assert weights[0] == weights[1]
     ids = [json.loads((r / "train_ids.json").read_text())["keys"] for r in runs.values()]
     assert ids[0] == ids[1] == [f"img{i:02d}.png" for i in range(12)]
+
+
+def test_file_names_that_are_not_utf8_work_end_to_end(tmp_path, capsys):
+    """Linux file names are bytes; one that is not UTF-8 (Latin-1 'café.png') reaches the keys as a
+    surrogate. Digests, the decode cache, results and the HTML report must all take it."""
+    from diffaudit.data.decoded import load_dataset_to_disk
+    from diffaudit.data.digest import dataset_digest
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in (b"caf\xe9.png", b"ok.png"):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / name.decode("utf-8", "surrogateescape"))
+    ds = load_dataset(folder)
+    assert "caf\udce9.png" in ds.keys
+    cached = load_dataset_to_disk(folder, tmp_path / "cache")
+    assert dataset_digest(cached) == dataset_digest(ds)
+    out = tmp_path / "verify"
+    assert main(["verify", "--samples", str(folder), "--data", str(folder), "--rule", "l2", "--out", str(out), "--quiet"]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert {e["train_key"] for e in result["extracted"]} >= {"caf\udce9.png"}
+    assert main(["report", str(out), "--out", str(tmp_path / "r.html"), "--quiet"]) == 0
+    assert "caf\\udce9.png" in (tmp_path / "r.html").read_text(encoding="utf-8")

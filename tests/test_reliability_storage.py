@@ -284,3 +284,18 @@ def test_temp_file_of_a_writer_killed_mid_write_is_removed_on_resume(tmp_path):
     _, resumed = prepare_out_dir(tmp_path / "out", "extract", {"a": 1})
     assert resumed and not stale.exists()
     assert live.exists() and remote.exists()
+
+
+def test_atomic_write_flushes_the_file_then_its_folder(tmp_path, monkeypatch):
+    """Order of the flushes: the data before the rename, the folder's entry after it."""
+    import stat as stat_mod
+
+    from diffaudit.core import io as dio
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(dio.os, "fsync", lambda fd: (events.append("dir" if stat_mod.S_ISDIR(os.fstat(fd).st_mode) else "file"),
+                                                     real_fsync(fd))[1])
+    monkeypatch.setattr(dio.os, "replace", lambda a, b: (events.append("rename"), real_replace(a, b))[1])
+    dio.write_json_atomic(tmp_path / "x.json", {"a": 1})
+    assert events == ["file", "rename", "dir"]

@@ -189,7 +189,7 @@ def test_planted_loss_cache_file_is_refused(tmp_path, marker, capsys):
     capsys.readouterr()
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert str(cached) in err and "pickled arrays are refused" in err and "Traceback" not in err
+    assert str(cached) in err and "object array, which diffaudit never loads" in err and "Traceback" not in err
 
 
 # --------------------------------------------------------------------------- configuration
@@ -224,3 +224,22 @@ def test_audit_config_is_data_checked_like_flags(tmp_path, marker, capsys, line,
     assert message in err and "Traceback" not in err, err
     assert str(cfg) in err or message == "not found"
     assert not (out / "models").exists()  # refused before any work
+
+
+def test_damaged_npy_and_membership_files_say_what_is_wrong(tmp_path):
+    from diffaudit.core.io import load_npy
+    from diffaudit.data import load_membership, make_membership
+
+    empty, cut = tmp_path / "empty.npy", tmp_path / "cut.npy"
+    empty.write_bytes(b"")
+    np.save(cut, np.zeros(1000))
+    cut.write_bytes(cut.read_bytes()[:500])
+    for path in (empty, cut):
+        for mmap in (False, True):
+            with pytest.raises(DiffauditError, match="damaged or truncated"):
+                load_npy(path, mmap=mmap)
+    mem = tmp_path / "m.npz"
+    np.savez(mem, membership=make_membership(4, 2, 0), keys=np.array(list("abcd")), seed=np.int64(0),
+             format_version=np.array([None], dtype=object))
+    with pytest.raises(DiffauditError, match="`format_version` cannot be read without unpickling"):
+        load_membership(mem)

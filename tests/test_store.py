@@ -116,3 +116,43 @@ def test_empty_prompt_file_is_an_error(tiny_model, tmp_path, capsys):
     pf.write_text("\n\n")
     assert main(["sample", "--model", str(tiny_model), "--out", str(tmp_path / "s"), "--prompts", str(pf), "--quiet"]) == 2
     assert "empty" in capsys.readouterr().err
+
+
+def test_shards_past_a_million_are_counted_finished(tmp_path):
+    from diffaudit.store.sample_store import SampleStore
+
+    store = SampleStore.create(tmp_path / "s", settings={"seed": 0}, prompts=[None], per_prompt=1_000_002,
+                               image_shape=(1, 1, 1), shard_size=1)
+    for k in (3, 999_999, 1_000_000, 1_000_001):
+        store.write_shard(k, np.zeros((1, 1, 1, 1), np.uint8))
+    assert (tmp_path / "s" / "shards" / "shard-1000000.json").exists()  # 7 digits from here on
+    assert store.completed() == [3, 999_999, 1_000_000, 1_000_001]
+    assert 1_000_000 not in store.pending() and len(store.pending()) == 1_000_002 - 4
+
+
+def test_a_ray_worker_samples_as_the_store_records(tiny_model, tmp_path):
+    """The worker class the Ray path runs (called here without Ray): it takes the device type and
+    micro-batch the store records, not its own defaults, and refuses a store whose recorded sampler
+    differs from its own."""
+    import shutil
+
+    from diffaudit.store.ray_fill import _ShardWorker
+
+    ref, out = tmp_path / "ref", tmp_path / "s"
+    assert main(sample_args(tiny_model, ref)) == 0
+    shutil.copytree(ref, out)
+    store = SampleStore.open(out)
+    for k in range(store.n_shards):  # drop the shards: the worker must redo them
+        (out / "shards" / f"shard-{k:06d}.json").unlink()
+    options = {"steps": 3, "eta": 0.0, "micro_batch": None, "guidance_scale": 7.5, "scheduler": "ddim",
+               "fast": False, "compile": False, "batch_size": 16}
+    worker = _ShardWorker(str(out), str(tiny_model), options, 1)
+    assert worker.source.settings()["micro_batch"] == 8  # recorded; its own default would be 32
+    for k in range(store.n_shards):
+        worker.fill(k)
+    assert np.array_equal(read_samples(str(out)).images, read_samples(str(ref)).images)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["sampler"]["eta"] = 0.5
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DiffauditError, match=r"differ from those .* records \(eta\)"):
+        _ShardWorker(str(out), str(tiny_model), options, 1)

@@ -35,7 +35,7 @@ def membership_digest(mem: Membership) -> str:
     """SHA-256 (16 hex) of a membership matrix and its keys (recorded in settings)."""
     h = hashlib.sha256(np.ascontiguousarray(mem.matrix).tobytes())
     h.update(str(mem.matrix.shape).encode())
-    h.update("\x00".join(mem.keys).encode("utf-8"))
+    h.update("\x00".join(mem.keys).encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:16]
 
 

@@ -32,4 +32,4 @@ def file_identity(path: str | os.PathLike) -> str:
 
 def text_digest(text: str) -> str:
     """SHA-256 (16 hex) of a text: settings record it instead of a long list of ids or a whole map."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]  # undecodable file names

@@ -35,7 +35,12 @@ def _storage_error(path: Path, exc: OSError) -> DiffauditError:
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
-    """Write ``path`` atomically through ``write(fileobj)``; returns the final path."""
+    """Write ``path`` atomically through ``write(fileobj)``; returns the final path.
+
+    The data goes to a temporary file in the same folder, is flushed to disk, and is renamed over
+    ``path``; the folder is then flushed too, so after a power loss a file written later (a shard's
+    sidecar, written after its pixels) is never on disk without the ones written before it.
+    """
     path = Path(path)
     tmp = None
     try:
@@ -48,12 +53,27 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
             os.fsync(f.fileno())
         os.replace(tmp, path)
         tmp = None
+        _fsync_dir(path.parent)
     except OSError as exc:
         raise _storage_error(path, exc) from exc
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (the rename) to disk; a file system that cannot is left as it is."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 _HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
@@ -136,11 +156,21 @@ def save_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
 
 
 def load_npy(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
-    """Load ``.npy`` without pickle; memory-mapped on request."""
+    """Load ``.npy`` without pickle; memory-mapped on request.
+
+    Raises :class:`DiffauditError` for an object array (it would need unpickling: refused) and for a
+    damaged or truncated file, saying which.
+    """
     try:
         return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except ValueError as exc:
-        raise DiffauditError(f"{path}: {exc} (pickled arrays are refused)") from None
+        if "allow_pickle" in str(exc) or "Object arrays" in str(exc) or "Python objects" in str(exc):
+            raise DiffauditError(f"{path}: an object array, which diffaudit never loads (unpickling can run code)") from None
+        raise DiffauditError(f"{path}: damaged or truncated .npy file ({exc})") from None
+    except (EOFError, OSError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise DiffauditError(f"{path} does not exist") from None
+        raise DiffauditError(f"{path}: damaged or truncated .npy file ({type(exc).__name__}: {exc or 'empty'})") from None
 
 
 def open_npz(path: str | os.PathLike, *, kind: str = ".npz file", expected: str = "an .npz archive",

@@ -18,7 +18,12 @@ _M32 = 0xFFFFFFFF
 
 
 def derive_seed(*parts: int | str) -> int:
-    """Seed in [0, 2**63) derived from ``parts`` (ints and strings), stable across platforms."""
+    """Seed in [0, 2**63) derived from ``parts`` (ints and strings), stable across platforms.
+
+    numpy integers and strings count as the Python values they hold (numpy 2 would otherwise hash
+    ``repr(np.int64(3))`` = ``"np.int64(3)"``, a seed other than that of 3).
+    """
+    parts = tuple(p.item() if isinstance(p, (np.integer, np.str_)) else p for p in parts)
     h = hashlib.sha256(repr(tuple(parts)).encode("utf-8")).digest()
     return int.from_bytes(h[:8], "little") & _MASK63
 

@@ -8,7 +8,7 @@ they need, and the nearest-neighbour search streams the parts. The result equals
 pixels, channels, skipped entries).
 
 Layout of ``<cache>/<options digest>-<contents digest>/`` (options: the spec and the loader options;
-contents: the listed keys and each source file's path, size and modification time):
+contents: Pillow's version, the listed keys and each source file's path, size and modification time):
 
 - ``part-000000.npy`` + ``part-000000.json`` (keys, labels, captions, skipped entries, and how many
   listed entries were consumed up to the end of this part): written atomically, the ``.json`` last;
@@ -31,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL
 
 from diffaudit.core.io import load_npy, make_private_dir, read_json, remove_stale_temps, save_npy_atomic, write_json_atomic
+from diffaudit.data.builtin import BUILTIN_NAMES
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.data.entries import Entry
 from diffaudit.data.loader import (
@@ -53,20 +55,28 @@ PART_BYTES = 256 << 20
 
 
 def _folder_name(spec: str, options: dict[str, Any], entries: list[Entry]) -> str:
-    """``<options digest>-<contents digest>``: the spec and options, then the keys and the stamp
-    (path, size, modification time in ns) of every file the entries are read from."""
+    """``<options digest>-<contents digest>``: the spec and options, then the decoder (Pillow's
+    version: another may decode JPEGs to other pixels), the keys and the stamp (path, size,
+    modification time in ns) of every file the entries are read from."""
     head = hashlib.sha256(json.dumps({"spec": spec, "options": options}, sort_keys=True).encode())
-    body = hashlib.sha256()
+    body = hashlib.sha256(f"pillow {PIL.__version__}\0".encode())
     for e in entries:
-        body.update(e.key.encode() + b"\0")
+        body.update(e.key.encode("utf-8", "surrogateescape") + b"\0")
     for f in dict.fromkeys(e.file for e in entries if e.file is not None):  # each file once, in order
         try:
             st = os.stat(f)
             stamp = f"{st.st_size}:{st.st_mtime_ns}"
         except OSError:
             stamp = "missing"
-        body.update(f"{f}\0{stamp}\0".encode())
+        body.update(f"{f}\0{stamp}\0".encode("utf-8", "surrogateescape"))
     return f"{head.hexdigest()[:16]}-{body.hexdigest()[:16]}"
+
+
+def _spec_key(spec: str | os.PathLike) -> str:
+    """The spec as the cache names it: a built-in name as is, a path (or shard pattern) absolute, so
+    ``--data train`` run from two folders names two datasets (and neither deletes the other's decode)."""
+    s = os.fspath(spec)
+    return s if s in BUILTIN_NAMES else os.path.abspath(os.path.expanduser(s))
 
 
 def _remove_older_decodes(folder: Path) -> None:
@@ -126,7 +136,7 @@ def load_dataset_to_disk(
     listing, entries = list_selected(spec, subset=subset, subset_seed=subset_seed, skip_bad=skip_bad, cifar_root=cifar_root)
     options = {"image_size": image_size, "center_crop": center_crop, "subset": subset, "subset_seed": subset_seed,
                "mode": mode, "skip_bad": skip_bad}
-    folder = Path(cache) / _folder_name(os.fspath(spec), options, entries)
+    folder = Path(cache) / _folder_name(_spec_key(spec), options, entries)
     if fresh and folder.exists():
         shutil.rmtree(folder)
     if not folder.exists():

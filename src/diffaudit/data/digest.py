@@ -40,9 +40,9 @@ def dataset_digest(dataset: ImageDataset, indices: Sequence[int] | np.ndarray | 
     for lo in range(0, len(rows), DIGEST_ROWS):
         block = images[lo:lo + DIGEST_ROWS] if contiguous else images[rows[lo:lo + DIGEST_ROWS]]
         h.update(np.ascontiguousarray(block, dtype=np.uint8).tobytes())
-    h.update("\x00".join(dataset.keys[int(i)] for i in rows).encode("utf-8"))
+    h.update("\x00".join(dataset.keys[int(i)] for i in rows).encode("utf-8", "surrogateescape"))  # undecodable file names
     if dataset.labels is not None:
         h.update(np.asarray(dataset.labels, dtype=np.int64)[rows].tobytes())
     if dataset.captions is not None:  # prompts, and the conditioning of latent-diffusion losses
-        h.update(b"\x00captions\x00" + "\x00".join(str(dataset.captions[int(i)]) for i in rows).encode("utf-8"))
+        h.update(b"\x00captions\x00" + "\x00".join(str(dataset.captions[int(i)]) for i in rows).encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:16]

@@ -12,7 +12,12 @@ Modes, as Pillow reports them after opening the file:
   is refused.
 - 16-bit RGB PNGs: Pillow's decoder itself reduces them to 8-bit ``RGB`` by keeping the high byte
   (``v >> 8``), which equals ``round(v / 257)`` for v = 257*k and differs from it by at most 1
-  elsewhere.
+  elsewhere. 16-bit grayscale-with-alpha PNGs (colour type 4) open as ``RGBA`` the same way (grey
+  in R, G and B); they are read as grayscale, C = 1, from the high byte.
+
+Only the formats of :data:`IMAGE_EXTENSIONS` are decoded, whatever the bytes claim to be: a file
+named ``.png`` that holds PostScript is refused, never handed to another of Pillow's decoders (EPS
+would run Ghostscript on untrusted data).
 - ``F`` (32-bit float) and anything Pillow cannot convert to RGB: refused.
 
 EXIF orientation is not applied: pixels are used as stored (as training pipelines read them).
@@ -31,6 +36,11 @@ from diffaudit.core.errors import DiffauditError
 
 #: File extensions read as images (lower case, without the dot).
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "bmp", "webp", "tif", "tiff")
+
+#: Pillow's names of the formats decoded ("JPEG" also opens cameras' multi-picture MPO files).
+PILLOW_FORMATS = ("PNG", "JPEG", "BMP", "WEBP", "TIFF")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_GREY_ALPHA = 4  # IHDR colour type
 
 _GRAY_MODES = {"1", "L", "LA", "La"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
@@ -66,13 +76,16 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
         BadImageError: unreadable, truncated or corrupt data, or an unsupported mode.
     """
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data), formats=PILLOW_FORMATS) as im:
             im.load()
+            if im.mode == "RGBA" and _png_colour_type(data) == _PNG_GREY_ALPHA:  # 16-bit grey + alpha
+                return _checked(np.asarray(im)[:, :, :1], name, "LA (16-bit)")
             return image_to_array(im, name)
     except BadImageError:
         raise
     except UnidentifiedImageError:
-        raise BadImageError(name, f"not a recognised image format ({len(data)} bytes)") from None
+        raise BadImageError(name, f"not a recognised image format ({len(data)} bytes; read as "
+                                  f"{', '.join(PILLOW_FORMATS)})") from None
     except Image.DecompressionBombError as exc:
         raise BadImageError(name, f"refused as a decompression bomb: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - any decoder failure on untrusted bytes is a bad image
@@ -100,6 +113,18 @@ def image_to_array(im: Image.Image, name: str) -> np.ndarray:
         arr = np.asarray(im.convert("RGB"))
     else:
         raise BadImageError(name, f"unsupported image mode {mode!r} (use 8- or 16-bit grayscale, RGB or RGBA)")
+    return _checked(arr, name, mode)
+
+
+def _png_colour_type(data: bytes) -> int | None:
+    """The colour type in a PNG's IHDR (0 grey, 2 RGB, 3 palette, 4 grey + alpha, 6 RGBA); None if not a PNG."""
+    if len(data) >= 26 and data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR":
+        return data[25]
+    return None
+
+
+def _checked(arr: np.ndarray, name: str, mode: str) -> np.ndarray:
+    """(H, W) or (H, W, C) uint8 -> contiguous (H, W, C), C in {1, 3}; BadImageError otherwise."""
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] not in (1, 3):

@@ -179,8 +179,10 @@ def load_membership(path: str | os.PathLike, dataset=None) -> Membership:
                    missing=f"membership file {path} does not exist (make one with `diffaudit membership`)")
     arrays = {}
     with npz:
-        for name in ("membership", "keys", "seed"):
+        for name in ("membership", "keys", "seed", "format_version"):
             if name not in npz.files:
+                if name == "format_version":  # files written before versions were recorded
+                    continue
                 raise DiffauditError(f"{path}: not a membership file: no `{name}` array (it holds {', '.join(npz.files)})")
             try:
                 arrays[name] = npz[name]
@@ -188,7 +190,10 @@ def load_membership(path: str | os.PathLike, dataset=None) -> Membership:
                 raise DiffauditError(f"{path}: array `{name}` cannot be read without unpickling ({exc}); refused") from None
             except (zipfile.BadZipFile, OSError, EOFError) as exc:
                 raise DiffauditError(f"{path}: array `{name}` is damaged or truncated ({exc})") from None
-        version = int(npz["format_version"]) if "format_version" in npz.files else FORMAT_VERSION
+    raw_version = arrays.get("format_version", np.array(FORMAT_VERSION))
+    if raw_version.shape != () or raw_version.dtype.kind not in "iu":
+        raise DiffauditError(f"{path}: `format_version` must be an integer scalar; got {raw_version.dtype} {raw_version.shape}")
+    version = int(raw_version)
     if version > FORMAT_VERSION:
         raise DiffauditError(f"{path}: membership format version {version} is newer than this diffaudit reads ({FORMAT_VERSION})")
     keys, seed = arrays["keys"], arrays["seed"]

@@ -54,7 +54,7 @@ def read_npz_arrays(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | N
         captions = _get(npz, path, "captions")
     if images is None:
         raise DiffauditError(f"{path}: no `images` array (it holds {', '.join(npz.files) or 'nothing'})")
-    if images.dtype == np.uint16:
+    if images.dtype.kind == "u" and images.dtype.itemsize == 2:  # uint16, either byte order
         images = scale_16bit(images)
     if images.dtype != np.uint8:
         raise DiffauditError(f"{path}: `images` must be uint8 pixels 0..255 (or uint16); got {images.dtype}")
@@ -71,18 +71,21 @@ def read_npz_arrays(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | N
         if len(labels) and labels.min() < 0:
             raise DiffauditError(f"{path}: `labels` must be >= 0; found {labels.min()}")
         labels = labels.astype(np.int64)
-    caption_list = None
-    if captions is not None:
-        if captions.ndim != 1 or len(captions) != n or captions.dtype.kind not in "US":
-            raise DiffauditError(f"{path}: `captions` must be strings of shape ({n},); got {captions.dtype} {captions.shape}")
-        if captions.dtype.kind == "S":
-            try:
-                caption_list = [c.decode("utf-8") for c in captions.tolist()]
-            except UnicodeDecodeError as exc:
-                raise DiffauditError(f"{path}: `captions` are bytes that are not UTF-8 ({exc})") from None
-        else:
-            caption_list = [str(c) for c in captions.tolist()]
+    caption_list = None if captions is None else string_list(captions, path, "captions", n)
     return images, labels, caption_list
+
+
+def string_list(array: np.ndarray, path, name: str, n: int) -> list[str]:
+    """A string array (N,) of an npz as N Python strings: unicode (``U``) as is, bytes (``S``) decoded
+    as UTF-8. Raises :class:`DiffauditError` naming ``name`` on another dtype, shape or encoding."""
+    if array.ndim != 1 or len(array) != n or array.dtype.kind not in "US":
+        raise DiffauditError(f"{path}: `{name}` must be strings of shape ({n},); got {array.dtype} {array.shape}")
+    if array.dtype.kind == "U":
+        return [str(c) for c in array.tolist()]
+    try:
+        return [c.decode("utf-8") for c in array.tolist()]
+    except UnicodeDecodeError as exc:
+        raise DiffauditError(f"{path}: `{name}` are bytes that are not UTF-8 ({exc})") from None
 
 
 def list_npz(path: str | os.PathLike) -> Listing:

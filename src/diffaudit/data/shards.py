@@ -23,16 +23,24 @@ against ``webdataset.WebDataset`` itself. Reading the tar directly (rather than 
   tar end-of-archive marker (two zero blocks) right after its last member: :mod:`tarfile` stops
   silently at a truncation that falls on a member boundary or at a garbled header, and this check
   catches both. With ``skip_bad`` the complete samples before the damage are kept and the shard is
-  recorded in ``skipped``. (Compressed shards rely on the compressor's own end-of-stream checks.)
+  recorded in ``skipped``. A compressed shard is first decompressed to a temporary file (its
+  compressor's checks catch a cut or damaged stream: :mod:`tarfile`'s stream reader alone stops
+  silently there) and then read and checked as an uncompressed one.
 - A key found twice (in one shard or across shards) is an error naming both places.
 """
 
 from __future__ import annotations
 
+import bz2
+import contextlib
+import gzip
+import lzma
 import mmap
 import os
 import re
+import shutil
 import tarfile
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -46,12 +54,19 @@ _SEPARATORS = re.compile(r"[/\\]")
 _BASE_PLUS_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset.tariterators.base_plus_ext
 _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
 END_OF_ARCHIVE = 1024  # two 512-byte zero blocks (POSIX ustar)
+#: What reading a damaged shard raises (tar, file system, compressors).
+_READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
+
+
+_BRACE_PATTERN = re.compile(r"\{[^{}]*(?:\.\.|,)[^{}]*\}")
 
 
 def is_shard_spec(spec: str) -> bool:
-    """Whether ``spec`` names tar shards (a brace pattern or a ``.tar``/``.tar.gz``/``.tgz`` path)."""
-    s = spec.lower()
-    return ("{" in spec and ".." in spec) or s.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz"))
+    """Whether ``spec`` names tar shards: a brace pattern (``{000..004}``, ``{a,b}``) or a
+    ``.tar``/``.tar.gz``/``.tgz``/``.tar.bz2``/``.tar.xz`` path. An existing folder never is (``../run{1}``)."""
+    if os.path.isdir(os.path.expanduser(spec)):
+        return False
+    return bool(_BRACE_PATTERN.search(spec)) or spec.lower().endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz"))
 
 
 def expand_braces(pattern: str) -> list[str]:
@@ -111,10 +126,36 @@ def unsafe_member_reason(name: str) -> str | None:
     return None
 
 
-def _is_compressed(path: Path) -> bool:
+def _compression(path: Path):
+    """The module that decompresses ``path`` (gzip, bz2, lzma), or None for a plain tar."""
     with open(path, "rb") as f:
         head = f.read(6)
-    return head.startswith(_COMPRESSED_MAGIC)
+    for magic, module in zip(_COMPRESSED_MAGIC, (gzip, bz2, lzma)):
+        if head.startswith(magic):
+            return module
+    return None
+
+
+@contextlib.contextmanager
+def _decompressed(path: Path, module):
+    """(a temporary file holding the decompressed tar of ``path``, the compressor's error or None).
+
+    The compressor's checks catch a stream that is cut short or damaged (``EOFError``, ``OSError``,
+    ``zlib.error``, ``lzma.LZMAError``); what it decompressed before the damage stays in the file, so
+    the complete samples before it can be kept. The file is removed on exit.
+    """
+    fd, tmp = tempfile.mkstemp(prefix="diffaudit-shard-", suffix=".tar")
+    damage = None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with module.open(path, "rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 16)  # a read cut by damage loses at most this
+            except _READ_ERRORS as exc:
+                damage = exc
+        yield Path(tmp), damage
+    finally:
+        os.unlink(tmp)
 
 
 def _check_end_of_archive(path: Path, offset: int) -> None:
@@ -197,10 +238,11 @@ def _plain_members(path: Path):
                 off = start + -(-length // _BLOCK) * _BLOCK
 
 
-def _tarfile_members(path: Path, compressed: bool):
-    """(name, kind, data) of every member, read by :mod:`tarfile` in stream mode (any compression)."""
+def _tarfile_members(path: Path):
+    """(name, kind, data) of every member of an uncompressed tar, read by :mod:`tarfile` in stream
+    mode (pax/GNU headers), then the end-of-archive check."""
     with open(path, "rb") as f:
-        with tarfile.open(fileobj=f, mode="r|*") as tf:
+        with tarfile.open(fileobj=f, mode="r|") as tf:
             for member in tf:
                 if member.isreg():
                     yield member.name, "file", tf.extractfile(member).read()
@@ -209,8 +251,7 @@ def _tarfile_members(path: Path, compressed: bool):
                 else:
                     yield member.name, "link" if (member.issym() or member.islnk()) else "special", None
             end = tf.offset
-    if not compressed:
-        _check_end_of_archive(path, end)
+    _check_end_of_archive(path, end)
 
 
 def _group(path: Path, members, samples: list) -> None:
@@ -254,16 +295,24 @@ def read_shard(path: Path, *, skip_bad: bool) -> tuple[list[tuple[str, dict[str,
     """
     samples: list[tuple[str, dict[str, bytes]]] = []
     try:
-        compressed = _is_compressed(path)
-        try:
-            _group(path, _tarfile_members(path, True) if compressed else _plain_members(path), samples)
-        except _NeedsTarfile:
-            samples.clear()
-            _group(path, _tarfile_members(path, compressed), samples)
+        module = _compression(path)
+        with contextlib.ExitStack() as stack:
+            tar, damage = (path, None) if module is None else stack.enter_context(_decompressed(path, module))
+            try:
+                try:
+                    _group(path, _plain_members(tar), samples)
+                except _NeedsTarfile:
+                    samples.clear()
+                    _group(path, _tarfile_members(tar), samples)
+            except _READ_ERRORS:
+                if damage is None:
+                    raise
+            if damage is not None:  # the compressor's error says more than the cut tar it left
+                raise damage
         return samples, None
     except DiffauditError:
         raise
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+    except _READ_ERRORS as exc:
         why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         # ``samples`` holds the samples completed before the damage; the one being read (possibly
         # incomplete) was never appended.

@@ -84,4 +84,4 @@ def write_prompt_file(path: str | os.PathLike, prompts: list[RankedPrompt] | lis
     lines = [normalise_caption(p.prompt if isinstance(p, RankedPrompt) else p) for p in prompts]
     if not lines:
         raise DiffauditError(f"{path}: no prompt to write (no caption passed the selection)")
-    return write_bytes_atomic(path, ("\n".join(lines) + "\n").encode("utf-8"))
+    return write_bytes_atomic(path, ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))

@@ -97,6 +97,6 @@ def render_report(result_dir: str | os.PathLike, out_file: str | os.PathLike | N
     out = Path(out_file) if out_file is not None else Path(result_dir) / "report.html"
     html = render_html(result_dir, redact=redact)
     ensure_private_parent(out)
-    write_bytes_atomic(out, html.encode("utf-8"))
+    write_bytes_atomic(out, html.encode("utf-8", "backslashreplace"))  # undecodable file names show as \udcXX
     os.chmod(out, 0o600)
     return out

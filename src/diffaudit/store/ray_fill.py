@@ -2,8 +2,10 @@
 
 Every worker writes whole shards straight into the same store folder (a local path, or a shared
 filesystem mounted on every node), with the same per-image seeds as a single-process run, so the
-union of shards is bitwise the set one machine would produce (for the same device type and
-micro-batch). Shard completion is the sidecar file, written last and atomically: a worker lost
+union of shards is bitwise the set one machine would produce. That holds for one device type and
+micro-batch, so the workers take both from the store's recorded settings (the device the command
+resolved on the head, ``--device``), and a worker whose sampler settings differ from the recorded ones
+refuses to write: a store is never filled by two kinds of sampler. Shard completion is the sidecar file, written last and atomically: a worker lost
 mid-shard leaves that shard unfinished, Ray restarts the actor and retries the task, and a final
 sweep redoes any shard still pending; a finished shard is never written twice.
 
@@ -29,7 +31,7 @@ def _source_options(args: argparse.Namespace) -> dict[str, Any]:
 class _ShardWorker:
     """Holds one model in memory and fills shards on request."""
 
-    def __init__(self, store_path: str, model: str, options: dict[str, Any], device: str, torch_threads: int):
+    def __init__(self, store_path: str, model: str, options: dict[str, Any], torch_threads: int):
         import torch
 
         from diffaudit.core.device import resolve_device
@@ -40,7 +42,15 @@ class _ShardWorker:
         opts = dict(options)
         self.batch_size = opts.pop("batch_size")
         self.store = SampleStore.open(store_path)
-        self.source = open_source(model, device=resolve_device(device), **opts)
+        recorded = self.store.manifest["sampler"]
+        opts["micro_batch"] = recorded.get("micro_batch", opts.get("micro_batch"))
+        self.source = open_source(model, device=resolve_device(recorded["device_type"]), **opts)
+        differ = sorted(k for k, v in self.source.settings().items() if recorded.get(k) != v)
+        if differ:
+            raise DiffauditError(
+                f"Ray worker: its sampler settings differ from those {store_path} records ({', '.join(differ)}); "
+                "a store is filled by one kind of sampler only"
+            )
 
     def fill(self, index: int) -> int:
         from diffaudit.store.fill import fill_shard
@@ -58,12 +68,16 @@ def fill_store_ray(store: SampleStore, model: str, args: argparse.Namespace, *, 
         raise DiffauditError("--ray needs Ray: pip install 'ray>=2.9' (or diffaudit[ray])") from None
     if not ray.is_initialized():
         ray.init(address=None if args.ray in ("local",) else args.ray, ignore_reinit_error=True, log_to_driver=False)
-    use_gpu = args.device not in ("cpu",) and ray.cluster_resources().get("GPU", 0) > 0
+    device_type = store.manifest["sampler"]["device_type"]  # what the head resolved and recorded
+    use_gpu = device_type == "cuda"
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if use_gpu and gpus == 0:
+        raise DiffauditError(f"{store.path} records sampling on cuda, but the Ray cluster at {args.ray} has no GPU; "
+                             "run on a cluster with GPUs, or sample on the CPU (--device cpu, in another --out)")
     n_workers = workers or getattr(args, "ray_workers", None) or (
-        int(ray.cluster_resources().get("GPU", 0)) if use_gpu else max(1, int(ray.cluster_resources().get("CPU", 1))))
+        gpus if use_gpu else max(1, int(ray.cluster_resources().get("CPU", 1))))
     Worker = ray.remote(num_gpus=1 if use_gpu else 0, num_cpus=torch_threads, max_restarts=4, max_task_retries=4)(_ShardWorker)
-    device = "cuda" if use_gpu else "cpu"
-    actors = [Worker.remote(str(store.path), str(model), _source_options(args), device, torch_threads) for _ in range(n_workers)]
+    actors = [Worker.remote(str(store.path), str(model), _source_options(args), torch_threads) for _ in range(n_workers)]
     made = 0
     with Timer() as tm, progress_bar("sample (ray)", int(store.manifest["n_total"]), unit="img") as bar:
         for _ in range(max_rounds):

@@ -19,6 +19,7 @@ from diffaudit.core.io import read_json
 from diffaudit.data import load_dataset
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.data.digest import dataset_digest
+from diffaudit.data.npz import string_list
 from diffaudit.store.sample_store import MANIFEST, SampleStore
 
 def samples_identity(spec: str, samples: ImageDataset | None = None) -> str | None:
@@ -60,9 +61,7 @@ def read_samples(spec: str, *, lazy: bool = False, **load_options) -> ImageDatas
                         f"{spec}: array 'prompts' is an object array, which diffaudit never loads (unpickling can run "
                         f"code); store prompts as a fixed-width string array, e.g. np.array(prompts, dtype=str) ({exc})"
                     ) from None
-                if len(prompts) != len(ds):
-                    raise DiffauditError(f"{spec}: {len(prompts)} prompts for {len(ds)} images")
                 if load_options.get("subset"):
                     raise DiffauditError(f"{spec}: --subset with per-image prompts is not supported")
-                ds.captions = [str(p) for p in prompts]
+                ds.captions = string_list(prompts, spec, "prompts", len(ds))
     return ds

@@ -33,7 +33,7 @@ from diffaudit.data.dataset import ImageDataset
 from diffaudit.data.sharded import ShardedImages
 
 MANIFEST = "manifest.json"
-_SHARD_RE = re.compile(r"^shard-(\d{6})\.json$")
+_SHARD_RE = re.compile(r"^shard-(\d{6,})\.json$")  # 6 digits, more from shard 1,000,000 on
 
 
 def generation_id(prompt_index: int, image_index: int) -> str:
@@ -132,11 +132,11 @@ class SampleStore:
 
     def completed(self) -> list[int]:
         out = []
-        for p in sorted((self.path / "shards").glob("shard-*.json")):
+        for p in (self.path / "shards").glob("shard-*.json"):
             m = _SHARD_RE.match(p.name)
-            if m and self._npy(int(m.group(1))).exists():
+            if m and p == self._sidecar(int(m.group(1))) and self._npy(int(m.group(1))).exists():
                 out.append(int(m.group(1)))
-        return out
+        return sorted(out)
 
     def pending(self) -> list[int]:
         done = set(self.completed())
