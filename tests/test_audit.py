@@ -128,3 +128,31 @@ def test_audit_with_shadows_lira_and_inpainting(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["inpainting"] is not None and "lira-fixed" in json.dumps(summary["mia"])
     assert "Inpainting" in (out / "report.html").read_text() or "inpaint" in (out / "report.html").read_text()
+
+
+def test_audit_json_config_redact_and_class_conditional_counts(tmp_path, capsys):
+    """--json prints the audit's JSON alone on stdout (stages quiet); `redact = true` is accepted from
+    --config; the counts printed are the generations made (10 classes x 2 for --n-samples 25, with a warning)."""
+    out = tmp_path / "audit"
+    cfg = tmp_path / "audit.toml"
+    cfg.write_text("redact = true\nn-samples = 25\n")
+    argv = ["audit", "--config", str(cfg), "--train-size", "20", "--class-conditional", "--steps", "30", "--batch-size", "8",
+            "--sample-steps", "3", "--sweep", "", "--device", "cpu", "--out", str(out)]
+    capsys.readouterr()
+    assert main(argv + ["--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)  # nothing but the JSON
+    assert result["command"] == "audit" and result["n_samples"] == 20
+    assert "not a multiple of the 10 classes" in captured.err and "20 in all" in captured.err
+    assert json.loads((out / "verify" / "result.json").read_text())["n_samples"] == 20
+    assert "training images redacted" in (out / "report.html").read_text()
+    assert "redact" not in (out / "config.toml").read_text()  # not a setting: a resume may change it
+    # the human line states the generations made, not the 25 asked for
+    assert main(argv) == 0
+    line = capsys.readouterr().out
+    assert "from 20 generations" in line and "from 25" not in line
+    assert line.count("\n") == 1  # every stage was kept (the sample store too): only the audit's line
+    # --fresh stays command-line only, with a message that says so
+    cfg.write_text("fresh = true\n")
+    assert main(["audit", "--config", str(cfg), "--out", str(tmp_path / "x"), "--device", "cpu", "--quiet"]) == 2
+    assert "fresh may only be given on the command line" in capsys.readouterr().err

@@ -135,3 +135,10 @@ def test_insert_canaries_shape_mismatch(digits):
     plan = make_canaries("noise", image_shape=(4, 4, 1), repeats=(1,), n_reference=2)
     with pytest.raises(DiffauditError, match="canaries are"):
         insert_canaries(ImageDataset(digits.images[:3], digits.keys[:3]), plan)
+
+
+def test_summary_line_says_when_extraction_was_not_tested():
+    from diffaudit.cli.canaries import _extracted
+
+    assert _extracted({"n_extracted": None}) == "extraction not tested (--n-samples 0)"  # not "None extracted"
+    assert _extracted({"n_extracted": 0}) == "0 extracted"

@@ -92,3 +92,47 @@ def test_compare_out_is_recomputed_when_a_folder_changes(tmp_path, capsys):
     saved = {x["metric"]: x for x in json.loads((out / "result.json").read_text())["rows"]}
     assert saved["extraction: unique extracted"]["b"] == 7
     assert main(["compare", str(a), str(b), "--labels", "x,y", "--out", str(out)]) == 2  # other settings: refused
+
+
+def test_dp_record_of_an_audit_folder_is_its_audited_model(tmp_path, capsys):
+    """`audit --model RUN` links models/model-00 to RUN (with --shadows the target is only recorded):
+    the DP epsilon row comes from the audited run's dp.json, following the link."""
+    from diffaudit.defenses.compare import find_dp_record
+
+    run = tmp_path / "dp-run"
+    run.mkdir()
+    (run / "dp.json").write_text(json.dumps({"epsilon": 8.0, "delta": 1e-5}))
+    linked = _audit(tmp_path / "linked", 3, 0.1, 0.6)
+    (linked / "models").mkdir()
+    (linked / "models" / "model-00").symlink_to(run.resolve(), target_is_directory=True)
+    assert find_dp_record(linked) == {"epsilon": 8.0, "delta": 1e-5}
+    shadows = _audit(tmp_path / "shadows", 3, 0.1, 0.6)
+    (shadows / "models" / "model-00").mkdir(parents=True)  # a shadow, trained without DP-SGD
+    write_result(shadows / "result.json", "audit", {"model": str(run), "shadows": 4}, {}, target=str(run))
+    assert find_dp_record(shadows)["epsilon"] == 8.0
+    plain = _audit(tmp_path / "plain", 12, 0.5, 0.9)
+    (plain / "models" / "model-00").mkdir(parents=True)
+    assert find_dp_record(plain) is None
+    assert main(["--json", "compare", str(plain), str(linked)]) == 0
+    rows = {x["metric"]: x for x in json.loads(capsys.readouterr().out)["rows"]}
+    assert rows["model: DP epsilon"]["a"] is None and rows["model: DP epsilon"]["b"] == 8.0
+
+
+def test_train_map_only_verify_compares_its_own_count():
+    """A --train-map-only verify has no unique count (null, not 0) but its prompt-check count."""
+    a = {"extraction": {"unique_extracted": None, "n_samples": 500, "prompt_checks_extracted": 3, "prompt_checks_n": 4}}
+    b = {"extraction": {"unique_extracted": None, "n_samples": 500, "prompt_checks_extracted": 1, "prompt_checks_n": 4}}
+    rows = {r["metric"]: r for r in compare_summaries(a, b)}
+    assert rows["extraction: unique extracted"]["a"] is None
+    assert rows["extraction: train-map matches"] == {"metric": "extraction: train-map matches", "a": 3, "b": 1, "change": -2}
+
+
+def test_canaries_without_extraction_compare_as_unknown(tmp_path, capsys):
+    """`canaries --n-samples 0` measured no extraction: the row is null on that side, not 0."""
+    for name, extracted in (("none", None), ("some", True)):
+        cans = [{"key": f"c{j}", "repeats": 4, "exposure": 2.0, "extracted": extracted} for j in range(2)]
+        write_result(tmp_path / name / "result.json", "canaries", {}, {}, n_canaries=2,
+                     n_extracted=None if extracted is None else 2, canaries=cans)
+    assert main(["--json", "compare", str(tmp_path / "none"), str(tmp_path / "some")]) == 0
+    rows = {x["metric"]: x for x in json.loads(capsys.readouterr().out)["rows"]}
+    assert rows["canaries: extracted"]["a"] is None and rows["canaries: extracted"]["b"] == 2

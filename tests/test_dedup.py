@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from diffaudit.core.errors import DiffauditError
 from diffaudit.defenses.calibration import TRANSFORMS, calibrate, plant_duplicates
-from diffaudit.defenses.dedup import DedupResult, find_duplicates, load_keep_list
+from diffaudit.defenses.dedup import DedupResult, find_duplicates, keep_list_selection, load_keep_list, write_keep_list
 from diffaudit.defenses.embedders import get_embedder
 from diffaudit.defenses.neighbours import Edges, brute_force_edges, hamming_radius, union_find_groups
 
@@ -130,6 +130,23 @@ def test_bad_threshold_and_keep_list_errors(tmp_path, digits):
         load_keep_list(p, digits)
     p.write_text('{"indices": [1]}')
     with pytest.raises(DiffauditError, match="not a keep list"):
+        load_keep_list(p, digits)
+
+
+def test_keep_list_drops_only_its_removed_keys_and_refuses_other_data(tmp_path, digits):
+    """A keep list made on a subset must not silently drop the examples it never saw (reviewer: a
+    300-image keep list kept 292 of the 1,797 digits and claimed 1,505 duplicates)."""
+    sub = digits.subset(np.arange(10))
+    edges = Edges(np.array([[0, 3], [3, 5], [1, 2]]), np.array([0.99, 0.98, 0.975]))
+    res = DedupResult(n=10, threshold=0.97, edges=edges, groups=union_find_groups(10, edges.pairs), embedder={"name": "pixel"})
+    p = write_keep_list(tmp_path / "keep.json", sub, res)
+    kept, dropped = keep_list_selection(p, sub)
+    np.testing.assert_array_equal(dropped, [2, 3, 5])
+    np.testing.assert_array_equal(kept, [0, 1, 4, 6, 7, 8, 9])
+    np.testing.assert_array_equal(load_keep_list(p, sub), kept)
+    shuffled = sub.subset(np.arange(10)[::-1])  # a re-ordered load of the same data: matched by key
+    np.testing.assert_array_equal(keep_list_selection(p, shuffled)[1], [4, 6, 7])
+    with pytest.raises(DiffauditError, match=r"1787 of the 1797 examples .* not in its kept or removed keys.*names 10 examples"):
         load_keep_list(p, digits)
 
 

@@ -200,7 +200,7 @@ AUDIT = ["--quiet", "audit", "--subset", "16", "--train-size", "4", "--n-samples
 
 @pytest.mark.parametrize("line,message", [
     ("evil = 1", "unknown option(s) evil"),
-    ("fresh = true", "unknown option(s) fresh"),
+    ("fresh = true", "fresh may only be given on the command line"),
     ("__class__ = 'x'", "unknown option(s) __class__"),
     ("preset = \"__import__('os').system('touch {marker}')\"", "expected one of tiny, small"),
     ("seed = \"__import__('os').system('touch {marker}')\"", "invalid literal for int()"),

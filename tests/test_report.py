@@ -478,3 +478,51 @@ def test_cli_report(audit, tmp_path, capsys):
     assert _cli([str(audit / "verify")]) == 0
     assert "3 extracted of 20 samples" in capsys.readouterr().out
     assert (audit / "verify" / "report.html").exists() and (audit / "verify" / "summary.json").exists()
+
+
+def _train_map_only_verify(root: Path, hits: list[bool]) -> Path:
+    """A verify result where samples and --data differ in size: only the --train-map check ran."""
+    checks = [{"prompt": f"p{i}", "sample": f"p{i}-i0", "train_id": i % 2, "train_key": f"npz:{i % 2}", "l2": 0.01 if h else 0.4,
+               "extracted": h} for i, h in enumerate(hits)]
+    write_json_atomic(root / "result.json", _envelope(
+        "verify", {"data": "x.npz", "rule": "l2", "train_map": "map.json"}, {"seed": 0}, n_samples=500, n_samples_total=500,
+        n_train=20, rule="l2", extracted=None, unique_extracted=None, n_extracting_samples=None, baseline_unique_extracted=None,
+        note="samples and --data differ in size: only the --train-map crop-alignment check was run",
+        prompt_checks=checks, prompt_checks_extracted=sum(hits)))
+    return root
+
+
+def test_train_map_only_verify_is_unknown_not_zero(tmp_path):
+    """Unverified counts stay null; the --train-map check's count is shown; the verdict never says "no extraction"."""
+    from diffaudit.report.view_extraction import verdict
+
+    root = _train_map_only_verify(tmp_path / "hits", [True, True, True, False])
+    ex = build_summary(root)["extraction"]
+    assert ex["unique_extracted"] is None and ex["n_extracting_samples"] is None
+    assert (ex["prompt_checks_extracted"], ex["prompt_checks_n"], ex["prompt_checks_unique_extracted"]) == (3, 4, 2)
+    v = verdict(ex)
+    assert v["level"] == "yes" and "3 of 4" in v["text"] and "--train-map" in v["text"]
+    html = render_report(root).read_text(encoding="utf-8")
+    assert "No training image was extracted" not in html
+    metrics = {p: (json.loads(raw), text.strip()) for p, raw, text in Page(html).metrics}
+    assert metrics["extraction.unique_extracted"] == (None, "–")
+    assert metrics["extraction.prompt_checks_extracted"] == (3, "3")
+
+    none = verdict(build_summary(_train_map_only_verify(tmp_path / "none", [False, False]))["extraction"])
+    assert none["level"] == "no" and "--train-map" in none["text"] and "No training image was extracted" not in none["text"]
+
+
+def test_canaries_without_extraction_are_not_zero_extracted(tmp_path):
+    """`canaries --n-samples 0` skips extraction: n_extracted null, shown as a dash, not "0 extracted"."""
+    cans = [{"key": f"canary/noise/{j:04d}", "kind": "noise", "repeats": r, "exposure": 3.0, "extracted": None,
+             "nearest_l2": None} for j, r in enumerate([1, 2, 4, 4])]
+    write_json_atomic(tmp_path / "result.json", _envelope("canaries", {"evaluation": {"n_samples": 0}}, {"seed": 0},
+                                                          n_canaries=4, n_extracted=None, canaries=cans, curve=[]))
+    s = build_summary(tmp_path)
+    assert s["canaries"]["n_extracted"] is None
+    assert [r["n_extracted"] for r in s["canaries"]["by_repeats"]] == [None, None, None]
+    html = render_report(tmp_path).read_text(encoding="utf-8")
+    metrics = {p: (json.loads(raw), text.strip()) for p, raw, text in Page(html).metrics}
+    assert metrics["canaries.n_extracted"] == (None, "–")
+    rows = html[html.index('<section id="canaries">'):]
+    assert "None" not in rows and "0 / " not in rows and "not tested" in rows

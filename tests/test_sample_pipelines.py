@@ -51,3 +51,31 @@ def test_class_conditional_model_samples_each_class(tmp_path):
     assert len(ds) == 20 and ds.captions[:4] == ["0", "0", "1", "1"]
     # A class-conditional model without prompts is a clear error.
     assert main(["sample", "--model", str(run), "--n", "4", "--out", str(tmp_path / "x"), "--device", "cpu", "--quiet"]) == 2
+
+
+def test_n_with_classes_or_prompts_is_refused_not_ignored(tmp_path, capsys):
+    """`--n N` with --classes/--prompts used to be ignored (1 image per prompt): refused, before the model loads."""
+    import argparse
+
+    from diffaudit.cli.sample import add_arguments, plan_prompts
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\na dog\n")
+    for extra in (["--classes"], ["--prompts", str(prompts)]):
+        assert main(["sample", "--model", str(tmp_path / "no-model"), *extra, "--n", "100", "--out", str(tmp_path / "s"),
+                     "--device", "cpu", "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert "--per-prompt" in err and extra[0] in err and "no-model" not in err
+        assert not (tmp_path / "s").exists()
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+
+    class Source:
+        class denoiser:  # noqa: N801 - stands in for a class-conditional denoiser
+            num_classes = 10
+
+    # the plain uses still work: --classes alone (1 per class), --classes --per-prompt, --prompts --per-prompt
+    assert plan_prompts(p.parse_args(["--model", "m", "--out", "o", "--classes"]), Source()) == ([str(c) for c in range(10)], 1)
+    assert plan_prompts(p.parse_args(["--model", "m", "--out", "o", "--classes", "--per-prompt", "10"]), Source())[1] == 10
+    assert plan_prompts(p.parse_args(["--model", "m", "--out", "o", "--prompts", str(prompts), "--per-prompt", "3"]),
+                        object()) == (["a cat", "a dog"], 3)

@@ -13,12 +13,27 @@ def test_dedup_keep_list_restricts_the_training_set(tmp_path):
 
     ds = load_dataset("digits", subset=24)
     keep = tmp_path / "keep.json"
-    keep.write_text(json.dumps({"keys": ds.keys[:20]}))  # the `keys` of `diffaudit dedup`'s keep.json
+    # the `keys` and `removed_keys` of `diffaudit dedup`'s keep.json
+    keep.write_text(json.dumps({"keys": ds.keys[:20], "removed_keys": ds.keys[20:]}))
     assert main(BASE + ["--dedup", str(keep), "--out", str(tmp_path / "run")]) == 0
     ids = json.loads((tmp_path / "run" / "train_ids.json").read_text())
     assert sorted(ids["keys"]) == sorted(ds.keys[:20])
     cfg = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert cfg["data"]["n_dropped_duplicates"] == 4
+
+
+def test_dedup_keep_list_of_other_data_is_refused(tmp_path, capsys):
+    """A keep list made on --subset 24 does not cover the full digits: refused, nothing silently dropped."""
+    from diffaudit.data import load_dataset
+
+    ds = load_dataset("digits", subset=24)
+    keep = tmp_path / "keep.json"
+    keep.write_text(json.dumps({"source": "digits", "n_dataset": 24, "keys": ds.keys[:20], "removed_keys": ds.keys[20:]}))
+    argv = [a for a in BASE if a not in ("--subset", "24")]
+    assert main(argv + ["--dedup", str(keep), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "1773 of the 1797 examples" in err and "not in its kept or removed keys" in err and "diffaudit dedup" in err
+    assert not (tmp_path / "run" / "train_config.json").exists()
 
 
 def test_dp_sgd_run_reports_epsilon(tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -33,13 +34,16 @@ DESCRIPTION = (
     "minutes on 2 CPU cores. With --shadows K, K models train on random halves (LiRA's design; use --subset to keep "
     "the set small) and model 0 is the target. "
     "--model audits an existing run directory instead of training one. --config FILE.toml may hold any option "
-    "(flags on the command line win); the exact configuration used is saved as config.toml in --out."
+    "but --fresh, --config, --quiet and --json (flags on the command line win); the exact configuration used is "
+    "saved as config.toml in --out."
 )
 
 MIA_ATTACKS = ("loss", "lira", "lira-offline", "lira-fixed", "strong-lira", "strong-lira-fixed")
 
 # Options that never change results (left out of the audit's settings).
 _NOT_SETTINGS = {"config", "fresh", "quiet", "json", "command", "_run", "_argv", "redact"}
+#: Of those, the ones --config may set too (the others are command-line only: --fresh deletes --out).
+_CONFIG_MAY_SET = {"redact"}
 #: Options that --config may set but that are not compared on a resume (another spelling of the same
 #: --out folder is the same audit).
 _NOT_COMPARED = {"out"}
@@ -58,7 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_train_options(p, steps=3000)
     p.set_defaults(batch_size=32, lr=1e-3, warmup_steps=50)
     g = p.add_argument_group("sampling and extraction")
-    g.add_argument("--n-samples", type=int, default=512, help="generations")
+    g.add_argument("--n-samples", type=int, default=512,
+                   help="generations (with --class-conditional: n-samples // classes per class, at least 1; a warning "
+                        "on stderr says when that is not exactly n-samples)")
     g.add_argument("--sample-steps", type=int, default=20, help="DDIM steps per generation")
     g.add_argument("--min-clique", type=int, default=10, help="clique size that flags memorization (extract)")
     g.add_argument("--grid", type=int, default=None,
@@ -102,9 +108,13 @@ def apply_config(args: argparse.Namespace, argv: list[str]) -> argparse.Namespac
         return args
     cfg = _load_toml(args.config)
     actions = _audit_actions()
-    unknown = sorted(k for k in cfg if k not in actions or k in _NOT_SETTINGS)
+    unknown = sorted(k for k in cfg if k not in actions)
     if unknown:
         raise DiffauditError(f"--config {args.config}: unknown option(s) {', '.join(unknown)}; see `diffaudit audit --help`")
+    cli_only = sorted(k.replace("_", "-") for k in cfg if k in _NOT_SETTINGS - _CONFIG_MAY_SET)
+    if cli_only:
+        raise DiffauditError(f"--config {args.config}: {', '.join(cli_only)} may only be given on the command line "
+                             f"(e.g. --{cli_only[0]}); remove it from the file")
     given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
     for k, v in cfg.items():
         if k not in given:
@@ -262,6 +272,28 @@ def check_stage_values(args: argparse.Namespace) -> None:
         parse_counts(args.inpaint_targets, "--inpaint-targets")
 
 
+def _sample_count(args: argparse.Namespace, data) -> list[str]:
+    """The sample stage's count flags: ``--n N``, or with --class-conditional one prompt per class and
+    ``n_samples // classes`` (at least 1) per class, warning on stderr when that is not ``n_samples``."""
+    if not args.class_conditional:
+        return ["--n", str(args.n_samples)]
+    n_classes = len(data.class_names) if data.class_names else int(np.max(data.labels)) + 1
+    per_class = max(1, args.n_samples // n_classes)
+    if per_class * n_classes != args.n_samples:
+        print(f"diffaudit audit: warning: --n-samples {args.n_samples} is not a multiple of the {n_classes} classes: "
+              f"generating {per_class} per class, {per_class * n_classes} in all (pass a multiple of {n_classes} "
+              "to get exactly --n-samples)", file=sys.stderr)
+    return ["--classes", "--per-prompt", str(per_class)]
+
+
+def _n_generated(args: argparse.Namespace, sample: dict[str, Any] | None, verify: dict[str, Any] | None) -> int:
+    """Generations the verify stage searched (else that the sample stage made, else --n-samples)."""
+    for r in (verify, sample):
+        if r is not None and isinstance(r.get("n_samples"), int):
+            return r["n_samples"]
+    return args.n_samples
+
+
 def _target_members(args, models: Path, dataset) -> tuple[Path, list[str]]:
     """The target run and the keys of its training set."""
     from diffaudit.core.io import read_json
@@ -303,7 +335,8 @@ def run(args: argparse.Namespace) -> int:
     out, _ = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
     write_bytes_atomic(out / "config.toml", config_toml(settings).encode("utf-8"))
     t0 = time.perf_counter()
-    common = ["--quiet"] if getattr(args, "quiet", False) else []
+    # with --json the stages print nothing on stdout either: it holds the audit's JSON alone
+    common = ["--quiet"] if getattr(args, "quiet", False) or getattr(args, "json", False) else []
     stages = _Stages(out, common)
     dev = ["--device", args.device]
     seed = ["--seed", str(args.seed)]
@@ -334,13 +367,8 @@ def run(args: argparse.Namespace) -> int:
     if nonmember_keys:
         save_view(out / "nonmembers.view.json", args.data, opts, nonmember_keys)
 
-    if args.class_conditional:  # one prompt per class, the generations shared among them
-        n_classes = len(data.class_names) if data.class_names else int(np.max(data.labels)) + 1
-        what = ["--classes", "--per-prompt", str(max(1, args.n_samples // n_classes))]
-    else:
-        what = ["--n", str(args.n_samples)]
-    stages.run("sample", ["sample", "--model", str(target), "--out", str(out / "samples"), *what,
-                          "--steps", str(args.sample_steps), *dev, *seed])
+    sample = stages.run("sample", ["sample", "--model", str(target), "--out", str(out / "samples"), *_sample_count(args, data),
+                                   "--steps", str(args.sample_steps), *dev, *seed], folder="samples")
     grid = args.grid or max(1, min(4, data.image_shape[0] // 4))
     stages.run("extract", ["extract", "--samples", str(out / "samples"), "--out", str(out / "extract"),
                            "--min-clique", str(args.min_clique), "--grid", str(grid), *dev, *seed])
@@ -368,6 +396,7 @@ def run(args: argparse.Namespace) -> int:
         "target": str(target),
         "n_train": len(member_keys),
         "n_nonmembers": len(nonmember_keys),
+        "n_samples": _n_generated(args, sample, verify),
         "unique_extracted": None if verify is None else verify.get("unique_extracted"),
         "baseline_unique_extracted": None if verify is None else verify.get("baseline_unique_extracted"),
         "mia": None if mia is None else {"attack": mia.get("attack"), "auc": mia.get("auc"), "tpr_at_fpr": mia.get("tpr_at_fpr")},
@@ -379,7 +408,7 @@ def run(args: argparse.Namespace) -> int:
     stage_line(f"audit: report written to {report}")
     ext = fields["unique_extracted"]
     base = fields["baseline_unique_extracted"]
-    head = (f"{ext} of {len(member_keys)} training images extracted from {args.n_samples} generations"
+    head = (f"{ext} of {len(member_keys)} training images extracted from {fields['n_samples']} generations"
             + ("" if base is None else f" (false-positive baseline: {base})"))
     if fields["mia"]:
         m = fields["mia"]

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
                 # the pixels behind the paths (rewritten in place, they are other data)
                 "data_digest": dataset_digest(ds), "canary_pool_digest": None if pool is None else dataset_digest(pool)}
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
-    if emit_finished(args, out, resumed, lambda r: f"{r['n_canaries']} canaries, {r['n_extracted']} extracted"):
+    if emit_finished(args, out, resumed, lambda r: f"{r['n_canaries']} canaries, {_extracted(r)}"):
         return 0
     plan = make_canaries(args.kind, image_shape=ds.image_shape, repeats=repeats, per_repeat=args.per_repeat,
                          n_reference=args.n_reference, seed=args.seed, pool=pool)
@@ -78,5 +78,10 @@ def run(args: argparse.Namespace) -> int:
                                    data_record={"spec": str(args.data), "options": opts})
     r = write_result(out / "result.json", NAME, settings, {"seed": args.seed}, **fields)
     curve = ", ".join(f"{c['repeats']}x: {c['mean_exposure']:.2f}" for c in r["curve"])
-    emit(args, r, f"exposure by repeats ({r['max_exposure']:.1f} bits max): {curve}; {r['n_extracted']} extracted")
+    emit(args, r, f"exposure by repeats ({r['max_exposure']:.1f} bits max): {curve}; {_extracted(r)}")
     return 0
+
+
+def _extracted(r: dict) -> str:
+    """"K extracted", or why extraction was not tested (no generations asked for)."""
+    return "extraction not tested (--n-samples 0)" if r.get("n_extracted") is None else f"{r['n_extracted']} extracted"

@@ -27,7 +27,8 @@ def read_prompts(path: str) -> list[str]:
 
 def add_sample_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling")
-    g.add_argument("--n", type=int, default=None, help="images to generate (unconditional model)")
+    g.add_argument("--n", type=int, default=None,
+                   help="images to generate (unconditional model; with --prompts or --classes use --per-prompt)")
     g.add_argument("--prompts", help="prompt file, one per line (text for Stable Diffusion, class index for class-conditional)")
     g.add_argument("--classes", action="store_true", help="every class of a class-conditional model is a prompt")
     g.add_argument("--per-prompt", type=int, default=None, help="images per prompt (paper: 500)")
@@ -52,8 +53,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_sample_options(p)
 
 
+def check_count_flags(args: argparse.Namespace) -> None:
+    """Refuse ``--n`` with ``--prompts`` or ``--classes`` (it would be ignored: those count per prompt)."""
+    if args.n is not None and (args.prompts or args.classes):
+        which = "--prompts" if args.prompts else "--classes"
+        raise DiffauditError(f"--n counts the images of an unconditional model; with {which} use --per-prompt "
+                             "(images per prompt) instead")
+
+
 def plan_prompts(args: argparse.Namespace, source) -> tuple[list[str | None], int]:
     """(prompts, per_prompt) for the request."""
+    check_count_flags(args)
     num_classes = getattr(getattr(source, "denoiser", None), "num_classes", None)
     if args.prompts:
         return read_prompts(args.prompts), args.per_prompt or 1
@@ -76,6 +86,7 @@ def sample_into(args: argparse.Namespace, model: str, out: str):
     from diffaudit.sampling.sources import open_source
     from diffaudit.store import SampleStore, fill_store
 
+    check_count_flags(args)  # before the model is loaded
     device = resolve_device(args.device)
     source = open_source(model, device=device, steps=args.steps, eta=args.eta, micro_batch=args.micro_batch,
                          guidance_scale=args.guidance_scale, scheduler=args.scheduler, fast=args.fast,

@@ -113,11 +113,11 @@ def run(args: argparse.Namespace) -> int:
         indices = mem.column_indices(args.model_index)
         record.update(membership=str(args.membership), model_index=args.model_index)
     if args.dedup:
-        from diffaudit.defenses.dedup import load_keep_list
+        from diffaudit.defenses.dedup import keep_list_selection
 
-        keep = load_keep_list(args.dedup, ds)
+        keep, dropped = keep_list_selection(args.dedup, ds)
         indices = keep if indices is None else np.intersect1d(indices, keep)
-        record.update(dedup=str(args.dedup), n_dropped_duplicates=int(len(ds) - len(keep)))
+        record.update(dedup=str(args.dedup), n_dropped_duplicates=int(len(dropped)))
     repeats = read_repeats(args.repeat, ds) if args.repeat else None
     from diffaudit.defenses.dp_training import dp_config_from_args, train_dp
 

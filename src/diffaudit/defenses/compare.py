@@ -4,8 +4,9 @@ Works on the ``summary.json`` dictionaries of :func:`diffaudit.report.summary.bu
 (audit folders or single command folders): unique extracted images (paper: 1,280 before and 986
 after deduplicating CIFAR-10), membership-inference AUC and TPR at 1 % and 0.1 % FPR per attack,
 canaries extracted and their mean exposure, the DP ε of the trained model, near-duplicate groups.
-A metric one side lacks is null on that side. ``change`` = b − a (lower is better for every row:
-each counts or scores memorization).
+A metric one side lacks is null on that side. ``change`` = b − a: lower is better for every row
+that counts or scores memorization; ``extraction: generations`` and ``extraction: train-map checks``
+only say how many generations were searched or checked (compare counts at equal budgets).
 """
 
 from __future__ import annotations
@@ -27,10 +28,28 @@ def _num(x: Any) -> float | None:
     return v if v == v and abs(v) != float("inf") else None
 
 
+def _audited_models(root: Path) -> list[Path]:
+    """Where the model an audit folder audited may lie: its ``result.json``'s ``target`` and ``--model``
+    setting (paths as recorded), then ``models/model-00`` (the target an audit trains, or a link to
+    ``--model``; with shadows and ``--model`` a shadow, which never trains with DP-SGD)."""
+    try:
+        rec = json.loads((root / "result.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        rec = None
+    named = []
+    if isinstance(rec, dict) and rec.get("command") == "audit":
+        settings = rec.get("settings") if isinstance(rec.get("settings"), dict) else {}
+        named = [Path(p) for p in (rec.get("target"), settings.get("model")) if isinstance(p, str) and p]
+    return named + [root / "models" / "model-00"]
+
+
 def find_dp_record(folder: str | Path) -> dict[str, Any] | None:
-    """The ``dp.json`` of a DP-SGD run in ``folder`` or one level below (an audit's ``train/``), if any."""
+    """The ``dp.json`` of a DP-SGD run: ``folder`` itself, the model an audit folder audited (its
+    recorded target, else ``models/model-00``; links followed), or one level below (``train/``)."""
     root = Path(folder)
-    candidates = [root / "dp.json"] + (sorted(root.glob("*/dp.json")) if root.is_dir() else [])
+    candidates = [root / "dp.json"]
+    if root.is_dir():
+        candidates += [m / "dp.json" for m in _audited_models(root)] + sorted(root.glob("*/dp.json"))
     for c in candidates:
         if c.is_file():
             try:
@@ -50,6 +69,9 @@ def metrics(summary: dict[str, Any], dp: dict[str, Any] | None = None) -> dict[s
         out["extraction: unique extracted"] = _num(ex.get("unique_extracted"))
         out["extraction: generations"] = _num(ex.get("n_samples"))
         out["extraction: baseline (never-seen set)"] = _num(ex.get("baseline_unique_extracted"))
+        if ex.get("prompt_checks_extracted") is not None:  # a --train-map-only verify: its own count
+            out["extraction: train-map matches"] = _num(ex.get("prompt_checks_extracted"))
+            out["extraction: train-map checks"] = _num(ex.get("prompt_checks_n"))
     for attack, m in sorted((summary.get("mia") or {}).items()):
         out[f"mia {attack}: AUC"] = _num(m.get("auc"))
         tpr = m.get("tpr_at_fpr") or {}

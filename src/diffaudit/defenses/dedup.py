@@ -193,10 +193,20 @@ def write_keep_list(path: str | os.PathLike, dataset: ImageDataset, result: Dedu
 
 def load_keep_list(path: str | os.PathLike, dataset: ImageDataset) -> np.ndarray:
     """Indices of ``dataset`` kept by a dedup run's ``keep.json`` (matched by key, so a re-ordered
-    load of the same data still works).
+    load of the same data still works): every example except the keep list's ``removed_keys``.
 
     Raises:
-        DiffauditError: the file is not a keep list, or names keys the dataset lacks.
+        DiffauditError: the file is not a keep list, names kept keys the dataset lacks, or the dataset
+            holds keys in neither its ``keys`` nor its ``removed_keys`` (it was made for other data).
+    """
+    return keep_list_selection(path, dataset)[0]
+
+
+def keep_list_selection(path: str | os.PathLike, dataset: ImageDataset) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, dropped): sorted int64 indices of ``dataset`` that a ``keep.json`` keeps and removes.
+
+    Every example of ``dataset`` must be named by the keep list (in ``keys`` or ``removed_keys``):
+    one it does not name was never checked for duplicates, so the list was made for other data.
     """
     rec = read_json(path)
     if not isinstance(rec, dict) or "keys" not in rec:
@@ -206,11 +216,25 @@ def load_keep_list(path: str | os.PathLike, dataset: ImageDataset) -> np.ndarray
     if missing:
         raise DiffauditError(f"{path}: {len(missing)} kept keys are not in {dataset.source or 'the dataset'} "
                              f"(first: {missing[0]!r}); was the keep list made from another dataset?")
-    return np.asarray(sorted(pos[k] for k in rec["keys"]), dtype=np.int64)
+    removed = set(rec.get("removed_keys") or [])
+    named = removed | set(rec["keys"])
+    unnamed = [k for k in dataset.keys if k not in named]
+    if unnamed:
+        raise DiffauditError(
+            f"{path}: {len(unnamed)} of the {len(dataset)} examples of {dataset.source or 'the dataset'} are not in its "
+            f"kept or removed keys (first: {unnamed[0]!r}; the list names {len(named)} examples of "
+            f"{rec.get('source') or 'another dataset'}): run `diffaudit dedup` with the same --data and options as training")
+    dropped = np.asarray(sorted(pos[k] for k in removed if k in pos), dtype=np.int64)
+    return np.setdiff1d(np.arange(len(dataset), dtype=np.int64), dropped), dropped
 
 
 def write_deduped_npz(path: str | os.PathLike, dataset: ImageDataset, keep: np.ndarray) -> Path:
-    """The kept images as an ``.npz`` (``images``, optional ``labels``/``captions``, and the original ``keys``)."""
+    """The kept images as an ``.npz`` (``images``, optional ``labels``/``captions``, and the original ``keys``).
+
+    The ``keys`` array is a record of where each image came from: loaders name an npz's examples
+    ``npz:<index>`` (DESIGN, ids), so a model trained on this file is audited against this file.
+    To keep the original ids, train on the original data with ``train --dedup keep.json``.
+    """
     sub = dataset.subset(keep)
     arrays: dict[str, np.ndarray] = {"images": sub.images, "keys": np.asarray(sub.keys, dtype=str)}
     if sub.labels is not None:

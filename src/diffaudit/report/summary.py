@@ -2,7 +2,8 @@
 
 Fields: ``schema_version``, ``command`` (``audit`` or the single command summarised), ``dataset``,
 ``model``, ``extraction`` {``unique_extracted``, ``n_samples``, ``rule``,
-``baseline_unique_extracted``, ...}, ``mia`` {attack: {``auc``, ``tpr_at_fpr``, ``ci``, ...}},
+``baseline_unique_extracted``, ``prompt_checks_extracted`` (a ``--train-map`` check), ...},
+``mia`` {attack: {``auc``, ``tpr_at_fpr``, ``ci``, ...}},
 ``inpainting``, ``canaries``, ``dedup``, ``settings`` and ``seeds`` (per stage), ``versions``.
 A section whose stage did not run is null. The HTML report renders from this dictionary, so the
 numbers a person reads are the numbers in the file.
@@ -90,6 +91,23 @@ def mia_key(stage: Stage, taken: set[str]) -> str:
     return name if name not in taken else stage.name
 
 
+def _prompt_checks(r: dict[str, Any]) -> dict[str, Any]:
+    """The ``--train-map`` check of a verify result: ``prompt_checks_extracted`` (generations within δ
+    of their own prompt's training image), ``prompt_checks_n`` (mapped generations checked) and
+    ``prompt_checks_unique_extracted`` (distinct training images reproduced); {} when it did not run."""
+    checks = [c for c in (r.get("prompt_checks") or []) if isinstance(c, dict)]
+    if r.get("prompt_checks_extracted") is None and not checks:
+        return {}
+    hits = [c for c in checks if c.get("extracted")]
+    keys = {c.get("train_key", c.get("train_id")) for c in hits} - {None}
+    n_hits = _int(r.get("prompt_checks_extracted"))
+    return {
+        "prompt_checks_extracted": len(hits) if n_hits is None else n_hits,
+        "prompt_checks_n": len(checks) if checks else None,
+        "prompt_checks_unique_extracted": len(keys) if keys or not hits else None,
+    }
+
+
 def _extraction(rs: ResultSet) -> dict[str, Any] | None:
     verify, extract = rs.first("verify"), rs.first("extract")
     if verify is None and extract is None:
@@ -97,17 +115,21 @@ def _extraction(rs: ResultSet) -> dict[str, Any] | None:
     out: dict[str, Any] = {"unique_extracted": None, "n_samples": None, "rule": None, "baseline_unique_extracted": None}
     if verify is not None:
         r, s = verify.result, verify.settings
-        extracted = r.get("extracted") if isinstance(r.get("extracted"), list) else []
+        # `extracted` null: the nearest-neighbour verification did not run (a --train-map-only run), so
+        # the counts stay unknown (null), never 0
+        measured = isinstance(r.get("extracted"), list)
+        extracted = r["extracted"] if measured else []
         unique = r.get("unique_extracted")
-        if unique is None:
+        if unique is None and measured:
             unique = len({e.get("train_key", e.get("train_id")) for e in extracted if isinstance(e, dict)})
         out.update(
             unique_extracted=_int(unique),
             n_samples=_int(r.get("n_samples")),
             rule=r.get("rule", s.get("rule")),
             baseline_unique_extracted=_int(r.get("baseline_unique_extracted")),
-            n_extracting_samples=_int(r.get("n_extracting_samples", len(extracted))),
+            n_extracting_samples=_int(r.get("n_extracting_samples", len(extracted) if measured else None)),
         )
+        out.update(_prompt_checks(r))
         for k in ("delta", "alpha", "n_neighbors", "n_train"):
             if k in r or k in s:
                 out[k] = r.get(k, s.get(k))
@@ -159,6 +181,12 @@ def _inpainting(rs: ResultSet) -> dict[str, Any] | None:
     }
 
 
+def _n_extracted(cans: list[dict[str, Any]]) -> int | None:
+    """Canaries extracted, or None when none was tested for extraction (every ``extracted`` null or absent)."""
+    tested = [c for c in cans if c.get("extracted") is not None]
+    return sum(1 for c in tested if c["extracted"]) if tested else None
+
+
 def _canaries(rs: ResultSet) -> dict[str, Any] | None:
     st = rs.first("canaries")
     if st is None:
@@ -178,11 +206,14 @@ def _canaries(rs: ResultSet) -> dict[str, Any] | None:
             "n": len(groups[r]),
             "mean_exposure": _mean(exps),
             "max_exposure": max(exps) if exps else None,
-            "n_extracted": sum(1 for c in groups[r] if c.get("extracted")),
+            "n_extracted": _n_extracted(groups[r]),
         })
+    n_extracted = _n_extracted(cans)
+    if "n_extracted" in st.result and st.result["n_extracted"] is None:
+        n_extracted = None  # the run skipped extraction (--n-samples 0)
     return {
         "n_canaries": len(cans),
-        "n_extracted": sum(1 for c in cans if c.get("extracted")),
+        "n_extracted": n_extracted,
         "by_repeats": by_repeats,
     }
 

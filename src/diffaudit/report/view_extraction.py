@@ -36,6 +36,8 @@ def rule_text(rule: Any, delta: Any = None, *, alpha: Any = None, n_neighbors: A
 
 def verdict(ex: dict[str, Any] | None) -> dict[str, str]:
     """The answer to "was training data extracted?": level (yes/no/unsure/unknown) and a sentence."""
+    if ex and ex.get("unique_extracted") is None and ex.get("prompt_checks_extracted") is not None:
+        return prompt_check_verdict(ex)
     if not ex or ex.get("unique_extracted") is None:
         return {"level": "unknown", "text": "Extraction was not verified against the training set."}
     n, base, total = ex["unique_extracted"], ex.get("baseline_unique_extracted"), ex.get("n_samples")
@@ -53,6 +55,22 @@ def verdict(ex: dict[str, Any] | None) -> dict[str, str]:
         text += (f" The training matches lie at median ℓ2 {ex['extracted_l2_median']:.3f}; the closest baseline match is at "
                  f"ℓ2 {ex['baseline_l2_min']:.3f}.")
     return {"level": "yes", "text": text}
+
+
+def prompt_check_verdict(ex: dict[str, Any]) -> dict[str, str]:
+    """The verdict of a verify run where only the ``--train-map`` check ran (samples and --data differ
+    in size): each mapped generation against its own prompt's training image(s), not the whole set."""
+    k, n, u = ex["prompt_checks_extracted"], ex.get("prompt_checks_n"), ex.get("prompt_checks_unique_extracted")
+    of = f" of {n:,}" if isinstance(n, int) else ""
+    scope = (" Only the --train-map check ran (the generations and --data differ in size): each generation was "
+             "compared with its own prompt's training image, not searched against the whole training set.")
+    if k == 0:
+        text = (f"No generation{of} checked against its own prompt's training image reproduces it (ℓ2 ≤ δ under every "
+                f"crop alignment).{scope} This bounds, but does not rule out, memorization.")
+        return {"level": "no", "text": text}
+    imgs = "" if not isinstance(u, int) else f" ({u:,} distinct training image{'' if u == 1 else 's'})"
+    return {"level": "yes", "text": f"Yes: {k:,}{of} generations{imgs} reproduce their own prompt's training image "
+                                    f"within ℓ2 ≤ δ under crop alignment.{scope}"}
 
 
 def _bases(stage: Stage, rs: ResultSet) -> tuple[Path, ...]:
