@@ -526,3 +526,19 @@ def test_canaries_without_extraction_are_not_zero_extracted(tmp_path):
     assert metrics["canaries.n_extracted"] == (None, "–")
     rows = html[html.index('<section id="canaries">'):]
     assert "None" not in rows and "0 / " not in rows and "not tested" in rows
+
+
+def test_verdict_names_medoids_and_an_unequal_baseline(tmp_path):
+    """verify --from-extract checks the flagged medoids only, and a smaller baseline finds fewer chance
+    matches: the verdict says both, instead of "from 3 generations" and a bare comparison."""
+    from diffaudit.report.view_extraction import verdict
+
+    rows = [{"sample": f"p{i}-i0", "train_id": i, "train_key": f"npz:{i}", "l2": 0.02, "ratio": 0.1, "eidetic_k": 1}
+            for i in range(3)]
+    write_json_atomic(tmp_path / "result.json", _envelope(
+        "verify", {"data": "x.npz", "rule": "ratio"}, {"seed": 0}, n_samples=3, n_samples_total=512, n_train=400,
+        rule="ratio", extracted=rows, unique_extracted=3, n_extracting_samples=3, baseline_unique_extracted=1,
+        baseline={"source": "b.npz", "n_images": 100, "equal_size": False, "extracted": rows[:1]}))
+    text = verdict(build_summary(tmp_path)["extraction"])["text"]
+    assert "from the 3 flagged clique medoids of 512 generations" in text
+    assert "100 images against 400 training images" in text

@@ -130,6 +130,12 @@ def _extraction(rs: ResultSet) -> dict[str, Any] | None:
             n_extracting_samples=_int(r.get("n_extracting_samples", len(extracted) if measured else None)),
         )
         out.update(_prompt_checks(r))
+        total = _int(r.get("n_samples_total"))
+        if total is not None and total != out["n_samples"]:  # --from-extract: medoids of more generations
+            out["n_samples_total"] = total
+        base_rec = r.get("baseline") if isinstance(r.get("baseline"), dict) else {}
+        if base_rec.get("equal_size") is False:
+            out["baseline_n_images"] = _int(base_rec.get("n_images"))
         for k in ("delta", "alpha", "n_neighbors", "n_train"):
             if k in r or k in s:
                 out[k] = r.get(k, s.get(k))

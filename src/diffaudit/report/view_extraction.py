@@ -42,19 +42,25 @@ def verdict(ex: dict[str, Any] | None) -> dict[str, str]:
         return {"level": "unknown", "text": "Extraction was not verified against the training set."}
     n, base, total = ex["unique_extracted"], ex.get("baseline_unique_extracted"), ex.get("n_samples")
     of = f" from {total:,} generations" if isinstance(total, int) else ""
+    if isinstance(total, int) and isinstance(ex.get("n_samples_total"), int):  # verify --from-extract
+        of = f" from the {total:,} flagged clique medoids of {ex['n_samples_total']:,} generations"
     if n == 0:
         return {"level": "no", "text": f"No training image was extracted{of}. This bounds, but does not rule out, memorization."}
     s = "image was" if n == 1 else "images were"
     if base is None:
         return {"level": "yes", "text": f"Yes: {n:,} training {s} extracted{of}. No baseline was run, so the false-positive rate is not measured."}
+    unequal = ""
+    if isinstance(ex.get("baseline_n_images"), int) and isinstance(ex.get("n_train"), int):
+        unequal = (f" The baseline set holds {ex['baseline_n_images']:,} images against {ex['n_train']:,} training images, "
+                   "so its count is not on an equal footing (a smaller set finds fewer chance matches).")
     if base >= n:
-        return {"level": "unsure", "text": f"Inconclusive: {n:,} matches{of}, but {base:,} on never-seen images (the false-positive baseline)."}
+        return {"level": "unsure", "text": f"Inconclusive: {n:,} matches{of}, but {base:,} on never-seen images (the false-positive baseline).{unequal}"}
     fp = "false positive" if base == 1 else "false positives"
     text = f"Yes: {n:,} training {s} extracted{of}, against {base:,} {fp} on never-seen images (the baseline)."
     if base and ex.get("extracted_l2_median") is not None and ex.get("baseline_l2_min") is not None:
         text += (f" The training matches lie at median ℓ2 {ex['extracted_l2_median']:.3f}; the closest baseline match is at "
                  f"ℓ2 {ex['baseline_l2_min']:.3f}.")
-    return {"level": "yes", "text": text}
+    return {"level": "yes", "text": text + unequal}
 
 
 def prompt_check_verdict(ex: dict[str, Any]) -> dict[str, str]:
