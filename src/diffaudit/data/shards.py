@@ -38,7 +38,6 @@ import lzma
 import mmap
 import os
 import re
-import shutil
 import tarfile
 import tempfile
 import zlib
@@ -147,12 +146,16 @@ def _decompressed(path: Path, module):
     fd, tmp = tempfile.mkstemp(prefix="diffaudit-shard-", suffix=".tar")
     damage = None
     try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with module.open(path, "rb") as src:
-                    shutil.copyfileobj(src, out, 1 << 16)  # a read cut by damage loses at most this
-            except _READ_ERRORS as exc:
-                damage = exc
+        with os.fdopen(fd, "wb") as out, module.open(path, "rb") as src:
+            while True:
+                try:
+                    block = src.read(1 << 16)  # a read cut by damage loses at most this
+                except _READ_ERRORS as exc:  # the shard's damage; a failing write below is the disk's
+                    damage = exc
+                    break
+                if not block:
+                    break
+                out.write(block)
         yield Path(tmp), damage
     finally:
         os.unlink(tmp)
