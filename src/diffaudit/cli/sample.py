@@ -62,8 +62,7 @@ def check_count_flags(args: argparse.Namespace) -> None:
 
 
 def plan_prompts(args: argparse.Namespace, source) -> tuple[list[str | None], int]:
-    """(prompts, per_prompt) for the request."""
-    check_count_flags(args)
+    """(prompts, per_prompt) for the request (``sample_into`` has refused a stray ``--n`` already)."""
     num_classes = getattr(getattr(source, "denoiser", None), "num_classes", None)
     if args.prompts:
         return read_prompts(args.prompts), args.per_prompt or 1

@@ -13,6 +13,7 @@ from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit
 from diffaudit.cli.train import add_train_options, train_config_from
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
+from diffaudit.core.identity import text_bytes
 from diffaudit.core.io import read_json
 from diffaudit.core.outdir import prepare_out_dir
 from diffaudit.core.progress import Timer, stage_line
@@ -35,7 +36,7 @@ def membership_digest(mem: Membership) -> str:
     """SHA-256 (16 hex) of a membership matrix and its keys (recorded in settings)."""
     h = hashlib.sha256(np.ascontiguousarray(mem.matrix).tobytes())
     h.update(str(mem.matrix.shape).encode())
-    h.update("\x00".join(mem.keys).encode("utf-8", "surrogateescape"))
+    h.update(text_bytes("\x00".join(mem.keys)))
     return h.hexdigest()[:16]
 
 

@@ -30,6 +30,12 @@ def file_identity(path: str | os.PathLike) -> str:
     return "file:" + h.hexdigest()[:16]
 
 
+def text_bytes(text: str) -> bytes:
+    """UTF-8 of ``text``, for hashing and writing. A file name that is not UTF-8 reaches diffaudit's
+    keys with its undecodable bytes as surrogates (``os.fsdecode``); they are written back as those bytes."""
+    return text.encode("utf-8", "surrogateescape")
+
+
 def text_digest(text: str) -> str:
     """SHA-256 (16 hex) of a text: settings record it instead of a long list of ids or a whole map."""
-    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]  # undecodable file names
+    return hashlib.sha256(text_bytes(text)).hexdigest()[:16]

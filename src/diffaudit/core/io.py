@@ -163,13 +163,13 @@ def load_npy(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
     """
     try:
         return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except FileNotFoundError:
+        raise DiffauditError(f"{path} does not exist") from None
     except ValueError as exc:
         if "allow_pickle" in str(exc) or "Object arrays" in str(exc) or "Python objects" in str(exc):
             raise DiffauditError(f"{path}: an object array, which diffaudit never loads (unpickling can run code)") from None
         raise DiffauditError(f"{path}: damaged or truncated .npy file ({exc})") from None
     except (EOFError, OSError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise DiffauditError(f"{path} does not exist") from None
         raise DiffauditError(f"{path}: damaged or truncated .npy file ({type(exc).__name__}: {exc or 'empty'})") from None
 
 

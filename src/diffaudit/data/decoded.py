@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import PIL
 
+from diffaudit.core.identity import text_bytes
 from diffaudit.core.io import load_npy, make_private_dir, read_json, remove_stale_temps, save_npy_atomic, write_json_atomic
 from diffaudit.data.builtin import BUILTIN_NAMES
 from diffaudit.data.dataset import ImageDataset
@@ -61,14 +62,14 @@ def _folder_name(spec: str, options: dict[str, Any], entries: list[Entry]) -> st
     head = hashlib.sha256(json.dumps({"spec": spec, "options": options}, sort_keys=True).encode())
     body = hashlib.sha256(f"pillow {PIL.__version__}\0".encode())
     for e in entries:
-        body.update(e.key.encode("utf-8", "surrogateescape") + b"\0")
+        body.update(text_bytes(e.key) + b"\0")
     for f in dict.fromkeys(e.file for e in entries if e.file is not None):  # each file once, in order
         try:
             st = os.stat(f)
             stamp = f"{st.st_size}:{st.st_mtime_ns}"
         except OSError:
             stamp = "missing"
-        body.update(f"{f}\0{stamp}\0".encode("utf-8", "surrogateescape"))
+        body.update(text_bytes(f"{f}\0{stamp}\0"))
     return f"{head.hexdigest()[:16]}-{body.hexdigest()[:16]}"
 
 

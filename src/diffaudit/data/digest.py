@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from diffaudit.core.identity import text_bytes
 from diffaudit.data.dataset import ImageDataset
 
 #: Rows hashed at a time: a memory-mapped dataset is read in slices of this many images, never whole.
@@ -40,9 +41,9 @@ def dataset_digest(dataset: ImageDataset, indices: Sequence[int] | np.ndarray | 
     for lo in range(0, len(rows), DIGEST_ROWS):
         block = images[lo:lo + DIGEST_ROWS] if contiguous else images[rows[lo:lo + DIGEST_ROWS]]
         h.update(np.ascontiguousarray(block, dtype=np.uint8).tobytes())
-    h.update("\x00".join(dataset.keys[int(i)] for i in rows).encode("utf-8", "surrogateescape"))  # undecodable file names
+    h.update(text_bytes("\x00".join(dataset.keys[int(i)] for i in rows)))
     if dataset.labels is not None:
         h.update(np.asarray(dataset.labels, dtype=np.int64)[rows].tobytes())
     if dataset.captions is not None:  # prompts, and the conditioning of latent-diffusion losses
-        h.update(b"\x00captions\x00" + "\x00".join(str(dataset.captions[int(i)]) for i in rows).encode("utf-8", "surrogateescape"))
+        h.update(b"\x00captions\x00" + text_bytes("\x00".join(str(dataset.captions[int(i)]) for i in rows)))
     return h.hexdigest()[:16]

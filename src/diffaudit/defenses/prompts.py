@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from diffaudit.core.errors import DiffauditError
+from diffaudit.core.identity import text_bytes
 from diffaudit.core.io import write_bytes_atomic
 
 
@@ -84,4 +85,4 @@ def write_prompt_file(path: str | os.PathLike, prompts: list[RankedPrompt] | lis
     lines = [normalise_caption(p.prompt if isinstance(p, RankedPrompt) else p) for p in prompts]
     if not lines:
         raise DiffauditError(f"{path}: no prompt to write (no caption passed the selection)")
-    return write_bytes_atomic(path, ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))
+    return write_bytes_atomic(path, text_bytes("\n".join(lines) + "\n"))
