@@ -17,6 +17,7 @@ from diffaudit.cli.inpaint import assign_shadows, select_targets
 from diffaudit.cli.main import main
 from diffaudit.core.errors import DiffauditError
 from diffaudit.data import make_membership, save_membership
+from diffaudit.data.dataset import ImageDataset
 from diffaudit.models.denoiser import load_denoiser
 from diffaudit.models.scheduler import alphas_cumprod_of, make_scheduler
 from diffaudit.models.training import TrainConfig, train
@@ -69,6 +70,13 @@ def test_loss_ratio_and_loss_errors():
     with pytest.raises(DiffauditError, match="--timestep"):
         denoising_loss(lambda x, t, l=None: x, torch.zeros(1, 1, 4, 4), alphas_cumprod=AB, timestep=1000,
                        noise=torch.zeros(1, 1, 4, 4))
+    # micro_batch 0 (or None) means every row at once, as in the sampler: never an unfilled buffer
+    x = torch.linspace(-1, 1, 3 * 16).reshape(3, 1, 4, 4)
+    noise = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    kw = dict(alphas_cumprod=AB, timestep=100, noise=noise)
+    ref = denoising_loss(lambda x, t, l=None: 0.5 * x, x, micro_batch=1, **kw)
+    for mb in (0, None, 4, 1024):
+        np.testing.assert_allclose(denoising_loss(lambda x, t, l=None: 0.5 * x, x, micro_batch=mb, **kw), ref)
 
 
 def test_ranking_keeps_the_inpaintings_the_target_model_denoises_best():
@@ -253,3 +261,69 @@ def test_shadows_from_a_membership_matrix_are_out_for_their_target(runs, digits,
         k = int(chosen[i].name.removeprefix("model-"))
         assert not matrix[i, k]  # OUT
         assert k == int(np.flatnonzero(~matrix[i])[0])  # the first OUT model, deterministically
+
+
+def test_command_checks_data_models_and_targets_before_any_inpainting(runs, tmp_path, capsys, monkeypatch, tmp_npz, digits):
+    """Every input that cannot give a right answer is refused before the first inpainting."""
+    import diffaudit.attacks.inpainting as attack
+
+    target, shadow = runs
+    monkeypatch.setattr(attack, "inpaint_targets", lambda *a, **k: pytest.fail("inpainted before refusing"))
+    base = ["--quiet", "inpaint", "--model", str(target), "--shadow", str(shadow), "--n-inpaint", "4", "--top-k", "2",
+            "--steps", "5", "--device", "cpu"]
+    cases = [
+        # another size: an 8x8 UNet runs on 16x16 images (it is convolutional); the pixels differ from training
+        (["--data", "digits", "--image-size", "16", "--target-keys", "digits:0"], "trained on other pixels"),
+        # the same keys over other pixels
+        (["--data", "digits", "--mode", "RGB", "--target-keys", "digits:0"], "trained on other pixels"),
+        (["--data", "digits", "--target-keys", "digits:0", "--timestep", "1000"], "--timestep must lie in [0, 999]"),
+        (["--data", "digits", "--target-keys", "digits:0,digits:1,digits:0"], "'digits:0' is given twice"),
+    ]
+    for n, (extra, message) in enumerate(cases):
+        capsys.readouterr()
+        assert main([*base, *extra, "--out", str(tmp_path / f"o{n}")]) == 2, extra
+        assert message in capsys.readouterr().err, extra
+    # an npz with the digits' keys (npz:<row>) is not the data the target trained on: unknown keys
+    other = tmp_npz(digits.images[::-1].copy(), name="reversed.npz")
+    assert main([*base, "--data", str(other), "--target-keys", "npz:0", "--out", str(tmp_path / "npz")]) == 2
+    assert "not in" in capsys.readouterr().err
+
+
+def test_check_models_fit_compares_shapes_conditioning_and_timesteps(runs, digits, tmp_path):
+    from diffaudit.cli.inpaint import check_models_fit
+    from tests.helpers import make_tiny_model_dir
+
+    target, shadow = runs
+    check_models_fit(target, [shadow], digits, timestep=100)
+    rgb = make_tiny_model_dir(tmp_path / "rgb", channels=3)
+    with pytest.raises(DiffauditError, match="takes 8x8 images with 3 channel"):
+        check_models_fit(target, [rgb], digits, timestep=100)
+    cond = tmp_path / "cond"
+    shutil.copytree(shadow, cond)
+    cfg_path = cond / "unet" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["num_class_embeds"] = 10
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(DiffauditError, match="unconditional but the shadow .* is class-conditional"):
+        check_models_fit(target, [cond], digits, timestep=100)
+    with pytest.raises(DiffauditError, match="is class-conditional, but the data has no class labels"):
+        check_models_fit(cond, [cond], ImageDataset(images=digits.images[:20], keys=digits.keys[:20], source="no labels"),
+                         timestep=100)
+
+
+def test_hidden_region_l2_does_not_shrink_with_the_known_pixels():
+    from diffaudit.attacks.inpainting.attack import hidden_l2, rms_l2
+    from diffaudit.sampling.masks import make_mask
+
+    rng = np.random.default_rng(0)
+    original = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    for kind, hidden_share in (("left", 0.5), ("center", 0.25)):
+        mask = make_mask(kind, 8, 8)
+        assert (mask < 0.5).mean() == hidden_share
+        guess = np.repeat(original[None], 2, axis=0)
+        guess[:, mask < 0.5] = 0  # the hidden pixels all wrong; the known ones copied
+        whole, hidden = rms_l2(guess, original), hidden_l2(guess, original, mask)
+        np.testing.assert_allclose(whole, hidden * np.sqrt(hidden_share))
+        expected = np.sqrt(((original[mask < 0.5] / 255.0) ** 2).mean())
+        np.testing.assert_allclose(hidden, expected)
+    assert np.isnan(hidden_l2(guess, original, np.ones((8, 8)))).all()  # nothing hidden

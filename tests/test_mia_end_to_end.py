@@ -174,6 +174,29 @@ def test_user_errors_name_the_thing(shadows, capsys, tmp_path):
     assert rc == 2 and "is one of the shadows" in capsys.readouterr().err
 
 
+def test_inputs_the_shadows_were_not_trained_on_are_refused(shadows, capsys, tmp_path):
+    """Members are labelled by key: another matrix, other pixels under the same keys, or a copy of a
+    shadow as the target would each give a wrong AUC without an error."""
+    import shutil
+
+    root, matrix, ds = shadows
+    other = make_membership(N, M, seed=4)
+    assert (other != matrix).any()
+    save_membership(tmp_path / "other.npz", other, ds.keys, 4)
+    capsys.readouterr()
+    rc, _ = mia(root, "wrong-matrix", "--attack", "loss", "--membership", str(tmp_path / "other.npz"))
+    assert rc == 2 and "column 0 of the membership matrix" in capsys.readouterr().err
+    # the same keys over other pixels: digits scaled to 16x16 are not what the shadows saw
+    rc = main(["--quiet", "mia", *DATA, "--image-size", "16", "--shadows", str(root / "shadows"), "--attack", "loss",
+               "--out", str(tmp_path / "wrong-pixels"), "--device", "cpu", "--loss-cache", str(tmp_path / "cache")])
+    assert rc == 2 and "trained on other pixels" in capsys.readouterr().err
+    copy = tmp_path / "copy-of-model-01"
+    shutil.copytree(root / "shadows" / "model-01", copy)
+    rc, _ = mia(root, "copy", "--attack", "lira", "--target", str(copy))
+    assert rc == 2 and "has the same weights as the shadow" in capsys.readouterr().err
+    assert not list((tmp_path / "cache").glob("*/*.npy"))  # refused before any loss was computed
+
+
 def test_result_is_valid_json_without_nan(shadows):
     root, _, _ = shadows
     rc, out = mia(root, "strong", "--attack", "strong-lira-fixed", "--draws", "3", "--flips")

@@ -99,3 +99,27 @@ def test_cache_reuses_more_draws_and_separates_models(tmp_path, monkeypatch):
     assert len(dataset_digest(ds)) == 16
     with pytest.raises(AssertionError, match="cached"):  # a new timestep has to be computed
         cached_model_losses(m0, ds, timesteps=[300], name="model-00", **kw)
+    # the cache's folders name the noise scheme: losses drawn under another ε are never served
+    from diffaudit.models.loss import NOISE_SCHEME
+
+    folders = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert folders and all(f.endswith(f"-{NOISE_SCHEME}") for f in folders)
+    monkeypatch.setattr("diffaudit.attacks.membership.loss_cache.NOISE_SCHEME", "other-noise")
+    with pytest.raises(AssertionError, match="cached"):
+        cached_model_losses(m0, ds, timesteps=[200], name="model-00", **kw)
+
+
+def test_loss_refuses_images_the_model_was_not_built_for(tmp_path):
+    from diffaudit.core.errors import DiffauditError
+    from diffaudit.models.denoiser import load_denoiser
+
+    den = load_denoiser(_run_dir(tmp_path / "m", 0))
+    digits = load_dataset("digits", subset=4)
+    assert per_example_loss(den, digits.images).shape == (4, 1, 1)
+    bigger = load_dataset("digits", subset=4, image_size=16)  # a convolutional UNet would run on these
+    with pytest.raises(DiffauditError, match="takes 8x8 images with 1 channel.*gives 16x16 with 1"):
+        per_example_loss(den, bigger.images)
+    with pytest.raises(DiffauditError, match="gives 8x8 with 3"):
+        per_example_loss(den, np.repeat(digits.images, 3, axis=-1))
+    with pytest.raises(DiffauditError, match="batch_size must be at least 1"):
+        per_example_loss(den, digits.images, batch_size=0)

@@ -63,18 +63,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 # --------------------------------------------------------------------------- targets and shadows
 
-def _train_keys(run: Path, what: str) -> set[str]:
-    from diffaudit.core.io import read_json
-
-    f = Path(run) / "train_ids.json"
-    if not f.exists():
-        raise DiffauditError(f"{what} {run}: no train_ids.json, so its training set is unknown (train it with `diffaudit train`)")
-    keys = read_json(f).get("keys")
-    if not isinstance(keys, list):
-        raise DiffauditError(f"{f}: no `keys` list")
-    return set(map(str, keys))
-
-
 def parse_counts(text: str, flag: str = "--targets") -> tuple[int, int]:
     """N_IN,N_OUT from ``text`` (``flag`` names the option in errors)."""
     try:
@@ -98,6 +86,8 @@ def select_targets(ds, train_keys: set[str], *, targets: str, target_keys: str |
         for k in (k.strip() for k in target_keys.split(",") if k.strip()):
             if k not in index:
                 raise DiffauditError(f"--target-keys: {k!r} is not an example of {ds.source}")
+            if index[k] in out:
+                raise DiffauditError(f"--target-keys: {k!r} is given twice (each target is attacked and counted once)")
             out.append(index[k])
         return out
     n_in, n_out = parse_counts(targets)
@@ -135,6 +125,7 @@ def assign_shadows(args, ds, targets: list[int]) -> dict[int, Path]:
     import numpy as np
 
     from diffaudit.data import load_membership
+    from diffaudit.models.run_record import has_train_ids, read_train_keys
 
     target_run = Path(args.model).resolve()
     check_shadow_args(args)
@@ -154,7 +145,7 @@ def assign_shadows(args, ds, targets: list[int]) -> dict[int, Path]:
         if run.resolve() == target_run:
             raise DiffauditError(f"the shadow {run} is the target model itself")
         if run not in cache:
-            cache[run] = _train_keys(run, "shadow") if (run / "train_ids.json").exists() else set()
+            cache[run] = set(read_train_keys(run, "shadow")) if has_train_ids(run) else set()
         if ds.keys[i] in cache[run]:
             raise DiffauditError(f"shadow {run} trained on target {ds.keys[i]!r}: it must be a model that did not see the image")
     return chosen
@@ -190,8 +181,32 @@ class _Models:
 
 # --------------------------------------------------------------------------- run
 
-def _settings(args, config, device, ds, shadows: dict[int, Path]) -> dict:
+def check_models_fit(target: Path, shadows: list[Path], ds, *, timestep: int) -> None:
+    """Before any inpainting: the target and every shadow take ``ds``'s images, are class-conditional
+    alike (the same labels go to both) and have the scoring ``timestep`` in their schedule."""
+    from diffaudit.models.denoiser import check_model_input, read_unet_config
+    from diffaudit.models.scheduler import num_train_timesteps
+
+    conditional = {}
+    for what, run in [("--model", target)] + [("shadow", s) for s in shadows]:
+        config = read_unet_config(run)
+        check_model_input(config, ds.image_shape, labels=ds.labels, what=f"{what} {run}")
+        conditional[run] = bool(config.get("num_class_embeds"))
+        t_max = num_train_timesteps(run)
+        if not 0 <= timestep < t_max:
+            raise DiffauditError(f"--timestep must lie in [0, {t_max - 1}] ({what} {run} has {t_max} timesteps); got {timestep}")
+    for run in shadows:
+        if conditional[run] != conditional[target]:
+            kind = lambda c: "class-conditional" if c else "unconditional"  # noqa: E731
+            raise DiffauditError(f"the target {target} is {kind(conditional[target])} but the shadow {run} is "
+                                 f"{kind(conditional[run])}: the scoring gives both the same input, so both must be alike")
+
+
+def _settings(args, config, device, ds, shadows: dict[int, Path], masks: dict) -> dict:
+    import hashlib
     import json
+
+    import numpy as np
 
     from diffaudit.core.seeds import derive_seed
     from diffaudit.data.digest import dataset_digest
@@ -209,7 +224,10 @@ def _settings(args, config, device, ds, shadows: dict[int, Path]) -> dict:
             "assignment": derive_seed(json.dumps(sorted((i, str(p)) for i, p in shadows.items()))),
         },
         "targets": args.targets if not args.target_keys else None, "target_keys": args.target_keys,
-        "mask": args.mask, "n_inpaintings": config.n_inpaint, "top_k": config.top_k, "steps": config.steps,
+        "mask": args.mask,
+        # a mask image's contents, not only its path: a rewritten mask file must not resume into a mix
+        "mask_digest": hashlib.sha256(np.stack([np.asarray(masks[i], dtype=np.uint8) for i in sorted(masks)]).tobytes()).hexdigest()[:16],
+        "n_inpaintings": config.n_inpaint, "top_k": config.top_k, "steps": config.steps,
         "jump_length": config.jump_length, "jump_n_sample": config.jump_n_sample, "eta": config.eta,
         "timestep": config.timestep, "n_draws": config.n_draws, "seed": config.seed,
         "bf16": bool(args.bf16 and device.type == "cuda"),  # the numbers depend on it; --compile and --batch-size do not
@@ -227,6 +245,7 @@ def run(args: argparse.Namespace) -> int:
     from diffaudit.core.progress import progress_bar, stage_line
     from diffaudit.core.results import write_result
     from diffaudit.data import load_dataset
+    from diffaudit.models.run_record import check_trained_on
     from diffaudit.sampling.masks import describe_mask, make_mask
 
     config = attack.InpaintAttackConfig(
@@ -239,14 +258,16 @@ def run(args: argparse.Namespace) -> int:
         raise DiffauditError(f"--batch-size must be at least 1; got {args.batch_size}")
     ds = load_dataset(args.data, **data_options(args))
     H, W, _ = ds.image_shape
-    train_keys = _train_keys(Path(args.model), "--model")
+    # member labels come from keys: the pixels under them must be the ones the target trained on
+    train_keys = {ds.keys[i] for i in check_trained_on(args.model, ds, what="--model")}
     targets = select_targets(ds, train_keys, targets=args.targets, target_keys=args.target_keys, seed=args.seed)
     masks = {i: make_mask(args.mask, H, W, seed=args.seed, target_index=i) for i in targets}
     shadows = assign_shadows(args, ds, targets)
+    check_models_fit(Path(args.model), sorted(set(shadows.values())), ds, timestep=config.timestep)
     device = resolve_device(args.device)
     if device.type != "cuda" and (args.bf16 or args.compile):
         stage_line("inpaint: --bf16 and --compile apply on CUDA only; running float32 eager on the CPU")
-    settings = _settings(args, config, device, ds, shadows)
+    settings = _settings(args, config, device, ds, shadows, masks)
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
     done_file = lambda i: out / "targets" / f"{i:06d}.json"  # noqa: E731
     pending = [i for i in targets if not done_file(i).exists()]
@@ -272,6 +293,7 @@ def run(args: argparse.Namespace) -> int:
                     mask_name=describe_mask(args.mask, seed=args.seed, target_index=i), shadow_name=str(shadows[i]),
                     config=config, alphas_cumprod=target.alphas_cumprod, shadow_alphas_cumprod=shadow.alphas_cumprod,
                     label=None if labels is None else int(labels[n]), device=device, micro_batch=args.batch_size,
+                    mask=masks[i],
                 )
                 _save_target(out, i, res, kept, ds.images[i], masks[i])
                 fault_point("inpaint.target")

@@ -9,12 +9,13 @@ from typing import Any
 import numpy as np
 
 from diffaudit.attacks.membership.registry import ATTACK_NAMES, get_attack
-from diffaudit.attacks.membership.run import MiaConfig, MiaScores, TargetSpec, run_mia, shadow_run_dirs
+from diffaudit.attacks.membership.run import (MiaConfig, MiaScores, TargetSpec, check_target_not_shadow, run_mia,
+                                              shadow_run_dirs)
 from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit, emit_finished
 from diffaudit.cli.shadows import membership_digest
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
-from diffaudit.core.io import read_json, save_npz_atomic
+from diffaudit.core.io import save_npz_atomic
 from diffaudit.core.outdir import prepare_out_dir
 from diffaudit.core.progress import Timer, stage_line
 from diffaudit.core.results import write_result
@@ -25,14 +26,15 @@ from diffaudit.data.membership import load_membership
 from diffaudit.evaluation.attack_evaluation import evaluate_attack
 from diffaudit.evaluation.timestep_sweep import evaluate_sweep
 from diffaudit.models.digest import model_digest
+from diffaudit.models.scheduler import num_train_timesteps
 from diffaudit.report.plots_roc import write_roc_png, write_sweep_png
 
 NAME = "mia"
 HELP = "membership inference with the loss threshold attack or LiRA (online, offline, fixed variance, Strong)"
 DESCRIPTION = (
     "Membership inference against diffusion models (Carlini et al. 2023, Sec. 5). Computes each model's "
-    "per-example loss L(x, t, ε) at --timesteps (cached under --out/losses, or --loss-cache, so re-runs and "
-    "other attacks reuse it) and scores every example; larger scores mean 'more likely a member'. By default "
+    "per-example loss L(x, t, ε) at --timesteps (cached under --out/losses, so a re-run reuses it; give several "
+    "runs one --loss-cache to share it between attacks and output folders) and scores every example; larger scores mean 'more likely a member'. By default "
     "every shadow model is attacked in turn with the others as its shadows (leave-one-out, pooled); "
     "--target-index attacks one shadow, --target a separate run directory. Writes result.json (AUC, TPR at "
     "1% and 0.1% FPR with bootstrap intervals), scores.npz (id, score, member per example), roc.png "
@@ -80,19 +82,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a.add_argument("--batch-size", type=int, default=256, help="examples per forward pass")
     a.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="forward passes (auto: bf16 on CUDA, else fp32)")
     a.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates for the confidence intervals (0: none)")
-    a.add_argument("--loss-cache", default=None, help="folder of cached losses to share between runs (default: OUT/losses)")
+    a.add_argument("--loss-cache", default=None, help="folder of cached losses to share between runs, e.g. one per shadows folder: other attacks "
+                        "and --fresh runs then reuse them (default: OUT/losses, which --fresh deletes)")
 
 
 def _clip_sweep(sweep: tuple[int, ...], n_timesteps: int) -> tuple[int, ...]:
     """Sweep timesteps in [0, T): the paper's t = 1000 means the last step, T − 1."""
     return tuple(sorted({min(int(t), n_timesteps - 1) for t in sweep}))
-
-
-def _num_train_timesteps(run: Path) -> int:
-    for cfg in (run / "scheduler" / "scheduler_config.json", run / "scheduler_config.json"):
-        if cfg.exists():
-            return int(read_json(cfg).get("num_train_timesteps", 1000))
-    return 1000
 
 
 def write_mia_outputs(out: Path, scores: MiaScores, dataset: ImageDataset, *, config: MiaConfig,
@@ -150,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     strong = args.attack.startswith("strong")
     n_draws = args.draws if args.draws is not None else (DEFAULT_STRONG_DRAWS if strong else 1)
     flips = strong if args.flips is None else args.flips
-    t_max = _num_train_timesteps(runs[0])
+    t_max = num_train_timesteps(runs[0])
     if any(t >= t_max for t in args.timesteps):  # an empty list is refused by config.validate()
         raise DiffauditError(f"--timesteps must lie in [0, {t_max - 1}]; got {list(args.timesteps)}")
     config = MiaConfig(attack=args.attack, timesteps=tuple(args.timesteps), sweep=_clip_sweep(args.sweep, t_max),
@@ -161,14 +157,13 @@ def run(args: argparse.Namespace) -> int:
         target = TargetSpec(mode="shadow", index=args.target_index)
     elif args.target is not None:
         target = TargetSpec(mode="model", run=Path(args.target))
-        if get_attack(args.attack).needs_shadows and any(Path(args.target).resolve() == r.resolve() for r in runs):
-            raise DiffauditError(f"--target {args.target} is one of the shadows: its own losses would enter its IN/OUT "
-                                 "statistics; use --target-index for a shadow as the target")
     else:
         target = TargetSpec()
     # the weights and pixels behind the paths: shadows retrained or data rewritten in place are other inputs
     digests = {r.name: model_digest(r) for r in runs}
     target_digest = model_digest(target.run) if target.mode == "model" else None
+    if target.mode == "model" and get_attack(args.attack).needs_shadows:
+        check_target_not_shadow(target.run, runs, digests, target_digest)
     data_digest = dataset_digest(ds)
     settings = {
         "data": {"spec": args.data, "options": opts, "digest": data_digest},

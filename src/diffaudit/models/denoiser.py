@@ -5,6 +5,16 @@ t (B,) integer timesteps in [0, T), labels (B,) class indices or None; ε̂ is f
 Loads a diffaudit run directory (``unet/`` + ``scheduler/``), a diffusers pipeline directory
 (``model_index.json`` with ``unet/`` and ``scheduler/``) or a bare ``UNet2DModel`` directory
 (then the paper's linear DDPM schedule is assumed). Weights load from safetensors only.
+
+Every consumer (sampling, losses, inpainting) reads ε̂, so a model trained for another target is
+converted by its schedule's ``prediction_type``, with ᾱ = ᾱ_t of each row:
+
+    v_prediction:  ε̂ = sqrt(ᾱ)·v̂ + sqrt(1 − ᾱ)·x_t        (v = sqrt(ᾱ)·ε − sqrt(1 − ᾱ)·x_0)
+    sample:        ε̂ = (x_t − sqrt(ᾱ)·x̂_0) / sqrt(1 − ᾱ)
+
+and a learned-variance UNet (``out_channels`` = 2C, ``variance_type`` learned/learned_range) gives its
+first C channels. Schedules that are not discrete-time β schedules (score-SDE VE/VP), non-square
+UNets and other output layouts are refused at load.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
@@ -29,6 +40,8 @@ class Denoiser:
         alphas_cumprod: ᾱ_t, (T,) float64 on the CPU.
         dtype: the dtype the UNet runs in (float32, or bfloat16/float16 on a GPU).
         path: where it was loaded from ("" when built in memory).
+        prediction_type: what the UNet predicts (:data:`PREDICTION_TYPES`); the call returns ε̂ always.
+        learned_variance: the UNet's output holds ε̂ then a variance (2C channels); the first C are used.
     """
 
     unet: UNet2DModel
@@ -36,6 +49,8 @@ class Denoiser:
     dtype: torch.dtype = torch.float32
     path: str = ""
     channels_last: bool = False
+    prediction_type: str = "epsilon"
+    learned_variance: bool = False
 
     @property
     def device(self) -> torch.device:
@@ -66,8 +81,16 @@ class Denoiser:
         x = x_t.to(self.device, self.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        out = self.unet(x, t.to(self.device), class_labels=None if labels is None else labels.to(self.device)).sample
-        return out.float()
+        out = self.unet(x, t.to(self.device), class_labels=None if labels is None else labels.to(self.device)).sample.float()
+        if self.learned_variance:
+            out = out[:, : x_t.shape[1]]
+        if self.prediction_type == "epsilon":
+            return out
+        ab = self.alphas_cumprod.to(self.device)[t.to(self.device).long()].float().view(-1, 1, 1, 1)
+        x_t = x_t.to(self.device, torch.float32)
+        if self.prediction_type == "v_prediction":
+            return ab.sqrt() * out + (1 - ab).sqrt() * x_t
+        return (x_t - ab.sqrt() * out) / (1 - ab).sqrt()  # "sample": x̂_0
 
     def optimise_for_gpu(self, *, dtype: torch.dtype = torch.bfloat16, channels_last: bool = True, compile: bool = False,
                          compile_mode: str | None = None) -> "Denoiser":
@@ -87,38 +110,120 @@ class Denoiser:
         return self
 
 
-def _scheduler_from(folder: Path) -> DDPMScheduler:
-    if (folder / "scheduler_config.json").exists():
-        return DDPMScheduler.from_pretrained(folder)
-    return make_scheduler()
+#: What a pixel UNet may predict (a scheduler config's ``prediction_type``); converted to ε̂.
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def _scheduler_from(folder: Path, root: Path) -> DDPMScheduler:
+    """The model's discrete-time schedule as a DDPMScheduler (ᾱ_t, prediction_type, variance_type)."""
+    cfg_path = folder / "scheduler_config.json"
+    if not cfg_path.exists():
+        return make_scheduler()
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DiffauditError(f"--model {root}: {cfg_path} is not readable JSON ({exc})") from None
+    if not isinstance(cfg, dict) or not ("beta_schedule" in cfg or "trained_betas" in cfg):
+        name = cfg.get("_class_name") if isinstance(cfg, dict) else None
+        raise DiffauditError(f"--model {root}: the scheduler {name or cfg_path} is not a discrete-time β schedule "
+                             "(DDPM, DDIM, PNDM, ...); score-SDE and other continuous schedules are not supported")
+    prediction = cfg.get("prediction_type", "epsilon")
+    if prediction not in PREDICTION_TYPES:
+        raise DiffauditError(f"--model {root}: prediction_type {prediction!r} is not supported; "
+                             f"choose one of {', '.join(PREDICTION_TYPES)}")
+    return DDPMScheduler.from_pretrained(folder)
+
+
+def _check_layout(config: dict, scheduler: DDPMScheduler, root: Path) -> bool:
+    """Refuse UNets whose input or output diffaudit cannot read; True when the output carries a
+    learned variance after ε̂ (2C channels)."""
+    size = config.get("sample_size")
+    if isinstance(size, (list, tuple)) and len({int(v) for v in size}) > 1:
+        raise DiffauditError(f"--model {root}: the UNet is non-square (sample_size {list(size)}); only square models are supported")
+    c_in, c_out = int(config.get("in_channels", 3)), int(config.get("out_channels", config.get("in_channels", 3)))
+    if c_out == c_in:
+        return False
+    if c_out == 2 * c_in and scheduler.config.get("variance_type") in ("learned", "learned_range"):
+        return True
+    raise DiffauditError(f"--model {root}: the UNet takes {c_in} channels but gives {c_out}, and its schedule "
+                         "declares no learned variance; a pixel model must predict one value per input channel")
+
+
+def _locate(root: Path) -> tuple[Path, Path]:
+    """(UNet folder, scheduler folder) of a run directory, pipeline directory or bare UNet folder."""
+    if not root.is_dir():
+        raise DiffauditError(f"--model {root}: not a directory (expected a diffaudit run or a diffusers model folder)")
+    if (root / "unet" / "config.json").exists():
+        return root / "unet", root / "scheduler"
+    if (root / "config.json").exists():
+        return root, root
+    raise DiffauditError(
+        f"--model {root}: no UNet found (looked for unet/config.json and config.json). "
+        "Train one with `diffaudit train` or point to a diffusers UNet2DModel/DDPM pipeline folder."
+    )
+
+
+def read_unet_config(path: str | Path) -> dict:
+    """The UNet's ``config.json`` of a model folder (as :func:`load_denoiser` finds it), weights unread."""
+    root = Path(path)
+    unet_dir, _ = _locate(root)
+    try:
+        config = json.loads((unet_dir / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DiffauditError(f"--model {root}: {unet_dir / 'config.json'} is not readable JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise DiffauditError(f"--model {root}: {unet_dir / 'config.json'} is not a JSON object")
+    return config
+
+
+def check_model_input(config, image_shape: tuple[int, int, int], *, labels, what: str) -> None:
+    """Refuse images a UNet was not built for, before any work.
+
+    Args:
+        config: the UNet's config (``unet.config`` or :func:`read_unet_config`): ``sample_size``,
+            ``in_channels``, ``num_class_embeds``.
+        image_shape: (H, W, C) of the images it will see.
+        labels: the class label of every image (int array), or None where there are none; a
+            class-conditional UNet needs them, each in [0, num_class_embeds).
+        what: how errors name the model.
+
+    A fully convolutional UNet runs on any size, so without this check images of another size or
+    a dataset that is not its training data would give numbers and no error.
+    """
+    H, W, C = (int(v) for v in image_shape)
+    size = config.get("sample_size")
+    hw = (int(size), int(size)) if isinstance(size, int) else tuple(int(v) for v in size) if size else None
+    channels = config.get("in_channels")
+    if (hw is not None and hw != (H, W)) or (channels is not None and int(channels) != C):
+        built = f"{hw[0]}x{hw[1]}" if hw else "any size"
+        raise DiffauditError(
+            f"{what} takes {built} images with {channels} channel(s), but the data gives {H}x{W} with {C}; "
+            "use the --image-size and --mode it was trained with"
+        )
+    n_classes = config.get("num_class_embeds")
+    if n_classes and labels is None:
+        raise DiffauditError(f"{what} is class-conditional, but the data has no class labels")
+    if n_classes and len(labels) and not (0 <= int(np.min(labels)) and int(np.max(labels)) < int(n_classes)):
+        raise DiffauditError(f"{what} knows classes 0..{int(n_classes) - 1}, but the data has labels "
+                             f"{int(np.min(labels))}..{int(np.max(labels))}")
 
 
 def load_denoiser(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Denoiser:
     """Load a run directory, a diffusers pipeline directory or a ``UNet2DModel`` directory."""
     root = Path(path)
-    if not root.is_dir():
-        raise DiffauditError(f"--model {root}: not a directory (expected a diffaudit run or a diffusers model folder)")
-    if (root / "unet" / "config.json").exists():
-        unet_dir, sched_dir = root / "unet", root / "scheduler"
-    elif (root / "config.json").exists():
-        unet_dir, sched_dir = root, root
-    else:
-        raise DiffauditError(
-            f"--model {root}: no UNet found (looked for unet/config.json and config.json). "
-            "Train one with `diffaudit train` or point to a diffusers UNet2DModel/DDPM pipeline folder."
-        )
-    try:
-        config = json.loads((unet_dir / "config.json").read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DiffauditError(f"--model {root}: {unet_dir / 'config.json'} is not readable JSON ({exc})") from None
-    cls = config.get("_class_name", "UNet2DModel") if isinstance(config, dict) else None
+    unet_dir, sched_dir = _locate(root)
+    config = read_unet_config(root)
+    cls = config.get("_class_name", "UNet2DModel")
     if cls != "UNet2DModel":
         raise DiffauditError(f"--model {root}: {cls} is not a pixel-space UNet2DModel (latent pipelines load with load_sd_pipeline)")
     if not any(unet_dir.glob("*.safetensors")):
         raise DiffauditError(f"--model {root}: weights must be in safetensors format (pickled .bin weights are refused)")
+    scheduler = _scheduler_from(sched_dir, root)
+    learned_variance = _check_layout(config, scheduler, root)
     try:
         unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True, torch_dtype=dtype)
     except (OSError, ValueError, RuntimeError) as exc:  # a truncated or damaged weights file, a config that does not fit them
         raise DiffauditError(f"--model {root}: the UNet in {unet_dir} cannot be loaded: {str(exc).splitlines()[0]}") from None
     unet = unet.to(device=device).eval()
-    return Denoiser(unet=unet, alphas_cumprod=alphas_cumprod_of(_scheduler_from(sched_dir)), dtype=dtype, path=str(root))
+    return Denoiser(unet=unet, alphas_cumprod=alphas_cumprod_of(scheduler), dtype=dtype, path=str(root),
+                    prediction_type=scheduler.config.prediction_type, learned_variance=learned_variance)

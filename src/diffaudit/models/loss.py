@@ -20,7 +20,12 @@ import torch
 from diffaudit.core.errors import DiffauditError, NonFiniteError
 from diffaudit.core.seeds import counter_randn, derive_seed
 from diffaudit.data.dataset import to_model_space
-from diffaudit.models.denoiser import Denoiser
+from diffaudit.models.denoiser import Denoiser, check_model_input
+
+
+#: How ε is drawn (above). Loss caches carry it in their names: a change to the noise must change it,
+#: or shadow losses cached under the old noise would meet target losses under the new one.
+NOISE_SCHEME = "counter1"
 
 
 def loss_noise_keys(indices: Sequence[int], noise_seed: int) -> torch.Tensor:
@@ -63,7 +68,13 @@ def per_example_loss(
         float64 (N, len(timesteps), n_draws * (2 if flips else 1)); query q = draw * n_flip + flip.
     """
     images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise DiffauditError(f"images must be uint8 (N, H, W, C); got {images.dtype} {images.shape}")
     n = len(images)
+    unet = getattr(denoiser, "unet", None)  # any ε-predictor with the interface works; a UNet is checked
+    if unet is not None:
+        check_model_input(unet.config, images.shape[1:], labels=labels,
+                          what=f"the model {denoiser.path or '(in memory)'}")
     idx = np.arange(n) if indices is None else np.asarray(indices)
     if len(idx) != n:
         raise DiffauditError(f"{len(idx)} indices for {n} images")
@@ -73,6 +84,8 @@ def per_example_loss(
         raise DiffauditError(f"timesteps must lie in [0, {T - 1}]; got {list(timesteps)}")
     if n_draws < 1:
         raise DiffauditError("n_draws must be at least 1")
+    if batch_size < 1:
+        raise DiffauditError(f"batch_size must be at least 1; got {batch_size}")
     a_bar = denoiser.alphas_cumprod
     n_flip = 2 if flips else 1
     out = np.empty((n, len(ts), n_draws * n_flip), dtype=np.float64)

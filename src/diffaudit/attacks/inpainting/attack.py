@@ -14,6 +14,11 @@ non-members (Figure 12): a memorizing model fills in the hidden half of *its* tr
 Per target: ``best_l2`` = the smallest ℓ2 among the kept top-k; ``mean_top10_l2`` = their mean
 (the paper's top-10 average; over ``top_k`` when it is not 10); ``top1_l2`` = the ℓ2 of the
 best-scored one. ``oracle_best_l2`` (smallest over all n, scores ignored) shows what ranking loses.
+
+Known pixels are copied from x, so the whole-image ℓ2 above is the hidden region's ℓ2 times
+sqrt(hidden fraction): the paper's measure, but one that shrinks with the mask. ``mean_top10_l2_hidden``
+(the same top-k, ℓ2 over the hidden pixels only) compares across masks; ``hidden_fraction`` is
+the share of hidden pixels.
 """
 
 from __future__ import annotations
@@ -82,6 +87,8 @@ class TargetResult:
     top_l2: list[float]
     top_scores: list[float]
     top_inpaintings: list[int] = field(default_factory=list)  # inpainting j: seed derive_seed(seed, "inpaint", index, j)
+    hidden_fraction: float | None = None  # share of the pixels the mask hides, in (0, 1]
+    mean_top10_l2_hidden: float | None = None  # the kept top-k's mean ℓ2 over the hidden pixels only
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -90,6 +97,18 @@ class TargetResult:
     def from_dict(cls, d: dict) -> "TargetResult":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def hidden_l2(images: np.ndarray, original: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """ℓ2 = sqrt(mean((a − b)²)) over the hidden pixels only (``mask`` (H, W) == 0; all channels),
+    [0, 1] pixels, between each of uint8 ``images`` (n, H, W, C) and ``original`` (H, W, C):
+    float64 (n,). NaN where the mask hides nothing."""
+    hidden = np.asarray(mask) < 0.5
+    if not hidden.any():
+        return np.full(len(images), np.nan)
+    a = np.asarray(images, dtype=np.float64)[:, hidden] / 255.0  # (n, n_hidden, C)
+    b = np.asarray(original, dtype=np.float64)[hidden] / 255.0
+    return np.sqrt(((a - b[None]) ** 2).reshape(len(a), -1).mean(axis=1))
 
 
 def rms_l2(images: np.ndarray, original: np.ndarray) -> np.ndarray:
@@ -156,10 +175,12 @@ def score_target(
     label: int | None = None,
     device: str | torch.device = "cpu",
     micro_batch: int = 1024,
+    mask: np.ndarray | None = None,
 ) -> tuple[TargetResult, np.ndarray]:
     """Score one target's inpaintings (uint8 (n, H, W, C)), keep the top k, measure ℓ2 to ``image``.
 
-    Returns ``(result, kept)``, kept = uint8 (top_k, H, W, C) in rank order.
+    ``mask`` (H, W), 1 = known: the mask they were made with, for the hidden-region ℓ2 (None: not
+    measured). Returns ``(result, kept)``, kept = uint8 (top_k, H, W, C) in rank order.
     """
     x = to_model_space(inpaintings).to(device)
     noise = score_noise(config.seed, target_index, config.n_draws, x.shape[1:], device=device)
@@ -176,6 +197,10 @@ def score_target(
         top_l2=[float(v) for v in top], top_scores=[float(v) for v in scores.ratio[order]],
         top_inpaintings=[int(j) for j in order],
     )
+    if mask is not None:
+        hidden = hidden_l2(np.asarray(inpaintings)[order], image, mask)
+        result.hidden_fraction = float((np.asarray(mask) < 0.5).mean())
+        result.mean_top10_l2_hidden = None if np.isnan(hidden).any() else float(hidden.mean())
     return result, np.asarray(inpaintings)[order]
 
 
@@ -187,5 +212,5 @@ def masked_view(image: np.ndarray, mask: np.ndarray, fill: int = 128) -> np.ndar
 
 
 __all__ = [
-    "InpaintAttackConfig", "TargetResult", "inpaint_targets", "score_target", "rms_l2", "masked_view",
+    "InpaintAttackConfig", "TargetResult", "inpaint_targets", "score_target", "rms_l2", "hidden_l2", "masked_view",
 ]

@@ -44,7 +44,7 @@ def denoising_loss(
     timestep: int,
     noise: torch.Tensor,
     labels: torch.Tensor | None = None,
-    micro_batch: int = 1024,
+    micro_batch: int | None = 1024,
 ) -> np.ndarray:
     """Loss of each image at ``timestep``, averaged over the noise draws.
 
@@ -55,7 +55,7 @@ def denoising_loss(
         timestep: t in [0, T).
         noise: (D, C, H, W) shared by every image, or (D, B, C, H, W) per image.
         labels: (B,) class indices or None.
-        micro_batch: rows (image x draw) per model call.
+        micro_batch: rows (image x draw) per model call (0 or None: all at once).
 
     Returns:
         float64 (B,): mean over d of mean over pixels of (ε_d − ε̂)².
@@ -76,8 +76,9 @@ def denoising_loss(
     eps = noise.to(dev, torch.float32).transpose(0, 1).reshape(B * D, *images.shape[1:])
     lab = None if labels is None else torch.as_tensor(labels, device=dev).long().repeat_interleave(D)
     out = torch.empty(B * D, dtype=torch.float64, device=dev)
-    for s in range(0, B * D, max(1, int(micro_batch))):
-        sl = slice(s, min(B * D, s + int(micro_batch)))
+    mb = B * D if not micro_batch else max(1, int(micro_batch))  # as the sampler: 0 or None = every row at once
+    for s in range(0, B * D, mb):
+        sl = slice(s, min(B * D, s + mb))
         x_t = ab ** 0.5 * x[sl] + (1 - ab) ** 0.5 * eps[sl]
         t = torch.full((x_t.shape[0],), int(timestep), dtype=torch.long, device=dev)
         pred = model(x_t, t, None if lab is None else lab[sl]).float().to(dev)
@@ -118,7 +119,7 @@ def score_inpaintings(
     timestep: int = 100,
     labels: torch.Tensor | None = None,
     shadow_alphas_cumprod: torch.Tensor | None = None,
-    micro_batch: int = 1024,
+    micro_batch: int | None = 1024,
 ) -> Scores:
     """Score inpaintings (B, C, H, W) in [-1, 1] by target loss / shadow loss with identical ``noise``."""
     lt = denoising_loss(target, images, alphas_cumprod=alphas_cumprod, timestep=timestep, noise=noise,

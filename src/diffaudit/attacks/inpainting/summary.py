@@ -15,7 +15,7 @@ import numpy as np
 
 from diffaudit.attacks.inpainting.attack import TargetResult
 
-FIELDS = ("best_l2", "mean_top10_l2", "top1_l2", "oracle_best_l2")
+FIELDS = ("best_l2", "mean_top10_l2", "top1_l2", "oracle_best_l2", "mean_top10_l2_hidden")
 
 
 def _stats(values: np.ndarray) -> dict[str, float | None]:
@@ -38,7 +38,8 @@ def summarize(results: Sequence[TargetResult]) -> dict:
     """
     members = np.asarray([r.member for r in results], dtype=bool)
     out: dict = {"n_targets": len(results), "n_members": int(members.sum()), "n_nonmembers": int((~members).sum())}
-    for name in FIELDS:
-        v = np.asarray([getattr(r, name) for r in results], dtype=np.float64)
-        out[name] = {"members": _stats(v[members]), "nonmembers": _stats(v[~members])}
+    for name in FIELDS:  # a value a result lacks (None: results made before it was measured) is left out
+        v = np.asarray([np.nan if getattr(r, name) is None else getattr(r, name) for r in results], dtype=np.float64)
+        known = ~np.isnan(v)
+        out[name] = {"members": _stats(v[members & known]), "nonmembers": _stats(v[~members & known])}
     return out

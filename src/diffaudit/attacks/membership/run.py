@@ -39,8 +39,9 @@ from diffaudit.attacks.membership.registry import get_attack
 from diffaudit.attacks.membership.sweep import sweep_scores
 from diffaudit.attacks.membership.targets import PooledScores, score_models
 from diffaudit.core.errors import DiffauditError
-from diffaudit.core.io import read_json
 from diffaudit.data.dataset import ImageDataset
+from diffaudit.models.digest import model_digest
+from diffaudit.models.run_record import check_trained_on, has_train_ids, read_train_keys
 
 TARGET_MODES = ("leave-one-out", "shadow", "model")
 
@@ -153,22 +154,53 @@ def shadow_run_dirs(shadows_dir: str | Path, n_models: int) -> list[Path]:
 
 
 def target_membership(run_dir: str | Path, dataset: ImageDataset) -> np.ndarray:
-    """bool (N,): which examples of ``dataset`` trained the run in ``run_dir`` (its ``train_ids.json`` keys)."""
-    path = Path(run_dir) / "train_ids.json"
-    if not path.exists():
-        raise DiffauditError(f"--target {run_dir}: no train_ids.json, so its training set is unknown; "
-                             "use a diffaudit run directory, or --target-index for a shadow model")
-    keys = read_json(path).get("keys")
-    if not isinstance(keys, list):
-        raise DiffauditError(f"{path}: no `keys` list")
-    index = dataset.index_of()
-    unknown = [k for k in keys if k not in index]
-    if unknown:
-        raise DiffauditError(f"--target {run_dir} trained on {len(unknown)} examples that are not in the dataset "
-                             f"{dataset.source} (first: {unknown[0]!r}); give the --data it was trained on")
+    """bool (N,): which examples of ``dataset`` trained the run in ``run_dir`` (its ``train_ids.json``
+    keys); refuses a ``dataset`` whose pixels under those keys are not the ones it trained on."""
+    rows = check_trained_on(run_dir, dataset, what="--target")
     members = np.zeros(len(dataset), dtype=bool)
-    members[[index[k] for k in keys]] = True
+    members[rows] = True
     return members
+
+
+def check_shadow_training(dataset: ImageDataset, membership: np.ndarray, shadow_runs: Sequence[str | Path]) -> None:
+    """Refuse a membership matrix or dataset the shadows were not trained on.
+
+    Shadow k must have trained on exactly the examples IN column k (its ``train_ids.json``), and on
+    their pixels in ``dataset`` (its recorded training-set digest). Without this, another matrix or
+    another file with the same keys (``npz:<row>``) labels members wrongly and the AUC is wrong with
+    no error. Runs that record no training set (diffusers folders) are taken on trust.
+    """
+    keys = np.asarray(dataset.keys, dtype=object)
+    for k, run in enumerate(shadow_runs):
+        if not has_train_ids(run):
+            continue
+        trained = set(read_train_keys(run, f"shadow model {k}"))
+        column = set(keys[np.asarray(membership[:, k], dtype=bool)])
+        if trained != column:
+            raise DiffauditError(
+                f"shadow model {k} ({run}) trained on {len(trained)} examples, but column {k} of the membership "
+                f"matrix has {len(column)} IN and they differ in {len(trained ^ column)}: give the --membership "
+                "and --data the shadows were trained on"
+            )
+        check_trained_on(run, dataset, what=f"shadow model {k}")
+
+
+def check_target_not_shadow(target_run: str | Path, shadow_runs: Sequence[str | Path],
+                            digests: dict[str, str] | None = None, target_digest: str | None = None) -> None:
+    """Refuse a ``--target`` that is one of the shadows, by path or as a copy (same weights): its own
+    losses would enter its IN/OUT statistics. ``digests`` (run name -> :func:`model_digest`) and
+    ``target_digest`` are used when the caller has them."""
+    target = Path(target_run)
+    hint = "use --target-index for a shadow as the target"
+    for run in shadow_runs:
+        if target.resolve() == Path(run).resolve():
+            raise DiffauditError(f"--target {target} is one of the shadows: its own losses would enter its IN/OUT statistics; {hint}")
+    t = target_digest or model_digest(target)
+    for run in shadow_runs:
+        d = (digests or {}).get(Path(run).name) or model_digest(run)
+        if d == t:
+            raise DiffauditError(f"--target {target} has the same weights as the shadow {run} (a copy): its own losses would "
+                                 f"enter its IN/OUT statistics; {hint}")
 
 
 def run_mia(
@@ -220,6 +252,7 @@ def run_mia(
             "(train 4 or more models on random halves: `diffaudit membership --models 4`)"
         )
 
+    check_shadow_training(dataset, membership, shadow_runs)
     all_ts = list(dict.fromkeys([*config.timesteps, *config.sweep]))  # attack timesteps first, no repeats
     data_fp = data_digest or dataset_digest(dataset)
 
