@@ -78,7 +78,7 @@ def test_audit_class_conditional_samples_every_class(tmp_path):
     assert json.loads((out / "extract" / "result.json").read_text())["command"] == "extract"
 
 
-def test_audit_of_an_existing_run_trains_the_shadows_it_asks_for(tmp_path):
+def test_audit_of_an_existing_run_trains_the_shadows_it_asks_for(tmp_path, capsys):
     from diffaudit.data import load_dataset
     from diffaudit.data.view import save_view
 
@@ -94,6 +94,11 @@ def test_audit_of_an_existing_run_trains_the_shadows_it_asks_for(tmp_path):
     mia = json.loads((out / "mia" / "result.json").read_text())
     assert mia["attack"] == "lira-fixed" and mia["target"]["mode"] == "model"
     assert json.loads((out / "result.json").read_text())["target"] == str(tmp_path / "run")
+    # the same keys over other pixels (scaled to 16x16) are not the run's training data: refused at once
+    assert main(["audit", *data, "--image-size", "16", "--model", str(tmp_path / "run"), "--n-samples", "16",
+                 "--sample-steps", "3", "--sweep", "", "--device", "cpu", "--quiet", "--out", str(tmp_path / "other")]) == 2
+    assert "trained on other pixels" in capsys.readouterr().err
+    assert not (tmp_path / "other" / "samples").exists()
 
 
 def test_defence_workflow_reaudit_existing_runs_and_compare(tmp_path, capsys):

@@ -295,18 +295,12 @@ def _n_generated(args: argparse.Namespace, sample: dict[str, Any] | None, verify
 
 
 def _target_members(args, models: Path, dataset) -> tuple[Path, list[str]]:
-    """The target run and the keys of its training set."""
-    from diffaudit.core.io import read_json
+    """The target run and the keys of its training set (checked: every key, with the pixels it trained on, is in --data)."""
+    from diffaudit.models.run_record import check_trained_on
 
     target = Path(args.model) if args.model else models / "model-00"
-    ids = target / "train_ids.json"
-    if not ids.exists():
-        raise DiffauditError(f"{target}: no train_ids.json, so its training set is unknown: audit a diffaudit run directory")
-    keys = read_json(ids)["keys"]
-    known = set(dataset.keys)
-    if not set(keys) <= known:
-        raise DiffauditError(f"{target} was trained on examples that are not in --data {args.data} (with these options)")
-    return target, keys
+    rows = check_trained_on(target, dataset, what="--model" if args.model else "the audit's target")
+    return target, [dataset.keys[i] for i in rows]
 
 
 def run(args: argparse.Namespace) -> int:
