@@ -8,6 +8,11 @@
 | ddpm-cifar10  | 128, 256, 256, 256    | 16x16     | 35.7M                | the paper's CIFAR-10 model   |
 
 Configs are plain dicts of ``UNet2DModel`` constructor arguments, saved beside the weights.
+
+``ddpm-cifar10`` has Ho et al.'s block layout and parameter count (35,746,307 for 3 channels) but
+diffusers' defaults elsewhere: no dropout (Ho et al. used 0.1 on CIFAR-10) and multi-head attention
+with 8 channels per head (theirs: one head). Without dropout a model may memorize more than theirs
+did; dropout would also draw from the global RNG during training, which resumable training avoids.
 """
 
 from __future__ import annotations
