@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffaudit.core.errors import DiffauditError
+from diffaudit.core.errors import DiffauditError, NonFiniteError
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.defenses.dp_training import (
     DPConfig,
@@ -232,3 +232,113 @@ def test_dp_training_runs_on_cuda_with_noise(tmp_path, data):
     again = _weights(train_dp(data, _cfg(steps=3), DPConfig(noise_multiplier=1.0, max_grad_norm=1.0), tmp_path / "dp2",
                               device="cuda"))
     assert max(float((w[k] - again[k]).abs().max()) for k in w) < 1e-4  # the seeded noise is drawn again
+
+
+def _dp_parser():
+    import argparse
+
+    from diffaudit.defenses.dp_training import add_dp_arguments
+
+    p = argparse.ArgumentParser()
+    add_dp_arguments(p)
+    return p
+
+
+@pytest.mark.parametrize("argv", [
+    ["--dp-max-grad-norm", "0.5", "--dp-delta", "1e-5", "--dp-augmentations", "4"],
+    ["--dp-no-poisson"],
+    ["--dp-accountant", "rdp"],  # the default value, but given: still an error
+    ["--dp-grad-sample-mode", "auto"],
+    ["--dp-augmentations", "0"],
+])
+def test_dp_settings_without_noise_or_epsilon_are_refused(argv):
+    """They used to be ignored: the model was trained without privacy and nothing said so."""
+    from diffaudit.defenses.dp_training import dp_config_from_args
+
+    with pytest.raises(DiffauditError, match="without --dp-noise or --dp-epsilon") as err:
+        dp_config_from_args(_dp_parser().parse_args(argv))
+    assert all(flag in str(err.value) for flag in argv if flag.startswith("--"))
+
+
+def test_dp_flags_left_out_take_the_dpconfig_defaults():
+    from diffaudit.defenses.dp_training import dp_config_from_args
+
+    assert dp_config_from_args(_dp_parser().parse_args(["--dp-noise", "0.7"])) == DPConfig(noise_multiplier=0.7)
+    cfg = dp_config_from_args(_dp_parser().parse_args(["--dp-noise", "0.7", "--dp-max-grad-norm", "0.5", "--dp-accountant", "prv"]))
+    assert cfg == DPConfig(noise_multiplier=0.7, max_grad_norm=0.5, accountant="prv")
+
+
+def test_fixed_size_batches_hold_distinct_examples():
+    """--dp-no-poisson reused the plain stream, whose batches span epochs: n=10, B=4 put example 102
+    twice in batch 7 (sensitivity 2C). Now a batch never spans two epochs."""
+    from diffaudit.defenses.dp_training import batch_rows
+    from diffaudit.models.training import batch_positions, epoch_batch_positions
+
+    cfg, dp = _cfg(batch_size=4, seed=0), DPConfig(noise_multiplier=1.0, poisson_sampling=False)
+    batches = [batch_rows(s, cfg, dp, 10, 0.4) for s in range(60)]
+    assert all(len(b) == 4 and len(set(b.tolist())) == 4 and b.min() >= 0 and b.max() < 10 for b in batches)
+    for e in range(30):  # two whole batches per epoch, disjoint
+        assert not set(batches[2 * e].tolist()) & set(batches[2 * e + 1].tolist())
+    assert [b.tolist() for b in batches] == [batch_rows(s, cfg, dp, 10, 0.4).tolist() for s in range(60)]
+    assert batch_rows(37, cfg, dp, 10, 0.4).tolist() == batches[37].tolist()  # a pure function of (seed, step)
+    # B dividing n: the plain run's batches (what the no-noise equivalence test relies on)
+    assert all(np.array_equal(epoch_batch_positions(s, 4, 12, 5), batch_positions(s, 4, 12, 5)) for s in range(9))
+    with pytest.raises(DiffauditError, match="--batch-size 11"):
+        epoch_batch_positions(0, 11, 10, 0)
+
+
+def test_unreachable_target_epsilon_is_a_clear_error(tmp_path, data):
+    with pytest.raises(DiffauditError, match=r"--dp-epsilon 0.001 cannot be reached at delta 1e-05 after 1000 steps") as err:
+        resolve_noise(DPConfig(noise_multiplier=None, target_epsilon=1e-3), sample_rate=0.2, steps=1000, delta=1e-5)
+    assert "--steps" in str(err.value) and "--dp-delta" in str(err.value) and "more training data" in str(err.value)
+    with pytest.raises(DiffauditError, match="cannot be reached"):
+        train_dp(data, _cfg(steps=1000), DPConfig(noise_multiplier=None, target_epsilon=1e-4), tmp_path / "dp")
+    assert not (tmp_path / "dp").exists()
+
+
+def test_dp_converts_only_the_training_examples(tmp_path, data, monkeypatch):
+    import diffaudit.defenses.dp_training as dpt
+
+    shapes = []
+    real = dpt.to_model_space
+
+    def spy(images):
+        shapes.append(tuple(images.shape))
+        return real(images)
+
+    monkeypatch.setattr(dpt, "to_model_space", spy)
+    train_dp(data, _cfg(steps=1), DPConfig(noise_multiplier=1.0), tmp_path / "dp", train_indices=list(range(5, 21)))
+    assert shapes == [(16, 8, 8, 1)]
+
+
+def test_dp_log_is_the_mean_over_the_log_window(tmp_path, data):
+    dp = DPConfig(noise_multiplier=0.5, poisson_sampling=False)
+    every = train_dp(data, _cfg(steps=4, log_every=1), dp, tmp_path / "every")
+    pairs = train_dp(data, _cfg(steps=4, log_every=2), dp, tmp_path / "pairs")
+    one = [json.loads(line) for line in (every / "loss_log.jsonl").read_text().splitlines()]
+    two = [json.loads(line) for line in (pairs / "loss_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in two] == [2, 4]
+    assert two[0]["loss"] == pytest.approx((one[0]["loss"] + one[1]["loss"]) / 2, rel=1e-6)
+    assert two[1]["loss"] == pytest.approx((one[2]["loss"] + one[3]["loss"]) / 2, rel=1e-6)
+    assert two[1]["loss"] != pytest.approx(one[3]["loss"], rel=1e-6)  # not the logging step's loss alone
+    assert not (every / "checkpoints").exists()  # checkpointed at step 2, dropped once finished
+
+
+def test_dp_non_finite_weights_are_never_saved(tmp_path, data, monkeypatch):
+    """The loss of a step is computed before its update: a step that makes the weights NaN still logs a
+    finite loss. The weights themselves are checked before any checkpoint or final save."""
+    import diffaudit.defenses.dp_training as dpt
+
+    monkeypatch.setattr(dpt, "lr_at", lambda step, cfg: float("nan"))  # Adam with lr NaN: NaN weights
+    with pytest.raises(NonFiniteError, match="weights became non-finite"):
+        train_dp(data, _cfg(steps=1), DPConfig(noise_multiplier=1.0), tmp_path / "dp")
+    assert not (tmp_path / "dp" / "result.json").exists() and not (tmp_path / "dp" / "unet").exists()
+    assert not (tmp_path / "dp" / "checkpoints").exists()
+
+
+def test_dp_training_leaves_the_global_rng_untouched(tmp_path, data):
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    train_dp(data, _cfg(steps=2), DPConfig(noise_multiplier=1.0), tmp_path / "dp")
+    torch.testing.assert_close(torch.rand(3), expected, atol=0, rtol=0)

@@ -66,14 +66,25 @@ def test_the_payload_really_runs_code_when_unpickled(tmp_path):
 
 # --------------------------------------------------------------------------- weights
 
-def test_resume_refuses_a_malicious_optimizer_checkpoint(tmp_path, marker, capsys):
+def test_resume_refuses_a_malicious_optimizer_checkpoint(tmp_path, marker, capsys, monkeypatch):
+    import diffaudit.models.training as training
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_checkpoint(name):
+        if name == "train.checkpoint":
+            raise Stop
+
     run = tmp_path / "run"
     argv = ["--quiet", "train", "--data", "digits", "--subset", "16", "--steps", "20", "--checkpoint-every", "10",
             "--batch-size", "8", "--warmup-steps", "2", "--device", "cpu", "--out", str(run)]
-    assert main(argv) == 0
+    monkeypatch.setattr(training, "fault_point", stop_after_checkpoint)
+    with pytest.raises(Stop):  # stopped after its first checkpoint: unfinished, the next run resumes from it
+        main(argv)
+    monkeypatch.undo()
     ck = run / "checkpoints" / "step-00000010"
     torch.save(Payload(marker), ck / "optimizer.pt")  # a planted checkpoint (zip format, as torch.save writes)
-    (run / "result.json").unlink()  # unfinished again: the next run resumes from the checkpoint
     capsys.readouterr()
     assert main(argv) == 2
     err = capsys.readouterr().err

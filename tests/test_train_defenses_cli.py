@@ -41,3 +41,22 @@ def test_dp_sgd_run_reports_epsilon(tmp_path):
     dp = json.loads((tmp_path / "dp" / "dp.json").read_text())
     assert dp["epsilon"] is not None and 0 < dp["epsilon"] < float("inf")
     assert (tmp_path / "dp" / "unet" / "diffusion_pytorch_model.safetensors").exists()
+
+
+def test_dp_settings_without_noise_or_epsilon_are_an_error_not_a_plain_run(tmp_path, capsys):
+    """These flags used to be dropped silently: the command trained a non-private model."""
+    out = tmp_path / "dp"
+    capsys.readouterr()
+    assert main(BASE + ["--dp-max-grad-norm", "0.5", "--dp-delta", "1e-5", "--dp-augmentations", "4", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--dp-delta, --dp-max-grad-norm, --dp-augmentations given without --dp-noise or --dp-epsilon" in err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_malformed_repeat_file_is_a_clear_error(tmp_path, capsys):
+    rep = tmp_path / "rep.txt"
+    rep.write_text("digits:20 x3\n")
+    capsys.readouterr()
+    assert main(BASE + ["--repeat", str(rep), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"{rep}:1: TIMES must be a positive integer; got 'x3'" in err and "Traceback" not in err

@@ -92,3 +92,45 @@ def test_bad_config_is_rejected():
         TrainConfig(lr=5.0).validate()
     with pytest.raises(DiffauditError):
         TrainConfig(steps=0).validate()
+
+
+def test_checkpoint_interval_covers_runs_shorter_than_checkpoint_every():
+    from diffaudit.models.training import checkpoint_interval
+
+    assert checkpoint_interval(TrainConfig(steps=400, checkpoint_every=500, log_every=50)) == 200
+    assert checkpoint_interval(TrainConfig(steps=10_000, checkpoint_every=500, log_every=50)) == 500
+    assert checkpoint_interval(TrainConfig(steps=30, checkpoint_every=10, log_every=10)) == 10
+    assert checkpoint_interval(TrainConfig(steps=1, checkpoint_every=500, log_every=50)) == 1
+
+
+def test_short_run_checkpoints_mid_log_window_and_resumes_identically(tmp_path, monkeypatch):
+    """--steps 6 below --checkpoint-every 100 used to write no checkpoint at all (a kill lost every step).
+    Now it checkpoints at step 3, inside the log window 3-4: the window's partial sum travels with the
+    checkpoint, so the resumed run's loss log and weights equal the uninterrupted run's."""
+    import diffaudit.models.training as training
+    from diffaudit.data.dataset import ImageDataset
+
+    rng = np.random.default_rng(0)
+    ds = ImageDataset(rng.integers(0, 256, (12, 8, 8, 1), dtype=np.uint8), [f"k{i}" for i in range(12)], source="syn")
+    cfg = TrainConfig(preset="tiny", steps=6, batch_size=4, warmup_steps=0, seed=2, checkpoint_every=100, log_every=2)
+    ref = training.train(ds, cfg, tmp_path / "ref")
+    calls = {"n": 0}
+
+    def kill_at_step_5(name):
+        if name == "train.step":
+            calls["n"] += 1
+            if calls["n"] == 5:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "fault_point", kill_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(ds, cfg, tmp_path / "killed")
+    monkeypatch.undo()
+    assert [p.name for p in training.checkpoint_dirs(tmp_path / "killed")] == ["step-00000003"]
+    state = json.loads((tmp_path / "killed" / "checkpoints" / "step-00000003" / "state.json").read_text())
+    assert state["step"] == 3 and state["window"]["steps"] == 1 and state["window"]["loss_sum"] > 0
+    killed = training.train(ds, cfg, tmp_path / "killed")
+    a, b = weights(ref), weights(killed)
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    assert (ref / "loss_log.jsonl").read_text() == (killed / "loss_log.jsonl").read_text()
+    assert [json.loads(line)["step"] for line in (ref / "loss_log.jsonl").read_text().splitlines()] == [2, 4, 6]

@@ -34,16 +34,27 @@ def add_train_options(p: argparse.ArgumentParser, *, steps: int = 1000) -> None:
     g.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the saved weights")
     g.add_argument("--flip", action="store_true", help="random horizontal flips")
     g.add_argument("--class-conditional", action="store_true", help="condition on the dataset's labels")
-    g.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
-    g.add_argument("--log-every", type=int, default=None, help="steps per loss-log line (default: gcd(50, --checkpoint-every))")
+    g.add_argument("--checkpoint-every", type=int, default=500,
+                   help="most steps between checkpoints; a run also checkpoints at least every half of --steps, "
+                        "i.e. every min(CHECKPOINT_EVERY, max(1, STEPS // 2)) steps")
+    g.add_argument("--log-every", type=int, default=None,
+                   help="steps per loss-log line, at least 1 (default: gcd(50, --checkpoint-every))")
     g.add_argument("--no-bf16", action="store_true", help="no bf16 autocast on CUDA")
     g.add_argument("--compile", action="store_true", help="torch.compile the UNet (CUDA)")
 
 
 def train_config_from(args: argparse.Namespace, seed: int | None = None):
+    """The :class:`~diffaudit.models.training.TrainConfig` of ``add_train_options`` flags.
+
+    ``--log-every`` left out: gcd(50, --checkpoint-every); given, it must be at least 1 (0 is an error,
+    not the default).
+    """
     from diffaudit.models.training import TrainConfig
 
-    log_every = args.log_every or math.gcd(50, args.checkpoint_every)
+    if args.log_every is not None and args.log_every < 1:
+        raise DiffauditError(f"--log-every must be at least 1 (steps per loss-log line); got {args.log_every}. "
+                             "Leave it out for the default gcd(50, --checkpoint-every)")
+    log_every = args.log_every if args.log_every is not None else math.gcd(50, args.checkpoint_every)
     return TrainConfig(
         preset=args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
         grad_clip=args.grad_clip, ema_decay=args.ema_decay, flip=args.flip, class_conditional=args.class_conditional,
@@ -53,27 +64,47 @@ def train_config_from(args: argparse.Namespace, seed: int | None = None):
 
 
 def read_repeats(path: str, dataset) -> dict[int, int]:
-    """A repeat file: JSON {key-or-index: times}, or lines "KEY TIMES"."""
-    text = Path(path).read_text(encoding="utf-8")
+    """A repeat file: a JSON object {key-or-index: times}, or lines "KEY TIMES" (``#`` starts a comment line).
+
+    Returns {dataset index: times}. TIMES must be a positive integer (in JSON an integer: not a float,
+    a string or true/false). Anything else, and an example named twice, is a :class:`DiffauditError`
+    that names the file, the line or key, and the value.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DiffauditError(f"--repeat {path}: cannot read it as a text file ({exc})") from None
+    entries: list[tuple[str, object, str]] = []  # (key, times, where)
     try:
         raw = json.loads(text)
     except json.JSONDecodeError:
-        raw = {}
         for n, line in enumerate(text.splitlines(), 1):
-            if line.strip() and not line.startswith("#"):
+            if line.strip() and not line.lstrip().startswith("#"):
                 parts = line.split()
                 if len(parts) != 2:
-                    raise DiffauditError(f"{path}:{n}: expected `KEY TIMES`")
-                raw[parts[0]] = parts[1]
+                    raise DiffauditError(f"{path}:{n}: expected `KEY TIMES` (two fields); got {line.strip()!r}")
+                key, times = parts
+                if not (times.isascii() and times.isdigit()):
+                    raise DiffauditError(f"{path}:{n}: TIMES must be a positive integer; got {times!r} for {key!r}")
+                entries.append((key, int(times), f"{path}:{n}"))
+    else:
+        if not isinstance(raw, dict):
+            raise DiffauditError(f"{path}: a JSON repeat file must be an object {{\"key-or-index\": times}}; "
+                                 f"got a JSON {type(raw).__name__}")
+        entries = [(k, v, f"{path}: key {k!r}") for k, v in raw.items()]
     index = dataset.index_of()
-    out = {}
-    for k, v in raw.items():
+    out: dict[int, int] = {}
+    for k, v, where in entries:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise DiffauditError(f"{where}: the repeat count must be a positive integer; got {v!r}")
         i = index.get(str(k))
-        if i is None and str(k).isdigit() and int(k) < len(dataset):
+        if i is None and str(k).isascii() and str(k).isdigit() and int(k) < len(dataset):
             i = int(k)
         if i is None:
-            raise DiffauditError(f"{path}: {k!r} is neither a key nor an index of {dataset.source}")
-        out[i] = int(v)
+            raise DiffauditError(f"{where}: {k!r} is neither a key nor an index of {dataset.source}")
+        if i in out:
+            raise DiffauditError(f"{where}: example {i} ({dataset.keys[i]!r}) is named twice in the repeat file")
+        out[i] = v
     return out
 
 

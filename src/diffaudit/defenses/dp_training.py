@@ -3,14 +3,17 @@ the paper's DP-SGD runs diverged even at ε ≥ 50).
 
 Same loop, schedule, EMA and run-directory layout as :func:`diffaudit.models.training.train`
 (``unet/``, ``scheduler/``, ``train_config.json``, ``train_ids.json``, ``loss_log.jsonl``,
-``checkpoints/``, ``result.json``), so sampling, the loss and every attack load a DP run like any
-other, plus ``dp.json``: ε, δ, σ, sampling rate, steps, accountant.
+``checkpoints/`` every :func:`diffaudit.models.training.checkpoint_interval` steps, ``result.json``),
+so sampling, the loss and every attack load a DP run like any other, plus ``dp.json``: ε, δ, σ,
+sampling rate, steps, accountant.
 
 DP-SGD (Abadi et al. 2016) per step:
 
 1. Batch: Poisson sampling (each training example independently with probability q = B / N;
-   ``poisson_sampling=False`` uses the plain run's shuffled fixed-size batches, which the accountant
-   does not formally cover).
+   ``poisson_sampling=False``: fixed-size batches of B distinct examples, each epoch a fresh seeded
+   permutation cut into N // B batches (:func:`diffaudit.models.training.epoch_batch_positions`; a
+   batch never spans two epochs, so no example enters a batch twice), which the accountant does not
+   formally cover).
 2. Per example, K = ``augmentations`` (t, ε) draws (augmentation multiplicity, De et al. 2022): the
    example's gradient is the mean over its K draws, then clipped to norm ``max_grad_norm`` = C.
 3. Sum, add N(0, σ²C²) noise (σ = ``noise_multiplier``, or solved from ``target_epsilon``), divide
@@ -53,7 +56,12 @@ from diffaudit.models.scheduler import alphas_cumprod_of, make_scheduler
 from diffaudit.models.training import (  # the plain run's pieces, reused so both runs share one definition
     Ema,
     TrainConfig,
-    batch_positions,
+    build_unet_untouched_rng,
+    check_finite_weights,
+    check_train_indices,
+    checkpoint_interval,
+    drop_checkpoints,
+    epoch_batch_positions,
     init_model,
     is_finished,
     lr_at,
@@ -62,7 +70,7 @@ from diffaudit.models.training import (  # the plain run's pieces, reused so bot
     save_checkpoint,
     save_pretrained_atomic,
 )
-from diffaudit.models.unets import build_unet, count_parameters
+from diffaudit.models.unets import count_parameters
 
 ACCOUNTANTS = ("rdp", "prv")
 GRAD_SAMPLE_MODES = ("auto", "hooks", "functorch")
@@ -77,7 +85,8 @@ class DPConfig:
         target_epsilon: the ε to reach after ``TrainConfig.steps`` steps (instead of σ).
         delta: δ; None: 1 / (10 N).
         max_grad_norm: per-example clipping norm C (``inf``: no clipping, only with σ = 0).
-        poisson_sampling: Poisson batches (what the accountant assumes) or the plain run's batches.
+        poisson_sampling: Poisson batches (what the accountant assumes) or fixed-size batches of distinct
+            examples (:func:`batch_rows`; the plain run's batches when ``batch_size`` divides N).
         accountant: ``rdp`` or ``prv``.
         augmentations: K (t, ε) draws per example per step, averaged before clipping.
         grad_sample_mode: ``auto``, ``hooks`` or ``functorch`` (module docstring).
@@ -173,13 +182,26 @@ def check_grad_samples(model: torch.nn.Module, mode: str, x: torch.Tensor, t: to
 
 
 def resolve_noise(dp: DPConfig, *, sample_rate: float, steps: int, delta: float) -> float:
-    """σ: the configured one, or the smallest reaching ``target_epsilon`` after ``steps`` (opacus search)."""
+    """σ: the configured one, or the smallest reaching ``target_epsilon`` after ``steps`` (opacus search).
+
+    Raises :class:`DiffauditError` when no σ up to opacus' limit (1e6) reaches ``target_epsilon``.
+    """
     if dp.noise_multiplier is not None:
         return float(dp.noise_multiplier)
-    from opacus.accountants.utils import get_noise_multiplier
+    from opacus.accountants.utils import MAX_SIGMA, get_noise_multiplier
 
-    return float(get_noise_multiplier(target_epsilon=dp.target_epsilon, target_delta=delta, sample_rate=sample_rate,
-                                      steps=steps, accountant=dp.accountant, epsilon_tolerance=0.01))
+    try:
+        return float(get_noise_multiplier(target_epsilon=dp.target_epsilon, target_delta=delta, sample_rate=sample_rate,
+                                          steps=steps, accountant=dp.accountant, epsilon_tolerance=0.01))
+    except ValueError as exc:
+        if "too low" not in str(exc):
+            raise
+        raise DiffauditError(
+            f"--dp-epsilon {dp.target_epsilon:g} cannot be reached at delta {delta:.3g} after {steps} steps with sampling "
+            f"rate q = {sample_rate:.3g} (--batch-size / training examples): even noise multiplier sigma = {MAX_SIGMA:g} "
+            f"({dp.accountant} accountant) gives a larger epsilon. Raise --dp-epsilon, or lower the privacy cost: fewer "
+            "--steps, more training data or a smaller --batch-size (a smaller q), or a larger --dp-delta"
+        ) from None
 
 
 def epsilon_after(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp") -> float:
@@ -209,11 +231,23 @@ def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
-def _batch(step: int, cfg: TrainConfig, dp: DPConfig, idx: np.ndarray, q: float) -> np.ndarray:
+def _check_finite(window_sum: float, model: torch.nn.Module, step: int) -> None:
+    """:class:`NonFiniteError` if the losses summed since the last log line or the weights are not finite."""
+    if not math.isfinite(window_sum):
+        raise NonFiniteError(f"DP-SGD training loss became {window_sum} by step {step}; lower --lr or --dp-max-grad-norm")
+    check_finite_weights(model, step, "DP-SGD training")
+
+
+def batch_rows(step: int, cfg: TrainConfig, dp: DPConfig, n: int, q: float) -> np.ndarray:
+    """Rows (positions among the n training examples) of DP-SGD batch ``step``, distinct, int64.
+
+    Poisson: each row independently with probability q, seeded by (seed, "dp-poisson", step), so the
+    size varies (may be 0). Fixed: ``cfg.batch_size`` distinct rows (:func:`epoch_batch_positions`).
+    Either way a pure function of (seed, step): a resumed run draws the same batches.
+    """
     if not dp.poisson_sampling:
-        return idx[batch_positions(step, cfg.batch_size, len(idx), cfg.seed)]
-    mask = numpy_rng(derive_seed(cfg.seed, "dp-poisson", step)).random(len(idx)) < q
-    return idx[mask]
+        return epoch_batch_positions(step, cfg.batch_size, n, cfg.seed)
+    return np.flatnonzero(numpy_rng(derive_seed(cfg.seed, "dp-poisson", step)).random(n) < q).astype(np.int64)
 
 
 def train_dp(
@@ -229,21 +263,28 @@ def train_dp(
 ) -> Path:
     """Train a DDPM with DP-SGD on ``dataset[train_indices]`` and write a run directory (module docstring).
 
-    ``config.grad_clip`` (the plain run's global clipping) is replaced by per-example clipping to
-    ``dp.max_grad_norm``; ``config.bf16``/``compile`` are not used (per-sample gradients in float32).
-    Under the same seeds, with σ = 0, C = inf, ``poisson_sampling=False`` and K = 1, the updates equal
-    those of :func:`diffaudit.models.training.train` (up to float summation order).
+    ``train_indices``: distinct dataset indices, int (n,) (the shared check
+    :func:`diffaudit.models.training.check_train_indices`: no boolean mask, no repeats; an example
+    listed twice could enter a batch twice, sensitivity 2C, while the accountant assumes once).
+    ``config.grad_clip`` (the plain run's clipping of the batch gradient's global norm) is not used:
+    per-example clipping to ``dp.max_grad_norm`` replaces it; ``config.bf16``/``compile`` are not used
+    either (per-sample gradients in float32). Under the same seeds, with σ = 0, C = inf,
+    ``poisson_sampling=False``, K = 1 and ``batch_size`` dividing the number of training examples, the
+    updates equal those of :func:`diffaudit.models.training.train` (up to float summation order) only
+    when the plain run's ``grad_clip`` never binds (e.g. ``grad_clip=1e9``); with its default 1.0 the
+    plain run clips the batch gradient and the two differ.
+    The loss log holds the mean loss over the non-empty batches of each ``log_every`` window; the loss
+    and the weights are checked finite at every log line and before every checkpoint
+    (:class:`NonFiniteError`), so non-finite weights are never saved. torch's global RNG is left untouched.
     """
     config.validate()
     dp.validate()
     device = torch.device(device)
-    if train_indices is not None and len({int(i) for i in train_indices}) != len(train_indices):
-        # Poisson sampling draws each listed copy on its own: an example listed twice can enter a batch
-        # twice (sensitivity 2C) while the accountant assumes it enters once with rate q = B / n
-        raise DiffauditError("DP-SGD training indices must be distinct: a repeated example breaks the privacy accounting")
-    n = len(dataset) if train_indices is None else len(train_indices)
+    checked = check_train_indices(train_indices, len(dataset))
+    n = len(dataset) if checked is None else len(checked)
     if config.batch_size > n:
-        raise DiffauditError(f"--batch-size {config.batch_size} exceeds the {n} training examples")
+        raise DiffauditError(f"--batch-size {config.batch_size} exceeds the {n} training examples: a DP-SGD batch holds "
+                             "each example at most once (sampling rate q = B / N at most 1); lower --batch-size")
     q = config.batch_size / n
     delta = dp.delta if dp.delta is not None else 1.0 / (10 * n)
     sigma = resolve_noise(dp, sample_rate=q, steps=config.steps, delta=delta)
@@ -268,21 +309,22 @@ def train_dp(
     clip = dp.max_grad_norm if math.isfinite(dp.max_grad_norm) else 1e30  # σ = 0 here: noise std 0 · 1e30 = 0
     opt = DPOptimizer(torch.optim.Adam(model.parameters(), lr=config.lr), noise_multiplier=sigma, max_grad_norm=clip,
                       expected_batch_size=config.batch_size, loss_reduction="mean")
-    start, log = resume(run, model, ema, opt, device, label="train (DP-SGD)")
+    start, log, (window_sum, window_n) = resume(run, model, ema, opt, device, label="train (DP-SGD)")
 
     scheduler = make_scheduler()
     a_bar = alphas_cumprod_of(scheduler).to(device=device, dtype=torch.float32)
     T = scheduler.config.num_train_timesteps
-    data_x = to_model_space(dataset.images)
-    labels = None if num_classes is None else torch.as_tensor(dataset.labels, dtype=torch.long)
+    data_x = to_model_space(dataset.images[idx])  # (n, C, H, W) in [-1, 1]: the training examples only
+    labels = None if num_classes is None else torch.as_tensor(np.asarray(dataset.labels)[idx], dtype=torch.long)  # (n,)
     K = dp.augmentations
     params = [p for p in model.parameters() if p.requires_grad]
+    every = checkpoint_interval(config)
     t0, seen = time.perf_counter(), 0
     with progress_bar("train (DP-SGD)", config.steps, unit="step", completed=start) as bar, warnings.catch_warnings():
         # opacus' hooks fire on module outputs (the images need no gradient): expected, not a problem
         warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
         for step in range(start, config.steps):
-            ex = _batch(step, config, dp, idx, q)
+            ex = batch_rows(step, config, dp, n, q)  # rows of data_x (training examples idx[ex])
             rows = np.repeat(ex, K)  # K consecutive rows per example
             g = torch_generator(derive_seed(config.seed, "train-step", step))
             t = torch.randint(0, T, (len(rows),), generator=g)
@@ -294,7 +336,6 @@ def train_dp(
             # opacus draws the noise on the gradients' device, where a generator must live (a CPU one is
             # refused for CUDA draws); the noise is seeded per step either way, so a resumed run draws the same
             opt.generator = torch_generator(derive_seed(config.seed, "dp-noise", step), device=params[0].device)
-            lv = float("nan")
             if len(rows):
                 x0 = data_x[rows]
                 if config.flip:
@@ -306,7 +347,8 @@ def train_dp(
                 pred = gsm(x_t, t, class_labels=lab).sample
                 loss = torch.nn.functional.mse_loss(pred.float(), eps)
                 loss.backward()
-                lv = float(loss.item())
+                window_sum += float(loss.item())  # the mean over the window's non-empty batches is logged
+                window_n += 1
                 if K > 1:
                     average_grad_samples(params, len(ex), K)
             else:  # an empty Poisson batch: the step is pure noise
@@ -317,21 +359,23 @@ def train_dp(
             seen += len(ex)
             done = step + 1
             if done % config.log_every == 0 or done == config.steps:
-                if len(rows) and not math.isfinite(lv):
-                    raise NonFiniteError(f"DP-SGD training loss became {lv} at step {done}; lower --lr or raise --dp-max-grad-norm")
+                _check_finite(window_sum, model, done)
+                lv = window_sum / window_n if window_n else None  # None: every batch of the window was empty
+                window_sum, window_n = 0.0, 0
                 e = epsilon_after(noise_multiplier=sigma, sample_rate=q, steps=done, delta=delta, accountant=dp.accountant)
-                log.append({"step": done, "loss": lv if math.isfinite(lv) else None, "lr": lr_at(step, config),
+                log.append({"step": done, "loss": lv, "lr": lr_at(step, config),
                             "epsilon": _finite(e), "batch": int(len(ex))})
-                bar.advance(0, loss=lv, eps=e)
+                bar.advance(0, loss=math.nan if lv is None else lv, eps=e)
             bar.advance(1)
             fault_point("train.step")
-            if done % config.checkpoint_every == 0 and done < config.steps:
-                save_checkpoint(run, done, model, ema, opt, log)
+            if done % every == 0 and done < config.steps:
+                _check_finite(window_sum, model, done)  # a checkpoint never holds non-finite weights
+                save_checkpoint(run, done, model, ema, opt, log, (window_sum, window_n))
                 fault_point("train.checkpoint")
     elapsed = time.perf_counter() - t0
     gsm._close()
 
-    final_model = build_unet(ucfg)
+    final_model = build_unet_untouched_rng(ucfg)
     final_model.load_state_dict({k: v.detach().cpu() for k, v in ema.shadow.items()})
     save_pretrained_atomic(final_model, run / "unet")
     scheduler.save_pretrained(run / "scheduler")
@@ -357,32 +401,65 @@ def train_dp(
     write_result(run / "result.json", "train", settings, {"seed": config.seed}, steps=config.steps,
                  n_parameters=count_parameters(final_model), n_train=n, n_stream=n,
                  final_loss=finals[-1] if finals else None, dp=dp_record)
+    drop_checkpoints(run)
     caveat = "" if dp.poisson_sampling else " (accounted as if Poisson-sampled; the batches were not)"
     stage_line(f"train (DP-SGD): {config.steps} steps on {n} images, epsilon {epsilon:.3g} at delta {delta:.2g}{caveat} "
                f"(sigma {sigma:.3g}, C {dp.max_grad_norm}, q {q:.3g}) -> {run}")
     return run
 
 
+# The settings flags are absent from the namespace unless given (argparse.SUPPRESS; the switch: False), so a
+# flag the user gave is told apart from one left out, even one given with its default value; DPConfig
+# supplies the defaults.
+_DP_SETTING_FLAGS = {"dp_delta": "--dp-delta", "dp_max_grad_norm": "--dp-max-grad-norm", "dp_no_poisson": "--dp-no-poisson",
+                     "dp_accountant": "--dp-accountant", "dp_augmentations": "--dp-augmentations",
+                     "dp_grad_sample_mode": "--dp-grad-sample-mode"}
+
+
 def add_dp_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--dp-*`` flags (for ``diffaudit train``): ``--dp-noise`` or ``--dp-epsilon`` switches DP-SGD on."""
-    g = parser.add_argument_group("DP-SGD (opacus)")
+    """``--dp-*`` flags (for ``diffaudit train``): ``--dp-noise`` or ``--dp-epsilon`` switches DP-SGD on;
+    the other ``--dp-*`` flags without one of them are an error (:func:`dp_config_from_args`)."""
+    d = DPConfig()
+    g = parser.add_argument_group("DP-SGD (opacus); the other --dp-* flags need --dp-noise or --dp-epsilon")
     g.add_argument("--dp-noise", type=float, default=None, help="DP-SGD noise multiplier sigma (turns DP-SGD on)")
     g.add_argument("--dp-epsilon", type=float, default=None, help="target epsilon after --steps (turns DP-SGD on; sigma solved)")
-    g.add_argument("--dp-delta", type=float, default=None, help="delta (default 1/(10 N))")
-    g.add_argument("--dp-max-grad-norm", type=float, default=1.0, help="per-example clipping norm C (inf: none, only with --dp-noise 0)")
-    g.add_argument("--dp-no-poisson", action="store_true", help="fixed shuffled batches instead of Poisson sampling")
-    g.add_argument("--dp-accountant", choices=ACCOUNTANTS, default="rdp", help="privacy accountant")
-    g.add_argument("--dp-augmentations", type=int, default=1, help="(t, noise) draws per example per step, averaged before clipping")
-    g.add_argument("--dp-grad-sample-mode", choices=GRAD_SAMPLE_MODES, default="auto", help="opacus per-sample gradient mode")
+    g.add_argument("--dp-delta", type=float, default=argparse.SUPPRESS, help="delta (default 1/(10 N))")
+    g.add_argument("--dp-max-grad-norm", type=float, default=argparse.SUPPRESS,
+                   help=f"per-example clipping norm C (default {d.max_grad_norm:g}; inf: none, only with --dp-noise 0)")
+    g.add_argument("--dp-no-poisson", action="store_true",
+                   help="fixed-size batches of distinct examples (per-epoch permutations) instead of Poisson sampling")
+    g.add_argument("--dp-accountant", choices=ACCOUNTANTS, default=argparse.SUPPRESS, help=f"privacy accountant (default {d.accountant})")
+    g.add_argument("--dp-augmentations", type=int, default=argparse.SUPPRESS,
+                   help=f"(t, noise) draws per example per step, averaged before clipping (default {d.augmentations})")
+    g.add_argument("--dp-grad-sample-mode", choices=GRAD_SAMPLE_MODES, default=argparse.SUPPRESS,
+                   help=f"opacus per-sample gradient mode (default {d.grad_sample_mode})")
 
 
 def dp_config_from_args(args: argparse.Namespace) -> DPConfig | None:
-    """The :class:`DPConfig` of ``add_dp_arguments`` flags, or None when DP-SGD is off."""
+    """The :class:`DPConfig` of ``add_dp_arguments`` flags, or None when DP-SGD is off.
+
+    Raises :class:`DiffauditError` when a ``--dp-*`` setting is given without ``--dp-noise`` or
+    ``--dp-epsilon`` (it would otherwise train a non-private model without a word).
+    """
+    given = [flag for name, flag in _DP_SETTING_FLAGS.items()
+             if getattr(args, name, None) is not None and getattr(args, name) is not False]  # 0 counts as given
     if getattr(args, "dp_noise", None) is None and getattr(args, "dp_epsilon", None) is None:
+        if given:
+            raise DiffauditError(f"{', '.join(given)} given without --dp-noise or --dp-epsilon: DP-SGD is off, so "
+                                 f"{'it' if len(given) == 1 else 'they'} would be ignored and the model trained without "
+                                 "privacy. Add --dp-noise SIGMA or --dp-epsilon EPS to train with DP-SGD, "
+                                 "or drop the --dp-* flags")
         return None
-    cfg = DPConfig(noise_multiplier=args.dp_noise, target_epsilon=args.dp_epsilon, delta=args.dp_delta,
-                   max_grad_norm=args.dp_max_grad_norm, poisson_sampling=not args.dp_no_poisson,
-                   accountant=args.dp_accountant, augmentations=args.dp_augmentations,
-                   grad_sample_mode=args.dp_grad_sample_mode)
+    d = DPConfig()
+
+    def pick(name: str, default):
+        value = getattr(args, name, None)
+        return default if value is None else value
+
+    cfg = DPConfig(noise_multiplier=args.dp_noise, target_epsilon=args.dp_epsilon, delta=getattr(args, "dp_delta", None),
+                   max_grad_norm=pick("dp_max_grad_norm", d.max_grad_norm),
+                   poisson_sampling=not getattr(args, "dp_no_poisson", False),
+                   accountant=pick("dp_accountant", d.accountant), augmentations=pick("dp_augmentations", d.augmentations),
+                   grad_sample_mode=pick("dp_grad_sample_mode", d.grad_sample_mode))
     cfg.validate()
     return cfg

@@ -5,8 +5,14 @@ Adam with linear warm-up, gradient clipping, EMA weights, optional horizontal fl
 bf16 autocast and ``torch.compile`` on a GPU.
 
 Determinism: everything random at step s (batch order, t, ε, flips) derives from (seed, s) alone,
-and model state is checkpointed every ``checkpoint_every`` steps, so a killed run resumed from its
-last checkpoint ends with exactly the weights of an uninterrupted run (bitwise on the CPU).
+and model state is checkpointed every :func:`checkpoint_interval` steps, so a killed run resumed from
+its last checkpoint ends with exactly the weights of an uninterrupted run (bitwise on the CPU).
+Training never draws from (or reseeds) torch's global RNG.
+
+Checkpoints: every ``min(checkpoint_every, max(1, steps // 2))`` steps (:func:`checkpoint_interval`),
+so every run of two steps or more, also one shorter than ``checkpoint_every``, checkpoints at least
+once, halfway. A checkpoint holds the loss-log window in progress (sum and count), so a run resumed between
+two log lines logs the same means as an uninterrupted one.
 
 Run directory:
     unet/                 EMA weights (save_pretrained, safetensors): what sampling and attacks load
@@ -14,7 +20,7 @@ Run directory:
     train_config.json     TrainConfig + data record
     train_ids.json        keys and indices of the training examples, and repeats
     loss_log.jsonl        step, loss, lr
-    checkpoints/step-N/   raw + EMA weights (safetensors), optimizer state, for resume
+    checkpoints/step-N/   raw + EMA weights (safetensors), optimizer state, for resume (deleted once finished)
     result.json           written last: the run is finished when it exists
 """
 
@@ -50,7 +56,11 @@ from diffaudit.models.unets import build_unet, count_parameters, unet_config
 
 @dataclass
 class TrainConfig:
-    """Hyper-parameters of a training run (saved in ``train_config.json``)."""
+    """Hyper-parameters of a training run (saved in ``train_config.json``).
+
+    ``checkpoint_every`` is the longest interval between checkpoints; :func:`checkpoint_interval`
+    gives the one used. ``log_every`` steps per loss-log line (the mean loss over those steps).
+    """
 
     preset: str = "tiny"
     steps: int = 1000
@@ -81,6 +91,61 @@ class TrainConfig:
             raise DiffauditError("--warmup-steps must be >= 0 and --grad-clip > 0")
 
 
+def checkpoint_interval(config: TrainConfig) -> int:
+    """Steps between checkpoints: ``min(checkpoint_every, max(1, steps // 2))``.
+
+    ``checkpoint_every`` is the longest interval; a run also checkpoints at least every half of its
+    length, so one of at most ``checkpoint_every`` steps is not left without any checkpoint (a 400-step
+    run with the default ``checkpoint_every`` 500 checkpoints at step 200; before, a kill at step 399
+    lost every step). Runs longer than ``2 · checkpoint_every`` keep exactly ``checkpoint_every``. No
+    checkpoint at the last step: the finished run directory replaces it.
+    """
+    return min(config.checkpoint_every, max(1, config.steps // 2))
+
+
+def check_train_indices(train_indices, n_dataset: int) -> np.ndarray | None:
+    """``train_indices`` as sorted distinct int64 dataset indices (None stays None: all examples).
+
+    Raises :class:`DiffauditError` for a boolean mask (it would be read as the indices 0 and 1: pass
+    ``np.flatnonzero(mask)``), non-integer values, a nested list, an empty set, indices outside
+    [0, n_dataset) and repeated indices (copies go through ``repeats=`` / ``--repeat``; DP-SGD takes
+    none, its accounting counts each example once). Shared by plain and DP-SGD training.
+    """
+    if train_indices is None:
+        return None
+    arr = np.asarray(train_indices)
+    if arr.dtype == np.bool_:
+        raise DiffauditError(
+            f"training indices are a boolean mask (dtype bool, {arr.size} entries); they must be example indices: "
+            "pass np.flatnonzero(mask) (a membership column's IN examples: Membership.column_indices(k))")
+    if arr.size == 0:
+        raise DiffauditError("the training set is empty (no example selected)")
+    if arr.ndim != 1:
+        raise DiffauditError(f"training indices must be a 1-D list of example indices; got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise DiffauditError(f"training indices must be integers (example indices); got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    if arr.min() < 0 or arr.max() >= n_dataset:
+        raise DiffauditError(f"training indices must lie in [0, {n_dataset - 1}]; got {int(arr.min())}..{int(arr.max())}")
+    uniq, counts = np.unique(arr, return_counts=True)
+    if len(uniq) != len(arr):
+        rep = uniq[counts > 1]
+        shown = ", ".join(str(int(i)) for i in rep[:5]) + (", ..." if len(rep) > 5 else "")
+        raise DiffauditError(
+            f"training indices must be distinct: {len(rep)} example(s) listed more than once ({shown}). "
+            "Train on an example several times with repeats= (--repeat) instead; DP-SGD takes no repeats "
+            "(its privacy accounting counts each example once)")
+    return uniq
+
+
+def check_finite_weights(model: torch.nn.Module, step: int, label: str = "training") -> None:
+    """Raise :class:`NonFiniteError` if a parameter of ``model`` holds NaN or inf (before it is saved)."""
+    params = [p.detach() for p in model.parameters()]
+    if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+        raise NonFiniteError(f"{label}: the model weights became non-finite (NaN or inf) at step {step}; "
+                             "nothing was saved from this step; lower --lr or check the data")
+
+
 def expand_repeats(indices: np.ndarray, repeats: dict[int, int] | None) -> np.ndarray:
     """The training stream's index list: each index once, or ``repeats[index]`` times."""
     if not repeats:
@@ -103,9 +168,10 @@ def _epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 def batch_positions(step: int, batch_size: int, n: int, seed: int) -> np.ndarray:
-    """Positions (into the training stream of length n) of the examples in batch ``step``.
+    """Positions (into the training stream of length n) of the examples in batch ``step``, int64 (batch_size,).
 
-    The stream is the concatenation of per-epoch permutations, each seeded by (seed, epoch).
+    The stream is the concatenation of per-epoch permutations, each seeded by (seed, epoch); a batch
+    may span two epochs, and then hold one position twice (see :func:`epoch_batch_positions`).
     """
     start = step * batch_size
     out = np.empty(batch_size, dtype=np.int64)
@@ -117,6 +183,22 @@ def batch_positions(step: int, batch_size: int, n: int, seed: int) -> np.ndarray
         out[k:k + take] = perm[offset:offset + take]
         k += take
     return out
+
+
+def epoch_batch_positions(step: int, batch_size: int, n: int, seed: int) -> np.ndarray:
+    """Positions in [0, n) of batch ``step``: ``batch_size`` distinct ones, int64 (batch_size,).
+
+    Epoch e is the permutation of (seed, e) (that of :func:`batch_positions`) cut into
+    ``n // batch_size`` whole batches; its last ``n % batch_size`` positions sit out that epoch (other
+    ones each epoch). A batch never spans two epochs, so it never holds an example twice (what DP-SGD's
+    per-example sensitivity needs), and it is a pure function of (seed, step), so a resumed run draws
+    the same batches. When ``batch_size`` divides ``n`` the batches equal :func:`batch_positions`'.
+    """
+    if not 1 <= batch_size <= n:
+        raise DiffauditError(f"--batch-size {batch_size} must lie in [1, {n}] (the number of training examples)")
+    per_epoch = n // batch_size
+    epoch, k = divmod(step, per_epoch)
+    return _epoch_permutation(seed, epoch, n)[k * batch_size:(k + 1) * batch_size].astype(np.int64)
 
 
 class Ema:
@@ -151,7 +233,9 @@ def checkpoint_dirs(run: Path) -> list[Path]:
     return sorted(p for p in d.glob("step-*") if (p / "state.json").exists()) if d.exists() else []
 
 
-def save_checkpoint(run: Path, step: int, model, ema: Ema, opt, log: list[dict]) -> None:
+def save_checkpoint(run: Path, step: int, model, ema: Ema, opt, log: list[dict],
+                    window: tuple[float, int] = (0.0, 0)) -> None:
+    """Write ``checkpoints/step-N/`` atomically; ``window``: (summed loss, steps) of the log line in progress."""
     final = run / "checkpoints" / f"step-{step:08d}"
     tmp = run / "checkpoints" / f".tmp-step-{step:08d}"
     if tmp.exists():
@@ -162,7 +246,8 @@ def save_checkpoint(run: Path, step: int, model, ema: Ema, opt, log: list[dict])
     atomic_write(tmp / "ema.safetensors", lambda f: f.write(_st_bytes(ema.shadow)))
     atomic_write(tmp / "optimizer.pt", lambda f: torch.save(opt.state_dict(), f))
     write_json_atomic(tmp / "log.json", log)
-    write_json_atomic(tmp / "state.json", {"step": step})  # written last: marks the checkpoint complete
+    state = {"step": step, "window": {"loss_sum": float(window[0]), "steps": int(window[1])}}
+    write_json_atomic(tmp / "state.json", state)  # written last: marks the checkpoint complete
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
@@ -176,7 +261,8 @@ def _st_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
     return save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
 
 
-def load_checkpoint(ck: Path, model, ema: Ema, opt) -> tuple[int, list[dict]]:
+def load_checkpoint(ck: Path, model, ema: Ema, opt) -> tuple[int, list[dict], tuple[float, int]]:
+    """Load ``ck`` into model, EMA and optimizer; returns (step, log, loss-log window in progress)."""
     model.load_state_dict(load_file(ck / "model.safetensors"))
     ema.shadow = {k: v.float() for k, v in load_file(ck / "ema.safetensors").items()}
     try:
@@ -193,22 +279,33 @@ def load_checkpoint(ck: Path, model, ema: Ema, opt) -> tuple[int, list[dict]]:
             "Delete this checkpoint folder to resume from an earlier one, or re-run with --fresh."
         ) from None
     opt.load_state_dict(opt_state)
-    return int(read_json(ck / "state.json")["step"]), list(read_json(ck / "log.json"))
+    state = read_json(ck / "state.json")
+    win = state.get("window") or {}  # absent in older checkpoints, which were all taken at log lines
+    return int(state["step"]), list(read_json(ck / "log.json")), (float(win.get("loss_sum", 0.0)), int(win.get("steps", 0)))
 
 
-def resume(run: Path, model, ema: Ema, opt, device, label: str = "train") -> tuple[int, list[dict]]:
-    """Load ``run``'s newest complete checkpoint, if any, and put the EMA on ``device``; returns (next step, log)."""
-    start, log = 0, []
+def resume(run: Path, model, ema: Ema, opt, device, label: str = "train") -> tuple[int, list[dict], tuple[float, int]]:
+    """Load ``run``'s newest complete checkpoint, if any, and put the EMA on ``device``.
+
+    Returns (next step, log, (summed loss, steps) of the loss-log window in progress).
+    """
+    start, log, window = 0, [], (0.0, 0)
     cks = checkpoint_dirs(run)
     if cks:
-        start, log = load_checkpoint(cks[-1], model, ema, opt)
+        start, log, window = load_checkpoint(cks[-1], model, ema, opt)
         stage_line(f"{label}: resuming {run} from step {start}")
     ema.shadow = {k: v.to(device) for k, v in ema.shadow.items()}
-    return start, log
+    return start, log, window
 
 
 def is_finished(run: str | Path) -> bool:
     return (Path(run) / "result.json").exists()
+
+
+def drop_checkpoints(run: Path) -> None:
+    """Delete a finished run's ``checkpoints/`` (after its ``result.json``: nothing resumes from them,
+    and for the 35.7M-parameter CIFAR-10 model they hold about 1 GB per run)."""
+    shutil.rmtree(Path(run) / "checkpoints", ignore_errors=True)
 
 
 @dataclass
@@ -246,11 +343,10 @@ def plan_run(dataset: ImageDataset, config: TrainConfig, *, train_indices=None, 
              data_record: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> RunPlan:
     """Validate the training set and build a run's records; ``extra`` settings are added (e.g. ``dp``)."""
     n_all = len(dataset)
-    idx = np.arange(n_all) if train_indices is None else np.asarray(sorted(int(i) for i in train_indices), dtype=np.int64)
+    checked = check_train_indices(train_indices, n_all)
+    idx = np.arange(n_all, dtype=np.int64) if checked is None else checked
     if len(idx) == 0:
         raise DiffauditError("the training set is empty (no example selected)")
-    if idx.min() < 0 or idx.max() >= n_all:
-        raise DiffauditError(f"training indices must lie in [0, {n_all - 1}]")
     stream = expand_repeats(idx, repeats)
     H, W, C = dataset.image_shape
     if H != W:
@@ -283,6 +379,13 @@ def init_model(config: TrainConfig, ucfg: dict[str, Any]):
         return build_unet(ucfg)
 
 
+def build_unet_untouched_rng(ucfg: dict[str, Any]):
+    """A UNet of ``ucfg`` whose weights are about to be overwritten; built inside ``fork_rng`` so its
+    (meaningless) initialisation does not advance torch's global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        return build_unet(ucfg)
+
+
 def train(
     dataset: ImageDataset,
     config: TrainConfig,
@@ -296,7 +399,9 @@ def train(
 ) -> Path:
     """Train a DDPM on ``dataset[train_indices]`` (default: all) and write a run directory.
 
+    ``train_indices``: distinct dataset indices, int (n,) (:func:`check_train_indices`; not a boolean mask).
     ``repeats`` maps example index -> number of copies in the training stream (duplication studies).
+    Checkpoints every :func:`checkpoint_interval` steps. torch's global RNG is left untouched.
     Re-running with the same arguments resumes from the last checkpoint, or returns at once if finished.
     """
     config.validate()
@@ -314,7 +419,7 @@ def train(
     model.to(device).train()
     ema = Ema(model, config.ema_decay)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, fused=device.type == "cuda")
-    start, log = resume(run, model, ema, opt, device)
+    start, log, (window_sum, window_n) = resume(run, model, ema, opt, device)
 
     scheduler = make_scheduler()
     a_bar = alphas_cumprod_of(scheduler).to(device=device, dtype=torch.float32)
@@ -328,8 +433,9 @@ def train(
 
     t0, seen = time.perf_counter(), 0
     t_warm, seen_warm = None, 0
-    window = torch.zeros((), device=device)  # summed loss since the last log line (no per-step host sync)
-    window_n = 0
+    # summed loss since the last log line (no per-step host sync); float32, restored exactly from a checkpoint
+    window = torch.tensor(window_sum, dtype=torch.float32, device=device)
+    every = checkpoint_interval(config)
     with progress_bar("train", config.steps, unit="step", completed=start) as bar:
         for step in range(start, config.steps):
             pos = batch_positions(step, config.batch_size, len(stream), config.seed)
@@ -366,19 +472,24 @@ def train(
                 window_n = 0
                 if not math.isfinite(lv):
                     raise NonFiniteError(f"training loss became {lv} at step {done}; lower --lr or check the data")
+                check_finite_weights(model, done)
                 log.append({"step": done, "loss": lv, "lr": lr_at(step, config)})  # mean over the window
                 bar.advance(0, loss=lv)
             bar.advance(1)
             if step + 1 - start == _WARMUP_TIMING_STEPS:
                 t_warm, seen_warm = time.perf_counter(), seen
             fault_point("train.step")
-            if done % config.checkpoint_every == 0 and done < config.steps:
-                save_checkpoint(run, done, model, ema, opt, log)
+            if done % every == 0 and done < config.steps:
+                wsum = float(window.item())
+                if not math.isfinite(wsum):
+                    raise NonFiniteError(f"training loss became {wsum} before step {done}; lower --lr or check the data")
+                check_finite_weights(model, done)  # a checkpoint never holds non-finite weights
+                save_checkpoint(run, done, model, ema, opt, log, (wsum, window_n))
                 fault_point("train.checkpoint")
     elapsed = time.perf_counter() - t0
 
     # Final weights: the EMA copy, in the UNet's own save_pretrained layout.
-    final_model = build_unet(ucfg)
+    final_model = build_unet_untouched_rng(ucfg)
     final_model.load_state_dict({k: v.detach().cpu() for k, v in ema.shadow.items()})
     save_pretrained_atomic(final_model, run / "unet")
     scheduler.save_pretrained(run / "scheduler")
@@ -392,6 +503,7 @@ def train(
         steps=config.steps, n_parameters=count_parameters(final_model), n_train=int(len(idx)),
         n_stream=int(len(stream)), final_loss=log[-1]["loss"] if log else None,
     )
+    drop_checkpoints(run)
     stage_line(f"train: {config.steps} steps on {len(idx)} images ({len(stream)} with repeats) -> {run}")
     return run
 

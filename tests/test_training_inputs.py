@@ -1,0 +1,100 @@
+"""Training inputs: the training-index check shared by plain and DP-SGD runs, repeat files, --log-every,
+and torch's global RNG left alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from diffaudit.cli.main import main
+from diffaudit.cli.train import read_repeats
+from diffaudit.core.errors import DiffauditError
+from diffaudit.data.dataset import ImageDataset
+from diffaudit.models.training import TrainConfig, check_train_indices, plan_run, train
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    return ImageDataset(rng.integers(0, 256, (10, 8, 8, 1), dtype=np.uint8), [f"k{i}" for i in range(10)], source="syn")
+
+
+def _cfg(**kw):
+    base = dict(preset="tiny", steps=1, batch_size=4, warmup_steps=0, seed=1, checkpoint_every=1, log_every=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_boolean_mask_is_refused_by_plain_and_dp_training_alike(data, tmp_path):
+    """A membership column (bool) passed as indices was read as the indices 0 and 1 (plain run) or
+    refused as 'not distinct' (DP run): both now give the same message, naming the fix."""
+    from diffaudit.defenses.dp_training import DPConfig, train_dp
+
+    mask = np.array([1, 0, 1, 1, 0, 1, 0, 1, 1, 0], dtype=bool)
+    with pytest.raises(DiffauditError, match="boolean mask") as plain:
+        plan_run(data, _cfg(), train_indices=mask)
+    with pytest.raises(DiffauditError, match="boolean mask") as dp:
+        train_dp(data, _cfg(), DPConfig(noise_multiplier=1.0), tmp_path / "dp", train_indices=mask)
+    assert str(plain.value) == str(dp.value) and "np.flatnonzero(mask)" in str(plain.value)
+    with pytest.raises(DiffauditError, match="boolean mask"):
+        train(data, _cfg(), tmp_path / "plain", train_indices=list(mask))  # a list of bools too
+    assert not (tmp_path / "plain").exists() and not (tmp_path / "dp").exists()
+    assert check_train_indices(np.flatnonzero(mask), 10).tolist() == [0, 2, 3, 5, 7, 8]
+
+
+def test_repeated_or_odd_training_indices_are_refused(data):
+    with pytest.raises(DiffauditError, match=r"must be distinct: 1 example\(s\) listed more than once \(3\).*repeats="):
+        plan_run(data, _cfg(), train_indices=[3, 3, 4])
+    with pytest.raises(DiffauditError, match="must be integers"):
+        plan_run(data, _cfg(), train_indices=np.array([1.0, 2.5]))
+    with pytest.raises(DiffauditError, match=r"must lie in \[0, 9\]"):
+        plan_run(data, _cfg(), train_indices=[1, 10])
+    with pytest.raises(DiffauditError, match="empty"):
+        plan_run(data, _cfg(), train_indices=[])
+    assert plan_run(data, _cfg(), train_indices=[5, 1, 3]).indices.tolist() == [1, 3, 5]
+
+
+@pytest.mark.parametrize("text, match", [
+    ("k1 x3\n", r":1: TIMES must be a positive integer; got 'x3'"),
+    ("k1 0\n", "must be a positive integer; got 0"),
+    ("k1 3 4\n", r":1: expected `KEY TIMES`"),
+    ('["k1", 3]', "must be an object"),
+    ('{"k1": 2.9}', "positive integer; got 2.9"),
+    ('{"k1": true}', "positive integer; got True"),
+    ('{"k1": "3"}', "positive integer; got '3'"),
+    ('{"k1": -2}', "positive integer; got -2"),
+    ('{"nope": 2}', "neither a key nor an index"),
+    ("k1 2\n1 3\n", "named twice"),
+])
+def test_bad_repeat_files_are_clear_errors(data, tmp_path, text, match):
+    path = tmp_path / "rep.txt"
+    path.write_text(text)
+    with pytest.raises(DiffauditError, match=match):
+        read_repeats(str(path), data)
+
+
+def test_good_repeat_files_are_read(data, tmp_path):
+    path = tmp_path / "rep.txt"
+    path.write_text('{"k1": 3, "4": 2}')
+    assert read_repeats(str(path), data) == {1: 3, 4: 2}
+    path.write_text("# key times\nk1 3\n  # indented comment\n4 2\n")
+    assert read_repeats(str(path), data) == {1: 3, 4: 2}
+
+
+def test_log_every_zero_is_an_error_not_the_default(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["--quiet", "train", "--data", "digits", "--subset", "16", "--steps", "1", "--batch-size", "4",
+            "--checkpoint-every", "1", "--device", "cpu", "--out", str(out)]
+    capsys.readouterr()
+    assert main([*argv, "--log-every", "0"]) == 2
+    assert "--log-every must be at least 1" in capsys.readouterr().err
+    assert not (out / "result.json").exists()
+
+
+def test_train_leaves_the_global_rng_untouched(data, tmp_path):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    train(data, _cfg(), tmp_path / "run")
+    torch.testing.assert_close(torch.rand(3), expected, atol=0, rtol=0)
