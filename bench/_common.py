@@ -1,12 +1,24 @@
-"""Shared helpers of the benchmarks: timing with device synchronisation, JSON output, models."""
+"""Shared helpers of the benchmarks: timing with device synchronisation, JSON output, models.
+
+Output: every benchmark prints one JSON object on stdout (:func:`emit`). When the environment variable
+``DIFFAUDIT_BENCH_RESULT`` names a file (``run_all.py`` sets it, one file per benchmark), the result is
+also written there, atomically: by :func:`checkpoint` after each finished comparison, with
+``"partial": true`` and the stage reached, and by :func:`emit` at the end, without ``partial``. A
+benchmark that crashes or is killed at its time limit so keeps what it had measured.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
 import time
+from pathlib import Path
 
 import torch
+
+RESULT_ENV = "DIFFAUDIT_BENCH_RESULT"
 
 
 def sync(device: torch.device) -> None:
@@ -35,7 +47,37 @@ def device_info(device: torch.device) -> dict:
     return info
 
 
+def _jsonable(x):
+    """``x`` with non-finite floats as strings (strict JSON) and keys as strings."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def _write_result_file(result: dict) -> None:
+    path = os.environ.get(RESULT_ENV)
+    if not path:
+        return
+    target = Path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(result), indent=2) + "\n")
+    os.replace(tmp, target)
+
+
+def checkpoint(result: dict, stage: str) -> None:
+    """Save what ``result`` holds so far (when run by run_all): kept if the benchmark dies later."""
+    _write_result_file({**result, "partial": True, "stage": stage})
+    print(f"[bench] {stage} done", file=sys.stderr, flush=True)
+
+
 def emit(result: dict) -> None:
+    """The final result: one JSON object on stdout (and in the run_all result file, if any)."""
+    result = _jsonable(result)
+    _write_result_file(result)
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write("\n")
     sys.stdout.flush()

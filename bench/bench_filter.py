@@ -7,14 +7,16 @@ prompt, split into the graph (blocked GEMM per tile) and the clique search, and 
 Half of the prompts are "memorized" (half of their generations are noisy copies of one image, the
 rest distinct), half are not (all distinct). Images are smooth random images (low-resolution noise
 upsampled) so that tiles carry structure. Inputs start on the host as uint8 arrays, as they come out
-of a sample store; on CUDA the run is repeated with the images already resident on the device.
-Prints one JSON object. Small CPU defaults; on an H100: ``--prompts 50 --generations 500 --size 512``.
+of a sample store; on CUDA the run is repeated with the images already resident on the device, for
+the main kind and every ``--also-compute`` kind side by side. Each side records the GEMM kind it
+resolved to (``auto`` as the library resolves it: the exact int8 GEMM where it qualifies). Prints one
+JSON object (saved after each side when run by ``run_all.py``). Small CPU defaults; on an H100:
+``--prompts 50 --generations 500 --size 512``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import sys
 import time
@@ -26,8 +28,11 @@ import torch.nn.functional as F
 from diffaudit.attacks.extraction.cliques import max_clique
 from diffaudit.attacks.extraction.filter import FilterSettings, filter_prompt
 from diffaudit.attacks.extraction.graph import near_duplicate_graph
+from _common import checkpoint, emit
 from diffaudit.core.device import resolve_device
 from diffaudit.core.seeds import torch_generator
+from diffaudit.distances.compute import INT8_CROSS_MAX_DIM, resolve_compute
+from diffaudit.distances.pixel import tile_edges
 
 
 def smooth_images(n: int, size: int, seed: int) -> np.ndarray:
@@ -76,6 +81,14 @@ def _timed_graph(images, args, dev, compute):
     return g, time.perf_counter() - t
 
 
+def resolved_kind(kind: str, dev: torch.device, args) -> str:
+    """The GEMM kind the graph runs for ``kind`` on uint8 images (``auto`` resolved as
+    :func:`~diffaudit.distances.pairwise.pairwise_tile_mean_squares` does: from its largest tile)."""
+    rows, cols = tile_edges(args.size, args.grid), tile_edges(args.size, args.grid)
+    tile_dim = (rows[0][1] - rows[0][0]) * (cols[0][1] - cols[0][0]) * 3
+    return resolve_compute(kind, dev, dim=tile_dim, allow_int8=True, int8_max_dim=INT8_CROSS_MAX_DIM).kind
+
+
 def _gemm_ops(args) -> float:
     """Multiply-adds x 2 of one prompt's graph: all pairs of generations, every pixel value once."""
     return 2.0 * args.generations ** 2 * args.size ** 2 * 3
@@ -105,36 +118,50 @@ def main(argv=None) -> int:
            "prompts": args.prompts, "generations": args.generations, "size": args.size, "grid": args.grid,
            "torch_threads": torch.get_num_threads()}
     t_host, flagged = run_prompts(sets, args.prompts, settings, dev, ids, args.compute)
-    out["host_inputs"] = {"seconds": t_host, "prompts_per_second": args.prompts / t_host, "flagged": flagged}
+    main_kind = resolved_kind(args.compute, dev, args)
+    out["compute"] = {"requested": args.compute, "resolved": main_kind}
+    out["host_inputs"] = {"compute": main_kind, "seconds": t_host, "prompts_per_second": args.prompts / t_host,
+                          "flagged": flagged}
     # split of one prompt's time: graph vs clique
     g, t_graph = _timed_graph(sets[0], args, dev, args.compute)
     t = time.perf_counter()
     cq = max_clique(g.adjacency)
     t_clique = time.perf_counter() - t
-    out["one_memorized_prompt"] = {"compute": args.compute, "graph_seconds": t_graph, "clique_seconds": t_clique,
+    out["one_memorized_prompt"] = {"compute": main_kind, "graph_seconds": t_graph, "clique_seconds": t_clique,
                                    "largest_clique": cq.size, "bound_hit": cq.bound_hit, "refined_pairs": g.refined,
                                    "gemm_tops": _gemm_ops(args) / t_graph / 1e12}
-    for kind in [k.strip() for k in args.also_compute.split(",") if k.strip()]:
+    checkpoint(out, "host inputs")
+    also = [k.strip() for k in args.also_compute.split(",") if k.strip()]
+    for kind in also:
         run_prompts(sets, 2, settings, dev, ids, kind)  # warm-up
         t_k, flagged_k = run_prompts(sets, args.prompts, settings, dev, ids, kind)
         g_k, t_graph_k = _timed_graph(sets[0], args, dev, kind)
         out[f"also_{kind}"] = {
-            "seconds": t_k, "prompts_per_second": args.prompts / t_k, "flagged": flagged_k,
+            "compute": resolved_kind(kind, dev, args), "seconds": t_k, "prompts_per_second": args.prompts / t_k, "flagged": flagged_k,
             "graph_seconds": t_graph_k, "refined_pairs": g_k.refined, "gemm_tops": _gemm_ops(args) / t_graph_k / 1e12,
             "same_graph": bool(np.array_equal(g_k.adjacency, g.adjacency)),
             "max_distance_difference": float(np.abs(g_k.distances - g.distances).max()),
             "speedup_of_main_kind": t_k / t_host, "graph_speedup_of_main_kind": t_graph_k / t_graph,
         }
+        checkpoint(out, f"host inputs, {kind}")
     if dev.type == "cuda":
+        # Images already on the device (as a generator hands them over), every kind side by side.
         resident = tuple(torch.from_numpy(s).to(dev) for s in sets)
-        run_prompts(resident, 2, settings, dev, ids)
-        t_dev, flagged_d = run_prompts(resident, args.prompts, settings, dev, ids)
-        out["device_resident_inputs"] = {"seconds": t_dev, "prompts_per_second": args.prompts / t_dev, "flagged": flagged_d}
+        by_kind = out["device_resident_inputs"] = {}
+        for kind in [args.compute, *also]:
+            run_prompts(resident, 2, settings, dev, ids, kind)  # warm-up
+            t_dev, flagged_d = run_prompts(resident, args.prompts, settings, dev, ids, kind)
+            entry = {"compute": resolved_kind(kind, dev, args), "seconds": t_dev,
+                     "prompts_per_second": args.prompts / t_dev, "flagged": flagged_d}
+            if kind == args.compute:
+                by_kind.update(entry)  # the main kind's figures at the top level, as before
+            else:
+                by_kind.setdefault("also", {})[kind] = {**entry, "speedup_of_main_kind": t_dev / by_kind["seconds"]}
+            checkpoint(out, f"device-resident inputs, {kind}")
         out["peak_cuda_mib"] = torch.cuda.max_memory_allocated(dev) / 2 ** 20
     out["expected_flagged"] = (args.prompts + 1) // 2
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    json.dump(out, sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    emit(out)
     return 0
 
 

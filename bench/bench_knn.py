@@ -14,7 +14,8 @@ Compares, side by side in one run and on the same data:
 - ``cdist_topk``: a ``torch.cdist`` + ``torch.topk`` loop over the same query blocks (fp32);
 - ``faiss_cpu``: raw ``faiss.IndexFlatL2`` on the CPU (approximate fp32 distances), on at most
   --faiss-queries queries, its time scaled to all queries;
-- ``diffaudit_faiss``: the faiss backend with diffaudit's exact re-ranking (same query cap);
+- ``diffaudit_faiss``: the faiss backend with diffaudit's exact re-ranking (same query cap); both faiss
+  baselines are recorded under ``skipped`` with the reason where faiss cannot be imported;
 - ``naive_numpy``: the whole (Q, N) float64 distance matrix in numpy (``--only-naive`` runs it alone,
   so that peak RSS of the two can be compared run by run).
 
@@ -24,6 +25,9 @@ seeded random images instead. Exactness is checked against a float64 brute force
 queries. ``--query-blocks`` times the search again at other query blocks (the default bounds the
 distance block to 1 GiB on CUDA); ``--profile`` adds the search's most expensive operators (torch
 profiler, self time on the device, else on the CPU), to see where the time beyond the GEMM goes.
+Every timed method is first run once on one query block of the real shapes (allocations, kernel
+choice), so that with ``--repeats 1`` no first-use cost falls inside the timing. When run by
+``run_all.py``, the result so far is saved after each method (``_common.checkpoint``).
 GEMM rates are given against ``--peak-tflops`` (the device's bf16 peak) and, for int8, also against
 ``--peak-int8-tops``. Prints one JSON object. Small CPU defaults; on an H100, e.g.
 ``--queries 1048576 --refs 50000 --k 50 --peak-tflops 989 --peak-int8-tops 1979 --also-compute bf16``.
@@ -32,8 +36,8 @@ GEMM rates are given against ``--peak-tflops`` (the device's bf16 peak) and, for
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
-import json
 import resource
 import sys
 import tarfile
@@ -43,10 +47,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _common import checkpoint, emit
 from diffaudit.core.device import resolve_device
 from diffaudit.core.seeds import numpy_rng
 from diffaudit.distances.compute import cross, resolve_compute, to_compute
 from diffaudit.distances.knn import knn_search
+
+try:  # the search's own default blocks, for warm-ups of the real shapes
+    from diffaudit.distances.knn import _default_blocks
+except ImportError:  # pragma: no cover - older library
+    _default_blocks = None
 
 
 def _cifar(root: Path, split: str, n: int) -> np.ndarray | None:
@@ -108,13 +118,30 @@ def time_diffaudit(q, r, k, dev, backend="torch", repeats=1, query_block=None, c
     return best, res
 
 
+def search_block(dev, n_ref, dim) -> int:
+    """The query block knn_search uses by default (for warm-ups on the real shapes)."""
+    if _default_blocks is not None:
+        return _default_blocks(dev, n_ref, dim)[0]
+    return 256 if dev.type == "cuda" else 64
+
+
+def warm_search(q, r, k, dev, *, backend="torch", query_block=None, compute="auto"):
+    """One untimed search of one query block of the real shapes (all references): first-use costs
+    (allocations, cuBLAS heuristics, the int8 exactness probe) stay out of the timed runs."""
+    qb = query_block or search_block(dev, len(r), r[0].size)
+    knn_search(q[:qb], r, k, backend=backend, device=dev, query_block=query_block, compute=compute)
+    _sync(dev)
+
+
 def time_gemm_only(q, r, dev, qb, kind="auto"):
-    spec = gemm_spec(kind, dev, r[0].size)
-    rt = to_compute(torch.from_numpy(r.reshape(len(r), -1)), spec)
+    dim = r[0].size  # the images' real width (the int8 operands are padded to a multiple of 8)
+    spec = gemm_spec(kind, dev, dim)
+    rt = to_compute(torch.from_numpy(r.reshape(len(r), dim)), spec)
+    cross(to_compute(torch.from_numpy(q[:qb].reshape(-1, dim)), spec), rt, spec)  # warm-up: one real block
     _sync(dev)
     t = time.perf_counter()
     for lo in range(0, len(q), qb):
-        qt = to_compute(torch.from_numpy(q[lo:lo + qb].reshape(-1, rt.shape[1])), spec)
+        qt = to_compute(torch.from_numpy(q[lo:lo + qb].reshape(-1, dim)), spec)
         cross(qt, rt, spec)
     _sync(dev)
     return time.perf_counter() - t, spec.kind
@@ -123,11 +150,12 @@ def time_gemm_only(q, r, dev, qb, kind="auto"):
 def time_gemm_resident(n_queries, r, dev, qb, repeats=3, kind="auto"):
     """The same block GEMMs on one query block held on the device, run for every block of
     ``n_queries``: the rate of the matrix products alone (best of ``repeats``)."""
-    spec = gemm_spec(kind, dev, r[0].size)
-    rt = to_compute(torch.from_numpy(r.reshape(len(r), -1)), spec)
+    dim = r[0].size  # the images' real width (the int8 operands are padded to a multiple of 8)
+    spec = gemm_spec(kind, dev, dim)
+    rt = to_compute(torch.from_numpy(r.reshape(len(r), dim)), spec)
     blocks = [min(qb, n_queries - lo) for lo in range(0, n_queries, qb)]
-    qt = to_compute(torch.from_numpy(numpy_rng(1).integers(0, 256, (blocks[0], rt.shape[1]), dtype=np.uint8)), spec)
-    cross(qt, rt, spec)  # warm-up
+    qt = to_compute(torch.from_numpy(numpy_rng(1).integers(0, 256, (blocks[0], dim), dtype=np.uint8)), spec)
+    cross(qt, rt, spec)  # warm-up: one block of the real shape
     best = float("inf")
     for _ in range(repeats):
         _sync(dev)
@@ -154,6 +182,9 @@ def profile_diffaudit(q, r, k, dev, top=15, compute="auto"):
 
 def time_cdist_topk(q, r, k, dev, qb):
     rt = torch.from_numpy(r.reshape(len(r), -1)).to(dev).float()
+    q0 = torch.from_numpy(q[:qb].reshape(-1, rt.shape[1])).to(dev).float()
+    torch.topk(torch.cdist(q0, rt), k, dim=1, largest=False)  # warm-up: one block of the real shape
+    del q0
     dists, idx = [], []
     _sync(dev)
     t = time.perf_counter()
@@ -167,6 +198,15 @@ def time_cdist_topk(q, r, k, dev, qb):
     el = time.perf_counter() - t
     d = torch.cat(dists).double().numpy() / (255.0 * np.sqrt(rt.shape[1]))
     return el, d, torch.cat(idx).numpy()
+
+
+def faiss_missing() -> str | None:
+    """Why faiss cannot be used here, or None when it can."""
+    try:
+        importlib.import_module("faiss")
+    except Exception as exc:  # noqa: BLE001 - ImportError, or a broken build (missing symbols, CPU flags)
+        return f"faiss cannot be imported ({type(exc).__name__}: {exc})"
+    return None
 
 
 def time_faiss(q, r, k):
@@ -240,17 +280,22 @@ def main(argv=None) -> int:
     q, r, src = make_data(args)
     if args.only_naive:
         t_n, _, _ = time_naive_numpy(q, r, args.k)
-        json.dump({"naive_numpy_seconds": t_n, "queries": len(q), "refs": len(r),
-                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        emit({"naive_numpy_seconds": t_n, "queries": len(q), "refs": len(r),
+              "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
         return 0
     dim = q[0].size
     qb = args.query_block or (max(256, (1 << 28) // len(r)) if dev.type == "cuda" else max(64, (1 << 23) // len(r)))
     out: dict = {"device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
                  "data": src, "queries": len(q), "refs": len(r), "k": args.k, "dim": dim, "torch_threads": torch.get_num_threads(),
-                 "seconds": {}}
+                 "seconds": {}, "skipped": {m: "--skip/--only" for m in sorted(methods & skip)}}
+    if not {"faiss_cpu", "diffaudit_faiss"} <= skip:
+        why = faiss_missing()
+        if why:
+            for m in ("faiss_cpu", "diffaudit_faiss"):
+                if m not in skip:
+                    out["skipped"][m] = why
+                    skip.add(m)
     flops = 2.0 * len(q) * len(r) * dim
-    # warm-up (CUDA context, kernels)
     def peaks(kind: str, ops_per_s: float) -> dict:
         """The fraction of the bf16 peak, and for int8 of the int8 peak too."""
         f = {}
@@ -260,7 +305,8 @@ def main(argv=None) -> int:
             f["fraction_of_int8_peak"] = ops_per_s / 1e12 / args.peak_int8_tops
         return f
 
-    knn_search(q[:256], r[:2048], min(args.k, 2047), device=dev, compute=args.compute)
+    checkpoint(out, "data")
+    warm_search(q, r, args.k, dev, compute=args.compute)
     t_da, res = time_diffaudit(q, r, args.k, dev, repeats=args.repeats, compute=args.compute)
     out["seconds"]["diffaudit"] = t_da
     main_kind = res.stats.get("compute")
@@ -268,20 +314,24 @@ def main(argv=None) -> int:
     out["diffaudit_fallback_rows"] = res.fallback_rows
     err, same = brute_check(q, r, res.distances, res.indices, args.check_queries)
     out["diffaudit_exactness"] = {"max_abs_distance_error": err, "rows_with_identical_ids": same}
+    out["diffaudit_rate"] = {"tflops": flops / t_da / 1e12, **peaks(main_kind, flops / t_da)}
+    checkpoint(out, "diffaudit")
     if "gemm_only" not in skip:
         t_g, kind = time_gemm_only(q, r, dev, qb, args.compute)
         out["seconds"]["gemm_only"] = t_g
         out["gemm"] = {"dtype": kind, "tflops": flops / t_g / 1e12, **peaks(kind, flops / t_g)}
+        checkpoint(out, "gemm_only")
     if "gemm_resident" not in skip:
         t_gr = time_gemm_resident(len(q), r, dev, qb, kind=args.compute)
         out["seconds"]["gemm_resident"] = t_gr
         out["gemm_resident"] = {"dtype": main_kind, "tflops": flops / t_gr / 1e12, "query_block": qb, **peaks(main_kind, flops / t_gr)}
+        checkpoint(out, "gemm_resident")
 
     def same(other) -> bool:
         return bool(np.array_equal(other.indices, res.indices) and np.array_equal(other.sq, res.sq))
 
     for kind in filter(None, args.also_compute.split(",")):
-        knn_search(q[:256], r[:2048], min(args.k, 2047), device=dev, compute=kind)  # warm-up
+        warm_search(q, r, args.k, dev, compute=kind)
         t_k, res_k = time_diffaudit(q, r, args.k, dev, repeats=args.repeats, compute=kind)
         entry = {"compute": res_k.stats.get("compute"), "seconds": t_k, "same_result": same(res_k),
                  "fallback_rows": res_k.fallback_rows, "diffaudit_speedup_over_it": t_k / t_da}
@@ -289,17 +339,21 @@ def main(argv=None) -> int:
             t_kr = time_gemm_resident(len(q), r, dev, qb, kind=kind)
             entry["gemm_resident"] = {"seconds": t_kr, "tflops": flops / t_kr / 1e12, **peaks(entry["compute"], flops / t_kr)}
         out.setdefault("diffaudit_by_compute", {})[kind] = entry
+        checkpoint(out, f"compute {kind}")
     for qb_try in (int(x) for x in filter(None, args.query_blocks.split(","))):
+        warm_search(q, r, args.k, dev, query_block=qb_try, compute=args.compute)
         t_b, res_b = time_diffaudit(q, r, args.k, dev, repeats=args.repeats, query_block=qb_try, compute=args.compute)
         out.setdefault("diffaudit_by_query_block", {})[qb_try] = {"seconds": t_b, "same_result": same(res_b)}
+        checkpoint(out, f"query block {qb_try}")
     if args.profile:
         out["profile"] = profile_diffaudit(q, r, args.k, dev, compute=args.compute)
-    out["diffaudit_rate"] = {"tflops": flops / t_da / 1e12, **peaks(main_kind, flops / t_da)}
+        checkpoint(out, "profile")
     if "cdist_topk" not in skip:
         t_c, d_c, i_c = time_cdist_topk(q, r, args.k, dev, qb)
         out["seconds"]["cdist_topk"] = t_c
         out["cdist_vs_exact"] = {"max_abs_distance_error": float(np.abs(d_c - res.distances).max()),
                                  "rows_with_identical_ids": float((i_c == res.indices).all(1).mean())}
+        checkpoint(out, "cdist_topk")
     nf = min(len(q), args.faiss_queries)
     scale = len(q) / nf
     if "faiss_cpu" not in skip:
@@ -309,6 +363,7 @@ def main(argv=None) -> int:
                                  "rows_with_identical_ids": float((i_f == res.indices[:nf]).all(1).mean()),
                                  "queries_timed": nf}
     if "diffaudit_faiss" not in skip:
+        warm_search(q[:nf], r, args.k, torch.device("cpu"), backend="faiss")
         t_df, res_f = time_diffaudit(q[:nf], r, args.k, torch.device("cpu"), backend="faiss")
         out["seconds"]["diffaudit_faiss"] = t_df * scale
         out["diffaudit_faiss_equals_torch"] = bool(np.array_equal(res_f.indices, res.indices[:nf])
@@ -316,6 +371,7 @@ def main(argv=None) -> int:
     if "naive_numpy" not in skip:
         if len(q) * len(r) > 5e8:
             out["naive_numpy"] = "skipped: the full distance matrix would exceed 4 GB (use --only-naive)"
+            out["skipped"]["naive_numpy"] = "the full distance matrix would exceed 4 GB (use --only-naive)"
         else:
             t_n, d_n, i_n = time_naive_numpy(q, r, args.k)
             out["seconds"]["naive_numpy"] = t_n
@@ -325,8 +381,7 @@ def main(argv=None) -> int:
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if dev.type == "cuda":
         out["peak_cuda_mib"] = torch.cuda.max_memory_allocated(dev) / 2 ** 20
-    json.dump(out, sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    emit(out)
     return 0
 
 

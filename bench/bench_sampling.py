@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from diffusers import DDIMPipeline, DDIMScheduler
 
-from _common import device_info, emit, random_denoiser, timed
+from _common import checkpoint, device_info, emit, random_denoiser, timed
 from diffaudit.core.seeds import generation_seed
 from diffaudit.models.scheduler import make_scheduler
 from diffaudit.sampling.generate import generate_images
@@ -52,6 +52,7 @@ def main() -> None:
 
     result = {"bench": "sampling", **device_info(dev), "preset": a.preset, "batch": a.batch, "steps": a.steps,
               "images_per_s": {"stock_ddim_pipeline_fp32": a.batch / t_stock, "diffaudit_fp32": a.batch / t32}}
+    checkpoint(result, "stock and fp32")
     if dev.type == "cuda":
         fast = copy.deepcopy(den).optimise_for_gpu(dtype=torch.bfloat16, channels_last=True, compile=not a.no_compile)
         ours_fast = lambda: generate_images(fast, seeds, steps=a.steps, micro_batch=a.batch)

@@ -2,28 +2,42 @@
 
     python bench/run_all.py            # sizes for the machine: GPU sizes on CUDA, small ones on the CPU
     python bench/run_all.py --only sampling,knn
+    python bench/run_all.py --only knn,rerank --limits knn=150,rerank=75 --out-dir bench-out
 
-Each benchmark runs in its own process (a failure is recorded, the others still run). The GPU sizes
-are those of docs/performance.md.
+Each benchmark runs in its own process; a failure, a time-out or output that cannot be read is
+recorded for that benchmark (``error``, ``returncode``, the last lines of its stderr) and the others
+still run. With ``--out-dir DIR`` each benchmark writes its result to ``DIR/bench-<name>.json`` as it
+goes (partial results after each finished comparison, ``"partial": true``; the final one at the end),
+and ``DIR/bench-all.json`` is rewritten after every benchmark with all results so far: a run cut short
+keeps everything finished before. Without ``--out-dir`` the files go to a temporary folder. The GPU
+sizes are those of docs/performance.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import torch
 
 HERE = Path(__file__).resolve().parent
+RESULT_ENV = "DIFFAUDIT_BENCH_RESULT"  # the variable bench/_common.py writes each result file to
 CIFAR_UNET = ["--preset", "ddpm-cifar10", "--image-size", "32", "--channels", "3"]
 GPU = {
     "sampling": ["bench_sampling.py", *CIFAR_UNET, "--batch", "1024", "--steps", "50", "--repeats", "1"],
     "training": ["bench_training.py", *CIFAR_UNET, "--batch", "128", "--steps", "60", "--n", "4096"],
+    # faiss is not on the GPU machine (no wheel carried): its two baselines are skipped there, and
+    # bench_knn also records them as skipped by itself wherever faiss cannot be imported.
     "knn": ["bench_knn.py", "--synthetic", "--queries", "1048576", "--refs", "50000", "--k", "50", "--peak-tflops", "989",
-            "--peak-int8-tops", "1979", "--also-compute", "bf16", "--query-blocks", "21845,43690", "--profile"],
+            "--peak-int8-tops", "1979", "--also-compute", "bf16", "--query-blocks", "21845,43690", "--profile",
+            "--skip", "faiss_cpu,diffaudit_faiss"],
     "rerank": ["bench_rerank.py", "--queries", "1048576", "--refs", "50000", "--k", "50", "--repeats", "1"],
     "loss": ["bench_loss.py", *CIFAR_UNET, "--n", "4096", "--models", "2", "--draws", "4", "--batch", "1024",
              "--baseline-batches", "256,1024"],
@@ -45,27 +59,145 @@ CPU = {
 }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="", help="comma-separated benchmark names")
-    ap.add_argument("--timeout", type=int, default=900, help="seconds per benchmark")
-    a = ap.parse_args()
-    table = GPU if torch.cuda.is_available() else CPU
-    names = [n for n in table if not a.only or n in a.only.split(",")]
-    results = {}
-    for name in names:
-        print(f"== {name}", file=sys.stderr, flush=True)
+def parse_stdout(text: str) -> dict | None:
+    """The benchmark's JSON object from its stdout: the last top-level ``{`` (at the start of a line)
+    from which a whole JSON object decodes; stray text before or after it is ignored. None if none."""
+    dec = json.JSONDecoder()
+    starts = [0] if text.startswith("{") else []
+    pos = text.find("\n{")
+    while pos >= 0:
+        starts.append(pos + 1)
+        pos = text.find("\n{", pos + 1)
+    for start in reversed(starts):
         try:
-            proc = subprocess.run([sys.executable, *table[name]], cwd=HERE, capture_output=True, text=True,
-                                  timeout=a.timeout)
-            start = proc.stdout.find("{")
-            results[name] = (json.loads(proc.stdout[start:]) if proc.returncode == 0 and start >= 0
-                             else {"error": proc.stderr.strip().splitlines()[-1:] or ["failed"], "returncode": proc.returncode})
-        except subprocess.TimeoutExpired:
-            results[name] = {"error": f"timed out after {a.timeout}s"}
+            obj, _ = dec.raw_decode(text, start)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            return obj
+    return None
+
+
+def read_result_file(path: Path) -> dict | None:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _tail(text: str | bytes | None, n: int = 8) -> list[str]:
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    return (text or "").strip().splitlines()[-n:]
+
+
+def run_one(name: str, argv: list[str], timeout: float, result_path: Path) -> dict:
+    """Run one benchmark; never raises for the benchmark's own failures."""
+    result_path.unlink(missing_ok=True)
+    env = {**os.environ, RESULT_ENV: str(result_path)}
+    t0 = time.perf_counter()
+    stdout, stderr, rc, timed_out = "", "", None, False
+    try:
+        # Its own process group (not a new session), so that a time-out ends its helpers too
+        # (torch.compile's worker processes), which would otherwise hold the pipes open.
+        proc = subprocess.Popen([sys.executable, *argv], cwd=HERE, env=env, text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, process_group=0)
+    except OSError as exc:
+        return {"error": f"could not start: {exc}", "wall_seconds": time.perf_counter() - t0}
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+        rc = proc.returncode
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        stdout, stderr = proc.communicate()
+    wall = time.perf_counter() - t0
+    from_file = read_result_file(result_path)
+    final = from_file if from_file is not None and not from_file.get("partial") else None
+    if final is None and rc == 0:
+        final = parse_stdout(stdout)
+    if final is not None and rc == 0 and not timed_out:
+        return {**final, "wall_seconds": wall}
+    # Something went wrong: keep what was measured (partial file, or a final one) and say what.
+    out = dict(final or from_file or {})
+    if timed_out:
+        out["error"] = f"timed out after {timeout:g}s"
+    elif rc != 0:
+        out["error"] = _tail(stderr, 1) or ["failed"]
+        out["returncode"] = rc
+    else:
+        out["error"] = "no JSON result in its output"
+        out["stdout_tail"] = _tail(stdout)
+    out["stderr_tail"] = _tail(stderr)
+    out["wall_seconds"] = wall
+    return out
+
+
+def parse_limits(text: str) -> dict[str, float]:
+    out = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        name, _, sec = item.partition("=")
+        try:
+            out[name.strip()] = float(sec)
+        except ValueError:
+            raise SystemExit(f"--limits: {item!r} is not NAME=SECONDS") from None
+    return out
+
+
+def write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default="", help="comma-separated benchmark names (run in this order)")
+    ap.add_argument("--timeout", type=float, default=900, help="seconds per benchmark (default for those not in --limits)")
+    ap.add_argument("--limits", default="", help="per-benchmark seconds, e.g. knn=150,rerank=75")
+    ap.add_argument("--table", choices=("auto", "gpu", "cpu"), default="auto",
+                    help="which sizes: auto = gpu where CUDA is available, else cpu")
+    ap.add_argument("--out-dir", default=None, help="folder for bench-<name>.json (written as each goes) and bench-all.json")
+    a = ap.parse_args(argv)
+    gpu = torch.cuda.is_available() if a.table == "auto" else a.table == "gpu"
+    table = GPU if gpu else CPU
+    limits = parse_limits(a.limits)
+    wanted = [n.strip() for n in a.only.split(",") if n.strip()]
+    unknown = [n for n in wanted + list(limits) if n not in table]
+    if unknown:
+        raise SystemExit(f"unknown benchmark(s) {', '.join(unknown)}; these run here: {', '.join(table)}")
+    names = wanted or list(table)
+    tmp = None
+    if a.out_dir:
+        out_dir = Path(a.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="diffaudit-bench-")
+        out_dir = Path(tmp.name)
+    results: dict = {}
+    for name in names:
+        limit = limits.get(name, a.timeout)
+        print(f"== {name} (limit {limit:g}s)", file=sys.stderr, flush=True)
+        path = out_dir / f"bench-{name}.json"
+        try:
+            results[name] = run_one(name, table[name], limit, path)
+        except Exception as exc:  # noqa: BLE001 - a broken benchmark must not stop the others
+            results[name] = {"error": f"run_all: {type(exc).__name__}: {exc}"}
+        write_json(path, results[name])  # the final result, or the error beside what was measured
+        print(f"== {name}: {'error: ' + str(results[name]['error']) if 'error' in results[name] else 'ok'} "
+              f"({results[name].get('wall_seconds', 0):.0f}s)", file=sys.stderr, flush=True)
+        write_json(out_dir / "bench-all.json", results)
     json.dump(results, sys.stdout, indent=2)
     sys.stdout.write("\n")
+    sys.stdout.flush()
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

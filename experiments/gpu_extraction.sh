@@ -3,29 +3,37 @@
 # the DDPM CIFAR-10 UNet trained on 1,000 CIFAR-10 images of which groups of 10 are repeated
 # 4, 16 and 64 times; 4,096 DDIM-100 samples; black-box extract; verify with the ratio rule
 # against the training set and against 1,000 never-seen images. Resumable: re-run to continue.
+# Files under $OUT (3, within the device's 8 files of 16 MiB): extraction-summary.json (every JSON
+# result: training, timing, extract, verify, by-group counts, bf16 vs fp32), extraction.tar.gz (those,
+# the loss log and pairs.png), pairs.png. Rebuilt after each step and on exit, from $W/collect.
 set -uo pipefail
 # The work folder lies outside carried folders: a later call that carries .gpu would replace it.
-OUT=${OUT:-extraction-out}; W=${WORK:-/tmp/diffaudit-work-extraction}; mkdir -p "$OUT" "$W"
+OUT=${OUT:-extraction-out}; W=${WORK:-/tmp/diffaudit-work-extraction}; C="$W/collect"; mkdir -p "$OUT" "$W" "$C"
 D=${DATA:-.gpu/cifar10-train-000000.tar}
 STEPS=${STEPS:-5400}
 source "$(dirname "$0")/_env.sh"
+bundle() { bundle_results "$C" extraction; [ -f "$C/pairs.png" ] && cp "$C/pairs.png" "$OUT/"; true; }
+trap bundle EXIT
 t0=$(date +%s)
 python3 experiments/make_duplicates.py --data "$D" --subset 1000 --repeats 4,16,64 --group 10 --baseline 1000 --out "$W/dup"
 da train --data "$D" --subset 1000 --repeat "$W/dup/repeats.txt" --preset ddpm-cifar10 --steps "$STEPS" --batch-size 128 \
    --lr 2e-4 --warmup-steps 200 --checkpoint-every 900 --compile --device cuda --out "$W/run" || exit 1
 t1=$(date +%s); echo "train seconds: $((t1 - t0))"
-cp "$W/run/result.json" "$OUT/train-result.json"; cp "$W/run/timing.json" "$OUT/train-timing.json"; cp "$W/run/loss_log.jsonl" "$OUT/"
+cp "$W/run/result.json" "$C/train-result.json"; cp "$W/run/timing.json" "$C/train-timing.json"; cp "$W/run/loss_log.jsonl" "$C/"
+bundle
 da sample --model "$W/run" --n 4096 --steps 100 --fast --micro-batch 1024 --shard-size 1024 --device cuda --out "$W/samples" || exit 1
 t2=$(date +%s); echo "sample seconds: $((t2 - t1))"
 da extract --samples "$W/samples" --device cuda --out "$W/extract" || exit 1
 da verify --samples "$W/samples" --data "$D" --subset 1000 --baseline "$W/dup/baseline.view.json" --device cuda --out "$W/verify" || exit 1
 t3=$(date +%s); echo "extract+verify seconds: $((t3 - t2))"
-cp "$W/extract/result.json" "$OUT/extract-result.json"; cp "$W/verify/result.json" "$OUT/verify-result.json"
+cp "$W/extract/result.json" "$C/extract-result.json"; cp "$W/verify/result.json" "$C/verify-result.json"
+bundle
 python3 experiments/extraction_by_group.py --groups "$W/dup/groups.json" --verify "$W/verify" --extract "$W/extract" \
-   --samples "$W/samples" --data "$D" --subset 1000 --out "$OUT/pairs.png" | tee "$OUT/by_group.json"
+   --samples "$W/samples" --data "$D" --subset 1000 --out "$C/pairs.png" | tee "$C/by_group.json"
+bundle
 # bf16 fast path against fp32 on the trained model, same per-image seeds (first 256 generations).
 da sample --model "$W/run" --n 256 --steps 100 --micro-batch 256 --shard-size 256 --device cuda --out "$W/samples-fp32" || exit 1
-python3 - "$W" <<'PY' | tee "$OUT/bf16_vs_fp32.json"
+python3 - "$W" <<'PY' | tee "$C/bf16_vs_fp32.json"
 import json, sys
 import numpy as np
 from diffaudit.store import SampleStore

@@ -79,3 +79,38 @@ def test_n_with_classes_or_prompts_is_refused_not_ignored(tmp_path, capsys):
     assert plan_prompts(p.parse_args(["--model", "m", "--out", "o", "--classes", "--per-prompt", "10"]), Source())[1] == 10
     assert plan_prompts(p.parse_args(["--model", "m", "--out", "o", "--prompts", str(prompts), "--per-prompt", "3"]),
                         object()) == (["a cat", "a dog"], 3)
+
+
+def test_stable_diffusion_source_fast_path_is_honoured(sd_dir, monkeypatch):
+    """The SD source's fast-path options: channels-last UNet and VAE where asked (the CPU too), images
+    within rounding of the default layout; torch.compile refused on the CPU with a clear message; and
+    open_source asks for bf16 + channels-last (+ compile) on CUDA only, as for pixel models."""
+    import torch
+
+    from diffaudit.core.errors import DiffauditError
+    from diffaudit.sampling import sources
+    from diffaudit.sampling.sources import StableDiffusionSource, open_source
+
+    fmt = torch.channels_last
+    plain = StableDiffusionSource(str(sd_dir), steps=2, guidance_scale=3, micro_batch=2)
+    fast = StableDiffusionSource(str(sd_dir), steps=2, guidance_scale=3, micro_batch=2, channels_last=True)
+    for module in (fast.pipe.unet.conv_in, fast.pipe.vae.decoder.conv_in, fast.pipe.vae.encoder.conv_in):
+        assert module.weight.is_contiguous(memory_format=fmt)
+    assert not plain.pipe.unet.conv_in.weight.is_contiguous(memory_format=fmt)
+    seeds, prompts = [3, 4, 5], ["w1 w2", "w3", "a b"]
+    a, b = plain(seeds, prompts), fast(seeds, prompts)
+    diff = np.abs(a.astype(np.int16) - b)
+    assert a.shape == b.shape == (3, 32, 32, 3)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # only the rounding of reordered float sums
+    with pytest.raises(DiffauditError, match="CUDA only"):
+        StableDiffusionSource(str(sd_dir), steps=2, compile=True)
+    # an in-memory pipeline runs through the same code
+    mem = StableDiffusionSource.from_pipeline(plain.pipe, steps=2, guidance_scale=3, micro_batch=2)
+    assert np.array_equal(mem(seeds, prompts), a)
+    # open_source: --fast (--compile) is honoured on CUDA, ignored elsewhere (no compile on the CPU)
+    cpu = open_source(sd_dir, device=torch.device("cpu"), steps=2, fast=True, compile=True)
+    assert (cpu.dtype, cpu.channels_last, cpu.compile) == (torch.float32, False, False)
+    seen = {}
+    monkeypatch.setattr(sources, "StableDiffusionSource", lambda path, **kw: seen.update(kw) or "source")
+    assert open_source(sd_dir, device=torch.device("cuda"), steps=2, fast=True, compile=True) == "source"
+    assert (seen["dtype"], seen["channels_last"], seen["compile"]) == (torch.bfloat16, True, True)

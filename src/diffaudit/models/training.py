@@ -477,6 +477,8 @@ def train(
                 bar.advance(0, loss=lv)
             bar.advance(1)
             if step + 1 - start == _WARMUP_TIMING_STEPS:
+                if device.type == "cuda":  # the warm-up's queued GPU work is not charged to the steady rate
+                    torch.cuda.synchronize(device)
                 t_warm, seen_warm = time.perf_counter(), seen
             fault_point("train.step")
             if done % every == 0 and done < config.steps:

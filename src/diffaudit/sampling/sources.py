@@ -3,7 +3,10 @@
 - :class:`PixelSource`: a DDPM/DDIM pixel-space UNet (our runs, diffusers UNet2DModel or DDPM
   pipeline folders); unconditional (prompt None) or class-conditional (prompt = class index).
 - :class:`StableDiffusionSource`: a local ``StableDiffusionPipeline`` folder; each image's initial
-  latent is drawn from its own seed, so any image can be regenerated alone.
+  latent is drawn from its own seed, so any image can be regenerated alone. Its GPU fast path
+  (``open_source(fast=True, compile=...)`` on CUDA) is bf16 weights, channels-last memory for the UNet
+  and the VAE, and optionally ``torch.compile`` of the UNet and of ``vae.decode``, as
+  :meth:`~diffaudit.models.denoiser.Denoiser.optimise_for_gpu` does for a pixel UNet.
 """
 
 from __future__ import annotations
@@ -52,7 +55,16 @@ class PixelSource:
 
 @dataclass
 class StableDiffusionSource:
-    """Text-to-image generation with a local StableDiffusionPipeline folder (no hub access)."""
+    """Text-to-image generation with a local StableDiffusionPipeline folder (no hub access).
+
+    ``channels_last``: the UNet's and the VAE's weights in channels-last memory (any device; the
+    images stay within rounding of the default layout). ``compile`` (CUDA only; DESIGN: no
+    ``torch.compile`` on the CPU, refused there): ``torch.compile`` of the UNet and of ``vae.decode``
+    with ``compile_mode`` (None: the default mode), compiled on the first call (a minute or more at
+    SD sizes; pays off over many images). ``pipe``: an already built ``StableDiffusionPipeline`` to use
+    instead of loading ``path`` (see :meth:`from_pipeline`); it is moved to ``device``/``dtype`` and,
+    like the loaded one, changed in place (scheduler, memory format, compiled modules).
+    """
 
     path: str
     device: str | torch.device = "cpu"
@@ -62,6 +74,9 @@ class StableDiffusionSource:
     micro_batch: int = 8
     dtype: torch.dtype = torch.float32
     height: int | None = None
+    channels_last: bool = False
+    compile: bool = False
+    compile_mode: str | None = None
     pipe: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -70,12 +85,39 @@ class StableDiffusionSource:
         schedulers = {"ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler, "pndm": PNDMScheduler}
         if self.scheduler not in schedulers:
             raise DiffauditError(f"unknown --scheduler {self.scheduler!r}; choose one of {', '.join(schedulers)}")
-        pipe = StableDiffusionPipeline.from_pretrained(self.path, torch_dtype=self.dtype, use_safetensors=True,
-                                                       local_files_only=True, safety_checker=None, requires_safety_checker=False)
+        if self.compile and torch.device(self.device).type != "cuda":
+            raise DiffauditError(f"torch.compile of the Stable Diffusion UNet and VAE decoder is for CUDA only (no "
+                                 f"compilation on the CPU); the device here is {self.device}: leave compile off")
+        if self.pipe is None:
+            pipe = StableDiffusionPipeline.from_pretrained(self.path, torch_dtype=self.dtype, use_safetensors=True,
+                                                           local_files_only=True, safety_checker=None,
+                                                           requires_safety_checker=False)
+            pipe = pipe.to(self.device)
+        else:
+            pipe = self.pipe.to(device=self.device, dtype=self.dtype)
         pipe.scheduler = schedulers[self.scheduler].from_config(pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
-        self.pipe = pipe.to(self.device)
+        self.pipe = pipe
         self.height = self.height or int(pipe.unet.config.sample_size) * pipe.vae_scale_factor
+        self._apply_fast_path()
+
+    @classmethod
+    def from_pipeline(cls, pipe: Any, **kwargs: Any) -> "StableDiffusionSource":
+        """A source over an in-memory ``StableDiffusionPipeline`` (benchmarks, tests): same generation
+        code as a loaded folder. ``kwargs``: the other fields (device, steps, dtype, channels_last, ...)."""
+        return cls(path=kwargs.pop("path", "<in-memory pipeline>"), pipe=pipe, **kwargs)
+
+    def _apply_fast_path(self) -> None:
+        """Channels-last memory and torch.compile, as asked (in place, on this source's pipeline)."""
+        pipe = self.pipe
+        if self.channels_last:
+            pipe.unet.to(memory_format=torch.channels_last)
+            pipe.vae.to(memory_format=torch.channels_last)
+        if self.compile:
+            if not hasattr(pipe.unet, "_orig_mod"):  # not compiled twice
+                pipe.unet = torch.compile(pipe.unet, mode=self.compile_mode, dynamic=False)
+            if not hasattr(pipe.vae.decode, "_torchdynamo_orig_callable"):
+                pipe.vae.decode = torch.compile(pipe.vae.decode, mode=self.compile_mode, dynamic=False)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -121,8 +163,9 @@ def open_source(model: str | Path, *, device: torch.device, steps: int, eta: flo
                 guidance_scale: float = 7.5, scheduler: str = "ddim", fast: bool = False, compile: bool = False):
     """The image source for a model directory (pixel UNet or Stable Diffusion pipeline).
 
-    ``fast`` (CUDA only): bf16 weights and channels-last memory for the UNet; ``compile`` adds
-    ``torch.compile`` (about a minute once; pays off from tens of thousands of images).
+    ``fast`` (CUDA only; ignored on other devices): bf16 weights and channels-last memory for the UNet
+    (and a Stable Diffusion pipeline's VAE); ``compile`` adds ``torch.compile`` of the UNet (and of the
+    VAE decoder) (about a minute once; pays off from tens of thousands of images).
     """
     # Checked before any output folder exists, so a corrected re-run is not refused as "other settings".
     if not 0.0 <= eta <= 1.0:
@@ -130,9 +173,11 @@ def open_source(model: str | Path, *, device: torch.device, steps: int, eta: flo
     if micro_batch is not None and micro_batch < 1:
         raise DiffauditError(f"--micro-batch must be at least 1; got {micro_batch}")
     if is_stable_diffusion_dir(model):
-        dtype = torch.bfloat16 if (fast and device.type == "cuda") else torch.float32
+        cuda_fast = fast and device.type == "cuda"
         return StableDiffusionSource(str(model), device=device, steps=steps, guidance_scale=guidance_scale,
-                                     scheduler=scheduler, micro_batch=micro_batch or 8, dtype=dtype)
+                                     scheduler=scheduler, micro_batch=micro_batch or 8,
+                                     dtype=torch.bfloat16 if cuda_fast else torch.float32,
+                                     channels_last=cuda_fast, compile=cuda_fast and compile)
     den = load_denoiser(model, device=device)
     ddim_timesteps(den.num_train_timesteps, steps)  # --steps in range, before any output folder exists
     if fast and device.type == "cuda":

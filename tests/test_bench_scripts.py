@@ -1,0 +1,104 @@
+"""The benchmark scripts (bench/): run_all's robust collection of results, and small runs of the kNN
+and filter benchmarks on the CPU (tiny sizes, seconds)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    monkeypatch.delenv("DIFFAUDIT_BENCH_RESULT", raising=False)
+    import run_all
+
+    return run_all
+
+
+def test_parse_stdout_takes_the_last_whole_object(bench):
+    obj = {"a": 1, "b": {"c": [1, 2]}}
+    pretty = json.dumps(obj, indent=2)
+    assert bench.parse_stdout(pretty + "\n") == obj
+    assert bench.parse_stdout("warming up {stray\n" + pretty + "\n") == obj  # a stray '{' before
+    assert bench.parse_stdout("{not json\n" + pretty + "\ndone, bye {\n") == obj  # text after it
+    assert bench.parse_stdout('{"old": 1}\n' + pretty) == obj  # the last object wins
+    assert bench.parse_stdout("no json here\n") is None
+    assert bench.parse_stdout("") is None
+
+
+def _script(tmp_path: Path, name: str, body: str) -> str:
+    path = tmp_path / f"{name}.py"
+    path.write_text(f"import sys, time\nsys.path.insert(0, {str(BENCH)!r})\nfrom _common import checkpoint, emit\n"
+                    + textwrap.dedent(body))
+    return str(path)
+
+
+def test_run_all_records_each_failure_and_keeps_partial_results(bench, tmp_path, monkeypatch):
+    table = {
+        "good": [_script(tmp_path, "good", 'print("log line {"); emit({"x": 1}); print("trailing text")')],
+        "crash": [_script(tmp_path, "crash", 'r = {"stock": 2.0}\ncheckpoint(r, "stock")\nraise RuntimeError("boom")')],
+        "slow": [_script(tmp_path, "slow", 'r = {"first": 1}\ncheckpoint(r, "first")\ntime.sleep(60)')],
+        "garbage": [_script(tmp_path, "garbage", 'print("{ not json")')],
+        "printer": [_script(tmp_path, "printer", 'print("{\\"y\\": 2}")')],  # stdout only, no result file
+    }
+    monkeypatch.setattr(bench, "CPU", table)
+    out = tmp_path / "out"
+    assert bench.main(["--table", "cpu", "--only", ",".join(table), "--limits", "slow=3", "--out-dir", str(out)]) == 0
+    res = json.loads((out / "bench-all.json").read_text())
+    assert list(res) == list(table)
+    assert res["good"]["x"] == 1 and "error" not in res["good"]
+    assert res["printer"]["y"] == 2 and "error" not in res["printer"]
+    crash = res["crash"]
+    assert crash["stock"] == 2.0 and crash["partial"] and crash["stage"] == "stock"
+    assert "boom" in " ".join(crash["error"]) and crash["returncode"] != 0
+    slow = res["slow"]
+    assert slow["first"] == 1 and slow["partial"] and "timed out after 3s" in slow["error"] and slow["wall_seconds"] < 30
+    assert "error" in res["garbage"]
+    for name in table:  # one file per benchmark beside the combined one
+        assert json.loads((out / f"bench-{name}.json").read_text()) == res[name]
+
+
+def test_run_all_gpu_knn_skips_faiss(bench):
+    argv = bench.GPU["knn"]
+    assert "faiss_cpu" in argv[argv.index("--skip") + 1] and "diffaudit_faiss" in argv[argv.index("--skip") + 1]
+    with pytest.raises(SystemExit, match="unknown benchmark"):
+        bench.main(["--table", "cpu", "--only", "nope"])
+
+
+def _run_main(module, argv, capsys) -> dict:
+    assert module.main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_bench_knn_odd_width_and_faiss_missing(bench, monkeypatch, capsys):
+    """30x30x3 = 2,700 values per row (not a multiple of 8: the int8 operands are padded), and faiss
+    missing: its baselines are recorded as skipped with the reason, the rest still runs."""
+    import bench_knn
+
+    monkeypatch.setattr(bench_knn, "faiss_missing", lambda: "faiss cannot be imported (test)")
+    out = _run_main(bench_knn, ["--queries", "48", "--refs", "150", "--k", "5", "--size", "30", "--synthetic",
+                                "--skip", "cdist_topk", "--check-queries", "16", "--query-blocks", "20"], capsys)
+    assert out["dim"] == 2700 and {"gemm_only", "gemm_resident", "naive_numpy"} <= set(out["seconds"])
+    assert out["skipped"]["faiss_cpu"] == out["skipped"]["diffaudit_faiss"] == "faiss cannot be imported (test)"
+    assert out["skipped"]["cdist_topk"] == "--skip/--only"
+    assert "faiss_cpu" not in out["seconds"] and "diffaudit_faiss" not in out["seconds"]
+    assert out["diffaudit_exactness"]["max_abs_distance_error"] == 0.0
+    assert out["diffaudit_by_query_block"]["20"]["same_result"]
+
+
+def test_bench_filter_records_resolved_kinds(bench, capsys):
+    import bench_filter
+
+    out = _run_main(bench_filter, ["--prompts", "2", "--generations", "24", "--size", "16", "--also-compute", "float64"],
+                    capsys)
+    main_kind = out["compute"]["resolved"]
+    assert out["compute"]["requested"] == "auto" and main_kind in ("int8", "float64")  # never "auto"
+    assert out["host_inputs"]["compute"] == out["one_memorized_prompt"]["compute"] == main_kind
+    assert out["also_float64"]["compute"] == "float64" and out["also_float64"]["same_graph"]
+    assert out["host_inputs"]["flagged"] == out["expected_flagged"] == 1
