@@ -99,10 +99,10 @@ def run_one(name: str, argv: list[str], timeout: float, result_path: Path) -> di
     t0 = time.perf_counter()
     stdout, stderr, rc, timed_out = "", "", None, False
     try:
-        # Its own process group (not a new session), so that a time-out ends its helpers too
-        # (torch.compile's worker processes), which would otherwise hold the pipes open.
+        # A new session, hence its own process group (process_group= needs Python 3.11), so that a
+        # time-out ends its helpers too (torch.compile's workers), which would otherwise hold the pipes open.
         proc = subprocess.Popen([sys.executable, *argv], cwd=HERE, env=env, text=True, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, process_group=0)
+                                stderr=subprocess.PIPE, start_new_session=True)
     except OSError as exc:
         return {"error": f"could not start: {exc}", "wall_seconds": time.perf_counter() - t0}
     try:

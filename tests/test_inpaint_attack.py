@@ -179,6 +179,11 @@ def test_command_writes_results_grids_and_resumes_per_target(runs, tmp_path, mon
         assert np.load(out / "targets" / f"{x['index']:06d}.npz")["kept"].shape == (3, 8, 8, 1)
     assert t["digits:0"]["mean_top10_l2"] < min(t["digits:1"]["mean_top10_l2"], t["digits:10"]["mean_top10_l2"])
     assert r["auc"] == 1.0 and r["summary"]["n_members"] == 1
+    for x in r["targets"]:  # the left half hidden: the whole-image ℓ2 is the hidden region's times sqrt(1/2)
+        assert x["hidden_fraction"] == 0.5
+        assert x["mean_top10_l2"] == pytest.approx(x["mean_top10_l2_hidden"] * 0.5 ** 0.5, rel=1e-9)
+    assert r["summary"]["mean_top10_l2_hidden"]["members"]["mean"] == pytest.approx(t["digits:0"]["mean_top10_l2_hidden"])
+    assert "mask_digest" not in r["settings"]  # a built-in kind is fixed by its name and the seed
 
     # Re-run: every target is finished, nothing is inpainted again.
     import diffaudit.attacks.inpainting as attack
@@ -286,7 +291,7 @@ def test_command_checks_data_models_and_targets_before_any_inpainting(runs, tmp_
     # an npz with the digits' keys (npz:<row>) is not the data the target trained on: unknown keys
     other = tmp_npz(digits.images[::-1].copy(), name="reversed.npz")
     assert main([*base, "--data", str(other), "--target-keys", "npz:0", "--out", str(tmp_path / "npz")]) == 2
-    assert "not in" in capsys.readouterr().err
+    assert "none of the 1 examples" in capsys.readouterr().err
 
 
 def test_check_models_fit_compares_shapes_conditioning_and_timesteps(runs, digits, tmp_path):
@@ -327,3 +332,33 @@ def test_hidden_region_l2_does_not_shrink_with_the_known_pixels():
         expected = np.sqrt(((original[mask < 0.5] / 255.0) ** 2).mean())
         np.testing.assert_allclose(hidden, expected)
     assert np.isnan(hidden_l2(guess, original, np.ones((8, 8)))).all()  # nothing hidden
+
+
+def test_a_rewritten_mask_file_does_not_resume(runs, tmp_path, capsys):
+    from PIL import Image
+
+    mask = tmp_path / "mask.png"
+    Image.fromarray(np.where(np.arange(8)[None, :] < 4, 0, 255).repeat(8, 0).astype(np.uint8)).save(mask)
+    out = tmp_path / "inp"
+    args = ["--target-keys", "digits:0", "--mask", str(mask)]
+    assert _cli(runs, out, *args) == 0
+    Image.fromarray(np.where(np.arange(8)[:, None] < 4, 0, 255).repeat(8, 1).astype(np.uint8)).save(mask)
+    capsys.readouterr()
+    assert _cli(runs, out, *args) == 2
+    assert "mask_digest" in capsys.readouterr().err
+
+
+def test_targets_of_a_run_with_examples_outside_the_data_are_the_ones_inside(runs, tmp_path):
+    """A canary run trained on examples no dataset holds: its members are those --data does hold."""
+    target, _ = runs
+    copy = tmp_path / "target"
+    shutil.copytree(target, copy)
+    ids = json.loads((copy / "train_ids.json").read_text())
+    ids["keys"].append("canary/noise/0000")
+    (copy / "train_ids.json").write_text(json.dumps(ids))
+    out = tmp_path / "inp"
+    assert main(["--quiet", "inpaint", "--model", str(copy), "--shadow", str(runs[1]), "--data", "digits", "--target-keys",
+                 "digits:0,digits:1", "--n-inpaint", "4", "--top-k", "2", "--steps", "5", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    r = json.loads((out / "result.json").read_text())
+    assert [x["member"] for x in r["targets"]] == [True, False]

@@ -195,6 +195,17 @@ def test_inputs_the_shadows_were_not_trained_on_are_refused(shadows, capsys, tmp
     rc, _ = mia(root, "copy", "--attack", "lira", "--target", str(copy))
     assert rc == 2 and "has the same weights as the shadow" in capsys.readouterr().err
     assert not list((tmp_path / "cache").glob("*/*.npy"))  # refused before any loss was computed
+    # a --target whose recorded training pixels differ from --data's: refused before any shadow's loss
+    other_target = tmp_path / "other-target"
+    shutil.copytree(root / "shadows" / "model-01", other_target)
+    (other_target / "unet" / "config.json").write_text((other_target / "unet" / "config.json").read_text() + "\n")  # other digest
+    result = json.loads((other_target / "result.json").read_text())
+    result["training_digests"]["images"] = "0" * 16
+    (other_target / "result.json").write_text(json.dumps(result))
+    rc = main(["--quiet", "mia", *DATA, "--shadows", str(root / "shadows"), "--attack", "lira", "--target", str(other_target),
+               "--out", str(tmp_path / "other-target-out"), "--device", "cpu", "--loss-cache", str(tmp_path / "cache2")])
+    assert rc == 2 and "trained on other pixels" in capsys.readouterr().err
+    assert not list((tmp_path / "cache2").glob("*/*.npy"))
 
 
 def test_result_is_valid_json_without_nan(shadows):

@@ -134,3 +134,7 @@ def test_short_run_checkpoints_mid_log_window_and_resumes_identically(tmp_path, 
     assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
     assert (ref / "loss_log.jsonl").read_text() == (killed / "loss_log.jsonl").read_text()
     assert [json.loads(line)["step"] for line in (ref / "loss_log.jsonl").read_text().splitlines()] == [2, 4, 6]
+    assert not (killed / "checkpoints").exists()  # dropped once finished
+    (killed / "checkpoints" / "step-00000003").mkdir(parents=True)  # as if killed between the result and the cleanup
+    training.train(ds, cfg, tmp_path / "killed")  # finished: nothing to do but the cleanup
+    assert not (killed / "checkpoints").exists()

@@ -211,6 +211,7 @@ def _settings(args, config, device, ds, shadows: dict[int, Path], masks: dict) -
     from diffaudit.core.seeds import derive_seed
     from diffaudit.data.digest import dataset_digest
     from diffaudit.models.digest import model_digest
+    from diffaudit.sampling.masks import MASK_KINDS
 
     used = sorted({str(p) for p in shadows.values()})
     return {
@@ -226,7 +227,9 @@ def _settings(args, config, device, ds, shadows: dict[int, Path], masks: dict) -
         "targets": args.targets if not args.target_keys else None, "target_keys": args.target_keys,
         "mask": args.mask,
         # a mask image's contents, not only its path: a rewritten mask file must not resume into a mix
-        "mask_digest": hashlib.sha256(np.stack([np.asarray(masks[i], dtype=np.uint8) for i in sorted(masks)]).tobytes()).hexdigest()[:16],
+        # (the built-in kinds are fixed by their name and the seed)
+        **({} if args.mask in MASK_KINDS else {"mask_digest": hashlib.sha256(
+            np.stack([np.asarray(masks[i], dtype=np.uint8) for i in sorted(masks)]).tobytes()).hexdigest()[:16]}),
         "n_inpaintings": config.n_inpaint, "top_k": config.top_k, "steps": config.steps,
         "jump_length": config.jump_length, "jump_n_sample": config.jump_n_sample, "eta": config.eta,
         "timestep": config.timestep, "n_draws": config.n_draws, "seed": config.seed,
@@ -245,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
     from diffaudit.core.progress import progress_bar, stage_line
     from diffaudit.core.results import write_result
     from diffaudit.data import load_dataset
-    from diffaudit.models.run_record import check_trained_on
+    from diffaudit.models.run_record import check_trained_on, read_train_keys
     from diffaudit.sampling.masks import describe_mask, make_mask
 
     config = attack.InpaintAttackConfig(
@@ -259,7 +262,14 @@ def run(args: argparse.Namespace) -> int:
     ds = load_dataset(args.data, **data_options(args))
     H, W, _ = ds.image_shape
     # member labels come from keys: the pixels under them must be the ones the target trained on
-    train_keys = {ds.keys[i] for i in check_trained_on(args.model, ds, what="--model")}
+    n_trained = len(read_train_keys(args.model, "--model"))
+    train_keys = {ds.keys[i] for i in check_trained_on(args.model, ds, what="--model", allow_missing=True)}
+    if not train_keys:
+        raise DiffauditError(f"none of the {n_trained} examples --model {args.model} trained on is in --data {ds.source}: "
+                             "give the --data it was trained on")
+    if len(train_keys) < n_trained:  # e.g. a canary run: its canaries are in no loadable dataset
+        stage_line(f"inpaint: {n_trained - len(train_keys)} of the target's {n_trained} training examples are not in "
+                   f"--data; members are the {len(train_keys)} that are (their pixels are not checked against the run's digest)")
     targets = select_targets(ds, train_keys, targets=args.targets, target_keys=args.target_keys, seed=args.seed)
     masks = {i: make_mask(args.mask, H, W, seed=args.seed, target_index=i) for i in targets}
     shadows = assign_shadows(args, ds, targets)

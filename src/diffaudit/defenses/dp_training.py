@@ -70,6 +70,7 @@ from diffaudit.models.training import (  # the plain run's pieces, reused so bot
     save_checkpoint,
     save_pretrained_atomic,
 )
+from diffaudit.models.run_record import training_digests
 from diffaudit.models.unets import count_parameters
 
 ACCOUNTANTS = ("rdp", "prv")
@@ -299,6 +300,7 @@ def train_dp(
     run = plan.open(out_dir, fresh=fresh)
     if is_finished(run):
         stage_line(f"train (DP-SGD): {run} is already finished; nothing to do")
+        drop_checkpoints(run)  # a run killed between its result and this cleanup
         return run
 
     model.to(device).train()
@@ -400,6 +402,7 @@ def train_dp(
     finals = [r["loss"] for r in log if r.get("loss") is not None]
     write_result(run / "result.json", "train", settings, {"seed": config.seed}, steps=config.steps,
                  n_parameters=count_parameters(final_model), n_train=n, n_stream=n,
+                 training_digests=training_digests(dataset, idx),
                  final_loss=finals[-1] if finals else None, dp=dp_record)
     drop_checkpoints(run)
     caveat = "" if dp.poisson_sampling else " (accounted as if Poisson-sampled; the batches were not)"

@@ -23,9 +23,9 @@ from diffaudit.data.dataset import to_model_space
 from diffaudit.models.denoiser import Denoiser, check_model_input
 
 
-#: How ε is drawn (above). Loss caches carry it in their names: a change to the noise must change it,
-#: or shadow losses cached under the old noise would meet target losses under the new one.
-NOISE_SCHEME = "counter1"
+#: Version of how ε is drawn (above). Loss caches name it from version 2 on: a change to the noise
+#: must raise it, or shadow losses cached under the old noise would meet target losses under the new one.
+NOISE_SCHEME = 1
 
 
 def loss_noise_keys(indices: Sequence[int], noise_seed: int) -> torch.Tensor:

@@ -1,21 +1,30 @@
 """What a training run directory records about its training set, checked against a ``--data``.
 
 :func:`diffaudit.models.training.train` writes ``train_ids.json`` (the training examples' keys, in
-dataset order) and, in ``settings.json``, ``training_pixels_digest``: the
-:func:`~diffaudit.data.digest.dataset_digest` of those examples (pixels, keys, labels, captions).
+dataset order), in ``settings.json`` ``training_pixels_digest`` (the
+:func:`~diffaudit.data.digest.dataset_digest` of those examples: pixels, keys, labels, captions), and
+in ``result.json`` ``training_digests`` (:func:`training_digests`: pixels and keys apart from labels).
 An attack labels examples IN or OUT by key, so a ``--data`` whose keys match but whose pixels do not
 (``npz:<row>`` of another file, another ``--image-size``) would give member labels to images the model
-never saw and report a wrong AUC without any error. :func:`check_trained_on` refuses that.
+never saw and report a wrong AUC without any error. :func:`check_trained_on` refuses that, comparing
+labels only for a class-conditional model (an unconditional one never saw them) and never captions
+(a pixel model does not read them).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from pathlib import Path
+from typing import Sequence
+
+import numpy as np
 
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import read_json
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.data.digest import dataset_digest
+from diffaudit.models.denoiser import read_unet_config
 
 TRAIN_IDS = "train_ids.json"
 
@@ -41,44 +50,74 @@ def read_train_keys(run_dir: str | Path, what: str = "--model") -> list[str]:
     return [str(k) for k in keys]
 
 
-def recorded_pixels_digest(run_dir: str | Path) -> str | None:
-    """``training_pixels_digest`` from the run's ``settings.json``; None where it records none
-    (a diffusers folder, or a run made before the digest was recorded)."""
-    path = Path(run_dir) / "settings.json"
-    if not path.is_file():
-        return None
-    settings = read_json(path).get("settings")
-    value = settings.get("training_pixels_digest") if isinstance(settings, dict) else None
-    return value if isinstance(value, str) else None
+def training_digests(dataset: ImageDataset, rows: Sequence[int]) -> dict[str, str | None]:
+    """Digests of the training examples ``rows`` of ``dataset``, in that order (16 hex each).
+
+    ``images``: :func:`~diffaudit.data.digest.dataset_digest` of the pixels and keys alone;
+    ``labels``: SHA-256 of the labels (int64), None without labels. Recorded in a finished run's
+    ``result.json``; :func:`check_trained_on` compares them.
+    """
+    bare = dataclasses.replace(dataset, labels=None, captions=None)
+    labels = None
+    if dataset.labels is not None:
+        labels = hashlib.sha256(np.asarray(dataset.labels, dtype=np.int64)[np.asarray(rows, dtype=np.int64)].tobytes()).hexdigest()[:16]
+    return {"images": dataset_digest(bare, rows), "labels": labels}
 
 
-def check_trained_on(run_dir: str | Path, dataset: ImageDataset, what: str = "--model") -> list[int]:
+def _recorded(run: Path) -> tuple[dict | None, str | None]:
+    """(``training_digests`` of result.json, ``training_pixels_digest`` of settings.json), None where absent
+    (a diffusers folder, or a run made before they were recorded)."""
+    digests = None
+    if (run / "result.json").is_file():
+        value = read_json(run / "result.json").get("training_digests")
+        digests = value if isinstance(value, dict) and isinstance(value.get("images"), str) else None
+    combined = None
+    if (run / "settings.json").is_file():
+        settings = read_json(run / "settings.json").get("settings")
+        value = settings.get("training_pixels_digest") if isinstance(settings, dict) else None
+        combined = value if isinstance(value, str) else None
+    return digests, combined
+
+
+def check_trained_on(run_dir: str | Path, dataset: ImageDataset, what: str = "--model", *,
+                     allow_missing: bool = False) -> list[int]:
     """Refuse a ``dataset`` that does not hold the very examples ``run_dir`` trained on.
 
-    Every training key must be in ``dataset``; where the run recorded ``training_pixels_digest``,
-    the digest of those examples in ``dataset`` (same keys, same order) must equal it, so the pixels,
-    labels and captions are the ones the model saw.
+    Every training key must be in ``dataset`` (unless ``allow_missing``: then only the keys present
+    are returned and nothing more can be compared); the pixels under those keys must be the ones the
+    run recorded, and so must the labels when the model is class-conditional. Runs that record only
+    the older combined digest (pixels, keys, labels and captions) are compared on it.
 
     Returns:
-        The dataset indices of the training examples, in the run's order.
+        The dataset indices of the training examples found, in the run's order.
 
     Raises:
-        DiffauditError naming the first unknown key, or the two digests.
+        DiffauditError naming the first unknown key, or what differs with both digests.
     """
-    keys = read_train_keys(run_dir, what)
+    run = Path(run_dir)
+    keys = read_train_keys(run, what)
     index = dataset.index_of()
     unknown = [k for k in keys if k not in index]
+    rows = [index[k] for k in keys if k in index]
     if unknown:
-        raise DiffauditError(f"{what} {run_dir} trained on {len(unknown)} examples that are not in {dataset.source} "
+        if allow_missing:
+            return rows
+        raise DiffauditError(f"{what} {run} trained on {len(unknown)} examples that are not in {dataset.source} "
                              f"(first: {unknown[0]!r}); give the --data it was trained on, with the same options")
-    rows = [index[k] for k in keys]
-    recorded = recorded_pixels_digest(run_dir)
-    if recorded is not None:
+    advice = "give the --data it was trained on, with the same --image-size, --mode and other data options"
+    digests, combined = _recorded(run)
+    if digests is not None:
+        here = training_digests(dataset, rows)
+        if here["images"] != digests["images"]:
+            raise DiffauditError(f"{what} {run} was trained on other pixels than --data {dataset.source} holds under the "
+                                 f"same keys (training-set digest {digests['images']}, here {here['images']}): {advice}")
+        conditional = bool(read_unet_config(run).get("num_class_embeds"))
+        if conditional and here["labels"] != digests.get("labels"):
+            raise DiffauditError(f"{what} {run} is class-conditional and was trained with other labels than --data "
+                                 f"{dataset.source} gives the same images: {advice}")
+    elif combined is not None:
         here = dataset_digest(dataset, rows)
-        if here != recorded:
-            raise DiffauditError(
-                f"{what} {run_dir} was trained on other pixels than --data {dataset.source} holds under the same keys "
-                f"(training-set digest {recorded}, here {here}): give the --data it was trained on, with the same "
-                "--image-size, --mode and other data options"
-            )
+        if here != combined:
+            raise DiffauditError(f"{what} {run} was trained on other pixels, labels or captions than --data {dataset.source} "
+                                 f"holds under the same keys (training-set digest {combined}, here {here}): {advice}")
     return rows

@@ -51,6 +51,7 @@ from diffaudit.core.seeds import derive_seed, numpy_rng, torch_generator
 from diffaudit.data.dataset import ImageDataset, to_model_space
 from diffaudit.data.digest import dataset_digest
 from diffaudit.models.scheduler import alphas_cumprod_of, make_scheduler
+from diffaudit.models.run_record import training_digests
 from diffaudit.models.unets import build_unet, count_parameters, unet_config
 
 
@@ -412,6 +413,7 @@ def train(
     run = plan.open(out_dir, fresh=fresh)
     if is_finished(run):
         stage_line(f"train: {run} is already finished ({config.steps} steps); nothing to do")
+        drop_checkpoints(run)  # a run killed between its result and this cleanup
         return run
     settings = plan.settings
 
@@ -504,6 +506,7 @@ def train(
         run / "result.json", "train", settings, {"seed": config.seed},
         steps=config.steps, n_parameters=count_parameters(final_model), n_train=int(len(idx)),
         n_stream=int(len(stream)), final_loss=log[-1]["loss"] if log else None,
+        training_digests=training_digests(dataset, idx),
     )
     drop_checkpoints(run)
     stage_line(f"train: {config.steps} steps on {len(idx)} images ({len(stream)} with repeats) -> {run}")

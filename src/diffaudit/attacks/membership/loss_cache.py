@@ -1,11 +1,12 @@
 """Per-model loss arrays cached on disk, so a re-run (or another attack) never recomputes them.
 
-Layout: ``<cache>/<name>-<model digest>-<data digest>-<noise scheme>/t<t>-d<draws>-f<flips>-s<noise seed>-<precision>.npy``,
+Layout: ``<cache>/<name>-<model digest>-<data digest>[-noise<v>]/t<t>-d<draws>-f<flips>-s<noise seed>-<precision>.npy``,
 one float64 (N, Q) array per timestep, Q = draws × (2 if flips else 1), query q = draw·n_flip + flip
 (the order of :func:`diffaudit.models.loss.per_example_loss`). The folder name carries digests of
-the model's weights and of the dataset (pixels, keys, labels), and the version of how ε is drawn
-(:data:`~diffaudit.models.loss.NOISE_SCHEME`), so a retrained model, another dataset or another noise
-never reads stale losses. A cached array with more draws than needed is reused: its first
+the model's weights and of the dataset (pixels, keys, labels), and, from version 2 on, the version of
+how ε is drawn (:data:`~diffaudit.models.loss.NOISE_SCHEME`; version 1, today's, has no suffix, so the
+caches made with it stay valid), so a retrained model, another dataset or another noise never reads
+stale losses. A cached array with more draws than needed is reused: its first
 queries are exactly the fewer-draw queries (ε of (example, draw) does not depend on the draw count).
 Files are written atomically: a killed run leaves whole arrays or none.
 """
@@ -93,7 +94,8 @@ def cached_model_losses(
     """
     if precision not in PRECISIONS:
         raise DiffauditError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    folder = Path(cache_dir) / f"{name}-{model_digest(run_dir)}-{data_digest or dataset_digest(dataset)}-{NOISE_SCHEME}"
+    scheme = "" if NOISE_SCHEME == 1 else f"-noise{NOISE_SCHEME}"
+    folder = Path(cache_dir) / f"{name}-{model_digest(run_dir)}-{data_digest or dataset_digest(dataset)}{scheme}"
     n = len(dataset)
     ts = [int(t) for t in timesteps]
     have = {t: _find(folder, t, n_draws, flips, noise_seed, precision, n) for t in ts}

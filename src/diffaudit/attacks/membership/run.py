@@ -156,6 +156,9 @@ def shadow_run_dirs(shadows_dir: str | Path, n_models: int) -> list[Path]:
 def target_membership(run_dir: str | Path, dataset: ImageDataset) -> np.ndarray:
     """bool (N,): which examples of ``dataset`` trained the run in ``run_dir`` (its ``train_ids.json``
     keys); refuses a ``dataset`` whose pixels under those keys are not the ones it trained on."""
+    if not has_train_ids(run_dir):
+        raise DiffauditError(f"--target {run_dir}: no train_ids.json, so its training set is unknown; "
+                             "use a diffaudit run directory, or --target-index for a shadow model")
     rows = check_trained_on(run_dir, dataset, what="--target")
     members = np.zeros(len(dataset), dtype=bool)
     members[rows] = True
@@ -253,6 +256,7 @@ def run_mia(
         )
 
     check_shadow_training(dataset, membership, shadow_runs)
+    target_in = target_membership(target.run, dataset) if target.mode == "model" else None  # checked before any loss
     all_ts = list(dict.fromkeys([*config.timesteps, *config.sweep]))  # attack timesteps first, no repeats
     data_fp = data_digest or dataset_digest(dataset)
 
@@ -271,10 +275,7 @@ def run_mia(
     else:
         needed = []
     shadow_losses = {k: losses_of(shadow_runs[k], f"model-{k:02d}") for k in needed}
-    target_losses = target_in = None
-    if target.mode == "model":
-        target_in = target_membership(target.run, dataset)
-        target_losses = losses_of(target.run, "target")
+    target_losses = losses_of(target.run, "target") if target.mode == "model" else None
     q = config.n_draws * (2 if config.flips else 1)
     # (N, M, T, Q); models an attack does not read stay zero (score_models never reads them).
     all_losses = np.zeros((n, m, len(all_ts), q))
