@@ -103,7 +103,7 @@ def test_training_that_diverges_to_nan_stops_without_writing_nan(tmp_path, monke
     capsys.readouterr()
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "training loss became nan at step 20" in err and "Traceback" not in err
+    assert "training loss became nan by step 20" in err and "Traceback" not in err
     assert not (run / "result.json").exists() and not (run / "unet").exists()
     assert [p.name for p in (run / "checkpoints").glob("step-*")] == ["step-00000010"]  # no NaN checkpoint saved
     assert strict_json_files(run)

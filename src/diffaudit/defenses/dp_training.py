@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffaudit.core.errors import DiffauditError, NonFiniteError
+from diffaudit.core.errors import DiffauditError
 from diffaudit.core.faults import fault_point
 from diffaudit.core.io import write_bytes_atomic, write_json_atomic
 from diffaudit.core.progress import progress_bar, stage_line
@@ -57,7 +57,7 @@ from diffaudit.models.training import (  # the plain run's pieces, reused so bot
     Ema,
     TrainConfig,
     build_unet_untouched_rng,
-    check_finite_weights,
+    check_finite_state,
     check_train_indices,
     checkpoint_interval,
     drop_checkpoints,
@@ -234,9 +234,7 @@ def _finite(x: float) -> float | None:
 
 def _check_finite(window_sum: float, model: torch.nn.Module, step: int) -> None:
     """:class:`NonFiniteError` if the losses summed since the last log line or the weights are not finite."""
-    if not math.isfinite(window_sum):
-        raise NonFiniteError(f"DP-SGD training loss became {window_sum} by step {step}; lower --lr or --dp-max-grad-norm")
-    check_finite_weights(model, step, "DP-SGD training")
+    check_finite_state(window_sum, model, step, "DP-SGD training", "lower --lr or --dp-max-grad-norm")
 
 
 def batch_rows(step: int, cfg: TrainConfig, dp: DPConfig, n: int, q: float) -> np.ndarray:

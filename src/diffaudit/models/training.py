@@ -139,6 +139,15 @@ def check_train_indices(train_indices, n_dataset: int) -> np.ndarray | None:
     return uniq
 
 
+def check_finite_state(loss_value: float, model: torch.nn.Module, step: int, label: str = "training",
+                       hint: str = "lower --lr or check the data") -> None:
+    """Raise :class:`NonFiniteError` if ``loss_value`` (a log window's mean or running sum) or a weight
+    of ``model`` is NaN or inf: checked at every log line and before every save."""
+    if not math.isfinite(loss_value):
+        raise NonFiniteError(f"{label} loss became {loss_value} by step {step}; {hint}")
+    check_finite_weights(model, step, label)
+
+
 def check_finite_weights(model: torch.nn.Module, step: int, label: str = "training") -> None:
     """Raise :class:`NonFiniteError` if a parameter of ``model`` holds NaN or inf (before it is saved)."""
     params = [p.detach() for p in model.parameters()]
@@ -472,9 +481,7 @@ def train(
                 lv = float(window.item()) / window_n
                 window.zero_()
                 window_n = 0
-                if not math.isfinite(lv):
-                    raise NonFiniteError(f"training loss became {lv} at step {done}; lower --lr or check the data")
-                check_finite_weights(model, done)
+                check_finite_state(lv, model, done)
                 log.append({"step": done, "loss": lv, "lr": lr_at(step, config)})  # mean over the window
                 bar.advance(0, loss=lv)
             bar.advance(1)
@@ -485,9 +492,7 @@ def train(
             fault_point("train.step")
             if done % every == 0 and done < config.steps:
                 wsum = float(window.item())
-                if not math.isfinite(wsum):
-                    raise NonFiniteError(f"training loss became {wsum} before step {done}; lower --lr or check the data")
-                check_finite_weights(model, done)  # a checkpoint never holds non-finite weights
+                check_finite_state(wsum, model, done)  # a checkpoint never holds non-finite weights
                 save_checkpoint(run, done, model, ema, opt, log, (wsum, window_n))
                 fault_point("train.checkpoint")
     elapsed = time.perf_counter() - t0
