@@ -230,19 +230,20 @@ def test_compute_auto_picks_int8_where_it_is_exact(monkeypatch):
     monkeypatch.setattr(compute, "_INT_MM_OK", {"cpu": True, "cuda": True})  # probes passed
     assert resolve_compute("auto", cpu, dim=3072, allow_int8=True).kind == "int8"
     assert resolve_compute("auto", cuda, dim=3072, allow_int8=True).kind == "int8"
-    assert resolve_compute("auto", cpu, dim=INT8_MAX_DIM + 1, allow_int8=True).kind == "float64"
-    assert resolve_compute("auto", cuda, dim=INT8_MAX_DIM + 1, allow_int8=True).kind == "bf16"
-    assert resolve_compute("auto", cpu, dim=None, allow_int8=True).kind == "float64"  # a stream of unknown size
+    # int8 is exact for any image size (chunked products), so "auto" picks it whatever D, also for a
+    # stream whose size is unknown when the kind is chosen
+    for d in (INT8_MAX_DIM + 1, 512 * 512 * 3, None):
+        assert resolve_compute("auto", cpu, dim=d, allow_int8=True).kind == "int8"
+        assert resolve_compute("auto", cuda, dim=d, allow_int8=True).kind == "int8"
+        assert resolve_compute("int8", cpu, dim=d, allow_int8=True).kind == "int8"
     assert resolve_compute("auto", cpu, dim=3072).kind == "float64"  # other users of the GEMM keep their kinds
-    with pytest.raises(DiffauditError, match="at most 43690"):
-        resolve_compute("int8", cpu, dim=INT8_MAX_DIM + 1, allow_int8=True)
     from diffaudit.distances.pairwise import pairwise_tile_mean_squares
 
     with pytest.raises(DiffauditError, match="int8 needs uint8"):  # the tiled distances use int8 on uint8 only
         pairwise_tile_mean_squares(np.zeros((2, 8, 8, 3), np.float32), None, compute="int8")
     assert knn_search(ref, ref, 2, device="cpu").stats["compute"] == "int8"
     streamed = knn_search(ref, lambda: iter([ref]), 2, device="cpu", ref_cache_bytes=0)
-    assert streamed.stats["compute"] == "float64"
+    assert streamed.stats["compute"] == "int8"
 
 
 def test_streaming_both_sides(data):

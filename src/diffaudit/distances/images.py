@@ -99,7 +99,12 @@ def check_same_shape(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str] = 
 
 
 def flat_uint8(images: Any, *, name: str = "images") -> torch.Tensor:
-    """uint8 images (N, H, W, C) or rows (N, D) -> uint8 (N, D) (a view when contiguous)."""
+    """uint8 images (N, H, W, C) or rows (N, D) -> uint8 (N, D) (a view when contiguous; N may be 0).
+
+    Raises :class:`DiffauditError` naming ``name`` for other dtypes or ranks, and for images whose last
+    axis holds more than :data:`MAX_CHANNELS` values (channel-first (N, C, H, W) arrays would otherwise
+    be searched as scrambled pixels, as :func:`as_tensor` refuses them too).
+    """
     images = _pixels(images)
     t = from_numpy(images) if isinstance(images, np.ndarray) else images
     if not isinstance(t, torch.Tensor):
@@ -107,7 +112,34 @@ def flat_uint8(images: Any, *, name: str = "images") -> torch.Tensor:
     if t.dtype != torch.uint8:
         raise DiffauditError(f"{name}: nearest-neighbour search needs uint8 pixels (0..255), got {t.dtype}")
     if t.ndim == 4:
-        t = t.reshape(t.shape[0], -1)
+        if t.shape[-1] > MAX_CHANNELS:
+            raise DiffauditError(
+                f"{name}: shape {tuple(t.shape)} does not end in a channel axis (at most {MAX_CHANNELS} values); "
+                "images are channels-last (N, H, W, C): permute channel-first arrays (N, C, H, W), or pass "
+                "flattened rows (N, D)"
+            )
+        t = t.reshape(t.shape[0], t.shape[1] * t.shape[2] * t.shape[3])
     elif t.ndim != 2:
         raise DiffauditError(f"{name}: expected (N, H, W, C) images or (N, D) rows, got shape {tuple(t.shape)}")
     return t
+
+
+def image_shape(images: Any) -> tuple[int, int, int] | None:
+    """(H, W, C) of uint8 images (N, H, W, C) (arrays, ShardedImages, ImageDatasets), None for rows
+    (N, D) or anything whose shape is not known without reading it."""
+    if hasattr(images, "images") and hasattr(images, "keys"):
+        images = images.images
+    shape = getattr(images, "shape", None)
+    if shape is None or len(shape) != 4:
+        return None
+    return tuple(int(x) for x in shape[1:])
+
+
+def check_same_image_shape(q_shape: tuple | None, r_shape: tuple | None, names: tuple[str, str] = ("queries", "reference")) -> None:
+    """Raise :class:`DiffauditError` when both image shapes (H, W, C) are known and differ: equal D
+    is not enough (transposed or re-tiled images have it too)."""
+    if q_shape is not None and r_shape is not None and tuple(q_shape) != tuple(r_shape):
+        raise DiffauditError(
+            f"{names[0]} and {names[1]} have different image shapes (H, W, C): {tuple(q_shape)} vs "
+            f"{tuple(r_shape)}; image shapes differ (a transposed layout, or images of another size)"
+        )

@@ -13,12 +13,16 @@ For every query block and every reference block (:mod:`.sources`):
    the candidates' distances are exact already and are merged as they are;
 3. a certificate checks that no other row of the block can beat the current k-th distance:
    every non-candidate's approximate distance is ≥ the block's cutoff, so its exact one is ≥
-   cutoff − margin (:func:`.compute.error_margin`). Queries whose certificate fails are recomputed
-   exactly against the whole block. The result is therefore the exact top k, with exact distances.
+   cutoff − margin (:func:`.compute.error_margin`, a deterministic bound on the fp32 kinds'
+   rounding, 0 for the exact kinds). Queries whose certificate fails are recomputed exactly
+   against the block (one reference block at a time when the reference is cached whole). The result
+   is therefore the exact top k, with exact distances, for every compute kind, backend and image size.
 
 Memory is bounded by the blocks: queries are read once, ``query_block`` rows at a time; the reference
 is cached prepared on the device when it fits ``ref_cache_bytes``, else re-streamed for every query
-block. Distances are returned ascending, float64 RMS in [0, 1]; smaller = nearer.
+block; the certificate's fallback also works one reference block at a time. Distances are returned
+ascending, float64 RMS in [0, 1]; smaller = nearer. Queries and reference must have the same values
+per image and, where both are given as images (N, H, W, C), the same image shape (H, W, C).
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ import torch
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
 from diffaudit.distances.compute import PIXEL_SQ, exact_sq_dists, resolve_compute
+from diffaudit.distances.images import check_same_image_shape
 from diffaudit.distances.knn_backends import Candidates, PreparedBlock, PreparedQueries, get_backend
-from diffaudit.distances.sources import ReferenceSource, iter_blocks
+from diffaudit.distances.sources import ReferenceSource, iter_blocks, peek_dim
 
 _SENTINEL = torch.iinfo(torch.int64).max
 #: Bytes of fp32 gathered candidates per exact re-ranking chunk.
@@ -50,7 +55,8 @@ class KnnResult:
         sq: int64 (Q, k), the exact squared sums Σ(q − r)² on 0..255 values.
         dim: values per image (H·W·C).
         fallback_rows: query-block pairs recomputed in full because the certificate failed (a
-            diagnostic; 0 for exact float64 GEMMs except on exact ties).
+            diagnostic; 0 for the exact kinds, int8 and float64, except on exact ties).
+        stats: ``backend`` and ``compute`` (the kind that ran).
     """
 
     distances: np.ndarray
@@ -70,7 +76,7 @@ def _default_blocks(device: torch.device, n_ref: int | None, dim: int | None = N
     """(query rows, reference rows) per block: the (query x ref) distance block holds at most 2^28
     entries on CUDA (1 GiB fp32), 2^23 on the CPU (64 MiB float64), and the query operand at most
     1 GiB / 64 MiB as float64 when the image size ``dim`` is known (a small reference must not make
-    the query block huge)."""
+    the query block huge; the search passes the queries' own size when the reference's is unknown)."""
     cuda = device.type == "cuda"
     rb = min(n_ref or (65536 if cuda else 8192), 65536 if cuda else 8192)
     qb = (1 << 28 if cuda else 1 << 23) // max(rb, 1)
@@ -113,8 +119,11 @@ def _rerank(q: PreparedQueries, rows: torch.Tensor, norms: torch.Tensor, sel: to
 
 
 def _exact_block_topk(q_raw: torch.Tensor, q_global: torch.Tensor | None, r: PreparedBlock, k: int):
-    """Exact top-k of a few query rows against a whole block (certificate fallback).
+    """Exact top-k of a few query rows against one reference block (certificate fallback): int64
+    squared distances (f, min(k, n)) sorted by (distance, index), and their global indices.
 
+    Memory: the (f, n) int64 matrix of one block and its sort, the queries as float64 (f, D), and
+    reference rows in float64 chunks of at most ``_RERANK_BYTES``; callers pass one block at a time.
     ``q_global``: the rows' global query indices when self matches are excluded, else None.
     """
     f, d = q_raw.shape
@@ -134,6 +143,20 @@ def _exact_block_topk(q_raw: torch.Tensor, q_global: torch.Tensor | None, r: Pre
     kk = min(k, n)
     keep = torch.sort(sq, dim=1, stable=True).indices[:, :kk]
     return sq.gather(1, keep), keep + r.offset
+
+
+def _exact_topk_blocks(q_raw: torch.Tensor, q_global: torch.Tensor | None, blocks: list[PreparedBlock], k: int):
+    """Exact top k (sq int64, global indices) of query rows against every block in turn, merged:
+    memory of one block's fallback (:func:`_exact_block_topk`), never of the whole reference."""
+    f = q_raw.shape[0]
+    best_sq = torch.full((f, k), _SENTINEL, dtype=torch.int64, device=q_raw.device)
+    best_idx = torch.full((f, k), -1, dtype=torch.int64, device=q_raw.device)
+    for r in blocks:
+        if r.raw.shape[0] == 0:
+            continue
+        fsq, fidx = _exact_block_topk(q_raw, q_global, r, k)
+        best_sq, best_idx = _merge(best_sq, best_idx, fsq, fidx, k)
+    return best_sq, best_idx
 
 
 def _search_block(backend, q: PreparedQueries, blocks: Iterator[PreparedBlock], k: int, c: int, exclude_self: bool):
@@ -183,7 +206,7 @@ def _search_resident(backend, q: PreparedQueries, blocks: list[PreparedBlock], r
     Certificate: a row outside the final c candidates has an approximate distance ≥ the c-th merged
     one (τ) — either it lost the merge, or it lost inside its block, whose own cutoff is ≥ τ — so its
     exact distance is ≥ τ − margin; queries where that does not exceed the exact k-th distance are
-    recomputed against the whole reference.
+    recomputed exactly against every block in turn (memory of one block, :func:`_exact_topk_blocks`).
     """
     bq = q.raw.shape[0]
     dev = q.raw.device
@@ -221,9 +244,8 @@ def _search_resident(backend, q: PreparedQueries, blocks: list[PreparedBlock], r
         if bool(fail.any()):
             rows_f = fail.nonzero().squeeze(1)
             fallback = int(rows_f.numel())
-            whole = PreparedBlock(0, ref_raw, ref_norms, 0, None)
             q_global = (rows_f + q.offset) if exclude_self else None
-            fsq, fidx = _exact_block_topk(q.raw[rows_f], q_global, whole, k)
+            fsq, fidx = _exact_topk_blocks(q.raw[rows_f], q_global, blocks, k)  # one block at a time
             best_sq[rows_f], best_idx[rows_f] = fsq, fidx
     return best_sq, best_idx, fallback
 
@@ -235,38 +257,64 @@ class ResidentReference:
     :func:`prepare_reference`; pass it as ``reference`` with the same backend and device.
 
     ``rows`` is the backend's operand of the whole set (the re-rank gathers from it); the blocks'
-    operands are slices of it, so it costs no extra memory."""
+    operands are slices of it, so it costs no extra memory. ``image_shape``: (H, W, C) when the set
+    was given as images, else None (rows)."""
 
     backend: Any
     raw: torch.Tensor
     norms: torch.Tensor
     blocks: list[PreparedBlock]
     rows: torch.Tensor
+    image_shape: tuple[int, int, int] | None = None
 
     @property
     def size(self) -> int:
         return int(self.raw.shape[0])
 
 
+#: The compute kinds the faiss backend runs: it multiplies in fp32 on the CPU, whatever is asked.
+_FAISS_KINDS = ("auto", "float32")
+
+
 def _make_backend(backend: str, device: str | torch.device, compute: str, dim: int | None):
-    """The backend for ``compute`` on ``device``; ``dim`` (values per image, None if unknown) decides
-    whether "auto" can be the exact int8 GEMM."""
+    """The backend for ``compute`` on ``device`` ("auto" is the exact int8 GEMM wherever the device's
+    int8 GEMM is exact, whatever the image size; ``dim`` is no longer needed for that choice)."""
     dev = resolve_device(device) if isinstance(device, str) else device
-    return get_backend(backend, resolve_compute(compute, dev, cpu_default="float64", dim=dim, allow_int8=True))
+    spec = resolve_compute(compute, dev, cpu_default="float64", dim=dim, allow_int8=True)
+    if backend == "faiss" and compute not in _FAISS_KINDS:
+        raise DiffauditError(
+            f"the faiss backend computes in float32 on the CPU; compute {compute!r} is not available with it: "
+            "use backend 'torch' for int8, bf16 or float64, or compute 'auto'/'float32' with faiss"
+        )
+    return get_backend(backend, spec)
 
 
 def _source_and_backend(reference: Any, backend: str, device: str | torch.device, compute: str):
-    """The reference as a :class:`ReferenceSource` and the backend its image size allows."""
+    """The reference as a :class:`ReferenceSource` and the backend for it."""
     ref = ReferenceSource(reference, name="reference")
     return ref, _make_backend(backend, device, compute, ref.dim)
 
 
-def _prepare_resident(be, raw_cpu: torch.Tensor, rb: int) -> ResidentReference:
+def _prepare_resident(be, raw_cpu: torch.Tensor, rb: int, image_shape: tuple | None = None) -> ResidentReference:
     raw = raw_cpu.to(be.device)
     rows = be.operand(raw)
     blocks = [be.prepare_block(off, raw[off:off + rb], rows[off:off + rb]) for off in range(0, raw.shape[0], rb)]
     norms = torch.cat([b.norms for b in blocks]) if blocks else torch.zeros(0, dtype=torch.int64, device=be.device)
-    return ResidentReference(be, raw, norms, blocks, rows)
+    return ResidentReference(be, raw, norms, blocks, rows, image_shape)
+
+
+def _positive_block(value: int | None, name: str) -> int | None:
+    """``value`` when None or a positive integer; a clear error otherwise (0 is not "the default")."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise DiffauditError(f"{name} must be a positive integer (rows per block) or None for the default, got {value!r}")
+    return int(value)
+
+
+def _check_not_empty(size: int | None) -> None:
+    if size == 0:
+        raise DiffauditError("the reference set is empty: nearest neighbours need at least one reference image")
 
 
 def prepare_reference(
@@ -277,12 +325,14 @@ def prepare_reference(
     compute: str = "auto",
     ref_block: int | None = None,
 ) -> ResidentReference:
-    """Prepare a random-access uint8 reference (N, H, W, C)/(N, D) once for repeated searches."""
+    """Prepare a random-access uint8 reference (N, H, W, C)/(N, D) (N ≥ 1) once for repeated searches."""
+    ref_block = _positive_block(ref_block, "ref_block")
     ref, be = _source_and_backend(reference, backend, device, compute)
     if ref.random_access is None:
         raise DiffauditError("prepare_reference needs an array or dataset, not a stream of blocks")
+    _check_not_empty(ref.size)
     rb = ref_block or _default_blocks(be.device, ref.size)[1]
-    return _prepare_resident(be, ref.random_access, rb)
+    return _prepare_resident(be, ref.random_access, rb, ref.image_shape)
 
 
 def default_cache_bytes(device: torch.device) -> int:
@@ -303,7 +353,7 @@ def prepare_reference_if_fits(
     ref, be = _source_and_backend(reference, backend, device, compute)
     if not _fits(be, ref, ref_cache_bytes):
         return reference
-    return _prepare_resident(be, ref.random_access, _default_blocks(be.device, ref.size)[1])
+    return _prepare_resident(be, ref.random_access, _default_blocks(be.device, ref.size)[1], ref.image_shape)
 
 
 def _fits(be, ref: ReferenceSource, ref_cache_bytes: int | None) -> bool:
@@ -315,6 +365,13 @@ def _fits(be, ref: ReferenceSource, ref_cache_bytes: int | None) -> bool:
     budget = default_cache_bytes(be.device) if ref_cache_bytes is None else ref_cache_bytes
     itemsize = 1 + torch.empty((), dtype=be.spec.input_dtype).element_size()
     return nbytes * itemsize <= budget
+
+
+def _too_few(k: int, n_ref: int, exclude_self: bool) -> DiffauditError:
+    if exclude_self:
+        return DiffauditError(f"k = {k} nearest neighbours requested but the reference set has only {max(n_ref - 1, 0)} "
+                              f"other images ({n_ref} in all, each query's own row excluded)")
+    return DiffauditError(f"k = {k} nearest neighbours requested but the reference set has only {n_ref} images")
 
 
 def iter_knn(
@@ -333,9 +390,25 @@ def iter_knn(
     ref_cache_bytes: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[int, KnnResult]]:
-    """Yield ``(query_offset, KnnResult)`` per query block; see :func:`knn_search` for arguments."""
-    if not isinstance(k, (int, np.integer)) or k < 1:
+    """Yield ``(query_offset, KnnResult)`` per query block (none for empty queries); see
+    :func:`knn_search` for arguments."""
+    yield from _iter_knn(queries, reference, k, backend=backend, device=device, compute=compute, extra=extra,
+                         query_block=query_block, ref_block=ref_block, exclude_self=exclude_self,
+                         query_offset=query_offset, ref_cache_bytes=ref_cache_bytes, progress=progress)
+
+
+def _iter_knn(queries, reference, k, *, backend, device, compute, extra, query_block, ref_block, exclude_self,
+              query_offset, ref_cache_bytes, progress, meta: dict | None = None):
+    """:func:`iter_knn`; ``meta`` receives ``dim`` (values per image, when known) and ``stats``, also
+    when no query block is yielded (empty queries)."""
+    meta = {} if meta is None else meta
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
         raise DiffauditError(f"k must be a positive integer, got {k!r}")
+    k = int(k)
+    if extra is not None and (isinstance(extra, (bool, np.bool_)) or not isinstance(extra, (int, np.integer)) or extra < 0):
+        raise DiffauditError(f"extra must be a non-negative integer (candidates beyond k per block) or None, got {extra!r}")
+    query_block = _positive_block(query_block, "query_block")
+    ref_block = _positive_block(ref_block, "ref_block")
     resident: ResidentReference | None = None
     ref: ReferenceSource | None = None
     if isinstance(reference, ResidentReference):
@@ -344,24 +417,36 @@ def iter_knn(
     else:
         ref, be = _source_and_backend(reference, backend, device, compute)
         size = ref.size
-    qb_default, rb_default = _default_blocks(be.device, size, int(resident.raw.shape[1]) if resident is not None else ref.dim)
+    _check_not_empty(size)
+    meta["stats"] = {"backend": be.name, "compute": be.spec.kind}
+    ref_dim = int(resident.raw.shape[1]) if resident is not None else ref.dim
+    q_dim, queries = peek_dim(queries, name="queries")
+    meta["dim"] = q_dim if q_dim is not None else ref_dim
+    if ref_dim is not None and q_dim is not None and q_dim != ref_dim:
+        raise DiffauditError(
+            f"queries have {q_dim} values per image but the reference has {ref_dim}: image shapes differ"
+        )
+    # the query block is capped by the image size: the reference's, else the queries' own
+    qb_default, rb_default = _default_blocks(be.device, size, ref_dim if ref_dim is not None else q_dim)
     qb, rb = query_block or qb_default, ref_block or rb_default
-    if qb < 1 or rb < 1:
-        raise DiffauditError("query_block and ref_block must be positive")
     c = k + (default_extra(k) if extra is None else int(extra))
-    if size is not None:
-        avail = size - (1 if exclude_self else 0)
-        if avail < k:
-            raise DiffauditError(f"k = {k} nearest neighbours requested but the reference set has only {avail} other images")
+    if size is not None and size - (1 if exclude_self else 0) < k:
+        raise _too_few(k, size, exclude_self)
     if resident is None and ref is not None and _fits(be, ref, ref_cache_bytes):
-        resident = _prepare_resident(be, ref.random_access, rb)  # one exact re-rank per query
+        resident = _prepare_resident(be, ref.random_access, rb, ref.image_shape)  # one exact re-rank per query
+    q_shape: dict = {}
+
+    def ref_shape():
+        return resident.image_shape if resident is not None else ref.image_shape
 
     def streamed_blocks() -> Iterator[PreparedBlock]:
         for off, t in ref.blocks(rb):
+            check_same_image_shape(q_shape.get("shape"), ref.image_shape)
             yield be.prepare_block(off, t)
 
-    for q_off, q_raw in iter_blocks(queries, qb, name="queries"):
+    for q_off, q_raw in iter_blocks(queries, qb, name="queries", shape=q_shape):
         q_off += int(query_offset)
+        check_same_image_shape(q_shape.get("shape"), ref_shape())
         ref_dim = int(resident.raw.shape[1]) if resident is not None else ref.dim
         if ref_dim is not None and q_raw.shape[1] != ref_dim:
             raise DiffauditError(
@@ -375,11 +460,12 @@ def iter_knn(
             best_sq, best_idx, fallback = _search_block(be, q, streamed_blocks(), k, c, exclude_self)
         if bool((best_sq == _SENTINEL).any()):
             n_ref = resident.size if resident is not None else ref.size
-            raise DiffauditError(f"k = {k} nearest neighbours requested but the reference set has only {n_ref} images")
+            _check_not_empty(n_ref)
+            raise _too_few(k, n_ref, exclude_self)
         sq = best_sq.cpu().numpy()
         dim = int(q_raw.shape[1])
         dist = np.sqrt(sq.astype(np.float64) / (dim * PIXEL_SQ))
-        res = KnnResult(dist, best_idx.cpu().numpy(), sq, dim, fallback, {"backend": be.name, "compute": be.spec.kind})
+        res = KnnResult(dist, best_idx.cpu().numpy(), sq, dim, fallback, dict(meta["stats"]))
         if progress is not None:
             progress(int(q_raw.shape[0]))
         yield q_off, res
@@ -395,21 +481,27 @@ def knn_search(
 
     Args:
         queries: uint8 images (Q, H, W, C) or rows (Q, D) (numpy, memory map, torch, ImageDataset) or
-            an iterable of such blocks (read once).
+            an iterable of such blocks (read once); Q may be 0 (an empty result).
         reference: uint8 (N, H, W, C)/(N, D) array or ImageDataset, a list of blocks, a callable
             returning a fresh iterator of blocks (re-read per query block when not cached), or a
             :class:`ResidentReference` from :func:`prepare_reference` (then backend/device/compute
-            are those it was prepared with).
-        k: neighbours per query, 1 ≤ k ≤ N (the paper uses n = 50; up to ~100 is cheap).
-        backend: ``torch`` (blocked GEMM) or ``faiss`` (IndexFlatL2, CPU); see :mod:`.knn_backends`.
+            are those it was prepared with); N ≥ 1. Images must match the queries' shape (H, W, C)
+            (channels-last, at most 4 channels) where both are given as images.
+        k: neighbours per query, 1 ≤ k ≤ N (≤ N − 1 with ``exclude_self``; the paper uses n = 50; up
+            to ~100 is cheap).
+        backend: ``torch`` (blocked GEMM) or ``faiss`` (IndexFlatL2, CPU, fp32 only: compute "auto"
+            or "float32"); see :mod:`.knn_backends`.
         device: ``auto``, ``cpu``, ``cuda``... (faiss always runs on the CPU).
-        compute: GEMM precision: ``auto`` (the exact int8 GEMM on shifted pixels, on CUDA and the CPU, for
-            images of at most :data:`.compute.INT8_MAX_DIM` values whose size the reference tells; else
-            bf16 with exact re-ranking on CUDA and float64, exact, on the CPU), ``int8``, ``bf16``,
-            ``float32``, ``float64``.
-        extra: candidates fetched beyond k per block (default max(8, k // 4)); only speed depends on it.
-        query_block, ref_block: rows per block (defaults bound the (query x ref) block to 1 GiB on CUDA,
-            64 MiB on the CPU, and the query operand alike when the reference's image size is known).
+        compute: GEMM precision: ``auto`` (the exact int8 GEMM on shifted pixels, on CUDA and the CPU,
+            for any image size, wherever the device's int8 GEMM passes the exactness probe; else bf16
+            with exact re-ranking on CUDA and float64, exact, on the CPU), ``int8``, ``bf16``,
+            ``float32``, ``float64``. Every kind gives the same exact result: the fp32 kinds' candidates
+            are certified with a deterministic rounding bound and re-ranked exactly.
+        extra: candidates fetched beyond k per block, an integer ≥ 0 (default max(8, k // 4)); only
+            speed depends on it.
+        query_block, ref_block: rows per block, positive (defaults bound the (query x ref) block to
+            1 GiB on CUDA, 64 MiB on the CPU, and the query operand alike, from the reference's image
+            size or, for a streamed reference, the queries').
         exclude_self: queries and reference are the same set; a query never returns its own row.
         query_offset: global index of the first query (for ``exclude_self`` on a slice of the set);
             yielded offsets include it.
@@ -417,12 +509,21 @@ def knn_search(
         progress: called with the number of queries finished after every block.
 
     Returns:
-        :class:`KnnResult` with exact ascending distances (Q, k) and indices; equal for every backend
-        and device (ties broken by the smaller index).
+        :class:`KnnResult` with exact ascending distances (Q, k) and indices; equal for every backend,
+        compute kind and device (ties broken by the smaller index).
     """
-    parts = list(iter_knn(queries, reference, k, **kwargs))
+    meta: dict = {}
+    kw = dict(backend="torch", device="auto", compute="auto", extra=None, query_block=None, ref_block=None,
+              exclude_self=False, query_offset=0, ref_cache_bytes=None, progress=None)
+    unknown = set(kwargs) - set(kw)
+    if unknown:
+        raise TypeError(f"knn_search() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
+    kw.update(kwargs)
+    parts = list(_iter_knn(queries, reference, k, meta=meta, **kw))
     if not parts:
-        return KnnResult(np.zeros((0, k)), np.zeros((0, k), dtype=np.int64), np.zeros((0, k), dtype=np.int64), 0)
+        kk = int(k)
+        return KnnResult(np.zeros((0, kk)), np.zeros((0, kk), dtype=np.int64), np.zeros((0, kk), dtype=np.int64),
+                         int(meta.get("dim") or 0), 0, dict(meta.get("stats", {})))
     return KnnResult(
         np.concatenate([p.distances for _, p in parts]),
         np.concatenate([p.indices for _, p in parts]),

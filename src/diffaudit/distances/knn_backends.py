@@ -5,10 +5,15 @@ squared distance; :mod:`diffaudit.distances.knn` then re-ranks them with exact i
 certifies that no row outside the candidates can belong to the top k. Backends:
 
 - ``torch``: blocked GEMM ‖q‖² + ‖r‖² − 2·q·r on integer pixels and ``torch.topk``: exact int8 with
-  int32 accumulation on shifted pixels wherever the image size allows (:data:`.compute.INT8_MAX_DIM`),
-  else bf16 in / fp32 accumulate on CUDA, float64 (exact) or fp32 on the CPU (:mod:`.compute`).
+  int32 accumulation on shifted pixels (any image size: int32 per chunk of columns, int64 totals above
+  :data:`.compute.INT8_MAX_DIM`) wherever the device's int8 GEMM is exact, else bf16 in / fp32
+  accumulate on CUDA, float64 (exact) or fp32 on the CPU (:mod:`.compute`).
 - ``faiss``: ``faiss.IndexFlatL2`` (exhaustive, fp32; it returns squared sums Σ(q − r)² on the values
-  it was given, here 0..255, so the RMS is sqrt(D / (d·255²))); CPU only (faiss-cpu).
+  it was given, here 0..255, so the RMS is sqrt(D / (d·255²))); CPU only (faiss-cpu), fp32 only (the
+  search refuses other compute kinds with it).
+
+The margin of the fp32 kinds is a deterministic bound (:func:`.compute.error_margin`), so the
+certificate of :mod:`.knn` holds for every input, not only with high probability.
 """
 
 from __future__ import annotations
@@ -20,7 +25,19 @@ import numpy as np
 import torch
 
 from diffaudit.core.errors import DiffauditError
-from diffaudit.distances.compute import ComputeSpec, cross, error_margin, shifted_sq_norms, sq_norms, to_compute
+from diffaudit.distances.compute import (
+    U_FP32,
+    ComputeSpec,
+    cross,
+    error_margin,
+    fp32_chunk,
+    gemm_error_factor,
+    int8_acc_dtype,
+    rounding_model,
+    shifted_sq_norms,
+    sq_norms,
+    to_compute,
+)
 
 
 @dataclass
@@ -28,7 +45,8 @@ class PreparedBlock:
     """One reference block, ready for candidate search and exact re-ranking.
 
     raw: uint8 (n, D) on the backend's device; norms: int64 (n,) exact ‖r‖²; offset: global index of
-    row 0; handle: the backend's own form (GEMM operand or faiss index); rows: (n, D) the rows the
+    row 0; max_norm: the largest norm the backend's margin is relative to (‖r‖², for faiss the shifted
+    ‖r − 128‖²); handle: the backend's own form (GEMM operand or faiss index); rows: (n, D) the rows the
     exact re-rank gathers candidates from (:func:`.compute.exact_dots`): the GEMM operand where it
     holds the integers exactly (bf16 or fp32 on the device, no conversion pass), else ``raw``.
     """
@@ -56,9 +74,10 @@ class PreparedQueries:
 @dataclass
 class Candidates:
     """Per query: ``local`` (Bq, c) int64 candidate rows of the block; ``approx`` (Bq, c) float64
-    approximate squared distances (+inf marks an excluded self match); ``cutoff`` (Bq,) float64: every
-    non-candidate row's approximate squared distance is ≥ cutoff; ``margin`` (Bq,) float64: bound on
-    |approximate − exact| for this query and block."""
+    scores of the candidates (+inf marks an excluded self match): approximate squared distances, or
+    lower bounds on them; ``cutoff`` (Bq,) float64: every non-candidate row's score is ≥ cutoff;
+    ``margin`` (Bq,) float64: every row's exact squared distance is ≥ its score − margin (a bound on
+    |approximate − exact|, or 0 where the scores are exact or lower bounds)."""
 
     local: torch.Tensor
     approx: torch.Tensor
@@ -67,13 +86,27 @@ class Candidates:
 
 
 class TorchGemmBackend:
-    """Blocked GEMM on ``spec.device`` with torch.topk (see module docstring)."""
+    """Blocked GEMM on ``spec.device`` with torch.topk (see module docstring).
+
+    For the fp32 kinds the score of row r is a *lower bound* on its exact squared distance: the GEMM
+    adds ‖r‖²·(1 − f·u) instead of ‖r‖², and ‖q‖²·(1 − f·u) is added to the candidates, with f
+    :func:`.compute.gemm_error_factor` (deterministic), so score ≤ exact − (rounding error bound) +
+    |rounding error| ≤ exact for every row. Each row carries its own bound (from its own norm, not the
+    block's largest), and the certificate needs no margin: a non-candidate's exact distance is ≥ its
+    score ≥ the cutoff.
+    """
 
     name = "torch"
 
     def __init__(self, spec: ComputeSpec):
         self.spec = spec
         self.device = spec.device
+
+    def _slack(self, dim: int) -> float:
+        """f·u: the relative rounding bound of the fp32 kinds for images of ``dim`` values (0 if exact)."""
+        if self.spec.exact:
+            return 0.0
+        return gemm_error_factor(dim, chunk=fp32_chunk(self.device), rounding=rounding_model(self.device)) * U_FP32
 
     def operand(self, raw: torch.Tensor) -> torch.Tensor:
         """The GEMM operand of uint8 rows (n, D): their values 0..255 in the compute dtype, on the device."""
@@ -85,11 +118,17 @@ class TorchGemmBackend:
         norms = sq_norms(raw)
         op = self.operand(raw) if operand is None else operand
         return PreparedBlock(offset, raw, norms, int(norms.max()) if len(norms) else 0,
-                             (op, self.gemm_norms(raw, norms).to(self.spec.output_dtype)), rows=op)
+                             (op, self.gemm_norms(raw, norms).to(self.acc_dtype(raw.shape[1]))), rows=op)
 
     def gemm_norms(self, raw: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
-        """The norms the GEMM's distance formula adds: ‖r‖² (int64 ``norms``) for these kinds."""
-        return norms
+        """The norms the GEMM's distance formula adds: ‖r‖² (int64 ``norms``) for float64, lowered
+        by their rounding bound, ‖r‖²·(1 − f·u) (float64), for the fp32 kinds (class docstring)."""
+        slack = self._slack(raw.shape[1])
+        return norms if slack == 0.0 else norms.to(torch.float64) * (1.0 - slack)
+
+    def acc_dtype(self, dim: int) -> torch.dtype:
+        """The dtype of the (query x block) distance matrix for images of ``dim`` values."""
+        return self.spec.output_dtype
 
     def prepare_queries(self, offset: int, raw: torch.Tensor) -> PreparedQueries:
         raw = raw.to(self.device)
@@ -103,28 +142,32 @@ class TorchGemmBackend:
         if exclude_self:
             _mask_self(approx, q.offset, r.offset)
         vals, local = torch.topk(approx, c, dim=1, largest=False, sorted=False)
-        vals = vals.to(torch.float64) + q.norms.to(torch.float64).unsqueeze(1)
+        slack = self._slack(q.raw.shape[1])  # fp32 kinds: scores are lower bounds (class docstring)
+        vals = vals.to(torch.float64) + (q.norms.to(torch.float64) * (1.0 - slack)).unsqueeze(1)
         finite = torch.where(torch.isfinite(vals), vals, torch.full_like(vals, -np.inf))
         cutoff = finite.amax(1)
-        margin = error_margin(self.spec, q.raw.shape[1], q.norms + r.max_norm)
-        return Candidates(local, vals, cutoff, margin)
+        return Candidates(local, vals, cutoff, torch.zeros(vals.shape[0], dtype=torch.float64, device=vals.device))
 
 
 class TorchInt8Backend(TorchGemmBackend):
     """The ``torch`` backend with the exact int8 GEMM (``spec.kind == "int8"``, :mod:`.compute`).
 
     The operands are the pixels shifted by −128, so the squared distance is
-    ‖q'‖² + ‖r'‖² − 2·q'·r' with the shifted norms; ‖r'‖² − 2·q'·r' is formed in int32 (exact, see
-    :data:`.compute.INT8_MAX_DIM`) and ranked there. Candidates' distances are exact: no re-ranking
-    (so nothing is ever gathered from the shifted ``rows``), margin 0; ties at the k-th distance fall
-    back to the exact block search, as for float64.
+    ‖q'‖² + ‖r'‖² − 2·q'·r' with the shifted norms; ‖r'‖² − 2·q'·r' is formed exactly, in int32 for
+    images of at most :data:`.compute.INT8_MAX_DIM` values and in int64 above
+    (:func:`.compute.int8_acc_dtype`; the cross term itself is exact for any D, :func:`.compute.int8_dots`),
+    and ranked there. Candidates' distances are exact: no re-ranking (so nothing is ever gathered
+    from the shifted ``rows``), margin 0; ties at the k-th distance fall back to the exact block
+    search, as for float64.
     """
 
-    _EXCLUDED = torch.iinfo(torch.int32).max  # above every real value (≤ 49,152·D < 2^31 − 1)
-
     def gemm_norms(self, raw: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
-        """‖r − 128‖², the shifted operand's norms (int32 in the handle: at most 16,384·D)."""
+        """‖r − 128‖², the shifted operand's norms (at most 16,384·D; int32 in the handle up to
+        :data:`.compute.INT8_MAX_DIM` values, int64 above)."""
         return shifted_sq_norms(raw, norms)
+
+    def acc_dtype(self, dim: int) -> torch.dtype:
+        return int8_acc_dtype(dim)
 
     def prepare_queries(self, offset: int, raw: torch.Tensor) -> PreparedQueries:
         raw = raw.to(self.device)
@@ -134,11 +177,15 @@ class TorchInt8Backend(TorchGemmBackend):
     def candidates(self, q: PreparedQueries, r: PreparedBlock, c: int, exclude_self: bool) -> Candidates:
         q_op, q_norms = q.handle
         rc, rn = r.handle
-        approx = torch.add(rn.unsqueeze(0), cross(q_op, rc, self.spec), alpha=-2)  # ‖r'‖² − 2 q'·r', int32
+        dots = cross(q_op, rc, self.spec)  # exact: int32, or int64 for D > INT8_CROSS_MAX_DIM
+        if dots.dtype != rn.dtype:
+            dots = dots.to(rn.dtype)
+        approx = torch.add(rn.unsqueeze(0), dots, alpha=-2)  # ‖r'‖² − 2 q'·r', exact in rn's dtype
+        excluded_value = torch.iinfo(approx.dtype).max  # above every real value (≤ 49,152·D)
         if exclude_self:
-            _mask_self(approx, q.offset, r.offset, self._EXCLUDED)
+            _mask_self(approx, q.offset, r.offset, excluded_value)
         vals, local = torch.topk(approx, c, dim=1, largest=False, sorted=False)
-        excluded = vals == self._EXCLUDED
+        excluded = vals == excluded_value
         vals = vals.to(torch.float64) + q_norms.to(torch.float64).unsqueeze(1)
         vals[excluded] = np.inf
         finite = torch.where(excluded, torch.full_like(vals, -np.inf), vals)
@@ -146,7 +193,13 @@ class TorchInt8Backend(TorchGemmBackend):
 
 
 class FaissFlatBackend:
-    """``faiss.IndexFlatL2`` per reference block, on the CPU (see module docstring)."""
+    """``faiss.IndexFlatL2`` per reference block, on the CPU (see module docstring).
+
+    faiss is given the pixels shifted to x − 128 (distances are unchanged by a shift, and the shifted
+    norms, which its fp32 rounding is relative to, are about 4x smaller on natural images). The
+    block's ``max_norm`` is the largest *shifted* norm ‖r − 128‖², for the margin
+    (:func:`.compute.error_margin` with faiss's one fp32 accumulation over all D values and fp32 norms).
+    """
 
     name = "faiss"
 
@@ -168,18 +221,21 @@ class FaissFlatBackend:
 
         raw = raw.cpu()
         index = faiss.IndexFlatL2(raw.shape[1])
-        index.add(np.ascontiguousarray(raw.numpy(), dtype=np.float32))
+        index.add(_shifted_f32(raw))
         norms = sq_norms(raw)
-        return PreparedBlock(offset, raw, norms, int(norms.max()) if len(norms) else 0, index)
+        shifted = shifted_sq_norms(raw, norms)
+        return PreparedBlock(offset, raw, norms, int(shifted.max()) if len(shifted) else 0, index)
 
     def prepare_queries(self, offset: int, raw: torch.Tensor) -> PreparedQueries:
         raw = raw.cpu()
-        return PreparedQueries(offset, raw, sq_norms(raw), np.ascontiguousarray(raw.numpy(), dtype=np.float32))
+        norms = sq_norms(raw)
+        return PreparedQueries(offset, raw, norms, (_shifted_f32(raw), shifted_sq_norms(raw, norms)))
 
     def candidates(self, q: PreparedQueries, r: PreparedBlock, c: int, exclude_self: bool) -> Candidates:
         n = r.raw.shape[0]
         want = min(n, c + (1 if exclude_self else 0))
-        dist, idx = r.handle.search(q.handle, want)
+        q_op, q_shifted_norms = q.handle
+        dist, idx = r.handle.search(q_op, want)
         approx = torch.from_numpy(dist.astype(np.float64))
         local = torch.from_numpy(idx.astype(np.int64))
         approx[local < 0] = np.inf
@@ -192,8 +248,15 @@ class FaissFlatBackend:
             approx, local = approx.gather(1, order), local.gather(1, order)
         finite = torch.where(torch.isfinite(approx), approx, torch.full_like(approx, -np.inf))
         cutoff = finite.amax(1)
-        margin = error_margin(self.spec, q.raw.shape[1], q.norms + r.max_norm)
+        # faiss sums all D values in one fp32 accumulation (its norms too): no chunking to count on
+        d = q.raw.shape[1]
+        margin = error_margin(self.spec, d, q_shifted_norms + r.max_norm, chunk=d, fp32_norms=True)
         return Candidates(local, approx, cutoff, margin)
+
+
+def _shifted_f32(raw: torch.Tensor) -> np.ndarray:
+    """uint8 rows (n, D) -> float32 x − 128 (exact), C-contiguous, for faiss."""
+    return np.ascontiguousarray(raw.numpy().astype(np.float32) - np.float32(128.0))
 
 
 def _mask_self(approx: torch.Tensor, q_offset: int, r_offset: int, value: float = np.inf) -> None:

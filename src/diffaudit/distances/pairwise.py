@@ -7,30 +7,32 @@ x column block at a time, so no more than ``block_bytes`` of GEMM inputs live at
 
 Precision: for uint8 images the default is the exact ``int8`` GEMM wherever the device's int8 GEMM
 passes the exactness probe (:func:`~diffaudit.distances.compute.int8_gemm_exact`; pixels shifted
-by −128, int32 cross terms, norms added in float64), for tiles of up to
-:data:`~diffaudit.distances.compute.INT8_CROSS_MAX_DIM` values (a 128 x 128 RGB tile of a 512 x 512
-image has 49,152). ``float64`` is exact too. The bf16-in/fp32-accumulate GEMM (the CUDA default for
-larger tiles) is within :attr:`PairwiseMeanSquares.margin` (mean-square units) of the exact value;
+by −128, exact int32/int64 cross terms, norms added in float64), for tiles of any size (a 128 x 128
+RGB tile of a 512 x 512 image has 49,152 values). ``float64`` is exact too. The
+bf16-in/fp32-accumulate GEMM (the CUDA default where the int8 GEMM is not exact) and the fp32 one
+(floats in [0, 1] on CUDA) are within :attr:`PairwiseMeanSquares.margin` (mean-square units, a
+deterministic bound: :func:`~diffaudit.distances.compute.gemm_error_factor`) of the exact value;
 :func:`diffaudit.attacks.extraction.graph.near_duplicate_graph` recomputes every pair within that
 margin of its threshold exactly, so graphs do not depend on the device or the kind.
 """
 
 from __future__ import annotations
 
-import math
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from diffaudit.distances.compute import (
-    INT8_CROSS_MAX_DIM,
-    MARGIN_LAMBDA,
     PIXEL_SQ,
     U_FP32,
     ComputeSpec,
     cross,
+    fp32_chunk,
+    gemm_error_factor,
     resolve_compute,
+    rounding_model,
     shifted_sq_norms,
     to_compute,
 )
@@ -45,7 +47,7 @@ class PairwiseMeanSquares:
     Attributes:
         ms: (Na, Nb) float64 (exact kinds: int8, float64) or float32 tensor on the compute device:
             max over tiles of mean((a_t − b_t)²) on [0, 1] pixels, in [0, 1]. sqrt(ms) is the (tiled) ℓ2.
-        margin: bound on |ms − exact ms| (0.0 when exact).
+        margin: deterministic bound on |ms − exact ms| in mean-square units (0.0 when exact).
         spec: how it was computed.
     """
 
@@ -72,11 +74,10 @@ def pairwise_tile_mean_squares(
 
     a: (Na, H, W, C), b: (Nb, H, W, C); uint8 0..255 or floats in [0, 1]; any H, W ≥ grid.
     ``grid=1`` gives the plain ℓ2's mean squares. ``device`` defaults to a's device. ``compute``:
-    "auto" is the exact int8 GEMM for uint8 images whose tiles have at most
-    :data:`~diffaudit.distances.compute.INT8_CROSS_MAX_DIM` values, where the device's int8 GEMM is
-    exact, else bf16 on CUDA and float64 on the CPU; or one of int8 (uint8 images only), float64,
-    float32, bf16. Float inputs are computed in float64 (CPU) or float32 (CUDA), never bf16 (only
-    integers are exact there).
+    "auto" is the exact int8 GEMM for uint8 images (tiles of any size) where the device's int8 GEMM
+    is exact, else bf16 on CUDA and float64 on the CPU; or one of int8 (uint8 images only), float64,
+    float32, bf16. Float inputs are computed in float64 (CPU) or float32 (CUDA, TF32 off), never bf16
+    (only integers are exact there).
     """
     ta = as_tensor(a, name="a")
     tb = ta if b is None else as_tensor(b, name="b")
@@ -90,7 +91,7 @@ def pairwise_tile_mean_squares(
     nb = tb.shape[0]
     rows, cols = tile_edges(h, grid), tile_edges(w, grid)
     dt_max = (rows[0][1] - rows[0][0]) * (cols[0][1] - cols[0][0]) * c
-    spec = resolve_compute(compute, dev, dim=dt_max, allow_int8=integer, int8_max_dim=INT8_CROSS_MAX_DIM)
+    spec = resolve_compute(compute, dev, dim=dt_max, allow_int8=integer)
     if not integer and spec.kind == "bf16":
         spec = ComputeSpec("float32", dev)
     shifted = spec.kind == "int8"
@@ -107,10 +108,49 @@ def pairwise_tile_mean_squares(
         if shifted:  # x − 128 as int8 and its exact squared norm (int64, then float64: exact below 2^53)
             return to_compute(t, spec), shifted_sq_norms(t).to(torch.float64)
         t = t.to(spec.input_dtype)
-        # squared norms from the converted values: exact in float64; in fp32 within the margin's 3u term
-        tn = t.to(spec.output_dtype)
-        return t, torch.einsum("ij,ij->i", tn, tn) if spec.exact else (tn * tn).sum(1)
+        if spec.exact:  # float64: exact squared norms of integers
+            return t, torch.einsum("ij,ij->i", t, t)
+        # fp32 kinds: squared norms of the converted values in float64 (not an fp32 sum of D terms,
+        # whose rounding the margin does not cover), a few rows at a time to bound the copy
+        step = max(1, (32 << 20) // max(1, 8 * t.shape[1]))
+        norms = torch.cat([torch.einsum("ij,ij->i", x, x) for x in (t[i:i + step].to(torch.float64)
+                                                                    for i in range(0, t.shape[0], step))]) \
+            if t.shape[0] else torch.zeros(0, dtype=torch.float64, device=t.device)
+        return t, norms
 
+    # fp32 products of [0, 1] floats: TF32 (if a caller enabled it) would round the inputs beyond the margin
+    no_tf32 = _tf32_disabled(dev) if (not integer and not spec.exact) else contextlib.nullcontext()
+    with no_tf32:
+        _fill(out, xa, xb, b is None, rows, cols, c, integer, spec, ra, rb, prep)
+    if b is None:
+        # One set: the matrix is symmetric with a zero diagonal by definition; make it so exactly.
+        out = torch.maximum(out, out.T)
+        out.fill_diagonal_(0.0)
+    # mean-square units: norms_sum ≤ 2·D·255² (integers) or 2·D (floats), divided by D·255² or D;
+    # +10: the float inputs' rounding to fp32 (4u), rounded products (2u), the fp32 additions of the
+    # norms and the scaling below (4u)
+    factor = gemm_error_factor(dt_max, chunk=fp32_chunk(dev), rounding=rounding_model(dev))
+    margin = 0.0 if spec.exact else (factor + 10.0) * U_FP32 * 2.0
+    return PairwiseMeanSquares(out, margin, spec)
+
+
+@contextlib.contextmanager
+def _tf32_disabled(device: torch.device):
+    if device.type != "cuda":
+        yield
+        return
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def _fill(out, xa, xb, one_set, rows, cols, c, integer, spec, ra, rb, prep) -> None:
+    """Max over tiles of the mean squares of every (row block, column block) pair, into ``out``."""
+    shifted = spec.kind == "int8"
+    na, nb = out.shape
     for r in rows:
         for cc in cols:
             dt = (r[1] - r[0]) * (cc[1] - cc[0]) * c
@@ -120,7 +160,7 @@ def pairwise_tile_mean_squares(
                 bm, bn = prep(xb, j0, j1, r, cc)
                 for i0 in range(0, na, ra):
                     i1 = min(na, i0 + ra)
-                    am, an = (bm, bn) if (b is None and i0 == j0 and i1 == j1) else prep(xa, i0, i1, r, cc)
+                    am, an = (bm, bn) if (one_set and i0 == j0 and i1 == j1) else prep(xa, i0, i1, r, cc)
                     # one (ra, rb) temporary: the products (int32 ones in float64), turned in place
                     # into mean squares (‖a‖² + ‖b‖² − 2a·b) / (D·255²), then merged into the output
                     ms = cross(am, bm, spec)
@@ -128,12 +168,6 @@ def pairwise_tile_mean_squares(
                     ms.mul_(-2.0).add_(an.unsqueeze(1)).add_(bn.unsqueeze(0)).mul_(scale).clamp_(min=0.0)
                     blk = out[i0:i1, j0:j1]
                     torch.maximum(blk, ms.to(out.dtype), out=blk)
-    if b is None:
-        # One set: the matrix is symmetric with a zero diagonal by definition; make it so exactly.
-        out = torch.maximum(out, out.T)
-        out.fill_diagonal_(0.0)
-    margin = 0.0 if spec.exact else (MARGIN_LAMBDA * math.sqrt(dt_max) + 3.0) * U_FP32 * 2.0
-    return PairwiseMeanSquares(out, margin, spec)
 
 
 def pairwise_l2(a: Any, b: Any = None, **kwargs: Any) -> torch.Tensor:
