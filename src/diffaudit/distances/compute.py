@@ -292,12 +292,14 @@ def sq_norms(x_uint8: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _tf32_allowed(device: torch.device):
+def tf32_matmul(device: torch.device, allowed: bool):
+    """TF32 matrix products on (``allowed``) or off within the block, on CUDA; restored after.
+    On: integer pixels 0..255 are exact in TF32's 10-bit mantissa. Off: float inputs keep fp32."""
     if device.type != "cuda":
         yield
         return
     old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True  # 0..255 are exact in TF32's 10-bit mantissa
+    torch.backends.cuda.matmul.allow_tf32 = allowed
     try:
         yield
     finally:
@@ -318,7 +320,7 @@ def _bf16_fp32_out(op, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             return out
         except (RuntimeError, TypeError, NotImplementedError):
             _MM_OUT_DTYPE_OK[key] = False
-    with _tf32_allowed(a.device):
+    with tf32_matmul(a.device, True):
         return op(a.float(), b.float())
 
 
@@ -435,7 +437,7 @@ def _bmm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a (B, n, m) @ b (B, m, p) accumulated and returned in fp32 (float64 stays float64)."""
     if a.dtype == torch.bfloat16:
         return _bf16_fp32_out(torch.bmm, a, b)
-    with _tf32_allowed(a.device):
+    with tf32_matmul(a.device, True):
         return torch.bmm(a, b)
 
 

@@ -33,6 +33,7 @@ from diffaudit.distances.compute import (
     gemm_error_factor,
     resolve_compute,
     rounding_model,
+    tf32_matmul,
     shifted_sq_norms,
     to_compute,
 )
@@ -119,7 +120,7 @@ def pairwise_tile_mean_squares(
         return t, norms
 
     # fp32 products of [0, 1] floats: TF32 (if a caller enabled it) would round the inputs beyond the margin
-    no_tf32 = _tf32_disabled(dev) if (not integer and not spec.exact) else contextlib.nullcontext()
+    no_tf32 = tf32_matmul(dev, False) if (not integer and not spec.exact) else contextlib.nullcontext()
     with no_tf32:
         _fill(out, xa, xb, b is None, rows, cols, c, integer, spec, ra, rb, prep)
     if b is None:
@@ -132,19 +133,6 @@ def pairwise_tile_mean_squares(
     factor = gemm_error_factor(dt_max, chunk=fp32_chunk(dev), rounding=rounding_model(dev))
     margin = 0.0 if spec.exact else (factor + 10.0) * U_FP32 * 2.0
     return PairwiseMeanSquares(out, margin, spec)
-
-
-@contextlib.contextmanager
-def _tf32_disabled(device: torch.device):
-    if device.type != "cuda":
-        yield
-        return
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
 
 
 def _fill(out, xa, xb, one_set, rows, cols, c, integer, spec, ra, rb, prep) -> None:
