@@ -98,6 +98,11 @@ def test_audit_of_an_existing_run_trains_the_shadows_it_asks_for(tmp_path, capsy
     assert main(["audit", *data, "--image-size", "16", "--model", str(tmp_path / "run"), "--n-samples", "16",
                  "--sample-steps", "3", "--sweep", "", "--device", "cpu", "--quiet", "--out", str(tmp_path / "other")]) == 2
     assert "trained on other pixels" in capsys.readouterr().err
+    # a run trained on every image of --data leaves no unseen image: refused before any stage
+    assert main(["audit", "--data", str(view), "--model", str(tmp_path / "run"), "--n-samples", "16", "--sample-steps", "3",
+                 "--sweep", "", "--device", "cpu", "--quiet", "--out", str(tmp_path / "all")]) == 2
+    assert "no image is left that it never saw" in capsys.readouterr().err
+    assert not (tmp_path / "all").exists()
     assert not (tmp_path / "other" / "samples").exists()
 
 

@@ -334,6 +334,15 @@ def test_hidden_region_l2_does_not_shrink_with_the_known_pixels():
     assert np.isnan(hidden_l2(guess, original, np.ones((8, 8)))).all()  # nothing hidden
 
 
+def test_top_k_defaults_to_at_most_n_inpaint(runs, tmp_path):
+    out = tmp_path / "few"
+    target, shadow = runs
+    assert main(["--quiet", "inpaint", "--model", str(target), "--shadow", str(shadow), "--data", "digits", "--target-keys",
+                 "digits:0", "--n-inpaint", "3", "--steps", "5", "--device", "cpu", "--out", str(out)]) == 0
+    r = json.loads((out / "result.json").read_text())
+    assert r["settings"]["top_k"] == 3 and len(r["targets"][0]["top_l2"]) == 3
+
+
 def test_a_rewritten_mask_file_does_not_resume(runs, tmp_path, capsys):
     from PIL import Image
 

@@ -325,6 +325,14 @@ def run(args: argparse.Namespace) -> int:
     data = load_dataset(args.data, **data_options(args))  # before --out records anything: a typo costs nothing
     if args.class_conditional and data.labels is None:
         raise DiffauditError(f"--class-conditional needs labels, and {args.data} has none")
+    if args.model:
+        _, trained = _target_members(args, Path(args.out) / "models", data)
+        if len(trained) >= len(data):  # the verify baseline and the membership attack need unseen images
+            raise DiffauditError(
+                f"--model {args.model} trained on all {len(data)} images of --data {args.data}, so no image is left that "
+                "it never saw (the false-positive baseline and the membership attack's non-members): audit it on "
+                "--data that also holds held-out images, e.g. train it on `--data cifar10 --subset 25000` and audit "
+                "it with `--data cifar10`")
     settings = audit_settings(args)
     out, _ = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
     write_bytes_atomic(out / "config.toml", config_toml(settings).encode("utf-8"))

@@ -47,7 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a = p.add_argument_group("attack")
     a.add_argument("--mask", default="left", help=f"{MASK_CHOICES} (the hidden region) or a mask image (nonzero = known)")
     a.add_argument("--n-inpaint", type=int, default=64, help="inpaintings per target (the paper: 5,000)")
-    a.add_argument("--top-k", type=int, default=10, help="best-scored inpaintings kept per target")
+    a.add_argument("--top-k", type=int, default=None, help="best-scored inpaintings kept per target (default: 10, the "
+                   "paper's, or --n-inpaint when fewer)")
     a.add_argument("--steps", type=int, default=50, help="respaced sampling levels")
     a.add_argument("--jump-length", type=int, default=5, help="RePaint jump length j")
     a.add_argument("--jump-n-sample", type=int, default=2, help="RePaint resamplings r (1 = none)")
@@ -252,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
     from diffaudit.sampling.masks import describe_mask, make_mask
 
     config = attack.InpaintAttackConfig(
-        n_inpaint=args.n_inpaint, top_k=args.top_k, steps=args.steps, jump_length=args.jump_length,
+        n_inpaint=args.n_inpaint, top_k=args.top_k if args.top_k is not None else min(10, max(1, args.n_inpaint)), steps=args.steps, jump_length=args.jump_length,
         jump_n_sample=args.jump_n_sample, eta=args.eta, timestep=args.timestep, n_draws=args.n_draws, seed=args.seed,
     )
     config.validate()
