@@ -41,7 +41,7 @@ from diffaudit.attacks.membership.targets import PooledScores, score_models
 from diffaudit.core.errors import DiffauditError
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.models.digest import model_digest
-from diffaudit.models.run_record import check_trained_on, has_train_ids, read_train_keys
+from diffaudit.models.run_record import check_trained_on, has_train_ids
 
 TARGET_MODES = ("leave-one-out", "shadow", "model")
 
@@ -177,7 +177,7 @@ def check_shadow_training(dataset: ImageDataset, membership: np.ndarray, shadow_
     for k, run in enumerate(shadow_runs):
         if not has_train_ids(run):
             continue
-        trained = set(read_train_keys(run, f"shadow model {k}"))
+        trained = set(keys[check_trained_on(run, dataset, what=f"shadow model {k}")])
         column = set(keys[np.asarray(membership[:, k], dtype=bool)])
         if trained != column:
             raise DiffauditError(
@@ -185,7 +185,6 @@ def check_shadow_training(dataset: ImageDataset, membership: np.ndarray, shadow_
                 f"matrix has {len(column)} IN and they differ in {len(trained ^ column)}: give the --membership "
                 "and --data the shadows were trained on"
             )
-        check_trained_on(run, dataset, what=f"shadow model {k}")
 
 
 def check_target_not_shadow(target_run: str | Path, shadow_runs: Sequence[str | Path],
