@@ -371,3 +371,14 @@ def test_targets_of_a_run_with_examples_outside_the_data_are_the_ones_inside(run
                  "--out", str(out)]) == 0
     r = json.loads((out / "result.json").read_text())
     assert [x["member"] for x in r["targets"]] == [True, False]
+
+
+def test_shadows_folder_membership_defaults_to_its_own_file(tmp_path):
+    from diffaudit.cli.inpaint import check_shadow_args
+
+    args = argparse.Namespace(shadow=None, shadows=str(tmp_path), membership=None)
+    with pytest.raises(DiffauditError, match="--shadows needs --membership"):
+        check_shadow_args(args)
+    (tmp_path / "membership.npz").write_bytes(b"")  # as `diffaudit shadows` leaves it (read later)
+    check_shadow_args(args)
+    assert args.membership == str(tmp_path / "membership.npz")

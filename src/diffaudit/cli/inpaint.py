@@ -39,7 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("shadow model (did not train on the targets)")
     g.add_argument("--shadow", help="one shadow run directory, trained on none of the targets")
     g.add_argument("--shadows", help="folder of shadow runs model-00, model-01, ... (from `diffaudit shadows`)")
-    g.add_argument("--membership", help="membership file of --shadows: per target, a shadow whose column says OUT")
+    g.add_argument("--membership", help="membership file of --shadows: per target, a shadow whose column says OUT "
+                   "(default: SHADOWS/membership.npz)")
     add_data_args(p)
     t = p.add_argument_group("targets")
     t.add_argument("--targets", default="8,8", help="N_IN,N_OUT: seeded random members and non-members of --data")
@@ -114,11 +115,15 @@ def _shadow_runs(folder: Path) -> dict[int, Path]:
 
 
 def check_shadow_args(args) -> None:
-    """Exactly one of ``--shadow`` or ``--shadows`` (which needs ``--membership``)."""
+    """Exactly one of ``--shadow`` or ``--shadows``, whose ``--membership`` defaults to the folder's own
+    ``membership.npz`` (as `diffaudit shadows` writes it and `diffaudit mia` reads it)."""
     if bool(args.shadow) == bool(args.shadows):
-        raise DiffauditError("give exactly one of --shadow RUN or --shadows DIR --membership FILE")
+        raise DiffauditError("give exactly one of --shadow RUN or --shadows DIR [--membership FILE]")
     if args.shadows and not args.membership:
-        raise DiffauditError("--shadows needs --membership (which shadow trained on which example)")
+        default = Path(args.shadows) / "membership.npz"
+        if not default.is_file():
+            raise DiffauditError(f"--shadows needs --membership (which shadow trained on which example): {default} does not exist")
+        args.membership = str(default)
 
 
 def assign_shadows(args, ds, targets: list[int]) -> dict[int, Path]:
