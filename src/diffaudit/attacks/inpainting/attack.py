@@ -106,9 +106,8 @@ def hidden_l2(images: np.ndarray, original: np.ndarray, mask: np.ndarray) -> np.
     hidden = np.asarray(mask) < 0.5
     if not hidden.any():
         return np.full(len(images), np.nan)
-    a = np.asarray(images, dtype=np.float64)[:, hidden] / 255.0  # (n, n_hidden, C)
-    b = np.asarray(original, dtype=np.float64)[hidden] / 255.0
-    return np.sqrt(((a - b[None]) ** 2).reshape(len(a), -1).mean(axis=1))
+    # the hidden pixels as a 1 x n_hidden image: the same ℓ2 as everywhere else
+    return rms_l2(np.asarray(images)[:, hidden][:, None], np.asarray(original)[hidden][None])
 
 
 def rms_l2(images: np.ndarray, original: np.ndarray) -> np.ndarray:
