@@ -187,6 +187,20 @@ def test_sample_settings_out_of_range_are_refused(tmp_path, capsys, flags, messa
     assert main(argv) == 0
 
 
+def test_sample_fast_off_cuda_says_so_and_records_what_ran(tmp_path, capsys):
+    """--fast/--compile off CUDA change nothing: said on stderr, and the store records fast false, so the
+    same store resumes with or without the flags and its settings never claim a bf16 run."""
+    model = save_tiny_model(tmp_path / "m")
+    out = tmp_path / "s"
+    argv = ["sample", "--model", str(model), "--out", str(out), "--n", "4", "--steps", "2", "--device", "cpu"]
+    capsys.readouterr()
+    assert main([*argv, "--fast", "--compile"]) == 0
+    assert "--fast and --compile apply on CUDA only" in capsys.readouterr().err
+    settings = json.loads((out / "settings.json").read_text())["settings"]
+    assert settings["fast"] is False and settings["compile"] is False
+    assert main(["--quiet", *argv]) == 0  # the plain run resumes the same store
+
+
 # --------------------------------------------------------------------------- 16-bit images end to end
 
 def test_16bit_pngs_train_exactly_like_their_8bit_equivalents(tmp_path):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from diffaudit.cli.common import emit
 from diffaudit.core.errors import DiffauditError
+from diffaudit.core.progress import stage_line
 
 NAME = "sample"
 HELP = "generate images into a sharded, resumable store (each image from its own seed)"
@@ -78,6 +79,18 @@ def plan_prompts(args: argparse.Namespace, source) -> tuple[list[str | None], in
     return [None], n
 
 
+def fast_path_flags(args: argparse.Namespace, device) -> tuple[bool, bool]:
+    """(fast, compile) as they take effect on ``device``, which the settings record: ``--fast`` is a
+    CUDA path, and ``--compile`` works only with it; each is said aloud where it does nothing."""
+    fast, compile = bool(args.fast), bool(getattr(args, "compile", False))
+    if device.type != "cuda" and (fast or compile):
+        stage_line(f"sample: --fast and --compile apply on CUDA only; sampling in float32, eagerly, on {device.type}")
+        return False, False
+    if compile and not fast:
+        stage_line("sample: --compile works with --fast only; the UNet runs eagerly")
+    return fast, compile and fast
+
+
 def sample_into(args: argparse.Namespace, model: str, out: str):
     """Open the source and store, then fill it (used by `sample` and `audit`); returns the SampleStore."""
     from diffaudit.core.device import resolve_device
@@ -87,16 +100,15 @@ def sample_into(args: argparse.Namespace, model: str, out: str):
 
     check_count_flags(args)  # before the model is loaded
     device = resolve_device(args.device)
+    fast, compile = fast_path_flags(args, device)
     source = open_source(model, device=device, steps=args.steps, eta=args.eta, micro_batch=args.micro_batch,
-                         guidance_scale=args.guidance_scale, scheduler=args.scheduler, fast=args.fast,
-                         compile=getattr(args, "compile", False))
+                         guidance_scale=args.guidance_scale, scheduler=args.scheduler, fast=fast, compile=compile)
     prompts, per_prompt = plan_prompts(args, source)
     from diffaudit.models.digest import model_digest
 
     # the weights' digest too: a store resumed after the folder's weights changed would mix two models
     settings = {"model": str(Path(model).resolve()), "model_digest": model_digest(model), "seed": args.seed,
-                "device_type": device.type, "fast": args.fast,
-                "compile": getattr(args, "compile", False),
+                "device_type": device.type, "fast": fast, "compile": compile,
                 **source.settings()}
     store = SampleStore.create(out, settings=settings, prompts=prompts, per_prompt=per_prompt,
                                image_shape=source.image_shape, shard_size=args.shard_size, fresh=args.fresh)

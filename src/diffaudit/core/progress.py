@@ -1,4 +1,10 @@
-"""Progress bars (rich) with rate and ETA, silenced by ``--quiet`` or ``DIFFAUDIT_QUIET=1``."""
+"""Progress on long work, silenced by ``--quiet`` or ``DIFFAUDIT_QUIET=1``.
+
+On a terminal: a live bar (rich) with rate and ETA. Elsewhere (a log file, a batch job, CI): one plain
+line every ``DIFFAUDIT_PROGRESS_INTERVAL`` seconds (default 60; 0 turns the lines off) with the count,
+rate and ETA, so a long run's log shows it is alive. ``DIFFAUDIT_PROGRESS=1`` forces the live bar
+where stderr is not a terminal.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +35,10 @@ class _RateColumn(ProgressColumn):
         return Text("" if speed is None else f"{speed:.1f} {self.unit}/s")
 
 
+def _postfix_text(postfix: dict[str, object]) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in postfix.items())
+
+
 class _Bar:
     def __init__(self, progress: Progress | None, task):
         self._p, self._t = progress, task
@@ -38,16 +48,89 @@ class _Bar:
         if self._p is None:
             return
         if postfix:
-            self.postfix = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in postfix.items())
+            self.postfix = _postfix_text(postfix)
         self._p.update(self._t, advance=n, info=self.postfix)
+
+
+def _duration(seconds: float) -> str:
+    """``3725`` -> ``1h02m05s``; ``65`` -> ``1m05s``; ``7.2`` -> ``7s``."""
+    s = int(round(seconds))
+    h, m, s = s // 3600, s % 3600 // 60, s % 60
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class _LogLines:
+    """The non-terminal stand-in for a bar: a plain stderr line at most every ``interval`` seconds,
+    ``description: done/total (pct), rate unit/s, ETA ..., postfix``; rate and ETA count this run's
+    work only (not ``completed`` at start, which a resumed run skipped)."""
+
+    def __init__(self, description: str, total: float | None, *, unit: str, completed: float, interval: float,
+                 clock=time.monotonic):
+        self.description, self.total, self.unit, self.interval, self._clock = description, total, unit, interval, clock
+        self.done, self._start_done = completed, completed
+        self.postfix = ""
+        self._t0 = self._last = clock()
+        self._printed = False
+
+    def advance(self, n: float = 1, **postfix: object) -> None:
+        self.done += n
+        if postfix:
+            self.postfix = _postfix_text(postfix)
+        now = self._clock()
+        if now - self._last >= self.interval:
+            self._print(now)
+
+    def close(self) -> None:
+        """The final count, where earlier lines were printed (work shorter than an interval stays silent)."""
+        now = self._clock()
+        if self._printed and now > self._last:
+            self._print(now)
+
+    def _print(self, now: float) -> None:
+        self._last, self._printed = now, True
+        print(self.line(now), file=sys.stderr, flush=True)
+
+    def line(self, now: float) -> str:
+        elapsed = now - self._t0
+        rate = (self.done - self._start_done) / elapsed if elapsed > 0 else 0.0
+        parts = [f"{self.description}: {self.done:,.0f}" + (f"/{self.total:,.0f}" if self.total else "")]
+        if self.total:
+            parts[0] += f" ({100 * self.done / self.total:.0f}%)"
+        parts.append(f"{rate:.3g} {self.unit}/s, {_duration(elapsed)} elapsed")
+        if self.total and rate > 0:
+            parts.append(f"ETA {_duration(max(0.0, self.total - self.done) / rate)}")
+        if self.postfix:
+            parts.append(self.postfix)
+        return ", ".join(parts)
+
+
+def _log_interval() -> float:
+    raw = os.environ.get("DIFFAUDIT_PROGRESS_INTERVAL", "60")
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        return 60.0
 
 
 @contextmanager
 def progress_bar(description: str, total: float | None, *, unit: str = "it", completed: float = 0) -> Iterator[_Bar]:
-    """A progress bar: ``with progress_bar("train", steps) as bar: bar.advance(1, loss=..)``."""
-    if quiet() or (not _console.is_terminal and not os.environ.get("DIFFAUDIT_PROGRESS")):
-        # Non-interactive: no live bar (it would spam logs); stage lines still print.
+    """A progress bar: ``with progress_bar("train", steps) as bar: bar.advance(1, loss=..)``.
+
+    Quiet: nothing. Not a terminal (and ``DIFFAUDIT_PROGRESS`` unset): timed plain lines, since a
+    live bar would fill a log with redraws."""
+    if quiet():
         yield _Bar(None, None)
+        return
+    if not _console.is_terminal and os.environ.get("DIFFAUDIT_PROGRESS", "") in ("", "0"):
+        interval = _log_interval()
+        if not interval:
+            yield _Bar(None, None)
+            return
+        lines = _LogLines(description, total, unit=unit, completed=completed, interval=interval)
+        try:
+            yield lines
+        finally:
+            lines.close()
         return
     columns = [
         TextColumn("[bold]{task.description}"),
