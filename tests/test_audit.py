@@ -166,3 +166,43 @@ def test_audit_json_config_redact_and_class_conditional_counts(tmp_path, capsys)
     cfg.write_text("fresh = true\n")
     assert main(["audit", "--config", str(cfg), "--out", str(tmp_path / "x"), "--device", "cpu", "--quiet"]) == 2
     assert "fresh may only be given on the command line" in capsys.readouterr().err
+
+
+def test_audit_of_a_deduplicated_run_leaves_its_dropped_duplicates_out_of_the_nonmembers(tmp_path, capsys):
+    """The defence workflow: dedup a training pool, train on what it keeps, audit on data that also holds
+    unseen images. The dropped near-duplicates are copies of members: neither members nor fair
+    non-members, so neither the verify baseline nor the membership evaluation counts them."""
+    import numpy as np
+
+    from diffaudit.data import load_dataset
+    from diffaudit.data.view import save_view
+
+    digits = load_dataset("digits", subset=36)
+    images = np.concatenate([digits.images[:20], digits.images[:4], digits.images[20:]])  # rows 20..23 copy rows 0..3
+    np.savez(tmp_path / "pool.npz", images=images)
+    keys = [f"npz:{i}" for i in range(len(images))]
+    pool = save_view(tmp_path / "pool.view.json", str(tmp_path / "pool.npz"), {}, keys[:24])
+    assert main(["dedup", "--data", str(pool), "--embedder", "pixel", "--quiet", "--out", str(tmp_path / "dedup")]) == 0
+    assert main(["train", "--data", str(pool), "--dedup", str(tmp_path / "dedup" / "keep.json"), "--steps", "30",
+                 "--batch-size", "8", "--checkpoint-every", "30", "--device", "cpu", "--quiet", "--out", str(tmp_path / "run")]) == 0
+    dropped = json.loads((tmp_path / "run" / "dropped_duplicates.json").read_text())["keys"]
+    assert len(dropped) == 4 and all(k in keys[:4] + keys[20:24] for k in dropped)
+    capsys.readouterr()
+    out = tmp_path / "audit"
+    assert main(["audit", "--data", str(tmp_path / "pool.npz"), "--model", str(tmp_path / "run"), "--n-samples", "16",
+                 "--sample-steps", "3", "--sweep", "", "--device", "cpu", "--out", str(out)]) == 0
+    assert "4 near-duplicates that run dropped from training are left out of the non-members" in capsys.readouterr().err
+    result = json.loads((out / "result.json").read_text())
+    assert (result["n_train"], result["n_nonmembers"], result["n_excluded_duplicates"]) == (20, 16, 4)
+    assert sorted(json.loads((out / "nonmembers.view.json").read_text())["keys"]) == sorted(keys[24:])
+    mia = json.loads((out / "mia" / "result.json").read_text())
+    assert (mia["n_members"], mia["n_nonmembers"], mia["n_excluded"]) == (20, 16, 4)
+    scored = set(np.load(out / "mia" / "scores.npz")["id"].tolist())
+    assert scored == set(keys) - set(dropped)
+
+
+def test_audit_offers_every_membership_attack_of_mia():
+    from diffaudit.attacks.membership.registry import ATTACK_NAMES
+    from diffaudit.cli.audit import MIA_ATTACKS
+
+    assert MIA_ATTACKS == ATTACK_NAMES

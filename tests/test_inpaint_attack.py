@@ -247,6 +247,10 @@ def test_targets_are_seeded_members_and_nonmembers(digits):
         select_targets(digits, members, targets="4", target_keys=None, seed=0)
     with pytest.raises(DiffauditError, match="'nope' is not an example"):
         select_targets(digits, members, targets="1,1", target_keys="digits:3,nope", seed=0)
+    # near-duplicates a deduplicated target dropped are copies of members: never drawn as non-members
+    copies = set(digits.keys[:40]) - members
+    b = select_targets(digits, members, targets="3,30", target_keys=None, seed=0, not_nonmembers=copies)
+    assert not copies & {digits.keys[i] for i in b} and len(b) == 33
 
 
 def test_shadows_from_a_membership_matrix_are_out_for_their_target(runs, digits, tmp_path):

@@ -252,3 +252,14 @@ def test_invalid_inputs_name_the_array():
     with pytest.raises(DiffauditError, match="needs shadow models"):
         lira_online_scores(AttackInput(np.ones((2, 1))))
     assert "strong-lira" in ATTACK_NAMES
+
+
+def test_dropped_duplicates_leave_only_their_own_models_nonmember_rows():
+    from diffaudit.attacks.membership.targets import PooledScores, without_nonmember_rows
+
+    pooled = PooledScores(np.arange(8.0), np.array([1, 0, 0, 0, 1, 0, 0, 0], bool),
+                          np.array([0, 1, 2, 3, 0, 1, 2, 3]), np.array([0, 0, 0, 0, 1, 1, 1, 1]))
+    # model 0 dropped examples 1 and 2; model 1 dropped example 0, a member of it (never removed: members stay)
+    kept = without_nonmember_rows(pooled, {0: np.array([1, 2]), 1: np.array([0])})
+    assert kept.scores.tolist() == [0.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+    assert kept.model_index.tolist() == [0, 0, 1, 1, 1, 1] and kept.labels.tolist() == [1, 0, 1, 0, 0, 0]

@@ -38,7 +38,8 @@ DESCRIPTION = (
     "saved as config.toml in --out."
 )
 
-MIA_ATTACKS = ("loss", "lira", "lira-offline", "lira-fixed", "strong-lira", "strong-lira-fixed")
+#: The attacks of ``diffaudit mia`` (its registry's ATTACK_NAMES, named here so `--help` imports no torch).
+MIA_ATTACKS = ("loss", "lira", "lira-offline", "lira-fixed", "lira-offline-fixed", "strong-lira", "strong-lira-fixed")
 
 # Options that never change results (left out of the audit's settings).
 _NOT_SETTINGS = {"config", "fresh", "quiet", "json", "command", "_run", "_argv", "redact"}
@@ -303,6 +304,29 @@ def _target_members(args, models: Path, dataset) -> tuple[Path, list[str]]:
     return target, [dataset.keys[i] for i in rows]
 
 
+def _dropped_duplicates(target: Path, data) -> set[str]:
+    """The keys of --data that a deduplicated target dropped as near-duplicates of images it trained on.
+
+    They are neither members nor fair non-members (a generation that copies a kept image also matches
+    its dropped duplicate, and a membership score sees the kept copy): left out of the verify baseline
+    here, and out of the non-members by `mia` and `inpaint` themselves.
+    """
+    from diffaudit.core.progress import stage_line
+    from diffaudit.models.run_record import read_dropped_duplicates
+
+    dropped = read_dropped_duplicates(target)
+    if dropped is None:
+        stage_line(f"audit: {target} was deduplicated, but its record of the dropped near-duplicates is unreadable and "
+                   "its keep list is gone: they stay among the non-members, where they look like members")
+        return set()
+    in_data = set(data.keys)
+    excluded = sorted(k for k in set(dropped) if k in in_data)
+    if excluded:
+        stage_line(f"audit: {len(excluded)} near-duplicates that {target.name} dropped from training are left out of the "
+                   "non-members (the verify baseline and the membership evaluation)")
+    return set(excluded)
+
+
 def run(args: argparse.Namespace) -> int:
     from diffaudit.core.io import make_private_dir, write_bytes_atomic
     from diffaudit.core.outdir import prepare_out_dir
@@ -326,10 +350,14 @@ def run(args: argparse.Namespace) -> int:
     if args.class_conditional and data.labels is None:
         raise DiffauditError(f"--class-conditional needs labels, and {args.data} has none")
     if args.model:
+        from diffaudit.models.run_record import read_dropped_duplicates
+
         _, trained = _target_members(args, Path(args.out) / "models", data)
-        if len(trained) >= len(data):  # the verify baseline and the membership attack need unseen images
+        unseen = set(data.keys) - set(trained) - set(read_dropped_duplicates(args.model) or ())
+        if not unseen:  # the verify baseline and the membership attack need unseen images
             raise DiffauditError(
-                f"--model {args.model} trained on all {len(data)} images of --data {args.data}, so no image is left that "
+                f"--model {args.model} trained on all {len(data)} images of --data {args.data} (or on near-duplicates of "
+                "them), so no image is left that "
                 "it never saw (the false-positive baseline and the membership attack's non-members): audit it on "
                 "--data that also holds held-out images, e.g. train it on `--data cifar10 --subset 25000` and audit "
                 "it with `--data cifar10`")
@@ -363,7 +391,8 @@ def run(args: argparse.Namespace) -> int:
                    folder=f"models/model-{n_train - 1:02d}")
     target, member_keys = _target_members(args, models, data)
     members = set(member_keys)
-    nonmember_keys = [k for k in data.keys if k not in members]
+    excluded = _dropped_duplicates(target, data)
+    nonmember_keys = [k for k in data.keys if k not in members and k not in excluded]
     opts = {k: v for k, v in data_options(args).items() if v not in (None, False)}
     save_view(out / "members.view.json", args.data, opts, member_keys)
     if nonmember_keys:
@@ -398,6 +427,7 @@ def run(args: argparse.Namespace) -> int:
         "target": str(target),
         "n_train": len(member_keys),
         "n_nonmembers": len(nonmember_keys),
+        "n_excluded_duplicates": len(excluded),
         "n_samples": _n_generated(args, sample, verify),
         "unique_extracted": None if verify is None else verify.get("unique_extracted"),
         "baseline_unique_extracted": None if verify is None else verify.get("baseline_unique_extracted"),

@@ -76,8 +76,11 @@ def parse_counts(text: str, flag: str = "--targets") -> tuple[int, int]:
     return a, b
 
 
-def select_targets(ds, train_keys: set[str], *, targets: str, target_keys: str | None, seed: int) -> list[int]:
-    """Dataset indices of the targets: explicit keys, or N_IN members and N_OUT non-members (seeded)."""
+def select_targets(ds, train_keys: set[str], *, targets: str, target_keys: str | None, seed: int,
+                   not_nonmembers: set[str] = frozenset()) -> list[int]:
+    """Dataset indices of the targets: explicit keys, or N_IN members and N_OUT non-members (seeded),
+    the non-members drawn from outside ``not_nonmembers`` too (near-duplicates a deduplicated target
+    dropped: copies of its members)."""
     import numpy as np
 
     from diffaudit.core.seeds import derive_seed, numpy_rng
@@ -94,7 +97,8 @@ def select_targets(ds, train_keys: set[str], *, targets: str, target_keys: str |
         return out
     n_in, n_out = parse_counts(targets)
     member = np.array([k in train_keys for k in ds.keys])
-    ins, outs = np.flatnonzero(member), np.flatnonzero(~member)
+    copy = np.array([k in not_nonmembers for k in ds.keys], dtype=bool)
+    ins, outs = np.flatnonzero(member), np.flatnonzero(~member & ~copy)
     if n_in > len(ins) or n_out > len(outs):
         raise DiffauditError(
             f"--targets {targets}: {ds.source} holds {len(ins)} members and {len(outs)} non-members of the target's training set"
@@ -254,7 +258,7 @@ def run(args: argparse.Namespace) -> int:
     from diffaudit.core.progress import progress_bar, stage_line
     from diffaudit.core.results import write_result
     from diffaudit.data import load_dataset
-    from diffaudit.models.run_record import check_trained_on, read_train_keys
+    from diffaudit.models.run_record import check_trained_on, read_dropped_duplicates, read_train_keys
     from diffaudit.sampling.masks import describe_mask, make_mask
 
     config = attack.InpaintAttackConfig(
@@ -268,15 +272,21 @@ def run(args: argparse.Namespace) -> int:
     ds = load_dataset(args.data, **data_options(args))
     H, W, _ = ds.image_shape
     # member labels come from keys: the pixels under them must be the ones the target trained on
-    n_trained = len(read_train_keys(args.model, "--model"))
-    train_keys = {ds.keys[i] for i in check_trained_on(args.model, ds, what="--model", allow_missing=True)}
+    trained = read_train_keys(args.model, "--model")
+    n_trained = len(trained)
+    train_keys = {ds.keys[i] for i in check_trained_on(args.model, ds, what="--model", allow_missing=True, keys=trained)}
     if not train_keys:
         raise DiffauditError(f"none of the {n_trained} examples --model {args.model} trained on is in --data {ds.source}: "
                              "give the --data it was trained on")
     if len(train_keys) < n_trained:  # e.g. a canary run: its canaries are in no loadable dataset
         stage_line(f"inpaint: {n_trained - len(train_keys)} of the target's {n_trained} training examples are not in "
                    f"--data; members are the {len(train_keys)} that are (their pixels are not checked against the run's digest)")
-    targets = select_targets(ds, train_keys, targets=args.targets, target_keys=args.target_keys, seed=args.seed)
+    dropped = set(read_dropped_duplicates(args.model) or ())
+    if dropped and not args.target_keys:
+        stage_line(f"inpaint: the {len(dropped)} near-duplicates --model dropped from training (copies of its members) "
+                   "are not drawn as non-members")
+    targets = select_targets(ds, train_keys, targets=args.targets, target_keys=args.target_keys, seed=args.seed,
+                             not_nonmembers=dropped)
     masks = {i: make_mask(args.mask, H, W, seed=args.seed, target_index=i) for i in targets}
     shadows = assign_shadows(args, ds, targets)
     check_models_fit(Path(args.model), sorted(set(shadows.values())), ds, timestep=config.timestep)

@@ -187,6 +187,10 @@ def run(args: argparse.Namespace) -> int:
     extra = {"models": digests, "seconds": timer.seconds, "device": str(device), "precision": precision}
     if target_digest is not None:
         extra["target_digest"] = target_digest
+    if scores.n_excluded:
+        extra["n_excluded"] = scores.n_excluded
+        stage_line(f"mia: {scores.n_excluded} non-member rows left out: near-duplicates the deduplicated target dropped "
+                   "from training (copies of its members)")
     result = write_mia_outputs(out, scores, ds, config=config, settings=settings, seed=args.seed,
                                n_bootstrap=args.bootstrap, extra=extra)
     emit(args, result, _summary(result) + f"; results in {out}")

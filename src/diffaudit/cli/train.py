@@ -161,5 +161,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         run_dir = train(ds, train_config_from(args), args.out, device=resolve_device(args.device), train_indices=indices,
                         repeats=repeats, data_record=record, fresh=args.fresh)
+    if args.dedup:  # what the run did not see but holds copies of: `audit` leaves these out of its non-members
+        from diffaudit.core.io import write_json_atomic
+        from diffaudit.models.run_record import DROPPED_DUPLICATES
+
+        write_json_atomic(run_dir / DROPPED_DUPLICATES, {"keep_list": str(args.dedup), "keys": [ds.keys[i] for i in dropped]})
     emit(args, read_json(run_dir / "result.json"), f"run directory: {run_dir}")
     return 0

@@ -27,6 +27,8 @@ from diffaudit.data.digest import dataset_digest
 from diffaudit.models.denoiser import read_unet_config
 
 TRAIN_IDS = "train_ids.json"
+#: Written by ``diffaudit train --dedup``: the keys its keep list removed as near-duplicates.
+DROPPED_DUPLICATES = "dropped_duplicates.json"
 
 
 def has_train_ids(run_dir: str | Path) -> bool:
@@ -48,6 +50,34 @@ def read_train_keys(run_dir: str | Path, what: str = "--model") -> list[str]:
     if not isinstance(keys, list):
         raise DiffauditError(f"{path}: no `keys` list")
     return [str(k) for k in keys]
+
+
+def read_dropped_duplicates(run_dir: str | Path) -> list[str] | None:
+    """The keys a deduplicated run left out as near-duplicates of the examples it kept ([] for a run
+    trained without ``--dedup``; None when it was deduplicated but the record is unreadable).
+
+    Read from ``dropped_duplicates.json``; a run made before that file existed is read through the
+    keep list its settings name (``removed_keys``), when that file is still where it was.
+    """
+    run = Path(run_dir)
+    if (run / DROPPED_DUPLICATES).is_file():
+        return _key_list(run / DROPPED_DUPLICATES, "keys")
+    settings = _json_field(run / "settings.json", "settings") if (run / "settings.json").is_file() else None
+    keep_list = settings.get("data", {}).get("dedup") if isinstance(settings, dict) and isinstance(settings.get("data"), dict) else None
+    if not keep_list:
+        return []
+    return _key_list(Path(keep_list), "removed_keys") if Path(keep_list).is_file() else None
+
+
+def _json_field(path: Path, name: str):
+    """``path``'s JSON object's field ``name``; None where the file holds no object."""
+    value = read_json(path)
+    return value.get(name) if isinstance(value, dict) else None
+
+
+def _key_list(path: Path, name: str) -> list[str] | None:
+    keys = _json_field(path, name)
+    return [str(k) for k in keys] if isinstance(keys, list) else None
 
 
 def training_digests(dataset: ImageDataset, rows: Sequence[int]) -> dict[str, str | None]:
@@ -80,11 +110,12 @@ def _recorded(run: Path) -> tuple[dict | None, str | None]:
 
 
 def check_trained_on(run_dir: str | Path, dataset: ImageDataset, what: str = "--model", *,
-                     allow_missing: bool = False) -> list[int]:
+                     allow_missing: bool = False, keys: list[str] | None = None) -> list[int]:
     """Refuse a ``dataset`` that does not hold the very examples ``run_dir`` trained on.
 
     Every training key must be in ``dataset`` (unless ``allow_missing``: then only the keys present
-    are returned and nothing more can be compared); the pixels under those keys must be the ones the
+    are returned and nothing more can be compared; ``keys``: the run's training keys when the caller
+    has read them already); the pixels under those keys must be the ones the
     run recorded, and so must the labels when the model is class-conditional. Runs that record only
     the older combined digest (pixels, keys, labels and captions) are compared on it.
 
@@ -95,7 +126,7 @@ def check_trained_on(run_dir: str | Path, dataset: ImageDataset, what: str = "--
         DiffauditError naming the first unknown key, or what differs with both digests.
     """
     run = Path(run_dir)
-    keys = read_train_keys(run, what)
+    keys = read_train_keys(run, what) if keys is None else keys
     index = dataset.index_of()
     unknown = [k for k in keys if k not in index]
     rows = [index[k] for k in keys if k in index]

@@ -24,7 +24,7 @@ their ratios).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -37,11 +37,12 @@ from diffaudit.attacks.membership.loss_cache import PRECISIONS, cached_model_los
 from diffaudit.data.digest import dataset_digest
 from diffaudit.attacks.membership.registry import get_attack
 from diffaudit.attacks.membership.sweep import sweep_scores
-from diffaudit.attacks.membership.targets import PooledScores, score_models
+from diffaudit.attacks.membership.targets import PooledScores, score_models, without_nonmember_rows
 from diffaudit.core.errors import DiffauditError
+from diffaudit.core.progress import stage_line
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.models.digest import model_digest
-from diffaudit.models.run_record import check_trained_on, has_train_ids
+from diffaudit.models.run_record import check_trained_on, has_train_ids, read_dropped_duplicates
 
 TARGET_MODES = ("leave-one-out", "shadow", "model")
 
@@ -127,6 +128,8 @@ class MiaScores:
         main: the pooled scores at ``timesteps``.
         sweep: timestep -> pooled scores at that timestep alone (empty without a sweep).
         n_models: number of shadow models.
+        n_excluded: (target, example) rows left out of ``main``: near-duplicates that a deduplicated
+            target dropped from training (copies of its members, not fair non-members).
     """
 
     attack: str
@@ -135,6 +138,7 @@ class MiaScores:
     main: PooledScores
     sweep: dict[int, PooledScores] = field(default_factory=dict)
     n_models: int = 0
+    n_excluded: int = 0
 
 
 def shadow_run_dirs(shadows_dir: str | Path, n_models: int) -> list[Path]:
@@ -293,5 +297,30 @@ def run_mia(
         pos = [all_ts.index(t) for t in sorted(config.sweep)]
         sweep = sweep_scores(attack, all_losses[:, :, pos], membership, sorted(config.sweep), **who,
                              target_losses=None if target_losses is None else target_losses[:, pos])
-    return MiaScores(attack=config.attack, timesteps=list(config.timesteps), target=target, main=main,
-                     sweep=sweep, n_models=m)
+    scores = MiaScores(attack=config.attack, timesteps=list(config.timesteps), target=target, main=main,
+                       sweep=sweep, n_models=m)
+    return without_dropped_duplicates(scores, dataset, shadow_runs)
+
+
+def without_dropped_duplicates(scores: MiaScores, dataset: ImageDataset, shadow_runs: Sequence[str | Path]) -> MiaScores:
+    """``scores`` without each target model's non-member rows for the near-duplicates it dropped from
+    training (``diffaudit train --dedup``): a dropped image is a copy of one the model trained on, so it
+    scores like a member and would count as a false positive. Models trained without ``--dedup`` drop
+    nothing; a deduplicated run whose record is gone keeps them, and a warning says so."""
+    target = scores.target
+    runs = {-1: target.run} if target.mode == "model" else (
+        {int(target.index): shadow_runs[int(target.index)]} if target.mode == "shadow" else dict(enumerate(shadow_runs)))
+    index = dataset.index_of()
+    rows_by_model = {}
+    for m, run in runs.items():
+        dropped = read_dropped_duplicates(run)
+        if dropped is None:
+            stage_line(f"mia: {run} was deduplicated, but its record of the dropped near-duplicates is gone: they stay "
+                       "among its non-members, where they score like members")
+        elif dropped:
+            rows_by_model[m] = np.array(sorted(index[k] for k in dropped if k in index), dtype=np.int64)
+    if not any(len(r) for r in rows_by_model.values()):
+        return scores
+    main = without_nonmember_rows(scores.main, rows_by_model)
+    return replace(scores, main=main, sweep={t: without_nonmember_rows(s, rows_by_model) for t, s in scores.sweep.items()},
+                   n_excluded=len(scores.main.scores) - len(main.scores))

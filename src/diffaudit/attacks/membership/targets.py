@@ -49,6 +49,16 @@ class PooledScores:
     model_index: np.ndarray
 
 
+def without_nonmember_rows(pooled: PooledScores, rows_by_model: dict[int, np.ndarray]) -> PooledScores:
+    """``pooled`` without the non-member rows of model m for the examples ``rows_by_model[m]`` (dataset
+    indices; m is a column, or -1 for a separate target model)."""
+    drop = np.zeros(len(pooled.scores), dtype=bool)
+    for m, rows in rows_by_model.items():
+        drop |= (pooled.model_index == m) & ~pooled.labels & np.isin(pooled.example_index, rows)
+    keep = ~drop
+    return PooledScores(pooled.scores[keep], pooled.labels[keep], pooled.example_index[keep], pooled.model_index[keep])
+
+
 def _check(losses: np.ndarray, membership: np.ndarray) -> None:
     if losses.ndim != 3:
         raise DiffauditError(f"losses must have shape (n_examples, n_models, n_queries); got {losses.shape}")
