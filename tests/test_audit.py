@@ -34,6 +34,11 @@ def test_audit_extracts_memorized_digits_and_writes_the_report(tmp_path, capsys)
     again = json.loads(capsys.readouterr().out)
     assert again["unique_extracted"] == result["unique_extracted"]
     assert again["stages"] == result["stages"]
+    # its last line: how many, against the false-positive baseline with its size and the test's p-value
+    assert main([a for a in SMALL if a != "--quiet"] + ["--out", str(out)]) == 0
+    last = capsys.readouterr().out
+    assert f"{result['unique_extracted']} of 8 training images extracted from 64 generations (false-positive baseline: " in last
+    assert "never-seen images, p = " in last
 
 
 def test_audit_config_file_and_changed_settings(tmp_path, capsys):
@@ -199,6 +204,7 @@ def test_audit_of_a_deduplicated_run_leaves_its_dropped_duplicates_out_of_the_no
     assert (mia["n_members"], mia["n_nonmembers"], mia["n_excluded"]) == (20, 16, 4)
     scored = set(np.load(out / "mia" / "scores.npz")["id"].tolist())
     assert scored == set(keys) - set(dropped)
+    assert "(4 near-duplicates the deduplicated model dropped left out: copies of its members)" in (out / "report.html").read_text()
 
 
 def test_audit_offers_every_membership_attack_of_mia():

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
 from diffaudit.cli.main import main
 from diffaudit.core.results import write_result
-from diffaudit.defenses.compare import compare_summaries, format_table, metrics
+from diffaudit.cli.compare import format_rows
+from diffaudit.defenses.compare import compare_summaries, metrics
 
 
-def _audit(root, extracted, tpr, auc, eps=None):
+def _audit(root, extracted, tpr, auc, eps=None, data=None):
+    """A tiny audit-like folder: a verify and a mia result (``data``: the mia settings' data record)."""
     write_result(root / "verify" / "result.json", "verify", {"rule": "ratio"}, {}, unique_extracted=extracted,
                  n_samples=1000, extracted=[], rule="ratio")
-    write_result(root / "mia" / "result.json", "mia", {}, {}, attack="lira", auc=auc,
+    write_result(root / "mia" / "result.json", "mia", {} if data is None else {"data": data}, {}, attack="lira", auc=auc,
                  tpr_at_fpr={"0.01": tpr, "0.001": tpr / 2}, n_members=50, n_nonmembers=50)
     if eps is not None:
         (root / "train").mkdir(parents=True)
@@ -31,7 +35,7 @@ def test_compare_summaries_rows_and_table():
     assert rows["mia lira: TPR at 1% FPR"]["b"] is None and rows["mia lira: TPR at 1% FPR"]["change"] is None
     assert rows["mia lira: AUC"]["change"] == pytest.approx(-0.08)
     assert rows["canaries x64: mean exposure"]["a"] is None and rows["model: DP epsilon"]["b"] == 50.0
-    table = format_table(list(rows.values()), "plain", "dedup")
+    table = format_rows(list(rows.values()), "plain", "dedup")
     assert table.splitlines()[0].startswith("| metric") and "| 1280" in table and "-294" in table
     assert metrics({}) == {}
 
@@ -65,9 +69,6 @@ def test_top_level_help_renders_with_the_defence_commands():
 def test_top_level_help_is_read_without_importing_the_commands():
     """`diffaudit --help` lists the same commands and help as the full parser, without importing
     torch (the command modules' imports take seconds)."""
-    import subprocess
-    import sys
-
     from diffaudit.cli.main import build_parser
 
     assert build_parser(overview=True).format_help() == build_parser().format_help()
@@ -136,3 +137,77 @@ def test_canaries_without_extraction_compare_as_unknown(tmp_path, capsys):
     assert main(["--json", "compare", str(tmp_path / "none"), str(tmp_path / "some")]) == 0
     rows = {x["metric"]: x for x in json.loads(capsys.readouterr().out)["rows"]}
     assert rows["canaries: extracted"]["a"] is None and rows["canaries: extracted"]["b"] == 2
+
+
+def _data(spec, digest=None, **options):
+    return {"spec": spec, "options": {"subset_seed": 0, "skip_bad": False, **options}, "digest": digest}
+
+
+def _compare_json(capsys, a, b):
+    """(result, stderr) of `diffaudit --json compare A B --labels plain,other`."""
+    assert main(["--json", "compare", str(a), str(b), "--labels", "plain,other"]) == 0
+    captured = capsys.readouterr()
+    return json.loads(captured.out), captured.err
+
+
+def test_compare_warns_when_the_folders_studied_different_datasets(tmp_path, capsys):
+    """Another dataset (spec, loader options or, where recorded, data digest) is a warning on stderr and
+    in the JSON; the same data, under the same or another path, is none."""
+    plain = _audit(tmp_path / "plain", 12, 0.5, 0.9, data=_data("digits", "d1g1t5"))
+    cases = {  # folder B's data: the warning's words, or None for no warning
+        "cifar": (_data("cifar10", "c1fa6"), ["digits [data digest d1g1t5]", "cifar10 [data digest c1fa6]"]),
+        "rewritten": (_data("digits", "0ther"), ["digits [data digest 0ther]"]),
+        "same": (_data("digits", "d1g1t5"), None),
+        "moved": (_data("./copy-of-digits", "d1g1t5"), None),  # same pixels and keys at another path
+    }
+    for name, (data, words) in cases.items():
+        r, err = _compare_json(capsys, plain, _audit(tmp_path / name, 3, 0.1, 0.6, data=data))
+        if words is None:
+            assert r["warnings"] == [] and err == "", name
+            continue
+        assert len(r["warnings"]) == 1 and err == f"diffaudit compare: warning: {r['warnings'][0]}\n", name
+        assert r["warnings"][0].startswith("plain and other were made on different datasets")
+        assert all(w in err for w in words), (name, err)
+    # No digest recorded (verify's settings form): the spec and loader options decide; the options named
+    for name, subset in (("sub", 200), ("all", None)):
+        write_result(tmp_path / name / "result.json", "verify", {"data": "digits", "data_options": {"subset": subset}}, {},
+                     unique_extracted=1, n_samples=10, extracted=[], rule="ratio")
+    r, err = _compare_json(capsys, tmp_path / "all", tmp_path / "sub")
+    assert "plain on digits and other on digits --subset 200:" in r["warnings"][0] and "--subset 200" in err
+
+
+def test_a_defence_on_the_same_dataset_is_no_warning(tmp_path, capsys):
+    """A deduplicated target trains on fewer examples of the same dataset: its audit's verify stage reads
+    another training set (members view, digest), which is the defence, not another dataset."""
+    for name, members in (("plain", "d1"), ("dedup", "d2")):
+        root = _audit(tmp_path / name, 3, 0.1, 0.6, data=_data("cifar10", "c1fa6"))
+        write_result(root / "result.json", "audit", {"data": "cifar10", "subset": None, "subset_seed": 0, "skip_bad": False}, {})
+        write_result(root / "verify" / "result.json", "verify",
+                     {"data": f"{root}/members.view.json", "data_options": {}, "data_digest": members}, {},
+                     unique_extracted=3, n_samples=10, extracted=[], rule="ratio")
+    r, err = _compare_json(capsys, tmp_path / "plain", tmp_path / "dedup")
+    assert r["warnings"] == [] and err == ""
+
+
+def test_compare_table_prints_tpr_as_percentages_and_json_as_fractions(tmp_path, capsys):
+    a = _audit(tmp_path / "plain", 1280, 0.5, 0.9)
+    b = _audit(tmp_path / "dp", 986, 0.0123, 0.6)
+    assert main(["compare", str(a), str(b)]) == 0
+    lines = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:5]]
+             for line in capsys.readouterr().out.splitlines()}
+    assert lines["mia lira: TPR at 1% FPR"] == ["50.0%", "1.2%", "-48.8 pp"]
+    assert lines["mia lira: TPR at 0.1% FPR"] == ["25.0%", "0.61%", "-24.4 pp"]
+    assert lines["mia lira: AUC"] == ["0.9", "0.6", "-0.3"] and lines["extraction: unique extracted"] == ["1280", "986", "-294"]
+    assert main(["--json", "compare", str(a), str(b)]) == 0
+    rows = {x["metric"]: x for x in json.loads(capsys.readouterr().out)["rows"]}
+    assert rows["mia lira: TPR at 1% FPR"]["b"] == 0.0123
+
+
+def test_a_reader_that_stops_early_ends_compare_quietly(tmp_path):
+    """`diffaudit compare A B | head -1`: no BrokenPipeError traceback, status 1 (the output was cut short)."""
+    a, b = _audit(tmp_path / "a", 12, 0.5, 0.9), _audit(tmp_path / "b", 3, 0.1, 0.6)
+    proc = subprocess.Popen([sys.executable, "-m", "diffaudit.cli.main", "compare", str(a), str(b)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before the command, still importing, writes its table
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 1 and err == ""

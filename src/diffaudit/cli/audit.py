@@ -328,13 +328,14 @@ def _dropped_duplicates(target: Path, data) -> set[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffaudit.core.io import make_private_dir, write_bytes_atomic
+    from diffaudit.core.io import make_private_dir, read_json, write_bytes_atomic
     from diffaudit.core.outdir import prepare_out_dir
     from diffaudit.core.progress import stage_line
     from diffaudit.core.results import write_result
     from diffaudit.data import load_dataset, make_membership, save_membership, target_split
     from diffaudit.data.view import save_view
     from diffaudit.report import render_report, write_summary
+    from diffaudit.report.view_extraction import baseline_phrase
 
     args = apply_config(args, args._argv)
     if args.shadows < 0 or args.shadows % 2:
@@ -435,13 +436,12 @@ def run(args: argparse.Namespace) -> int:
         "seconds": time.perf_counter() - t0,
     }
     result = write_result(out / "result.json", NAME, settings, {"seed": args.seed}, **fields)
-    write_summary(out)
+    summary = read_json(write_summary(out))
     report = render_report(out, redact=args.redact)
     stage_line(f"audit: report written to {report}")
-    ext = fields["unique_extracted"]
-    base = fields["baseline_unique_extracted"]
-    head = (f"{ext} of {len(member_keys)} training images extracted from {fields['n_samples']} generations"
-            + ("" if base is None else f" (false-positive baseline: {base})"))
+    base = baseline_phrase(summary.get("extraction"))
+    head = (f"{fields['unique_extracted']} of {len(member_keys)} training images extracted from {fields['n_samples']} "
+            "generations" + (f" ({base})" if base else ""))
     if fields["mia"]:
         m = fields["mia"]
         tpr = (m.get("tpr_at_fpr") or {}).get("0.01")

@@ -75,13 +75,25 @@ def add_run_args(p: argparse.ArgumentParser, *, out_required: bool = True) -> No
     p.add_argument("--fresh", action="store_true", help="delete what --out holds and start over")
 
 
+class StdoutClosed(Exception):
+    """Standard output's reader has gone (``diffaudit compare A B | head -1``): the output is cut short."""
+
+
+def write_stdout(text: str) -> None:
+    """Write ``text`` to standard output now (flushed); :class:`StdoutClosed` when its reader has gone."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError as exc:
+        raise StdoutClosed(str(exc)) from exc
+
+
 def emit(args: argparse.Namespace, result: dict[str, Any], human: str) -> None:
     """Print the result: JSON on stdout with ``--json``, else the human line."""
     if getattr(args, "json", False):
-        json.dump(result, sys.stdout, indent=2, default=str, allow_nan=False)
-        sys.stdout.write("\n")
+        write_stdout(json.dumps(result, indent=2, default=str, allow_nan=False) + "\n")
     elif not getattr(args, "quiet", False):
-        print(human)
+        write_stdout(human + "\n")
 
 
 def emit_finished(args: argparse.Namespace, out: Path, resumed: bool, summary: Callable[[dict[str, Any]], str]) -> bool:

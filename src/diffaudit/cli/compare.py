@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from diffaudit.cli.common import emit
 from diffaudit.core.outdir import prepare_out_dir
 from diffaudit.core.results import envelope, write_result
 from diffaudit.core.errors import DiffauditError
-from diffaudit.defenses.compare import compare_summaries, find_dp_record, format_table
+from diffaudit.defenses.compare import compare_summaries, find_dp_record
+from diffaudit.report.fmt import fmt, fmt_pct
+from diffaudit.report.images import DATA_OPTIONS
 from diffaudit.report.summary import build_summary
 
 NAME = "compare"
@@ -17,12 +20,14 @@ HELP = "compare two audits side by side (extracted images, MIA TPR at FPR 0.01, 
 DESCRIPTION = (
     "Put two audit folders (or single command folders: verify, mia, canaries, dedup, ...) side by side: unique "
     "extracted training images, membership-inference AUC and TPR at 1% and 0.1% FPR, canaries extracted and their "
-    "exposure, the DP epsilon of the model, near-duplicate groups; change = B - A. Prints a table (or JSON with "
-    "--json); with --out also writes result.json there."
+    "exposure, the DP epsilon of the model, near-duplicate groups; change = B - A (TPR in percentage points, pp). Warns "
+    "when the folders were run on different datasets. Prints a table (or JSON with --json); with --out also writes "
+    "result.json there."
 )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The two folders, ``--labels``, ``--out`` and ``--fresh``."""
     p.add_argument("audit_a", metavar="AUDIT_A", help="first audit or result folder (e.g. the undefended model)")
     p.add_argument("audit_b", metavar="AUDIT_B", help="second audit or result folder (e.g. after --dedup or DP-SGD)")
     p.add_argument("--labels", default="A,B", help="column names, comma-separated")
@@ -30,7 +35,85 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fresh", action="store_true", help="empty --out first (result.json is rewritten on every run anyway)")
 
 
+def _data_record(settings: dict[str, Any]) -> dict[str, Any] | None:
+    """{"spec", "options", "digest"} of the ``--data`` a command's settings record, in the forms commands
+    write: ``data: {spec, options, digest}`` (mia, shadows; inpaint's digest under ``digests``), ``data``
+    with ``data_options`` and ``data_digest`` (verify, dedup, canaries, prompts), ``data`` with the
+    options flat (audit). The digest is that of the loaded dataset (pixels, keys, labels), None where
+    not recorded."""
+    data = settings.get("data")
+    if isinstance(data, dict):
+        digests = settings.get("digests") if isinstance(settings.get("digests"), dict) else {}
+        spec, options, digest = data.get("spec"), data.get("options"), data.get("digest", digests.get("data"))
+    else:
+        spec, options, digest = data, settings.get("data_options", settings), settings.get("data_digest")
+    if not isinstance(spec, str) or not spec:
+        return None
+    options = {k: v for k, v in (options if isinstance(options, dict) else {}).items()
+               if k in DATA_OPTIONS and v is not None}
+    return {"spec": spec, "options": options, "digest": digest if isinstance(digest, str) else None}
+
+
+def dataset_of(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The dataset a folder's results were made on: the first ``--data`` its settings record (an audit's
+    own first), with the digest of the first stage that read that same data and recorded one. An
+    audit's verify stage reads only the target's training examples, so its digest never stands for
+    the dataset (nor do the training-set digests of a run: a deduplicated run trains on fewer)."""
+    records = [r for s in (summary.get("settings") or {}).values() if isinstance(s, dict) and (r := _data_record(s))]
+    if not records:
+        return None
+    first = records[0]
+    same = (r["digest"] for r in records if (r["spec"], r["options"]) == (first["spec"], first["options"]))
+    return {**first, "digest": next((d for d in same if d), None)}
+
+
+def _describe(data: dict[str, Any], other: dict[str, Any]) -> str:
+    """``data``'s spec with the loader options that differ from ``other``'s, and its digest."""
+    opts = "".join(f" --{k.replace('_', '-')} {v}" for k, v in data["options"].items() if other["options"].get(k) != v)
+    return f"{data['spec']}{opts}" + (f" [data digest {data['digest']}]" if data["digest"] else "")
+
+
+def dataset_warnings(a: dict[str, Any], b: dict[str, Any], labels: list[str]) -> list[str]:
+    """A warning when summaries ``a`` and ``b`` were made on different datasets: other data digests where
+    both recorded one (the same data under two paths is the same), else another spec or loader options."""
+    da, db = dataset_of(a), dataset_of(b)
+    if da is None or db is None:
+        return []
+    if da["digest"] and db["digest"]:
+        differ = da["digest"] != db["digest"]
+    else:
+        differ = (da["spec"], da["options"]) != (db["spec"], db["options"])
+    if not differ:
+        return []
+    la, lb = labels
+    return [f"{la} and {lb} were made on different datasets, {la} on {_describe(da, db)} and {lb} on "
+            f"{_describe(db, da)}: the changes may come from the data, not the models"]
+
+
+def _cell(metric: str, value: float | None, change: bool = False) -> str:
+    """A table cell: TPR as a percentage like the report's (a change in percentage points, pp), whole
+    numbers as integers, other numbers to 4 significant digits, a missing value as "-"."""
+    if value is None:
+        return "-"
+    if ": TPR at " in metric and not change:
+        return fmt_pct(value)
+    if ": TPR at " in metric:
+        return ("-" if value < 0 else "") + fmt_pct(abs(value)).removesuffix("%") + " pp"
+    return f"{int(value)}" if float(value).is_integer() and abs(value) < 1e12 else fmt(value, "auto")
+
+
+def format_rows(rows: list[dict[str, Any]], label_a: str, label_b: str) -> str:
+    """The rows of :func:`~diffaudit.defenses.compare.compare_summaries` as a Markdown pipe table."""
+    table = [["metric", label_a, label_b, "change (B - A)"]]
+    table += [[r["metric"], _cell(r["metric"], r["a"]), _cell(r["metric"], r["b"]), _cell(r["metric"], r["change"], True)]
+              for r in rows]
+    widths = [max(len(cells[i]) for cells in table) for i in range(4)]
+    table.insert(1, ["-" * w for w in widths])
+    return "\n".join("| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |" for cells in table)
+
+
 def run(args: argparse.Namespace) -> int:
+    """Compare the two folders: the table (or JSON) on stdout, a dataset warning on stderr."""
     labels = [s.strip() for s in args.labels.split(",")]
     if len(labels) != 2 or not all(labels):
         raise DiffauditError(f"--labels needs two comma-separated names (e.g. plain,dedup); got {args.labels!r}")
@@ -40,10 +123,13 @@ def run(args: argparse.Namespace) -> int:
     out = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)[0] if args.out else None
     a, b = build_summary(args.audit_a), build_summary(args.audit_b)
     rows = compare_summaries(a, b, dp_a=find_dp_record(args.audit_a), dp_b=find_dp_record(args.audit_b))
+    warnings = dataset_warnings(a, b, labels)
     fields = {"labels": labels, "rows": rows, "a": {"path": str(args.audit_a), "command": a.get("command")},
-              "b": {"path": str(args.audit_b), "command": b.get("command")}}
+              "b": {"path": str(args.audit_b), "command": b.get("command")}, "warnings": warnings}
     result = write_result(out / "result.json", NAME, settings, {}, **fields) if out else envelope(NAME, settings, {}, **fields)
-    table = format_table(rows, *labels)
+    for warning in warnings:
+        print(f"diffaudit compare: warning: {warning}", file=sys.stderr)
+    table = format_rows(rows, *labels)
     if not rows:
         table += "\n(no comparable metric found in either folder)"
     emit(args, result, table)

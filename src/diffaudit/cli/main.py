@@ -18,7 +18,7 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from diffaudit import __version__  # noqa: E402
-from diffaudit.cli.common import set_quiet  # noqa: E402
+from diffaudit.cli.common import StdoutClosed, set_quiet, write_stdout  # noqa: E402
 from diffaudit.core.errors import DiffauditError  # noqa: E402
 
 # Order shown in --help: the audit first, then the pipeline's stages.
@@ -73,6 +73,28 @@ def _overview_parser(parser: argparse.ArgumentParser) -> bool:
     return True
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's defaults formatter, adding "(default: X)" only where it tells the reader something.
+
+    Not when the help already speaks of the default (it says "default", uses ``%(default)s`` or
+    explains ``None: ...``), not for a None or empty default (the option's help says what "not given"
+    means) and not for a flag that takes no value (``store_true`` and the like: off unless given); a
+    list or tuple default reads as comma-separated values, the way it is typed.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if isinstance(default, (list, tuple)):
+            default = ",".join(map(str, default))
+        if (default is None or default is argparse.SUPPRESS or default == "" or action.nargs == 0
+                or "default" in text.lower() or "None:" in text):
+            return text
+        if not action.option_strings and action.nargs not in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return text  # a required positional argument has no default to show
+        return f"{text} (default: {str(default).replace('%', '%%')})"  # the help is %-formatted next
+
+
 def build_parser(only: str | None = None, *, overview: bool = False) -> argparse.ArgumentParser:
     """The CLI parser; with ``only``, just that command's sub-parser (command modules import torch and
     friends, so building every sub-parser costs seconds that a single command does not need); with
@@ -92,7 +114,7 @@ def build_parser(only: str | None = None, *, overview: bool = False) -> argparse
         # no abbreviated flags: `audit --config` tells given options by their full names, and a flag
         # added later must not change what an abbreviation in someone's script means
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+                           formatter_class=HelpFormatter, allow_abbrev=False)
         mod.add_arguments(p)
         out = p.add_argument_group("output")
         out.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars or stage lines")
@@ -102,6 +124,32 @@ def build_parser(only: str | None = None, *, overview: bool = False) -> argparse
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``diffaudit ARGV``; the exit status.
+
+    A reader of the output that stops early (``diffaudit compare A B | head -1``) ends the command
+    quietly with status 1, not a BrokenPipeError traceback: the output was cut short, as ``cat``'s
+    is when SIGPIPE ends it, so ``set -o pipefail`` scripts see it; whatever the command wrote to
+    its ``--out`` folder is complete.
+    """
+    try:
+        try:
+            return _main(argv)
+        finally:
+            write_stdout("")  # flush here, not at exit, so that a closed pipe is caught below
+    except StdoutClosed:
+        # Python's recipe (signal module docs): what is still buffered goes to devnull at exit.
+        try:
+            fd = sys.stdout.fileno()
+        except (OSError, ValueError):  # an in-memory stdout (tests, embedding): nothing is buffered for a file
+            return 1
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+        return 1
+
+
+def _main(argv: list[str] | None) -> int:
+    """Parse ``argv`` and run its command; its errors become messages and exit statuses."""
     raw = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in raw if not a.startswith("-")), None)  # top-level options are flags only
     parser = build_parser(only=command if command in COMMANDS else None, overview=command not in COMMANDS)

@@ -35,6 +35,7 @@ def summary_path(report: Path) -> Path:
 def run(args: argparse.Namespace) -> int:
     from diffaudit.core.io import read_json
     from diffaudit.report import render_report, write_summary
+    from diffaudit.report.view_extraction import baseline_phrase
 
     out = Path(args.out) if args.out else Path(args.result_dir) / "report.html"
     report = render_report(args.result_dir, out, redact=args.redact)
@@ -43,9 +44,9 @@ def run(args: argparse.Namespace) -> int:
     ex = summary.get("extraction") or {}
     parts = []
     if ex.get("unique_extracted") is not None:
-        base = ex.get("baseline_unique_extracted")
-        parts.append(f"{ex['unique_extracted']} extracted of {ex.get('n_samples')} samples"
-                     + (f" (baseline {base})" if base is not None else ""))
+        base = baseline_phrase(ex)
+        parts.append(f"{ex['unique_extracted']} training images extracted from {ex.get('n_samples')} samples"
+                     + (f" ({base})" if base else ""))
     for key, m in (summary.get("mia") or {}).items():
         tpr = (m.get("tpr_at_fpr") or {}).get("0.01")
         if tpr is not None:

@@ -101,19 +101,3 @@ def compare_summaries(a: dict[str, Any], b: dict[str, Any], *, dp_a: dict[str, A
         va, vb = ma.get(k), mb.get(k)
         rows.append({"metric": k, "a": va, "b": vb, "change": None if va is None or vb is None else vb - va})
     return rows
-
-
-def _fmt(v: float | None) -> str:
-    if v is None:
-        return "-"
-    return f"{int(v)}" if float(v).is_integer() and abs(v) < 1e12 else f"{v:.4g}"
-
-
-def format_table(rows: list[dict[str, Any]], label_a: str = "A", label_b: str = "B") -> str:
-    """A plain-text table (Markdown pipe syntax) of :func:`compare_summaries` rows."""
-    head = ["metric", label_a, label_b, "change (B - A)"]
-    body = [[r["metric"], _fmt(r["a"]), _fmt(r["b"]), _fmt(r["change"])] for r in rows]
-    widths = [max(len(x[i]) for x in [head] + body) for i in range(4)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(head), sep] + [line(r) for r in body])

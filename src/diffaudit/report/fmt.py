@@ -18,15 +18,23 @@ def fmt_int(v: Any) -> str:
         return str(v)
 
 
-def fmt_float(v: Any, digits: int = 3) -> str:
+def _number(v: Any) -> float | str:
+    """``v`` as a finite float, or the text to show instead: a dash for None or a non-finite value,
+    the value itself for a non-number."""
     if v is None:
         return DASH
     try:
         x = float(v)
     except (TypeError, ValueError):
         return str(v)
-    if not math.isfinite(x):
-        return DASH
+    return x if math.isfinite(x) else DASH
+
+
+def fmt_float(v: Any, digits: int = 3) -> str:
+    """A number to ``digits`` decimals; a small non-zero one keeps two significant digits."""
+    x = _number(v)
+    if isinstance(x, str):
+        return x
     if x != 0 and abs(x) < 10 ** -digits:
         return f"{x:.2g}"
     return f"{x:.{digits}f}"
@@ -34,23 +42,27 @@ def fmt_float(v: Any, digits: int = 3) -> str:
 
 def fmt_pct(v: Any) -> str:
     """A rate in [0, 1] as a percentage; small rates keep two significant digits."""
-    if v is None:
-        return "n/a"
-    try:
-        x = float(v) * 100
-    except (TypeError, ValueError):
-        return str(v)
-    if not math.isfinite(x):
-        return DASH
+    x = "n/a" if v is None else _number(v)
+    if isinstance(x, str):
+        return x
+    x *= 100
     if x == 0 or x >= 1:
         return f"{x:.1f}%"
     return f"{x:.2g}%"
 
 
+def fmt_p(v: Any) -> str:
+    """A p-value to two significant digits (0.031, 0.0057, 6.6e-06)."""
+    x = _number(v)
+    return x if isinstance(x, str) else f"{x:.2g}"
+
+
 def fmt(value: Any, kind: str = "float") -> str:
-    """Format by kind: ``int``, ``float``, ``pct`` or ``text``."""
+    """Format by kind: ``int``, ``float``, ``pct``, ``p`` (a p-value) or ``text``."""
     if kind == "int":
         return fmt_int(value)
+    if kind == "p":
+        return fmt_p(value)
     if kind == "pct":
         return fmt_pct(value)
     if kind == "text":

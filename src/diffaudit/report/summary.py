@@ -2,9 +2,11 @@
 
 Fields: ``schema_version``, ``command`` (``audit`` or the single command summarised), ``dataset``,
 ``model``, ``extraction`` {``unique_extracted``, ``n_samples``, ``rule``,
-``baseline_unique_extracted``, ``prompt_checks_extracted`` (a ``--train-map`` check), ...},
+``baseline_unique_extracted``, ``baseline_n_images``, ``baseline_pvalue`` (the one-sided exact
+test of the two counts), ``prompt_checks_extracted`` (a ``--train-map`` check), ...},
 ``mia`` {attack: {``auc``, ``tpr_at_fpr``, ``ci``, ...}},
-``inpainting``, ``canaries``, ``dedup``, ``settings`` and ``seeds`` (per stage), ``versions``.
+``inpainting``, ``canaries``, ``dedup``, ``outliers`` {``rho``, ..., ``attack_at_chance``},
+``settings`` and ``seeds`` (per stage), ``versions``.
 A section whose stage did not run is null. The HTML report renders from this dictionary, so the
 numbers a person reads are the numbers in the file.
 """
@@ -23,6 +25,9 @@ from diffaudit.report.images import data_spec
 from diffaudit.report.results import ResultSet, Stage, load_results, records
 
 ENVELOPE = ("schema_version", "command", "settings", "seeds", "versions")
+# A membership attack below this AUC (or whose AUC interval holds 0.5) is taken as guessing: what its
+# scores correlate with means nothing.
+CHANCE_AUC = 0.6
 
 
 def _finite(x: Any) -> float | None:
@@ -78,6 +83,7 @@ def _mia_entry(stage: Stage) -> dict[str, Any]:
         "ci": {"auc": interval(ci.get("auc", r.get("auc_ci"))), "tpr_at_fpr": tpr_ci},
         "n_members": _int(r.get("n_members")),
         "n_nonmembers": _int(r.get("n_nonmembers")),
+        "n_excluded": _int(r.get("n_excluded")),  # dropped near-duplicates of a deduplicated target's members
         "timesteps": r.get("timesteps"),
     }
     if "balanced_accuracy" in r:
@@ -108,6 +114,27 @@ def _prompt_checks(r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def baseline_pvalue(ex: dict[str, Any]) -> float:
+    """One-sided exact p-value of the extracted count n against the baseline count b.
+
+    Null: a training image and a never-seen image are matched by some generation with the same
+    chance. With both set sizes recorded this is Fisher's exact test of the 2x2 table (matched or not,
+    training or baseline): given n + b matched images in all, n is hypergeometric (N_train of the
+    N_train + N_baseline images are training images), which stays exact when most images match.
+    Without them, n ~ Binomial(n + b, 1/2) (equal sets). Returns P(X ≥ n) in [0, 1] (1 when n is 0);
+    small means n is well above what the baseline's rate explains.
+    """
+    from scipy.stats import binom, hypergeom
+
+    n, b = int(ex["unique_extracted"]), int(ex["baseline_unique_extracted"])
+    if n <= 0:
+        return 1.0
+    n_train, n_base = _int(ex.get("n_train")), _int(ex.get("baseline_n_images"))
+    if n_train and n_base and n <= n_train and b <= n_base:
+        return float(hypergeom.sf(n - 1, n_train + n_base, n_train, n + b))
+    return float(binom.sf(n - 1, n + b, 0.5))
+
+
 def _extraction(rs: ResultSet) -> dict[str, Any] | None:
     verify, extract = rs.first("verify"), rs.first("extract")
     if verify is None and extract is None:
@@ -134,11 +161,13 @@ def _extraction(rs: ResultSet) -> dict[str, Any] | None:
         if total is not None and total != out["n_samples"]:  # --from-extract: medoids of more generations
             out["n_samples_total"] = total
         base_rec = r.get("baseline") if isinstance(r.get("baseline"), dict) else {}
-        if base_rec.get("equal_size") is False:
+        if base_rec.get("n_images") is not None:
             out["baseline_n_images"] = _int(base_rec.get("n_images"))
         for k in ("delta", "alpha", "n_neighbors", "n_train"):
             if k in r or k in s:
                 out[k] = r.get(k, s.get(k))
+        if out["baseline_unique_extracted"] is not None and out["unique_extracted"] is not None:
+            out["baseline_pvalue"] = baseline_pvalue(out)
         # How far the matches lie: training matches should be much closer than any baseline "match".
         base = r.get("baseline") if isinstance(r.get("baseline"), dict) else {}
         for name, rows in (("extracted", extracted), ("baseline", base.get("extracted") or [])):
@@ -224,14 +253,39 @@ def _canaries(rs: ResultSet) -> dict[str, Any] | None:
     }
 
 
-def _outliers(rs: ResultSet) -> dict[str, Any] | None:
+def at_chance(entry: dict[str, Any]) -> bool | None:
+    """Whether a membership attack (a ``mia`` summary entry) is indistinguishable from guessing: its
+    AUC is below :data:`CHANCE_AUC` or its recorded confidence interval holds 0.5. None when the AUC
+    is not recorded."""
+    auc = entry.get("auc")
+    if auc is None:
+        return None
+    ci = (entry.get("ci") or {}).get("auc")
+    return auc < CHANCE_AUC or bool(ci and ci["low"] <= 0.5 <= ci["high"])
+
+
+def _scored_attack(mia_keys: dict[str, str]) -> str | None:
+    """The attack whose per-example scores the outliers stage correlated: the audit's ``mia/`` folder
+    (the one ``audit`` reads them from), else the only membership stage; None when unknown."""
+    if "mia" in mia_keys:
+        return mia_keys["mia"]
+    return next(iter(mia_keys.values())) if len(mia_keys) == 1 else None
+
+
+def _outliers(rs: ResultSet, mia: dict[str, Any], mia_keys: dict[str, str]) -> dict[str, Any] | None:
+    """The Spearman correlation of outlier score with membership score, and the attack it rests on:
+    ``attack``, ``attack_auc`` and ``attack_at_chance`` (true: the correlation means nothing)."""
     st = rs.first("outliers")
     if st is None:
         return None
     r = st.result
     sp = r.get("spearman") or {}
+    key = _scored_attack(mia_keys)
+    entry = mia.get(key) or {}
     return {"rho": _finite(sp.get("rho")), "pvalue": _finite(sp.get("pvalue")), "n": _int(sp.get("n")),
-            "k": _int(r.get("k")), "population": r.get("population"), "bins": r.get("bins") or []}
+            "k": _int(r.get("k")), "population": r.get("population"), "bins": r.get("bins") or [],
+            "attack": key, "attack_auc": entry.get("auc"), "attack_auc_ci": (entry.get("ci") or {}).get("auc"),
+            "attack_at_chance": at_chance(entry)}
 
 
 def _dedup(rs: ResultSet) -> dict[str, Any] | None:
@@ -295,8 +349,10 @@ def _model(rs: ResultSet) -> dict[str, Any] | None:
 def summarise(rs: ResultSet) -> dict[str, Any]:
     """The summary dictionary of a loaded :class:`ResultSet` (see the module docstring)."""
     mia: dict[str, Any] = {}
+    mia_keys: dict[str, str] = {}  # stage folder -> its key in ``mia``
     for st in rs.of("mia"):
-        mia[mia_key(st, set(mia))] = _mia_entry(st)
+        mia_keys[st.name] = mia_key(st, set(mia))
+        mia[mia_keys[st.name]] = _mia_entry(st)
     settings: dict[str, Any] = {}
     seeds: dict[str, Any] = {}
     if rs.audit:
@@ -322,7 +378,7 @@ def summarise(rs: ResultSet) -> dict[str, Any]:
         "inpainting": _inpainting(rs),
         "canaries": _canaries(rs),
         "dedup": _dedup(rs),
-        "outliers": _outliers(rs),
+        "outliers": _outliers(rs, mia, mia_keys),
         "stages": [{"name": st.name, "command": st.command} for st in rs.stages],
         "settings": settings,
         "seeds": seeds,

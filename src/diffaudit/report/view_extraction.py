@@ -11,9 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from diffaudit.report.fmt import fmt_p
 from diffaudit.report.images import SampleImages, TrainingImages, data_spec, image_uri
 from diffaudit.report.results import ResultSet, Stage, records, resolve_path
+from diffaudit.report.summary import baseline_pvalue
 
+# The one-sided level of the exact test of the extracted count against the baseline's count: below
+# it, the verdict says "yes"; at or above it, "unsure".
+SIGNIFICANCE = 0.05
 MAX_PAIRS = 48
 MAX_PROMPTS = 30
 MAX_MEMBERS = 12
@@ -35,7 +40,12 @@ def rule_text(rule: Any, delta: Any = None, *, alpha: Any = None, n_neighbors: A
 
 
 def verdict(ex: dict[str, Any] | None) -> dict[str, str]:
-    """The answer to "was training data extracted?": level (yes/no/unsure/unknown) and a sentence."""
+    """The answer to "was training data extracted?": level (yes/no/unsure/unknown) and a sentence.
+
+    Against a false-positive baseline the answer is "yes" only when the one-sided exact test
+    (:func:`~diffaudit.report.summary.baseline_pvalue`) puts the extracted count significantly above
+    the baseline's count (p < :data:`SIGNIFICANCE`); otherwise "unsure".
+    """
     if ex and ex.get("unique_extracted") is None and ex.get("prompt_checks_extracted") is not None:
         return prompt_check_verdict(ex)
     if not ex or ex.get("unique_extracted") is None:
@@ -49,18 +59,59 @@ def verdict(ex: dict[str, Any] | None) -> dict[str, str]:
     s = "image was" if n == 1 else "images were"
     if base is None:
         return {"level": "yes", "text": f"Yes: {n:,} training {s} extracted{of}. No baseline was run, so the false-positive rate is not measured."}
-    unequal = ""
-    if isinstance(ex.get("baseline_n_images"), int) and isinstance(ex.get("n_train"), int):
-        unequal = (f" The baseline set holds {ex['baseline_n_images']:,} images against {ex['n_train']:,} training images, "
-                   "so its count is not on an equal footing (a smaller set finds fewer chance matches).")
-    if base >= n:
-        return {"level": "unsure", "text": f"Inconclusive: {n:,} matches{of}, but {base:,} on never-seen images (the false-positive baseline).{unequal}"}
+    p = ex["baseline_pvalue"] if ex.get("baseline_pvalue") is not None else baseline_pvalue(ex)  # as summary.json holds it
+    test = f"one-sided {_test_name(ex)}, p = {fmt_p(p)}{_size_note(ex)}"
+    against = f"against {_baseline_count(ex, base)} (the false-positive baseline)"
+    if p < SIGNIFICANCE:
+        text = f"Yes: {n:,} training {s} extracted{of}, {against}: significantly above the baseline's rate of chance matches ({test})."
+        level = "yes"
+    else:
+        text = (f"Inconclusive: {n:,} training {s} matched{of}, {against}: {n:,} is not significantly above the "
+                f"baseline ({test}, not below {SIGNIFICANCE:g}).")
+        level = "unsure"
+    return {"level": level, "text": text + _l2_note(ex, base)}
+
+
+def baseline_phrase(ex: dict[str, Any] | None) -> str:
+    """The false-positive baseline in a few words for a command's last line, "" without one:
+    "false-positive baseline: 14 among 32 never-seen images, p = 1.3e-07"."""
+    if not ex or ex.get("baseline_unique_extracted") is None:
+        return ""
+    size = ex.get("baseline_n_images")
+    among = f" among {size:,} never-seen images" if isinstance(size, int) else ""
+    p = ex.get("baseline_pvalue")
+    return f"false-positive baseline: {ex['baseline_unique_extracted']:,}{among}" + ("" if p is None else f", p = {fmt_p(p)}")
+
+
+def _baseline_count(ex: dict[str, Any], base: int) -> str:
+    """The baseline's count with its set's size: "2 false positives among 1,000 never-seen images"."""
     fp = "false positive" if base == 1 else "false positives"
-    text = f"Yes: {n:,} training {s} extracted{of}, against {base:,} {fp} on never-seen images (the baseline)."
-    if base and ex.get("extracted_l2_median") is not None and ex.get("baseline_l2_min") is not None:
-        text += (f" The training matches lie at median ℓ2 {ex['extracted_l2_median']:.3f}; the closest baseline match is at "
-                 f"ℓ2 {ex['baseline_l2_min']:.3f}.")
-    return {"level": "yes", "text": text + unequal}
+    size = ex.get("baseline_n_images")
+    if isinstance(size, int):
+        return f"{base:,} {fp} among {size:,} never-seen images"
+    return f"{base:,} {fp} among never-seen images (their number not recorded: taken as equal to the training set)"
+
+
+def _test_name(ex: dict[str, Any]) -> str:
+    """The test :func:`~diffaudit.report.summary.baseline_pvalue` ran: Fisher's with both set sizes recorded."""
+    sizes = isinstance(ex.get("n_train"), int) and isinstance(ex.get("baseline_n_images"), int)
+    return "Fisher exact test" if sizes else "exact binomial test (equal sets assumed)"
+
+
+def _size_note(ex: dict[str, Any]) -> str:
+    """When the baseline set and the training set differ in size: that the test weighs them."""
+    size, n_train = ex.get("baseline_n_images"), ex.get("n_train")
+    if not (isinstance(size, int) and isinstance(n_train, int)) or size == n_train:
+        return ""
+    return f", which weighs the {size:,} never-seen images against the {n_train:,} training images"
+
+
+def _l2_note(ex: dict[str, Any], base: int) -> str:
+    """How far the training matches lie against the closest baseline match (when both are recorded)."""
+    if not base or ex.get("extracted_l2_median") is None or ex.get("baseline_l2_min") is None:
+        return ""
+    return (f" The training matches lie at median ℓ2 {ex['extracted_l2_median']:.3f}; the closest baseline match is at "
+            f"ℓ2 {ex['baseline_l2_min']:.3f}.")
 
 
 def prompt_check_verdict(ex: dict[str, Any]) -> dict[str, str]:
@@ -185,6 +236,7 @@ def cliques(rs: ResultSet, *, redact: bool = False) -> dict[str, Any] | None:
         "unconditional": bool(unconditional),
         "n_prompts": len(prompts),
         "n_flagged": len(flagged),
+        "max_members": MAX_MEMBERS,
         "edge_threshold": settings.get("edge_threshold"),
         "min_clique": settings.get("min_clique"),
         "notes": notes,

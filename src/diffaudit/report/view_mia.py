@@ -157,4 +157,5 @@ def best_mia(summary: dict[str, Any]) -> dict[str, Any] | None:
         "auc_ci": (e.get("ci") or {}).get("auc"),
         "n_members": e.get("n_members"),
         "n_nonmembers": e.get("n_nonmembers"),
+        "n_excluded": e.get("n_excluded"),
     }

@@ -1,0 +1,80 @@
+"""`diffaudit COMMAND --help`: each option's default said once, and only where it tells something."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import pytest
+
+from diffaudit.cli.main import COMMANDS, HelpFormatter, build_parser
+
+
+def _options(help_text: str) -> dict[str, str]:
+    """{an entry's last option string (or positional name): its help on one line} of a formatted help."""
+    entries: dict[str, str] = {}
+    name = None
+    for line in help_text.splitlines():  # usage and description lines never start with exactly two spaces
+        m = re.match(r"^  (\S.*?)(?:\s{2,}(.*))?$", line)  # invocation, two spaces, help (or help below)
+        if m:
+            name = m[1].split(", ")[-1].split(" ")[0]
+            entries[name] = m[2] or ""
+        elif name is not None and line.startswith("   "):
+            entries[name] += " " + line.strip()
+        else:
+            name = None  # a group's title or a blank line ends the entry
+    return {k: re.sub(r"\s+", " ", v).strip() for k, v in entries.items()}
+
+
+def _command_help(name: str) -> str:
+    parser = build_parser(only=name)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[name].format_help()
+
+
+@pytest.fixture(scope="module")
+def helps() -> dict[str, dict[str, str]]:
+    return {name: _options(_command_help(name)) for name in COMMANDS}
+
+
+def test_no_option_says_its_default_twice_or_says_none_or_false(helps):
+    for command, options in helps.items():
+        assert options, command
+        for flag, text in options.items():
+            where = f"diffaudit {command} {flag}: {text!r}"
+            added = re.fullmatch(r"(.*) \(default: [^()]*\)", text)  # what a defaults formatter appends
+            assert not added or not re.search(r"default|None:", added[1], re.I), where
+            assert "(default: None)" not in text and "(default: False)" not in text, where
+            assert "(default: (" not in text and "(default: [" not in text, where  # never a Python tuple or list
+
+
+def test_plain_defaults_still_show_and_read_as_typed(helps):
+    assert helps["train"]["--steps"].endswith("(default: 1000)")
+    assert helps["extract"]["--min-clique"].endswith("(default: 10)")
+    assert helps["extract"]["--seed"] == "seed of every random draw (default 0)"
+    assert helps["extract"]["--device"] == "cpu, cuda, cuda:N or auto (default: auto)"
+    assert helps["extract"]["--sweep-min-clique"] == "clique sizes to sweep (default: 2,3,5,10,20,50)"
+    assert helps["mia"]["--timesteps"].endswith("(default: 100)")
+    assert "default" not in helps["mia"]["--sweep"].split("clipped")[-1]  # empty: no sweep, nothing to show
+    assert helps["extract"]["--fresh"] == "delete what --out holds and start over"
+    assert helps["compare"]["--labels"] == "column names, comma-separated (default: A,B)"
+
+
+def test_formatter_rules_on_a_small_parser():
+    p = argparse.ArgumentParser(prog="x", formatter_class=HelpFormatter)
+    p.add_argument("--seed", type=int, default=0, help="seed (Default 0)")
+    p.add_argument("--named", default="a", help="kept at %(default)s")
+    p.add_argument("--size", type=int, default=None, help="resize; None: keep the size")
+    p.add_argument("--limit", type=int, default=None, help="a bound")
+    p.add_argument("--flag", action="store_true", help="turn it on")
+    p.add_argument("--no-x", action="store_false", help="turn it off")
+    p.add_argument("--ts", default=(1, 10, 100), help="timesteps")
+    p.add_argument("--pct", default="5%", help="a share")
+    p.add_argument("--steps", type=int, default=5, help="steps")
+    p.add_argument("where", help="a folder")
+    options = _options(p.format_help())
+    assert options["--seed"] == "seed (Default 0)" and options["--named"] == "kept at a"
+    assert options["--size"] == "resize; None: keep the size" and options["--limit"] == "a bound"
+    assert options["--flag"] == "turn it on" and options["--no-x"] == "turn it off"
+    assert options["--ts"] == "timesteps (default: 1,10,100)" and options["--pct"] == "a share (default: 5%)"
+    assert options["--steps"] == "steps (default: 5)" and options["where"] == "a folder"

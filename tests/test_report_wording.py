@@ -1,0 +1,231 @@
+"""What the report says, in words a new reader can check: how sure the extraction verdict is (an exact
+test against the false-positive baseline), when a correlation means nothing (an attack at
+chance), and the unit of every count (training images, generations, settings, targets).
+
+Result folders are written the way the commands write them (``test_report._envelope``); the HTML is
+parsed, not grepped, where a number must be found in a given place.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from diffaudit.core.io import write_json_atomic
+from diffaudit.report import build_summary, render_html
+from diffaudit.report.summary import CHANCE_AUC, baseline_pvalue
+from diffaudit.report.view_extraction import MAX_PAIRS, SIGNIFICANCE, verdict
+from test_report import Page, _envelope
+
+
+def _ex(n: int, b: int | None, n_train: int | None = 1000, n_base: int | None = 1000, **more) -> dict:
+    """An ``extraction`` summary section: n training images extracted, b on the baseline set."""
+    ex = {"unique_extracted": n, "baseline_unique_extracted": b, "n_samples": 4096, "n_train": n_train,
+          "baseline_n_images": n_base, **more}
+    return {k: v for k, v in ex.items() if v is not None}
+
+
+def _exact_tail(n: int, b: int, n_train: int, n_base: int) -> Fraction:
+    """P(X ≥ n), X hypergeometric: n + b matched images drawn from n_train training and n_base
+    baseline images (Fisher's exact test, one-sided), in exact rational arithmetic."""
+    m = n + b
+    total = math.comb(n_train + n_base, m)
+    return sum((Fraction(math.comb(n_train, k) * math.comb(n_base, m - k), total) for k in range(n, min(m, n_train) + 1)),
+               Fraction(0))
+
+
+# --- 1. the extraction verdict: "yes" only when the extracted count is significantly above the baseline
+
+
+def test_a_count_just_above_the_baseline_is_not_evidence():
+    """3 against 2 on equal sets is what chance gives (p = P(X ≥ 3), X ~ Bin(5, 1/2) = 1/2): unsure."""
+    v = verdict(_ex(3, 2))
+    assert v["level"] == "unsure"
+    assert "against 2 false positives among 1,000 never-seen images" in v["text"]
+    assert "not significantly above the baseline" in v["text"] and "p = 0.5" in v["text"]
+
+
+def test_one_match_against_none_is_not_evidence():
+    """b = 0, n = 1 on equal sets: p = 1/2, unsure (a coin decides where one chance match falls)."""
+    v = verdict(_ex(1, 0))
+    assert v["level"] == "unsure" and "p = 0.5" in v["text"]
+    assert "0 false positives among 1,000 never-seen images" in v["text"]
+
+
+def test_five_matches_against_none_is_evidence():
+    """n = 5, b = 0 on equal sets: p = 1/32 < 0.05, yes; n = 4: p = 1/16, not yet."""
+    assert SIGNIFICANCE == 0.05
+    v = verdict(_ex(5, 0))
+    assert v["level"] == "yes" and "p = 0.031" in v["text"]
+    assert "against 0 false positives among 1,000 never-seen images" in v["text"]
+    assert verdict(_ex(4, 0))["level"] == "unsure"
+
+
+def test_unequal_sets_are_weighed_by_the_test():
+    """2 false positives among 100 never-seen images is 10 times the rate of 3 matches among 1,000
+    training images: no evidence; 3 against 2 among 10,000 never-seen ones is."""
+    small = verdict(_ex(3, 2, n_train=1000, n_base=100))
+    assert small["level"] == "unsure" and "among 100 never-seen images" in small["text"]
+    assert "weighs the 100 never-seen images against the 1,000 training images" in small["text"]
+    large = verdict(_ex(3, 2, n_train=1000, n_base=10_000))
+    assert large["level"] == "yes" and "among 10,000 never-seen images" in large["text"]
+
+
+def test_unrecorded_sizes_are_taken_as_equal_and_said_so():
+    v = verdict(_ex(3, 2, n_train=None, n_base=None))
+    assert v["level"] == "unsure" and "p = 0.5" in v["text"]
+    assert "never-seen images (their number not recorded: taken as equal to the training set)" in v["text"]
+
+
+def test_the_l2_sentence_is_kept():
+    v = verdict(_ex(9, 1, extracted_l2_median=0.031, baseline_l2_min=0.12))
+    assert v["level"] == "yes"
+    assert "median ℓ2 0.031; the closest baseline match is at ℓ2 0.120" in v["text"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 40), b=st.integers(0, 40), n_train=st.integers(40, 5000), n_base=st.integers(40, 5000))
+def test_pvalue_is_fishers_exact_tail(n, b, n_train, n_base):
+    p = baseline_pvalue(_ex(n, b, n_train=n_train, n_base=n_base))
+    expected = 1.0 if n == 0 else float(_exact_tail(n, b, n_train, n_base))
+    assert p == pytest.approx(expected, rel=1e-9, abs=1e-15)
+
+
+def test_a_saturated_count_is_weighed_exactly():
+    """All 32 training images matched against 14 of 32 never-seen ones (the built-in demo): each image
+    is matched or not, so the count cannot exceed its set. Fisher's test gives p = C(32,14)/C(64,46)
+    ≈ 1.3e-7; a binomial on the 46 matches (as if counts were unbounded) would give 0.0057."""
+    p = baseline_pvalue(_ex(32, 14, n_train=32, n_base=32))
+    assert p == pytest.approx(math.comb(32, 14) / math.comb(64, 46), rel=1e-9)
+    assert "Fisher exact test" in verdict(_ex(32, 14, n_train=32, n_base=32))["text"]
+    # without recorded sizes: the binomial on equal sets, and the text says which test ran
+    assert baseline_pvalue(_ex(3, 2, n_train=None, n_base=None)) == pytest.approx(0.5)
+    assert "exact binomial test (equal sets assumed)" in verdict(_ex(3, 2, n_train=None, n_base=None))["text"]
+
+
+def _verify_folder(root: Path, n: int, b: int, n_train: int, n_base: int) -> Path:
+    """A verify result.json as `diffaudit verify --baseline` writes it (baseline size under ``baseline``)."""
+    rows = [{"sample": f"p{i}-i0", "train_id": i, "train_key": f"npz:{i}", "l2": 0.02, "ratio": 0.1, "eidetic_k": 1}
+            for i in range(n)]
+    write_json_atomic(root / "result.json", _envelope(
+        "verify", {"data": "x.npz", "rule": "l2", "baseline": "b.npz"}, {"seed": 0}, n_samples=64, n_train=n_train,
+        rule="l2", extracted=rows, unique_extracted=n, n_extracting_samples=n, baseline_unique_extracted=b,
+        baseline={"source": "b.npz", "n_images": n_base, "equal_size": n_base == n_train, "extracted": rows[:b]}))
+    return root
+
+
+def test_summary_records_the_baseline_size_and_pvalue(tmp_path):
+    """The equal-size baseline's size and the test's p-value are in summary.json and on the card."""
+    root = _verify_folder(tmp_path, 3, 2, 500, 500)
+    ex = build_summary(root)["extraction"]
+    assert ex["baseline_n_images"] == 500 and ex["baseline_pvalue"] == pytest.approx(0.5)
+    page = Page(render_html(root))
+    metrics = {p: text.strip() for p, _, text in page.metrics}
+    assert metrics["extraction.baseline_n_images"] == "500" and metrics["extraction.baseline_pvalue"] == "0.5"
+    assert [a["data-verdict"] for t, a in page.tags if "data-verdict" in a] == ["unsure"]
+
+
+# --- 2. the outliers section: no correlation reported for an attack at chance
+
+
+def _outlier_audit(root: Path, auc: float, ci: tuple[float, float] | None) -> Path:
+    """An audit folder with a ``mia`` stage of the given AUC and the ``outliers`` stage that reads its scores."""
+    write_json_atomic(root / "audit.json", {"settings": {"data": "digits"}, "seeds": {"seed": 0}})
+    fields = {"ci": {"auc": {"low": ci[0], "high": ci[1], "level": 0.95}}} if ci else {}
+    write_json_atomic(root / "mia" / "result.json", _envelope(
+        "mia", {"data": "digits"}, {"seed": 0}, attack="loss", auc=auc, tpr_at_fpr={"0.01": 0.01}, n_members=32,
+        n_nonmembers=1765, **fields))
+    bins = [{"outlier_lo": 0.3 + i / 10, "outlier_hi": 0.4 + i / 10, "n": 6, "mean_mia_score": -0.01 * i} for i in range(3)]
+    write_json_atomic(root / "outliers" / "result.json", _envelope(
+        "outliers", {"k": 31}, {"seed": 0}, population="member", k=31, spearman={"rho": -0.454, "pvalue": 0.0091, "n": 32},
+        bins=bins))
+    return root
+
+
+def _section(html: str, name: str) -> str:
+    start = html.index(f'<section id="{name}">')
+    return html[start:html.index("</section>", start)]
+
+
+@pytest.mark.parametrize("auc, ci", [(0.51, None), (0.59, (0.55, 0.63)), (0.7, (0.45, 0.9))])
+def test_outlier_correlation_of_an_attack_at_chance_is_not_a_finding(tmp_path, auc, ci):
+    root = _outlier_audit(tmp_path, auc, ci)
+    assert build_summary(root)["outliers"]["attack_at_chance"] is True
+    section = _section(render_html(root), "outliers")
+    text = " ".join("".join(Page(section).text).split())
+    assert "is at chance" in text and "not meaningful" in text
+    assert "-0.454" not in text and "more exposed here" not in text and "Spearman correlation of" not in text
+
+
+def test_outlier_correlation_of_a_working_attack_is_reported(tmp_path):
+    assert CHANCE_AUC == 0.6
+    root = _outlier_audit(tmp_path, 0.9, (0.85, 0.95))
+    s = build_summary(root)["outliers"]
+    assert s["attack"] == "loss" and s["attack_auc"] == 0.9 and s["attack_at_chance"] is False
+    text = " ".join("".join(Page(_section(render_html(root), "outliers")).text).split())
+    assert "-0.454" in text and "typical images are more exposed here" in text and "at chance" not in text
+
+
+# --- 3. units and legends
+
+
+def test_gallery_counts_training_images_not_generations(tmp_path):
+    """Each verify record is one distinct training image (its copies collapsed): the lede says so."""
+    root = _verify_folder(tmp_path, MAX_PAIRS + 13, 0, 1000, 1000)
+    text = " ".join("".join(Page(_section(render_html(root), "extracted")).text).split())
+    assert f"Showing {MAX_PAIRS} of {MAX_PAIRS + 13} extracted training images." in text
+    assert "extracted generations" not in text
+
+
+def _titled(page: Page, text_start: str) -> list[str]:
+    """Titles of the elements whose title starts with ``text_start``."""
+    return [a["title"] for _, a in page.tags if (a.get("title") or "").startswith(text_start)]
+
+
+def test_plus_n_badges_have_a_tooltip_and_a_legend(tmp_path):
+    members = [f"p0-i{i}" for i in range(15)]
+    write_json_atomic(tmp_path / "result.json", _envelope("extract", {"samples": "none", "min_clique": 10}, {"seed": 0}, prompts=[
+        {"prompt": "a cat", "n_generations": 500, "largest_clique": 15, "members": members, "medoid": "p0-i3",
+         "mean_distance": 0.05, "flagged": True}]))
+    html = render_html(tmp_path)
+    page = Page(html)
+    assert _titled(page, "3 more members of this clique") == ["3 more members of this clique, not shown"]
+    text = " ".join("".join(page.text).split())
+    assert "+3" in text and "“+N” after them counts the clique's further members, not shown" in text
+    assert "clique of 15 of the prompt's 500 generations" in text
+
+
+@pytest.fixture(scope="module")
+def audit_html(tmp_path_factory) -> str:
+    from test_report import make_audit
+
+    return render_html(make_audit(tmp_path_factory.mktemp("wording")))
+
+
+def test_duplicate_and_copy_counts_are_explained(audit_html):
+    page = Page(audit_html)
+    assert _titled(page, "this training image occurs 2 times") == [
+        "this training image occurs 2 times in the training set (itself and its near-duplicates)"]
+    assert _titled(page, "10 generations copy") == ["10 generations copy this training image"]
+    text = " ".join("".join(page.text).split())
+    assert "“duplicated ×N”: the training image occurs N times in the training set" in text
+
+
+def test_inpainting_auc_shows_its_targets(audit_html):
+    """The AUC of 3 targets is a coarse number: the card says on how many members and non-members."""
+    page = Page(audit_html)
+    metrics = {p: text.strip() for p, _, text in page.metrics}
+    assert (metrics["inpainting.n_targets"], metrics["inpainting.n_members"], metrics["inpainting.n_nonmembers"]) == ("3", "2", "1")
+    text = " ".join("".join(page.text).split())
+    assert "on 3 targets: 2 members, 1 non-member" in text
+
+
+def test_stage_setting_counts_carry_their_unit(audit_html):
+    counts = re.findall(r'<span class="count">([^<]*)</span>', audit_html)
+    assert len(counts) >= 8 and all(re.fullmatch(r"\d+ settings?", c) for c in counts), counts
