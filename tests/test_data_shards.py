@@ -62,6 +62,32 @@ def test_gzip_shard_and_jpeg(tmp_path, write_tar, encode_image):
     assert ds.keys == ["a", "b"] and ds.captions is None and ds.images.shape == (2, 4, 4, 3)
 
 
+def test_listing_keeps_where_images_lie_not_their_bytes(tmp_path, write_tar, encode_image):
+    """An uncompressed shard's images are listed as spans and read when decoded (a dataset's encoded
+    bytes are never all in memory); a compressed shard's are bytes, read before its temporary tar is
+    removed, and no descriptor of that removed file stays open."""
+    import os
+
+    from diffaudit.data.shards import Span, list_shards, read_shard
+
+    plain = write_tar(tmp_path / "p.tar", sample_members(encode_image, ["a", "b"]))
+    samples, _ = read_shard(plain, skip_bad=False)
+    assert all(isinstance(parts["png"], Span) and parts["cls"] == b"%d" % i for i, (_, parts) in enumerate(samples))
+    assert samples[1][1]["png"].read() == encode_image(np.full((4, 4, 3), 10, np.uint8))
+    gz = tmp_path / "p.tar.gz"
+    gz.write_bytes(gzip.compress(plain.read_bytes()))
+    samples, _ = read_shard(gz, skip_bad=False)
+    assert all(isinstance(parts["png"], bytes) for _, parts in samples)
+    assert load_dataset(gz).images.shape == (2, 4, 4, 3)
+    open_files = [os.path.realpath(f"/proc/self/fd/{f}") for f in os.listdir("/proc/self/fd")]
+    assert not [f for f in open_files if "diffaudit-shard-" in f]
+    # a shard cut after it was listed: reading the image is a bad image that names it (skipped with skip_bad)
+    entries = list_shards([plain], source="p.tar", skip_bad=False).entries
+    plain.write_bytes(plain.read_bytes()[:600])
+    with pytest.raises(DiffauditError, match=r"p\.tar:b\.png: cannot read it from its shard .*changed or removed"):
+        entries[1].pixels()
+
+
 def test_missing_shard_named(tmp_path, write_tar, encode_image):
     write_tar(tmp_path / "m-0.tar", sample_members(encode_image, ["a"]))
     with pytest.raises(DiffauditError, match=r"shard .*m-1\.tar does not exist \(1 of the 2 shards"):
