@@ -550,3 +550,15 @@ def test_verdict_names_medoids_and_an_unequal_baseline(tmp_path):
     assert "from the 3 flagged clique medoids of 512 generations" in text
     assert "weighs the 100 never-seen images against the 400 training images" in text
     assert v["level"] == "unsure" and "p = 0.82" in text  # P(X ≥ 3), X ~ Binomial(4, 400/500)
+
+
+def test_data_spec_reads_every_recorded_form():
+    """The loader options of --data as each command records them (flat, under data_options, nested
+    under data.options as mia, shadows and inpaint write them)."""
+    from diffaudit.report.images import data_spec
+
+    want = ("cifar10", {"subset": 200, "image_size": 16})
+    assert data_spec({"data": "cifar10", "subset": 200, "image_size": 16, "seed": 0}) == want
+    assert data_spec({"data": "cifar10", "data_options": {"subset": 200, "image_size": 16, "mode": None}}) == want
+    assert data_spec({"data": {"spec": "cifar10", "subset": 200, "image_size": 16}}) == want
+    assert data_spec({"data": {"spec": "cifar10", "options": {"subset": 200, "image_size": 16}, "digest": "ab"}}) == want

@@ -165,14 +165,15 @@ def _read_npz(path: Path):
 def data_spec(settings: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """(spec, loader options) of the dataset a command read, from its recorded settings.
 
-    Accepts ``data: "spec"`` with the options flat in the settings or under ``data_options``, and
-    ``data: {"spec": ..., **options}``.
+    Accepts ``data: "spec"`` with the options flat in the settings or under ``data_options``,
+    ``data: {"spec": ..., **options}`` and ``data: {"spec": ..., "options": {...}}`` (mia, shadows,
+    inpaint).
     """
     data = settings.get("data")
     opts: dict[str, Any] = {}
     if isinstance(data, dict):
         spec = data.get("spec", data.get("path", data.get("data")))
-        source = data
+        source = {**data, **data["options"]} if isinstance(data.get("options"), dict) else data
     else:
         spec = data
         source = settings.get("data_options") if isinstance(settings.get("data_options"), dict) else settings
