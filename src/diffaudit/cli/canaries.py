@@ -21,9 +21,11 @@ HELP = "insert canaries (noise or held-out images) 1..64 times, train, and measu
 DESCRIPTION = (
     "Ground-truth calibration (Carlini et al. 2023, Sec. 7): insert canaries into --data, each repeated a chosen "
     "number of times (--repeats 1,2,4,...,64), train a DDPM on the result (out/model, resumable), then measure each "
-    "canary's exposure = log2|R| - log2 rank of its loss at t=100 among never-inserted candidates R of the same kind, "
-    "and whether generations extract it. Writes canaries.json (the membership record) and result.json with one "
-    "entry per canary and the curve of memorization vs number of duplicates."
+    "canary's exposure = log2|R| - log2 rank of its loss at t=100 in R, the canary and the --n-reference never-inserted "
+    "candidates of the same kind (Secret Sharer: 0 to log2(n_reference + 1) bits), and whether generations extract it. "
+    "Every option is checked before training; --canary-pool images that are training images are refused. Writes "
+    "canaries.json (the membership record) and result.json with one entry per canary and the curve of memorization "
+    "vs number of duplicates."
 )
 
 
@@ -43,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--canary-pool", default=None, help="dataset of images never trained on, for --kind heldout (e.g. cifar10-test)")
     g.add_argument("--repeats", default=",".join(map(str, DEFAULT_REPEATS)), help="insertion counts, comma-separated")
     g.add_argument("--per-repeat", type=int, default=1, help="canaries per insertion count")
-    g.add_argument("--n-reference", type=int, default=64, help="never-inserted candidates R (exposure is at most log2 |R|)")
+    g.add_argument("--n-reference", type=int, default=64,
+                   help="never-inserted candidates, at least 2 (exposure is at most log2(N_REFERENCE + 1))")
     g = p.add_argument_group("measurement")
     g.add_argument("--timestep", type=int, default=100, help="t of the loss")
     g.add_argument("--n-draws", type=int, default=4, help="noise draws averaged per loss")
@@ -54,9 +57,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Check every setting and draw the canaries, then (only then) open ``--out``, train and measure."""
     device = resolve_device(args.device)
     opts = data_options(args)
     config = train_config_from(args)
+    config.validate()
     ev = CanaryEval(timestep=args.timestep, n_draws=args.n_draws, noise_seed=args.seed, n_samples=args.n_samples,
                     sample_steps=args.sample_steps, sample_seed=args.seed, rule=args.rule, delta=args.delta)
     repeats = _repeats(args.repeats)
@@ -64,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
         raise DiffauditError("--kind heldout needs --canary-pool (images the model never trains on, e.g. cifar10-test)")
     ds = load_dataset(args.data, **opts)
     pool = load_dataset(args.canary_pool, **dict(opts, subset=None)) if args.kind == "heldout" else None
+    # before the output folder exists: a value that cannot work is refused while fixing it costs nothing
+    plan = make_canaries(args.kind, image_shape=ds.image_shape, repeats=repeats, per_repeat=args.per_repeat,
+                         n_reference=args.n_reference, seed=args.seed, pool=pool, training=ds)
+    ev.validate(n_train=len(ds) + len(plan.keys))
     settings = {"data": str(args.data), "data_options": opts, "kind": args.kind, "canary_pool": args.canary_pool,
                 "repeats": repeats, "per_repeat": args.per_repeat, "n_reference": args.n_reference,
                 "train": asdict(config), "evaluation": asdict(ev),
@@ -72,8 +81,6 @@ def run(args: argparse.Namespace) -> int:
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
     if emit_finished(args, out, resumed, lambda r: f"{r['n_canaries']} canaries, {_extracted(r)}"):
         return 0
-    plan = make_canaries(args.kind, image_shape=ds.image_shape, repeats=repeats, per_repeat=args.per_repeat,
-                         n_reference=args.n_reference, seed=args.seed, pool=pool)
     fields = run_canary_experiment(ds, plan, config, out, evaluation=ev, device=device,
                                    data_record={"spec": str(args.data), "options": opts})
     r = write_result(out / "result.json", NAME, settings, {"seed": args.seed}, **fields)

@@ -26,7 +26,14 @@ from diffaudit.core.io import load_npy, read_json, save_npy_atomic, save_npz_ato
 from diffaudit.core.progress import progress_bar, stage_line
 from diffaudit.core.seeds import derive_seed, generation_seed, numpy_rng
 from diffaudit.data.dataset import ImageDataset
-from diffaudit.defenses.canaries import CanaryPlan, exposure, exposure_curve, exposure_gaussian, insert_canaries
+from diffaudit.defenses.canaries import (
+    CanaryPlan,
+    exposure,
+    exposure_curve,
+    exposure_gaussian,
+    insert_canaries,
+    max_exposure,
+)
 
 SAMPLE_CHUNK = 1024
 
@@ -56,6 +63,40 @@ class CanaryEval:
     rule: str = "ratio"
     delta: float = 0.15
     micro_batch: int = 64
+
+    def validate(self, *, n_train: int | None = None) -> "CanaryEval":
+        """Raise :class:`DiffauditError` naming the option that cannot work; returns self.
+
+        Checked before anything is trained (the loss, the sampler and the verification would otherwise
+        refuse them only after the model exists): 0 ≤ timestep < T and 1 ≤ sample_steps ≤ T, T the
+        schedule training uses (:func:`training_timesteps`); n_draws, micro_batch ≥ 1; n_samples ≥ 0;
+        the verification rule and δ (:class:`VerifySettings`); with ``n_train`` (training images with the
+        canaries) and generations asked for, that the ``ratio`` rule has a neighbourhood of at least 2.
+        """
+        from diffaudit.attacks.extraction.verification import VerifySettings
+
+        T = training_timesteps()
+        if not 0 <= self.timestep < T:
+            raise DiffauditError(f"--timestep must lie in [0, {T - 1}] (the schedule has T = {T} steps); got {self.timestep}")
+        if self.n_draws < 1:
+            raise DiffauditError(f"--n-draws must be at least 1 (noise draws averaged per loss); got {self.n_draws}")
+        if self.n_samples < 0:
+            raise DiffauditError(f"--n-samples must be at least 0 (0: no extraction check); got {self.n_samples}")
+        if not 1 <= self.sample_steps <= T:
+            raise DiffauditError(f"--sample-steps must lie in [1, {T}]; got {self.sample_steps}")
+        if self.micro_batch < 1:
+            raise DiffauditError(f"micro_batch must be at least 1; got {self.micro_batch}")
+        verify = VerifySettings(rule=self.rule, delta=self.delta).validate()
+        if n_train is not None and self.n_samples > 0:
+            verify.neighbourhood(n_train)
+        return self
+
+
+def training_timesteps() -> int:
+    """T of the noise schedule :func:`diffaudit.models.training.train` gives the canary model."""
+    from diffaudit.models.scheduler import make_scheduler
+
+    return int(make_scheduler().config.num_train_timesteps)
 
 
 def _labels_for(plan: CanaryPlan, record: dict[str, Any], dataset: ImageDataset) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -135,8 +176,7 @@ def run_canary_experiment(dataset: ImageDataset, plan: CanaryPlan, config, out: 
     from diffaudit.models.training import train
 
     out = Path(out)
-    if evaluation.rule not in ("ratio", "l2"):
-        raise DiffauditError(f"--rule must be ratio or l2; got {evaluation.rule!r}")
+    evaluation.validate(n_train=len(dataset) + len(plan.keys))
     combined, repeats, record = insert_canaries(dataset, plan)
     if not (out / "canaries.json").exists():
         save_npz_atomic(out / "canaries.npz", canaries=plan.images, reference=plan.reference,
@@ -157,7 +197,7 @@ def run_canary_experiment(dataset: ImageDataset, plan: CanaryPlan, config, out: 
         n_classes = int(dataset.labels.max()) + 1 if (config.class_conditional and dataset.labels is not None) else None
         samples = _samples(run, evaluation, out, device, n_classes)
         extracted, nearest, n_unique = _extraction(samples, combined, plan, evaluation, device)
-    stage_line(f"canaries: mean exposure {exp.mean():.2f} bits of {np.log2(len(ref_loss)):.2f}; "
+    stage_line(f"canaries: mean exposure {exp.mean():.2f} bits of {max_exposure(len(ref_loss)):.2f}; "
                f"{sum(bool(e) for e in extracted)} of {len(extracted)} canaries extracted")
     rows = [{"key": k, "kind": plan.kind, "repeats": int(r), "index": record["canaries"][j]["index"],
              "loss": float(can_loss[j]), "exposure": float(exp[j]), "exposure_gaussian": float(exp_g[j]),
@@ -169,7 +209,7 @@ def run_canary_experiment(dataset: ImageDataset, plan: CanaryPlan, config, out: 
         "n_train": len(dataset),
         "n_canaries": len(plan.keys),
         "n_reference": len(plan.reference_keys),
-        "max_exposure": float(np.log2(len(ref_loss))),
+        "max_exposure": max_exposure(len(ref_loss)),
         "reference_loss": {"mean": float(ref_loss.mean()), "std": float(ref_loss.std()), "min": float(ref_loss.min())},
         "evaluation": asdict(evaluation),
         "n_extracted": sum(bool(e) for e in extracted) if evaluation.n_samples > 0 else None,
