@@ -59,6 +59,25 @@ def test_dedup_cli_resumes_and_refuses_other_settings(tmp_path, tmp_npz, digits,
     assert "threshold" in capsys.readouterr().err
 
 
+
+def test_a_keep_list_of_the_earlier_rule_is_rebuilt_on_resume(tmp_path, tmp_npz, digits, capsys):
+    """A finished folder whose result.json predates the greedy keep rule (no ``keep_rule``) is not
+    answered from: its keep list is rebuilt from the cached embeddings, and says which rule made it."""
+    data, _ = _planted_npz(tmp_npz, digits)
+    out = tmp_path / "dd"
+    assert main(["dedup", "--data", str(data), "--out", str(out), "--embedder", "phash"]) == 0
+    good = json.loads((out / "keep.json").read_text())
+    record = json.loads((out / "result.json").read_text())
+    del record["keep_rule"]
+    (out / "result.json").write_text(json.dumps(record))
+    (out / "keep.json").write_text(json.dumps({**good, "keys": good["keys"][:1]}))  # what an old rule kept
+    capsys.readouterr()
+    assert main(["dedup", "--data", str(data), "--out", str(out), "--embedder", "phash"]) == 0
+    assert "made by an earlier rule; rebuilding it (greedy)" in capsys.readouterr().err
+    assert json.loads((out / "keep.json").read_text()) == good
+    assert json.loads((out / "result.json").read_text())["keep_rule"] == "greedy"
+
+
 def test_dedup_cli_refuses_data_rewritten_in_place(tmp_path, tmp_npz, digits, capsys):
     """Cached embeddings and groups belong to the pixels, not the path."""
     data, images = _planted_npz(tmp_npz, digits)
@@ -127,3 +146,54 @@ def test_dedup_cli_data_cache_streams_the_dataset_and_agrees(tmp_path, tmp_npz, 
                  "--data-cache", str(tmp_path / "cache"), "--write-deduped", str(kept)]) == 0
     with np.load(kept) as z:
         np.testing.assert_array_equal(z["images"], images[json.loads((tmp_path / "mem" / "keep.json").read_text())["indices"]])
+
+
+def test_dedup_cli_keep_list_names_the_kept_duplicate_of_each_removed_image(tmp_path, tmp_npz, digits, capsys):
+    """keep.json, result.json and the deduplicated npz agree: every removed key has a kept near-duplicate."""
+    data, _ = _planted_npz(tmp_npz, digits)
+    out = tmp_path / "dd"
+    assert main(["--json", "dedup", "--data", str(data), "--out", str(out)]) == 0
+    r = json.loads(capsys.readouterr().out)
+    keep = json.loads((out / "keep.json").read_text())
+    assert len(keep["removed_duplicate_of"]) == len(keep["removed_keys"]) == r["n_removed"] > 0
+    assert set(keep["removed_duplicate_of"]) <= set(keep["keys"])
+    assert dict(zip(keep["removed_keys"], keep["removed_duplicate_of"]))["npz:40"] == "npz:3"
+    assert sorted(i for g in r["groups"] for i in g["kept"]) == sorted(
+        i for i in keep["indices"] if any(i in g["members"] for g in r["groups"]))
+    with np.load(out / "edges.npz") as z:
+        edges = {tuple(p) for p in z["pairs"].tolist()}
+    index = {f"npz:{i}": i for i in range(44)}
+    for a, b in zip(keep["removed_keys"], keep["removed_duplicate_of"]):
+        assert tuple(sorted((index[a], index[b]))) in edges
+
+
+def test_dedup_cli_seed_is_a_setting_of_ivf_only(tmp_path, tmp_npz, digits, capsys):
+    """Reviewer: --seed (the IVF k-means) was not recorded, so a resume with another seed returned the old run."""
+    data, _ = _planted_npz(tmp_npz, digits)
+    ivf = ["dedup", "--data", str(data), "--out", str(tmp_path / "ivf"), "--index", "ivf", "--nlist", "4", "--nprobe", "1"]
+    assert main(ivf + ["--seed", "0"]) == 0
+    capsys.readouterr()
+    assert main(ivf + ["--seed", "7"]) == 2
+    assert "seed (was 0, now 7)" in capsys.readouterr().err
+    assert main(ivf + ["--seed", "0"]) == 0 and "already finished" in capsys.readouterr().out
+    flat = ["dedup", "--data", str(data), "--out", str(tmp_path / "flat")]  # exact: the seed changes nothing
+    assert main(flat + ["--seed", "0"]) == 0
+    capsys.readouterr()
+    assert main(flat + ["--seed", "7"]) == 0 and "already finished" in capsys.readouterr().out
+    assert "seed" not in json.loads((tmp_path / "flat" / "settings.json").read_text())["settings"]
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--index", "hnsw", "--k", "0"], "--k"),
+    (["--index", "ivf", "--nprobe", "0"], "--nprobe"),
+    (["--index", "ivf", "--nlist", "0"], "--nlist"),
+    (["--nprobe", "-2"], "--nprobe"),
+])
+def test_dedup_cli_refuses_non_positive_search_options(tmp_path, tmp_npz, digits, capsys, argv, flag):
+    """Reviewer: --k 0 ended in an AssertionError, --nprobe 0 in a faiss RuntimeError (and --nlist 0 was
+    silently the default): a clear error now, before any output folder is made."""
+    data, _ = _planted_npz(tmp_npz, digits)
+    out = tmp_path / "dd"
+    assert main(["dedup", "--data", str(data), "--out", str(out)] + argv) == 2
+    assert f"{flag} must be a whole number of at least 1" in capsys.readouterr().err
+    assert not out.exists()

@@ -3,27 +3,30 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit, emit_finished, load_data
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
-from diffaudit.core.io import save_npz_atomic
+from diffaudit.core.io import read_json, save_npz_atomic
 from diffaudit.core.outdir import prepare_out_dir
 from diffaudit.core.progress import Timer, stage_line
 from diffaudit.core.results import write_result
 from diffaudit.data.digest import dataset_digest
-from diffaudit.defenses.dedup import find_duplicates, write_deduped_npz, write_keep_list
+from diffaudit.defenses.dedup import KEEP_RULE, find_duplicates, write_deduped_npz, write_keep_list
 from diffaudit.defenses.embedders import DEFAULT_CLIP_MODEL, EMBEDDERS, get_embedder
-from diffaudit.defenses.neighbours import INDEX_KINDS
+from diffaudit.defenses.neighbours import INDEX_KINDS, check_search_options
 
 NAME = "dedup"
 HELP = "find near-duplicate groups in a training set (pixel, phash or CLIP embeddings + faiss)"
 DESCRIPTION = (
     "Embed every image of --data, join every pair whose similarity is at least --threshold (faiss: exact flat "
-    "index, or IVF/HNSW for millions) and group them with union-find (Carlini et al. 2023, Sec. 4.2.1 and 7: "
-    "CIFAR-10 near-duplicates removed at similarity > 0.85). Writes result.json (groups with member indices "
-    "and keys, per-image duplicate_count), keep.json (what `diffaudit train --dedup` keeps: every unique image "
-    "and the first of each group), edges.npz, and with --write-deduped an .npz of the kept images. "
+    "index, or IVF/HNSW for millions) and group them into connected components (Carlini et al. 2023, Sec. 4.2.1 "
+    "and 7: CIFAR-10 near-duplicates removed at similarity > 0.85). Writes result.json (groups with member indices, "
+    "keys and the members kept, per-image duplicate_count), keep.json (what `diffaudit train --dedup` keeps: "
+    "greedy in index order, each image kept unless an already-kept image is its near-duplicate, so every removed "
+    "image has a kept near-duplicate, named in removed_duplicate_of), edges.npz, and with --write-deduped an .npz "
+    "of the kept images. --seed seeds the IVF k-means (a setting with --index ivf). "
     "Default thresholds are calibrated on duplicates planted in CIFAR-10 (diffaudit.defenses.calibration)."
 )
 
@@ -65,10 +68,28 @@ def _summary(r: dict) -> str:
             f"among {r['n_images']} images; embedder {r['embedder']['name']} at threshold {r['threshold']:.4g}")
 
 
+def _seed_setting(args: argparse.Namespace) -> dict:
+    """``{"seed": ...}`` where the seed shapes the result (the IVF k-means), else ``{}``: flat search is
+    exact and HNSW is built without it, so their folders resume under any --seed (as before)."""
+    return {"seed": args.seed} if args.index == "ivf" else {}
+
+
+def _drop_stale_keep_list(out: Path) -> None:
+    """A finished folder whose keep list an earlier rule chose (each group cut to its first member, which
+    also removed images with no kept near-duplicate) is finished again: its result and keep list are
+    removed here and rebuilt from the cached embeddings."""
+    if (out / "result.json").exists() and read_json(out / "result.json").get("keep_rule") != KEEP_RULE:
+        stage_line(f"dedup: {out} holds a keep list made by an earlier rule; rebuilding it ({KEEP_RULE}) from the "
+                   "cached embeddings")
+        for name in ("result.json", "keep.json", "edges.npz"):
+            (out / name).unlink(missing_ok=True)
+
+
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if args.batch_size < 1:
         raise DiffauditError("--batch-size must be at least 1")
+    check_search_options(k=args.k, nlist=args.nlist, nprobe=args.nprobe)
     embedder = get_embedder(args.embedder, **_embedder_options(args, device))
     threshold = embedder.default_threshold if args.threshold is None else args.threshold
     opts = data_options(args)
@@ -76,9 +97,11 @@ def run(args: argparse.Namespace) -> int:
     settings = {
         "data": str(args.data), "data_options": opts, "data_digest": dataset_digest(ds), "embedder": embedder.settings(),
         "threshold": threshold, "index": args.index, "k": args.k, "nlist": args.nlist, "nprobe": args.nprobe,
-        "batch_size": args.batch_size,
+        "batch_size": args.batch_size, **_seed_setting(args),
     }
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
+    if resumed:
+        _drop_stale_keep_list(out)
     if resumed and args.write_deduped and (out / "result.json").exists():
         from diffaudit.defenses.dedup import load_keep_list
 

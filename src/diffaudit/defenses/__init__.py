@@ -2,7 +2,7 @@
 outliers, canaries, DP-SGD training.
 
 - :mod:`.embedders`: ``pixel`` / ``phash`` / ``clip`` embedders (registry: :func:`.embedders.get_embedder`).
-- :mod:`.neighbours`: faiss edges above a similarity threshold (flat, IVF, HNSW), union-find groups.
+- :mod:`.neighbours`: faiss edges above a similarity threshold (flat, IVF, HNSW), connected groups, the greedy keep list.
 - :mod:`.dedup`: :func:`.dedup.find_duplicates` -> groups, per-image duplicate counts, keep lists.
 - :mod:`.calibration`: planted duplicates and the measured thresholds (table in its docstring).
 - :mod:`.prompts`: captions of the most duplicated images as a prompt file.

@@ -1,19 +1,31 @@
 """Near-duplicate groups of a training set, and deduplication (paper Sections 4.2.1 and 7).
 
 Pipeline: embed every image in bounded batches (:mod:`diffaudit.defenses.embedders`), find every
-pair at similarity ≥ threshold with faiss (:mod:`diffaudit.defenses.neighbours`), and join pairs
-into groups with union-find (a group is a connected component: copies of copies are one group).
+pair at similarity ≥ threshold with faiss (:mod:`diffaudit.defenses.neighbours`: the *edges*).
 
-Per image: ``duplicate_count`` = size of its group − 1 (0 for a unique image); ``neighbour_count``
-= the number of images directly above the threshold. Deduplication keeps the smallest index of
-each group and every unique image (the paper removed 5,275 CIFAR-10 near-duplicates at similarity
-> 0.85 and extraction fell from 1,280 to 986 images).
+Two things are built from the edges, and they differ on purpose:
+
+- *Groups* (reporting): connected components of size ≥ 2 (copies of copies are one group).
+  Per image, ``duplicate_count`` = size of its group − 1 (0 for a unique image; what ``prompts
+  --duplicates`` ranks captions by); ``neighbour_count`` = the number of images directly at or
+  above the threshold. ``result.json`` lists the groups, and for each the members it keeps.
+- *The keep list* (deduplication: ``keep.json``, ``train --dedup``, ``--write-deduped``,
+  ``n_removed``): greedy in index order, as imagededup's ``get_files_to_remove`` (which the paper
+  used): image i is kept unless an already-kept image is its near-duplicate
+  (:func:`~diffaudit.defenses.neighbours.greedy_keep`). Every removed image has a kept
+  near-duplicate (recorded in ``keep.json`` as ``removed_duplicate_of``) and no two kept images are
+  near-duplicates. A group is therefore not reduced to one image when it is a chain a~b~c whose ends
+  are not near-duplicates (a and c are both kept).
+
+The paper removed 5,275 CIFAR-10 near-duplicates at similarity > 0.85 and extraction fell from
+1,280 to 986 images.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +36,24 @@ from diffaudit.core.io import load_npy, read_json, save_npy_atomic, save_npz_ato
 from diffaudit.core.progress import progress_bar
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.defenses.embedders import Embedder
-from diffaudit.defenses.neighbours import EdgeAccumulator, Edges, build_index, search_edges, union_find_groups
+from diffaudit.defenses.neighbours import (EdgeAccumulator, Edges, build_index, check_search_options, connected_groups,
+                                           greedy_keep, kept_partner, search_edges)
+
+#: How the keep list is chosen from the edges (recorded in ``result.json`` and ``keep.json``).
+KEEP_RULE = "greedy"
 
 
 @dataclass
 class DedupResult:
-    """Near-duplicate groups of N images.
+    """Near-duplicate groups of N images, and the images deduplication keeps.
 
     Attributes:
         n: number of images.
         threshold: similarity at or above which two images are joined.
-        edges: the pairs found, with their similarity.
-        groups: member index arrays (size ≥ 2), ordered by smallest member.
+        edges: the pairs found, with their similarity (treat as read-only: :attr:`keep_mask` is
+            computed from them once).
+        groups: connected components (member index arrays, size ≥ 2), ordered by smallest member:
+            for reporting (``duplicate_count``, ``result.json``), not what deduplication removes.
         embedder: the embedder's settings.
         index: the faiss index kind used.
     """
@@ -60,16 +78,28 @@ class DedupResult:
         """int64 (N,): how many images are directly at or above the threshold."""
         return np.bincount(self.edges.pairs.reshape(-1), minlength=self.n).astype(np.int64)
 
+    @cached_property
+    def keep_mask(self) -> np.ndarray:
+        """bool (N,): the images deduplication keeps (greedy in index order, :func:`greedy_keep`)."""
+        return greedy_keep(self.n, self.edges.pairs)
+
     def keep_indices(self) -> np.ndarray:
-        """Indices kept by deduplication: every unique image and the first member of each group."""
-        drop = np.zeros(self.n, dtype=bool)
-        for g in self.groups:
-            drop[g[1:]] = True
-        return np.flatnonzero(~drop)
+        """Sorted int64 indices deduplication keeps: every image that no earlier kept image duplicates."""
+        return np.flatnonzero(self.keep_mask)
+
+    def removed_indices(self) -> np.ndarray:
+        """Sorted int64 indices deduplication removes; each has a kept near-duplicate (:meth:`duplicate_of`)."""
+        return np.flatnonzero(~self.keep_mask)
+
+    def duplicate_of(self) -> np.ndarray:
+        """int64 (N,): for a removed image, its most similar kept near-duplicate; -1 for a kept image."""
+        return kept_partner(self.keep_mask, self.edges)
 
     def result_fields(self, keys: list[str]) -> dict[str, Any]:
-        """The command's own ``result.json`` fields (``groups``, per-image counts, totals)."""
+        """The command's own ``result.json`` fields (``groups`` with the members each keeps, per-image
+        counts, totals; ``n_removed`` counts the keep list's removals, not the group members)."""
         group_sim = _group_similarity(self.edges, self.groups)
+        keep = self.keep_mask
         return {
             "embedder": self.embedder,
             "threshold": self.threshold,
@@ -77,10 +107,12 @@ class DedupResult:
             "n_images": self.n,
             "n_groups": len(self.groups),
             "n_in_groups": int(sum(len(g) for g in self.groups)),
-            "n_removed": int(self.n - len(self.keep_indices())),
+            "keep_rule": KEEP_RULE,
+            "n_removed": int(self.n - keep.sum()),
             "n_edges": len(self.edges),
             "groups": [
-                {"members": g.tolist(), "keys": [keys[i] for i in g], "size": len(g), "min_edge_similarity": s}
+                {"members": g.tolist(), "keys": [keys[i] for i in g], "size": len(g), "kept": g[keep[g]].tolist(),
+                 "min_edge_similarity": s}
                 for g, s in zip(self.groups, group_sim)
             ],
             "duplicate_count": self.duplicate_count.tolist(),
@@ -148,14 +180,15 @@ def find_duplicates(
         threshold: similarity in [0, 1] at or above which two images are duplicates
             (default: the embedder's calibrated ``default_threshold``).
         index: ``flat`` (exact), ``ivf`` or ``hnsw`` (approximate, for millions of images).
-        k: neighbours per query for ``hnsw``.
-        nlist, nprobe: IVF cells and cells searched.
+        k: neighbours per query for ``hnsw`` (≥ 1).
+        nlist, nprobe: IVF cells (≥ 1; default 4·sqrt(N)) and cells searched (≥ 1).
         batch_size: images embedded / queried at once.
         seed: seed of the IVF k-means.
         base: precomputed plain embeddings (N, ...), e.g. from :func:`embed_all`.
         cache_dir: where :func:`embed_all` keeps its chunks.
     """
     th = float(embedder.default_threshold if threshold is None else threshold)
+    check_search_options(k=k, nlist=nlist, nprobe=nprobe)
     if not (-1.0 <= th <= 1.0):
         raise DiffauditError(f"--threshold must be a similarity in [-1, 1]; got {th}")
     n = len(images)
@@ -173,21 +206,26 @@ def find_duplicates(
                 search_edges(idx, v, ids, acc, metric=embedder.metric, dim=embedder.dim, threshold=th, kind=index, k=k)
             bar.advance(len(ids))
     edges = acc.result()
-    return DedupResult(n=n, threshold=th, edges=edges, groups=union_find_groups(n, edges.pairs),
+    del acc  # its copy of the edges
+    return DedupResult(n=n, threshold=th, edges=edges, groups=connected_groups(n, edges.pairs),
                        embedder=embedder.settings(), index=index)
 
 
 def write_keep_list(path: str | os.PathLike, dataset: ImageDataset, result: DedupResult) -> Path:
-    """``keep.json``: the keys and indices training keeps (``diffaudit train --dedup``) and those removed."""
-    keep = result.keep_indices()
-    removed = np.setdiff1d(np.arange(len(dataset)), keep)
+    """``keep.json``: the keys and indices training keeps (``diffaudit train --dedup``), those removed
+    (``removed_keys``, ``removed_indices``) and, aligned with them, the kept near-duplicate each removed
+    image was dropped for (``removed_duplicate_of``: keys)."""
+    keep, removed = result.keep_indices(), result.removed_indices()
+    partner = result.duplicate_of()[removed]
     return write_json_atomic(path, {
         "source": dataset.source,
         "n_dataset": len(dataset),
+        "keep_rule": KEEP_RULE,
         "keys": [dataset.keys[i] for i in keep],
         "indices": keep.tolist(),
         "removed_keys": [dataset.keys[i] for i in removed],
         "removed_indices": removed.tolist(),
+        "removed_duplicate_of": [dataset.keys[i] for i in partner],
     })
 
 
