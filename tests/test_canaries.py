@@ -183,6 +183,19 @@ def test_canaries_cli_end_to_end_on_tiny_model(tmp_path, capsys):
     # finished: a re-run returns at once
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out)["canaries"] == r["canaries"]
+    # a result of the earlier exposure definition (log2 n, the canary left out of |R|) is recomputed from
+    # the kept model and cached losses: every exposure rises by log2(9/8), nothing is retrained
+    old = json.loads((out / "result.json").read_text())
+    old["max_exposure"] = 3.0
+    for c in old["canaries"]:
+        c["exposure"] -= np.log2(9 / 8)
+    (out / "result.json").write_text(json.dumps(old))
+    weights = (out / "model" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    assert main(args) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["max_exposure"] == pytest.approx(np.log2(9))
+    assert [c["exposure"] for c in again["canaries"]] == pytest.approx([c["exposure"] for c in r["canaries"]])
+    assert (out / "model" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == weights
 
 
 def test_insert_canaries_shape_mismatch(digits):
