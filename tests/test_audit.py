@@ -96,13 +96,26 @@ def test_audit_of_an_existing_run_trains_the_shadows_it_asks_for(tmp_path, capsy
                  "--batch-size", "8", "--checkpoint-every", "30", "--n-samples", "16", "--sample-steps", "3", "--sweep", "",
                  "--device", "cpu", "--quiet", "--out", str(out)]) == 0
     assert sorted(p.name for p in (out / "models").glob("model-*")) == [f"model-{k:02d}" for k in range(4)]
+    # the shadows train like the target (its lr and warm-up), except for the options given here
+    shadow = json.loads((out / "models" / "model-01" / "train_config.json").read_text())
+    target = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert (shadow["lr"], shadow["warmup_steps"]) == (target["lr"], target["warmup_steps"]) == (2e-4, 100)
+    assert (shadow["steps"], shadow["batch_size"]) == (30, 8)
     mia = json.loads((out / "mia" / "result.json").read_text())
     assert mia["attack"] == "lira-fixed" and mia["target"]["mode"] == "model"
     assert json.loads((out / "result.json").read_text())["target"] == str(tmp_path / "run")
     # the same keys over other pixels (scaled to 16x16) are not the run's training data: refused at once
     assert main(["audit", *data, "--image-size", "16", "--model", str(tmp_path / "run"), "--n-samples", "16",
                  "--sample-steps", "3", "--sweep", "", "--device", "cpu", "--quiet", "--out", str(tmp_path / "other")]) == 2
-    assert "trained on other pixels" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "trained on other pixels" in err and f"(it was trained on --data {view})" in err
+    # a mistyped --model is named as missing, not as a run without a record
+    assert main(["audit", *data, "--model", str(tmp_path / "rnu"), "--quiet", "--out", str(tmp_path / "typo")]) == 2
+    assert f"--model {tmp_path / 'rnu'} does not exist" in capsys.readouterr().err
+    # training options train nothing when --model is audited without shadows: refused, not recorded
+    assert main(["audit", *data, "--model", str(tmp_path / "run"), "--steps", "100", "--lr", "0.01", "--quiet",
+                 "--out", str(tmp_path / "stray")]) == 2
+    assert "--lr, --steps: --model audits an existing run and trains nothing" in capsys.readouterr().err
     # a run trained on every image of --data leaves no unseen image: refused before any stage
     assert main(["audit", "--data", str(view), "--model", str(tmp_path / "run"), "--n-samples", "16", "--sample-steps", "3",
                  "--sweep", "", "--device", "cpu", "--quiet", "--out", str(tmp_path / "all")]) == 2
@@ -212,3 +225,23 @@ def test_audit_offers_every_membership_attack_of_mia():
     from diffaudit.cli.audit import MIA_ATTACKS
 
     assert MIA_ATTACKS == ATTACK_NAMES
+
+
+def test_outlier_line_is_withheld_for_an_attack_at_chance(tmp_path, capsys, monkeypatch):
+    """The terminal says what the report says: no outlier correlation for a guessing membership attack."""
+    import numpy as np
+
+    from diffaudit.cli.audit import outliers_stage
+    from diffaudit.data import load_dataset
+
+    monkeypatch.delenv("DIFFAUDIT_QUIET", raising=False)
+    data = load_dataset("digits", subset=40)
+    (tmp_path / "mia").mkdir()
+    scores = np.random.default_rng(0).normal(size=40)
+    np.savez(tmp_path / "mia" / "scores.npz", member=np.ones(40, bool), example_index=np.arange(40), score=scores)
+    for auc, ci, said in ((0.51, (0.40, 0.62), "no correlation reported: the membership attack is at chance (AUC 0.510)"),
+                          (0.90, (0.85, 0.95), "Spearman rho")):
+        (tmp_path / "mia" / "result.json").write_text(json.dumps({"auc": auc, "ci": {"auc": {"low": ci[0], "high": ci[1]}}}))
+        outliers_stage(tmp_path, data, 0)
+        err = capsys.readouterr().err
+        assert said in err and ("Spearman" in err) == (auc > 0.6)

@@ -59,6 +59,18 @@ def test_noise_identical_across_models_and_batches(images):
     assert not np.allclose(other, la)
 
 
+def test_losses_report_progress_off_a_terminal_and_keep_their_values(images, monkeypatch, capsys):
+    """The longest stage of a membership audit shows it is alive in a log (timed plain lines); the
+    progress bar changes no value."""
+    plain = per_example_loss(Recorder(0.3), images, timesteps=[100], n_draws=2, batch_size=5, noise_seed=3)
+    monkeypatch.delenv("DIFFAUDIT_QUIET", raising=False)
+    monkeypatch.setenv("DIFFAUDIT_PROGRESS_INTERVAL", "1e-9")
+    shown = per_example_loss(Recorder(0.3), images, timesteps=[100], n_draws=2, batch_size=5, noise_seed=3,
+                             progress="mia: losses of model-00")
+    np.testing.assert_array_equal(shown, plain)
+    assert "mia: losses of model-00: 12/12 (100%)" in capsys.readouterr().err
+
+
 def test_flip_query_reuses_the_draws_noise(images):
     r = Recorder(0.0)
     loss = per_example_loss(r, images, timesteps=[50, 300], n_draws=2, flips=True, noise_seed=0)

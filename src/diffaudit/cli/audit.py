@@ -42,7 +42,7 @@ DESCRIPTION = (
 MIA_ATTACKS = ("loss", "lira", "lira-offline", "lira-fixed", "lira-offline-fixed", "strong-lira", "strong-lira-fixed")
 
 # Options that never change results (left out of the audit's settings).
-_NOT_SETTINGS = {"config", "fresh", "quiet", "json", "command", "_run", "_argv", "redact"}
+_NOT_SETTINGS = {"config", "fresh", "quiet", "json", "command", "_run", "_argv", "_given", "redact"}
 #: Of those, the ones --config may set too (the others are command-line only: --fresh deletes --out).
 _CONFIG_MAY_SET = {"redact"}
 #: Options that --config may set but that are not compared on a resume (another spelling of the same
@@ -104,10 +104,14 @@ def _load_toml(path: str) -> dict[str, Any]:
 
 
 def apply_config(args: argparse.Namespace, argv: list[str]) -> argparse.Namespace:
-    """Options from ``--config`` for every option not given on the command line (the command line wins)."""
+    """Options from ``--config`` for every option not given on the command line (the command line wins).
+    ``args._given``: the options given on the command line or in the file."""
+    given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
+    args._given = set(given)
     if not args.config:
         return args
     cfg = _load_toml(args.config)
+    args._given |= set(cfg)
     actions = _audit_actions()
     unknown = sorted(k for k in cfg if k not in actions)
     if unknown:
@@ -116,7 +120,6 @@ def apply_config(args: argparse.Namespace, argv: list[str]) -> argparse.Namespac
     if cli_only:
         raise DiffauditError(f"--config {args.config}: {', '.join(cli_only)} may only be given on the command line "
                              f"(e.g. --{cli_only[0]}); remove it from the file")
-    given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
     for k, v in cfg.items():
         if k not in given:
             setattr(args, k, _config_value(actions[k], k, v, args.config))
@@ -165,7 +168,56 @@ def config_toml(settings: dict[str, Any]) -> str:
 
 
 def audit_settings(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_SETTINGS | _NOT_COMPARED}
+    """The options that shape the audit's results (recorded, compared on a resume, saved as config.toml).
+    A ``--model`` audit without shadows trains nothing: the training options are not among them."""
+    unused = training_options() if args.model and not args.shadows else set()
+    return {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_SETTINGS | _NOT_COMPARED | unused}
+
+
+def training_options() -> set[str]:
+    """Destinations of the options that only shape training (``add_train_options`` and ``--train-size``)."""
+    p = argparse.ArgumentParser()
+    add_train_options(p)
+    return {a.dest for a in p._actions if a.dest != "help"} | {"train_size"}
+
+
+def check_model_options(args: argparse.Namespace) -> None:
+    """With ``--model``: training options given (flag or --config) train nothing unless there are shadows,
+    and are refused; with shadows, those not given are the audited run's own (its train_config.json), so
+    the shadows are trained like the target, as LiRA assumes."""
+    given = getattr(args, "_given", set()) & training_options()
+    if not args.model:
+        return
+    if not args.shadows:
+        if given:
+            names = ", ".join("--" + k.replace("_", "-") for k in sorted(given))
+            raise DiffauditError(f"{names}: --model audits an existing run and trains nothing, so training options do "
+                                 "not apply; drop them (or add --shadows K to train shadow models with them)")
+        return
+    adopt_target_recipe(args, given)
+
+
+#: The training options a shadow copies from the audited run's train_config.json.
+RECIPE = ("preset", "steps", "batch_size", "lr", "warmup_steps", "grad_clip", "ema_decay", "flip", "class_conditional")
+
+
+def adopt_target_recipe(args: argparse.Namespace, given: set[str]) -> None:
+    """Set every :data:`RECIPE` option not ``given`` to the value ``--model`` was trained with, and say so."""
+    from diffaudit.core.io import read_json
+    from diffaudit.core.progress import stage_line
+
+    path = Path(args.model) / "train_config.json"
+    if not path.is_file():
+        stage_line(f"audit: {args.model} records no train_config.json: the shadows train with this command's training "
+                   "options, which may differ from how the target was trained")
+        return
+    recipe = read_json(path)
+    adopted = {k: recipe[k] for k in RECIPE if k not in given and k in recipe and recipe[k] != getattr(args, k)}
+    for k, v in adopted.items():
+        setattr(args, k, v)
+    if adopted:
+        stage_line("audit: the shadows train like --model (its train_config.json): "
+                   + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in adopted.items()) + "; options given here win")
 
 
 # --------------------------------------------------------------------------- stages
@@ -224,7 +276,9 @@ def outliers_stage(out: Path, data, seed: int) -> None:
     from diffaudit.core.io import make_private_dir
     from diffaudit.core.progress import stage_line
     from diffaudit.core.results import write_result
+    from diffaudit.core.io import read_json
     from diffaudit.defenses.outliers import outlier_exposure
+    from diffaudit.report.summary import at_chance
 
     z = np.load(out / "mia" / "scores.npz", allow_pickle=False)
     members = z["member"].astype(bool)
@@ -245,6 +299,10 @@ def outliers_stage(out: Path, data, seed: int) -> None:
     write_result(out / "outliers" / "result.json", "outliers", {"embedder": res["embedder"], "k": res["k"]},
                  {"seed": seed}, population="member", **res)
     corr = res["spearman"]
+    mia = read_json(out / "mia" / "result.json")
+    if at_chance(mia):  # as the report: the scores of a guessing attack correlate with nothing meaningful
+        stage_line(f"audit: outliers: no correlation reported: the membership attack is at chance (AUC {mia['auc']:.3f})")
+        return
     stage_line(f"audit: outliers: Spearman rho {corr['rho']:.3f} (p = {corr['pvalue']:.2g}) between outlier and "
                f"membership scores of {len(idx)} members")
 
@@ -347,6 +405,7 @@ def run(args: argparse.Namespace) -> int:
                              "example needs losses from the others both with and without it): pass --shadows K "
                              "(K even, the paper uses 16)")
     check_stage_values(args)
+    check_model_options(args)
     data = load_dataset(args.data, **data_options(args))  # before --out records anything: a typo costs nothing
     if args.class_conditional and data.labels is None:
         raise DiffauditError(f"--class-conditional needs labels, and {args.data} has none")
@@ -354,6 +413,10 @@ def run(args: argparse.Namespace) -> int:
         from diffaudit.models.run_record import read_dropped_duplicates
 
         _, trained = _target_members(args, Path(args.out) / "models", data)
+        if args.shadows and not 0.5 <= (len(data) / 2) / len(trained) <= 2:
+            stage_line(f"audit: each shadow trains on half of --data ({len(data) // 2:,} images) but --model trained on "
+                       f"{len(trained):,}: LiRA assumes shadows trained like the target, so give --data a pool about twice "
+                       "the target's training set (e.g. --subset)")
         unseen = set(data.keys) - set(trained) - set(read_dropped_duplicates(args.model) or ())
         if not unseen:  # the verify baseline and the membership attack need unseen images
             raise DiffauditError(

@@ -187,7 +187,8 @@ def _summary(r: dict[str, Any], out: Path) -> str:
         extra = f"; top: {top['prompt'][:60]!r} (clique {top['largest_clique']}, medoid {top['medoid']})" if top else ""
         return f"extract: {r['n_flagged']} of {r['n_prompts']} prompts flagged{extra} -> {out / 'result.json'}"
     sizes = ", ".join(str(g["size"]) for g in r["groups"][:10])
-    return f"extract: {r['n_groups']} cliques of near-identical generations (sizes {sizes or '-'}) -> {out / 'result.json'}"
+    found = f" (sizes {sizes})" if sizes else ""
+    return f"extract: {r['n_groups']} cliques of near-identical generations{found} -> {out / 'result.json'}"
 
 
 def run(args: argparse.Namespace) -> int:

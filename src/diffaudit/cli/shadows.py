@@ -87,6 +87,5 @@ def run(args: argparse.Namespace) -> int:
         n_models=len(models), n_columns=mem.n_models, n_examples=len(ds), membership="membership.npz",
         models=models, seconds_this_session=timer.seconds,
     )
-    emit(args, result, f"{len(runs)} shadow models in {out} (of {mem.n_models} columns); "
-                       f"attack them with `diffaudit mia --data {args.data} --shadows {out} --out MIA_OUT`")
+    emit(args, result, f"{len(runs)} shadow models in {out} (of the membership matrix's {mem.n_models} columns)")
     return 0

@@ -12,12 +12,14 @@ a member".
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from diffaudit.core.errors import DiffauditError, NonFiniteError
+from diffaudit.core.progress import progress_bar
 from diffaudit.core.seeds import counter_randn, derive_seed
 from diffaudit.data.dataset import to_model_space
 from diffaudit.models.denoiser import Denoiser, check_model_input
@@ -50,6 +52,7 @@ def per_example_loss(
     labels: np.ndarray | None = None,
     batch_size: int = 256,
     indices: Sequence[int] | None = None,
+    progress: str | None = None,
 ) -> np.ndarray:
     """Loss of every example at every timestep for every query.
 
@@ -63,6 +66,7 @@ def per_example_loss(
         labels: (N,) class indices for class-conditional models.
         batch_size: examples per forward pass.
         indices: the examples' indices in their dataset (seed ε); default 0..N-1.
+        progress: a progress bar with this description (examples done, rate, ETA); None: none.
 
     Returns:
         float64 (N, len(timesteps), n_draws * (2 if flips else 1)); query q = draw * n_flip + flip.
@@ -86,29 +90,38 @@ def per_example_loss(
         raise DiffauditError("n_draws must be at least 1")
     if batch_size < 1:
         raise DiffauditError(f"batch_size must be at least 1; got {batch_size}")
-    a_bar = denoiser.alphas_cumprod
     n_flip = 2 if flips else 1
     out = np.empty((n, len(ts), n_draws * n_flip), dtype=np.float64)
-    dev = denoiser.device
-    for start in range(0, n, batch_size):
-        sl = slice(start, min(n, start + batch_size))
-        x0 = to_model_space(images[sl]).to(dev)
-        lab = None if labels is None else torch.as_tensor(np.asarray(labels)[sl], dtype=torch.long, device=dev)
-        keys = loss_noise_keys(idx[sl], noise_seed).to(dev)
-        for d in range(n_draws):
-            eps = counter_randn(keys, d, x0.shape[1:])
-            for f in range(n_flip):
-                x = x0.flip(-1) if f else x0
-                for j, t in enumerate(ts):
-                    ab = float(a_bar[t])
-                    x_t = (ab ** 0.5) * x + ((1 - ab) ** 0.5) * eps
-                    tt = torch.full((x.shape[0],), t, dtype=torch.long, device=dev)
-                    pred = denoiser(x_t, tt, lab)
-                    val = (eps - pred).pow(2).flatten(1).mean(1).double().cpu().numpy()
-                    if not np.isfinite(val).all():
-                        raise NonFiniteError(
-                            f"the model returned non-finite values at t={t} for examples {start}..{sl.stop - 1}; "
-                            "check the weights (diverged training?)"
-                        )
-                    out[sl, j, d * n_flip + f] = val
+    with progress_bar(progress, n, unit="img") if progress else contextlib.nullcontext() as bar:
+        for start in range(0, n, batch_size):
+            _loss_batch(denoiser, images, labels, idx, out, start, min(n, start + batch_size), ts=ts, n_draws=n_draws,
+                        n_flip=n_flip, noise_seed=noise_seed)
+            if bar is not None:
+                bar.advance(min(n, start + batch_size) - start)
     return out
+
+
+def _loss_batch(denoiser: Denoiser, images: np.ndarray, labels, idx: np.ndarray, out: np.ndarray, start: int, stop: int,
+                *, ts: list[int], n_draws: int, n_flip: int, noise_seed: int) -> None:
+    """Fill ``out[start:stop]`` (see :func:`per_example_loss`) with the losses of one batch of examples."""
+    a_bar, dev = denoiser.alphas_cumprod, denoiser.device
+    sl = slice(start, stop)
+    x0 = to_model_space(images[sl]).to(dev)
+    lab = None if labels is None else torch.as_tensor(np.asarray(labels)[sl], dtype=torch.long, device=dev)
+    keys = loss_noise_keys(idx[sl], noise_seed).to(dev)
+    for d in range(n_draws):
+        eps = counter_randn(keys, d, x0.shape[1:])
+        for f in range(n_flip):
+            x = x0.flip(-1) if f else x0
+            for j, t in enumerate(ts):
+                ab = float(a_bar[t])
+                x_t = (ab ** 0.5) * x + ((1 - ab) ** 0.5) * eps
+                tt = torch.full((x.shape[0],), t, dtype=torch.long, device=dev)
+                pred = denoiser(x_t, tt, lab)
+                val = (eps - pred).pow(2).flatten(1).mean(1).double().cpu().numpy()
+                if not np.isfinite(val).all():
+                    raise NonFiniteError(
+                        f"the model returned non-finite values at t={t} for examples {start}..{stop - 1}; "
+                        "check the weights (diverged training?)"
+                    )
+                out[sl, j, d * n_flip + f] = val

@@ -43,6 +43,8 @@ def read_train_keys(run_dir: str | Path, what: str = "--model") -> list[str]:
     or holds no ``keys`` list.
     """
     path = Path(run_dir) / TRAIN_IDS
+    if not Path(run_dir).exists():
+        raise DiffauditError(f"{what} {run_dir} does not exist")
     if not path.is_file():
         raise DiffauditError(f"{what} {run_dir}: no {TRAIN_IDS}, so its training set is unknown "
                              "(train it with `diffaudit train` or `diffaudit shadows`)")
@@ -67,6 +69,19 @@ def read_dropped_duplicates(run_dir: str | Path) -> list[str] | None:
     if not keep_list:
         return []
     return _key_list(Path(keep_list), "removed_keys") if Path(keep_list).is_file() else None
+
+
+def trained_data_text(run_dir: str | Path) -> str:
+    """`` (it was trained on --data cifar10 --image-size 16 --subset 2000)`` from the run's settings, "" when
+    they do not say (a diffusers folder, or data passed in memory)."""
+    settings = _json_field(Path(run_dir) / "settings.json", "settings") if (Path(run_dir) / "settings.json").is_file() else None
+    data = settings.get("data") if isinstance(settings, dict) else None
+    if not isinstance(data, dict) or not isinstance(data.get("spec"), str):
+        return ""
+    options = data.get("options") if isinstance(data.get("options"), dict) else {}
+    flags = "".join(f" --{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+                    for k, v in options.items() if v not in (None, False) and not (k == "subset_seed" and (not v or not options.get("subset"))))
+    return f" (it was trained on --data {data['spec']}{flags})"
 
 
 def _json_field(path: Path, name: str):
@@ -135,7 +150,7 @@ def check_trained_on(run_dir: str | Path, dataset: ImageDataset, what: str = "--
             return rows
         raise DiffauditError(f"{what} {run} trained on {len(unknown)} examples that are not in {dataset.source} "
                              f"(first: {unknown[0]!r}); give the --data it was trained on, with the same options")
-    advice = "give the --data it was trained on, with the same --image-size, --mode and other data options"
+    advice = "give the --data it was trained on, with the same --image-size, --mode and other data options" + trained_data_text(run)
     digests, combined = _recorded(run)
     if digests is not None:
         here = training_digests(dataset, rows)

@@ -514,7 +514,8 @@ def train(
         training_digests=training_digests(dataset, idx),
     )
     drop_checkpoints(run)
-    stage_line(f"train: {config.steps} steps on {len(idx)} images ({len(stream)} with repeats) -> {run}")
+    repeated = f" ({len(stream)} with repeats)" if len(stream) != len(idx) else ""
+    stage_line(f"train: {config.steps} steps on {len(idx)} images{repeated} -> {run}")
     return run
 
 

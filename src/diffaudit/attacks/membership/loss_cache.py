@@ -116,7 +116,8 @@ def cached_model_losses(
             labels = dataset.labels if den.num_classes is not None else None
             with Timer() as timer:
                 fresh = per_example_loss(den, dataset.images, timesteps=missing, n_draws=n_draws, flips=flips,
-                                         noise_seed=noise_seed, labels=labels, batch_size=batch_size)
+                                         noise_seed=noise_seed, labels=labels, batch_size=batch_size,
+                                         progress=f"mia: losses of {name}")
         for j, t in enumerate(missing):
             save_npy_atomic(folder / _file_name(t, n_draws, flips, noise_seed, precision), np.ascontiguousarray(fresh[:, j]))
             have[t] = fresh[:, j]
