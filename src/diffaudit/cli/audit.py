@@ -57,7 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--fresh", action="store_true", help="delete what --out holds and start over")
-    p.add_argument("--model", default=None, help="audit this run directory instead of training a target")
+    p.add_argument("--model", default=None,
+                   help="audit this run directory instead of training a target (training options then apply only to --shadows)")
     p.add_argument("--train-size", type=int, default=32,
                    help="without shadows: the target trains on this many seeded random examples; all others are non-members")
     add_train_options(p, steps=3000)
@@ -74,7 +75,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("membership inference")
     g.add_argument("--mia", choices=MIA_ATTACKS, default="loss",
                    help="attack; with few shadows (< 16) the -fixed variants (one global variance) are far stronger")
-    g.add_argument("--shadows", type=int, default=0, help="train K shadow models (even; LiRA needs 4 or more); the target is model 0")
+    g.add_argument("--shadows", type=int, default=0,
+                   help="train K shadow models on seeded random halves of --data (even; LiRA needs 4 or more); the target "
+                        "is model 0, or with --model that run, whose training options (train_config.json) the shadows "
+                        "copy unless given here")
     g.add_argument("--timesteps", default="100", help="attack timestep(s), comma-separated")
     g.add_argument("--sweep", default="10,50,100,200,300,500,1000", help="timestep sweep (paper Fig. 9); empty for none")
     g.add_argument("--draws", type=int, default=None, help="noise draws per example (strong-lira default 20)")
