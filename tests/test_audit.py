@@ -245,3 +245,12 @@ def test_outlier_line_is_withheld_for_an_attack_at_chance(tmp_path, capsys, monk
         outliers_stage(tmp_path, data, 0)
         err = capsys.readouterr().err
         assert said in err and ("Spearman" in err) == (auc > 0.6)
+
+
+def test_the_report_knows_the_audit_training_options():
+    """The report leaves a --model audit's training options out of its settings table by name; the
+    names are the audit's own (the report cannot import the CLI)."""
+    from diffaudit.cli.audit import training_options
+    from diffaudit.report.view_misc import AUDIT_TRAIN_OPTIONS
+
+    assert set(AUDIT_TRAIN_OPTIONS) == training_options()

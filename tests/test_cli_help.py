@@ -57,7 +57,7 @@ def test_plain_defaults_still_show_and_read_as_typed(helps):
     assert helps["mia"]["--timesteps"].endswith("(default: 100)")
     assert "default" not in helps["mia"]["--sweep"].split("clipped")[-1]  # empty: no sweep, nothing to show
     assert helps["extract"]["--fresh"] == "delete what --out holds and start over"
-    assert helps["compare"]["--labels"] == "column names, comma-separated (default: A,B)"
+    assert helps["compare"]["--labels"].endswith("(default: the two folders' names)")
 
 
 def test_formatter_rules_on_a_small_parser():

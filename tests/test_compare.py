@@ -14,12 +14,13 @@ from diffaudit.cli.compare import format_rows
 from diffaudit.defenses.compare import compare_summaries, metrics
 
 
-def _audit(root, extracted, tpr, auc, eps=None, data=None):
-    """A tiny audit-like folder: a verify and a mia result (``data``: the mia settings' data record)."""
+def _audit(root, extracted, tpr, auc, eps=None, data=None, ci=None):
+    """A tiny audit-like folder: a verify and a mia result (``data``: the mia settings' data record; ``ci``:
+    the mia result's confidence intervals)."""
     write_result(root / "verify" / "result.json", "verify", {"rule": "ratio"}, {}, unique_extracted=extracted,
                  n_samples=1000, extracted=[], rule="ratio")
     write_result(root / "mia" / "result.json", "mia", {} if data is None else {"data": data}, {}, attack="lira", auc=auc,
-                 tpr_at_fpr={"0.01": tpr, "0.001": tpr / 2}, n_members=50, n_nonmembers=50)
+                 tpr_at_fpr={"0.01": tpr, "0.001": tpr / 2}, n_members=50, n_nonmembers=50, **({"ci": ci} if ci else {}))
     if eps is not None:
         (root / "train").mkdir(parents=True)
         (root / "train" / "dp.json").write_text(json.dumps({"epsilon": eps, "delta": 1e-5}))
@@ -197,7 +198,7 @@ def test_compare_table_prints_tpr_as_percentages_and_json_as_fractions(tmp_path,
              for line in capsys.readouterr().out.splitlines()}
     assert lines["mia lira: TPR at 1% FPR"] == ["50.0%", "1.2%", "-48.8 pp"]
     assert lines["mia lira: TPR at 0.1% FPR"] == ["25.0%", "0.61%", "-24.4 pp"]
-    assert lines["mia lira: AUC"] == ["0.9", "0.6", "-0.3"] and lines["extraction: unique extracted"] == ["1280", "986", "-294"]
+    assert lines["mia lira: AUC"] == ["0.900", "0.600", "-0.300"] and lines["extraction: unique extracted"] == ["1280", "986", "-294"]
     assert main(["--json", "compare", str(a), str(b)]) == 0
     rows = {x["metric"]: x for x in json.loads(capsys.readouterr().out)["rows"]}
     assert rows["mia lira: TPR at 1% FPR"]["b"] == 0.0123
@@ -211,3 +212,79 @@ def test_a_reader_that_stops_early_ends_compare_quietly(tmp_path):
     proc.stdout.close()  # before the command, still importing, writes its table
     err = proc.stderr.read()
     assert proc.wait(timeout=60) == 1 and err == ""
+
+
+def test_folders_without_comparable_results_are_an_error(tmp_path, capsys):
+    """Two training runs hold none of what compare reads: an error naming both folders and what it reads,
+    not an empty table with status 0."""
+    for name in ("run-plain", "run-dedup"):
+        write_result(tmp_path / name / "result.json", "train", {}, {}, steps=600, n_train=1997)
+    assert main(["compare", str(tmp_path / "run-plain"), str(tmp_path / "run-dedup"), "--out", str(tmp_path / "cmp")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and not (tmp_path / "cmp").exists()
+    assert f"neither {tmp_path / 'run-plain'} (train) nor {tmp_path / 'run-dedup'} (train)" in captured.err
+    assert "compare reads an audit folder" in captured.err and "mia (membership inference)" in captured.err
+
+
+def test_columns_are_named_after_the_folders(tmp_path, capsys):
+    a, b = _audit(tmp_path / "audit-plain", 12, 0.5, 0.9), _audit(tmp_path / "audit-dedup", 3, 0.1, 0.6)
+    assert main(["compare", str(a), str(b)]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert [c.strip() for c in header.split("|")[1:5]] == ["metric", "audit-plain", "audit-dedup",
+                                                           "change (audit-dedup - audit-plain)"]
+    x, y = _audit(tmp_path / "x" / "audit", 1, 0.5, 0.9), _audit(tmp_path / "y" / "audit", 1, 0.5, 0.9)
+    assert main(["--json", "compare", str(x), str(y)]) == 0
+    assert json.loads(capsys.readouterr().out)["labels"] == ["x/audit", "y/audit"]
+    assert main(["--json", "compare", str(x), str(x)]) == 0
+    assert json.loads(capsys.readouterr().out)["labels"] == ["A", "B"]
+    assert main(["--json", "compare", str(x), str(y), "--labels", "plain,dedup"]) == 0
+    assert json.loads(capsys.readouterr().out)["labels"] == ["plain", "dedup"]
+
+
+def test_json_keeps_counts_as_integers(tmp_path, capsys):
+    a, b = _audit(tmp_path / "plain", 512, 0.5, 0.9), _audit(tmp_path / "dedup", 3, 0.1, 0.6)
+    assert main(["--json", "compare", str(a), str(b)]) == 0
+    text = capsys.readouterr().out
+    rows = {x["metric"]: x for x in json.loads(text)["rows"]}
+    count = rows["extraction: unique extracted"]
+    assert (count["a"], count["b"], count["change"]) == (512, 3, -509)
+    assert all(type(count[k]) is int for k in ("a", "b", "change")) and '"a": 512.0' not in text
+    assert type(rows["extraction: generations"]["a"]) is int and type(rows["mia lira: AUC"]["a"]) is float
+
+
+def _ci(auc, tpr, tpr_low):
+    """A mia result's intervals: AUC +- 0.012, TPR at 1% FPR from ``tpr_low`` to twice ``tpr``."""
+    return {"auc": {"low": auc - 0.012, "high": auc + 0.012, "level": 0.95},
+            "tpr_at_fpr": {"0.01": {"low": tpr_low, "high": 2 * tpr, "level": 0.95}}}
+
+
+def _table(capsys, a, b) -> dict[str, list[str]]:
+    """{metric: [a, b, change]} cells of `diffaudit compare A B`."""
+    assert main(["compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    return {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:5]] for line in out.splitlines() if "|" in line}
+
+
+def test_changes_print_at_the_values_precision_with_their_intervals(tmp_path, capsys):
+    """Two audits at chance: AUC 0.4976 and 0.4980, TPR 1.0000% and 1.0015%. The changes print at the values'
+    precision (no 0.0004355, no 0.0015 pp), the intervals beside the values, and the changes as within noise."""
+    a = _audit(tmp_path / "plain", 0, 0.010000, 0.4976, ci=_ci(0.4976, 0.010000, 0.0055))
+    b = _audit(tmp_path / "dedup", 0, 0.010015, 0.4980, ci=_ci(0.4980, 0.010015, 0.0065))
+    rows = _table(capsys, a, b)
+    assert rows["mia lira: AUC"] == ["0.498 [0.486, 0.510]", "0.498 [0.486, 0.510]", "0.000 (within noise)"]
+    assert rows["mia lira: TPR at 1% FPR"] == ["1.0% [0.55%, 2.0%]", "1.0% [0.65%, 2.0%]", "0.0 pp (within noise)"]
+    assert rows["mia lira: TPR at 0.1% FPR"] == ["0.5%", "0.5%", "0.0 pp"]  # no interval recorded: no flag
+    strong = _audit(tmp_path / "strong", 0, 0.25, 0.9, ci=_ci(0.9, 0.25, 0.2))
+    rows = _table(capsys, a, strong)
+    assert rows["mia lira: AUC"][2] == "+0.402" and rows["mia lira: TPR at 1% FPR"][2] == "+24.0 pp"
+    assert main(["--json", "compare", str(a), str(strong)]) == 0
+    auc = {x["metric"]: x for x in json.loads(capsys.readouterr().out)["rows"]}["mia lira: AUC"]
+    assert auc["a_ci"] == pytest.approx([0.4856, 0.5096]) and auc["within_noise"] is False
+
+
+def test_the_baseline_set_size_is_a_row():
+    a = {"extraction": {"unique_extracted": 0, "n_samples": 512, "baseline_unique_extracted": 0, "baseline_n_images": 2000}}
+    b = {"extraction": {"unique_extracted": 0, "n_samples": 512, "baseline_unique_extracted": 0, "baseline_n_images": 1997}}
+    rows = {r["metric"]: r for r in compare_summaries(a, b)}
+    assert rows["extraction: baseline set size"] == {"metric": "extraction: baseline set size", "a": 2000, "b": 1997, "change": -3}
+    assert "extraction: baseline set size" not in metrics({"extraction": {"unique_extracted": 1}})

@@ -68,7 +68,10 @@ def test_cli_fresh_on_a_user_folder_is_a_clear_error(tmp_path, capsys):
     mine = tmp_path / "thesis"
     mine.mkdir()
     (mine / "chapter1.tex").write_text("text")
-    code = main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(mine), "--fresh"])
+    from test_compare import _audit
+
+    a, b = _audit(tmp_path / "a", 3, 0.5, 0.9), _audit(tmp_path / "b", 1, 0.1, 0.6)
+    code = main(["compare", str(a), str(b), "--out", str(mine), "--fresh"])
     assert code == 2
     assert "deletes only folders diffaudit made" in capsys.readouterr().err
     assert os.listdir(mine) == ["chapter1.tex"]

@@ -481,7 +481,7 @@ def test_cli_report(audit, tmp_path, capsys):
         _cli([str(tmp_path / "nothing-here")])
     # Default: report.html and summary.json inside the result folder, and a human line.
     assert _cli([str(audit / "verify")]) == 0
-    assert "3 training images extracted from 20 samples (false-positive baseline: 1 among 1,000 never-seen images, p = 5.1e-06)" in capsys.readouterr().out
+    assert "3 training images extracted from 20 generations (false-positive baseline: 1 among 1,000 never-seen images, p = 5.1e-06)" in capsys.readouterr().out
     assert (audit / "verify" / "report.html").exists() and (audit / "verify" / "summary.json").exists()
 
 

@@ -8,9 +8,11 @@ parsed, not grepped, where a number must be found in a given place.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from fractions import Fraction
+from html import unescape
 from pathlib import Path
 
 import pytest
@@ -229,3 +231,178 @@ def test_inpainting_auc_shows_its_targets(audit_html):
 def test_stage_setting_counts_carry_their_unit(audit_html):
     counts = re.findall(r'<span class="count">([^<]*)</span>', audit_html)
     assert len(counts) >= 8 and all(re.fullmatch(r"\d+ settings?", c) for c in counts), counts
+
+
+# --- 4. what the header counts, the timestep sweep's axes, and the model a --model audit audited
+
+#: The audit's own training options as `diffaudit audit` records them (its defaults).
+AUDIT_TRAIN_DEFAULTS = {"preset": "tiny", "steps": 3000, "batch_size": 32, "lr": 0.001, "warmup_steps": 50, "grad_clip": 1.0,
+                        "ema_decay": 0.999, "flip": False, "class_conditional": False, "checkpoint_every": 500,
+                        "log_every": None, "no_bf16": False, "compile": False, "train_size": 32}
+
+
+def _train_run(run: Path, *, dedup: bool = False, dp: dict | None = None) -> Path:
+    """A run directory the way `diffaudit train [--dedup KEEP]` writes it (settings nested under train,
+    unet, data), with `dropped_duplicates.json` for --dedup and a `dp` record for DP-SGD."""
+    data = {"spec": "cifar10", "options": {"image_size": 16, "center_crop": None, "subset": 2000, "subset_seed": 0,
+                                           "mode": None, "skip_bad": False, "cifar_root": None}}
+    if dedup:
+        data.update(dedup="dedup/keep.json", n_dropped_duplicates=3)
+        write_json_atomic(run / "dropped_duplicates.json", {"keep_list": "dedup/keep.json", "keys": ["ship_1", "cat_2", "dog_3"]})
+    settings = {"train": {"preset": "tiny", "steps": 600, "batch_size": 64, "lr": 0.0002, "warmup_steps": 100, "seed": 0},
+                "unet": {"sample_size": 16, "in_channels": 3}, "data": data}
+    write_json_atomic(run / "settings.json", {"command": "train", "settings": settings})
+    extra = {"dp": dp} if dp else {}
+    write_json_atomic(run / "result.json", _envelope("train", settings, {"seed": 0}, steps=600, n_parameters=164563,
+                                                     n_train=1997, n_stream=1997, final_loss=0.108, **extra))
+    (run / "loss_log.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1 / (1 + s)}) + "\n" for s in range(0, 600, 50)))
+    return run
+
+
+def _model_audit(root: Path, run: Path | None, *, shadows: int = 0, link: bool = True) -> Path:
+    """`diffaudit audit --data cifar10 --model run-dedup` run from ``root`` (paths recorded relative to it): its
+    result.json lists 4 stages; the folder also holds the outliers stage the audit adds."""
+    audit = root / "audit-dedup"
+    settings = {"data": "cifar10", "image_size": 16, "subset": None, "subset_seed": 0, "model": "run-dedup",
+                "shadows": shadows, "mia": "loss", "n_samples": 512, "seed": 0, **AUDIT_TRAIN_DEFAULTS}
+    write_json_atomic(audit / "result.json", _envelope("audit", settings, {"seed": 0}, stages=["sample", "extract", "verify", "mia"],
+                                                       target="run-dedup", n_train=1997, n_nonmembers=48000,
+                                                       n_excluded_duplicates=3))
+    if run is not None and link:
+        (audit / "models").mkdir()
+        (audit / "models" / "model-00").symlink_to(run.resolve(), target_is_directory=True)
+    write_json_atomic(audit / "extract" / "result.json", _envelope("extract", {"min_clique": 10}, {"seed": 0}, mode="unconditional",
+                                                                   groups=[], n_groups=0, n_samples=512))
+    write_json_atomic(audit / "verify" / "result.json", _envelope(
+        "verify", {"data": "audit-dedup/members.view.json", "rule": "ratio"}, {"seed": 0}, n_samples=512, n_train=1997,
+        rule="ratio", extracted=[], unique_extracted=0, baseline_unique_extracted=0,
+        baseline={"n_images": 1997, "equal_size": True, "extracted": []}))
+    write_json_atomic(audit / "mia" / "result.json", _envelope(
+        "mia", {"data": {"spec": "cifar10", "options": {"image_size": 16}}}, {"seed": 0}, attack="loss", auc=0.498,
+        tpr_at_fpr={"0.01": 0.0105, "0.001": 0.001}, n_members=1997, n_nonmembers=48000, n_excluded=3, timesteps=[100]))
+    write_json_atomic(audit / "outliers" / "result.json", _envelope("outliers", {"k": 1000}, {"seed": 0}, population="member",
+                                                                    k=1000, spearman={"rho": 0.01, "pvalue": 0.6, "n": 1997}))
+    return audit
+
+
+def _text(html: str) -> str:
+    return " ".join("".join(Page(html).text).split())
+
+
+def _facts(html: str) -> dict[str, str]:
+    """{label: text} of the Training section's table of the model's training record."""
+    return {k: unescape(v) for k, v in re.findall(r"<tr><th>([^<]*)</th><td>([^<]*)</td></tr>", _section(html, "training"))}
+
+
+def test_header_counts_the_stages_the_audit_ran(tmp_path):
+    """The audit lists 4 stages; the folder holds 5 result folders (outliers too) and, with the model found, a
+    sixth record: the header names the audit's stages, not a count of folders."""
+    root = _model_audit(tmp_path, _train_run(tmp_path / "run-dedup"))
+    assert build_summary(root)["audit_stages"] == ["sample", "extract", "verify", "mia"]
+    header = _text(render_html(root).split("</header>")[0])
+    assert "audit of 4 stages (sample, extract, verify, mia)" in header and "5 stages" not in header
+
+
+def test_header_without_a_stage_list_counts_result_folders(audit_html):
+    header = _text(audit_html.split("</header>")[0])
+    assert re.search(r"audit of \d+ result folders", header) and " stages" not in header
+
+
+def test_a_model_audit_reports_how_the_model_was_trained(tmp_path):
+    """`audit --model RUN` of a deduplicated run: the summary's model section holds the run's training record
+    (its options, data, and the --dedup keep list with the near-duplicates it dropped) and the report shows it."""
+    root = _model_audit(tmp_path, _train_run(tmp_path / "run-dedup", dedup=True))
+    model = build_summary(root)["model"]
+    assert model["path"] == "run-dedup"
+    assert (model["steps"], model["batch_size"], model["lr"], model["preset"], model["image_size"]) == (600, 64, 0.0002, "tiny", 16)
+    assert model["data"] == {"spec": "cifar10", "options": {"image_size": 16, "subset": 2000}} and model["n_train"] == 1997
+    assert model["dedup"] == {"keep_list": "dedup/keep.json", "n_dropped": 3} and model["dp"] is None
+    html = render_html(root)
+    assert "training" in Page(html).ids()
+    facts = _facts(html)
+    assert facts["training"] == "preset tiny, 600 steps, batch 64, learning rate 0.0002, 16×16 px"
+    assert facts["data"] == "--data cifar10 --image-size 16 --subset 2000, 1,997 training images"
+    assert facts["deduplicated"] == "yes: --dedup dedup/keep.json, 3 near-duplicates dropped from training"
+    assert facts["DP-SGD"] == "no" and facts["run"] == "run-dedup"
+
+
+def test_dropped_duplicates_are_counted_from_their_file_when_settings_do_not_say(tmp_path):
+    run = _train_run(tmp_path / "run-dedup", dedup=True)
+    result = json.loads((run / "result.json").read_text())
+    del result["settings"]["data"]["n_dropped_duplicates"]
+    write_json_atomic(run / "result.json", result)
+    assert build_summary(_model_audit(tmp_path, run))["model"]["dedup"] == {"keep_list": "dedup/keep.json", "n_dropped": 3}
+
+
+def test_a_dp_run_and_a_moved_audit_are_found(tmp_path):
+    """No models/model-00 link: the recorded --model path, next to the audit folder, is the run; its DP-SGD
+    record is in the summary and the report."""
+    dp = {"epsilon": 8.0, "delta": 1e-5, "noise_multiplier": 1.1, "max_grad_norm": 1.0, "accountant": "rdp", "steps": 600}
+    root = _model_audit(tmp_path, _train_run(tmp_path / "run-dedup", dp=dp), link=False)
+    model = build_summary(root)["model"]
+    assert model["dp"] == {"epsilon": 8.0, "delta": 1e-5, "noise_multiplier": 1.1, "max_grad_norm": 1.0, "accountant": "rdp"}
+    assert model["dedup"] is None
+    facts = _facts(render_html(root))
+    assert facts["DP-SGD"] == "ε = 8 at δ = 1e-05 (noise multiplier 1.1, clipping norm 1)"
+    assert facts["deduplicated"] == "no (trained without --dedup)"
+
+
+def test_a_model_without_a_training_record_says_so(tmp_path):
+    root = _model_audit(tmp_path, None)
+    assert build_summary(root)["model"] == {"path": "run-dedup"}
+    text = _text(_section(render_html(root), "training"))
+    assert "No training record found for the audited model run-dedup" in text
+
+
+def _settings_rows(html: str, stage: str) -> dict[str, str]:
+    """{key: value} of one stage's table in the Settings section."""
+    block = html.split(f"<summary>{stage} <span")[1].split("</details>")[0]
+    return dict(re.findall(r"<tr><th>([^<]*)</th><td><code>([^<]*)</code></td></tr>", block))
+
+
+def test_the_audits_training_options_are_not_shown_as_used_for_a_model_audit(tmp_path):
+    """--model without shadows trains nothing: the audit's training defaults (steps 3000, lr 0.001) are left
+    out of its settings table and named as not used; the run's own settings are its own table."""
+    run = _train_run(tmp_path / "run-dedup", dedup=True)
+    html = render_html(_model_audit(tmp_path, run))
+    rows = _settings_rows(html, "audit")
+    assert not set(AUDIT_TRAIN_DEFAULTS) & set(rows)
+    assert rows["training options"].startswith("not used: --model run-dedup was audited")
+    assert "steps" in rows["training options"] and rows["model"] == "run-dedup"
+    assert _settings_rows(html, "model")["train.steps"] == "600"
+    with_shadows = _settings_rows(render_html(_model_audit(tmp_path / "sh", run, shadows=4)), "audit")
+    assert with_shadows["steps"] == "3000" and "training options" not in with_shadows  # the shadows trained with them
+
+
+def test_the_baseline_card_names_the_excluded_near_duplicates(tmp_path):
+    root = _model_audit(tmp_path, _train_run(tmp_path / "run-dedup", dedup=True))
+    assert build_summary(root)["extraction"]["n_excluded_duplicates"] == 3
+    html = render_html(root)
+    assert ("extraction.n_excluded_duplicates", "3", "3") in Page(html).metrics
+    card = _text(html.split('class="vs">false-positive baseline:')[1].split("</div>\n      </div>")[0])
+    assert "3 near-duplicates the deduplicated model dropped left out of the baseline" in card
+
+
+def test_timestep_sweep_axes_do_not_magnify_chance():
+    """An attack at chance (AUC 0.490-0.498, TPR 0.85-1.2% at 1% FPR) must not fill the axes: the AUC axis
+    holds 0.5 and at least [0.45, 0.55], TPR is in percent from 0 to at least 3x chance, chance is drawn."""
+    from diffaudit.report.plots import timestep_sweep_figure
+
+    t = [10, 50, 100, 200, 300, 500, 999]
+    fig = timestep_sweep_figure([("loss", t, [0.497, 0.497, 0.498, 0.498, 0.498, 0.491, 0.490],
+                                  [0.012, 0.0085, 0.011, 0.012, 0.011, 0.012, 0.010])])
+    auc_ax, tpr_ax = fig.axes
+    lo, hi = auc_ax.get_ylim()
+    assert lo <= 0.45 and hi >= 0.55
+    tlo, thi = tpr_ax.get_ylim()
+    assert tlo == 0 and thi >= 3.0  # percent
+    assert "%" in tpr_ax.get_title() and tpr_ax.yaxis.get_major_formatter().format_data(1.0).endswith("%")
+
+    def dashed(ax):
+        return [float(line.get_ydata()[0]) for line in ax.get_lines() if line.get_linestyle() == "--"]
+
+    assert dashed(auc_ax) == [0.5] and dashed(tpr_ax) == [1.0]
+    tpr_points = next(line for line in tpr_ax.get_lines() if line.get_label() == "loss").get_ydata()
+    assert max(tpr_points) == pytest.approx(1.2)  # plotted in percent, like the tables
+    strong = timestep_sweep_figure([("loss", [10, 100], [0.3, 1.0], [0.0, 1.0])]).axes
+    assert strong[0].get_ylim()[0] <= 0.3 and 1.0 <= strong[0].get_ylim()[1] <= 1.02 and strong[1].get_ylim()[1] >= 100

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from diffaudit.cli.common import emit
@@ -20,9 +21,11 @@ HELP = "compare two audits side by side (extracted images, MIA TPR at FPR 0.01, 
 DESCRIPTION = (
     "Put two audit folders (or single command folders: verify, mia, canaries, dedup, ...) side by side: unique "
     "extracted training images, membership-inference AUC and TPR at 1% and 0.1% FPR, canaries extracted and their "
-    "exposure, the DP epsilon of the model, near-duplicate groups; change = B - A (TPR in percentage points, pp). Warns "
-    "when the folders were run on different datasets. Prints a table (or JSON with --json); with --out also writes "
-    "result.json there."
+    "exposure, the DP epsilon of the model, near-duplicate groups, the false-positive baseline's size; change = "
+    "second - first (TPR in percentage points, pp), flagged 'within noise' where both folders record confidence "
+    "intervals and they overlap. Columns are named after the folders unless --labels names them. Warns when the "
+    "folders were run on different datasets; two folders with none of these results are an error. Prints a table "
+    "(or JSON with --json); with --out also writes result.json there."
 )
 
 
@@ -30,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The two folders, ``--labels``, ``--out`` and ``--fresh``."""
     p.add_argument("audit_a", metavar="AUDIT_A", help="first audit or result folder (e.g. the undefended model)")
     p.add_argument("audit_b", metavar="AUDIT_B", help="second audit or result folder (e.g. after --dedup or DP-SGD)")
-    p.add_argument("--labels", default="A,B", help="column names, comma-separated")
+    p.add_argument("--labels", default=None,
+                   help="column names, comma-separated (default: the two folders' names)")
     p.add_argument("--out", default=None, help="also write result.json into this folder")
     p.add_argument("--fresh", action="store_true", help="empty --out first (result.json is rewritten on every run anyway)")
 
@@ -90,49 +94,119 @@ def dataset_warnings(a: dict[str, Any], b: dict[str, Any], labels: list[str]) ->
             f"{_describe(db, da)}: the changes may come from the data, not the models"]
 
 
-def _cell(metric: str, value: float | None, change: bool = False) -> str:
-    """A table cell: TPR as a percentage like the report's (a change in percentage points, pp), whole
-    numbers as integers, other numbers to 4 significant digits, a missing value as "-"."""
+def _pct_decimals(rate: float) -> int:
+    """The decimals :func:`~diffaudit.report.fmt.fmt_pct` shows for ``rate`` ("0.61%": 2)."""
+    text = fmt_pct(rate).removesuffix("%")
+    return 6 if "e" in text else len(text.partition(".")[2])
+
+
+def _kind(metric: str) -> str:
+    """How a metric's values print: ``auc`` (3 decimals), ``pct`` (a TPR, as a percentage) or ``num``."""
+    return "auc" if metric.endswith(": AUC") else "pct" if ": TPR at " in metric else "num"
+
+
+def _value(kind: str, value: float | int | None) -> str:
+    """A value as the report prints it: AUC to 3 decimals, TPR as a percentage, counts as integers,
+    other numbers to 4 significant digits, a missing value as "-"."""
     if value is None:
         return "-"
-    if ": TPR at " in metric and not change:
+    if kind == "auc":
+        return f"{value:.3f}"
+    if kind == "pct":
         return fmt_pct(value)
-    if ": TPR at " in metric:
-        return ("-" if value < 0 else "") + fmt_pct(abs(value)).removesuffix("%") + " pp"
-    return f"{int(value)}" if float(value).is_integer() and abs(value) < 1e12 else fmt(value, "auto")
+    return str(value) if isinstance(value, int) else fmt(value, "auto")
+
+
+def _cell(kind: str, value: float | int | None, ci: list[float] | None) -> str:
+    """A value with its confidence interval beside it, when recorded: ``0.497 [0.485, 0.509]``."""
+    text = _value(kind, value)
+    return text if ci is None or value is None else f"{text} [{_value(kind, ci[0])}, {_value(kind, ci[1])}]"
+
+
+def _signed(value: float, spec: str) -> str:
+    """``value`` formatted by ``spec`` with its sign; one that rounds to zero without a sign."""
+    text = format(value, "+" + spec)
+    return text[1:] if float(text) == 0 else text
+
+
+def _change(kind: str, row: dict[str, Any]) -> str:
+    """A row's change at the precision of its values (a TPR's in percentage points, pp, to the decimals
+    of the coarser of its two values), flagged
+    "(within noise)" when the two confidence intervals overlap."""
+    change = row["change"]
+    if change is None:
+        return "-"
+    if kind == "auc":
+        text = _signed(change, ".3f")
+    elif kind == "pct":
+        text = _signed(100 * change, f".{min(_pct_decimals(row['a']), _pct_decimals(row['b']))}f") + " pp"
+    else:
+        text = _signed(change, "d" if isinstance(change, int) else ".4g")
+    return text + (" (within noise)" if row.get("within_noise") else "")
 
 
 def format_rows(rows: list[dict[str, Any]], label_a: str, label_b: str) -> str:
-    """The rows of :func:`~diffaudit.defenses.compare.compare_summaries` as a Markdown pipe table."""
-    table = [["metric", label_a, label_b, "change (B - A)"]]
-    table += [[r["metric"], _cell(r["metric"], r["a"]), _cell(r["metric"], r["b"]), _cell(r["metric"], r["change"], True)]
-              for r in rows]
+    """The rows of :func:`~diffaudit.defenses.compare.compare_summaries` as a Markdown pipe table, with a
+    line that explains "within noise" when a row says it."""
+    table = [["metric", label_a, label_b, f"change ({label_b} - {label_a})"]]
+    for r in rows:
+        kind = _kind(r["metric"])
+        table.append([r["metric"], _cell(kind, r["a"], r.get("a_ci")), _cell(kind, r["b"], r.get("b_ci")), _change(kind, r)])
     widths = [max(len(cells[i]) for cells in table) for i in range(4)]
     table.insert(1, ["-" * w for w in widths])
-    return "\n".join("| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |" for cells in table)
+    text = "\n".join("| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |" for cells in table)
+    if any(r.get("within_noise") for r in rows):
+        text += "\n[low, high]: confidence intervals; within noise: they overlap, so the change may be sampling noise"
+    return text
 
 
-def run(args: argparse.Namespace) -> int:
-    """Compare the two folders: the table (or JSON) on stdout, a dataset warning on stderr."""
+def default_labels(audit_a: str, audit_b: str) -> list[str]:
+    """Column names for two folders: their last path components, the last two where those are equal
+    (``x/audit`` and ``y/audit``), and A, B for one folder given twice."""
+    pa, pb = Path(audit_a).resolve(), Path(audit_b).resolve()
+    for n in (1, 2):
+        la, lb = "/".join(pa.parts[-n:]), "/".join(pb.parts[-n:])
+        if la != lb:
+            return [la, lb]
+    return ["A", "B"]
+
+
+def _labels(args: argparse.Namespace) -> list[str]:
+    """``--labels`` as two names, or :func:`default_labels` of the two folders."""
+    if args.labels is None:
+        return default_labels(args.audit_a, args.audit_b)
     labels = [s.strip() for s in args.labels.split(",")]
     if len(labels) != 2 or not all(labels):
         raise DiffauditError(f"--labels needs two comma-separated names (e.g. plain,dedup); got {args.labels!r}")
+    return labels
+
+
+#: What compare reads, for the error when neither folder holds any of it.
+READS = ("an audit folder (`diffaudit audit --out`), or the result folder of verify (extraction), mia (membership "
+         "inference), canaries or dedup, or a DP-SGD run (its dp.json)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Compare the two folders: the table (or JSON) on stdout, a dataset warning on stderr.
+
+    Raises DiffauditError when neither folder holds a metric compare reads.
+    """
+    labels = _labels(args)
+    a, b = build_summary(args.audit_a), build_summary(args.audit_b)
+    rows = compare_summaries(a, b, dp_a=find_dp_record(args.audit_a), dp_b=find_dp_record(args.audit_b))
+    if not rows:
+        raise DiffauditError(f"nothing to compare: neither {args.audit_a} ({a.get('command')}) nor {args.audit_b} "
+                             f"({b.get('command')}) holds extraction, membership-inference, canary, DP or dedup results; "
+                             f"compare reads {READS}")
     settings = {"audit_a": str(args.audit_a), "audit_b": str(args.audit_b), "labels": labels}
     # Always recomputed (it only reads two folders' JSON): a result kept from an earlier run would be
     # stale once either folder's results change, and the settings hold only their paths.
     out = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)[0] if args.out else None
-    a, b = build_summary(args.audit_a), build_summary(args.audit_b)
-    rows = compare_summaries(a, b, dp_a=find_dp_record(args.audit_a), dp_b=find_dp_record(args.audit_b))
     warnings = dataset_warnings(a, b, labels)
     fields = {"labels": labels, "rows": rows, "a": {"path": str(args.audit_a), "command": a.get("command")},
               "b": {"path": str(args.audit_b), "command": b.get("command")}, "warnings": warnings}
     result = write_result(out / "result.json", NAME, settings, {}, **fields) if out else envelope(NAME, settings, {}, **fields)
     for warning in warnings:
         print(f"diffaudit compare: warning: {warning}", file=sys.stderr)
-    table = format_rows(rows, *labels)
-    if not rows:
-        table += "\n(no comparable metric found in either folder)"
-    emit(args, result, table)
-    if not rows:
-        print("diffaudit compare: neither folder holds extraction, MIA, canary, DP or dedup results", file=sys.stderr)
+    emit(args, result, format_rows(rows, *labels))
     return 0

@@ -22,7 +22,8 @@ from diffaudit.report.results import load_results
 from diffaudit.report.summary import summarise
 from diffaudit.report.view_extraction import cliques, gallery, rule_text, verdict
 from diffaudit.report.view_mia import best_mia, mia_view
-from diffaudit.report.view_misc import canaries_view, inpainting_view, settings_view, training_view
+from diffaudit.report.view_misc import canaries_view, inpainting_view, settings_view
+from diffaudit.report.view_model import training_view
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 TEMPLATES = Path(__file__).parent / "templates"
@@ -76,7 +77,7 @@ def report_context(result_dir: str | os.PathLike, *, redact: bool = False) -> di
         "mia": mia_view(rs, summary),
         "inpainting": inpainting_view(rs, summary, redact=redact),
         "canaries": canaries_view(rs, summary),
-        "training": training_view(rs),
+        "training": training_view(rs, summary),
         "tables": settings_view(summary),
     }
 

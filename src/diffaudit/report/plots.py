@@ -71,28 +71,64 @@ def roc_loglog(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], *, min_fpr:
     return _png(fig)
 
 
-def timestep_sweep(sweeps: Sequence[tuple[str, Sequence[int], Sequence[float | None], Sequence[float | None]]]) -> bytes:
-    """AUC and TPR at 1% FPR over the timestep t: ``sweeps`` = [(label, t, auc, tpr_at_1pct), ...].
+#: The AUC axis of the timestep sweep spans at least this much around chance (0.5), so that noise
+#: about chance does not fill the axis and look like a peak.
+AUC_SPAN = (0.45, 0.55)
+#: The TPR axis (percent) reaches at least this multiple of chance (TPR = FPR).
+TPR_SPAN_OVER_CHANCE = 3.0
+SWEEP_FPR = 0.01
 
-    The paper's best zone (t in [50, 300]) is shaded. None values are skipped.
-    """
+
+def _values(sweep_column: Sequence[float | None], scale: float = 1.0) -> np.ndarray:
+    """A sweep's column as floats times ``scale``, None as NaN."""
+    return np.array([np.nan if v is None else float(v) * scale for v in sweep_column], dtype=float)
+
+
+def _limits(values: list[np.ndarray], floor: tuple[float, float], bounds: tuple[float, float], pad: float) -> tuple[float, float]:
+    """Axis limits that hold every finite value (with ``pad``) and at least ``floor``, clipped to ``bounds``."""
+    lo, hi = floor
+    data = np.concatenate([v[np.isfinite(v)] for v in values] + [np.empty(0)])
+    if data.size:
+        lo, hi = min(lo, float(data.min()) - pad), max(hi, float(data.max()) + pad)
+    return max(bounds[0], lo), min(bounds[1], hi)
+
+
+def timestep_sweep_figure(sweeps: Sequence[tuple[str, Sequence[int], Sequence[float | None], Sequence[float | None]]]):
+    """The matplotlib Figure of :func:`timestep_sweep` (nothing drawn to a file): the AUC axis holds
+    chance (0.5) and at least :data:`AUC_SPAN`; TPR is in percent from 0 to at least
+    :data:`TPR_SPAN_OVER_CHANCE` times chance; both panels draw chance as a dashed line."""
+    from matplotlib.ticker import PercentFormatter
+
     fig = _figure(8.0, 3.2)
     axes = fig.subplots(1, 2)
-    for ax, col, title in ((axes[0], 2, "AUC"), (axes[1], 3, "TPR at 1% FPR")):
+    chance_tpr = 100 * SWEEP_FPR
+    panels = ((axes[0], 2, "AUC", 1.0, 0.5, AUC_SPAN, (0.0, 1.01)),
+              (axes[1], 3, f"TPR at {chance_tpr:g}% FPR", 100.0, chance_tpr, (0.0, TPR_SPAN_OVER_CHANCE * chance_tpr), (0.0, 101.0)))
+    for ax, col, title, scale, chance, floor, bounds in panels:
         ax.axvspan(50, 300, color="#2a9d8f", alpha=0.08, label="t in [50, 300]")
+        ys = []
         for i, sweep in enumerate(sweeps):
-            t = np.asarray(sweep[1], dtype=float)
-            y = np.array([np.nan if v is None else float(v) for v in sweep[col]], dtype=float)
+            t, y = np.asarray(sweep[1], dtype=float), _values(sweep[col], scale)
             ok = np.isfinite(y)
+            ys.append(y)
             if ok.any():
                 ax.plot(t[ok], y[ok], "o-", color=PALETTE[i % len(PALETTE)], markersize=3.5, linewidth=1.4, label=sweep[0])
-        if col == 2:
-            ax.axhline(0.5, color="#888", linestyle="--", linewidth=0.8)
+        ax.axhline(chance, color="#888", linestyle="--", linewidth=0.8, label="chance")
+        ax.set_ylim(*_limits(ys, floor, bounds, pad=0.1 * (floor[1] - floor[0])))
         ax.set_xlabel("diffusion timestep t")
         ax.set_title(title, fontsize=10)
         _style(ax)
+    axes[1].yaxis.set_major_formatter(PercentFormatter(xmax=100))
     axes[0].legend(fontsize=8, frameon=False)
-    return _png(fig)
+    return fig
+
+
+def timestep_sweep(sweeps: Sequence[tuple[str, Sequence[int], Sequence[float | None], Sequence[float | None]]]) -> bytes:
+    """AUC and TPR at 1% FPR over the timestep t: ``sweeps`` = [(label, t, auc, tpr_at_1pct), ...], rates in [0, 1].
+
+    The paper's best zone (t in [50, 300]) is shaded; chance is a dashed line; None values are skipped.
+    """
+    return _png(timestep_sweep_figure(sweeps))
 
 
 def canary_curve(repeats: Sequence[int], exposure: Sequence[float | None], extracted: Sequence[bool]) -> bytes:

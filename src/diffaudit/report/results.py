@@ -82,10 +82,11 @@ class ResultSet:
         return found[0] if found else None
 
 
-def _read_result(path: Path) -> dict[str, Any] | None:
+def read_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None when the file is missing, unreadable or holds no object."""
     try:
         data = read_json(path)
-    except DiffauditError:
+    except (DiffauditError, OSError):
         return None
     return data if isinstance(data, dict) else None
 
@@ -113,11 +114,11 @@ def load_results(result_dir: str | Path) -> ResultSet:
     root = Path(result_dir)
     if not root.is_dir():
         raise DiffauditError(f"{root} is not a folder; give the output folder of `diffaudit audit` or of one command")
-    top = _read_result(root / RESULT_FILE) if (root / RESULT_FILE).exists() else None
+    top = read_object(root / RESULT_FILE) if (root / RESULT_FILE).exists() else None
     audit: dict[str, Any] = {}
     for name in AUDIT_FILES:
         if (root / name).exists():
-            data = _read_result(root / name)
+            data = read_object(root / name)
             if data:
                 audit = data
     if top is not None and _command_of(top, root) != "audit" and not audit:
@@ -131,21 +132,47 @@ def load_results(result_dir: str | Path) -> ResultSet:
         if (sub / "manifest.json").exists():
             rs.store_dirs.append(sub)
         if (sub / RESULT_FILE).exists():
-            data = _read_result(sub / RESULT_FILE)
+            data = read_object(sub / RESULT_FILE)
             if data is not None:
                 rs.stages.append(Stage(sub.name, _command_of(data, sub), sub, data))
-    # an audit without --model trains its target as model 0 of its `shadows` folder (models/model-00)
-    for st in [st for st in rs.stages if st.command == "shadows" and not rs.audit_settings.get("model")]:
-        target = st.path / "model-00"
-        data = _read_result(target / RESULT_FILE) if (target / RESULT_FILE).exists() else None
-        if data is not None and _command_of(data, target) == "train" and rs.first("train") is None:
-            rs.stages.append(Stage(f"{st.name}/model-00", "train", target, data))
+    _add_target_run(rs)
     if not rs.stages and not audit:
         raise DiffauditError(
             f"{root} holds no {RESULT_FILE} (nor stage folders with one); give the output folder of "
             "`diffaudit audit` or of one command (extract, verify, mia, inpaint, canaries, dedup)"
         )
     return rs
+
+
+def _target_runs(rs: ResultSet) -> list[tuple[str, Path]]:
+    """Where the training run of an audit's target may lie, as (stage name, folder), first first.
+
+    Without ``--model`` the audit trains its target as model 0 of its ``shadows`` folder
+    (``models/model-00``). With ``--model`` the target is that run: ``models/model-00`` when there
+    are no shadows (a link to it), then the recorded ``target`` and ``--model`` paths (relative to
+    the audit folder or its parent when the report runs elsewhere).
+    """
+    s = rs.audit_settings
+    if not s.get("model"):
+        return [(f"{st.name}/model-00", st.path / "model-00") for st in rs.of("shadows")]
+    found = [] if s.get("shadows") else [("model", rs.root / "models" / "model-00")]
+    for value in (rs.audit.get("target"), s.get("model")):
+        path = resolve_path(value, rs.root, rs.root.parent)
+        if path is not None:
+            found.append(("model", path))
+    return found
+
+
+def _add_target_run(rs: ResultSet) -> None:
+    """Add the target's training run (``result.json`` of ``train``) as a ``train`` stage, unless the audit
+    folder holds one already; nothing when no candidate of :func:`_target_runs` holds one."""
+    if rs.first("train") is not None:
+        return
+    for name, folder in _target_runs(rs):
+        data = read_object(folder / RESULT_FILE) if (folder / RESULT_FILE).is_file() else None
+        if data is not None and _command_of(data, folder) == "train":
+            rs.stages.append(Stage(name, "train", folder, data))
+            return
 
 
 def records(result: dict[str, Any], *required: str, preferred: tuple[str, ...] = ()) -> list[dict[str, Any]]:

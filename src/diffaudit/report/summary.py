@@ -1,12 +1,17 @@
 """``summary.json``: the audit's numbers in one file (issue 7).
 
 Fields: ``schema_version``, ``command`` (``audit`` or the single command summarised), ``dataset``,
-``model``, ``extraction`` {``unique_extracted``, ``n_samples``, ``rule``,
+``model`` {``path``, what its training run records: ``steps``, ``n_train``, ``final_loss``, ``preset``,
+``batch_size``, ``lr``, ..., ``image_size``, ``data`` {``spec``, ``options``}, ``dedup``
+{``keep_list``, ``n_dropped``} and ``dp`` {``epsilon``, ``delta``, ...} (null when not used)},
+``extraction`` {``unique_extracted``, ``n_samples``, ``rule``,
 ``baseline_unique_extracted``, ``baseline_n_images``, ``baseline_pvalue`` (the one-sided exact
-test of the two counts), ``prompt_checks_extracted`` (a ``--train-map`` check), ...},
+test of the two counts), ``n_excluded_duplicates`` (near-duplicates a deduplicated target dropped,
+left out of the baseline), ``prompt_checks_extracted`` (a ``--train-map`` check), ...},
 ``mia`` {attack: {``auc``, ``tpr_at_fpr``, ``ci``, ...}},
 ``inpainting``, ``canaries``, ``dedup``, ``outliers`` {``rho``, ..., ``attack_at_chance``},
-``settings`` and ``seeds`` (per stage), ``versions``.
+``stages`` (the result folders read), ``audit_stages`` (the stages the audit's result.json lists as
+run), ``settings`` and ``seeds`` (per stage), ``versions``.
 A section whose stage did not run is null. The HTML report renders from this dictionary, so the
 numbers a person reads are the numbers in the file.
 """
@@ -22,7 +27,7 @@ from typing import Any
 from diffaudit.core.io import write_json_atomic
 from diffaudit.core.results import SCHEMA_VERSION
 from diffaudit.report.images import data_spec
-from diffaudit.report.results import ResultSet, Stage, load_results, records
+from diffaudit.report.results import ResultSet, Stage, load_results, read_object, records
 
 ENVELOPE = ("schema_version", "command", "settings", "seeds", "versions")
 # A membership attack below this AUC (or whose AUC interval holds 0.5) is taken as guessing: what its
@@ -163,6 +168,9 @@ def _extraction(rs: ResultSet) -> dict[str, Any] | None:
         base_rec = r.get("baseline") if isinstance(r.get("baseline"), dict) else {}
         if base_rec.get("n_images") is not None:
             out["baseline_n_images"] = _int(base_rec.get("n_images"))
+        excluded = _int(rs.audit.get("n_excluded_duplicates"))
+        if excluded and out["baseline_unique_extracted"] is not None:  # a deduplicated --model: left out of the baseline
+            out["n_excluded_duplicates"] = excluded
         for k in ("delta", "alpha", "n_neighbors", "n_train"):
             if k in r or k in s:
                 out[k] = r.get(k, s.get(k))
@@ -330,7 +338,63 @@ def _scalars(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if k not in ENVELOPE and isinstance(v, (str, int, float, bool)) and v is not None}
 
 
+#: The training options of a run's record (``settings.train``, or flat in older records) that the
+#: summary's ``model`` section carries.
+TRAIN_FIELDS = ("preset", "steps", "batch_size", "lr", "warmup_steps", "ema_decay", "flip", "class_conditional")
+#: The fields of a DP-SGD run's ``dp.json`` (also ``dp`` in its result.json) that ``model.dp`` carries.
+DP_FIELDS = ("epsilon", "delta", "noise_multiplier", "max_grad_norm", "sample_rate", "accountant", "note")
+#: Written by ``diffaudit train --dedup`` (models.run_record.DROPPED_DUPLICATES, not imported: it pulls torch).
+DROPPED_DUPLICATES = "dropped_duplicates.json"
+
+
+def _training_data(train: Stage) -> dict[str, Any] | None:
+    """{"spec", "options"} of the data the run trained on (options that were set), None when not recorded."""
+    spec, opts = data_spec(train.settings)
+    if not spec:
+        return None
+    opts = {k: v for k, v in opts.items() if v not in (None, False) and not (k == "subset_seed" and not opts.get("subset"))}
+    return {"spec": spec, "options": opts}
+
+
+def _dedup_record(train: Stage) -> dict[str, Any] | None:
+    """{"keep_list", "n_dropped"} of a run trained with ``--dedup`` (the keep list as recorded, the
+    near-duplicates it dropped: ``n_dropped_duplicates`` of its settings, else the keys of its
+    ``dropped_duplicates.json``); None for a run trained without it."""
+    data = train.settings.get("data") if isinstance(train.settings.get("data"), dict) else {}
+    dropped = read_object(train.path / DROPPED_DUPLICATES) or {}
+    keep_list = data.get("dedup") or dropped.get("keep_list")
+    if not keep_list:
+        return None
+    n = _int(data.get("n_dropped_duplicates"))
+    if n is None and isinstance(dropped.get("keys"), list):
+        n = len(dropped["keys"])
+    return {"keep_list": keep_list, "n_dropped": n}
+
+
+def _dp_record(train: Stage) -> dict[str, Any] | None:
+    """The DP-SGD settings and guarantee of a run (its result's ``dp``, else its ``dp.json``); None without DP-SGD."""
+    dp = train.result.get("dp") if isinstance(train.result.get("dp"), dict) else (read_object(train.path / "dp.json") or {})
+    return {k: dp.get(k) for k in DP_FIELDS if k in dp} or None
+
+
+def _training_record(train: Stage) -> dict[str, Any]:
+    """What a training run records about how it trained: :data:`TRAIN_FIELDS`, ``image_size`` (the
+    UNet's, else the data option), ``data``, ``dedup`` and ``dp`` (None when not used)."""
+    s = train.settings
+    opts = s["train"] if isinstance(s.get("train"), dict) else s
+    out = {k: opts[k] for k in TRAIN_FIELDS if opts.get(k) is not None}
+    data = _training_data(train)
+    unet = s.get("unet") if isinstance(s.get("unet"), dict) else {}
+    size = unet.get("sample_size") or (data or {}).get("options", {}).get("image_size")
+    if size:
+        out["image_size"] = size
+    out.update(data=data, dedup=_dedup_record(train), dp=_dp_record(train))
+    return out
+
+
 def _model(rs: ResultSet) -> dict[str, Any] | None:
+    """The audited model: its path, and what its training run records (steps, parameters, training
+    images, final loss, options, data, deduplication, DP-SGD)."""
     train = rs.first("train")
     out: dict[str, Any] = {}
     for s in [rs.audit_settings] + [st.settings for st in rs.stages]:
@@ -340,10 +404,14 @@ def _model(rs: ResultSet) -> dict[str, Any] | None:
     if train is not None:
         out.setdefault("path", train.name)
         out.update(_scalars(train.result))
-        for k in ("preset", "image_size", "steps", "batch_size", "lr"):
-            if train.settings.get(k) is not None and k not in out:
-                out[k] = train.settings[k]
+        out.update({k: v for k, v in _training_record(train).items() if k not in out})
     return out or None
+
+
+def _audit_stages(rs: ResultSet) -> list[str] | None:
+    """The stages the audit's result.json lists as run (train, sample, extract, ...); None when it lists none."""
+    stages = rs.audit.get("stages")
+    return [str(x) for x in stages] if isinstance(stages, list) else None
 
 
 def summarise(rs: ResultSet) -> dict[str, Any]:
@@ -380,6 +448,7 @@ def summarise(rs: ResultSet) -> dict[str, Any]:
         "dedup": _dedup(rs),
         "outliers": _outliers(rs, mia, mia_keys),
         "stages": [{"name": st.name, "command": st.command} for st in rs.stages],
+        "audit_stages": _audit_stages(rs),
         "settings": settings,
         "seeds": seeds,
         "versions": versions,

@@ -1,4 +1,4 @@
-"""Report views of inpainting, canaries, training-set duplicates, the training run and settings."""
+"""Report views of inpainting, canaries and settings."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 from diffaudit.report import plots
 from diffaudit.report.fmt import flatten
 from diffaudit.report.images import data_uri, png_file_uri
-from diffaudit.report.results import ResultSet, read_jsonl, records, resolve_path
+from diffaudit.report.results import ResultSet, records, resolve_path
 
 MAX_GRIDS = 16
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -84,19 +84,33 @@ def canaries_view(rs: ResultSet, summary: dict[str, Any]) -> dict[str, Any] | No
     return {"summary": summary.get("canaries") or {}, "plot_uri": uri}
 
 
-def training_view(rs: ResultSet) -> dict[str, Any] | None:
-    st = rs.first("train")
-    if st is None:
-        return None
-    rows = read_jsonl(st.path / "loss_log.jsonl")
-    pts = [(r.get("step", i), r.get("loss")) for i, r in enumerate(rows) if isinstance(r.get("loss"), (int, float))]
-    uri = data_uri(plots.training_loss([p[0] for p in pts], [p[1] for p in pts])) if len(pts) > 1 else None
-    return {"loss_uri": uri, "n_points": len(pts), "final_loss": pts[-1][1] if pts else None}
+#: The audit's training options (``diffaudit audit``'s flags shared with ``train``, and ``--train-size``;
+#: cli.audit's training_options(), named here because the report does not import the CLI). They train
+#: the target and any shadows: with ``--model`` and no shadows nothing used them.
+AUDIT_TRAIN_OPTIONS = ("preset", "steps", "batch_size", "lr", "warmup_steps", "grad_clip", "ema_decay", "flip",
+                       "class_conditional", "checkpoint_every", "log_every", "no_bf16", "compile", "train_size")
+
+
+def audit_setting_rows(settings: dict[str, Any]) -> list[tuple[str, str]]:
+    """The rows of the audit's own settings; with ``--model`` and no shadows its training options, which
+    trained nothing, are left out and named in one row saying so."""
+    rows = flatten(settings)
+    if not settings.get("model") or settings.get("shadows"):
+        return rows
+    unused = [k for k, _ in rows if k in AUDIT_TRAIN_OPTIONS]
+    if not unused:
+        return rows
+    note = (f"not used: --model {settings['model']} was audited, so the audit trained nothing "
+            f"({', '.join(unused)}); the model's own training is under Training")
+    return [r for r in rows if r[0] not in AUDIT_TRAIN_OPTIONS] + [("training options", note)]
 
 
 def settings_view(summary: dict[str, Any]) -> dict[str, Any]:
+    """(stage, rows) of every stage's settings and seeds, and the versions; the audit's own settings
+    through :func:`audit_setting_rows`."""
+    settings = summary.get("settings") or {}
     return {
-        "settings": [(stage, flatten(s)) for stage, s in (summary.get("settings") or {}).items()],
+        "settings": [(stage, audit_setting_rows(s) if stage == "audit" else flatten(s)) for stage, s in settings.items()],
         "seeds": [(stage, flatten(s)) for stage, s in (summary.get("seeds") or {}).items() if s],
         "versions": flatten(summary.get("versions") or {}),
     }

@@ -1,0 +1,93 @@
+"""Report view of the audited model: how its training run trained it (options, data, deduplication,
+DP-SGD) and its loss curve, from the summary's ``model`` section and the run's ``loss_log.jsonl``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from diffaudit.report import plots
+from diffaudit.report.fmt import data_flags, fmt, fmt_int
+from diffaudit.report.images import data_uri
+from diffaudit.report.results import ResultSet, read_jsonl
+
+
+def _recipe(model: dict[str, Any]) -> str:
+    """The training options in words: "preset tiny, 600 steps, batch 64, learning rate 0.0002, 16×16 px"."""
+    parts = []
+    if model.get("preset") is not None:
+        parts.append(f"preset {model['preset']}")
+    if model.get("steps") is not None:
+        parts.append(f"{fmt_int(model['steps'])} steps")
+    if model.get("batch_size") is not None:
+        parts.append(f"batch {fmt_int(model['batch_size'])}")
+    if isinstance(model.get("lr"), (int, float)):
+        parts.append(f"learning rate {model['lr']:g}")
+    if model.get("image_size"):
+        parts.append(f"{model['image_size']}×{model['image_size']} px")
+    parts += [text for key, text in (("flip", "random flips"), ("class_conditional", "class-conditional")) if model.get(key)]
+    return ", ".join(parts)
+
+
+def _data_text(model: dict[str, Any]) -> str:
+    """``--data SPEC --OPTION V`` of the training data, with its number of training images."""
+    data = model.get("data") or {}
+    text = f"--data {data_flags(data['spec'], data.get('options'))}" if data.get("spec") else ""
+    if model.get("n_train") is not None:
+        text += f"{', ' if text else ''}{fmt_int(model['n_train'])} training images"
+    return text
+
+
+def _dedup_text(dedup: dict[str, Any] | None) -> str:
+    """A ``--dedup`` record in words; "no" for a run trained without it."""
+    if not dedup:
+        return "no (trained without --dedup)"
+    n = dedup.get("n_dropped")
+    dropped = "near-duplicates dropped (count not recorded)" if n is None else \
+        f"{fmt_int(n)} near-duplicate{'' if n == 1 else 's'} dropped from training"
+    return f"yes: --dedup {dedup.get('keep_list')}, {dropped}"
+
+
+def _dp_text(dp: dict[str, Any] | None) -> str:
+    """A DP-SGD record in words: ε at δ with the noise multiplier and clipping norm; "no" without DP-SGD."""
+    if not dp:
+        return "no"
+    if dp.get("epsilon") is None:
+        return "no noise: not private (ε infinite)"
+    extra = [f"{name} {fmt(dp[key], 'auto')}" for key, name in (("noise_multiplier", "noise multiplier"),
+                                                               ("max_grad_norm", "clipping norm")) if dp.get(key) is not None]
+    return f"ε = {fmt(dp['epsilon'], 'auto')} at δ = {fmt(dp.get('delta'), 'auto')}" + (f" ({', '.join(extra)})" if extra else "")
+
+
+def training_facts(model: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """(label, text) lines of the audited model's training record; deduplication and DP-SGD only when
+    the training run was found (its record says whether they were used)."""
+    if not model:
+        return []
+    facts = [("run", str(model["path"])) if model.get("path") else None,
+             ("training", _recipe(model)), ("data", _data_text(model))]
+    if "dedup" in model:
+        facts.append(("deduplicated", _dedup_text(model["dedup"])))
+    if "dp" in model:
+        facts.append(("DP-SGD", _dp_text(model["dp"])))
+    facts += [(name, fmt(model[key], "auto")) for key, name in (("n_parameters", "parameters"), ("final_loss", "final loss"))
+              if model.get(key) is not None]
+    return [f for f in facts if f and f[1]]
+
+
+def training_view(rs: ResultSet, summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The Training section: the model's training facts, its loss curve, and, in an audit, a note when
+    the run that trained the audited model was not found (a diffusers folder, or a run moved since).
+    None without a training run, outside an audit."""
+    st = rs.first("train")
+    model = summary.get("model")
+    if st is None and not (model and rs.command == "audit"):
+        return None
+    rows = read_jsonl(st.path / "loss_log.jsonl") if st is not None else []
+    pts = [(r.get("step", i), r.get("loss")) for i, r in enumerate(rows) if isinstance(r.get("loss"), (int, float))]
+    uri = data_uri(plots.training_loss([p[0] for p in pts], [p[1] for p in pts])) if len(pts) > 1 else None
+    note = None
+    if st is None:
+        note = (f"No training record found for the audited model {model.get('path')} (a diffusers folder, or a run "
+                "directory moved since the audit): how it was trained is not known here.")
+    return {"facts": training_facts(model), "loss_uri": uri, "n_points": len(pts),
+            "final_loss": pts[-1][1] if pts else None, "note": note}
