@@ -254,3 +254,24 @@ def test_the_report_knows_the_audit_training_options():
     from diffaudit.report.view_misc import AUDIT_TRAIN_OPTIONS
 
     assert set(AUDIT_TRAIN_OPTIONS) == training_options()
+
+
+def test_audit_of_a_class_conditional_run_samples_its_classes(tmp_path, capsys):
+    """--model decides how the audit samples: a class-conditional run is sampled per class without any
+    flag, and a --class-conditional that contradicts the run is refused."""
+    from diffaudit.data import load_dataset
+    from diffaudit.data.view import save_view
+
+    view = save_view(tmp_path / "half.view.json", "digits", {"subset": 40}, load_dataset("digits", subset=40).keys[:20])
+    assert main(["train", "--data", str(view), "--class-conditional", "--steps", "20", "--batch-size", "8",
+                 "--checkpoint-every", "20", "--device", "cpu", "--quiet", "--out", str(tmp_path / "run")]) == 0
+    audit = ["audit", "--data", "digits", "--subset", "40", "--n-samples", "20", "--sample-steps", "2", "--sweep", "",
+             "--device", "cpu", "--quiet"]
+    assert main(audit + ["--model", str(tmp_path / "run"), "--out", str(tmp_path / "a")]) == 0
+    sample = json.loads((tmp_path / "a" / "samples" / "result.json").read_text())
+    assert sample["n_prompts"] == 10 and sample["per_prompt"] == 2
+    assert main(["train", "--data", str(view), "--steps", "20", "--batch-size", "8", "--checkpoint-every", "20",
+                 "--device", "cpu", "--quiet", "--out", str(tmp_path / "plain")]) == 0
+    capsys.readouterr()
+    assert main(audit + ["--model", str(tmp_path / "plain"), "--class-conditional", "--out", str(tmp_path / "b")]) == 2
+    assert "is not class-conditional; leave the flag out" in capsys.readouterr().err

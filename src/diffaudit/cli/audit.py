@@ -179,19 +179,43 @@ def audit_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def training_options() -> set[str]:
-    """Destinations of the options that only shape training (``add_train_options`` and ``--train-size``)."""
+    """Destinations of the options that only shape training (``add_train_options`` and ``--train-size``;
+    not ``--class-conditional``, which also decides how the audit samples)."""
     p = argparse.ArgumentParser()
     add_train_options(p)
-    return {a.dest for a in p._actions if a.dest != "help"} | {"train_size"}
+    return {a.dest for a in p._actions if a.dest not in ("help", "class_conditional")} | {"train_size"}
+
+
+def model_is_conditional(model: str | Path) -> bool | None:
+    """Whether the run or diffusers folder ``model`` is class-conditional (its train_config.json, else its
+    UNet config's ``num_class_embeds``); None when neither says."""
+    from diffaudit.core.io import read_json
+
+    for path, read in ((Path(model) / "train_config.json", lambda c: c.get("class_conditional")),
+                       (Path(model) / "unet" / "config.json", lambda c: bool(c.get("num_class_embeds")))):
+        if path.is_file():
+            value = read(read_json(path))
+            if isinstance(value, bool):
+                return value
+    return None
 
 
 def check_model_options(args: argparse.Namespace) -> None:
     """With ``--model``: training options given (flag or --config) train nothing unless there are shadows,
     and are refused; with shadows, those not given are the audited run's own (its train_config.json), so
-    the shadows are trained like the target, as LiRA assumes."""
+    the shadows are trained like the target, as LiRA assumes. ``--class-conditional`` is the model's own
+    (it decides whether the audit samples per class); given against it, it is refused."""
     given = getattr(args, "_given", set()) & training_options()
     if not args.model:
         return
+    if not Path(args.model).exists():
+        raise DiffauditError(f"--model {args.model} does not exist")
+    conditional = model_is_conditional(args.model)
+    if conditional is not None:
+        if "class_conditional" in getattr(args, "_given", set()) and args.class_conditional != conditional:
+            raise DiffauditError(f"--class-conditional {'given' if args.class_conditional else 'off'}, but --model "
+                                 f"{args.model} is {'' if conditional else 'not '}class-conditional; leave the flag out")
+        args.class_conditional = conditional
     if not args.shadows:
         if given:
             names = ", ".join("--" + k.replace("_", "-") for k in sorted(given))
@@ -202,7 +226,7 @@ def check_model_options(args: argparse.Namespace) -> None:
 
 
 #: The training options a shadow copies from the audited run's train_config.json.
-RECIPE = ("preset", "steps", "batch_size", "lr", "warmup_steps", "grad_clip", "ema_decay", "flip", "class_conditional")
+RECIPE = ("preset", "steps", "batch_size", "lr", "warmup_steps", "grad_clip", "ema_decay", "flip")
 
 
 def adopt_target_recipe(args: argparse.Namespace, given: set[str]) -> None:

@@ -88,7 +88,7 @@ def canaries_view(rs: ResultSet, summary: dict[str, Any]) -> dict[str, Any] | No
 #: cli.audit's training_options(), named here because the report does not import the CLI). They train
 #: the target and any shadows: with ``--model`` and no shadows nothing used them.
 AUDIT_TRAIN_OPTIONS = ("preset", "steps", "batch_size", "lr", "warmup_steps", "grad_clip", "ema_decay", "flip",
-                       "class_conditional", "checkpoint_every", "log_every", "no_bf16", "compile", "train_size")
+                       "checkpoint_every", "log_every", "no_bf16", "compile", "train_size")
 
 
 def audit_setting_rows(settings: dict[str, Any]) -> list[tuple[str, str]]:
