@@ -81,6 +81,23 @@ def test_listing_keeps_where_images_lie_not_their_bytes(tmp_path, write_tar, enc
     assert load_dataset(gz).images.shape == (2, 4, 4, 3)
     open_files = [os.path.realpath(f"/proc/self/fd/{f}") for f in os.listdir("/proc/self/fd")]
     assert not [f for f in open_files if "diffaudit-shard-" in f]
+    # a shard replaced at its path (a new file, as an atomic rewrite makes it): a new listing reads the new
+    # pixels, never the old file through a kept descriptor; the old listing reads what it listed (through
+    # the descriptor it kept open) or, that one closed, is a bad image: never the new file's bytes
+    old = list_shards([plain], source="p.tar", skip_bad=False).entries
+    assert old[1].pixels().max() == 10
+    replacement = write_tar(tmp_path / "q.tar", sample_members(encode_image, ["a", "b"], start=20))
+    os.replace(replacement, plain)
+    assert list_shards([plain], source="p.tar", skip_bad=False).entries[1].pixels().max() == 210
+    try:
+        assert old[1].pixels().max() == 10
+    except DiffauditError as exc:
+        assert "has changed since it was listed" in str(exc)
+    os.replace(write_tar(tmp_path / "r.tar", sample_members(encode_image, ["a", "b"], start=5)), plain)
+    listed = list_shards([plain], source="p.tar", skip_bad=False).entries  # never read before the next replace
+    os.replace(write_tar(tmp_path / "s.tar", sample_members(encode_image, ["a", "b"], start=7)), plain)
+    with pytest.raises(DiffauditError, match="has changed since it was listed"):
+        listed[1].pixels()
     # a shard cut after it was listed: reading the image is a bad image that names it (skipped with skip_bad)
     entries = list_shards([plain], source="p.tar", skip_bad=False).entries
     plain.write_bytes(plain.read_bytes()[:600])

@@ -183,38 +183,54 @@ class Span(NamedTuple):
     """Where a member's bytes lie in an uncompressed shard: ``length`` bytes from ``offset``.
 
     Listing records spans instead of bytes, so a dataset's encoded images are never all held in
-    memory (they are read again, one at a time, when decoded)."""
+    memory (they are read again, one at a time, when decoded). ``stamp`` (:func:`file_stamp`) is the
+    shard as it was listed: a shard replaced or rewritten since is an error, never other pixels."""
 
     path: Path
     offset: int
     length: int
+    stamp: tuple[int, int, int, int]
 
     def read(self, fd: int | None = None) -> bytes:
-        """The member's bytes, read through ``fd`` when given (an open descriptor of ``path``), else
-        through the table of open shards; ``tarfile.ReadError`` when the shard has since been cut short."""
-        data = os.pread(fd, self.length, self.offset) if fd is not None else _OPEN_SHARDS.pread(self.path, self.length, self.offset)
+        """The member's bytes, read through ``fd`` when given (an open descriptor of the listed file),
+        else through the table of open shards; ``tarfile.ReadError`` when the shard has changed."""
+        data = os.pread(fd, self.length, self.offset) if fd is not None else _OPEN_SHARDS.pread(self)
         if len(data) != self.length:
             raise tarfile.ReadError(f"{self.path} ends inside a member (at byte {self.offset + len(data)})")
         return data
 
 
+def file_stamp(fd: int) -> tuple[int, int, int, int]:
+    """(device, inode, size, modification time in ns) of an open file: which file, and which version of it."""
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 class _OpenFiles:
     """The last ``size`` shards read from, kept open (reading 50,000 images from 5 shards opens 5
-    files, not 50,000); least recently used closed first. ``os.pread`` shares no file position, and a
-    lock guards the table, so threads may read at once."""
+    files, not 50,000); least recently used closed first. A shard is opened only while it is the file
+    it was when listed (same stamp), so a shard replaced at its path is never read through an old
+    descriptor, nor its new contents through old offsets. A lock guards the table (reads are
+    serialised)."""
 
     def __init__(self, size: int = 16):
         self.size, self._fds, self._lock = size, collections.OrderedDict(), threading.Lock()
 
-    def pread(self, path: Path, length: int, offset: int) -> bytes:
+    def pread(self, span: "Span") -> bytes:
+        key = span.stamp  # (device, inode, size, mtime): one version of one file
         with self._lock:
-            fd = self._fds.pop(path, None)
+            fd = self._fds.get(key)
             if fd is None:
-                fd = os.open(path, os.O_RDONLY)
+                fd = os.open(span.path, os.O_RDONLY)
+                if file_stamp(fd) != span.stamp:
+                    os.close(fd)
+                    raise tarfile.ReadError(f"{span.path} has changed since it was listed")
                 while len(self._fds) >= self.size:
                     os.close(self._fds.popitem(last=False)[1])
-            self._fds[path] = fd
-            return os.pread(fd, length, offset)
+                self._fds[key] = fd
+            else:
+                self._fds.move_to_end(key)
+            return os.pread(fd, span.length, span.offset)
 
 
 _OPEN_SHARDS = _OpenFiles()
@@ -251,7 +267,8 @@ def _plain_members(path: Path):
     end-of-archive marker. ``kind`` is ``file``, ``dir``, ``link`` or ``special``.
     """
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+        stamp = file_stamp(f.fileno())
+        size = stamp[2]
         if size == 0:
             raise tarfile.ReadError("empty file")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
@@ -285,7 +302,7 @@ def _plain_members(path: Path):
                 start = off + _BLOCK
                 if start + length > size:
                     raise tarfile.ReadError("unexpected end of data")
-                yield name.rstrip("/") if kind == "dir" else name, kind, Span(path, start, length) if kind == "file" else None
+                yield name.rstrip("/") if kind == "dir" else name, kind, Span(path, start, length, stamp) if kind == "file" else None
                 off = start + -(-length // _BLOCK) * _BLOCK
 
 
@@ -294,12 +311,13 @@ def _tarfile_members(path: Path):
     mode (pax/GNU headers), then the end-of-archive check; a GNU sparse member's data, which is not
     contiguous in the file, comes as bytes."""
     with open(path, "rb") as f:
+        stamp = file_stamp(f.fileno())
         with tarfile.open(fileobj=f, mode="r|") as tf:
             for member in tf:
                 if member.isreg() and member.issparse():
                     yield member.name, "file", tf.extractfile(member).read()
                 elif member.isreg():
-                    yield member.name, "file", Span(path, member.offset_data, member.size)
+                    yield member.name, "file", Span(path, member.offset_data, member.size, stamp)
                 elif member.isdir():
                     yield member.name, "dir", None
                 else:
@@ -345,6 +363,9 @@ def _resolve(samples: list, tar: Path, keep_spans: bool) -> None:
         return
     fd = os.open(tar, os.O_RDONLY)
     try:
+        listed = next(d.stamp for _, parts in samples for d in parts.values() if isinstance(d, Span))
+        if file_stamp(fd) != listed:
+            raise tarfile.ReadError(f"{tar} changed while it was being read")
         for _, parts in samples:
             for ext, data in parts.items():
                 if isinstance(data, Span) and (not keep_spans or ext in ("cls", "txt")):
