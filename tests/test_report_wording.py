@@ -155,7 +155,7 @@ def _section(html: str, name: str) -> str:
     return html[start:html.index("</section>", start)]
 
 
-@pytest.mark.parametrize("auc, ci", [(0.51, None), (0.59, (0.55, 0.63)), (0.7, (0.45, 0.9))])
+@pytest.mark.parametrize("auc, ci", [(0.51, None), (0.59, None), (0.52, (0.48, 0.56)), (0.7, (0.45, 0.9))])
 def test_outlier_correlation_of_an_attack_at_chance_is_not_a_finding(tmp_path, auc, ci):
     root = _outlier_audit(tmp_path, auc, ci)
     assert build_summary(root)["outliers"]["attack_at_chance"] is True
@@ -165,11 +165,13 @@ def test_outlier_correlation_of_an_attack_at_chance_is_not_a_finding(tmp_path, a
     assert "-0.454" not in text and "more exposed here" not in text and "Spearman correlation of" not in text
 
 
-def test_outlier_correlation_of_a_working_attack_is_reported(tmp_path):
+@pytest.mark.parametrize("auc, ci", [(0.9, (0.85, 0.95)), (0.58, (0.57, 0.59))])
+def test_outlier_correlation_of_a_working_attack_is_reported(tmp_path, auc, ci):
+    """An attack whose AUC interval excludes 0.5 is not guessing, however weak (0.58 [0.57, 0.59])."""
     assert CHANCE_AUC == 0.6
-    root = _outlier_audit(tmp_path, 0.9, (0.85, 0.95))
+    root = _outlier_audit(tmp_path, auc, ci)
     s = build_summary(root)["outliers"]
-    assert s["attack"] == "loss" and s["attack_auc"] == 0.9 and s["attack_at_chance"] is False
+    assert s["attack"] == "loss" and s["attack_auc"] == auc and s["attack_at_chance"] is False
     text = " ".join("".join(Page(_section(render_html(root), "outliers")).text).split())
     assert "-0.454" in text and "typical images are more exposed here" in text and "at chance" not in text
 

@@ -30,8 +30,8 @@ from diffaudit.report.images import data_spec
 from diffaudit.report.results import ResultSet, Stage, load_results, read_object, records
 
 ENVELOPE = ("schema_version", "command", "settings", "seeds", "versions")
-# A membership attack below this AUC (or whose AUC interval holds 0.5) is taken as guessing: what its
-# scores correlate with means nothing.
+# A membership attack whose AUC interval holds 0.5 is taken as guessing (what its scores correlate with
+# means nothing); without a recorded interval, one whose AUC is below this.
 CHANCE_AUC = 0.6
 
 
@@ -263,13 +263,15 @@ def _canaries(rs: ResultSet) -> dict[str, Any] | None:
 
 def at_chance(entry: dict[str, Any]) -> bool | None:
     """Whether a membership attack (a ``mia`` summary entry) is indistinguishable from guessing: its
-    AUC is below :data:`CHANCE_AUC` or its recorded confidence interval holds 0.5. None when the AUC
-    is not recorded."""
+    recorded AUC confidence interval holds 0.5 (AUC 0.58 [0.57, 0.59] is weak but not guessing), or,
+    without an interval, its AUC is below :data:`CHANCE_AUC`. None when the AUC is not recorded."""
     auc = entry.get("auc")
     if auc is None:
         return None
     ci = (entry.get("ci") or {}).get("auc")
-    return auc < CHANCE_AUC or bool(ci and ci["low"] <= 0.5 <= ci["high"])
+    if ci and ci.get("low") is not None and ci.get("high") is not None:
+        return bool(ci["low"] <= 0.5 <= ci["high"])
+    return auc < CHANCE_AUC
 
 
 def _scored_attack(mia_keys: dict[str, str]) -> str | None:
