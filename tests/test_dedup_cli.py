@@ -197,3 +197,26 @@ def test_dedup_cli_refuses_non_positive_search_options(tmp_path, tmp_npz, digits
     assert main(["dedup", "--data", str(data), "--out", str(out)] + argv) == 2
     assert f"{flag} must be a whole number of at least 1" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_membership_column_trained_with_dedup_records_only_copies_of_its_own_images(tmp_path, tmp_npz, digits):
+    """A shadow trains on its column of the keep list; the dropped near-duplicates it holds copies of are
+    those whose kept near-duplicate it trained on, not every image the keep list removed."""
+    from diffaudit.data import load_dataset
+    from diffaudit.data.membership import save_membership
+
+    data, _ = _planted_npz(tmp_npz, digits)
+    assert main(["--quiet", "dedup", "--data", str(data), "--out", str(tmp_path / "dd")]) == 0
+    keep = json.loads((tmp_path / "dd" / "keep.json").read_text())
+    partner = dict(zip(keep["removed_keys"], keep["removed_duplicate_of"]))
+    assert partner["npz:40"] == "npz:3" and partner["npz:41"] == "npz:7"
+    keys = load_dataset(str(data)).keys
+    column = np.zeros((len(keys), 2), bool)
+    column[:, 0] = [k not in ("npz:7", "npz:11") for k in keys]  # trains on #3, not on #7 or #11
+    column[:, 1] = ~column[:, 0]
+    save_membership(tmp_path / "m.npz", column, keys, 0)
+    assert main(["--quiet", "train", "--data", str(data), "--membership", str(tmp_path / "m.npz"), "--model-index", "0",
+                 "--dedup", str(tmp_path / "dd" / "keep.json"), "--steps", "2", "--batch-size", "8",
+                 "--checkpoint-every", "2", "--device", "cpu", "--out", str(tmp_path / "run")]) == 0
+    copies = json.loads((tmp_path / "run" / "dropped_duplicates.json").read_text())["keys"]
+    assert set(copies) == {k for k, p in partner.items() if p not in ("npz:7", "npz:11")} and "npz:40" in copies

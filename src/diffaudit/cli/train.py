@@ -144,10 +144,14 @@ def run(args: argparse.Namespace) -> int:
         indices = mem.column_indices(args.model_index)
         record.update(membership=str(args.membership), model_index=args.model_index)
     if args.dedup:
-        from diffaudit.defenses.dedup import keep_list_selection
+        from diffaudit.defenses.dedup import copies_of_trained, keep_list_selection
 
         keep, dropped = keep_list_selection(args.dedup, ds)
-        indices = keep if indices is None else np.intersect1d(indices, keep)
+        if indices is not None:  # a membership column: only the dropped copies of images it trains on are its copies
+            indices = np.intersect1d(indices, keep)
+            dropped_copies = copies_of_trained(args.dedup, ds, dropped, indices)
+        else:
+            indices, dropped_copies = keep, dropped
         record.update(dedup=str(args.dedup), n_dropped_duplicates=int(len(dropped)))
     repeats = read_repeats(args.repeat, ds) if args.repeat else None
     from diffaudit.defenses.dp_training import dp_config_from_args, train_dp
@@ -165,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
         from diffaudit.core.io import write_json_atomic
         from diffaudit.models.run_record import DROPPED_DUPLICATES
 
-        write_json_atomic(run_dir / DROPPED_DUPLICATES, {"keep_list": str(args.dedup), "keys": [ds.keys[i] for i in dropped]})
+        write_json_atomic(run_dir / DROPPED_DUPLICATES, {"keep_list": str(args.dedup),
+                                                         "keys": [ds.keys[i] for i in dropped_copies]})
     emit(args, read_json(run_dir / "result.json"), f"run directory: {run_dir}")
     return 0

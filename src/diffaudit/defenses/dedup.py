@@ -266,6 +266,24 @@ def keep_list_selection(path: str | os.PathLike, dataset: ImageDataset) -> tuple
     return np.setdiff1d(np.arange(len(dataset), dtype=np.int64), dropped), dropped
 
 
+def copies_of_trained(path: str | os.PathLike, dataset: ImageDataset, dropped: np.ndarray,
+                      trained: np.ndarray) -> np.ndarray:
+    """The ``dropped`` indices (sorted int64) whose kept near-duplicate is among ``trained``: the images
+    a model trained on ``trained`` holds copies of (a membership column intersected with the keep list
+    trains on fewer than the list keeps). Each dropped image is judged by the kept near-duplicate it was
+    dropped for (its most similar); a keep list without ``removed_duplicate_of`` (made before it was
+    recorded) gives every dropped index."""
+    rec = read_json(path)
+    partners = rec.get("removed_duplicate_of")
+    if not isinstance(partners, list) or len(partners) != len(rec.get("removed_keys") or []):
+        return np.asarray(dropped, dtype=np.int64)
+    pos = dataset.index_of()
+    trained_set = set(np.asarray(trained, dtype=np.int64).tolist())
+    copies = [pos[k] for k, partner in zip(rec["removed_keys"], partners)
+              if k in pos and partner in pos and pos[partner] in trained_set]
+    return np.asarray(sorted(copies), dtype=np.int64)
+
+
 def write_deduped_npz(path: str | os.PathLike, dataset: ImageDataset, keep: np.ndarray) -> Path:
     """The kept images as an ``.npz`` (``images``, optional ``labels``/``captions``, and the original ``keys``).
 
