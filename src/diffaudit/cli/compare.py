@@ -11,6 +11,7 @@ from diffaudit.cli.common import emit
 from diffaudit.core.outdir import prepare_out_dir
 from diffaudit.core.results import envelope, write_result
 from diffaudit.core.errors import DiffauditError
+from diffaudit.data.options import data_flags
 from diffaudit.defenses.compare import compare_summaries, find_dp_record
 from diffaudit.report.fmt import fmt, fmt_pct
 from diffaudit.report.images import DATA_OPTIONS
@@ -73,8 +74,8 @@ def dataset_of(summary: dict[str, Any]) -> dict[str, Any] | None:
 
 def _describe(data: dict[str, Any], other: dict[str, Any]) -> str:
     """``data``'s spec with the loader options that differ from ``other``'s, and its digest."""
-    opts = "".join(f" --{k.replace('_', '-')} {v}" for k, v in data["options"].items() if other["options"].get(k) != v)
-    return f"{data['spec']}{opts}" + (f" [data digest {data['digest']}]" if data["digest"] else "")
+    differing = {k: v for k, v in data["options"].items() if other["options"].get(k) != v}
+    return data_flags(data["spec"], differing) + (f" [data digest {data['digest']}]" if data["digest"] else "")
 
 
 def dataset_warnings(a: dict[str, Any], b: dict[str, Any], labels: list[str]) -> list[str]:

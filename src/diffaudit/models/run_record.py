@@ -24,6 +24,7 @@ from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import read_json
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.data.digest import dataset_digest
+from diffaudit.data.options import data_flags
 from diffaudit.models.denoiser import read_unet_config
 
 TRAIN_IDS = "train_ids.json"
@@ -79,9 +80,7 @@ def trained_data_text(run_dir: str | Path) -> str:
     if not isinstance(data, dict) or not isinstance(data.get("spec"), str):
         return ""
     options = data.get("options") if isinstance(data.get("options"), dict) else {}
-    flags = "".join(f" --{k.replace('_', '-')}" + ("" if v is True else f" {v}")
-                    for k, v in options.items() if v not in (None, False) and not (k == "subset_seed" and (not v or not options.get("subset"))))
-    return f" (it was trained on --data {data['spec']}{flags})"
+    return f" (it was trained on --data {data_flags(data['spec'], options)})"
 
 
 def _json_field(path: Path, name: str):

@@ -85,14 +85,6 @@ def fmt_ci(ci: Any, kind: str = "float") -> str:
     return f"{lvl}[{fmt(ci['low'], kind)}, {fmt(ci['high'], kind)}]"
 
 
-def data_flags(spec: Any, options: dict[str, Any] | None = None) -> str:
-    """A dataset as the flags that load it: ``cifar10 --image-size 16 --subset 2000`` (options that are
-    None or False left out; a true one is a bare flag)."""
-    flags = "".join(f" --{k.replace('_', '-')}" + ("" if v is True else f" {v}")
-                    for k, v in (options or {}).items() if v is not None and v is not False)
-    return f"{spec}{flags}"
-
-
 def flatten(d: Any, prefix: str = "", limit: int = 300) -> list[tuple[str, str]]:
     """Rows (dotted key, value text) of a nested settings dictionary; long values are shortened."""
     rows: list[tuple[str, str]] = []

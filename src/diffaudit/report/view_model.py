@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from diffaudit.report import plots
-from diffaudit.report.fmt import data_flags, fmt, fmt_int
+from diffaudit.data.options import data_flags
+from diffaudit.report.fmt import fmt, fmt_int
 from diffaudit.report.images import data_uri
 from diffaudit.report.results import ResultSet, read_jsonl
 
