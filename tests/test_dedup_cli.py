@@ -181,6 +181,12 @@ def test_dedup_cli_seed_is_a_setting_of_ivf_only(tmp_path, tmp_npz, digits, caps
     capsys.readouterr()
     assert main(flat + ["--seed", "7"]) == 0 and "already finished" in capsys.readouterr().out
     assert "seed" not in json.loads((tmp_path / "flat" / "settings.json").read_text())["settings"]
+    # an IVF folder finished before the seed was recorded: its result's seeds say which seed it ran with
+    record = json.loads((tmp_path / "ivf" / "settings.json").read_text())
+    del record["settings"]["seed"]
+    (tmp_path / "ivf" / "settings.json").write_text(json.dumps(record))
+    assert main(ivf + ["--seed", "7"]) == 2
+    assert main(ivf + ["--seed", "0"]) == 0 and "already finished" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv,flag", [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -75,3 +76,26 @@ def test_cli_fresh_on_a_user_folder_is_a_clear_error(tmp_path, capsys):
     assert code == 2
     assert "deletes only folders diffaudit made" in capsys.readouterr().err
     assert os.listdir(mine) == ["chapter1.tex"]
+
+
+def test_an_earlier_versions_settings_resume_through_the_commands_upgrade(tmp_path):
+    """A folder whose recorded settings differ only as an earlier version recorded the same work resumes
+    (and its settings file is rewritten); any other difference is still refused."""
+    from diffaudit.cli.audit import upgrade_settings as audit_upgrade, training_options
+    from diffaudit.cli.sample import upgrade_settings as sample_upgrade
+    from diffaudit.core.outdir import SettingsMismatchError
+
+    out = tmp_path / "a"
+    now = {"model": "run", "shadows": 0, "n_samples": 512}
+    earlier = {**now, "steps": 3000, "lr": 0.001, "train_size": 32}  # training options a --model audit never used
+    prepare_out_dir(out, "audit", earlier)
+    with pytest.raises(SettingsMismatchError, match="steps"):
+        prepare_out_dir(out, "audit", now)
+    assert prepare_out_dir(out, "audit", now, upgrade=audit_upgrade) == (out, True)
+    assert json.loads((out / "settings.json").read_text())["settings"] == now
+    with pytest.raises(SettingsMismatchError, match="n_samples"):
+        prepare_out_dir(out, "audit", {**now, "n_samples": 256}, upgrade=audit_upgrade)
+    with_shadows = {**earlier, "shadows": 4}  # shadows trained with them: kept
+    assert audit_upgrade(with_shadows) == with_shadows and {"steps", "lr", "train_size"} <= training_options()
+    assert sample_upgrade({"device_type": "cpu", "fast": True, "compile": True})["fast"] is False
+    assert sample_upgrade({"device_type": "cuda", "fast": True, "compile": False})["fast"] is True

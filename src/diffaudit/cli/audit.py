@@ -178,6 +178,14 @@ def audit_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_SETTINGS | _NOT_COMPARED | unused}
 
 
+def upgrade_settings(old: dict[str, Any]) -> dict[str, Any]:
+    """Settings of an earlier version read as today's: a ``--model`` audit without shadows recorded the
+    training options it never used."""
+    if old.get("model") and not old.get("shadows"):
+        return {k: v for k, v in old.items() if k not in training_options()}
+    return old
+
+
 def training_options() -> set[str]:
     """Destinations of the options that only shape training (``add_train_options`` and ``--train-size``;
     not ``--class-conditional``, which also decides how the audit samples)."""
@@ -454,7 +462,7 @@ def run(args: argparse.Namespace) -> int:
                 "--data that also holds held-out images, e.g. train it on `--data cifar10 --subset 25000` and audit "
                 "it with `--data cifar10`")
     settings = audit_settings(args)
-    out, _ = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
+    out, _ = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrade_settings)
     write_bytes_atomic(out / "config.toml", config_toml(settings).encode("utf-8"))
     t0 = time.perf_counter()
     # with --json the stages print nothing on stdout either: it holds the audit's JSON alone

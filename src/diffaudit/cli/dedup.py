@@ -74,6 +74,15 @@ def _seed_setting(args: argparse.Namespace) -> dict:
     return {"seed": args.seed} if args.index == "ivf" else {}
 
 
+def _upgrade_settings(old: dict, out: Path) -> dict:
+    """Settings of an earlier version read as today's: an IVF run did not record its seed; its result's
+    ``seeds`` did, when it finished (an unfinished one stays unmatched: its k-means seed is unknown)."""
+    if old.get("index") != "ivf" or "seed" in old or not (out / "result.json").exists():
+        return old
+    seed = (read_json(out / "result.json").get("seeds") or {}).get("seed")
+    return {**old, "seed": seed} if isinstance(seed, int) else old
+
+
 def _drop_stale_keep_list(out: Path) -> None:
     """A finished folder whose keep list an earlier rule chose (each group cut to its first member, which
     also removed images with no kept near-duplicate) is finished again: its result and keep list are
@@ -99,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
         "threshold": threshold, "index": args.index, "k": args.k, "nlist": args.nlist, "nprobe": args.nprobe,
         "batch_size": args.batch_size, **_seed_setting(args),
     }
-    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
+    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh,
+                                   upgrade=lambda old: _upgrade_settings(old, Path(args.out)))
     if resumed:
         _drop_stale_keep_list(out)
     if resumed and args.write_deduped and (out / "result.json").exists():

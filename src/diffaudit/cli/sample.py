@@ -79,6 +79,12 @@ def plan_prompts(args: argparse.Namespace, source) -> tuple[list[str | None], in
     return [None], n
 
 
+def upgrade_settings(old: dict) -> dict:
+    """Settings of an earlier version read as today's: off CUDA it recorded ``--fast``/``--compile`` as
+    given, though they did nothing there (:func:`fast_path_flags`)."""
+    return {**old, "fast": False, "compile": False} if old.get("device_type") != "cuda" else old
+
+
 def fast_path_flags(args: argparse.Namespace, device) -> tuple[bool, bool]:
     """(fast, compile) as they take effect on ``device``, which the settings record: ``--fast`` is a
     CUDA path, and ``--compile`` works only with it; each is said aloud where it does nothing."""
@@ -111,7 +117,8 @@ def sample_into(args: argparse.Namespace, model: str, out: str):
                 "device_type": device.type, "fast": fast, "compile": compile,
                 **source.settings()}
     store = SampleStore.create(out, settings=settings, prompts=prompts, per_prompt=per_prompt,
-                               image_shape=source.image_shape, shard_size=args.shard_size, fresh=args.fresh)
+                               image_shape=source.image_shape, shard_size=args.shard_size, fresh=args.fresh,
+                               upgrade=upgrade_settings)
     if getattr(args, "ray", None):
         from diffaudit.store.ray_fill import fill_store_ray
 

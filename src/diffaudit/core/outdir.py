@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from diffaudit.core.errors import DiffauditError, SettingsMismatchError
 from diffaudit.core.io import make_private_dir, read_json, remove_stale_temps, write_json_atomic
@@ -67,8 +67,13 @@ def remove_for_fresh(path: Path) -> None:
     shutil.rmtree(path)
 
 
-def prepare_out_dir(out: str | os.PathLike, command: str, settings: dict[str, Any], *, fresh: bool = False) -> tuple[Path, bool]:
+def prepare_out_dir(out: str | os.PathLike, command: str, settings: dict[str, Any], *, fresh: bool = False,
+                    upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> tuple[Path, bool]:
     """Create or reopen ``out`` for ``command`` with ``settings``.
+
+    ``upgrade``: the command's reading of settings an earlier version recorded (keys since dropped
+    because they never shaped the result, keys since added at the value the earlier version used);
+    a folder whose upgraded settings match is resumed, and its settings file rewritten.
 
     Returns ``(path, resumed)``; ``resumed`` is True when the folder held the same settings.
     Raises :class:`SettingsMismatchError` when it holds different ones.
@@ -86,7 +91,11 @@ def prepare_out_dir(out: str | os.PathLike, command: str, settings: dict[str, An
                 f"{path} holds the output of `diffaudit {old.get('command')}`, not `{command}`; "
                 "choose another --out or pass --fresh to start over"
             )
-        diffs = diff_settings(old.get("settings", {}), record["settings"])
+        recorded = old.get("settings", {})
+        diffs = diff_settings(recorded, record["settings"])
+        if diffs and upgrade is not None and not diff_settings(_normalise(upgrade(dict(recorded))), record["settings"]):
+            write_json_atomic(sfile, record)  # an earlier version's record of the same work
+            diffs = []
         if diffs:
             raise SettingsMismatchError(
                 f"{path} holds work made with other settings: {'; '.join(diffs[:5])}. "

@@ -64,14 +64,16 @@ class SampleStore:
     # -- opening --------------------------------------------------------------------------
     @classmethod
     def create(cls, path: str | Path, *, settings: dict[str, Any], prompts: list[str | None], per_prompt: int,
-               image_shape: tuple[int, int, int], shard_size: int, fresh: bool = False) -> "SampleStore":
-        """Create a store, or reopen one made with the same settings (resume)."""
+               image_shape: tuple[int, int, int], shard_size: int, fresh: bool = False,
+               upgrade=None) -> "SampleStore":
+        """Create a store, or reopen one made with the same settings (resume; ``upgrade``: see
+        :func:`~diffaudit.core.outdir.prepare_out_dir`)."""
         if per_prompt < 1 or not prompts:
             raise DiffauditError("nothing to generate: need at least one prompt and one image per prompt")
         if shard_size < 1:
             raise DiffauditError("--shard-size must be at least 1")
         full = {**settings, "prompts": prompts, "per_prompt": per_prompt, "shard_size": shard_size}
-        root, resumed = prepare_out_dir(path, "sample", full, fresh=fresh)
+        root, resumed = prepare_out_dir(path, "sample", full, fresh=fresh, upgrade=upgrade)
         total = len(prompts) * per_prompt
         manifest = {
             "schema_version": 1, "n_total": total, "per_prompt": per_prompt, "shard_size": shard_size,
