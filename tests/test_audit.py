@@ -218,6 +218,13 @@ def test_audit_of_a_deduplicated_run_leaves_its_dropped_duplicates_out_of_the_no
     scored = set(np.load(out / "mia" / "scores.npz")["id"].tolist())
     assert scored == set(keys) - set(dropped)
     assert "(4 near-duplicates the deduplicated model dropped left out: copies of its members)" in (out / "report.html").read_text()
+    # an audit whose mia stage ran before the exclusion (its result has no n_excluded) is not resumed as if excluded
+    record = json.loads((out / "mia" / "result.json").read_text())
+    del record["n_excluded"]
+    (out / "mia" / "result.json").write_text(json.dumps(record))
+    assert main(["audit", "--data", str(tmp_path / "pool.npz"), "--model", str(tmp_path / "run"), "--n-samples", "16",
+                 "--sample-steps", "3", "--sweep", "", "--device", "cpu", "--out", str(out)]) == 2
+    assert "ran before the near-duplicates run dropped were left out" in capsys.readouterr().err
 
 
 def test_audit_offers_every_membership_attack_of_mia():

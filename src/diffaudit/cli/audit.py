@@ -492,6 +492,11 @@ def run(args: argparse.Namespace) -> int:
     target, member_keys = _target_members(args, models, data)
     members = set(member_keys)
     excluded = _dropped_duplicates(target, data)
+    mia_done = out / "mia" / "result.json"
+    if excluded and mia_done.exists() and "n_excluded" not in read_json(mia_done):
+        raise DiffauditError(f"{out}: its verify and mia stages ran before the near-duplicates {target.name} dropped "
+                             "were left out of the non-members, so their baseline and non-members still hold them; "
+                             "re-run with --fresh")
     nonmember_keys = [k for k in data.keys if k not in members and k not in excluded]
     opts = {k: v for k, v in data_options(args).items() if v not in (None, False)}
     save_view(out / "members.view.json", args.data, opts, member_keys)
