@@ -406,7 +406,7 @@ def _dropped_duplicates(target: Path, data) -> set[str]:
     here, and out of the non-members by `mia` and `inpaint` themselves.
     """
     from diffaudit.core.progress import stage_line
-    from diffaudit.models.run_record import read_dropped_duplicates
+    from diffaudit.models.run_files import read_dropped_duplicates
 
     dropped = read_dropped_duplicates(target)
     if dropped is None:
@@ -446,7 +446,7 @@ def run(args: argparse.Namespace) -> int:
     if args.class_conditional and data.labels is None:
         raise DiffauditError(f"--class-conditional needs labels, and {args.data} has none")
     if args.model:
-        from diffaudit.models.run_record import read_dropped_duplicates
+        from diffaudit.models.run_files import read_dropped_duplicates
 
         _, trained = _target_members(args, Path(args.out) / "models", data)
         if args.shadows and not 0.5 <= (len(data) / 2) / len(trained) <= 2:

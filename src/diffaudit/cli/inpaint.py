@@ -258,7 +258,8 @@ def run(args: argparse.Namespace) -> int:
     from diffaudit.core.progress import progress_bar, stage_line
     from diffaudit.core.results import write_result
     from diffaudit.data import load_dataset
-    from diffaudit.models.run_record import check_trained_on, read_dropped_duplicates, read_train_keys
+    from diffaudit.models.run_files import read_dropped_duplicates
+    from diffaudit.models.run_record import check_trained_on, read_train_keys
     from diffaudit.sampling.masks import describe_mask, make_mask
 
     config = attack.InpaintAttackConfig(

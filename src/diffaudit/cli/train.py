@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
                         repeats=repeats, data_record=record, fresh=args.fresh)
     if args.dedup:  # what the run did not see but holds copies of: `audit` leaves these out of its non-members
         from diffaudit.core.io import write_json_atomic
-        from diffaudit.models.run_record import DROPPED_DUPLICATES
+        from diffaudit.models.run_files import DROPPED_DUPLICATES
 
         write_json_atomic(run_dir / DROPPED_DUPLICATES, {"keep_list": str(args.dedup),
                                                          "keys": [ds.keys[i] for i in dropped_copies]})

@@ -24,12 +24,10 @@ from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import read_json
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.data.digest import dataset_digest
-from diffaudit.data.options import data_flags
 from diffaudit.models.denoiser import read_unet_config
+from diffaudit.models.run_files import trained_data_text
 
 TRAIN_IDS = "train_ids.json"
-#: Written by ``diffaudit train --dedup``: the keys its keep list removed as near-duplicates.
-DROPPED_DUPLICATES = "dropped_duplicates.json"
 
 
 def has_train_ids(run_dir: str | Path) -> bool:
@@ -53,45 +51,6 @@ def read_train_keys(run_dir: str | Path, what: str = "--model") -> list[str]:
     if not isinstance(keys, list):
         raise DiffauditError(f"{path}: no `keys` list")
     return [str(k) for k in keys]
-
-
-def read_dropped_duplicates(run_dir: str | Path) -> list[str] | None:
-    """The keys a deduplicated run left out as near-duplicates of the examples it kept ([] for a run
-    trained without ``--dedup``; None when it was deduplicated but the record is unreadable).
-
-    Read from ``dropped_duplicates.json``; a run made before that file existed is read through the
-    keep list its settings name (``removed_keys``), when that file is still where it was.
-    """
-    run = Path(run_dir)
-    if (run / DROPPED_DUPLICATES).is_file():
-        return _key_list(run / DROPPED_DUPLICATES, "keys")
-    settings = _json_field(run / "settings.json", "settings") if (run / "settings.json").is_file() else None
-    keep_list = settings.get("data", {}).get("dedup") if isinstance(settings, dict) and isinstance(settings.get("data"), dict) else None
-    if not keep_list:
-        return []
-    return _key_list(Path(keep_list), "removed_keys") if Path(keep_list).is_file() else None
-
-
-def trained_data_text(run_dir: str | Path) -> str:
-    """`` (it was trained on --data cifar10 --image-size 16 --subset 2000)`` from the run's settings, "" when
-    they do not say (a diffusers folder, or data passed in memory)."""
-    settings = _json_field(Path(run_dir) / "settings.json", "settings") if (Path(run_dir) / "settings.json").is_file() else None
-    data = settings.get("data") if isinstance(settings, dict) else None
-    if not isinstance(data, dict) or not isinstance(data.get("spec"), str):
-        return ""
-    options = data.get("options") if isinstance(data.get("options"), dict) else {}
-    return f" (it was trained on --data {data_flags(data['spec'], options)})"
-
-
-def _json_field(path: Path, name: str):
-    """``path``'s JSON object's field ``name``; None where the file holds no object."""
-    value = read_json(path)
-    return value.get(name) if isinstance(value, dict) else None
-
-
-def _key_list(path: Path, name: str) -> list[str] | None:
-    keys = _json_field(path, name)
-    return [str(k) for k in keys] if isinstance(keys, list) else None
 
 
 def training_digests(dataset: ImageDataset, rows: Sequence[int]) -> dict[str, str | None]:

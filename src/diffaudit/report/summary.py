@@ -26,6 +26,7 @@ from typing import Any
 
 from diffaudit.core.io import write_json_atomic
 from diffaudit.core.results import SCHEMA_VERSION
+from diffaudit.models.run_files import DROPPED_DUPLICATES
 from diffaudit.report.images import data_spec
 from diffaudit.report.results import ResultSet, Stage, load_results, read_object, records
 
@@ -345,8 +346,6 @@ def _scalars(d: dict[str, Any]) -> dict[str, Any]:
 TRAIN_FIELDS = ("preset", "steps", "batch_size", "lr", "warmup_steps", "ema_decay", "flip", "class_conditional")
 #: The fields of a DP-SGD run's ``dp.json`` (also ``dp`` in its result.json) that ``model.dp`` carries.
 DP_FIELDS = ("epsilon", "delta", "noise_multiplier", "max_grad_norm", "sample_rate", "accountant", "note")
-#: Written by ``diffaudit train --dedup`` (models.run_record.DROPPED_DUPLICATES, not imported: it pulls torch).
-DROPPED_DUPLICATES = "dropped_duplicates.json"
 
 
 def _training_data(train: Stage) -> dict[str, Any] | None:

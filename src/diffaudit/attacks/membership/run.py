@@ -42,7 +42,8 @@ from diffaudit.core.errors import DiffauditError
 from diffaudit.core.progress import stage_line
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.models.digest import model_digest
-from diffaudit.models.run_record import check_trained_on, has_train_ids, read_dropped_duplicates
+from diffaudit.models.run_files import read_dropped_duplicates
+from diffaudit.models.run_record import check_trained_on, has_train_ids
 
 TARGET_MODES = ("leave-one-out", "shadow", "model")
 
