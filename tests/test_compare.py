@@ -10,7 +10,7 @@ import pytest
 
 from diffaudit.cli.main import main
 from diffaudit.core.results import write_result
-from diffaudit.cli.compare import format_rows
+from diffaudit.report.compare_table import format_rows
 from diffaudit.defenses.compare import compare_summaries, metrics
 
 

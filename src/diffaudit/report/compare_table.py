@@ -1,0 +1,144 @@
+"""Two audits side by side as a person reads them: the table of :func:`diffaudit.defenses.compare.compare_summaries`
+rows (values and changes at the values' precision, confidence intervals, a "within noise" mark), the
+folders' default labels, and a warning when the two were made on different datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from diffaudit.data.options import data_flags
+from diffaudit.report.fmt import fmt, fmt_pct
+from diffaudit.report.images import DATA_OPTIONS
+
+
+def _data_record(settings: dict[str, Any]) -> dict[str, Any] | None:
+    """{"spec", "options", "digest"} of the ``--data`` a command's settings record, in the forms commands
+    write: ``data: {spec, options, digest}`` (mia, shadows; inpaint's digest under ``digests``), ``data``
+    with ``data_options`` and ``data_digest`` (verify, dedup, canaries, prompts), ``data`` with the
+    options flat (audit). The digest is that of the loaded dataset (pixels, keys, labels), None where
+    not recorded."""
+    data = settings.get("data")
+    if isinstance(data, dict):
+        digests = settings.get("digests") if isinstance(settings.get("digests"), dict) else {}
+        spec, options, digest = data.get("spec"), data.get("options"), data.get("digest", digests.get("data"))
+    else:
+        spec, options, digest = data, settings.get("data_options", settings), settings.get("data_digest")
+    if not isinstance(spec, str) or not spec:
+        return None
+    options = {k: v for k, v in (options if isinstance(options, dict) else {}).items()
+               if k in DATA_OPTIONS and v is not None}
+    return {"spec": spec, "options": options, "digest": digest if isinstance(digest, str) else None}
+
+
+def dataset_of(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The dataset a folder's results were made on: the first ``--data`` its settings record (an audit's
+    own first), with the digest of the first stage that read that same data and recorded one. An
+    audit's verify stage reads only the target's training examples, so its digest never stands for
+    the dataset (nor do the training-set digests of a run: a deduplicated run trains on fewer)."""
+    records = [r for s in (summary.get("settings") or {}).values() if isinstance(s, dict) and (r := _data_record(s))]
+    if not records:
+        return None
+    first = records[0]
+    same = (r["digest"] for r in records if (r["spec"], r["options"]) == (first["spec"], first["options"]))
+    return {**first, "digest": next((d for d in same if d), None)}
+
+
+def _describe(data: dict[str, Any], other: dict[str, Any]) -> str:
+    """``data``'s spec with the loader options that differ from ``other``'s, and its digest."""
+    differing = {k: v for k, v in data["options"].items() if other["options"].get(k) != v}
+    return data_flags(data["spec"], differing) + (f" [data digest {data['digest']}]" if data["digest"] else "")
+
+
+def dataset_warnings(a: dict[str, Any], b: dict[str, Any], labels: list[str]) -> list[str]:
+    """A warning when summaries ``a`` and ``b`` were made on different datasets: other data digests where
+    both recorded one (the same data under two paths is the same), else another spec or loader options."""
+    da, db = dataset_of(a), dataset_of(b)
+    if da is None or db is None:
+        return []
+    if da["digest"] and db["digest"]:
+        differ = da["digest"] != db["digest"]
+    else:
+        differ = (da["spec"], da["options"]) != (db["spec"], db["options"])
+    if not differ:
+        return []
+    la, lb = labels
+    return [f"{la} and {lb} were made on different datasets, {la} on {_describe(da, db)} and {lb} on "
+            f"{_describe(db, da)}: the changes may come from the data, not the models"]
+
+
+def _pct_decimals(rate: float) -> int:
+    """The decimals :func:`~diffaudit.report.fmt.fmt_pct` shows for ``rate`` ("0.61%": 2)."""
+    text = fmt_pct(rate).removesuffix("%")
+    return 6 if "e" in text else len(text.partition(".")[2])
+
+
+def _kind(metric: str) -> str:
+    """How a metric's values print: ``auc`` (3 decimals), ``pct`` (a TPR, as a percentage) or ``num``."""
+    return "auc" if metric.endswith(": AUC") else "pct" if ": TPR at " in metric else "num"
+
+
+def _value(kind: str, value: float | int | None) -> str:
+    """A value as the report prints it: AUC to 3 decimals, TPR as a percentage, counts as integers,
+    other numbers to 4 significant digits, a missing value as "-"."""
+    if value is None:
+        return "-"
+    if kind == "auc":
+        return f"{value:.3f}"
+    if kind == "pct":
+        return fmt_pct(value)
+    return str(value) if isinstance(value, int) else fmt(value, "auto")
+
+
+def _cell(kind: str, value: float | int | None, ci: list[float] | None) -> str:
+    """A value with its confidence interval beside it, when recorded: ``0.497 [0.485, 0.509]``."""
+    text = _value(kind, value)
+    return text if ci is None or value is None else f"{text} [{_value(kind, ci[0])}, {_value(kind, ci[1])}]"
+
+
+def _signed(value: float, spec: str) -> str:
+    """``value`` formatted by ``spec`` with its sign; one that rounds to zero without a sign."""
+    text = format(value, "+" + spec)
+    return text[1:] if float(text) == 0 else text
+
+
+def _change(kind: str, row: dict[str, Any]) -> str:
+    """A row's change at the precision of its values (a TPR's in percentage points, pp, to the decimals
+    of the coarser of its two values), flagged
+    "(within noise)" when the two confidence intervals overlap."""
+    change = row["change"]
+    if change is None:
+        return "-"
+    if kind == "auc":
+        text = _signed(change, ".3f")
+    elif kind == "pct":
+        text = _signed(100 * change, f".{min(_pct_decimals(row['a']), _pct_decimals(row['b']))}f") + " pp"
+    else:
+        text = _signed(change, "d" if isinstance(change, int) else ".4g")
+    return text + (" (within noise)" if row.get("within_noise") else "")
+
+
+def format_rows(rows: list[dict[str, Any]], label_a: str, label_b: str) -> str:
+    """The rows of :func:`~diffaudit.defenses.compare.compare_summaries` as a Markdown pipe table, with a
+    line that explains "within noise" when a row says it."""
+    table = [["metric", label_a, label_b, f"change ({label_b} - {label_a})"]]
+    for r in rows:
+        kind = _kind(r["metric"])
+        table.append([r["metric"], _cell(kind, r["a"], r.get("a_ci")), _cell(kind, r["b"], r.get("b_ci")), _change(kind, r)])
+    widths = [max(len(cells[i]) for cells in table) for i in range(4)]
+    table.insert(1, ["-" * w for w in widths])
+    text = "\n".join("| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |" for cells in table)
+    if any(r.get("within_noise") for r in rows):
+        text += "\n[low, high]: confidence intervals; within noise: they overlap, so the change may be sampling noise"
+    return text
+
+
+def default_labels(audit_a: str, audit_b: str) -> list[str]:
+    """Column names for two folders: their last path components, the last two where those are equal
+    (``x/audit`` and ``y/audit``), and A, B for one folder given twice."""
+    pa, pb = Path(audit_a).resolve(), Path(audit_b).resolve()
+    for n in (1, 2):
+        la, lb = "/".join(pa.parts[-n:]), "/".join(pb.parts[-n:])
+        if la != lb:
+            return [la, lb]
+    return ["A", "B"]
