@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import asdict
-from pathlib import Path
 
 from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit, emit_finished
 from diffaudit.cli.train import add_train_options, train_config_from
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
-from diffaudit.core.io import read_json
 from diffaudit.core.outdir import prepare_out_dir
-from diffaudit.core.progress import stage_line
 from diffaudit.core.results import write_result
 from diffaudit.data import load_dataset
 from diffaudit.data.digest import dataset_digest
@@ -82,9 +79,7 @@ def run(args: argparse.Namespace) -> int:
                 # the pixels behind the paths (rewritten in place, they are other data)
                 "data_digest": dataset_digest(ds), "canary_pool_digest": None if pool is None else dataset_digest(pool)}
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
-    if resumed:
-        _drop_stale_result(out)
-    if emit_finished(args, out, resumed, lambda r: f"{r['n_canaries']} canaries, {_extracted(r)}"):
+    if emit_finished(args, out, resumed, lambda r: f"{r['n_canaries']} canaries, {_extracted(r)}", stale=_stale_exposures):
         return 0
     fields = run_canary_experiment(ds, plan, config, out, evaluation=ev, device=device,
                                    data_record={"spec": str(args.data), "options": opts})
@@ -94,17 +89,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _drop_stale_result(out: Path) -> None:
-    """A finished result whose rank exposures left the canary out of |R| (log2 n instead of the Secret
-    Sharer's log2(n + 1)) is measured again: the result goes, the trained model and the cached
-    losses and generations stay, so only the exposures are recomputed."""
-    path = out / "result.json"
-    if not path.exists():
-        return
-    r = read_json(path)
+def _stale_exposures(r: dict) -> str | None:
+    """Why a finished result's exposures no longer hold: they left the canary out of |R| (log2 n instead
+    of the Secret Sharer's log2(n + 1)). The trained model, cached losses and generations stay, so only
+    the exposures are computed again."""
     if isinstance(r.get("n_reference"), int) and r.get("max_exposure") != max_exposure(r["n_reference"]):
-        stage_line(f"canaries: {path} holds exposures of an earlier definition (|R| without the canary); recomputing them")
-        path.unlink()
+        return "holds exposures of an earlier definition (|R| without the canary); recomputing them"
+    return None
 
 
 def _extracted(r: dict) -> str:

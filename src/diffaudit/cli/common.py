@@ -96,15 +96,27 @@ def emit(args: argparse.Namespace, result: dict[str, Any], human: str) -> None:
         write_stdout(human + "\n")
 
 
-def emit_finished(args: argparse.Namespace, out: Path, resumed: bool, summary: Callable[[dict[str, Any]], str]) -> bool:
+def emit_finished(args: argparse.Namespace, out: Path, resumed: bool, summary: Callable[[dict[str, Any]], str], *,
+                  stale: Callable[[dict[str, Any]], str | None] | None = None, stale_files: tuple[str, ...] = ()) -> bool:
     """On a resumed ``out`` that already holds ``result.json``: print it (``summary(result)`` plus
-    "(already finished)") and return True; the command then returns 0 without redoing anything."""
+    "(already finished)") and return True; the command then returns 0 without redoing anything.
+
+    ``stale(result)``: why a result an earlier version computed no longer holds, and what happens now
+    (None: it holds); such a result, and the ``stale_files`` derived with it, are removed and False is
+    returned, so the command computes them again from what it cached."""
     from diffaudit.core.io import read_json
+    from diffaudit.core.progress import stage_line
 
     path = out / "result.json"
     if not (resumed and path.exists()):
         return False
     result = read_json(path)
+    reason = stale(result) if stale is not None else None
+    if reason:
+        stage_line(f"{path} {reason}")
+        for name in ("result.json", *stale_files):
+            (out / name).unlink(missing_ok=True)
+        return False
     emit(args, result, f"{summary(result)} (already finished in {out})")
     return True
 

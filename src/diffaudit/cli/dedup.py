@@ -83,15 +83,12 @@ def _upgrade_settings(old: dict, out: Path) -> dict:
     return {**old, "seed": seed} if isinstance(seed, int) else old
 
 
-def _drop_stale_keep_list(out: Path) -> None:
-    """A finished folder whose keep list an earlier rule chose (each group cut to its first member, which
-    also removed images with no kept near-duplicate) is finished again: its result and keep list are
-    removed here and rebuilt from the cached embeddings."""
-    if (out / "result.json").exists() and read_json(out / "result.json").get("keep_rule") != KEEP_RULE:
-        stage_line(f"dedup: {out} holds a keep list made by an earlier rule; rebuilding it ({KEEP_RULE}) from the "
-                   "cached embeddings")
-        for name in ("result.json", "keep.json", "edges.npz"):
-            (out / name).unlink(missing_ok=True)
+def _stale_keep_list(result: dict) -> str | None:
+    """Why a finished result's keep list no longer holds: an earlier rule chose it (each group cut to its
+    first member, which also removed images with no kept near-duplicate)."""
+    if result.get("keep_rule") == KEEP_RULE:
+        return None
+    return f"holds a keep list made by an earlier rule; rebuilding it ({KEEP_RULE}) from the cached embeddings"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,13 +107,11 @@ def run(args: argparse.Namespace) -> int:
     }
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh,
                                    upgrade=lambda old: _upgrade_settings(old, Path(args.out)))
-    if resumed:
-        _drop_stale_keep_list(out)
-    if resumed and args.write_deduped and (out / "result.json").exists():
-        from diffaudit.defenses.dedup import load_keep_list
+    if emit_finished(args, out, resumed, _summary, stale=_stale_keep_list, stale_files=("keep.json", "edges.npz")):
+        if args.write_deduped:
+            from diffaudit.defenses.dedup import load_keep_list
 
-        write_deduped_npz(args.write_deduped, ds, load_keep_list(out / "keep.json", ds))
-    if emit_finished(args, out, resumed, _summary):
+            write_deduped_npz(args.write_deduped, ds, load_keep_list(out / "keep.json", ds))
         return 0
     with Timer() as t:
         res = find_duplicates(ds.images, embedder, threshold=threshold, index=args.index, k=args.k, nlist=args.nlist,
