@@ -43,6 +43,7 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -51,6 +52,7 @@ from _common import checkpoint, emit
 from diffaudit.core.device import resolve_device
 from diffaudit.core.seeds import numpy_rng
 from diffaudit.distances.compute import cross, resolve_compute, to_compute
+from diffaudit.distances import knn as knn_module
 from diffaudit.distances.knn import knn_search
 
 try:  # the search's own default blocks, for warm-ups of the real shapes
@@ -261,6 +263,8 @@ def main(argv=None) -> int:
     p.add_argument("--check-queries", type=int, default=256, help="queries checked against a float64 brute force")
     p.add_argument("--query-block", type=int, default=None, help="query block of the cdist and GEMM-only loops")
     p.add_argument("--query-blocks", default="", help="comma-separated query blocks at which to time diffaudit's search again")
+    p.add_argument("--without-prefetch", action="store_true",
+                   help="time the search again with query blocks read in the main thread (no read-ahead, no pinning)")
     p.add_argument("--profile", action="store_true", help="add the search's most expensive operators (torch profiler)")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--skip", default="", help="comma-separated methods to skip (cdist_topk, faiss_cpu, diffaudit_faiss, "
@@ -345,6 +349,12 @@ def main(argv=None) -> int:
         t_b, res_b = time_diffaudit(q, r, args.k, dev, repeats=args.repeats, query_block=qb_try, compute=args.compute)
         out.setdefault("diffaudit_by_query_block", {})[qb_try] = {"seconds": t_b, "same_result": same(res_b)}
         checkpoint(out, f"query block {qb_try}")
+    if args.without_prefetch and hasattr(knn_module, "prefetch"):
+        # the same search with the query blocks read and copied in the main thread, as before prefetch
+        with mock.patch.object(knn_module, "prefetch", lambda blocks, device, **kw: blocks):
+            t_np, res_np = time_diffaudit(q, r, args.k, dev, repeats=args.repeats, compute=args.compute)
+        out["without_prefetch"] = {"seconds": t_np, "same_result": same(res_np), "prefetch_speedup": t_np / t_da}
+        checkpoint(out, "without prefetch")
     if args.profile:
         out["profile"] = profile_diffaudit(q, r, args.k, dev, compute=args.compute)
         checkpoint(out, "profile")
