@@ -20,17 +20,20 @@ import argparse
 import resource
 import sys
 import time
+from unittest import mock
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from diffaudit.attacks.extraction.cliques import max_clique
-from diffaudit.attacks.extraction.filter import FilterSettings, filter_prompt
+from diffaudit.attacks.extraction.filter import FilterSettings, filter_prompt, filter_prompts
 from diffaudit.attacks.extraction.graph import near_duplicate_graph
 from _common import checkpoint, emit
 from diffaudit.core.device import resolve_device
 from diffaudit.core.seeds import torch_generator
+from diffaudit.distances import compute as compute_module
+from diffaudit.distances import pairwise as pairwise_module
 from diffaudit.distances.compute import INT8_CROSS_MAX_DIM, resolve_compute
 from diffaudit.distances.pixel import tile_edges
 
@@ -73,6 +76,17 @@ def run_prompts(sets, n_prompts, settings, dev, ids, compute="auto"):
     return t_total, flagged
 
 
+def run_pipelined(sets, n_prompts, settings, dev, ids, compute="auto"):
+    """The same prompts through :func:`filter_prompts` (as ``diffaudit extract`` runs them): the next
+    prompt's graph is queued on the GPU before this prompt's clique search on the CPU."""
+    _sync(dev)
+    t = time.perf_counter()
+    work = ((p, f"prompt {p}", sets[p % 2], ids) for p in range(n_prompts))
+    flagged = sum(int(r.flagged) for r in filter_prompts(work, settings=settings, device=dev, compute=compute))
+    _sync(dev)
+    return time.perf_counter() - t, flagged
+
+
 def _timed_graph(images, args, dev, compute):
     _sync(dev)
     t = time.perf_counter()
@@ -108,6 +122,9 @@ def main(argv=None) -> int:
     p.add_argument("--also-compute", default="",
                    help="comma-separated other kinds (int8, float64, float32, bf16) timed in the same run on the same "
                         "prompts, with the graph checked against the main kind's")
+    p.add_argument("--previous-paths", action="store_true",
+                   help="on CUDA, time the one-by-one loop again tile by tile, and then also with the int8 GEMM's "
+                        "last N %% 8 columns in float64 (the graph as computed before)")
     args = p.parse_args(argv)
     dev = resolve_device(args.device)
     settings = FilterSettings(args.edge_threshold, args.min_clique, args.grid).validate()
@@ -122,6 +139,9 @@ def main(argv=None) -> int:
     out["compute"] = {"requested": args.compute, "resolved": main_kind}
     out["host_inputs"] = {"compute": main_kind, "seconds": t_host, "prompts_per_second": args.prompts / t_host,
                           "flagged": flagged}
+    t_pipe, flagged_pipe = run_pipelined(sets, args.prompts, settings, dev, ids, args.compute)
+    out["host_inputs"]["pipelined"] = {"seconds": t_pipe, "prompts_per_second": args.prompts / t_pipe,
+                                       "flagged": flagged_pipe, "speedup_over_one_by_one": t_host / t_pipe}
     # split of one prompt's time: graph vs clique
     g, t_graph = _timed_graph(sets[0], args, dev, args.compute)
     t = time.perf_counter()
@@ -155,6 +175,22 @@ def main(argv=None) -> int:
                      "prompts_per_second": args.prompts / t_dev, "flagged": flagged_d}
             if kind == args.compute:
                 by_kind.update(entry)  # the main kind's figures at the top level, as before
+                run_pipelined(resident, 2, settings, dev, ids, kind)  # warm-up
+                t_pipe, flagged_pipe = run_pipelined(resident, args.prompts, settings, dev, ids, kind)
+                by_kind["pipelined"] = {"seconds": t_pipe, "prompts_per_second": args.prompts / t_pipe,
+                                        "flagged": flagged_pipe, "speedup_over_one_by_one": t_dev / t_pipe}
+                if args.previous_paths:
+                    # the graph as computed before: tile by tile (pairwise._fill), then also with the int8
+                    # GEMM's last N % 8 columns in float64 (before compute._pads_tail)
+                    with mock.patch.object(pairwise_module, "_tiles_at_once", lambda *a: False):
+                        t_tile, flagged_tile = run_prompts(resident, args.prompts, settings, dev, ids, kind)
+                        with mock.patch.object(compute_module, "_pads_tail", lambda m, n: False):
+                            t_old, flagged_old = run_prompts(resident, args.prompts, settings, dev, ids, kind)
+                    by_kind["tile_by_tile"] = {"seconds": t_tile, "prompts_per_second": args.prompts / t_tile,
+                                               "flagged": flagged_tile, "speedup_of_tile_major": t_tile / t_dev}
+                    by_kind["tile_by_tile_float64_tail"] = {
+                        "seconds": t_old, "prompts_per_second": args.prompts / t_old, "flagged": flagged_old,
+                        "speedup_of_tile_major": t_old / t_dev, "speedup_of_tail_padding": t_old / t_tile}
             else:
                 by_kind.setdefault("also", {})[kind] = {**entry, "speedup_of_main_kind": t_dev / by_kind["seconds"]}
             checkpoint(out, f"device-resident inputs, {kind}")

@@ -43,7 +43,8 @@ GPU = {
              "--baseline-batches", "256,1024"],
     "inpaint": ["bench_inpaint.py", *CIFAR_UNET, "--targets", "16", "--baseline-targets", "2", "--n-inpaint", "128",
                 "--batch", "2048", "--steps", "20", "--repeats", "1"],
-    "filter": ["bench_filter.py", "--prompts", "50", "--generations", "500", "--size", "512", "--also-compute", "bf16"],
+    "filter": ["bench_filter.py", "--prompts", "50", "--generations", "500", "--size", "512", "--also-compute", "bf16",
+               "--previous-paths"],
     "stable_diffusion": ["bench_sd.py", "--size", "512", "--batch", "8", "--steps", "20", "--repeats", "1"],
 }
 CPU = {

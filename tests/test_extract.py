@@ -16,7 +16,7 @@ from diffaudit.attacks.extraction import (
     verify,
     VerifySettings,
 )
-from diffaudit.attacks.extraction.filter import group_by_prompt
+from diffaudit.attacks.extraction.filter import filter_prompt, filter_prompts, group_by_prompt
 from diffaudit.core.errors import DiffauditError
 from diffaudit.distances import pairwise_l2, pairwise_tiled_l2
 from helpers import cifar_images, noisy_copies
@@ -159,6 +159,29 @@ def test_filter_settings_validation():
         FilterSettings(min_clique=1).validate()
     with pytest.raises(DiffauditError, match="counts differ"):
         filter_conditional(np.zeros((2, 8, 8, 3), np.uint8), ["a", "b"], ["x"])
+
+
+def test_filter_prompts_gives_filter_prompts_results_in_order(world):
+    """The pipelined loop (next graph queued before this prompt's clique search) changes nothing."""
+    imgs, ids = world["images"], world["ids"]
+    work = [(0, "memorized", imgs[:20], ids[:20]), (1, "none", imgs[:0], []), (2, "grey", imgs[20:40], ids[20:40]),
+            (3, "varied", imgs[40:], ids[40:])]
+    got = [r.to_dict() for r in filter_prompts(iter(work))]
+    assert got == [filter_prompt(x, i, p, prompt_index=pi).to_dict() for pi, p, x, i in work]
+    assert [r["prompt"] for r in got] == ["memorized", "none", "grey", "varied"] and got[0]["flagged"]
+
+
+def test_graph_distances_are_the_correctly_rounded_roots_of_exact_mean_squares():
+    """So they are equal on every device: torch's vectorised CPU float64 sqrt is off by one ulp for
+    some values (on this machine 10 of these 1,600), where the H100 and numpy agree."""
+    x = np.random.default_rng(5).integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
+    t = x.astype(np.int64)
+    ms = np.zeros((40, 40))
+    for r in range(0, 8, 2):
+        for c in range(0, 8, 2):
+            tile = t[:, r:r + 2, c:c + 2].reshape(40, -1)
+            ms = np.maximum(ms, ((tile[:, None] - tile[None]) ** 2).sum(-1) * (1.0 / (12 * 255.0 ** 2)))
+    assert np.array_equal(near_duplicate_graph(x, threshold=0.1).distances, np.sqrt(ms))
 
 
 @pytest.mark.gpu

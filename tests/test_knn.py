@@ -108,11 +108,12 @@ def _cublas_like_int_mm(a, b):
 
 
 @pytest.mark.parametrize("gemm", ["torch", "cublas-like"])
-@pytest.mark.parametrize("m,n,d", [(1, 5, 3), (16, 8, 8), (17, 8, 9), (40, 43, 147), (300, 1000, 64), (20, 7, 16)])
+@pytest.mark.parametrize("m,n,d", [(1, 5, 3), (16, 8, 8), (17, 8, 9), (40, 43, 147), (300, 1000, 64), (20, 7, 16),
+                                   (17, 141, 24), (1, 300, 16)])
 def test_int8_dots_exact_on_every_branch(m, n, d, gemm, monkeypatch):
     """Shifted pixels x − 128 and int32 accumulation: exact for every split of int8_dots (≤ 16 rows
-    padded, N % 8 columns in float64, K padded to a multiple of 8), with this machine's GEMM and with
-    one that enforces cuBLAS's shape rules."""
+    padded, N % 8 rows padded (N < 8·M) or multiplied in float64 (the last two cases), K padded to a
+    multiple of 8), with this machine's GEMM and with one that enforces cuBLAS's shape rules."""
     if gemm == "cublas-like":
         import diffaudit.distances.compute as compute
 
@@ -129,6 +130,23 @@ def test_int8_dots_exact_on_every_branch(m, n, d, gemm, monkeypatch):
     assert got.dtype == torch.int32 and got.shape == (m, n)
     np.testing.assert_array_equal(got.numpy(), (a.astype(np.int64) - 128) @ (b.astype(np.int64) - 128).T)
     np.testing.assert_array_equal(shifted_sq_norms(torch.from_numpy(a)).numpy(), ((a.astype(np.int64) - 128) ** 2).sum(1))
+
+
+def test_int8_tail_rows_are_padded_where_that_copies_less(monkeypatch):
+    """b's last N % 8 rows: zero-padded (one int8 GEMM, no float64 copy of a) when N < 8·M, as for the
+    filter's 500 generations per prompt; in float64 when a is the smaller side."""
+    import diffaudit.distances.compute as compute
+
+    shapes, f64 = [], []
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b: shapes.append(tuple(b.shape)) or _cublas_like_int_mm(a, b))
+    monkeypatch.setattr(compute, "_INT_MM_OK", {"cpu": True})
+    real_f64 = compute._float64_dots
+    monkeypatch.setattr(compute, "_float64_dots", lambda a, b: f64.append(tuple(b.shape)) or real_f64(a, b))
+    x = to_compute(torch.from_numpy(np.random.default_rng(1).integers(0, 256, (500, 24), dtype=np.uint8)),
+                   resolve_compute("int8", torch.device("cpu"), allow_int8=True))
+    assert int8_dots(x, x).shape == (500, 500) and shapes == [(24, 504)] and not f64
+    shapes.clear()
+    assert int8_dots(x[:20], x).shape == (20, 500) and shapes == [(24, 496)] and f64 == [(4, 24)]
 
 
 def test_int8_falls_back_to_exact_float64_without_int8_gemms(data, monkeypatch):

@@ -15,7 +15,7 @@ from diffaudit.attacks.extraction.blackbox import (
 )
 from diffaudit.attacks.extraction.calibration import calibrate, parse_float_list, parse_int_list
 from diffaudit.attacks.extraction.cliques import DEFAULT_MAX_EXPANSIONS
-from diffaudit.attacks.extraction.filter import FilterSettings, PromptResult, filter_prompt, group_by_prompt, rank_prompts
+from diffaudit.attacks.extraction.filter import FilterSettings, PromptResult, filter_prompts, group_by_prompt, rank_prompts
 from diffaudit.attacks.extraction.graph import DEFAULT_EDGE_THRESHOLD, DEFAULT_MIN_CLIQUE, check_threshold, near_duplicate_graph
 from diffaudit.attacks.extraction.knn_cache import iter_cached_knn
 from diffaudit.cli.common import add_run_args, emit, emit_finished
@@ -123,9 +123,9 @@ def _conditional(args, ds, fs: FilterSettings, out: Path, device) -> dict[str, A
                     bar.advance(len(chunk))
                     continue
             part_results = []
-            for j, (prompt, idx) in enumerate(chunk):
-                part_results.append(filter_prompt(ds.images[idx], [ds.keys[i] for i in idx], prompt, settings=fs,
-                                                  prompt_index=lo + j, device=device))
+            work = ((lo + j, prompt, ds.images[idx], [ds.keys[i] for i in idx]) for j, (prompt, idx) in enumerate(chunk))
+            for r in filter_prompts(work, settings=fs, device=device):  # a GPU computes the next graph meanwhile
+                part_results.append(r)
                 bar.advance(1)
             write_json_atomic(path, [r.to_dict() for r in part_results])
             fault_point("extract-part")

@@ -164,11 +164,11 @@ def int8_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     One ``torch._int_mm`` (int32 accumulation) per :data:`INT8_CHUNK` columns, each exact (see
     there); the chunks' results are added in the output dtype, whose range holds every partial total.
     On CUDA ``_int_mm`` needs M > 16 and N % 8 = 0 (K is padded by :func:`to_compute`): at most 16
-    rows are padded with zero rows to 17, and the last N % 8 columns are multiplied in float64,
-    exactly too (|a·b| ≤ 16,384·K < 2^53). The same split runs on every device, so the CPU tests
-    cover it. A torch build or device without int8 GEMMs gets the whole product in float64 (still
-    exact, slower), decided once per device type by :func:`int8_gemm_exact`, and again if a product
-    raises.
+    rows are padded with zero rows to 17, and b's last N % 8 rows are padded with zero rows too when
+    N < 8·M, else multiplied in float64, exactly too (|a·b| ≤ 16,384·K < 2^53; :func:`_pads_tail`).
+    The same split runs on every device, so the CPU tests cover it. A torch build or device without
+    int8 GEMMs gets the whole product in float64 (still exact, slower), decided once per device type
+    by :func:`int8_gemm_exact`, and again if a product raises.
     """
     m, n = a.shape[0], b.shape[0]
     k = a.shape[1]
@@ -176,11 +176,12 @@ def int8_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if n == 0:
         return torch.zeros((m, 0), dtype=out_dtype, device=a.device)
     if k <= INT8_CHUNK:
-        return _int8_dots_chunk(a, b)
+        return int8_dots_chunk(a, b)
     out = None
     for lo in range(0, k, INT8_CHUNK):
         hi = min(k, lo + INT8_CHUNK)
-        part = _int8_dots_chunk(_columns(a, lo, hi), _columns(b, lo, hi))
+        pa = _columns(a, lo, hi)
+        part = int8_dots_chunk(pa, pa if b is a else _columns(b, lo, hi))  # one copy for a set with itself
         out = part.to(out_dtype) if out is None else out.add_(part)
     return out
 
@@ -192,7 +193,7 @@ def _columns(x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     return part.contiguous() if x.device.type == "cuda" else part
 
 
-def _int8_dots_chunk(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def int8_dots_chunk(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """int8 (M, K) · (N, K)ᵀ -> int32 (M, N) for K ≤ :data:`INT8_CHUNK` (see :func:`int8_dots`)."""
     if not int8_gemm_exact(a.device):
         return _float64_dots(a, b)
@@ -263,12 +264,25 @@ def _int_mm_split(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     m, n = a.shape[0], b.shape[0]
     if m <= 16:
         a = torch.nn.functional.pad(a, (0, 0, 0, 17 - m))
-    n8 = n - n % 8
-    parts = [torch._int_mm(a, b[:n8].T)] if n8 else []
-    if n8 < n:
-        parts.append(_float64_dots(a, b[n8:]))
-    out = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+    tail = n % 8
+    if tail and _pads_tail(a.shape[0], n):
+        # zero rows multiply to zero columns, cut off again (a view: no copy of the product)
+        out = torch._int_mm(a, torch.nn.functional.pad(b, (0, 0, 0, 8 - tail)).T)[:, :n]
+    else:
+        n8 = n - tail
+        parts = [torch._int_mm(a, b[:n8].T)] if n8 else []
+        if tail:
+            parts.append(_float64_dots(a, b[n8:]))
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
     return out[:m] if m <= 16 else out
+
+
+def _pads_tail(m: int, n: int) -> bool:
+    """Whether b's last N % 8 rows are padded with zero rows for cuBLAS's int8 GEMM (a copy of b,
+    N·K bytes) rather than multiplied in float64 (a float64 copy of a, 8·M·K bytes): when N < 8·M.
+    The filter's 500 x 500 graphs of 512 x 512 images padded: 16 float64 copies of 196 MB each saved
+    per prompt."""
+    return n < 8 * m
 
 
 def sq_norms(x_uint8: torch.Tensor) -> torch.Tensor:
@@ -342,10 +356,12 @@ def cross(a: torch.Tensor, b: torch.Tensor, spec: ComputeSpec) -> torch.Tensor:
     w = fp32_chunk(spec.device)
     if d <= w:
         return _fp32_mm(a, b, spec)
-    out = _fp32_mm(_columns(a, 0, w), _columns(b, 0, w), spec)
-    for lo in range(w, d, w):
+    out = None
+    for lo in range(0, d, w):
         hi = min(d, lo + w)
-        out.add_(_fp32_mm(_columns(a, lo, hi), _columns(b, lo, hi), spec))
+        pa = _columns(a, lo, hi)
+        part = _fp32_mm(pa, pa if b is a else _columns(b, lo, hi), spec)
+        out = part if out is None else out.add_(part)
     return out
 
 

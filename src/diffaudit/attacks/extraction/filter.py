@@ -8,7 +8,7 @@ and its mean internal distance (flagged prompts are ranked by it, tightest first
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -16,10 +16,12 @@ from diffaudit.attacks.extraction.cliques import DEFAULT_MAX_EXPANSIONS, max_cli
 from diffaudit.attacks.extraction.graph import (
     DEFAULT_EDGE_THRESHOLD,
     DEFAULT_MIN_CLIQUE,
+    NearDuplicateGraph,
     check_threshold,
     mean_internal_distance,
     medoid,
     near_duplicate_graph,
+    start_near_duplicate_graph,
 )
 from diffaudit.core.errors import DiffauditError
 from diffaudit.distances.pixel import DEFAULT_GRID
@@ -90,10 +92,44 @@ def filter_prompt(
     ``distances_out``, when a list, receives the (n, n) tiled-ℓ2 matrix (for calibration).
     """
     s = (settings or FilterSettings()).validate()
-    n = len(ids)
-    if n == 0:
+    if len(ids) == 0:
         return PromptResult(prompt, prompt_index, 0, 0, [], None, 0.0, False, False)
     g = near_duplicate_graph(images, threshold=s.edge_threshold, grid=s.grid, device=device, compute=compute)
+    return _verdict(g, ids, prompt, prompt_index, s, distances_out)
+
+
+def filter_prompts(
+    prompts: Iterable[tuple[int, str, Any, Sequence[str]]],
+    *,
+    settings: FilterSettings | None = None,
+    device: Any = None,
+    compute: str = "auto",
+) -> Iterator[PromptResult]:
+    """:func:`filter_prompt` for each ``(prompt_index, prompt, images, ids)``, in order, with the next
+    prompt's graph computed on the GPU while the CPU searches the current one's clique (on the CPU
+    this is the plain loop). The results are those of :func:`filter_prompt`, prompt by prompt."""
+    s = (settings or FilterSettings()).validate()
+    pending = None
+    for pi, prompt, images, ids in prompts:
+        started = (pi, prompt, ids, None if len(ids) == 0 else start_near_duplicate_graph(
+            images, threshold=s.edge_threshold, grid=s.grid, device=device, compute=compute))
+        if pending is not None:
+            yield _finish(pending, s)
+        pending = started
+    if pending is not None:
+        yield _finish(pending, s)
+
+
+def _finish(started: tuple, s: FilterSettings) -> PromptResult:
+    pi, prompt, ids, g = started
+    if g is None:
+        return PromptResult(prompt, pi, 0, 0, [], None, 0.0, False, False)
+    return _verdict(g.result(), ids, prompt, pi, s, None)
+
+
+def _verdict(g: NearDuplicateGraph, ids: Sequence[str], prompt: str, prompt_index: int, s: FilterSettings,
+             distances_out: list | None) -> PromptResult:
+    """The maximum clique of one prompt's graph, its flag and its medoid."""
     if distances_out is not None:
         distances_out.append(g.distances)
     cq = max_clique(g.adjacency, max_expansions=s.max_expansions)
@@ -102,7 +138,7 @@ def filter_prompt(
     return PromptResult(
         prompt=prompt,
         prompt_index=prompt_index,
-        n_generations=n,
+        n_generations=len(ids),
         largest_clique=cq.size,
         members=[ids[i] for i in members],
         medoid=ids[med],
@@ -150,9 +186,9 @@ def filter_conditional(
         raise DiffauditError(f"{len(images)} images, {len(ids)} ids and {len(captions)} prompts: counts differ")
     s = (settings or FilterSettings()).validate()
     out = []
-    for pi, (prompt, idx) in enumerate(group_by_prompt(captions)):
-        out.append(filter_prompt(images[idx], [ids[i] for i in idx], prompt, settings=s, prompt_index=pi,
-                                 device=device, compute=compute))
+    work = ((pi, prompt, images[idx], [ids[i] for i in idx]) for pi, (prompt, idx) in enumerate(group_by_prompt(captions)))
+    for r in filter_prompts(work, settings=s, device=device, compute=compute):
+        out.append(r)
         if progress is not None:
             progress(1)
     return rank_prompts(out)

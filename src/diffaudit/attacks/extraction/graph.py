@@ -61,6 +61,46 @@ def near_duplicate_graph(
     Paper §4.1 (DESIGN generate-and-filter step 3). ``device`` defaults to the images' device (pass
     ``cuda`` to build it there).
     """
+    return start_near_duplicate_graph(images, threshold=threshold, grid=grid, device=device, compute=compute).result()
+
+
+@dataclass
+class PendingGraph:
+    """A graph whose distances are still being computed on a GPU: :meth:`result` waits for them.
+
+    ``ms``: (N, N) float64 max-over-tiles mean squares on the host (pinned memory, filled by an
+    asynchronous copy on CUDA); ``ready``: the CUDA event recorded after that copy (None on the CPU).
+    """
+
+    ms: torch.Tensor
+    ready: Any
+    threshold: float
+    grid: int
+    refined: int
+
+    def result(self) -> NearDuplicateGraph:
+        if self.ready is not None:
+            self.ready.synchronize()  # this graph's work and copy only, not what was queued after it
+        # numpy's correctly rounded square root, as the kNN's, so the same mean squares give the same
+        # distances on every device: on the H100 machine's CPU torch's vectorised float64 sqrt
+        # differed from it in the last bit (60 of 3,600 entries), while CUDA's agreed.
+        d = np.sqrt(self.ms.numpy())
+        adj = d <= self.threshold
+        np.fill_diagonal(adj, False)
+        return NearDuplicateGraph(adj, d, self.threshold, self.grid, self.refined)
+
+
+def start_near_duplicate_graph(
+    images: Any,
+    *,
+    threshold: float = DEFAULT_EDGE_THRESHOLD,
+    grid: int = DEFAULT_GRID,
+    device: str | torch.device | None = None,
+    compute: str = "auto",
+) -> PendingGraph:
+    """:func:`near_duplicate_graph` without waiting for a GPU: the work and the copy of its result to
+    the host are queued, so the caller can use the CPU (e.g. the previous prompt's clique search)
+    meanwhile. On the CPU, and for inexact kinds with pairs to recompute, the work is done at once."""
     check_threshold(threshold, "edge threshold")
     t = as_tensor(images, name="generations")
     res = pairwise_tile_mean_squares(t, None, grid=grid, device=device, compute=compute)
@@ -81,10 +121,15 @@ def near_duplicate_graph(
             ms = ms.to(torch.float64)
             ms[near[:, 0], near[:, 1]] = exact
             ms[near[:, 1], near[:, 0]] = exact
-    d = ms.to(torch.float64).sqrt().cpu().numpy()
-    adj = d <= threshold
-    np.fill_diagonal(adj, False)
-    return NearDuplicateGraph(adj, d, float(threshold), int(grid), refined)
+    ms = ms.to(torch.float64)
+    ready = None
+    if ms.device.type == "cuda":
+        host = torch.empty(ms.shape, dtype=torch.float64, pin_memory=True)
+        host.copy_(ms, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record(torch.cuda.current_stream(ms.device))
+        ms = host
+    return PendingGraph(ms, ready, float(threshold), int(grid), refined)
 
 
 def medoid(members: np.ndarray, distances: np.ndarray) -> int:
