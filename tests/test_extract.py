@@ -171,6 +171,49 @@ def test_filter_prompts_gives_filter_prompts_results_in_order(world):
     assert [r["prompt"] for r in got] == ["memorized", "none", "grey", "varied"] and got[0]["flagged"]
 
 
+class _QueuedGraph:
+    """Stands for a CUDA event: the graph counts as still being computed until ``synchronize``."""
+
+    def __init__(self, log, name):
+        self.log, self.name = log, name
+
+    def synchronize(self):
+        self.log.append(f"wait {self.name}")
+
+
+@pytest.mark.parametrize("queued", [False, True])
+def test_filter_prompts_order_and_errors_with_and_without_queued_graphs(world, monkeypatch, queued):
+    """On the CPU each result comes at once; with graphs still queued on a GPU (simulated), each comes
+    after the next prompt's graph is queued. Either way a bad prompt's error comes after every
+    earlier result."""
+    import diffaudit.attacks.extraction.filter as filt
+
+    log = []
+    real = filt.start_near_duplicate_graph
+
+    def start(images, **kw):
+        g = real(images, **kw)
+        log.append(f"start {len(images)}")
+        if queued:
+            g.ready = _QueuedGraph(log, len(images))
+        return g
+
+    monkeypatch.setattr(filt, "start_near_duplicate_graph", start)
+    imgs, ids = world["images"], world["ids"]
+    work = [(0, "memorized", imgs[:20], ids[:20]), (1, "varied", imgs[40:57], ids[40:57]),
+            (2, "bad", imgs[:3, :, :, :1][:, :1], ["x", "y", "z"])]  # 1x32 images: finer than the 4x4 grid
+    it = filter_prompts(iter(work))
+    got = [next(it).prompt]
+    got.append(next(it).prompt)
+    with pytest.raises(DiffauditError, match="grid"):
+        next(it)
+    assert got == ["memorized", "varied"]
+    if queued:
+        assert log == ["start 20", "start 17", "wait 20", "wait 17"]
+    else:
+        assert log == ["start 20", "start 17"]
+
+
 def test_graph_distances_are_the_correctly_rounded_roots_of_exact_mean_squares():
     """So they are equal on every device: torch's vectorised CPU float64 sqrt is off by one ulp for
     some values (on this machine 10 of these 1,600), where the H100 and numpy agree."""
@@ -200,6 +243,14 @@ def test_cuda_graph_filter_and_blackbox_equal_cpu(world):
     a = filter_conditional(imgs, world["ids"], world["captions"])
     b = filter_conditional(imgs, world["ids"], world["captions"], device="cuda")
     assert [(r.prompt, r.flagged, r.members, r.medoid) for r in a] == [(r.prompt, r.flagged, r.members, r.medoid) for r in b]
+    # the pipelined loop on the GPU (each graph copied back while the next is queued), prompts of
+    # different sizes, on the host and already on the device: every field as on the CPU
+    work = [(0, "m", imgs[:20], world["ids"][:20]), (1, "g", imgs[20:33], world["ids"][20:33]),
+            (2, "v", imgs[33:60], world["ids"][33:60]), (3, "m2", imgs[5:14], world["ids"][5:14])]
+    want = [r.to_dict() for r in filter_prompts(iter(work))]
+    assert [r.to_dict() for r in filter_prompts(iter(work), device="cuda")] == want
+    on_gpu = [(pi, p, torch.from_numpy(x).cuda(), i) for pi, p, x, i in work]
+    assert [r.to_dict() for r in filter_prompts(iter(on_gpu))] == want
     samples = np.concatenate([noisy_copies(world["train"][5], 15, 2), world["test"][:150]])
     ids = [f"s{i}" for i in range(len(samples))]
     ua = extract_unconditional(samples, ids, k_neighbors=16, device="cpu")

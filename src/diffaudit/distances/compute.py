@@ -280,8 +280,8 @@ def _int_mm_split(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def _pads_tail(m: int, n: int) -> bool:
     """Whether b's last N % 8 rows are padded with zero rows for cuBLAS's int8 GEMM (a copy of b,
     N·K bytes) rather than multiplied in float64 (a float64 copy of a, 8·M·K bytes): when N < 8·M.
-    The filter's 500 x 500 graphs of 512 x 512 images padded: 16 float64 copies of 196 MB each saved
-    per prompt."""
+    For the tile-by-tile graph of 500 generations at 512 x 512 that is a float64 copy of 196 MB saved
+    per tile (the filter's tile-major path pads N itself)."""
     return n < 8 * m
 
 

@@ -131,7 +131,7 @@ class TorchGemmBackend:
         return self.spec.output_dtype
 
     def prepare_queries(self, offset: int, raw: torch.Tensor) -> PreparedQueries:
-        raw = raw.to(self.device, non_blocking=True)  # asynchronous from pinned blocks (.prefetch)
+        raw = raw.to(self.device, non_blocking=raw.is_pinned())  # asynchronous from pinned blocks (.prefetch)
         norms = sq_norms(raw)
         # −2·q folded into the operand (−510..0 are exact in bf16), saving a pass over the (Bq, Br) block
         return PreparedQueries(offset, raw, norms, to_compute(raw, self.spec).mul_(-2))
@@ -170,7 +170,7 @@ class TorchInt8Backend(TorchGemmBackend):
         return int8_acc_dtype(dim)
 
     def prepare_queries(self, offset: int, raw: torch.Tensor) -> PreparedQueries:
-        raw = raw.to(self.device, non_blocking=True)  # asynchronous from pinned blocks (.prefetch)
+        raw = raw.to(self.device, non_blocking=raw.is_pinned())  # asynchronous from pinned blocks (.prefetch)
         norms = sq_norms(raw)
         return PreparedQueries(offset, raw, norms, (to_compute(raw, self.spec), self.gemm_norms(raw, norms)))
 

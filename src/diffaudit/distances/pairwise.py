@@ -102,7 +102,6 @@ def pairwise_tile_mean_squares(
     shifted = spec.kind == "int8"
     xa = ta.to(dev)
     xb = xa if b is None else tb.to(dev)
-    out = torch.zeros((na, nb), dtype=torch.float64 if shifted else spec.output_dtype, device=dev)
     itemsize = torch.empty((), dtype=spec.input_dtype).element_size()
     budget = block_bytes or default_block_bytes(dev)
     per_side = max(1, budget // (2 * dt_max * (itemsize + 1)))
@@ -125,9 +124,10 @@ def pairwise_tile_mean_squares(
 
     # fp32 products of [0, 1] floats: TF32 (if a caller enabled it) would round the inputs beyond the margin
     no_tf32 = tf32_matmul(dev, False) if (not integer and not spec.exact) else contextlib.nullcontext()
-    if b is None and shifted and _tiles_at_once(na, h, w, c, grid, budget):
+    if b is None and shifted and _tiles_at_once(na, h, w, c, grid, budget, dev):
         out = _one_set_int8(xa, grid, spec, budget)  # the filter's case: one prompt's generations
     else:
+        out = torch.zeros((na, nb), dtype=torch.float64 if shifted else spec.output_dtype, device=dev)
         with no_tf32:
             _fill(out, xa, xb, b is None, rows, cols, c, integer, spec, ra, rb, prep)
     if b is None:
@@ -165,25 +165,36 @@ def _fill(out, xa, xb, one_set, rows, cols, c, integer, spec, ra, rb, prep) -> N
                     torch.maximum(blk, ms.to(out.dtype), out=blk)
 
 
-def _tiles_at_once(n: int, h: int, w: int, c: int, grid: int, budget: int) -> bool:
-    """Whether :func:`_one_set_int8` applies: equal tiles (H and W multiples of ``grid``) whose exact
-    products fit int32, and three tile-major copies of the set within the block budget."""
-    return h % grid == 0 and w % grid == 0 and (h // grid) * (w // grid) * c <= INT8_CROSS_MAX_DIM \
-        and 3 * n * h * w * c <= budget
+#: Bytes per pair of generations that :func:`_one_set_int8` holds per tile of a group (the int32
+#: Gram matrix and its float64 mean squares), and once (a chunk's product, the group's and the
+#: running maxima).
+_GROUP_BYTES, _FIXED_BYTES = 12, 20
+
+
+def _tiles_at_once(n: int, h: int, w: int, c: int, grid: int, budget: int, device: torch.device) -> bool:
+    """Whether :func:`_one_set_int8` applies: on CUDA (it saves kernel launches; on the CPU the
+    tile-by-tile path was faster and smaller for 4,096 CIFAR images), equal tiles (H and W multiples
+    of ``grid``) whose exact products fit int32, and, each within the block budget, three tile-major
+    copies of the set and the Gram matrices of at least one tile."""
+    n8 = n + (-n) % 8
+    return device.type == "cuda" and h % grid == 0 and w % grid == 0 \
+        and (h // grid) * (w // grid) * c <= INT8_CROSS_MAX_DIM \
+        and 3 * n * h * w * c <= budget and (_GROUP_BYTES + _FIXED_BYTES) * n8 * n8 <= budget
 
 
 def _one_set_int8(x: torch.Tensor, grid: int, spec: ComputeSpec, budget: int) -> torch.Tensor:
     """Max-over-tiles mean squares of all pairs within ``x`` (N, H, W, C) uint8 on ``spec.device``
     -> float64 (N, N), exact, bitwise equal to :func:`_fill`'s, with few operations per set.
 
-    :func:`_fill` runs some twenty operations per tile; for one prompt's 500 generations the GPU
-    finishes each before the host has launched the next (16 tiles: ~300 launches per prompt). Here
-    the shifted pixels are laid out once tile-major and chunk-major, N padded to a multiple of 8 and
-    each tile's D to equal chunks of at most :data:`INT8_CHUNK` values with zero rows and columns
-    (which add nothing), so every GEMM reads a dense (N8, Kc) slice; a tile's chunk products are
-    added in int32 (|q'·r'| ≤ 16,384·D, D ≤ :data:`INT8_CROSS_MAX_DIM`); the squared norms are the
-    Gram matrix's diagonal; and the mean squares (‖a‖² + ‖b‖² − 2a·b) / (D·255²) of all tiles of a
-    group are formed in float64 with one operation each, as :func:`_fill` forms them per tile.
+    :func:`_fill` runs some twenty operations per tile, about 300 per prompt of 500 generations at
+    512 x 512; on an H100 the launches, not the arithmetic, set its pace. Here the shifted pixels are
+    laid out once tile-major and chunk-major, N padded to a multiple of 8 and each tile's D to equal
+    chunks of at most :data:`INT8_CHUNK` values with zero rows and columns (which add nothing), so
+    every GEMM reads a dense (N8, Kc) slice; a tile's chunk products are added in int32
+    (|q'·r'| ≤ 16,384·D, D ≤ :data:`INT8_CROSS_MAX_DIM`); the squared norms are the Gram matrix's
+    diagonal; and the mean squares (‖a‖² + ‖b‖² − 2a·b) / (D·255²) of a group of tiles (as many as
+    ``budget`` holds at :data:`_GROUP_BYTES` per pair and tile) are formed in float64 with one
+    operation each, as :func:`_fill` forms them per tile.
     """
     n, h, w, c = x.shape
     g, th, tw = grid, h // grid, w // grid
@@ -197,22 +208,23 @@ def _one_set_int8(x: torch.Tensor, grid: int, spec: ComputeSpec, budget: int) ->
     tiles = torch.nn.functional.pad(tiles, (0, q * kc - d, 0, n8 - n))
     ops = tiles.view(t_count, n8, q, kc).permute(0, 2, 1, 3).contiguous()  # (T, q, N8, Kc): dense slices
     del shifted, tiles
-    dots = torch.empty((t_count, n8, n8), dtype=torch.int32, device=spec.device)
-    for ti in range(t_count):
-        acc = int8_dots_chunk(ops[ti, 0], ops[ti, 0])
-        for j in range(1, q):
-            acc.add_(int8_dots_chunk(ops[ti, j], ops[ti, j]))
-        dots[ti] = acc
-    del ops
-    sq = dots.diagonal(dim1=1, dim2=2)[:, :n].to(torch.float64)  # ‖x_t − 128‖², exact
     scale = 1.0 / (d * PIXEL_SQ)
-    out = torch.zeros((n, n), dtype=torch.float64, device=spec.device)
-    per_group = max(1, budget // (16 * n * n))  # tiles whose float64 (N, N) matrices are formed at once
+    per_group = max(1, (budget // (n8 * n8) - _FIXED_BYTES) // _GROUP_BYTES)
+    out = None
     for lo in range(0, t_count, per_group):
         hi = min(t_count, lo + per_group)
-        ms = dots[lo:hi, :n, :n].to(torch.float64)
-        ms.mul_(-2.0).add_(sq[lo:hi, :, None]).add_(sq[lo:hi, None, :]).mul_(scale).clamp_(min=0.0)
-        torch.maximum(out, ms.amax(0), out=out)
+        dots = torch.empty((hi - lo, n8, n8), dtype=torch.int32, device=spec.device)
+        for ti in range(lo, hi):
+            dots[ti - lo] = int8_dots_chunk(ops[ti, 0], ops[ti, 0])
+            for j in range(1, q):
+                dots[ti - lo].add_(int8_dots_chunk(ops[ti, j], ops[ti, j]))
+        sq = dots.diagonal(dim1=1, dim2=2)[:, :n].to(torch.float64)  # ‖x_t − 128‖², exact
+        ms = dots[:, :n, :n].to(torch.float64)
+        del dots
+        ms.mul_(-2.0).add_(sq[:, :, None]).add_(sq[:, None, :]).mul_(scale).clamp_(min=0.0)
+        top = ms.amax(0)
+        del ms
+        out = top if out is None else torch.maximum(out, top, out=out)
     return out
 
 

@@ -11,7 +11,9 @@ before its copy has finished.
 
 Blocks come out in order, exactly as the iterator gave them; an exception raised while reading is
 raised in the consumer at the point where its block would have come; closing the consumer early
-stops the reader after at most the block it is reading.
+stops the reader after at most the block it is reading. The iterator runs in the reader thread, with
+that thread's torch state (grad mode on, the default CUDA device and stream): an iterator that
+computes its blocks on a GPU should not rely on the caller's.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ def prefetch(
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """(offset, uint8 (n, D) block) from ``blocks``, read ``depth`` ≥ 1 blocks ahead in a thread.
 
-    ``device``: where the blocks will be used; on CUDA they are returned in pinned host memory.
+    ``device``: where the blocks will be used; on CUDA the host's blocks are returned in pinned
+    memory (blocks already on a GPU, or pinned, pass unchanged).
     ``thread``: read in a background thread (default: only for CUDA, where the GPU computes while
     the host reads; on the CPU the reader would compete with the compute threads). Without a
     thread the blocks pass through unchanged.
@@ -65,7 +68,7 @@ def prefetch(
     def read() -> None:
         try:
             for off, t in blocks:
-                if pin:
+                if pin and t.device.type == "cpu" and not t.is_pinned():
                     t = torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t)
                 if not put((off, t)):
                     return

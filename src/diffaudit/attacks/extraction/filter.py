@@ -105,17 +105,27 @@ def filter_prompts(
     device: Any = None,
     compute: str = "auto",
 ) -> Iterator[PromptResult]:
-    """:func:`filter_prompt` for each ``(prompt_index, prompt, images, ids)``, in order, with the next
-    prompt's graph computed on the GPU while the CPU searches the current one's clique (on the CPU
-    this is the plain loop). The results are those of :func:`filter_prompt`, prompt by prompt."""
+    """:func:`filter_prompt` for each ``(prompt_index, prompt, images, ids)``, in order. On a GPU the
+    next prompt's graph is queued before the current prompt's clique search on the CPU, so each
+    result comes one prompt later (an error in the next prompt's images is raised after the current
+    result); on the CPU this is the plain loop. The results are those of :func:`filter_prompt`."""
     s = (settings or FilterSettings()).validate()
     pending = None
     for pi, prompt, images, ids in prompts:
-        started = (pi, prompt, ids, None if len(ids) == 0 else start_near_duplicate_graph(
-            images, threshold=s.edge_threshold, grid=s.grid, device=device, compute=compute))
+        try:
+            started = (pi, prompt, ids, None if len(ids) == 0 else start_near_duplicate_graph(
+                images, threshold=s.edge_threshold, grid=s.grid, device=device, compute=compute))
+        except BaseException:
+            if pending is not None:  # deliver the finished prompt before the error
+                yield _finish(pending, s)
+            raise
         if pending is not None:
             yield _finish(pending, s)
-        pending = started
+            pending = None
+        if started[3] is not None and started[3].ready is not None:
+            pending = started  # its graph is still being computed: finish it after queueing the next
+        else:
+            yield _finish(started, s)
     if pending is not None:
         yield _finish(pending, s)
 

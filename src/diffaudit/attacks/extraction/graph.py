@@ -100,7 +100,8 @@ def start_near_duplicate_graph(
 ) -> PendingGraph:
     """:func:`near_duplicate_graph` without waiting for a GPU: the work and the copy of its result to
     the host are queued, so the caller can use the CPU (e.g. the previous prompt's clique search)
-    meanwhile. On the CPU, and for inexact kinds with pairs to recompute, the work is done at once."""
+    meanwhile. On the CPU the work is done at once; for the inexact kinds (bf16, float32) finding the
+    pairs near the threshold waits for the GPU's mean squares, and only the final copy is queued."""
     check_threshold(threshold, "edge threshold")
     t = as_tensor(images, name="generations")
     res = pairwise_tile_mean_squares(t, None, grid=grid, device=device, compute=compute)
