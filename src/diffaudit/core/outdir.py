@@ -5,12 +5,21 @@ that already holds settings, it resumes when they are equal and stops with an er
 setting that differs otherwise; ``fresh=True`` (``--fresh``) empties the folder first, but only a
 folder diffaudit made (one holding its ``settings.json``) or an empty one: a mistyped ``--out`` must
 never delete a user's own files.
+
+``--fresh`` first renames the folder to a hidden sibling ``.<name>.deleting-<pid>-<random>`` and
+only then deletes that: a deletion killed part-way (Ctrl-C, a crash) leaves ``--out`` either intact
+or gone, never as shards without the settings that made them, which a later run with other
+settings would take for its own work. Such leftovers are removed by the next run on the same
+``--out``.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
+import secrets
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -25,15 +34,64 @@ def _normalise(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+#: Longest repr of a setting's value shown as it is; longer ones are shortened (a list of 10,000
+#: prompts must not become a message of 600,000 characters that never says which prompt changed).
+SHORT_REPR = 80
+
+
+def _short(value: Any, limit: int = SHORT_REPR) -> str:
+    """``repr(value)``, cut in the middle to at most about ``limit`` characters when longer."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    head = (limit - 5) * 2 // 3
+    return f"{text[:head]} ... {text[len(text) - (limit - 5 - head):]}"
+
+
+def _first_difference(a: Any, b: Any) -> int | None:
+    """Index of the first entry at which sequences ``a`` and ``b`` differ (None: one is a prefix of the other)."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+
+
+def _describe_list_change(a: list | tuple, b: list | tuple) -> str:
+    """How two long lists differ: how many entries (or their lengths) and the first differing one."""
+    i = _first_difference(a, b)
+    at = "" if i is None else f"first at [{i}]: was {_short(a[i])}, now {_short(b[i])}"
+    if len(a) == len(b):
+        n = sum(x != y for x, y in zip(a, b))
+        return f"{n} of {len(a)} entries differ; {at}"
+    lengths = f"was {len(a)} entries, now {len(b)}"
+    return f"{lengths}; {at}" if at else f"{lengths}; the first {min(len(a), len(b))} are equal"
+
+
+def _describe_change(a: Any, b: Any) -> str:
+    """``was X, now Y`` for a setting that changed from ``a`` to ``b``, short enough to read.
+
+    Short values are shown whole; two long lists by the number of differing entries (or their
+    lengths) and the first one that differs; two long strings by where they first differ; any other
+    long value shortened in the middle.
+    """
+    if len(repr(a)) <= SHORT_REPR and len(repr(b)) <= SHORT_REPR:
+        return f"was {a!r}, now {b!r}"
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return _describe_list_change(a, b)
+    text = f"was {_short(a)}, now {_short(b)}"
+    if isinstance(a, str) and isinstance(b, str):
+        i = _first_difference(a, b)
+        text += f"; first differs at character {min(len(a), len(b)) if i is None else i}"
+    return text
+
+
 def diff_settings(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """Names (dotted) of the settings that differ between ``old`` and ``new``."""
+    """The settings that differ between ``old`` and ``new``, each as ``name (was X, now Y)`` (dotted
+    names for nested settings; long values described briefly, see :func:`_describe_change`)."""
     out = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
         if isinstance(a, dict) and isinstance(b, dict):
             out += diff_settings(a, b, f"{prefix}{key}.")
         elif a != b:
-            out.append(f"{prefix}{key} (was {a!r}, now {b!r})")
+            out.append(f"{prefix}{key} ({_describe_change(a, b)})")
     return out
 
 
@@ -46,13 +104,45 @@ def _made_by_diffaudit(path: Path) -> bool:
     return isinstance(record, dict) and isinstance(record.get("command"), str) and isinstance(record.get("settings"), dict)
 
 
+def _deleting_name(name: str) -> str:
+    """Hidden name a folder ``name`` is renamed to while ``--fresh`` deletes it (unique per call)."""
+    return f".{name}.deleting-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def remove_deletion_leftovers(path: Path) -> int:
+    """Delete the hidden folders :func:`remove_for_fresh` left beside ``path`` when it was killed
+    while deleting (named ``.<name>.deleting-<pid>-<hex>``, for this ``name`` only); returns how many.
+
+    They are already out of the user's way, so this only frees their space; a folder another process
+    is deleting at the same moment is garbage too, and any error (a race, a permission) leaves it.
+    """
+    try:
+        target = path.resolve()
+        pattern = re.compile(rf"^\.{re.escape(target.name)}\.deleting-\d+-[0-9a-f]+$")
+        found = [p for p in target.parent.glob(f".{glob.escape(target.name)}.deleting-*") if pattern.match(p.name)]
+    except (OSError, RuntimeError):  # an unreadable parent, a link loop: nothing to clean that we could see
+        return 0
+    removed = 0
+    for leftover in found:
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+            removed += not leftover.exists()
+    return removed
+
+
 def remove_for_fresh(path: Path) -> None:
     """Delete the output folder ``path`` for ``--fresh``; refuse anything diffaudit did not make.
 
+    The folder is first renamed to a hidden sibling (:func:`_deleting_name`) in one step and then
+    deleted, so a deletion killed part-way never leaves ``path`` holding part of the old work
+    (shards without the settings that made them); the hidden leftover is removed by the next run.
+
     Raises :class:`DiffauditError` when ``path`` is a file or a link, holds the working directory, or
-    is a non-empty folder without diffaudit's ``settings.json``; nothing is deleted then.
+    is a non-empty folder without diffaudit's ``settings.json``, or cannot be renamed; nothing is
+    deleted then.
     """
     if not path.exists():
+        remove_deletion_leftovers(path)
         return
     if not path.is_dir() or path.is_symlink():
         raise DiffauditError(f"--fresh: {path} is a file or a link, not a folder diffaudit made; choose another --out")
@@ -64,7 +154,16 @@ def remove_for_fresh(path: Path) -> None:
             f"--fresh deletes only folders diffaudit made, and {path} holds no diffaudit {SETTINGS_FILE}; "
             "choose another --out, or empty it yourself"
         )
-    shutil.rmtree(path)
+    aside = target.parent / _deleting_name(target.name)
+    try:
+        os.rename(target, aside)
+    except OSError as exc:
+        raise DiffauditError(
+            f"--fresh could not move {target} aside to delete it ({exc.strerror or exc}); nothing was deleted. "
+            "Delete it yourself, or choose another --out"
+        ) from exc
+    shutil.rmtree(aside, ignore_errors=True)  # what an error leaves is out of the way; the next run removes it
+    remove_deletion_leftovers(target)
 
 
 def prepare_out_dir(out: str | os.PathLike, command: str, settings: dict[str, Any], *, fresh: bool = False,
@@ -81,6 +180,8 @@ def prepare_out_dir(out: str | os.PathLike, command: str, settings: dict[str, An
     path = Path(out)
     if fresh:
         remove_for_fresh(path)
+    else:
+        remove_deletion_leftovers(path)  # of a --fresh killed while deleting
     make_private_dir(path)
     record = {"command": command, "settings": _normalise(settings)}
     sfile = path / SETTINGS_FILE

@@ -13,6 +13,11 @@ Generation ordinal o belongs to prompt p = o // per_prompt, image i = o % per_pr
 its sidecar exists; both files are written atomically, so a killed writer leaves either a whole
 shard or nothing, and a resumed run redoes exactly the unfinished shards. Finished shards are never
 rewritten.
+
+A store never takes another run's shards for its own: a folder holding a manifest or shards but no
+``settings.json``, or no manifest but shards, is refused when created, and a shard whose sidecar
+records other sampler settings, ids, seeds or prompts than the manifest plans for it is refused
+when read.
 """
 
 from __future__ import annotations
@@ -27,13 +32,14 @@ import numpy as np
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.faults import fault_point
 from diffaudit.core.io import load_npy, read_json, save_npy_atomic, write_json_atomic
-from diffaudit.core.outdir import prepare_out_dir
+from diffaudit.core.outdir import SETTINGS_FILE, prepare_out_dir
 from diffaudit.core.seeds import generation_seed
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.data.sharded import ShardedImages
 
 MANIFEST = "manifest.json"
 _SHARD_RE = re.compile(r"^shard-(\d{6,})\.json$")  # 6 digits, more from shard 1,000,000 on
+_SHARD_FILE = re.compile(r"^shard-\d{6,}\.(npy|json)$")
 
 
 def generation_id(prompt_index: int, image_index: int) -> str:
@@ -52,6 +58,43 @@ class ShardPlan:
     index: int
     start: int
     stop: int
+
+
+def _shard_files(root: Path) -> list[str]:
+    """Names of the shard files (pixels or sidecars) in ``root/shards``, sorted."""
+    folder = root / "shards"
+    return sorted(p.name for p in folder.iterdir() if _SHARD_FILE.match(p.name)) if folder.is_dir() else []
+
+
+def _refuse_unowned_store(root: Path) -> None:
+    """Refuse a folder without ``settings.json`` that holds a manifest or shards, before writing to it.
+
+    Such files are another run's (e.g. left by a ``--fresh`` of an earlier version killed while
+    deleting, which removed the settings first): new settings beside them would make them count
+    as this run's. Nothing is written, so the folder stays as it was for the user to inspect.
+    """
+    found = ([MANIFEST] if (root / MANIFEST).exists() else []) + [f"shards/{n}" for n in _shard_files(root)[:1]]
+    if (root / SETTINGS_FILE).exists() or not found:
+        return
+    raise DiffauditError(
+        f"{root} holds {' and '.join(found)} but no {SETTINGS_FILE}: they are left from an interrupted or other "
+        f"run and may have been made with other settings. Delete {root} yourself, or choose another --out"
+    )
+
+
+def _refuse_orphan_shards(root: Path) -> None:
+    """Refuse to start a new store in ``root`` (no manifest yet) whose ``shards/`` already holds shards.
+
+    They are another run's work, or one whose manifest was lost: a new manifest would count them as
+    finished generations of this run whatever settings made them.
+    """
+    found = _shard_files(root)
+    if found:
+        raise DiffauditError(
+            f"{root / 'shards'} already holds {len(found)} shard file(s) (e.g. {found[0]}) but {root} has no "
+            f"{MANIFEST}: they are left from an interrupted or other run and may have been made with other "
+            f"settings. Delete {root} (or pass --fresh) to start over, or choose another --out"
+        )
 
 
 class SampleStore:
@@ -73,6 +116,8 @@ class SampleStore:
         if shard_size < 1:
             raise DiffauditError("--shard-size must be at least 1")
         full = {**settings, "prompts": prompts, "per_prompt": per_prompt, "shard_size": shard_size}
+        if not fresh:
+            _refuse_unowned_store(Path(path))
         root, resumed = prepare_out_dir(path, "sample", full, fresh=fresh, upgrade=upgrade)
         total = len(prompts) * per_prompt
         manifest = {
@@ -81,6 +126,7 @@ class SampleStore:
             "seed": settings.get("seed", 0), "sampler": settings,
         }
         if not (root / MANIFEST).exists():
+            _refuse_orphan_shards(root)
             write_json_atomic(root / MANIFEST, manifest)
         (root / "shards").mkdir(exist_ok=True)
         return cls(root, read_json(root / MANIFEST))
@@ -172,7 +218,43 @@ class SampleStore:
         if bad:
             raise DiffauditError(f"{self._sidecar(index)}: id {bad[0]!r} is not a generation id (p<prompt>-i<image>); "
                                  "the sidecar was edited or damaged")
+        self._check_same_run(index, meta)
         return images, meta
+
+    def _check_same_run(self, index: int, meta: dict[str, Any]) -> None:
+        """Refuse shard ``index`` when its sidecar ``meta`` is not what this store's manifest plans for it.
+
+        A shard left by another run (e.g. of a ``--fresh`` killed part-way by an earlier version)
+        records other sampler settings, or other ids, seeds or prompts; mixing it in would make a
+        store whose generations come from two runs. The ids and prompts are compared in full; the
+        seeds at the shard's two ends (each costs a hash; every seed comes from the manifest's run
+        seed, which the sampler settings also record), so a read stays about as cheap as parsing
+        the sidecar. A manifest without a run seed (a store made by hand) has its seeds unchecked.
+        """
+        pl, per, prompts = self.plan(index), int(self.manifest["per_prompt"]), self.manifest["prompts"]
+        ids = [generation_id(*divmod(o, per)) for o in range(pl.start, pl.stop)]
+        what = None
+        if meta.get("sampler") != self.manifest.get("sampler"):
+            what = "sampler settings"
+        elif meta.get("ids") != ids:
+            what = "generation ids"
+        elif meta.get("prompts") != [prompts[o // per] for o in range(pl.start, pl.stop)]:
+            what = "prompts"
+        elif "seed" in self.manifest and not self._seeds_match(pl, meta.get("seeds")):
+            what = "seeds"
+        if what is not None:
+            raise DiffauditError(
+                f"{self._sidecar(index)}: shard {index} records other {what} than {self.path / MANIFEST}; "
+                "it was made by another run (e.g. left by an interrupted --fresh). Delete the store "
+                "(or re-run `diffaudit sample` with --fresh) to start over, or choose another --out"
+            )
+
+    def _seeds_match(self, plan: ShardPlan, seeds: Any) -> bool:
+        """Whether ``seeds`` (a sidecar's) has the shard's length and its first and last seeds."""
+        if not isinstance(seeds, list) or len(seeds) != plan.stop - plan.start:
+            return False
+        ends = {0: plan.start, len(seeds) - 1: plan.stop - 1}
+        return all(seeds[k] == self.ordinal_info(o)[2] for k, o in ends.items())
 
     def iter_shards(self) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
         for k in self.completed():
