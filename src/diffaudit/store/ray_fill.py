@@ -4,8 +4,9 @@ Every worker writes whole shards straight into the same store folder (a local pa
 filesystem mounted on every node), with the same per-image seeds as a single-process run, so the
 union of shards is bitwise the set one machine would produce. That holds for one device type and
 micro-batch, so the workers take both from the store's recorded settings (the device the command
-resolved on the head, ``--device``), and a worker whose sampler settings differ from the recorded ones
-refuses to write: a store is never filled by two kinds of sampler. Shard completion is the sidecar file, written last and atomically: a worker lost
+resolved on the head, ``--device``), and a worker whose sampler settings or model weights (its
+``--model`` folder on its node) differ from the recorded ones refuses to write: a store is never
+filled by two kinds of sampler or two models. Shard completion is the sidecar file, written last and atomically: a worker lost
 mid-shard leaves that shard unfinished, Ray restarts the actor and retries the task, and a final
 sweep redoes any shard still pending; a finished shard is never written twice.
 
@@ -35,6 +36,7 @@ class _ShardWorker:
         import torch
 
         from diffaudit.core.device import resolve_device
+        from diffaudit.models.digest import model_digest
         from diffaudit.sampling.sources import open_source
 
         if torch_threads:
@@ -46,6 +48,8 @@ class _ShardWorker:
         opts["micro_batch"] = recorded.get("micro_batch", opts.get("micro_batch"))
         self.source = open_source(model, device=resolve_device(recorded["device_type"]), **opts)
         differ = sorted(k for k, v in self.source.settings().items() if recorded.get(k) != v)
+        if "model_digest" in recorded and model_digest(model) != recorded["model_digest"]:
+            differ.append("model_digest: the worker's --model folder holds other weights")
         if differ:
             raise DiffauditError(
                 f"Ray worker: its sampler settings differ from those {store_path} records ({', '.join(differ)}); "
