@@ -202,12 +202,38 @@ def test_leave_one_out_learns_nothing_from_losses_without_signal(name, q, m):
     assert ((member[:, 1:] & used).sum(1) == m // 2 - 1).all() and ((~member[:, 1:] & used).sum(1) == m // 2 - 1).all()
 
 
-def test_equal_in_out_keeps_the_first_shadows_of_each_side():
+def test_equal_in_out_draws_c_of_each_side_per_example_and_target():
     from diffaudit.attacks.membership.targets import equal_in_out
 
     s = np.array([[1, 0, 1, 0, 0], [1, 1, 0, 1, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]], bool)
-    want = np.array([[1, 1, 1, 1, 0], [1, 1, 1, 0, 1], [0, 0, 0, 0, 0], [1, 0, 0, 0, 1]], bool)
-    np.testing.assert_array_equal(equal_in_out(s), want)  # all IN: no OUT to match, so none read
+    used = equal_in_out(s, target=3)
+    np.testing.assert_array_equal((used & s).sum(1), [2, 2, 0, 1])  # c = min(#IN, #OUT)
+    np.testing.assert_array_equal((used & ~s).sum(1), [2, 2, 0, 1])  # all IN: no OUT to match, so none read
+    assert ((used & s)[0] == s[0]).all() and ((used & ~s)[1] == ~s[1]).all()  # the smaller side read whole
+    np.testing.assert_array_equal(equal_in_out(s, target=3), used)  # seeded: the same in every run
+    big = np.tile([True, True, True, False], (400, 1))  # 3 IN, 1 OUT: which IN is read is drawn
+    kept = equal_in_out(big, target=0)[:, :3]
+    assert (kept.sum(1) == 1).all() and (kept.sum(0) > 100).all()  # every IN shadow read for some examples
+    assert not np.array_equal(kept, equal_in_out(big, target=1)[:, :3])  # and differently for another target
+
+
+def test_which_shadows_are_left_out_carries_no_label():
+    """Signal-free losses of models whose loss level rises with their index: dropping the surplus
+    shadow by index dropped the highest OUT model for members and the highest IN one for non-members,
+    and offline LiRA read the label from it (AUC 0.45 with 4 models); a seeded draw per example leaves
+    chance."""
+    from diffaudit.data import make_membership
+
+    aucs = []
+    for rep in range(3):
+        rng = np.random.default_rng(rep)
+        n, m = 2000, 4
+        member = make_membership(n, m, seed=rep)
+        offset = np.linspace(0.9, 1.1, m)[None, :, None]
+        losses = rng.gamma(2, 0.02, size=(n, 1, 1)) * offset * rng.lognormal(0, 0.2, size=(n, m, 1))
+        pooled = leave_one_out_scores(get_attack("lira-offline"), losses, member)
+        aucs.append(auc(pooled.scores, pooled.labels))
+    assert abs(np.mean(aucs) - 0.5) < 0.015, aucs
 
 
 @pytest.mark.parametrize("name", ["lira", "lira-fixed", "lira-offline", "strong-lira", "strong-lira-fixed"])

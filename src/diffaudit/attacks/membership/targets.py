@@ -17,8 +17,8 @@ OUT counts give its label away: with every example IN for exactly half of the M 
 the others and OUT for M/2, a non-member the reverse. LiRA's fits, its fallbacks for small counts
 and Strong LiRA's per-query sums all move with those counts, so scores would separate members from
 non-members even for losses that carry no signal. :func:`equal_in_out` therefore reads, per
-example, as many IN as OUT shadows (the first ones by index), as LiRA's reference code does when it
-truncates every example to the smallest count.
+example, as many IN as OUT shadows (a seeded draw of each side's), as LiRA's reference code does when
+it truncates every example to the smallest count.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import numpy as np
 from diffaudit.attacks.membership.inputs import AttackInput
 from diffaudit.attacks.membership.registry import MembershipAttack
 from diffaudit.core.errors import DiffauditError
+from diffaudit.core.seeds import derive_seed, numpy_rng
 
 
 @dataclass
@@ -67,39 +68,49 @@ def _check(losses: np.ndarray, membership: np.ndarray) -> None:
                              f"{losses.shape[:2]} (n_examples, n_models)")
 
 
-def equal_in_out(shadow_in: np.ndarray) -> np.ndarray:
-    """Per example, the first c IN and the first c OUT shadows (by index), c = min(#IN, #OUT).
+def equal_in_out(shadow_in: np.ndarray, *, target: int = -1) -> np.ndarray:
+    """Per example, c = min(#IN, #OUT) of its IN and c of its OUT shadows, drawn at random.
 
     Args:
         shadow_in: bool (N, S), the shadows' membership (the target's column left out).
+        target: the target's column in the membership matrix (-1 for a separate model); with the
+            example's row it keys the draw (seeded, the same in every run).
 
     Returns:
         bool (N, S), the shadows an attack may read. Every example gets as many IN as OUT shadows, so
-        the counts no longer depend on the target's label (see the module docstring). An example with
-        no shadow on one side reads none (c = 0): any use of its one-sided shadows would follow the
-        label, so LiRA scores it against the population's IN and OUT Gaussians instead. With the full
-        balanced matrix and M ≥ 4 models that never happens; with a few columns of a larger matrix
-        (``mia --models`` below its count) it can. Before, such examples kept all their shadows, and
-        strong-lira scored AUC 0.52 to 0.55 on signal-free losses with 3 or 4 of 16 models
+        the counts no longer depend on the target's label (see the module docstring). Which surplus
+        shadows are left out is drawn per example and target, not taken by index: by index, a
+        member of the target lost its last OUT shadow and a non-member its last IN one, nearly always
+        the same model, so a model whose losses run high or low moved the OUT (or IN) mean with the
+        label, and offline LiRA scored AUC 0.45 on signal-free losses of 4 models with rising
+        offsets (``tests/test_lira.py::test_which_shadows_are_left_out_carries_no_label``). An
+        example with no shadow on one side reads none (c = 0): any use of its one-sided shadows
+        would follow the label, so LiRA scores it against the population's IN and OUT Gaussians
+        instead. With the full balanced matrix and M ≥ 4 models that never happens; with a few
+        columns of a larger matrix (``mia --models`` below its count) it can
         (``tests/test_lira.py::test_examples_with_shadows_on_one_side_only_carry_no_label``).
     """
     shadow_in = np.asarray(shadow_in, dtype=bool)
-    rank_in = np.cumsum(shadow_in, axis=1)  # 1-based rank of each IN shadow among the example's IN ones
-    rank_out = np.cumsum(~shadow_in, axis=1)
+    keys = numpy_rng(derive_seed("equal-in-out", int(target))).random(shadow_in.shape)
     c = np.minimum(shadow_in.sum(1), (~shadow_in).sum(1))[:, None]  # (N, 1)
-    return np.where(shadow_in, rank_in <= c, rank_out <= c)  # c = 0: nothing
+    used = np.zeros_like(shadow_in)
+    for side in (shadow_in, ~shadow_in):
+        order = np.argsort(np.where(side, keys, np.inf), axis=1, kind="stable")  # the side's shadows first, shuffled
+        used |= side & (np.argsort(order, axis=1) < c)  # each shadow's place in that order
+    return used
 
 
 def scores_for_target(attack: MembershipAttack, target: np.ndarray, shadows: np.ndarray | None,
-                      shadow_in: np.ndarray | None, *, target_is_a_model: bool = False) -> np.ndarray:
+                      shadow_in: np.ndarray | None, *, target_is_a_model: bool = False,
+                      target_column: int = -1) -> np.ndarray:
     """Score one target's losses (N, Q) with ``attack`` given shadows (N, S, Q) and their membership (N, S).
 
     ``target_is_a_model``: the target is one of the membership matrix's models (leave-one-out or
-    ``shadow`` mode), so the shadows are read through :func:`equal_in_out`.
+    ``shadow`` mode), its column ``target_column``, so the shadows are read through :func:`equal_in_out`.
     """
     if not attack.needs_shadows:
         shadows = shadow_in = None
-    used = equal_in_out(shadow_in) if target_is_a_model and shadow_in is not None else None
+    used = equal_in_out(shadow_in, target=target_column) if target_is_a_model and shadow_in is not None else None
     inp = AttackInput(target=target, shadows=shadows, shadow_in=shadow_in, shadow_used=used)
     return np.asarray(attack.score(inp), dtype=np.float64)
 
@@ -115,7 +126,8 @@ def leave_one_out_scores(attack: MembershipAttack, losses: np.ndarray, membershi
     out = []
     for k in range(m):
         others = np.r_[0:k, k + 1:m]
-        out.append(scores_for_target(attack, losses[:, k], losses[:, others], membership[:, others], target_is_a_model=True))
+        out.append(scores_for_target(attack, losses[:, k], losses[:, others], membership[:, others],
+                                     target_is_a_model=True, target_column=k))
     return PooledScores(
         scores=np.concatenate(out),
         labels=membership.T.reshape(-1).copy(),
@@ -137,7 +149,8 @@ def target_scores(attack: MembershipAttack, target: np.ndarray, target_in: np.nd
         raise DiffauditError(f"target membership has shape {target_in.shape}; expected ({target.shape[0]},)")
     n = target.shape[0]
     return PooledScores(
-        scores=scores_for_target(attack, target, shadows, membership, target_is_a_model=model_index >= 0),
+        scores=scores_for_target(attack, target, shadows, membership, target_is_a_model=model_index >= 0,
+                                 target_column=model_index),
         labels=target_in.copy(),
         example_index=np.arange(n, dtype=np.int64),
         model_index=np.full(n, model_index, dtype=np.int64),
