@@ -143,3 +143,52 @@ def test_long_lists_of_other_lengths_and_long_values_are_shortened():
 def test_short_values_are_shown_whole_as_before():
     assert diff_settings({"a": 1, "b": [1, 2]}, {"a": 2, "b": [1, 3], "c": "x"}) == [
         "a (was 1, now 2)", "b (was [1, 2], now [1, 3])", "c (was '<unset>', now 'x')"]
+
+
+def _user_folder(root):
+    """A folder of the user's own (a notes file, a data folder) that diffaudit is then pointed at."""
+    (root / "data").mkdir(parents=True)
+    (root / "notes.txt").write_text("mine")
+    (root / "data" / "x.csv").write_text("1,2")
+
+
+def test_fresh_in_a_folder_that_held_the_users_files_deletes_only_diffaudits(tmp_path):
+    """Writing settings into a user's folder used to make the whole folder deletable by --fresh."""
+    out = tmp_path / "work"
+    _user_folder(out)
+    prepare_out_dir(out, "sample", {"steps": 3})
+    (out / "shards").mkdir()
+    (out / "shards" / "shard-000000.npy").write_bytes(b"\0")
+    (out / "result.json").write_text("{}")
+    path, resumed = prepare_out_dir(out, "sample", {"steps": 5}, fresh=True)
+    assert not resumed and _files(out) == ["data", "data/x.csv", "notes.txt", "settings.json"]
+    assert (out / "notes.txt").read_text() == "mine" and (out / "data" / "x.csv").read_text() == "1,2"
+    assert not list(tmp_path.glob(".work.deleting-*"))
+    # the kept names stay recorded, so a second --fresh keeps them too
+    prepare_out_dir(out, "sample", {"steps": 6}, fresh=True)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_fresh_in_a_users_folder_interrupted_keeps_the_settings(tmp_path, monkeypatch):
+    """Moving diffaudit's files aside stops part-way: settings.json moves last, so the folder stays
+    diffaudit's (a re-run refuses or resumes it) and the user's files are untouched."""
+    out = tmp_path / "work"
+    _user_folder(out)
+    prepare_out_dir(out, "sample", {"steps": 3})
+    (out / "result.json").write_text("{}")
+    (out / "shards").mkdir()
+    real, calls = os.rename, [0]
+
+    def rename(src, dst):
+        calls[0] += 1
+        if calls[0] > 1:
+            raise OSError(5, "Input/output error")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(DiffauditError, match="could not move diffaudit's files"):
+        prepare_out_dir(out, "sample", {"steps": 5}, fresh=True)
+    monkeypatch.setattr(os, "rename", real)
+    assert (out / "settings.json").exists() and (out / "notes.txt").read_text() == "mine"
+    with pytest.raises(SettingsMismatchError):
+        prepare_out_dir(out, "sample", {"steps": 5})

@@ -6,6 +6,10 @@ setting that differs otherwise; ``fresh=True`` (``--fresh``) empties the folder 
 folder diffaudit made (one holding its ``settings.json``) or an empty one: a mistyped ``--out`` must
 never delete a user's own files.
 
+A folder that already held files when diffaudit first wrote into it (the user's own, or an input
+such as a membership matrix) records their names in its settings (``kept_on_fresh``): ``--fresh``
+deletes only what diffaudit added there, never the whole folder.
+
 ``--fresh`` first renames the folder to a hidden sibling ``.<name>.deleting-<pid>-<random>`` and
 only then deletes that: a deletion killed part-way (Ctrl-C, a crash) leaves ``--out`` either intact
 or gone, never as shards without the settings that made them, which a later run with other
@@ -28,6 +32,8 @@ from diffaudit.core.errors import DiffauditError, SettingsMismatchError
 from diffaudit.core.io import make_private_dir, read_json, remove_stale_temps, write_json_atomic
 
 SETTINGS_FILE = "settings.json"
+#: Key of the settings record listing what a folder held before diffaudit first wrote into it.
+FOREIGN_KEY = "kept_on_fresh"
 
 
 def _normalise(value: Any) -> Any:
@@ -130,6 +136,33 @@ def remove_deletion_leftovers(path: Path) -> int:
     return removed
 
 
+def _foreign_entries(path: Path) -> set[str]:
+    """Names ``path``'s settings record as there before diffaudit first wrote into it (none when unreadable)."""
+    try:
+        record = read_json(path / SETTINGS_FILE)
+    except (DiffauditError, OSError, ValueError):
+        return set()
+    names = record.get(FOREIGN_KEY) if isinstance(record, dict) else None
+    return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
+
+
+def _move_own_entries(target: Path, aside: Path, foreign: set[str]) -> None:
+    """Move every entry of ``target`` but the ``foreign`` ones into the new folder ``aside``,
+    ``settings.json`` last: a move killed part-way leaves the settings, so the folder is still
+    diffaudit's and a re-run refuses or resumes it instead of taking what is left for its own."""
+    try:
+        aside.mkdir(mode=0o700)
+        own = sorted(p.name for p in target.iterdir() if p.name not in foreign and p.name != SETTINGS_FILE)
+        for name in [*own, SETTINGS_FILE]:
+            if (target / name).exists() or (target / name).is_symlink():
+                os.rename(target / name, aside / name)
+    except OSError as exc:
+        raise DiffauditError(
+            f"--fresh could not move diffaudit's files in {target} aside ({exc.strerror or exc}); "
+            "delete them yourself, or choose another --out"
+        ) from exc
+
+
 def remove_for_fresh(path: Path) -> None:
     """Delete the output folder ``path`` for ``--fresh``; refuse anything diffaudit did not make.
 
@@ -155,6 +188,11 @@ def remove_for_fresh(path: Path) -> None:
             "choose another --out, or empty it yourself"
         )
     aside = target.parent / _deleting_name(target.name)
+    foreign = _foreign_entries(path)
+    if foreign:
+        _move_own_entries(target, aside, foreign)
+        shutil.rmtree(aside, ignore_errors=True)
+        return
     try:
         os.rename(target, aside)
     except OSError as exc:
@@ -182,9 +220,12 @@ def prepare_out_dir(out: str | os.PathLike, command: str, settings: dict[str, An
         remove_for_fresh(path)
     else:
         remove_deletion_leftovers(path)  # of a --fresh killed while deleting
+    sfile = path / SETTINGS_FILE
+    foreign = sorted(p.name for p in path.iterdir()) if path.is_dir() and not sfile.exists() else []
     make_private_dir(path)
     record = {"command": command, "settings": _normalise(settings)}
-    sfile = path / SETTINGS_FILE
+    if foreign:  # what the folder held before diffaudit first wrote into it: never deleted by --fresh
+        record[FOREIGN_KEY] = foreign
     if sfile.exists():
         old = read_json(sfile)
         if old.get("command") != command:
@@ -195,7 +236,8 @@ def prepare_out_dir(out: str | os.PathLike, command: str, settings: dict[str, An
         recorded = old.get("settings", {})
         diffs = diff_settings(recorded, record["settings"])
         if diffs and upgrade is not None and not diff_settings(_normalise(upgrade(dict(recorded))), record["settings"]):
-            write_json_atomic(sfile, record)  # an earlier version's record of the same work
+            kept = {FOREIGN_KEY: old[FOREIGN_KEY]} if FOREIGN_KEY in old else {}
+            write_json_atomic(sfile, {**record, **kept})  # an earlier version's record of the same work
             diffs = []
         if diffs:
             raise SettingsMismatchError(
