@@ -8,7 +8,6 @@ would take them for its own work). A changed entry of a long list must be named 
 from __future__ import annotations
 
 import os
-import shutil
 
 import numpy as np
 import pytest
