@@ -169,6 +169,9 @@ def remove_for_fresh(path: Path) -> None:
     The folder is first renamed to a hidden sibling (:func:`_deleting_name`) in one step and then
     deleted, so a deletion killed part-way never leaves ``path`` holding part of the old work
     (shards without the settings that made them); the hidden leftover is removed by the next run.
+    In a folder whose settings record entries it held before diffaudit (``kept_on_fresh``), only
+    diffaudit's entries are moved aside, ``settings.json`` last (:func:`_move_own_entries`), and the
+    folder with those entries stays.
 
     Raises :class:`DiffauditError` when ``path`` is a file or a link, holds the working directory, or
     is a non-empty folder without diffaudit's ``settings.json``, or cannot be renamed; nothing is
