@@ -101,13 +101,15 @@ def diff_settings(old: dict[str, Any], new: dict[str, Any], prefix: str = "") ->
     return out
 
 
-def _made_by_diffaudit(path: Path) -> bool:
-    """Whether ``path`` holds a ``settings.json`` written by :func:`prepare_out_dir`."""
+def _diffaudit_record(path: Path) -> dict[str, Any] | None:
+    """The ``settings.json`` record :func:`prepare_out_dir` wrote in ``path``, or None (none, unreadable,
+    or not diffaudit's)."""
     try:
         record = read_json(path / SETTINGS_FILE)
     except (DiffauditError, OSError, ValueError):
-        return False
-    return isinstance(record, dict) and isinstance(record.get("command"), str) and isinstance(record.get("settings"), dict)
+        return None
+    ok = isinstance(record, dict) and isinstance(record.get("command"), str) and isinstance(record.get("settings"), dict)
+    return record if ok else None
 
 
 def _deleting_name(name: str) -> str:
@@ -136,13 +138,9 @@ def remove_deletion_leftovers(path: Path) -> int:
     return removed
 
 
-def _foreign_entries(path: Path) -> set[str]:
-    """Names ``path``'s settings record as there before diffaudit first wrote into it (none when unreadable)."""
-    try:
-        record = read_json(path / SETTINGS_FILE)
-    except (DiffauditError, OSError, ValueError):
-        return set()
-    names = record.get(FOREIGN_KEY) if isinstance(record, dict) else None
+def _foreign_entries(record: dict[str, Any]) -> set[str]:
+    """Names a settings ``record`` lists as there before diffaudit first wrote into its folder."""
+    names = record.get(FOREIGN_KEY)
     return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
 
 
@@ -185,13 +183,14 @@ def remove_for_fresh(path: Path) -> None:
     cwd, target = Path.cwd().resolve(), path.resolve()
     if cwd == target or target in cwd.parents:
         raise DiffauditError(f"--fresh would delete {target}, which holds the current directory; choose another --out")
-    if any(path.iterdir()) and not _made_by_diffaudit(path):
+    record = _diffaudit_record(path)
+    if any(path.iterdir()) and record is None:
         raise DiffauditError(
             f"--fresh deletes only folders diffaudit made, and {path} holds no diffaudit {SETTINGS_FILE}; "
             "choose another --out, or empty it yourself"
         )
     aside = target.parent / _deleting_name(target.name)
-    foreign = _foreign_entries(path)
+    foreign = _foreign_entries(record) if record is not None else set()
     if foreign:
         _move_own_entries(target, aside, foreign)
         shutil.rmtree(aside, ignore_errors=True)

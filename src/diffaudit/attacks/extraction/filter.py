@@ -92,9 +92,8 @@ def filter_prompt(
     ``distances_out``, when a list, receives the (n, n) tiled-ℓ2 matrix (for calibration).
     """
     s = (settings or FilterSettings()).validate()
-    if len(ids) == 0:
-        return PromptResult(prompt, prompt_index, 0, 0, [], None, 0.0, False, False)
-    g = near_duplicate_graph(images, threshold=s.edge_threshold, grid=s.grid, device=device, compute=compute)
+    g = None if len(ids) == 0 else near_duplicate_graph(images, threshold=s.edge_threshold, grid=s.grid,
+                                                        device=device, compute=compute)
     return _verdict(g, ids, prompt, prompt_index, s, distances_out)
 
 
@@ -132,14 +131,14 @@ def filter_prompts(
 
 def _finish(started: tuple, s: FilterSettings) -> PromptResult:
     pi, prompt, ids, g = started
-    if g is None:
-        return PromptResult(prompt, pi, 0, 0, [], None, 0.0, False, False)
-    return _verdict(g.result(), ids, prompt, pi, s, None)
+    return _verdict(None if g is None else g.result(), ids, prompt, pi, s, None)
 
 
-def _verdict(g: NearDuplicateGraph, ids: Sequence[str], prompt: str, prompt_index: int, s: FilterSettings,
+def _verdict(g: NearDuplicateGraph | None, ids: Sequence[str], prompt: str, prompt_index: int, s: FilterSettings,
              distances_out: list | None) -> PromptResult:
-    """The maximum clique of one prompt's graph, its flag and its medoid."""
+    """The maximum clique of one prompt's graph, its flag and its medoid (``g`` None: no generations)."""
+    if g is None:
+        return PromptResult(prompt, prompt_index, 0, 0, [], None, 0.0, False, False)
     if distances_out is not None:
         distances_out.append(g.distances)
     cq = max_clique(g.adjacency, max_expansions=s.max_expansions)
