@@ -9,15 +9,26 @@ Sides, each saved as it finishes when run by ``run_all.py``:
 - ``stock_pipeline``: ``pipe(prompt=..., latents=...)`` as a user of diffusers calls it (bf16 on CUDA,
   fp32 on the CPU);
 - ``diffaudit_source``: the source with the settings ``diffaudit sample --fast`` gives on this device
-  (CUDA: bf16 + channels-last UNet and VAE; the CPU: fp32, the default layout), not compiled;
-- ``diffaudit_source_compiled`` (CUDA, unless ``--no-compile``): the same with ``torch.compile`` of
+  (CUDA: bf16, the default layout; the CPU: fp32), not compiled;
+- ``diffaudit_source_channels_last`` (CUDA): the same with the UNet and VAE in channels-last memory,
+  which ``--fast`` leaves out unless compiling (kept here to show why);
+- ``diffaudit_source_compiled`` (CUDA, unless ``--no-compile``): channels-last and ``torch.compile`` of
   the UNet and of ``vae.decode`` (``diffaudit sample --fast --compile``); compilation happens in an
-  untimed warm-up call.
+  untimed warm-up call;
+- ``diffaudit_source_compiled_fused_qkv`` (CUDA, with ``--fuse-qkv``): the compiled side with the
+  UNet's attention query/key/value projections fused into one matrix product each
+  (``UNet2DConditionModel.fuse_qkv_projections``; the same weights, so the same images within bf16
+  rounding), compiled again.
 
 The images of each diffaudit side are compared with the stock images (mean and max ℓ2 on [0, 1]).
+Every side does the same arithmetic, counted once with ``torch.utils.flop_counter`` on one image
+(``tflop_per_image``: the UNet ``steps`` times, twice under classifier-free guidance, the text encoder
+once per prompt and negative prompt, the VAE decoder once); each side's ``tflops`` is its rate, and
+with ``--peak-tflops`` (the device's dense bf16 peak, H100 SXM: 989) its ``fraction_of_peak``.
 
-    python bench/bench_sd.py --size 512 --batch 8 --steps 20       # GPU
+    python bench/bench_sd.py --size 512 --batch 8 --steps 20 --peak-tflops 989   # GPU
     python bench/bench_sd.py --tiny --size 64 --batch 2 --steps 2  # CPU smoke test
+    python bench/bench_sd.py --size 512 --batch 1 --steps 20 --count-only  # the count alone (CPU: minutes)
 """
 
 from __future__ import annotations
@@ -27,6 +38,9 @@ import argparse
 import numpy as np
 import torch
 from diffusers import DDIMScheduler
+
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
 from _common import checkpoint, device_info, emit, timed
 from diffaudit.core.seeds import generation_seed, randn_per_seed
@@ -44,7 +58,45 @@ def l2_stats(a: np.ndarray, b: np.ndarray) -> dict:
     return {"mean_l2_to_stock": float(d.mean()), "max_l2_to_stock": float(d.max())}
 
 
-def main() -> None:
+@torch.no_grad()
+def tflop_per_image(pipe, size: int, steps: int, guidance_scale: float, device: torch.device, dtype: torch.dtype) -> dict:
+    """Floating-point operations (TFLOP, multiply-adds counted as 2) of one image: each part run once on
+    zeros at batch 1 (its count does not depend on the values or the device), scaled by how often the
+    pipeline runs it. Matrix products and convolutions, attention's included; element-wise work is not
+    counted (the rates are against the matrix-product peak)."""
+    cfg = 2 if guidance_scale > 1 else 1  # the pipeline's own test for classifier-free guidance
+    lat = size // pipe.vae_scale_factor
+    tokens = torch.zeros(1, pipe.tokenizer.model_max_length, dtype=torch.long, device=device)
+    parts = {
+        "unet_call": lambda: pipe.unet(torch.zeros(1, pipe.unet.config.in_channels, lat, lat, device=device, dtype=dtype),
+                                       torch.tensor([1], device=device),
+                                       encoder_hidden_states=torch.zeros(1, tokens.shape[1], pipe.unet.config.cross_attention_dim,
+                                                                         device=device, dtype=dtype)),
+        "text_encoder_call": lambda: pipe.text_encoder(tokens),
+        "vae_decode": lambda: pipe.vae.decode(torch.zeros(1, pipe.vae.config.latent_channels, lat, lat, device=device,
+                                                          dtype=dtype)),
+    }
+    flops = {}
+    for name, call in parts.items():
+        # The math attention (matrix products the counter sees): a fused kernel of some devices (the
+        # CPU's flash attention) has no operation count, and would leave attention out.
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            call()
+        flops[name] = counter.get_total_flops() / 1e12
+    flops["unet_calls"] = steps * cfg
+    flops["total"] = steps * cfg * flops["unet_call"] + cfg * flops["text_encoder_call"] + flops["vae_decode"]
+    return flops
+
+
+def rate(images_per_s: float, flops: dict, peak_tflops: float | None) -> dict:
+    """Achieved TFLOP/s of a side, and its fraction of ``peak_tflops`` when given."""
+    out = {"tflops": images_per_s * flops["total"]}
+    if peak_tflops:
+        out["fraction_of_peak"] = out["tflops"] / peak_tflops
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="a tiny pipeline (CPU smoke test) instead of SD 1.x sizes")
     ap.add_argument("--size", type=int, default=512)
@@ -54,7 +106,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--no-compile", action="store_true", help="CUDA: leave out the compiled side")
     ap.add_argument("--compile-mode", default=None, help="torch.compile mode of the compiled side (default: default)")
-    a = ap.parse_args()
+    ap.add_argument("--fuse-qkv", action="store_true", help="CUDA: add a compiled side with the UNet's q/k/v projections fused")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak (H100 SXM: 989)")
+    ap.add_argument("--count-only", action="store_true",
+                    help="count the operations per image and stop (no timing; the count is the same on any device)")
+    a = ap.parse_args(argv)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cuda = dev.type == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -66,8 +122,13 @@ def main() -> None:
     seeds = [generation_seed(0, 0, i) for i in range(a.batch)]
     lat = a.size // pipe.vae_scale_factor
     latents = randn_per_seed(seeds, (pipe.unet.config.in_channels, lat, lat), device=dev, dtype=dtype)
+    flops = tflop_per_image(pipe, a.size, a.steps, a.guidance_scale, dev, dtype)
     result = {"bench": "stable-diffusion", **device_info(dev), "size": a.size, "batch": a.batch, "steps": a.steps,
-              "guidance_scale": a.guidance_scale, "dtype": str(dtype), "tiny": a.tiny, "images_per_s": {}}
+              "guidance_scale": a.guidance_scale, "dtype": str(dtype), "tiny": a.tiny, "tflop_per_image": flops,
+              "peak_tflops": a.peak_tflops, "images_per_s": {}, "rate": {}}
+    if a.count_only:
+        emit(result)
+        return 0
 
     def stock():
         return pipe(prompt=prompts, latents=latents, num_inference_steps=a.steps, guidance_scale=a.guidance_scale,
@@ -76,27 +137,41 @@ def main() -> None:
     stock_images = to_uint8(stock())  # warm-up
     t_stock = timed(stock, dev, a.repeats)
     result["images_per_s"]["stock_pipeline"] = a.batch / t_stock
+    result["rate"]["stock_pipeline"] = rate(a.batch / t_stock, flops, a.peak_tflops)
     checkpoint(result, "stock_pipeline")
 
     # diffaudit's source over the same pipeline (same scheduler config): what `diffaudit sample --fast` runs.
-    # It changes the pipeline in place (channels-last, then compiled modules), so it comes after the stock side.
+    # It changes the pipeline in place (channels-last, then compiled modules, then fused projections), so
+    # the sides come after the stock one, in this order.
     common = dict(device=dev, steps=a.steps, guidance_scale=a.guidance_scale, scheduler="ddim", micro_batch=a.batch,
-                  dtype=dtype, height=a.size, channels_last=cuda)
-    sides = [("diffaudit_source", False)] + ([("diffaudit_source_compiled", True)] if cuda and not a.no_compile else [])
-    result["diffaudit_settings"] = {"dtype": str(dtype), "channels_last": cuda, "compile_mode": a.compile_mode}
-    for name, compiled in sides:
-        source = StableDiffusionSource.from_pipeline(pipe, compile=compiled, compile_mode=a.compile_mode, **common)
+                  dtype=dtype, height=a.size, compile_mode=a.compile_mode)
+    sides = [("diffaudit_source", dict(channels_last=False, compile=False))]  # (name, source options)
+    if cuda:
+        sides.append(("diffaudit_source_channels_last", dict(channels_last=True, compile=False)))
+        if not a.no_compile:
+            sides.append(("diffaudit_source_compiled", dict(channels_last=True, compile=True)))
+            if a.fuse_qkv:
+                sides.append(("diffaudit_source_compiled_fused_qkv", dict(channels_last=True, compile=True)))
+    result["diffaudit_settings"] = {"dtype": str(dtype), "compile_mode": a.compile_mode,
+                                    "sides": {name: opts for name, opts in sides}}
+    for name, opts in sides:
+        if name.endswith("_fused_qkv"):
+            pipe.unet = pipe.unet._orig_mod  # un-compiled, fused, then compiled again by the source
+            pipe.unet.fuse_qkv_projections()
+        source = StableDiffusionSource.from_pipeline(pipe, **opts, **common)
         run = lambda source=source: source(seeds, prompts)
-        images = run()  # warm-up (compiles the compiled side)
+        images = run()  # warm-up (compiles the compiled sides)
         t = timed(run, dev, a.repeats)
         result["images_per_s"][name] = a.batch / t
+        result["rate"][name] = rate(a.batch / t, flops, a.peak_tflops)
         result[f"{name}_images"] = l2_stats(images, stock_images)
         result[f"speedup_of_{name}"] = t_stock / t
         checkpoint(result, name)
     if cuda:
         result["peak_cuda_mib"] = torch.cuda.max_memory_allocated(dev) / 2 ** 20
     emit(result)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -36,8 +36,8 @@ GPU = {
     # faiss is not on the GPU machine (no wheel carried): its two baselines are skipped there, and
     # bench_knn also records them as skipped by itself wherever faiss cannot be imported.
     "knn": ["bench_knn.py", "--synthetic", "--queries", "1048576", "--refs", "50000", "--k", "50", "--peak-tflops", "989",
-            "--peak-int8-tops", "1979", "--also-compute", "bf16", "--query-blocks", "21845,43690", "--profile",
-            "--skip", "faiss_cpu,diffaudit_faiss"],
+            "--peak-int8-tops", "1979", "--without-prefetch", "--also-compute", "bf16", "--query-blocks", "21845,43690",
+            "--profile", "--skip", "faiss_cpu,diffaudit_faiss"],
     "rerank": ["bench_rerank.py", "--queries", "1048576", "--refs", "50000", "--k", "50", "--repeats", "1"],
     "loss": ["bench_loss.py", *CIFAR_UNET, "--n", "4096", "--models", "2", "--draws", "4", "--batch", "1024",
              "--baseline-batches", "256,1024"],
@@ -45,7 +45,8 @@ GPU = {
                 "--batch", "2048", "--steps", "20", "--repeats", "1"],
     "filter": ["bench_filter.py", "--prompts", "50", "--generations", "500", "--size", "512", "--also-compute", "bf16",
                "--previous-paths"],
-    "stable_diffusion": ["bench_sd.py", "--size", "512", "--batch", "8", "--steps", "20", "--repeats", "1"],
+    "stable_diffusion": ["bench_sd.py", "--size", "512", "--batch", "8", "--steps", "20", "--repeats", "1",
+                         "--peak-tflops", "989", "--fuse-qkv"],
 }
 CPU = {
     "sampling": ["bench_sampling.py", "--batch", "64", "--steps", "10"],

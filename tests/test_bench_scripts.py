@@ -102,3 +102,24 @@ def test_bench_filter_records_resolved_kinds(bench, capsys):
     assert out["host_inputs"]["compute"] == out["one_memorized_prompt"]["compute"] == main_kind
     assert out["also_float64"]["compute"] == "float64" and out["also_float64"]["same_graph"]
     assert out["host_inputs"]["flagged"] == out["expected_flagged"] == 1
+
+
+def test_bench_sd_counts_the_same_operations_for_every_side(bench, capsys):
+    """The SD benchmark's operation count: the UNet ``steps`` times, twice under guidance, the text
+    encoder twice and the VAE decoder once per image; each side's TFLOP/s is its images/s times that,
+    and its fraction of a given peak is that rate over the peak."""
+    import bench_sd
+
+    out = _run_main(bench_sd, ["--tiny", "--size", "32", "--batch", "2", "--steps", "3", "--repeats", "1",
+                               "--peak-tflops", "0.5"], capsys)
+    f = out["tflop_per_image"]
+    assert f["unet_calls"] == 6 and min(f["unet_call"], f["text_encoder_call"], f["vae_decode"]) > 0
+    assert f["total"] == pytest.approx(6 * f["unet_call"] + 2 * f["text_encoder_call"] + f["vae_decode"])
+    assert set(out["rate"]) == set(out["images_per_s"]) == {"stock_pipeline", "diffaudit_source"}  # the CPU's sides
+    for side, r in out["rate"].items():
+        assert r["tflops"] == pytest.approx(out["images_per_s"][side] * f["total"])
+        assert r["fraction_of_peak"] == pytest.approx(r["tflops"] / 0.5)
+    assert out["diffaudit_source_images"]["max_l2_to_stock"] == 0.0  # same code, fp32, same latents
+    unguided = _run_main(bench_sd, ["--tiny", "--size", "32", "--batch", "1", "--steps", "3", "--repeats", "1",
+                                    "--guidance-scale", "1"], capsys)["tflop_per_image"]
+    assert unguided["unet_calls"] == 3 and unguided["unet_call"] == pytest.approx(f["unet_call"])
