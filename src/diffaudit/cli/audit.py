@@ -398,17 +398,18 @@ def _target_members(args, models: Path, dataset) -> tuple[Path, list[str]]:
     return target, [dataset.keys[i] for i in rows]
 
 
-def _dropped_duplicates(target: Path, data) -> set[str]:
+def _dropped_duplicates(target: Path, data, dropped: list[str] | None) -> set[str]:
     """The keys of --data that a deduplicated target dropped as near-duplicates of images it trained on.
 
     They are neither members nor fair non-members (a generation that copies a kept image also matches
     its dropped duplicate, and a membership score sees the kept copy): left out of the verify baseline
     here, and out of the non-members by `mia` and `inpaint` themselves.
+
+    ``dropped``: what ``read_dropped_duplicates(target)`` returned (None: unreadable). The caller reads
+    it once, so that with --model the check for unseen images and this exclusion use the same record.
     """
     from diffaudit.core.progress import stage_line
-    from diffaudit.models.run_files import read_dropped_duplicates
 
-    dropped = read_dropped_duplicates(target)
     if dropped is None:
         stage_line(f"audit: {target} was deduplicated, but its record of the dropped near-duplicates is unreadable and "
                    "its keep list is gone: they stay among the non-members, where they look like members")
@@ -428,6 +429,7 @@ def run(args: argparse.Namespace) -> int:
     from diffaudit.core.results import write_result
     from diffaudit.data import load_dataset, make_membership, save_membership, target_split
     from diffaudit.data.view import save_view
+    from diffaudit.models.run_files import read_dropped_duplicates
     from diffaudit.report import render_report, write_summary
     from diffaudit.report.view_extraction import baseline_phrase
 
@@ -445,15 +447,15 @@ def run(args: argparse.Namespace) -> int:
     data = load_dataset(args.data, **data_options(args))  # before --out records anything: a typo costs nothing
     if args.class_conditional and data.labels is None:
         raise DiffauditError(f"--class-conditional needs labels, and {args.data} has none")
+    model_dropped = None  # --model's record of its dropped near-duplicates, read once (used again below)
     if args.model:
-        from diffaudit.models.run_files import read_dropped_duplicates
-
         _, trained = _target_members(args, Path(args.out) / "models", data)
         if args.shadows and not 0.5 <= (len(data) / 2) / len(trained) <= 2:
             stage_line(f"audit: each shadow trains on half of --data ({len(data) // 2:,} images) but --model trained on "
                        f"{len(trained):,}: LiRA assumes shadows trained like the target, so give --data a pool about twice "
                        "the target's training set (e.g. --subset)")
-        unseen = set(data.keys) - set(trained) - set(read_dropped_duplicates(args.model) or ())
+        model_dropped = read_dropped_duplicates(args.model)
+        unseen = set(data.keys) - set(trained) - set(model_dropped or ())
         if not unseen:  # the verify baseline and the membership attack need unseen images
             raise DiffauditError(
                 f"--model {args.model} trained on all {len(data)} images of --data {args.data} (or on near-duplicates of "
@@ -491,7 +493,8 @@ def run(args: argparse.Namespace) -> int:
                    folder=f"models/model-{n_train - 1:02d}")
     target, member_keys = _target_members(args, models, data)
     members = set(member_keys)
-    excluded = _dropped_duplicates(target, data)
+    # with --model the target is that run (read above); else the model-00 the train stage just made
+    excluded = _dropped_duplicates(target, data, model_dropped if args.model else read_dropped_duplicates(target))
     mia_done = out / "mia" / "result.json"
     if excluded and mia_done.exists() and "n_excluded" not in read_json(mia_done):
         raise DiffauditError(f"{out}: its verify and mia stages ran before the near-duplicates {target.name} dropped "

@@ -11,6 +11,7 @@ whose writer, on this host, is no longer running.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -193,12 +194,39 @@ def open_npz(path: str | os.PathLike, *, kind: str = ".npz file", expected: str 
 
 
 def make_private_dir(path: str | os.PathLike) -> Path:
-    """Create ``path`` (and parents) owner-only (0o700): outputs may hold training images."""
+    """Create folder ``path`` and its missing parents owner-only (0o700): outputs may hold training images.
+
+    Only the folders this call creates are made private; a folder that already exists (a user's
+    ``--out`` that is group-readable on purpose, or a symbolic link to one) keeps its mode, since
+    diffaudit must not change the permissions of a folder it did not make. The files written into
+    it through :func:`atomic_write` are created owner-only (0o600), so they stay private either way.
+    """
     path = Path(path)
     try:
         check_storage(path)
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(path, 0o700)
+        for folder in _missing_folders(path):
+            _make_owner_only(folder)
+        if not path.is_dir():
+            raise FileExistsError(errno.EEXIST, "exists and is not a folder", str(path))
     except OSError as exc:
         raise _storage_error(path, exc) from exc
     return path
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist, outermost first (the ones to create)."""
+    missing = []
+    while not os.path.lexists(path) and path.parent != path:
+        missing.append(path)
+        path = path.parent
+    return missing[::-1]
+
+
+def _make_owner_only(folder: Path) -> None:
+    """Create ``folder`` with mode 0o700 exactly (the umask may take bits from ``mkdir``'s mode, e.g. the
+    owner's write bit). A folder that another process made meanwhile is theirs, and keeps its mode."""
+    try:
+        folder.mkdir(mode=0o700)
+    except FileExistsError:
+        return
+    os.chmod(folder, 0o700)

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from diffaudit.core.errors import DiffauditError
-from diffaudit.core.io import load_npy
 
 # Loader options recorded in settings (cli.common.data_options) that load_dataset accepts.
 DATA_OPTIONS = ("image_size", "center_crop", "subset", "subset_seed", "mode", "skip_bad", "cifar_root")
@@ -63,63 +61,114 @@ def png_file_uri(path: Path, *, max_side: int = 1024) -> str | None:
 
 
 class SampleImages:
-    """Generations of a sample store by id (``manifest.json`` + ``shards/shard-NNNNNN.{npy,json}``).
+    """Generations of a ``--samples`` input by id.
 
-    The shard sidecars are read once for their ``ids``; pixels are memory-mapped per shard on
-    demand. Any other ``--samples`` input goes through ``diffaudit.store.read_samples`` when that
-    is available.
+    A sample store is read through its own checked reader (:meth:`SampleStore.read_shard`), one
+    shard at a time and only when one of its generations is asked for, so the report never shows
+    pixels the store itself would refuse (a shard of another run, a sidecar that disagrees with the
+    manifest). A refused or unreadable shard's generations come back as None, like a missing id, and
+    ``error`` says why (the report shows those generations by id). Any other input goes through
+    ``diffaudit.store.read_samples`` (or a plain ``.npz`` reader).
     """
 
     def __init__(self, path: Path | None):
         self.path = path
-        self._where: dict[str, tuple[Path, int]] = {}
-        self._arrays: dict[Path, np.ndarray] = {}
+        self._store = None
+        self._layout = (0, 0, 0)  # per_prompt, n_total, shard_size of a store's manifest
+        self._shards: dict[int, np.ndarray | None] = {}  # shard index -> memory-mapped pixels (None: refused)
+        self._refused: dict[int, str] = {}
         self._dataset = None
         if path is None:
             return
-        if path.is_dir() and (path / "manifest.json").exists():
-            self._index_store(path)
+        from diffaudit.store import SampleStore
+
+        if SampleStore.is_store(path):
+            self._open_store(path)
         else:
             self._dataset = _try_read_samples(path)
 
-    def _index_store(self, path: Path) -> None:
-        sidecars = sorted((path / "shards").glob("shard-*.json")) or sorted(path.glob("shard-*.json"))
-        for side in sidecars:
-            npy = side.with_suffix(".npy")
-            if not npy.exists():
-                continue
-            try:
-                ids = json.loads(side.read_text(encoding="utf-8")).get("ids", [])
-            except (OSError, ValueError, AttributeError):
-                continue
-            for row, gid in enumerate(ids):
-                self._where.setdefault(str(gid), (npy, row))
+    def _open_store(self, path: Path) -> None:
+        from diffaudit.store import SampleStore
+
+        try:
+            store = SampleStore.open(path)
+            self._layout = tuple(int(store.manifest[k]) for k in ("per_prompt", "n_total", "shard_size"))
+        except DiffauditError as exc:  # e.g. a manifest that is not valid JSON: every generation by id
+            self._refused[-1] = str(exc)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            self._refused[-1] = (f"{path / 'manifest.json'} does not say how the store is laid out ({type(exc).__name__}: "
+                                 f"{exc}); it was edited or damaged")
+        else:
+            self._store = store
+
+    @property
+    def error(self) -> str | None:
+        """Why some generations cannot be shown (None when every lookup so far could be read)."""
+        if not self._refused:
+            return None
+        first = next(iter(self._refused.values()))
+        more = len(self._refused) - 1
+        return first if not more else f"{first} (and {more} more shard{'s' if more > 1 else ''} refused)"
 
     def __len__(self) -> int:
-        return len(self._where) if self._dataset is None else len(self._dataset)
+        if self._dataset is not None:
+            return len(self._dataset)
+        if self._store is None:
+            return 0
+        return sum(self._store.plan(k).stop - self._store.plan(k).start for k in self._store.completed())
 
     def get(self, gid: Any) -> np.ndarray | None:
-        """uint8 (H, W, C) of generation ``gid``, or None when it cannot be found."""
+        """uint8 (H, W, C) of generation ``gid``, or None when it cannot be found or read."""
         gid = str(gid)
         if self._dataset is not None:
             i = self._dataset_index().get(gid)
             return None if i is None else self._dataset.images[i]
-        hit = self._where.get(gid)
-        if hit is None:
+        if self._store is None:
             return None
-        npy, row = hit
-        try:
-            arr = self._arrays.get(npy)
-            if arr is None:
-                arr = self._arrays[npy] = load_npy(npy, mmap=True)
-            return np.asarray(arr[row])
-        except (DiffauditError, OSError, ValueError, IndexError):
+        where = _locate(gid, *self._layout)
+        if where is None:
             return None
+        shard, row = where
+        images = self._shard(shard)
+        return None if images is None else np.asarray(images[row])
+
+    def _shard(self, index: int) -> np.ndarray | None:
+        """Memory-mapped pixels of finished shard ``index`` through the store's checked reader, once per
+        shard; None (and the reason in ``error``) when the store refuses it or it is unfinished."""
+        if index not in self._shards:
+            self._shards[index] = None
+            if self._store.is_complete(index):
+                try:
+                    self._shards[index], _ = self._store.read_shard(index, mmap=True)
+                except DiffauditError as exc:
+                    self._refused[index] = str(exc)
+                except (OSError, KeyError, TypeError, ValueError, IndexError) as exc:  # a malformed manifest or sidecar
+                    self._refused[index] = f"{self.path}: shard {index} cannot be read ({type(exc).__name__}: {exc})"
+        return self._shards[index]
 
     def _dataset_index(self) -> dict[str, int]:
         if not hasattr(self, "_ds_index"):
             self._ds_index = self._dataset.index_of()
         return self._ds_index
+
+
+def _locate(gid: str, per_prompt: int, n_total: int, shard_size: int) -> tuple[int, int] | None:
+    """(shard index, row) where a store laid out by its manifest (``per_prompt``, ``n_total``,
+    ``shard_size``) plans generation ``gid`` = ``p<prompt>-i<image>`` (ordinal ``prompt * per_prompt +
+    image``, as :mod:`diffaudit.store.sample_store` numbers them), or None for an id it does not plan.
+
+    The store's reader refuses a shard whose sidecar ids differ from this plan, so the row of a shard
+    it accepts holds exactly ``gid``.
+    """
+    from diffaudit.store.sample_store import GENERATION_ID
+
+    if not GENERATION_ID.fullmatch(gid) or shard_size < 1:
+        return None
+    prompt, image = (int(x) for x in gid[1:].split("-i"))
+    ordinal = prompt * per_prompt + image
+    if image >= per_prompt or ordinal >= n_total:
+        return None
+    return divmod(ordinal, shard_size)
 
 
 def _try_read_samples(path: Path):

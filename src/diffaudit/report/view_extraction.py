@@ -195,6 +195,8 @@ def gallery(rs: ResultSet, *, redact: bool) -> dict[str, Any] | None:
             "duplicates": n_dup,
             "n_matching": e.get("n_matching_samples"),
         })
+    if samples.error:  # known once the shards were read, above
+        notes.append(f"Some generations are shown by id: {samples.error}.")
     return {"items": items, "total": len(pairs), "notes": notes, "redacted": redact}
 
 
@@ -230,6 +232,8 @@ def cliques(rs: ResultSet, *, redact: bool = False) -> dict[str, Any] | None:
     notes = []
     if items and samples.path is None and not redact:
         notes.append("The sample store was not found; clique members are shown by id.")
+    if samples.error:  # known once the shards were read, above
+        notes.append(f"Some clique members are shown by id: {samples.error}.")
     settings = st.settings
     return {
         "items": items,

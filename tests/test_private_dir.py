@@ -1,0 +1,65 @@
+"""``make_private_dir`` makes the folders it creates owner-only and leaves existing folders as they are."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from diffaudit.core.errors import DiffauditError
+from diffaudit.core.io import make_private_dir, write_json_atomic
+from diffaudit.core.outdir import prepare_out_dir
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_an_existing_folder_keeps_its_mode(tmp_path):
+    """A user's --out that is group-readable on purpose is not chmodded by diffaudit."""
+    out = tmp_path / "results"
+    out.mkdir()
+    os.chmod(out, 0o750)
+    assert make_private_dir(out) == out
+    assert _mode(out) == 0o750
+    # nor through the output-folder logic every command uses
+    prepare_out_dir(out, "sample", {"seed": 0})
+    assert _mode(out) == 0o750
+    # the files written into it are owner-only whatever the folder's mode
+    assert _mode(write_json_atomic(out / "x.json", {"a": 1})) == 0o600
+
+
+def test_an_existing_folder_through_a_symbolic_link_keeps_its_mode(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    os.chmod(real, 0o755)
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)
+    make_private_dir(tmp_path / "link")
+    assert _mode(real) == 0o755
+
+
+def test_folders_it_creates_are_owner_only_parents_too(tmp_path):
+    os.chmod(tmp_path, 0o755)
+    leaf = tmp_path / "a" / "b" / "c"
+    assert make_private_dir(leaf) == leaf
+    assert [_mode(p) for p in (tmp_path / "a", tmp_path / "a" / "b", leaf)] == [0o700] * 3
+    assert _mode(tmp_path) == 0o755  # the existing ancestor is left as it was
+    assert make_private_dir(leaf) == leaf and _mode(leaf) == 0o700  # idempotent
+
+
+def test_a_created_folder_is_0o700_exactly_whatever_the_umask(tmp_path):
+    """The umask may take the owner's own bits from mkdir's mode; a created folder is still 0o700."""
+    old = os.umask(0o277)
+    try:
+        make_private_dir(tmp_path / "new" / "leaf")
+    finally:
+        os.umask(old)
+    assert _mode(tmp_path / "new") == 0o700 and _mode(tmp_path / "new" / "leaf") == 0o700
+
+
+def test_a_file_in_the_way_is_a_clear_error(tmp_path):
+    (tmp_path / "f").write_text("x")
+    for path in (tmp_path / "f", tmp_path / "f" / "sub"):
+        with pytest.raises(DiffauditError, match=f"could not write {path}"):
+            make_private_dir(path)
