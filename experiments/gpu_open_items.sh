@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks and measurements issue 8 still lacks, in ONE device call (600 s at most), most
 # important first:
-#   tests    the CUDA-marked kNN, distance, extraction and DP-SGD tests (reported, and failing loudly if
+#   tests    the CUDA-marked kNN, distance, extraction, DP-SGD and batch-fit tests (reported, and failing loudly if
 #            skipped): the review fixes of the filter's int8 grouping, the pipelined filter and the
 #            prefetch's pinning came after the last device call,
 #   stable_diffusion  the stock pipeline against diffaudit's SD source: eager bf16 (what --fast gives),
@@ -27,7 +27,7 @@ TEST_LIMIT=${TEST_LIMIT:-90}
 LIMITS=${LIMITS:-stable_diffusion=300,filter=60,knn=100}
 source "$(dirname "$0")/_env.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "(no nvidia-smi)"
-run_gpu_tests "$TEST_LIMIT" tests/test_knn.py tests/test_distances.py tests/test_extract.py tests/test_dp.py
+run_gpu_tests "$TEST_LIMIT" tests/test_knn.py tests/test_distances.py tests/test_extract.py tests/test_dp.py tests/test_batch_fit.py
 rc=$?
 echo "tests done after $((SECONDS - T0))s"
 python3 bench/run_all.py --only stable_diffusion,filter,knn --limits "$LIMITS" --table "${TABLE:-auto}" \

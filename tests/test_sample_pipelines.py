@@ -117,3 +117,19 @@ def test_stable_diffusion_source_fast_path_is_honoured(sd_dir, monkeypatch):
     # uncompiled, the pipeline keeps its default layout (eager channels-last measured slower than stock)
     assert open_source(sd_dir, device=torch.device("cuda"), steps=2, fast=True) == "source"
     assert (seen["dtype"], seen["channels_last"], seen["compile"]) == (torch.bfloat16, False, False)
+
+
+def test_stable_diffusion_auto_micro_batch(sd_dir):
+    """``micro_batch="auto"``: 8 off CUDA; the probe (a one-step pipeline call) runs at each size asked."""
+    from diffaudit.core.batch_fit import largest_batch_that_fits
+    from diffaudit.sampling.sources import StableDiffusionSource
+
+    source = StableDiffusionSource(str(sd_dir), steps=2, guidance_scale=3, micro_batch="auto")
+    assert source.micro_batch == 8 and source.settings()["micro_batch"] == 8
+
+    class Roomy:  # an allocator with room for any size
+        total, reset, peak = (lambda self: 100), (lambda self: None), (lambda self: 1)
+
+    calls = []
+    fit = largest_batch_that_fits(lambda b: (source._probe(b), calls.append(b)), start=1, cap=4, memory=Roomy())
+    assert fit.batch == 4 and calls == [1, 2, 4]

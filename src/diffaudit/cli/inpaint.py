@@ -18,6 +18,7 @@ import argparse
 from pathlib import Path
 
 from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit
+from diffaudit.core.batch_fit import AUTO, batch_option, resolve_batch
 from diffaudit.core.errors import DiffauditError
 
 # Heavy imports (torch, the attack, the data loaders) happen inside the functions: building the
@@ -57,7 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a.add_argument("--timestep", type=int, default=100, help="timestep of the scoring loss")
     a.add_argument("--n-draws", type=int, default=4, help="noise draws ε of the scoring loss (same for both models)")
     f = p.add_argument_group("speed")
-    f.add_argument("--batch-size", type=int, default=1024, help="inpaintings per model call (many targets share a batch)")
+    f.add_argument("--batch-size", type=batch_option, default=1024,
+                   help="inpaintings per model call (many targets share a batch; does not change results); auto: on CUDA "
+                        "the largest that fits within 80%% of the GPU's memory, probed on the target model")
     f.add_argument("--bf16", action="store_true", help="run the models in bfloat16 (CUDA)")
     f.add_argument("--compile", action="store_true", help="torch.compile the UNets (CUDA)")
     add_run_args(p)
@@ -268,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
     )
     config.validate()
     check_shadow_args(args)
-    if args.batch_size < 1:
+    if args.batch_size != AUTO and args.batch_size < 1:
         raise DiffauditError(f"--batch-size must be at least 1; got {args.batch_size}")
     ds = load_dataset(args.data, **data_options(args))
     H, W, _ = ds.image_shape
@@ -302,7 +305,9 @@ def run(args: argparse.Namespace) -> int:
         stage_line(f"inpaint: resuming {out}: {len(targets) - len(pending)} of {len(targets)} targets already finished")
 
     models = _Models(device, args)
-    group = max(1, args.batch_size // config.n_inpaint)
+    batch = resolve_batch(args.batch_size, device, default=1024, probe=lambda b: models.get(Path(args.model)).forward_probe(b),
+                          start=32, cap=16384, what="inpaint: --batch-size")
+    group = max(1, batch // config.n_inpaint)
     pending.sort(key=lambda i: (str(shadows[i]), i))  # fewer shadow swaps
     with progress_bar("inpaint", len(pending), unit="target") as bar:
         for g in range(0, len(pending), group):
@@ -311,7 +316,7 @@ def run(args: argparse.Namespace) -> int:
             labels = _labels(ds, idx, target)
             inps = attack.inpaint_targets(
                 target, ds.images[idx], np.stack([masks[i] for i in idx]), target_indices=idx, config=config,
-                alphas_cumprod=target.alphas_cumprod, labels=labels, device=device, micro_batch=args.batch_size,
+                alphas_cumprod=target.alphas_cumprod, labels=labels, device=device, micro_batch=batch,
             )
             for n, i in enumerate(idx):
                 shadow = models.get(shadows[i])
@@ -319,7 +324,7 @@ def run(args: argparse.Namespace) -> int:
                     target, shadow, ds.images[i], inps[n], target_index=i, key=ds.keys[i], member=ds.keys[i] in train_keys,
                     mask_name=describe_mask(args.mask, seed=args.seed, target_index=i), shadow_name=str(shadows[i]),
                     config=config, alphas_cumprod=target.alphas_cumprod, shadow_alphas_cumprod=shadow.alphas_cumprod,
-                    label=None if labels is None else int(labels[n]), device=device, micro_batch=args.batch_size,
+                    label=None if labels is None else int(labels[n]), device=device, micro_batch=batch,
                     mask=masks[i],
                 )
                 _save_target(out, i, res, kept, ds.images[i], masks[i])

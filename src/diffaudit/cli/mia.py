@@ -13,6 +13,7 @@ from diffaudit.attacks.membership.run import (MiaConfig, MiaScores, TargetSpec, 
                                               shadow_run_dirs)
 from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit, emit_finished
 from diffaudit.cli.shadows import membership_digest
+from diffaudit.core.batch_fit import batch_option
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import save_npz_atomic
@@ -79,7 +80,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="strong-lira: fit a Gaussian per query and sum the log-likelihood ratios (default: the "
                         "stronger on 8 digits models, AUC 0.960 against 0.824 with fixed variance, docs/experiments.md), "
                         "or average the losses over the queries first")
-    a.add_argument("--batch-size", type=int, default=256, help="examples per forward pass")
+    a.add_argument("--batch-size", type=batch_option, default=256,
+                   help="examples per forward pass (does not change the losses); auto: on CUDA the largest that fits "
+                        "within 80%% of the GPU's memory, probed for each model")
     a.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="forward passes (auto: bf16 on CUDA, else fp32)")
     a.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates for the confidence intervals (0: none)")
     a.add_argument("--loss-cache", default=None, help="folder of cached losses to share between runs, e.g. one per shadows folder: other attacks "

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from diffaudit.cli.common import emit
+from diffaudit.core.batch_fit import AUTO, batch_option
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.progress import stage_line
 
@@ -37,7 +38,10 @@ def add_sample_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eta", type=float, default=0.0, help="DDIM η (0 deterministic, 1 DDPM-like)")
     g.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance (Stable Diffusion)")
     g.add_argument("--scheduler", default="ddim", help="ddim, dpm or pndm (Stable Diffusion)")
-    g.add_argument("--micro-batch", type=int, default=None, help="images per UNet call (fixed; recorded; default 32 CPU, 256 CUDA)")
+    g.add_argument("--micro-batch", type=batch_option, default=None,
+                   help="images per UNet call (fixed; recorded, since bf16 kernels may round differently at other sizes; "
+                        "default 32 CPU, 256 CUDA, 8 Stable Diffusion); auto: on CUDA the largest that fits within 80%% "
+                        "of the GPU's memory, probed once (a resumed store keeps the one it recorded)")
     g.add_argument("--batch-size", type=int, default=None, help="images per source call (does not change pixels)")
     g.add_argument("--shard-size", type=int, default=1024, help="images per store shard")
     g.add_argument("--fast", action="store_true", help="CUDA fast path: bf16 weights, and channels-last memory for a pixel UNet (for a Stable "
@@ -98,6 +102,20 @@ def fast_path_flags(args: argparse.Namespace, device) -> tuple[bool, bool]:
     return fast, compile and fast
 
 
+def _micro_batch(args: argparse.Namespace, out: str) -> int | str | None:
+    """``--micro-batch`` as the source takes it: ``auto`` in a store that recorded a micro-batch is that one
+    (the store resumes where another probe might choose otherwise; ``--fresh`` probes again)."""
+    from diffaudit.core.outdir import recorded_settings
+
+    if args.micro_batch != AUTO or args.fresh:
+        return args.micro_batch
+    recorded = (recorded_settings(out, NAME) or {}).get("micro_batch")
+    if isinstance(recorded, int):
+        stage_line(f"sample: --micro-batch auto: {recorded}, as {out} records")
+        return recorded
+    return AUTO
+
+
 def sample_into(args: argparse.Namespace, model: str, out: str):
     """Open the source and store, then fill it (used by `sample` and `audit`); returns the SampleStore."""
     from diffaudit.core.device import resolve_device
@@ -108,7 +126,7 @@ def sample_into(args: argparse.Namespace, model: str, out: str):
     check_count_flags(args)  # before the model is loaded
     device = resolve_device(args.device)
     fast, compile = fast_path_flags(args, device)
-    source = open_source(model, device=device, steps=args.steps, eta=args.eta, micro_batch=args.micro_batch,
+    source = open_source(model, device=device, steps=args.steps, eta=args.eta, micro_batch=_micro_batch(args, out),
                          guidance_scale=args.guidance_scale, scheduler=args.scheduler, fast=fast, compile=compile)
     prompts, per_prompt = plan_prompts(args, source)
     from diffaudit.models.digest import model_digest

@@ -112,6 +112,13 @@ def _diffaudit_record(path: Path) -> dict[str, Any] | None:
     return record if ok else None
 
 
+def recorded_settings(path: str | os.PathLike, command: str) -> dict[str, Any] | None:
+    """The settings ``command`` recorded in folder ``path`` (its ``settings.json``), or None when it holds
+    none of that command's (before a first run, after another command's, unreadable)."""
+    record = _diffaudit_record(Path(path))
+    return record["settings"] if record is not None and record["command"] == command else None
+
+
 def _deleting_name(name: str) -> str:
     """Hidden name a folder ``name`` is renamed to while ``--fresh`` deletes it (unique per call)."""
     return f".{name}.deleting-{os.getpid()}-{secrets.token_hex(4)}"

@@ -92,6 +92,19 @@ class Denoiser:
             return ab.sqrt() * out + (1 - ab).sqrt() * x_t
         return (x_t - ab.sqrt() * out) / (1 - ab).sqrt()  # "sample": x̂_0
 
+    @torch.no_grad()
+    def forward_probe(self, batch: int) -> None:
+        """One forward pass of the uncompiled UNet on ``batch`` zero images at the last timestep, in this
+        denoiser's dtype and memory format: the workload whose peak memory
+        :func:`~diffaudit.core.batch_fit.largest_batch_that_fits` reads (a compiled UNet needs no more,
+        and is not recompiled for each probed size)."""
+        unet = getattr(self.unet, "_orig_mod", self.unet)
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        x = torch.zeros(batch, self.in_channels, self.image_size, self.image_size, device=self.device, dtype=self.dtype)
+        t = torch.full((batch,), self.num_train_timesteps - 1, dtype=torch.long, device=self.device)
+        labels = None if self.num_classes is None else torch.zeros(batch, dtype=torch.long, device=self.device)
+        unet(x.contiguous(memory_format=memory_format), t, class_labels=labels)
+
     def optimise_for_gpu(self, *, dtype: torch.dtype = torch.bfloat16, channels_last: bool = True, compile: bool = False,
                          compile_mode: str | None = None) -> "Denoiser":
         """GPU fast path: reduced precision, channels-last memory and optionally ``torch.compile``.

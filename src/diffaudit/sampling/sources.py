@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from diffaudit.core.batch_fit import resolve_batch
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.seeds import randn_per_seed
 from diffaudit.models.denoiser import Denoiser, load_denoiser
@@ -58,8 +59,10 @@ class PixelSource:
 class StableDiffusionSource:
     """Text-to-image generation with a local StableDiffusionPipeline folder (no hub access).
 
-    ``channels_last``: the UNet's and the VAE's weights in channels-last memory (any device; the
-    images stay within rounding of the default layout). ``compile`` (CUDA only; DESIGN: no
+    ``micro_batch``: images per pipeline call, or ``auto``: on CUDA the largest of 1, 2, 4, ... 64 whose
+    one-step call fits (:func:`~diffaudit.core.batch_fit.resolve_batch`, probed before compiling), 8
+    elsewhere. ``channels_last``: the UNet's and the VAE's weights in channels-last memory (any
+    device; the images stay within rounding of the default layout). ``compile`` (CUDA only; DESIGN: no
     ``torch.compile`` on the CPU, refused there): ``torch.compile`` of the UNet and of ``vae.decode``
     with ``compile_mode`` (None: the default mode), compiled on the first call (a minute or more at
     SD sizes; pays off over many images). ``pipe``: an already built ``StableDiffusionPipeline`` to use
@@ -72,7 +75,7 @@ class StableDiffusionSource:
     steps: int = 50
     guidance_scale: float = 7.5
     scheduler: str = "ddim"
-    micro_batch: int = 8
+    micro_batch: int | str = 8
     dtype: torch.dtype = torch.float32
     height: int | None = None
     channels_last: bool = False
@@ -109,16 +112,26 @@ class StableDiffusionSource:
         return cls(path=kwargs.pop("path", "<in-memory pipeline>"), pipe=pipe, **kwargs)
 
     def _apply_fast_path(self) -> None:
-        """Channels-last memory and torch.compile, as asked (in place, on this source's pipeline)."""
+        """Channels-last memory, the micro-batch (``auto``: probed, before compiling) and torch.compile, as
+        asked (in place, on this source's pipeline)."""
         pipe = self.pipe
         if self.channels_last:
             pipe.unet.to(memory_format=torch.channels_last)
             pipe.vae.to(memory_format=torch.channels_last)
+        self.micro_batch = resolve_batch(self.micro_batch, torch.device(self.device), default=8, probe=self._probe,
+                                         start=1, cap=64, what="--micro-batch")
         if self.compile:
             if not hasattr(pipe.unet, "_orig_mod"):  # not compiled twice
                 pipe.unet = torch.compile(pipe.unet, mode=self.compile_mode, dynamic=False)
             if not hasattr(pipe.vae.decode, "_torchdynamo_orig_callable"):
                 pipe.vae.decode = torch.compile(pipe.vae.decode, mode=self.compile_mode, dynamic=False)
+
+    def _probe(self, batch: int) -> None:
+        """One pipeline call of one step on ``batch`` images (UNet under guidance, then the VAE decoder)."""
+        lat = self.height // self.pipe.vae_scale_factor
+        latents = torch.zeros(batch, self.pipe.unet.config.in_channels, lat, lat, device=self.device, dtype=self.dtype)
+        self.pipe(prompt=["probe"] * batch, latents=latents, num_inference_steps=1, guidance_scale=self.guidance_scale,
+                  height=self.height, width=self.height, output_type="np")
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -160,7 +173,7 @@ def is_stable_diffusion_dir(path: str | Path) -> bool:
         return False
 
 
-def open_source(model: str | Path, *, device: torch.device, steps: int, eta: float = 0.0, micro_batch: int | None = None,
+def open_source(model: str | Path, *, device: torch.device, steps: int, eta: float = 0.0, micro_batch: int | str | None = None,
                 guidance_scale: float = 7.5, scheduler: str = "ddim", fast: bool = False, compile: bool = False):
     """The image source for a model directory (pixel UNet or Stable Diffusion pipeline).
 
@@ -168,20 +181,26 @@ def open_source(model: str | Path, *, device: torch.device, steps: int, eta: flo
     UNet; ``compile`` adds ``torch.compile`` of the UNet (about a minute once; pays off from tens of
     thousands of images). A Stable Diffusion pipeline takes bf16 alone, and with ``compile``
     channels-last for its UNet and VAE and ``torch.compile`` of both (see :class:`StableDiffusionSource`).
+
+    ``micro_batch``: images per UNet call; None: 256 on CUDA and 32 elsewhere (8 for Stable Diffusion);
+    ``auto``: on CUDA the largest that fits (pixel UNets: 32, 64, ... 4096, one forward pass each;
+    :func:`~diffaudit.core.batch_fit.resolve_batch`), the default elsewhere.
     """
     # Checked before any output folder exists, so a corrected re-run is not refused as "other settings".
     if not 0.0 <= eta <= 1.0:
         raise DiffauditError(f"--eta must lie in [0, 1] (0: deterministic DDIM, 1: DDPM-like); got {eta}")
-    if micro_batch is not None and micro_batch < 1:
+    if isinstance(micro_batch, int) and micro_batch < 1:
         raise DiffauditError(f"--micro-batch must be at least 1; got {micro_batch}")
     if is_stable_diffusion_dir(model):
         cuda_fast = fast and device.type == "cuda"
         return StableDiffusionSource(str(model), device=device, steps=steps, guidance_scale=guidance_scale,
-                                     scheduler=scheduler, micro_batch=micro_batch or 8,
+                                     scheduler=scheduler, micro_batch=8 if micro_batch is None else micro_batch,
                                      dtype=torch.bfloat16 if cuda_fast else torch.float32,
                                      channels_last=cuda_fast and compile, compile=cuda_fast and compile)
     den = load_denoiser(model, device=device)
     ddim_timesteps(den.num_train_timesteps, steps)  # --steps in range, before any output folder exists
     if fast and device.type == "cuda":
         den.optimise_for_gpu(dtype=torch.bfloat16, channels_last=True, compile=compile)
-    return PixelSource(den, steps=steps, eta=eta, micro_batch=micro_batch or (256 if device.type == "cuda" else 32))
+    micro_batch = resolve_batch(micro_batch, device, default=256 if device.type == "cuda" else 32, probe=den.forward_probe,
+                                start=32, cap=4096, what="--micro-batch")
+    return PixelSource(den, steps=steps, eta=eta, micro_batch=micro_batch)

@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from diffaudit.core.batch_fit import AUTO, resolve_batch
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.faults import fault_point
 from diffaudit.core.io import load_npy, save_npy_atomic
@@ -71,7 +72,7 @@ def cached_model_losses(
     flips: bool = False,
     noise_seed: int = 0,
     precision: str = "fp32",
-    batch_size: int = 256,
+    batch_size: int | str = 256,
     device: str | torch.device = "cpu",
     cache_dir: str | Path,
     name: str = "model",
@@ -89,6 +90,9 @@ def cached_model_losses(
         timesteps: integers in [0, T).
         n_draws, flips: queries per example (Q = n_draws × (2 if flips else 1)).
         precision: ``fp32`` or ``bf16`` (bf16 only makes sense on a GPU).
+        batch_size: examples per forward pass (it does not change the losses), or ``auto``: for a pixel
+            UNet on CUDA the largest of 32, 64, ... 8192 that fits (:func:`~diffaudit.core.batch_fit.resolve_batch`),
+            else 256; a Stable Diffusion pipeline takes at most 64 (``auto``: 64).
         cache_dir: the cache root; ``name`` labels the model's folder in it.
         data_digest: :func:`dataset_digest` of ``dataset`` when the caller already has it.
     """
@@ -108,15 +112,18 @@ def cached_model_losses(
             pipe = load_sd_pipeline(run_dir, device=device, dtype=dtype)
             with Timer() as timer:
                 fresh = per_example_latent_loss(pipe, dataset.images, dataset.captions, timesteps=missing, n_draws=n_draws,
-                                                flips=flips, noise_seed=noise_seed, batch_size=min(batch_size, 64))
+                                                flips=flips, noise_seed=noise_seed,
+                                                batch_size=64 if batch_size == AUTO else min(batch_size, 64))
         else:
             den = load_denoiser(run_dir, device=device, dtype=torch.float32)
             if dtype != torch.float32:
                 den.optimise_for_gpu(dtype=dtype, channels_last=True, compile=False)
             labels = dataset.labels if den.num_classes is not None else None
+            batch = resolve_batch(batch_size, torch.device(device), default=256, probe=den.forward_probe, start=32, cap=8192,
+                                  what=f"mia: --batch-size for {name}")
             with Timer() as timer:
                 fresh = per_example_loss(den, dataset.images, timesteps=missing, n_draws=n_draws, flips=flips,
-                                         noise_seed=noise_seed, labels=labels, batch_size=batch_size,
+                                         noise_seed=noise_seed, labels=labels, batch_size=batch,
                                          progress=f"mia: losses of {name}")
         for j, t in enumerate(missing):
             save_npy_atomic(folder / _file_name(t, n_draws, flips, noise_seed, precision), np.ascontiguousarray(fresh[:, j]))

@@ -38,6 +38,7 @@ from diffaudit.data.digest import dataset_digest
 from diffaudit.attacks.membership.registry import get_attack
 from diffaudit.attacks.membership.sweep import sweep_scores
 from diffaudit.attacks.membership.targets import PooledScores, score_models, without_nonmember_rows
+from diffaudit.core.batch_fit import AUTO
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.progress import stage_line
 from diffaudit.data.dataset import ImageDataset
@@ -62,7 +63,8 @@ class MiaConfig:
         transform: ``log`` or ``none``: what LiRA fits Gaussians to.
         strong_aggregate: ``sum-llr`` or ``mean-loss`` (Strong LiRA only).
         precision: ``fp32`` or ``bf16`` forward passes.
-        batch_size: examples per forward pass.
+        batch_size: examples per forward pass, or ``auto``: the largest that fits on CUDA (probed per model;
+            :func:`~diffaudit.core.batch_fit.resolve_batch`), 256 elsewhere. It does not change the losses.
     """
 
     attack: str = "lira"
@@ -74,7 +76,7 @@ class MiaConfig:
     transform: str = "log"
     strong_aggregate: str = "sum-llr"
     precision: str = "fp32"
-    batch_size: int = 256
+    batch_size: int | str = 256
 
     def validate(self) -> None:
         attack = get_attack(self.attack, transform=self.transform, strong_aggregate=self.strong_aggregate)
@@ -91,7 +93,7 @@ class MiaConfig:
             raise DiffauditError("timesteps must be >= 0")
         if self.n_draws < 1:
             raise DiffauditError(f"--draws must be at least 1; got {self.n_draws}")
-        if self.batch_size < 1:
+        if self.batch_size != AUTO and self.batch_size < 1:
             raise DiffauditError(f"--batch-size must be at least 1; got {self.batch_size}")
         if self.transform not in TRANSFORMS:
             raise DiffauditError(f"--transform must be one of {', '.join(TRANSFORMS)}")
