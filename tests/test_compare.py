@@ -32,7 +32,8 @@ def test_compare_summaries_rows_and_table():
     b = {"extraction": {"unique_extracted": 986, "n_samples": 2**20}, "mia": {"lira": {"auc": 0.9, "tpr_at_fpr": {"0.01": None}}},
          "canaries": {"n_extracted": 2, "by_repeats": [{"repeats": 64, "mean_exposure": 5.5}]}}
     rows = {r["metric"]: r for r in compare_summaries(a, b, dp_b={"epsilon": 50.0})}
-    assert rows["extraction: unique extracted"] == {"metric": "extraction: unique extracted", "a": 1280, "b": 986, "change": -294}
+    assert rows["extraction: unique extracted"] == {"metric": "extraction: unique extracted", "kind": "count", "better": "lower",
+                                                   "a": 1280, "b": 986, "change": -294}
     assert rows["mia lira: TPR at 1% FPR"]["b"] is None and rows["mia lira: TPR at 1% FPR"]["change"] is None
     assert rows["mia lira: AUC"]["change"] == pytest.approx(-0.08)
     assert rows["canaries x64: mean exposure"]["a"] is None and rows["model: DP epsilon"]["b"] == 50.0
@@ -126,7 +127,8 @@ def test_train_map_only_verify_compares_its_own_count():
     b = {"extraction": {"unique_extracted": None, "n_samples": 500, "prompt_checks_extracted": 1, "prompt_checks_n": 4}}
     rows = {r["metric"]: r for r in compare_summaries(a, b)}
     assert rows["extraction: unique extracted"]["a"] is None
-    assert rows["extraction: train-map matches"] == {"metric": "extraction: train-map matches", "a": 3, "b": 1, "change": -2}
+    assert rows["extraction: train-map matches"] == {"metric": "extraction: train-map matches", "kind": "count",
+                                                    "better": "lower", "a": 3, "b": 1, "change": -2}
 
 
 def test_canaries_without_extraction_compare_as_unknown(tmp_path, capsys):
@@ -286,5 +288,6 @@ def test_the_baseline_set_size_is_a_row():
     a = {"extraction": {"unique_extracted": 0, "n_samples": 512, "baseline_unique_extracted": 0, "baseline_n_images": 2000}}
     b = {"extraction": {"unique_extracted": 0, "n_samples": 512, "baseline_unique_extracted": 0, "baseline_n_images": 1997}}
     rows = {r["metric"]: r for r in compare_summaries(a, b)}
-    assert rows["extraction: baseline set size"] == {"metric": "extraction: baseline set size", "a": 2000, "b": 1997, "change": -3}
+    assert rows["extraction: baseline set size"] == {"metric": "extraction: baseline set size", "kind": "count",
+                                                    "better": "none", "a": 2000, "b": 1997, "change": -3}
     assert "extraction: baseline set size" not in metrics({"extraction": {"unique_extracted": 1}})

@@ -10,6 +10,7 @@ from diffaudit.cli.train import add_train_options, train_config_from
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.outdir import prepare_out_dir
+from diffaudit.core.progress import stage_line
 from diffaudit.core.results import write_result
 from diffaudit.data import load_dataset
 from diffaudit.data.digest import dataset_digest
@@ -23,7 +24,9 @@ DESCRIPTION = (
     "number of times (--repeats 1,2,4,...,64), train a DDPM on the result (out/model, resumable), then measure each "
     "canary's exposure = log2|R| - log2 rank of its loss at t=100 in R, the canary and the --n-reference never-inserted "
     "candidates of the same kind (Secret Sharer: 0 to log2(n_reference + 1) bits), and whether generations extract it. "
-    "Every option is checked before training; --canary-pool images that are training images are refused. Writes "
+    "Every option is checked before training; drawn --canary-pool images that are training images, exact copies or "
+    "near-duplicates (those that the verification --rule, --delta calls copies of a training image), are left out "
+    "and replaced by other pool images, and a pool that is mostly training images is refused. Writes "
     "canaries.json (the membership record) and result.json with one entry per canary and the curve of memorization "
     "vs number of duplicates."
 )
@@ -52,8 +55,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--n-draws", type=int, default=4, help="noise draws averaged per loss")
     g.add_argument("--n-samples", type=int, default=256, help="generations checked for extraction (0: skip)")
     g.add_argument("--sample-steps", type=int, default=20, help="DDIM steps of the generations")
-    g.add_argument("--rule", choices=("ratio", "l2"), default="ratio", help="verification rule (paper Sec. 5.1: ratio)")
-    g.add_argument("--delta", type=float, default=0.15, help="delta of the l2 rule")
+    g.add_argument("--rule", choices=("ratio", "l2"), default="ratio",
+                   help="verification rule (paper Sec. 5.1: ratio); it also decides which --canary-pool images are "
+                        "near-duplicates of training images")
+    g.add_argument("--delta", type=float, default=0.15, help="delta of the l2 rule, in (0, 1]")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,8 +76,13 @@ def run(args: argparse.Namespace) -> int:
     pool = load_dataset(args.canary_pool, **dict(opts, subset=None)) if args.kind == "heldout" else None
     # before the output folder exists: a value that cannot work is refused while fixing it costs nothing
     plan = make_canaries(args.kind, image_shape=ds.image_shape, repeats=repeats, per_repeat=args.per_repeat,
-                         n_reference=args.n_reference, seed=args.seed, pool=pool, training=ds)
+                         n_reference=args.n_reference, seed=args.seed, pool=pool, training=ds,
+                         copy_rule=ev.copy_rule(), device=device)
     ev.validate(n_train=len(ds) + len(plan.keys))
+    if plan.skipped:
+        near = sum(s["copy"] == "near" for s in plan.skipped)
+        stage_line(f"canaries: {len(plan.skipped)} drawn --canary-pool images are training images ({near} near-duplicates, "
+                   f"{len(plan.skipped) - near} exact copies) and were replaced by others; canaries.json lists them")
     settings = {"data": str(args.data), "data_options": opts, "kind": args.kind, "canary_pool": args.canary_pool,
                 "repeats": repeats, "per_repeat": args.per_repeat, "n_reference": args.n_reference,
                 "train": asdict(config), "evaluation": asdict(ev),

@@ -20,7 +20,9 @@ DESCRIPTION = (
     "extracted training images, membership-inference AUC and TPR at 1% and 0.1% FPR, canaries extracted and their "
     "exposure, the DP epsilon of the model, near-duplicate groups, the false-positive baseline's size; change = "
     "second - first (TPR in percentage points, pp), flagged 'within noise' where both folders record confidence "
-    "intervals and they overlap. Columns are named after the folders unless --labels names them. Warns when the "
+    "intervals and they overlap. Each row declares its kind (count, rate, auc or score: how it prints) and which change "
+    "is better (lower, or none for the generations and images searched or checked: compare at equal budgets). "
+    "Columns are named after the folders unless --labels names them. Warns when the "
     "folders were run on different datasets; two folders with none of these results are an error. Prints a table "
     "(or JSON with --json); with --out also writes result.json there."
 )

@@ -6,9 +6,10 @@ every attack, with ground truth for "memorization vs number of duplicates".
 
 - :func:`make_canaries`: candidates of one kind — ``noise`` (uint8 uniform noise, each image from
   its own seed) or ``heldout`` (real images from a pool the model never sees; a drawn candidate that
-  is a training image — same key from the same source, or identical pixels — is refused, see
-  :func:`training_members`) — split into the inserted canaries (``per_repeat`` per repeat count) and
-  the never-inserted references.
+  is a training image — same key from the same source, identical pixels, or a near-duplicate that the
+  verification rule calls a copy of its nearest training image, :func:`find_training_copies` — is left
+  out and replaced, and a pool that is mostly training images is refused) — split into the inserted
+  canaries (``per_repeat`` per repeat count) and the never-inserted references.
 - :func:`insert_canaries`: the training set with the canaries appended once each, and the
   ``repeats`` map {index: times} for :func:`diffaudit.models.training.train`.
 - :func:`exposure`: exposure = log2 |R| − log2 rank (Secret Sharer, Definition 4), R the candidate
@@ -22,17 +23,17 @@ every attack, with ground truth for "memorization vs number of duplicates".
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from scipy.stats import norm
 
+from diffaudit.attacks.extraction.verification import VerifySettings, decide
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.seeds import derive_seed, numpy_rng
 from diffaudit.data.dataset import ImageDataset
-from diffaudit.data.digest import DIGEST_ROWS
+from diffaudit.distances.knn import knn_search
 
 CANARY_KINDS = ("noise", "heldout")
 DEFAULT_REPEATS = (1, 2, 4, 8, 16, 32, 64)
@@ -54,6 +55,9 @@ class CanaryPlan:
         sources: where each canary came from (pool key for ``heldout``, seed for ``noise``).
         reference_sources: likewise for the references.
         seed: the seed of every draw.
+        skipped: ``heldout``: the drawn pool images left out as training images or near-duplicates of
+            one, each ``{"source", "copy": "exact"|"near", "l2", "ratio", "nearest"}`` (the nearest
+            training key), in the order drawn; others were drawn in their place.
     """
 
     kind: str
@@ -65,6 +69,7 @@ class CanaryPlan:
     sources: list[str] = field(default_factory=list)
     reference_sources: list[str] = field(default_factory=list)
     seed: int = 0
+    skipped: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _check_repeats(repeats) -> list[int]:
@@ -81,7 +86,8 @@ def noise_image(seed: int, shape: tuple[int, int, int]) -> np.ndarray:
 
 def make_canaries(kind: str, *, image_shape: tuple[int, int, int], repeats=DEFAULT_REPEATS, per_repeat: int = 1,
                   n_reference: int = 64, seed: int = 0, pool: ImageDataset | None = None,
-                  training: ImageDataset | None = None) -> CanaryPlan:
+                  training: ImageDataset | None = None, copy_rule: VerifySettings | None = None,
+                  device: Any = "cpu") -> CanaryPlan:
     """Draw ``len(repeats) * per_repeat`` canaries and ``n_reference`` references of ``kind``.
 
     Args:
@@ -93,8 +99,14 @@ def make_canaries(kind: str, *, image_shape: tuple[int, int, int], repeats=DEFAU
             most log2(n_reference + 1) bits).
         seed: every draw derives from it (noise image j from ``derive_seed(seed, "canary-noise", j)``;
             the pool choice from ``derive_seed(seed, "canary-pool")``).
-        training: the training set (``heldout``): a drawn candidate that is one of its images is refused
-            (:func:`check_unseen`), since exposure measured against training members is biased to 0.
+        training: the training set (``heldout``): a drawn candidate that is one of its images, or a
+            near-duplicate of one, is left out and another pool image drawn in its place
+            (:func:`_draw_unseen`), since exposure measured against training members is biased to 0;
+            a draw that is mostly training images (a pool that is the training data) is refused.
+        copy_rule: when a ``heldout`` candidate is a near-duplicate of a training image: the verification
+            rule that calls a generation a copy (:class:`VerifySettings`; default: the ``ratio`` rule of
+            paper §5.1, or ``l2`` with δ = 0.15); see :func:`find_training_copies`.
+        device: where the nearest-neighbour search of that check runs.
 
     Raises :class:`DiffauditError` for settings that cannot give an exposure, before anything is trained.
     """
@@ -116,21 +128,57 @@ def make_canaries(kind: str, *, image_shape: tuple[int, int, int], repeats=DEFAU
         if training is None:
             raise DiffauditError("heldout canaries need the training set (training=) to check that no drawn pool image "
                                  "is a training image")
-        imgs, sources = _draw_from_pool(pool, shape, n_can, n_reference, seed)
+        imgs, sources, skipped = _draw_unseen(pool, shape, n_can, n_reference, seed, training, copy_rule=copy_rule,
+                                              device=device)
     else:
         raise DiffauditError(f"unknown canary kind {kind!r}; choose one of {', '.join(CANARY_KINDS)}")
     keys = [f"canary/{kind}/{j:04d}" for j in range(total)]
     plan = CanaryPlan(kind=kind, images=np.ascontiguousarray(imgs[:n_can]), repeats=plan_repeats, keys=keys[:n_can],
                       reference=np.ascontiguousarray(imgs[n_can:]), reference_keys=keys[n_can:], sources=sources[:n_can],
-                      reference_sources=sources[n_can:], seed=seed)
-    if kind == "heldout":
-        check_unseen(plan, training, same_source=pool.source == training.source)
+                      reference_sources=sources[n_can:], seed=seed, skipped=skipped if kind == "heldout" else [])
     return plan
 
 
+def _draw_unseen(pool: ImageDataset | None, shape: tuple[int, int, int], n_can: int, n_reference: int, seed: int,
+                 training: ImageDataset, *, copy_rule: VerifySettings | None,
+                 device: Any) -> tuple[np.ndarray, list[str], list[dict[str, Any]]]:
+    """``n_can + n_reference`` distinct pool images that are not training images (uint8 (n, H, W, C)), their
+    pool keys, and the drawn images left out as copies (:func:`find_training_copies`; see ``CanaryPlan.skipped``).
+
+    The first draw is :func:`_draw_from_pool`'s (so a pool without copies gives the candidates it always
+    gave); a copy in it is replaced by the next unused pool image in an order seeded by ``seed``, checked
+    the same way, until enough are found. Raises :class:`DiffauditError` when more than half of the first
+    draw are copies (the pool overlaps the training data: it is the wrong pool), or when the pool runs out.
+    """
+    total = n_can + n_reference
+    pick = _draw_from_pool(pool, shape, n_can, n_reference, seed)
+    same_source = pool.source == training.source
+    kept: list[int] = []
+    skipped: list[dict[str, Any]] = []
+    unused = iter(numpy_rng(derive_seed(seed, "canary-pool-replacements")).permutation(
+        np.setdiff1d(np.arange(len(pool)), pick)).tolist())
+    batch = [int(i) for i in pick]
+    while batch:
+        keys = [pool.keys[i] for i in batch]
+        found = find_training_copies(np.asarray(pool.images[batch]), keys, training, same_source=same_source,
+                                     copy_rule=copy_rule, device=device)
+        copies = set(found.members)
+        if not kept and not skipped and 2 * len(copies) > len(batch):
+            raise DiffauditError(_overlap_message(found, keys, training, n_can))
+        kept += [i for j, i in enumerate(batch) if j not in copies]
+        skipped += [{"source": keys[j], "copy": "exact" if j in found.exact else "near", "l2": float(found.l2[j]),
+                     "ratio": float(found.ratio[j]), "nearest": training.keys[int(found.nearest[j])]} for j in sorted(copies)]
+        batch = [i for _, i in zip(range(total - len(kept)), unused)]
+    if len(kept) < total:
+        raise DiffauditError(f"--canary-pool holds too few images that are not training images or near-duplicates of one: "
+                             f"{len(kept)} of the {total} needed ({n_can} canaries + {n_reference} references); "
+                             f"{len(skipped)} were left out as copies. Use a larger pool disjoint from --data")
+    return np.asarray(pool.images[kept]), [pool.keys[i] for i in kept], skipped
+
+
 def _draw_from_pool(pool: ImageDataset | None, shape: tuple[int, int, int], n_can: int, n_reference: int,
-                    seed: int) -> tuple[np.ndarray, list[str]]:
-    """``n_can + n_reference`` distinct pool images (uint8 (n, H, W, C)) and their pool keys, drawn with ``seed``."""
+                    seed: int) -> np.ndarray:
+    """Indices of ``n_can + n_reference`` distinct pool images, drawn with ``seed``."""
     total = n_can + n_reference
     if pool is None:
         raise DiffauditError("heldout canaries need a pool of images the model never sees (--canary-pool, e.g. cifar10-test)")
@@ -139,57 +187,126 @@ def _draw_from_pool(pool: ImageDataset | None, shape: tuple[int, int, int], n_ca
                              "load both at the same size (--image-size, --mode)")
     if len(pool) < total:
         raise DiffauditError(f"--canary-pool holds {len(pool)} images; {total} are needed ({n_can} canaries + {n_reference} references)")
-    pick = numpy_rng(derive_seed(seed, "canary-pool")).choice(len(pool), size=total, replace=False)
-    return np.asarray(pool.images[pick]), [pool.keys[i] for i in pick]
+    return numpy_rng(derive_seed(seed, "canary-pool")).choice(len(pool), size=total, replace=False)
 
 
-def _row_digests(images) -> Iterator[bytes]:
-    """SHA-1 of each image's uint8 pixels, in order, reading :data:`DIGEST_ROWS` images at a time (bounded
-    memory, also for a memory-mapped ShardedImages)."""
-    for lo in range(0, len(images), DIGEST_ROWS):
-        block = np.ascontiguousarray(images[lo:lo + DIGEST_ROWS], dtype=np.uint8)
-        for row in block:
-            yield hashlib.sha1(row.tobytes(), usedforsecurity=False).digest()
+@dataclass
+class PoolOverlap:
+    """Which candidates are training images, and how close each is to the training set.
+
+    Attributes:
+        exact: positions (sorted) of the candidates with a training image's key (same source) or pixels.
+        near: positions (sorted) of the other candidates the copy rule calls copies of their nearest
+            training image (near-duplicates: re-encoded, shifted, noisy...).
+        l2: float64 (n,), ℓ2 (RMS on [0, 1] pixels) to the nearest training image, in [0, 1]; 0 = same pixels.
+        ratio: float64 (n,), the normalised distance ℓ2 / (α · mean ℓ2 to the n nearest) (paper §5.1), ≥ 0.
+        nearest: int64 (n,), index of each candidate's nearest training image.
+        rule: the copy rule that decided ``near``.
+    """
+
+    exact: list[int]
+    near: list[int]
+    l2: np.ndarray
+    ratio: np.ndarray
+    nearest: np.ndarray
+    rule: VerifySettings
+
+    @property
+    def members(self) -> list[int]:
+        """Positions (sorted) of every candidate that is a training image, exact or near."""
+        return sorted(set(self.exact) | set(self.near))
+
+    def closest_near(self) -> int | None:
+        """The near-duplicate most clearly a copy (smallest ℓ2 under rule ``l2``, smallest ratio under
+        ``ratio``), or None when there is none."""
+        if not self.near:
+            return None
+        score = self.l2 if self.rule.rule == "l2" else self.ratio
+        return min(self.near, key=lambda j: (score[j], j))
 
 
-def training_members(images: np.ndarray, sources: list[str], training: ImageDataset, *, same_source: bool) -> list[int]:
-    """Positions (sorted) of the candidate ``images`` (uint8 (n, H, W, C)) that are training images.
+def describe_rule(rule: VerifySettings, n_train: int) -> str:
+    """The copy rule in words, with its threshold and the option that sets it (for error messages)."""
+    if rule.rule == "l2":
+        return f"l2 to the nearest training image <= delta = {rule.delta:g} (--rule l2 --delta {rule.delta:g})"
+    n = rule.neighbourhood(n_train)
+    return (f"l2 to the nearest training image <= alpha = {rule.alpha:g} times the mean l2 to its {n} nearest, "
+            "i.e. ratio <= 1 (--rule ratio, paper Sec. 5.1)")
 
-    A candidate is a training image when its pixels equal one of ``training``'s (SHA-1 of the uint8 rows;
-    the training set is streamed once, only the candidates' digests are held), or, with ``same_source``
-    (the pool was loaded from the training data's own spec, where a key names one example whatever the
-    options), when its pool key ``sources[j]`` is a training key.
+
+def find_training_copies(images: np.ndarray, sources: list[str], training: ImageDataset, *, same_source: bool,
+                         copy_rule: VerifySettings | None = None, device: Any = "cpu") -> PoolOverlap:
+    """Which candidate ``images`` (uint8 (n, H, W, C)) are training images, exact copies or near-duplicates.
+
+    Every candidate's n nearest training images (n = min(``copy_rule.n_neighbors``, N − 1), exact ℓ2,
+    :func:`diffaudit.distances.knn.knn_search`: the training set is streamed in blocks, or held prepared
+    when it fits the search's cache, so memory stays bounded for a large set) give:
+
+    - exact copies: ℓ2 = 0 to the nearest (the exact integer distance, so identical uint8 pixels), or,
+      with ``same_source`` (the pool was loaded from the training data's own spec, where a key names
+      one example whatever the options), a pool key ``sources[j]`` that is a training key;
+    - near-duplicates: the others that ``copy_rule`` calls a copy of their nearest training image,
+      the very decision verification makes for a generation (:func:`~diffaudit.attacks.extraction.
+      verification.decide`): rule ``ratio`` (the default, paper §5.1; what ``verify`` applies to
+      unconditional images) when ℓ2 ≤ α · mean ℓ2 to the n nearest, rule ``l2`` when ℓ2 ≤ δ (0.15).
+
+    On CIFAR-10 (test images against the 50,000 training images) the ratio rule calls about 1 % copies,
+    the same photographs re-encoded or shifted; ℓ2 ≤ 0.15 would call a third of them copies, since
+    smooth 32x32 images of another scene often lie that close.
     """
     if tuple(images.shape[1:]) != tuple(training.image_shape):
         raise DiffauditError(f"the candidates are {tuple(images.shape[1:])} (H, W, C) but the training images are "
                              f"{training.image_shape}")
-    members = set()
+    rule = (copy_rule or VerifySettings()).validate()
+    n_train = len(training)
+    knn = knn_search(np.ascontiguousarray(images, dtype=np.uint8), training.images, rule.neighbourhood(n_train),
+                     device=device)
+    l2, ratio, copied = decide(knn, rule, n_train)
+    exact = set(np.flatnonzero(knn.sq[:, 0] == 0).tolist())
     if same_source:
         keys = set(training.keys)
-        members.update(j for j, src in enumerate(sources) if src in keys)
-    wanted: dict[bytes, list[int]] = {}
-    for j, d in enumerate(_row_digests(images)):
-        wanted.setdefault(d, []).append(j)
-    for d in _row_digests(training.images):
-        members.update(wanted.get(d, ()))
-    return sorted(members)
+        exact.update(j for j, src in enumerate(sources) if src in keys)
+    near = [j for j in np.flatnonzero(copied).tolist() if j not in exact]
+    return PoolOverlap(exact=sorted(exact), near=near, l2=np.asarray(l2, np.float64), ratio=np.asarray(ratio, np.float64),
+                       nearest=knn.indices[:, 0].astype(np.int64), rule=rule)
 
 
-def check_unseen(plan: CanaryPlan, training: ImageDataset, *, same_source: bool) -> None:
-    """Raise :class:`DiffauditError` when a canary or reference of ``plan`` is a training image
-    (:func:`training_members`): a "never-inserted" reference that is a member, or a canary inserted on top
-    of its own training copy, biases exposure towards 0 (the count and the first pool key are named)."""
-    images = np.concatenate([plan.images, plan.reference])
-    sources = plan.sources + plan.reference_sources
-    members = training_members(images, sources, training, same_source=same_source)
-    if members:
-        n_can = len(plan.images)
-        in_can = sum(j < n_can for j in members)
-        raise DiffauditError(
-            f"--canary-pool overlaps the training data: {len(members)} of the {len(images)} drawn candidates "
-            f"({in_can} of {n_can} canaries, {len(members) - in_can} of {len(plan.reference)} never-inserted references) "
-            f"are training images (same key or identical pixels; first: {sources[members[0]]!r}), so their exposure "
-            "would be measured against members. Use a pool disjoint from --data (e.g. cifar10-test for cifar10)")
+def training_members(images: np.ndarray, sources: list[str], training: ImageDataset, *, same_source: bool,
+                     copy_rule: VerifySettings | None = None, device: Any = "cpu") -> list[int]:
+    """Positions (sorted) of the candidate ``images`` (uint8 (n, H, W, C)) that are training images:
+    exact copies or near-duplicates, :attr:`PoolOverlap.members` of :func:`find_training_copies`."""
+    return find_training_copies(images, sources, training, same_source=same_source, copy_rule=copy_rule,
+                                device=device).members
+
+
+def _overlap_message(found: PoolOverlap, sources: list[str], training: ImageDataset, n_can: int) -> str:
+    """Why a first draw (its first ``n_can`` the canaries, the rest references) that is mostly training
+    images is refused: the counts of exact copies and near-duplicates, the rule and threshold, the closest
+    near-duplicate and the first pool key."""
+    members = found.members
+    n, in_can = len(sources), sum(j < n_can for j in members)
+    return (
+        f"--canary-pool overlaps the training data: {len(members)} of the {n} drawn candidates ({in_can} of {n_can} "
+        f"canaries, {len(members) - in_can} of {n - n_can} never-inserted references) are training "
+        f"images: {_count(len(found.exact), 'exact copy', 'exact copies')} (same key or identical pixels) and "
+        f"{_count(len(found.near), 'near-duplicate', 'near-duplicates')} (the verification rule calls them copies: "
+        f"{describe_rule(found.rule, len(training))}){_closest(found, sources, training)}; first: "
+        f"{sources[members[0]]!r}. Their exposure would be measured against members. Use a pool disjoint from --data "
+        "(e.g. cifar10-test for cifar10)")
+
+
+def _count(n: int, one: str, many: str) -> str:
+    """"1 exact copy", "3 exact copies"."""
+    return f"{n} {one if n == 1 else many}"
+
+
+def _closest(found: PoolOverlap, sources: list[str], training: ImageDataset) -> str:
+    """"; closest near-duplicate: KEY, l2 D (ratio R) from training image KEY", or "" without one."""
+    j = found.closest_near()
+    if j is None:
+        return ""
+    return (f"; closest near-duplicate: {sources[j]!r}, l2 {found.l2[j]:.4f} (ratio {found.ratio[j]:.3f}) from "
+            f"training image {training.keys[int(found.nearest[j])]!r}")
 
 
 def insert_canaries(dataset: ImageDataset, plan: CanaryPlan) -> tuple[ImageDataset, dict[int, int], dict[str, Any]]:
@@ -198,7 +315,8 @@ def insert_canaries(dataset: ImageDataset, plan: CanaryPlan) -> tuple[ImageDatas
     ``repeats`` makes :func:`diffaudit.models.training.train` put canary i ``plan.repeats[i]`` times in
     the training stream. Labels (class-conditional data) of canaries are drawn with the plan's seed;
     captions are ``"canary <key>"``. The record (saved as ``canaries.json``) lists every canary
-    (key, index, repeats, source, label) and every reference (key, source).
+    (key, index, repeats, source, label), every reference (key, source), and the pool images left out as
+    training images or near-duplicates of one (``CanaryPlan.skipped``).
     """
     if dataset.image_shape != plan.images.shape[1:]:
         raise DiffauditError(f"canaries are {plan.images.shape[1:]} but the dataset's images are {dataset.image_shape}")
@@ -222,6 +340,7 @@ def insert_canaries(dataset: ImageDataset, plan: CanaryPlan) -> tuple[ImageDatas
         "canaries": [{"key": key, "index": n0 + j, "repeats": int(plan.repeats[j]), "source": plan.sources[j],
                       "label": can_labels[j]} for j, key in enumerate(plan.keys)],
         "reference": [{"key": key, "source": src} for key, src in zip(plan.reference_keys, plan.reference_sources)],
+        "skipped_pool_images": plan.skipped,
     }
     return combined, repeats, record
 

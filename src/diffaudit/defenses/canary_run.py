@@ -49,8 +49,9 @@ class CanaryEval:
         n_samples: generations for the extraction check (0 skips it).
         sample_steps: DDIM steps.
         sample_seed: seed of the generations.
-        rule: verification rule, ``ratio`` (paper §5.1, unconditional) or ``l2`` (ℓ2 ≤ delta).
-        delta: δ of the ``l2`` rule.
+        rule: verification rule, ``ratio`` (paper §5.1, unconditional) or ``l2`` (ℓ2 ≤ delta); also what
+            calls a ``heldout`` pool image a near-duplicate of a training image (:meth:`copy_rule`).
+        delta: δ of the ``l2`` rule, in (0, 1].
         micro_batch: images per sampler call.
     """
 
@@ -73,8 +74,6 @@ class CanaryEval:
         the verification rule and δ (:class:`VerifySettings`); with ``n_train`` (training images with the
         canaries) and generations asked for, that the ``ratio`` rule has a neighbourhood of at least 2.
         """
-        from diffaudit.attacks.extraction.verification import VerifySettings
-
         T = training_timesteps()
         if not 0 <= self.timestep < T:
             raise DiffauditError(f"--timestep must lie in [0, {T - 1}] (the schedule has T = {T} steps); got {self.timestep}")
@@ -86,10 +85,18 @@ class CanaryEval:
             raise DiffauditError(f"--sample-steps must lie in [1, {T}]; got {self.sample_steps}")
         if self.micro_batch < 1:
             raise DiffauditError(f"micro_batch must be at least 1; got {self.micro_batch}")
-        verify = VerifySettings(rule=self.rule, delta=self.delta).validate()
+        verify = self.copy_rule()
         if n_train is not None and self.n_samples > 0:
             verify.neighbourhood(n_train)
         return self
+
+    def copy_rule(self):
+        """The verification rule (``rule``, ``delta``) as validated :class:`VerifySettings`: what calls a
+        generation a copy of a training image, and (:func:`~diffaudit.defenses.canaries.make_canaries`
+        ``copy_rule``) a ``heldout`` pool image a near-duplicate of one."""
+        from diffaudit.attacks.extraction.verification import VerifySettings
+
+        return VerifySettings(rule=self.rule, delta=self.delta).validate()
 
 
 def training_timesteps() -> int:

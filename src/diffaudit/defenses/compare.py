@@ -5,19 +5,110 @@ Works on the ``summary.json`` dictionaries of :func:`diffaudit.report.summary.bu
 after deduplicating CIFAR-10), membership-inference AUC and TPR at 1 % and 0.1 % FPR per attack,
 canaries extracted and their mean exposure, the DP ε of the trained model, near-duplicate groups.
 A metric one side lacks is null on that side; counts are ints; AUC and TPR rows carry the confidence
-intervals the summaries record. ``change`` = b − a: lower is better for every row that counts or
-scores memorization; ``extraction: generations``, ``extraction: baseline set size`` and
-``extraction: train-map checks`` only say how many generations or images were searched or checked
-(compare counts at equal budgets).
+intervals the summaries record. ``change`` = b − a.
+
+Every metric compare knows is declared in :data:`METRICS` (a registry, :class:`MetricSpec`): its row
+name, its ``kind`` (``count``, ``rate``, ``auc`` or ``score``: what its values are and how they print)
+and which change is ``better`` (``lower`` for every row that counts or scores memorization; ``none``
+for the rows that only say how many generations or images were searched or checked, to compare at
+equal budgets). Each row carries its ``kind`` and ``better``, so nothing downstream reads them from
+the name; a key the registry lacks is an error, never a guess.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from diffaudit.core.errors import DiffauditError
+
 FPR_TARGETS = ("0.01", "0.001")
+
+#: What a metric's values are: ``count`` (a whole number of images, generations, canaries or groups;
+#: JSON ints), ``rate`` (a fraction in [0, 1], shown as a percentage, its change in percentage points),
+#: ``auc`` (an area under the ROC curve in [0, 1]), ``score`` (another real number: exposure in bits, DP ε).
+KINDS = ("count", "rate", "auc", "score")
+#: Which change is better: ``lower`` (less memorization or leakage), ``higher``, or ``none`` (the row
+#: says how much was searched or checked, the budget to compare at, not how much leaked).
+DIRECTIONS = ("lower", "higher", "none")
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric compare knows.
+
+    Attributes:
+        key: its registry key (:data:`METRICS`).
+        template: its row name; ``{attack}``, ``{fpr}`` (percent) and ``{repeats}`` are filled per row.
+        kind: one of :data:`KINDS`.
+        better: one of :data:`DIRECTIONS`.
+        meaning: what it measures, in a line.
+    """
+
+    key: str
+    template: str
+    kind: str
+    better: str
+    meaning: str
+
+    def __post_init__(self):
+        if self.kind not in KINDS or self.better not in DIRECTIONS:
+            raise ValueError(f"metric {self.key!r}: kind {self.kind!r} must be one of {KINDS} and better "
+                             f"{self.better!r} one of {DIRECTIONS}")
+
+    def name(self, **fields: Any) -> str:
+        """The row name, the template's fields filled in."""
+        return self.template.format(**fields)
+
+    def read(self, x: Any) -> float | int | None:
+        """A summary value as this metric's value: an int for a whole count, a finite float, else None."""
+        return _count(x) if self.kind == "count" else _num(x)
+
+
+_SPECS = (
+    MetricSpec("extraction_unique", "extraction: unique extracted", "count", "lower",
+               "unique training images extracted (each counted once, duplicates as one)"),
+    MetricSpec("extraction_generations", "extraction: generations", "count", "none", "generations verified"),
+    MetricSpec("extraction_baseline", "extraction: baseline (never-seen set)", "count", "none",
+               "unique images of the never-seen set the same verification matched (false-positive baseline)"),
+    MetricSpec("extraction_baseline_size", "extraction: baseline set size", "count", "none",
+               "images in the never-seen baseline set"),
+    MetricSpec("extraction_train_map_matches", "extraction: train-map matches", "count", "lower",
+               "generations within delta of their own prompt's training image (--train-map)"),
+    MetricSpec("extraction_train_map_checks", "extraction: train-map checks", "count", "none",
+               "generations checked against their own prompt's training image"),
+    MetricSpec("mia_auc", "mia {attack}: AUC", "auc", "lower", "membership-inference AUC of the attack"),
+    MetricSpec("mia_tpr", "mia {attack}: TPR at {fpr}% FPR", "rate", "lower",
+               "membership-inference true-positive rate at a fixed false-positive rate"),
+    MetricSpec("canaries_extracted", "canaries: extracted", "count", "lower", "canaries extracted by generations"),
+    MetricSpec("canaries_exposure", "canaries x{repeats}: mean exposure", "score", "lower",
+               "mean exposure, in bits, of the canaries inserted that many times"),
+    MetricSpec("dp_epsilon", "model: DP epsilon", "score", "lower", "the model's DP-SGD epsilon (null: not private)"),
+    MetricSpec("dedup_groups", "dedup: groups", "count", "lower", "near-duplicate groups in the training data"),
+    MetricSpec("dedup_in_groups", "dedup: images in groups", "count", "lower",
+               "training images in near-duplicate groups"),
+)
+#: The registry: every metric compare knows, by key.
+METRICS: dict[str, MetricSpec] = {spec.key: spec for spec in _SPECS}
+
+
+def metric_spec(key: str) -> MetricSpec:
+    """The registered metric ``key``; a :class:`DiffauditError` naming the known keys otherwise."""
+    try:
+        return METRICS[key]
+    except KeyError:
+        raise DiffauditError(f"compare knows no metric {key!r}; known: {', '.join(METRICS)}") from None
+
+
+@dataclass
+class Measured:
+    """One metric's value in one summary: ``name`` (the row), ``spec`` and ``value`` (None: not measured)."""
+
+    name: str
+    spec: MetricSpec
+    value: float | int | None
 
 
 def _num(x: Any) -> float | None:
@@ -70,44 +161,55 @@ def _count(x: Any) -> int | float | None:
 
 
 def _auc_name(attack: str) -> str:
-    return f"mia {attack}: AUC"
+    return METRICS["mia_auc"].name(attack=attack)
 
 
 def _tpr_name(attack: str, key: str) -> str:
-    return f"mia {attack}: TPR at {float(key) * 100:g}% FPR"
+    return METRICS["mia_tpr"].name(attack=attack, fpr=f"{float(key) * 100:g}")
+
+
+def measure(summary: dict[str, Any], dp: dict[str, Any] | None = None) -> list[Measured]:
+    """Every registered metric one summary (and the model's ``dp.json`` record, if any) holds, in row
+    order; a value is read as its spec's kind (:meth:`MetricSpec.read`)."""
+    out: list[Measured] = []
+
+    def put(key: str, value: Any, **fields: Any) -> None:
+        spec = metric_spec(key)
+        out.append(Measured(spec.name(**fields), spec, spec.read(value)))
+
+    ex = summary.get("extraction") or {}
+    if ex:
+        put("extraction_unique", ex.get("unique_extracted"))
+        put("extraction_generations", ex.get("n_samples"))
+        put("extraction_baseline", ex.get("baseline_unique_extracted"))
+        if ex.get("baseline_n_images") is not None:
+            put("extraction_baseline_size", ex.get("baseline_n_images"))
+        if ex.get("prompt_checks_extracted") is not None:  # a --train-map-only verify: its own count
+            put("extraction_train_map_matches", ex.get("prompt_checks_extracted"))
+            put("extraction_train_map_checks", ex.get("prompt_checks_n"))
+    for attack, m in sorted((summary.get("mia") or {}).items()):
+        put("mia_auc", m.get("auc"), attack=attack)
+        tpr = m.get("tpr_at_fpr") or {}
+        for key in FPR_TARGETS:
+            put("mia_tpr", tpr.get(key), attack=attack, fpr=f"{float(key) * 100:g}")
+    can = summary.get("canaries") or {}
+    if can:
+        put("canaries_extracted", can.get("n_extracted"))
+        for row in can.get("by_repeats") or []:
+            put("canaries_exposure", row.get("mean_exposure"), repeats=row.get("repeats"))
+    if dp is not None:
+        put("dp_epsilon", dp.get("epsilon"))  # null: no noise (not private)
+    dd = summary.get("dedup") or {}
+    if dd:
+        put("dedup_groups", dd.get("n_groups"))
+        put("dedup_in_groups", dd.get("n_in_groups"))
+    return out
 
 
 def metrics(summary: dict[str, Any], dp: dict[str, Any] | None = None) -> dict[str, float | int | None]:
     """Flat {metric name: value} of one summary (and the model's ``dp.json`` record, if any); counts
-    are ints, rates and scores floats."""
-    out: dict[str, float | int | None] = {}
-    ex = summary.get("extraction") or {}
-    if ex:
-        out["extraction: unique extracted"] = _count(ex.get("unique_extracted"))
-        out["extraction: generations"] = _count(ex.get("n_samples"))
-        out["extraction: baseline (never-seen set)"] = _count(ex.get("baseline_unique_extracted"))
-        if ex.get("baseline_n_images") is not None:
-            out["extraction: baseline set size"] = _count(ex.get("baseline_n_images"))
-        if ex.get("prompt_checks_extracted") is not None:  # a --train-map-only verify: its own count
-            out["extraction: train-map matches"] = _count(ex.get("prompt_checks_extracted"))
-            out["extraction: train-map checks"] = _count(ex.get("prompt_checks_n"))
-    for attack, m in sorted((summary.get("mia") or {}).items()):
-        out[_auc_name(attack)] = _num(m.get("auc"))
-        tpr = m.get("tpr_at_fpr") or {}
-        for key in FPR_TARGETS:
-            out[_tpr_name(attack, key)] = _num(tpr.get(key))
-    can = summary.get("canaries") or {}
-    if can:
-        out["canaries: extracted"] = _count(can.get("n_extracted"))
-        for row in can.get("by_repeats") or []:
-            out[f"canaries x{row.get('repeats')}: mean exposure"] = _num(row.get("mean_exposure"))
-    if dp is not None:
-        out["model: DP epsilon"] = _num(dp.get("epsilon"))  # null: no noise (not private)
-    dd = summary.get("dedup") or {}
-    if dd:
-        out["dedup: groups"] = _count(dd.get("n_groups"))
-        out["dedup: images in groups"] = _count(dd.get("n_in_groups"))
-    return out
+    are ints, rates and scores floats (:func:`measure`)."""
+    return {m.name: m.value for m in measure(summary, dp)}
 
 
 def _interval(ci: Any) -> list[float] | None:
@@ -131,19 +233,26 @@ def intervals(summary: dict[str, Any]) -> dict[str, list[float]]:
 
 def compare_summaries(a: dict[str, Any], b: dict[str, Any], *, dp_a: dict[str, Any] | None = None,
                       dp_b: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Rows {metric, a, b, change} over the union of both summaries' metrics (a's order first).
+    """Rows {metric, kind, better, a, b, change} over the union of both summaries' metrics (a's order first).
 
-    A row whose metric has a confidence interval on either side also carries ``a_ci`` and ``b_ci``
-    ([low, high] or null) and, with both, ``within_noise``: true when the two intervals overlap (the
-    change is not told apart from sampling noise).
+    ``kind`` and ``better`` are the metric's declared :class:`MetricSpec` fields. A row whose metric has
+    a confidence interval on either side also carries ``a_ci`` and ``b_ci`` ([low, high] or null) and,
+    with both, ``within_noise``: true when the two intervals overlap (the change is not told apart from
+    sampling noise).
     """
-    ma, mb = metrics(a, dp_a), metrics(b, dp_b)
+    ma, mb = measure(a, dp_a), measure(b, dp_b)
+    specs = {m.name: m.spec for m in ma}
+    for m in mb:
+        if specs.setdefault(m.name, m.spec) != m.spec:
+            raise DiffauditError(f"compare: the row {m.name!r} names two metrics ({specs[m.name].key} and "
+                                 f"{m.spec.key}); rename the attack folder")
+    va_, vb_ = {m.name: m.value for m in ma}, {m.name: m.value for m in mb}
     ca, cb = intervals(a), intervals(b)
-    names = list(ma) + [k for k in mb if k not in ma]
     rows = []
-    for k in names:
-        va, vb = ma.get(k), mb.get(k)
-        row = {"metric": k, "a": va, "b": vb, "change": None if va is None or vb is None else vb - va}
+    for k, spec in specs.items():
+        va, vb = va_.get(k), vb_.get(k)
+        row = {"metric": k, "kind": spec.kind, "better": spec.better, "a": va, "b": vb,
+               "change": None if va is None or vb is None else vb - va}
         if k in ca or k in cb:
             row.update(a_ci=ca.get(k), b_ci=cb.get(k))
         if k in ca and k in cb:

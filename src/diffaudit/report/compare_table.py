@@ -1,13 +1,19 @@
 """Two audits side by side as a person reads them: the table of :func:`diffaudit.defenses.compare.compare_summaries`
 rows (values and changes at the values' precision, confidence intervals, a "within noise" mark), the
-folders' default labels, and a warning when the two were made on different datasets."""
+folders' default labels, and a warning when the two were made on different datasets.
+
+How a row prints follows the ``kind`` it declares (:data:`diffaudit.defenses.compare.KINDS`), never its
+name: ``auc`` to 3 decimals, ``rate`` as a percentage (changes in percentage points), ``count`` as an
+integer, ``score`` to 4 significant digits. A row without a known kind is an error."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from diffaudit.core.errors import DiffauditError
 from diffaudit.data.options import data_flags
+from diffaudit.defenses.compare import KINDS
 from diffaudit.report.fmt import fmt, fmt_pct
 from diffaudit.report.images import DATA_OPTIONS
 
@@ -73,21 +79,28 @@ def _pct_decimals(rate: float) -> int:
     return 6 if "e" in text else len(text.partition(".")[2])
 
 
-def _kind(metric: str) -> str:
-    """How a metric's values print: ``auc`` (3 decimals), ``pct`` (a TPR, as a percentage) or ``num``."""
-    return "auc" if metric.endswith(": AUC") else "pct" if ": TPR at " in metric else "num"
+def _kind(row: dict[str, Any]) -> str:
+    """The row's declared kind (one of :data:`~diffaudit.defenses.compare.KINDS`); an error naming the
+    metric when it declares none or another (a row not made by ``compare_summaries``)."""
+    kind = row.get("kind")
+    if kind not in KINDS:
+        raise DiffauditError(f"compare row {row.get('metric')!r} declares kind {kind!r}, not one of {', '.join(KINDS)}: "
+                             "rows come from compare_summaries, which declares every metric's kind")
+    return kind
 
 
 def _value(kind: str, value: float | int | None) -> str:
-    """A value as the report prints it: AUC to 3 decimals, TPR as a percentage, counts as integers,
-    other numbers to 4 significant digits, a missing value as "-"."""
+    """A value as the report prints it: an AUC to 3 decimals, a rate as a percentage, a count as an
+    integer (a non-whole one, and a score, to 4 significant digits), a missing value as "-"."""
     if value is None:
         return "-"
     if kind == "auc":
         return f"{value:.3f}"
-    if kind == "pct":
+    if kind == "rate":
         return fmt_pct(value)
-    return str(value) if isinstance(value, int) else fmt(value, "auto")
+    if kind == "count" and isinstance(value, int):
+        return str(value)
+    return fmt(float(value), "auto")
 
 
 def _cell(kind: str, value: float | int | None, ci: list[float] | None) -> str:
@@ -111,10 +124,10 @@ def _change(kind: str, row: dict[str, Any]) -> str:
         return "-"
     if kind == "auc":
         text = _signed(change, ".3f")
-    elif kind == "pct":
+    elif kind == "rate":
         text = _signed(100 * change, f".{min(_pct_decimals(row['a']), _pct_decimals(row['b']))}f") + " pp"
     else:
-        text = _signed(change, "d" if isinstance(change, int) else ".4g")
+        text = _signed(change, "d" if kind == "count" and isinstance(change, int) else ".4g")
     return text + (" (within noise)" if row.get("within_noise") else "")
 
 
@@ -123,7 +136,7 @@ def format_rows(rows: list[dict[str, Any]], label_a: str, label_b: str) -> str:
     line that explains "within noise" when a row says it."""
     table = [["metric", label_a, label_b, f"change ({label_b} - {label_a})"]]
     for r in rows:
-        kind = _kind(r["metric"])
+        kind = _kind(r)
         table.append([r["metric"], _cell(kind, r["a"], r.get("a_ci")), _cell(kind, r["b"], r.get("b_ci")), _change(kind, r)])
     widths = [max(len(cells[i]) for cells in table) for i in range(4)]
     table.insert(1, ["-" * w for w in widths])
