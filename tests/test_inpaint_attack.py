@@ -101,7 +101,7 @@ def test_ranking_keeps_the_inpaintings_the_target_model_denoises_best():
     np.testing.assert_allclose(res.top_l2, np.sort(d)[:4])
     assert res.top1_l2 == res.best_l2 == res.oracle_best_l2 == pytest.approx(d.min())
     assert res.mean_top10_l2 == pytest.approx(np.sort(d)[:4].mean()) and res.mean_l2 == pytest.approx(d.mean())
-    assert res.top_scores == sorted(res.top_scores)
+    assert res.top_loss_ratios == sorted(res.top_loss_ratios)
     assert np.array_equal(kept, inps[res.top_inpaintings])
 
 

@@ -1,7 +1,9 @@
 """Training inputs: the training-index check shared by plain and DP-SGD runs, repeat files, --log-every,
-and torch's global RNG left alone."""
+--grad-clip, and torch's global RNG left alone."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -90,6 +92,25 @@ def test_log_every_zero_is_an_error_not_the_default(tmp_path, capsys):
     assert main([*argv, "--log-every", "0"]) == 2
     assert "--log-every must be at least 1" in capsys.readouterr().err
     assert not (out / "result.json").exists()
+
+
+@pytest.mark.parametrize("clip, dp", [("inf", True), ("nan", False), ("inf", False), ("0", False), ("-1", True)])
+def test_grad_clip_must_be_finite_positive_before_any_folder(tmp_path, capsys, clip, dp):
+    """inf / nan used to pass validation and crash writing the settings (strict JSON) after the folder existed."""
+    out = tmp_path / "run"
+    argv = ["--quiet", "train", "--data", "digits", "--subset", "16", "--steps", "1", "--batch-size", "4",
+            "--device", "cpu", "--out", str(out), "--grad-clip", clip, *(["--dp-noise", "1.0"] if dp else [])]
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "--grad-clip must be a finite positive" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_train_config_refuses_non_finite_grad_clip():
+    for clip in (math.inf, math.nan, 0.0):
+        with pytest.raises(DiffauditError, match="--grad-clip"):
+            TrainConfig(grad_clip=clip).validate()
+    TrainConfig(grad_clip=1e9).validate()
 
 
 def test_train_leaves_the_global_rng_untouched(data, tmp_path):

@@ -13,7 +13,7 @@ from diffaudit.core.outdir import prepare_out_dir
 from diffaudit.core.progress import Timer, stage_line
 from diffaudit.core.results import write_result
 from diffaudit.data.digest import dataset_digest
-from diffaudit.defenses.dedup import KEEP_RULE, find_duplicates, write_deduped_npz, write_keep_list
+from diffaudit.defenses.dedup import KEEP_RULE, check_threshold, find_duplicates, write_deduped_npz, write_keep_list
 from diffaudit.defenses.embedders import DEFAULT_CLIP_MODEL, EMBEDDERS, get_embedder
 from diffaudit.defenses.neighbours import INDEX_KINDS, check_search_options
 
@@ -97,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         raise DiffauditError("--batch-size must be at least 1")
     check_search_options(k=args.k, nlist=args.nlist, nprobe=args.nprobe)
     embedder = get_embedder(args.embedder, **_embedder_options(args, device))
-    threshold = embedder.default_threshold if args.threshold is None else args.threshold
+    # checked before the folder records it: a NaN cannot be written, and a refused value would block the corrected one
+    threshold = check_threshold(embedder.default_threshold if args.threshold is None else args.threshold, embedder.metric)
     opts = data_options(args)
     ds = load_data(args, args.data, **opts)
     settings = {

@@ -7,7 +7,8 @@ the original (ℓ2). Output folder:
 
     settings.json            the settings (resume checks them)
     targets/<index>.json     one finished target (TargetResult + grid path); finished ones are skipped on re-run
-    targets/<index>.npz      the kept inpaintings (uint8 (k, H, W, C)) with their scores
+    targets/<index>.npz      the kept inpaintings (uint8 (k, H, W, C)) and their target/shadow loss ratios
+                             (``loss_ratios``, lowest first: lower = better reconstruction)
     grids/<index>.png        original, masked input, kept reconstructions
     result.json              envelope + targets + summary (members vs non-members) + auc
 """
@@ -16,10 +17,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit
 from diffaudit.core.batch_fit import AUTO, batch_option, resolve_batch
 from diffaudit.core.errors import DiffauditError
+
+if TYPE_CHECKING:  # annotations only: numpy is imported where it is used
+    import numpy as np
 
 # Heavy imports (torch, the attack, the data loaders) happen inside the functions: building the
 # parser for `diffaudit --help` imports every command module.
@@ -79,35 +84,61 @@ def parse_counts(text: str, flag: str = "--targets") -> tuple[int, int]:
     return a, b
 
 
+def parse_target_keys(ds, target_keys: str) -> list[int]:
+    """Dataset indices of the comma-separated example ids of ``--target-keys``, in the order given.
+
+    Refuses an unknown id, an id given twice (each target is attacked and counted once) and a list
+    that names no id at all (``" , "``: a run with zero targets would finish and report nothing)."""
+    index = ds.index_of()
+    keys = [k.strip() for k in target_keys.split(",") if k.strip()]
+    if not keys:
+        raise DiffauditError(f"--target-keys names no example (got {target_keys!r}): give comma-separated example ids "
+                             f"of {ds.source}, or leave it out and use --targets N_IN,N_OUT")
+    out = []
+    for k in keys:
+        if k not in index:
+            raise DiffauditError(f"--target-keys: {k!r} is not an example of {ds.source}")
+        if index[k] in out:
+            raise DiffauditError(f"--target-keys: {k!r} is given twice (each target is attacked and counted once)")
+        out.append(index[k])
+    return out
+
+
 def select_targets(ds, train_keys: set[str], *, targets: str, target_keys: str | None, seed: int,
-                   not_nonmembers: set[str] = frozenset()) -> list[int]:
-    """Dataset indices of the targets: explicit keys, or N_IN members and N_OUT non-members (seeded),
-    the non-members drawn from outside ``not_nonmembers`` too (near-duplicates a deduplicated target
-    dropped: copies of its members)."""
+                   not_nonmembers: set[str] = frozenset(), usable: np.ndarray | None = None) -> list[int]:
+    """Dataset indices of the targets: explicit keys (:func:`parse_target_keys`), or N_IN members and
+    N_OUT non-members drawn with a generator seeded by ``seed`` (sorted).
+
+    Non-members are drawn from outside ``not_nonmembers`` too (near-duplicates a deduplicated target
+    dropped: copies of its members). ``usable`` (bool (len(ds),), None = all) limits both draws to the
+    examples a shadow did not train on (:func:`shadow_candidates`): a target needs a shadow that is
+    OUT for it, so drawing from the rest would fail later for no fault of the user's. With every
+    example usable the draws are the same as without ``usable``."""
     import numpy as np
 
     from diffaudit.core.seeds import derive_seed, numpy_rng
 
-    if target_keys:
-        index = ds.index_of()
-        out = []
-        for k in (k.strip() for k in target_keys.split(",") if k.strip()):
-            if k not in index:
-                raise DiffauditError(f"--target-keys: {k!r} is not an example of {ds.source}")
-            if index[k] in out:
-                raise DiffauditError(f"--target-keys: {k!r} is given twice (each target is attacked and counted once)")
-            out.append(index[k])
-        return out
+    if target_keys is not None:
+        return parse_target_keys(ds, target_keys)
     n_in, n_out = parse_counts(targets)
-    member = np.array([k in train_keys for k in ds.keys])
-    copy = np.array([k in not_nonmembers for k in ds.keys], dtype=bool)
-    ins, outs = np.flatnonzero(member), np.flatnonzero(~member & ~copy)
+    member = np.array([k in train_keys for k in ds.keys], dtype=bool)
+    nonmember = ~member & ~np.array([k in not_nonmembers for k in ds.keys], dtype=bool)
+    ok = np.ones(len(member), dtype=bool) if usable is None else np.asarray(usable, dtype=bool)
+    ins, outs = np.flatnonzero(member & ok), np.flatnonzero(nonmember & ok)
     if n_in > len(ins) or n_out > len(outs):
-        raise DiffauditError(
-            f"--targets {targets}: {ds.source} holds {len(ins)} members and {len(outs)} non-members of the target's training set"
-        )
+        raise DiffauditError(f"--targets {targets}: {_pool_text(ds, member, nonmember, ok)}")
     rng = numpy_rng(derive_seed(seed, "inpaint-targets"))
     return sorted([int(i) for i in rng.choice(ins, n_in, replace=False)] + [int(i) for i in rng.choice(outs, n_out, replace=False)])
+
+
+def _pool_text(ds, member, nonmember, usable) -> str:
+    """How many members and non-members the draws had, and, where shadows ruled some out, of how many."""
+    text = (f"{ds.source} holds {int((member & usable).sum())} members and {int((nonmember & usable).sum())} "
+            "non-members of the target's training set")
+    if usable.all():
+        return text
+    return (f"{text} that a shadow did not train on (a target must be scored by a shadow that never saw it); "
+            f"{int(member.sum())} members and {int(nonmember.sum())} non-members in all")
 
 
 def _shadow_runs(folder: Path) -> dict[int, Path]:
@@ -133,8 +164,16 @@ def check_shadow_args(args) -> None:
         args.membership = str(default)
 
 
-def assign_shadows(args, ds, targets: list[int]) -> dict[int, Path]:
-    """Target index -> the shadow run that scores it (never trained on it, never the target itself)."""
+def shadow_candidates(args, ds) -> tuple[list[Path], np.ndarray]:
+    """The shadow runs that may score a target, and which of them are OUT for which example.
+
+    Returns ``(runs, out)``: ``out`` is bool (len(ds), len(runs)), ``out[i, k]`` = ``runs[k]`` did
+    not train on example i. ``--shadow``: that one run, OUT for every example outside its
+    ``train_ids.json`` (a folder without one, e.g. a diffusers model, for all). ``--shadows``: the
+    folder's ``model-NN`` runs in column order, less the target run itself, OUT as ``--membership``
+    says. ``out.any(1)`` is the pool random targets are drawn from; a target is scored by its first
+    OUT run (:func:`assign_shadows`).
+    """
     import numpy as np
 
     from diffaudit.data import load_membership
@@ -143,20 +182,37 @@ def assign_shadows(args, ds, targets: list[int]) -> dict[int, Path]:
     target_run = Path(args.model).resolve()
     check_shadow_args(args)
     if args.shadow:
-        chosen = {i: Path(args.shadow) for i in targets}
-    else:
-        mem = load_membership(args.membership, ds)
-        runs = _shadow_runs(Path(args.shadows))
-        chosen = {}
-        for i in targets:
-            cands = [runs[k] for k in np.flatnonzero(~mem.matrix[i]) if k in runs and runs[k].resolve() != target_run]
-            if not cands:
-                raise DiffauditError(f"no shadow in {args.shadows} is OUT for target {ds.keys[i]!r} (and not the target model)")
-            chosen[i] = cands[0]
-    cache: dict[Path, set[str]] = {}
-    for i, run in chosen.items():
+        run = Path(args.shadow)
         if run.resolve() == target_run:
             raise DiffauditError(f"the shadow {run} is the target model itself")
+        trained = set(read_train_keys(run, "--shadow")) if has_train_ids(run) else set()
+        return [run], np.array([k not in trained for k in ds.keys], dtype=bool).reshape(len(ds), 1)
+    mem = load_membership(args.membership, ds)
+    runs = _shadow_runs(Path(args.shadows))
+    cols = [k for k in sorted(runs) if k < mem.matrix.shape[1] and runs[k].resolve() != target_run]
+    return [runs[k] for k in cols], ~np.asarray(mem.matrix, dtype=bool)[:, cols]
+
+
+def assign_shadows(args, ds, targets: list[int], candidates=None) -> dict[int, Path]:
+    """Target index -> the shadow run that scores it: the first candidate OUT for it (never the target
+    itself), checked against that run's own ``train_ids.json``. ``candidates``: the result of
+    :func:`shadow_candidates` when the caller has it already."""
+    import numpy as np
+
+    from diffaudit.models.run_record import has_train_ids, read_train_keys
+
+    runs, out = shadow_candidates(args, ds) if candidates is None else candidates
+    chosen = {}
+    for i in targets:
+        ks = np.flatnonzero(out[i])
+        if not len(ks):
+            if args.shadow:
+                raise DiffauditError(f"shadow {args.shadow} trained on target {ds.keys[i]!r}: it must be a model that "
+                                     "did not see the image")
+            raise DiffauditError(f"no shadow in {args.shadows} is OUT for target {ds.keys[i]!r} (and not the target model)")
+        chosen[i] = runs[int(ks[0])]
+    cache: dict[Path, set[str]] = {}
+    for i, run in chosen.items():  # a membership file may disagree with what a run recorded
         if run not in cache:
             cache[run] = set(read_train_keys(run, "shadow")) if has_train_ids(run) else set()
         if ds.keys[i] in cache[run]:
@@ -171,7 +227,8 @@ def _load(path: Path, device, args):
 
     from diffaudit.models.denoiser import load_denoiser
 
-    den = load_denoiser(path, device=device)
+    flag = "--model" if Path(path).resolve() == Path(args.model).resolve() else ("--shadow" if args.shadow else "--shadows")
+    den = load_denoiser(path, device=device, flag=flag)
     if device.type == "cuda" and (args.bf16 or args.compile):
         den.optimise_for_gpu(dtype=torch.bfloat16 if args.bf16 else torch.float32, compile=args.compile)
     return den
@@ -194,15 +251,16 @@ class _Models:
 
 # --------------------------------------------------------------------------- run
 
-def check_models_fit(target: Path, shadows: list[Path], ds, *, timestep: int) -> None:
+def check_models_fit(target: Path, shadows: list[Path], ds, *, timestep: int, shadow_flag: str = "--shadow") -> None:
     """Before any inpainting: the target and every shadow take ``ds``'s images, are class-conditional
-    alike (the same labels go to both) and have the scoring ``timestep`` in their schedule."""
+    alike (the same labels go to both) and have the scoring ``timestep`` in their schedule. Errors
+    name a shadow by ``shadow_flag`` (``--shadow`` or ``--shadows``), the flag its path came from."""
     from diffaudit.models.denoiser import check_model_input, read_unet_config
     from diffaudit.models.scheduler import num_train_timesteps
 
     conditional = {}
-    for what, run in [("--model", target)] + [("shadow", s) for s in shadows]:
-        config = read_unet_config(run)
+    for what, run in [("--model", target)] + [(shadow_flag, s) for s in shadows]:
+        config = read_unet_config(run, what)
         check_model_input(config, ds.image_shape, labels=ds.labels, what=f"{what} {run}")
         conditional[run] = bool(config.get("num_class_embeds"))
         t_max = num_train_timesteps(run)
@@ -237,7 +295,7 @@ def _settings(args, config, device, ds, shadows: dict[int, Path], masks: dict) -
             "shadows": {p: model_digest(p) for p in used},
             "assignment": derive_seed(json.dumps(sorted((i, str(p)) for i, p in shadows.items()))),
         },
-        "targets": args.targets if not args.target_keys else None, "target_keys": args.target_keys,
+        "targets": args.targets if args.target_keys is None else None, "target_keys": args.target_keys,
         "mask": args.mask,
         # a mask image's contents, not only its path: a rewritten mask file must not resume into a mix
         # (the built-in kinds are fixed by their name and the seed)
@@ -263,6 +321,7 @@ def run(args: argparse.Namespace) -> int:
     from diffaudit.data import load_dataset
     from diffaudit.models.run_files import read_dropped_duplicates
     from diffaudit.models.run_record import check_trained_on, read_train_keys
+    from diffaudit.models.scheduler import num_train_timesteps
     from diffaudit.sampling.masks import describe_mask, make_mask
 
     config = attack.InpaintAttackConfig(
@@ -286,14 +345,20 @@ def run(args: argparse.Namespace) -> int:
         stage_line(f"inpaint: {n_trained - len(train_keys)} of the target's {n_trained} training examples are not in "
                    f"--data; members are the {len(train_keys)} that are (their pixels are not checked against the run's digest)")
     dropped = set(read_dropped_duplicates(args.model) or ())
-    if dropped and not args.target_keys:
+    if dropped and args.target_keys is None:
         stage_line(f"inpaint: the {len(dropped)} near-duplicates --model dropped from training (copies of its members) "
                    "are not drawn as non-members")
+    candidates = shadow_candidates(args, ds)
+    usable = candidates[1].any(axis=1)
+    if args.target_keys is None and not usable.all():
+        stage_line(f"inpaint: drawing targets from the {int(usable.sum())} examples of --data that a shadow did not train on")
     targets = select_targets(ds, train_keys, targets=args.targets, target_keys=args.target_keys, seed=args.seed,
-                             not_nonmembers=dropped)
+                             not_nonmembers=dropped, usable=usable)
     masks = {i: make_mask(args.mask, H, W, seed=args.seed, target_index=i) for i in targets}
-    shadows = assign_shadows(args, ds, targets)
-    check_models_fit(Path(args.model), sorted(set(shadows.values())), ds, timestep=config.timestep)
+    shadows = assign_shadows(args, ds, targets, candidates=candidates)
+    check_models_fit(Path(args.model), sorted(set(shadows.values())), ds, timestep=config.timestep,
+                     shadow_flag="--shadow" if args.shadow else "--shadows")
+    config.validate(num_train_timesteps=num_train_timesteps(args.model))  # --steps ≤ T, before the folder is made
     device = resolve_device(args.device)
     if device.type != "cuda" and (args.bf16 or args.compile):
         stage_line("inpaint: --bf16 and --compile apply on CUDA only; running float32 eager on the CPU")
@@ -360,7 +425,7 @@ def _save_target(out: Path, i: int, res, kept, image, mask) -> None:
 
     grid = Path("grids") / f"{i:06d}.png"
     save_grid(out / grid, image, mask, kept, res.top_l2, title=f"{res.id} ({'member' if res.member else 'non-member'})")
-    save_npz_atomic(out / "targets" / f"{i:06d}.npz", kept=kept, scores=np.asarray(res.top_scores),
+    save_npz_atomic(out / "targets" / f"{i:06d}.npz", kept=kept, loss_ratios=np.asarray(res.top_loss_ratios),
                     inpaintings=np.asarray(res.top_inpaintings, dtype=np.int64))
     write_json_atomic(out / "targets" / f"{i:06d}.json", {**res.to_dict(), "grid": str(grid)})  # last: marks it finished
 

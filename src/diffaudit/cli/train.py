@@ -129,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
     from diffaudit.data import load_dataset
     from diffaudit.models.training import train
 
+    config = train_config_from(args)
+    config.validate()  # a bad hyper-parameter is refused before the dataset is read or any folder written
     opts = data_options(args)
     ds = load_dataset(args.data, **opts)
     indices = None
@@ -160,10 +162,10 @@ def run(args: argparse.Namespace) -> int:
     if dp is not None:
         if repeats:
             raise DiffauditError("--repeat and DP-SGD together are not supported (DP accounting assumes each example once)")
-        run_dir = train_dp(ds, train_config_from(args), dp, args.out, device=resolve_device(args.device),
+        run_dir = train_dp(ds, config, dp, args.out, device=resolve_device(args.device),
                            train_indices=indices, data_record=record, fresh=args.fresh)
     else:
-        run_dir = train(ds, train_config_from(args), args.out, device=resolve_device(args.device), train_indices=indices,
+        run_dir = train(ds, config, args.out, device=resolve_device(args.device), train_indices=indices,
                         repeats=repeats, data_record=record, fresh=args.fresh)
     if args.dedup:  # what the run did not see but holds copies of: `audit` leaves these out of its non-members
         from diffaudit.core.io import write_json_atomic

@@ -23,6 +23,7 @@ The paper removed 5,275 CIFAR-10 near-duplicates at similarity > 0.85 and extrac
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -159,6 +160,21 @@ def embed_all(embedder: Embedder, images: np.ndarray, *, batch_size: int = 4096,
     return np.concatenate(parts)
 
 
+#: The similarities each metric gives (:mod:`diffaudit.defenses.embedders`): cosine may be negative.
+SIMILARITY_RANGE = {"cosine": (-1.0, 1.0), "hamming": (0.0, 1.0)}
+
+
+def check_threshold(threshold: float, metric: str) -> float:
+    """``threshold`` as a float, when it is a finite similarity the ``metric`` can give; else a
+    :class:`DiffauditError`. Called before the output folder records it (a NaN is not even JSON)."""
+    lo, hi = SIMILARITY_RANGE.get(metric, (-1.0, 1.0))
+    th = float(threshold)
+    if not (math.isfinite(th) and lo <= th <= hi):
+        raise DiffauditError(f"--threshold must be a finite similarity in [{lo:g}, {hi:g}] ({metric} similarity, "
+                             f"1 = identical); got {threshold}")
+    return th
+
+
 def find_duplicates(
     images: np.ndarray,
     embedder: Embedder,
@@ -177,8 +193,8 @@ def find_duplicates(
 
     Args:
         embedder: any registered embedder; its ``max_shift`` adds translated query views.
-        threshold: similarity in [0, 1] at or above which two images are duplicates
-            (default: the embedder's calibrated ``default_threshold``).
+        threshold: similarity at or above which two images are duplicates, finite and within the
+            metric's range (:func:`check_threshold`; default: the embedder's calibrated ``default_threshold``).
         index: ``flat`` (exact), ``ivf`` or ``hnsw`` (approximate, for millions of images).
         k: neighbours per query for ``hnsw`` (≥ 1).
         nlist, nprobe: IVF cells (≥ 1; default 4·sqrt(N)) and cells searched (≥ 1).
@@ -187,10 +203,8 @@ def find_duplicates(
         base: precomputed plain embeddings (N, ...), e.g. from :func:`embed_all`.
         cache_dir: where :func:`embed_all` keeps its chunks.
     """
-    th = float(embedder.default_threshold if threshold is None else threshold)
+    th = check_threshold(embedder.default_threshold if threshold is None else threshold, embedder.metric)
     check_search_options(k=k, nlist=nlist, nprobe=nprobe)
-    if not (-1.0 <= th <= 1.0):
-        raise DiffauditError(f"--threshold must be a similarity in [-1, 1]; got {th}")
     n = len(images)
     if base is None:
         base = embed_all(embedder, images, batch_size=batch_size, cache_dir=cache_dir)

@@ -5,7 +5,7 @@ Same loop, schedule, EMA and run-directory layout as :func:`diffaudit.models.tra
 (``unet/``, ``scheduler/``, ``train_config.json``, ``train_ids.json``, ``loss_log.jsonl``,
 ``checkpoints/`` every :func:`diffaudit.models.training.checkpoint_interval` steps, ``result.json``),
 so sampling, the loss and every attack load a DP run like any other, plus ``dp.json``: ε, δ, σ,
-sampling rate, steps, accountant.
+sampling rate, steps, accountant (configured and used, with any fallback reason).
 
 DP-SGD (Abadi et al. 2016) per step:
 
@@ -20,6 +20,12 @@ DP-SGD (Abadi et al. 2016) per step:
    by the expected batch size B, Adam step (DP is preserved by post-processing, as is the EMA).
 
 Accounting: opacus RDP (default) or PRV accountant over (σ, q, steps), δ = 1 / (10 N) by default.
+Each loss-log line carries a progress ε from the RDP accountant (cheap; PRV is recomputed from
+scratch at a cost growing with the steps, seconds to minutes per call); the final ε, in ``dp.json``
+and on the last log line, is the configured accountant's. PRV fails numerically at large ε (an
+infinite ε, or a discretisation mesh of many GiB: ``MemoryError``), so where its mesh would exceed
+:data:`PRV_MAX_POINTS` or it fails, the RDP bound (valid, looser) is recorded instead, with
+``accountant_used`` and ``fallback_reason`` saying so (:func:`accounted_epsilon`).
 Per-sample gradients come from opacus' ``GradSampleModule``. **Known opacus problem**: its hook
 mode returns silently wrong (zero) per-sample gradients for Conv2d layers whose input is not
 contiguous — which is what diffusers' attention blocks hand to the next convolution (measured:
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -88,7 +95,7 @@ class DPConfig:
         max_grad_norm: per-example clipping norm C (``inf``: no clipping, only with σ = 0).
         poisson_sampling: Poisson batches (what the accountant assumes) or fixed-size batches of distinct
             examples (:func:`batch_rows`; the plain run's batches when ``batch_size`` divides N).
-        accountant: ``rdp`` or ``prv``.
+        accountant: ``rdp`` or ``prv`` (for the final ε; where PRV fails, RDP's is recorded, module docstring).
         augmentations: K (t, ε) draws per example per step, averaged before clipping.
         grad_sample_mode: ``auto``, ``hooks`` or ``functorch`` (module docstring).
     """
@@ -206,7 +213,11 @@ def resolve_noise(dp: DPConfig, *, sample_rate: float, steps: int, delta: float)
 
 
 def epsilon_after(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp") -> float:
-    """ε after ``steps`` DP-SGD steps at (σ, q), for δ (``inf`` without noise, 0 before any step)."""
+    """ε after ``steps`` DP-SGD steps at (σ, q), for δ (``inf`` without noise, 0 before any step).
+
+    The accountant's raw answer: PRV may return ``inf`` or raise at large ε (:func:`accounted_epsilon`
+    is what a run records).
+    """
     if steps <= 0:
         return 0.0
     if noise_multiplier <= 0:
@@ -216,6 +227,102 @@ def epsilon_after(*, noise_multiplier: float, sample_rate: float, steps: int, de
     acc = RDPAccountant() if accountant == "rdp" else PRVAccountant()
     acc.history = [(float(noise_multiplier), float(sample_rate), int(steps))]
     return float(acc.get_epsilon(delta=delta))
+
+
+#: Largest discretisation mesh (points) the PRV accountant is run on. opacus 1.6 needs about 160 bytes
+#: per point at its peak (measured: 4.6M points 0.7 GiB, 9.4M points 1.5 GiB), so 2^25 points is about
+#: 5 GiB: enough for σ = 0.5, q = 0.01, 50,000 steps (26M points); a larger mesh (σ = 0.05, q = 1/6,
+#: 1,000 steps: 3.5G points, 26 GiB) could take the machine's memory before any MemoryError.
+PRV_MAX_POINTS = 2**25
+PRV_BYTES_PER_POINT = 160
+
+#: What opacus' PRV accountant raises when its numerics fail (MemoryError: a mesh too large to allocate).
+PRV_FAILURES = (MemoryError, ArithmeticError, ValueError, RuntimeError)
+
+
+@dataclass(frozen=True)
+class Epsilon:
+    """An ε and how it was obtained.
+
+    Attributes:
+        value: ε (``inf`` without noise, 0 before any step).
+        accountant: the accountant that produced it (``rdp`` or ``prv``).
+        fallback_reason: why RDP replaced the configured PRV accountant; None when it did not.
+    """
+
+    value: float
+    accountant: str
+    fallback_reason: str | None = None
+
+
+def prv_mesh_points(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> int | None:
+    """Points of the mesh opacus' PRV accountant would discretise (σ, q, steps) on at its default errors
+    (ε error 0.01, δ error δ / 1000), found cheaply (RDP bounds only), so an impossible mesh is refused
+    before it is allocated. None when this opacus version does not expose the domain computation."""
+    try:
+        from opacus.accountants import PRVAccountant
+        from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV
+
+        prv = PoissonSubsampledGaussianPRV(float(sample_rate), float(noise_multiplier))
+        domain = PRVAccountant()._get_domain(prvs=[prv], num_self_compositions=[int(steps)], eps_error=0.01,
+                                             delta_error=delta / 1000)
+    except (ImportError, AttributeError, TypeError):
+        return None
+    return int(domain.size)
+
+
+def _prv_or_reason(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> tuple[float | None, str | None]:
+    """(PRV ε, None), or (None, why the PRV accountant gives no usable ε here): a mesh over
+    :data:`PRV_MAX_POINTS`, an exception from its numerics (:data:`PRV_FAILURES`), a non-finite ε."""
+    kw = dict(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta)
+    try:
+        points = prv_mesh_points(**kw)
+        if points is not None and points > PRV_MAX_POINTS:
+            gib = points * PRV_BYTES_PER_POINT / 2**30
+            return None, (f"PRV accountant not run: its mesh would hold {points:,} points (about {gib:,.0f} GiB; "
+                          f"limit {PRV_MAX_POINTS:,}), as happens at a very large epsilon")
+        eps = epsilon_after(**kw, accountant="prv")
+    except PRV_FAILURES as exc:
+        detail = str(exc).strip()[:160] or "no message"
+        return None, f"PRV accountant failed: {type(exc).__name__}: {detail}"
+    if not math.isfinite(eps):
+        return None, f"PRV accountant returned a non-finite epsilon ({eps}): its numerics fail at a very large epsilon"
+    return eps, None
+
+
+def accounted_epsilon(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float,
+                      accountant: str = "rdp") -> Epsilon:
+    """The ε a run records: the configured accountant's, or RDP's (a valid, looser bound) where PRV
+    gives none (:func:`_prv_or_reason`), so a run never crashes or records "infinite" for a PRV failure.
+
+    Without noise or before any step no accountant is asked (``inf`` / 0, :func:`epsilon_after`).
+    """
+    kw = dict(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta)
+    if accountant != "prv" or steps <= 0 or noise_multiplier <= 0:
+        return Epsilon(epsilon_after(**kw, accountant=accountant), accountant)
+    eps, reason = _prv_or_reason(**kw)
+    if reason is None:
+        return Epsilon(eps, "prv")
+    return Epsilon(epsilon_after(**kw, accountant="rdp"), "rdp", reason)
+
+
+def progress_epsilon(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
+    """ε for a loss-log line: RDP's (milliseconds at any step count; PRV's cost grows with the steps and
+    it is recomputed from scratch, opacus keeping no state between calls)."""
+    return epsilon_after(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta,
+                         accountant="rdp")
+
+
+def dp_note(noise_multiplier: float, epsilon: float, poisson_sampling: bool) -> str:
+    """The ``note`` of ``dp.json``: "not private" only without noise (σ = 0); an infinite ε with noise is
+    an accountant's limit, not the absence of privacy noise."""
+    if noise_multiplier <= 0:
+        return "not private: no noise (epsilon is infinite)"
+    if not math.isfinite(epsilon):
+        return "noise added, but no accountant bounds epsilon at this noise level (epsilon not finite)"
+    if not poisson_sampling:
+        return "accounting assumes Poisson sampling; fixed shuffled batches are not formally covered"
+    return "(epsilon, delta)-DP per training example, Poisson-subsampled Gaussian mechanism"
 
 
 def average_grad_samples(params, n_examples: int, k: int) -> None:
@@ -319,6 +426,8 @@ def train_dp(
     K = dp.augmentations
     params = [p for p in model.parameters() if p.requires_grad]
     every = checkpoint_interval(config)
+    final_epsilon = functools.cache(lambda: accounted_epsilon(noise_multiplier=sigma, sample_rate=q, steps=config.steps,
+                                                              delta=delta, accountant=dp.accountant))  # computed once
     t0, seen = time.perf_counter(), 0
     with progress_bar("train (DP-SGD)", config.steps, unit="step", completed=start) as bar, warnings.catch_warnings():
         # opacus' hooks fire on module outputs (the images need no gradient): expected, not a problem
@@ -362,9 +471,13 @@ def train_dp(
                 _check_finite(window_sum, model, done)
                 lv = window_sum / window_n if window_n else None  # None: every batch of the window was empty
                 window_sum, window_n = 0.0, 0
-                e = epsilon_after(noise_multiplier=sigma, sample_rate=q, steps=done, delta=delta, accountant=dp.accountant)
+                if done == config.steps:  # the last line carries the recorded ε (the configured accountant's)
+                    final = final_epsilon()
+                    e, e_acc = final.value, final.accountant
+                else:
+                    e, e_acc = progress_epsilon(noise_multiplier=sigma, sample_rate=q, steps=done, delta=delta), "rdp"
                 log.append({"step": done, "loss": lv, "lr": lr_at(step, config),
-                            "epsilon": _finite(e), "batch": int(len(ex))})
+                            "epsilon": _finite(e), "epsilon_accountant": e_acc, "batch": int(len(ex))})
                 bar.advance(0, loss=math.nan if lv is None else lv, eps=e)
             bar.advance(1)
             fault_point("train.step")
@@ -380,14 +493,14 @@ def train_dp(
     save_pretrained_atomic(final_model, run / "unet")
     scheduler.save_pretrained(run / "scheduler")
     write_bytes_atomic(run / "loss_log.jsonl", "".join(json.dumps(r) + "\n" for r in log).encode())
-    epsilon = epsilon_after(noise_multiplier=sigma, sample_rate=q, steps=config.steps, delta=delta, accountant=dp.accountant)
+    final = final_epsilon()
+    epsilon = final.value
     dp_record = {
         "epsilon": _finite(epsilon), "delta": delta, "noise_multiplier": sigma, "sample_rate": q, "steps": config.steps,
-        "max_grad_norm": _finite(dp.max_grad_norm), "accountant": dp.accountant, "poisson_sampling": dp.poisson_sampling,
+        "max_grad_norm": _finite(dp.max_grad_norm), "accountant": dp.accountant, "accountant_used": final.accountant,
+        "fallback_reason": final.fallback_reason, "poisson_sampling": dp.poisson_sampling,
         "augmentations": K, "grad_sample_mode": mode, "n_train": n, "target_epsilon": dp.target_epsilon,
-        "note": ("not private: no noise (epsilon is infinite)" if epsilon == math.inf else
-                 "accounting assumes Poisson sampling; fixed shuffled batches are not formally covered"
-                 if not dp.poisson_sampling else "(epsilon, delta)-DP per training example, Poisson-subsampled Gaussian mechanism"),
+        "note": dp_note(sigma, epsilon, dp.poisson_sampling),
         # The batches and the noise are drawn from the run's seed so that a killed run resumes to the same
         # weights. Whoever knows the seed can regenerate the noise, so the guarantee holds against an
         # adversary who sees the released weights, not this folder: the audit studies DP-SGD's effect on
@@ -404,6 +517,8 @@ def train_dp(
                  final_loss=finals[-1] if finals else None, dp=dp_record)
     drop_checkpoints(run)
     caveat = "" if dp.poisson_sampling else " (accounted as if Poisson-sampled; the batches were not)"
+    if final.fallback_reason:
+        caveat += f" (RDP bound: {final.fallback_reason})"
     stage_line(f"train (DP-SGD): {config.steps} steps on {n} images, epsilon {epsilon:.3g} at delta {delta:.2g}{caveat} "
                f"(sigma {sigma:.3g}, C {dp.max_grad_norm}, q {q:.3g}) -> {run}")
     return run

@@ -127,65 +127,67 @@ class Denoiser:
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
-def _scheduler_from(folder: Path, root: Path) -> DDPMScheduler:
-    """The model's discrete-time schedule as a DDPMScheduler (ᾱ_t, prediction_type, variance_type)."""
+def _scheduler_from(folder: Path, root: Path, flag: str = "--model") -> DDPMScheduler:
+    """The model's discrete-time schedule as a DDPMScheduler (ᾱ_t, prediction_type, variance_type); errors
+    name the model as ``flag root``."""
     cfg_path = folder / "scheduler_config.json"
     if not cfg_path.exists():
         return make_scheduler()
     try:
         cfg = json.loads(cfg_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DiffauditError(f"--model {root}: {cfg_path} is not readable JSON ({exc})") from None
+        raise DiffauditError(f"{flag} {root}: {cfg_path} is not readable JSON ({exc})") from None
     if not isinstance(cfg, dict) or not ("beta_schedule" in cfg or "trained_betas" in cfg):
         name = cfg.get("_class_name") if isinstance(cfg, dict) else None
-        raise DiffauditError(f"--model {root}: the scheduler {name or cfg_path} is not a discrete-time β schedule "
+        raise DiffauditError(f"{flag} {root}: the scheduler {name or cfg_path} is not a discrete-time β schedule "
                              "(DDPM, DDIM, PNDM, ...); score-SDE and other continuous schedules are not supported")
     prediction = cfg.get("prediction_type", "epsilon")
     if prediction not in PREDICTION_TYPES:
-        raise DiffauditError(f"--model {root}: prediction_type {prediction!r} is not supported; "
+        raise DiffauditError(f"{flag} {root}: prediction_type {prediction!r} is not supported; "
                              f"choose one of {', '.join(PREDICTION_TYPES)}")
     return DDPMScheduler.from_pretrained(folder)
 
 
-def _check_layout(config: dict, scheduler: DDPMScheduler, root: Path) -> bool:
+def _check_layout(config: dict, scheduler: DDPMScheduler, root: Path, flag: str = "--model") -> bool:
     """Refuse UNets whose input or output diffaudit cannot read; True when the output carries a
     learned variance after ε̂ (2C channels)."""
     size = config.get("sample_size")
     if isinstance(size, (list, tuple)) and len({int(v) for v in size}) > 1:
-        raise DiffauditError(f"--model {root}: the UNet is non-square (sample_size {list(size)}); only square models are supported")
+        raise DiffauditError(f"{flag} {root}: the UNet is non-square (sample_size {list(size)}); only square models are supported")
     c_in, c_out = int(config.get("in_channels", 3)), int(config.get("out_channels", config.get("in_channels", 3)))
     if c_out == c_in:
         return False
     if c_out == 2 * c_in and scheduler.config.get("variance_type") in ("learned", "learned_range"):
         return True
-    raise DiffauditError(f"--model {root}: the UNet takes {c_in} channels but gives {c_out}, and its schedule "
+    raise DiffauditError(f"{flag} {root}: the UNet takes {c_in} channels but gives {c_out}, and its schedule "
                          "declares no learned variance; a pixel model must predict one value per input channel")
 
 
-def _locate(root: Path) -> tuple[Path, Path]:
+def _locate(root: Path, flag: str = "--model") -> tuple[Path, Path]:
     """(UNet folder, scheduler folder) of a run directory, pipeline directory or bare UNet folder."""
     if not root.is_dir():
-        raise DiffauditError(f"--model {root}: not a directory (expected a diffaudit run or a diffusers model folder)")
+        raise DiffauditError(f"{flag} {root}: not a directory (expected a diffaudit run or a diffusers model folder)")
     if (root / "unet" / "config.json").exists():
         return root / "unet", root / "scheduler"
     if (root / "config.json").exists():
         return root, root
     raise DiffauditError(
-        f"--model {root}: no UNet found (looked for unet/config.json and config.json). "
+        f"{flag} {root}: no UNet found (looked for unet/config.json and config.json). "
         "Train one with `diffaudit train` or point to a diffusers UNet2DModel/DDPM pipeline folder."
     )
 
 
-def read_unet_config(path: str | Path) -> dict:
-    """The UNet's ``config.json`` of a model folder (as :func:`load_denoiser` finds it), weights unread."""
+def read_unet_config(path: str | Path, flag: str = "--model") -> dict:
+    """The UNet's ``config.json`` of a model folder (as :func:`load_denoiser` finds it), weights unread.
+    ``flag``: the option the path came from, which errors name (``--shadow``, ...)."""
     root = Path(path)
-    unet_dir, _ = _locate(root)
+    unet_dir, _ = _locate(root, flag)
     try:
         config = json.loads((unet_dir / "config.json").read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DiffauditError(f"--model {root}: {unet_dir / 'config.json'} is not readable JSON ({exc})") from None
+        raise DiffauditError(f"{flag} {root}: {unet_dir / 'config.json'} is not readable JSON ({exc})") from None
     if not isinstance(config, dict):
-        raise DiffauditError(f"--model {root}: {unet_dir / 'config.json'} is not a JSON object")
+        raise DiffauditError(f"{flag} {root}: {unet_dir / 'config.json'} is not a JSON object")
     return config
 
 
@@ -221,22 +223,24 @@ def check_model_input(config, image_shape: tuple[int, int, int], *, labels, what
                              f"{int(np.min(labels))}..{int(np.max(labels))}")
 
 
-def load_denoiser(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Denoiser:
-    """Load a run directory, a diffusers pipeline directory or a ``UNet2DModel`` directory."""
+def load_denoiser(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                  flag: str = "--model") -> Denoiser:
+    """Load a run directory, a diffusers pipeline directory or a ``UNet2DModel`` directory. ``flag``: the
+    option the path came from, which errors name (``--shadow``, ...)."""
     root = Path(path)
-    unet_dir, sched_dir = _locate(root)
-    config = read_unet_config(root)
+    unet_dir, sched_dir = _locate(root, flag)
+    config = read_unet_config(root, flag)
     cls = config.get("_class_name", "UNet2DModel")
     if cls != "UNet2DModel":
-        raise DiffauditError(f"--model {root}: {cls} is not a pixel-space UNet2DModel (latent pipelines load with load_sd_pipeline)")
+        raise DiffauditError(f"{flag} {root}: {cls} is not a pixel-space UNet2DModel (latent pipelines load with load_sd_pipeline)")
     if not any(unet_dir.glob("*.safetensors")):
-        raise DiffauditError(f"--model {root}: weights must be in safetensors format (pickled .bin weights are refused)")
-    scheduler = _scheduler_from(sched_dir, root)
-    learned_variance = _check_layout(config, scheduler, root)
+        raise DiffauditError(f"{flag} {root}: weights must be in safetensors format (pickled .bin weights are refused)")
+    scheduler = _scheduler_from(sched_dir, root, flag)
+    learned_variance = _check_layout(config, scheduler, root, flag)
     try:
         unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True, torch_dtype=dtype)
     except (OSError, ValueError, RuntimeError) as exc:  # a truncated or damaged weights file, a config that does not fit them
-        raise DiffauditError(f"--model {root}: the UNet in {unet_dir} cannot be loaded: {str(exc).splitlines()[0]}") from None
+        raise DiffauditError(f"{flag} {root}: the UNet in {unet_dir} cannot be loaded: {str(exc).splitlines()[0]}") from None
     unet = unet.to(device=device).eval()
     return Denoiser(unet=unet, alphas_cumprod=alphas_cumprod_of(scheduler), dtype=dtype, path=str(root),
                     prediction_type=scheduler.config.prediction_type, learned_variance=learned_variance)

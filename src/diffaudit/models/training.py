@@ -88,8 +88,12 @@ class TrainConfig:
             raise DiffauditError(f"--ema-decay must lie in [0, 1); got {self.ema_decay}")
         if self.checkpoint_every % self.log_every:
             raise DiffauditError("--checkpoint-every must be a multiple of the log interval (log_every)")
-        if self.warmup_steps < 0 or self.grad_clip <= 0:
-            raise DiffauditError("--warmup-steps must be >= 0 and --grad-clip > 0")
+        if self.warmup_steps < 0:
+            raise DiffauditError(f"--warmup-steps must be >= 0; got {self.warmup_steps}")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            # inf / nan would also be unrecordable (settings are strict JSON); a huge value never binds
+            raise DiffauditError(f"--grad-clip must be a finite positive gradient norm; got {self.grad_clip} "
+                                 "(for no clipping in effect give a large value such as 1e9)")
 
 
 def checkpoint_interval(config: TrainConfig) -> int:

@@ -52,10 +52,15 @@ def _dp_text(dp: dict[str, Any] | None) -> str:
     """A DP-SGD record in words: ε at δ with the noise multiplier and clipping norm; "no" without DP-SGD."""
     if not dp:
         return "no"
+    sigma = dp.get("noise_multiplier")
     if dp.get("epsilon") is None:
+        if isinstance(sigma, (int, float)) and sigma > 0:  # noise, but no accountant bounds ε at this level
+            return f"noise multiplier {fmt(sigma, 'auto')}, but no finite ε bound: not shown to be private"
         return "no noise: not private (ε infinite)"
     extra = [f"{name} {fmt(dp[key], 'auto')}" for key, name in (("noise_multiplier", "noise multiplier"),
                                                                ("max_grad_norm", "clipping norm")) if dp.get(key) is not None]
+    if dp.get("fallback_reason"):  # the configured accountant (PRV) gave no ε; the RDP bound is recorded
+        extra.append(f"{str(dp.get('accountant_used') or 'rdp').upper()} bound: {dp['fallback_reason']}")
     return f"ε = {fmt(dp['epsilon'], 'auto')} at δ = {fmt(dp.get('delta'), 'auto')}" + (f" ({', '.join(extra)})" if extra else "")
 
 

@@ -3,7 +3,7 @@
 For each target image x: hide part of it (mask, 1 = known), inpaint it ``n_inpaint`` times with the
 target model (RePaint, :func:`diffaudit.sampling.inpaint.inpaint`; paper: 5,000), score each
 inpainting by target loss / shadow loss at t = 100 (:mod:`.scoring`; the shadow did not train on
-x), keep the ``top_k`` = 10 lowest scores and measure their ℓ2 to x:
+x), keep the ``top_k`` = 10 lowest loss ratios and measure their ℓ2 to x:
 
     ℓ2(a, b) = sqrt(mean((a − b)²)) over all pixels in [0, 1]      (DESIGN: distances)
 
@@ -13,7 +13,10 @@ non-members (Figure 12): a memorizing model fills in the hidden half of *its* tr
 
 Per target: ``best_l2`` = the smallest ℓ2 among the kept top-k; ``mean_top10_l2`` = their mean
 (the paper's top-10 average; over ``top_k`` when it is not 10); ``top1_l2`` = the ℓ2 of the
-best-scored one. ``oracle_best_l2`` (smallest over all n, scores ignored) shows what ranking loses.
+best-ranked one; ``top_loss_ratios`` = the kept ones' loss ratios, lowest first. These ratios only
+rank one target's inpaintings (lower = better reconstruction); they are not membership scores,
+which point the other way (DESIGN: larger = more likely a member; :func:`.summary.membership_scores`).
+``oracle_best_l2`` (smallest over all n, ratios ignored) shows what ranking loses.
 
 Known pixels are copied from x, so the whole-image ℓ2 above is the hidden region's ℓ2 times
 sqrt(hidden fraction): the paper's measure, but one that shrinks with the mask. ``mean_top10_l2_hidden``
@@ -53,7 +56,10 @@ class InpaintAttackConfig:
     n_draws: int = 4
     seed: int = 0
 
-    def validate(self) -> None:
+    def validate(self, num_train_timesteps: int | None = None) -> None:
+        """Refuse values the attack cannot run with. ``num_train_timesteps``: T of the target model,
+        when known; ``steps`` must not exceed it (the sampler respaces T timesteps into ``steps``
+        levels), and the command checks this before it records any settings."""
         if self.n_inpaint < 1:
             raise DiffauditError(f"--n-inpaint must be at least 1; got {self.n_inpaint}")
         if not 1 <= self.top_k <= self.n_inpaint:
@@ -65,6 +71,9 @@ class InpaintAttackConfig:
                 raise DiffauditError(f"--{name.replace('_', '-')} must be at least 1; got {getattr(self, name)}")
         if not 0 <= self.eta <= 1:  # above 1 the DDIM variance exceeds 1 − ᾱ_prev: not a RePaint/DDIM step
             raise DiffauditError(f"--eta must lie in [0, 1] (0: DDIM, 1: DDPM); got {self.eta}")
+        if num_train_timesteps is not None and self.steps > num_train_timesteps:
+            raise DiffauditError(f"--steps must lie in [1, {num_train_timesteps}] (the target model has "
+                                 f"{num_train_timesteps} timesteps); got {self.steps}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -72,7 +81,8 @@ class InpaintAttackConfig:
 
 @dataclass
 class TargetResult:
-    """One target's outcome. ℓ2 values in [0, 1]; ``top_*`` lists are in rank order (best score first)."""
+    """One target's outcome. ℓ2 values in [0, 1]; ``top_*`` lists are in rank order (lowest loss ratio
+    first, i.e. the best reconstruction by the ranking first)."""
 
     index: int
     id: str
@@ -85,7 +95,7 @@ class TargetResult:
     oracle_best_l2: float
     mean_l2: float
     top_l2: list[float]
-    top_scores: list[float]
+    top_loss_ratios: list[float]  # target/shadow loss ratio of the kept inpaintings, lowest first; lower = better reconstruction
     top_inpaintings: list[int] = field(default_factory=list)  # inpainting j: seed derive_seed(seed, "inpaint", index, j)
     hidden_fraction: float | None = None  # share of the pixels the mask hides, in (0, 1]
     mean_top10_l2_hidden: float | None = None  # the kept top-k's mean ℓ2 over the hidden pixels only
@@ -95,7 +105,11 @@ class TargetResult:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TargetResult":
+        """The result of :meth:`to_dict`, or of an earlier version, which named ``top_loss_ratios``
+        ``top_scores`` (the same values)."""
         names = {f.name for f in dataclasses.fields(cls)}
+        if "top_loss_ratios" not in d and "top_scores" in d:
+            d = {**d, "top_loss_ratios": d["top_scores"]}
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
@@ -193,7 +207,7 @@ def score_target(
         index=int(target_index), id=str(key), member=bool(member), mask=mask_name, shadow=shadow_name,
         best_l2=float(top.min()), mean_top10_l2=float(top.mean()), top1_l2=float(top[0]),
         oracle_best_l2=float(l2_all.min()), mean_l2=float(l2_all.mean()),
-        top_l2=[float(v) for v in top], top_scores=[float(v) for v in scores.ratio[order]],
+        top_l2=[float(v) for v in top], top_loss_ratios=[float(v) for v in scores.ratio[order]],
         top_inpaintings=[int(j) for j in order],
     )
     if mask is not None:

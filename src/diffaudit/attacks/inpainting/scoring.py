@@ -4,10 +4,11 @@ The attack ranks the inpaintings of a target image by how well the *target* mode
 relative to a *shadow* model that never saw the image:
 
     L(x, t, ε) = mean over pixels of (ε − ε_θ(sqrt(ᾱ_t)·x + sqrt(1 − ᾱ_t)·ε, t))²      (Sec. 5.1)
-    score(x̂)  = mean_d L_target(x̂, t, ε_d) / mean_d L_shadow(x̂, t, ε_d),   t = 100 by default
+    ratio(x̂)  = mean_d L_target(x̂, t, ε_d) / mean_d L_shadow(x̂, t, ε_d),   t = 100 by default
 
-Lower score = the target model finds x̂ unusually easy to denoise = a better candidate
-reconstruction. Both models see the identical ε_d (d = 1..D, D ≥ 1, default 4), and every
+Lower ratio = the target model finds x̂ unusually easy to denoise = a better candidate
+reconstruction. The ratio ranks one target's inpaintings; it is not a membership score (those are
+larger for members, DESIGN: scores), and results store it as ``top_loss_ratios``. Both models see the identical ε_d (d = 1..D, D ≥ 1, default 4), and every
 inpainting of one target is scored with the same D draws (common random numbers: differences
 in score come from the images, not from the noise). ε_d of target i is drawn from
 ``derive_seed(seed, "inpaint-score", i, d)``.

@@ -1,0 +1,30 @@
+"""``dedup --threshold`` is checked before the output folder records it: a NaN or an out-of-range value is a
+clear error that leaves no settings behind, so the corrected command runs in the same folder."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from diffaudit.cli.main import main
+from diffaudit.core.errors import DiffauditError
+from diffaudit.defenses.dedup import check_threshold
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "1.5", "-1.01"])  # --threshold=-inf: argparse reads "-inf" as a flag
+def test_bad_threshold_is_refused_before_the_folder_and_the_fix_then_runs(tmp_path, capsys, bad):
+    out = tmp_path / "dd"
+    argv = ["--quiet", "dedup", "--data", "digits", "--subset", "40", "--out", str(out)]
+    assert main([*argv, f"--threshold={bad}"]) == 2
+    assert "--threshold must be a finite similarity" in capsys.readouterr().err
+    assert not (out / "settings.json").exists()
+    assert main([*argv, "--threshold", "0.97"]) == 0  # not refused as "other settings"
+    assert (out / "result.json").exists()
+
+
+def test_threshold_range_follows_the_metric():
+    assert check_threshold(-0.5, "cosine") == -0.5 and check_threshold(1, "hamming") == 1.0
+    for value, metric in ((-0.5, "hamming"), (math.nan, "cosine"), (math.inf, "hamming"), (1.0001, "cosine")):
+        with pytest.raises(DiffauditError, match="--threshold"):
+            check_threshold(value, metric)

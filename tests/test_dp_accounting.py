@@ -1,0 +1,116 @@
+"""DP-SGD privacy accounting in a run: PRV failures fall back to RDP (recorded why), the per-log-line ε is
+RDP's (PRV is computed once, for the final ε), and "not private" means σ = 0, not an infinite ε."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+
+from diffaudit.data.dataset import ImageDataset
+from diffaudit.defenses import dp_training
+from diffaudit.defenses.dp_training import DPConfig, accounted_epsilon, dp_note, epsilon_after, train_dp
+from diffaudit.models.training import TrainConfig
+
+pytestmark = pytest.mark.filterwarnings("ignore:Optimal order is the smallest alpha")
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    return ImageDataset(rng.integers(0, 256, (48, 8, 8, 1), dtype=np.uint8), [f"k{i}" for i in range(48)], source="test")
+
+
+def _cfg(**kw):
+    base = dict(preset="tiny", steps=4, batch_size=8, lr=1e-3, warmup_steps=0, ema_decay=0.0, seed=3, log_every=1,
+                checkpoint_every=100)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture
+def prv_calls(monkeypatch):
+    """Counts the PRV accountant's calls; ``calls.fail`` (an exception or a float) replaces its answer."""
+    real = dp_training.epsilon_after
+
+    class Calls(list):
+        fail = None
+
+    calls = Calls()
+
+    def spy(**kw):
+        if kw.get("accountant") == "prv":
+            calls.append(kw)
+            if isinstance(calls.fail, BaseException):
+                raise calls.fail
+            if calls.fail is not None:
+                return calls.fail
+        return real(**kw)
+
+    monkeypatch.setattr(dp_training, "epsilon_after", spy)
+    return calls
+
+
+def _records(run):
+    log = [json.loads(line) for line in (run / "loss_log.jsonl").read_text().splitlines()]
+    return log, json.loads((run / "dp.json").read_text())
+
+
+def test_prv_is_computed_once_and_recorded_when_it_works(tmp_path, data, prv_calls):
+    """Log lines carry RDP's cheap ε; the final one and dp.json the PRV ε, unchanged in meaning."""
+    run = train_dp(data, _cfg(), DPConfig(noise_multiplier=1.0, accountant="prv"), tmp_path / "dp")
+    log, rec = _records(run)
+    assert len(prv_calls) == 1  # not once per log line
+    rdp = [epsilon_after(noise_multiplier=1.0, sample_rate=8 / 48, steps=s, delta=1 / 480) for s in (1, 2, 3)]
+    assert [r["epsilon"] for r in log[:3]] == pytest.approx(rdp) and {r["epsilon_accountant"] for r in log[:3]} == {"rdp"}
+    prv = epsilon_after(noise_multiplier=1.0, sample_rate=8 / 48, steps=4, delta=1 / 480, accountant="prv")
+    assert rec["epsilon"] == pytest.approx(prv) and log[-1]["epsilon"] == rec["epsilon"]
+    assert log[-1]["epsilon_accountant"] == "prv"
+    assert rec["accountant"] == rec["accountant_used"] == "prv" and rec["fallback_reason"] is None
+    assert "not private" not in rec["note"]
+
+
+@pytest.mark.parametrize("failure, reason", [(MemoryError("Unable to allocate 26.3 GiB"), "MemoryError"),
+                                             (math.inf, "non-finite"), (FloatingPointError("overflow"), "FloatingPointError")])
+def test_prv_failure_falls_back_to_rdp_and_says_why(tmp_path, data, prv_calls, failure, reason):
+    """A MemoryError no longer crashes the run, nor an infinite PRV ε reads as "no noise": RDP's finite
+    bound is recorded, with the accountant that produced it and why."""
+    prv_calls.fail = failure
+    run = train_dp(data, _cfg(), DPConfig(noise_multiplier=0.05, accountant="prv"), tmp_path / "dp")
+    log, rec = _records(run)
+    rdp = epsilon_after(noise_multiplier=0.05, sample_rate=8 / 48, steps=4, delta=1 / 480)
+    assert math.isfinite(rdp) and rec["epsilon"] == pytest.approx(rdp) and log[-1]["epsilon"] == rec["epsilon"]
+    assert rec["accountant"] == "prv" and rec["accountant_used"] == "rdp" and reason in rec["fallback_reason"]
+    assert "not private" not in rec["note"] and rec["noise_multiplier"] == 0.05
+    res = json.loads((run / "result.json").read_text())
+    assert res["dp"]["epsilon"] == rec["epsilon"] and res["dp"]["accountant_used"] == "rdp"
+
+
+def test_a_prv_mesh_too_large_to_allocate_is_not_attempted():
+    """σ = 0.05, q = 1/6, 1,000 steps: opacus' mesh would need 26 GiB (MemoryError or the OOM killer);
+    refused from its size, at once, for RDP's bound."""
+    t0 = time.perf_counter()
+    got = accounted_epsilon(noise_multiplier=0.05, sample_rate=1 / 6, steps=1000, delta=1 / 480, accountant="prv")
+    assert time.perf_counter() - t0 < 5
+    assert got.accountant == "rdp" and "mesh" in got.fallback_reason
+    assert got.value == pytest.approx(epsilon_after(noise_multiplier=0.05, sample_rate=1 / 6, steps=1000, delta=1 / 480))
+
+
+def test_accounted_epsilon_keeps_working_accountants_and_the_trivial_cases():
+    kw = dict(sample_rate=0.01, steps=100, delta=1e-5)
+    prv = accounted_epsilon(noise_multiplier=1.0, accountant="prv", **kw)
+    assert prv.accountant == "prv" and prv.fallback_reason is None
+    assert prv.value == pytest.approx(epsilon_after(noise_multiplier=1.0, accountant="prv", **kw))
+    rdp = accounted_epsilon(noise_multiplier=1.0, accountant="rdp", **kw)
+    assert rdp.accountant == "rdp" and rdp.value == epsilon_after(noise_multiplier=1.0, **kw)
+    assert accounted_epsilon(noise_multiplier=0.0, accountant="prv", **kw).value == math.inf
+    assert accounted_epsilon(noise_multiplier=1.0, accountant="prv", sample_rate=0.01, steps=0, delta=1e-5).value == 0.0
+
+
+def test_not_private_note_depends_on_the_noise_not_on_epsilon():
+    assert "not private" in dp_note(0.0, math.inf, True)
+    assert "not private" not in dp_note(0.05, math.inf, True)
+    assert "not formally covered" in dp_note(1.0, 3.0, False)
