@@ -155,3 +155,67 @@ def test_clip_embedder_without_processor_config(tmp_path, tiny_clip_dir):
 def test_clip_embedder_missing_model_is_a_clear_error(tmp_path):
     with pytest.raises(DiffauditError, match="not available locally.*--clip-model"):
         get_embedder("clip", model=str(tmp_path / "nothing-here"))
+
+
+def test_clip_loading_never_touches_the_network(monkeypatch):
+    """A hub name not in the cache: a clear error, without the hub's "couldn't connect to
+    huggingface.co" wording, and no connection attempted (local_files_only=True)."""
+    import socket
+
+    attempts = []
+
+    def refuse(self, address, *a, **k):
+        attempts.append(address)
+        raise OSError("network is off in this test")
+
+    import huggingface_hub.utils._detect_agent as agent  # its registry, fetched once per process: not yet
+
+    if hasattr(agent, "_registry"):
+        monkeypatch.setattr(agent, "_registry", None)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", lambda address, *a, **k: refuse(None, address))
+    with pytest.raises(DiffauditError) as err:
+        get_embedder("clip", model="diffaudit-tests/no-such-clip-model")
+    msg = str(err.value)
+    assert attempts == []
+    assert "not available locally" in msg and "'diffaudit-tests/no-such-clip-model' is not a local folder" in msg
+    assert "--clip-model PATH" in msg and "save_pretrained" in msg
+    assert "huggingface.co" not in msg and "connect" not in msg
+
+
+def test_clip_loads_with_local_files_only_and_drops_the_hub_text(monkeypatch, tiny_clip_dir):
+    import transformers
+
+    calls = []
+
+    def offline_cache_miss(name, **kwargs):
+        calls.append(kwargs)
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them in "
+                      "the cached files.\nCheck your internet connection or see how to run the library in offline mode.")
+
+    monkeypatch.setattr(transformers.CLIPVisionModelWithProjection, "from_pretrained", offline_cache_miss)
+    with pytest.raises(DiffauditError) as err:
+        get_embedder("clip")
+    assert calls == [{"local_files_only": True}]
+    assert "huggingface.co" not in str(err.value) and "--clip-model PATH" in str(err.value)
+    monkeypatch.undo()  # a real folder: the processor is loaded offline too
+    seen = []
+    real = transformers.CLIPImageProcessor.from_pretrained.__func__
+
+    def spy(cls, name, **kwargs):
+        seen.append(kwargs)
+        return real(cls, name, **kwargs)
+
+    for cls in {transformers.CLIPImageProcessor, getattr(transformers, "CLIPImageProcessorPil", transformers.CLIPImageProcessor)}:
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    get_embedder("clip", model=str(tiny_clip_dir))
+    assert seen and all(kw.get("local_files_only") is True for kw in seen)
+
+
+def test_clip_folder_that_does_not_exist_or_holds_no_model(tmp_path):
+    with pytest.raises(DiffauditError, match=r"CLIP model not available locally: .*nothing-here does not exist\. "
+                                             r"Pass --clip-model PATH"):
+        get_embedder("clip", model=str(tmp_path / "nothing-here"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DiffauditError, match=r"the folder .*empty holds no CLIP model that loads"):
+        get_embedder("clip", model=str(tmp_path / "empty"))

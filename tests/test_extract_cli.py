@@ -149,3 +149,51 @@ def test_resume_refuses_samples_rewritten_in_place(files, tmp_path, capsys):
     np.savez(samples, images=images[::-1])
     capsys.readouterr()
     assert run(*args) == 2 and "samples_identity" in capsys.readouterr().err
+
+
+def test_default_grid_is_the_audits_rule():
+    """One rule for `extract` and the audit: 4 tiles per side, fewer under 16 px so tiles keep >= 4 px."""
+    from diffaudit.attacks.extraction.grid import default_grid, resolve_grid
+
+    assert [default_grid((s, s, 1)) for s in (1, 3, 4, 8, 12, 15, 16, 32, 512)] == [1, 1, 1, 2, 3, 3, 4, 4, 4]
+    assert default_grid((8, 32, 3)) == 2  # the shorter side decides
+    assert resolve_grid(None, (8, 8, 1)) == 2 and resolve_grid(4, (8, 8, 1)) == 4  # an explicit --grid is kept
+
+
+def test_help_of_grid_is_the_same_in_extract_and_audit():
+    import argparse
+
+    from diffaudit.attacks.extraction.grid import GRID_HELP
+    from diffaudit.cli import audit, extract
+
+    def grid_help(module) -> str:
+        p = argparse.ArgumentParser()
+        module.add_arguments(p)
+        return next(a for a in p._actions if a.dest == "grid").help
+
+    assert grid_help(audit) == GRID_HELP and grid_help(extract).startswith(GRID_HELP)
+    assert "fewer for images under 16 px" in GRID_HELP
+
+
+def test_small_images_get_the_audits_grid_unless_one_is_given(tmp_path):
+    """8x8 generations: grid 2 (4-pixel tiles) as the audit's extract stage uses, not 4 (2-pixel tiles)."""
+    from diffaudit.data import load_dataset
+
+    digits = load_dataset("digits", subset=60).images
+    samples = tmp_path / "small.npz"
+    np.savez(samples, images=np.concatenate([noisy_copies(digits[0], 12, 1), digits[1:]]))
+    assert run("extract", "--samples", samples, "--out", tmp_path / "a", "--device", "cpu", "--k-neighbors", "16") == 0
+    assert strict_json(tmp_path / "a" / "result.json")["settings"]["grid"] == 2
+    assert run("extract", "--samples", samples, "--out", tmp_path / "b", "--device", "cpu", "--k-neighbors", "16",
+               "--grid", "4") == 0
+    assert strict_json(tmp_path / "b" / "result.json")["settings"]["grid"] == 4
+    big = tmp_path / "a32.npz"  # 32x32: the paper's 4x4
+    np.savez(big, images=np.load(tmp_path / "small.npz")["images"].repeat(4, axis=1).repeat(4, axis=2))
+    assert run("extract", "--samples", big, "--out", tmp_path / "c", "--device", "cpu", "--k-neighbors", "16") == 0
+    assert strict_json(tmp_path / "c" / "result.json")["settings"]["grid"] == 4
+
+
+def test_missing_samples_names_the_flag(tmp_path, capsys):
+    assert run("extract", "--samples", "nope", "--out", tmp_path / "e") == 2
+    err = capsys.readouterr().err
+    assert "--samples nope" in err and "sample store" in err and "built-in name" not in err

@@ -32,14 +32,24 @@ def test_results_store_top_loss_ratios_lowest_first(tmp_path, digits):
             assert "scores" not in z.files
             np.testing.assert_allclose(z["loss_ratios"], ratios)
         assert json.loads((out / "targets" / f"{t['index']:06d}.json").read_text())["top_loss_ratios"] == ratios
-    assert r["score"].startswith("-mean_top10_l2")  # the membership score: larger = more likely a member
+    assert r["score"].startswith("-mean_topk_l2")  # the membership score: larger = more likely a member
 
 
 def test_a_result_written_with_the_old_field_name_reads():
-    new = dict(index=3, id="k3", member=True, mask="left", shadow="s", best_l2=0.1, mean_top10_l2=0.2, top1_l2=0.1,
+    new = dict(index=3, id="k3", member=True, mask="left", shadow="s", best_l2=0.1, mean_topk_l2=0.2, top1_l2=0.1,
                oracle_best_l2=0.05, mean_l2=0.3, top_l2=[0.1, 0.3], top_loss_ratios=[0.5, 0.7])
     res = TargetResult.from_dict(new)
     assert res.top_loss_ratios == [0.5, 0.7] and {k: res.to_dict()[k] for k in new} == new
     old = {k: v for k, v in new.items() if k != "top_loss_ratios"} | {"top_scores": [0.5, 0.7], "grid": "g.png"}
     assert TargetResult.from_dict(old) == res
     assert "top_scores" not in res.to_dict()
+
+
+def test_a_result_written_as_mean_top10_l2_reads_as_mean_topk_l2():
+    """Results written before the rename called the mean of the kept top_k ``mean_top10_l2`` (and its
+    hidden-pixel version ``mean_top10_l2_hidden``) whatever k was; they read under the new names."""
+    old = dict(index=3, id="k3", member=True, mask="left", shadow="s", best_l2=0.1, mean_top10_l2=0.2, top1_l2=0.1,
+               oracle_best_l2=0.05, mean_l2=0.3, top_l2=[0.1, 0.3], top_scores=[0.5, 0.7], mean_top10_l2_hidden=0.28)
+    res = TargetResult.from_dict(old)
+    assert (res.mean_topk_l2, res.mean_topk_l2_hidden, res.top_loss_ratios) == (0.2, 0.28, [0.5, 0.7])
+    assert not {"mean_top10_l2", "mean_top10_l2_hidden"} & set(res.to_dict())

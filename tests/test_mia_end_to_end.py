@@ -263,3 +263,21 @@ def test_full_disk_is_a_clear_error(shadows, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "could not write" in err and "No space left" in err
     assert not (out / "result.json").exists()
+
+
+def test_target_trained_on_every_example_is_refused_before_any_loss(shadows, tmp_path, capsys):
+    """A --target whose train_ids.json covers every example of --data leaves no non-members: refused
+    before any model's loss is computed and before the output folder is made (it used to fail in the
+    evaluation, after every loss, with settings.json left behind)."""
+    root, _, _ = shadows
+    target = tmp_path / "target-all"
+    assert main(["--quiet", "train", *DATA, "--preset", "tiny", "--batch-size", "8", "--steps", "2", "--warmup-steps", "1",
+                 "--checkpoint-every", "2", "--device", "cpu", "--out", str(target)]) == 0
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    capsys.readouterr()
+    rc = main(["--quiet", "mia", *DATA, "--shadows", str(root / "shadows"), "--attack", "lira", "--target", str(target),
+               "--out", str(out), "--device", "cpu", "--loss-cache", str(cache)])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"--target {target}" in err and f"{N} members and 0 non-members" in err
+    assert "examples it did not" in err and "Traceback" not in err
+    assert not out.exists() and not list(cache.rglob("*.npy"))

@@ -117,7 +117,7 @@ def test_audit_killed_in_training_then_in_sampling_resumes_to_the_same_bytes(ref
     assert main(["--quiet", *argv]) == 0
     assert (run / "result.json").stat().st_mtime_ns == trained_at
     assert (out / "samples" / "shards" / "shard-000000.npy").stat().st_mtime_ns == shard_at
-    assert read_json(out / "result.json")["stages"] == ["train", "sample", "extract", "verify", "mia"]
+    assert read_json(out / "result.json")["stages"] == ["train", "sample", "extract", "verify", "mia", "outliers"]
 
     # Same weights (bitwise), shards (bitwise), scores and results as the uninterrupted audit.
     a = load_file(reference_audit / "models/model-00/unet/diffusion_pytorch_model.safetensors")

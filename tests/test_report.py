@@ -127,15 +127,15 @@ def make_audit(root: Path) -> Path:
         tpr_at_fpr={"0.01": 0.31, "0.001": 0.12}, n_members=1000, n_nonmembers=1000,
         roc={"fpr": fpr, "tpr": [0.0, 0.12, 0.31, 0.7, 0.95, 1.0]}))
     # Inpainting: a grid per target; the member's grid holds its training image.
-    targets = [{"id": "npz:2", "member": True, "best_l2": 0.04, "mean_top10_l2": 0.06},
-               {"id": "npz:9", "member": True, "best_l2": 0.07, "mean_top10_l2": 0.09},
-               {"id": "npz:11", "member": False, "best_l2": 0.2, "mean_top10_l2": 0.25}]
+    targets = [{"id": "npz:2", "member": True, "best_l2": 0.04, "mean_topk_l2": 0.06},
+               {"id": "npz:9", "member": True, "best_l2": 0.07, "mean_topk_l2": 0.09},
+               {"id": "npz:11", "member": False, "best_l2": 0.2, "mean_topk_l2": 0.25}]
     (audit / "inpaint" / "grids").mkdir(parents=True)
     grid = np.concatenate([train[2], np.zeros_like(train[2]), _noisy(train[2], 7)], axis=1)
     Image.fromarray(grid).save(audit / "inpaint" / "grids" / "grid-npz_2.png")
     Image.fromarray(grid[::-1]).save(audit / "inpaint" / "grids" / f"grid-npz_9{IMG}.png")
-    write_json_atomic(audit / "inpaint" / "result.json", _envelope("inpaint", {**data_settings, "mask": "left", "n_inpaintings": 64},
-                                                                   {"seed": 0}, targets=targets, auc=0.875))
+    write_json_atomic(audit / "inpaint" / "result.json", _envelope("inpaint", {**data_settings, "mask": "left", "n_inpaintings": 64, "top_k": 10},
+                                                                   {"seed": 0}, targets=targets, top_k=10, auc=0.875))
     canaries = [{"key": f"canary:{r}:{j}", "kind": "noise", "repeats": r, "exposure": float(np.log2(r) + j * 0.5),
                  "extracted": r >= 16} for r in (1, 4, 16, 64) for j in range(3)]
     write_json_atomic(audit / "canaries" / "result.json", _envelope("canaries", {"repeats": [1, 4, 16, 64]}, {"seed": 0}, canaries=canaries))
@@ -230,7 +230,7 @@ def test_summary_holds_every_section(audit):
     assert s["mia"]["loss"]["ci"]["tpr_at_fpr"]["0.01"] == {"low": 0.02, "high": 0.11, "level": 0.95}
     assert s["mia"]["lira"]["auc"] == 0.934
     assert s["inpainting"]["auc"] == 0.875 and s["inpainting"]["n_members"] == 2
-    assert s["inpainting"]["mean_top10_l2"]["members"] == pytest.approx(0.075)
+    assert s["inpainting"]["mean_topk_l2"]["members"] == pytest.approx(0.075) and s["inpainting"]["top_k"] == 10
     assert [r["repeats"] for r in s["canaries"]["by_repeats"]] == [1, 4, 16, 64]
     assert s["canaries"]["n_extracted"] == 6
     assert s["dataset"]["spec"].endswith("train.npz") and s["dataset"]["n_train"] == 12

@@ -133,3 +133,22 @@ def test_stable_diffusion_auto_micro_batch(sd_dir):
     calls = []
     fit = largest_batch_that_fits(lambda b: (source._probe(b), calls.append(b)), start=1, cap=4, memory=Roomy())
     assert fit.batch == 4 and calls == [1, 2, 4]
+
+
+def test_stable_diffusion_without_prompts_leaves_no_store(sd_dir, tmp_path, capsys):
+    """A prompt for every image is checked before the store is created (a corrected re-run is not refused)."""
+    out = tmp_path / "s"
+    assert main(["sample", "--model", str(sd_dir), "--n", "2", "--steps", "2", "--out", str(out),
+                 "--device", "cpu", "--quiet"]) == 2
+    assert "needs a prompt for every image" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_stable_diffusion_progress_per_micro_batch(sd_dir):
+    """The SD source tells ``on_images`` after every micro-batch (the padded last one counts its real images)."""
+    from diffaudit.sampling.sources import StableDiffusionSource
+
+    source = StableDiffusionSource(str(sd_dir), steps=2, guidance_scale=3, micro_batch=2)
+    told = []
+    images = source([1, 2, 3], ["a", "b", "c"], on_images=told.append)
+    assert told == [2, 1] and images.shape == (3, 32, 32, 3)

@@ -36,6 +36,22 @@ def test_dedup_keep_list_of_other_data_is_refused(tmp_path, capsys):
     assert not (tmp_path / "run" / "train_config.json").exists()
 
 
+def test_keep_list_of_the_full_data_with_subset_names_the_options(tmp_path, capsys):
+    """A keep list made on all digits, used with --subset 64: its keys are digits, the mismatch is the
+    subset. The error says the list was made on other data than --data with its options, gives both
+    counts, and the dedup command to run (it used to say "'digits:0' is not in digits")."""
+    assert main(["--quiet", "dedup", "--data", "digits", "--out", str(tmp_path / "dedup")]) == 0
+    capsys.readouterr()
+    argv = [a for a in BASE if a not in ("--subset", "24")] + ["--subset", "64"]
+    assert main(argv + ["--dedup", str(tmp_path / "dedup" / "keep.json"), "--out", str(tmp_path / "run")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "was made on other data than --data digits --subset 64" in err
+    assert "names 1797 examples" in err and "of --data digits (no data options)" in err
+    assert "--data digits --subset 64 holds 64" in err
+    assert "`diffaudit dedup --data digits --subset 64 --out DIR`" in err
+    assert "kept keys are not in digits" not in err and not (tmp_path / "run").exists()
+
+
 def test_dp_sgd_run_reports_epsilon(tmp_path):
     assert main(BASE + ["--dp-noise", "1.0", "--out", str(tmp_path / "dp")]) == 0
     dp = json.loads((tmp_path / "dp" / "dp.json").read_text())

@@ -230,3 +230,47 @@ def test_resume_refuses_data_or_baseline_rewritten_in_place(files, tmp_path, cap
         assert field in capsys.readouterr().err
         np.savez(path, images=arr)
     assert run(*args) == 0
+
+
+def test_from_extract_refuses_an_extract_made_from_other_samples(files, tmp_path, capsys):
+    """Generation ids (npz:i, p0-iN) exist in every input of that size: an extract result of other
+    generations must be refused, naming both samples identities, not verified in the wrong samples."""
+    ex = tmp_path / "ex"
+    assert run("extract", "--samples", files / "unc.npz", "--out", ex, "--device", "cpu", "--k-neighbors", "16") == 0
+    recorded = strict_json(ex / "result.json")["settings"]["samples_identity"]
+    other = tmp_path / "other.npz"
+    with np.load(files / "unc.npz") as z:
+        np.savez(other, images=z["images"][::-1].copy())  # same size, same ids, other generations
+    out = tmp_path / "v"
+    capsys.readouterr()
+    assert run("verify", "--samples", other, "--data", files / "train.npz", "--from-extract", ex / "result.json",
+               "--out", out, "--device", "cpu") == 2
+    err = capsys.readouterr().err
+    assert "--from-extract" in err and "other generations" in err and recorded in err
+    assert str(files / "unc.npz") in err and str(other) in err
+    assert not out.exists()  # refused before anything was recorded
+
+
+def test_from_extract_without_a_recorded_identity_warns(files, tmp_path, capsys):
+    """An extract result of an earlier version records no samples identity: used, with a warning."""
+    ex = tmp_path / "ex"
+    assert run("extract", "--samples", files / "unc.npz", "--out", ex, "--device", "cpu", "--k-neighbors", "16") == 0
+    old = tmp_path / "old.json"
+    r = json.loads((ex / "result.json").read_text())
+    del r["settings"]["samples_identity"]
+    old.write_text(json.dumps(r))
+    capsys.readouterr()
+    assert run("verify", "--samples", files / "unc.npz", "--data", files / "train.npz", "--from-extract", old,
+               "--out", tmp_path / "v", "--device", "cpu") == 0
+    err = capsys.readouterr().err
+    assert "warning" in err and "does not record which generations" in err
+    assert strict_json(tmp_path / "v" / "result.json")["n_samples"] == 2
+
+
+def test_missing_samples_names_the_flag_and_what_samples_are(files, tmp_path, capsys):
+    assert run("verify", "--samples", "nope", "--data", files / "train.npz", "--out", tmp_path / "v") == 2
+    err = capsys.readouterr().err
+    assert "--samples nope" in err and "sample store" in err and ".npz" in err and "image folder" in err
+    assert "built-in name" not in err
+    assert run("verify", "--samples", tmp_path / "gone.npz", "--data", files / "train.npz", "--out", tmp_path / "w") == 2
+    assert f"--samples {tmp_path / 'gone.npz'}" in capsys.readouterr().err

@@ -306,6 +306,19 @@ class _Stages:
         self.done.append(name)
         return read_json(result) if result.exists() else None
 
+    def run_outliers(self, data, seed: int) -> None:
+        """The outliers stage (after mia), kept and listed like the others when finished earlier; it
+        writes no result when there is nothing to correlate (then it is not listed)."""
+        from diffaudit.core.progress import stage_line
+
+        result = self.out / "outliers" / "result.json"
+        if result.exists():
+            stage_line("audit: outliers: finished earlier, kept")
+        else:
+            outliers_stage(self.out, data, seed)
+        if result.exists():
+            self.done.append("outliers")
+
 
 def outliers_stage(out: Path, data, seed: int) -> None:
     """Outlier score of every member against its membership score (the paper: outliers are more exposed)."""
@@ -431,6 +444,7 @@ def run(args: argparse.Namespace) -> int:
     from diffaudit.data.view import save_view
     from diffaudit.models.run_files import read_dropped_duplicates
     from diffaudit.report import render_report, write_summary
+    from diffaudit.attacks.extraction.grid import resolve_grid
     from diffaudit.report.view_extraction import baseline_phrase
 
     args = apply_config(args, args._argv)
@@ -508,7 +522,7 @@ def run(args: argparse.Namespace) -> int:
 
     sample = stages.run("sample", ["sample", "--model", str(target), "--out", str(out / "samples"), *_sample_count(args, data),
                                    "--steps", str(args.sample_steps), *dev, *seed], folder="samples")
-    grid = args.grid or max(1, min(4, data.image_shape[0] // 4))
+    grid = resolve_grid(args.grid, data.image_shape)  # the rule standalone `extract` uses
     stages.run("extract", ["extract", "--samples", str(out / "samples"), "--out", str(out / "extract"),
                            "--min-clique", str(args.min_clique), "--grid", str(grid), *dev, *seed])
     baseline = ["--baseline", str(out / "nonmembers.view.json")] if nonmember_keys else []
@@ -522,8 +536,8 @@ def run(args: argparse.Namespace) -> int:
     mia = stages.run("mia", ["mia", *_data_flags(args), "--shadows", str(models), "--models", mia_models, *target_flags,
                              "--attack", args.mia, "--timesteps", args.timesteps, *sweep, *draws,
                              "--out", str(out / "mia"), *dev, *seed])
-    if mia is not None and not (out / "outliers" / "result.json").exists():
-        outliers_stage(out, data, args.seed)
+    if mia is not None:
+        stages.run_outliers(data, args.seed)
     if args.inpaint:
         stages.run("inpaint", ["inpaint", "--model", str(target), "--shadows", str(models), "--membership",
                                str(models / "membership.npz"), *_data_flags(args), "--targets", args.inpaint_targets,

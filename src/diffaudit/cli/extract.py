@@ -17,6 +17,8 @@ from diffaudit.attacks.extraction.calibration import calibrate, parse_float_list
 from diffaudit.attacks.extraction.cliques import DEFAULT_MAX_EXPANSIONS
 from diffaudit.attacks.extraction.filter import FilterSettings, PromptResult, filter_prompts, group_by_prompt, rank_prompts
 from diffaudit.attacks.extraction.graph import DEFAULT_EDGE_THRESHOLD, DEFAULT_MIN_CLIQUE, check_threshold, near_duplicate_graph
+from diffaudit.attacks.extraction.grid import GRID_HELP, resolve_grid
+from diffaudit.attacks.extraction.inputs import read_generations
 from diffaudit.attacks.extraction.knn_cache import iter_cached_knn
 from diffaudit.cli.common import add_run_args, emit, emit_finished
 from diffaudit.core.device import resolve_device
@@ -29,14 +31,14 @@ from diffaudit.core.progress import Timer, progress_bar, stage_line
 from diffaudit.core.results import write_result
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.distances.knn_backends import KNN_BACKENDS
-from diffaudit.distances.pixel import DEFAULT_GRID
-from diffaudit.store import read_samples, samples_identity
+from diffaudit.store import samples_identity
 
 NAME = "extract"
 HELP = "find memorized generations: near-duplicate cliques per prompt (tiled l2), or among unconditional samples"
 DESCRIPTION = (
     "Generate-and-filter (Carlini et al. 2023, Sec. 4.1). Conditional samples (with prompts): for each prompt, "
-    "a graph over its generations with an edge where the tiled l2 (max over 4x4 same-position tiles) is <= "
+    "a graph over its generations with an edge where the tiled l2 (max over --grid x --grid same-position tiles, "
+    "4x4 unless the images are under 16 px) is <= "
     "--edge-threshold; the prompt is flagged when the maximum clique has >= --min-clique members; flagged prompts "
     "are ranked by the clique's mean internal distance and represented by its medoid. Unconditional samples (no "
     "prompts): exact nearest neighbours among the generations give a sparse near-duplicate graph, and every clique "
@@ -59,7 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--edge-threshold", type=float, default=DEFAULT_EDGE_THRESHOLD,
                    help="edge when tiled l2 <= this, in (0, 1] (not published by the paper; calibrate it)")
     g.add_argument("--min-clique", type=int, default=DEFAULT_MIN_CLIQUE, help="flag when the largest clique has at least this many members")
-    g.add_argument("--grid", type=int, default=DEFAULT_GRID, help="tiles per side of the tiled l2")
+    g.add_argument("--grid", type=int, default=None, help=GRID_HELP + "; as `diffaudit audit` uses it")
     g.add_argument("--max-expansions", type=int, default=DEFAULT_MAX_EXPANSIONS,
                    help="node-expansion bound of each clique search (deterministic; results say when it was hit)")
     b = p.add_argument_group("unconditional (black-box) mode")
@@ -91,11 +93,12 @@ def _load_ground_truth(path: str) -> set[str]:
     return {ln for ln in (x.strip() for x in lines) if ln}
 
 
-def _settings(args: argparse.Namespace, mode: str, ds: ImageDataset) -> dict[str, Any]:
+def _settings(args: argparse.Namespace, mode: str, ds: ImageDataset, grid: int) -> dict[str, Any]:
+    """The settings recorded and compared on a resume; ``grid`` is the one used (the default resolved)."""
     s: dict[str, Any] = {
         "samples": str(args.samples), "samples_identity": samples_identity(args.samples, ds), "mode": mode,
         "edge_threshold": args.edge_threshold, "min_clique": args.min_clique,
-        "grid": args.grid, "max_expansions": args.max_expansions,
+        "grid": grid, "max_expansions": args.max_expansions,
     }
     if mode == "unconditional":
         s.update(k_neighbors=args.k_neighbors, max_component=args.max_component)
@@ -192,13 +195,15 @@ def _summary(r: dict[str, Any], out: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    fs = FilterSettings(args.edge_threshold, args.min_clique, args.grid, args.max_expansions).validate()
+    FilterSettings(args.edge_threshold, args.min_clique, 1 if args.grid is None else args.grid, args.max_expansions).validate()
     if args.k_neighbors < 1:
         raise DiffauditError(f"--k-neighbors must be at least 1, got {args.k_neighbors}")
     if args.max_component < args.min_clique:
         raise DiffauditError(f"--max-component ({args.max_component}) must be at least --min-clique ({args.min_clique})")
     device = resolve_device(args.device)
-    ds = read_samples(args.samples, lazy=True)
+    ds = read_generations(args.samples)
+    grid = resolve_grid(args.grid, ds.image_shape)  # the audit's rule when --grid is not given
+    fs = FilterSettings(args.edge_threshold, args.min_clique, grid, args.max_expansions)
     mode = args.mode
     if mode == "auto":
         mode = "conditional" if ds.captions is not None else "unconditional"
@@ -208,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
         if mode != "conditional":
             raise DiffauditError("--calibrate needs prompts (conditional samples): the ground truth names memorized prompts")
         args._ground_truth = _load_ground_truth(args.calibrate)
-    settings = _settings(args, mode, ds)
+    settings = _settings(args, mode, ds, grid)
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
     if emit_finished(args, out, resumed, lambda r: _summary(r, out)):
         return 0

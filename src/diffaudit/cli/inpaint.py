@@ -10,7 +10,10 @@ the original (ℓ2). Output folder:
     targets/<index>.npz      the kept inpaintings (uint8 (k, H, W, C)) and their target/shadow loss ratios
                              (``loss_ratios``, lowest first: lower = better reconstruction)
     grids/<index>.png        original, masked input, kept reconstructions
-    result.json              envelope + targets + summary (members vs non-members) + auc
+    result.json              envelope + targets + summary (members vs non-members) + auc, and ``top_k``:
+                             how many inpaintings ``mean_topk_l2`` averages per target (the paper's 10;
+                             fewer when --n-inpaint is smaller). Results written before it was recorded
+                             name that field ``mean_top10_l2`` whatever k was (readers accept both).
 """
 
 from __future__ import annotations
@@ -397,8 +400,8 @@ def run(args: argparse.Namespace) -> int:
                 bar.advance(1, best_l2=res.best_l2)
 
     results = [attack.TargetResult.from_dict(read_json(done_file(i))) for i in targets]
-    result = write_result(out / "result.json", NAME, settings, {"seed": args.seed}, **_fields(results))
-    s = result["summary"]["mean_top10_l2"]
+    result = write_result(out / "result.json", NAME, settings, {"seed": args.seed}, **_fields(results, config.top_k))
+    s = result["summary"]["mean_topk_l2"]
     emit(args, result, (
         f"inpaint: {len(results)} targets; mean top-{config.top_k} ℓ2 members {_fmt(s['members']['mean'])}, "
         f"non-members {_fmt(s['nonmembers']['mean'])}; AUC {_fmt(result['auc'])} -> {out / 'result.json'}"
@@ -430,19 +433,22 @@ def _save_target(out: Path, i: int, res, kept, image, mask) -> None:
     write_json_atomic(out / "targets" / f"{i:06d}.json", {**res.to_dict(), "grid": str(grid)})  # last: marks it finished
 
 
-def _fields(results) -> dict:
+def _fields(results, top_k: int) -> dict:
+    """result.json's own fields: the targets, their summary, the AUCs and ``top_k`` (the k of
+    ``mean_topk_l2``, recorded beside it so that no reader has to assume the paper's 10)."""
     from diffaudit.attacks.inpainting import membership_scores, summarize
     from diffaudit.evaluation.roc import auc
 
     members = [r.member for r in results]
     both = any(members) and not all(members)
     aucs = {}
-    for name in ("mean_top10_l2", "best_l2"):
+    for name in ("mean_topk_l2", "best_l2"):
         scores, y = membership_scores(results, name)
         aucs[name] = auc(scores, y) if both else None
     targets = [{**r.to_dict(), "grid": f"grids/{r.index:06d}.png"} for r in results]
-    return {"targets": targets, "summary": summarize(results), "auc": aucs["mean_top10_l2"], "auc_best_l2": aucs["best_l2"],
-            "score": "-mean_top10_l2 (larger = more likely a member)"}
+    return {"targets": targets, "summary": summarize(results), "top_k": top_k, "auc": aucs["mean_topk_l2"],
+            "auc_best_l2": aucs["best_l2"],
+            "score": "-mean_topk_l2 (the mean ℓ2 of a target's top_k best inpaintings; larger = more likely a member)"}
 
 
 def _fmt(v) -> str:

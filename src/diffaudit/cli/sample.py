@@ -68,7 +68,8 @@ def check_count_flags(args: argparse.Namespace) -> None:
 
 
 def plan_prompts(args: argparse.Namespace, source) -> tuple[list[str | None], int]:
-    """(prompts, per_prompt) for the request (``sample_into`` has refused a stray ``--n`` already)."""
+    """(prompts, per_prompt) for the request (``sample_into`` has refused a stray ``--n`` already; the
+    source checks the prompts themselves, with ``check_prompts``)."""
     num_classes = getattr(getattr(source, "denoiser", None), "num_classes", None)
     if args.prompts:
         return read_prompts(args.prompts), args.per_prompt or 1
@@ -129,6 +130,8 @@ def sample_into(args: argparse.Namespace, model: str, out: str):
     source = open_source(model, device=device, steps=args.steps, eta=args.eta, micro_batch=_micro_batch(args, out),
                          guidance_scale=args.guidance_scale, scheduler=args.scheduler, fast=fast, compile=compile)
     prompts, per_prompt = plan_prompts(args, source)
+    # before SampleStore.create: a store made for prompts the model refuses would turn away the corrected re-run
+    source.check_prompts(prompts)
     from diffaudit.models.digest import model_digest
 
     # the weights' digest too: a store resumed after the folder's weights changed would mix two models

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+from pathlib import Path
 
 import numpy as np
 
@@ -87,5 +88,26 @@ def run(args: argparse.Namespace) -> int:
         n_models=len(models), n_columns=mem.n_models, n_examples=len(ds), membership="membership.npz",
         models=models, seconds_this_session=timer.seconds,
     )
-    emit(args, result, f"{len(runs)} shadow models in {out} (of the membership matrix's {mem.n_models} columns)")
+    emit(args, result, trained_line(out, len(runs), [m["index"] for m in models], mem))
     return 0
+
+
+def is_target_split(mem: Membership) -> bool:
+    """Whether ``mem`` is one target's membership record (``target_split``: two columns, every example IN
+    exactly one), rather than a matrix of shadow models."""
+    m = mem.matrix
+    return m.shape[1] == 2 and bool(np.all(m[:, 0] != m[:, 1]))
+
+
+def trained_line(out: Path, n_trained: int, finished: list[int], mem: Membership) -> str:
+    """The command's last line: ``n_trained`` models trained (or kept) by this call, ``finished`` the
+    columns whose model exists in ``out``. When only column 0 of a target split exists (a plain
+    `diffaudit audit`, no shadows asked for), that model is the target and column 1 records its
+    never-seen non-members: that is said instead of "1 shadow models ... of 2 columns"."""
+    if finished == [0] and is_target_split(mem):
+        n_in = int(mem.matrix[:, 0].sum())
+        return (f"the target model {shadow_dir(out, 0)}, trained on its {n_in} members; the other "
+                f"{len(mem.keys) - n_in} examples are its non-members (column 1 of the membership record: no model "
+                "trains on it)")
+    noun = "shadow model" if n_trained == 1 else "shadow models"
+    return f"{n_trained} {noun} in {out} (of the membership matrix's {mem.n_models} columns)"

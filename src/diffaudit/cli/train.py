@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dedup:
         from diffaudit.defenses.dedup import copies_of_trained, keep_list_selection
 
-        keep, dropped = keep_list_selection(args.dedup, ds)
+        keep, dropped = keep_list_selection(args.dedup, ds, data_spec=args.data, data_options=opts)
         if indices is not None:  # a membership column: only the dropped copies of images it trains on are its copies
             indices = np.intersect1d(indices, keep)
             dropped_copies = copies_of_trained(args.dedup, ds, dropped, indices)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from diffaudit.attacks.extraction.inputs import check_extract_samples, read_generations
 from diffaudit.attacks.extraction.knn_cache import iter_cached_knn
 from diffaudit.attacks.extraction.verification import (
     DEFAULT_DELTA,
@@ -34,7 +36,7 @@ from diffaudit.data.digest import dataset_digest
 from diffaudit.distances.frechet import fid_from_file
 from diffaudit.distances.knn_backends import KNN_BACKENDS
 from diffaudit.distances.normalized import DEFAULT_ALPHA, DEFAULT_NEIGHBORS, neighborhood_size
-from diffaudit.store import read_samples, samples_identity
+from diffaudit.store import samples_identity
 
 NAME = "verify"
 HELP = "verify generations against the training set: (l2, delta)-extraction or the normalised distance, unique counts"
@@ -64,7 +66,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eidetic-delta", type=float, default=DEFAULT_EIDETIC_DELTA, help="radius of the eidetic count, in (0, 1]")
     g.add_argument("--dup-delta", type=float, default=DEFAULT_EIDETIC_DELTA,
                    help="training images within this l2 of each other count as one image, in (0, 1]")
-    g.add_argument("--from-extract", default=None, metavar="RESULT", help="verify only the flagged medoids of this extract result.json")
+    g.add_argument("--from-extract", default=None, metavar="RESULT",
+                   help="verify only the flagged medoids of this extract result.json; it must have been made from "
+                        "--samples (its recorded samples identity is compared; a result of an earlier version that "
+                        "records none is used with a warning)")
     g.add_argument("--baseline", default=None, metavar="DATASET",
                    help="images the model never saw (e.g. cifar10-test): same verification, reported as the false-positive baseline")
     g.add_argument("--train-map", default=None, metavar="MAP",
@@ -75,10 +80,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backend", choices=sorted(KNN_BACKENDS), default="torch", help="exact nearest-neighbour backend")
 
 
-def _select_from_extract(path: str, samples: ImageDataset) -> tuple[ImageDataset, list[str]]:
+def _select_from_extract(path: str, samples: ImageDataset, spec: str) -> tuple[ImageDataset, list[str]]:
+    """The flagged medoids of the extract result ``path`` among ``samples`` (read from ``spec``), and
+    their ids. Refused when the result was made from other generations (see
+    :func:`~diffaudit.attacks.extraction.inputs.check_extract_samples`), since ids such as ``p0-i17``
+    exist in every sample store; a result that records no samples identity gets a warning on stderr."""
     r = read_json(path)
     if r.get("command") != "extract":
         raise DiffauditError(f"--from-extract {path}: not a result.json of `diffaudit extract`")
+    warning = check_extract_samples(r, samples_identity(spec, samples), path=path, samples=spec)
+    if warning:
+        print(f"diffaudit verify: warning: {warning}", file=sys.stderr)
     medoids = [p["medoid"] for p in r.get("prompts", []) if p.get("flagged") and p.get("medoid") is not None]
     medoids += [g["medoid"] for g in r.get("groups", [])]
     index = samples.index_of()
@@ -141,11 +153,11 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     opts = data_options(args)
     train = load_data(args, args.data, **opts)
-    samples = read_samples(args.samples, lazy=True)
+    samples = read_generations(args.samples)
     n_samples_total = len(samples)
     medoids = None
     if args.from_extract:
-        samples, medoids = _select_from_extract(args.from_extract, samples)
+        samples, medoids = _select_from_extract(args.from_extract, samples, args.samples)
     if rule == "auto":
         rule = "l2" if samples.captions is not None else "ratio"
     vs = VerifySettings(rule, vs_probe.delta, vs_probe.alpha, vs_probe.n_neighbors, vs_probe.eidetic_delta, vs_probe.dup_delta)

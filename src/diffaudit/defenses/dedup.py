@@ -34,6 +34,7 @@ import numpy as np
 
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import load_npy, read_json, save_npy_atomic, save_npz_atomic, write_json_atomic
+from diffaudit.core.outdir import recorded_settings
 from diffaudit.core.progress import progress_bar
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.defenses.embedders import Embedder
@@ -243,41 +244,87 @@ def write_keep_list(path: str | os.PathLike, dataset: ImageDataset, result: Dedu
     })
 
 
-def load_keep_list(path: str | os.PathLike, dataset: ImageDataset) -> np.ndarray:
+def load_keep_list(path: str | os.PathLike, dataset: ImageDataset, *, data_spec: str | None = None,
+                   data_options: dict[str, Any] | None = None) -> np.ndarray:
     """Indices of ``dataset`` kept by a dedup run's ``keep.json`` (matched by key, so a re-ordered
     load of the same data still works): every example except the keep list's ``removed_keys``.
+    ``data_spec`` and ``data_options``: how the caller's ``--data`` was given, for the error message.
 
     Raises:
         DiffauditError: the file is not a keep list, names kept keys the dataset lacks, or the dataset
             holds keys in neither its ``keys`` nor its ``removed_keys`` (it was made for other data).
     """
-    return keep_list_selection(path, dataset)[0]
+    return keep_list_selection(path, dataset, data_spec=data_spec, data_options=data_options)[0]
 
 
-def keep_list_selection(path: str | os.PathLike, dataset: ImageDataset) -> tuple[np.ndarray, np.ndarray]:
+def keep_list_selection(path: str | os.PathLike, dataset: ImageDataset, *, data_spec: str | None = None,
+                        data_options: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(kept, dropped): sorted int64 indices of ``dataset`` that a ``keep.json`` keeps and removes.
 
     Every example of ``dataset`` must be named by the keep list (in ``keys`` or ``removed_keys``):
     one it does not name was never checked for duplicates, so the list was made for other data.
+    ``data_spec`` and ``data_options`` (the loader options, as ``cli.common.data_options``): how the
+    caller's ``--data`` was given, so that the error names the options that differ (a keep list of
+    all digits used with ``--subset 64`` names keys the subset lacks, though they are digits).
     """
     rec = read_json(path)
     if not isinstance(rec, dict) or "keys" not in rec:
         raise DiffauditError(f"{path}: not a keep list (expected `keys`; write one with `diffaudit dedup`)")
     pos = dataset.index_of()
+    here = data_text(data_spec, data_options) if data_spec is not None else (dataset.source or "the dataset")
     missing = [k for k in rec["keys"] if k not in pos]
     if missing:
-        raise DiffauditError(f"{path}: {len(missing)} kept keys are not in {dataset.source or 'the dataset'} "
-                             f"(first: {missing[0]!r}); was the keep list made from another dataset?")
+        raise _other_data_error(path, rec, dataset, here, f"{len(missing)} of its {len(rec['keys'])} kept keys are "
+                                f"not in --data {here} (first: {missing[0]!r})")
     removed = set(rec.get("removed_keys") or [])
     named = removed | set(rec["keys"])
     unnamed = [k for k in dataset.keys if k not in named]
     if unnamed:
-        raise DiffauditError(
-            f"{path}: {len(unnamed)} of the {len(dataset)} examples of {dataset.source or 'the dataset'} are not in its "
-            f"kept or removed keys (first: {unnamed[0]!r}; the list names {len(named)} examples of "
-            f"{rec.get('source') or 'another dataset'}): run `diffaudit dedup` with the same --data and options as training")
+        raise _other_data_error(path, rec, dataset, here, f"{len(unnamed)} of the {len(dataset)} examples of --data "
+                                f"{here} are not in its kept or removed keys (first: {unnamed[0]!r})")
     dropped = np.asarray(sorted(pos[k] for k in removed if k in pos), dtype=np.int64)
     return np.setdiff1d(np.arange(len(dataset), dtype=np.int64), dropped), dropped
+
+
+def _option_unset(key: str, value: Any, options: dict[str, Any]) -> bool:
+    """Whether a loader option is left as the flags leave it: None, False, or a --subset-seed that
+    chooses nothing (no --subset) or is the default 0."""
+    if key == "subset_seed":
+        return value == 0 or not options.get("subset")
+    return value is None or value is False
+
+
+def data_text(spec: str, options: dict[str, Any] | None) -> str:
+    """``--data`` as a user gives it: ``digits --subset 64`` (options left at their defaults are not
+    named; ``digits`` alone has none)."""
+    options = options or {}
+    flags = [spec]
+    for key, value in options.items():
+        if not _option_unset(key, value, options):
+            flag = "--" + key.replace("_", "-")
+            flags.append(flag if value is True else f"{flag} {value}")
+    return " ".join(flags)
+
+
+def _keep_list_origin(path: str | os.PathLike, rec: dict[str, Any]) -> str:
+    """What a keep list was made on: ``--data SPEC OPTIONS`` from the settings.json of the dedup folder
+    that holds it, else the ``source`` it records (a keep list moved elsewhere)."""
+    settings = recorded_settings(Path(path).parent, "dedup") or {}
+    if isinstance(settings.get("data"), str):
+        options = settings.get("data_options")
+        text = data_text(settings["data"], options if isinstance(options, dict) else None)
+        return f"--data {text}" + ("" if text != settings["data"] else " (no data options)")
+    return str(rec.get("source") or "another dataset")
+
+
+def _other_data_error(path, rec: dict[str, Any], dataset: ImageDataset, here: str, detail: str) -> DiffauditError:
+    """The error for a keep list made on other data than ``dataset`` (``here``: how --data was given)."""
+    n_kept, n_removed = len(rec["keys"]), len(rec.get("removed_keys") or [])
+    return DiffauditError(
+        f"{path} was made on other data than --data {here}: {detail}. The keep list names {n_kept + n_removed} examples "
+        f"({n_kept} kept, {n_removed} removed) of {_keep_list_origin(path, rec)}; --data {here} holds {len(dataset)}. "
+        f"Make the keep list with the same --data and data options as training: `diffaudit dedup --data {here} --out DIR`, "
+        "then pass --dedup DIR/keep.json")
 
 
 def copies_of_trained(path: str | os.PathLike, dataset: ImageDataset, dropped: np.ndarray,

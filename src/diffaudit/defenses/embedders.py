@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import scipy.fft
@@ -282,13 +283,95 @@ class PHashEmbedder(Embedder):
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
 
+#: What ``--clip-model`` must be, for the errors when none can be loaded.
+CLIP_FOLDER_HELP = (
+    "Pass --clip-model PATH, a local folder with a CLIPVisionModelWithProjection written by save_pretrained "
+    "(config.json and model.safetensors, optionally preprocessor_config.json), or a hub name whose files are already "
+    "in the Hugging Face cache. diffaudit never downloads a model (it loads with local_files_only=True). The pixel "
+    "and phash embedders need no model."
+)
+
+
+def _is_path(name: str) -> bool:
+    """Whether ``--clip-model`` names a filesystem path (a folder) rather than a hub name like ``org/model``."""
+    return Path(name).exists() or name.startswith((os.sep, ".", "~")) or (os.altsep is not None and os.altsep in name)
+
+
+def _local_reason(exc: Exception) -> str:
+    """The loader's first line, unless it talks about the hub (with local_files_only=True no connection is
+    made, but transformers still words a cache miss as "couldn't connect to huggingface.co")."""
+    first = (str(exc).splitlines() or [""])[0].strip()
+    hub_words = ("huggingface.co", "connect", "repo id", "repo_type", "hub")
+    return "" if any(w in first.lower() for w in hub_words) else f" ({first})"
+
+
+def clip_missing_error(name: str, exc: Exception) -> DiffauditError:
+    """The error for a CLIP model that is not available locally: what ``name`` was taken for (a folder
+    that does not exist, a folder without a loadable model, or a hub name not in the cache) and what
+    ``--clip-model`` must be instead; no hub text that suggests a download was tried."""
+    if Path(name).is_dir():
+        what = f"the folder {name} holds no CLIP model that loads{_local_reason(exc)}"
+    elif _is_path(name):
+        what = f"{name} does not exist"
+    else:
+        what = f"{name!r} is not a local folder, and no copy of it is in the Hugging Face cache"
+    return DiffauditError(f"clip embedder: CLIP model not available locally: {what}. {CLIP_FOLDER_HELP}")
+
+
+@contextmanager
+def hub_offline() -> Iterator[None]:
+    """huggingface_hub's offline mode while the block runs. ``local_files_only=True`` makes transformers
+    read only local files, but huggingface_hub still builds request headers for the cache lookup of a
+    hub name, and their agent detection fetches a registry from huggingface.co unless offline mode is
+    on: with it, loading a CLIP model makes no connection at all."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+def load_clip(name: str):
+    """(model, processor) of the CLIP folder or cached hub name ``name``, with ``local_files_only=True``
+    for both, so that nothing is fetched over the network. A folder without ``preprocessor_config.json``
+    gets CLIP's standard preprocessing at the model's image size.
+
+    Raises:
+        DiffauditError: the model is not available locally (:func:`clip_missing_error`).
+    """
+    from transformers import CLIPVisionModelWithProjection
+
+    try:  # the PIL processor: the default one wants torchvision, which is not installed here
+        from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+    except ImportError:  # older transformers: CLIPImageProcessor is the PIL one
+        from transformers import CLIPImageProcessor
+
+    try:
+        with hub_offline():
+            model = CLIPVisionModelWithProjection.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise clip_missing_error(name, exc) from None
+    try:
+        with hub_offline():
+            processor = CLIPImageProcessor.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        if not Path(name).is_dir():
+            raise clip_missing_error(name, exc) from None
+        size = int(model.config.image_size)  # a bare model folder: CLIP's standard preprocessing
+        processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    return model, processor
+
 
 class ClipEmbedder(Embedder):
     """CLIP image embeddings (the paper's choice), L2-normalised; cosine similarity.
 
     Loads ``CLIPVisionModelWithProjection`` and ``CLIPImageProcessor`` from a local directory or,
-    given a hub name, from the user's Hugging Face cache only (``local_files_only=True``: nothing
-    is downloaded). Grayscale images are repeated to three channels.
+    given a hub name, from the user's Hugging Face cache only (:func:`load_clip`,
+    ``local_files_only=True``: nothing is downloaded, no connection is made). Grayscale images are
+    repeated to three channels.
 
     Args:
         model: a directory holding ``config.json`` + weights (+ ``preprocessor_config.json``), or a
@@ -302,33 +385,10 @@ class ClipEmbedder(Embedder):
     default_threshold = 0.95
 
     def __init__(self, model: str | os.PathLike = DEFAULT_CLIP_MODEL, device: str | torch.device = "cpu", batch_size: int = 256):
-        from transformers import CLIPVisionModelWithProjection
-
-        try:  # the PIL processor: the default one wants torchvision, which is not installed here
-            from transformers import CLIPImageProcessorPil as CLIPImageProcessor
-        except ImportError:  # older transformers: CLIPImageProcessor is the PIL one
-            from transformers import CLIPImageProcessor
-
         self.model_name = str(model)
         self.batch_size = int(batch_size)
         self.device = torch.device(device)
-        try:
-            self.model = CLIPVisionModelWithProjection.from_pretrained(self.model_name, local_files_only=True)
-            try:
-                self.processor = CLIPImageProcessor.from_pretrained(self.model_name, local_files_only=True)
-            except OSError:
-                if Path(self.model_name).is_dir():  # a bare model folder: CLIP's standard preprocessing
-                    size = int(self.model.config.image_size)
-                    self.processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-                else:
-                    raise
-        except OSError as exc:
-            raise DiffauditError(
-                f"clip embedder: CLIP model {self.model_name!r} is not available locally ({str(exc).splitlines()[0]}). "
-                "Pass --clip-model DIR, a folder with a CLIPVisionModelWithProjection saved by save_pretrained "
-                "(config.json, model.safetensors, preprocessor_config.json), or put the model in the Hugging Face "
-                "cache beforehand; nothing is downloaded. The pixel and phash embedders need no download."
-            ) from None
+        self.model, self.processor = load_clip(self.model_name)
         self.model.to(self.device).eval()
         self.dim = int(self.model.config.projection_dim)
 

@@ -68,7 +68,7 @@ def report_context(result_dir: str | os.PathLike, *, redact: bool = False) -> di
         "redact": redact,
         "csp": CSP,
         "summary": summary,
-        "verdict": verdict(ex),
+        "verdict": verdict(ex, canaries=summary.get("canaries")),
         "rule": rule_text((ex or {}).get("rule"), (ex or {}).get("delta"), alpha=(ex or {}).get("alpha"),
                           n_neighbors=(ex or {}).get("n_neighbors"), n_train=(ex or {}).get("n_train")),
         "best_mia": best_mia(summary),

@@ -7,9 +7,17 @@ Fields: ``schema_version``, ``command`` (``audit`` or the single command summari
 ``extraction`` {``unique_extracted``, ``n_samples``, ``rule``,
 ``baseline_unique_extracted``, ``baseline_n_images``, ``baseline_pvalue`` (the one-sided exact
 test of the two counts), ``n_excluded_duplicates`` (near-duplicates a deduplicated target dropped,
-left out of the baseline), ``prompt_checks_extracted`` (a ``--train-map`` check), ...},
+left out of the baseline), ``prompt_checks_extracted`` (a ``--train-map`` check), ``n_cliques``
+(unconditional extract: the number of near-identical generation groups, which extract's result.json
+calls ``n_groups``; the report reads it as ``n_cliques``), or ``n_prompts`` and ``n_flagged``
+(conditional extract), ...},
 ``mia`` {attack: {``auc``, ``tpr_at_fpr``, ``ci``, ...}},
-``inpainting``, ``canaries``, ``dedup``, ``outliers`` {``rho``, ..., ``attack_at_chance``},
+``inpainting`` {``auc``, ``n_targets``, ``n_members``, ``n_nonmembers``, ``top_k`` (best inpaintings
+kept per target), ``mean_topk_l2`` and ``best_l2`` {``members``, ``nonmembers``}: means over targets;
+results written before ``top_k`` was recorded call the field ``mean_top10_l2``, and are read too},
+``canaries``, ``dedup`` {``n_groups``, ``n_in_groups``, ``largest_group``, ``embedder`` (its settings,
+as dedup recorded them), ``embedder_text`` (the same in words)},
+``outliers`` {``rho``, ..., ``attack_at_chance``},
 ``stages`` (the result folders read), ``audit_stages`` (the stages the audit's result.json lists as
 run), ``settings`` and ``seeds`` (per stage), ``versions``.
 A section whose stage did not run is null. The HTML report renders from this dictionary, so the
@@ -187,7 +195,7 @@ def _extraction(rs: ResultSet) -> dict[str, Any] | None:
         r = extract.result
         if r.get("mode") == "unconditional" or "groups" in r:
             groups = records(r, "members", preferred=("groups",))
-            out["n_cliques"] = _int(r.get("n_groups", len(groups)))
+            out["n_cliques"] = _int(r.get("n_groups", len(groups)))  # extract's n_groups (module docstring)
         else:
             prompts = records(r, "members", preferred=("prompts", "cliques", "results"))
             out["n_prompts"] = _int(r.get("n_prompts", len(prompts)))
@@ -202,11 +210,36 @@ def _mean(values: list[float]) -> float | None:
     return sum(v) / len(v) if v else None
 
 
+#: Old name -> current name of an inpainting target's fields (diffaudit.attacks.inpainting.attack's
+#: RENAMED_FIELDS, named here because the report does not import the attacks): the mean ℓ2 of the kept
+#: top-k was ``mean_top10_l2`` whatever k was.
+INPAINT_RENAMED = {"mean_top10_l2": "mean_topk_l2", "mean_top10_l2_hidden": "mean_topk_l2_hidden"}
+
+
+def inpainting_targets(stage: Stage) -> list[dict[str, Any]]:
+    """The per-target records of an inpaint result, each with its fields under their current names
+    (``mean_topk_l2``), also when the file was written under the old ones (``mean_top10_l2``)."""
+    targets = records(stage.result, "best_l2", preferred=("targets", "results"))
+    return [{**t, **{new: t[old] for old, new in INPAINT_RENAMED.items() if old in t and new not in t}} for t in targets]
+
+
+def inpainting_top_k(stage: Stage, targets: list[dict[str, Any]]) -> int | None:
+    """How many best inpaintings per target ``mean_topk_l2`` averages: the result's ``top_k``, else the
+    settings' (older results), else the length of the targets' ``top_l2`` lists; None when unknown."""
+    k = _int(stage.result.get("top_k", stage.settings.get("top_k")))
+    if k is not None:
+        return k
+    lengths = {len(t["top_l2"]) for t in targets if isinstance(t.get("top_l2"), list)}
+    return lengths.pop() if len(lengths) == 1 else None
+
+
 def _inpainting(rs: ResultSet) -> dict[str, Any] | None:
+    """``auc``, counts, ``top_k`` and the mean over targets of ``mean_topk_l2`` (the mean ℓ2 of each
+    target's ``top_k`` best inpaintings) and ``best_l2``, for members and non-members."""
     st = rs.first("inpaint")
     if st is None:
         return None
-    targets = records(st.result, "best_l2", preferred=("targets", "results"))
+    targets = inpainting_targets(st)
     mem = [t for t in targets if t.get("member")]
     non = [t for t in targets if not t.get("member")]
     return {
@@ -214,9 +247,10 @@ def _inpainting(rs: ResultSet) -> dict[str, Any] | None:
         "n_targets": len(targets),
         "n_members": len(mem),
         "n_nonmembers": len(non),
-        "mean_top10_l2": {
-            "members": _mean([_finite(t.get("mean_top10_l2")) for t in mem]),
-            "nonmembers": _mean([_finite(t.get("mean_top10_l2")) for t in non]),
+        "top_k": inpainting_top_k(st, targets),
+        "mean_topk_l2": {
+            "members": _mean([_finite(t.get("mean_topk_l2")) for t in mem]),
+            "nonmembers": _mean([_finite(t.get("mean_topk_l2")) for t in non]),
         },
         "best_l2": {
             "members": _mean([_finite(t.get("best_l2")) for t in mem]),
@@ -299,17 +333,49 @@ def _outliers(rs: ResultSet, mia: dict[str, Any], mia_keys: dict[str, str]) -> d
             "attack_at_chance": at_chance(entry)}
 
 
+#: How one embedder setting reads in words (value -> phrase); a setting not named here reads as
+#: "<name with spaces> <value>", so a new embedder's settings still read.
+EMBEDDER_SETTING_WORDS = {
+    "size": lambda v: f"{v} px",
+    "color": str,
+    "max_shift": lambda v: "no shifts" if v == 0 else f"shifts up to {v}",
+    "hash_size": lambda v: f"{v}x{v} hash",
+    "model": lambda v: f"model {v}",
+    "dim": lambda v: f"{v}-d",
+}
+
+
+def _setting_words(key: str, value: Any) -> str:
+    words = EMBEDDER_SETTING_WORDS.get(key)
+    return words(value) if words is not None else f"{key.replace('_', ' ')} {value}"
+
+
+def describe_embedder(settings: Any) -> str | None:
+    """An embedder's recorded settings in words, for people: ``{"name": "pixel", "size": 8, "color":
+    "ycc", "max_shift": 2}`` -> ``pixel (8 px, ycc, shifts up to 2)``. Any settings dict reads (a key
+    without a phrase of its own as "key value"); a bare name stays itself; None when nothing is recorded."""
+    if settings is None or settings == {}:
+        return None
+    if not isinstance(settings, dict):
+        return str(settings)
+    rest = [_setting_words(k, v) for k, v in settings.items() if k != "name" and v is not None]
+    name = str(settings.get("name") or "embedder")
+    return f"{name} ({', '.join(rest)})" if rest else name
+
+
 def _dedup(rs: ResultSet) -> dict[str, Any] | None:
     st = rs.first("dedup")
     if st is None:
         return None
     groups = records(st.result, "members", preferred=("groups",))
     sizes = [len(g.get("members") or []) for g in groups]
+    embedder = st.result.get("embedder", st.settings.get("embedder"))
     return {
         "n_groups": len(groups),
         "n_in_groups": sum(sizes),
         "largest_group": max(sizes) if sizes else 0,
-        "embedder": st.result.get("embedder", st.settings.get("embedder")),
+        "embedder": embedder,
+        "embedder_text": describe_embedder(embedder),
     }
 
 

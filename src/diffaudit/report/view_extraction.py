@@ -36,20 +36,30 @@ def rule_text(rule: Any, delta: Any = None, *, alpha: Any = None, n_neighbors: A
         return f"normalised ℓ2 ratio ≤ 1 (α = {a:g}, against the {n} nearest training images)"
     if rule == "l2":
         return f"ℓ2 ≤ δ = {delta if delta is not None else 0.15}"
-    return "unknown rule" if rule is None else str(rule)
+    return "none: verification was not run" if rule is None else str(rule)
 
 
-def verdict(ex: dict[str, Any] | None) -> dict[str, str]:
+NOT_VERIFIED = "Extraction was not verified against the training set."
+
+
+def verdict(ex: dict[str, Any] | None, *, canaries: dict[str, Any] | None = None) -> dict[str, str]:
     """The answer to "was training data extracted?": level (yes/no/unsure/unknown) and a sentence.
 
     Against a false-positive baseline the answer is "yes" only when the one-sided exact test
     (:func:`~diffaudit.report.summary.baseline_pvalue`) puts the extracted count significantly above
     the baseline's count (p < :data:`SIGNIFICANCE`); otherwise "unsure".
+
+    Without a verification against the training set: ``canaries`` (summary.json's ``canaries``)
+    answers with the canary check, which verifies the generations against the inserted canaries
+    (:func:`canary_verdict`); an extract result alone says how many cliques were found and that they
+    were not verified (:func:`unverified_verdict`).
     """
     if ex and ex.get("unique_extracted") is None and ex.get("prompt_checks_extracted") is not None:
         return prompt_check_verdict(ex)
     if not ex or ex.get("unique_extracted") is None:
-        return {"level": "unknown", "text": "Extraction was not verified against the training set."}
+        if canaries and canaries.get("n_extracted") is not None:
+            return canary_verdict(canaries)
+        return unverified_verdict(ex)
     n, base, total = ex["unique_extracted"], ex.get("baseline_unique_extracted"), ex.get("n_samples")
     of = f" from {total:,} generations" if isinstance(total, int) else ""
     if isinstance(total, int) and isinstance(ex.get("n_samples_total"), int):  # verify --from-extract
@@ -70,6 +80,42 @@ def verdict(ex: dict[str, Any] | None) -> dict[str, str]:
                 f"baseline ({test}, not below {SIGNIFICANCE:g}).")
         level = "unsure"
     return {"level": level, "text": text + _l2_note(ex, base)}
+
+
+def canary_verdict(canaries: dict[str, Any]) -> dict[str, str]:
+    """The verdict of a canary run: how many of the inserted canaries (known members, inserted a known
+    number of times) generations reproduce, by the run's verification rule. ``canaries``: summary.json's
+    ``canaries`` with ``n_extracted`` not None."""
+    k, n = canaries["n_extracted"], canaries.get("n_canaries")
+    of = f" of {n:,}" if isinstance(n, int) else ""
+    scope = (" The generations were verified against the inserted canaries, which are known to be in training; "
+             "the canary curve below shows how extraction grows with the number of repeats.")
+    if k == 0:
+        return {"level": "no", "text": f"No inserted canary was extracted (0{of}).{scope} This bounds, but does not "
+                                       "rule out, memorization."}
+    s = "canary was" if k == 1 else "canaries were"
+    return {"level": "yes", "text": f"Yes: {k:,}{of} inserted {s} extracted: generations reproduce them.{scope}"}
+
+
+def unverified_verdict(ex: dict[str, Any] | None) -> dict[str, str]:
+    """The verdict without any verification: "unknown"; when an extract result is there (and no verify
+    stage), what it found, and that its cliques were not checked against the training set."""
+    if not ex or ex.get("rule") is not None:
+        return {"level": "unknown", "text": NOT_VERIFIED}
+    of = f" among {ex['n_samples']:,} generations" if isinstance(ex.get("n_samples"), int) else ""
+    if isinstance(ex.get("n_cliques"), int):
+        n = ex["n_cliques"]
+        found = f"{n:,} clique{'' if n == 1 else 's'} of near-identical generations"
+    elif isinstance(ex.get("n_flagged"), int):
+        n, p = ex["n_flagged"], ex.get("n_prompts")
+        found = f"{n:,}{f' of {p:,}' if isinstance(p, int) else ''} prompts flagged"
+    else:
+        return {"level": "unknown", "text": NOT_VERIFIED}
+    text = f"Extraction found {found}{of}; verification against the training set was not run."
+    if n:
+        text += (" They are candidate copies of training images: `diffaudit verify --samples SAMPLES --data DATA "
+                 "--from-extract EXTRACT/result.json` checks them.")
+    return {"level": "unknown", "text": text}
 
 
 def baseline_phrase(ex: dict[str, Any] | None) -> str:

@@ -10,6 +10,7 @@ from diffaudit.report import plots
 from diffaudit.report.fmt import flatten
 from diffaudit.report.images import data_uri, png_file_uri
 from diffaudit.report.results import ResultSet, records, resolve_path
+from diffaudit.report.summary import inpainting_targets, inpainting_top_k
 
 MAX_GRIDS = 16
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -24,24 +25,41 @@ def _grid_files(folder: Path) -> list[Path]:
     return found[:500]
 
 
+def top_k_words(k: int | None) -> tuple[str, str]:
+    """(column label, phrase) for the ``k`` best inpaintings kept per target: ``("top-8", "8 best
+    inpaintings")``; ``("top-k", "best inpaintings")`` when k is unknown; singular for k = 1."""
+    if k is None:
+        return "top-k", "best inpaintings"
+    return f"top-{k}", "best inpainting" if k == 1 else f"{k} best inpaintings"
+
+
+def _topk_l2(t: dict[str, Any]) -> float | None:
+    """A target record's ``mean_topk_l2`` as a float, None when it holds no number."""
+    v = t.get("mean_topk_l2")
+    return float(v) if isinstance(v, (int, float)) else None
+
+
 def inpainting_view(rs: ResultSet, summary: dict[str, Any], *, redact: bool) -> dict[str, Any] | None:
     """Numbers, the members-vs-non-members distance histogram, and the per-target grids.
 
+    Distances are each target's ``mean_topk_l2`` (the mean ℓ2 of its ``top_k`` best inpaintings; the
+    old name ``mean_top10_l2`` reads too), and every label names the run's own k.
     A grid shows the original target (a training image when it is a member), so ``redact`` replaces
     every grid by its target's id.
     """
     st = rs.first("inpaint")
     if st is None:
         return None
-    targets = records(st.result, "best_l2", preferred=("targets", "results"))
-    mem = [float(t["mean_top10_l2"]) for t in targets if t.get("member") and isinstance(t.get("mean_top10_l2"), (int, float))]
-    non = [float(t["mean_top10_l2"]) for t in targets if not t.get("member") and isinstance(t.get("mean_top10_l2"), (int, float))]
-    hist = data_uri(plots.distance_histogram(mem, non, xlabel="mean ℓ2 of the 10 best inpaintings")) if mem or non else None
+    targets = inpainting_targets(st)
+    top_label, best_text = top_k_words(inpainting_top_k(st, targets))
+    mem = [v for t in targets if t.get("member") and (v := _topk_l2(t)) is not None]
+    non = [v for t in targets if not t.get("member") and (v := _topk_l2(t)) is not None]
+    hist = data_uri(plots.distance_histogram(mem, non, xlabel=f"mean ℓ2 of the {best_text}")) if mem or non else None
     files = _grid_files(st.path)
     used: set[Path] = set()
     grids = []
     # Members first: their reconstructions are what the attack is about.
-    for t in sorted(targets, key=lambda t: (not t.get("member"), t.get("mean_top10_l2") or 0.0)):
+    for t in sorted(targets, key=lambda t: (not t.get("member"), t.get("mean_topk_l2") or 0.0)):
         if len(grids) >= MAX_GRIDS:
             break
         tid = str(t.get("id"))
@@ -52,7 +70,7 @@ def inpainting_view(rs: ResultSet, summary: dict[str, Any], *, redact: bool) -> 
         if path is not None:
             used.add(path)
         grids.append({
-            "id": tid, "member": bool(t.get("member")), "best_l2": t.get("best_l2"), "mean_top10_l2": t.get("mean_top10_l2"),
+            "id": tid, "member": bool(t.get("member")), "best_l2": t.get("best_l2"), "mean_topk_l2": t.get("mean_topk_l2"),
             "name": path.name if path is not None else None,
             "uri": None if redact or path is None else png_file_uri(path),
         })
@@ -60,7 +78,7 @@ def inpainting_view(rs: ResultSet, summary: dict[str, Any], *, redact: bool) -> 
         if len(grids) >= MAX_GRIDS:
             break
         if f not in used:  # a grid no target claims: shown under its file name
-            grids.append({"id": f.stem, "member": None, "best_l2": None, "mean_top10_l2": None, "name": f.name,
+            grids.append({"id": f.stem, "member": None, "best_l2": None, "mean_topk_l2": None, "name": f.name,
                           "uri": None if redact else png_file_uri(f)})
     return {
         "summary": summary.get("inpainting") or {},
@@ -70,6 +88,8 @@ def inpainting_view(rs: ResultSet, summary: dict[str, Any], *, redact: bool) -> 
         "redacted": redact,
         "mask": st.settings.get("mask"),
         "n_inpaintings": st.settings.get("n_inpaintings", st.settings.get("n")),
+        "top_label": top_label,
+        "best_text": best_text,
     }
 
 

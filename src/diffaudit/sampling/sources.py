@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -43,16 +43,45 @@ class PixelSource:
         return {"kind": "pixel", "steps": self.steps, "eta": self.eta, "micro_batch": self.micro_batch,
                 "num_classes": self.denoiser.num_classes}
 
-    def __call__(self, seeds: Sequence[int], prompts: Sequence[str | None]) -> np.ndarray:
-        labels = None
-        if self.denoiser.num_classes is not None:
-            try:
-                labels = [int(p) for p in prompts]
-            except (TypeError, ValueError):
-                raise DiffauditError("this model is class-conditional: prompts must be class indices (0, 1, ...)") from None
-            if min(labels) < 0 or max(labels) >= self.denoiser.num_classes:
-                raise DiffauditError(f"class prompts must lie in [0, {self.denoiser.num_classes - 1}]")
-        return generate_images(self.denoiser, seeds, steps=self.steps, eta=self.eta, labels=labels, micro_batch=self.micro_batch)
+    def check_prompts(self, prompts: Sequence[str | None]) -> None:
+        """Refuse prompts this model cannot honour, before any image (or output folder) is made: an
+        unconditional model takes none (they would be recorded yet change nothing), a class-conditional
+        one takes class indices in range."""
+        self._labels(prompts)
+
+    def _labels(self, prompts: Sequence[str | None]) -> list[int] | None:
+        """The class index of each prompt (None for an unconditional model); raises on a prompt the model
+        cannot take."""
+        num_classes = self.denoiser.num_classes
+        if num_classes is None:
+            if any(p is not None for p in prompts):
+                raise DiffauditError("this model is unconditional: it takes no prompts (--prompts would be recorded but "
+                                     "change nothing); give --n N for N images, or use a class-conditional or "
+                                     "Stable Diffusion model to sample from prompts")
+            return None
+        try:
+            labels = [int(p) for p in prompts]
+        except (TypeError, ValueError):
+            raise DiffauditError("this model is class-conditional: prompts must be class indices (0, 1, ...)") from None
+        if labels and (min(labels) < 0 or max(labels) >= num_classes):
+            raise DiffauditError(f"class prompts must lie in [0, {num_classes - 1}] (this model has {num_classes} classes)")
+        return labels
+
+    def __call__(self, seeds: Sequence[int], prompts: Sequence[str | None], *,
+                 on_images: Callable[[int], None] | None = None) -> np.ndarray:
+        """uint8 (N, H, W, C) images, one per seed. ``on_images(n)`` is told after each micro-batch how many
+        images it made (progress within a long call); pixels are the same as in one call of the whole
+        request, since every micro-batch starts at a multiple of ``micro_batch`` and is padded alike."""
+        labels = self._labels(prompts)
+        out = []
+        for start in range(0, len(seeds), self.micro_batch):
+            stop = start + self.micro_batch
+            out.append(generate_images(self.denoiser, seeds[start:stop], steps=self.steps, eta=self.eta,
+                                       labels=None if labels is None else labels[start:stop],
+                                       micro_batch=self.micro_batch))
+            if on_images is not None:
+                on_images(len(out[-1]))
+        return np.concatenate(out) if out else np.empty((0, *self.image_shape), dtype=np.uint8)
 
 
 @dataclass
@@ -141,9 +170,16 @@ class StableDiffusionSource:
         return {"kind": "stable-diffusion", "steps": self.steps, "guidance_scale": self.guidance_scale,
                 "scheduler": self.scheduler, "micro_batch": self.micro_batch, "height": self.height, "dtype": str(self.dtype)}
 
-    def __call__(self, seeds: Sequence[int], prompts: Sequence[str | None]) -> np.ndarray:
+    def check_prompts(self, prompts: Sequence[str | None]) -> None:
+        """Refuse a request without a prompt for every image, before any image (or output folder) is made."""
         if any(p is None for p in prompts):
             raise DiffauditError("a Stable Diffusion pipeline needs a prompt for every image (--prompts FILE)")
+
+    def __call__(self, seeds: Sequence[int], prompts: Sequence[str | None], *,
+                 on_images: Callable[[int], None] | None = None) -> np.ndarray:
+        """uint8 (N, H, W, 3) images, one per seed and prompt; ``on_images(n)`` is told after each
+        micro-batch how many images it made (progress within a long call)."""
+        self.check_prompts(prompts)
         pipe = self.pipe
         lat_c = pipe.unet.config.in_channels
         lat_s = self.height // pipe.vae_scale_factor
@@ -160,6 +196,8 @@ class StableDiffusionSource:
             if not np.isfinite(imgs).all():
                 raise DiffauditError("the pipeline produced NaN or infinite values; no images were written")
             out.append(np.clip(np.round(imgs * 255), 0, 255).astype(np.uint8))
+            if on_images is not None:
+                on_images(real)
         return np.concatenate(out)
 
 

@@ -7,7 +7,9 @@
 - :mod:`.blackbox`: cliques among unconditional generations without the training set;
 - :mod:`.calibration`: precision/recall over edge thresholds and clique sizes;
 - :mod:`.verification`: (ℓ2, δ) and normalised-distance extraction, eidetic k, unique counting;
-- :mod:`.crops`: ℓ2 under every crop alignment; :mod:`.knn_cache`: resumable kNN chunks.
+- :mod:`.crops`: ℓ2 under every crop alignment; :mod:`.knn_cache`: resumable kNN chunks;
+- :mod:`.grid`: the default tile grid of the tiled ℓ2 (fewer tiles on small images);
+- :mod:`.inputs`: the generations (``--samples``) an extraction command reads.
 """
 
 from diffaudit.attacks.extraction.blackbox import CliqueGroup, UnconditionalResult, extract_unconditional

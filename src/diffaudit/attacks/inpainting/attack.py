@@ -11,17 +11,21 @@ Inpaintings are rounded to uint8 first (as they would be stored), so every numbe
 recomputed from saved images. Members (trained on) should come out clearly closer than
 non-members (Figure 12): a memorizing model fills in the hidden half of *its* training image.
 
-Per target: ``best_l2`` = the smallest ℓ2 among the kept top-k; ``mean_top10_l2`` = their mean
-(the paper's top-10 average; over ``top_k`` when it is not 10); ``top1_l2`` = the ℓ2 of the
+Per target: ``best_l2`` = the smallest ℓ2 among the kept top-k; ``mean_topk_l2`` = their mean
+(the paper's top-10 average when ``top_k`` = 10; named for k, since runs keep fewer when
+``n_inpaint`` is small, and the command records ``top_k`` beside it); ``top1_l2`` = the ℓ2 of the
 best-ranked one; ``top_loss_ratios`` = the kept ones' loss ratios, lowest first. These ratios only
 rank one target's inpaintings (lower = better reconstruction); they are not membership scores,
 which point the other way (DESIGN: larger = more likely a member; :func:`.summary.membership_scores`).
 ``oracle_best_l2`` (smallest over all n, ratios ignored) shows what ranking loses.
 
 Known pixels are copied from x, so the whole-image ℓ2 above is the hidden region's ℓ2 times
-sqrt(hidden fraction): the paper's measure, but one that shrinks with the mask. ``mean_top10_l2_hidden``
+sqrt(hidden fraction): the paper's measure, but one that shrinks with the mask. ``mean_topk_l2_hidden``
 (the same top-k, ℓ2 over the hidden pixels only) compares across masks; ``hidden_fraction`` is
 the share of hidden pixels.
+
+Results written before the rename call these ``mean_top10_l2`` and ``mean_top10_l2_hidden`` whatever
+``top_k`` was; :meth:`TargetResult.from_dict` reads both names (:data:`RENAMED_FIELDS`).
 """
 
 from __future__ import annotations
@@ -90,7 +94,7 @@ class TargetResult:
     mask: str
     shadow: str
     best_l2: float
-    mean_top10_l2: float
+    mean_topk_l2: float  # mean ℓ2 of the kept top_k (len(top_l2)); the paper's top-10 mean when top_k = 10
     top1_l2: float
     oracle_best_l2: float
     mean_l2: float
@@ -98,19 +102,31 @@ class TargetResult:
     top_loss_ratios: list[float]  # target/shadow loss ratio of the kept inpaintings, lowest first; lower = better reconstruction
     top_inpaintings: list[int] = field(default_factory=list)  # inpainting j: seed derive_seed(seed, "inpaint", index, j)
     hidden_fraction: float | None = None  # share of the pixels the mask hides, in (0, 1]
-    mean_top10_l2_hidden: float | None = None  # the kept top-k's mean ℓ2 over the hidden pixels only
+    mean_topk_l2_hidden: float | None = None  # the kept top-k's mean ℓ2 over the hidden pixels only
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TargetResult":
-        """The result of :meth:`to_dict`, or of an earlier version, which named ``top_loss_ratios``
-        ``top_scores`` (the same values)."""
+        """The result of :meth:`to_dict`, or of an earlier version, which used the old names of
+        :data:`RENAMED_FIELDS` (the same values)."""
         names = {f.name for f in dataclasses.fields(cls)}
-        if "top_loss_ratios" not in d and "top_scores" in d:
-            d = {**d, "top_loss_ratios": d["top_scores"]}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{k: v for k, v in with_current_names(d).items() if k in names})
+
+
+#: Old field name -> current name, for results written by earlier versions.
+RENAMED_FIELDS = {
+    "top_scores": "top_loss_ratios",
+    "mean_top10_l2": "mean_topk_l2",  # it was the mean of the kept top_k, whatever k was
+    "mean_top10_l2_hidden": "mean_topk_l2_hidden",
+}
+
+
+def with_current_names(d: dict) -> dict:
+    """``d`` (a target's record) with every old name of :data:`RENAMED_FIELDS` also under its current
+    name, unless that is present already; for readers of result files of any version."""
+    return {**d, **{new: d[old] for old, new in RENAMED_FIELDS.items() if old in d and new not in d}}
 
 
 def hidden_l2(images: np.ndarray, original: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -205,7 +221,7 @@ def score_target(
     top = l2_all[order]
     result = TargetResult(
         index=int(target_index), id=str(key), member=bool(member), mask=mask_name, shadow=shadow_name,
-        best_l2=float(top.min()), mean_top10_l2=float(top.mean()), top1_l2=float(top[0]),
+        best_l2=float(top.min()), mean_topk_l2=float(top.mean()), top1_l2=float(top[0]),
         oracle_best_l2=float(l2_all.min()), mean_l2=float(l2_all.mean()),
         top_l2=[float(v) for v in top], top_loss_ratios=[float(v) for v in scores.ratio[order]],
         top_inpaintings=[int(j) for j in order],
@@ -213,7 +229,7 @@ def score_target(
     if mask is not None:
         hidden = hidden_l2(np.asarray(inpaintings)[order], image, mask)
         result.hidden_fraction = float((np.asarray(mask) < 0.5).mean())
-        result.mean_top10_l2_hidden = None if np.isnan(hidden).any() else float(hidden.mean())
+        result.mean_topk_l2_hidden = None if np.isnan(hidden).any() else float(hidden.mean())
     return result, np.asarray(inpaintings)[order]
 
 
@@ -225,5 +241,5 @@ def masked_view(image: np.ndarray, mask: np.ndarray, fill: int = 128) -> np.ndar
 
 
 __all__ = [
-    "InpaintAttackConfig", "TargetResult", "inpaint_targets", "score_target", "rms_l2", "hidden_l2", "masked_view",
+    "InpaintAttackConfig", "TargetResult", "RENAMED_FIELDS", "with_current_names", "inpaint_targets", "score_target", "rms_l2", "hidden_l2", "masked_view",
 ]

@@ -1,8 +1,9 @@
 """Members versus non-members: the distance statistics of the inpainting attack (paper Figure 12).
 
 A memorizing model reconstructs the hidden half of its training images far better than that of
-unseen images, so ``mean_top10_l2`` (and ``best_l2``) should be lower for members. The separation
-as an AUC (of −mean_top10_l2, members positive; larger score = more likely a member, DESIGN:
+unseen images, so ``mean_topk_l2`` (the mean ℓ2 of the ``top_k`` kept inpaintings; the paper's
+top-10 mean when k = 10) and ``best_l2`` should be lower for members. The separation
+as an AUC (of −mean_topk_l2, members positive; larger score = more likely a member, DESIGN:
 scores) is computed by :func:`diffaudit.evaluation.roc.auc` in the command, which may import the
 evaluation layer.
 """
@@ -15,7 +16,7 @@ import numpy as np
 
 from diffaudit.attacks.inpainting.attack import TargetResult
 
-FIELDS = ("best_l2", "mean_top10_l2", "top1_l2", "oracle_best_l2", "mean_top10_l2_hidden")
+FIELDS = ("best_l2", "mean_topk_l2", "top1_l2", "oracle_best_l2", "mean_topk_l2_hidden")
 
 
 def _stats(values: np.ndarray) -> dict[str, float | None]:
@@ -25,7 +26,7 @@ def _stats(values: np.ndarray) -> dict[str, float | None]:
             "min": float(values.min()), "max": float(values.max())}
 
 
-def membership_scores(results: Sequence[TargetResult], field: str = "mean_top10_l2") -> tuple[np.ndarray, np.ndarray]:
+def membership_scores(results: Sequence[TargetResult], field: str = "mean_topk_l2") -> tuple[np.ndarray, np.ndarray]:
     """(scores float64 (n,), members bool (n,)): score = −``field`` (larger = more likely a member)."""
     return (-np.asarray([getattr(r, field) for r in results], dtype=np.float64),
             np.asarray([r.member for r in results], dtype=bool))

@@ -7,7 +7,7 @@ more draws or flips for them (several timesteps act as several queries, whose lo
 ``strong-lira`` uses every query (draws × flips, paper §6): a Gaussian per query with the
 log-likelihood ratios summed (``strong_aggregate="sum-llr"``, default), or the losses averaged first
 (``"mean-loss"``, the paper's wording). On 8 tiny digits models with fixed variance, sum-llr gave AUC
-0.960 and mean-loss 0.824, below single-query LiRA's 0.910 (docs/experiments.md). Every score: float
+0.961 and mean-loss 0.821, below single-query LiRA's 0.908 (docs/experiments.md). Every score: float
 (N,), larger = more likely a member.
 """
 

@@ -172,6 +172,61 @@ def target_membership(run_dir: str | Path, dataset: ImageDataset) -> np.ndarray:
     return members
 
 
+def check_target_spec(target: TargetSpec, n_models: int) -> None:
+    """Refuse an unknown target mode, a ``--target-index`` outside [0, M) or a ``model`` target without a run."""
+    if target.mode not in TARGET_MODES:
+        raise DiffauditError(f"unknown target mode {target.mode!r}; choose one of {', '.join(TARGET_MODES)}")
+    if target.mode == "shadow" and not (target.index is not None and 0 <= target.index < n_models):
+        raise DiffauditError(f"--target-index must lie in [0, {n_models - 1}]; got {target.index}")
+    if target.mode == "model" and target.run is None:
+        raise DiffauditError("target mode `model` needs a run directory (--target)")
+
+
+def _who_and_advice(target: TargetSpec, n_models: int) -> tuple[str, str]:
+    """(what labels the examples, what to change) for :func:`check_target`'s message."""
+    if target.mode == "model":
+        return (f"--target {target.run} (its train_ids.json)",
+                "give a --data that holds both examples it trained on and examples it did not (e.g. the data it was "
+                "trained from, without the --subset or other options that select only its training set)")
+    if target.mode == "shadow":
+        return (f"--target-index {target.index} (column {target.index} of the membership matrix)",
+                "use a membership matrix whose columns each train on part of the examples (`diffaudit membership`)")
+    return (f"the membership matrix (its first {n_models} columns, one per attacked model)",
+            "use a membership matrix whose columns each train on part of the examples (`diffaudit membership`)")
+
+
+def check_target(dataset: ImageDataset, membership: np.ndarray, target: TargetSpec) -> np.ndarray | None:
+    """Refuse, before any loss is computed (and before ``diffaudit mia`` makes its output folder), a
+    target whose labels hold no members or no non-members: the attack could not be evaluated, and
+    finding out only after every model's losses wastes that work.
+
+    The labels are those the evaluation uses: ``model``, the target run's ``train_ids.json`` over
+    ``dataset`` (:func:`target_membership`, which also checks the pixels); ``shadow``, column
+    ``index`` of ``membership``; ``leave-one-out``, every column of ``membership`` pooled.
+
+    Returns:
+        The target run's membership, bool (N,), in mode ``model``; None otherwise.
+    """
+    membership = np.asarray(membership, dtype=bool)
+    check_target_spec(target, membership.shape[1])
+    target_in = None
+    if target.mode == "model":
+        target_in = labels = target_membership(target.run, dataset)
+    elif target.mode == "shadow":
+        labels = membership[:, target.index]
+    else:  # leave-one-out: every model is a target in turn, and their rows are pooled
+        labels = membership
+    n_in, n_all = int(np.count_nonzero(labels)), int(labels.size)
+    if 0 < n_in < n_all:
+        return target_in
+    who, advice = _who_and_advice(target, membership.shape[1])
+    examples = f"the {len(dataset)} examples of --data {dataset.source}"
+    where = f"of {examples}" if labels.ndim == 1 else f"among the (model, example) pairs of {labels.shape[1]} models and {examples}"
+    raise DiffauditError(
+        f"{who} makes {n_in} members and {n_all - n_in} non-members {where}: membership inference needs both to be "
+        f"evaluated (nothing was computed); {advice}")
+
+
 def check_shadow_training(dataset: ImageDataset, membership: np.ndarray, shadow_runs: Sequence[str | Path]) -> None:
     """Refuse a membership matrix or dataset the shadows were not trained on.
 
@@ -247,12 +302,7 @@ def run_mia(
         raise DiffauditError(f"membership matrix has shape {membership.shape}; expected ({n}, {m}) "
                              f"for {n} examples and {m} shadow models")
     attack = get_attack(config.attack, transform=config.transform, strong_aggregate=config.strong_aggregate)
-    if target.mode not in TARGET_MODES:
-        raise DiffauditError(f"unknown target mode {target.mode!r}; choose one of {', '.join(TARGET_MODES)}")
-    if target.mode == "shadow" and not (target.index is not None and 0 <= target.index < m):
-        raise DiffauditError(f"--target-index must lie in [0, {m - 1}]; got {target.index}")
-    if target.mode == "model" and target.run is None:
-        raise DiffauditError("target mode `model` needs a run directory (--target)")
+    check_target_spec(target, m)
     n_shadows = m if target.mode == "model" else m - 1
     if attack.needs_shadows and n_shadows < 2:
         raise DiffauditError(
@@ -262,7 +312,7 @@ def run_mia(
         )
 
     check_shadow_training(dataset, membership, shadow_runs)
-    target_in = target_membership(target.run, dataset) if target.mode == "model" else None  # checked before any loss
+    target_in = check_target(dataset, membership, target)  # members and non-members both, before any loss
     all_ts = list(dict.fromkeys([*config.timesteps, *config.sweep]))  # attack timesteps first, no repeats
     data_fp = data_digest or dataset_digest(dataset)
 

@@ -1,0 +1,95 @@
+"""``sample`` checks its prompts against the model before it creates its store: prompts a model cannot
+take (text for a class-conditional model, a class out of range, any prompt for an unconditional one)
+are refused with no folder left behind, so the corrected command is not turned away as "other settings"."""
+
+from __future__ import annotations
+
+import pytest
+
+from diffaudit.cli.main import main
+from helpers import make_tiny_model_dir
+
+
+def _make_class_conditional_dir(root, *, num_classes: int = 3):
+    """An untrained tiny class-conditional UNet saved like a run directory (faster than ``train``)."""
+    import torch
+
+    from diffaudit.models.scheduler import make_scheduler
+    from diffaudit.models.unets import build_unet, unet_config
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        cfg = unet_config("tiny", image_size=8, in_channels=1, num_classes=num_classes)
+        build_unet(cfg).save_pretrained(root / "unet")
+    make_scheduler().save_pretrained(root / "scheduler")
+    return root
+
+
+@pytest.fixture(scope="module")
+def runc(tmp_path_factory):
+    return _make_class_conditional_dir(tmp_path_factory.mktemp("runc"))
+
+
+@pytest.fixture(scope="module")
+def uncond(tmp_path_factory):
+    return make_tiny_model_dir(tmp_path_factory.mktemp("uncond"))
+
+
+def _sample(model, out, *extra):
+    return main(["sample", "--model", str(model), "--out", str(out), "--steps", "2", "--micro-batch", "4",
+                 "--device", "cpu", "--quiet", *extra])
+
+
+def test_text_prompts_on_a_class_conditional_model_leave_no_store(runc, tmp_path, capsys):
+    text, classes = tmp_path / "prompts.txt", tmp_path / "classes.txt"
+    text.write_text("a cat\na dog\n")
+    classes.write_text("0\n2\n")
+    out = tmp_path / "g"
+    assert _sample(runc, out, "--prompts", str(text), "--per-prompt", "2") == 2
+    assert "prompts must be class indices" in capsys.readouterr().err
+    assert not out.exists()
+    # the corrected command runs in the same --out
+    assert _sample(runc, out, "--prompts", str(classes), "--per-prompt", "2") == 0
+    from diffaudit.store import read_samples
+
+    assert read_samples(str(out)).captions == ["0", "0", "2", "2"]
+
+
+def test_class_prompts_out_of_range_leave_no_store(runc, tmp_path, capsys):
+    bad = tmp_path / "classes.txt"
+    bad.write_text("0\n3\n")
+    out = tmp_path / "g"
+    assert _sample(runc, out, "--prompts", str(bad)) == 2
+    assert "[0, 2]" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_prompts_on_an_unconditional_model_are_refused(uncond, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\n")
+    out = tmp_path / "g"
+    assert _sample(uncond, out, "--prompts", str(prompts), "--per-prompt", "2") == 2
+    err = capsys.readouterr().err
+    assert "unconditional" in err and "--n" in err and "class-conditional" in err
+    assert not out.exists()
+    # the plain unconditional request still works
+    assert _sample(uncond, out, "--n", "3") == 0
+
+
+def test_source_check_prompts_directly(runc, uncond):
+    """``PixelSource.check_prompts`` is the check ``sample`` runs before creating its store."""
+    import torch
+
+    from diffaudit.core.errors import DiffauditError
+    from diffaudit.sampling.sources import open_source
+
+    cpu = torch.device("cpu")
+    cond = open_source(runc, device=cpu, steps=2, micro_batch=4)
+    cond.check_prompts(["0", "1", "2"])
+    for bad in (["x"], [None], ["-1"], ["3"]):
+        with pytest.raises(DiffauditError):
+            cond.check_prompts(bad)
+    plain = open_source(uncond, device=cpu, steps=2, micro_batch=4)
+    plain.check_prompts([None])
+    with pytest.raises(DiffauditError, match="unconditional"):
+        plain.check_prompts(["0"])
