@@ -201,3 +201,19 @@ def test_canaries_cli_refuses_a_pool_of_near_duplicates_before_writing_anything(
         assert "10 of the 10 drawn candidates" in err and "0 exact copies" in err and "10 near-duplicates" in err, err
         assert words in err and "closest near-duplicate: 'npz:" in err and "Traceback" not in err
         assert not out.exists()
+
+
+def test_the_canaries_record_lists_skipped_images_only_when_there_are_some(training):
+    """canaries.json keeps the shape earlier versions wrote when nothing was skipped (a resumed run
+    compares its record whole), and names the skipped pool images when there were any."""
+    from diffaudit.defenses.canaries import insert_canaries
+
+    near, _ = _near_duplicates(training)
+    with_copies = _pool(np.concatenate([near, training.images[[7]], _smooth_images(12, seed=5)]))
+    for pool, skipped in ((_pool(_smooth_images(16, seed=5)), False), (with_copies, True)):
+        plan = make_canaries("heldout", image_shape=training.image_shape, repeats=(1, 2), n_reference=10, seed=3,
+                             pool=pool, training=training)
+        _, _, record = insert_canaries(training, plan)
+        assert ("skipped_pool_images" in record) == skipped
+        if skipped:
+            assert record["skipped_pool_images"] == plan.skipped

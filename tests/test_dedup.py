@@ -300,13 +300,13 @@ def test_search_options_must_be_positive(digits, option, value):
         find_duplicates(digits.images[:20], get_embedder("pixel"), index="ivf", **{option: value})
 
 
-def test_data_text_names_only_the_options_given():
-    from diffaudit.defenses.dedup import data_text
+def test_data_flags_names_only_the_options_given():
+    from diffaudit.data.options import data_flags
 
     defaults = {"image_size": None, "center_crop": None, "subset": None, "subset_seed": 0, "mode": None,
                 "skip_bad": False, "cifar_root": None}
-    assert data_text("digits", defaults) == "digits"
-    assert data_text("digits", {**defaults, "subset": 64}) == "digits --subset 64"
-    assert data_text("digits", {**defaults, "subset": 64, "subset_seed": 3, "skip_bad": True, "mode": "RGB"}) == \
+    assert data_flags("digits", defaults) == "digits"
+    assert data_flags("digits", {**defaults, "subset": 64}) == "digits --subset 64"
+    assert data_flags("digits", {**defaults, "subset": 64, "subset_seed": 3, "skip_bad": True, "mode": "RGB"}) == \
         "digits --subset 64 --subset-seed 3 --mode RGB --skip-bad"
-    assert data_text("digits", {**defaults, "subset_seed": 3}) == "digits"  # a seed without --subset selects nothing
+    assert data_flags("digits", {**defaults, "subset_seed": 3}) == "digits"  # a seed without --subset selects nothing

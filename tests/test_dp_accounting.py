@@ -114,3 +114,22 @@ def test_not_private_note_depends_on_the_noise_not_on_epsilon():
     assert "not private" in dp_note(0.0, math.inf, True)
     assert "not private" not in dp_note(0.05, math.inf, True)
     assert "not formally covered" in dp_note(1.0, 3.0, False)
+
+
+def test_a_prv_target_epsilon_is_solved_for_the_epsilon_a_run_records(monkeypatch):
+    """--dp-epsilon with the PRV accountant where PRV cannot run (here every mesh counts as too large):
+    σ is found by bisection on the recorded ε (RDP's, the fallback), reaching the target to about 1 %,
+    instead of opacus' PRV search allocating a mesh of many GiB."""
+    import diffaudit.defenses.dp_training as dpt
+
+    monkeypatch.setattr(dpt, "PRV_MAX_POINTS", 10)
+    kw = dict(sample_rate=0.02, steps=200, delta=1e-5)
+    sigma = dpt.resolve_noise(DPConfig(noise_multiplier=None, target_epsilon=8.0, accountant="prv"), **kw)
+    recorded = accounted_epsilon(noise_multiplier=sigma, accountant="prv", **kw)
+    assert recorded.accountant == "rdp" and recorded.fallback_reason is not None
+    assert 8.0 * 0.95 < recorded.value <= 8.0
+    assert accounted_epsilon(noise_multiplier=sigma * 0.98, accountant="prv", **kw).value > 8.0  # the smallest, to ~1 %
+    # where PRV runs, opacus' own PRV search answers as before
+    monkeypatch.setattr(dpt, "PRV_MAX_POINTS", 2**25)
+    sigma_prv = dpt.resolve_noise(DPConfig(noise_multiplier=None, target_epsilon=8.0, accountant="prv"), **kw)
+    assert sigma_prv < sigma and accounted_epsilon(noise_multiplier=sigma_prv, accountant="prv", **kw).accountant == "prv"

@@ -191,6 +191,12 @@ def test_small_images_get_the_audits_grid_unless_one_is_given(tmp_path):
     np.savez(big, images=np.load(tmp_path / "small.npz")["images"].repeat(4, axis=1).repeat(4, axis=2))
     assert run("extract", "--samples", big, "--out", tmp_path / "c", "--device", "cpu", "--k-neighbors", "16") == 0
     assert strict_json(tmp_path / "c" / "result.json")["settings"]["grid"] == 4
+    # a folder that recorded grid 4 for 8x8 images (the default before) resumes without --grid, as made
+    assert run("extract", "--samples", samples, "--out", tmp_path / "b", "--device", "cpu", "--k-neighbors", "16") == 0
+    assert strict_json(tmp_path / "b" / "result.json")["settings"]["grid"] == 4
+    assert run("extract", "--samples", samples, "--out", tmp_path / "b", "--device", "cpu", "--k-neighbors", "16",
+               "--fresh") == 0
+    assert strict_json(tmp_path / "b" / "result.json")["settings"]["grid"] == 2
 
 
 def test_missing_samples_names_the_flag(tmp_path, capsys):

@@ -85,3 +85,10 @@ def test_saved_results_with_the_old_name_still_render(saved, tmp_path):
     assert s["top_k"] == old["settings"]["top_k"]
     text = _text(render_html(folder))
     assert re.search(rf"mean top-{old['settings']['top_k']} ℓ2", text)
+
+
+def test_the_reports_renamed_fields_agree_with_the_attacks():
+    from diffaudit.attacks.inpainting.attack import RENAMED_FIELDS
+    from diffaudit.report.summary import INPAINT_RENAMED
+
+    assert INPAINT_RENAMED.items() <= RENAMED_FIELDS.items()

@@ -120,7 +120,8 @@ def test_stable_diffusion_source_fast_path_is_honoured(sd_dir, monkeypatch):
 
 
 def test_stable_diffusion_auto_micro_batch(sd_dir):
-    """``micro_batch="auto"``: 8 off CUDA; the probe (a one-step pipeline call) runs at each size asked."""
+    """``micro_batch="auto"``: 8 off CUDA; the probe (the UNet on the guided batch, the VAE decoder) runs at
+    each size asked, under any scheduler (PNDM takes no one-step pipeline call)."""
     from diffaudit.core.batch_fit import largest_batch_that_fits
     from diffaudit.sampling.sources import StableDiffusionSource
 
@@ -133,6 +134,12 @@ def test_stable_diffusion_auto_micro_batch(sd_dir):
     calls = []
     fit = largest_batch_that_fits(lambda b: (source._probe(b), calls.append(b)), start=1, cap=4, memory=Roomy())
     assert fit.batch == 4 and calls == [1, 2, 4]
+    seen = []
+    hook = source.pipe.unet.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+    pndm = StableDiffusionSource.from_pipeline(source.pipe, steps=4, guidance_scale=3, scheduler="pndm")
+    pndm._probe(3)
+    hook.remove()
+    assert seen == [6]  # the guided batch: 2 x 3
 
 
 def test_stable_diffusion_without_prompts_leaves_no_store(sd_dir, tmp_path, capsys):

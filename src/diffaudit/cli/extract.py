@@ -26,7 +26,7 @@ from diffaudit.core.errors import DiffauditError
 from diffaudit.core.faults import fault_point
 from diffaudit.core.identity import text_digest
 from diffaudit.core.io import read_json, write_json_atomic
-from diffaudit.core.outdir import prepare_out_dir
+from diffaudit.core.outdir import prepare_out_dir, recorded_settings
 from diffaudit.core.progress import Timer, progress_bar, stage_line
 from diffaudit.core.results import write_result
 from diffaudit.data.dataset import ImageDataset
@@ -194,6 +194,17 @@ def _summary(r: dict[str, Any], out: Path) -> str:
     return f"extract: {r['n_groups']} cliques of near-identical generations{found} -> {out / 'result.json'}"
 
 
+def _grid(args: argparse.Namespace, image_shape) -> int:
+    """The tile grid: ``--grid`` as given; without it, the one ``--out`` recorded (a folder made when the
+    default was 4 for every size resumes as it was made; ``--fresh`` starts over), else the audit's rule
+    (:func:`~diffaudit.attacks.extraction.grid.default_grid`)."""
+    if args.grid is None and not args.fresh:
+        recorded = (recorded_settings(args.out, NAME) or {}).get("grid")
+        if isinstance(recorded, int) and recorded >= 1:
+            return recorded
+    return resolve_grid(args.grid, image_shape)
+
+
 def run(args: argparse.Namespace) -> int:
     FilterSettings(args.edge_threshold, args.min_clique, 1 if args.grid is None else args.grid, args.max_expansions).validate()
     if args.k_neighbors < 1:
@@ -202,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
         raise DiffauditError(f"--max-component ({args.max_component}) must be at least --min-clique ({args.min_clique})")
     device = resolve_device(args.device)
     ds = read_generations(args.samples)
-    grid = resolve_grid(args.grid, ds.image_shape)  # the audit's rule when --grid is not given
+    grid = _grid(args, ds.image_shape)
     fs = FilterSettings(args.edge_threshold, args.min_clique, grid, args.max_expansions)
     mode = args.mode
     if mode == "auto":

@@ -67,8 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a.add_argument("--n-draws", type=int, default=4, help="noise draws ε of the scoring loss (same for both models)")
     f = p.add_argument_group("speed")
     f.add_argument("--batch-size", type=batch_option, default=1024,
-                   help="inpaintings per model call (many targets share a batch; does not change results); auto: on CUDA "
-                        "the largest that fits within 80%% of the GPU's memory, probed on the target model")
+                   help="inpaintings per model call (many targets share a batch; results do not depend on it, with "
+                        "--bf16 up to rounding); auto: on CUDA the largest that fits within 80%% of the GPU's memory, "
+                        "probed on the target model")
     f.add_argument("--bf16", action="store_true", help="run the models in bfloat16 (CUDA)")
     f.add_argument("--compile", action="store_true", help="torch.compile the UNets (CUDA)")
     add_run_args(p)

@@ -81,7 +81,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "stronger on 8 digits models, AUC 0.961 against 0.821 with fixed variance, docs/experiments.md), "
                         "or average the losses over the queries first")
     a.add_argument("--batch-size", type=batch_option, default=256,
-                   help="examples per forward pass (does not change the losses); auto: on CUDA the largest that fits "
+                   help="examples per forward pass (the losses do not depend on it, in bf16 up to rounding); auto: on CUDA the largest that fits "
                         "within 80%% of the GPU's memory, probed for each model")
     a.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="forward passes (auto: bf16 on CUDA, else fp32)")
     a.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates for the confidence intervals (0: none)")

@@ -11,18 +11,19 @@ estimated peak (the per-image growth measured so far, extrapolated) would not.
 Off CUDA there is nothing to probe (host memory is not what bounds a CPU run): callers keep their
 CPU default. Whether the batch changes the numbers is the caller's business (``sample`` records its
 micro-batch, since bf16 kernels can round differently at other sizes; the loss and inpainting batches
-do not shape results).
+are not recorded: in fp32 their numbers do not depend on them, and with bf16 only in rounding).
 """
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable
 
 from diffaudit.core.errors import DiffauditError
+
+if TYPE_CHECKING:  # torch is imported where used: the commands' --help and argument parsing stay light
+    import torch
 
 AUTO = "auto"
 #: Fraction of the GPU's memory a chosen batch may peak at.
@@ -62,19 +63,23 @@ class CudaMemory:
     """The CUDA allocator's view of one device, as :func:`largest_batch_that_fits` reads it."""
 
     def __init__(self, device: torch.device):
+        import torch
+
         self.device = device
+        self._cuda = torch.cuda
 
     def total(self) -> int:
-        return int(torch.cuda.get_device_properties(self.device).total_memory)
+        return int(self._cuda.get_device_properties(self.device).total_memory)
 
     def reset(self) -> None:
-        torch.cuda.synchronize(self.device)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(self.device)
+        cuda = self._cuda
+        cuda.synchronize(self.device)
+        cuda.empty_cache()
+        cuda.reset_peak_memory_stats(self.device)
 
     def peak(self) -> int:
-        torch.cuda.synchronize(self.device)
-        return int(torch.cuda.max_memory_allocated(self.device))
+        self._cuda.synchronize(self.device)
+        return int(self._cuda.max_memory_allocated(self.device))
 
 
 def largest_batch_that_fits(try_batch: Callable[[int], Any], *, start: int, cap: int, memory: Any,
@@ -88,6 +93,8 @@ def largest_batch_that_fits(try_batch: Callable[[int], Any], *, start: int, cap:
     workload as it will run (same dtype, memory format, no gradients where none are taken); its
     result is dropped before the next size.
     """
+    import torch
+
     if not 1 <= start <= cap:
         raise ValueError(f"need 1 <= start <= cap, got start={start}, cap={cap}")
     if not 0 < memory_fraction <= 1:
@@ -125,6 +132,8 @@ def resolve_batch(requested: int | str | None, device: torch.device, *, default:
     largest that fits on a CUDA ``device`` (:func:`largest_batch_that_fits` of ``probe`` from ``start``
     up to ``cap``; said on stderr with each size's peak) or ``default`` on any other device.
     ``what``: the flag, for messages. ``memory``: the allocator to read (default :class:`CudaMemory`)."""
+    import torch
+
     from diffaudit.core.progress import stage_line
 
     if requested is None:

@@ -315,8 +315,9 @@ def insert_canaries(dataset: ImageDataset, plan: CanaryPlan) -> tuple[ImageDatas
     ``repeats`` makes :func:`diffaudit.models.training.train` put canary i ``plan.repeats[i]`` times in
     the training stream. Labels (class-conditional data) of canaries are drawn with the plan's seed;
     captions are ``"canary <key>"``. The record (saved as ``canaries.json``) lists every canary
-    (key, index, repeats, source, label), every reference (key, source), and the pool images left out as
-    training images or near-duplicates of one (``CanaryPlan.skipped``).
+    (key, index, repeats, source, label), every reference (key, source), and, when there were any, the
+    pool images left out as training images or near-duplicates of one (``skipped_pool_images``:
+    ``CanaryPlan.skipped``).
     """
     if dataset.image_shape != plan.images.shape[1:]:
         raise DiffauditError(f"canaries are {plan.images.shape[1:]} but the dataset's images are {dataset.image_shape}")
@@ -340,8 +341,9 @@ def insert_canaries(dataset: ImageDataset, plan: CanaryPlan) -> tuple[ImageDatas
         "canaries": [{"key": key, "index": n0 + j, "repeats": int(plan.repeats[j]), "source": plan.sources[j],
                       "label": can_labels[j]} for j, key in enumerate(plan.keys)],
         "reference": [{"key": key, "source": src} for key, src in zip(plan.reference_keys, plan.reference_sources)],
-        "skipped_pool_images": plan.skipped,
     }
+    if plan.skipped:  # only then: the record of a run that skipped nothing is what earlier versions wrote (resume)
+        record["skipped_pool_images"] = plan.skipped
     return combined, repeats, record
 
 

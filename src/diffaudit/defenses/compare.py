@@ -11,7 +11,7 @@ Every metric compare knows is declared in :data:`METRICS` (a registry, :class:`M
 name, its ``kind`` (``count``, ``rate``, ``auc`` or ``score``: what its values are and how they print)
 and which change is ``better`` (``lower`` for every row that counts or scores memorization; ``none``
 for the rows that only say how many generations or images were searched or checked, to compare at
-equal budgets). Each row carries its ``kind`` and ``better``, so nothing downstream reads them from
+equal budgets, and for the false-positive baseline's matches, which measure the rule, not the model). Each row carries its ``kind`` and ``better``, so nothing downstream reads them from
 the name; a key the registry lacks is an error, never a guess.
 """
 

@@ -37,6 +37,7 @@ from diffaudit.core.io import load_npy, read_json, save_npy_atomic, save_npz_ato
 from diffaudit.core.outdir import recorded_settings
 from diffaudit.core.progress import progress_bar
 from diffaudit.data.dataset import ImageDataset
+from diffaudit.data.options import data_flags
 from diffaudit.defenses.embedders import Embedder
 from diffaudit.defenses.neighbours import (EdgeAccumulator, Edges, build_index, check_search_options, connected_groups,
                                            greedy_keep, kept_partner, search_edges)
@@ -271,7 +272,7 @@ def keep_list_selection(path: str | os.PathLike, dataset: ImageDataset, *, data_
     if not isinstance(rec, dict) or "keys" not in rec:
         raise DiffauditError(f"{path}: not a keep list (expected `keys`; write one with `diffaudit dedup`)")
     pos = dataset.index_of()
-    here = data_text(data_spec, data_options) if data_spec is not None else (dataset.source or "the dataset")
+    here = data_flags(data_spec, data_options) if data_spec is not None else (dataset.source or "the dataset")
     missing = [k for k in rec["keys"] if k not in pos]
     if missing:
         raise _other_data_error(path, rec, dataset, here, f"{len(missing)} of its {len(rec['keys'])} kept keys are "
@@ -286,33 +287,13 @@ def keep_list_selection(path: str | os.PathLike, dataset: ImageDataset, *, data_
     return np.setdiff1d(np.arange(len(dataset), dtype=np.int64), dropped), dropped
 
 
-def _option_unset(key: str, value: Any, options: dict[str, Any]) -> bool:
-    """Whether a loader option is left as the flags leave it: None, False, or a --subset-seed that
-    chooses nothing (no --subset) or is the default 0."""
-    if key == "subset_seed":
-        return value == 0 or not options.get("subset")
-    return value is None or value is False
-
-
-def data_text(spec: str, options: dict[str, Any] | None) -> str:
-    """``--data`` as a user gives it: ``digits --subset 64`` (options left at their defaults are not
-    named; ``digits`` alone has none)."""
-    options = options or {}
-    flags = [spec]
-    for key, value in options.items():
-        if not _option_unset(key, value, options):
-            flag = "--" + key.replace("_", "-")
-            flags.append(flag if value is True else f"{flag} {value}")
-    return " ".join(flags)
-
-
 def _keep_list_origin(path: str | os.PathLike, rec: dict[str, Any]) -> str:
     """What a keep list was made on: ``--data SPEC OPTIONS`` from the settings.json of the dedup folder
     that holds it, else the ``source`` it records (a keep list moved elsewhere)."""
     settings = recorded_settings(Path(path).parent, "dedup") or {}
     if isinstance(settings.get("data"), str):
         options = settings.get("data_options")
-        text = data_text(settings["data"], options if isinstance(options, dict) else None)
+        text = data_flags(settings["data"], options if isinstance(options, dict) else None)
         return f"--data {text}" + ("" if text != settings["data"] else " (no data options)")
     return str(rec.get("source") or "another dataset")
 

@@ -198,9 +198,12 @@ def resolve_noise(dp: DPConfig, *, sample_rate: float, steps: int, delta: float)
         return float(dp.noise_multiplier)
     from opacus.accountants.utils import MAX_SIGMA, get_noise_multiplier
 
+    search = dict(target_epsilon=dp.target_epsilon, target_delta=delta, sample_rate=sample_rate, steps=steps,
+                  epsilon_tolerance=0.01)
     try:
-        return float(get_noise_multiplier(target_epsilon=dp.target_epsilon, target_delta=delta, sample_rate=sample_rate,
-                                          steps=steps, accountant=dp.accountant, epsilon_tolerance=0.01))
+        if dp.accountant == "prv":
+            return _prv_noise(search, get_noise_multiplier(**search, accountant="rdp"))
+        return float(get_noise_multiplier(**search, accountant=dp.accountant))
     except ValueError as exc:
         if "too low" not in str(exc):
             raise
@@ -210,6 +213,35 @@ def resolve_noise(dp: DPConfig, *, sample_rate: float, steps: int, delta: float)
             f"({dp.accountant} accountant) gives a larger epsilon. Raise --dp-epsilon, or lower the privacy cost: fewer "
             "--steps, more training data or a smaller --batch-size (a smaller q), or a larger --dp-delta"
         ) from None
+
+
+def _prv_noise(search: dict, sigma_rdp: float) -> float:
+    """σ for a target ε under the PRV accountant (``search``: opacus' ``get_noise_multiplier`` arguments;
+    ``sigma_rdp``: the σ RDP needs, an upper bound, RDP being the looser bound).
+
+    opacus' PRV search evaluates PRV at σ down to about half its answer, which is at most ``sigma_rdp``;
+    where the mesh at a quarter of ``sigma_rdp`` would exceed :data:`PRV_MAX_POINTS`, or the search
+    fails (:data:`PRV_FAILURES`), σ is instead the smallest (to 1 %) whose recorded ε
+    (:func:`accounted_epsilon`: PRV, or RDP where PRV gives none) reaches the target, found by bisection
+    below ``sigma_rdp``; so the ε a run records never exceeds the target."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    kw = dict(sample_rate=search["sample_rate"], steps=search["steps"], delta=search["target_delta"])
+    points = prv_mesh_points(noise_multiplier=sigma_rdp / 4, **kw)
+    if points is None or points <= PRV_MAX_POINTS:
+        try:
+            return float(get_noise_multiplier(**search, accountant="prv"))
+        except PRV_FAILURES as exc:
+            if isinstance(exc, ValueError) and "too low" in str(exc):
+                raise
+    lo, hi = 0.0, float(sigma_rdp)
+    while hi - lo > 0.01 * hi:
+        mid = (lo + hi) / 2
+        if accounted_epsilon(noise_multiplier=mid, accountant="prv", **kw).value <= search["target_epsilon"]:
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def epsilon_after(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp") -> float:

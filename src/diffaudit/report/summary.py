@@ -210,9 +210,10 @@ def _mean(values: list[float]) -> float | None:
     return sum(v) / len(v) if v else None
 
 
-#: Old name -> current name of an inpainting target's fields (diffaudit.attacks.inpainting.attack's
-#: RENAMED_FIELDS, named here because the report does not import the attacks): the mean ℓ2 of the kept
-#: top-k was ``mean_top10_l2`` whatever k was.
+#: Old name -> current name of an inpainting target's fields, the ℓ2 part of
+#: diffaudit.attacks.inpainting.attack's RENAMED_FIELDS (repeated here: importing that package loads
+#: torch, which rendering a report does not need; test_report_inpaint_top_k checks they agree): the
+#: mean ℓ2 of the kept top-k was ``mean_top10_l2`` whatever k was.
 INPAINT_RENAMED = {"mean_top10_l2": "mean_topk_l2", "mean_top10_l2_hidden": "mean_topk_l2_hidden"}
 
 

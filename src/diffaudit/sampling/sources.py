@@ -89,7 +89,7 @@ class StableDiffusionSource:
     """Text-to-image generation with a local StableDiffusionPipeline folder (no hub access).
 
     ``micro_batch``: images per pipeline call, or ``auto``: on CUDA the largest of 1, 2, 4, ... 64 whose
-    one-step call fits (:func:`~diffaudit.core.batch_fit.resolve_batch`, probed before compiling), 8
+    UNet call and VAE decoding fit (:func:`~diffaudit.core.batch_fit.resolve_batch`, probed before compiling), 8
     elsewhere. ``channels_last``: the UNet's and the VAE's weights in channels-last memory (any
     device; the images stay within rounding of the default layout). ``compile`` (CUDA only; DESIGN: no
     ``torch.compile`` on the CPU, refused there): ``torch.compile`` of the UNet and of ``vae.decode``
@@ -155,12 +155,19 @@ class StableDiffusionSource:
             if not hasattr(pipe.vae.decode, "_torchdynamo_orig_callable"):
                 pipe.vae.decode = torch.compile(pipe.vae.decode, mode=self.compile_mode, dynamic=False)
 
+    @torch.no_grad()
     def _probe(self, batch: int) -> None:
-        """One pipeline call of one step on ``batch`` images (UNet under guidance, then the VAE decoder)."""
-        lat = self.height // self.pipe.vae_scale_factor
-        latents = torch.zeros(batch, self.pipe.unet.config.in_channels, lat, lat, device=self.device, dtype=self.dtype)
-        self.pipe(prompt=["probe"] * batch, latents=latents, num_inference_steps=1, guidance_scale=self.guidance_scale,
-                  height=self.height, width=self.height, output_type="np")
+        """The parts of one pipeline call on ``batch`` images that hold the most memory: a UNet call on its
+        guided batch (2 x ``batch`` under classifier-free guidance), then the VAE decoder. Called directly,
+        not through the pipeline, so that any scheduler (PNDM takes no single-step call) probes alike."""
+        pipe = self.pipe
+        lat = self.height // pipe.vae_scale_factor
+        guided = batch * (2 if self.guidance_scale > 1 else 1)  # the pipeline's own test for guidance
+        zeros = lambda *shape: torch.zeros(*shape, device=self.device, dtype=self.dtype)  # noqa: E731
+        text = zeros(guided, pipe.tokenizer.model_max_length, pipe.unet.config.cross_attention_dim)
+        pipe.unet(zeros(guided, pipe.unet.config.in_channels, lat, lat), torch.tensor([999], device=self.device),
+                  encoder_hidden_states=text)
+        pipe.vae.decode(zeros(batch, pipe.vae.config.latent_channels, lat, lat))
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
