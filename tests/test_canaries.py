@@ -236,10 +236,10 @@ def test_canary_evaluation_settings_are_checked(field, value, message):
 
 
 def test_ratio_rule_needs_a_neighbourhood_only_when_generations_are_verified():
-    with pytest.raises(DiffauditError, match="a training set of 2 images"):
-        CanaryEval(rule="ratio").validate(n_train=2)
-    CanaryEval(rule="ratio", n_samples=0).validate(n_train=2)
-    CanaryEval(rule="l2").validate(n_train=2)
+    with pytest.raises(DiffauditError, match="a training set of 1 image"):
+        CanaryEval(rule="ratio").validate(n_train=1)
+    CanaryEval(rule="ratio", n_samples=0).validate(n_train=1)
+    CanaryEval(rule="l2").validate(n_train=1)
 
 
 _CLI_BASE = ["canaries", "--data", "digits", "--subset", "60", "--repeats", "1,8", "--per-repeat", "1", "--n-reference", "8",

@@ -16,6 +16,8 @@ from PIL import Image
 
 from diffaudit.core.io import write_json_atomic
 from diffaudit.report import build_summary, render_html
+from diffaudit.report.results import Stage
+from diffaudit.report.summary import inpainting_targets
 from diffaudit.report.view_misc import top_k_words
 from test_report import Page, _envelope
 
@@ -87,8 +89,14 @@ def test_saved_results_with_the_old_name_still_render(saved, tmp_path):
     assert re.search(rf"mean top-{old['settings']['top_k']} ℓ2", text)
 
 
-def test_the_reports_renamed_fields_agree_with_the_attacks():
-    from diffaudit.attacks.inpainting.attack import RENAMED_FIELDS
-    from diffaudit.report.summary import INPAINT_RENAMED
+def test_old_inpainting_field_names_read_the_same_in_the_attack_and_the_report():
+    from diffaudit.attacks.inpainting.attack import TargetResult
 
-    assert INPAINT_RENAMED.items() <= RENAMED_FIELDS.items()
+    record = {"index": 3, "id": "digits:3", "member": True, "mask": "center", "shadow": "s", "best_l2": 0.1,
+              "mean_top10_l2": 0.2, "top1_l2": 0.1, "oracle_best_l2": 0.1, "mean_l2": 0.3, "top_l2": [0.1, 0.3],
+              "top_scores": [0.5, 0.9]}
+    target = TargetResult.from_dict(record)
+    assert target.mean_topk_l2 == 0.2 and target.top_loss_ratios == [0.5, 0.9]
+    stage = Stage(name="inpaint", command="inpaint", path=Path("."), result={"targets": [record]})
+    (read,) = inpainting_targets(stage)
+    assert read["mean_topk_l2"] == 0.2 and read["top_loss_ratios"] == [0.5, 0.9]

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from diffaudit.attacks.extraction.crops import crop_aligned_l2
-from diffaudit.attacks.extraction.verification import VerifySettings, check_prompt_map, verify
+from diffaudit.attacks.extraction.verification import VerifySettings, auto_rule, check_prompt_map, verify
 from diffaudit.core.errors import DiffauditError
 from diffaudit.distances.frechet import fid_from_file, frechet_distance, gaussian_stats
 from helpers import cifar_images, noisy_copies
@@ -64,6 +64,21 @@ def test_duplicates_not_collapsed_with_tiny_dup_delta(world):
     assert 201 not in first.duplicates or first.train_id == 201
 
 
+def test_duplicates_are_not_chained_through_an_image_between_two_matches():
+    # A and B are 0.196 apart (distinct at dup_delta 0.1), Y lies 0.098 from each: A and B both count,
+    # and a generation matching Y counts as A, credited before it (Y is A's duplicate)
+    a, y, b = (np.full((8, 8, 3), v, np.uint8) for v in (100, 125, 150))
+    others = np.random.default_rng(0).integers(0, 256, (20, 8, 8, 3), dtype=np.uint8)
+    train = np.concatenate([np.stack([a, y, b]), others])
+    keys = [f"t{i}" for i in range(len(train))]
+    v = verify(np.stack([a, b, y]), ["ga", "gb", "gy"], train, keys, settings=VerifySettings(rule="l2"))
+    assert v.n_extracting_samples == 3 and v.unique_extracted == 2
+    first, second = v.extracted
+    assert (first.sample, first.train_id, first.n_matching_samples, first.duplicates) == ("ga", 0, 2, [1])
+    assert (second.sample, second.train_id, second.n_matching_samples, second.duplicates) == ("gb", 2, 1, [1])
+    assert first.eidetic_k == 2 and second.eidetic_k == 2
+
+
 def test_baseline_of_unseen_images_extracts_nothing(world):
     base = world["test"][100:400]
     v = verify(world["samples"], world["ids"], base, [f"test:{i}" for i in range(300)])
@@ -77,10 +92,20 @@ def test_settings_validation():
         with pytest.raises(DiffauditError, match=name):
             VerifySettings(**kw).validate()
     # with n = 1 the ratio is 1/α whatever the distance: refused, for the ratio rule only
-    with pytest.raises(DiffauditError, match="a training set of 2 images"):
-        VerifySettings().neighbourhood(2)
-    assert VerifySettings().neighbourhood(3) == 2 and VerifySettings(rule="l2").neighbourhood(2) == 1
+    with pytest.raises(DiffauditError, match="a training set of 1 image"):
+        VerifySettings().neighbourhood(1)
+    # S holds every training image when there are fewer than n (a generation is none of them)
+    assert VerifySettings().neighbourhood(2) == 2 and VerifySettings().neighbourhood(49) == 49
+    assert VerifySettings().neighbourhood(51) == 50 and VerifySettings(rule="l2").neighbourhood(1) == 1
     assert VerifySettings(rule="l2", n_neighbors=1).validate().n_neighbors == 1
+
+
+def test_auto_rule_is_the_papers_rule_for_the_kind_of_model():
+    assert auto_rule("stable-diffusion", ["0", "1"])[0] == "l2"  # what a store records comes first
+    assert auto_rule("pixel", ["a photo of a cat"])[0] == "ratio"
+    assert auto_rule(None, None)[0] == "ratio"
+    assert auto_rule(None, ["3", "7", "3"])[0] == "ratio"  # class indices: a class-conditional pixel model's
+    assert auto_rule(None, ["3", "a photo of a cat"])[0] == "l2"
 
 
 def test_crop_alignment_finds_the_window(world):

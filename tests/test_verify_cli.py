@@ -111,6 +111,9 @@ def test_from_extract_verifies_flagged_medoids(files, tmp_path):
     r = strict_json(out / "result.json")
     assert r["n_samples"] == 2 and r["n_samples_total"] == 83 and len(r["verified_medoids"]) == 2
     assert sorted(e["train_id"] for e in r["extracted"]) in ([5, 42], [42, 150])
+    for e in r["extracted"]:  # positions in --samples, not among the two medoids verified
+        assert e["sample"] == f"npz:{e['sample_index']}"
+    assert max(e["sample_index"] for e in r["extracted"]) > 1
 
 
 def test_conditional_l2_rule_and_prompt_map(files, tmp_path):
@@ -118,11 +121,37 @@ def test_conditional_l2_rule_and_prompt_map(files, tmp_path):
     assert run("verify", "--samples", files / "cond.npz", "--data", files / "train.npz", "--train-map",
                files / "map.json", "--out", out, "--device", "cpu") == 0
     r = strict_json(out / "result.json")
-    assert r["rule"] == "l2"  # auto: samples with prompts
+    assert r["rule"] == "l2" and r["rule_reason"] == "--rule auto: generations with text prompts"
     assert r["unique_extracted"] >= 1 and r["extracted"][0]["train_id"] == 17
     checks = r["prompt_checks"]
     assert len(checks) == 24 and r["prompt_checks_extracted"] == 12
     assert all(c["extracted"] == (c["prompt"] == "memorized") for c in checks)
+
+
+@pytest.mark.parametrize("kind, rule, why", [("pixel", "ratio", "pixel-space model"),
+                                             ("stable-diffusion", "l2", "Stable Diffusion pipeline")])
+def test_auto_rule_follows_the_model_kind_a_store_records(files, tmp_path, kind, rule, why):
+    from diffaudit.store import SampleStore, fill_store
+
+    with np.load(files / "cond.npz", allow_pickle=False) as z:
+        images = z["images"]
+    store = SampleStore.create(tmp_path / "s", settings={"seed": 0, "kind": kind}, prompts=["0", "1"], per_prompt=12,
+                               image_shape=images.shape[1:], shard_size=24)
+    fill_store(store, lambda seeds, prompts: images[:len(seeds)])
+    out = tmp_path / "v"
+    assert run("verify", "--samples", store.path, "--data", files / "train.npz", "--out", out, "--device", "cpu") == 0
+    r = strict_json(out / "result.json")
+    assert r["rule"] == rule and r["rule_reason"] == f"--rule auto: generations of a {why}"
+
+
+def test_auto_rule_takes_the_ratio_rule_for_class_index_prompts(files, tmp_path):
+    with np.load(files / "cond.npz", allow_pickle=False) as z:
+        np.savez(tmp_path / "classes.npz", images=z["images"], prompts=np.array(["3"] * 12 + ["7"] * 12))
+    out = tmp_path / "v"
+    assert run("verify", "--samples", tmp_path / "classes.npz", "--data", files / "train.npz", "--out", out,
+               "--device", "cpu") == 0
+    r = strict_json(out / "result.json")
+    assert r["rule"] == "ratio" and r["rule_reason"] == "--rule auto: generations whose prompts are class indices"
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -71,7 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-clique", type=int, default=10, help="clique size that flags memorization (extract)")
     g.add_argument("--grid", type=int, default=None,
                    help="tiles per side of the tiled l2 (default: 4, fewer for images under 16 px so tiles keep >= 4 px)")
-    g.add_argument("--rule", choices=("auto", "ratio", "l2"), default="auto", help="verification rule (auto: ratio when unconditional)")
+    g.add_argument("--rule", choices=("auto", "ratio", "l2"), default="auto", help="verification rule (auto: ratio, the paper's rule for pixel-space models)")
     g = p.add_argument_group("membership inference")
     g.add_argument("--mia", choices=MIA_ATTACKS, default="loss",
                    help="attack; with few shadows (< 16) the -fixed variants (one global variance) are far stronger")

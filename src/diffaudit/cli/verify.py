@@ -18,6 +18,7 @@ from diffaudit.attacks.extraction.verification import (
     RULES,
     Verification,
     VerifySettings,
+    auto_rule,
     check_prompt_map,
     decide,
     verify_decided,
@@ -36,15 +37,15 @@ from diffaudit.data.digest import dataset_digest
 from diffaudit.distances.frechet import fid_from_file
 from diffaudit.distances.knn_backends import KNN_BACKENDS
 from diffaudit.distances.normalized import DEFAULT_ALPHA, DEFAULT_NEIGHBORS, neighborhood_size
-from diffaudit.store import samples_identity
+from diffaudit.store import sampler_kind, samples_identity
 
 NAME = "verify"
 HELP = "verify generations against the training set: (l2, delta)-extraction or the normalised distance, unique counts"
 DESCRIPTION = (
     "For every generation (or only the flagged medoids of `diffaudit extract`, --from-extract), its exact nearest "
-    "training images in --data. --rule l2: extracted when l2 <= --delta (0.15). --rule ratio (default for samples "
-    "without prompts): l2 to the nearest divided by alpha times the mean l2 to the n nearest (alpha 0.5, "
-    "n = min(50, N-1)) is <= 1 (Carlini et al. 2023, Sec. 5.1). Each training image is counted once (its first "
+    "training images in --data. --rule l2 (default for a Stable Diffusion pipeline's generations): extracted when "
+    "l2 <= --delta (0.15). --rule ratio (default for a pixel-space model's, class-conditional ones included): l2 to "
+    "the nearest divided by alpha times the mean l2 to the n nearest (alpha 0.5, n = min(50, N)) is <= 1 (Carlini et al. 2023, Sec. 5.1). Each training image is counted once (its first "
     "generation) and training images within --dup-delta of each other count as one; eidetic_k is the number of "
     "training images within --eidetic-delta of the match, itself included. --baseline DATASET repeats the "
     "verification against an equal-size set the model never saw (false-positive baseline). --train-map checks "
@@ -59,10 +60,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_run_args(p)
     g = p.add_argument_group("verification")
     g.add_argument("--rule", choices=("auto",) + RULES, default="auto",
-                   help="l2: (l2, delta)-extraction; ratio: normalised distance <= 1; auto: ratio without prompts, else l2")
+                   help="l2: (l2, delta)-extraction; ratio: normalised distance <= 1; auto: l2 for a Stable Diffusion pipeline's "
+                        "generations, ratio for a pixel-space model's (a sample store records which; other inputs: "
+                        "l2 when they carry text prompts, ratio without prompts or with class indices)")
     g.add_argument("--delta", type=float, default=DEFAULT_DELTA, help="delta of (l2, delta)-extraction, in (0, 1]")
     g.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="alpha of the normalised distance")
-    g.add_argument("--n-neighbors", type=int, default=DEFAULT_NEIGHBORS, help="n of the normalised distance (capped at N_train - 1)")
+    g.add_argument("--n-neighbors", type=int, default=DEFAULT_NEIGHBORS, help="n of the normalised distance (capped at N_train)")
     g.add_argument("--eidetic-delta", type=float, default=DEFAULT_EIDETIC_DELTA, help="radius of the eidetic count, in (0, 1]")
     g.add_argument("--dup-delta", type=float, default=DEFAULT_EIDETIC_DELTA,
                    help="training images within this l2 of each other count as one image, in (0, 1]")
@@ -99,6 +102,17 @@ def _select_from_extract(path: str, samples: ImageDataset, spec: str) -> tuple[I
         raise DiffauditError(f"--from-extract {path}: {len(missing)} medoid(s) are not in --samples (first: {missing[0]}); "
                              "pass the samples the extract ran on")
     return samples.subset([index[m] for m in medoids]), medoids
+
+
+def _in_all_samples(extracted: list, medoids: list[str] | None, samples: ImageDataset) -> list[dict[str, Any]]:
+    """``extracted`` as records, each ``sample_index`` the generation's position in --samples (with
+    --from-extract, verification saw only the medoids; their positions there are not the user's)."""
+    records = [e.to_dict() for e in extracted]
+    if medoids is not None:
+        index = samples.index_of()
+        for rec in records:
+            rec["sample_index"] = index[rec["sample"]]
+    return records
 
 
 def _load_train_map(path: str, train: ImageDataset) -> dict[str, list[int]]:
@@ -154,12 +168,14 @@ def run(args: argparse.Namespace) -> int:
     opts = data_options(args)
     train = load_data(args, args.data, **opts)
     samples = read_generations(args.samples)
-    n_samples_total = len(samples)
+    n_samples_total, all_samples = len(samples), samples
     medoids = None
     if args.from_extract:
         samples, medoids = _select_from_extract(args.from_extract, samples, args.samples)
+    rule_reason = "--rule " + rule
     if rule == "auto":
-        rule = "l2" if samples.captions is not None else "ratio"
+        rule, why = auto_rule(sampler_kind(args.samples), samples.captions)
+        rule_reason = f"--rule auto: {why}"
     vs = VerifySettings(rule, vs_probe.delta, vs_probe.alpha, vs_probe.n_neighbors, vs_probe.eidetic_delta, vs_probe.dup_delta)
     prompt_map = _load_train_map(args.train_map, train) if args.train_map else None
     if prompt_map is not None and samples.captions is None:
@@ -192,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
     if emit_finished(args, out, resumed, lambda r: _summary(r, out)):
         return 0
     fields: dict[str, Any] = {"n_samples": len(samples), "n_samples_total": n_samples_total, "n_train": len(train), "rule": rule,
+                              "rule_reason": rule_reason,
                               "n_neighbors": neighborhood_size(len(train), vs.n_neighbors)}
     if medoids is not None:
         fields["verified_medoids"] = medoids
@@ -201,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
         v = _run_verification("training", samples, train, vs, out, "knn", args, device)
         save_npz_atomic(out / "per_sample.npz", sample=np.array(samples.keys, dtype=str), train_id=v.train_ids,
                         l2=v.l2, ratio=v.ratio, extracted=v.is_extracted)
-        fields.update(extracted=[e.to_dict() for e in v.extracted], unique_extracted=v.unique_extracted,
+        fields.update(extracted=_in_all_samples(v.extracted, medoids, all_samples), unique_extracted=v.unique_extracted,
                       n_extracting_samples=v.n_extracting_samples, per_sample_file="per_sample.npz")
     else:
         fields.update(extracted=None, unique_extracted=None, n_extracting_samples=None,
@@ -217,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
             fields["baseline_unique_extracted"] = vb.unique_extracted
             fields["baseline"] = {"source": str(args.baseline), "n_images": len(base), "equal_size": len(base) == len(train),
                                   "n_extracting_samples": vb.n_extracting_samples,
-                                  "extracted": [e.to_dict() for e in vb.extracted]}
+                                  "extracted": _in_all_samples(vb.extracted, medoids, all_samples)}
         else:
             fields["baseline_unique_extracted"] = 0
     if prompt_map is not None:
@@ -239,5 +256,6 @@ def run(args: argparse.Namespace) -> int:
 def _summary(r: dict[str, Any], out: Path) -> str:
     base = "" if r.get("baseline_unique_extracted") is None else f" (baseline: {r['baseline_unique_extracted']})"
     ue = r.get("unique_extracted")
+    reason = f" ({r['rule_reason']})" if r.get("rule_reason") else ""
     return (f"verify: {ue if ue is not None else 'n/a'} unique training images extracted from {r['n_samples']} generations "
-            f"by rule {r['rule']}{base} -> {out / 'result.json'}")
+            f"by rule {r['rule']}{reason}{base} -> {out / 'result.json'}")

@@ -48,3 +48,20 @@ def write_result(path: str | os.PathLike, command: str, settings: dict[str, Any]
     write_json_atomic(path, data)
     return data
 
+
+
+#: Old name -> current name of an inpainting target's fields, for readers of result files written by
+#: earlier versions (the same values): the mean ℓ2 of the kept top-k was ``mean_top10_l2`` whatever
+#: k was, and the kept inpaintings' target/shadow loss ratios were ``top_scores``. Here, beside the
+#: envelope, so that the report reads old files without importing the attack (and torch).
+INPAINT_RENAMED_FIELDS = {
+    "top_scores": "top_loss_ratios",
+    "mean_top10_l2": "mean_topk_l2",
+    "mean_top10_l2_hidden": "mean_topk_l2_hidden",
+}
+
+
+def with_current_names(record: dict[str, Any], renamed: dict[str, str] = INPAINT_RENAMED_FIELDS) -> dict[str, Any]:
+    """``record`` with every old name of ``renamed`` also under its current name, unless that is
+    present already (the old key stays too)."""
+    return {**record, **{new: record[old] for old, new in renamed.items() if old in record and new not in record}}

@@ -20,12 +20,13 @@ DEFAULT_NEIGHBORS = 50
 
 
 def neighborhood_size(n_train: int, n: int = DEFAULT_NEIGHBORS) -> int:
-    """n = min(n, N_train − 1), at least 1 (a training set of one image is its own neighbourhood)."""
+    """n = min(n, N_train): S holds every training image when there are fewer than n (a generation is
+    not itself a training image, so none is left out)."""
     if n_train < 1:
         raise DiffauditError("the training set is empty: the normalised distance needs at least one image")
     if n < 1:
         raise DiffauditError(f"--n-neighbors must be at least 1, got {n}")
-    return max(1, min(n, n_train - 1))
+    return min(n, n_train)
 
 
 def normalized_distance(d: np.ndarray, neighbor_dists: np.ndarray, *, alpha: float = DEFAULT_ALPHA) -> np.ndarray:

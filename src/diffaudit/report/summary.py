@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from diffaudit.core.io import write_json_atomic
-from diffaudit.core.results import SCHEMA_VERSION
+from diffaudit.core.results import SCHEMA_VERSION, with_current_names
 from diffaudit.models.run_files import DROPPED_DUPLICATES
 from diffaudit.report.images import data_spec
 from diffaudit.report.results import ResultSet, Stage, load_results, read_object, records
@@ -210,18 +210,11 @@ def _mean(values: list[float]) -> float | None:
     return sum(v) / len(v) if v else None
 
 
-#: Old name -> current name of an inpainting target's fields, the ℓ2 part of
-#: diffaudit.attacks.inpainting.attack's RENAMED_FIELDS (repeated here: importing that package loads
-#: torch, which rendering a report does not need; test_report_inpaint_top_k checks they agree): the
-#: mean ℓ2 of the kept top-k was ``mean_top10_l2`` whatever k was.
-INPAINT_RENAMED = {"mean_top10_l2": "mean_topk_l2", "mean_top10_l2_hidden": "mean_topk_l2_hidden"}
-
-
 def inpainting_targets(stage: Stage) -> list[dict[str, Any]]:
     """The per-target records of an inpaint result, each with its fields under their current names
     (``mean_topk_l2``), also when the file was written under the old ones (``mean_top10_l2``)."""
     targets = records(stage.result, "best_l2", preferred=("targets", "results"))
-    return [{**t, **{new: t[old] for old, new in INPAINT_RENAMED.items() if old in t and new not in t}} for t in targets]
+    return [with_current_names(t) for t in targets]
 
 
 def inpainting_top_k(stage: Stage, targets: list[dict[str, Any]]) -> int | None:

@@ -30,8 +30,8 @@ def rule_text(rule: Any, delta: Any = None, *, alpha: Any = None, n_neighbors: A
     """The extraction rule in words (DESIGN: (ℓ2, δ)-extraction and the normalised distance)."""
     if rule == "ratio":
         n = int(n_neighbors) if isinstance(n_neighbors, (int, float)) else 50
-        if isinstance(n_train, int) and n_train > 1:
-            n = min(n, n_train - 1)  # n = min(50, N_train - 1), as verify used it
+        if isinstance(n_train, int) and n_train > 0:
+            n = min(n, n_train)  # verify records the n it used; older settings hold the requested one
         a = alpha if isinstance(alpha, (int, float)) else 0.5
         return f"normalised ℓ2 ratio ≤ 1 (α = {a:g}, against the {n} nearest training images)"
     if rule == "l2":

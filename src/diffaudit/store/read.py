@@ -45,6 +45,16 @@ def samples_identity(spec: str, samples: ImageDataset | None = None) -> str | No
     return None if samples is None else "data:" + dataset_digest(samples)
 
 
+def sampler_kind(spec: str) -> str | None:
+    """The kind of model a sample store's generations came from, as its manifest records it
+    (``pixel`` or ``stable-diffusion``); None for any other input, or a store that records none."""
+    if not SampleStore.is_store(spec):
+        return None
+    sampler = read_json(Path(spec) / MANIFEST).get("sampler")
+    kind = sampler.get("kind") if isinstance(sampler, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
 def read_samples(spec: str, *, lazy: bool = False, **load_options) -> ImageDataset:
     """``spec`` as a dataset; a sample store with ``lazy`` is memory-mapped (images: ShardedImages),
     every other input is decoded into memory (load_options: those of ``load_dataset``)."""

@@ -5,14 +5,17 @@ For every generation x̂, its n nearest training images (exact ℓ2, :mod:`diffa
 - rule ``l2``: (ℓ2, δ)-extraction (paper Definition 1), extracted when ℓ2(x̂, x) ≤ δ = 0.15 with x the
   nearest training image;
 - rule ``ratio``: the neighbourhood-normalised distance ℓ(x̂, x; S) = ℓ2(x̂, x) / (α · mean_{y∈S} ℓ2(x̂, y))
-  ≤ 1, α = 0.5, S the n = min(50, N_train − 1) nearest (paper §5.1; the default for unconditional models).
+  ≤ 1, α = 0.5, S the n = min(50, N_train) nearest (paper §5.1; the default for unconditional models).
 
 Counting (paper §5.1: "count each training image once"): generations are visited in order and each
 training image is credited to its first extracting generation only. Duplicated training images are
 collapsed so that a duplicate is not counted twice. **Rule**: two training images are duplicates
-when their ℓ2 is ≤ ``dup_delta`` (0.1, the eidetic δ); the groups are the connected components of
-that relation over the matched training images and their ``dup_delta``-neighbourhoods (one hop from
-a matched image). The eidetic k of a matched image x (Definition 2) is the number of training images
+when their ℓ2 is ≤ ``dup_delta`` (0.1, the eidetic δ). A generation's matched training image x counts
+as the credited image c when ℓ2(x, c) ≤ ``dup_delta`` for some c credited before (the earliest such
+c); otherwise x is credited itself. The relation is not chained: two matched images more than
+``dup_delta`` apart both count, whatever training images lie between them (a chain of near images
+would otherwise merge distinct images, and how many counted would depend on which happened to be
+matched). The eidetic k of a matched image x (Definition 2) is the number of training images
 within ``eidetic_delta`` = 0.1 of x, x itself included.
 """
 
@@ -35,6 +38,26 @@ RULES = ("l2", "ratio")
 DEFAULT_DELTA = 0.15
 #: δ of eidetic memorization and of the training-duplicate rule (paper §3, Definition 2).
 DEFAULT_EIDETIC_DELTA = 0.1
+
+
+def auto_rule(kind: str | None, captions: Sequence[str] | None) -> tuple[str, str]:
+    """The paper's verification rule for these generations, and why it was chosen.
+
+    ``l2`` ((ℓ2, δ)-extraction, §4) for a Stable Diffusion pipeline's; ``ratio`` (the normalised
+    distance, §5.1) for a pixel-space model's, class-conditional ones included, where plain ℓ2 ≤ 0.15
+    accepts smooth unrelated images. ``kind`` is what a sample store records (``pixel`` or
+    ``stable-diffusion``); without it (a folder, an .npz), generations without prompts or whose prompts
+    are all class indices (``0``, ``7``...) take ``ratio``, those with text prompts ``l2``.
+    """
+    if kind == "stable-diffusion":
+        return "l2", "generations of a Stable Diffusion pipeline"
+    if kind == "pixel":
+        return "ratio", "generations of a pixel-space model"
+    if captions is None:
+        return "ratio", "generations without prompts"
+    if all(c.isdigit() for c in captions):
+        return "ratio", "generations whose prompts are class indices"
+    return "l2", "generations with text prompts"
 
 
 @dataclass
@@ -63,28 +86,29 @@ class VerifySettings:
         return self
 
     def neighbourhood(self, n_train: int) -> int:
-        """n = min(n_neighbors, N_train − 1); for the ratio rule at least 2, else an error."""
+        """n = min(n_neighbors, N_train); for the ratio rule at least 2, else an error."""
         n = neighborhood_size(n_train, self.n_neighbors)
         if self.rule == "ratio" and n < 2:
-            raise DiffauditError(_DEGENERATE_RATIO.format(why=f"a training set of {n_train} images"))
+            raise DiffauditError(_DEGENERATE_RATIO.format(why=f"a training set of {n_train} image{'' if n_train == 1 else 's'}"))
         return n
 
 
 _DEGENERATE_RATIO = ("the ratio rule divides the nearest distance by α times the mean of the n nearest; with n = 1 "
                      "({why}) that is 1/α for every generation, so it decides nothing: use --rule l2, or n ≥ 2 "
-                     "(at least 3 training images)")
+                     "(at least 2 training images)")
 
 
 @dataclass
 class Extraction:
     """One extracted training image, credited to its first generation.
 
-    sample / sample_index: that generation's id and position; train_id / train_key: the nearest
+    sample / sample_index: that generation's id and its position among the generations verified
+    (``diffaudit verify`` records its position in --samples, also with --from-extract); train_id / train_key: the nearest
     training image's index in the training set and its key; l2: ℓ2 in [0, 1] (smaller = closer);
     ratio: normalised distance (≤ 1 = extracted under the ratio rule; None if undefined);
     eidetic_k: training images within eidetic_delta of train_id, itself included;
-    n_matching_samples: generations that extracted this (duplicate group of) training image(s);
-    duplicates: the other training ids in its duplicate group.
+    n_matching_samples: generations that extracted this training image or a duplicate of it;
+    duplicates: the other training ids within dup_delta of train_id (its duplicates in the training set).
     """
 
     sample: str
@@ -136,24 +160,6 @@ def decide(knn: KnnResult, settings: VerifySettings, n_train: int) -> tuple[np.n
     return l2, ratio, ext
 
 
-class _UnionFind:
-    def __init__(self):
-        self.parent: dict[int, int] = {}
-
-    def find(self, x: int) -> int:
-        p = self.parent.setdefault(x, x)
-        while p != self.parent[p]:
-            self.parent[p] = self.parent[self.parent[p]]
-            p = self.parent[p]
-        self.parent[x] = p
-        return p
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-
 def count_unique(
     sample_ids: Sequence[str],
     train_ids: np.ndarray,
@@ -166,35 +172,37 @@ def count_unique(
     *,
     device: Any = "auto",
 ) -> list[Extraction]:
-    """Credit each training image (duplicate group) to its first extracting generation (module rule)."""
+    """Credit each training image to its first extracting generation, a duplicate of an image
+    credited before counting as that image (module rule, not chained)."""
     hits = np.flatnonzero(extracted)
     if len(hits) == 0:
         return []
     matched = np.unique(train_ids[hits])
     radius = max(settings.eidetic_delta, settings.dup_delta)
     neigh = radius_neighbors(train_images[matched], train_images, radius, device=device)
-    uf = _UnionFind()
     eidetic: dict[int, int] = {}
+    near: dict[int, set[int]] = {}  # matched image -> the training images within dup_delta of it, itself included
     for j, (idx, dist) in zip(matched.tolist(), neigh):
         eidetic[j] = int((dist <= settings.eidetic_delta).sum())
-        uf.find(j)
-        for y in idx[dist <= settings.dup_delta].tolist():
-            uf.union(j, y)
-    members: dict[int, list[int]] = {}
-    for x in list(uf.parent):
-        members.setdefault(uf.find(x), []).append(x)
+        near[j] = set(idx[dist <= settings.dup_delta].tolist()) | {j}
+    order: dict[int, int] = {}  # credited image -> its rank in crediting order
+    counts_as: dict[int, int] = {}  # matched image -> the credited image it counts as
     first: dict[int, Extraction] = {}
     for i in hits.tolist():
         j = int(train_ids[i])
-        g = uf.find(j)
-        if g in first:
-            first[g].n_matching_samples += 1
+        if j not in counts_as:
+            earlier = near[j].intersection(order)
+            counts_as[j] = min(earlier, key=order.__getitem__) if earlier else j
+        c = counts_as[j]
+        if c in first:
+            first[c].n_matching_samples += 1
             continue
+        order[c] = len(order)
         r = float(ratio[i])
-        first[g] = Extraction(
+        first[c] = Extraction(
             sample=str(sample_ids[i]), sample_index=int(i), train_id=j, train_key=str(train_keys[j]),
             l2=float(l2[i]), ratio=r if np.isfinite(r) else None, eidetic_k=eidetic[j], n_matching_samples=1,
-            duplicates=sorted(x for x in members[g] if x != j),
+            duplicates=sorted(near[j] - {j}),
         )
     return sorted(first.values(), key=lambda e: e.sample_index)
 

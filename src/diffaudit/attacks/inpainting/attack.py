@@ -25,7 +25,7 @@ sqrt(hidden fraction): the paper's measure, but one that shrinks with the mask. 
 the share of hidden pixels.
 
 Results written before the rename call these ``mean_top10_l2`` and ``mean_top10_l2_hidden`` whatever
-``top_k`` was; :meth:`TargetResult.from_dict` reads both names (:data:`RENAMED_FIELDS`).
+``top_k`` was; :meth:`TargetResult.from_dict` reads both names (``diffaudit.core.results.INPAINT_RENAMED_FIELDS``).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import torch
 
 from diffaudit.attacks.inpainting.scoring import score_inpaintings, score_noise
 from diffaudit.core.errors import DiffauditError
+from diffaudit.core.results import with_current_names
 from diffaudit.data.dataset import from_model_space, to_model_space
 from diffaudit.distances.pixel import l2
 from diffaudit.sampling.inpaint import inpaint, inpainting_seeds
@@ -110,23 +111,9 @@ class TargetResult:
     @classmethod
     def from_dict(cls, d: dict) -> "TargetResult":
         """The result of :meth:`to_dict`, or of an earlier version, which used the old names of
-        :data:`RENAMED_FIELDS` (the same values)."""
+        ``diffaudit.core.results.INPAINT_RENAMED_FIELDS`` (the same values)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in with_current_names(d).items() if k in names})
-
-
-#: Old field name -> current name, for results written by earlier versions.
-RENAMED_FIELDS = {
-    "top_scores": "top_loss_ratios",
-    "mean_top10_l2": "mean_topk_l2",  # it was the mean of the kept top_k, whatever k was
-    "mean_top10_l2_hidden": "mean_topk_l2_hidden",
-}
-
-
-def with_current_names(d: dict) -> dict:
-    """``d`` (a target's record) with every old name of :data:`RENAMED_FIELDS` also under its current
-    name, unless that is present already; for readers of result files of any version."""
-    return {**d, **{new: d[old] for old, new in RENAMED_FIELDS.items() if old in d and new not in d}}
 
 
 def hidden_l2(images: np.ndarray, original: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -241,5 +228,5 @@ def masked_view(image: np.ndarray, mask: np.ndarray, fill: int = 128) -> np.ndar
 
 
 __all__ = [
-    "InpaintAttackConfig", "TargetResult", "RENAMED_FIELDS", "with_current_names", "inpaint_targets", "score_target", "rms_l2", "hidden_l2", "masked_view",
+    "InpaintAttackConfig", "TargetResult", "inpaint_targets", "score_target", "rms_l2", "hidden_l2", "masked_view",
 ]
