@@ -216,7 +216,7 @@ def test_normalized_distance_hand_computed():
 
 def test_neighborhood_size_rule():
     assert neighborhood_size(50_000) == 50
-    assert neighborhood_size(30) == 29  # n = min(50, N_train - 1)
+    assert neighborhood_size(30) == 30  # n = min(50, N_train): S holds every training image
     assert neighborhood_size(1) == 1
     with pytest.raises(DiffauditError):
         neighborhood_size(0)

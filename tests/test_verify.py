@@ -122,7 +122,7 @@ def test_crop_alignment_finds_the_window(world):
     # the prompt map: each prompt checked against its own training images
     train = np.stack([big, np.asarray(Image.fromarray(world["train"][8]).resize((40, 40)))])
     checks = check_prompt_map(np.stack([noisy, gen]), ["g0", "g1"], ["cat", "dog"], {"cat": [1, 0], "dog": [1]},
-                              train, ["t0", "t1"])
+                              train, ["t0", "t1"], resize="none")  # windows of the image as stored
     assert checks[0]["train_id"] == 0 and checks[0]["extracted"] and checks[0]["offset"] == [5, 3]
     assert checks[1]["train_id"] == 1 and not checks[1]["extracted"]
 

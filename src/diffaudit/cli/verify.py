@@ -15,6 +15,7 @@ from diffaudit.attacks.extraction.knn_cache import iter_cached_knn
 from diffaudit.attacks.extraction.verification import (
     DEFAULT_DELTA,
     DEFAULT_EIDETIC_DELTA,
+    MAP_RESIZES,
     RULES,
     Verification,
     VerifySettings,
@@ -34,6 +35,8 @@ from diffaudit.core.results import write_result
 from diffaudit.core.seeds import derive_seed, numpy_rng
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.data.digest import dataset_digest
+from diffaudit.data.loader import ImagesDifferInSize
+from diffaudit.data.native import NativeImages
 from diffaudit.distances.frechet import fid_from_file
 from diffaudit.distances.knn_backends import KNN_BACKENDS
 from diffaudit.distances.normalized import DEFAULT_ALPHA, DEFAULT_NEIGHBORS, neighborhood_size
@@ -49,7 +52,9 @@ DESCRIPTION = (
     "generation) and training images within --dup-delta of each other count as one; eidetic_k is the number of "
     "training images within --eidetic-delta of the match, itself included. --baseline DATASET repeats the "
     "verification against an equal-size set the model never saw (false-positive baseline). --train-map checks "
-    "each prompt's generations against its own training image(s) under every crop alignment. Works on samples "
+    "each prompt's generations against its own training image(s) under every crop alignment, after the "
+    "shorter-side resize Stable Diffusion trained with (--map-resize); with --train-map, --data may hold images of "
+    "different sizes (only that check then runs). Works on samples "
     "from any generator (e.g. a GAN's, in a folder or .npz)."
 )
 
@@ -77,6 +82,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="images the model never saw (e.g. cifar10-test): same verification, reported as the false-positive baseline")
     g.add_argument("--train-map", default=None, metavar="MAP",
                    help="JSON {prompt: [training keys or indices]}: check each prompt's generations against its own images, every crop alignment")
+    g.add_argument("--map-resize", choices=MAP_RESIZES, default="shorter-side",
+                   help="how training resized an image before its random square crop, for --train-map: shorter-side "
+                        "(Stable Diffusion's training transform: the shorter side resized to the generation's size, "
+                        "aspect ratio kept, bilinear) or none (windows of the image as stored) (default: %(default)s)")
     g.add_argument("--fid-features", default=None, metavar="NPZ",
                    help=".npz with feature matrices `samples` and `reference` (or their mu_/sigma_ statistics), e.g. Inception "
                         "pool3 features computed elsewhere; without it fid is 'not computed'")
@@ -115,7 +124,7 @@ def _in_all_samples(extracted: list, medoids: list[str] | None, samples: ImageDa
     return records
 
 
-def _load_train_map(path: str, train: ImageDataset) -> dict[str, list[int]]:
+def _load_train_map(path: str, train: ImageDataset | NativeImages) -> dict[str, list[int]]:
     data = read_json(path)
     if not isinstance(data, dict):
         raise DiffauditError(f"--train-map {path}: expected a JSON object {{prompt: [training keys or indices]}}")
@@ -152,6 +161,41 @@ def _run_verification(label: str, samples: ImageDataset, train: ImageDataset, vs
     return v
 
 
+def _load_train(args, opts: dict[str, Any]) -> ImageDataset | None:
+    """--data loaded (see :func:`~diffaudit.cli.common.load_data`), or None when its images differ in
+    size and --train-map is given (then only that check runs, on :func:`_native_train`); without
+    --train-map such data is the loader's error, which says how to resize it."""
+    try:
+        return load_data(args, args.data, **opts)
+    except ImagesDifferInSize:
+        if not args.train_map:
+            raise
+        return None
+
+
+def _native_train(args, opts: dict[str, Any], samples: ImageDataset) -> NativeImages:
+    """--data read image by image at each image's own size (listed as the loader lists it). Without --mode,
+    each image takes the generations' channels (what the loader does to a dataset mixing gray and colour)."""
+    mode = opts["mode"] or ("L" if samples.images.shape[-1] == 1 else "RGB")
+    return NativeImages(args.data, subset=opts["subset"], subset_seed=opts["subset_seed"], skip_bad=opts["skip_bad"],
+                        cifar_root=opts["cifar_root"], mode=mode)
+
+
+def _native_digest(train: NativeImages, prompt_map: dict[str, list[int]]) -> tuple[str, dict[str, list[int]]]:
+    """What identifies mixed-size --data without decoding all of it: a digest of every listed key and of
+    the mapped images' pixels (:meth:`NativeImages.digest`; the other images never enter the check).
+    Returns it with ``prompt_map`` less the images found unreadable (with --skip-bad, recorded in
+    ``train.skipped``)."""
+    digest = train.digest(sorted({j for ids in prompt_map.values() for j in ids}))
+    return digest, {p: [j for j in ids if j not in train.bad] for p, ids in prompt_map.items()}
+
+
+def _upgrade_settings(old: dict[str, Any]) -> dict[str, Any]:
+    """Settings of an earlier version read as today's: before --map-resize, --train-map windows were taken
+    from the training image as stored (``none``); without --train-map the setting is not recorded."""
+    return old if "map_resize" in old else {**old, "map_resize": "none" if old.get("train_map") else None}
+
+
 def _check_shapes(samples: ImageDataset, other: ImageDataset, what: str) -> None:
     if samples.image_shape != other.image_shape:
         raise DiffauditError(
@@ -166,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
                               args.eidetic_delta, args.dup_delta).validate()
     device = resolve_device(args.device)
     opts = data_options(args)
-    train = load_data(args, args.data, **opts)
+    train = _load_train(args, opts)
     samples = read_generations(args.samples)
     n_samples_total, all_samples = len(samples), samples
     medoids = None
@@ -177,14 +221,28 @@ def run(args: argparse.Namespace) -> int:
         rule, why = auto_rule(sampler_kind(args.samples), samples.captions)
         rule_reason = f"--rule auto: {why}"
     vs = VerifySettings(rule, vs_probe.delta, vs_probe.alpha, vs_probe.n_neighbors, vs_probe.eidetic_delta, vs_probe.dup_delta)
+    native = train is None  # --data's images differ in size: only the --train-map check runs
+    note = None
+    if native:
+        train = _native_train(args, opts, samples)
+        note = ("--data's images differ in size: only the --train-map crop-alignment check was run, on the mapped "
+                "training images read at their own size; the nearest-neighbour verification against the whole "
+                "training set" + (" and --baseline" if args.baseline else "") + " cannot run on it")
+        stage_line(f"verify: {note}")
     prompt_map = _load_train_map(args.train_map, train) if args.train_map else None
     if prompt_map is not None and samples.captions is None:
         raise DiffauditError("--train-map needs samples with prompts; these samples carry none")
     if len(samples) and prompt_map is None:
         _check_shapes(samples, train, "--data")
-    base = load_data(args, args.baseline, **dict(opts, subset=None)) if args.baseline else None
+    # the whole-set nearest-neighbour verification (and --baseline) needs --data at the samples' size
+    whole_set = not native and (prompt_map is None or samples.image_shape == train.image_shape)
+    base = load_data(args, args.baseline, **dict(opts, subset=None)) if args.baseline and not native else None
+    if native:
+        data_digest, prompt_map = _native_digest(train, prompt_map)
+    else:
+        data_digest = dataset_digest(train)
     if len(samples):  # a degenerate ratio rule is refused before --out records anything
-        if prompt_map is None or samples.image_shape == train.image_shape:
+        if whole_set:
             vs.neighbourhood(len(train))
         if base is not None:
             vs.neighbourhood(min(len(base), len(train)))
@@ -193,6 +251,7 @@ def run(args: argparse.Namespace) -> int:
         "data": str(args.data), "data_options": opts, "rule": rule, "delta": vs.delta,
         "alpha": vs.alpha, "n_neighbors": vs.n_neighbors, "eidetic_delta": vs.eidetic_delta, "dup_delta": vs.dup_delta,
         "from_extract": args.from_extract, "baseline": args.baseline, "train_map": args.train_map,
+        "map_resize": args.map_resize if args.train_map else None,
         "fid_features": args.fid_features,
         "fid_features_identity": file_identity(args.fid_features) if args.fid_features else None,
         # what the path names alone would not tell apart on a resume: the medoids an extract result
@@ -200,11 +259,11 @@ def run(args: argparse.Namespace) -> int:
         "from_extract_samples": text_digest("\0".join(samples.keys)) if args.from_extract else None,
         "baseline_seed": args.seed if args.baseline else None,
         # and the contents behind --data, --baseline and --train-map (rewritten in place, they are other data)
-        "data_digest": dataset_digest(train),
+        "data_digest": data_digest,
         "baseline_digest": dataset_digest(base) if base is not None else None,
         "train_map_digest": text_digest(json.dumps(prompt_map, sort_keys=True)) if prompt_map is not None else None,
     }
-    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
+    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=_upgrade_settings)
     if emit_finished(args, out, resumed, lambda r: _summary(r, out)):
         return 0
     fields: dict[str, Any] = {"n_samples": len(samples), "n_samples_total": n_samples_total, "n_train": len(train), "rule": rule,
@@ -214,12 +273,16 @@ def run(args: argparse.Namespace) -> int:
         fields["verified_medoids"] = medoids
     if len(samples) == 0:
         fields.update(extracted=[], unique_extracted=0, n_extracting_samples=0)
-    elif prompt_map is None or samples.image_shape == train.image_shape:
+    elif whole_set:
         v = _run_verification("training", samples, train, vs, out, "knn", args, device)
         save_npz_atomic(out / "per_sample.npz", sample=np.array(samples.keys, dtype=str), train_id=v.train_ids,
                         l2=v.l2, ratio=v.ratio, extracted=v.is_extracted)
         fields.update(extracted=_in_all_samples(v.extracted, medoids, all_samples), unique_extracted=v.unique_extracted,
                       n_extracting_samples=v.n_extracting_samples, per_sample_file="per_sample.npz")
+    elif native:
+        fields.update(extracted=None, unique_extracted=None, n_extracting_samples=None, note=note)
+        if train.skipped:
+            fields["train_skipped"] = [list(x) for x in train.skipped]
     else:
         fields.update(extracted=None, unique_extracted=None, n_extracting_samples=None,
                       note="samples and --data differ in size: only the --train-map crop-alignment check was run")
@@ -239,8 +302,9 @@ def run(args: argparse.Namespace) -> int:
             fields["baseline_unique_extracted"] = 0
     if prompt_map is not None:
         with Timer() as t:
-            checks = check_prompt_map(samples.images, samples.keys, samples.captions, prompt_map, train.images, train.keys,
-                                      delta=vs.delta)
+            checks = check_prompt_map(samples.images, samples.keys, samples.captions, prompt_map,
+                                      train if native else train.images, train.keys, delta=vs.delta,
+                                      resize=args.map_resize)
         fields["prompt_checks"] = checks
         fields["prompt_checks_extracted"] = sum(c["extracted"] for c in checks)
         stage_line(f"verify: {fields['prompt_checks_extracted']} of {len(checks)} mapped generations within delta of "

@@ -174,10 +174,15 @@ def iter_decoded(entries: list[Entry], source: str, skipped: list[tuple[str, str
             yield i, entry, img
 
 
+class ImagesDifferInSize(DiffauditError):
+    """A dataset's images differ in (H, W), so they cannot be stacked into one array (callers that can
+    read them one at a time, :mod:`diffaudit.data.native`, catch exactly this case)."""
+
+
 def check_same_size(source: str, first_name: str, first_shape, name: str, shape) -> None:
-    """Raise the error that explains --image-size when an image's (H, W) differs from the first's."""
+    """Raise :class:`ImagesDifferInSize`, which explains --image-size, when an image's (H, W) differs from the first's."""
     if tuple(shape[:2]) != tuple(first_shape[:2]):
-        raise DiffauditError(
+        raise ImagesDifferInSize(
             f"{source}: images differ in size: {first_name} is {first_shape[1]}x{first_shape[0]} but {name} is "
             f"{shape[1]}x{shape[0]} (width x height); pass --image-size (image_size=) to resize "
             "them all, with --center-crop (center_crop=) to keep their aspect ratio"

@@ -8,6 +8,8 @@ conversion (``mode``, or L -> RGB when a dataset mixes grayscale and colour imag
 - Resize: to ``size`` x ``size`` with Pillow's bilinear filter (which also low-pass filters when
   shrinking, so downsizing does not alias). A non-square image is stretched: centre-crop it first to
   keep its aspect ratio. The built-in 8x8 digits are upsampled by the same bilinear filter.
+- Resize to cover (:func:`resize_to_cover`, not applied by the loaders): one scale factor, aspect
+  ratio kept, so the image just covers a given size (Stable Diffusion's shorter-side resize).
 - Grayscale from RGB: ITU-R 601-2 luma with Pillow's integer rounding,
   ``L = (19595 R + 38470 G + 7471 B + 32768) >> 16`` (identical to ``Image.convert("L")``).
 - RGB from grayscale: the gray value copied into the three channels.
@@ -37,6 +39,37 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
     c = image.shape[2]
     pil = Image.fromarray(image[:, :, 0] if c == 1 else image, mode=None)
     out = np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR))
+    return out[:, :, None] if c == 1 else out
+
+
+def resize_to_cover(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize by one scale factor, aspect ratio kept, so that the image just covers ``height`` x ``width``.
+
+    Stable Diffusion's training transform before its random square crop: the shorter side is resized
+    to the training resolution (a 768x1024 image becomes 512x682 for 512x512 crops). In general the
+    side that binds (the larger of ``height / H`` and ``width / W``) becomes exactly ``height`` or
+    ``width``; the other side is scaled by the same factor and truncated (as torchvision's ``Resize``
+    does), never below its target. Pillow bilinear, as :func:`resize` (antialiased when shrinking).
+
+    Args:
+        image: uint8 (H, W, C), C in {1, 3}.
+        height, width: the size to cover, positive pixels (a generation's h, w).
+
+    Returns:
+        uint8 (H', W', C) with H' >= height, W' >= width and H' == height or W' == width; ``image``
+        itself when it already has that size.
+    """
+    if height < 1 or width < 1:
+        raise DiffauditError(f"resize_to_cover needs a positive size to cover; got {height}x{width} (height x width)")
+    h, w, c = image.shape
+    if height * w >= width * h:  # height binds: H' = height, W' = floor(W * height / H) >= width
+        new_h, new_w = height, max(width, w * height // h)
+    else:
+        new_h, new_w = max(height, h * width // w), width
+    if (new_h, new_w) == (h, w):
+        return image
+    pil = Image.fromarray(np.ascontiguousarray(image[:, :, 0] if c == 1 else image))
+    out = np.asarray(pil.resize((new_w, new_h), Image.Resampling.BILINEAR))
     return out[:, :, None] if c == 1 else out
 
 

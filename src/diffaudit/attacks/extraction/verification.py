@@ -29,6 +29,7 @@ import numpy as np
 from diffaudit.attacks.extraction.crops import crop_aligned_l2
 from diffaudit.attacks.extraction.graph import check_threshold
 from diffaudit.core.errors import DiffauditError
+from diffaudit.data.transforms import resize_to_cover
 from diffaudit.distances.knn import KnnResult, knn_search
 from diffaudit.distances.normalized import DEFAULT_ALPHA, DEFAULT_NEIGHBORS, nearest_ratio, neighborhood_size
 from diffaudit.distances.radius import radius_neighbors
@@ -265,35 +266,62 @@ def verify_decided(
     return Verification(len(sample_ids), len(train), settings, n, found, int(extracted.sum()), train_ids, l2, ratio, extracted)
 
 
+#: How training resized an image before its random square crop (``check_prompt_map``'s ``resize``).
+MAP_RESIZES = ("shorter-side", "none")
+
+
 def check_prompt_map(
     images: np.ndarray,
     sample_ids: Sequence[str],
     captions: Sequence[str],
     prompt_map: dict[str, list[int]],
-    train_images: np.ndarray,
+    train_images: Any,
     train_keys: Sequence[str],
     *,
     delta: float = DEFAULT_DELTA,
     select: Sequence[int] | None = None,
+    resize: str = "shorter-side",
 ) -> list[dict[str, Any]]:
     """Check generations against their own prompt's training image(s) under every crop alignment.
 
-    prompt_map: prompt -> training indices (the images that caption came from); ``select``: sample
-    positions to check (default all). For each checked sample of a mapped prompt: the best training
-    image and window. Returns dicts {prompt, sample, train_id, train_key, l2, offset, extracted}
-    (extracted: ℓ2 ≤ δ, paper §4.1, verification).
+    Paper §4.1 (verification) and DESIGN generate-and-filter step 5: Stable Diffusion was trained on
+    random square crops of images whose shorter side was first resized to the training resolution,
+    so a memorized generation reproduces a window of the *resized* image. ``resize``:
+    ``"shorter-side"`` (default) passes each training image through
+    :func:`~diffaudit.data.transforms.resize_to_cover` to the generation's (h, w) before sliding the
+    generation over it; ``"none"`` slides it over the image as stored.
+
+    images: uint8 (Q, h, w, C) generations (or anything whose ``[i]`` is one); prompt_map: prompt ->
+    training indices (the images that caption came from); train_images: anything indexable by those
+    indices giving uint8 (H, W, C), sizes may differ (an array, or a
+    :class:`~diffaudit.data.native.NativeImages`); ``select``: sample positions to check (default all).
+    For each checked sample of a mapped prompt: the best training image and window. Returns dicts
+    {prompt, sample, train_id, train_key, l2, offset, extracted}: l2 in [0, 1], offset the window's
+    top-left (y, x) in the (resized) training image, extracted: ℓ2 ≤ δ (paper §4.1, verification).
+    Each training image is read (and resized) once per run of consecutive generations of a prompt.
     """
     check_threshold(delta, "--delta")
+    if resize not in MAP_RESIZES:
+        raise DiffauditError(f"--map-resize must be one of {', '.join(MAP_RESIZES)}, got {resize!r}")
     out = []
     positions = range(len(sample_ids)) if select is None else select
+    prepared: dict[tuple[int, int, int], np.ndarray] = {}  # (train id, h, w) -> training image, for this prompt
+    last = None
     for i in positions:
         prompt = captions[i]
         targets = prompt_map.get(prompt)
         if not targets:
             continue
+        if prompt != last:
+            prepared, last = {}, prompt
+        gen = np.asarray(images[i])
+        h, w = gen.shape[:2]
         best = None
         for j in targets:
-            d, off = crop_aligned_l2(images[i], train_images[j])
+            if (j, h, w) not in prepared:
+                t = np.asarray(train_images[j])
+                prepared[(j, h, w)] = resize_to_cover(t, h, w) if resize == "shorter-side" else t
+            d, off = crop_aligned_l2(gen, prepared[(j, h, w)])
             if best is None or d < best[0]:
                 best = (d, off, j)
         d, off, j = best
