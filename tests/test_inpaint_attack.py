@@ -316,8 +316,17 @@ def test_check_models_fit_compares_shapes_conditioning_and_timesteps(runs, digit
     cfg = json.loads(cfg_path.read_text())
     cfg["num_class_embeds"] = 10
     cfg_path.write_text(json.dumps(cfg))
-    with pytest.raises(DiffauditError, match="unconditional but the shadow .* is class-conditional"):
+    with pytest.raises(DiffauditError, match="--shadow .* is class-conditional but --model .* is unconditional"):
         check_models_fit(target, [cond], digits, timestep=100)
+    # another noise schedule or prediction target: the same x_t and loss mean something else to it
+    for name, change, message in [("cosine", {"beta_schedule": "squaredcos_cap_v2"}, "another noise schedule"),
+                                  ("v", {"prediction_type": "v_prediction"}, "predicts v_prediction but")]:
+        other = tmp_path / name
+        shutil.copytree(shadow, other)
+        sched_path = other / "scheduler" / "scheduler_config.json"
+        sched_path.write_text(json.dumps({**json.loads(sched_path.read_text()), **change}))
+        with pytest.raises(DiffauditError, match=message):
+            check_models_fit(target, [other], digits, timestep=100)
     with pytest.raises(DiffauditError, match="is class-conditional, but the data has no class labels"):
         check_models_fit(cond, [cond], ImageDataset(images=digits.images[:20], keys=digits.keys[:20], source="no labels"),
                          timestep=100)

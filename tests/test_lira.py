@@ -202,6 +202,24 @@ def test_leave_one_out_learns_nothing_from_losses_without_signal(name, q, m):
     assert ((member[:, 1:] & used).sum(1) == m // 2 - 1).all() and ((~member[:, 1:] & used).sum(1) == m // 2 - 1).all()
 
 
+@pytest.mark.parametrize("name,q", [("lira", 1), ("strong-lira", 4)])
+@pytest.mark.parametrize("m", [6, 8])
+def test_a_separate_target_from_the_same_matrix_learns_nothing_from_losses_without_signal(name, q, m):
+    """``mia --models m-1 --target SHADOWS/model-(m-1)``: the target trained on the last column of the
+    balanced matrix and the shadows are the others, so their IN/OUT counts follow its labels just as
+    in leave-one-out (before equalising in ``model`` mode too: strong-lira AUC 0.14 at m = 6)."""
+    from diffaudit.attacks.membership.targets import score_models
+    from diffaudit.data import make_membership
+
+    n = 3000
+    rng = np.random.default_rng(m + q)
+    member = make_membership(n, m, seed=3)
+    losses = np.exp(rng.normal(0.0, 1.0, (n, 1, 1)) + 0.3 * rng.normal(size=(n, m, q)))
+    pooled = score_models(get_attack(name), losses[:, :-1], member[:, :-1], mode="model",
+                          target_losses=losses[:, -1], target_in=member[:, -1])
+    assert abs(auc(pooled.scores, pooled.labels) - 0.5) < 0.04
+
+
 def test_equal_in_out_draws_c_of_each_side_per_example_and_target():
     from diffaudit.attacks.membership.targets import equal_in_out
 
@@ -289,3 +307,18 @@ def test_dropped_duplicates_leave_only_their_own_models_nonmember_rows():
     kept = without_nonmember_rows(pooled, {0: np.array([1, 2]), 1: np.array([0])})
     assert kept.scores.tolist() == [0.0, 3.0, 4.0, 5.0, 6.0, 7.0]
     assert kept.model_index.tolist() == [0, 0, 1, 1, 1, 1] and kept.labels.tolist() == [1, 0, 1, 0, 0, 0]
+
+
+def test_shadows_per_side_is_what_equal_in_out_leaves():
+    from diffaudit.attacks.membership.targets import equal_in_out, shadows_per_side
+    from diffaudit.data import make_membership
+
+    member = make_membership(300, 8, seed=0)
+    assert shadows_per_side(member) == 3  # leave-one-out: 4 IN of 8, the target's own column left out
+    assert shadows_per_side(member, mode="shadow", index=2) == 3
+    assert shadows_per_side(member, mode="model") == 4
+    few = member[:, :3]  # a few columns of a larger matrix: some examples are IN (or OUT) for all three
+    assert shadows_per_side(few, mode="model") == 0
+    for k in range(8):
+        others = member[:, np.r_[0:k, k + 1:8]]
+        assert (others & equal_in_out(others, target=k)).sum(1).min() == 3

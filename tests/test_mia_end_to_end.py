@@ -60,6 +60,8 @@ def test_fixed_variance_lira_detects_members(shadows):
     assert r["attack"] == "lira-fixed" and r["timesteps"] == [100]
     assert r["auc"] > 0.7  # leave-one-out over 4 models: 80 members, 80 non-members
     assert r["n_members"] == int(matrix.sum()) and r["n_nonmembers"] == matrix.size - int(matrix.sum())
+    assert r["n_examples"] == N and r["rows"].startswith("one per (target model, example) pair")
+    assert r["shadows_per_side"] == M // 2 - 1  # leave-one-out over 4 balanced models
     # 80 non-members cannot resolve an FPR of 1% or 0.1%: null, not 0
     assert r["tpr_at_fpr"] == {"0.01": None, "0.001": None}
     assert r["ci"]["auc"]["low"] <= r["auc"] <= r["ci"]["auc"]["high"]
@@ -186,10 +188,13 @@ def test_inputs_the_shadows_were_not_trained_on_are_refused(shadows, capsys, tmp
     capsys.readouterr()
     rc, _ = mia(root, "wrong-matrix", "--attack", "loss", "--membership", str(tmp_path / "other.npz"))
     assert rc == 2 and "column 0 of the membership matrix" in capsys.readouterr().err
-    # the same keys over other pixels: digits scaled to 16x16 are not what the shadows saw
-    rc = main(["--quiet", "mia", *DATA, "--image-size", "16", "--shadows", str(root / "shadows"), "--attack", "loss",
-               "--out", str(tmp_path / "wrong-pixels"), "--device", "cpu", "--loss-cache", str(tmp_path / "cache")])
-    assert rc == 2 and "trained on other pixels" in capsys.readouterr().err
+    # the same keys over other pixels: digits scaled to 16x16 are not even the shadows' size, and the
+    # centre 6x6 scaled back to 8x8 is their size but not what they saw
+    for name, options, message in [("wrong-size", ["--image-size", "16"], "takes 8x8 images with 1 channel(s)"),
+                                   ("wrong-pixels", ["--center-crop", "6", "--image-size", "8"], "trained on other pixels")]:
+        rc = main(["--quiet", "mia", *DATA, *options, "--shadows", str(root / "shadows"), "--attack", "loss",
+                   "--out", str(tmp_path / name), "--device", "cpu", "--loss-cache", str(tmp_path / "cache")])
+        assert rc == 2 and message in capsys.readouterr().err
     copy = tmp_path / "copy-of-model-01"
     shutil.copytree(root / "shadows" / "model-01", copy)
     rc, _ = mia(root, "copy", "--attack", "lira", "--target", str(copy))
@@ -281,3 +286,37 @@ def test_target_trained_on_every_example_is_refused_before_any_loss(shadows, tmp
     assert rc == 2 and f"--target {target}" in err and f"{N} members and 0 non-members" in err
     assert "examples it did not" in err and "Traceback" not in err
     assert not out.exists() and not list(cache.rglob("*.npy"))
+
+
+def test_a_target_built_unlike_the_shadows_is_refused_before_any_loss(shadows, capsys, tmp_path):
+    """LiRA compares the target's loss with the shadows' on the same x_t: a class-conditional target
+    (its loss taken with labels) or one with another noise schedule gave an AUC of another question."""
+    import json
+    import shutil
+
+    root, _, _ = shadows
+    for name, folder, change, message in [
+        ("conditional", "unet/config.json", {"num_class_embeds": 10}, "is unconditional but --target"),
+        ("cosine", "scheduler/scheduler_config.json", {"beta_schedule": "squaredcos_cap_v2"}, "another noise schedule"),
+    ]:
+        target = tmp_path / name
+        shutil.copytree(root / "shadows" / "model-01", target)
+        path = target / folder
+        path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+        capsys.readouterr()
+        rc = main(["--quiet", "mia", *DATA, "--shadows", str(root / "shadows"), "--models", "2", "--attack", "lira-fixed",
+                   "--target", str(target), "--out", str(tmp_path / f"out-{name}"), "--device", "cpu",
+                   "--loss-cache", str(tmp_path / "cache")])
+        assert rc == 2 and message in capsys.readouterr().err
+        assert not (tmp_path / f"out-{name}").exists()  # refused before the output folder
+    assert not list((tmp_path / "cache").glob("*/*.npy"))
+
+
+def test_per_example_variance_from_few_shadows_is_warned_about(shadows, capsys):
+    root, _, _ = shadows
+    capsys.readouterr()
+    rc, out = mia(root, "lira-few", "--attack", "lira")
+    assert rc == 0 and read_json(out / "result.json")["shadows_per_side"] == 1
+    assert "lira fits a variance per example from as few as 1 IN and 1 OUT shadows" in capsys.readouterr().err
+    rc, _ = mia(root, "lira-fixed-few", "--attack", "lira-fixed")
+    assert rc == 0 and "warning" not in capsys.readouterr().err  # one variance for all examples

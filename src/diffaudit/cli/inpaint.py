@@ -256,25 +256,14 @@ class _Models:
 # --------------------------------------------------------------------------- run
 
 def check_models_fit(target: Path, shadows: list[Path], ds, *, timestep: int, shadow_flag: str = "--shadow") -> None:
-    """Before any inpainting: the target and every shadow take ``ds``'s images, are class-conditional
-    alike (the same labels go to both) and have the scoring ``timestep`` in their schedule. Errors
-    name a shadow by ``shadow_flag`` (``--shadow`` or ``--shadows``), the flag its path came from."""
-    from diffaudit.models.denoiser import check_model_input, read_unet_config
-    from diffaudit.models.scheduler import num_train_timesteps
+    """Before any inpainting: the target and every shadow take ``ds``'s images and are built alike
+    (conditioning, noise schedule, prediction type: :func:`~diffaudit.models.alike.check_models_alike`),
+    with the scoring ``timestep`` in their schedule. Errors name a shadow by ``shadow_flag``
+    (``--shadow`` or ``--shadows``), the flag its path came from."""
+    from diffaudit.models.alike import check_models_alike
 
-    conditional = {}
-    for what, run in [("--model", target)] + [(shadow_flag, s) for s in shadows]:
-        config = read_unet_config(run, what)
-        check_model_input(config, ds.image_shape, labels=ds.labels, what=f"{what} {run}")
-        conditional[run] = bool(config.get("num_class_embeds"))
-        t_max = num_train_timesteps(run)
-        if not 0 <= timestep < t_max:
-            raise DiffauditError(f"--timestep must lie in [0, {t_max - 1}] ({what} {run} has {t_max} timesteps); got {timestep}")
-    for run in shadows:
-        if conditional[run] != conditional[target]:
-            kind = lambda c: "class-conditional" if c else "unconditional"  # noqa: E731
-            raise DiffauditError(f"the target {target} is {kind(conditional[target])} but the shadow {run} is "
-                                 f"{kind(conditional[run])}: the scoring gives both the same input, so both must be alike")
+    check_models_alike([("--model", target)] + [(shadow_flag, s) for s in shadows], ds.image_shape, ds.labels,
+                       timesteps=[timestep], timestep_flag="--timestep")
 
 
 def _settings(args, config, device, ds, shadows: dict[int, Path], masks: dict) -> dict:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from diffaudit.attacks.membership.registry import ATTACK_NAMES, get_attack
-from diffaudit.attacks.membership.run import (MiaConfig, MiaScores, TargetSpec, check_target, check_target_not_shadow,
+from diffaudit.attacks.membership.registry import ATTACK_NAMES, FEW_SHADOWS_PER_SIDE, PER_EXAMPLE_VARIANCE, get_attack
+from diffaudit.attacks.membership.run import (MiaConfig, MiaScores, TargetSpec, check_target, check_target_not_shadow, mia_models,
                                               run_mia, shadow_run_dirs)
+from diffaudit.attacks.membership.targets import shadows_per_side
 from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit, emit_finished
 from diffaudit.cli.shadows import membership_digest
 from diffaudit.core.batch_fit import batch_option
@@ -26,6 +28,7 @@ from diffaudit.data.digest import dataset_digest
 from diffaudit.data.membership import load_membership
 from diffaudit.evaluation.attack_evaluation import evaluate_attack
 from diffaudit.evaluation.timestep_sweep import evaluate_sweep
+from diffaudit.models.alike import check_models_alike
 from diffaudit.models.digest import model_digest
 from diffaudit.models.scheduler import num_train_timesteps
 from diffaudit.report.plots_roc import write_roc_png, write_sweep_png
@@ -114,7 +117,11 @@ def write_mia_outputs(out: Path, scores: MiaScores, dataset: ImageDataset, *, co
     write_roc_png(out / "roc.png", [ev])
     fields = ev.to_dict()
     fields.update(
-        target=scores.target.to_dict(), n_models=scores.n_models, queries_per_timestep=config.n_draws * (2 if config.flips else 1),
+        target=scores.target.to_dict(), n_models=scores.n_models, shadows_per_side=scores.shadows_per_side,
+        n_examples=int(len(np.unique(main.example_index))),
+        rows=("one per (target model, example) pair: every model in turn is the target, its rows pooled"
+              if scores.target.mode == "leave-one-out" else "one per example"),
+        queries_per_timestep=config.n_draws * (2 if config.flips else 1),
         n_draws=config.n_draws, flips=config.flips, transform=config.transform,
         strong_aggregate=config.strong_aggregate if scores.attack.startswith("strong") else None,
         sweep=None if sweep is None else sweep.to_dict(), scores_file="scores.npz", roc_png="roc.png",
@@ -130,6 +137,17 @@ def _summary(r: dict[str, Any]) -> str:
     fmt = lambda v: "n/a (too few non-members)" if v is None else f"{100 * v:.2f}%"  # noqa: E731
     return (f"{r['attack']}: AUC {r['auc']:.4f}, TPR {fmt(tpr.get('0.01'))} at 1% FPR, {fmt(tpr.get('0.001'))} at 0.1% FPR "
             f"({r['n_members']} members, {r['n_nonmembers']} non-members)")
+
+
+def _warn_if_few_shadows(attack: str, membership, target: TargetSpec) -> None:
+    """Say when an attack fits a variance per example from fewer than FEW_SHADOWS_PER_SIDE shadows a side."""
+    if attack not in PER_EXAMPLE_VARIANCE:
+        return
+    per_side = shadows_per_side(membership, mode=target.mode, index=target.index)
+    if per_side < FEW_SHADOWS_PER_SIDE:
+        print(f"diffaudit mia: warning: {attack} fits a variance per example from as few as {per_side} IN and "
+              f"{per_side} OUT shadows; below {FEW_SHADOWS_PER_SIDE} a side, {attack}-fixed (one variance for all "
+              "examples) is usually the stronger attack", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -149,9 +167,7 @@ def run(args: argparse.Namespace) -> int:
     strong = args.attack.startswith("strong")
     n_draws = args.draws if args.draws is not None else (DEFAULT_STRONG_DRAWS if strong else 1)
     flips = strong if args.flips is None else args.flips
-    t_max = num_train_timesteps(runs[0])
-    if any(t >= t_max for t in args.timesteps):  # an empty list is refused by config.validate()
-        raise DiffauditError(f"--timesteps must lie in [0, {t_max - 1}]; got {list(args.timesteps)}")
+    t_max = num_train_timesteps(runs[0])  # the sweep's last step; every model's range is checked below
     config = MiaConfig(attack=args.attack, timesteps=tuple(args.timesteps), sweep=_clip_sweep(args.sweep, t_max),
                        n_draws=n_draws, flips=flips, noise_seed=args.seed, transform=args.transform,
                        strong_aggregate=args.strong_aggregate, precision=precision, batch_size=args.batch_size)
@@ -163,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         target = TargetSpec()
     check_target(ds, mem.matrix[:, :m], target)  # members and non-members both: before any loss or folder
+    check_models_alike(mia_models(runs, target), ds.image_shape, ds.labels, timesteps=config.all_timesteps)
+    _warn_if_few_shadows(args.attack, mem.matrix[:, :m], target)
     # the weights and pixels behind the paths: shadows retrained or data rewritten in place are other inputs
     digests = {r.name: model_digest(r) for r in runs}
     target_digest = model_digest(target.run) if target.mode == "model" else None

@@ -191,6 +191,15 @@ def read_unet_config(path: str | Path, flag: str = "--model") -> dict:
     return config
 
 
+def read_schedule(path: str | Path, flag: str = "--model") -> tuple[np.ndarray, str]:
+    """ᾱ_t, float64 (T,) in (0, 1], and the ``prediction_type`` of a model folder's noise schedule
+    (:func:`load_denoiser`'s; the paper's DDPM schedule where the folder records none), weights unread."""
+    root = Path(path)
+    _, sched_dir = _locate(root, flag)
+    scheduler = _scheduler_from(sched_dir, root, flag)
+    return alphas_cumprod_of(scheduler).numpy(), str(scheduler.config.prediction_type)
+
+
 def check_model_input(config, image_shape: tuple[int, int, int], *, labels, what: str) -> None:
     """Refuse images a UNet was not built for, before any work.
 

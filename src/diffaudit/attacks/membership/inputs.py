@@ -113,7 +113,12 @@ class AttackInput:
         """Raise unless the shadows an attack needs are present (some OUT; some IN when ``need_in``)."""
         if self.shadows is None or self.shadows.shape[1] == 0:
             raise DiffauditError(f"attack {attack!r} needs shadow models; none were given")
-        if not self.out_mask.any():
+        if self.shadow_in.all():
             raise DiffauditError(f"attack {attack!r} needs shadow models that did not train on the examples (OUT); none did")
-        if need_in and not self.in_mask.any():
+        if need_in and not self.shadow_in.any():
             raise DiffauditError(f"attack {attack!r} needs shadow models trained on the examples (IN); none were")
+        if not self.out_mask.any() or (need_in and not self.in_mask.any()):
+            raise DiffauditError(
+                f"attack {attack!r} reads as many IN as OUT shadows per example (so that their counts do not give "
+                "the target's labels away), and no example has shadows on both sides: train the shadows on a "
+                "membership matrix (diffaudit shadows), where every example is IN for half of them")

@@ -37,11 +37,12 @@ from diffaudit.attacks.membership.loss_cache import PRECISIONS, cached_model_los
 from diffaudit.data.digest import dataset_digest
 from diffaudit.attacks.membership.registry import get_attack
 from diffaudit.attacks.membership.sweep import sweep_scores
-from diffaudit.attacks.membership.targets import PooledScores, score_models, without_nonmember_rows
+from diffaudit.attacks.membership.targets import PooledScores, score_models, shadows_per_side, without_nonmember_rows
 from diffaudit.core.batch_fit import AUTO
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.progress import stage_line
 from diffaudit.data.dataset import ImageDataset
+from diffaudit.models.alike import check_models_alike
 from diffaudit.models.digest import model_digest
 from diffaudit.models.run_files import read_dropped_duplicates
 from diffaudit.models.run_record import check_trained_on, has_train_ids
@@ -102,6 +103,11 @@ class MiaConfig:
         if self.precision not in PRECISIONS:
             raise DiffauditError(f"--precision must be one of {', '.join(PRECISIONS)}")
 
+    @property
+    def all_timesteps(self) -> list[int]:
+        """The attack's timesteps, then the sweep's not among them: every t whose losses are computed."""
+        return list(dict.fromkeys([*self.timesteps, *self.sweep]))
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["timesteps"], d["sweep"] = list(self.timesteps), list(self.sweep)
@@ -133,6 +139,8 @@ class MiaScores:
         n_models: number of shadow models.
         n_excluded: (target, example) rows left out of ``main``: near-duplicates that a deduplicated
             target dropped from training (copies of its members, not fair non-members).
+        shadows_per_side: the fewest IN (= OUT) shadows an example was scored with
+            (:func:`~.targets.shadows_per_side`); None for an attack without shadows.
     """
 
     attack: str
@@ -142,6 +150,7 @@ class MiaScores:
     sweep: dict[int, PooledScores] = field(default_factory=dict)
     n_models: int = 0
     n_excluded: int = 0
+    shadows_per_side: int | None = None
 
 
 def shadow_run_dirs(shadows_dir: str | Path, n_models: int) -> list[Path]:
@@ -267,6 +276,13 @@ def check_target_not_shadow(target_run: str | Path, shadow_runs: Sequence[str | 
                                  f"enter its IN/OUT statistics; {hint}")
 
 
+def mia_models(shadow_runs: Sequence[str | Path], target: TargetSpec) -> list[tuple[str, Path]]:
+    """(flag, folder) of every model whose losses the attack compares, a separate target first: what
+    :func:`~diffaudit.models.alike.check_models_alike` checks."""
+    shadows = [("--shadows", Path(r)) for r in shadow_runs]
+    return ([("--target", Path(target.run))] if target.mode == "model" else []) + shadows
+
+
 def run_mia(
     dataset: ImageDataset,
     membership: np.ndarray,
@@ -311,9 +327,11 @@ def run_mia(
             "(train 4 or more models on random halves: `diffaudit membership --models 4`)"
         )
 
+    per_side = shadows_per_side(membership, mode=target.mode, index=target.index) if attack.needs_shadows else None
     check_shadow_training(dataset, membership, shadow_runs)
     target_in = check_target(dataset, membership, target)  # members and non-members both, before any loss
-    all_ts = list(dict.fromkeys([*config.timesteps, *config.sweep]))  # attack timesteps first, no repeats
+    all_ts = config.all_timesteps
+    check_models_alike(mia_models(shadow_runs, target), dataset.image_shape, dataset.labels, timesteps=all_ts)
     data_fp = data_digest or dataset_digest(dataset)
 
     def losses_of(run: str | Path, name: str) -> np.ndarray:
@@ -351,7 +369,7 @@ def run_mia(
         sweep = sweep_scores(attack, all_losses[:, :, pos], membership, sorted(config.sweep), **who,
                              target_losses=None if target_losses is None else target_losses[:, pos])
     scores = MiaScores(attack=config.attack, timesteps=list(config.timesteps), target=target, main=main,
-                       sweep=sweep, n_models=m)
+                       sweep=sweep, n_models=m, shadows_per_side=per_side)
     return without_dropped_duplicates(scores, dataset, shadow_runs)
 
 
