@@ -8,7 +8,7 @@ SMALL = ["audit", "--train-size", "8", "--steps", "400", "--batch-size", "8", "-
          "--sweep", "", "--device", "cpu", "--quiet"]
 
 
-def test_audit_extracts_memorized_digits_and_writes_the_report(tmp_path, capsys):
+def test_audit_extracts_memorized_digits_and_writes_the_report(tmp_path, capsys, monkeypatch):
     out = tmp_path / "audit"
     assert main(SMALL + ["--out", str(out)]) == 0
     result = json.loads((out / "result.json").read_text())
@@ -39,6 +39,12 @@ def test_audit_extracts_memorized_digits_and_writes_the_report(tmp_path, capsys)
     last = capsys.readouterr().out
     assert f"{result['unique_extracted']} of 8 training images extracted from 64 generations (false-positive baseline: " in last
     assert "never-seen images, p = " in last
+    # finished: a re-run rewrites nothing, so a finished audit on read-only storage still answers
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    monkeypatch.setenv("DIFFAUDIT_STORAGE_FAULT", "EROFS")
+    assert main(SMALL + ["--out", str(out)]) == 0
+    monkeypatch.delenv("DIFFAUDIT_STORAGE_FAULT")
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == stamps
 
 
 def test_audit_config_file_and_changed_settings(tmp_path, capsys):

@@ -33,11 +33,14 @@ def _main(argv: list[str]) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def audit(tmp_path_factory):
-    """A small audit without shadows, run twice (the second run resumes): (folder, first run, second run)."""
+    """A small audit without shadows, run twice: the second resumes it as if the first had been killed
+    after its last stage, before its result (a finished audit answers without running its stages):
+    (folder, first run, second run)."""
     root = tmp_path_factory.mktemp("walkthrough") / "audit-out"
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("DIFFAUDIT_QUIET", raising=False)
         first = _main([*AUDIT, "--out", root])
+        (root / "result.json").unlink()
         second = _main([*AUDIT, "--out", root])
     assert first[0] == 0, first[2]
     assert second[0] == 0, second[2]

@@ -266,7 +266,7 @@ def test_full_disk_is_a_clear_error(shadows, monkeypatch, capsys):
     rc, out = mia(root, "full", "--attack", "loss")
     assert rc == 2
     err = capsys.readouterr().err
-    assert "could not write" in err and "No space left" in err
+    assert "could not write" in err and "No space left" in err and "Free space" in err
     assert not (out / "result.json").exists()
 
 

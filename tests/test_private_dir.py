@@ -61,5 +61,6 @@ def test_a_created_folder_is_0o700_exactly_whatever_the_umask(tmp_path):
 def test_a_file_in_the_way_is_a_clear_error(tmp_path):
     (tmp_path / "f").write_text("x")
     for path in (tmp_path / "f", tmp_path / "f" / "sub"):
-        with pytest.raises(DiffauditError, match=f"could not write {path}"):
+        with pytest.raises(DiffauditError, match=f"could not write {path}") as caught:
             make_private_dir(path)
+        assert "A file is in the way" in str(caught.value) and "Free space" not in str(caught.value)

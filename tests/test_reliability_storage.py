@@ -238,6 +238,21 @@ def test_sample_read_only_output_writes_nothing(tiny_model, tmp_path, monkeypatc
     assert not out.exists()
 
 
+def test_finished_commands_answer_from_read_only_storage(sample_reference, tiny_model, tmp_path, monkeypatch, capsys):
+    """A finished store or run re-run as it was made rewrites nothing: it answers from an archive."""
+    ref, _ = sample_reference
+    store = tmp_path / "store"
+    assert main(sample_argv(tiny_model, store)) == 0
+    extract = ["extract", "--samples", str(store), "--out", str(tmp_path / "ex"), "--device", "cpu", "--quiet"]
+    assert main(extract) == 0
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    for argv in (sample_argv(tiny_model, store), extract):
+        rc, err = run_with_fault(monkeypatch, capsys, argv, "EROFS")
+        assert rc == 0, err
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == stamps
+    assert_same_store(store, ref)
+
+
 # --------------------------------------------------------------------------- extract
 
 def test_extract_every_failing_write_then_resume(sample_reference, tmp_path, monkeypatch, capsys):

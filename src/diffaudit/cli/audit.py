@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from typing import Any
 
-from diffaudit.cli.common import add_data_args, data_options, emit
+from diffaudit.cli.common import add_data_args, data_options, emit, emit_finished
 from diffaudit.cli.train import add_train_options
 from diffaudit.core.errors import DiffauditError
 
@@ -300,6 +300,8 @@ class _Stages:
                 code = main(argv + self.common)
             except SystemExit as exc:  # the stage's own argument parser refused a value
                 code = exc.code if isinstance(exc.code, int) else 2
+            if code == 130:  # the stage was interrupted (it said so): the audit is, too
+                raise KeyboardInterrupt
             if code != 0:
                 raise DiffauditError(f"stage `{name}` failed (exit {code}); fix the cause and re-run: finished stages are kept")
             stage_line(f"audit: {name}: done in {time.perf_counter() - t0:.1f}s")
@@ -445,7 +447,6 @@ def run(args: argparse.Namespace) -> int:
     from diffaudit.models.run_files import read_dropped_duplicates
     from diffaudit.report import render_report, write_summary
     from diffaudit.attacks.extraction.grid import resolve_grid
-    from diffaudit.report.view_extraction import baseline_phrase
 
     args = apply_config(args, args._argv)
     if args.shadows < 0 or args.shadows % 2:
@@ -478,7 +479,10 @@ def run(args: argparse.Namespace) -> int:
                 "--data that also holds held-out images, e.g. train it on `--data cifar10 --subset 25000` and audit "
                 "it with `--data cifar10`")
     settings = audit_settings(args)
-    out, _ = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrade_settings)
+    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrade_settings)
+    if emit_finished(args, out, resumed, lambda r: _head(r, _read_summary(out)), stale=lambda r: _stale(r, out),
+                     stale_files=("summary.json", "report.html")):
+        return 0  # nothing rewritten: a finished audit may lie on read-only storage
     write_bytes_atomic(out / "config.toml", config_toml(settings).encode("utf-8"))
     t0 = time.perf_counter()
     # with --json the stages print nothing on stdout either: it holds the audit's JSON alone
@@ -560,12 +564,41 @@ def run(args: argparse.Namespace) -> int:
     summary = read_json(write_summary(out))
     report = render_report(out, redact=args.redact)
     stage_line(f"audit: report written to {report}")
+    emit(args, result, f"{_head(result, summary)}. Report: {report}")
+    return 0
+
+
+def _stale(result: dict[str, Any], out: Path) -> str | None:
+    """Why a finished audit's result no longer holds, or None: its mia stage ran before the
+    near-duplicates a deduplicated target dropped were left out of the non-members (checked again,
+    with what to do, when the audit goes through its stages)."""
+    from diffaudit.core.io import read_json
+
+    mia = out / "mia" / "result.json"
+    if result.get("n_excluded_duplicates") and mia.exists() and "n_excluded" not in read_json(mia):
+        return "was finished before near-duplicates the target dropped were left out of its non-members; checking again"
+    return None
+
+
+def _read_summary(out: Path) -> dict[str, Any]:
+    """The audit folder's summary.json, {} when it is missing or unreadable."""
+    from diffaudit.core.io import read_json
+
+    try:
+        return read_json(out / "summary.json")
+    except DiffauditError:
+        return {}
+
+
+def _head(result: dict[str, Any], summary: dict[str, Any]) -> str:
+    """The audit's answer in one line, from its result.json and summary.json."""
+    from diffaudit.report.view_extraction import baseline_phrase
+
     base = baseline_phrase(summary.get("extraction"))
-    head = (f"{fields['unique_extracted']} of {len(member_keys)} training images extracted from {fields['n_samples']} "
-            "generations" + (f" ({base})" if base else ""))
-    if fields["mia"]:
-        m = fields["mia"]
+    head = (f"{result.get('unique_extracted')} of {result.get('n_train')} training images extracted from "
+            f"{result.get('n_samples')} generations" + (f" ({base})" if base else ""))
+    m = result.get("mia")
+    if m:
         tpr = (m.get("tpr_at_fpr") or {}).get("0.01")
         head += f"; {m['attack']} MIA AUC {m['auc']:.3f}, TPR {'n/a' if tpr is None else f'{100 * tpr:.1f}%'} at 1% FPR"
-    emit(args, result, f"{head}. Report: {report}")
-    return 0
+    return head

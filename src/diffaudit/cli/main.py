@@ -19,6 +19,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from diffaudit import __version__  # noqa: E402
 from diffaudit.cli.common import StdoutClosed, set_quiet, write_stdout  # noqa: E402
+from diffaudit.core import folder_lock  # noqa: E402
 from diffaudit.core.errors import DiffauditError  # noqa: E402
 
 # Order shown in --help: the audit first, then the pipeline's stages.
@@ -149,9 +150,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    """Parse ``argv`` and run its command; its errors become messages and exit statuses."""
+    """Parse ``argv`` and run its command; its errors become messages and exit statuses. Ctrl-C at any
+    moment, also while the command's modules are still being imported, ends it with status 130 and
+    one line, never a traceback."""
     raw = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in raw if not a.startswith("-")), None)  # top-level options are flags only
+    held_before = folder_lock.held()  # an audit's own folder, while it runs a stage in-process
+    try:
+        return _parse_and_run(argv, raw, command)
+    except KeyboardInterrupt:
+        name = f"diffaudit {command}" if command in COMMANDS else "diffaudit"
+        print(f"{name}: interrupted; finished work is kept, re-run to continue", file=sys.stderr)
+        return 130
+    finally:
+        folder_lock.release(keep=held_before)  # the --out folders this command locked
+
+
+def _parse_and_run(argv: list[str] | None, raw: list[str], command: str | None) -> int:
     parser = build_parser(only=command if command in COMMANDS else None, overview=command not in COMMANDS)
     missing = next((_UNAVAILABLE[a] for a in raw if a in _UNAVAILABLE), None)
     if missing:
@@ -169,9 +184,6 @@ def _main(argv: list[str] | None) -> int:
     except DiffauditError as exc:
         print(f"diffaudit {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"diffaudit {args.command}: interrupted; finished work is kept, re-run to continue", file=sys.stderr)
-        return 130
     finally:
         if previous is None:
             os.environ.pop("DIFFAUDIT_QUIET", None)

@@ -141,6 +141,8 @@ def sample_into(args: argparse.Namespace, model: str, out: str):
     store = SampleStore.create(out, settings=settings, prompts=prompts, per_prompt=per_prompt,
                                image_shape=source.image_shape, shard_size=args.shard_size, fresh=args.fresh,
                                upgrade=upgrade_settings)
+    if not store.pending() and (store.path / "result.json").exists():
+        return store  # finished earlier: nothing rewritten (a finished store may lie on read-only storage)
     if getattr(args, "ray", None):
         from diffaudit.store.ray_fill import fill_store_ray
 

@@ -28,10 +28,23 @@ from diffaudit.core.errors import DiffauditError
 from diffaudit.core.faults import check_storage
 
 
+#: What to do about a failed write, by errno (the rest get the generic advice).
+_ADVICE = {
+    errno.ENOSPC: "Free space or choose another --out",
+    errno.EDQUOT: "Free space (the disk quota is used up) or choose another --out",
+    errno.EROFS: "Choose a writable --out",
+    errno.EACCES: "Choose a --out you may write to",
+    errno.EPERM: "Choose a --out you may write to",
+    errno.EEXIST: "A file is in the way: remove it or choose another --out",
+    errno.ENOTDIR: "A file is in the way of a folder on that path: remove it or choose another --out",
+    errno.ENOENT: "The folder disappeared while writing (removed by another process?); re-run",
+}
+
+
 def _storage_error(path: Path, exc: OSError) -> DiffauditError:
+    advice = _ADVICE.get(exc.errno, "Free space or choose a writable --out")
     return DiffauditError(
-        f"could not write {path}: {exc.strerror or exc}. Free space or choose a writable --out; "
-        "finished work is kept and a re-run continues from it."
+        f"could not write {path}: {exc.strerror or exc}. {advice}; finished work is kept and a re-run continues from it."
     )
 
 
@@ -203,8 +216,10 @@ def make_private_dir(path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     try:
-        check_storage(path)
-        for folder in _missing_folders(path):
+        missing = _missing_folders(path)
+        if missing:  # an existing folder is not written to (a finished run may lie on read-only storage)
+            check_storage(path)
+        for folder in missing:
             _make_owner_only(folder)
         if not path.is_dir():
             raise FileExistsError(errno.EEXIST, "exists and is not a folder", str(path))

@@ -28,6 +28,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+from diffaudit.core import folder_lock
 from diffaudit.core.errors import DiffauditError, SettingsMismatchError
 from diffaudit.core.io import make_private_dir, read_json, remove_stale_temps, write_json_atomic
 
@@ -225,6 +226,7 @@ def prepare_out_dir(out: str | os.PathLike, command: str, settings: dict[str, An
     Raises :class:`SettingsMismatchError` when it holds different ones.
     """
     path = Path(out)
+    folder_lock.hold(path)  # one process at a time from here: never deleted, read or written by two
     if fresh:
         remove_for_fresh(path)
     else:

@@ -1,0 +1,113 @@
+"""One process at a time per output folder.
+
+Two commands started on the same ``--out`` could both find it without settings (or with equal
+ones) and then write into it side by side: one run's weights beside the other's settings, or one
+failing half-way on the other's temporary files. :func:`hold` takes an exclusive advisory lock
+(``flock``) before the folder's settings are read, and refuses, naming the other process, when it
+is taken.
+
+The lock file lies outside the folder, in a private directory of this user under the system's
+temporary directory, named by a digest of the folder's resolved path: nothing is added to a
+user's folder (also not to one diffaudit then refuses), and ``--fresh`` moving the folder aside
+keeps it locked. The lock belongs to the open file, so it ends when the command releases it
+(:func:`release`, which the CLI calls when a command returns) or when its process ends in any way,
+a kill included: a stale lock file never blocks a re-run. Released lock files are deleted; a
+process that locked a file just deleted sees its inode gone and locks the new one instead.
+
+Limits: processes on one machine only (the lock directory is local; ``flock`` over network file
+systems is not reliable either), and none where ``fcntl`` does not exist (Windows).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from diffaudit.core.errors import DiffauditError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+_HELD: dict[str, tuple[int, Path]] = {}  # resolved folder -> (open lock file, its path)
+
+
+def lock_dir() -> Path | None:
+    """This user's lock directory (created owner-only), or None where it cannot be used safely
+    (it belongs to someone else, or cannot be made)."""
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    folder = Path(tempfile.gettempdir()) / f"diffaudit-locks-{uid}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        st = folder.lstat()
+    except OSError:
+        return None
+    return folder if folder.is_dir() and not folder.is_symlink() and st.st_uid == uid else None
+
+
+def lock_path(folder: str | os.PathLike) -> Path | None:
+    """Where the lock of ``folder`` lies (None: folders cannot be locked here)."""
+    base = lock_dir()
+    if base is None:
+        return None
+    digest = hashlib.sha256(str(Path(folder).resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    return base / f"{digest}.lock"
+
+
+def held() -> set[str]:
+    """The folders this process holds (resolved paths)."""
+    return set(_HELD)
+
+
+def hold(folder: str | os.PathLike) -> None:
+    """Lock ``folder`` for this process; a folder it holds already stays held.
+
+    Raises:
+        DiffauditError: another process holds it (its process id is named when recorded).
+    """
+    key = str(Path(folder).resolve())
+    path = lock_path(folder) if fcntl is not None else None
+    if path is None or key in _HELD:
+        return
+    for _ in range(8):  # retried only when the file was deleted (released) between open and lock
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            other = os.read(fd, 32).decode("ascii", "replace").split("\n")[0].strip()
+            os.close(fd)
+            who = f"another diffaudit process (pid {other})" if other.isdigit() else "another diffaudit process"
+            raise DiffauditError(f"{folder} is in use by {who}; wait for it to finish, or choose another --out") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n{key}\n".encode("utf-8", "surrogateescape"))
+            _HELD[key] = (fd, path)
+            return
+        os.close(fd)
+    raise DiffauditError(f"could not lock {folder}: its lock file {path} keeps being replaced")
+
+
+def release_folder(folder: str | os.PathLike) -> None:
+    """Release ``folder`` if this process holds it, deleting its lock file."""
+    entry = _HELD.pop(str(Path(folder).resolve()), None)
+    if entry is not None:
+        fd, path = entry
+        try:
+            path.unlink()  # before closing: whoever locks the old file next sees it gone and retries
+        except OSError:
+            pass
+        os.close(fd)
+
+
+def release(keep: set[str] | frozenset[str] = frozenset()) -> None:
+    """Release every folder this process holds except those in ``keep`` (what :func:`held` gave
+    before a nested command, so an audit keeps its own folder while its stages come and go)."""
+    for key in [k for k in _HELD if k not in keep]:
+        release_folder(key)
