@@ -64,3 +64,18 @@ def test_a_file_in_the_way_is_a_clear_error(tmp_path):
         with pytest.raises(DiffauditError, match=f"could not write {path}") as caught:
             make_private_dir(path)
         assert "A file is in the way" in str(caught.value) and "Free space" not in str(caught.value)
+
+
+def test_a_trained_run_is_owner_only_also_where_diffusers_writes_the_files(tmp_path):
+    """The UNet and scheduler folders are written by diffusers with the umask's modes; a run's whole
+    tree (weights of a model trained on private images) is owner-only all the same."""
+    from diffaudit.cli.main import main
+
+    old = os.umask(0o022)
+    try:
+        assert main(["train", "--data", "digits", "--subset", "16", "--steps", "2", "--batch-size", "8",
+                     "--checkpoint-every", "2", "--device", "cpu", "--quiet", "--out", str(tmp_path / "run")]) == 0
+    finally:
+        os.umask(old)
+    for path in [tmp_path / "run", *(tmp_path / "run").rglob("*")]:
+        assert _mode(path) == (0o700 if path.is_dir() else 0o600), path

@@ -94,8 +94,30 @@ def test_export_png(tiny_model, tmp_path):
     out = tmp_path / "s"
     assert main(sample_args(tiny_model, out)) == 0
     assert main(["export", "--samples", str(out), "--out", str(tmp_path / "png"), "--quiet"]) == 0
-    files = sorted(os.listdir(tmp_path / "png"))
+    files = sorted(f for f in os.listdir(tmp_path / "png") if f.endswith(".png"))
     assert len(files) == 40 and "p0-i0.png" in files
+
+
+def test_export_resumes_and_never_mixes_two_stores_or_exports_an_unfinished_one(tiny_model, tmp_path, capsys):
+    from diffaudit.core.io import read_json
+
+    out, other, png = tmp_path / "s", tmp_path / "s2", tmp_path / "png"
+    assert main(sample_args(tiny_model, out)) == 0
+    assert main(sample_args(tiny_model, other) + ["--seed", "5"]) == 0
+    assert main(["export", "--samples", str(out), "--out", str(png), "--quiet"]) == 0
+    (png / "p0-i3.png").unlink()
+    (png / "result.json").unlink()  # as if stopped before its end: resumed, only the missing file written
+    assert main(["export", "--samples", str(out), "--out", str(png), "--quiet"]) == 0
+    r = read_json(png / "result.json")
+    assert (r["exported"], r["written_now"]) == (40, 1)
+    capsys.readouterr()
+    assert main(["export", "--samples", str(other), "--out", str(png), "--quiet"]) == 2  # another store
+    assert "samples_identity" in capsys.readouterr().err
+    (other / "shards" / "shard-000001.json").unlink()  # an unfinished store
+    assert main(["export", "--samples", str(other), "--out", str(tmp_path / "png2"), "--quiet"]) == 2
+    assert "1 of 3 shards are not finished" in capsys.readouterr().err and not (tmp_path / "png2").exists()
+    assert main(["export", "--samples", str(other), "--out", str(tmp_path / "png2"), "--partial", "--quiet"]) == 0
+    assert read_json(tmp_path / "png2" / "result.json")["unfinished_shards"] == 1
 
 
 def test_export_refuses_an_id_that_would_leave_the_folder(tiny_model, tmp_path, capsys):

@@ -1,11 +1,18 @@
-"""``diffaudit export``: write a sample store's generations as PNG files."""
+"""``diffaudit export``: write a sample store's generations as PNG files.
+
+The output folder records which store it holds (its identity: the manifest's digest), so a second
+export of another store into it is refused instead of mixing two stores' images under the same
+names; an export that was stopped resumes, skipping the PNG files already written (each is
+written atomically, so one that exists is whole). A store with unfinished shards is refused unless
+``--partial`` says that its finished generations are wanted now.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from diffaudit.cli.common import emit
+from diffaudit.cli.common import emit, emit_finished
 
 NAME = "export"
 HELP = "export a sample store to a folder of PNG files (one per generation, named by its id)"
@@ -13,22 +20,52 @@ HELP = "export a sample store to a folder of PNG files (one per generation, name
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", required=True, help="sample store folder")
-    p.add_argument("--out", required=True, help="folder for the PNG files")
+    p.add_argument("--out", required=True, help="folder for the PNG files (resumed automatically; refused if it "
+                                                 "holds another store's export)")
+    p.add_argument("--partial", action="store_true",
+                   help="export the finished generations of a store whose sampling is not finished (default: refused)")
+    p.add_argument("--fresh", action="store_true", help="delete what --out holds and start over")
+
+
+def _summary(r: dict) -> str:
+    return f"exported {r['exported']} PNG files to {r['out']}"
 
 
 def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from diffaudit.core.io import atomic_write, make_private_dir
-    from diffaudit.store import SampleStore
+    from diffaudit.core.errors import DiffauditError
+    from diffaudit.core.io import atomic_write
+    from diffaudit.core.outdir import prepare_out_dir
+    from diffaudit.core.progress import progress_bar
+    from diffaudit.core.results import write_result
+    from diffaudit.store import SampleStore, samples_identity
 
     store = SampleStore.open(args.samples)
-    out = make_private_dir(args.out)
-    n = 0
-    for images, meta in store.iter_shards():
-        for img, gid in zip(images, meta["ids"]):
-            im = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
-            atomic_write(Path(out) / f"{gid}.png", lambda f, im=im: im.save(f, format="PNG"))
-            n += 1
-    emit(args, {"exported": n, "out": str(out)}, f"exported {n} PNG files to {out}")
+    pending = store.pending()
+    if pending and not args.partial:
+        raise DiffauditError(
+            f"{args.samples}: {len(pending)} of {store.n_shards} shards are not finished; finish sampling (re-run "
+            "`diffaudit sample` with the same flags) or pass --partial to export the finished generations")
+    settings = {"samples_identity": samples_identity(args.samples), "partial": bool(pending)}
+    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
+    if emit_finished(args, out, resumed, _summary):
+        return 0
+    done = store.completed()
+    n = written = 0
+    total = sum(store.plan(k).stop - store.plan(k).start for k in done)
+    with progress_bar("export", total, unit="img") as bar:
+        for k in done:
+            images, meta = store.read_shard(k, mmap=True)
+            for img, gid in zip(images, meta["ids"]):
+                path = Path(out) / f"{gid}.png"
+                if not path.exists():
+                    im = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+                    atomic_write(path, lambda f, im=im: im.save(f, format="PNG"))
+                    written += 1
+                n += 1
+                bar.advance(1)
+    result = write_result(out / "result.json", NAME, settings, exported=n, written_now=written,
+                          unfinished_shards=len(pending), out=str(out), samples=str(args.samples))
+    emit(args, result, _summary(result))
     return 0

@@ -41,7 +41,7 @@ _ADVICE = {
 }
 
 
-def _storage_error(path: Path, exc: OSError) -> DiffauditError:
+def storage_error(path: Path, exc: OSError) -> DiffauditError:
     advice = _ADVICE.get(exc.errno, "Free space or choose a writable --out")
     return DiffauditError(
         f"could not write {path}: {exc.strerror or exc}. {advice}; finished work is kept and a re-run continues from it."
@@ -69,7 +69,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
         tmp = None
         _fsync_dir(path.parent)
     except OSError as exc:
-        raise _storage_error(path, exc) from exc
+        raise storage_error(path, exc) from exc
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
@@ -224,7 +224,7 @@ def make_private_dir(path: str | os.PathLike) -> Path:
         if not path.is_dir():
             raise FileExistsError(errno.EEXIST, "exists and is not a folder", str(path))
     except OSError as exc:
-        raise _storage_error(path, exc) from exc
+        raise storage_error(path, exc) from exc
     return path
 
 

@@ -523,7 +523,7 @@ def train_dp(
     final_model = build_unet_untouched_rng(ucfg)
     final_model.load_state_dict({k: v.detach().cpu() for k, v in ema.shadow.items()})
     save_pretrained_atomic(final_model, run / "unet")
-    scheduler.save_pretrained(run / "scheduler")
+    save_pretrained_atomic(scheduler, run / "scheduler")
     write_bytes_atomic(run / "loss_log.jsonl", "".join(json.dumps(r) + "\n" for r in log).encode())
     final = final_epsilon()
     epsilon = final.value

@@ -30,6 +30,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import pickle
 import shutil
 import time
@@ -43,7 +44,7 @@ from safetensors.torch import load_file
 
 from diffaudit.core.errors import DiffauditError, NonFiniteError
 from diffaudit.core.faults import check_storage, fault_point
-from diffaudit.core.io import atomic_write, read_json, write_bytes_atomic, write_json_atomic
+from diffaudit.core.io import atomic_write, make_private_dir, read_json, storage_error, write_bytes_atomic, write_json_atomic
 from diffaudit.core.outdir import prepare_out_dir
 from diffaudit.core.progress import progress_bar, stage_line
 from diffaudit.core.results import write_result
@@ -505,7 +506,7 @@ def train(
     final_model = build_unet_untouched_rng(ucfg)
     final_model.load_state_dict({k: v.detach().cpu() for k, v in ema.shadow.items()})
     save_pretrained_atomic(final_model, run / "unet")
-    scheduler.save_pretrained(run / "scheduler")
+    save_pretrained_atomic(scheduler, run / "scheduler")
     write_bytes_atomic(run / "loss_log.jsonl", "".join(json.dumps(r) + "\n" for r in log).encode())
     steady = None if t_warm is None or seen == seen_warm else (seen - seen_warm) / (t0 + elapsed - t_warm)
     write_json_atomic(run / "timing.json", {"seconds": elapsed, "images_per_second": seen / max(elapsed, 1e-9),
@@ -524,17 +525,20 @@ def train(
 
 
 def save_pretrained_atomic(model, folder: Path) -> None:
+    """``model.save_pretrained`` (a UNet, a scheduler) into ``folder`` at once: written to a hidden
+    sibling and renamed, owner-only like every output (diffusers creates its files with the umask's
+    mode, so they are made 0600 before the rename)."""
     tmp = folder.parent / f".tmp-{folder.name}"
     try:  # diffusers writes these files itself: storage errors (and the fault hook) are handled here
         check_storage(folder)
         if tmp.exists():
             shutil.rmtree(tmp)
-        model.save_pretrained(tmp, safe_serialization=True)
+        make_private_dir(tmp)
+        model.save_pretrained(tmp, safe_serialization=True)  # a scheduler ignores the flag: a config only
+        for path in tmp.rglob("*"):
+            os.chmod(path, 0o700 if path.is_dir() else 0o600)
         if folder.exists():
             shutil.rmtree(folder)
         tmp.rename(folder)
     except OSError as exc:
-        raise DiffauditError(
-            f"could not write {folder}: {exc.strerror or exc}. Free space or choose a writable --out; "
-            "finished work is kept and a re-run continues from it."
-        ) from exc
+        raise storage_error(folder, exc) from exc
