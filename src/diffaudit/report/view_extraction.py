@@ -161,12 +161,13 @@ def _l2_note(ex: dict[str, Any], base: int) -> str:
 
 
 def prompt_check_verdict(ex: dict[str, Any]) -> dict[str, str]:
-    """The verdict of a verify run where only the ``--train-map`` check ran (samples and --data differ
-    in size): each mapped generation against its own prompt's training image(s), not the whole set."""
+    """The verdict of a verify run where only the ``--train-map`` check ran (--data could not be searched
+    whole: its images differ from the generations' size, or from each other's): each mapped generation
+    against its own prompt's training image(s), not the whole set."""
     k, n, u = ex["prompt_checks_extracted"], ex.get("prompt_checks_n"), ex.get("prompt_checks_unique_extracted")
     of = f" of {n:,}" if isinstance(n, int) else ""
-    scope = (" Only the --train-map check ran (the generations and --data differ in size): each generation was "
-             "compared with its own prompt's training image, not searched against the whole training set.")
+    scope = (" Only the --train-map check ran (--data's images are not all of the generations' size, so the whole "
+             "set could not be searched): each generation was compared with its own prompt's training image.")
     if k == 0:
         text = (f"No generation{of} checked against its own prompt's training image reproduces it (ℓ2 ≤ δ under every "
                 f"crop alignment).{scope} This bounds, but does not rule out, memorization.")
