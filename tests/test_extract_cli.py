@@ -117,7 +117,7 @@ def test_mode_and_settings_errors(files, tmp_path, capsys):
     out = tmp_path / "b"
     assert run("extract", "--samples", files / "cond.npz", "--out", out, "--device", "cpu") == 0
     assert run("extract", "--samples", files / "cond.npz", "--out", out, "--min-clique", "5") == 2
-    assert "min_clique (was 10, now 5)" in capsys.readouterr().err
+    assert "--min-clique (was 10, now 5)" in capsys.readouterr().err
 
 
 def test_calibration_distances_are_exact_on_every_device(files, tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from typing import Any
 
-from diffaudit.cli.common import add_data_args, data_options, emit, emit_finished
+from diffaudit.cli.common import add_data_args, canonical_settings, data_options, emit, emit_finished, upgrading_paths
 from diffaudit.cli.train import add_train_options
 from diffaudit.core.errors import DiffauditError
 
@@ -48,6 +48,8 @@ _CONFIG_MAY_SET = {"redact"}
 #: Options that --config may set but that are not compared on a resume (another spelling of the same
 #: --out folder is the same audit).
 _NOT_COMPARED = {"out"}
+#: Options that name an input (recorded canonical, see :func:`~diffaudit.cli.common.canonical_path`).
+PATH_SETTINGS = ("data", "model", "cifar_root")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -172,10 +174,12 @@ def config_toml(settings: dict[str, Any]) -> str:
 
 
 def audit_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The options that shape the audit's results (recorded, compared on a resume, saved as config.toml).
-    A ``--model`` audit without shadows trains nothing: the training options are not among them."""
+    """The options that shape the audit's results (recorded, compared on a resume, saved as config.toml),
+    the paths of inputs canonical. A ``--model`` audit without shadows trains nothing: the training
+    options are not among them."""
     unused = training_options() if args.model and not args.shadows else set()
-    return {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_SETTINGS | _NOT_COMPARED | unused}
+    settings = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_SETTINGS | _NOT_COMPARED | unused}
+    return canonical_settings(settings, PATH_SETTINGS)
 
 
 def upgrade_settings(old: dict[str, Any]) -> dict[str, Any]:
@@ -479,7 +483,8 @@ def run(args: argparse.Namespace) -> int:
                 "--data that also holds held-out images, e.g. train it on `--data cifar10 --subset 25000` and audit "
                 "it with `--data cifar10`")
     settings = audit_settings(args)
-    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrade_settings)
+    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh,
+                                   upgrade=upgrading_paths(PATH_SETTINGS, then=upgrade_settings))
     if emit_finished(args, out, resumed, lambda r: _head(r, _read_summary(out)), stale=lambda r: _stale(r, out),
                      stale_files=("summary.json", "report.html")):
         return 0  # nothing rewritten: a finished audit may lie on read-only storage

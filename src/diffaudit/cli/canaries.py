@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict
 
-from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit, emit_finished
-from diffaudit.cli.train import add_train_options, train_config_from
+from diffaudit.cli.common import (
+    add_data_args, add_run_args, canonical_settings, data_options, emit, emit_finished, upgrading_paths,
+)
+from diffaudit.cli.train import add_train_options, data_record_for, train_config_from
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.outdir import prepare_out_dir
@@ -30,6 +32,8 @@ DESCRIPTION = (
     "canaries.json (the membership record) and result.json with one entry per canary and the curve of memorization "
     "vs number of duplicates."
 )
+#: Settings that hold the path of an input (recorded canonical, see :func:`~diffaudit.cli.common.canonical_path`).
+PATH_SETTINGS = ("data", "canary_pool", "data_options.cifar_root")
 
 
 def _repeats(text: str) -> list[int]:
@@ -88,11 +92,12 @@ def run(args: argparse.Namespace) -> int:
                 "train": asdict(config), "evaluation": asdict(ev),
                 # the pixels behind the paths (rewritten in place, they are other data)
                 "data_digest": dataset_digest(ds), "canary_pool_digest": None if pool is None else dataset_digest(pool)}
-    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
+    settings = canonical_settings(settings, PATH_SETTINGS)
+    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrading_paths(PATH_SETTINGS))
     if emit_finished(args, out, resumed, lambda r: f"{r['n_canaries']} canaries, {_extracted(r)}", stale=_stale_exposures):
         return 0
     fields = run_canary_experiment(ds, plan, config, out, evaluation=ev, device=device,
-                                   data_record={"spec": str(args.data), "options": opts})
+                                   data_record=data_record_for(out / "model", {"spec": str(args.data), "options": opts}))
     r = write_result(out / "result.json", NAME, settings, {"seed": args.seed}, **fields)
     curve = ", ".join(f"{c['repeats']}x: {c['mean_exposure']:.2f}" for c in r["curve"])
     emit(args, r, f"exposure by repeats ({r['max_exposure']:.1f} bits max): {curve}; {_extracted(r)}")

@@ -8,11 +8,12 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 
 def add_data_args(p: argparse.ArgumentParser, *, required: bool = False, default: str | None = "digits",
@@ -63,8 +64,77 @@ def data_options(args: argparse.Namespace) -> dict[str, Any]:
         "subset_seed": args.subset_seed,
         "mode": args.mode,
         "skip_bad": args.skip_bad,
-        "cifar_root": args.cifar_root,
+        "cifar_root": canonical_path(args.cifar_root),
     }
+
+
+def canonical_path(spec: str | os.PathLike | None) -> str | None:
+    """How settings record the path of an input, so that every spelling of one file or folder compares
+    equal on a resume (``cond.npz``, ``./cond.npz``, its absolute path, a link to it): an existing path
+    resolved (absolute, links followed); a WebDataset brace pattern (``dir/x-{000000..000003}.tar``, not
+    a path itself) with its folder resolved; a built-in dataset name (``digits``: the loader reads it
+    as a name even where a file of that name exists), None, and anything else (a path that does not
+    exist, which the command refuses anyway) as given."""
+    if spec is None:
+        return None
+    from diffaudit.data.builtin import BUILTIN_NAMES  # here: `diffaudit --help` stays free of numpy
+
+    text = os.fspath(spec)
+    if text in BUILTIN_NAMES or not text:
+        return text
+    path = Path(text).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    if "{" in path.name and path.parent.is_dir():
+        return str(path.parent.resolve() / path.name)
+    return text
+
+
+def _setting(settings: Any, key: str) -> Any:
+    """The value at dotted ``key`` (``data.spec``) of nested ``settings``; None where there is none."""
+    for name in key.split("."):
+        settings = settings.get(name) if isinstance(settings, dict) else None
+    return settings
+
+
+def _replace_paths(settings: dict[str, Any], keys: Iterable[str], change: Callable[[str, str], str]) -> dict[str, Any]:
+    """A copy of ``settings`` with each string at dotted ``keys`` replaced by ``change(key, value)``."""
+    out = copy.deepcopy(settings)
+    for key in keys:
+        parent, _, name = key.rpartition(".")
+        holder = _setting(out, parent) if parent else out
+        if isinstance(holder, dict) and isinstance(holder.get(name), str):
+            holder[name] = change(key, holder[name])
+    return out
+
+
+def canonical_settings(settings: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    """``settings`` with the paths at ``keys`` (dotted for nested settings: ``data.spec``) recorded as
+    :func:`canonical_path` records them. Applied to the settings an earlier version recorded (the path
+    as typed), a relative path is read from the current directory: a folder re-run from where it was
+    made, with the same spelling, resumes (see :func:`upgrading_paths`)."""
+    return _replace_paths(settings, keys, lambda _, value: canonical_path(value))
+
+
+def upgrading_paths(keys: Iterable[str], then: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+                    ) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The ``upgrade`` hook of :func:`~diffaudit.core.outdir.prepare_out_dir` for a command whose settings
+    hold paths at ``keys``: :func:`canonical_settings` of an earlier version's record, then the command's
+    own reading of it (``then``)."""
+    keys = tuple(keys)
+    return lambda old: (then or dict)(canonical_settings(old, keys))
+
+
+def recorded_spelling(settings: dict[str, Any], recorded: dict[str, Any] | None, keys: Iterable[str]) -> dict[str, Any]:
+    """``settings`` (paths canonical) with each path at ``keys`` spelled as the ``recorded`` settings of
+    the output folder spell it, where both name the same input (an earlier version recorded the path as
+    typed). For folders that library code opens without an ``upgrade`` hook (training runs): a folder
+    re-run from where it was made, with the same spelling, resumes without being rewritten."""
+    def change(key: str, value: str) -> str:
+        old = _setting(recorded, key)
+        return old if isinstance(old, str) and canonical_path(old) == value else value
+
+    return _replace_paths(settings, keys, change) if recorded else settings
 
 
 def add_run_args(p: argparse.ArgumentParser, *, out_required: bool = True) -> None:

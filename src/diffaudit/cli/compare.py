@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from diffaudit.cli.common import emit
+from diffaudit.cli.common import canonical_settings, emit, upgrading_paths
 from diffaudit.core.outdir import prepare_out_dir
 from diffaudit.core.results import envelope, write_result
 from diffaudit.core.errors import DiffauditError
@@ -27,6 +27,8 @@ DESCRIPTION = (
     "folders were run on different datasets; two folders with none of these results are an error. Prints a table "
     "(or JSON with --json); with --out also writes result.json there."
 )
+#: Settings that hold the path of an input (recorded canonical, see :func:`~diffaudit.cli.common.canonical_path`).
+PATH_SETTINGS = ("audit_a", "audit_b")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -66,10 +68,10 @@ def run(args: argparse.Namespace) -> int:
         raise DiffauditError(f"nothing to compare: neither {args.audit_a} ({a.get('command')}) nor {args.audit_b} "
                              f"({b.get('command')}) holds extraction, membership-inference, canary, DP or dedup results; "
                              f"compare reads {READS}")
-    settings = {"audit_a": str(args.audit_a), "audit_b": str(args.audit_b), "labels": labels}
+    settings = canonical_settings({"audit_a": str(args.audit_a), "audit_b": str(args.audit_b), "labels": labels}, PATH_SETTINGS)
     # Always recomputed (it only reads two folders' JSON): a result kept from an earlier run would be
     # stale once either folder's results change, and the settings hold only their paths.
-    out = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)[0] if args.out else None
+    out = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrading_paths(PATH_SETTINGS))[0] if args.out else None
     warnings = dataset_warnings(a, b, labels)
     fields = {"labels": labels, "rows": rows, "a": {"path": str(args.audit_a), "command": a.get("command")},
               "b": {"path": str(args.audit_b), "command": b.get("command")}, "warnings": warnings}

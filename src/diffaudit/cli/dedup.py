@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit, emit_finished, load_data
+from diffaudit.cli.common import (
+    add_data_args, add_run_args, canonical_settings, data_options, emit, emit_finished, load_data, upgrading_paths,
+)
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import read_json, save_npz_atomic
@@ -29,6 +31,8 @@ DESCRIPTION = (
     "of the kept images. --seed seeds the IVF k-means (a setting with --index ivf). "
     "Default thresholds are calibrated on duplicates planted in CIFAR-10 (diffaudit.defenses.calibration)."
 )
+#: Settings that hold the path of an input (recorded canonical, see :func:`~diffaudit.cli.common.canonical_path`).
+PATH_SETTINGS = ("data", "data_options.cifar_root")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -101,13 +105,13 @@ def run(args: argparse.Namespace) -> int:
     threshold = check_threshold(embedder.default_threshold if args.threshold is None else args.threshold, embedder.metric)
     opts = data_options(args)
     ds = load_data(args, args.data, **opts)
-    settings = {
+    settings = canonical_settings({
         "data": str(args.data), "data_options": opts, "data_digest": dataset_digest(ds), "embedder": embedder.settings(),
         "threshold": threshold, "index": args.index, "k": args.k, "nlist": args.nlist, "nprobe": args.nprobe,
         "batch_size": args.batch_size, **_seed_setting(args),
-    }
+    }, PATH_SETTINGS)
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh,
-                                   upgrade=lambda old: _upgrade_settings(old, Path(args.out)))
+                                   upgrade=upgrading_paths(PATH_SETTINGS, then=lambda old: _upgrade_settings(old, Path(args.out))))
     if emit_finished(args, out, resumed, _summary, stale=_stale_keep_list, stale_files=("keep.json", "edges.npz")):
         if args.write_deduped:
             from diffaudit.defenses.dedup import load_keep_list

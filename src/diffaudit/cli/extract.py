@@ -20,7 +20,7 @@ from diffaudit.attacks.extraction.graph import DEFAULT_EDGE_THRESHOLD, DEFAULT_M
 from diffaudit.attacks.extraction.grid import GRID_HELP, resolve_grid
 from diffaudit.attacks.extraction.inputs import read_generations
 from diffaudit.attacks.extraction.knn_cache import iter_cached_knn
-from diffaudit.cli.common import add_run_args, emit, emit_finished
+from diffaudit.cli.common import add_run_args, canonical_settings, emit, emit_finished, upgrading_paths
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.faults import fault_point
@@ -49,6 +49,8 @@ DESCRIPTION = (
 
 #: Prompts per resumable part file.
 PROMPTS_PER_PART = 64
+#: Settings that hold the path of an input (recorded canonical, see :func:`~diffaudit.cli.common.canonical_path`).
+PATH_SETTINGS = ("samples", "calibrate")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -108,7 +110,7 @@ def _settings(args: argparse.Namespace, mode: str, ds: ImageDataset, grid: int) 
         s.update(calibrate=str(args.calibrate), calibrate_digest=text_digest(json.dumps(sorted(args._ground_truth))),
                  sweep_thresholds=parse_float_list(args.sweep_thresholds, "--sweep-thresholds"),
                  sweep_min_clique=parse_int_list(args.sweep_min_clique, "--sweep-min-clique"))
-    return s
+    return canonical_settings(s, PATH_SETTINGS)
 
 
 def _conditional(args, ds, fs: FilterSettings, out: Path, device) -> dict[str, Any]:
@@ -225,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
             raise DiffauditError("--calibrate needs prompts (conditional samples): the ground truth names memorized prompts")
         args._ground_truth = _load_ground_truth(args.calibrate)
     settings = _settings(args, mode, ds, grid)
-    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
+    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrading_paths(PATH_SETTINGS))
     if emit_finished(args, out, resumed, lambda r: _summary(r, out)):
         return 0
     fields = (_conditional if mode == "conditional" else _unconditional)(args, ds, fs, out, device)

@@ -22,7 +22,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit
+from diffaudit.cli.common import add_data_args, add_run_args, canonical_path, canonical_settings, data_options, emit
 from diffaudit.core.batch_fit import AUTO, batch_option, resolve_batch
 from diffaudit.core.errors import DiffauditError
 
@@ -41,6 +41,14 @@ DESCRIPTION = (
     "not train on the image), keep the best --top-k and report their ℓ2 to the original, for members and "
     "non-members of the target's training set (paper Section 5.2, Figure 12). Resumes per target."
 )
+#: Settings that hold the path of an input (recorded canonical, see :func:`~diffaudit.cli.common.canonical_path`;
+#: so are a mask image's and the shadow runs' in ``digests``: :func:`_settings`).
+PATH_SETTINGS = ("model", "shadow", "shadows", "membership", "data.spec", "data.options.cifar_root")
+
+
+def setting_flags(args: argparse.Namespace) -> dict[str, str]:
+    """The flag of each setting not named after its option (for a refusal to resume)."""
+    return {"n_inpaintings": "--n-inpaint"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -268,17 +276,15 @@ def check_models_fit(target: Path, shadows: list[Path], ds, *, timestep: int, sh
 
 def _settings(args, config, device, ds, shadows: dict[int, Path], masks: dict) -> dict:
     import hashlib
-    import json
 
     import numpy as np
 
-    from diffaudit.core.seeds import derive_seed
     from diffaudit.data.digest import dataset_digest
     from diffaudit.models.digest import model_digest
     from diffaudit.sampling.masks import MASK_KINDS
 
-    used = sorted({str(p) for p in shadows.values()})
-    return {
+    used = sorted({canonical_path(p) for p in shadows.values()})
+    return canonical_settings({
         "model": str(args.model), "shadow": args.shadow, "shadows": args.shadows, "membership": args.membership,
         "data": {"spec": args.data, "options": data_options(args)},
         # what the paths alone do not tell: weights retrained and data rewritten in place, and which
@@ -286,10 +292,10 @@ def _settings(args, config, device, ds, shadows: dict[int, Path], masks: dict) -
         "digests": {
             "data": dataset_digest(ds), "model": model_digest(args.model),
             "shadows": {p: model_digest(p) for p in used},
-            "assignment": derive_seed(json.dumps(sorted((i, str(p)) for i, p in shadows.items()))),
+            "assignment": _assignment(shadows),
         },
         "targets": args.targets if args.target_keys is None else None, "target_keys": args.target_keys,
-        "mask": args.mask,
+        "mask": args.mask if args.mask in MASK_KINDS else canonical_path(args.mask),
         # a mask image's contents, not only its path: a rewritten mask file must not resume into a mix
         # (the built-in kinds are fixed by their name and the seed)
         **({} if args.mask in MASK_KINDS else {"mask_digest": hashlib.sha256(
@@ -298,7 +304,34 @@ def _settings(args, config, device, ds, shadows: dict[int, Path], masks: dict) -
         "jump_length": config.jump_length, "jump_n_sample": config.jump_n_sample, "eta": config.eta,
         "timestep": config.timestep, "n_draws": config.n_draws, "seed": config.seed,
         "bf16": bool(args.bf16 and device.type == "cuda"),  # the numbers depend on it; --compile and --batch-size do not
-    }
+    }, PATH_SETTINGS)
+
+
+def _assignment(shadows: dict[int, Path], spell=canonical_path) -> int:
+    """A digest of which shadow run scores which target, each run's path as ``spell`` writes it."""
+    import json
+
+    from diffaudit.core.seeds import derive_seed
+
+    return derive_seed(json.dumps(sorted((i, spell(p)) for i, p in shadows.items())))
+
+
+def _upgrade_settings(old: dict, shadows: dict[int, Path]) -> dict:
+    """Settings of an earlier version read as today's: it recorded the paths as typed (see :data:`PATH_SETTINGS`,
+    a mask image's, the shadow runs' in ``digests``), read from the current directory; its digest of the
+    shadow assignment is today's when it is that of ``shadows`` (this run's) as typed."""
+    from diffaudit.sampling.masks import MASK_KINDS
+
+    new = canonical_settings(old, PATH_SETTINGS)
+    if isinstance(new.get("mask"), str) and new["mask"] not in MASK_KINDS:
+        new["mask"] = canonical_path(new["mask"])
+    digests = new.get("digests")
+    if isinstance(digests, dict):
+        if isinstance(digests.get("shadows"), dict):
+            digests["shadows"] = {canonical_path(p): d for p, d in digests["shadows"].items()}
+        if digests.get("assignment") == _assignment(shadows, str):
+            digests["assignment"] = _assignment(shadows)
+    return new
 
 
 def run(args: argparse.Namespace) -> int:
@@ -356,7 +389,8 @@ def run(args: argparse.Namespace) -> int:
     if device.type != "cuda" and (args.bf16 or args.compile):
         stage_line("inpaint: --bf16 and --compile apply on CUDA only; running float32 eager on the CPU")
     settings = _settings(args, config, device, ds, shadows, masks)
-    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
+    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh,
+                                   upgrade=lambda old: _upgrade_settings(old, shadows))
     done_file = lambda i: out / "targets" / f"{i:06d}.json"  # noqa: E731
     pending = [i for i in targets if not done_file(i).exists()]
     if resumed:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import importlib
 import importlib.util
 import os
@@ -120,8 +121,24 @@ def build_parser(only: str | None = None, *, overview: bool = False) -> argparse
         out = p.add_argument_group("output")
         out.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars or stage lines")
         out.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the result as JSON on stdout")
-        p.set_defaults(_run=mod.run)
+        p.set_defaults(_run=functools.partial(_run_naming_flags, mod, _option_flags(p)))
     return parser
+
+
+def _option_flags(p: argparse.ArgumentParser) -> dict[str, str]:
+    """Each option's destination -> its flag (``shard_size`` -> ``--shard-size``); positionals have none."""
+    return {a.dest: a.option_strings[-1] for a in p._actions if a.option_strings and a.dest != "help"}
+
+
+def _run_naming_flags(mod, flags: dict[str, str], args: argparse.Namespace) -> int:
+    """``mod.run(args)``, a settings mismatch naming each setting by the flag that sets it: an option's
+    own name (``micro_batch`` as ``--micro-batch``), or what the command's ``setting_flags(args)`` says
+    where a setting is named otherwise (sample's ``per_prompt``: ``--n`` or ``--per-prompt``)."""
+    from diffaudit.core.outdir import flag_names
+
+    own = getattr(mod, "setting_flags", None)
+    with flag_names({**flags, **(own(args) if own else {})}):
+        return mod.run(args)
 
 
 def main(argv: list[str] | None = None) -> int:

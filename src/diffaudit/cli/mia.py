@@ -13,7 +13,9 @@ from diffaudit.attacks.membership.registry import ATTACK_NAMES, FEW_SHADOWS_PER_
 from diffaudit.attacks.membership.run import (MiaConfig, MiaScores, TargetSpec, check_target, check_target_not_shadow, mia_models,
                                               run_mia, shadow_run_dirs)
 from diffaudit.attacks.membership.targets import shadows_per_side
-from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit, emit_finished
+from diffaudit.cli.common import (
+    add_data_args, add_run_args, canonical_settings, data_options, emit, emit_finished, upgrading_paths,
+)
 from diffaudit.cli.shadows import membership_digest
 from diffaudit.core.batch_fit import batch_option
 from diffaudit.core.device import resolve_device
@@ -46,6 +48,9 @@ DESCRIPTION = (
 )
 
 DEFAULT_STRONG_DRAWS = 20
+#: Settings that hold the path of an input (recorded canonical, see :func:`~diffaudit.cli.common.canonical_path`;
+#: ``shadows`` is recorded resolved).
+PATH_SETTINGS = ("data.spec", "data.options.cifar_root", "target.run")
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -198,7 +203,8 @@ def run(args: argparse.Namespace) -> int:
         "bootstrap": args.bootstrap,
         "seed": args.seed,
     }
-    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
+    settings = canonical_settings(settings, PATH_SETTINGS)
+    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrading_paths(PATH_SETTINGS))
     if emit_finished(args, out, resumed, _summary):
         return 0
     cache = Path(args.loss_cache) if args.loss_cache else out / "losses"

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit, emit_finished
+from diffaudit.cli.common import (
+    add_data_args, add_run_args, canonical_settings, data_options, emit, emit_finished, upgrading_paths,
+)
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.identity import text_digest
@@ -30,6 +32,8 @@ DESCRIPTION = (
     "for `diffaudit sample --prompts prompts.txt --per-prompt 500`, and result.json with each prompt's score "
     "(largest duplicate count of its images) and image indices."
 )
+#: Settings that hold the path of an input (recorded canonical, see :func:`~diffaudit.cli.common.canonical_path`).
+PATH_SETTINGS = ("data", "data_options.cifar_root", "duplicates")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -74,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
                 # the contents behind the paths (rewritten in place, they are other inputs)
                 "data_digest": dataset_digest(ds),
                 "duplicate_counts": None if counts is None else text_digest(",".join(map(str, counts.tolist())))}
-    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
+    settings = canonical_settings(settings, PATH_SETTINGS)
+    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrading_paths(PATH_SETTINGS))
     if emit_finished(args, out, resumed, lambda r: f"{r['n_prompts']} prompts in {out / 'prompts.txt'}"):
         return 0
     if counts is None:

@@ -85,6 +85,12 @@ def plan_prompts(args: argparse.Namespace, source) -> tuple[list[str | None], in
     return [None], n
 
 
+def setting_flags(args: argparse.Namespace) -> dict[str, str]:
+    """The flag of each setting not named after its option (for a refusal to resume): ``per_prompt`` is
+    ``--n`` when given (an unconditional model), else ``--per-prompt`` (see :func:`plan_prompts`)."""
+    return {"per_prompt": "--n" if args.n is not None else "--per-prompt"}
+
+
 def upgrade_settings(old: dict) -> dict:
     """Settings of an earlier version read as today's: off CUDA it recorded ``--fast``/``--compile`` as
     given, though they did nothing there (:func:`fast_path_flags`)."""

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from diffaudit.attacks.membership.shadows import shadow_dir, shadow_seed, train_shadows
-from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit
-from diffaudit.cli.train import add_train_options, train_config_from
+from diffaudit.cli.common import add_data_args, add_run_args, canonical_settings, data_options, emit, upgrading_paths
+from diffaudit.cli.train import add_train_options, data_record_for, train_config_from
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.identity import text_bytes
@@ -31,6 +31,8 @@ DESCRIPTION = (
     "from its last checkpoint, so re-running the same command continues the work. Then run "
     "`diffaudit mia --shadows OUT` to attack them."
 )
+#: Settings that hold the path of an input (recorded canonical, see :func:`~diffaudit.cli.common.canonical_path`).
+PATH_SETTINGS = ("data.spec", "data.options.cifar_root")
 
 
 def membership_digest(mem: Membership) -> str:
@@ -68,13 +70,14 @@ def run(args: argparse.Namespace) -> int:
         "train": train_settings,
         "seed": args.seed,
     }
-    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
+    settings = canonical_settings(settings, PATH_SETTINGS)
+    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrading_paths(PATH_SETTINGS))
     if resumed:
         stage_line(f"shadows: resuming {out}")
     device = resolve_device(args.device)
     with Timer() as timer:
         runs = train_shadows(ds, mem, config, out, models=range(k), seed=args.seed, device=device,
-                             data_record={"spec": args.data, "options": opts}, workers=args.workers)
+                             data_record=_models_record(out, {"spec": args.data, "options": opts}), workers=args.workers)
     finished = sorted(p for p in out.glob("model-*") if (p / "result.json").exists())
     models = []
     for j in range(mem.n_models):
@@ -90,6 +93,16 @@ def run(args: argparse.Namespace) -> int:
     )
     emit(args, result, trained_line(out, len(runs), [m["index"] for m in models], mem))
     return 0
+
+
+def _models_record(out: Path, record: dict) -> dict:
+    """The data record the shadow runs in ``out`` train with (:func:`~diffaudit.cli.train.data_record_for`): its
+    paths canonical, or spelled as the unfinished runs an earlier version started there spell the same inputs
+    (finished runs are not opened again)."""
+    unfinished = sorted(r for r in out.glob("model-*") if not (r / "result.json").exists())
+    records = (data_record_for(run, record) for run in unfinished)
+    canonical = data_record_for(None, record)
+    return next((r for r in records if r != canonical), canonical)
 
 
 def is_target_split(mem: Membership) -> bool:

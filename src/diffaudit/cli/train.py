@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit
+from diffaudit.cli.common import add_data_args, add_run_args, canonical_settings, data_options, emit, recorded_spelling
 from diffaudit.core.errors import DiffauditError
 from diffaudit.models.unets import PRESETS
 
@@ -20,6 +20,9 @@ DESCRIPTION = (
     "(save_pretrained UNet with EMA weights, scheduler, config, training ids, loss log). Re-running the same "
     "command on the same --out resumes from the last checkpoint; the result equals an uninterrupted run."
 )
+#: The paths of inputs in a training run's data record (the ``data`` its settings hold), recorded canonical
+#: (see :func:`~diffaudit.cli.common.canonical_path`).
+RECORD_PATHS = ("spec", "options.cifar_root", "membership", "dedup")
 
 
 def add_train_options(p: argparse.ArgumentParser, *, steps: int = 1000) -> None:
@@ -108,6 +111,19 @@ def read_repeats(path: str, dataset) -> dict[int, int]:
     return out
 
 
+def data_record_for(run: str | Path | None, record: dict) -> dict:
+    """``record``, the ``data`` a training run's settings record, with its paths canonical, but spelled as
+    the run folder ``run`` spells the same inputs where an earlier version recorded them as typed
+    (:func:`~diffaudit.cli.common.recorded_spelling`): the training code opens the folder without an
+    ``upgrade`` hook, and such a run, re-run from where it was started, resumes. ``run`` None (``--fresh``):
+    canonical."""
+    from diffaudit.core.outdir import recorded_settings
+
+    record = canonical_settings(record, RECORD_PATHS)
+    old = (recorded_settings(run, NAME) or {}).get("data") if run is not None else None
+    return recorded_spelling(record, old if isinstance(old, dict) else None, RECORD_PATHS)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data_args(p)
     add_run_args(p)
@@ -155,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             indices, dropped_copies = keep, dropped
         record.update(dedup=str(args.dedup), n_dropped_duplicates=int(len(dropped)))
+    record = data_record_for(None if args.fresh else args.out, record)
     repeats = read_repeats(args.repeat, ds) if args.repeat else None
     from diffaudit.defenses.dp_training import dp_config_from_args, train_dp
 

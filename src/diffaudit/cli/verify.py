@@ -24,7 +24,9 @@ from diffaudit.attacks.extraction.verification import (
     decide,
     verify_decided,
 )
-from diffaudit.cli.common import add_data_args, add_run_args, data_options, emit, emit_finished, load_data
+from diffaudit.cli.common import (
+    add_data_args, add_run_args, canonical_settings, data_options, emit, emit_finished, load_data, upgrading_paths,
+)
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.identity import file_identity, text_digest
@@ -57,6 +59,8 @@ DESCRIPTION = (
     "different sizes (only that check then runs). Works on samples "
     "from any generator (e.g. a GAN's, in a folder or .npz)."
 )
+#: Settings that hold the path of an input (recorded canonical, see :func:`~diffaudit.cli.common.canonical_path`).
+PATH_SETTINGS = ("samples", "data", "data_options.cifar_root", "from_extract", "baseline", "train_map", "fid_features")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -263,7 +267,9 @@ def run(args: argparse.Namespace) -> int:
         "baseline_digest": dataset_digest(base) if base is not None else None,
         "train_map_digest": text_digest(json.dumps(prompt_map, sort_keys=True)) if prompt_map is not None else None,
     }
-    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=_upgrade_settings)
+    settings = canonical_settings(settings, PATH_SETTINGS)
+    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh,
+                                   upgrade=upgrading_paths(PATH_SETTINGS, then=_upgrade_settings))
     if emit_finished(args, out, resumed, lambda r: _summary(r, out)):
         return 0
     fields: dict[str, Any] = {"n_samples": len(samples), "n_samples_total": n_samples_total, "n_train": len(train), "rule": rule,

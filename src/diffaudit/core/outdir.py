@@ -15,6 +15,9 @@ only then deletes that: a deletion killed part-way (Ctrl-C, a crash) leaves ``--
 or gone, never as shards without the settings that made them, which a later run with other
 settings would take for its own work. Such leftovers are removed by the next run on the same
 ``--out``.
+
+A refusal names each setting by the flag that sets it where the command says so (:func:`flag_names`:
+``--n``, not the recorded ``per_prompt``).
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ import os
 import re
 import secrets
 import shutil
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Mapping
 
 from diffaudit.core import folder_lock
 from diffaudit.core.errors import DiffauditError, SettingsMismatchError
@@ -89,16 +94,35 @@ def _describe_change(a: Any, b: Any) -> str:
     return text
 
 
-def diff_settings(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+#: Setting (dotted for nested settings) -> the flag that sets it, for the command being run (:func:`flag_names`).
+_FLAG_NAMES: ContextVar[Mapping[str, str]] = ContextVar("diffaudit_flag_names", default={})
+
+
+@contextmanager
+def flag_names(names: Mapping[str, str]) -> Iterator[None]:
+    """Within this block, a settings mismatch names each setting in ``names`` by its flag (``per_prompt``
+    as ``--n``): the CLI sets them for the command it runs, so folders that library code opens (a
+    sample store, a training run) are named by flag too."""
+    token = _FLAG_NAMES.set(dict(names))
+    try:
+        yield
+    finally:
+        _FLAG_NAMES.reset(token)
+
+
+def diff_settings(old: dict[str, Any], new: dict[str, Any], prefix: str = "",
+                  names: Mapping[str, str] | None = None) -> list[str]:
     """The settings that differ between ``old`` and ``new``, each as ``name (was X, now Y)`` (dotted
-    names for nested settings; long values described briefly, see :func:`_describe_change`)."""
+    names for nested settings, or the flag ``names`` gives for one; long values described briefly, see
+    :func:`_describe_change`)."""
+    names = names or {}
     out = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
         if isinstance(a, dict) and isinstance(b, dict):
-            out += diff_settings(a, b, f"{prefix}{key}.")
+            out += diff_settings(a, b, f"{prefix}{key}.", names)
         elif a != b:
-            out.append(f"{prefix}{key} ({_describe_change(a, b)})")
+            out.append(f"{names.get(prefix + key, prefix + key)} ({_describe_change(a, b)})")
     return out
 
 
@@ -220,7 +244,8 @@ def prepare_out_dir(out: str | os.PathLike, command: str, settings: dict[str, An
 
     ``upgrade``: the command's reading of settings an earlier version recorded (keys since dropped
     because they never shaped the result, keys since added at the value the earlier version used);
-    a folder whose upgraded settings match is resumed, and its settings file rewritten.
+    a folder whose upgraded settings match is resumed, and its settings file rewritten (kept as it is on
+    read-only storage: it is read the same way next time).
 
     Returns ``(path, resumed)``; ``resumed`` is True when the folder held the same settings.
     Raises :class:`SettingsMismatchError` when it holds different ones.
@@ -245,10 +270,13 @@ def prepare_out_dir(out: str | os.PathLike, command: str, settings: dict[str, An
                 "choose another --out or pass --fresh to start over"
             )
         recorded = old.get("settings", {})
-        diffs = diff_settings(recorded, record["settings"])
+        diffs = diff_settings(recorded, record["settings"], names=_FLAG_NAMES.get())
         if diffs and upgrade is not None and not diff_settings(_normalise(upgrade(dict(recorded))), record["settings"]):
             kept = {FOREIGN_KEY: old[FOREIGN_KEY]} if FOREIGN_KEY in old else {}
-            write_json_atomic(sfile, {**record, **kept})  # an earlier version's record of the same work
+            try:
+                write_json_atomic(sfile, {**record, **kept})  # an earlier version's record of the same work
+            except DiffauditError:  # read-only storage: the earlier record stays, and is read the same way next time
+                pass
             diffs = []
         if diffs:
             raise SettingsMismatchError(
