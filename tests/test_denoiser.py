@@ -96,9 +96,29 @@ def test_models_that_cannot_be_read_are_refused_at_load(tmp_path):
         {"_class_name": "ScoreSdeVeScheduler", "num_train_timesteps": 2000, "sigma_min": 0.01, "sigma_max": 1348.0}))
     with pytest.raises(DiffauditError, match="ScoreSdeVeScheduler is not a discrete-time"):
         load_denoiser(ve)
+    with pytest.raises(DiffauditError, match="zero terminal SNR"):  # ᾱ_T = 0: ε̂ and x̂_0 divide by zero
+        load_denoiser(_model_dir(tmp_path / "g", scheduler=DDPMScheduler_with(rescale_betas_zero_snr=True)))
+    with pytest.raises(DiffauditError, match="dynamic thresholding"):  # a sampler diffaudit does not implement
+        load_denoiser(_model_dir(tmp_path / "h", scheduler=DDPMScheduler_with(thresholding=True)))
     # a DDIM schedule is the same discrete-time schedule: read as is
     ddim = load_denoiser(_model_dir(tmp_path / "e", scheduler=DDIMScheduler.from_config(make_scheduler().config)))
     torch.testing.assert_close(ddim.alphas_cumprod, load_denoiser(_model_dir(tmp_path / "f")).alphas_cumprod)
+    assert ddim.schedule.is_default()  # and sampled as the paper's models (DDIM's set_alpha_to_one is True)
+
+
+def test_the_sampling_schedule_is_read_from_the_models_own_config(tmp_path):
+    from diffusers import DDIMScheduler
+
+    from diffaudit.sampling.sources import PixelSource
+
+    config = {k: v for k, v in make_scheduler().config.items() if k != "_use_default_values"}
+    sched = DDIMScheduler.from_config({**config, "timestep_spacing": "trailing", "set_alpha_to_one": False,
+                                       "clip_sample": False})
+    den = load_denoiser(_model_dir(tmp_path / "m", scheduler=sched))
+    assert (den.schedule.timestep_spacing, den.schedule.set_alpha_to_one, den.schedule.clip_sample) == ("trailing", False, False)
+    # a store records a schedule other than the default, so its pixels are never mixed with the default's
+    assert PixelSource(den).settings()["schedule"]["timestep_spacing"] == "trailing"
+    assert "schedule" not in PixelSource(load_denoiser(_model_dir(tmp_path / "d"))).settings()
 
 
 def test_check_model_input_names_what_does_not_fit():

@@ -45,3 +45,25 @@ def test_mia_loss_cache_routes_pipelines_to_the_latent_loss(sd_dir, tmp_path):
     no_caps = ImageDataset(ds.images, ds.keys, source="test")
     with pytest.raises(DiffauditError, match="caption"):
         cached_model_losses(sd_dir, no_caps, timesteps=[200], n_draws=1, flips=False, noise_seed=0, cache_dir=tmp_path)
+
+
+def test_the_loss_target_is_what_the_scheduler_says_the_unet_predicts(sd_dir):
+    import torch
+
+    from diffaudit.models.latent_loss import latent_target
+
+    g = torch.Generator().manual_seed(0)
+    z, eps, ab = torch.randn(2, 4, 4, 4, generator=g), torch.randn(2, 4, 4, 4, generator=g), 0.7
+    z_t = ab ** 0.5 * z + (1 - ab) ** 0.5 * eps
+    assert torch.equal(latent_target("epsilon", z, eps, ab), eps)
+    assert torch.equal(latent_target("sample", z, eps, ab), z)  # was scored against ε before
+    v = latent_target("v_prediction", z, eps, ab)
+    torch.testing.assert_close(ab ** 0.5 * v + (1 - ab) ** 0.5 * z_t, eps)  # v = sqrt(ᾱ)ε − sqrt(1−ᾱ)z
+    pipe = load_sd_pipeline(sd_dir)
+    x, caps = images(2), ["a", "b"]
+    eps_loss = per_example_latent_loss(pipe, x, caps, timesteps=[100])
+    pipe.scheduler.register_to_config(prediction_type="sample")
+    assert not np.allclose(per_example_latent_loss(pipe, x, caps, timesteps=[100]), eps_loss)
+    pipe.scheduler.register_to_config(prediction_type="flow")
+    with pytest.raises(DiffauditError, match="predicts 'flow'"):
+        per_example_latent_loss(pipe, x, caps, timesteps=[100])

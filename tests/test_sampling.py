@@ -7,11 +7,11 @@ from diffusers import DDIMScheduler
 
 from diffaudit.core.seeds import generation_seed, randn_per_seed
 from diffaudit.models.denoiser import Denoiser
-from diffaudit.models.scheduler import alphas_cumprod_of, make_scheduler
+from diffaudit.models.scheduler import SamplingSchedule, alphas_cumprod_of, make_scheduler
 from diffaudit.models.unets import build_unet, unet_config
 from diffaudit.sampling.ddim import sample
 from diffaudit.sampling.generate import generate_images
-from diffaudit.sampling.schedules import ddim_timesteps
+from diffaudit.sampling.schedules import ddim_previous, ddim_timesteps
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +39,64 @@ def test_pure_sampler_equals_diffusers_ddim_step(tiny_denoiser):
             eps = tiny_denoiser(x, torch.full((3,), int(t)), None)
             x = sched.step(eps, t, x, eta=0.0).prev_sample
     torch.testing.assert_close(ours, x.clamp(-1, 1), atol=1e-5, rtol=1e-5)
+
+
+def _config() -> dict:
+    """The paper's scheduler config as a saved file holds it (without diffusers' note of which keys took
+    their defaults, which from_config would otherwise reset whatever they are changed to)."""
+    return {k: v for k, v in make_scheduler().config.items() if k != "_use_default_values"}
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+@pytest.mark.parametrize("steps", [1, 3, 7, 20, 1000])
+def test_every_timestep_spacing_matches_diffusers(spacing, steps):
+    for offset in ([0, 1] if spacing == "leading" and steps < 1000 else [0]):
+        s = DDIMScheduler.from_config({**_config(), "timestep_spacing": spacing, "steps_offset": offset})
+        s.set_timesteps(steps)
+        assert ddim_timesteps(1000, steps, spacing=spacing, offset=offset) == s.timesteps.tolist()
+
+
+# Scheduler configs that change how a model is sampled: the pixel sampler follows each as DDIMPipeline does
+# (before, it always sampled with the defaults: up to 2.0 apart in [-1, 1] for a trailing config).
+CONFIGS = [{}, {"clip_sample": False}, {"clip_sample_range": 0.5}, {"steps_offset": 1, "set_alpha_to_one": False},
+           {"timestep_spacing": "trailing"}, {"timestep_spacing": "linspace"}]
+
+
+@pytest.mark.parametrize("change", CONFIGS)
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_the_sampler_follows_the_models_scheduler_config_as_diffusers_does(tiny_denoiser, change, eta):
+    config = {**_config(), **change}
+    schedule = SamplingSchedule.from_config(config)
+    steps, seeds = 3, [1, 2, 3]
+    x_T = randn_per_seed(seeds, (1, 8, 8))
+    ts = ddim_timesteps(1000, steps, spacing=schedule.timestep_spacing, offset=schedule.steps_offset)
+    final = 1.0 if schedule.set_alpha_to_one else float(tiny_denoiser.alphas_cumprod[0])
+    noise = torch.stack([torch.stack([torch.randn(1, 8, 8, generator=torch.Generator().manual_seed(100 * k + i))
+                                      for i in range(3)]) for k in range(steps)])
+    sched = DDIMScheduler.from_config(config)
+    sched.set_timesteps(steps)
+    x = x_T.clone()
+    with torch.no_grad():
+        for k, t in enumerate(sched.timesteps):
+            eps = tiny_denoiser(x, torch.full((3,), int(t)), None)
+            x = sched.step(eps, t, x, eta=eta, variance_noise=noise[k]).prev_sample
+
+    import diffaudit.sampling.ddim as ddim
+
+    with pytest.MonkeyPatch.context() as mp:  # the same per-step noise as diffusers was given
+        mp.setattr(ddim, "counter_randn", lambda keys, k, shape: noise[k])
+        ours = sample(tiny_denoiser, x_T, alphas_cumprod=tiny_denoiser.alphas_cumprod, timesteps=ts, eta=eta,
+                      noise_seeds=seeds, clip_sample=schedule.clip_sample, clip_range=schedule.clip_sample_range,
+                      prev_timesteps=ddim_previous(1000, ts), final_alpha=final)
+    torch.testing.assert_close(ours, x.clamp(-1, 1), atol=1e-5, rtol=1e-5)
+
+
+def test_generate_images_samples_as_the_models_schedule_says(tiny_denoiser):
+    seeds = [generation_seed(1, 0, i) for i in range(4)]
+    default = generate_images(tiny_denoiser, seeds, steps=3, micro_batch=4)
+    trailing = Denoiser(unet=tiny_denoiser.unet, alphas_cumprod=tiny_denoiser.alphas_cumprod,
+                        schedule=SamplingSchedule(timestep_spacing="trailing"))
+    assert not np.array_equal(generate_images(trailing, seeds, steps=3, micro_batch=4), default)
 
 
 def test_eta_needs_seeds(tiny_denoiser):

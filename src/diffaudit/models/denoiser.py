@@ -28,7 +28,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from diffaudit.core.errors import DiffauditError
-from diffaudit.models.scheduler import alphas_cumprod_of, make_scheduler
+from diffaudit.models.scheduler import SamplingSchedule, alphas_cumprod_of, make_scheduler
 
 
 @dataclass
@@ -42,6 +42,7 @@ class Denoiser:
         path: where it was loaded from ("" when built in memory).
         prediction_type: what the UNet predicts (:data:`PREDICTION_TYPES`); the call returns ε̂ always.
         learned_variance: the UNet's output holds ε̂ then a variance (2C channels); the first C are used.
+        schedule: how its scheduler config says to sample it with few steps (spacing, clipping, final ᾱ).
     """
 
     unet: UNet2DModel
@@ -51,6 +52,7 @@ class Denoiser:
     channels_last: bool = False
     prediction_type: str = "epsilon"
     learned_variance: bool = False
+    schedule: SamplingSchedule = SamplingSchedule()
 
     @property
     def device(self) -> torch.device:
@@ -127,12 +129,13 @@ class Denoiser:
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
-def _scheduler_from(folder: Path, root: Path, flag: str = "--model") -> DDPMScheduler:
-    """The model's discrete-time schedule as a DDPMScheduler (ᾱ_t, prediction_type, variance_type); errors
-    name the model as ``flag root``."""
+def _scheduler_from(folder: Path, root: Path, flag: str = "--model") -> tuple[DDPMScheduler, SamplingSchedule]:
+    """The model's discrete-time schedule as a DDPMScheduler (ᾱ_t, prediction_type, variance_type), and
+    how its config says to sample (read from the file: a DDIM config's ``set_alpha_to_one`` is not a
+    DDPMScheduler field); errors name the model as ``flag root``."""
     cfg_path = folder / "scheduler_config.json"
     if not cfg_path.exists():
-        return make_scheduler()
+        return make_scheduler(), SamplingSchedule()
     try:
         cfg = json.loads(cfg_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -145,7 +148,13 @@ def _scheduler_from(folder: Path, root: Path, flag: str = "--model") -> DDPMSche
     if prediction not in PREDICTION_TYPES:
         raise DiffauditError(f"{flag} {root}: prediction_type {prediction!r} is not supported; "
                              f"choose one of {', '.join(PREDICTION_TYPES)}")
-    return DDPMScheduler.from_pretrained(folder)
+    schedule = SamplingSchedule.from_config(cfg, what=f"{flag} {root}: the scheduler")
+    scheduler = DDPMScheduler.from_pretrained(folder)
+    if float(scheduler.alphas_cumprod.min()) <= 0:  # zero terminal SNR: ε̂ ↔ x̂_0 divides by sqrt(ᾱ_t) = 0
+        raise DiffauditError(f"{flag} {root}: the schedule reaches ᾱ_t = 0 (zero terminal SNR, "
+                             "rescale_betas_zero_snr), where the sampler and the losses, which work through ε̂, "
+                             "divide by zero; it is not supported")
+    return scheduler, schedule
 
 
 def _check_layout(config: dict, scheduler: DDPMScheduler, root: Path, flag: str = "--model") -> bool:
@@ -196,7 +205,7 @@ def read_schedule(path: str | Path, flag: str = "--model") -> tuple[np.ndarray, 
     (:func:`load_denoiser`'s; the paper's DDPM schedule where the folder records none), weights unread."""
     root = Path(path)
     _, sched_dir = _locate(root, flag)
-    scheduler = _scheduler_from(sched_dir, root, flag)
+    scheduler, _ = _scheduler_from(sched_dir, root, flag)
     return alphas_cumprod_of(scheduler).numpy(), str(scheduler.config.prediction_type)
 
 
@@ -244,7 +253,7 @@ def load_denoiser(path: str | Path, device: str | torch.device = "cpu", dtype: t
         raise DiffauditError(f"{flag} {root}: {cls} is not a pixel-space UNet2DModel (latent pipelines load with load_sd_pipeline)")
     if not any(unet_dir.glob("*.safetensors")):
         raise DiffauditError(f"{flag} {root}: weights must be in safetensors format (pickled .bin weights are refused)")
-    scheduler = _scheduler_from(sched_dir, root, flag)
+    scheduler, schedule = _scheduler_from(sched_dir, root, flag)
     learned_variance = _check_layout(config, scheduler, root, flag)
     try:
         unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True, torch_dtype=dtype)
@@ -252,4 +261,5 @@ def load_denoiser(path: str | Path, device: str | torch.device = "cpu", dtype: t
         raise DiffauditError(f"{flag} {root}: the UNet in {unet_dir} cannot be loaded: {str(exc).splitlines()[0]}") from None
     unet = unet.to(device=device).eval()
     return Denoiser(unet=unet, alphas_cumprod=alphas_cumprod_of(scheduler), dtype=dtype, path=str(root),
-                    prediction_type=scheduler.config.prediction_type, learned_variance=learned_variance)
+                    prediction_type=scheduler.config.prediction_type, learned_variance=learned_variance,
+                    schedule=schedule)

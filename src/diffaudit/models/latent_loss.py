@@ -66,7 +66,10 @@ def per_example_latent_loss(
     ts = [int(t) for t in timesteps]
     if not ts or min(ts) < 0 or max(ts) >= len(a_bar):
         raise DiffauditError(f"timesteps must lie in [0, {len(a_bar) - 1}]; got {list(timesteps)}")
-    v_pred = pipe.scheduler.config.get("prediction_type", "epsilon") == "v_prediction"
+    prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
+    if prediction not in ("epsilon", "v_prediction", "sample"):
+        raise DiffauditError(f"the pipeline's scheduler predicts {prediction!r}; the loss knows epsilon, v_prediction "
+                             "and sample")
     dev, dtype = pipe.unet.device, pipe.unet.dtype
     n_flip = 2 if flips else 1
     out = np.empty((n, len(ts), n_draws * n_flip), dtype=np.float64)
@@ -86,9 +89,18 @@ def per_example_latent_loss(
                     z_t = (ab ** 0.5) * z + ((1 - ab) ** 0.5) * eps
                     tt = torch.full((z.shape[0],), t, dtype=torch.long, device=dev)
                     pred = pipe.unet(z_t, tt, encoder_hidden_states=emb).sample
-                    target = (ab ** 0.5) * eps - ((1 - ab) ** 0.5) * z if v_pred else eps
+                    target = latent_target(prediction, z, eps, ab)
                     val = (target.float() - pred.float()).pow(2).flatten(1).mean(1).double().cpu().numpy()
                     if not np.isfinite(val).all():
                         raise NonFiniteError(f"the pipeline returned non-finite values at t={t}; check its weights")
                     out[sl, j, d * n_flip + f] = val
     return out
+
+
+def latent_target(prediction: str, z: torch.Tensor, eps: torch.Tensor, alpha_bar: float) -> torch.Tensor:
+    """What the UNet was trained to predict from z_t = sqrt(ᾱ)·z + sqrt(1 − ᾱ)·ε (its scheduler's
+    ``prediction_type``, as diffusers' training scripts take it): ε; v = sqrt(ᾱ)·ε − sqrt(1 − ᾱ)·z;
+    or the clean latent z itself (``sample``). Same shape as ``z``."""
+    if prediction == "v_prediction":
+        return (alpha_bar ** 0.5) * eps - ((1 - alpha_bar) ** 0.5) * z
+    return z if prediction == "sample" else eps

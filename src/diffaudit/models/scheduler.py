@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 from diffusers import DDPMScheduler
 
+from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import read_json
 
 
@@ -31,3 +34,51 @@ def num_train_timesteps(model_dir: str | Path) -> int:
         if cfg.exists():
             return int(read_json(cfg).get("num_train_timesteps", 1000))
     return 1000
+
+
+#: The timestep spacings of diffusers' DDIMScheduler (Lin et al. 2023, Table 2).
+SPACINGS = ("leading", "trailing", "linspace")
+
+
+@dataclass(frozen=True)
+class SamplingSchedule:
+    """How a model's own scheduler config says to sample it with few steps: the fields diffusers'
+    ``DDIMScheduler`` reads (a DDPM config read by ``DDIMScheduler.from_config``, as ``DDIMPipeline``
+    does). The defaults are the paper's models' and diffusers' defaults.
+
+    Attributes:
+        timestep_spacing: ``leading`` (t_k = k·(T // n) + steps_offset), ``trailing`` or ``linspace``.
+        steps_offset: added to every leading timestep.
+        set_alpha_to_one: ᾱ after the last step is 1 (else ᾱ_0).
+        clip_sample: x̂_0 is clipped to [−clip_sample_range, clip_sample_range] at each step.
+        clip_sample_range: > 0.
+    """
+
+    timestep_spacing: str = "leading"
+    steps_offset: int = 0
+    set_alpha_to_one: bool = True
+    clip_sample: bool = True
+    clip_sample_range: float = 1.0
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], *, what: str = "the scheduler") -> "SamplingSchedule":
+        """The schedule of a scheduler config; refuses what the sampler does not implement (dynamic
+        thresholding, an unknown spacing) rather than sampling otherwise than the model's authors."""
+        if config.get("thresholding"):
+            raise DiffauditError(f"{what} asks for dynamic thresholding, which diffaudit's sampler does not implement")
+        spacing = config.get("timestep_spacing") or "leading"
+        if spacing not in SPACINGS:
+            raise DiffauditError(f"{what}: timestep_spacing {spacing!r} is not one of {', '.join(SPACINGS)}")
+        schedule = cls(timestep_spacing=spacing, steps_offset=int(config.get("steps_offset") or 0),
+                       set_alpha_to_one=bool(config.get("set_alpha_to_one", True)),
+                       clip_sample=bool(config.get("clip_sample", True)),
+                       clip_sample_range=float(config.get("clip_sample_range", 1.0)))
+        if not schedule.clip_sample_range > 0:
+            raise DiffauditError(f"{what}: clip_sample_range must be positive; got {schedule.clip_sample_range}")
+        return schedule
+
+    def is_default(self) -> bool:
+        return self == SamplingSchedule()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

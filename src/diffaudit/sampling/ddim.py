@@ -6,10 +6,13 @@
 
 The model is any callable ``model(x_t, t, labels) -> ε̂``. No state, no global RNG: the only
 randomness is x_T (given) and, for η > 0, z: counter-based noise keyed by ``noise_seeds[i]`` at
-the step index, computed on the device. x̂_0 is clipped to [-1, 1] as diffusers' DDIMScheduler does with ``clip_sample=True`` (and
-``use_clipped_model_output=False``), so images match the stock ``DDIMPipeline`` for the same x_T.
-Non-finite values are tracked in a flag kept on the device and checked once at the end (no host
-synchronisation inside the loop).
+the step index, computed on the device. Each step is ``DDIMScheduler.step``'s: ᾱ_prev is that of the
+step's ``prev_timesteps`` entry (the final ᾱ after the last), x̂_0 is clipped to ±``clip_range``
+when ``clip_sample`` while the direction term keeps the unclipped ε̂ (``use_clipped_model_output=False``),
+so images match the stock ``DDIMPipeline`` given the model's scheduler config and the same x_T. With
+η = 1 this is DDIMScheduler's η = 1, not ``DDPMPipeline`` (whose posterior mean uses the clipped x̂_0;
+the inpainting sampler follows that one). Non-finite values are tracked in a flag kept on the device
+and checked once at the end (no host synchronisation inside the loop).
 """
 
 from __future__ import annotations
@@ -35,10 +38,15 @@ def sample(
     labels: torch.Tensor | None = None,
     noise_seeds: Sequence[int] | None = None,
     clip_sample: bool = True,
+    clip_range: float = 1.0,
+    prev_timesteps: Sequence[int] | None = None,
+    final_alpha: float = 1.0,
 ) -> torch.Tensor:
     """Run the reverse process from x_T (B, C, H, W) over descending ``timesteps``; returns x_0 in [-1, 1].
 
     ``alphas_cumprod``: (T,) ᾱ_t. ``noise_seeds``: one per image, needed when ``eta > 0``.
+    ``prev_timesteps``: the timestep each step moves to, −1 for ``final_alpha``
+    (:func:`~diffaudit.sampling.schedules.ddim_previous`); default the next of ``timesteps``, −1 after the last.
     """
     if eta > 0 and (noise_seeds is None or len(noise_seeds) != x_T.shape[0]):
         raise ValueError("eta > 0 needs one noise seed per image")
@@ -46,16 +54,17 @@ def sample(
     x = x_T.float()
     finite = torch.ones((), dtype=torch.bool, device=x.device)
     ts = list(timesteps)
+    prev = list(prev_timesteps) if prev_timesteps is not None else ts[1:] + [-1]
     keys = None if noise_seeds is None else torch.as_tensor(list(noise_seeds), dtype=torch.int64, device=x.device)
     for k, t in enumerate(ts):
         a_t = float(ab[t])
-        a_prev = float(ab[ts[k + 1]]) if k + 1 < len(ts) else 1.0
+        a_prev = float(ab[prev[k]]) if prev[k] >= 0 else float(final_alpha)
         tt = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
         eps = model(x, tt, labels).float()
         x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t ** 0.5
         if clip_sample:
-            x0 = x0.clamp(-1, 1)  # the direction term keeps the unclipped ε̂, as DDIMPipeline does by default
-        sigma = eta * ((1 - a_prev) / (1 - a_t)) ** 0.5 * (1 - a_t / a_prev) ** 0.5 if k + 1 < len(ts) else 0.0
+            x0 = x0.clamp(-clip_range, clip_range)  # the direction term keeps the unclipped ε̂, as DDIMPipeline does
+        sigma = eta * ((1 - a_prev) / (1 - a_t)) ** 0.5 * (1 - a_t / a_prev) ** 0.5
         x = a_prev ** 0.5 * x0 + max(1 - a_prev - sigma**2, 0.0) ** 0.5 * eps
         if sigma > 0:
             z = counter_randn(keys, k, x.shape[1:])

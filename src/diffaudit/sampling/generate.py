@@ -18,7 +18,7 @@ from diffaudit.core.seeds import randn_per_seed
 from diffaudit.data.dataset import from_model_space
 from diffaudit.models.denoiser import Denoiser
 from diffaudit.sampling.ddim import sample
-from diffaudit.sampling.schedules import ddim_timesteps
+from diffaudit.sampling.schedules import ddim_previous, ddim_timesteps
 
 
 def generate_images(
@@ -30,14 +30,17 @@ def generate_images(
     labels: Sequence[int] | None = None,
     micro_batch: int = 64,
 ) -> np.ndarray:
-    """Generate ``len(seeds)`` images; returns uint8 (N, H, W, C).
+    """Generate ``len(seeds)`` images; returns uint8 (N, H, W, C), sampled as the model's scheduler
+    config says (:class:`~diffaudit.models.scheduler.SamplingSchedule`: spacing, clipping, final ᾱ).
 
     ``labels``: class (prompt) index per image for class-conditional models.
     """
     n = len(seeds)
     C, S = denoiser.in_channels, denoiser.image_size
     dev = denoiser.device
-    ts = ddim_timesteps(denoiser.num_train_timesteps, steps)
+    sched, T = denoiser.schedule, denoiser.num_train_timesteps  # the model's own scheduler config
+    ts = ddim_timesteps(T, steps, spacing=sched.timestep_spacing, offset=sched.steps_offset)
+    final_alpha = 1.0 if sched.set_alpha_to_one else float(denoiser.alphas_cumprod[0])
     out = np.empty((n, S, S, C), dtype=np.uint8)
     for start in range(0, n, micro_batch):
         chunk = list(seeds[start:start + micro_batch])
@@ -50,6 +53,7 @@ def generate_images(
             lab_list = list(labels[start:start + micro_batch])
             lab = torch.as_tensor(lab_list + [lab_list[-1]] * pad, dtype=torch.long, device=dev)
         x0 = sample(denoiser, x_T, alphas_cumprod=denoiser.alphas_cumprod, timesteps=ts, eta=eta,
-                    labels=lab, noise_seeds=chunk_seeds if eta > 0 else None)
+                    labels=lab, noise_seeds=chunk_seeds if eta > 0 else None, clip_sample=sched.clip_sample,
+                    clip_range=sched.clip_sample_range, prev_timesteps=ddim_previous(T, ts), final_alpha=final_alpha)
         out[start:start + real] = from_model_space(x0[:real])
     return out

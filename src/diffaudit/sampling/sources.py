@@ -40,8 +40,11 @@ class PixelSource:
         return (self.denoiser.image_size, self.denoiser.image_size, self.denoiser.in_channels)
 
     def settings(self) -> dict[str, Any]:
-        return {"kind": "pixel", "steps": self.steps, "eta": self.eta, "micro_batch": self.micro_batch,
-                "num_classes": self.denoiser.num_classes}
+        out = {"kind": "pixel", "steps": self.steps, "eta": self.eta, "micro_batch": self.micro_batch,
+               "num_classes": self.denoiser.num_classes}
+        if not self.denoiser.schedule.is_default():  # recorded where it changes pixels (older stores: default)
+            out["schedule"] = self.denoiser.schedule.to_dict()
+        return out
 
     def check_prompts(self, prompts: Sequence[str | None]) -> None:
         """Refuse prompts this model cannot honour, before any image (or output folder) is made: an
@@ -243,7 +246,8 @@ def open_source(model: str | Path, *, device: torch.device, steps: int, eta: flo
                                      dtype=torch.bfloat16 if cuda_fast else torch.float32,
                                      channels_last=cuda_fast and compile, compile=cuda_fast and compile)
     den = load_denoiser(model, device=device)
-    ddim_timesteps(den.num_train_timesteps, steps)  # --steps in range, before any output folder exists
+    ddim_timesteps(den.num_train_timesteps, steps, spacing=den.schedule.timestep_spacing,  # --steps in range,
+                   offset=den.schedule.steps_offset)  # before any output folder exists
     if fast and device.type == "cuda":
         den.optimise_for_gpu(dtype=torch.bfloat16, channels_last=True, compile=compile)
     micro_batch = resolve_batch(micro_batch, device, default=256 if device.type == "cuda" else 32, probe=den.forward_probe,
