@@ -79,18 +79,60 @@ def test_prompts_cli_reuses_a_dedup_run_and_checks_it(tmp_path, tmp_npz, digits,
     capsys.readouterr()
     assert main(["prompts", "--data", str(data), "--out", str(tmp_path / "pr"), "--duplicates", str(dd), "--top", "1"]) == 2
     assert "duplicate_counts" in capsys.readouterr().err
-    # the captions rewritten in place (same pixels): the prompts were the old captions, so a mismatch
+    # the captions rewritten in place (same pixels): the prompts were the old captions, and the dedup run
+    # recorded the old data, so both refuse; the dedup run's check comes first
     with np.load(data) as z:
         arrays = {k: z[k] for k in z.files}
     arrays["captions"] = np.array([f"new caption {i}" for i in range(len(arrays["captions"]))])
     np.savez(data, **arrays)
     assert main(["prompts", "--data", str(data), "--out", str(tmp_path / "pr"), "--duplicates", str(dd), "--top", "1"]) == 2
-    assert "data_digest" in capsys.readouterr().err
+    assert "made on other data than --data" in capsys.readouterr().err
     # a dedup run of another dataset is refused
     other = tmp_npz(digits.images[:10], name="other.npz", captions=np.array([str(i) for i in range(10)]))
     capsys.readouterr()
     assert main(["prompts", "--data", str(other), "--out", str(tmp_path / "pr2"), "--duplicates", str(dd)]) == 2
     assert "same --data" in capsys.readouterr().err
+
+
+def test_a_dedup_run_of_another_file_of_the_same_length_is_refused(tmp_path, tmp_npz, digits, capsys):
+    """Keys npz:<i> name an image of any .npz of that length: the dedup run's data digest decides."""
+    data = _captioned(tmp_npz, digits)
+    with np.load(data) as z:
+        arrays = {k: z[k] for k in z.files}
+    other = tmp_npz(arrays["images"][::-1].copy(), name="other.npz", captions=arrays["captions"])
+    dd = tmp_path / "dd"
+    assert main(["--quiet", "dedup", "--data", str(data), "--out", str(dd)]) == 0
+    capsys.readouterr()
+    assert main(["prompts", "--data", str(other), "--out", str(tmp_path / "pr"), "--duplicates", str(dd)]) == 2
+    assert "made on other data than --data" in capsys.readouterr().err and not (tmp_path / "pr").exists()
+
+
+def test_a_chain_of_images_each_like_the_next_is_not_one_duplicated_group(tmp_path, tmp_npz, capsys):
+    """24 images, each a small step from the last (the ends far apart), and 8 exact copies of one image.
+    The chain is one connected group of 24 (a score of 23 each by group size, ahead of the copies' 7),
+    but no chain image has more than 5 near-duplicates: the copies come first."""
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 256, (2, 8, 8, 1)).astype(np.float64)
+    chain = [np.round(a + (b - a) * k / 23).astype(np.uint8) for k in range(24)]
+    copy = rng.integers(0, 256, (8, 8, 1)).astype(np.uint8)
+    images = np.stack(chain + [copy] * 8)
+    captions = np.array([f"chain {k}" for k in range(24)] + ["the copied image"] * 8)
+    data = tmp_npz(images, name="chain.npz", captions=captions)
+    out = tmp_path / "pr"
+    assert main(["--json", "prompts", "--data", str(data), "--out", str(out), "--top", "3",
+                 "--embedder", "pixel", "--threshold", "0.99"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["prompts"][0] == {"prompt": "the copied image", "score": 7, "n_images": 8, "indices": list(range(24, 32))}
+    assert all(p["score"] <= 5 for p in r["prompts"][1:]) and r["score"] == "neighbour_count"
+    assert r["settings"]["threshold"] == 0.99 and r["settings"]["embedder"]["name"] == "pixel"
+
+
+def test_a_bad_threshold_is_refused_before_the_folder_exists(tmp_path, tmp_npz, digits, capsys):
+    data = _captioned(tmp_npz, digits)
+    assert main(["prompts", "--data", str(data), "--out", str(tmp_path / "pr"), "--threshold", "5"]) == 2
+    assert "--threshold must be a finite similarity" in capsys.readouterr().err and not (tmp_path / "pr").exists()
+    assert main(["prompts", "--data", str(data), "--out", str(tmp_path / "pr"), "--clip-model", "x"]) == 2
+    assert "--clip-model is for --embedder clip" in capsys.readouterr().err
 
 
 def test_prompts_cli_needs_captions(tmp_path, tmp_npz, digits, capsys):

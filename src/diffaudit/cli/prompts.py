@@ -19,7 +19,7 @@ from diffaudit.core.progress import stage_line
 from diffaudit.core.results import write_result
 from diffaudit.data import load_dataset
 from diffaudit.data.digest import dataset_digest
-from diffaudit.defenses.dedup import find_duplicates
+from diffaudit.defenses.dedup import check_threshold, find_duplicates
 from diffaudit.defenses.embedders import EMBEDDERS, get_embedder
 from diffaudit.defenses.prompts import rank_prompts, write_prompt_file
 
@@ -27,10 +27,12 @@ NAME = "prompts"
 HELP = "rank captions by the duplication of their images and write the top N as a prompt file"
 DESCRIPTION = (
     "Step 1 of generate-and-filter (Carlini et al. 2023, Sec. 4.2.1): take the captions of the most duplicated "
-    "training images as prompts. Duplicate counts come from a `diffaudit dedup` run on the same --data "
+    "training images as prompts. An image's duplicate count is the number of other images whose embedding is at "
+    "least --threshold similar to its own (its direct near-duplicates: a chain of images that each resemble the "
+    "next does not count as one group). The counts come from a `diffaudit dedup` run on the same --data "
     "(--duplicates DIR) or are computed here with --embedder/--threshold. Writes prompts.txt (one per line, UTF-8) "
     "for `diffaudit sample --prompts prompts.txt --per-prompt 500`, and result.json with each prompt's score "
-    "(largest duplicate count of its images) and image indices."
+    "(the largest duplicate count of its images) and image indices."
 )
 #: Settings that hold the path of an input (recorded canonical, see :func:`~diffaudit.cli.common.canonical_path`).
 PATH_SETTINGS = ("data", "data_options.cifar_root", "duplicates")
@@ -45,25 +47,49 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--duplicates", default=None, metavar="DEDUP_DIR",
                    help="a `diffaudit dedup` output folder (or its result.json) made on the same --data")
     g.add_argument("--embedder", choices=sorted(EMBEDDERS), default="pixel", help="embedder when --duplicates is not given")
-    g.add_argument("--threshold", type=float, default=None, help="duplicate threshold when --duplicates is not given")
+    g.add_argument("--threshold", type=float, default=None,
+                   help="when --duplicates is not given: similarity at or above which two images are duplicates, "
+                        "1 = identical, larger = stricter (cosine for pixel and clip, 1 - Hamming/64 for phash; "
+                        "default: the embedder's calibrated value, pixel 0.97, phash 0.906, clip 0.95)")
+    g.add_argument("--clip-model", default=None, help="clip embedder: a local folder or cached hub name")
 
 
-def _counts_from(path: str, keys: list[str]) -> np.ndarray:
+def _counts_from(path: str, ds) -> tuple[np.ndarray, str]:
+    """Each image's duplicate count from a `diffaudit dedup` run on the same data: int64 (N,) and which
+    count it is (``neighbour_count``, direct near-duplicates; an older run without them: its groups'
+    sizes − 1). Refused when the run was made on other data (its recorded data digest), since keys such
+    as ``npz:<i>`` name an image of any file of that length."""
     p = Path(path)
     r = read_json(p / "result.json" if p.is_dir() else p)
     if r.get("command") != "dedup" or "duplicate_count" not in r:
         raise DiffauditError(f"--duplicates {path}: not the output of `diffaudit dedup`")
-    index = {k: i for i, k in enumerate(keys)}
-    counts = np.zeros(len(keys), dtype=np.int64)
-    if len(r["duplicate_count"]) != len(keys):
-        raise DiffauditError(f"--duplicates {path}: made on {len(r['duplicate_count'])} images, but --data has {len(keys)}; "
+    if len(r["duplicate_count"]) != len(ds):
+        raise DiffauditError(f"--duplicates {path}: made on {len(r['duplicate_count'])} images, but --data has {len(ds)}; "
                              "run dedup on the same --data and options")
+    recorded = (r.get("settings") or {}).get("data_digest")
+    if recorded is not None and recorded != dataset_digest(ds):
+        raise DiffauditError(f"--duplicates {path}: made on other data than --data {ds.source} (its images, keys or "
+                             f"captions differ: data digest {recorded}, not {dataset_digest(ds)}); run dedup on the "
+                             "same --data and options")
+    if "neighbour_count" in r:
+        return np.asarray(r["neighbour_count"], dtype=np.int64), "neighbour_count"
+    index = {k: i for i, k in enumerate(ds.keys)}
+    counts = np.zeros(len(ds), dtype=np.int64)
     for g in r.get("groups", []):
         for k in g.get("keys", []):
             if k not in index:
                 raise DiffauditError(f"--duplicates {path}: key {k!r} is not in --data; run dedup on the same --data")
             counts[index[k]] = len(g["keys"]) - 1
-    return counts
+    return counts, "group_size_minus_one"
+
+
+def _embedder_and_threshold(args: argparse.Namespace):
+    """The embedder and the effective threshold, checked before the output folder records them."""
+    options = {"device": str(resolve_device(args.device)), "model": args.clip_model} if args.embedder == "clip" else {}
+    if args.clip_model and args.embedder != "clip":
+        raise DiffauditError("--clip-model is for --embedder clip")
+    emb = get_embedder(args.embedder, **options)
+    return emb, check_threshold(emb.default_threshold if args.threshold is None else args.threshold, emb.metric)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,10 +97,15 @@ def run(args: argparse.Namespace) -> int:
     ds = load_dataset(args.data, **opts)
     if ds.captions is None:
         raise DiffauditError(f"--data {args.data}: the dataset has no captions (WebDataset .txt or npz `captions` needed)")
-    counts = _counts_from(args.duplicates, ds.keys) if args.duplicates else None
+    if args.duplicates:
+        counts, count_kind = _counts_from(args.duplicates, ds)
+        emb = threshold = None
+    else:
+        counts, count_kind = None, "neighbour_count"
+        emb, threshold = _embedder_and_threshold(args)
     settings = {"data": str(args.data), "data_options": opts, "top": args.top, "min_score": args.min_score,
-                "duplicates": args.duplicates, "embedder": None if args.duplicates else args.embedder,
-                "threshold": None if args.duplicates else args.threshold,
+                "duplicates": args.duplicates, "embedder": None if emb is None else emb.settings(),
+                "threshold": threshold,
                 # the contents behind the paths (rewritten in place, they are other inputs)
                 "data_digest": dataset_digest(ds),
                 "duplicate_counts": None if counts is None else text_digest(",".join(map(str, counts.tolist())))}
@@ -83,12 +114,12 @@ def run(args: argparse.Namespace) -> int:
     if emit_finished(args, out, resumed, lambda r: f"{r['n_prompts']} prompts in {out / 'prompts.txt'}"):
         return 0
     if counts is None:
-        emb = get_embedder(args.embedder, **({"device": str(resolve_device(args.device))} if args.embedder == "clip" else {}))
-        counts = find_duplicates(ds.images, emb, threshold=args.threshold, seed=args.seed).duplicate_count
+        counts = find_duplicates(ds.images, emb, threshold=threshold, seed=args.seed).neighbour_count
     ranked = rank_prompts(ds.captions, counts, top=args.top, min_score=args.min_score)
     write_prompt_file(out / "prompts.txt", ranked)
     r = write_result(out / "result.json", NAME, settings, {"seed": args.seed}, prompt_file="prompts.txt",
                      n_prompts=len(ranked), n_images=len(ds), n_duplicated_images=int((counts > 0).sum()),
+                     n_prompts_without_duplicates=sum(x.score == 0 for x in ranked), score=count_kind,
                      prompts=[x.to_dict() for x in ranked])
     stage_line(f"prompts: {len(ranked)} prompts -> {out / 'prompts.txt'}")
     emit(args, r, f"{len(ranked)} prompts in {out / 'prompts.txt'}")

@@ -2,9 +2,12 @@
 
 The paper embedded every LAION training image, found near-duplicate groups and took the captions
 of the most duplicated images as prompts (350,000 for Stable Diffusion): memorized images are
-overwhelmingly duplicated ones. Here a caption's score is the largest ``duplicate_count`` among the
-images it describes (from :class:`diffaudit.defenses.dedup.DedupResult`); captions are ranked by
-score, then by how many images carry the very same caption, then by first appearance.
+overwhelmingly duplicated ones. Here a caption's score is the largest duplicate count among the
+images it describes: ``DedupResult.neighbour_count``, an image's direct near-duplicates (the
+connected groups of deduplication chain images that each resemble only the next: on the digits, a
+group of 38 whose members had 1 to 15 near-duplicates each, against a threshold their farthest
+pair missed by far). Captions are ranked by score, then by how many images carry the very same
+caption, then by first appearance.
 
 A prompt file holds one prompt per line, UTF-8; whitespace inside a caption (line breaks
 included) is collapsed to single spaces so that every caption is exactly one line.
@@ -54,7 +57,7 @@ def rank_prompts(captions: list[str] | None, duplicate_count: np.ndarray, *, top
 
     Args:
         captions: N captions (the dataset's); empty captions are skipped.
-        duplicate_count: int (N,), e.g. ``DedupResult.duplicate_count`` (group size − 1).
+        duplicate_count: int (N,), e.g. ``DedupResult.neighbour_count`` (direct near-duplicates).
         top: keep the first ``top`` prompts (None: all).
         min_score: drop captions whose score is below this (1 keeps duplicated images only).
 
