@@ -180,7 +180,8 @@ def test_canaries_cli_end_to_end_on_tiny_model(tmp_path, capsys):
         assert set(c) >= {"key", "kind", "repeats", "loss", "exposure", "extracted"} and c["kind"] == "noise"
         assert 0.0 <= c["exposure"] <= np.log2(9) and isinstance(c["extracted"], bool)
         assert 0 <= c["nearest_l2"] <= 1
-    assert [row["repeats"] for row in r["curve"]] == [1, 8] and r["curve"][0]["n"] == 2
+    # repeats 0: the never-inserted references, the extraction baseline
+    assert [row["repeats"] for row in r["curve"]] == [0, 1, 8] and r["curve"][1]["n"] == 2 and r["curve"][0]["n"] == 8
     # the membership record and the training run agree on what was inserted how often
     record = json.loads((out / "canaries.json").read_text())
     ids = json.loads((out / "model" / "train_ids.json").read_text())

@@ -27,10 +27,12 @@ DESCRIPTION = (
     "canary's exposure = log2|R| - log2 rank of its loss at t=100 in R, the canary and the --n-reference never-inserted "
     "candidates of the same kind (Secret Sharer: 0 to log2(n_reference + 1) bits), and whether generations extract it. "
     "Every option is checked before training; drawn --canary-pool images that are training images, exact copies or "
-    "near-duplicates (those that the verification --rule, --delta calls copies of a training image), are left out "
-    "and replaced by other pool images, and a pool that is mostly training images is refused. Writes "
-    "canaries.json (the membership record) and result.json with one entry per canary and the curve of memorization "
-    "vs number of duplicates."
+    "near-duplicates (those that the verification --rule, --delta calls copies of a training image), or copies of "
+    "another drawn pool image, are left out and replaced by other pool images, and a pool that is mostly training "
+    "images is refused; held-out canaries and references keep the pool's labels. Writes canaries.json (the "
+    "membership record) and result.json with one entry per canary and per reference (the references' extraction "
+    "is the baseline of images never trained on) and the curve of memorization vs number of duplicates (repeats 0: "
+    "the references)."
 )
 #: Settings that hold the path of an input (recorded canonical, see :func:`~diffaudit.cli.common.canonical_path`).
 PATH_SETTINGS = ("data", "canary_pool", "data_options.cifar_root")
@@ -83,10 +85,7 @@ def run(args: argparse.Namespace) -> int:
                          n_reference=args.n_reference, seed=args.seed, pool=pool, training=ds,
                          copy_rule=ev.copy_rule(), device=device)
     ev.validate(n_train=len(ds) + len(plan.keys))
-    if plan.skipped:
-        near = sum(s["copy"] == "near" for s in plan.skipped)
-        stage_line(f"canaries: {len(plan.skipped)} drawn --canary-pool images are training images ({near} near-duplicates, "
-                   f"{len(plan.skipped) - near} exact copies) and were replaced by others; canaries.json lists them")
+    _say_skipped(plan.skipped)
     settings = {"data": str(args.data), "data_options": opts, "kind": args.kind, "canary_pool": args.canary_pool,
                 "repeats": repeats, "per_repeat": args.per_repeat, "n_reference": args.n_reference,
                 "train": asdict(config), "evaluation": asdict(ev),
@@ -99,9 +98,22 @@ def run(args: argparse.Namespace) -> int:
     fields = run_canary_experiment(ds, plan, config, out, evaluation=ev, device=device,
                                    data_record=data_record_for(out / "model", {"spec": str(args.data), "options": opts}))
     r = write_result(out / "result.json", NAME, settings, {"seed": args.seed}, **fields)
-    curve = ", ".join(f"{c['repeats']}x: {c['mean_exposure']:.2f}" for c in r["curve"])
+    curve = ", ".join(f"{c['repeats']}x: {c['mean_exposure']:.2f}" for c in r["curve"] if c["repeats"] > 0)
     emit(args, r, f"exposure by repeats ({r['max_exposure']:.1f} bits max): {curve}; {_extracted(r)}")
     return 0
+
+
+def _say_skipped(skipped: list[dict]) -> None:
+    """One line per reason drawn --canary-pool images were replaced (training images; copies of another
+    drawn pool image), when any were."""
+    training = [s for s in skipped if "duplicate_of" not in s]
+    if training:
+        near = sum(s["copy"] == "near" for s in training)
+        stage_line(f"canaries: {len(training)} drawn --canary-pool images are training images ({near} near-duplicates, "
+                   f"{len(training) - near} exact copies) and were replaced by others; canaries.json lists them")
+    if len(training) < len(skipped):
+        stage_line(f"canaries: {len(skipped) - len(training)} drawn --canary-pool images copy another drawn pool image "
+                   "(the pool holds them twice, or near-duplicates) and were replaced by others; canaries.json lists them")
 
 
 def _stale_exposures(r: dict) -> str | None:
@@ -114,5 +126,10 @@ def _stale_exposures(r: dict) -> str | None:
 
 
 def _extracted(r: dict) -> str:
-    """"K extracted", or why extraction was not tested (no generations asked for)."""
-    return "extraction not tested (--n-samples 0)" if r.get("n_extracted") is None else f"{r['n_extracted']} extracted"
+    """"K extracted" (and, where recorded, how many never-inserted references: the baseline), or why
+    extraction was not tested (no generations asked for)."""
+    if r.get("n_extracted") is None:
+        return "extraction not tested (--n-samples 0)"
+    if r.get("n_reference_extracted") is None:  # a result of a version without the baseline
+        return f"{r['n_extracted']} extracted"
+    return f"{r['n_extracted']} extracted ({r['n_reference_extracted']} of {r.get('n_reference')} never-inserted references)"

@@ -5,11 +5,12 @@ is (Section 7; exposure as in Carlini et al. 2019, "The Secret Sharer"): a built
 every attack, with ground truth for "memorization vs number of duplicates".
 
 - :func:`make_canaries`: candidates of one kind — ``noise`` (uint8 uniform noise, each image from
-  its own seed) or ``heldout`` (real images from a pool the model never sees; a drawn candidate that
-  is a training image — same key from the same source, identical pixels, or a near-duplicate that the
-  verification rule calls a copy of its nearest training image, :func:`find_training_copies` — is left
-  out and replaced, and a pool that is mostly training images is refused) — split into the inserted
-  canaries (``per_repeat`` per repeat count) and the never-inserted references.
+  its own seed) or ``heldout`` (real images from a pool the model never sees, with the pool's labels
+  when it has them; a drawn candidate that is a training image — same key from the same source,
+  identical pixels, or a near-duplicate that the verification rule calls a copy of its nearest training
+  image, :func:`find_training_copies` — or a copy of a candidate kept before it (a pool that holds an
+  image twice) is left out and replaced, and a pool that is mostly training images is refused) — split
+  into the inserted canaries (``per_repeat`` per repeat count) and the never-inserted references.
 - :func:`insert_canaries`: the training set with the canaries appended once each, and the
   ``repeats`` map {index: times} for :func:`diffaudit.models.training.train`.
 - :func:`exposure`: exposure = log2 |R| − log2 rank (Secret Sharer, Definition 4), R the candidate
@@ -34,6 +35,7 @@ from diffaudit.core.errors import DiffauditError
 from diffaudit.core.seeds import derive_seed, numpy_rng
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.distances.knn import knn_search
+from diffaudit.distances.normalized import nearest_ratio
 
 CANARY_KINDS = ("noise", "heldout")
 DEFAULT_REPEATS = (1, 2, 4, 8, 16, 32, 64)
@@ -55,9 +57,14 @@ class CanaryPlan:
         sources: where each canary came from (pool key for ``heldout``, seed for ``noise``).
         reference_sources: likewise for the references.
         seed: the seed of every draw.
-        skipped: ``heldout``: the drawn pool images left out as training images or near-duplicates of
-            one, each ``{"source", "copy": "exact"|"near", "l2", "ratio", "nearest"}`` (the nearest
-            training key), in the order drawn; others were drawn in their place.
+        skipped: ``heldout``: the drawn pool images left out, in the order drawn (others were drawn in
+            their place): training images or near-duplicates of one, ``{"source", "copy": "exact"|"near",
+            "l2", "ratio", "nearest"}`` (the nearest training key), and copies of a candidate kept before
+            them (the pool holds the image twice, or a near-duplicate of it), ``{"source", "copy", "l2",
+            "ratio", "duplicate_of"}`` (that candidate's pool key).
+        labels: ``heldout`` from a pool with labels: the canaries' pool labels (int, (n_canaries,));
+            None: :func:`insert_canaries` draws them with ``seed`` (noise, or a pool without labels).
+        reference_labels: likewise for the references (None: drawn with ``seed`` where needed).
     """
 
     kind: str
@@ -70,6 +77,8 @@ class CanaryPlan:
     reference_sources: list[str] = field(default_factory=list)
     seed: int = 0
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    labels: list[int] | None = None
+    reference_labels: list[int] | None = None
 
 
 def _check_repeats(repeats) -> list[int]:
@@ -102,10 +111,14 @@ def make_canaries(kind: str, *, image_shape: tuple[int, int, int], repeats=DEFAU
         training: the training set (``heldout``): a drawn candidate that is one of its images, or a
             near-duplicate of one, is left out and another pool image drawn in its place
             (:func:`_draw_unseen`), since exposure measured against training members is biased to 0;
-            a draw that is mostly training images (a pool that is the training data) is refused.
-        copy_rule: when a ``heldout`` candidate is a near-duplicate of a training image: the verification
-            rule that calls a generation a copy (:class:`VerifySettings`; default: the ``ratio`` rule of
-            paper §5.1, or ``l2`` with δ = 0.15); see :func:`find_training_copies`.
+            a draw that is mostly training images (a pool that is the training data) is refused. So is a
+            candidate that copies one kept before it (canaries and references are pairwise distinct).
+            With labels on both, the pool's labels must be classes of the training set
+            (:func:`_pool_labels`).
+        copy_rule: when a ``heldout`` candidate is a near-duplicate of a training image, or of another
+            candidate: the verification rule that calls a generation a copy (:class:`VerifySettings`;
+            default: the ``ratio`` rule of paper §5.1, or ``l2`` with δ = 0.15); see
+            :func:`find_training_copies`.
         device: where the nearest-neighbour search of that check runs.
 
     Raises :class:`DiffauditError` for settings that cannot give an exposure, before anything is trained.
@@ -120,6 +133,8 @@ def make_canaries(kind: str, *, image_shape: tuple[int, int, int], repeats=DEFAU
     total = n_can + n_reference
     shape = tuple(int(s) for s in image_shape)
     plan_repeats = [r for r in reps for _ in range(per_repeat)]
+    skipped: list[dict[str, Any]] = []
+    labels: list[int] | None = None
     if kind == "noise":
         seeds = [derive_seed(seed, "canary-noise", j) for j in range(total)]
         imgs = np.stack([noise_image(s, shape) for s in seeds])
@@ -128,27 +143,54 @@ def make_canaries(kind: str, *, image_shape: tuple[int, int, int], repeats=DEFAU
         if training is None:
             raise DiffauditError("heldout canaries need the training set (training=) to check that no drawn pool image "
                                  "is a training image")
-        imgs, sources, skipped = _draw_unseen(pool, shape, n_can, n_reference, seed, training, copy_rule=copy_rule,
-                                              device=device)
+        kept, skipped = _draw_unseen(pool, shape, n_can, n_reference, seed, training, copy_rule=copy_rule, device=device)
+        imgs, sources, labels = np.asarray(pool.images[kept]), [pool.keys[i] for i in kept], _pool_labels(pool, kept, training)
     else:
         raise DiffauditError(f"unknown canary kind {kind!r}; choose one of {', '.join(CANARY_KINDS)}")
     keys = [f"canary/{kind}/{j:04d}" for j in range(total)]
     plan = CanaryPlan(kind=kind, images=np.ascontiguousarray(imgs[:n_can]), repeats=plan_repeats, keys=keys[:n_can],
                       reference=np.ascontiguousarray(imgs[n_can:]), reference_keys=keys[n_can:], sources=sources[:n_can],
-                      reference_sources=sources[n_can:], seed=seed, skipped=skipped if kind == "heldout" else [])
+                      reference_sources=sources[n_can:], seed=seed, skipped=skipped,
+                      labels=None if labels is None else labels[:n_can],
+                      reference_labels=None if labels is None else labels[n_can:])
     return plan
+
+
+def _pool_labels(pool: ImageDataset, kept: list[int], training: ImageDataset) -> list[int] | None:
+    """The pool's labels of the ``kept`` candidates (held-out images train as their own class), or None
+    for a pool without labels. Raises :class:`DiffauditError` when the training set has labels and the
+    pool's are not its classes (other class names, or a label past its largest class)."""
+    if pool.labels is None:
+        return None
+    labels = [int(x) for x in np.asarray(pool.labels)[kept]]
+    if training.labels is None:
+        return labels
+    names, pool_names = getattr(training, "class_names", None), getattr(pool, "class_names", None)
+    if names is not None and pool_names is not None and list(names) != list(pool_names):
+        raise DiffauditError(f"--canary-pool's classes {list(pool_names)[:5]}... are not --data's {list(names)[:5]}...: "
+                             "its labels would train held-out canaries as other classes; use a pool of the same classes "
+                             "(e.g. cifar10-test for cifar10)")
+    n_classes = int(training.labels.max()) + 1
+    if labels and (min(labels) < 0 or max(labels) >= n_classes):
+        raise DiffauditError(f"--canary-pool labels reach {min(labels)}..{max(labels)} but --data has classes 0.."
+                             f"{n_classes - 1}; use a pool of the same classes")
+    return labels
 
 
 def _draw_unseen(pool: ImageDataset | None, shape: tuple[int, int, int], n_can: int, n_reference: int, seed: int,
                  training: ImageDataset, *, copy_rule: VerifySettings | None,
-                 device: Any) -> tuple[np.ndarray, list[str], list[dict[str, Any]]]:
-    """``n_can + n_reference`` distinct pool images that are not training images (uint8 (n, H, W, C)), their
-    pool keys, and the drawn images left out as copies (:func:`find_training_copies`; see ``CanaryPlan.skipped``).
+                 device: Any) -> tuple[list[int], list[dict[str, Any]]]:
+    """Pool indices of ``n_can + n_reference`` pool images that are not training images and not copies of
+    each other, in order (the first ``n_can`` the canaries), and the drawn images left out
+    (see ``CanaryPlan.skipped``).
 
     The first draw is :func:`_draw_from_pool`'s (so a pool without copies gives the candidates it always
-    gave); a copy in it is replaced by the next unused pool image in an order seeded by ``seed``, checked
+    gave). A drawn image is left out when it is a training image (:func:`find_training_copies`) or a copy
+    of a candidate kept before it (:func:`_copy_of_kept`: identical pixels, or what the same rule calls a
+    near-duplicate); it is replaced by the next unused pool image in an order seeded by ``seed``, checked
     the same way, until enough are found. Raises :class:`DiffauditError` when more than half of the first
-    draw are copies (the pool overlaps the training data: it is the wrong pool), or when the pool runs out.
+    draw are training images (the pool overlaps the training data: it is the wrong pool), or when the
+    pool runs out of distinct images.
     """
     total = n_can + n_reference
     pick = _draw_from_pool(pool, shape, n_can, n_reference, seed)
@@ -165,15 +207,72 @@ def _draw_unseen(pool: ImageDataset | None, shape: tuple[int, int, int], n_can: 
         copies = set(found.members)
         if not kept and not skipped and 2 * len(copies) > len(batch):
             raise DiffauditError(_overlap_message(found, keys, training, n_can))
-        kept += [i for j, i in enumerate(batch) if j not in copies]
-        skipped += [{"source": keys[j], "copy": "exact" if j in found.exact else "near", "l2": float(found.l2[j]),
-                     "ratio": float(found.ratio[j]), "nearest": training.keys[int(found.nearest[j])]} for j in sorted(copies)]
+        skipped += [{"source": keys[j], "copy": "exact" if j in found.exact else "near",
+                     "l2": float(found.l2[j]), "ratio": float(found.ratio[j]),
+                     "nearest": training.keys[int(found.nearest[j])]} for j in sorted(copies)]
+        fresh = [j for j in range(len(batch)) if j not in copies]
+        columns = kept + [batch[j] for j in fresh]  # the kept candidates, then this batch's fresh ones
+        l2 = _l2_dists(np.asarray(pool.images[[batch[j] for j in fresh]]), np.asarray(pool.images[columns]), device)
+        accepted = list(range(len(kept)))  # columns kept so far
+        for row, j in enumerate(fresh):
+            dup = _copy_of_kept(found.distances[j], l2[row, accepted], found.rule, len(training))
+            if dup is None:
+                accepted.append(len(kept) + row)
+                continue
+            col, copy, dist, ratio = dup
+            skipped.append({"source": keys[j], "copy": copy, "l2": dist, "ratio": ratio,
+                            "duplicate_of": pool.keys[columns[accepted[col]]]})
+        kept += [batch[fresh[c - len(kept)]] for c in accepted[len(kept):]]
         batch = [i for _, i in zip(range(total - len(kept)), unused)]
     if len(kept) < total:
-        raise DiffauditError(f"--canary-pool holds too few images that are not training images or near-duplicates of one: "
-                             f"{len(kept)} of the {total} needed ({n_can} canaries + {n_reference} references); "
-                             f"{len(skipped)} were left out as copies. Use a larger pool disjoint from --data")
-    return np.asarray(pool.images[kept]), [pool.keys[i] for i in kept], skipped
+        n_dup = sum("duplicate_of" in s for s in skipped)
+        raise DiffauditError(f"--canary-pool holds too few images that are not training images or near-duplicates of one, "
+                             f"nor copies of each other: {len(kept)} of the {total} needed ({n_can} canaries + {n_reference} "
+                             f"references); {len(skipped) - n_dup} were left out as copies of training images and {n_dup} "
+                             f"as copies of another drawn pool image (the pool holds them twice, or near-duplicates). "
+                             f"Use a larger pool disjoint from --data, without repeated images, or fewer --n-reference")
+    return kept, skipped
+
+
+def _l2_dists(a: np.ndarray, b: np.ndarray, device: Any) -> np.ndarray:
+    """ℓ2 (RMS on [0, 1] pixels, exact: 0 only for identical pixels) of every pair of uint8 images
+    a (n, H, W, C) and b (m, H, W, C); float64 (n, m). Candidates only (tens to thousands)."""
+    if len(a) == 0:
+        return np.zeros((0, len(b)))
+    knn = knn_search(np.ascontiguousarray(a), np.ascontiguousarray(b), len(b), device=device)
+    out = np.empty((len(a), len(b)))
+    np.put_along_axis(out, knn.indices, knn.distances, axis=1)
+    return out
+
+
+def _copy_of_kept(train_dist: np.ndarray, kept_l2: np.ndarray, rule: VerifySettings,
+                  n_train: int) -> tuple[int, str, float, float] | None:
+    """Whether a candidate copies one of the candidates kept before it, by the rule that calls a generation
+    a copy of a training image, as if those candidates were training images (they are: canaries are
+    inserted, and the references stand for images that could have been).
+
+    Args:
+        train_dist: float64 (k,), ascending ℓ2 to its k nearest training images (``PoolOverlap.distances``).
+        kept_l2: float64 (m,), exact ℓ2 to the m kept candidates, in order (0: identical pixels).
+        rule: the copy rule; n_train: training images (the neighbourhood is that of training ∪ kept).
+
+    Returns (position among the kept, ``"exact"`` | ``"near"``, ℓ2, ratio) of the candidate it copies
+    (identical pixels, else the nearest one, when it is nearer than every training image and the rule
+    calls it a copy: ℓ2 ≤ δ, or ratio ≤ 1 over the merged neighbourhood), or None.
+    """
+    if len(kept_l2) == 0:
+        return None
+    d_kept = np.asarray(kept_l2, np.float64)
+    col = int(np.argmin(d_kept))
+    merged = np.sort(np.concatenate([np.asarray(train_dist, np.float64), d_kept]))
+    n = rule.neighbourhood(n_train + len(d_kept))
+    ratio = float(nearest_ratio(merged[None, :n], n=n, alpha=rule.alpha)[0]) if merged[:n].mean() > 0 else 0.0
+    if d_kept[col] == 0:
+        return col, "exact", 0.0, ratio
+    if merged[0] < d_kept[col]:  # a training image is nearer: not a copy of a candidate (nor of it, as checked)
+        return None
+    copied = d_kept[col] <= rule.delta if rule.rule == "l2" else ratio <= 1.0
+    return (col, "near", float(d_kept[col]), ratio) if copied else None
 
 
 def _draw_from_pool(pool: ImageDataset | None, shape: tuple[int, int, int], n_can: int, n_reference: int,
@@ -202,6 +301,8 @@ class PoolOverlap:
         ratio: float64 (n,), the normalised distance ℓ2 / (α · mean ℓ2 to the n nearest) (paper §5.1), ≥ 0.
         nearest: int64 (n,), index of each candidate's nearest training image.
         rule: the copy rule that decided ``near``.
+        distances: float64 (n, k), ascending ℓ2 to each candidate's k nearest training images (k the
+            rule's neighbourhood), or None.
     """
 
     exact: list[int]
@@ -210,6 +311,7 @@ class PoolOverlap:
     ratio: np.ndarray
     nearest: np.ndarray
     rule: VerifySettings
+    distances: np.ndarray | None = None
 
     @property
     def members(self) -> list[int]:
@@ -268,7 +370,8 @@ def find_training_copies(images: np.ndarray, sources: list[str], training: Image
         exact.update(j for j, src in enumerate(sources) if src in keys)
     near = [j for j in np.flatnonzero(copied).tolist() if j not in exact]
     return PoolOverlap(exact=sorted(exact), near=near, l2=np.asarray(l2, np.float64), ratio=np.asarray(ratio, np.float64),
-                       nearest=knn.indices[:, 0].astype(np.int64), rule=rule)
+                       nearest=knn.indices[:, 0].astype(np.int64), rule=rule,
+                       distances=np.asarray(knn.distances, np.float64))
 
 
 def training_members(images: np.ndarray, sources: list[str], training: ImageDataset, *, same_source: bool,
@@ -313,11 +416,13 @@ def insert_canaries(dataset: ImageDataset, plan: CanaryPlan) -> tuple[ImageDatas
     """Append each canary once to ``dataset``; returns (combined, repeats {index: times}, record).
 
     ``repeats`` makes :func:`diffaudit.models.training.train` put canary i ``plan.repeats[i]`` times in
-    the training stream. Labels (class-conditional data) of canaries are drawn with the plan's seed;
-    captions are ``"canary <key>"``. The record (saved as ``canaries.json``) lists every canary
-    (key, index, repeats, source, label), every reference (key, source), and, when there were any, the
-    pool images left out as training images or near-duplicates of one (``skipped_pool_images``:
-    ``CanaryPlan.skipped``).
+    the training stream. Labels (class-conditional data) of canaries are the pool's (``plan.labels``,
+    held-out canaries from a labelled pool), else drawn with the plan's seed; captions are
+    ``"canary <key>"``. The record (saved as ``canaries.json``) lists every canary (key, index, repeats,
+    source, label), every reference (key, source, and its pool label when it has one, which is what the
+    loss conditions on; without one the loss draws it with the seed, as earlier versions did), and, when
+    there were any, the pool images left out as training images, near-duplicates of one or copies of
+    each other (``skipped_pool_images``: ``CanaryPlan.skipped``).
     """
     if dataset.image_shape != plan.images.shape[1:]:
         raise DiffauditError(f"canaries are {plan.images.shape[1:]} but the dataset's images are {dataset.image_shape}")
@@ -330,6 +435,8 @@ def insert_canaries(dataset: ImageDataset, plan: CanaryPlan) -> tuple[ImageDatas
     if dataset.labels is not None:
         n_classes = int(dataset.labels.max()) + 1
         can_labels = numpy_rng(derive_seed(plan.seed, "canary-labels")).integers(0, n_classes, size=k).tolist()
+        if plan.labels is not None:  # held-out images train as their own class
+            can_labels = [int(x) for x in plan.labels]
         labels = np.concatenate([dataset.labels, np.asarray(can_labels, dtype=np.int64)])
     captions = None if dataset.captions is None else list(dataset.captions) + [f"canary {key}" for key in plan.keys]
     combined = ImageDataset(images=np.concatenate([dataset.images, plan.images]), keys=list(dataset.keys) + plan.keys,
@@ -342,9 +449,21 @@ def insert_canaries(dataset: ImageDataset, plan: CanaryPlan) -> tuple[ImageDatas
                       "label": can_labels[j]} for j, key in enumerate(plan.keys)],
         "reference": [{"key": key, "source": src} for key, src in zip(plan.reference_keys, plan.reference_sources)],
     }
+    if dataset.labels is not None and plan.reference_labels is not None:  # else as earlier versions wrote it (resume)
+        for ref, lab in zip(record["reference"], plan.reference_labels):
+            ref["label"] = int(lab)
     if plan.skipped:  # only then: the record of a run that skipped nothing is what earlier versions wrote (resume)
         record["skipped_pool_images"] = plan.skipped
     return combined, repeats, record
+
+
+def earlier_record(dataset: ImageDataset, plan: CanaryPlan) -> tuple[ImageDataset, dict[int, int], dict[str, Any]]:
+    """:func:`insert_canaries` as versions before held-out canaries took the pool's labels did it: every
+    label drawn with the seed (the references' too, at loss time). A run those versions started resumes
+    with the labels its model was trained with (its ``canaries.json`` is this record)."""
+    from dataclasses import replace
+
+    return insert_canaries(dataset, replace(plan, labels=None, reference_labels=None))
 
 
 def max_exposure(n_reference: int) -> float:
@@ -380,8 +499,11 @@ def exposure_gaussian(canary_loss: np.ndarray, reference_loss: np.ndarray) -> np
     return -norm.logcdf((c - r.mean()) / sd) / np.log(2.0)
 
 
-def exposure_curve(repeats: list[int], exposures: np.ndarray, extracted: list[bool] | None = None) -> list[dict[str, Any]]:
-    """Per repeat count: n canaries, mean / min / max exposure, and how many were extracted."""
+def exposure_curve(repeats: list[int], exposures: np.ndarray, extracted: list[bool] | None = None,
+                   nearest_l2: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """Per repeat count: n canaries, mean / min / max exposure, how many were extracted and, with
+    ``nearest_l2`` (float64 (n_canaries,), each canary's ℓ2 to its nearest generation), the smallest and
+    the median of those."""
     reps = np.asarray(repeats)
     exp = np.asarray(exposures, np.float64)
     out = []
@@ -389,7 +511,27 @@ def exposure_curve(repeats: list[int], exposures: np.ndarray, extracted: list[bo
         m = reps == r
         row = {"repeats": r, "n": int(m.sum()), "mean_exposure": float(exp[m].mean()),
                "min_exposure": float(exp[m].min()), "max_exposure": float(exp[m].max())}
-        if extracted is not None:
-            row["n_extracted"] = int(np.asarray(extracted, bool)[m].sum())
-        out.append(row)
+        out.append(_extraction_fields(row, m, extracted, nearest_l2))
     return out
+
+
+def reference_row(n_reference: int, extracted: list[bool] | None = None,
+                  nearest_l2: np.ndarray | None = None) -> dict[str, Any]:
+    """The curve's ``repeats: 0`` row: the never-inserted references, the baseline of extraction (how many
+    generations copy, and how near they come to, images never trained on). References have no exposure
+    (they define it): its exposure fields are None. ``extracted``, ``nearest_l2``: per reference, as for
+    the canaries in :func:`exposure_curve`."""
+    row = {"repeats": 0, "n": int(n_reference), "mean_exposure": None, "min_exposure": None, "max_exposure": None}
+    return _extraction_fields(row, np.ones(n_reference, bool), extracted, nearest_l2)
+
+
+def _extraction_fields(row: dict[str, Any], m: np.ndarray, extracted: list[bool] | None,
+                       nearest_l2: np.ndarray | None) -> dict[str, Any]:
+    """``row`` with ``n_extracted`` of the items selected by the mask ``m`` (when ``extracted`` is given)
+    and ``min_nearest_l2`` / ``median_nearest_l2`` (when ``nearest_l2`` is given)."""
+    if extracted is not None:
+        row["n_extracted"] = int(np.asarray(extracted, bool)[m].sum())
+    if nearest_l2 is not None:
+        d = np.asarray(nearest_l2, np.float64)[m]
+        row["min_nearest_l2"], row["median_nearest_l2"] = float(d.min()), float(np.median(d))
+    return row

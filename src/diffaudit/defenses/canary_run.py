@@ -2,15 +2,20 @@
 
 Stages (each resumable inside ``out``; a finished stage is never redone):
 
-1. ``canaries.json`` (the membership record: every canary's key, index, repeats, source) and
-   ``canaries.npz`` (inserted canaries and references R, uint8).
+1. ``canaries.json`` (the membership record: every canary's key, index, repeats, source, label; the
+   references) and ``canaries.npz`` (inserted canaries and references R, uint8). A record an earlier
+   version wrote, with seeded labels where held-out canaries now take the pool's, resumes with them
+   (:func:`~diffaudit.defenses.canaries.earlier_record`).
 2. ``model/``: a diffaudit run directory from :func:`diffaudit.models.training.train` on the training
    set plus the canaries, each repeated as planned (``model/train_ids.json`` records the repeats).
 3. ``losses.npz``: per-example loss (:func:`diffaudit.models.loss.per_example_loss`, t = 100 by
    default, ``n_draws`` noise draws averaged) of every canary and reference -> exposure.
 4. ``samples/chunk-NNNNNN.npy``: ``n_samples`` generations (DDIM, seeds ``generation_seed(seed, 0, i)``),
    verified against the training set with :func:`diffaudit.attacks.extraction.verification.verify`
-   (paper §5.1 rule ``ratio`` by default): a canary is extracted when a generation extracts it.
+   (paper §5.1 rule ``ratio`` by default): a canary is extracted when a generation extracts it. The
+   references are checked the same way, as if they had been inserted too (the generations verified
+   against the training set, the canaries and the references): the baseline of what images never
+   trained on get (``extracted``, ``nearest_l2``, the curve's ``repeats: 0`` row).
 """
 
 from __future__ import annotations
@@ -28,11 +33,13 @@ from diffaudit.core.seeds import derive_seed, generation_seed, numpy_rng
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.defenses.canaries import (
     CanaryPlan,
+    earlier_record,
     exposure,
     exposure_curve,
     exposure_gaussian,
     insert_canaries,
     max_exposure,
+    reference_row,
 )
 
 SAMPLE_CHUNK = 1024
@@ -107,12 +114,41 @@ def training_timesteps() -> int:
 
 
 def _labels_for(plan: CanaryPlan, record: dict[str, Any], dataset: ImageDataset) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Labels (int64 (n_canaries,), (n_reference,)) the loss conditions on, from the record: the canaries'
+    as trained, the references' where recorded (a labelled pool), else drawn with the plan's seed (as
+    earlier versions did); (None, None) for data without labels."""
     if dataset.labels is None:
         return None, None
     n_classes = int(dataset.labels.max()) + 1
     can = np.asarray([c["label"] for c in record["canaries"]], dtype=np.int64)
+    refs = record["reference"]
+    if refs and all("label" in r for r in refs):
+        return can, np.asarray([r["label"] for r in refs], dtype=np.int64)
     ref = numpy_rng(derive_seed(plan.seed, "reference-labels")).integers(0, n_classes, size=len(plan.reference_keys))
     return can, ref.astype(np.int64)
+
+
+def _membership(dataset: ImageDataset, plan: CanaryPlan, out: Path) -> tuple[ImageDataset, dict[int, int], dict[str, Any]]:
+    """:func:`insert_canaries`, and the record saved in ``out`` (written when there is none): the same
+    record, or one an earlier version wrote for this plan (:func:`earlier_record`: seeded labels where
+    held-out canaries now take the pool's), which resumes as it was trained. Raises
+    :class:`DiffauditError` for a record of other canaries."""
+    combined, repeats, record = insert_canaries(dataset, plan)
+    path = out / "canaries.json"
+    if not path.exists():
+        save_npz_atomic(out / "canaries.npz", canaries=plan.images, reference=plan.reference,
+                        keys=np.asarray(plan.keys, dtype=str), reference_keys=np.asarray(plan.reference_keys, dtype=str))
+        write_json_atomic(path, record)
+        return combined, repeats, record
+    saved = read_json(path)
+    if saved == record:
+        return combined, repeats, record
+    older = earlier_record(dataset, plan)
+    if saved == older[2]:
+        stage_line(f"canaries: {path} predates held-out canaries taking the pool's labels; resuming with the seeded "
+                   "labels it was started with (--fresh trains with the pool's labels)")
+        return older
+    raise DiffauditError(f"{path} records other canaries; use --fresh to start over")
 
 
 def _losses(run: Path, plan: CanaryPlan, labels: tuple, ev: CanaryEval, out: Path, device) -> tuple[np.ndarray, np.ndarray]:
@@ -158,18 +194,54 @@ def _samples(run: Path, ev: CanaryEval, out: Path, device, n_classes: int | None
     return np.concatenate(parts)
 
 
-def _extraction(samples: np.ndarray, combined: ImageDataset, plan: CanaryPlan, ev: CanaryEval, device) -> tuple[list[bool], np.ndarray, int]:
+@dataclass
+class Extracted:
+    """What the generations extract.
+
+    Attributes:
+        canaries, references: per canary / reference, whether a generation extracts it.
+        canary_l2, reference_l2: float64 (n,), each one's ℓ2 to its nearest generation, in [0, 1].
+        unique: training images extracted (verification against the training set with the canaries).
+    """
+
+    canaries: list[bool]
+    references: list[bool]
+    canary_l2: np.ndarray
+    reference_l2: np.ndarray
+    unique: int
+
+
+def _verified(samples: np.ndarray, images: np.ndarray, keys: list[str], ev: CanaryEval, device) -> tuple[set[str], int]:
+    """Keys of the ``images`` (uint8 (N, H, W, C)) that verification against them calls extracted (each
+    credited image and its duplicates), and the count of unique extracted images."""
     from diffaudit.attacks.extraction.verification import VerifySettings, verify
-    from diffaudit.distances.pairwise import pairwise_l2
 
     ids = [f"p0-i{i}" for i in range(len(samples))]
-    v = verify(samples, ids, combined.images, combined.keys, settings=VerifySettings(rule=ev.rule, delta=ev.delta), device=device)
+    v = verify(samples, ids, images, keys, settings=VerifySettings(rule=ev.rule, delta=ev.delta), device=device)
     hit = set()
     for e in v.extracted:
         hit.add(e.train_key)
-        hit.update(combined.keys[int(d)] for d in (getattr(e, "duplicates", None) or []))
-    nearest = pairwise_l2(plan.images, samples, device=device).min(dim=1).values.double().cpu().numpy()
-    return [k in hit for k in plan.keys], nearest, v.unique_extracted
+        hit.update(keys[int(d)] for d in (getattr(e, "duplicates", None) or []))
+    return hit, v.unique_extracted
+
+
+def _nearest_l2(images: np.ndarray, samples: np.ndarray, device) -> np.ndarray:
+    """float64 (len(images),): each image's ℓ2 to its nearest generation."""
+    from diffaudit.distances.pairwise import pairwise_l2
+
+    return pairwise_l2(images, samples, device=device).min(dim=1).values.double().cpu().numpy()
+
+
+def _extraction(samples: np.ndarray, combined: ImageDataset, plan: CanaryPlan, ev: CanaryEval, device) -> Extracted:
+    """Canaries: verification against the training set the model was trained on (``combined``).
+    References: the same rule, as if they had been inserted too (against ``combined`` and the references),
+    so that their extraction and nearest ℓ2 are the baseline of images never trained on."""
+    hit, unique = _verified(samples, np.asarray(combined.images), combined.keys, ev, device)
+    ref_hit, _ = _verified(samples, np.concatenate([np.asarray(combined.images), plan.reference]),
+                           combined.keys + plan.reference_keys, ev, device)
+    return Extracted(canaries=[k in hit for k in plan.keys], references=[k in ref_hit for k in plan.reference_keys],
+                     canary_l2=_nearest_l2(plan.images, samples, device),
+                     reference_l2=_nearest_l2(plan.reference, samples, device), unique=unique)
 
 
 def run_canary_experiment(dataset: ImageDataset, plan: CanaryPlan, config, out: str | Path, *, evaluation: CanaryEval,
@@ -177,39 +249,43 @@ def run_canary_experiment(dataset: ImageDataset, plan: CanaryPlan, config, out: 
     """Insert ``plan``'s canaries into ``dataset``, train with ``config`` (a ``TrainConfig``) and measure.
 
     Returns the result fields: ``canaries`` (one {key, kind, repeats, loss, exposure,
-    exposure_gaussian, extracted, nearest_l2} per canary), ``curve`` (per repeat count), the
-    reference-loss summary, ``model`` (the run directory) and counts.
+    exposure_gaussian, extracted, nearest_l2} per canary), ``references`` (one {key, kind, repeats: 0,
+    loss, extracted, nearest_l2} per never-inserted reference: the extraction baseline), ``curve`` (per
+    repeat count, led by the references' ``repeats: 0`` row), the reference-loss summary (std with
+    ddof = 1, as the Gaussian exposure), ``model`` (the run directory) and counts (``n_extracted``,
+    ``n_reference_extracted``: None without generations).
     """
     from diffaudit.models.training import train
 
     out = Path(out)
     evaluation.validate(n_train=len(dataset) + len(plan.keys))
-    combined, repeats, record = insert_canaries(dataset, plan)
-    if not (out / "canaries.json").exists():
-        save_npz_atomic(out / "canaries.npz", canaries=plan.images, reference=plan.reference,
-                        keys=np.asarray(plan.keys, dtype=str), reference_keys=np.asarray(plan.reference_keys, dtype=str))
-        write_json_atomic(out / "canaries.json", record)
-    elif read_json(out / "canaries.json") != record:
-        raise DiffauditError(f"{out / 'canaries.json'} records other canaries; use --fresh to start over")
+    combined, repeats, record = _membership(dataset, plan, out)
     run = train(combined, config, out / "model", device=device, repeats=repeats,
                 data_record={**(data_record or {"source": dataset.source}), "canaries": "canaries.json"})
     labels = _labels_for(plan, record, dataset) if config.class_conditional else (None, None)
     can_loss, ref_loss = _losses(run, plan, labels, evaluation, out, device)
     exp = exposure(can_loss, ref_loss)
     exp_g = exposure_gaussian(can_loss, ref_loss)
-    extracted: list[bool | None] = [None] * len(plan.keys)
-    nearest = np.full(len(plan.keys), np.nan)
-    n_unique = None
+    ex = None
     if evaluation.n_samples > 0:
         n_classes = int(dataset.labels.max()) + 1 if (config.class_conditional and dataset.labels is not None) else None
         samples = _samples(run, evaluation, out, device, n_classes)
-        extracted, nearest, n_unique = _extraction(samples, combined, plan, evaluation, device)
-    stage_line(f"canaries: mean exposure {exp.mean():.2f} bits of {max_exposure(len(ref_loss)):.2f}; "
-               f"{sum(bool(e) for e in extracted)} of {len(extracted)} canaries extracted")
+        ex = _extraction(samples, combined, plan, evaluation, device)
+    extracted = [None] * len(plan.keys) if ex is None else ex.canaries
+    ref_extracted = [None] * len(plan.reference_keys) if ex is None else ex.references
+    found = ("extraction not tested (no generations)" if ex is None else
+             f"{sum(ex.canaries)} of {len(extracted)} canaries extracted, {sum(ex.references)} of {len(ref_extracted)} "
+             "never-inserted references")
+    stage_line(f"canaries: mean exposure {exp.mean():.2f} bits of {max_exposure(len(ref_loss)):.2f}; {found}")
     rows = [{"key": k, "kind": plan.kind, "repeats": int(r), "index": record["canaries"][j]["index"],
              "loss": float(can_loss[j]), "exposure": float(exp[j]), "exposure_gaussian": float(exp_g[j]),
-             "extracted": extracted[j], "nearest_l2": None if np.isnan(nearest[j]) else float(nearest[j])}
+             "extracted": extracted[j], "nearest_l2": None if ex is None else float(ex.canary_l2[j])}
             for j, (k, r) in enumerate(zip(plan.keys, plan.repeats))]
+    refs = [{"key": k, "kind": plan.kind, "repeats": 0, "loss": float(ref_loss[j]), "extracted": ref_extracted[j],
+             "nearest_l2": None if ex is None else float(ex.reference_l2[j])} for j, k in enumerate(plan.reference_keys)]
+    curve = [reference_row(len(plan.reference_keys), None if ex is None else ex.references,
+                           None if ex is None else ex.reference_l2)]
+    curve += exposure_curve(plan.repeats, exp, None if ex is None else ex.canaries, None if ex is None else ex.canary_l2)
     return {
         "kind": plan.kind,
         "model": str(run),
@@ -217,11 +293,13 @@ def run_canary_experiment(dataset: ImageDataset, plan: CanaryPlan, config, out: 
         "n_canaries": len(plan.keys),
         "n_reference": len(plan.reference_keys),
         "max_exposure": max_exposure(len(ref_loss)),
-        "reference_loss": {"mean": float(ref_loss.mean()), "std": float(ref_loss.std()), "min": float(ref_loss.min())},
+        "reference_loss": {"mean": float(ref_loss.mean()), "std": float(ref_loss.std(ddof=1)), "min": float(ref_loss.min())},
         "evaluation": asdict(evaluation),
-        "n_extracted": sum(bool(e) for e in extracted) if evaluation.n_samples > 0 else None,
-        "unique_extracted_training_images": n_unique,
+        "n_extracted": None if ex is None else sum(ex.canaries),
+        "n_reference_extracted": None if ex is None else sum(ex.references),
+        "unique_extracted_training_images": None if ex is None else ex.unique,
         "canaries": rows,
-        "curve": exposure_curve(plan.repeats, exp, extracted if evaluation.n_samples > 0 else None),
+        "references": refs,
+        "curve": curve,
         "membership_file": "canaries.json",
     }
