@@ -25,6 +25,10 @@ def test_an_interrupted_audit_stage_interrupts_the_audit(monkeypatch, tmp_path, 
     stages = _Stages(tmp_path, [])
     with pytest.raises(KeyboardInterrupt):
         stages.run("train", ["train"])
+    # and the audit says nothing more: the stage's own line is the one line
+    monkeypatch.setattr(cli_main, "_parse_and_run", lambda *a: stages.run("train", ["train"]))
+    capsys.readouterr()
+    assert cli_main.main(["audit"]) == 130 and capsys.readouterr().err == ""
     monkeypatch.setattr(cli_main, "main", lambda argv: 2)  # a failed stage stays an error
     with pytest.raises(DiffauditError, match=r"stage `train` failed \(exit 2\)"):
         stages.run("train", ["train"])

@@ -13,6 +13,7 @@ from diffaudit.core.errors import DiffauditError
 from diffaudit.models.denoiser import check_model_input, load_denoiser
 from diffaudit.models.scheduler import make_scheduler
 from diffaudit.models.unets import build_unet, unet_config
+from diffaudit.sampling.generate import generate_images
 
 
 def _model_dir(root, *, scheduler=None, **unet_overrides):
@@ -98,8 +99,14 @@ def test_models_that_cannot_be_read_are_refused_at_load(tmp_path):
         load_denoiser(ve)
     with pytest.raises(DiffauditError, match="zero terminal SNR"):  # ᾱ_T = 0: ε̂ and x̂_0 divide by zero
         load_denoiser(_model_dir(tmp_path / "g", scheduler=DDPMScheduler_with(rescale_betas_zero_snr=True)))
-    with pytest.raises(DiffauditError, match="dynamic thresholding"):  # a sampler diffaudit does not implement
-        load_denoiser(_model_dir(tmp_path / "h", scheduler=DDPMScheduler_with(thresholding=True)))
+    # dynamic thresholding: a sampler diffaudit does not implement, refused where the model is sampled;
+    # its losses (membership inference, inpainting) read ᾱ alone and are computed
+    thresholded = load_denoiser(_model_dir(tmp_path / "h", scheduler=DDPMScheduler_with(thresholding=True)))
+    with pytest.raises(DiffauditError, match="dynamic thresholding"):
+        generate_images(thresholded, [1], steps=2, micro_batch=1)
+    from diffaudit.models.loss import per_example_loss
+
+    assert np.isfinite(per_example_loss(thresholded, np.zeros((1, 8, 8, 1), np.uint8), timesteps=[10])).all()
     # a DDIM schedule is the same discrete-time schedule: read as is
     ddim = load_denoiser(_model_dir(tmp_path / "e", scheduler=DDIMScheduler.from_config(make_scheduler().config)))
     torch.testing.assert_close(ddim.alphas_cumprod, load_denoiser(_model_dir(tmp_path / "f")).alphas_cumprod)

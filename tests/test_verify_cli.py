@@ -303,3 +303,17 @@ def test_missing_samples_names_the_flag_and_what_samples_are(files, tmp_path, ca
     assert "built-in name" not in err
     assert run("verify", "--samples", tmp_path / "gone.npz", "--data", files / "train.npz", "--out", tmp_path / "w") == 2
     assert f"--samples {tmp_path / 'gone.npz'}" in capsys.readouterr().err
+
+
+def test_auto_rule_keeps_the_rule_an_older_folder_recorded(files, tmp_path):
+    """An earlier version's --rule auto chose l2 for class-index prompts; re-run as it was, that folder
+    resumes with l2 instead of being refused for a flag the user did not change."""
+    with np.load(files / "cond.npz", allow_pickle=False) as z:
+        np.savez(tmp_path / "classes.npz", images=z["images"], prompts=np.array(["3"] * 12 + ["7"] * 12))
+    argv = ["verify", "--samples", tmp_path / "classes.npz", "--data", files / "train.npz", "--out", tmp_path / "v",
+            "--device", "cpu"]
+    assert run(*argv, "--rule", "l2") == 0  # the rule an earlier version recorded for --rule auto
+    (tmp_path / "v" / "result.json").unlink()  # unfinished: the resume goes through the whole command
+    assert run(*argv) == 0
+    r = strict_json(tmp_path / "v" / "result.json")
+    assert r["rule"] == "l2" and r["rule_reason"] == "--rule auto: the rule this --out recorded when it was made"

@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 from typing import Any
 
-from diffaudit.cli.common import add_data_args, canonical_settings, data_options, emit, emit_finished, upgrading_paths
+from diffaudit.cli.common import (
+    StageInterrupted, add_data_args, canonical_settings, data_options, emit, emit_finished, upgrading_paths,
+)
 from diffaudit.cli.train import add_train_options
 from diffaudit.core.errors import DiffauditError
 
@@ -305,7 +307,7 @@ class _Stages:
             except SystemExit as exc:  # the stage's own argument parser refused a value
                 code = exc.code if isinstance(exc.code, int) else 2
             if code == 130:  # the stage was interrupted (it said so): the audit is, too
-                raise KeyboardInterrupt
+                raise StageInterrupted
             if code != 0:
                 raise DiffauditError(f"stage `{name}` failed (exit {code}); fix the cause and re-run: finished stages are kept")
             stage_line(f"audit: {name}: done in {time.perf_counter() - t0:.1f}s")

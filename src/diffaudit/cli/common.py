@@ -145,6 +145,11 @@ def add_run_args(p: argparse.ArgumentParser, *, out_required: bool = True) -> No
     p.add_argument("--fresh", action="store_true", help="delete what --out holds and start over")
 
 
+class StageInterrupted(KeyboardInterrupt):
+    """Ctrl-C inside a command that another ran in-process (an audit's stage), which said so itself: the
+    enclosing command ends with status 130 without saying it again."""
+
+
 class StdoutClosed(Exception):
     """Standard output's reader has gone (``diffaudit compare A B | head -1``): the output is cut short."""
 

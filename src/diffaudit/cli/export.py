@@ -31,6 +31,16 @@ def _summary(r: dict) -> str:
     return f"exported {r['exported']} PNG files to {r['out']}"
 
 
+def _more_finished(store):
+    """emit_finished's ``stale``: an export made while sampling was unfinished is redone (skipping the PNG
+    files it wrote) once the store holds more finished shards."""
+    def stale(result: dict) -> str | None:
+        before = int(result.get("unfinished_shards") or 0)
+        return "was made while sampling was unfinished; exporting what has finished since" \
+            if before > len(store.pending()) else None
+    return stale
+
+
 def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
@@ -47,9 +57,9 @@ def run(args: argparse.Namespace) -> int:
         raise DiffauditError(
             f"{args.samples}: {len(pending)} of {store.n_shards} shards are not finished; finish sampling (re-run "
             "`diffaudit sample` with the same flags) or pass --partial to export the finished generations")
-    settings = {"samples_identity": samples_identity(args.samples), "partial": bool(pending)}
+    settings = {"samples_identity": samples_identity(args.samples)}  # the same as its shards finish
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
-    if emit_finished(args, out, resumed, _summary):
+    if emit_finished(args, out, resumed, _summary, stale=_more_finished(store)):
         return 0
     done = store.completed()
     n = written = 0

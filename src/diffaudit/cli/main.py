@@ -19,7 +19,7 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from diffaudit import __version__  # noqa: E402
-from diffaudit.cli.common import StdoutClosed, set_quiet, write_stdout  # noqa: E402
+from diffaudit.cli.common import StageInterrupted, StdoutClosed, set_quiet, write_stdout  # noqa: E402
 from diffaudit.core import folder_lock  # noqa: E402
 from diffaudit.core.errors import DiffauditError  # noqa: E402
 
@@ -175,9 +175,10 @@ def _main(argv: list[str] | None) -> int:
     held_before = folder_lock.held()  # an audit's own folder, while it runs a stage in-process
     try:
         return _parse_and_run(argv, raw, command)
-    except KeyboardInterrupt:
-        name = f"diffaudit {command}" if command in COMMANDS else "diffaudit"
-        print(f"{name}: interrupted; finished work is kept, re-run to continue", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        if not isinstance(exc, StageInterrupted):  # a stage's interruption was reported by the stage
+            name = f"diffaudit {command}" if command in COMMANDS else "diffaudit"
+            print(f"{name}: interrupted; finished work is kept, re-run to continue", file=sys.stderr)
         return 130
     finally:
         folder_lock.release(keep=held_before)  # the --out folders this command locked

@@ -185,7 +185,6 @@ def run(args: argparse.Namespace) -> int:
         target = TargetSpec()
     check_target(ds, mem.matrix[:, :m], target)  # members and non-members both: before any loss or folder
     check_models_alike(mia_models(runs, target), ds.image_shape, ds.labels, timesteps=config.all_timesteps)
-    _warn_if_few_shadows(args.attack, mem.matrix[:, :m], target)
     # the weights and pixels behind the paths: shadows retrained or data rewritten in place are other inputs
     digests = {r.name: model_digest(r) for r in runs}
     target_digest = model_digest(target.run) if target.mode == "model" else None
@@ -207,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrading_paths(PATH_SETTINGS))
     if emit_finished(args, out, resumed, _summary):
         return 0
+    _warn_if_few_shadows(args.attack, mem.matrix[:, :m], target)
     cache = Path(args.loss_cache) if args.loss_cache else out / "losses"
     with Timer() as timer:
         scores = run_mia(ds, mem.matrix[:, :m], runs, config, target=target, cache_dir=cache, device=device,

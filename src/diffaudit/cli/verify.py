@@ -200,6 +200,19 @@ def _upgrade_settings(old: dict[str, Any]) -> dict[str, Any]:
     return old if "map_resize" in old else {**old, "map_resize": "none" if old.get("train_map") else None}
 
 
+def _auto_rule(args, samples: ImageDataset) -> tuple[str, str]:
+    """``--rule auto`` as :func:`auto_rule` chooses it, except on a resume, which keeps the rule the
+    folder recorded (an earlier version chose l2 for a class-conditional model's generations: its
+    finished work stays as it was, never refused as "other settings" for a flag the user did not
+    change)."""
+    from diffaudit.core.outdir import recorded_settings
+
+    recorded = None if args.fresh else (recorded_settings(args.out, NAME) or {}).get("rule")
+    if recorded in RULES:
+        return recorded, "the rule this --out recorded when it was made"
+    return auto_rule(sampler_kind(args.samples), samples.captions)
+
+
 def _check_shapes(samples: ImageDataset, other: ImageDataset, what: str) -> None:
     if samples.image_shape != other.image_shape:
         raise DiffauditError(
@@ -222,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
         samples, medoids = _select_from_extract(args.from_extract, samples, args.samples)
     rule_reason = "--rule " + rule
     if rule == "auto":
-        rule, why = auto_rule(sampler_kind(args.samples), samples.captions)
+        rule, why = _auto_rule(args, samples)
         rule_reason = f"--rule auto: {why}"
     vs = VerifySettings(rule, vs_probe.delta, vs_probe.alpha, vs_probe.n_neighbors, vs_probe.eidetic_delta, vs_probe.dup_delta)
     native = train is None  # --data's images differ in size: only the --train-map check runs

@@ -14,6 +14,10 @@ keeps it locked. The lock belongs to the open file, so it ends when the command 
 a kill included: a stale lock file never blocks a re-run. Released lock files are deleted; a
 process that locked a file just deleted sees its inode gone and locks the new one instead.
 
+Library use: a script that calls ``prepare_out_dir`` (``train``, ``SampleStore.create``...) holds
+the folder until it calls :func:`release` (or :func:`release_folder`) or its interpreter exits;
+a CLI run on that folder meanwhile is refused as "in use".
+
 Limits: processes on one machine only (the lock directory is local; ``flock`` over network file
 systems is not reliable either), and none where ``fcntl`` does not exist (Windows).
 """

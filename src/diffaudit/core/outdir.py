@@ -271,13 +271,14 @@ def prepare_out_dir(out: str | os.PathLike, command: str, settings: dict[str, An
             )
         recorded = old.get("settings", {})
         diffs = diff_settings(recorded, record["settings"], names=_FLAG_NAMES.get())
-        if diffs and upgrade is not None and not diff_settings(_normalise(upgrade(dict(recorded))), record["settings"]):
+        if diffs and upgrade is not None:  # an earlier version's record, read as today's: only real differences
+            diffs = diff_settings(_normalise(upgrade(dict(recorded))), record["settings"], names=_FLAG_NAMES.get())
+        if not diffs and recorded != record["settings"]:
             kept = {FOREIGN_KEY: old[FOREIGN_KEY]} if FOREIGN_KEY in old else {}
             try:
                 write_json_atomic(sfile, {**record, **kept})  # an earlier version's record of the same work
             except DiffauditError:  # read-only storage: the earlier record stays, and is read the same way next time
                 pass
-            diffs = []
         if diffs:
             raise SettingsMismatchError(
                 f"{path} holds work made with other settings: {'; '.join(diffs[:5])}. "

@@ -129,13 +129,14 @@ class Denoiser:
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
-def _scheduler_from(folder: Path, root: Path, flag: str = "--model") -> tuple[DDPMScheduler, SamplingSchedule]:
+def _scheduler_from(folder: Path, root: Path, flag: str = "--model") -> tuple[DDPMScheduler, dict]:
     """The model's discrete-time schedule as a DDPMScheduler (ᾱ_t, prediction_type, variance_type), and
-    how its config says to sample (read from the file: a DDIM config's ``set_alpha_to_one`` is not a
-    DDPMScheduler field); errors name the model as ``flag root``."""
+    its config as the file holds it ({} when there is none; a DDIM config's ``set_alpha_to_one`` is not a
+    DDPMScheduler field: :class:`SamplingSchedule` reads it from there); errors name the model as
+    ``flag root``."""
     cfg_path = folder / "scheduler_config.json"
     if not cfg_path.exists():
-        return make_scheduler(), SamplingSchedule()
+        return make_scheduler(), {}
     try:
         cfg = json.loads(cfg_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -148,13 +149,12 @@ def _scheduler_from(folder: Path, root: Path, flag: str = "--model") -> tuple[DD
     if prediction not in PREDICTION_TYPES:
         raise DiffauditError(f"{flag} {root}: prediction_type {prediction!r} is not supported; "
                              f"choose one of {', '.join(PREDICTION_TYPES)}")
-    schedule = SamplingSchedule.from_config(cfg, what=f"{flag} {root}: the scheduler")
     scheduler = DDPMScheduler.from_pretrained(folder)
     if float(scheduler.alphas_cumprod.min()) <= 0:  # zero terminal SNR: ε̂ ↔ x̂_0 divides by sqrt(ᾱ_t) = 0
         raise DiffauditError(f"{flag} {root}: the schedule reaches ᾱ_t = 0 (zero terminal SNR, "
                              "rescale_betas_zero_snr), where the sampler and the losses, which work through ε̂, "
                              "divide by zero; it is not supported")
-    return scheduler, schedule
+    return scheduler, cfg
 
 
 def _check_layout(config: dict, scheduler: DDPMScheduler, root: Path, flag: str = "--model") -> bool:
@@ -253,7 +253,8 @@ def load_denoiser(path: str | Path, device: str | torch.device = "cpu", dtype: t
         raise DiffauditError(f"{flag} {root}: {cls} is not a pixel-space UNet2DModel (latent pipelines load with load_sd_pipeline)")
     if not any(unet_dir.glob("*.safetensors")):
         raise DiffauditError(f"{flag} {root}: weights must be in safetensors format (pickled .bin weights are refused)")
-    scheduler, schedule = _scheduler_from(sched_dir, root, flag)
+    scheduler, sched_config = _scheduler_from(sched_dir, root, flag)
+    schedule = SamplingSchedule.from_config(sched_config)  # checked where it is sampled (open_source)
     learned_variance = _check_layout(config, scheduler, root, flag)
     try:
         unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True, torch_dtype=dtype)

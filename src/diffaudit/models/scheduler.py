@@ -52,6 +52,7 @@ class SamplingSchedule:
         set_alpha_to_one: ᾱ after the last step is 1 (else ᾱ_0).
         clip_sample: x̂_0 is clipped to [−clip_sample_range, clip_sample_range] at each step.
         clip_sample_range: > 0.
+        thresholding: dynamic thresholding, which diffaudit's sampler does not implement (:meth:`check`).
     """
 
     timestep_spacing: str = "leading"
@@ -59,23 +60,29 @@ class SamplingSchedule:
     set_alpha_to_one: bool = True
     clip_sample: bool = True
     clip_sample_range: float = 1.0
+    thresholding: bool = False
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], *, what: str = "the scheduler") -> "SamplingSchedule":
-        """The schedule of a scheduler config; refuses what the sampler does not implement (dynamic
-        thresholding, an unknown spacing) rather than sampling otherwise than the model's authors."""
-        if config.get("thresholding"):
+    def from_config(cls, config: Mapping[str, Any]) -> "SamplingSchedule":
+        """The schedule of a scheduler config, as it is (a model that cannot be sampled may still be
+        scored: :meth:`check` refuses it where it is sampled)."""
+        return cls(timestep_spacing=str(config.get("timestep_spacing") or "leading"),
+                   steps_offset=int(config.get("steps_offset") or 0),
+                   set_alpha_to_one=bool(config.get("set_alpha_to_one", True)),
+                   clip_sample=bool(config.get("clip_sample", True)),
+                   clip_sample_range=float(config.get("clip_sample_range", 1.0)),
+                   thresholding=bool(config.get("thresholding", False)))
+
+    def check(self, what: str = "the model's scheduler") -> "SamplingSchedule":
+        """Refuse what the sampler does not implement (dynamic thresholding, an unknown spacing, a clip
+        range that is not positive) rather than sampling otherwise than the model's authors did."""
+        if self.thresholding:
             raise DiffauditError(f"{what} asks for dynamic thresholding, which diffaudit's sampler does not implement")
-        spacing = config.get("timestep_spacing") or "leading"
-        if spacing not in SPACINGS:
-            raise DiffauditError(f"{what}: timestep_spacing {spacing!r} is not one of {', '.join(SPACINGS)}")
-        schedule = cls(timestep_spacing=spacing, steps_offset=int(config.get("steps_offset") or 0),
-                       set_alpha_to_one=bool(config.get("set_alpha_to_one", True)),
-                       clip_sample=bool(config.get("clip_sample", True)),
-                       clip_sample_range=float(config.get("clip_sample_range", 1.0)))
-        if not schedule.clip_sample_range > 0:
-            raise DiffauditError(f"{what}: clip_sample_range must be positive; got {schedule.clip_sample_range}")
-        return schedule
+        if self.timestep_spacing not in SPACINGS:
+            raise DiffauditError(f"{what}: timestep_spacing {self.timestep_spacing!r} is not one of {', '.join(SPACINGS)}")
+        if not self.clip_sample_range > 0:
+            raise DiffauditError(f"{what}: clip_sample_range must be positive; got {self.clip_sample_range}")
+        return self
 
     def is_default(self) -> bool:
         return self == SamplingSchedule()

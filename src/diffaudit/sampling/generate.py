@@ -38,7 +38,7 @@ def generate_images(
     n = len(seeds)
     C, S = denoiser.in_channels, denoiser.image_size
     dev = denoiser.device
-    sched, T = denoiser.schedule, denoiser.num_train_timesteps  # the model's own scheduler config
+    sched, T = denoiser.schedule.check(), denoiser.num_train_timesteps  # the model's own scheduler config
     ts = ddim_timesteps(T, steps, spacing=sched.timestep_spacing, offset=sched.steps_offset)
     final_alpha = 1.0 if sched.set_alpha_to_one else float(denoiser.alphas_cumprod[0])
     out = np.empty((n, S, S, C), dtype=np.uint8)

@@ -246,8 +246,9 @@ def open_source(model: str | Path, *, device: torch.device, steps: int, eta: flo
                                      dtype=torch.bfloat16 if cuda_fast else torch.float32,
                                      channels_last=cuda_fast and compile, compile=cuda_fast and compile)
     den = load_denoiser(model, device=device)
-    ddim_timesteps(den.num_train_timesteps, steps, spacing=den.schedule.timestep_spacing,  # --steps in range,
-                   offset=den.schedule.steps_offset)  # before any output folder exists
+    den.schedule.check(f"--model {model}: the scheduler")  # a schedule the sampler follows, and --steps in
+    ddim_timesteps(den.num_train_timesteps, steps, spacing=den.schedule.timestep_spacing,  # range, before any
+                   offset=den.schedule.steps_offset)  # output folder exists
     if fast and device.type == "cuda":
         den.optimise_for_gpu(dtype=torch.bfloat16, channels_last=True, compile=compile)
     micro_batch = resolve_batch(micro_batch, device, default=256 if device.type == "cuda" else 32, probe=den.forward_probe,

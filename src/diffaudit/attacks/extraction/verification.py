@@ -13,9 +13,10 @@ collapsed so that a duplicate is not counted twice. **Rule**: two training image
 when their ℓ2 is ≤ ``dup_delta`` (0.1, the eidetic δ). A generation's matched training image x counts
 as the credited image c when ℓ2(x, c) ≤ ``dup_delta`` for some c credited before (the earliest such
 c); otherwise x is credited itself. The relation is not chained: two matched images more than
-``dup_delta`` apart both count, whatever training images lie between them (a chain of near images
-would otherwise merge distinct images, and how many counted would depend on which happened to be
-matched). The eidetic k of a matched image x (Definition 2) is the number of training images
+``dup_delta`` apart both count, whatever training images lie between them (chaining merged distinct
+images through any image between them). The count follows the generations' order, as the paper's
+"first generation" rule does: for matched images with a–b and b–c within ``dup_delta`` but a–c
+not, b matched first counts one image, a (then c) first counts two. The eidetic k of a matched image x (Definition 2) is the number of training images
 within ``eidetic_delta`` = 0.1 of x, x itself included.
 """
 
