@@ -118,6 +118,11 @@ def test_export_resumes_and_never_mixes_two_stores_or_exports_an_unfinished_one(
     assert "1 of 3 shards are not finished" in capsys.readouterr().err and not (tmp_path / "png2").exists()
     assert main(["export", "--samples", str(other), "--out", str(tmp_path / "png2"), "--partial", "--quiet"]) == 0
     assert read_json(tmp_path / "png2" / "result.json")["unfinished_shards"] == 1
+    # sampling finished later: the same export (no --partial needed now) catches up, writing only the rest
+    assert main(sample_args(tiny_model, other) + ["--seed", "5"]) == 0
+    assert main(["export", "--samples", str(other), "--out", str(tmp_path / "png2"), "--quiet"]) == 0
+    r = read_json(tmp_path / "png2" / "result.json")
+    assert (r["exported"], r["written_now"], r["unfinished_shards"]) == (40, 16, 0)
 
 
 def test_export_refuses_an_id_that_would_leave_the_folder(tiny_model, tmp_path, capsys):
