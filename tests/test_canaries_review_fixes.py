@@ -110,6 +110,11 @@ def test_heldout_canaries_and_references_keep_the_pool_labels(digits):
     with pytest.raises(DiffauditError, match="are not --data's"):
         make_canaries("heldout", image_shape=digits.image_shape, repeats=(1,), n_reference=2, pool=renamed, training=train,
                       copy_rule=PIXEL_COPIES)
+    # an unconditional model never reads labels: such pools are drawn as before, labels seeded
+    for odd in (other, renamed):
+        plan = make_canaries("heldout", image_shape=digits.image_shape, repeats=(1,), n_reference=2, pool=odd,
+                             training=train, copy_rule=PIXEL_COPIES, class_conditional=False)
+        assert plan.labels is None and len(plan.keys) == 1
 
 
 def test_references_get_the_extraction_fields_against_the_same_generations(digits):

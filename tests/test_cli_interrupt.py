@@ -21,6 +21,7 @@ def test_ctrl_c_while_the_command_is_imported_is_one_line(monkeypatch, capsys):
 
 
 def test_an_interrupted_audit_stage_interrupts_the_audit(monkeypatch, tmp_path, capsys):
+    real_main = cli_main.main
     monkeypatch.setattr(cli_main, "main", lambda argv: 130)  # the stage printed its own "interrupted" line
     stages = _Stages(tmp_path, [])
     with pytest.raises(KeyboardInterrupt):
@@ -28,7 +29,7 @@ def test_an_interrupted_audit_stage_interrupts_the_audit(monkeypatch, tmp_path, 
     # and the audit says nothing more: the stage's own line is the one line
     monkeypatch.setattr(cli_main, "_parse_and_run", lambda *a: stages.run("train", ["train"]))
     capsys.readouterr()
-    assert cli_main.main(["audit"]) == 130 and capsys.readouterr().err == ""
+    assert real_main(["audit"]) == 130 and capsys.readouterr().err == ""
     monkeypatch.setattr(cli_main, "main", lambda argv: 2)  # a failed stage stays an error
     with pytest.raises(DiffauditError, match=r"stage `train` failed \(exit 2\)"):
         stages.run("train", ["train"])

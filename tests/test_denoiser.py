@@ -99,8 +99,8 @@ def test_models_that_cannot_be_read_are_refused_at_load(tmp_path):
         load_denoiser(ve)
     with pytest.raises(DiffauditError, match="zero terminal SNR"):  # ᾱ_T = 0: ε̂ and x̂_0 divide by zero
         load_denoiser(_model_dir(tmp_path / "g", scheduler=DDPMScheduler_with(rescale_betas_zero_snr=True)))
-    # dynamic thresholding: a sampler diffaudit does not implement, refused where the model is sampled;
-    # its losses (membership inference, inpainting) read ᾱ alone and are computed
+    # dynamic thresholding: a sampler diffaudit does not implement, refused where the model is sampled
+    # (generation, and the inpainting target); its membership losses read ᾱ alone and are computed
     thresholded = load_denoiser(_model_dir(tmp_path / "h", scheduler=DDPMScheduler_with(thresholding=True)))
     with pytest.raises(DiffauditError, match="dynamic thresholding"):
         generate_images(thresholded, [1], steps=2, micro_batch=1)
@@ -124,7 +124,8 @@ def test_the_sampling_schedule_is_read_from_the_models_own_config(tmp_path):
     den = load_denoiser(_model_dir(tmp_path / "m", scheduler=sched))
     assert (den.schedule.timestep_spacing, den.schedule.set_alpha_to_one, den.schedule.clip_sample) == ("trailing", False, False)
     # a store records a schedule other than the default, so its pixels are never mixed with the default's
-    assert PixelSource(den).settings()["schedule"]["timestep_spacing"] == "trailing"
+    recorded = PixelSource(den).settings()["schedule"]
+    assert recorded["timestep_spacing"] == "trailing" and "thresholding" not in recorded  # as stores recorded it
     assert "schedule" not in PixelSource(load_denoiser(_model_dir(tmp_path / "d"))).settings()
 
 

@@ -105,6 +105,9 @@ def test_export_resumes_and_never_mixes_two_stores_or_exports_an_unfinished_one(
     assert main(sample_args(tiny_model, out)) == 0
     assert main(sample_args(tiny_model, other) + ["--seed", "5"]) == 0
     assert main(["export", "--samples", str(out), "--out", str(png), "--quiet"]) == 0
+    record = json.loads((png / "settings.json").read_text())
+    record["settings"]["partial"] = False  # as the previous version recorded it: still resumes
+    (png / "settings.json").write_text(json.dumps(record))
     (png / "p0-i3.png").unlink()
     (png / "result.json").unlink()  # as if stopped before its end: resumed, only the missing file written
     assert main(["export", "--samples", str(out), "--out", str(png), "--quiet"]) == 0

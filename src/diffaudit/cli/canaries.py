@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     # before the output folder exists: a value that cannot work is refused while fixing it costs nothing
     plan = make_canaries(args.kind, image_shape=ds.image_shape, repeats=repeats, per_repeat=args.per_repeat,
                          n_reference=args.n_reference, seed=args.seed, pool=pool, training=ds,
-                         copy_rule=ev.copy_rule(), device=device)
+                         copy_rule=ev.copy_rule(), device=device, class_conditional=args.class_conditional)
     ev.validate(n_train=len(ds) + len(plan.keys))
     _say_skipped(plan.skipped)
     settings = {"data": str(args.data), "data_options": opts, "kind": args.kind, "canary_pool": args.canary_pool,

@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
             f"{args.samples}: {len(pending)} of {store.n_shards} shards are not finished; finish sampling (re-run "
             "`diffaudit sample` with the same flags) or pass --partial to export the finished generations")
     settings = {"samples_identity": samples_identity(args.samples)}  # the same as its shards finish
-    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh)
+    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh,
+                                   upgrade=lambda old: {k: v for k, v in old.items() if k != "partial"})  # earlier record
     if emit_finished(args, out, resumed, _summary, stale=_more_finished(store)):
         return 0
     done = store.completed()

@@ -241,6 +241,8 @@ def _load(path: Path, device, args):
 
     flag = "--model" if Path(path).resolve() == Path(args.model).resolve() else ("--shadow" if args.shadow else "--shadows")
     den = load_denoiser(path, device=device, flag=flag)
+    if flag == "--model":  # the target is sampled (inpainted): a schedule the sampler follows; shadows are only scored
+        den.schedule.check(f"--model {path}: the scheduler")
     if device.type == "cuda" and (args.bf16 or args.compile):
         den.optimise_for_gpu(dtype=torch.bfloat16 if args.bf16 else torch.float32, compile=args.compile)
     return den

@@ -96,7 +96,7 @@ def noise_image(seed: int, shape: tuple[int, int, int]) -> np.ndarray:
 def make_canaries(kind: str, *, image_shape: tuple[int, int, int], repeats=DEFAULT_REPEATS, per_repeat: int = 1,
                   n_reference: int = 64, seed: int = 0, pool: ImageDataset | None = None,
                   training: ImageDataset | None = None, copy_rule: VerifySettings | None = None,
-                  device: Any = "cpu") -> CanaryPlan:
+                  device: Any = "cpu", class_conditional: bool = True) -> CanaryPlan:
     """Draw ``len(repeats) * per_repeat`` canaries and ``n_reference`` references of ``kind``.
 
     Args:
@@ -113,8 +113,8 @@ def make_canaries(kind: str, *, image_shape: tuple[int, int, int], repeats=DEFAU
             (:func:`_draw_unseen`), since exposure measured against training members is biased to 0;
             a draw that is mostly training images (a pool that is the training data) is refused. So is a
             candidate that copies one kept before it (canaries and references are pairwise distinct).
-            With labels on both, the pool's labels must be classes of the training set
-            (:func:`_pool_labels`).
+            With labels on both, the pool's labels must be classes of the training set when the model is
+            ``class_conditional`` (:func:`_pool_labels`); for an unconditional model they are not checked.
         copy_rule: when a ``heldout`` candidate is a near-duplicate of a training image, or of another
             candidate: the verification rule that calls a generation a copy (:class:`VerifySettings`;
             default: the ``ratio`` rule of paper §5.1, or ``l2`` with δ = 0.15); see
@@ -144,7 +144,8 @@ def make_canaries(kind: str, *, image_shape: tuple[int, int, int], repeats=DEFAU
             raise DiffauditError("heldout canaries need the training set (training=) to check that no drawn pool image "
                                  "is a training image")
         kept, skipped = _draw_unseen(pool, shape, n_can, n_reference, seed, training, copy_rule=copy_rule, device=device)
-        imgs, sources, labels = np.asarray(pool.images[kept]), [pool.keys[i] for i in kept], _pool_labels(pool, kept, training)
+        imgs, sources = np.asarray(pool.images[kept]), [pool.keys[i] for i in kept]
+        labels = _pool_labels(pool, kept, training, check=class_conditional)
     else:
         raise DiffauditError(f"unknown canary kind {kind!r}; choose one of {', '.join(CANARY_KINDS)}")
     keys = [f"canary/{kind}/{j:04d}" for j in range(total)]
@@ -156,15 +157,21 @@ def make_canaries(kind: str, *, image_shape: tuple[int, int, int], repeats=DEFAU
     return plan
 
 
-def _pool_labels(pool: ImageDataset, kept: list[int], training: ImageDataset) -> list[int] | None:
+def _pool_labels(pool: ImageDataset, kept: list[int], training: ImageDataset, *, check: bool = True) -> list[int] | None:
     """The pool's labels of the ``kept`` candidates (held-out images train as their own class), or None
-    for a pool without labels. Raises :class:`DiffauditError` when the training set has labels and the
-    pool's are not its classes (other class names, or a label past its largest class)."""
+    for a pool without labels. With ``check`` (a class-conditional model), raises :class:`DiffauditError`
+    when the training set has labels and the pool's are not its classes (other class names, or a label
+    past its largest class); without, such labels are left to the seeded draw (None), as an
+    unconditional model never reads them."""
     if pool.labels is None:
         return None
     labels = [int(x) for x in np.asarray(pool.labels)[kept]]
     if training.labels is None:
         return labels
+    if not check:
+        names, pool_names = getattr(training, "class_names", None), getattr(pool, "class_names", None)
+        other_names = names is not None and pool_names is not None and list(names) != list(pool_names)
+        return None if other_names or max(labels, default=0) > int(training.labels.max()) else labels
     names, pool_names = getattr(training, "class_names", None), getattr(pool, "class_names", None)
     if names is not None and pool_names is not None and list(names) != list(pool_names):
         raise DiffauditError(f"--canary-pool's classes {list(pool_names)[:5]}... are not --data's {list(names)[:5]}...: "

@@ -88,4 +88,9 @@ class SamplingSchedule:
         return self == SamplingSchedule()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as a store records them; ``thresholding`` only when set (stores written before it
+        existed record the rest, and resume)."""
+        out = asdict(self)
+        if not self.thresholding:
+            del out["thresholding"]
+        return out
