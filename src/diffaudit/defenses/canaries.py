@@ -168,20 +168,20 @@ def _pool_labels(pool: ImageDataset, kept: list[int], training: ImageDataset, *,
     labels = [int(x) for x in np.asarray(pool.labels)[kept]]
     if training.labels is None:
         return labels
-    if not check:
-        names, pool_names = getattr(training, "class_names", None), getattr(pool, "class_names", None)
-        other_names = names is not None and pool_names is not None and list(names) != list(pool_names)
-        return None if other_names or max(labels, default=0) > int(training.labels.max()) else labels
     names, pool_names = getattr(training, "class_names", None), getattr(pool, "class_names", None)
-    if names is not None and pool_names is not None and list(names) != list(pool_names):
-        raise DiffauditError(f"--canary-pool's classes {list(pool_names)[:5]}... are not --data's {list(names)[:5]}...: "
-                             "its labels would train held-out canaries as other classes; use a pool of the same classes "
-                             "(e.g. cifar10-test for cifar10)")
     n_classes = int(training.labels.max()) + 1
-    if labels and (min(labels) < 0 or max(labels) >= n_classes):
-        raise DiffauditError(f"--canary-pool labels reach {min(labels)}..{max(labels)} but --data has classes 0.."
-                             f"{n_classes - 1}; use a pool of the same classes")
-    return labels
+    if names is not None and pool_names is not None and list(names) != list(pool_names):
+        why = (f"--canary-pool's classes {list(pool_names)[:5]}... are not --data's {list(names)[:5]}...: its labels "
+               "would train held-out canaries as other classes; use a pool of the same classes (e.g. cifar10-test "
+               "for cifar10)")
+    elif labels and (min(labels) < 0 or max(labels) >= n_classes):
+        why = (f"--canary-pool labels reach {min(labels)}..{max(labels)} but --data has classes 0..{n_classes - 1}; "
+               "use a pool of the same classes")
+    else:
+        return labels
+    if check:
+        raise DiffauditError(why)
+    return None
 
 
 def _draw_unseen(pool: ImageDataset | None, shape: tuple[int, int, int], n_can: int, n_reference: int, seed: int,
