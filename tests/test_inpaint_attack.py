@@ -327,6 +327,14 @@ def test_check_models_fit_compares_shapes_conditioning_and_timesteps(runs, digit
         sched_path.write_text(json.dumps({**json.loads(sched_path.read_text()), **change}))
         with pytest.raises(DiffauditError, match=message):
             check_models_fit(target, [other], digits, timestep=100)
+    # a target whose scheduler asks for a sampler diffaudit does not implement (its shadows are only scored)
+    thresholded = tmp_path / "thresholded"
+    shutil.copytree(target, thresholded)
+    sched_path = thresholded / "scheduler" / "scheduler_config.json"
+    sched_path.write_text(json.dumps({**json.loads(sched_path.read_text()), "thresholding": True}))
+    with pytest.raises(DiffauditError, match="dynamic thresholding"):
+        check_models_fit(thresholded, [shadow], digits, timestep=100)
+    check_models_fit(target, [thresholded], digits, timestep=100)
     with pytest.raises(DiffauditError, match="is class-conditional, but the data has no class labels"):
         check_models_fit(cond, [cond], ImageDataset(images=digits.images[:20], keys=digits.keys[:20], source="no labels"),
                          timestep=100)

@@ -241,8 +241,6 @@ def _load(path: Path, device, args):
 
     flag = "--model" if Path(path).resolve() == Path(args.model).resolve() else ("--shadow" if args.shadow else "--shadows")
     den = load_denoiser(path, device=device, flag=flag)
-    if flag == "--model":  # the target is sampled (inpainted): a schedule the sampler follows; shadows are only scored
-        den.schedule.check(f"--model {path}: the scheduler")
     if device.type == "cuda" and (args.bf16 or args.compile):
         den.optimise_for_gpu(dtype=torch.bfloat16 if args.bf16 else torch.float32, compile=args.compile)
     return den
@@ -268,12 +266,15 @@ class _Models:
 def check_models_fit(target: Path, shadows: list[Path], ds, *, timestep: int, shadow_flag: str = "--shadow") -> None:
     """Before any inpainting: the target and every shadow take ``ds``'s images and are built alike
     (conditioning, noise schedule, prediction type: :func:`~diffaudit.models.alike.check_models_alike`),
-    with the scoring ``timestep`` in their schedule. Errors name a shadow by ``shadow_flag``
+    with the scoring ``timestep`` in their schedule, and the target's scheduler is one the sampler follows. Errors name a shadow by ``shadow_flag``
     (``--shadow`` or ``--shadows``), the flag its path came from."""
     from diffaudit.models.alike import check_models_alike
+    from diffaudit.models.denoiser import read_sampling_schedule
 
     check_models_alike([("--model", target)] + [(shadow_flag, s) for s in shadows], ds.image_shape, ds.labels,
                        timesteps=[timestep], timestep_flag="--timestep")
+    # the target is sampled (inpainted): a schedule the sampler follows; the shadows are only scored
+    read_sampling_schedule(target).check(f"--model {target}: the scheduler")
 
 
 def _settings(args, config, device, ds, shadows: dict[int, Path], masks: dict) -> dict:

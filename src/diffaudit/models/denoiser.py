@@ -209,6 +209,14 @@ def read_schedule(path: str | Path, flag: str = "--model") -> tuple[np.ndarray, 
     return alphas_cumprod_of(scheduler).numpy(), str(scheduler.config.prediction_type)
 
 
+def read_sampling_schedule(path: str | Path, flag: str = "--model") -> SamplingSchedule:
+    """How a model folder's scheduler config says to sample it (:class:`SamplingSchedule`), weights unread."""
+    root = Path(path)
+    _, sched_dir = _locate(root, flag)
+    _, config = _scheduler_from(sched_dir, root, flag)
+    return SamplingSchedule.from_config(config)
+
+
 def check_model_input(config, image_shape: tuple[int, int, int], *, labels, what: str) -> None:
     """Refuse images a UNet was not built for, before any work.
 
