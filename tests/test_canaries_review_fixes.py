@@ -159,6 +159,15 @@ def test_canaries_cli_reports_the_reference_baseline(tmp_path, capsys):
     pool_labels = {k: int(v) for k, v in zip(*_digits_keys_labels())}
     assert [c["label"] for c in record["canaries"]] == [pool_labels[c["source"]] for c in record["canaries"]]
     assert [x["label"] for x in record["reference"]] == [pool_labels[x["source"]] for x in record["reference"]]
+    # the report shows the references' row, the baseline the canaries' extraction is read against
+    from html import unescape
+
+    from diffaudit.report import build_summary, render_html
+
+    assert build_summary(out)["canaries"]["references"] == {"n": 6, "n_extracted": r["n_reference_extracted"]}
+    text = unescape(render_html(out))
+    assert "0 (references, never inserted)</td><td>6</td>" in text
+    assert f"{r['n_reference_extracted']} / 6 (the false-positive baseline)" in text
 
 
 def _digits_keys_labels():

@@ -15,7 +15,8 @@ calls ``n_groups``; the report reads it as ``n_cliques``), or ``n_prompts`` and 
 ``inpainting`` {``auc``, ``n_targets``, ``n_members``, ``n_nonmembers``, ``top_k`` (best inpaintings
 kept per target), ``mean_topk_l2`` and ``best_l2`` {``members``, ``nonmembers``}: means over targets;
 results written before ``top_k`` was recorded call the field ``mean_top10_l2``, and are read too},
-``canaries``, ``dedup`` {``n_groups``, ``n_in_groups``, ``largest_group``, ``embedder`` (its settings,
+``canaries`` {``n_canaries``, ``n_extracted``, ``by_repeats``, ``references`` {``n``, ``n_extracted``}: the
+never-inserted images verified like canaries, None in results from before they were}, ``dedup`` {``n_groups``, ``n_in_groups``, ``largest_group``, ``embedder`` (its settings,
 as dedup recorded them), ``embedder_text`` (the same in words)},
 ``outliers`` {``rho``, ..., ``attack_at_chance``},
 ``stages`` (the result folders read), ``audit_stages`` (the stages the audit's result.json lists as
@@ -283,10 +284,12 @@ def _canaries(rs: ResultSet) -> dict[str, Any] | None:
     n_extracted = _n_extracted(cans)
     if "n_extracted" in st.result and st.result["n_extracted"] is None:
         n_extracted = None  # the run skipped extraction (--n-samples 0)
+    refs = [r for r in (st.result.get("references") or []) if isinstance(r, dict)]  # none before they were verified
     return {
         "n_canaries": len(cans),
         "n_extracted": n_extracted,
         "by_repeats": by_repeats,
+        "references": {"n": len(refs), "n_extracted": _n_extracted(refs)} if refs else None,
     }
 
 
