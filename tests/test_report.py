@@ -424,7 +424,7 @@ def test_missing_images_show_ids(tmp_path):
     kinds = [a.get("data-kind") for _, a in page.tags]
     assert "train-missing" in kinds and "generation-missing" in kinds
     text = "".join(page.text)
-    assert "npz:4" in text and "p0-i0" in text and "No baseline was run" in text
+    assert "npz:4" in text and "p0-i0" in text and "no false-positive baseline was run" in text
     assert build_summary(res)["extraction"]["baseline_unique_extracted"] is None
 
 

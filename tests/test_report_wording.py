@@ -85,6 +85,28 @@ def test_unrecorded_sizes_are_taken_as_equal_and_said_so():
     assert "never-seen images (their number not recorded: taken as equal to the training set)" in v["text"]
 
 
+def test_matches_without_a_baseline_are_not_a_yes():
+    """The ratio rule matched 14 of 32 never-seen digits in the built-in audit: without a baseline a count
+    of matches says nothing about how many are chance."""
+    v = verdict(_ex(32, None))
+    assert v["level"] == "unsure" and v["text"].startswith("Unsure: 32 training images were matched")
+    assert "no false-positive baseline was run" in v["text"]
+
+
+def test_a_significant_excess_says_how_many_matches_chance_would_give():
+    """14 matches among 19 training images against 6 of 19 never-seen ones: significant, but about 6 of
+    the 14 are what chance gives."""
+    v = verdict(_ex(14, 6, n_train=19, n_base=19))
+    assert v["level"] == "yes" and "about 6 of the 14 would match by chance" in v["text"] and "about 8" in v["text"]
+    assert "by chance" not in verdict(_ex(5, 0))["text"].split("(")[-1]  # nothing expected: no sentence
+
+
+def test_a_p_value_near_the_threshold_never_prints_as_the_threshold():
+    from diffaudit.report.fmt import fmt_p
+
+    assert (fmt_p(0.0497), fmt_p(0.0503), fmt_p(0.031), fmt_p(6.6e-06)) == ("0.0497", "0.0503", "0.031", "6.6e-06")
+
+
 def test_the_l2_sentence_is_kept():
     v = verdict(_ex(9, 1, extracted_l2_median=0.031, baseline_l2_min=0.12))
     assert v["level"] == "yes"
@@ -408,3 +430,32 @@ def test_timestep_sweep_axes_do_not_magnify_chance():
     assert max(tpr_points) == pytest.approx(1.2)  # plotted in percent, like the tables
     strong = timestep_sweep_figure([("loss", [10, 100], [0.3, 1.0], [0.0, 1.0])]).axes
     assert strong[0].get_ylim()[0] <= 0.3 and 1.0 <= strong[0].get_ylim()[1] <= 1.02 and strong[1].get_ylim()[1] >= 100
+
+
+def _mia_folder(root: Path, **fields) -> Path:
+    write_json_atomic(root / "result.json", _envelope("mia", {"data": "digits"}, {"seed": 0}, attack="loss", **fields))
+    return root
+
+
+def _headline(root: Path) -> str:
+    html = render_html(root)
+    start = html.index("Membership inference, best TPR at 1% FPR")
+    end = html.find('<div class="card">', start)
+    return " ".join("".join(Page(html[start:end if end > 0 else html.index("</section>", start)]).text).split())
+
+
+def test_the_mia_headline_of_an_attack_at_chance_says_it_guesses(tmp_path):
+    """AUC 0.474 [0.368, 0.602] with TPR 9.4% at 1% FPR: the TPR is chance, not a finding."""
+    root = _mia_folder(tmp_path / "a", auc=0.474, tpr_at_fpr={"0.01": 0.094}, n_members=40, n_nonmembers=128,
+                       ci={"auc": {"low": 0.368, "high": 0.602, "level": 0.95}})
+    assert "indistinguishable from guessing" in _headline(root)
+    working = _mia_folder(tmp_path / "b", auc=0.9, tpr_at_fpr={"0.01": 0.3}, n_members=40, n_nonmembers=128,
+                          ci={"auc": {"low": 0.85, "high": 0.95, "level": 0.95}})
+    assert "indistinguishable from guessing" not in _headline(working)
+
+
+def test_a_tpr_too_few_non_members_can_resolve_is_said_to_be_unmeasured(tmp_path):
+    root = _mia_folder(tmp_path, auc=0.8, tpr_at_fpr={"0.01": None}, n_members=21, n_nonmembers=21)
+    text = _headline(root)
+    assert "not measured: 21 non-members resolve FPR only in steps of 4.8%" in text
+    assert "no confidence interval recorded" not in text

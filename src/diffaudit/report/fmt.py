@@ -52,9 +52,12 @@ def fmt_pct(v: Any) -> str:
 
 
 def fmt_p(v: Any) -> str:
-    """A p-value to two significant digits (0.031, 0.0057, 6.6e-06)."""
+    """A p-value to two significant digits (0.031, 0.0057, 6.6e-06), three between 0.045 and 0.055 so
+    that one on either side of 0.05 never prints as 0.05 (0.0497, 0.0503)."""
     x = _number(v)
-    return x if isinstance(x, str) else f"{x:.2g}"
+    if isinstance(x, str):
+        return x
+    return f"{x:.3g}" if 0.045 <= x < 0.055 else f"{x:.2g}"
 
 
 def fmt(value: Any, kind: str = "float") -> str:

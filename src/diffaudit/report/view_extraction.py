@@ -67,13 +67,16 @@ def verdict(ex: dict[str, Any] | None, *, canaries: dict[str, Any] | None = None
     if n == 0:
         return {"level": "no", "text": f"No training image was extracted{of}. This bounds, but does not rule out, memorization."}
     s = "image was" if n == 1 else "images were"
-    if base is None:
-        return {"level": "yes", "text": f"Yes: {n:,} training {s} extracted{of}. No baseline was run, so the false-positive rate is not measured."}
+    if base is None:  # the ratio rule matched 14 of 32 never-seen digits in the built-in audit: a count alone is no answer
+        return {"level": "unsure", "text": f"Unsure: {n:,} training {s} matched{of}, but no false-positive baseline was "
+                                           "run (verify --baseline: images the model never saw), so how many would match "
+                                           "by chance is not measured."}
     p = ex["baseline_pvalue"] if ex.get("baseline_pvalue") is not None else baseline_pvalue(ex)  # as summary.json holds it
     test = f"one-sided {_test_name(ex)}, p = {fmt_p(p)}{_size_note(ex)}"
     against = f"against {_baseline_count(ex, base)} (the false-positive baseline)"
     if p < SIGNIFICANCE:
-        text = f"Yes: {n:,} training {s} extracted{of}, {against}: significantly above the baseline's rate of chance matches ({test})."
+        text = (f"Yes: {n:,} training {s} extracted{of}, {against}: significantly above the baseline's rate of chance "
+                f"matches ({test}).{_chance_share(ex, n, base)}")
         level = "yes"
     else:
         text = (f"Inconclusive: {n:,} training {s} matched{of}, {against}: {n:,} is not significantly above the "
@@ -136,6 +139,19 @@ def _baseline_count(ex: dict[str, Any], base: int) -> str:
     if isinstance(size, int):
         return f"{base:,} {fp} among {size:,} never-seen images"
     return f"{base:,} {fp} among never-seen images (their number not recorded: taken as equal to the training set)"
+
+
+def _chance_share(ex: dict[str, Any], n: int, base: int) -> str:
+    """How many of the ``n`` matches the baseline's rate would give by chance (n_train · base / n_baseline),
+    when that is not negligible: a significant excess is not every match a memorized image."""
+    size, n_train = ex.get("baseline_n_images"), ex.get("n_train")
+    if not base or not (isinstance(size, int) and isinstance(n_train, int)) or size == 0:
+        return ""
+    expected = n_train * base / size
+    if expected < 0.5:
+        return ""
+    return (f" At the baseline's rate about {min(expected, n):,.0f} of the {n:,} would match by chance: the excess, "
+            f"about {max(n - expected, 0):,.0f}, is what the test attributes to memorization.")
 
 
 def _test_name(ex: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 from diffaudit.report import plots
 from diffaudit.report.images import data_uri
 from diffaudit.report.results import ResultSet, Stage
-from diffaudit.report.summary import mia_key
+from diffaudit.report.summary import at_chance, mia_key
 
 SCORE_NAMES = ("scores", "score")
 LABEL_NAMES = ("member", "members", "is_member", "labels", "label")
@@ -149,10 +149,15 @@ def best_mia(summary: dict[str, Any]) -> dict[str, Any] | None:
     if best is None:
         return None
     _, key, e = best
+    n_non = e.get("n_nonmembers")
     return {
         "key": key,
         "tpr": (e.get("tpr_at_fpr") or {}).get("0.01"),
         "tpr_ci": ((e.get("ci") or {}).get("tpr_at_fpr") or {}).get("0.01"),
+        # an attack whose AUC interval holds 0.5 guesses: its TPR at 1% FPR is noise, not a finding
+        "at_chance": bool(at_chance(e)),
+        # TPR at 1% FPR needs at least 100 non-members (FPR resolves in steps of 1/n); below, it is not measured
+        "fpr_step": (1.0 / n_non) if isinstance(n_non, int) and n_non > 0 else None,
         "auc": e.get("auc"),
         "auc_ci": (e.get("ci") or {}).get("auc"),
         "n_members": e.get("n_members"),
