@@ -459,3 +459,11 @@ def test_a_tpr_too_few_non_members_can_resolve_is_said_to_be_unmeasured(tmp_path
     text = _headline(root)
     assert "not measured: 21 non-members resolve FPR only in steps of 4.8%" in text
     assert "no confidence interval recorded" not in text
+
+
+def test_an_interval_of_width_zero_is_not_shown_as_certainty():
+    from diffaudit.report.fmt import fmt_ci
+
+    assert fmt_ci({"low": 1.0, "high": 1.0, "level": 0.95}) == \
+        "95% CI [1.000, 1.000] (every resample agreed: too few examples to bound it)"
+    assert fmt_ci({"low": 0.8, "high": 0.9, "level": 0.95}) == "95% CI [0.800, 0.900]"

@@ -80,12 +80,14 @@ def fmt(value: Any, kind: str = "float") -> str:
 
 
 def fmt_ci(ci: Any, kind: str = "float") -> str:
-    """``[low, high]`` of an interval dict, or '' when absent."""
+    """``[low, high]`` of an interval dict, or '' when absent. A bootstrap interval of width zero (every
+    resample gave the same value, as for an AUC of 1.0 on a few examples) says so: it is not certainty."""
     if not isinstance(ci, dict) or ci.get("low") is None or ci.get("high") is None:
         return ""
     level = ci.get("level")
     lvl = f"{float(level) * 100:.0f}% CI " if isinstance(level, (int, float)) else "CI "
-    return f"{lvl}[{fmt(ci['low'], kind)}, {fmt(ci['high'], kind)}]"
+    text = f"{lvl}[{fmt(ci['low'], kind)}, {fmt(ci['high'], kind)}]"
+    return text + " (every resample agreed: too few examples to bound it)" if ci["low"] == ci["high"] else text
 
 
 def flatten(d: Any, prefix: str = "", limit: int = 300) -> list[tuple[str, str]]:

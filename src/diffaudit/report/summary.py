@@ -31,6 +31,7 @@ import json
 import math
 import os
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from diffaudit.core.io import write_json_atomic
@@ -191,7 +192,7 @@ def _extraction(rs: ResultSet) -> dict[str, Any] | None:
         for name, rows in (("extracted", extracted), ("baseline", base.get("extracted") or [])):
             l2 = sorted(float(e["l2"]) for e in rows if isinstance(e, dict) and isinstance(e.get("l2"), (int, float)))
             if l2:
-                out[f"{name}_l2_min"], out[f"{name}_l2_median"], out[f"{name}_l2_max"] = l2[0], l2[len(l2) // 2], l2[-1]
+                out[f"{name}_l2_min"], out[f"{name}_l2_median"], out[f"{name}_l2_max"] = l2[0], median(l2), l2[-1]
     if extract is not None:
         r = extract.result
         if r.get("mode") == "unconditional" or "groups" in r:
