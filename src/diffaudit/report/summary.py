@@ -182,7 +182,7 @@ def _extraction(rs: ResultSet) -> dict[str, Any] | None:
         excluded = _int(rs.audit.get("n_excluded_duplicates"))
         if excluded and out["baseline_unique_extracted"] is not None:  # a deduplicated --model: left out of the baseline
             out["n_excluded_duplicates"] = excluded
-        for k in ("delta", "alpha", "n_neighbors", "n_train"):
+        for k in ("delta", "alpha", "n_neighbors", "n_train", "eidetic_delta"):
             if k in r or k in s:
                 out[k] = r.get(k, s.get(k))
         if out["baseline_unique_extracted"] is not None and out["unique_extracted"] is not None:
