@@ -36,6 +36,7 @@ from diffaudit.core.seeds import derive_seed, numpy_rng
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.distances.knn import knn_search
 from diffaudit.distances.normalized import nearest_ratio
+from diffaudit.distances.pairwise import pairwise_l2
 
 CANARY_KINDS = ("noise", "heldout")
 DEFAULT_REPEATS = (1, 2, 4, 8, 16, 32, 64)
@@ -246,10 +247,7 @@ def _l2_dists(a: np.ndarray, b: np.ndarray, device: Any) -> np.ndarray:
     a (n, H, W, C) and b (m, H, W, C); float64 (n, m). Candidates only (tens to thousands)."""
     if len(a) == 0:
         return np.zeros((0, len(b)))
-    knn = knn_search(np.ascontiguousarray(a), np.ascontiguousarray(b), len(b), device=device)
-    out = np.empty((len(a), len(b)))
-    np.put_along_axis(out, knn.indices, knn.distances, axis=1)
-    return out
+    return pairwise_l2(np.ascontiguousarray(a), np.ascontiguousarray(b), device=device).double().cpu().numpy()
 
 
 def _copy_of_kept(train_dist: np.ndarray, kept_l2: np.ndarray, rule: VerifySettings,
