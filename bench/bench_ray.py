@@ -1,9 +1,10 @@
-"""Ray scaling: the same CPU-bound sampling job on 1 and 2 Ray workers (one torch thread each).
+"""Ray scaling: the same CPU-bound job on 1 and 2 Ray workers (one torch thread each).
 
-    python bench/bench_ray.py --n 256 --steps 10      # needs `pip install ray`
+    python bench/bench_ray.py --n 256 --steps 10                 # sampling; needs `pip install ray`
+    python bench/bench_ray.py --job verify --n 8192 --train 20000  # verify's nearest-neighbour search
 
-Prints JSON: seconds per worker count and the speed-up of 2 workers over 1. The stores are checked
-to hold the same pixels.
+Prints JSON: seconds per worker count and the speed-up of 2 workers over 1. The sampling stores are
+checked to hold the same pixels, the verify results to be equal.
 """
 
 from __future__ import annotations
@@ -37,13 +38,59 @@ def run(model: Path, out: Path, n: int, steps: int, workers: int) -> float:
     return seconds
 
 
+def run_verify(samples: Path, train: Path, out: Path, workers: int) -> float:
+    """Seconds of `verify --ray local` (ratio rule) on ``workers`` one-CPU workers, chunks of 1,024 queries."""
+    import ray
+
+    import diffaudit.attacks.extraction.knn_cache as knn_cache
+
+    ray.shutdown()
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    knn_cache.CHUNK_BYTES = 1024 * 32 * 32 * 3  # parts to share out (the default, 16,384 queries, is one part here)
+    t0 = time.perf_counter()
+    code = cli(["verify", "--samples", str(samples), "--data", str(train), "--out", str(out), "--device", "cpu",
+                "--rule", "ratio", "--ray", "local", "--quiet"])
+    seconds = time.perf_counter() - t0
+    ray.shutdown()
+    assert code == 0
+    return seconds
+
+
+def verify_job(a) -> dict:
+    """Verification of ``--n`` generations (noisy copies of CIFAR-10 training images and unseen test
+    images) against ``--train`` CIFAR-10 training images, on 1 and 2 workers."""
+    import json
+
+    from diffaudit.data import load_dataset
+
+    train = load_dataset("cifar10", subset=a.train, subset_seed=0).images
+    rng = np.random.default_rng(0)
+    picks = rng.choice(len(train), a.n // 2, replace=False)
+    noisy = np.clip(train[picks].astype(np.int16) + rng.integers(-6, 7, (len(picks), 32, 32, 3)), 0, 255).astype(np.uint8)
+    unseen = load_dataset("cifar10-test", subset=a.n - len(picks), subset_seed=0).images
+    with tempfile.TemporaryDirectory() as tmp:
+        np.savez(Path(tmp) / "train.npz", images=train)
+        np.savez(Path(tmp) / "gen.npz", images=np.concatenate([noisy, unseen]))
+        t1 = run_verify(Path(tmp) / "gen.npz", Path(tmp) / "train.npz", Path(tmp) / "w1", 1)
+        t2 = run_verify(Path(tmp) / "gen.npz", Path(tmp) / "train.npz", Path(tmp) / "w2", 2)
+        r1, r2 = (json.loads((Path(tmp) / w / "result.json").read_text()) for w in ("w1", "w2"))
+    return {"bench": "ray-verify", "n": a.n, "train": a.train, "torch_threads_per_worker": 1,
+            "seconds": {"1_worker": t1, "2_workers": t2}, "speedup_2_vs_1": t1 / t2,
+            "unique_extracted": r2["unique_extracted"], "identical_results": r1["extracted"] == r2["extracted"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=256)
+    ap.add_argument("--job", choices=("sample", "verify"), default="sample")
+    ap.add_argument("--n", type=int, default=256, help="images to sample, or generations to verify")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--preset", default="small")
     ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--train", type=int, default=20000, help="verify: CIFAR-10 training images searched")
     a = ap.parse_args()
+    if a.job == "verify":
+        emit(verify_job(a))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "model"
         with torch.random.fork_rng():

@@ -21,6 +21,7 @@ from diffaudit.attacks.extraction.grid import GRID_HELP, resolve_grid
 from diffaudit.attacks.extraction.inputs import read_generations
 from diffaudit.attacks.extraction.knn_cache import iter_cached_knn
 from diffaudit.cli.common import add_run_args, canonical_settings, emit, emit_finished, upgrading_paths
+from diffaudit.cli.ray_work import ImagesRecipe, knn_on_ray
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.faults import fault_point
@@ -28,6 +29,7 @@ from diffaudit.core.identity import text_digest
 from diffaudit.core.io import read_json, write_json_atomic
 from diffaudit.core.outdir import prepare_out_dir, recorded_settings
 from diffaudit.core.progress import Timer, progress_bar, stage_line
+from diffaudit.core.ray_pool import RAY_HELP
 from diffaudit.core.results import write_result
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.distances.knn_backends import KNN_BACKENDS
@@ -66,6 +68,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grid", type=int, default=None, help=GRID_HELP + "; as `diffaudit audit` uses it")
     g.add_argument("--max-expansions", type=int, default=DEFAULT_MAX_EXPANSIONS,
                    help="node-expansion bound of each clique search (deterministic; results say when it was hit)")
+    g.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help=f"filter the prompts (conditional) or search the nearest generations (unconditional) on a Ray "
+                        f"cluster: {RAY_HELP}; every node reads --samples at the same path and writes into --out "
+                        "(a shared filesystem); the result is the one a single process gives")
     b = p.add_argument_group("unconditional (black-box) mode")
     b.add_argument("--k-neighbors", type=int, default=DEFAULT_K_NEIGHBORS, help="nearest neighbours per generation in the sparse graph")
     b.add_argument("--max-component", type=int, default=DEFAULT_MAX_COMPONENT, help="largest connected component analysed in full")
@@ -113,28 +119,91 @@ def _settings(args: argparse.Namespace, mode: str, ds: ImageDataset, grid: int) 
     return canonical_settings(s, PATH_SETTINGS)
 
 
-def _conditional(args, ds, fs: FilterSettings, out: Path, device) -> dict[str, Any]:
+def _part_path(parts_dir: Path, part: int) -> Path:
+    return Path(parts_dir) / f"part-{part:06d}.json"
+
+
+def _read_part(path: Path, chunk: list[tuple[str, Any]]) -> list[PromptResult] | None:
+    """The finished part at ``path`` when it holds the prompts of ``chunk``, else None (to compute)."""
+    if not path.exists():
+        return None
+    done = [PromptResult(**d) for d in read_json(path)]
+    return done if [d.prompt for d in done] == [p for p, _ in chunk] else None
+
+
+def _compute_part(ds: ImageDataset, groups: list, part: int, per_part: int, fs: FilterSettings, device, parts_dir: Path,
+                  progress=None) -> list[PromptResult]:
+    """Filter the prompts of part ``part`` (``per_part`` of ``groups`` a part) and write its file."""
+    lo = part * per_part
+    chunk = groups[lo:lo + per_part]
+    results = []
+    work = ((lo + j, prompt, ds.images[idx], [ds.keys[i] for i in idx]) for j, (prompt, idx) in enumerate(chunk))
+    for r in filter_prompts(work, settings=fs, device=device):  # a GPU computes the next graph meanwhile
+        results.append(r)
+        if progress is not None:
+            progress(1)
+    write_json_atomic(_part_path(parts_dir, part), [r.to_dict() for r in results])
+    fault_point("extract-part")
+    return results
+
+
+def _pending_parts(groups: list, parts_dir: Path) -> list[int]:
+    return [part for part, lo in enumerate(range(0, len(groups), PROMPTS_PER_PART))
+            if _read_part(_part_path(parts_dir, part), groups[lo:lo + PROMPTS_PER_PART]) is None]
+
+
+class FilterPartWorker:
+    """A Ray worker of ``extract --ray``: reads the generations on its node and filters the parts (of
+    ``per_part`` prompts, as the command splits them) it is handed, writing each part's file as the
+    command does."""
+
+    def __init__(self, samples: ImagesRecipe, per_part: int, fs: FilterSettings, parts_dir: str, device_type: str,
+                 threads: int):
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.ds = samples.load()
+        self.groups = group_by_prompt(self.ds.captions)
+        self.per_part, self.fs, self.parts_dir, self.device = per_part, fs, Path(parts_dir), resolve_device(device_type)
+
+    def fill(self, part: int) -> int:
+        _compute_part(self.ds, self.groups, part, self.per_part, self.fs, self.device, self.parts_dir)
+        return part
+
+
+def _filter_on_ray(args, recipe: ImagesRecipe, groups: list, fs: FilterSettings, parts_dir: Path, device) -> None:
+    """Filter the pending parts on the Ray cluster at ``--ray`` (one worker per GPU, or per CPU), whose
+    workers read the generations as ``recipe`` says."""
+    from diffaudit.core.ray_pool import run_parts
+
+    todo = _pending_parts(groups, parts_dir)
+    if not todo:
+        return
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    sizes = {part: len(groups[part * PROMPTS_PER_PART:(part + 1) * PROMPTS_PER_PART]) for part in todo}
+    with Timer() as t:
+        n = run_parts(args.ray, FilterPartWorker, (recipe, PROMPTS_PER_PART, fs, str(parts_dir), device.type, 1),
+                      lambda: _pending_parts(groups, parts_dir), label="extract: filter prompts (ray)",
+                      size=sizes.__getitem__, total=sum(sizes.values()), unit="prompt", use_gpu=device.type == "cuda")
+    stage_line(f"extract: {sum(sizes.values())} prompts filtered on Ray ({n} workers, {t.seconds:.1f} s)")
+
+
+def _conditional(args, ds, fs: FilterSettings, out: Path, device, recipe: ImagesRecipe | None) -> dict[str, Any]:
     groups = group_by_prompt(ds.captions)
     parts_dir = out / "parts"
+    if recipe is not None:
+        _filter_on_ray(args, recipe, groups, fs, parts_dir, device)
     results: list[PromptResult] = []
     with Timer() as t, progress_bar("extract: filter prompts", len(groups), unit="prompt") as bar:
         for part, lo in enumerate(range(0, len(groups), PROMPTS_PER_PART)):
-            path = parts_dir / f"part-{part:06d}.json"
             chunk = groups[lo:lo + PROMPTS_PER_PART]
-            if path.exists():
-                done = [PromptResult(**d) for d in read_json(path)]
-                if [d.prompt for d in done] == [p for p, _ in chunk]:
-                    results += done
-                    bar.advance(len(chunk))
-                    continue
-            part_results = []
-            work = ((lo + j, prompt, ds.images[idx], [ds.keys[i] for i in idx]) for j, (prompt, idx) in enumerate(chunk))
-            for r in filter_prompts(work, settings=fs, device=device):  # a GPU computes the next graph meanwhile
-                part_results.append(r)
-                bar.advance(1)
-            write_json_atomic(path, [r.to_dict() for r in part_results])
-            fault_point("extract-part")
-            results += part_results
+            done = _read_part(_part_path(parts_dir, part), chunk)
+            if done is None:
+                done = _compute_part(ds, groups, part, PROMPTS_PER_PART, fs, device, parts_dir, progress=bar.advance)
+            else:
+                bar.advance(len(chunk))
+            results += done
     ranked = rank_prompts(results)
     n_flagged = sum(r.flagged for r in ranked)
     stage_line(f"extract: {n_flagged} of {len(ranked)} prompts flagged ({t.seconds:.1f} s)")
@@ -164,11 +233,14 @@ def _conditional(args, ds, fs: FilterSettings, out: Path, device) -> dict[str, A
     return fields
 
 
-def _unconditional(args, ds, fs: FilterSettings, out: Path, device) -> dict[str, Any]:
+def _unconditional(args, ds, fs: FilterSettings, out: Path, device, recipe: ImagesRecipe | None) -> dict[str, Any]:
     n = len(ds)
     if n < 2:
         raise DiffauditError(f"{args.samples}: {n} sample(s); the unconditional mode needs at least 2")
     k = min(args.k_neighbors, n - 1)
+    if recipe is not None:
+        knn_on_ray(args.ray, ds.images, recipe, None, k, out / "knn", device=device, backend=args.backend,
+                   label="extract: nearest generations", exclude_self=True, fault_name="extract-knn")
     with Timer() as t, progress_bar("extract: nearest generations", n, unit="img") as bar:
         # only the pairs within the edge threshold are kept, chunk by chunk (never the (N, k) lists)
         chunks = iter_cached_knn(ds.images, ds.images, k, out / "knn", exclude_self=True, backend=args.backend,
@@ -230,7 +302,9 @@ def run(args: argparse.Namespace) -> int:
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrading_paths(PATH_SETTINGS))
     if emit_finished(args, out, resumed, lambda r: _summary(r, out)):
         return 0
-    fields = (_conditional if mode == "conditional" else _unconditional)(args, ds, fs, out, device)
+    # with --ray, the workers read --samples where the settings say (absolute) and check its identity
+    recipe = ImagesRecipe("generations", settings["samples"], settings["samples_identity"]) if args.ray else None
+    fields = (_conditional if mode == "conditional" else _unconditional)(args, ds, fs, out, device, recipe)
     fields["score_direction"] = ("largest_clique: larger = more likely memorized; mean_distance (tiled l2 inside the "
                                  "clique): smaller = tighter, ranked first")
     fields["runtime"] = {"device": str(device), "backend": args.backend}

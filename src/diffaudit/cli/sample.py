@@ -9,6 +9,7 @@ from diffaudit.cli.common import emit
 from diffaudit.core.batch_fit import AUTO, batch_option
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.progress import stage_line
+from diffaudit.core.ray_pool import RAY_HELP
 
 NAME = "sample"
 HELP = "generate images into a sharded, resumable store (each image from its own seed)"
@@ -55,7 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="run seed; image seeds derive from it")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--fresh", action="store_true", help="delete the store and start over")
-    p.add_argument("--ray", default=None, help="spread shards over a Ray cluster (address or `auto`)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help=f"spread shards over a Ray cluster: {RAY_HELP}; every node reads --model at the same path "
+                        "and writes into --out (a shared filesystem)")
     add_sample_options(p)
 
 
@@ -152,7 +155,7 @@ def sample_into(args: argparse.Namespace, model: str, out: str):
     if getattr(args, "ray", None):
         from diffaudit.store.ray_fill import fill_store_ray
 
-        fill_store_ray(store, model, args)
+        fill_store_ray(store, settings["model"], args)  # absolute: the workers' nodes read it too
     else:
         fill_store(store, source, batch_size=args.batch_size)
     write_result(store.path / "result.json", "sample", settings, {"seed": args.seed},

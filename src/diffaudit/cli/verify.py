@@ -25,14 +25,17 @@ from diffaudit.attacks.extraction.verification import (
     verify_decided,
 )
 from diffaudit.cli.common import (
-    add_data_args, add_run_args, canonical_settings, data_options, emit, emit_finished, load_data, upgrading_paths,
+    add_data_args, add_run_args, canonical_path, canonical_settings, data_options, emit, emit_finished, load_data,
+    upgrading_paths,
 )
+from diffaudit.cli.ray_work import ImagesRecipe, knn_on_ray
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.identity import file_identity, text_digest
 from diffaudit.core.io import read_json, save_npz_atomic
 from diffaudit.core.outdir import prepare_out_dir
 from diffaudit.core.progress import Timer, progress_bar, stage_line
+from diffaudit.core.ray_pool import RAY_HELP
 from diffaudit.core.results import write_result
 from diffaudit.core.seeds import derive_seed, numpy_rng
 from diffaudit.data.dataset import ImageDataset
@@ -94,6 +97,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=".npz with feature matrices `samples` and `reference` (or their mu_/sigma_ statistics), e.g. Inception "
                         "pool3 features computed elsewhere; without it fid is 'not computed'")
     g.add_argument("--backend", choices=sorted(KNN_BACKENDS), default="torch", help="exact nearest-neighbour backend")
+    g.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help=f"search the nearest training (and --baseline) images on a Ray cluster: {RAY_HELP}; every node "
+                        "reads --samples and --data at the same paths and writes into --out (a shared filesystem); the "
+                        "result is the one a single process gives")
 
 
 def _select_from_extract(path: str, samples: ImageDataset, spec: str) -> tuple[ImageDataset, list[str]]:
@@ -151,8 +158,13 @@ def _load_train_map(path: str, train: ImageDataset | NativeImages) -> dict[str, 
 
 
 def _run_verification(label: str, samples: ImageDataset, train: ImageDataset, vs: VerifySettings, out: Path, cache: str,
-                      args, device) -> Verification:
+                      args, device, recipes: tuple[ImagesRecipe, ImagesRecipe] | None = None) -> Verification:
+    """Verify ``samples`` against ``train``; with ``--ray``, the neighbours are searched on the cluster
+    first, by workers that read what ``recipes`` (the samples', the training images') say."""
     n = neighborhood_size(len(train), vs.n_neighbors)
+    if args.ray:
+        knn_on_ray(args.ray, samples.images, *recipes, n, out / cache, device=device, backend=args.backend,
+                   label=f"verify: nearest {label} images", fault_name="verify-knn")
     chunks = []  # per chunk (nearest id, l2, ratio, extracted), each (q,): never the (Q, n) neighbour lists
     with Timer() as t, progress_bar(f"verify: nearest {label} images", len(samples), unit="img") as bar:
         for _, knn in iter_cached_knn(samples.images, train.images, n, out / cache, backend=args.backend, device=device,
@@ -163,6 +175,22 @@ def _run_verification(label: str, samples: ImageDataset, train: ImageDataset, vs
     stage_line(f"verify: {v.unique_extracted} unique {label} images extracted by {v.n_extracting_samples} of "
                f"{len(samples)} generations ({t.seconds:.1f} s)")
     return v
+
+
+def _recipes(args, settings: dict[str, Any], all_samples: ImageDataset, medoids: list[str] | None, which: str,
+             options: dict[str, Any], digest: str, pick=None) -> tuple[ImagesRecipe, ImagesRecipe] | None:
+    """How ``--ray`` workers read the generations verified and the images they are verified against
+    (``which``: the ``data`` or ``baseline`` setting, loaded with ``options``, then ``pick``); paths as
+    the settings record them (absolute: the workers' nodes read them too). None without ``--ray``."""
+    if not args.ray:
+        return None
+    index = all_samples.index_of() if medoids is not None else None
+    queries = ImagesRecipe("generations", settings["samples"], samples_identity(settings["samples"], all_samples),
+                           pick=None if medoids is None else tuple(index[m] for m in medoids))
+    reference = ImagesRecipe("data", settings[which], digest, options=options,
+                             data_cache=canonical_path(getattr(args, "data_cache", None)),
+                             pick=None if pick is None else tuple(int(i) for i in pick))
+    return queries, reference
 
 
 def _load_train(args, opts: dict[str, Any]) -> ImageDataset | None:
@@ -293,7 +321,8 @@ def run(args: argparse.Namespace) -> int:
     if len(samples) == 0:
         fields.update(extracted=[], unique_extracted=0, n_extracting_samples=0)
     elif whole_set:
-        v = _run_verification("training", samples, train, vs, out, "knn", args, device)
+        v = _run_verification("training", samples, train, vs, out, "knn", args, device,
+                              _recipes(args, settings, all_samples, medoids, "data", opts, data_digest))
         save_npz_atomic(out / "per_sample.npz", sample=np.array(samples.keys, dtype=str), train_id=v.train_ids,
                         l2=v.l2, ratio=v.ratio, extracted=v.is_extracted)
         fields.update(extracted=_in_all_samples(v.extracted, medoids, all_samples), unique_extracted=v.unique_extracted,
@@ -307,12 +336,15 @@ def run(args: argparse.Namespace) -> int:
                       note="samples and --data differ in size: only the --train-map crop-alignment check was run")
     fields["baseline_unique_extracted"] = None
     if base is not None:
+        pick = None
         if len(base) > len(train):
             pick = np.sort(numpy_rng(derive_seed(args.seed, "verify-baseline")).choice(len(base), len(train), replace=False))
             base = base.subset(pick)
         if len(samples):
             _check_shapes(samples, base, "--baseline")
-            vb = _run_verification("baseline", samples, base, vs, out, "knn-baseline", args, device)
+            vb = _run_verification("baseline", samples, base, vs, out, "knn-baseline", args, device,
+                                   _recipes(args, settings, all_samples, medoids, "baseline", dict(opts, subset=None),
+                                            settings["baseline_digest"], pick))
             fields["baseline_unique_extracted"] = vb.unique_extracted
             fields["baseline"] = {"source": str(args.baseline), "n_images": len(base), "equal_size": len(base) == len(train),
                                   "n_extracting_samples": vb.n_extracting_samples,

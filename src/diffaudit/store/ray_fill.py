@@ -6,9 +6,10 @@ union of shards is bitwise the set one machine would produce. That holds for one
 micro-batch, so the workers take both from the store's recorded settings (the device the command
 resolved on the head, ``--device``), and a worker whose sampler settings or model weights (its
 ``--model`` folder on its node) differ from the recorded ones refuses to write: a store is never
-filled by two kinds of sampler or two models. Shard completion is the sidecar file, written last and atomically: a worker lost
-mid-shard leaves that shard unfinished, Ray restarts the actor and retries the task, and a final
-sweep redoes any shard still pending; a finished shard is never written twice.
+filled by two kinds of sampler or two models. Shard completion is the sidecar file, written last and
+atomically: a worker lost mid-shard leaves that shard unfinished, Ray restarts the actor and retries
+the task, and a final sweep redoes any shard still pending; a finished shard is never written twice
+(:mod:`diffaudit.core.ray_pool`).
 
 Ray is optional (``pip install 'diffaudit[ray]'``).
 """
@@ -16,10 +17,12 @@ Ray is optional (``pip install 'diffaudit[ray]'``).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from diffaudit.core.errors import DiffauditError
-from diffaudit.core.progress import Timer, progress_bar, stage_line
+from diffaudit.core.progress import Timer, stage_line
+from diffaudit.core.ray_pool import run_parts
 from diffaudit.store.sample_store import SampleStore
 
 
@@ -65,42 +68,22 @@ class _ShardWorker:
 
 def fill_store_ray(store: SampleStore, model: str, args: argparse.Namespace, *, workers: int | None = None,
                    torch_threads: int = 1, max_rounds: int = 5) -> int:
-    """Fill every pending shard of ``store`` on the Ray cluster at ``args.ray``; returns images made."""
-    try:
-        import ray
-    except ImportError:
-        raise DiffauditError("--ray needs Ray: pip install 'ray>=2.9' (or diffaudit[ray])") from None
-    if not ray.is_initialized():
-        ray.init(address=None if args.ray in ("local",) else args.ray, ignore_reinit_error=True, log_to_driver=False)
-    device_type = store.manifest["sampler"]["device_type"]  # what the head resolved and recorded
-    use_gpu = device_type == "cuda"
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    if use_gpu and gpus == 0:
-        raise DiffauditError(f"{store.path} records sampling on cuda, but the Ray cluster at {args.ray} has no GPU; "
-                             "run on a cluster with GPUs, or sample on the CPU (--device cpu, in another --out)")
-    n_workers = workers or getattr(args, "ray_workers", None) or (
-        gpus if use_gpu else max(1, int(ray.cluster_resources().get("CPU", 1))))
-    Worker = ray.remote(num_gpus=1 if use_gpu else 0, num_cpus=torch_threads, max_restarts=4, max_task_retries=4)(_ShardWorker)
-    actors = [Worker.remote(str(store.path), str(model), _source_options(args), torch_threads) for _ in range(n_workers)]
-    made = 0
-    with Timer() as tm, progress_bar("sample (ray)", int(store.manifest["n_total"]), unit="img") as bar:
-        for _ in range(max_rounds):
-            todo = store.pending()
-            if not todo:
-                break
-            # Round-robin shards over actors; each actor works through its queue in order.
-            futures = {actors[i % len(actors)].fill.remote(k): k for i, k in enumerate(todo)}
-            pending = list(futures)
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                try:
-                    k = ray.get(done[0])
-                    n = store.plan(k).stop - store.plan(k).start
-                    made += n
-                    bar.advance(n)
-                except ray.exceptions.RayError:
-                    pass  # the shard stays pending; the next round redoes it
-    if store.pending():
-        raise DiffauditError(f"{len(store.pending())} shards could not be generated on the Ray cluster; re-run to retry")
+    """Fill every pending shard of ``store`` on the Ray cluster at ``args.ray``; returns images made
+    (:func:`~diffaudit.core.ray_pool.run_parts`: one worker per GPU when the store records cuda, else
+    one per CPU)."""
+    use_gpu = store.manifest["sampler"]["device_type"] == "cuda"  # what the head resolved and recorded
+    todo = store.pending()
+
+    def size(k: int) -> int:
+        plan = store.plan(k)
+        return plan.stop - plan.start
+
+    with Timer() as tm:
+        n_workers = run_parts(args.ray, _ShardWorker, (str(Path(store.path).resolve()), str(model), _source_options(args), torch_threads),
+                              store.pending, label="sample (ray)", size=size, total=int(store.manifest["n_total"]),
+                              completed=int(store.manifest["n_total"]) - sum(size(k) for k in todo),
+                              unit="img", use_gpu=use_gpu, workers=workers or getattr(args, "ray_workers", None),
+                              threads=torch_threads, max_rounds=max_rounds)
+    made = sum(size(k) for k in todo)
     stage_line(f"sample (ray, {n_workers} workers): {made} images in {tm.seconds:.1f}s -> {store.path}")
     return made

@@ -24,6 +24,7 @@ CHUNK_BYTES = 512 << 20
 
 
 def _load_chunk(path: Path, n: int, k: int) -> KnnResult | None:
+    """The cached chunk at ``path`` (``n`` queries, ``k`` neighbours), or None when it is missing or unreadable."""
     try:
         with np.load(path, allow_pickle=False) as z:
             idx, sq, dist, dim = z["indices"], z["sq"], z["distances"], int(z["dim"])
@@ -32,6 +33,44 @@ def _load_chunk(path: Path, n: int, k: int) -> KnnResult | None:
     if idx.shape != (n, k) or sq.shape != (n, k):
         return None
     return KnnResult(dist, idx, sq, dim)
+
+
+def chunk_ranges(queries: Any, chunk: int = DEFAULT_CHUNK) -> list[tuple[int, int]]:
+    """The ``(lo, hi)`` query ranges of the cached chunks: at most ``chunk`` rows and
+    :data:`CHUNK_BYTES` bytes of query pixels each (the same for every process that asks)."""
+    n = len(queries)
+    if n == 0:
+        raise DiffauditError("no queries: the sample set is empty")
+    row_bytes = int(np.prod(queries.shape[1:])) if getattr(queries, "shape", None) is not None else 1
+    chunk = max(1, min(chunk, CHUNK_BYTES // max(1, row_bytes)))
+    return [(lo, min(n, lo + chunk)) for lo in range(0, n, chunk)]
+
+
+def chunk_path(cache_dir: str | Path, lo: int, hi: int) -> Path:
+    """Where the chunk of queries ``lo:hi`` is cached."""
+    return Path(cache_dir) / f"knn-{lo:010d}-{hi:010d}.npz"
+
+
+def pending_chunks(queries: Any, k: int, cache_dir: str | Path, chunk: int = DEFAULT_CHUNK) -> list[tuple[int, int]]:
+    """The query ranges of :func:`chunk_ranges` whose cached ``k``-NN file is missing or unreadable."""
+    return [(lo, hi) for lo, hi in chunk_ranges(queries, chunk) if _load_chunk(chunk_path(cache_dir, lo, hi), hi - lo, k) is None]
+
+
+def compute_chunk(queries: Any, prepared: Any, k: int, lo: int, hi: int, path: Path | None, *, exclude_self: bool = False,
+                  fault_name: str = "knn-chunk", **knn_kwargs: Any) -> KnnResult:
+    """The exact ``k``-NN of ``queries[lo:hi]`` among ``prepared`` (a reference, prepared or not),
+    saved atomically to ``path`` when one is given."""
+    res = knn_search(queries[lo:hi], prepared, k, exclude_self=exclude_self, query_offset=lo, **knn_kwargs)
+    if path is not None:
+        save_npz_atomic(path, indices=res.indices, sq=res.sq, distances=res.distances, dim=np.int64(res.dim))
+        fault_point(fault_name)
+    return res
+
+
+def prepare_reference(reference: Any, knn_kwargs: dict[str, Any]) -> Any:
+    """``reference`` prepared on the search's device once, when it fits (else as given, streamed)."""
+    return prepare_reference_if_fits(reference, **{a: knn_kwargs[a] for a in ("backend", "device", "compute", "ref_cache_bytes")
+                                                   if a in knn_kwargs})
 
 
 def iter_cached_knn(
@@ -48,28 +87,19 @@ def iter_cached_knn(
 ) -> Iterator[tuple[int, KnnResult]]:
     """(first query index, KnnResult) per chunk: :func:`~diffaudit.distances.knn.knn_search` of
     ``queries`` (a random-access uint8 array (N, ...), e.g. a memory-mapped ShardedImages) against
-    ``reference`` (prepared on the device once when it fits, else streamed) in chunks of at most
-    ``chunk`` rows and :data:`CHUNK_BYTES` bytes, each saved to ``cache_dir/knn-<lo>-<hi>.npz``. Only
-    one chunk of queries and its result are in memory at a time unless the caller keeps them."""
-    n = len(queries)
-    if n == 0:
-        raise DiffauditError("no queries: the sample set is empty")
-    row_bytes = int(np.prod(queries.shape[1:])) if getattr(queries, "shape", None) is not None else 1
-    chunk = max(1, min(chunk, CHUNK_BYTES // max(1, row_bytes)))
+    ``reference`` (prepared on the device once when it fits, else streamed) in the chunks of
+    :func:`chunk_ranges`, each saved to ``cache_dir/knn-<lo>-<hi>.npz`` (chunks already there, from
+    an earlier run or from workers, are read instead). Only one chunk of queries and its result are in
+    memory at a time unless the caller keeps them."""
     prepared = None  # the reference, prepared on the device at the first chunk that needs computing
-    for lo in range(0, n, chunk):
-        hi = min(n, lo + chunk)
-        path = None if cache_dir is None else Path(cache_dir) / f"knn-{lo:010d}-{hi:010d}.npz"
-        res = _load_chunk(path, hi - lo, k) if path is not None and path.exists() else None
+    for lo, hi in chunk_ranges(queries, chunk):
+        path = None if cache_dir is None else chunk_path(cache_dir, lo, hi)
+        res = _load_chunk(path, hi - lo, k) if path is not None else None
         if res is None:
             if prepared is None:
-                prepared = prepare_reference_if_fits(reference, **{a: knn_kwargs[a] for a in
-                                                                   ("backend", "device", "compute", "ref_cache_bytes")
-                                                                   if a in knn_kwargs})
-            res = knn_search(queries[lo:hi], prepared, k, exclude_self=exclude_self, query_offset=lo, **knn_kwargs)
-            if path is not None:
-                save_npz_atomic(path, indices=res.indices, sq=res.sq, distances=res.distances, dim=np.int64(res.dim))
-                fault_point(fault_name)
+                prepared = prepare_reference(reference, knn_kwargs)
+            res = compute_chunk(queries, prepared, k, lo, hi, path, exclude_self=exclude_self, fault_name=fault_name,
+                                **knn_kwargs)
         if progress is not None:
             progress(hi - lo)
         yield lo, res

@@ -1,0 +1,165 @@
+"""`extract --ray` and `verify --ray` without Ray: the workers that a cluster would run are built from
+what Ray would ship them (pickled), in this process, and fill the pending parts out of order. The
+result must be the one a single process writes, and a worker's refusal must be the command's error."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+import diffaudit.attacks.extraction.knn_cache as knn_cache
+import diffaudit.cli.extract as extract_cli
+import diffaudit.core.ray_pool as ray_pool
+from diffaudit.cli.main import main
+from diffaudit.cli.ray_work import ImagesRecipe
+from diffaudit.core.errors import DiffauditError
+from diffaudit.store import samples_identity, read_samples
+from helpers import cifar_images, noisy_copies, strict_json
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dist")
+    train = cifar_images(120, "train")
+    test = cifar_images(260, "test")
+    np.savez(d / "train.npz", images=train)
+    np.savez(d / "unseen.npz", images=test[100:260])  # 160 > 120: the baseline's equal-size pick
+    unc = np.concatenate([noisy_copies(train[5], 12, 1), test[:40], noisy_copies(train[42], 11, 2)])
+    np.savez(d / "unc.npz", images=unc)
+    # 8 prompts: 4 parts when a part holds 2
+    cond = np.concatenate([noisy_copies(train[17], 10, 3), test[40:70], noisy_copies(train[9], 10, 4), test[70:80]])
+    prompts = ["memorized"] * 10 + [f"fresh {i // 6}" for i in range(30)] + ["also memorized"] * 10 + ["late"] * 10
+    np.savez(d / "cond.npz", images=cond, prompts=np.array(prompts))
+    return d
+
+
+@pytest.fixture
+def cluster(monkeypatch):
+    """Replaces Ray: each job's worker is built from its pickled factory and arguments and computes the
+    pending parts last to first; records every job it ran."""
+    jobs = []
+
+    def run_parts(address, factory, args, pending, *, label, size, total, unit, use_gpu, completed=0, workers=None,
+                  threads=1, max_rounds=5):
+        factory, args = pickle.loads(pickle.dumps((factory, tuple(args))))  # what Ray ships must pickle
+        todo = pending()
+        worker = factory(*args)
+        for part in reversed(todo):
+            assert worker.fill(part) == part
+        assert not pending(), "the parts a worker filled are still pending"
+        jobs.append((address, label, len(todo), sum(size(p) for p in todo) == total))
+        return 1
+
+    monkeypatch.setattr(ray_pool, "run_parts", run_parts)
+    monkeypatch.setattr(knn_cache, "CHUNK_BYTES", 20 * 32 * 32 * 3)  # 20 queries a chunk: several chunks
+    monkeypatch.setattr(extract_cli, "PROMPTS_PER_PART", 2)
+    return jobs
+
+
+def run(*argv) -> int:
+    return main(["--quiet", *map(str, argv)])
+
+
+def _same_verify(a, b):
+    ra, rb = strict_json(a / "result.json"), strict_json(b / "result.json")
+    for key in ("extracted", "unique_extracted", "n_extracting_samples", "baseline_unique_extracted", "baseline", "rule"):
+        assert ra.get(key) == rb.get(key), key
+    with np.load(a / "per_sample.npz") as za, np.load(b / "per_sample.npz") as zb:
+        for key in za.files:
+            assert np.array_equal(za[key], zb[key]), key
+
+
+def test_verify_on_workers_gives_the_single_process_result(files, tmp_path, cluster):
+    argv = ("verify", "--samples", files / "unc.npz", "--data", files / "train.npz", "--baseline", files / "unseen.npz",
+            "--device", "cpu")
+    assert run(*argv, "--out", tmp_path / "one") == 0
+    assert not cluster
+    assert run(*argv, "--out", tmp_path / "ray", "--ray", "somewhere:6379") == 0
+    assert [(j[0], j[1], j[2]) for j in cluster] == [("somewhere:6379", "verify: nearest training images (ray)", 4),
+                                                     ("somewhere:6379", "verify: nearest baseline images (ray)", 4)]
+    assert all(j[3] for j in cluster)
+    _same_verify(tmp_path / "one", tmp_path / "ray")
+    assert strict_json(tmp_path / "ray" / "result.json")["unique_extracted"] >= 2
+    for cache in ("knn", "knn-baseline"):  # the workers' chunks are the single process's chunks
+        names = sorted(p.name for p in (tmp_path / "one" / cache).iterdir())
+        assert names == sorted(p.name for p in (tmp_path / "ray" / cache).iterdir()) and len(names) == 4
+        for name in names:
+            with np.load(tmp_path / "one" / cache / name) as za, np.load(tmp_path / "ray" / cache / name) as zb:
+                assert all(np.array_equal(za[k], zb[k]) for k in za.files)
+
+
+def test_verify_from_extract_on_workers_reads_the_medoids_only(files, tmp_path, cluster):
+    ex = tmp_path / "ex"
+    assert run("extract", "--samples", files / "unc.npz", "--out", ex, "--device", "cpu", "--k-neighbors", "16") == 0
+    argv = ("verify", "--samples", files / "unc.npz", "--data", files / "train.npz", "--from-extract", ex / "result.json",
+            "--device", "cpu")
+    assert run(*argv, "--out", tmp_path / "one") == 0
+    del cluster[:]
+    assert run(*argv, "--out", tmp_path / "ray", "--ray", "local") == 0
+    assert [j[2] for j in cluster] == [1]  # two medoids: one chunk
+    _same_verify(tmp_path / "one", tmp_path / "ray")
+
+
+def test_extract_on_workers_gives_the_single_process_result(files, tmp_path, cluster):
+    for samples, parts in (("cond.npz", 4), ("unc.npz", 4)):
+        argv = ("extract", "--samples", files / samples, "--device", "cpu", "--k-neighbors", "16")
+        one, dist = tmp_path / f"one-{samples}", tmp_path / f"ray-{samples}"
+        assert run(*argv, "--out", one) == 0
+        del cluster[:]
+        assert run(*argv, "--out", dist, "--ray", "auto") == 0
+        assert [j[2] for j in cluster] == [parts]
+        ra, rb = strict_json(one / "result.json"), strict_json(dist / "result.json")
+        key = "prompts" if "prompts" in ra else "groups"
+        assert ra[key] == rb[key] and ra["mode"] == rb["mode"]
+    cond = strict_json(tmp_path / "ray-cond.npz" / "result.json")
+    assert cond["n_prompts"] == 8
+    assert sorted(p["prompt"] for p in cond["prompts"] if p["flagged"]) == ["also memorized", "memorized"]
+    assert len(strict_json(tmp_path / "ray-unc.npz" / "result.json")["groups"]) == 2
+
+
+def test_a_resumed_run_sends_only_what_is_left(files, tmp_path, cluster):
+    argv = ("extract", "--samples", files / "cond.npz", "--device", "cpu", "--out", tmp_path / "x")
+    assert run(*argv) == 0
+    (tmp_path / "x" / "result.json").unlink()
+    (tmp_path / "x" / "parts" / "part-000002.json").unlink()  # as if killed with one part unwritten
+    assert run(*argv, "--ray", "local") == 0
+    assert [j[2] for j in cluster] == [1]
+
+
+def test_a_worker_that_finds_other_images_refuses_and_the_command_says_so(files, tmp_path, cluster, capsys, monkeypatch):
+    spec = str(tmp_path / "unc.npz")
+    np.savez(spec, images=np.load(files / "unc.npz")["images"])
+    recipe = ImagesRecipe("generations", spec, samples_identity(spec, read_samples(spec)))
+    assert len(recipe.load()) == 63
+    np.savez(spec, images=np.load(files / "unc.npz")["images"][::-1])  # the node holds other generations
+    with pytest.raises(DiffauditError, match="holds other images on this node"):
+        recipe.load()
+
+    real_load = ImagesRecipe.load
+
+    def other_data_on_the_node(self):
+        if self.kind == "data":
+            raise DiffauditError(f"Ray worker: {self.spec} holds other images on this node")
+        return real_load(self)
+
+    monkeypatch.setattr(ImagesRecipe, "load", other_data_on_the_node)
+    capsys.readouterr()
+    assert run("verify", "--samples", files / "unc.npz", "--data", files / "train.npz", "--out", tmp_path / "v",
+               "--device", "cpu", "--ray", "local") == 2
+    assert "holds other images on this node" in capsys.readouterr().err
+    assert not (tmp_path / "v" / "result.json").exists()
+
+
+def test_recipes_pick_after_checking_what_was_loaded(files):
+    from diffaudit.data import load_dataset
+    from diffaudit.data.digest import dataset_digest
+
+    spec = str(files / "unseen.npz")
+    full = load_dataset(spec)
+    recipe = ImagesRecipe("data", spec, dataset_digest(full), pick=(3, 1, 4))
+    ds = recipe.load()
+    assert np.array_equal(ds.images, full.images[[3, 1, 4]]) and list(ds.keys) == [full.keys[i] for i in (3, 1, 4)]
+    with pytest.raises(DiffauditError, match="other images"):
+        ImagesRecipe("data", spec, "0" * 16).load()

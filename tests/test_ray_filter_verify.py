@@ -1,0 +1,89 @@
+"""`extract --ray` and `verify --ray` on a local Ray instance, with a worker killed mid-run (slow:
+starts Ray). The result must be the one a single process writes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import diffaudit.attacks.extraction.knn_cache as knn_cache
+import diffaudit.cli.extract as extract_cli
+from diffaudit.cli.main import main
+from diffaudit.cli.ray_work import ImagesRecipe, KnnChunkWorker
+from diffaudit.core.errors import DiffauditError
+from diffaudit.core.ray_pool import run_parts
+from helpers import cifar_images, noisy_copies, strict_json
+
+ray = pytest.importorskip("ray", reason="Ray is optional: pip install 'diffaudit[ray]'")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rayfv")
+    train = cifar_images(120, "train")
+    np.savez(d / "train.npz", images=train)
+    np.savez(d / "unseen.npz", images=cifar_images(260, "test")[100:260])  # 160 > 120: an equal-size pick
+    test = cifar_images(80, "test")
+    np.savez(d / "unc.npz", images=np.concatenate([noisy_copies(train[5], 12, 1), test[:40], noisy_copies(train[42], 11, 2)]))
+    cond = np.concatenate([noisy_copies(train[17], 10, 3), test[40:70], noisy_copies(train[9], 10, 4)])
+    prompts = ["memorized"] * 10 + [f"fresh {i // 6}" for i in range(30)] + ["also memorized"] * 10
+    np.savez(d / "cond.npz", images=cond, prompts=np.array(prompts))
+    return d
+
+
+def run(*argv) -> int:
+    return main(["--quiet", *map(str, argv)])
+
+
+def killing_ray(tmp_path, point: str) -> None:
+    """A fresh local Ray whose workers kill themselves (SIGKILL) at ``point`` once between them."""
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"DIFFAUDIT_KILL_AT": point, "DIFFAUDIT_KILL_ONCE": str(tmp_path / "killed-once")}})
+
+
+@pytest.fixture
+def small_parts(monkeypatch):
+    monkeypatch.setattr(knn_cache, "CHUNK_BYTES", 20 * 32 * 32 * 3)  # 20 queries a chunk
+    monkeypatch.setattr(extract_cli, "PROMPTS_PER_PART", 2)
+    yield
+    ray.shutdown()
+
+
+def test_verify_on_ray_equals_a_single_process_when_a_worker_dies(files, tmp_path, small_parts):
+    argv = ("verify", "--samples", files / "unc.npz", "--data", files / "train.npz", "--baseline", files / "unseen.npz",
+            "--device", "cpu")
+    assert run(*argv, "--out", tmp_path / "one") == 0
+    killing_ray(tmp_path, "verify-knn:2")
+    assert run(*argv, "--out", tmp_path / "ray", "--ray", "local") == 0
+    assert (tmp_path / "killed-once").exists(), "no worker was killed: the test did not exercise recovery"
+    a, b = strict_json(tmp_path / "one" / "result.json"), strict_json(tmp_path / "ray" / "result.json")
+    for key in ("extracted", "unique_extracted", "n_extracting_samples", "baseline", "baseline_unique_extracted"):
+        assert a[key] == b[key], key
+    assert len(list((tmp_path / "ray" / "knn").glob("knn-*.npz"))) == 4
+    assert not list((tmp_path / "ray").rglob("*.tmp*"))
+
+
+@pytest.mark.parametrize("samples, point", [("cond.npz", "extract-part:2"), ("unc.npz", "extract-knn:2")])
+def test_extract_on_ray_equals_a_single_process_when_a_worker_dies(files, tmp_path, small_parts, samples, point):
+    argv = ("extract", "--samples", files / samples, "--device", "cpu", "--k-neighbors", "16")
+    assert run(*argv, "--out", tmp_path / "one") == 0
+    killing_ray(tmp_path, point)
+    assert run(*argv, "--out", tmp_path / "ray", "--ray", "local") == 0
+    assert (tmp_path / "killed-once").exists(), "no worker was killed: the test did not exercise recovery"
+    a, b = strict_json(tmp_path / "one" / "result.json"), strict_json(tmp_path / "ray" / "result.json")
+    key = "prompts" if a["mode"] == "conditional" else "groups"
+    assert a[key] == b[key] and len([x for x in b[key] if x.get("flagged", True)]) == 2
+
+
+def test_a_workers_refusal_is_the_error_not_a_count_of_failed_parts(files, tmp_path, small_parts):
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    queries = np.load(files / "unc.npz")["images"]
+    wrong = ImagesRecipe("generations", str(files / "unc.npz"), "file:not-this-one")
+    with pytest.raises(DiffauditError, match="holds other images on this node") as err:
+        run_parts("local", KnnChunkWorker, (wrong, None, 4, str(tmp_path), {"backend": "torch"}, "cpu", 1, True, "knn"),
+                  lambda: knn_cache.pending_chunks(queries, 4, tmp_path), label="knn", size=lambda s: s[1] - s[0],
+                  total=len(queries), unit="img", use_gpu=False)
+    assert "could not be computed" not in str(err.value)
