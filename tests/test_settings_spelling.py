@@ -98,13 +98,13 @@ def test_train_resumes_under_any_spelling_of_its_data(here, capsys):
         assert main(argv(spelling)) == 0, capsys.readouterr().err
     _record_as_typed(here / "run", "data.spec", "digits.npz")  # an earlier version's run, finished or not
     (here / "run" / "result.json").unlink()
-    assert main(argv("digits.npz")) == 0, capsys.readouterr().err
     assert main(argv("./digits.npz")) == 0, capsys.readouterr().err
-    assert settings()["data"]["spec"] == "digits.npz"  # resumed as recorded: never rewritten
+    assert settings()["data"]["spec"] == str(here / "digits.npz")  # resumed, and recorded canonical from now on
+    assert main(argv("digits.npz")) == 0, capsys.readouterr().err
     np.savez(here / "more.npz", images=np.load(here / "digits.npz")["images"])
     capsys.readouterr()
     assert main(argv("more.npz")) == 2
-    assert "data.spec (was 'digits.npz'" in capsys.readouterr().err
+    assert f"--data (was {str(here / 'digits.npz')!r}, now {str(here / 'more.npz')!r})" in capsys.readouterr().err
 
 
 def test_builtin_names_and_brace_patterns_are_recorded_sensibly(here):

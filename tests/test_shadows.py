@@ -65,7 +65,7 @@ def test_more_models_later_and_mismatched_settings(setup, capsys):
     assert read_json(root / "grow" / "result.json")["n_models"] == 2
     capsys.readouterr()
     assert main(args(root, "grow", "--models", "2", "--lr", "1e-3")) == 2
-    assert "train.lr" in capsys.readouterr().err
+    assert "--lr (was 0.0002, now 0.001)" in capsys.readouterr().err
 
 
 def test_bad_inputs(setup, capsys):

@@ -8,7 +8,7 @@ from dataclasses import asdict
 from diffaudit.cli.common import (
     add_data_args, add_run_args, canonical_settings, data_options, emit, emit_finished, upgrading_paths,
 )
-from diffaudit.cli.train import add_train_options, data_record_for, train_config_from
+from diffaudit.cli.train import add_train_options, canonical_data_record, train_config_from, upgrading_run_paths
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.outdir import prepare_out_dir
@@ -36,6 +36,14 @@ DESCRIPTION = (
 )
 #: Settings that hold the path of an input (recorded canonical, see :func:`~diffaudit.cli.common.canonical_path`).
 PATH_SETTINGS = ("data", "canary_pool", "data_options.cifar_root")
+
+
+def setting_flags(args: argparse.Namespace) -> dict[str, str]:
+    """The flag of each setting not named after its option (for a refusal to resume): the measurement's
+    (``evaluation``, a :class:`CanaryEval`), whose seeds are ``--seed``."""
+    names = {f"evaluation.{name}": f"--{name.replace('_', '-')}"
+             for name in ("timestep", "n_draws", "n_samples", "sample_steps", "rule", "delta")}
+    return {**names, "evaluation.noise_seed": "--seed", "evaluation.sample_seed": "--seed"}
 
 
 def _repeats(text: str) -> list[int]:
@@ -96,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     if emit_finished(args, out, resumed, lambda r: f"{r['n_canaries']} canaries, {_extracted(r)}", stale=_stale_exposures):
         return 0
     fields = run_canary_experiment(ds, plan, config, out, evaluation=ev, device=device,
-                                   data_record=data_record_for(out / "model", {"spec": str(args.data), "options": opts}))
+                                   data_record=canonical_data_record({"spec": str(args.data), "options": opts}),
+                                   upgrade=upgrading_run_paths())
     r = write_result(out / "result.json", NAME, settings, {"seed": args.seed}, **fields)
     curve = ", ".join(f"{c['repeats']}x: {c['mean_exposure']:.2f}" for c in r["curve"] if c["repeats"] > 0)
     emit(args, r, f"exposure by repeats ({r['max_exposure']:.1f} bits max): {curve}; {_extracted(r)}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import sys
@@ -41,6 +42,26 @@ def add_data_args(p: argparse.ArgumentParser, *, required: bool = False, default
                        help="decode the datasets once into uint8 .npy parts in DIR and read them memory-mapped from "
                             "there, for training sets larger than memory (reused by later runs with the same dataset "
                             "and options; an interrupted decode resumes; --fresh decodes again); None: decode into memory")
+
+
+#: Nested settings whose entries are options by their destination: a data record (``data``: ``spec`` is
+#: ``--data``; a training run's ``membership``, ``model_index``, ``dedup``), its loader options
+#: (``data.options``, as train, shadows, mia and inpaint record them; ``data_options`` beside a ``data`` path,
+#: as canaries, dedup, prompts and verify do: :func:`data_options`) and a training configuration (``train``:
+#: ``TrainConfig``'s fields are the training options' destinations).
+OPTION_GROUPS = ("data", "data.options", "data_options", "train")
+
+
+def nested_setting_flags(flags: dict[str, str]) -> dict[str, str]:
+    """The flag of each nested setting that an option of the command sets, ``flags`` its options'
+    destinations -> flags: ``data.spec`` is ``--data``, ``data.options.image_size`` and
+    ``data_options.image_size`` are ``--image-size``, ``train.steps`` is ``--steps``
+    (:data:`OPTION_GROUPS`). A nested setting that no option of the command sets has no entry, so a
+    refusal names it by its key (a shadow run's ``data.model_index`` under ``diffaudit shadows``)."""
+    names = {f"{group}.{dest}": flag for group in OPTION_GROUPS for dest, flag in flags.items()}
+    if "data" in flags:
+        names["data.spec"] = flags["data"]
+    return names
 
 
 def load_data(args: argparse.Namespace, spec: str, **options: Any):
@@ -120,21 +141,18 @@ def upgrading_paths(keys: Iterable[str], then: Callable[[dict[str, Any]], dict[s
                     ) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """The ``upgrade`` hook of :func:`~diffaudit.core.outdir.prepare_out_dir` for a command whose settings
     hold paths at ``keys``: :func:`canonical_settings` of an earlier version's record, then the command's
-    own reading of it (``then``)."""
-    keys = tuple(keys)
-    return lambda old: (then or dict)(canonical_settings(old, keys))
+    own reading of it (``then``).
+
+    A ``functools.partial`` of a module-level function, so it pickles (a training run's hook travels to
+    the worker process that opens the run) whenever ``then`` does."""
+    return functools.partial(_upgraded_paths, tuple(keys), then)
 
 
-def recorded_spelling(settings: dict[str, Any], recorded: dict[str, Any] | None, keys: Iterable[str]) -> dict[str, Any]:
-    """``settings`` (paths canonical) with each path at ``keys`` spelled as the ``recorded`` settings of
-    the output folder spell it, where both name the same input (an earlier version recorded the path as
-    typed). For folders that library code opens without an ``upgrade`` hook (training runs): a folder
-    re-run from where it was made, with the same spelling, resumes without being rewritten."""
-    def change(key: str, value: str) -> str:
-        old = _setting(recorded, key)
-        return old if isinstance(old, str) and canonical_path(old) == value else value
-
-    return _replace_paths(settings, keys, change) if recorded else settings
+def _upgraded_paths(keys: tuple[str, ...], then: Callable[[dict[str, Any]], dict[str, Any]] | None,
+                    old: dict[str, Any]) -> dict[str, Any]:
+    """:func:`upgrading_paths`' hook applied to the ``old`` settings."""
+    settings = canonical_settings(old, keys)
+    return then(settings) if then is not None else settings
 
 
 def add_run_args(p: argparse.ArgumentParser, *, out_required: bool = True) -> None:

@@ -19,7 +19,9 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from diffaudit import __version__  # noqa: E402
-from diffaudit.cli.common import StageInterrupted, StdoutClosed, set_quiet, write_stdout  # noqa: E402
+from diffaudit.cli.common import (  # noqa: E402
+    StageInterrupted, StdoutClosed, nested_setting_flags, set_quiet, write_stdout,
+)
 from diffaudit.core import folder_lock  # noqa: E402
 from diffaudit.core.errors import DiffauditError  # noqa: E402
 
@@ -121,7 +123,7 @@ def build_parser(only: str | None = None, *, overview: bool = False) -> argparse
         out = p.add_argument_group("output")
         out.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars or stage lines")
         out.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the result as JSON on stdout")
-        p.set_defaults(_run=functools.partial(_run_naming_flags, mod, _option_flags(p)))
+        p.set_defaults(_run=functools.partial(_run_naming_flags, mod, setting_names(p)))
     return parser
 
 
@@ -130,10 +132,19 @@ def _option_flags(p: argparse.ArgumentParser) -> dict[str, str]:
     return {a.dest: a.option_strings[-1] for a in p._actions if a.option_strings and a.dest != "help"}
 
 
+def setting_names(p: argparse.ArgumentParser) -> dict[str, str]:
+    """Each setting a command's parser ``p`` sets -> its flag: an option's destination (``shard_size`` ->
+    ``--shard-size``), and the nested settings named after options (``data.options.image_size`` ->
+    ``--image-size``, :func:`~diffaudit.cli.common.nested_setting_flags`)."""
+    flags = _option_flags(p)
+    return {**nested_setting_flags(flags), **flags}
+
+
 def _run_naming_flags(mod, flags: dict[str, str], args: argparse.Namespace) -> int:
     """``mod.run(args)``, a settings mismatch naming each setting by the flag that sets it: an option's
-    own name (``micro_batch`` as ``--micro-batch``), or what the command's ``setting_flags(args)`` says
-    where a setting is named otherwise (sample's ``per_prompt``: ``--n`` or ``--per-prompt``)."""
+    own name (``micro_batch`` as ``--micro-batch``; nested: ``data.options.subset`` as ``--subset``,
+    :func:`setting_names`), or what the command's ``setting_flags(args)`` says where a setting is named
+    otherwise (sample's ``per_prompt``: ``--n`` or ``--per-prompt``)."""
     from diffaudit.core.outdir import flag_names
 
     own = getattr(mod, "setting_flags", None)

@@ -11,7 +11,7 @@ import numpy as np
 
 from diffaudit.attacks.membership.shadows import shadow_dir, shadow_seed, train_shadows
 from diffaudit.cli.common import add_data_args, add_run_args, canonical_settings, data_options, emit, upgrading_paths
-from diffaudit.cli.train import add_train_options, data_record_for, train_config_from
+from diffaudit.cli.train import add_train_options, canonical_data_record, train_config_from, upgrading_run_paths
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.identity import text_bytes
@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     with Timer() as timer:
         runs = train_shadows(ds, mem, config, out, models=range(k), seed=args.seed, device=device,
-                             data_record=_models_record(out, {"spec": args.data, "options": opts}), workers=args.workers)
+                             data_record=canonical_data_record({"spec": args.data, "options": opts}), workers=args.workers,
+                             upgrade=upgrading_run_paths())
     finished = sorted(p for p in out.glob("model-*") if (p / "result.json").exists())
     models = []
     for j in range(mem.n_models):
@@ -93,16 +94,6 @@ def run(args: argparse.Namespace) -> int:
     )
     emit(args, result, trained_line(out, len(runs), [m["index"] for m in models], mem))
     return 0
-
-
-def _models_record(out: Path, record: dict) -> dict:
-    """The data record the shadow runs in ``out`` train with (:func:`~diffaudit.cli.train.data_record_for`): its
-    paths canonical, or spelled as the unfinished runs an earlier version started there spell the same inputs
-    (finished runs are not opened again)."""
-    unfinished = sorted(r for r in out.glob("model-*") if not (r / "result.json").exists())
-    records = (data_record_for(run, record) for run in unfinished)
-    canonical = data_record_for(None, record)
-    return next((r for r in records if r != canonical), canonical)
 
 
 def is_target_split(mem: Membership) -> bool:

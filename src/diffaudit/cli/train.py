@@ -6,10 +6,11 @@ import argparse
 import json
 import math
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
-from diffaudit.cli.common import add_data_args, add_run_args, canonical_settings, data_options, emit, recorded_spelling
+from diffaudit.cli.common import add_data_args, add_run_args, canonical_settings, data_options, emit, upgrading_paths
 from diffaudit.core.errors import DiffauditError
 from diffaudit.models.unets import PRESETS
 
@@ -21,7 +22,8 @@ DESCRIPTION = (
     "command on the same --out resumes from the last checkpoint; the result equals an uninterrupted run."
 )
 #: The paths of inputs in a training run's data record (the ``data`` its settings hold), recorded canonical
-#: (see :func:`~diffaudit.cli.common.canonical_path`).
+#: (see :func:`~diffaudit.cli.common.canonical_path`; an earlier version's record is read through
+#: :func:`upgrading_run_paths`).
 RECORD_PATHS = ("spec", "options.cifar_root", "membership", "dedup")
 
 
@@ -111,17 +113,30 @@ def read_repeats(path: str, dataset) -> dict[int, int]:
     return out
 
 
-def data_record_for(run: str | Path | None, record: dict) -> dict:
-    """``record``, the ``data`` a training run's settings record, with its paths canonical, but spelled as
-    the run folder ``run`` spells the same inputs where an earlier version recorded them as typed
-    (:func:`~diffaudit.cli.common.recorded_spelling`): the training code opens the folder without an
-    ``upgrade`` hook, and such a run, re-run from where it was started, resumes. ``run`` None (``--fresh``):
-    canonical."""
-    from diffaudit.core.outdir import recorded_settings
+def canonical_data_record(record: dict) -> dict:
+    """``record``, the ``data`` a training run's settings record, with the paths of its inputs canonical
+    (:data:`RECORD_PATHS`): how every command records the data it trains a run on."""
+    return canonical_settings(record, RECORD_PATHS)
 
-    record = canonical_settings(record, RECORD_PATHS)
-    old = (recorded_settings(run, NAME) or {}).get("data") if run is not None else None
-    return recorded_spelling(record, old if isinstance(old, dict) else None, RECORD_PATHS)
+
+def upgrading_run_paths() -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The ``upgrade`` hook of a training run folder (``train(..., upgrade=)``, :data:`RECORD_PATHS` under
+    ``data``): an earlier version recorded those paths as typed; read canonical from the current directory
+    (:func:`~diffaudit.cli.common.upgrading_paths`), such a run re-run from where it was started resumes,
+    and its settings are recorded canonical from then on. Picklable (shadow runs train in worker processes)."""
+    return upgrading_paths(f"data.{key}" for key in RECORD_PATHS)
+
+
+def setting_flags(args: argparse.Namespace) -> dict[str, str]:
+    """The flag of each run setting not named after its option (for a refusal to resume): the DP-SGD
+    settings (``dp.noise_multiplier`` is ``--dp-noise``; ``dp.delta`` only when ``--dp-delta`` is given,
+    else it is derived from the training set's size)."""
+    from diffaudit.defenses.dp_training import DP_SETTING_NAMES
+
+    names = {f"dp.{key}": flag for key, flag in DP_SETTING_NAMES.items()}
+    if getattr(args, "dp_delta", None) is not None:
+        names["dp.delta"] = "--dp-delta"
+    return names
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -171,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             indices, dropped_copies = keep, dropped
         record.update(dedup=str(args.dedup), n_dropped_duplicates=int(len(dropped)))
-    record = data_record_for(None if args.fresh else args.out, record)
+    record = canonical_data_record(record)
     repeats = read_repeats(args.repeat, ds) if args.repeat else None
     from diffaudit.defenses.dp_training import dp_config_from_args, train_dp
 
@@ -179,11 +194,11 @@ def run(args: argparse.Namespace) -> int:
     if dp is not None:
         if repeats:
             raise DiffauditError("--repeat and DP-SGD together are not supported (DP accounting assumes each example once)")
-        run_dir = train_dp(ds, config, dp, args.out, device=resolve_device(args.device),
-                           train_indices=indices, data_record=record, fresh=args.fresh)
+        run_dir = train_dp(ds, config, dp, args.out, device=resolve_device(args.device), train_indices=indices,
+                           data_record=record, fresh=args.fresh, upgrade=upgrading_run_paths())
     else:
         run_dir = train(ds, config, args.out, device=resolve_device(args.device), train_indices=indices,
-                        repeats=repeats, data_record=record, fresh=args.fresh)
+                        repeats=repeats, data_record=record, fresh=args.fresh, upgrade=upgrading_run_paths())
     if args.dedup:  # what the run did not see but holds copies of: `audit` leaves these out of its non-members
         from diffaudit.core.io import write_json_atomic
         from diffaudit.models.run_files import DROPPED_DUPLICATES

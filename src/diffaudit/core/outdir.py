@@ -17,7 +17,8 @@ settings would take for its own work. Such leftovers are removed by the next run
 ``--out``.
 
 A refusal names each setting by the flag that sets it where the command says so (:func:`flag_names`:
-``--n``, not the recorded ``per_prompt``).
+``--n``, not the recorded ``per_prompt``; a nested setting too: ``--image-size``, not
+``data.options.image_size``), and by its recorded (dotted) key where no flag sets it.
 """
 
 from __future__ import annotations
@@ -124,6 +125,12 @@ def diff_settings(old: dict[str, Any], new: dict[str, Any], prefix: str = "",
         elif a != b:
             out.append(f"{names.get(prefix + key, prefix + key)} ({_describe_change(a, b)})")
     return out
+
+
+def _named_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """:func:`diff_settings` named as the command's flags (:func:`flag_names`), each difference said once:
+    settings that one flag sets alike (a seed recorded in two places) read as one."""
+    return list(dict.fromkeys(diff_settings(old, new, names=_FLAG_NAMES.get())))
 
 
 def _diffaudit_record(path: Path) -> dict[str, Any] | None:
@@ -270,9 +277,9 @@ def prepare_out_dir(out: str | os.PathLike, command: str, settings: dict[str, An
                 "choose another --out or pass --fresh to start over"
             )
         recorded = old.get("settings", {})
-        diffs = diff_settings(recorded, record["settings"], names=_FLAG_NAMES.get())
+        diffs = _named_differences(recorded, record["settings"])
         if diffs and upgrade is not None:  # an earlier version's record, read as today's: only real differences
-            diffs = diff_settings(_normalise(upgrade(dict(recorded))), record["settings"], names=_FLAG_NAMES.get())
+            diffs = _named_differences(_normalise(upgrade(dict(recorded))), record["settings"])
         if not diffs and recorded != record["settings"]:
             kept = {FOREIGN_KEY: old[FOREIGN_KEY]} if FOREIGN_KEY in old else {}
             try:

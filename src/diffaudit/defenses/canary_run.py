@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -245,8 +245,12 @@ def _extraction(samples: np.ndarray, combined: ImageDataset, plan: CanaryPlan, e
 
 
 def run_canary_experiment(dataset: ImageDataset, plan: CanaryPlan, config, out: str | Path, *, evaluation: CanaryEval,
-                          device="cpu", data_record: dict[str, Any] | None = None) -> dict[str, Any]:
+                          device="cpu", data_record: dict[str, Any] | None = None,
+                          upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Insert ``plan``'s canaries into ``dataset``, train with ``config`` (a ``TrainConfig``) and measure.
+
+    ``upgrade``: how the model's run folder (``out/model``) reads settings an earlier version recorded
+    (:meth:`~diffaudit.models.training.RunPlan.open`).
 
     Returns the result fields: ``canaries`` (one {key, kind, repeats, loss, exposure,
     exposure_gaussian, extracted, nearest_l2} per canary), ``references`` (one {key, kind, repeats: 0,
@@ -261,7 +265,7 @@ def run_canary_experiment(dataset: ImageDataset, plan: CanaryPlan, config, out: 
     evaluation.validate(n_train=len(dataset) + len(plan.keys))
     combined, repeats, record = _membership(dataset, plan, out)
     run = train(combined, config, out / "model", device=device, repeats=repeats,
-                data_record={**(data_record or {"source": dataset.source}), "canaries": "canaries.json"})
+                data_record={**(data_record or {"source": dataset.source}), "canaries": "canaries.json"}, upgrade=upgrade)
     labels = _labels_for(plan, record, dataset) if config.class_conditional else (None, None)
     can_loss, ref_loss = _losses(run, plan, labels, evaluation, out, device)
     exp = exposure(can_loss, ref_loss)

@@ -47,7 +47,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -398,6 +398,7 @@ def train_dp(
     train_indices: np.ndarray | list[int] | None = None,
     data_record: dict[str, Any] | None = None,
     fresh: bool = False,
+    upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> Path:
     """Train a DDPM with DP-SGD on ``dataset[train_indices]`` and write a run directory (module docstring).
 
@@ -414,6 +415,7 @@ def train_dp(
     The loss log holds the mean loss over the non-empty batches of each ``log_every`` window; the loss
     and the weights are checked finite at every log line and before every checkpoint
     (:class:`NonFiniteError`), so non-finite weights are never saved. torch's global RNG is left untouched.
+    ``upgrade``: how the run folder reads settings an earlier version recorded (:meth:`RunPlan.open`).
     """
     config.validate()
     dp.validate()
@@ -434,7 +436,7 @@ def train_dp(
     model = init_model(config, ucfg)  # same initialisation as the plain run
     check_model(model)  # what opacus cannot train, and hooks with attention: refused before the folder exists
     grad_sample_mode(model, dp.grad_sample_mode)
-    run = plan.open(out_dir, fresh=fresh)
+    run = plan.open(out_dir, fresh=fresh, upgrade=upgrade)
     if is_finished(run):
         stage_line(f"train (DP-SGD): {run} is already finished; nothing to do")
         drop_checkpoints(run)  # a run killed between its result and this cleanup
@@ -562,6 +564,14 @@ def train_dp(
 _DP_SETTING_FLAGS = {"dp_delta": "--dp-delta", "dp_max_grad_norm": "--dp-max-grad-norm", "dp_no_poisson": "--dp-no-poisson",
                      "dp_accountant": "--dp-accountant", "dp_augmentations": "--dp-augmentations",
                      "dp_grad_sample_mode": "--dp-grad-sample-mode"}
+
+
+#: Entry of a run's ``dp`` settings (:class:`DPConfig`'s fields) -> the flag that sets it, for a refusal to resume;
+#: ``poisson_sampling`` (``--dp-no-poisson`` says the opposite) and ``delta`` (derived unless ``--dp-delta`` is given)
+#: are named by their key.
+DP_SETTING_NAMES = {"noise_multiplier": "--dp-noise", "target_epsilon": "--dp-epsilon",
+                    "max_grad_norm": "--dp-max-grad-norm", "accountant": "--dp-accountant",
+                    "augmentations": "--dp-augmentations", "grad_sample_mode": "--dp-grad-sample-mode"}
 
 
 def add_dp_arguments(parser: argparse.ArgumentParser) -> None:

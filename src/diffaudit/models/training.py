@@ -36,7 +36,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -345,9 +345,15 @@ class RunPlan:
     settings: dict[str, Any]
     config_record: dict[str, Any]
 
-    def open(self, out_dir: str | Path, *, fresh: bool = False) -> Path:
-        """Create or reopen the run folder (resume) and record the config and training ids."""
-        run, _ = prepare_out_dir(out_dir, "train", self.settings, fresh=fresh)
+    def open(self, out_dir: str | Path, *, fresh: bool = False,
+             upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Path:
+        """Create or reopen the run folder (resume) and record the config and training ids.
+
+        ``upgrade``: the caller's reading of settings an earlier version recorded there, as
+        :func:`~diffaudit.core.outdir.prepare_out_dir` takes it (the paths of the data record, which
+        the caller makes, as typed then and canonical now): a run whose upgraded settings match
+        resumes, its settings recorded anew."""
+        run, _ = prepare_out_dir(out_dir, "train", self.settings, fresh=fresh, upgrade=upgrade)
         if not is_finished(run):
             write_json_atomic(run / "train_config.json", self.config_record)
             write_json_atomic(run / "train_ids.json", self.ids_record)
@@ -411,6 +417,7 @@ def train(
     repeats: dict[int, int] | None = None,
     data_record: dict[str, Any] | None = None,
     fresh: bool = False,
+    upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> Path:
     """Train a DDPM on ``dataset[train_indices]`` (default: all) and write a run directory.
 
@@ -418,13 +425,14 @@ def train(
     ``repeats`` maps example index -> number of copies in the training stream (duplication studies).
     Checkpoints every :func:`checkpoint_interval` steps. torch's global RNG is left untouched.
     Re-running with the same arguments resumes from the last checkpoint, or returns at once if finished.
+    ``upgrade``: how the run folder reads settings an earlier version recorded (:meth:`RunPlan.open`).
     """
     config.validate()
     device = torch.device(device)
     plan = plan_run(dataset, config, train_indices=train_indices, repeats=repeats, data_record=data_record)
     idx, stream, ucfg, num_classes = plan.indices, plan.stream, plan.unet_config, plan.num_classes
     H, W, C = dataset.image_shape
-    run = plan.open(out_dir, fresh=fresh)
+    run = plan.open(out_dir, fresh=fresh, upgrade=upgrade)
     if is_finished(run):
         stage_line(f"train: {run} is already finished ({config.steps} steps); nothing to do")
         drop_checkpoints(run)  # a run killed between its result and this cleanup

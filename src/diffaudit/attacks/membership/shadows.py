@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -53,6 +53,7 @@ def train_shadows(
     device: str | torch.device = "cpu",
     data_record: dict[str, Any] | None = None,
     workers: int = 1,
+    upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> list[Path]:
     """Train the shadow models ``models`` (default: every column) and return their run directories.
 
@@ -66,6 +67,8 @@ def train_shadows(
         workers: models trained at once, each in its own process (on one GPU, small models leave
             it idle most of the time, so 2-4 at once raise the throughput; on the CPU keep 1).
             Every model gets exactly the arguments it would get alone, so results do not depend on it.
+        upgrade: how each run folder reads settings an earlier version recorded
+            (:meth:`~diffaudit.models.training.RunPlan.open`); picklable when ``workers`` > 1.
     """
     membership.check_keys(dataset.keys, dataset=f"dataset {dataset.source}")
     m = membership.n_models
@@ -88,7 +91,7 @@ def train_shadows(
         raise DiffauditError(f"--workers must be at least 1; got {workers}")
     if workers == 1 or len(jobs) <= 1:
         for k, run, cfg, idx, record in jobs:
-            train(dataset, cfg, run, device=device, train_indices=idx, data_record=record)
+            train(dataset, cfg, run, device=device, train_indices=idx, data_record=record, upgrade=upgrade)
             fault_point("shadows.model")
     else:
         import multiprocessing
@@ -96,13 +99,15 @@ def train_shadows(
 
         ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
-            futures = [pool.submit(_train_one, dataset, cfg, run, str(device), idx, record) for _, run, cfg, idx, record in jobs]
+            futures = [pool.submit(_train_one, dataset, cfg, run, str(device), idx, record, upgrade)
+                       for _, run, cfg, idx, record in jobs]
             for fut in as_completed(futures):
                 fut.result()  # re-raises a worker's error
                 fault_point("shadows.model")
     return [shadow_dir(out, k) for k in ks]
 
 
-def _train_one(dataset: ImageDataset, config: TrainConfig, run: Path, device: str, indices, record: dict) -> str:
+def _train_one(dataset: ImageDataset, config: TrainConfig, run: Path, device: str, indices, record: dict,
+               upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> str:
     """One shadow model in a worker process (top level, so it pickles)."""
-    return str(train(dataset, config, run, device=device, train_indices=indices, data_record=record))
+    return str(train(dataset, config, run, device=device, train_indices=indices, data_record=record, upgrade=upgrade))
