@@ -196,7 +196,7 @@ def test_clip_loads_with_local_files_only_and_drops_the_hub_text(monkeypatch, ti
     monkeypatch.setattr(transformers.CLIPVisionModelWithProjection, "from_pretrained", offline_cache_miss)
     with pytest.raises(DiffauditError) as err:
         get_embedder("clip")
-    assert calls == [{"local_files_only": True}]
+    assert calls == [{"local_files_only": True, "use_safetensors": True}]
     assert "huggingface.co" not in str(err.value) and "--clip-model PATH" in str(err.value)
     monkeypatch.undo()  # a real folder: the processor is loaded offline too
     seen = []
@@ -219,3 +219,24 @@ def test_clip_folder_that_does_not_exist_or_holds_no_model(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DiffauditError, match=r"the folder .*empty holds no CLIP model that loads"):
         get_embedder("clip", model=str(tmp_path / "empty"))
+
+
+def test_clip_weights_load_from_safetensors_only_never_from_a_pickle(tiny_clip_dir, tmp_path, monkeypatch):
+    """A CLIP folder whose weights are a pickled pytorch_model.bin is refused as a clear error naming
+    the folder, without the pickle being opened."""
+    import shutil
+
+    import torch
+    from transformers import CLIPVisionModelWithProjection
+
+    pickled = tmp_path / "pickled-clip"
+    pickled.mkdir()
+    for name in ("config.json", "preprocessor_config.json"):
+        shutil.copy(tiny_clip_dir / name, pickled)
+    torch.save(CLIPVisionModelWithProjection.from_pretrained(tiny_clip_dir).state_dict(), pickled / "pytorch_model.bin")
+    opened = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: opened.append(a[0]) or real_load(*a, **k))
+    with pytest.raises(DiffauditError, match=f"the folder {pickled} holds no CLIP model that loads") as err:
+        get_embedder("clip", model=str(pickled)).embed(np.zeros((1, 32, 32, 3), np.uint8))
+    assert opened == [] and "weights_only" not in str(err.value)

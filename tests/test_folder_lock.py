@@ -90,3 +90,36 @@ def test_a_lock_file_deleted_between_open_and_lock_is_not_trusted(tmp_path, monk
         assert os.fstat(held_fd).st_ino == os.stat(path).st_ino
     finally:
         folder_lock.release_folder(out)
+
+
+def test_a_lock_directory_name_taken_by_someone_else_does_not_switch_locking_off(tmp_path, monkeypatch, capsys):
+    """Another local user (here: a link planted at the name, which no one may follow) who takes
+    $TMPDIR/diffaudit-locks-<uid> first must not make every folder unlocked: the next candidate
+    directory is used by every process alike, and a second process is still refused."""
+    tmp, run = tmp_path / "tmp", tmp_path / "run"
+    tmp.mkdir()
+    run.mkdir()
+    (tmp / f"diffaudit-locks-{os.getuid()}").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
+    monkeypatch.setattr(folder_lock.tempfile, "tempdir", None)  # re-read TMPDIR
+    assert folder_lock.lock_dir() == run / "diffaudit-locks"
+    out = tmp_path / "out"
+    env = {**os.environ, "TMPDIR": str(tmp), "XDG_RUNTIME_DIR": str(run)}
+    child = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert child.stdout.readline().strip() == "held"
+        with pytest.raises(DiffauditError, match=rf"in use by another diffaudit process \(pid {child.pid}\)"):
+            prepare_out_dir(out, "extract", {"a": 1})
+    finally:
+        child.kill()
+        child.wait()
+    assert not (tmp_path / "elsewhere").exists()  # nothing was made through the planted link
+
+
+def test_where_no_lock_directory_can_be_made_a_warning_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(folder_lock, "lock_dir", lambda: None)
+    monkeypatch.setattr(folder_lock, "_WARNED", [])
+    prepare_out_dir(tmp_path / "out", "extract", {"a": 1})
+    assert "is not locked: do not run two commands on one --out at once" in capsys.readouterr().err
+    folder_lock.release_folder(tmp_path / "out")

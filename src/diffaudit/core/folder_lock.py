@@ -7,7 +7,7 @@ failing half-way on the other's temporary files. :func:`hold` takes an exclusive
 is taken.
 
 The lock file lies outside the folder, in a private directory of this user under the system's
-temporary directory, named by a digest of the folder's resolved path: nothing is added to a
+temporary directory (or, where another user took that name, ``$XDG_RUNTIME_DIR`` or ``~/.cache``), named by a digest of the folder's resolved path: nothing is added to a
 user's folder (also not to one diffaudit then refuses), and ``--fresh`` moving the folder aside
 keeps it locked. The lock belongs to the open file, so it ends when the command releases it
 (:func:`release`, which the CLI calls when a command returns) or when its process ends in any way,
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -39,17 +40,48 @@ except ImportError:  # pragma: no cover - Windows
 _HELD: dict[str, tuple[int, Path]] = {}  # resolved folder -> (open lock file, its path)
 
 
-def lock_dir() -> Path | None:
-    """This user's lock directory (created owner-only), or None where it cannot be used safely
-    (it belongs to someone else, or cannot be made)."""
-    uid = os.getuid() if hasattr(os, "getuid") else 0
-    folder = Path(tempfile.gettempdir()) / f"diffaudit-locks-{uid}"
+def _lock_dirs(uid: int) -> list[Path]:
+    """Where this user's lock directory may lie, in the order every process tries them: the system's
+    temporary directory, ``$XDG_RUNTIME_DIR``, then ``~/.cache/diffaudit/locks``. Each process takes
+    the first it can use, so all of a user's processes agree on one."""
+    dirs = [Path(tempfile.gettempdir()) / f"diffaudit-locks-{uid}"]
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        dirs.append(Path(os.environ["XDG_RUNTIME_DIR"]) / "diffaudit-locks")
+    dirs.append(Path.home() / ".cache" / "diffaudit" / "locks")
+    return dirs
+
+
+def _usable(folder: Path, uid: int) -> bool:
+    """``folder`` made (owner-only) if missing, and a real directory this user owns."""
     try:
-        folder.mkdir(mode=0o700, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         st = folder.lstat()
     except OSError:
-        return None
-    return folder if folder.is_dir() and not folder.is_symlink() and st.st_uid == uid else None
+        return False
+    return folder.is_dir() and not folder.is_symlink() and st.st_uid == uid
+
+
+def _uid() -> int:
+    return os.getuid() if hasattr(os, "getuid") else 0
+
+
+def lock_dir() -> Path | None:
+    """This user's lock directory: the first of :func:`_lock_dirs` that it owns (created owner-only).
+    A directory of that name that someone else made (or a link planted there) is passed over, so
+    another user cannot switch the locks off. None where no candidate can be used."""
+    return next((d for d in _lock_dirs(_uid()) if _usable(d, _uid())), None)
+
+
+_WARNED: list[bool] = []
+
+
+def _warn_unlocked(folder: str | os.PathLike) -> None:
+    """Say once per process that folders go unlocked here, rather than dropping the guarantee silently."""
+    if not _WARNED:
+        _WARNED.append(True)
+        tried = ", ".join(map(str, _lock_dirs(_uid())))
+        print(f"diffaudit: warning: no private lock directory can be made here (tried {tried}); {folder} is not "
+              "locked: do not run two commands on one --out at once", file=sys.stderr)
 
 
 def lock_path(folder: str | os.PathLike) -> Path | None:
@@ -74,6 +106,8 @@ def hold(folder: str | os.PathLike) -> None:
     """
     key = str(Path(folder).resolve())
     path = lock_path(folder) if fcntl is not None else None
+    if path is None and fcntl is not None:
+        _warn_unlocked(folder)
     if path is None or key in _HELD:
         return
     for _ in range(8):  # retried only when the file was deleted (released) between open and lock

@@ -336,8 +336,10 @@ def hub_offline() -> Iterator[None]:
 
 def load_clip(name: str):
     """(model, processor) of the CLIP folder or cached hub name ``name``, with ``local_files_only=True``
-    for both, so that nothing is fetched over the network. A folder without ``preprocessor_config.json``
-    gets CLIP's standard preprocessing at the model's image size.
+    for both, so that nothing is fetched over the network, and the weights from safetensors only
+    (``use_safetensors=True``: a folder holding only a pickled ``pytorch_model.bin`` is refused, never
+    unpickled). A folder without ``preprocessor_config.json`` gets CLIP's standard preprocessing at the
+    model's image size.
 
     Raises:
         DiffauditError: the model is not available locally (:func:`clip_missing_error`).
@@ -351,7 +353,7 @@ def load_clip(name: str):
 
     try:
         with hub_offline():
-            model = CLIPVisionModelWithProjection.from_pretrained(name, local_files_only=True)
+            model = CLIPVisionModelWithProjection.from_pretrained(name, local_files_only=True, use_safetensors=True)
     except (OSError, ValueError) as exc:
         raise clip_missing_error(name, exc) from None
     try:
