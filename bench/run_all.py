@@ -58,6 +58,7 @@ CPU = {
     "filter": ["bench_filter.py", "--also-compute", "float64"],
     "stable_diffusion": ["bench_sd.py", "--tiny", "--size", "64", "--batch", "2", "--steps", "4"],
     "ray": ["bench_ray.py", "--n", "128", "--steps", "10"],
+    "ray_verify": ["bench_ray.py", "--job", "verify", "--n", "16384", "--train", "20000"],
 }
 
 
