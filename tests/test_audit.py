@@ -25,7 +25,7 @@ def test_audit_extracts_memorized_digits_and_writes_the_report(tmp_path, capsys,
     html = (out / "report.html").read_text()
     assert "Content-Security-Policy" in html and "data:image/png;base64," in html
     assert 'src="http' not in html
-    assert '<section id="training">' in html and 'alt="training loss"' in html  # the target is models/model-00
+    assert '<section id="training">' in html and 'alt="Training loss over ' in html  # the target is models/model-00
     assert (out / "config.toml").exists()
 
     # A second run resumes: every stage is kept, the result is unchanged.

@@ -131,10 +131,13 @@ def timestep_sweep(sweeps: Sequence[tuple[str, Sequence[int], Sequence[float | N
     return _png(timestep_sweep_figure(sweeps))
 
 
-def canary_curve(repeats: Sequence[int], exposure: Sequence[float | None], extracted: Sequence[bool]) -> bytes:
+def canary_curve(repeats: Sequence[int], exposure: Sequence[float | None], extracted: Sequence[bool], *,
+                 ceiling: float | None = None) -> bytes:
     """Exposure of each canary over its number of repeats (log2 axis), extracted ones filled.
 
-    The line is the mean exposure per repeat count; the right panel is the fraction extracted.
+    The line is the mean exposure per repeat count; the right panel is the fraction extracted. A
+    ``ceiling`` (log2(n_reference + 1), the largest exposure measurable) is drawn as a dotted line: a
+    canary on it has an exposure of at least that.
     """
     r = np.asarray(repeats, dtype=float)
     e = np.array([np.nan if v is None else float(v) for v in exposure], dtype=float)
@@ -147,6 +150,8 @@ def canary_curve(repeats: Sequence[int], exposure: Sequence[float | None], extra
     levels = np.unique(r)
     means = [np.nanmean(e[(r == v) & ok]) if np.any((r == v) & ok) else np.nan for v in levels]
     ax.plot(levels, means, "-", color="#444", linewidth=1.2, label="mean")
+    if ceiling is not None:
+        ax.axhline(ceiling, color="#888", linestyle=":", linewidth=1.0, label="ceiling (at least)")
     frac = [float(np.mean(x[r == v])) for v in levels]
     ax2.bar(np.arange(len(levels)), frac, color=PALETTE[1], alpha=0.8)
     ax2.set_xticks(np.arange(len(levels)), [f"{int(v)}" for v in levels])

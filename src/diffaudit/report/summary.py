@@ -5,20 +5,29 @@ Fields: ``schema_version``, ``command`` (``audit`` or the single command summari
 ``batch_size``, ``lr``, ..., ``image_size``, ``data`` {``spec``, ``options``}, ``dedup``
 {``keep_list``, ``n_dropped``} and ``dp`` {``epsilon``, ``delta``, ...} (null when not used)},
 ``extraction`` {``unique_extracted``, ``n_samples``, ``rule``,
-``baseline_unique_extracted``, ``baseline_n_images``, ``baseline_pvalue`` (the one-sided exact
+``baseline_unique_extracted``, ``baseline_n_images``, ``from_extract`` (true when verify checked only the
+flagged clique medoids: ``n_samples`` and ``n_extracting_samples`` then count medoids) and
+``n_clique_generations`` (the generations in the cliques of the extracting medoids, None when the extract
+result is not found), ``baseline_pvalue`` (the one-sided exact
 test of the two counts), ``n_excluded_duplicates`` (near-duplicates a deduplicated target dropped,
 left out of the baseline), ``prompt_checks_extracted`` (a ``--train-map`` check), ``n_cliques``
 (unconditional extract: the number of near-identical generation groups, which extract's result.json
 calls ``n_groups``; the report reads it as ``n_cliques``), or ``n_prompts`` and ``n_flagged``
 (conditional extract), ...},
 ``mia`` {attack: {``auc``, ``tpr_at_fpr``, ``ci``, ...}},
-``inpainting`` {``auc``, ``n_targets``, ``n_members``, ``n_nonmembers``, ``top_k`` (best inpaintings
-kept per target), ``mean_topk_l2`` and ``best_l2`` {``members``, ``nonmembers``}: means over targets;
+``inpainting`` {``auc``, ``auc_evidence`` {``pvalue`` (one-sided rank test), ``method``, ``n_orderings``,
+``n_at_least``, ``min_pvalue``, ``anecdotal`` (too few targets for any result to reach p < 0.05), ``ci`` (a
+bootstrap interval; None for an anecdote)}, ``n_targets``, ``n_members``, ``n_nonmembers``, ``top_k`` (best
+inpaintings kept per target), ``mean_topk_l2`` and ``best_l2`` {``members``, ``nonmembers``}: means over targets;
 results written before ``top_k`` was recorded call the field ``mean_top10_l2``, and are read too},
-``canaries`` {``n_canaries``, ``n_extracted``, ``by_repeats``, ``references`` {``n``, ``n_extracted``}: the
+``canaries`` {``n_canaries``, ``n_extracted``, ``n_reference``, ``exposure_ceiling`` (log2(n_reference + 1): the
+largest exposure measurable; a canary at it has rank 1 and an exposure of at least that), ``n_at_ceiling``,
+``ceiling_extrapolated`` {``min``, ``max``} (the Gaussian-extrapolated exposure of the canaries at the ceiling),
+``by_repeats`` (with ``n_at_ceiling`` per repeat count), ``references`` {``n``, ``n_extracted``}: the
 never-inserted images verified like canaries, None in results from before they were}, ``dedup`` {``n_groups``, ``n_in_groups``, ``largest_group``, ``embedder`` (its settings,
 as dedup recorded them), ``embedder_text`` (the same in words)},
-``outliers`` {``rho``, ..., ``attack_at_chance``},
+``outliers`` {``rho``, ..., ``attack_at_chance``, ``attack_separates`` (AUC 1.0: every member is identified, so
+the correlation measures how the raw score varies between members, not their exposure), ``raw_loss``},
 ``stages`` (the result folders read), ``audit_stages`` (the stages the audit's result.json lists as
 run), ``settings`` and ``seeds`` (per stage), ``versions``.
 A section whose stage did not run is null. The HTML report renders from this dictionary, so the
@@ -37,6 +46,7 @@ from typing import Any
 from diffaudit.core.io import write_json_atomic
 from diffaudit.core.results import SCHEMA_VERSION, with_current_names
 from diffaudit.models.run_files import DROPPED_DUPLICATES
+from diffaudit.report.clique_counts import clique_counts, from_extract
 from diffaudit.report.images import data_spec
 from diffaudit.report.results import ResultSet, Stage, load_results, read_object, records
 
@@ -44,6 +54,11 @@ ENVELOPE = ("schema_version", "command", "settings", "seeds", "versions")
 # A membership attack whose AUC interval holds 0.5 is taken as guessing (what its scores correlate with
 # means nothing); without a recorded interval, one whose AUC is below this.
 CHANCE_AUC = 0.6
+# A membership attack with this AUC ranks every member above every non-member (ties count half, so
+# only strict separation reaches it): every member is identified, and exposure no longer varies.
+PERFECT_AUC = 1.0
+# An exposure within this of the run's ceiling log2(n_reference + 1) is at it (rank 1; rounding aside).
+CEILING_TOLERANCE = 1e-9
 
 
 def _finite(x: Any) -> float | None:
@@ -176,6 +191,9 @@ def _extraction(rs: ResultSet) -> dict[str, Any] | None:
         total = _int(r.get("n_samples_total"))
         if total is not None and total != out["n_samples"]:  # --from-extract: medoids of more generations
             out["n_samples_total"] = total
+        if from_extract(verify):  # the counts above are of clique medoids; their cliques hold more generations
+            counts = clique_counts(rs, verify)
+            out.update(from_extract=True, n_clique_generations=None if counts is None else counts["n_generations"])
         base_rec = r.get("baseline") if isinstance(r.get("baseline"), dict) else {}
         if base_rec.get("n_images") is not None:
             out["baseline_n_images"] = _int(base_rec.get("n_images"))
@@ -229,17 +247,35 @@ def inpainting_top_k(stage: Stage, targets: list[dict[str, Any]]) -> int | None:
     return lengths.pop() if len(lengths) == 1 else None
 
 
+def _inpainting_evidence(st: Stage, auc: float | None, mem: list[dict[str, Any]], non: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What the inpainting AUC can show on its few targets (:func:`~diffaudit.report.rank_test.auc_evidence`
+    of the scores −``mean_topk_l2``, the attack's own); None without a member and a non-member, or when the
+    recorded AUC is not the AUC of these scores (a target without a distance)."""
+    from diffaudit.report.rank_test import auc_evidence
+
+    scores = [[-v for t in group if (v := _finite(t.get("mean_topk_l2"))) is not None] for group in (mem, non)]
+    if len(scores[0]) != len(mem) or len(scores[1]) != len(non) or not mem or not non:
+        return None
+    pairs = [(a > b) + 0.5 * (a == b) for a in scores[0] for b in scores[1]]
+    if auc is None or abs(sum(pairs) / len(pairs) - auc) > 1e-9:
+        return None
+    return auc_evidence(scores[0], scores[1], seed=_int(st.seeds.get("seed")) or 0)
+
+
 def _inpainting(rs: ResultSet) -> dict[str, Any] | None:
-    """``auc``, counts, ``top_k`` and the mean over targets of ``mean_topk_l2`` (the mean ℓ2 of each
-    target's ``top_k`` best inpaintings) and ``best_l2``, for members and non-members."""
+    """``auc``, counts, ``top_k``, the mean over targets of ``mean_topk_l2`` (the mean ℓ2 of each
+    target's ``top_k`` best inpaintings) and ``best_l2``, for members and non-members, and
+    ``auc_evidence`` (:func:`_inpainting_evidence`)."""
     st = rs.first("inpaint")
     if st is None:
         return None
     targets = inpainting_targets(st)
     mem = [t for t in targets if t.get("member")]
     non = [t for t in targets if not t.get("member")]
+    auc = _finite(st.result.get("auc"))
     return {
-        "auc": _finite(st.result.get("auc")),
+        "auc": auc,
+        "auc_evidence": _inpainting_evidence(st, auc, mem, non),
         "n_targets": len(targets),
         "n_members": len(mem),
         "n_nonmembers": len(non),
@@ -261,11 +297,37 @@ def _n_extracted(cans: list[dict[str, Any]]) -> int | None:
     return sum(1 for c in tested if c["extracted"]) if tested else None
 
 
+def exposure_ceiling(result: dict[str, Any]) -> float | None:
+    """The largest exposure a canaries run can measure, log2(n_reference + 1) bits: exposure = log2 |R| −
+    log2 rank, and a canary whose loss is below every reference's has rank 1 (its true exposure is at
+    least this, maybe far more). The result's ``max_exposure``, else computed from its ``n_reference``;
+    None when neither is recorded."""
+    ceiling = _finite(result.get("max_exposure"))
+    n_ref = _int(result.get("n_reference"))
+    if ceiling is None and n_ref is not None and n_ref > 0:
+        ceiling = math.log2(n_ref + 1)
+    return ceiling
+
+
+def at_ceiling(exposure: float | None, ceiling: float | None) -> bool:
+    """Whether a canary's ``exposure`` is the run's ceiling (rank 1), up to rounding."""
+    return exposure is not None and ceiling is not None and exposure >= ceiling - CEILING_TOLERANCE
+
+
+def _ceiling_extrapolation(cans: list[dict[str, Any]], ceiling: float | None) -> dict[str, float] | None:
+    """{"min", "max"} of the Gaussian-extrapolated exposure (``exposure_gaussian``, Secret Sharer §4.3) of
+    the canaries at the ceiling; None when none is at it or none records one."""
+    values = [_finite(c.get("exposure_gaussian")) for c in cans if at_ceiling(_finite(c.get("exposure")), ceiling)]
+    values = [v for v in values if v is not None]
+    return {"min": min(values), "max": max(values)} if values else None
+
+
 def _canaries(rs: ResultSet) -> dict[str, Any] | None:
     st = rs.first("canaries")
     if st is None:
         return None
     cans = records(st.result, "repeats", preferred=("canaries",))
+    ceiling = exposure_ceiling(st.result)
     groups: dict[int, list[dict[str, Any]]] = {}
     for c in cans:
         r = _int(c.get("repeats"))
@@ -280,6 +342,8 @@ def _canaries(rs: ResultSet) -> dict[str, Any] | None:
             "n": len(groups[r]),
             "mean_exposure": _mean(exps),
             "max_exposure": max(exps) if exps else None,
+            # canaries at the ceiling: the max is a lower bound, and so is the mean
+            "n_at_ceiling": sum(1 for e in exps if at_ceiling(e, ceiling)),
             "n_extracted": _n_extracted(groups[r]),
         })
     n_extracted = _n_extracted(cans)
@@ -289,6 +353,10 @@ def _canaries(rs: ResultSet) -> dict[str, Any] | None:
     return {
         "n_canaries": len(cans),
         "n_extracted": n_extracted,
+        "n_reference": _int(st.result.get("n_reference")),
+        "exposure_ceiling": ceiling,
+        "n_at_ceiling": sum(row["n_at_ceiling"] for row in by_repeats),
+        "ceiling_extrapolated": _ceiling_extrapolation(cans, ceiling),
         "by_repeats": by_repeats,
         "references": {"n": len(refs), "n_extracted": _n_extracted(refs)} if refs else None,
     }
@@ -307,6 +375,16 @@ def at_chance(entry: dict[str, Any]) -> bool | None:
     return auc < CHANCE_AUC
 
 
+def separates(entry: dict[str, Any]) -> bool | None:
+    """Whether a membership attack (a ``mia`` summary entry) separates members from non-members
+    perfectly: AUC 1.0, every member scoring above every non-member. Then every member is identified at
+    any threshold between the two groups, so all are equally exposed to the attack (at the ceiling), and
+    how the scores vary among members says nothing about how exposed each is. None when the AUC is not
+    recorded."""
+    auc = entry.get("auc")
+    return None if auc is None else bool(auc >= PERFECT_AUC)
+
+
 def _scored_attack(mia_keys: dict[str, str]) -> str | None:
     """The attack whose per-example scores the outliers stage correlated: the audit's ``mia/`` folder
     (the one ``audit`` reads them from), else the only membership stage; None when unknown."""
@@ -317,7 +395,10 @@ def _scored_attack(mia_keys: dict[str, str]) -> str | None:
 
 def _outliers(rs: ResultSet, mia: dict[str, Any], mia_keys: dict[str, str]) -> dict[str, Any] | None:
     """The Spearman correlation of outlier score with membership score, and the attack it rests on:
-    ``attack``, ``attack_auc`` and ``attack_at_chance`` (true: the correlation means nothing)."""
+    ``attack``, ``attack_auc``, ``attack_at_chance`` and ``attack_separates`` (either true: the
+    correlation says nothing about exposure; see :func:`at_chance` and :func:`separates`), the attack's
+    member and non-member counts, and ``raw_loss`` (true: the score is the negative raw loss of the loss
+    threshold attack, which also varies with how easily the model denoises each image)."""
     st = rs.first("outliers")
     if st is None:
         return None
@@ -328,7 +409,9 @@ def _outliers(rs: ResultSet, mia: dict[str, Any], mia_keys: dict[str, str]) -> d
     return {"rho": _finite(sp.get("rho")), "pvalue": _finite(sp.get("pvalue")), "n": _int(sp.get("n")),
             "k": _int(r.get("k")), "population": r.get("population"), "bins": r.get("bins") or [],
             "attack": key, "attack_auc": entry.get("auc"), "attack_auc_ci": (entry.get("ci") or {}).get("auc"),
-            "attack_at_chance": at_chance(entry)}
+            "attack_at_chance": at_chance(entry), "attack_separates": separates(entry),
+            "attack_n_members": entry.get("n_members"), "attack_n_nonmembers": entry.get("n_nonmembers"),
+            "raw_loss": entry.get("attack") == "loss" if entry else None}
 
 
 #: How one embedder setting reads in words (value -> phrase); a setting not named here reads as

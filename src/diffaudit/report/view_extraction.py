@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from diffaudit.report.clique_counts import clique_counts, from_extract
 from diffaudit.report.fmt import fmt_p
 from diffaudit.report.images import SampleImages, TrainingImages, data_spec, image_uri
 from diffaudit.report.results import ResultSet, Stage, records, resolve_path
@@ -221,13 +222,19 @@ def duplicate_counts(rs: ResultSet) -> dict[str, int]:
 
 
 def gallery(rs: ResultSet, *, redact: bool) -> dict[str, Any] | None:
-    """Pairs of the verify stage, most exact first (smallest ℓ2), at most ``MAX_PAIRS``."""
+    """Pairs of the verify stage, most exact first (smallest ℓ2), at most ``MAX_PAIRS``. After ``verify
+    --from-extract`` (``from_extract``), each pair's ``n_matching`` counts clique medoids, and
+    ``clique_generations`` the generations in their cliques (:mod:`~diffaudit.report.clique_counts`)."""
     st = rs.first("verify")
     if st is None:
         return None
     pairs = [e for e in (st.result.get("extracted") or []) if isinstance(e, dict)]
-    pairs.sort(key=lambda e: (e.get("l2") is None, e.get("l2") if isinstance(e.get("l2"), (int, float)) else 0))
-    shown = pairs[:MAX_PAIRS]
+    medoids_only = from_extract(st)
+    counts = clique_counts(rs, st) if medoids_only else None
+    # each record with the generations in its medoids' cliques (None: not --from-extract, or unknown)
+    rows = list(zip(pairs, counts["per_record"] if counts else [None] * len(pairs)))
+    rows.sort(key=lambda r: (r[0].get("l2") is None, r[0].get("l2") if isinstance(r[0].get("l2"), (int, float)) else 0))
+    shown = rows[:MAX_PAIRS]
     samples = sample_images(st, rs)
     notes = []
     if shown and samples.path is None and not redact:
@@ -240,7 +247,7 @@ def gallery(rs: ResultSet, *, redact: bool) -> dict[str, Any] | None:
             notes.append(f"Training images are shown by id: {train.error}.")
     dups = duplicate_counts(rs)
     items = []
-    for e in shown:
+    for e, in_cliques in shown:
         key = e.get("train_key")
         group = e.get("duplicates")
         n_dup = 1 + len(group) if isinstance(group, list) else (dups.get(str(key)) if key is not None else None)
@@ -257,10 +264,11 @@ def gallery(rs: ResultSet, *, redact: bool) -> dict[str, Any] | None:
             "eidetic_k": e.get("eidetic_k"),
             "duplicates": n_dup,
             "n_matching": e.get("n_matching_samples"),
+            "clique_generations": in_cliques,
         })
     if samples.error:  # known once the shards were read, above
         notes.append(f"Some generations are shown by id: {samples.error}.")
-    return {"items": items, "total": len(pairs), "notes": notes, "redacted": redact}
+    return {"items": items, "total": len(pairs), "notes": notes, "redacted": redact, "from_extract": medoids_only}
 
 
 def cliques(rs: ResultSet, *, redact: bool = False) -> dict[str, Any] | None:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from diffaudit.report import plots
+from diffaudit.report.alt_text import roc_alt, sweep_alt
 from diffaudit.report.images import data_uri
 from diffaudit.report.results import ResultSet, Stage
 from diffaudit.report.summary import at_chance, mia_key
@@ -112,7 +113,7 @@ def mia_view(rs: ResultSet, summary: dict[str, Any]) -> dict[str, Any] | None:
     if not stages:
         return None
     taken: set[str] = set()
-    rows, curves, sweeps, missing = [], [], [], []
+    rows, curves, drawn, sweeps, missing = [], [], [], [], []
     for st in stages:
         key = mia_key(st, taken)
         taken.add(key)
@@ -122,6 +123,7 @@ def mia_view(rs: ResultSet, summary: dict[str, Any]) -> dict[str, Any] | None:
         if pts is not None:
             auc = entry.get("auc")
             curves.append((f"{key} (AUC {auc:.3f})" if isinstance(auc, float) else key, pts[0], pts[1]))
+            drawn.append((key, auc, pts[0], pts[1], entry.get("n_nonmembers")))  # the same points, for the alt text
         else:
             missing.append(key)
         cols = _sweep_columns(st.result.get("sweep"))
@@ -132,8 +134,10 @@ def mia_view(rs: ResultSet, summary: dict[str, Any]) -> dict[str, Any] | None:
     return {
         "rows": rows,
         "roc_uri": data_uri(plots.roc_loglog(curves, min_fpr=min(min_fpr, 1e-3) if min_fpr else None)) if curves else None,
+        "roc_alt": roc_alt(drawn) if drawn else None,
         "no_curve": missing,
         "sweep_uri": data_uri(plots.timestep_sweep(sweeps)) if sweeps else None,
+        "sweep_alt": sweep_alt(sweeps) if sweeps else None,
         "sweeps": [{"key": s[0], "rows": list(zip(s[1], s[2], s[3]))} for s in sweeps],
     }
 

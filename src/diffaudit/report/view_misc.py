@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from diffaudit.report import plots
+from diffaudit.report.alt_text import canary_alt, histogram_alt
 from diffaudit.report.fmt import flatten
 from diffaudit.report.images import data_uri, png_file_uri
 from diffaudit.report.results import ResultSet, records, resolve_path
-from diffaudit.report.summary import inpainting_targets, inpainting_top_k
+from diffaudit.report.summary import exposure_ceiling, inpainting_targets, inpainting_top_k
 
 MAX_GRIDS = 16
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -54,7 +55,8 @@ def inpainting_view(rs: ResultSet, summary: dict[str, Any], *, redact: bool) -> 
     top_label, best_text = top_k_words(inpainting_top_k(st, targets))
     mem = [v for t in targets if t.get("member") and (v := _topk_l2(t)) is not None]
     non = [v for t in targets if not t.get("member") and (v := _topk_l2(t)) is not None]
-    hist = data_uri(plots.distance_histogram(mem, non, xlabel=f"mean ℓ2 of the {best_text}")) if mem or non else None
+    xlabel = f"mean ℓ2 of the {best_text}"
+    hist = data_uri(plots.distance_histogram(mem, non, xlabel=xlabel)) if mem or non else None
     files = _grid_files(st.path)
     used: set[Path] = set()
     grids = []
@@ -83,6 +85,7 @@ def inpainting_view(rs: ResultSet, summary: dict[str, Any], *, redact: bool) -> 
     return {
         "summary": summary.get("inpainting") or {},
         "hist_uri": hist,
+        "hist_alt": histogram_alt(mem, non, xlabel=xlabel) if hist else None,
         "grids": [g for g in grids if g["name"] is not None],
         "n_targets": len(targets),
         "redacted": redact,
@@ -94,14 +97,19 @@ def inpainting_view(rs: ResultSet, summary: dict[str, Any], *, redact: bool) -> 
 
 
 def canaries_view(rs: ResultSet, summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The canary table's numbers (summary.json's ``canaries``), the exposure plot with the run's ceiling
+    (:func:`~diffaudit.report.summary.exposure_ceiling`) and its alt text, from the same values."""
     st = rs.first("canaries")
     if st is None:
         return None
     cans = [c for c in records(st.result, "repeats", preferred=("canaries",)) if isinstance(c.get("repeats"), (int, float))]
-    uri = None
+    uri = alt = None
     if cans:
-        uri = data_uri(plots.canary_curve([c["repeats"] for c in cans], [c.get("exposure") for c in cans], [bool(c.get("extracted")) for c in cans]))
-    return {"summary": summary.get("canaries") or {}, "plot_uri": uri}
+        drawn = ([c["repeats"] for c in cans], [c.get("exposure") for c in cans], [bool(c.get("extracted")) for c in cans])
+        ceiling = exposure_ceiling(st.result)
+        uri = data_uri(plots.canary_curve(*drawn, ceiling=ceiling))
+        alt = canary_alt(*drawn, ceiling=ceiling)
+    return {"summary": summary.get("canaries") or {}, "plot_uri": uri, "plot_alt": alt}
 
 
 #: The audit's training options (``diffaudit audit``'s flags shared with ``train``, and ``--train-size``;

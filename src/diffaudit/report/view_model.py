@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from diffaudit.report import plots
+from diffaudit.report.alt_text import loss_alt
 from diffaudit.data.options import data_flags
 from diffaudit.report.fmt import fmt, fmt_int
 from diffaudit.report.images import data_uri
@@ -96,4 +97,5 @@ def training_view(rs: ResultSet, summary: dict[str, Any]) -> dict[str, Any] | No
         note = (f"No training record found for the audited model {model.get('path')} (a diffusers folder, or a run "
                 "directory moved since the audit): how it was trained is not known here.")
     return {"facts": training_facts(model), "loss_uri": uri, "n_points": len(pts),
+            "loss_alt": loss_alt([p[0] for p in pts], [p[1] for p in pts]) if uri else None,
             "final_loss": pts[-1][1] if pts else None, "note": note}

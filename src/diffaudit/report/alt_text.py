@@ -1,0 +1,111 @@
+"""Alt texts of the report's plots: what each plot shows, in numbers, for a reader who cannot see it.
+
+Each function takes the values its plot in :mod:`diffaudit.report.plots` draws (the same arrays, passed
+by the view that draws it) and returns plain text; numbers go through :mod:`diffaudit.report.fmt`. The
+template puts the text in an ``alt`` attribute, where Jinja2's autoescaping escapes it (attack names
+and labels come from result files).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from diffaudit.report.fmt import fmt_float, fmt_int, fmt_pct
+
+#: The FPRs the ROC plot marks (dotted lines) and its alt text reads the TPR at.
+ROC_FPRS = (0.01, 0.001)
+
+
+def _plural(n: int, word: str, many: str | None = None) -> str:
+    return f"{fmt_int(n)} {word if n == 1 else (many or word + 's')}"
+
+
+def curve_tpr(fpr: np.ndarray, tpr: np.ndarray, target: float, n_nonmembers: int | None = None) -> float | None:
+    """Best TPR among a curve's points with FPR at most ``target``; None when ``target`` is below
+    1/``n_nonmembers`` (not measurable) or no point lies within it."""
+    if n_nonmembers and target < 1.0 / n_nonmembers:
+        return None
+    f, t = np.asarray(fpr, dtype=float), np.asarray(tpr, dtype=float)
+    ok = f <= target * (1 + 1e-12)
+    return float(t[ok].max()) if ok.any() else None
+
+
+def roc_alt(curves: Sequence[tuple[str, float | None, np.ndarray, np.ndarray, int | None]]) -> str:
+    """``curves`` = [(attack, AUC of its legend, fpr, tpr, n_nonmembers), ...]: each attack's AUC and
+    its TPR at 1% and 0.1% FPR read from the drawn points."""
+    parts = []
+    for name, auc, fpr, tpr, n_non in curves:
+        rates = ", ".join(f"{fmt_pct(curve_tpr(fpr, tpr, x, n_non))} at {fmt_pct(x)} FPR" for x in ROC_FPRS)
+        parts.append(f"{name}: AUC {fmt_float(auc)}, TPR {rates}")
+    return (f"Log-log ROC curves of {_plural(len(curves), 'membership attack')} (true against false positive rate; "
+            f"the dashed diagonal is chance): " + "; ".join(parts) + ".")
+
+
+def _extreme(ts: list[int], values: list[float | None], scale: str) -> str | None:
+    """"from LOW to HIGH, highest at t = T" over the known values of a sweep column; None without one."""
+    known = [(v, t) for t, v in zip(ts, values) if v is not None]
+    if not known:
+        return None
+    fmt = fmt_pct if scale == "pct" else fmt_float
+    lo, hi = min(known), max(known)
+    return f"from {fmt(lo[0])} to {fmt(hi[0])}, highest at t = {hi[1]}"
+
+
+def sweep_alt(sweeps: Sequence[tuple[str, Sequence[int], Sequence[float | None], Sequence[float | None]]]) -> str:
+    """``sweeps`` = [(attack, timesteps, auc, tpr at 1% FPR), ...] as the timestep-sweep plot draws them."""
+    parts = []
+    for name, ts, aucs, tprs in sweeps:
+        ts = [int(t) for t in ts]
+        span = f"t = {min(ts)} to {max(ts)}, {_plural(len(ts), 'timestep')}" if ts else "no timestep"
+        found = [f"AUC {a}" for a in [_extreme(ts, list(aucs), "float")] if a]
+        found += [f"TPR at 1% FPR {x}" for x in [_extreme(ts, list(tprs), "pct")] if x]
+        parts.append(f"{name} ({span}): " + ("; ".join(found) if found else "no value recorded"))
+    return ("Attack success over the diffusion timestep t (shaded: t in [50, 300], the paper's best; dashed: chance, "
+            "AUC 0.5 and TPR 1%): " + "; ".join(parts) + ".")
+
+
+def _group(values: Sequence[float], word: str) -> str:
+    """"2 members, mean 0.075 (0.060 to 0.090)"."""
+    if not len(values):
+        return _plural(0, word)
+    v = np.asarray(values, dtype=float)
+    spread = "" if len(v) == 1 else f" ({fmt_float(v.min())} to {fmt_float(v.max())})"
+    return f"{_plural(len(v), word)}, mean {fmt_float(v.mean())}{spread}"
+
+
+def histogram_alt(members: Sequence[float], nonmembers: Sequence[float], *, xlabel: str) -> str:
+    """The members-vs-non-members histogram of ``xlabel`` (one value per target)."""
+    return f"Histogram of the {xlabel} per target: {_group(members, 'member')}; {_group(nonmembers, 'non-member')}."
+
+
+def canary_alt(repeats: Sequence[int], exposure: Sequence[float | None], extracted: Sequence[bool],
+               ceiling: float | None = None) -> str:
+    """Per repeat count, as the canary plot draws it: canaries, mean exposure (finite values), how many
+    extracted; and how many sit at the ``ceiling`` (the dotted line), whose exposure is at least that."""
+    r = np.asarray(repeats, dtype=float)
+    e = np.array([np.nan if v is None else float(v) for v in exposure], dtype=float)
+    x = np.asarray(extracted, dtype=bool)
+    parts = []
+    for level in np.unique(r):
+        m = r == level
+        known = m & np.isfinite(e)
+        mean = f"mean exposure {fmt_float(e[known].mean())} bits" if known.any() else "no exposure"
+        parts.append(f"{_plural(int(level), 'repeat')}: {_plural(int(m.sum()), 'canary', 'canaries')}, {mean}, "
+                     f"{fmt_int(int(x[m].sum()))} of {fmt_int(int(m.sum()))} extracted")
+    text = ("Canary exposure (bits) against the repeats in training, and the fraction extracted: " + "; ".join(parts))
+    if ceiling is not None:
+        top = int(np.sum(np.isfinite(e) & (e >= ceiling - 1e-9)))
+        text += (f"; dotted line: the ceiling of {fmt_float(ceiling)} bits, reached by {_plural(top, 'canary', 'canaries')} "
+                 "(their exposure is at least that)")
+    return text + "."
+
+
+def loss_alt(steps: Sequence[float], losses: Sequence[float]) -> str:
+    """The training-loss curve: points, step range, first, last and lowest loss."""
+    s, v = np.asarray(steps, dtype=float), np.asarray(losses, dtype=float)
+    if not len(v):
+        return "Training loss: no point logged."
+    return (f"Training loss over {_plural(len(v), 'logged point')}, step {fmt_int(s.min())} to {fmt_int(s.max())}: "
+            f"{fmt_float(v[0])} at the first, {fmt_float(v[-1])} at the last, lowest {fmt_float(v.min())}.")

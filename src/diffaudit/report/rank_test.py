@@ -1,0 +1,76 @@
+"""How sure an AUC on a few targets is: the inpainting attack's (Carlini et al. 2023, Sec. 5.2) runs on
+a handful of members and non-members, where a bootstrap interval would invent precision.
+
+The AUC of m members against n non-members is the Mann-Whitney statistic over their m·n pairs (score:
+larger = more likely a member). The exact one-sided rank test asks how often chance alone reaches it:
+with no relation between membership and score, each of the C(m + n, m) ways to give m of the targets
+the member label is equally likely, and p is the share of them whose member rank sum (midranks for
+ties) is at least the observed one. No result on these targets can reach a p below 1 / C(m + n, m):
+with fewer than 1 / :data:`ANECDOTE_LEVEL` = 20 orderings (1 + k targets: k + 1; 2 + 2: 6; 2 + 3: 10)
+even a perfect AUC is not significant at 0.05, and the result is an anecdote: no interval is given
+for it. With more targets, a stratified percentile bootstrap interval
+(:func:`diffaudit.evaluation.bootstrap.bootstrap_ci`, seeded) is given beside the p-value.
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import combinations
+from typing import Any, Sequence
+
+import numpy as np
+
+#: The level a result must be able to reach to be evidence: fewer orderings than 1 / this, an anecdote.
+ANECDOTE_LEVEL = 0.05
+#: Orderings enumerated exactly (8 + 8 targets: 12,870); beyond, the normal approximation (tie-corrected).
+EXACT_LIMIT = 20_000
+#: Bootstrap replicates of the AUC interval (when the targets are not an anecdote).
+N_BOOTSTRAP = 1000
+
+
+def n_orderings(n_members: int, n_nonmembers: int) -> int:
+    """C(m + n, m): the equally likely ways chance can give m of the m + n targets the member label."""
+    return math.comb(n_members + n_nonmembers, n_members)
+
+
+def rank_test(members: Sequence[float], nonmembers: Sequence[float]) -> dict[str, Any]:
+    """One-sided test that members score higher than non-members (scores: larger = member).
+
+    Returns ``{"pvalue", "method"}`` and, for the exact test, ``n_at_least`` (orderings whose AUC is at
+    least the observed one; p = n_at_least / n_orderings). ``method``: "exact" (every ordering
+    enumerated, up to :data:`EXACT_LIMIT`) or "normal approximation" (Mann-Whitney, tie-corrected).
+    """
+    from scipy.stats import mannwhitneyu, rankdata
+
+    m, n = len(members), len(nonmembers)
+    total = n_orderings(m, n)
+    if total > EXACT_LIMIT:
+        res = mannwhitneyu(members, nonmembers, alternative="greater", method="asymptotic")
+        return {"pvalue": float(res.pvalue), "method": "normal approximation", "n_at_least": None}
+    ranks = rankdata(np.r_[np.asarray(members, float), np.asarray(nonmembers, float)])  # midranks for ties
+    observed = ranks[:m].sum()
+    sums = np.fromiter((ranks[list(c)].sum() for c in combinations(range(m + n), m)), dtype=float, count=total)
+    at_least = int(np.sum(sums >= observed - 1e-9))
+    return {"pvalue": at_least / total, "method": "exact", "n_at_least": at_least}
+
+
+def auc_evidence(members: Sequence[float], nonmembers: Sequence[float], *, seed: int = 0) -> dict[str, Any] | None:
+    """What an AUC of ``members``' against ``nonmembers``' scores (larger = member) can show.
+
+    Returns ``{"n_orderings", "min_pvalue", "anecdotal", "pvalue", "method", "n_at_least", "ci"}``:
+    ``anecdotal`` when even a perfect AUC could not reach p < :data:`ANECDOTE_LEVEL` (then ``ci`` is
+    None: the targets cannot bound one); else ``ci`` is the seeded bootstrap interval of the AUC
+    {"low", "high", "level"}. None without a member or a non-member.
+    """
+    if not members or not nonmembers:
+        return None
+    total = n_orderings(len(members), len(nonmembers))
+    out: dict[str, Any] = {"n_orderings": total, "min_pvalue": 1.0 / total, "anecdotal": 1.0 / total >= ANECDOTE_LEVEL,
+                           **rank_test(members, nonmembers), "ci": None}
+    if not out["anecdotal"]:
+        from diffaudit.evaluation.bootstrap import bootstrap_ci
+
+        scores = np.r_[np.asarray(members, float), np.asarray(nonmembers, float)]
+        labels = np.r_[np.ones(len(members), bool), np.zeros(len(nonmembers), bool)]
+        out["ci"] = bootstrap_ci(scores, labels, fpr_targets=(1.0,), n_bootstrap=N_BOOTSTRAP, seed=seed).auc.to_dict()
+    return out
