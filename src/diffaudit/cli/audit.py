@@ -106,8 +106,12 @@ def _load_toml(path: str) -> dict[str, Any]:
             raw = tomllib.load(f)
     except FileNotFoundError:
         raise DiffauditError(f"--config {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise DiffauditError(f"--config {path}: not valid TOML: {exc}") from None
+    except RecursionError:  # arrays or tables nested thousands deep
+        from diffaudit.core.io import nested_too_deeply
+
+        raise nested_too_deeply(f"--config {path}", "TOML") from None
     return {k.replace("-", "_"): v for k, v in raw.items()}
 
 

@@ -211,7 +211,9 @@ def _parse_and_run(argv: list[str] | None, raw: list[str], command: str | None) 
     try:
         return int(args._run(args) or 0)
     except DiffauditError as exc:
-        print(f"diffaudit {args.command}: error: {exc}", file=sys.stderr)
+        from diffaudit.core.progress import printable  # names from data never drive the terminal
+
+        print(f"diffaudit {args.command}: error: {printable(str(exc))}", file=sys.stderr)
         return 2
     finally:
         if previous is None:

@@ -72,16 +72,19 @@ def read_repeats(path: str, dataset) -> dict[int, int]:
     """A repeat file: a JSON object {key-or-index: times}, or lines "KEY TIMES" (``#`` starts a comment line).
 
     Returns {dataset index: times}. TIMES must be a positive integer (in JSON an integer: not a float,
-    a string or true/false). Anything else, and an example named twice, is a :class:`DiffauditError`
-    that names the file, the line or key, and the value.
+    a string or true/false) of at most :data:`~diffaudit.models.training.MAX_STREAM`. Anything else, and
+    an example named twice, is a :class:`DiffauditError` that names the file, the line or key, and the value.
     """
+    from diffaudit.core.io import loads_json
+    from diffaudit.models.training import MAX_STREAM
+
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise DiffauditError(f"--repeat {path}: cannot read it as a text file ({exc})") from None
     entries: list[tuple[str, object, str]] = []  # (key, times, where)
     try:
-        raw = json.loads(text)
+        raw = loads_json(text, f"--repeat {path}")
     except json.JSONDecodeError:
         for n, line in enumerate(text.splitlines(), 1):
             if line.strip() and not line.lstrip().startswith("#"):
@@ -102,6 +105,9 @@ def read_repeats(path: str, dataset) -> dict[int, int]:
     for k, v, where in entries:
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise DiffauditError(f"{where}: the repeat count must be a positive integer; got {v!r}")
+        if v > MAX_STREAM:
+            raise DiffauditError(f"{where}: the repeat count {v:,} is more than the {MAX_STREAM:,} copies a training "
+                                 "stream may hold (every copy is an entry of it, in memory)")
         i = index.get(str(k))
         if i is None and str(k).isascii() and str(k).isdigit() and int(k) < len(dataset):
             i = int(k)

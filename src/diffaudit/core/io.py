@@ -145,10 +145,29 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     return write_bytes_atomic(path, (dumps_json(obj) + "\n").encode("utf-8"))
 
 
+def nested_too_deeply(source: str | os.PathLike, kind: str = "JSON") -> DiffauditError:
+    """The error for a ``kind`` document (JSON, TOML) nested deeper than Python's parser follows (its
+    RecursionError: ``[`` x 200000); ``source`` names the file (and the flag it came from)."""
+    return DiffauditError(f"{source} is nested too deeply to be read as {kind} (more levels of brackets than "
+                          "Python's parser follows); diffaudit's files nest a few levels: is it the right file?")
+
+
+def loads_json(text: str, source: str | os.PathLike) -> Any:
+    """``json.loads(text)``, where a document nested too deeply for Python's parser is a
+    :class:`DiffauditError` naming ``source`` (:func:`nested_too_deeply`), never a RecursionError
+    traceback; other errors (``json.JSONDecodeError``) are the caller's to word."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise nested_too_deeply(source) from None
+
+
 def read_json(path: str | os.PathLike) -> Any:
+    """The JSON document in file ``path``; a missing, non-UTF-8, malformed or too deeply nested file is
+    a :class:`DiffauditError` naming it."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return loads_json(path.read_text(encoding="utf-8"), path)
     except FileNotFoundError:
         raise DiffauditError(f"{path} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

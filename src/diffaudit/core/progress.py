@@ -9,6 +9,7 @@ where stderr is not a terminal.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from contextlib import contextmanager
@@ -146,10 +147,22 @@ def progress_bar(description: str, total: float | None, *, unit: str = "it", com
         yield _Bar(p, task)
 
 
+#: C0 control characters but the newline, DEL and the C1 controls: what can drive a terminal (move the
+#: cursor, erase lines, set the clipboard through OSC 52, ...) when printed raw.
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character but the newline written as its escape (ESC as ``\\x1b``):
+    names and messages from data (a tar member, a file name, a key) then show as what they are, and
+    can never drive the terminal they are printed on."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def stage_line(message: str) -> None:
-    """One line per finished stage: what it did (counts, time)."""
+    """One line per finished stage: what it did (counts, time); control characters escaped (:func:`printable`)."""
     if not quiet():
-        print(message, file=sys.stderr, flush=True)
+        print(printable(message), file=sys.stderr, flush=True)
 
 
 class Timer:

@@ -28,6 +28,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from diffaudit.core.errors import DiffauditError
+from diffaudit.core.io import loads_json
 from diffaudit.models.scheduler import SamplingSchedule, alphas_cumprod_of, make_scheduler
 
 
@@ -138,7 +139,7 @@ def _scheduler_from(folder: Path, root: Path, flag: str = "--model") -> tuple[DD
     if not cfg_path.exists():
         return make_scheduler(), {}
     try:
-        cfg = json.loads(cfg_path.read_text())
+        cfg = loads_json(cfg_path.read_text(), f"{flag} {root}: {cfg_path}")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DiffauditError(f"{flag} {root}: {cfg_path} is not readable JSON ({exc})") from None
     if not isinstance(cfg, dict) or not ("beta_schedule" in cfg or "trained_betas" in cfg):
@@ -192,7 +193,7 @@ def read_unet_config(path: str | Path, flag: str = "--model") -> dict:
     root = Path(path)
     unet_dir, _ = _locate(root, flag)
     try:
-        config = json.loads((unet_dir / "config.json").read_text())
+        config = loads_json((unet_dir / "config.json").read_text(), f"{flag} {root}: {unet_dir / 'config.json'}")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DiffauditError(f"{flag} {root}: {unet_dir / 'config.json'} is not readable JSON ({exc})") from None
     if not isinstance(config, dict):

@@ -12,23 +12,113 @@ loss deterministic. Lower loss = more likely a member.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from diffaudit.core.errors import DiffauditError, NonFiniteError
+from diffaudit.core.io import loads_json
 from diffaudit.core.seeds import counter_randn
 from diffaudit.data.dataset import to_model_space
 from diffaudit.models.loss import loss_noise_keys
 
+#: Components a pipeline is loaded without (passed as None; diffaudit samples without the safety checker,
+#: and the feature extractor serves only it): their folders need not be there.
+_NOT_LOADED = ("safety_checker", "feature_extractor")
+#: Weights files that are pickles (loading them can run code): never loaded, and refused where they are all a component has.
+_PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 
-def load_sd_pipeline(path, device="cpu", dtype=torch.float32):
-    """A local StableDiffusionPipeline folder (safetensors only, no hub access)."""
+
+def sd_components(path, flag: str = "--model") -> dict[str, Path]:
+    """The component folders (name -> folder) that a Stable Diffusion pipeline folder's ``model_index.json``
+    lists and diffaudit loads, each checked to be there, not empty, and, where it holds weights, to hold
+    safetensors ones; weights unread.
+
+    Raises :class:`DiffauditError` naming the folder and the component otherwise: diffusers itself would
+    load a missing ``tokenizer/`` as a tokenizer of nothing (which fails only mid-sampling, after the
+    output folder was made), a missing ``vae/`` from the pipeline folder's root, and refuse pickled
+    ``.bin`` weights with a bare OSError.
+    """
+    root = Path(path)
+    index = root / "model_index.json"
+    try:
+        spec = loads_json(index.read_text(encoding="utf-8"), f"{flag} {root}: {index}")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DiffauditError(f"{flag} {root}: {index} is not readable JSON ({exc})") from None
+    if not isinstance(spec, dict):
+        raise DiffauditError(f"{flag} {root}: {index} is not a JSON object")
+    out: dict[str, Path] = {}
+    for name, value in spec.items():
+        if name.startswith("_") or name in _NOT_LOADED or not isinstance(value, list) or value in ([None, None], []):
+            continue  # a setting (requires_safety_checker), or a component this pipeline does not have
+        what = f"the {name} ({value[-1]})" if isinstance(value[-1], str) else f"the {name}"
+        folder = root / name
+        if not folder.is_dir() or not any(folder.iterdir()):
+            raise DiffauditError(f"{flag} {root}: model_index.json lists {what}, but {folder} is "
+                                 f"{'empty' if folder.is_dir() else 'missing'}; the pipeline folder is incomplete "
+                                 "(copy the whole pipeline, e.g. with save_pretrained)")
+        if not any(folder.glob("*.safetensors")) and any(f for pattern in _PICKLED for f in folder.glob(pattern)):
+            raise DiffauditError(f"{flag} {root}: {what} in {folder} has only pickled weights (.bin and the like), "
+                                 "which diffaudit never loads (unpickling can run code); save it in safetensors format")
+        _check_component_files(folder, f"{flag} {root}: {what}")
+        out[name] = folder
+    return out
+
+
+def _check_component_files(folder: Path, what: str) -> None:
+    """Refuse a component whose configs are not readable JSON or whose safetensors files are cut or damaged
+    (their headers only are read), naming ``what`` and the file: from_pretrained's own errors do not always
+    say which component failed."""
+    from safetensors import SafetensorError, safe_open
+
+    for config in sorted(folder.glob("*config.json")):
+        try:
+            loads_json(config.read_text(encoding="utf-8"), f"{what}: {config}")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DiffauditError(f"{what}: {config} is not readable JSON ({exc})") from None
+    for weights in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(weights, framework="pt"):
+                pass
+        except (OSError, SafetensorError) as exc:
+            raise DiffauditError(f"{what}: {weights} is a damaged or cut safetensors file ({exc})") from None
+
+
+def load_sd_pipeline(path, device="cpu", dtype=torch.float32, flag: str = "--model"):
+    """A local StableDiffusionPipeline folder (safetensors only, no hub access); ``flag``: the option the
+    path came from, which errors name.
+
+    Its components are checked first (:func:`sd_components`); a component that cannot be loaded (damaged
+    weights or config) is a :class:`DiffauditError` naming the folder and, where it can tell, the component.
+    """
     from diffusers import StableDiffusionPipeline
+    from safetensors import SafetensorError
 
-    pipe = StableDiffusionPipeline.from_pretrained(path, torch_dtype=dtype, use_safetensors=True, local_files_only=True,
-                                                   safety_checker=None, requires_safety_checker=False)
+    root = Path(path)
+    components = sd_components(root, flag)
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(root, torch_dtype=dtype, use_safetensors=True,
+                                                       local_files_only=True, requires_safety_checker=False,
+                                                       **{name: None for name in _NOT_LOADED})
+    except (OSError, ValueError, RuntimeError, TypeError, SafetensorError) as exc:  # RecursionError is a RuntimeError
+        if isinstance(exc, RecursionError):  # a config nested thousands deep
+            text = "a config file is nested too deeply to be read as JSON"
+        else:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        name = next((n for n, folder in components.items() if str(folder) in str(exc)), None)
+        where = f"the {name} in {components[name]}" if name else "the pipeline"
+        raise DiffauditError(f"{flag} {root}: {where} cannot be loaded: {text}") from None
+    if getattr(pipe, "tokenizer", None) is None or getattr(pipe, "text_encoder", None) is None:
+        raise DiffauditError(f"{flag} {root}: the pipeline has no tokenizer or no text encoder; a Stable Diffusion "
+                             "pipeline needs both")
+    tokens, positions = int(pipe.tokenizer.model_max_length), int(pipe.text_encoder.config.max_position_embeddings)
+    if tokens > positions:  # a tokenizer without its files (diffusers loads one all the same) would overflow here
+        raise DiffauditError(f"{flag} {root}: the tokenizer in {root / 'tokenizer'} pads prompts to {tokens} tokens, but the "
+                             f"text encoder takes at most {positions}; the tokenizer's files are missing or not this "
+                             "pipeline's")
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 

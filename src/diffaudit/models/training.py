@@ -161,8 +161,17 @@ def check_finite_weights(model: torch.nn.Module, step: int, label: str = "traini
                              "nothing was saved from this step; lower --lr or check the data")
 
 
+#: The most entries a training stream with repeats may hold (each example once, plus its extra copies).
+#: The stream and its per-epoch permutations are held in memory, 8 bytes an entry each (and the stream
+#: again on the device), so a count such as 10^11 must be refused before any of it is built, not end in
+#: a MemoryError; 10^8 entries (under 1 GB an array) is far beyond any duplication study (CIFAR-10's
+#: 50,000 images each repeated 2,000 times).
+MAX_STREAM = 100_000_000
+
+
 def expand_repeats(indices: np.ndarray, repeats: dict[int, int] | None) -> np.ndarray:
-    """The training stream's index list: each index once, or ``repeats[index]`` times."""
+    """The training stream's index list: each index once, or ``repeats[index]`` times; a stream of more
+    than :data:`MAX_STREAM` entries is refused."""
     if not repeats:
         return np.asarray(indices, dtype=np.int64)
     members = set(int(i) for i in indices)
@@ -171,7 +180,14 @@ def expand_repeats(indices: np.ndarray, repeats: dict[int, int] | None) -> np.nd
             raise DiffauditError(f"repeat given for example {i}, which is not in the training set")
         if int(r) < 1:
             raise DiffauditError(f"repeat count of example {i} must be at least 1; got {r}")
-    return np.asarray([i for i in indices for _ in range(int(repeats.get(int(i), 1)))], dtype=np.int64)
+    n_stream = len(indices) + sum(int(r) - 1 for r in repeats.values())  # Python ints: no overflow
+    if n_stream > MAX_STREAM:
+        i, r = max(repeats.items(), key=lambda item: int(item[1]))
+        raise DiffauditError(f"the repeat counts make a training stream of {n_stream:,} entries (example {i}: {int(r):,} "
+                             f"copies), more than the {MAX_STREAM:,} it may hold (every copy is an entry, in memory); "
+                             "lower the counts")
+    counts = np.asarray([int(repeats.get(int(i), 1)) for i in indices], dtype=np.int64)
+    return np.repeat(np.asarray(indices, dtype=np.int64), counts)
 
 
 @functools.lru_cache(maxsize=4)

@@ -22,6 +22,7 @@ import torch
 
 from diffaudit.core.batch_fit import resolve_batch
 from diffaudit.core.errors import DiffauditError
+from diffaudit.core.io import loads_json
 from diffaudit.core.seeds import randn_per_seed
 from diffaudit.models.denoiser import Denoiser, load_denoiser
 from diffaudit.sampling.generate import generate_images
@@ -116,7 +117,9 @@ class StableDiffusionSource:
     pipe: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, PNDMScheduler, StableDiffusionPipeline
+        from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, PNDMScheduler
+
+        from diffaudit.models.latent_loss import load_sd_pipeline
 
         schedulers = {"ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler, "pndm": PNDMScheduler}
         if self.scheduler not in schedulers:
@@ -124,11 +127,8 @@ class StableDiffusionSource:
         if self.compile and torch.device(self.device).type != "cuda":
             raise DiffauditError(f"torch.compile of the Stable Diffusion UNet and VAE decoder is for CUDA only (no "
                                  f"compilation on the CPU); the device here is {self.device}: leave compile off")
-        if self.pipe is None:
-            pipe = StableDiffusionPipeline.from_pretrained(self.path, torch_dtype=self.dtype, use_safetensors=True,
-                                                           local_files_only=True, safety_checker=None,
-                                                           requires_safety_checker=False)
-            pipe = pipe.to(self.device)
+        if self.pipe is None:  # components checked first; a damaged one is an error naming it, not a traceback
+            pipe = load_sd_pipeline(self.path, device=self.device, dtype=self.dtype)
         else:
             pipe = self.pipe.to(device=self.device, dtype=self.dtype)
         pipe.scheduler = schedulers[self.scheduler].from_config(pipe.scheduler.config)
@@ -215,10 +215,11 @@ def is_stable_diffusion_dir(path: str | Path) -> bool:
     mi = Path(path) / "model_index.json"
     if not mi.is_file():
         return False
-    try:
-        return "StableDiffusion" in json.loads(mi.read_text()).get("_class_name", "")
-    except json.JSONDecodeError:
+    try:  # nested too deeply: an error naming the file (loads_json), not a guess
+        index = loads_json(mi.read_text(encoding="utf-8"), mi)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
+    return isinstance(index, dict) and "StableDiffusion" in str(index.get("_class_name", ""))
 
 
 def open_source(model: str | Path, *, device: torch.device, steps: int, eta: float = 0.0, micro_batch: int | str | None = None,
