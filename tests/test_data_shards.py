@@ -64,8 +64,8 @@ def test_gzip_shard_and_jpeg(tmp_path, write_tar, encode_image):
 
 def test_listing_keeps_where_images_lie_not_their_bytes(tmp_path, write_tar, encode_image):
     """An uncompressed shard's images are listed as spans and read when decoded (a dataset's encoded
-    bytes are never all in memory); a compressed shard's are bytes, read before its temporary tar is
-    removed, and no descriptor of that removed file stays open."""
+    bytes are never all in memory); a compressed shard's are spans into its temporary tar, and no
+    descriptor of that file stays open."""
     import os
 
     from diffaudit.data.shards import Span, list_shards, read_shard
@@ -77,7 +77,7 @@ def test_listing_keeps_where_images_lie_not_their_bytes(tmp_path, write_tar, enc
     gz = tmp_path / "p.tar.gz"
     gz.write_bytes(gzip.compress(plain.read_bytes()))
     samples, _ = read_shard(gz, skip_bad=False)
-    assert all(isinstance(parts["png"], bytes) for _, parts in samples)
+    assert all(isinstance(parts["png"], Span) for _, parts in samples)
     assert load_dataset(gz).images.shape == (2, 4, 4, 3)
     open_files = [os.path.realpath(f"/proc/self/fd/{f}") for f in os.listdir("/proc/self/fd")]
     assert not [f for f in open_files if "diffaudit-shard-" in f]

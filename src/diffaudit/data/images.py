@@ -20,6 +20,11 @@ named ``.png`` that holds PostScript is refused, never handed to another of Pill
 would run Ghostscript on untrusted data).
 - ``F`` (32-bit float) and anything Pillow cannot convert to RGB: refused.
 
+Images over :data:`MAX_IMAGE_PIXELS` (8192 x 8192) are refused from the size in their header,
+before any pixel is decoded. Pillow's own decompression-bomb limit (about 179 megapixels) let a
+1.9 MB folder of four 13000 x 13000 PNGs take 18 GB of memory; no training or generated image
+comes near that, and one that does is a bad image to downscale or skip.
+
 EXIF orientation is not applied: pixels are used as stored (as training pipelines read them).
 Every failure raises :class:`BadImageError` carrying the file's name and the reason; the loaders
 turn it into a :class:`~diffaudit.core.errors.DiffauditError`, or a recorded skip with ``skip_bad``.
@@ -28,6 +33,7 @@ turn it into a :class:`~diffaudit.core.errors.DiffauditError`, or a recorded ski
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -41,6 +47,10 @@ IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "bmp", "webp", "tif", "tiff")
 PILLOW_FORMATS = ("PNG", "JPEG", "BMP", "WEBP", "TIFF")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_GREY_ALPHA = 4  # IHDR colour type
+
+#: The most pixels (width x height) an image may have; larger ones are refused before decoding.
+#: Decoding takes up to about 8 bytes per pixel at once (an RGBA image converted to RGB), 512 MiB here.
+MAX_IMAGE_PIXELS = 8192 * 8192
 
 _GRAY_MODES = {"1", "L", "LA", "La"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
@@ -73,10 +83,12 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
         uint8 array (H, W, C), C = 1 (grayscale) or 3 (RGB), values in [0, 255].
 
     Raises:
-        BadImageError: unreadable, truncated or corrupt data, or an unsupported mode.
+        BadImageError: unreadable, truncated or corrupt data, an unsupported mode, or more pixels than
+            :data:`MAX_IMAGE_PIXELS` (checked from the header, before decoding).
     """
     try:
-        with Image.open(io.BytesIO(data), formats=PILLOW_FORMATS) as im:
+        with _open(data) as im:
+            _check_pixel_count(im.size, name)
             im.load()
             if im.mode == "RGBA" and _png_colour_type(data) == _PNG_GREY_ALPHA:  # 16-bit grey + alpha
                 return _checked(np.asarray(im)[:, :, :1], name, "LA (16-bit)")
@@ -91,6 +103,28 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
     except Exception as exc:  # noqa: BLE001 - any decoder failure on untrusted bytes is a bad image
         reason = str(exc) or type(exc).__name__
         raise BadImageError(name, f"corrupt or truncated image ({type(exc).__name__}: {reason})") from None
+
+
+def _open(data: bytes) -> Image.Image:
+    """``data`` opened (header only) by the decoders of :data:`PILLOW_FORMATS`.
+
+    Pillow warns (on stderr) from about 89 megapixels, above :data:`MAX_IMAGE_PIXELS`: an image it
+    would warn about is refused by :func:`_check_pixel_count` with an error that says what to do, so
+    its warning is silenced here rather than printed beside that error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data), formats=PILLOW_FORMATS)
+
+
+def _check_pixel_count(size: tuple[int, int], name: str) -> None:
+    """Refuse an image whose header declares more than :data:`MAX_IMAGE_PIXELS` pixels (before decoding it)."""
+    width, height = size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise BadImageError(
+            name, f"{width}x{height} is {width * height:,} pixels, over diffaudit's limit of {MAX_IMAGE_PIXELS:,} "
+                  "per image (diffaudit.data.images.MAX_IMAGE_PIXELS), "
+                  "which keeps a small file from taking gigabytes of memory when decoded; downscale it to use it"
+        )
 
 
 def image_to_array(im: Image.Image, name: str) -> np.ndarray:

@@ -29,6 +29,7 @@ import numpy as np
 
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import open_npz, save_npz_atomic
+from diffaudit.core.npz_arrays import read_npz_array
 from diffaudit.core.seeds import derive_seed, numpy_rng
 
 FORMAT_VERSION = 1
@@ -185,7 +186,7 @@ def load_membership(path: str | os.PathLike, dataset=None) -> Membership:
                     continue
                 raise DiffauditError(f"{path}: not a membership file: no `{name}` array (it holds {', '.join(npz.files)})")
             try:
-                arrays[name] = npz[name]
+                arrays[name] = read_npz_array(npz, path, name)  # declared size checked before allocating
             except ValueError as exc:
                 raise DiffauditError(f"{path}: array `{name}` cannot be read without unpickling ({exc}); refused") from None
             except (zipfile.BadZipFile, OSError, EOFError) as exc:

@@ -7,7 +7,9 @@
 - Keys ``npz:<index>`` (the row in the file, kept by subsets).
 
 Read with ``np.load(allow_pickle=False)``: an object array (which would need unpickling, and so
-could run code) is refused with a message saying how to store strings instead.
+could run code) is refused with a message saying how to store strings instead. Each array's header
+is checked against the data the file holds before it is read (:mod:`diffaudit.core.npz_arrays`), so
+a huge declared shape is an error naming the array, never a ``MemoryError``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import open_npz
+from diffaudit.core.npz_arrays import read_npz_array
 from diffaudit.data.entries import Listing, array_entries
 from diffaudit.data.images import scale_16bit
 
@@ -28,7 +31,7 @@ def _get(npz, path: Path, name: str) -> np.ndarray | None:
     if name not in npz.files:
         return None
     try:
-        return npz[name]
+        return read_npz_array(npz, path, name)  # its declared size checked before numpy allocates it
     except ValueError as exc:
         if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
             raise DiffauditError(

@@ -26,11 +26,21 @@ against ``webdataset.WebDataset`` itself. Reading the tar directly (rather than 
   recorded in ``skipped``. A compressed shard is first decompressed to a temporary file (its
   compressor's checks catch a cut or damaged stream: :mod:`tarfile`'s stream reader alone stops
   silently there) and then read and checked as an uncompressed one.
+- Hostile sizes are refused before they are read. A compressed shard may decompress to at most
+  :data:`MAX_DECOMPRESSION_RATIO` times its size (or :data:`MIN_DECOMPRESSED_LIMIT`, whichever is
+  larger): a 153 KB ``.tar.xz`` that inflates to 1 GiB is a decompression bomb, an error naming the
+  shard whatever ``skip_bad`` says (decompressing a genuine one yourself and passing the ``.tar``
+  lifts the limit: a plain tar is read in place). A member over :data:`MAX_MEMBER_BYTES`, and a GNU
+  sparse member (a 10 KB member may declare gigabytes of holes), is a bad sample naming the member
+  (an error, or skipped and recorded with ``skip_bad``); neither is ever read.
+- A write to the temporary file that fails (a full disk), or memory running out, is said as what it
+  is, never as a damaged shard (which ``skip_bad`` would skip).
 - A key found twice (in one shard or across shards) is an error naming both places.
 - Listing keeps where each image lies in an uncompressed shard (a :class:`Span`), not its bytes, and
   reads it again when it is decoded: loading 1 image from 721 MiB of shards peaked at 244 MiB RSS
-  against 1,129 MiB when listing held every sample's bytes. A compressed shard's images are held as
-  bytes (its decompressed tar is temporary).
+  against 1,129 MiB when listing held every sample's bytes. A compressed shard's spans point into its
+  decompressed temporary tar, which stays until the last span into it is gone (or the process
+  exits), so its images are not held in memory either.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ from __future__ import annotations
 import bz2
 import collections
 import contextlib
+import errno
 import gzip
 import lzma
 import mmap
@@ -46,6 +57,7 @@ import re
 import tarfile
 import tempfile
 import threading
+import weakref
 import zlib
 from pathlib import Path
 from typing import NamedTuple
@@ -62,6 +74,20 @@ _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
 END_OF_ARCHIVE = 1024  # two 512-byte zero blocks (POSIX ustar)
 #: What reading a damaged shard raises (tar, file system, compressors).
 _READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
+#: OSErrors that say the machine ran out of something (memory, disk, file handles), not that a shard is damaged.
+_RESOURCE_ERRNOS = {errno.ENOMEM: "out of memory: free memory or use a machine with more",
+                    errno.ENOSPC: "the disk is full: free space", errno.EDQUOT: "the disk quota is used up: free space",
+                    errno.EMFILE: "too many open files: raise the limit (ulimit -n)",
+                    errno.ENFILE: "too many open files on this machine: close some"}
+
+#: The largest member (image, label, caption) a shard may hold, in bytes; a larger one is a bad sample,
+#: never read. Real images are a few MiB at most.
+MAX_MEMBER_BYTES = 256 << 20
+#: A compressed shard may decompress to this many times its own size...
+MAX_DECOMPRESSION_RATIO = 100
+#: ...or to this many bytes, whichever is larger; more is refused as a decompression bomb. Image data
+#: (PNG, JPEG, WebP) hardly compresses, so genuine shards stay far below either.
+MIN_DECOMPRESSED_LIMIT = 256 << 20
 
 
 _BRACE_PATTERN = re.compile(r"\{[^{}]*(?:\.\.|,)[^{}]*\}")
@@ -142,30 +168,106 @@ def _compression(path: Path):
     return None
 
 
-@contextlib.contextmanager
-def _decompressed(path: Path, module):
-    """(a temporary file holding the decompressed tar of ``path``, the compressor's error or None).
+def _size(n: int) -> str:
+    """``n`` bytes in words: ``153 KiB``, ``256 MiB``, ``3.0 GiB``."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            value = n / (1 << shift)
+            return f"{value:.1f} {unit}" if value < 10 and value != int(value) else f"{value:,.0f} {unit}"
+    return f"{n} bytes"
+
+
+def decompressed_limit(compressed_bytes: int) -> int:
+    """How many bytes a compressed shard of ``compressed_bytes`` may decompress to (see the module doc)."""
+    return max(MIN_DECOMPRESSED_LIMIT, MAX_DECOMPRESSION_RATIO * compressed_bytes)
+
+
+class _TempTar:
+    """A compressed shard's decompressed tar: a temporary file that lives as long as this object, which
+    every span into it holds (``Span.owner``), so the listing keeps spans, not bytes. The file is
+    removed, and its descriptor in the table of open shards closed, when the last span is gone, at
+    exit, or by :meth:`remove`."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.stamp = _stamp_of(path)
+        self.remove = weakref.finalize(self, _remove_temp, path, self.stamp)
+
+
+def _stamp_of(path: Path) -> tuple[int, int, int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _remove_temp(path: Path, stamp: tuple[int, int, int, int]) -> None:
+    _OPEN_SHARDS.forget(stamp)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _decompressed(path: Path, module) -> tuple[_TempTar, BaseException | None]:
+    """(the decompressed tar of ``path`` in a temporary file, the compressor's error or None).
 
     The compressor's checks catch a stream that is cut short or damaged (``EOFError``, ``OSError``,
     ``zlib.error``, ``lzma.LZMAError``); what it decompressed before the damage stays in the file, so
-    the complete samples before it can be kept. The file is removed on exit.
+    the complete samples before it can be kept. Decompression stops as soon as the output passes
+    :func:`decompressed_limit` (memory stays at one 64 KiB block; the disk at the limit).
+
+    Raises:
+        DiffauditError: the shard decompresses past the limit (a decompression bomb), or the temporary
+            file cannot be written (a full disk: said as such, never as a damaged shard).
     """
-    fd, tmp = tempfile.mkstemp(prefix="diffaudit-shard-", suffix=".tar")
-    damage = None
+    limit = decompressed_limit(path.stat().st_size)
     try:
-        with os.fdopen(fd, "wb") as out, module.open(path, "rb") as src:
-            while True:
-                try:
-                    block = src.read(1 << 16)  # a read cut by damage loses at most this
-                except _READ_ERRORS as exc:  # the shard's damage; a failing write below is the disk's
-                    damage = exc
-                    break
-                if not block:
-                    break
-                out.write(block)
-        yield Path(tmp), damage
-    finally:
+        fd, tmp = tempfile.mkstemp(prefix="diffaudit-shard-", suffix=".tar")
+    except OSError as exc:
+        raise _temp_error(path, exc) from None
+    try:
+        try:
+            damage = _inflate(path, module, fd, limit)
+        finally:
+            os.close(fd)
+        return _TempTar(Path(tmp)), damage
+    except BaseException:
         os.unlink(tmp)
+        raise
+
+
+def _inflate(path: Path, module, fd: int, limit: int) -> BaseException | None:
+    """Decompress ``path`` into the open file ``fd``, at most ``limit`` bytes; the compressor's error or None."""
+    written = 0
+    with module.open(path, "rb") as src:  # an error opening it is the shard's (a read)
+        while True:
+            try:
+                block = src.read(1 << 16)  # a read cut by damage loses at most this
+            except _READ_ERRORS as exc:  # the shard's damage; a failing write below is the disk's
+                return exc
+            if not block:
+                return None
+            written += len(block)
+            if written > limit:
+                raise DiffauditError(
+                    f"shard {path} decompresses to more than {_size(limit)}, over diffaudit's limit for a compressed "
+                    f"shard of {_size(path.stat().st_size)} ({MAX_DECOMPRESSION_RATIO} times its size, at least "
+                    f"{_size(MIN_DECOMPRESSED_LIMIT)}: MAX_DECOMPRESSION_RATIO and MIN_DECOMPRESSED_LIMIT in "
+                    "diffaudit.data.shards); it is refused as a decompression bomb. If it is a genuine shard, "
+                    "decompress it yourself (gunzip -k, xz -dk, bunzip2 -k) and pass the .tar, which is read in place"
+                )
+            try:
+                view = memoryview(block)
+                while view:
+                    view = view[os.write(fd, view):]
+            except OSError as exc:
+                raise _temp_error(path, exc) from None
+
+
+def _temp_error(path: Path, exc: OSError) -> DiffauditError:
+    """A failure to write a shard's decompressed temporary file: the disk's, never the shard's."""
+    return DiffauditError(
+        f"could not decompress shard {path} into a temporary file in {tempfile.gettempdir()}: "
+        f"{exc.strerror or exc}. Free space there, or point TMPDIR at a folder with room for the shard "
+        "decompressed (or decompress it yourself and pass the .tar, which is read in place)"
+    )
 
 
 def _check_end_of_archive(path: Path, offset: int) -> None:
@@ -190,14 +292,28 @@ class Span(NamedTuple):
     offset: int
     length: int
     stamp: tuple[int, int, int, int]
+    owner: "_TempTar | None" = None  # a compressed shard's temporary tar, kept while the span lives
 
     def read(self, fd: int | None = None) -> bytes:
         """The member's bytes, read through ``fd`` when given (an open descriptor of the listed file),
         else through the table of open shards; ``tarfile.ReadError`` when the shard has changed."""
-        data = os.pread(fd, self.length, self.offset) if fd is not None else _OPEN_SHARDS.pread(self)
+        data = read_at(fd, self.length, self.offset) if fd is not None else _OPEN_SHARDS.pread(self)
         if len(data) != self.length:
             raise tarfile.ReadError(f"{self.path} ends inside a member (at byte {self.offset + len(data)})")
         return data
+
+
+def read_at(fd: int, length: int, offset: int) -> bytes:
+    """``length`` bytes of ``fd`` from ``offset``, fewer only where the file ends: one ``os.pread``
+    returns at most about 2 GiB (Linux), so it is called until the whole span is read."""
+    chunks, done = [], 0
+    while done < length:
+        chunk = os.pread(fd, length - done, offset + done)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        done += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def file_stamp(fd: int) -> tuple[int, int, int, int]:
@@ -211,10 +327,18 @@ class _OpenFiles:
     files, not 50,000); least recently used closed first. A shard is opened only while it is the file
     it was when listed (same stamp), so a shard replaced at its path is never read through an old
     descriptor, nor its new contents through old offsets. A lock guards the table (reads are
-    serialised)."""
+    serialised); it is re-entrant, since a temporary tar's removal (:meth:`forget`) may run from the
+    garbage collector while this thread holds it."""
 
     def __init__(self, size: int = 16):
-        self.size, self._fds, self._lock = size, collections.OrderedDict(), threading.Lock()
+        self.size, self._fds, self._lock = size, collections.OrderedDict(), threading.RLock()
+
+    def forget(self, stamp: tuple[int, int, int, int]) -> None:
+        """Close the descriptor of the file ``stamp`` (a temporary tar being removed), if open."""
+        with self._lock:
+            fd = self._fds.pop(stamp, None)
+            if fd is not None:
+                os.close(fd)
 
     def pread(self, span: "Span") -> bytes:
         key = span.stamp  # (device, inode, size, mtime): one version of one file
@@ -230,10 +354,25 @@ class _OpenFiles:
                 self._fds[key] = fd
             else:
                 self._fds.move_to_end(key)
-            return os.pread(fd, span.length, span.offset)
+            return read_at(fd, span.length, span.offset)
 
 
 _OPEN_SHARDS = _OpenFiles()
+
+
+class _BadMember(NamedTuple):
+    """A member listed but never read, and why (too large, a sparse file): its sample is a bad sample."""
+
+    reason: str
+
+
+def _member_too_large(length: int) -> _BadMember:
+    return _BadMember(f"is {_size(length)}, over diffaudit's limit of {_size(MAX_MEMBER_BYTES)} per member "
+                      "(MAX_MEMBER_BYTES in diffaudit.data.shards); it is never read")
+
+
+_SPARSE = _BadMember("is a GNU sparse file, which diffaudit does not read (a few bytes may declare gigabytes of "
+                     "holes); re-create the shard without sparse files (tar without --sparse)")
 
 
 class _NeedsTarfile(Exception):
@@ -256,9 +395,10 @@ def _octal(field: bytes) -> int:
         raise _NeedsTarfile("non-octal number") from None
 
 
-def _plain_members(path: Path):
+def _plain_members(path: Path, owner: _TempTar | None = None):
     """(name, kind, span) of every member of an uncompressed ustar/v7 tar, its headers read from a
-    memory map (``span``: a :class:`Span` for files, else None).
+    memory map (``span``: a :class:`Span` for files, a :class:`_BadMember` for one over
+    :data:`MAX_MEMBER_BYTES`, else None; ``owner``: the temporary tar ``path`` is, if it is one).
 
     About 4x faster than :mod:`tarfile` on shards of small files (the CIFAR-10 shards hold 20,000
     members each). Raises ``_NeedsTarfile`` on anything it does not handle itself (pax or GNU
@@ -302,22 +442,30 @@ def _plain_members(path: Path):
                 start = off + _BLOCK
                 if start + length > size:
                     raise tarfile.ReadError("unexpected end of data")
-                yield name.rstrip("/") if kind == "dir" else name, kind, Span(path, start, length, stamp) if kind == "file" else None
+                if kind != "file":
+                    yield name.rstrip("/") if kind == "dir" else name, kind, None
+                elif length > MAX_MEMBER_BYTES:
+                    yield name, kind, _member_too_large(length)
+                else:
+                    yield name, kind, Span(path, start, length, stamp, owner)
                 off = start + -(-length // _BLOCK) * _BLOCK
 
 
-def _tarfile_members(path: Path):
+def _tarfile_members(path: Path, owner: _TempTar | None = None):
     """(name, kind, span) of every member of an uncompressed tar, read by :mod:`tarfile` in stream
-    mode (pax/GNU headers), then the end-of-archive check; a GNU sparse member's data, which is not
-    contiguous in the file, comes as bytes."""
+    mode (pax/GNU headers), then the end-of-archive check. A GNU sparse member, and one over
+    :data:`MAX_MEMBER_BYTES`, comes as a :class:`_BadMember` and is never read (expanding a sparse
+    member's holes took 3.4 GB of memory for a 10 KB one)."""
     with open(path, "rb") as f:
         stamp = file_stamp(f.fileno())
         with tarfile.open(fileobj=f, mode="r|") as tf:
             for member in tf:
                 if member.isreg() and member.issparse():
-                    yield member.name, "file", tf.extractfile(member).read()
+                    yield member.name, "file", _SPARSE
+                elif member.isreg() and member.size > MAX_MEMBER_BYTES:
+                    yield member.name, "file", _member_too_large(member.size)
                 elif member.isreg():
-                    yield member.name, "file", Span(path, member.offset_data, member.size, stamp)
+                    yield member.name, "file", Span(path, member.offset_data, member.size, stamp, owner)
                 elif member.isdir():
                     yield member.name, "dir", None
                 else:
@@ -355,67 +503,90 @@ def _group(path: Path, members, samples: list) -> None:
         samples.append((key, parts))
 
 
-def _resolve(samples: list, tar: Path, keep_spans: bool) -> None:
+def _resolve(samples: list, tar: Path) -> None:
     """Read in place, from the shard ``tar``, the members listing needs as bytes: labels and captions
-    (small), and with ``keep_spans`` False every member (a compressed shard's spans point into a
-    temporary file, which is read through its own descriptor, never kept open after it is removed)."""
-    if not samples:
+    (each at most :data:`MAX_MEMBER_BYTES`); images stay spans. Samples without a readable member
+    (all sparse, say) need nothing read."""
+    listed = next((d.stamp for _, parts in samples for d in parts.values() if isinstance(d, Span)), None)
+    if listed is None:
         return
     fd = os.open(tar, os.O_RDONLY)
     try:
-        listed = next(d.stamp for _, parts in samples for d in parts.values() if isinstance(d, Span))
         if file_stamp(fd) != listed:
             raise tarfile.ReadError(f"{tar} changed while it was being read")
         for _, parts in samples:
             for ext, data in parts.items():
-                if isinstance(data, Span) and (not keep_spans or ext in ("cls", "txt")):
+                if isinstance(data, Span) and ext in ("cls", "txt"):
                     parts[ext] = data.read(fd)
     finally:
         os.close(fd)
 
 
 def read_shard(path: Path, *, skip_bad: bool) -> tuple[list[tuple[str, dict[str, bytes | Span]]], str | None]:
-    """The samples of one shard, in order: ``[(key, {extension: bytes or Span})]``: an uncompressed
-    shard's other members as :class:`Span` (read when decoded), labels and captions as bytes.
+    """The samples of one shard, in order: ``[(key, {extension: bytes or Span})]``: images and other
+    members as :class:`Span` (read when decoded; a compressed shard's point into its temporary
+    decompressed tar), labels and captions as bytes, a member never read as a :class:`_BadMember`.
 
     Returns:
         (samples, damage): ``damage`` is None for a sound shard; with ``skip_bad``, the reason the
         shard could not be read to its end (the samples before the damage are returned).
 
     Raises:
-        DiffauditError: an unsafe member (always), or a truncated/unreadable shard (unless ``skip_bad``).
+        DiffauditError: an unsafe member or a decompression bomb (always), a truncated/unreadable
+            shard (unless ``skip_bad``), or memory, disk or file handles running out (always: the
+            machine's problem, not the shard's).
     """
-    samples: list[tuple[str, dict[str, bytes]]] = []
+    samples: list[tuple[str, dict[str, bytes | Span | _BadMember]]] = []
+    temp = None
     try:
-        module = _compression(path)
-        with contextlib.ExitStack() as stack:
-            tar, damage = (path, None) if module is None else stack.enter_context(_decompressed(path, module))
+        try:
+            module = _compression(path)
+            temp, damage = (None, None) if module is None else _decompressed(path, module)
+            tar = path if temp is None else temp.path
             try:
                 try:
-                    _group(path, _plain_members(tar), samples)
+                    _group(path, _plain_members(tar, temp), samples)
                 except _NeedsTarfile:
                     samples.clear()
-                    _group(path, _tarfile_members(tar), samples)
-            except _READ_ERRORS:
-                if damage is None:
+                    _group(path, _tarfile_members(tar, temp), samples)
+            except _READ_ERRORS as exc:
+                if damage is None or _resource_problem(exc):
                     raise
             finally:
-                _resolve(samples, tar, keep_spans=module is None)  # before a decompressed file is removed
+                _resolve(samples, tar)
             if damage is not None:  # the compressor's error says more than the cut tar it left
                 raise damage
-        return samples, None
+            return samples, None
+        except MemoryError:
+            raise DiffauditError(f"ran out of memory reading shard {path}; free memory or use a machine with more, "
+                                 "and re-run") from None
+        except _READ_ERRORS as exc:
+            problem = _resource_problem(exc)
+            if problem:
+                raise DiffauditError(f"could not read shard {path}: {exc.strerror or exc} ({problem}, then re-run; "
+                                     "the shard itself is not known to be damaged)") from None
+            raise
     except DiffauditError:
+        if temp is not None:
+            temp.remove()
         raise
     except _READ_ERRORS as exc:
         why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         # ``samples`` holds the samples completed before the damage; the one being read (possibly
         # incomplete) was never appended.
         if not skip_bad:
+            if temp is not None:
+                temp.remove()
             raise DiffauditError(
                 f"shard {path} is truncated or unreadable ({why}); re-create or re-download it, "
                 "or pass --skip-bad to keep the complete samples before the damage"
             ) from None
         return samples, f"truncated or unreadable ({why}); kept the {len(samples)} samples before the damage"
+
+
+def _resource_problem(exc: BaseException) -> str | None:
+    """What ran out, with advice, when ``exc`` is the machine's (memory, disk, file handles); else None."""
+    return _RESOURCE_ERRNOS.get(exc.errno) if isinstance(exc, OSError) else None
 
 
 def _image_ext(parts: dict[str, bytes]) -> str | None:
@@ -430,12 +601,19 @@ def _image_ext(parts: dict[str, bytes]) -> str | None:
     return None
 
 
-def _reader(data: bytes | Span, name: str):
+def _reader(data: bytes | Span | _BadMember, name: str):
     """The entry's pixel reader: decodes ``data``, read from its shard first when it is a span (a
-    shard changed since it was listed is then a bad image naming it, like an undecodable one)."""
+    shard changed since it was listed is then a bad image naming it, like an undecodable one); a
+    member never read is a bad image saying why."""
+    if isinstance(data, _BadMember):
+        return lambda: _raise(BadImageError(name, data.reason))
     if isinstance(data, Span):
         return lambda: decode_image(_span_bytes(data, name), name)
     return lambda: decode_image(data, name)
+
+
+def _raise(exc: Exception):
+    raise exc
 
 
 def _span_bytes(span: Span, name: str) -> bytes:
@@ -483,10 +661,14 @@ def _list_shards(paths: list[Path], *, source: str, skip_bad: bool) -> Listing:
                             f"it holds {', '.join('.' + e for e in sorted(parts))}")
         else:
             name = f"{path}:{key}.{ext}"
+        if ext is not None and isinstance(parts[ext], _BadMember):
+            problems.append(f"the image member {parts[ext].reason}")
         label = caption = None
         if has_labels:
             if "cls" not in parts:
                 problems.append("no .cls label while other samples have one")
+            elif isinstance(parts["cls"], _BadMember):
+                problems.append(f"its .cls member {parts['cls'].reason}")
             else:
                 text = parts["cls"].decode("ascii", errors="replace").strip()
                 if text.isascii() and text.isdigit():
@@ -496,6 +678,8 @@ def _list_shards(paths: list[Path], *, source: str, skip_bad: bool) -> Listing:
         if has_captions:
             if "txt" not in parts:
                 problems.append("no .txt caption while other samples have one")
+            elif isinstance(parts["txt"], _BadMember):
+                problems.append(f"its .txt member {parts['txt'].reason}")
             else:
                 try:
                     caption = parts["txt"].decode("utf-8").strip()

@@ -15,6 +15,7 @@ import numpy as np
 from scipy import linalg
 
 from diffaudit.core.errors import DiffauditError
+from diffaudit.core.npz_arrays import read_npz_array
 
 
 def gaussian_stats(features: np.ndarray, *, name: str = "features") -> tuple[np.ndarray, np.ndarray]:
@@ -49,7 +50,7 @@ def fid_from_file(path: str | Path) -> float:
     p = Path(path)
     try:
         with np.load(p, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
+            data = {k: read_npz_array(z, f"--fid-features {p}", k) for k in z.files}  # sizes checked first
     except FileNotFoundError:
         raise DiffauditError(f"--fid-features {p}: file does not exist") from None
     except (ValueError, OSError) as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import numpy as np
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.identity import file_identity
 from diffaudit.core.io import read_json
+from diffaudit.core.npz_arrays import read_npz_array
 from diffaudit.data import load_dataset
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.data.digest import dataset_digest
@@ -65,12 +67,14 @@ def read_samples(spec: str, *, lazy: bool = False, **load_options) -> ImageDatas
         with np.load(spec, allow_pickle=False) as z:
             if "prompts" in z.files:
                 try:
-                    prompts = z["prompts"]
+                    prompts = read_npz_array(z, spec, "prompts")  # declared size checked before allocating
                 except ValueError as exc:  # an object array: reading it would unpickle (and could run code)
                     raise DiffauditError(
                         f"{spec}: array 'prompts' is an object array, which diffaudit never loads (unpickling can run "
                         f"code); store prompts as a fixed-width string array, e.g. np.array(prompts, dtype=str) ({exc})"
                     ) from None
+                except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                    raise DiffauditError(f"{spec}: array 'prompts' is damaged or truncated ({exc})") from None
                 if load_options.get("subset"):
                     raise DiffauditError(f"{spec}: --subset with per-image prompts is not supported")
                 ds.captions = string_list(prompts, spec, "prompts", len(ds))
