@@ -247,3 +247,13 @@ def test_inpainting_grid_title_is_literal_text(monkeypatch):
         grid_png(image, np.ones((8, 8)), image[None], [0.0], title="$\\alpha$ key")
     (title,) = seen
     assert title.get_text() == "$\\alpha$ key" and title.get_usetex() is False and title.get_parse_math() is False
+
+
+def test_the_human_result_line_escapes_control_characters(capsys):
+    """The line a command prints on stdout holds names from data (a prompt, a path): escaped like errors."""
+    import argparse
+
+    from diffaudit.cli.common import emit
+
+    emit(argparse.Namespace(json=False, quiet=False), {}, "top: 'a\x1b]52;c;AAAA\x07' -> out")
+    assert capsys.readouterr().out == "top: 'a\\x1b]52;c;AAAA\\x07' -> out\n"

@@ -77,3 +77,24 @@ def test_separation_is_an_auc_of_one(auc, want):
     from diffaudit.report.summary import separates
 
     assert separates({"auc": auc}) is want
+
+
+def test_the_audits_outlier_line_draws_no_conclusion_at_auc_1(tmp_path, capsys):
+    """The audit's terminal line says what the report says: no correlation under an attack at AUC 1.0."""
+    import json
+
+    import numpy as np
+
+    from diffaudit.cli.audit import outliers_stage
+    from diffaudit.data import load_dataset
+
+    data = load_dataset("digits", subset=60, subset_seed=0)
+    (tmp_path / "mia").mkdir()
+    rng = np.random.default_rng(0)
+    member = np.r_[np.ones(30, bool), np.zeros(30, bool)]
+    np.savez(tmp_path / "mia" / "scores.npz", member=member, example_index=np.arange(60),
+             score=np.where(member, 1.0, -1.0) + rng.uniform(0, 0.5, 60))  # every member above every non-member
+    (tmp_path / "mia" / "result.json").write_text(json.dumps({"attack": "loss", "auc": 1.0}))
+    outliers_stage(tmp_path, data, seed=0)
+    err = capsys.readouterr().err
+    assert "no correlation reported: the membership attack identifies every member" in err and "Spearman" not in err

@@ -339,7 +339,7 @@ def outliers_stage(out: Path, data, seed: int) -> None:
     from diffaudit.core.results import write_result
     from diffaudit.core.io import read_json
     from diffaudit.defenses.outliers import outlier_exposure
-    from diffaudit.report.summary import at_chance
+    from diffaudit.report.summary import at_chance, separates
 
     z = np.load(out / "mia" / "scores.npz", allow_pickle=False)
     members = z["member"].astype(bool)
@@ -363,6 +363,10 @@ def outliers_stage(out: Path, data, seed: int) -> None:
     mia = read_json(out / "mia" / "result.json")
     if at_chance(mia):  # as the report: the scores of a guessing attack correlate with nothing meaningful
         stage_line(f"audit: outliers: no correlation reported: the membership attack is at chance (AUC {mia['auc']:.3f})")
+        return
+    if separates(mia):  # as the report: every member is identified, so exposure does not vary among them
+        stage_line("audit: outliers: no correlation reported: the membership attack identifies every member (AUC 1.000), "
+                   "so outliers are neither more nor less exposed to it")
         return
     stage_line(f"audit: outliers: Spearman rho {corr['rho']:.3f} (p = {corr['pvalue']:.2g}) between outlier and "
                f"membership scores of {len(idx)} members")

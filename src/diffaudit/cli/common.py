@@ -182,11 +182,14 @@ def write_stdout(text: str) -> None:
 
 
 def emit(args: argparse.Namespace, result: dict[str, Any], human: str) -> None:
-    """Print the result: JSON on stdout with ``--json``, else the human line."""
+    """Print the result: JSON on stdout with ``--json``, else the human line (control characters
+    escaped: it holds names from data)."""
+    from diffaudit.core.progress import printable
+
     if getattr(args, "json", False):
         write_stdout(json.dumps(result, indent=2, default=str, allow_nan=False) + "\n")
     elif not getattr(args, "quiet", False):
-        write_stdout(human + "\n")
+        write_stdout(printable(human) + "\n")
 
 
 def emit_finished(args: argparse.Namespace, out: Path, resumed: bool, summary: Callable[[dict[str, Any]], str], *,

@@ -7,6 +7,7 @@ import sys
 
 from diffaudit.cli.common import canonical_settings, emit, upgrading_paths
 from diffaudit.core.outdir import prepare_out_dir
+from diffaudit.core.progress import printable
 from diffaudit.core.results import envelope, write_result
 from diffaudit.core.errors import DiffauditError
 from diffaudit.defenses.compare import compare_summaries, find_dp_record
@@ -77,6 +78,6 @@ def run(args: argparse.Namespace) -> int:
               "b": {"path": str(args.audit_b), "command": b.get("command")}, "warnings": warnings}
     result = write_result(out / "result.json", NAME, settings, {}, **fields) if out else envelope(NAME, settings, {}, **fields)
     for warning in warnings:
-        print(f"diffaudit compare: warning: {warning}", file=sys.stderr)
+        print(f"diffaudit compare: warning: {printable(warning)}", file=sys.stderr)
     emit(args, result, format_rows(rows, *labels))
     return 0

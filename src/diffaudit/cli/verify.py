@@ -34,7 +34,7 @@ from diffaudit.core.errors import DiffauditError
 from diffaudit.core.identity import file_identity, text_digest
 from diffaudit.core.io import read_json, save_npz_atomic
 from diffaudit.core.outdir import prepare_out_dir
-from diffaudit.core.progress import Timer, progress_bar, stage_line
+from diffaudit.core.progress import Timer, printable, progress_bar, stage_line
 from diffaudit.core.ray_pool import RAY_HELP
 from diffaudit.core.results import write_result
 from diffaudit.core.seeds import derive_seed, numpy_rng
@@ -113,7 +113,7 @@ def _select_from_extract(path: str, samples: ImageDataset, spec: str) -> tuple[I
         raise DiffauditError(f"--from-extract {path}: not a result.json of `diffaudit extract`")
     warning = check_extract_samples(r, samples_identity(spec, samples), path=path, samples=spec)
     if warning:
-        print(f"diffaudit verify: warning: {warning}", file=sys.stderr)
+        print(f"diffaudit verify: warning: {printable(warning)}", file=sys.stderr)
     medoids = [p["medoid"] for p in r.get("prompts", []) if p.get("flagged") and p.get("medoid") is not None]
     medoids += [g["medoid"] for g in r.get("groups", [])]
     index = samples.index_of()
