@@ -26,6 +26,10 @@ def test_audit_extracts_memorized_digits_and_writes_the_report(tmp_path, capsys,
     assert "Content-Security-Policy" in html and "data:image/png;base64," in html
     assert 'src="http' not in html
     assert '<section id="training">' in html and 'alt="Training loss over ' in html  # the target is models/model-00
+    # the audit's own data and samples match what verify recorded of them: every pair shows both images
+    n_pairs = min(len(verify["extracted"]), 48)
+    assert html.count('data-kind="train"') == n_pairs and html.count('data-kind="train-missing"') == 0
+    assert html.count('data-kind="generation-missing"') == 0
     assert (out / "config.toml").exists()
 
     # A second run resumes: every stage is kept, the result is unchanged.
@@ -162,6 +166,8 @@ def test_audit_with_shadows_lira_and_inpainting(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["inpainting"] is not None and "lira-fixed" in json.dumps(summary["mia"])
     assert "Inpainting" in (out / "report.html").read_text() or "inpaint" in (out / "report.html").read_text()
+    # its grids lie inside its inpaint folder: every one is embedded
+    assert (out / "report.html").read_text().count('data-kind="inpaint"') == 4
 
 
 def test_audit_json_config_redact_and_class_conditional_counts(tmp_path, capsys):

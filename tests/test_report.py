@@ -81,13 +81,19 @@ def make_audit(root: Path) -> Path:
     write_json_atomic(store / "shards" / "shard-000000.json", {"ids": ids, "seeds": list(range(20)),
                                                               "prompts": [prompts[int(x[1])] for x in ids]})
     data_settings = {"data": str(data), "image_size": None, "center_crop": None, "subset": None, "subset_seed": 0, "mode": None}
+    # What verify and extract record of their inputs: the report shows their images only when they match.
+    from diffaudit.data import load_dataset
+    from diffaudit.data.digest import dataset_digest
+    from diffaudit.store import samples_identity
+
+    data_digest, store_identity = dataset_digest(load_dataset(str(data))), samples_identity(str(store))
     write_json_atomic(audit / "audit.json", {"settings": {**data_settings, "caption_note": SCRIPT, "mia": "loss"}, "seeds": {"seed": 0}})
     (audit / "train").mkdir()
     write_json_atomic(audit / "train" / "result.json", _envelope("train", {**data_settings, "preset": "tiny", "steps": 300},
                                                                  {"seed": 0}, n_train=12, final_loss=0.041))
     (audit / "train" / "loss_log.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0 / (1 + s / 20)}) + "\n" for s in range(0, 300, 10)) + '{"step": 30')
     write_json_atomic(audit / "extract" / "result.json", _envelope(
-        "extract", {"samples": str(store), "edge_threshold": 0.1, "min_clique": 10}, {"seed": 0},
+        "extract", {"samples": str(store), "samples_identity": store_identity, "edge_threshold": 0.1, "min_clique": 10}, {"seed": 0},
         prompts=[
             {"prompt": SCRIPT, "n_generations": 10, "largest_clique": 10, "members": ids[:10], "medoid": "p0-i3",
              "mean_distance": 0.031, "flagged": True},
@@ -97,7 +103,8 @@ def make_audit(root: Path) -> Path:
     # The baseline: 1 false positive among 1,000 never-seen images against 3 matches among 12 training
     # images, far above the baseline's rate (one-sided Fisher exact test p ≈ 7e-6): the verdict is "yes".
     write_json_atomic(audit / "verify" / "result.json", _envelope(
-        "verify", {**data_settings, "samples": "samples", "rule": "ratio"}, {"seed": 0},
+        "verify", {**data_settings, "data_digest": data_digest, "samples": "samples", "samples_identity": store_identity,
+                   "rule": "ratio"}, {"seed": 0},
         n_samples=20, n_train=12, rule="ratio", unique_extracted=3, baseline_unique_extracted=1,
         baseline={"source": "holdout.npz", "n_images": 1000, "equal_size": False, "extracted": []},
         extracted=[
@@ -359,7 +366,10 @@ def test_unconditional_cliques(audit, tmp_path):
     res = tmp_path / "extract-bb"
     groups = [{"group": 1, "component": 0, "component_size": 12, "size": 10, "members": [f"p0-i{i}" for i in range(10)],
                "member_indices": list(range(10)), "medoid": "p0-i4", "mean_distance": 0.02, "bound_hit": True, "truncated": False}]
+    from diffaudit.store import samples_identity
+
     write_json_atomic(res / "result.json", _envelope("extract", {"samples": str(audit / "samples"), "mode": "unconditional",
+                                                                 "samples_identity": samples_identity(str(audit / "samples")),
                                                                  "edge_threshold": 0.1, "min_clique": 10}, {"seed": 0},
                                                      mode="unconditional", n_samples=20, n_groups=1, groups=groups))
     html = render_report(res).read_text(encoding="utf-8")

@@ -52,5 +52,6 @@ def run(args: argparse.Namespace) -> int:
         if tpr is not None:
             parts.append(f"{key} TPR@1%FPR {tpr * 100:.1f}%")
     human = f"report: {report}" + (f" ({'; '.join(parts)})" if parts else "") + f"\nsummary: {spath}"
+    # attack and folder names come from the result files: emit prints their control characters escaped
     emit(args, {"report": str(report), "summary_file": str(spath), "summary": summary}, human)
     return 0

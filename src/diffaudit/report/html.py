@@ -66,6 +66,7 @@ def report_context(result_dir: str | os.PathLike, *, redact: bool = False) -> di
         "source": rs.root.resolve().name,
         "command": rs.command,
         "redact": redact,
+        "unreadable": rs.unreadable,  # result files left out, each with why
         "csp": CSP,
         "summary": summary,
         "verdict": verdict(ex, canaries=summary.get("canaries")),

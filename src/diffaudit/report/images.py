@@ -69,10 +69,17 @@ class SampleImages:
     manifest). A refused or unreadable shard's generations come back as None, like a missing id, and
     ``error`` says why (the report shows those generations by id). Any other input goes through
     ``diffaudit.store.read_samples`` (or a plain ``.npz`` reader).
+
+    An input from outside the reported folder (``trusted`` False) is shown only when its own
+    :func:`~diffaudit.store.samples_identity` equals ``identity``, the one the result recorded (a store's
+    manifest, a file's contents, a folder's pixels): a result folder from elsewhere may name any folder
+    on this machine, and without the check the report would embed its pictures as "generations".
+    Otherwise every generation comes back as None and ``refusal`` says why.
     """
 
-    def __init__(self, path: Path | None):
+    def __init__(self, path: Path | None, *, trusted: bool = True, identity: Any = None):
         self.path = path
+        self.refusal: str | None = None
         self._store = None
         self._layout = (0, 0, 0)  # per_prompt, n_total, shard_size of a store's manifest
         self._shards: dict[int, np.ndarray | None] = {}  # shard index -> memory-mapped pixels (None: refused)
@@ -82,10 +89,25 @@ class SampleImages:
             return
         from diffaudit.store import SampleStore
 
-        if SampleStore.is_store(path):
-            self._open_store(path)
+        if not trusted and not (isinstance(identity, str) and identity):
+            self.refusal = (f"{path} lies outside the reported folder and the result records no samples_identity to "
+                            "check it against (a result folder from elsewhere may name any folder on this machine)")
+        elif SampleStore.is_store(path):
+            self.refusal = None if trusted else _identity_refusal(path, identity, None)
+            if self.refusal is None:
+                self._open_store(path)
         else:
             self._dataset = _try_read_samples(path)
+            self.refusal = None if trusted else _identity_refusal(path, identity, self._dataset)
+            if self.refusal is not None:
+                self._dataset = None
+
+    @classmethod
+    def refused(cls, path: Path, why: str) -> "SampleImages":
+        """The generations of ``path``, none of which is shown: every lookup is None and ``refusal`` says ``why``."""
+        images = cls(None)
+        images.path, images.refusal = path, why
+        return images
 
     def _open_store(self, path: Path) -> None:
         from diffaudit.store import SampleStore
@@ -152,6 +174,21 @@ class SampleImages:
         return self._ds_index
 
 
+def _identity_refusal(path: Path, recorded: str, dataset: Any) -> str | None:
+    """None when ``path`` (read as ``dataset``; None for a store) is the input whose samples_identity the
+    result ``recorded``; else why its images are not shown."""
+    try:
+        from diffaudit.store import samples_identity
+
+        actual = samples_identity(str(path), dataset)
+    except Exception as exc:  # noqa: BLE001 - an identity that cannot be computed is not the recorded one
+        actual = f"unknown ({type(exc).__name__}: {exc})"
+    if actual == recorded:
+        return None
+    return (f"{path} lies outside the reported folder and is not the input the result records (samples_identity "
+            f"{actual}, recorded {recorded}): a result folder from elsewhere may name any folder on this machine")
+
+
 def _locate(gid: str, per_prompt: int, n_total: int, shard_size: int) -> tuple[int, int] | None:
     """(shard index, row) where a store laid out by its manifest (``per_prompt``, ``n_total``,
     ``shard_size``) plans generation ``gid`` = ``p<prompt>-i<image>`` (ordinal ``prompt * per_prompt +
@@ -187,6 +224,7 @@ class _NpzImages:
 
     def __init__(self, images: np.ndarray, keys: list[str]):
         self.images, self.keys = images, keys
+        self.labels = self.captions = None  # what dataset_digest reads beside pixels and keys
 
     def __len__(self) -> int:
         return len(self.images)
@@ -211,6 +249,16 @@ def _read_npz(path: Path):
     return _NpzImages(images, keys)
 
 
+def _dataset_digest(dataset: Any) -> str:
+    """:func:`~diffaudit.data.digest.dataset_digest` of ``dataset``; "unknown" when it cannot be computed."""
+    try:
+        from diffaudit.data.digest import dataset_digest
+
+        return dataset_digest(dataset)
+    except Exception as exc:  # noqa: BLE001 - a digest that cannot be computed matches nothing
+        return f"unknown ({type(exc).__name__})"
+
+
 def data_spec(settings: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """(spec, loader options) of the dataset a command read, from its recorded settings.
 
@@ -232,19 +280,37 @@ def data_spec(settings: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     return spec, opts
 
 
-class TrainingImages:
-    """Training images by key (preferred) or integer index, from ``load_dataset(spec, **options)``.
+def data_digest(settings: dict[str, Any]) -> Any:
+    """The :func:`~diffaudit.data.digest.dataset_digest` a command recorded of the data it read:
+    ``data_digest`` in its settings, or ``data: {"spec": ..., "digest": ...}`` (mia); None when absent."""
+    data = settings.get("data")
+    if isinstance(data, dict) and data.get("digest") is not None:
+        return data["digest"]
+    return settings.get("data_digest")
 
+
+class TrainingImages:
+    """Training images by key (preferred) or integer index, from ``load_dataset(spec, **options)``,
+    shown only when the data loaded has the ``digest`` the result recorded (``settings.data_digest``).
+
+    A result folder may come from someone else, and its spec may name any folder on this machine (a
+    private photo album) and its keys a file there: without the check the report would embed that
+    file. The digest (:func:`~diffaudit.data.digest.dataset_digest` of pixels, keys and labels) cannot
+    be known without the images, so a result recording the right one was made from these very images.
     ``error`` says why images are unavailable (the report prints it beside the ids).
     """
 
-    def __init__(self, spec: Any, options: dict[str, Any], bases: tuple[Path, ...] = ()):
+    def __init__(self, spec: Any, options: dict[str, Any], bases: tuple[Path, ...] = (), digest: Any = None):
         self.spec, self.options = spec, options
         self.dataset = None
         self.error: str | None = None
         self._index: dict[str, int] = {}
         if not spec:
             self.error = "no dataset recorded in the settings"
+            return
+        if not isinstance(digest, str) or not digest:
+            self.error = (f"the result records no data_digest, so whether {spec!r} holds the images it was made from "
+                          "cannot be checked (a result folder from elsewhere may name any folder on this machine)")
             return
         from diffaudit.report.results import resolve_path
 
@@ -264,6 +330,12 @@ class TrainingImages:
         except Exception as exc:  # noqa: BLE001 - render ids, say why
             self.error = f"cannot load {spec!r}: {exc}"
             self.dataset = None
+        if self.dataset is not None:
+            actual = _dataset_digest(self.dataset)
+            if actual != digest:
+                self.error = (f"the data loaded from {spec!r} is not the data the result was made from (its digest is "
+                              f"{actual}, the result records {digest}), so none of its images is shown")
+                self.dataset = None
         if self.dataset is not None:
             self._index = self.dataset.index_of()
 

@@ -8,7 +8,7 @@ inpainting distances for members vs non-members (Fig. 12), memorization vs dupli
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -24,13 +24,47 @@ def _figure(width: float = 5.2, height: float = 3.6, *, wspace: float = 0.25):
     return fig
 
 
+def _literal(fig) -> None:
+    """Draw every title, axis label, legend entry and figure text of ``fig`` as the text it is.
+
+    Legend labels and titles carry names from result files (attack names, stage keys), and matplotlib
+    would parse any ``$...$`` in them as mathtext: an odd or hostile name (``$\\undefinedmacro{x}$``)
+    would fail the whole figure. Control characters in them (no font has a glyph for ESC) are written
+    as escapes, as on the terminal. Tick labels keep mathtext (a log axis draws 10^-2 with it); they
+    are numbers, never data text.
+    """
+    from diffaudit.core.progress import printable
+
+    texts = list(fig.texts)
+    for ax in fig.axes:
+        texts += [ax.title, ax.xaxis.label, ax.yaxis.label]
+        legend = ax.get_legend()
+        if legend is not None:
+            texts += [*legend.get_texts(), legend.get_title()]
+    for t in texts:
+        t.set_parse_math(False)
+        t.set_text(printable(t.get_text()))
+
+
 def _png(fig) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+    _literal(fig)
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
     return buf.getvalue()
+
+
+def try_plot(what: str, draw: Callable[[], bytes]) -> tuple[bytes | None, str | None]:
+    """(``draw()``'s PNG bytes, None), or (None, a line saying that the ``what`` is left out and why)
+    when drawing fails: a plot that the data of one result cannot draw never costs the whole report."""
+    try:
+        return draw(), None
+    except Exception as exc:  # noqa: BLE001 - any failure of matplotlib on odd data leaves this plot out
+        why = " ".join(str(exc).split())
+        why = why if len(why) <= 200 else why[:199] + "…"
+        return None, f"The {what} could not be drawn and is left out ({type(exc).__name__}{': ' + why if why else ''})."
 
 
 def _style(ax) -> None:

@@ -10,6 +10,7 @@ report renders what exists.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -56,6 +57,7 @@ class ResultSet:
         stages: in folder order; a command may occur several times (``mia-loss``, ``mia-lira``).
         audit: the content of ``audit.json`` (or of an ``audit`` result.json), {} when absent.
         store_dirs: sample stores found (folders holding ``manifest.json``).
+        unreadable: why each result file found could not be read (it is left out of the report).
     """
 
     root: Path
@@ -63,6 +65,7 @@ class ResultSet:
     stages: list[Stage] = field(default_factory=list)
     audit: dict[str, Any] = field(default_factory=dict)
     store_dirs: list[Path] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
 
     @property
     def audit_settings(self) -> dict[str, Any]:
@@ -73,6 +76,13 @@ class ResultSet:
         envelope = ("schema_version", "command", "settings", "seeds", "versions")
         return {k: v for k, v in self.audit.items() if k not in envelope and not isinstance(v, list)}
 
+    def holds(self, path: Path) -> bool:
+        """Whether ``path``, links followed, lies inside the reported folder (see :func:`contained`).
+
+        A stage folder that is a link out of it is some other folder on this machine: the report shows
+        its numbers but embeds none of the images it names."""
+        return contained(path, self.root) is not None
+
     def of(self, command: str) -> list[Stage]:
         """The stages written by ``command``."""
         return [s for s in self.stages if s.command == command]
@@ -82,13 +92,91 @@ class ResultSet:
         return found[0] if found else None
 
 
-def read_object(path: Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``; None when the file is missing, unreadable or holds no object."""
+#: Levels of nesting a result file may hold. diffaudit's own files nest a few; a deeper document is
+#: refused, so that nothing the report does with it (flattening settings, rendering) recurses past
+#: Python's limit.
+MAX_DEPTH = 64
+
+
+def nesting_depth(value: Any, limit: int = MAX_DEPTH) -> int:
+    """How many levels of lists and objects ``value`` nests (a scalar: 0, ``[]``: 1), counted level by
+    level without recursion, and only up to ``limit + 1``."""
+    depth, level = 0, [value] if isinstance(value, (dict, list)) else []
+    while level and depth <= limit:
+        depth += 1
+        level = [v for x in level for v in (x.values() if isinstance(x, dict) else x) if isinstance(v, (dict, list))]
+    return depth
+
+
+def too_deep(source: Any) -> str:
+    """Why a JSON file nested too deeply is left out."""
+    return (f"{source} is nested too deeply to be read as JSON (diffaudit's files nest a few levels; this one more "
+            f"than {MAX_DEPTH}): is it the right file?")
+
+
+def parse_json(text: str, source: Any) -> Any:
+    """``json.loads(text)``; a document nested deeper than :data:`MAX_DEPTH` levels (or than Python's
+    parser follows) raises ValueError saying so, never a RecursionError."""
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise ValueError(too_deep(source)) from None
+    if nesting_depth(data) > MAX_DEPTH:
+        raise ValueError(too_deep(source))
+    return data
+
+
+def read_result(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(the JSON object in ``path``, None), or (None, why it cannot be read): missing, unreadable, not
+    JSON, nested too deeply (a RecursionError in the parser is caught here too) or not an object."""
     try:
         data = read_json(path)
-    except (DiffauditError, OSError):
+    except (DiffauditError, OSError) as exc:
+        return None, str(exc)
+    except RecursionError:
+        return None, too_deep(path)
+    if nesting_depth(data) > MAX_DEPTH:
+        return None, too_deep(path)
+    if not isinstance(data, dict):
+        return None, f"{path} holds JSON but no object (a {type(data).__name__})"
+    return data, None
+
+
+def read_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None when the file is missing, unreadable or holds no object."""
+    return read_result(path)[0]
+
+
+def contained(path: Path, folder: Path) -> Path | None:
+    """``path`` with every link followed, when that lies inside ``folder`` (its links followed too); None
+    when it leads out of it (an absolute path, ``..``, a link to a file elsewhere) or does not exist.
+
+    A result folder may come from someone else: the files it names are shown only from inside it, so
+    that reporting it never embeds a file of this machine's (a private photo) into the HTML.
+    """
+    try:
+        resolved = Path(path).resolve(strict=True)
+        return resolved if resolved.is_relative_to(Path(folder).resolve(strict=True)) else None
+    except (OSError, RuntimeError, ValueError):  # missing, a loop of links, a NUL in the name
         return None
-    return data if isinstance(data, dict) else None
+
+
+def links_out(folder: Path, within: Path) -> Path | None:
+    """The first link under ``folder`` (walked without following links) that leads out of ``within``,
+    else None: a folder whose own path lies inside ``within`` may still hold links to files elsewhere."""
+    stack = [Path(folder)]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for e in entries:
+            if e.is_symlink():
+                if contained(Path(e.path), within) is None:
+                    return Path(e.path)
+            elif e.is_dir(follow_symlinks=False):
+                stack.append(Path(e.path))
+    return None
 
 
 def _command_of(result: dict[str, Any], folder: Path) -> str:
@@ -114,29 +202,39 @@ def load_results(result_dir: str | Path) -> ResultSet:
     root = Path(result_dir)
     if not root.is_dir():
         raise DiffauditError(f"{root} is not a folder; give the output folder of `diffaudit audit` or of one command")
-    top = read_object(root / RESULT_FILE) if (root / RESULT_FILE).exists() else None
+    unreadable: list[str] = []
+
+    def read(path: Path) -> dict[str, Any] | None:
+        data, why = read_result(path)
+        if why is not None:
+            unreadable.append(why)
+        return data
+
+    top = read(root / RESULT_FILE) if (root / RESULT_FILE).exists() else None
     audit: dict[str, Any] = {}
     for name in AUDIT_FILES:
         if (root / name).exists():
-            data = read_object(root / name)
+            data = read(root / name)
             if data:
                 audit = data
     if top is not None and _command_of(top, root) != "audit" and not audit:
         stage = Stage(root.name, _command_of(top, root), root, top)
         stores = [root] if (root / "manifest.json").exists() else []
-        return ResultSet(root=root, command=stage.command, stages=[stage], store_dirs=stores)
+        return ResultSet(root=root, command=stage.command, stages=[stage], store_dirs=stores, unreadable=unreadable)
     if top is not None and not audit:
         audit = top
-    rs = ResultSet(root=root, command="audit", audit=audit)
+    rs = ResultSet(root=root, command="audit", audit=audit, unreadable=unreadable)
     for sub in _subdirs(root):
         if (sub / "manifest.json").exists():
             rs.store_dirs.append(sub)
         if (sub / RESULT_FILE).exists():
-            data = read_object(sub / RESULT_FILE)
+            data = read(sub / RESULT_FILE)
             if data is not None:
                 rs.stages.append(Stage(sub.name, _command_of(data, sub), sub, data))
     _add_target_run(rs)
     if not rs.stages and not audit:
+        if unreadable:
+            raise DiffauditError(f"{root} holds no result that can be read: " + "; ".join(unreadable))
         raise DiffauditError(
             f"{root} holds no {RESULT_FILE} (nor stage folders with one); give the output folder of "
             "`diffaudit audit` or of one command (extract, verify, mia, inpaint, canaries, dedup)"
@@ -198,8 +296,8 @@ def read_jsonl(path: Path, limit: int = 200_000) -> list[dict[str, Any]]:
                 if i >= limit:
                     break
                 try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
+                    row = parse_json(line, path)
+                except ValueError:  # json.JSONDecodeError, or nested too deeply
                     continue
                 if isinstance(row, dict):
                     rows.append(row)

@@ -36,7 +36,6 @@ numbers a person reads are the numbers in the file.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -48,7 +47,7 @@ from diffaudit.core.results import SCHEMA_VERSION, with_current_names
 from diffaudit.models.run_files import DROPPED_DUPLICATES
 from diffaudit.report.clique_counts import clique_counts, from_extract
 from diffaudit.report.images import data_spec
-from diffaudit.report.results import ResultSet, Stage, load_results, read_object, records
+from diffaudit.report.results import ResultSet, Stage, load_results, parse_json, read_object, records
 
 ENVELOPE = ("schema_version", "command", "settings", "seeds", "versions")
 # A membership attack whose AUC interval holds 0.5 is taken as guessing (what its scores correlate with
@@ -476,7 +475,7 @@ def _dataset(rs: ResultSet) -> dict[str, Any] | None:
                 ids = train.path / "train_ids.json"
                 if n is None and ids.exists():
                     try:
-                        n = len(json.loads(ids.read_text(encoding="utf-8")).get("keys", []))
+                        n = len(parse_json(ids.read_text(encoding="utf-8"), ids).get("keys", []))
                     except (OSError, ValueError, AttributeError):
                         n = None
             out["n_train"] = n

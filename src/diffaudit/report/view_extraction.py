@@ -13,8 +13,8 @@ from typing import Any
 
 from diffaudit.report.clique_counts import clique_counts, from_extract
 from diffaudit.report.fmt import fmt_p
-from diffaudit.report.images import SampleImages, TrainingImages, data_spec, image_uri
-from diffaudit.report.results import ResultSet, Stage, records, resolve_path
+from diffaudit.report.images import SampleImages, TrainingImages, data_digest, data_spec, image_uri
+from diffaudit.report.results import ResultSet, Stage, links_out, records, resolve_path
 from diffaudit.report.summary import baseline_pvalue
 
 # The one-sided level of the exact test of the extracted count against the baseline's count: below
@@ -198,14 +198,34 @@ def _bases(stage: Stage, rs: ResultSet) -> tuple[Path, ...]:
     return (stage.path, rs.root, stage.path.parent, rs.root.parent)
 
 
+#: Why a stage folder that is a link out of the reported folder shows no images.
+LINKED = ("the {} folder is a link out of the reported folder, so none of the images it names is embedded (a "
+          "result folder from elsewhere could link to any result on this machine)")
+
+
 def sample_images(stage: Stage | None, rs: ResultSet) -> SampleImages:
-    """The generations a stage read: its recorded ``samples`` setting, else the audit's store."""
+    """The generations a stage read: its recorded ``samples`` setting, else the audit's store.
+
+    An input inside the reported folder (links followed) came with it: its generations are shown, unless
+    it holds a link out of the folder (a store's shard linked to a file elsewhere), when none is. Any other
+    input is shown only when it is the one the stage recorded (its ``samples_identity``, see
+    :class:`SampleImages`): a result folder from elsewhere may name any folder on this machine."""
     path = None
     if stage is not None:
         path = resolve_path(stage.settings.get("samples"), *_bases(stage, rs))
     if path is None and rs.store_dirs:
         path = rs.store_dirs[0]
-    return SampleImages(path)
+    if path is None:
+        return SampleImages(None)
+    if rs.holds(path):
+        link = links_out(path, rs.root) if path.is_dir() else None
+        if link is None:
+            return SampleImages(path)
+        return SampleImages.refused(path, f"{link} is a link out of the reported folder, so none of the generations in "
+                                          f"{path} is embedded (a result folder from elsewhere could link to any file on "
+                                          "this machine)")
+    identity = stage.settings.get("samples_identity") if stage is not None else None
+    return SampleImages(path, trusted=False, identity=identity)
 
 
 def duplicate_counts(rs: ResultSet) -> dict[str, int]:
@@ -235,14 +255,19 @@ def gallery(rs: ResultSet, *, redact: bool) -> dict[str, Any] | None:
     rows = list(zip(pairs, counts["per_record"] if counts else [None] * len(pairs)))
     rows.sort(key=lambda r: (r[0].get("l2") is None, r[0].get("l2") if isinstance(r[0].get("l2"), (int, float)) else 0))
     shown = rows[:MAX_PAIRS]
-    samples = sample_images(st, rs)
+    linked = not rs.holds(st.path)  # another verify folder on this machine: its numbers, none of its images
+    samples = SampleImages(None) if linked or redact else sample_images(st, rs)
     notes = []
-    if shown and samples.path is None and not redact:
+    if shown and linked and not redact:
+        notes.append("Generations and training images are shown by id: " + LINKED.format("verify") + ".")
+    elif shown and samples.path is None and not redact:
         notes.append("The sample store was not found; generations are shown by id.")
+    if shown and samples.refusal:
+        notes.append(f"Generations are shown by id: {samples.refusal}.")
     train = None
-    if not redact and shown:
+    if not redact and not linked and shown:
         spec, opts = data_spec(st.settings)
-        train = TrainingImages(spec, opts, _bases(st, rs))
+        train = TrainingImages(spec, opts, _bases(st, rs), digest=data_digest(st.settings))
         if train.error:
             notes.append(f"Training images are shown by id: {train.error}.")
     dups = duplicate_counts(rs)
@@ -282,7 +307,8 @@ def cliques(rs: ResultSet, *, redact: bool = False) -> dict[str, Any] | None:
     unconditional = st.result.get("mode") == "unconditional" or (prompts and not any("flagged" in p for p in prompts))
     flagged = prompts if unconditional else [p for p in prompts if p.get("flagged")]
     flagged.sort(key=lambda p: (p.get("mean_distance") is None, p.get("mean_distance") or 0.0))
-    samples = sample_images(st, rs)
+    linked = not rs.holds(st.path)  # another extract folder on this machine: its numbers, none of its images
+    samples = SampleImages(None) if linked or redact else sample_images(st, rs)
     items = []
     for p in flagged[:MAX_PROMPTS]:
         members = [str(m) for m in (p.get("members") or [])]
@@ -301,8 +327,12 @@ def cliques(rs: ResultSet, *, redact: bool = False) -> dict[str, Any] | None:
             "bound_hit": bool(p.get("bound_hit") or p.get("search_bound_hit")),
         })
     notes = []
-    if items and samples.path is None and not redact:
+    if items and linked and not redact:
+        notes.append("Clique members are shown by id: " + LINKED.format("extract") + ".")
+    elif items and samples.path is None and not redact:
         notes.append("The sample store was not found; clique members are shown by id.")
+    if items and samples.refusal:
+        notes.append(f"Clique members are shown by id: {samples.refusal}.")
     if samples.error:  # known once the shards were read, above
         notes.append(f"Some clique members are shown by id: {samples.error}.")
     settings = st.settings

@@ -8,7 +8,6 @@ score and a member label per example; larger score = member).
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import numpy as np
 from diffaudit.report import plots
 from diffaudit.report.alt_text import roc_alt, sweep_alt
 from diffaudit.report.images import data_uri
-from diffaudit.report.results import ResultSet, Stage
+from diffaudit.report.results import ResultSet, Stage, parse_json
 from diffaudit.report.summary import at_chance, mia_key
 
 SCORE_NAMES = ("scores", "score")
@@ -38,7 +37,7 @@ def _load_scores(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
             with np.load(path, allow_pickle=False) as z:
                 d = {k: z[k] for k in z.files}
         elif path.suffix == ".json":
-            d = json.loads(path.read_text(encoding="utf-8"))
+            d = parse_json(path.read_text(encoding="utf-8"), path)  # nested too deeply: ValueError, left out
             if isinstance(d, list):
                 d = {k: [row.get(k) for row in d] for k in (SCORE_NAMES + LABEL_NAMES) if d and isinstance(d[0], dict) and k in d[0]}
         elif path.suffix == ".csv":
@@ -131,13 +130,22 @@ def mia_view(rs: ResultSet, summary: dict[str, Any]) -> dict[str, Any] | None:
             sweeps.append((key, *cols))
     n_non = [r.get("n_nonmembers") for r in rows if r.get("n_nonmembers")]
     min_fpr = max(1.0 / max(n_non), 1e-5) if n_non else None
+    roc = sweep = None
+    notes = []
+    if curves:
+        roc, note = plots.try_plot("ROC plot", lambda: plots.roc_loglog(curves, min_fpr=min(min_fpr, 1e-3) if min_fpr else None))
+        notes += [note] if note else []
+    if sweeps:
+        sweep, note = plots.try_plot("timestep sweep plot", lambda: plots.timestep_sweep(sweeps))
+        notes += [note] if note else []
     return {
         "rows": rows,
-        "roc_uri": data_uri(plots.roc_loglog(curves, min_fpr=min(min_fpr, 1e-3) if min_fpr else None)) if curves else None,
-        "roc_alt": roc_alt(drawn) if drawn else None,
+        "roc_uri": data_uri(roc) if roc else None,
+        "roc_alt": roc_alt(drawn) if roc else None,
         "no_curve": missing,
-        "sweep_uri": data_uri(plots.timestep_sweep(sweeps)) if sweeps else None,
-        "sweep_alt": sweep_alt(sweeps) if sweeps else None,
+        "sweep_uri": data_uri(sweep) if sweep else None,
+        "sweep_alt": sweep_alt(sweeps) if sweep else None,
+        "plot_notes": notes,
         "sweeps": [{"key": s[0], "rows": list(zip(s[1], s[2], s[3]))} for s in sweeps],
     }
 

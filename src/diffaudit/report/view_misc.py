@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from diffaudit.report import plots
 from diffaudit.report.alt_text import canary_alt, histogram_alt
 from diffaudit.report.fmt import flatten
 from diffaudit.report.images import data_uri, png_file_uri
-from diffaudit.report.results import ResultSet, records, resolve_path
+from diffaudit.report.results import ResultSet, contained, records
 from diffaudit.report.summary import exposure_ceiling, inpainting_targets, inpainting_top_k
 
 MAX_GRIDS = 16
@@ -21,9 +22,55 @@ def _safe_name(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", s)
 
 
-def _grid_files(folder: Path) -> list[Path]:
-    found = [p for p in sorted(folder.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
-    return found[:500]
+def _grid_files(folder: Path, inside: Path | None) -> tuple[list[tuple[Path, Path]], int]:
+    """Image files under ``folder`` as (path, real path), at most 500 in name order, and how many more were
+    left out because they lead out of ``inside`` (links to files elsewhere; folders linked in are not
+    walked). ``inside`` None (the folder itself leads out of the reported one): none is shown."""
+    found = []
+    for top, _, names in os.walk(folder):  # links to folders are listed, never followed
+        found += [Path(top) / n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES]
+    kept, outside = [], 0
+    for f in sorted(found):
+        real = contained(f, inside) if inside is not None else None
+        if real is None or not real.is_file():
+            outside += real is None
+        elif len(kept) < 500:
+            kept.append((f, real))
+    return kept, outside
+
+
+def _target_grid(value: Any, folder: Path, inside: Path | None) -> tuple[Path | None, Path | None, bool]:
+    """(path, real path, False) of the grid file a target record names, found inside ``inside`` (the
+    resolved stage folder): recorded relative to the stage ``folder`` (``grids/000000.png``), else by its
+    base name there. (None, None, True) when the named file exists but leads out of it (an absolute path,
+    ``..``, a link elsewhere): a result folder from elsewhere may name any file on this machine, which the
+    report must not embed. (None, None, False) when nothing is found."""
+    if not isinstance(value, str) or not value:
+        return None, None, False
+    refused = False
+    for cand in (folder / value, folder / Path(value).name):
+        try:
+            if not cand.exists():
+                continue
+        except (OSError, ValueError):  # a name too long, a NUL in it
+            continue
+        real = contained(cand, inside) if inside is not None else None
+        if real is not None and real.is_file():
+            return cand, real, False
+        refused = refused or real is None
+    return None, None, refused
+
+
+def _left_out_note(n: int, linked: bool) -> str | None:
+    """Why grids are missing from the report: files that lead out of the inpaint folder are never embedded."""
+    if linked:
+        return ("The inpaint folder is a link out of the reported folder: its grids are not embedded (a result folder "
+                "from elsewhere could link to any folder on this machine).")
+    if not n:
+        return None
+    s = "grid file leads" if n == 1 else "grid files lead"
+    return (f"{n} {s} out of the inpaint folder (an absolute path, .. or a link to a file elsewhere) and "
+            f"{'is' if n == 1 else 'are'} not embedded: a result folder from elsewhere could name any file on this machine.")
 
 
 def top_k_words(k: int | None) -> tuple[str, str]:
@@ -56,32 +103,40 @@ def inpainting_view(rs: ResultSet, summary: dict[str, Any], *, redact: bool) -> 
     mem = [v for t in targets if t.get("member") and (v := _topk_l2(t)) is not None]
     non = [v for t in targets if not t.get("member") and (v := _topk_l2(t)) is not None]
     xlabel = f"mean ℓ2 of the {best_text}"
-    hist = data_uri(plots.distance_histogram(mem, non, xlabel=xlabel)) if mem or non else None
-    files = _grid_files(st.path)
-    used: set[Path] = set()
+    png, plot_note = plots.try_plot("distance histogram", lambda: plots.distance_histogram(mem, non, xlabel=xlabel)) \
+        if mem or non else (None, None)
+    hist = data_uri(png) if png else None
+    # Only files inside the stage folder (links followed) are embedded; a stage folder linked from
+    # elsewhere embeds none.
+    linked = not rs.holds(st.path)
+    inside = None if linked else contained(st.path, st.path)
+    files, outside = _grid_files(st.path, inside)
+    used: set[Path] = set()  # real paths
     grids = []
     # Members first: their reconstructions are what the attack is about.
     for t in sorted(targets, key=lambda t: (not t.get("member"), t.get("mean_topk_l2") or 0.0)):
         if len(grids) >= MAX_GRIDS:
             break
         tid = str(t.get("id"))
-        path = resolve_path(t.get("grid"), st.path) if t.get("grid") else None
+        path, real, refused = _target_grid(t.get("grid"), st.path, inside)
+        outside += refused
         if path is None:
             stem = _safe_name(tid)
-            path = next((f for f in files if f not in used and (f.stem == stem or f.stem.endswith(stem) or f.stem.endswith("-" + stem))), None)
-        if path is not None:
-            used.add(path)
+            path, real = next(((f, r) for f, r in files if r not in used and (f.stem == stem or f.stem.endswith(stem) or f.stem.endswith("-" + stem))), (None, None))
+        if real is not None:
+            used.add(real)
         grids.append({
             "id": tid, "member": bool(t.get("member")), "best_l2": t.get("best_l2"), "mean_topk_l2": t.get("mean_topk_l2"),
             "name": path.name if path is not None else None,
-            "uri": None if redact or path is None else png_file_uri(path),
+            "uri": None if redact or real is None else png_file_uri(real),
         })
-    for f in files:
+    for f, real in files:
         if len(grids) >= MAX_GRIDS:
             break
-        if f not in used:  # a grid no target claims: shown under its file name
+        if real not in used:  # a grid no target claims: shown under its file name
             grids.append({"id": f.stem, "member": None, "best_l2": None, "mean_topk_l2": None, "name": f.name,
-                          "uri": None if redact else png_file_uri(f)})
+                          "uri": None if redact else png_file_uri(real)})
+    notes = [n for n in (plot_note, _left_out_note(outside, linked)) if n]
     return {
         "summary": summary.get("inpainting") or {},
         "hist_uri": hist,
@@ -93,6 +148,7 @@ def inpainting_view(rs: ResultSet, summary: dict[str, Any], *, redact: bool) -> 
         "n_inpaintings": st.settings.get("n_inpaintings", st.settings.get("n")),
         "top_label": top_label,
         "best_text": best_text,
+        "notes": notes,
     }
 
 
@@ -103,13 +159,14 @@ def canaries_view(rs: ResultSet, summary: dict[str, Any]) -> dict[str, Any] | No
     if st is None:
         return None
     cans = [c for c in records(st.result, "repeats", preferred=("canaries",)) if isinstance(c.get("repeats"), (int, float))]
-    uri = alt = None
+    uri = alt = note = None
     if cans:
         drawn = ([c["repeats"] for c in cans], [c.get("exposure") for c in cans], [bool(c.get("extracted")) for c in cans])
         ceiling = exposure_ceiling(st.result)
-        uri = data_uri(plots.canary_curve(*drawn, ceiling=ceiling))
-        alt = canary_alt(*drawn, ceiling=ceiling)
-    return {"summary": summary.get("canaries") or {}, "plot_uri": uri, "plot_alt": alt}
+        png, note = plots.try_plot("canary exposure plot", lambda: plots.canary_curve(*drawn, ceiling=ceiling))
+        if png:
+            uri, alt = data_uri(png), canary_alt(*drawn, ceiling=ceiling)
+    return {"summary": summary.get("canaries") or {}, "plot_uri": uri, "plot_alt": alt, "plot_notes": [note] if note else []}
 
 
 #: The audit's training options (``diffaudit audit``'s flags shared with ``train``, and ``--train-size``;

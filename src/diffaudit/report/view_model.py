@@ -91,11 +91,13 @@ def training_view(rs: ResultSet, summary: dict[str, Any]) -> dict[str, Any] | No
         return None
     rows = read_jsonl(st.path / "loss_log.jsonl") if st is not None else []
     pts = [(r.get("step", i), r.get("loss")) for i, r in enumerate(rows) if isinstance(r.get("loss"), (int, float))]
-    uri = data_uri(plots.training_loss([p[0] for p in pts], [p[1] for p in pts])) if len(pts) > 1 else None
+    png, plot_note = plots.try_plot("training loss plot", lambda: plots.training_loss([p[0] for p in pts], [p[1] for p in pts])) \
+        if len(pts) > 1 else (None, None)
+    uri = data_uri(png) if png else None
     note = None
     if st is None:
         note = (f"No training record found for the audited model {model.get('path')} (a diffusers folder, or a run "
                 "directory moved since the audit): how it was trained is not known here.")
     return {"facts": training_facts(model), "loss_uri": uri, "n_points": len(pts),
             "loss_alt": loss_alt([p[0] for p in pts], [p[1] for p in pts]) if uri else None,
-            "final_loss": pts[-1][1] if pts else None, "note": note}
+            "final_loss": pts[-1][1] if pts else None, "note": note, "plot_notes": [plot_note] if plot_note else []}
