@@ -298,8 +298,25 @@ def test_an_image_over_the_pixel_limit_is_refused_from_its_header(monkeypatch, s
 
 def test_the_pixel_limit_is_a_counted_skip_with_skip_bad(monkeypatch, write_images):
     monkeypatch.setattr(images_module, "MAX_IMAGE_PIXELS", 20 * 20)
+    monkeypatch.setattr(images_module, "MAX_PIXELS_PER_BYTE", 1)  # a flat 21 x 20 PNG holds several a byte
     folder = write_images({"big.png": np.zeros((21, 20, 3), np.uint8), "small.png": np.zeros((20, 20, 3), np.uint8)})
     with pytest.raises(DiffauditError, match=r"big\.png: 20x21 is 420 pixels, over diffaudit's limit of 400"):
         load_dataset(folder)
     ds = load_dataset(folder, skip_bad=True)
     assert ds.keys == ["small.png"] and len(ds.skipped) == 1 and "MAX_IMAGE_PIXELS" in ds.skipped[0][1]
+
+
+def test_a_large_photograph_still_decodes_where_a_bomb_of_its_size_is_refused(monkeypatch):
+    """The cap is for files compressed far past what a photograph is: an image over MAX_IMAGE_PIXELS
+    (lowered here to keep the test small) holding a few pixels a byte, as a photo does, decodes."""
+    rng = np.random.default_rng(0)
+    photo = (np.cumsum(rng.integers(-3, 4, (96, 96, 3)), axis=1) % 256).astype(np.uint8)  # textured, like a photo
+    buf = io.BytesIO()
+    from PIL import Image
+
+    Image.fromarray(photo).save(buf, format="JPEG", quality=90)
+    monkeypatch.setattr(images_module, "MAX_IMAGE_PIXELS", 64 * 64)
+    assert 96 * 96 / len(buf.getvalue()) < images_module.MAX_PIXELS_PER_BYTE
+    assert decode_image(buf.getvalue(), "photo.jpg").shape == (96, 96, 3)
+    with pytest.raises(BadImageError, match=r"pixels a byte, where a photograph holds a few"):
+        decode_image(png_header_only(96, 96), "bomb.png")

@@ -20,10 +20,12 @@ named ``.png`` that holds PostScript is refused, never handed to another of Pill
 would run Ghostscript on untrusted data).
 - ``F`` (32-bit float) and anything Pillow cannot convert to RGB: refused.
 
-Images over :data:`MAX_IMAGE_PIXELS` (8192 x 8192) are refused from the size in their header,
-before any pixel is decoded. Pillow's own decompression-bomb limit (about 179 megapixels) let a
-1.9 MB folder of four 13000 x 13000 PNGs take 18 GB of memory; no training or generated image
-comes near that, and one that does is a bad image to downscale or skip.
+Images over :data:`MAX_IMAGE_PIXELS` (8192 x 8192) whose file holds more than
+:data:`MAX_PIXELS_PER_BYTE` pixels a byte are refused from the size in their header, before any
+pixel is decoded. Pillow's own decompression-bomb limit (about 179 megapixels) let a 1.9 MB folder
+of four 13000 x 13000 PNGs (343 pixels a byte) take 18 GB of memory. A photograph holds a few
+pixels a byte, so a genuine 100- or 150-megapixel photo (about 20-30 MB) still decodes, as it did
+before; Pillow's limit still bounds it.
 
 EXIF orientation is not applied: pixels are used as stored (as training pipelines read them).
 Every failure raises :class:`BadImageError` carrying the file's name and the reason; the loaders
@@ -48,9 +50,13 @@ PILLOW_FORMATS = ("PNG", "JPEG", "BMP", "WEBP", "TIFF")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_GREY_ALPHA = 4  # IHDR colour type
 
-#: The most pixels (width x height) an image may have; larger ones are refused before decoding.
-#: Decoding takes up to about 8 bytes per pixel at once (an RGBA image converted to RGB), 512 MiB here.
+#: The most pixels (width x height) an image may have when its file is compressed past
+#: :data:`MAX_PIXELS_PER_BYTE`; such images are refused before decoding. Decoding takes up to about
+#: 8 bytes per pixel at once (an RGBA image converted to RGB), 512 MiB here.
 MAX_IMAGE_PIXELS = 8192 * 8192
+#: Pixels a byte of file above which a large image is taken for a decompression bomb: photographs
+#: (JPEG, PNG, WebP) hold a few pixels a byte; a bomb, hundreds (a flat 13000 x 13000 PNG: 343).
+MAX_PIXELS_PER_BYTE = 64
 
 _GRAY_MODES = {"1", "L", "LA", "La"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
@@ -88,7 +94,7 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
     """
     try:
         with _open(data) as im:
-            _check_pixel_count(im.size, name)
+            _check_pixel_count(im.size, len(data), name)
             im.load()
             if im.mode == "RGBA" and _png_colour_type(data) == _PNG_GREY_ALPHA:  # 16-bit grey + alpha
                 return _checked(np.asarray(im)[:, :, :1], name, "LA (16-bit)")
@@ -108,22 +114,25 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
 def _open(data: bytes) -> Image.Image:
     """``data`` opened (header only) by the decoders of :data:`PILLOW_FORMATS`.
 
-    Pillow warns (on stderr) from about 89 megapixels, above :data:`MAX_IMAGE_PIXELS`: an image it
-    would warn about is refused by :func:`_check_pixel_count` with an error that says what to do, so
-    its warning is silenced here rather than printed beside that error."""
+    Pillow warns (on stderr) from about 89 megapixels: a compressed bomb that large is refused by
+    :func:`_check_pixel_count` with an error that says what to do, and a photograph that large decodes,
+    so its warning is silenced here rather than printed beside that error or on every large photo."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         return Image.open(io.BytesIO(data), formats=PILLOW_FORMATS)
 
 
-def _check_pixel_count(size: tuple[int, int], name: str) -> None:
-    """Refuse an image whose header declares more than :data:`MAX_IMAGE_PIXELS` pixels (before decoding it)."""
+def _check_pixel_count(size: tuple[int, int], n_bytes: int, name: str) -> None:
+    """Refuse an image whose header declares more than :data:`MAX_IMAGE_PIXELS` pixels from a file of
+    ``n_bytes`` holding more than :data:`MAX_PIXELS_PER_BYTE` pixels a byte (before decoding it)."""
     width, height = size
-    if width * height > MAX_IMAGE_PIXELS:
+    pixels = width * height
+    if pixels > MAX_IMAGE_PIXELS and pixels > MAX_PIXELS_PER_BYTE * max(1, n_bytes):
         raise BadImageError(
-            name, f"{width}x{height} is {width * height:,} pixels, over diffaudit's limit of {MAX_IMAGE_PIXELS:,} "
-                  "per image (diffaudit.data.images.MAX_IMAGE_PIXELS), "
-                  "which keeps a small file from taking gigabytes of memory when decoded; downscale it to use it"
+            name, f"{width}x{height} is {pixels:,} pixels, over diffaudit's limit of {MAX_IMAGE_PIXELS:,} per image "
+                  f"(diffaudit.data.images.MAX_IMAGE_PIXELS) for a file compressed this far ({n_bytes:,} bytes, "
+                  f"{pixels // max(1, n_bytes):,} pixels a byte, where a photograph holds a few), which keeps a small "
+                  "file from taking gigabytes of memory when decoded; downscale it to use it"
         )
 
 
