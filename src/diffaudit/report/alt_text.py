@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from diffaudit.report.fmt import fmt_float, fmt_int, fmt_pct
+from diffaudit.report.summary import at_ceiling  # summary imports neither this module nor plots: no cycle
 
 #: The FPRs the ROC plot marks (dotted lines) and its alt text reads the TPR at.
 ROC_FPRS = (0.01, 0.001)
@@ -23,13 +24,18 @@ def _plural(n: int, word: str, many: str | None = None) -> str:
 
 
 def curve_tpr(fpr: np.ndarray, tpr: np.ndarray, target: float, n_nonmembers: int | None = None) -> float | None:
-    """Best TPR among a curve's points with FPR at most ``target``; None when ``target`` is below
-    1/``n_nonmembers`` (not measurable) or no point lies within it."""
-    if n_nonmembers and target < 1.0 / n_nonmembers:
+    """Best TPR among a curve's points with FPR at most ``target``, by the rules of
+    :func:`~diffaudit.evaluation.roc.tpr_at_fpr_from_curve` (None when ``target`` is below
+    1/``n_nonmembers``: not measurable) or, with ``n_nonmembers`` unknown, of
+    :func:`~diffaudit.evaluation.roc.best_tpr_within`; None when no point lies within ``target``."""
+    from diffaudit.evaluation.roc import RocCurve, best_tpr_within, tpr_at_fpr_from_curve
+
+    curve = RocCurve(fpr=np.asarray(fpr, dtype=float), tpr=np.asarray(tpr, dtype=float), thresholds=np.empty(0),
+                     n_members=0, n_nonmembers=n_nonmembers or 0)
+    try:
+        return tpr_at_fpr_from_curve(curve, target) if n_nonmembers else best_tpr_within(curve, target)
+    except ValueError:  # no point of the drawn curve lies within target (the max of none)
         return None
-    f, t = np.asarray(fpr, dtype=float), np.asarray(tpr, dtype=float)
-    ok = f <= target * (1 + 1e-12)
-    return float(t[ok].max()) if ok.any() else None
 
 
 def roc_alt(curves: Sequence[tuple[str, float | None, np.ndarray, np.ndarray, int | None]]) -> str:
@@ -96,7 +102,7 @@ def canary_alt(repeats: Sequence[int], exposure: Sequence[float | None], extract
                      f"{fmt_int(int(x[m].sum()))} of {fmt_int(int(m.sum()))} extracted")
     text = ("Canary exposure (bits) against the repeats in training, and the fraction extracted: " + "; ".join(parts))
     if ceiling is not None:
-        top = int(np.sum(np.isfinite(e) & (e >= ceiling - 1e-9)))
+        top = sum(1 for v in e if np.isfinite(v) and at_ceiling(float(v), ceiling))
         text += (f"; dotted line: the ceiling of {fmt_float(ceiling)} bits, reached by {_plural(top, 'canary', 'canaries')} "
                  "(their exposure is at least that)")
     return text + "."

@@ -17,11 +17,14 @@ credited with one medoid (their own ``sample``) can be counted.
 
 from __future__ import annotations
 
-from pathlib import Path
+import zipfile
 from typing import Any
 
 import numpy as np
 
+from diffaudit.core.errors import DiffauditError
+from diffaudit.core.io import open_npz
+from diffaudit.core.npz_arrays import read_npz_array
 from diffaudit.report.results import ResultSet, Stage, read_object, records, resolve_path
 
 
@@ -62,10 +65,11 @@ def _extracting_medoids(verify: Stage, extracted: list[dict[str, Any]]) -> list[
     path = verify.path / str(name) if isinstance(name, str) else None
     if path is not None and path.is_file():
         try:
-            with np.load(Path(path), allow_pickle=False) as z:
-                hit = np.asarray(z["extracted"], bool)
-                return [(str(s), int(t)) for s, t in zip(z["sample"][hit], z["train_id"][hit])]
-        except (OSError, ValueError, KeyError):
+            with open_npz(path) as z:  # each array's declared size checked before it is allocated
+                hit = np.asarray(read_npz_array(z, path, "extracted"), bool)
+                samples, train_ids = (read_npz_array(z, path, k) for k in ("sample", "train_id"))
+                return [(str(s), int(t)) for s, t in zip(samples[hit], train_ids[hit])]
+        except (DiffauditError, OSError, ValueError, KeyError, IndexError, EOFError, zipfile.BadZipFile):
             pass
     if all(e.get("n_matching_samples", 1) == 1 for e in extracted):
         return [(str(e.get("sample")), int(e["train_id"])) for e in extracted if isinstance(e.get("train_id"), int)]
@@ -92,7 +96,15 @@ def clique_counts(rs: ResultSet, verify: Stage) -> dict[str, Any] | None:
     """For a ``verify --from-extract`` result: ``per_record`` (per extracted record, in the result's order,
     the number of generations in the cliques of its credited medoids, or None where unknown) and
     ``n_generations`` (the generations in the cliques of every extracting medoid, each counted once; None
-    when unknown). None for a verify that checked every generation, or when the cliques are not found."""
+    when unknown). None for a verify that checked every generation, or when the cliques are not found.
+
+    Computed once per report (the summary and the gallery both ask): the extract result and verify's
+    per-sample file are read on the first call only (:meth:`ResultSet.memo_of`)."""
+    return rs.memo_of("clique_counts", verify, lambda: _clique_counts(rs, verify))
+
+
+def _clique_counts(rs: ResultSet, verify: Stage) -> dict[str, Any] | None:
+    """:func:`clique_counts`, computed."""
     if not from_extract(verify):
         return None
     extracted = [e for e in (verify.result.get("extracted") or []) if isinstance(e, dict)]

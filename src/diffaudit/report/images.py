@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -47,16 +48,14 @@ def image_uri(image: np.ndarray | None, *, max_side: int = 256) -> str | None:
 
 
 def png_file_uri(path: Path, *, max_side: int = 1024) -> str | None:
-    """A PNG/JPEG file re-encoded as a PNG data URI (decoded first, so only pixels are embedded)."""
-    from PIL import Image
+    """An image file re-encoded as a PNG data URI (decoded first, so only pixels are embedded); None when
+    it cannot be read or :func:`~diffaudit.data.images.decode_image` refuses it (a format other than the
+    few it decodes, such as EPS, which Pillow would hand to Ghostscript; more pixels than its cap)."""
+    from diffaudit.data.images import BadImageError, decode_image
 
     try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode not in ("L", "RGB", "RGBA"):
-                img = img.convert("RGB")
-            return image_uri(np.asarray(img), max_side=max_side)
-    except (OSError, ValueError, Image.DecompressionBombError):
+        return image_uri(decode_image(Path(path).read_bytes(), str(path)), max_side=max_side)
+    except (OSError, BadImageError):
         return None
 
 
@@ -74,10 +73,12 @@ class SampleImages:
     :func:`~diffaudit.store.samples_identity` equals ``identity``, the one the result recorded (a store's
     manifest, a file's contents, a folder's pixels): a result folder from elsewhere may name any folder
     on this machine, and without the check the report would embed its pictures as "generations".
-    Otherwise every generation comes back as None and ``refusal`` says why.
+    Otherwise every generation comes back as None and ``refusal`` says why. ``verified``: the ids of the
+    generations a ``verify --from-extract`` result checked (its ``verified_medoids``), whose identity it
+    recorded: an image folder's or shards' identity is then that of those generations, not of all of them.
     """
 
-    def __init__(self, path: Path | None, *, trusted: bool = True, identity: Any = None):
+    def __init__(self, path: Path | None, *, trusted: bool = True, identity: Any = None, verified: Any = None):
         self.path = path
         self.refusal: str | None = None
         self._store = None
@@ -98,7 +99,7 @@ class SampleImages:
                 self._open_store(path)
         else:
             self._dataset = _try_read_samples(path)
-            self.refusal = None if trusted else _identity_refusal(path, identity, self._dataset)
+            self.refusal = None if trusted else _identity_refusal(path, identity, self._dataset, verified)
             if self.refusal is not None:
                 self._dataset = None
 
@@ -174,13 +175,26 @@ class SampleImages:
         return self._ds_index
 
 
-def _identity_refusal(path: Path, recorded: str, dataset: Any) -> str | None:
+def _verified_subset(path: Path, dataset: Any, verified: Any) -> Any:
+    """What a command that read ``path`` as ``dataset`` computed its samples_identity of: with ``verified``
+    (the ``verified_medoids`` of ``verify --from-extract``, which records the identity of the medoids it
+    selected, cli.verify) those generations of an image folder or shards, in that order; else ``dataset``.
+    A store's or a file's identity does not depend on the generations, so they keep ``dataset``. Raises
+    KeyError for a medoid ``dataset`` lacks (another input)."""
+    if dataset is None or not isinstance(verified, list) or path.is_file():
+        return dataset
+    index = dataset.index_of()
+    return dataset.subset([index[str(m)] for m in verified])
+
+
+def _identity_refusal(path: Path, recorded: str, dataset: Any, verified: Any = None) -> str | None:
     """None when ``path`` (read as ``dataset``; None for a store) is the input whose samples_identity the
-    result ``recorded``; else why its images are not shown."""
+    result ``recorded`` (of its ``verified`` generations, see :func:`_verified_subset`); else why its images
+    are not shown."""
     try:
         from diffaudit.store import samples_identity
 
-        actual = samples_identity(str(path), dataset)
+        actual = samples_identity(str(path), _verified_subset(path, dataset, verified))
     except Exception as exc:  # noqa: BLE001 - an identity that cannot be computed is not the recorded one
         actual = f"unknown ({type(exc).__name__}: {exc})"
     if actual == recorded:
@@ -234,13 +248,19 @@ class _NpzImages:
 
 
 def _read_npz(path: Path):
+    """``images`` (and ``keys``) of an ``.npz`` as an :class:`_NpzImages`, each array's declared size checked
+    before it is allocated (:func:`~diffaudit.core.npz_arrays.read_npz_array`); None when it cannot be read."""
+    from diffaudit.core.io import open_npz
+    from diffaudit.core.npz_arrays import read_npz_array
+
     if path.suffix != ".npz" or not path.exists():
         return None
     try:
-        with np.load(path, allow_pickle=False) as z:
-            images = np.asarray(z["images"])
-            keys = [str(k) for k in z["keys"]] if "keys" in z.files else [f"npz:{i}" for i in range(len(images))]
-    except (OSError, ValueError, KeyError):
+        with open_npz(path) as z:
+            images = np.asarray(read_npz_array(z, path, "images"))
+            keys = ([str(k) for k in read_npz_array(z, path, "keys")] if "keys" in z.files
+                    else [f"npz:{i}" for i in range(len(images))])
+    except (DiffauditError, OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
         return None

@@ -12,6 +12,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from diffaudit.report.alt_text import ROC_FPRS
+
 PALETTE = ["#1f5fa8", "#d1495b", "#2a9d8f", "#e9a23b", "#6a4c93", "#3d405b", "#8ab17d", "#b5838d"]
 
 
@@ -78,7 +80,8 @@ def roc_loglog(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], *, min_fpr:
     """Log-log ROC curves: ``curves`` = [(label, fpr (K,), tpr (K,)), ...], rates in [0, 1].
 
     The x axis starts at ``min_fpr`` (default: the smallest non-zero FPR over all curves, at most
-    1e-3); points at FPR 0 are drawn at that floor. The dashed diagonal is chance.
+    1e-3); points at FPR 0 are drawn at that floor. The dashed diagonal is chance; dotted lines mark the
+    FPRs of :data:`~diffaudit.report.alt_text.ROC_FPRS`, where the alt text reads the TPR.
     """
     fig = _figure()
     ax = fig.add_subplot()
@@ -90,7 +93,7 @@ def roc_loglog(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], *, min_fpr:
         f = np.clip(np.asarray(fpr, dtype=float), lo, 1.0)
         t = np.clip(np.asarray(tpr, dtype=float), lo, 1.0)
         ax.step(f, t, where="post", color=PALETTE[i % len(PALETTE)], linewidth=1.6, label=label)
-    for x in (1e-2, 1e-3):
+    for x in ROC_FPRS:
         if x >= lo:
             ax.axvline(x, color="#bbb", linewidth=0.8, linestyle=":")
     ax.set_xscale("log")

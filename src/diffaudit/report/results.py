@@ -9,14 +9,13 @@ report renders what exists.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from diffaudit.core.errors import DiffauditError
-from diffaudit.core.io import read_json
+from diffaudit.core.io import loads_json, read_json
 
 RESULT_FILE = "result.json"
 AUDIT_FILES = ("audit.json",)
@@ -58,6 +57,8 @@ class ResultSet:
         audit: the content of ``audit.json`` (or of an ``audit`` result.json), {} when absent.
         store_dirs: sample stores found (folders holding ``manifest.json``).
         unreadable: why each result file found could not be read (it is left out of the report).
+        memo: what the report derives from the stages' files more than once (summary and views),
+            computed once: (name, stage folder) -> value (see :meth:`memo_of`).
     """
 
     root: Path
@@ -66,6 +67,7 @@ class ResultSet:
     audit: dict[str, Any] = field(default_factory=dict)
     store_dirs: list[Path] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
+    memo: dict[tuple[str, Path], Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def audit_settings(self) -> dict[str, Any]:
@@ -91,6 +93,14 @@ class ResultSet:
         found = self.of(command)
         return found[0] if found else None
 
+    def memo_of(self, name: str, stage: Stage, compute: Callable[[], Any]) -> Any:
+        """``compute()`` for ``stage``, computed on the first call for (``name``, the stage's folder) and
+        kept: the summary and the views read what it derives from the stage's files once."""
+        key = (name, stage.path)
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
+
 
 #: Levels of nesting a result file may hold. diffaudit's own files nest a few; a deeper document is
 #: refused, so that nothing the report does with it (flattening settings, rendering) recurses past
@@ -109,18 +119,20 @@ def nesting_depth(value: Any, limit: int = MAX_DEPTH) -> int:
 
 
 def too_deep(source: Any) -> str:
-    """Why a JSON file nested too deeply is left out."""
+    """Why a JSON file nested deeper than :data:`MAX_DEPTH` levels (but within what Python's parser follows,
+    past which :func:`~diffaudit.core.io.nested_too_deeply` says so) is left out."""
     return (f"{source} is nested too deeply to be read as JSON (diffaudit's files nest a few levels; this one more "
             f"than {MAX_DEPTH}): is it the right file?")
 
 
 def parse_json(text: str, source: Any) -> Any:
-    """``json.loads(text)``; a document nested deeper than :data:`MAX_DEPTH` levels (or than Python's
-    parser follows) raises ValueError saying so, never a RecursionError."""
+    """:func:`~diffaudit.core.io.loads_json` of ``text``, raising ValueError (as ``json.loads`` does for
+    text that is not JSON) for a document nested deeper than Python's parser follows
+    (:func:`~diffaudit.core.io.nested_too_deeply`) or than :data:`MAX_DEPTH` levels (:func:`too_deep`)."""
     try:
-        data = json.loads(text)
-    except RecursionError:
-        raise ValueError(too_deep(source)) from None
+        data = loads_json(text, source)
+    except DiffauditError as exc:
+        raise ValueError(str(exc)) from None
     if nesting_depth(data) > MAX_DEPTH:
         raise ValueError(too_deep(source))
     return data
@@ -128,13 +140,12 @@ def parse_json(text: str, source: Any) -> Any:
 
 def read_result(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     """(the JSON object in ``path``, None), or (None, why it cannot be read): missing, unreadable, not
-    JSON, nested too deeply (a RecursionError in the parser is caught here too) or not an object."""
+    JSON, nested too deeply (deeper than Python's parser follows: :func:`~diffaudit.core.io.read_json`
+    says so; than :data:`MAX_DEPTH`: :func:`too_deep`) or not an object."""
     try:
         data = read_json(path)
     except (DiffauditError, OSError) as exc:
         return None, str(exc)
-    except RecursionError:
-        return None, too_deep(path)
     if nesting_depth(data) > MAX_DEPTH:
         return None, too_deep(path)
     if not isinstance(data, dict):

@@ -250,13 +250,14 @@ def _inpainting_evidence(st: Stage, auc: float | None, mem: list[dict[str, Any]]
     """What the inpainting AUC can show on its few targets (:func:`~diffaudit.report.rank_test.auc_evidence`
     of the scores −``mean_topk_l2``, the attack's own); None without a member and a non-member, or when the
     recorded AUC is not the AUC of these scores (a target without a distance)."""
+    from diffaudit.evaluation.roc import auc as auc_of
     from diffaudit.report.rank_test import auc_evidence
 
     scores = [[-v for t in group if (v := _finite(t.get("mean_topk_l2"))) is not None] for group in (mem, non)]
     if len(scores[0]) != len(mem) or len(scores[1]) != len(non) or not mem or not non:
         return None
-    pairs = [(a > b) + 0.5 * (a == b) for a in scores[0] for b in scores[1]]
-    if auc is None or abs(sum(pairs) / len(pairs) - auc) > 1e-9:
+    labels = [True] * len(scores[0]) + [False] * len(scores[1])
+    if auc is None or abs(auc_of(scores[0] + scores[1], labels) - auc) > 1e-9:
         return None
     return auc_evidence(scores[0], scores[1], seed=_int(st.seeds.get("seed")) or 0)
 

@@ -208,8 +208,9 @@ def sample_images(stage: Stage | None, rs: ResultSet) -> SampleImages:
 
     An input inside the reported folder (links followed) came with it: its generations are shown, unless
     it holds a link out of the folder (a store's shard linked to a file elsewhere), when none is. Any other
-    input is shown only when it is the one the stage recorded (its ``samples_identity``, see
-    :class:`SampleImages`): a result folder from elsewhere may name any folder on this machine."""
+    input is shown only when it is the one the stage recorded (its ``samples_identity``, of the verified
+    medoids after ``verify --from-extract``, see :class:`SampleImages`): a result folder from elsewhere may
+    name any folder on this machine."""
     path = None
     if stage is not None:
         path = resolve_path(stage.settings.get("samples"), *_bases(stage, rs))
@@ -225,7 +226,9 @@ def sample_images(stage: Stage | None, rs: ResultSet) -> SampleImages:
                                           f"{path} is embedded (a result folder from elsewhere could link to any file on "
                                           "this machine)")
     identity = stage.settings.get("samples_identity") if stage is not None else None
-    return SampleImages(path, trusted=False, identity=identity)
+    # verify --from-extract records the identity of the medoids it verified, not of the whole input
+    verified = stage.result.get("verified_medoids") if stage is not None else None
+    return SampleImages(path, trusted=False, identity=identity, verified=verified)
 
 
 def duplicate_counts(rs: ResultSet) -> dict[str, int]:

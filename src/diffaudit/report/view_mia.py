@@ -8,11 +8,15 @@ score and a member label per example; larger score = member).
 from __future__ import annotations
 
 import csv
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from diffaudit.core.errors import DiffauditError
+from diffaudit.core.io import open_npz
+from diffaudit.core.npz_arrays import read_npz_array
 from diffaudit.report import plots
 from diffaudit.report.alt_text import roc_alt, sweep_alt
 from diffaudit.report.images import data_uri
@@ -34,8 +38,8 @@ def _pick(d: dict[str, Any], names: tuple[str, ...]):
 def _load_scores(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
     try:
         if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                d = {k: z[k] for k in z.files}
+            with open_npz(path) as z:  # each array's declared size checked before it is allocated
+                d = {k: read_npz_array(z, path, k) for k in z.files}
         elif path.suffix == ".json":
             d = parse_json(path.read_text(encoding="utf-8"), path)  # nested too deeply: ValueError, left out
             if isinstance(d, list):
@@ -54,7 +58,7 @@ def _load_scores(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
         if s.ndim != 1 or s.shape != y.shape:
             return None
         return s, y
-    except (OSError, ValueError, KeyError, TypeError):
+    except (DiffauditError, OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
         return None
 
 

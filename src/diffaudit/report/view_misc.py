@@ -22,16 +22,16 @@ def _safe_name(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", s)
 
 
-def _grid_files(folder: Path, inside: Path | None) -> tuple[list[tuple[Path, Path]], int]:
+def _grid_files(folder: Path, inside: Path) -> tuple[list[tuple[Path, Path]], int]:
     """Image files under ``folder`` as (path, real path), at most 500 in name order, and how many more were
     left out because they lead out of ``inside`` (links to files elsewhere; folders linked in are not
-    walked). ``inside`` None (the folder itself leads out of the reported one): none is shown."""
+    walked)."""
     found = []
     for top, _, names in os.walk(folder):  # links to folders are listed, never followed
         found += [Path(top) / n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES]
     kept, outside = [], 0
     for f in sorted(found):
-        real = contained(f, inside) if inside is not None else None
+        real = contained(f, inside)
         if real is None or not real.is_file():
             outside += real is None
         elif len(kept) < 500:
@@ -107,10 +107,10 @@ def inpainting_view(rs: ResultSet, summary: dict[str, Any], *, redact: bool) -> 
         if mem or non else (None, None)
     hist = data_uri(png) if png else None
     # Only files inside the stage folder (links followed) are embedded; a stage folder linked from
-    # elsewhere embeds none.
+    # elsewhere embeds none, and is not walked (its note says so without a count).
     linked = not rs.holds(st.path)
-    inside = None if linked else contained(st.path, st.path)
-    files, outside = _grid_files(st.path, inside)
+    inside = None if linked else st.path.resolve()
+    files, outside = ([], 0) if inside is None else _grid_files(st.path, inside)
     used: set[Path] = set()  # real paths
     grids = []
     # Members first: their reconstructions are what the attack is about.
