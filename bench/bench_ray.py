@@ -1,7 +1,7 @@
 """Ray scaling: the same CPU-bound job on 1 and 2 Ray workers (one torch thread each).
 
     python bench/bench_ray.py --n 256 --steps 10                 # sampling; needs `pip install ray`
-    python bench/bench_ray.py --job verify --n 65536 --train 50000  # verify's nearest-neighbour search
+    python bench/bench_ray.py --job verify --n 65536 --train 50000  # verify's search, 1 vs 2 one-CPU nodes
 
 Prints JSON: seconds per worker count and the speed-up of 2 workers over 1. The sampling stores are
 checked to hold the same pixels, the verify results to be equal.
@@ -39,24 +39,30 @@ def run(model: Path, out: Path, n: int, steps: int, workers: int) -> float:
 
 
 def run_verify(samples: Path, train: Path, out: Path, workers: int) -> float:
-    """Seconds of `verify --ray local` (ratio rule) on ``workers`` one-CPU workers, chunks of 1,024
-    queries; ``workers`` 0: the same command in this process without Ray, on one torch thread."""
+    """Seconds of `verify --ray` (ratio rule, default chunks) on a local Ray cluster of ``workers``
+    one-CPU nodes (a search worker per node: one torch thread each); ``workers`` 0: the same command
+    in this process without Ray, on one torch thread."""
     import ray
-
-    import diffaudit.attacks.extraction.knn_cache as knn_cache
+    from ray.cluster_utils import Cluster
 
     ray.shutdown()
+    cluster = None
     if workers:
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-    knn_cache.CHUNK_BYTES = 1024 * 32 * 32 * 3  # parts to share out (the default, 16,384 queries, is one part here)
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+        for _ in range(workers - 1):
+            cluster.add_node(num_cpus=1)
+        ray.init(address=cluster.address, log_to_driver=False)
+        cluster.wait_for_nodes()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     code = cli(["verify", "--samples", str(samples), "--data", str(train), "--out", str(out), "--device", "cpu",
-                "--rule", "ratio", "--quiet", *(["--ray", "local"] if workers else [])])
+                "--rule", "ratio", "--quiet", *(["--ray", "auto"] if workers else [])])
     seconds = time.perf_counter() - t0
     torch.set_num_threads(threads)
     ray.shutdown()
+    if cluster is not None:
+        cluster.shutdown()
     assert code == 0
     return seconds
 

@@ -4,6 +4,7 @@ result must be the one a single process writes, and a worker's refusal must be t
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 
 import diffaudit.attacks.extraction.knn_cache as knn_cache
 import diffaudit.cli.extract as extract_cli
+import diffaudit.cli.verify as verify_cli
 import diffaudit.core.ray_pool as ray_pool
 from diffaudit.cli.main import main
 from diffaudit.cli.ray_work import ImagesRecipe
@@ -42,10 +44,12 @@ def cluster(monkeypatch):
     jobs = []
 
     def run_parts(address, factory, args, pending, *, label, size, total, unit, use_gpu, completed=0, workers=None,
-                  threads=1, max_rounds=5):
+                  threads=1, per_node=False, max_rounds=5):
         factory, args = pickle.loads(pickle.dumps((factory, tuple(args))))  # what Ray ships must pickle
+        # a worker's node has its own working directory: every path it is given is absolute
+        assert all(os.path.isabs(a) for a in args if isinstance(a, str) and os.sep in a), args
         todo = pending()
-        worker = factory(*args)
+        worker = factory(*args, threads or 1)
         for part in reversed(todo):
             assert worker.fill(part) == part
         assert not pending(), "the parts a worker filled are still pending"
@@ -53,6 +57,8 @@ def cluster(monkeypatch):
         return 1
 
     monkeypatch.setattr(ray_pool, "run_parts", run_parts)
+    for command in (extract_cli, verify_cli):  # no cluster to connect to
+        monkeypatch.setattr(command, "connect", lambda address: None)
     monkeypatch.setattr(knn_cache, "CHUNK_BYTES", 20 * 32 * 32 * 3)  # 20 queries a chunk: several chunks
     monkeypatch.setattr(extract_cli, "PROMPTS_PER_PART", 2)
     return jobs
@@ -163,3 +169,45 @@ def test_recipes_pick_after_checking_what_was_loaded(files):
     assert np.array_equal(ds.images, full.images[[3, 1, 4]]) and list(ds.keys) == [full.keys[i] for i in (3, 1, 4)]
     with pytest.raises(DiffauditError, match="other images"):
         ImagesRecipe("data", spec, "0" * 16).load()
+
+
+def test_a_cluster_that_cannot_be_reached_is_an_error_before_anything_is_written(files, tmp_path, capsys):
+    """Ray itself retries an address where nothing listens without end; the command says so at once
+    (or, without Ray installed, says how to install it), before it reads its inputs or makes --out."""
+    import importlib.util
+
+    for argv in (("verify", "--samples", files / "unc.npz", "--data", files / "train.npz"),
+                 ("extract", "--samples", files / "unc.npz")):
+        out = tmp_path / argv[0]
+        assert run(*argv, "--out", out, "--device", "cpu", "--ray", "127.0.0.1:1") == 2
+        err = capsys.readouterr().err
+        expected = "nothing answers there" if importlib.util.find_spec("ray") else "--ray needs Ray"
+        assert expected in err and "Traceback" not in err and not out.exists()
+
+
+def test_workers_search_spans_of_a_chunk_merged_into_the_chunk_a_single_process_writes(files, tmp_path, cluster,
+                                                                                       monkeypatch):
+    """A chunk of queries is cut into spans for the workers (so a default chunk of 16,384 queries is
+    shared among many), and their files are merged into the one chunk file a single process writes."""
+    import diffaudit.cli.ray_work as ray_work
+
+    monkeypatch.setattr(knn_cache, "CHUNK_BYTES", 512 << 20)  # the default: 63 queries are one chunk
+    monkeypatch.setattr(ray_work, "SPAN_ROWS", 7)
+    argv = ("verify", "--samples", files / "unc.npz", "--data", files / "train.npz", "--device", "cpu")
+    assert run(*argv, "--out", tmp_path / "one") == 0
+    assert run(*argv, "--out", tmp_path / "ray", "--ray", "local") == 0
+    assert [j[2] for j in cluster] == [9]  # 63 queries in spans of 7
+    _same_verify(tmp_path / "one", tmp_path / "ray")
+    names = sorted(p.name for p in (tmp_path / "ray" / "knn").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "one" / "knn").iterdir()) == ["knn-0000000000-0000000063.npz"]
+    with np.load(tmp_path / "one" / "knn" / names[0]) as za, np.load(tmp_path / "ray" / "knn" / names[0]) as zb:
+        assert all(np.array_equal(za[k], zb[k]) for k in za.files)
+
+
+def test_a_relative_out_reaches_the_workers_as_an_absolute_path(files, tmp_path, cluster, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run("verify", "--samples", files / "unc.npz", "--data", files / "train.npz", "--device", "cpu",
+               "--out", "rel", "--ray", "local") == 0
+    assert run("extract", "--samples", files / "cond.npz", "--device", "cpu", "--out", "rel-x", "--ray", "local") == 0
+    assert [j[2] for j in cluster] == [4, 4]
+    assert (tmp_path / "rel" / "result.json").exists() and (tmp_path / "rel-x" / "result.json").exists()

@@ -83,7 +83,20 @@ def test_a_workers_refusal_is_the_error_not_a_count_of_failed_parts(files, tmp_p
     queries = np.load(files / "unc.npz")["images"]
     wrong = ImagesRecipe("generations", str(files / "unc.npz"), "file:not-this-one")
     with pytest.raises(DiffauditError, match="holds other images on this node") as err:
-        run_parts("local", KnnChunkWorker, (wrong, None, 4, str(tmp_path), {"backend": "torch"}, "cpu", 1, True, "knn"),
+        run_parts("local", KnnChunkWorker, (wrong, None, 4, str(tmp_path), {"backend": "torch"}, "cpu", True, "knn"),
                   lambda: knn_cache.pending_chunks(queries, 4, tmp_path), label="knn", size=lambda s: s[1] - s[0],
                   total=len(queries), unit="img", use_gpu=False)
     assert "could not be computed" not in str(err.value)
+
+
+def test_an_error_in_a_workers_code_is_final_and_named(files, tmp_path, small_parts):
+    """Computing the part again would raise again: the first such error ends the run, naming the part
+    and the cause, rather than being retried into "could not be computed"."""
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    queries = np.load(files / "unc.npz")["images"]
+    odd = ImagesRecipe("no-such-kind", str(files / "unc.npz"), None)
+    with pytest.raises(DiffauditError, match=r"knn: a Ray worker failed on part \(\d+, \d+\): ValueError: unknown kind"):
+        run_parts("local", KnnChunkWorker, (odd, None, 4, str(tmp_path), {"backend": "torch"}, "cpu", True, "knn"),
+                  lambda: knn_cache.pending_chunks(queries, 4, tmp_path), label="knn", size=lambda s: s[1] - s[0],
+                  total=len(queries), unit="img", use_gpu=False)

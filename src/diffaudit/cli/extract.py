@@ -29,7 +29,7 @@ from diffaudit.core.identity import text_digest
 from diffaudit.core.io import read_json, write_json_atomic
 from diffaudit.core.outdir import prepare_out_dir, recorded_settings
 from diffaudit.core.progress import Timer, progress_bar, stage_line
-from diffaudit.core.ray_pool import RAY_HELP
+from diffaudit.core.ray_pool import RAY_HELP, connect
 from diffaudit.core.results import write_result
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.distances.knn_backends import KNN_BACKENDS
@@ -168,7 +168,9 @@ class FilterPartWorker:
         self.per_part, self.fs, self.parts_dir, self.device = per_part, fs, Path(parts_dir), resolve_device(device_type)
 
     def fill(self, part: int) -> int:
-        _compute_part(self.ds, self.groups, part, self.per_part, self.fs, self.device, self.parts_dir)
+        lo = part * self.per_part
+        if _read_part(_part_path(self.parts_dir, part), self.groups[lo:lo + self.per_part]) is None:  # not a retry
+            _compute_part(self.ds, self.groups, part, self.per_part, self.fs, self.device, self.parts_dir)
         return part
 
 
@@ -177,16 +179,18 @@ def _filter_on_ray(args, recipe: ImagesRecipe, groups: list, fs: FilterSettings,
     workers read the generations as ``recipe`` says."""
     from diffaudit.core.ray_pool import run_parts
 
+    parts_dir = parts_dir.resolve()  # the workers' nodes write there, whatever their working directory
     todo = _pending_parts(groups, parts_dir)
     if not todo:
         return
     parts_dir.mkdir(parents=True, exist_ok=True)
     sizes = {part: len(groups[part * PROMPTS_PER_PART:(part + 1) * PROMPTS_PER_PART]) for part in todo}
     with Timer() as t:
-        n = run_parts(args.ray, FilterPartWorker, (recipe, PROMPTS_PER_PART, fs, str(parts_dir), device.type, 1),
+        n = run_parts(args.ray, FilterPartWorker, (recipe, PROMPTS_PER_PART, fs, str(parts_dir), device.type),
                       lambda: _pending_parts(groups, parts_dir), label="extract: filter prompts (ray)",
                       size=sizes.__getitem__, total=sum(sizes.values()), unit="prompt", use_gpu=device.type == "cuda")
-    stage_line(f"extract: {sum(sizes.values())} prompts filtered on Ray ({n} workers, {t.seconds:.1f} s)")
+    stage_line(f"extract: {sum(sizes.values())} prompts filtered on Ray ({n} worker{'s' if n != 1 else ''}, "
+               f"{t.seconds:.1f} s)")
 
 
 def _conditional(args, ds, fs: FilterSettings, out: Path, device, recipe: ImagesRecipe | None) -> dict[str, Any]:
@@ -280,6 +284,8 @@ def _grid(args: argparse.Namespace, image_shape) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.ray:  # a cluster that cannot be reached is an error before anything is read or written
+        connect(args.ray)
     FilterSettings(args.edge_threshold, args.min_clique, 1 if args.grid is None else args.grid, args.max_expansions).validate()
     if args.k_neighbors < 1:
         raise DiffauditError(f"--k-neighbors must be at least 1, got {args.k_neighbors}")

@@ -134,6 +134,10 @@ def sample_into(args: argparse.Namespace, model: str, out: str):
     from diffaudit.store import SampleStore, fill_store
 
     check_count_flags(args)  # before the model is loaded
+    if getattr(args, "ray", None):  # a cluster that cannot be reached is an error before anything is written
+        from diffaudit.core.ray_pool import connect
+
+        connect(args.ray)
     device = resolve_device(args.device)
     fast, compile = fast_path_flags(args, device)
     source = open_source(model, device=device, steps=args.steps, eta=args.eta, micro_batch=_micro_batch(args, out),

@@ -28,14 +28,14 @@ from diffaudit.cli.common import (
     add_data_args, add_run_args, canonical_path, canonical_settings, data_options, emit, emit_finished, load_data,
     upgrading_paths,
 )
-from diffaudit.cli.ray_work import ImagesRecipe, knn_on_ray
+from diffaudit.cli.ray_work import ImagesRecipe, data_recipe, knn_on_ray
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.identity import file_identity, text_digest
 from diffaudit.core.io import read_json, save_npz_atomic
 from diffaudit.core.outdir import prepare_out_dir
 from diffaudit.core.progress import Timer, printable, progress_bar, stage_line
-from diffaudit.core.ray_pool import RAY_HELP
+from diffaudit.core.ray_pool import RAY_HELP, connect
 from diffaudit.core.results import write_result
 from diffaudit.core.seeds import derive_seed, numpy_rng
 from diffaudit.data.dataset import ImageDataset
@@ -177,20 +177,22 @@ def _run_verification(label: str, samples: ImageDataset, train: ImageDataset, vs
     return v
 
 
-def _recipes(args, settings: dict[str, Any], all_samples: ImageDataset, medoids: list[str] | None, which: str,
-             options: dict[str, Any], digest: str, pick=None) -> tuple[ImagesRecipe, ImagesRecipe] | None:
-    """How ``--ray`` workers read the generations verified and the images they are verified against
-    (``which``: the ``data`` or ``baseline`` setting, loaded with ``options``, then ``pick``); paths as
-    the settings record them (absolute: the workers' nodes read them too). None without ``--ray``."""
-    if not args.ray:
-        return None
+def _queries_recipe(settings: dict[str, Any], all_samples: ImageDataset, medoids: list[str] | None) -> ImagesRecipe:
+    """How ``--ray`` workers read the generations verified: ``--samples`` as the settings record it
+    (absolute: the workers' nodes read it too), checked by the identity of all of it, then the
+    ``--from-extract`` medoids picked."""
     index = all_samples.index_of() if medoids is not None else None
-    queries = ImagesRecipe("generations", settings["samples"], samples_identity(settings["samples"], all_samples),
-                           pick=None if medoids is None else tuple(index[m] for m in medoids))
-    reference = ImagesRecipe("data", settings[which], digest, options=options,
-                             data_cache=canonical_path(getattr(args, "data_cache", None)),
-                             pick=None if pick is None else tuple(int(i) for i in pick))
-    return queries, reference
+    return ImagesRecipe("generations", settings["samples"], samples_identity(settings["samples"], all_samples),
+                        pick=None if medoids is None else tuple(index[m] for m in medoids))
+
+
+def _recipes(args, settings: dict[str, Any], queries: ImagesRecipe | None, which: str, options: dict[str, Any],
+             digest: str, pick=None) -> tuple[ImagesRecipe, ImagesRecipe] | None:
+    """(``queries``, how ``--ray`` workers read the images verified against: the ``data`` or ``baseline``
+    setting ``which``, loaded with ``options``, then ``pick``); None without ``--ray``."""
+    if queries is None:
+        return None
+    return queries, data_recipe(settings[which], digest, options, canonical_path(getattr(args, "data_cache", None)), pick)
 
 
 def _load_train(args, opts: dict[str, Any]) -> ImageDataset | None:
@@ -250,6 +252,8 @@ def _check_shapes(samples: ImageDataset, other: ImageDataset, what: str) -> None
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.ray:  # a cluster that cannot be reached is an error before anything is read or written
+        connect(args.ray)
     rule = args.rule
     vs_probe = VerifySettings("l2" if rule == "auto" else rule, args.delta, args.alpha, args.n_neighbors,
                               args.eidetic_delta, args.dup_delta).validate()
@@ -313,6 +317,7 @@ def run(args: argparse.Namespace) -> int:
                                    upgrade=upgrading_paths(PATH_SETTINGS, then=_upgrade_settings))
     if emit_finished(args, out, resumed, lambda r: _summary(r, out)):
         return 0
+    queries = _queries_recipe(settings, all_samples, medoids) if args.ray and len(samples) else None
     fields: dict[str, Any] = {"n_samples": len(samples), "n_samples_total": n_samples_total, "n_train": len(train), "rule": rule,
                               "rule_reason": rule_reason,
                               "n_neighbors": neighborhood_size(len(train), vs.n_neighbors)}
@@ -322,7 +327,7 @@ def run(args: argparse.Namespace) -> int:
         fields.update(extracted=[], unique_extracted=0, n_extracting_samples=0)
     elif whole_set:
         v = _run_verification("training", samples, train, vs, out, "knn", args, device,
-                              _recipes(args, settings, all_samples, medoids, "data", opts, data_digest))
+                              _recipes(args, settings, queries, "data", opts, data_digest))
         save_npz_atomic(out / "per_sample.npz", sample=np.array(samples.keys, dtype=str), train_id=v.train_ids,
                         l2=v.l2, ratio=v.ratio, extracted=v.is_extracted)
         fields.update(extracted=_in_all_samples(v.extracted, medoids, all_samples), unique_extracted=v.unique_extracted,
@@ -343,7 +348,7 @@ def run(args: argparse.Namespace) -> int:
         if len(samples):
             _check_shapes(samples, base, "--baseline")
             vb = _run_verification("baseline", samples, base, vs, out, "knn-baseline", args, device,
-                                   _recipes(args, settings, all_samples, medoids, "baseline", dict(opts, subset=None),
+                                   _recipes(args, settings, queries, "baseline", dict(opts, subset=None),
                                             settings["baseline_digest"], pick))
             fields["baseline_unique_extracted"] = vb.unique_extracted
             fields["baseline"] = {"source": str(args.baseline), "n_images": len(base), "equal_size": len(base) == len(train),

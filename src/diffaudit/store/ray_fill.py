@@ -79,7 +79,7 @@ def fill_store_ray(store: SampleStore, model: str, args: argparse.Namespace, *, 
         return plan.stop - plan.start
 
     with Timer() as tm:
-        n_workers = run_parts(args.ray, _ShardWorker, (str(Path(store.path).resolve()), str(model), _source_options(args), torch_threads),
+        n_workers = run_parts(args.ray, _ShardWorker, (str(Path(store.path).resolve()), str(model), _source_options(args)),
                               store.pending, label="sample (ray)", size=size, total=int(store.manifest["n_total"]),
                               completed=int(store.manifest["n_total"]) - sum(size(k) for k in todo),
                               unit="img", use_gpu=use_gpu, workers=workers or getattr(args, "ray_workers", None),

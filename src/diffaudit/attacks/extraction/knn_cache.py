@@ -53,7 +53,36 @@ def chunk_path(cache_dir: str | Path, lo: int, hi: int) -> Path:
 
 def pending_chunks(queries: Any, k: int, cache_dir: str | Path, chunk: int = DEFAULT_CHUNK) -> list[tuple[int, int]]:
     """The query ranges of :func:`chunk_ranges` whose cached ``k``-NN file is missing or unreadable."""
-    return [(lo, hi) for lo, hi in chunk_ranges(queries, chunk) if _load_chunk(chunk_path(cache_dir, lo, hi), hi - lo, k) is None]
+    return [(lo, hi) for lo, hi in chunk_ranges(queries, chunk) if not is_cached(cache_dir, lo, hi, k)]
+
+
+def split_chunks(chunks: list[tuple[int, int]], rows: int) -> dict[tuple[int, int], list[tuple[int, int]]]:
+    """Each chunk ``(lo, hi)`` cut into spans of at most ``rows`` queries (parts small enough to share
+    among workers); a chunk of at most ``rows`` is its own one span."""
+    return {(lo, hi): [(a, min(hi, a + rows)) for a in range(lo, hi, max(1, rows))] for lo, hi in chunks}
+
+
+def merge_spans(cache_dir: str | Path, chunk: tuple[int, int], spans: list[tuple[int, int]], k: int) -> None:
+    """Write the chunk file of ``chunk`` from the files of its ``spans`` (cached like chunks, by
+    :func:`compute_chunk`), then remove them. Each query's neighbours do not depend on the others
+    searched beside it (the search is exact), so the file is the one a search of the whole chunk
+    writes. Raises when a span's file is missing."""
+    if spans == [chunk]:
+        return
+    parts = [_load_chunk(chunk_path(cache_dir, a, b), b - a, k) for a, b in spans]
+    if any(part is None for part in parts):
+        missing = next(span for span, part in zip(spans, parts) if part is None)
+        raise DiffauditError(f"{chunk_path(cache_dir, *missing)} is missing or unreadable; re-run to compute it")
+    save_npz_atomic(chunk_path(cache_dir, *chunk), indices=np.concatenate([q.indices for q in parts]),
+                    sq=np.concatenate([q.sq for q in parts]), distances=np.concatenate([q.distances for q in parts]),
+                    dim=np.int64(parts[0].dim))
+    for a, b in spans:
+        chunk_path(cache_dir, a, b).unlink(missing_ok=True)
+
+
+def is_cached(cache_dir: str | Path, lo: int, hi: int, k: int) -> bool:
+    """Whether the ``k``-NN of queries ``lo:hi`` is cached (readable, of the right shape)."""
+    return _load_chunk(chunk_path(cache_dir, lo, hi), hi - lo, k) is not None
 
 
 def compute_chunk(queries: Any, prepared: Any, k: int, lo: int, hi: int, path: Path | None, *, exclude_self: bool = False,
