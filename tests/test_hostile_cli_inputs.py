@@ -100,7 +100,8 @@ def test_names_from_data_are_printed_with_their_control_characters_escaped(tmp_p
     stage_line(f"sample: 3 images -> {HOSTILE}\nnext")
     err = capsys.readouterr().err
     assert err == f"sample: 3 images -> {printable(HOSTILE)}\nnext\n" and "\x1b" not in err
-    assert printable("a\tb\rc\x00d\x7fe\nf é \udcff") == "a\\x09b\\x0dc\\x00d\\x7fe\nf é \udcff"
+    # a byte of a name that is not UTF-8 (a lone surrogate) as its escape: a strict stream or a font refuses it
+    assert printable("a\tb\rc\x00d\x7fe\nf é \udcff") == "a\\x09b\\x0dc\\x00d\\x7fe\nf é \\xff"
 
 
 # ------------------------------------------------------------------ damaged Stable Diffusion folders

@@ -220,6 +220,8 @@ def test_plots_draw_labels_and_titles_literally():
 
     curve = ("$\\undefinedmacro{x}$", np.array([0.0, 0.5, 1.0]), np.array([0.0, 0.7, 1.0]))
     assert plots.roc_loglog([curve]).startswith(b"\x89PNG")
+    # a name that is not UTF-8 (a lone surrogate, which the font renderer refuses) is drawn escaped
+    assert plots.roc_loglog([("loss \udcff", *curve[1:])]).startswith(b"\x89PNG")
     assert plots.timestep_sweep([("$\\bad$", [10, 100], [0.5, 0.6], [0.01, 0.02])]).startswith(b"\x89PNG")
     assert plots.distance_histogram([0.1, 0.2], [0.3], xlabel="$\\bad$").startswith(b"\x89PNG")
     ev = evaluate_attack(np.r_[np.ones(5), np.zeros(5)] + np.arange(10) * 0.01, np.r_[np.ones(5), np.zeros(5)].astype(bool),

@@ -22,14 +22,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from diffaudit.core.errors import DiffauditError
-
-
-def _human(n: int) -> str:
-    """``n`` bytes in words (``100 bytes``, ``3.0 GiB``, ``14.6 PiB``)."""
-    for unit, shift in (("PiB", 50), ("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift:
-            return f"{n / (1 << shift):.1f} {unit}"
-    return f"{n} bytes"
+from diffaudit.core.progress import bytes_text
 
 
 def _member(npz: np.lib.npyio.NpzFile, name: str) -> str:
@@ -67,8 +60,8 @@ def declared_array(npz: np.lib.npyio.NpzFile, path, name: str) -> tuple[tuple, n
     declared, held = count * dtype.itemsize, info.file_size - header
     if declared != held:
         raise DiffauditError(
-            f"{path}: array {name!r} declares shape {shape} of {dtype} ({_human(declared)}), but the file holds "
-            f"{_human(held)} of data for it; the file is corrupt or truncated: re-create it"
+            f"{path}: array {name!r} declares shape {shape} of {dtype} ({bytes_text(declared)}), but the file holds "
+            f"{bytes_text(held)} of data for it; the file is corrupt or truncated: re-create it"
         )
     return shape, dtype
 
@@ -91,7 +84,7 @@ def read_npz_array(npz: np.lib.npyio.NpzFile, path, name: str) -> np.ndarray:
         size = ""
         if declared is not None:
             shape, dtype = declared
-            size = f" (shape {shape} of {dtype}, {_human(math.prod(shape) * dtype.itemsize)})"
+            size = f" (shape {shape} of {dtype}, {bytes_text(math.prod(shape) * dtype.itemsize)})"
         raise DiffauditError(
             f"{path}: array {name!r}{size} does not fit in this machine's memory; "
             "use a machine with more memory or split the file"

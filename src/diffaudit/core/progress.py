@@ -152,11 +152,31 @@ def progress_bar(description: str, total: float | None, *, unit: str = "it", com
 _CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
 
 
+#: Lone surrogates: the bytes of a file name that are not UTF-8, as Python decodes them (0xDC80-0xDCFF).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _surrogate(m: re.Match) -> str:
+    c = ord(m.group())
+    return f"\\x{c - 0xDC00:02x}" if 0xDC80 <= c <= 0xDCFF else f"\\u{c:04x}"
+
+
 def printable(text: str) -> str:
-    """``text`` with every control character but the newline written as its escape (ESC as ``\\x1b``):
-    names and messages from data (a tar member, a file name, a key) then show as what they are, and
-    can never drive the terminal they are printed on."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    """``text`` with every control character but the newline written as its escape (ESC as ``\\x1b``),
+    and a byte of a name that is not UTF-8 (a lone surrogate, which a strict UTF-8 stream or a font
+    refuses) as ``\\xff``: names and messages from data (a tar member, a file name, a key) then show as
+    what they are, and can never drive the terminal they are printed on."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", _SURROGATE.sub(_surrogate, text))
+
+
+def bytes_text(n: int) -> str:
+    """``n`` bytes in words: ``100 bytes``, ``153 KiB``, ``3.5 GiB``, ``28.6 TiB`` (one decimal under 10
+    unless whole)."""
+    for unit, shift in (("PiB", 50), ("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            value = n / (1 << shift)
+            return f"{value:.1f} {unit}" if value < 10 and value != int(value) else f"{value:,.0f} {unit}"
+    return f"{n} bytes"
 
 
 def stage_line(message: str) -> None:

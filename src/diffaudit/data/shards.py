@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from diffaudit.core.errors import DiffauditError
+from diffaudit.core.progress import bytes_text
 from diffaudit.data.entries import Entry, Listing, gc_paused
 from diffaudit.data.images import IMAGE_EXTENSIONS, BadImageError, decode_image
 
@@ -168,15 +169,6 @@ def _compression(path: Path):
     return None
 
 
-def _size(n: int) -> str:
-    """``n`` bytes in words: ``153 KiB``, ``256 MiB``, ``3.0 GiB``."""
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift:
-            value = n / (1 << shift)
-            return f"{value:.1f} {unit}" if value < 10 and value != int(value) else f"{value:,.0f} {unit}"
-    return f"{n} bytes"
-
-
 def decompressed_limit(compressed_bytes: int) -> int:
     """How many bytes a compressed shard of ``compressed_bytes`` may decompress to (see the module doc)."""
     return max(MIN_DECOMPRESSED_LIMIT, MAX_DECOMPRESSION_RATIO * compressed_bytes)
@@ -247,9 +239,9 @@ def _inflate(path: Path, module, fd: int, limit: int) -> BaseException | None:
             written += len(block)
             if written > limit:
                 raise DiffauditError(
-                    f"shard {path} decompresses to more than {_size(limit)}, over diffaudit's limit for a compressed "
-                    f"shard of {_size(path.stat().st_size)} ({MAX_DECOMPRESSION_RATIO} times its size, at least "
-                    f"{_size(MIN_DECOMPRESSED_LIMIT)}: MAX_DECOMPRESSION_RATIO and MIN_DECOMPRESSED_LIMIT in "
+                    f"shard {path} decompresses to more than {bytes_text(limit)}, over diffaudit's limit for a compressed "
+                    f"shard of {bytes_text(path.stat().st_size)} ({MAX_DECOMPRESSION_RATIO} times its size, at least "
+                    f"{bytes_text(MIN_DECOMPRESSED_LIMIT)}: MAX_DECOMPRESSION_RATIO and MIN_DECOMPRESSED_LIMIT in "
                     "diffaudit.data.shards); it is refused as a decompression bomb. If it is a genuine shard, "
                     "decompress it yourself (gunzip -k, xz -dk, bunzip2 -k) and pass the .tar, which is read in place"
                 )
@@ -367,7 +359,7 @@ class _BadMember(NamedTuple):
 
 
 def _member_too_large(length: int) -> _BadMember:
-    return _BadMember(f"is {_size(length)}, over diffaudit's limit of {_size(MAX_MEMBER_BYTES)} per member "
+    return _BadMember(f"is {bytes_text(length)}, over diffaudit's limit of {bytes_text(MAX_MEMBER_BYTES)} per member "
                       "(MAX_MEMBER_BYTES in diffaudit.data.shards); it is never read")
 
 

@@ -8,7 +8,6 @@ original. Drawn with a bare matplotlib ``Figure`` (Agg rendering, no pyplot stat
 from __future__ import annotations
 
 import io
-import re
 from pathlib import Path
 from typing import Sequence
 
@@ -20,17 +19,6 @@ from diffaudit.core.progress import printable
 #: Text drawn as it is: a target's key (``$\\undefinedmacro$.png``) is data, never mathtext or LaTeX to parse
 #: (an unknown macro would fail the figure, and the target, on every re-run).
 _LITERAL = {"parse_math": False, "usetex": False}
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
-
-
-def _drawable(text: str) -> str:
-    """``text`` as a font can draw it: a byte of a name that is not UTF-8 (a lone surrogate, which
-    the font renderer refuses with a TypeError) as ``\\xff``, control characters escaped (:func:`printable`)."""
-    def byte(m: re.Match) -> str:
-        c = ord(m.group())
-        return f"\\x{c - 0xDC00:02x}" if 0xDC80 <= c <= 0xDCFF else f"\\u{c:04x}"
-
-    return printable(_SURROGATE.sub(byte, text))
 
 
 def _show(ax, image: np.ndarray, title: str) -> None:
@@ -56,7 +44,7 @@ def grid_png(original: np.ndarray, mask: np.ndarray, kept: np.ndarray, l2: Seque
     for ax, (img, name) in zip(axes, panels):
         _show(ax, img, name)
     if title:
-        fig.suptitle(_drawable(title), fontsize=8, **_LITERAL)
+        fig.suptitle(printable(title), fontsize=8, **_LITERAL)  # printable: a font refuses lone surrogates
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
