@@ -101,3 +101,14 @@ def strict_json(path: Path) -> dict:
         raise AssertionError(f"{path} contains {name}")
 
     return json.loads(path.read_text(), parse_constant=no_constants)
+
+
+def extract_then_verify_medoids(folder: Path, samples: Path, train: Path) -> None:
+    """In ``folder``: `diffaudit extract` of ``samples`` (``extract/``), then `diffaudit verify
+    --from-extract` of its flagged medoids against ``train`` (``verify/``), in-process on the CPU."""
+    from diffaudit.cli.main import main
+
+    assert main(["--quiet", "extract", "--samples", str(samples), "--out", str(folder / "extract"), "--device", "cpu",
+                 "--k-neighbors", "16"]) == 0
+    assert main(["--quiet", "verify", "--samples", str(samples), "--data", str(train), "--from-extract",
+                 str(folder / "extract" / "result.json"), "--out", str(folder / "verify"), "--device", "cpu"]) == 0

@@ -18,7 +18,7 @@ import pytest
 
 from diffaudit.cli.main import main
 from diffaudit.report import build_summary, render_html
-from helpers import noisy_copies
+from helpers import extract_then_verify_medoids, noisy_copies
 from test_report import Page
 
 
@@ -35,11 +35,7 @@ def folder(tmp_path_factory) -> Path:
     samples = np.concatenate([noisy_copies(train[5], 12, 1), images[300:360], noisy_copies(train[42], 11, 2),
                               corner.astype(np.uint8)])
     np.savez(d / "samples.npz", images=samples)
-    run = ["--quiet", "extract", "--samples", str(d / "samples.npz"), "--out", str(d / "extract"), "--device", "cpu",
-           "--k-neighbors", "16"]
-    assert main(run) == 0
-    assert main(["--quiet", "verify", "--samples", str(d / "samples.npz"), "--data", str(d / "train.npz"), "--from-extract",
-                 str(d / "extract" / "result.json"), "--out", str(d / "verify"), "--device", "cpu"]) == 0
+    extract_then_verify_medoids(d, d / "samples.npz", d / "train.npz")
     return d
 
 

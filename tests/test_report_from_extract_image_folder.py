@@ -27,7 +27,7 @@ from PIL import Image
 from diffaudit.cli.main import main
 from diffaudit.report import build_summary, render_html
 from diffaudit.report.html import report_context
-from helpers import noisy_copies
+from helpers import extract_then_verify_medoids, noisy_copies
 from test_report import Page
 
 
@@ -48,10 +48,7 @@ def folder(tmp_path_factory) -> Path:
     _png_folder(d / "train", train)
     samples = np.concatenate([noisy_copies(train[5], 12, 1), images[300:330], noisy_copies(train[42], 11, 2)])
     _png_folder(d / "gens", samples)
-    assert main(["--quiet", "extract", "--samples", str(d / "gens"), "--out", str(d / "extract"), "--device", "cpu",
-                 "--k-neighbors", "16"]) == 0
-    assert main(["--quiet", "verify", "--samples", str(d / "gens"), "--data", str(d / "train"), "--from-extract",
-                 str(d / "extract" / "result.json"), "--out", str(d / "verify"), "--device", "cpu"]) == 0
+    extract_then_verify_medoids(d, d / "gens", d / "train")
     return d
 
 
