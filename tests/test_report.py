@@ -185,6 +185,11 @@ class Page(HTMLParser):
         return [a for t, a in self.tags if t == "img" and (kind is None or a.get("data-kind") == kind)]
 
 
+def visible_text(html: str) -> str:
+    """The text of ``html`` as a reader sees it: tags dropped, whitespace runs as one space."""
+    return " ".join("".join(Page(html).text).split())
+
+
 def lookup(d, path: str):
     """Value at a dotted ``path`` in ``d``, where keys may themselves contain dots (``0.01``)."""
     parts = path.split(".")

@@ -19,7 +19,7 @@ import pytest
 from diffaudit.cli.main import main
 from diffaudit.report import build_summary, render_html
 from helpers import extract_then_verify_medoids, noisy_copies
-from test_report import Page
+from test_report import Page, visible_text
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +39,6 @@ def folder(tmp_path_factory) -> Path:
     return d
 
 
-def _text(html: str) -> str:
-    return " ".join("".join(Page(html).text).split())
-
-
 def test_the_folders_are_what_the_finding_is_about(folder):
     v = json.loads((folder / "verify" / "result.json").read_text())
     assert v["n_samples"] == 3 and v["n_samples_total"] == 94 and v["n_extracting_samples"] == 3
@@ -54,7 +50,7 @@ def test_the_folders_are_what_the_finding_is_about(folder):
 def test_the_card_counts_medoids_and_the_generations_of_their_cliques(folder):
     ex = build_summary(folder)["extraction"]
     assert ex["from_extract"] is True and ex["n_clique_generations"] == 34
-    text = _text(render_html(folder))
+    text = visible_text(render_html(folder))
     assert ("unique, copied by 3 of the 3 clique medoids verified (--from-extract, of 94 generations); the cliques of "
             "the copying medoids hold 34 generations, near-identical to them but not each verified") in text
     assert "copied by 3 of 3 generations" not in text
@@ -69,7 +65,7 @@ def test_each_pair_names_its_medoids_and_their_cliques(folder):
         "but not each verified",
         "1 verified clique medoid copies this training image; its clique holds 11 generations, near-identical to it but "
         "not each verified"}
-    text = _text(html)
+    text = visible_text(html)
     assert "2 medoids, cliques of 23 generations" in text and "1 medoid, clique of 11 generations" in text
     assert "copied by 2 generations" not in text and "“copied by N generations”" not in text
     assert "verify checked only the medoid of each flagged clique (--from-extract)" in text
@@ -85,7 +81,7 @@ def test_without_the_extract_result_the_counts_stay_medoids(folder, tmp_path):
     settings_file.write_text(json.dumps(r))
     ex = build_summary(moved)["extraction"]
     assert ex["from_extract"] is True and ex["n_clique_generations"] is None
-    text = _text(render_html(moved))
+    text = visible_text(render_html(moved))
     assert "copied by 3 of the 3 clique medoids verified" in text and "is not known here" in text
     assert "copied by 2 clique medoids" in text and "copied by 2 generations" not in text
 
@@ -96,5 +92,5 @@ def test_a_verify_of_every_generation_is_unchanged(folder, tmp_path):
                  "--out", str(out), "--device", "cpu"]) == 0
     ex = build_summary(out)["extraction"]
     assert "from_extract" not in ex
-    text = _text(render_html(out))
+    text = visible_text(render_html(out))
     assert f"copied by {ex['n_extracting_samples']} of 94 generations" in text and "clique medoids verified" not in text

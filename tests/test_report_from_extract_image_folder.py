@@ -28,7 +28,7 @@ from diffaudit.cli.main import main
 from diffaudit.report import build_summary, render_html
 from diffaudit.report.html import report_context
 from helpers import extract_then_verify_medoids, noisy_copies
-from test_report import Page
+from test_report import Page, visible_text
 
 
 def _png_folder(folder: Path, images: np.ndarray) -> Path:
@@ -52,10 +52,6 @@ def folder(tmp_path_factory) -> Path:
     return d
 
 
-def _text(html: str) -> str:
-    return " ".join("".join(Page(html).text).split())
-
-
 def test_the_folders_are_a_from_extract_verify_of_an_image_folder(folder):
     v = json.loads((folder / "verify" / "result.json").read_text())
     assert v["n_samples_total"] == 53 and v["n_samples"] == len(v["verified_medoids"]) == 2
@@ -72,7 +68,7 @@ def test_the_generations_of_an_image_folder_outside_the_verify_folder_are_shown(
     assert not any("is not the input the result records" in n for n in gallery["notes"])
     html = render_html(folder / "verify")
     assert len(Page(html).images("generation")) == 2 and not Page(html).images("generation-missing")
-    assert "is not the input the result records" not in _text(html)
+    assert "is not the input the result records" not in visible_text(html)
 
 
 def test_another_folder_with_the_same_medoid_ids_is_still_refused(folder, tmp_path):

@@ -20,15 +20,11 @@ from PIL import Image
 from diffaudit.cli.main import main
 from diffaudit.core.io import write_json_atomic
 from diffaudit.report import render_html
-from test_report import Page, _envelope
+from test_report import Page, _envelope, visible_text
 
 
 def _kinds(html: str) -> list[str]:
     return [a.get("data-kind") for _, a in Page(html).tags if a.get("data-kind")]
-
-
-def _text(html: str) -> str:
-    return " ".join("".join(Page(html).text).split())
 
 
 def _npz_declaring_terabytes(path: Path, arrays: dict[str, np.ndarray], huge: str, descr: str = "<f8") -> Path:
@@ -59,7 +55,7 @@ def test_a_scores_file_declaring_terabytes_is_left_out(tmp_path, capsys):
                                                      tpr_at_fpr={"0.01": 0.02}, n_members=10, n_nonmembers=10))
     _npz_declaring_terabytes(res / "scores.npz", {"member": np.r_[np.ones(10, bool), np.zeros(10, bool)]}, "scores")
     html = _reports(res, tmp_path / "report.html", capsys)
-    assert "No ROC points or scores file recorded for: loss" in _text(html)
+    assert "No ROC points or scores file recorded for: loss" in visible_text(html)
 
 
 def test_generations_in_an_npz_declaring_terabytes_show_by_id(tmp_path, capsys):
