@@ -570,8 +570,8 @@ _DP_SETTING_FLAGS = {"dp_delta": "--dp-delta", "dp_max_grad_norm": "--dp-max-gra
 #: ``poisson_sampling`` (``--dp-no-poisson`` says the opposite) and ``delta`` (derived unless ``--dp-delta`` is given)
 #: are named by their key.
 DP_SETTING_NAMES = {"noise_multiplier": "--dp-noise", "target_epsilon": "--dp-epsilon",
-                    "max_grad_norm": "--dp-max-grad-norm", "accountant": "--dp-accountant",
-                    "augmentations": "--dp-augmentations", "grad_sample_mode": "--dp-grad-sample-mode"}
+                    **{dest.removeprefix("dp_"): flag for dest, flag in _DP_SETTING_FLAGS.items()
+                       if dest not in ("dp_delta", "dp_no_poisson")}}
 
 
 def add_dp_arguments(parser: argparse.ArgumentParser) -> None:
