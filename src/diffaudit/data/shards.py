@@ -593,19 +593,13 @@ def _image_ext(parts: dict[str, bytes]) -> str | None:
     return None
 
 
-def _reader(data: bytes | Span | _BadMember, name: str):
+def _reader(data: bytes | Span, name: str):
     """The entry's pixel reader: decodes ``data``, read from its shard first when it is a span (a
-    shard changed since it was listed is then a bad image naming it, like an undecodable one); a
-    member never read is a bad image saying why."""
-    if isinstance(data, _BadMember):
-        return lambda: _raise(BadImageError(name, data.reason))
+    shard changed since it was listed is then a bad image naming it, like an undecodable one). A
+    member never read (a :class:`_BadMember`) has no reader: its entry's ``problem`` says why."""
     if isinstance(data, Span):
         return lambda: decode_image(_span_bytes(data, name), name)
     return lambda: decode_image(data, name)
-
-
-def _raise(exc: Exception):
-    raise exc
 
 
 def _span_bytes(span: Span, name: str) -> bytes:
@@ -680,7 +674,7 @@ def _list_shards(paths: list[Path], *, source: str, skip_bad: bool) -> Listing:
         entries.append(Entry(
             key=key,
             name=name,
-            read=_reader(parts[ext], name) if ext else (lambda: None),
+            read=_reader(parts[ext], name) if ext and not isinstance(parts[ext], _BadMember) else (lambda: None),
             label=label,
             caption=caption,
             problem="; ".join(problems) or None,
