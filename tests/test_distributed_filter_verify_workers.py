@@ -211,3 +211,39 @@ def test_a_relative_out_reaches_the_workers_as_an_absolute_path(files, tmp_path,
     assert run("extract", "--samples", files / "cond.npz", "--device", "cpu", "--out", "rel-x", "--ray", "local") == 0
     assert [j[2] for j in cluster] == [4, 4]
     assert (tmp_path / "rel" / "result.json").exists() and (tmp_path / "rel-x" / "result.json").exists()
+
+
+def test_spans_left_by_a_run_stopped_before_merging_are_merged_by_any_re_run(files, tmp_path, cluster, monkeypatch):
+    """A --ray run killed after its workers wrote every span of a chunk, before it merged them: a re-run
+    without Ray merges them (nothing recomputed) and leaves no span behind; spans that do not cover
+    their chunk are removed and the chunk computed whole."""
+    import diffaudit.cli.ray_work as ray_work
+
+    monkeypatch.setattr(knn_cache, "CHUNK_BYTES", 512 << 20)  # one chunk of 63 queries
+    monkeypatch.setattr(ray_work, "SPAN_ROWS", 16)
+    argv = ("verify", "--samples", files / "unc.npz", "--data", files / "train.npz", "--device", "cpu")
+    assert run(*argv, "--out", tmp_path / "one") == 0
+
+    real_merge = knn_cache.merge_spans
+
+    def killed(*a, **k):
+        raise SystemExit(137)
+
+    for name, drop in (("merged", None), ("partial", "knn-0000000016-0000000032.npz")):
+        out = tmp_path / name
+        monkeypatch.setattr(knn_cache, "merge_spans", killed)
+        with pytest.raises(SystemExit):
+            main(["--quiet", *map(str, argv), "--out", str(out), "--ray", "local"])
+        monkeypatch.setattr(knn_cache, "merge_spans", real_merge)
+        spans = sorted(p.name for p in (out / "knn").iterdir())
+        assert len(spans) == 4 and "knn-0000000000-0000000063.npz" not in spans
+        if drop:
+            (out / "knn" / drop).unlink()
+        searched = []
+        real_search = knn_cache.knn_search
+        monkeypatch.setattr(knn_cache, "knn_search", lambda q, *a, **k: searched.append(len(q)) or real_search(q, *a, **k))
+        assert run(*argv, "--out", out) == 0  # without Ray
+        monkeypatch.setattr(knn_cache, "knn_search", real_search)
+        assert searched == ([] if drop is None else [63])
+        assert sorted(p.name for p in (out / "knn").iterdir()) == ["knn-0000000000-0000000063.npz"]
+        _same_verify(tmp_path / "one", out)

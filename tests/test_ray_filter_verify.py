@@ -39,7 +39,7 @@ def run(*argv) -> int:
 def killing_ray(tmp_path, point: str) -> None:
     """A fresh local Ray whose workers kill themselves (SIGKILL) at ``point`` once between them."""
     ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"DIFFAUDIT_KILL_AT": point, "DIFFAUDIT_KILL_ONCE": str(tmp_path / "killed-once")}})
 
 
@@ -79,7 +79,7 @@ def test_extract_on_ray_equals_a_single_process_when_a_worker_dies(files, tmp_pa
 
 def test_a_workers_refusal_is_the_error_not_a_count_of_failed_parts(files, tmp_path, small_parts):
     ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     queries = np.load(files / "unc.npz")["images"]
     wrong = ImagesRecipe("generations", str(files / "unc.npz"), "file:not-this-one")
     with pytest.raises(DiffauditError, match="holds other images on this node") as err:
@@ -93,7 +93,7 @@ def test_an_error_in_a_workers_code_is_final_and_named(files, tmp_path, small_pa
     """Computing the part again would raise again: the first such error ends the run, naming the part
     and the cause, rather than being retried into "could not be computed"."""
     ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     queries = np.load(files / "unc.npz")["images"]
     odd = ImagesRecipe("no-such-kind", str(files / "unc.npz"), None)
     with pytest.raises(DiffauditError, match=r"knn: a Ray worker failed on part \(\d+, \d+\): ValueError: unknown kind"):

@@ -20,7 +20,7 @@ def tiny_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -38,7 +38,7 @@ def test_ray_store_equals_single_process_even_when_a_worker_dies(tiny_model, tmp
     monkeypatch.setenv("DIFFAUDIT_KILL_AT", "store.between_files:2")
     monkeypatch.setenv("DIFFAUDIT_KILL_ONCE", str(tmp_path / "killed-once"))
     ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"DIFFAUDIT_KILL_AT": "store.between_files:2",
                                        "DIFFAUDIT_KILL_ONCE": str(tmp_path / "killed-once")}})
     monkeypatch.delenv("DIFFAUDIT_KILL_AT")  # the driver itself must not die

@@ -2,11 +2,10 @@
 
 A job is a set of parts, each finished when its own file is written (atomically, last), so the
 files on disk say what is left: :func:`run_parts` starts one worker actor per GPU (or per CPU),
-hands the pending parts round-robin to the actors, and after each round asks ``pending()`` again.
-A worker lost mid-part leaves that part's file unwritten: Ray restarts the actor and retries the
-task, and the next round redoes whatever is still pending. A part's file is written once, atomically:
-a worker killed after writing it may compute it again on the retry, but never leaves a second copy
-or a partial file. The outputs must not depend on which worker computes a part
+hands the pending parts one at a time to whichever actor is free. A worker lost mid-part leaves
+that part's file unwritten, and the part goes back to the other workers (fresh ones are started when
+none is left). A part's file is written once, atomically: a worker killed after writing it may see
+its part handed out again, but never leaves a second copy or a partial file. The outputs must not depend on which worker computes a part
 (seeded or exact work), so the union of the parts is what one process would have written.
 
 The workers run on the cluster's nodes and read their inputs there (a shared filesystem, or the same
@@ -18,6 +17,8 @@ the command reports. Ray is optional (``pip install 'diffaudit[ray]'``).
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Sequence
 
 from diffaudit.core.errors import DiffauditError
@@ -39,7 +40,10 @@ def connect(address: str):
         raise DiffauditError("--ray needs Ray: pip install 'ray>=2.9' (or diffaudit[ray])") from None
     if ray.is_initialized():
         return ray
-    if address not in ("local", "auto"):
+    if address == "auto":
+        found = _auto_address()
+        _check_reachable(found, shown=f"auto (the cluster at {found})")
+    elif address != "local":
         _check_reachable(address)
     try:
         if address == "local":
@@ -53,18 +57,38 @@ def connect(address: str):
     return ray
 
 
-def _check_reachable(address: str, timeout: float = 5.0) -> None:
+def _auto_address() -> str:
+    """The address ``auto`` names: ``$RAY_ADDRESS``, else the cluster this machine last started (as Ray
+    records it); a record left by a head that died would have Ray retry it without end."""
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+    except ImportError:  # pragma: no cover - a Ray without it: let ray.init say what it finds
+        return os.environ.get("RAY_ADDRESS", "")
+    try:
+        found = canonicalize_bootstrap_address("auto")
+    except ConnectionError:
+        found = None
+    if not found:
+        raise DiffauditError("--ray auto: no Ray cluster is running on this machine (and RAY_ADDRESS is not set); "
+                             "start one with `ray start --head`, give its address, or use `--ray local`")
+    return found
+
+
+def _check_reachable(address: str, timeout: float = 5.0, *, shown: str | None = None) -> None:
     """Refuse an address ``host:port`` (optionally ``ray://``) where nothing accepts a connection within
     ``timeout`` seconds: Ray itself retries such an address without end."""
     import socket
 
+    if not address:
+        return
+    shown = shown or address
     host, _, port = address.split("://")[-1].rpartition(":")
     if not host or not port.isdigit():
-        raise DiffauditError(f"--ray {address}: expected a Ray address HOST:PORT, `auto` or `local`")
+        raise DiffauditError(f"--ray {shown}: expected a Ray address HOST:PORT, `auto` or `local`")
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as exc:
-        raise DiffauditError(f"--ray {address}: nothing answers there ({exc.strerror or exc}); start a cluster with "
+        raise DiffauditError(f"--ray {shown}: nothing answers there ({exc.strerror or exc}); start a cluster with "
                              "`ray start --head`, give its address, or use `--ray local`") from None
 
 
@@ -82,24 +106,35 @@ class _Host:
         return self.worker.fill(part)
 
 
-def cluster_workers(ray, use_gpu: bool, what: str, *, per_node: bool = False) -> tuple[int, int]:
-    """(workers, CPUs each) for the cluster: one worker per GPU when ``use_gpu``; else one per CPU with
-    one CPU each, or with ``per_node`` one per node with the smallest node's CPUs (a worker that holds
-    a large reference, such as the training set of a nearest-neighbour search, once per node rather
-    than once per core). ``what`` names the work in the error for a cluster without GPUs."""
+@dataclass(frozen=True)
+class Slot:
+    """Where one worker actor runs: ``cpus`` CPUs (and a GPU when ``gpu``), on ``node`` when given
+    (a preference: an actor restarted after its node is lost may run elsewhere)."""
+
+    cpus: int
+    gpu: bool = False
+    node: str | None = None
+
+
+def cluster_slots(ray, use_gpu: bool, what: str, *, per_node: bool = False, threads: int | None = 1) -> list[Slot]:
+    """The workers for the cluster: one per GPU when ``use_gpu``; else one per CPU with one CPU each, or
+    with ``per_node`` one per node holding all that node's CPUs (a worker that holds a large reference,
+    such as the training set of a nearest-neighbour search, once per node rather than once per core).
+    ``threads`` (not None) fixes the CPUs of a GPU or per-CPU worker. ``what`` names the work in the
+    error for a cluster without GPUs."""
     resources = ray.cluster_resources()
     if use_gpu:
         gpus = int(resources.get("GPU", 0))
         if gpus == 0:
             raise DiffauditError(f"{what} runs on cuda, but the Ray cluster has no GPU; run on a cluster with GPUs, "
                                  "or on the CPU (--device cpu)")
-        return gpus, 1
+        return [Slot(threads or 1, gpu=True)] * gpus
     if per_node:
-        cpus = [int(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
-        cpus = [c for c in cpus if c > 0]
-        if cpus:
-            return len(cpus), min(cpus)
-    return max(1, int(resources.get("CPU", 1))), 1
+        nodes = [(n["NodeID"], int(n.get("Resources", {}).get("CPU", 0))) for n in ray.nodes() if n.get("Alive")]
+        slots = [Slot(cpus, node=node) for node, cpus in nodes if cpus > 0]
+        if slots:
+            return slots
+    return [Slot(threads or 1)] * max(1, int(resources.get("CPU", 1)))
 
 
 def run_parts(
@@ -124,55 +159,70 @@ def run_parts(
     ``factory(*args, threads)`` builds a worker on its node (picklable: a module-level class or
     function), ``threads`` the CPUs its actor holds; its ``fill(part)`` computes one part and writes
     its file. ``size(part)`` is the part's weight in the progress bar (``total`` of them, in ``unit``,
-    ``completed`` before this run). Workers: ``workers``, else :func:`cluster_workers` (``per_node``),
-    never more than the parts; each asks for ``threads`` CPUs (None: what :func:`cluster_workers`
-    gives), and one GPU when ``use_gpu``.
+    ``completed`` before this run). Workers: :func:`cluster_slots` (``per_node``, ``threads``), at most
+    ``workers`` and never more than the parts.
 
-    A worker process that dies (killed, out of memory, its node lost) leaves its part pending for the
-    next round. An error the worker's code raises is final, since computing the part again would raise
-    it again: the worker's own refusal (a :class:`DiffauditError`) is raised as it is, anything else as
-    an error naming the part and the cause. Parts still pending after ``max_rounds`` are an error
-    naming what is left.
+    Parts are handed out one at a time to whichever worker is free, so a slow or lost node holds up
+    only the part it was computing. A worker that dies (killed, out of memory, its node lost) gives its
+    part back to the others; when none is left, fresh workers are started. A part that has killed its
+    worker ``max_rounds`` times is an error. An error the worker's code raises is final, since
+    computing the part again would raise it again: the worker's own refusal (a :class:`DiffauditError`)
+    is raised as it is, anything else as an error naming the part and the cause.
     """
+    from collections import Counter, deque
+
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     ray = connect(address)
-    todo = pending()
-    if not todo:
+    queue = deque(pending())
+    if not queue:
         return 0
-    n, cpus = cluster_workers(ray, use_gpu, label, per_node=per_node)
-    n = min(workers or n, len(todo))
-    cpus = cpus if threads is None else threads
-    Actor = ray.remote(num_gpus=1 if use_gpu else 0, num_cpus=cpus, max_restarts=4, max_task_retries=4)(_Host)
-    actors = [Actor.remote(factory, (*args, cpus)) for _ in range(n)]
-    waiting: dict[Any, Hashable] = {}
+    slots = cluster_slots(ray, use_gpu, label, per_node=per_node, threads=threads)[:min(workers or len(queue), len(queue))]
+    Actor = ray.remote(max_restarts=0, max_task_retries=0)(_Host)
+
+    def start(slot: Slot):
+        placement = {} if slot.node is None else {
+            "scheduling_strategy": NodeAffinitySchedulingStrategy(slot.node, soft=True)}
+        return Actor.options(num_cpus=slot.cpus, num_gpus=1 if slot.gpu else 0, **placement).remote(
+            factory, (*args, slot.cpus))
+
+    actors = {i: start(slot) for i, slot in enumerate(slots)}
+    busy: dict[Any, tuple[int, Hashable]] = {}  # task -> (worker, part)
+    deaths: Counter = Counter()
     try:
         with progress_bar(label, total, unit=unit, completed=completed) as bar:
-            for _ in range(max_rounds):
-                todo = todo or pending()
-                if not todo:
-                    break
-                # round-robin over the actors; each works through its queue in order
-                waiting = {actors[i % n].fill.remote(part): part for i, part in enumerate(todo)}
-                todo = []
-                while waiting:
-                    done, _ = ray.wait(list(waiting), num_returns=1)
-                    part = waiting.pop(done[0])
-                    try:
-                        bar.advance(size(ray.get(done[0])))
-                    except ray.exceptions.RayTaskError as exc:  # the worker's code raised: final
-                        cause = getattr(exc, "cause", None)
-                        if isinstance(cause, DiffauditError):
-                            raise cause from None
-                        raise DiffauditError(f"{label}: a Ray worker failed on part {part}: "
-                                             f"{type(cause or exc).__name__}: {cause or exc}") from None
-                    except ray.exceptions.RayError:
-                        pass  # the worker died: the part stays pending; the next round redoes it
+            while queue or busy:
+                if queue and not actors:  # every worker died: start them afresh
+                    actors = {i: start(slot) for i, slot in enumerate(slots)}
+                working = {w for w, _ in busy.values()}
+                for w in [w for w in actors if w not in working]:
+                    if queue:
+                        part = queue.popleft()
+                        busy[actors[w].fill.remote(part)] = (w, part)
+                done, _ = ray.wait(list(busy), num_returns=1)
+                w, part = busy.pop(done[0])
+                try:
+                    bar.advance(size(ray.get(done[0])))
+                except ray.exceptions.RayTaskError as exc:  # the worker's code raised: final
+                    cause = getattr(exc, "cause", None)
+                    if isinstance(cause, DiffauditError):
+                        raise cause from None
+                    raise DiffauditError(f"{label}: a Ray worker failed on part {part}: "
+                                         f"{type(cause or exc).__name__}: {cause or exc}") from None
+                except ray.exceptions.RayError:  # the worker died: its part goes back to the others
+                    ray.kill(actors.pop(w))
+                    deaths[part] += 1
+                    if deaths[part] >= max_rounds:
+                        raise DiffauditError(f"{label}: part {part} killed its Ray worker {deaths[part]} times "
+                                             "(out of memory?); re-run to retry (finished parts are kept)") from None
+                    queue.append(part)
     finally:
-        for ref in waiting:  # the queued parts of a run that ends early: not started, not retried
+        for ref in busy:  # the queued parts of a run that ends early
             ray.cancel(ref)
-        for a in actors:
+        for a in actors.values():
             ray.kill(a)
     left = pending()
     if left:
-        raise DiffauditError(f"{label}: {len(left)} part(s) could not be computed on the Ray cluster "
-                             f"(first: {left[0]}): their workers kept dying; re-run to retry (finished parts are kept)")
-    return n
+        raise DiffauditError(f"{label}: {len(left)} part(s) are still missing after the Ray workers finished "
+                             f"(first: {left[0]}); re-run to compute them (finished parts are kept)")
+    return len(slots)

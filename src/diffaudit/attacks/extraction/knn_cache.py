@@ -7,6 +7,7 @@ rename) and chunks computed on another device are reused (the search is exact, h
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -80,6 +81,31 @@ def merge_spans(cache_dir: str | Path, chunk: tuple[int, int], spans: list[tuple
         chunk_path(cache_dir, a, b).unlink(missing_ok=True)
 
 
+_FILE = re.compile(r"^knn-(\d{10})-(\d{10})\.npz$")
+
+
+def _spans_within(cache_dir: Path, lo: int, hi: int) -> list[tuple[int, int]]:
+    """The cached spans strictly inside chunk ``lo:hi`` (left by workers of a ``--ray`` run stopped
+    before it merged them), in order."""
+    found = (_FILE.match(f.name) for f in cache_dir.glob("knn-*.npz")) if cache_dir.is_dir() else ()
+    spans = sorted((int(m.group(1)), int(m.group(2))) for m in found if m)
+    return [(a, b) for a, b in spans if lo <= a < b <= hi and (a, b) != (lo, hi)]
+
+
+def _from_spans(cache_dir: Path, lo: int, hi: int, k: int) -> KnnResult | None:
+    """Chunk ``lo:hi`` from the spans that tile it, merged into its file (:func:`merge_spans`); None
+    when they do not tile it. Spans that do not are removed (the chunk is computed whole)."""
+    spans = _spans_within(cache_dir, lo, hi)
+    tiles = bool(spans) and spans[0][0] == lo and spans[-1][1] == hi and all(
+        b == c for (_, b), (c, _) in zip(spans, spans[1:]))
+    if tiles and all(is_cached(cache_dir, a, b, k) for a, b in spans):
+        merge_spans(cache_dir, (lo, hi), spans, k)
+        return _load_chunk(chunk_path(cache_dir, lo, hi), hi - lo, k)
+    for a, b in spans:
+        chunk_path(cache_dir, a, b).unlink(missing_ok=True)
+    return None
+
+
 def is_cached(cache_dir: str | Path, lo: int, hi: int, k: int) -> bool:
     """Whether the ``k``-NN of queries ``lo:hi`` is cached (readable, of the right shape)."""
     return _load_chunk(chunk_path(cache_dir, lo, hi), hi - lo, k) is not None
@@ -124,6 +150,8 @@ def iter_cached_knn(
     for lo, hi in chunk_ranges(queries, chunk):
         path = None if cache_dir is None else chunk_path(cache_dir, lo, hi)
         res = _load_chunk(path, hi - lo, k) if path is not None else None
+        if res is None and path is not None:  # a stopped --ray run may have left the chunk in spans
+            res = _from_spans(Path(cache_dir), lo, hi, k)
         if res is None:
             if prepared is None:
                 prepared = prepare_reference(reference, knn_kwargs)
