@@ -350,3 +350,18 @@ def test_a_real_verify_folder_reported_alone_shows_its_images(tmp_path):
     kinds = _kinds(render_html(out))
     assert kinds.count("train") == 2 and kinds.count("generation") == 2
     assert "train-missing" not in kinds and "generation-missing" not in kinds
+
+
+def test_infinite_counts_in_a_result_are_read_as_missing(tmp_path):
+    """Python's JSON parser reads ``Infinity``: a report of a result holding it in a count is made (the
+    count unknown), never an OverflowError traceback."""
+    from diffaudit.cli.main import main
+    from diffaudit.report.summary import _int
+
+    folder = tmp_path / "v"
+    folder.mkdir()
+    (folder / "result.json").write_text(
+        '{"schema_version": 1, "command": "verify", "settings": {}, "seeds": {}, "versions": {}, "n_samples": Infinity, '
+        '"unique_extracted": 2, "rule": "l2", "extracted": [], "baseline_unique_extracted": Infinity}')
+    assert main(["--quiet", "report", str(folder)]) == 0 and (folder / "report.html").exists()
+    assert _int(float("-inf")) is None and _int(float("nan")) is None and _int("7") == 7

@@ -69,9 +69,11 @@ def _finite(x: Any) -> float | None:
 
 
 def _int(x: Any) -> int | None:
+    """``x`` as an integer; None where it is none (missing, text, NaN, or an infinity, which Python's
+    JSON parser reads from a result file holding ``Infinity``)."""
     try:
         return int(x)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
