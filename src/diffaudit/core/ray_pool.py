@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Sequence
 
 from diffaudit.core.errors import DiffauditError
-from diffaudit.core.progress import progress_bar
+from diffaudit.core.progress import progress_bar, quiet
 
 #: How a command names the cluster: a Ray address, ``auto`` (the cluster this node belongs to) or
 #: ``local`` (a Ray instance started on this machine).
@@ -45,11 +45,12 @@ def connect(address: str):
         _check_reachable(found, shown=f"auto (the cluster at {found})")
     elif address != "local":
         _check_reachable(address)
+    level = logging.ERROR if quiet() else logging.WARNING  # --quiet: Ray's own notices too
     try:
         if address == "local":
-            ray.init(address="local", ignore_reinit_error=True, log_to_driver=False, logging_level=logging.WARNING)
+            ray.init(address="local", ignore_reinit_error=True, log_to_driver=False, logging_level=level)
         else:
-            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, logging_level=logging.WARNING)
+            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, logging_level=level)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DiffauditError(f"--ray {address}: cannot connect to a Ray cluster ({first}); start one with `ray start "
