@@ -180,15 +180,9 @@ class _TempTar:
     removed, and its descriptor in the table of open shards closed, when the last span is gone, at
     exit, or by :meth:`remove`."""
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.stamp = _stamp_of(path)
+    def __init__(self, path: Path, stamp: tuple[int, int, int, int]):
+        self.path, self.stamp = path, stamp  # stamp: :func:`file_stamp` of the written file
         self.remove = weakref.finalize(self, _remove_temp, path, self.stamp)
-
-
-def _stamp_of(path: Path) -> tuple[int, int, int, int]:
-    st = os.stat(path)
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _remove_temp(path: Path, stamp: tuple[int, int, int, int]) -> None:
@@ -217,9 +211,10 @@ def _decompressed(path: Path, module) -> tuple[_TempTar, BaseException | None]:
     try:
         try:
             damage = _inflate(path, module, fd, limit)
+            stamp = file_stamp(fd)
         finally:
             os.close(fd)
-        return _TempTar(Path(tmp)), damage
+        return _TempTar(Path(tmp), stamp), damage
     except BaseException:
         os.unlink(tmp)
         raise
@@ -529,51 +524,54 @@ def read_shard(path: Path, *, skip_bad: bool) -> tuple[list[tuple[str, dict[str,
             machine's problem, not the shard's).
     """
     samples: list[tuple[str, dict[str, bytes | Span | _BadMember]]] = []
-    temp = None
+    made: list[_TempTar] = []  # the temporary decompressed tar, once made
+    try:
+        _read_members(path, samples, made)
+        return samples, None
+    except MemoryError:
+        error = DiffauditError(f"ran out of memory reading shard {path}; free memory or use a machine with more, "
+                               "and re-run")
+    except _READ_ERRORS as exc:
+        problem = _resource_problem(exc)
+        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if problem:
+            error = DiffauditError(f"could not read shard {path}: {exc.strerror or exc} ({problem}, then re-run; "
+                                   "the shard itself is not known to be damaged)")
+        elif skip_bad:  # ``samples`` holds the samples completed before the damage (the spans keep the tar)
+            return samples, f"truncated or unreadable ({why}); kept the {len(samples)} samples before the damage"
+        else:
+            error = DiffauditError(f"shard {path} is truncated or unreadable ({why}); re-create or re-download it, "
+                                   "or pass --skip-bad to keep the complete samples before the damage")
+    except DiffauditError as exc:
+        error = exc
+    for temp in made:
+        temp.remove()
+    raise error from None
+
+
+def _read_members(path: Path, samples: list, made: list) -> None:
+    """Append the samples of shard ``path`` to ``samples`` (the one being read when damage is met, possibly
+    incomplete, is never appended), a compressed shard decompressed first into a temporary tar appended
+    to ``made``; raises the damage met, the compressor's (which says more than the cut tar it left)
+    rather than the tar reader's."""
+    module = _compression(path)
+    temp, damage = (None, None) if module is None else _decompressed(path, module)
+    if temp is not None:
+        made.append(temp)
+    tar = path if temp is None else temp.path
     try:
         try:
-            module = _compression(path)
-            temp, damage = (None, None) if module is None else _decompressed(path, module)
-            tar = path if temp is None else temp.path
-            try:
-                try:
-                    _group(path, _plain_members(tar, temp), samples)
-                except _NeedsTarfile:
-                    samples.clear()
-                    _group(path, _tarfile_members(tar, temp), samples)
-            except _READ_ERRORS as exc:
-                if damage is None or _resource_problem(exc):
-                    raise
-            finally:
-                _resolve(samples, tar)
-            if damage is not None:  # the compressor's error says more than the cut tar it left
-                raise damage
-            return samples, None
-        except MemoryError:
-            raise DiffauditError(f"ran out of memory reading shard {path}; free memory or use a machine with more, "
-                                 "and re-run") from None
-        except _READ_ERRORS as exc:
-            problem = _resource_problem(exc)
-            if problem:
-                raise DiffauditError(f"could not read shard {path}: {exc.strerror or exc} ({problem}, then re-run; "
-                                     "the shard itself is not known to be damaged)") from None
-            raise
-    except DiffauditError:
-        if temp is not None:
-            temp.remove()
-        raise
+            _group(path, _plain_members(tar, temp), samples)
+        except _NeedsTarfile:
+            samples.clear()
+            _group(path, _tarfile_members(tar, temp), samples)
     except _READ_ERRORS as exc:
-        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        # ``samples`` holds the samples completed before the damage; the one being read (possibly
-        # incomplete) was never appended.
-        if not skip_bad:
-            if temp is not None:
-                temp.remove()
-            raise DiffauditError(
-                f"shard {path} is truncated or unreadable ({why}); re-create or re-download it, "
-                "or pass --skip-bad to keep the complete samples before the damage"
-            ) from None
-        return samples, f"truncated or unreadable ({why}); kept the {len(samples)} samples before the damage"
+        if damage is None or _resource_problem(exc):
+            raise
+    finally:
+        _resolve(samples, tar)
+    if damage is not None:
+        raise damage
 
 
 def _resource_problem(exc: BaseException) -> str | None:
