@@ -6,6 +6,8 @@
 - ``write_images({relative path: uint8 array or PIL image}, root=None) -> Path``: an image folder.
 - ``write_tar(path, [(member name, bytes)]) -> Path``: a tar shard with exactly those members.
 - ``encode_image(array or PIL image, fmt="PNG") -> bytes``: an encoded image file.
+- ``s3_endpoint``: moto's S3 server on localhost with a bucket ``diffaudit-tests``, reached through the
+  ``AWS_*`` variables it sets (and returns, for processes started elsewhere, such as Ray workers).
 """
 
 from __future__ import annotations
@@ -106,3 +108,29 @@ def _write_tar(path, members) -> Path:
 @pytest.fixture
 def write_tar():
     return _write_tar
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    import logging
+
+    import fsspec
+    import moto.server as moto_server  # the test extra installs moto[server] and s3fs
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    fs.mkdir("diffaudit-tests")
+    yield env
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.stop()

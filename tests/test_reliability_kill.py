@@ -248,8 +248,8 @@ def test_sample_killed_at_random_moments_ends_with_identical_shards(tmp_path):
         assert seen_complete <= set(done)  # a finished shard never becomes unfinished
         seen_complete.update(done)
         for k in done:  # what counts as finished is whole and exact (temporary files never count)
-            assert store._npy(k).read_bytes() == reference._npy(k).read_bytes()
-            assert store._sidecar(k).read_bytes() == reference._sidecar(k).read_bytes()
+            assert (store.path / store._npy(k)).read_bytes() == (reference.path / reference._npy(k)).read_bytes()
+            assert (store.path / store._sidecar(k)).read_bytes() == (reference.path / reference._sidecar(k)).read_bytes()
         if (out / "result.json").exists():
             assert store.pending() == []
         if done and len(done) < store.n_shards:

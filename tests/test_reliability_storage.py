@@ -190,8 +190,8 @@ def check_store_after_fault(out: Path, ref: Path) -> None:
     if (out / "manifest.json").exists():
         store, reference = SampleStore.open(out), SampleStore.open(ref)
         for k in store.completed():  # what counts as finished is exact
-            assert store._npy(k).read_bytes() == reference._npy(k).read_bytes()
-            assert store._sidecar(k).read_bytes() == reference._sidecar(k).read_bytes()
+            assert (store.path / store._npy(k)).read_bytes() == (reference.path / reference._npy(k)).read_bytes()
+            assert (store.path / store._sidecar(k)).read_bytes() == (reference.path / reference._sidecar(k)).read_bytes()
 
 
 def assert_same_store(out: Path, ref: Path) -> None:

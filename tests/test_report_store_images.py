@@ -70,7 +70,7 @@ def test_a_shard_the_manifest_does_not_plan_is_never_shown(tmp_path):
     store = _store(tmp_path / "s")
     shards = tmp_path / "s" / "shards"
     np.save(shards / "shard-000002.npy", np.full((4, 4, 4, 1), 99, np.uint8))
-    meta = json.loads(store._sidecar(1).read_text())
+    meta = json.loads((store.path / store._sidecar(1)).read_text())
     (shards / "shard-000002.json").write_text(json.dumps({**meta, "shard": 2, "ids": [f"p2-i{i}" for i in range(4)]}))
     images = SampleImages(tmp_path / "s")
     assert images.get("p2-i0") is None and images.error is None

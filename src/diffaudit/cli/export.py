@@ -19,7 +19,7 @@ HELP = "export a sample store to a folder of PNG files (one per generation, name
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--samples", required=True, help="sample store folder")
+    p.add_argument("--samples", required=True, help="sample store: a folder or an object-store URL (s3://bucket/store)")
     p.add_argument("--out", required=True, help="folder for the PNG files (resumed automatically; refused if it "
                                                  "holds another store's export)")
     p.add_argument("--partial", action="store_true",

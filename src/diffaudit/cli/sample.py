@@ -52,13 +52,15 @@ def add_sample_options(p: argparse.ArgumentParser) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="run directory or local diffusers folder")
-    p.add_argument("--out", required=True, help="sample store folder (resumed when it holds finished shards)")
+    p.add_argument("--out", required=True,
+                   help="sample store: a folder, or an object-store URL such as s3://bucket/store (needs fsspec and s3fs, "
+                        "gcsfs or adlfs; credentials as those packages find them); resumed when it holds finished shards")
     p.add_argument("--seed", type=int, default=0, help="run seed; image seeds derive from it")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--fresh", action="store_true", help="delete the store and start over")
     p.add_argument("--ray", default=None, metavar="ADDRESS",
                    help=f"spread shards over a Ray cluster: {RAY_HELP}; every node reads --model at the same path "
-                        "and writes into --out (a shared filesystem)")
+                        "and writes into --out (a shared filesystem, or an object-store URL every node can reach)")
     add_sample_options(p)
 
 
@@ -115,11 +117,11 @@ def fast_path_flags(args: argparse.Namespace, device) -> tuple[bool, bool]:
 def _micro_batch(args: argparse.Namespace, out: str) -> int | str | None:
     """``--micro-batch`` as the source takes it: ``auto`` in a store that recorded a micro-batch is that one
     (the store resumes where another probe might choose otherwise; ``--fresh`` probes again)."""
-    from diffaudit.core.outdir import recorded_settings
+    from diffaudit.store import SampleStore
 
     if args.micro_batch != AUTO or args.fresh:
         return args.micro_batch
-    recorded = (recorded_settings(out, NAME) or {}).get("micro_batch")
+    recorded = (SampleStore.recorded_settings(out) or {}).get("micro_batch")
     if isinstance(recorded, int):
         stage_line(f"sample: --micro-batch auto: {recorded}, as {out} records")
         return recorded
@@ -129,7 +131,7 @@ def _micro_batch(args: argparse.Namespace, out: str) -> int | str | None:
 def sample_into(args: argparse.Namespace, model: str, out: str):
     """Open the source and store, then fill it (used by `sample` and `audit`); returns the SampleStore."""
     from diffaudit.core.device import resolve_device
-    from diffaudit.core.results import write_result
+    from diffaudit.core.results import envelope
     from diffaudit.sampling.sources import open_source
     from diffaudit.store import SampleStore, fill_store
 
@@ -154,7 +156,7 @@ def sample_into(args: argparse.Namespace, model: str, out: str):
     store = SampleStore.create(out, settings=settings, prompts=prompts, per_prompt=per_prompt,
                                image_shape=source.image_shape, shard_size=args.shard_size, fresh=args.fresh,
                                upgrade=upgrade_settings)
-    if not store.pending() and (store.path / "result.json").exists():
+    if not store.pending() and store.location.exists("result.json"):
         return store  # finished earlier: nothing rewritten (a finished store may lie on read-only storage)
     if getattr(args, "ray", None):
         from diffaudit.store.ray_fill import fill_store_ray
@@ -162,14 +164,14 @@ def sample_into(args: argparse.Namespace, model: str, out: str):
         fill_store_ray(store, settings["model"], args)  # absolute: the workers' nodes read it too
     else:
         fill_store(store, source, batch_size=args.batch_size)
-    write_result(store.path / "result.json", "sample", settings, {"seed": args.seed},
-                 n_samples=int(store.manifest["n_total"]), n_prompts=len(prompts), per_prompt=per_prompt,
-                 n_shards=store.n_shards)
+    store.location.write_json("result.json", envelope(
+        "sample", settings, {"seed": args.seed}, n_samples=int(store.manifest["n_total"]), n_prompts=len(prompts),
+        per_prompt=per_prompt, n_shards=store.n_shards))
     return store
 
 
 def run(args: argparse.Namespace) -> int:
     store = sample_into(args, args.model, args.out)
-    emit(args, {"store": str(store.path), "n_samples": store.manifest["n_total"]},
-         f"{store.manifest['n_total']} generations in {store.path}")
+    emit(args, {"store": store.name, "n_samples": store.manifest["n_total"]},
+         f"{store.manifest['n_total']} generations in {store.name}")
     return 0

@@ -67,7 +67,8 @@ PATH_SETTINGS = ("samples", "data", "data_options.cifar_root", "from_extract", "
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--samples", required=True, help="generations: a sample store, image folder, WebDataset shards or .npz")
+    p.add_argument("--samples", required=True, help="generations: a sample store (a folder, or an object-store URL such "
+                                                    "as s3://bucket/store), image folder, WebDataset shards or .npz")
     add_data_args(p, required=True, cache=True)
     add_run_args(p)
     g = p.add_argument_group("verification")

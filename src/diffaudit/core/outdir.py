@@ -266,32 +266,52 @@ def prepare_out_dir(out: str | os.PathLike, command: str, settings: dict[str, An
     sfile = path / SETTINGS_FILE
     foreign = sorted(p.name for p in path.iterdir()) if path.is_dir() and not sfile.exists() else []
     make_private_dir(path)
-    record = {"command": command, "settings": _normalise(settings)}
+    record = settings_record(command, settings)
     if foreign:  # what the folder held before diffaudit first wrote into it: never deleted by --fresh
         record[FOREIGN_KEY] = foreign
     if sfile.exists():
-        old = read_json(sfile)
-        if old.get("command") != command:
-            raise SettingsMismatchError(
-                f"{path} holds the output of `diffaudit {old.get('command')}`, not `{command}`; "
-                "choose another --out or pass --fresh to start over"
-            )
-        recorded = old.get("settings", {})
-        diffs = _named_differences(recorded, record["settings"])
-        if diffs and upgrade is not None:  # an earlier version's record, read as today's: only real differences
-            diffs = _named_differences(_normalise(upgrade(dict(recorded))), record["settings"])
-        if not diffs and recorded != record["settings"]:
-            kept = {FOREIGN_KEY: old[FOREIGN_KEY]} if FOREIGN_KEY in old else {}
+        rewrite = resumed_record(str(path), read_json(sfile), record, upgrade)
+        if rewrite is not None:
             try:
-                write_json_atomic(sfile, {**record, **kept})  # an earlier version's record of the same work
+                write_json_atomic(sfile, rewrite)  # an earlier version's record of the same work
             except DiffauditError:  # read-only storage: the earlier record stays, and is read the same way next time
                 pass
-        if diffs:
-            raise SettingsMismatchError(
-                f"{path} holds work made with other settings: {'; '.join(diffs[:5])}. "
-                "Use the same settings to resume, another --out, or --fresh to start over."
-            )
         remove_stale_temps(path)  # partial files of a run killed mid-write
         return path, True
     write_json_atomic(sfile, record)
     return path, False
+
+
+def resumed_record(where: str, old: dict[str, Any], record: dict[str, Any],
+                   upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any] | None:
+    """Check that the settings record ``old`` found in output ``where`` is the work ``record`` asks for.
+
+    Returns None when ``old`` is ``record`` as it stands, or the record to write in its place when
+    ``old`` is an earlier version's record of the same work (read through ``upgrade``; what it listed
+    as kept on ``--fresh`` stays). Raises :class:`SettingsMismatchError` naming the output of another
+    command, or up to five settings that differ (by their flags, :func:`flag_names`).
+    """
+    command = record["command"]
+    if not isinstance(old, dict) or old.get("command") != command:
+        found = old.get("command") if isinstance(old, dict) else None
+        raise SettingsMismatchError(
+            f"{where} holds the output of `diffaudit {found}`, not `{command}`; "
+            "choose another --out or pass --fresh to start over"
+        )
+    recorded = old.get("settings", {})
+    diffs = _named_differences(recorded, record["settings"])
+    if diffs and upgrade is not None:  # an earlier version's record, read as today's: only real differences
+        diffs = _named_differences(_normalise(upgrade(dict(recorded))), record["settings"])
+    if diffs:
+        raise SettingsMismatchError(
+            f"{where} holds work made with other settings: {'; '.join(diffs[:5])}. "
+            "Use the same settings to resume, another --out, or --fresh to start over."
+        )
+    if recorded == record["settings"]:
+        return None
+    return {**record, **({FOREIGN_KEY: old[FOREIGN_KEY]} if FOREIGN_KEY in old else {})}
+
+
+def settings_record(command: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """What ``settings.json`` holds for ``command`` run with ``settings`` (normalised as JSON reads them back)."""
+    return {"command": command, "settings": _normalise(settings)}

@@ -78,7 +78,7 @@ class SampleImages:
     recorded: an image folder's or shards' identity is then that of those generations, not of all of them.
     """
 
-    def __init__(self, path: Path | None, *, trusted: bool = True, identity: Any = None, verified: Any = None):
+    def __init__(self, path: Path | str | None, *, trusted: bool = True, identity: Any = None, verified: Any = None):
         self.path = path
         self.refusal: str | None = None
         self._store = None
@@ -119,7 +119,7 @@ class SampleImages:
         except DiffauditError as exc:  # e.g. a manifest that is not valid JSON: every generation by id
             self._refused[-1] = str(exc)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            self._refused[-1] = (f"{path / 'manifest.json'} does not say how the store is laid out ({type(exc).__name__}: "
+            self._refused[-1] = (f"{path}/manifest.json does not say how the store is laid out ({type(exc).__name__}: "
                                  f"{exc}); it was edited or damaged")
         else:
             self._store = store

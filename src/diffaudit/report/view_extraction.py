@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from diffaudit.core.errors import DiffauditError
 from diffaudit.report.clique_counts import clique_counts, from_extract
 from diffaudit.report.fmt import fmt_p
 from diffaudit.report.images import SampleImages, TrainingImages, data_digest, data_spec, image_uri
@@ -211,7 +212,11 @@ def sample_images(stage: Stage | None, rs: ResultSet) -> SampleImages:
     input is shown only when it is the one the stage recorded (its ``samples_identity``, of the verified
     medoids after ``verify --from-extract``, see :class:`SampleImages`): a result folder from elsewhere may
     name any folder on this machine."""
+    from diffaudit.store.location import is_object_url
+
     path = None
+    if stage is not None and is_object_url(stage.settings.get("samples") or ""):
+        return _object_store_images(stage)
     if stage is not None:
         path = resolve_path(stage.settings.get("samples"), *_bases(stage, rs))
     if path is None and rs.store_dirs:
@@ -229,6 +234,21 @@ def sample_images(stage: Stage | None, rs: ResultSet) -> SampleImages:
     # verify --from-extract records the identity of the medoids it verified, not of the whole input
     verified = stage.result.get("verified_medoids") if stage is not None else None
     return SampleImages(path, trusted=False, identity=identity, verified=verified)
+
+
+def _object_store_images(stage: Stage) -> SampleImages:
+    """The generations of a stage that read a sample store by URL (``s3://...``): shown when the store is the
+    one the stage recorded (its ``samples_identity``), like any input from outside the reported folder;
+    a store that cannot be reached from here (no credentials, no s3fs) shows its generations by id."""
+    from diffaudit.store import SampleStore
+
+    url = stage.settings["samples"]
+    try:
+        if not SampleStore.is_store(url):
+            return SampleImages.refused(url, f"{url} holds no sample store as seen from here (no manifest.json)")
+        return SampleImages(url, trusted=False, identity=stage.settings.get("samples_identity"))
+    except DiffauditError as exc:
+        return SampleImages.refused(url, f"{url} cannot be read from here ({exc})")
 
 
 def duplicate_counts(rs: ResultSet) -> dict[str, int]:

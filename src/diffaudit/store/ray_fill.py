@@ -1,7 +1,7 @@
 """Distributed generation on a Ray cluster: shards spread over worker actors (one per GPU).
 
-Every worker writes whole shards straight into the same store folder (a local path, or a shared
-filesystem mounted on every node), with the same per-image seeds as a single-process run, so the
+Every worker writes whole shards straight into the same store (a shared filesystem mounted at the
+same path on every node, or an object-store URL every node can reach), with the same per-image seeds as a single-process run, so the
 union of shards is bitwise the set one machine would produce. That holds for one device type and
 micro-batch, so the workers take both from the store's recorded settings (the device the command
 resolved on the head, ``--device``), and a worker whose sampler settings or model weights (its
@@ -17,7 +17,6 @@ Ray is optional (``pip install 'diffaudit[ray]'``).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from diffaudit.core.errors import DiffauditError
@@ -79,11 +78,11 @@ def fill_store_ray(store: SampleStore, model: str, args: argparse.Namespace, *, 
         return plan.stop - plan.start
 
     with Timer() as tm:
-        n_workers = run_parts(args.ray, _ShardWorker, (str(Path(store.path).resolve()), str(model), _source_options(args)),
+        n_workers = run_parts(args.ray, _ShardWorker, (store.location.shared_name(), str(model), _source_options(args)),
                               store.pending, label="sample (ray)", size=size, total=int(store.manifest["n_total"]),
                               completed=int(store.manifest["n_total"]) - sum(size(k) for k in todo),
                               unit="img", use_gpu=use_gpu, workers=workers or getattr(args, "ray_workers", None),
                               threads=torch_threads, max_rounds=max_rounds)
     made = sum(size(k) for k in todo)
-    stage_line(f"sample (ray, {n_workers} workers): {made} images in {tm.seconds:.1f}s -> {store.path}")
+    stage_line(f"sample (ray, {n_workers} workers): {made} images in {tm.seconds:.1f}s -> {store.name}")
     return made

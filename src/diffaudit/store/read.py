@@ -7,8 +7,6 @@ with uint8 ``images`` and an optional per-image ``prompts`` array. Prompts come 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import zipfile
 from pathlib import Path
 
@@ -16,32 +14,28 @@ import numpy as np
 
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.identity import file_identity
-from diffaudit.core.io import read_json
 from diffaudit.core.npz_arrays import read_npz_array
 from diffaudit.data import load_dataset
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.data.digest import dataset_digest
 from diffaudit.data.npz import string_list
-from diffaudit.store.sample_store import MANIFEST, SampleStore
+from diffaudit.store.location import MANIFEST, is_object_url
+from diffaudit.store.sample_store import SampleStore
 
 def samples_identity(spec: str, samples: ImageDataset | None = None) -> str | None:
     """What, beside its path, tells whether ``spec`` still holds the same generations when a command
     resumes (``verify`` and ``extract`` record it in their settings, so cached neighbours of other
     generations are never reused).
 
-    A sample store: a digest of its manifest (model weights digest, seed, sampler, prompts; the
-    images are a function of it), without the model folder's path. A file: a digest of its contents,
+    A sample store (a folder or an object-store URL): :attr:`SampleStore.identity`, a digest of its
+    manifest without the model folder's path. A file: a digest of its contents,
     or its size and modification time above :data:`~diffaudit.core.identity.HASHED_FILE_BYTES`. An
     image folder or shards: the :func:`~diffaudit.data.digest.dataset_digest` of ``samples`` (``spec``
     as read; None when it is not given).
     """
+    if SampleStore.is_store(spec):
+        return SampleStore.open(spec).identity
     path = Path(spec)
-    if SampleStore.is_store(path):
-        manifest = read_json(path / MANIFEST)
-        sampler = dict(manifest.get("sampler") or {})
-        sampler.pop("model", None)  # the folder's path; its weights digest stays (the same store elsewhere is the same)
-        body = json.dumps({**manifest, "sampler": sampler}, sort_keys=True).encode("utf-8")
-        return "store:" + hashlib.sha256(body).hexdigest()[:16]
     if path.is_file():
         return file_identity(path)
     return None if samples is None else "data:" + dataset_digest(samples)
@@ -52,7 +46,7 @@ def sampler_kind(spec: str) -> str | None:
     (``pixel`` or ``stable-diffusion``); None for any other input, or a store that records none."""
     if not SampleStore.is_store(spec):
         return None
-    sampler = read_json(Path(spec) / MANIFEST).get("sampler")
+    sampler = SampleStore.open(spec).manifest.get("sampler")
     kind = sampler.get("kind") if isinstance(sampler, dict) else None
     return kind if isinstance(kind, str) else None
 
@@ -62,6 +56,9 @@ def read_samples(spec: str, *, lazy: bool = False, **load_options) -> ImageDatas
     every other input is decoded into memory (load_options: those of ``load_dataset``)."""
     if SampleStore.is_store(spec):
         return SampleStore.open(spec).to_dataset(lazy=lazy)
+    if is_object_url(spec):
+        raise DiffauditError(f"{spec} is not a sample store (no {MANIFEST} there); from an object store diffaudit reads "
+                             "sample stores only (`diffaudit sample --out URL` writes one)")
     ds = load_dataset(spec, **load_options)
     if str(spec).endswith(".npz") and Path(spec).is_file():
         with np.load(spec, allow_pickle=False) as z:

@@ -18,10 +18,18 @@ A store never takes another run's shards for its own: a folder holding a manifes
 ``settings.json``, or no manifest but shards, is refused when created, and a shard whose sidecar
 records other sampler settings, ids, seeds or prompts than the manifest plans for it is refused
 when read.
+
+A store lies in a local (or shared POSIX) folder, or under a prefix of an object store given as a
+URL (``s3://bucket/store``, :mod:`~diffaudit.store.location`): the layout, the ids and the rules are
+the same; only how a file is made whole and how ``--out`` is claimed differ
+(:mod:`~diffaudit.store.object_out`).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +39,15 @@ import numpy as np
 
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.faults import fault_point
-from diffaudit.core.io import load_npy, read_json, save_npy_atomic, write_json_atomic
-from diffaudit.core.outdir import SETTINGS_FILE, prepare_out_dir
+from diffaudit.core.io import load_npy
+from diffaudit.core.outdir import SETTINGS_FILE, prepare_out_dir, recorded_settings
 from diffaudit.core.seeds import generation_seed
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.data.sharded import ShardedImages
+from diffaudit.store.location import MANIFEST, LocalFolder, ObjectFolder, open_location
+from diffaudit.store.object_out import prepare_object_out
 
-MANIFEST = "manifest.json"
+Location = LocalFolder | ObjectFolder
 _SHARD_RE = re.compile(r"^shard-(\d{6,})\.json$")  # 6 digits, more from shard 1,000,000 on
 _SHARD_FILE = re.compile(r"^shard-\d{6,}\.(npy|json)$")
 
@@ -51,6 +61,11 @@ def generation_id(prompt_index: int, image_index: int) -> str:
 GENERATION_ID = re.compile(r"p\d+-i\d+")
 
 
+def _shard_name(index: int, ext: str) -> str:
+    """File name of shard ``index``'s pixels (``npy``) or sidecar (``json``) in ``shards/``."""
+    return f"shard-{index:06d}.{ext}"
+
+
 @dataclass(frozen=True)
 class ShardPlan:
     """What shard ``index`` holds: ordinals [start, stop)."""
@@ -60,49 +75,56 @@ class ShardPlan:
     stop: int
 
 
-def _shard_files(root: Path) -> list[str]:
-    """Names of the shard files (pixels or sidecars) in ``root/shards``, sorted."""
-    folder = root / "shards"
-    return sorted(p.name for p in folder.iterdir() if _SHARD_FILE.match(p.name)) if folder.is_dir() else []
+def _shard_files(loc: Location) -> list[str]:
+    """Names of the shard files (pixels or sidecars) in the store's ``shards`` folder, sorted."""
+    return [n for n in loc.listdir("shards") if _SHARD_FILE.match(n)]
 
 
-def _refuse_unowned_store(root: Path) -> None:
+def _refuse_unowned_store(loc: LocalFolder) -> None:
     """Refuse a folder without ``settings.json`` that holds a manifest or shards, before writing to it.
 
     Such files are another run's (e.g. left by a ``--fresh`` of an earlier version killed while
     deleting, which removed the settings first): new settings beside them would make them count
     as this run's. Nothing is written, so the folder stays as it was for the user to inspect.
     """
-    found = ([MANIFEST] if (root / MANIFEST).exists() else []) + [f"shards/{n}" for n in _shard_files(root)[:1]]
-    if (root / SETTINGS_FILE).exists() or not found:
+    found = ([MANIFEST] if loc.exists(MANIFEST) else []) + [f"shards/{n}" for n in _shard_files(loc)[:1]]
+    if loc.exists(SETTINGS_FILE) or not found:
         return
     raise DiffauditError(
-        f"{root} holds {' and '.join(found)} but no {SETTINGS_FILE}: they are left from an interrupted or other "
-        f"run and may have been made with other settings. Delete {root} yourself, or choose another --out"
+        f"{loc} holds {' and '.join(found)} but no {SETTINGS_FILE}: they are left from an interrupted or other "
+        f"run and may have been made with other settings. Delete {loc} yourself, or choose another --out"
     )
 
 
-def _refuse_orphan_shards(root: Path) -> None:
-    """Refuse to start a new store in ``root`` (no manifest yet) whose ``shards/`` already holds shards.
+def _refuse_orphan_shards(loc: Location) -> None:
+    """Refuse to start a new store in ``loc`` (no manifest yet) whose ``shards/`` already holds shards.
 
     They are another run's work, or one whose manifest was lost: a new manifest would count them as
     finished generations of this run whatever settings made them.
     """
-    found = _shard_files(root)
+    found = _shard_files(loc)
     if found:
         raise DiffauditError(
-            f"{root / 'shards'} already holds {len(found)} shard file(s) (e.g. {found[0]}) but {root} has no "
+            f"{loc.name('shards')} already holds {len(found)} shard file(s) (e.g. {found[0]}) but {loc} has no "
             f"{MANIFEST}: they are left from an interrupted or other run and may have been made with other "
-            f"settings. Delete {root} (or pass --fresh) to start over, or choose another --out"
+            f"settings. Delete {loc} (or pass --fresh) to start over, or choose another --out"
         )
 
 
 class SampleStore:
-    """A folder of generation shards. Open with :meth:`create` (writer) or :meth:`open` (reader)."""
+    """A folder (or object-store prefix) of generation shards. Open with :meth:`create` (writer) or
+    :meth:`open` (reader).
 
-    def __init__(self, path: str | Path, manifest: dict[str, Any]):
-        self.path = Path(path)
+    ``location``: where it lies (a path, a URL, or a :mod:`~diffaudit.store.location` object);
+    ``path`` is its local folder (None on an object store) and ``name`` how messages name it.
+    """
+
+    def __init__(self, location: str | Path | Location, manifest: dict[str, Any]):
+        self.location = location if isinstance(location, (LocalFolder, ObjectFolder)) else open_location(location)
+        self.path: Path | None = self.location.path
+        self.name = self.location.url
         self.manifest = manifest
+        self._sizes: dict[str, int] = {}  # object store: shard file -> size, from the last listing
 
     # -- opening --------------------------------------------------------------------------
     @classmethod
@@ -116,31 +138,57 @@ class SampleStore:
         if shard_size < 1:
             raise DiffauditError("--shard-size must be at least 1")
         full = {**settings, "prompts": prompts, "per_prompt": per_prompt, "shard_size": shard_size}
-        if not fresh:
-            _refuse_unowned_store(Path(path))
-        root, resumed = prepare_out_dir(path, "sample", full, fresh=fresh, upgrade=upgrade)
+        loc = open_location(path)
+        if isinstance(loc, ObjectFolder):
+            prepare_object_out(loc, "sample", full, fresh=fresh, upgrade=upgrade)
+        else:
+            if not fresh:
+                _refuse_unowned_store(loc)
+            loc = LocalFolder(prepare_out_dir(loc.path, "sample", full, fresh=fresh, upgrade=upgrade)[0])
         total = len(prompts) * per_prompt
         manifest = {
             "schema_version": 1, "n_total": total, "per_prompt": per_prompt, "shard_size": shard_size,
             "n_shards": -(-total // shard_size), "image_shape": list(image_shape), "prompts": prompts,
             "seed": settings.get("seed", 0), "sampler": settings,
         }
-        if not (root / MANIFEST).exists():
-            _refuse_orphan_shards(root)
-            write_json_atomic(root / MANIFEST, manifest)
-        (root / "shards").mkdir(exist_ok=True)
-        return cls(root, read_json(root / MANIFEST))
+        if not loc.exists(MANIFEST):
+            _refuse_orphan_shards(loc)
+            loc.write_json(MANIFEST, manifest, create=True)  # of two writers on an object store, one manifest
+        if loc.path is not None:
+            (loc.path / "shards").mkdir(exist_ok=True)
+        return cls(loc, loc.read_json(MANIFEST))
 
     @classmethod
     def open(cls, path: str | Path) -> "SampleStore":
-        root = Path(path)
-        if not (root / MANIFEST).exists():
-            raise DiffauditError(f"{root} is not a sample store (no {MANIFEST})")
-        return cls(root, read_json(root / MANIFEST))
+        loc = open_location(path)
+        if not loc.is_file(MANIFEST):
+            raise DiffauditError(f"{loc} is not a sample store (no {MANIFEST})")
+        return cls(loc, loc.read_json(MANIFEST))
 
     @staticmethod
     def is_store(path: str | Path) -> bool:
-        return Path(path, MANIFEST).is_file()
+        """Whether ``path`` (a folder or an object-store URL) holds a store's manifest."""
+        return open_location(path).is_file(MANIFEST)
+
+    @staticmethod
+    def recorded_settings(path: str | Path) -> dict[str, Any] | None:
+        """The settings `diffaudit sample` recorded in the store at ``path`` (a folder or a URL), or None
+        (no store there yet, or another command's output)."""
+        loc = open_location(path)
+        if isinstance(loc, LocalFolder):
+            return recorded_settings(loc.path, "sample")
+        record = loc.read_json(SETTINGS_FILE) if loc.exists(SETTINGS_FILE) else None
+        ok = isinstance(record, dict) and record.get("command") == "sample" and isinstance(record.get("settings"), dict)
+        return record["settings"] if ok else None
+
+    @functools.cached_property
+    def identity(self) -> str:
+        """``store:`` and a digest of the manifest (model weights digest, seed, sampler, prompts: the images
+        are a function of it) without the model folder's path: the same store elsewhere is the same."""
+        sampler = dict(self.manifest.get("sampler") or {})
+        sampler.pop("model", None)
+        body = json.dumps({**self.manifest, "sampler": sampler}, sort_keys=True).encode("utf-8")
+        return "store:" + hashlib.sha256(body).hexdigest()[:16]
 
     # -- plan ----------------------------------------------------------------------------
     @property
@@ -169,21 +217,30 @@ class SampleStore:
         }
 
     # -- shards --------------------------------------------------------------------------
-    def _npy(self, index: int) -> Path:
-        return self.path / "shards" / f"shard-{index:06d}.npy"
+    @staticmethod
+    def _npy(index: int) -> str:
+        return f"shards/{_shard_name(index, 'npy')}"
 
-    def _sidecar(self, index: int) -> Path:
-        return self.path / "shards" / f"shard-{index:06d}.json"
+    @staticmethod
+    def _sidecar(index: int) -> str:
+        return f"shards/{_shard_name(index, 'json')}"
 
     def is_complete(self, index: int) -> bool:
-        return self._sidecar(index).exists() and self._npy(index).exists()
+        return self.location.exists(self._sidecar(index)) and self.location.exists(self._npy(index))
 
     def completed(self) -> list[int]:
+        """Indices of the finished shards (sidecar and pixels both present), from one listing."""
+        if isinstance(self.location, ObjectFolder):
+            self._sizes = self.location.sizes("shards")
+            names = set(self._sizes)
+        else:
+            names = set(self.location.listdir("shards"))
         out = []
-        for p in (self.path / "shards").glob("shard-*.json"):
-            m = _SHARD_RE.match(p.name)
-            if m and p == self._sidecar(int(m.group(1))) and self._npy(int(m.group(1))).exists():
-                out.append(int(m.group(1)))
+        for name in names:
+            m = _SHARD_RE.match(name)
+            k = int(m.group(1)) if m else -1
+            if m and name == _shard_name(k, "json") and _shard_name(k, "npy") in names:
+                out.append(k)
         return sorted(out)
 
     def pending(self) -> list[int]:
@@ -193,33 +250,40 @@ class SampleStore:
     def write_shard(self, index: int, images: np.ndarray) -> None:
         """Write shard ``index`` (uint8 (S, H, W, C)); refuses to overwrite a finished shard."""
         if self.is_complete(index):
-            raise DiffauditError(f"shard {index} of {self.path} is finished; finished shards are never rewritten")
+            raise DiffauditError(f"shard {index} of {self.name} is finished; finished shards are never rewritten")
         pl = self.plan(index)
         exp = (pl.stop - pl.start, *self.manifest["image_shape"])
         if images.dtype != np.uint8 or tuple(images.shape) != exp:
             raise DiffauditError(f"shard {index}: expected uint8 {exp}, got {images.dtype} {images.shape}")
-        save_npy_atomic(self._npy(index), images)
+        self.location.write_npy(self._npy(index), images)
         fault_point("store.between_files")  # a crash here leaves pixels without a sidecar: unfinished
         req = self.shard_request(index)
-        write_json_atomic(self._sidecar(index), {
+        self.location.write_json(self._sidecar(index), {
             "shard": index, "start": pl.start, "stop": pl.stop, "ids": req["ids"], "seeds": req["seeds"],
             "prompts": req["prompts"], "sampler": self.manifest["sampler"],
         })
 
     def read_shard(self, index: int, *, mmap: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
-        """uint8 (n, H, W, C) of a finished shard (memory-mapped with ``mmap``) and its sidecar."""
+        """uint8 (n, H, W, C) of a finished shard (memory-mapped with ``mmap``; on an object store, its
+        local copy, :meth:`local_npy`) and its sidecar."""
         if not self.is_complete(index):
-            raise DiffauditError(f"shard {index} of {self.path} is not finished")
-        meta = read_json(self._sidecar(index))
-        images = load_npy(self._npy(index), mmap=mmap)
+            raise DiffauditError(f"shard {index} of {self.name} is not finished")
+        loc = self.location
+        meta = loc.read_json(self._sidecar(index))
+        images = load_npy(self.local_npy(index), mmap=True) if mmap else loc.read_npy(self._npy(index))
         if len(images) != len(meta["ids"]):
-            raise DiffauditError(f"{self._npy(index)}: {len(images)} images but {len(meta['ids'])} ids in its sidecar")
+            raise DiffauditError(f"{loc.name(self._npy(index))}: {len(images)} images but {len(meta['ids'])} ids in its sidecar")
         bad = [i for i in meta["ids"] if not (isinstance(i, str) and GENERATION_ID.fullmatch(i))]
         if bad:
-            raise DiffauditError(f"{self._sidecar(index)}: id {bad[0]!r} is not a generation id (p<prompt>-i<image>); "
+            raise DiffauditError(f"{loc.name(self._sidecar(index))}: id {bad[0]!r} is not a generation id (p<prompt>-i<image>); "
                                  "the sidecar was edited or damaged")
         self._check_same_run(index, meta)
         return images, meta
+
+    def local_npy(self, index: int) -> Path:
+        """A local file holding shard ``index``'s pixels, to memory-map: the shard itself, or on an object
+        store its copy in the local cache (:meth:`~diffaudit.store.location.ObjectFolder.mappable`)."""
+        return self.location.mappable(self._npy(index), self.identity, self._sizes.get(_shard_name(index, "npy")))
 
     def _check_same_run(self, index: int, meta: dict[str, Any]) -> None:
         """Refuse shard ``index`` when its sidecar ``meta`` is not what this store's manifest plans for it.
@@ -244,7 +308,8 @@ class SampleStore:
             what = "seeds"
         if what is not None:
             raise DiffauditError(
-                f"{self._sidecar(index)}: shard {index} records other {what} than {self.path / MANIFEST}; "
+                f"{self.location.name(self._sidecar(index))}: shard {index} records other {what} than "
+                f"{self.location.name(MANIFEST)}; "
                 "it was made by another run (e.g. left by an interrupted --fresh). Delete the store "
                 "(or re-run `diffaudit sample` with --fresh) to start over, or choose another --out"
             )
@@ -269,16 +334,16 @@ class SampleStore:
         """
         if require_complete and self.pending():
             raise DiffauditError(
-                f"{self.path}: {len(self.pending())} of {self.n_shards} shards are unfinished; re-run `diffaudit sample` to finish"
+                f"{self.name}: {len(self.pending())} of {self.n_shards} shards are unfinished; re-run `diffaudit sample` to finish"
             )
         imgs, keys, prompts = [], [], []
         for k in self.completed():
             images, meta = self.read_shard(k, mmap=lazy)  # checks the shard against its sidecar
-            imgs.append(self._npy(k) if lazy else images)
+            imgs.append(self.local_npy(k) if lazy else images)
             keys += meta["ids"]
             prompts += meta["prompts"]
         if not imgs:
-            raise DiffauditError(f"{self.path} holds no finished generations")
+            raise DiffauditError(f"{self.name} holds no finished generations")
         conditional = any(p is not None for p in prompts)
-        images = ShardedImages(imgs, name=str(self.path)) if lazy else np.concatenate(imgs)
-        return ImageDataset(images, keys, captions=[str(p) for p in prompts] if conditional else None, source=str(self.path))
+        images = ShardedImages(imgs, name=self.name) if lazy else np.concatenate(imgs)
+        return ImageDataset(images, keys, captions=[str(p) for p in prompts] if conditional else None, source=self.name)

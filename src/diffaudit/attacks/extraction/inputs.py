@@ -16,9 +16,10 @@ from typing import Any
 from diffaudit.core.errors import DiffauditError
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.store import read_samples
+from diffaudit.store.location import is_object_url
 
 #: What a ``--samples`` input is, for error messages.
-SAMPLES_KINDS = ("a sample store folder (written by `diffaudit sample`), an .npz with uint8 `images` (and optional "
+SAMPLES_KINDS = ("a sample store (a folder or an object-store URL, written by `diffaudit sample`), an .npz with uint8 `images` (and optional "
                  "`prompts`), an image folder, or WebDataset shards (.tar or a brace pattern)")
 
 
@@ -29,7 +30,7 @@ def read_generations(spec: str, *, flag: str = "--samples") -> ImageDataset:
     try:
         return read_samples(spec, lazy=True)
     except DiffauditError:
-        if Path(spec).exists() or "{" in str(spec):  # an existing input, or shards named by a brace pattern
+        if Path(spec).exists() or "{" in str(spec) or is_object_url(spec):  # an existing input, a brace pattern, a URL
             raise
     raise DiffauditError(f"{flag} {spec}: no such file or folder; expected generations: {SAMPLES_KINDS}")
 

@@ -1,0 +1,261 @@
+"""Sample stores on an object store (fsspec): `sample --out URL`, resume, --fresh, refusals, and
+`extract`/`verify`/`export` reading a store by URL, all equal to a local store.
+
+Most tests use fsspec's in-process ``memory://`` filesystem; the S3 tests run the real S3 protocol
+(s3fs) against moto's S3 server on localhost, in a killed subprocess too."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from diffaudit.cli.main import main
+from diffaudit.core.errors import DiffauditError, SettingsMismatchError
+from diffaudit.store import SampleStore, read_samples, samples_identity
+from diffaudit.store.location import ObjectFolder, open_location
+from diffaudit.store.object_out import deletion_order, prepare_object_out
+from helpers import cifar_images, make_tiny_model_dir, noisy_copies, strict_json
+
+fsspec = pytest.importorskip("fsspec")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return make_tiny_model_dir(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture
+def bucket(request):
+    """A fresh ``memory://`` prefix, emptied afterwards (fsspec's memory filesystem is one per process)."""
+    url = f"memory://diffaudit-tests/{request.node.name}"
+    fs = fsspec.filesystem("memory")
+    if fs.exists(url):
+        fs.rm(url, recursive=True)
+    yield url
+    if fs.exists(url):
+        fs.rm(url, recursive=True)
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFAUDIT_CACHE", str(tmp_path / "cache"))
+
+
+def sample_args(model, out, *extra):
+    return ["sample", "--model", str(model), "--out", str(out), "--n", "40", "--steps", "3",
+            "--shard-size", "16", "--micro-batch", "8", "--quiet", "--device", "cpu", *extra]
+
+
+def _objects(url):
+    return ObjectFolder(url).all_objects()
+
+
+def test_sample_into_an_object_store_makes_the_local_store(tiny_model, tmp_path, bucket):
+    assert main(sample_args(tiny_model, tmp_path / "local")) == 0
+    assert main(sample_args(tiny_model, bucket)) == 0
+    assert _objects(bucket) == ["manifest.json", "result.json", "settings.json",
+                                *[f"shards/shard-00000{k}.{e}" for k in range(3) for e in ("json", "npy")]]
+    local, remote = read_samples(str(tmp_path / "local")), read_samples(bucket)
+    assert np.array_equal(local.images, remote.images) and local.keys == remote.keys
+    lazy = read_samples(bucket, lazy=True)  # memory-mapped from the local cache
+    assert np.array_equal(np.asarray(lazy.images), local.images)
+    # the same generations: one identity, so a result made from one is accepted for the other
+    assert samples_identity(bucket) == samples_identity(str(tmp_path / "local"))
+    assert json.loads(ObjectFolder(bucket).read_bytes("result.json"))["n_samples"] == 40
+    assert main(sample_args(tiny_model, bucket)) == 0  # finished: a re-run rewrites nothing
+
+
+def test_a_resumed_object_store_redoes_only_unfinished_shards(tiny_model, tmp_path, bucket, monkeypatch):
+    assert main(sample_args(tiny_model, bucket)) == 0
+    before = read_samples(bucket).images
+    loc = ObjectFolder(bucket)
+    loc.remove(["shards/shard-000001.json", "shards/shard-000002.npy", "result.json"])  # a writer stopped twice
+    assert SampleStore.open(bucket).pending() == [1, 2]
+    written = []
+    original = ObjectFolder.write_npy
+    monkeypatch.setattr(ObjectFolder, "write_npy", lambda self, rel, a: (written.append(rel), original(self, rel, a)))
+    assert main(sample_args(tiny_model, bucket)) == 0
+    assert written == ["shards/shard-000001.npy", "shards/shard-000002.npy"]
+    assert np.array_equal(read_samples(bucket).images, before)
+
+
+def test_other_settings_are_refused_and_fresh_starts_over(tiny_model, bucket, capsys):
+    assert main(sample_args(tiny_model, bucket)) == 0
+    capsys.readouterr()
+    assert main(sample_args(tiny_model, bucket, "--steps", "2")) != 0  # the later flag wins
+    assert "--steps (was 3, now 2)" in capsys.readouterr().err
+    assert main([*sample_args(tiny_model, bucket), "--fresh", "--n", "20"]) == 0
+    store = SampleStore.open(bucket)
+    assert store.manifest["n_total"] == 20 and store.completed() == [0, 1]
+    assert "shards/shard-000002.npy" not in _objects(bucket)  # the old store's third shard went with --fresh
+
+
+def test_a_prefix_holding_other_objects_is_neither_used_nor_deleted(tiny_model, bucket, capsys):
+    loc = ObjectFolder(bucket)
+    loc.write_bytes("notes.txt", b"mine")
+    for fresh in ((), ("--fresh",)):
+        assert main([*sample_args(tiny_model, bucket), *fresh]) != 0
+        assert "notes.txt" in capsys.readouterr().err
+        assert _objects(bucket) == ["notes.txt"]
+
+
+def test_shards_without_their_settings_are_refused(tiny_model, bucket, capsys):
+    assert main(sample_args(tiny_model, bucket)) == 0
+    ObjectFolder(bucket).remove(["settings.json"])  # e.g. an earlier --fresh stopped in the wrong order
+    assert main(sample_args(tiny_model, bucket)) != 0
+    assert "no settings.json" in capsys.readouterr().err
+
+
+def test_fresh_deletes_the_settings_last(tiny_model, bucket, monkeypatch):
+    assert deletion_order(["manifest.json", "result.json", "settings.json", "shards/shard-000000.json",
+                           "shards/shard-000000.npy"]) == [["shards/shard-000000.json"],
+                                                           ["result.json", "shards/shard-000000.npy"],
+                                                           ["manifest.json"], ["settings.json"]]
+    assert main(sample_args(tiny_model, bucket)) == 0
+    reference = read_samples(bucket).images
+    calls = []
+
+    def stopped_after_two(self, rels):  # --fresh killed part-way
+        if len(calls) == 2:
+            raise DiffauditError("stopped")
+        calls.append(rels)
+        original_remove(self, rels)
+
+    original_remove = ObjectFolder.remove
+    monkeypatch.setattr(ObjectFolder, "remove", stopped_after_two)
+    assert main([*sample_args(tiny_model, bucket), "--fresh"]) != 0
+    monkeypatch.setattr(ObjectFolder, "remove", original_remove)
+    assert _objects(bucket) == ["manifest.json", "settings.json"]  # the settings stay with what is left
+    assert main(sample_args(tiny_model, bucket)) == 0  # the same settings: resumed, every shard redone
+    assert np.array_equal(read_samples(bucket).images, reference)
+
+
+def test_of_two_commands_starting_together_one_records_its_settings(bucket, monkeypatch):
+    loc = ObjectFolder(bucket)
+    assert prepare_object_out(loc, "sample", {"steps": 3}) is False
+    # the second looked before the first wrote: its create-only write keeps the first's settings
+    monkeypatch.setattr(ObjectFolder, "exists", lambda self, rel: False)
+    monkeypatch.setattr(ObjectFolder, "all_objects", lambda self: [])
+    with pytest.raises(SettingsMismatchError, match="steps"):
+        prepare_object_out(loc, "sample", {"steps": 2})
+    assert prepare_object_out(loc, "sample", {"steps": 3}) is True
+    assert loc.read_json("settings.json")["settings"] == {"steps": 3}
+
+
+def test_shards_are_copied_into_the_cache_once(tiny_model, tmp_path, bucket, monkeypatch):
+    assert main(sample_args(tiny_model, bucket)) == 0
+    reference = read_samples(bucket).images
+    opened = []
+    original_open = ObjectFolder(bucket).fs.__class__.open
+
+    def counting_open(self, path, mode="rb", **kw):
+        opened.append(path)
+        return original_open(self, path, mode, **kw)
+
+    monkeypatch.setattr(ObjectFolder(bucket).fs.__class__, "open", counting_open)
+    assert np.array_equal(np.asarray(read_samples(bucket, lazy=True).images), reference)
+    assert len(opened) == 3
+    copies = sorted((tmp_path / "cache" / "stores").rglob("shard-*.npy"))
+    assert len(copies) == 3 and oct(copies[0].parent.stat().st_mode & 0o777) == "0o700"
+    assert np.array_equal(np.asarray(read_samples(bucket, lazy=True).images), reference)
+    assert len(opened) == 3  # the second read maps the copies
+    copies[1].write_bytes(copies[1].read_bytes()[:-10])  # a damaged copy (not the object's size) is fetched again
+    assert np.array_equal(np.asarray(read_samples(bucket, lazy=True).images), reference)
+    assert len(opened) == 4
+
+
+def test_unsupported_locations_are_refused_with_what_works(tiny_model, capsys):
+    assert main(sample_args(tiny_model, "ftp://host/store")) != 0
+    err = capsys.readouterr().err
+    assert "s3://" in err and "mount ftp:// as a filesystem" in err
+    assert main(["verify", "--samples", "memory://diffaudit-tests/none", "--data", "digits", "--out", "x", "--quiet"]) != 0
+    assert "memory://diffaudit-tests/none is not a sample store" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def image_stores(tmp_path_factory):
+    """The same generations (copies of two training images among unseen ones) as a local store and one
+    on ``memory://``, with the training set as an .npz."""
+    d = tmp_path_factory.mktemp("stores")
+    train, test = cifar_images(60, "train"), cifar_images(40, "test")
+    np.savez(d / "train.npz", images=train)
+    images = np.concatenate([noisy_copies(train[5], 12, 1), test[:25], noisy_copies(train[42], 11, 2)])
+    url = "memory://diffaudit-tests/image-store"
+    for where in (d / "local", url):
+        store = SampleStore.create(where, settings={"seed": 0, "kind": "test"}, prompts=[None], per_prompt=len(images),
+                                   image_shape=images.shape[1:], shard_size=16, fresh=True)
+        for k in range(store.n_shards):
+            store.write_shard(k, images[store.plan(k).start:store.plan(k).stop])
+    yield d, url
+    fsspec.filesystem("memory").rm(url, recursive=True)
+
+
+def test_extract_verify_and_export_read_an_object_store_as_a_folder(image_stores, tmp_path):
+    d, url = image_stores
+    for name, samples in (("local", d / "local"), ("remote", url)):
+        assert main(["--quiet", "extract", "--samples", str(samples), "--out", str(tmp_path / f"ex-{name}"),
+                     "--device", "cpu"]) == 0
+        assert main(["--quiet", "verify", "--samples", str(samples), "--data", str(d / "train.npz"),
+                     "--out", str(tmp_path / f"ver-{name}"), "--device", "cpu"]) == 0
+        assert main(["--quiet", "export", "--samples", str(samples), "--out", str(tmp_path / f"png-{name}")]) == 0
+    ex_local, ex_remote = (strict_json(tmp_path / f"ex-{n}" / "result.json") for n in ("local", "remote"))
+    assert ex_local["n_groups"] == ex_remote["n_groups"] == 2
+    assert ex_local["groups"] == ex_remote["groups"]
+    v_local, v_remote = (strict_json(tmp_path / f"ver-{n}" / "result.json") for n in ("local", "remote"))
+    assert v_local["unique_extracted"] == v_remote["unique_extracted"] >= 2
+    assert v_local["extracted"] == v_remote["extracted"]
+    assert v_remote["settings"]["samples"] == url
+    pngs = sorted(p.name for p in (tmp_path / "png-remote").glob("*.png"))
+    assert len(pngs) == 48 and pngs == sorted(p.name for p in (tmp_path / "png-local").glob("*.png"))
+    # the report shows the generations of the store the result records, by URL as by path
+    pages = {}
+    for name in ("local", "remote"):
+        assert main(["--quiet", "report", str(tmp_path / f"ver-{name}")]) == 0
+        pages[name] = (tmp_path / f"ver-{name}" / "report.html").read_text()
+    assert pages["remote"].count("data:image/png") == pages["local"].count("data:image/png") > 4
+    assert "cannot be read from here" not in pages["remote"] and "outside the reported folder" not in pages["remote"]
+
+
+def test_the_report_of_an_unreachable_store_shows_generations_by_id(image_stores, tmp_path):
+    d, url = image_stores
+    assert main(["--quiet", "verify", "--samples", url, "--data", str(d / "train.npz"), "--out", str(tmp_path / "v"),
+                 "--device", "cpu"]) == 0
+    settings = json.loads((tmp_path / "v" / "result.json").read_text())
+    settings["settings"]["samples"] = "memory://diffaudit-tests/elsewhere"  # not there from the report's machine
+    (tmp_path / "v" / "result.json").write_text(json.dumps(settings))
+    assert main(["--quiet", "report", str(tmp_path / "v")]) == 0
+    page = (tmp_path / "v" / "report.html").read_text()
+    assert "memory://diffaudit-tests/elsewhere" in page and "p0-i0" in page
+
+
+# -- the S3 protocol, against moto's S3 server on localhost ------------------------------------------------
+
+
+def test_a_killed_sample_into_s3_resumes_to_the_local_store(tiny_model, tmp_path, s3_endpoint):
+    url = "s3://diffaudit-tests/killed"
+    assert main(sample_args(tiny_model, tmp_path / "local")) == 0
+    env = {**os.environ, "DIFFAUDIT_KILL_AT": "sample.shard:2"}
+    proc = subprocess.run([sys.executable, "-m", "diffaudit.cli.main", *sample_args(tiny_model, url)], env=env)
+    assert proc.returncode == -9
+    partial = SampleStore.open(url)
+    assert partial.completed() == [0, 1] and partial.pending() == [2]
+    with pytest.raises(DiffauditError, match="unfinished"):
+        partial.to_dataset()
+    assert main(sample_args(tiny_model, url)) == 0
+    assert np.array_equal(read_samples(url, lazy=True).images[:], read_samples(str(tmp_path / "local")).images)
+    assert "result.json" in _objects(url)
+
+
+def test_s3_keeps_the_first_settings_of_two_created_together(s3_endpoint, monkeypatch):
+    loc = open_location("s3://diffaudit-tests/race")
+    assert loc.write_json("settings.json", {"command": "sample", "settings": {"steps": 3}}, create=True)
+    assert not loc.write_json("settings.json", {"command": "sample", "settings": {"steps": 2}}, create=True)
+    monkeypatch.setattr(ObjectFolder, "exists", lambda self, rel: False)
+    monkeypatch.setattr(ObjectFolder, "all_objects", lambda self: [])
+    with pytest.raises(SettingsMismatchError, match="steps"):
+        prepare_object_out(loc, "sample", {"steps": 2})
