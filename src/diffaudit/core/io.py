@@ -104,6 +104,17 @@ def _running(pid: int) -> bool:
     return True
 
 
+def host_tag() -> str:
+    """This host's name as temporary file names carry it (letters, digits and ``_``)."""
+    return _HOST
+
+
+def left_by_exited_writer(host: str, pid: int) -> bool:
+    """Whether a temporary file named for process ``pid`` on ``host`` belongs to a writer on this host that
+    has exited (a process id taken again by a running process counts as running: the file is kept)."""
+    return host == _HOST and not _running(pid)
+
+
 def remove_stale_temps(folder: str | os.PathLike) -> int:
     """Delete the temporary files of :func:`atomic_write` under ``folder`` (recursively) whose writer
     ran on this host and has exited (killed mid-write); returns how many. Files of running writers
@@ -111,7 +122,7 @@ def remove_stale_temps(folder: str | os.PathLike) -> int:
     removed = 0
     for tmp in Path(folder).rglob(".*.tmp"):
         m = _TEMP.match(tmp.name)
-        if m and m["host"] == _HOST and not _running(int(m["pid"])):
+        if m and left_by_exited_writer(m["host"], int(m["pid"])):
             try:
                 tmp.unlink()
                 removed += 1

@@ -40,7 +40,9 @@ against ``webdataset.WebDataset`` itself. Reading the tar directly (rather than 
   reads it again when it is decoded: loading 1 image from 721 MiB of shards peaked at 244 MiB RSS
   against 1,129 MiB when listing held every sample's bytes. A compressed shard's spans point into its
   decompressed temporary tar, which stays until the last span into it is gone (or the process
-  exits), so its images are not held in memory either.
+  exits), so its images are not held in memory either. The tar of a process killed outright
+  (SIGKILL) is removed by the next process on the host that decompresses a shard
+  (:func:`remove_stale_temp_tars`).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from diffaudit.core.errors import DiffauditError
+from diffaudit.core.io import host_tag, left_by_exited_writer
 from diffaudit.core.progress import bytes_text
 from diffaudit.data.entries import Entry, Listing, gc_paused
 from diffaudit.data.images import IMAGE_EXTENSIONS, BadImageError, decode_image
@@ -204,8 +207,9 @@ def _decompressed(path: Path, module) -> tuple[_TempTar, BaseException | None]:
             file cannot be written (a full disk: said as such, never as a damaged shard).
     """
     limit = decompressed_limit(path.stat().st_size)
+    remove_stale_temp_tars()
     try:
-        fd, tmp = tempfile.mkstemp(prefix="diffaudit-shard-", suffix=".tar")
+        fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_TAR_PREFIX}{host_tag()}-{os.getpid()}-", suffix=".tar")
     except OSError as exc:
         raise _temp_error(path, exc) from None
     try:
@@ -218,6 +222,34 @@ def _decompressed(path: Path, module) -> tuple[_TempTar, BaseException | None]:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+#: Start of a decompressed shard's temporary file name: ``diffaudit-shard-<host>-<pid>-<random>.tar``.
+TEMP_TAR_PREFIX = "diffaudit-shard-"
+_TEMP_TAR = re.compile(rf"^{TEMP_TAR_PREFIX}(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[^/]*\.tar$")
+_swept: set[str] = set()  # temporary directories already swept by this process
+
+
+def remove_stale_temp_tars() -> int:
+    """Delete the decompressed tars that processes of this host left in the temporary directory when they
+    were killed (SIGKILL gives no chance to remove them); returns how many. Once per process and
+    temporary directory; a tar of a running process, of another host or not ours to delete is kept."""
+    folder = tempfile.gettempdir()
+    if folder in _swept:
+        return 0
+    _swept.add(folder)
+    removed = 0
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(TEMP_TAR_PREFIX)]
+    except OSError:
+        return 0
+    for name in names:
+        m = _TEMP_TAR.match(name)
+        if m and left_by_exited_writer(m["host"], int(m["pid"])):
+            with contextlib.suppress(OSError):  # gone already, or another user's in a shared /tmp
+                os.unlink(os.path.join(folder, name))
+                removed += 1
+    return removed
 
 
 def _inflate(path: Path, module, fd: int, limit: int) -> BaseException | None:
