@@ -352,6 +352,29 @@ def test_a_real_verify_folder_reported_alone_shows_its_images(tmp_path):
     assert "train-missing" not in kinds and "generation-missing" not in kinds
 
 
+def test_generations_read_by_a_brace_pattern_show_when_they_are_the_recorded_ones(tmp_path, write_tar, encode_image):
+    """`verify --samples 'gen-{0..1}.tar'`: the report finds the shards of the pattern (as given, or beside
+    the folder when moved with it) and shows the generations whose identity the result records; shards
+    rewritten since are not shown."""
+    from diffaudit.cli.main import main
+
+    rng = np.random.default_rng(1)
+    train = rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "train.npz", images=train)
+    fresh = rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    write_tar(tmp_path / "gen-0.tar", [("copy2.png", encode_image(train[2])), ("fresh0.png", encode_image(fresh[0]))])
+    write_tar(tmp_path / "gen-1.tar", [("copy5.png", encode_image(train[5])), ("fresh1.png", encode_image(fresh[1]))])
+    out = tmp_path / "runs" / "verify"
+    assert main(["--quiet", "verify", "--samples", str(tmp_path / "gen-{0..1}.tar"), "--data", str(tmp_path / "train.npz"),
+                 "--rule", "l2", "--out", str(out), "--device", "cpu"]) == 0
+    assert json.loads((out / "result.json").read_text())["unique_extracted"] == 2
+    kinds = _kinds(render_html(out))
+    assert kinds.count("train") == 2 and kinds.count("generation") == 2 and "generation-missing" not in kinds
+    write_tar(tmp_path / "gen-1.tar", [("copy5.png", encode_image(fresh[0])), ("fresh1.png", encode_image(fresh[1]))])
+    html = render_html(out)
+    assert _kinds(html).count("generation") == 0 and "is not the input the result records" in _text(html)
+
+
 def test_infinite_counts_in_a_result_are_read_as_missing(tmp_path):
     """Python's JSON parser reads ``Infinity``: a report of a result holding it in a count is made (the
     count unknown), never an OverflowError traceback."""

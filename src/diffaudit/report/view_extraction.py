@@ -215,10 +215,13 @@ def sample_images(stage: Stage | None, rs: ResultSet) -> SampleImages:
     from diffaudit.store.location import is_object_url
 
     path = None
-    if stage is not None and is_object_url(stage.settings.get("samples") or ""):
+    value = stage.settings.get("samples") if stage is not None else None
+    if isinstance(value, str) and is_object_url(value):
         return _object_store_images(stage)
+    if stage is not None and isinstance(value, str) and "{" in value:
+        return _pattern_images(stage, rs, value)
     if stage is not None:
-        path = resolve_path(stage.settings.get("samples"), *_bases(stage, rs))
+        path = resolve_path(value, *_bases(stage, rs))
     if path is None and rs.store_dirs:
         path = rs.store_dirs[0]
     if path is None:
@@ -234,6 +237,27 @@ def sample_images(stage: Stage | None, rs: ResultSet) -> SampleImages:
     # verify --from-extract records the identity of the medoids it verified, not of the whole input
     verified = stage.result.get("verified_medoids") if stage is not None else None
     return SampleImages(path, trusted=False, identity=identity, verified=verified)
+
+
+def _pattern_images(stage: Stage, rs: ResultSet, pattern: str) -> SampleImages:
+    """The generations of a stage that read WebDataset shards by a brace pattern (``gen-{000..009}.tar``),
+    found as given or relative to the stage's folders like any recorded path (:func:`resolve_path`).
+
+    They are shown only when they are the generations the stage recorded (its ``samples_identity``),
+    wherever they lie: a pattern names many files, any of which could be a link out of the folder."""
+    from diffaudit.data.shards import expand_pattern
+
+    given = Path(pattern)
+    bases = _bases(stage, rs)
+    candidates = [given, *([] if given.is_absolute() else [b / given for b in bases]), *[b / given.name for b in bases]]
+    for candidate in candidates:
+        try:
+            expand_pattern(str(candidate))
+        except DiffauditError:
+            continue
+        return SampleImages(candidate, trusted=False, identity=stage.settings.get("samples_identity"),
+                            verified=stage.result.get("verified_medoids"))
+    return SampleImages.refused(given, f"no shard of {pattern} is found from here")
 
 
 def _object_store_images(stage: Stage) -> SampleImages:
