@@ -135,12 +135,29 @@ def test_fresh_deletes_the_settings_last(tiny_model, bucket, monkeypatch):
     assert np.array_equal(read_samples(bucket).images, reference)
 
 
+def _looks_before_the_first_writes(monkeypatch):
+    """The next command's first look finds no settings and no objects, as if it looked just before another
+    command created the store; every later look sees the store as it is."""
+    exists, all_objects = ObjectFolder.exists, ObjectFolder.all_objects
+    looked = []
+
+    def first_look_misses(real, empty):
+        def look(self, *args):
+            if real.__name__ not in looked:
+                looked.append(real.__name__)
+                return empty
+            return real(self, *args)
+        return look
+
+    monkeypatch.setattr(ObjectFolder, "exists", first_look_misses(exists, False))
+    monkeypatch.setattr(ObjectFolder, "all_objects", first_look_misses(all_objects, []))
+
+
 def test_of_two_commands_starting_together_one_records_its_settings(bucket, monkeypatch):
     loc = ObjectFolder(bucket)
     assert prepare_object_out(loc, "sample", {"steps": 3}) is False
     # the second looked before the first wrote: its create-only write keeps the first's settings
-    monkeypatch.setattr(ObjectFolder, "exists", lambda self, rel: False)
-    monkeypatch.setattr(ObjectFolder, "all_objects", lambda self: [])
+    _looks_before_the_first_writes(monkeypatch)
     with pytest.raises(SettingsMismatchError, match="steps"):
         prepare_object_out(loc, "sample", {"steps": 2})
     assert prepare_object_out(loc, "sample", {"steps": 3}) is True
@@ -255,7 +272,137 @@ def test_s3_keeps_the_first_settings_of_two_created_together(s3_endpoint, monkey
     loc = open_location("s3://diffaudit-tests/race")
     assert loc.write_json("settings.json", {"command": "sample", "settings": {"steps": 3}}, create=True)
     assert not loc.write_json("settings.json", {"command": "sample", "settings": {"steps": 2}}, create=True)
-    monkeypatch.setattr(ObjectFolder, "exists", lambda self, rel: False)
-    monkeypatch.setattr(ObjectFolder, "all_objects", lambda self: [])
+    _looks_before_the_first_writes(monkeypatch)
     with pytest.raises(SettingsMismatchError, match="steps"):
         prepare_object_out(loc, "sample", {"steps": 2})
+
+
+# -- findings of the review: exact deletes, foreign settings, the cache per store, errors, races ----------------
+
+
+def test_fresh_deletes_exactly_its_own_objects_even_with_pattern_characters(tiny_model, bucket):
+    """fsspec reads ``[``, ``*`` and ``?`` in a key given to ``rm`` as a pattern: ``store[1]`` matched ``store1``."""
+    plain, bracketed = f"{bucket}/store1", f"{bucket}/store[1]"
+    assert main(sample_args(tiny_model, plain)) == 0 and main(sample_args(tiny_model, bracketed)) == 0
+    before = _objects(plain)
+    assert main([*sample_args(tiny_model, bracketed), "--fresh", "--n", "20"]) == 0
+    assert _objects(plain) == before and len(before) == 9
+    assert SampleStore.open(bracketed).manifest["n_total"] == 20
+
+
+def test_a_settings_file_diffaudit_did_not_write_is_neither_used_nor_deleted(tiny_model, bucket, capsys):
+    loc = ObjectFolder(bucket)
+    loc.write_bytes("settings.json", b'{"learning_rate": 0.1}')
+    loc.write_bytes("data/train.csv", b"x,y\n")
+    for fresh in ((), ("--fresh",)):
+        assert main([*sample_args(tiny_model, bucket), *fresh]) != 0
+        assert "is not a settings record diffaudit wrote" in capsys.readouterr().err
+        assert _objects(bucket) == ["data/train.csv", "settings.json"]
+
+
+def test_two_stores_with_one_manifest_keep_their_own_cached_copies(bucket):
+    """Two GPUs of one kind may round differently: stores with one manifest (one identity) and other pixels
+    never share copies, and an object rewritten in place is fetched again."""
+    rng = np.random.default_rng(0)
+    pixels = {}
+    for name in ("a", "b"):
+        store = SampleStore.create(f"{bucket}/{name}", settings={"seed": 0, "kind": "test"}, prompts=[None], per_prompt=8,
+                                   image_shape=(4, 4, 1), shard_size=8)
+        pixels[name] = rng.integers(0, 256, (8, 4, 4, 1), dtype=np.uint8)
+        store.write_shard(0, pixels[name])
+    assert SampleStore.open(f"{bucket}/a").identity == SampleStore.open(f"{bucket}/b").identity
+    for name in ("a", "b", "a"):
+        assert np.array_equal(np.asarray(read_samples(f"{bucket}/{name}", lazy=True).images), pixels[name])
+    ObjectFolder(f"{bucket}/a").write_npy("shards/shard-000000.npy", pixels["b"])  # same size, another object
+    assert np.array_equal(np.asarray(read_samples(f"{bucket}/a", lazy=True).images), pixels["b"])
+
+
+def test_a_failing_store_is_a_one_line_error(tiny_model, bucket, image_stores, tmp_path, monkeypatch, capsys):
+    """Backends raise errors of their own kinds (botocore's NoCredentialsError, EndpointConnectionError)."""
+    assert main(sample_args(tiny_model, "s3://")) != 0
+    assert "s3:// names no bucket" in capsys.readouterr().err
+    d, url = image_stores
+    assert main(["--quiet", "verify", "--samples", url, "--data", str(d / "train.npz"), "--out", str(tmp_path / "v"),
+                 "--device", "cpu"]) == 0
+
+    class NoCredentials(Exception):  # not an OSError, like botocore's
+        pass
+
+    def refuse(self, *args, **kwargs):
+        raise NoCredentials("Unable to locate credentials")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(type(fsspec.filesystem("memory")), "exists", refuse)
+        assert main(sample_args(tiny_model, bucket)) != 0
+        err = capsys.readouterr().err
+        assert "could not look it up (NoCredentials: Unable to locate credentials)" in err and "Traceback" not in err
+        assert main(["--quiet", "report", str(tmp_path / "v")]) == 0  # the generations by id, with the reason
+    assert "Unable to locate credentials" in (tmp_path / "v" / "report.html").read_text()
+
+
+def test_a_shard_another_writer_finished_meanwhile_is_kept(bucket):
+    """Two commands with the same settings on one object store (no lock): the one that finds a shard finished
+    when its own images are made writes nothing and counts none."""
+    from diffaudit.store import fill_shard
+
+    images = np.arange(8 * 16, dtype=np.uint8).reshape(8, 4, 4, 1)
+    mine = SampleStore.create(bucket, settings={"seed": 0}, prompts=[None], per_prompt=8, image_shape=(4, 4, 1),
+                              shard_size=8)
+    other = SampleStore.open(bucket)
+
+    def source(seeds, prompts):
+        other.write_shard(0, images)  # the other command finishes the shard while this one samples
+        return images + 1
+
+    assert fill_shard(mine, 0, source) == 0
+    assert np.array_equal(mine.read_shard(0)[0], images)
+    with pytest.raises(DiffauditError, match="never rewritten"):
+        mine.write_shard(0, images)
+
+
+def test_a_shard_of_the_old_settings_landing_after_fresh_is_made_again(tiny_model, bucket, monkeypatch, capsys):
+    """An earlier command still writing when --fresh (other settings) replaced the store adds its shard to
+    the new store: `sample` finds it by its sidecar and makes it again before it calls the store finished."""
+    import diffaudit.store as store_api
+
+    assert main(sample_args(tiny_model, bucket)) == 0
+    earlier = SampleStore.open(bucket)
+    late_shard, _ = earlier.read_shard(2)
+    real_fill, calls = store_api.fill_store, []
+
+    def earlier_command_lands_first(store, *args, **kwargs):
+        if not calls:
+            earlier.write_shard(2, late_shard)
+        calls.append(1)
+        return real_fill(store, *args, **kwargs)
+
+    monkeypatch.setattr(store_api, "fill_store", earlier_command_lands_first)
+    assert main([*sample_args(tiny_model, bucket), "--fresh", "--steps", "2"]) == 0
+    monkeypatch.setattr(store_api, "fill_store", real_fill)
+    assert len(calls) == 2  # the stray shard was found, and the store filled again
+    store = SampleStore.open(bucket)
+    assert store.stray_shards() == [] and store.manifest["sampler"]["steps"] == 2
+    assert main(sample_args(tiny_model, f"{bucket}-fresh", "--steps", "2")) == 0
+    assert np.array_equal(read_samples(bucket).images, read_samples(f"{bucket}-fresh").images)
+
+
+def test_a_trailing_slash_names_the_same_store(image_stores, tmp_path, capsys):
+    _, url = image_stores
+    out = str(tmp_path / "ex")
+    assert main(["--quiet", "extract", "--samples", url, "--out", out, "--device", "cpu"]) == 0
+    assert main(["--quiet", "extract", "--samples", url + "/", "--out", out, "--device", "cpu"]) == 0
+    assert strict_json(tmp_path / "ex" / "result.json")["settings"]["samples"] == url
+
+
+def test_the_sample_line_names_the_url(tiny_model, bucket, capsys):
+    assert main([a for a in sample_args(tiny_model, bucket) if a != "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert f"-> {bucket}" in captured.err and f"40 generations in {bucket}" in captured.out
+
+
+def test_s3_console_folder_markers_are_not_objects_of_a_store(tiny_model, s3_endpoint):
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    fs.pipe_file("diffaudit-tests/marked/", b"")  # what the S3 console's "Create folder" makes
+    assert ObjectFolder("s3://diffaudit-tests/marked").all_objects() == []
+    assert main(sample_args(tiny_model, "s3://diffaudit-tests/marked")) == 0
+    assert main([*sample_args(tiny_model, "s3://diffaudit-tests/marked"), "--fresh"]) == 0

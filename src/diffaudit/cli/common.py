@@ -93,7 +93,8 @@ def canonical_path(spec: str | os.PathLike | None) -> str | None:
     """How settings record the path of an input, so that every spelling of one file or folder compares
     equal on a resume (``cond.npz``, ``./cond.npz``, its absolute path, a link to it): an existing path
     resolved (absolute, links followed); a WebDataset brace pattern (``dir/x-{000000..000003}.tar``, not
-    a path itself) with its folder resolved; a built-in dataset name (``digits``: the loader reads it
+    a path itself) with its folder resolved; an object store's URL with its protocol in lower case and no
+    trailing slash; a built-in dataset name (``digits``: the loader reads it
     as a name even where a file of that name exists), None, and anything else (a path that does not
     exist, which the command refuses anyway) as given."""
     if spec is None:
@@ -103,6 +104,10 @@ def canonical_path(spec: str | os.PathLike | None) -> str | None:
     text = os.fspath(spec)
     if text in BUILTIN_NAMES or not text:
         return text
+    if "://" in text and not text.lower().startswith("file://"):  # an object store's URL (a sample store)
+        from diffaudit.store.location import canonical_url
+
+        return canonical_url(text)
     path = Path(text).expanduser()
     if path.exists():
         return str(path.resolve())

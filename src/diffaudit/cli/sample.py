@@ -158,12 +158,23 @@ def sample_into(args: argparse.Namespace, model: str, out: str):
                                upgrade=upgrade_settings)
     if not store.pending() and store.location.exists("result.json"):
         return store  # finished earlier: nothing rewritten (a finished store may lie on read-only storage)
-    if getattr(args, "ray", None):
-        from diffaudit.store.ray_fill import fill_store_ray
+    for attempt in range(2):
+        if getattr(args, "ray", None):
+            from diffaudit.store.ray_fill import fill_store_ray
 
-        fill_store_ray(store, settings["model"], args)  # absolute: the workers' nodes read it too
-    else:
-        fill_store(store, source, batch_size=args.batch_size)
+            fill_store_ray(store, settings["model"], args)  # absolute: the workers' nodes read it too
+        else:
+            fill_store(store, source, batch_size=args.batch_size)
+        stray = store.stray_shards()
+        if not stray:
+            break
+        if attempt:
+            raise DiffauditError(f"{store.name}: shard {stray[0]} keeps being written by another run ({len(stray)} shard(s) "
+                                 "in all); stop the other command writing into this store, then re-run")
+        # e.g. an object store's earlier command still writing when --fresh replaced it (no lock there)
+        stage_line(f"sample: {len(stray)} finished shard(s) of {store.name} (e.g. shard {stray[0]}) were written by another "
+                   "run with other settings; they are made again")
+        store.discard(stray)
     store.location.write_json("result.json", envelope(
         "sample", settings, {"seed": args.seed}, n_samples=int(store.manifest["n_total"]), n_prompts=len(prompts),
         per_prompt=per_prompt, n_shards=store.n_shards))

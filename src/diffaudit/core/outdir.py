@@ -140,8 +140,12 @@ def _diffaudit_record(path: Path) -> dict[str, Any] | None:
         record = read_json(path / SETTINGS_FILE)
     except (DiffauditError, OSError, ValueError):
         return None
-    ok = isinstance(record, dict) and isinstance(record.get("command"), str) and isinstance(record.get("settings"), dict)
-    return record if ok else None
+    return record if is_diffaudit_record(record) else None
+
+
+def is_diffaudit_record(record: Any) -> bool:
+    """Whether ``record`` (a ``settings.json`` document) is one diffaudit wrote: a command and its settings."""
+    return isinstance(record, dict) and isinstance(record.get("command"), str) and isinstance(record.get("settings"), dict)
 
 
 def recorded_settings(path: str | os.PathLike, command: str) -> dict[str, Any] | None:

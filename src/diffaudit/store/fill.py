@@ -49,7 +49,8 @@ def _generate(source: Source, seeds: Sequence[int], prompts: Sequence[str | None
 
 def fill_shard(store: SampleStore, index: int, source: Source, *, batch_size: int | None = None,
                on_images: OnImages | None = None) -> int:
-    """Generate and write shard ``index``; returns how many images it made (0: it was finished already).
+    """Generate and write shard ``index``; returns how many images it wrote (0: it was finished already, or was
+    finished by another writer while these were made).
 
     ``batch_size`` images go to the source per call; pixels do not depend on it (fixed micro-batches).
     ``on_images(n)``: told of images as they are made (progress), before the shard is written; the
@@ -61,7 +62,8 @@ def fill_shard(store: SampleStore, index: int, source: Source, *, batch_size: in
     step = batch_size or len(req["seeds"])
     images = np.concatenate([_generate(source, req["seeds"][a:a + step], req["prompts"][a:a + step], on_images)
                              for a in range(0, len(req["seeds"]), step)])
-    store.write_shard(index, images)
+    if not store.write_shard(index, images, unless_finished=True):
+        return 0  # finished meanwhile by another command on the same object store (the same seeds)
     fault_point("sample.shard")
     return len(images)
 
@@ -79,5 +81,5 @@ def fill_store(store: SampleStore, source: Source, *, shards: Sequence[int] | No
         for k in todo:
             made += fill_shard(store, k, source, batch_size=batch_size, on_images=bar.advance)
     if made:
-        stage_line(f"sample: {made} images in {tm.seconds:.1f}s ({made / max(tm.seconds, 1e-9):.1f} img/s) -> {store.path}")
+        stage_line(f"sample: {made} images in {tm.seconds:.1f}s ({made / max(tm.seconds, 1e-9):.1f} img/s) -> {store.name}")
     return made

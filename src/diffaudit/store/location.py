@@ -9,9 +9,9 @@ or HTTP, are refused rather than risking a half-written shard that would count a
 
 Both kinds answer the same few questions (:class:`LocalFolder`, :class:`ObjectFolder`): does a file
 exist, read or write a JSON document or an array, list a folder, and a local file to memory-map. An
-object store's shards are copied once into a private local cache (:func:`cache_root`), keyed by the
-store's identity (its manifest's digest) and checked against the object's size, and memory-mapped
-from there: a command walking 2^20 generations reads each shard from the store once.
+object store's shards are copied once into a private local cache (:func:`cache_root`), one folder per
+store (its URL and its manifest's digest), each copy checked against the object's size and tag (ETag),
+and memory-mapped from there: a command walking 2^20 generations reads each shard from the store once.
 
 fsspec finds credentials and endpoints as it always does (the environment, ``~/.aws``, or
 ``FSSPEC_S3_*`` variables); every Ray worker does the same on its own node.
@@ -19,17 +19,18 @@ fsspec finds credentials and endpoints as it always does (the environment, ``~/.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import (atomic_write, dumps_json, load_npy, loads_json, make_private_dir, read_json,
-                               save_npy_atomic, write_json_atomic)
+                               save_npy_atomic, write_bytes_atomic, write_json_atomic)
 
 #: A sample store's manifest (:mod:`~diffaudit.store.sample_store`): what makes a location a store.
 MANIFEST = "manifest.json"
@@ -116,16 +117,41 @@ class LocalFolder:
         folder = self.path / rel
         return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
-    def mappable(self, rel: str, identity: str, size: int | None = None) -> Path:
+    def mappable(self, rel: str, identity: str, info: "ObjectInfo | None" = None) -> Path:
         """A local file holding ``rel`` to memory-map: the file itself."""
         return self.path / rel
+
+
+class ObjectInfo(NamedTuple):
+    """What a listing says of an object: its size in bytes and a tag that changes when it is rewritten
+    (the ETag, or a modification time where the store gives no ETag; empty where it gives neither)."""
+
+    size: int
+    tag: str
+
+
+def _object_info(entry: dict[str, Any]) -> ObjectInfo:
+    tag = next((entry[k] for k in ("ETag", "etag", "mtime", "LastModified", "last_modified", "updated", "created")
+                if entry.get(k) not in (None, "")), "")
+    return ObjectInfo(int(entry.get("size") or 0), str(tag))
+
+
+def canonical_url(url: str) -> str:
+    """``url`` as settings record it: the protocol in lower case, no trailing slash (every spelling of one
+    prefix compares equal on a resume)."""
+    protocol, rest = url.split("://", 1)
+    return f"{protocol.lower()}://{rest.rstrip('/')}"
 
 
 class ObjectFolder:
     """A store under the prefix ``url`` of an object store (fsspec): whole objects by single writes.
 
-    Raises :class:`DiffauditError` for a protocol outside :data:`OBJECT_PROTOCOLS`, and when fsspec
-    or the protocol's package is not installed.
+    Every failure of the store (missing credentials, an endpoint that does not answer, a refusal) is a
+    :class:`DiffauditError` naming the object and what was being done, with the backend's own words:
+    backends raise errors of their own kinds (botocore, aiohttp, google-auth) that share no base class.
+
+    Raises :class:`DiffauditError` for a protocol outside :data:`OBJECT_PROTOCOLS`, a URL that names
+    no bucket, and when fsspec or the protocol's package is not installed.
     """
 
     is_local = False
@@ -139,23 +165,25 @@ class ObjectFolder:
                 f"({', '.join(p + '://' for p in OBJECT_PROTOCOLS)}) or in a local or mounted folder; mount "
                 f"{protocol}:// as a filesystem and give its path"
             )
+        self.url = canonical_url(url)
         try:
             import fsspec
 
-            self.fs, self.root = fsspec.core.url_to_fs(url)
+            self.fs, root = fsspec.core.url_to_fs(self.url)
         except ImportError as exc:
             raise DiffauditError(f"{url}: reading and writing {protocol}:// needs {exc.name or 'its fsspec package'}: "
                                  f"{INSTALL_HINT}") from None
-        except (ValueError, OSError) as exc:
-            raise DiffauditError(f"{url}: not a usable {protocol}:// location ({exc})") from None
-        self.root = self.root.rstrip("/")
-        self.url = url.rstrip("/")
+        except Exception as exc:  # noqa: BLE001 - see the class docstring
+            raise DiffauditError(f"{url}: not a usable {protocol}:// location ({type(exc).__name__}: {exc})") from None
+        self.root = root.rstrip("/")
+        if not self.root.strip("/"):
+            raise DiffauditError(f"{url} names no bucket (or container): give one, e.g. {protocol}://bucket/store")
 
     def __str__(self) -> str:
         return self.url
 
     def name(self, rel: str) -> str:
-        return f"{self.url}/{rel}"
+        return f"{self.url}/{rel}" if rel else self.url
 
     def shared_name(self) -> str:
         return self.url
@@ -163,30 +191,29 @@ class ObjectFolder:
     def _key(self, rel: str) -> str:
         return f"{self.root}/{rel}" if rel else self.root
 
-    def _fresh(self, rel: str) -> str:
-        """``rel``'s key, with what this process remembers of the objects beside it forgotten (fsspec
-        caches listings, and other processes, such as workers on other nodes, write into the store too)."""
-        key = self._key(rel)
-        self.fs.invalidate_cache(key.rsplit("/", 1)[0] if "/" in rel else self.root)
-        return key
+    def _forget(self, folder: str) -> None:
+        """Forget what this process remembers of the objects under ``folder`` (fsspec caches listings, and
+        other processes, such as workers on other nodes, write into the store too)."""
+        self.fs.invalidate_cache(self._key(folder))
 
-    def _failed(self, what: str, rel: str, exc: Exception) -> DiffauditError:
+    def _failed(self, what: str, rel: str, exc: BaseException) -> DiffauditError:
         return DiffauditError(f"{self.name(rel)}: could not {what} ({type(exc).__name__}: {exc})")
 
     def exists(self, rel: str) -> bool:
         try:
-            return bool(self.fs.exists(self._fresh(rel)))
-        except OSError as exc:
+            self._forget(rel.rsplit("/", 1)[0] if "/" in rel else "")
+            return bool(self.fs.exists(self._key(rel)))
+        except Exception as exc:  # noqa: BLE001 - see the class docstring
             raise self._failed("look it up", rel, exc) from None
 
     is_file = exists  # objects only: a "folder" is a prefix, never asked for by name
 
     def read_bytes(self, rel: str) -> bytes:
         try:
-            return self.fs.cat_file(self._fresh(rel))
+            return self.fs.cat_file(self._key(rel))
         except FileNotFoundError:
             raise DiffauditError(f"{self.name(rel)} does not exist") from None
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - see the class docstring
             raise self._failed("read it", rel, exc) from None
 
     def write_bytes(self, rel: str, data: bytes, *, create: bool = False) -> bool:
@@ -204,9 +231,13 @@ class ObjectFolder:
                 if create and self.exists(rel):
                     return False
                 self.fs.pipe_file(key, data)
-        except FileExistsError:
-            return False
-        except OSError as exc:
+        except FileExistsError as exc:
+            if create:
+                return False
+            raise self._failed("write it", rel, exc) from None  # e.g. a "folder" of that name is in the way
+        except DiffauditError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - see the class docstring
             raise self._failed("write it", rel, exc) from None
         return True
 
@@ -237,64 +268,81 @@ class ObjectFolder:
         except EOFError as exc:
             raise DiffauditError(f"{self.name(rel)}: damaged or truncated .npy object ({exc or 'empty'})") from None
 
-    def sizes(self, rel: str) -> dict[str, int]:
-        """Name -> size in bytes of the objects directly under prefix ``rel`` (empty when there are none)."""
+    def entries(self, rel: str) -> dict[str, ObjectInfo]:
+        """Name -> :class:`ObjectInfo` of the objects directly under prefix ``rel`` (empty when there are none)."""
         key = self._key(rel)
-        self.fs.invalidate_cache(key)
         try:
-            entries = self.fs.ls(key, detail=True)
+            self.fs.invalidate_cache(key)
+            listed = self.fs.ls(key, detail=True)
         except FileNotFoundError:
             return {}
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - see the class docstring
             raise self._failed("list it", rel, exc) from None
-        return {e["name"].rstrip("/").rsplit("/", 1)[-1]: int(e.get("size") or 0)
-                for e in entries if e.get("type") == "file"}
+        out = {}
+        for e in listed:
+            name = str(e.get("name", "")).rstrip("/").rsplit("/", 1)[-1]
+            if e.get("type") == "file" and name and not str(e.get("name", "")).endswith("/"):
+                out[name] = _object_info(e)
+        return out
 
     def listdir(self, rel: str) -> list[str]:
-        return sorted(self.sizes(rel))
+        return sorted(self.entries(rel))
 
     def all_objects(self) -> list[str]:
-        """Every object under the store's prefix, relative to it."""
+        """Every object under the store's prefix, relative to it; the empty "folder" objects that consoles
+        make (a key ending in ``/``) are not objects of a store and are left out."""
         try:
-            found = self.fs.find(self.root)
+            self._forget("")
+            found = self.fs.find(self.root + "/")
         except FileNotFoundError:
             return []
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - see the class docstring
             raise self._failed("list it", "", exc) from None
-        return sorted(k[len(self.root) + 1:] for k in found if k.startswith(self.root + "/"))
+        prefix = self.root.lstrip("/") + "/"
+        names = (k.lstrip("/")[len(prefix):] for k in found if k.lstrip("/").startswith(prefix))
+        return sorted(n for n in names if n and not n.endswith("/"))
 
     def remove(self, rels: list[str]) -> None:
-        """Delete the objects ``rels`` (in one request where the store takes several at once)."""
-        if not rels:
-            return
-        try:
-            self.fs.rm([self._key(rel) for rel in rels])
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise self._failed("delete it", rels[0], exc) from None
-        self.fs.invalidate_cache(self.root)
+        """Delete the objects ``rels`` one by one (by exact key: never read as a pattern, so a ``[`` or
+        ``*`` in a name deletes that object only)."""
+        for rel in rels:
+            try:
+                self.fs.rm_file(self._key(rel))
+            except FileNotFoundError:
+                pass
+            except Exception as exc:  # noqa: BLE001 - see the class docstring
+                raise self._failed("delete it", rel, exc) from None
+        self._forget("")
 
-    def mappable(self, rel: str, identity: str, size: int | None = None) -> Path:
-        """A local copy of object ``rel`` to memory-map, in the cache folder of the store ``identity``.
+    def mappable(self, rel: str, identity: str, info: ObjectInfo | None = None) -> Path:
+        """A local copy of object ``rel`` to memory-map, in the cache folder of this store (its URL and
+        ``identity``).
 
-        A copy whose size is the object's (``size``, else looked up) is used as it is: a finished shard
-        is never rewritten, and a store of other generations has another identity. Any other copy is
-        fetched again, through a temporary file renamed into place, so an interrupted fetch never
-        leaves a partial copy.
+        A copy is used when its size and the tag recorded beside it are those of the object now
+        (``info``, else looked up): two stores with one manifest (two GPUs of one kind may round
+        differently) have their own folders, and a rewritten object has another tag. Any other copy is
+        fetched again, through a temporary file renamed into place, then its tag; an interrupted fetch
+        leaves no copy that counts. An object whose store gives no tag is fetched every time.
         """
         folder, name = rel.rsplit("/", 1) if "/" in rel else ("", rel)
-        size = self.sizes(folder).get(name) if size is None else size
-        if size is None:
+        info = self.entries(folder).get(name) if info is None else info
+        if info is None:
             raise DiffauditError(f"{self.name(rel)} does not exist")
-        copy = make_private_dir(cache_root() / "stores" / identity.replace(":", "-") / folder) / name
-        if copy.is_file() and copy.stat().st_size == size:
+        where = hashlib.sha256(self.url.encode("utf-8")).hexdigest()[:12]
+        cache = make_private_dir(cache_root() / "stores" / f"{identity.replace(':', '-')}-{where}" / folder)
+        copy, tag_file = cache / name, cache / f"{name}.tag"
+        tag = f"{info.size} {info.tag}"
+        if info.tag and copy.is_file() and copy.stat().st_size == info.size and tag_file.is_file() \
+                and tag_file.read_text(encoding="utf-8") == tag:
             return copy
         try:
             with self.fs.open(self._key(rel), "rb") as src:
                 atomic_write(copy, lambda dst: shutil.copyfileobj(src, dst, 1 << 22))
-        except OSError as exc:
+        except DiffauditError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - see the class docstring
             raise self._failed(f"copy it to {copy}", rel, exc) from None
+        write_bytes_atomic(tag_file, tag.encode("utf-8"))
         return copy
 
 

@@ -124,7 +124,7 @@ class SampleStore:
         self.path: Path | None = self.location.path
         self.name = self.location.url
         self.manifest = manifest
-        self._sizes: dict[str, int] = {}  # object store: shard file -> size, from the last listing
+        self._entries: dict[str, Any] = {}  # object store: shard file -> ObjectInfo, from the last listing
 
     # -- opening --------------------------------------------------------------------------
     @classmethod
@@ -231,8 +231,8 @@ class SampleStore:
     def completed(self) -> list[int]:
         """Indices of the finished shards (sidecar and pixels both present), from one listing."""
         if isinstance(self.location, ObjectFolder):
-            self._sizes = self.location.sizes("shards")
-            names = set(self._sizes)
+            self._entries = self.location.entries("shards")
+            names = set(self._entries)
         else:
             names = set(self.location.listdir("shards"))
         out = []
@@ -247,9 +247,16 @@ class SampleStore:
         done = set(self.completed())
         return [k for k in range(self.n_shards) if k not in done]
 
-    def write_shard(self, index: int, images: np.ndarray) -> None:
-        """Write shard ``index`` (uint8 (S, H, W, C)); refuses to overwrite a finished shard."""
+    def write_shard(self, index: int, images: np.ndarray, *, unless_finished: bool = False) -> bool:
+        """Write shard ``index`` (uint8 (S, H, W, C)); returns whether it did.
+
+        A finished shard is never rewritten: it is refused, or with ``unless_finished`` kept as it is
+        (False): on an object store, which has no lock, another command with the same settings may
+        have finished it meanwhile, from the same seeds.
+        """
         if self.is_complete(index):
+            if unless_finished:
+                return False
             raise DiffauditError(f"shard {index} of {self.name} is finished; finished shards are never rewritten")
         pl = self.plan(index)
         exp = (pl.stop - pl.start, *self.manifest["image_shape"])
@@ -258,10 +265,10 @@ class SampleStore:
         self.location.write_npy(self._npy(index), images)
         fault_point("store.between_files")  # a crash here leaves pixels without a sidecar: unfinished
         req = self.shard_request(index)
-        self.location.write_json(self._sidecar(index), {
+        return self.location.write_json(self._sidecar(index), {
             "shard": index, "start": pl.start, "stop": pl.stop, "ids": req["ids"], "seeds": req["seeds"],
             "prompts": req["prompts"], "sampler": self.manifest["sampler"],
-        })
+        }, create=unless_finished)
 
     def read_shard(self, index: int, *, mmap: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
         """uint8 (n, H, W, C) of a finished shard (memory-mapped with ``mmap``; on an object store, its
@@ -283,7 +290,7 @@ class SampleStore:
     def local_npy(self, index: int) -> Path:
         """A local file holding shard ``index``'s pixels, to memory-map: the shard itself, or on an object
         store its copy in the local cache (:meth:`~diffaudit.store.location.ObjectFolder.mappable`)."""
-        return self.location.mappable(self._npy(index), self.identity, self._sizes.get(_shard_name(index, "npy")))
+        return self.location.mappable(self._npy(index), self.identity, self._entries.get(_shard_name(index, "npy")))
 
     def _check_same_run(self, index: int, meta: dict[str, Any]) -> None:
         """Refuse shard ``index`` when its sidecar ``meta`` is not what this store's manifest plans for it.
@@ -320,6 +327,27 @@ class SampleStore:
             return False
         ends = {0: plan.start, len(seeds) - 1: plan.stop - 1}
         return all(seeds[k] == self.ordinal_info(o)[2] for k, o in ends.items())
+
+    def stray_shards(self) -> list[int]:
+        """Finished shards whose sidecar is not what this store's manifest plans (:meth:`_check_same_run`), or
+        cannot be read: another run's, written into the store while it was made anew (an object store has
+        no lock, so a command still writing when ``--fresh`` deleted its store can add a shard after)."""
+        stray = []
+        for k in self.completed():
+            try:
+                self._check_same_run(k, self.location.read_json(self._sidecar(k)))
+            except DiffauditError:
+                stray.append(k)
+        return stray
+
+    def discard(self, indices: list[int]) -> None:
+        """Unfinish shards ``indices``: their sidecars first (a shard without one is unfinished), then pixels."""
+        names = [self._sidecar(k) for k in indices] + [self._npy(k) for k in indices]
+        if isinstance(self.location, ObjectFolder):
+            self.location.remove(names)
+            return
+        for name in names:
+            (self.location.path / name).unlink(missing_ok=True)
 
     def iter_shards(self) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
         for k in self.completed():
