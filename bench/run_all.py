@@ -59,6 +59,7 @@ CPU = {
     "stable_diffusion": ["bench_sd.py", "--tiny", "--size", "64", "--batch", "2", "--steps", "4"],
     "ray": ["bench_ray.py", "--n", "128", "--steps", "10"],
     "ray_verify": ["bench_ray.py", "--job", "verify", "--n", "16384", "--train", "20000"],
+    "object_store": ["bench_object_store.py", "--shards", "64"],  # moto's S3 server: the test extra installs it
 }
 
 

@@ -123,3 +123,17 @@ def test_bench_sd_counts_the_same_operations_for_every_side(bench, capsys):
     unguided = _run_main(bench_sd, ["--tiny", "--size", "32", "--batch", "1", "--steps", "3", "--repeats", "1",
                                     "--guidance-scale", "1"], capsys)["tflop_per_image"]
     assert unguided["unet_calls"] == 3 and unguided["unet_call"] == pytest.approx(f["unet_call"])
+
+
+def test_bench_object_store_reads_the_same_pixels_and_reports_its_ratios():
+    """In its own process: it sets the AWS variables of the moto server it starts."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_object_store.py"), "--shards", "2", "--shard-size", "16",
+                           "--image-size", "8"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    assert out["megabytes"] == pytest.approx(2 * 16 * 8 * 8 * 3 / 2**20, abs=0.05)
+    assert out["cached_over_local"] == pytest.approx(out["seconds"]["read_s3_cached"] / out["seconds"]["read_local"])
+    assert out["first_over_cached"] > 0

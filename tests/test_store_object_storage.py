@@ -176,14 +176,14 @@ def test_shards_are_copied_into_the_cache_once(tiny_model, tmp_path, bucket, mon
 
     monkeypatch.setattr(ObjectFolder(bucket).fs.__class__, "open", counting_open)
     assert np.array_equal(np.asarray(read_samples(bucket, lazy=True).images), reference)
-    assert len(opened) == 3
+    assert len(opened) == 6  # each shard's pixels and sidecar
     copies = sorted((tmp_path / "cache" / "stores").rglob("shard-*.npy"))
     assert len(copies) == 3 and oct(copies[0].parent.stat().st_mode & 0o777) == "0o700"
     assert np.array_equal(np.asarray(read_samples(bucket, lazy=True).images), reference)
-    assert len(opened) == 3  # the second read maps the copies
+    assert len(opened) == 6  # the second read maps the copies
     copies[1].write_bytes(copies[1].read_bytes()[:-10])  # a damaged copy (not the object's size) is fetched again
     assert np.array_equal(np.asarray(read_samples(bucket, lazy=True).images), reference)
-    assert len(opened) == 4
+    assert len(opened) == 7
 
 
 def test_unsupported_locations_are_refused_with_what_works(tiny_model, capsys):

@@ -242,7 +242,10 @@ class ObjectFolder:
         return True
 
     def read_json(self, rel: str) -> Any:
-        data = self.read_bytes(rel)
+        return self.parse_json(self.read_bytes(rel), rel)
+
+    def parse_json(self, data: bytes, rel: str) -> Any:
+        """The JSON document ``data`` that object ``rel`` holds (read from it, or from its local copy)."""
         try:
             return loads_json(data.decode("utf-8"), self.name(rel))
         except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError

@@ -272,11 +272,18 @@ class SampleStore:
 
     def read_shard(self, index: int, *, mmap: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
         """uint8 (n, H, W, C) of a finished shard (memory-mapped with ``mmap``; on an object store, its
-        local copy, :meth:`local_npy`) and its sidecar."""
-        if not self.is_complete(index):
+        local copy, :meth:`local_npy`) and its sidecar.
+
+        On an object store, a shard the last listing (:meth:`completed`) showed finished is not looked up
+        again, and with ``mmap`` its sidecar is read from the local cache too: opening a cached store of
+        1,024 shards then costs its listing, not thousands of requests."""
+        if not self._listed(index) and not self.is_complete(index):
             raise DiffauditError(f"shard {index} of {self.name} is not finished")
         loc = self.location
-        meta = loc.read_json(self._sidecar(index))
+        if mmap and self._listed(index):
+            meta = loc.parse_json(self._cached(self._sidecar(index), "json", index).read_bytes(), self._sidecar(index))
+        else:
+            meta = loc.read_json(self._sidecar(index))
         images = load_npy(self.local_npy(index), mmap=True) if mmap else loc.read_npy(self._npy(index))
         if len(images) != len(meta["ids"]):
             raise DiffauditError(f"{loc.name(self._npy(index))}: {len(images)} images but {len(meta['ids'])} ids in its sidecar")
@@ -290,7 +297,14 @@ class SampleStore:
     def local_npy(self, index: int) -> Path:
         """A local file holding shard ``index``'s pixels, to memory-map: the shard itself, or on an object
         store its copy in the local cache (:meth:`~diffaudit.store.location.ObjectFolder.mappable`)."""
-        return self.location.mappable(self._npy(index), self.identity, self._entries.get(_shard_name(index, "npy")))
+        return self._cached(self._npy(index), "npy", index)
+
+    def _cached(self, rel: str, ext: str, index: int) -> Path:
+        return self.location.mappable(rel, self.identity, self._entries.get(_shard_name(index, ext)))
+
+    def _listed(self, index: int) -> bool:
+        """Whether the last listing of an object store showed shard ``index`` finished (both its files)."""
+        return _shard_name(index, "json") in self._entries and _shard_name(index, "npy") in self._entries
 
     def _check_same_run(self, index: int, meta: dict[str, Any]) -> None:
         """Refuse shard ``index`` when its sidecar ``meta`` is not what this store's manifest plans for it.
