@@ -57,8 +57,15 @@ def test_a_killed_process_leaves_its_tar_and_the_next_one_removes_it(temp_dir, g
     assert _tars(temp_dir) == []
 
 
-def test_tars_of_running_processes_and_other_hosts_are_kept(temp_dir, gz_shard):
+def test_tars_of_running_processes_other_hosts_and_other_pid_namespaces_are_kept(temp_dir, gz_shard):
+    """A container of the same host name sharing the temporary directory has its own process ids: a pid
+    that is not running here may be running there."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    hostname = host_tag().rsplit("_ns", 1)[0]
+    assert host_tag() != hostname, "this Linux host has a PID namespace to name"
     kept = [f"diffaudit-shard-{host_tag()}-{os.getpid()}-live.tar",  # this process: running
+            f"diffaudit-shard-{hostname}_ns1-{dead.pid}-x.tar",  # another PID namespace of this host name
             "diffaudit-shard-otherhost-1-x.tar", "diffaudit-shard-notours.tar"]
     for name in kept:
         (temp_dir / name).write_bytes(b"")

@@ -123,6 +123,23 @@ def test_verify_naming_a_private_folder_shows_its_keys_not_its_images(tmp_path):
         assert said in text, text
 
 
+def test_an_empty_list_of_verified_medoids_vouches_for_no_generation(tmp_path):
+    """The identity of no generations depends on the image shape alone, so anyone can write it: a result
+    recording it beside ``verified_medoids: []`` must not unlock a private folder's pictures."""
+    from diffaudit.data import load_dataset
+    from diffaudit.store import samples_identity
+
+    private, pixels = _private_photo(tmp_path)
+    ds = load_dataset(str(private.parent))
+    res = _verify(tmp_path / "verify", {"samples": str(private.parent),
+                                        "samples_identity": samples_identity(str(private.parent), ds.subset([]))})
+    data = json.loads((res / "result.json").read_text())
+    data["verified_medoids"] = []
+    (res / "result.json").write_text(json.dumps(data))
+    html = render_html(res)
+    assert not _embeds(html, pixels) and "generation-missing" in _kinds(html)
+
+
 def test_the_owners_own_verify_result_still_shows_its_images(tmp_path):
     """The same private folder with the digest and identity verify records of it: this is the owner's
     own result, and its images show."""
@@ -373,6 +390,24 @@ def test_generations_read_by_a_brace_pattern_show_when_they_are_the_recorded_one
     write_tar(tmp_path / "gen-1.tar", [("copy5.png", encode_image(fresh[0])), ("fresh1.png", encode_image(fresh[1]))])
     html = render_html(out)
     assert _kinds(html).count("generation") == 0 and "is not the input the result records" in _text(html)
+
+
+def test_a_folder_with_a_brace_in_its_path_is_a_folder_not_a_pattern(tmp_path):
+    """Only a name with a brace that no file or folder matches is read as a shard pattern."""
+    from diffaudit.cli.main import main
+
+    rng = np.random.default_rng(2)
+    train = rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "train.npz", images=train)
+    gens = tmp_path / "exp{1}" / "gen"
+    gens.mkdir(parents=True)
+    for i in (0, 3):
+        Image.fromarray(train[i]).save(gens / f"copy{i}.png")
+    out = tmp_path / "runs" / "verify"
+    assert main(["--quiet", "verify", "--samples", str(gens), "--data", str(tmp_path / "train.npz"), "--rule", "l2",
+                 "--out", str(out), "--device", "cpu"]) == 0
+    kinds = _kinds(render_html(out))
+    assert kinds.count("generation") == 2 and "generation-missing" not in kinds
 
 
 def test_infinite_counts_in_a_result_are_read_as_missing(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -55,11 +56,20 @@ def _objects(url):
     return ObjectFolder(url).all_objects()
 
 
+def _pixels(url, k):
+    """The object holding shard ``k``'s pixels, as its sidecar names it."""
+    name = ObjectFolder(url).read_json(f"shards/shard-{k:06d}.json")["pixels"]
+    assert re.fullmatch(rf"shard-{k:06d}\.[0-9a-f]{{12}}\.npy", name)
+    return f"shards/{name}"
+
+
 def test_sample_into_an_object_store_makes_the_local_store(tiny_model, tmp_path, bucket):
     assert main(sample_args(tiny_model, tmp_path / "local")) == 0
     assert main(sample_args(tiny_model, bucket)) == 0
-    assert _objects(bucket) == ["manifest.json", "result.json", "settings.json",
-                                *[f"shards/shard-00000{k}.{e}" for k in range(3) for e in ("json", "npy")]]
+    names = _objects(bucket)
+    assert names[:3] == ["manifest.json", "result.json", "settings.json"] and len(names) == 9
+    for k in range(3):  # each shard's pixels under a name of its writer's own, which its sidecar names
+        assert f"shards/shard-00000{k}.json" in names and _pixels(bucket, k) in names
     local, remote = read_samples(str(tmp_path / "local")), read_samples(bucket)
     assert np.array_equal(local.images, remote.images) and local.keys == remote.keys
     lazy = read_samples(bucket, lazy=True)  # memory-mapped from the local cache
@@ -74,13 +84,13 @@ def test_a_resumed_object_store_redoes_only_unfinished_shards(tiny_model, tmp_pa
     assert main(sample_args(tiny_model, bucket)) == 0
     before = read_samples(bucket).images
     loc = ObjectFolder(bucket)
-    loc.remove(["shards/shard-000001.json", "shards/shard-000002.npy", "result.json"])  # a writer stopped twice
-    assert SampleStore.open(bucket).pending() == [1, 2]
+    loc.remove(["shards/shard-000001.json", _pixels(bucket, 2), "result.json"])  # a writer stopped, pixels lost
+    assert SampleStore.open(bucket).pending() == [1] and SampleStore.open(bucket).stray_shards() == [2]
     written = []
     original = ObjectFolder.write_npy
     monkeypatch.setattr(ObjectFolder, "write_npy", lambda self, rel, a: (written.append(rel), original(self, rel, a)))
     assert main(sample_args(tiny_model, bucket)) == 0
-    assert written == ["shards/shard-000001.npy", "shards/shard-000002.npy"]
+    assert [w[:20] for w in written] == ["shards/shard-000001.", "shards/shard-000002."]
     assert np.array_equal(read_samples(bucket).images, before)
 
 
@@ -92,7 +102,7 @@ def test_other_settings_are_refused_and_fresh_starts_over(tiny_model, bucket, ca
     assert main([*sample_args(tiny_model, bucket), "--fresh", "--n", "20"]) == 0
     store = SampleStore.open(bucket)
     assert store.manifest["n_total"] == 20 and store.completed() == [0, 1]
-    assert "shards/shard-000002.npy" not in _objects(bucket)  # the old store's third shard went with --fresh
+    assert not [n for n in _objects(bucket) if n.startswith("shards/shard-000002")]  # the old third shard went
 
 
 def test_a_prefix_holding_other_objects_is_neither_used_nor_deleted(tiny_model, bucket, capsys):
@@ -177,7 +187,7 @@ def test_shards_are_copied_into_the_cache_once(tiny_model, tmp_path, bucket, mon
     monkeypatch.setattr(ObjectFolder(bucket).fs.__class__, "open", counting_open)
     assert np.array_equal(np.asarray(read_samples(bucket, lazy=True).images), reference)
     assert len(opened) == 6  # each shard's pixels and sidecar
-    copies = sorted((tmp_path / "cache" / "stores").rglob("shard-*.npy"))
+    copies = sorted((tmp_path / "cache" / "stores").rglob("shard-*.npy.*"))
     assert len(copies) == 3 and oct(copies[0].parent.stat().st_mode & 0o777) == "0o700"
     assert np.array_equal(np.asarray(read_samples(bucket, lazy=True).images), reference)
     assert len(opened) == 6  # the second read maps the copies
@@ -313,7 +323,7 @@ def test_two_stores_with_one_manifest_keep_their_own_cached_copies(bucket):
     assert SampleStore.open(f"{bucket}/a").identity == SampleStore.open(f"{bucket}/b").identity
     for name in ("a", "b", "a"):
         assert np.array_equal(np.asarray(read_samples(f"{bucket}/{name}", lazy=True).images), pixels[name])
-    ObjectFolder(f"{bucket}/a").write_npy("shards/shard-000000.npy", pixels["b"])  # same size, another object
+    ObjectFolder(f"{bucket}/a").write_npy(_pixels(f"{bucket}/a", 0), pixels["b"])  # rewritten by hand: another tag
     assert np.array_equal(np.asarray(read_samples(f"{bucket}/a", lazy=True).images), pixels["b"])
 
 
@@ -406,3 +416,53 @@ def test_s3_console_folder_markers_are_not_objects_of_a_store(tiny_model, s3_end
     assert ObjectFolder("s3://diffaudit-tests/marked").all_objects() == []
     assert main(sample_args(tiny_model, "s3://diffaudit-tests/marked")) == 0
     assert main([*sample_args(tiny_model, "s3://diffaudit-tests/marked"), "--fresh"]) == 0
+
+
+# -- second review: no object is ever overwritten, strays of every kind, the cache's owner, URL spellings --------
+
+
+def test_a_late_writer_of_old_settings_never_puts_its_pixels_under_the_new_sidecar(tiny_model, tmp_path, bucket):
+    """Command A (--steps 3) looked at shard 2 before B (--fresh --steps 2) replaced and finished the store,
+    and writes it after: its pixels go to an object of its own, its sidecar is refused, and it removes them."""
+    assert main(sample_args(tiny_model, bucket)) == 0
+    earlier = SampleStore.open(bucket)
+    late_pixels, _ = earlier.read_shard(2)
+    assert main([*sample_args(tiny_model, bucket), "--fresh", "--steps", "2"]) == 0
+    after_b = sorted(_objects(bucket))
+    earlier.is_complete = lambda index: False  # A looked before B finished shard 2
+    assert earlier.write_shard(2, late_pixels, unless_finished=True) is False
+    assert sorted(_objects(bucket)) == after_b  # A's pixels are gone, B's untouched
+    assert main(sample_args(tiny_model, tmp_path / "reference", "--steps", "2")) == 0
+    assert np.array_equal(read_samples(bucket).images, read_samples(str(tmp_path / "reference")).images)
+    assert SampleStore.open(bucket).stray_shards() == []
+
+
+def test_a_sidecar_that_is_no_json_object_is_a_stray_shard_made_again(tiny_model, bucket):
+    assert main(sample_args(tiny_model, bucket)) == 0
+    reference = read_samples(bucket).images
+    loc = ObjectFolder(bucket)
+    loc.remove(["shards/shard-000001.json", "result.json"])
+    loc.write_bytes("shards/shard-000001.json", b"[]")
+    assert SampleStore.open(bucket).stray_shards() == [1]
+    assert main(sample_args(tiny_model, bucket)) == 0
+    assert np.array_equal(read_samples(bucket).images, reference)
+
+
+def test_a_cache_others_may_write_to_is_refused(tiny_model, tmp_path, bucket, capsys):
+    assert main(sample_args(tiny_model, bucket)) == 0
+    shared = tmp_path / "cache"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)  # e.g. a DIFFAUDIT_CACHE on a shared scratch folder
+    with pytest.raises(DiffauditError, match="others may write to it"):
+        read_samples(bucket, lazy=True)
+    shared.chmod(0o700)
+    assert len(read_samples(bucket, lazy=True)) == 40
+
+
+def test_every_spelling_of_a_location_is_recorded_alike(tmp_path):
+    from diffaudit.cli.common import canonical_path
+
+    (tmp_path / "store").mkdir()
+    assert canonical_path(f"file://{tmp_path}/store") == canonical_path(str(tmp_path / "store")) == str(
+        (tmp_path / "store").resolve())
+    assert canonical_path("S3://Bucket/Store//") == canonical_path("s3://Bucket/Store") == "s3://Bucket/Store"

@@ -104,10 +104,14 @@ def canonical_path(spec: str | os.PathLike | None) -> str | None:
     text = os.fspath(spec)
     if text in BUILTIN_NAMES or not text:
         return text
-    if "://" in text and not text.lower().startswith("file://"):  # an object store's URL (a sample store)
-        from diffaudit.store.location import canonical_url
+    if "://" in text:
+        from diffaudit.store.location import OBJECT_PROTOCOLS, canonical_url, local_path, url_protocol
 
-        return canonical_url(text)
+        protocol = url_protocol(text)
+        if protocol in OBJECT_PROTOCOLS:  # an object store's URL (a sample store)
+            return canonical_url(text)
+        if protocol is None:  # file:// names a local path
+            text = str(local_path(text))
     path = Path(text).expanduser()
     if path.exists():
         return str(path.resolve())

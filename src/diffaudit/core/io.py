@@ -90,7 +90,17 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+def _pid_namespace() -> str:
+    """This process's PID namespace (the inode of ``/proc/self/ns/pid``; empty where there is none to read):
+    containers of one host name that share a folder see other process ids, so a temporary file's
+    writer is judged alive or gone only within its own namespace."""
+    try:
+        return f"_ns{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return ""
+
+
+_HOST = (re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host") + _pid_namespace()
 _TEMP = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")
 
 
@@ -105,13 +115,14 @@ def _running(pid: int) -> bool:
 
 
 def host_tag() -> str:
-    """This host's name as temporary file names carry it (letters, digits and ``_``)."""
+    """This host's name and PID namespace as temporary file names carry them (letters, digits and ``_``)."""
     return _HOST
 
 
 def left_by_exited_writer(host: str, pid: int) -> bool:
-    """Whether a temporary file named for process ``pid`` on ``host`` belongs to a writer on this host that
-    has exited (a process id taken again by a running process counts as running: the file is kept)."""
+    """Whether a temporary file named for process ``pid`` on ``host`` (:func:`host_tag`) belongs to a writer on
+    this host and in this PID namespace that has exited (a process id taken again by a running process
+    counts as running: the file is kept)."""
     return host == _HOST and not _running(pid)
 
 

@@ -102,6 +102,9 @@ class SampleImages:
             self.refusal = None if trusted else _identity_refusal(path, identity, self._dataset, verified)
             if self.refusal is not None:
                 self._dataset = None
+            elif not trusted and isinstance(verified, list) and self._dataset is not None and not Path(path).is_file():
+                # the identity vouches for the verified generations only: the others are never shown
+                self._dataset = _verified_subset(Path(path), self._dataset, verified)
 
     @classmethod
     def refused(cls, path: Path, why: str) -> "SampleImages":
@@ -180,9 +183,12 @@ def _verified_subset(path: Path, dataset: Any, verified: Any) -> Any:
     (the ``verified_medoids`` of ``verify --from-extract``, which records the identity of the medoids it
     selected, cli.verify) those generations of an image folder or shards, in that order; else ``dataset``.
     A store's or a file's identity does not depend on the generations, so they keep ``dataset``. Raises
-    KeyError for a medoid ``dataset`` lacks (another input)."""
-    if dataset is None or not isinstance(verified, list) or path.is_file():
+    KeyError for a medoid ``dataset`` lacks (another input), and for ``verified`` that is not a list of ids
+    or is empty (an empty subset's identity depends on its image shape alone, so anyone could name it)."""
+    if dataset is None or verified is None or path.is_file():
         return dataset
+    if not isinstance(verified, list) or not verified:  # an empty subset's identity is one of its shape alone
+        raise KeyError("the result's verified_medoids are not a list of generation ids")
     index = dataset.index_of()
     return dataset.subset([index[str(m)] for m in verified])
 

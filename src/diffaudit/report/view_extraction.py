@@ -218,10 +218,10 @@ def sample_images(stage: Stage | None, rs: ResultSet) -> SampleImages:
     value = stage.settings.get("samples") if stage is not None else None
     if isinstance(value, str) and is_object_url(value):
         return _object_store_images(stage)
-    if stage is not None and isinstance(value, str) and "{" in value:
-        return _pattern_images(stage, rs, value)
     if stage is not None:
         path = resolve_path(value, *_bases(stage, rs))
+        if path is None and isinstance(value, str) and "{" in Path(value).name:  # shards named by a brace pattern
+            return _pattern_images(stage, rs, value)
     if path is None and rs.store_dirs:
         path = rs.store_dirs[0]
     if path is None:

@@ -10,7 +10,7 @@ or HTTP, are refused rather than risking a half-written shard that would count a
 Both kinds answer the same few questions (:class:`LocalFolder`, :class:`ObjectFolder`): does a file
 exist, read or write a JSON document or an array, list a folder, and a local file to memory-map. An
 object store's shards are copied once into a private local cache (:func:`cache_root`), one folder per
-store (its URL and its manifest's digest), each copy checked against the object's size and tag (ETag),
+store (its URL and its manifest's digest), each copy named by the object's size and tag (ETag),
 and memory-mapped from there: a command walking 2^20 generations reads each shard from the store once.
 
 fsspec finds credentials and endpoints as it always does (the environment, ``~/.aws``, or
@@ -23,6 +23,7 @@ import hashlib
 import io
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,7 +31,7 @@ import numpy as np
 
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import (atomic_write, dumps_json, load_npy, loads_json, make_private_dir, read_json,
-                               save_npy_atomic, write_bytes_atomic, write_json_atomic)
+                               save_npy_atomic, write_json_atomic)
 
 #: A sample store's manifest (:mod:`~diffaudit.store.sample_store`): what makes a location a store.
 MANIFEST = "manifest.json"
@@ -321,22 +322,23 @@ class ObjectFolder:
         """A local copy of object ``rel`` to memory-map, in the cache folder of this store (its URL and
         ``identity``).
 
-        A copy is used when its size and the tag recorded beside it are those of the object now
-        (``info``, else looked up): two stores with one manifest (two GPUs of one kind may round
-        differently) have their own folders, and a rewritten object has another tag. Any other copy is
-        fetched again, through a temporary file renamed into place, then its tag; an interrupted fetch
-        leaves no copy that counts. An object whose store gives no tag is fetched every time.
+        The copy's name carries a digest of the object's size and tag (``info``, else looked up): two
+        stores with one manifest (two GPUs of one kind may round differently) have their own folders,
+        an object written anew has another tag and so another copy, and a copy is fetched through a
+        temporary file renamed into place, so no reader ever maps a partial copy or one of another
+        version. An object whose store gives no tag is fetched every time. The cache folder must be
+        this user's alone (:func:`private_cache_folder`): a copy planted by another user is never read.
         """
         folder, name = rel.rsplit("/", 1) if "/" in rel else ("", rel)
         info = self.entries(folder).get(name) if info is None else info
         if info is None:
             raise DiffauditError(f"{self.name(rel)} does not exist")
         where = hashlib.sha256(self.url.encode("utf-8")).hexdigest()[:12]
-        cache = make_private_dir(cache_root() / "stores" / f"{identity.replace(':', '-')}-{where}" / folder)
-        copy, tag_file = cache / name, cache / f"{name}.tag"
-        tag = f"{info.size} {info.tag}"
-        if info.tag and copy.is_file() and copy.stat().st_size == info.size and tag_file.is_file() \
-                and tag_file.read_text(encoding="utf-8") == tag:
+        cache = private_cache_folder(Path("stores") / f"{identity.replace(':', '-')}-{where}" / folder)
+        version = hashlib.sha256(f"{info.size} {info.tag}".encode("utf-8")).hexdigest()[:16] if info.tag else \
+            f"untagged-{os.getpid()}-{time.time_ns()}"
+        copy = cache / f"{name}.{version}"
+        if info.tag and copy.is_file() and copy.stat().st_size == info.size:
             return copy
         try:
             with self.fs.open(self._key(rel), "rb") as src:
@@ -345,8 +347,23 @@ class ObjectFolder:
             raise
         except Exception as exc:  # noqa: BLE001 - see the class docstring
             raise self._failed(f"copy it to {copy}", rel, exc) from None
-        write_bytes_atomic(tag_file, tag.encode("utf-8"))
         return copy
+
+
+def private_cache_folder(relative: Path) -> Path:
+    """``cache_root() / relative``, made owner-only where missing; refused where it or a folder above it
+    inside the cache belongs to another user or others may write to it (a shared ``DIFFAUDIT_CACHE``
+    would let them plant copies that pass for a store's shards)."""
+    root = cache_root()
+    folder = make_private_dir(root / relative)
+    for path in [root, *[root / Path(*relative.parts[:i]) for i in range(1, len(relative.parts) + 1)]]:
+        st = path.stat()
+        if st.st_uid != os.getuid() or st.st_mode & 0o022:
+            raise DiffauditError(
+                f"the cache folder {path} belongs to another user or others may write to it, so copies there could "
+                "have been planted; point DIFFAUDIT_CACHE at a folder of your own"
+            )
+    return folder
 
 
 def open_location(spec: str | os.PathLike) -> LocalFolder | ObjectFolder:

@@ -20,9 +20,12 @@ records other sampler settings, ids, seeds or prompts than the manifest plans fo
 when read.
 
 A store lies in a local (or shared POSIX) folder, or under a prefix of an object store given as a
-URL (``s3://bucket/store``, :mod:`~diffaudit.store.location`): the layout, the ids and the rules are
-the same; only how a file is made whole and how ``--out`` is claimed differ
-(:mod:`~diffaudit.store.object_out`).
+URL (``s3://bucket/store``, :mod:`~diffaudit.store.location`): the ids and the rules are the same;
+how a file is made whole and how ``--out`` is claimed differ (:mod:`~diffaudit.store.object_out`),
+and so does where a shard's pixels lie. An object store has no lock, so two writers of one shard
+may meet: each writes its pixels to ``shards/shard-NNNNNN.<12 hex>.npy`` of its own, the sidecar
+(created only where none exists) names them in ``pixels``, and the writer whose sidecar came first
+owns the shard (:meth:`SampleStore.write_shard`). No object is ever overwritten.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import functools
 import hashlib
 import json
 import re
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -49,7 +53,9 @@ from diffaudit.store.object_out import prepare_object_out
 
 Location = LocalFolder | ObjectFolder
 _SHARD_RE = re.compile(r"^shard-(\d{6,})\.json$")  # 6 digits, more from shard 1,000,000 on
-_SHARD_FILE = re.compile(r"^shard-\d{6,}\.(npy|json)$")
+#: A shard's pixels: ``shard-NNNNNN.npy`` in a folder, ``shard-NNNNNN.<12 hex>.npy`` on an object store.
+_PIXELS_RE = re.compile(r"^shard-(\d{6,})(?:\.[0-9a-f]{12})?\.npy$")
+_SHARD_FILE = re.compile(r"^shard-\d{6,}(\.json|(?:\.[0-9a-f]{12})?\.npy)$")
 
 
 def generation_id(prompt_index: int, image_index: int) -> str:
@@ -219,18 +225,28 @@ class SampleStore:
     # -- shards --------------------------------------------------------------------------
     @staticmethod
     def _npy(index: int) -> str:
+        """A local store's pixels of shard ``index`` (an object store's sidecar names its own, :meth:`write_shard`)."""
         return f"shards/{_shard_name(index, 'npy')}"
 
     @staticmethod
     def _sidecar(index: int) -> str:
         return f"shards/{_shard_name(index, 'json')}"
 
+    @property
+    def _on_objects(self) -> bool:
+        return isinstance(self.location, ObjectFolder)
+
     def is_complete(self, index: int) -> bool:
+        """Whether shard ``index`` is finished: its sidecar exists (written after its pixels, and removed
+        before them), and in a folder its pixels file too (on an object store the sidecar names its pixels,
+        and :meth:`stray_shards` finds one whose pixels are gone)."""
+        if self._on_objects:
+            return self.location.exists(self._sidecar(index))
         return self.location.exists(self._sidecar(index)) and self.location.exists(self._npy(index))
 
     def completed(self) -> list[int]:
-        """Indices of the finished shards (sidecar and pixels both present), from one listing."""
-        if isinstance(self.location, ObjectFolder):
+        """Indices of the finished shards (:meth:`is_complete`), from one listing."""
+        if self._on_objects:
             self._entries = self.location.entries("shards")
             names = set(self._entries)
         else:
@@ -239,7 +255,7 @@ class SampleStore:
         for name in names:
             m = _SHARD_RE.match(name)
             k = int(m.group(1)) if m else -1
-            if m and name == _shard_name(k, "json") and _shard_name(k, "npy") in names:
+            if m and name == _shard_name(k, "json") and (self._on_objects or _shard_name(k, "npy") in names):
                 out.append(k)
         return sorted(out)
 
@@ -251,8 +267,11 @@ class SampleStore:
         """Write shard ``index`` (uint8 (S, H, W, C)); returns whether it did.
 
         A finished shard is never rewritten: it is refused, or with ``unless_finished`` kept as it is
-        (False): on an object store, which has no lock, another command with the same settings may
-        have finished it meanwhile, from the same seeds.
+        (False). On an object store, which has no lock, the pixels go to an object of this writer's own
+        (``shard-NNNNNN.<random>.npy``) that the sidecar names, and the sidecar is created only where none
+        exists: of two writers of one shard (another command with the same settings, or one still
+        writing after ``--fresh`` replaced the store), the one whose sidecar is created owns the shard
+        with the pixels it wrote, and the other removes its own pixels; no object is ever overwritten.
         """
         if self.is_complete(index):
             if unless_finished:
@@ -262,49 +281,72 @@ class SampleStore:
         exp = (pl.stop - pl.start, *self.manifest["image_shape"])
         if images.dtype != np.uint8 or tuple(images.shape) != exp:
             raise DiffauditError(f"shard {index}: expected uint8 {exp}, got {images.dtype} {images.shape}")
-        self.location.write_npy(self._npy(index), images)
-        fault_point("store.between_files")  # a crash here leaves pixels without a sidecar: unfinished
         req = self.shard_request(index)
-        return self.location.write_json(self._sidecar(index), {
-            "shard": index, "start": pl.start, "stop": pl.stop, "ids": req["ids"], "seeds": req["seeds"],
-            "prompts": req["prompts"], "sampler": self.manifest["sampler"],
-        }, create=unless_finished)
+        meta = {"shard": index, "start": pl.start, "stop": pl.stop, "ids": req["ids"], "seeds": req["seeds"],
+                "prompts": req["prompts"], "sampler": self.manifest["sampler"]}
+        if not self._on_objects:
+            self.location.write_npy(self._npy(index), images)
+            fault_point("store.between_files")  # a crash here leaves pixels without a sidecar: unfinished
+            self.location.write_json(self._sidecar(index), meta)
+            return True
+        pixels = f"shards/shard-{index:06d}.{secrets.token_hex(6)}.npy"
+        self.location.write_npy(pixels, images)
+        fault_point("store.between_files")
+        if self.location.write_json(self._sidecar(index), {**meta, "pixels": pixels[len("shards/"):]}, create=True):
+            return True
+        self.location.remove([pixels])  # another writer's sidecar came first: the shard and its pixels are its
+        if unless_finished:
+            return False
+        raise DiffauditError(f"shard {index} of {self.name} was finished by another writer meanwhile; finished shards "
+                             "are never rewritten")
 
     def read_shard(self, index: int, *, mmap: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
         """uint8 (n, H, W, C) of a finished shard (memory-mapped with ``mmap``; on an object store, its
-        local copy, :meth:`local_npy`) and its sidecar.
+        local copy) and its sidecar.
 
         On an object store, a shard the last listing (:meth:`completed`) showed finished is not looked up
         again, and with ``mmap`` its sidecar is read from the local cache too: opening a cached store of
         1,024 shards then costs its listing, not thousands of requests."""
-        if not self._listed(index) and not self.is_complete(index):
+        return self._read(index, mmap=mmap)[:2]
+
+    def _read(self, index: int, *, mmap: bool) -> tuple[np.ndarray, dict[str, Any], Path | None]:
+        """:meth:`read_shard`, and with ``mmap`` the local file the pixels are mapped from."""
+        loc, sidecar = self.location, self._sidecar(index)
+        listed = _shard_name(index, "json") in self._entries
+        if not listed and not self.is_complete(index):
             raise DiffauditError(f"shard {index} of {self.name} is not finished")
-        loc = self.location
-        if mmap and self._listed(index):
-            meta = loc.parse_json(self._cached(self._sidecar(index), "json", index).read_bytes(), self._sidecar(index))
+        if mmap and listed:
+            meta = loc.parse_json(self._local_copy(sidecar).read_bytes(), sidecar)
         else:
-            meta = loc.read_json(self._sidecar(index))
-        images = load_npy(self.local_npy(index), mmap=True) if mmap else loc.read_npy(self._npy(index))
-        if len(images) != len(meta["ids"]):
-            raise DiffauditError(f"{loc.name(self._npy(index))}: {len(images)} images but {len(meta['ids'])} ids in its sidecar")
+            meta = loc.read_json(sidecar)
+        if not isinstance(meta, dict) or not isinstance(meta.get("ids"), list):
+            self._check_same_run(index, meta)  # says what is wrong with it
         bad = [i for i in meta["ids"] if not (isinstance(i, str) and GENERATION_ID.fullmatch(i))]
         if bad:
-            raise DiffauditError(f"{loc.name(self._sidecar(index))}: id {bad[0]!r} is not a generation id (p<prompt>-i<image>); "
+            raise DiffauditError(f"{loc.name(sidecar)}: id {bad[0]!r} is not a generation id (p<prompt>-i<image>); "
                                  "the sidecar was edited or damaged")
         self._check_same_run(index, meta)
-        return images, meta
+        pixels = f"shards/{self._pixels_name(index, meta)}"
+        path = self._local_copy(pixels) if mmap else None
+        images = load_npy(path, mmap=True) if mmap else loc.read_npy(pixels)
+        if len(images) != len(meta["ids"]):
+            raise DiffauditError(f"{loc.name(pixels)}: {len(images)} images but {len(meta['ids'])} ids in its sidecar")
+        return images, meta, path
 
-    def local_npy(self, index: int) -> Path:
-        """A local file holding shard ``index``'s pixels, to memory-map: the shard itself, or on an object
-        store its copy in the local cache (:meth:`~diffaudit.store.location.ObjectFolder.mappable`)."""
-        return self._cached(self._npy(index), "npy", index)
+    def _local_copy(self, rel: str) -> Path:
+        """A local file holding ``rel`` (``shards/...``) to memory-map: the file itself, or on an object store
+        its copy in the local cache (:meth:`~diffaudit.store.location.ObjectFolder.mappable`)."""
+        return self.location.mappable(rel, self.identity, self._entries.get(rel[len("shards/"):]))
 
-    def _cached(self, rel: str, ext: str, index: int) -> Path:
-        return self.location.mappable(rel, self.identity, self._entries.get(_shard_name(index, ext)))
-
-    def _listed(self, index: int) -> bool:
-        """Whether the last listing of an object store showed shard ``index`` finished (both its files)."""
-        return _shard_name(index, "json") in self._entries and _shard_name(index, "npy") in self._entries
+    def _pixels_name(self, index: int, meta: dict[str, Any]) -> str:
+        """The file in ``shards/`` holding shard ``index``'s pixels: the one its sidecar ``meta`` names (an
+        object store's), else ``shard-NNNNNN.npy``; a name of another shard's, or a path, is refused."""
+        name = meta.get("pixels", _shard_name(index, "npy"))
+        m = _PIXELS_RE.fullmatch(name) if isinstance(name, str) else None
+        if m is None or int(m.group(1)) != index:
+            raise DiffauditError(f"{self.location.name(self._sidecar(index))}: its pixels {name!r} are not a file of "
+                                 f"shard {index}; the sidecar was edited or damaged")
+        return name
 
     def _check_same_run(self, index: int, meta: dict[str, Any]) -> None:
         """Refuse shard ``index`` when its sidecar ``meta`` is not what this store's manifest plans for it.
@@ -319,7 +361,9 @@ class SampleStore:
         pl, per, prompts = self.plan(index), int(self.manifest["per_prompt"]), self.manifest["prompts"]
         ids = [generation_id(*divmod(o, per)) for o in range(pl.start, pl.stop)]
         what = None
-        if meta.get("sampler") != self.manifest.get("sampler"):
+        if not isinstance(meta, dict):
+            what = "contents (it is not a JSON object)"
+        elif meta.get("sampler") != self.manifest.get("sampler"):
             what = "sampler settings"
         elif meta.get("ids") != ids:
             what = "generation ids"
@@ -345,22 +389,31 @@ class SampleStore:
     def stray_shards(self) -> list[int]:
         """Finished shards whose sidecar is not what this store's manifest plans (:meth:`_check_same_run`), or
         cannot be read: another run's, written into the store while it was made anew (an object store has
-        no lock, so a command still writing when ``--fresh`` deleted its store can add a shard after)."""
+        no lock, so a command still writing when ``--fresh`` deleted its store can add a shard after); on
+        an object store also those whose pixels are gone."""
         stray = []
         for k in self.completed():
             try:
-                self._check_same_run(k, self.location.read_json(self._sidecar(k)))
+                meta = self.location.read_json(self._sidecar(k))
+                self._check_same_run(k, meta)
+                pixels = self._pixels_name(k, meta)
             except DiffauditError:
+                stray.append(k)
+                continue
+            if self._on_objects and pixels not in self._entries:  # a sidecar whose pixels are gone: unfinished
                 stray.append(k)
         return stray
 
     def discard(self, indices: list[int]) -> None:
         """Unfinish shards ``indices``: their sidecars first (a shard without one is unfinished), then pixels."""
-        names = [self._sidecar(k) for k in indices] + [self._npy(k) for k in indices]
-        if isinstance(self.location, ObjectFolder):
-            self.location.remove(names)
+        if self._on_objects:
+            wanted = set(indices)
+            pixels = [f"shards/{n}" for n in self.location.listdir("shards")
+                      if (m := _PIXELS_RE.fullmatch(n)) and int(m.group(1)) in wanted]
+            self.location.remove([self._sidecar(k) for k in indices])
+            self.location.remove(pixels)
             return
-        for name in names:
+        for name in [self._sidecar(k) for k in indices] + [self._npy(k) for k in indices]:
             (self.location.path / name).unlink(missing_ok=True)
 
     def iter_shards(self) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
@@ -380,8 +433,8 @@ class SampleStore:
             )
         imgs, keys, prompts = [], [], []
         for k in self.completed():
-            images, meta = self.read_shard(k, mmap=lazy)  # checks the shard against its sidecar
-            imgs.append(self.local_npy(k) if lazy else images)
+            images, meta, path = self._read(k, mmap=lazy)  # checks the shard against its sidecar
+            imgs.append(path if lazy else images)
             keys += meta["ids"]
             prompts += meta["prompts"]
         if not imgs:
