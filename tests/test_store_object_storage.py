@@ -453,7 +453,7 @@ def test_a_cache_others_may_write_to_is_refused(tiny_model, tmp_path, bucket, ca
     shared = tmp_path / "cache"
     shared.mkdir(mode=0o777)
     shared.chmod(0o777)  # e.g. a DIFFAUDIT_CACHE on a shared scratch folder
-    with pytest.raises(DiffauditError, match="others may write to it"):
+    with pytest.raises(DiffauditError, match="group or others may write to it"):
         read_samples(bucket, lazy=True)
     shared.chmod(0o700)
     assert len(read_samples(bucket, lazy=True)) == 40
@@ -466,3 +466,84 @@ def test_every_spelling_of_a_location_is_recorded_alike(tmp_path):
     assert canonical_path(f"file://{tmp_path}/store") == canonical_path(str(tmp_path / "store")) == str(
         (tmp_path / "store").resolve())
     assert canonical_path("S3://Bucket/Store//") == canonical_path("s3://Bucket/Store") == "s3://Bucket/Store"
+
+
+# -- third review: a replaced store, shards beyond the manifest, discarding, layouts, shapes ---------------------
+
+
+def test_a_command_whose_store_was_replaced_stops_without_touching_it(tiny_model, bucket, monkeypatch, capsys):
+    """A (--steps 3) has filled its store when B (--fresh --steps 2) replaces and finishes it: A must not judge
+    B's shards by its own manifest (it would discard them all), nor call the store finished."""
+    real, ran = SampleStore.stray_shards, []
+
+    def b_replaces_the_store_first(self):
+        if not ran and self.manifest["sampler"]["steps"] == 3:
+            ran.append(main(sample_args(tiny_model, bucket, "--fresh", "--steps", "2")))
+        return real(self)
+
+    monkeypatch.setattr(SampleStore, "stray_shards", b_replaces_the_store_first)
+    assert main(sample_args(tiny_model, bucket)) != 0 and ran == [0]
+    assert "was replaced by another command meanwhile" in capsys.readouterr().err
+    monkeypatch.setattr(SampleStore, "stray_shards", real)
+    store = SampleStore.open(bucket)
+    assert store.manifest["sampler"]["steps"] == 2 and store.stray_shards() == []
+    assert len(read_samples(bucket)) == 40
+
+
+def test_a_late_shard_beyond_the_manifest_is_never_read_and_is_removed(tiny_model, bucket):
+    assert main(sample_args(tiny_model, bucket)) == 0
+    store = SampleStore.open(bucket)
+    images, _ = store.read_shard(0)
+    loc = ObjectFolder(bucket)
+    loc.write_npy("shards/shard-000003.0123456789ab.npy", images)  # a run with more shards, landing after --fresh
+    loc.write_json("shards/shard-000003.json", {"shard": 3, "pixels": "shard-000003.0123456789ab.npy"})
+    assert store.completed() == [0, 1, 2] and store.stray_shards() == [3] and len(read_samples(bucket)) == 40
+    assert main(sample_args(tiny_model, bucket)) == 0  # finished, but an object store is checked for strays first
+    assert not [n for n in _objects(bucket) if "shard-000003" in n]
+
+
+def test_discard_removes_only_the_pixels_its_sidecars_name(tiny_model, bucket):
+    assert main(sample_args(tiny_model, bucket)) == 0
+    loc = ObjectFolder(bucket)
+    uploading = "shards/shard-000002.aaaaaaaaaaaa.npy"  # another writer's, whose sidecar comes next
+    loc.write_bytes(uploading, b"not yet named")
+    named = _pixels(bucket, 2)
+    SampleStore.open(bucket).discard([2])
+    names = _objects(bucket)
+    assert uploading in names and named not in names and "shards/shard-000002.json" not in names
+
+
+def test_a_losing_writer_that_may_not_delete_keeps_going(bucket, monkeypatch, capsys):
+    images = np.zeros((8, 4, 4, 1), np.uint8)
+    mine = SampleStore.create(bucket, settings={"seed": 0}, prompts=[None], per_prompt=8, image_shape=(4, 4, 1),
+                              shard_size=8)
+    SampleStore.open(bucket).write_shard(0, images)
+    mine.is_complete = lambda index: False  # it looked before the other finished
+
+    def denied(self, rels):
+        raise DiffauditError("could not delete it (PermissionError: access denied)")
+
+    monkeypatch.setattr(ObjectFolder, "remove", denied)
+    assert mine.write_shard(0, images + 1, unless_finished=True) is False
+    assert np.array_equal(SampleStore.open(bucket).read_shard(0)[0], images)
+
+
+def test_an_object_store_copied_into_a_folder_reads_as_a_folder(tiny_model, tmp_path, bucket):
+    assert main(sample_args(tiny_model, bucket)) == 0
+    loc, copy = ObjectFolder(bucket), tmp_path / "copy"
+    for name in _objects(bucket):
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        (copy / name).write_bytes(loc.read_bytes(name))
+    store = SampleStore.open(copy)
+    assert store.completed() == [0, 1, 2] and store.pending() == [] and store.is_complete(1)
+    assert np.array_equal(read_samples(str(copy)).images, read_samples(bucket).images)
+
+
+def test_pixels_of_another_shape_or_type_are_refused(bucket):
+    store = SampleStore.create(bucket, settings={"seed": 0}, prompts=[None], per_prompt=8, image_shape=(4, 4, 1),
+                               shard_size=8)
+    store.write_shard(0, np.zeros((8, 4, 4, 1), np.uint8))
+    ObjectFolder(bucket).write_npy(_pixels(bucket, 0), np.zeros((8, 2, 2, 1), np.float32))
+    for lazy in (False, True):
+        with pytest.raises(DiffauditError, match=r"float32 \(8, 2, 2, 1\), not the uint8 \(8, 4, 4, 1\)"):
+            read_samples(bucket, lazy=lazy)

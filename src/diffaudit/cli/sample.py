@@ -156,9 +156,11 @@ def sample_into(args: argparse.Namespace, model: str, out: str):
     store = SampleStore.create(out, settings=settings, prompts=prompts, per_prompt=per_prompt,
                                image_shape=source.image_shape, shard_size=args.shard_size, fresh=args.fresh,
                                upgrade=upgrade_settings)
-    if not store.pending() and store.location.exists("result.json"):
-        return store  # finished earlier: nothing rewritten (a finished store may lie on read-only storage)
-    for attempt in range(2):
+    if not store.pending() and store.location.exists("result.json") and (store.path is not None or not store.stray_shards()):
+        # finished earlier: nothing rewritten (a finished store may lie on read-only storage); an object store,
+        # which has no lock, is first checked for shards another command wrote after it was finished
+        return store
+    for attempt in range(2):  # stray_shards checks first that the store was not replaced meanwhile
         if getattr(args, "ray", None):
             from diffaudit.store.ray_fill import fill_store_ray
 
@@ -175,6 +177,7 @@ def sample_into(args: argparse.Namespace, model: str, out: str):
         stage_line(f"sample: {len(stray)} finished shard(s) of {store.name} (e.g. shard {stray[0]}) were written by another "
                    "run with other settings; they are made again")
         store.discard(stray)
+    store.check_still_this_store()
     store.location.write_json("result.json", envelope(
         "sample", settings, {"seed": args.seed}, n_samples=int(store.manifest["n_total"]), n_prompts=len(prompts),
         per_prompt=per_prompt, n_shards=store.n_shards))

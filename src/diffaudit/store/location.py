@@ -23,7 +23,6 @@ import hashlib
 import io
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -72,8 +71,6 @@ def cache_root() -> Path:
 
 class LocalFolder:
     """A store in a local (or shared POSIX) folder ``path``: whole files by rename."""
-
-    is_local = True
 
     def __init__(self, path: str | os.PathLike):
         self.path = local_path(path)
@@ -155,7 +152,6 @@ class ObjectFolder:
     no bucket, and when fsspec or the protocol's package is not installed.
     """
 
-    is_local = False
     path = None
 
     def __init__(self, url: str):
@@ -216,6 +212,39 @@ class ObjectFolder:
             raise DiffauditError(f"{self.name(rel)} does not exist") from None
         except Exception as exc:  # noqa: BLE001 - see the class docstring
             raise self._failed("read it", rel, exc) from None
+
+    def read_json_many(self, rels: list[str]) -> dict[str, Any]:
+        """Rel -> the JSON document of each object ``rels``, fetched concurrently where the backend can (a
+        :class:`DiffauditError` in place of one that is missing or cannot be read or parsed)."""
+        keys = [self._key(rel) for rel in rels]
+        if getattr(self.fs, "async_impl", False) and keys:  # s3fs, gcsfs, adlfs: one request each, all at once
+            import asyncio
+
+            from fsspec.asyn import sync
+
+            async def fetch_all():  # by exact key: fs.cat would read a "[" in a key as a pattern
+                return await asyncio.gather(*[self.fs._cat_file(k) for k in keys], return_exceptions=True)
+
+            found = sync(self.fs.loop, fetch_all)
+        else:
+            found = []
+            for key in keys:
+                try:
+                    found.append(self.fs.cat_file(key))
+                except Exception as exc:  # noqa: BLE001 - see the class docstring
+                    found.append(exc)
+        out: dict[str, Any] = {}
+        for rel, data in zip(rels, found):
+            if isinstance(data, FileNotFoundError):
+                out[rel] = DiffauditError(f"{self.name(rel)} does not exist")
+            elif isinstance(data, BaseException):
+                out[rel] = self._failed("read it", rel, data)
+            else:
+                try:
+                    out[rel] = self.parse_json(data, rel)
+                except DiffauditError as exc:
+                    out[rel] = exc
+        return out
 
     def write_bytes(self, rel: str, data: bytes, *, create: bool = False) -> bool:
         """Write object ``rel`` whole; with ``create``, only where none exists (False: one does, and is kept).
@@ -335,8 +364,9 @@ class ObjectFolder:
             raise DiffauditError(f"{self.name(rel)} does not exist")
         where = hashlib.sha256(self.url.encode("utf-8")).hexdigest()[:12]
         cache = private_cache_folder(Path("stores") / f"{identity.replace(':', '-')}-{where}" / folder)
-        version = hashlib.sha256(f"{info.size} {info.tag}".encode("utf-8")).hexdigest()[:16] if info.tag else \
-            f"untagged-{os.getpid()}-{time.time_ns()}"
+        # untagged: one copy, fetched anew each time and renamed over the last (a reader that mapped the last
+        # keeps its file until it lets go)
+        version = hashlib.sha256(f"{info.size} {info.tag}".encode("utf-8")).hexdigest()[:16] if info.tag else "untagged"
         copy = cache / f"{name}.{version}"
         if info.tag and copy.is_file() and copy.stat().st_size == info.size:
             return copy
@@ -352,16 +382,16 @@ class ObjectFolder:
 
 def private_cache_folder(relative: Path) -> Path:
     """``cache_root() / relative``, made owner-only where missing; refused where it or a folder above it
-    inside the cache belongs to another user or others may write to it (a shared ``DIFFAUDIT_CACHE``
-    would let them plant copies that pass for a store's shards)."""
+    inside the cache belongs to another user or its group or others may write to it (a shared
+    ``DIFFAUDIT_CACHE`` would let them plant copies that pass for a store's shards)."""
     root = cache_root()
     folder = make_private_dir(root / relative)
     for path in [root, *[root / Path(*relative.parts[:i]) for i in range(1, len(relative.parts) + 1)]]:
         st = path.stat()
         if st.st_uid != os.getuid() or st.st_mode & 0o022:
             raise DiffauditError(
-                f"the cache folder {path} belongs to another user or others may write to it, so copies there could "
-                "have been planted; point DIFFAUDIT_CACHE at a folder of your own"
+                f"the cache folder {path} belongs to another user, or its group or others may write to it, so copies "
+                "there could have been planted; point DIFFAUDIT_CACHE at a folder of your own (chmod go-w)"
             )
     return folder
 

@@ -43,6 +43,7 @@ import numpy as np
 
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.faults import fault_point
+from diffaudit.core.progress import stage_line
 from diffaudit.core.io import load_npy
 from diffaudit.core.outdir import SETTINGS_FILE, prepare_out_dir, recorded_settings
 from diffaudit.core.seeds import generation_seed
@@ -238,26 +239,38 @@ class SampleStore:
 
     def is_complete(self, index: int) -> bool:
         """Whether shard ``index`` is finished: its sidecar exists (written after its pixels, and removed
-        before them), and in a folder its pixels file too (on an object store the sidecar names its pixels,
-        and :meth:`stray_shards` finds one whose pixels are gone)."""
+        before them), and in a folder a pixels file of it too (``shard-NNNNNN.npy``, or an object store's
+        ``shard-NNNNNN.<hex>.npy`` copied into a folder). On an object store the sidecar names its pixels,
+        and :meth:`stray_shards` finds one whose pixels are gone."""
+        if not self.location.exists(self._sidecar(index)):
+            return False
         if self._on_objects:
-            return self.location.exists(self._sidecar(index))
-        return self.location.exists(self._sidecar(index)) and self.location.exists(self._npy(index))
+            return True
+        return self.location.exists(self._npy(index)) or any(
+            (m := _PIXELS_RE.fullmatch(p.name)) and int(m.group(1)) == index
+            for p in (self.location.path / "shards").glob(f"shard-{index:06d}.*.npy"))
 
-    def completed(self) -> list[int]:
-        """Indices of the finished shards (:meth:`is_complete`), from one listing."""
+    def _listed_sidecars(self) -> list[int]:
+        """Indices of every shard sidecar in one listing of ``shards/`` (on an object store, kept for
+        :meth:`read_shard`), beyond the manifest's shards too; in a folder, only those beside pixels."""
         if self._on_objects:
             self._entries = self.location.entries("shards")
             names = set(self._entries)
         else:
             names = set(self.location.listdir("shards"))
+        with_pixels = {int(m.group(1)) for m in map(_PIXELS_RE.fullmatch, names) if m}
         out = []
         for name in names:
             m = _SHARD_RE.match(name)
             k = int(m.group(1)) if m else -1
-            if m and name == _shard_name(k, "json") and (self._on_objects or _shard_name(k, "npy") in names):
+            if m and name == _shard_name(k, "json") and (self._on_objects or k in with_pixels):
                 out.append(k)
         return sorted(out)
+
+    def completed(self) -> list[int]:
+        """Indices of the finished shards (:meth:`is_complete`) this store's manifest plans, from one listing
+        (a sidecar beyond them is another run's, never read: :meth:`stray_shards`)."""
+        return [k for k in self._listed_sidecars() if k < self.n_shards]
 
     def pending(self) -> list[int]:
         done = set(self.completed())
@@ -294,7 +307,10 @@ class SampleStore:
         fault_point("store.between_files")
         if self.location.write_json(self._sidecar(index), {**meta, "pixels": pixels[len("shards/"):]}, create=True):
             return True
-        self.location.remove([pixels])  # another writer's sidecar came first: the shard and its pixels are its
+        try:  # another writer's sidecar came first: the shard and its pixels are its
+            self.location.remove([pixels])
+        except DiffauditError as exc:  # e.g. no right to delete: the unused object stays (docs: known limits)
+            stage_line(f"sample: warning: shard {index} was finished by another writer; {exc}")
         if unless_finished:
             return False
         raise DiffauditError(f"shard {index} of {self.name} was finished by another writer meanwhile; finished shards "
@@ -329,8 +345,10 @@ class SampleStore:
         pixels = f"shards/{self._pixels_name(index, meta)}"
         path = self._local_copy(pixels) if mmap else None
         images = load_npy(path, mmap=True) if mmap else loc.read_npy(pixels)
-        if len(images) != len(meta["ids"]):
-            raise DiffauditError(f"{loc.name(pixels)}: {len(images)} images but {len(meta['ids'])} ids in its sidecar")
+        expected = (len(meta["ids"]), *self.manifest["image_shape"])
+        if images.dtype != np.uint8 or tuple(images.shape) != tuple(expected):
+            raise DiffauditError(f"{loc.name(pixels)}: {images.dtype} {tuple(images.shape)}, not the uint8 {tuple(expected)} "
+                                 "its sidecar and the manifest say (an edited or damaged file)")
         return images, meta, path
 
     def _local_copy(self, rel: str) -> Path:
@@ -391,10 +409,25 @@ class SampleStore:
         cannot be read: another run's, written into the store while it was made anew (an object store has
         no lock, so a command still writing when ``--fresh`` deleted its store can add a shard after); on
         an object store also those whose pixels are gone."""
-        stray = []
-        for k in self.completed():
+        self.check_still_this_store()  # judged against the manifest the store holds now, never a replaced one
+        listed = self._listed_sidecars()
+        stray = [k for k in listed if k >= self.n_shards]  # e.g. of a run with more shards, landing after --fresh
+        inside = [k for k in listed if k < self.n_shards]
+        sidecars = [self._sidecar(k) for k in inside]
+        if self._on_objects:
+            metas = self.location.read_json_many(sidecars)  # concurrently: thousands of small objects
+        else:
+            metas = {}
+            for rel in sidecars:
+                try:
+                    metas[rel] = self.location.read_json(rel)
+                except DiffauditError as exc:
+                    metas[rel] = exc
+        for k, rel in zip(inside, sidecars):
+            meta = metas[rel]
             try:
-                meta = self.location.read_json(self._sidecar(k))
+                if isinstance(meta, DiffauditError):
+                    raise meta
                 self._check_same_run(k, meta)
                 pixels = self._pixels_name(k, meta)
             except DiffauditError:
@@ -402,19 +435,38 @@ class SampleStore:
                 continue
             if self._on_objects and pixels not in self._entries:  # a sidecar whose pixels are gone: unfinished
                 stray.append(k)
-        return stray
+        return sorted(stray)
 
     def discard(self, indices: list[int]) -> None:
-        """Unfinish shards ``indices``: their sidecars first (a shard without one is unfinished), then pixels."""
+        """Unfinish shards ``indices``: their sidecars first (a shard without one is unfinished), then pixels.
+
+        On an object store only the pixels each sidecar names are removed (a sidecar that cannot be read
+        leaves its pixels as an unused object): others of the same shard may be another writer's, still
+        uploading, whose sidecar is created next."""
         if self._on_objects:
-            wanted = set(indices)
-            pixels = [f"shards/{n}" for n in self.location.listdir("shards")
-                      if (m := _PIXELS_RE.fullmatch(n)) and int(m.group(1)) in wanted]
+            pixels = []
+            for k in indices:
+                try:
+                    meta = self.location.read_json(self._sidecar(k))
+                    pixels.append(f"shards/{self._pixels_name(k, meta)}" if isinstance(meta, dict) else None)
+                except DiffauditError:
+                    pixels.append(None)
             self.location.remove([self._sidecar(k) for k in indices])
-            self.location.remove(pixels)
+            self.location.remove([p for p in pixels if p is not None])
             return
         for name in [self._sidecar(k) for k in indices] + [self._npy(k) for k in indices]:
             (self.location.path / name).unlink(missing_ok=True)
+
+    def check_still_this_store(self) -> None:
+        """Refuse to go on when the manifest in the store is no longer this store's: another command's
+        ``--fresh`` replaced the store meanwhile (an object store has no lock to prevent it; a replacement
+        between this look and what follows it is still possible, and the next `sample` on the store
+        finds the shards it leaves, :meth:`stray_shards`)."""
+        found = self.location.read_json(MANIFEST) if self.location.exists(MANIFEST) else None
+        if found != self.manifest:
+            raise DiffauditError(f"{self.name} was replaced by another command meanwhile (its {MANIFEST} is no longer "
+                                 "the one this command made or resumed); nothing more is written. Re-run to resume the "
+                                 "store as it is now, or choose another --out")
 
     def iter_shards(self) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
         for k in self.completed():
