@@ -547,3 +547,59 @@ def test_pixels_of_another_shape_or_type_are_refused(bucket):
     for lazy in (False, True):
         with pytest.raises(DiffauditError, match=r"float32 \(8, 2, 2, 1\), not the uint8 \(8, 4, 4, 1\)"):
             read_samples(bucket, lazy=lazy)
+
+
+# -- fourth review: failures are not strays, named pixels in folders, Ray and memory:// -------------------------
+
+
+def test_a_sidecar_the_store_fails_to_give_is_an_error_never_a_stray(tiny_model, bucket, monkeypatch, capsys):
+    """Access denied on one sidecar: the re-run says so and discards nothing (a stray would be remade)."""
+    assert main(sample_args(tiny_model, bucket)) == 0
+    before = _objects(bucket)
+    memory = type(fsspec.filesystem("memory"))
+    real = memory.cat_file
+
+    def denied(self, path, *args, **kwargs):
+        if str(path).endswith("shard-000001.json"):
+            raise PermissionError("Access Denied (GetObject)")
+        return real(self, path, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(memory, "cat_file", denied)
+        assert main(sample_args(tiny_model, bucket)) != 0
+    assert "could not read it (PermissionError: Access Denied (GetObject))" in capsys.readouterr().err
+    assert _objects(bucket) == before
+
+
+def test_a_folder_copy_missing_the_pixels_its_sidecar_names_remakes_that_shard(tiny_model, tmp_path, bucket):
+    assert main(sample_args(tiny_model, bucket)) == 0
+    loc, copy = ObjectFolder(bucket), tmp_path / "copy"
+    for name in _objects(bucket):
+        if name != "result.json" and name != _pixels(bucket, 1):  # an interrupted copy
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            (copy / name).write_bytes(loc.read_bytes(name))
+    (copy / "shards" / "shard-000001.0123456789ab.npy").write_bytes(loc.read_bytes(_pixels(bucket, 0)))  # an orphan
+    assert SampleStore.open(copy).stray_shards() == [1]
+    assert main(sample_args(tiny_model, copy)) == 0
+    assert np.array_equal(read_samples(str(copy)).images, read_samples(bucket).images)
+
+
+def test_a_local_sidecar_that_cannot_be_read_is_a_one_line_error(tiny_model, tmp_path, capsys):
+    out = tmp_path / "s"
+    assert main(sample_args(tiny_model, out)) == 0
+    (out / "result.json").unlink()
+    (out / "shards" / "shard-000001.json").unlink()
+    (out / "shards" / "shard-000001.json").mkdir()  # a folder where the sidecar should be
+    assert main(sample_args(tiny_model, out)) != 0
+    err = capsys.readouterr().err
+    assert "shard-000001.json: could not read it" in err and "Traceback" not in err
+
+
+def test_ray_workers_cannot_reach_a_memory_filesystem(tiny_model, bucket, image_stores, tmp_path, capsys):
+    assert main(sample_args(tiny_model, bucket, "--ray", "local")) != 0
+    assert "memory:// exists only inside this process" in capsys.readouterr().err
+    _, url = image_stores
+    for command in (["extract"], ["verify", "--data", "digits"]):
+        assert main(["--quiet", *command, "--samples", url, "--out", str(tmp_path / command[0]), "--ray", "local"]) != 0
+        assert "Ray workers cannot reach it" in capsys.readouterr().err
+    assert _objects(bucket) == []

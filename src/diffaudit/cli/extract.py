@@ -34,6 +34,7 @@ from diffaudit.core.results import write_result
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.distances.knn_backends import KNN_BACKENDS
 from diffaudit.store import samples_identity
+from diffaudit.store.location import check_reachable_by_workers
 
 NAME = "extract"
 HELP = "find memorized generations: near-duplicate cliques per prompt (tiled l2), or among unconditional samples"
@@ -286,6 +287,7 @@ def _grid(args: argparse.Namespace, image_shape) -> int:
 
 def run(args: argparse.Namespace) -> int:
     if args.ray:  # a cluster that cannot be reached is an error before anything is read or written
+        check_reachable_by_workers(args.samples, "--samples")
         connect(args.ray)
     FilterSettings(args.edge_threshold, args.min_clique, 1 if args.grid is None else args.grid, args.max_expansions).validate()
     if args.k_neighbors < 1:

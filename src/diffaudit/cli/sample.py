@@ -138,7 +138,9 @@ def sample_into(args: argparse.Namespace, model: str, out: str):
     check_count_flags(args)  # before the model is loaded
     if getattr(args, "ray", None):  # a cluster that cannot be reached is an error before anything is written
         from diffaudit.core.ray_pool import connect
+        from diffaudit.store.location import check_reachable_by_workers
 
+        check_reachable_by_workers(out, "--out")
         connect(args.ray)
     device = resolve_device(args.device)
     fast, compile = fast_path_flags(args, device)

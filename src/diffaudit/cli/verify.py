@@ -46,6 +46,7 @@ from diffaudit.distances.frechet import fid_from_file
 from diffaudit.distances.knn_backends import KNN_BACKENDS
 from diffaudit.distances.normalized import DEFAULT_ALPHA, DEFAULT_NEIGHBORS, neighborhood_size
 from diffaudit.store import sampler_kind, samples_identity
+from diffaudit.store.location import check_reachable_by_workers
 
 NAME = "verify"
 HELP = "verify generations against the training set: (l2, delta)-extraction or the normalised distance, unique counts"
@@ -254,6 +255,7 @@ def _check_shapes(samples: ImageDataset, other: ImageDataset, what: str) -> None
 
 def run(args: argparse.Namespace) -> int:
     if args.ray:  # a cluster that cannot be reached is an error before anything is read or written
+        check_reachable_by_workers(args.samples, "--samples")
         connect(args.ray)
     rule = args.rule
     vs_probe = VerifySettings("l2" if rule == "auto" else rule, args.delta, args.alpha, args.n_neighbors,

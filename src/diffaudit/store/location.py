@@ -41,6 +41,18 @@ OBJECT_PROTOCOLS = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory")
 INSTALL_HINT = "pip install 'diffaudit[objects]' (fsspec and s3fs; gcsfs or adlfs for gs:// or az://)"
 
 
+class StoreReadError(DiffauditError):
+    """The object store failed (credentials, network, a refusal): not a statement about what it holds."""
+
+
+def check_reachable_by_workers(spec: str | os.PathLike | None, flag: str) -> None:
+    """Refuse ``--ray`` with a ``memory://`` location: fsspec's memory filesystem lives inside one process,
+    so every Ray worker would see an empty one of its own."""
+    if spec is not None and url_protocol(spec) == "memory":
+        raise DiffauditError(f"{flag} {spec}: memory:// exists only inside this process, so Ray workers cannot reach it; "
+                             "use a shared folder or an object store (s3://, gs://, az://) with --ray")
+
+
 def url_protocol(spec: str | os.PathLike) -> str | None:
     """The protocol of a URL ``spec`` (``s3`` of ``s3://bucket/x``), None for a plain path or ``file://``."""
     text = str(spec)
@@ -94,7 +106,10 @@ class LocalFolder:
         return (self.path / rel).is_file()
 
     def read_json(self, rel: str) -> Any:
-        return read_json(self.path / rel)
+        try:
+            return read_json(self.path / rel)
+        except OSError as exc:  # a folder in its place, no permission: the storage's failure, not the file's contents
+            raise StoreReadError(f"{self.path / rel}: could not read it ({exc.strerror or exc})") from None
 
     def write_json(self, rel: str, obj: Any, *, create: bool = False) -> bool:
         """Write ``rel`` whole; with ``create``, only where it does not exist (False: it does, and is kept;
@@ -193,8 +208,8 @@ class ObjectFolder:
         other processes, such as workers on other nodes, write into the store too)."""
         self.fs.invalidate_cache(self._key(folder))
 
-    def _failed(self, what: str, rel: str, exc: BaseException) -> DiffauditError:
-        return DiffauditError(f"{self.name(rel)}: could not {what} ({type(exc).__name__}: {exc})")
+    def _failed(self, what: str, rel: str, exc: BaseException) -> StoreReadError:
+        return StoreReadError(f"{self.name(rel)}: could not {what} ({type(exc).__name__}: {exc})")
 
     def exists(self, rel: str) -> bool:
         try:
@@ -214,8 +229,9 @@ class ObjectFolder:
             raise self._failed("read it", rel, exc) from None
 
     def read_json_many(self, rels: list[str]) -> dict[str, Any]:
-        """Rel -> the JSON document of each object ``rels``, fetched concurrently where the backend can (a
-        :class:`DiffauditError` in place of one that is missing or cannot be read or parsed)."""
+        """Rel -> the JSON document of each object ``rels``, fetched concurrently where the backend can; a
+        :class:`DiffauditError` in place of one that is missing or is not valid JSON, and a
+        :class:`StoreReadError` in place of one the store failed to give."""
         keys = [self._key(rel) for rel in rels]
         if getattr(self.fs, "async_impl", False) and keys:  # s3fs, gcsfs, adlfs: one request each, all at once
             import asyncio

@@ -49,7 +49,7 @@ from diffaudit.core.outdir import SETTINGS_FILE, prepare_out_dir, recorded_setti
 from diffaudit.core.seeds import generation_seed
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.data.sharded import ShardedImages
-from diffaudit.store.location import MANIFEST, LocalFolder, ObjectFolder, open_location
+from diffaudit.store.location import MANIFEST, LocalFolder, ObjectFolder, StoreReadError, open_location
 from diffaudit.store.object_out import prepare_object_out
 
 Location = LocalFolder | ObjectFolder
@@ -421,10 +421,12 @@ class SampleStore:
             for rel in sidecars:
                 try:
                     metas[rel] = self.location.read_json(rel)
-                except DiffauditError as exc:
+                except DiffauditError as exc:  # missing or not JSON (a stray), or a StoreReadError (raised below)
                     metas[rel] = exc
         for k, rel in zip(inside, sidecars):
             meta = metas[rel]
+            if isinstance(meta, StoreReadError):  # the store failed: nothing is judged (nor discarded) on it
+                raise meta
             try:
                 if isinstance(meta, DiffauditError):
                     raise meta
@@ -433,9 +435,15 @@ class SampleStore:
             except DiffauditError:
                 stray.append(k)
                 continue
-            if self._on_objects and pixels not in self._entries:  # a sidecar whose pixels are gone: unfinished
+            if not self._pixels_exist(pixels):  # a sidecar whose pixels are gone: unfinished
                 stray.append(k)
         return sorted(stray)
+
+    def _pixels_exist(self, name: str) -> bool:
+        """Whether the pixels file ``name`` in ``shards/`` is there (on an object store, by the last listing)."""
+        if self._on_objects:
+            return name in self._entries
+        return (self.location.path / "shards" / name).is_file()
 
     def discard(self, indices: list[int]) -> None:
         """Unfinish shards ``indices``: their sidecars first (a shard without one is unfinished), then pixels.
@@ -462,7 +470,12 @@ class SampleStore:
         ``--fresh`` replaced the store meanwhile (an object store has no lock to prevent it; a replacement
         between this look and what follows it is still possible, and the next `sample` on the store
         finds the shards it leaves, :meth:`stray_shards`)."""
-        found = self.location.read_json(MANIFEST) if self.location.exists(MANIFEST) else None
+        try:
+            found = self.location.read_json(MANIFEST)
+        except StoreReadError:
+            raise
+        except DiffauditError:  # gone, or not JSON: replaced (or being replaced)
+            found = None
         if found != self.manifest:
             raise DiffauditError(f"{self.name} was replaced by another command meanwhile (its {MANIFEST} is no longer "
                                  "the one this command made or resumed); nothing more is written. Re-run to resume the "
