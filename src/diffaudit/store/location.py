@@ -122,8 +122,8 @@ class LocalFolder:
     def write_npy(self, rel: str, array: np.ndarray) -> None:
         save_npy_atomic(self.path / rel, array)
 
-    def read_npy(self, rel: str, *, mmap: bool = False) -> np.ndarray:
-        return load_npy(self.path / rel, mmap=mmap)
+    def read_npy(self, rel: str) -> np.ndarray:
+        return load_npy(self.path / rel)
 
     def listdir(self, rel: str) -> list[str]:
         """Names in folder ``rel`` (empty when it does not exist)."""
@@ -307,9 +307,8 @@ class ObjectFolder:
         np.save(buffer, array, allow_pickle=False)
         self.write_bytes(rel, buffer.getvalue())
 
-    def read_npy(self, rel: str, *, mmap: bool = False) -> np.ndarray:
-        """The array in object ``rel`` (read whole; ``mmap`` is a local file's option and is ignored here:
-        use :meth:`mappable`)."""
+    def read_npy(self, rel: str) -> np.ndarray:
+        """The array in object ``rel``, read whole (:meth:`mappable` gives a local copy to memory-map)."""
         try:
             return np.load(io.BytesIO(self.read_bytes(rel)), allow_pickle=False)
         except ValueError as exc:

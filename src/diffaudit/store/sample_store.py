@@ -45,7 +45,7 @@ from diffaudit.core.errors import DiffauditError
 from diffaudit.core.faults import fault_point
 from diffaudit.core.progress import stage_line
 from diffaudit.core.io import load_npy
-from diffaudit.core.outdir import SETTINGS_FILE, prepare_out_dir, recorded_settings
+from diffaudit.core.outdir import SETTINGS_FILE, is_diffaudit_record, prepare_out_dir, recorded_settings
 from diffaudit.core.seeds import generation_seed
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.data.sharded import ShardedImages
@@ -185,8 +185,7 @@ class SampleStore:
         if isinstance(loc, LocalFolder):
             return recorded_settings(loc.path, "sample")
         record = loc.read_json(SETTINGS_FILE) if loc.exists(SETTINGS_FILE) else None
-        ok = isinstance(record, dict) and record.get("command") == "sample" and isinstance(record.get("settings"), dict)
-        return record["settings"] if ok else None
+        return record["settings"] if is_diffaudit_record(record) and record["command"] == "sample" else None
 
     @functools.cached_property
     def identity(self) -> str:
