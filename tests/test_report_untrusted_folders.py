@@ -393,13 +393,14 @@ def test_generations_read_by_a_brace_pattern_show_when_they_are_the_recorded_one
 
 
 def test_a_folder_with_a_brace_in_its_path_is_a_folder_not_a_pattern(tmp_path):
-    """Only a name with a brace that no file or folder matches is read as a shard pattern."""
+    """Only a name with a brace that no file or folder matches is read as a shard pattern: a folder named
+    ``gen{1}`` (and one below ``exp{a,b}``) is a folder."""
     from diffaudit.cli.main import main
 
     rng = np.random.default_rng(2)
     train = rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
     np.savez(tmp_path / "train.npz", images=train)
-    gens = tmp_path / "exp{1}" / "gen"
+    gens = tmp_path / "exp{a,b}" / "gen{1}"
     gens.mkdir(parents=True)
     for i in (0, 3):
         Image.fromarray(train[i]).save(gens / f"copy{i}.png")

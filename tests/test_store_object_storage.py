@@ -63,7 +63,7 @@ def _pixels(url, k):
     return f"shards/{name}"
 
 
-def test_sample_into_an_object_store_makes_the_local_store(tiny_model, tmp_path, bucket):
+def test_sample_into_an_object_store_makes_the_same_store_as_a_folder(tiny_model, tmp_path, bucket):
     assert main(sample_args(tiny_model, tmp_path / "local")) == 0
     assert main(sample_args(tiny_model, bucket)) == 0
     names = _objects(bucket)
@@ -248,7 +248,7 @@ def test_extract_verify_and_export_read_an_object_store_as_a_folder(image_stores
     assert "cannot be read from here" not in pages["remote"] and "outside the reported folder" not in pages["remote"]
 
 
-def test_the_report_of_an_unreachable_store_shows_generations_by_id(image_stores, tmp_path):
+def test_the_report_of_a_url_holding_no_store_shows_generations_by_id(image_stores, tmp_path):
     d, url = image_stores
     assert main(["--quiet", "verify", "--samples", url, "--data", str(d / "train.npz"), "--out", str(tmp_path / "v"),
                  "--device", "cpu"]) == 0
@@ -490,7 +490,7 @@ def test_a_command_whose_store_was_replaced_stops_without_touching_it(tiny_model
     assert len(read_samples(bucket)) == 40
 
 
-def test_a_late_shard_beyond_the_manifest_is_never_read_and_is_removed(tiny_model, bucket):
+def test_a_late_shard_beyond_the_manifest_is_never_counted_and_is_removed(tiny_model, bucket):
     assert main(sample_args(tiny_model, bucket)) == 0
     store = SampleStore.open(bucket)
     images, _ = store.read_shard(0)

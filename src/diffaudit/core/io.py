@@ -6,7 +6,7 @@ Storage errors (disk full, read-only) surface as :class:`DiffauditError` naming 
 
 A temporary file is named ``.<name>.<host>-<pid>.<random>.tmp``; a process killed mid-write leaves
 it behind, and :func:`remove_stale_temps` (called when a command resumes a folder) deletes those
-whose writer, on this host, is no longer running.
+whose writer, on this host (name and PID namespace), is no longer running.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def left_by_exited_writer(host: str, pid: int) -> bool:
 
 def remove_stale_temps(folder: str | os.PathLike) -> int:
     """Delete the temporary files of :func:`atomic_write` under ``folder`` (recursively) whose writer
-    ran on this host and has exited (killed mid-write); returns how many. Files of running writers
+    ran on this host (name and PID namespace) and has exited (killed mid-write); returns how many. Files of running writers
     (e.g. other workers filling the same store) and of other hosts are kept."""
     removed = 0
     for tmp in Path(folder).rglob(".*.tmp"):

@@ -41,7 +41,7 @@ against ``webdataset.WebDataset`` itself. Reading the tar directly (rather than 
   against 1,129 MiB when listing held every sample's bytes. A compressed shard's spans point into its
   decompressed temporary tar, which stays until the last span into it is gone (or the process
   exits), so its images are not held in memory either. The tar of a process killed outright
-  (SIGKILL) is removed by the next process on the host that decompresses a shard
+  (SIGKILL) is removed by the next process of the same host name and PID namespace that decompresses a shard
   (:func:`remove_stale_temp_tars`).
 """
 
@@ -231,7 +231,7 @@ _swept: set[str] = set()  # temporary directories already swept by this process
 
 
 def remove_stale_temp_tars() -> int:
-    """Delete the decompressed tars that processes of this host left in the temporary directory when they
+    """Delete the decompressed tars that processes of this host (name and PID namespace) left in the temporary directory when they
     were killed (SIGKILL gives no chance to remove them); returns how many. Once per process and
     temporary directory; a tar of a running process, of another host or not ours to delete is kept."""
     folder = tempfile.gettempdir()

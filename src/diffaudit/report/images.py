@@ -85,6 +85,7 @@ class SampleImages:
         self._layout = (0, 0, 0)  # per_prompt, n_total, shard_size of a store's manifest
         self._shards: dict[int, np.ndarray | None] = {}  # shard index -> memory-mapped pixels (None: refused)
         self._refused: dict[int, str] = {}
+        self._finished: set[int] = set()  # a store's finished shards, listed once
         self._dataset = None
         if path is None:
             return
@@ -119,6 +120,7 @@ class SampleImages:
         try:
             store = SampleStore.open(path)
             self._layout = tuple(int(store.manifest[k]) for k in ("per_prompt", "n_total", "shard_size"))
+            self._finished = set(store.completed())  # one listing (on an object store, kept for the reads)
         except DiffauditError as exc:  # e.g. a manifest that is not valid JSON: every generation by id
             self._refused[-1] = str(exc)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -141,7 +143,7 @@ class SampleImages:
             return len(self._dataset)
         if self._store is None:
             return 0
-        return sum(self._store.plan(k).stop - self._store.plan(k).start for k in self._store.completed())
+        return sum(self._store.plan(k).stop - self._store.plan(k).start for k in self._finished)
 
     def get(self, gid: Any) -> np.ndarray | None:
         """uint8 (H, W, C) of generation ``gid``, or None when it cannot be found or read."""
@@ -163,7 +165,7 @@ class SampleImages:
         shard; None (and the reason in ``error``) when the store refuses it or it is unfinished."""
         if index not in self._shards:
             self._shards[index] = None
-            if self._store.is_complete(index):
+            if index in self._finished:
                 try:
                     self._shards[index], _ = self._store.read_shard(index, mmap=True)
                 except DiffauditError as exc:

@@ -130,6 +130,11 @@ class LocalFolder:
         folder = self.path / rel
         return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
+    def remove(self, rels: list[str]) -> None:
+        """Delete the files ``rels``, in that order (one already gone is skipped)."""
+        for rel in rels:
+            (self.path / rel).unlink(missing_ok=True)
+
     def mappable(self, rel: str, identity: str, info: "ObjectInfo | None" = None) -> Path:
         """A local file holding ``rel`` to memory-map: the file itself."""
         return self.path / rel
@@ -336,6 +341,16 @@ class ObjectFolder:
     def listdir(self, rel: str) -> list[str]:
         return sorted(self.entries(rel))
 
+    def info(self, rel: str) -> ObjectInfo:
+        """The size and tag of object ``rel``, from one request (not a listing of its folder)."""
+        try:
+            entry = self.fs.info(self._key(rel))
+        except FileNotFoundError:
+            raise DiffauditError(f"{self.name(rel)} does not exist") from None
+        except Exception as exc:  # noqa: BLE001 - see the class docstring
+            raise self._failed("look it up", rel, exc) from None
+        return _object_info(entry)
+
     def all_objects(self) -> list[str]:
         """Every object under the store's prefix, relative to it; the empty "folder" objects that consoles
         make (a key ending in ``/``) are not objects of a store and are left out."""
@@ -373,10 +388,8 @@ class ObjectFolder:
         version. An object whose store gives no tag is fetched every time. The cache folder must be
         this user's alone (:func:`private_cache_folder`): a copy planted by another user is never read.
         """
+        info = self.info(rel) if info is None else info
         folder, name = rel.rsplit("/", 1) if "/" in rel else ("", rel)
-        info = self.entries(folder).get(name) if info is None else info
-        if info is None:
-            raise DiffauditError(f"{self.name(rel)} does not exist")
         where = hashlib.sha256(self.url.encode("utf-8")).hexdigest()[:12]
         cache = private_cache_folder(Path("stores") / f"{identity.replace(':', '-')}-{where}" / folder)
         # untagged: one copy, fetched anew each time and renamed over the last (a reader that mapped the last

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.outdir import SETTINGS_FILE, is_diffaudit_record, resumed_record, settings_record
-from diffaudit.store.location import MANIFEST, ObjectFolder
+from diffaudit.store.location import MANIFEST, ObjectFolder, StoreReadError
 
 
 def deletion_order(names: list[str]) -> list[list[str]]:
@@ -38,14 +38,17 @@ def deletion_order(names: list[str]) -> list[list[str]]:
     return [sidecars, rest, *[[n] for n in last if n in names]]
 
 
-def _recorded(loc: ObjectFolder) -> dict[str, Any] | None:
+def recorded(loc: ObjectFolder) -> dict[str, Any] | None:
     """The diffaudit settings record under ``loc``, None where there is no ``settings.json``; refuses one
-    that is not diffaudit's (another tool's file of that name)."""
+    that is not diffaudit's (another tool's file of that name). A store that fails to give it (access
+    denied, a network error) is that error (:class:`~diffaudit.store.location.StoreReadError`)."""
     if not loc.exists(SETTINGS_FILE):
         return None
     try:
         record = loc.read_json(SETTINGS_FILE)
-    except DiffauditError:
+    except StoreReadError:
+        raise
+    except DiffauditError:  # not JSON
         record = None
     if not is_diffaudit_record(record):
         raise DiffauditError(
@@ -61,7 +64,7 @@ def remove_object_out(loc: ObjectFolder) -> None:
     names = loc.all_objects()
     if not names:
         return
-    if SETTINGS_FILE not in names or _recorded(loc) is None:
+    if SETTINGS_FILE not in names or recorded(loc) is None:
         raise DiffauditError(
             f"--fresh deletes only what diffaudit made, and {loc.url} holds {len(names)} object(s) (e.g. {names[0]}) "
             f"but no {SETTINGS_FILE}; choose another --out, or delete them yourself"
@@ -81,7 +84,7 @@ def prepare_object_out(loc: ObjectFolder, command: str, settings: dict[str, Any]
     if fresh:
         remove_object_out(loc)
     record = settings_record(command, settings)
-    old = _recorded(loc)
+    old = recorded(loc)
     if old is None:
         found = loc.all_objects()
         if found:
@@ -93,7 +96,7 @@ def prepare_object_out(loc: ObjectFolder, command: str, settings: dict[str, Any]
         if loc.write_json(SETTINGS_FILE, record, create=True):
             return False
         # another command created it between the look and the write: compared with it like any other
-        old = _recorded(loc)
+        old = recorded(loc)
         if old is None:
             raise DiffauditError(f"{loc.name(SETTINGS_FILE)} could not be created, and none is there (is an object named "
                                  f"{loc.url} in the way?); choose another --out")

@@ -25,7 +25,7 @@ how a file is made whole and how ``--out`` is claimed differ (:mod:`~diffaudit.s
 and so does where a shard's pixels lie. An object store has no lock, so two writers of one shard
 may meet: each writes its pixels to ``shards/shard-NNNNNN.<12 hex>.npy`` of its own, the sidecar
 (created only where none exists) names them in ``pixels``, and the writer whose sidecar came first
-owns the shard (:meth:`SampleStore.write_shard`). No object is ever overwritten.
+owns the shard (:meth:`SampleStore.write_shard`). No shard's object (pixels or sidecar) is ever overwritten.
 """
 
 from __future__ import annotations
@@ -45,12 +45,12 @@ from diffaudit.core.errors import DiffauditError
 from diffaudit.core.faults import fault_point
 from diffaudit.core.progress import stage_line
 from diffaudit.core.io import load_npy
-from diffaudit.core.outdir import SETTINGS_FILE, is_diffaudit_record, prepare_out_dir, recorded_settings
+from diffaudit.core.outdir import SETTINGS_FILE, prepare_out_dir, recorded_settings
 from diffaudit.core.seeds import generation_seed
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.data.sharded import ShardedImages
-from diffaudit.store.location import MANIFEST, LocalFolder, ObjectFolder, StoreReadError, open_location
-from diffaudit.store.object_out import prepare_object_out
+from diffaudit.store.location import MANIFEST, LocalFolder, ObjectFolder, ObjectInfo, StoreReadError, open_location
+from diffaudit.store.object_out import prepare_object_out, recorded
 
 Location = LocalFolder | ObjectFolder
 _SHARD_RE = re.compile(r"^shard-(\d{6,})\.json$")  # 6 digits, more from shard 1,000,000 on
@@ -131,7 +131,7 @@ class SampleStore:
         self.path: Path | None = self.location.path
         self.name = self.location.url
         self.manifest = manifest
-        self._entries: dict[str, Any] = {}  # object store: shard file -> ObjectInfo, from the last listing
+        self._entries: dict[str, ObjectInfo] = {}  # object store: shard file -> its size and tag, from the last listing
 
     # -- opening --------------------------------------------------------------------------
     @classmethod
@@ -184,8 +184,8 @@ class SampleStore:
         loc = open_location(path)
         if isinstance(loc, LocalFolder):
             return recorded_settings(loc.path, "sample")
-        record = loc.read_json(SETTINGS_FILE) if loc.exists(SETTINGS_FILE) else None
-        return record["settings"] if is_diffaudit_record(record) and record["command"] == "sample" else None
+        record = recorded(loc)
+        return record["settings"] if record is not None and record["command"] == "sample" else None
 
     @functools.cached_property
     def identity(self) -> str:
@@ -246,8 +246,7 @@ class SampleStore:
         if self._on_objects:
             return True
         return self.location.exists(self._npy(index)) or any(
-            (m := _PIXELS_RE.fullmatch(p.name)) and int(m.group(1)) == index
-            for p in (self.location.path / "shards").glob(f"shard-{index:06d}.*.npy"))
+            _PIXELS_RE.fullmatch(p.name) for p in (self.location.path / "shards").glob(f"shard-{index:06d}.*.npy"))
 
     def _listed_sidecars(self) -> list[int]:
         """Indices of every shard sidecar in one listing of ``shards/`` (on an object store, kept for
@@ -268,7 +267,7 @@ class SampleStore:
 
     def completed(self) -> list[int]:
         """Indices of the finished shards (:meth:`is_complete`) this store's manifest plans, from one listing
-        (a sidecar beyond them is another run's, never read: :meth:`stray_shards`)."""
+        (a sidecar beyond them is another run's, never counted: :meth:`stray_shards` removes it)."""
         return [k for k in self._listed_sidecars() if k < self.n_shards]
 
     def pending(self) -> list[int]:
@@ -283,7 +282,7 @@ class SampleStore:
         (``shard-NNNNNN.<random>.npy``) that the sidecar names, and the sidecar is created only where none
         exists: of two writers of one shard (another command with the same settings, or one still
         writing after ``--fresh`` replaced the store), the one whose sidecar is created owns the shard
-        with the pixels it wrote, and the other removes its own pixels; no object is ever overwritten.
+        with the pixels it wrote, and the other removes its own pixels; no shard's object is ever overwritten.
         """
         if self.is_complete(index):
             if unless_finished:
@@ -406,8 +405,8 @@ class SampleStore:
     def stray_shards(self) -> list[int]:
         """Finished shards whose sidecar is not what this store's manifest plans (:meth:`_check_same_run`), or
         cannot be read: another run's, written into the store while it was made anew (an object store has
-        no lock, so a command still writing when ``--fresh`` deleted its store can add a shard after); on
-        an object store also those whose pixels are gone."""
+        no lock, so a command still writing when ``--fresh`` deleted its store can add a shard after), lying
+        beyond the manifest's shards, or naming pixels that are gone."""
         self.check_still_this_store()  # judged against the manifest the store holds now, never a replaced one
         listed = self._listed_sidecars()
         stray = [k for k in listed if k >= self.n_shards]  # e.g. of a run with more shards, landing after --fresh
@@ -447,22 +446,18 @@ class SampleStore:
     def discard(self, indices: list[int]) -> None:
         """Unfinish shards ``indices``: their sidecars first (a shard without one is unfinished), then pixels.
 
-        On an object store only the pixels each sidecar names are removed (a sidecar that cannot be read
-        leaves its pixels as an unused object): others of the same shard may be another writer's, still
+        Only the pixels each sidecar names are removed (a sidecar that cannot be read leaves its pixels as
+        an unused file): on an object store others of the same shard may be another writer's, still
         uploading, whose sidecar is created next."""
-        if self._on_objects:
-            pixels = []
-            for k in indices:
-                try:
-                    meta = self.location.read_json(self._sidecar(k))
-                    pixels.append(f"shards/{self._pixels_name(k, meta)}" if isinstance(meta, dict) else None)
-                except DiffauditError:
-                    pixels.append(None)
-            self.location.remove([self._sidecar(k) for k in indices])
-            self.location.remove([p for p in pixels if p is not None])
-            return
-        for name in [self._sidecar(k) for k in indices] + [self._npy(k) for k in indices]:
-            (self.location.path / name).unlink(missing_ok=True)
+        pixels = []
+        for k in indices:
+            try:
+                meta = self.location.read_json(self._sidecar(k))
+                pixels.append(f"shards/{self._pixels_name(k, meta)}" if isinstance(meta, dict) else None)
+            except DiffauditError:
+                pixels.append(None)
+        self.location.remove([self._sidecar(k) for k in indices])
+        self.location.remove([p for p in pixels if p is not None])
 
     def check_still_this_store(self) -> None:
         """Refuse to go on when the manifest in the store is no longer this store's: another command's
