@@ -20,7 +20,7 @@ import socket
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -130,14 +130,22 @@ def remove_stale_temps(folder: str | os.PathLike) -> int:
     """Delete the temporary files of :func:`atomic_write` under ``folder`` (recursively) whose writer
     ran on this host (name and PID namespace) and has exited (killed mid-write); returns how many. Files of running writers
     (e.g. other workers filling the same store) and of other hosts are kept."""
+    return remove_left_by_exited_writers(Path(folder).rglob(".*.tmp"), _TEMP)
+
+
+def remove_left_by_exited_writers(paths: Iterable[Path], pattern: re.Pattern[str], *,
+                                  ignore: tuple[type[OSError], ...] = (FileNotFoundError,)) -> int:
+    """Delete each of ``paths`` whose name ``pattern`` matches (groups ``host`` and ``pid``, as
+    :func:`host_tag` and the writer's process id name it) and whose writer has exited
+    (:func:`left_by_exited_writer`); returns how many. A deletion failing with one of ``ignore`` is skipped."""
     removed = 0
-    for tmp in Path(folder).rglob(".*.tmp"):
-        m = _TEMP.match(tmp.name)
+    for path in paths:
+        m = pattern.match(path.name)
         if m and left_by_exited_writer(m["host"], int(m["pid"])):
             try:
-                tmp.unlink()
+                path.unlink()
                 removed += 1
-            except FileNotFoundError:
+            except ignore:
                 pass
     return removed
 

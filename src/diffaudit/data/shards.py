@@ -65,7 +65,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from diffaudit.core.errors import DiffauditError
-from diffaudit.core.io import host_tag, left_by_exited_writer
+from diffaudit.core.io import host_tag, remove_left_by_exited_writers
 from diffaudit.core.progress import bytes_text
 from diffaudit.data.entries import Entry, Listing, gc_paused
 from diffaudit.data.images import IMAGE_EXTENSIONS, BadImageError, decode_image
@@ -238,18 +238,12 @@ def remove_stale_temp_tars() -> int:
     if folder in _swept:
         return 0
     _swept.add(folder)
-    removed = 0
     try:
-        names = [n for n in os.listdir(folder) if n.startswith(TEMP_TAR_PREFIX)]
+        paths = [Path(folder, n) for n in os.listdir(folder) if n.startswith(TEMP_TAR_PREFIX)]
     except OSError:
         return 0
-    for name in names:
-        m = _TEMP_TAR.match(name)
-        if m and left_by_exited_writer(m["host"], int(m["pid"])):
-            with contextlib.suppress(OSError):  # gone already, or another user's in a shared /tmp
-                os.unlink(os.path.join(folder, name))
-                removed += 1
-    return removed
+    # gone already, or another user's in a shared /tmp: skipped
+    return remove_left_by_exited_writers(paths, _TEMP_TAR, ignore=(OSError,))
 
 
 def _inflate(path: Path, module, fd: int, limit: int) -> BaseException | None:

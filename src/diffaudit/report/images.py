@@ -95,17 +95,13 @@ class SampleImages:
             self.refusal = (f"{path} lies outside the reported folder and the result records no samples_identity to "
                             "check it against (a result folder from elsewhere may name any folder on this machine)")
         elif SampleStore.is_store(path):
-            self.refusal = None if trusted else _identity_refusal(path, identity, None)
+            self.refusal = None if trusted else _identity_check(path, identity, None)[0]
             if self.refusal is None:
                 self._open_store(path)
         else:
             self._dataset = _try_read_samples(path)
-            self.refusal = None if trusted else _identity_refusal(path, identity, self._dataset, verified)
-            if self.refusal is not None:
-                self._dataset = None
-            elif not trusted and isinstance(verified, list) and self._dataset is not None and not Path(path).is_file():
-                # the identity vouches for the verified generations only: the others are never shown
-                self._dataset = _verified_subset(Path(path), self._dataset, verified)
+            if not trusted:  # the identity vouches for the verified generations only: the others are never shown
+                self.refusal, self._dataset = _identity_check(path, identity, self._dataset, verified)
 
     @classmethod
     def refused(cls, path: Path, why: str) -> "SampleImages":
@@ -195,20 +191,21 @@ def _verified_subset(path: Path, dataset: Any, verified: Any) -> Any:
     return dataset.subset([index[str(m)] for m in verified])
 
 
-def _identity_refusal(path: Path, recorded: str, dataset: Any, verified: Any = None) -> str | None:
-    """None when ``path`` (read as ``dataset``; None for a store) is the input whose samples_identity the
-    result ``recorded`` (of its ``verified`` generations, see :func:`_verified_subset`); else why its images
-    are not shown."""
+def _identity_check(path: Path | str, recorded: str, dataset: Any, verified: Any = None) -> tuple[str | None, Any]:
+    """``(None, shown)`` when ``path`` (read as ``dataset``; None for a store) is the input whose
+    samples_identity the result ``recorded``, ``shown`` being the generations that identity is of (its
+    ``verified`` ones, see :func:`_verified_subset`); else ``(why its images are not shown, None)``."""
     try:
         from diffaudit.store import samples_identity
 
-        actual = samples_identity(str(path), _verified_subset(path, dataset, verified))
+        shown = _verified_subset(Path(path), dataset, verified)
+        actual = samples_identity(str(path), shown)
     except Exception as exc:  # noqa: BLE001 - an identity that cannot be computed is not the recorded one
         actual = f"unknown ({type(exc).__name__}: {exc})"
     if actual == recorded:
-        return None
+        return None, shown
     return (f"{path} lies outside the reported folder and is not the input the result records (samples_identity "
-            f"{actual}, recorded {recorded}): a result folder from elsewhere may name any folder on this machine")
+            f"{actual}, recorded {recorded}): a result folder from elsewhere may name any folder on this machine"), None
 
 
 def _locate(gid: str, per_prompt: int, n_total: int, shard_size: int) -> tuple[int, int] | None:

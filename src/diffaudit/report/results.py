@@ -317,22 +317,16 @@ def read_jsonl(path: Path, limit: int = 200_000) -> list[dict[str, Any]]:
     return rows
 
 
-def resolve_path(value: Any, *bases: Path) -> Path | None:
+def resolve_path(value: Any, *bases: Path, exists: Callable[[Path], bool] = Path.exists) -> Path | None:
     """An existing path for a recorded ``value``: as given, or relative to one of ``bases``.
 
     Recorded paths may be relative to the working folder of the command that wrote them; the report
     may run elsewhere, so each base (the stage folder, the audit folder, their parents) is tried,
-    and last the base name inside each base.
+    and last the base name inside each base. ``exists`` says whether a candidate is there (a brace
+    pattern of shards is when its shards are).
     """
     if not isinstance(value, (str, Path)) or not str(value):
         return None
     p = Path(value)
-    if p.exists():
-        return p
-    for base in bases:
-        if not p.is_absolute() and (base / p).exists():
-            return base / p
-    for base in bases:
-        if (base / p.name).exists():
-            return base / p.name
-    return None
+    candidates = [p, *([] if p.is_absolute() else [base / p for base in bases]), *[base / p.name for base in bases]]
+    return next((c for c in candidates if exists(c)), None)

@@ -247,17 +247,17 @@ def _pattern_images(stage: Stage, rs: ResultSet, pattern: str) -> SampleImages:
     wherever they lie: a pattern names many files, any of which could be a link out of the folder."""
     from diffaudit.data.shards import expand_pattern
 
-    given = Path(pattern)
-    bases = _bases(stage, rs)
-    candidates = [given, *([] if given.is_absolute() else [b / given for b in bases]), *[b / given.name for b in bases]]
-    for candidate in candidates:
+    def shards_exist(candidate: Path) -> bool:
         try:
-            expand_pattern(str(candidate))
-        except DiffauditError:
-            continue
-        return SampleImages(candidate, trusted=False, identity=stage.settings.get("samples_identity"),
-                            verified=stage.result.get("verified_medoids"))
-    return SampleImages.refused(given, f"no shard of {pattern} is found from here")
+            return bool(expand_pattern(str(candidate)))
+        except DiffauditError:  # a shard of the pattern is missing there
+            return False
+
+    found = resolve_path(pattern, *_bases(stage, rs), exists=shards_exist)
+    if found is None:
+        return SampleImages.refused(Path(pattern), f"no shard of {pattern} is found from here")
+    return SampleImages(found, trusted=False, identity=stage.settings.get("samples_identity"),
+                        verified=stage.result.get("verified_medoids"))
 
 
 def _object_store_images(stage: Stage) -> SampleImages:
