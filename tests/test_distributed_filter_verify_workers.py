@@ -56,9 +56,14 @@ def cluster(monkeypatch):
         jobs.append((address, label, len(todo), sum(size(p) for p in todo) == total))
         return 1
 
+    class CpuCluster:  # what the commands ask of the cluster they connect to: its resources
+        @staticmethod
+        def cluster_resources():
+            return {"CPU": 2.0}
+
     monkeypatch.setattr(ray_pool, "run_parts", run_parts)
-    for command in (extract_cli, verify_cli):  # no cluster to connect to
-        monkeypatch.setattr(command, "connect", lambda address: None)
+    for module in (extract_cli, verify_cli, ray_pool):  # no cluster to connect to
+        monkeypatch.setattr(module, "connect", lambda address: CpuCluster)
     monkeypatch.setattr(knn_cache, "CHUNK_BYTES", 20 * 32 * 32 * 3)  # 20 queries a chunk: several chunks
     monkeypatch.setattr(extract_cli, "PROMPTS_PER_PART", 2)
     return jobs
@@ -247,3 +252,34 @@ def test_spans_left_by_a_run_stopped_before_merging_are_merged_by_any_re_run(fil
         assert searched == ([] if drop is None else [63])
         assert sorted(p.name for p in (out / "knn").iterdir()) == ["knn-0000000000-0000000063.npz"]
         _same_verify(tmp_path / "one", out)
+
+
+def test_on_a_cluster_with_gpus_the_workers_use_them_though_this_machine_has_none(files, tmp_path, monkeypatch, capsys):
+    """--device auto with --ray follows the cluster: a CPU-only head hands its workers cuda (one per GPU)
+    and says it computes its own share on the CPU; before this, such a head kept the workers on CPUs."""
+    import torch
+
+    class GpuCluster:
+        @staticmethod
+        def cluster_resources():
+            return {"CPU": 32.0, "GPU": 4.0}
+
+    asked = []
+
+    def run_parts(address, factory, args, pending, *, use_gpu, **kw):
+        asked.append((kw["label"], use_gpu, [a for a in args if a in ("cpu", "cuda")]))
+        raise DiffauditError("stopped by the test")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(ray_pool, "run_parts", run_parts)
+    for module in (extract_cli, verify_cli, ray_pool):
+        monkeypatch.setattr(module, "connect", lambda address: GpuCluster)
+    monkeypatch.setattr(extract_cli, "PROMPTS_PER_PART", 2)
+    assert main(["extract", "--samples", str(files / "cond.npz"), "--out", str(tmp_path / "x"), "--ray", "gpus:6379"]) == 2
+    assert main(["verify", "--samples", str(files / "unc.npz"), "--data", str(files / "train.npz"),
+                 "--out", str(tmp_path / "v"), "--ray", "gpus:6379"]) == 2
+    assert asked == [("extract: filter prompts (ray)", True, ["cuda"]),
+                     ("verify: nearest training images (ray)", True, ["cuda"])]
+    err = capsys.readouterr().err
+    assert err.count("this machine has no CUDA; the Ray workers run on the cluster's GPUs") == 2
+    assert "stopped by the test" in err

@@ -68,3 +68,58 @@ def test_ray_workers_fill_an_s3_store_as_one_process_does(tiny_model, tmp_path, 
     assert a.completed() == b.completed() == list(range(6))
     assert np.array_equal(a.to_dataset().images, b.to_dataset().images)
     assert a.identity == b.identity
+
+
+def test_a_head_without_the_workers_device_has_a_worker_open_the_model(tiny_model, tmp_path, local_ray, monkeypatch,
+                                                                        capsys):
+    """A CPU-only head of a GPU cluster: the model is opened on a worker (here a CPU worker, the head told it
+    lacks that device), never on the head, the worker's report settles the store, and the store equals
+    one process's. A prompt the model refuses is the worker's refusal, before any store exists."""
+    import torch
+
+    import diffaudit.cli.sample as sample_cli
+    import diffaudit.sampling.sources as sources
+
+    single, dist = tmp_path / "single", tmp_path / "ray"
+    assert main(args(tiny_model, single)) == 0
+    monkeypatch.setattr(sample_cli, "run_devices", lambda a, what: (torch.device("meta"), torch.device("cpu")))
+
+    def head_opens(*a, **k):
+        raise AssertionError("the head opened the model")
+
+    monkeypatch.setattr(sources, "open_source", head_opens)  # the head's only; Ray's workers import their own
+    assert main(args(tiny_model, dist, "--ray", "local")) == 0
+    a, b = SampleStore.open(single), SampleStore.open(dist)
+    assert a.manifest["sampler"] == b.manifest["sampler"]
+    assert np.array_equal(a.to_dataset().images, b.to_dataset().images)
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\n")
+    refused = tmp_path / "refused"
+    assert main(["sample", "--model", str(tiny_model), "--out", str(refused), "--prompts", str(prompts), "--steps", "3",
+                 "--device", "cpu", "--quiet", "--ray", "local"]) == 2
+    assert "this model is unconditional: it takes no prompts" in capsys.readouterr().err  # the worker's check
+    assert not refused.exists()
+
+
+def test_auto_on_a_cluster_with_gpus_samples_there_not_on_the_cpu_head(tiny_model, tmp_path, local_ray, capsys):
+    """--device auto follows the cluster: on a cluster that declares a GPU, a head without CUDA sends the
+    model to a GPU worker (here a CPU machine that only declares one, so the worker says CUDA is
+    missing), rather than sampling on CPUs with the GPUs idle."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the head would open the model itself")
+    ray.shutdown()
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        out = tmp_path / "gpu"
+        assert main(["sample", "--model", str(tiny_model), "--out", str(out), "--n", "8", "--steps", "3",
+                     "--ray", "local"]) == 2
+        err = capsys.readouterr().err
+        assert "this machine has no CUDA; the Ray workers run on the cluster's GPUs" in err
+        assert "CUDA is not available" in err  # said by the worker that opened the model
+        assert not out.exists()
+    finally:
+        ray.shutdown()
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)

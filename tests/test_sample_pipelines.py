@@ -70,15 +70,17 @@ def test_n_with_classes_or_prompts_is_refused_not_ignored(tmp_path, capsys):
     p = argparse.ArgumentParser()
     add_arguments(p)
 
-    class Source:
-        class denoiser:  # noqa: N801 - stands in for a class-conditional denoiser
-            num_classes = 10
+    class Source:  # stands in for a class-conditional source
+        num_classes = 10
+
+    class TextSource:  # a Stable Diffusion source
+        num_classes = None
 
     # the plain uses still work: --classes alone (1 per class), --classes --per-prompt, --prompts --per-prompt
     assert plan_prompts(p.parse_args(["--model", "m", "--out", "o", "--classes"]), Source()) == ([str(c) for c in range(10)], 1)
     assert plan_prompts(p.parse_args(["--model", "m", "--out", "o", "--classes", "--per-prompt", "10"]), Source())[1] == 10
     assert plan_prompts(p.parse_args(["--model", "m", "--out", "o", "--prompts", str(prompts), "--per-prompt", "3"]),
-                        object()) == (["a cat", "a dog"], 3)
+                        TextSource()) == (["a cat", "a dog"], 3)
 
 
 def test_stable_diffusion_source_fast_path_is_honoured(sd_dir, monkeypatch):

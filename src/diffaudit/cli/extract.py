@@ -20,7 +20,7 @@ from diffaudit.attacks.extraction.graph import DEFAULT_EDGE_THRESHOLD, DEFAULT_M
 from diffaudit.attacks.extraction.grid import GRID_HELP, resolve_grid
 from diffaudit.attacks.extraction.inputs import read_generations
 from diffaudit.attacks.extraction.knn_cache import iter_cached_knn
-from diffaudit.cli.common import add_run_args, canonical_settings, emit, emit_finished, upgrading_paths
+from diffaudit.cli.common import add_run_args, canonical_settings, emit, emit_finished, run_devices, upgrading_paths
 from diffaudit.cli.ray_work import ImagesRecipe, knn_on_ray
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
@@ -195,11 +195,12 @@ def _filter_on_ray(args, recipe: ImagesRecipe, groups: list, fs: FilterSettings,
                f"{t.seconds:.1f} s)")
 
 
-def _conditional(args, ds, fs: FilterSettings, out: Path, device, recipe: ImagesRecipe | None) -> dict[str, Any]:
+def _conditional(args, ds, fs: FilterSettings, out: Path, device, recipe: ImagesRecipe | None,
+                 workers_device) -> dict[str, Any]:
     groups = group_by_prompt(ds.captions)
     parts_dir = out / "parts"
     if recipe is not None:
-        _filter_on_ray(args, recipe, groups, fs, parts_dir, device)
+        _filter_on_ray(args, recipe, groups, fs, parts_dir, workers_device)
     results: list[PromptResult] = []
     with Timer() as t, progress_bar("extract: filter prompts", len(groups), unit="prompt") as bar:
         for part, lo in enumerate(range(0, len(groups), PROMPTS_PER_PART)):
@@ -239,13 +240,14 @@ def _conditional(args, ds, fs: FilterSettings, out: Path, device, recipe: Images
     return fields
 
 
-def _unconditional(args, ds, fs: FilterSettings, out: Path, device, recipe: ImagesRecipe | None) -> dict[str, Any]:
+def _unconditional(args, ds, fs: FilterSettings, out: Path, device, recipe: ImagesRecipe | None,
+                   workers_device) -> dict[str, Any]:
     n = len(ds)
     if n < 2:
         raise DiffauditError(f"{args.samples}: {n} sample(s); the unconditional mode needs at least 2")
     k = min(args.k_neighbors, n - 1)
     if recipe is not None:
-        knn_on_ray(args.ray, ds.images, recipe, None, k, out / "knn", device=device, backend=args.backend,
+        knn_on_ray(args.ray, ds.images, recipe, None, k, out / "knn", device=workers_device, backend=args.backend,
                    label="extract: nearest generations", exclude_self=True, fault_name="extract-knn")
     with Timer() as t, progress_bar("extract: nearest generations", n, unit="img") as bar:
         # only the pairs within the edge threshold are kept, chunk by chunk (never the (N, k) lists)
@@ -294,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
         raise DiffauditError(f"--k-neighbors must be at least 1, got {args.k_neighbors}")
     if args.max_component < args.min_clique:
         raise DiffauditError(f"--max-component ({args.max_component}) must be at least --min-clique ({args.min_clique})")
-    device = resolve_device(args.device)
+    device, workers_device = run_devices(args, "extract")
     ds = read_generations(args.samples)
     grid = _grid(args, ds.image_shape)
     fs = FilterSettings(args.edge_threshold, args.min_clique, grid, args.max_expansions)
@@ -313,10 +315,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     # with --ray, the workers read --samples where the settings say (absolute) and check its identity
     recipe = ImagesRecipe("generations", settings["samples"], settings["samples_identity"]) if args.ray else None
-    fields = (_conditional if mode == "conditional" else _unconditional)(args, ds, fs, out, device, recipe)
+    fields = (_conditional if mode == "conditional" else _unconditional)(args, ds, fs, out, device, recipe, workers_device)
     fields["score_direction"] = ("largest_clique: larger = more likely memorized; mean_distance (tiled l2 inside the "
                                  "clique): smaller = tighter, ranked first")
-    fields["runtime"] = {"device": str(device), "backend": args.backend}
+    fields["runtime"] = {"device": str(device), "backend": args.backend,
+                         **({"ray_workers_device": str(workers_device)} if args.ray else {})}
     result = write_result(out / "result.json", NAME, settings, {"seed": args.seed}, **fields)
     emit(args, result, _summary(result, out))
     return 0

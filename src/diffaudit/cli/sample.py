@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from diffaudit.cli.common import emit
+from diffaudit.cli.common import emit, run_devices
 from diffaudit.core.batch_fit import AUTO, batch_option
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.progress import stage_line
@@ -75,7 +75,7 @@ def check_count_flags(args: argparse.Namespace) -> None:
 def plan_prompts(args: argparse.Namespace, source) -> tuple[list[str | None], int]:
     """(prompts, per_prompt) for the request (``sample_into`` has refused a stray ``--n`` already; the
     source checks the prompts themselves, with ``check_prompts``)."""
-    num_classes = getattr(getattr(source, "denoiser", None), "num_classes", None)
+    num_classes = source.num_classes
     if args.prompts:
         return read_prompts(args.prompts), args.per_prompt or 1
     if args.classes:
@@ -128,35 +128,48 @@ def _micro_batch(args: argparse.Namespace, out: str) -> int | str | None:
     return AUTO
 
 
+def _opened_source(args: argparse.Namespace, model: str, out: str, head, workers, fast: bool, compile: bool):
+    """A context giving the source: opened here, or, with ``--ray`` on a head without the workers' device
+    (a CPU-only head of a GPU cluster), opened on one worker, whose report of it decides the store's
+    settings (the micro-batch and dtype its device resolves) and which checks the prompts."""
+    import contextlib
+
+    from diffaudit.sampling.sources import open_source
+
+    options = {"steps": args.steps, "eta": args.eta, "micro_batch": _micro_batch(args, out),
+               "guidance_scale": args.guidance_scale, "scheduler": args.scheduler, "fast": fast, "compile": compile}
+    if head.type == workers.type:
+        return contextlib.nullcontext(open_source(model, device=head, **options))
+    from diffaudit.store.ray_fill import source_on_worker
+
+    stage_line(f"sample: the model is opened on a Ray worker's {workers.type} to settle the store's settings")
+    return source_on_worker(args.ray, model, options, workers.type)
+
+
 def sample_into(args: argparse.Namespace, model: str, out: str):
     """Open the source and store, then fill it (used by `sample` and `audit`); returns the SampleStore."""
-    from diffaudit.core.device import resolve_device
     from diffaudit.core.results import envelope
-    from diffaudit.sampling.sources import open_source
     from diffaudit.store import SampleStore, fill_store
 
     check_count_flags(args)  # before the model is loaded
-    if getattr(args, "ray", None):  # a cluster that cannot be reached is an error before anything is written
-        from diffaudit.core.ray_pool import connect
+    if getattr(args, "ray", None):  # a store the workers cannot reach is refused before anything is written
         from diffaudit.store.location import check_reachable_by_workers
 
         check_reachable_by_workers(out, "--out")
-        connect(args.ray)
-    device = resolve_device(args.device)
-    fast, compile = fast_path_flags(args, device)
-    source = open_source(model, device=device, steps=args.steps, eta=args.eta, micro_batch=_micro_batch(args, out),
-                         guidance_scale=args.guidance_scale, scheduler=args.scheduler, fast=fast, compile=compile)
-    prompts, per_prompt = plan_prompts(args, source)
-    # before SampleStore.create: a store made for prompts the model refuses would turn away the corrected re-run
-    source.check_prompts(prompts)
+    head, workers = run_devices(args, "sample")  # connects to --ray's cluster first: unreachable is an error at once
+    fast, compile = fast_path_flags(args, workers)
+    with _opened_source(args, model, out, head, workers, fast, compile) as source:
+        prompts, per_prompt = plan_prompts(args, source)
+        # before SampleStore.create: a store made for prompts the model refuses would turn away the corrected re-run
+        source.check_prompts(prompts)
+        sampler, image_shape = source.settings(), source.image_shape
     from diffaudit.models.digest import model_digest
 
     # the weights' digest too: a store resumed after the folder's weights changed would mix two models
     settings = {"model": str(Path(model).resolve()), "model_digest": model_digest(model), "seed": args.seed,
-                "device_type": device.type, "fast": fast, "compile": compile,
-                **source.settings()}
+                "device_type": workers.type, "fast": fast, "compile": compile, **sampler}
     store = SampleStore.create(out, settings=settings, prompts=prompts, per_prompt=per_prompt,
-                               image_shape=source.image_shape, shard_size=args.shard_size, fresh=args.fresh,
+                               image_shape=image_shape, shard_size=args.shard_size, fresh=args.fresh,
                                upgrade=upgrade_settings)
     if not store.pending() and store.location.exists("result.json") and (store.path is not None or not store.stray_shards()):
         # finished earlier: nothing rewritten (a finished store may lie on read-only storage); an object store,

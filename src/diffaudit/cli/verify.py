@@ -26,10 +26,9 @@ from diffaudit.attacks.extraction.verification import (
 )
 from diffaudit.cli.common import (
     add_data_args, add_run_args, canonical_path, canonical_settings, data_options, emit, emit_finished, load_data,
-    upgrading_paths,
+    run_devices, upgrading_paths,
 )
 from diffaudit.cli.ray_work import ImagesRecipe, data_recipe, knn_on_ray
-from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.identity import file_identity, text_digest
 from diffaudit.core.io import read_json, save_npz_atomic
@@ -160,12 +159,14 @@ def _load_train_map(path: str, train: ImageDataset | NativeImages) -> dict[str, 
 
 
 def _run_verification(label: str, samples: ImageDataset, train: ImageDataset, vs: VerifySettings, out: Path, cache: str,
-                      args, device, recipes: tuple[ImagesRecipe, ImagesRecipe] | None = None) -> Verification:
-    """Verify ``samples`` against ``train``; with ``--ray``, the neighbours are searched on the cluster
-    first, by workers that read what ``recipes`` (the samples', the training images') say."""
+                      args, device, workers_device, recipes: tuple[ImagesRecipe, ImagesRecipe] | None = None
+                      ) -> Verification:
+    """Verify ``samples`` against ``train`` on ``device``; with ``--ray``, the neighbours are searched on
+    the cluster first, by workers on ``workers_device`` that read what ``recipes`` (the samples', the
+    training images') say."""
     n = neighborhood_size(len(train), vs.n_neighbors)
     if args.ray:
-        knn_on_ray(args.ray, samples.images, *recipes, n, out / cache, device=device, backend=args.backend,
+        knn_on_ray(args.ray, samples.images, *recipes, n, out / cache, device=workers_device, backend=args.backend,
                    label=f"verify: nearest {label} images", fault_name="verify-knn")
     chunks = []  # per chunk (nearest id, l2, ratio, extracted), each (q,): never the (Q, n) neighbour lists
     with Timer() as t, progress_bar(f"verify: nearest {label} images", len(samples), unit="img") as bar:
@@ -260,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
     rule = args.rule
     vs_probe = VerifySettings("l2" if rule == "auto" else rule, args.delta, args.alpha, args.n_neighbors,
                               args.eidetic_delta, args.dup_delta).validate()
-    device = resolve_device(args.device)
+    device, workers_device = run_devices(args, "verify")
     opts = data_options(args)
     train = _load_train(args, opts)
     samples = read_generations(args.samples)
@@ -329,7 +330,7 @@ def run(args: argparse.Namespace) -> int:
     if len(samples) == 0:
         fields.update(extracted=[], unique_extracted=0, n_extracting_samples=0)
     elif whole_set:
-        v = _run_verification("training", samples, train, vs, out, "knn", args, device,
+        v = _run_verification("training", samples, train, vs, out, "knn", args, device, workers_device,
                               _recipes(args, settings, queries, "data", opts, data_digest))
         save_npz_atomic(out / "per_sample.npz", sample=np.array(samples.keys, dtype=str), train_id=v.train_ids,
                         l2=v.l2, ratio=v.ratio, extracted=v.is_extracted)
@@ -350,7 +351,7 @@ def run(args: argparse.Namespace) -> int:
             base = base.subset(pick)
         if len(samples):
             _check_shapes(samples, base, "--baseline")
-            vb = _run_verification("baseline", samples, base, vs, out, "knn-baseline", args, device,
+            vb = _run_verification("baseline", samples, base, vs, out, "knn-baseline", args, device, workers_device,
                                    _recipes(args, settings, queries, "baseline", dict(opts, subset=None),
                                             settings["baseline_digest"], pick))
             fields["baseline_unique_extracted"] = vb.unique_extracted
@@ -370,7 +371,8 @@ def run(args: argparse.Namespace) -> int:
                    f"their own training image ({t.seconds:.1f} s)")
     fields["fid"] = fid_from_file(args.fid_features) if args.fid_features else "not computed"
     fields["score_direction"] = "l2 and ratio: smaller = closer to the training image (extracted at l2 <= delta or ratio <= 1)"
-    fields["runtime"] = {"device": str(device), "backend": args.backend}
+    fields["runtime"] = {"device": str(device), "backend": args.backend,
+                         **({"ray_workers_device": str(workers_device)} if args.ray else {})}
     result = write_result(out / "result.json", NAME, settings, {"seed": args.seed}, **fields)
     emit(args, result, _summary(result, out))
     return 0

@@ -26,7 +26,9 @@ from diffaudit.core.progress import progress_bar, quiet
 
 #: How a command names the cluster: a Ray address, ``auto`` (the cluster this node belongs to) or
 #: ``local`` (a Ray instance started on this machine).
-RAY_HELP = "a Ray address, `auto` (the cluster this node is part of) or `local` (start Ray on this machine)"
+RAY_HELP = ("a Ray address, `auto` (the cluster this node is part of) or `local` (start Ray on this machine); "
+            "--device then names the workers' device (auto: cuda when the cluster has a GPU, even where this "
+            "machine has none)")
 
 
 def connect(address: str):
@@ -107,6 +109,20 @@ class _Host:
         return self.worker.fill(part)
 
 
+def cluster_gpus(ray) -> int:
+    """The GPUs of the cluster ``ray`` is connected to (Ray's ``GPU`` resource, every node's together)."""
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+def worker_error(exc: Exception, what: str) -> DiffauditError:
+    """The error to raise for a Ray task whose code raised ``exc`` (a ``RayTaskError``): the worker's own
+    refusal (a :class:`DiffauditError`) as it is, anything else as ``what`` and the cause."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, DiffauditError):
+        return cause
+    return DiffauditError(f"{what}: {type(cause or exc).__name__}: {cause or exc}")
+
+
 @dataclass(frozen=True)
 class Slot:
     """Where one worker actor runs: ``cpus`` CPUs (and a GPU when ``gpu``), on ``node`` when given
@@ -125,7 +141,7 @@ def cluster_slots(ray, use_gpu: bool, what: str, *, per_node: bool = False, thre
     error for a cluster without GPUs."""
     resources = ray.cluster_resources()
     if use_gpu:
-        gpus = int(resources.get("GPU", 0))
+        gpus = cluster_gpus(ray)
         if gpus == 0:
             raise DiffauditError(f"{what} runs on cuda, but the Ray cluster has no GPU; run on a cluster with GPUs, "
                                  "or on the CPU (--device cpu)")
@@ -205,11 +221,7 @@ def run_parts(
                 try:
                     bar.advance(size(ray.get(done[0])))
                 except ray.exceptions.RayTaskError as exc:  # the worker's code raised: final
-                    cause = getattr(exc, "cause", None)
-                    if isinstance(cause, DiffauditError):
-                        raise cause from None
-                    raise DiffauditError(f"{label}: a Ray worker failed on part {part}: "
-                                         f"{type(cause or exc).__name__}: {cause or exc}") from None
+                    raise worker_error(exc, f"{label}: a Ray worker failed on part {part}") from None
                 except ray.exceptions.RayError:  # the worker died: its part goes back to the others
                     ray.kill(actors.pop(w))
                     deaths[part] += 1

@@ -40,6 +40,11 @@ class PixelSource:
     def image_shape(self) -> tuple[int, int, int]:
         return (self.denoiser.image_size, self.denoiser.image_size, self.denoiser.in_channels)
 
+    @property
+    def num_classes(self) -> int | None:
+        """Classes of a class-conditional UNet (prompts are their indices); None: unconditional."""
+        return self.denoiser.num_classes
+
     def settings(self) -> dict[str, Any]:
         out = {"kind": "pixel", "steps": self.steps, "eta": self.eta, "micro_batch": self.micro_batch,
                "num_classes": self.denoiser.num_classes}
@@ -175,6 +180,9 @@ class StableDiffusionSource:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return (self.height, self.height, 3)
+
+    #: Not class-conditional: its prompts are text.
+    num_classes = None
 
     def settings(self) -> dict[str, Any]:
         return {"kind": "stable-diffusion", "steps": self.steps, "guidance_scale": self.guidance_scale,

@@ -1,15 +1,17 @@
 """Distributed generation on a Ray cluster: shards spread over worker actors (one per GPU).
 
-Every worker writes whole shards straight into the same store (a shared filesystem mounted at the
-same path on every node, or an object-store URL every node can reach), with the same per-image seeds as a single-process run, so the
-union of shards is bitwise the set one machine would produce. That holds for one device type and
-micro-batch, so the workers take both from the store's recorded settings (the device the command
-resolved on the head, ``--device``), and a worker whose sampler settings or model weights (its
-``--model`` folder on its node) differ from the recorded ones refuses to write: a store is never
-filled by two kinds of sampler or two models. Shard completion is the sidecar file, written last and
-atomically: a worker lost mid-shard leaves that shard unfinished, Ray restarts the actor and retries
-the task, and a final sweep redoes any shard still pending; a finished shard is never written twice
-(:mod:`diffaudit.core.ray_pool`).
+Every worker writes whole shards straight into the same store (a shared filesystem mounted at the same
+path on every node, or an object-store URL every node can reach), with the same per-image seeds as a
+single-process run, so the union of shards is bitwise the set one machine would produce. That holds for
+one device type and micro-batch, so the workers take both from the store's recorded settings (the
+workers' device ``--device`` names on the cluster, :func:`~diffaudit.core.device.resolve_devices`), and
+a worker whose sampler settings or model weights (its ``--model`` folder on its node) differ from the
+recorded ones refuses to write: a store is never filled by two kinds of sampler or two models. Shard
+completion is the sidecar file, written last and atomically: a worker lost mid-shard leaves that shard
+unfinished, Ray restarts the actor and retries the task, and a final sweep redoes any shard still
+pending; a finished shard is never written twice (:mod:`diffaudit.core.ray_pool`). A head without the
+workers' device (a CPU-only head node of a GPU cluster) has the model opened on a worker to settle the
+store's settings (:func:`source_on_worker`).
 
 Ray is optional (``pip install 'diffaudit[ray]'``).
 """
@@ -17,11 +19,13 @@ Ray is optional (``pip install 'diffaudit[ray]'``).
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
 
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.progress import Timer, stage_line
-from diffaudit.core.ray_pool import run_parts
+from diffaudit.core.ray_pool import connect, run_parts, worker_error
 from diffaudit.store.sample_store import SampleStore
 
 
@@ -65,12 +69,82 @@ class _ShardWorker:
         return index
 
 
+class _SourcePlanner:
+    """A Ray actor that opens the source on a worker's device for a head without that device, reports
+    what the store records of it and checks the prompts. The source is opened at the first call, so
+    that an error opening it reaches the head as that call's error."""
+
+    def __init__(self, model: str, options: dict[str, Any], device_type: str):
+        self.model, self.options, self.device_type, self.source = model, options, device_type, None
+
+    def _opened(self):
+        if self.source is None:
+            from diffaudit.core.device import resolve_device
+            from diffaudit.sampling.sources import open_source
+
+            self.source = open_source(self.model, device=resolve_device(self.device_type), **self.options)
+        return self.source
+
+    def describe(self) -> dict[str, Any]:
+        source = self._opened()
+        return {"settings": source.settings(), "image_shape": tuple(source.image_shape), "num_classes": source.num_classes}
+
+    def check_prompts(self, prompts: list[str | None]) -> None:
+        self._opened().check_prompts(prompts)
+
+
+@dataclass(frozen=True)
+class WorkerSource:
+    """What the head knows of a source opened on a Ray worker (:func:`source_on_worker`): its settings,
+    image shape (H, W, C) and classes (None: not class-conditional), and ``check_prompts``, which asks
+    the worker."""
+
+    sampler: dict[str, Any]
+    image_shape: tuple[int, int, int]
+    num_classes: int | None
+    check: Callable[[list[str | None]], None]
+
+    def settings(self) -> dict[str, Any]:
+        return dict(self.sampler)
+
+    def check_prompts(self, prompts: Sequence[str | None]) -> None:
+        self.check(list(prompts))
+
+
+@contextmanager
+def source_on_worker(address: str, model: str, options: dict[str, Any], device_type: str) -> Iterator[WorkerSource]:
+    """The source ``open_source(model, **options)`` on one Ray worker's ``device_type`` (a GPU of its own
+    for cuda), for a head that lacks that device: the store's settings are then those the workers
+    resolve (``--micro-batch auto`` probed on a worker's GPU, bf16 with ``--fast``), which they check
+    before writing. The worker is released when the context ends. A worker's refusal (a prompt the
+    model cannot take, a damaged model folder) is raised as it is."""
+    ray = connect(address)
+    actor = ray.remote(max_restarts=0)(_SourcePlanner).options(
+        num_cpus=1, num_gpus=1 if device_type == "cuda" else 0).remote(model, options, device_type)
+
+    def ask(ref):
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            raise worker_error(exc, "sample: the Ray worker opening the model failed") from None
+        except ray.exceptions.RayError as exc:  # the worker died (out of memory, its node lost)
+            raise DiffauditError(f"sample: the Ray worker opening the model died ({type(exc).__name__}); "
+                                 "re-run to retry") from None
+
+    try:
+        described = ask(actor.describe.remote())
+        yield WorkerSource(described["settings"], tuple(described["image_shape"]), described["num_classes"],
+                           lambda prompts: ask(actor.check_prompts.remote(prompts)))
+    finally:
+        ray.kill(actor)
+
+
 def fill_store_ray(store: SampleStore, model: str, args: argparse.Namespace, *, workers: int | None = None,
                    torch_threads: int = 1, max_rounds: int = 5) -> int:
     """Fill every pending shard of ``store`` on the Ray cluster at ``args.ray``; returns images made
     (:func:`~diffaudit.core.ray_pool.run_parts`: one worker per GPU when the store records cuda, else
     one per CPU)."""
-    use_gpu = store.manifest["sampler"]["device_type"] == "cuda"  # what the head resolved and recorded
+    use_gpu = store.manifest["sampler"]["device_type"] == "cuda"  # what the command resolved for the workers and recorded
     todo = store.pending()
 
     def size(k: int) -> int:
