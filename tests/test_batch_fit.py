@@ -175,3 +175,24 @@ def test_auto_on_a_gpu_chooses_a_batch_that_fits_and_samples_with_it(tmp_path):
     images = source(list(range(mb)), [None] * mb)
     assert images.shape == (mb, 32, 32, 3)
     assert torch.cuda.max_memory_allocated(dev) <= 0.8 * torch.cuda.get_device_properties(dev).total_memory
+
+
+@pytest.mark.gpu
+def test_auto_on_a_gpu_probes_a_stable_diffusion_pipelines_losses(tmp_path):
+    """On CUDA: mia's auto batch for a Stable Diffusion pipeline is a power of two in [4, 64], and the
+    losses at the size chosen stay within 80% of the GPU's memory."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from diffaudit.models.latent_loss import latent_loss_probe, load_sd_pipeline, per_example_latent_loss
+    from diffaudit.models.sd_configs import build_stable_diffusion
+
+    dev = torch.device("cuda")
+    build_stable_diffusion(tiny=True, size=64).save_pretrained(tmp_path / "sd", safe_serialization=True)
+    pipe = load_sd_pipeline(tmp_path / "sd", device=dev, dtype=torch.bfloat16)
+    batch = resolve_batch(AUTO, dev, default=64, probe=lambda b: latent_loss_probe(pipe, b), start=4, cap=64, what="--x")
+    assert 4 <= batch <= 64 and batch & (batch - 1) == 0
+    torch.cuda.reset_peak_memory_stats(dev)
+    images = np.random.default_rng(0).integers(0, 256, (batch, 64, 64, 3), dtype=np.uint8)
+    losses = per_example_latent_loss(pipe, images, ["a cat"] * batch, batch_size=batch)
+    assert losses.shape == (batch, 1, 1) and np.isfinite(losses).all()
+    assert torch.cuda.max_memory_allocated(dev) <= 0.8 * torch.cuda.get_device_properties(dev).total_memory

@@ -67,3 +67,47 @@ def test_the_loss_target_is_what_the_scheduler_says_the_unet_predicts(sd_dir):
     pipe.scheduler.register_to_config(prediction_type="flow")
     with pytest.raises(DiffauditError, match="predicts 'flow'"):
         per_example_latent_loss(pipe, x, caps, timesteps=[100])
+
+
+def test_batch_size_auto_probes_the_pipelines_loss_parts_and_keeps_the_losses(sd_dir, tmp_path, monkeypatch):
+    """mia --batch-size auto on a Stable Diffusion pipeline: the probe runs the text encoder, the VAE encoder
+    and the UNet on a batch of the size tried (what the loss holds in memory at once); the size chosen
+    (here by a stand-in for the GPU's allocator) is the batch the losses run in, and they equal a
+    fixed batch's. An explicit size above 64 is taken down to 64, as before."""
+    import diffaudit.attacks.membership.loss_cache as loss_cache
+    from diffaudit.core.batch_fit import AUTO
+    from diffaudit.models.latent_loss import latent_loss_probe
+
+    pipe = load_sd_pipeline(sd_dir)
+    seen = {}
+
+    def record(part):
+        def hook(module, args, kwargs):  # returns None: the call goes on unchanged
+            seen.setdefault(part, tuple((args or tuple(kwargs.values()))[0].shape))
+        return hook
+
+    hooks = [module.register_forward_pre_hook(record(part), with_kwargs=True)
+             for part, module in (("text_encoder", pipe.text_encoder), ("vae", pipe.vae.encoder), ("unet", pipe.unet))]
+    latent_loss_probe(pipe, 3)
+    for h in hooks:
+        h.remove()
+    lat = 32 // pipe.vae_scale_factor
+    assert seen == {"text_encoder": (3, pipe.tokenizer.model_max_length), "vae": (3, 3, 32, 32),
+                    "unet": (3, pipe.unet.config.in_channels, lat, lat)}
+
+    asked, batches = [], []
+    real_loss = loss_cache.per_example_latent_loss
+
+    def resolve(requested, device, *, default, probe, start, cap, what):
+        asked.append((requested, default, start, cap))
+        probe(2)  # the probe the command would measure, on this pipeline
+        return 2 if requested == AUTO else requested
+
+    monkeypatch.setattr(loss_cache, "resolve_batch", resolve)
+    monkeypatch.setattr(loss_cache, "per_example_latent_loss",
+                        lambda *a, batch_size, **k: batches.append(batch_size) or real_loss(*a, batch_size=batch_size, **k))
+    ds = ImageDataset(images=images(5), keys=[f"k{i}" for i in range(5)], captions=["a cat", "a dog", "w1", "w2", "w3"])
+    auto = cached_model_losses(sd_dir, ds, timesteps=[100], batch_size=AUTO, cache_dir=tmp_path / "a")
+    big = cached_model_losses(sd_dir, ds, timesteps=[100], batch_size=500, cache_dir=tmp_path / "b")
+    assert asked == [(AUTO, 64, 4, 64), (64, 64, 4, 64)] and batches == [2, 64]
+    np.testing.assert_allclose(auto, big, rtol=1e-4, atol=1e-6)

@@ -90,7 +90,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "or average the losses over the queries first")
     a.add_argument("--batch-size", type=batch_option, default=256,
                    help="examples per forward pass (the losses do not depend on it, in bf16 up to rounding); auto: on CUDA the largest that fits "
-                        "within 80%% of the GPU's memory, probed for each model")
+                        "within 80%% of the GPU's memory, probed for each model (a Stable Diffusion pipeline takes at most 64)")
     a.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="forward passes (auto: bf16 on CUDA, else fp32)")
     a.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates for the confidence intervals (0: none)")
     a.add_argument("--loss-cache", default=None, help="folder of cached losses to share between runs, e.g. one per shadows folder: other attacks "

@@ -187,6 +187,20 @@ def per_example_latent_loss(
     return out
 
 
+@torch.no_grad()
+def latent_loss_probe(pipe, batch: int) -> None:
+    """The parts of :func:`per_example_latent_loss` on ``batch`` examples that hold the most memory, as
+    ``mia --batch-size auto`` measures them (:func:`~diffaudit.core.batch_fit.resolve_batch`): the text
+    encoder on full-length prompts, the VAE encoder on (batch, 3, side, side) images and one UNet call
+    on their latents, in the pipeline's dtype. Zeros: the memory matters, not the values."""
+    dev, dtype = pipe.unet.device, pipe.unet.dtype
+    side = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+    ids = torch.zeros((batch, pipe.tokenizer.model_max_length), dtype=torch.long, device=dev)
+    emb = pipe.text_encoder(ids)[0]
+    z = pipe.vae.encode(torch.zeros((batch, 3, side, side), device=dev, dtype=dtype)).latent_dist.mean
+    pipe.unet(z, torch.full((batch,), 999, dtype=torch.long, device=dev), encoder_hidden_states=emb)
+
+
 def latent_target(prediction: str, z: torch.Tensor, eps: torch.Tensor, alpha_bar: float) -> torch.Tensor:
     """What the UNet was trained to predict from z_t = sqrt(ᾱ)·z + sqrt(1 − ᾱ)·ε (its scheduler's
     ``prediction_type``, as diffusers' training scripts take it): ε; v = sqrt(ᾱ)·ε − sqrt(1 − ᾱ)·z;

@@ -13,6 +13,7 @@ Files are written atomically: a killed run leaves whole arrays or none.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Sequence
@@ -28,12 +29,15 @@ from diffaudit.core.progress import Timer, stage_line
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.data.digest import dataset_digest
 from diffaudit.models.denoiser import load_denoiser
-from diffaudit.models.latent_loss import load_sd_pipeline, per_example_latent_loss
+from diffaudit.models.latent_loss import latent_loss_probe, load_sd_pipeline, per_example_latent_loss
 from diffaudit.models.digest import model_digest
 from diffaudit.models.loss import NOISE_SCHEME, per_example_loss
 from diffaudit.sampling.sources import is_stable_diffusion_dir
 
 PRECISIONS = ("fp32", "bf16")
+#: Examples per forward pass of a Stable Diffusion pipeline at most: an explicit larger --batch-size is
+#: taken down to it (at 512 x 512 one activation of the VAE encoder's first layers is 64 MiB an image in bf16).
+SD_MAX_BATCH = 64
 _NAME = re.compile(r"^t(\d+)-d(\d+)-f([01])-s(-?\d+)-(fp32|bf16)\.npy$")
 
 
@@ -92,7 +96,9 @@ def cached_model_losses(
         precision: ``fp32`` or ``bf16`` (bf16 only makes sense on a GPU).
         batch_size: examples per forward pass (it does not change the losses), or ``auto``: for a pixel
             UNet on CUDA the largest of 32, 64, ... 8192 that fits (:func:`~diffaudit.core.batch_fit.resolve_batch`),
-            else 256; a Stable Diffusion pipeline takes at most 64 (``auto``: 64).
+            else 256; a Stable Diffusion pipeline takes at most :data:`SD_MAX_BATCH` (``auto``: on CUDA
+            the largest of 4, 8, ... 64 that fits, probed with
+            :func:`~diffaudit.models.latent_loss.latent_loss_probe`, else 64).
         cache_dir: the cache root; ``name`` labels the model's folder in it.
         data_digest: :func:`dataset_digest` of ``dataset`` when the caller already has it.
     """
@@ -110,10 +116,12 @@ def cached_model_losses(
             if dataset.captions is None:
                 raise DiffauditError(f"{run_dir} is a Stable Diffusion pipeline: --data needs a caption per image")
             pipe = load_sd_pipeline(run_dir, device=device, dtype=dtype)
+            batch = resolve_batch(batch_size if batch_size == AUTO else min(batch_size, SD_MAX_BATCH), torch.device(device),
+                                  default=SD_MAX_BATCH, probe=functools.partial(latent_loss_probe, pipe), start=4,
+                                  cap=SD_MAX_BATCH, what=f"mia: --batch-size for {name}")
             with Timer() as timer:
                 fresh = per_example_latent_loss(pipe, dataset.images, dataset.captions, timesteps=missing, n_draws=n_draws,
-                                                flips=flips, noise_seed=noise_seed,
-                                                batch_size=64 if batch_size == AUTO else min(batch_size, 64))
+                                                flips=flips, noise_seed=noise_seed, batch_size=batch)
         else:
             den = load_denoiser(run_dir, device=device, dtype=torch.float32)
             if dtype != torch.float32:
