@@ -56,6 +56,15 @@ def test_empty_folder_and_store_hint(tmp_path):
         load_dataset(store)
 
 
+def test_a_url_is_refused_with_what_to_do_not_looked_for_on_disk():
+    """A URL as --data (a dataset on S3, say) is said to need a local or mounted path, not reported as a
+    missing "s3:/bucket/..." shard of this disk."""
+    for spec in ("s3://bucket/train-{000000..000002}.tar", "gs://b/images", "https://host/x.npz", "file:///data/x.npz"):
+        with pytest.raises(DiffauditError, match="read from a local or mounted path, not a URL") as err:
+            load_dataset(spec)
+        assert str(err.value).startswith(spec + ":")
+
+
 def test_unknown_spec_and_non_dataset_file(tmp_path):
     with pytest.raises(DiffauditError, match=r"dataset 'nope-xyz' not found: expected a built-in name"):
         load_dataset("nope-xyz")
