@@ -56,13 +56,19 @@ def test_empty_folder_and_store_hint(tmp_path):
         load_dataset(store)
 
 
-def test_a_url_is_refused_with_what_to_do_not_looked_for_on_disk():
+def test_a_url_is_refused_with_what_to_do_not_looked_for_on_disk(tmp_path):
     """A URL as --data (a dataset on S3, say) is said to need a local or mounted path, not reported as a
     missing "s3:/bucket/..." shard of this disk."""
-    for spec in ("s3://bucket/train-{000000..000002}.tar", "gs://b/images", "https://host/x.npz", "file:///data/x.npz"):
-        with pytest.raises(DiffauditError, match="read from a local or mounted path, not a URL") as err:
-            load_dataset(spec)
-        assert str(err.value).startswith(spec + ":")
+    from diffaudit.data.decoded import load_dataset_to_disk
+
+    for spec in ("s3://bucket/train-{000000..000002}.tar", "gs://b/images", "https://host/x.npz", "s3://b/x.view.json"):
+        for load in (load_dataset, lambda s: load_dataset_to_disk(s, tmp_path / "cache")):
+            with pytest.raises(DiffauditError, match="read from a local or mounted path, not a URL") as err:
+                load(spec)
+            assert str(err.value).startswith(spec + ":")
+    np.savez(tmp_path / "x.npz", images=np.zeros((2, 4, 4, 1), dtype=np.uint8))
+    with pytest.raises(DiffauditError, match=f"drop the file:// \\({tmp_path}/x.npz\\)"):
+        load_dataset(f"file://{tmp_path}/x.npz")
 
 
 def test_unknown_spec_and_non_dataset_file(tmp_path):

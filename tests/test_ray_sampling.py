@@ -82,7 +82,7 @@ def test_a_head_without_the_workers_device_has_a_worker_open_the_model(tiny_mode
 
     single, dist = tmp_path / "single", tmp_path / "ray"
     assert main(args(tiny_model, single)) == 0
-    monkeypatch.setattr(sample_cli, "run_devices", lambda a, what: (torch.device("meta"), torch.device("cpu")))
+    monkeypatch.setattr(sample_cli, "run_devices", lambda *a, **k: (torch.device("meta"), torch.device("cpu")))
 
     def head_opens(*a, **k):
         raise AssertionError("the head opened the model")

@@ -172,21 +172,24 @@ def add_run_args(p: argparse.ArgumentParser, *, out_required: bool = True) -> No
     p.add_argument("--fresh", action="store_true", help="delete what --out holds and start over")
 
 
-def run_devices(args: argparse.Namespace, what: str):
-    """``(head, workers)``: the devices ``--device`` names for this process and for ``--ray``'s workers
-    (both this process's without ``--ray``; :func:`~diffaudit.core.device.resolve_devices`). A head
-    without the workers' GPU is said once, as ``what``: it computes its own share on the CPU."""
+def run_devices(args: argparse.Namespace, what: str, *, device: str | None = None,
+                head_share: str | None = "this process's own share"):
+    """``(head, workers)``: the devices ``--device`` (or ``device``) names for this process and for
+    ``--ray``'s workers (both this process's without ``--ray``;
+    :func:`~diffaudit.core.device.resolve_devices`). A head without the workers' GPU is said once, as
+    ``what``, with ``head_share`` (None: it computes nothing itself) running on its CPU."""
     from diffaudit.core.device import resolve_devices
     from diffaudit.core.progress import stage_line
 
+    name = args.device if device is None else device
     if not getattr(args, "ray", None):
-        return resolve_devices(args.device)
+        return resolve_devices(name)
     from diffaudit.core.ray_pool import cluster_gpus, connect
 
-    head, workers = resolve_devices(args.device, cluster_gpus(connect(args.ray)))
+    head, workers = resolve_devices(name, cluster_gpus(connect(args.ray)))
     if head.type != workers.type:
-        stage_line(f"{what}: this machine has no CUDA; the Ray workers run on the cluster's GPUs, and this "
-                   "process's own share on the CPU")
+        share = f", and {head_share} on the CPU" if head_share else ""
+        stage_line(f"{what}: this machine has no CUDA; the Ray workers run on the cluster's GPUs{share}")
     return head, workers
 
 

@@ -93,7 +93,7 @@ def plan_prompts(args: argparse.Namespace, source) -> tuple[list[str | None], in
 def setting_flags(args: argparse.Namespace) -> dict[str, str]:
     """The flag of each setting not named after its option (for a refusal to resume): ``per_prompt`` is
     ``--n`` when given (an unconditional model), else ``--per-prompt`` (see :func:`plan_prompts`)."""
-    return {"per_prompt": "--n" if args.n is not None else "--per-prompt"}
+    return {"per_prompt": "--n" if args.n is not None else "--per-prompt", "device_type": "--device"}
 
 
 def upgrade_settings(old: dict) -> dict:
@@ -128,6 +128,20 @@ def _micro_batch(args: argparse.Namespace, out: str) -> int | str | None:
     return AUTO
 
 
+def _device(args: argparse.Namespace, out: str) -> str:
+    """``--device`` as the store takes it: ``auto`` in a store that recorded the CPU is the CPU, so a store
+    made where ``auto`` meant the CPU (another machine, or a CPU-only Ray head before ``--ray`` followed
+    the cluster's GPUs) resumes as it was made; ``--fresh`` resolves ``auto`` again."""
+    from diffaudit.store import SampleStore
+
+    if args.device != "auto" or args.fresh:
+        return args.device
+    if (SampleStore.recorded_settings(out) or {}).get("device_type") == "cpu":
+        stage_line(f"sample: --device auto: cpu, as {out} records (--fresh starts over on the device auto finds)")
+        return "cpu"
+    return args.device
+
+
 def _opened_source(args: argparse.Namespace, model: str, out: str, head, workers, fast: bool, compile: bool):
     """A context giving the source: opened here, or, with ``--ray`` on a head without the workers' device
     (a CPU-only head of a GPU cluster), opened on one worker, whose report of it decides the store's
@@ -156,7 +170,8 @@ def sample_into(args: argparse.Namespace, model: str, out: str):
         from diffaudit.store.location import check_reachable_by_workers
 
         check_reachable_by_workers(out, "--out")
-    head, workers = run_devices(args, "sample")  # connects to --ray's cluster first: unreachable is an error at once
+    # connects to --ray's cluster first: unreachable is an error at once
+    head, workers = run_devices(args, "sample", device=_device(args, out), head_share=None)
     fast, compile = fast_path_flags(args, workers)
     with _opened_source(args, model, out, head, workers, fast, compile) as source:
         prompts, per_prompt = plan_prompts(args, source)

@@ -7,8 +7,9 @@ Three hooks, each inert unless an environment variable is set:
   With ``DIFFAUDIT_KILL_ONCE=/path/marker`` it kills only while the marker file is absent and
   creates it first, so a restarted process (a Ray worker, say) runs on.
 - ``DIFFAUDIT_HOLD_AT="name"`` with ``DIFFAUDIT_HOLD_MARKER=/path/marker``: the first process to reach
-  :func:`fault_point` ``name`` creates the marker and then waits there until it is killed, so a test
-  can take its machine away at a known point (a Ray node removed mid-shard).
+  :func:`fault_point` ``name`` creates the marker and then waits there until it is killed (without a
+  marker, every process that reaches it waits), so a test can take its machine away at a known point
+  (a Ray node removed mid-shard).
 - ``DIFFAUDIT_STORAGE_FAULT="ENOSPC"`` or ``"EROFS"`` (optionally ``"ENOSPC:n"`` to let n writes
   succeed first): every write through :mod:`diffaudit.core.io` raises that ``OSError``, as a full
   disk or a read-only mount would. Tests run as root, so permissions cannot simulate these.

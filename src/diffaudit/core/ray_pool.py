@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Sequence
 
 from diffaudit.core.errors import DiffauditError
-from diffaudit.core.progress import progress_bar, quiet
+from diffaudit.core.progress import progress_bar, quiet, stage_line
 
 #: How a command names the cluster: a Ray address, ``auto`` (the cluster this node belongs to) or
 #: ``local`` (a Ray instance started on this machine).
@@ -114,6 +114,16 @@ def cluster_gpus(ray) -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
 
+def say_if_none_free(ray, gpu: bool, what: str) -> None:
+    """Say when the cluster has no GPU (``gpu``) or CPU free now: workers asking for one wait, without a
+    word from Ray, until other jobs release one."""
+    key = "GPU" if gpu else "CPU"
+    if ray.available_resources().get(key, 0) < 1:
+        total = int(ray.cluster_resources().get(key, 0))
+        stage_line(f"{what}: waiting for a free {key} of the Ray cluster ({total} in all, none free now: other "
+                   "jobs hold them)")
+
+
 def worker_error(exc: Exception, what: str) -> DiffauditError:
     """The error to raise for a Ray task whose code raised ``exc`` (a ``RayTaskError``): the worker's own
     refusal (a :class:`DiffauditError`) as it is, anything else as ``what`` and the cause."""
@@ -196,6 +206,7 @@ def run_parts(
         return 0
     slots = cluster_slots(ray, use_gpu, label, per_node=per_node, threads=threads)[:min(workers or len(queue), len(queue))]
     Actor = ray.remote(max_restarts=0, max_task_retries=0)(_Host)
+    say_if_none_free(ray, use_gpu, label)
 
     def start(slot: Slot):
         placement = {} if slot.node is None else {

@@ -24,7 +24,6 @@ images is converted to RGB, and a dataset of grayscale images stays C = 1.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -36,6 +35,7 @@ from diffaudit.data.builtin import BUILTIN_NAMES, list_cifar10, list_digits
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.data.entries import Entry, Listing, gc_paused
 from diffaudit.data.folder import list_folder
+from diffaudit.data.local_paths import check_local
 from diffaudit.data.images import BadImageError
 from diffaudit.data.npz import list_npz
 from diffaudit.data.shards import is_shard_spec, list_shard_pattern
@@ -44,7 +44,6 @@ from diffaudit.data.transforms import apply_geometry, check_size_option, to_chan
 from diffaudit.data.view import is_view, read_view
 
 MODES = ("L", "RGB")
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 #: Loader options that only transform each image (a view's keys stay valid under any of them).
 PER_IMAGE_OPTIONS = ("image_size", "center_crop", "mode")
 
@@ -60,12 +59,7 @@ def list_source(spec: str | os.PathLike, *, skip_bad: bool = False, cifar_root: 
         return list_digits()
     if s in BUILTIN_NAMES:
         return list_cifar10(s, cifar_root, skip_bad=skip_bad)
-    if _URL.match(s):  # a path would fold its "//" and look for "s3:/bucket/..." on this disk
-        raise DiffauditError(
-            f"{s}: a dataset is read from a local or mounted path, not a URL; copy its files first (`aws s3 sync`, "
-            "`gcloud storage rsync`) or mount the bucket (s3fs, gcsfuse) at the same path on every node "
-            "(sample stores are the exception: --out and --samples take s3:// URLs)"
-        )
+    check_local(s)
     if is_shard_spec(s):
         return list_shard_pattern(s, skip_bad=skip_bad)
     path = Path(s).expanduser()

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import read_json, write_json_atomic
 from diffaudit.data.builtin import BUILTIN_NAMES
+from diffaudit.data.local_paths import check_local
 
 VIEW_SUFFIX = ".view.json"
 
@@ -40,6 +41,7 @@ def save_view(path: str | os.PathLike, spec: str, options: dict[str, Any], keys:
 
 def read_view(path: str | os.PathLike) -> tuple[str, dict[str, Any], list[str]]:
     """(spec, options, keys) of a view file, validated."""
+    check_local(path)
     v = read_json(path)
     if not isinstance(v, dict) or v.get("view") != 1 or not isinstance(v.get("keys"), list) or "spec" not in v:
         raise DiffauditError(f"{path}: not a dataset view (expected view, spec, options, keys)")
