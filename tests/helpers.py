@@ -86,6 +86,16 @@ def make_tiny_model_dir(root: Path, *, image_size: int = 8, channels: int = 1) -
     return root
 
 
+def assert_same_shards(a, b, n_shards: int) -> None:
+    """Sample stores ``a`` and ``b`` (opened) both finished with ``n_shards`` shards holding the same
+    pixels, ids and seeds, shard by shard."""
+    assert a.completed() == b.completed() == list(range(n_shards))
+    for k in range(n_shards):
+        ia, ma = a.read_shard(k)
+        ib, mb = b.read_shard(k)
+        assert np.array_equal(ia, ib) and ma["ids"] == mb["ids"] and ma["seeds"] == mb["seeds"], k
+
+
 def noisy_copies(img: np.ndarray, n: int, seed: int, sigma: float = 0.02) -> np.ndarray:
     """``n`` copies of uint8 ``img`` with seeded Gaussian pixel noise (std ``sigma`` in [0, 1] units)."""
     rng = np.random.default_rng(seed)

@@ -7,7 +7,7 @@ import pytest
 
 from diffaudit.cli.main import main
 from diffaudit.store import SampleStore
-from helpers import make_tiny_model_dir
+from helpers import assert_same_shards, make_tiny_model_dir
 
 ray = pytest.importorskip("ray", reason="Ray is optional: pip install 'diffaudit[ray]'")
 pytestmark = pytest.mark.slow
@@ -44,12 +44,7 @@ def test_ray_store_equals_single_process_even_when_a_worker_dies(tiny_model, tmp
     monkeypatch.delenv("DIFFAUDIT_KILL_AT")  # the driver itself must not die
     assert main(args(tiny_model, dist, "--ray", "local")) == 0
     assert (tmp_path / "killed-once").exists(), "no worker was killed: the test did not exercise recovery"
-    a, b = SampleStore.open(single), SampleStore.open(dist)
-    assert a.completed() == b.completed() == list(range(6))
-    for k in range(6):
-        ia, ma = a.read_shard(k)
-        ib, mb = b.read_shard(k)
-        assert np.array_equal(ia, ib) and ma["ids"] == mb["ids"] and ma["seeds"] == mb["seeds"]
+    assert_same_shards(SampleStore.open(single), SampleStore.open(dist), 6)
     assert not [f for f in os.listdir(dist / "shards") if f.endswith(".tmp")]
 
 

@@ -35,8 +35,8 @@ from diffaudit.data.builtin import BUILTIN_NAMES, list_cifar10, list_digits
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.data.entries import Entry, Listing, gc_paused
 from diffaudit.data.folder import list_folder
-from diffaudit.data.local_paths import check_local
 from diffaudit.data.images import BadImageError
+from diffaudit.data.local_paths import check_local
 from diffaudit.data.npz import list_npz
 from diffaudit.data.shards import is_shard_spec, list_shard_pattern
 from diffaudit.data.subset import choose_subset
