@@ -67,8 +67,11 @@ def test_a_url_is_refused_with_what_to_do_not_looked_for_on_disk(tmp_path):
                 load(spec)
             assert str(err.value).startswith(spec + ":")
     np.savez(tmp_path / "x.npz", images=np.zeros((2, 4, 4, 1), dtype=np.uint8))
-    with pytest.raises(DiffauditError, match=f"drop the file:// \\({tmp_path}/x.npz\\)"):
-        load_dataset(f"file://{tmp_path}/x.npz")
+    for url in (f"file://{tmp_path}/x.npz", f"file://localhost{tmp_path}/x.npz"):
+        with pytest.raises(DiffauditError, match=f"given by its path, not a file:// URL \\({tmp_path}/x.npz\\)"):
+            load_dataset(url)
+    with pytest.raises(DiffauditError, match="given by its path, not a file:// URL$"):
+        load_dataset("file://otherhost/x.npz")
 
 
 def test_unknown_spec_and_non_dataset_file(tmp_path):

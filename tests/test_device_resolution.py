@@ -75,49 +75,70 @@ def test_run_devices_asks_the_cluster_and_says_when_the_head_lacks_its_gpu(no_cu
     assert asked == ["10.0.0.1:6379"]
 
 
-def test_auto_resumes_a_store_made_on_the_cpu_and_a_changed_device_is_named_by_its_flag(tmp_path, monkeypatch, capsys):
-    """A store made where auto meant the CPU (another machine, or a CPU-only Ray head before --ray followed
-    the cluster's GPUs) is resumed by auto as it was made, not refused for a device it never named; an
-    explicit other device is refused naming --device."""
+def test_a_store_made_on_a_cpu_only_head_is_resumed_there_and_a_changed_device_is_named_by_its_flag(
+        tmp_path, monkeypatch, capsys):
+    """With --ray, auto in a store that recorded the CPU (made on a CPU-only head before --ray followed the
+    cluster's GPUs) stays the CPU, said once; without --ray nothing is said where auto finds the CPU
+    anyway; a store made on another device than an explicit --device is refused naming --device."""
     import json
 
     from diffaudit.cli.main import main
+    from diffaudit.core import ray_pool
     from helpers import make_tiny_model_dir
+
+    class GpuCluster:
+        @staticmethod
+        def cluster_resources():
+            return {"CPU": 8.0, "GPU": 2.0}
 
     model = make_tiny_model_dir(tmp_path / "m")
     out = tmp_path / "s"
     argv = ["sample", "--model", str(model), "--n", "4", "--steps", "2", "--shard-size", "2", "--out", str(out)]
     assert main([*argv, "--device", "cpu", "--quiet"]) == 0
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # now auto would find a GPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.delenv("DIFFAUDIT_QUIET", raising=False)
     capsys.readouterr()
-    assert main([*argv, "--device", "auto"]) == 0
-    assert f"--device auto: cpu, as {out} records" in capsys.readouterr().err
+    assert main([*argv, "--device", "auto"]) == 0  # a CPU machine: auto is the CPU, nothing to say
+    assert "--device auto: cpu" not in capsys.readouterr().err
+    monkeypatch.setattr(ray_pool, "connect", lambda address: GpuCluster)
+    assert main([*argv, "--device", "auto", "--ray", "gpus:6379"]) == 0  # finished: nothing to sample
+    err = capsys.readouterr().err
+    assert f"--device auto: cpu, as {out} records (made before --ray sampled on the cluster's GPUs)" in err
+    assert "the Ray workers run on the cluster's GPUs" not in err
     settings = json.loads((out / "settings.json").read_text())
     settings["settings"]["device_type"] = "cuda"  # as a store made on a GPU records it
     (out / "settings.json").write_text(json.dumps(settings))
     assert main([*argv, "--device", "cpu", "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert "--device (was 'cuda', now 'cpu')" in err
+    assert "--device (was 'cuda', now 'cpu')" in capsys.readouterr().err
 
 
-def test_a_cluster_without_a_free_gpu_is_said_not_waited_on_silently(monkeypatch, capsys):
-    """Workers asking for a GPU wait until other jobs release one, and Ray says nothing meanwhile."""
-    from diffaudit.core.ray_pool import say_if_none_free
+def test_a_cluster_whose_workers_do_not_start_is_said_not_waited_on_silently(monkeypatch, capsys):
+    """Workers asking for a GPU that other jobs hold wait without a word from Ray: after the timeout with
+    no worker started, the command says so; a worker that starts is waited on no longer, silently."""
+    from diffaudit.core.ray_pool import say_if_waiting
+
+    class Actor:
+        class __ray_ready__:  # noqa: N801 - Ray's name
+            @staticmethod
+            def remote():
+                return "ready-ref"
 
     class Cluster:
-        def __init__(self, free):
-            self.free = free
+        def __init__(self, starts):
+            self.starts, self.waited = starts, []
+
+        def wait(self, refs, num_returns, timeout):
+            self.waited.append((refs, num_returns, timeout))
+            return (refs[:1], refs[1:]) if self.starts else ([], refs)
 
         def cluster_resources(self):
             return {"CPU": 8.0, "GPU": 4.0}
 
-        def available_resources(self):
-            return {"CPU": 8.0, "GPU": self.free}
-
     monkeypatch.delenv("DIFFAUDIT_QUIET", raising=False)
-    say_if_none_free(Cluster(free=0.5), True, "sample")  # four GPUs, each held (one half held)
-    assert "sample: waiting for a free GPU of the Ray cluster (4 in all, none free now" in capsys.readouterr().err
-    say_if_none_free(Cluster(free=1.0), True, "sample")
-    say_if_none_free(Cluster(free=0.0), False, "sample")  # CPUs free: no word
+    busy = Cluster(starts=False)
+    say_if_waiting(busy, [Actor(), Actor()], True, "sample", timeout=3)
+    assert busy.waited == [(["ready-ref", "ready-ref"], 1, 3)]
+    assert "sample: no Ray worker has started after 3 s; the cluster (4 GPUs in all) may have none free" in \
+        capsys.readouterr().err
+    say_if_waiting(Cluster(starts=True), [Actor()], True, "sample")
     assert capsys.readouterr().err == ""

@@ -129,17 +129,23 @@ def _micro_batch(args: argparse.Namespace, out: str) -> int | str | None:
 
 
 def _device(args: argparse.Namespace, out: str) -> str:
-    """``--device`` as the store takes it: ``auto`` in a store that recorded the CPU is the CPU, so a store
-    made where ``auto`` meant the CPU (another machine, or a CPU-only Ray head before ``--ray`` followed
-    the cluster's GPUs) resumes as it was made; ``--fresh`` resolves ``auto`` again."""
+    """``--device`` as the store takes it: with ``--ray``, ``auto`` in a store that recorded the CPU stays
+    the CPU where the cluster's GPUs would now take it (a store made on a CPU-only head before ``--ray``
+    followed the cluster's GPUs resumes as it was made, said once; ``--fresh`` starts over on the GPUs).
+    Elsewhere a store made on another device is refused, naming ``--device``."""
+    from diffaudit.core.device import resolve_devices
+    from diffaudit.core.ray_pool import cluster_gpus, connect
     from diffaudit.store import SampleStore
 
-    if args.device != "auto" or args.fresh:
+    if args.device != "auto" or args.fresh or not getattr(args, "ray", None):
         return args.device
-    if (SampleStore.recorded_settings(out) or {}).get("device_type") == "cpu":
-        stage_line(f"sample: --device auto: cpu, as {out} records (--fresh starts over on the device auto finds)")
-        return "cpu"
-    return args.device
+    if (SampleStore.recorded_settings(out) or {}).get("device_type") != "cpu":
+        return args.device
+    if resolve_devices("auto", cluster_gpus(connect(args.ray)))[1].type == "cpu":
+        return args.device
+    stage_line(f"sample: --device auto: cpu, as {out} records (made before --ray sampled on the cluster's GPUs); "
+               "the GPUs stay idle: --fresh starts it over on them")
+    return "cpu"
 
 
 def _opened_source(args: argparse.Namespace, model: str, out: str, head, workers, fast: bool, compile: bool):

@@ -114,14 +114,18 @@ def cluster_gpus(ray) -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
 
-def say_if_none_free(ray, gpu: bool, what: str) -> None:
-    """Say when the cluster has no GPU (``gpu``) or CPU free now: workers asking for one wait, without a
-    word from Ray, until other jobs release one."""
-    key = "GPU" if gpu else "CPU"
-    if ray.available_resources().get(key, 0) < 1:
+def say_if_waiting(ray, actors: Sequence[Any], gpu: bool, what: str, timeout: float = 10.0) -> None:
+    """Say when none of ``actors`` has started within ``timeout`` seconds: Ray waits without a word until
+    the cluster frees what they ask for (a GPU, or CPUs that other jobs hold). Returns as soon as one
+    has started."""
+    if not actors:
+        return
+    ready, _ = ray.wait([a.__ray_ready__.remote() for a in actors], num_returns=1, timeout=timeout)
+    if not ready:
+        key = "GPU" if gpu else "CPU"
         total = int(ray.cluster_resources().get(key, 0))
-        stage_line(f"{what}: waiting for a free {key} of the Ray cluster ({total} in all, none free now: other "
-                   "jobs hold them)")
+        stage_line(f"{what}: no Ray worker has started after {timeout:.0f} s; the cluster ({total} {key}s in all) "
+                   f"may have none free while other jobs hold them: waiting")
 
 
 def worker_error(exc: Exception, what: str) -> DiffauditError:
@@ -206,7 +210,6 @@ def run_parts(
         return 0
     slots = cluster_slots(ray, use_gpu, label, per_node=per_node, threads=threads)[:min(workers or len(queue), len(queue))]
     Actor = ray.remote(max_restarts=0, max_task_retries=0)(_Host)
-    say_if_none_free(ray, use_gpu, label)
 
     def start(slot: Slot):
         placement = {} if slot.node is None else {
@@ -218,6 +221,7 @@ def run_parts(
     busy: dict[Any, tuple[int, Hashable]] = {}  # task -> (worker, part)
     deaths: Counter = Counter()
     try:
+        say_if_waiting(ray, list(actors.values()), use_gpu, label)
         with progress_bar(label, total, unit=unit, completed=completed) as bar:
             while queue or busy:
                 if queue and not actors:  # every worker died: start them afresh

@@ -18,7 +18,13 @@ def check_local(spec: str | os.PathLike) -> None:
     if m is None:
         return
     if m.group(1).lower() == "file":
-        raise DiffauditError(f"{s}: a dataset is given by its path; drop the file:// ({s[len(m.group(0)):] or '/'})")
+        from urllib.parse import urlparse
+        from urllib.request import url2pathname
+
+        url = urlparse(s)
+        path = url2pathname(url.path) if url.netloc in ("", "localhost") else None
+        raise DiffauditError(f"{s}: a dataset is given by its path, not a file:// URL"
+                             + (f" ({path})" if path else ""))
     raise DiffauditError(
         f"{s}: a dataset is read from a local or mounted path, not a URL; copy its files first (`aws s3 sync`, "
         "`gcloud storage rsync`) or mount the bucket (s3fs, gcsfuse) at the same path on every node "

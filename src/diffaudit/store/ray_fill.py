@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.progress import Timer, stage_line
-from diffaudit.core.ray_pool import connect, run_parts, say_if_none_free, worker_error
+from diffaudit.core.ray_pool import connect, run_parts, say_if_waiting, worker_error
 from diffaudit.store.sample_store import SampleStore
 
 
@@ -119,7 +119,6 @@ def source_on_worker(address: str, model: str, options: dict[str, Any], device_t
     before writing. The worker is released when the context ends. A worker's refusal (a prompt the
     model cannot take, a damaged model folder) is raised as it is."""
     ray = connect(address)
-    say_if_none_free(ray, device_type == "cuda", "sample")
     actor = ray.remote(max_restarts=0)(_SourcePlanner).options(
         num_cpus=1, num_gpus=1 if device_type == "cuda" else 0).remote(model, options, device_type)
 
@@ -127,12 +126,13 @@ def source_on_worker(address: str, model: str, options: dict[str, Any], device_t
         try:
             return ray.get(ref)
         except ray.exceptions.RayTaskError as exc:  # "this machine" in a refusal is the worker's node
-            raise DiffauditError(f"sample, on the Ray worker opening the model: {worker_error(exc, 'failed')}") from None
+            raise DiffauditError(f"sample, on the Ray worker: {worker_error(exc, 'opening the model failed')}") from None
         except ray.exceptions.RayError as exc:  # the worker died (out of memory, its node lost)
             raise DiffauditError(f"sample: the Ray worker opening the model died ({type(exc).__name__}); "
                                  "re-run to retry") from None
 
     try:
+        say_if_waiting(ray, [actor], device_type == "cuda", "sample")
         described = ask(actor.describe.remote())
         yield WorkerSource(described["settings"], tuple(described["image_shape"]), described["num_classes"],
                            lambda prompts: ask(actor.check_prompts.remote(prompts)))
