@@ -100,3 +100,26 @@ def test_an_error_in_a_workers_code_is_final_and_named(files, tmp_path, small_pa
         run_parts("local", KnnChunkWorker, (odd, None, 4, str(tmp_path), {"backend": "torch"}, "cpu", True, "knn"),
                   lambda: knn_cache.pending_chunks(queries, 4, tmp_path), label="knn", size=lambda s: s[1] - s[0],
                   total=len(queries), unit="img", use_gpu=False)
+
+
+def test_parts_written_where_this_node_does_not_see_them_are_said_to_need_a_shared_filesystem(files, tmp_path,
+                                                                                               small_parts):
+    """Workers write --out's path on their own node: where it is not shared, every part is reported
+    finished yet this node sees none. The command says so, not "re-run" alone (which would redo it all
+    again). Simulated here by workers writing one folder while this node looks in another."""
+    ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    queries = np.load(files / "unc.npz")["images"]
+    from diffaudit.store import samples_identity
+
+    spec = str(files / "unc.npz")
+    recipe = ImagesRecipe("generations", spec, samples_identity(spec))
+    theirs, ours = tmp_path / "their-disk", tmp_path / "our-disk"
+    theirs.mkdir()
+    ours.mkdir()
+    with pytest.raises(DiffauditError, match="filesystem every node shares") as err:
+        run_parts("local", KnnChunkWorker, (recipe, None, 4, str(theirs), {"backend": "torch"}, "cpu", True, "knn"),
+                  lambda: knn_cache.pending_chunks(queries, 4, ours), label="knn", size=lambda s: s[1] - s[0],
+                  total=len(queries), unit="img", use_gpu=False)
+    assert "reported 4 part(s) finished whose files this node does not see (first: (0, 20))" in str(err.value)
+    assert list(theirs.iterdir()) and not list(ours.iterdir())

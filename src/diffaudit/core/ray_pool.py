@@ -251,6 +251,10 @@ def run_parts(
             ray.kill(a)
     left = pending()
     if left:
-        raise DiffauditError(f"{label}: {len(left)} part(s) are still missing after the Ray workers finished "
-                             f"(first: {left[0]}); re-run to compute them (finished parts are kept)")
+        # every part was handed out until a worker reported it finished: its file was written where this
+        # node does not see it (each node writes the path on its own disk), or was removed since
+        raise DiffauditError(f"{label}: the Ray workers reported {len(left)} part(s) finished whose files this node "
+                             f"does not see (first: {left[0]}): workers write the output folder's path on their own "
+                             "node, so it must lie on a filesystem every node shares (or an object store for "
+                             "`sample --out`); re-run once it does (the parts this node sees are kept)")
     return len(slots)
