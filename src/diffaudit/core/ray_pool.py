@@ -256,5 +256,6 @@ def run_parts(
         raise DiffauditError(f"{label}: the Ray workers reported {len(left)} part(s) finished whose files this node "
                              f"does not see (first: {left[0]}): workers write the output folder's path on their own "
                              "node, so it must lie on a filesystem every node shares (or an object store for "
-                             "`sample --out`); re-run once it does (the parts this node sees are kept)")
+                             "`sample --out`); if it does, another command removed them meanwhile (--fresh). Re-run "
+                             "(the parts this node sees are kept)")
     return len(slots)
