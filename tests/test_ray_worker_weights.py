@@ -29,3 +29,11 @@ def test_a_worker_whose_model_folder_holds_other_weights_refuses_the_store(tmp_p
     _ShardWorker(str(out), str(model), OPTIONS, 1)  # the recorded weights: accepted
     with pytest.raises(DiffauditError, match="model_digest: the worker's --model folder holds other weights"):
         _ShardWorker(str(out), str(other), OPTIONS, 1)
+
+
+def test_a_worker_on_a_node_without_the_store_says_out_must_be_shared(tmp_path):
+    """Each node reads --out's path on its own disk: a worker that does not find the store there says
+    --out must be shared (or an object store), not that the folder "is not a sample store"."""
+    model = make_tiny_model_dir(tmp_path / "m")
+    with pytest.raises(DiffauditError, match="does not exist on this node; --out must lie on a filesystem every node"):
+        _ShardWorker(str(tmp_path / "on-another-disk"), str(model), OPTIONS, 1)

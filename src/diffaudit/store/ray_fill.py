@@ -35,6 +35,17 @@ def _source_options(args: argparse.Namespace) -> dict[str, Any]:
             "batch_size": args.batch_size}
 
 
+def _open_on_this_node(store_path: str) -> SampleStore:
+    """The store as a worker's node sees it; a folder missing there is said to need sharing (each node
+    reads and writes the path on its own disk)."""
+    from diffaudit.store.location import is_object_url, local_path
+
+    if not is_object_url(store_path) and not local_path(store_path).exists():
+        raise DiffauditError(f"Ray worker: {store_path} does not exist on this node; --out must lie on a filesystem "
+                             "every node shares (mounted at the same path), or be an object-store URL (s3://...)")
+    return SampleStore.open(store_path)
+
+
 class _ShardWorker:
     """Holds one model in memory and fills shards on request."""
 
@@ -49,7 +60,7 @@ class _ShardWorker:
             torch.set_num_threads(torch_threads)
         opts = dict(options)
         self.batch_size = opts.pop("batch_size")
-        self.store = SampleStore.open(store_path)
+        self.store = _open_on_this_node(store_path)
         recorded = self.store.manifest["sampler"]
         opts["micro_batch"] = recorded.get("micro_batch", opts.get("micro_batch"))
         self.source = open_source(model, device=resolve_device(recorded["device_type"]), **opts)
