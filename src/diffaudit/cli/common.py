@@ -193,6 +193,12 @@ def run_devices(args: argparse.Namespace, what: str, *, device: str | None = Non
     return head, workers
 
 
+def devices_record(args: argparse.Namespace, head, workers) -> dict[str, str]:
+    """Where a command computed, for its result's ``runtime``: ``device``, and with ``--ray``
+    ``ray_workers_device`` (:func:`run_devices`)."""
+    return {"device": str(head), **({"ray_workers_device": str(workers)} if getattr(args, "ray", None) else {})}
+
+
 class StageInterrupted(KeyboardInterrupt):
     """Ctrl-C inside a command that another ran in-process (an audit's stage), which said so itself: the
     enclosing command ends with status 130 without saying it again."""

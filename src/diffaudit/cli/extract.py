@@ -20,7 +20,9 @@ from diffaudit.attacks.extraction.graph import DEFAULT_EDGE_THRESHOLD, DEFAULT_M
 from diffaudit.attacks.extraction.grid import GRID_HELP, resolve_grid
 from diffaudit.attacks.extraction.inputs import read_generations
 from diffaudit.attacks.extraction.knn_cache import iter_cached_knn
-from diffaudit.cli.common import add_run_args, canonical_settings, emit, emit_finished, run_devices, upgrading_paths
+from diffaudit.cli.common import (
+    add_run_args, canonical_settings, devices_record, emit, emit_finished, run_devices, upgrading_paths,
+)
 from diffaudit.cli.ray_work import ImagesRecipe, knn_on_ray
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
@@ -318,8 +320,7 @@ def run(args: argparse.Namespace) -> int:
     fields = (_conditional if mode == "conditional" else _unconditional)(args, ds, fs, out, device, recipe, workers_device)
     fields["score_direction"] = ("largest_clique: larger = more likely memorized; mean_distance (tiled l2 inside the "
                                  "clique): smaller = tighter, ranked first")
-    fields["runtime"] = {"device": str(device), "backend": args.backend,
-                         **({"ray_workers_device": str(workers_device)} if args.ray else {})}
+    fields["runtime"] = {**devices_record(args, device, workers_device), "backend": args.backend}
     result = write_result(out / "result.json", NAME, settings, {"seed": args.seed}, **fields)
     emit(args, result, _summary(result, out))
     return 0

@@ -148,16 +148,15 @@ def _device(args: argparse.Namespace, out: str) -> str:
     return "cpu"
 
 
-def _opened_source(args: argparse.Namespace, model: str, out: str, head, workers, fast: bool, compile: bool):
-    """A context giving the source: opened here, or, with ``--ray`` on a head without the workers' device
-    (a CPU-only head of a GPU cluster), opened on one worker, whose report of it decides the store's
-    settings (the micro-batch and dtype its device resolves) and which checks the prompts."""
+def _opened_source(args: argparse.Namespace, model: str, options: dict, head, workers):
+    """A context giving the source ``open_source(model, **options)``: opened here, or, with ``--ray`` on a
+    head without the workers' device (a CPU-only head of a GPU cluster), opened on one worker, whose
+    report of it decides the store's settings (the micro-batch and dtype its device resolves) and which
+    checks the prompts."""
     import contextlib
 
     from diffaudit.sampling.sources import open_source
 
-    options = {"steps": args.steps, "eta": args.eta, "micro_batch": _micro_batch(args, out),
-               "guidance_scale": args.guidance_scale, "scheduler": args.scheduler, "fast": fast, "compile": compile}
     if head.type == workers.type:
         return contextlib.nullcontext(open_source(model, device=head, **options))
     from diffaudit.store.ray_fill import source_on_worker
@@ -179,7 +178,10 @@ def sample_into(args: argparse.Namespace, model: str, out: str):
     # connects to --ray's cluster first: unreachable is an error at once
     head, workers = run_devices(args, "sample", device=_device(args, out), head_share=None)
     fast, compile = fast_path_flags(args, workers)
-    with _opened_source(args, model, out, head, workers, fast, compile) as source:
+    # how every process opens the source: here (or the planning worker), and --ray's shard workers
+    options = {"steps": args.steps, "eta": args.eta, "micro_batch": _micro_batch(args, out),
+               "guidance_scale": args.guidance_scale, "scheduler": args.scheduler, "fast": fast, "compile": compile}
+    with _opened_source(args, model, options, head, workers) as source:
         prompts, per_prompt = plan_prompts(args, source)
         # before SampleStore.create: a store made for prompts the model refuses would turn away the corrected re-run
         source.check_prompts(prompts)
@@ -200,7 +202,7 @@ def sample_into(args: argparse.Namespace, model: str, out: str):
         if getattr(args, "ray", None):
             from diffaudit.store.ray_fill import fill_store_ray
 
-            fill_store_ray(store, settings["model"], args)  # absolute: the workers' nodes read it too
+            fill_store_ray(store, settings["model"], args, options)  # absolute: the workers' nodes read it too
         else:
             fill_store(store, source, batch_size=args.batch_size)
         stray = store.stray_shards()

@@ -26,7 +26,7 @@ from diffaudit.attacks.extraction.verification import (
 )
 from diffaudit.cli.common import (
     add_data_args, add_run_args, canonical_path, canonical_settings, data_options, emit, emit_finished, load_data,
-    run_devices, upgrading_paths,
+    devices_record, run_devices, upgrading_paths,
 )
 from diffaudit.cli.ray_work import ImagesRecipe, data_recipe, knn_on_ray
 from diffaudit.core.errors import DiffauditError
@@ -371,8 +371,7 @@ def run(args: argparse.Namespace) -> int:
                    f"their own training image ({t.seconds:.1f} s)")
     fields["fid"] = fid_from_file(args.fid_features) if args.fid_features else "not computed"
     fields["score_direction"] = "l2 and ratio: smaller = closer to the training image (extracted at l2 <= delta or ratio <= 1)"
-    fields["runtime"] = {"device": str(device), "backend": args.backend,
-                         **({"ray_workers_device": str(workers_device)} if args.ray else {})}
+    fields["runtime"] = {**devices_record(args, device, workers_device), "backend": args.backend}
     result = write_result(out / "result.json", NAME, settings, {"seed": args.seed}, **fields)
     emit(args, result, _summary(result, out))
     return 0

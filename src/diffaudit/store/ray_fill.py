@@ -29,12 +29,6 @@ from diffaudit.core.ray_pool import connect, run_parts, say_if_waiting, worker_e
 from diffaudit.store.sample_store import SampleStore
 
 
-def _source_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {"steps": args.steps, "eta": args.eta, "micro_batch": args.micro_batch, "guidance_scale": args.guidance_scale,
-            "scheduler": args.scheduler, "fast": args.fast, "compile": getattr(args, "compile", False),
-            "batch_size": args.batch_size}
-
-
 def _open_on_this_node(store_path: str) -> SampleStore:
     """The store as a worker's node sees it; a folder missing there is said to need sharing (each node
     reads and writes the path on its own disk)."""
@@ -151,11 +145,12 @@ def source_on_worker(address: str, model: str, options: dict[str, Any], device_t
         ray.kill(actor)
 
 
-def fill_store_ray(store: SampleStore, model: str, args: argparse.Namespace, *, workers: int | None = None,
-                   torch_threads: int = 1, max_rounds: int = 5) -> int:
-    """Fill every pending shard of ``store`` on the Ray cluster at ``args.ray``; returns images made
-    (:func:`~diffaudit.core.ray_pool.run_parts`: one worker per GPU when the store records cuda, else
-    one per CPU)."""
+def fill_store_ray(store: SampleStore, model: str, args: argparse.Namespace, options: dict[str, Any], *,
+                   workers: int | None = None, torch_threads: int = 1, max_rounds: int = 5) -> int:
+    """Fill every pending shard of ``store`` on the Ray cluster at ``args.ray``, each worker opening the
+    source as ``open_source(model, **options)`` (the micro-batch the store records) and filling
+    ``args.batch_size`` images at a time; returns images made (:func:`~diffaudit.core.ray_pool.run_parts`:
+    one worker per GPU when the store records cuda, else one per CPU)."""
     use_gpu = store.manifest["sampler"]["device_type"] == "cuda"  # what the command resolved for the workers and recorded
     todo = store.pending()
 
@@ -163,8 +158,9 @@ def fill_store_ray(store: SampleStore, model: str, args: argparse.Namespace, *, 
         plan = store.plan(k)
         return plan.stop - plan.start
 
+    worker_args = (store.location.shared_name(), str(model), {**options, "batch_size": args.batch_size})
     with Timer() as tm:
-        n_workers = run_parts(args.ray, _ShardWorker, (store.location.shared_name(), str(model), _source_options(args)),
+        n_workers = run_parts(args.ray, _ShardWorker, worker_args,
                               store.pending, label="sample (ray)", size=size, total=int(store.manifest["n_total"]),
                               completed=int(store.manifest["n_total"]) - sum(size(k) for k in todo),
                               unit="img", use_gpu=use_gpu, workers=workers or getattr(args, "ray_workers", None),
