@@ -107,7 +107,8 @@ def test_the_sampler_follows_the_models_scheduler_config_as_diffusers_does(tiny_
         ours = sample(tiny_denoiser, x_T, alphas_cumprod=tiny_denoiser.alphas_cumprod, timesteps=ts, eta=eta,
                       noise_seeds=seeds, clip_sample=schedule.clip_sample, clip_range=schedule.clip_sample_range,
                       prev_timesteps=ddim_previous(1000, ts), final_alpha=final)
-    torch.testing.assert_close(ours, x.clamp(-1, 1), atol=1e-5, rtol=1e-5)
+    # UNet rounding differs between CPUs (see above); a config not followed is 6e-3 (the final ᾱ) to 2.0 away
+    torch.testing.assert_close(ours, x.clamp(-1, 1), atol=1e-4, rtol=0)
 
 
 def test_generate_images_samples_as_the_models_schedule_says(tiny_denoiser):
