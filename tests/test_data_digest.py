@@ -1,4 +1,5 @@
-"""``dataset_digest``: the same examples give the same digest however they are stored; any change differs."""
+"""``dataset_digest``: the same examples give the same digest however they are stored; any change differs.
+``shared_images``: images one dataset holds pixel for pixel."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 from diffaudit.data import load_dataset
 from diffaudit.data import digest as digest_module
 from diffaudit.data.decoded import load_dataset_to_disk
-from diffaudit.data.digest import dataset_digest
+from diffaudit.data.dataset import ImageDataset
+from diffaudit.data.digest import dataset_digest, image_digests, shared_images
 
 
 @pytest.fixture()
@@ -67,3 +69,17 @@ def test_any_pixel_key_or_label_changes_it(npz):
     recaptioned.captions = ["a digit"] * (len(recaptioned) - 1) + ["another"]
     got = [dataset_digest(d) for d in (pixel, key, label, unlabelled, captioned, recaptioned)]
     assert want not in got and len(set(got)) == 6
+
+
+def test_shared_images_are_found_by_pixels_not_keys():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (6, 4, 4, 3), dtype=np.uint8)
+    b = np.concatenate([a[[4]], rng.integers(0, 256, (2, 4, 4, 3), dtype=np.uint8), a[[1]], a[[4]]])
+    b[2] = a[3]
+    b[2, 0, 0, 0] ^= 1  # one bit apart: another image
+    ours = ImageDataset(a, [f"x:{i}" for i in range(6)])
+    theirs = ImageDataset(b, [f"x:{i}" for i in range(5)])  # the same keys name other pixels
+    assert shared_images(ours, theirs) == [(1, 3), (4, 0)]  # the first of equal images
+    assert shared_images(theirs, ours) == [(0, 4), (3, 1), (4, 4)]
+    assert shared_images(ours, ImageDataset(a[:, :2], ours.keys)) == []  # other sizes
+    assert len(set(image_digests(a))) == 6 and image_digests(b)[0] == image_digests(b)[4]

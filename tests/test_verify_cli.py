@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -317,3 +318,52 @@ def test_auto_rule_keeps_the_rule_an_older_folder_recorded(files, tmp_path):
     assert run(*argv) == 0
     r = strict_json(tmp_path / "v" / "result.json")
     assert r["rule"] == "l2" and r["rule_reason"] == "--rule auto: the rule this --out recorded when it was made"
+
+
+def test_baseline_images_also_in_the_training_set_are_left_out(files, tmp_path, capsys):
+    """A "never seen" baseline holding training images (here two the generations copy) would count them as
+    false positives: they are left out, named in the result, and the equal-size pick is made from the rest."""
+    with np.load(files / "train.npz", allow_pickle=False) as z:
+        train = z["images"]
+    unseen = cifar_images(500, "test")[200:400]
+    np.savez(tmp_path / "mixed.npz", images=np.concatenate([unseen, train[[5, 42, 7]]]))  # 203 images
+    out = tmp_path / "v"
+    argv = ("verify", "--samples", files / "unc.npz", "--data", files / "train.npz", "--baseline", tmp_path / "mixed.npz",
+            "--out", out, "--device", "cpu")
+    assert main(list(map(str, argv))) == 0
+    assert "3 of --baseline's 203 images are also in --data, pixel for pixel" in capsys.readouterr().err
+    r = strict_json(out / "result.json")
+    b = r["baseline"]
+    assert b["n_left_out"] == 3 and b["n_images"] == 200 and b["equal_size"]
+    assert b["left_out"] == [{"baseline_key": "npz:200", "train_key": "npz:5"},
+                             {"baseline_key": "npz:201", "train_key": "npz:42"},
+                             {"baseline_key": "npz:202", "train_key": "npz:7"}]
+    assert r["baseline_unique_extracted"] <= 1 < r["unique_extracted"] == 2  # counted, 5 and 42 would make it >= 2
+    assert all(not e["train_key"] in ("npz:200", "npz:201") for e in b["extracted"])
+    assert strict_json(out / "settings.json")["settings"]["baseline_left_out"] == 3
+    assert run("report", out) == 0
+    assert strict_json(out / "summary.json")["extraction"]["baseline_n_left_out"] == 3
+    page = re.sub(r"<[^>]+>", "", (out / "report.html").read_text())
+    assert "3 --baseline images also in the training set, pixel for pixel, left out" in page
+
+    assert run("verify", "--samples", files / "unc.npz", "--data", files / "train.npz", "--baseline",
+               files / "train.npz", "--out", tmp_path / "same") == 2
+    err = capsys.readouterr().err
+    assert "every one of its 200 images is also in --data" in err and "never saw" in err
+    assert not (tmp_path / "same").exists()
+
+
+def test_an_older_folder_with_a_baseline_resumes(files, tmp_path):
+    """Folders made before baseline images were checked against --data recorded no ``baseline_left_out``:
+    one whose baseline shares no image with --data resumes as it was."""
+    out = tmp_path / "v"
+    argv = ("verify", "--samples", files / "unc.npz", "--data", files / "train.npz", "--baseline", files / "unseen.npz",
+            "--out", out, "--device", "cpu")
+    assert run(*argv) == 0
+    first = strict_json(out / "result.json")
+    record = json.loads((out / "settings.json").read_text())
+    del record["settings"]["baseline_left_out"]
+    (out / "settings.json").write_text(json.dumps(record))
+    (out / "result.json").unlink()
+    assert run(*argv) == 0
+    assert strict_json(out / "result.json")["baseline"] == first["baseline"]

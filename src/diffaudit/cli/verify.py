@@ -38,7 +38,7 @@ from diffaudit.core.ray_pool import RAY_HELP, connect
 from diffaudit.core.results import write_result
 from diffaudit.core.seeds import derive_seed, numpy_rng
 from diffaudit.data.dataset import ImageDataset
-from diffaudit.data.digest import dataset_digest
+from diffaudit.data.digest import dataset_digest, shared_images
 from diffaudit.data.loader import ImagesDifferInSize
 from diffaudit.data.native import NativeImages
 from diffaudit.distances.frechet import fid_from_file
@@ -64,6 +64,8 @@ DESCRIPTION = (
 )
 #: Settings that hold the path of an input (recorded canonical, see :func:`~diffaudit.cli.common.canonical_path`).
 PATH_SETTINGS = ("samples", "data", "data_options.cifar_root", "from_extract", "baseline", "train_map", "fid_features")
+#: --baseline images also in --data listed by key in result.json (all are counted).
+LEFT_OUT_LISTED = 100
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -229,8 +231,33 @@ def _native_digest(train: NativeImages, prompt_map: dict[str, list[int]]) -> tup
 
 def _upgrade_settings(old: dict[str, Any]) -> dict[str, Any]:
     """Settings of an earlier version read as today's: before --map-resize, --train-map windows were taken
-    from the training image as stored (``none``); without --train-map the setting is not recorded."""
-    return old if "map_resize" in old else {**old, "map_resize": "none" if old.get("train_map") else None}
+    from the training image as stored (``none``); without --train-map the setting is not recorded. Before
+    ``baseline_left_out``, no --baseline image was left out (a folder whose baseline shared images with --data
+    is then other settings: its equal-size pick included them)."""
+    if "map_resize" not in old:
+        old = {**old, "map_resize": "none" if old.get("train_map") else None}
+    if "baseline_left_out" not in old:
+        old = {**old, "baseline_left_out": 0 if old.get("baseline") else None}
+    return old
+
+
+def _unseen_part(base: ImageDataset, train: ImageDataset, source: str) -> tuple[np.ndarray | None, list[dict[str, str]] | None]:
+    """The positions of --baseline's images that --data does not hold pixel for pixel (None: all of them)
+    and, for those it does, ``{"baseline_key", "train_key"}`` each. A baseline image the model was trained
+    on is not "never seen": counted, it would raise the false-positive baseline and weaken the test of the
+    extracted count against it. Refused when every baseline image is a training image."""
+    shared = shared_images(base, train)
+    if not shared:
+        return None, None
+    if len(shared) == len(base):
+        raise DiffauditError(f"--baseline {printable(source)}: every one of its {len(base):,} images is also in --data, pixel "
+                             "for pixel; the baseline must be images the model never saw (e.g. --data cifar10-train "
+                             "--baseline cifar10-test)")
+    left = {i for i, _ in shared}
+    stage_line(f"verify: {len(shared):,} of --baseline's {len(base):,} images are also in --data, pixel for pixel "
+               "(e.g. " + ", ".join(printable(base.keys[i]) for i, _ in shared[:3]) + "): left out of the baseline")
+    return (np.array([i for i in range(len(base)) if i not in left], dtype=np.int64),
+            [{"baseline_key": base.keys[i], "train_key": train.keys[j]} for i, j in shared])
 
 
 def _auto_rule(args, samples: ImageDataset) -> tuple[str, str]:
@@ -290,6 +317,7 @@ def run(args: argparse.Namespace) -> int:
     # the whole-set nearest-neighbour verification (and --baseline) needs --data at the samples' size
     whole_set = not native and (prompt_map is None or samples.image_shape == train.image_shape)
     base = load_data(args, args.baseline, **dict(opts, subset=None)) if args.baseline and not native else None
+    unseen, left_out = _unseen_part(base, train, args.baseline) if base is not None else (None, None)
     if native:
         data_digest, prompt_map = _native_digest(train, prompt_map)
     else:
@@ -298,7 +326,7 @@ def run(args: argparse.Namespace) -> int:
         if whole_set:
             vs.neighbourhood(len(train))
         if base is not None:
-            vs.neighbourhood(min(len(base), len(train)))
+            vs.neighbourhood(min(len(base) if unseen is None else len(unseen), len(train)))
     settings = {
         "samples": str(args.samples), "samples_identity": samples_identity(args.samples, samples),
         "data": str(args.data), "data_options": opts, "rule": rule, "delta": vs.delta,
@@ -314,6 +342,8 @@ def run(args: argparse.Namespace) -> int:
         # and the contents behind --data, --baseline and --train-map (rewritten in place, they are other data)
         "data_digest": data_digest,
         "baseline_digest": dataset_digest(base) if base is not None else None,
+        # --baseline's images that --data holds pixel for pixel are left out of it (the pick changes with them)
+        "baseline_left_out": len(left_out) if left_out is not None else (0 if base is not None else None),
         "train_map_digest": text_digest(json.dumps(prompt_map, sort_keys=True)) if prompt_map is not None else None,
     }
     settings = canonical_settings(settings, PATH_SETTINGS)
@@ -345,9 +375,11 @@ def run(args: argparse.Namespace) -> int:
                       note="samples and --data differ in size: only the --train-map crop-alignment check was run")
     fields["baseline_unique_extracted"] = None
     if base is not None:
-        pick = None
-        if len(base) > len(train):
-            pick = np.sort(numpy_rng(derive_seed(args.seed, "verify-baseline")).choice(len(base), len(train), replace=False))
+        pick = unseen  # positions in --baseline as loaded: its unseen images, then an equal-size pick of them
+        kept = np.arange(len(base)) if unseen is None else unseen
+        if len(kept) > len(train):
+            pick = kept[np.sort(numpy_rng(derive_seed(args.seed, "verify-baseline")).choice(len(kept), len(train), replace=False))]
+        if pick is not None:
             base = base.subset(pick)
         if len(samples):
             _check_shapes(samples, base, "--baseline")
@@ -356,6 +388,8 @@ def run(args: argparse.Namespace) -> int:
                                             settings["baseline_digest"], pick))
             fields["baseline_unique_extracted"] = vb.unique_extracted
             fields["baseline"] = {"source": str(args.baseline), "n_images": len(base), "equal_size": len(base) == len(train),
+                                  "n_left_out": len(left_out or []),  # also in --data, pixel for pixel
+                                  "left_out": (left_out or [])[:LEFT_OUT_LISTED],
                                   "n_extracting_samples": vb.n_extracting_samples,
                                   "extracted": _in_all_samples(vb.extracted, medoids, all_samples)}
         else:

@@ -1,6 +1,7 @@
-"""``dataset_digest``: a short fingerprint of a loaded dataset's pixels, keys and labels.
+"""``dataset_digest``: a short fingerprint of a loaded dataset's pixels, keys and labels; ``image_digests`` and
+``shared_images``: which images of one dataset another holds pixel for pixel.
 
-Recorded wherever a result must not outlive the data it came from: the settings of every command
+The digest is recorded wherever a result must not outlive the data it came from: the settings of every command
 that reads ``--data`` (a resume after the files were rewritten in place is a settings mismatch, not
 a silent reuse of cached neighbours, losses, models or prompts) and the loss cache's folder names. A path
 names a dataset; only its contents say whether it is still the same one.
@@ -47,3 +48,24 @@ def dataset_digest(dataset: ImageDataset, indices: Sequence[int] | np.ndarray | 
     if dataset.captions is not None:  # prompts, and the conditioning of latent-diffusion losses
         h.update(b"\x00captions\x00" + text_bytes("\x00".join(str(dataset.captions[int(i)]) for i in rows)))
     return h.hexdigest()[:16]
+
+
+def image_digests(images) -> list[bytes]:
+    """One BLAKE2b digest (16 bytes) per image of uint8 (N, H, W, C), in memory or a ShardedImages (read
+    in slices of :data:`DIGEST_ROWS`): equal digests are the same pixels, whatever the images' keys."""
+    out: list[bytes] = []
+    for lo in range(0, len(images), DIGEST_ROWS):
+        block = np.ascontiguousarray(images[lo:lo + DIGEST_ROWS], dtype=np.uint8)
+        out.extend(hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in block)
+    return out
+
+
+def shared_images(dataset: ImageDataset, others: ImageDataset) -> list[tuple[int, int]]:
+    """(index in ``dataset``, index in ``others``) of every image of ``dataset`` that ``others`` holds pixel
+    for pixel (the first such image of ``others``), in ``dataset``'s order; images of other sizes share none."""
+    if dataset.image_shape != others.image_shape:
+        return []
+    where: dict[bytes, int] = {}
+    for j, d in enumerate(image_digests(others.images)):
+        where.setdefault(d, j)
+    return [(i, where[d]) for i, d in enumerate(image_digests(dataset.images)) if d in where]

@@ -10,7 +10,8 @@ flagged clique medoids: ``n_samples`` and ``n_extracting_samples`` then count me
 ``n_clique_generations`` (the generations in the cliques of the extracting medoids, None when the extract
 result is not found), ``baseline_pvalue`` (the one-sided exact
 test of the two counts), ``n_excluded_duplicates`` (near-duplicates a deduplicated target dropped,
-left out of the baseline), ``prompt_checks_extracted`` (a ``--train-map`` check), ``n_cliques``
+left out of the baseline), ``baseline_n_left_out`` (--baseline images that --data holds pixel for pixel,
+left out of it), ``prompt_checks_extracted`` (a ``--train-map`` check), ``n_cliques``
 (unconditional extract: the number of near-identical generation groups, which extract's result.json
 calls ``n_groups``; the report reads it as ``n_cliques``), or ``n_prompts`` and ``n_flagged``
 (conditional extract), ...},
@@ -198,6 +199,8 @@ def _extraction(rs: ResultSet) -> dict[str, Any] | None:
         base_rec = r.get("baseline") if isinstance(r.get("baseline"), dict) else {}
         if base_rec.get("n_images") is not None:
             out["baseline_n_images"] = _int(base_rec.get("n_images"))
+        if _int(base_rec.get("n_left_out")):  # --baseline images --data holds too: not never-seen, not counted
+            out["baseline_n_left_out"] = _int(base_rec.get("n_left_out"))
         excluded = _int(rs.audit.get("n_excluded_duplicates"))
         if excluded and out["baseline_unique_extracted"] is not None:  # a deduplicated --model: left out of the baseline
             out["n_excluded_duplicates"] = excluded
