@@ -203,3 +203,19 @@ def test_missing_samples_names_the_flag(tmp_path, capsys):
     assert run("extract", "--samples", "nope", "--out", tmp_path / "e") == 2
     err = capsys.readouterr().err
     assert "--samples nope" in err and "sample store" in err and "built-in name" not in err
+
+
+def test_another_commands_output_folder_is_not_generations(tmp_path, capsys):
+    """An audit folder holds plots and a report, which an image-folder read would take for generations (and
+    then ask for a flag extract does not have): the error names the folder's command and its sample store."""
+    from diffaudit.core.outdir import prepare_out_dir
+
+    prepare_out_dir(tmp_path / "a", "audit", {"n_samples": 8})
+    prepare_out_dir(tmp_path / "a" / "samples", "sample", {"n_samples": 8})
+    assert run("extract", "--samples", tmp_path / "a", "--out", tmp_path / "e") == 2
+    err = capsys.readouterr().err
+    assert f"--samples {tmp_path / 'a'} is the output folder of `diffaudit audit`, not generations" in err
+    assert f"pass --samples {tmp_path / 'a' / 'samples'}" in err and "--image-size" not in err
+    prepare_out_dir(tmp_path / "m", "mia", {"attack": "loss"})
+    assert run("verify", "--samples", tmp_path / "m", "--data", "digits", "--out", tmp_path / "v") == 2
+    assert "output folder of `diffaudit mia`, not generations; pass the sample store" in capsys.readouterr().err

@@ -148,6 +148,12 @@ def is_diffaudit_record(record: Any) -> bool:
     return isinstance(record, dict) and isinstance(record.get("command"), str) and isinstance(record.get("settings"), dict)
 
 
+def recorded_command(path: str | os.PathLike) -> str | None:
+    """The command whose output folder ``path`` is (its ``settings.json``), or None (no such record)."""
+    record = _diffaudit_record(Path(path))
+    return None if record is None else record["command"]
+
+
 def recorded_settings(path: str | os.PathLike, command: str) -> dict[str, Any] | None:
     """The settings ``command`` recorded in folder ``path`` (its ``settings.json``), or None when it holds
     none of that command's (before a first run, after another command's, unreadable)."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from diffaudit.core.errors import DiffauditError
+from diffaudit.core.outdir import recorded_command
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.store import read_samples
 from diffaudit.store.location import is_object_url
@@ -27,12 +28,26 @@ def read_generations(spec: str, *, flag: str = "--samples") -> ImageDataset:
     """``spec`` read as generations (a sample store memory-mapped); a path that does not exist is
     refused naming ``flag`` and the kinds of input it takes. Errors about an existing input (a
     damaged store, a bad .npz) are the reader's own."""
+    _refuse_other_outputs(spec, flag)
     try:
         return read_samples(spec, lazy=True)
     except DiffauditError:
         if Path(spec).exists() or "{" in str(spec) or is_object_url(spec):  # an existing input, a brace pattern, a URL
             raise
     raise DiffauditError(f"{flag} {spec}: no such file or folder; expected generations: {SAMPLES_KINDS}")
+
+
+def _refuse_other_outputs(spec: str, flag: str) -> None:
+    """Refuse another command's output folder as generations (read as an image folder, its plots would
+    be "generations"), naming the sample store inside it when there is one (an audit's ``samples/``)."""
+    path = Path(spec)
+    command = recorded_command(path) if path.is_dir() else None
+    if command is None or command == "sample":
+        return
+    inner = path / "samples"
+    where = (f"; its generations are in {inner}: pass {flag} {inner}" if recorded_command(inner) == "sample"
+             else "; pass the sample store `diffaudit sample` wrote")
+    raise DiffauditError(f"{flag} {spec} is the output folder of `diffaudit {command}`, not generations{where}")
 
 
 def check_extract_samples(result: dict[str, Any], identity: str | None, *, path: str, samples: str) -> str | None:
