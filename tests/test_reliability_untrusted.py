@@ -254,3 +254,26 @@ def test_damaged_npy_and_membership_files_say_what_is_wrong(tmp_path):
              format_version=np.array([None], dtype=object))
     with pytest.raises(DiffauditError, match="`format_version` cannot be read without unpickling"):
         load_membership(mem)
+
+
+def test_files_that_are_not_npz_or_npy_say_so(tmp_path, marker, capsys):
+    """numpy reads any file without a zip or .npy header as a pickle and says "allow_pickle": diffaudit says what
+    the file is instead, and never unpickles it."""
+    import pickle
+
+    from diffaudit.core.io import load_npy
+
+    text, empty, pickled = tmp_path / "text.npz", tmp_path / "empty.npz", tmp_path / "evil.npz"
+    text.write_text("images,labels\n")
+    empty.write_bytes(b"")
+    pickled.write_bytes(pickle.dumps(Payload(marker)))
+    for path, what in ((text, "it starts with b'images,l'"), (empty, "the file is empty"),
+                       (pickled, "it looks like a Python pickle, which diffaudit never loads")):
+        assert main(["extract", "--samples", str(path), "--out", str(tmp_path / "e")]) == 2
+        err = capsys.readouterr().err
+        assert f"{path}: not a readable .npz file: not an .npz (zip) archive ({what}" in err and "allow_pickle" not in err
+    assert main(["verify", "--samples", str(text), "--data", "digits", "--fid-features", str(pickled),
+                 "--out", str(tmp_path / "v")]) == 2
+    assert "not an .npz (zip) archive" in capsys.readouterr().err
+    with pytest.raises(DiffauditError, match=r"text\.npz: not a \.npy array file \(it starts with"):
+        load_npy(text)

@@ -218,12 +218,39 @@ def save_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
     return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
+#: How an .npz (a zip archive: a local file header, or the end record of an empty one) and a .npy file begin.
+ZIP_MAGIC, NPY_MAGIC = (b"PK\x03\x04", b"PK\x05\x06"), b"\x93NUMPY"
+
+
+def _head(path: Path) -> bytes | None:
+    """The first 8 bytes of file ``path``, or None when it cannot be read (numpy's own error then says why)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(8)
+    except OSError:
+        return None
+
+
+def _what_it_is(head: bytes) -> str:
+    """What a file that starts with ``head`` is, as far as its first bytes tell, for an error message."""
+    if not head:
+        return "the file is empty"
+    if head.startswith(ZIP_MAGIC):
+        return "a zip archive"
+    if head[:1] == b"\x80":
+        return "it looks like a Python pickle, which diffaudit never loads: unpickling can run code"
+    return f"it starts with {head!r}"
+
+
 def load_npy(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
     """Load ``.npy`` without pickle; memory-mapped on request.
 
     Raises :class:`DiffauditError` for an object array (it would need unpickling: refused) and for a
     damaged or truncated file, saying which.
     """
+    head = _head(Path(path))
+    if head and not head.startswith(NPY_MAGIC):  # numpy would call it "pickled data" (empty: truncated, below)
+        raise DiffauditError(f"{path}: not a .npy array file ({_what_it_is(head)})")
     try:
         return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except FileNotFoundError:
@@ -246,6 +273,9 @@ def open_npz(path: str | os.PathLike, *, kind: str = ".npz file", expected: str 
     path = Path(path)
     if not path.is_file():
         raise DiffauditError(missing or f"{path} does not exist")
+    head = _head(path)
+    if head is not None and not head.startswith((*ZIP_MAGIC, NPY_MAGIC)):  # numpy would call it "pickled data"
+        raise DiffauditError(f"{path}: not a readable {kind}: not an .npz (zip) archive ({_what_it_is(head)})")
     try:
         npz = np.load(path, allow_pickle=False)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:

@@ -15,6 +15,7 @@ import numpy as np
 from scipy import linalg
 
 from diffaudit.core.errors import DiffauditError
+from diffaudit.core.io import open_npz
 from diffaudit.core.npz_arrays import read_npz_array
 
 
@@ -49,10 +50,8 @@ def fid_from_file(path: str | Path) -> float:
     or statistics ``mu_samples``, ``sigma_samples``, ``mu_reference``, ``sigma_reference``."""
     p = Path(path)
     try:
-        with np.load(p, allow_pickle=False) as z:
+        with open_npz(p, kind="--fid-features file", missing=f"--fid-features {p}: file does not exist") as z:
             data = {k: read_npz_array(z, f"--fid-features {p}", k) for k in z.files}  # sizes checked first
-    except FileNotFoundError:
-        raise DiffauditError(f"--fid-features {p}: file does not exist") from None
     except (ValueError, OSError) as exc:
         raise DiffauditError(f"--fid-features {p}: not a readable .npz without pickles ({exc})") from None
     if {"samples", "reference"} <= data.keys():
