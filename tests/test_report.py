@@ -500,6 +500,19 @@ def test_cli_report(audit, tmp_path, capsys):
     assert (audit / "verify" / "report.html").exists() and (audit / "verify" / "summary.json").exists()
 
 
+@pytest.mark.parametrize("existing", [True, False])
+def test_cli_report_into_a_folder(audit, tmp_path, capsys, existing):
+    """--out naming a folder (an existing one, or a path ending in /) gets report.html and summary.json inside
+    it, never a file named like the folder nor a "free space" error from writing onto a folder."""
+    folder = tmp_path / "reports"
+    if existing:
+        folder.mkdir()
+    assert _cli([str(audit / "verify"), "--out", str(folder) if existing else f"{folder}/"], json_out=True) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["report"] == str(folder / "report.html") and printed["summary_file"] == str(folder / "summary.json")
+    assert folder.is_dir() and (folder / "report.html").is_file() and (folder / "summary.json").is_file()
+
+
 def _train_map_only_verify(root: Path, hits: list[bool]) -> Path:
     """A verify result where samples and --data differ in size: only the --train-map check ran."""
     checks = [{"prompt": f"p{i}", "sample": f"p{i}-i0", "train_id": i % 2, "train_key": f"npz:{i % 2}", "l2": 0.01 if h else 0.4,

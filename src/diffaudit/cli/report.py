@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from diffaudit.cli.common import emit
@@ -21,7 +22,8 @@ DESCRIPTION = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("result_dir", metavar="RESULT_DIR", help="an audit folder or one command's output folder")
-    p.add_argument("--out", default=None, metavar="FILE", help="HTML file to write (default: RESULT_DIR/report.html)")
+    p.add_argument("--out", default=None, metavar="FILE", help="HTML file to write, or a folder (an existing one, or a path "
+                   "ending in /) to write report.html into (default: RESULT_DIR/report.html)")
     p.add_argument("--redact", action="store_true",
                    help="replace training images, the generations that copy them (verified pairs, clique members) "
                    "and inpainting grids by their ids")
@@ -32,12 +34,22 @@ def summary_path(report: Path) -> Path:
     return report.with_name("summary.json") if report.name == "report.html" else report.with_suffix(".summary.json")
 
 
+def report_file(out: str | None, result_dir: str) -> Path:
+    """The HTML file ``--out`` names: ``report.html`` inside it when it is a folder (one that exists, or a
+    path written with a trailing separator), RESULT_DIR/report.html without it."""
+    if not out:
+        return Path(result_dir) / "report.html"
+    if out.endswith(("/", os.sep)) or Path(out).is_dir():
+        return Path(out) / "report.html"
+    return Path(out)
+
+
 def run(args: argparse.Namespace) -> int:
     from diffaudit.core.io import read_json
     from diffaudit.report import render_report, write_summary
     from diffaudit.report.view_extraction import baseline_phrase
 
-    out = Path(args.out) if args.out else Path(args.result_dir) / "report.html"
+    out = report_file(args.out, args.result_dir)
     report = render_report(args.result_dir, out, redact=args.redact)
     spath = write_summary(args.result_dir, summary_path(report))
     summary = read_json(spath)
