@@ -120,6 +120,12 @@ def canonical_path(spec: str | os.PathLike | None) -> str | None:
     return text
 
 
+def out_file(out: str, name: str) -> Path:
+    """The file a file-writing ``--out`` names: ``out/name`` when ``out`` is a folder (one that exists, or a
+    path written with a trailing separator), else ``out`` itself."""
+    return Path(out) / name if out.endswith(("/", os.sep)) or Path(out).is_dir() else Path(out)
+
+
 def _setting(settings: Any, key: str) -> Any:
     """The value at dotted ``key`` (``data.spec``) of nested ``settings``; None where there is none."""
     for name in key.split("."):

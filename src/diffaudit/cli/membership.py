@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffaudit.cli.common import add_data_args, data_options, emit
+from diffaudit.cli.common import add_data_args, data_options, emit, out_file
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.results import envelope
 from diffaudit.data import load_dataset
@@ -28,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data_args(p)
     p.add_argument("--models", type=int, default=16, help="number of shadow models M (even; the paper: 16)")
     p.add_argument("--seed", type=int, default=0, help="seed of the matrix")
-    p.add_argument("--out", required=True, help="the membership file to write (.npz)")
+    p.add_argument("--out", required=True, help="the membership file to write (.npz), or a folder (an existing one, or a "
+                   "path ending in /) to write membership.npz into")
     p.add_argument("--fresh", action="store_true", help="overwrite an existing file made with other settings")
 
 
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     options = data_options(args)
     dataset = load_dataset(args.data, **options)
     matrix = make_membership(len(dataset), args.models, args.seed)
-    out = Path(args.out)
+    out = out_file(args.out, "membership.npz")
     status = "wrote"
     if out.exists() and not args.fresh:
         diff = _differs(out, matrix, dataset.keys, args.seed)

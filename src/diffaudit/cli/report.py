@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-from diffaudit.cli.common import emit
+from diffaudit.cli.common import emit, out_file
 
 NAME = "report"
 HELP = "render the self-contained HTML report (and summary.json) of an audit or of one command's result"
@@ -34,22 +33,12 @@ def summary_path(report: Path) -> Path:
     return report.with_name("summary.json") if report.name == "report.html" else report.with_suffix(".summary.json")
 
 
-def report_file(out: str | None, result_dir: str) -> Path:
-    """The HTML file ``--out`` names: ``report.html`` inside it when it is a folder (one that exists, or a
-    path written with a trailing separator), RESULT_DIR/report.html without it."""
-    if not out:
-        return Path(result_dir) / "report.html"
-    if out.endswith(("/", os.sep)) or Path(out).is_dir():
-        return Path(out) / "report.html"
-    return Path(out)
-
-
 def run(args: argparse.Namespace) -> int:
     from diffaudit.core.io import read_json
     from diffaudit.report import render_report, write_summary
     from diffaudit.report.view_extraction import baseline_phrase
 
-    out = report_file(args.out, args.result_dir)
+    out = out_file(args.out, "report.html") if args.out else Path(args.result_dir) / "report.html"
     report = render_report(args.result_dir, out, redact=args.redact)
     spath = write_summary(args.result_dir, summary_path(report))
     summary = read_json(spath)
