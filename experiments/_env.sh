@@ -3,12 +3,15 @@
 #   /tmp/site. opacus's wheel also installs top-level `benchmarks` and `examples` packages (its
 #   repository's scripts, never imported at run time): they are removed so that they shadow nothing.
 # - PYTHONPATH: the checkout's src/ first, then /tmp/site, then whatever PYTHONPATH already held.
-# - Helpers: `da` (the CLI), `run_gpu_tests`, `bundle_results` (below).
+# - PY (_venv.sh): the interpreter for everything here, the checkout's .venv/bin/python when present
+#   (unless PY is set), else python3.
+# - Helpers: `da` (the CLI, "$PY" -m diffaudit.cli.main), `run_gpu_tests`, `bundle_results` (below).
 # What comes back from the device's $OUT: at most 8 files of at most 16 MiB each, no deeper than
 # $OUT/a/b/file, names of letters, digits, '.', '_' and '-'. Every script here stays within that.
+source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"  # PY: the .venv's python when present, else python3
 SITE=
 if ls .whl/*.whl >/dev/null 2>&1; then
-  if python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl; then
+  if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl; then
     rm -rf /tmp/site/benchmarks /tmp/site/examples
     SITE=/tmp/site
   else
@@ -17,7 +20,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH="$PWD/src${SITE:+:$SITE}${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
-da() { python3 -m diffaudit.cli.main "$@"; }
+da() { "$PY" -m diffaudit.cli.main "$@"; }
 
 # run_gpu_tests SECONDS FILE...: the CUDA-marked tests of FILE... within SECONDS, skips listed (-rs),
 # the whole log in $OUT/gpu-tests.log. Returns non-zero, and says why on stderr, when a test failed,
@@ -29,7 +32,7 @@ run_gpu_tests() {
   local log="$OUT/gpu-tests.log" cifar=${DIFFAUDIT_CIFAR10:-} rc summary
   if [ -z "$cifar" ] && [ -f .gpu/cifar10-train-000000.tar ]; then cifar="$PWD/.gpu"; fi
   echo "== gpu tests (limit ${limit}s): $*"
-  DIFFAUDIT_CIFAR10="$cifar" DIFFAUDIT_TEST_CIFAR_STAND_IN=1 timeout -k 10 "$limit" python3 -m pytest -q -rs -m gpu -p no:cacheprovider "$@" >"$log" 2>&1
+  DIFFAUDIT_CIFAR10="$cifar" DIFFAUDIT_TEST_CIFAR_STAND_IN=1 timeout -k 10 "$limit" "$PY" -m pytest -q -rs -m gpu -p no:cacheprovider "$@" >"$log" 2>&1
   rc=$?
   tail -25 "$log"
   summary=$(grep -E '^(=+ )?[0-9]+ (passed|failed|skipped|error|deselected)|no tests ran' "$log" | tail -1)
@@ -49,7 +52,7 @@ run_gpu_tests() {
 # and $OUT/NAME.tar.gz (all of DIR; without *.png if it would exceed 15 MiB), two files whatever DIR holds.
 bundle_results() {
   local dir=$1 name=$2
-  python3 - "$dir" "$OUT/$name-summary.json" <<'PY'
+  "$PY" - "$dir" "$OUT/$name-summary.json" <<'PY'
 import json, pathlib, sys
 d, out = pathlib.Path(sys.argv[1]), {}
 for p in sorted(d.rglob("*.json")):

@@ -5,7 +5,7 @@
 # verify (ratio rule) against the training set and 1,000 never-seen images. Resumable.
 set -euo pipefail
 OUT=${OUT:-cpu-extraction}; mkdir -p "$OUT"
-DA=${DA:-diffaudit}; PY=${PY:-python3}
+source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"  # DA, PY: the .venv's when present
 STEPS=${STEPS:-6000}; PRESET=${PRESET:-tiny}
 D=(--data cifar10 --image-size 16)
 export OMP_NUM_THREADS=1

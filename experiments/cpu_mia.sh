@@ -6,7 +6,7 @@
 # Resumable: re-running the same command continues where it stopped.
 set -euo pipefail
 OUT=${OUT:-cpu-mia-out}; mkdir -p "$OUT"
-DA=${DA:-diffaudit}
+source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"  # DA, PY: the .venv's when present
 read -r -a D <<< "${DATA:---data digits --subset 400}"
 export OMP_NUM_THREADS=1
 $DA membership "${D[@]}" --models 8 --seed 0 --out "$OUT/shadows/membership.npz"

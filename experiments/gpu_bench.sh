@@ -23,7 +23,7 @@ esac
 OUT=${OUT:-bench-out}; mkdir -p "$OUT"
 source "$(dirname "$0")/_env.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "(no nvidia-smi)"
-python3 bench/run_all.py --only "$ONLY" --limits "${LIMITS:-$DEFAULT_LIMITS}" --table "${TABLE:-auto}" --out-dir "$OUT"
+"$PY" bench/run_all.py --only "$ONLY" --limits "${LIMITS:-$DEFAULT_LIMITS}" --table "${TABLE:-auto}" --out-dir "$OUT"
 rc=0
 if [ "$PART" = 3 ]; then
   left=$((${BUDGET:-565} - (SECONDS - T0)))

@@ -20,7 +20,7 @@ source "$(dirname "$0")/_env.sh"
 bundle() { bundle_results "$C" "$NAME"; [ -f "$C/pairs.png" ] && cp "$C/pairs.png" "$OUT/$NAME-pairs.png"; true; }
 trap bundle EXIT
 t0=$(date +%s)
-python3 experiments/make_duplicates.py --data "$D" --subset 1000 --repeats 4,16,64 --group 10 --baseline 1000 --out "$W/dup"
+"$PY" experiments/make_duplicates.py --data "$D" --subset 1000 --repeats 4,16,64 --group 10 --baseline 1000 --out "$W/dup"
 repeat=(--repeat "$W/dup/repeats.txt"); [ "$CONTROL" = 1 ] && repeat=()
 da train --data "$D" --subset 1000 "${repeat[@]}" --preset ddpm-cifar10 --steps "$STEPS" --batch-size 128 \
    --lr 2e-4 --warmup-steps 200 --checkpoint-every 900 --compile --device cuda --out "$W/run" || exit 1
@@ -34,13 +34,13 @@ da verify --samples "$W/samples" --data "$D" --subset 1000 --baseline "$W/dup/ba
 t3=$(date +%s); echo "extract+verify seconds: $((t3 - t2))"
 cp "$W/extract/result.json" "$C/extract-result.json"; cp "$W/verify/result.json" "$C/verify-result.json"
 bundle
-python3 experiments/extraction_by_group.py --groups "$W/dup/groups.json" --verify "$W/verify" --extract "$W/extract" \
+"$PY" experiments/extraction_by_group.py --groups "$W/dup/groups.json" --verify "$W/verify" --extract "$W/extract" \
    --samples "$W/samples" --data "$D" --subset 1000 --out "$C/pairs.png" | tee "$C/by_group.json"
 bundle
 [ "$CONTROL" = 1 ] && { echo "total seconds: $(( $(date +%s) - t0 ))"; exit 0; }
 # bf16 fast path against fp32 on the trained model, same per-image seeds (first 256 generations).
 da sample --model "$W/run" --n 256 --steps 100 --micro-batch 256 --shard-size 256 --device cuda --out "$W/samples-fp32" || exit 1
-python3 - "$W" <<'PY' | tee "$C/bf16_vs_fp32.json"
+"$PY" - "$W" <<'PY' | tee "$C/bf16_vs_fp32.json"
 import json, sys
 import numpy as np
 from diffaudit.store import SampleStore

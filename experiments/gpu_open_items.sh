@@ -30,7 +30,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "(n
 run_gpu_tests "$TEST_LIMIT" tests/test_knn.py tests/test_distances.py tests/test_extract.py tests/test_dp.py tests/test_batch_fit.py
 rc=$?
 echo "tests done after $((SECONDS - T0))s"
-python3 bench/run_all.py --only stable_diffusion,filter,knn --limits "$LIMITS" --table "${TABLE:-auto}" \
+"$PY" bench/run_all.py --only stable_diffusion,filter,knn --limits "$LIMITS" --table "${TABLE:-auto}" \
     --out-dir "$OUT"
 echo "benchmarks done after $((SECONDS - T0))s; results in $OUT/bench-*.json"
 echo "total seconds: $((SECONDS - T0))"
