@@ -131,7 +131,10 @@ def test_resume_and_settings_mismatch(shadows, capsys):
     capsys.readouterr()
     rc, _ = mia(root, "resume", "--attack", "lira")
     assert rc == 2
-    assert "attack.attack" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--attack (was 'lira-offline-fixed', now 'lira')" in err and "attack.attack" not in err  # named by its flag
+    rc, _ = mia(root, "resume", "--attack", "lira-offline-fixed", "--timesteps", "50")
+    assert rc == 2 and "--timesteps (was" in capsys.readouterr().err
 
 
 def test_resume_refuses_shadows_retrained_in_place(shadows, tmp_path, capsys):

@@ -49,14 +49,14 @@ def add_data_args(p: argparse.ArgumentParser, *, required: bool = False, default
 #: (``data.options``, as train, shadows, mia and inpaint record them; ``data_options`` beside a ``data`` path,
 #: as canaries, dedup, prompts and verify do: :func:`data_options`) and a training configuration (``train``:
 #: ``TrainConfig``'s fields are the training options' destinations).
-OPTION_GROUPS = ("data", "data.options", "data_options", "train")
+OPTION_GROUPS = ("data", "data.options", "data_options", "train", "attack")
 
 
 def nested_setting_flags(flags: dict[str, str]) -> dict[str, str]:
     """The flag of each nested setting that an option of the command sets, ``flags`` its options'
     destinations -> flags: ``data.spec`` is ``--data``, ``data.options.image_size`` and
-    ``data_options.image_size`` are ``--image-size``, ``train.steps`` is ``--steps``
-    (:data:`OPTION_GROUPS`). A nested setting that no option of the command sets has no entry, so a
+    ``data_options.image_size`` are ``--image-size``, ``train.steps`` is ``--steps``, ``attack.sweep`` is
+    ``--sweep`` (:data:`OPTION_GROUPS`). A nested setting that no option of the command sets has no entry, so a
     refusal names it by its key (a shadow run's ``data.model_index`` under ``diffaudit shadows``)."""
     names = {f"{group}.{dest}": flag for group in OPTION_GROUPS for dest, flag in flags.items()}
     if "data" in flags:

@@ -61,6 +61,12 @@ def _int_list(text: str) -> tuple[int, ...]:
     return out
 
 
+def setting_flags(args: argparse.Namespace) -> dict[str, str]:
+    """The flag of each setting not named after its option (for a refusal to resume); ``attack.attack``,
+    ``attack.sweep``, ... are named by the options they are named after (``--attack``, ``--sweep``)."""
+    return {"attack.n_draws": "--draws", "attack.noise_seed": "--seed", "membership.models": "--models"}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data_args(p)
     add_run_args(p)
