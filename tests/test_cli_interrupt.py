@@ -33,3 +33,30 @@ def test_an_interrupted_audit_stage_interrupts_the_audit(monkeypatch, tmp_path, 
     monkeypatch.setattr(cli_main, "main", lambda argv: 2)  # a failed stage stays an error
     with pytest.raises(DiffauditError, match=r"stage `train` failed \(exit 2\)"):
         stages.run("train", ["train"])
+
+
+def test_a_stage_speaks_as_the_audit_stage(monkeypatch, tmp_path, capsys):
+    """An audit trains its target through `shadows` even without shadow models: interrupted, erring or resuming,
+    that command names itself as the audit's stage, not as `diffaudit shadows` the user never ran."""
+    import diffaudit.cli.shadows as shadows_cli
+    from diffaudit.cli.common import speaking_as
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shadows_cli, "run", interrupted)
+    stages = _Stages(tmp_path, [])
+    with pytest.raises(KeyboardInterrupt):
+        stages.run("train", ["shadows", "--data", "digits", "--membership", "m.npz", "--out", str(tmp_path / "models")])
+    assert capsys.readouterr().err == "diffaudit audit (stage train): interrupted; finished work is kept, re-run to continue\n"
+    assert speaking_as("shadows") == "shadows"  # outside the stage again
+    assert cli_main.main(["shadows", "--data", "digits", "--membership", "m.npz", "--out", str(tmp_path / "m")]) == 130
+    assert capsys.readouterr().err.startswith("diffaudit shadows: interrupted")
+
+    def failing(args):
+        raise DiffauditError("no membership matrix")
+
+    monkeypatch.setattr(shadows_cli, "run", failing)
+    with pytest.raises(DiffauditError, match="stage `train` failed"):
+        stages.run("train", ["shadows", "--data", "digits", "--membership", "m.npz", "--out", str(tmp_path / "models")])
+    assert capsys.readouterr().err == "diffaudit audit (stage train): error: no membership matrix\n"

@@ -22,7 +22,7 @@ import numpy as np
 from typing import Any
 
 from diffaudit.cli.common import (
-    StageInterrupted, add_data_args, canonical_settings, data_options, emit, emit_finished, upgrading_paths,
+    StageInterrupted, add_data_args, audit_stage, canonical_settings, data_options, emit, emit_finished, upgrading_paths,
 )
 from diffaudit.cli.train import add_train_options
 from diffaudit.core.errors import DiffauditError
@@ -307,7 +307,8 @@ class _Stages:
         else:
             t0 = time.perf_counter()
             try:
-                code = main(argv + self.common)
+                with audit_stage(name):
+                    code = main(argv + self.common)
             except SystemExit as exc:  # the stage's own argument parser refused a value
                 code = exc.code if isinstance(exc.code, int) else 2
             if code == 130:  # the stage was interrupted (it said so): the audit is, too

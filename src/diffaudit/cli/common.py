@@ -13,8 +13,10 @@ import functools
 import json
 import os
 import sys
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 
 def add_data_args(p: argparse.ArgumentParser, *, required: bool = False, default: str | None = "digits",
@@ -203,6 +205,27 @@ def devices_record(args: argparse.Namespace, head, workers) -> dict[str, str]:
     """Where a command computed, for its result's ``runtime``: ``device``, and with ``--ray``
     ``ray_workers_device`` (:func:`run_devices`)."""
     return {"device": str(head), **({"ray_workers_device": str(workers)} if getattr(args, "ray", None) else {})}
+
+
+#: The audit stage that runs in-process now, None outside an audit: the command it runs speaks as that stage.
+_AUDIT_STAGE: ContextVar[str | None] = ContextVar("diffaudit_audit_stage", default=None)
+
+
+@contextmanager
+def audit_stage(name: str) -> Iterator[None]:
+    """Within this block the command an audit runs is its stage ``name`` (:func:`speaking_as`)."""
+    token = _AUDIT_STAGE.set(name)
+    try:
+        yield
+    finally:
+        _AUDIT_STAGE.reset(token)
+
+
+def speaking_as(command: str | None) -> str | None:
+    """How ``command`` names itself in its messages: ``audit (stage train)`` while an audit runs it (the
+    target trains through ``shadows`` even without shadow models), else ``command``."""
+    stage = _AUDIT_STAGE.get()
+    return command if stage is None else f"audit (stage {stage})"
 
 
 class StageInterrupted(KeyboardInterrupt):

@@ -20,7 +20,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from diffaudit import __version__  # noqa: E402
 from diffaudit.cli.common import (  # noqa: E402
-    StageInterrupted, StdoutClosed, nested_setting_flags, set_quiet, write_stdout,
+    StageInterrupted, StdoutClosed, nested_setting_flags, set_quiet, speaking_as, write_stdout,
 )
 from diffaudit.core import folder_lock  # noqa: E402
 from diffaudit.core.errors import DiffauditError  # noqa: E402
@@ -188,7 +188,7 @@ def _main(argv: list[str] | None) -> int:
         return _parse_and_run(argv, raw, command)
     except KeyboardInterrupt as exc:
         if not isinstance(exc, StageInterrupted):  # a stage's interruption was reported by the stage
-            name = f"diffaudit {command}" if command in COMMANDS else "diffaudit"
+            name = f"diffaudit {speaking_as(command)}" if command in COMMANDS else "diffaudit"
             print(f"{name}: interrupted; finished work is kept, re-run to continue", file=sys.stderr)
         return 130
     finally:
@@ -213,7 +213,7 @@ def _parse_and_run(argv: list[str] | None, raw: list[str], command: str | None) 
     except DiffauditError as exc:
         from diffaudit.core.progress import printable  # names from data never drive the terminal
 
-        print(f"diffaudit {args.command}: error: {printable(str(exc))}", file=sys.stderr)
+        print(f"diffaudit {speaking_as(args.command)}: error: {printable(str(exc))}", file=sys.stderr)
         return 2
     finally:
         if previous is None:

@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from diffaudit.attacks.membership.shadows import shadow_dir, shadow_seed, train_shadows
-from diffaudit.cli.common import add_data_args, add_run_args, canonical_settings, data_options, emit, upgrading_paths
+from diffaudit.cli.common import (
+    add_data_args, add_run_args, canonical_settings, data_options, emit, speaking_as, upgrading_paths,
+)
 from diffaudit.cli.train import add_train_options, canonical_data_record, train_config_from, upgrading_run_paths
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     settings = canonical_settings(settings, PATH_SETTINGS)
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrading_paths(PATH_SETTINGS))
     if resumed:
-        stage_line(f"shadows: resuming {out}")
+        stage_line(f"{speaking_as(NAME)}: resuming {out}")
     device = resolve_device(args.device)
     with Timer() as timer:
         runs = train_shadows(ds, mem, config, out, models=range(k), seed=args.seed, device=device,
