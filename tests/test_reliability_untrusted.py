@@ -223,6 +223,7 @@ AUDIT = ["--quiet", "audit", "--subset", "16", "--train-size", "4", "--n-samples
     ("help = true", "unknown option(s) help"),
     ("[section]\nsteps = 3", "unknown option(s) section"),
     ("steps = ", "not valid TOML"),
+    ("n-samples = 8\nn_samples = 16", "n-samples and n_samples are the same option given twice; keep one"),
 ])
 def test_audit_config_is_data_checked_like_flags(tmp_path, marker, capsys, line, message):
     cfg = tmp_path / "audit.toml"

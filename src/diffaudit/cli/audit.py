@@ -112,7 +112,14 @@ def _load_toml(path: str) -> dict[str, Any]:
         from diffaudit.core.io import nested_too_deeply
 
         raise nested_too_deeply(f"--config {path}", "TOML") from None
-    return {k.replace("-", "_"): v for k, v in raw.items()}
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        name = k.replace("-", "_")
+        if name in out:  # `n-samples` and `n_samples` are one option: which one wins would be a guess
+            twin = next(t for t in raw if t != k and t.replace("-", "_") == name)
+            raise DiffauditError(f"--config {path}: {twin} and {k} are the same option given twice; keep one")
+        out[name] = v
+    return out
 
 
 def apply_config(args: argparse.Namespace, argv: list[str]) -> argparse.Namespace:
