@@ -256,6 +256,7 @@ _CLI_BASE = ["canaries", "--data", "digits", "--subset", "60", "--repeats", "1,8
     (["--n-samples", "8", "--rule", "l2", "--delta", "0"], "--delta must be in"),
     (["--steps", "0"], "--steps must be at least 1"),
     (["--subset", "1500", "--kind", "heldout", "--canary-pool", "digits"], r"of the 10 drawn candidates .* are training images"),
+    (["--canary-pool", "digits"], "--canary-pool is read by --kind heldout only; --kind noise draws its canaries itself"),
 ])
 def test_canaries_cli_refuses_unworkable_settings_before_writing_anything(tmp_path, capsys, extra, message):
     """These used to be refused only after model/ was trained; fixing the value then changed the settings,

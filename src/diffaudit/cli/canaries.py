@@ -86,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
     repeats = _repeats(args.repeats)
     if args.kind == "heldout" and not args.canary_pool:
         raise DiffauditError("--kind heldout needs --canary-pool (images the model never trains on, e.g. cifar10-test)")
+    if args.kind != "heldout" and args.canary_pool:
+        raise DiffauditError(f"--canary-pool is read by --kind heldout only; --kind {args.kind} draws its canaries itself: "
+                             "drop --canary-pool, or pass --kind heldout to plant images from it")
     ds = load_dataset(args.data, **opts)
     pool = load_dataset(args.canary_pool, **dict(opts, subset=None)) if args.kind == "heldout" else None
     # before the output folder exists: a value that cannot work is refused while fixing it costs nothing
