@@ -320,6 +320,10 @@ def test_per_example_variance_from_few_shadows_is_warned_about(shadows, capsys):
     capsys.readouterr()
     rc, out = mia(root, "lira-few", "--attack", "lira")
     assert rc == 0 and read_json(out / "result.json")["shadows_per_side"] == 1
-    assert "lira fits a variance per example from as few as 1 IN and 1 OUT shadows" in capsys.readouterr().err
-    rc, _ = mia(root, "lira-fixed-few", "--attack", "lira-fixed")
+    err = capsys.readouterr().err
+    assert "lira fits a variance per example only from 2 or more IN and OUT shadows" in err
+    assert "here as few as 1 a side) take the pooled variance of lira-fixed" in err
+    rc, fixed = mia(root, "lira-fixed-few", "--attack", "lira-fixed")
     assert rc == 0 and "warning" not in capsys.readouterr().err  # one variance for all examples
+    with np.load(out / "scores.npz") as a, np.load(fixed / "scores.npz") as b:  # as the warning says
+        np.testing.assert_array_equal(a["score"], b["score"])

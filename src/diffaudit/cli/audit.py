@@ -80,7 +80,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mia", choices=MIA_ATTACKS, default="loss",
                    help="attack; with few shadows (< 16) the -fixed variants (one global variance) are far stronger")
     g.add_argument("--shadows", type=int, default=0,
-                   help="train K shadow models on seeded random halves of --data (even; LiRA needs 4 or more); the target "
+                   help="train K shadow models on seeded random halves of --data (even; LiRA needs 4 or more, and 6 or more to fit a "
+                        "variance per example rather than the pooled one of the -fixed variants); the target "
                         "is model 0, or with --model that run, whose training options (train_config.json) the shadows "
                         "copy unless given here")
     g.add_argument("--timesteps", default="100", help="attack timestep(s), comma-separated")

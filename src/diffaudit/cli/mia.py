@@ -155,7 +155,12 @@ def _warn_if_few_shadows(attack: str, membership, target: TargetSpec) -> None:
     if attack not in PER_EXAMPLE_VARIANCE:
         return
     per_side = shadows_per_side(membership, mode=target.mode, index=target.index)
-    if per_side < FEW_SHADOWS_PER_SIDE:
+    if per_side < 2:  # lira.py: a side of fewer than 2 losses takes that side's pooled σ
+        print(f"diffaudit mia: warning: {attack} fits a variance per example only from 2 or more IN and OUT shadows; "
+              f"examples scored with fewer (here as few as {per_side} a side) take the pooled variance of "
+              f"{attack}-fixed, so where all do the two attacks give the same scores; train more shadows for a per-example "
+              f"fit (it is usually the stronger attack from {FEW_SHADOWS_PER_SIDE} a side)", file=sys.stderr)
+    elif per_side < FEW_SHADOWS_PER_SIDE:
         print(f"diffaudit mia: warning: {attack} fits a variance per example from as few as {per_side} IN and "
               f"{per_side} OUT shadows; below {FEW_SHADOWS_PER_SIDE} a side, {attack}-fixed (one variance for all "
               "examples) is usually the stronger attack", file=sys.stderr)
