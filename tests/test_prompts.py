@@ -139,3 +139,18 @@ def test_prompts_cli_needs_captions(tmp_path, tmp_npz, digits, capsys):
     data = tmp_npz(digits.images[:10])
     assert main(["prompts", "--data", str(data), "--out", str(tmp_path / "pr")]) == 2
     assert "no captions" in capsys.readouterr().err
+
+
+def test_prompts_reads_the_parts_dedup_decoded(tmp_path, tmp_npz, digits, monkeypatch):
+    """With --data-cache, prompts reads the .npy parts (and captions) dedup decoded instead of decoding again,
+    and writes the prompts it writes from memory."""
+    import diffaudit.data.decoded as decoded
+
+    data, cache, dd = _captioned(tmp_npz, digits), tmp_path / "cache", tmp_path / "dd"
+    assert main(["dedup", "--data", str(data), "--out", str(dd), "--embedder", "phash", "--data-cache", str(cache)]) == 0
+    assert main(["prompts", "--data", str(data), "--out", str(tmp_path / "mem"), "--duplicates", str(dd), "--top", "3"]) == 0
+    monkeypatch.setattr(decoded, "iter_decoded", lambda *a, **k: pytest.fail("the data was decoded again"))
+    assert main(["prompts", "--data", str(data), "--out", str(tmp_path / "disk"), "--duplicates", str(dd), "--top", "3",
+                 "--data-cache", str(cache)]) == 0
+    assert (tmp_path / "disk" / "prompts.txt").read_text(encoding="utf-8") == \
+        (tmp_path / "mem" / "prompts.txt").read_text(encoding="utf-8")

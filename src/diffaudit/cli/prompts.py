@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from diffaudit.cli.common import (
-    add_data_args, add_run_args, canonical_settings, data_options, emit, emit_finished, upgrading_paths,
+    add_data_args, add_run_args, canonical_settings, data_options, emit, emit_finished, load_data, upgrading_paths,
 )
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
@@ -17,7 +17,6 @@ from diffaudit.core.io import read_json
 from diffaudit.core.outdir import prepare_out_dir
 from diffaudit.core.progress import stage_line
 from diffaudit.core.results import write_result
-from diffaudit.data import load_dataset
 from diffaudit.data.digest import dataset_digest
 from diffaudit.defenses.dedup import check_threshold, find_duplicates
 from diffaudit.defenses.embedders import EMBEDDERS, get_embedder
@@ -39,7 +38,7 @@ PATH_SETTINGS = ("data", "data_options.cifar_root", "duplicates")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_data_args(p, required=True)
+    add_data_args(p, required=True, cache=True)
     add_run_args(p)
     g = p.add_argument_group("selection")
     g.add_argument("--top", type=int, default=1000, help="prompts written (paper: 350,000 from LAION)")
@@ -94,7 +93,7 @@ def _embedder_and_threshold(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     opts = data_options(args)
-    ds = load_dataset(args.data, **opts)
+    ds = load_data(args, args.data, **opts)  # with --data-cache: the parts dedup decoded, read memory-mapped
     if ds.captions is None:
         raise DiffauditError(f"--data {args.data}: the dataset has no captions (WebDataset .txt or npz `captions` needed)")
     if args.duplicates:
