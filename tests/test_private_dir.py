@@ -1,9 +1,11 @@
-"""``make_private_dir`` makes the folders it creates owner-only and leaves existing folders as they are."""
+"""``make_private_dir`` makes the folders it creates owner-only and leaves existing folders as they are; every
+folder a small audit (and dedup) creates, caches included, is owner-only."""
 
 from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +81,25 @@ def test_a_trained_run_is_owner_only_also_where_diffusers_writes_the_files(tmp_p
         os.umask(old)
     for path in [tmp_path / "run", *(tmp_path / "run").rglob("*")]:
         assert _mode(path) == (0o700 if path.is_dir() else 0o600), path
+
+
+def test_every_folder_a_pipeline_creates_is_owner_only(tmp_path):
+    """The subfolders the stages create for their caches and parts (samples/shards, extract/knn,
+    verify/knn and knn-baseline, mia/losses/..., dedup/embeddings) are owner-only like their output
+    folder, whatever the umask lets mkdir make."""
+    from diffaudit.cli.main import main
+
+    out = tmp_path / "audit"
+    old = os.umask(0o022)
+    try:
+        assert main(["--quiet", "audit", "--subset", "48", "--train-size", "16", "--steps", "4", "--batch-size", "8",
+                     "--warmup-steps", "1", "--n-samples", "16", "--sample-steps", "2", "--sweep", "", "--device", "cpu",
+                     "--seed", "3", "--out", str(out)]) == 0
+        assert main(["--quiet", "dedup", "--data", "digits", "--subset", "48", "--embedder", "pixel",
+                     "--out", str(out / "dedup")]) == 0
+    finally:
+        os.umask(old)
+    folders = [Path(d) for d, _, _ in os.walk(out)]
+    for sub in ("samples/shards", "extract/knn", "verify/knn", "verify/knn-baseline", "mia/losses", "dedup/embeddings"):
+        assert out / sub in folders, sub  # the folders this test is about were made
+    assert [(str(d), oct(_mode(d))) for d in folders if _mode(d) != 0o700] == []

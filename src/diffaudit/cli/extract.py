@@ -28,7 +28,7 @@ from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.faults import fault_point
 from diffaudit.core.identity import text_digest
-from diffaudit.core.io import read_json, write_json_atomic
+from diffaudit.core.io import make_private_dir, read_json, write_json_atomic
 from diffaudit.core.outdir import prepare_out_dir, recorded_settings
 from diffaudit.core.progress import Timer, progress_bar, stage_line
 from diffaudit.core.ray_pool import RAY_HELP, connect
@@ -187,7 +187,7 @@ def _filter_on_ray(args, recipe: ImagesRecipe, groups: list, fs: FilterSettings,
     todo = _pending_parts(groups, parts_dir)
     if not todo:
         return
-    parts_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(parts_dir)
     sizes = {part: len(groups[part * PROMPTS_PER_PART:(part + 1) * PROMPTS_PER_PART]) for part in todo}
     with Timer() as t:
         n = run_parts(args.ray, FilterPartWorker, (recipe, PROMPTS_PER_PART, fs, str(parts_dir), device.type),

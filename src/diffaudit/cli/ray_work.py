@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from diffaudit.core.errors import DiffauditError
+from diffaudit.core.io import make_private_dir
 from diffaudit.core.progress import Timer, stage_line
 
 
@@ -131,7 +132,7 @@ def knn_on_ray(address: str, queries, query_recipe: ImagesRecipe, reference_reci
     if not len(queries):
         return
     cache_dir = Path(cache_dir).resolve()  # the workers' nodes write there, whatever their working directory
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(cache_dir)
     chunks = split_chunks(pending_chunks(queries, k, cache_dir), SPAN_ROWS)
     spans = [span for parts in chunks.values() for span in parts]
     if not spans:

@@ -53,13 +53,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
 
     The data goes to a temporary file in the same folder, is flushed to disk, and is renamed over
     ``path``; the folder is then flushed too, so after a power loss a file written later (a shard's
-    sidecar, written after its pixels) is never on disk without the ones written before it.
+    sidecar, written after its pixels) is never on disk without the ones written before it. Missing
+    parent folders are created owner-only (0o700), as :func:`make_private_dir` creates them.
     """
     path = Path(path)
     tmp = None
     try:
         check_storage(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        for folder in _missing_folders(path.parent):
+            _make_owner_only(folder)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             write(f)

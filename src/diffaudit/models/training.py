@@ -271,7 +271,7 @@ def save_checkpoint(run: Path, step: int, model, ema: Ema, opt, log: list[dict],
     tmp = run / "checkpoints" / f".tmp-step-{step:08d}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    make_private_dir(tmp)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(tmp / "model.safetensors", lambda f: f.write(_st_bytes(sd)))
     atomic_write(tmp / "ema.safetensors", lambda f: f.write(_st_bytes(ema.shadow)))

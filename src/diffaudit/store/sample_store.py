@@ -44,7 +44,7 @@ import numpy as np
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.faults import fault_point
 from diffaudit.core.progress import stage_line
-from diffaudit.core.io import load_npy
+from diffaudit.core.io import load_npy, make_private_dir
 from diffaudit.core.outdir import SETTINGS_FILE, prepare_out_dir, recorded_settings
 from diffaudit.core.seeds import generation_seed
 from diffaudit.data.dataset import ImageDataset
@@ -162,7 +162,7 @@ class SampleStore:
             _refuse_orphan_shards(loc)
             loc.write_json(MANIFEST, manifest, create=True)  # of two writers on an object store, one manifest
         if loc.path is not None:
-            (loc.path / "shards").mkdir(exist_ok=True)
+            make_private_dir(loc.path / "shards")
         return cls(loc, loc.read_json(MANIFEST))
 
     @classmethod
