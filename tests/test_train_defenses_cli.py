@@ -76,3 +76,28 @@ def test_malformed_repeat_file_is_a_clear_error(tmp_path, capsys):
     assert main(BASE + ["--repeat", str(rep), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert f"{rep}:1: TIMES must be a positive integer; got 'x3'" in err and "Traceback" not in err
+
+
+def test_input_folders_and_a_lone_model_index(tmp_path, capsys):
+    """--dedup and --membership take the folder of the command that wrote the file (a dedup folder's keep.json; it
+    used to end in an IsADirectoryError traceback), a folder without it is a one-line error, and --model-index
+    without --membership is refused (it used to train on all of --data)."""
+    from diffaudit.data import load_dataset
+
+    ds = load_dataset("digits", subset=24)
+    folder = tmp_path / "dedup"
+    folder.mkdir()
+    (folder / "keep.json").write_text(json.dumps({"keys": ds.keys[:20], "removed_keys": ds.keys[20:]}))
+    assert main(BASE + ["--dedup", str(folder), "--out", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["data"]["dedup"] == str(folder / "keep.json")
+    assert main(["--quiet", "membership", "--data", "digits", "--subset", "24", "--models", "2", "--out",
+                 str(tmp_path / "mem") + "/"]) == 0
+    assert main(BASE + ["--membership", str(tmp_path / "mem"), "--model-index", "1", "--out", str(tmp_path / "col")]) == 0
+    capsys.readouterr()
+    for flag, name in (("--dedup", "not a JSON file"), ("--membership", "expected a membership file")):
+        extra = ["--model-index", "0"] if flag == "--membership" else []
+        assert main(BASE + [flag, str(tmp_path / "run" / "unet"), *extra, "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err
+        assert f"{tmp_path / 'run' / 'unet'} is a folder" in err and name in err and "Traceback" not in err
+    assert main(BASE + ["--model-index", "2", "--out", str(tmp_path / "y")]) == 2
+    assert "--model-index needs --membership" in capsys.readouterr().err and not (tmp_path / "y").exists()

@@ -128,6 +128,14 @@ def out_file(out: str, name: str) -> Path:
     return Path(out) / name if out.endswith(("/", os.sep)) or Path(out).is_dir() else Path(out)
 
 
+def file_in_folder(spec: str | None, name: str) -> str | None:
+    """An input file flag's value: ``spec/name`` when ``spec`` is a folder holding ``name`` (the output folder
+    of the command that writes it: a dedup folder's ``keep.json``), else ``spec`` as given."""
+    if spec and Path(spec).is_dir() and (Path(spec) / name).is_file():
+        return str(Path(spec) / name)
+    return spec
+
+
 def _setting(settings: Any, key: str) -> Any:
     """The value at dotted ``key`` (``data.spec``) of nested ``settings``; None where there is none."""
     for name in key.split("."):

@@ -22,7 +22,9 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from diffaudit.cli.common import add_data_args, add_run_args, canonical_path, canonical_settings, data_options, emit
+from diffaudit.cli.common import (
+    add_data_args, add_run_args, canonical_path, canonical_settings, data_options, emit, file_in_folder,
+)
 from diffaudit.core.batch_fit import AUTO, batch_option, resolve_batch
 from diffaudit.core.errors import DiffauditError
 
@@ -174,6 +176,7 @@ def check_shadow_args(args) -> None:
         if not default.is_file():
             raise DiffauditError(f"--shadows needs --membership (which shadow trained on which example): {default} does not exist")
         args.membership = str(default)
+    args.membership = file_in_folder(args.membership, "membership.npz")
 
 
 def shadow_candidates(args, ds) -> tuple[list[Path], np.ndarray]:

@@ -14,7 +14,7 @@ from diffaudit.attacks.membership.run import (MiaConfig, MiaScores, TargetSpec, 
                                               run_mia, shadow_run_dirs)
 from diffaudit.attacks.membership.targets import shadows_per_side
 from diffaudit.cli.common import (
-    add_data_args, add_run_args, canonical_settings, data_options, emit, emit_finished, upgrading_paths,
+    add_data_args, add_run_args, canonical_settings, data_options, emit, emit_finished, file_in_folder, upgrading_paths,
 )
 from diffaudit.cli.shadows import membership_digest
 from diffaudit.core.batch_fit import batch_option
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     opts = data_options(args)
     ds = load_dataset(args.data, **opts)
     shadows = Path(args.shadows)
-    mem_path = Path(args.membership) if args.membership else shadows / "membership.npz"
+    mem_path = Path(file_in_folder(args.membership, "membership.npz")) if args.membership else shadows / "membership.npz"
     if not mem_path.exists():
         raise DiffauditError(f"membership file {mem_path} does not exist; pass --membership (the matrix the shadows were trained on)")
     mem = load_membership(mem_path, ds)

@@ -11,7 +11,7 @@ import numpy as np
 
 from diffaudit.attacks.membership.shadows import shadow_dir, shadow_seed, train_shadows
 from diffaudit.cli.common import (
-    add_data_args, add_run_args, canonical_settings, data_options, emit, speaking_as, upgrading_paths,
+    add_data_args, add_run_args, canonical_settings, data_options, emit, file_in_folder, speaking_as, upgrading_paths,
 )
 from diffaudit.cli.train import add_train_options, canonical_data_record, train_config_from, upgrading_run_paths
 from diffaudit.core.device import resolve_device
@@ -48,7 +48,7 @@ def membership_digest(mem: Membership) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data_args(p)
     add_run_args(p)
-    p.add_argument("--membership", required=True, help="membership-matrix file (.npz from `diffaudit membership`)")
+    p.add_argument("--membership", required=True, help="membership-matrix file (.npz from `diffaudit membership`, or a folder holding membership.npz)")
     p.add_argument("--models", type=int, default=None,
                    help="train the first K columns (default: every column); raise it later to add models")
     p.add_argument("--workers", type=int, default=1,
@@ -59,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     opts = data_options(args)
     ds = load_dataset(args.data, **opts)
-    mem = load_membership(args.membership, ds)
+    mem = load_membership(file_in_folder(args.membership, "membership.npz"), ds)
     k = mem.n_models if args.models is None else args.models
     if not 1 <= k <= mem.n_models:
         raise DiffauditError(f"--models must lie in [1, {mem.n_models}] (the membership matrix has {mem.n_models} columns); got {k}")

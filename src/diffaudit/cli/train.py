@@ -10,7 +10,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from diffaudit.cli.common import add_data_args, add_run_args, canonical_settings, data_options, emit, upgrading_paths
+from diffaudit.cli.common import (
+    add_data_args, add_run_args, canonical_settings, data_options, emit, file_in_folder, upgrading_paths,
+)
 from diffaudit.core.errors import DiffauditError
 from diffaudit.models.unets import PRESETS
 
@@ -150,11 +152,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_run_args(p)
     add_train_options(p)
     g = p.add_argument_group("training set")
-    g.add_argument("--membership", help="membership-matrix file: train on one of its columns")
-    g.add_argument("--model-index", type=int, help="the column of --membership to train on")
+    g.add_argument("--membership", help="membership-matrix file (or a folder holding membership.npz): train on one of "
+                   "its columns")
+    g.add_argument("--model-index", type=int, help="the column of --membership to train on (needs --membership)")
     g.add_argument("--repeat", help="repeat chosen examples: JSON {key: times} or lines `KEY TIMES`")
     g.add_argument("--dedup", metavar="KEEP_JSON",
-                   help="defence: train only on the examples kept by `diffaudit dedup` (its keep.json): near-duplicates dropped")
+                   help="defence: train only on the examples kept by `diffaudit dedup` (its keep.json, or its output folder): "
+                   "near-duplicates dropped")
     from diffaudit.defenses.dp_training import add_dp_arguments
 
     add_dp_arguments(p)
@@ -168,6 +172,10 @@ def run(args: argparse.Namespace) -> int:
 
     config = train_config_from(args)
     config.validate()  # a bad hyper-parameter is refused before the dataset is read or any folder written
+    if args.model_index is not None and not args.membership:
+        raise DiffauditError("--model-index needs --membership (the matrix whose column it names); without it the "
+                             "model trains on all of --data")
+    args.membership, args.dedup = file_in_folder(args.membership, "membership.npz"), file_in_folder(args.dedup, "keep.json")
     opts = data_options(args)
     ds = load_dataset(args.data, **opts)
     indices = None

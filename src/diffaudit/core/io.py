@@ -202,6 +202,8 @@ def read_json(path: str | os.PathLike) -> Any:
         return loads_json(path.read_text(encoding="utf-8"), path)
     except FileNotFoundError:
         raise DiffauditError(f"{path} does not exist") from None
+    except IsADirectoryError:
+        raise DiffauditError(f"{path} is a folder, not a JSON file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DiffauditError(f"{path} is not valid JSON: {exc}") from None
 
@@ -273,6 +275,8 @@ def open_npz(path: str | os.PathLike, *, kind: str = ".npz file", expected: str 
     unreadable ("not a readable ``kind``"), or a lone ``.npy`` array ("expected ``expected``").
     """
     path = Path(path)
+    if path.is_dir():
+        raise DiffauditError(f"{path} is a folder; expected {expected}")
     if not path.is_file():
         raise DiffauditError(missing or f"{path} does not exist")
     head = _head(path)
