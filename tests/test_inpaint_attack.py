@@ -406,3 +406,23 @@ def test_shadows_folder_membership_defaults_to_its_own_file(tmp_path):
     (tmp_path / "membership.npz").write_bytes(b"")  # as `diffaudit shadows` leaves it (read later)
     check_shadow_args(args)
     assert args.membership == str(tmp_path / "membership.npz")
+
+
+def test_a_shadow_that_trained_on_a_targets_image_under_another_id_is_refused(runs, digits, tmp_path, capsys):
+    """A shadow trained on a file of the same images (a `dedup --write-deduped` .npz names them npz:<i>) has no
+    training key of --data, yet saw the targets: its recorded data is read and compared pixel for pixel."""
+    target, _ = runs
+    np.savez(tmp_path / "copy.npz", images=digits.images[[SHADOW_IMAGE, 5]])
+    shadow = tmp_path / "shadow"
+    assert main(["--quiet", "train", "--data", str(tmp_path / "copy.npz"), "--preset", "tiny", "--steps", "2",
+                 "--batch-size", "2", "--warmup-steps", "1", "--device", "cpu", "--out", str(shadow)]) == 0
+    argv = ["--quiet", "inpaint", "--model", str(target), "--shadow", str(shadow), "--data", "digits", "--n-inpaint", "2",
+            "--top-k", "1", "--steps", "2", "--jump-length", "1", "--device", "cpu"]
+    assert main([*argv, "--target-keys", "digits:0,digits:2", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert f"shadow {shadow} trained on the image of target 'digits:2', pixel for pixel, as 'npz:0' of --data" in err
+    assert "(1 of its 2 targets)" in err and not (tmp_path / "a").exists()
+    assert main([*argv, "--target-keys", "digits:0,digits:1", "--out", str(tmp_path / "b")]) == 0  # it saw neither
+    (tmp_path / "copy.npz").unlink()  # the data it trained on is gone: said aloud, not refused
+    assert main([*argv[1:], "--target-keys", "digits:0", "--out", str(tmp_path / "c")]) == 0
+    assert "whether it saw a target's image under another id is not checked" in capsys.readouterr().err

@@ -232,7 +232,39 @@ def assign_shadows(args, ds, targets: list[int], candidates=None) -> dict[int, P
             cache[run] = set(read_train_keys(run, "shadow")) if has_train_ids(run) else set()
         if ds.keys[i] in cache[run]:
             raise DiffauditError(f"shadow {run} trained on target {ds.keys[i]!r}: it must be a model that did not see the image")
+    for run, keys in cache.items():
+        if keys - set(ds.keys):  # ids that are not --data's say nothing of the targets: their pixels do
+            _refuse_targets_seen_by_pixels(run, keys, ds, [i for i, r in chosen.items() if r == run])
     return chosen
+
+
+def _refuse_targets_seen_by_pixels(run: Path, keys: set[str], ds, targets: list[int]) -> None:
+    """Refuse a shadow that trained on a target's image under another id (a ``dedup --write-deduped`` file
+    names its images ``npz:<i>``): its training images, read from the data its settings record, are compared
+    with the targets' pixel for pixel. Said aloud, not refused, when that data cannot be read."""
+    from diffaudit.core.progress import stage_line
+    from diffaudit.data import load_dataset
+    from diffaudit.data.digest import shared_images
+    from diffaudit.data.options import data_flags
+    from diffaudit.models.run_files import trained_data
+
+    recorded = trained_data(run)
+    try:
+        if recorded is None:
+            raise DiffauditError("its settings do not record it")
+        theirs = load_dataset(recorded[0], **recorded[1])
+    except DiffauditError as exc:
+        stage_line(f"inpaint: shadow {run} trained on examples that are not in --data, and the data it trained on "
+                   f"cannot be read ({exc}): whether it saw a target's image under another id is not checked")
+        return
+    index = theirs.index_of()
+    trained = theirs.subset(sorted(index[k] for k in keys if k in index))
+    seen = shared_images(ds.subset(targets), trained)
+    if seen:
+        i, j = seen[0]
+        raise DiffauditError(f"shadow {run} trained on the image of target {ds.keys[targets[i]]!r}, pixel for pixel, as "
+                             f"{trained.keys[j]!r} of --data {data_flags(*recorded)} ({len(seen)} of its {len(targets)} "
+                             "targets): it must be a model that did not see the image")
 
 
 # --------------------------------------------------------------------------- models

@@ -34,15 +34,21 @@ def read_dropped_duplicates(run_dir: str | Path) -> list[str] | None:
     return _key_list(Path(keep_list), "removed_keys") if Path(keep_list).is_file() else None
 
 
-def trained_data_text(run_dir: str | Path) -> str:
-    """`` (it was trained on --data cifar10 --image-size 16 --subset 2000)`` from the run's settings, "" when
-    they do not say (a diffusers folder, or data passed in memory)."""
+def trained_data(run_dir: str | Path) -> tuple[str, dict] | None:
+    """(``--data`` spec, loader options) the run's settings say it was trained on; None when they do not say
+    (a diffusers folder, or data passed in memory)."""
     settings = _json_field(Path(run_dir) / "settings.json", "settings") if (Path(run_dir) / "settings.json").is_file() else None
     data = settings.get("data") if isinstance(settings, dict) else None
     if not isinstance(data, dict) or not isinstance(data.get("spec"), str):
-        return ""
-    options = data.get("options") if isinstance(data.get("options"), dict) else {}
-    return f" (it was trained on --data {data_flags(data['spec'], options)})"
+        return None
+    return data["spec"], data.get("options") if isinstance(data.get("options"), dict) else {}
+
+
+def trained_data_text(run_dir: str | Path) -> str:
+    """`` (it was trained on --data cifar10 --image-size 16 --subset 2000)`` from the run's settings, "" when
+    they do not say (a diffusers folder, or data passed in memory)."""
+    data = trained_data(run_dir)
+    return "" if data is None else f" (it was trained on --data {data_flags(*data)})"
 
 
 def _json_field(path: Path, name: str):
