@@ -46,6 +46,26 @@ def test_dedup_cli_writes_groups_keep_list_and_deduped_npz(tmp_path, tmp_npz, di
         np.testing.assert_array_equal(z["labels"], np.asarray(load_dataset(str(data)).labels)[keep["indices"]])
 
 
+
+def test_write_deduped_never_replaces_a_users_file_and_takes_a_folder(tmp_path, tmp_npz, digits, capsys):
+    data, _ = _planted_npz(tmp_npz, digits)
+    mine = tmp_path / "mine.npz"
+    mine.write_text("my notes")
+    argv = ["--quiet", "dedup", "--data", str(data), "--batch-size", "16"]
+    assert main([*argv, "--out", str(tmp_path / "a"), "--write-deduped", str(mine)]) == 2
+    assert "mine.npz exists and is not a deduplicated .npz that `diffaudit dedup` wrote" in capsys.readouterr().err
+    assert mine.read_text() == "my notes" and not (tmp_path / "a").exists()  # refused before any work
+    np.savez(mine, images=digits.images[:3])  # an .npz of the user's, without the `keys` a deduplicated one holds
+    assert main([*argv, "--out", str(tmp_path / "a"), "--write-deduped", str(mine)]) == 2
+    (tmp_path / "folder").mkdir()
+    for spec in (str(tmp_path / "folder"), f"{tmp_path / 'new'}/"):
+        assert main([*argv, "--out", str(tmp_path / "b"), "--write-deduped", spec]) == 0
+        with np.load(f"{spec.rstrip('/')}/deduped.npz") as z:
+            assert {"images", "keys"} <= set(z.files)
+    # its own file is replaced by a later run (here the finished run, asked again)
+    assert main([*argv, "--out", str(tmp_path / "b"), "--write-deduped", str(tmp_path / "folder")]) == 0
+
+
 def test_dedup_cli_resumes_and_refuses_other_settings(tmp_path, tmp_npz, digits, capsys):
     data, _ = _planted_npz(tmp_npz, digits)
     out = tmp_path / "dd"

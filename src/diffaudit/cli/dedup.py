@@ -6,11 +6,11 @@ import argparse
 from pathlib import Path
 
 from diffaudit.cli.common import (
-    add_data_args, add_run_args, canonical_settings, data_options, emit, emit_finished, load_data, upgrading_paths,
+    add_data_args, add_run_args, canonical_settings, data_options, emit, emit_finished, load_data, out_file, upgrading_paths,
 )
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
-from diffaudit.core.io import read_json, save_npz_atomic
+from diffaudit.core.io import open_npz, read_json, save_npz_atomic
 from diffaudit.core.outdir import prepare_out_dir
 from diffaudit.core.progress import Timer, stage_line
 from diffaudit.core.results import write_result
@@ -54,7 +54,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pixel-color", choices=("ycc", "rgb", "gray"), default=None,
                    help="pixel embedder: colour (default ycc: 8x8 luma + 4x4 chroma)")
     g.add_argument("--clip-model", default=None, help=f"clip embedder: local folder or cached hub name (default {DEFAULT_CLIP_MODEL})")
-    g.add_argument("--write-deduped", default=None, metavar="FILE.npz", help="also write the kept images as an .npz")
+    g.add_argument("--write-deduped", default=None, metavar="FILE.npz",
+                   help="also write the kept images as an .npz (a folder, existing or ending in /: deduped.npz inside it); "
+                        "its examples are named npz:<i> when loaded, the original keys are kept in its `keys` array; an "
+                        "existing file is replaced only if it is such an .npz")
 
 
 def _embedder_options(args: argparse.Namespace, device) -> dict:
@@ -95,6 +98,22 @@ def _stale_keep_list(result: dict) -> str | None:
     return f"holds a keep list made by an earlier rule; rebuilding it ({KEEP_RULE}) from the cached embeddings"
 
 
+def _deduped_target(spec: str) -> Path:
+    """The file ``--write-deduped`` names (``deduped.npz`` inside a folder), refused when a file there is not a
+    deduplicated .npz (``images`` and ``keys``) this command wrote: a user's file is never replaced."""
+    path = out_file(spec, "deduped.npz")
+    if path.exists():
+        try:
+            with open_npz(path) as z:
+                ours = {"images", "keys"} <= set(z.files)
+        except DiffauditError:
+            ours = False
+        if not ours:
+            raise DiffauditError(f"--write-deduped {path} exists and is not a deduplicated .npz that `diffaudit dedup` "
+                                 "wrote: choose another path (diffaudit does not replace your files)")
+    return path
+
+
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if args.batch_size < 1:
@@ -103,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
     embedder = get_embedder(args.embedder, **_embedder_options(args, device))
     # checked before the folder records it: a NaN cannot be written, and a refused value would block the corrected one
     threshold = check_threshold(embedder.default_threshold if args.threshold is None else args.threshold, embedder.metric)
+    if args.write_deduped:
+        args.write_deduped = str(_deduped_target(args.write_deduped))
     opts = data_options(args)
     ds = load_data(args, args.data, **opts)
     settings = canonical_settings({
