@@ -12,7 +12,7 @@ from diffaudit.core.errors import DiffauditError
 from diffaudit.store.ray_fill import _ShardWorker
 from helpers import make_tiny_model_dir
 
-OPTIONS = {"steps": 2, "eta": 0.0, "micro_batch": None, "guidance_scale": 7.5, "scheduler": "ddim",
+OPTIONS = {"steps": 2, "eta": 0.0, "micro_batch": None, "guidance_scale": None, "scheduler": None,
            "fast": False, "compile": False, "batch_size": 8}
 
 

@@ -93,3 +93,19 @@ def test_source_check_prompts_directly(runc, uncond):
     plain.check_prompts([None])
     with pytest.raises(DiffauditError, match="unconditional"):
         plain.check_prompts(["0"])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--n", "4", "--scheduler", "dpm"], "--scheduler apply to a Stable Diffusion pipeline; --model"),
+    (["--n", "4", "--guidance-scale", "3"], "--guidance-scale apply to a Stable Diffusion pipeline"),
+    (["--n", "4", "--per-prompt", "2"], "give --n (images of an unconditional model) or --per-prompt"),
+])
+def test_options_a_pixel_model_would_ignore_leave_no_store(uncond, tmp_path, capsys, extra, message):
+    """Stable Diffusion's --scheduler and --guidance-scale, and --per-prompt beside --n, would change nothing
+    (the store recorded none of them): refused, as --prompts on an unconditional model is."""
+    out = tmp_path / "g"
+    assert _sample(uncond, out, *extra) == 2
+    assert message in capsys.readouterr().err and not out.exists()
+    with pytest.raises(SystemExit):  # not a sampler at all: argparse's choices
+        _sample(uncond, out, "--n", "4", "--scheduler", "foo")
+    assert "invalid choice: 'foo'" in capsys.readouterr().err

@@ -174,7 +174,7 @@ def test_a_ray_worker_samples_as_the_store_records(tiny_model, tmp_path):
     store = SampleStore.open(out)
     for k in range(store.n_shards):  # drop the shards: the worker must redo them
         (out / "shards" / f"shard-{k:06d}.json").unlink()
-    options = {"steps": 3, "eta": 0.0, "micro_batch": None, "guidance_scale": 7.5, "scheduler": "ddim",
+    options = {"steps": 3, "eta": 0.0, "micro_batch": None, "guidance_scale": None, "scheduler": None,
                "fast": False, "compile": False, "batch_size": 16}
     worker = _ShardWorker(str(out), str(tiny_model), options, 1)
     assert worker.source.settings()["micro_batch"] == 8  # recorded; its own default would be 32

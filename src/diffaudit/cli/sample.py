@@ -34,11 +34,14 @@ def add_sample_options(p: argparse.ArgumentParser) -> None:
                    help="images to generate (unconditional model; with --prompts or --classes use --per-prompt)")
     g.add_argument("--prompts", help="prompt file, one per line (text for Stable Diffusion, class index for class-conditional)")
     g.add_argument("--classes", action="store_true", help="every class of a class-conditional model is a prompt")
-    g.add_argument("--per-prompt", type=int, default=None, help="images per prompt (paper: 500)")
+    g.add_argument("--per-prompt", type=int, default=None, help="images per prompt with --prompts or --classes (default 1; "
+                   "paper: 500)")
     g.add_argument("--steps", type=int, default=50, help="DDIM steps")
     g.add_argument("--eta", type=float, default=0.0, help="DDIM η (0 deterministic, 1 DDPM-like)")
-    g.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance (Stable Diffusion)")
-    g.add_argument("--scheduler", default="ddim", help="ddim, dpm or pndm (Stable Diffusion)")
+    g.add_argument("--guidance-scale", type=float, default=None,
+                   help="classifier-free guidance of a Stable Diffusion pipeline (default 7.5)")
+    g.add_argument("--scheduler", choices=("ddim", "dpm", "pndm"), default=None,
+                   help="sampler of a Stable Diffusion pipeline (default ddim); a pixel UNet follows its scheduler config")
     g.add_argument("--micro-batch", type=batch_option, default=None,
                    help="images per UNet call (fixed; recorded, since bf16 kernels may round differently at other sizes; "
                         "default 32 CPU, 256 CUDA, 8 Stable Diffusion); auto: on CUDA the largest that fits within 80%% "
@@ -65,7 +68,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def check_count_flags(args: argparse.Namespace) -> None:
-    """Refuse ``--n`` with ``--prompts`` or ``--classes`` (it would be ignored: those count per prompt)."""
+    """Refuse ``--n`` with ``--per-prompt``, ``--prompts`` or ``--classes`` (one of the two would be ignored)."""
+    if args.n is not None and args.per_prompt is not None:
+        raise DiffauditError("give --n (images of an unconditional model) or --per-prompt (images per prompt), not both")
     if args.n is not None and (args.prompts or args.classes):
         which = "--prompts" if args.prompts else "--classes"
         raise DiffauditError(f"--n counts the images of an unconditional model; with {which} use --per-prompt "

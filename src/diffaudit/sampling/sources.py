@@ -29,6 +29,10 @@ from diffaudit.sampling.generate import generate_images
 from diffaudit.sampling.schedules import ddim_timesteps
 
 
+#: Classifier-free guidance of a Stable Diffusion pipeline unless --guidance-scale says otherwise.
+DEFAULT_GUIDANCE = 7.5
+
+
 @dataclass
 class PixelSource:
     denoiser: Denoiser
@@ -111,7 +115,7 @@ class StableDiffusionSource:
     path: str
     device: str | torch.device = "cpu"
     steps: int = 50
-    guidance_scale: float = 7.5
+    guidance_scale: float = DEFAULT_GUIDANCE
     scheduler: str = "ddim"
     micro_batch: int | str = 8
     dtype: torch.dtype = torch.float32
@@ -231,13 +235,16 @@ def is_stable_diffusion_dir(path: str | Path) -> bool:
 
 
 def open_source(model: str | Path, *, device: torch.device, steps: int, eta: float = 0.0, micro_batch: int | str | None = None,
-                guidance_scale: float = 7.5, scheduler: str = "ddim", fast: bool = False, compile: bool = False):
+                guidance_scale: float | None = None, scheduler: str | None = None, fast: bool = False, compile: bool = False):
     """The image source for a model directory (pixel UNet or Stable Diffusion pipeline).
 
     ``fast`` (CUDA only; ignored on other devices): bf16 weights and channels-last memory for a pixel
     UNet; ``compile`` adds ``torch.compile`` of the UNet (about a minute once; pays off from tens of
     thousands of images). A Stable Diffusion pipeline takes bf16 alone, and with ``compile``
     channels-last for its UNet and VAE and ``torch.compile`` of both (see :class:`StableDiffusionSource`).
+
+    ``guidance_scale`` (default 7.5) and ``scheduler`` (``ddim``, default; ``dpm``, ``pndm``): a Stable Diffusion
+    pipeline's; refused for a pixel UNet, which samples as its own scheduler config says.
 
     ``micro_batch``: images per UNet call; None: 256 on CUDA and 32 elsewhere (8 for Stable Diffusion);
     ``auto``: on CUDA the largest that fits (pixel UNets: 32, 64, ... 4096, one forward pass each;
@@ -250,10 +257,15 @@ def open_source(model: str | Path, *, device: torch.device, steps: int, eta: flo
         raise DiffauditError(f"--micro-batch must be at least 1; got {micro_batch}")
     if is_stable_diffusion_dir(model):
         cuda_fast = fast and device.type == "cuda"
-        return StableDiffusionSource(str(model), device=device, steps=steps, guidance_scale=guidance_scale,
-                                     scheduler=scheduler, micro_batch=8 if micro_batch is None else micro_batch,
+        return StableDiffusionSource(str(model), device=device, steps=steps,
+                                     guidance_scale=DEFAULT_GUIDANCE if guidance_scale is None else guidance_scale,
+                                     scheduler=scheduler or "ddim", micro_batch=8 if micro_batch is None else micro_batch,
                                      dtype=torch.bfloat16 if cuda_fast else torch.float32,
                                      channels_last=cuda_fast and compile, compile=cuda_fast and compile)
+    given = [flag for flag, value in (("--guidance-scale", guidance_scale), ("--scheduler", scheduler)) if value is not None]
+    if given:
+        raise DiffauditError(f"{' and '.join(given)} apply to a Stable Diffusion pipeline; --model {model} is a pixel UNet, "
+                             "sampled with DDIM as its scheduler config says: drop them")
     den = load_denoiser(model, device=device)
     den.schedule.check(f"--model {model}: the scheduler")  # a schedule the sampler follows, and --steps in
     ddim_timesteps(den.num_train_timesteps, steps, spacing=den.schedule.timestep_spacing,  # range, before any
