@@ -101,3 +101,14 @@ def test_input_folders_and_a_lone_model_index(tmp_path, capsys):
         assert f"{tmp_path / 'run' / 'unet'} is a folder" in err and name in err and "Traceback" not in err
     assert main(BASE + ["--model-index", "2", "--out", str(tmp_path / "y")]) == 2
     assert "--model-index needs --membership" in capsys.readouterr().err and not (tmp_path / "y").exists()
+
+
+def test_training_options_dp_sgd_does_not_use_are_refused(tmp_path, capsys):
+    """--grad-clip, --no-bf16 and --compile would be recorded under DP-SGD yet change nothing (a resume with
+    another --grad-clip was then refused for a value that did nothing)."""
+    assert main(BASE + ["--dp-noise", "1.0", "--grad-clip=0.5", "--no-bf16", "--out", str(tmp_path / "dp")]) == 2
+    err = capsys.readouterr().err
+    assert ("--grad-clip, --no-bf16 do nothing under DP-SGD (per-example clipping to --dp-max-grad-norm replaces it; "
+            "DP-SGD trains in float32): drop them") in err
+    assert not (tmp_path / "dp").exists()
+    assert main(BASE + ["--grad-clip", "0.5", "--out", str(tmp_path / "plain")]) == 0  # without DP-SGD it clips

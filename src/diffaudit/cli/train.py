@@ -164,6 +164,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_dp_arguments(p)
 
 
+#: Training options DP-SGD does not use, and what stands in their place.
+DP_UNUSED_FLAGS = {"--grad-clip": "per-example clipping to --dp-max-grad-norm replaces it",
+                   "--no-bf16": "DP-SGD trains in float32", "--compile": "DP-SGD trains eagerly"}
+
+
 def run(args: argparse.Namespace) -> int:
     from diffaudit.core.device import resolve_device
     from diffaudit.core.io import read_json
@@ -206,6 +211,10 @@ def run(args: argparse.Namespace) -> int:
 
     dp = dp_config_from_args(args)
     if dp is not None:
+        unused = sorted({a.split("=")[0] for a in getattr(args, "_argv", [])} & set(DP_UNUSED_FLAGS))
+        if unused:
+            raise DiffauditError(f"{', '.join(unused)} do nothing under DP-SGD ({'; '.join(DP_UNUSED_FLAGS[f] for f in unused)}): "
+                                 "drop them")
         if repeats:
             raise DiffauditError("--repeat and DP-SGD together are not supported (DP accounting assumes each example once)")
         run_dir = train_dp(ds, config, dp, args.out, device=resolve_device(args.device), train_indices=indices,
