@@ -327,3 +327,11 @@ def test_per_example_variance_from_few_shadows_is_warned_about(shadows, capsys):
     assert rc == 0 and "warning" not in capsys.readouterr().err  # one variance for all examples
     with np.load(out / "scores.npz") as a, np.load(fixed / "scores.npz") as b:  # as the warning says
         np.testing.assert_array_equal(a["score"], b["score"])
+
+
+def test_without_shadows_the_error_names_the_single_run_audit(tmp_path, capsys):
+    assert main(["--quiet", "mia", *DATA, "--target", str(tmp_path / "run"), "--attack", "loss",
+                 "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "--shadows is required" in err and "`diffaudit audit --model RUN --data DATA` runs it" in err
+    assert not (tmp_path / "m").exists()

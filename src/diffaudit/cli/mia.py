@@ -71,7 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data_args(p)
     add_run_args(p)
     g = p.add_argument_group("models")
-    g.add_argument("--shadows", required=True, help="folder of `diffaudit shadows` (model-00, model-01, ...)")
+    g.add_argument("--shadows", default=None, help="folder of `diffaudit shadows` (model-00, model-01, ...); required (a "
+                   "single run's loss attack without shadows: `diffaudit audit --model RUN --data DATA`)")
     g.add_argument("--membership", default=None, help="membership-matrix file (default: SHADOWS/membership.npz)")
     g.add_argument("--models", type=int, default=None, help="use the first K shadow models (default: every column)")
     t = g.add_mutually_exclusive_group()
@@ -167,6 +168,12 @@ def _warn_if_few_shadows(attack: str, membership, target: TargetSpec) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.shadows:
+        single = (" The loss attack on one run needs no shadows: `diffaudit audit --model RUN --data DATA` runs it (its "
+                  "members from RUN's train_ids.json, every other example of --data a non-member), with extraction."
+                  if args.target else "")
+        raise DiffauditError("--shadows is required: the folder of `diffaudit shadows` whose models and membership "
+                             "matrix say which example each model trained on." + single)
     opts = data_options(args)
     ds = load_dataset(args.data, **opts)
     shadows = Path(args.shadows)
