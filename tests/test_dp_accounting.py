@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from diffaudit.core.errors import DiffauditError
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.defenses import dp_training
 from diffaudit.defenses.dp_training import DPConfig, accounted_epsilon, dp_note, epsilon_after, train_dp
@@ -133,3 +134,18 @@ def test_a_prv_target_epsilon_is_solved_for_the_epsilon_a_run_records(monkeypatc
     monkeypatch.setattr(dpt, "PRV_MAX_POINTS", 2**25)
     sigma_prv = dpt.resolve_noise(DPConfig(noise_multiplier=None, target_epsilon=8.0, accountant="prv"), **kw)
     assert sigma_prv < sigma and accounted_epsilon(noise_multiplier=sigma_prv, accountant="prv", **kw).accountant == "prv"
+
+
+def test_a_prv_target_below_rdps_floor_is_solved_by_prv(recwarn):
+    """RDP's bound has a floor (its largest order binds) above small targets that PRV reaches: --dp-epsilon 0.02
+    at q = 1/8, 10 steps was refused as unreachable "even at sigma = 1e6 (prv accountant)"; PRV is now searched
+    from a PRV upper bound, and opacus' advice to widen RDP's orders (no option sets them) is not passed on."""
+    from diffaudit.defenses.dp_training import resolve_noise
+
+    kw = dict(sample_rate=1 / 8, steps=10, delta=1 / 640)
+    with pytest.raises(DiffauditError, match="cannot be reached"):
+        resolve_noise(DPConfig(noise_multiplier=None, target_epsilon=0.02, accountant="rdp"), **kw)
+    sigma = resolve_noise(DPConfig(noise_multiplier=None, target_epsilon=0.02, accountant="prv"), **kw)
+    recorded = accounted_epsilon(noise_multiplier=sigma, accountant="prv", **kw)
+    assert recorded.accountant == "prv" and 0.01 < recorded.value <= 0.02
+    assert not [w for w in recwarn if "Optimal order" in str(w.message)]

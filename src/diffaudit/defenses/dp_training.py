@@ -39,6 +39,7 @@ diffusers UNets use GroupNorm only (no BatchNorm), which opacus' ``ModuleValidat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
@@ -47,7 +48,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -201,9 +202,10 @@ def resolve_noise(dp: DPConfig, *, sample_rate: float, steps: int, delta: float)
     search = dict(target_epsilon=dp.target_epsilon, target_delta=delta, sample_rate=sample_rate, steps=steps,
                   epsilon_tolerance=0.01)
     try:
-        if dp.accountant == "prv":
-            return _prv_noise(search, get_noise_multiplier(**search, accountant="rdp"))
-        return float(get_noise_multiplier(**search, accountant=dp.accountant))
+        with _rdp_order_unsaid():
+            if dp.accountant == "prv":
+                return _prv_noise(search, _prv_upper_sigma(search, MAX_SIGMA))
+            return float(get_noise_multiplier(**search, accountant=dp.accountant))
     except ValueError as exc:
         if "too low" not in str(exc):
             raise
@@ -213,6 +215,26 @@ def resolve_noise(dp: DPConfig, *, sample_rate: float, steps: int, delta: float)
             f"({dp.accountant} accountant) gives a larger epsilon. Raise --dp-epsilon, or lower the privacy cost: fewer "
             "--steps, more training data or a smaller --batch-size (a smaller q), or a larger --dp-delta"
         ) from None
+
+
+def _prv_upper_sigma(search: dict, max_sigma: float) -> float:
+    """A σ whose ε reaches the target under PRV: the one RDP needs (RDP being the looser bound), or, where RDP
+    reaches no such ε (its bound has a floor above small targets: its largest order binds), the first power
+    of 2 whose PRV ε does. Raises opacus' ValueError ("too low") when none up to ``max_sigma`` does."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    try:
+        return float(get_noise_multiplier(**search, accountant="rdp"))
+    except ValueError as exc:
+        if "too low" not in str(exc):
+            raise
+    kw = dict(sample_rate=search["sample_rate"], steps=search["steps"], delta=search["target_delta"])
+    sigma = 1.0
+    while accounted_epsilon(noise_multiplier=sigma, accountant="prv", **kw).value > search["target_epsilon"]:
+        sigma *= 2
+        if sigma > max_sigma:
+            raise ValueError(f"the privacy budget is too low: no sigma up to {max_sigma:g} reaches it under PRV")
+    return sigma
 
 
 def _prv_noise(search: dict, sigma_rdp: float) -> float:
@@ -258,7 +280,17 @@ def epsilon_after(*, noise_multiplier: float, sample_rate: float, steps: int, de
 
     acc = RDPAccountant() if accountant == "rdp" else PRVAccountant()
     acc.history = [(float(noise_multiplier), float(sample_rate), int(steps))]
-    return float(acc.get_epsilon(delta=delta))
+    with _rdp_order_unsaid():
+        return float(acc.get_epsilon(delta=delta))
+
+
+@contextlib.contextmanager
+def _rdp_order_unsaid() -> Iterator[None]:
+    """Without opacus' "Optimal order is the largest alpha" warning: advice to widen RDP's orders, which no
+    option here sets; the ε is then a valid, looser bound (the PRV accountant is the tighter one)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha", category=UserWarning)
+        yield
 
 
 #: Largest discretisation mesh (points) the PRV accountant is run on. opacus 1.6 needs about 160 bytes
@@ -287,6 +319,7 @@ class Epsilon:
     fallback_reason: str | None = None
 
 
+@_rdp_order_unsaid()  # PRV sizes its domain with RDP
 def prv_mesh_points(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> int | None:
     """Points of the mesh opacus' PRV accountant would discretise (σ, q, steps) on at its default errors
     (ε error 0.01, δ error δ / 1000), found cheaply (RDP bounds only), so an impossible mesh is refused
@@ -303,6 +336,7 @@ def prv_mesh_points(*, noise_multiplier: float, sample_rate: float, steps: int, 
     return int(domain.size)
 
 
+@_rdp_order_unsaid()  # PRV sizes its domain with RDP
 def _prv_or_reason(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> tuple[float | None, str | None]:
     """(PRV ε, None), or (None, why the PRV accountant gives no usable ε here): a mesh over
     :data:`PRV_MAX_POINTS`, an exception from its numerics (:data:`PRV_FAILURES`), a non-finite ε."""
