@@ -84,6 +84,18 @@ def test_good_repeat_files_are_read(data, tmp_path):
     assert read_repeats(str(path), data) == {1: 3, 4: 2}
 
 
+
+def test_a_key_outside_the_subset_names_the_data_as_loaded(tmp_path, capsys):
+    from diffaudit.cli.main import main
+
+    path = tmp_path / "rep.json"
+    path.write_text('{"digits:1500": 4}')  # a digits key, but not one of the 64 the subset keeps
+    assert main(["--quiet", "train", "--data", "digits", "--subset", "64", "--steps", "1", "--repeat", str(path),
+                 "--device", "cpu", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "'digits:1500' is neither a key nor an index of --data digits --subset 64 (64 examples as loaded" in err
+
+
 def test_log_every_zero_is_an_error_not_the_default(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["--quiet", "train", "--data", "digits", "--subset", "16", "--steps", "1", "--batch-size", "4",

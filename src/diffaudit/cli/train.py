@@ -14,6 +14,7 @@ from diffaudit.cli.common import (
     add_data_args, add_run_args, canonical_settings, data_options, emit, file_in_folder, upgrading_paths,
 )
 from diffaudit.core.errors import DiffauditError
+from diffaudit.data.options import data_flags
 from diffaudit.models.unets import PRESETS
 
 NAME = "train"
@@ -70,8 +71,10 @@ def train_config_from(args: argparse.Namespace, seed: int | None = None):
     )
 
 
-def read_repeats(path: str, dataset) -> dict[int, int]:
+def read_repeats(path: str, dataset, data: str | None = None) -> dict[int, int]:
     """A repeat file: a JSON object {key-or-index: times}, or lines "KEY TIMES" (``#`` starts a comment line).
+    An index is a position in ``dataset`` as loaded (after ``--subset``); ``data``: how --data was given, with
+    its options (:func:`~diffaudit.data.options.data_flags`), for errors.
 
     Returns {dataset index: times}. TIMES must be a positive integer (in JSON an integer: not a float,
     a string or true/false) of at most :data:`~diffaudit.models.training.MAX_STREAM`. Anything else, and
@@ -114,7 +117,9 @@ def read_repeats(path: str, dataset) -> dict[int, int]:
         if i is None and str(k).isascii() and str(k).isdigit() and int(k) < len(dataset):
             i = int(k)
         if i is None:
-            raise DiffauditError(f"{where}: {k!r} is neither a key nor an index of {dataset.source}")
+            raise DiffauditError(f"{where}: {k!r} is neither a key nor an index of --data {data or dataset.source} "
+                                 f"({len(dataset):,} examples as loaded; an index is a position among them, 0 to "
+                                 f"{len(dataset) - 1:,})")
         if i in out:
             raise DiffauditError(f"{where}: example {i} ({dataset.keys[i]!r}) is named twice in the repeat file")
         out[i] = v
@@ -155,7 +160,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--membership", help="membership-matrix file (or a folder holding membership.npz): train on one of "
                    "its columns")
     g.add_argument("--model-index", type=int, help="the column of --membership to train on (needs --membership)")
-    g.add_argument("--repeat", help="repeat chosen examples: JSON {key: times} or lines `KEY TIMES`")
+    g.add_argument("--repeat", help="repeat chosen examples: JSON {key: times} or lines `KEY TIMES`; KEY is an example's "
+                   "id (e.g. digits:5) or its position in --data as loaded (after --subset)")
     g.add_argument("--dedup", metavar="KEEP_JSON",
                    help="defence: train only on the examples kept by `diffaudit dedup` (its keep.json, or its output folder): "
                    "near-duplicates dropped")
@@ -206,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
             indices, dropped_copies = keep, dropped
         record.update(dedup=str(args.dedup), n_dropped_duplicates=int(len(dropped)))
     record = canonical_data_record(record)
-    repeats = read_repeats(args.repeat, ds) if args.repeat else None
+    repeats = read_repeats(args.repeat, ds, data_flags(args.data, opts)) if args.repeat else None
     from diffaudit.defenses.dp_training import dp_config_from_args, train_dp
 
     dp = dp_config_from_args(args)
