@@ -52,6 +52,7 @@ def test_every_row_carries_its_registered_kind_and_direction():
     a = {"extraction": {"unique_extracted": 12, "n_samples": 512, "baseline_unique_extracted": 1, "baseline_n_images": 900,
                         "prompt_checks_extracted": 2, "prompt_checks_n": 9},
          "mia": {"lira": {"auc": 0.9, "tpr_at_fpr": {"0.01": 0.5, "0.001": 0.2}}},
+         "inpainting": {"auc": 0.75, "n_targets": 8},
          "canaries": {"n_extracted": 1, "by_repeats": [{"repeats": 64, "mean_exposure": 5.0}]},
          "dedup": {"n_groups": 4, "n_in_groups": 9}}
     measured = measure(a, {"epsilon": 8.0})
@@ -65,7 +66,14 @@ def test_every_row_carries_its_registered_kind_and_direction():
     assert by_name["canaries x64: mean exposure"]["kind"] == "score" and by_name["dedup: groups"]["kind"] == "count"
     budgets = {r["metric"] for r in rows if r["better"] == "none"}  # how much was searched, not how much leaked
     assert budgets == {"extraction: generations", "extraction: baseline (never-seen set)", "extraction: baseline set size",
-                       "extraction: train-map checks"}
+                       "extraction: train-map checks", "inpainting: targets"}
+    assert (by_name["inpainting: AUC"]["kind"], by_name["inpainting: AUC"]["a"]) == ("auc", 0.75)
+
+
+def test_canary_rows_follow_the_repeat_counts():
+    can = {"canaries": {"n_extracted": 0, "by_repeats": [{"repeats": r, "mean_exposure": 1.0} for r in (1, 4, 2, 16, 8)]}}
+    names = [m.name for m in measure(can)]
+    assert names[1:] == [f"canaries x{r}: mean exposure" for r in (1, 2, 4, 8, 16)]
 
 
 def test_attack_names_that_read_like_other_metrics_keep_their_kinds():

@@ -54,7 +54,7 @@ def _labels(args: argparse.Namespace) -> list[str]:
 
 #: What compare reads, for the error when neither folder holds any of it.
 READS = ("an audit folder (`diffaudit audit --out`), or the result folder of verify (extraction), mia (membership "
-         "inference), canaries or dedup, or a DP-SGD run (its dp.json)")
+         "inference), inpaint, canaries or dedup, or a DP-SGD run (its dp.json)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     rows = compare_summaries(a, b, dp_a=find_dp_record(args.audit_a), dp_b=find_dp_record(args.audit_b))
     if not rows:
         raise DiffauditError(f"nothing to compare: neither {args.audit_a} ({a.get('command')}) nor {args.audit_b} "
-                             f"({b.get('command')}) holds extraction, membership-inference, canary, DP or dedup results; "
+                             f"({b.get('command')}) holds extraction, membership-inference, inpainting, canary, DP or dedup results; "
                              f"compare reads {READS}")
     settings = canonical_settings({"audit_a": str(args.audit_a), "audit_b": str(args.audit_b), "labels": labels}, PATH_SETTINGS)
     # Always recomputed (it only reads two folders' JSON): a result kept from an earlier run would be

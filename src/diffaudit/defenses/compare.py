@@ -3,7 +3,8 @@
 Works on the ``summary.json`` dictionaries of :func:`diffaudit.report.summary.build_summary`
 (audit folders or single command folders): unique extracted images (paper: 1,280 before and 986
 after deduplicating CIFAR-10), membership-inference AUC and TPR at 1 % and 0.1 % FPR per attack,
-canaries extracted and their mean exposure, the DP ε of the trained model, near-duplicate groups.
+the inpainting attack's AUC, canaries extracted and their mean exposure, the DP ε of the trained
+model, near-duplicate groups.
 A metric one side lacks is null on that side; counts are ints; AUC and TPR rows carry the confidence
 intervals the summaries record. ``change`` = b − a.
 
@@ -82,6 +83,9 @@ _SPECS = (
     MetricSpec("mia_auc", "mia {attack}: AUC", "auc", "lower", "membership-inference AUC of the attack"),
     MetricSpec("mia_tpr", "mia {attack}: TPR at {fpr}% FPR", "rate", "lower",
                "membership-inference true-positive rate at a fixed false-positive rate"),
+    MetricSpec("inpaint_auc", "inpainting: AUC", "auc", "lower",
+               "inpainting attack AUC: members against non-members by how close the best inpaintings come"),
+    MetricSpec("inpaint_targets", "inpainting: targets", "count", "none", "images the inpainting attack masked and filled in"),
     MetricSpec("canaries_extracted", "canaries: extracted", "count", "lower", "canaries extracted by generations"),
     MetricSpec("canaries_exposure", "canaries x{repeats}: mean exposure", "score", "lower",
                "mean exposure, in bits, of the canaries inserted that many times"),
@@ -192,10 +196,15 @@ def measure(summary: dict[str, Any], dp: dict[str, Any] | None = None) -> list[M
         tpr = m.get("tpr_at_fpr") or {}
         for key in FPR_TARGETS:
             put("mia_tpr", tpr.get(key), attack=attack, fpr=f"{float(key) * 100:g}")
+    inp = summary.get("inpainting") or {}
+    if inp:
+        put("inpaint_auc", inp.get("auc"))
+        put("inpaint_targets", inp.get("n_targets"))
     can = summary.get("canaries") or {}
     if can:
         put("canaries_extracted", can.get("n_extracted"))
-        for row in can.get("by_repeats") or []:
+        rows = [r for r in can.get("by_repeats") or [] if isinstance(r, dict)]
+        for row in sorted(rows, key=lambda r: _num(r.get("repeats")) or 0):  # x1, x2, x4, ...: as inserted
             put("canaries_exposure", row.get("mean_exposure"), repeats=row.get("repeats"))
     if dp is not None:
         put("dp_epsilon", dp.get("epsilon"))  # null: no noise (not private)
