@@ -115,7 +115,9 @@ def test_export_resumes_and_never_mixes_two_stores_or_exports_an_unfinished_one(
     assert (r["exported"], r["written_now"]) == (40, 1)
     capsys.readouterr()
     assert main(["export", "--samples", str(other), "--out", str(png), "--quiet"]) == 2  # another store
-    assert "samples_identity" in capsys.readouterr().err
+    assert "other settings: --samples (the store's generations) (was 'store:" in capsys.readouterr().err
+    assert main(["export", "--samples", str(tmp_path / "nope"), "--out", str(tmp_path / "png3"), "--quiet"]) == 2
+    assert f"{tmp_path / 'nope'} does not exist (expected a sample store" in capsys.readouterr().err
     (other / "shards" / "shard-000001.json").unlink()  # an unfinished store
     assert main(["export", "--samples", str(other), "--out", str(tmp_path / "png2"), "--quiet"]) == 2
     assert "1 of 3 shards are not finished" in capsys.readouterr().err and not (tmp_path / "png2").exists()

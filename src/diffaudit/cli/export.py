@@ -41,6 +41,12 @@ def _more_finished(store):
     return stale
 
 
+def setting_flags(args: argparse.Namespace) -> dict[str, str]:
+    """The flag of each setting not named after its option (for a refusal to resume): the identity of the
+    generations is --samples'."""
+    return {"samples_identity": "--samples (the store's generations)"}
+
+
 def run(args: argparse.Namespace) -> int:
     from PIL import Image
 

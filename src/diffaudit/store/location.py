@@ -106,9 +106,11 @@ class LocalFolder:
         return (self.path / rel).is_file()
 
     def read_json(self, rel: str) -> Any:
+        if (self.path / rel).is_dir():  # read_json's own error would read as the file's contents being wrong
+            raise StoreReadError(f"{self.path / rel}: could not read it (a folder in its place)")
         try:
             return read_json(self.path / rel)
-        except OSError as exc:  # a folder in its place, no permission: the storage's failure, not the file's contents
+        except OSError as exc:  # no permission: the storage's failure, not the file's contents
             raise StoreReadError(f"{self.path / rel}: could not read it ({exc.strerror or exc})") from None
 
     def write_json(self, rel: str, obj: Any, *, create: bool = False) -> bool:

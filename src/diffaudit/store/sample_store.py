@@ -169,6 +169,8 @@ class SampleStore:
     def open(cls, path: str | Path) -> "SampleStore":
         loc = open_location(path)
         if not loc.is_file(MANIFEST):
+            if loc.path is not None and not loc.path.exists():
+                raise DiffauditError(f"{loc} does not exist (expected a sample store, written by `diffaudit sample`)")
             raise DiffauditError(f"{loc} is not a sample store (no {MANIFEST})")
         return cls(loc, loc.read_json(MANIFEST))
 
