@@ -236,6 +236,8 @@ def test_command_errors(runs, tmp_path, capsys):
     assert main(["--quiet", "inpaint", "--model", str(target), "--shadows", str(tmp_path), "--data", "digits",
                  "--out", str(tmp_path / "d")]) == 2
     assert "--shadows needs --membership" in capsys.readouterr().err
+    assert _cli(runs, tmp_path / "e", "--targets", "2,2") == 2  # _cli names --target-keys: one of the two
+    assert "give --targets N_IN,N_OUT (seeded random targets) or --target-keys IDS (these), not both" in capsys.readouterr().err
 
 
 def test_targets_are_seeded_members_and_nonmembers(digits):

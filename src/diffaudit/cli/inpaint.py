@@ -45,6 +45,8 @@ DESCRIPTION = (
 )
 #: Settings that hold the path of an input (recorded canonical, see :func:`~diffaudit.cli.common.canonical_path`;
 #: so are a mask image's and the shadow runs' in ``digests``: :func:`_settings`).
+#: --targets unless given: members and non-members drawn at random.
+DEFAULT_TARGETS = "8,8"
 PATH_SETTINGS = ("model", "shadow", "shadows", "membership", "data.spec", "data.options.cifar_root")
 
 
@@ -62,8 +64,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: SHADOWS/membership.npz)")
     add_data_args(p)
     t = p.add_argument_group("targets")
-    t.add_argument("--targets", default="8,8", help="N_IN,N_OUT: seeded random members and non-members of --data")
-    t.add_argument("--target-keys", help="comma-separated example ids to attack instead (membership from train_ids.json)")
+    t.add_argument("--targets", default=None, help=f"N_IN,N_OUT: seeded random members and non-members of --data (default "
+                   f"{DEFAULT_TARGETS})")
+    t.add_argument("--target-keys", help="comma-separated example ids to attack instead of --targets (membership from "
+                   "train_ids.json)")
     a = p.add_argument_group("attack")
     a.add_argument("--mask", default="left", help=f"{MASK_CHOICES} (the hidden region) or a mask image (nonzero = known)")
     a.add_argument("--n-inpaint", type=int, default=64, help="inpaintings per target (the paper: 5,000)")
@@ -388,6 +392,9 @@ def run(args: argparse.Namespace) -> int:
     from diffaudit.models.scheduler import num_train_timesteps
     from diffaudit.sampling.masks import describe_mask, make_mask
 
+    if args.target_keys is not None and args.targets is not None:
+        raise DiffauditError("give --targets N_IN,N_OUT (seeded random targets) or --target-keys IDS (these), not both")
+    args.targets = DEFAULT_TARGETS if args.targets is None else args.targets
     config = attack.InpaintAttackConfig(
         n_inpaint=args.n_inpaint, top_k=args.top_k if args.top_k is not None else min(10, max(1, args.n_inpaint)), steps=args.steps, jump_length=args.jump_length,
         jump_n_sample=args.jump_n_sample, eta=args.eta, timestep=args.timestep, n_draws=args.n_draws, seed=args.seed,
