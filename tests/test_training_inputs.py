@@ -131,3 +131,15 @@ def test_train_leaves_the_global_rng_untouched(data, tmp_path):
     torch.manual_seed(123)
     train(data, _cfg(), tmp_path / "run")
     torch.testing.assert_close(torch.rand(3), expected, atol=0, rtol=0)
+
+
+def test_a_warmup_longer_than_the_run_is_said(tmp_path, capsys):
+    from diffaudit.cli.main import main
+
+    argv = ["train", "--data", "digits", "--subset", "16", "--steps", "2", "--batch-size", "4", "--lr", "1e-3",
+            "--checkpoint-every", "2", "--device", "cpu"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0  # the default --warmup-steps 100
+    assert ("--warmup-steps 100 is not below --steps 2: the learning rate rises to 2e-05 at most and never reaches "
+            "--lr 0.001") in capsys.readouterr().err
+    assert main([*argv, "--warmup-steps", "1", "--out", str(tmp_path / "b")]) == 0
+    assert "--warmup-steps" not in capsys.readouterr().err

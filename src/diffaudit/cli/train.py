@@ -63,6 +63,12 @@ def train_config_from(args: argparse.Namespace, seed: int | None = None):
         raise DiffauditError(f"--log-every must be at least 1 (steps per loss-log line); got {args.log_every}. "
                              "Leave it out for the default gcd(50, --checkpoint-every)")
     log_every = args.log_every if args.log_every is not None else math.gcd(50, args.checkpoint_every)
+    if 0 < args.steps <= args.warmup_steps:  # the learning rate ramps over warmup_steps: --lr is never reached
+        from diffaudit.core.progress import stage_line
+
+        stage_line(f"train: --warmup-steps {args.warmup_steps} is not below --steps {args.steps}: the learning rate rises "
+                   f"to {args.lr * args.steps / args.warmup_steps:.3g} at most and never reaches --lr {args.lr:g}; "
+                   "lower --warmup-steps for a run this short")
     return TrainConfig(
         preset=args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
         grad_clip=args.grad_clip, ema_decay=args.ema_decay, flip=args.flip, class_conditional=args.class_conditional,
