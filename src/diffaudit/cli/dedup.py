@@ -12,7 +12,7 @@ from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import open_npz, read_json, save_npz_atomic
 from diffaudit.core.outdir import prepare_out_dir
-from diffaudit.core.progress import Timer, stage_line
+from diffaudit.core.progress import Timer
 from diffaudit.core.results import write_result
 from diffaudit.data.digest import dataset_digest
 from diffaudit.defenses.dedup import KEEP_RULE, check_threshold, find_duplicates, write_deduped_npz, write_keep_list
@@ -148,6 +148,5 @@ def run(args: argparse.Namespace) -> int:
         write_deduped_npz(args.write_deduped, ds, res.keep_indices())
     result = write_result(out / "result.json", NAME, settings, {"seed": args.seed}, **res.result_fields(ds.keys),
                           keep_file="keep.json", edges_file="edges.npz", seconds=round(t.seconds, 3))
-    stage_line(f"dedup: {_summary(result)} ({t.seconds:.1f} s)")
-    emit(args, result, _summary(result))
+    emit(args, result, f"{_summary(result)} ({t.seconds:.1f} s)")
     return 0
