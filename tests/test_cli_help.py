@@ -78,3 +78,17 @@ def test_formatter_rules_on_a_small_parser():
     assert options["--flag"] == "turn it on" and options["--no-x"] == "turn it off"
     assert options["--ts"] == "timesteps (default: 1,10,100)" and options["--pct"] == "a share (default: 5%)"
     assert options["--steps"] == "steps (default: 5)" and options["where"] == "a folder"
+
+
+def test_an_unknown_flag_is_named_by_its_command(capsys):
+    """argparse said "diffaudit: error: unrecognized arguments" with the top level's usage, naming no command."""
+    from diffaudit.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["shadows", "--data", "digits", "--membership", "m.npz", "--out", "x", "--dp-noise", "1"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "usage: diffaudit shadows" in err
+    assert err.rstrip().endswith("diffaudit shadows: error: unrecognized arguments: --dp-noise 1")
+    with pytest.raises(SystemExit):
+        main(["--bogus"])
+    assert "diffaudit: error: unrecognized arguments: --bogus" in capsys.readouterr().err

@@ -195,13 +195,23 @@ def _main(argv: list[str] | None) -> int:
         folder_lock.release(keep=held_before)  # the --out folders this command locked
 
 
+def _command_parser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser:
+    """The sub-parser of ``command`` (``parser`` itself when there is none)."""
+    for action in parser._subparsers._group_actions if parser._subparsers else []:
+        if command in getattr(action, "choices", {}):
+            return action.choices[command]
+    return parser
+
+
 def _parse_and_run(argv: list[str] | None, raw: list[str], command: str | None) -> int:
     parser = build_parser(only=command if command in COMMANDS else None, overview=command not in COMMANDS)
     missing = next((_UNAVAILABLE[a] for a in raw if a in _UNAVAILABLE), None)
     if missing:
         print(f"diffaudit: error: {missing}", file=sys.stderr)
         return 2
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said by the command's own parser: its usage and name, not the top level's
+        _command_parser(parser, getattr(args, "command", None)).error(f"unrecognized arguments: {' '.join(extra)}")
     args._argv = list(sys.argv[1:] if argv is None else argv)  # which flags were given (audit --config)
     if not getattr(args, "_run", None):
         parser.print_help()
