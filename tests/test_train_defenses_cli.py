@@ -112,3 +112,8 @@ def test_training_options_dp_sgd_does_not_use_are_refused(tmp_path, capsys):
             "DP-SGD trains in float32): drop them") in err
     assert not (tmp_path / "dp").exists()
     assert main(BASE + ["--grad-clip", "0.5", "--out", str(tmp_path / "plain")]) == 0  # without DP-SGD it clips
+
+
+def test_an_infinite_target_epsilon_says_what_to_do(tmp_path, capsys):
+    assert main(BASE + ["--dp-epsilon", "inf", "--out", str(tmp_path / "dp")]) == 2
+    assert "--dp-epsilon must lie in (0, 1e4) (a finite privacy budget; without DP-SGD leave out" in capsys.readouterr().err

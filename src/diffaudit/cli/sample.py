@@ -90,8 +90,11 @@ def plan_prompts(args: argparse.Namespace, source) -> tuple[list[str | None], in
     if num_classes:
         raise DiffauditError("this model is class-conditional: give --prompts FILE or --classes")
     n = args.n if args.n is not None else args.per_prompt
-    if not n or n < 1:
+    if n is None:
         raise DiffauditError("say how many images: --n N")
+    if n < 1:
+        raise DiffauditError(f"{'--n' if args.n is not None else '--per-prompt'} must be at least 1 (images to "
+                             f"generate); got {n}")
     return [None], n
 
 

@@ -116,7 +116,8 @@ class DPConfig:
         if self.noise_multiplier is not None and not (0 <= self.noise_multiplier < 1e4):
             raise DiffauditError(f"--dp-noise must lie in [0, 1e4); got {self.noise_multiplier}")
         if self.target_epsilon is not None and not (0 < self.target_epsilon < 1e4):
-            raise DiffauditError(f"--dp-epsilon must be positive; got {self.target_epsilon}")
+            raise DiffauditError(f"--dp-epsilon must lie in (0, 1e4) (a finite privacy budget; without DP-SGD leave "
+                                 f"out --dp-epsilon and --dp-noise); got {self.target_epsilon}")
         if self.delta is not None and not (0 < self.delta < 1):
             raise DiffauditError(f"--dp-delta must lie in (0, 1); got {self.delta}")
         if not self.max_grad_norm > 0:
