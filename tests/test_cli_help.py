@@ -92,3 +92,16 @@ def test_an_unknown_flag_is_named_by_its_command(capsys):
     with pytest.raises(SystemExit):
         main(["--bogus"])
     assert "diffaudit: error: unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_an_error_with_json_is_json_on_stdout(tmp_path, capsys):
+    """A script reading --json's stdout gets a JSON document on failure too (and the one line on stderr)."""
+    import json
+
+    from diffaudit.cli.main import main
+
+    assert main(["--json", "verify", "--samples", str(tmp_path / "nope"), "--data", "digits", "--out", str(tmp_path / "v")]) == 2
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert doc["command"] == "verify" and doc["exit_status"] == 2 and "no such file or folder" in doc["error"]
+    assert captured.err.startswith("diffaudit verify: error: --samples")

@@ -11,6 +11,7 @@ import ast
 import functools
 import importlib
 import importlib.util
+import json
 import os
 import sys
 
@@ -224,6 +225,8 @@ def _parse_and_run(argv: list[str] | None, raw: list[str], command: str | None) 
         from diffaudit.core.progress import printable  # names from data never drive the terminal
 
         print(f"diffaudit {speaking_as(args.command)}: error: {printable(str(exc))}", file=sys.stderr)
+        if args.json and speaking_as(args.command) == args.command:  # a script reading stdout gets JSON either way
+            write_stdout(json.dumps({"command": args.command, "error": str(exc), "exit_status": 2}, indent=2) + "\n")
         return 2
     finally:
         if previous is None:
