@@ -22,7 +22,8 @@ import numpy as np
 from typing import Any
 
 from diffaudit.cli.common import (
-    StageInterrupted, add_data_args, audit_stage, canonical_settings, data_options, emit, emit_finished, upgrading_paths,
+    StageInterrupted, add_data_args, audit_stage, canonical_settings, data_options, emit, emit_finished, given_options,
+    upgrading_paths,
 )
 from diffaudit.cli.train import add_train_options
 from diffaudit.core.errors import DiffauditError
@@ -126,7 +127,7 @@ def _load_toml(path: str) -> dict[str, Any]:
 def apply_config(args: argparse.Namespace, argv: list[str]) -> argparse.Namespace:
     """Options from ``--config`` for every option not given on the command line (the command line wins).
     ``args._given``: the options given on the command line or in the file."""
-    given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
+    given = given_options(argv)
     args._given = set(given)
     if not args.config:
         return args

@@ -128,6 +128,12 @@ def out_file(out: str, name: str) -> Path:
     return Path(out) / name if out.endswith(("/", os.sep)) or Path(out).is_dir() else Path(out)
 
 
+def given_options(argv: Iterable[str]) -> set[str]:
+    """The destinations of the options written in ``argv`` (``--grad-clip=0.5`` -> ``grad_clip``): what the
+    user gave, told apart from defaults."""
+    return {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
+
+
 def file_in_folder(spec: str | None, name: str) -> str | None:
     """An input file flag's value: ``spec/name`` when ``spec`` is a folder holding ``name`` (the output folder
     of the command that writes it: a dedup folder's ``keep.json``), else ``spec`` as given."""

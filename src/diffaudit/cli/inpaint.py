@@ -236,8 +236,9 @@ def assign_shadows(args, ds, targets: list[int], candidates=None) -> dict[int, P
             cache[run] = set(read_train_keys(run, "shadow")) if has_train_ids(run) else set()
         if ds.keys[i] in cache[run]:
             raise DiffauditError(f"shadow {run} trained on target {ds.keys[i]!r}: it must be a model that did not see the image")
+    ours = set(ds.keys)
     for run, keys in cache.items():
-        if keys - set(ds.keys):  # ids that are not --data's say nothing of the targets: their pixels do
+        if keys - ours:  # ids that are not --data's say nothing of the targets: their pixels do
             _refuse_targets_seen_by_pixels(run, keys, ds, [i for i, r in chosen.items() if r == run])
     return chosen
 

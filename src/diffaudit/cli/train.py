@@ -11,7 +11,7 @@ from typing import Any, Callable
 import numpy as np
 
 from diffaudit.cli.common import (
-    add_data_args, add_run_args, canonical_settings, data_options, emit, file_in_folder, upgrading_paths,
+    add_data_args, add_run_args, canonical_settings, data_options, emit, file_in_folder, given_options, upgrading_paths,
 )
 from diffaudit.core.errors import DiffauditError
 from diffaudit.data.options import data_flags
@@ -223,7 +223,8 @@ def run(args: argparse.Namespace) -> int:
 
     dp = dp_config_from_args(args)
     if dp is not None:
-        unused = sorted({a.split("=")[0] for a in getattr(args, "_argv", [])} & set(DP_UNUSED_FLAGS))
+        given = given_options(getattr(args, "_argv", []))
+        unused = sorted(flag for flag in DP_UNUSED_FLAGS if flag[2:].replace("-", "_") in given)
         if unused:
             raise DiffauditError(f"{', '.join(unused)} do nothing under DP-SGD ({'; '.join(DP_UNUSED_FLAGS[f] for f in unused)}): "
                                  "drop them")

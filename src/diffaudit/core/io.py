@@ -252,14 +252,14 @@ def load_npy(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
     Raises :class:`DiffauditError` for an object array (it would need unpickling: refused) and for a
     damaged or truncated file, saying which.
     """
-    head = _head(Path(path))
-    if head and not head.startswith(NPY_MAGIC):  # numpy would call it "pickled data" (empty: truncated, below)
-        raise DiffauditError(f"{path}: not a .npy array file ({_what_it_is(head)})")
     try:
         return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except FileNotFoundError:
         raise DiffauditError(f"{path} does not exist") from None
     except ValueError as exc:
+        head = _head(Path(path))  # read only on failure: numpy calls any file without its header "pickled data"
+        if head and not head.startswith(NPY_MAGIC):  # (empty: truncated, below)
+            raise DiffauditError(f"{path}: not a .npy array file ({_what_it_is(head)})") from None
         if "allow_pickle" in str(exc) or "Object arrays" in str(exc) or "Python objects" in str(exc):
             raise DiffauditError(f"{path}: an object array, which diffaudit never loads (unpickling can run code)") from None
         raise DiffauditError(f"{path}: damaged or truncated .npy file ({exc})") from None
@@ -279,12 +279,12 @@ def open_npz(path: str | os.PathLike, *, kind: str = ".npz file", expected: str 
         raise DiffauditError(f"{path} is a folder; expected {expected}")
     if not path.is_file():
         raise DiffauditError(missing or f"{path} does not exist")
-    head = _head(path)
-    if head is not None and not head.startswith((*ZIP_MAGIC, NPY_MAGIC)):  # numpy would call it "pickled data"
-        raise DiffauditError(f"{path}: not a readable {kind}: not an .npz (zip) archive ({_what_it_is(head)})")
     try:
         npz = np.load(path, allow_pickle=False)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        head = _head(path)  # read only on failure: numpy calls any file without a zip or .npy header "pickled data"
+        if head is not None and not head.startswith((*ZIP_MAGIC, NPY_MAGIC)):
+            raise DiffauditError(f"{path}: not a readable {kind}: not an .npz (zip) archive ({_what_it_is(head)})") from None
         raise DiffauditError(f"{path}: not a readable {kind} ({exc})") from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise DiffauditError(f"{path}: expected {expected}, found a single .npy array")
