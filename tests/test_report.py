@@ -590,3 +590,15 @@ def test_data_spec_reads_every_recorded_form():
     assert data_spec({"data": "cifar10", "data_options": {"subset": 200, "image_size": 16, "mode": None}}) == want
     assert data_spec({"data": {"spec": "cifar10", "subset": 200, "image_size": 16}}) == want
     assert data_spec({"data": {"spec": "cifar10", "options": {"subset": 200, "image_size": 16}, "digest": "ab"}}) == want
+
+
+def test_footer_says_which_images_the_file_holds(rendered, audit, tmp_path):
+    def footer(folder: Path) -> str:
+        html = render_report(folder, tmp_path / f"{folder.name}.html").read_text(encoding="utf-8")
+        return " ".join(visible_text(html.split("<footer", 1)[1]).split())
+
+    assert "holds training images and generations that copy them" in " ".join(visible_text(rendered[1].split("<footer", 1)[1]).split())
+    assert "holds training images and generations that copy them" in footer(audit / "verify")
+    assert "candidate copies of training images" in footer(audit / "extract")  # clique thumbnails, no training image
+    mia = footer(audit / "mia-loss")
+    assert "shows no training image and no generation" in mia and "share it" not in mia

@@ -2,9 +2,11 @@
 
 The output folder records which store it holds (its identity: the manifest's digest), so a second
 export of another store into it is refused instead of mixing two stores' images under the same
-names; an export that was stopped resumes, skipping the PNG files already written (each is
-written atomically, so one that exists is whole). A store with unfinished shards is refused unless
-``--partial`` says that its finished generations are wanted now.
+names. Every run checks every generation's file and writes only those missing (each is written
+atomically, so one that exists is whole): a stopped export resumes, a finished one re-run puts back
+the files deleted since, and one made while sampling was unfinished catches up once more shards
+are finished. ``written_now`` counts the files this run wrote. A store with unfinished shards is
+refused unless ``--partial`` says that its finished generations are wanted now.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from diffaudit.cli.common import emit, emit_finished
+from diffaudit.cli.common import emit
 
 NAME = "export"
 HELP = "export a sample store to a folder of PNG files (one per generation, named by its id)"
@@ -28,17 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _summary(r: dict) -> str:
-    return f"exported {r['exported']} PNG files to {r['out']}"
-
-
-def _more_finished(store):
-    """emit_finished's ``stale``: an export made while sampling was unfinished is redone (skipping the PNG
-    files it wrote) once the store holds more finished shards."""
-    def stale(result: dict) -> str | None:
-        before = int(result.get("unfinished_shards") or 0)
-        return "was made while sampling was unfinished; exporting what has finished since" \
-            if before > len(store.pending()) else None
-    return stale
+    now = r["written_now"]
+    return f"exported {r['exported']} PNG files to {r['out']}" + (f" ({now} written now)" if now != r["exported"] else "")
 
 
 def setting_flags(args: argparse.Namespace) -> dict[str, str]:
@@ -64,10 +57,8 @@ def run(args: argparse.Namespace) -> int:
             f"{args.samples}: {len(pending)} of {store.n_shards} shards are not finished; finish sampling (re-run "
             "`diffaudit sample` with the same flags) or pass --partial to export the finished generations")
     settings = {"samples_identity": samples_identity(args.samples)}  # the same as its shards finish
-    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh,
-                                   upgrade=lambda old: {k: v for k, v in old.items() if k != "partial"})  # earlier record
-    if emit_finished(args, out, resumed, _summary, stale=_more_finished(store)):
-        return 0
+    out, _ = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh,
+                             upgrade=lambda old: {k: v for k, v in old.items() if k != "partial"})  # earlier record
     done = store.completed()
     n = written = 0
     total = sum(store.plan(k).stop - store.plan(k).start for k in done)

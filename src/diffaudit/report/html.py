@@ -56,12 +56,25 @@ def ensure_private_parent(path: Path) -> None:
         make_private_dir(path.parent)
 
 
+def shown_images(ctx: dict[str, Any]) -> dict[str, bool]:
+    """Which pixels the rendered report embeds: ``training`` (verified pairs' training images,
+    inpainting grids, which show their target) and ``generations`` (verified copies, flagged clique
+    members). Both False with ``redact`` or when no pixels could be read (ids only)."""
+    pairs = (ctx.get("gallery") or {}).get("items") or []
+    members = [m for c in (ctx.get("cliques") or {}).get("items") or [] for m in c.get("members") or []]
+    grids = (ctx.get("inpainting") or {}).get("grids") or []
+    return {
+        "training": any(p.get("train_uri") for p in pairs) or any(g.get("uri") for g in grids),
+        "generations": any(p.get("gen_uri") for p in pairs) or any(m.get("uri") for m in members),
+    }
+
+
 def report_context(result_dir: str | os.PathLike, *, redact: bool = False) -> dict[str, Any]:
     """Everything the template renders: the summary and the per-section views."""
     rs = load_results(result_dir)
     summary = summarise(rs)
     ex = summary.get("extraction")
-    return {
+    ctx = {
         "title": f"diffaudit report: {rs.root.resolve().name}",
         "source": rs.root.resolve().name,
         "command": rs.command,
@@ -81,6 +94,8 @@ def report_context(result_dir: str | os.PathLike, *, redact: bool = False) -> di
         "training": training_view(rs, summary),
         "tables": settings_view(summary),
     }
+    ctx["shown"] = shown_images(ctx)
+    return ctx
 
 
 def render_html(result_dir: str | os.PathLike, *, redact: bool = False) -> str:
