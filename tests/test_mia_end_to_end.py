@@ -329,9 +329,30 @@ def test_per_example_variance_from_few_shadows_is_warned_about(shadows, capsys):
         np.testing.assert_array_equal(a["score"], b["score"])
 
 
-def test_without_shadows_the_error_names_the_single_run_audit(tmp_path, capsys):
-    assert main(["--quiet", "mia", *DATA, "--target", str(tmp_path / "run"), "--attack", "loss",
-                 "--out", str(tmp_path / "m")]) == 2
-    err = capsys.readouterr().err
-    assert "--shadows is required" in err and "`diffaudit audit --model RUN --data DATA` runs it" in err
-    assert not (tmp_path / "m").exists()
+def test_the_loss_attack_on_one_target_needs_no_shadows(shadows, tmp_path, capsys):
+    root, matrix, _ = shadows
+    target = root / "shadows" / "model-00"
+    args = ["--quiet", "mia", *DATA, "--target", str(target), "--device", "cpu", "--bootstrap", "0"]
+    assert main([*args, "--attack", "loss", "--out", str(tmp_path / "alone")]) == 0
+    r = read_json(tmp_path / "alone" / "result.json")
+    assert r["n_models"] == 0 and r["settings"]["shadows"] is None and r["settings"]["membership"] is None
+    assert (r["n_members"], r["n_nonmembers"]) == (int(matrix[:, 0].sum()), N - int(matrix[:, 0].sum()))
+    # the same scores as the loss attack on that model as shadow 0 of its folder: -loss, shadows unread
+    rc, beside = mia(root, "loss-index-0", "--attack", "loss", "--target-index", "0")
+    assert rc == 0
+    with np.load(tmp_path / "alone" / "scores.npz") as a, np.load(beside / "scores.npz") as b:
+        np.testing.assert_array_equal(a["member"], matrix[:, 0])
+        np.testing.assert_array_equal(a["id"], b["id"])
+        np.testing.assert_allclose(a["score"], b["score"], rtol=1e-6)
+    assert main(["--quiet", "report", str(tmp_path / "alone")]) == 0  # no shadows in its settings: still rendered
+    assert "AUC" in (tmp_path / "alone" / "report.html").read_text(encoding="utf-8")
+    capsys.readouterr()
+    for extra, message in ((["--attack", "lira"], "--shadows is required for --attack lira"),
+                           (["--attack", "loss", "--models", "2"], "--models names the shadow models of --shadows"),
+                           (["--attack", "loss", "--membership", str(root / "membership.npz")], "--membership names")):
+        assert main([*args, *extra, "--out", str(tmp_path / "refused")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+        assert not (tmp_path / "refused").exists()
+    assert main(["--quiet", "mia", *DATA, "--out", str(tmp_path / "refused")]) == 2
+    assert "`diffaudit mia --target RUN --attack loss`" in capsys.readouterr().err

@@ -71,8 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data_args(p)
     add_run_args(p)
     g = p.add_argument_group("models")
-    g.add_argument("--shadows", default=None, help="folder of `diffaudit shadows` (model-00, model-01, ...); required (a "
-                   "single run's loss attack without shadows: `diffaudit audit --model RUN --data DATA`)")
+    g.add_argument("--shadows", default=None, help="folder of `diffaudit shadows` (model-00, model-01, ...); required, "
+                   "except by the loss attack on one run (--target RUN --attack loss)")
     g.add_argument("--membership", default=None, help="membership-matrix file (default: SHADOWS/membership.npz)")
     g.add_argument("--models", type=int, default=None, help="use the first K shadow models (default: every column)")
     t = g.add_mutually_exclusive_group()
@@ -167,15 +167,21 @@ def _warn_if_few_shadows(attack: str, membership, target: TargetSpec) -> None:
               "examples) is usually the stronger attack", file=sys.stderr)
 
 
-def run(args: argparse.Namespace) -> int:
+def _shadow_models(args: argparse.Namespace, ds: ImageDataset) -> tuple[np.ndarray, list[Path], dict[str, Any] | None]:
+    """(membership bool (N, M), the M shadow run folders, the settings' record of the matrix) of
+    --shadows; with none given, the loss attack on one --target: M = 0 (its members from the run's
+    train_ids.json). Anything else without --shadows is refused, saying what is missing."""
     if not args.shadows:
-        single = (" The loss attack on one run needs no shadows: `diffaudit audit --model RUN --data DATA` runs it (its "
-                  "members from RUN's train_ids.json, every other example of --data a non-member), with extraction."
-                  if args.target else "")
-        raise DiffauditError("--shadows is required: the folder of `diffaudit shadows` whose models and membership "
-                             "matrix say which example each model trained on." + single)
-    opts = data_options(args)
-    ds = load_dataset(args.data, **opts)
+        if args.target and args.attack == "loss":
+            for flag, value in (("--membership", args.membership), ("--models", args.models)):
+                if value is not None:
+                    raise DiffauditError(f"{flag} names the shadow models of --shadows, which the loss attack on one "
+                                         "--target does without; leave it out, or pass --shadows")
+            return np.zeros((len(ds), 0), dtype=bool), [], None
+        raise DiffauditError(f"--shadows is required for --attack {args.attack}: the folder of `diffaudit shadows` whose "
+                             "models and membership matrix say which example each model trained on. The loss attack "
+                             "on one run needs none: `diffaudit mia --target RUN --attack loss` (its members from "
+                             "RUN's train_ids.json, every other example of --data a non-member).")
     shadows = Path(args.shadows)
     mem_path = Path(file_in_folder(args.membership, "membership.npz")) if args.membership else shadows / "membership.npz"
     if not mem_path.exists():
@@ -184,13 +190,19 @@ def run(args: argparse.Namespace) -> int:
     m = mem.n_models if args.models is None else args.models
     if not 1 <= m <= mem.n_models:
         raise DiffauditError(f"--models must lie in [1, {mem.n_models}]; got {m}")
-    runs = shadow_run_dirs(shadows, m)
+    return mem.matrix[:, :m], shadow_run_dirs(shadows, m), {"digest": membership_digest(mem), "models": m}
+
+
+def run(args: argparse.Namespace) -> int:
+    opts = data_options(args)
+    ds = load_dataset(args.data, **opts)
+    matrix, runs, mem_record = _shadow_models(args, ds)
     device = resolve_device(args.device)
     precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     strong = args.attack.startswith("strong")
     n_draws = args.draws if args.draws is not None else (DEFAULT_STRONG_DRAWS if strong else 1)
     flips = strong if args.flips is None else args.flips
-    t_max = num_train_timesteps(runs[0])  # the sweep's last step; every model's range is checked below
+    t_max = num_train_timesteps(runs[0] if runs else args.target)  # the sweep's last step; every model's range is checked below
     config = MiaConfig(attack=args.attack, timesteps=tuple(args.timesteps), sweep=_clip_sweep(args.sweep, t_max),
                        n_draws=n_draws, flips=flips, noise_seed=args.seed, transform=args.transform,
                        strong_aggregate=args.strong_aggregate, precision=precision, batch_size=args.batch_size)
@@ -201,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
         target = TargetSpec(mode="model", run=Path(args.target))
     else:
         target = TargetSpec()
-    check_target(ds, mem.matrix[:, :m], target)  # members and non-members both: before any loss or folder
+    check_target(ds, matrix, target)  # members and non-members both: before any loss or folder
     check_models_alike(mia_models(runs, target), ds.image_shape, ds.labels, timesteps=config.all_timesteps)
     # the weights and pixels behind the paths: shadows retrained or data rewritten in place are other inputs
     digests = {r.name: model_digest(r) for r in runs}
@@ -211,8 +223,8 @@ def run(args: argparse.Namespace) -> int:
     data_digest = dataset_digest(ds)
     settings = {
         "data": {"spec": args.data, "options": opts, "digest": data_digest},
-        "membership": {"digest": membership_digest(mem), "models": m},
-        "shadows": str(shadows.resolve()),
+        "membership": mem_record,  # None: the loss attack on one --target, without shadows
+        "shadows": str(Path(args.shadows).resolve()) if args.shadows else None,
         "shadow_digests": digests,
         "target": target.to_dict(),
         "target_digest": target_digest,
@@ -224,10 +236,10 @@ def run(args: argparse.Namespace) -> int:
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrading_paths(PATH_SETTINGS))
     if emit_finished(args, out, resumed, _summary):
         return 0
-    _warn_if_few_shadows(args.attack, mem.matrix[:, :m], target)
+    _warn_if_few_shadows(args.attack, matrix, target)
     cache = Path(args.loss_cache) if args.loss_cache else out / "losses"
     with Timer() as timer:
-        scores = run_mia(ds, mem.matrix[:, :m], runs, config, target=target, cache_dir=cache, device=device,
+        scores = run_mia(ds, matrix, runs, config, target=target, cache_dir=cache, device=device,
                          data_digest=data_digest)
     stage_line(f"mia: {config.attack} scored {len(scores.main.scores)} (target, example) pairs in {timer.seconds:.1f}s")
     extra = {"models": digests, "seconds": timer.seconds, "device": str(device), "precision": precision}
