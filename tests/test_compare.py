@@ -119,6 +119,9 @@ def test_dp_record_of_an_audit_folder_is_its_audited_model(tmp_path, capsys):
     assert main(["--json", "compare", str(plain), str(linked)]) == 0
     rows = {x["metric"]: x for x in json.loads(capsys.readouterr().out)["rows"]}
     assert rows["model: DP epsilon"]["a"] is None and rows["model: DP epsilon"]["b"] == 8.0
+    assert main(["compare", str(plain), str(linked)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "model: DP epsilon" in x)
+    assert [c.strip() for c in line.strip("| ").split("|")][1:] == ["no DP-SGD", "8", "-"]
 
 
 def test_train_map_only_verify_compares_its_own_count():

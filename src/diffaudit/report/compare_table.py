@@ -13,7 +13,7 @@ from typing import Any
 
 from diffaudit.core.errors import DiffauditError
 from diffaudit.data.options import data_flags
-from diffaudit.defenses.compare import KINDS
+from diffaudit.defenses.compare import KINDS, metric_spec
 from diffaudit.report.fmt import fmt, fmt_pct
 from diffaudit.report.images import DATA_OPTIONS
 
@@ -131,13 +131,21 @@ def _change(kind: str, row: dict[str, Any]) -> str:
     return text + (" (within noise)" if row.get("within_noise") else "")
 
 
+#: The DP epsilon row's cell for a side without a DP-SGD record (a plain model, or one not found).
+NO_DP = "no DP-SGD"
+
+
 def format_rows(rows: list[dict[str, Any]], label_a: str, label_b: str) -> str:
     """The rows of :func:`~diffaudit.defenses.compare.compare_summaries` as a Markdown pipe table, with a
-    line that explains "within noise" when a row says it."""
+    line that explains "within noise" when a row says it. The DP epsilon of a side with no ``dp.json``
+    reads "no DP-SGD", not "-"."""
+    dp_row = metric_spec("dp_epsilon").name()
     table = [["metric", label_a, label_b, f"change ({label_b} - {label_a})"]]
     for r in rows:
         kind = _kind(r)
-        table.append([r["metric"], _cell(kind, r["a"], r.get("a_ci")), _cell(kind, r["b"], r.get("b_ci")), _change(kind, r)])
+        cells = [_cell(kind, r[s], r.get(f"{s}_ci")) if r["metric"] != dp_row or r[s] is not None else NO_DP
+                 for s in ("a", "b")]
+        table.append([r["metric"], *cells, _change(kind, r)])
     widths = [max(len(cells[i]) for cells in table) for i in range(4)]
     table.insert(1, ["-" * w for w in widths])
     text = "\n".join("| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |" for cells in table)
