@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from diffaudit.cli.main import main
 
 SMALL = ["audit", "--train-size", "8", "--steps", "400", "--batch-size", "8", "--n-samples", "64", "--sample-steps", "10",
@@ -77,7 +79,8 @@ def test_audit_refuses_bad_values_before_recording_anything(tmp_path, capsys):
                       (["--inpaint", "--shadows", "2", "--inpaint-targets", "x"], "--inpaint-targets"),
                       (["--mia", "loss", "--draws", "5"], "--draws"), (["--n-samples", "0"], "--n-samples"),
                       (["--sample-steps", "0"], "--sample-steps"), (["--min-clique", "1"], "--min-clique"),
-                      (["--grid", "0"], "--grid"), (["--lr", "2"], "--lr"), (["--steps", "0"], "--steps")):
+                      (["--grid", "0"], "--grid"), (["--lr", "2"], "--lr"), (["--steps", "0"], "--steps"),
+                      (["--subset", "40", "--train-size", "100"], "--train-size must lie in [1, 39]")):
         out = tmp_path / "e"
         assert main(["audit", *bad, "--out", str(out), "--device", "cpu", "--quiet"]) == 2
         assert says in capsys.readouterr().err
@@ -294,3 +297,27 @@ def test_audit_of_a_class_conditional_run_samples_its_classes(tmp_path, capsys):
     capsys.readouterr()
     assert main(audit + ["--model", str(tmp_path / "plain"), "--class-conditional", "--out", str(tmp_path / "b")]) == 2
     assert "is not class-conditional; leave the flag out" in capsys.readouterr().err
+
+
+def test_config_takes_toml_lists_for_comma_separated_options(tmp_path):
+    from diffaudit.cli.audit import apply_config
+    from diffaudit.cli.main import build_parser
+    from diffaudit.core.errors import DiffauditError
+
+    def applied(text: str):
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(text)
+        argv = ["audit", "--config", str(cfg), "--out", str(tmp_path / "a")]
+        args = build_parser(only="audit").parse_args(argv)
+        args._argv = argv[1:]
+        return apply_config(args, args._argv)
+
+    args = applied('timesteps = [50, 100]\nsweep = [10, "1000"]\ninpaint-targets = [2, 3]\n')
+    assert (args.timesteps, args.sweep, args.inpaint_targets) == ("50,100", "10,1000", "2,3")
+    assert applied('timesteps = "50,100"\n').timesteps == "50,100"  # the flag's own spelling still works
+    with pytest.raises(DiffauditError, match=r"timesteps = \[True\]: expected a list of integers"):
+        applied("timesteps = [true]\n")
+    with pytest.raises(DiffauditError, match=r"steps = \[1, 2\]: expected a value of type int$"):
+        applied("steps = [1, 2]\n")
+    with pytest.raises(DiffauditError, match=r"subset = 'many': expected an integer$"):
+        applied('subset = "many"\n')

@@ -105,3 +105,28 @@ def test_an_error_with_json_is_json_on_stdout(tmp_path, capsys):
     doc = json.loads(captured.out)
     assert doc["command"] == "verify" and doc["exit_status"] == 2 and "no such file or folder" in doc["error"]
     assert captured.err.startswith("diffaudit verify: error: --samples")
+
+
+def test_a_command_line_refused_by_argparse_is_json_too_with_json(capsys):
+    """An unknown flag, a value of the wrong type, an unknown command: with --json, a JSON document on
+    stdout as for any other refusal; a mistyped flag is named with the one meant."""
+    import json
+
+    from diffaudit.cli.main import main
+
+    for argv, command, said in (
+        (["--json", "train", "--data", "digits", "--stpes", "3", "--out", "x"], "train",
+         "unrecognized arguments: --stpes 3 (did you mean --steps?)"),
+        (["mia", "--attack", "LiRA", "--out", "x", "--json"], "mia", "argument --attack: invalid choice: 'LiRA'"),
+        (["--json", "mia", "--timesteps", "abc", "--out", "x"], "mia", "expected comma-separated integers; got 'abc'"),
+        (["--json", "trian"], None, "argument COMMAND: invalid choice: 'trian'"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        captured = capsys.readouterr()
+        doc = json.loads(captured.out)
+        assert exit_.value.code == 2 and doc["command"] == command and doc["exit_status"] == 2, argv
+        assert said in doc["error"] and said in captured.err, (argv, doc)
+    with pytest.raises(SystemExit):  # without --json, stdout stays empty
+        main(["train", "--stpes", "3", "--out", "x"])
+    assert capsys.readouterr().out == ""

@@ -126,14 +126,20 @@ def test_truncated_image_names_the_file(write_images, encode_image, fmt, ext):
         load_dataset(root)
 
 
-def test_corrupt_files_error_or_counted_skips(write_images):
+def test_corrupt_files_error_or_counted_skips(write_images, capsys):
     root = write_images({"a.png": RGB, "b.png": b"not an image at all", "c.jpg": b"\xff\xd8\xff garbage", "d.png": RGB})
     with pytest.raises(DiffauditError, match=r"b\.png: not a recognised image format"):
         load_dataset(root)
+    capsys.readouterr()
     ds = load_dataset(root, skip_bad=True)
     assert ds.keys == ["a.png", "d.png"]
     assert [name.rsplit("/", 1)[-1] for name, _ in ds.skipped] == ["b.png", "c.jpg"]
     assert all(reason for _, reason in ds.skipped)
+    err = capsys.readouterr().err  # said, not only recorded: once per process
+    assert ": --skip-bad skipped 2 unreadable inputs (first: " in err and "b.png: not a recognised image format" in err
+    assert err.rstrip().endswith("; 2 images loaded")
+    load_dataset(root, skip_bad=True)
+    assert "skipped" not in capsys.readouterr().err
 
 
 def test_all_bad_is_an_error_even_with_skip_bad(write_images):

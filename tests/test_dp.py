@@ -108,6 +108,16 @@ def test_repeated_training_indices_are_refused(tmp_path, data):
         train_dp(data, _cfg(), DPConfig(noise_multiplier=1.0), tmp_path / "dp", train_indices=[0, 1, 2, 3, 3, 4, 5, 6, 7, 8])
 
 
+def test_a_batch_of_the_whole_training_set_is_warned_about(tmp_path, data, capsys):
+    """q = 1: Poisson subsampling amplifies nothing, which a user choosing the batch size should hear."""
+    train_dp(data, _cfg(steps=1, batch_size=8), DPConfig(noise_multiplier=1.0), tmp_path / "dp",
+             train_indices=list(range(8)))
+    assert "sampling rate q = 1), so subsampling amplifies no privacy" in capsys.readouterr().err
+    train_dp(data, _cfg(steps=1, batch_size=8), DPConfig(noise_multiplier=1.0), tmp_path / "dp2",
+             train_indices=list(range(16)))
+    assert "amplifies no privacy" not in capsys.readouterr().err
+
+
 def test_average_grad_samples_per_example():
     p = torch.nn.Parameter(torch.zeros(2))
     p.grad_sample = torch.tensor([[1.0, 0.0], [3.0, 2.0], [5.0, 5.0], [7.0, 7.0]])

@@ -164,7 +164,11 @@ def test_user_errors_name_the_thing(shadows, capsys, tmp_path):
     assert rc == 2 and "--models" in capsys.readouterr().err
     rc = main(["--quiet", "mia", *DATA, "--shadows", str(tmp_path / "none"), "--membership", str(root / "membership.npz"),
                "--out", str(tmp_path / "o")])
-    assert rc == 2 and "shadow model 0" in capsys.readouterr().err
+    assert rc == 2 and f"--shadows {tmp_path / 'none'} does not exist" in capsys.readouterr().err
+    (tmp_path / "none").mkdir()
+    rc = main(["--quiet", "mia", *DATA, "--shadows", str(tmp_path / "none"), "--membership", str(root / "membership.npz"),
+               "--out", str(tmp_path / "o")])
+    assert rc == 2 and "shadow model 0 (" in capsys.readouterr().err  # an empty folder: not yet trained
     rc, _ = mia(root, "err3", "--timesteps", "1000")
     assert rc == 2 and "--timesteps" in capsys.readouterr().err
     rc, _ = mia(root, "err4", "--timesteps", ",")
@@ -356,3 +360,25 @@ def test_the_loss_attack_on_one_target_needs_no_shadows(shadows, tmp_path, capsy
         assert not (tmp_path / "refused").exists()
     assert main(["--quiet", "mia", *DATA, "--out", str(tmp_path / "refused")]) == 2
     assert "`diffaudit mia --target RUN --attack loss`" in capsys.readouterr().err
+
+
+def test_refusals_come_before_any_work_and_name_the_cause(shadows, tmp_path, capsys):
+    root, matrix, ds = shadows
+    base = ["--quiet", "mia", *DATA, "--device", "cpu", "--out", str(tmp_path / "m")]
+    capsys.readouterr()
+    assert main([*base, "--shadows", str(tmp_path / "nonexist")]) == 2
+    assert f"--shadows {tmp_path / 'nonexist'} does not exist (expected the folder of `diffaudit shadows`" in capsys.readouterr().err
+    # fewer than 2 shadows besides each target: refused before the few-shadows warning and the folder
+    assert main([*base, "--shadows", str(root / "shadows"), "--models", "2", "--attack", "lira-offline"]) == 2
+    err = capsys.readouterr().err
+    assert "needs at least 2 shadow models besides the target; got 1 (2 models, the target among them)" in err
+    assert "warning" not in err and not (tmp_path / "m").exists()
+    with pytest.raises(SystemExit):  # read with the command line, before any loss
+        main([*base, "--shadows", str(root / "shadows"), "--bootstrap", "1"])
+    assert "--bootstrap: must be 0 (no intervals) or at least 2; got 1" in capsys.readouterr().err
+    # a matrix of more columns than the folder's models
+    wide = make_membership(N, 6, seed=3)
+    save_membership(tmp_path / "wide.npz", wide, ds.keys, 3)
+    assert main([*base, "--shadows", str(root / "shadows"), "--membership", str(tmp_path / "wide.npz")]) == 2
+    err = capsys.readouterr().err
+    assert f"the membership matrix has 6 columns, but {root / 'shadows'} holds 4 shadow models: pass --models 4" in err

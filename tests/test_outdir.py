@@ -89,6 +89,7 @@ def test_an_earlier_versions_settings_resume_through_the_commands_upgrade(tmp_pa
     now = {"model": "run", "shadows": 0, "n_samples": 512}
     earlier = {**now, "steps": 3000, "lr": 0.001, "train_size": 32}  # training options a --model audit never used
     prepare_out_dir(out, "audit", earlier)
+    (out / "config.toml").write_text("")  # work of those settings
     with pytest.raises(SettingsMismatchError, match="steps"):
         prepare_out_dir(out, "audit", now)
     assert prepare_out_dir(out, "audit", now, upgrade=audit_upgrade) == (out, True)
@@ -99,3 +100,26 @@ def test_an_earlier_versions_settings_resume_through_the_commands_upgrade(tmp_pa
     assert audit_upgrade(with_shadows) == with_shadows and {"steps", "lr", "train_size"} <= training_options()
     assert sample_upgrade({"device_type": "cpu", "fast": True, "compile": True})["fast"] is False
     assert sample_upgrade({"device_type": "cuda", "fast": True, "compile": False})["fast"] is True
+
+
+def test_a_folder_without_work_takes_new_settings(tmp_path, capsys):
+    """A run refused after writing its settings (before any result) does not lock its --out: another
+    command's folder, or one with any file of work, is still refused."""
+    out, _ = prepare_out_dir(tmp_path / "o", "mia", {"bootstrap": -3})
+    (out / "losses").mkdir()  # an empty cache folder is no work
+    assert prepare_out_dir(tmp_path / "o", "mia", {"bootstrap": 20}) == (out, False)
+    assert "held no work yet, only the settings of an earlier run (bootstrap (was -3, now 20))" in capsys.readouterr().err
+    assert json.loads((out / "settings.json").read_text())["settings"] == {"bootstrap": 20}
+    assert prepare_out_dir(tmp_path / "o", "mia", {"bootstrap": 20}) == (out, True)
+    with pytest.raises(SettingsMismatchError, match="diffaudit mia"):
+        prepare_out_dir(tmp_path / "o", "verify", {"bootstrap": 20})
+    (out / "losses" / "model-00.npy").write_bytes(b"work")
+    with pytest.raises(SettingsMismatchError, match="bootstrap \\(was 20, now 30\\)"):
+        prepare_out_dir(tmp_path / "o", "mia", {"bootstrap": 30})
+    # a user's own files, there before diffaudit first wrote, are not diffaudit's work
+    user = tmp_path / "u"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    prepare_out_dir(user, "mia", {"seed": 0})
+    assert prepare_out_dir(user, "mia", {"seed": 1}) == (user, False)
+    assert json.loads((user / "settings.json").read_text())["kept_on_fresh"] == ["notes.txt"]

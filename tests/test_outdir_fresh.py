@@ -118,6 +118,7 @@ def test_one_changed_prompt_of_ten_thousand_is_named_briefly(tmp_path):
     changed = list(prompts)
     changed[9_999] = "changed"
     prepare_out_dir(tmp_path / "o", "sample", {"prompts": prompts, "seed": 0})
+    (tmp_path / "o" / "manifest.json").write_text("{}")  # work of those settings
     with pytest.raises(SettingsMismatchError) as err:
         prepare_out_dir(tmp_path / "o", "sample", {"prompts": changed, "seed": 0})
     message = str(err.value)
@@ -189,5 +190,7 @@ def test_fresh_in_a_users_folder_interrupted_keeps_the_settings(tmp_path, monkey
         prepare_out_dir(out, "sample", {"steps": 5}, fresh=True)
     monkeypatch.setattr(os, "rename", real)
     assert (out / "settings.json").exists() and (out / "notes.txt").read_text() == "mine"
-    with pytest.raises(SettingsMismatchError):
-        prepare_out_dir(out, "sample", {"steps": 5})
+    assert _files(out) == ["data", "data/x.csv", "notes.txt", "settings.json", "shards"]  # result.json moved aside
+    # nothing of the old settings' work is left in it (an empty folder): the re-run takes the new settings
+    assert prepare_out_dir(out, "sample", {"steps": 5}) == (out, False)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "data" / "x.csv").read_text() == "1,2"

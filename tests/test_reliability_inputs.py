@@ -154,6 +154,7 @@ def test_train_refuses_a_membership_matrix_of_another_dataset(membership_40, tmp
 
 def test_mia_refuses_a_membership_matrix_of_another_dataset(membership_40, tmp_path, capsys):
     path, _ = membership_40
+    (tmp_path / "no-shadows").mkdir()  # the matrix is read, and refused, before the shadow models
     base = ["--quiet", "mia", "--data", "digits", "--shadows", str(tmp_path / "no-shadows"), "--membership", str(path),
             "--device", "cpu", "--out", str(tmp_path / "mia")]
     capsys.readouterr()

@@ -107,13 +107,17 @@ def test_pickled_bin_weights_are_never_loaded(tmp_path, marker, capsys, with_saf
         assert den.in_channels == 1
         return
     assert not list(unet_dir.glob("*.safetensors"))
-    with pytest.raises(DiffauditError, match=r"weights must be in safetensors format \(pickled \.bin weights are refused\)"):
+    with pytest.raises(DiffauditError, match=r"weights must be in safetensors format \(pickled weights such as "
+                                             r"diffusion_pytorch_model\.bin are refused\)"):
         load_denoiser(model)
     assert main(["--quiet", "sample", "--model", str(model), "--out", str(tmp_path / "s"), "--n", "2", "--steps", "2",
                  "--device", "cpu"]) == 2
     assert "safetensors" in capsys.readouterr().err
     with pytest.raises(DiffauditError, match="safetensors"):  # a bare UNet folder too
         load_denoiser(unet_dir)
+    (unet_dir / "diffusion_pytorch_model.bin").unlink()  # no weights at all: said so, not taken for pickles
+    with pytest.raises(DiffauditError, match=r"--shadows .*holds no weights \(no \.safetensors file\); the run is incomplete"):
+        load_denoiser(model, flag="--shadows")
 
 
 

@@ -513,6 +513,21 @@ def test_cli_report_into_a_folder(audit, tmp_path, capsys, existing):
     assert folder.is_dir() and (folder / "report.html").is_file() and (folder / "summary.json").is_file()
 
 
+def test_cli_report_never_replaces_a_users_file(audit, tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("important")
+    with pytest.raises(DiffauditError, match="notes.txt exists and is not a file diffaudit wrote"):
+        _cli([str(audit / "verify"), "--out", str(notes)])
+    assert notes.read_text() == "important" and not (tmp_path / "notes.summary.json").exists()
+    (tmp_path / "r.summary.json").write_text('{"mine": 1}')  # the summary's place is the user's file
+    with pytest.raises(DiffauditError, match="r.summary.json exists and is not a file diffaudit wrote"):
+        _cli([str(audit / "verify"), "--out", str(tmp_path / "r.html")])
+    assert not (tmp_path / "r.html").exists()
+    # its own report and summary are rewritten, as every re-run does
+    assert _cli([str(audit / "verify"), "--out", str(tmp_path / "v.html")]) == 0
+    assert _cli([str(audit / "verify"), "--out", str(tmp_path / "v.html")]) == 0
+
+
 def _train_map_only_verify(root: Path, hits: list[bool]) -> Path:
     """A verify result where samples and --data differ in size: only the --train-map check ran."""
     checks = [{"prompt": f"p{i}", "sample": f"p{i}-i0", "train_id": i % 2, "train_key": f"npz:{i % 2}", "l2": 0.01 if h else 0.4,
@@ -600,5 +615,7 @@ def test_footer_says_which_images_the_file_holds(rendered, audit, tmp_path):
     assert "holds training images and generations that copy them" in " ".join(visible_text(rendered[1].split("<footer", 1)[1]).split())
     assert "holds training images and generations that copy them" in footer(audit / "verify")
     assert "candidate copies of training images" in footer(audit / "extract")  # clique thumbnails, no training image
+    mia_html = (tmp_path / "mia-loss.html")
     mia = footer(audit / "mia-loss")
+    assert "This folder holds no extraction result" in visible_text(mia_html.read_text(encoding="utf-8"))
     assert "shows no training image and no generation" in mia and "share it" not in mia

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from diffaudit.core.io import write_json_atomic
 from diffaudit.report import build_summary, render_report
-from diffaudit.report.view_extraction import NOT_VERIFIED, rule_text, verdict
+from diffaudit.report.view_extraction import NOT_RUN, NOT_VERIFIED, rule_text, verdict
 
 VERSIONS = {"diffaudit": "0.1.0"}
 
@@ -52,7 +52,7 @@ def test_no_canary_extracted_is_a_no_and_an_untested_run_stays_unknown(tmp_path)
     v = verdict(s["extraction"], canaries=s["canaries"])
     assert v["level"] == "no" and "No inserted canary was extracted (0 of 2)" in v["text"]
     untested = build_summary(_canaries_folder(tmp_path / "untested", [None, None]))
-    assert verdict(untested["extraction"], canaries=untested["canaries"]) == {"level": "unknown", "text": NOT_VERIFIED}
+    assert verdict(untested["extraction"], canaries=untested["canaries"]) == {"level": "unknown", "text": NOT_RUN}
 
 
 def test_a_verify_stage_still_decides_the_headline_beside_canaries():

@@ -81,6 +81,7 @@ def test_a_setting_two_places_record_alike_is_named_once(tmp_path):
     from diffaudit.core.outdir import flag_names, prepare_out_dir
 
     prepare_out_dir(tmp_path / "o", "x", {"seed": 0, "evaluation": {"noise_seed": 0}})
+    (tmp_path / "o" / "result.json").write_text("{}")  # work of those settings
     with flag_names({"seed": "--seed", "evaluation.noise_seed": "--seed"}):
         with pytest.raises(SettingsMismatchError) as err:
             prepare_out_dir(tmp_path / "o", "x", {"seed": 1, "evaluation": {"noise_seed": 1}})

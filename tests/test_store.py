@@ -118,6 +118,12 @@ def test_export_resumes_and_never_mixes_two_stores_or_exports_an_unfinished_one(
     assert (json.loads(capsys.readouterr().out)["written_now"], (png / "p0-i7.png").is_file()) == (1, True)
     assert main(["--json", "export", "--samples", str(out), "--out", str(png), "--quiet"]) == 0
     assert json.loads(capsys.readouterr().out)["written_now"] == 0  # this run's count, not the stored one
+    scans = tmp_path / "scans"  # a folder of the user's real images: generated ones are never mixed in
+    scans.mkdir()
+    (scans / "patient-1.png").write_bytes(b"\x89PNG")
+    assert main(["export", "--samples", str(out), "--out", str(scans), "--quiet"]) == 2
+    assert "already holds 1 file of yours (e.g. patient-1.png)" in capsys.readouterr().err
+    assert sorted(p.name for p in scans.iterdir()) == ["patient-1.png"]
     assert main(["export", "--samples", str(other), "--out", str(png), "--quiet"]) == 2  # another store
     assert "other settings: --samples (the store's generations) (was 'store:" in capsys.readouterr().err
     assert main(["export", "--samples", str(tmp_path / "nope"), "--out", str(tmp_path / "png3"), "--quiet"]) == 2

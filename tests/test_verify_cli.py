@@ -367,3 +367,11 @@ def test_an_older_folder_with_a_baseline_resumes(files, tmp_path):
     (out / "result.json").unlink()
     assert run(*argv) == 0
     assert strict_json(out / "result.json")["baseline"] == first["baseline"]
+
+
+def test_a_baseline_smaller_than_the_training_set_is_said(files, tmp_path, capsys):
+    np.savez(tmp_path / "few.npz", images=cifar_images(500, "test")[200:250])
+    assert main(["verify", "--samples", str(files / "unc.npz"), "--data", str(files / "train.npz"), "--baseline",
+                 str(tmp_path / "few.npz"), "--out", str(tmp_path / "v"), "--device", "cpu"]) == 0
+    assert "--baseline holds 50 images never seen against 200 training images" in capsys.readouterr().err
+    assert strict_json(tmp_path / "v" / "result.json")["baseline"]["equal_size"] is False

@@ -79,7 +79,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rule", choices=("auto", "ratio", "l2"), default="auto", help="verification rule (auto: ratio, the paper's rule for pixel-space models)")
     g = p.add_argument_group("membership inference")
     g.add_argument("--mia", choices=MIA_ATTACKS, default="loss",
-                   help="attack; with few shadows (< 16) the -fixed variants (one global variance) are far stronger")
+                   help="attack; with fewer than 8 shadows (4 IN and 4 OUT per example) the -fixed variants (one global "
+                        "variance) are usually the stronger (docs/experiments.md: 3 a side)")
     g.add_argument("--shadows", type=int, default=0,
                    help="train K shadow models on seeded random halves of --data (even; LiRA needs 4 or more, and 6 or more to fit a "
                         "variance per example rather than the pooled one of the -fixed variants); the target "
@@ -154,6 +155,10 @@ def _audit_actions() -> dict[str, argparse.Action]:
     return {a.dest: a for a in p._actions if a.dest != "help"}
 
 
+#: Options whose value is a comma-separated list: --config takes a TOML list for them too.
+COMMA_LISTS = frozenset({"timesteps", "sweep", "inpaint_targets"})
+
+
 def _config_value(action: argparse.Action, key: str, value: Any, path: str) -> Any:
     """A --config value checked and converted as the same flag on the command line would be (type, choices)."""
     where = f"--config {path}: {key.replace('_', '-')} = {value!r}"
@@ -161,12 +166,18 @@ def _config_value(action: argparse.Action, key: str, value: Any, path: str) -> A
         if not isinstance(value, bool):
             raise DiffauditError(f"{where}: expected true or false")
         return value
+    if key in COMMA_LISTS and isinstance(value, list):  # timesteps = [50, 100], as the flag's "50,100"
+        if not all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in value):
+            raise DiffauditError(f"{where}: expected a list of integers")
+        value = ",".join(str(v) for v in value)
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise DiffauditError(f"{where}: expected a value of type {getattr(action.type, '__name__', 'str')}")
+        raise DiffauditError(f"{where}: expected a value of type {getattr(action.type, '__name__', 'str')}"
+                             + (" or a list" if key in COMMA_LISTS else ""))
     try:
         value = action.type(str(value)) if action.type else str(value)
     except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
-        raise DiffauditError(f"{where}: {exc}") from None
+        plain = {int: "expected an integer", float: "expected a number"}.get(action.type)  # not int()'s own words
+        raise DiffauditError(f"{where}: {plain or exc}") from None
     if action.choices is not None and value not in action.choices:
         raise DiffauditError(f"{where}: expected one of {', '.join(map(str, action.choices))}")
     return value
@@ -486,6 +497,9 @@ def run(args: argparse.Namespace) -> int:
     data = load_dataset(args.data, **data_options(args))  # before --out records anything: a typo costs nothing
     if args.class_conditional and data.labels is None:
         raise DiffauditError(f"--class-conditional needs labels, and {args.data} has none")
+    if not args.model and not args.shadows and not 1 <= args.train_size < len(data):
+        raise DiffauditError(f"--train-size must lie in [1, {len(data) - 1}] for the {len(data):,} images of --data "
+                             f"{args.data} (some must stay unseen: the baseline and the non-members); got {args.train_size}")
     model_dropped = None  # --model's record of its dropped near-duplicates, read once (used again below)
     if args.model:
         _, trained = _target_members(args, Path(args.out) / "models", data)

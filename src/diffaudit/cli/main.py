@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import sys
+from contextvars import ContextVar
 
 # Library chatter (diffusers' and transformers' advice about optional packages) is not for our users.
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
@@ -34,6 +35,7 @@ COMMANDS = [
 
 
 _UNAVAILABLE: dict[str, str] = {}
+QUIET_HELP = "no progress bars, stage lines or result line; errors still print (the result is in --out, or on stdout with --json)"
 
 
 def _available_commands(only: str | None = None):
@@ -100,17 +102,35 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return f"{text} (default: {str(default).replace('%', '%%')})"  # the help is %-formatted next
 
 
+#: The command ``--json`` asked a JSON answer of (None: not asked), while its command line is parsed.
+_JSON_FOR: ContextVar[tuple[str | None] | None] = ContextVar("json_for", default=None)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser whose refusal of a command line (an unknown flag, a value of the wrong type)
+    is also a JSON document on stdout when ``--json`` was given, as every other refusal is."""
+
+    def error(self, message: str):
+        asked = _JSON_FOR.get()
+        if asked is not None:
+            self.print_usage(sys.stderr)
+            print(f"{self.prog}: error: {message}", file=sys.stderr)
+            write_stdout(json.dumps({"command": asked[0], "error": message, "exit_status": 2}, indent=2) + "\n")
+            raise SystemExit(2)
+        super().error(message)
+
+
 def build_parser(only: str | None = None, *, overview: bool = False) -> argparse.ArgumentParser:
     """The CLI parser; with ``only``, just that command's sub-parser (command modules import torch and
     friends, so building every sub-parser costs seconds that a single command does not need); with
     ``overview`` and no command, the commands' names and one-line help only, read without importing."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="diffaudit",
         description="Audit image diffusion models for memorized training data: does the model emit "
                     "its training images, which ones, and how sure are we? (Carlini et al. 2023)",
     )
     parser.add_argument("--version", action="version", version=f"diffaudit {__version__}")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars or stage lines")
+    parser.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     if overview and only is None and _overview_parser(parser):
         return parser
@@ -122,7 +142,7 @@ def build_parser(only: str | None = None, *, overview: bool = False) -> argparse
                            formatter_class=HelpFormatter, allow_abbrev=False)
         mod.add_arguments(p)
         out = p.add_argument_group("output")
-        out.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars or stage lines")
+        out.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP)
         out.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the result as JSON on stdout")
         p.set_defaults(_run=functools.partial(_run_naming_flags, mod, setting_names(p)))
     return parser
@@ -204,15 +224,31 @@ def _command_parser(parser: argparse.ArgumentParser, command: str | None) -> arg
     return parser
 
 
+def _did_you_mean(parser: argparse.ArgumentParser, extra: list[str]) -> str:
+    """" (did you mean --steps?)" for the unrecognised flags of ``extra`` close to one of ``parser``'s."""
+    import difflib
+
+    flags = [f for a in parser._actions for f in a.option_strings if f.startswith("--")]
+    close = [m[0] for tok in extra if tok.startswith("--")
+             if (m := difflib.get_close_matches(tok.split("=", 1)[0], flags, n=1, cutoff=0.75))]
+    return f" (did you mean {', '.join(dict.fromkeys(close))}?)" if close else ""
+
+
 def _parse_and_run(argv: list[str] | None, raw: list[str], command: str | None) -> int:
     parser = build_parser(only=command if command in COMMANDS else None, overview=command not in COMMANDS)
     missing = next((_UNAVAILABLE[a] for a in raw if a in _UNAVAILABLE), None)
     if missing:
         print(f"diffaudit: error: {missing}", file=sys.stderr)
         return 2
-    args, extra = parser.parse_known_args(argv)
-    if extra:  # said by the command's own parser: its usage and name, not the top level's
-        _command_parser(parser, getattr(args, "command", None)).error(f"unrecognized arguments: {' '.join(extra)}")
+    options = raw[:raw.index("--")] if "--" in raw else raw
+    token = _JSON_FOR.set((command if command in COMMANDS else None,) if "--json" in options else None)
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # said by the command's own parser: its usage and name, not the top level's
+            own = _command_parser(parser, getattr(args, "command", None))
+            own.error(f"unrecognized arguments: {' '.join(extra)}{_did_you_mean(own, extra)}")
+    finally:
+        _JSON_FOR.reset(token)
     args._argv = list(sys.argv[1:] if argv is None else argv)  # which flags were given (audit --config)
     if not getattr(args, "_run", None):
         parser.print_help()

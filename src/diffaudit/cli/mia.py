@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 
 from diffaudit.attacks.membership.registry import ATTACK_NAMES, FEW_SHADOWS_PER_SIDE, PER_EXAMPLE_VARIANCE, get_attack
-from diffaudit.attacks.membership.run import (MiaConfig, MiaScores, TargetSpec, check_target, check_target_not_shadow, mia_models,
-                                              run_mia, shadow_run_dirs)
+from diffaudit.attacks.membership.run import (MiaConfig, MiaScores, TargetSpec, check_enough_shadows, check_target,
+                                              check_target_not_shadow, mia_models,
+                                              run_mia, shadow_run_dirs, shadows_folder)
 from diffaudit.attacks.membership.targets import shadows_per_side
 from diffaudit.cli.common import (
     add_data_args, add_run_args, canonical_settings, data_options, emit, emit_finished, file_in_folder, upgrading_paths,
@@ -43,7 +44,8 @@ DESCRIPTION = (
     "runs one --loss-cache to share it between attacks and output folders) and scores every example; larger scores mean 'more likely a member'. By default "
     "every shadow model is attacked in turn with the others as its shadows (leave-one-out, pooled); "
     "--target-index attacks one shadow, --target a separate run directory. Writes result.json (AUC, TPR at "
-    "1% and 0.1% FPR with bootstrap intervals), scores.npz (id, score, member per example), roc.png "
+    "1% and 0.1% FPR with bootstrap intervals), scores.npz (id, score, member, example_index, model_index: one "
+    "row per example, or per (target model, example) when every model is attacked in turn), roc.png "
     "(log-log) and, with --sweep, sweep.png (attack success over t, the paper's Figure 9)."
 )
 
@@ -99,9 +101,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="examples per forward pass (the losses do not depend on it, in bf16 up to rounding); auto: on CUDA the largest that fits "
                         "within 80%% of the GPU's memory, probed for each model (a Stable Diffusion pipeline takes at most 64)")
     a.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="forward passes (auto: bf16 on CUDA, else fp32)")
-    a.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates for the confidence intervals (0: none)")
+    a.add_argument("--bootstrap", type=_bootstrap_count, default=200,
+                   help="bootstrap replicates for the confidence intervals (0: none; else at least 2)")
     a.add_argument("--loss-cache", default=None, help="folder of cached losses to share between runs, e.g. one per shadows folder: other attacks "
                         "and --fresh runs then reuse them (default: OUT/losses, which --fresh deletes)")
+
+
+def _bootstrap_count(text: str) -> int:
+    """--bootstrap: 0 (no intervals) or a count of at least 2, refused as the command line is read."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer; got {text!r}") from None
+    if n != 0 and n < 2:
+        raise argparse.ArgumentTypeError(f"must be 0 (no intervals) or at least 2; got {n}")
+    return n
 
 
 def _clip_sweep(sweep: tuple[int, ...], n_timesteps: int) -> tuple[int, ...]:
@@ -160,7 +174,7 @@ def _warn_if_few_shadows(attack: str, membership, target: TargetSpec) -> None:
         print(f"diffaudit mia: warning: {attack} fits a variance per example only from 2 or more IN and OUT shadows; "
               f"examples scored with fewer (here as few as {per_side} a side) take the pooled variance of "
               f"{attack}-fixed, so where all do the two attacks give the same scores; train more shadows for a per-example "
-              f"fit (it is usually the stronger attack from {FEW_SHADOWS_PER_SIDE} a side)", file=sys.stderr)
+              f"fit (below {FEW_SHADOWS_PER_SIDE} a side, {attack}-fixed is usually the stronger attack)", file=sys.stderr)
     elif per_side < FEW_SHADOWS_PER_SIDE:
         print(f"diffaudit mia: warning: {attack} fits a variance per example from as few as {per_side} IN and "
               f"{per_side} OUT shadows; below {FEW_SHADOWS_PER_SIDE} a side, {attack}-fixed (one variance for all "
@@ -182,7 +196,7 @@ def _shadow_models(args: argparse.Namespace, ds: ImageDataset) -> tuple[np.ndarr
                              "models and membership matrix say which example each model trained on. The loss attack "
                              "on one run needs none: `diffaudit mia --target RUN --attack loss` (its members from "
                              "RUN's train_ids.json, every other example of --data a non-member).")
-    shadows = Path(args.shadows)
+    shadows = shadows_folder(args.shadows)
     mem_path = Path(file_in_folder(args.membership, "membership.npz")) if args.membership else shadows / "membership.npz"
     if not mem_path.exists():
         raise DiffauditError(f"membership file {mem_path} does not exist; pass --membership (the matrix the shadows were trained on)")
@@ -213,6 +227,7 @@ def run(args: argparse.Namespace) -> int:
         target = TargetSpec(mode="model", run=Path(args.target))
     else:
         target = TargetSpec()
+    check_enough_shadows(args.attack, len(runs), target)  # before the warning on few shadows, and any folder
     check_target(ds, matrix, target)  # members and non-members both: before any loss or folder
     check_models_alike(mia_models(runs, target), ds.image_shape, ds.labels, timesteps=config.all_timesteps)
     # the weights and pixels behind the paths: shadows retrained or data rewritten in place are other inputs

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from diffaudit.cli.common import emit, out_file
+from diffaudit.core.errors import DiffauditError
 
 NAME = "report"
 HELP = "render the self-contained HTML report (and summary.json) of an audit or of one command's result"
@@ -33,12 +34,33 @@ def summary_path(report: Path) -> Path:
     return report.with_name("summary.json") if report.name == "report.html" else report.with_suffix(".summary.json")
 
 
+#: What the first bytes of a file diffaudit wrote hold: a report's title, a summary's schema field.
+REPORT_MARK, SUMMARY_MARK = b"<title>diffaudit report:", b'"schema_version"'
+
+
+def refuse_replacing_foreign(path: Path, mark: bytes) -> None:
+    """Refuse to write over ``path`` when it exists and is not a file diffaudit wrote (its first 4 KiB
+    hold ``mark``): --out naming the user's own file must never replace it."""
+    if not path.exists() and not path.is_symlink():
+        return
+    try:
+        with open(path, "rb") as f:
+            ours = mark in f.read(4096)
+    except OSError:
+        ours = False
+    if not ours:
+        raise DiffauditError(f"{path} exists and is not a file diffaudit wrote; diffaudit never replaces a file of "
+                             "yours: give --out another file name, or a folder")
+
+
 def run(args: argparse.Namespace) -> int:
     from diffaudit.core.io import read_json
     from diffaudit.report import render_report, write_summary
     from diffaudit.report.view_extraction import baseline_phrase
 
     out = out_file(args.out, "report.html") if args.out else Path(args.result_dir) / "report.html"
+    refuse_replacing_foreign(out, REPORT_MARK)
+    refuse_replacing_foreign(summary_path(out), SUMMARY_MARK)
     report = render_report(args.result_dir, out, redact=args.redact)
     spath = write_summary(args.result_dir, summary_path(report))
     summary = read_json(spath)

@@ -251,7 +251,7 @@ def _unseen_part(base: ImageDataset, train: ImageDataset, source: str) -> tuple[
         return None, None
     if len(shared) == len(base):
         raise DiffauditError(f"--baseline {printable(source)}: every one of its {len(base):,} images is also in --data, pixel "
-                             "for pixel; the baseline must be images the model never saw (e.g. --data cifar10-train "
+                             "for pixel; the baseline must be images the model never saw (e.g. --data cifar10 "
                              "--baseline cifar10-test)")
     left = {i for i, _ in shared}
     stage_line(f"verify: {len(shared):,} of --baseline's {len(base):,} images are also in --data, pixel for pixel "
@@ -381,6 +381,9 @@ def run(args: argparse.Namespace) -> int:
             pick = kept[np.sort(numpy_rng(derive_seed(args.seed, "verify-baseline")).choice(len(kept), len(train), replace=False))]
         if pick is not None:
             base = base.subset(pick)
+        if len(base) < len(train):  # the report weighs the two counts as given, with Fisher's exact test
+            stage_line(f"verify: --baseline holds {len(base):,} images never seen against {len(train):,} training "
+                       "images: the two counts are of unequal sets (an equal-size baseline compares them directly)")
         if len(samples):
             _check_shapes(samples, base, "--baseline")
             vb = _run_verification("baseline", samples, base, vs, out, "knn-baseline", args, device, workers_device,

@@ -280,7 +280,19 @@ def prepare_out_dir(out: str | os.PathLike, command: str, settings: dict[str, An
     if foreign:  # what the folder held before diffaudit first wrote into it: never deleted by --fresh
         record[FOREIGN_KEY] = foreign
     if sfile.exists():
-        rewrite = resumed_record(str(path), read_json(sfile), record, upgrade)
+        old = read_json(sfile)
+        try:
+            rewrite = resumed_record(str(path), old, record, upgrade)
+        except SettingsMismatchError as e:
+            if not holds_no_work(path, old, command):
+                raise
+            from diffaudit.core.progress import stage_line
+
+            # a run refused or stopped before its first result: nothing of the earlier settings to keep
+            stage_line(f"{path} held no work yet, only the settings of an earlier run ({_differences_named(e)}); "
+                       "starting over with these")
+            write_json_atomic(sfile, {**record, **({FOREIGN_KEY: old[FOREIGN_KEY]} if FOREIGN_KEY in old else {})})
+            return path, False
         if rewrite is not None:
             try:
                 write_json_atomic(sfile, rewrite)  # an earlier version's record of the same work
@@ -290,6 +302,28 @@ def prepare_out_dir(out: str | os.PathLike, command: str, settings: dict[str, An
         return path, True
     write_json_atomic(sfile, record)
     return path, False
+
+
+def holds_no_work(path: Path, old: Any, command: str) -> bool:
+    """True when ``path``, holding ``command``'s settings record ``old``, holds nothing else of diffaudit's:
+    no file besides ``settings.json`` (and what the folder held before, ``kept_on_fresh``), empty
+    folders aside. Such a folder is what a run refused or stopped before its first result leaves."""
+    if not isinstance(old, dict) or old.get("command") != command:
+        return False
+    kept = set(old.get(FOREIGN_KEY) or [])
+    for p in path.iterdir():
+        if p.name == SETTINGS_FILE or p.name in kept:
+            continue
+        if p.is_dir() and not p.is_symlink() and not any(not q.is_dir() or q.is_symlink() for q in p.rglob("*")):
+            continue
+        return False
+    return True
+
+
+def _differences_named(error: SettingsMismatchError) -> str:
+    """The settings a :class:`SettingsMismatchError` of :func:`resumed_record` names ("--seed (was 0, now 1)")."""
+    text = str(error)
+    return text.split("other settings: ", 1)[-1].split(". Use the same settings", 1)[0]
 
 
 def resumed_record(where: str, old: dict[str, Any], record: dict[str, Any],

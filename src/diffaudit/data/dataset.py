@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from diffaudit.core.errors import DiffauditError
+from diffaudit.core.progress import stage_line
 from diffaudit.data.sharded import ShardedImages, is_image_array
 
 
@@ -106,3 +107,21 @@ def from_model_space(x: torch.Tensor) -> np.ndarray:
     """float (N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C), rounded, clipped."""
     y = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return y.permute(0, 2, 3, 1).cpu().numpy()
+
+
+#: (source, skipped names) already said in this process: a command that loads its data twice says it once.
+_SAID: set[tuple[str, tuple[str, ...]]] = set()
+
+
+def say_skipped(dataset: ImageDataset) -> ImageDataset:
+    """Say on stderr how many inputs ``--skip-bad`` skipped, naming the first with its reason (once
+    per source and process); returns ``dataset``."""
+    if dataset.skipped:
+        key = (str(dataset.source), tuple(str(name) for name, _ in dataset.skipped))
+        if key not in _SAID:
+            _SAID.add(key)
+            n = len(dataset.skipped)
+            name, reason = dataset.skipped[0]
+            stage_line(f"{dataset.source}: --skip-bad skipped {n} unreadable input{'s' * (n != 1)} (first: {name}: "
+                       f"{reason}); {len(dataset):,} images loaded")
+    return dataset

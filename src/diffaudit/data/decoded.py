@@ -36,7 +36,7 @@ import PIL
 from diffaudit.core.identity import text_bytes
 from diffaudit.core.io import load_npy, make_private_dir, read_json, remove_stale_temps, save_npy_atomic, write_json_atomic
 from diffaudit.data.builtin import BUILTIN_NAMES
-from diffaudit.data.dataset import ImageDataset
+from diffaudit.data.dataset import ImageDataset, say_skipped
 from diffaudit.data.entries import Entry
 from diffaudit.data.loader import (
     check_options,
@@ -151,7 +151,7 @@ def load_dataset_to_disk(
     done = read_json(folder / "done.json")
     parts = _finished_parts(folder)
     keys = [k for _, m in parts for k in m["keys"]]
-    return ImageDataset(
+    return say_skipped(ImageDataset(
         images=ShardedImages([p for p, _ in parts], name=listing.source),
         keys=keys,
         labels=np.array([x for _, m in parts for x in m["labels"]], dtype=np.int64) if listing.has_labels else None,
@@ -159,7 +159,7 @@ def load_dataset_to_disk(
         source=listing.source,
         skipped=[tuple(x) for x in done["skipped"]],
         class_names=listing.class_names,
-    )
+    ))
 
 
 def _decode(folder: Path, listing, entries, *, mode, skip_bad, center_crop, image_size, part_bytes) -> None:

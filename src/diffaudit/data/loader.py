@@ -32,7 +32,7 @@ import numpy as np
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.progress import progress_bar
 from diffaudit.data.builtin import BUILTIN_NAMES, list_cifar10, list_digits
-from diffaudit.data.dataset import ImageDataset
+from diffaudit.data.dataset import ImageDataset, say_skipped
 from diffaudit.data.entries import Entry, Listing, gc_paused
 from diffaudit.data.folder import list_folder
 from diffaudit.data.images import BadImageError
@@ -130,7 +130,7 @@ def load_dataset(
     images = np.empty((len(pixels), h, w, channels), dtype=np.uint8)
     for i, img in enumerate(pixels):
         images[i] = to_channels(img, channels)
-    return assemble(listing, kept, images, skipped)
+    return say_skipped(assemble(listing, kept, images, skipped))
 
 
 def check_options(image_size, center_crop, mode) -> tuple[int | None, int | None]:
@@ -166,7 +166,7 @@ def iter_decoded(entries: list[Entry], source: str, skipped: list[tuple[str, str
             except BadImageError as exc:
                 if not skip_bad:
                     raise DiffauditError(
-                        f"{exc}. Fix or remove it, or pass --skip-bad (skip_bad=True) to skip bad images; "
+                        f"{exc}. Fix or remove it, or pass --skip-bad to skip bad images; "
                         "skips are counted and reported"
                     ) from None
                 skipped.append((exc.name, exc.reason))
@@ -186,8 +186,8 @@ def check_same_size(source: str, first_name: str, first_shape, name: str, shape)
     if tuple(shape[:2]) != tuple(first_shape[:2]):
         raise ImagesDifferInSize(
             f"{source}: images differ in size: {first_name} is {first_shape[1]}x{first_shape[0]} but {name} is "
-            f"{shape[1]}x{shape[0]} (width x height); pass --image-size (image_size=) to resize "
-            "them all, with --center-crop (center_crop=) to keep their aspect ratio"
+            f"{shape[1]}x{shape[0]} (width x height); pass --image-size to resize "
+            "them all, with --center-crop to keep their aspect ratio"
         )
 
 

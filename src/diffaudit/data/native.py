@@ -86,7 +86,7 @@ class NativeImages:
             img = entry.pixels()
         except BadImageError as exc:
             if not self._skip_bad:
-                raise DiffauditError(f"{exc}. Fix or remove it, or pass --skip-bad (skip_bad=True) to skip bad images; "
+                raise DiffauditError(f"{exc}. Fix or remove it, or pass --skip-bad to skip bad images; "
                                      "skips are counted and reported") from None
             if i not in self.bad:
                 self.bad.add(i)

@@ -22,9 +22,9 @@ def choose_subset(n_total: int, n: int, seed: int, source: str = "dataset") -> n
         DiffauditError: ``n`` is not in [1, n_total].
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise DiffauditError(f"--subset (subset=) must be a positive number of examples; got {n!r}")
+        raise DiffauditError(f"--subset must be a positive number of examples; got {n!r}")
     if n > n_total:
-        raise DiffauditError(f"--subset {n} (subset=) asks for more examples than {source} has ({n_total}); leave "
+        raise DiffauditError(f"--subset {n} asks for more examples than {source} has ({n_total}); leave "
                              "--subset out to use all of them")
     rng = numpy_rng(derive_seed(int(seed), "data-subset"))
     return np.sort(rng.choice(n_total, size=int(n), replace=False)).astype(np.int64)

@@ -461,6 +461,10 @@ def train_dp(
         raise DiffauditError(f"--batch-size {config.batch_size} exceeds the {n} training examples: a DP-SGD batch holds "
                              "each example at most once (sampling rate q = B / N at most 1); lower --batch-size")
     q = config.batch_size / n
+    if q == 1 and dp.noise_multiplier != 0:
+        stage_line(f"train (DP-SGD): warning: --batch-size {config.batch_size} takes all {n} training examples every "
+                   "step (sampling rate q = 1), so subsampling amplifies no privacy: every step spends its full "
+                   "privacy cost; a --batch-size well below the training set buys a lower epsilon per step")
     delta = dp.delta if dp.delta is not None else 1.0 / (10 * n)
     sigma = resolve_noise(dp, sample_rate=q, steps=config.steps, delta=delta)
     dp_settings = {**dataclasses.asdict(dp), "max_grad_norm": _finite(dp.max_grad_norm), "delta": delta,

@@ -261,7 +261,10 @@ def load_denoiser(path: str | Path, device: str | torch.device = "cpu", dtype: t
     if cls != "UNet2DModel":
         raise DiffauditError(f"{flag} {root}: {cls} is not a pixel-space UNet2DModel (latent pipelines load with load_sd_pipeline)")
     if not any(unet_dir.glob("*.safetensors")):
-        raise DiffauditError(f"{flag} {root}: weights must be in safetensors format (pickled .bin weights are refused)")
+        pickled = sorted(p.name for p in unet_dir.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        raise DiffauditError(f"{flag} {root}: weights must be in safetensors format (pickled weights such as {pickled[0]} "
+                             "are refused)" if pickled else f"{flag} {root}: {unet_dir} holds no weights (no "
+                             ".safetensors file); the run is incomplete or its weights were removed")
     scheduler, sched_config = _scheduler_from(sched_dir, root, flag)
     schedule = SamplingSchedule.from_config(sched_config)  # checked where it is sampled (open_source)
     learned_variance = _check_layout(config, scheduler, root, flag)

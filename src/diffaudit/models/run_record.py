@@ -106,8 +106,9 @@ def check_trained_on(run_dir: str | Path, dataset: ImageDataset, what: str = "--
     if unknown:
         if allow_missing:
             return rows
-        raise DiffauditError(f"{what} {run} trained on {len(unknown)} examples that are not in {dataset.source} "
-                             f"(first: {unknown[0]!r}); give the --data it was trained on, with the same options")
+        raise DiffauditError(f"{what} {run} trained on {len(unknown)} examples that are not among the {len(dataset):,} "
+                             f"examples of {dataset.source} as loaded (first: {unknown[0]!r}); give the --data it was "
+                             "trained on, with the same options (a --subset may leave them out)")
     advice = "give the --data it was trained on, with the same --image-size, --mode and other data options" + trained_data_text(run)
     digests, combined = _recorded(run)
     if digests is not None:

@@ -42,6 +42,9 @@ def rule_text(rule: Any, delta: Any = None, *, alpha: Any = None, n_neighbors: A
 
 
 NOT_VERIFIED = "Extraction was not verified against the training set."
+#: The verdict of a folder without any extraction result (a membership attack, a trained run, ...).
+NOT_RUN = ("This folder holds no extraction result, so whether the model emits its training images is not "
+           "measured here (`diffaudit audit`, or sample, extract and verify, measure it); its own results follow.")
 
 
 def verdict(ex: dict[str, Any] | None, *, canaries: dict[str, Any] | None = None) -> dict[str, str]:
@@ -105,7 +108,9 @@ def canary_verdict(canaries: dict[str, Any]) -> dict[str, str]:
 def unverified_verdict(ex: dict[str, Any] | None) -> dict[str, str]:
     """The verdict without any verification: "unknown"; when an extract result is there (and no verify
     stage), what it found, and that its cliques were not checked against the training set."""
-    if not ex or ex.get("rule") is not None:
+    if not ex:
+        return {"level": "unknown", "text": NOT_RUN}
+    if ex.get("rule") is not None:
         return {"level": "unknown", "text": NOT_VERIFIED}
     of = f" among {ex['n_samples']:,} generations" if isinstance(ex.get("n_samples"), int) else ""
     if isinstance(ex.get("n_cliques"), int):

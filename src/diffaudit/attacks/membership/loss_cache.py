@@ -81,6 +81,7 @@ def cached_model_losses(
     cache_dir: str | Path,
     name: str = "model",
     data_digest: str | None = None,
+    flag: str = "--model",
 ) -> np.ndarray:
     """Losses of the model in ``run_dir`` on every example of ``dataset``: float64 (N, T, Q).
 
@@ -101,6 +102,7 @@ def cached_model_losses(
             :func:`~diffaudit.models.latent_loss.latent_loss_probe`, else 64).
         cache_dir: the cache root; ``name`` labels the model's folder in it.
         data_digest: :func:`dataset_digest` of ``dataset`` when the caller already has it.
+        flag: the option ``run_dir`` came from, which errors name (``--shadows``, ``--target``).
     """
     if precision not in PRECISIONS:
         raise DiffauditError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -123,7 +125,7 @@ def cached_model_losses(
                 fresh = per_example_latent_loss(pipe, dataset.images, dataset.captions, timesteps=missing, n_draws=n_draws,
                                                 flips=flips, noise_seed=noise_seed, batch_size=batch)
         else:
-            den = load_denoiser(run_dir, device=device, dtype=torch.float32)
+            den = load_denoiser(run_dir, device=device, dtype=torch.float32, flag=flag)
             if dtype != torch.float32:
                 den.optimise_for_gpu(dtype=dtype, channels_last=True, compile=False)
             labels = dataset.labels if den.num_classes is not None else None

@@ -153,18 +153,31 @@ class MiaScores:
     shadows_per_side: int | None = None
 
 
+def shadows_folder(path: str | Path) -> Path:
+    """``path`` as a folder of shadow models; an error saying so when it is missing or a file."""
+    root = Path(path)
+    if not root.is_dir():
+        raise DiffauditError(f"--shadows {root} {'is not a folder' if root.exists() else 'does not exist'} (expected "
+                             "the folder of `diffaudit shadows`, holding model-00, model-01, ...)")
+    return root
+
+
 def shadow_run_dirs(shadows_dir: str | Path, n_models: int) -> list[Path]:
     """``shadows_dir/model-00 .. model-{M-1}``; raises naming the first that is missing or unfinished."""
-    root = Path(shadows_dir)
+    root = shadows_folder(shadows_dir)
     out = []
     for k in range(n_models):
         run = root / f"model-{k:02d}"
         if not (run / "result.json").exists():
             state = "unfinished" if run.exists() else "missing"
+            there = sum(1 for d in root.glob("model-*") if (d / "result.json").exists())
+            if k and not run.exists() and there == k:  # every model the folder holds, and the matrix asks for more
+                raise DiffauditError(
+                    f"the membership matrix has {n_models} columns, but {root} holds {k} shadow model{'s' * (k != 1)}: "
+                    f"pass --models {k} to use those, or the --membership matrix they were trained on")
             raise DiffauditError(
-                f"shadow model {k} ({run}) is {state}; train the shadows first "
-                f"(`diffaudit shadows --out {root}` resumes where it stopped)"
-            )
+                f"shadow model {k} ({run}) is {state}; re-run the `diffaudit shadows` command that made {root} "
+                "(the same --data, --membership and training flags), which resumes where it stopped")
         out.append(run)
     return out
 
@@ -276,6 +289,19 @@ def check_target_not_shadow(target_run: str | Path, shadow_runs: Sequence[str | 
                                  f"enter its IN/OUT statistics; {hint}")
 
 
+def check_enough_shadows(attack_name: str, n_models: int, target: TargetSpec) -> None:
+    """Refuse an attack that reads shadows when fewer than 2 models are left besides the target
+    (``n_models`` shadow folders' models; a separate ``--target`` is not among them)."""
+    if not get_attack(attack_name).needs_shadows:
+        return
+    n_shadows = n_models if target.mode == "model" else n_models - 1
+    if n_shadows < 2:
+        among = "" if target.mode == "model" else f" ({n_models} model{'s' * (n_models != 1)}, the target among them)"
+        raise DiffauditError(
+            f"attack {attack_name!r} needs at least 2 shadow models besides the target; got {n_shadows}{among}: use more "
+            "of the shadows (--models) or train 4 or more on random halves (`diffaudit membership --models 4`)")
+
+
 def mia_models(shadow_runs: Sequence[str | Path], target: TargetSpec) -> list[tuple[str, Path]]:
     """(flag, folder) of every model whose losses the attack compares, a separate target first: what
     :func:`~diffaudit.models.alike.check_models_alike` checks."""
@@ -319,13 +345,7 @@ def run_mia(
                              f"for {n} examples and {m} shadow models")
     attack = get_attack(config.attack, transform=config.transform, strong_aggregate=config.strong_aggregate)
     check_target_spec(target, m)
-    n_shadows = m if target.mode == "model" else m - 1
-    if attack.needs_shadows and n_shadows < 2:
-        raise DiffauditError(
-            f"attack {config.attack!r} needs at least 2 shadow models besides the target, so that examples have losses "
-            f"from models that trained on them and from models that did not; got {n_shadows} "
-            "(train 4 or more models on random halves: `diffaudit membership --models 4`)"
-        )
+    check_enough_shadows(config.attack, m, target)
 
     per_side = shadows_per_side(membership, mode=target.mode, index=target.index) if attack.needs_shadows else None
     check_shadow_training(dataset, membership, shadow_runs)
@@ -339,6 +359,7 @@ def run_mia(
             run, dataset, timesteps=all_ts, n_draws=config.n_draws, flips=config.flips,
             noise_seed=config.noise_seed, precision=config.precision, batch_size=config.batch_size,
             device=device, cache_dir=cache_dir, name=name, data_digest=data_fp,
+            flag="--target" if name == "target" else "--shadows",
         )
 
     # Which shadow models' losses are needed: all of them unless the attack ignores shadows.
