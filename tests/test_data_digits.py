@@ -52,8 +52,8 @@ def test_subset_determinism(digits):
 
 
 def test_subset_errors():
-    with pytest.raises(DiffauditError, match=r"--subset 1798 \(subset=\) asks for more examples than digits has \(1797\)"):
+    with pytest.raises(DiffauditError, match=r"--subset 1798 asks for more examples than digits has \(1797\)"):
         load_dataset("digits", subset=1798)
-    with pytest.raises(DiffauditError, match="--subset \\(subset=\\) must be a positive"):
+    with pytest.raises(DiffauditError, match="--subset must be a positive"):
         load_dataset("digits", subset=0)
     assert len(load_dataset("digits", subset=1797)) == 1797
