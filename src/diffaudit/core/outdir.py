@@ -2,7 +2,8 @@
 
 A command writes ``settings.json`` into its ``--out`` folder before any work. Pointed at a folder
 that already holds settings, it resumes when they are equal and stops with an error naming the first
-setting that differs otherwise; ``fresh=True`` (``--fresh``) empties the folder first, but only a
+setting that differs otherwise (unless it holds no work yet, only the settings of a run refused or
+stopped before its first file: those are replaced); ``fresh=True`` (``--fresh``) empties the folder first, but only a
 folder diffaudit made (one holding its ``settings.json``) or an empty one: a mistyped ``--out`` must
 never delete a user's own files.
 
