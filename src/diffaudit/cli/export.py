@@ -40,21 +40,6 @@ def setting_flags(args: argparse.Namespace) -> dict[str, str]:
     return {"samples_identity": "--samples (the store's generations)"}
 
 
-def _refuse_a_folder_of_yours(out: Path, fresh: bool) -> None:
-    """Refuse an --out that already holds files diffaudit did not write: generated PNG files mixed into a
-    folder of real images could later be read as data (--data, --baseline) with nothing to tell them apart."""
-    from diffaudit.core.errors import DiffauditError
-    from diffaudit.core.outdir import SETTINGS_FILE
-
-    if fresh or not out.is_dir() or (out / SETTINGS_FILE).exists():
-        return
-    yours = sorted(p.name for p in out.iterdir())
-    if yours:
-        raise DiffauditError(f"--out {out} already holds {len(yours)} file{'s' * (len(yours) != 1)} of yours (e.g. "
-                             f"{yours[0]}); export writes generated images into a new or empty folder, so they are "
-                             "never mixed with real ones")
-
-
 def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
@@ -72,9 +57,10 @@ def run(args: argparse.Namespace) -> int:
             f"{args.samples}: {len(pending)} of {store.n_shards} shards are not finished; finish sampling (re-run "
             "`diffaudit sample` with the same flags) or pass --partial to export the finished generations")
     settings = {"samples_identity": samples_identity(args.samples)}  # the same as its shards finish
-    _refuse_a_folder_of_yours(Path(args.out), args.fresh)
     out, _ = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh,
-                             upgrade=lambda old: {k: v for k, v in old.items() if k != "partial"})  # earlier record
+                             upgrade=lambda old: {k: v for k, v in old.items() if k != "partial"},  # earlier record
+                             refuse_foreign="export writes generated images into a new or empty folder, so they are "
+                                            "never mixed with real ones")
     done = store.completed()
     n = written = 0
     total = sum(store.plan(k).stop - store.plan(k).start for k in done)

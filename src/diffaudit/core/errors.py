@@ -6,7 +6,14 @@ class DiffauditError(Exception):
 
 
 class SettingsMismatchError(DiffauditError):
-    """An output folder holds work made with other settings (DESIGN: resume conventions)."""
+    """An output folder holds work made with other settings (DESIGN: resume conventions).
+
+    ``differences``: the settings that differ as the message names them (``--seed (was 0, now 1)``);
+    empty when the folder is another command's."""
+
+    def __init__(self, message: str, differences: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.differences = differences
 
 
 class NonFiniteError(DiffauditError):

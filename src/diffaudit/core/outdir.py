@@ -257,13 +257,17 @@ def remove_for_fresh(path: Path) -> None:
 
 
 def prepare_out_dir(out: str | os.PathLike, command: str, settings: dict[str, Any], *, fresh: bool = False,
-                    upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> tuple[Path, bool]:
+                    upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                    refuse_foreign: str | None = None) -> tuple[Path, bool]:
     """Create or reopen ``out`` for ``command`` with ``settings``.
 
     ``upgrade``: the command's reading of settings an earlier version recorded (keys since dropped
     because they never shaped the result, keys since added at the value the earlier version used);
     a folder whose upgraded settings match is resumed, and its settings file rewritten (kept as it is on
     read-only storage: it is read the same way next time).
+
+    ``refuse_foreign``: why the command refuses a folder that already holds files diffaudit did not
+    write (``export``: its generated images are never mixed with real ones); None records and keeps them.
 
     Returns ``(path, resumed)``; ``resumed`` is True when the folder held the same settings.
     Raises :class:`SettingsMismatchError` when it holds different ones.
@@ -276,6 +280,9 @@ def prepare_out_dir(out: str | os.PathLike, command: str, settings: dict[str, An
         remove_deletion_leftovers(path)  # of a --fresh killed while deleting
     sfile = path / SETTINGS_FILE
     foreign = sorted(p.name for p in path.iterdir()) if path.is_dir() and not sfile.exists() else []
+    if foreign and refuse_foreign:
+        raise DiffauditError(f"--out {path} already holds {len(foreign)} file{'s' * (len(foreign) != 1)} of yours (e.g. "
+                             f"{foreign[0]}); {refuse_foreign}")
     make_private_dir(path)
     record = settings_record(command, settings)
     if foreign:  # what the folder held before diffaudit first wrote into it: never deleted by --fresh
@@ -290,9 +297,9 @@ def prepare_out_dir(out: str | os.PathLike, command: str, settings: dict[str, An
             from diffaudit.core.progress import stage_line
 
             # a run refused or stopped before its first result: nothing of the earlier settings to keep
-            stage_line(f"{path} held no work yet, only the settings of an earlier run ({_differences_named(e)}); "
+            stage_line(f"{path} held no work yet, only the settings of an earlier run ({'; '.join(e.differences)}); "
                        "starting over with these")
-            write_json_atomic(sfile, {**record, **({FOREIGN_KEY: old[FOREIGN_KEY]} if FOREIGN_KEY in old else {})})
+            write_json_atomic(sfile, _keeping_foreign(record, old))
             return path, False
         if rewrite is not None:
             try:
@@ -311,7 +318,7 @@ def holds_no_work(path: Path, old: Any, command: str) -> bool:
     folders aside. Such a folder is what a run refused or stopped before its first result leaves."""
     if not isinstance(old, dict) or old.get("command") != command:
         return False
-    kept = set(old.get(FOREIGN_KEY) or [])
+    kept = _foreign_entries(old)
     for p in path.iterdir():
         if p.name == SETTINGS_FILE or p.name in kept:
             continue
@@ -319,12 +326,6 @@ def holds_no_work(path: Path, old: Any, command: str) -> bool:
             continue
         return False
     return True
-
-
-def _differences_named(error: SettingsMismatchError) -> str:
-    """The settings a :class:`SettingsMismatchError` of :func:`resumed_record` names ("--seed (was 0, now 1)")."""
-    text = str(error)
-    return text.split("other settings: ", 1)[-1].split(". Use the same settings", 1)[0]
 
 
 def resumed_record(where: str, old: dict[str, Any], record: dict[str, Any],
@@ -350,10 +351,16 @@ def resumed_record(where: str, old: dict[str, Any], record: dict[str, Any],
     if diffs:
         raise SettingsMismatchError(
             f"{where} holds work made with other settings: {'; '.join(diffs[:5])}. "
-            "Use the same settings to resume, another --out, or --fresh to start over."
+            "Use the same settings to resume, another --out, or --fresh to start over.",
+            differences=tuple(diffs[:5]),
         )
     if recorded == record["settings"]:
         return None
+    return _keeping_foreign(record, old)
+
+
+def _keeping_foreign(record: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with what ``old`` lists as there before diffaudit first wrote into the folder (kept on --fresh)."""
     return {**record, **({FOREIGN_KEY: old[FOREIGN_KEY]} if FOREIGN_KEY in old else {})}
 
 
