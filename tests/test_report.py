@@ -95,9 +95,9 @@ def make_audit(root: Path) -> Path:
     write_json_atomic(audit / "extract" / "result.json", _envelope(
         "extract", {"samples": str(store), "samples_identity": store_identity, "edge_threshold": 0.1, "min_clique": 10}, {"seed": 0},
         prompts=[
-            {"prompt": SCRIPT, "n_generations": 10, "largest_clique": 10, "members": ids[:10], "medoid": "p0-i3",
+            {"prompt": SCRIPT, "prompt_index": 0, "n_generations": 10, "largest_clique": 10, "members": ids[:10], "medoid": "p0-i3",
              "mean_distance": 0.031, "flagged": True},
-            {"prompt": IMG, "n_generations": 10, "largest_clique": 2, "members": ids[10:12], "medoid": "p1-i0",
+            {"prompt": IMG, "prompt_index": 1, "n_generations": 10, "largest_clique": 2, "members": ids[10:12], "medoid": "p1-i0",
              "mean_distance": 0.2, "flagged": False},
         ]))
     # The baseline: 1 false positive among 1,000 never-seen images against 3 matches among 12 training
@@ -134,9 +134,9 @@ def make_audit(root: Path) -> Path:
         tpr_at_fpr={"0.01": 0.31, "0.001": 0.12}, n_members=1000, n_nonmembers=1000,
         roc={"fpr": fpr, "tpr": [0.0, 0.12, 0.31, 0.7, 0.95, 1.0]}))
     # Inpainting: a grid per target; the member's grid holds its training image.
-    targets = [{"id": "npz:2", "member": True, "best_l2": 0.04, "mean_topk_l2": 0.06},
-               {"id": "npz:9", "member": True, "best_l2": 0.07, "mean_topk_l2": 0.09},
-               {"id": "npz:11", "member": False, "best_l2": 0.2, "mean_topk_l2": 0.25}]
+    targets = [{"index": 2, "id": "npz:2", "member": True, "best_l2": 0.04, "mean_topk_l2": 0.06},
+               {"index": 9, "id": "npz:9", "member": True, "best_l2": 0.07, "mean_topk_l2": 0.09},
+               {"index": 11, "id": "npz:11", "member": False, "best_l2": 0.2, "mean_topk_l2": 0.25}]
     (audit / "inpaint" / "grids").mkdir(parents=True)
     grid = np.concatenate([train[2], np.zeros_like(train[2]), _noisy(train[2], 7)], axis=1)
     Image.fromarray(grid).save(audit / "inpaint" / "grids" / "grid-npz_2.png")
@@ -331,8 +331,12 @@ def test_redact_removes_training_images(redacted, audit):
         for i in range(len(train)):
             assert not (img.shape == train[i].shape and np.array_equal(img, train[i])), i
     text = "".join(page.text)
+    # training examples by their position, never by their key (a file name may name a person)
     for i in EXTRACTED_TRAIN:
-        assert f"npz:{i}" in text
+        assert f"#{i}" in text and f"npz:{i}" not in html
+    assert "#9" in text and "npz_9" not in html  # an inpainting grid, and its file name
+    # prompts are captions of the training data: by their index
+    assert CaptionPage(html).captions == [] and "prompt #0 (caption redacted)" in text
     assert "redacted" in text
     # the verified generations and clique members are copies (or candidates) of training images too
     assert page.images("generation") == [] and page.images() == page.images("plot")

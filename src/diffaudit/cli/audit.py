@@ -94,7 +94,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--inpaint-targets", default="4,4", help="members,non-members to attack")
     g.add_argument("--n-inpaint", type=int, default=16, help="inpaintings per target (paper: 5,000)")
     g = p.add_argument_group("report")
-    g.add_argument("--redact", action="store_true", help="show training images, and the generations that copy them, as their ids in the report")
+    g.add_argument("--redact", action="store_true", help="show training images, and the generations that copy them, as their ids in the report; "
+                   "training file names as positions and captions as prompt indices")
 
 
 # --------------------------------------------------------------------------- configuration

@@ -15,7 +15,9 @@ DESCRIPTION = (
     "canaries or dedup) as one self-contained HTML file: was training data extracted, how much, how "
     "sure; extracted pairs, flagged cliques, ROC curves, inpainting, canaries, settings and versions. "
     "Images are embedded; the page loads nothing from the network. It shows training images, so it is "
-    "written owner-only; --redact replaces them, and the generations that copy them, by their ids. summary.json (the same numbers) is "
+    "written owner-only; --redact replaces them, and the generations that copy them, by their ids, and names training "
+    "examples by position and prompts by index (file names and captions may name people). summary.json (the same numbers, "
+    "names and captions included) is "
     "written beside the report: summary.json next to report.html, else <name>.summary.json."
 )
 
@@ -26,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "ending in /) to write report.html into (default: RESULT_DIR/report.html)")
     p.add_argument("--redact", action="store_true",
                    help="replace training images, the generations that copy them (verified pairs, clique members) "
-                   "and inpainting grids by their ids")
+                   "and inpainting grids by their ids; show training examples by their position in the training set "
+                   "(not their file names) and prompts by their index (not their captions)")
 
 
 def summary_path(report: Path) -> Path:

@@ -2,8 +2,9 @@
 
 A pair shows the generation (from the sample store) beside the training image it reproduces (from
 the dataset recorded in the verify settings), with ℓ2, the normalised ratio, eidetic k and the
-duplicate count. Missing pixels show as ids; with ``redact`` training images are never loaded, and
-the verified generations and clique members (copies, or candidate copies, of them) show as ids too.
+duplicate count. Missing pixels show as ids; with ``redact`` training images are never loaded, the
+verified generations and clique members (copies, or candidate copies, of them) show as ids too, and
+neither training keys (file names) nor prompts (captions) are shown: positions and indices stand in.
 """
 
 from __future__ import annotations
@@ -293,10 +294,17 @@ def duplicate_counts(rs: ResultSet) -> dict[str, int]:
     return out
 
 
+def _position(train_id: Any) -> str:
+    """How a redacted training example is named: its position in the training set as loaded."""
+    return f"#{train_id}" if train_id is not None else "(redacted)"
+
+
 def gallery(rs: ResultSet, *, redact: bool) -> dict[str, Any] | None:
     """Pairs of the verify stage, most exact first (smallest ℓ2), at most ``MAX_PAIRS``. After ``verify
     --from-extract`` (``from_extract``), each pair's ``n_matching`` counts clique medoids, and
-    ``clique_generations`` the generations in their cliques (:mod:`~diffaudit.report.clique_counts`)."""
+    ``clique_generations`` the generations in their cliques (:mod:`~diffaudit.report.clique_counts`).
+    With ``redact`` no pixels, and each training example is named by its position in the training
+    set, not by its key (a file name may carry a name or a record number)."""
     st = rs.first("verify")
     if st is None:
         return None
@@ -333,8 +341,9 @@ def gallery(rs: ResultSet, *, redact: bool) -> dict[str, Any] | None:
         items.append({
             "sample": e.get("sample"),
             "gen_uri": image_uri(gen, max_side=PAIR_SIDE),
-            "train_key": key if key is not None else e.get("train_id"),
-            "train_id": e.get("train_id"),
+            # redacted: a file name may name a person; the position in the training set does not
+            "train_key": _position(e.get("train_id")) if redact else key if key is not None else e.get("train_id"),
+            "train_id": None if redact else e.get("train_id"),
             "train_uri": image_uri(timg, max_side=PAIR_SIDE),
             "l2": e.get("l2"),
             "ratio": e.get("ratio"),
@@ -349,8 +358,9 @@ def gallery(rs: ResultSet, *, redact: bool) -> dict[str, Any] | None:
 
 
 def cliques(rs: ResultSet, *, redact: bool = False) -> dict[str, Any] | None:
-    """Flagged prompts (largest clique ≥ min size), ranked by mean internal distance, with thumbnails
-    (none with ``redact``: a clique's members are candidate copies of a training image)."""
+    """Flagged prompts (largest clique ≥ min size), ranked by mean internal distance, with thumbnails.
+    With ``redact`` neither thumbnails (a clique's members are candidate copies of a training image)
+    nor prompts (captions of the training data): each prompt shows as its index."""
     st = rs.first("extract")
     if st is None:
         return None
@@ -369,7 +379,8 @@ def cliques(rs: ResultSet, *, redact: bool = False) -> dict[str, Any] | None:
         thumbs = [{"id": m, "uri": None if redact else image_uri(samples.get(m), max_side=THUMB), "medoid": m == str(medoid)}
                   for m in order[:MAX_MEMBERS]]
         items.append({
-            "prompt": p.get("prompt"),
+            "prompt": None if redact else p.get("prompt"),  # a caption of the training data
+            "prompt_index": p.get("prompt_index"),
             "n_generations": p.get("n_generations", p.get("component_size")),
             "largest_clique": p.get("largest_clique", p.get("size", len(members))),
             "mean_distance": p.get("mean_distance"),

@@ -93,7 +93,8 @@ def inpainting_view(rs: ResultSet, summary: dict[str, Any], *, redact: bool) -> 
     Distances are each target's ``mean_topk_l2`` (the mean ℓ2 of its ``top_k`` best inpaintings; the
     old name ``mean_top10_l2`` reads too), and every label names the run's own k.
     A grid shows the original target (a training image when it is a member), so ``redact`` replaces
-    every grid by its target's id.
+    every grid by its target's position in the training set (``#index``): its id is a training key,
+    and keys (file names) may name a person.
     """
     st = rs.first("inpaint")
     if st is None:
@@ -126,7 +127,8 @@ def inpainting_view(rs: ResultSet, summary: dict[str, Any], *, redact: bool) -> 
         if real is not None:
             used.add(real)
         grids.append({
-            "id": tid, "member": bool(t.get("member")), "best_l2": t.get("best_l2"), "mean_topk_l2": t.get("mean_topk_l2"),
+            "id": (f"#{t['index']}" if t.get("index") is not None else f"target {len(grids) + 1}") if redact else tid,
+            "member": bool(t.get("member")), "best_l2": t.get("best_l2"), "mean_topk_l2": t.get("mean_topk_l2"),
             "name": path.name if path is not None else None,
             "uri": None if redact or real is None else png_file_uri(real),
         })
@@ -134,7 +136,7 @@ def inpainting_view(rs: ResultSet, summary: dict[str, Any], *, redact: bool) -> 
         if len(grids) >= MAX_GRIDS:
             break
         if real not in used:  # a grid no target claims: shown under its file name
-            grids.append({"id": f.stem, "member": None, "best_l2": None, "mean_topk_l2": None, "name": f.name,
+            grids.append({"id": f"grid {len(grids) + 1}" if redact else f.stem, "member": None, "best_l2": None, "mean_topk_l2": None, "name": f.name,
                           "uri": None if redact else png_file_uri(real)})
     notes = [n for n in (plot_note, _left_out_note(outside, linked)) if n]
     return {
