@@ -321,3 +321,33 @@ def test_config_takes_toml_lists_for_comma_separated_options(tmp_path):
         applied("steps = [1, 2]\n")
     with pytest.raises(DiffauditError, match=r"subset = 'many': expected an integer$"):
         applied('subset = "many"\n')
+
+
+def test_the_report_of_an_unfinished_audit_says_it_is_unfinished(tmp_path, capsys, monkeypatch):
+    """Stopped at its verify stage, an audit's report names the stages it finished and how to continue;
+    it does not send the user to run `diffaudit verify` by hand. Continued, the note is gone."""
+    import diffaudit.cli.verify as verify_cli
+    from diffaudit.report.html import render_html
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "audit"
+    with monkeypatch.context() as m:
+        m.setattr(verify_cli, "run", interrupted)
+        assert main(SMALL + ["--out", str(out)]) == 130
+    assert not (out / "result.json").exists()
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    assert "an unfinished audit: its later stages have not run" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["audit_finished"] is False and summary["extraction"]["unique_extracted"] is None
+    html = (out / "report.html").read_text()
+    assert 'data-kind="unfinished"' in html and "the results of its train, sample, extract stages" in html
+    assert "diffaudit audit --config audit/config.toml --out audit" in html
+    assert "the audit has not yet verified them" in html and "diffaudit verify --samples" not in html
+
+    assert main(SMALL + ["--out", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["audit_finished"] is True
+    assert 'data-kind="unfinished"' not in (out / "report.html").read_text()
+    assert 'data-kind="unfinished"' not in render_html(out / "verify")  # one command's folder is never an audit

@@ -77,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         tpr = (m.get("tpr_at_fpr") or {}).get("0.01")
         if tpr is not None:
             parts.append(f"{key} TPR@1%FPR {tpr * 100:.1f}%")
+    if summary.get("audit_finished") is False:
+        parts.insert(0, "an unfinished audit: its later stages have not run")
     human = f"report: {report}" + (f" ({'; '.join(parts)})" if parts else "") + f"\nsummary: {spath}"
     # attack and folder names come from the result files: emit prints their control characters escaped
     emit(args, {"report": str(report), "summary_file": str(spath), "summary": summary}, human)

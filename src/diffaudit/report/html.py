@@ -18,7 +18,7 @@ from typing import Any
 
 from diffaudit.core.io import make_private_dir, write_bytes_atomic
 from diffaudit.report.fmt import fmt, fmt_ci
-from diffaudit.report.results import load_results
+from diffaudit.report.results import finished_stages, load_results
 from diffaudit.report.summary import summarise
 from diffaudit.report.view_extraction import cliques, gallery, rule_text, verdict
 from diffaudit.report.view_mia import best_mia, mia_view
@@ -82,7 +82,8 @@ def report_context(result_dir: str | os.PathLike, *, redact: bool = False) -> di
         "unreadable": rs.unreadable,  # result files left out, each with why
         "csp": CSP,
         "summary": summary,
-        "verdict": verdict(ex, canaries=summary.get("canaries")),
+        "verdict": verdict(ex, canaries=summary.get("canaries"), unfinished=rs.unfinished),
+        "unfinished": finished_stages(rs) if rs.unfinished else None,  # the stages finished so far
         "rule": rule_text((ex or {}).get("rule"), (ex or {}).get("delta"), alpha=(ex or {}).get("alpha"),
                           n_neighbors=(ex or {}).get("n_neighbors"), n_train=(ex or {}).get("n_train")),
         "best_mia": best_mia(summary),

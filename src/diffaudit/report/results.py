@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import loads_json, read_json
+from diffaudit.core.outdir import SETTINGS_FILE
 
 RESULT_FILE = "result.json"
 AUDIT_FILES = ("audit.json",)
@@ -57,6 +58,9 @@ class ResultSet:
         audit: the content of ``audit.json`` (or of an ``audit`` result.json), {} when absent.
         store_dirs: sample stores found (folders holding ``manifest.json``).
         unreadable: why each result file found could not be read (it is left out of the report).
+        unfinished: an audit folder whose audit has not finished (its ``settings.json`` names
+            ``audit`` but it holds no audit ``result.json``): the stages found are the finished ones,
+            and ``audit`` holds the recorded settings.
         memo: what the report derives from the stages' files more than once (summary and views),
             computed once: (name, stage folder) -> value (see :meth:`memo_of`).
     """
@@ -67,6 +71,7 @@ class ResultSet:
     audit: dict[str, Any] = field(default_factory=dict)
     store_dirs: list[Path] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
+    unfinished: bool = False
     memo: dict[tuple[str, Path], Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -100,6 +105,18 @@ class ResultSet:
         if key not in self.memo:
             self.memo[key] = compute()
         return self.memo[key]
+
+
+#: The stages of ``diffaudit audit`` in the order it runs them, and the command behind each folder.
+AUDIT_STAGES = ("train", "sample", "extract", "verify", "mia", "outliers", "inpaint")
+_STAGE_OF_COMMAND = {"shadows": "train", **{s: s for s in AUDIT_STAGES}}
+
+
+def finished_stages(rs: ResultSet) -> list[str]:
+    """The audit stages ``rs`` holds results of, in the order the audit runs them (a ``shadows`` folder,
+    or the target's run, is its ``train`` stage)."""
+    found = {_STAGE_OF_COMMAND.get(st.command) for st in rs.stages}
+    return [s for s in AUDIT_STAGES if s in found]
 
 
 #: Levels of nesting a result file may hold. diffaudit's own files nest a few; a deeper document is
@@ -234,7 +251,12 @@ def load_results(result_dir: str | Path) -> ResultSet:
         return ResultSet(root=root, command=stage.command, stages=[stage], store_dirs=stores, unreadable=unreadable)
     if top is not None and not audit:
         audit = top
-    rs = ResultSet(root=root, command="audit", audit=audit, unreadable=unreadable)
+    unfinished = False
+    if top is None and not audit:  # an audit under way (or stopped) has recorded its settings only
+        record = read_object(root / SETTINGS_FILE) if (root / SETTINGS_FILE).is_file() else None
+        if record and record.get("command") == "audit" and isinstance(record.get("settings"), dict):
+            audit, unfinished = {"settings": record["settings"]}, True
+    rs = ResultSet(root=root, command="audit", audit=audit, unreadable=unreadable, unfinished=unfinished)
     for sub in _subdirs(root):
         if (sub / "manifest.json").exists():
             rs.store_dirs.append(sub)

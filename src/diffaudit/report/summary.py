@@ -30,7 +30,8 @@ as dedup recorded them), ``embedder_text`` (the same in words)},
 ``outliers`` {``rho``, ..., ``attack_at_chance``, ``attack_separates`` (AUC 1.0: every member is identified, so
 the correlation measures how the raw score varies between members, not their exposure), ``raw_loss``},
 ``stages`` (the result folders read), ``audit_stages`` (the stages the audit's result.json lists as
-run), ``settings`` and ``seeds`` (per stage), ``versions``.
+run), ``audit_finished`` (False for an audit folder whose audit has not finished: ``stages`` are the
+ones it finished; None when the folder is one command's), ``settings`` and ``seeds`` (per stage), ``versions``.
 A section whose stage did not run is null. The HTML report renders from this dictionary, so the
 numbers a person reads are the numbers in the file.
 """
@@ -602,6 +603,8 @@ def summarise(rs: ResultSet) -> dict[str, Any]:
         "outliers": _outliers(rs, mia, mia_keys),
         "stages": [{"name": st.name, "command": st.command} for st in rs.stages],
         "audit_stages": _audit_stages(rs),
+        # False: an audit that has not finished (the stages above are those it finished); else None/True
+        "audit_finished": (not rs.unfinished) if rs.command == "audit" else None,
         "settings": settings,
         "seeds": seeds,
         "versions": versions,

@@ -43,12 +43,14 @@ def rule_text(rule: Any, delta: Any = None, *, alpha: Any = None, n_neighbors: A
 
 
 NOT_VERIFIED = "Extraction was not verified against the training set."
+#: The verdict of an unfinished audit before its extraction.
+NOT_YET = "The audit has not finished: it has not yet measured whether the model emits its training images."
 #: The verdict of a folder without any extraction result (a membership attack, a trained run, ...).
 NOT_RUN = ("This folder holds no extraction result, so whether the model emits its training images is not "
            "measured here (`diffaudit audit`, or sample, extract and verify, measure it); its own results follow.")
 
 
-def verdict(ex: dict[str, Any] | None, *, canaries: dict[str, Any] | None = None) -> dict[str, str]:
+def verdict(ex: dict[str, Any] | None, *, canaries: dict[str, Any] | None = None, unfinished: bool = False) -> dict[str, str]:
     """The answer to "was training data extracted?": level (yes/no/unsure/unknown) and a sentence.
 
     Against a false-positive baseline the answer is "yes" only when the one-sided exact test
@@ -58,14 +60,15 @@ def verdict(ex: dict[str, Any] | None, *, canaries: dict[str, Any] | None = None
     Without a verification against the training set: ``canaries`` (summary.json's ``canaries``)
     answers with the canary check, which verifies the generations against the inserted canaries
     (:func:`canary_verdict`); an extract result alone says how many cliques were found and that they
-    were not verified (:func:`unverified_verdict`).
+    were not verified (:func:`unverified_verdict`). ``unfinished``: an audit that has not finished,
+    whose missing stages are not yet run rather than left out.
     """
     if ex and ex.get("unique_extracted") is None and ex.get("prompt_checks_extracted") is not None:
         return prompt_check_verdict(ex)
     if not ex or ex.get("unique_extracted") is None:
         if canaries and canaries.get("n_extracted") is not None:
             return canary_verdict(canaries)
-        return unverified_verdict(ex)
+        return unverified_verdict(ex, unfinished=unfinished)
     n, base, total = ex["unique_extracted"], ex.get("baseline_unique_extracted"), ex.get("n_samples")
     of = f" from {total:,} generations" if isinstance(total, int) else ""
     if isinstance(total, int) and isinstance(ex.get("n_samples_total"), int):  # verify --from-extract
@@ -106,11 +109,12 @@ def canary_verdict(canaries: dict[str, Any]) -> dict[str, str]:
     return {"level": "yes", "text": f"Yes: {k:,}{of} inserted {s} extracted: generations reproduce them.{scope}"}
 
 
-def unverified_verdict(ex: dict[str, Any] | None) -> dict[str, str]:
+def unverified_verdict(ex: dict[str, Any] | None, *, unfinished: bool = False) -> dict[str, str]:
     """The verdict without any verification: "unknown"; when an extract result is there (and no verify
-    stage), what it found, and that its cliques were not checked against the training set."""
+    stage), what it found, and that its cliques were not checked against the training set: by the
+    ``verify`` command, or (``unfinished``) by the audit's verify stage, not reached yet."""
     if not ex:
-        return {"level": "unknown", "text": NOT_RUN}
+        return {"level": "unknown", "text": NOT_YET if unfinished else NOT_RUN}
     if ex.get("rule") is not None:
         return {"level": "unknown", "text": NOT_VERIFIED}
     of = f" among {ex['n_samples']:,} generations" if isinstance(ex.get("n_samples"), int) else ""
@@ -122,6 +126,9 @@ def unverified_verdict(ex: dict[str, Any] | None) -> dict[str, str]:
         found = f"{n:,}{f' of {p:,}' if isinstance(p, int) else ''} prompts flagged"
     else:
         return {"level": "unknown", "text": NOT_VERIFIED}
+    if unfinished:
+        return {"level": "unknown", "text": f"Extraction found {found}{of}; the audit has not yet verified "
+                                            "them against the training set."}
     text = f"Extraction found {found}{of}; verification against the training set was not run."
     if n:
         text += (" They are candidate copies of training images: `diffaudit verify --samples SAMPLES --data DATA "
