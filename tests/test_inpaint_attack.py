@@ -380,7 +380,7 @@ def test_a_rewritten_mask_file_does_not_resume(runs, tmp_path, capsys):
     Image.fromarray(np.where(np.arange(8)[:, None] < 4, 0, 255).repeat(8, 1).astype(np.uint8)).save(mask)
     capsys.readouterr()
     assert _cli(runs, out, *args) == 2
-    assert "mask_digest" in capsys.readouterr().err
+    assert "the contents of --mask (was " in capsys.readouterr().err
 
 
 def test_targets_of_a_run_with_examples_outside_the_data_are_the_ones_inside(runs, tmp_path):

@@ -27,7 +27,7 @@ def test_a_worker_whose_model_folder_holds_other_weights_refuses_the_store(tmp_p
     assert main(["sample", "--model", str(model), "--out", str(out), "--n", "8", "--steps", "2",
                  "--shard-size", "8", "--quiet", "--device", "cpu"]) == 0
     _ShardWorker(str(out), str(model), OPTIONS, 1)  # the recorded weights: accepted
-    with pytest.raises(DiffauditError, match="model_digest: the worker's --model folder holds other weights"):
+    with pytest.raises(DiffauditError, match="the contents of --model: the worker's --model folder holds other weights"):
         _ShardWorker(str(out), str(other), OPTIONS, 1)
 
 

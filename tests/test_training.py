@@ -72,7 +72,7 @@ def test_resume_refuses_training_data_rewritten_in_place(tmp_path, capsys):
     np.savez(data, images=images)
     capsys.readouterr()
     assert main(args) == 2
-    assert "training_pixels_digest" in capsys.readouterr().err
+    assert "the pixels of the training images (--data) (was " in capsys.readouterr().err
 
 
 def test_repeats_and_batches_are_deterministic():

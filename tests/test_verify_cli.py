@@ -251,7 +251,7 @@ def test_resume_refuses_data_or_baseline_rewritten_in_place(files, tmp_path, cap
     (out / "result.json").unlink()
     np.savez(train, images=images)
     assert run(*args) == 0
-    for path, arr, field in ((train, images, "data_digest"), (unseen, other, "baseline_digest")):
+    for path, arr, field in ((train, images, "the contents of --data (was "), (unseen, other, "the contents of --baseline (was ")):
         changed = arr.copy()
         changed[0, 0, 0, 0] ^= 1  # one pixel of one image
         np.savez(path, images=changed)
@@ -331,7 +331,7 @@ def test_baseline_images_also_in_the_training_set_are_left_out(files, tmp_path, 
     argv = ("verify", "--samples", files / "unc.npz", "--data", files / "train.npz", "--baseline", tmp_path / "mixed.npz",
             "--out", out, "--device", "cpu")
     assert main(list(map(str, argv))) == 0
-    assert "3 of --baseline's 203 images are also in --data, pixel for pixel" in capsys.readouterr().err
+    assert "3 of the 203 images of --baseline are also in --data, pixel for pixel" in capsys.readouterr().err
     r = strict_json(out / "result.json")
     b = r["baseline"]
     assert b["n_left_out"] == 3 and b["n_images"] == 200 and b["equal_size"]
@@ -373,5 +373,5 @@ def test_a_baseline_smaller_than_the_training_set_is_said(files, tmp_path, capsy
     np.savez(tmp_path / "few.npz", images=cifar_images(500, "test")[200:250])
     assert main(["verify", "--samples", str(files / "unc.npz"), "--data", str(files / "train.npz"), "--baseline",
                  str(tmp_path / "few.npz"), "--out", str(tmp_path / "v"), "--device", "cpu"]) == 0
-    assert "--baseline holds 50 images never seen against 200 training images" in capsys.readouterr().err
+    assert "the baseline (--baseline) is 50 images never seen against 200 training images" in capsys.readouterr().err
     assert strict_json(tmp_path / "v" / "result.json")["baseline"]["equal_size"] is False

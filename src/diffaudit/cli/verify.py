@@ -26,7 +26,7 @@ from diffaudit.attacks.extraction.verification import (
 )
 from diffaudit.cli.common import (
     add_data_args, add_run_args, canonical_path, canonical_settings, data_options, emit, emit_finished, load_data,
-    devices_record, run_devices, upgrading_paths,
+    devices_record, run_devices, speaking_as, upgrading_paths,
 )
 from diffaudit.cli.ray_work import ImagesRecipe, data_recipe, knn_on_ray
 from diffaudit.core.errors import DiffauditError
@@ -241,6 +241,14 @@ def _upgrade_settings(old: dict[str, Any]) -> dict[str, Any]:
     return old
 
 
+def _names() -> tuple[str, str]:
+    """How verify's messages name its --data and its --baseline: by flag, or in an audit's verify stage
+    (the audit has no --baseline) by what the audit gives it."""
+    if speaking_as(NAME) == NAME:
+        return "--data", "--baseline"
+    return "the training images", "the audit's never-seen images"
+
+
 def _unseen_part(base: ImageDataset, train: ImageDataset, source: str) -> tuple[np.ndarray | None, list[dict[str, str]] | None]:
     """The positions of --baseline's images that --data does not hold pixel for pixel (None: all of them)
     and, for those it does, ``{"baseline_key", "train_key"}`` each. A baseline image the model was trained
@@ -249,12 +257,13 @@ def _unseen_part(base: ImageDataset, train: ImageDataset, source: str) -> tuple[
     shared = shared_images(base, train)
     if not shared:
         return None, None
+    data, baseline = _names()
     if len(shared) == len(base):
-        raise DiffauditError(f"--baseline {printable(source)}: every one of its {len(base):,} images is also in --data, pixel "
+        raise DiffauditError(f"{baseline} {printable(source)}: every one of its {len(base):,} images is also in {data}, pixel "
                              "for pixel; the baseline must be images the model never saw (e.g. --data cifar10 "
                              "--baseline cifar10-test)")
     left = {i for i, _ in shared}
-    stage_line(f"verify: {len(shared):,} of --baseline's {len(base):,} images are also in --data, pixel for pixel "
+    stage_line(f"verify: {len(shared):,} of the {len(base):,} images of {baseline} are also in {data}, pixel for pixel "
                "(e.g. " + ", ".join(printable(base.keys[i]) for i, _ in shared[:3]) + "): left out of the baseline")
     return (np.array([i for i in range(len(base)) if i not in left], dtype=np.int64),
             [{"baseline_key": base.keys[i], "train_key": train.keys[j]} for i, j in shared])
@@ -382,7 +391,7 @@ def run(args: argparse.Namespace) -> int:
         if pick is not None:
             base = base.subset(pick)
         if len(base) < len(train):  # the report weighs the two counts as given, with Fisher's exact test
-            stage_line(f"verify: --baseline holds {len(base):,} images never seen against {len(train):,} training "
+            stage_line(f"verify: the baseline ({_names()[1]}) is {len(base):,} images never seen against {len(train):,} training "
                        "images: the two counts are of unequal sets (an equal-size baseline compares them directly)")
         if len(samples):
             _check_shapes(samples, base, "--baseline")

@@ -124,8 +124,23 @@ def diff_settings(old: dict[str, Any], new: dict[str, Any], prefix: str = "",
         if isinstance(a, dict) and isinstance(b, dict):
             out += diff_settings(a, b, f"{prefix}{key}.", names)
         elif a != b:
-            out.append(f"{names.get(prefix + key, prefix + key)} ({_describe_change(a, b)})")
+            out.append(f"{_setting_name(prefix + key, names)} ({_describe_change(a, b)})")
     return out
+
+
+def _setting_name(key: str, names: Mapping[str, str]) -> str:
+    """How a difference names setting ``key``: its flag (``names``); a digest of what a flag names
+    (``model_digest`` beside ``--model``, ``samples_identity`` beside ``--samples``) as that input's
+    contents; the digest of the pixels a run trains on in words; else the key itself."""
+    if key in names:
+        return names[key]
+    for suffix in ("_digest", "_identity"):
+        base = key.removesuffix(suffix)
+        if base != key and base in names:
+            return f"the contents of {names[base]}"
+    if key.endswith("training_pixels_digest") and "data" in names:
+        return "the pixels of the training images (--data)"
+    return key
 
 
 def _named_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

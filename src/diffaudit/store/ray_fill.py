@@ -60,7 +60,7 @@ class _ShardWorker:
         self.source = open_source(model, device=resolve_device(recorded["device_type"]), **opts)
         differ = sorted(k for k, v in self.source.settings().items() if recorded.get(k) != v)
         if "model_digest" in recorded and model_digest(model) != recorded["model_digest"]:
-            differ.append("model_digest: the worker's --model folder holds other weights")
+            differ.append("the contents of --model: the worker's --model folder holds other weights")
         if differ:
             raise DiffauditError(
                 f"Ray worker: its sampler settings differ from those {store_path} records ({', '.join(differ)}); "
