@@ -143,3 +143,16 @@ def test_a_warmup_longer_than_the_run_is_said(tmp_path, capsys):
             "--lr 0.001") in capsys.readouterr().err
     assert main([*argv, "--warmup-steps", "1", "--out", str(tmp_path / "b")]) == 0
     assert "--warmup-steps" not in capsys.readouterr().err
+
+
+def test_a_refused_input_comes_alone_before_any_warning(tmp_path, capsys):
+    """A bad --data is the one thing said: the warm-up warning waits until the inputs have loaded, and an
+    audit (whose shadows stage trains) says it once."""
+    from diffaudit.cli.main import main
+
+    assert main(["train", "--data", str(tmp_path / "gone"), "--steps", "2", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "not found" in err and "--warmup-steps" not in err
+    assert main(["audit", "--train-size", "4", "--steps", "2", "--batch-size", "4", "--n-samples", "8", "--sample-steps", "2",
+                 "--sweep", "", "--device", "cpu", "--out", str(tmp_path / "audit")]) == 0
+    assert capsys.readouterr().err.count("--warmup-steps 50 is not below --steps 2") == 1  # the audit's default

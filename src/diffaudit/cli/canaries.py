@@ -8,7 +8,9 @@ from dataclasses import asdict
 from diffaudit.cli.common import (
     add_data_args, add_run_args, canonical_settings, data_options, emit, emit_finished, upgrading_paths,
 )
-from diffaudit.cli.train import add_train_options, canonical_data_record, train_config_from, upgrading_run_paths
+from diffaudit.cli.train import (
+    add_train_options, canonical_data_record, train_config_from, upgrading_run_paths, warn_short_warmup,
+)
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.outdir import prepare_out_dir
@@ -96,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
                          n_reference=args.n_reference, seed=args.seed, pool=pool, training=ds,
                          copy_rule=ev.copy_rule(), device=device, class_conditional=args.class_conditional)
     ev.validate(n_train=len(ds) + len(plan.keys))
+    warn_short_warmup(config)
     _say_skipped(plan.skipped)
     settings = {"data": str(args.data), "data_options": opts, "kind": args.kind, "canary_pool": args.canary_pool,
                 "repeats": repeats, "per_repeat": args.per_repeat, "n_reference": args.n_reference,

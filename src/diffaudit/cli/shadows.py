@@ -13,7 +13,9 @@ from diffaudit.attacks.membership.shadows import shadow_dir, shadow_seed, train_
 from diffaudit.cli.common import (
     add_data_args, add_run_args, canonical_settings, data_options, emit, file_in_folder, speaking_as, upgrading_paths,
 )
-from diffaudit.cli.train import add_train_options, canonical_data_record, train_config_from, upgrading_run_paths
+from diffaudit.cli.train import (
+    add_train_options, canonical_data_record, train_config_from, upgrading_run_paths, warn_short_warmup,
+)
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.identity import text_bytes
@@ -64,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= k <= mem.n_models:
         raise DiffauditError(f"--models must lie in [1, {mem.n_models}] (the membership matrix has {mem.n_models} columns); got {k}")
     config = train_config_from(args)
+    warn_short_warmup(config)
     train_settings = {key: v for key, v in dataclasses.asdict(config).items() if key != "seed"}
     # --models is left out on purpose: a later run with a larger K adds models to the same folder.
     settings = {

@@ -63,18 +63,23 @@ def train_config_from(args: argparse.Namespace, seed: int | None = None):
         raise DiffauditError(f"--log-every must be at least 1 (steps per loss-log line); got {args.log_every}. "
                              "Leave it out for the default gcd(50, --checkpoint-every)")
     log_every = args.log_every if args.log_every is not None else math.gcd(50, args.checkpoint_every)
-    if 0 < args.steps <= args.warmup_steps:  # the learning rate ramps over warmup_steps: --lr is never reached
-        from diffaudit.core.progress import stage_line
-
-        stage_line(f"train: --warmup-steps {args.warmup_steps} is not below --steps {args.steps}: the learning rate rises "
-                   f"to {args.lr * args.steps / args.warmup_steps:.3g} at most and never reaches --lr {args.lr:g}; "
-                   "lower --warmup-steps for a run this short")
     return TrainConfig(
         preset=args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
         grad_clip=args.grad_clip, ema_decay=args.ema_decay, flip=args.flip, class_conditional=args.class_conditional,
         seed=args.seed if seed is None else seed, checkpoint_every=args.checkpoint_every, bf16=not args.no_bf16,
         compile=args.compile, log_every=log_every,
     )
+
+
+def warn_short_warmup(config) -> None:
+    """Say when the learning rate's warm-up (``warmup_steps``) does not end before ``steps``: --lr is never
+    reached. Called once the data has loaded, so that a refusal of the inputs comes first and alone."""
+    if 0 < config.steps <= config.warmup_steps:
+        from diffaudit.core.progress import stage_line
+
+        stage_line(f"train: --warmup-steps {config.warmup_steps} is not below --steps {config.steps}: the learning rate "
+                   f"rises to {config.lr * config.steps / config.warmup_steps:.3g} at most and never reaches --lr "
+                   f"{config.lr:g}; lower --warmup-steps for a run this short")
 
 
 def read_repeats(path: str, dataset, data: str | None = None) -> dict[int, int]:
@@ -219,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
         record.update(dedup=str(args.dedup), n_dropped_duplicates=int(len(dropped)))
     record = canonical_data_record(record)
     repeats = read_repeats(args.repeat, ds, data_flags(args.data, opts)) if args.repeat else None
+    warn_short_warmup(config)
     from diffaudit.defenses.dp_training import dp_config_from_args, train_dp
 
     dp = dp_config_from_args(args)
