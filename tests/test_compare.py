@@ -294,3 +294,31 @@ def test_the_baseline_set_size_is_a_row():
     assert rows["extraction: baseline set size"] == {"metric": "extraction: baseline set size", "kind": "count",
                                                     "better": "none", "a": 2000, "b": 1997, "change": -3}
     assert "extraction: baseline set size" not in metrics({"extraction": {"unique_extracted": 1}})
+
+
+def test_bounds_and_unmeasurable_values_read_as_the_report_says_them():
+    """A mean exposure over canaries at the ceiling is a lower bound ("≥", and so is the change); a TPR at an
+    FPR below 1/non-members cannot be measured ("n/a"), unlike one that is simply missing ("-")."""
+    def summary(exposure, at_ceiling, n_non, tpr01):
+        return {"mia": {"loss": {"auc": 0.6, "tpr_at_fpr": {"0.01": 0.02, "0.001": tpr01}, "n_nonmembers": n_non}},
+                "canaries": {"n_extracted": 0, "by_repeats": [{"repeats": 16, "mean_exposure": exposure,
+                                                               "n_at_ceiling": at_ceiling}]}}
+
+    plain, private = summary(9.0, 2, 400, None), summary(4.0, 0, 2000, 0.003)
+    rows = {r["metric"]: r for r in compare_summaries(plain, private)}
+    exp, tpr = rows["canaries x16: mean exposure"], rows["mia loss: TPR at 0.1% FPR"]
+    assert exp["a_qualifier"] == "at_least" and exp["b_qualifier"] is None and exp["change_bound"] == "at_most"
+    assert tpr["a_qualifier"] == "n/a" and tpr["a"] is None and tpr["change"] is None
+    table = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:5]]
+             for line in format_rows(list(rows.values()), "plain", "dp").splitlines() if line.startswith("| ")}
+    assert table["canaries x16: mean exposure"] == ["≥ 9", "4", "≤ -5"]
+    assert table["mia loss: TPR at 0.1% FPR"] == ["n/a", "0.3%", "-"]
+    text = format_rows(list(rows.values()), "plain", "dp")
+    assert "≥: some canaries are at the exposure ceiling" in text and "n/a: the FPR is below 1/non-members" in text
+    both = {r["metric"]: r for r in compare_summaries(plain, summary(12.0, 1, 50, None))}
+    assert both["canaries x16: mean exposure"]["change"] is None
+    assert both["mia loss: TPR at 0.1% FPR"]["b_qualifier"] == "n/a"
+    assert "unknown (both bounds)" in format_rows(list(both.values()), "a", "b")
+    # a summary without non-member counts: a missing TPR stays missing ("-"), not "n/a"
+    unknown = {r["metric"]: r for r in compare_summaries(plain, {"mia": {"loss": {"auc": 0.5, "tpr_at_fpr": {"0.001": None}}}})}
+    assert unknown["mia loss: TPR at 0.1% FPR"]["b_qualifier"] is None

@@ -106,13 +106,21 @@ def metric_spec(key: str) -> MetricSpec:
         raise DiffauditError(f"compare knows no metric {key!r}; known: {', '.join(METRICS)}") from None
 
 
+#: What a value may be besides exact: ``at_least`` (a lower bound: canaries at the exposure ceiling,
+#: rank 1, whose exposure is at least the ceiling's) or ``n/a`` (missing because it cannot be measured:
+#: a TPR at an FPR below 1/non-members).
+QUALIFIERS = ("at_least", "n/a")
+
+
 @dataclass
 class Measured:
-    """One metric's value in one summary: ``name`` (the row), ``spec`` and ``value`` (None: not measured)."""
+    """One metric's value in one summary: ``name`` (the row), ``spec``, ``value`` (None: not measured)
+    and ``qualifier`` (None: exact, else one of :data:`QUALIFIERS`)."""
 
     name: str
     spec: MetricSpec
     value: float | int | None
+    qualifier: str | None = None
 
 
 def _num(x: Any) -> float | None:
@@ -177,9 +185,9 @@ def measure(summary: dict[str, Any], dp: dict[str, Any] | None = None) -> list[M
     order; a value is read as its spec's kind (:meth:`MetricSpec.read`)."""
     out: list[Measured] = []
 
-    def put(key: str, value: Any, **fields: Any) -> None:
+    def put(key: str, value: Any, qualifier: str | None = None, **fields: Any) -> None:
         spec = metric_spec(key)
-        out.append(Measured(spec.name(**fields), spec, spec.read(value)))
+        out.append(Measured(spec.name(**fields), spec, spec.read(value), qualifier))
 
     ex = summary.get("extraction") or {}
     if ex:
@@ -194,8 +202,11 @@ def measure(summary: dict[str, Any], dp: dict[str, Any] | None = None) -> list[M
     for attack, m in sorted((summary.get("mia") or {}).items()):
         put("mia_auc", m.get("auc"), attack=attack)
         tpr = m.get("tpr_at_fpr") or {}
+        n_non = _count(m.get("n_nonmembers"))
         for key in FPR_TARGETS:
-            put("mia_tpr", tpr.get(key), attack=attack, fpr=f"{float(key) * 100:g}")
+            # missing for want of non-members: fewer than 1/FPR of them cannot measure that FPR
+            na = tpr.get(key) is None and isinstance(n_non, int) and n_non * float(key) < 1
+            put("mia_tpr", tpr.get(key), "n/a" if na else None, attack=attack, fpr=f"{float(key) * 100:g}")
     inp = summary.get("inpainting") or {}
     if inp:
         put("inpaint_auc", inp.get("auc"))
@@ -205,7 +216,8 @@ def measure(summary: dict[str, Any], dp: dict[str, Any] | None = None) -> list[M
         put("canaries_extracted", can.get("n_extracted"))
         rows = [r for r in can.get("by_repeats") or [] if isinstance(r, dict)]
         for row in sorted(rows, key=lambda r: _num(r.get("repeats")) or 0):  # x1, x2, x4, ...: as inserted
-            put("canaries_exposure", row.get("mean_exposure"), repeats=row.get("repeats"))
+            bound = "at_least" if (_count(row.get("n_at_ceiling")) or 0) > 0 else None  # a mean over canaries at the ceiling
+            put("canaries_exposure", row.get("mean_exposure"), bound, repeats=row.get("repeats"))
     if dp is not None:
         put("dp_epsilon", dp.get("epsilon"))  # null: no noise (not private)
     dd = summary.get("dedup") or {}
@@ -247,7 +259,10 @@ def compare_summaries(a: dict[str, Any], b: dict[str, Any], *, dp_a: dict[str, A
     ``kind`` and ``better`` are the metric's declared :class:`MetricSpec` fields. A row whose metric has
     a confidence interval on either side also carries ``a_ci`` and ``b_ci`` ([low, high] or null) and,
     with both, ``within_noise``: true when the two intervals overlap (the change is not told apart from
-    sampling noise).
+    sampling noise). A row with a value that is not exact carries ``a_qualifier`` and ``b_qualifier``
+    (:data:`QUALIFIERS`, null for exact) and, when a value is a lower bound, ``change_bound``: the
+    change is ``at_most`` (a's value is a lower bound) or ``at_least`` (b's) what it says; null
+    ``change`` when both are.
     """
     ma, mb = measure(a, dp_a), measure(b, dp_b)
     specs = {m.name: m.spec for m in ma}
@@ -256,12 +271,21 @@ def compare_summaries(a: dict[str, Any], b: dict[str, Any], *, dp_a: dict[str, A
             raise DiffauditError(f"compare: the row {m.name!r} names two metrics ({specs[m.name].key} and "
                                  f"{m.spec.key}); rename the attack folder")
     va_, vb_ = {m.name: m.value for m in ma}, {m.name: m.value for m in mb}
+    qa_, qb_ = {m.name: m.qualifier for m in ma}, {m.name: m.qualifier for m in mb}
     ca, cb = intervals(a), intervals(b)
     rows = []
     for k, spec in specs.items():
         va, vb = va_.get(k), vb_.get(k)
         row = {"metric": k, "kind": spec.kind, "better": spec.better, "a": va, "b": vb,
                "change": None if va is None or vb is None else vb - va}
+        qa, qb = qa_.get(k), qb_.get(k)
+        if qa or qb:
+            row.update(a_qualifier=qa, b_qualifier=qb)
+            if row["change"] is not None and "at_least" in (qa, qb):  # b - a, with a or b a lower bound
+                if qa == qb:
+                    row["change"] = None
+                else:
+                    row["change_bound"] = "at_most" if qa == "at_least" else "at_least"
         if k in ca or k in cb:
             row.update(a_ci=ca.get(k), b_ci=cb.get(k))
         if k in ca and k in cb:

@@ -103,9 +103,14 @@ def _value(kind: str, value: float | int | None) -> str:
     return fmt(float(value), "auto")
 
 
-def _cell(kind: str, value: float | int | None, ci: list[float] | None) -> str:
-    """A value with its confidence interval beside it, when recorded: ``0.497 [0.485, 0.509]``."""
+def _cell(kind: str, value: float | int | None, ci: list[float] | None, qualifier: str | None = None) -> str:
+    """A value with its confidence interval beside it, when recorded: ``0.497 [0.485, 0.509]``; a lower
+    bound as ``≥ 12.3``, a value that cannot be measured as ``n/a`` (the report's words for both)."""
+    if value is None and qualifier == "n/a":
+        return "n/a"
     text = _value(kind, value)
+    if qualifier == "at_least" and value is not None:
+        text = "≥ " + text
     return text if ci is None or value is None else f"{text} [{_value(kind, ci[0])}, {_value(kind, ci[1])}]"
 
 
@@ -121,14 +126,15 @@ def _change(kind: str, row: dict[str, Any]) -> str:
     "(within noise)" when the two confidence intervals overlap."""
     change = row["change"]
     if change is None:
-        return "-"
+        return "unknown (both bounds)" if row.get("a_qualifier") == row.get("b_qualifier") == "at_least" else "-"
     if kind == "auc":
         text = _signed(change, ".3f")
     elif kind == "rate":
         text = _signed(100 * change, f".{min(_pct_decimals(row['a']), _pct_decimals(row['b']))}f") + " pp"
     else:
         text = _signed(change, "d" if kind == "count" and isinstance(change, int) else ".4g")
-    return text + (" (within noise)" if row.get("within_noise") else "")
+    bound = {"at_most": "≤ ", "at_least": "≥ "}.get(row.get("change_bound"), "")
+    return bound + text + (" (within noise)" if row.get("within_noise") else "")
 
 
 #: The DP epsilon row's cell for a side without a DP-SGD record (a plain model, or one not found).
@@ -137,20 +143,26 @@ NO_DP = "no DP-SGD"
 
 def format_rows(rows: list[dict[str, Any]], label_a: str, label_b: str) -> str:
     """The rows of :func:`~diffaudit.defenses.compare.compare_summaries` as a Markdown pipe table, with a
-    line that explains "within noise" when a row says it. The DP epsilon of a side with no ``dp.json``
-    reads "no DP-SGD", not "-"."""
+    line that explains "within noise", "≥" (a lower bound) and "n/a" (not measurable) when a row says
+    it. The DP epsilon of a side with no ``dp.json`` reads "no DP-SGD", not "-"."""
     dp_row = metric_spec("dp_epsilon").name()
     table = [["metric", label_a, label_b, f"change ({label_b} - {label_a})"]]
     for r in rows:
         kind = _kind(r)
-        cells = [_cell(kind, r[s], r.get(f"{s}_ci")) if r["metric"] != dp_row or r[s] is not None else NO_DP
-                 for s in ("a", "b")]
+        cells = [_cell(kind, r[s], r.get(f"{s}_ci"), r.get(f"{s}_qualifier")) if r["metric"] != dp_row or r[s] is not None
+                 else NO_DP for s in ("a", "b")]
         table.append([r["metric"], *cells, _change(kind, r)])
     widths = [max(len(cells[i]) for cells in table) for i in range(4)]
     table.insert(1, ["-" * w for w in widths])
     text = "\n".join("| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |" for cells in table)
     if any(r.get("within_noise") for r in rows):
         text += "\n[low, high]: confidence intervals; within noise: they overlap, so the change may be sampling noise"
+    qualifiers = {r.get(f"{s}_qualifier") for r in rows for s in ("a", "b")}
+    if "at_least" in qualifiers:
+        text += ("\n≥: some canaries are at the exposure ceiling (a loss below every reference's), so the mean exposure "
+                 "is a lower bound, and the change a bound")
+    if "n/a" in qualifiers:
+        text += "\nn/a: the FPR is below 1/non-members, so the TPR there cannot be measured"
     return text
 
 
