@@ -351,3 +351,31 @@ def test_the_report_of_an_unfinished_audit_says_it_is_unfinished(tmp_path, capsy
     assert json.loads((out / "summary.json").read_text())["audit_finished"] is True
     assert 'data-kind="unfinished"' not in (out / "report.html").read_text()
     assert 'data-kind="unfinished"' not in render_html(out / "verify")  # one command's folder is never an audit
+
+
+def test_a_non_member_that_is_a_member_pixel_for_pixel_is_left_out_of_both_baselines(tmp_path, capsys):
+    """A dataset holding an image twice under two keys, one trained on: the other copy is no never-seen image.
+    verify leaves it out of its false-positive baseline, and mia out of its non-members, alike."""
+    import numpy as np
+
+    from diffaudit.data import load_dataset
+    from diffaudit.data.membership import target_split
+
+    digits = load_dataset("digits", subset=28)
+    members = np.flatnonzero(target_split(28, 8, seed=0)[:, 0])
+    outside = np.flatnonzero(~target_split(28, 8, seed=0)[:, 0])
+    images, labels = digits.images.copy(), digits.labels.copy()
+    images[outside[:3]], labels[outside[:3]] = images[members[:3]], labels[members[:3]]  # 3 non-members copy members
+    np.savez(tmp_path / "twice.npz", images=images, labels=labels)
+    out = tmp_path / "audit"
+    assert main([a for a in SMALL if a != "--quiet"] + ["--data", str(tmp_path / "twice.npz"), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    mia = json.loads((out / "mia" / "result.json").read_text())
+    assert mia["n_identical_excluded"] == 3 and (mia["n_members"], mia["n_nonmembers"]) == (8, 17)
+    assert "mia: 3 non-member rows left out: images that are, pixel for pixel, also a member" in err
+    verify = json.loads((out / "verify" / "result.json").read_text())
+    assert verify["baseline"]["n_left_out"] == 3  # and an equal-size baseline is drawn from the other 17
+    assert "3 of the 20 images of the audit's never-seen images are also in the training images" in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mia"]["loss"]["n_identical_excluded"] == 3
+    assert "(3 left out: the same image as a member, under another name)" in (out / "report.html").read_text()

@@ -260,6 +260,10 @@ def run(args: argparse.Namespace) -> int:
     extra = {"models": digests, "seconds": timer.seconds, "device": str(device), "precision": precision}
     if target_digest is not None:
         extra["target_digest"] = target_digest
+    if scores.n_identical_excluded:
+        extra["n_identical_excluded"] = scores.n_identical_excluded
+        stage_line(f"mia: {scores.n_identical_excluded} non-member rows left out: images that are, pixel for pixel, "
+                   "also a member of the same model under another key (the model trained on them)")
     if scores.n_excluded:
         extra["n_excluded"] = scores.n_excluded
         stage_line(f"mia: {scores.n_excluded} non-member rows left out: near-duplicates the deduplicated target dropped "

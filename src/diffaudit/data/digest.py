@@ -60,6 +60,16 @@ def image_digests(images) -> list[bytes]:
     return out
 
 
+def identical_groups(dataset: ImageDataset) -> list[np.ndarray]:
+    """The examples ``dataset`` holds more than once: one int64 array of indices (ascending) per image that
+    occurs two or more times, pixel for pixel and with the same label (under other keys); [] when none."""
+    labels = dataset.labels
+    where: dict[tuple[bytes, int], list[int]] = {}
+    for i, d in enumerate(image_digests(dataset.images)):
+        where.setdefault((d, -1 if labels is None else int(labels[i])), []).append(i)
+    return [np.array(v, dtype=np.int64) for v in where.values() if len(v) > 1]
+
+
 def shared_images(dataset: ImageDataset, others: ImageDataset) -> list[tuple[int, int]]:
     """(index in ``dataset``, index in ``others``) of every image of ``dataset`` that ``others`` holds pixel
     for pixel (the first such image of ``others``), in ``dataset``'s order; images of other sizes share none."""

@@ -118,6 +118,7 @@ def _mia_entry(stage: Stage) -> dict[str, Any]:
         "n_members": _int(r.get("n_members")),
         "n_nonmembers": _int(r.get("n_nonmembers")),
         "n_excluded": _int(r.get("n_excluded")),  # dropped near-duplicates of a deduplicated target's members
+        "n_identical_excluded": _int(r.get("n_identical_excluded")),  # non-members that are a member, pixel for pixel
         "timesteps": r.get("timesteps"),
     }
     if "balanced_accuracy" in r:

@@ -179,4 +179,5 @@ def best_mia(summary: dict[str, Any]) -> dict[str, Any] | None:
         "n_members": e.get("n_members"),
         "n_nonmembers": e.get("n_nonmembers"),
         "n_excluded": e.get("n_excluded"),
+        "n_identical_excluded": e.get("n_identical_excluded"),
     }

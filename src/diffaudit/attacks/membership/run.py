@@ -34,7 +34,7 @@ import torch
 from diffaudit.attacks.membership.inputs import TRANSFORMS
 from diffaudit.attacks.membership.lira import AGGREGATES
 from diffaudit.attacks.membership.loss_cache import PRECISIONS, cached_model_losses
-from diffaudit.data.digest import dataset_digest
+from diffaudit.data.digest import dataset_digest, identical_groups
 from diffaudit.attacks.membership.registry import get_attack
 from diffaudit.attacks.membership.sweep import sweep_scores
 from diffaudit.attacks.membership.targets import PooledScores, score_models, shadows_per_side, without_nonmember_rows
@@ -139,6 +139,9 @@ class MiaScores:
         n_models: number of shadow models.
         n_excluded: (target, example) rows left out of ``main``: near-duplicates that a deduplicated
             target dropped from training (copies of its members, not fair non-members).
+        n_identical_excluded: (target, example) non-member rows left out of ``main`` because the
+            dataset holds the same image (pixels and label) as a member of that target under another key
+            (:func:`without_copies_of_members`).
         shadows_per_side: the fewest IN (= OUT) shadows an example was scored with
             (:func:`~.targets.shadows_per_side`); None for an attack without shadows.
     """
@@ -150,6 +153,7 @@ class MiaScores:
     sweep: dict[int, PooledScores] = field(default_factory=dict)
     n_models: int = 0
     n_excluded: int = 0
+    n_identical_excluded: int = 0
     shadows_per_side: int | None = None
 
 
@@ -391,7 +395,40 @@ def run_mia(
                              target_losses=None if target_losses is None else target_losses[:, pos])
     scores = MiaScores(attack=config.attack, timesteps=list(config.timesteps), target=target, main=main,
                        sweep=sweep, n_models=m, shadows_per_side=per_side)
+    scores = without_copies_of_members(scores, dataset, membership, target_in)
     return without_dropped_duplicates(scores, dataset, shadow_runs)
+
+
+def attacked_models(target: TargetSpec, n_models: int) -> list[int]:
+    """The models whose rows the scores hold, as :class:`~.targets.PooledScores` numbers them: -1 for a
+    separate target, its column for a shadow, every column when each is attacked in turn (leave-one-out)."""
+    if target.mode == "model":
+        return [-1]
+    if target.mode == "shadow":
+        return [int(target.index)]
+    return list(range(n_models))
+
+
+def without_copies_of_members(scores: MiaScores, dataset: ImageDataset, membership: np.ndarray,
+                              target_in: np.ndarray | None) -> MiaScores:
+    """``scores`` without each attacked model's non-member rows for images that one of its members is,
+    pixel for pixel and with the same label (a dataset holding an image twice, under two keys, one of
+    them trained on): the model saw those very pixels, so the row is no non-member, and counted as one it
+    is a false positive no attack can avoid. verify leaves them out of its false-positive baseline alike."""
+    groups = identical_groups(dataset)
+    if not groups:
+        return scores
+    rows_by_model = {}
+    for m in attacked_models(scores.target, membership.shape[1]):
+        inside = np.asarray(target_in, dtype=bool) if m == -1 else membership[:, m]
+        rows = [int(i) for g in groups if inside[g].any() for i in g if not inside[i]]
+        if rows:
+            rows_by_model[m] = np.array(sorted(rows), dtype=np.int64)
+    if not rows_by_model:
+        return scores
+    main = without_nonmember_rows(scores.main, rows_by_model)
+    return replace(scores, main=main, sweep={t: without_nonmember_rows(s, rows_by_model) for t, s in scores.sweep.items()},
+                   n_identical_excluded=len(scores.main.scores) - len(main.scores))
 
 
 def without_dropped_duplicates(scores: MiaScores, dataset: ImageDataset, shadow_runs: Sequence[str | Path]) -> MiaScores:
@@ -399,9 +436,7 @@ def without_dropped_duplicates(scores: MiaScores, dataset: ImageDataset, shadow_
     training (``diffaudit train --dedup``): a dropped image is a copy of one the model trained on, so it
     scores like a member and would count as a false positive. Models trained without ``--dedup`` drop
     nothing; a deduplicated run whose record is gone keeps them, and a warning says so."""
-    target = scores.target
-    runs = {-1: target.run} if target.mode == "model" else (
-        {int(target.index): shadow_runs[int(target.index)]} if target.mode == "shadow" else dict(enumerate(shadow_runs)))
+    runs = {m: scores.target.run if m == -1 else shadow_runs[m] for m in attacked_models(scores.target, len(shadow_runs))}
     index = dataset.index_of()
     rows_by_model = {}
     for m, run in runs.items():
