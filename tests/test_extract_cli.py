@@ -148,7 +148,7 @@ def test_resume_refuses_samples_rewritten_in_place(files, tmp_path, capsys):
     (out / "result.json").unlink()  # as if killed after the cached neighbour search
     np.savez(samples, images=images[::-1])
     capsys.readouterr()
-    assert run(*args) == 2 and "samples_identity" in capsys.readouterr().err
+    assert run(*args) == 2 and "the contents of --samples (was " in capsys.readouterr().err
 
 
 def test_default_grid_is_the_audits_rule():

@@ -258,3 +258,21 @@ def test_the_human_result_line_escapes_control_characters(capsys):
 
     emit(argparse.Namespace(json=False, quiet=False), {}, "top: 'a\x1b]52;c;AAAA\x07' -> out")
     assert capsys.readouterr().out == "top: 'a\\x1b]52;c;AAAA\\x07' -> out\n"
+
+
+@pytest.mark.parametrize("make, needle", [
+    (lambda p: None, "does not exist"),
+    (lambda p: p.mkdir(), "is a folder; give a text file"),
+    (lambda p: p.write_bytes("café\n".encode("latin-1")), "is not UTF-8 text (byte 3); save it as UTF-8"),
+])
+def test_a_prompt_file_that_cannot_be_read_is_one_line_before_the_model_loads(tmp_path, capsys, make, needle):
+    """A missing prompt file, a folder, a Latin-1 file: one line naming --prompts and the file, also as JSON,
+    and nothing written (the model, which does not exist either, is never opened)."""
+    prompts = tmp_path / "prompts.txt"
+    make(prompts)
+    assert run("sample", "--model", tmp_path / "no-model", "--prompts", prompts, "--out", tmp_path / "g") == 2
+    _one_line_error(capsys.readouterr().err, f"--prompts {prompts} {needle}")
+    assert main(["--json", "sample", "--model", str(tmp_path / "no-model"), "--prompts", str(prompts),
+                 "--out", str(tmp_path / "g")]) == 2
+    assert needle in json.loads(capsys.readouterr().out)["error"]
+    assert not (tmp_path / "g").exists()

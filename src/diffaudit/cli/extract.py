@@ -28,7 +28,7 @@ from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.faults import fault_point
 from diffaudit.core.identity import text_digest
-from diffaudit.core.io import make_private_dir, read_json, write_json_atomic
+from diffaudit.core.io import make_private_dir, read_json, read_text, write_json_atomic
 from diffaudit.core.outdir import prepare_out_dir, recorded_settings
 from diffaudit.core.progress import Timer, progress_bar, stage_line
 from diffaudit.core.ray_pool import RAY_HELP, connect
@@ -98,10 +98,7 @@ def _load_ground_truth(path: str) -> set[str]:
         if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
             raise DiffauditError(f"--calibrate {p}: expected a JSON list of prompts or {{\"memorized\": [prompts]}}")
         return set(data)
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise DiffauditError(f"--calibrate {p}: not UTF-8 text") from None
+    lines = read_text(p, "--calibrate").splitlines()
     return {ln for ln in (x.strip() for x in lines) if ln}
 
 

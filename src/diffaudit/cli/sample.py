@@ -21,7 +21,10 @@ DESCRIPTION = (
 
 
 def read_prompts(path: str) -> list[str]:
-    lines = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines()]
+    """The non-empty lines of the UTF-8 prompt file ``path`` (``--prompts``), stripped, in order."""
+    from diffaudit.core.io import read_text
+
+    lines = [ln.strip() for ln in read_text(path, "--prompts").splitlines()]
     prompts = [ln for ln in lines if ln]
     if not prompts:
         raise DiffauditError(f"{path}: the prompt file is empty (one prompt per line)")
@@ -179,6 +182,8 @@ def sample_into(args: argparse.Namespace, model: str, out: str):
     from diffaudit.store import SampleStore, fill_store
 
     check_count_flags(args)  # before the model is loaded
+    if args.prompts:
+        read_prompts(args.prompts)  # an unreadable prompt file too (read again once the model says what it takes)
     if getattr(args, "ray", None):  # a store the workers cannot reach is refused before anything is written
         from diffaudit.store.location import check_reachable_by_workers
 

@@ -91,13 +91,10 @@ def read_repeats(path: str, dataset, data: str | None = None) -> dict[int, int]:
     a string or true/false) of at most :data:`~diffaudit.models.training.MAX_STREAM`. Anything else, and
     an example named twice, is a :class:`DiffauditError` that names the file, the line or key, and the value.
     """
-    from diffaudit.core.io import loads_json
+    from diffaudit.core.io import loads_json, read_text
     from diffaudit.models.training import MAX_STREAM
 
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DiffauditError(f"--repeat {path}: cannot read it as a text file ({exc})") from None
+    text = read_text(path, "--repeat")
     entries: list[tuple[str, object, str]] = []  # (key, times, where)
     try:
         raw = loads_json(text, f"--repeat {path}")

@@ -194,6 +194,22 @@ def loads_json(text: str, source: str | os.PathLike) -> Any:
         raise nested_too_deeply(source) from None
 
 
+def read_text(path: str | os.PathLike, flag: str) -> str:
+    """The UTF-8 text of the file ``path`` an option (``flag``: ``--prompts``) names; a missing file, a
+    folder, an unreadable or non-UTF-8 file is a :class:`DiffauditError` naming the flag and the file."""
+    where = f"{flag} {path}"
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DiffauditError(f"{where} does not exist") from None
+    except IsADirectoryError:
+        raise DiffauditError(f"{where} is a folder; give a text file") from None
+    except UnicodeDecodeError as exc:
+        raise DiffauditError(f"{where} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise DiffauditError(f"{where} cannot be read ({exc.strerror or exc})") from None
+
+
 def read_json(path: str | os.PathLike) -> Any:
     """The JSON document in file ``path``; a missing, non-UTF-8, malformed or too deeply nested file is
     a :class:`DiffauditError` naming it."""
