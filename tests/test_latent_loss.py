@@ -111,3 +111,30 @@ def test_batch_size_auto_probes_the_pipelines_loss_parts_and_keeps_the_losses(sd
     big = cached_model_losses(sd_dir, ds, timesteps=[100], batch_size=500, cache_dir=tmp_path / "b")
     assert asked == [(AUTO, 64, 4, 64), (64, 64, 4, 64)] and batches == [2, 64]
     np.testing.assert_allclose(auto, big, rtol=1e-4, atol=1e-6)
+
+
+def test_a_pipeline_trained_elsewhere_is_audited_command_by_command(sd_dir, tmp_path, capsys):
+    """`audit --model` of a Stable Diffusion folder is refused before anything is written, naming the commands
+    that audit it; `mia --target` of one without train_ids.json says how to write that file, and with it runs."""
+    import json
+
+    from diffaudit.cli.main import main
+
+    captions = [f"photo {i}" for i in range(6)]
+    np.savez(tmp_path / "photos.npz", images=images(6), captions=np.array(captions))
+    assert main(["audit", "--model", str(sd_dir), "--data", str(tmp_path / "photos.npz"), "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "is a Stable Diffusion pipeline" in err and "`diffaudit sample --model M --prompts CAPTIONS" in err
+    assert not (tmp_path / "a").exists()
+    mia = ["mia", "--target", str(sd_dir), "--attack", "loss", "--data", str(tmp_path / "photos.npz"), "--timesteps", "100",
+           "--bootstrap", "0", "--device", "cpu", "--quiet", "--out", str(tmp_path / "m")]
+    assert main(mia) == 2
+    err = capsys.readouterr().err
+    assert f"write {sd_dir / 'train_ids.json'} yourself as {{\"keys\": [...]}}" in err and "`npz:ROW`" in err
+    (sd_dir / "train_ids.json").write_text(json.dumps({"keys": ["npz:0", "npz:2", "npz:4"]}))
+    try:
+        assert main(mia) == 0
+    finally:
+        (sd_dir / "train_ids.json").unlink()
+    result = json.loads((tmp_path / "m" / "result.json").read_text())
+    assert (result["n_members"], result["n_nonmembers"]) == (3, 3)

@@ -249,6 +249,14 @@ def check_model_options(args: argparse.Namespace) -> None:
         return
     if not Path(args.model).exists():
         raise DiffauditError(f"--model {args.model} does not exist")
+    from diffaudit.sampling.sources import is_stable_diffusion_dir
+
+    if is_stable_diffusion_dir(args.model):
+        raise DiffauditError(
+            f"--model {args.model} is a Stable Diffusion pipeline, and `audit` studies pixel-space models (it samples "
+            "without prompts, and trains shadows like its target). Audit it command by command, as README's text-to-image "
+            "workflow does: `diffaudit sample --model M --prompts CAPTIONS --per-prompt 500 --out gens`, `extract --samples "
+            "gens`, `verify --samples gens --data DATA`, `mia --target M --attack loss --data DATA` and `report`")
     conditional = model_is_conditional(args.model)
     if conditional is not None:
         if "class_conditional" in getattr(args, "_given", set()) and args.class_conditional != conditional:

@@ -30,6 +30,13 @@ from diffaudit.models.run_files import trained_data_text
 TRAIN_IDS = "train_ids.json"
 
 
+def train_ids_howto(run_dir: str | Path) -> str:
+    """How to give a model trained outside diffaudit its training set: the ``train_ids.json`` to write."""
+    return (f"`diffaudit train` and `shadows` write it; for a model trained elsewhere, write {Path(run_dir) / TRAIN_IDS} "
+            "yourself as {\"keys\": [...]}: the ids of the --data examples it trained on (an image folder's are paths "
+            "inside it, `cat/0001.png`; an .npz's `npz:ROW`; WebDataset shards' each sample's name without its extension)")
+
+
 def has_train_ids(run_dir: str | Path) -> bool:
     """Whether ``run_dir`` records its training set (a diffaudit run directory)."""
     return (Path(run_dir) / TRAIN_IDS).is_file()
@@ -45,8 +52,7 @@ def read_train_keys(run_dir: str | Path, what: str = "--model") -> list[str]:
     if not Path(run_dir).exists():
         raise DiffauditError(f"{what} {run_dir} does not exist")
     if not path.is_file():
-        raise DiffauditError(f"{what} {run_dir}: no {TRAIN_IDS}, so its training set is unknown "
-                             "(train it with `diffaudit train` or `diffaudit shadows`)")
+        raise DiffauditError(f"{what} {run_dir}: no {TRAIN_IDS}, so its training set is unknown; {train_ids_howto(run_dir)}")
     keys = read_json(path).get("keys")
     if not isinstance(keys, list):
         raise DiffauditError(f"{path}: no `keys` list")

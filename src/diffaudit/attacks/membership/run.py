@@ -45,7 +45,7 @@ from diffaudit.data.dataset import ImageDataset
 from diffaudit.models.alike import check_models_alike
 from diffaudit.models.digest import model_digest
 from diffaudit.models.run_files import read_dropped_duplicates
-from diffaudit.models.run_record import check_trained_on, has_train_ids
+from diffaudit.models.run_record import check_trained_on, has_train_ids, train_ids_howto
 
 TARGET_MODES = ("leave-one-out", "shadow", "model")
 
@@ -191,7 +191,7 @@ def target_membership(run_dir: str | Path, dataset: ImageDataset) -> np.ndarray:
     keys); refuses a ``dataset`` whose pixels under those keys are not the ones it trained on."""
     if not has_train_ids(run_dir):
         raise DiffauditError(f"--target {run_dir}: no train_ids.json, so its training set is unknown; "
-                             "use a diffaudit run directory, or --target-index for a shadow model")
+                             f"{train_ids_howto(run_dir)}. A shadow model of --shadows is --target-index K")
     rows = check_trained_on(run_dir, dataset, what="--target")
     members = np.zeros(len(dataset), dtype=bool)
     members[rows] = True
