@@ -219,3 +219,23 @@ def test_another_commands_output_folder_is_not_generations(tmp_path, capsys):
     prepare_out_dir(tmp_path / "m", "mia", {"attack": "loss"})
     assert run("verify", "--samples", tmp_path / "m", "--data", "digits", "--out", tmp_path / "v") == 2
     assert "output folder of `diffaudit mia`, not generations; pass the sample store" in capsys.readouterr().err
+
+
+def test_prompts_too_few_to_flag_are_said_and_reported(files, tmp_path, capsys):
+    """12 generations per prompt against --min-clique 20: no prompt can be flagged, so "0 flagged" is no finding.
+    extract says so, records it, and the report's verdict says nothing was measured, not "0 flagged"."""
+    out = tmp_path / "ex"
+    assert main(["extract", "--samples", str(files / "cond.npz"), "--out", str(out), "--min-clique", "20",
+                 "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert ("4 of 4 prompts have fewer generations than --min-clique 20 (as few as 12), so none of them can be "
+            "flagged") in err
+    assert strict_json(out / "result.json")["n_prompts_below_min_clique"] == 4
+    assert main(["--quiet", "report", str(out)]) == 0
+    html = (out / "report.html").read_text()
+    assert "Extraction could flag no prompt: each of the 4 prompts has fewer generations than the minimum clique (20)" in html
+    assert "4 of the 4 prompts have fewer generations than the minimum clique (20)" in html
+    # enough generations: nothing said
+    assert main(["extract", "--samples", str(files / "cond.npz"), "--out", str(tmp_path / "ok"), "--device", "cpu"]) == 0
+    assert "fewer generations than --min-clique" not in capsys.readouterr().err
+    assert strict_json(tmp_path / "ok" / "result.json")["n_prompts_below_min_clique"] == 0

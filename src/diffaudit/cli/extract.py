@@ -197,6 +197,11 @@ def _filter_on_ray(args, recipe: ImagesRecipe, groups: list, fs: FilterSettings,
 def _conditional(args, ds, fs: FilterSettings, out: Path, device, recipe: ImagesRecipe | None,
                  workers_device) -> dict[str, Any]:
     groups = group_by_prompt(ds.captions)
+    short = [len(idx) for _, idx in groups if len(idx) < fs.min_clique]  # prompts that cannot be flagged
+    if short:
+        stage_line(f"extract: {len(short):,} of {len(groups):,} prompts have fewer generations than --min-clique "
+                   f"{fs.min_clique} (as few as {min(short)}), so none of them can be flagged and their not being flagged "
+                   "says nothing: generate more per prompt (`sample --per-prompt`; the paper: 500), or lower --min-clique")
     parts_dir = out / "parts"
     if recipe is not None:
         _filter_on_ray(args, recipe, groups, fs, parts_dir, workers_device)
@@ -215,6 +220,7 @@ def _conditional(args, ds, fs: FilterSettings, out: Path, device, recipe: Images
     stage_line(f"extract: {n_flagged} of {len(ranked)} prompts flagged ({t.seconds:.1f} s)")
     fields: dict[str, Any] = {
         "mode": "conditional", "n_samples": len(ds), "n_prompts": len(ranked), "n_flagged": n_flagged,
+        "n_prompts_below_min_clique": len(short),
         "bound_hit": any(r.bound_hit for r in ranked), "prompts": [r.to_dict() for r in ranked],
     }
     if args.calibrate:

@@ -226,6 +226,10 @@ def _extraction(rs: ResultSet) -> dict[str, Any] | None:
             prompts = records(r, "members", preferred=("prompts", "cliques", "results"))
             out["n_prompts"] = _int(r.get("n_prompts", len(prompts)))
             out["n_flagged"] = _int(r.get("n_flagged", sum(1 for p in prompts if p.get("flagged"))))
+            below = _int(r.get("n_prompts_below_min_clique"))
+            if below:  # prompts with fewer generations than the minimum clique: never flagged, whatever they emit
+                out["n_prompts_below_min_clique"] = below
+                out["min_clique"] = _int(extract.settings.get("min_clique"))
         if out["n_samples"] is None:
             out["n_samples"] = _int(r.get("n_samples"))
     return out

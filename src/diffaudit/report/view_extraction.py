@@ -124,6 +124,11 @@ def unverified_verdict(ex: dict[str, Any] | None, *, unfinished: bool = False) -
     elif isinstance(ex.get("n_flagged"), int):
         n, p = ex["n_flagged"], ex.get("n_prompts")
         found = f"{n:,}{f' of {p:,}' if isinstance(p, int) else ''} prompts flagged"
+        short = ex.get("n_prompts_below_min_clique")
+        if short and n == 0 and short == p:
+            return {"level": "unknown", "text": f"Extraction could flag no prompt: each of the {p:,} prompts has fewer "
+                    f"generations than the minimum clique ({ex.get('min_clique')}), so finding none says nothing about "
+                    "memorization. Generate more per prompt (the paper: 500) and extract again."}
     else:
         return {"level": "unknown", "text": NOT_VERIFIED}
     if unfinished:
@@ -397,6 +402,10 @@ def cliques(rs: ResultSet, *, redact: bool = False) -> dict[str, Any] | None:
             "bound_hit": bool(p.get("bound_hit") or p.get("search_bound_hit")),
         })
     notes = []
+    short = st.result.get("n_prompts_below_min_clique")
+    if isinstance(short, int) and short:
+        notes.append(f"{short:,} of the {len(prompts):,} prompts have fewer generations than the minimum clique "
+                     f"({st.settings.get('min_clique')}): they could not be flagged, whatever they emit.")
     if items and linked and not redact:
         notes.append("Clique members are shown by id: " + LINKED.format("extract") + ".")
     elif items and samples.path is None and not redact:
