@@ -623,3 +623,21 @@ def test_footer_says_which_images_the_file_holds(rendered, audit, tmp_path):
     mia = footer(audit / "mia-loss")
     assert "This folder holds no extraction result" in visible_text(mia_html.read_text(encoding="utf-8"))
     assert "shows no training image and no generation" in mia and "share it" not in mia
+
+
+def test_a_pair_shows_the_closest_generation_counted_for_its_training_image(tmp_path):
+    """verify credits a training image to its first generation; the report shows the closest one counted
+    (a pixel-exact copy beats a loose first match), and the summary's ℓ2 figures are of the closest too."""
+    from diffaudit.report import build_summary, render_html
+
+    res = tmp_path / "verify"
+    write_json_atomic(res / "result.json", _envelope(
+        "verify", {"data": str(tmp_path / "gone.npz"), "samples": str(tmp_path / "no-store")}, {},
+        n_samples=20, n_train=12, rule="ratio", unique_extracted=1, extracted=[
+            {"sample": "p0-i2", "train_id": 4, "train_key": "npz:4", "l2": 0.146, "ratio": 0.9, "eidetic_k": 1,
+             "n_matching_samples": 8, "closest_sample": "p7-i1", "closest_l2": 0.0, "closest_ratio": 0.0,
+             "closest_train_id": 4, "closest_train_key": "npz:4"}]))
+    page = Page(render_html(res))
+    assert [a["data-sample"] for t, a in page.tags if t == "figure" and "data-sample" in a] == ["p7-i1"]
+    assert "0.146" not in "".join(page.text)
+    assert build_summary(res)["extraction"]["extracted_l2_max"] == 0.0

@@ -42,6 +42,24 @@ def test_ratio_rule_counts_each_training_image_once(world):
     assert np.all(np.isfinite(v.ratio))
 
 
+def test_each_image_keeps_the_closest_generation_counted_for_it(world):
+    """The count credits the first extracting generation (paper §5.1); the closest of those counted is kept
+    beside it, with the training image it matched, as the strongest evidence to show."""
+    exact = world["samples"].copy()
+    exact[120] = world["train"][42]  # a pixel-exact copy among the generations of image 42, after the first (s115)
+    ids = list(world["ids"])
+    v = verify(exact, ids, world["train"], world["keys"])
+    second = v.extracted[1]
+    assert second.sample == "s115" and second.l2 > 0.01  # still credited to its first, a noisy copy
+    assert second.closest_sample == "s120" and second.closest_l2 == 0.0 and second.closest_train_key == "train:42"
+    assert second.closest_train_id == 42 and second.closest_ratio == 0.0
+    first = v.extracted[0]  # 15 noisy copies of image 5 (or its duplicates): the nearest one of them
+    d = {s: float(np.sqrt(np.mean((world["samples"][int(s[1:])] / 255.0 - world["train"][first.closest_train_id] / 255.0) ** 2)))
+         for s in [f"s{i}" for i in range(15)]}
+    assert first.closest_sample == min(d, key=d.get) and first.closest_l2 == pytest.approx(min(d.values()), abs=1e-4)
+    assert first.closest_l2 <= first.l2
+
+
 def test_l2_rule_and_delta(world):
     v = verify(world["samples"], world["ids"], world["train"], world["keys"], settings=VerifySettings(rule="l2"))
     by_sample = {e.sample: e for e in v.extracted}

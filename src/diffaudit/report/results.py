@@ -352,3 +352,13 @@ def resolve_path(value: Any, *bases: Path, exists: Callable[[Path], bool] = Path
     p = Path(value)
     candidates = [p, *([] if p.is_absolute() else [base / p for base in bases]), *[base / p.name for base in bases]]
     return next((c for c in candidates if exists(c)), None)
+
+
+def closest(e: dict[str, Any]) -> dict[str, Any]:
+    """A verify record as the report shows it: by the closest of the generations counted for its training
+    image (``closest_*``, the strongest evidence), not by the first one the count credits; records from
+    before they were kept show the first."""
+    if not isinstance(e.get("closest_sample"), str) or not e["closest_sample"]:
+        return e
+    return {**e, "sample": e["closest_sample"], "l2": e.get("closest_l2"), "ratio": e.get("closest_ratio"),
+            "train_id": e.get("closest_train_id"), "train_key": e.get("closest_train_key")}

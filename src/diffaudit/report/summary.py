@@ -49,7 +49,7 @@ from diffaudit.core.results import SCHEMA_VERSION, with_current_names
 from diffaudit.models.run_files import DROPPED_DUPLICATES
 from diffaudit.report.clique_counts import clique_counts, from_extract
 from diffaudit.report.images import data_spec
-from diffaudit.report.results import ResultSet, Stage, load_results, parse_json, read_object, records
+from diffaudit.report.results import ResultSet, Stage, closest, load_results, parse_json, read_object, records
 
 ENVELOPE = ("schema_version", "command", "settings", "seeds", "versions")
 # A membership attack whose AUC interval holds 0.5 is taken as guessing (what its scores correlate with
@@ -214,7 +214,8 @@ def _extraction(rs: ResultSet) -> dict[str, Any] | None:
         # How far the matches lie: training matches should be much closer than any baseline "match".
         base = r.get("baseline") if isinstance(r.get("baseline"), dict) else {}
         for name, rows in (("extracted", extracted), ("baseline", base.get("extracted") or [])):
-            l2 = sorted(float(e["l2"]) for e in rows if isinstance(e, dict) and isinstance(e.get("l2"), (int, float)))
+            rows = [closest(e) for e in rows if isinstance(e, dict)]  # each image's closest generation, both sides
+            l2 = sorted(float(e["l2"]) for e in rows if isinstance(e.get("l2"), (int, float)))
             if l2:
                 out[f"{name}_l2_min"], out[f"{name}_l2_median"], out[f"{name}_l2_max"] = l2[0], median(l2), l2[-1]
     if extract is not None:

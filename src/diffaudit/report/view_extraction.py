@@ -16,7 +16,7 @@ from diffaudit.core.errors import DiffauditError
 from diffaudit.report.clique_counts import clique_counts, from_extract
 from diffaudit.report.fmt import fmt_p
 from diffaudit.report.images import SampleImages, TrainingImages, data_digest, data_spec, image_uri
-from diffaudit.report.results import ResultSet, Stage, links_out, records, resolve_path
+from diffaudit.report.results import ResultSet, Stage, closest, links_out, records, resolve_path
 from diffaudit.report.summary import baseline_pvalue
 
 # The one-sided level of the exact test of the extracted count against the baseline's count: below
@@ -312,7 +312,8 @@ def _position(train_id: Any) -> str:
 
 
 def gallery(rs: ResultSet, *, redact: bool) -> dict[str, Any] | None:
-    """Pairs of the verify stage, most exact first (smallest ℓ2), at most ``MAX_PAIRS``. After ``verify
+    """Pairs of the verify stage, most exact first (smallest ℓ2), at most ``MAX_PAIRS``; each training image
+    beside the closest generation counted for it (:func:`closest`). After ``verify
     --from-extract`` (``from_extract``), each pair's ``n_matching`` counts clique medoids, and
     ``clique_generations`` the generations in their cliques (:mod:`~diffaudit.report.clique_counts`).
     With ``redact`` no pixels, and each training example is named by its position in the training
@@ -320,7 +321,7 @@ def gallery(rs: ResultSet, *, redact: bool) -> dict[str, Any] | None:
     st = rs.first("verify")
     if st is None:
         return None
-    pairs = [e for e in (st.result.get("extracted") or []) if isinstance(e, dict)]
+    pairs = [closest(e) for e in (st.result.get("extracted") or []) if isinstance(e, dict)]
     medoids_only = from_extract(st)
     counts = clique_counts(rs, st) if medoids_only else None
     # each record with the generations in its medoids' cliques (None: not --from-extract, or unknown)

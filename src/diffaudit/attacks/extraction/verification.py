@@ -110,7 +110,11 @@ class Extraction:
     ratio: normalised distance (≤ 1 = extracted under the ratio rule; None if undefined);
     eidetic_k: training images within eidetic_delta of train_id, itself included;
     n_matching_samples: generations that extracted this training image or a duplicate of it;
-    duplicates: the other training ids within dup_delta of train_id (its duplicates in the training set).
+    duplicates: the other training ids within dup_delta of train_id (its duplicates in the training set);
+    closest_*: of those generations, the one nearest its training image (the strongest evidence: the
+    count credits the first, paper §5.1, which may be a looser match): its id, ℓ2, ratio, and the
+    training image it matched (train_id itself, or one of its duplicates). Equal to the first's when
+    it is the closest.
     """
 
     sample: str
@@ -122,6 +126,16 @@ class Extraction:
     eidetic_k: int
     n_matching_samples: int
     duplicates: list[int]
+    closest_sample: str = ""
+    closest_l2: float = float("nan")
+    closest_ratio: float | None = None
+    closest_train_id: int = -1
+    closest_train_key: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.closest_sample:  # the first generation is the closest until a nearer one is counted
+            self.closest_sample, self.closest_l2, self.closest_ratio = self.sample, self.l2, self.ratio
+            self.closest_train_id, self.closest_train_key = self.train_id, self.train_key
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -175,7 +189,8 @@ def count_unique(
     device: Any = "auto",
 ) -> list[Extraction]:
     """Credit each training image to its first extracting generation, a duplicate of an image
-    credited before counting as that image (module rule, not chained)."""
+    credited before counting as that image (module rule, not chained), and keep the closest of the
+    generations counted for it (``closest_*``)."""
     hits = np.flatnonzero(extracted)
     if len(hits) == 0:
         return []
@@ -196,11 +211,15 @@ def count_unique(
             earlier = near[j].intersection(order)
             counts_as[j] = min(earlier, key=order.__getitem__) if earlier else j
         c = counts_as[j]
+        r = float(ratio[i])
         if c in first:
-            first[c].n_matching_samples += 1
+            e = first[c]
+            e.n_matching_samples += 1
+            if float(l2[i]) < e.closest_l2:
+                e.closest_sample, e.closest_l2, e.closest_ratio = str(sample_ids[i]), float(l2[i]), r if np.isfinite(r) else None
+                e.closest_train_id, e.closest_train_key = j, str(train_keys[j])
             continue
         order[c] = len(order)
-        r = float(ratio[i])
         first[c] = Extraction(
             sample=str(sample_ids[i]), sample_index=int(i), train_id=j, train_key=str(train_keys[j]),
             l2=float(l2[i]), ratio=r if np.isfinite(r) else None, eidetic_k=eidetic[j], n_matching_samples=1,
