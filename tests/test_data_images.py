@@ -1,6 +1,7 @@
 """Image decoding through load_dataset: modes, 16-bit scaling, corrupt and truncated files, skip_bad."""
 
 import io
+import json
 import struct
 import zlib
 
@@ -146,3 +147,32 @@ def test_all_bad_is_an_error_even_with_skip_bad(write_images):
     root = write_images({"x.png": b"junk"})
     with pytest.raises(DiffauditError, match=r"no readable images \(1 skipped, first: .*x\.png"):
         load_dataset(root, skip_bad=True)
+
+
+def test_the_skipped_inputs_are_listed_in_the_results_and_the_report(write_images, tmp_path, capsys):
+    """Which images a result never looked at is part of the result: `verify --skip-bad` lists them in its
+    result.json, the report names them (and only counts them when redacted)."""
+    from diffaudit.cli.main import main
+
+    rgb = [RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(6)]
+    root = write_images({**{f"{i}.png": img for i, img in enumerate(rgb)}, "bad <b>.png": b"junk"})
+    np.savez(tmp_path / "gens.npz", images=np.stack(rgb[:3]))
+    assert main(["--quiet", "verify", "--samples", str(tmp_path / "gens.npz"), "--data", str(root), "--skip-bad",
+                 "--out", str(tmp_path / "v")]) == 0
+    result = json.loads((tmp_path / "v" / "result.json").read_text())
+    assert result["skipped_inputs_total"] == 1
+    [entry] = result["skipped_inputs"]
+    assert entry["name"].endswith("bad <b>.png") and "not a recognised image format" in entry["reason"]
+    assert main(["--quiet", "report", str(tmp_path / "v")]) == 0
+    html = (tmp_path / "v" / "report.html").read_text()
+    assert "--skip-bad skipped 1 unreadable input, which no result here looked at: <code>" in html
+    assert "bad &lt;b&gt;.png</code>" in html
+    assert json.loads((tmp_path / "v" / "summary.json").read_text())["skipped_inputs"]["n"] == 1
+    assert main(["--quiet", "report", str(tmp_path / "v"), "--redact", "--out", str(tmp_path / "r.html")]) == 0
+    redacted = (tmp_path / "r.html").read_text()
+    assert "1 unreadable input, which no result here looked at (named in summary.json)" in redacted
+    assert "bad &lt;b&gt;" not in redacted
+    # nothing skipped: nothing listed
+    assert main(["--quiet", "verify", "--samples", str(tmp_path / "gens.npz"), "--data", str(tmp_path / "gens.npz"),
+                 "--out", str(tmp_path / "v2")]) == 0
+    assert "skipped_inputs" not in json.loads((tmp_path / "v2" / "result.json").read_text())

@@ -165,11 +165,13 @@ def _run_naming_flags(mod, flags: dict[str, str], args: argparse.Namespace) -> i
     """``mod.run(args)``, a settings mismatch naming each setting by the flag that sets it: an option's
     own name (``micro_batch`` as ``--micro-batch``; nested: ``data.options.subset`` as ``--subset``,
     :func:`setting_names`), or what the command's ``setting_flags(args)`` says where a setting is named
-    otherwise (sample's ``per_prompt``: ``--n`` or ``--per-prompt``)."""
+    otherwise (sample's ``per_prompt``: ``--n`` or ``--per-prompt``); the inputs ``--skip-bad`` skips
+    are listed in the results it writes (:func:`~diffaudit.core.results.recording_skipped`)."""
     from diffaudit.core.outdir import flag_names
+    from diffaudit.core.results import recording_skipped
 
     own = getattr(mod, "setting_flags", None)
-    with flag_names({**flags, **(own(args) if own else {})}):
+    with flag_names({**flags, **(own(args) if own else {})}), recording_skipped():
         return mod.run(args)
 
 

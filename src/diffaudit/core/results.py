@@ -1,13 +1,16 @@
 """The envelope every ``result.json`` and ``summary.json`` carries (DESIGN: conventions).
 
 ``schema_version``, ``command``, ``settings``, ``seeds``, ``versions`` (diffaudit, torch,
-diffusers), then the command's own fields.
+diffusers), then the command's own fields, and ``skipped_inputs`` when ``--skip-bad`` skipped inputs
+of the data the command loaded (:func:`recording_skipped`): which images a result never looked at.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Iterator, Sequence
 
 from diffaudit.core.io import write_json_atomic
 
@@ -29,8 +32,39 @@ def versions() -> dict[str, str]:
     return out
 
 
+#: The inputs skipped while one command runs (:func:`recording_skipped`); None outside a command.
+_SKIPPED: ContextVar[list[dict[str, str]] | None] = ContextVar("diffaudit_skipped_inputs", default=None)
+#: Skipped inputs a result lists by name; more are counted (``skipped_inputs_total``).
+SKIPPED_LISTED = 1000
+
+
+@contextmanager
+def recording_skipped() -> Iterator[None]:
+    """Within this block (one command), every input that ``--skip-bad`` skips while data loads
+    (:func:`note_skipped`) is listed in the results the command writes (:func:`envelope`)."""
+    token = _SKIPPED.set([])
+    try:
+        yield
+    finally:
+        _SKIPPED.reset(token)
+
+
+def note_skipped(source: str, skipped: Sequence[tuple[str, str]]) -> None:
+    """Record the inputs (name, reason) skipped while loading ``source``, each once, for the results of
+    the command running (nothing outside :func:`recording_skipped`)."""
+    listed = _SKIPPED.get()
+    if listed is None:
+        return
+    for name, reason in skipped:
+        entry = {"source": str(source), "name": str(name), "reason": str(reason)}
+        if entry not in listed:
+            listed.append(entry)
+
+
 def envelope(command: str, settings: dict[str, Any], seeds: dict[str, int] | None = None, **fields: Any) -> dict[str, Any]:
-    """The standard result dictionary: envelope keys first, then ``fields``."""
+    """The standard result dictionary: envelope keys first, then ``fields``, then ``skipped_inputs`` (the
+    inputs ``--skip-bad`` skipped in this command's data, at most :data:`SKIPPED_LISTED`, and
+    ``skipped_inputs_total``) when there were any."""
     out: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "command": command,
@@ -39,6 +73,9 @@ def envelope(command: str, settings: dict[str, Any], seeds: dict[str, int] | Non
         "versions": versions(),
     }
     out.update(fields)
+    skipped = _SKIPPED.get()
+    if skipped and "skipped_inputs" not in out:
+        out["skipped_inputs"], out["skipped_inputs_total"] = skipped[:SKIPPED_LISTED], len(skipped)
     return out
 
 

@@ -15,6 +15,7 @@ import torch
 
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.progress import stage_line
+from diffaudit.core.results import note_skipped
 from diffaudit.data.sharded import ShardedImages, is_image_array
 
 
@@ -115,8 +116,10 @@ _SAID: set[tuple[str, tuple[str, ...]]] = set()
 
 def say_skipped(dataset: ImageDataset) -> ImageDataset:
     """Say on stderr how many inputs ``--skip-bad`` skipped, naming the first with its reason (once
-    per source and process); returns ``dataset``."""
+    per source and process), and note them for the running command's results
+    (:func:`~diffaudit.core.results.note_skipped`); returns ``dataset``."""
     if dataset.skipped:
+        note_skipped(str(dataset.source), dataset.skipped)  # listed in the running command's results
         key = (str(dataset.source), tuple(str(name) for name, _ in dataset.skipped))
         if key not in _SAID:
             _SAID.add(key)

@@ -31,7 +31,8 @@ as dedup recorded them), ``embedder_text`` (the same in words)},
 the correlation measures how the raw score varies between members, not their exposure), ``raw_loss``},
 ``stages`` (the result folders read), ``audit_stages`` (the stages the audit's result.json lists as
 run), ``audit_finished`` (False for an audit folder whose audit has not finished: ``stages`` are the
-ones it finished; None when the folder is one command's), ``settings`` and ``seeds`` (per stage), ``versions``.
+ones it finished; None when the folder is one command's), ``skipped_inputs`` (``n``, ``listed``: the
+inputs ``--skip-bad`` skipped, which no result looked at; None when none), ``settings`` and ``seeds`` (per stage), ``versions``.
 A section whose stage did not run is null. The HTML report renders from this dictionary, so the
 numbers a person reads are the numbers in the file.
 """
@@ -574,6 +575,25 @@ def _audit_stages(rs: ResultSet) -> list[str] | None:
     return [str(x) for x in stages] if isinstance(stages, list) else None
 
 
+#: Skipped inputs the summary lists by name (all are counted).
+SKIPPED_LISTED = 50
+
+
+def _skipped_inputs(rs: ResultSet) -> dict[str, Any] | None:
+    """The inputs ``--skip-bad`` skipped in the data of any result here, each once: {``n``, ``listed``
+    ({source, name, reason}, at most :data:`SKIPPED_LISTED`)}; None when none was skipped."""
+    seen: dict[tuple[Any, Any], dict[str, Any]] = {}
+    total = 0
+    for result in [rs.audit] + [st.result for st in rs.stages]:
+        entries = [e for e in result.get("skipped_inputs") or [] if isinstance(e, dict)]
+        for e in entries:
+            seen.setdefault((e.get("source"), e.get("name")), {k: e.get(k) for k in ("source", "name", "reason")})
+        total = max(total, _int(result.get("skipped_inputs_total")) or len(entries))
+    if not seen:
+        return None
+    return {"n": max(total, len(seen)), "listed": list(seen.values())[:SKIPPED_LISTED]}
+
+
 def summarise(rs: ResultSet) -> dict[str, Any]:
     """The summary dictionary of a loaded :class:`ResultSet` (see the module docstring)."""
     mia: dict[str, Any] = {}
@@ -611,6 +631,7 @@ def summarise(rs: ResultSet) -> dict[str, Any]:
         "audit_stages": _audit_stages(rs),
         # False: an audit that has not finished (the stages above are those it finished); else None/True
         "audit_finished": (not rs.unfinished) if rs.command == "audit" else None,
+        "skipped_inputs": _skipped_inputs(rs),
         "settings": settings,
         "seeds": seeds,
         "versions": versions,
