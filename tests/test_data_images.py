@@ -176,3 +176,24 @@ def test_the_skipped_inputs_are_listed_in_the_results_and_the_report(write_image
     assert main(["--quiet", "verify", "--samples", str(tmp_path / "gens.npz"), "--data", str(tmp_path / "gens.npz"),
                  "--out", str(tmp_path / "v2")]) == 0
     assert "skipped_inputs" not in json.loads((tmp_path / "v2" / "result.json").read_text())
+
+
+def test_a_text_file_beside_each_image_is_its_caption(write_images, tmp_path):
+    """beach.png + beach.txt: the folder form of a WebDataset sample's caption. Once one image has a caption,
+    one without is a bad input (an error, or skipped with --skip-bad); other .txt files stay ignored."""
+    root = write_images({"beach.png": RGB, "Zoë café.png": RGB, "sub/x.png": RGB}, tmp_path / "flat")
+    (root / "sub" / "x.png").unlink()
+    (root / "sub").rmdir()
+    assert load_dataset(root).captions is None  # no caption file: none
+    (root / "beach.txt").write_text("  a photo at the <b>beach</b> & sea\n", encoding="utf-8")
+    (root / "notes.txt").write_text("not a caption: no image named notes", encoding="utf-8")
+    with pytest.raises(DiffauditError, match=r"Zoë café\.png: no caption file Zoë café\.txt beside it, while other images"):
+        load_dataset(root)
+    (root / "Zoë café.txt").write_bytes("caf\xe9".encode("latin-1"))
+    with pytest.raises(DiffauditError, match=r"its caption file Zoë café\.txt is not UTF-8"):
+        load_dataset(root)
+    ds = load_dataset(root, skip_bad=True)
+    assert ds.keys == ["beach.png"] and ds.captions == ["a photo at the <b>beach</b> & sea"]
+    (root / "Zoë café.txt").write_text("un café", encoding="utf-8")
+    ds = load_dataset(root)
+    assert ds.keys == ["Zoë café.png", "beach.png"] and ds.captions == ["un café", "a photo at the <b>beach</b> & sea"]

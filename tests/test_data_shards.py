@@ -214,6 +214,18 @@ def test_bad_samples_error_or_skip(tmp_path, write_tar, encode_image):
     assert "no .cls label" in reasons[f"{shard}:nolabel.png"]
 
 
+def test_a_dotted_file_name_is_said_as_webdatasets_naming_rule(tmp_path, write_tar, encode_image):
+    """john.smith.png and john.smith.txt are sample 'john' with extensions smith.png and smith.txt: the caption
+    is missing as WebDataset reads the shard, and the error says why and what to do."""
+    img = encode_image(np.zeros((4, 4, 3), np.uint8))
+    shard = write_tar(tmp_path / "dots.tar", [("alice.png", img), ("alice.txt", b"alice at the beach"),
+                                              ("john.smith.png", img), ("john.smith.txt", b"john at work")])
+    with pytest.raises(DiffauditError, match=r"no \.txt caption while other samples have one \(its \.smith\.txt is not "
+                       r"one: WebDataset names a sample by its file name up to the first dot, so this is sample 'john' "
+                       r"with extensions \.smith\.png, \.smith\.txt; rename the files without a dot"):
+        load_dataset(shard)
+
+
 def test_empty_shard(tmp_path, write_tar):
     shard = write_tar(tmp_path / "empty.tar", [("__meta__", b"x")])
     with pytest.raises(DiffauditError, match=r"empty\.tar: the dataset is empty"):

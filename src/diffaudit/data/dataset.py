@@ -110,6 +110,10 @@ def from_model_space(x: torch.Tensor) -> np.ndarray:
     return y.permute(0, 2, 3, 1).cpu().numpy()
 
 
+#: Where a dataset's captions come from, for the errors of what needs them.
+CAPTION_SOURCES = ("a .txt file beside each image of a folder (beach.txt for beach.png), WebDataset shards' .txt "
+                   "members, or an .npz's `captions` array")
+
 #: (source, skipped names) already said in this process: a command that loads its data twice says it once.
 _SAID: set[tuple[str, tuple[str, ...]]] = set()
 

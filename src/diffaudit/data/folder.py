@@ -10,6 +10,10 @@
   (the layout would be ambiguous).
 - Keys: the path relative to the folder, with ``/`` separators (``cat/0001.png``). Examples are
   ordered by their path components, so the order is deterministic and groups each class together.
+- Captions: a UTF-8 ``.txt`` file beside an image with its name (``beach.txt`` for ``beach.png``)
+  holds its caption (stripped), the folder form of a WebDataset sample's ``.txt``. When any image has
+  one, every image needs one: one without (or with a caption that is not UTF-8) is a bad input, an
+  error or, with ``--skip-bad``, skipped and recorded.
 """
 
 from __future__ import annotations
@@ -74,15 +78,33 @@ def list_folder(root: str | os.PathLike, *, source: str | None = None) -> Listin
         )
     class_names = sorted({p[0] for p in nested}) if nested else None
     label_of = {c: i for i, c in enumerate(class_names or [])}
+    sidecars = {parts: root.joinpath(*parts).with_suffix(".txt") for parts in files}
+    has_captions = any(t.is_file() for t in sidecars.values())
     entries = []
     for parts in files:
         key = "/".join(parts)
         path = root.joinpath(*parts)
+        caption, problem = _caption(sidecars[parts]) if has_captions else (None, None)
         entries.append(Entry(
             key=key,
             name=str(path),
             read=_file_reader(path, str(path)),
             label=label_of[parts[0]] if class_names else None,
+            caption=caption,
+            problem=problem,
             file=str(path),
         ))
-    return Listing(entries=entries, source=source, has_labels=class_names is not None, class_names=class_names)
+    return Listing(entries=entries, source=source, has_labels=class_names is not None, class_names=class_names,
+                   has_captions=has_captions)
+
+
+def _caption(path: Path) -> tuple[str | None, str | None]:
+    """(the caption in the ``.txt`` file ``path``, None), or (None, why the image has none)."""
+    try:
+        return path.read_bytes().decode("utf-8").strip(), None
+    except FileNotFoundError:
+        return None, f"no caption file {path.name} beside it, while other images have one"
+    except UnicodeDecodeError:
+        return None, f"its caption file {path.name} is not UTF-8"
+    except OSError as exc:
+        return None, f"its caption file {path.name} cannot be read ({exc.strerror or exc})"

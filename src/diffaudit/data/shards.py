@@ -687,7 +687,11 @@ def _list_shards(paths: list[Path], *, source: str, skip_bad: bool) -> Listing:
                     problems.append(f".cls label {text[:20]!r} is not an integer >= 0")
         if has_captions:
             if "txt" not in parts:
-                problems.append("no .txt caption while other samples have one")
+                dotted = sorted(e for e in parts if e.endswith(".txt"))
+                problems.append("no .txt caption while other samples have one" + (
+                    f" (its .{dotted[0]} is not one: WebDataset names a sample by its file name up to the first dot, so "
+                    f"this is sample {key!r} with extensions {', '.join('.' + e for e in sorted(parts))}; rename the "
+                    "files without a dot before the extension)" if dotted else ""))
             elif isinstance(parts["txt"], _BadMember):
                 problems.append(f"its .txt member {parts['txt'].reason}")
             else:

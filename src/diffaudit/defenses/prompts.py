@@ -24,6 +24,7 @@ import numpy as np
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.identity import text_bytes
 from diffaudit.core.io import write_bytes_atomic
+from diffaudit.data.dataset import CAPTION_SOURCES
 
 
 def normalise_caption(caption: str) -> str:
@@ -65,8 +66,7 @@ def rank_prompts(captions: list[str] | None, duplicate_count: np.ndarray, *, top
         DiffauditError: no captions, or lengths that differ.
     """
     if captions is None:
-        raise DiffauditError("the dataset has no captions: prompt selection needs a captioned dataset "
-                             "(WebDataset shards with .txt captions, or an .npz with a `captions` array)")
+        raise DiffauditError(f"the dataset has no captions: prompt selection needs a captioned dataset ({CAPTION_SOURCES})")
     counts = np.asarray(duplicate_count)
     if counts.ndim != 1 or len(counts) != len(captions):
         raise DiffauditError(f"duplicate_count has shape {counts.shape} but the dataset has {len(captions)} captions")

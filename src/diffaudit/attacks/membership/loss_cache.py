@@ -26,7 +26,7 @@ from diffaudit.core.errors import DiffauditError
 from diffaudit.core.faults import fault_point
 from diffaudit.core.io import load_npy, save_npy_atomic
 from diffaudit.core.progress import Timer, stage_line
-from diffaudit.data.dataset import ImageDataset
+from diffaudit.data.dataset import CAPTION_SOURCES, ImageDataset
 from diffaudit.data.digest import dataset_digest
 from diffaudit.models.denoiser import load_denoiser
 from diffaudit.models.latent_loss import latent_loss_probe, load_sd_pipeline, per_example_latent_loss
@@ -116,7 +116,7 @@ def cached_model_losses(
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         if is_stable_diffusion_dir(run_dir):  # latent diffusion: the loss needs a caption per image
             if dataset.captions is None:
-                raise DiffauditError(f"{run_dir} is a Stable Diffusion pipeline: --data needs a caption per image")
+                raise DiffauditError(f"{run_dir} is a Stable Diffusion pipeline: --data needs a caption per image ({CAPTION_SOURCES})")
             pipe = load_sd_pipeline(run_dir, device=device, dtype=dtype)
             batch = resolve_batch(batch_size if batch_size == AUTO else min(batch_size, SD_MAX_BATCH), torch.device(device),
                                   default=SD_MAX_BATCH, probe=functools.partial(latent_loss_probe, pipe), start=4,
