@@ -138,3 +138,13 @@ def test_a_pipeline_trained_elsewhere_is_audited_command_by_command(sd_dir, tmp_
         (sd_dir / "train_ids.json").unlink()
     result = json.loads((tmp_path / "m" / "result.json").read_text())
     assert (result["n_members"], result["n_nonmembers"]) == (3, 3)
+
+
+def test_a_pipeline_where_a_pixel_space_model_is_needed_is_said_in_words(sd_dir, tmp_path, capsys):
+    from diffaudit.cli.main import main
+
+    assert main(["sample", "--model", str(sd_dir / "unet"), "--n", "2", "--out", str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err
+    assert "its UNet is a UNet2DConditionModel, not a pixel-space UNet2DModel" in err
+    assert f"{sd_dir} holds its pipeline (model_index.json): give that folder to sample or mia" in err
+    assert "load_sd_pipeline" not in err and not (tmp_path / "g").exists()

@@ -250,6 +250,16 @@ def check_model_input(config, image_shape: tuple[int, int, int], *, labels, what
                              f"{int(np.min(labels))}..{int(np.max(labels))}")
 
 
+def _not_pixel_space(root: Path, cls: str, flag: str) -> str:
+    """Why ``root`` (whose UNet is a ``cls``) is refused where a pixel-space model is needed, and what to give."""
+    pipeline = next((p for p in (root, root.parent) if (p / "model_index.json").is_file()), None)
+    where = ("" if pipeline is None or pipeline == root else
+             f"; {pipeline} holds its pipeline (model_index.json): give that folder to sample or mia")
+    return (f"{flag} {root}: its UNet is a {cls}, not a pixel-space UNet2DModel: this takes pixel-space diffusion models "
+            "(the inpainting attack, and anything else that denoises pixels) only. A Stable Diffusion pipeline's folder "
+            f"is taken whole by sample and mia{where}")
+
+
 def load_denoiser(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                   flag: str = "--model") -> Denoiser:
     """Load a run directory, a diffusers pipeline directory or a ``UNet2DModel`` directory. ``flag``: the
@@ -259,7 +269,7 @@ def load_denoiser(path: str | Path, device: str | torch.device = "cpu", dtype: t
     config = read_unet_config(root, flag)
     cls = config.get("_class_name", "UNet2DModel")
     if cls != "UNet2DModel":
-        raise DiffauditError(f"{flag} {root}: {cls} is not a pixel-space UNet2DModel (latent pipelines load with load_sd_pipeline)")
+        raise DiffauditError(_not_pixel_space(root, cls, flag))
     if not any(unet_dir.glob("*.safetensors")):
         pickled = sorted(p.name for p in unet_dir.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
         raise DiffauditError(f"{flag} {root}: weights must be in safetensors format (pickled weights such as {pickled[0]} "
