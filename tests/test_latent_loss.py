@@ -148,3 +148,21 @@ def test_a_pipeline_where_a_pixel_space_model_is_needed_is_said_in_words(sd_dir,
     assert "its UNet is a UNet2DConditionModel, not a pixel-space UNet2DModel" in err
     assert f"{sd_dir} holds its pipeline (model_index.json): give that folder to sample or mia" in err
     assert "load_sd_pipeline" not in err and not (tmp_path / "g").exists()
+
+
+def test_loading_a_pipeline_prints_nothing_and_keeps_the_libraries_settings(sd_dir, capfd):
+    """No loading bars or deprecation notices of diffusers/transformers on a command's stderr; afterwards the
+    libraries' own progress-bar and verbosity settings are as they were."""
+    import warnings
+
+    from diffusers.utils import logging as dl
+
+    dl.enable_progress_bar()
+    verbosity = dl.get_verbosity()
+    capfd.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # what would be shown is shown
+        load_sd_pipeline(sd_dir)
+    err = capfd.readouterr().err
+    assert "Loading" not in err and "FutureWarning" not in err and "deprecated" not in err, err
+    assert dl.is_progress_bar_enabled() and dl.get_verbosity() == verbosity

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from diffaudit.core.errors import DiffauditError
+from diffaudit.models.quiet import quiet_loading
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as PIL's "L" mode
 _YCC = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], dtype=np.float32)  # JPEG YCbCr
@@ -352,12 +353,12 @@ def load_clip(name: str):
         from transformers import CLIPImageProcessor
 
     try:
-        with hub_offline():
+        with hub_offline(), quiet_loading():
             model = CLIPVisionModelWithProjection.from_pretrained(name, local_files_only=True, use_safetensors=True)
     except (OSError, ValueError) as exc:
         raise clip_missing_error(name, exc) from None
     try:
-        with hub_offline():
+        with hub_offline(), quiet_loading():
             processor = CLIPImageProcessor.from_pretrained(name, local_files_only=True)
     except (OSError, ValueError) as exc:
         if not Path(name).is_dir():

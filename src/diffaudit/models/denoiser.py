@@ -29,6 +29,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import loads_json
+from diffaudit.models.quiet import quiet_loading
 from diffaudit.models.scheduler import SamplingSchedule, alphas_cumprod_of, make_scheduler
 
 
@@ -279,7 +280,8 @@ def load_denoiser(path: str | Path, device: str | torch.device = "cpu", dtype: t
     schedule = SamplingSchedule.from_config(sched_config)  # checked where it is sampled (open_source)
     learned_variance = _check_layout(config, scheduler, root, flag)
     try:
-        unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True, torch_dtype=dtype)
+        with quiet_loading():
+            unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True, torch_dtype=dtype)
     except (OSError, ValueError, RuntimeError) as exc:  # a truncated or damaged weights file, a config that does not fit them
         raise DiffauditError(f"{flag} {root}: the UNet in {unet_dir} cannot be loaded: {str(exc).splitlines()[0]}") from None
     unet = unet.to(device=device).eval()

@@ -24,6 +24,7 @@ from diffaudit.core.io import loads_json
 from diffaudit.core.seeds import counter_randn
 from diffaudit.data.dataset import to_model_space
 from diffaudit.models.loss import loss_noise_keys
+from diffaudit.models.quiet import quiet_loading
 
 #: Components a pipeline is loaded without (passed as None; diffaudit samples without the safety checker,
 #: and the feature extractor serves only it): their folders need not be there.
@@ -100,9 +101,10 @@ def load_sd_pipeline(path, device="cpu", dtype=torch.float32, flag: str = "--mod
     root = Path(path)
     components = sd_components(root, flag)
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(root, torch_dtype=dtype, use_safetensors=True,
-                                                       local_files_only=True, requires_safety_checker=False,
-                                                       **{name: None for name in _NOT_LOADED})
+        with quiet_loading():
+            pipe = StableDiffusionPipeline.from_pretrained(root, torch_dtype=dtype, use_safetensors=True,
+                                                           local_files_only=True, requires_safety_checker=False,
+                                                           **{name: None for name in _NOT_LOADED})
     except (OSError, ValueError, RuntimeError, TypeError, SafetensorError) as exc:  # RecursionError is a RuntimeError
         if isinstance(exc, RecursionError):  # a config nested thousands deep
             text = "a config file is nested too deeply to be read as JSON"

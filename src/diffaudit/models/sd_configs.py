@@ -52,7 +52,7 @@ def build_stable_diffusion(*, tiny: bool = True, size: int = 64, seed: int = 0):
             text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
                                                 num_hidden_layers=12, projection_dim=768))  # ViT-L/14 text tower
     sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                          set_alpha_to_one=False)
+                          set_alpha_to_one=False, steps_offset=1)  # SD 1.x's (the pipeline would set it, warning)
     pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=_tokenizer(), scheduler=sched,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
