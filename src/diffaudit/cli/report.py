@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     parts = []
     if ex.get("unique_extracted") is not None:
         base = baseline_phrase(ex)
-        parts.append(f"{ex['unique_extracted']} training images extracted from {ex.get('n_samples')} generations"
+        parts.append(f"{ex['unique_extracted']} training image{'' if ex['unique_extracted'] == 1 else 's'} extracted from "
+                     f"{ex.get('n_samples')} generations"
                      + (f" ({base})" if base else ""))
     for key, m in (summary.get("mia") or {}).items():
         tpr = (m.get("tpr_at_fpr") or {}).get("0.01")

@@ -428,5 +428,6 @@ def _summary(r: dict[str, Any], out: Path) -> str:
     base = "" if r.get("baseline_unique_extracted") is None else f" (baseline: {r['baseline_unique_extracted']})"
     ue = r.get("unique_extracted")
     reason = f" ({r['rule_reason']})" if r.get("rule_reason") else ""
-    return (f"verify: {ue if ue is not None else 'n/a'} unique training images extracted from {r['n_samples']} generations "
+    images = "image" if ue == 1 else "images"
+    return (f"verify: {ue if ue is not None else 'n/a'} unique training {images} extracted from {r['n_samples']} generations "
             f"by rule {r['rule']}{reason}{base} -> {out / 'result.json'}")

@@ -130,5 +130,5 @@ def say_skipped(dataset: ImageDataset) -> ImageDataset:
             n = len(dataset.skipped)
             name, reason = dataset.skipped[0]
             stage_line(f"{dataset.source}: --skip-bad skipped {n} unreadable input{'s' * (n != 1)} (first: {name}: "
-                       f"{reason}); {len(dataset):,} images loaded")
+                       f"{reason}); {len(dataset):,} image{'' if len(dataset) == 1 else 's'} loaded")
     return dataset
