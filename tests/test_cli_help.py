@@ -120,6 +120,9 @@ def test_a_command_line_refused_by_argparse_is_json_too_with_json(capsys):
         (["mia", "--attack", "LiRA", "--out", "x", "--json"], "mia", "argument --attack: invalid choice: 'LiRA'"),
         (["--json", "mia", "--timesteps", "abc", "--out", "x"], "mia", "expected comma-separated integers; got 'abc'"),
         (["--json", "trian"], None, "argument COMMAND: invalid choice: 'trian'"),
+        # a mistyped required flag is first said as missing: the mistyped one is named beside it
+        (["--json", "extract", "--sample", "gens", "--out", "x"], "extract",
+         "the following arguments are required: --samples (--sample is not an option here; did you mean --samples?)"),
     ):
         with pytest.raises(SystemExit) as exit_:
             main(argv)

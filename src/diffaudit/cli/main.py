@@ -104,6 +104,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 #: The command ``--json`` asked a JSON answer of (None: not asked), while its command line is parsed.
 _JSON_FOR: ContextVar[tuple[str | None] | None] = ContextVar("json_for", default=None)
+#: The command line being parsed (its options), for the flags a refusal of a missing one may suggest.
+_RAW: ContextVar[list[str]] = ContextVar("raw_argv", default=[])
 
 
 class _Parser(argparse.ArgumentParser):
@@ -111,6 +113,12 @@ class _Parser(argparse.ArgumentParser):
     is also a JSON document on stdout when ``--json`` was given, as every other refusal is."""
 
     def error(self, message: str):
+        if message.startswith("the following arguments are required"):  # `--sample X` for --samples: say so
+            known = {f for a in self._actions for f in a.option_strings}
+            unknown = [t.split("=", 1)[0] for t in _RAW.get() if t.startswith("--") and t.split("=", 1)[0] not in known]
+            hint = _did_you_mean(self, unknown)
+            if hint:
+                message += f" ({', '.join(unknown)} is not an option here; {hint[2:]}"
         asked = _JSON_FOR.get()
         if asked is not None:
             self.print_usage(sys.stderr)
@@ -244,6 +252,7 @@ def _parse_and_run(argv: list[str] | None, raw: list[str], command: str | None) 
         return 2
     options = raw[:raw.index("--")] if "--" in raw else raw
     token = _JSON_FOR.set((command if command in COMMANDS else None,) if "--json" in options else None)
+    raw_token = _RAW.set(options)
     try:
         args, extra = parser.parse_known_args(argv)
         if extra:  # said by the command's own parser: its usage and name, not the top level's
@@ -251,6 +260,7 @@ def _parse_and_run(argv: list[str] | None, raw: list[str], command: str | None) 
             own.error(f"unrecognized arguments: {' '.join(extra)}{_did_you_mean(own, extra)}")
     finally:
         _JSON_FOR.reset(token)
+        _RAW.reset(raw_token)
     args._argv = list(sys.argv[1:] if argv is None else argv)  # which flags were given (audit --config)
     if not getattr(args, "_run", None):
         parser.print_help()
