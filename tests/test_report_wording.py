@@ -53,6 +53,32 @@ def test_a_count_just_above_the_baseline_is_not_evidence():
     assert "not significantly above the baseline" in v["text"] and "p = 0.5" in v["text"]
 
 
+def test_matches_closer_than_any_baseline_match_are_said_beside_an_inconclusive_count(tmp_path):
+    """2 against 2 is no evidence by count; a pixel-exact copy among them, nearer than any never-seen image came,
+    is said beside it (the count weighs every match alike), and the level stays what the test says."""
+    v = verdict(_ex(2, 2, extracted_l2_median=0.07, extracted_l2_min=0.0, baseline_l2_min=0.13,
+                    extracted_closer_than_baseline=1))
+    assert v["level"] == "unsure"
+    assert "1 of the training matches is closer than any baseline match (the closest at ℓ2 0.000): a copy no " \
+           "never-seen image came as near to." in v["text"]
+    assert "closer than any" not in verdict(_ex(2, 2, extracted_l2_median=0.2, extracted_l2_min=0.15, baseline_l2_min=0.13,
+                                                extracted_closer_than_baseline=0))["text"]
+    summary = build_summary(_verify_folder_with_an_exact_copy(tmp_path))
+    assert summary["extraction"]["extracted_closer_than_baseline"] == 1
+
+
+def _verify_folder_with_an_exact_copy(root: Path) -> Path:
+    res = root / "verify"
+    write_json_atomic(res / "result.json", _envelope(
+        "verify", {"rule": "ratio"}, {}, n_samples=48, n_train=12, rule="ratio", unique_extracted=2,
+        baseline_unique_extracted=2, baseline={"n_images": 12, "extracted": [
+            {"sample": "p1-i0", "train_id": 0, "train_key": "h0", "l2": 0.13}, {"sample": "p2-i0", "train_id": 1, "l2": 0.149}]},
+        extracted=[{"sample": "p0-i2", "train_id": 4, "train_key": "npz:4", "l2": 0.146, "closest_sample": "p7-i1",
+                    "closest_l2": 0.0, "closest_train_id": 4, "closest_train_key": "npz:4"},
+                   {"sample": "p3-i0", "train_id": 5, "train_key": "npz:5", "l2": 0.149}]))
+    return res
+
+
 def test_one_match_against_none_is_not_evidence():
     """b = 0, n = 1 on equal sets: p = 1/2, unsure (a coin decides where one chance match falls)."""
     v = verdict(_ex(1, 0))

@@ -214,11 +214,15 @@ def _extraction(rs: ResultSet) -> dict[str, Any] | None:
             out["baseline_pvalue"] = baseline_pvalue(out)
         # How far the matches lie: training matches should be much closer than any baseline "match".
         base = r.get("baseline") if isinstance(r.get("baseline"), dict) else {}
-        for name, rows in (("extracted", extracted), ("baseline", base.get("extracted") or [])):
-            rows = [closest(e) for e in rows if isinstance(e, dict)]  # each image's closest generation, both sides
-            l2 = sorted(float(e["l2"]) for e in rows if isinstance(e.get("l2"), (int, float)))
+        l2s = {name: sorted(float(e["l2"]) for e in map(closest, rows)  # each image's closest generation, both sides
+                            if isinstance(e.get("l2"), (int, float)))
+               for name, rows in (("extracted", [e for e in extracted if isinstance(e, dict)]),
+                                  ("baseline", [e for e in base.get("extracted") or [] if isinstance(e, dict)]))}
+        for name, l2 in l2s.items():
             if l2:
                 out[f"{name}_l2_min"], out[f"{name}_l2_median"], out[f"{name}_l2_max"] = l2[0], median(l2), l2[-1]
+        if l2s["baseline"]:  # training matches no never-seen image came as close to
+            out["extracted_closer_than_baseline"] = sum(1 for d in l2s["extracted"] if d < l2s["baseline"][0])
     if extract is not None:
         r = extract.result
         if r.get("mode") == "unconditional" or "groups" in r:

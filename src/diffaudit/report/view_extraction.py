@@ -192,8 +192,14 @@ def _l2_note(ex: dict[str, Any], base: int) -> str:
     """How far the training matches lie against the closest baseline match (when both are recorded)."""
     if not base or ex.get("extracted_l2_median") is None or ex.get("baseline_l2_min") is None:
         return ""
-    return (f" The training matches lie at median ℓ2 {ex['extracted_l2_median']:.3f}; the closest baseline match is at "
+    text = (f" The training matches lie at median ℓ2 {ex['extracted_l2_median']:.3f}; the closest baseline match is at "
             f"ℓ2 {ex['baseline_l2_min']:.3f}.")
+    closer = ex.get("extracted_closer_than_baseline")
+    if closer:  # the count weighs every match alike; how close a match is, the count does not see
+        text += (f" {closer:,} of the training matches {'is' if closer == 1 else 'are'} closer than any baseline match "
+                 f"(the closest at ℓ2 {ex['extracted_l2_min']:.3f}): {'a copy' if closer == 1 else 'copies'} no "
+                 "never-seen image came as near to.")
+    return text
 
 
 def prompt_check_verdict(ex: dict[str, Any]) -> dict[str, str]:
