@@ -51,6 +51,9 @@ def test_class_conditional_model_samples_each_class(tmp_path):
     assert len(ds) == 20 and ds.captions[:4] == ["0", "0", "1", "1"]
     # A class-conditional model without prompts is a clear error.
     assert main(["sample", "--model", str(run), "--n", "4", "--out", str(tmp_path / "x"), "--device", "cpu", "--quiet"]) == 2
+    # exported, each file is traced to its prompt: p<P>-i<I>.png is image I of prompts[P]
+    assert main(["export", "--samples", str(tmp_path / "s"), "--out", str(tmp_path / "png"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "png" / "result.json").read_text())["prompts"] == [str(c) for c in range(10)]
 
 
 def test_n_with_classes_or_prompts_is_refused_not_ignored(tmp_path, capsys):

@@ -96,6 +96,7 @@ def test_export_png(tiny_model, tmp_path):
     assert main(["export", "--samples", str(out), "--out", str(tmp_path / "png"), "--quiet"]) == 0
     files = sorted(f for f in os.listdir(tmp_path / "png") if f.endswith(".png"))
     assert len(files) == 40 and "p0-i0.png" in files
+    assert "prompts" not in json.loads((tmp_path / "png" / "result.json").read_text())  # unconditional: none to name
 
 
 def test_export_resumes_and_never_mixes_two_stores_or_exports_an_unfinished_one(tiny_model, tmp_path, capsys):

@@ -6,7 +6,8 @@ names. Every run checks every generation's file and writes only those missing (e
 atomically, so one that exists is whole): a stopped export resumes, a finished one re-run puts back
 the files deleted since, and one made while sampling was unfinished catches up once more shards
 are finished. ``written_now`` counts the files this run wrote. A store with unfinished shards is
-refused unless ``--partial`` says that its finished generations are wanted now.
+refused unless ``--partial`` says that its finished generations are wanted now. A store generated from
+prompts lists them in ``result.json`` (``prompts``): ``p<P>-i<I>.png`` is image I of ``prompts[P]``.
 """
 
 from __future__ import annotations
@@ -75,7 +76,10 @@ def run(args: argparse.Namespace) -> int:
                     written += 1
                 n += 1
                 bar.advance(1)
+    prompts = store.manifest.get("prompts") or []
+    # which prompt each file was generated from: p<P>-i<I>.png is image I of prompts[P] (None: no prompt)
+    named = {"prompts": prompts} if any(p is not None for p in prompts) else {}
     result = write_result(out / "result.json", NAME, settings, exported=n, written_now=written,
-                          unfinished_shards=len(pending), out=str(out), samples=str(args.samples))
+                          unfinished_shards=len(pending), out=str(out), samples=str(args.samples), **named)
     emit(args, result, _summary(result))
     return 0
