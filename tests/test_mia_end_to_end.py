@@ -382,3 +382,15 @@ def test_refusals_come_before_any_work_and_name_the_cause(shadows, tmp_path, cap
     assert main([*base, "--shadows", str(root / "shadows"), "--membership", str(tmp_path / "wide.npz")]) == 2
     err = capsys.readouterr().err
     assert f"the membership matrix has 6 columns, but {root / 'shadows'} holds 4 shadow models: pass --models 4" in err
+
+
+def test_the_result_line_says_when_the_attack_is_indistinguishable_from_guessing():
+    from diffaudit.cli.mia import _summary
+
+    r = {"attack": "loss", "auc": 0.6944, "tpr_at_fpr": {"0.01": None, "0.001": None}, "n_members": 3, "n_nonmembers": 3,
+         "ci": {"auc": {"low": 0.333, "high": 1.0, "level": 0.95}}}
+    assert _summary(r).endswith("; indistinguishable from guessing: the AUC's interval [0.333, 1.000] holds 0.5")
+    r["ci"]["auc"] = {"low": 0.71, "high": 0.8, "level": 0.95}
+    assert "guessing" not in _summary(r)
+    del r["ci"]
+    assert "guessing" not in _summary(r)  # --bootstrap 0: no interval, nothing claimed

@@ -161,8 +161,12 @@ def write_mia_outputs(out: Path, scores: MiaScores, dataset: ImageDataset, *, co
 def _summary(r: dict[str, Any]) -> str:
     tpr = r["tpr_at_fpr"]
     fmt = lambda v: "n/a (too few non-members)" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+    ci = ((r.get("ci") or {}).get("auc") or {})
+    chance = ""
+    if isinstance(ci.get("low"), (int, float)) and isinstance(ci.get("high"), (int, float)) and ci["low"] <= 0.5 <= ci["high"]:
+        chance = f"; indistinguishable from guessing: the AUC's interval [{ci['low']:.3f}, {ci['high']:.3f}] holds 0.5"
     return (f"{r['attack']}: AUC {r['auc']:.4f}, TPR {fmt(tpr.get('0.01'))} at 1% FPR, {fmt(tpr.get('0.001'))} at 0.1% FPR "
-            f"({r['n_members']} members, {r['n_nonmembers']} non-members)")
+            f"({r['n_members']} members, {r['n_nonmembers']} non-members){chance}")
 
 
 def _warn_if_few_shadows(attack: str, membership, target: TargetSpec) -> None:
