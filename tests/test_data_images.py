@@ -137,7 +137,7 @@ def test_corrupt_files_error_or_counted_skips(write_images, capsys):
     assert [name.rsplit("/", 1)[-1] for name, _ in ds.skipped] == ["b.png", "c.jpg"]
     assert all(reason for _, reason in ds.skipped)
     err = capsys.readouterr().err  # said, not only recorded: once per process
-    assert ": --skip-bad skipped 2 unreadable inputs (first: " in err and "b.png: not a recognised image format" in err
+    assert ": --skip-bad skipped 2 bad inputs (first: " in err and "b.png: not a recognised image format" in err
     assert err.rstrip().endswith("; 2 images loaded")
     load_dataset(root, skip_bad=True)
     assert "skipped" not in capsys.readouterr().err
@@ -165,12 +165,12 @@ def test_the_skipped_inputs_are_listed_in_the_results_and_the_report(write_image
     assert entry["name"].endswith("bad <b>.png") and "not a recognised image format" in entry["reason"]
     assert main(["--quiet", "report", str(tmp_path / "v")]) == 0
     html = (tmp_path / "v" / "report.html").read_text()
-    assert "--skip-bad skipped 1 unreadable input, which no result here looked at: <code>" in html
+    assert "--skip-bad skipped 1 bad input (unreadable, or missing a part such as its caption), which no result here looked at: <code>" in html
     assert "bad &lt;b&gt;.png</code>" in html
     assert json.loads((tmp_path / "v" / "summary.json").read_text())["skipped_inputs"]["n"] == 1
     assert main(["--quiet", "report", str(tmp_path / "v"), "--redact", "--out", str(tmp_path / "r.html")]) == 0
     redacted = (tmp_path / "r.html").read_text()
-    assert "1 unreadable input, which no result here looked at (named in summary.json)" in redacted
+    assert "1 bad input (unreadable, or missing a part such as its caption), which no result here looked at (named in summary.json)" in redacted
     assert "bad &lt;b&gt;" not in redacted
     # nothing skipped: nothing listed
     assert main(["--quiet", "verify", "--samples", str(tmp_path / "gens.npz"), "--data", str(tmp_path / "gens.npz"),

@@ -129,6 +129,6 @@ def say_skipped(dataset: ImageDataset) -> ImageDataset:
             _SAID.add(key)
             n = len(dataset.skipped)
             name, reason = dataset.skipped[0]
-            stage_line(f"{dataset.source}: --skip-bad skipped {n} unreadable input{'s' * (n != 1)} (first: {name}: "
+            stage_line(f"{dataset.source}: --skip-bad skipped {n} bad input{'s' * (n != 1)} (first: {name}: "
                        f"{reason}); {len(dataset):,} image{'' if len(dataset) == 1 else 's'} loaded")
     return dataset
