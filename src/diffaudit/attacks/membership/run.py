@@ -395,8 +395,9 @@ def run_mia(
                              target_losses=None if target_losses is None else target_losses[:, pos])
     scores = MiaScores(attack=config.attack, timesteps=list(config.timesteps), target=target, main=main,
                        sweep=sweep, n_models=m, shadows_per_side=per_side)
-    scores = without_copies_of_members(scores, dataset, membership, target_in)
-    return without_dropped_duplicates(scores, dataset, shadow_runs)
+    # the near-duplicates a deduplicated model dropped first (the more specific reason), then exact copies
+    scores = without_dropped_duplicates(scores, dataset, shadow_runs)
+    return without_copies_of_members(scores, dataset, membership, target_in)
 
 
 def attacked_models(target: TargetSpec, n_models: int) -> list[int]:
