@@ -319,6 +319,9 @@ def test_gallery_shows_the_training_images(rendered, audit):
     # Most exact first: p0-i0 (ℓ2 0.019) leads the gallery.
     pairs = [a["data-sample"] for t, a in page.tags if t == "figure" and "data-sample" in a]
     assert pairs == ["p0-i0", "p1-i0", "p1-i1"]
+    # each pair names the prompt its generation came from (the store's prompts[P] of p<P>-i<I>), as text
+    captions = CaptionPage(rendered[1]).captions
+    assert captions[:3] == [SCRIPT, IMG, IMG]
 
 
 def test_redact_removes_training_images(redacted, audit):

@@ -156,6 +156,21 @@ class SampleImages:
         images = self._shard(shard)
         return None if images is None else np.asarray(images[row])
 
+    def prompt_of(self, gid: Any) -> str | None:
+        """The prompt generation ``gid`` was made from (a store's ``prompts[P]`` for ``p<P>-i<I>``, another
+        input's caption), None when it has none or is not found (an unconditional model's generations)."""
+        gid = str(gid)
+        if self._dataset is not None:
+            i = self._dataset_index().get(gid)
+            captions = self._dataset.captions
+            return None if i is None or captions is None else captions[i]
+        if self._store is None or _locate(gid, *self._layout) is None:
+            return None
+        prompts = self._store.manifest.get("prompts")
+        p = int(gid[1:].split("-i")[0])
+        prompt = prompts[p] if isinstance(prompts, list) and p < len(prompts) else None
+        return prompt if isinstance(prompt, str) else None
+
     def _shard(self, index: int) -> np.ndarray | None:
         """Memory-mapped pixels of finished shard ``index`` through the store's checked reader, once per
         shard; None (and the reason in ``error``) when the store refuses it or it is unfinished."""

@@ -359,6 +359,9 @@ def gallery(rs: ResultSet, *, redact: bool) -> dict[str, Any] | None:
         timg = None if train is None else train.get(key, e.get("train_id"))
         items.append({
             "sample": e.get("sample"),
+            # the prompt it was generated from: which caption emits this training image (a caption of the
+            # training data itself, so not shown redacted)
+            "prompt": None if redact else samples.prompt_of(e.get("sample")),
             "gen_uri": image_uri(gen, max_side=PAIR_SIDE),
             # redacted: a file name may name a person; the position in the training set does not
             "train_key": _position(e.get("train_id")) if redact else key if key is not None else e.get("train_id"),
