@@ -149,6 +149,23 @@ def test_source_rewritten_in_place_is_decoded_again(kind, write_images, write_ta
     np.testing.assert_array_equal(np.asarray(load_dataset_to_disk(spec, cache).images), np.asarray(got.images))
 
 
+def test_an_edited_caption_beside_an_image_is_decoded_again(write_images, tmp_path):
+    """An image folder's captions are .txt files beside its images: editing one is other data, never the
+    cached caption (the pixels' files are untouched)."""
+    root = write_images({f"{i}.png": np.full((8, 8, 3), i, dtype=np.uint8) for i in range(3)})
+    for i in range(3):
+        (root / f"{i}.txt").write_text(f"photo {i}", encoding="utf-8")
+    cache = tmp_path / "cache"
+    assert load_dataset_to_disk(root, cache).captions == ["photo 0", "photo 1", "photo 2"]
+    caption = root / "1.txt"
+    caption.write_text("a new caption", encoding="utf-8")
+    st = caption.stat()
+    os.utime(caption, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # whatever the clock's resolution
+    got = load_dataset_to_disk(root, cache)
+    assert got.captions == ["photo 0", "a new caption", "photo 2"] == load_dataset(root).captions
+    assert len(list(cache.iterdir())) == 1  # the old decode is gone
+
+
 def test_one_relative_name_in_two_folders_is_two_datasets(write_images, tmp_path, monkeypatch):
     """`--data train` run from two folders: two decodes side by side, neither deleting the other's."""
     cache = tmp_path / "cache"

@@ -116,9 +116,9 @@ class _Parser(argparse.ArgumentParser):
         if message.startswith("the following arguments are required"):  # `--sample X` for --samples: say so
             known = {f for a in self._actions for f in a.option_strings}
             unknown = [t.split("=", 1)[0] for t in _RAW.get() if t.startswith("--") and t.split("=", 1)[0] not in known]
-            hint = _did_you_mean(self, unknown)
-            if hint:
-                message += f" ({', '.join(unknown)} is not an option here; {hint[2:]}"
+            close = _close_flags(self, unknown)
+            if close:
+                message += f" ({', '.join(unknown)} is not an option here; did you mean {', '.join(close)}?)"
         asked = _JSON_FOR.get()
         if asked is not None:
             self.print_usage(sys.stderr)
@@ -234,14 +234,20 @@ def _command_parser(parser: argparse.ArgumentParser, command: str | None) -> arg
     return parser
 
 
-def _did_you_mean(parser: argparse.ArgumentParser, extra: list[str]) -> str:
-    """" (did you mean --steps?)" for the unrecognised flags of ``extra`` close to one of ``parser``'s."""
+def _close_flags(parser: argparse.ArgumentParser, extra: list[str]) -> list[str]:
+    """``parser``'s flags close to the unrecognised flags of ``extra`` (``--stpes``: ``--steps``), each once."""
     import difflib
 
     flags = [f for a in parser._actions for f in a.option_strings if f.startswith("--")]
     close = [m[0] for tok in extra if tok.startswith("--")
              if (m := difflib.get_close_matches(tok.split("=", 1)[0], flags, n=1, cutoff=0.75))]
-    return f" (did you mean {', '.join(dict.fromkeys(close))}?)" if close else ""
+    return list(dict.fromkeys(close))
+
+
+def _did_you_mean(parser: argparse.ArgumentParser, extra: list[str]) -> str:
+    """" (did you mean --steps?)" for the unrecognised flags of ``extra`` close to one of ``parser``'s."""
+    close = _close_flags(parser, extra)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
 def _parse_and_run(argv: list[str] | None, raw: list[str], command: str | None) -> int:

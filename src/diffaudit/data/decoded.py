@@ -8,7 +8,8 @@ they need, and the nearest-neighbour search streams the parts. The result equals
 pixels, channels, skipped entries).
 
 Layout of ``<cache>/<options digest>-<contents digest>/`` (options: the spec and the loader options;
-contents: Pillow's version, the listed keys and each source file's path, size and modification time):
+contents: Pillow's version, the listed keys and each source file's path, size and modification time,
+an image folder's caption files included):
 
 - ``part-000000.npy`` + ``part-000000.json`` (keys, labels, captions, skipped entries, and how many
   listed entries were consumed up to the end of this part): written atomically, the ``.json`` last;
@@ -55,15 +56,17 @@ from diffaudit.data.view import is_view
 PART_BYTES = 256 << 20
 
 
-def _folder_name(spec: str, options: dict[str, Any], entries: list[Entry]) -> str:
+def _folder_name(spec: str, options: dict[str, Any], entries: list[Entry], caption_files: list[str] = ()) -> str:
     """``<options digest>-<contents digest>``: the spec and options, then the decoder (Pillow's
     version: another may decode JPEGs to other pixels), the keys and the stamp (path, size,
-    modification time in ns) of every file the entries are read from."""
+    modification time in ns) of every file the entries are read from, and of the files their captions
+    come from (``caption_files``: an image folder's ``.txt`` files; an edited caption is other data)."""
     head = hashlib.sha256(json.dumps({"spec": spec, "options": options}, sort_keys=True).encode())
     body = hashlib.sha256(f"pillow {PIL.__version__}\0".encode())
     for e in entries:
         body.update(text_bytes(e.key) + b"\0")
-    for f in dict.fromkeys(e.file for e in entries if e.file is not None):  # each file once, in order
+    files = [e.file for e in entries if e.file is not None] + list(caption_files)
+    for f in dict.fromkeys(files):  # each file once, in order
         try:
             st = os.stat(f)
             stamp = f"{st.st_size}:{st.st_mtime_ns}"
@@ -137,7 +140,7 @@ def load_dataset_to_disk(
     listing, entries = list_selected(spec, subset=subset, subset_seed=subset_seed, skip_bad=skip_bad, cifar_root=cifar_root)
     options = {"image_size": image_size, "center_crop": center_crop, "subset": subset, "subset_seed": subset_seed,
                "mode": mode, "skip_bad": skip_bad}
-    folder = Path(cache) / _folder_name(_spec_key(spec), options, entries)
+    folder = Path(cache) / _folder_name(_spec_key(spec), options, entries, listing.caption_files)
     if fresh and folder.exists():
         shutil.rmtree(folder)
     if not folder.exists():

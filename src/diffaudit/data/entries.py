@@ -60,6 +60,8 @@ class Listing:
         has_captions: every entry carries a caption (idem).
         class_names: names of the label values, or None.
         skipped: (name, reason) of whatever was skipped while listing (``skip_bad`` only).
+        caption_files: files the captions were read from other than the entries' own ``file`` (an
+            image folder's ``.txt`` beside each image): a decode cache stamps them too.
     """
 
     entries: list[Entry]
@@ -68,6 +70,7 @@ class Listing:
     has_captions: bool = False
     class_names: list[str] | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    caption_files: list[str] = field(default_factory=list)
 
 
 def array_entries(images: np.ndarray, prefix: str, name: str, labels: np.ndarray | None = None,

@@ -95,7 +95,7 @@ def list_folder(root: str | os.PathLike, *, source: str | None = None) -> Listin
             file=str(path),
         ))
     return Listing(entries=entries, source=source, has_labels=class_names is not None, class_names=class_names,
-                   has_captions=has_captions)
+                   has_captions=has_captions, caption_files=[str(t) for t in sidecars.values()] if has_captions else [])
 
 
 def _caption(path: Path) -> tuple[str | None, str | None]:
