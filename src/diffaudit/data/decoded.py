@@ -29,7 +29,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import PIL
@@ -56,7 +56,7 @@ from diffaudit.data.view import is_view
 PART_BYTES = 256 << 20
 
 
-def _folder_name(spec: str, options: dict[str, Any], entries: list[Entry], caption_files: list[str] = ()) -> str:
+def _folder_name(spec: str, options: dict[str, Any], entries: list[Entry], caption_files: Sequence[str] = ()) -> str:
     """``<options digest>-<contents digest>``: the spec and options, then the decoder (Pillow's
     version: another may decode JPEGs to other pixels), the keys and the stamp (path, size,
     modification time in ns) of every file the entries are read from, and of the files their captions

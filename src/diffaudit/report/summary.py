@@ -32,7 +32,8 @@ the correlation measures how the raw score varies between members, not their exp
 ``stages`` (the result folders read), ``audit_stages`` (the stages the audit's result.json lists as
 run), ``audit_finished`` (False for an audit folder whose audit has not finished: ``stages`` are the
 ones it finished; None when the folder is one command's), ``skipped_inputs`` (``n``, ``listed``: the
-inputs ``--skip-bad`` skipped, which no result looked at; None when none), ``settings`` and ``seeds`` (per stage), ``versions``.
+inputs ``--skip-bad`` skipped, which no result looked at; None when none), ``settings`` and ``seeds``
+(per stage), ``versions``.
 A section whose stage did not run is null. The HTML report renders from this dictionary, so the
 numbers a person reads are the numbers in the file.
 """
