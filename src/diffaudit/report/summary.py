@@ -14,8 +14,11 @@ left out of the baseline), ``baseline_n_left_out`` (--baseline images that --dat
 left out of it), ``prompt_checks_extracted`` (a ``--train-map`` check), ``n_cliques``
 (unconditional extract: the number of near-identical generation groups, which extract's result.json
 calls ``n_groups``; the report reads it as ``n_cliques``), or ``n_prompts`` and ``n_flagged``
-(conditional extract), ...},
-``mia`` {attack: {``auc``, ``tpr_at_fpr``, ``ci``, ...}},
+(conditional extract) with ``n_prompts_below_min_clique`` and ``min_clique`` (prompts too few
+generations to be flagged), ``extracted_l2_*`` and ``baseline_l2_*`` (min, median, max of each
+image's closest generation) and ``extracted_closer_than_baseline`` (training matches closer than any
+baseline match), ...},
+``mia`` {attack: {``auc``, ``tpr_at_fpr``, ``ci``, ``n_excluded``, ``n_identical_excluded``, ...}},
 ``inpainting`` {``auc``, ``auc_evidence`` {``pvalue`` (one-sided rank test), ``method``, ``n_orderings``,
 ``n_at_least``, ``min_pvalue``, ``anecdotal`` (too few targets for any result to reach p < 0.05), ``ci`` (a
 bootstrap interval; None for an anecdote)}, ``n_targets``, ``n_members``, ``n_nonmembers``, ``top_k`` (best
