@@ -644,3 +644,28 @@ def test_a_pair_shows_the_closest_generation_counted_for_its_training_image(tmp_
     assert [a["data-sample"] for t, a in page.tags if t == "figure" and "data-sample" in a] == ["p7-i1"]
     assert "0.146" not in "".join(page.text)
     assert build_summary(res)["extraction"]["extracted_l2_max"] == 0.0
+
+
+def test_a_folder_of_results_made_on_other_inputs_says_so(tmp_path):
+    """Separate commands' results gathered in one folder may be of several models or datasets: the report
+    says which stage used which, instead of naming one in its headline as if all were of it."""
+    from diffaudit.report import build_summary, render_html
+
+    root = tmp_path / "gathered"
+    write_json_atomic(root / "ver" / "result.json", _envelope(
+        "verify", {"data": "photos-<b>.tar", "rule": "l2"}, {}, n_samples=4, n_train=2, rule="l2", unique_extracted=0, extracted=[]))
+    write_json_atomic(root / "mia1" / "result.json", _envelope(
+        "mia", {"data": {"spec": "photos-2.tar", "options": {}}, "target": {"mode": "model", "index": None, "run": "sd-a"}},
+        {}, attack="loss", auc=0.5, tpr_at_fpr={}, n_members=2, n_nonmembers=2))
+    write_json_atomic(root / "gens" / "result.json", _envelope("sample", {"model": "sd-b"}, {}))
+    mixed = build_summary(root)["mixed_inputs"]
+    assert mixed == {"data": [{"input": "photos-2.tar", "stages": ["mia1"]}, {"input": "photos-<b>.tar", "stages": ["ver"]}],
+                     "model": [{"input": "sd-b", "stages": ["gens"]}, {"input": "sd-a", "stages": ["mia1"]}]}
+    page = Page(render_html(root))
+    text = "".join(page.text)
+    assert "These results were not all made on the same inputs" in text and "photos-<b>.tar (ver)" in text
+    (root / "mia1" / "result.json").unlink()
+    write_json_atomic(root / "mia1" / "result.json", _envelope(
+        "mia", {"data": {"spec": "photos-<b>.tar", "options": {}}, "target": {"run": "sd-b"}}, {}, attack="loss", auc=0.5,
+        tpr_at_fpr={}, n_members=2, n_nonmembers=2))
+    assert build_summary(root)["mixed_inputs"] is None  # one dataset, one model: nothing to say

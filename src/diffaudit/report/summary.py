@@ -35,14 +35,17 @@ the correlation measures how the raw score varies between members, not their exp
 ``stages`` (the result folders read), ``audit_stages`` (the stages the audit's result.json lists as
 run), ``audit_finished`` (False for an audit folder whose audit has not finished: ``stages`` are the
 ones it finished; None when the folder is one command's), ``skipped_inputs`` (``n``, ``listed``: the
-inputs ``--skip-bad`` skipped, which no result looked at; None when none), ``settings`` and ``seeds``
-(per stage), ``versions``.
+inputs ``--skip-bad`` skipped, which no result looked at; None when none), ``mixed_inputs`` (a folder
+of separate results made on more than one dataset or model: ``data`` and ``model``, each a list of
+{``input``, ``options``, ``stages``}; None when they agree), ``settings`` and ``seeds`` (per stage),
+``versions``.
 A section whose stage did not run is null. The HTML report renders from this dictionary, so the
 numbers a person reads are the numbers in the file.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -577,6 +580,33 @@ def _model(rs: ResultSet) -> dict[str, Any] | None:
     return out or None
 
 
+def _stage_model(settings: dict[str, Any]) -> str | None:
+    """The model a command's settings name: ``model`` (sample, inpaint, canaries), or mia's ``target`` run."""
+    target = settings.get("target")
+    model = settings.get("model") if isinstance(settings.get("model"), str) else None
+    return model or (target.get("run") if isinstance(target, dict) and isinstance(target.get("run"), str) else None)
+
+
+def _mixed_inputs(rs: ResultSet) -> dict[str, list[dict[str, Any]]] | None:
+    """For a folder of separate commands' results (not one audit's, whose stages read views of its one
+    dataset): the datasets and the models its results were made on, each with the stages that used it,
+    when there is more than one of either; None when they agree. The headline names one of each."""
+    if rs.audit:
+        return None
+    seen: dict[str, dict[tuple[str, str], list[str]]] = {"data": {}, "model": {}}
+    for st in rs.stages:
+        spec, opts = data_spec(st.settings)
+        if isinstance(spec, str) and spec:
+            seen["data"].setdefault((spec, json.dumps(opts, sort_keys=True)), []).append(st.name)
+        model = _stage_model(st.settings)
+        if model:
+            seen["model"].setdefault((model, ""), []).append(st.name)
+    out = {kind: [{"input": key[0], **({"options": json.loads(key[1])} if kind == "data" and key[1] != "{}" else {}),
+                   "stages": stages} for key, stages in found.items()]
+           for kind, found in seen.items() if len(found) > 1}
+    return out or None
+
+
 def _audit_stages(rs: ResultSet) -> list[str] | None:
     """The stages the audit's result.json lists as run (train, sample, extract, ...); None when it lists none."""
     stages = rs.audit.get("stages")
@@ -640,6 +670,7 @@ def summarise(rs: ResultSet) -> dict[str, Any]:
         # False: an audit that has not finished (the stages above are those it finished); else None/True
         "audit_finished": (not rs.unfinished) if rs.command == "audit" else None,
         "skipped_inputs": _skipped_inputs(rs),
+        "mixed_inputs": _mixed_inputs(rs),
         "settings": settings,
         "seeds": seeds,
         "versions": versions,
