@@ -76,7 +76,9 @@ def test_audit_config_file_and_changed_settings(tmp_path, capsys):
 
 def test_audit_refuses_bad_values_before_recording_anything(tmp_path, capsys):
     for bad, says in ((["--data", str(tmp_path / "nope.npz")], "nope.npz"), (["--timesteps", "abc"], "--timesteps"),
-                      (["--inpaint", "--shadows", "2", "--inpaint-targets", "x"], "--inpaint-targets"),
+                      (["--inpaint", "--shadows", "4", "--inpaint-targets", "x"], "--inpaint-targets"),
+                      # the target is shadow 0: with 2, its non-members are all the other shadow's members
+                      (["--inpaint", "--shadows", "2"], "pass --shadows 4 or more (the target is shadow 0"),
                       (["--mia", "loss", "--draws", "5"], "--draws"), (["--n-samples", "0"], "--n-samples"),
                       (["--sample-steps", "0"], "--sample-steps"), (["--min-clique", "1"], "--min-clique"),
                       (["--grid", "0"], "--grid"), (["--lr", "2"], "--lr"), (["--steps", "0"], "--steps"),

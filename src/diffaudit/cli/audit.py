@@ -90,7 +90,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sweep", default="10,50,100,200,300,500,1000", help="timestep sweep (paper Fig. 9); empty for none")
     g.add_argument("--draws", type=int, default=None, help="noise draws per example (strong-lira default 20)")
     g = p.add_argument_group("inpainting attack")
-    g.add_argument("--inpaint", action="store_true", help="run the inpainting attack (needs --shadows >= 2)")
+    g.add_argument("--inpaint", action="store_true", help="run the inpainting attack (needs shadows that did not train on "
+                   "each target: --shadows 4 or more, or 2 or more with --model)")
     g.add_argument("--inpaint-targets", default="4,4", help="members,non-members to attack")
     g.add_argument("--n-inpaint", type=int, default=16, help="inpaintings per target (paper: 5,000)")
     g = p.add_argument_group("report")
@@ -495,8 +496,12 @@ def run(args: argparse.Namespace) -> int:
     args = apply_config(args, args._argv)
     if args.shadows < 0 or args.shadows % 2:
         raise DiffauditError("--shadows must be an even number (every example is IN for half of the models)")
-    if args.inpaint and args.shadows < 2:
-        raise DiffauditError("--inpaint needs shadow models that did not train on each target: pass --shadows 2 or more")
+    if args.inpaint and args.shadows < (2 if args.model else 4):
+        raise DiffauditError(
+            "--inpaint needs shadow models that did not train on each target: pass --shadows 2 or more" if args.model else
+            "--inpaint needs shadow models that did not train on each target: pass --shadows 4 or more" + (
+                " (the target is shadow 0, and with 2 every image it did not train on, the only other shadow did)"
+                if args.shadows == 2 else ""))
     if args.mia != "loss" and args.shadows < 4:
         raise DiffauditError(f"--mia {args.mia} needs at least 4 shadow models (the target is one of them, and every "
                              "example needs losses from the others both with and without it): pass --shadows K "
