@@ -95,6 +95,11 @@ def test_compare_out_is_recomputed_when_a_folder_changes(tmp_path, capsys):
     saved = {x["metric"]: x for x in json.loads((out / "result.json").read_text())["rows"]}
     assert saved["extraction: unique extracted"]["b"] == 7
     assert main(["compare", str(a), str(b), "--labels", "x,y", "--out", str(out)]) == 2  # other settings: refused
+    capsys.readouterr()
+    # its folder has no HTML report (an empty page before): said, with where the table is
+    assert main(["report", str(out)]) == 2
+    assert "holds the output of `diffaudit compare`, which has no HTML report" in capsys.readouterr().err
+    assert not (out / "report.html").exists()
 
 
 def test_dp_record_of_an_audit_folder_is_its_audited_model(tmp_path, capsys):

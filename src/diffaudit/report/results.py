@@ -245,6 +245,10 @@ def load_results(result_dir: str | Path) -> ResultSet:
             data = read(root / name)
             if data:
                 audit = data
+    if top is not None and _command_of(top, root) == "compare":  # a table of two folders' numbers, not a result
+        raise DiffauditError(f"{root} holds the output of `diffaudit compare`, which has no HTML report: its table is what "
+                             "`diffaudit compare A B` prints (the rows are in its result.json); report each of the two "
+                             "folders it compares")
     if top is not None and _command_of(top, root) != "audit" and not audit:
         stage = Stage(root.name, _command_of(top, root), root, top)
         stores = [root] if (root / "manifest.json").exists() else []
