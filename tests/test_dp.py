@@ -118,6 +118,18 @@ def test_a_batch_of_the_whole_training_set_is_warned_about(tmp_path, data, capsy
     assert "amplifies no privacy" not in capsys.readouterr().err
 
 
+def test_a_delta_not_below_one_over_n_is_warned_about(tmp_path, data, capsys):
+    """δ ≥ 1/N: publishing one training example whole at random meets (ε, δ), so the ε says little."""
+    train_dp(data, _cfg(steps=1, batch_size=4), DPConfig(noise_multiplier=1.0, delta=0.5), tmp_path / "dp",
+             train_indices=list(range(16)))
+    err = capsys.readouterr().err
+    assert "--dp-delta 0.5 is not below 1/N = 0.0625 for the 16 training examples" in err
+    assert "leave --dp-delta out for 1/(10 N) = 0.00625" in err
+    train_dp(data, _cfg(steps=1, batch_size=4), DPConfig(noise_multiplier=1.0), tmp_path / "dp2",
+             train_indices=list(range(16)))
+    assert "not below 1/N" not in capsys.readouterr().err  # the default, 1/(10 N)
+
+
 def test_average_grad_samples_per_example():
     p = torch.nn.Parameter(torch.zeros(2))
     p.grad_sample = torch.tensor([[1.0, 0.0], [3.0, 2.0], [5.0, 5.0], [7.0, 7.0]])
