@@ -89,3 +89,18 @@ def test_a_result_without_its_reference_count_is_not_marked(tmp_path):
     assert c["exposure_ceiling"] is None and c["n_at_ceiling"] == 0
     text, _ = _section(render_html(tmp_path))
     assert "≥" not in text and "ceiling" not in text
+
+
+def test_the_canaries_result_line_marks_means_at_the_ceiling():
+    """`canaries`' last line: "32x: ≥ 4.09" where canaries are at the ceiling, not a flat curve read as
+    "exposure does not grow"; no mark (and no note) where none is."""
+    from diffaudit.cli.canaries import _curve_line
+
+    r = {"max_exposure": 4.09, "n_reference": 16, "n_canaries": 4, "n_extracted": 0,
+         "curve": [{"repeats": 0, "max_exposure": None, "mean_exposure": None},
+                   {"repeats": 1, "max_exposure": 2.5, "mean_exposure": 2.0},
+                   {"repeats": 32, "max_exposure": 4.09, "mean_exposure": 4.09}]}
+    line = _curve_line(r)
+    assert "1x: 2.00, 32x: ≥ 4.09 (≥: canaries at the ceiling, a loss below all 16 references'" in line
+    r["curve"][2].update(max_exposure=3.0, mean_exposure=3.0)
+    assert "≥" not in _curve_line(r)

@@ -113,9 +113,21 @@ def run(args: argparse.Namespace) -> int:
                                    data_record=canonical_data_record({"spec": str(args.data), "options": opts}),
                                    upgrade=upgrading_run_paths())
     r = write_result(out / "result.json", NAME, settings, {"seed": args.seed}, **fields)
-    curve = ", ".join(f"{c['repeats']}x: {c['mean_exposure']:.2f}" for c in r["curve"] if c["repeats"] > 0)
-    emit(args, r, f"exposure by repeats ({r['max_exposure']:.1f} bits max): {curve}; {_extracted(r)}")
+    emit(args, r, _curve_line(r))
     return 0
+
+
+def _curve_line(r: dict) -> str:
+    """The result line: mean exposure per repeat count, ``≥`` where some canaries are at the ceiling (a
+    loss below every reference's: their exposure is at least it, so the mean is a lower bound)."""
+    from diffaudit.report.summary import at_ceiling
+
+    rows = [c for c in r["curve"] if c["repeats"] > 0]
+    bound = [at_ceiling(c["max_exposure"], r["max_exposure"]) for c in rows]
+    curve = ", ".join(f"{c['repeats']}x: {'≥ ' if b else ''}{c['mean_exposure']:.2f}" for c, b in zip(rows, bound))
+    note = (f" (≥: canaries at the ceiling, a loss below all {r['n_reference']} references'; more --n-reference "
+            "measures higher)" if any(bound) else "")
+    return f"exposure by repeats ({r['max_exposure']:.1f} bits max): {curve}{note}; {_extracted(r)}"
 
 
 def _say_skipped(skipped: list[dict]) -> None:
