@@ -327,3 +327,19 @@ def test_bounds_and_unmeasurable_values_read_as_the_report_says_them():
     # a summary without non-member counts: a missing TPR stays missing ("-"), not "n/a"
     unknown = {r["metric"]: r for r in compare_summaries(plain, {"mia": {"loss": {"auc": 0.5, "tpr_at_fpr": {"0.001": None}}}})}
     assert unknown["mia loss: TPR at 0.1% FPR"]["b_qualifier"] is None
+
+
+def test_a_count_not_above_its_baseline_is_said_to_be_no_evidence():
+    """10 extracted against 5 never-seen matches (p = 0.14) dropping to 0 is no evidence a defence helped: the
+    table says so under it; a significant count gets no such line."""
+    plain = {"extraction": {"unique_extracted": 10, "n_samples": 128, "baseline_unique_extracted": 5, "baseline_pvalue": 0.14}}
+    dp = {"extraction": {"unique_extracted": 0, "n_samples": 128, "baseline_unique_extracted": 0, "baseline_pvalue": 1.0}}
+    rows = compare_summaries(plain, dp)
+    row = {r["metric"]: r for r in rows}["extraction: unique extracted"]
+    assert (row["a_pvalue"], row["b_pvalue"]) == (0.14, 1.0)
+    text = format_rows(rows, "plain", "dp-eps8")
+    assert ("plain: 10 extracted is not significantly above its false-positive baseline (p = 0.14): by itself no "
+            "evidence of extraction, nor is a change from it evidence of a defence") in text
+    assert "dp-eps8: 0 extracted" not in text  # nothing extracted: nothing to weigh
+    plain["extraction"]["baseline_pvalue"] = 1e-6
+    assert "not significantly above" not in format_rows(compare_summaries(plain, dp), "plain", "dp-eps8")

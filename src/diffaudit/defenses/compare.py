@@ -262,7 +262,8 @@ def compare_summaries(a: dict[str, Any], b: dict[str, Any], *, dp_a: dict[str, A
     sampling noise). A row with a value that is not exact carries ``a_qualifier`` and ``b_qualifier``
     (:data:`QUALIFIERS`, null for exact) and, when a value is a lower bound, ``change_bound``: the
     change is ``at_most`` (a's value is a lower bound) or ``at_least`` (b's) what it says; null
-    ``change`` when both are.
+    ``change`` when both are. The unique-extracted row carries ``a_pvalue`` and ``b_pvalue``: each
+    side's one-sided exact test of its count against its false-positive baseline (null without one).
     """
     ma, mb = measure(a, dp_a), measure(b, dp_b)
     specs = {m.name: m.spec for m in ma}
@@ -286,6 +287,10 @@ def compare_summaries(a: dict[str, Any], b: dict[str, Any], *, dp_a: dict[str, A
                     row["change"] = None
                 else:
                     row["change_bound"] = "at_most" if qa == "at_least" else "at_least"
+        if spec.key == "extraction_unique":  # how far each count stands above its own false-positive baseline
+            pa, pb = (_num((x.get("extraction") or {}).get("baseline_pvalue")) for x in (a, b))
+            if pa is not None or pb is not None:
+                row.update(a_pvalue=pa, b_pvalue=pb)
         if k in ca or k in cb:
             row.update(a_ci=ca.get(k), b_ci=cb.get(k))
         if k in ca and k in cb:

@@ -14,7 +14,7 @@ from typing import Any
 from diffaudit.core.errors import DiffauditError
 from diffaudit.data.options import data_flags
 from diffaudit.defenses.compare import KINDS, metric_spec
-from diffaudit.report.fmt import fmt, fmt_pct
+from diffaudit.report.fmt import fmt, fmt_p, fmt_pct
 from diffaudit.report.images import DATA_OPTIONS
 
 
@@ -141,6 +141,22 @@ def _change(kind: str, row: dict[str, Any]) -> str:
 NO_DP = "no DP-SGD"
 
 
+def _baseline_notes(rows: list[dict[str, Any]], labels: tuple[str, str]) -> list[str]:
+    """A line per side whose unique-extracted count is not significantly above its own false-positive
+    baseline (the report's "inconclusive"): that count, and a change from or to it, is not evidence."""
+    from diffaudit.report.view_extraction import SIGNIFICANCE
+
+    out = []
+    for r in rows:
+        for side, label in zip(("a", "b"), labels):
+            p = r.get(f"{side}_pvalue")
+            if p is not None and p >= SIGNIFICANCE and r.get(side):
+                out.append(f"\n{label}: {r[side]} extracted is not significantly above its false-positive baseline "
+                           f"(p = {fmt_p(p)}): by itself no evidence of extraction, nor is a change from it evidence "
+                           "of a defence")
+    return out
+
+
 def format_rows(rows: list[dict[str, Any]], label_a: str, label_b: str) -> str:
     """The rows of :func:`~diffaudit.defenses.compare.compare_summaries` as a Markdown pipe table, with a
     line that explains "within noise", "≥" (a lower bound) and "n/a" (not measurable) when a row says
@@ -157,6 +173,7 @@ def format_rows(rows: list[dict[str, Any]], label_a: str, label_b: str) -> str:
     text = "\n".join("| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |" for cells in table)
     if any(r.get("within_noise") for r in rows):
         text += "\n[low, high]: confidence intervals; within noise: they overlap, so the change may be sampling noise"
+    text += "".join(_baseline_notes(rows, (label_a, label_b)))
     qualifiers = {r.get(f"{s}_qualifier") for r in rows for s in ("a", "b")}
     if "at_least" in qualifiers:
         text += ("\n≥: some canaries are at the exposure ceiling (a loss below every reference's), so the mean exposure "
