@@ -80,12 +80,13 @@ def check_count_flags(args: argparse.Namespace) -> None:
                              "(images per prompt) instead")
 
 
-def plan_prompts(args: argparse.Namespace, source) -> tuple[list[str | None], int]:
+def plan_prompts(args: argparse.Namespace, source, prompts: list[str] | None = None) -> tuple[list[str | None], int]:
     """(prompts, per_prompt) for the request (``sample_into`` has refused a stray ``--n`` already; the
-    source checks the prompts themselves, with ``check_prompts``)."""
+    source checks the prompts themselves, with ``check_prompts``). ``prompts``: ``--prompts``' lines when
+    the caller has read them already."""
     num_classes = source.num_classes
     if args.prompts:
-        return read_prompts(args.prompts), args.per_prompt or 1
+        return prompts if prompts is not None else read_prompts(args.prompts), args.per_prompt or 1
     if args.classes:
         if not num_classes:
             raise DiffauditError("--classes needs a class-conditional model")
@@ -182,8 +183,7 @@ def sample_into(args: argparse.Namespace, model: str, out: str):
     from diffaudit.store import SampleStore, fill_store
 
     check_count_flags(args)  # before the model is loaded
-    if args.prompts:
-        read_prompts(args.prompts)  # an unreadable prompt file too (read again once the model says what it takes)
+    given = read_prompts(args.prompts) if args.prompts else None  # an unreadable prompt file too
     if getattr(args, "ray", None):  # a store the workers cannot reach is refused before anything is written
         from diffaudit.store.location import check_reachable_by_workers
 
@@ -195,7 +195,7 @@ def sample_into(args: argparse.Namespace, model: str, out: str):
     options = {"steps": args.steps, "eta": args.eta, "micro_batch": _micro_batch(args, out),
                "guidance_scale": args.guidance_scale, "scheduler": args.scheduler, "fast": fast, "compile": compile}
     with _opened_source(args, model, options, head, workers) as source:
-        prompts, per_prompt = plan_prompts(args, source)
+        prompts, per_prompt = plan_prompts(args, source, given)
         # before SampleStore.create: a store made for prompts the model refuses would turn away the corrected re-run
         source.check_prompts(prompts)
         sampler, image_shape = source.settings(), source.image_shape
