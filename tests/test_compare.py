@@ -343,3 +343,17 @@ def test_a_count_not_above_its_baseline_is_said_to_be_no_evidence():
     assert "dp-eps8: 0 extracted" not in text  # nothing extracted: nothing to weigh
     plain["extraction"]["baseline_pvalue"] = 1e-6
     assert "not significantly above" not in format_rows(compare_summaries(plain, dp), "plain", "dp-eps8")
+
+
+def test_a_folder_given_twice_or_folders_with_nothing_in_common_are_warned_about(tmp_path, capsys):
+    a = _audit(tmp_path / "plain", 12, 0.5, 0.9)
+    assert main(["compare", str(a), str(a)]) == 0
+    assert "is given twice: every change is 0 by construction" in capsys.readouterr().err
+    cans = [{"key": f"c{j}", "repeats": 4, "exposure": 2.0, "extracted": False} for j in range(2)]
+    write_result(tmp_path / "can" / "result.json", "canaries", {}, {}, n_canaries=2, n_extracted=0, canaries=cans)
+    assert main(["compare", str(a), str(tmp_path / "can")]) == 0
+    err = capsys.readouterr().err
+    assert "share no measured metric" in err and "nothing is compared" in err
+    b = _audit(tmp_path / "dedup", 3, 0.1, 0.6)
+    assert main(["compare", str(a), str(b)]) == 0
+    assert "warning" not in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from diffaudit.cli.common import canonical_settings, emit, upgrading_paths
 from diffaudit.core.outdir import prepare_out_dir
@@ -76,6 +77,12 @@ def run(args: argparse.Namespace) -> int:
     # stale once either folder's results change, and the settings hold only their paths.
     out = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrading_paths(PATH_SETTINGS))[0] if args.out else None
     warnings = dataset_warnings(a, b, labels)
+    if Path(args.audit_a).resolve() == Path(args.audit_b).resolve():
+        warnings.append(f"{args.audit_a} is given twice: every change is 0 by construction")
+    elif not any(r["a"] is not None and r["b"] is not None for r in rows):
+        warnings.append(f"{labels[0]} and {labels[1]} share no measured metric (one holds "
+                        f"{', '.join(r['metric'] for r in rows if r['a'] is not None) or 'none'}; the other "
+                        f"{', '.join(r['metric'] for r in rows if r['b'] is not None) or 'none'}): nothing is compared")
     fields = {"labels": labels, "rows": rows, "a": {"path": str(args.audit_a), "command": a.get("command")},
               "b": {"path": str(args.audit_b), "command": b.get("command")}, "warnings": warnings}
     result = write_result(out / "result.json", NAME, settings, {}, **fields) if out else envelope(NAME, settings, {}, **fields)
