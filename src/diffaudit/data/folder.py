@@ -79,12 +79,14 @@ def list_folder(root: str | os.PathLike, *, source: str | None = None) -> Listin
     class_names = sorted({p[0] for p in nested}) if nested else None
     label_of = {c: i for i, c in enumerate(class_names or [])}
     sidecars = {parts: root.joinpath(*parts).with_suffix(".txt") for parts in files}
-    has_captions = any(t.is_file() for t in sidecars.values())
+    captions = {parts: _caption(t) for parts, t in sidecars.items()}  # each file tried once; None: none there
+    has_captions = any(found is not None for found in captions.values())
     entries = []
     for parts in files:
         key = "/".join(parts)
         path = root.joinpath(*parts)
-        caption, problem = _caption(sidecars[parts]) if has_captions else (None, None)
+        caption, problem = (None, None) if not has_captions else captions[parts] or (
+            None, f"no caption file {sidecars[parts].name} beside it, while other images have one")
         entries.append(Entry(
             key=key,
             name=str(path),
@@ -98,12 +100,13 @@ def list_folder(root: str | os.PathLike, *, source: str | None = None) -> Listin
                    has_captions=has_captions, caption_files=[str(t) for t in sidecars.values()] if has_captions else [])
 
 
-def _caption(path: Path) -> tuple[str | None, str | None]:
-    """(the caption in the ``.txt`` file ``path``, None), or (None, why the image has none)."""
+def _caption(path: Path) -> tuple[str | None, str | None] | None:
+    """(the caption in the ``.txt`` file ``path``, None), (None, why it cannot be read), or None when
+    there is no such file."""
     try:
         return path.read_bytes().decode("utf-8").strip(), None
     except FileNotFoundError:
-        return None, f"no caption file {path.name} beside it, while other images have one"
+        return None
     except UnicodeDecodeError:
         return None, f"its caption file {path.name} is not UTF-8"
     except OSError as exc:

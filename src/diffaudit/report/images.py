@@ -167,7 +167,7 @@ class SampleImages:
         if self._store is None or _locate(gid, *self._layout) is None:
             return None
         prompts = self._store.manifest.get("prompts")
-        p = int(gid[1:].split("-i")[0])
+        p, _ = _id_parts(gid)
         prompt = prompts[p] if isinstance(prompts, list) and p < len(prompts) else None
         return prompt if isinstance(prompt, str) else None
 
@@ -223,6 +223,12 @@ def _identity_check(path: Path | str, recorded: str, dataset: Any, verified: Any
             f"{actual}, recorded {recorded}): a result folder from elsewhere may name any folder on this machine"), None
 
 
+def _id_parts(gid: str) -> tuple[int, int]:
+    """(prompt, image) of a generation id ``p<prompt>-i<image>`` (one matching ``GENERATION_ID``)."""
+    prompt, image = gid[1:].split("-i")
+    return int(prompt), int(image)
+
+
 def _locate(gid: str, per_prompt: int, n_total: int, shard_size: int) -> tuple[int, int] | None:
     """(shard index, row) where a store laid out by its manifest (``per_prompt``, ``n_total``,
     ``shard_size``) plans generation ``gid`` = ``p<prompt>-i<image>`` (ordinal ``prompt * per_prompt +
@@ -235,7 +241,7 @@ def _locate(gid: str, per_prompt: int, n_total: int, shard_size: int) -> tuple[i
 
     if not GENERATION_ID.fullmatch(gid) or shard_size < 1:
         return None
-    prompt, image = (int(x) for x in gid[1:].split("-i"))
+    prompt, image = _id_parts(gid)
     ordinal = prompt * per_prompt + image
     if image >= per_prompt or ordinal >= n_total:
         return None
