@@ -32,7 +32,7 @@ def test_compare_summaries_rows_and_table():
     b = {"extraction": {"unique_extracted": 986, "n_samples": 2**20}, "mia": {"lira": {"auc": 0.9, "tpr_at_fpr": {"0.01": None}}},
          "canaries": {"n_extracted": 2, "by_repeats": [{"repeats": 64, "mean_exposure": 5.5}]}}
     rows = {r["metric"]: r for r in compare_summaries(a, b, dp_b={"epsilon": 50.0})}
-    assert rows["extraction: unique extracted"] == {"metric": "extraction: unique extracted", "kind": "count", "better": "lower",
+    assert rows["extraction: unique extracted"] == {"metric": "extraction: unique extracted", "key": "extraction_unique", "kind": "count", "better": "lower",
                                                    "a": 1280, "b": 986, "change": -294}
     assert rows["mia lira: TPR at 1% FPR"]["b"] is None and rows["mia lira: TPR at 1% FPR"]["change"] is None
     assert rows["mia lira: AUC"]["change"] == pytest.approx(-0.08)
@@ -135,7 +135,7 @@ def test_train_map_only_verify_compares_its_own_count():
     b = {"extraction": {"unique_extracted": None, "n_samples": 500, "prompt_checks_extracted": 1, "prompt_checks_n": 4}}
     rows = {r["metric"]: r for r in compare_summaries(a, b)}
     assert rows["extraction: unique extracted"]["a"] is None
-    assert rows["extraction: train-map matches"] == {"metric": "extraction: train-map matches", "kind": "count",
+    assert rows["extraction: train-map matches"] == {"metric": "extraction: train-map matches", "key": "extraction_train_map_matches", "kind": "count",
                                                     "better": "lower", "a": 3, "b": 1, "change": -2}
 
 
@@ -296,7 +296,7 @@ def test_the_baseline_set_size_is_a_row():
     a = {"extraction": {"unique_extracted": 0, "n_samples": 512, "baseline_unique_extracted": 0, "baseline_n_images": 2000}}
     b = {"extraction": {"unique_extracted": 0, "n_samples": 512, "baseline_unique_extracted": 0, "baseline_n_images": 1997}}
     rows = {r["metric"]: r for r in compare_summaries(a, b)}
-    assert rows["extraction: baseline set size"] == {"metric": "extraction: baseline set size", "kind": "count",
+    assert rows["extraction: baseline set size"] == {"metric": "extraction: baseline set size", "key": "extraction_baseline_size", "kind": "count",
                                                     "better": "none", "a": 2000, "b": 1997, "change": -3}
     assert "extraction: baseline set size" not in metrics({"extraction": {"unique_extracted": 1}})
 

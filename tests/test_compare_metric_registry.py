@@ -51,7 +51,8 @@ def test_a_row_without_a_declared_kind_is_an_error_not_a_guess():
 def test_every_row_carries_its_registered_kind_and_direction():
     a = {"extraction": {"unique_extracted": 12, "n_samples": 512, "baseline_unique_extracted": 1, "baseline_n_images": 900,
                         "prompt_checks_extracted": 2, "prompt_checks_n": 9},
-         "mia": {"lira": {"auc": 0.9, "tpr_at_fpr": {"0.01": 0.5, "0.001": 0.2}}},
+         "mia": {"lira": {"auc": 0.9, "tpr_at_fpr": {"0.01": 0.5, "0.001": 0.2},
+                          "mean_loss": {"members": 0.03, "nonmembers": 0.05, "gap": 0.02}}},
          "inpainting": {"auc": 0.75, "n_targets": 8},
          "canaries": {"n_extracted": 1, "by_repeats": [{"repeats": 64, "mean_exposure": 5.0}]},
          "dedup": {"n_groups": 4, "n_in_groups": 9}}
@@ -68,6 +69,8 @@ def test_every_row_carries_its_registered_kind_and_direction():
     assert budgets == {"extraction: generations", "extraction: baseline (never-seen set)", "extraction: baseline set size",
                        "extraction: train-map checks", "inpainting: targets"}
     assert (by_name["inpainting: AUC"]["kind"], by_name["inpainting: AUC"]["a"]) == ("auc", 0.75)
+    assert (by_name["mia lira: held-out loss"]["a"], by_name["mia lira: loss gap"]["a"]) == (0.05, 0.02)
+    assert all(r["key"] == METRICS[r["key"]].key for r in rows)
 
 
 def test_canary_rows_follow_the_repeat_counts():

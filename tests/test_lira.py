@@ -25,6 +25,7 @@ from diffaudit.attacks.membership import (
     target_scores,
 )
 from diffaudit.attacks.membership.sweep import sweep_scores
+from diffaudit.attacks.membership.targets import PooledScores, mean_losses, without_nonmember_rows
 from diffaudit.core.errors import DiffauditError, NonFiniteError
 from diffaudit.evaluation import auc, tpr_at_fpr
 
@@ -178,6 +179,21 @@ def test_leave_one_out_pools_every_model():
     # the threshold attack in leave-one-out is -loss of each model, pooled
     thr = leave_one_out_scores(get_attack("loss"), losses, member)
     np.testing.assert_allclose(thr.scores, -losses[:, :, 0].T.reshape(-1))
+    # each row carries its target's own loss, whatever the attack: the held-out loss is the non-members' mean
+    np.testing.assert_allclose(pooled.loss, losses.mean(axis=2).T.reshape(-1))
+    alone_loss = target_scores(attack, losses[:, k], member[:, k], losses[:, others], member[:, others]).loss
+    np.testing.assert_allclose(alone_loss, losses[:, k].mean(axis=1))
+    means = mean_losses(pooled)
+    assert means["nonmembers"] == pytest.approx(losses.mean(axis=2).T[~member.T].mean())
+    assert means["members"] == pytest.approx(losses.mean(axis=2).T[member.T].mean())
+    assert means["gap"] == pytest.approx(means["nonmembers"] - means["members"]) and means["gap"] > 0
+    # rows left out leave the losses aligned with their rows; one side missing: no means
+    kept = without_nonmember_rows(pooled, {0: np.arange(500)})
+    np.testing.assert_allclose(kept.loss, pooled.loss[(pooled.model_index != 0) | pooled.labels])
+    members_only = PooledScores(pooled.scores[pooled.labels], pooled.labels[pooled.labels],
+                                pooled.example_index[pooled.labels], pooled.model_index[pooled.labels], pooled.loss[pooled.labels])
+    assert mean_losses(members_only) is None
+    assert mean_losses(PooledScores(pooled.scores, pooled.labels, pooled.example_index, pooled.model_index)) is None
 
 
 @pytest.mark.parametrize("m", [4, 8])

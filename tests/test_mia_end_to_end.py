@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from diffaudit.cli.main import main
+from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import load_npy, read_json
 from diffaudit.data import load_dataset, make_membership, save_membership
 
@@ -93,6 +94,13 @@ def test_loss_attack_direction_and_cache_reuse(shadows, monkeypatch):
         np.testing.assert_allclose(score[rows], -cached[f"{k:02d}"][ex[rows]])
     assert score[member].mean() > score[~member].mean()
     assert r["auc"] > 0.6 and r["score_direction"].startswith("larger")
+    # the targets' mean losses: members', non-members' (held out: the model's quality), and their gap
+    loss = r["mean_loss"]
+    assert loss["members"] == pytest.approx(-score[member].mean()) and loss["nonmembers"] == pytest.approx(-score[~member].mean())
+    assert loss["gap"] == pytest.approx(loss["nonmembers"] - loss["members"]) and loss["gap"] > 0
+    # another attack on the same models records the same targets' losses
+    lira = read_json(mia(root, "lira-loss", "--attack", "lira-fixed")[1] / "result.json")["mean_loss"]
+    assert lira == pytest.approx(loss)
 
     # another attack on the same models reads every loss from the shared cache
     def no_forward(*a, **k):
@@ -394,3 +402,17 @@ def test_the_result_line_says_when_the_attack_is_indistinguishable_from_guessing
     assert "guessing" not in _summary(r)
     del r["ci"]
     assert "guessing" not in _summary(r)  # --bootstrap 0: no interval, nothing claimed
+
+
+def test_a_folder_of_models_or_results_given_as_a_model_says_what_it_is(shadows):
+    """Not "no UNet found": the folder of `shadows` names its models, another command's folder says it holds none."""
+    from diffaudit.models.denoiser import read_unet_config
+
+    root, _, _ = shadows
+    with pytest.raises(DiffauditError, match=r"the folder of `diffaudit shadows`, not one model; pass one of its models: "
+                                             r".*model-00, .*model-01, .*model-02, \.\.\."):
+        read_unet_config(root / "shadows")
+    rc, out = mia(root, "named", "--attack", "loss")
+    assert rc == 0
+    with pytest.raises(DiffauditError, match=r"named: the output folder of `diffaudit mia`, which holds no model"):
+        read_unet_config(out, flag="--target")

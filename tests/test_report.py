@@ -124,7 +124,7 @@ def make_audit(root: Path) -> Path:
     write_json_atomic(audit / "mia-loss" / "result.json", _envelope(
         "mia", {**data_settings, "attack": "loss", "model": "train"}, {"seed": 0, "noise_seed": 0},
         attack="loss", timesteps=[100], auc=0.7612, scores_file="scores.npz", tpr_at_fpr={"0.01": 0.055, "0.001": None}, balanced_accuracy=0.69,
-        n_members=200, n_nonmembers=200,
+        n_members=200, n_nonmembers=200, mean_loss={"members": 0.03125, "nonmembers": 0.04687, "gap": 0.01562},
         ci={"auc": {"low": 0.71, "high": 0.80, "level": 0.95}, "tpr_at_fpr": {"0.01": {"low": 0.02, "high": 0.11, "level": 0.95}, "0.001": None}},
         sweep={"attack": "loss", "timesteps": [10, 50, 100, 300, 600], "auc": [0.6, 0.72, 0.76, 0.74, 0.61],
                "tpr_at_fpr": {"0.01": [0.01, 0.04, 0.055, 0.05, 0.012]}}))
@@ -266,7 +266,10 @@ def test_numbers_match_summary(rendered):
     page = Page(html)
     seen = {m[0] for m in page.metrics}
     assert {"extraction.unique_extracted", "extraction.baseline_unique_extracted", "extraction.n_samples",
-            "mia.lira.tpr_at_fpr.0.01", "mia.loss.auc", "inpainting.auc", "canaries.n_extracted"} <= seen
+            "mia.lira.tpr_at_fpr.0.01", "mia.loss.auc", "inpainting.auc", "canaries.n_extracted",
+            "mia.loss.mean_loss.members", "mia.loss.mean_loss.nonmembers"} <= seen
+    assert summary["mia"]["lira"]["mean_loss"] is None  # a result without losses (an older mia) shows "-"
+    assert 'data-kind="mia-mean-loss"' in html and "held-out loss" in html
     for path, raw, text in page.metrics:
         value = lookup(summary, path)
         assert json.loads(raw) == value, path

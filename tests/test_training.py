@@ -129,6 +129,10 @@ def test_short_run_checkpoints_mid_log_window_and_resumes_identically(tmp_path, 
     assert [p.name for p in training.checkpoint_dirs(tmp_path / "killed")] == ["step-00000003"]
     state = json.loads((tmp_path / "killed" / "checkpoints" / "step-00000003" / "state.json").read_text())
     assert state["step"] == 3 and state["window"]["steps"] == 1 and state["window"]["loss_sum"] > 0
+    from diffaudit.models.denoiser import read_unet_config  # an unfinished run is said to be one, with how to finish it
+    with pytest.raises(DiffauditError, match=r"--model .*killed: an unfinished `diffaudit train` run \(its last checkpoint "
+                                             r"is step 3 of 6; .*Run the same `diffaudit train \.\.\. --out .*killed` again"):
+        read_unet_config(tmp_path / "killed")
     killed = training.train(ds, cfg, tmp_path / "killed")
     a, b = weights(ref), weights(killed)
     assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)

@@ -13,7 +13,7 @@ from diffaudit.attacks.membership.registry import ATTACK_NAMES, FEW_SHADOWS_PER_
 from diffaudit.attacks.membership.run import (MiaConfig, MiaScores, TargetSpec, check_enough_shadows, check_target,
                                               check_target_not_shadow, mia_models,
                                               run_mia, shadow_run_dirs, shadows_folder)
-from diffaudit.attacks.membership.targets import shadows_per_side
+from diffaudit.attacks.membership.targets import mean_losses, shadows_per_side
 from diffaudit.cli.common import (
     add_data_args, add_run_args, canonical_settings, data_options, emit, emit_finished, file_in_folder, upgrading_paths,
 )
@@ -152,6 +152,7 @@ def write_mia_outputs(out: Path, scores: MiaScores, dataset: ImageDataset, *, co
         strong_aggregate=config.strong_aggregate if scores.attack.startswith("strong") else None,
         sweep=None if sweep is None else sweep.to_dict(), scores_file="scores.npz", roc_png="roc.png",
         sweep_png=None if sweep is None else "sweep.png", score_direction="larger = more likely a member",
+        mean_loss=mean_losses(main),
         **extra,
     )
     return write_result(out / "result.json", NAME, settings, {"seed": seed, "noise_seed": config.noise_seed,

@@ -164,6 +164,11 @@ def is_diffaudit_record(record: Any) -> bool:
     return isinstance(record, dict) and isinstance(record.get("command"), str) and isinstance(record.get("settings"), dict)
 
 
+def read_settings_record(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``settings.json`` record (command, settings) of diffaudit's output folder ``path``; None when it holds none."""
+    return _diffaudit_record(Path(path))
+
+
 def recorded_command(path: str | os.PathLike) -> str | None:
     """The command whose output folder ``path`` is (its ``settings.json``), or None (no such record)."""
     record = _diffaudit_record(Path(path))

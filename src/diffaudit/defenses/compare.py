@@ -2,7 +2,8 @@
 
 Works on the ``summary.json`` dictionaries of :func:`diffaudit.report.summary.build_summary`
 (audit folders or single command folders): unique extracted images (paper: 1,280 before and 986
-after deduplicating CIFAR-10), membership-inference AUC and TPR at 1 % and 0.1 % FPR per attack,
+after deduplicating CIFAR-10), membership-inference AUC and TPR at 1 % and 0.1 % FPR per attack, the
+attacked model's held-out loss (utility: what a defence costs) and its members' loss gap,
 the inpainting attack's AUC, canaries extracted and their mean exposure, the DP ε of the trained
 model, near-duplicate groups.
 A metric one side lacks is null on that side; counts are ints; AUC and TPR rows carry the confidence
@@ -10,7 +11,8 @@ intervals the summaries record. ``change`` = b − a.
 
 Every metric compare knows is declared in :data:`METRICS` (a registry, :class:`MetricSpec`): its row
 name, its ``kind`` (``count``, ``rate``, ``auc`` or ``score``: what its values are and how they print)
-and which change is ``better`` (``lower`` for every row that counts or scores memorization; ``none``
+and which change is ``better`` (``lower`` for every row that counts or scores memorization, and for the
+held-out loss, which measures the model's quality rather than its leakage; ``none``
 for the rows that only say how many generations or images were searched or checked, to compare at
 equal budgets, and for the false-positive baseline's matches, which measure the rule, not the model). Each row carries its ``kind`` and ``better``, so nothing downstream reads them from
 the name; a key the registry lacks is an error, never a guess.
@@ -83,6 +85,11 @@ _SPECS = (
     MetricSpec("mia_auc", "mia {attack}: AUC", "auc", "lower", "membership-inference AUC of the attack"),
     MetricSpec("mia_tpr", "mia {attack}: TPR at {fpr}% FPR", "rate", "lower",
                "membership-inference true-positive rate at a fixed false-positive rate"),
+    MetricSpec("mia_heldout_loss", "mia {attack}: held-out loss", "score", "lower",
+               "utility: the attacked model's mean denoising loss on its non-members at the attack's timesteps "
+               "(a defence that raises it costs sample quality)"),
+    MetricSpec("mia_loss_gap", "mia {attack}: loss gap", "score", "lower",
+               "the attacked model's mean loss on non-members minus on members (0: it fits its members no better)"),
     MetricSpec("inpaint_auc", "inpainting: AUC", "auc", "lower",
                "inpainting attack AUC: members against non-members by how close the best inpaintings come"),
     MetricSpec("inpaint_targets", "inpainting: targets", "count", "none", "images the inpainting attack masked and filled in"),
@@ -107,9 +114,10 @@ def metric_spec(key: str) -> MetricSpec:
 
 
 #: What a value may be besides exact: ``at_least`` (a lower bound: canaries at the exposure ceiling,
-#: rank 1, whose exposure is at least the ceiling's) or ``n/a`` (missing because it cannot be measured:
-#: a TPR at an FPR below 1/non-members).
-QUALIFIERS = ("at_least", "n/a")
+#: rank 1, whose exposure is at least the ceiling's), ``n/a`` (missing because it cannot be measured:
+#: a TPR at an FPR below 1/non-members) or ``unbounded`` (infinite: the ε of a DP-SGD run without
+#: noise, which no accountant bounds; the value is null).
+QUALIFIERS = ("at_least", "n/a", "unbounded")
 
 
 @dataclass
@@ -207,6 +215,10 @@ def measure(summary: dict[str, Any], dp: dict[str, Any] | None = None) -> list[M
             # missing for want of non-members: fewer than 1/FPR of them cannot measure that FPR
             na = tpr.get(key) is None and isinstance(n_non, int) and n_non * float(key) < 1
             put("mia_tpr", tpr.get(key), "n/a" if na else None, attack=attack, fpr=f"{float(key) * 100:g}")
+        loss = m.get("mean_loss") if isinstance(m.get("mean_loss"), dict) else None
+        if loss:  # recorded by mia from this version on
+            put("mia_heldout_loss", loss.get("nonmembers"), attack=attack)
+            put("mia_loss_gap", loss.get("gap"), attack=attack)
     inp = summary.get("inpainting") or {}
     if inp:
         put("inpaint_auc", inp.get("auc"))
@@ -218,8 +230,8 @@ def measure(summary: dict[str, Any], dp: dict[str, Any] | None = None) -> list[M
         for row in sorted(rows, key=lambda r: _num(r.get("repeats")) or 0):  # x1, x2, x4, ...: as inserted
             bound = "at_least" if (_count(row.get("n_at_ceiling")) or 0) > 0 else None  # a mean over canaries at the ceiling
             put("canaries_exposure", row.get("mean_exposure"), bound, repeats=row.get("repeats"))
-    if dp is not None:
-        put("dp_epsilon", dp.get("epsilon"))  # null: no noise (not private)
+    if dp is not None:  # null ε: no finite bound (no noise): ε is infinite, not private
+        put("dp_epsilon", dp.get("epsilon"), "unbounded" if _num(dp.get("epsilon")) is None else None)
     dd = summary.get("dedup") or {}
     if dd:
         put("dedup_groups", dd.get("n_groups"))
@@ -254,9 +266,9 @@ def intervals(summary: dict[str, Any]) -> dict[str, list[float]]:
 
 def compare_summaries(a: dict[str, Any], b: dict[str, Any], *, dp_a: dict[str, Any] | None = None,
                       dp_b: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Rows {metric, kind, better, a, b, change} over the union of both summaries' metrics (a's order first).
+    """Rows {metric, key, kind, better, a, b, change} over the union of both summaries' metrics (a's order first).
 
-    ``kind`` and ``better`` are the metric's declared :class:`MetricSpec` fields. A row whose metric has
+    ``key``, ``kind`` and ``better`` are the metric's declared :class:`MetricSpec` fields. A row whose metric has
     a confidence interval on either side also carries ``a_ci`` and ``b_ci`` ([low, high] or null) and,
     with both, ``within_noise``: true when the two intervals overlap (the change is not told apart from
     sampling noise). A row with a value that is not exact carries ``a_qualifier`` and ``b_qualifier``
@@ -277,7 +289,7 @@ def compare_summaries(a: dict[str, Any], b: dict[str, Any], *, dp_a: dict[str, A
     rows = []
     for k, spec in specs.items():
         va, vb = va_.get(k), vb_.get(k)
-        row = {"metric": k, "kind": spec.kind, "better": spec.better, "a": va, "b": vb,
+        row = {"metric": k, "key": spec.key, "kind": spec.kind, "better": spec.better, "a": va, "b": vb,
                "change": None if va is None or vb is None else vb - va}
         qa, qb = qa_.get(k), qb_.get(k)
         if qa or qb:

@@ -29,7 +29,9 @@ from diffusers import DDPMScheduler, UNet2DModel
 
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import loads_json
+from diffaudit.core.outdir import read_settings_record
 from diffaudit.models.quiet import quiet_loading
+from diffaudit.models.run_files import checkpoint_dirs
 from diffaudit.models.scheduler import SamplingSchedule, alphas_cumprod_of, make_scheduler
 
 
@@ -182,10 +184,30 @@ def _locate(root: Path, flag: str = "--model") -> tuple[Path, Path]:
         return root / "unet", root / "scheduler"
     if (root / "config.json").exists():
         return root, root
-    raise DiffauditError(
-        f"{flag} {root}: no UNet found (looked for unet/config.json and config.json). "
-        "Train one with `diffaudit train` or point to a diffusers UNet2DModel/DDPM pipeline folder."
-    )
+    raise DiffauditError(f"{flag} {root}: {_not_a_model(root)}")
+
+
+def _not_a_model(root: Path) -> str:
+    """Why a folder without a UNet is none, in words: an unfinished ``train`` run (how far it got, and
+    how to finish it), the folder of another diffaudit command (where its models lie), or neither."""
+    record = read_settings_record(root)
+    command = record.get("command") if record else None
+    if command == "train":
+        steps = ((record.get("settings") or {}).get("train") or {}).get("steps")
+        done = checkpoint_dirs(root)
+        where = f"its last checkpoint is step {int(done[-1].name.split('-')[1])}" if done else "it has no checkpoint yet"
+        return (f"an unfinished `diffaudit train` run ({where}{f' of {steps}' if isinstance(steps, int) else ''}; "
+                "its UNet is written when it finishes). Run the same `diffaudit train ... --out "
+                f"{root}` again to finish it: it resumes from its last checkpoint.")
+    if command in ("shadows", "canaries", "audit"):
+        models = [p for p in [root / "model", *sorted((root / "models").glob("model-*")), *sorted(root.glob("model-*"))]
+                  if (p / "unet" / "config.json").exists()]
+        listed = ", ".join(str(p) for p in models[:3]) + (", ..." if len(models) > 3 else "")
+        return f"the folder of `diffaudit {command}`, not one model" + (f"; pass one of its models: {listed}" if models else "")
+    if command:
+        return f"the output folder of `diffaudit {command}`, which holds no model"
+    return ("no UNet found (looked for unet/config.json and config.json). "
+            "Train one with `diffaudit train` or point to a diffusers UNet2DModel/DDPM pipeline folder.")
 
 
 def read_unet_config(path: str | Path, flag: str = "--model") -> dict:

@@ -3,7 +3,8 @@ diffusers import: the report reads these too).
 
 ``dropped_duplicates.json`` (written by ``diffaudit train --dedup``): the keys of the near-duplicates
 the run's keep list dropped whose kept near-duplicate the run trained on; ``settings.json``'s ``data``
-record: the ``--data`` and options the run was trained on.
+record: the ``--data`` and options the run was trained on; ``checkpoints/step-N/``: where an unfinished
+run resumes from.
 """
 
 from __future__ import annotations
@@ -15,6 +16,12 @@ from diffaudit.data.options import data_flags
 
 #: Written by ``diffaudit train --dedup``: the near-duplicates the run holds copies of but never saw.
 DROPPED_DUPLICATES = "dropped_duplicates.json"
+
+
+def checkpoint_dirs(run: Path) -> list[Path]:
+    """The complete checkpoints (``checkpoints/step-N/`` with its ``state.json``) of a run, oldest first."""
+    d = run / "checkpoints"
+    return sorted(p for p in d.glob("step-*") if (p / "state.json").exists()) if d.exists() else []
 
 
 def read_dropped_duplicates(run_dir: str | Path) -> list[str] | None:

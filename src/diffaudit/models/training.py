@@ -52,6 +52,7 @@ from diffaudit.core.seeds import derive_seed, numpy_rng, torch_generator
 from diffaudit.data.dataset import ImageDataset, to_model_space
 from diffaudit.data.digest import dataset_digest
 from diffaudit.models.scheduler import alphas_cumprod_of, make_scheduler
+from diffaudit.models.run_files import checkpoint_dirs
 from diffaudit.models.run_record import training_digests
 from diffaudit.models.unets import build_unet, count_parameters, unet_config
 
@@ -257,11 +258,6 @@ _WARMUP_TIMING_STEPS = 10  # steps (compilation, allocator warm-up) left out of 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
-
-
-def checkpoint_dirs(run: Path) -> list[Path]:
-    d = run / "checkpoints"
-    return sorted(p for p in d.glob("step-*") if (p / "state.json").exists()) if d.exists() else []
 
 
 def save_checkpoint(run: Path, step: int, model, ema: Ema, opt, log: list[dict],

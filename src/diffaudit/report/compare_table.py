@@ -105,9 +105,12 @@ def _value(kind: str, value: float | int | None) -> str:
 
 def _cell(kind: str, value: float | int | None, ci: list[float] | None, qualifier: str | None = None) -> str:
     """A value with its confidence interval beside it, when recorded: ``0.497 [0.485, 0.509]``; a lower
-    bound as ``≥ 12.3``, a value that cannot be measured as ``n/a`` (the report's words for both)."""
+    bound as ``≥ 12.3``, a value that cannot be measured as ``n/a`` (the report's words for both), an
+    unbounded ε as ``∞ (no noise)``."""
     if value is None and qualifier == "n/a":
         return "n/a"
+    if value is None and qualifier == "unbounded":
+        return UNBOUNDED
     text = _value(kind, value)
     if qualifier == "at_least" and value is not None:
         text = "≥ " + text
@@ -139,6 +142,8 @@ def _change(kind: str, row: dict[str, Any]) -> str:
 
 #: The DP epsilon row's cell for a side without a DP-SGD record (a plain model, or one not found).
 NO_DP = "no DP-SGD"
+#: The DP epsilon row's cell for a DP-SGD run that no accountant bounds (no noise): not private.
+UNBOUNDED = "∞ (no noise)"
 
 
 def _baseline_notes(rows: list[dict[str, Any]], labels: tuple[str, str]) -> list[str]:
@@ -157,6 +162,25 @@ def _baseline_notes(rows: list[dict[str, Any]], labels: tuple[str, str]) -> list
     return out
 
 
+#: A held-out loss that rises by more than this fraction is said to cost the model quality.
+LOSS_RISE = 0.10
+
+
+def _loss_notes(rows: list[dict[str, Any]], labels: tuple[str, str]) -> list[str]:
+    """A line per attack whose held-out loss differs by more than :data:`LOSS_RISE` between the two
+    sides: a defence that lowers the attack's success that way costs the model's quality."""
+    out = []
+    for r in rows:
+        a, b = r["a"], r["b"]
+        if r.get("key") != "mia_heldout_loss" or a is None or b is None or a <= 0 or abs(b - a) <= LOSS_RISE * min(a, b):
+            continue
+        worse, better = (labels[1], labels[0]) if b > a else labels
+        out.append(f"\n{r['metric']}: {worse}'s model denoises never-seen images {max(a, b) / min(a, b):.2f}x worse "
+                   f"than {better}'s (held-out loss {fmt(max(a, b), 'auto')} against {fmt(min(a, b), 'auto')}): "
+                   "a defence that lowers leakage this way costs sample quality")
+    return out
+
+
 def format_rows(rows: list[dict[str, Any]], label_a: str, label_b: str) -> str:
     """The rows of :func:`~diffaudit.defenses.compare.compare_summaries` as a Markdown pipe table, with a
     line that explains "within noise", "≥" (a lower bound) and "n/a" (not measurable) when a row says
@@ -165,14 +189,18 @@ def format_rows(rows: list[dict[str, Any]], label_a: str, label_b: str) -> str:
     table = [["metric", label_a, label_b, f"change ({label_b} - {label_a})"]]
     for r in rows:
         kind = _kind(r)
-        cells = [_cell(kind, r[s], r.get(f"{s}_ci"), r.get(f"{s}_qualifier")) if r["metric"] != dp_row or r[s] is not None
-                 else NO_DP for s in ("a", "b")]
+        cells = [NO_DP if r["metric"] == dp_row and r[s] is None and r.get(f"{s}_qualifier") is None
+                 else _cell(kind, r[s], r.get(f"{s}_ci"), r.get(f"{s}_qualifier")) for s in ("a", "b")]
         table.append([r["metric"], *cells, _change(kind, r)])
     widths = [max(len(cells[i]) for cells in table) for i in range(4)]
     table.insert(1, ["-" * w for w in widths])
     text = "\n".join("| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |" for cells in table)
     if any(r.get("within_noise") for r in rows):
         text += "\n[low, high]: confidence intervals; within noise: they overlap, so the change may be sampling noise"
+    if any(ci is not None and ci[0] == ci[1] for r in rows for ci in (r.get("a_ci"), r.get("b_ci"))):
+        text += ("\n[x, x]: every bootstrap resample gave the same value (too few examples to bound it): "
+                 "not certainty")
+    text += "".join(_loss_notes(rows, (label_a, label_b)))
     text += "".join(_baseline_notes(rows, (label_a, label_b)))
     qualifiers = {r.get(f"{s}_qualifier") for r in rows for s in ("a", "b")}
     if "at_least" in qualifiers:

@@ -18,7 +18,8 @@ calls ``n_groups``; the report reads it as ``n_cliques``), or ``n_prompts`` and 
 generations to be flagged), ``extracted_l2_*`` and ``baseline_l2_*`` (min, median, max of each
 image's closest generation) and ``extracted_closer_than_baseline`` (training matches closer than any
 baseline match), ...},
-``mia`` {attack: {``auc``, ``tpr_at_fpr``, ``ci``, ``n_excluded``, ``n_identical_excluded``, ...}},
+``mia`` {attack: {``auc``, ``tpr_at_fpr``, ``ci``, ``n_excluded``, ``n_identical_excluded``, ``mean_loss`` (the
+    targets' mean denoising loss on members and non-members, and their gap), ...}},
 ``inpainting`` {``auc``, ``auc_evidence`` {``pvalue`` (one-sided rank test), ``method``, ``n_orderings``,
 ``n_at_least``, ``min_pvalue``, ``anecdotal`` (too few targets for any result to reach p < 0.05), ``ci`` (a
 bootstrap interval; None for an anecdote)}, ``n_targets``, ``n_members``, ``n_nonmembers``, ``top_k`` (best
@@ -109,6 +110,14 @@ def _tpr_value(v: Any) -> tuple[float | None, Any]:
     return _finite(v), None
 
 
+def _mean_loss(v: Any) -> dict[str, float] | None:
+    """A mia result's ``mean_loss`` {members, nonmembers, gap} with finite values; None otherwise (older results)."""
+    if not isinstance(v, dict):
+        return None
+    out = {k: _finite(v.get(k)) for k in ("members", "nonmembers", "gap")}
+    return out if None not in out.values() else None
+
+
 def _mia_entry(stage: Stage) -> dict[str, Any]:
     r = stage.result
     ci = r.get("ci") if isinstance(r.get("ci"), dict) else (r.get("bootstrap") if isinstance(r.get("bootstrap"), dict) else {})
@@ -128,6 +137,7 @@ def _mia_entry(stage: Stage) -> dict[str, Any]:
         "n_excluded": _int(r.get("n_excluded")),  # dropped near-duplicates of a deduplicated target's members
         "n_identical_excluded": _int(r.get("n_identical_excluded")),  # non-members that are a member, pixel for pixel
         "timesteps": r.get("timesteps"),
+        "mean_loss": _mean_loss(r.get("mean_loss")),
     }
     if "balanced_accuracy" in r:
         out["balanced_accuracy"] = _finite(r.get("balanced_accuracy"))

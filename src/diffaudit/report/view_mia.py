@@ -144,6 +144,7 @@ def mia_view(rs: ResultSet, summary: dict[str, Any]) -> dict[str, Any] | None:
         notes += [note] if note else []
     return {
         "rows": rows,
+        "has_loss": any(r.get("mean_loss") for r in rows),
         "roc_uri": data_uri(roc) if roc else None,
         "roc_alt": roc_alt(drawn) if roc else None,
         "no_curve": missing,

@@ -47,12 +47,15 @@ class PooledScores:
         labels: bool (R,), True when the example trained that target.
         example_index: int64 (R,), the example's index in the dataset.
         model_index: int64 (R,), the target's column (-1 for a separate target model).
+        loss: float64 (R,), the target's own denoising loss on the example (mean over its queries), or
+            None where not known: what the target model makes of the example, before any attack.
     """
 
     scores: np.ndarray
     labels: np.ndarray
     example_index: np.ndarray
     model_index: np.ndarray
+    loss: np.ndarray | None = None
 
 
 def without_nonmember_rows(pooled: PooledScores, rows_by_model: dict[int, np.ndarray]) -> PooledScores:
@@ -62,7 +65,23 @@ def without_nonmember_rows(pooled: PooledScores, rows_by_model: dict[int, np.nda
     for m, rows in rows_by_model.items():
         drop |= (pooled.model_index == m) & ~pooled.labels & np.isin(pooled.example_index, rows)
     keep = ~drop
-    return PooledScores(pooled.scores[keep], pooled.labels[keep], pooled.example_index[keep], pooled.model_index[keep])
+    return PooledScores(pooled.scores[keep], pooled.labels[keep], pooled.example_index[keep], pooled.model_index[keep],
+                        None if pooled.loss is None else pooled.loss[keep])
+
+
+def mean_losses(pooled: PooledScores) -> dict[str, float] | None:
+    """The targets' mean denoising loss on their members and on their non-members, over the rows of
+    ``pooled`` (one per (target, example)): {``members``, ``nonmembers``, ``gap``}, gap = non-members −
+    members. None without losses or without rows on both sides.
+
+    ``nonmembers`` is a held-out loss: how well the model denoises images it never saw at the attack's
+    timesteps, a measure of its quality that a defence (DP-SGD) may raise. ``gap`` is what the loss
+    attack reads: 0 when the model fits its members no better than other images.
+    """
+    if pooled.loss is None or pooled.labels.all() or not pooled.labels.any():
+        return None
+    members, nonmembers = (float(np.mean(pooled.loss[side])) for side in (pooled.labels, ~pooled.labels))
+    return {"members": members, "nonmembers": nonmembers, "gap": nonmembers - members}
 
 
 def _check(losses: np.ndarray, membership: np.ndarray) -> None:
@@ -148,6 +167,7 @@ def leave_one_out_scores(attack: MembershipAttack, losses: np.ndarray, membershi
         labels=membership.T.reshape(-1).copy(),
         example_index=np.tile(np.arange(n, dtype=np.int64), m),
         model_index=np.repeat(np.arange(m, dtype=np.int64), n),
+        loss=losses.mean(axis=2).T.reshape(-1).copy(),
     )
 
 
@@ -169,6 +189,7 @@ def target_scores(attack: MembershipAttack, target: np.ndarray, target_in: np.nd
         labels=target_in.copy(),
         example_index=np.arange(n, dtype=np.int64),
         model_index=np.full(n, model_index, dtype=np.int64),
+        loss=target.mean(axis=1),
     )
 
 

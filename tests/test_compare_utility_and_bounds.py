@@ -1,0 +1,57 @@
+"""``compare``: the attacked model's held-out loss (what a defence costs), degenerate intervals and an
+unbounded ε are said in words."""
+
+from __future__ import annotations
+
+from diffaudit.defenses.compare import compare_summaries
+from diffaudit.report.compare_table import UNBOUNDED, format_rows
+
+
+def _mia(auc: float, members: float, nonmembers: float, ci=None) -> dict:
+    entry = {"auc": auc, "tpr_at_fpr": {"0.01": 0.0, "0.001": None}, "n_nonmembers": 200,
+             "mean_loss": {"members": members, "nonmembers": nonmembers, "gap": nonmembers - members}}
+    if ci is not None:
+        entry["ci"] = {"auc": {"low": ci[0], "high": ci[1]}, "tpr_at_fpr": {"0.01": {"low": 0.0, "high": 0.0}}}
+    return {"mia": {"loss": entry}}
+
+
+def _cells(table: str) -> dict[str, list[str]]:
+    return {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:5]] for line in table.splitlines()[2:]
+            if line.startswith("|")}
+
+
+def test_a_defence_that_raises_the_held_out_loss_is_said_to_cost_quality():
+    plain, dp = _mia(0.95, 0.020, 0.040), _mia(0.52, 0.090, 0.091)
+    rows = {r["metric"]: r for r in compare_summaries(plain, dp)}
+    held = rows["mia loss: held-out loss"]
+    assert (held["key"], held["kind"], held["better"], held["a"], held["b"]) == ("mia_heldout_loss", "score", "lower", 0.04, 0.091)
+    assert rows["mia loss: loss gap"]["a"] == 0.02 and round(rows["mia loss: loss gap"]["b"], 6) == 0.001
+    text = format_rows(list(rows.values()), "plain", "dp")
+    assert _cells(text)["mia loss: held-out loss"] == ["0.04", "0.091", "+0.051"]
+    assert "mia loss: held-out loss: dp's model denoises never-seen images 2.27x worse than plain's" in text
+    assert "costs sample quality" in text
+    # a change within 10% says nothing; a summary without losses (an older mia result) has no such rows
+    same = format_rows(compare_summaries(plain, _mia(0.6, 0.030, 0.043)), "plain", "dedup")
+    assert "worse than" not in same
+    old = {"mia": {"loss": {"auc": 0.9, "tpr_at_fpr": {}}}}
+    assert not {r["key"] for r in compare_summaries(old, old)} & {"mia_heldout_loss", "mia_loss_gap"}
+
+
+def test_an_interval_every_resample_agreed_on_is_not_certainty():
+    a, b = _mia(1.0, 0.02, 0.04, ci=(1.0, 1.0)), _mia(0.9, 0.02, 0.04, ci=(0.8, 0.97))
+    text = format_rows(compare_summaries(a, b), "a", "b")
+    assert "[x, x]: every bootstrap resample gave the same value" in text and "not certainty" in text
+    only_wide = [r for r in compare_summaries(_mia(0.9, 0.02, 0.04, ci=(0.8, 0.97)), b) if "AUC" in r["metric"]]
+    assert "[x, x]" not in format_rows(only_wide, "a", "b")
+
+
+def test_a_dp_run_without_noise_reads_infinite_not_no_dp():
+    s = {"dedup": {"n_groups": 1, "n_in_groups": 2}}
+    rows = compare_summaries(s, s, dp_a={"epsilon": 8.0, "noise_multiplier": 1.1}, dp_b={"epsilon": None, "noise_multiplier": 0.0})
+    row = next(r for r in rows if r["metric"] == "model: DP epsilon")
+    assert (row["a"], row["b"], row["b_qualifier"], row["change"]) == (8.0, None, "unbounded", None)
+    cells = _cells(format_rows(rows, "dp", "nonoise"))["model: DP epsilon"]
+    assert cells[:2] == ["8", UNBOUNDED]
+    # a side with no DP-SGD record at all still reads "no DP-SGD"
+    plain = _cells(format_rows(compare_summaries(s, s, dp_b={"epsilon": 8.0}), "plain", "dp"))["model: DP epsilon"]
+    assert plain[:2] == ["no DP-SGD", "8"]
