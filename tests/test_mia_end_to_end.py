@@ -416,3 +416,39 @@ def test_a_folder_of_models_or_results_given_as_a_model_says_what_it_is(shadows)
     assert rc == 0
     with pytest.raises(DiffauditError, match=r"named: the output folder of `diffaudit mia`, which holds no model"):
         read_unet_config(out, flag="--target")
+
+
+def test_a_model_killed_part_way_through_its_losses_resumes_from_its_last_part(shadows, tmp_path, monkeypatch):
+    """One model's losses are saved in parts as they are computed: a run killed after the first part
+    computes only the rest when resumed, and ends with the losses of an uninterrupted run, bit for bit."""
+    from diffaudit.attacks.membership import loss_cache
+
+    root, _, ds = shadows
+    model = root / "shadows" / "model-01"
+    kw = dict(timesteps=[50, 100], n_draws=2, flips=True, noise_seed=3, batch_size=4, device="cpu", name="model-01")
+    monkeypatch.setattr(loss_cache, "PART_ROWS", 6)  # whole batches: parts of 8 examples
+    straight = loss_cache.cached_model_losses(model, ds, cache_dir=tmp_path / "straight", **kw)
+
+    def killed(name):
+        if name == "mia.loss_part":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loss_cache, "fault_point", killed)
+    with pytest.raises(KeyboardInterrupt):
+        loss_cache.cached_model_losses(model, ds, cache_dir=tmp_path / "killed", **kw)
+    parts = list((tmp_path / "killed").glob("model-01-*/parts-t50_100-d2-f1-s3-fp32/rows-*.npy"))
+    assert [p.name for p in parts] == ["rows-000000000-000000008.npy"]
+    monkeypatch.setattr(loss_cache, "fault_point", lambda name: None)
+    computed = []
+    real = loss_cache.per_example_loss
+
+    def counting(den, images, **k):
+        computed.append(len(images))
+        return real(den, images, **k)
+
+    monkeypatch.setattr(loss_cache, "per_example_loss", counting)
+    resumed = loss_cache.cached_model_losses(model, ds, cache_dir=tmp_path / "killed", **kw)
+    assert sum(computed) == len(ds) - 8  # the first part was read, not computed again
+    np.testing.assert_array_equal(resumed, straight)
+    assert resumed.shape == (len(ds), 2, 4)
+    assert not list((tmp_path / "killed").glob("model-01-*/parts-*"))  # parts go once the arrays are written

@@ -137,6 +137,7 @@ def per_example_latent_loss(
     noise_seed: int = 0,
     batch_size: int = 16,
     indices: Sequence[int] | None = None,
+    bar=None,
 ) -> np.ndarray:
     """Loss of every (image, caption) at every timestep and query: float64 (N, len(timesteps), Q).
 
@@ -144,7 +145,7 @@ def per_example_latent_loss(
         pipe: a ``StableDiffusionPipeline`` (VAE, text encoder, tokenizer, UNet, scheduler).
         images: uint8 (N, H, W, 3) at the pipeline's resolution (``unet.sample_size × vae_scale_factor``).
         captions: N strings.
-        timesteps, n_draws, flips, noise_seed, indices: as in :func:`diffaudit.models.loss.per_example_loss`.
+        timesteps, n_draws, flips, noise_seed, indices, bar: as in :func:`diffaudit.models.loss.per_example_loss`.
     """
     images = np.asarray(images)
     n = len(images)
@@ -186,6 +187,8 @@ def per_example_latent_loss(
                     if not np.isfinite(val).all():
                         raise NonFiniteError(f"the pipeline returned non-finite values at t={t}; check its weights")
                     out[sl, j, d * n_flip + f] = val
+        if bar is not None:
+            bar.advance(sl.stop - sl.start)
     return out
 
 

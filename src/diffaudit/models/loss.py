@@ -53,6 +53,7 @@ def per_example_loss(
     batch_size: int = 256,
     indices: Sequence[int] | None = None,
     progress: str | None = None,
+    bar=None,
 ) -> np.ndarray:
     """Loss of every example at every timestep for every query.
 
@@ -67,6 +68,8 @@ def per_example_loss(
         batch_size: examples per forward pass.
         indices: the examples' indices in their dataset (seed ε); default 0..N-1.
         progress: a progress bar with this description (examples done, rate, ETA); None: none.
+        bar: an open bar (:func:`~diffaudit.core.progress.progress_bar`) to advance by the examples done
+            instead, for a caller that computes a dataset's losses in parts.
 
     Returns:
         float64 (N, len(timesteps), n_draws * (2 if flips else 1)); query q = draw * n_flip + flip.
@@ -92,7 +95,7 @@ def per_example_loss(
         raise DiffauditError(f"batch_size must be at least 1; got {batch_size}")
     n_flip = 2 if flips else 1
     out = np.empty((n, len(ts), n_draws * n_flip), dtype=np.float64)
-    with progress_bar(progress, n, unit="img") if progress else contextlib.nullcontext() as bar:
+    with contextlib.nullcontext(bar) if bar is not None or not progress else progress_bar(progress, n, unit="img") as bar:
         for start in range(0, n, batch_size):
             _loss_batch(denoiser, images, labels, idx, out, start, min(n, start + batch_size), ts=ts, n_draws=n_draws,
                         n_flip=n_flip, noise_seed=noise_seed)

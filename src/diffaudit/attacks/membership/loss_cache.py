@@ -8,15 +8,20 @@ how ε is drawn (:data:`~diffaudit.models.loss.NOISE_SCHEME`; version 1, today's
 caches made with it stay valid), so a retrained model, another dataset or another noise never reads
 stale losses. A cached array with more draws than needed is reused: its first
 queries are exactly the fewer-draw queries (ε of (example, draw) does not depend on the draw count).
-Files are written atomically: a killed run leaves whole arrays or none.
+Files are written atomically: a killed run leaves whole arrays or none. While a model's losses are
+computed, every :data:`PART_ROWS` examples (rounded up to whole batches) are saved as a part,
+``parts-<what>/rows-<start>-<stop>.npy``, so a killed run resumes from its last whole part; the parts
+are deleted once the arrays are written. Parts cut at batch boundaries, so the losses do not depend on
+where a run was killed.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +30,7 @@ from diffaudit.core.batch_fit import AUTO, resolve_batch
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.faults import fault_point
 from diffaudit.core.io import load_npy, save_npy_atomic
-from diffaudit.core.progress import Timer, stage_line
+from diffaudit.core.progress import Timer, progress_bar, stage_line
 from diffaudit.data.dataset import CAPTION_SOURCES, ImageDataset
 from diffaudit.data.digest import dataset_digest
 from diffaudit.models.denoiser import load_denoiser
@@ -39,6 +44,8 @@ PRECISIONS = ("fp32", "bf16")
 #: taken down to it (at 512 x 512 one activation of the VAE encoder's first layers is 64 MiB an image in bf16).
 SD_MAX_BATCH = 64
 _NAME = re.compile(r"^t(\d+)-d(\d+)-f([01])-s(-?\d+)-(fp32|bf16)\.npy$")
+#: Examples per saved part of one model's losses (rounded up to whole batches): what a killed run keeps.
+PART_ROWS = 4096
 
 
 def _file_name(t: int, draws: int, flips: bool, noise_seed: int, precision: str) -> str:
@@ -121,9 +128,9 @@ def cached_model_losses(
             batch = resolve_batch(batch_size if batch_size == AUTO else min(batch_size, SD_MAX_BATCH), torch.device(device),
                                   default=SD_MAX_BATCH, probe=functools.partial(latent_loss_probe, pipe), start=4,
                                   cap=SD_MAX_BATCH, what=f"mia: --batch-size for {name}")
-            with Timer() as timer:
-                fresh = per_example_latent_loss(pipe, dataset.images, dataset.captions, timesteps=missing, n_draws=n_draws,
-                                                flips=flips, noise_seed=noise_seed, batch_size=batch)
+            compute = functools.partial(per_example_latent_loss, pipe, timesteps=missing, n_draws=n_draws, flips=flips,
+                                        noise_seed=noise_seed, batch_size=batch)
+            rows = lambda a, b, bar: compute(dataset.images[a:b], dataset.captions[a:b], indices=range(a, b), bar=bar)  # noqa: E731
         else:
             den = load_denoiser(run_dir, device=device, dtype=torch.float32, flag=flag)
             if dtype != torch.float32:
@@ -131,15 +138,51 @@ def cached_model_losses(
             labels = dataset.labels if den.num_classes is not None else None
             batch = resolve_batch(batch_size, torch.device(device), default=256, probe=den.forward_probe, start=32, cap=8192,
                                   what=f"mia: --batch-size for {name}")
-            with Timer() as timer:
-                fresh = per_example_loss(den, dataset.images, timesteps=missing, n_draws=n_draws, flips=flips,
-                                         noise_seed=noise_seed, labels=labels, batch_size=batch,
-                                         progress=f"mia: losses of {name}")
+            compute = functools.partial(per_example_loss, den, timesteps=missing, n_draws=n_draws, flips=flips,
+                                        noise_seed=noise_seed, batch_size=batch)
+            rows = lambda a, b, bar: compute(dataset.images[a:b], labels=None if labels is None else labels[a:b],  # noqa: E731
+                                             indices=range(a, b), bar=bar)
+        parts = folder / f"parts-t{'_'.join(str(t) for t in missing)}-d{n_draws}-f{int(bool(flips))}-s{noise_seed}-{precision}"
+        with Timer() as timer:
+            fresh, computed = _losses_in_parts(rows, n, parts, batch, f"mia: losses of {name}")
         for j, t in enumerate(missing):
             save_npy_atomic(folder / _file_name(t, n_draws, flips, noise_seed, precision), np.ascontiguousarray(fresh[:, j]))
             have[t] = fresh[:, j]
         q = fresh.shape[2]
+        kept = f"; {n - computed} read from the parts of an interrupted run" if computed < n else ""
         stage_line(f"mia: losses of {name} at t={missing} ({n} examples x {q} queries) in {timer.seconds:.1f}s "
-                   f"({n * q * len(missing) / max(timer.seconds, 1e-9):.0f} img/s)")
+                   f"({computed * q * len(missing) / max(timer.seconds, 1e-9):.0f} forward passes/s{kept})")
+        shutil.rmtree(parts, ignore_errors=True)
         fault_point("mia.model_losses")
     return np.stack([have[t] for t in ts], axis=1)
+
+
+def _losses_in_parts(rows: Callable, n: int, parts: Path, batch: int, description: str) -> tuple[np.ndarray, int]:
+    """(the losses of examples 0..n-1, float64 (n, T, Q); how many of them were computed rather than read).
+
+    ``rows(start, stop, bar)`` computes those of examples start..stop-1, one part of :data:`PART_ROWS`
+    examples (rounded up to whole batches) at a time; each part is saved in ``parts`` as it is done, and
+    a part saved by an earlier, killed run is read instead (one of another shape, or not finite, is
+    computed again)."""
+    step = -(-PART_ROWS // batch) * batch
+    out: np.ndarray | None = None
+    computed = 0
+    with progress_bar(description, n, unit="img") as bar:
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            path = parts / f"rows-{start:09d}-{stop:09d}.npy"
+            part = load_npy(path) if path.is_file() else None
+            if part is not None and (part.shape[0] != stop - start or (out is not None and part.shape[1:] != out.shape[1:])
+                                     or not np.isfinite(part).all()):
+                part = None
+            if part is None:
+                part = np.asarray(rows(start, stop, bar), dtype=np.float64)
+                save_npy_atomic(path, np.ascontiguousarray(part))
+                computed += stop - start
+                fault_point("mia.loss_part")
+            else:
+                bar.advance(stop - start)
+            if out is None:
+                out = np.empty((n, *part.shape[1:]), dtype=np.float64)
+            out[start:stop] = part
+    return out, computed
