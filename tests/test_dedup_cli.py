@@ -247,3 +247,18 @@ def test_a_membership_column_trained_with_dedup_records_only_copies_of_its_own_i
                  "--checkpoint-every", "2", "--device", "cpu", "--out", str(tmp_path / "run")]) == 0
     copies = json.loads((tmp_path / "run" / "dropped_duplicates.json").read_text())["keys"]
     assert set(copies) == {k for k, p in partner.items() if p not in ("npz:7", "npz:11")} and "npz:40" in copies
+
+
+def test_a_model_trained_on_a_deduped_npz_audited_against_the_original_data_says_how(tmp_path, capsys):
+    """Its examples are npz:<row>, not the original keys: the refusal names both ways out."""
+    deduped = tmp_path / "kept.npz"
+    assert main(["--quiet", "dedup", "--data", "digits", "--subset", "40", "--out", str(tmp_path / "dd"),
+                 "--write-deduped", str(deduped)]) == 0
+    assert main(["--quiet", "train", "--data", str(deduped), "--preset", "tiny", "--steps", "2", "--batch-size", "8",
+                 "--device", "cpu", "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    assert main(["mia", "--target", str(tmp_path / "run"), "--attack", "loss", "--data", "digits", "--subset", "40",
+                 "--device", "cpu", "--out", str(tmp_path / "mia")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "(first: 'npz:0')" in err and f"(it was trained on --data {deduped}" in err
+    assert "is a deduplicated .npz (`dedup --write-deduped`)" in err and "`train --dedup KEEP.json`" in err

@@ -190,6 +190,11 @@ def test_command_writes_results_grids_and_resumes_per_target(runs, tmp_path, mon
 
     # Re-run: every target is finished, nothing is inpainted again.
     import diffaudit.attacks.inpainting as attack
+    from diffaudit.cli.inpaint import _anecdote
+
+    # 1 member and 2 non-members: 3 orderings, so even this perfect AUC is an anecdote, and the line says so
+    assert "anecdotal: with 1 member and 2 non-member targets even a perfect AUC could not reach p < 0.05" in _anecdote(1, 2)
+    assert _anecdote(4, 4) == "" and _anecdote(3, 0) == ""  # 70 orderings: p can reach 1/70; one side only: no AUC
 
     monkeypatch.setattr(attack, "inpaint_targets", lambda *a, **k: pytest.fail("a finished target was redone"))
     assert _cli(runs, out) == 0

@@ -129,9 +129,9 @@ def test_cli_membership_writes_then_keeps_then_refuses(tmp_path, capsys, monkeyp
     assert load_membership(out).seed == 6
     assert main(["membership", "--data", "digits", "--models", "3", "--out", str(tmp_path / "odd.npz")]) == 2
     assert "must be even" in capsys.readouterr().err
-    # --out a folder (existing, or ending in /): membership.npz inside it
+    # --out a folder (existing, ending in /, or a new path without a suffix, as every other --out): membership.npz inside it
     (tmp_path / "folder").mkdir()
-    for folder in (str(tmp_path / "folder"), f"{tmp_path / 'new'}/"):
+    for folder in (str(tmp_path / "folder"), f"{tmp_path / 'new'}/", str(tmp_path / "shadow-split")):
         assert main([*args[:-2], "--out", folder]) == 0
         assert f"wrote {folder.rstrip('/')}/membership.npz" in capsys.readouterr().out
         assert load_membership(f"{folder.rstrip('/')}/membership.npz").seed == 5

@@ -123,9 +123,12 @@ def canonical_path(spec: str | os.PathLike | None) -> str | None:
 
 
 def out_file(out: str, name: str) -> Path:
-    """The file a file-writing ``--out`` names: ``out/name`` when ``out`` is a folder (one that exists, or a
-    path written with a trailing separator), else ``out`` itself."""
-    return Path(out) / name if out.endswith(("/", os.sep)) or Path(out).is_dir() else Path(out)
+    """The file a file-writing ``--out`` names: ``out/name`` when ``out`` is a folder (one that exists, a
+    path written with a trailing separator, or a new path without a suffix, as every other ``--out`` is a
+    folder), else ``out`` itself."""
+    path = Path(out)
+    folder = out.endswith(("/", os.sep)) or path.is_dir() or (not path.exists() and not path.suffix)
+    return path / name if folder else path
 
 
 def given_options(argv: Iterable[str]) -> set[str]:

@@ -55,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="pixel embedder: colour (default ycc: 8x8 luma + 4x4 chroma)")
     g.add_argument("--clip-model", default=None, help=f"clip embedder: local folder or cached hub name (default {DEFAULT_CLIP_MODEL})")
     g.add_argument("--write-deduped", default=None, metavar="FILE.npz",
-                   help="also write the kept images as an .npz (a folder, existing or ending in /: deduped.npz inside it); "
+                   help="also write the kept images as an .npz (a folder, existing, ending in / or a new path without a suffix: deduped.npz inside it); "
                         "its examples are named npz:<i> when loaded, the original keys are kept in its `keys` array; an "
                         "existing file is replaced only if it is such an .npz")
 

@@ -474,9 +474,21 @@ def run(args: argparse.Namespace) -> int:
     s = result["summary"]["mean_topk_l2"]
     emit(args, result, (
         f"inpaint: {len(results)} targets; mean top-{config.top_k} ℓ2 members {_fmt(s['members']['mean'])}, "
-        f"non-members {_fmt(s['nonmembers']['mean'])}; AUC {_fmt(result['auc'])} -> {out / 'result.json'}"
+        f"non-members {_fmt(s['nonmembers']['mean'])}; AUC {_fmt(result['auc'])}"
+        f"{_anecdote(sum(r.member for r in results), sum(not r.member for r in results))} -> {out / 'result.json'}"
     ))
     return 0
+
+
+def _anecdote(n_members: int, n_nonmembers: int) -> str:
+    """"; anecdotal: ..." when so few targets could not show anything (even a perfect AUC would not
+    reach p < 0.05 in the exact rank test, as the report says), else ""."""
+    from diffaudit.report.rank_test import ANECDOTE_LEVEL, n_orderings
+
+    if not n_members or not n_nonmembers or 1.0 / n_orderings(n_members, n_nonmembers) < ANECDOTE_LEVEL:
+        return ""
+    return (f" (anecdotal: with {n_members} member and {n_nonmembers} non-member targets even a perfect AUC could not "
+            f"reach p < {ANECDOTE_LEVEL:g}; attack more targets with --targets)")
 
 
 def _labels(ds, idx, model):

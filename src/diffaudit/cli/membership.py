@@ -28,8 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data_args(p)
     p.add_argument("--models", type=int, default=16, help="number of shadow models M (even; the paper: 16)")
     p.add_argument("--seed", type=int, default=0, help="seed of the matrix")
-    p.add_argument("--out", required=True, help="the membership file to write (.npz), or a folder (an existing one, or a "
-                   "path ending in /) to write membership.npz into")
+    p.add_argument("--out", required=True, help="the membership file to write (.npz), or a folder (an existing one, a "
+                   "path ending in /, or a new path without a suffix) to write membership.npz into")
     p.add_argument("--fresh", action="store_true", help="overwrite an existing file made with other settings")
 
 

@@ -24,8 +24,8 @@ DESCRIPTION = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("result_dir", metavar="RESULT_DIR", help="an audit folder or one command's output folder")
-    p.add_argument("--out", default=None, metavar="FILE", help="HTML file to write, or a folder (an existing one, or a path "
-                   "ending in /) to write report.html into (default: RESULT_DIR/report.html)")
+    p.add_argument("--out", default=None, metavar="FILE", help="HTML file to write, or a folder (an existing one, a path "
+                   "ending in /, or a new path without a suffix) to write report.html into (default: RESULT_DIR/report.html)")
     p.add_argument("--redact", action="store_true",
                    help="replace training images, the generations that copy them (verified pairs, clique members) "
                    "and inpainting grids by their ids; show training examples by their position in the training set "

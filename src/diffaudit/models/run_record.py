@@ -25,7 +25,7 @@ from diffaudit.core.io import read_json
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.data.digest import dataset_digest
 from diffaudit.models.denoiser import read_unet_config
-from diffaudit.models.run_files import trained_data_text
+from diffaudit.models.run_files import trained_data, trained_data_text
 
 TRAIN_IDS = "train_ids.json"
 
@@ -88,6 +88,25 @@ def _recorded(run: Path) -> tuple[dict | None, str | None]:
     return digests, combined
 
 
+def _deduped_npz_text(run: Path) -> str:
+    """When ``run`` trained on an .npz that ``dedup --write-deduped`` wrote (``images`` and the original
+    ``keys``): how to audit it against the data it came from; else ""."""
+    data = trained_data(run)
+    if data is None or not str(data[0]).endswith(".npz") or not Path(data[0]).is_file():
+        return ""
+    try:
+        with np.load(data[0], allow_pickle=False) as z:
+            deduped = {"images", "keys"} <= set(z.files)
+    except (OSError, ValueError):
+        return ""
+    if not deduped:
+        return ""
+    return (f". {data[0]} is a deduplicated .npz (`dedup --write-deduped`): its examples are named npz:<row>, not by "
+            "their keys in the data it was cut from, so the model can be audited only with --data set to it. To audit "
+            "against the original data, train on that data with `train --dedup KEEP.json` (the dedup folder's "
+            "keep.json), which keeps the original keys and records the near-duplicates it dropped")
+
+
 def check_trained_on(run_dir: str | Path, dataset: ImageDataset, what: str = "--model", *,
                      allow_missing: bool = False, keys: list[str] | None = None) -> list[int]:
     """Refuse a ``dataset`` that does not hold the very examples ``run_dir`` trained on.
@@ -114,7 +133,8 @@ def check_trained_on(run_dir: str | Path, dataset: ImageDataset, what: str = "--
             return rows
         raise DiffauditError(f"{what} {run} trained on {len(unknown)} examples that are not among the {len(dataset):,} "
                              f"examples of {dataset.source} as loaded (first: {unknown[0]!r}); give the --data it was "
-                             "trained on, with the same options (a --subset may leave them out)")
+                             f"trained on, with the same options (a --subset may leave them out){trained_data_text(run)}"
+                             f"{_deduped_npz_text(run)}")
     advice = "give the --data it was trained on, with the same --image-size, --mode and other data options" + trained_data_text(run)
     digests, combined = _recorded(run)
     if digests is not None:
