@@ -173,6 +173,21 @@ def test_audit_with_shadows_lira_and_inpainting(tmp_path):
     assert "Inpainting" in (out / "report.html").read_text() or "inpaint" in (out / "report.html").read_text()
     # its grids lie inside its inpaint folder: every one is embedded
     assert (out / "report.html").read_text().count('data-kind="inpaint"') == 4
+    # Another attack on the same models: only the mia stage (and the outliers that read it) runs again, with --redo
+    loss = [("loss" if a == "lira-fixed" else a) for a in args]
+    kept = {p: p.stat().st_mtime_ns for d in ("models", "samples", "extract", "verify", "inpaint")
+            for p in (out / d).rglob("*") if p.is_file()}
+    assert main(loss) == 2  # refused without --redo, naming the stages it would run again: nothing deleted
+    assert (out / "mia" / "result.json").exists() and (out / "result.json").exists()
+    assert main(loss + ["--redo"]) == 0
+    assert json.loads((out / "mia" / "result.json").read_text())["attack"] == "loss"
+    assert {p: p.stat().st_mtime_ns for p in kept if p.exists()} == kept  # the models and other stages untouched
+    assert json.loads((out / "settings.json").read_text())["settings"]["mia"] == "loss"
+    assert set(json.loads((out / "summary.json").read_text())["mia"]) == {"loss"}  # the earlier attack's results are gone
+    # dropping --inpaint drops its stage; a changed training option still needs --fresh
+    assert main([a for a in loss if a not in ("--inpaint",)] + ["--redo"]) == 0
+    assert not (out / "inpaint").exists() and json.loads((out / "summary.json").read_text())["inpainting"] is None
+    assert main([a if a != "40" else "41" for a in loss] + ["--redo"]) == 2
 
 
 def test_audit_json_config_redact_and_class_conditional_counts(tmp_path, capsys):
@@ -381,3 +396,24 @@ def test_a_non_member_that_is_a_member_pixel_for_pixel_is_left_out_of_both_basel
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mia"]["loss"]["n_identical_excluded"] == 3
     assert "(3 left out: the same image as a member, under another name)" in (out / "report.html").read_text()
+
+
+def test_redo_plans_the_changed_stages_and_those_that_read_them(tmp_path, capsys):
+    from diffaudit.cli.audit_redo import stages_to_redo
+
+    assert stages_to_redo(["mia"]) == ["mia", "outliers"]
+    assert stages_to_redo(["n_samples", "rule"]) == ["samples", "extract", "verify"]
+    assert stages_to_redo(["inpaint", "timesteps"]) == ["mia", "outliers", "inpaint"]
+    assert stages_to_redo(["steps"]) is None and stages_to_redo(["mia", "seed"]) is None and stages_to_redo([]) is None
+    out = tmp_path / "a"
+    small = [a for a in SMALL if a not in ("--quiet",)] + ["--steps", "30", "--n-samples", "16", "--sample-steps", "3"]
+    assert main(small + ["--quiet", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(small + ["--timesteps", "50", "--out", str(out)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--timesteps (was '100', now '50')" in err and "Pass --redo to run the mia, outliers stages again" in err
+    assert main(small + ["--timesteps", "50", "--redo", "--out", str(out)]) == 0
+    assert "audit: --redo: --timesteps (was '100', now '50'); running the mia, outliers stages again" in capsys.readouterr().err
+    assert json.loads((out / "mia" / "result.json").read_text())["timesteps"] == [50]
+    assert main(small + ["--steps", "31", "--redo", "--quiet", "--out", str(out)]) == 2
+    assert "--fresh to start over" in capsys.readouterr().err

@@ -37,15 +37,17 @@ DESCRIPTION = (
     "minutes on 2 CPU cores. With --shadows K, K models train on random halves (LiRA's design; use --subset to keep "
     "the set small) and model 0 is the target. "
     "--model audits an existing run directory instead of training one. --config FILE.toml may hold any option "
-    "but --fresh, --config, --quiet and --json (flags on the command line win); the exact configuration used is "
-    "saved as config.toml in --out."
+    "but --fresh, --redo, --config, --quiet and --json (flags on the command line win); the exact configuration used is "
+    "saved as config.toml in --out. A finished or interrupted audit resumes with the same settings; after changing "
+    "only options of its later stages (the attack, its timesteps, the inpainting attack, the verification rule, the "
+    "generations), --redo runs those stages again and keeps the trained models."
 )
 
 #: The attacks of ``diffaudit mia`` (its registry's ATTACK_NAMES, named here so `--help` imports no torch).
 MIA_ATTACKS = ("loss", "lira", "lira-offline", "lira-fixed", "lira-offline-fixed", "strong-lira", "strong-lira-fixed")
 
 # Options that never change results (left out of the audit's settings).
-_NOT_SETTINGS = {"config", "fresh", "quiet", "json", "command", "_run", "_argv", "_given", "redact"}
+_NOT_SETTINGS = {"config", "fresh", "redo", "quiet", "json", "command", "_run", "_argv", "_given", "redact"}
 #: Of those, the ones --config may set too (the others are command-line only: --fresh deletes --out).
 _CONFIG_MAY_SET = {"redact"}
 #: Options that --config may set but that are not compared on a resume (another spelling of the same
@@ -62,6 +64,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--fresh", action="store_true", help="delete what --out holds and start over")
+    p.add_argument("--redo", action="store_true",
+                   help="when only options of later stages changed (--mia, --timesteps, --sweep, --draws, --inpaint, "
+                        "--inpaint-targets, --n-inpaint, --rule, --min-clique, --grid, --n-samples, --sample-steps): run "
+                        "those stages again with them, keeping the trained models and the other stages")
     p.add_argument("--model", default=None,
                    help="audit this run directory instead of training a target (training options then apply only to --shadows)")
     p.add_argument("--train-size", type=int, default=32,
@@ -484,6 +490,8 @@ def _dropped_duplicates(target: Path, data, dropped: list[str] | None) -> set[st
 
 def run(args: argparse.Namespace) -> int:
     from diffaudit.core.io import make_private_dir, read_json, write_bytes_atomic
+    from diffaudit.cli.audit_redo import prepare_redo
+    from diffaudit.core import folder_lock
     from diffaudit.core.outdir import prepare_out_dir
     from diffaudit.core.progress import stage_line
     from diffaudit.core.results import write_result
@@ -531,8 +539,11 @@ def run(args: argparse.Namespace) -> int:
                 "--data that also holds held-out images, e.g. train it on `--data cifar10 --subset 25000` and audit "
                 "it with `--data cifar10`")
     settings = audit_settings(args)
-    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh,
-                                   upgrade=upgrading_paths(PATH_SETTINGS, then=upgrade_settings))
+    upgrade = upgrading_paths(PATH_SETTINGS, then=upgrade_settings)
+    if not args.fresh:  # held before --redo deletes a stage (prepare_out_dir holds it again: a no-op)
+        folder_lock.hold(args.out)
+        upgrade = prepare_redo(Path(args.out), settings, upgrade, args.redo)
+    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrade)
     if emit_finished(args, out, resumed, lambda r: _head(r, _read_summary(out)), stale=lambda r: _stale(r, out),
                      stale_files=("summary.json", "report.html")):
         return 0  # nothing rewritten: a finished audit may lie on read-only storage

@@ -259,17 +259,27 @@ def remove_for_fresh(path: Path) -> None:
             f"--fresh deletes only folders diffaudit made, and {path} holds no diffaudit {SETTINGS_FILE}; "
             "choose another --out, or empty it yourself"
         )
-    aside = target.parent / _deleting_name(target.name)
     foreign = _foreign_entries(record) if record is not None else set()
     if foreign:
+        aside = target.parent / _deleting_name(target.name)
         _move_own_entries(target, aside, foreign)
         shutil.rmtree(aside, ignore_errors=True)
         return
+    delete_aside(target, "--fresh")
+
+
+def delete_aside(path: Path, why: str = "diffaudit") -> None:
+    """Delete the folder ``path``: renamed to a hidden sibling (:func:`_deleting_name`) in one step, then
+    deleted, so a deletion killed part-way never leaves ``path`` holding part of its old contents; the
+    hidden leftover is removed by the next run (:func:`remove_deletion_leftovers`). ``why``: who asks,
+    for the error when the rename fails (nothing is deleted then)."""
+    target = path.resolve()
+    aside = target.parent / _deleting_name(target.name)
     try:
         os.rename(target, aside)
     except OSError as exc:
         raise DiffauditError(
-            f"--fresh could not move {target} aside to delete it ({exc.strerror or exc}); nothing was deleted. "
+            f"{why} could not move {target} aside to delete it ({exc.strerror or exc}); nothing was deleted. "
             "Delete it yourself, or choose another --out"
         ) from exc
     shutil.rmtree(aside, ignore_errors=True)  # what an error leaves is out of the way; the next run removes it
