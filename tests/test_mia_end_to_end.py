@@ -402,6 +402,8 @@ def test_the_result_line_says_when_the_attack_is_indistinguishable_from_guessing
     assert "guessing" not in _summary(r)
     del r["ci"]
     assert "guessing" not in _summary(r)  # --bootstrap 0: no interval, nothing claimed
+    r["mean_loss"] = {"members": 0.03125, "nonmembers": 0.046875, "gap": 0.015625}  # the targets' losses, when recorded
+    assert _summary(r).endswith("non-members); mean loss 0.03125 on members, 0.04688 held out")
 
 
 def test_a_folder_of_models_or_results_given_as_a_model_says_what_it_is(shadows):

@@ -166,8 +166,11 @@ def _summary(r: dict[str, Any]) -> str:
     chance = ""
     if isinstance(ci.get("low"), (int, float)) and isinstance(ci.get("high"), (int, float)) and ci["low"] <= 0.5 <= ci["high"]:
         chance = f"; indistinguishable from guessing: the AUC's interval [{ci['low']:.3f}, {ci['high']:.3f}] holds 0.5"
+    loss = r.get("mean_loss") or {}
+    losses = (f"; mean loss {loss['members']:.4g} on members, {loss['nonmembers']:.4g} held out"
+              if isinstance(loss.get("members"), float) and isinstance(loss.get("nonmembers"), float) else "")
     return (f"{r['attack']}: AUC {r['auc']:.4f}, TPR {fmt(tpr.get('0.01'))} at 1% FPR, {fmt(tpr.get('0.001'))} at 0.1% FPR "
-            f"({r['n_members']} members, {r['n_nonmembers']} non-members){chance}")
+            f"({r['n_members']} members, {r['n_nonmembers']} non-members){losses}{chance}")
 
 
 def _warn_if_few_shadows(attack: str, membership, target: TargetSpec) -> None:
