@@ -88,11 +88,14 @@ def _recorded(run: Path) -> tuple[dict | None, str | None]:
     return digests, combined
 
 
-def _deduped_npz_text(run: Path) -> str:
+def _deduped_npz_text(run: Path, given: str) -> str:
     """When ``run`` trained on an .npz that ``dedup --write-deduped`` wrote (``images`` and the original
-    ``keys``): how to audit it against the data it came from; else ""."""
+    ``keys``) and ``given`` (the --data source) is other data: how to audit it against the data it came
+    from; else ""."""
     data = trained_data(run)
     if data is None or not str(data[0]).endswith(".npz") or not Path(data[0]).is_file():
+        return ""
+    if Path(given).is_file() and Path(given).resolve() == Path(data[0]).resolve():
         return ""
     try:
         with np.load(data[0], allow_pickle=False) as z:
@@ -134,7 +137,7 @@ def check_trained_on(run_dir: str | Path, dataset: ImageDataset, what: str = "--
         raise DiffauditError(f"{what} {run} trained on {len(unknown)} examples that are not among the {len(dataset):,} "
                              f"examples of {dataset.source} as loaded (first: {unknown[0]!r}); give the --data it was "
                              f"trained on, with the same options (a --subset may leave them out){trained_data_text(run)}"
-                             f"{_deduped_npz_text(run)}")
+                             f"{_deduped_npz_text(run, dataset.source)}")
     advice = "give the --data it was trained on, with the same --image-size, --mode and other data options" + trained_data_text(run)
     digests, combined = _recorded(run)
     if digests is not None:

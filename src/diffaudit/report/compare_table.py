@@ -162,7 +162,7 @@ def _baseline_notes(rows: list[dict[str, Any]], labels: tuple[str, str]) -> list
     return out
 
 
-#: A held-out loss that rises by more than this fraction is said to cost the model quality.
+#: Held-out losses of the two sides that differ by more than this fraction (of the lower) are said to differ in quality.
 LOSS_RISE = 0.10
 
 
