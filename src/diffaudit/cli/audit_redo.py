@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from diffaudit.core.errors import DiffauditError
-from diffaudit.core.outdir import delete_aside, recorded_settings, remove_deletion_leftovers
+from diffaudit.core.outdir import delete_aside, named_differences, recorded_settings, remove_deletion_leftovers
 
 #: The audit options that shape one stage only, by stage (the stage's folder in the audit).
 STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
@@ -52,10 +52,6 @@ def stages_to_redo(changed: list[str]) -> list[str] | None:
     return [s for s in order if s in stages]
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def prepare_redo(out: Path, settings: dict[str, Any], upgrade: Callable[[dict[str, Any]], dict[str, Any]],
                  redo: bool) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """Before ``prepare_out_dir``: the ``upgrade`` hook it should read the recorded settings with.
@@ -75,7 +71,7 @@ def prepare_redo(out: Path, settings: dict[str, Any], upgrade: Callable[[dict[st
     stages = stages_to_redo(changed)
     if stages is None:
         return upgrade
-    said = "; ".join(f"{_flag(k)} (was {old.get(k)!r}, now {settings.get(k)!r})" for k in changed)
+    said = "; ".join(named_differences(old, settings))  # as a refused resume names them, by flag
     if not redo:
         raise DiffauditError(
             f"{out} holds an audit made with other settings of its later stages only: {said}. Pass --redo to run "

@@ -143,7 +143,7 @@ def _setting_name(key: str, names: Mapping[str, str]) -> str:
     return key
 
 
-def _named_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+def named_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """:func:`diff_settings` named as the command's flags (:func:`flag_names`), each difference said once:
     settings that one flag sets alike (a seed recorded in two places) read as one."""
     return list(dict.fromkeys(diff_settings(old, new, names=_FLAG_NAMES.get())))
@@ -375,9 +375,9 @@ def resumed_record(where: str, old: dict[str, Any], record: dict[str, Any],
             "choose another --out or pass --fresh to start over"
         )
     recorded = old.get("settings", {})
-    diffs = _named_differences(recorded, record["settings"])
+    diffs = named_differences(recorded, record["settings"])
     if diffs and upgrade is not None:  # an earlier version's record, read as today's: only real differences
-        diffs = _named_differences(_normalise(upgrade(dict(recorded))), record["settings"])
+        diffs = named_differences(_normalise(upgrade(dict(recorded))), record["settings"])
     if diffs:
         raise SettingsMismatchError(
             f"{where} holds work made with other settings: {'; '.join(diffs[:5])}. "

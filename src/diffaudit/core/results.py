@@ -33,7 +33,8 @@ def versions() -> dict[str, str]:
 
 
 #: The inputs skipped while one command runs (:func:`recording_skipped`); None outside a command.
-_SKIPPED: ContextVar[list[dict[str, str]] | None] = ContextVar("diffaudit_skipped_inputs", default=None)
+#: Keyed by (source, name), so that an input skipped again (data loaded twice) is listed once.
+_SKIPPED: ContextVar[dict[tuple[str, str], dict[str, str]] | None] = ContextVar("diffaudit_skipped_inputs", default=None)
 #: Skipped inputs a result lists by name; more are counted (``skipped_inputs_total``).
 SKIPPED_LISTED = 1000
 
@@ -42,7 +43,7 @@ SKIPPED_LISTED = 1000
 def recording_skipped() -> Iterator[None]:
     """Within this block (one command), every input that ``--skip-bad`` skips while data loads
     (:func:`note_skipped`) is listed in the results the command writes (:func:`envelope`)."""
-    token = _SKIPPED.set([])
+    token = _SKIPPED.set({})
     try:
         yield
     finally:
@@ -56,9 +57,7 @@ def note_skipped(source: str, skipped: Sequence[tuple[str, str]]) -> None:
     if listed is None:
         return
     for name, reason in skipped:
-        entry = {"source": str(source), "name": str(name), "reason": str(reason)}
-        if entry not in listed:
-            listed.append(entry)
+        listed.setdefault((str(source), str(name)), {"source": str(source), "name": str(name), "reason": str(reason)})
 
 
 def envelope(command: str, settings: dict[str, Any], seeds: dict[str, int] | None = None, **fields: Any) -> dict[str, Any]:
@@ -75,7 +74,7 @@ def envelope(command: str, settings: dict[str, Any], seeds: dict[str, int] | Non
     out.update(fields)
     skipped = _SKIPPED.get()
     if skipped and "skipped_inputs" not in out:
-        out["skipped_inputs"], out["skipped_inputs_total"] = skipped[:SKIPPED_LISTED], len(skipped)
+        out["skipped_inputs"], out["skipped_inputs_total"] = list(skipped.values())[:SKIPPED_LISTED], len(skipped)
     return out
 
 
