@@ -4,7 +4,7 @@ diffusers import: the report reads these too).
 ``dropped_duplicates.json`` (written by ``diffaudit train --dedup``): the keys of the near-duplicates
 the run's keep list dropped whose kept near-duplicate the run trained on; ``settings.json``'s ``data``
 record: the ``--data`` and options the run was trained on; ``checkpoints/step-N/``: where an unfinished
-run resumes from.
+run resumes from; ``state/``: the state a finished run ended in, kept for ``train --extend``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from diffaudit.data.options import data_flags
 
 #: Written by ``diffaudit train --dedup``: the near-duplicates the run holds copies of but never saw.
 DROPPED_DUPLICATES = "dropped_duplicates.json"
+#: A finished run's final training state (weights, EMA, optimizer, loss log), kept for ``train --extend``.
+STATE_DIR = "state"
 
 
 def checkpoint_dirs(run: Path) -> list[Path]:

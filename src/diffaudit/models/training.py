@@ -21,6 +21,8 @@ Run directory:
     train_ids.json        keys and indices of the training examples, and repeats
     loss_log.jsonl        step, loss, lr
     checkpoints/step-N/   raw + EMA weights (safetensors), optimizer state, for resume (deleted once finished)
+    state/                the same at the last step, when asked to keep it (``train --extend`` trains on from it)
+    extended_from.json    the run (and its steps) this one trained on from, if any
     result.json           written last: the run is finished when it exists
 """
 
@@ -52,7 +54,8 @@ from diffaudit.core.seeds import derive_seed, numpy_rng, torch_generator
 from diffaudit.data.dataset import ImageDataset, to_model_space
 from diffaudit.data.digest import dataset_digest
 from diffaudit.models.scheduler import alphas_cumprod_of, make_scheduler
-from diffaudit.models.run_files import checkpoint_dirs
+from diffaudit.models.run_extension import check_extension, extended_from, start_from
+from diffaudit.models.run_files import STATE_DIR, checkpoint_dirs
 from diffaudit.models.run_record import training_digests
 from diffaudit.models.unets import build_unet, count_parameters, unet_config
 
@@ -262,9 +265,19 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 def save_checkpoint(run: Path, step: int, model, ema: Ema, opt, log: list[dict],
                     window: tuple[float, int] = (0.0, 0)) -> None:
-    """Write ``checkpoints/step-N/`` atomically; ``window``: (summed loss, steps) of the log line in progress."""
-    final = run / "checkpoints" / f"step-{step:08d}"
-    tmp = run / "checkpoints" / f".tmp-step-{step:08d}"
+    """Write ``checkpoints/step-N/`` atomically (:func:`write_state`) and keep only the last two."""
+    write_state(run / "checkpoints" / f"step-{step:08d}", step, model, ema, opt, log, window)
+    for old in checkpoint_dirs(run)[:-2]:
+        shutil.rmtree(old)
+
+
+def write_state(final: Path, step: int, model, ema: Ema, opt, log: list[dict],
+                window: tuple[float, int] = (0.0, 0)) -> None:
+    """Write the training state after ``step`` steps into folder ``final`` at once (a hidden sibling,
+    renamed): raw weights and EMA (safetensors), optimizer state, loss log, and ``state.json`` last
+    (step; ``window``: (summed loss, steps) of the log line in progress). What a checkpoint holds, and a
+    finished run's ``state/`` (:data:`~diffaudit.models.run_files.STATE_DIR`), which ``--extend`` reads."""
+    tmp = final.parent / f".tmp-{final.name}"
     if tmp.exists():
         shutil.rmtree(tmp)
     make_private_dir(tmp)
@@ -274,12 +287,10 @@ def save_checkpoint(run: Path, step: int, model, ema: Ema, opt, log: list[dict],
     atomic_write(tmp / "optimizer.pt", lambda f: torch.save(opt.state_dict(), f))
     write_json_atomic(tmp / "log.json", log)
     state = {"step": step, "window": {"loss_sum": float(window[0]), "steps": int(window[1])}}
-    write_json_atomic(tmp / "state.json", state)  # written last: marks the checkpoint complete
+    write_json_atomic(tmp / "state.json", state)  # written last: marks the state complete
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
-    for old in checkpoint_dirs(run)[:-2]:
-        shutil.rmtree(old)
 
 
 def _st_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
@@ -430,6 +441,8 @@ def train(
     data_record: dict[str, Any] | None = None,
     fresh: bool = False,
     upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    keep_state: bool = False,
+    extend: str | Path | None = None,
 ) -> Path:
     """Train a DDPM on ``dataset[train_indices]`` (default: all) and write a run directory.
 
@@ -438,18 +451,25 @@ def train(
     Checkpoints every :func:`checkpoint_interval` steps. torch's global RNG is left untouched.
     Re-running with the same arguments resumes from the last checkpoint, or returns at once if finished.
     ``upgrade``: how the run folder reads settings an earlier version recorded (:meth:`RunPlan.open`).
+    ``keep_state``: keep the final training state in ``state/`` (about three times the weights' size),
+    so that ``extend`` can train on from it. ``extend``: a finished run that kept its state, trained
+    with these settings but fewer steps: start from its state (:mod:`~diffaudit.models.run_extension`);
+    the result equals an uninterrupted run of ``config.steps``.
     """
     config.validate()
     device = torch.device(device)
     plan = plan_run(dataset, config, train_indices=train_indices, repeats=repeats, data_record=data_record)
     idx, stream, ucfg, num_classes = plan.indices, plan.stream, plan.unet_config, plan.num_classes
     H, W, C = dataset.image_shape
+    origin = None if extend is None else check_extension(extend, plan.settings, upgrade=upgrade)
     run = plan.open(out_dir, fresh=fresh, upgrade=upgrade)
     if is_finished(run):
         stage_line(f"train: {run} is already finished ({config.steps} steps); nothing to do")
         drop_checkpoints(run)  # a run killed between its result and this cleanup
         return run
     settings = plan.settings
+    if origin is not None:
+        start_from(run, extend, *origin)
 
     model = init_model(config, ucfg)
     model.to(device).train()
@@ -472,6 +492,7 @@ def train(
     # summed loss since the last log line (no per-step host sync); float32, restored exactly from a checkpoint
     window = torch.tensor(window_sum, dtype=torch.float32, device=device)
     every = checkpoint_interval(config)
+    kept = None  # ((summed loss, steps) of the log line in progress, log) at the last step, for state/
     with progress_bar("train", config.steps, unit="step", completed=start) as bar:
         for step in range(start, config.steps):
             pos = batch_positions(step, config.batch_size, len(stream), config.seed)
@@ -502,6 +523,8 @@ def train(
             window_n += 1
             seen += len(ex)
             done = step + 1
+            if done == config.steps and keep_state:  # before the last log line: a longer run logs on past it
+                kept = (float(window.item()), window_n), list(log)
             if done % config.log_every == 0 or done == config.steps:
                 lv = float(window.item()) / window_n
                 window.zero_()
@@ -528,6 +551,8 @@ def train(
     save_pretrained_atomic(final_model, run / "unet")
     save_pretrained_atomic(scheduler, run / "scheduler")
     write_bytes_atomic(run / "loss_log.jsonl", "".join(json.dumps(r) + "\n" for r in log).encode())
+    if kept is not None:
+        write_state(run / STATE_DIR, config.steps, model, ema, opt, kept[1], kept[0])
     steady = None if t_warm is None or seen == seen_warm else (seen - seen_warm) / (t0 + elapsed - t_warm)
     write_json_atomic(run / "timing.json", {"seconds": elapsed, "images_per_second": seen / max(elapsed, 1e-9),
                                             "images_per_second_after_warmup": steady,
@@ -536,11 +561,15 @@ def train(
         run / "result.json", "train", settings, {"seed": config.seed},
         steps=config.steps, n_parameters=count_parameters(final_model), n_train=int(len(idx)),
         n_stream=int(len(stream)), final_loss=log[-1]["loss"] if log else None,
-        training_digests=training_digests(dataset, idx),
+        training_digests=training_digests(dataset, idx), extended_from=extended_from(run),
     )
     drop_checkpoints(run)
     repeated = f" ({len(stream)} with repeats)" if len(stream) != len(idx) else ""
-    stage_line(f"train: {config.steps} steps on {len(idx)} images{repeated} -> {run}")
+    kept_text = ""
+    if (run / STATE_DIR / "state.json").is_file():
+        size = sum(p.stat().st_size for p in (run / STATE_DIR).iterdir())
+        kept_text = f"; its final state ({size / 2**20:.1f} MiB) is kept in {STATE_DIR}/ for `train --extend`"
+    stage_line(f"train: {config.steps} steps on {len(idx)} images{repeated} -> {run}{kept_text}")
     return run
 
 
