@@ -51,3 +51,59 @@ def test_view_of_a_relative_path_loads_from_any_directory(tmp_path, tmp_npz, mon
     # a view written by hand with a path relative to its own folder
     (tmp_path / "out" / "hand.view.json").write_text('{"view": 1, "spec": "../d6.npz", "options": {}, "keys": ["npz:2"]}')
     assert np.array_equal(load_dataset(str(tmp_path / "out" / "hand.view.json")).images, images[[2]])
+
+
+def test_view_of_two_datasets_prefixes_keys_and_keeps_the_rows(tmp_path, cifar10_root):
+    """CIFAR-10's train and test splits name images alike (`deer_0042` in both): a part's prefix keeps them apart."""
+    from diffaudit.data.view import ViewPart, save_parts_view
+
+    opts = {"subset": 60, "cifar_root": str(cifar10_root), "image_size": 8}
+    train = load_dataset("cifar10", **opts)
+    test = load_dataset("cifar10-test", cifar_root=str(cifar10_root), image_size=8)
+    assert set(train.keys) & set(test.keys)  # the reason for prefixes: the splits share names (class_0000 to _0999)
+    path = save_parts_view(tmp_path / "both.view.json", [
+        ViewPart("cifar10", opts), ViewPart("cifar10-test", {"cifar_root": str(cifar10_root), "image_size": 8},
+                                            keys=["test:" + k for k in test.keys[:5]], prefix="test:")])
+    both = load_dataset(str(path))
+    assert both.keys == train.keys + ["test:" + k for k in test.keys[:5]]
+    assert np.array_equal(both.images, np.concatenate([train.images, test.images[:5]]))
+    assert both.labels.tolist() == train.labels.tolist() + test.labels[:5].tolist()
+    assert both.source == str(path)
+    # --subset draws from the whole view, --image-size replaces every part's
+    assert len(load_dataset(str(path), subset=7)) == 7 and load_dataset(str(path), image_size=4).image_shape == (4, 4, 3)
+    unprefixed = save_parts_view(tmp_path / "clash.view.json", [
+        ViewPart("cifar10", opts), ViewPart("cifar10-test", {"cifar_root": str(cifar10_root), "image_size": 8})])
+    with pytest.raises(DiffauditError, match=r"the key '[a-z]+_0\d{3}' is in both cifar10 and cifar10-test: .*\(give one of them a prefix\)"):
+        load_dataset(str(unprefixed))
+
+
+def test_view_of_two_datasets_errors_and_lazy_parts(tmp_path):
+    from diffaudit.data.decoded import load_dataset_to_disk
+    from diffaudit.data.sharded import ShardedImages
+    from diffaudit.data.view import ViewPart, read_view, save_parts_view
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "a.npz", images=rng.integers(0, 256, (6, 8, 8, 1), dtype=np.uint8), labels=np.arange(6))
+    np.savez(tmp_path / "b.npz", images=rng.integers(0, 256, (4, 8, 8, 1), dtype=np.uint8))  # no labels
+    np.savez(tmp_path / "c.npz", images=rng.integers(0, 256, (4, 6, 6, 1), dtype=np.uint8))
+    path = save_parts_view(tmp_path / "ab.view.json", [ViewPart(str(tmp_path / "a.npz"), {}),
+                                                      ViewPart(str(tmp_path / "b.npz"), {}, prefix="b/")])
+    ab = load_dataset(str(path))
+    assert ab.keys[5:7] == ["npz:5", "b/npz:0"] and ab.labels is None  # labels only when every part has them
+    decoded = load_dataset_to_disk(str(path), tmp_path / "cache")  # memory-mapped parts stay lazy, one after another
+    assert isinstance(decoded.images, ShardedImages) and decoded.keys == ab.keys
+    assert np.array_equal(np.asarray(decoded.images), ab.images)
+    assert [p.prefix for p in read_view(path)] == ["", "b/"]
+    sizes = save_parts_view(tmp_path / "ac.view.json", [ViewPart(str(tmp_path / "a.npz"), {}),
+                                                       ViewPart(str(tmp_path / "c.npz"), {}, prefix="c/")])
+    with pytest.raises(DiffauditError, match=r"differ in image shape .*8x8x1.*6x6x1.*--image-size"):
+        load_dataset(str(sizes))
+    assert load_dataset(str(sizes), image_size=8).image_shape == (8, 8, 1)
+    bad = tmp_path / "bad.view.json"
+    for text, message in (('{"view": 1, "parts": []}', "non-empty list"),
+                          ('{"view": 1, "parts": [{"spec": "digits", "prefix": 3}]}', "part 0: prefix must be a string"),
+                          ('{"view": 1, "parts": [{"spec": "x.view.json"}]}', "part 0: a view may not point to another view"),
+                          ('{"view": 1, "parts": [{"spec": "digits", "keys": "digits:0"}]}', "keys must be a list")):
+        bad.write_text(text)
+        with pytest.raises(DiffauditError, match=message):
+            load_dataset(str(bad))

@@ -54,7 +54,9 @@ _CONFIG_MAY_SET = {"redact"}
 #: --out folder is the same audit).
 _NOT_COMPARED = {"out"}
 #: Options that name an input (recorded canonical, see :func:`~diffaudit.cli.common.canonical_path`).
-PATH_SETTINGS = ("data", "model", "cifar_root")
+PATH_SETTINGS = ("data", "model", "cifar_root", "heldout")
+#: How the keys of --heldout's images are prefixed in the audit (so that they never name a training image).
+HELDOUT_PREFIX = "heldout:"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -70,6 +72,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "those stages again with them, keeping the trained models and the other stages")
     p.add_argument("--model", default=None,
                    help="audit this run directory instead of training a target (training options then apply only to --shadows)")
+    p.add_argument("--heldout", default=None, metavar="DATA",
+                   help="with --model trained on all of --data: images it never saw, from another dataset (e.g. "
+                        "cifar10-test for a model trained on all of cifar10), loaded with --data's --image-size, "
+                        "--center-crop and --mode (not --subset); their ids get the prefix `heldout:` and they are the "
+                        "non-members (the verify baseline, the membership attack's OUT examples)")
     p.add_argument("--train-size", type=int, default=32,
                    help="without shadows: the target trains on this many seeded random examples; all others are non-members")
     add_train_options(p, steps=3000)
@@ -212,6 +219,7 @@ def audit_settings(args: argparse.Namespace) -> dict[str, Any]:
     the paths of inputs canonical. A ``--model`` audit without shadows trains nothing: the training
     options are not among them."""
     unused = training_options() if args.model and not args.shadows else set()
+    unused |= {"heldout"} if args.heldout is None else set()  # an audit without it records what it did before
     settings = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_SETTINGS | _NOT_COMPARED | unused}
     return canonical_settings(settings, PATH_SETTINGS)
 
@@ -304,7 +312,11 @@ def adopt_target_recipe(args: argparse.Namespace, given: set[str]) -> None:
 
 # --------------------------------------------------------------------------- stages
 
-def _data_flags(args: argparse.Namespace) -> list[str]:
+def _data_flags(args: argparse.Namespace, out: Path) -> list[str]:
+    """How the stages are given the audit's data: --data and its options, or with --heldout the view of
+    both (:data:`DATA_VIEW`, which carries their options)."""
+    if args.heldout is not None:
+        return ["--data", str(out / DATA_VIEW)]
     flags = ["--data", args.data]
     for name, value in data_options(args).items():
         flag = "--" + name.replace("_", "-")
@@ -455,6 +467,48 @@ def _n_generated(args: argparse.Namespace, sample: dict[str, Any] | None, verify
     return args.n_samples
 
 
+#: With --heldout: the view of --data followed by the held-out images that the stages read as --data.
+DATA_VIEW = "data.view.json"
+
+
+def _load_data(args: argparse.Namespace):
+    """The audit's data and the datasets it is made of: ``(dataset, [(ViewPart, its keys in dataset), ...])``.
+
+    --data as loaded; with --heldout, followed by those images (with --data's per-image options, not its
+    --subset), their keys prefixed with :data:`HELDOUT_PREFIX`."""
+    import dataclasses
+
+    from diffaudit.data import load_dataset
+    from diffaudit.data.dataset import concat_datasets
+    from diffaudit.data.view import ViewPart
+
+    data = load_dataset(args.data, **data_options(args))
+    opts = {k: v for k, v in data_options(args).items() if v not in (None, False)}
+    parts = [(ViewPart(args.data, opts), list(data.keys))]
+    if args.heldout is None:
+        return data, parts
+    held_opts = {k: v for k, v in opts.items() if k not in ("subset", "subset_seed")}
+    held = load_dataset(args.heldout, **held_opts)
+    held = dataclasses.replace(held, keys=[HELDOUT_PREFIX + k for k in held.keys])
+    both = concat_datasets([data, held], f"--data {args.data} and --heldout {args.heldout}")
+    return both, parts + [(ViewPart(args.heldout, held_opts, prefix=HELDOUT_PREFIX), list(held.keys))]
+
+
+def _save_view(path: Path, parts, keys: list[str]) -> None:
+    """A view of the audit's data restricted to ``keys`` (in that order within each of its datasets)."""
+    import dataclasses
+
+    from diffaudit.data.view import save_parts_view
+
+    wanted = set(keys)
+    chosen = []
+    for part, part_keys in parts:
+        own = set(part_keys) & wanted
+        if own:
+            chosen.append(dataclasses.replace(part, keys=[k for k in keys if k in own]))
+    save_parts_view(path, chosen)
+
+
 def _target_members(args, models: Path, dataset) -> tuple[Path, list[str]]:
     """The target run and the keys of its training set (checked: every key, with the pixels it trained on, is in --data)."""
     from diffaudit.models.run_record import check_trained_on
@@ -495,8 +549,7 @@ def run(args: argparse.Namespace) -> int:
     from diffaudit.core.outdir import prepare_out_dir
     from diffaudit.core.progress import stage_line
     from diffaudit.core.results import write_result
-    from diffaudit.data import load_dataset, make_membership, save_membership, target_split
-    from diffaudit.data.view import save_view
+    from diffaudit.data import make_membership, save_membership, target_split
     from diffaudit.models.run_files import read_dropped_duplicates
     from diffaudit.report import render_report, write_summary
     from diffaudit.attacks.extraction.grid import resolve_grid
@@ -516,9 +569,13 @@ def run(args: argparse.Namespace) -> int:
                              "(K even, the paper uses 16)")
     check_stage_values(args)
     check_model_options(args)
-    data = load_dataset(args.data, **data_options(args))  # before --out records anything: a typo costs nothing
+    if args.heldout is not None and not args.model:
+        raise DiffauditError("--heldout is for --model, a run trained on all of --data: without --model the audit trains "
+                             "its target on --train-size images of --data, and the others are its non-members already")
+    data, parts = _load_data(args)  # before --out records anything: a typo costs nothing
     if args.class_conditional and data.labels is None:
-        raise DiffauditError(f"--class-conditional needs labels, and {args.data} has none")
+        raise DiffauditError(f"--class-conditional needs labels, and {args.data} has none" + (
+            f" (or --heldout {args.heldout} has none, or other class names: both need the same)" if args.heldout else ""))
     if not args.model and not args.shadows and not 1 <= args.train_size < len(data):
         raise DiffauditError(f"--train-size must lie in [1, {len(data) - 1}] for the {len(data):,} images of --data "
                              f"{args.data} (some must stay unseen: the baseline and the non-members); got {args.train_size}")
@@ -535,9 +592,9 @@ def run(args: argparse.Namespace) -> int:
             raise DiffauditError(
                 f"--model {args.model} trained on all {len(data)} images of --data {args.data} (or on near-duplicates of "
                 "them), so no image is left that "
-                "it never saw (the false-positive baseline and the membership attack's non-members): audit it on "
-                "--data that also holds held-out images, e.g. train it on `--data cifar10 --subset 25000` and audit "
-                "it with `--data cifar10`")
+                "it never saw (the false-positive baseline and the membership attack's non-members): give images it "
+                "never saw with --heldout (e.g. `--heldout cifar10-test` for a model trained on all of cifar10), or "
+                "audit it on --data that also holds held-out images")
     settings = audit_settings(args)
     upgrade = upgrading_paths(PATH_SETTINGS, then=upgrade_settings)
     if not args.fresh:  # held before --redo deletes a stage (prepare_out_dir holds it again: a no-op)
@@ -548,6 +605,10 @@ def run(args: argparse.Namespace) -> int:
                      stale_files=("summary.json", "report.html")):
         return 0  # nothing rewritten: a finished audit may lie on read-only storage
     write_bytes_atomic(out / "config.toml", config_toml(settings).encode("utf-8"))
+    if args.heldout is not None:
+        from diffaudit.data.view import save_parts_view
+
+        save_parts_view(out / DATA_VIEW, [part for part, _ in parts])
     t0 = time.perf_counter()
     # with --json the stages print nothing on stdout either: it holds the audit's JSON alone
     common = ["--quiet"] if getattr(args, "quiet", False) or getattr(args, "json", False) else []
@@ -570,7 +631,7 @@ def run(args: argparse.Namespace) -> int:
         (models / "model-00").symlink_to(Path(args.model).resolve(), target_is_directory=True)
     if args.model is None or args.shadows:  # the target (model 0) unless --model, and any shadows: one `shadows` call
         n_train = args.shadows if args.shadows else 1
-        stages.run("train", ["shadows", *_data_flags(args), "--membership", str(models / "membership.npz"),
+        stages.run("train", ["shadows", *_data_flags(args, out), "--membership", str(models / "membership.npz"),
                              "--out", str(models), "--models", str(n_train), *_train_flags(args), *dev, *seed],
                    folder=f"models/model-{n_train - 1:02d}")
     target, member_keys = _target_members(args, models, data)
@@ -583,10 +644,9 @@ def run(args: argparse.Namespace) -> int:
                              "were left out of the non-members, so their baseline and non-members still hold them; "
                              "re-run with --fresh")
     nonmember_keys = [k for k in data.keys if k not in members and k not in excluded]
-    opts = {k: v for k, v in data_options(args).items() if v not in (None, False)}
-    save_view(out / "members.view.json", args.data, opts, member_keys)
+    _save_view(out / "members.view.json", parts, member_keys)
     if nonmember_keys:
-        save_view(out / "nonmembers.view.json", args.data, opts, nonmember_keys)
+        _save_view(out / "nonmembers.view.json", parts, nonmember_keys)
 
     sample = stages.run("sample", ["sample", "--model", str(target), "--out", str(out / "samples"), *_sample_count(args, data),
                                    "--steps", str(args.sample_steps), *dev, *seed], folder="samples")
@@ -601,14 +661,14 @@ def run(args: argparse.Namespace) -> int:
     target_flags = ["--target", str(target)] if args.model and args.shadows else ["--target-index", "0"]
     draws = ["--draws", str(args.draws)] if args.draws else []
     sweep = ["--sweep", args.sweep] if args.sweep else []
-    mia = stages.run("mia", ["mia", *_data_flags(args), "--shadows", str(models), "--models", mia_models, *target_flags,
+    mia = stages.run("mia", ["mia", *_data_flags(args, out), "--shadows", str(models), "--models", mia_models, *target_flags,
                              "--attack", args.mia, "--timesteps", args.timesteps, *sweep, *draws,
                              "--out", str(out / "mia"), *dev, *seed])
     if mia is not None:
         stages.run_outliers(data, args.seed)
     if args.inpaint:
         stages.run("inpaint", ["inpaint", "--model", str(target), "--shadows", str(models), "--membership",
-                               str(models / "membership.npz"), *_data_flags(args), "--targets", args.inpaint_targets,
+                               str(models / "membership.npz"), *_data_flags(args, out), "--targets", args.inpaint_targets,
                                "--n-inpaint", str(args.n_inpaint), "--top-k", str(min(10, args.n_inpaint)),
                                "--out", str(out / "inpaint"), *dev, *seed])
 

@@ -16,7 +16,7 @@ import torch
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.progress import stage_line
 from diffaudit.core.results import note_skipped
-from diffaudit.data.sharded import ShardedImages, is_image_array
+from diffaudit.data.sharded import ShardedImages, concat_images, is_image_array
 
 
 @dataclass
@@ -90,6 +90,43 @@ class ImageDataset:
     def index_of(self) -> dict[str, int]:
         """Map key -> index."""
         return {k: i for i, k in enumerate(self.keys)}
+
+
+def concat_datasets(parts: list[ImageDataset], source: str) -> ImageDataset:
+    """The examples of ``parts``, one dataset after another, as one dataset named ``source``.
+
+    Keys must stay unique (a part's keys can be prefixed before, as a dataset view's parts are).
+    Labels are kept when every part has them under the same class names (else None: an unconditional
+    model never reads them; a class-conditional one is then refused for want of labels), captions
+    when every part has them.
+
+    Raises:
+        DiffauditError: the parts differ in image size or channels (naming --image-size and --mode),
+            or a key is in two parts (naming it).
+    """
+    shapes = {p.image_shape for p in parts}
+    if len(shapes) > 1:
+        named = ", ".join(f"{p.source}: {'x'.join(map(str, p.image_shape))}" for p in parts)
+        raise DiffauditError(f"{source}: its datasets differ in image shape (H x W x C: {named}); give --image-size "
+                             "(and --center-crop) for one size, --mode RGB or L for one number of channels")
+    seen: dict[str, str] = {}
+    for p in parts:
+        for k in p.keys:
+            if k in seen:
+                raise DiffauditError(f"{source}: the key {k!r} is in both {seen[k]} and {p.source}: keys must name one "
+                                     "example (give one of them a prefix)")
+            seen[k] = p.source
+    names = {None if p.class_names is None else tuple(p.class_names) for p in parts}
+    labelled = all(p.labels is not None for p in parts) and len(names) == 1
+    return ImageDataset(
+        images=concat_images([p.images for p in parts], name=source),
+        keys=[k for p in parts for k in p.keys],
+        labels=np.concatenate([p.labels for p in parts]) if labelled else None,
+        captions=[c for p in parts for c in p.captions] if all(p.captions is not None for p in parts) else None,
+        source=source,
+        skipped=[x for p in parts for x in p.skipped],
+        class_names=parts[0].class_names if labelled and parts[0].class_names is not None else None,
+    )
 
 
 def to_model_space(images: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ images is converted to RGB, and a dataset of grayscale images stays C = 1.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Callable, Iterator
@@ -32,7 +33,7 @@ import numpy as np
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.progress import progress_bar
 from diffaudit.data.builtin import BUILTIN_NAMES, list_cifar10, list_digits
-from diffaudit.data.dataset import ImageDataset, say_skipped
+from diffaudit.data.dataset import ImageDataset, concat_datasets, say_skipped
 from diffaudit.data.entries import Entry, Listing, gc_paused
 from diffaudit.data.folder import list_folder
 from diffaudit.data.images import BadImageError
@@ -216,24 +217,34 @@ def assemble(listing: Listing, kept: list[Entry], images, skipped: list[tuple[st
 
 
 def load_view(path, load: Callable[..., ImageDataset], *, subset, subset_seed, cifar_root, **given) -> ImageDataset:
-    """Load a view file: its dataset, loaded by ``load(spec, **options)`` with the view's own options,
-    restricted to its keys (in order). Per-image options given here (``image_size``, ``center_crop``,
-    ``mode``) replace the view's, since they change pixels, not which examples the keys name; any other
-    option that differs from the view's is an error."""
-    spec, options, keys = read_view(path)
+    """Load a view file: each of its datasets loaded by ``load(spec, **options)`` with the view's own
+    options, its keys prefixed and restricted to the part's keys (in order), one after another
+    (:func:`~diffaudit.data.dataset.concat_datasets`). Per-image options given here (``image_size``,
+    ``center_crop``, ``mode``) replace the view's, since they change pixels, not which examples the
+    keys name; any other option that differs from the view's is an error. ``subset`` then draws from
+    the whole view."""
+    parts = read_view(path)
     per_image = {k: v for k, v in given.items() if k in PER_IMAGE_OPTIONS and v is not None}
-    overridden = [k for k, v in given.items() if k not in per_image and v not in (None, False) and options.get(k) != v]
-    if overridden:
-        raise DiffauditError(f"{path}: a dataset view carries its own loader options; do not pass {', '.join(overridden)}")
-    options = dict(options, **per_image)
-    if cifar_root is not None:
-        options = dict(options, cifar_root=cifar_root)
-    base = load(spec, **options)
-    index = base.index_of()
-    missing = [k for k in keys if k not in index]
-    if missing:
-        raise DiffauditError(f"{path}: {len(missing)} keys are not in {spec} (first: {missing[0]!r})")
-    ds = base.subset([index[k] for k in keys])
+    loaded = []
+    for part in parts:
+        overridden = [k for k, v in given.items()
+                      if k not in per_image and v not in (None, False) and part.options.get(k) != v]
+        if overridden:
+            raise DiffauditError(f"{path}: a dataset view carries its own loader options; do not pass {', '.join(overridden)}")
+        options = dict(part.options, **per_image)
+        if cifar_root is not None:
+            options = dict(options, cifar_root=cifar_root)
+        base = load(part.spec, **options)
+        if part.prefix:
+            base = dataclasses.replace(base, keys=[part.prefix + k for k in base.keys])
+        if part.keys is not None:
+            index = base.index_of()
+            missing = [k for k in part.keys if k not in index]
+            if missing:
+                raise DiffauditError(f"{path}: {len(missing)} keys are not in {part.spec} (first: {missing[0]!r})")
+            base = base.subset([index[k] for k in part.keys])
+        loaded.append(base)
+    ds = loaded[0] if len(loaded) == 1 else concat_datasets(loaded, str(path))
     ds.source = str(path)
     if subset is not None:
         ds = ds.subset(choose_subset(len(ds), subset, subset_seed, str(path)))

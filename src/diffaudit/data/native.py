@@ -49,7 +49,8 @@ class NativeImages:
             DiffauditError: a dataset view, a bad ``mode``, a spec that names nothing, an empty source.
         """
         if is_view(spec):
-            base, _, _ = read_view(spec)
+            parts = read_view(spec)
+            base = parts[0].spec if len(parts) == 1 else " and ".join(p.spec for p in parts)
             raise DiffauditError(
                 f"{spec}: a dataset view cannot be read image by image at each image's own size; pass its dataset "
                 f"({base}) as --data instead (map its keys, which stay the same, rather than positions)")

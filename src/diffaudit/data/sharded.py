@@ -200,6 +200,17 @@ class ShardedImages:
         return f"ShardedImages({self.name!r}, shape={self.shape}, parts={len(self._parts)})"
 
 
+def concat_images(arrays: Sequence["np.ndarray | ShardedImages"], *, name: str = "images") -> "np.ndarray | ShardedImages":
+    """The rows of ``arrays`` (each uint8 (n_i, H, W, C), one image shape), one after another: a numpy
+    array when every one is, else a :class:`ShardedImages` over their parts (nothing read)."""
+    if all(isinstance(a, np.ndarray) for a in arrays):
+        return np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+    parts: list[Part] = []
+    for a in arrays:
+        parts.extend(a._parts if isinstance(a, ShardedImages) else [a])
+    return ShardedImages(parts, name=name)
+
+
 def is_image_array(x: Any) -> bool:
     """True for a numpy uint8/float array or a :class:`ShardedImages` (what ImageDataset holds)."""
     return isinstance(x, (np.ndarray, ShardedImages))

@@ -1,0 +1,71 @@
+"""`audit --model RUN --heldout DATA`: a model trained on all of --data, audited with images it never saw
+from another dataset (CIFAR-10's test split for a model trained on all of its training split)."""
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from diffaudit.cli.audit import add_arguments, audit_settings
+from diffaudit.cli.main import main
+from diffaudit.data import load_dataset
+
+AUDIT = ["audit", "--n-samples", "16", "--sample-steps", "3", "--sweep", "", "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A run trained on every image of train.npz; held.npz: other digits, named alike (npz:0 ... npz:23)."""
+    here = tmp_path_factory.mktemp("heldout")
+    digits = load_dataset("digits", subset=48)
+    np.savez(here / "train.npz", images=digits.images[:24], labels=digits.labels[:24])
+    np.savez(here / "held.npz", images=digits.images[24:], labels=digits.labels[24:])
+    assert main(["train", "--data", str(here / "train.npz"), "--steps", "30", "--batch-size", "8", "--device", "cpu",
+                 "--quiet", "--no-keep-state", "--out", str(here / "run")]) == 0
+    return here
+
+
+def test_heldout_images_are_the_nonmembers(trained, tmp_path, capsys):
+    here, out = trained, tmp_path / "audit"
+    data = ["--model", str(here / "run"), "--data", str(here / "train.npz")]
+    assert main(AUDIT + data + ["--out", str(out)]) == 2  # without --heldout: nothing it never saw, and what to do
+    assert "give images it never saw with --heldout (e.g. `--heldout cifar10-test`" in capsys.readouterr().err
+    assert main(AUDIT + data + ["--heldout", str(here / "held.npz"), "--out", str(out)]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert (result["n_train"], result["n_nonmembers"]) == (24, 24)
+    members = json.loads((out / "members.view.json").read_text())  # one dataset: the single-dataset form, as before
+    assert members["spec"] == str(here / "train.npz") and sorted(members["keys"]) == sorted(f"npz:{i}" for i in range(24))
+    nonmembers = json.loads((out / "nonmembers.view.json").read_text())["parts"]
+    assert [(p["spec"], p["prefix"]) for p in nonmembers] == [(str(here / "held.npz"), "heldout:")]
+    assert sorted(nonmembers[0]["keys"]) == sorted(f"heldout:npz:{i}" for i in range(24))
+    mia = json.loads((out / "mia" / "result.json").read_text())
+    assert (mia["n_members"], mia["n_nonmembers"]) == (24, 24)
+    scores = np.load(out / "mia" / "scores.npz")
+    ids, member = scores["id"].tolist(), scores["member"]
+    assert sorted(i for i, m in zip(ids, member) if not m) == sorted(f"heldout:npz:{i}" for i in range(24))
+    verify = json.loads((out / "verify" / "result.json").read_text())
+    assert verify["baseline_unique_extracted"] is not None  # against the held-out images
+    # the stages read the view of both datasets: the held-out pixels are the other digits, not the training ones
+    both = load_dataset(str(out / "data.view.json"))
+    assert np.array_equal(both.images[24:], load_dataset(str(here / "held.npz")).images)
+    html = (out / "report.html").read_text()
+    assert html.count('data-kind="train-missing"') == 0
+    settings = json.loads((out / "settings.json").read_text())["settings"]
+    assert settings["heldout"] == str(here / "held.npz")
+    # resumed with the same options it is finished; an audit without --heldout records no such setting (as before)
+    assert main(AUDIT + data + ["--heldout", str(here / "held.npz"), "--out", str(out)]) == 0
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert "heldout" not in audit_settings(parser.parse_args([]))
+
+
+def test_heldout_refusals(trained, tmp_path, capsys):
+    here = trained
+    assert main(AUDIT + ["--data", str(here / "train.npz"), "--heldout", str(here / "held.npz"),
+                         "--out", str(tmp_path / "a")]) == 2
+    assert "--heldout is for --model" in capsys.readouterr().err
+    np.savez(tmp_path / "big.npz", images=np.zeros((4, 16, 16, 1), np.uint8))
+    assert main(AUDIT + ["--model", str(here / "run"), "--data", str(here / "train.npz"), "--heldout",
+                         str(tmp_path / "big.npz"), "--out", str(tmp_path / "b")]) == 2
+    assert "differ in image shape" in capsys.readouterr().err and not (tmp_path / "b").exists()
