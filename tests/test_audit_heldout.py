@@ -69,3 +69,32 @@ def test_heldout_refusals(trained, tmp_path, capsys):
     assert main(AUDIT + ["--model", str(here / "run"), "--data", str(here / "train.npz"), "--heldout",
                          str(tmp_path / "big.npz"), "--out", str(tmp_path / "b")]) == 2
     assert "differ in image shape" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+def test_a_diffusers_folder_trained_on_all_of_its_data(trained, tmp_path):
+    """README's flow for a model trained outside diffaudit: a diffusers folder (no run records) with the
+    train_ids.json its user wrote. Its model-00 in the audit is that folder, complete without a result.json."""
+    import shutil
+
+    here, model = trained, tmp_path / "ddpm"
+    for part in ("unet", "scheduler"):
+        shutil.copytree(here / "run" / part, model / part)
+    keys = load_dataset(str(here / "train.npz")).keys
+    (model / "train_ids.json").write_text(json.dumps({"keys": keys}))
+    out = tmp_path / "audit"
+    assert main(AUDIT + ["--model", str(model), "--data", str(here / "train.npz"), "--heldout", str(here / "held.npz"),
+                         "--out", str(out)]) == 0
+    mia = json.loads((out / "mia" / "result.json").read_text())
+    assert (mia["n_members"], mia["n_nonmembers"]) == (24, 24)
+    assert (out / "models" / "model-00").resolve() == model.resolve() and not (model / "result.json").exists()
+    # a diffaudit run is still unfinished without its result.json, even once its UNet is written
+    from diffaudit.attacks.membership.run import shadow_run_dirs
+
+    (tmp_path / "shadows").mkdir()
+    shutil.copytree(here / "run", tmp_path / "shadows" / "model-00")
+    (tmp_path / "shadows" / "model-00" / "result.json").unlink()
+    with pytest.raises(Exception, match=r"shadow model 0 .* is unfinished"):
+        shadow_run_dirs(tmp_path / "shadows", 1)
+    shutil.rmtree(tmp_path / "shadows" / "model-00")
+    shutil.copytree(model, tmp_path / "shadows" / "model-00")
+    assert shadow_run_dirs(tmp_path / "shadows", 1) == [tmp_path / "shadows" / "model-00"]

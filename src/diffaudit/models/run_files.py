@@ -26,6 +26,15 @@ def checkpoint_dirs(run: Path) -> list[Path]:
     return sorted(p for p in d.glob("step-*") if (p / "state.json").exists()) if d.exists() else []
 
 
+def is_model_from_elsewhere(path: str | Path) -> bool:
+    """Whether ``path`` is a model folder diffaudit did not train (a diffusers UNet or pipeline folder, e.g.
+    one an audit links as its ``model-00``): a UNet config and no ``train`` run record. Such a folder is
+    complete as it is; a diffaudit run is finished only once its ``result.json`` is written."""
+    root = Path(path)
+    has_unet = (root / "unet" / "config.json").is_file() or (root / "config.json").is_file()
+    return has_unet and not (root / "settings.json").is_file()
+
+
 def read_dropped_duplicates(run_dir: str | Path) -> list[str] | None:
     """The keys a deduplicated run left out as near-duplicates of the examples it kept ([] for a run
     trained without ``--dedup``; None when it was deduplicated but the record is unreadable).

@@ -44,7 +44,7 @@ from diffaudit.core.progress import stage_line
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.models.alike import check_models_alike
 from diffaudit.models.digest import model_digest
-from diffaudit.models.run_files import read_dropped_duplicates
+from diffaudit.models.run_files import is_model_from_elsewhere, read_dropped_duplicates
 from diffaudit.models.run_record import check_trained_on, has_train_ids, train_ids_howto
 
 TARGET_MODES = ("leave-one-out", "shadow", "model")
@@ -167,12 +167,14 @@ def shadows_folder(path: str | Path) -> Path:
 
 
 def shadow_run_dirs(shadows_dir: str | Path, n_models: int) -> list[Path]:
-    """``shadows_dir/model-00 .. model-{M-1}``; raises naming the first that is missing or unfinished."""
+    """``shadows_dir/model-00 .. model-{M-1}``; raises naming the first that is missing or unfinished (a
+    diffaudit run without its ``result.json``; a model diffaudit did not train, such as the diffusers folder
+    ``audit --model`` links as model-00, is complete as it is)."""
     root = shadows_folder(shadows_dir)
     out = []
     for k in range(n_models):
         run = root / f"model-{k:02d}"
-        if not (run / "result.json").exists():
+        if not (run / "result.json").exists() and not is_model_from_elsewhere(run):
             state = "unfinished" if run.exists() else "missing"
             there = sum(1 for d in root.glob("model-*") if (d / "result.json").exists())
             if k and not run.exists() and there == k:  # every model the folder holds, and the matrix asks for more
