@@ -3,15 +3,17 @@
 A view file (``NAME.view.json``) holds ``{"view": 1, "spec": ..., "options": {...}, "keys": [...]}``:
 the underlying dataset spec (a built-in name, or an absolute path; a relative one is looked for in
 the view's folder, then in the working directory) with its loader options and the keys to keep, in
-that order. A view of several datasets, one after another, holds ``{"view": 1, "parts": [{"spec",
-"options", "keys", "prefix"}, ...]}``: each part's keys prefixed with its ``prefix`` (so that two
-datasets that name examples alike, CIFAR-10's train and test splits, stay apart), then restricted
-to its ``keys`` (prefixed; null keeps all). ``audit --heldout`` writes one: the training set
-followed by the held-out images, so a model trained on all of its data has non-members. The audit writes one for the target's training set (members) and one for the images it never saw
-(non-members), so ``verify --data members.view.json --baseline nonmembers.view.json`` compares
-against exactly those images while every result keeps the original stable keys. Loading a view with
-``image_size``, ``center_crop`` or ``mode`` replaces the view's own (same examples, other pixels);
-other loader options must match the view's.
+that order. The audit writes one for the target's training set (members) and one for the images it
+never saw (non-members), so ``verify --data members.view.json --baseline nonmembers.view.json``
+compares against exactly those images while every result keeps the original stable keys. Loading a
+view with ``image_size``, ``center_crop`` or ``mode`` replaces the view's own (same examples, other
+pixels); other loader options must match the view's.
+
+A view of several datasets, one after another, holds ``{"view": 1, "parts": [{"spec", "options",
+"keys", "prefix"}, ...]}``: each part's keys prefixed with its ``prefix`` (so that two datasets that
+name examples alike, CIFAR-10's train and test splits, stay apart), then restricted to its ``keys``
+(prefixed; null keeps all). ``audit --heldout`` writes one, the training set followed by the
+held-out images, so that a model trained on all of its data has non-members.
 """
 
 from __future__ import annotations
