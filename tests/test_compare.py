@@ -236,6 +236,27 @@ def test_folders_without_comparable_results_are_an_error(tmp_path, capsys):
     assert "compare reads an audit folder" in captured.err and "mia (membership inference)" in captured.err
 
 
+
+def test_model_rows_say_how_each_audited_model_was_trained(tmp_path, capsys):
+    """Training steps and images sit beside what each audit measured (memorization against training length, a
+    deduplicated run's smaller set); alone they compare nothing, so two folders that share no measured
+    metric are still said to."""
+    import shutil
+
+    a, b = _audit(tmp_path / "short", 2, 0.5, 0.6), _audit(tmp_path / "long", 9, 0.5, 0.9)
+    for folder, steps in ((a, 150), (b, 600)):
+        write_result(folder / "train" / "result.json", "train", {}, {}, steps=steps, n_train=40)
+    assert main(["--json", "compare", str(a), str(b)]) == 0
+    rows = {r["key"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
+    assert (rows["model_steps"]["a"], rows["model_steps"]["b"], rows["model_steps"]["change"]) == (150, 600, 450)
+    assert rows["model_train_images"]["change"] == 0 and rows["model_steps"]["better"] == "none"
+    shutil.rmtree(a / "verify")
+    shutil.rmtree(b / "mia")
+    assert main(["compare", str(a), str(b)]) == 0
+    assert "share no measured metric (one holds mia lira: AUC" in capsys.readouterr().err
+
+
+
 def test_columns_are_named_after_the_folders(tmp_path, capsys):
     a, b = _audit(tmp_path / "audit-plain", 12, 0.5, 0.9), _audit(tmp_path / "audit-dedup", 3, 0.1, 0.6)
     assert main(["compare", str(a), str(b)]) == 0

@@ -55,7 +55,7 @@ def test_every_row_carries_its_registered_kind_and_direction():
                           "mean_loss": {"members": 0.03, "nonmembers": 0.05, "gap": 0.02}}},
          "inpainting": {"auc": 0.75, "n_targets": 8},
          "canaries": {"n_extracted": 1, "by_repeats": [{"repeats": 64, "mean_exposure": 5.0}]},
-         "dedup": {"n_groups": 4, "n_in_groups": 9}}
+         "dedup": {"n_groups": 4, "n_in_groups": 9}, "model": {"steps": 600, "n_train": 1997}}
     measured = measure(a, {"epsilon": 8.0})
     assert {m.spec.key for m in measured} == set(METRICS)  # this summary holds every registered metric
     rows = compare_summaries(a, a, dp_a={"epsilon": 8.0}, dp_b={"epsilon": 8.0})
@@ -67,7 +67,8 @@ def test_every_row_carries_its_registered_kind_and_direction():
     assert by_name["canaries x64: mean exposure"]["kind"] == "score" and by_name["dedup: groups"]["kind"] == "count"
     budgets = {r["metric"] for r in rows if r["better"] == "none"}  # how much was searched, not how much leaked
     assert budgets == {"extraction: generations", "extraction: baseline (never-seen set)", "extraction: baseline set size",
-                       "extraction: train-map checks", "inpainting: targets"}
+                       "extraction: train-map checks", "inpainting: targets", "model: training steps",
+                       "model: training images"}
     assert (by_name["inpainting: AUC"]["kind"], by_name["inpainting: AUC"]["a"]) == ("auc", 0.75)
     assert (by_name["mia lira: held-out loss"]["a"], by_name["mia lira: loss gap"]["a"]) == (0.05, 0.02)
     assert all(r["key"] == METRICS[r["key"]].key for r in rows)

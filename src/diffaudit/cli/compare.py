@@ -11,7 +11,7 @@ from diffaudit.core.outdir import prepare_out_dir
 from diffaudit.core.progress import printable
 from diffaudit.core.results import envelope, write_result
 from diffaudit.core.errors import DiffauditError
-from diffaudit.defenses.compare import compare_summaries, find_dp_record
+from diffaudit.defenses.compare import DESCRIBES_MODEL, compare_summaries, find_dp_record
 from diffaudit.report.compare_table import dataset_warnings, default_labels, format_rows
 from diffaudit.report.summary import build_summary
 
@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     labels = _labels(args)
     a, b = build_summary(args.audit_a), build_summary(args.audit_b)
     rows = compare_summaries(a, b, dp_a=find_dp_record(args.audit_a), dp_b=find_dp_record(args.audit_b))
-    if not rows:
+    measured = [r for r in rows if r["key"] not in DESCRIBES_MODEL]
+    if not measured:
         raise DiffauditError(f"nothing to compare: neither {args.audit_a} ({a.get('command')}) nor {args.audit_b} "
                              f"({b.get('command')}) holds extraction, membership-inference, inpainting, canary, DP or dedup results; "
                              f"compare reads {READS}")
@@ -82,10 +83,10 @@ def run(args: argparse.Namespace) -> int:
     warnings = dataset_warnings(a, b, labels)
     if Path(args.audit_a).resolve() == Path(args.audit_b).resolve():
         warnings.append(f"{args.audit_a} is given twice: every change is 0 by construction")
-    elif not any(r["a"] is not None and r["b"] is not None for r in rows):
+    elif not any(r["a"] is not None and r["b"] is not None for r in measured):
         warnings.append(f"{labels[0]} and {labels[1]} share no measured metric (one holds "
-                        f"{', '.join(r['metric'] for r in rows if r['a'] is not None) or 'none'}; the other "
-                        f"{', '.join(r['metric'] for r in rows if r['b'] is not None) or 'none'}): nothing is compared")
+                        f"{', '.join(r['metric'] for r in measured if r['a'] is not None) or 'none'}; the other "
+                        f"{', '.join(r['metric'] for r in measured if r['b'] is not None) or 'none'}): nothing is compared")
     fields = {"labels": labels, "rows": rows, "a": {"path": str(args.audit_a), "command": a.get("command")},
               "b": {"path": str(args.audit_b), "command": b.get("command")}, "warnings": warnings}
     result = write_result(out / "result.json", NAME, settings, {}, **fields) if out else envelope(NAME, settings, {}, **fields)

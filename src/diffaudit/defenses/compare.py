@@ -96,6 +96,10 @@ _SPECS = (
     MetricSpec("canaries_extracted", "canaries: extracted", "count", "lower", "canaries extracted by generations"),
     MetricSpec("canaries_exposure", "canaries x{repeats}: mean exposure", "score", "lower",
                "mean exposure, in bits, of the canaries inserted that many times"),
+    MetricSpec("model_steps", "model: training steps", "count", "none",
+               "optimisation steps the audited model trained for (memorization grows with them)"),
+    MetricSpec("model_train_images", "model: training images", "count", "none",
+               "distinct images the audited model trained on (a deduplicated run trains on fewer)"),
     MetricSpec("dp_epsilon", "model: DP epsilon", "score", "lower", "the model's DP-SGD epsilon (null: not private)"),
     MetricSpec("dedup_groups", "dedup: groups", "count", "lower", "near-duplicate groups in the training data"),
     MetricSpec("dedup_in_groups", "dedup: images in groups", "count", "lower",
@@ -103,6 +107,9 @@ _SPECS = (
 )
 #: The registry: every metric compare knows, by key.
 METRICS: dict[str, MetricSpec] = {spec.key: spec for spec in _SPECS}
+#: Rows that describe the audited model rather than measure what it leaks: shown beside the measured
+#: rows, never a comparison on their own.
+DESCRIBES_MODEL = frozenset({"model_steps", "model_train_images"})
 
 
 def metric_spec(key: str) -> MetricSpec:
@@ -230,6 +237,11 @@ def measure(summary: dict[str, Any], dp: dict[str, Any] | None = None) -> list[M
         for row in sorted(rows, key=lambda r: _num(r.get("repeats")) or 0):  # x1, x2, x4, ...: as inserted
             bound = "at_least" if (_count(row.get("n_at_ceiling")) or 0) > 0 else None  # a mean over canaries at the ceiling
             put("canaries_exposure", row.get("mean_exposure"), bound, repeats=row.get("repeats"))
+    model = summary.get("model") if isinstance(summary.get("model"), dict) else {}
+    if model.get("steps") is not None:  # a diffaudit run's (a model trained elsewhere records none)
+        put("model_steps", model.get("steps"))
+    if model.get("n_train") is not None:
+        put("model_train_images", model.get("n_train"))
     if dp is not None:  # null ε: no finite bound (no noise): ε is infinite, not private
         put("dp_epsilon", dp.get("epsilon"), "unbounded" if _num(dp.get("epsilon")) is None else None)
     dd = summary.get("dedup") or {}
