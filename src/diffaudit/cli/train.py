@@ -196,7 +196,7 @@ DP_UNUSED_FLAGS = {"--grad-clip": "per-example clipping to --dp-max-grad-norm re
 def _check_extend(args: argparse.Namespace, steps: int) -> None:
     """Refuse an --extend that cannot work before the data is read: RUN must be a finished run that kept
     its state, with fewer steps, and --out another folder (the settings are compared once the data is in,
-    by :func:`~diffaudit.models.run_extension.start_from`)."""
+    by :func:`~diffaudit.models.run_extension.check_extension`)."""
     from pathlib import Path
 
     from diffaudit.models.run_extension import finished_state

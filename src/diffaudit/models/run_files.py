@@ -28,8 +28,9 @@ def checkpoint_dirs(run: Path) -> list[Path]:
 
 def is_model_from_elsewhere(path: str | Path) -> bool:
     """Whether ``path`` is a model folder diffaudit did not train (a diffusers UNet or pipeline folder, e.g.
-    one an audit links as its ``model-00``): a UNet config and no ``train`` run record. Such a folder is
-    complete as it is; a diffaudit run is finished only once its ``result.json`` is written."""
+    one an audit links as its ``model-00``): a UNet config and no ``settings.json``, the record every
+    diffaudit run keeps. Such a folder is complete as it is; a diffaudit run is finished only once its
+    ``result.json`` is written."""
     root = Path(path)
     has_unet = (root / "unet" / "config.json").is_file() or (root / "config.json").is_file()
     return has_unet and not (root / "settings.json").is_file()
