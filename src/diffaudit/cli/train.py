@@ -12,7 +12,7 @@ import numpy as np
 from diffaudit.cli.common import (
     add_data_args, add_run_args, canonical_settings, data_options, emit, file_in_folder, given_options, upgrading_paths,
 )
-from diffaudit.core.errors import DiffauditError, SettingsMismatchError
+from diffaudit.core.errors import DiffauditError
 from diffaudit.data.options import data_flags
 from diffaudit.models.unets import PRESETS
 
@@ -207,22 +207,6 @@ def _check_extend(args: argparse.Namespace, steps: int) -> None:
     finished_state(args.extend, steps)
 
 
-def _with_extend_hint(error: SettingsMismatchError, args: argparse.Namespace) -> DiffauditError:
-    """``error`` (a refusal to resume --out), saying how to train on when --out is a finished run that
-    kept its state and only --steps (or --checkpoint-every) grew."""
-    from pathlib import Path
-
-    from diffaudit.models.run_files import STATE_DIR
-
-    free = ("--steps ", "--checkpoint-every ")
-    if (args.extend or not error.differences or not any(d.startswith("--steps ") for d in error.differences)
-            or not all(d.startswith(free) for d in error.differences)
-            or not (Path(args.out) / STATE_DIR / "state.json").is_file()):
-        return error
-    return DiffauditError(f"{error} To train the finished run on, keep it and write the longer one beside it: the "
-                          f"same command with --extend {args.out} and a new --out")
-
-
 def run(args: argparse.Namespace) -> int:
     from diffaudit.core.device import resolve_device
     from diffaudit.core.io import read_json
@@ -281,12 +265,9 @@ def run(args: argparse.Namespace) -> int:
         run_dir = train_dp(ds, config, dp, args.out, device=resolve_device(args.device), train_indices=indices,
                            data_record=record, fresh=args.fresh, upgrade=upgrading_run_paths())
     else:
-        try:
-            run_dir = train(ds, config, args.out, device=resolve_device(args.device), train_indices=indices,
-                            repeats=repeats, data_record=record, fresh=args.fresh, upgrade=upgrading_run_paths(),
-                            keep_state=args.keep_state, extend=args.extend)
-        except SettingsMismatchError as e:
-            raise _with_extend_hint(e, args) from None
+        run_dir = train(ds, config, args.out, device=resolve_device(args.device), train_indices=indices,
+                        repeats=repeats, data_record=record, fresh=args.fresh, upgrade=upgrading_run_paths(),
+                        keep_state=args.keep_state, extend=args.extend)
     if args.dedup:  # what the run did not see but holds copies of: `audit` leaves these out of its non-members
         from diffaudit.core.io import write_json_atomic
         from diffaudit.models.run_files import DROPPED_DUPLICATES

@@ -37,6 +37,29 @@ def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
     return {**settings, "train": train}
 
 
+def _differences(old: dict[str, Any], new: dict[str, Any],
+                 upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None) -> list[str]:
+    """The settings other than :data:`FREE_SETTINGS` that differ between a run's recorded ``old`` (read
+    through ``upgrade`` when it differs as recorded) and ``new``, named by flag."""
+    diffs = named_differences(_comparable(old), _comparable(new))
+    if diffs and upgrade is not None:
+        diffs = named_differences(_comparable(upgrade(dict(old))), _comparable(new))
+    return diffs
+
+
+def extend_hint(run: Path, settings: dict[str, Any],
+                upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> str:
+    """What to say when ``run``, a finished run that kept its state, is asked to train with ``settings``
+    that differ from its own only in :data:`FREE_SETTINGS` (more steps): how to train it on; else ""."""
+    old = recorded_settings(run, "train")
+    if old is None or not (run / "result.json").is_file() or not (run / STATE_DIR / "state.json").is_file():
+        return ""
+    if _differences(old, settings, upgrade) or int(settings["train"]["steps"]) <= int(old["train"]["steps"]):
+        return ""
+    return (" To train the finished run on, keep it and write the longer one beside it: the same command with "
+            f"--extend {run} and a new --out")
+
+
 def finished_state(source: str | Path, wanted: int) -> tuple[Path, dict[str, Any], int]:
     """``(state folder, settings, steps)`` of the finished run ``source``, checked to be extendable to
     ``wanted`` steps.
@@ -78,9 +101,7 @@ def check_extension(source: str | Path, settings: dict[str, Any], *,
     takes it). Checked before the new run's folder is made, so that a refusal leaves nothing behind.
     """
     state, old, steps = finished_state(source, int(settings["train"]["steps"]))
-    diffs = named_differences(_comparable(old), _comparable(settings))
-    if diffs and upgrade is not None:
-        diffs = named_differences(_comparable(upgrade(dict(old))), _comparable(settings))
+    diffs = _differences(old, settings, upgrade)
     if diffs:
         raise DiffauditError(f"--extend {source} was trained with other settings: {'; '.join(diffs[:5])}. Give the "
                              "command that trained it, with a larger --steps and a new --out")

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from diffaudit.core.errors import DiffauditError, NonFiniteError
+from diffaudit.core.errors import DiffauditError, NonFiniteError, SettingsMismatchError
 from diffaudit.core.faults import check_storage, fault_point
 from diffaudit.core.io import atomic_write, make_private_dir, read_json, storage_error, write_bytes_atomic, write_json_atomic
 from diffaudit.core.outdir import prepare_out_dir
@@ -54,7 +54,7 @@ from diffaudit.core.seeds import derive_seed, numpy_rng, torch_generator
 from diffaudit.data.dataset import ImageDataset, to_model_space
 from diffaudit.data.digest import dataset_digest
 from diffaudit.models.scheduler import alphas_cumprod_of, make_scheduler
-from diffaudit.models.run_extension import check_extension, extended_from, start_from
+from diffaudit.models.run_extension import check_extension, extend_hint, extended_from, start_from
 from diffaudit.models.run_files import STATE_DIR, checkpoint_dirs
 from diffaudit.models.run_record import training_digests
 from diffaudit.models.unets import build_unet, count_parameters, unet_config
@@ -462,7 +462,13 @@ def train(
     idx, stream, ucfg, num_classes = plan.indices, plan.stream, plan.unet_config, plan.num_classes
     H, W, C = dataset.image_shape
     origin = None if extend is None else check_extension(extend, plan.settings, upgrade=upgrade)
-    run = plan.open(out_dir, fresh=fresh, upgrade=upgrade)
+    try:
+        run = plan.open(out_dir, fresh=fresh, upgrade=upgrade)
+    except SettingsMismatchError as e:  # a finished run asked for more steps: say how to train it on
+        hint = extend_hint(Path(out_dir), plan.settings, upgrade)
+        if not hint:
+            raise
+        raise SettingsMismatchError(f"{e}{hint}", e.differences) from None
     if is_finished(run):
         stage_line(f"train: {run} is already finished ({config.steps} steps); nothing to do")
         drop_checkpoints(run)  # a run killed between its result and this cleanup
