@@ -416,4 +416,7 @@ def test_redo_plans_the_changed_stages_and_those_that_read_them(tmp_path, capsys
     assert "audit: --redo: --timesteps (was '100', now '50'); running the mia, outliers stages again" in capsys.readouterr().err
     assert json.loads((out / "mia" / "result.json").read_text())["timesteps"] == [50]
     assert main(small + ["--steps", "31", "--redo", "--quiet", "--out", str(out)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--steps (was 30, now 31)" in err and "--redo runs later stages again" in err and "use another --out" in err
+    assert main(small + ["--steps", "31", "--quiet", "--out", str(out)]) == 2  # without --redo: the usual refusal
     assert "--fresh to start over" in capsys.readouterr().err

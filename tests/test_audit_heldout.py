@@ -98,3 +98,29 @@ def test_a_diffusers_folder_trained_on_all_of_its_data(trained, tmp_path):
     shutil.rmtree(tmp_path / "shadows" / "model-00")
     shutil.copytree(model, tmp_path / "shadows" / "model-00")
     assert shadow_run_dirs(tmp_path / "shadows", 1) == [tmp_path / "shadows" / "model-00"]
+
+
+def test_heldout_subset_takes_a_seeded_part_of_the_heldout_images(trained, tmp_path, capsys):
+    here, out = trained, tmp_path / "audit"
+    data = ["--model", str(here / "run"), "--data", str(here / "train.npz"), "--heldout", str(here / "held.npz")]
+    assert main(AUDIT + data + ["--heldout-subset", "10", "--subset-seed", "3", "--out", str(out)]) == 0
+    chosen = sorted("heldout:" + k for k in load_dataset(str(here / "held.npz"), subset=10, subset_seed=3).keys)
+    nonmembers = json.loads((out / "nonmembers.view.json").read_text())["parts"]
+    assert len(chosen) == 10 and sorted(nonmembers[0]["keys"]) == chosen
+    mia = json.loads((out / "mia" / "result.json").read_text())
+    assert (mia["n_members"], mia["n_nonmembers"]) == (24, 10)
+    assert json.loads((out / "settings.json").read_text())["settings"]["heldout_subset"] == 10
+    # another subset is another audit: refused on resume, naming the option
+    assert main(AUDIT + data + ["--heldout-subset", "12", "--subset-seed", "3", "--out", str(out)]) == 2
+    assert "heldout" in capsys.readouterr().err
+    # without --heldout there is nothing to choose from; and a subset larger than the held-out data is refused
+    assert main(AUDIT + data[:4] + ["--heldout-subset", "10", "--out", str(tmp_path / "a")]) == 2
+    assert "--heldout-subset chooses among the images of --heldout" in capsys.readouterr().err
+    assert main(AUDIT + data + ["--heldout-subset", "99", "--out", str(tmp_path / "b")]) == 2
+    assert "--heldout-subset 99 asks for more images than --heldout" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+    assert main(AUDIT + data + ["--heldout-subset", "0", "--out", str(tmp_path / "b")]) == 2
+    assert "--heldout-subset must be a positive number" in capsys.readouterr().err
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert "heldout_subset" not in audit_settings(parser.parse_args([]))

@@ -374,7 +374,12 @@ def test_a_folder_given_twice_or_folders_with_nothing_in_common_are_warned_about
     write_result(tmp_path / "can" / "result.json", "canaries", {}, {}, n_canaries=2, n_extracted=0, canaries=cans)
     assert main(["compare", str(a), str(tmp_path / "can")]) == 0
     err = capsys.readouterr().err
-    assert "share no measured metric" in err and "nothing is compared" in err
+    assert "share no measured metric" in err and err.rstrip().endswith("no measurement is compared")
+    # a training run beside an audit: only how the models were trained is side by side, and the warning says so
+    write_result(tmp_path / "run" / "result.json", "train", {"train": {"steps": 100}}, {}, steps=100, n_train=64)
+    assert main(["compare", str(a), str(tmp_path / "run")]) == 0
+    out, err = capsys.readouterr()
+    assert "model: training steps" in out and "no measurement is compared, only how the models were trained" in err
     b = _audit(tmp_path / "dedup", 3, 0.1, 0.6)
     assert main(["compare", str(a), str(b)]) == 0
     assert "warning" not in capsys.readouterr().err

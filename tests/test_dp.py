@@ -108,6 +108,25 @@ def test_repeated_training_indices_are_refused(tmp_path, data):
         train_dp(data, _cfg(), DPConfig(noise_multiplier=1.0), tmp_path / "dp", train_indices=[0, 1, 2, 3, 3, 4, 5, 6, 7, 8])
 
 
+def test_each_copy_of_a_repeated_example_is_an_example_of_its_own(tmp_path, data):
+    """repeats={i: k} under DP-SGD trains exactly as if the k - 1 extra copies were distinct examples of the
+    dataset, placed after the original: sampled, clipped and accounted each on its own (N counts them)."""
+    repeats = {2: 3, 5: 2}
+    rows = np.repeat(np.arange(16), [repeats.get(i, 1) for i in range(16)])
+    copies = ImageDataset(data.images[rows], [f"row{j}" for j in range(len(rows))], source="test")
+    dp = DPConfig(noise_multiplier=1.0)
+    a = train_dp(data, _cfg(), dp, tmp_path / "repeats", train_indices=list(range(16)), repeats=repeats)
+    b = train_dp(copies, _cfg(), dp, tmp_path / "copies")
+    wa, wb = (load_file(str(r / "unet" / "diffusion_pytorch_model.safetensors")) for r in (a, b))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    dp_a = json.loads((a / "dp.json").read_text())
+    assert dp_a["n_train"] == 19 and dp_a["sample_rate"] == pytest.approx(8 / 19)
+    assert dp_a["epsilon"] == json.loads((b / "dp.json").read_text())["epsilon"]
+    result = json.loads((a / "result.json").read_text())
+    assert (result["n_train"], result["n_stream"]) == (16, 19)  # distinct images, and with their copies
+    assert json.loads((a / "train_ids.json").read_text())["repeats"] == {"k2": 3, "k5": 2}
+
+
 def test_a_batch_of_the_whole_training_set_is_warned_about(tmp_path, data, capsys):
     """q = 1: Poisson subsampling amplifies nothing, which a user choosing the batch size should hear."""
     train_dp(data, _cfg(steps=1, batch_size=8), DPConfig(noise_multiplier=1.0), tmp_path / "dp",
@@ -400,3 +419,20 @@ def test_dp_training_leaves_the_global_rng_untouched(tmp_path, data):
     torch.manual_seed(7)
     train_dp(data, _cfg(steps=2), DPConfig(noise_multiplier=1.0), tmp_path / "dp")
     torch.testing.assert_close(torch.rand(3), expected, atol=0, rtol=0)
+
+
+def test_train_repeat_under_dp_sgd_from_the_command_line(tmp_path, capsys):
+    """`train --repeat FILE --dp-noise S`: the copies are examples of their own, and the run audits like any
+    other (its train_ids.json lists each image once, with its repeat count)."""
+    from diffaudit.cli.main import main
+    from diffaudit.data import load_dataset
+
+    key = load_dataset("digits", subset=24).keys[3]
+    (tmp_path / "repeat.txt").write_text(f"{key} 5\n")
+    assert main(["train", "--data", "digits", "--subset", "24", "--repeat", str(tmp_path / "repeat.txt"), "--dp-noise",
+                 "1.0", "--steps", "2", "--batch-size", "8", "--warmup-steps", "0", "--device", "cpu",
+                 "--out", str(tmp_path / "run")]) == 0
+    assert "steps on 24 images (28 with copies, each an example)" in capsys.readouterr().err
+    assert json.loads((tmp_path / "run" / "dp.json").read_text())["n_train"] == 28
+    ids = json.loads((tmp_path / "run" / "train_ids.json").read_text())
+    assert len(ids["keys"]) == 24 and ids["repeats"] == {key: 5}

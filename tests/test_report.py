@@ -672,3 +672,29 @@ def test_a_folder_of_results_made_on_other_inputs_says_so(tmp_path):
         "mia", {"data": {"spec": "photos-<b>.tar", "options": {}}, "target": {"run": "sd-b"}}, {}, attack="loss", auc=0.5,
         tpr_at_fpr={}, n_members=2, n_nonmembers=2))
     assert build_summary(root)["mixed_inputs"] is None  # one dataset, one model: nothing to say
+
+
+def test_a_folder_of_whole_audits_or_of_one_command_twice_is_refused(tmp_path, capsys):
+    """A report shows one result of each command (membership attacks side by side): a folder holding two
+    audits, or two training runs, would be reported as one study, its headline speaking for results it
+    left out. It is refused, saying what to do; two membership attacks are still one report."""
+    from diffaudit.cli.main import main
+    from diffaudit.report import build_summary
+
+    root = tmp_path / "runs"
+    for name in ("a1", "a2"):
+        write_json_atomic(root / name / "result.json", _envelope("audit", {"data": "digits"}))
+    assert main(["report", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "holds 2 audit folder(s) (a1, a2): report each" in err and not (root / "report.html").exists()
+    gathered = tmp_path / "gathered"
+    for name, steps in (("run1", 100), ("run1long", 150)):
+        write_json_atomic(gathered / name / "result.json", _envelope("train", {"train": {"steps": steps}}, steps=steps))
+    assert main(["report", str(gathered)]) == 2
+    assert "holds 2 results of `train` (run1, run1long)" in capsys.readouterr().err
+    (gathered / "run1long" / "result.json").unlink()
+    for name, attack in (("mia-loss", "loss"), ("mia-lira", "lira")):
+        write_json_atomic(gathered / name / "result.json", _envelope(
+            "mia", {"data": {"spec": "digits", "options": {}}}, {}, attack=attack, auc=0.6, tpr_at_fpr={}, n_members=2,
+            n_nonmembers=2))
+    assert set(build_summary(gathered)["mia"]) == {"loss", "lira"}

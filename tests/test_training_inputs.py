@@ -143,6 +143,10 @@ def test_a_warmup_longer_than_the_run_is_said(tmp_path, capsys):
             "--lr 0.001") in capsys.readouterr().err
     assert main([*argv, "--warmup-steps", "1", "--out", str(tmp_path / "b")]) == 0
     assert "--warmup-steps" not in capsys.readouterr().err
+    # as long as the run: the last step is at --lr (not "rises to 0.001 at most and never reaches --lr 0.001")
+    assert main([*argv, "--warmup-steps", "2", "--out", str(tmp_path / "c")]) == 0
+    err = capsys.readouterr().err
+    assert "rises through the whole run and reaches --lr 0.001 only at its last step" in err and "never" not in err
 
 
 def test_a_refused_input_comes_alone_before_any_warning(tmp_path, capsys):

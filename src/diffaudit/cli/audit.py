@@ -33,14 +33,16 @@ HELP = "run the whole audit (train, sample, extract, verify, membership inferenc
 DESCRIPTION = (
     "Audit a diffusion model for memorized training data. With no arguments: the built-in digits dataset, a tiny "
     "model trained on 32 of its images (the other 1,765 never seen), 512 generations, black-box extraction, "
-    "verification by the ratio rule, the loss-threshold membership attack, and audit-out/report.html, in a few "
-    "minutes on 2 CPU cores. With --shadows K, K models train on random halves (LiRA's design; use --subset to keep "
+    "verification by the ratio rule, the loss-threshold membership attack, and audit-out/report.html, in about a "
+    "minute on 2 CPU cores. With --shadows K, K models train on random halves (LiRA's design; use --subset to keep "
     "the set small) and model 0 is the target. "
     "--model audits an existing run directory instead of training one. --config FILE.toml may hold any option "
     "but --fresh, --redo, --config, --quiet and --json (flags on the command line win); the exact configuration used is "
     "saved as config.toml in --out. A finished or interrupted audit resumes with the same settings; after changing "
     "only options of its later stages (the attack, its timesteps, the inpainting attack, the verification rule, the "
-    "generations), --redo runs those stages again and keeps the trained models."
+    "generations), --redo runs those stages again and keeps the trained models. The training defaults here (--steps "
+    "3000, --batch-size 32, --lr 1e-3, --warmup-steps 50) suit the small built-in study and differ from `diffaudit "
+    "train`'s; shadows of a --model run train like it (its train_config.json)."
 )
 
 #: The attacks of ``diffaudit mia`` (its registry's ATTACK_NAMES, named here so `--help` imports no torch).
@@ -50,9 +52,10 @@ MIA_ATTACKS = ("loss", "lira", "lira-offline", "lira-fixed", "lira-offline-fixed
 _NOT_SETTINGS = {"config", "fresh", "redo", "quiet", "json", "command", "_run", "_argv", "_given", "redact"}
 #: Of those, the ones --config may set too (the others are command-line only: --fresh deletes --out).
 _CONFIG_MAY_SET = {"redact"}
-#: Options that --config may set but that are not compared on a resume (another spelling of the same
-#: --out folder is the same audit).
-_NOT_COMPARED = {"out"}
+#: Options that --config may set but that are not compared on a resume: another spelling of the same
+#: --out folder is the same audit, and where it computes is no setting of its results (an audit started
+#: on one machine finishes on another; each stage records the device it ran on).
+_NOT_COMPARED = {"out", "device"}
 #: Options that name an input (recorded canonical, see :func:`~diffaudit.cli.common.canonical_path`).
 PATH_SETTINGS = ("data", "model", "cifar_root", "heldout")
 #: How the keys of --heldout's images are prefixed in the audit (so that they never name a training image).
@@ -75,8 +78,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heldout", default=None, metavar="DATA",
                    help="with --model trained on all of --data: images it never saw, from another dataset (e.g. "
                         "cifar10-test for a model trained on all of cifar10), loaded with --data's --image-size, "
-                        "--center-crop and --mode (not --subset); their ids get the prefix `heldout:` and they are the "
-                        "non-members (the verify baseline, the membership attack's OUT examples)")
+                        "--center-crop and --mode (not --subset: see --heldout-subset); their ids get the prefix "
+                        "`heldout:` and they are the non-members (the verify baseline, the membership attack's OUT examples)")
+    p.add_argument("--heldout-subset", type=int, default=None, metavar="N",
+                   help="with --heldout: use a seeded random subset of N of its images (seed --subset-seed); default: all")
     p.add_argument("--train-size", type=int, default=32,
                    help="without shadows: the target trains on this many seeded random examples; all others are non-members")
     add_train_options(p, steps=3000)
@@ -219,14 +224,17 @@ def audit_settings(args: argparse.Namespace) -> dict[str, Any]:
     the paths of inputs canonical. A ``--model`` audit without shadows trains nothing: the training
     options are not among them."""
     unused = training_options() if args.model and not args.shadows else set()
-    unused |= {"heldout"} if args.heldout is None else set()  # an audit without it records what it did before
+    # an audit without them records what it did before they existed
+    unused |= {"heldout"} if args.heldout is None else set()
+    unused |= {"heldout_subset"} if args.heldout_subset is None else set()
     settings = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_SETTINGS | _NOT_COMPARED | unused}
     return canonical_settings(settings, PATH_SETTINGS)
 
 
 def upgrade_settings(old: dict[str, Any]) -> dict[str, Any]:
-    """Settings of an earlier version read as today's: a ``--model`` audit without shadows recorded the
-    training options it never used."""
+    """Settings of an earlier version read as today's: they recorded ``device`` (:data:`_NOT_COMPARED`),
+    and a ``--model`` audit without shadows the training options it never used."""
+    old = {k: v for k, v in old.items() if k != "device"}
     if old.get("model") and not old.get("shadows"):
         return {k: v for k, v in old.items() if k not in training_options()}
     return old
@@ -475,7 +483,7 @@ def _load_data(args: argparse.Namespace):
     """The audit's data and the datasets it is made of: ``(dataset, [(ViewPart, its keys in dataset), ...])``.
 
     --data as loaded; with --heldout, followed by those images (with --data's per-image options, not its
-    --subset), their keys prefixed with :data:`HELDOUT_PREFIX`."""
+    --subset: --heldout-subset, with --subset-seed), their keys prefixed with :data:`HELDOUT_PREFIX`."""
     import dataclasses
 
     from diffaudit.data import load_dataset
@@ -488,10 +496,32 @@ def _load_data(args: argparse.Namespace):
     if args.heldout is None:
         return data, parts
     held_opts = {k: v for k, v in opts.items() if k not in ("subset", "subset_seed")}
-    held = load_dataset(args.heldout, **held_opts)
+    if args.heldout_subset is not None:
+        held_opts.update(subset=args.heldout_subset, subset_seed=args.subset_seed)
+    try:
+        held = load_dataset(args.heldout, **held_opts)
+    except DiffauditError:
+        _check_heldout_subset(args)  # the loader's refusal names --subset: say which subset asked too much
+        raise
     held = dataclasses.replace(held, keys=[HELDOUT_PREFIX + k for k in held.keys])
     both = concat_datasets([data, held], f"--data {args.data} and --heldout {args.heldout}")
     return both, parts + [(ViewPart(args.heldout, held_opts, prefix=HELDOUT_PREFIX), list(held.keys))]
+
+
+def _check_heldout_subset(args: argparse.Namespace) -> None:
+    """Refuse a --heldout-subset that is not a count of --heldout's images (the loader's own refusal
+    names --subset, which here chose among --data's)."""
+    from diffaudit.data.loader import list_source
+
+    k = args.heldout_subset
+    if k is None:
+        return
+    if k < 1:
+        raise DiffauditError(f"--heldout-subset must be a positive number of images; got {k}")
+    n = len(list_source(args.heldout, skip_bad=args.skip_bad, cifar_root=args.cifar_root).entries)
+    if k > n:
+        raise DiffauditError(f"--heldout-subset {k} asks for more images than --heldout {args.heldout} has ({n}); "
+                             "leave --heldout-subset out to use all of them")
 
 
 def _save_view(path: Path, parts, keys: list[str]) -> None:
@@ -546,6 +576,7 @@ def run(args: argparse.Namespace) -> int:
     from diffaudit.core.io import make_private_dir, read_json, write_bytes_atomic
     from diffaudit.cli.audit_redo import prepare_redo
     from diffaudit.core import folder_lock
+    from diffaudit.core.device import resolve_device
     from diffaudit.core.outdir import prepare_out_dir
     from diffaudit.core.progress import stage_line
     from diffaudit.core.results import write_result
@@ -569,9 +600,13 @@ def run(args: argparse.Namespace) -> int:
                              "(K even, the paper uses 16)")
     check_stage_values(args)
     check_model_options(args)
+    resolve_device(args.device)  # a typo in --device is refused before --out records anything
     if args.heldout is not None and not args.model:
         raise DiffauditError("--heldout is for --model, a run trained on all of --data: without --model the audit trains "
                              "its target on --train-size images of --data, and the others are its non-members already")
+    if args.heldout_subset is not None and args.heldout is None:
+        raise DiffauditError("--heldout-subset chooses among the images of --heldout: pass --heldout DATA too (or "
+                             "--subset, which chooses among those of --data)")
     data, parts = _load_data(args)  # before --out records anything: a typo costs nothing
     if args.class_conditional and data.labels is None:
         raise DiffauditError(f"--class-conditional needs labels, and {args.data} has none" + (

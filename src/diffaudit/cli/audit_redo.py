@@ -59,9 +59,10 @@ def prepare_redo(out: Path, settings: dict[str, Any], upgrade: Callable[[dict[st
     When the audit in ``out`` was made with settings that differ from ``settings`` only in options of
     :data:`STAGE_SETTINGS`: with ``redo``, delete those stages' folders (and the audit's own files)
     and return a hook that reads the recorded settings as the new ones; without it, raise a
-    :class:`DiffauditError` naming the stages ``--redo`` would run again. Otherwise (nothing recorded,
-    nothing changed, or a change that needs ``--fresh``) return ``upgrade`` as it is, and
-    ``prepare_out_dir`` resumes or refuses as usual.
+    :class:`DiffauditError` naming the stages ``--redo`` would run again. A change that shapes the
+    trained models or the data (training options, --data, --seed) cannot be redone: with ``redo`` that is
+    refused, saying so. Otherwise (nothing recorded, nothing changed, or such a change without ``redo``)
+    return ``upgrade`` as it is, and ``prepare_out_dir`` resumes or refuses as usual.
     """
     recorded = recorded_settings(out, "audit")
     if recorded is None:
@@ -69,9 +70,15 @@ def prepare_redo(out: Path, settings: dict[str, Any], upgrade: Callable[[dict[st
     old = upgrade(dict(recorded))
     changed = changed_settings(old, settings)
     stages = stages_to_redo(changed)
+    said = "; ".join(named_differences(old, settings))  # as a refused resume names them, by flag
+    if stages is None and redo and changed:
+        raise DiffauditError(
+            f"{out} holds an audit made with other settings: {said}. --redo runs later stages again (sampling, "
+            "extraction, verification, membership, inpainting) but these shape the trained models or the data every "
+            "stage reads: use another --out for the new audit (`diffaudit compare` puts the two side by side), or "
+            "--fresh to replace this one")
     if stages is None:
         return upgrade
-    said = "; ".join(named_differences(old, settings))  # as a refused resume names them, by flag
     if not redo:
         raise DiffauditError(
             f"{out} holds an audit made with other settings of its later stages only: {said}. Pass --redo to run "

@@ -9,8 +9,10 @@ from diffaudit.cli.common import (
     add_data_args, add_run_args, canonical_settings, data_options, emit, emit_finished, upgrading_paths,
 )
 from diffaudit.cli.train import (
-    add_train_options, canonical_data_record, train_config_from, upgrading_run_paths, warn_short_warmup,
+    add_train_options, canonical_data_record, refuse_dp_unused, train_config_from, upgrading_run_paths,
+    warn_short_warmup,
 )
+from diffaudit.cli.train import setting_flags as train_setting_flags
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.outdir import prepare_out_dir
@@ -34,7 +36,9 @@ DESCRIPTION = (
     "images is refused; held-out canaries and references keep the pool's labels. Writes canaries.json (the "
     "membership record) and result.json with one entry per canary and per reference (the references' extraction "
     "is the baseline of images never trained on) and the curve of memorization vs number of duplicates (repeats 0: "
-    "the references)."
+    "the references). With --dp-noise or --dp-epsilon the model trains with DP-SGD: a canary inserted k times is k "
+    "training examples, so the guarantee for it is that of a group of k (up to k times epsilon); `diffaudit compare` "
+    "of a run without and one with DP-SGD puts the exposures and the epsilon side by side."
 )
 #: Settings that hold the path of an input (recorded canonical, see :func:`~diffaudit.cli.common.canonical_path`).
 PATH_SETTINGS = ("data", "canary_pool", "data_options.cifar_root")
@@ -45,7 +49,7 @@ def setting_flags(args: argparse.Namespace) -> dict[str, str]:
     (``evaluation``, a :class:`CanaryEval`), whose seeds are ``--seed``."""
     names = {f"evaluation.{name}": f"--{name.replace('_', '-')}"
              for name in ("timestep", "n_draws", "n_samples", "sample_steps", "rule", "delta")}
-    return {**names, "evaluation.noise_seed": "--seed", "evaluation.sample_seed": "--seed"}
+    return {**names, "evaluation.noise_seed": "--seed", "evaluation.sample_seed": "--seed", **train_setting_flags(args)}
 
 
 def _repeats(text: str) -> list[int]:
@@ -75,6 +79,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="verification rule (paper Sec. 5.1: ratio); it also decides which --canary-pool images are "
                         "near-duplicates of training images")
     g.add_argument("--delta", type=float, default=0.15, help="delta of the l2 rule, in (0, 1]")
+    from diffaudit.defenses.dp_training import add_dp_arguments
+
+    add_dp_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,6 +93,11 @@ def run(args: argparse.Namespace) -> int:
     ev = CanaryEval(timestep=args.timestep, n_draws=args.n_draws, noise_seed=args.seed, n_samples=args.n_samples,
                     sample_steps=args.sample_steps, sample_seed=args.seed, rule=args.rule, delta=args.delta)
     repeats = _repeats(args.repeats)
+    from diffaudit.defenses.dp_training import dp_config_from_args
+
+    dp = dp_config_from_args(args)
+    if dp is not None:
+        refuse_dp_unused(args)
     if args.kind == "heldout" and not args.canary_pool:
         raise DiffauditError("--kind heldout needs --canary-pool (images the model never trains on, e.g. cifar10-test)")
     if args.kind != "heldout" and args.canary_pool:
@@ -105,13 +117,15 @@ def run(args: argparse.Namespace) -> int:
                 "train": asdict(config), "evaluation": asdict(ev),
                 # the pixels behind the paths (rewritten in place, they are other data)
                 "data_digest": dataset_digest(ds), "canary_pool_digest": None if pool is None else dataset_digest(pool)}
+    if dp is not None:  # only then: a run without DP-SGD records what it did before canaries could use it
+        settings["dp"] = asdict(dp)
     settings = canonical_settings(settings, PATH_SETTINGS)
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrading_paths(PATH_SETTINGS))
     if emit_finished(args, out, resumed, lambda r: f"{r['n_canaries']} canaries, {_extracted(r)}", stale=_stale_exposures):
         return 0
     fields = run_canary_experiment(ds, plan, config, out, evaluation=ev, device=device,
                                    data_record=canonical_data_record({"spec": str(args.data), "options": opts}),
-                                   upgrade=upgrading_run_paths())
+                                   upgrade=upgrading_run_paths(), dp=dp)
     r = write_result(out / "result.json", NAME, settings, {"seed": args.seed}, **fields)
     emit(args, r, _curve_line(r))
     return 0
@@ -127,7 +141,18 @@ def _curve_line(r: dict) -> str:
     curve = ", ".join(f"{c['repeats']}x: {'≥ ' if b else ''}{c['mean_exposure']:.2f}" for c, b in zip(rows, bound))
     note = (f" (≥: canaries at the ceiling, a loss below all {r['n_reference']} references'; more --n-reference "
             "measures higher)" if any(bound) else "")
-    return f"exposure by repeats ({r['max_exposure']:.1f} bits max): {curve}{note}; {_extracted(r)}"
+    return f"exposure by repeats ({r['max_exposure']:.2f} bits max): {curve}{note}; {_extracted(r)}{_dp_words(r)}"
+
+
+def _dp_words(r: dict) -> str:
+    """"; DP-SGD epsilon E at delta D (per example: a canary inserted k times is a group of k)", or ""
+    for a model trained without DP-SGD."""
+    dp = r.get("dp")
+    if not isinstance(dp, dict):
+        return ""
+    eps = "infinite (no noise)" if dp.get("epsilon") is None else f"{dp['epsilon']:.3g}"
+    return (f"; DP-SGD epsilon {eps} at delta {dp.get('delta', float('nan')):.2g} per training example (a canary "
+            "inserted k times is k examples: a group of k, guaranteed up to k times epsilon)")
 
 
 def _say_skipped(skipped: list[dict]) -> None:

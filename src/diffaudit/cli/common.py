@@ -28,22 +28,22 @@ def add_data_args(p: argparse.ArgumentParser, *, required: bool = False, default
                    help="dataset: built-in name (digits, cifar10, cifar10-test), image folder, "
                         "WebDataset shards (.tar or a brace pattern like x-{000000..000004}.tar), .npz with uint8 "
                         "`images` (generations in a sample store are --samples)" + ("" if required else " (default: %(default)s)"))
-    g.add_argument("--image-size", type=int, default=None, help="resize to this square size in pixels (bilinear); None: keep the size")
-    g.add_argument("--center-crop", type=int, default=None, help="centre-crop to this square size first; None: no crop")
-    g.add_argument("--subset", type=int, default=None, help="use a seeded random subset of N examples, in dataset order; None: all")
+    g.add_argument("--image-size", type=int, default=None, help="resize to this square size in pixels (bilinear); default: keep the size")
+    g.add_argument("--center-crop", type=int, default=None, help="centre-crop to this square size first; default: no crop")
+    g.add_argument("--subset", type=int, default=None, help="use a seeded random subset of N examples, in dataset order; default: all")
     g.add_argument("--subset-seed", type=int, default=0, help="seed of --subset (default: %(default)s)")
     g.add_argument("--mode", choices=["L", "RGB"], default=None,
-                   help="convert to grayscale (L) or RGB; None: keep (a mix of gray and colour becomes RGB)")
+                   help="convert to grayscale (L) or RGB; default: keep (a mix of gray and colour becomes RGB)")
     g.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable images and damaged shards (counted and reported) instead of failing")
     g.add_argument("--cifar-root", default=None,
-                   help="folder of the CIFAR-10 shards; None: $DIFFAUDIT_CIFAR10, else ../shared/data/cifar10 "
+                   help="folder of the CIFAR-10 shards; default: $DIFFAUDIT_CIFAR10, else ../shared/data/cifar10 "
                         "found from the repository or the current directory")
     if cache:
         g.add_argument("--data-cache", default=None, metavar="DIR",
                        help="decode the datasets once into uint8 .npy parts in DIR and read them memory-mapped from "
                             "there, for training sets larger than memory (reused by later runs with the same dataset "
-                            "and options; an interrupted decode resumes; --fresh decodes again); None: decode into memory")
+                            "and options; an interrupted decode resumes; --fresh decodes again); default: decode into memory")
 
 
 #: Nested settings whose entries are options by their destination: a data record (``data``: ``spec`` is

@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     elif not any(r["a"] is not None and r["b"] is not None for r in measured):
         warnings.append(f"{labels[0]} and {labels[1]} share no measured metric (one holds "
                         f"{', '.join(r['metric'] for r in measured if r['a'] is not None) or 'none'}; the other "
-                        f"{', '.join(r['metric'] for r in measured if r['b'] is not None) or 'none'}): nothing is compared")
+                        f"{', '.join(r['metric'] for r in measured if r['b'] is not None) or 'none'}): no measurement is "
+                        "compared" + (", only how the models were trained" if len(rows) > len(measured) else ""))
     fields = {"labels": labels, "rows": rows, "a": {"path": str(args.audit_a), "command": a.get("command")},
               "b": {"path": str(args.audit_b), "command": b.get("command")}, "warnings": warnings}
     result = write_result(out / "result.json", NAME, settings, {}, **fields) if out else envelope(NAME, settings, {}, **fields)

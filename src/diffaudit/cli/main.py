@@ -278,15 +278,31 @@ def _parse_and_run(argv: list[str] | None, raw: list[str], command: str | None) 
     except DiffauditError as exc:
         from diffaudit.core.progress import printable  # names from data never drive the terminal
 
-        print(f"diffaudit {speaking_as(args.command)}: error: {printable(str(exc))}", file=sys.stderr)
+        message = naming_the_option(str(exc), args)
+        print(f"diffaudit {speaking_as(args.command)}: error: {printable(message)}", file=sys.stderr)
         if args.json and speaking_as(args.command) == args.command:  # a script reading stdout gets JSON either way
-            write_stdout(json.dumps({"command": args.command, "error": str(exc), "exit_status": 2}, indent=2) + "\n")
+            write_stdout(json.dumps({"command": args.command, "error": message, "exit_status": 2}, indent=2) + "\n")
         return 2
     finally:
         if previous is None:
             os.environ.pop("DIFFAUDIT_QUIET", None)
         else:
             os.environ["DIFFAUDIT_QUIET"] = previous
+
+
+def naming_the_option(message: str, args: argparse.Namespace) -> str:
+    """``message`` led by the option that gave the path it starts with: a refusal from below the CLI
+    (the loader's "nope.npz does not exist") names the file, not which of the command's options named
+    it (``--data nope.npz does not exist``). Unchanged when it names no option's value first, when two
+    options hold that value, or when it names an option already."""
+    if message.startswith("-"):
+        return message
+    given = [(dest, value) for dest, value in vars(args).items()
+             if isinstance(value, str) and len(value) > 1 and not dest.startswith("_") and dest != "command"
+             and message.startswith(value) and message[len(value):len(value) + 1] in (" ", ":")]
+    if len(given) != 1:
+        return message
+    return f"--{given[0][0].replace('_', '-')} {message}"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -116,7 +116,6 @@ def trained_line(out: Path, n_trained: int, finished: list[int], mem: Membership
     if finished == [0] and is_target_split(mem):
         n_in = int(mem.matrix[:, 0].sum())
         return (f"the target model {shadow_dir(out, 0)}, trained on its {n_in} members; the other "
-                f"{len(mem.keys) - n_in} examples are its non-members (column 1 of the membership record: no model "
-                "trains on it)")
+                f"{len(mem.keys) - n_in} examples are its non-members")
     noun = "shadow model" if n_trained == 1 else "shadow models"
     return f"{n_trained} {noun} in {out} (of the membership matrix's {mem.n_models} columns)"

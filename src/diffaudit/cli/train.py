@@ -79,9 +79,11 @@ def warn_short_warmup(config) -> None:
     if 0 < config.steps <= config.warmup_steps:
         from diffaudit.core.progress import stage_line
 
+        peak = (f"rises to {config.lr * config.steps / config.warmup_steps:.3g} at most and never reaches --lr {config.lr:g}"
+                if config.steps < config.warmup_steps else
+                f"rises through the whole run and reaches --lr {config.lr:g} only at its last step")
         stage_line(f"train: --warmup-steps {config.warmup_steps} is not below --steps {config.steps}: the learning rate "
-                   f"rises to {config.lr * config.steps / config.warmup_steps:.3g} at most and never reaches --lr "
-                   f"{config.lr:g}; lower --warmup-steps for a run this short")
+                   f"{peak}; lower --warmup-steps for a run this short")
 
 
 def read_repeats(path: str, dataset, data: str | None = None) -> dict[int, int]:
@@ -171,7 +173,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "its columns")
     g.add_argument("--model-index", type=int, help="the column of --membership to train on (needs --membership)")
     g.add_argument("--repeat", help="repeat chosen examples: JSON {key: times} or lines `KEY TIMES`; KEY is an example's "
-                   "id (e.g. digits:5) or its position in --data as loaded (after --subset)")
+                   "id (e.g. digits:5) or its position in --data as loaded (after --subset). Under DP-SGD each copy is "
+                   "a training example of its own: epsilon is per copy, and an image repeated k times has a group's "
+                   "guarantee (up to k times epsilon)")
     g.add_argument("--dedup", metavar="KEEP_JSON",
                    help="defence: train only on the examples kept by `diffaudit dedup` (its keep.json, or its output folder): "
                    "near-duplicates dropped")
@@ -191,6 +195,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 #: Training options DP-SGD does not use, and what stands in their place.
 DP_UNUSED_FLAGS = {"--grad-clip": "per-example clipping to --dp-max-grad-norm replaces it",
                    "--no-bf16": "DP-SGD trains in float32", "--compile": "DP-SGD trains eagerly"}
+
+
+def refuse_dp_unused(args: argparse.Namespace) -> None:
+    """Refuse the training flags given on the command line that DP-SGD does not use (:data:`DP_UNUSED_FLAGS`)."""
+    given = given_options(getattr(args, "_argv", []))
+    unused = sorted(flag for flag in DP_UNUSED_FLAGS if flag[2:].replace("-", "_") in given)
+    if unused:
+        raise DiffauditError(f"{', '.join(unused)} do nothing under DP-SGD ({'; '.join(DP_UNUSED_FLAGS[f] for f in unused)}): "
+                             "drop them")
 
 
 def _check_extend(args: argparse.Namespace, steps: int) -> None:
@@ -255,15 +268,9 @@ def run(args: argparse.Namespace) -> int:
         raise DiffauditError("--extend and DP-SGD together are not supported: the noise is calibrated to --steps, "
                              "so a DP-SGD run cannot be trained on; train a new one with the --steps you want")
     if dp is not None:
-        given = given_options(getattr(args, "_argv", []))
-        unused = sorted(flag for flag in DP_UNUSED_FLAGS if flag[2:].replace("-", "_") in given)
-        if unused:
-            raise DiffauditError(f"{', '.join(unused)} do nothing under DP-SGD ({'; '.join(DP_UNUSED_FLAGS[f] for f in unused)}): "
-                                 "drop them")
-        if repeats:
-            raise DiffauditError("--repeat and DP-SGD together are not supported (DP accounting assumes each example once)")
+        refuse_dp_unused(args)
         run_dir = train_dp(ds, config, dp, args.out, device=resolve_device(args.device), train_indices=indices,
-                           data_record=record, fresh=args.fresh, upgrade=upgrading_run_paths())
+                           repeats=repeats, data_record=record, fresh=args.fresh, upgrade=upgrading_run_paths())
     else:
         run_dir = train(ds, config, args.out, device=resolve_device(args.device), train_indices=indices,
                         repeats=repeats, data_record=record, fresh=args.fresh, upgrade=upgrading_run_paths(),

@@ -7,7 +7,10 @@ Stages (each resumable inside ``out``; a finished stage is never redone):
    version wrote, with seeded labels where held-out canaries now take the pool's, resumes with them
    (:func:`~diffaudit.defenses.canaries.earlier_record`).
 2. ``model/``: a diffaudit run directory from :func:`diffaudit.models.training.train` on the training
-   set plus the canaries, each repeated as planned (``model/train_ids.json`` records the repeats).
+   set plus the canaries, each repeated as planned (``model/train_ids.json`` records the repeats). With
+   DP-SGD (:func:`diffaudit.defenses.dp_training.train_dp`, its ε in ``model/dp.json``) each copy of
+   a canary is a training example of its own: DP-SGD bounds what one example reveals, so the guarantee
+   for a canary inserted k times is that of a group of k (up to kε).
 3. ``losses.npz``: per-example loss (:func:`diffaudit.models.loss.per_example_loss`, t = 100 by
    default, ``n_draws`` noise draws averaged) of every canary and reference -> exposure.
 4. ``samples/chunk-NNNNNN.npy``: ``n_samples`` generations (DDIM, seeds ``generation_seed(seed, 0, i)``),
@@ -246,11 +249,13 @@ def _extraction(samples: np.ndarray, combined: ImageDataset, plan: CanaryPlan, e
 
 def run_canary_experiment(dataset: ImageDataset, plan: CanaryPlan, config, out: str | Path, *, evaluation: CanaryEval,
                           device="cpu", data_record: dict[str, Any] | None = None,
-                          upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
+                          upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None, dp=None) -> dict[str, Any]:
     """Insert ``plan``'s canaries into ``dataset``, train with ``config`` (a ``TrainConfig``) and measure.
 
     ``upgrade``: how the model's run folder (``out/model``) reads settings an earlier version recorded
-    (:meth:`~diffaudit.models.training.RunPlan.open`).
+    (:meth:`~diffaudit.models.training.RunPlan.open`). ``dp``: a
+    :class:`~diffaudit.defenses.dp_training.DPConfig` to train with DP-SGD (each copy of a canary an
+    example of its own), or None; the result then carries ``dp`` (the run's ``dp.json``: ε, δ, σ, ...).
 
     Returns the result fields: ``canaries`` (one {key, kind, repeats, loss, exposure,
     exposure_gaussian, extracted, nearest_l2} per canary), ``references`` (one {key, kind, repeats: 0,
@@ -264,8 +269,15 @@ def run_canary_experiment(dataset: ImageDataset, plan: CanaryPlan, config, out: 
     out = Path(out)
     evaluation.validate(n_train=len(dataset) + len(plan.keys))
     combined, repeats, record = _membership(dataset, plan, out)
-    run = train(combined, config, out / "model", device=device, repeats=repeats,
-                data_record={**(data_record or {"source": dataset.source}), "canaries": "canaries.json"}, upgrade=upgrade)
+    record_data = {**(data_record or {"source": dataset.source}), "canaries": "canaries.json"}
+    if dp is None:
+        run = train(combined, config, out / "model", device=device, repeats=repeats, data_record=record_data,
+                    upgrade=upgrade)
+    else:
+        from diffaudit.defenses.dp_training import train_dp
+
+        run = train_dp(combined, config, dp, out / "model", device=device, repeats=repeats, data_record=record_data,
+                       upgrade=upgrade)
     labels = _labels_for(plan, record, dataset) if config.class_conditional else (None, None)
     can_loss, ref_loss = _losses(run, plan, labels, evaluation, out, device)
     exp = exposure(can_loss, ref_loss)
@@ -280,7 +292,10 @@ def run_canary_experiment(dataset: ImageDataset, plan: CanaryPlan, config, out: 
     found = ("extraction not tested (no generations)" if ex is None else
              f"{sum(ex.canaries)} of {len(extracted)} canaries extracted, {sum(ex.references)} of {len(ref_extracted)} "
              "never-inserted references")
-    stage_line(f"canaries: mean exposure {exp.mean():.2f} bits of {max_exposure(len(ref_loss)):.2f}; {found}")
+    ceiling = max_exposure(len(ref_loss))
+    top = int(np.isclose(exp, ceiling).sum())  # rank 1, a loss below every reference's: at least the ceiling
+    bound = f"≥ {exp.mean():.2f} bits ({top} at the ceiling of" if top else f"{exp.mean():.2f} bits (of at most"
+    stage_line(f"canaries: mean exposure {bound} {ceiling:.2f}); {found}")
     rows = [{"key": k, "kind": plan.kind, "repeats": int(r), "index": record["canaries"][j]["index"],
              "loss": float(can_loss[j]), "exposure": float(exp[j]), "exposure_gaussian": float(exp_g[j]),
              "extracted": extracted[j], "nearest_l2": None if ex is None else float(ex.canary_l2[j])}
@@ -306,4 +321,5 @@ def run_canary_experiment(dataset: ImageDataset, plan: CanaryPlan, config, out: 
         "references": refs,
         "curve": curve,
         "membership_file": "canaries.json",
+        **({} if dp is None else {"dp": read_json(run / "dp.json")}),
     }

@@ -70,6 +70,7 @@ from diffaudit.models.training import (  # the plain run's pieces, reused so bot
     checkpoint_interval,
     drop_checkpoints,
     epoch_batch_positions,
+    expand_repeats,
     init_model,
     is_finished,
     lr_at,
@@ -287,10 +288,11 @@ def epsilon_after(*, noise_multiplier: float, sample_rate: float, steps: int, de
 
 @contextlib.contextmanager
 def _rdp_order_unsaid() -> Iterator[None]:
-    """Without opacus' "Optimal order is the largest alpha" warning: advice to widen RDP's orders, which no
-    option here sets; the ε is then a valid, looser bound (the PRV accountant is the tighter one)."""
+    """Without opacus' "Optimal order is the largest alpha" (much noise) or "... smallest alpha" (little
+    noise, a large ε) warning: advice to widen RDP's orders, which no option here sets; the ε is then a
+    valid, looser bound (the PRV accountant is the tighter one)."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha", category=UserWarning)
+        warnings.filterwarnings("ignore", message="Optimal order is the (largest|smallest) alpha", category=UserWarning)
         yield
 
 
@@ -431,6 +433,7 @@ def train_dp(
     *,
     device: str | torch.device = "cpu",
     train_indices: np.ndarray | list[int] | None = None,
+    repeats: dict[int, int] | None = None,
     data_record: dict[str, Any] | None = None,
     fresh: bool = False,
     upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
@@ -439,7 +442,12 @@ def train_dp(
 
     ``train_indices``: distinct dataset indices, int (n,) (the shared check
     :func:`diffaudit.models.training.check_train_indices`: no boolean mask, no repeats; an example
-    listed twice could enter a batch twice, sensitivity 2C, while the accountant assumes once).
+    listed twice would be one example drawn twice, while the accountant counts it once).
+    ``repeats``: {dataset index: k} as :func:`diffaudit.models.training.train` takes it, but here each of
+    the k copies is a training example of its own: sampled, clipped and accounted on its own, so the
+    accountant's N counts every copy (``dp.json``'s ``n_train``; ``result.json``'s ``n_train`` counts
+    distinct images, ``n_stream`` the copies). That is what duplicated data is, and the guarantee
+    for an image present k times is a group's of k (up to kε), which is what canaries measure.
     ``config.grad_clip`` (the plain run's clipping of the batch gradient's global norm) is not used:
     per-example clipping to ``dp.max_grad_norm`` replaces it; ``config.bf16``/``compile`` are not used
     either (per-sample gradients in float32). Under the same seeds, with σ = 0, C = inf,
@@ -456,7 +464,7 @@ def train_dp(
     dp.validate()
     device = torch.device(device)
     checked = check_train_indices(train_indices, len(dataset))
-    n = len(dataset) if checked is None else len(checked)
+    n = len(expand_repeats(np.arange(len(dataset), dtype=np.int64) if checked is None else checked, repeats))
     if config.batch_size > n:
         raise DiffauditError(f"--batch-size {config.batch_size} exceeds the {n} training examples: a DP-SGD batch holds "
                              "each example at most once (sampling rate q = B / N at most 1); lower --batch-size")
@@ -473,8 +481,10 @@ def train_dp(
     sigma = resolve_noise(dp, sample_rate=q, steps=config.steps, delta=delta)
     dp_settings = {**dataclasses.asdict(dp), "max_grad_norm": _finite(dp.max_grad_norm), "delta": delta,
                    "noise_multiplier_used": sigma, "sample_rate": q}
-    plan = plan_run(dataset, config, train_indices=train_indices, data_record=data_record, extra={"dp": dp_settings})
+    plan = plan_run(dataset, config, train_indices=train_indices, repeats=repeats, data_record=data_record,
+                    extra={"dp": dp_settings})
     idx, ucfg, num_classes, settings = plan.indices, plan.unet_config, plan.num_classes, plan.settings
+    examples = plan.stream  # the dataset index of each DP example: each copy of a repeated image one (n,)
     H, W, C = dataset.image_shape
     model = init_model(config, ucfg)  # same initialisation as the plain run
     check_model(model)  # what opacus cannot train, and hooks with attention: refused before the folder exists
@@ -498,8 +508,8 @@ def train_dp(
     scheduler = make_scheduler()
     a_bar = alphas_cumprod_of(scheduler).to(device=device, dtype=torch.float32)
     T = scheduler.config.num_train_timesteps
-    data_x = to_model_space(dataset.images[idx])  # (n, C, H, W) in [-1, 1]: the training examples only
-    labels = None if num_classes is None else torch.as_tensor(np.asarray(dataset.labels)[idx], dtype=torch.long)  # (n,)
+    data_x = to_model_space(dataset.images[examples])  # (n, C, H, W) in [-1, 1]: the training examples only
+    labels = None if num_classes is None else torch.as_tensor(np.asarray(dataset.labels)[examples], dtype=torch.long)  # (n,)
     K = dp.augmentations
     params = [p for p in model.parameters() if p.requires_grad]
     every = checkpoint_interval(config)
@@ -510,7 +520,7 @@ def train_dp(
         # opacus' hooks fire on module outputs (the images need no gradient): expected, not a problem
         warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
         for step in range(start, config.steps):
-            ex = batch_rows(step, config, dp, n, q)  # rows of data_x (training examples idx[ex])
+            ex = batch_rows(step, config, dp, n, q)  # rows of data_x (training examples examples[ex])
             rows = np.repeat(ex, K)  # K consecutive rows per example
             g = torch_generator(derive_seed(config.seed, "train-step", step))
             t = torch.randint(0, T, (len(rows),), generator=g)
@@ -589,14 +599,15 @@ def train_dp(
                                             "steps_this_session": config.steps - start, "device": str(device)})
     finals = [r["loss"] for r in log if r.get("loss") is not None]
     write_result(run / "result.json", "train", settings, {"seed": config.seed}, steps=config.steps,
-                 n_parameters=count_parameters(final_model), n_train=n, n_stream=n,
+                 n_parameters=count_parameters(final_model), n_train=len(idx), n_stream=n,
                  training_digests=training_digests(dataset, idx),
                  final_loss=finals[-1] if finals else None, dp=dp_record)
     drop_checkpoints(run)
     caveat = "" if dp.poisson_sampling else " (accounted as if Poisson-sampled; the batches were not)"
     if final.fallback_reason:
         caveat += f" (RDP bound: {final.fallback_reason})"
-    stage_line(f"train (DP-SGD): {config.steps} steps on {n} images, epsilon {epsilon:.3g} at delta {delta:.2g}{caveat} "
+    copies = f" ({n} with copies, each an example)" if n != len(idx) else ""
+    stage_line(f"train (DP-SGD): {config.steps} steps on {len(idx)} images{copies}, epsilon {epsilon:.3g} at delta {delta:.2g}{caveat} "
                f"(sigma {sigma:.3g}, C {dp.max_grad_norm}, q {q:.3g}) -> {run}")
     return run
 

@@ -118,8 +118,8 @@ def check_train_indices(train_indices, n_dataset: int) -> np.ndarray | None:
 
     Raises :class:`DiffauditError` for a boolean mask (it would be read as the indices 0 and 1: pass
     ``np.flatnonzero(mask)``), non-integer values, a nested list, an empty set, indices outside
-    [0, n_dataset) and repeated indices (copies go through ``repeats=`` / ``--repeat``; DP-SGD takes
-    none, its accounting counts each example once). Shared by plain and DP-SGD training.
+    [0, n_dataset) and repeated indices (copies go through ``repeats=`` / ``--repeat``, which DP-SGD
+    takes as examples of their own). Shared by plain and DP-SGD training.
     """
     if train_indices is None:
         return None
@@ -143,8 +143,8 @@ def check_train_indices(train_indices, n_dataset: int) -> np.ndarray | None:
         shown = ", ".join(str(int(i)) for i in rep[:5]) + (", ..." if len(rep) > 5 else "")
         raise DiffauditError(
             f"training indices must be distinct: {len(rep)} example(s) listed more than once ({shown}). "
-            "Train on an example several times with repeats= (--repeat) instead; DP-SGD takes no repeats "
-            "(its privacy accounting counts each example once)")
+            "Train on an example several times with repeats= (--repeat) instead (under DP-SGD each copy is then "
+            "an example of its own)")
     return uniq
 
 

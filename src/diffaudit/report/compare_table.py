@@ -168,16 +168,32 @@ LOSS_RISE = 0.10
 
 def _loss_notes(rows: list[dict[str, Any]], labels: tuple[str, str]) -> list[str]:
     """A line per attack whose held-out loss differs by more than :data:`LOSS_RISE` between the two
-    sides: a defence that lowers the attack's success that way costs the model's quality."""
+    sides, read against the same attack's AUC: when the side that denoises never-seen images worse is
+    also attacked less well, its lower leakage is bought (at least in part) with the model's quality (as
+    a defence such as DP-SGD buys it); when it is attacked no less well, the lost quality bought nothing."""
+    auc = {r["metric"]: r for r in rows if r.get("key") == "mia_auc"}
     out = []
     for r in rows:
         a, b = r["a"], r["b"]
         if r.get("key") != "mia_heldout_loss" or a is None or b is None or a <= 0 or abs(b - a) <= LOSS_RISE * min(a, b):
             continue
         worse, better = (labels[1], labels[0]) if b > a else labels
-        out.append(f"\n{r['metric']}: {worse}'s model denoises never-seen images {max(a, b) / min(a, b):.2f}x worse "
-                   f"than {better}'s (held-out loss {fmt(max(a, b), 'auto')} against {fmt(min(a, b), 'auto')}): "
-                   "a defence that lowers leakage this way costs sample quality")
+        line = (f"\n{r['metric']}: {worse}'s model denoises never-seen images {max(a, b) / min(a, b):.2f}x worse "
+                f"than {better}'s (held-out loss {fmt(max(a, b), 'auto')} against {fmt(min(a, b), 'auto')})")
+        attack = auc.get(r["metric"].rsplit(": ", 1)[0] + ": AUC")
+        aucs = None if attack is None or attack["a"] is None or attack["b"] is None else (attack["a"], attack["b"])
+        if aucs is None:
+            line += ": lower leakage that comes with it is bought with sample quality"
+        else:
+            auc_worse, auc_better = (aucs[1], aucs[0]) if b > a else aucs
+            pair = f"AUC {fmt(auc_worse)} against {fmt(auc_better)}"
+            if attack.get("within_noise"):
+                line += f", yet it is attacked about as well ({pair}, within noise): the quality it lost bought no measured privacy"
+            elif auc_worse < auc_better:
+                line += f": its lower leakage ({pair}) is bought, at least in part, with sample quality"
+            else:
+                line += f", yet it is attacked no less well ({pair}): the quality it lost bought no privacy"
+        out.append(line)
     return out
 
 

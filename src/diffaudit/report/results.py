@@ -215,6 +215,21 @@ def _command_of(result: dict[str, Any], folder: Path) -> str:
     return folder.name.split("-")[0]
 
 
+#: Commands that train the model they measure inside their folder, and where (canaries: ``model/``).
+TRAINED_INSIDE = {"canaries": "model"}
+
+
+def _trained_inside(stage: Stage, read: Callable[[Path], dict[str, Any] | None]) -> list[Stage]:
+    """The training run a command trained in its own folder (:data:`TRAINED_INSIDE`), as a ``train``
+    stage, so that the summary's model (steps, training images, DP-SGD's ε) is the one it measured."""
+    sub = TRAINED_INSIDE.get(stage.command)
+    path = stage.path / sub / RESULT_FILE if sub else None
+    data = read(path) if path is not None and path.is_file() else None
+    if data is None or _command_of(data, path.parent) != "train":
+        return []
+    return [Stage(f"{stage.name}/{sub}", "train", path.parent, data)]
+
+
 def _subdirs(root: Path) -> Iterator[Path]:
     try:
         yield from sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -252,7 +267,8 @@ def load_results(result_dir: str | Path) -> ResultSet:
     if top is not None and _command_of(top, root) != "audit" and not audit:
         stage = Stage(root.name, _command_of(top, root), root, top)
         stores = [root] if (root / "manifest.json").exists() else []
-        return ResultSet(root=root, command=stage.command, stages=[stage], store_dirs=stores, unreadable=unreadable)
+        stages = [stage] + _trained_inside(stage, read)
+        return ResultSet(root=root, command=stage.command, stages=stages, store_dirs=stores, unreadable=unreadable)
     if top is not None and not audit:
         audit = top
     unfinished = False
@@ -269,6 +285,8 @@ def load_results(result_dir: str | Path) -> ResultSet:
             if data is not None:
                 rs.stages.append(Stage(sub.name, _command_of(data, sub), sub, data))
     _add_target_run(rs)
+    if not audit:
+        _check_gathered(rs)
     if not rs.stages and not audit:
         if unreadable:
             raise DiffauditError(f"{root} holds no result that can be read: " + "; ".join(unreadable))
@@ -277,6 +295,31 @@ def load_results(result_dir: str | Path) -> ResultSet:
             "`diffaudit audit` or of one command (extract, verify, mia, inpaint, canaries, dedup)"
         )
     return rs
+
+
+#: Commands whose several results one report shows side by side (each membership attack its own entry).
+SHOWN_SIDE_BY_SIDE = ("mia",)
+
+
+def _check_gathered(rs: ResultSet) -> None:
+    """Refuse a folder of separate results that one report cannot show truthfully: one that holds whole
+    audits (each is its own report), or two results of one command (a report shows one of each, so the
+    others would be left out while its headline speaks for the folder)."""
+    audits = [st.name for st in rs.stages if st.command == "audit"]
+    if audits:
+        raise DiffauditError(f"{rs.root} is not one audit but holds {len(audits)} audit folder(s) ({', '.join(audits)}): "
+                             f"report each (`diffaudit report {rs.root / audits[0]}`), or put two side by side with "
+                             "`diffaudit compare`")
+    by_command: dict[str, list[str]] = {}
+    for st in rs.stages:
+        if st.command not in SHOWN_SIDE_BY_SIDE:
+            by_command.setdefault(st.command, []).append(st.name)
+    twice = {cmd: names for cmd, names in by_command.items() if len(names) > 1}
+    if twice:
+        cmd, names = next(iter(twice.items()))
+        raise DiffauditError(f"{rs.root} holds {len(names)} results of `{cmd}` ({', '.join(names)}), and a report shows "
+                             "one of each command: report each folder alone, put two side by side with `diffaudit "
+                             "compare`, or gather one of each command in a folder of its own")
 
 
 def _target_runs(rs: ResultSet) -> list[tuple[str, Path]]:

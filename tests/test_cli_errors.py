@@ -1,0 +1,26 @@
+"""A refusal from below the CLI names the option whose value it is about."""
+
+import argparse
+import json
+
+from diffaudit.cli.main import main, naming_the_option
+
+
+def test_a_missing_file_is_named_with_its_option(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "nope.npz"), "--out", str(tmp_path / "a")]) == 2
+    assert f"error: --data {tmp_path / 'nope.npz'} does not exist" in capsys.readouterr().err
+    assert main(["train", "--data", "digits", "--dedup", str(tmp_path / "keep.json"), "--out", str(tmp_path / "b")]) == 2
+    assert f"error: --dedup {tmp_path / 'keep.json'} does not exist" in capsys.readouterr().err
+    assert main(["--json", "train", "--data", str(tmp_path / "nope.npz"), "--out", str(tmp_path / "a")]) == 2
+    assert json.loads(capsys.readouterr().out)["error"].startswith("--data ")
+
+
+def test_only_a_message_led_by_one_options_value_is_changed():
+    args = argparse.Namespace(command="train", data="x.npz", samples="x.npz", out="o", seed=0)
+    assert naming_the_option("x.npz does not exist", args) == "x.npz does not exist"  # two options hold it
+    args.samples = None
+    assert naming_the_option("x.npz does not exist", args) == "--data x.npz does not exist"
+    assert naming_the_option("x.npz: bad image", args) == "--data x.npz: bad image"
+    assert naming_the_option("x.npzz does not exist", args) == "x.npzz does not exist"  # another name
+    assert naming_the_option("--data x.npz is empty", args) == "--data x.npz is empty"  # names its option already
+    assert naming_the_option("steps must be positive", args) == "steps must be positive"
