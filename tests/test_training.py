@@ -73,6 +73,11 @@ def test_resume_refuses_training_data_rewritten_in_place(tmp_path, capsys):
     capsys.readouterr()
     assert main(args) == 2
     assert "the pixels of the training images (--data) (was " in capsys.readouterr().err
+    # another subset is other examples: said in words, not as the digest's setting name
+    assert main(args + ["--subset", "16"]) == 2
+    err = capsys.readouterr().err
+    assert "which examples it trains on (--data, --subset, --membership, --repeat, --dedup) (was " in err
+    assert "training_set_digest" not in err
 
 
 def test_repeats_and_batches_are_deterministic():

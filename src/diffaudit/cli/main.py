@@ -278,7 +278,7 @@ def _parse_and_run(argv: list[str] | None, raw: list[str], command: str | None) 
     except DiffauditError as exc:
         from diffaudit.core.progress import printable  # names from data never drive the terminal
 
-        message = naming_the_option(str(exc), args)
+        message = naming_the_option(str(exc), args, option_flags(_command_parser(parser, args.command)))
         print(f"diffaudit {speaking_as(args.command)}: error: {printable(message)}", file=sys.stderr)
         if args.json and speaking_as(args.command) == args.command:  # a script reading stdout gets JSON either way
             write_stdout(json.dumps({"command": args.command, "error": message, "exit_status": 2}, indent=2) + "\n")
@@ -290,19 +290,22 @@ def _parse_and_run(argv: list[str] | None, raw: list[str], command: str | None) 
             os.environ["DIFFAUDIT_QUIET"] = previous
 
 
-def naming_the_option(message: str, args: argparse.Namespace) -> str:
-    """``message`` led by the option that gave the path it starts with: a refusal from below the CLI
-    (the loader's "nope.npz does not exist") names the file, not which of the command's options named
-    it (``--data nope.npz does not exist``). Unchanged when it names no option's value first, when two
-    options hold that value, or when it names an option already."""
+def option_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """The ``--flag`` of each of ``parser``'s options, by destination (positional arguments have none)."""
+    return {a.dest: flags[0] for a in parser._actions if (flags := [f for f in a.option_strings if f.startswith("--")])}
+
+
+def naming_the_option(message: str, args: argparse.Namespace, flags: dict[str, str]) -> str:
+    """``message`` led by the option (``flags``: :func:`option_flags`) that gave the path it starts
+    with: a refusal from below the CLI (the loader's "nope.npz does not exist") names the file, not
+    which of the command's options named it (``--data nope.npz does not exist``). Unchanged when it
+    names no option's value first, when two options hold that value, or when it names an option already."""
     if message.startswith("-"):
         return message
-    given = [(dest, value) for dest, value in vars(args).items()
-             if isinstance(value, str) and len(value) > 1 and not dest.startswith("_") and dest != "command"
+    given = [flags[dest] for dest, value in vars(args).items()
+             if dest in flags and isinstance(value, str) and len(value) > 1
              and message.startswith(value) and message[len(value):len(value) + 1] in (" ", ":")]
-    if len(given) != 1:
-        return message
-    return f"--{given[0][0].replace('_', '-')} {message}"
+    return f"{given[0]} {message}" if len(given) == 1 else message
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -131,7 +131,7 @@ def diff_settings(old: dict[str, Any], new: dict[str, Any], prefix: str = "",
 def _setting_name(key: str, names: Mapping[str, str]) -> str:
     """How a difference names setting ``key``: its flag (``names``); a digest of what a flag names
     (``model_digest`` beside ``--model``, ``samples_identity`` beside ``--samples``) as that input's
-    contents; the digest of the pixels a run trains on in words; else the key itself."""
+    contents; the digests of the examples a run trains on and of their pixels in words; else the key itself."""
     if key in names:
         return names[key]
     for suffix in ("_digest", "_identity"):
@@ -140,6 +140,8 @@ def _setting_name(key: str, names: Mapping[str, str]) -> str:
             return f"the contents of {names[base]}"
     if key.endswith("training_pixels_digest") and "data" in names:
         return "the pixels of the training images (--data)"
+    if key.endswith("training_set_digest") and "data" in names:
+        return "which examples it trains on (--data, --subset, --membership, --repeat, --dedup)"
     return key
 
 
