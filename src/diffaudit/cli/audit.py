@@ -56,6 +56,8 @@ _CONFIG_MAY_SET = {"redact"}
 #: --out folder is the same audit, and where it computes is no setting of its results (an audit started
 #: on one machine finishes on another; each stage records the device it ran on).
 _NOT_COMPARED = {"out", "device"}
+#: Options recorded only when given: an audit without them records what it did before they existed.
+RECORDED_WHEN_GIVEN = ("heldout", "heldout_subset")
 #: Options that name an input (recorded canonical, see :func:`~diffaudit.cli.common.canonical_path`).
 PATH_SETTINGS = ("data", "model", "cifar_root", "heldout")
 #: How the keys of --heldout's images are prefixed in the audit (so that they never name a training image).
@@ -224,9 +226,7 @@ def audit_settings(args: argparse.Namespace) -> dict[str, Any]:
     the paths of inputs canonical. A ``--model`` audit without shadows trains nothing: the training
     options are not among them."""
     unused = training_options() if args.model and not args.shadows else set()
-    # an audit without them records what it did before they existed
-    unused |= {"heldout"} if args.heldout is None else set()
-    unused |= {"heldout_subset"} if args.heldout_subset is None else set()
+    unused |= {k for k in RECORDED_WHEN_GIVEN if getattr(args, k) is None}
     settings = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_SETTINGS | _NOT_COMPARED | unused}
     return canonical_settings(settings, PATH_SETTINGS)
 

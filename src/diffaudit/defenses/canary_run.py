@@ -294,8 +294,8 @@ def run_canary_experiment(dataset: ImageDataset, plan: CanaryPlan, config, out: 
              "never-inserted references")
     ceiling = max_exposure(len(ref_loss))
     top = int(np.isclose(exp, ceiling).sum())  # rank 1, a loss below every reference's: at least the ceiling
-    bound = f"≥ {exp.mean():.2f} bits ({top} at the ceiling of" if top else f"{exp.mean():.2f} bits (of at most"
-    stage_line(f"canaries: mean exposure {bound} {ceiling:.2f}); {found}")
+    of = f"{top} at the ceiling of {ceiling:.2f}" if top else f"of at most {ceiling:.2f}"
+    stage_line(f"canaries: mean exposure {'≥ ' if top else ''}{exp.mean():.2f} bits ({of}); {found}")
     rows = [{"key": k, "kind": plan.kind, "repeats": int(r), "index": record["canaries"][j]["index"],
              "loss": float(can_loss[j]), "exposure": float(exp[j]), "exposure_gaussian": float(exp_g[j]),
              "extracted": extracted[j], "nearest_l2": None if ex is None else float(ex.canary_l2[j])}
