@@ -82,7 +82,14 @@ def test_audit_refuses_bad_values_before_recording_anything(tmp_path, capsys):
                       (["--mia", "loss", "--draws", "5"], "--draws"), (["--n-samples", "0"], "--n-samples"),
                       (["--sample-steps", "0"], "--sample-steps"), (["--min-clique", "1"], "--min-clique"),
                       (["--grid", "0"], "--grid"), (["--lr", "2"], "--lr"), (["--steps", "0"], "--steps"),
-                      (["--subset", "40", "--train-size", "100"], "--train-size must lie in [1, 39]")):
+                      (["--subset", "40", "--train-size", "100"], "--train-size must lie in [1, 39]"),
+                      # found only after training and sampling before: the mia stage's and extract's own checks
+                      (["--timesteps", "1000"], "--timesteps must lie in [0, 999] (the schedule has T = 1000 steps"),
+                      (["--n-samples", "1"], "--n-samples must be at least 2: extraction looks for near-identical"),
+                      (["--shadows=-2"], "--shadows must be 0 or a positive even number"),
+                      (["--timesteps", "100,100"], "--timesteps must not repeat a timestep; got 100,100"),
+                      (["--timesteps=-1"], "--timesteps must be >= 0; got -1"),
+                      (["--sweep", "10,10"], "--sweep must not repeat a timestep")):
         out = tmp_path / "e"
         assert main(["audit", *bad, "--out", str(out), "--device", "cpu", "--quiet"]) == 2
         assert says in capsys.readouterr().err
@@ -170,6 +177,9 @@ def test_audit_with_shadows_lira_and_inpainting(tmp_path):
     assert len(inpaint["targets"]) == 4
     summary = json.loads((out / "summary.json").read_text())
     assert summary["inpainting"] is not None and "lira-fixed" in json.dumps(summary["mia"])
+    result = json.loads((out / "result.json").read_text())  # the audit's own record names every stage's headline
+    assert result["inpainting"] == {"auc": inpaint["auc"], "n_targets": 4, "n_members": 2, "n_nonmembers": 2}
+    assert result["n_shadows"] == 4 and result["report"] == str(out / "report.html")
     assert "Inpainting" in (out / "report.html").read_text() or "inpaint" in (out / "report.html").read_text()
     # its grids lie inside its inpaint folder: every one is embedded
     assert (out / "report.html").read_text().count('data-kind="inpaint"') == 4
@@ -338,6 +348,12 @@ def test_config_takes_toml_lists_for_comma_separated_options(tmp_path):
         applied("steps = [1, 2]\n")
     with pytest.raises(DiffauditError, match=r"subset = 'many': expected an integer$"):
         applied('subset = "many"\n')
+    # a folder (an audit's, holding its config.toml) was an IsADirectoryError traceback
+    (tmp_path / "audit-out").mkdir()
+    (tmp_path / "audit-out" / "config.toml").write_text("steps = 5\n")
+    args = build_parser(only="audit").parse_args(["audit", "--config", str(tmp_path / "audit-out")])
+    with pytest.raises(DiffauditError, match=r"is a folder; give a TOML file \(an audit's own is .*audit-out/config.toml\)"):
+        apply_config(args, ["--config", str(tmp_path / "audit-out")])
 
 
 def test_the_report_of_an_unfinished_audit_says_it_is_unfinished(tmp_path, capsys, monkeypatch):

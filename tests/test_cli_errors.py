@@ -28,3 +28,28 @@ def test_only_a_message_led_by_one_options_value_is_changed(tmp_path, capsys):
     # a positional argument has no flag to name: `report FOLDER`'s refusal stays as it is
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert f"error: {tmp_path / 'nope'} is not a folder" in capsys.readouterr().err
+
+
+def test_an_option_with_choices_never_leads_a_message(tmp_path, capsys):
+    """`--embedder clip` is a name, not a path: the loader's "clip embedder: ..." stays as it is (it read
+    "--embedder clip embedder: ..."), while the path it is about is still named by its option."""
+    assert main(["dedup", "--data", "digits", "--embedder", "clip", "--clip-model", str(tmp_path / "none"),
+                 "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "error: clip embedder: CLIP model not available locally" in err and "--embedder clip embedder" not in err
+
+
+def test_a_file_given_for_a_folder_is_named_so(tmp_path, capsys):
+    """mia --target RUN/train_ids.json read "write RUN/train_ids.json/train_ids.json yourself"; --loss-cache FILE
+    blamed --out; train --extend RUN/train_config.json said "no such folder"."""
+    f = tmp_path / "run" / "train_ids.json"
+    f.parent.mkdir()
+    f.write_text("{}")
+    for flag in ("--target", "--loss-cache"):
+        argv = ["mia", "--data", "digits", "--attack", "loss", "--out", str(tmp_path / "m"), flag, str(f)]
+        assert main(argv + (["--target", str(tmp_path / "run")] if flag == "--loss-cache" else [])) == 2
+        err = capsys.readouterr().err
+        assert f"error: {flag} {f} is a file, not " in err and f"the folder holding it is {f.parent}" in err
+    assert not (tmp_path / "m").exists()
+    assert main(["train", "--data", "digits", "--steps", "4", "--extend", str(f), "--out", str(tmp_path / "t")]) == 2
+    assert f"--extend {f} is a file, not a run folder" in capsys.readouterr().err

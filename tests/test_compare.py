@@ -234,6 +234,13 @@ def test_folders_without_comparable_results_are_an_error(tmp_path, capsys):
     assert captured.out == "" and not (tmp_path / "cmp").exists()
     assert f"neither {tmp_path / 'run-plain'} (train) nor {tmp_path / 'run-dedup'} (train)" in captured.err
     assert "compare reads an audit folder" in captured.err and "mia (membership inference)" in captured.err
+    # and says how to measure what the two runs leak: audit each first, on the data the run records
+    assert (f"To compare what {tmp_path / 'run-plain'} and {tmp_path / 'run-dedup'} leak, audit each first, e.g. "
+            f"`diffaudit audit --model {tmp_path / 'run-plain'} --data DATA --out audit-run-plain`") in captured.err
+    write_result(tmp_path / "run-plain" / "result.json", "train", {"data": {"spec": "my photos", "options": {}}}, {},
+                 steps=600, n_train=1997)
+    assert main(["compare", str(tmp_path / "run-plain"), str(tmp_path / "run-dedup")]) == 2
+    assert "--data 'my photos' --out audit-run-plain" in capsys.readouterr().err  # the run's recorded data, quoted
 
 
 

@@ -240,3 +240,47 @@ def test_clip_weights_load_from_safetensors_only_never_from_a_pickle(tiny_clip_d
     with pytest.raises(DiffauditError, match=f"the folder {pickled} holds no CLIP model that loads") as err:
         get_embedder("clip", model=str(pickled)).embed(np.zeros((1, 32, 32, 3), np.uint8))
     assert opened == [] and "weights_only" not in str(err.value)
+
+
+def test_a_clip_model_replaced_in_place_is_another_embedder_on_resume(tiny_clip_dir, tmp_path, tmp_npz, capsys, monkeypatch):
+    """`dedup --embedder clip` records its model's weights digest: a folder resumed after the model was replaced
+    under the same path is refused, naming the contents of --clip-model; the same folder by another spelling
+    resumes; a folder recorded before the digest resumes as it did."""
+    import json
+    import shutil
+
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from diffaudit.cli.main import main
+
+    data, clip, out = tmp_npz(_images(8, 32)), tmp_path / "clip", tmp_path / "dd"
+    shutil.copytree(tiny_clip_dir, clip)
+    args = ["dedup", "--data", str(data), "--embedder", "clip", "--clip-model", str(clip), "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    record = json.loads((out / "settings.json").read_text())["settings"]["embedder"]
+    assert record["model"] == str(clip.resolve()) and len(record["model_digest"]) == 16
+    monkeypatch.chdir(tmp_path)
+    assert main([*args[:6], "./clip", *args[7:]]) == 0  # ./clip is the same folder: resumed, not refused
+    settings = json.loads((out / "settings.json").read_text())
+    del settings["settings"]["embedder"]["model_digest"]  # as an earlier version recorded it
+    (out / "settings.json").write_text(json.dumps(settings))
+    assert main(args) == 0, capsys.readouterr().err
+    with torch.random.fork_rng():  # another model of the same shape, written over the first
+        torch.manual_seed(1)
+        CLIPVisionModelWithProjection(CLIPVisionConfig.from_pretrained(clip)).save_pretrained(clip)
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "the contents of --clip-model (was " in capsys.readouterr().err
+
+
+def test_a_clip_text_encoder_is_refused_as_an_image_model(tmp_path):
+    """A Stable Diffusion pipeline's text_encoder/ is an easy --clip-model mistake: a clear error, not the loader's
+    RuntimeError about mismatched sizes."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = CLIPTextConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4, vocab_size=99)
+    CLIPTextModel(cfg).save_pretrained(tmp_path / "text_encoder")
+    with pytest.raises(DiffauditError, match=r"holds a CLIP text encoder \(config.json model_type 'clip_text_model'\), "
+                                             r"not a CLIP image model"):
+        get_embedder("clip", model=str(tmp_path / "text_encoder"))

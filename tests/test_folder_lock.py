@@ -47,9 +47,12 @@ def test_a_second_process_on_the_same_folder_is_refused_naming_the_first(holder)
 
 def test_a_killed_holder_does_not_block_a_re_run(holder):
     out, child = holder
+    assert folder_lock.writer(out) == child.pid  # a reader finding the folder unfinished names who writes it
     child.send_signal(signal.SIGKILL)
     child.wait()
+    assert folder_lock.writer(out) is None  # its lock file is stale: nobody writes it
     assert prepare_out_dir(out, "extract", {"a": 1})[1] is True
+    assert folder_lock.writer(out) is None  # held by this process: not another's
     folder_lock.release_folder(out)
 
 

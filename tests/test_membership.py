@@ -127,6 +127,11 @@ def test_cli_membership_writes_then_keeps_then_refuses(tmp_path, capsys, monkeyp
     assert "differs in seed (was 5, now 6)" in capsys.readouterr().err
     assert main([*args[:-4], "--seed", "6", "--out", str(out), "--fresh"]) == 0
     assert load_membership(out).seed == 6
+    notes = tmp_path / "notes.txt"  # a mistyped --out naming a file of the user's: never replaced, --fresh or not
+    notes.write_text("mine")
+    for extra in ([], ["--fresh"]):
+        assert main([*args[:-2], "--out", str(notes), *extra]) == 2
+        assert "exists and is not a membership file" in capsys.readouterr().err and notes.read_text() == "mine"
     assert main(["membership", "--data", "digits", "--models", "3", "--out", str(tmp_path / "odd.npz")]) == 2
     assert "must be even" in capsys.readouterr().err
     # --out a folder (existing, ending in /, or a new path without a suffix, as every other --out): membership.npz inside it

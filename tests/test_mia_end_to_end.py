@@ -78,6 +78,19 @@ def test_fixed_variance_lira_detects_members(shadows):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_sweep_scores_the_attacks_own_timestep_too(shadows):
+    """--timesteps 100 --sweep 10,500: the sweep also holds t = 100 (its losses are computed anyway), scored as the
+    attack itself, so the sweep's best t is one among every t measured (it was 10 or 500 whatever t = 100 gave)."""
+    root, _, _ = shadows
+    rc, out = mia(root, "loss-sweep", "--attack", "loss", "--sweep", "10,500")
+    assert rc == 0
+    r = read_json(out / "result.json")
+    assert r["sweep"]["timesteps"] == [10, 100, 500] and r["settings"]["attack"]["sweep"] == [10, 500]
+    assert r["sweep"]["auc"][1] == pytest.approx(r["auc"])
+    with np.load(out / "scores.npz", allow_pickle=False) as z:
+        np.testing.assert_array_equal(z["sweep_scores"][1], z["score"])
+
+
 def test_loss_attack_direction_and_cache_reuse(shadows, monkeypatch):
     root, matrix, _ = shadows
     rc, out = mia(root, "loss", "--attack", "loss")
@@ -109,6 +122,18 @@ def test_loss_attack_direction_and_cache_reuse(shadows, monkeypatch):
     monkeypatch.setattr("diffaudit.attacks.membership.loss_cache.per_example_loss", no_forward)
     rc, out = mia(root, "cached", "--attack", "lira")
     assert rc == 0 and read_json(out / "result.json")["attack"] == "lira"
+
+
+def test_losses_read_from_the_cache_are_said_to_be(shadows, capsys):
+    """A second attack on the same models computes nothing: each model's line says its losses came from the cache
+    (a resumed run read as one that did nothing before)."""
+    root, _, _ = shadows
+    assert mia(root, "first", "--attack", "lira-fixed")[0] == 0
+    capsys.readouterr()
+    assert main(["mia", *DATA, "--shadows", str(root / "shadows"), "--out", str(root / "said"), "--device", "cpu",
+                 "--loss-cache", str(root / "cache"), "--bootstrap", "30", "--attack", "lira"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("read from the cache") == M and "mia: losses of model-00 at t=[100] read from the cache" in err
 
 
 def test_target_modes(shadows):

@@ -64,6 +64,9 @@ def test_prompts_cli_on_captioned_npz(tmp_path, tmp_npz, digits, capsys):
     assert lines[:3] == ["copy of two", "photo number 2", "other copy ✓"]
     assert lines[3] in ("photo number 5", "copy of five")
     assert read_prompts(str(out / "prompts.txt")) == lines  # what `diffaudit sample --prompts` reads
+    assert read_prompts(str(out)) == lines  # the folder of `diffaudit prompts`: its prompts.txt
+    with pytest.raises(DiffauditError, match="is a JSON document, not a prompt file"):
+        read_prompts(str(out / "result.json"))  # every line of it would have been a prompt
     assert r["n_prompts"] == 4 and r["prompts"][0] == {"prompt": "copy of two", "score": 3, "n_images": 2, "indices": [30, 31]}
     assert r["n_duplicated_images"] == 6
 
@@ -154,3 +157,17 @@ def test_prompts_reads_the_parts_dedup_decoded(tmp_path, tmp_npz, digits, monkey
                  "--data-cache", str(cache)]) == 0
     assert (tmp_path / "disk" / "prompts.txt").read_text(encoding="utf-8") == \
         (tmp_path / "mem" / "prompts.txt").read_text(encoding="utf-8")
+
+
+def test_a_prompt_file_saved_with_a_byte_order_mark_or_blank_lines_reads_as_its_prompts(tmp_path, capsys):
+    """A Windows editor's byte-order mark is not part of the first prompt (it would no longer equal its training
+    caption); blank lines are skipped, and said, since prompt pK then is not line K + 1; trailing ones say nothing."""
+    from diffaudit.cli.sample import read_prompts
+
+    f = tmp_path / "p.txt"
+    f.write_bytes("\ufeffa photo of a cat\r\n\r\n{not json\r\n\r\n".encode("utf-8"))
+    assert read_prompts(str(f)) == ["a photo of a cat", "{not json"]
+    err = capsys.readouterr().err
+    assert "blank lines of" in err and "(the first is line 2)" in err
+    f.write_text("one\ntwo\n\n\n", encoding="utf-8")
+    assert read_prompts(str(f)) == ["one", "two"] and "blank" not in capsys.readouterr().err

@@ -647,6 +647,14 @@ def test_a_pair_shows_the_closest_generation_counted_for_its_training_image(tmp_
     assert [a["data-sample"] for t, a in page.tags if t == "figure" and "data-sample" in a] == ["p7-i1"]
     assert "0.146" not in "".join(page.text)
     assert build_summary(res)["extraction"]["extracted_l2_max"] == 0.0
+    assert "(≤ 1 is extracted; the rule above gives how many)" in visible_text(render_html(res))
+    # under the l2 rule the gallery's legend says that rule, and that the ratio shown is for reference only
+    record = json.loads((res / "result.json").read_text())
+    record.update(rule="l2", delta=0.1)
+    write_json_atomic(res / "result.json", record)
+    text = visible_text(render_html(res))
+    assert "this verification's rule extracts at ℓ2 ≤ δ = 0.1" in text and "≤ 1 is extracted" not in text
+    assert "shown for reference: the ratio rule, not run here, extracts at ≤ 1" in text
 
 
 def test_a_folder_of_results_made_on_other_inputs_says_so(tmp_path):
@@ -698,3 +706,37 @@ def test_a_folder_of_whole_audits_or_of_one_command_twice_is_refused(tmp_path, c
             "mia", {"data": {"spec": "digits", "options": {}}}, {}, attack=attack, auc=0.6, tpr_at_fpr={}, n_members=2,
             n_nonmembers=2))
     assert set(build_summary(gathered)["mia"]) == {"loss", "lira"}
+
+
+@pytest.mark.parametrize("command", ["sample", "export", "prompts", "membership"])
+def test_a_folder_that_measures_nothing_is_refused_saying_what_it_holds(tmp_path, capsys, command):
+    """A sample store, exported PNGs, a prompt list, a membership matrix: their report was a page of settings
+    under a headline saying the folder's own results follow (and a sample store got report.html written into it)."""
+    from diffaudit.cli.main import main
+
+    folder = tmp_path / command
+    write_json_atomic(folder / "result.json", _envelope(command, {}, {}))
+    assert main(["report", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert f"holds the output of `diffaudit {command}`, which measures nothing for a report to show: " in err
+    assert not (folder / "report.html").exists() and not (folder / "summary.json").exists()
+
+
+def test_a_pooled_leave_one_out_attack_says_how_its_rows_were_made(tmp_path):
+    """128 members / 128 non-members of 4 leave-one-out targets on 64 examples read as 256 examples, and lira with
+    1 shadow a side silently took the pooled variance: the table says both."""
+    from diffaudit.report import render_html
+
+    write_json_atomic(tmp_path / "mia" / "result.json", _envelope(
+        "mia", {"data": {"spec": "digits", "options": {}}}, {}, attack="lira", auc=0.74, tpr_at_fpr={"0.01": None},
+        n_members=128, n_nonmembers=128, n_models=4, n_examples=64, shadows_per_side=1,
+        target={"mode": "leave-one-out", "index": None, "run": None}))
+    text = visible_text(render_html(tmp_path / "mia"))
+    assert "(model, example) rows: 4 models each the target in turn (leave-one-out), 64 examples" in text
+    assert "lira fits a variance per example only from 2 or more IN and OUT shadows; here some examples have as few " \
+           "as 1 a side" in text
+    record = json.loads((tmp_path / "mia" / "result.json").read_text())
+    record.update(attack="lira-fixed", target={"mode": "model", "run": "run"}, shadows_per_side=None)
+    write_json_atomic(tmp_path / "mia" / "result.json", record)
+    text = visible_text(render_html(tmp_path / "mia"))
+    assert "(model, example) rows" not in text and "fits a variance per example" not in text

@@ -94,3 +94,28 @@ def test_a_verify_of_every_generation_is_unchanged(folder, tmp_path):
     assert "from_extract" not in ex
     text = visible_text(render_html(out))
     assert f"copied by {ex['n_extracting_samples']} of 94 generations" in text and "clique medoids verified" not in text
+
+
+def test_an_extract_result_that_flagged_nothing_verifies_nothing_and_says_so(tmp_path, capsys):
+    """60 unrelated digits form no clique: verify --from-extract checks 0 generations. That bounds nothing, so the
+    command warns, its line says nothing was measured and the report's verdict is "not measured", not "no training
+    image was extracted"; the baseline still records its size."""
+    from diffaudit.data import load_dataset
+
+    images = load_dataset("digits").images
+    np.savez(tmp_path / "train.npz", images=images[:200])
+    np.savez(tmp_path / "unseen.npz", images=images[400:450])
+    np.savez(tmp_path / "samples.npz", images=images[300:360])
+    assert main(["--quiet", "extract", "--samples", str(tmp_path / "samples.npz"), "--out", str(tmp_path / "extract"),
+                 "--device", "cpu", "--k-neighbors", "16"]) == 0
+    assert main(["verify", "--samples", str(tmp_path / "samples.npz"), "--data", str(tmp_path / "train.npz"),
+                 "--baseline", str(tmp_path / "unseen.npz"), "--from-extract", str(tmp_path / "extract"),
+                 "--out", str(tmp_path / "verify"), "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    assert "flags no clique among its 60 generations: no generation is verified" in err
+    assert "no generation verified (the extract result flagged none): nothing measured" in out
+    r = json.loads((tmp_path / "verify" / "result.json").read_text())
+    assert r["n_samples"] == 0 and r["baseline"]["n_images"] == 50 and r["baseline_unique_extracted"] == 0
+    text = visible_text(render_html(tmp_path / "verify"))
+    assert "Not measured: no generation was verified (the extract result flagged no clique among its 60 generations)" in text
+    assert "No training image was extracted" not in text and "0 of 50 never-seen images matched" in text

@@ -100,6 +100,7 @@ def test_source_check_prompts_directly(runc, uncond):
     (["--n", "4", "--guidance-scale", "3"], "--guidance-scale apply to a Stable Diffusion pipeline"),
     (["--n", "4", "--per-prompt", "2"], "give --n (images of an unconditional model) or --per-prompt"),
     (["--n", "-5"], "--n must be at least 1 (images to generate); got -5"),
+    (["--per-prompt", "0"], "--per-prompt must be at least 1 (images to generate); got 0"),  # was taken as 1
 ])
 def test_options_a_pixel_model_would_ignore_leave_no_store(uncond, tmp_path, capsys, extra, message):
     """Stable Diffusion's --scheduler and --guidance-scale, and --per-prompt beside --n, would change nothing

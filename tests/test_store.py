@@ -199,3 +199,52 @@ def test_a_ray_worker_samples_as_the_store_records(tiny_model, tmp_path):
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(DiffauditError, match=r"differ from those .* records \(eta\)"):
         _ShardWorker(str(out), str(tiny_model), options, 1)
+
+
+def test_a_train_ids_json_written_beside_the_weights_does_not_stop_the_store_resuming(tmp_path, capsys):
+    """A model trained elsewhere is given its train_ids.json for `mia` once it has generated (README's text-to-image
+    workflow): what it generates depends on its weights alone, so the store resumes; a store recorded by an earlier
+    version, whose digest took the file in, resumes too (read through sample's upgrade)."""
+    import torch
+
+    from diffaudit.models.digest import model_digest
+    from diffaudit.models.unets import build_unet, unet_config
+
+    model, out = tmp_path / "unet-elsewhere", tmp_path / "s"
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        build_unet(unet_config("tiny", image_size=8, in_channels=1)).save_pretrained(model)  # a bare UNet folder
+    assert main(sample_args(model, out)) == 0
+    (out / "shards" / "shard-000001.npy").unlink()  # as if killed before the second shard
+    (model / "train_ids.json").write_text(json.dumps({"keys": ["npz:0", "npz:1"]}))
+    assert model_digest(model) != model_digest(model, members=False)  # membership attacks do read it
+    assert main(sample_args(model, out)) == 0
+    assert SampleStore.open(out).completed() == [0, 1, 2]
+    record = json.loads((out / "settings.json").read_text())
+    record["settings"]["model_digest"] = model_digest(model)  # as the earlier version recorded it, the file in
+    (out / "settings.json").write_text(json.dumps(record))
+    (out / "shards" / "shard-000002.npy").unlink()
+    capsys.readouterr()
+    assert main(sample_args(model, out)) == 0, capsys.readouterr().err
+    assert SampleStore.open(out).completed() == [0, 1, 2]
+
+
+def test_an_unfinished_store_another_process_is_writing_says_to_wait(tiny_model, tmp_path):
+    """`verify` (or extract) on a store `sample` is still filling: the error names that process and says to wait,
+    rather than to re-run `diffaudit sample` (which that process's lock would refuse)."""
+    out = tmp_path / "s"
+    assert main(sample_args(tiny_model, out)) == 0
+    (out / "shards" / "shard-000001.npy").unlink()
+    with pytest.raises(DiffauditError, match="re-run `diffaudit sample` to finish"):
+        SampleStore.open(out).to_dataset()
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom diffaudit.core.folder_lock import hold\n"
+                              "hold(sys.argv[1]); print('held', flush=True); time.sleep(60)", str(out)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "held"
+        with pytest.raises(DiffauditError, match=rf"1 of 3 shards are unfinished: `diffaudit sample` \(pid {child.pid}\) "
+                                                 "is still writing it; wait for it to finish"):
+            SampleStore.open(out).to_dataset()
+    finally:
+        child.kill()
+        child.wait()

@@ -55,6 +55,17 @@ def test_extended_run_equals_one_trained_that_long(tmp_path, syn):
     assert same_weights(longer, training.train(syn, config(13), tmp_path / "ref13"))
 
 
+def test_a_run_ending_on_a_log_line_extends_to_the_same_loss_log(tmp_path, syn):
+    """8 steps, logged every 4: its last line is one the longer run writes too, so the extension starts an empty
+    window after it (it averaged steps 5 to 12 into its step-12 line, and lacked the step-8 line)."""
+    short = training.train(syn, config(8), tmp_path / "short", keep_state=True)
+    long = training.train(syn, config(12), tmp_path / "long", extend=short)
+    ref = training.train(syn, config(12), tmp_path / "ref")
+    assert same_weights(long, ref)
+    assert (long / "loss_log.jsonl").read_text() == (ref / "loss_log.jsonl").read_text()
+    assert [json.loads(line)["step"] for line in (long / "loss_log.jsonl").read_text().splitlines()] == [4, 8, 12]
+
+
 def test_killed_extension_resumes_to_the_same_weights(tmp_path, syn, monkeypatch):
     short = training.train(syn, config(6), tmp_path / "short", keep_state=True)
     calls = {"n": 0}

@@ -69,7 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data_args(p)
     p.add_argument("--out", default="audit-out", help="output folder")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     p.add_argument("--fresh", action="store_true", help="delete what --out holds and start over")
     p.add_argument("--redo", action="store_true",
                    help="when only options of later stages changed (--mia, --timesteps, --sweep, --draws, --inpaint, "
@@ -99,11 +99,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rule", choices=("auto", "ratio", "l2"), default="auto", help="verification rule (auto: ratio, the paper's rule for pixel-space models)")
     g = p.add_argument_group("membership inference")
     g.add_argument("--mia", choices=MIA_ATTACKS, default="loss",
-                   help="attack; with fewer than 8 shadows (4 IN and 4 OUT per example) the -fixed variants (one global "
-                        "variance) are usually the stronger (docs/experiments.md: 3 a side)")
+                   help="attack; below 4 IN and 4 OUT shadows per example (--shadows under 10, as the target is shadow "
+                        "0; under 8 with --model) the -fixed variants (one global variance) are usually the stronger "
+                        "(docs/experiments.md: 3 a side)")
     g.add_argument("--shadows", type=int, default=0,
-                   help="train K shadow models on seeded random halves of --data (even; LiRA needs 4 or more, and 6 or more to fit a "
-                        "variance per example rather than the pooled one of the -fixed variants); the target "
+                   help="train K shadow models on seeded random halves of --data (even; LiRA needs 4 or more, and 6 or more (4 with "
+                        "--model) to fit a variance per example from 2 IN and 2 OUT, rather than the pooled one of the "
+                        "-fixed variants); the target "
                         "is model 0, or with --model that run, whose training options (train_config.json) the shadows "
                         "copy unless given here")
     g.add_argument("--timesteps", default="100", help="attack timestep(s), comma-separated")
@@ -131,6 +133,11 @@ def _load_toml(path: str) -> dict[str, Any]:
             raw = tomllib.load(f)
     except FileNotFoundError:
         raise DiffauditError(f"--config {path} does not exist") from None
+    except IsADirectoryError:
+        hint = f" (an audit's own is {Path(path) / 'config.toml'})" if (Path(path) / "config.toml").is_file() else ""
+        raise DiffauditError(f"--config {path} is a folder; give a TOML file{hint}") from None
+    except OSError as exc:
+        raise DiffauditError(f"--config {path} cannot be read ({exc.strerror or exc})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise DiffauditError(f"--config {path}: not valid TOML: {exc}") from None
     except RecursionError:  # arrays or tables nested thousands deep
@@ -449,6 +456,19 @@ def check_stage_values(args: argparse.Namespace) -> None:
     timesteps = parse_int_list(args.timesteps, "--timesteps")
     sweep = parse_int_list(args.sweep, "--sweep") if str(args.sweep).strip() else []
     MiaConfig(attack=args.mia, timesteps=tuple(timesteps), sweep=tuple(sweep), n_draws=args.draws or 1).validate()
+    from diffaudit.models.scheduler import make_scheduler, num_train_timesteps
+
+    # the models' schedules: --model's own, and that of the models the audit trains (the sweep is clipped to it)
+    schedules = [num_train_timesteps(args.model)] if args.model else []
+    if not args.model or args.shadows:
+        schedules.append(int(make_scheduler().config.num_train_timesteps))
+    T = min(schedules)
+    if max(timesteps) >= T:
+        raise DiffauditError(f"--timesteps must lie in [0, {T - 1}] (the schedule has T = {T} steps; the paper's "
+                             f"t = 1000 is --timesteps {T - 1}); got {args.timesteps}")
+    if args.n_samples < 2 and not args.class_conditional:
+        raise DiffauditError(f"--n-samples must be at least 2: extraction looks for near-identical generations among "
+                             f"them; got {args.n_samples}")
     if args.inpaint:
         parse_counts(args.inpaint_targets, "--inpaint-targets")
 
@@ -587,7 +607,8 @@ def run(args: argparse.Namespace) -> int:
 
     args = apply_config(args, args._argv)
     if args.shadows < 0 or args.shadows % 2:
-        raise DiffauditError("--shadows must be an even number (every example is IN for half of the models)")
+        raise DiffauditError(f"--shadows must be 0 or a positive even number (every example is IN for half of the "
+                             f"models); got {args.shadows}")
     if args.inpaint and args.shadows < (2 if args.model else 4):
         raise DiffauditError(
             "--inpaint needs shadow models that did not train on each target: pass --shadows 2 or more" if args.model else
@@ -701,8 +722,9 @@ def run(args: argparse.Namespace) -> int:
                              "--out", str(out / "mia"), *dev, *seed])
     if mia is not None:
         stages.run_outliers(data, args.seed)
+    inpaint = None
     if args.inpaint:
-        stages.run("inpaint", ["inpaint", "--model", str(target), "--shadows", str(models), "--membership",
+        inpaint = stages.run("inpaint", ["inpaint", "--model", str(target), "--shadows", str(models), "--membership",
                                str(models / "membership.npz"), *_data_flags(args, out), "--targets", args.inpaint_targets,
                                "--n-inpaint", str(args.n_inpaint), "--top-k", str(min(10, args.n_inpaint)),
                                "--out", str(out / "inpaint"), *dev, *seed])
@@ -717,7 +739,10 @@ def run(args: argparse.Namespace) -> int:
         "unique_extracted": None if verify is None else verify.get("unique_extracted"),
         "baseline_unique_extracted": None if verify is None else verify.get("baseline_unique_extracted"),
         "mia": None if mia is None else {"attack": mia.get("attack"), "auc": mia.get("auc"), "tpr_at_fpr": mia.get("tpr_at_fpr")},
-        "seconds": time.perf_counter() - t0,
+        "n_shadows": args.shadows,
+        "inpainting": None if inpaint is None else _inpainting_fields(inpaint),
+        "report": str(out / "report.html"),
+        "seconds": time.perf_counter() - t0,  # of this run: stages finished earlier are read, not timed again
     }
     result = write_result(out / "result.json", NAME, settings, {"seed": args.seed}, **fields)
     summary = read_json(write_summary(out))
@@ -725,6 +750,14 @@ def run(args: argparse.Namespace) -> int:
     stage_line(f"audit: report written to {report}")
     emit(args, result, f"{_head(result, summary)}. Report: {report}")
     return 0
+
+
+def _inpainting_fields(result: dict[str, Any]) -> dict[str, Any]:
+    """The audit's record of its inpaint stage: the attack's AUC and how many member and non-member targets."""
+    targets = [t for t in result.get("targets") or [] if isinstance(t, dict)]
+    n_members = sum(1 for t in targets if t.get("member"))
+    return {"auc": result.get("auc"), "n_targets": len(targets), "n_members": n_members,
+            "n_nonmembers": len(targets) - n_members}
 
 
 def _stale(result: dict[str, Any], out: Path) -> str | None:

@@ -137,6 +137,19 @@ def given_options(argv: Iterable[str]) -> set[str]:
     return {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
 
 
+def refuse_files_for_folders(args: argparse.Namespace, flags: dict[str, str]) -> None:
+    """Refuse a file given where an option (``flags``: destination -> what folder it takes) names a folder,
+    before anything is read or written: the checks below would word it as a folder missing a file inside
+    (``RUN/train_ids.json/train_ids.json``) or blame the output folder for a cache that cannot be written."""
+    for dest, what in flags.items():
+        value = getattr(args, dest, None)
+        if isinstance(value, str) and Path(value).is_file():
+            from diffaudit.core.errors import DiffauditError
+
+            flag = "--" + dest.replace("_", "-")
+            raise DiffauditError(f"{flag} {value} is a file, not {what}; the folder holding it is {Path(value).parent}")
+
+
 def file_in_folder(spec: str | None, name: str) -> str | None:
     """An input file flag's value: ``spec/name`` when ``spec`` is a folder holding ``name`` (the output folder
     of the command that writes it: a dedup folder's ``keep.json``), else ``spec`` as given."""

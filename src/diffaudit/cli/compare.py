@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -63,6 +64,19 @@ READS = ("an audit folder (`diffaudit audit --out`), or the result folder of ver
          "inference), inpaint, canaries or dedup, or a DP-SGD run (its dp.json)")
 
 
+def _audit_first(args: argparse.Namespace, a: dict, b: dict) -> str:
+    """For training runs among the two folders, how to measure what they leak: audit each first."""
+    runs = [(str(f), s) for f, s in ((args.audit_a, a), (args.audit_b, b)) if s.get("command") == "train"]
+    if not runs:
+        return ""
+    (first, summary), names = runs[0], " and ".join(f for f, _ in runs)
+    spec = (summary.get("dataset") or {}).get("spec") if isinstance(summary.get("dataset"), dict) else None
+    data = shlex.quote(spec) if isinstance(spec, str) and spec else "DATA"
+    return (f". To compare what {names} leak, audit {'each' if len(runs) > 1 else 'it'} first, e.g. "
+            f"`diffaudit audit --model {shlex.quote(first)} --data {data} --out audit-{Path(first).name}`, "
+            "and compare the audits")
+
+
 def run(args: argparse.Namespace) -> int:
     """Compare the two folders: the table (or JSON) on stdout, a dataset warning on stderr.
 
@@ -75,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     if not measured:
         raise DiffauditError(f"nothing to compare: neither {args.audit_a} ({a.get('command')}) nor {args.audit_b} "
                              f"({b.get('command')}) holds extraction, membership-inference, inpainting, canary, DP or dedup results; "
-                             f"compare reads {READS}")
+                             f"compare reads {READS}" + _audit_first(args, a, b))
     settings = canonical_settings({"audit_a": str(args.audit_a), "audit_b": str(args.audit_b), "labels": labels}, PATH_SETTINGS)
     # Always recomputed (it only reads two folders' JSON): a result kept from an earlier run would be
     # stale once either folder's results change, and the settings hold only their paths.

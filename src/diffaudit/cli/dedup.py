@@ -16,7 +16,7 @@ from diffaudit.core.progress import Timer
 from diffaudit.core.results import write_result
 from diffaudit.data.digest import dataset_digest
 from diffaudit.defenses.dedup import KEEP_RULE, check_threshold, find_duplicates, write_deduped_npz, write_keep_list
-from diffaudit.defenses.embedders import DEFAULT_CLIP_MODEL, EMBEDDERS, get_embedder
+from diffaudit.defenses.embedders import DEFAULT_CLIP_MODEL, EMBEDDERS, get_embedder, upgrade_embedder_record
 from diffaudit.defenses.neighbours import INDEX_KINDS, check_search_options
 
 NAME = "dedup"
@@ -32,7 +32,7 @@ DESCRIPTION = (
     "Default thresholds are calibrated on duplicates planted in CIFAR-10 (diffaudit.defenses.calibration)."
 )
 #: Settings that hold the path of an input (recorded canonical, see :func:`~diffaudit.cli.common.canonical_path`).
-PATH_SETTINGS = ("data", "data_options.cifar_root")
+PATH_SETTINGS = ("data", "data_options.cifar_root", "embedder.model")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -71,7 +71,8 @@ def _embedder_options(args: argparse.Namespace, device) -> dict:
 
 
 def _summary(r: dict) -> str:
-    return (f"{r['n_groups']} near-duplicate groups ({r['n_in_groups']} images, {r['n_removed']} removed by --dedup) "
+    return (f"{r['n_groups']} near-duplicate group{'' if r['n_groups'] == 1 else 's'} ({r['n_in_groups']} images, "
+            f"{r['n_removed']} removed by --dedup) "
             f"among {r['n_images']} images; embedder {r['embedder']['name']} at threshold {r['threshold']:.4g}")
 
 
@@ -81,9 +82,16 @@ def _seed_setting(args: argparse.Namespace) -> dict:
     return {"seed": args.seed} if args.index == "ivf" else {}
 
 
-def _upgrade_settings(old: dict, out: Path) -> dict:
-    """Settings of an earlier version read as today's: an IVF run did not record its seed; its result's
-    ``seeds`` did, when it finished (an unfinished one stays unmatched: its k-means seed is unknown)."""
+def setting_flags(args: argparse.Namespace) -> dict[str, str]:
+    """The flag of the embedder's model (``embedder.model``; its ``model_digest``: the contents of that flag)."""
+    return {"embedder.model": "--clip-model"}
+
+
+def _upgrade_settings(old: dict, out: Path, embedder: dict) -> dict:
+    """Settings of an earlier version read as today's: a clip embedder did not record its weights' digest
+    (:func:`~diffaudit.defenses.embedders.upgrade_embedder_record`); an IVF run did not record its seed; its
+    result's ``seeds`` did, when it finished (an unfinished one stays unmatched: its k-means seed is unknown)."""
+    old = {**old, "embedder": upgrade_embedder_record(old.get("embedder"), embedder)}
     if old.get("index") != "ivf" or "seed" in old or not (out / "result.json").exists():
         return old
     seed = (read_json(out / "result.json").get("seeds") or {}).get("seed")
@@ -132,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size, **_seed_setting(args),
     }, PATH_SETTINGS)
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh,
-                                   upgrade=upgrading_paths(PATH_SETTINGS, then=lambda old: _upgrade_settings(old, Path(args.out))))
+                                   upgrade=upgrading_paths(PATH_SETTINGS, then=lambda old: _upgrade_settings(old, Path(args.out), settings["embedder"])))
     if emit_finished(args, out, resumed, _summary, stale=_stale_keep_list, stale_files=("keep.json", "edges.npz")):
         if args.write_deduped:
             from diffaudit.defenses.dedup import load_keep_list

@@ -291,8 +291,11 @@ def _parse_and_run(argv: list[str] | None, raw: list[str], command: str | None) 
 
 
 def option_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
-    """The ``--flag`` of each of ``parser``'s options, by destination (positional arguments have none)."""
-    return {a.dest: flags[0] for a in parser._actions if (flags := [f for f in a.option_strings if f.startswith("--")])}
+    """The ``--flag`` of each of ``parser``'s options whose value may name a path, by destination: positional
+    arguments have none, and an option with choices takes a name (``--embedder clip``, whose value leads the
+    message "clip embedder: ..." without being what it is about)."""
+    return {a.dest: flags[0] for a in parser._actions
+            if not a.choices and (flags := [f for f in a.option_strings if f.startswith("--")])}
 
 
 def naming_the_option(message: str, args: argparse.Namespace, flags: dict[str, str]) -> str:

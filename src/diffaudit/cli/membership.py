@@ -30,15 +30,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the matrix")
     p.add_argument("--out", required=True, help="the membership file to write (.npz), or a folder (an existing one, a "
                    "path ending in /, or a new path without a suffix) to write membership.npz into")
-    p.add_argument("--fresh", action="store_true", help="overwrite an existing file made with other settings")
+    p.add_argument("--fresh", action="store_true", help="overwrite an existing membership file made with other settings "
+                   "(never a file that is not one)")
+
+
+def _refuse_foreign(path: Path) -> None:
+    """Refuse ``path`` when it is not a membership file (one that :func:`load_membership` reads): a mistyped
+    ``--out`` naming a file of the user's must not be overwritten, also not with ``--fresh``."""
+    try:
+        load_membership(path)
+    except DiffauditError as exc:
+        raise DiffauditError(f"--out {path} exists and is not a membership file ({exc}); diffaudit never replaces a "
+                             "file of yours: give --out another file name, or a folder") from None
 
 
 def _differs(path: Path, matrix: np.ndarray, keys: list[str], seed: int) -> str | None:
-    """What differs between the file at ``path`` and the new matrix, or None when they are equal."""
-    try:
-        old = load_membership(path)
-    except DiffauditError as exc:
-        return f"it is not a valid membership file ({exc})"
+    """What differs between the membership file at ``path`` (:func:`_refuse_foreign` has read it) and the new
+    matrix, or None when they are equal."""
+    old = load_membership(path)
     if old.n_models != matrix.shape[1]:
         return f"models (was {old.n_models}, now {matrix.shape[1]})"
     if old.seed != seed:
@@ -56,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
     matrix = make_membership(len(dataset), args.models, args.seed)
     out = out_file(args.out, "membership.npz")
     status = "wrote"
+    if out.exists() or out.is_symlink():
+        _refuse_foreign(out)  # a file of yours is never replaced, --fresh or not
     if out.exists() and not args.fresh:
         diff = _differs(out, matrix, dataset.keys, args.seed)
         if diff:

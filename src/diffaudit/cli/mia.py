@@ -15,7 +15,8 @@ from diffaudit.attacks.membership.run import (MiaConfig, MiaScores, TargetSpec, 
                                               run_mia, shadow_run_dirs, shadows_folder)
 from diffaudit.attacks.membership.targets import mean_losses, shadows_per_side
 from diffaudit.cli.common import (
-    add_data_args, add_run_args, canonical_settings, data_options, emit, emit_finished, file_in_folder, upgrading_paths,
+    add_data_args, add_run_args, canonical_settings, data_options, emit, emit_finished, file_in_folder,
+    refuse_files_for_folders, upgrading_paths,
 )
 from diffaudit.cli.shadows import membership_digest
 from diffaudit.core.batch_fit import batch_option
@@ -87,7 +88,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "strong-lira: LiRA over --draws noise draws and their flips")
     a.add_argument("--timesteps", type=_int_list, default=(100,), help="timestep(s) of the attack (several act as more queries)")
     a.add_argument("--sweep", type=_int_list, default=(), help="also evaluate at each of these timesteps, e.g. 10,50,100,200,300,500,1000 "
-                   "(values >= T are clipped to T-1)")
+                   "(values >= T are clipped to T-1), and at each of --timesteps alone")
     a.add_argument("--draws", type=int, default=None,
                    help=f"strong-lira: noise draws ε per example (default {DEFAULT_STRONG_DRAWS}); other attacks use one")
     a.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
@@ -123,12 +124,32 @@ def _clip_sweep(sweep: tuple[int, ...], n_timesteps: int) -> tuple[int, ...]:
     return tuple(sorted({min(int(t), n_timesteps - 1) for t in sweep}))
 
 
+#: Members or non-members below this many: the bootstrap interval, which resamples each class within
+#: itself, barely covers that class's sampling (with 1 member, none at all), so the exact rank test says
+#: how sure the AUC is (``rank_test`` in the result).
+FEW_PER_CLASS = 10
+
+
+def few_examples_test(scores: np.ndarray, labels: np.ndarray) -> dict[str, Any] | None:
+    """The one-sided rank test of members' scores above non-members' (:func:`~diffaudit.report.rank_test.rank_test`:
+    exact up to its enumeration limit), with ``n_orderings``, when either class has fewer than
+    :data:`FEW_PER_CLASS` rows; None otherwise, or without both classes."""
+    from diffaudit.report.rank_test import n_orderings, rank_test
+
+    labels = np.asarray(labels, dtype=bool)
+    m, n = int(labels.sum()), int((~labels).sum())
+    if not m or not n or min(m, n) >= FEW_PER_CLASS:
+        return None
+    return {**rank_test(scores[labels], scores[~labels]), "n_orderings": n_orderings(m, n)}
+
+
 def write_mia_outputs(out: Path, scores: MiaScores, dataset: ImageDataset, *, config: MiaConfig,
                       settings: dict[str, Any], seed: int, n_bootstrap: int, extra: dict[str, Any]) -> dict[str, Any]:
     """Evaluate ``scores`` and write scores.npz, roc.png, sweep.png and result.json into ``out``."""
     main = scores.main
     ev = evaluate_attack(main.scores, main.labels, attack=scores.attack, timesteps=scores.timesteps,
                          n_bootstrap=n_bootstrap, seed=seed, groups=main.example_index)
+    few = few_examples_test(main.scores, main.labels)
     keys = np.array(dataset.keys, dtype=str)[main.example_index]
     arrays = dict(id=keys, score=main.scores, member=main.labels, example_index=main.example_index,
                   model_index=main.model_index)
@@ -153,6 +174,7 @@ def write_mia_outputs(out: Path, scores: MiaScores, dataset: ImageDataset, *, co
         sweep=None if sweep is None else sweep.to_dict(), scores_file="scores.npz", roc_png="roc.png",
         sweep_png=None if sweep is None else "sweep.png", score_direction="larger = more likely a member",
         mean_loss=mean_losses(main),
+        **({"rank_test": few} if few is not None else {}),
         **extra,
     )
     return write_result(out / "result.json", NAME, settings, {"seed": seed, "noise_seed": config.noise_seed,
@@ -164,13 +186,21 @@ def _summary(r: dict[str, Any]) -> str:
     fmt = lambda v: "n/a (too few non-members)" if v is None else f"{100 * v:.2f}%"  # noqa: E731
     ci = ((r.get("ci") or {}).get("auc") or {})
     chance = ""
-    if isinstance(ci.get("low"), (int, float)) and isinstance(ci.get("high"), (int, float)) and ci["low"] <= 0.5 <= ci["high"]:
+    few = r.get("rank_test") if isinstance(r.get("rank_test"), dict) else None
+    if few is not None and isinstance(few.get("pvalue"), (int, float)):
+        least = min(r["n_members"], r["n_nonmembers"])
+        which = "member" if r["n_members"] == least else "non-member"
+        chance = (f"; with {least} {which}{'' if least == 1 else 's'} the interval barely covers their sampling: "
+                  f"one-sided rank test p = {few['pvalue']:.2g}"
+                  + (" (indistinguishable from guessing)" if few["pvalue"] >= 0.05 else ""))
+    elif isinstance(ci.get("low"), (int, float)) and isinstance(ci.get("high"), (int, float)) and ci["low"] <= 0.5 <= ci["high"]:
         chance = f"; indistinguishable from guessing: the AUC's interval [{ci['low']:.3f}, {ci['high']:.3f}] holds 0.5"
     loss = r.get("mean_loss") or {}
     losses = (f"; mean loss {loss['members']:.4g} on members, {loss['nonmembers']:.4g} held out"
               if isinstance(loss.get("members"), float) and isinstance(loss.get("nonmembers"), float) else "")
     return (f"{r['attack']}: AUC {r['auc']:.4f}, TPR {fmt(tpr.get('0.01'))} at 1% FPR, {fmt(tpr.get('0.001'))} at 0.1% FPR "
-            f"({r['n_members']} members, {r['n_nonmembers']} non-members){losses}{chance}")
+            f"({r['n_members']} member{'' if r['n_members'] == 1 else 's'}, {r['n_nonmembers']} "
+            f"non-member{'' if r['n_nonmembers'] == 1 else 's'}){losses}{chance}")
 
 
 def _warn_if_few_shadows(attack: str, membership, target: TargetSpec) -> None:
@@ -216,6 +246,8 @@ def _shadow_models(args: argparse.Namespace, ds: ImageDataset) -> tuple[np.ndarr
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_files_for_folders(args, {"target": "a model folder (a run, or a diffusers folder)",
+                                    "shadows": "the folder of `diffaudit shadows`", "loss_cache": "a folder"})
     opts = data_options(args)
     ds = load_dataset(args.data, **opts)
     matrix, runs, mem_record = _shadow_models(args, ds)

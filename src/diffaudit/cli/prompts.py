@@ -19,7 +19,7 @@ from diffaudit.core.progress import stage_line
 from diffaudit.core.results import write_result
 from diffaudit.data.digest import dataset_digest
 from diffaudit.defenses.dedup import check_threshold, find_duplicates
-from diffaudit.defenses.embedders import EMBEDDERS, get_embedder
+from diffaudit.defenses.embedders import EMBEDDERS, get_embedder, upgrade_embedder_record
 from diffaudit.defenses.prompts import rank_prompts, write_prompt_file
 
 NAME = "prompts"
@@ -34,7 +34,7 @@ DESCRIPTION = (
     "(the largest duplicate count of its images) and image indices."
 )
 #: Settings that hold the path of an input (recorded canonical, see :func:`~diffaudit.cli.common.canonical_path`).
-PATH_SETTINGS = ("data", "data_options.cifar_root", "duplicates")
+PATH_SETTINGS = ("data", "data_options.cifar_root", "duplicates", "embedder.model")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -82,6 +82,11 @@ def _counts_from(path: str, ds) -> tuple[np.ndarray, str]:
     return counts, "group_size_minus_one"
 
 
+def setting_flags(args: argparse.Namespace) -> dict[str, str]:
+    """The flag of the embedder's model (``embedder.model``; its ``model_digest``: the contents of that flag)."""
+    return {"embedder.model": "--clip-model"}
+
+
 def _embedder_and_threshold(args: argparse.Namespace):
     """The embedder and the effective threshold, checked before the output folder records them."""
     options = {"device": str(resolve_device(args.device)), "model": args.clip_model} if args.embedder == "clip" else {}
@@ -109,7 +114,10 @@ def run(args: argparse.Namespace) -> int:
                 "data_digest": dataset_digest(ds),
                 "duplicate_counts": None if counts is None else text_digest(",".join(map(str, counts.tolist())))}
     settings = canonical_settings(settings, PATH_SETTINGS)
-    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrading_paths(PATH_SETTINGS))
+    # a clip embedder's record from before its weights' digest: read as made with this model (as it resumed then)
+    upgrade = upgrading_paths(PATH_SETTINGS, then=lambda old: {
+        **old, "embedder": upgrade_embedder_record(old.get("embedder"), settings["embedder"])})
+    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrade)
     if emit_finished(args, out, resumed, lambda r: f"{r['n_prompts']} prompts in {out / 'prompts.txt'}"):
         return 0
     if counts is None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
-from diffaudit.cli.common import emit, run_devices
+from diffaudit.cli.common import emit, file_in_folder, run_devices
 from diffaudit.core.batch_fit import AUTO, batch_option
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.progress import stage_line
@@ -21,13 +22,31 @@ DESCRIPTION = (
 
 
 def read_prompts(path: str) -> list[str]:
-    """The non-empty lines of the UTF-8 prompt file ``path`` (``--prompts``), stripped, in order."""
+    """The non-empty lines of the UTF-8 prompt file ``path`` (``--prompts``; a folder of `diffaudit prompts`:
+    its ``prompts.txt``), stripped, in order: prompt ``pK`` is the K-th of them (counted from 0), which a
+    file with blank lines does not number as its lines, and this is said. A JSON document (a result.json
+    given by mistake, whose every line would be a prompt) is refused."""
     from diffaudit.core.io import read_text
 
-    lines = [ln.strip() for ln in read_text(path, "--prompts").splitlines()]
+    path = file_in_folder(path, "prompts.txt")
+    text = read_text(path, "--prompts")
+    if text.lstrip()[:1] in ("{", "["):
+        try:
+            json.loads(text)
+        except ValueError:
+            pass
+        else:
+            raise DiffauditError(f"--prompts {path} is a JSON document, not a prompt file (one prompt per line); "
+                                 "`diffaudit prompts --out DIR` writes DIR/prompts.txt")
+    lines = [ln.strip() for ln in text.splitlines()]
     prompts = [ln for ln in lines if ln]
     if not prompts:
         raise DiffauditError(f"{path}: the prompt file is empty (one prompt per line)")
+    last = max(i for i, ln in enumerate(lines) if ln)  # blank lines after it shift no prompt's number
+    blank = next((i for i in range(last) if not lines[i]), None)
+    if blank is not None:
+        stage_line(f"sample: blank lines of {path} are skipped (the first is line {blank + 1}): prompt pK is its K-th "
+                   "non-blank line, counted from p0, not line K + 1")
     return prompts
 
 
@@ -62,7 +81,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sample store: a folder, or an object-store URL such as s3://bucket/store (needs fsspec and s3fs, "
                         "gcsfs or adlfs; credentials as those packages find them); resumed when it holds finished shards")
     p.add_argument("--seed", type=int, default=0, help="run seed; image seeds derive from it")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     p.add_argument("--fresh", action="store_true", help="delete the store and start over")
     p.add_argument("--ray", default=None, metavar="ADDRESS",
                    help=f"spread shards over a Ray cluster: {RAY_HELP}; every node reads --model at the same path "
@@ -71,7 +90,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def check_count_flags(args: argparse.Namespace) -> None:
-    """Refuse ``--n`` with ``--per-prompt``, ``--prompts`` or ``--classes`` (one of the two would be ignored)."""
+    """Refuse ``--n`` with ``--per-prompt``, ``--prompts`` or ``--classes`` (one of the two would be ignored),
+    and a count below 1."""
+    for flag, n in (("--n", args.n), ("--per-prompt", args.per_prompt)):
+        if n is not None and n < 1:
+            raise DiffauditError(f"{flag} must be at least 1 (images to generate); got {n}")
     if args.n is not None and args.per_prompt is not None:
         raise DiffauditError("give --n (images of an unconditional model) or --per-prompt (images per prompt), not both")
     if args.n is not None and (args.prompts or args.classes):
@@ -81,24 +104,22 @@ def check_count_flags(args: argparse.Namespace) -> None:
 
 
 def plan_prompts(args: argparse.Namespace, source, prompts: list[str] | None = None) -> tuple[list[str | None], int]:
-    """(prompts, per_prompt) for the request (``sample_into`` has refused a stray ``--n`` already; the
-    source checks the prompts themselves, with ``check_prompts``). ``prompts``: ``--prompts``' lines when
-    the caller has read them already."""
+    """(prompts, per_prompt) for the request (``sample_into`` has refused a stray ``--n`` and a count below 1
+    already, :func:`check_count_flags`; the source checks the prompts themselves, with ``check_prompts``).
+    ``prompts``: ``--prompts``' lines when the caller has read them already."""
     num_classes = source.num_classes
+    per_prompt = 1 if args.per_prompt is None else args.per_prompt
     if args.prompts:
-        return prompts if prompts is not None else read_prompts(args.prompts), args.per_prompt or 1
+        return prompts if prompts is not None else read_prompts(args.prompts), per_prompt
     if args.classes:
         if not num_classes:
             raise DiffauditError("--classes needs a class-conditional model")
-        return [str(c) for c in range(num_classes)], args.per_prompt or 1
+        return [str(c) for c in range(num_classes)], per_prompt
     if num_classes:
         raise DiffauditError("this model is class-conditional: give --prompts FILE or --classes")
     n = args.n if args.n is not None else args.per_prompt
     if n is None:
         raise DiffauditError("say how many images: --n N")
-    if n < 1:
-        raise DiffauditError(f"{'--n' if args.n is not None else '--per-prompt'} must be at least 1 (images to "
-                             f"generate); got {n}")
     return [None], n
 
 
@@ -110,8 +131,16 @@ def setting_flags(args: argparse.Namespace) -> dict[str, str]:
 
 def upgrade_settings(old: dict) -> dict:
     """Settings of an earlier version read as today's: off CUDA it recorded ``--fast``/``--compile`` as
-    given, though they did nothing there (:func:`fast_path_flags`)."""
-    return {**old, "fast": False, "compile": False} if old.get("device_type") != "cuda" else old
+    given, though they did nothing there (:func:`fast_path_flags`); its ``model_digest`` included the
+    folder's ``train_ids.json`` where one lay beside the weights (read as the weights' digest when it is
+    the same folder's, that file included)."""
+    from diffaudit.models.digest import model_digest
+
+    new = {**old, "fast": False, "compile": False} if old.get("device_type") != "cuda" else dict(old)
+    model, digest = old.get("model"), old.get("model_digest")
+    if isinstance(model, str) and Path(model).is_dir() and digest == model_digest(model):
+        new["model_digest"] = model_digest(model, members=False)
+    return new
 
 
 def fast_path_flags(args: argparse.Namespace, device) -> tuple[bool, bool]:
@@ -201,8 +230,9 @@ def sample_into(args: argparse.Namespace, model: str, out: str):
         sampler, image_shape = source.settings(), source.image_shape
     from diffaudit.models.digest import model_digest
 
-    # the weights' digest too: a store resumed after the folder's weights changed would mix two models
-    settings = {"model": str(Path(model).resolve()), "model_digest": model_digest(model), "seed": args.seed,
+    # the weights' digest too: a store resumed after the folder's weights changed would mix two models (not
+    # its train_ids.json, which a model trained elsewhere is given for `mia` once it has generated)
+    settings = {"model": str(Path(model).resolve()), "model_digest": model_digest(model, members=False), "seed": args.seed,
                 "device_type": workers.type, "fast": fast, "compile": compile, **sampler}
     store = SampleStore.create(out, settings=settings, prompts=prompts, per_prompt=per_prompt,
                                image_shape=image_shape, shard_size=args.shard_size, fresh=args.fresh,

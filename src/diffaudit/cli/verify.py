@@ -26,7 +26,7 @@ from diffaudit.attacks.extraction.verification import (
 )
 from diffaudit.cli.common import (
     add_data_args, add_run_args, canonical_path, canonical_settings, data_options, emit, emit_finished, load_data,
-    devices_record, run_devices, speaking_as, upgrading_paths,
+    devices_record, file_in_folder, run_devices, speaking_as, upgrading_paths,
 )
 from diffaudit.cli.ray_work import ImagesRecipe, data_recipe, knn_on_ray
 from diffaudit.core.errors import DiffauditError
@@ -86,7 +86,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dup-delta", type=float, default=DEFAULT_EIDETIC_DELTA,
                    help="training images within this l2 of each other count as one image, in (0, 1]")
     g.add_argument("--from-extract", default=None, metavar="RESULT",
-                   help="verify only the flagged medoids of this extract result.json; it must have been made from "
+                   help="verify only the flagged medoids of this extract result.json (or the extract folder holding it); "
+                        "it must have been made from "
                         "--samples (its recorded samples identity is compared; a result of an earlier version that "
                         "records none is used with a warning)")
     g.add_argument("--baseline", default=None, metavar="DATASET",
@@ -295,6 +296,7 @@ def run(args: argparse.Namespace) -> int:
     if args.ray:  # a cluster that cannot be reached is an error before anything is read or written
         check_reachable_by_workers(args.samples, "--samples")
         connect(args.ray)
+    args.from_extract = file_in_folder(args.from_extract, "result.json")  # the folder of `diffaudit extract` too
     rule = args.rule
     vs_probe = VerifySettings("l2" if rule == "auto" else rule, args.delta, args.alpha, args.n_neighbors,
                               args.eidetic_delta, args.dup_delta).validate()
@@ -367,8 +369,12 @@ def run(args: argparse.Namespace) -> int:
                               "n_neighbors": neighborhood_size(len(train), vs.n_neighbors)}
     if medoids is not None:
         fields["verified_medoids"] = medoids
-    if len(samples) == 0:
+    if len(samples) == 0:  # --from-extract of a result that flagged nothing: said, and the report says not measured
         fields.update(extracted=[], unique_extracted=0, n_extracting_samples=0)
+        if medoids is not None:
+            print(f"diffaudit verify: warning: {args.from_extract} flags no clique among its {n_samples_total:,} generations: "
+                  "no generation is verified, so whether the model emits training images is not measured (extract's "
+                  "own warnings say why: e.g. fewer generations per prompt than --min-clique)", file=sys.stderr)
     elif whole_set:
         v = _run_verification("training", samples, train, vs, out, "knn", args, device, workers_device,
                               _recipes(args, settings, queries, "data", opts, data_digest))
@@ -394,19 +400,18 @@ def run(args: argparse.Namespace) -> int:
         if len(base) < len(train):  # the report weighs the two counts as given, with Fisher's exact test
             stage_line(f"verify: the baseline ({_names()[1]}) is {len(base):,} images never seen against {len(train):,} training "
                        "images: the two counts are of unequal sets (an equal-size baseline compares them directly)")
+        fields["baseline"] = {"source": str(args.baseline), "n_images": len(base), "equal_size": len(base) == len(train),
+                              "n_left_out": len(left_out or []),  # also in --data, pixel for pixel
+                              "left_out": (left_out or [])[:LEFT_OUT_LISTED], "n_extracting_samples": 0, "extracted": []}
+        fields["baseline_unique_extracted"] = 0
         if len(samples):
             _check_shapes(samples, base, "--baseline")
             vb = _run_verification("baseline", samples, base, vs, out, "knn-baseline", args, device, workers_device,
                                    _recipes(args, settings, queries, "baseline", dict(opts, subset=None),
                                             settings["baseline_digest"], pick))
             fields["baseline_unique_extracted"] = vb.unique_extracted
-            fields["baseline"] = {"source": str(args.baseline), "n_images": len(base), "equal_size": len(base) == len(train),
-                                  "n_left_out": len(left_out or []),  # also in --data, pixel for pixel
-                                  "left_out": (left_out or [])[:LEFT_OUT_LISTED],
-                                  "n_extracting_samples": vb.n_extracting_samples,
-                                  "extracted": _in_all_samples(vb.extracted, medoids, all_samples)}
-        else:
-            fields["baseline_unique_extracted"] = 0
+            fields["baseline"].update(n_extracting_samples=vb.n_extracting_samples,
+                                      extracted=_in_all_samples(vb.extracted, medoids, all_samples))
     if prompt_map is not None:
         with Timer() as t:
             checks = check_prompt_map(samples.images, samples.keys, samples.captions, prompt_map,
@@ -429,5 +434,7 @@ def _summary(r: dict[str, Any], out: Path) -> str:
     ue = r.get("unique_extracted")
     reason = f" ({r['rule_reason']})" if r.get("rule_reason") else ""
     images = "image" if ue == 1 else "images"
+    if r.get("n_samples") == 0 and r.get("verified_medoids") == []:
+        return f"verify: no generation verified (the extract result flagged none): nothing measured -> {out / 'result.json'}"
     return (f"verify: {ue if ue is not None else 'n/a'} unique training {images} extracted from {r['n_samples']} generations "
             f"by rule {r['rule']}{reason}{base} -> {out / 'result.json'}")

@@ -132,6 +132,29 @@ def hold(folder: str | os.PathLike) -> None:
     raise DiffauditError(f"could not lock {folder}: its lock file {path} keeps being replaced")
 
 
+def writer(folder: str | os.PathLike) -> int | None:
+    """The process id of another live process that holds ``folder`` (as its lock file records it), or None.
+
+    For messages only (a reader finding the folder unfinished says who is still writing it): the lock is
+    not touched, so a command starting on the folder meanwhile is never turned away by this look."""
+    if fcntl is None or str(Path(folder).resolve()) in _HELD:
+        return None
+    path = lock_path(folder)
+    try:
+        pid = int(path.read_text(encoding="utf-8", errors="replace").split("\n")[0]) if path is not None else None
+    except (OSError, ValueError):
+        return None
+    if pid is None or pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)  # no signal sent: whether it is alive
+    except ProcessLookupError:
+        return None  # a process killed before it released: its file is stale
+    except OSError:
+        pass  # alive, another user's
+    return pid
+
+
 def release_folder(folder: str | os.PathLike) -> None:
     """Release ``folder`` if this process holds it, deleting its lock file."""
     entry = _HELD.pop(str(Path(folder).resolve()), None)

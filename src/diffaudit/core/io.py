@@ -195,11 +195,12 @@ def loads_json(text: str, source: str | os.PathLike) -> Any:
 
 
 def read_text(path: str | os.PathLike, flag: str) -> str:
-    """The UTF-8 text of the file ``path`` an option (``flag``: ``--prompts``) names; a missing file, a
-    folder, an unreadable or non-UTF-8 file is a :class:`DiffauditError` naming the flag and the file."""
+    """The UTF-8 text of the file ``path`` an option (``flag``: ``--prompts``) names, without the byte-order
+    mark some editors put first; a missing file, a folder, an unreadable or non-UTF-8 file is a
+    :class:`DiffauditError` naming the flag and the file."""
     where = f"{flag} {path}"
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise DiffauditError(f"{where} does not exist") from None
     except IsADirectoryError:

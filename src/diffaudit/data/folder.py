@@ -104,7 +104,7 @@ def _caption(path: Path) -> tuple[str | None, str | None] | None:
     """(the caption in the ``.txt`` file ``path``, None), (None, why it cannot be read), or None when
     there is no such file."""
     try:
-        return path.read_bytes().decode("utf-8").strip(), None
+        return path.read_bytes().decode("utf-8-sig").strip(), None  # without a byte-order mark
     except FileNotFoundError:
         return None
     except UnicodeDecodeError:

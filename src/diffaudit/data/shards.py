@@ -696,7 +696,7 @@ def _list_shards(paths: list[Path], *, source: str, skip_bad: bool) -> Listing:
                 problems.append(f"its .txt member {parts['txt'].reason}")
             else:
                 try:
-                    caption = parts["txt"].decode("utf-8").strip()
+                    caption = parts["txt"].decode("utf-8-sig").strip()  # without a byte-order mark
                 except UnicodeDecodeError:
                     problems.append(".txt caption is not UTF-8")
         entries.append(Entry(

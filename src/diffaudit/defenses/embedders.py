@@ -26,6 +26,8 @@ vectors of ``metric == "hamming"`` embedders are packed bits (uint8, 8 bits per 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
@@ -335,6 +337,46 @@ def hub_offline() -> Iterator[None]:
         constants.HF_HUB_OFFLINE = before
 
 
+#: The ``model_type`` of a config an image embedder loads: a whole CLIP model, or its vision tower.
+CLIP_IMAGE_TYPES = ("clip", "clip_vision_model")
+
+
+def _refuse_other_clip_part(name: str) -> None:
+    """Refuse a folder whose ``config.json`` is another model's (a Stable Diffusion pipeline's CLIP text
+    encoder, ``clip_text_model``, is the easy mistake): it would load with every weight of the wrong shape."""
+    config = Path(name) / "config.json"
+    if not config.is_file():
+        return
+    try:
+        kind = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return  # the loader says what is wrong with it
+    if isinstance(kind, str) and kind not in CLIP_IMAGE_TYPES:
+        what = "a CLIP text encoder" if kind == "clip_text_model" else f"a {kind!r} model"
+        raise DiffauditError(f"clip embedder: --clip-model {name} holds {what} (config.json model_type {kind!r}), not a "
+                             f"CLIP image model. {CLIP_FOLDER_HELP}")
+
+
+def weights_digest(model, processor) -> str:
+    """SHA-256 (16 hex) of a loaded model's weights (every tensor of its state dict, by name) and of its
+    processor's configuration: what its embeddings are a function of, wherever it was loaded from."""
+    h = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    h.update(json.dumps(processor.to_dict(), sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def upgrade_embedder_record(old: dict[str, Any] | None, new: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A clip embedder's record from before it held its weights' digest (``model_digest``) read as one made
+    with the model ``new`` records: such a folder resumes as it did (its model unchecked, as then)."""
+    if (isinstance(old, dict) and isinstance(new, dict) and old.get("name") == "clip" and "model_digest" not in old
+            and "model_digest" in new):
+        return {**old, "model_digest": new["model_digest"]}
+    return old
+
+
 def load_clip(name: str):
     """(model, processor) of the CLIP folder or cached hub name ``name``, with ``local_files_only=True``
     for both, so that nothing is fetched over the network, and the weights from safetensors only
@@ -352,10 +394,11 @@ def load_clip(name: str):
     except ImportError:  # older transformers: CLIPImageProcessor is the PIL one
         from transformers import CLIPImageProcessor
 
+    _refuse_other_clip_part(name)
     try:
         with hub_offline(), quiet_loading():
             model = CLIPVisionModelWithProjection.from_pretrained(name, local_files_only=True, use_safetensors=True)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: weights of another shape (another model)
         raise clip_missing_error(name, exc) from None
     try:
         with hub_offline(), quiet_loading():
@@ -394,9 +437,12 @@ class ClipEmbedder(Embedder):
         self.model, self.processor = load_clip(self.model_name)
         self.model.to(self.device).eval()
         self.dim = int(self.model.config.projection_dim)
+        self.digest = weights_digest(self.model, self.processor)
 
     def settings(self) -> dict[str, Any]:
-        return {"name": self.name, "model": self.model_name, "dim": self.dim}
+        """Name, model (as given), embedding size, and the digest of the weights and preprocessing: a model
+        replaced in place under the same path is another embedder."""
+        return {"name": self.name, "model": self.model_name, "dim": self.dim, "model_digest": self.digest}
 
     @torch.no_grad()
     def embed(self, images: np.ndarray) -> np.ndarray:

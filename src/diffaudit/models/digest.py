@@ -2,12 +2,20 @@
 
 Recorded wherever results must not outlive the weights they came from: the loss cache's folder
 names, ``mia``'s result, a sample store's settings (a resume after the weights changed is refused).
+
+A model trained outside diffaudit is given its training set by a ``train_ids.json`` written into its
+folder (:data:`TRAIN_IDS`). Which images a model trained on shapes a membership attack's labels, not
+what the model generates: ``members=False`` leaves that file out, so a sample store survives it being
+written after the generations (as README's text-to-image workflow does before ``mia``).
 """
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+
+#: The training-set record beside a model's weights (``diffaudit.models.run_record`` reads it).
+TRAIN_IDS = "train_ids.json"
 
 
 def _hash_file(h, path: Path) -> None:
@@ -16,8 +24,11 @@ def _hash_file(h, path: Path) -> None:
             h.update(block)
 
 
-def model_digest(run_dir: str | Path) -> str:
-    """SHA-256 (16 hex) of a model folder's weights (``*.safetensors``) and configs (``*.json``)."""
+def model_digest(run_dir: str | Path, *, members: bool = True) -> str:
+    """SHA-256 (16 hex) of a model folder's weights (``*.safetensors``) and configs (``*.json``; a
+    pipeline's ``*.txt`` too: its tokenizer's merges). ``members=False``: without the folder's own
+    ``train_ids.json`` (what a generation depends on: the weights alone); True also digests it where
+    it lies among the files read (a pipeline's or a bare UNet folder's top level)."""
     root = Path(run_dir)
     if (root / "model_index.json").exists():  # a pipeline: every component (VAE, text encoder, UNet, ...)
         files = sorted(p for p in root.rglob("*") if p.suffix in (".safetensors", ".json", ".txt") and p.is_file())
@@ -27,6 +38,8 @@ def model_digest(run_dir: str | Path) -> str:
         sched = root / "scheduler" / "scheduler_config.json"
         if sched.exists():
             files.append(sched)
+    if not members:
+        files = [p for p in files if p != root / TRAIN_IDS]
     h = hashlib.sha256()
     for p in files:
         h.update(p.name.encode())

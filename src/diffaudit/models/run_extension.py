@@ -69,6 +69,8 @@ def finished_state(source: str | Path, wanted: int) -> tuple[Path, dict[str, Any
     ``wanted`` steps or more already.
     """
     run = Path(source)
+    if run.is_file():
+        raise DiffauditError(f"--extend {run} is a file, not a run folder; the folder holding it is {run.parent}")
     if not run.is_dir():
         raise DiffauditError(f"--extend {run}: no such folder")
     settings = recorded_settings(run, "train")

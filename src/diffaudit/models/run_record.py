@@ -25,9 +25,8 @@ from diffaudit.core.io import read_json
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.data.digest import dataset_digest
 from diffaudit.models.denoiser import read_unet_config
+from diffaudit.models.digest import TRAIN_IDS
 from diffaudit.models.run_files import trained_data, trained_data_text
-
-TRAIN_IDS = "train_ids.json"
 
 
 def train_ids_howto(run_dir: str | Path) -> str:
@@ -53,9 +52,10 @@ def read_train_keys(run_dir: str | Path, what: str = "--model") -> list[str]:
         raise DiffauditError(f"{what} {run_dir} does not exist")
     if not path.is_file():
         raise DiffauditError(f"{what} {run_dir}: no {TRAIN_IDS}, so its training set is unknown; {train_ids_howto(run_dir)}")
-    keys = read_json(path).get("keys")
+    record = read_json(path)
+    keys = record.get("keys") if isinstance(record, dict) else None
     if not isinstance(keys, list):
-        raise DiffauditError(f"{path}: no `keys` list")
+        raise DiffauditError(f"{path}: no `keys` list; {train_ids_howto(run_dir)}")
     return [str(k) for k in keys]
 
 

@@ -529,15 +529,18 @@ def train(
             window_n += 1
             seen += len(ex)
             done = step + 1
-            if done == config.steps and keep_state:  # before the last log line: a longer run logs on past it
-                kept = (float(window.item()), window_n), list(log)
-            if done % config.log_every == 0 or done == config.steps:
+            regular_line = done % config.log_every == 0  # a longer run writes it too
+            if done == config.steps and keep_state and not regular_line:  # before the run's extra last line:
+                kept = (float(window.item()), window_n), list(log)  # a longer run logs on past it
+            if regular_line or done == config.steps:
                 lv = float(window.item()) / window_n
                 window.zero_()
                 window_n = 0
                 check_finite_state(lv, model, done)
                 log.append({"step": done, "loss": lv, "lr": lr_at(step, config)})  # mean over the window
                 bar.advance(0, loss=lv)
+                if done == config.steps and keep_state and regular_line:  # after it: the next window starts empty
+                    kept = (0.0, 0), list(log)
             bar.advance(1)
             if step + 1 - start == _WARMUP_TIMING_STEPS:
                 if device.type == "cuda":  # the warm-up's queued GPU work is not charged to the steady rate

@@ -237,6 +237,17 @@ def _subdirs(root: Path) -> Iterator[Path]:
         return
 
 
+#: Commands whose folder alone holds no measurement (inputs of later commands), and what to do with each.
+NOTHING_TO_REPORT = {
+    "sample": "it is a store of generations. `diffaudit export --samples FOLDER --out PNGS` writes them as images; "
+              "`diffaudit extract` and `verify` measure them, and their folders have a report",
+    "export": "it holds generations exported as PNG files, to look at as they are",
+    "prompts": "its prompts.txt (and their duplicate counts, in result.json) are what `diffaudit sample --prompts` "
+               "generates from",
+    "membership": "its membership matrix is what `diffaudit shadows` trains on and `diffaudit mia` attacks with",
+}
+
+
 def load_results(result_dir: str | Path) -> ResultSet:
     """Read ``result_dir`` as a single command's folder or an audit folder.
 
@@ -264,6 +275,9 @@ def load_results(result_dir: str | Path) -> ResultSet:
         raise DiffauditError(f"{root} holds the output of `diffaudit compare`, which has no HTML report: its table is what "
                              "`diffaudit compare A B` prints (the rows are in its result.json); report each of the two "
                              "folders it compares")
+    if top is not None and not audit and _command_of(top, root) in NOTHING_TO_REPORT:
+        raise DiffauditError(f"{root} holds the output of `diffaudit {_command_of(top, root)}`, which measures nothing for a "
+                             f"report to show: {NOTHING_TO_REPORT[_command_of(top, root)]}")
     if top is not None and _command_of(top, root) != "audit" and not audit:
         stage = Stage(root.name, _command_of(top, root), root, top)
         stores = [root] if (root / "manifest.json").exists() else []

@@ -19,7 +19,10 @@ generations to be flagged), ``extracted_l2_*`` and ``baseline_l2_*`` (min, media
 image's closest generation) and ``extracted_closer_than_baseline`` (training matches closer than any
 baseline match), ...},
 ``mia`` {attack: {``auc``, ``tpr_at_fpr``, ``ci``, ``n_excluded``, ``n_identical_excluded``, ``mean_loss`` (the
-    targets' mean denoising loss on members and non-members, and their gap), ...}},
+    targets' mean denoising loss on members and non-members, and their gap), ``pooled``, ``n_models`` and
+    ``n_examples`` (leave-one-out: the counts are of (model, example) rows), ``pooled_variance_per_side`` (a
+    per-example-variance attack with fewer than 2 shadows a side for some example), ``rank_test`` (with fewer than 10
+    members or non-members: {``pvalue``, ``method``, ``n_orderings``}, the one-sided rank test), ...}},
 ``inpainting`` {``auc``, ``auc_evidence`` {``pvalue`` (one-sided rank test), ``method``, ``n_orderings``,
 ``n_at_least``, ``min_pvalue``, ``anecdotal`` (too few targets for any result to reach p < 0.05), ``ci`` (a
 bootstrap interval; None for an anecdote)}, ``n_targets``, ``n_members``, ``n_nonmembers``, ``top_k`` (best
@@ -53,6 +56,7 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
+from diffaudit.attacks.membership.registry import PER_EXAMPLE_VARIANCE
 from diffaudit.core.io import write_json_atomic
 from diffaudit.core.results import SCHEMA_VERSION, with_current_names
 from diffaudit.models.run_files import DROPPED_DUPLICATES
@@ -141,6 +145,16 @@ def _mia_entry(stage: Stage) -> dict[str, Any]:
     }
     if "balanced_accuracy" in r:
         out["balanced_accuracy"] = _finite(r.get("balanced_accuracy"))
+    target = r.get("target") if isinstance(r.get("target"), dict) else {}
+    if target.get("mode") == "leave-one-out":  # rows of every model in turn: say so beside the counts
+        out.update(pooled=True, n_models=_int(r.get("n_models")), n_examples=_int(r.get("n_examples")))
+    per_side = _int(r.get("shadows_per_side"))
+    if out["attack"] in PER_EXAMPLE_VARIANCE and per_side is not None and per_side < 2:
+        out["pooled_variance_per_side"] = per_side  # lira.py: a side of fewer than 2 takes the pooled variance
+    few = r.get("rank_test") if isinstance(r.get("rank_test"), dict) else None
+    if few is not None and _finite(few.get("pvalue")) is not None:  # few members or non-members (mia.FEW_PER_CLASS)
+        out["rank_test"] = {"pvalue": _finite(few.get("pvalue")), "method": str(few.get("method")),
+                            "n_orderings": _int(few.get("n_orderings"))}
     return out
 
 
@@ -397,12 +411,19 @@ def _canaries(rs: ResultSet) -> dict[str, Any] | None:
 
 
 def at_chance(entry: dict[str, Any]) -> bool | None:
-    """Whether a membership attack (a ``mia`` summary entry) is indistinguishable from guessing: its
-    recorded AUC confidence interval holds 0.5 (AUC 0.58 [0.57, 0.59] is weak but not guessing), or,
-    without an interval, its AUC is below :data:`CHANCE_AUC`. None when the AUC is not recorded."""
+    """Whether a membership attack (a ``mia`` summary entry) is indistinguishable from guessing: with few
+    members or non-members, its one-sided rank test is not below 0.05 (``ANECDOTE_LEVEL``; the bootstrap
+    interval barely covers a small class's sampling); else its recorded AUC confidence interval holds 0.5
+    (AUC 0.58 [0.57, 0.59] is weak but not guessing), or, without an interval, its AUC is below
+    :data:`CHANCE_AUC`. None when the AUC is not recorded."""
     auc = entry.get("auc")
     if auc is None:
         return None
+    few = entry.get("rank_test")
+    if isinstance(few, dict) and few.get("pvalue") is not None:
+        from diffaudit.report.rank_test import ANECDOTE_LEVEL
+
+        return bool(few["pvalue"] >= ANECDOTE_LEVEL)
     ci = (entry.get("ci") or {}).get("auc")
     if ci and ci.get("low") is not None and ci.get("high") is not None:
         return bool(ci["low"] <= 0.5 <= ci["high"])
@@ -580,8 +601,9 @@ def _model(rs: ResultSet) -> dict[str, Any] | None:
     train = rs.first("train")
     out: dict[str, Any] = {}
     for s in [rs.audit_settings] + [st.settings for st in rs.stages]:
-        if s.get("model"):
-            out["path"] = s["model"]
+        model = _stage_model(s)  # mia's --target too
+        if model:
+            out["path"] = model
             break
     if train is not None:
         out.setdefault("path", train.name)

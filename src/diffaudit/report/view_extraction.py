@@ -70,6 +70,12 @@ def verdict(ex: dict[str, Any] | None, *, canaries: dict[str, Any] | None = None
             return canary_verdict(canaries)
         return unverified_verdict(ex, unfinished=unfinished)
     n, base, total = ex["unique_extracted"], ex.get("baseline_unique_extracted"), ex.get("n_samples")
+    if total == 0:  # verify --from-extract of a result that flagged nothing: no count bounds anything
+        among = ex.get("n_samples_total")
+        among = f" among its {among:,} generations" if isinstance(among, int) else ""
+        return {"level": "unknown", "text": f"Not measured: no generation was verified (the extract result flagged no "
+                f"clique{among}), so whether the model emits its training images is not known. Extraction flags only "
+                "cliques of near-identical generations: generate more (the paper: 500 per prompt) and extract again."}
     of = f" from {total:,} generations" if isinstance(total, int) else ""
     if isinstance(total, int) and isinstance(ex.get("n_samples_total"), int):  # verify --from-extract
         of = f" from the {total:,} flagged clique medoids of {ex['n_samples_total']:,} generations"

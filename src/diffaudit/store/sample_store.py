@@ -43,6 +43,7 @@ import numpy as np
 
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.faults import fault_point
+from diffaudit.core.folder_lock import writer
 from diffaudit.core.progress import stage_line
 from diffaudit.core.io import load_npy, make_private_dir
 from diffaudit.core.outdir import SETTINGS_FILE, prepare_out_dir, recorded_settings
@@ -489,9 +490,12 @@ class SampleStore:
         (2^20 CIFAR-sized generations are 3.2 GB on disk, never all in memory).
         """
         if require_complete and self.pending():
-            raise DiffauditError(
-                f"{self.name}: {len(self.pending())} of {self.n_shards} shards are unfinished; re-run `diffaudit sample` to finish"
-            )
+            unfinished = f"{self.name}: {len(self.pending())} of {self.n_shards} shards are unfinished"
+            pid = writer(self.path) if self.path is not None else None
+            if pid is not None:
+                raise DiffauditError(f"{unfinished}: `diffaudit sample` (pid {pid}) is still writing it; wait for it to "
+                                     "finish, then run this again")
+            raise DiffauditError(f"{unfinished}; re-run `diffaudit sample` to finish")
         imgs, keys, prompts = [], [], []
         for k in self.completed():
             images, meta, path = self._read(k, mmap=lazy)  # checks the shard against its sidecar

@@ -154,6 +154,8 @@ def cached_model_losses(
                    f"({computed * q * len(missing) / max(timer.seconds, 1e-9):.0f} forward passes/s{kept})")
         shutil.rmtree(parts, ignore_errors=True)
         fault_point("mia.model_losses")
+    else:  # said, as a resumed run's finished work is: nothing of this model is computed again
+        stage_line(f"mia: losses of {name} at t={ts} read from the cache ({folder.parent}), computed by an earlier run")
     return np.stack([have[t] for t in ts], axis=1)
 
 

@@ -57,7 +57,7 @@ class MiaConfig:
     Attributes:
         attack: registry name (``loss``, ``lira``, ``lira-offline``, ``lira-fixed``, ...).
         timesteps: diffusion timesteps of the attack, in [0, T) (paper default 100).
-        sweep: timesteps of the Figure 9 sweep (empty: no sweep).
+        sweep: timesteps of the Figure 9 sweep (empty: no sweep); a sweep also scores each of ``timesteps`` alone.
         n_draws: noise draws ε per example (Strong LiRA: up to 20).
         flips: also query the horizontally flipped image with each ε.
         noise_seed: seed of ε (same ε in every model).
@@ -88,10 +88,11 @@ class MiaConfig:
             )
         if not self.timesteps:
             raise DiffauditError("--timesteps: give at least one timestep")
-        if len(set(self.timesteps)) != len(self.timesteps) or len(set(self.sweep)) != len(self.sweep):
-            raise DiffauditError("--timesteps and --sweep must not repeat a timestep")
-        if min(list(self.timesteps) + list(self.sweep)) < 0:
-            raise DiffauditError("timesteps must be >= 0")
+        for flag, ts in (("--timesteps", self.timesteps), ("--sweep", self.sweep)):
+            if len(set(ts)) != len(ts):
+                raise DiffauditError(f"{flag} must not repeat a timestep; got {','.join(map(str, ts))}")
+            if ts and min(ts) < 0:
+                raise DiffauditError(f"{flag} must be >= 0; got {','.join(map(str, ts))}")
         if self.n_draws < 1:
             raise DiffauditError(f"--draws must be at least 1; got {self.n_draws}")
         if self.batch_size != AUTO and self.batch_size < 1:
@@ -245,14 +246,29 @@ def check_target(dataset: ImageDataset, membership: np.ndarray, target: TargetSp
     else:  # leave-one-out: every model is a target in turn, and their rows are pooled
         labels = membership
     n_in, n_all = int(np.count_nonzero(labels)), int(labels.size)
-    if 0 < n_in < n_all:
-        return target_in
     who, advice = _who_and_advice(target, membership.shape[1])
     examples = f"the {len(dataset)} examples of --data {dataset.source}"
     where = f"of {examples}" if labels.ndim == 1 else f"among the (model, example) pairs of {labels.shape[1]} models and {examples}"
-    raise DiffauditError(
-        f"{who} makes {n_in} members and {n_all - n_in} non-members {where}: membership inference needs both to be "
-        f"evaluated (nothing was computed); {advice}")
+    if not 0 < n_in < n_all:
+        raise DiffauditError(
+            f"{who} makes {n_in} members and {n_all - n_in} non-members {where}: membership inference needs both to be "
+            f"evaluated (nothing was computed); {advice}")
+    copies = _copies_of_members(dataset, labels)
+    if copies == n_all - n_in:  # left out after the losses (without_copies_of_members): none would remain
+        raise DiffauditError(
+            f"{who} makes {n_in} members and {n_all - n_in} non-members {where}, but every non-member is, pixel for "
+            "pixel, also a member under another key (e.g. a held-out part that holds the training images): the model "
+            "saw them, so no non-member remains to evaluate against (nothing was computed); give --data images the "
+            "model never saw")
+    return target_in
+
+
+def _copies_of_members(dataset: ImageDataset, labels: np.ndarray) -> int:
+    """How many non-member entries of ``labels`` (bool (N,), or (N, M): a column per model) are, pixel for
+    pixel, an image that is a member of the same model (:func:`without_copies_of_members` leaves them out)."""
+    groups = identical_groups(dataset)
+    cols = labels[:, None] if labels.ndim == 1 else labels
+    return sum(int(np.count_nonzero(~cols[g, m])) for g in groups for m in range(cols.shape[1]) if cols[g, m].any())
 
 
 def check_shadow_training(dataset: ImageDataset, membership: np.ndarray, shadow_runs: Sequence[str | Path]) -> None:
@@ -391,9 +407,11 @@ def run_mia(
     main = score_models(attack, flat(all_losses[:, :, :n_main]), membership, **who,
                         target_losses=None if target_losses is None else flat(target_losses[:, :n_main]))
     sweep: dict[int, PooledScores] = {}
-    if config.sweep:
-        pos = [all_ts.index(t) for t in sorted(config.sweep)]
-        sweep = sweep_scores(attack, all_losses[:, :, pos], membership, sorted(config.sweep), **who,
+    if config.sweep:  # with the attack's own timesteps, each alone: their losses are computed anyway, and the
+        # sweep's best t is then one among every t measured, not only those --sweep lists
+        sweep_ts = sorted({*config.sweep, *config.timesteps})
+        pos = [all_ts.index(t) for t in sweep_ts]
+        sweep = sweep_scores(attack, all_losses[:, :, pos], membership, sweep_ts, **who,
                              target_losses=None if target_losses is None else target_losses[:, pos])
     scores = MiaScores(attack=config.attack, timesteps=list(config.timesteps), target=target, main=main,
                        sweep=sweep, n_models=m, shadows_per_side=per_side)
