@@ -446,6 +446,7 @@ def check_stage_values(args: argparse.Namespace) -> None:
     from diffaudit.attacks.membership.run import MiaConfig
     from diffaudit.cli.inpaint import parse_counts
     from diffaudit.cli.train import train_config_from
+    from diffaudit.models.scheduler import make_scheduler, num_train_timesteps
 
     if not args.model or args.shadows:
         train_config_from(args).validate()
@@ -456,8 +457,6 @@ def check_stage_values(args: argparse.Namespace) -> None:
     timesteps = parse_int_list(args.timesteps, "--timesteps")
     sweep = parse_int_list(args.sweep, "--sweep") if str(args.sweep).strip() else []
     MiaConfig(attack=args.mia, timesteps=tuple(timesteps), sweep=tuple(sweep), n_draws=args.draws or 1).validate()
-    from diffaudit.models.scheduler import make_scheduler, num_train_timesteps
-
     # the models' schedules: --model's own, and that of the models the audit trains (the sweep is clipped to it)
     schedules = [num_train_timesteps(args.model)] if args.model else []
     if not args.model or args.shadows:

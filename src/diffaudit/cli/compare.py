@@ -70,7 +70,7 @@ def _audit_first(args: argparse.Namespace, a: dict, b: dict) -> str:
     if not runs:
         return ""
     (first, summary), names = runs[0], " and ".join(f for f, _ in runs)
-    spec = (summary.get("dataset") or {}).get("spec") if isinstance(summary.get("dataset"), dict) else None
+    spec = summary["dataset"].get("spec") if isinstance(summary.get("dataset"), dict) else None
     data = shlex.quote(spec) if isinstance(spec, str) and spec else "DATA"
     return (f". To compare what {names} leak, audit {'each' if len(runs) > 1 else 'it'} first, e.g. "
             f"`diffaudit audit --model {shlex.quote(first)} --data {data} --out audit-{Path(first).name}`, "

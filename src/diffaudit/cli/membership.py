@@ -18,7 +18,7 @@ from diffaudit.cli.common import add_data_args, data_options, emit, out_file
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.results import envelope
 from diffaudit.data import load_dataset
-from diffaudit.data.membership import load_membership, make_membership, save_membership
+from diffaudit.data.membership import Membership, load_membership, make_membership, save_membership
 
 NAME = "membership"
 HELP = "write a seeded membership matrix (each example IN for exactly half of the shadow models)"
@@ -34,20 +34,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(never a file that is not one)")
 
 
-def _refuse_foreign(path: Path) -> None:
-    """Refuse ``path`` when it is not a membership file (one that :func:`load_membership` reads): a mistyped
-    ``--out`` naming a file of the user's must not be overwritten, also not with ``--fresh``."""
+def _existing(path: Path) -> Membership:
+    """The membership file at ``path``, refused when it is not one (:func:`load_membership` cannot read it): a
+    mistyped ``--out`` naming a file of the user's must not be overwritten, also not with ``--fresh``."""
     try:
-        load_membership(path)
+        return load_membership(path)
     except DiffauditError as exc:
         raise DiffauditError(f"--out {path} exists and is not a membership file ({exc}); diffaudit never replaces a "
                              "file of yours: give --out another file name, or a folder") from None
 
 
-def _differs(path: Path, matrix: np.ndarray, keys: list[str], seed: int) -> str | None:
-    """What differs between the membership file at ``path`` (:func:`_refuse_foreign` has read it) and the new
-    matrix, or None when they are equal."""
-    old = load_membership(path)
+def _differs(old: Membership, matrix: np.ndarray, keys: list[str], seed: int) -> str | None:
+    """What differs between the membership file ``old`` (:func:`_existing`) and the new matrix, or None when they
+    are equal."""
     if old.n_models != matrix.shape[1]:
         return f"models (was {old.n_models}, now {matrix.shape[1]})"
     if old.seed != seed:
@@ -65,10 +64,9 @@ def run(args: argparse.Namespace) -> int:
     matrix = make_membership(len(dataset), args.models, args.seed)
     out = out_file(args.out, "membership.npz")
     status = "wrote"
-    if out.exists() or out.is_symlink():
-        _refuse_foreign(out)  # a file of yours is never replaced, --fresh or not
-    if out.exists() and not args.fresh:
-        diff = _differs(out, matrix, dataset.keys, args.seed)
+    old = _existing(out) if out.exists() or out.is_symlink() else None  # a file of yours: refused, --fresh or not
+    if old is not None and not args.fresh:
+        diff = _differs(old, matrix, dataset.keys, args.seed)
         if diff:
             raise DiffauditError(
                 f"{out} already holds a membership matrix that differs in {diff}; "

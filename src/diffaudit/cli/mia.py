@@ -188,9 +188,10 @@ def _summary(r: dict[str, Any]) -> str:
     chance = ""
     few = r.get("rank_test") if isinstance(r.get("rank_test"), dict) else None
     if few is not None and isinstance(few.get("pvalue"), (int, float)):
-        least = min(r["n_members"], r["n_nonmembers"])
-        which = "member" if r["n_members"] == least else "non-member"
-        chance = (f"; with {least} {which}{'' if least == 1 else 's'} the interval barely covers their sampling: "
+        from diffaudit.report.view_mia import smaller_class
+
+        least = smaller_class(r["n_members"], r["n_nonmembers"])
+        chance = (f"; with {least['few_count']} {least['few_class']} the interval barely covers their sampling: "
                   f"one-sided rank test p = {few['pvalue']:.2g}"
                   + (" (indistinguishable from guessing)" if few["pvalue"] >= 0.05 else ""))
     elif isinstance(ci.get("low"), (int, float)) and isinstance(ci.get("high"), (int, float)) and ci["low"] <= 0.5 <= ci["high"]:

@@ -183,11 +183,11 @@ def best_mia(summary: dict[str, Any]) -> dict[str, Any] | None:
         "n_identical_excluded": e.get("n_identical_excluded"),
         # few members or non-members: the rank test says how sure the AUC is, of the smaller class
         "rank_test": e.get("rank_test"),
-        **_smaller_class(e.get("n_members"), n_non),
+        **smaller_class(e.get("n_members"), n_non),
     }
 
 
-def _smaller_class(n_members: Any, n_nonmembers: Any) -> dict[str, Any]:
+def smaller_class(n_members: Any, n_nonmembers: Any) -> dict[str, Any]:
     """``few_count`` and ``few_class`` ("1 member", "3 non-members"): the smaller of the two classes."""
     if not isinstance(n_members, int) or not isinstance(n_nonmembers, int):
         return {"few_count": None, "few_class": None}
