@@ -5,6 +5,7 @@ import json
 import pytest
 
 from diffaudit.cli.main import main
+from diffaudit.core.errors import DiffauditError
 
 SMALL = ["audit", "--train-size", "8", "--steps", "400", "--batch-size", "8", "--n-samples", "64", "--sample-steps", "10",
          "--sweep", "", "--device", "cpu", "--quiet"]
@@ -89,7 +90,9 @@ def test_audit_refuses_bad_values_before_recording_anything(tmp_path, capsys):
                       (["--shadows=-2"], "--shadows must be 0 or a positive even number"),
                       (["--timesteps", "100,100"], "--timesteps must not repeat a timestep; got 100,100"),
                       (["--timesteps=-1"], "--timesteps must be >= 0; got -1"),
-                      (["--sweep", "10,10"], "--sweep must not repeat a timestep")):
+                      (["--sweep", "10,10"], "--sweep must not repeat a timestep"),
+                      # the shadows (the target too) train on seeded halves: the size would be ignored
+                      (["--shadows", "4", "--train-size", "20"], "--train-size: with --shadows 4 every model")):
         out = tmp_path / "e"
         assert main(["audit", *bad, "--out", str(out), "--device", "cpu", "--quiet"]) == 2
         assert says in capsys.readouterr().err
@@ -138,6 +141,10 @@ def test_audit_of_an_existing_run_trains_the_shadows_it_asks_for(tmp_path, capsy
     assert main(["audit", *data, "--model", str(tmp_path / "run"), "--steps", "100", "--lr", "0.01", "--quiet",
                  "--out", str(tmp_path / "stray")]) == 2
     assert "--lr, --steps: --model audits an existing run and trains nothing" in capsys.readouterr().err
+    assert main(["audit", *data, "--model", str(tmp_path / "run"), "--train-size", "5", "--quiet",
+                 "--out", str(tmp_path / "stray")]) == 2  # shadows would not use it either: no hint to add them
+    err = capsys.readouterr().err
+    assert "--train-size: --model audits an existing run" in err and "add --shadows" not in err
     # a run trained on every image of --data leaves no unseen image: refused before any stage
     assert main(["audit", "--data", str(view), "--model", str(tmp_path / "run"), "--n-samples", "16", "--sample-steps", "3",
                  "--sweep", "", "--device", "cpu", "--quiet", "--out", str(tmp_path / "all")]) == 2
@@ -180,6 +187,7 @@ def test_audit_with_shadows_lira_and_inpainting(tmp_path):
     result = json.loads((out / "result.json").read_text())  # the audit's own record names every stage's headline
     assert result["inpainting"] == {"auc": inpaint["auc"], "n_targets": 4, "n_members": 2, "n_nonmembers": 2}
     assert result["n_shadows"] == 4 and result["report"] == str(out / "report.html")
+    assert "train-size" not in (out / "config.toml").read_text()  # shadows train on halves: repeating it is refused
     assert "Inpainting" in (out / "report.html").read_text() or "inpaint" in (out / "report.html").read_text()
     # its grids lie inside its inpaint folder: every one is embedded
     assert (out / "report.html").read_text().count('data-kind="inpaint"') == 4
@@ -372,16 +380,37 @@ def test_the_report_of_an_unfinished_audit_says_it_is_unfinished(tmp_path, capsy
     assert not (out / "result.json").exists()
     capsys.readouterr()
     assert main(["report", str(out)]) == 0
-    assert "an unfinished audit: its later stages have not run" in capsys.readouterr().out
+    assert "an unfinished audit: its verify stage was interrupted; its later stages have not run" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     assert summary["audit_finished"] is False and summary["extraction"]["unique_extracted"] is None
+    assert summary["audit_stopped"] == {"stage": "verify", "exit": 130, "error": None}
     html = (out / "report.html").read_text()
     assert 'data-kind="unfinished"' in html and "the results of its train, sample, extract stages" in html
+    assert "its verify stage was interrupted;" in html
+
+    def refused(args):
+        raise DiffauditError("no room for <b>this</b> in /data/x")
+
+    with monkeypatch.context() as m:  # run again, the stage fails: the report names it, and what it said
+        m.setattr(verify_cli, "run", refused)
+        assert main(SMALL + ["--out", str(out)]) == 2
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    assert "its verify stage failed (exit 2); its later stages have not run" in capsys.readouterr().out
+    html = (out / "report.html").read_text()
+    assert "its verify stage failed (exit 2), saying “no room for &lt;b&gt;this&lt;/b&gt; in /data/x”" in html
+    assert main(["report", str(out), "--redact"]) == 0  # what it said may name files: redacted, only the stage
+    redacted = (out / "report.html").read_text()
+    assert "its verify stage failed (exit 2);" in redacted and "/data/x" not in redacted
     assert "diffaudit audit --config audit/config.toml --out audit" in html
     assert "the audit has not yet verified them" in html and "diffaudit verify --samples" not in html
 
     assert main(SMALL + ["--out", str(out)]) == 0
     assert json.loads((out / "summary.json").read_text())["audit_finished"] is True
+    assert not (out / "stage_stopped.json").exists() and json.loads((out / "summary.json").read_text())["audit_stopped"] is None
+    assert "training images redacted" not in (out / "report.html").read_text()
+    assert main(SMALL + ["--out", str(out), "--redact"]) == 0  # finished: --redact still writes a report to share
+    assert "training images redacted" in (out / "report.html").read_text()
     assert 'data-kind="unfinished"' not in (out / "report.html").read_text()
     assert 'data-kind="unfinished"' not in render_html(out / "verify")  # one command's folder is never an audit
 
@@ -436,3 +465,30 @@ def test_redo_plans_the_changed_stages_and_those_that_read_them(tmp_path, capsys
     assert "--steps (was 30, now 31)" in err and "--redo runs later stages again" in err and "use another --out" in err
     assert main(small + ["--steps", "31", "--quiet", "--out", str(out)]) == 2  # without --redo: the usual refusal
     assert "--fresh to start over" in capsys.readouterr().err
+
+
+def test_an_audit_whose_data_changed_in_place_is_refused_even_when_finished(tmp_path, capsys):
+    """A finished audit re-run after an image of --data was edited said "already finished" with the old results;
+    an interrupted one was refused by a stage, naming `data.digest` in a sub-folder. The audit records what its
+    data holds and names the change itself; audits recorded before that resume as before."""
+    import numpy as np
+
+    from diffaudit.data import load_dataset
+
+    digits = load_dataset("digits", subset=40)
+    np.savez(tmp_path / "d.npz", images=digits.images, labels=digits.labels)
+    out = tmp_path / "audit"
+    argv = SMALL + ["--data", str(tmp_path / "d.npz"), "--steps", "30", "--n-samples", "16", "--out", str(out)]
+    assert main(argv) == 0
+    settings_file = out / "settings.json"
+    record = json.loads(settings_file.read_text())
+    assert len(record["settings"]["data_digest"]) == 16 and "data-digest" not in (out / "config.toml").read_text()
+    del record["settings"]["data_digest"]  # as an audit recorded before the digest was
+    settings_file.write_text(json.dumps(record))
+    assert main(argv) == 0
+    edited = digits.images.copy()
+    edited[3] = 255 - edited[3]
+    np.savez(tmp_path / "d.npz", images=edited, labels=digits.labels)
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "holds work made with other settings: the contents of --data (was " in capsys.readouterr().err

@@ -60,6 +60,23 @@ def test_heldout_images_are_the_nonmembers(trained, tmp_path, capsys):
     assert "heldout" not in audit_settings(parser.parse_args([]))
 
 
+def test_a_view_of_both_datasets_written_by_hand_is_audited_like_heldout(trained, tmp_path):
+    """README: every --data takes a view. The audit's own views of members and non-members name the view's
+    datasets (a view naming a view is refused), so verify reads them; before, it failed after sampling."""
+    here, out = trained, tmp_path / "audit"
+    view = tmp_path / "both.view.json"
+    view.write_text(json.dumps({"view": 1, "parts": [{"spec": str(here / "train.npz")},
+                                                    {"spec": str(here / "held.npz"), "prefix": "heldout:"}]}))
+    assert main(AUDIT + ["--model", str(here / "run"), "--data", str(view), "--out", str(out)]) == 0
+    members = json.loads((out / "members.view.json").read_text())
+    assert members["spec"] == str(here / "train.npz") and len(members["keys"]) == 24
+    nonmembers = json.loads((out / "nonmembers.view.json").read_text())["parts"]
+    assert [(p["spec"], p["prefix"], len(p["keys"])) for p in nonmembers] == [(str(here / "held.npz"), "heldout:", 24)]
+    assert json.loads((out / "verify" / "result.json").read_text())["baseline_unique_extracted"] is not None
+    mia = json.loads((out / "mia" / "result.json").read_text())
+    assert (mia["n_members"], mia["n_nonmembers"]) == (24, 24)
+
+
 def test_heldout_refusals(trained, tmp_path, capsys):
     here = trained
     assert main(AUDIT + ["--data", str(here / "train.npz"), "--heldout", str(here / "held.npz"),
@@ -69,6 +86,12 @@ def test_heldout_refusals(trained, tmp_path, capsys):
     assert main(AUDIT + ["--model", str(here / "run"), "--data", str(here / "train.npz"), "--heldout",
                          str(tmp_path / "big.npz"), "--out", str(tmp_path / "b")]) == 2
     assert "differ in image shape" in capsys.readouterr().err and not (tmp_path / "b").exists()
+    # held-out images that are the training images again: refused before any stage (verify refused them after sampling)
+    assert main(AUDIT + ["--model", str(here / "run"), "--data", str(here / "train.npz"), "--heldout",
+                         str(here / "train.npz"), "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "every one of the 24 images of --heldout" in err and "pixel for pixel, also an image it trained on" in err
+    assert not (tmp_path / "c").exists()
 
 
 def test_a_diffusers_folder_trained_on_all_of_its_data(trained, tmp_path):

@@ -3,6 +3,8 @@ are still being imported, and in an audit whose stage was interrupted (not a "st
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import diffaudit.cli.main as cli_main
@@ -60,3 +62,5 @@ def test_a_stage_speaks_as_the_audit_stage(monkeypatch, tmp_path, capsys):
     with pytest.raises(DiffauditError, match="stage `train` failed"):
         stages.run("train", ["shadows", "--data", "digits", "--membership", "m.npz", "--out", str(tmp_path / "models")])
     assert capsys.readouterr().err == "diffaudit audit (stage train): error: no membership matrix\n"
+    # what the report names: the stage that stopped the audit, and what its command said
+    assert json.loads((tmp_path / "stage_stopped.json").read_text()) == {"stage": "train", "exit": 2, "error": "no membership matrix"}

@@ -94,7 +94,16 @@ def test_compare_out_is_recomputed_when_a_folder_changes(tmp_path, capsys):
     assert rows["extraction: unique extracted"]["b"] == 7
     saved = {x["metric"]: x for x in json.loads((out / "result.json").read_text())["rows"]}
     assert saved["extraction: unique extracted"]["b"] == 7
-    assert main(["compare", str(a), str(b), "--labels", "x,y", "--out", str(out)]) == 2  # other settings: refused
+    # another comparison into the same folder replaces it (it is recomputed on every run), and says so
+    assert main(["compare", str(a), str(b), "--labels", "x,y", "--out", str(out)]) == 0
+    assert f"compare: {out} held another comparison (" in capsys.readouterr().err
+    assert json.loads((out / "result.json").read_text())["labels"] == ["x", "y"]
+    # a compared folder is never written into, with --fresh neither (it deleted the audit's models and results)
+    for fresh in ([], ["--fresh"]):
+        assert main(["compare", str(a), str(b), "--out", str(a)] + fresh) == 2
+        assert f"--out {a} is inside {a}, one of the folders compared" in capsys.readouterr().err
+    assert main(["compare", str(a), str(b), "--out", str(b / "cmp")]) == 2
+    assert not (a / "result.json").exists() and not (b / "cmp").exists() and (a / "verify" / "result.json").exists()
     capsys.readouterr()
     # its folder has no HTML report (an empty page before): said, with where the table is
     assert main(["report", str(out)]) == 2

@@ -103,7 +103,7 @@ def test_center_crop_then_resize(write_images):
     assert both.images.shape == (1, 2, 2, 1) and np.all(both.images == 200)
     with pytest.raises(DiffauditError, match=r"a\.png: cannot centre-crop 7x7 from a 10x6 image"):
         load_dataset(root, center_crop=7)
-    with pytest.raises(DiffauditError, match="image_size must be a positive"):
+    with pytest.raises(DiffauditError, match="--image-size must be a positive"):
         load_dataset(root, image_size=0)
 
 

@@ -197,3 +197,24 @@ def test_a_text_file_beside_each_image_is_its_caption(write_images, tmp_path):
     (root / "Zoë café.txt").write_text("un café", encoding="utf-8")
     ds = load_dataset(root)
     assert ds.keys == ["Zoë café.png", "beach.png"] and ds.captions == ["un café", "a photo at the <b>beach</b> & sea"]
+
+
+def test_an_input_skipped_by_two_stages_that_spelled_the_data_differently_is_counted_once():
+    """An audit's train stage loads `--data corrupt`, its verify stage the recorded `/home/u/corrupt`: the same
+    3 skipped files are 3, not 6 (the report said "skipped 6 bad inputs")."""
+    from pathlib import Path
+
+    from diffaudit.report.results import ResultSet, Stage
+    from diffaudit.report.summary import _skipped_inputs
+
+    def skipped(source):
+        entries = [{"source": source, "name": f"{source}/{n}", "reason": "bad"} for n in ("a.png", "b.png", "sub/c.png")]
+        return {"skipped_inputs": entries, "skipped_inputs_total": 3}
+
+    rs = ResultSet(root=Path("/x"), command="audit", stages=[Stage("train", "train", Path("/x/train"), skipped("corrupt")),
+                                                            Stage("verify", "verify", Path("/x/verify"), skipped("/home/u/corrupt"))])
+    found = _skipped_inputs(rs)
+    assert found["n"] == 3 and [e["name"] for e in found["listed"]] == ["corrupt/a.png", "corrupt/b.png", "corrupt/sub/c.png"]
+    other = ResultSet(root=Path("/x"), command="audit", stages=[Stage("t", "train", Path("/x/t"), skipped("corrupt")),
+                                                               Stage("h", "verify", Path("/x/h"), skipped("/data/heldout"))])
+    assert _skipped_inputs(other)["n"] == 6  # two datasets' files stay apart

@@ -27,7 +27,7 @@ def test_view_keeps_its_loader_options(tmp_path):
     assert big.keys == ds.keys and big.image_shape == (32, 32, 3)
     np.testing.assert_array_equal(big.images, load_dataset("digits", subset=20, subset_seed=3, image_size=32,
                                                            mode="RGB").images[:4])
-    with pytest.raises(DiffauditError, match="its own loader options; do not pass skip_bad"):
+    with pytest.raises(DiffauditError, match="its own loader options; do not pass --skip-bad"):
         load_dataset(str(path), skip_bad=True)
 
 
@@ -103,7 +103,14 @@ def test_view_of_two_datasets_errors_and_lazy_parts(tmp_path):
     for text, message in (('{"view": 1, "parts": []}', "non-empty list"),
                           ('{"view": 1, "parts": [{"spec": "digits", "prefix": 3}]}', "part 0: prefix must be a string"),
                           ('{"view": 1, "parts": [{"spec": "x.view.json"}]}', "part 0: a view may not point to another view"),
-                          ('{"view": 1, "parts": [{"spec": "digits", "keys": "digits:0"}]}', "keys must be a list")):
+                          ('{"view": 1, "parts": [{"spec": "digits", "keys": "digits:0"}]}', "keys must be a list"),
+                          # a typo in an option was a TypeError from the loader
+                          ('{"view": 1, "parts": [{"spec": "digits", "options": {"bogus": 1}}]}',
+                           r"part 0: unknown option 'bogus' \(a view's options are image_size, "),
+                          ('{"view": 2, "parts": [{"spec": "digits"}]}', "a dataset view of version 2, which this"),
+                          # the loader's own refusal says which view and which part
+                          ('{"view": 1, "parts": [{"spec": "digits"}, {"spec": "nonexist", "prefix": "n:"}]}',
+                           r"bad.view.json: part 1 \(nonexist\): ")):
         bad.write_text(text)
         with pytest.raises(DiffauditError, match=message):
             load_dataset(str(bad))

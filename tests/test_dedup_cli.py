@@ -77,7 +77,10 @@ def test_dedup_cli_resumes_and_refuses_other_settings(tmp_path, tmp_npz, digits,
     assert (out / "result.json").stat().st_mtime_ns == before
     assert main(["dedup", "--data", str(data), "--out", str(out), "--embedder", "phash", "--threshold", "0.8"]) == 2
     assert "threshold" in capsys.readouterr().err
-
+    assert main(["dedup", "--data", str(data), "--out", str(out), "--pixel-size", "4"]) == 2  # named by flag, not key
+    err = capsys.readouterr().err
+    assert "--embedder (was 'phash', now 'pixel')" in err and "--pixel-size (was '<unset>', now 4)" in err
+    assert "embedder.name" not in err
 
 
 def test_a_keep_list_of_the_earlier_rule_is_rebuilt_on_resume(tmp_path, tmp_npz, digits, capsys):
@@ -208,6 +211,21 @@ def test_dedup_cli_seed_is_a_setting_of_ivf_only(tmp_path, tmp_npz, digits, caps
     (tmp_path / "ivf" / "settings.json").write_text(json.dumps(record))
     assert main(ivf + ["--seed", "7"]) == 2
     assert main(ivf + ["--seed", "0"]) == 0 and "already finished" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["--k", "5"], "--k is for --index hnsw, and --index is flat: drop --k or pass --index hnsw"),
+    (["--index", "hnsw", "--nprobe", "4"], "--nprobe is for --index ivf, and --index is hnsw"),
+    (["--embedder", "phash", "--pixel-size", "4"], "--pixel-size is for --embedder pixel, and --embedder is phash: drop --pixel-size"),
+    (["--embedder", "phash", "--pixel-color", "rgb"], "--pixel-color is for --embedder pixel"),
+    (["--clip-model", "x"], "--clip-model is for --embedder clip, and --embedder is pixel"),
+])
+def test_dedup_cli_refuses_options_the_chosen_index_or_embedder_does_not_read(tmp_path, tmp_npz, digits, capsys, argv, says):
+    """They ran as if not given (`--k 5` with the exact flat search exited 0 with no notice)."""
+    data, _ = _planted_npz(tmp_npz, digits)
+    out = tmp_path / "dd"
+    assert main(["dedup", "--data", str(data), "--out", str(out)] + argv) == 2
+    assert says in capsys.readouterr().err and not out.exists()
 
 
 @pytest.mark.parametrize("argv,flag", [

@@ -262,7 +262,7 @@ def test_the_human_result_line_escapes_control_characters(capsys):
 
 @pytest.mark.parametrize("make, needle", [
     (lambda p: None, "does not exist"),
-    (lambda p: p.mkdir(), "is a folder; give a text file"),
+    (lambda p: p.mkdir(), "is a folder without prompts.txt: give that file, or the output folder of the command"),
     (lambda p: p.write_bytes("café\n".encode("latin-1")), "is not UTF-8 text (byte 3); save it as UTF-8"),
 ])
 def test_a_prompt_file_that_cannot_be_read_is_one_line_before_the_model_loads(tmp_path, capsys, make, needle):

@@ -13,6 +13,7 @@ from diffaudit.attacks.inpainting import (
     InpaintAttackConfig, denoising_loss, inpaint_targets, loss_ratio, rms_l2, score_inpaintings, score_noise,
     score_target, summarize,
 )
+from diffaudit.cli.common import audit_stage
 from diffaudit.cli.inpaint import assign_shadows, select_targets
 from diffaudit.cli.main import main
 from diffaudit.core.errors import DiffauditError
@@ -251,7 +252,9 @@ def test_targets_are_seeded_members_and_nonmembers(digits):
     assert a == select_targets(digits, members, targets="2,3", target_keys=None, seed=0) and a == sorted(a)
     assert sum(digits.keys[i] in members for i in a) == 2 and len(a) == 5
     assert a != select_targets(digits, members, targets="2,3", target_keys=None, seed=1)
-    with pytest.raises(DiffauditError, match="holds 3 members"):
+    with pytest.raises(DiffauditError, match="^--targets 4,1: .*holds 3 members"):
+        select_targets(digits, members, targets="4,1", target_keys=None, seed=0)
+    with audit_stage("inpaint"), pytest.raises(DiffauditError, match="^--inpaint-targets 4,1: "):  # the audit's flag
         select_targets(digits, members, targets="4,1", target_keys=None, seed=0)
     with pytest.raises(DiffauditError, match="N_IN,N_OUT"):
         select_targets(digits, members, targets="4", target_keys=None, seed=0)

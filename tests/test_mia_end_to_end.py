@@ -415,6 +415,11 @@ def test_refusals_come_before_any_work_and_name_the_cause(shadows, tmp_path, cap
     assert main([*base, "--shadows", str(root / "shadows"), "--membership", str(tmp_path / "wide.npz")]) == 2
     err = capsys.readouterr().err
     assert f"the membership matrix has 6 columns, but {root / 'shadows'} holds 4 shadow models: pass --models 4" in err
+    # options the attack has no use for would run as if not given: refused
+    for attack, flag, says in (("loss", ["--transform", "none"], "--transform is for the LiRA attacks"),
+                               ("lira", ["--strong-aggregate", "mean-loss"], "--attack lira uses one query per example")):
+        assert main([*base, "--shadows", str(root / "shadows"), "--attack", attack, *flag]) == 2
+        assert says in capsys.readouterr().err and not (tmp_path / "m").exists()
 
 
 def test_the_result_line_says_when_the_attack_is_indistinguishable_from_guessing():

@@ -112,6 +112,22 @@ def test_fresh_still_refuses_a_folder_diffaudit_did_not_make_and_leaves_no_trace
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"] and _files(mine) == ["holiday.png"]
 
 
+def test_fresh_refuses_the_output_of_another_command(tmp_path):
+    """`compare A B --out A --fresh` deleted audit A (models, samples, results): --fresh starts over only
+    this command's output, and the refusal no longer suggests it."""
+    audit = tmp_path / "audit-a"
+    prepare_out_dir(audit, "audit", {"steps": 3})
+    (audit / "models").mkdir()
+    (audit / "models" / "weights.safetensors").write_bytes(b"w")
+    with pytest.raises(SettingsMismatchError, match=r"holds the output of `diffaudit audit`, not `compare`; choose another --out$"):
+        prepare_out_dir(audit, "compare", {})
+    with pytest.raises(DiffauditError, match=r"--fresh starts over the output of `diffaudit compare`, and .*audit-a holds that "
+                                             r"of `diffaudit audit`; choose another --out, or delete it yourself"):
+        prepare_out_dir(audit, "compare", {}, fresh=True)
+    assert _files(audit) == ["models", "models/weights.safetensors", "settings.json"]
+    assert prepare_out_dir(audit, "audit", {"steps": 4}, fresh=True) == (audit, False)  # its own command's: as before
+
+
 # ----------------------------------------------------------------------- messages of differing settings
 def test_one_changed_prompt_of_ten_thousand_is_named_briefly(tmp_path):
     prompts = [f"a photo of item number {i}" for i in range(10_000)]

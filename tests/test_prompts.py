@@ -69,6 +69,12 @@ def test_prompts_cli_on_captioned_npz(tmp_path, tmp_npz, digits, capsys):
         read_prompts(str(out / "result.json"))  # every line of it would have been a prompt
     assert r["n_prompts"] == 4 and r["prompts"][0] == {"prompt": "copy of two", "score": 3, "n_images": 2, "indices": [30, 31]}
     assert r["n_duplicated_images"] == 6
+    # with more prompts asked than duplicated captions, the rest are plain captions: the result line says so
+    assert main(["prompts", "--data", str(data), "--out", str(tmp_path / "pr8"), "--top", "8"]) == 0
+    line = capsys.readouterr().out
+    assert "8 prompts in" in line and "(3 of them captions of images without a near-duplicate; --min-score 1" in line
+    assert main(["prompts", "--data", str(data), "--out", str(tmp_path / "pr8"), "--top", "8"]) == 0
+    assert "(3 of them captions" in capsys.readouterr().out  # and when it is already finished
 
 
 def test_prompts_cli_reuses_a_dedup_run_and_checks_it(tmp_path, tmp_npz, digits, capsys):

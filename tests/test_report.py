@@ -536,6 +536,15 @@ def test_cli_report_never_replaces_a_users_file(audit, tmp_path, capsys):
     # its own report and summary are rewritten, as every re-run does
     assert _cli([str(audit / "verify"), "--out", str(tmp_path / "v.html")]) == 0
     assert _cli([str(audit / "verify"), "--out", str(tmp_path / "v.html")]) == 0
+    # nor another command's output folder: its own report and summary.json would be replaced
+    from diffaudit.core.outdir import prepare_out_dir
+
+    other, _ = prepare_out_dir(tmp_path / "dedup-out", "dedup", {})
+    (other / "summary.json").write_text('{"schema_version": 1, "command": "dedup"}')
+    with pytest.raises(DiffauditError, match=r"--out .*dedup-out/report.html lies in .*dedup-out, the output of `diffaudit "
+                                             r"dedup`, where it would replace that folder's own report and summary.json"):
+        _cli([str(audit / "verify"), "--out", str(other / "report.html")])
+    assert not (other / "report.html").exists() and "dedup" in (other / "summary.json").read_text()
 
 
 def _train_map_only_verify(root: Path, hits: list[bool]) -> Path:

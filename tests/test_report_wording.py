@@ -458,6 +458,35 @@ def test_timestep_sweep_axes_do_not_magnify_chance():
     assert strong[0].get_ylim()[0] <= 0.3 and 1.0 <= strong[0].get_ylim()[1] <= 1.02 and strong[1].get_ylim()[1] >= 100
 
 
+def test_timestep_sweep_without_any_tpr_says_it_was_not_measured_and_shares_the_t_axis():
+    """Under 100 non-members no TPR at 1% FPR is resolved: the panel says so rather than stay blank, and its
+    t axis is the AUC panel's."""
+    from diffaudit.report.plots import timestep_sweep_figure
+
+    fig = timestep_sweep_figure([("loss", [10, 100, 500], [0.6, 0.8, 0.55], [None, None, None])])
+    auc_ax, tpr_ax = fig.axes
+    assert [t.get_text() for t in tpr_ax.texts] == ["not measured\n(needs 100 or more non-members)"]
+    assert not auc_ax.texts and tpr_ax.get_xlim() == auc_ax.get_xlim()
+    assert auc_ax.get_xlim()[0] < 10 and auc_ax.get_xlim()[1] > 500
+
+
+def test_roc_is_drawn_from_the_smallest_fpr_the_evaluation_resolves():
+    """With 20 non-members no FPR below 1/20 is measured: the curve starts there (its FPR-0 points are not
+    drawn at the axis floor, which would claim a TPR at FPR 0.001), and the unmeasured part is shaded."""
+    import numpy as np
+
+    from diffaudit.report.plots import ROC_AXIS_FLOOR, roc_loglog_figure
+
+    fig = roc_loglog_figure([("loss", np.array([0.0, 0.0, 0.5, 1.0]), np.array([0.0, 0.4, 0.9, 1.0]))], min_fpr=1 / 20)
+    ax = fig.axes[0]
+    curve = next(line for line in ax.get_lines() if line.get_label() == "loss")
+    assert min(curve.get_xdata()) == pytest.approx(0.05)
+    assert ax.get_xlim()[0] == pytest.approx(ROC_AXIS_FLOOR)
+    assert any("not measured" in p.get_label() for p in ax.patches)
+    resolved = roc_loglog_figure([("loss", np.array([0.0, 1e-4, 1.0]), np.array([0.0, 0.4, 1.0]))], min_fpr=1e-4).axes[0]
+    assert resolved.get_xlim()[0] == pytest.approx(1e-4) and not resolved.patches  # all of it measured
+
+
 def _mia_folder(root: Path, **fields) -> Path:
     write_json_atomic(root / "result.json", _envelope("mia", {"data": "digits"}, {"seed": 0}, attack="loss", **fields))
     return root
@@ -488,10 +517,19 @@ def test_a_tpr_too_few_non_members_can_resolve_is_said_to_be_unmeasured(tmp_path
 
 
 def test_an_interval_of_width_zero_is_not_shown_as_certainty():
+    """Every resample agreeing means too few examples inside the range, but at its ends (an AUC or TPR of
+    1.0 or 0.0: every member identified, or none) it is what resampling perfectly told-apart examples gives,
+    whatever their number (32 members and 1,765 non-members at AUC 1.0)."""
     from diffaudit.report.fmt import fmt_ci
 
-    assert fmt_ci({"low": 1.0, "high": 1.0, "level": 0.95}) == \
-        "95% CI [1.000, 1.000] (every resample agreed: too few examples to bound it)"
+    assert fmt_ci({"low": 0.75, "high": 0.75, "level": 0.95}) == \
+        "95% CI [0.750, 0.750] (every resample agreed: too few examples to bound it)"
+    assert fmt_ci({"low": 1.0, "high": 1.0, "level": 0.95}, "pct") == (
+        "95% CI [100.0%, 100.0%] (every resample agreed: the attack identifies every one of these members, and "
+        "resampling them cannot bound a perfect score from below)")
+    assert fmt_ci({"low": 0.0, "high": 0.0}, "pct") == (
+        "CI [0.0%, 0.0%] (every resample agreed: the attack identifies none of these members, and resampling them "
+        "cannot bound a score of 0 from above)")
     assert fmt_ci({"low": 0.8, "high": 0.9, "level": 0.95}) == "95% CI [0.800, 0.900]"
 
 

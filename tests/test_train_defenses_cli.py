@@ -94,7 +94,8 @@ def test_input_folders_and_a_lone_model_index(tmp_path, capsys):
                  str(tmp_path / "mem") + "/"]) == 0
     assert main(BASE + ["--membership", str(tmp_path / "mem"), "--model-index", "1", "--out", str(tmp_path / "col")]) == 0
     capsys.readouterr()
-    for flag, name in (("--dedup", "not a JSON file"), ("--membership", "expected a membership file")):
+    for flag, name in (("--dedup", "is a folder without keep.json: give that file, or the output folder of the command"),
+                       ("--membership", "is a folder without membership.npz")):
         extra = ["--model-index", "0"] if flag == "--membership" else []
         assert main(BASE + [flag, str(tmp_path / "run" / "unet"), *extra, "--out", str(tmp_path / "x")]) == 2
         err = capsys.readouterr().err

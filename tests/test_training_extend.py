@@ -114,7 +114,10 @@ def test_cli_extend(tmp_path, capsys):
     assert "--steps (was 4, now 8)" in err and f"--extend {a} and a new --out" in err
     assert main(TRAIN + ["--steps", "8", "--extend", str(a), "--out", str(a)]) == 2
     assert "needs a new --out" in capsys.readouterr().err
-    assert main(TRAIN + ["--steps", "8", "--extend", str(a), "--out", str(b), "--no-keep-state"]) == 0
+    loud = [x for x in TRAIN if x != "--quiet"]
+    assert main(loud + ["--steps", "8", "--extend", str(a), "--out", str(b), "--no-keep-state"]) == 0
+    err = capsys.readouterr().err  # the copied state is the extension's start, not a resume of b
+    assert f"training on from the 4 steps of {a}" in err and "resuming" not in err
     assert not (b / "state").exists() and json.loads((b / "result.json").read_text())["extended_from"]["steps"] == 4
     assert main(TRAIN + ["--steps", "8", "--out", str(tmp_path / "ref")]) == 0
     assert same_weights(b, tmp_path / "ref")
@@ -122,3 +125,5 @@ def test_cli_extend(tmp_path, capsys):
     assert "kept no training state (it was trained with --no-keep-state" in capsys.readouterr().err
     assert main(TRAIN + ["--steps", "8", "--extend", str(a), "--out", str(tmp_path / "dp"), "--dp-noise", "1.0"]) == 2
     assert "--extend and DP-SGD together are not supported" in capsys.readouterr().err
+    assert main(TRAIN + ["--steps", "4", "--out", str(a), "--no-keep-state"]) == 0  # finished: the kept state goes, as asked
+    assert not (a / "state").exists() and (a / "result.json").is_file()

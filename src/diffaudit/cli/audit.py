@@ -60,6 +60,9 @@ _NOT_COMPARED = {"out", "device"}
 RECORDED_WHEN_GIVEN = ("heldout", "heldout_subset")
 #: Options that name an input (recorded canonical, see :func:`~diffaudit.cli.common.canonical_path`).
 PATH_SETTINGS = ("data", "model", "cifar_root", "heldout")
+#: The setting that records the digest of the audit's data (pixels, keys, labels, captions; with --heldout, of
+#: both datasets): named "the contents of --data" when it differs. Audits recorded before it take today's.
+DATA_DIGEST = "data_digest"
 #: How the keys of --heldout's images are prefixed in the audit (so that they never name a training image).
 HELDOUT_PREFIX = "heldout:"
 
@@ -223,16 +226,18 @@ def _toml_value(v: Any) -> str:
 
 
 def config_toml(settings: dict[str, Any]) -> str:
+    """The options of ``settings`` as the TOML file ``--config`` reads (what is recorded but not an option left out)."""
     lines = ["# The exact configuration of this audit: `diffaudit audit --config config.toml --out ...` repeats it."]
-    lines += [f"{k.replace('_', '-')} = {_toml_value(v)}" for k, v in sorted(settings.items()) if v is not None]
+    lines += [f"{k.replace('_', '-')} = {_toml_value(v)}" for k, v in sorted(settings.items())
+              if v is not None and k != DATA_DIGEST]
     return "\n".join(lines) + "\n"
 
 
 def audit_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The options that shape the audit's results (recorded, compared on a resume, saved as config.toml),
     the paths of inputs canonical. A ``--model`` audit without shadows trains nothing: the training
-    options are not among them."""
-    unused = training_options() if args.model and not args.shadows else set()
+    options are not among them; nor is ``--train-size`` with shadows, which train on seeded halves."""
+    unused = training_options() if args.model and not args.shadows else {"train_size"} if args.shadows else set()
     unused |= {k for k in RECORDED_WHEN_GIVEN if getattr(args, k) is None}
     settings = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_SETTINGS | _NOT_COMPARED | unused}
     return canonical_settings(settings, PATH_SETTINGS)
@@ -240,10 +245,13 @@ def audit_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def upgrade_settings(old: dict[str, Any]) -> dict[str, Any]:
     """Settings of an earlier version read as today's: they recorded ``device`` (:data:`_NOT_COMPARED`),
-    and a ``--model`` audit without shadows the training options it never used."""
+    and a ``--model`` audit without shadows the training options it never used, one with shadows the
+    ``--train-size`` it never used."""
     old = {k: v for k, v in old.items() if k != "device"}
     if old.get("model") and not old.get("shadows"):
         return {k: v for k, v in old.items() if k not in training_options()}
+    if old.get("shadows"):
+        return {k: v for k, v in old.items() if k != "train_size"}
     return old
 
 
@@ -270,11 +278,15 @@ def model_is_conditional(model: str | Path) -> bool | None:
 
 
 def check_model_options(args: argparse.Namespace) -> None:
-    """With ``--model``: training options given (flag or --config) train nothing unless there are shadows,
+    """``--train-size`` with shadows trains nothing, and is refused. With ``--model``: training options given (flag or --config) train nothing unless there are shadows,
     and are refused; with shadows, those not given are the audited run's own (its train_config.json), so
     the shadows are trained like the target, as LiRA assumes. ``--class-conditional`` is the model's own
     (it decides whether the audit samples per class); given against it, it is refused."""
     given = getattr(args, "_given", set()) & training_options()
+    if args.shadows and "train_size" in given:
+        raise DiffauditError(f"--train-size: with --shadows {args.shadows} every model, the target (model 0) too, "
+                             "trains on a seeded half of --data (the membership matrix), so it does not apply; drop it "
+                             "(or --subset N to audit on N images of --data)")
     if not args.model:
         return
     if not Path(args.model).exists():
@@ -296,8 +308,10 @@ def check_model_options(args: argparse.Namespace) -> None:
     if not args.shadows:
         if given:
             names = ", ".join("--" + k.replace("_", "-") for k in sorted(given))
+            # shadows train on seeded halves: with them, --train-size would not apply either
+            hint = " (or add --shadows K to train shadow models with them)" if given - {"train_size"} else ""
             raise DiffauditError(f"{names}: --model audits an existing run and trains nothing, so training options do "
-                                 "not apply; drop them (or add --shadows K to train shadow models with them)")
+                                 f"not apply; drop them{hint}")
         return
     adopt_target_recipe(args, given)
 
@@ -363,24 +377,44 @@ class _Stages:
         from diffaudit.cli.main import main
         from diffaudit.core.io import read_json
         from diffaudit.core.progress import stage_line
+        from diffaudit.report.results import STAGE_STOPPED
 
         result = self.out / (folder or name) / "result.json"
         if result.exists():
             stage_line(f"audit: {name}: finished earlier, kept")
         else:
             t0 = time.perf_counter()
+            (self.out / STAGE_STOPPED).unlink(missing_ok=True)  # an earlier run's stop: this run tries again
             try:
-                with audit_stage(name):
+                with audit_stage(name) as stage:
                     code = main(argv + self.common)
             except SystemExit as exc:  # the stage's own argument parser refused a value
                 code = exc.code if isinstance(exc.code, int) else 2
+            except BaseException as exc:  # a crash, or Ctrl-C between the stage's own handlers: recorded, then raised
+                self._stopped(name, None if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}",
+                              130 if isinstance(exc, KeyboardInterrupt) else 1)
+                raise
             if code == 130:  # the stage was interrupted (it said so): the audit is, too
+                self._stopped(name, None, code)
                 raise StageInterrupted
             if code != 0:
+                self._stopped(name, stage.error, code)
                 raise DiffauditError(f"stage `{name}` failed (exit {code}); fix the cause and re-run: finished stages are kept")
             stage_line(f"audit: {name}: done in {time.perf_counter() - t0:.1f}s")
         self.done.append(name)
         return read_json(result) if result.exists() else None
+
+    def _stopped(self, name: str, error: str | None, code: int) -> None:
+        """Record in :data:`STAGE_STOPPED` that stage ``name`` stopped the audit (exit ``code``, 130: interrupted;
+        ``error``: what its command said), for ``diffaudit report`` to name; a record that cannot be written
+        (a full disk) leaves the stage's own error to be seen."""
+        from diffaudit.core.io import write_json_atomic
+        from diffaudit.report.results import STAGE_STOPPED
+
+        try:
+            write_json_atomic(self.out / STAGE_STOPPED, {"stage": name, "exit": code, "error": error})
+        except OSError:
+            pass
 
     def run_outliers(self, data, seed: int) -> None:
         """The outliers stage (after mia), kept and listed like the others when finished earlier; it
@@ -501,19 +535,19 @@ DATA_VIEW = "data.view.json"
 def _load_data(args: argparse.Namespace):
     """The audit's data and the datasets it is made of: ``(dataset, [(ViewPart, its keys in dataset), ...])``.
 
-    --data as loaded; with --heldout, followed by those images (with --data's per-image options, not its
+    --data as loaded (a view: each of its datasets); with --heldout, followed by those images (with --data's per-image options, not its
     --subset: --heldout-subset, with --subset-seed), their keys prefixed with :data:`HELDOUT_PREFIX`."""
     import dataclasses
 
     from diffaudit.data import load_dataset
     from diffaudit.data.dataset import concat_datasets
+    from diffaudit.data.loader import load_dataset_parts
     from diffaudit.data.view import ViewPart
 
-    data = load_dataset(args.data, **data_options(args))
-    opts = {k: v for k, v in data_options(args).items() if v not in (None, False)}
-    parts = [(ViewPart(args.data, opts), list(data.keys))]
+    data, parts = load_dataset_parts(args.data, **data_options(args))  # a view's own datasets: no view names a view
     if args.heldout is None:
         return data, parts
+    opts = {k: v for k, v in data_options(args).items() if v not in (None, False)}
     held_opts = {k: v for k, v in opts.items() if k not in ("subset", "subset_seed")}
     if args.heldout_subset is not None:
         held_opts.update(subset=args.heldout_subset, subset_seed=args.subset_seed)
@@ -558,6 +592,22 @@ def _save_view(path: Path, parts, keys: list[str]) -> None:
     save_parts_view(path, chosen)
 
 
+def _refuse_unseen_copies(args: argparse.Namespace, data, trained: set[str], unseen: set[str]) -> None:
+    """Refuse, before any stage, images --model never saw (its non-members: the verify baseline, the
+    membership attack's OUT examples) that are every one, pixel for pixel, an image it trained on (a
+    --heldout that is the training set again): the verify and mia stages would refuse them after sampling."""
+    from diffaudit.data.digest import shared_images
+
+    out_rows = [i for i, k in enumerate(data.keys) if k in unseen]
+    if len(shared_images(data.subset(out_rows), data.subset([i for i, k in enumerate(data.keys) if k in trained]))) < len(out_rows):
+        return
+    source = f"--heldout {args.heldout}" if args.heldout is not None else f"--data {args.data}"
+    raise DiffauditError(f"every one of the {len(out_rows):,} images of {source} that --model {args.model} never saw is, "
+                         "pixel for pixel, also an image it trained on, so nothing is left to serve as never seen (the "
+                         "false-positive baseline and the membership attack's non-members): give images it never saw "
+                         "(e.g. `--heldout cifar10-test` for a model trained on all of cifar10)")
+
+
 def _target_members(args, models: Path, dataset) -> tuple[Path, list[str]]:
     """The target run and the keys of its training set (checked: every key, with the pixels it trained on, is in --data)."""
     from diffaudit.models.run_record import check_trained_on
@@ -600,8 +650,10 @@ def run(args: argparse.Namespace) -> int:
     from diffaudit.core.progress import stage_line
     from diffaudit.core.results import write_result
     from diffaudit.data import make_membership, save_membership, target_split
+    from diffaudit.data.digest import dataset_digest
     from diffaudit.models.run_files import read_dropped_duplicates
     from diffaudit.report import render_report, write_summary
+    from diffaudit.report.results import STAGE_STOPPED
     from diffaudit.attacks.extraction.grid import resolve_grid
 
     args = apply_config(args, args._argv)
@@ -650,12 +702,19 @@ def run(args: argparse.Namespace) -> int:
                 "it never saw (the false-positive baseline and the membership attack's non-members): give images it "
                 "never saw with --heldout (e.g. `--heldout cifar10-test` for a model trained on all of cifar10), or "
                 "audit it on --data that also holds held-out images")
+        _refuse_unseen_copies(args, data, set(trained), unseen)
     settings = audit_settings(args)
-    upgrade = upgrading_paths(PATH_SETTINGS, then=upgrade_settings)
+    # what --data holds now: an audit resumed (or found finished) after its images changed in place is refused
+    settings[DATA_DIGEST] = dataset_digest(data)
+    upgrade = upgrading_paths(PATH_SETTINGS, then=lambda old: {DATA_DIGEST: settings[DATA_DIGEST], **upgrade_settings(old)})
     if not args.fresh:  # held before --redo deletes a stage (prepare_out_dir holds it again: a no-op)
         folder_lock.hold(args.out)
         upgrade = prepare_redo(Path(args.out), settings, upgrade, args.redo)
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrade)
+    if args.redact and resumed and (out / "result.json").exists() and not _stale(read_json(out / "result.json"), out):
+        # finished: nothing else is rewritten (it may lie on read-only storage), but a report that is to be
+        # shared must not keep the training images an earlier run showed
+        stage_line(f"audit: report written again, redacted: {render_report(out, redact=True)}")
     if emit_finished(args, out, resumed, lambda r: _head(r, _read_summary(out)), stale=lambda r: _stale(r, out),
                      stale_files=("summary.json", "report.html")):
         return 0  # nothing rewritten: a finished audit may lie on read-only storage
@@ -743,6 +802,7 @@ def run(args: argparse.Namespace) -> int:
         "report": str(out / "report.html"),
         "seconds": time.perf_counter() - t0,  # of this run: stages finished earlier are read, not timed again
     }
+    (out / STAGE_STOPPED).unlink(missing_ok=True)  # finished: no stage stopped it
     result = write_result(out / "result.json", NAME, settings, {"seed": args.seed}, **fields)
     summary = read_json(write_summary(out))
     report = render_report(out, redact=args.redact)

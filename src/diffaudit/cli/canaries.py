@@ -20,7 +20,7 @@ from diffaudit.core.progress import stage_line
 from diffaudit.core.results import write_result
 from diffaudit.data import load_dataset
 from diffaudit.data.digest import dataset_digest
-from diffaudit.defenses.canaries import CANARY_KINDS, DEFAULT_REPEATS, make_canaries, max_exposure
+from diffaudit.defenses.canaries import CANARY_KINDS, DEFAULT_REPEATS, count_words, make_canaries, max_exposure
 from diffaudit.defenses.canary_run import CanaryEval, run_canary_experiment
 
 NAME = "canaries"
@@ -157,15 +157,31 @@ def _dp_words(r: dict) -> str:
 
 def _say_skipped(skipped: list[dict]) -> None:
     """One line per reason drawn --canary-pool images were replaced (training images; copies of another
-    drawn pool image), when any were."""
+    drawn pool image), when any were: "12 drawn --canary-pool images are training images (11
+    near-duplicates, 1 exact copy) and were replaced by others", "1 drawn --canary-pool image is ..."."""
     training = [s for s in skipped if "duplicate_of" not in s]
     if training:
-        near = sum(s["copy"] == "near" for s in training)
-        stage_line(f"canaries: {len(training)} drawn --canary-pool images are training images ({near} near-duplicates, "
-                   f"{len(training) - near} exact copies) and were replaced by others; canaries.json lists them")
-    if len(training) < len(skipped):
-        stage_line(f"canaries: {len(skipped) - len(training)} drawn --canary-pool images copy another drawn pool image "
-                   "(the pool holds them twice, or near-duplicates) and were replaced by others; canaries.json lists them")
+        near, one = sum(s["copy"] == "near" for s in training), len(training) == 1
+        stage_line(f"canaries: {_drawn(len(training))} {'is a training image' if one else 'are training images'} "
+                   f"({count_words(near, 'near-duplicate', 'near-duplicates')}, "
+                   f"{count_words(len(training) - near, 'exact copy', 'exact copies')}) and {_replaced(one)}")
+    n_dup = len(skipped) - len(training)
+    if n_dup:
+        one = n_dup == 1
+        held = "it twice, or a near-duplicate of it" if one else "them twice, or near-duplicates of them"
+        stage_line(f"canaries: {_drawn(n_dup)} {'copies' if one else 'copy'} another drawn pool image (the pool holds "
+                   f"{held}) and {_replaced(one)}")
+
+
+def _replaced(one: bool) -> str:
+    """The end of a :func:`_say_skipped` line, for one image or several."""
+    return ("was replaced by another; canaries.json lists it" if one
+            else "were replaced by others; canaries.json lists them")
+
+
+def _drawn(n: int) -> str:
+    """"1 drawn --canary-pool image", "12 drawn --canary-pool images"."""
+    return count_words(n, "drawn --canary-pool image", "drawn --canary-pool images")
 
 
 def _stale_exposures(r: dict) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import functools
 import json
 import os
@@ -152,9 +153,15 @@ def refuse_files_for_folders(args: argparse.Namespace, flags: dict[str, str]) ->
 
 def file_in_folder(spec: str | None, name: str) -> str | None:
     """An input file flag's value: ``spec/name`` when ``spec`` is a folder holding ``name`` (the output folder
-    of the command that writes it: a dedup folder's ``keep.json``), else ``spec`` as given."""
-    if spec and Path(spec).is_dir() and (Path(spec) / name).is_file():
-        return str(Path(spec) / name)
+    of the command that writes it: a dedup folder's ``keep.json``), else ``spec`` as given. A folder without
+    ``name`` (another command's output, an audit folder given as ``--dedup``) is refused, saying so."""
+    if spec and Path(spec).is_dir():
+        if (Path(spec) / name).is_file():
+            return str(Path(spec) / name)
+        from diffaudit.core.errors import DiffauditError
+
+        raise DiffauditError(f"{spec} is a folder without {name}: give that file, or the output folder of the command "
+                             f"that writes it")
     return spec
 
 
@@ -237,25 +244,41 @@ def devices_record(args: argparse.Namespace, head, workers) -> dict[str, str]:
     return {"device": str(head), **({"ray_workers_device": str(workers)} if getattr(args, "ray", None) else {})}
 
 
+@dataclasses.dataclass
+class AuditStage:
+    """The audit stage that runs in-process now: its ``name``, and the ``error`` its command refused with
+    (the message it printed, set by :func:`~diffaudit.cli.main.main`), None while it has not."""
+
+    name: str
+    error: str | None = None
+
+
 #: The audit stage that runs in-process now, None outside an audit: the command it runs speaks as that stage.
-_AUDIT_STAGE: ContextVar[str | None] = ContextVar("diffaudit_audit_stage", default=None)
+_AUDIT_STAGE: ContextVar[AuditStage | None] = ContextVar("diffaudit_audit_stage", default=None)
 
 
 @contextmanager
-def audit_stage(name: str) -> Iterator[None]:
-    """Within this block the command an audit runs is its stage ``name`` (:func:`speaking_as`)."""
-    token = _AUDIT_STAGE.set(name)
+def audit_stage(name: str) -> Iterator[AuditStage]:
+    """Within this block the command an audit runs is its stage ``name`` (:func:`speaking_as`); yields the
+    stage, whose ``error`` says why its command failed."""
+    stage = AuditStage(name)
+    token = _AUDIT_STAGE.set(stage)
     try:
-        yield
+        yield stage
     finally:
         _AUDIT_STAGE.reset(token)
+
+
+def current_stage() -> AuditStage | None:
+    """The audit stage running now (:func:`audit_stage`), None outside an audit."""
+    return _AUDIT_STAGE.get()
 
 
 def speaking_as(command: str | None) -> str | None:
     """How ``command`` names itself in its messages: ``audit (stage train)`` while an audit runs it (the
     target trains through ``shadows`` even without shadow models), else ``command``."""
     stage = _AUDIT_STAGE.get()
-    return command if stage is None else f"audit (stage {stage})"
+    return command if stage is None else f"audit (stage {stage.name})"
 
 
 class StageInterrupted(KeyboardInterrupt):

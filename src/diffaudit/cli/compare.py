@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 
 from diffaudit.cli.common import canonical_settings, emit, upgrading_paths
-from diffaudit.core.outdir import prepare_out_dir
-from diffaudit.core.progress import printable
+from diffaudit.core.outdir import prepare_out_dir, recorded_settings
+from diffaudit.core.progress import printable, stage_line
 from diffaudit.core.results import envelope, write_result
-from diffaudit.core.errors import DiffauditError
+from diffaudit.core.errors import DiffauditError, SettingsMismatchError
 from diffaudit.defenses.compare import DESCRIBES_MODEL, compare_summaries, find_dp_record
-from diffaudit.report.compare_table import dataset_warnings, default_labels, format_rows
+from diffaudit.report.compare_table import canary_warnings, dataset_warnings, default_labels, format_rows
 from diffaudit.report.summary import build_summary
 
 NAME = "compare"
@@ -27,13 +27,14 @@ DESCRIPTION = (
     "second - first (TPR in percentage points, pp), flagged 'within noise' where both folders record confidence "
     "intervals and they overlap; '≥' marks a mean exposure over canaries at the ceiling (a lower bound, and the "
     "change a bound), 'n/a' a TPR at an FPR below 1/non-members (not measurable), '-' a value not found, '[x, x]' "
-    "an interval every bootstrap resample agreed on (too few examples, not certainty); an "
+    "an interval every bootstrap resample agreed on (a perfect or null score, or too few examples: not certainty); an "
     "extracted count not significantly above its own false-positive baseline is said to be no evidence. Each row "
     "declares its kind (count, rate, auc or score: how it prints) and which change is better (lower, or none for the generations and images searched or checked, and the false-positive "
     "baseline's matches, which say how often the rule matches never-seen images: compare at equal budgets). "
     "Columns are named after the folders unless --labels names them. Warns when the "
-    "folders were run on different datasets; two folders with none of these results are an error. Prints a table "
-    "(or JSON with --json); with --out also writes result.json there."
+    "folders were run on different datasets, or are canary runs of another --kind or --n-reference; two folders with "
+    "none of these results are an error. Prints a table (or JSON with --json); with --out also writes result.json "
+    "there (a folder of its own: an earlier comparison in it is replaced)."
 )
 #: Settings that hold the path of an input (recorded canonical, see :func:`~diffaudit.cli.common.canonical_path`).
 PATH_SETTINGS = ("audit_a", "audit_b")
@@ -77,6 +78,24 @@ def _audit_first(args: argparse.Namespace, a: dict, b: dict) -> str:
             "and compare the audits")
 
 
+def _open_out(args: argparse.Namespace, settings: dict) -> Path:
+    """``--out``, also when it holds the comparison of other folders: a comparison is recomputed on every run
+    (it only reads the two folders' JSON), so it is replaced, and said to be, rather than refused. Never one of
+    the compared folders, nor a folder inside one."""
+    out = Path(args.out).resolve()
+    for given in (args.audit_a, args.audit_b):
+        if out == Path(given).resolve() or Path(given).resolve() in out.parents:
+            raise DiffauditError(f"--out {args.out} is inside {given}, one of the folders compared: write the comparison "
+                                 "into a folder of its own")
+    try:
+        return prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrading_paths(PATH_SETTINGS))[0]
+    except SettingsMismatchError as exc:
+        if recorded_settings(Path(args.out), NAME) is None:  # another command's output: never replaced
+            raise
+        stage_line(f"compare: {args.out} held another comparison ({'; '.join(exc.differences)}); replacing it")
+        return prepare_out_dir(args.out, NAME, settings, fresh=True)[0]
+
+
 def run(args: argparse.Namespace) -> int:
     """Compare the two folders: the table (or JSON) on stdout, a dataset warning on stderr.
 
@@ -93,8 +112,8 @@ def run(args: argparse.Namespace) -> int:
     settings = canonical_settings({"audit_a": str(args.audit_a), "audit_b": str(args.audit_b), "labels": labels}, PATH_SETTINGS)
     # Always recomputed (it only reads two folders' JSON): a result kept from an earlier run would be
     # stale once either folder's results change, and the settings hold only their paths.
-    out = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrading_paths(PATH_SETTINGS))[0] if args.out else None
-    warnings = dataset_warnings(a, b, labels)
+    out = _open_out(args, settings) if args.out else None
+    warnings = dataset_warnings(a, b, labels) + canary_warnings(a, b, labels)
     if Path(args.audit_a).resolve() == Path(args.audit_b).resolve():
         warnings.append(f"{args.audit_a} is given twice: every change is 0 by construction")
     elif not any(r["a"] is not None and r["b"] is not None for r in measured):

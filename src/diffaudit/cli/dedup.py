@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from diffaudit.cli.common import (
-    add_data_args, add_run_args, canonical_settings, data_options, emit, emit_finished, load_data, out_file, upgrading_paths,
+    add_data_args, add_run_args, canonical_settings, data_options, emit, emit_finished, given_options, load_data, out_file,
+    upgrading_paths,
 )
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
@@ -60,6 +61,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "existing file is replaced only if it is such an .npz")
 
 
+#: Options that only one choice of --index or --embedder reads: (flag, its destination, the choice, the value it needs).
+_FOR_ONE_CHOICE = (("--k", "k", "index", "hnsw"), ("--nlist", "nlist", "index", "ivf"), ("--nprobe", "nprobe", "index", "ivf"),
+                   ("--pixel-size", "pixel_size", "embedder", "pixel"), ("--pixel-color", "pixel_color", "embedder", "pixel"),
+                   ("--clip-model", "clip_model", "embedder", "clip"))
+
+
+def refuse_unused_options(args: argparse.Namespace) -> None:
+    """Refuse options given on the command line that the chosen --index or --embedder does not read (``--k``
+    with the exact flat search): they would run as if not given. ``prompts`` shares the embedder's."""
+    given = given_options(getattr(args, "_argv", []))
+    for flag, dest, choice, needs in _FOR_ONE_CHOICE:
+        if dest in given and hasattr(args, choice) and getattr(args, choice) != needs:
+            raise DiffauditError(f"{flag} is for --{choice} {needs}, and --{choice} is {getattr(args, choice)}: drop {flag}"
+                                 + (f" or pass --{choice} {needs}" if choice == "index" else ""))
+
+
 def _embedder_options(args: argparse.Namespace, device) -> dict:
     if args.embedder == "pixel":
         return {"size": args.pixel_size, "color": args.pixel_color, "max_shift": args.max_shift}
@@ -82,9 +99,14 @@ def _seed_setting(args: argparse.Namespace) -> dict:
     return {"seed": args.seed} if args.index == "ivf" else {}
 
 
+#: The flags of the embedder's recorded settings (``embedder.model``'s ``model_digest``: the contents of --clip-model).
+EMBEDDER_FLAGS = {"embedder.name": "--embedder", "embedder.size": "--pixel-size", "embedder.color": "--pixel-color",
+                  "embedder.max_shift": "--max-shift", "embedder.model": "--clip-model"}
+
+
 def setting_flags(args: argparse.Namespace) -> dict[str, str]:
-    """The flag of the embedder's model (``embedder.model``; its ``model_digest``: the contents of that flag)."""
-    return {"embedder.model": "--clip-model"}
+    """The flag of each embedder setting (:data:`EMBEDDER_FLAGS`), for a refusal to resume."""
+    return dict(EMBEDDER_FLAGS)
 
 
 def _upgrade_settings(old: dict, out: Path, embedder: dict) -> dict:
@@ -127,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise DiffauditError("--batch-size must be at least 1")
     check_search_options(k=args.k, nlist=args.nlist, nprobe=args.nprobe)
+    refuse_unused_options(args)
     embedder = get_embedder(args.embedder, **_embedder_options(args, device))
     # checked before the folder records it: a NaN cannot be written, and a refused value would block the corrected one
     threshold = check_threshold(embedder.default_threshold if args.threshold is None else args.threshold, embedder.metric)

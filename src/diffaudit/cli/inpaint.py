@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from diffaudit.cli.common import (
-    add_data_args, add_run_args, canonical_path, canonical_settings, data_options, emit, file_in_folder,
+    add_data_args, add_run_args, canonical_path, canonical_settings, data_options, emit, file_in_folder, speaking_as,
 )
 from diffaudit.core.batch_fit import AUTO, batch_option, resolve_batch
 from diffaudit.core.errors import DiffauditError
@@ -102,6 +102,11 @@ def parse_counts(text: str, flag: str = "--targets") -> tuple[int, int]:
     return a, b
 
 
+def targets_flag() -> str:
+    """The flag that gives the target counts: ``--targets``, or ``--inpaint-targets`` inside an audit."""
+    return "--targets" if speaking_as("inpaint") == "inpaint" else "--inpaint-targets"
+
+
 def parse_target_keys(ds, target_keys: str) -> list[int]:
     """Dataset indices of the comma-separated example ids of ``--target-keys``, in the order given.
 
@@ -144,7 +149,7 @@ def select_targets(ds, train_keys: set[str], *, targets: str, target_keys: str |
     ok = np.ones(len(member), dtype=bool) if usable is None else np.asarray(usable, dtype=bool)
     ins, outs = np.flatnonzero(member & ok), np.flatnonzero(nonmember & ok)
     if n_in > len(ins) or n_out > len(outs):
-        raise DiffauditError(f"--targets {targets}: {_pool_text(ds, member, nonmember, ok)}")
+        raise DiffauditError(f"{targets_flag()} {targets}: {_pool_text(ds, member, nonmember, ok)}")
     rng = numpy_rng(derive_seed(seed, "inpaint-targets"))
     return sorted([int(i) for i in rng.choice(ins, n_in, replace=False)] + [int(i) for i in rng.choice(outs, n_out, replace=False)])
 
@@ -488,7 +493,7 @@ def _anecdote(n_members: int, n_nonmembers: int) -> str:
     if not n_members or not n_nonmembers or 1.0 / n_orderings(n_members, n_nonmembers) < ANECDOTE_LEVEL:
         return ""
     return (f" (anecdotal: with {n_members} member and {n_nonmembers} non-member targets even a perfect AUC could not "
-            f"reach p < {ANECDOTE_LEVEL:g}; attack more targets with --targets)")
+            f"reach p < {ANECDOTE_LEVEL:g}; attack more targets with {targets_flag()})")
 
 
 def _labels(ds, idx, model):

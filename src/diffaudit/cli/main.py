@@ -22,7 +22,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from diffaudit import __version__  # noqa: E402
 from diffaudit.cli.common import (  # noqa: E402
-    StageInterrupted, StdoutClosed, nested_setting_flags, set_quiet, speaking_as, write_stdout,
+    StageInterrupted, StdoutClosed, current_stage, nested_setting_flags, set_quiet, speaking_as, write_stdout,
 )
 from diffaudit.core import folder_lock  # noqa: E402
 from diffaudit.core.errors import DiffauditError  # noqa: E402
@@ -35,7 +35,8 @@ COMMANDS = [
 
 
 _UNAVAILABLE: dict[str, str] = {}
-QUIET_HELP = "no progress bars, stage lines or result line; errors still print (the result is in --out, or on stdout with --json)"
+QUIET_HELP = ("no progress bars, stage lines or result line; errors still print (the result is in --out, or on stdout "
+              "with --json). DIFFAUDIT_QUIET=1 silences the bars and stage lines only")
 
 
 def _available_commands(only: str | None = None):
@@ -280,6 +281,8 @@ def _parse_and_run(argv: list[str] | None, raw: list[str], command: str | None) 
 
         message = naming_the_option(str(exc), args, option_flags(_command_parser(parser, args.command)))
         print(f"diffaudit {speaking_as(args.command)}: error: {printable(message)}", file=sys.stderr)
+        if (stage := current_stage()) is not None:  # the audit that runs this command records why its stage stopped
+            stage.error = message
         if args.json and speaking_as(args.command) == args.command:  # a script reading stdout gets JSON either way
             write_stdout(json.dumps({"command": args.command, "error": message, "exit_status": 2}, indent=2) + "\n")
         return 2

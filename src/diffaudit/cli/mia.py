@@ -93,9 +93,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"strong-lira: noise draws ε per example (default {DEFAULT_STRONG_DRAWS}); other attacks use one")
     a.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
                    help="strong-lira: also query each image flipped horizontally, same ε (default: on for strong-lira)")
-    a.add_argument("--transform", choices=("log", "none"), default="log", help="LiRA fits Gaussians to log(loss) or the loss")
-    a.add_argument("--strong-aggregate", choices=("sum-llr", "mean-loss"), default="sum-llr",
-                   help="strong-lira: fit a Gaussian per query and sum the log-likelihood ratios (default: the "
+    a.add_argument("--transform", choices=("log", "none"), default=None,
+                   help=f"the LiRA attacks fit Gaussians to log(loss) or the loss (default {MiaConfig.transform})")
+    a.add_argument("--strong-aggregate", choices=("sum-llr", "mean-loss"), default=None,
+                   help="strong-lira, strong-lira-fixed: fit a Gaussian per query and sum the log-likelihood ratios (default: the "
                         "stronger on 8 digits models, AUC 0.961 against 0.821 with fixed variance, docs/experiments.md), "
                         "or average the losses over the queries first")
     a.add_argument("--batch-size", type=batch_option, default=256,
@@ -246,9 +247,23 @@ def _shadow_models(args: argparse.Namespace, ds: ImageDataset) -> tuple[np.ndarr
     return mem.matrix[:, :m], shadow_run_dirs(shadows, m), {"digest": membership_digest(mem), "models": m}
 
 
+def _shaping_options(args: argparse.Namespace) -> tuple[str, str]:
+    """``(--transform, --strong-aggregate)``, their defaults where not given; refused where given to an attack
+    that has no use for them, which would otherwise run as if they were not given."""
+    attack = get_attack(args.attack)
+    if args.transform is not None and not attack.needs_shadows:
+        raise DiffauditError(f"--transform is for the LiRA attacks, which fit Gaussians to shadow models' losses; "
+                             f"--attack {args.attack} scores the target's loss as it is: drop --transform")
+    if args.strong_aggregate is not None and not attack.all_queries:
+        raise DiffauditError(f"--strong-aggregate says how strong-lira and strong-lira-fixed combine their queries; "
+                             f"--attack {args.attack} uses one query per example: drop --strong-aggregate")
+    return args.transform or MiaConfig.transform, args.strong_aggregate or MiaConfig.strong_aggregate
+
+
 def run(args: argparse.Namespace) -> int:
     refuse_files_for_folders(args, {"target": "a model folder (a run, or a diffusers folder)",
                                     "shadows": "the folder of `diffaudit shadows`", "loss_cache": "a folder"})
+    transform, aggregate = _shaping_options(args)  # before the data is read
     opts = data_options(args)
     ds = load_dataset(args.data, **opts)
     matrix, runs, mem_record = _shadow_models(args, ds)
@@ -259,8 +274,8 @@ def run(args: argparse.Namespace) -> int:
     flips = strong if args.flips is None else args.flips
     t_max = num_train_timesteps(runs[0] if runs else args.target)  # the sweep's last step; every model's range is checked below
     config = MiaConfig(attack=args.attack, timesteps=tuple(args.timesteps), sweep=_clip_sweep(args.sweep, t_max),
-                       n_draws=n_draws, flips=flips, noise_seed=args.seed, transform=args.transform,
-                       strong_aggregate=args.strong_aggregate, precision=precision, batch_size=args.batch_size)
+                       n_draws=n_draws, flips=flips, noise_seed=args.seed, transform=transform,
+                       strong_aggregate=aggregate, precision=precision, batch_size=args.batch_size)
     config.validate()
     if args.target_index is not None:
         target = TargetSpec(mode="shadow", index=args.target_index)

@@ -83,8 +83,8 @@ def _counts_from(path: str, ds) -> tuple[np.ndarray, str]:
 
 
 def setting_flags(args: argparse.Namespace) -> dict[str, str]:
-    """The flag of the embedder's model (``embedder.model``; its ``model_digest``: the contents of that flag)."""
-    return {"embedder.model": "--clip-model"}
+    """The flag of the embedder and of its model (``embedder.model``; its ``model_digest``: the contents of that flag)."""
+    return {"embedder.name": "--embedder", "embedder.model": "--clip-model"}
 
 
 def _embedder_and_threshold(args: argparse.Namespace):
@@ -97,6 +97,9 @@ def _embedder_and_threshold(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from diffaudit.cli.dedup import refuse_unused_options
+
+    refuse_unused_options(args)  # --clip-model without --embedder clip
     opts = data_options(args)
     ds = load_data(args, args.data, **opts)  # with --data-cache: the parts dedup decoded, read memory-mapped
     if ds.captions is None:
@@ -118,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     upgrade = upgrading_paths(PATH_SETTINGS, then=lambda old: {
         **old, "embedder": upgrade_embedder_record(old.get("embedder"), settings["embedder"])})
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrade)
-    if emit_finished(args, out, resumed, lambda r: f"{r['n_prompts']} prompts in {out / 'prompts.txt'}"):
+    if emit_finished(args, out, resumed, lambda r: _summary(r, out)):
         return 0
     if counts is None:
         counts = find_duplicates(ds.images, emb, threshold=threshold, seed=args.seed).neighbour_count
@@ -129,5 +132,16 @@ def run(args: argparse.Namespace) -> int:
                      n_prompts_without_duplicates=sum(x.score == 0 for x in ranked), score=count_kind,
                      prompts=[x.to_dict() for x in ranked])
     stage_line(f"prompts: {len(ranked)} prompts -> {out / 'prompts.txt'}")
-    emit(args, r, f"{len(ranked)} prompts in {out / 'prompts.txt'}")
+    emit(args, r, _summary(r, out))
     return 0
+
+
+def _summary(r: dict, out: Path) -> str:
+    """The result line: the prompts written, and how many of them are captions of images without a duplicate
+    (with the default --min-score 0 the list is filled up with them when fewer images are duplicated)."""
+    plain = r.get("n_prompts_without_duplicates") or 0
+    text = f"{r['n_prompts']} prompts in {out / 'prompts.txt'}"
+    if plain:
+        text += (f" ({plain} of them caption{'s' if plain > 1 else ''} of images without a near-duplicate; "
+                 "--min-score 1 keeps only duplicated ones)")
+    return text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -159,6 +160,8 @@ def setting_flags(args: argparse.Namespace) -> dict[str, str]:
     from diffaudit.defenses.dp_training import DP_SETTING_NAMES
 
     names = {f"dp.{key}": flag for key, flag in DP_SETTING_NAMES.items()}
+    names["dp"] = "DP-SGD (--dp-noise or --dp-epsilon)"  # switched on or off
+    names["dp.noise_multiplier_used"] = "the noise multiplier DP-SGD trains with (--dp-noise, or solved for --dp-epsilon)"
     if getattr(args, "dp_delta", None) is not None:
         names["dp.delta"] = "--dp-delta"
     return names
@@ -195,6 +198,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 #: Training options DP-SGD does not use, and what stands in their place.
 DP_UNUSED_FLAGS = {"--grad-clip": "per-example clipping to --dp-max-grad-norm replaces it",
                    "--no-bf16": "DP-SGD trains in float32", "--compile": "DP-SGD trains eagerly"}
+
+
+def _drop_state_if_asked(args: argparse.Namespace, run_dir: Path) -> None:
+    """``--no-keep-state`` given to a run finished earlier with its state kept: drop it now, as asked (it was
+    kept silently; the weights and records stay, and the run can no longer be extended)."""
+    from diffaudit.core.outdir import delete_aside
+    from diffaudit.core.progress import stage_line
+    from diffaudit.models.run_files import STATE_DIR
+
+    if args.keep_state or "no_keep_state" not in given_options(getattr(args, "_argv", [])) or not (run_dir / STATE_DIR).exists():
+        return
+    delete_aside(run_dir / STATE_DIR, "--no-keep-state")
+    stage_line(f"train: --no-keep-state: deleted the final state {run_dir} kept ({STATE_DIR}/); its weights stay, and "
+               "`train --extend` can no longer train it on")
 
 
 def refuse_dp_unused(args: argparse.Namespace) -> None:
@@ -275,6 +292,7 @@ def run(args: argparse.Namespace) -> int:
         run_dir = train(ds, config, args.out, device=resolve_device(args.device), train_indices=indices,
                         repeats=repeats, data_record=record, fresh=args.fresh, upgrade=upgrading_run_paths(),
                         keep_state=args.keep_state, extend=args.extend)
+        _drop_state_if_asked(args, run_dir)
     if args.dedup:  # what the run did not see but holds copies of: `audit` leaves these out of its non-members
         from diffaudit.core.io import write_json_atomic
         from diffaudit.models.run_files import DROPPED_DUPLICATES

@@ -261,9 +261,9 @@ def _unseen_part(base: ImageDataset, train: ImageDataset, source: str) -> tuple[
         return None, None
     data, baseline = _names()
     if len(shared) == len(base):
+        example = "--data cifar10 --baseline cifar10-test" if baseline == "--baseline" else "--heldout cifar10-test"
         raise DiffauditError(f"{baseline} {printable(source)}: every one of its {len(base):,} images is also in {data}, pixel "
-                             "for pixel; the baseline must be images the model never saw (e.g. --data cifar10 "
-                             "--baseline cifar10-test)")
+                             f"for pixel; the baseline must be images the model never saw (e.g. {example})")
     left = {i for i, _ in shared}
     stage_line(f"verify: {len(shared):,} of the {len(base):,} images of {baseline} are also in {data}, pixel for pixel "
                "(e.g. " + ", ".join(printable(base.keys[i]) for i, _ in shared[:3]) + "): left out of the baseline")

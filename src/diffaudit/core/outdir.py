@@ -130,11 +130,11 @@ def diff_settings(old: dict[str, Any], new: dict[str, Any], prefix: str = "",
 
 def _setting_name(key: str, names: Mapping[str, str]) -> str:
     """How a difference names setting ``key``: its flag (``names``); a digest of what a flag names
-    (``model_digest`` beside ``--model``, ``samples_identity`` beside ``--samples``) as that input's
-    contents; the digests of the examples a run trains on and of their pixels in words; else the key itself."""
+    (``model_digest`` beside ``--model``, ``samples_identity`` beside ``--samples``, ``data.digest`` inside
+    ``--data``'s record) as that input's contents; the digests of the examples a run trains on and of their pixels in words; else the key itself."""
     if key in names:
         return names[key]
-    for suffix in ("_digest", "_identity"):
+    for suffix in ("_digest", "_identity", ".digest"):
         base = key.removesuffix(suffix)
         if base != key and base in names:
             return f"the contents of {names[base]}"
@@ -233,8 +233,10 @@ def _move_own_entries(target: Path, aside: Path, foreign: set[str]) -> None:
         ) from exc
 
 
-def remove_for_fresh(path: Path) -> None:
-    """Delete the output folder ``path`` for ``--fresh``; refuse anything diffaudit did not make.
+def remove_for_fresh(path: Path, command: str | None = None) -> None:
+    """Delete the output folder ``path`` for ``--fresh``; refuse anything diffaudit did not make, and
+    (given ``command``) the output of another command (an audit given as `compare --out`: a typo would
+    delete its models and results).
 
     The folder is first renamed to a hidden sibling (:func:`_deleting_name`) in one step and then
     deleted, so a deletion killed part-way never leaves ``path`` holding part of the old work
@@ -244,8 +246,8 @@ def remove_for_fresh(path: Path) -> None:
     folder with those entries stays.
 
     Raises :class:`DiffauditError` when ``path`` is a file or a link, holds the working directory, or
-    is a non-empty folder without diffaudit's ``settings.json``, or cannot be renamed; nothing is
-    deleted then.
+    is a non-empty folder without diffaudit's ``settings.json`` or with another command's, or cannot be
+    renamed; nothing is deleted then.
     """
     if not path.exists():
         remove_deletion_leftovers(path)
@@ -261,6 +263,10 @@ def remove_for_fresh(path: Path) -> None:
             f"--fresh deletes only folders diffaudit made, and {path} holds no diffaudit {SETTINGS_FILE}; "
             "choose another --out, or empty it yourself"
         )
+    found = record.get("command") if record is not None else None
+    if command is not None and found is not None and found != command:
+        raise DiffauditError(f"--fresh starts over the output of `diffaudit {command}`, and {path} holds that of "
+                             f"`diffaudit {found}`; choose another --out, or delete it yourself if you mean to")
     foreign = _foreign_entries(record) if record is not None else set()
     if foreign:
         aside = target.parent / _deleting_name(target.name)
@@ -307,7 +313,7 @@ def prepare_out_dir(out: str | os.PathLike, command: str, settings: dict[str, An
     path = Path(out)
     folder_lock.hold(path)  # one process at a time from here: never deleted, read or written by two
     if fresh:
-        remove_for_fresh(path)
+        remove_for_fresh(path, command)
     else:
         remove_deletion_leftovers(path)  # of a --fresh killed while deleting
     sfile = path / SETTINGS_FILE
@@ -373,8 +379,7 @@ def resumed_record(where: str, old: dict[str, Any], record: dict[str, Any],
     if not isinstance(old, dict) or old.get("command") != command:
         found = old.get("command") if isinstance(old, dict) else None
         raise SettingsMismatchError(
-            f"{where} holds the output of `diffaudit {found}`, not `{command}`; "
-            "choose another --out or pass --fresh to start over"
+            f"{where} holds the output of `diffaudit {found}`, not `{command}`; choose another --out"
         )
     recorded = old.get("settings", {})
     diffs = named_differences(recorded, record["settings"])

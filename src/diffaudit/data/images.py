@@ -6,10 +6,17 @@ Modes, as Pillow reports them after opening the file:
 - ``RGB``: C = 3. ``RGBA``, ``RGBa``, ``RGBX``, ``P``, ``PA``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``:
   converted to RGB by Pillow, C = 3. Alpha is *dropped*, not composited: a transparent pixel keeps
   the colour stored under it (palette images: the palette colour).
-- 16-bit grayscale (``I;16``, ``I;16B``, ``I;16L``, ``I;16N``) and 32-bit integer ``I`` holding
-  values in [0, 65535]: scaled to 8 bits by ``round(v / 257)`` (65535 -> 255, 257*k -> k), never
-  clipped (DESIGN: "16-bit images scale by 1/257"). An ``I`` image with values outside [0, 65535]
-  is refused.
+- 16-bit grayscale (``I;16``, ``I;16B``, ``I;16L``, ``I;16N``): scaled to 8 bits by ``round(v / 257)``
+  (65535 -> 255, 257*k -> k), never clipped (DESIGN: "16-bit images scale by 1/257").
+- 32-bit integer grayscale ``I`` (a TIFF of 32-bit integers): the file says nothing of its white
+  level, so the values say it. Pillow writes an 8-bit image converted to ``I`` (``convert("I")``) with
+  its values 0..255, and a 16-bit one with 0..65535: an ``I`` image whose values all lie in [0, 255]
+  is used as 8-bit values, unscaled (dividing them by 257 turned such a TIFF almost black); one with
+  a value in (255, 65535] is 16-bit, scaled by ``round(v / 257)``; one with a negative value or one
+  over 65535 is refused (no white level to scale it by). Decided per image: a 16-bit image converted
+  to ``I`` whose values all stay under 256 (under 0.4% of its white: nearly black) reads as 8-bit. A
+  PNG opened as ``I`` (older Pillow opened 16-bit grey PNGs so) is 16-bit whatever its values: a
+  PNG's bit depth is at most 16.
 - 16-bit RGB PNGs: Pillow's decoder itself reduces them to 8-bit ``RGB`` by keeping the high byte
   (``v >> 8``), which equals ``round(v / 257)`` for v = 257*k and differs from it by at most 1
   elsewhere. 16-bit grayscale-with-alpha PNGs (colour type 4) open as ``RGBA`` the same way (grey
@@ -59,7 +66,8 @@ MAX_IMAGE_PIXELS = 8192 * 8192
 MAX_PIXELS_PER_BYTE = 64
 
 _GRAY_MODES = {"1", "L", "LA", "La"}
-_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
+_INT32_MODE = "I"
 _TO_RGB_MODES = {"RGBA", "RGBa", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"}
 
 
@@ -146,17 +154,34 @@ def image_to_array(im: Image.Image, name: str) -> np.ndarray:
     elif mode == "RGB":
         arr = np.asarray(im)
     elif mode in _SIXTEEN_BIT_MODES:
-        raw = np.asarray(im)
-        if raw.size and (int(raw.min()) < 0 or int(raw.max()) > 65535):
-            raise BadImageError(
-                name, f"mode {mode} values span [{int(raw.min())}, {int(raw.max())}], outside the 16-bit range [0, 65535]"
-            )
-        arr = scale_16bit(raw)
+        arr = scale_16bit(np.asarray(im))
+    elif mode == _INT32_MODE:
+        arr = _int32_to_8bit(np.asarray(im), name, sixteen_bit=im.format == "PNG")
     elif mode in _TO_RGB_MODES:
         arr = np.asarray(im.convert("RGB"))
     else:
         raise BadImageError(name, f"unsupported image mode {mode!r} (use 8- or 16-bit grayscale, RGB or RGBA)")
     return _checked(arr, name, mode)
+
+
+def _int32_to_8bit(raw: np.ndarray, name: str, *, sixteen_bit: bool) -> np.ndarray:
+    """Mode ``I`` values (H, W), int32 -> uint8 (H, W): as they are when all lie in [0, 255] (unless
+    ``sixteen_bit``: the file says 16 bits), else ``round(v / 257)`` when all lie in [0, 65535]; see the
+    module doc.
+
+    Raises:
+        BadImageError: a value outside [0, 65535] (negative, or beyond 16 bits: no white level known).
+    """
+    low, high = (int(raw.min()), int(raw.max())) if raw.size else (0, 0)
+    if low < 0 or high > 65535:
+        raise BadImageError(
+            name, f"mode I (32-bit integer) values span [{low}, {high}], outside the 16-bit range [0, 65535] that "
+                  "diffaudit scales to 8 bits (a 32-bit image has no white level to scale it by); save it as 8- or "
+                  "16-bit grayscale"
+        )
+    if high <= 255 and not sixteen_bit:
+        return raw.astype(np.uint8)
+    return scale_16bit(raw)
 
 
 def _png_colour_type(data: bytes) -> int | None:

@@ -42,7 +42,7 @@ from diffaudit.data.npz import list_npz
 from diffaudit.data.shards import is_shard_spec, list_shard_pattern
 from diffaudit.data.subset import choose_subset
 from diffaudit.data.transforms import apply_geometry, check_size_option, to_channels
-from diffaudit.data.view import is_view, read_view
+from diffaudit.data.view import ViewPart, is_view, read_view
 
 MODES = ("L", "RGB")
 #: Loader options that only transform each image (a view's keys stay valid under any of them).
@@ -216,6 +216,17 @@ def assemble(listing: Listing, kept: list[Entry], images, skipped: list[tuple[st
     )
 
 
+def load_dataset_parts(spec: str | os.PathLike, **options) -> tuple[ImageDataset, list[tuple[ViewPart, list[str]]]]:
+    """:func:`load_dataset` ``(spec, **options)``, and the datasets it is made of, ``[(part, its keys in the
+    dataset), ...]``: ``spec`` with the options given, or each dataset of a view (:func:`load_view_parts`).
+    A view of some of its examples is written from these parts (a view may not name another view)."""
+    if is_view(spec):
+        full = {"subset": None, "subset_seed": 0, "cifar_root": None, **options}
+        return load_view_parts(spec, load_dataset, **full)
+    ds = load_dataset(spec, **options)
+    return ds, [(ViewPart(str(spec), {k: v for k, v in options.items() if v not in (None, False)}), list(ds.keys))]
+
+
 def load_view(path, load: Callable[..., ImageDataset], *, subset, subset_seed, cifar_root, **given) -> ImageDataset:
     """Load a view file: each of its datasets loaded by ``load(spec, **options)`` with the view's own
     options, its keys prefixed and restricted to the part's keys (in order), one after another
@@ -223,18 +234,31 @@ def load_view(path, load: Callable[..., ImageDataset], *, subset, subset_seed, c
     ``center_crop``, ``mode``) replace the view's, since they change pixels, not which examples the
     keys name; any other option that differs from the view's is an error. ``subset`` then draws from
     the whole view."""
+    return load_view_parts(path, load, subset=subset, subset_seed=subset_seed, cifar_root=cifar_root, **given)[0]
+
+
+def load_view_parts(path, load: Callable[..., ImageDataset], *, subset, subset_seed, cifar_root,
+                    **given) -> tuple[ImageDataset, list[tuple[ViewPart, list[str]]]]:
+    """:func:`load_view`, and the datasets the view is made of: ``[(part, its keys in the dataset), ...]``,
+    each part with the options it was loaded with, so that a view of some of these examples can be written
+    with :func:`~diffaudit.data.view.save_parts_view` (a view may not name another view)."""
     parts = read_view(path)
     per_image = {k: v for k, v in given.items() if k in PER_IMAGE_OPTIONS and v is not None}
-    loaded = []
-    for part in parts:
+    loaded, used = [], []
+    for i, part in enumerate(parts):
         overridden = [k for k, v in given.items()
                       if k not in per_image and v not in (None, False) and part.options.get(k) != v]
         if overridden:
-            raise DiffauditError(f"{path}: a dataset view carries its own loader options; do not pass {', '.join(overridden)}")
+            raise DiffauditError(f"{path}: a dataset view carries its own loader options; do not pass "
+                                 f"{', '.join('--' + k.replace('_', '-') for k in overridden)}")
         options = dict(part.options, **per_image)
         if cifar_root is not None:
             options = dict(options, cifar_root=cifar_root)
-        base = load(part.spec, **options)
+        where = path if len(parts) == 1 else f"{path}: part {i}"
+        try:
+            base = load(part.spec, **options)
+        except DiffauditError as exc:  # a message about the part's spec or its options: say which view holds them
+            raise DiffauditError(f"{where} ({part.spec}): {exc}") from None
         if part.prefix:
             base = dataclasses.replace(base, keys=[part.prefix + k for k in base.keys])
         if part.keys is not None:
@@ -244,8 +268,10 @@ def load_view(path, load: Callable[..., ImageDataset], *, subset, subset_seed, c
                 raise DiffauditError(f"{path}: {len(missing)} keys are not in {part.spec} (first: {missing[0]!r})")
             base = base.subset([index[k] for k in part.keys])
         loaded.append(base)
+        used.append(dataclasses.replace(part, options=options))
     ds = loaded[0] if len(loaded) == 1 else concat_datasets(loaded, str(path))
     ds.source = str(path)
     if subset is not None:
         ds = ds.subset(choose_subset(len(ds), subset, subset_seed, str(path)))
-    return ds
+    kept = set(ds.keys)
+    return ds, [(part, [k for k in base.keys if k in kept]) for part, base in zip(used, loaded)]

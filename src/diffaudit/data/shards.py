@@ -12,10 +12,16 @@ their base name form one sample, whose ``__key__`` is that prefix (directories i
 against ``webdataset.WebDataset`` itself. Reading the tar directly (rather than through
 ``webdataset``'s pipeline) is what lets every failure name its shard and member:
 
-- A sample's image is its first of ``.png .jpg .jpeg .webp .bmp .tif .tiff``; ``.cls`` is its label
-  (an ASCII integer >= 0) and ``.txt`` its caption (UTF-8). When some samples carry a label (caption)
-  every sample must: a sample lacking it, or with no image, is a bad sample (an error, or skipped and
-  recorded with ``skip_bad``).
+- A sample's image is its one member with an image extension (``.png .jpg .jpeg .webp .bmp .tif
+  .tiff``), else its one member whose last extension is one (``.seg.png``, decoded by that last
+  extension as webdataset does); beside a plain image extension, dotted ones (a mask ``.seg.png``) are
+  other members, like ``.json``. A sample with two plain image members (``.png`` and ``.jpg``), or
+  without one and with two dotted ones, is an error naming the shard and the sample, whatever
+  ``skip_bad`` says: files named with a dot before the extension (``img.001.png``, ``img.002.png``)
+  are all one sample (``img``) to WebDataset, and reading one of them would silently drop the rest.
+  ``.cls`` is its label (an ASCII integer >= 0) and ``.txt`` its caption (UTF-8). When some samples
+  carry a label (caption) every sample must: a sample lacking it, or with no image, is a bad sample
+  (an error, or skipped and recorded with ``skip_bad``).
 - A member named with an absolute path (``/x``, ``C:x``) or a ``..`` component (``../../x``), a link
   or a device member, is refused with an error naming the shard and the member, whatever
   ``skip_bad`` says (nothing is ever extracted to disk; such a shard is not trusted at all).
@@ -25,7 +31,8 @@ against ``webdataset.WebDataset`` itself. Reading the tar directly (rather than 
   catches both. With ``skip_bad`` the complete samples before the damage are kept and the shard is
   recorded in ``skipped``. A compressed shard is first decompressed to a temporary file (its
   compressor's checks catch a cut or damaged stream: :mod:`tarfile`'s stream reader alone stops
-  silently there) and then read and checked as an uncompressed one.
+  silently there), every byte decompressed before the damage kept, and then read and checked as an
+  uncompressed one.
 - Hostile sizes are refused before they are read. A compressed shard may decompress to at most
   :data:`MAX_DECOMPRESSION_RATIO` times its size (or :data:`MIN_DECOMPRESSED_LIMIT`, whichever is
   larger): a 153 KB ``.tar.xz`` that inflates to 1 GiB is a decompression bomb, an error naming the
@@ -35,7 +42,10 @@ against ``webdataset.WebDataset`` itself. Reading the tar directly (rather than 
   (an error, or skipped and recorded with ``skip_bad``); neither is ever read.
 - A write to the temporary file that fails (a full disk), or memory running out, is said as what it
   is, never as a damaged shard (which ``skip_bad`` would skip).
-- A key found twice (in one shard or across shards) is an error naming both places.
+- A key found twice (in one shard or across shards) is an error naming both places. A key that comes
+  back after other samples' members with other extensions (every ``.png`` first, then every ``.cls``)
+  is said as what it is: a sample's files must lie next to each other in the tar, since WebDataset
+  groups consecutive members. A brace pattern that names one shard twice is refused.
 - Listing keeps where each image lies in an uncompressed shard (a :class:`Span`), not its bytes, and
   reads it again when it is decoded: loading 1 image from 721 MiB of shards peaked at 244 MiB RSS
   against 1,129 MiB when listing held every sample's bytes. A compressed shard's spans point into its
@@ -134,7 +144,8 @@ def expand_pattern(pattern: str) -> list[Path]:
     """Shard paths of a brace pattern (``{000000..000004}``, ``{a,b}``), in pattern order.
 
     Raises:
-        DiffauditError: a shard of the pattern does not exist (naming it).
+        DiffauditError: a shard of the pattern does not exist, or the pattern names one shard twice
+            (``{000000,000000}``, or two paths to one file): naming it.
     """
     try:
         from braceexpand import braceexpand
@@ -148,6 +159,13 @@ def expand_pattern(pattern: str) -> list[Path]:
         raise DiffauditError(
             f"shard {missing[0]} does not exist ({len(missing)} of the {len(paths)} shards of {pattern} are missing)"
         )
+    first: dict[str, Path] = {}  # real path -> the pattern's first path to it
+    for p in paths:
+        earlier = first.setdefault(os.path.realpath(p), p)
+        if earlier is not p:
+            also = "" if earlier == p else f" (as {earlier} and as {p})"
+            raise DiffauditError(f"{pattern} names shard {earlier} twice{also}; name each shard once, or its samples "
+                                 "would be read twice")
     return paths
 
 
@@ -247,12 +265,17 @@ def remove_stale_temp_tars() -> int:
 
 
 def _inflate(path: Path, module, fd: int, limit: int) -> BaseException | None:
-    """Decompress ``path`` into the open file ``fd``, at most ``limit`` bytes; the compressor's error or None."""
+    """Decompress ``path`` into the open file ``fd``, at most ``limit`` bytes; the compressor's error or None.
+
+    Every byte decompressed before damage is written: ``read1`` decompresses one chunk of input at a
+    time and raises only when the damage comes before any output. (``read(n)`` gathers several chunks
+    into its ``n`` bytes and drops them all when a later one is cut: a 35 KB tar cut from a 2 KB
+    ``.tar.gz`` kept none of its 16 complete samples.)"""
     written = 0
     with module.open(path, "rb") as src:  # an error opening it is the shard's (a read)
         while True:
             try:
-                block = src.read(1 << 16)  # a read cut by damage loses at most this
+                block = src.read1(1 << 16)  # at most this many bytes, of one chunk of input
             except _READ_ERRORS as exc:  # the shard's damage; a failing write below is the disk's
                 return exc
             if not block:
@@ -488,8 +511,13 @@ def _tarfile_members(path: Path, owner: _TempTar | None = None):
 
 
 def _group(path: Path, members, samples: list) -> None:
-    """Append the samples of ``members`` to ``samples`` (webdataset grouping; see the module doc)."""
-    key, parts = None, None
+    """Append the samples of ``members`` to ``samples`` (webdataset grouping; see the module doc).
+
+    Raises:
+        DiffauditError: an unsafe, link or special member; a sample with two members of one extension,
+            or whose image is ambiguous (:func:`_check_one_image`).
+    """
+    key, parts, names = None, None, {}
     for name, kind, data in members:
         reason = unsafe_member_reason(name)
         if reason:
@@ -507,13 +535,69 @@ def _group(path: Path, members, samples: list) -> None:
         prefix, ext = m.group(1), m.group(2).lower()
         if prefix != key:
             if parts is not None:
+                if len(parts) > 1:
+                    _check_one_image(path, key, parts, names)
                 samples.append((key, parts))
-            key, parts = prefix, {}
+            key, parts, names = prefix, {}, {}
         if ext in parts:
             raise DiffauditError(f"{path}: sample {key!r} has two .{ext} members")
         parts[ext] = data
+        names[ext] = name
     if parts is not None:
+        if len(parts) > 1:
+            _check_one_image(path, key, parts, names)
         samples.append((key, parts))
+
+
+#: How WebDataset names samples, said where a file name with a dot before its extension misleads.
+_FIRST_DOT_RULE = "WebDataset names a sample by its file name up to the first dot"
+_NO_DOT_BEFORE_EXTENSION = "rename the files without a dot before the extension"
+
+
+_PLAIN_IMAGE_EXTENSIONS = frozenset(IMAGE_EXTENSIONS)
+
+
+def _is_image_ext(ext: str) -> bool:
+    """Whether a (lower-case) extension is an image's: ``png``, or dotted as ``seg.png``."""
+    return ext in IMAGE_EXTENSIONS or ext.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS
+
+
+def _listed(items: list[str], most: int = 4) -> str:
+    """``a, b, c`` or, past ``most`` items, ``a, b, c, d, ... (9 in all)``."""
+    return ", ".join(items) if len(items) <= most else f"{', '.join(items[:most])}, ... ({len(items)} in all)"
+
+
+def _check_one_image(path: Path, key: str, parts: dict, names: dict[str, str]) -> None:
+    """Make sure sample ``key`` has one image for :func:`_image_ext` to pick.
+
+    ``parts`` and ``names`` map the sample's extensions to its members' data and names. Several image
+    members with no way to tell which is the image is an error naming the shard, the sample and its
+    image members: two with plain image extensions (``.png`` and ``.jpg``), or, without one, two with
+    dotted ones (``a.b.k0.png`` and ``a.b.k1.png``, all sample ``a``: WebDataset's first-dot rule).
+    Beside a plain one, dotted ones (a mask ``.seg.png``) are other members.
+
+    Raises:
+        DiffauditError: the sample's image is ambiguous (never skipped: it is how the shard was written).
+    """
+    plain = _PLAIN_IMAGE_EXTENSIONS.intersection(parts)
+    if len(plain) == 1:  # the common case (an image, its label and caption), decided at C speed
+        return
+    images = sorted(plain or (e for e in parts if _is_image_ext(e)))
+    if len(images) < 2:
+        return
+    members = _listed([names[e] for e in images])
+    if plain:
+        raise DiffauditError(
+            f"sample {key!r} in {path} has several image members ({members}): diffaudit reads one image per sample "
+            "and cannot tell which is its image; keep one image per sample (give the others names of their own)")
+    example = names[images[0]]
+    folder, _, base = example.rpartition("/")
+    stem, _, last = base.rpartition(".")
+    renamed = f"{folder}/" * bool(folder) + stem.replace(".", "_") + "." + last
+    raise DiffauditError(
+        f"sample {key!r} in {path} has several image members ({members}): {_FIRST_DOT_RULE}, so they are all "
+        f"sample {key!r}, of which one image would be read and the others dropped; {_NO_DOT_BEFORE_EXTENSION} "
+        f"({example} as {renamed}), so that each image is a sample of its own")
 
 
 def _resolve(samples: list, tar: Path) -> None:
@@ -606,8 +690,9 @@ def _resource_problem(exc: BaseException) -> str | None:
 
 
 def _image_ext(parts: dict[str, bytes]) -> str | None:
-    """The sample's image member: the first exact image extension, else the first (sorted) extension
-    whose last component is one (``seg.png``, decoded by its last extension as webdataset does)."""
+    """The sample's image member: its exact image extension, else its extension whose last component is
+    one (``seg.png``, decoded by its last extension as webdataset does); :func:`_check_one_image` has made
+    sure there is at most one of the kind picked."""
     for ext in IMAGE_EXTENSIONS:
         if ext in parts:
             return ext
@@ -647,16 +732,15 @@ def list_shards(paths: list[Path], *, source: str, skip_bad: bool) -> Listing:
 def _list_shards(paths: list[Path], *, source: str, skip_bad: bool) -> Listing:
     raw: list[tuple[Path, str, dict[str, bytes]]] = []
     skipped: list[tuple[str, str]] = []
-    seen: dict[str, Path] = {}
+    seen: dict[str, int] = {}  # key -> its sample's index in ``raw``
     for path in paths:
         samples, damage = read_shard(path, skip_bad=skip_bad)
         if damage:
             skipped.append((str(path), damage))
         for key, parts in samples:
             if key in seen:
-                where = "twice in" if seen[key] == path else f"in {seen[key]} and in"
-                raise DiffauditError(f"sample key {key!r} appears {where} {path}; keys must be unique")
-            seen[key] = path
+                raise _repeated_key(key, raw[seen[key]][0], raw[seen[key]][2], path, parts)
+            seen[key] = len(raw)
             raw.append((path, key, parts))
     has_labels = any("cls" in p for _, _, p in raw)
     has_captions = any("txt" in p for _, _, p in raw)
@@ -689,9 +773,8 @@ def _list_shards(paths: list[Path], *, source: str, skip_bad: bool) -> Listing:
             if "txt" not in parts:
                 dotted = sorted(e for e in parts if e.endswith(".txt"))
                 problems.append("no .txt caption while other samples have one" + (
-                    f" (its .{dotted[0]} is not one: WebDataset names a sample by its file name up to the first dot, so "
-                    f"this is sample {key!r} with extensions {', '.join('.' + e for e in sorted(parts))}; rename the "
-                    "files without a dot before the extension)" if dotted else ""))
+                    f" (its .{dotted[0]} is not one: {_FIRST_DOT_RULE}, so this is sample {key!r} with extensions "
+                    f"{', '.join('.' + e for e in sorted(parts))}; {_NO_DOT_BEFORE_EXTENSION})" if dotted else ""))
             elif isinstance(parts["txt"], _BadMember):
                 problems.append(f"its .txt member {parts['txt'].reason}")
             else:
@@ -710,6 +793,27 @@ def _list_shards(paths: list[Path], *, source: str, skip_bad: bool) -> Listing:
         ))
     return Listing(entries=entries, source=source, has_labels=has_labels, has_captions=has_captions,
                    skipped=skipped)
+
+
+def _repeated_key(key: str, first_path: Path, first: dict, path: Path, parts: dict) -> DiffauditError:
+    """The error for sample ``key`` met again in ``path`` (extensions ``parts``), first met in
+    ``first_path`` (extensions ``first``). With no extension in common it is one sample whose files are
+    apart (every ``.png`` first, then every ``.cls``): WebDataset groups consecutive members."""
+    def exts(sample: dict) -> str:
+        return ", ".join("." + e for e in sorted(sample))
+
+    if set(first) & set(parts):
+        where = "twice in" if first_path == path else f"in {first_path} and in"
+        return DiffauditError(f"sample key {key!r} appears {where} {path} (with {exts(first)}, then with "
+                              f"{exts(parts)}); keys must be unique")
+    advice = ("WebDataset groups consecutive members into a sample, so a sample's files must lie next to each "
+              "other in the tar: write the shard with its members sorted by name (tar --sort=name, or "
+              "webdataset's ShardWriter)")
+    if first_path == path:
+        return DiffauditError(f"sample key {key!r} appears again in {path} after other samples' members (its "
+                              f"{exts(first)} first, its {exts(parts)} later); {advice}")
+    return DiffauditError(f"sample key {key!r} appears in {first_path} (its {exts(first)}) and again in {path} (its "
+                          f"{exts(parts)}); {advice}, each sample in one shard")
 
 
 def list_shard_pattern(pattern: str | os.PathLike, *, skip_bad: bool) -> Listing:

@@ -103,9 +103,12 @@ def to_channels(images: np.ndarray, channels: int) -> np.ndarray:
 
 
 def check_size_option(name: str, value: int | None) -> int | None:
-    """Validate an ``image_size`` / ``center_crop`` option: None or a positive int."""
+    """Validate an ``image_size`` / ``center_crop`` option: None or a positive int.
+
+    ``name`` is the option's name (``image_size``); an error names it by its flag (``--image-size``), as
+    the command line gives it."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise DiffauditError(f"{name} must be a positive number of pixels; got {value!r}")
+        raise DiffauditError(f"--{name.replace('_', '-')} must be a positive number of pixels; got {value!r}")
     return int(value)

@@ -29,6 +29,8 @@ from diffaudit.data.builtin import BUILTIN_NAMES
 from diffaudit.data.local_paths import check_local
 
 VIEW_SUFFIX = ".view.json"
+#: The loader options a view's dataset may carry (those of :func:`~diffaudit.data.loader.load_dataset`).
+VIEW_OPTIONS = ("image_size", "center_crop", "subset", "subset_seed", "mode", "skip_bad", "cifar_root")
 
 
 def is_view(spec: str | os.PathLike) -> bool:
@@ -70,6 +72,9 @@ def read_view(path: str | os.PathLike) -> list[ViewPart]:
     """The datasets of a view file, validated (a single-dataset view is one part)."""
     check_local(path)
     v = read_json(path)
+    if isinstance(v, dict) and isinstance(v.get("view"), int) and v["view"] != 1:
+        raise DiffauditError(f"{path}: a dataset view of version {v['view']}, which this diffaudit does not read (it "
+                             "reads version 1)")
     if not isinstance(v, dict) or v.get("view") != 1:
         raise DiffauditError(f"{path}: not a dataset view (expected view, spec, options, keys; or view, parts)")
     if "parts" in v:
@@ -90,6 +95,10 @@ def _part(path: str | os.PathLike, v: Any, i: int | None) -> ViewPart:
     opts = v.get("options") or {}
     if not isinstance(opts, dict):
         raise DiffauditError(f"{where}: options must be an object")
+    unknown = sorted(str(k) for k in opts if k not in VIEW_OPTIONS)
+    if unknown:
+        raise DiffauditError(f"{where}: unknown option {', '.join(map(repr, unknown))} (a view's options are "
+                             f"{', '.join(VIEW_OPTIONS)})")
     keys = v.get("keys")
     if keys is not None and not isinstance(keys, list):
         raise DiffauditError(f"{where}: keys must be a list (or null: every example)")

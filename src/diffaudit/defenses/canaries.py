@@ -387,23 +387,68 @@ def training_members(images: np.ndarray, sources: list[str], training: ImageData
                                 device=device).members
 
 
+#: A first draw of fewer candidates than this says little about the share of a pool the copy rule calls
+#: near-duplicates: the refusal of a pool of near-duplicates alone says so, and that more --n-reference draws more.
+SMALL_DRAW = 20
+
+
 def _overlap_message(found: PoolOverlap, sources: list[str], training: ImageDataset, n_can: int) -> str:
     """Why a first draw (its first ``n_can`` the canaries, the rest references) that is mostly training
     images is refused: the counts of exact copies and near-duplicates, the rule and threshold, the closest
-    near-duplicate and the first pool key."""
+    near-duplicate and the first pool key.
+
+    With exact copies the pool holds training images: use another. Without any, only the copy rule calls
+    the candidates training images, and the pool may hold none: either it holds altered copies of them
+    (re-encoded, resized, noisy), or the rule calls distinct images copies (small or smooth images, few
+    training images); the message says both, and how to set the rule (:func:`_loose_rule_advice`).
+    """
     members = found.members
     n, in_can = len(sources), sum(j < n_can for j in members)
-    return (
-        f"--canary-pool overlaps the training data: {len(members)} of the {n} drawn candidates ({in_can} of {n_can} "
-        f"canaries, {len(members) - in_can} of {n - n_can} never-inserted references) are training "
-        f"images: {_count(len(found.exact), 'exact copy', 'exact copies')} (same key or identical pixels) and "
-        f"{_count(len(found.near), 'near-duplicate', 'near-duplicates')} (the verification rule calls them copies: "
-        f"{describe_rule(found.rule, len(training))}){_closest(found, sources, training)}; first: "
-        f"{sources[members[0]]!r}. Their exposure would be measured against members. Use a pool disjoint from --data "
-        "(e.g. cifar10-test for cifar10)")
+    references = count_words(n - n_can, "never-inserted reference", "never-inserted references")
+    drawn = (f"{len(members)} of the {n} drawn candidates ({in_can} of {count_words(n_can, 'canary', 'canaries')}, "
+             f"{len(members) - in_can} of {references})")
+    called = "it a copy" if len(found.near) == 1 else "them copies"
+    counts = (f"{count_words(len(found.exact), 'exact copy', 'exact copies')} (same key or identical pixels) and "
+              f"{count_words(len(found.near), 'near-duplicate', 'near-duplicates')} (the verification rule calls "
+              f"{called}: {describe_rule(found.rule, len(training))}){_closest(found, sources, training)}; first: "
+              f"{sources[members[0]]!r}")
+    if not found.exact:
+        return (f"--canary-pool images are too near the training data by the copy rule, though none of those drawn is a "
+                f"training image: {drawn} are near-duplicates of one: {counts}. Either the pool holds altered copies of "
+                "training images (re-encoded, resized, noisy: compare the closest pair), and a pool disjoint from --data "
+                f"is needed, or the rule calls distinct images copies: {_loose_rule_advice(found, training, n)}")
+    text = (f"--canary-pool overlaps the training data: {drawn} are training images: {counts}. Their exposure would be "
+            "measured against members. Use a pool disjoint from --data (e.g. cifar10-test for cifar10)")
+    if 2 * len(found.exact) <= n:  # the exact copies alone would not have refused it
+        text += (f". The exact copies alone are not most of the draw: the near-duplicates decide it; if they are "
+                 f"distinct images, {_loose_rule_advice(found, training, n)}")
+    return text
 
 
-def _count(n: int, one: str, many: str) -> str:
+def _loose_rule_advice(found: PoolOverlap, training: ImageDataset, n_drawn: int) -> str:
+    """What to do when the copy rule may call distinct pool images copies of training images: why it can
+    (the ratio rule on few training images; any rule on small or smooth images), the option that sets it
+    (``--rule l2 --delta`` below the near-duplicates' ℓ2, which also decides what verification calls an
+    extracted canary) and, for a first draw under :data:`SMALL_DRAW`, that a larger one tells better."""
+    h, w = training.image_shape[:2]
+    l2 = found.l2[found.near]
+    span = f"{l2.min():.4f}" if len(l2) == 1 or l2.min() == l2.max() else f"{l2.min():.4f} to {l2.max():.4f}"
+    if found.rule.rule == "ratio":
+        why = (f"the ratio rule calls a candidate a copy when its nearest training image is nearer than alpha = "
+               f"{found.rule.alpha:g} times the mean of its {found.rule.neighbourhood(len(training))} nearest, and among "
+               f"{len(training):,} training images of {h}x{w} px distinct images of a common kind can be that near")
+        fix = "pass --rule l2 --delta D"
+    else:
+        why = f"distinct images of {h}x{w} px can lie within --delta {found.rule.delta:g} of each other"
+        fix = "pass a smaller --delta D"
+    small = (f"; this refusal rests on the first {n_drawn} candidates drawn (canaries + --n-reference): a larger "
+             "--n-reference draws more of the pool, and tells it from the training data better"
+             if n_drawn < SMALL_DRAW else "")
+    return (f"{why}; then {fix}, D below the near-duplicates' l2 ({span}); the rule also decides which generations "
+            f"extract a canary{small}")
+
+
+def count_words(n: int, one: str, many: str) -> str:
     """"1 exact copy", "3 exact copies"."""
     return f"{n} {one if n == 1 else many}"
 

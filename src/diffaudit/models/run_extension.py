@@ -110,12 +110,13 @@ def check_extension(source: str | Path, settings: dict[str, Any], *,
     return state, steps
 
 
-def start_from(run: Path, source: str | Path, state: Path, steps: int) -> None:
+def start_from(run: Path, source: str | Path, state: Path, steps: int) -> bool:
     """Make ``source``'s final ``state`` (after ``steps`` steps; :func:`check_extension`) the first
-    checkpoint of the new run ``run``, to train on from there. A run that already holds checkpoints
-    (an extension killed and run again) is left to resume from its own."""
+    checkpoint of the new run ``run``, to train on from there, and say so. A run that already holds
+    checkpoints (an extension killed and run again) is left to resume from its own. Returns whether
+    the state was copied (the new run's resume from it then goes unsaid)."""
     if checkpoint_dirs(run):
-        return
+        return False
     write_json_atomic(run / EXTENDED_FROM, {"run": str(Path(source).resolve()), "steps": steps})
     final = run / "checkpoints" / f"step-{steps:08d}"
     tmp = final.parent / f".tmp-{final.name}"
@@ -125,6 +126,7 @@ def start_from(run: Path, source: str | Path, state: Path, steps: int) -> None:
     shutil.copytree(state, tmp)
     tmp.rename(final)  # complete, with its state.json, or absent
     stage_line(f"train: training on from the {steps} steps of {source}")
+    return True
 
 
 def extended_from(run: Path) -> dict[str, Any] | None:

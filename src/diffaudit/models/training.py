@@ -322,8 +322,10 @@ def load_checkpoint(ck: Path, model, ema: Ema, opt) -> tuple[int, list[dict], tu
     return int(state["step"]), list(read_json(ck / "log.json")), (float(win.get("loss_sum", 0.0)), int(win.get("steps", 0)))
 
 
-def resume(run: Path, model, ema: Ema, opt, device, label: str = "train") -> tuple[int, list[dict], tuple[float, int]]:
-    """Load ``run``'s newest complete checkpoint, if any, and put the EMA on ``device``.
+def resume(run: Path, model, ema: Ema, opt, device, label: str = "train",
+           say: bool = True) -> tuple[int, list[dict], tuple[float, int]]:
+    """Load ``run``'s newest complete checkpoint, if any, and put the EMA on ``device``; ``say``: name
+    the step resumed from.
 
     Returns (next step, log, (summed loss, steps) of the loss-log window in progress).
     """
@@ -331,7 +333,8 @@ def resume(run: Path, model, ema: Ema, opt, device, label: str = "train") -> tup
     cks = checkpoint_dirs(run)
     if cks:
         start, log, window = load_checkpoint(cks[-1], model, ema, opt)
-        stage_line(f"{label}: resuming {run} from step {start}")
+        if say:
+            stage_line(f"{label}: resuming {run} from step {start}")
     ema.shadow = {k: v.to(device) for k, v in ema.shadow.items()}
     return start, log, window
 
@@ -474,14 +477,13 @@ def train(
         drop_checkpoints(run)  # a run killed between its result and this cleanup
         return run
     settings = plan.settings
-    if origin is not None:
-        start_from(run, extend, *origin)
+    extending = origin is not None and start_from(run, extend, *origin)
 
     model = init_model(config, ucfg)
     model.to(device).train()
     ema = Ema(model, config.ema_decay)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, fused=device.type == "cuda")
-    start, log, (window_sum, window_n) = resume(run, model, ema, opt, device)
+    start, log, (window_sum, window_n) = resume(run, model, ema, opt, device, say=not extending)
 
     scheduler = make_scheduler()
     a_bar = alphas_cumprod_of(scheduler).to(device=device, dtype=torch.float32)

@@ -49,14 +49,31 @@ def roc_alt(curves: Sequence[tuple[str, float | None, np.ndarray, np.ndarray, in
             f"the dashed diagonal is chance): " + "; ".join(parts) + ".")
 
 
+def _timesteps(tied: list[int], ts: list[int]) -> str:
+    """Positions ``tied`` (ascending) of the sweep's timesteps ``ts`` in words: "t = 50", "t = 50 and 100",
+    "t = 10, 50 and 300", or, for three or more that follow each other in the sweep, "t = 10 to 200"."""
+    named = [ts[i] for i in tied]
+    if len(named) == 1:
+        return f"t = {named[0]}"
+    if len(named) > 2 and tied == list(range(tied[0], tied[0] + len(tied))):
+        return f"t = {named[0]} to {named[-1]}"
+    return "t = " + ", ".join(map(str, named[:-1])) + f" and {named[-1]}"
+
+
 def _extreme(ts: list[int], values: list[float | None], scale: str) -> str | None:
-    """"from LOW to HIGH, highest at t = T" over the known values of a sweep column; None without one."""
-    known = [(v, t) for t, v in zip(ts, values) if v is not None]
+    """"from LOW to HIGH, highest at t = T" over the known (finite) values of a sweep column; None without one.
+
+    Where several t reach the highest value, all are named ("highest at t = 50 and 100 (tied)"), the
+    first of them being the one the mia result picks as its ``best_timestep`` from the AUC column
+    (:attr:`~diffaudit.evaluation.timestep_sweep.TimestepSweep.best_timestep`: the first of the largest)."""
+    known = [(float(v), i) for i, v in enumerate(values[:len(ts)])
+             if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)]
     if not known:
         return None
     fmt = fmt_pct if scale == "pct" else fmt_float
-    lo, hi = min(known), max(known)
-    return f"from {fmt(lo[0])} to {fmt(hi[0])}, highest at t = {hi[1]}"
+    lo, hi = min(v for v, _ in known), max(v for v, _ in known)
+    tied = [i for v, i in known if v == hi]
+    return f"from {fmt(lo)} to {fmt(hi)}, highest at {_timesteps(tied, ts)}" + (" (tied)" if len(tied) > 1 else "")
 
 
 def sweep_alt(sweeps: Sequence[tuple[str, Sequence[int], Sequence[float | None], Sequence[float | None]]]) -> str:

@@ -1,6 +1,7 @@
 """Two audits side by side as a person reads them: the table of :func:`diffaudit.defenses.compare.compare_summaries`
 rows (values and changes at the values' precision, confidence intervals, a "within noise" mark), the
-folders' default labels, and a warning when the two were made on different datasets.
+folders' default labels, and warnings when the two were made on different datasets or, for canary runs,
+with canaries of another kind or another number of references (exposures not comparable).
 
 How a row prints follows the ``kind`` it declares (:data:`diffaudit.defenses.compare.KINDS`), never its
 name: ``auc`` to 3 decimals, ``rate`` as a percentage (changes in percentage points), ``count`` as an
@@ -14,8 +15,9 @@ from typing import Any
 from diffaudit.core.errors import DiffauditError
 from diffaudit.data.options import data_flags
 from diffaudit.defenses.compare import KINDS, metric_spec
-from diffaudit.report.fmt import fmt, fmt_p, fmt_pct
+from diffaudit.report.fmt import fmt, fmt_p, fmt_pct, zero_width_reason
 from diffaudit.report.images import DATA_OPTIONS
+from diffaudit.report.summary import CHANCE_AUC, at_chance, separates
 
 
 def _data_record(settings: dict[str, Any]) -> dict[str, Any] | None:
@@ -71,6 +73,50 @@ def dataset_warnings(a: dict[str, Any], b: dict[str, Any], labels: list[str]) ->
     la, lb = labels
     return [f"{la} and {lb} were made on different datasets, {la} on {_describe(da, db)} and {lb} on "
             f"{_describe(db, da)}: the changes may come from the data, not the models"]
+
+
+def _canary_run(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """{"kind", "n_reference", "ceiling"} of the canaries run a summary reads (its first ``canaries``
+    stage, as :func:`~diffaudit.report.summary.build_summary` does): the kind from that stage's settings
+    (``--kind``), the reference count and exposure ceiling from the summary's ``canaries`` (the settings'
+    ``--n-reference`` where the result records none); a field not recorded is None. None without a
+    canaries run."""
+    can = summary.get("canaries")
+    if not isinstance(can, dict):
+        return None
+    stage = next((st.get("name") for st in summary.get("stages") or []
+                  if isinstance(st, dict) and st.get("command") == "canaries"), None)
+    settings = (summary.get("settings") or {}).get(stage) if stage is not None else None
+    settings = settings if isinstance(settings, dict) else {}
+    kind = settings.get("kind")
+    n_ref = can.get("n_reference", settings.get("n_reference"))
+    return {"kind": kind if isinstance(kind, str) else None, "n_reference": n_ref if isinstance(n_ref, int) else None,
+            "ceiling": can.get("exposure_ceiling")}
+
+
+def canary_warnings(a: dict[str, Any], b: dict[str, Any], labels: list[str]) -> list[str]:
+    """Warnings when summaries ``a`` and ``b`` both hold a canaries run and their exposures do not compare:
+    canaries of another ``--kind`` (noise or held-out images, each ranked among never-inserted candidates
+    of its own kind), or another ``--n-reference`` (another exposure ceiling, log2(n_reference + 1)). A
+    setting one side does not record is no warning."""
+    ca, cb = _canary_run(a), _canary_run(b)
+    if ca is None or cb is None:
+        return []
+    la, lb = labels
+    out = []
+    if ca["kind"] and cb["kind"] and ca["kind"] != cb["kind"]:
+        out.append(f"{la} and {lb} inserted canaries of different kinds, {la} {ca['kind']} and {lb} {cb['kind']} "
+                   "(--kind): each exposure ranks a canary among never-inserted candidates of its own kind, so "
+                   "exposures and canaries extracted do not compare: a change may come from the kind, not the "
+                   "models; compare runs of the same --kind")
+    if ca["n_reference"] is not None and cb["n_reference"] is not None and ca["n_reference"] != cb["n_reference"]:
+        ceilings = ("" if ca["ceiling"] is None or cb["ceiling"] is None
+                    else f" ({fmt(ca['ceiling'], 'auto')} and {fmt(cb['ceiling'], 'auto')} bits)")
+        out.append(f"{la} and {lb} measured exposure against different numbers of never-inserted references, "
+                   f"{la} {ca['n_reference']:,} and {lb} {cb['n_reference']:,} (--n-reference): their exposure ceilings, "
+                   f"log2(n_reference + 1), differ{ceilings}, so exposures at or near a ceiling, and means over them, "
+                   "do not compare; compare runs with the same --n-reference")
+    return out
 
 
 def _pct_decimals(rate: float) -> int:
@@ -166,11 +212,34 @@ def _baseline_notes(rows: list[dict[str, Any]], labels: tuple[str, str]) -> list
 LOSS_RISE = 0.10
 
 
+def _attack_entry(row: dict[str, Any], side: str) -> dict[str, Any]:
+    """One side of an AUC row as a ``mia`` summary entry ({auc, ci}), for
+    :func:`~diffaudit.report.summary.at_chance` and :func:`~diffaudit.report.summary.separates`. A row
+    carries no rank test: with few members or non-members, at-chance is read from the interval alone."""
+    ci = row.get(f"{side}_ci")
+    return {"auc": row[side], "ci": {"auc": {"low": ci[0], "high": ci[1]}} if ci else {}}
+
+
+def _chance_words(row: dict[str, Any], side: str) -> str:
+    """Why one side's attack is at chance: "AUC 0.518 [0.479, 0.555], an interval that holds 0.5", or
+    "AUC 0.55, below 0.6 (no interval recorded)"."""
+    ci = row.get(f"{side}_ci")
+    if ci:
+        return f"AUC {fmt(row[side])} [{fmt(ci[0])}, {fmt(ci[1])}], an interval that holds 0.5"
+    return f"AUC {fmt(row[side])}, below {CHANCE_AUC:g} (no interval recorded)"
+
+
 def _loss_notes(rows: list[dict[str, Any]], labels: tuple[str, str]) -> list[str]:
     """A line per attack whose held-out loss differs by more than :data:`LOSS_RISE` between the two
     sides, read against the same attack's AUC: when the side that denoises never-seen images worse is
     also attacked less well, its lower leakage is bought (at least in part) with the model's quality (as
-    a defence such as DP-SGD buys it); when it is attacked no less well, the lost quality bought nothing."""
+    a defence such as DP-SGD buys it); when it is attacked no less well, the lost quality bought nothing.
+
+    The attack cannot say either when the side that denoises better is itself attacked at chance
+    (:func:`~diffaudit.report.summary.at_chance`: there was no measured leakage to remove, unless the
+    other side is attacked measurably better), or when the attack identifies every member of both
+    (:func:`~diffaudit.report.summary.separates`: saturated, it shows no difference either way): the
+    line then says that the comparison cannot tell, and why."""
     auc = {r["metric"]: r for r in rows if r.get("key") == "mia_auc"}
     out = []
     for r in rows:
@@ -185,9 +254,20 @@ def _loss_notes(rows: list[dict[str, Any]], labels: tuple[str, str]) -> list[str
         if aucs is None:
             line += ": lower leakage that comes with it is bought with sample quality"
         else:
-            auc_worse, auc_better = (aucs[1], aucs[0]) if b > a else aucs
+            worse_side, better_side = ("b", "a") if b > a else ("a", "b")
+            auc_worse, auc_better = attack[worse_side], attack[better_side]
             pair = f"AUC {fmt(auc_worse)} against {fmt(auc_better)}"
-            if attack.get("within_noise"):
+            measurably_higher = attack.get("within_noise") is False and auc_worse > auc_better
+            if at_chance(_attack_entry(attack, better_side)) and not measurably_higher:
+                line += (f", but the attack cannot tell what that bought: {better}'s model is itself attacked at chance "
+                         f"({_chance_words(attack, better_side)}), so there was no measured leakage to remove; "
+                         "only a stronger attack, or more members and non-members, can tell whether the lost "
+                         "quality bought privacy")
+            elif separates(_attack_entry(attack, worse_side)) and separates(_attack_entry(attack, better_side)):
+                line += (f", but the attack cannot tell what that bought: it identifies every member of both ({pair}), "
+                         "so it is saturated and shows no difference either way; compare measures it does not "
+                         "saturate, such as the loss gap and extraction")
+            elif attack.get("within_noise"):
                 line += f", yet it is attacked about as well ({pair}, within noise): the quality it lost bought no measured privacy"
             elif auc_worse < auc_better:
                 line += f": its lower leakage ({pair}) is bought, at least in part, with sample quality"
@@ -195,6 +275,23 @@ def _loss_notes(rows: list[dict[str, Any]], labels: tuple[str, str]) -> list[str
                 line += f", yet it is attacked no less well ({pair}): the quality it lost bought no privacy"
         out.append(line)
     return out
+
+
+def _zero_width_note(rows: list[dict[str, Any]]) -> str:
+    """The line that explains intervals every bootstrap resample agreed on, "" without one: why each did
+    (:func:`~diffaudit.report.fmt.zero_width_reason`): at 1.000 or 100% the attack identifies every member,
+    at 0 none, and elsewhere the examples are too few to bound it. None of them is certainty."""
+    values = [ci[0] for r in rows for ci in (r.get("a_ci"), r.get("b_ci")) if ci is not None and ci[0] == ci[1]]
+    if not values:
+        return ""
+    ends = [(lambda v: v >= 1, "at 1.000 or 100%"), (lambda v: v <= 0, "at 0"), (lambda v: 0 < v < 1, "elsewhere")]
+    found = [(where, zero_width_reason(next(v for v in values if test(v)))) for test, where in ends
+             if any(test(v) for v in values)]
+    if len(found) == 1 and found[0][0] == "elsewhere":
+        why = found[0][1]
+    else:
+        why = "; ".join(f"{where}: {reason}" for where, reason in found)
+    return f"\n[x, x]: every bootstrap resample gave the same value ({why}): not certainty"
 
 
 def format_rows(rows: list[dict[str, Any]], label_a: str, label_b: str) -> str:
@@ -213,9 +310,7 @@ def format_rows(rows: list[dict[str, Any]], label_a: str, label_b: str) -> str:
     text = "\n".join("| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |" for cells in table)
     if any(r.get("within_noise") for r in rows):
         text += "\n[low, high]: confidence intervals; within noise: they overlap, so the change may be sampling noise"
-    if any(ci is not None and ci[0] == ci[1] for r in rows for ci in (r.get("a_ci"), r.get("b_ci"))):
-        text += ("\n[x, x]: every bootstrap resample gave the same value (too few examples to bound it): "
-                 "not certainty")
+    text += _zero_width_note(rows)
     text += "".join(_loss_notes(rows, (label_a, label_b)))
     text += "".join(_baseline_notes(rows, (label_a, label_b)))
     qualifiers = {r.get(f"{s}_qualifier") for r in rows for s in ("a", "b")}

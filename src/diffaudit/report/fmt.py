@@ -79,15 +79,32 @@ def fmt(value: Any, kind: str = "float") -> str:
     return fmt_float(value)
 
 
+def zero_width_reason(value: Any) -> str:
+    """Why every bootstrap resample of an attack's AUC or rate (in [0, 1]) gave the same ``value``. At the
+    top of the range (1.0) the attack identifies every member (an AUC of 1.0 separates them perfectly from
+    the non-members), and so it does in every resample of them; at the bottom (0.0) it identifies none, in
+    any resample: however many examples there are, the bootstrap cannot bound such a value. Between the
+    two (or for a value that is not a number), the examples are too few to move it. Neither is certainty."""
+    x = _number(value)
+    if isinstance(x, float) and x >= 1:
+        return ("the attack identifies every one of these members, and resampling them cannot bound a perfect score "
+                "from below")
+    if isinstance(x, float) and x <= 0:
+        return "the attack identifies none of these members, and resampling them cannot bound a score of 0 from above"
+    return "too few examples to bound it"
+
+
 def fmt_ci(ci: Any, kind: str = "float") -> str:
     """``[low, high]`` of an interval dict, or '' when absent. A bootstrap interval of width zero (every
-    resample gave the same value, as for an AUC of 1.0 on a few examples) says so: it is not certainty."""
+    resample gave the same value) says why (:func:`zero_width_reason`): it is not certainty."""
     if not isinstance(ci, dict) or ci.get("low") is None or ci.get("high") is None:
         return ""
     level = ci.get("level")
     lvl = f"{float(level) * 100:.0f}% CI " if isinstance(level, (int, float)) else "CI "
     text = f"{lvl}[{fmt(ci['low'], kind)}, {fmt(ci['high'], kind)}]"
-    return text + " (every resample agreed: too few examples to bound it)" if ci["low"] == ci["high"] else text
+    if ci["low"] != ci["high"]:
+        return text
+    return f"{text} (every resample agreed: {zero_width_reason(ci['low'])})"
 
 
 def flatten(d: Any, prefix: str = "", limit: int = 300) -> list[tuple[str, str]]:

@@ -84,6 +84,8 @@ def report_context(result_dir: str | os.PathLike, *, redact: bool = False) -> di
         "summary": summary,
         "verdict": verdict(ex, canaries=summary.get("canaries"), unfinished=rs.unfinished),
         "unfinished": finished_stages(rs) if rs.unfinished else None,  # the stages finished so far
+        # the stage that stopped it; what it said may name files and examples, which --redact hides
+        "stopped": rs.stopped and {**rs.stopped, "error": None if redact else rs.stopped["error"]},
         "rule": rule_text((ex or {}).get("rule"), (ex or {}).get("delta"), alpha=(ex or {}).get("alpha"),
                           n_neighbors=(ex or {}).get("n_neighbors"), n_train=(ex or {}).get("n_train")),
         "best_mia": best_mia(summary),

@@ -76,25 +76,39 @@ def _style(ax) -> None:
         ax.spines[side].set_visible(False)
 
 
-def roc_loglog(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], *, min_fpr: float | None = None) -> bytes:
-    """Log-log ROC curves: ``curves`` = [(label, fpr (K,), tpr (K,)), ...], rates in [0, 1].
+#: The ROC's x axis reaches down to at least this FPR (the paper's plots go to 1e-3 and below).
+ROC_AXIS_FLOOR = 1e-3
 
-    The x axis starts at ``min_fpr`` (default: the smallest non-zero FPR over all curves, at most
-    1e-3); points at FPR 0 are drawn at that floor. The dashed diagonal is chance; dotted lines mark the
-    FPRs of :data:`~diffaudit.report.alt_text.ROC_FPRS`, where the alt text reads the TPR.
+
+def roc_loglog(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], *, min_fpr: float | None = None) -> bytes:
+    """The PNG of :func:`roc_loglog_figure`."""
+    return _png(roc_loglog_figure(curves, min_fpr=min_fpr))
+
+
+def roc_loglog_figure(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], *, min_fpr: float | None = None):
+    """The matplotlib Figure of log-log ROC curves: ``curves`` = [(label, fpr (K,), tpr (K,)), ...], rates in [0, 1].
+
+    ``min_fpr``: the smallest FPR the evaluation resolves, 1/n_nonmembers (default: the smallest non-zero
+    FPR over all curves). Points at FPR 0 are drawn there, so no curve claims a TPR below it; the x axis
+    reaches down to at least :data:`ROC_AXIS_FLOOR`, and the part of it below ``min_fpr`` is shaded as not
+    measured. The dashed diagonal is chance; dotted lines mark the FPRs of
+    :data:`~diffaudit.report.alt_text.ROC_FPRS`, where the alt text reads the TPR.
     """
     fig = _figure()
     ax = fig.add_subplot()
     floors = [float(np.min(f[f > 0])) for _, f, _ in curves if np.any(np.asarray(f) > 0)]
-    lo = min_fpr if min_fpr is not None else min([1e-3] + floors)
+    resolved = min_fpr if min_fpr is not None else min([ROC_AXIS_FLOOR] + floors)
+    lo = min(resolved, ROC_AXIS_FLOOR)
     grid = np.logspace(np.log10(lo), 0, 50)
     ax.plot(grid, grid, "--", color="#888", linewidth=1, label="chance")
+    if resolved > lo:
+        ax.axvspan(lo, resolved, color="#ddd", alpha=0.6, linewidth=0, label=f"FPR < {resolved:.2g}: not measured")
     for i, (label, fpr, tpr) in enumerate(curves):
-        f = np.clip(np.asarray(fpr, dtype=float), lo, 1.0)
+        f = np.clip(np.asarray(fpr, dtype=float), resolved, 1.0)
         t = np.clip(np.asarray(tpr, dtype=float), lo, 1.0)
         ax.step(f, t, where="post", color=PALETTE[i % len(PALETTE)], linewidth=1.6, label=label)
     for x in ROC_FPRS:
-        if x >= lo:
+        if x >= resolved:
             ax.axvline(x, color="#bbb", linewidth=0.8, linestyle=":")
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -105,7 +119,7 @@ def roc_loglog(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], *, min_fpr:
     ax.set_title("Membership inference ROC (log-log)")
     _style(ax)
     ax.legend(loc="lower right", fontsize=8, frameon=False)
-    return _png(fig)
+    return fig
 
 
 #: The AUC axis of the timestep sweep spans at least this much around chance (0.5), so that noise
@@ -133,11 +147,12 @@ def _limits(values: list[np.ndarray], floor: tuple[float, float], bounds: tuple[
 def timestep_sweep_figure(sweeps: Sequence[tuple[str, Sequence[int], Sequence[float | None], Sequence[float | None]]]):
     """The matplotlib Figure of :func:`timestep_sweep` (nothing drawn to a file): the AUC axis holds
     chance (0.5) and at least :data:`AUC_SPAN`; TPR is in percent from 0 to at least
-    :data:`TPR_SPAN_OVER_CHANCE` times chance; both panels draw chance as a dashed line."""
+    :data:`TPR_SPAN_OVER_CHANCE` times chance; both panels draw chance as a dashed line and share the t
+    axis. A panel with no value says so (TPR at 1% FPR is not measured below 100 non-members)."""
     from matplotlib.ticker import PercentFormatter
 
     fig = _figure(8.0, 3.2)
-    axes = fig.subplots(1, 2)
+    axes = fig.subplots(1, 2, sharex=True)
     chance_tpr = 100 * SWEEP_FPR
     panels = ((axes[0], 2, "AUC", 1.0, 0.5, AUC_SPAN, (0.0, 1.01)),
               (axes[1], 3, f"TPR at {chance_tpr:g}% FPR", 100.0, chance_tpr, (0.0, TPR_SPAN_OVER_CHANCE * chance_tpr), (0.0, 101.0)))
@@ -151,6 +166,9 @@ def timestep_sweep_figure(sweeps: Sequence[tuple[str, Sequence[int], Sequence[fl
             if ok.any():
                 ax.plot(t[ok], y[ok], "o-", color=PALETTE[i % len(PALETTE)], markersize=3.5, linewidth=1.4, label=sweep[0])
         ax.axhline(chance, color="#888", linestyle="--", linewidth=0.8, label="chance")
+        if not any(np.isfinite(y).any() for y in ys):
+            ax.text(0.5, 0.5, f"not measured\n(needs {1 / SWEEP_FPR:.0f} or more non-members)" if col == 3 else "not measured",
+                    transform=ax.transAxes, ha="center", va="center", color="#666", fontsize=9)
         ax.set_ylim(*_limits(ys, floor, bounds, pad=0.1 * (floor[1] - floor[0])))
         ax.set_xlabel("diffusion timestep t")
         ax.set_title(title, fontsize=10)

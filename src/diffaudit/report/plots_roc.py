@@ -25,7 +25,7 @@ def _label(ev: AttackEvaluation) -> str:
 
 
 def roc_png_bytes(evaluations: Sequence[AttackEvaluation]) -> bytes:
-    """Log-log ROC curves of ``evaluations`` (each must carry its ``curve``); x from 1/n_nonmembers."""
+    """Log-log ROC curves of ``evaluations`` (each must carry its ``curve``), measured from 1/n_nonmembers."""
     curves = []
     for ev in evaluations:
         if ev.curve is None:
@@ -33,8 +33,7 @@ def roc_png_bytes(evaluations: Sequence[AttackEvaluation]) -> bytes:
         curves.append((_label(ev), ev.curve.fpr, ev.curve.tpr))
     if not curves:
         raise DiffauditError("no ROC curve to draw")
-    min_fpr = min(1.0 / max(ev.n_nonmembers for ev in evaluations), 1e-3)
-    return plots.roc_loglog(curves, min_fpr=min_fpr)
+    return plots.roc_loglog(curves, min_fpr=1.0 / max(ev.n_nonmembers for ev in evaluations))
 
 
 def write_roc_png(path: str | os.PathLike, evaluations: Sequence[AttackEvaluation]) -> Path:

@@ -20,6 +20,9 @@ from diffaudit.core.outdir import SETTINGS_FILE
 
 RESULT_FILE = "result.json"
 AUDIT_FILES = ("audit.json",)
+#: What an audit records when one of its stages stops it (``diffaudit audit``): ``stage``, ``exit`` (130:
+#: interrupted) and ``error`` (what the stage's command said, None when it said nothing a record keeps).
+STAGE_STOPPED = "stage_stopped.json"
 
 
 @dataclass
@@ -61,6 +64,8 @@ class ResultSet:
         unfinished: an audit folder whose audit has not finished (its ``settings.json`` names
             ``audit`` but it holds no audit ``result.json``): the stages found are the finished ones,
             and ``audit`` holds the recorded settings.
+        stopped: of an unfinished audit, the stage that stopped it (:data:`STAGE_STOPPED`), None when
+            none did (it is running, or was killed).
         memo: what the report derives from the stages' files more than once (summary and views),
             computed once: (name, stage folder) -> value (see :meth:`memo_of`).
     """
@@ -72,6 +77,7 @@ class ResultSet:
     store_dirs: list[Path] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
     unfinished: bool = False
+    stopped: dict[str, Any] | None = None
     memo: dict[tuple[str, Path], Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -110,6 +116,16 @@ class ResultSet:
 #: The stages of ``diffaudit audit`` in the order it runs them, and the command behind each folder.
 AUDIT_STAGES = ("train", "sample", "extract", "verify", "mia", "outliers", "inpaint")
 _STAGE_OF_COMMAND = {"shadows": "train", **{s: s for s in AUDIT_STAGES}}
+
+
+def _stopped(root: Path) -> dict[str, Any] | None:
+    """An unfinished audit's :data:`STAGE_STOPPED` record (``stage`` a known stage, ``exit`` an int, ``error``
+    a string or None), None when it has none or it is not such a record."""
+    record = read_object(root / STAGE_STOPPED) if (root / STAGE_STOPPED).is_file() else None
+    if not record or record.get("stage") not in AUDIT_STAGES or not isinstance(record.get("exit"), int):
+        return None
+    error = record.get("error")
+    return {"stage": record["stage"], "exit": record["exit"], "error": error if isinstance(error, str) else None}
 
 
 def finished_stages(rs: ResultSet) -> list[str]:
@@ -290,7 +306,8 @@ def load_results(result_dir: str | Path) -> ResultSet:
         record = read_object(root / SETTINGS_FILE) if (root / SETTINGS_FILE).is_file() else None
         if record and record.get("command") == "audit" and isinstance(record.get("settings"), dict):
             audit, unfinished = {"settings": record["settings"]}, True
-    rs = ResultSet(root=root, command="audit", audit=audit, unreadable=unreadable, unfinished=unfinished)
+    rs = ResultSet(root=root, command="audit", audit=audit, unreadable=unreadable, unfinished=unfinished,
+                   stopped=_stopped(root) if unfinished else None)
     for sub in _subdirs(root):
         if (sub / "manifest.json").exists():
             rs.store_dirs.append(sub)

@@ -38,7 +38,9 @@ as dedup recorded them), ``embedder_text`` (the same in words)},
 the correlation measures how the raw score varies between members, not their exposure), ``raw_loss``},
 ``stages`` (the result folders read), ``audit_stages`` (the stages the audit's result.json lists as
 run), ``audit_finished`` (False for an audit folder whose audit has not finished: ``stages`` are the
-ones it finished; None when the folder is one command's), ``skipped_inputs`` (``n``, ``listed``: the
+ones it finished; None when the folder is one command's), ``audit_stopped`` (of an unfinished audit, the stage
+that stopped it: {``stage``, ``exit`` (130: interrupted), ``error`` (what its command said, or None)}; None when
+none did), ``skipped_inputs`` (``n``, ``listed``: the
 inputs ``--skip-bad`` skipped, which no result looked at; None when none), ``mixed_inputs`` (a folder
 of separate results made on more than one dataset or model: ``data`` and ``model``, each a list of
 {``input``, ``options``, ``stages``}; None when they agree), ``settings`` and ``seeds`` (per stage),
@@ -657,11 +659,22 @@ def _skipped_inputs(rs: ResultSet) -> dict[str, Any] | None:
     for result in [rs.audit] + [st.result for st in rs.stages]:
         entries = [e for e in result.get("skipped_inputs") or [] if isinstance(e, dict)]
         for e in entries:
-            seen.setdefault((e.get("source"), e.get("name")), {k: e.get(k) for k in ("source", "name", "reason")})
+            seen.setdefault(_skipped_identity(e), {k: e.get(k) for k in ("source", "name", "reason")})
         total = max(total, _int(result.get("skipped_inputs_total")) or len(entries))
     if not seen:
         return None
     return {"n": max(total, len(seen)), "listed": list(seen.values())[:SKIPPED_LISTED]}
+
+
+def _skipped_identity(entry: dict[str, Any]) -> tuple[Any, Any]:
+    """Which input a skipped entry names, however its stage spelled the data's path: one stage loads
+    ``corrupt`` and names ``corrupt/empty.png``, another loads the recorded ``/home/u/corrupt`` and names
+    ``/home/u/corrupt/empty.png``: (the source's last component, the name within the source)."""
+    source, name = entry.get("source"), entry.get("name")
+    if not isinstance(source, str) or not isinstance(name, str):
+        return source, name
+    root, path = os.path.normpath(source), os.path.normpath(name)
+    return os.path.basename(root), path[len(root) + 1:] if path.startswith(root + os.sep) else name
 
 
 def summarise(rs: ResultSet) -> dict[str, Any]:
@@ -701,6 +714,7 @@ def summarise(rs: ResultSet) -> dict[str, Any]:
         "audit_stages": _audit_stages(rs),
         # False: an audit that has not finished (the stages above are those it finished); else None/True
         "audit_finished": (not rs.unfinished) if rs.command == "audit" else None,
+        "audit_stopped": rs.stopped,  # the stage that stopped an unfinished audit, and how
         "skipped_inputs": _skipped_inputs(rs),
         "mixed_inputs": _mixed_inputs(rs),
         "settings": settings,

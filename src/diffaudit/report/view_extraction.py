@@ -103,16 +103,25 @@ def verdict(ex: dict[str, Any] | None, *, canaries: dict[str, Any] | None = None
 def canary_verdict(canaries: dict[str, Any]) -> dict[str, str]:
     """The verdict of a canary run: how many of the inserted canaries (known members, inserted a known
     number of times) generations reproduce, by the run's verification rule. ``canaries``: summary.json's
-    ``canaries`` with ``n_extracted`` not None."""
+    ``canaries`` with ``n_extracted`` not None.
+
+    It says what the report's count of training images holds: the model trained on --data's images and
+    the canaries, each canary counted once however many times it was inserted (the training run's
+    ``n_train``), while the canaries result's own ``n_train`` counts --data's images alone."""
     k, n = canaries["n_extracted"], canaries.get("n_canaries")
     of = f" of {n:,}" if isinstance(n, int) else ""
     scope = (" The generations were verified against the inserted canaries, which are known to be in training; "
              "the canary curve below shows how extraction grows with the number of repeats.")
+    if isinstance(n, int) and n > 0:
+        scope += (f" The model's training images, as this report counts them, include the {n:,} "
+                  f"canar{'y' if n == 1 else 'ies'}, each once however many times it was inserted (the canaries "
+                  "result's n_train counts --data's images alone).")
     if k == 0:
         return {"level": "no", "text": f"No inserted canary was extracted (0{of}).{scope} This bounds, but does not "
                                        "rule out, memorization."}
-    s = "canary was" if k == 1 else "canaries were"
-    return {"level": "yes", "text": f"Yes: {k:,}{of} inserted {s} extracted: generations reproduce them.{scope}"}
+    noun = "canary" if (n if isinstance(n, int) else k) == 1 else "canaries"  # "1 of 3 inserted canaries was"
+    was, them = ("was", "it") if k == 1 else ("were", "them")
+    return {"level": "yes", "text": f"Yes: {k:,}{of} inserted {noun} {was} extracted: generations reproduce {them}.{scope}"}
 
 
 def unverified_verdict(ex: dict[str, Any] | None, *, unfinished: bool = False) -> dict[str, str]:

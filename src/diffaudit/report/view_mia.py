@@ -137,7 +137,7 @@ def mia_view(rs: ResultSet, summary: dict[str, Any]) -> dict[str, Any] | None:
     roc = sweep = None
     notes = []
     if curves:
-        roc, note = plots.try_plot("ROC plot", lambda: plots.roc_loglog(curves, min_fpr=min(min_fpr, 1e-3) if min_fpr else None))
+        roc, note = plots.try_plot("ROC plot", lambda: plots.roc_loglog(curves, min_fpr=min_fpr))
         notes += [note] if note else []
     if sweeps:
         sweep, note = plots.try_plot("timestep sweep plot", lambda: plots.timestep_sweep(sweeps))
