@@ -278,10 +278,11 @@ def model_is_conditional(model: str | Path) -> bool | None:
 
 
 def check_model_options(args: argparse.Namespace) -> None:
-    """``--train-size`` with shadows trains nothing, and is refused. With ``--model``: training options given (flag or --config) train nothing unless there are shadows,
-    and are refused; with shadows, those not given are the audited run's own (its train_config.json), so
-    the shadows are trained like the target, as LiRA assumes. ``--class-conditional`` is the model's own
-    (it decides whether the audit samples per class); given against it, it is refused."""
+    """``--train-size`` with shadows trains nothing, and is refused. With ``--model``: training options given
+    (flag or --config) train nothing unless there are shadows, and are refused; with shadows, those not
+    given are the audited run's own (its train_config.json), so the shadows are trained like the target, as
+    LiRA assumes. ``--class-conditional`` is the model's own (it decides whether the audit samples per
+    class); given against it, it is refused."""
     given = getattr(args, "_given", set()) & training_options()
     if args.shadows and "train_size" in given:
         raise DiffauditError(f"--train-size: with --shadows {args.shadows} every model, the target (model 0) too, "
@@ -535,8 +536,9 @@ DATA_VIEW = "data.view.json"
 def _load_data(args: argparse.Namespace):
     """The audit's data and the datasets it is made of: ``(dataset, [(ViewPart, its keys in dataset), ...])``.
 
-    --data as loaded (a view: each of its datasets); with --heldout, followed by those images (with --data's per-image options, not its
-    --subset: --heldout-subset, with --subset-seed), their keys prefixed with :data:`HELDOUT_PREFIX`."""
+    --data as loaded (a view: each of its datasets); with --heldout, followed by those images (with --data's
+    per-image options, not its --subset: --heldout-subset, with --subset-seed), their keys prefixed with
+    :data:`HELDOUT_PREFIX`."""
     import dataclasses
 
     from diffaudit.data import load_dataset
@@ -599,7 +601,8 @@ def _refuse_unseen_copies(args: argparse.Namespace, data, trained: set[str], uns
     from diffaudit.data.digest import shared_images
 
     out_rows = [i for i, k in enumerate(data.keys) if k in unseen]
-    if len(shared_images(data.subset(out_rows), data.subset([i for i, k in enumerate(data.keys) if k in trained]))) < len(out_rows):
+    in_rows = [i for i, k in enumerate(data.keys) if k in trained]
+    if len(shared_images(data.subset(out_rows), data.subset(in_rows))) < len(out_rows):
         return
     source = f"--heldout {args.heldout}" if args.heldout is not None else f"--data {args.data}"
     raise DiffauditError(f"every one of the {len(out_rows):,} images of {source} that --model {args.model} never saw is, "

@@ -207,7 +207,8 @@ def _drop_state_if_asked(args: argparse.Namespace, run_dir: Path) -> None:
     from diffaudit.core.progress import stage_line
     from diffaudit.models.run_files import STATE_DIR
 
-    if args.keep_state or "no_keep_state" not in given_options(getattr(args, "_argv", [])) or not (run_dir / STATE_DIR).exists():
+    asked = not args.keep_state and "no_keep_state" in given_options(getattr(args, "_argv", []))
+    if not asked or not (run_dir / STATE_DIR).exists():
         return
     delete_aside(run_dir / STATE_DIR, "--no-keep-state")
     stage_line(f"train: --no-keep-state: deleted the final state {run_dir} kept ({STATE_DIR}/); its weights stay, and "

@@ -131,7 +131,8 @@ def diff_settings(old: dict[str, Any], new: dict[str, Any], prefix: str = "",
 def _setting_name(key: str, names: Mapping[str, str]) -> str:
     """How a difference names setting ``key``: its flag (``names``); a digest of what a flag names
     (``model_digest`` beside ``--model``, ``samples_identity`` beside ``--samples``, ``data.digest`` inside
-    ``--data``'s record) as that input's contents; the digests of the examples a run trains on and of their pixels in words; else the key itself."""
+    ``--data``'s record) as that input's contents; the digests of the examples a run trains on and of their
+    pixels in words; else the key itself."""
     if key in names:
         return names[key]
     for suffix in ("_digest", "_identity", ".digest"):
