@@ -60,33 +60,20 @@ def refuse_another_result_folder(out: Path, result_dir: Path) -> None:
     """Refuse an ``out`` that lies in another diffaudit output folder than ``result_dir`` (one holding diffaudit's
     ``settings.json``): there it would replace that folder's own report and summary.json, which its command reads
     back (`report dedup --out audit/report.html` turned an audit's summary into a dedup's)."""
-    from diffaudit.core.io import read_json
-    from diffaudit.core.outdir import SETTINGS_FILE, is_diffaudit_record
+    from diffaudit.core.outdir import recorded_command
 
     folder = out.parent
-    if folder.resolve() == Path(result_dir).resolve() or not (folder / SETTINGS_FILE).is_file():
-        return
-    try:
-        record = read_json(folder / SETTINGS_FILE)
-    except (DiffauditError, OSError, ValueError):
-        return
-    if is_diffaudit_record(record):
-        raise DiffauditError(f"--out {out} lies in {folder}, the output of `diffaudit {record['command']}`, where it would "
+    command = recorded_command(folder) if folder.resolve() != Path(result_dir).resolve() else None
+    if command is not None:
+        raise DiffauditError(f"--out {out} lies in {folder}, the output of `diffaudit {command}`, where it would "
                              f"replace that folder's own report and summary.json; write the report of {result_dir} "
                              "elsewhere")
-
-
-def stopped_text(stopped: dict | None) -> str:
-    """"its mia stage failed (exit 2); " (or "was interrupted") for an audit a stage stopped, else ""."""
-    if not stopped:
-        return ""
-    how = "was interrupted" if stopped["exit"] == 130 else f"failed (exit {stopped['exit']})"
-    return f"its {stopped['stage']} stage {how}; "
 
 
 def run(args: argparse.Namespace) -> int:
     from diffaudit.core.io import read_json
     from diffaudit.report import render_report, write_summary
+    from diffaudit.report.results import stopped_words
     from diffaudit.report.view_extraction import baseline_phrase
 
     out = out_file(args.out, "report.html") if args.out else Path(args.result_dir) / "report.html"
@@ -108,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
         if tpr is not None:
             parts.append(f"{key} TPR@1%FPR {tpr * 100:.1f}%")
     if summary.get("audit_finished") is False:
-        parts.insert(0, f"an unfinished audit: {stopped_text(summary.get('audit_stopped'))}its later stages have not run")
+        stopped = stopped_words(summary.get("audit_stopped"))
+        parts.insert(0, f"an unfinished audit: {stopped + '; ' if stopped else ''}its later stages have not run")
     human = f"report: {report}" + (f" ({'; '.join(parts)})" if parts else "") + f"\nsummary: {spath}"
     # attack and folder names come from the result files: emit prints their control characters escaped
     emit(args, {"report": str(report), "summary_file": str(spath), "summary": summary}, human)

@@ -221,8 +221,7 @@ def load_dataset_parts(spec: str | os.PathLike, **options) -> tuple[ImageDataset
     dataset), ...]``: ``spec`` with the options given, or each dataset of a view (:func:`load_view_parts`).
     A view of some of its examples is written from these parts (a view may not name another view)."""
     if is_view(spec):
-        full = {"subset": None, "subset_seed": 0, "cifar_root": None, **options}
-        return load_view_parts(spec, load_dataset, **full)
+        return load_view_parts(spec, load_dataset, **options)
     ds = load_dataset(spec, **options)
     return ds, [(ViewPart(str(spec), {k: v for k, v in options.items() if v not in (None, False)}), list(ds.keys))]
 
@@ -237,7 +236,7 @@ def load_view(path, load: Callable[..., ImageDataset], *, subset, subset_seed, c
     return load_view_parts(path, load, subset=subset, subset_seed=subset_seed, cifar_root=cifar_root, **given)[0]
 
 
-def load_view_parts(path, load: Callable[..., ImageDataset], *, subset, subset_seed, cifar_root,
+def load_view_parts(path, load: Callable[..., ImageDataset], *, subset=None, subset_seed=0, cifar_root=None,
                     **given) -> tuple[ImageDataset, list[tuple[ViewPart, list[str]]]]:
     """:func:`load_view`, and the datasets the view is made of: ``[(part, its keys in the dataset), ...]``,
     each part with the options it was loaded with, so that a view of some of these examples can be written

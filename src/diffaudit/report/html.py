@@ -18,7 +18,7 @@ from typing import Any
 
 from diffaudit.core.io import make_private_dir, write_bytes_atomic
 from diffaudit.report.fmt import fmt, fmt_ci
-from diffaudit.report.results import finished_stages, load_results
+from diffaudit.report.results import finished_stages, load_results, stopped_words
 from diffaudit.report.summary import summarise
 from diffaudit.report.view_extraction import cliques, gallery, rule_text, verdict
 from diffaudit.report.view_mia import best_mia, mia_view
@@ -85,7 +85,8 @@ def report_context(result_dir: str | os.PathLike, *, redact: bool = False) -> di
         "verdict": verdict(ex, canaries=summary.get("canaries"), unfinished=rs.unfinished),
         "unfinished": finished_stages(rs) if rs.unfinished else None,  # the stages finished so far
         # the stage that stopped it; what it said may name files and examples, which --redact hides
-        "stopped": rs.stopped and {**rs.stopped, "error": None if redact else rs.stopped["error"]},
+        "stopped": rs.stopped and {**rs.stopped, "error": None if redact else rs.stopped["error"],
+                                   "words": stopped_words(rs.stopped)},
         "rule": rule_text((ex or {}).get("rule"), (ex or {}).get("delta"), alpha=(ex or {}).get("alpha"),
                           n_neighbors=(ex or {}).get("n_neighbors"), n_train=(ex or {}).get("n_train")),
         "best_mia": best_mia(summary),

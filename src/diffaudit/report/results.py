@@ -128,6 +128,14 @@ def _stopped(root: Path) -> dict[str, Any] | None:
     return {"stage": record["stage"], "exit": record["exit"], "error": error if isinstance(error, str) else None}
 
 
+def stopped_words(stopped: dict[str, Any] | None) -> str:
+    """"its mia stage failed (exit 2)" (or "was interrupted") of a :data:`STAGE_STOPPED` record, "" without one."""
+    if not stopped:
+        return ""
+    how = "was interrupted" if stopped["exit"] == 130 else f"failed (exit {stopped['exit']})"
+    return f"its {stopped['stage']} stage {how}"
+
+
 def finished_stages(rs: ResultSet) -> list[str]:
     """The audit stages ``rs`` holds results of, in the order the audit runs them (a ``shadows`` folder,
     or the target's run, is its ``train`` stage)."""

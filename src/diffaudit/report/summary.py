@@ -38,11 +38,10 @@ as dedup recorded them), ``embedder_text`` (the same in words)},
 the correlation measures how the raw score varies between members, not their exposure), ``raw_loss``},
 ``stages`` (the result folders read), ``audit_stages`` (the stages the audit's result.json lists as
 run), ``audit_finished`` (False for an audit folder whose audit has not finished: ``stages`` are the
-ones it finished; None when the folder is one command's), ``audit_stopped`` (of an unfinished audit, the stage
-that stopped it: {``stage``, ``exit`` (130: interrupted), ``error`` (what its command said, or None)}; None when
-none did), ``skipped_inputs`` (``n``, ``listed``: the
-inputs ``--skip-bad`` skipped, which no result looked at; None when none), ``mixed_inputs`` (a folder
-of separate results made on more than one dataset or model: ``data`` and ``model``, each a list of
+ones it finished; None when the folder is one command's), ``audit_stopped`` (of an unfinished audit, the
+stage that stopped it: {``stage``, ``exit`` (130: interrupted), ``error`` (what its command said, or None)};
+None when none did), ``skipped_inputs`` (``n``, ``listed``: the inputs ``--skip-bad`` skipped, which no
+result looked at; None when none), ``mixed_inputs`` (a folder of separate results made on more than one dataset or model: ``data`` and ``model``, each a list of
 {``input``, ``options``, ``stages``}; None when they agree), ``settings`` and ``seeds`` (per stage),
 ``versions``.
 A section whose stage did not run is null. The HTML report renders from this dictionary, so the
