@@ -1,6 +1,9 @@
 # Two entry points (README Quick start): `make demo` runs the audit on the built-in digits
 # dataset, `make test` runs the test suite. Both create and reuse ./.venv.
 PY ?= python3
+# The torch to install first (pip arguments): the CPU build by default; on a GPU machine e.g.
+# `make TORCH=torch demo` (PyPI's newest Linux wheel, a CUDA build) or `make TORCH='torch --index-url URL' demo`.
+TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -8,8 +11,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# The CPU build of torch first, so the loose `torch>=2.4` requirement pulls nothing bigger.
-	$(BIN)/pip install -q torch==2.13.0
+	# $(TORCH) first, so the loose `torch>=2.4` requirement pulls nothing bigger.
+	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 

@@ -47,6 +47,7 @@ GPU = {
                "--previous-paths"],
     "stable_diffusion": ["bench_sd.py", "--size", "512", "--batch", "8", "--steps", "20", "--repeats", "1",
                          "--peak-tflops", "989", "--fuse-qkv"],
+    "verify_memory": ["bench_verify_memory.py", "--sizes", "16384,131072", "--train", "500"],  # CPU: verify's peak RSS
 }
 CPU = {
     "sampling": ["bench_sampling.py", "--batch", "64", "--steps", "10"],
@@ -60,6 +61,7 @@ CPU = {
     "ray": ["bench_ray.py", "--n", "128", "--steps", "10"],
     "ray_verify": ["bench_ray.py", "--job", "verify", "--n", "16384", "--train", "20000"],
     "object_store": ["bench_object_store.py", "--shards", "64"],  # moto's S3 server: the test extra installs it
+    "verify_memory": ["bench_verify_memory.py", "--sizes", "4096,16384", "--train", "500"],  # peak RSS of verify
 }
 
 

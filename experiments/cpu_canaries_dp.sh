@@ -9,7 +9,7 @@ OUT=${OUT:-cpu-canaries-dp}
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"  # DA, PY: the .venv's when present
 export OMP_NUM_THREADS=1
 COMMON=(canaries --data digits --kind noise --repeats 1,4,16,64 --per-repeat 4 --n-reference 64 --preset tiny
-        --steps "${STEPS:-2000}" --batch-size 64 --lr 1e-3 --warmup-steps 50 --n-samples 512 --device cpu --quiet)
+        --steps "${STEPS:-3000}" --batch-size 64 --lr 1e-3 --warmup-steps 50 --n-samples 512 --device cpu --quiet)
 $DA "${COMMON[@]}" --out "$OUT/plain" &
 for eps in ${EPSILONS:-50 8}; do
     $DA "${COMMON[@]}" --dp-epsilon "$eps" --out "$OUT/dp-eps$eps" &

@@ -71,6 +71,14 @@ def test_run_all_gpu_knn_skips_faiss(bench):
         bench.main(["--table", "cpu", "--only", "nope"])
 
 
+def test_make_bench_runs_every_benchmark_script(bench):
+    """`make bench` (run_all) is documented to run every benchmark: each bench/bench_*.py is in the CPU table,
+    and in the GPU table unless it is a CPU-only study (Ray and the object store: neither is carried there)."""
+    scripts = {p.name for p in BENCH.glob("bench_*.py")}
+    assert scripts == {argv[0] for argv in bench.CPU.values()}
+    assert scripts - {argv[0] for argv in bench.GPU.values()} == {"bench_ray.py", "bench_object_store.py"}
+
+
 def _run_main(module, argv, capsys) -> dict:
     assert module.main(argv) == 0
     return json.loads(capsys.readouterr().out)

@@ -53,7 +53,7 @@ def test_plain_defaults_still_show_and_read_as_typed(helps):
     assert helps["extract"]["--min-clique"].endswith("(default: 10)")
     assert helps["extract"]["--seed"] == "seed of every random draw (default 0)"
     assert helps["extract"]["--device"] == "cpu, cuda, cuda:N or auto (default: auto)"
-    assert helps["extract"]["--sweep-min-clique"] == "clique sizes to sweep (default: 2,3,5,10,20,50)"
+    assert helps["extract"]["--sweep-min-clique"] == "clique sizes (>= 2) to sweep, with --calibrate only (default: 2,3,5,10,20,50)"
     assert helps["mia"]["--timesteps"].endswith("(default: 100)")
     assert "default" not in helps["mia"]["--sweep"].split("clipped")[-1]  # empty: no sweep, nothing to show
     assert helps["extract"]["--fresh"] == "delete what --out holds and start over"

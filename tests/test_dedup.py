@@ -310,3 +310,15 @@ def test_data_flags_names_only_the_options_given():
     assert data_flags("digits", {**defaults, "subset": 64, "subset_seed": 3, "skip_bad": True, "mode": "RGB"}) == \
         "digits --subset 64 --subset-seed 3 --mode RGB --skip-bad"
     assert data_flags("digits", {**defaults, "subset_seed": 3}) == "digits"  # a seed without --subset selects nothing
+
+
+def test_the_default_ivf_cells_leave_faiss_the_points_it_wants(digits, capfd):
+    """4·sqrt(N) cells for large N, at most N/39 so faiss's k-means does not warn (it printed "WARNING
+    clustering 1797 points to 169 centroids" to the terminal of `dedup --index ivf` on digits)."""
+    from diffaudit.defenses.neighbours import ivf_cells
+
+    assert ivf_cells(1797, None) == 46 and ivf_cells(10**6, None) == 4000 and ivf_cells(10, None) == 1
+    assert ivf_cells(1797, 500) == 500 and ivf_cells(20, 500) == 20
+    capfd.readouterr()
+    find_duplicates(digits.images, get_embedder("pixel"), index="ivf", seed=0)
+    assert "WARNING clustering" not in capfd.readouterr().err

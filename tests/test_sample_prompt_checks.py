@@ -96,15 +96,19 @@ def test_source_check_prompts_directly(runc, uncond):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--n", "4", "--scheduler", "dpm"], "--scheduler apply to a Stable Diffusion pipeline; --model"),
-    (["--n", "4", "--guidance-scale", "3"], "--guidance-scale apply to a Stable Diffusion pipeline"),
+    (["--n", "4", "--scheduler", "dpm"], "--scheduler applies to a Stable Diffusion pipeline; --model"),
+    (["--n", "4", "--guidance-scale", "3"], "--guidance-scale applies to a Stable Diffusion pipeline"),
     (["--n", "4", "--per-prompt", "2"], "give --n (images of an unconditional model) or --per-prompt"),
     (["--n", "-5"], "--n must be at least 1 (images to generate); got -5"),
     (["--per-prompt", "0"], "--per-prompt must be at least 1 (images to generate); got 0"),  # was taken as 1
+    (["--n", "4", "--scheduler", "dpm", "--guidance-scale", "3"], "--guidance-scale and --scheduler apply to a Stable"),
+    (["--n", "5", "--batch-size", "-3"], "--batch-size must be at least 1 (images per source call); got -3"),  # a traceback
+    (["--n", "5", "--batch-size", "0"], "--batch-size must be at least 1 (images per source call); got 0"),  # a whole shard
 ])
 def test_options_a_pixel_model_would_ignore_leave_no_store(uncond, tmp_path, capsys, extra, message):
     """Stable Diffusion's --scheduler and --guidance-scale, and --per-prompt beside --n, would change nothing
-    (the store recorded none of them): refused, as --prompts on an unconditional model is."""
+    (the store recorded none of them): refused, as --prompts on an unconditional model is; so is a --batch-size
+    below 1 (a negative one was a traceback, 0 was taken as a whole shard)."""
     out = tmp_path / "g"
     assert _sample(uncond, out, *extra) == 2
     assert message in capsys.readouterr().err and not out.exists()

@@ -90,9 +90,12 @@ def test_store_refuses_to_resume_with_other_weights_in_the_same_folder(tiny_mode
     assert "the contents of --model (was " in capsys.readouterr().err
 
 
-def test_export_png(tiny_model, tmp_path):
+def test_export_png(tiny_model, tmp_path, capsys):
     out = tmp_path / "s"
-    assert main(sample_args(tiny_model, out)) == 0
+    assert main(["--json", *sample_args(tiny_model, out)]) == 0
+    printed = json.loads(capsys.readouterr().out)  # the store's result, as other commands print theirs
+    assert printed["store"] == str(out) and printed["n_samples"] == 40 and printed["command"] == "sample"
+    assert printed["settings"] == json.loads((out / "result.json").read_text())["settings"]
     assert main(["export", "--samples", str(out), "--out", str(tmp_path / "png"), "--quiet"]) == 0
     files = sorted(f for f in os.listdir(tmp_path / "png") if f.endswith(".png"))
     assert len(files) == 40 and "p0-i0.png" in files

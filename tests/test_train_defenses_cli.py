@@ -118,3 +118,20 @@ def test_training_options_dp_sgd_does_not_use_are_refused(tmp_path, capsys):
 def test_an_infinite_target_epsilon_says_what_to_do(tmp_path, capsys):
     assert main(BASE + ["--dp-epsilon", "inf", "--out", str(tmp_path / "dp")]) == 2
     assert "--dp-epsilon must lie in (0, 1e4) (a finite privacy budget; without DP-SGD leave out" in capsys.readouterr().err
+
+
+def test_a_repeat_of_an_example_the_keep_list_drops_is_named_by_key(tmp_path, capsys):
+    """The run does not train on a dropped copy: repeating it is refused by its key and the flag that
+    dropped it (it used to say "repeat given for example 21", a position the user never wrote)."""
+    from diffaudit.data import load_dataset
+
+    ds = load_dataset("digits", subset=24)
+    keep = tmp_path / "keep.json"
+    keep.write_text(json.dumps({"keys": ds.keys[:20], "removed_keys": ds.keys[20:]}))
+    rep = tmp_path / "rep.txt"
+    rep.write_text(f"{ds.keys[3]} 2\n{ds.keys[21]} 3\n")
+    capsys.readouterr()
+    assert main(BASE + ["--dedup", str(keep), "--repeat", str(rep), "--out", str(tmp_path / "run")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"names 1 example this run does not train on ('{ds.keys[21]}'): --dedup's keep list leaves it out; drop it" in err
+    assert "example 21" not in err and not (tmp_path / "run").exists()

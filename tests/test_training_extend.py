@@ -127,3 +127,9 @@ def test_cli_extend(tmp_path, capsys):
     assert "--extend and DP-SGD together are not supported" in capsys.readouterr().err
     assert main(TRAIN + ["--steps", "4", "--out", str(a), "--no-keep-state"]) == 0  # finished: the kept state goes, as asked
     assert not (a / "state").exists() and (a / "result.json").is_file()
+    capsys.readouterr()
+    assert main(loud + ["--steps", "4", "--out", str(a), "--keep-state"]) == 0  # it used to say only "nothing to do"
+    err = " ".join(capsys.readouterr().err.split())
+    assert "already finished" in err and "finished earlier without its final state" in err and "--fresh" in err
+    assert main(loud + ["--steps", "4", "--out", str(a)]) == 0  # the default --keep-state: nothing to say
+    assert "without its final state" not in capsys.readouterr().err

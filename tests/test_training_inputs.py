@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -160,3 +161,32 @@ def test_a_refused_input_comes_alone_before_any_warning(tmp_path, capsys):
     assert main(["audit", "--train-size", "4", "--steps", "2", "--batch-size", "4", "--n-samples", "8", "--sample-steps", "2",
                  "--sweep", "", "--device", "cpu", "--out", str(tmp_path / "audit")]) == 0
     assert capsys.readouterr().err.count("--warmup-steps 50 is not below --steps 2") == 1  # the audit's default
+
+
+def test_the_warmup_warning_is_said_only_for_a_run_that_will_train(tmp_path, capsys):
+    """Not before a refusal of the options, and not for a finished run that has nothing to do."""
+    from diffaudit.cli.main import main
+
+    argv = ["train", "--data", "digits", "--subset", "16", "--steps", "2", "--batch-size", "4",
+            "--checkpoint-every", "2", "--device", "cpu", "--out", str(tmp_path / "a")]
+    assert main([*argv, "--dp-noise", "1.0", "--grad-clip", "1.0"]) == 2
+    err = capsys.readouterr().err
+    assert "--grad-clip do nothing under DP-SGD" in err and "--warmup-steps" not in err
+    assert main(argv) == 0
+    assert "--warmup-steps 100 is not below --steps 2" in capsys.readouterr().err
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "already finished" in err and "--warmup-steps" not in err
+
+
+def test_a_class_conditional_model_has_every_class_of_its_data(tmp_path):
+    """A subset that misses a class still gives the model all of --data's classes (digits: 10). It took
+    the largest label seen + 1: on 4 digits labelled 8, 8, 7, 8 a model of 9 classes, so `sample --classes`
+    drew classes it never saw and could not draw 9."""
+    from diffaudit.cli.main import main
+    from diffaudit.data import load_dataset
+
+    assert int(load_dataset("digits", subset=4).labels.max()) < 9  # the subset lacks class 9
+    assert main(["train", "--data", "digits", "--subset", "4", "--class-conditional", "--steps", "2", "--batch-size", "4",
+                 "--checkpoint-every", "2", "--device", "cpu", "--quiet", "--out", str(tmp_path / "cc")]) == 0
+    assert json.loads((tmp_path / "cc" / "unet" / "config.json").read_text())["num_class_embeds"] == 10

@@ -87,7 +87,7 @@ def test_resume_refuses_another_baseline_seed_or_other_medoids(files, tmp_path, 
     (out / "result.json").unlink()  # as if killed after the neighbour searches
     capsys.readouterr()
     assert run(*base, "--seed", "1") == 2
-    assert "baseline_seed" in capsys.readouterr().err
+    assert "--seed, which picks the equal-size --baseline (was 0, now 1)" in capsys.readouterr().err
     assert run(*base) == 0  # the same seed resumes
 
     ex = tmp_path / "ex"
@@ -100,7 +100,7 @@ def test_resume_refuses_another_baseline_seed_or_other_medoids(files, tmp_path, 
     (ex / "result.json").write_text(json.dumps(r))
     capsys.readouterr()
     assert run(*vargs) == 2
-    assert "from_extract_samples" in capsys.readouterr().err
+    assert "the medoids --from-extract flags (was " in capsys.readouterr().err
 
 
 def test_from_extract_verifies_flagged_medoids(files, tmp_path):

@@ -46,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "value: pixel 0.97, phash 0.906 = at most 6 of 64 bits, clip 0.95)")
     g.add_argument("--index", choices=INDEX_KINDS, default="flat", help="faiss index: flat (exact), ivf or hnsw (approximate)")
     g.add_argument("--k", type=int, default=64, help="neighbours per query with --index hnsw")
-    g.add_argument("--nlist", type=int, default=None, help="IVF cells (default 4*sqrt(N))")
+    g.add_argument("--nlist", type=int, default=None, help="IVF cells (default 4*sqrt(N), at most N/39 so each cell trains on 39 images)")
     g.add_argument("--nprobe", type=int, default=16, help="IVF cells searched per query")
     g.add_argument("--batch-size", type=int, default=4096, help="images embedded and queried at once (bounds memory)")
     g.add_argument("--max-shift", type=int, default=None,

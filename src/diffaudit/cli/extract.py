@@ -13,11 +13,13 @@ from diffaudit.attacks.extraction.blackbox import (
     NeighbourEdges,
     extract_unconditional,
 )
-from diffaudit.attacks.extraction.calibration import calibrate, parse_float_list, parse_int_list
+from diffaudit.attacks.extraction.calibration import (
+    CalibrationPoint, best_point, calibrate, check_clique_sizes, parse_float_list, parse_int_list,
+)
 from diffaudit.attacks.extraction.cliques import DEFAULT_MAX_EXPANSIONS
 from diffaudit.attacks.extraction.filter import FilterSettings, PromptResult, filter_prompts, group_by_prompt, rank_prompts
 from diffaudit.attacks.extraction.graph import DEFAULT_EDGE_THRESHOLD, DEFAULT_MIN_CLIQUE, check_threshold, near_duplicate_graph
-from diffaudit.attacks.extraction.grid import GRID_HELP, resolve_grid
+from diffaudit.attacks.extraction.grid import GRID_HELP, check_grid, resolve_grid
 from diffaudit.attacks.extraction.inputs import read_generations
 from diffaudit.attacks.extraction.knn_cache import iter_cached_knn
 from diffaudit.cli.common import (
@@ -37,6 +39,7 @@ from diffaudit.data.dataset import ImageDataset
 from diffaudit.distances.knn_backends import KNN_BACKENDS
 from diffaudit.store import samples_identity
 from diffaudit.store.location import check_reachable_by_workers
+from diffaudit.report.fmt import counted
 
 NAME = "extract"
 HELP = "find memorized generations: near-duplicate cliques per prompt (tiled l2), or among unconditional samples"
@@ -47,13 +50,22 @@ DESCRIPTION = (
     "--edge-threshold; the prompt is flagged when the maximum clique has >= --min-clique members; flagged prompts "
     "are ranked by the clique's mean internal distance and represented by its medoid. Unconditional samples (no "
     "prompts): exact nearest neighbours among the generations give a sparse near-duplicate graph, and every clique "
-    "of >= --min-clique inside its connected components is reported (one per memorized image), without the "
-    "training set. --calibrate GROUND_TRUTH sweeps the edge threshold and clique size and reports precision/recall. "
+    "of >= --min-clique inside its connected components is reported, without the training set: each clique holds "
+    "candidate copies of one image, and several cliques can copy the same training image (`diffaudit verify "
+    "--from-extract` maps them to training images). --calibrate GROUND_TRUTH sweeps the edge threshold and clique "
+    "size and reports precision/recall (a line here, a table in `diffaudit report`). "
     "Writes result.json in --out; follow with `diffaudit verify --from-extract OUT/result.json`."
 )
 
 #: Prompts per resumable part file.
 PROMPTS_PER_PART = 64
+#: The sweeps of ``--calibrate`` when not given.
+DEFAULT_SWEEP_THRESHOLDS = "0.025,0.05,0.075,0.1,0.125,0.15,0.2"
+DEFAULT_SWEEP_MIN_CLIQUE = "2,3,5,10,20,50"
+#: Ground-truth prompts that are no prompt of the samples named in the warning.
+UNKNOWN_SHOWN = 3
+#: Clique sizes listed in the last line of an unconditional extract.
+SIZES_SHOWN = 10
 #: Settings that hold the path of an input (recorded canonical, see :func:`~diffaudit.cli.common.canonical_path`).
 PATH_SETTINGS = ("samples", "calibrate")
 
@@ -83,8 +95,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c = p.add_argument_group("calibration")
     c.add_argument("--calibrate", default=None, metavar="GROUND_TRUTH",
                    help="memorized prompts: a JSON list (or {\"memorized\": [...]}) or a text file, one prompt per line")
-    c.add_argument("--sweep-thresholds", default="0.025,0.05,0.075,0.1,0.125,0.15,0.2", help="edge thresholds to sweep")
-    c.add_argument("--sweep-min-clique", default="2,3,5,10,20,50", help="clique sizes to sweep")
+    c.add_argument("--sweep-thresholds", default=None,
+                   help=f"edge thresholds to sweep, with --calibrate only (default: {DEFAULT_SWEEP_THRESHOLDS})")
+    c.add_argument("--sweep-min-clique", default=None,
+                   help=f"clique sizes (>= 2) to sweep, with --calibrate only (default: {DEFAULT_SWEEP_MIN_CLIQUE})")
 
 
 def _load_ground_truth(path: str) -> set[str]:
@@ -102,6 +116,94 @@ def _load_ground_truth(path: str) -> set[str]:
     return {ln for ln in (x.strip() for x in lines) if ln}
 
 
+def _sweeps(args: argparse.Namespace) -> tuple[list[float], list[int]]:
+    """The edge thresholds and clique sizes ``--calibrate`` sweeps (the defaults where not given), each
+    checked before any work; without ``--calibrate`` a sweep given is refused (it applies to nothing else)."""
+    if not args.calibrate:
+        for flag, value in (("--sweep-thresholds", args.sweep_thresholds), ("--sweep-min-clique", args.sweep_min_clique)):
+            if value is not None:
+                raise DiffauditError(f"{flag} applies only with --calibrate GROUND_TRUTH (the precision/recall sweep): "
+                                     "add --calibrate or drop it")
+        return [], []
+    given = DEFAULT_SWEEP_THRESHOLDS if args.sweep_thresholds is None else args.sweep_thresholds
+    thresholds = parse_float_list(given, "--sweep-thresholds")
+    for t in thresholds:
+        check_threshold(t, "--sweep-thresholds")
+    sizes = parse_int_list(DEFAULT_SWEEP_MIN_CLIQUE if args.sweep_min_clique is None else args.sweep_min_clique,
+                           "--sweep-min-clique")
+    check_clique_sizes(sizes)
+    return thresholds, sizes
+
+
+def _names(prompts: list[str]) -> str:
+    """A few prompts, quoted and cut short, for a one-line message: "'a cat', 'a dog', ... (5 in all)"."""
+    shown = ", ".join(repr(p if len(p) <= 40 else p[:39] + "...") for p in prompts[:UNKNOWN_SHOWN])
+    return shown + (f", ... ({len(prompts):,} in all)" if len(prompts) > UNKNOWN_SHOWN else "")
+
+
+def _check_ground_truth(truth: set[str], prompts: set[str], path: str) -> None:
+    """Refuse a ground truth none of whose prompts is a prompt of the samples (every memorized label
+    false: the sweep would measure nothing); say which of its prompts the samples lack (they are left
+    out of the sweep's recall)."""
+    if not truth:
+        raise DiffauditError(f"--calibrate {path}: names no prompt, so there is nothing to calibrate against")
+    unknown = sorted(truth - prompts)
+    if len(unknown) == len(truth):
+        raise DiffauditError(f"--calibrate {path}: none of its {counted(len(truth), 'prompt')} is a prompt of --samples "
+                             f"({_names(unknown)}), so the precision/recall sweep would be meaningless: the ground "
+                             "truth must name prompts exactly as the samples carry them")
+    if unknown:
+        stage_line(f"extract: warning: {len(unknown):,} of the {len(truth):,} --calibrate prompts "
+                   f"{'is' if len(unknown) == 1 else 'are'} no prompt of "
+                   f"--samples ({_names(unknown)}): the calibration leaves them out (recall counts the "
+                   f"{len(truth) - len(unknown):,} that are)")
+
+
+def _precision_recall(p: CalibrationPoint) -> str:
+    precision = "n/a (nothing flagged)" if p.precision is None else f"{p.precision:.3f}"
+    recall = "n/a" if p.recall is None else f"{p.recall:.3f}"
+    return f"precision {precision}, recall {recall}"
+
+
+def _calibration_line(points: list[CalibrationPoint], cal: dict[str, Any], fs: FilterSettings) -> str:
+    """The calibration in one line: at the edge threshold of the best point (highest F1, see
+    :func:`~diffaudit.attacks.extraction.calibration.best_point`), precision and recall per swept clique size,
+    and this run's own settings when swept."""
+    head = f"extract: calibration against {counted(cal['n_memorized'], 'memorized prompt')}: "
+    tail = f'; all {len(points):,} sweep points in result.json ("calibration")'
+    best = best_point(points)
+    if best is None:
+        return (head + "no swept edge threshold and clique size flags a memorized prompt (recall 0 throughout): "
+                "sweep larger --sweep-thresholds or smaller --sweep-min-clique" + tail)
+    row = [p for p in points if p.edge_threshold == best.edge_threshold]
+    sizes = "; ".join(f"{p.min_clique} -> {_precision_recall(p)}{' (best F1)' if p is best else ''}" for p in row)
+    text = head + f"at edge threshold {best.edge_threshold:g}, min clique {sizes}"
+    own = next((p for p in points if p.edge_threshold == fs.edge_threshold and p.min_clique == fs.min_clique), None)
+    if own is not None and own.edge_threshold != best.edge_threshold:
+        text += (f"; this run's --edge-threshold {fs.edge_threshold:g} --min-clique {fs.min_clique}: "
+                 f"{_precision_recall(own)}")
+    return text + tail
+
+
+def _limit_lines(res: Any, k: int, max_component: int) -> list[str]:
+    """What the unconditional search may have missed: components cut to ``--max-component`` and
+    saturated generations (blackbox module docstring), one line each; none when neither happened."""
+    lines = []
+    cut = res.n_truncated
+    if cut:
+        they = "it" if cut == 1 else "them"
+        lines.append(f"extract: {counted(cut, 'connected component')} larger than --max-component {max_component:,} "
+                     f"{'was' if cut == 1 else 'were'} cut to {'its' if cut == 1 else 'their'} {max_component:,} "
+                     f"best-connected generations, so cliques among the generations cut away may be missed: raise "
+                     f"--max-component to analyse {they} in full")
+    if res.n_saturated:
+        n = res.n_saturated
+        lines.append(f"extract: {counted(n, 'generation')} {'is' if n == 1 else 'are'} saturated (all {k} nearest "
+                     f"neighbours within --edge-threshold), so near-duplicates beyond the {k} nearest may be missed: "
+                     "raise --k-neighbors")
+    return lines
+
+
 def _settings(args: argparse.Namespace, mode: str, ds: ImageDataset, grid: int) -> dict[str, Any]:
     """The settings recorded and compared on a resume; ``grid`` is the one used (the default resolved)."""
     s: dict[str, Any] = {
@@ -112,11 +214,9 @@ def _settings(args: argparse.Namespace, mode: str, ds: ImageDataset, grid: int) 
     if mode == "unconditional":
         s.update(k_neighbors=args.k_neighbors, max_component=args.max_component)
     if args.calibrate:
-        for t in parse_float_list(args.sweep_thresholds, "--sweep-thresholds"):
-            check_threshold(t, "--sweep-thresholds")
+        thresholds, sizes = _sweeps(args)
         s.update(calibrate=str(args.calibrate), calibrate_digest=text_digest(json.dumps(sorted(args._ground_truth))),
-                 sweep_thresholds=parse_float_list(args.sweep_thresholds, "--sweep-thresholds"),
-                 sweep_min_clique=parse_int_list(args.sweep_min_clique, "--sweep-min-clique"))
+                 sweep_thresholds=thresholds, sweep_min_clique=sizes)
     return canonical_settings(s, PATH_SETTINGS)
 
 
@@ -217,7 +317,7 @@ def _conditional(args, ds, fs: FilterSettings, out: Path, device, recipe: Images
             results += done
     ranked = rank_prompts(results)
     n_flagged = sum(r.flagged for r in ranked)
-    stage_line(f"extract: {n_flagged} of {len(ranked)} prompts flagged ({t.seconds:.1f} s)")
+    stage_line(f"extract: {n_flagged:,} of {counted(len(ranked), 'prompt')} flagged ({t.seconds:.1f} s)")
     fields: dict[str, Any] = {
         "mode": "conditional", "n_samples": len(ds), "n_prompts": len(ranked), "n_flagged": n_flagged,
         "n_prompts_below_min_clique": len(short),
@@ -233,15 +333,15 @@ def _conditional(args, ds, fs: FilterSettings, out: Path, device, recipe: Images
                 dists.append(near_duplicate_graph(ds.images[idx], threshold=1.0, grid=fs.grid, device=device,
                                                   compute="float64").distances)
                 bar.advance(1)
-        points = calibrate(dists, [p in truth for p, _ in groups],
-                           thresholds=parse_float_list(args.sweep_thresholds, "--sweep-thresholds"),
-                           clique_sizes=parse_int_list(args.sweep_min_clique, "--sweep-min-clique"),
+        thresholds, sizes = _sweeps(args)
+        points = calibrate(dists, [p in truth for p, _ in groups], thresholds=thresholds, clique_sizes=sizes,
                            max_expansions=fs.max_expansions)
         known = {p for p, _ in groups}
         fields["calibration"] = {
             "n_memorized": len(truth & known), "unknown_prompts": len(truth - known),
             "points": [pt.to_dict() for pt in points],
         }
+        stage_line(_calibration_line(points, fields["calibration"], fs))
     return fields
 
 
@@ -263,11 +363,15 @@ def _unconditional(args, ds, fs: FilterSettings, out: Path, device, recipe: Imag
     with Timer() as t, progress_bar("extract: cliques per component", None, unit="comp") as bar:
         res = extract_unconditional(ds.images, ds.keys, settings=fs, k_neighbors=k, max_component=args.max_component,
                                     knn=edges, device=device, progress=bar.advance)
-    stage_line(f"extract: {len(res.groups)} cliques of >= {fs.min_clique} in {res.n_components} components ({t.seconds:.1f} s)")
+    stage_line(f"extract: {counted(len(res.groups), 'clique')} of >= {fs.min_clique} in "
+               f"{counted(res.n_components, 'component')} ({t.seconds:.1f} s)")
+    for line in _limit_lines(res, k, args.max_component):
+        stage_line(line)
     return {
         "mode": "unconditional", "n_samples": n, "n_groups": len(res.groups), "bound_hit": res.bound_hit,
         "k_neighbors": k, "n_candidate_edges": res.n_candidate_edges, "n_components": res.n_components,
-        "n_saturated": res.n_saturated, "groups": [g.to_dict() for g in res.groups],
+        "n_saturated": res.n_saturated, "n_truncated_components": res.n_truncated,
+        "groups": [g.to_dict() for g in res.groups],
     }
 
 
@@ -275,10 +379,12 @@ def _summary(r: dict[str, Any], out: Path) -> str:
     if r["mode"] == "conditional":
         top = next((p for p in r["prompts"] if p["flagged"]), None)
         extra = f"; top: {top['prompt'][:60]!r} (clique {top['largest_clique']}, medoid {top['medoid']})" if top else ""
-        return f"extract: {r['n_flagged']} of {r['n_prompts']} prompts flagged{extra} -> {out / 'result.json'}"
-    sizes = ", ".join(str(g["size"]) for g in r["groups"][:10])
-    found = f" (sizes {sizes})" if sizes else ""
-    return f"extract: {r['n_groups']} cliques of near-identical generations{found} -> {out / 'result.json'}"
+        return (f"extract: {r['n_flagged']:,} of {counted(r['n_prompts'], 'prompt')} flagged{extra} -> "
+                f"{out / 'result.json'}")
+    sizes = ", ".join(str(g["size"]) for g in r["groups"][:SIZES_SHOWN])
+    more = len(r["groups"]) - SIZES_SHOWN
+    found = f" (sizes {sizes}{f', ... and {more:,} more' if more > 0 else ''})" if sizes else ""
+    return f"extract: {counted(r['n_groups'], 'clique')} of near-identical generations{found} -> {out / 'result.json'}"
 
 
 def _grid(args: argparse.Namespace, image_shape) -> int:
@@ -293,6 +399,7 @@ def _grid(args: argparse.Namespace, image_shape) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    _sweeps(args)  # a malformed sweep, or one without --calibrate, before anything is read or reached
     if args.ray:  # a cluster that cannot be reached is an error before anything is read or written
         check_reachable_by_workers(args.samples, "--samples")
         connect(args.ray)
@@ -303,7 +410,7 @@ def run(args: argparse.Namespace) -> int:
         raise DiffauditError(f"--max-component ({args.max_component}) must be at least --min-clique ({args.min_clique})")
     device, workers_device = run_devices(args, "extract")
     ds = read_generations(args.samples)
-    grid = _grid(args, ds.image_shape)
+    grid = check_grid(_grid(args, ds.image_shape), ds.image_shape)  # before any work, whatever the data
     fs = FilterSettings(args.edge_threshold, args.min_clique, grid, args.max_expansions)
     mode = args.mode
     if mode == "auto":
@@ -314,6 +421,7 @@ def run(args: argparse.Namespace) -> int:
         if mode != "conditional":
             raise DiffauditError("--calibrate needs prompts (conditional samples): the ground truth names memorized prompts")
         args._ground_truth = _load_ground_truth(args.calibrate)
+        _check_ground_truth(args._ground_truth, set(ds.captions), args.calibrate)
     settings = _settings(args, mode, ds, grid)
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrading_paths(PATH_SETTINGS))
     if emit_finished(args, out, resumed, lambda r: _summary(r, out)):

@@ -16,9 +16,9 @@ DESCRIPTION = (
     "sure; extracted pairs, flagged cliques, ROC curves, inpainting, canaries, settings and versions. "
     "Images are embedded; the page loads nothing from the network. It shows training images, so it is "
     "written owner-only; --redact replaces them, and the generations that copy them, by their ids, and names training "
-    "examples by position and prompts by index (file names and captions may name people). summary.json (the same numbers, "
-    "names and captions included) is "
-    "written beside the report: summary.json next to report.html, else <name>.summary.json."
+    "examples by position and prompts by index (file names and captions may name people). summary.json (the same numbers "
+    "and the settings, paths included, without images, example names or captions) is written beside the report: "
+    "summary.json next to report.html, else <name>.summary.json."
 )
 
 
@@ -85,10 +85,12 @@ def run(args: argparse.Namespace) -> int:
     summary = read_json(spath)
     ex = summary.get("extraction") or {}
     parts = []
-    if ex.get("unique_extracted") is not None:
+    if ex.get("unique_extracted") is not None and ex.get("n_samples") == 0:  # as the report's verdict says
+        parts.append("extraction not measured: no generation was verified")
+    elif ex.get("unique_extracted") is not None:
         base = baseline_phrase(ex)
         parts.append(f"{ex['unique_extracted']} training image{'' if ex['unique_extracted'] == 1 else 's'} extracted from "
-                     f"{ex.get('n_samples')} generations"
+                     f"{ex.get('n_samples')} generation{'' if ex.get('n_samples') == 1 else 's'}"
                      + (f" ({base})" if base else ""))
     for key, m in (summary.get("mia") or {}).items():
         tpr = (m.get("tpr_at_fpr") or {}).get("0.01")

@@ -91,10 +91,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def check_count_flags(args: argparse.Namespace) -> None:
     """Refuse ``--n`` with ``--per-prompt``, ``--prompts`` or ``--classes`` (one of the two would be ignored),
-    and a count below 1."""
+    and a count, or a ``--batch-size``, below 1."""
     for flag, n in (("--n", args.n), ("--per-prompt", args.per_prompt)):
         if n is not None and n < 1:
             raise DiffauditError(f"{flag} must be at least 1 (images to generate); got {n}")
+    if getattr(args, "batch_size", None) is not None and args.batch_size < 1:
+        raise DiffauditError(f"--batch-size must be at least 1 (images per source call); got {args.batch_size}")
     if args.n is not None and args.per_prompt is not None:
         raise DiffauditError("give --n (images of an unconditional model) or --per-prompt (images per prompt), not both")
     if args.n is not None and (args.prompts or args.classes):
@@ -267,6 +269,7 @@ def sample_into(args: argparse.Namespace, model: str, out: str):
 
 def run(args: argparse.Namespace) -> int:
     store = sample_into(args, args.model, args.out)
-    emit(args, {"store": store.name, "n_samples": store.manifest["n_total"]},
+    # --json: the store's result.json (settings, seeds, versions, counts), as other commands print theirs
+    emit(args, {"store": store.name, **store.location.read_json("result.json")},
          f"{store.manifest['n_total']} generations in {store.name}")
     return 0

@@ -200,19 +200,24 @@ DP_UNUSED_FLAGS = {"--grad-clip": "per-example clipping to --dp-max-grad-norm re
                    "--no-bf16": "DP-SGD trains in float32", "--compile": "DP-SGD trains eagerly"}
 
 
-def _drop_state_if_asked(args: argparse.Namespace, run_dir: Path) -> None:
+def _state_as_asked(args: argparse.Namespace, run_dir: Path) -> None:
     """``--no-keep-state`` given to a run finished earlier with its state kept: drop it now, as asked (it was
-    kept silently; the weights and records stay, and the run can no longer be extended)."""
+    kept silently; the weights and records stay, and the run can no longer be extended). ``--keep-state``
+    given to a run finished earlier without it: say that the state is gone and cannot be kept now."""
     from diffaudit.core.outdir import delete_aside
     from diffaudit.core.progress import stage_line
     from diffaudit.models.run_files import STATE_DIR
 
-    asked = not args.keep_state and "no_keep_state" in given_options(getattr(args, "_argv", []))
-    if not asked or not (run_dir / STATE_DIR).exists():
-        return
-    delete_aside(run_dir / STATE_DIR, "--no-keep-state")
-    stage_line(f"train: --no-keep-state: deleted the final state {run_dir} kept ({STATE_DIR}/); its weights stay, and "
-               "`train --extend` can no longer train it on")
+    given = given_options(getattr(args, "_argv", []))
+    kept = (run_dir / STATE_DIR).exists()
+    if args.keep_state and "keep_state" in given and not kept:  # kept at the end of training, had it run now
+        stage_line(f"train: --keep-state: {run_dir} finished earlier without its final state (--no-keep-state), "
+                   "which cannot be kept after the fact; `train --extend` needs it, so train the run again with "
+                   "--fresh to keep it")
+    elif not args.keep_state and "no_keep_state" in given and kept:
+        delete_aside(run_dir / STATE_DIR, "--no-keep-state")
+        stage_line(f"train: --no-keep-state: deleted the final state {run_dir} kept ({STATE_DIR}/); its weights stay, "
+                   "and `train --extend` can no longer train it on")
 
 
 def refuse_dp_unused(args: argparse.Namespace) -> None:
@@ -222,6 +227,27 @@ def refuse_dp_unused(args: argparse.Namespace) -> None:
     if unused:
         raise DiffauditError(f"{', '.join(unused)} do nothing under DP-SGD ({'; '.join(DP_UNUSED_FLAGS[f] for f in unused)}): "
                              "drop them")
+
+
+def _refuse_repeats_not_trained(args: argparse.Namespace, repeats: dict[int, int], indices: np.ndarray,
+                                keys: list[str]) -> None:
+    """Refuse a --repeat entry for an example this run does not train on (left out of its --membership
+    column, or dropped as a copy by --dedup), naming the example by its key and saying which flag left it out."""
+    trained = set(int(i) for i in indices)
+    outside = [i for i in repeats if int(i) not in trained]
+    if not outside:
+        return
+    why = []
+    if args.membership:
+        why.append(f"column {args.model_index} of --membership")
+    if args.dedup:
+        why.append("--dedup's keep list")
+    named = ", ".join(repr(keys[i]) for i in outside[:3]) + (f" and {len(outside) - 3} more" if len(outside) > 3 else "")
+    plural = len(outside) != 1
+    them = "them" if plural else "it"
+    raise DiffauditError(f"--repeat {args.repeat} names {len(outside)} example{'s' if plural else ''} this run does not "
+                         f"train on ({named}): {' and '.join(why)} leave{'s' if len(why) == 1 else ''} {them} out; "
+                         f"drop {them} from the repeat file")
 
 
 def _check_extend(args: argparse.Namespace, steps: int) -> None:
@@ -242,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
     from diffaudit.core.device import resolve_device
     from diffaudit.core.io import read_json
     from diffaudit.data import load_dataset
-    from diffaudit.models.training import train
+    from diffaudit.models.training import is_finished, train
 
     config = train_config_from(args)
     config.validate()  # a bad hyper-parameter is refused before the dataset is read or any folder written
@@ -278,7 +304,8 @@ def run(args: argparse.Namespace) -> int:
         record.update(dedup=str(args.dedup), n_dropped_duplicates=int(len(dropped)))
     record = canonical_data_record(record)
     repeats = read_repeats(args.repeat, ds, data_flags(args.data, opts)) if args.repeat else None
-    warn_short_warmup(config)
+    if repeats and indices is not None:
+        _refuse_repeats_not_trained(args, repeats, indices, ds.keys)
     from diffaudit.defenses.dp_training import dp_config_from_args, train_dp
 
     dp = dp_config_from_args(args)
@@ -287,13 +314,16 @@ def run(args: argparse.Namespace) -> int:
                              "so a DP-SGD run cannot be trained on; train a new one with the --steps you want")
     if dp is not None:
         refuse_dp_unused(args)
+    if args.fresh or not is_finished(args.out):  # said once the options are accepted, for a run that will train
+        warn_short_warmup(config)
+    if dp is not None:
         run_dir = train_dp(ds, config, dp, args.out, device=resolve_device(args.device), train_indices=indices,
                            repeats=repeats, data_record=record, fresh=args.fresh, upgrade=upgrading_run_paths())
     else:
         run_dir = train(ds, config, args.out, device=resolve_device(args.device), train_indices=indices,
                         repeats=repeats, data_record=record, fresh=args.fresh, upgrade=upgrading_run_paths(),
                         keep_state=args.keep_state, extend=args.extend)
-        _drop_state_if_asked(args, run_dir)
+        _state_as_asked(args, run_dir)
     if args.dedup:  # what the run did not see but holds copies of: `audit` leaves these out of its non-members
         from diffaudit.core.io import write_json_atomic
         from diffaudit.models.run_files import DROPPED_DUPLICATES

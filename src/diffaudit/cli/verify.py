@@ -44,8 +44,9 @@ from diffaudit.data.native import NativeImages
 from diffaudit.distances.frechet import fid_from_file
 from diffaudit.distances.knn_backends import KNN_BACKENDS
 from diffaudit.distances.normalized import DEFAULT_ALPHA, DEFAULT_NEIGHBORS, neighborhood_size
-from diffaudit.store import sampler_kind, samples_identity
+from diffaudit.store import SampleStore, sampler_kind, samples_identity
 from diffaudit.store.location import check_reachable_by_workers
+from diffaudit.report.fmt import counted
 
 NAME = "verify"
 HELP = "verify generations against the training set: (l2, delta)-extraction or the normalised distance, unique counts"
@@ -60,8 +61,10 @@ DESCRIPTION = (
     "verification against an equal-size set the model never saw (false-positive baseline). --train-map checks "
     "each prompt's generations against its own training image(s) under every crop alignment, after the "
     "shorter-side resize Stable Diffusion trained with (--map-resize); with --train-map, --data may hold images of "
-    "different sizes (only that check then runs). Works on samples "
-    "from any generator (e.g. a GAN's, in a folder or .npz)."
+    "different sizes (only that check then runs). A sample store whose model records its training set "
+    "(train_ids.json) is compared with --data: examples the model never trained on (counted as training images "
+    "all the same), or most of its training examples missing, are warned of and recorded (data_vs_model). Works on "
+    "samples from any generator (e.g. a GAN's, in a folder or .npz)."
 )
 #: Settings that hold the path of an input (recorded canonical, see :func:`~diffaudit.cli.common.canonical_path`).
 PATH_SETTINGS = ("samples", "data", "data_options.cifar_root", "from_extract", "baseline", "train_map", "fid_features")
@@ -108,6 +111,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "result is the one a single process gives")
 
 
+def setting_flags(args: argparse.Namespace) -> dict[str, str]:
+    """The flag of each setting not named after its option (for a refusal to resume): what the seed and
+    the left-out images of --baseline, and the medoids of --from-extract, are recorded as."""
+    return {"baseline_seed": "--seed, which picks the equal-size --baseline",
+            "baseline_left_out": "the --baseline images also in --data, left out of it",
+            "from_extract_samples": "the medoids --from-extract flags"}
+
+
+def _refuse_remade_samples(r: dict[str, Any], identity: str | None, path: str, spec: str) -> None:
+    """Refuse an extract result ``r`` made from the generations that ``spec`` held before it was made again
+    (``sample --fresh`` into the same store, an .npz rewritten in place): the same path, another samples
+    identity. Passing that path as the samples the extract ran on would not help; extracting again does."""
+    settings = r.get("settings") if isinstance(r.get("settings"), dict) else {}
+    recorded, made_from = settings.get("samples_identity"), settings.get("samples")
+    if recorded is None or identity is None or recorded == identity or not isinstance(made_from, str):
+        return
+    if canonical_path(made_from) != canonical_path(spec):
+        return  # other samples: check_extract_samples names both
+    remade = f"the sample store at {spec} was made again" if SampleStore.is_store(spec) else f"{spec} was rewritten"
+    raise DiffauditError(f"--from-extract {path} was made from the generations --samples {spec} held when the extract ran "
+                         f"(samples identity {recorded}); {remade} since (now {identity}), so those generations are gone: "
+                         f"run `diffaudit extract --samples {spec}` again and verify with its result")
+
+
 def _select_from_extract(path: str, samples: ImageDataset, spec: str) -> tuple[ImageDataset, list[str]]:
     """The flagged medoids of the extract result ``path`` among ``samples`` (read from ``spec``), and
     their ids. Refused when the result was made from other generations (see
@@ -116,7 +143,9 @@ def _select_from_extract(path: str, samples: ImageDataset, spec: str) -> tuple[I
     r = read_json(path)
     if r.get("command") != "extract":
         raise DiffauditError(f"--from-extract {path}: not a result.json of `diffaudit extract`")
-    warning = check_extract_samples(r, samples_identity(spec, samples), path=path, samples=spec)
+    identity = samples_identity(spec, samples)
+    _refuse_remade_samples(r, identity, path, spec)
+    warning = check_extract_samples(r, identity, path=path, samples=spec)
     if warning:
         print(f"diffaudit verify: warning: {printable(warning)}", file=sys.stderr)
     medoids = [p["medoid"] for p in r.get("prompts", []) if p.get("flagged") and p.get("medoid") is not None]
@@ -179,8 +208,8 @@ def _run_verification(label: str, samples: ImageDataset, train: ImageDataset, vs
             chunks.append((knn.indices[:, 0], *decide(knn, vs, len(train))))
     ids, l2, ratio, ext = (np.concatenate(col) for col in zip(*chunks))
     v = verify_decided(samples.keys, ids, l2, ratio, ext, train.images, train.keys, settings=vs, device=device)
-    stage_line(f"verify: {v.unique_extracted} unique {label} images extracted by {v.n_extracting_samples} of "
-               f"{len(samples)} generations ({t.seconds:.1f} s)")
+    stage_line(f"verify: {counted(v.unique_extracted, f'unique {label} image')} extracted by "
+               f"{v.n_extracting_samples} of {counted(len(samples), 'generation')} ({t.seconds:.1f} s)")
     return v
 
 
@@ -271,6 +300,61 @@ def _unseen_part(base: ImageDataset, train: ImageDataset, source: str) -> tuple[
             [{"baseline_key": base.keys[i], "train_key": train.keys[j]} for i, j in shared])
 
 
+def _store_model(spec: str) -> str | None:
+    """The model folder the sample store ``spec`` records it sampled, when that folder is still there, records
+    its training set (``train_ids.json``) and holds the weights the store records (``model_digest``); None for
+    any other input, or when that cannot be told."""
+    from diffaudit.models.digest import model_digest
+    from diffaudit.models.run_record import has_train_ids
+
+    try:
+        if not SampleStore.is_store(spec):
+            return None
+        sampler = SampleStore.open(spec).manifest.get("sampler")
+    except DiffauditError:
+        return None
+    model = sampler.get("model") if isinstance(sampler, dict) else None
+    if not isinstance(model, str) or not Path(model).is_dir() or not has_train_ids(model):
+        return None
+    recorded = sampler.get("model_digest")
+    if isinstance(recorded, str) and model_digest(model, members=False) != recorded:
+        return None  # the folder holds other weights now: its training set need not be the one that generated
+    return model
+
+
+def _data_vs_model(spec: str, train: ImageDataset | NativeImages) -> dict[str, Any] | None:
+    """How --data compares with the training set of the model that made --samples (a sample store whose model
+    records its training keys, ``train_ids.json``): ``n_data`` examples, ``n_trained`` the model trained on,
+    ``n_not_trained`` of --data's it never trained on (yet counted as training images), ``n_trained_missing``
+    of its training examples --data lacks. Each mismatch is said in a warning line; None when the model or
+    its training set is not known (and in an audit, which gives verify the model's own training set)."""
+    from diffaudit.models.run_files import trained_data_text
+    from diffaudit.models.run_record import read_train_keys
+
+    if speaking_as(NAME) != NAME:
+        return None
+    model = _store_model(spec)
+    if model is None:
+        return None
+    try:
+        trained = set(read_train_keys(model))
+    except DiffauditError:
+        return None
+    n_in = len(trained & set(train.keys))
+    counts = {"n_data": len(train), "n_trained": len(trained), "n_not_trained": len(train) - n_in,
+              "n_trained_missing": len(trained) - n_in}
+    advice = "give the --data and data options it trained on" + (trained_data_text(model) or " (e.g. the same --subset)")
+    made = f"the model that made --samples ({model})"
+    if counts["n_not_trained"]:
+        stage_line(f"verify: warning: {counts['n_not_trained']:,} of the {len(train):,} examples of --data were never "
+                   f"trained on by {made}, which trained on {len(trained):,}; they are counted as \"training images\" "
+                   f"all the same, so a match to one of them is not memorization: {advice}")
+    if counts["n_trained_missing"] * 2 > len(trained):
+        stage_line(f"verify: warning: --data lacks {counts['n_trained_missing']:,} of the {len(trained):,} examples "
+                   f"{made} trained on, so generations that copy them are not found: {advice}")
+    return counts
+
+
 def _auto_rule(args, samples: ImageDataset) -> tuple[str, str]:
     """``--rule auto`` as :func:`auto_rule` chooses it, except on a resume, which keeps the rule the
     folder recorded (an earlier version chose l2 for a class-conditional model's generations: its
@@ -297,6 +381,8 @@ def run(args: argparse.Namespace) -> int:
         check_reachable_by_workers(args.samples, "--samples")
         connect(args.ray)
     args.from_extract = file_in_folder(args.from_extract, "result.json")  # the folder of `diffaudit extract` too
+    # read and checked before any search (a wrong file would otherwise be refused after all of it)
+    fid = fid_from_file(args.fid_features) if args.fid_features else "not computed"
     rule = args.rule
     vs_probe = VerifySettings("l2" if rule == "auto" else rule, args.delta, args.alpha, args.n_neighbors,
                               args.eidetic_delta, args.dup_delta).validate()
@@ -321,6 +407,7 @@ def run(args: argparse.Namespace) -> int:
                 "training images read at their own size; the nearest-neighbour verification against the whole "
                 "training set" + (" and --baseline" if args.baseline else "") + " cannot run on it")
         stage_line(f"verify: {note}")
+    data_vs_model = _data_vs_model(args.samples, train)
     prompt_map = _load_train_map(args.train_map, train) if args.train_map else None
     if prompt_map is not None and samples.captions is None:
         raise DiffauditError("--train-map needs samples with prompts; these samples carry none")
@@ -369,6 +456,8 @@ def run(args: argparse.Namespace) -> int:
                               "n_neighbors": neighborhood_size(len(train), vs.n_neighbors)}
     if medoids is not None:
         fields["verified_medoids"] = medoids
+    if data_vs_model is not None:  # --data against the training set of the model that made --samples
+        fields["data_vs_model"] = data_vs_model
     if len(samples) == 0:  # --from-extract of a result that flagged nothing: said, and the report says not measured
         fields.update(extracted=[], unique_extracted=0, n_extracting_samples=0)
         if medoids is not None:
@@ -421,7 +510,7 @@ def run(args: argparse.Namespace) -> int:
         fields["prompt_checks_extracted"] = sum(c["extracted"] for c in checks)
         stage_line(f"verify: {fields['prompt_checks_extracted']} of {len(checks)} mapped generations within delta of "
                    f"their own training image ({t.seconds:.1f} s)")
-    fields["fid"] = fid_from_file(args.fid_features) if args.fid_features else "not computed"
+    fields["fid"] = fid
     fields["score_direction"] = "l2 and ratio: smaller = closer to the training image (extracted at l2 <= delta or ratio <= 1)"
     fields["runtime"] = {**devices_record(args, device, workers_device), "backend": args.backend}
     result = write_result(out / "result.json", NAME, settings, {"seed": args.seed}, **fields)
@@ -436,5 +525,5 @@ def _summary(r: dict[str, Any], out: Path) -> str:
     images = "image" if ue == 1 else "images"
     if r.get("n_samples") == 0 and r.get("verified_medoids") == []:
         return f"verify: no generation verified (the extract result flagged none): nothing measured -> {out / 'result.json'}"
-    return (f"verify: {ue if ue is not None else 'n/a'} unique training {images} extracted from {r['n_samples']} generations "
+    return (f"verify: {ue if ue is not None else 'n/a'} unique training {images} extracted from {counted(r['n_samples'], 'generation')} "
             f"by rule {r['rule']}{reason}{base} -> {out / 'result.json'}")

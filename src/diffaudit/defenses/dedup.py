@@ -199,7 +199,7 @@ def find_duplicates(
             metric's range (:func:`check_threshold`; default: the embedder's calibrated ``default_threshold``).
         index: ``flat`` (exact), ``ivf`` or ``hnsw`` (approximate, for millions of images).
         k: neighbours per query for ``hnsw`` (≥ 1).
-        nlist, nprobe: IVF cells (≥ 1; default 4·sqrt(N)) and cells searched (≥ 1).
+        nlist, nprobe: IVF cells (≥ 1; default 4·sqrt(N), at most N/39: :func:`~diffaudit.defenses.neighbours.ivf_cells`) and cells searched (≥ 1).
         batch_size: images embedded / queried at once.
         seed: seed of the IVF k-means.
         base: precomputed plain embeddings (N, ...), e.g. from :func:`embed_all`.

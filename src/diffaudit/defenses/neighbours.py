@@ -10,7 +10,7 @@ Index kinds:
 
 - ``flat``: exact (``IndexFlatIP`` on unit vectors, ``IndexBinaryFlat`` on hashes) with
   ``range_search``: every edge is found. Use up to a few hundred thousand images on the CPU.
-- ``ivf``: inverted lists (``IndexIVFFlat`` / ``IndexBinaryIVF``, ``nlist`` ≈ 4·sqrt(N) cells trained
+- ``ivf``: inverted lists (``IndexIVFFlat`` / ``IndexBinaryIVF``, ``nlist`` cells (:func:`ivf_cells`) trained
   on the data with a seeded k-means, ``nprobe`` cells searched) with ``range_search``: approximate,
   for millions of images.
 - ``hnsw``: a graph index (``IndexHNSWFlat`` / ``IndexBinaryHNSW``); ``k`` nearest neighbours per
@@ -31,6 +31,15 @@ import numpy as np
 from diffaudit.core.errors import DiffauditError
 
 INDEX_KINDS = ("flat", "ivf", "hnsw")
+MIN_POINTS_PER_CELL = 39  # faiss's k-means warns below this many training points per centroid
+
+
+def ivf_cells(n: int, nlist: int | None) -> int:
+    """The number of IVF cells for ``n`` points: ``nlist`` as given (at most ``n``), else 4·sqrt(n) capped at
+    n / :data:`MIN_POINTS_PER_CELL` so that faiss's k-means has the points per cell it asks for; at least 1."""
+    if nlist is not None:
+        return max(1, min(n, nlist))
+    return max(1, min(int(4 * math.sqrt(n)), n // MIN_POINTS_PER_CELL))
 
 
 @dataclass
@@ -154,7 +163,7 @@ def build_index(base: np.ndarray, *, metric: str, dim: int, kind: str = "flat", 
         if kind == "flat":
             index = faiss.IndexFlatIP(d)
         elif kind == "ivf":
-            nl = max(1, min(n, nlist or int(4 * math.sqrt(n))))
+            nl = ivf_cells(n, nlist)
             index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nl, faiss.METRIC_INNER_PRODUCT)
             index.cp.seed = int(seed) % (2**31)
             index.train(x)
@@ -168,7 +177,7 @@ def build_index(base: np.ndarray, *, metric: str, dim: int, kind: str = "flat", 
         if kind == "flat":
             index = faiss.IndexBinaryFlat(bits)
         elif kind == "ivf":
-            nl = max(1, min(n, nlist or int(4 * math.sqrt(n))))
+            nl = ivf_cells(n, nlist)
             index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(bits), bits, nl)
             index.cp.seed = int(seed) % (2**31)
             index.train(x)

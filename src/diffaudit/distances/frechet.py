@@ -49,19 +49,37 @@ def fid_from_file(path: str | Path) -> float:
     """FID from an ``.npz`` holding either feature matrices ``samples`` and ``reference`` (N, d),
     or statistics ``mu_samples``, ``sigma_samples``, ``mu_reference``, ``sigma_reference``."""
     p = Path(path)
-    try:
-        with open_npz(p, kind="--fid-features file", missing=f"--fid-features {p}: file does not exist") as z:
-            data = {k: read_npz_array(z, f"--fid-features {p}", k) for k in z.files}  # sizes checked first
-    except (ValueError, OSError) as exc:
-        raise DiffauditError(f"--fid-features {p}: not a readable .npz without pickles ({exc})") from None
+    flag = f"--fid-features {p}"
+    data = _read_features(p, flag)
     if {"samples", "reference"} <= data.keys():
-        ma, sa = gaussian_stats(data["samples"], name=f"{p}: samples")
-        mb, sb = gaussian_stats(data["reference"], name=f"{p}: reference")
+        ma, sa = gaussian_stats(data["samples"], name=f"{flag}: samples")
+        mb, sb = gaussian_stats(data["reference"], name=f"{flag}: reference")
     elif {"mu_samples", "sigma_samples", "mu_reference", "sigma_reference"} <= data.keys():
         ma, sa, mb, sb = data["mu_samples"], data["sigma_samples"], data["mu_reference"], data["sigma_reference"]
     else:
         raise DiffauditError(
-            f"--fid-features {p}: expected arrays `samples` and `reference` (features) or "
+            f"{flag}: expected arrays `samples` and `reference` (features) or "
             f"`mu_samples`, `sigma_samples`, `mu_reference`, `sigma_reference`; found {sorted(data)}"
         )
-    return frechet_distance(ma, sa, mb, sb)
+    try:
+        return frechet_distance(ma, sa, mb, sb)
+    except DiffauditError as exc:
+        raise DiffauditError(f"{flag}: {exc}") from None
+
+
+def _read_features(p: Path, flag: str) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` at ``p``; a missing file, a folder or a file that is no readable ``.npz``
+    without pickles is a one-line :class:`DiffauditError` starting with ``flag``."""
+    if p.is_dir():
+        raise DiffauditError(f"{flag} is a folder; expected an .npz with feature matrices `samples` and `reference`")
+    if not p.is_file():
+        raise DiffauditError(f"{flag}: file does not exist")
+    try:
+        npz = open_npz(p, kind=".npz file")
+    except DiffauditError as exc:
+        raise DiffauditError(f"--fid-features {exc}") from None
+    try:
+        with npz as z:
+            return {k: read_npz_array(z, flag, k) for k in z.files}  # sizes checked first
+    except (ValueError, OSError) as exc:
+        raise DiffauditError(f"{flag}: not a readable .npz without pickles ({exc})") from None

@@ -402,7 +402,8 @@ def plan_run(dataset: ImageDataset, config: TrainConfig, *, train_indices=None, 
     if config.class_conditional:
         if dataset.labels is None:
             raise DiffauditError(f"{dataset.source}: --class-conditional needs labels")
-        num_classes = int(dataset.labels.max()) + 1
+        # every class of the data, not only those the selected examples hold: a subset may miss one
+        num_classes = max(len(dataset.class_names or []), int(dataset.labels.max()) + 1)
     ucfg = unet_config(config.preset, image_size=H, in_channels=C, num_classes=num_classes)
     ids_record = {
         "keys": [dataset.keys[i] for i in idx],

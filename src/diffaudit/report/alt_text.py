@@ -12,15 +12,11 @@ from typing import Sequence
 
 import numpy as np
 
-from diffaudit.report.fmt import fmt_float, fmt_int, fmt_pct
+from diffaudit.report.fmt import counted, fmt_float, fmt_int, fmt_pct
 from diffaudit.report.summary import at_ceiling  # summary imports neither this module nor plots: no cycle
 
 #: The FPRs the ROC plot marks (dotted lines) and its alt text reads the TPR at.
 ROC_FPRS = (0.01, 0.001)
-
-
-def _plural(n: int, word: str, many: str | None = None) -> str:
-    return f"{fmt_int(n)} {word if n == 1 else (many or word + 's')}"
 
 
 def curve_tpr(fpr: np.ndarray, tpr: np.ndarray, target: float, n_nonmembers: int | None = None) -> float | None:
@@ -45,7 +41,7 @@ def roc_alt(curves: Sequence[tuple[str, float | None, np.ndarray, np.ndarray, in
     for name, auc, fpr, tpr, n_non in curves:
         rates = ", ".join(f"{fmt_pct(curve_tpr(fpr, tpr, x, n_non))} at {fmt_pct(x)} FPR" for x in ROC_FPRS)
         parts.append(f"{name}: AUC {fmt_float(auc)}, TPR {rates}")
-    return (f"Log-log ROC curves of {_plural(len(curves), 'membership attack')} (true against false positive rate; "
+    return (f"Log-log ROC curves of {counted(len(curves), 'membership attack')} (true against false positive rate; "
             f"the dashed diagonal is chance): " + "; ".join(parts) + ".")
 
 
@@ -81,7 +77,7 @@ def sweep_alt(sweeps: Sequence[tuple[str, Sequence[int], Sequence[float | None],
     parts = []
     for name, ts, aucs, tprs in sweeps:
         ts = [int(t) for t in ts]
-        span = f"t = {min(ts)} to {max(ts)}, {_plural(len(ts), 'timestep')}" if ts else "no timestep"
+        span = f"t = {min(ts)} to {max(ts)}, {counted(len(ts), 'timestep')}" if ts else "no timestep"
         found = [f"AUC {a}" for a in [_extreme(ts, list(aucs), "float")] if a]
         found += [f"TPR at 1% FPR {x}" for x in [_extreme(ts, list(tprs), "pct")] if x]
         parts.append(f"{name} ({span}): " + ("; ".join(found) if found else "no value recorded"))
@@ -92,10 +88,10 @@ def sweep_alt(sweeps: Sequence[tuple[str, Sequence[int], Sequence[float | None],
 def _group(values: Sequence[float], word: str) -> str:
     """"2 members, mean 0.075 (0.060 to 0.090)"."""
     if not len(values):
-        return _plural(0, word)
+        return counted(0, word)
     v = np.asarray(values, dtype=float)
     spread = "" if len(v) == 1 else f" ({fmt_float(v.min())} to {fmt_float(v.max())})"
-    return f"{_plural(len(v), word)}, mean {fmt_float(v.mean())}{spread}"
+    return f"{counted(len(v), word)}, mean {fmt_float(v.mean())}{spread}"
 
 
 def histogram_alt(members: Sequence[float], nonmembers: Sequence[float], *, xlabel: str) -> str:
@@ -115,12 +111,12 @@ def canary_alt(repeats: Sequence[int], exposure: Sequence[float | None], extract
         m = r == level
         known = m & np.isfinite(e)
         mean = f"mean exposure {fmt_float(e[known].mean())} bits" if known.any() else "no exposure"
-        parts.append(f"{_plural(int(level), 'repeat')}: {_plural(int(m.sum()), 'canary', 'canaries')}, {mean}, "
+        parts.append(f"{counted(int(level), 'repeat')}: {counted(int(m.sum()), 'canary', 'canaries')}, {mean}, "
                      f"{fmt_int(int(x[m].sum()))} of {fmt_int(int(m.sum()))} extracted")
     text = ("Canary exposure (bits) against the repeats in training, and the fraction extracted: " + "; ".join(parts))
     if ceiling is not None:
         top = sum(1 for v in e if np.isfinite(v) and at_ceiling(float(v), ceiling))
-        text += (f"; dotted line: the ceiling of {fmt_float(ceiling)} bits, reached by {_plural(top, 'canary', 'canaries')} "
+        text += (f"; dotted line: the ceiling of {fmt_float(ceiling)} bits, reached by {counted(top, 'canary', 'canaries')} "
                  "(their exposure is at least that)")
     return text + "."
 
@@ -130,5 +126,5 @@ def loss_alt(steps: Sequence[float], losses: Sequence[float]) -> str:
     s, v = np.asarray(steps, dtype=float), np.asarray(losses, dtype=float)
     if not len(v):
         return "Training loss: no point logged."
-    return (f"Training loss over {_plural(len(v), 'logged point')}, step {fmt_int(s.min())} to {fmt_int(s.max())}: "
+    return (f"Training loss over {counted(len(v), 'logged point')}, step {fmt_int(s.min())} to {fmt_int(s.max())}: "
             f"{fmt_float(v[0])} at the first, {fmt_float(v[-1])} at the last, lowest {fmt_float(v.min())}.")

@@ -18,6 +18,12 @@ def fmt_int(v: Any) -> str:
         return str(v)
 
 
+def counted(n: Any, word: str, many: str | None = None) -> str:
+    """``n`` (thousands separated, :func:`fmt_int`) and ``word``, plural unless one: "1 clique", "1,024
+    generations"; ``many``: an irregular plural."""
+    return f"{fmt_int(n)} {word if n == 1 else (many or word + 's')}"
+
+
 def _number(v: Any) -> float | str:
     """``v`` as a finite float, or the text to show instead: a dash for None or a non-finite value,
     the value itself for a non-number."""

@@ -22,7 +22,7 @@ from diffaudit.report.results import finished_stages, load_results, stopped_word
 from diffaudit.report.summary import summarise
 from diffaudit.report.view_extraction import cliques, gallery, rule_text, verdict
 from diffaudit.report.view_mia import best_mia, mia_view
-from diffaudit.report.view_misc import canaries_view, inpainting_view, settings_view
+from diffaudit.report.view_misc import canaries_view, data_vs_model_note, inpainting_view, settings_view
 from diffaudit.report.view_model import training_view
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -69,6 +69,11 @@ def shown_images(ctx: dict[str, Any]) -> dict[str, bool]:
     }
 
 
+def _noted(verdict: dict[str, str], note: str | None) -> dict[str, str]:
+    """``verdict`` with ``note`` (a caveat about what it counts) appended to its sentence."""
+    return verdict if not note else {**verdict, "text": f"{verdict['text']} {note}"}
+
+
 def report_context(result_dir: str | os.PathLike, *, redact: bool = False) -> dict[str, Any]:
     """Everything the template renders: the summary and the per-section views."""
     rs = load_results(result_dir)
@@ -82,7 +87,7 @@ def report_context(result_dir: str | os.PathLike, *, redact: bool = False) -> di
         "unreadable": rs.unreadable,  # result files left out, each with why
         "csp": CSP,
         "summary": summary,
-        "verdict": verdict(ex, canaries=summary.get("canaries"), unfinished=rs.unfinished),
+        "verdict": _noted(verdict(ex, canaries=summary.get("canaries"), unfinished=rs.unfinished), data_vs_model_note(ex)),
         "unfinished": finished_stages(rs) if rs.unfinished else None,  # the stages finished so far
         # the stage that stopped it; what it said may name files and examples, which --redact hides
         "stopped": rs.stopped and {**rs.stopped, "error": None if redact else rs.stopped["error"],

@@ -3,7 +3,8 @@
 Fields: ``schema_version``, ``command`` (``audit`` or the single command summarised), ``dataset``,
 ``model`` {``path``, what its training run records: ``steps``, ``n_train``, ``final_loss``, ``preset``,
 ``batch_size``, ``lr``, ..., ``image_size``, ``data`` {``spec``, ``options``}, ``dedup``
-{``keep_list``, ``n_dropped``} and ``dp`` {``epsilon``, ``delta``, ...} (null when not used)},
+{``keep_list``, ``n_dropped``}, ``dp`` {``epsilon``, ``delta``, ...}, ``repeats`` {``n_repeated``, ``n_stream``}
+and ``extended_from`` {``run``, ``steps``} (null when not used)},
 ``extraction`` {``unique_extracted``, ``n_samples``, ``rule``,
 ``baseline_unique_extracted``, ``baseline_n_images``, ``from_extract`` (true when verify checked only the
 flagged clique medoids: ``n_samples`` and ``n_extracting_samples`` then count medoids) and
@@ -11,7 +12,9 @@ flagged clique medoids: ``n_samples`` and ``n_extracting_samples`` then count me
 result is not found), ``baseline_pvalue`` (the one-sided exact
 test of the two counts), ``n_excluded_duplicates`` (near-duplicates a deduplicated target dropped,
 left out of the baseline), ``baseline_n_left_out`` (--baseline images that --data holds pixel for pixel,
-left out of it), ``prompt_checks_extracted`` (a ``--train-map`` check), ``n_cliques``
+left out of it), ``data_vs_model`` {``n_data``, ``n_trained``, ``n_not_trained``, ``n_trained_missing``}
+(verify's --data against the training set of the model that made the generations, where it is known),
+``prompt_checks_extracted`` (a ``--train-map`` check), ``n_cliques``
 (unconditional extract: the number of near-identical generation groups, which extract's result.json
 calls ``n_groups``; the report reads it as ``n_cliques``), or ``n_prompts`` and ``n_flagged``
 (conditional extract) with ``n_prompts_below_min_clique`` and ``min_clique`` (prompts too few
@@ -60,6 +63,7 @@ from typing import Any
 from diffaudit.attacks.membership.registry import PER_EXAMPLE_VARIANCE
 from diffaudit.core.io import write_json_atomic
 from diffaudit.core.results import SCHEMA_VERSION, with_current_names
+from diffaudit.models.digest import TRAIN_IDS
 from diffaudit.models.run_files import DROPPED_DUPLICATES
 from diffaudit.report.clique_counts import clique_counts, from_extract
 from diffaudit.report.images import data_spec
@@ -231,6 +235,9 @@ def _extraction(rs: ResultSet) -> dict[str, Any] | None:
         if from_extract(verify):  # the counts above are of clique medoids; their cliques hold more generations
             counts = clique_counts(rs, verify)
             out.update(from_extract=True, n_clique_generations=None if counts is None else counts["n_generations"])
+        dvm = r.get("data_vs_model")
+        if isinstance(dvm, dict):  # --data against the training set of the model that made --samples
+            out["data_vs_model"] = {k: _int(dvm.get(k)) for k in ("n_data", "n_trained", "n_not_trained", "n_trained_missing")}
         base_rec = r.get("baseline") if isinstance(r.get("baseline"), dict) else {}
         if base_rec.get("n_images") is not None:
             out["baseline_n_images"] = _int(base_rec.get("n_images"))
@@ -583,7 +590,8 @@ def _dp_record(train: Stage) -> dict[str, Any] | None:
 
 def _training_record(train: Stage) -> dict[str, Any]:
     """What a training run records about how it trained: :data:`TRAIN_FIELDS`, ``image_size`` (the
-    UNet's, else the data option), ``data``, ``dedup`` and ``dp`` (None when not used)."""
+    UNet's, else the data option), ``data``, and ``dedup``, ``dp``, ``repeats`` and ``extended_from``
+    (None when not used)."""
     s = train.settings
     opts = s["train"] if isinstance(s.get("train"), dict) else s
     out = {k: opts[k] for k in TRAIN_FIELDS if opts.get(k) is not None}
@@ -592,8 +600,29 @@ def _training_record(train: Stage) -> dict[str, Any]:
     size = unet.get("sample_size") or (data or {}).get("options", {}).get("image_size")
     if size:
         out["image_size"] = size
-    out.update(data=data, dedup=_dedup_record(train), dp=_dp_record(train))
+    out.update(data=data, dedup=_dedup_record(train), dp=_dp_record(train), repeats=_repeats_record(train),
+               extended_from=_extension_record(train))
     return out
+
+
+def _repeats_record(train: Stage) -> dict[str, Any] | None:
+    """{"n_repeated", "n_stream"} of a run trained with repeated examples (``--repeat``, or a canary run's
+    inserted copies): how many examples its ``train_ids.json`` repeats and the training entries in all;
+    None for a run without repeats."""
+    ids = read_object(train.path / TRAIN_IDS) or {}
+    repeats = ids.get("repeats") if isinstance(ids.get("repeats"), dict) else {}
+    repeated = [k for k, r in repeats.items() if isinstance(r, int) and r > 1]
+    if not repeated:
+        return None
+    return {"n_repeated": len(repeated), "n_stream": _int(train.result.get("n_stream"))}
+
+
+def _extension_record(train: Stage) -> dict[str, Any] | None:
+    """{"run", "steps"} of the finished run this one trained on from (``train --extend``); None otherwise."""
+    ext = train.result.get("extended_from")
+    if not isinstance(ext, dict) or not isinstance(ext.get("run"), str):
+        return None
+    return {"run": ext["run"], "steps": _int(ext.get("steps"))}
 
 
 def _model(rs: ResultSet) -> dict[str, Any] | None:

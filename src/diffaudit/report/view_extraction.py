@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from diffaudit.attacks.extraction.calibration import CalibrationPoint, best_point
 from diffaudit.core.errors import DiffauditError
 from diffaudit.report.clique_counts import clique_counts, from_extract
 from diffaudit.report.fmt import fmt_p
@@ -136,9 +137,14 @@ def unverified_verdict(ex: dict[str, Any] | None, *, unfinished: bool = False) -
     if isinstance(ex.get("n_cliques"), int):
         n = ex["n_cliques"]
         found = f"{n:,} clique{'' if n == 1 else 's'} of near-identical generations"
+        copies = (" The clique holds candidate copies of one image" if n == 1 else
+                  " Each clique holds candidate copies of one image, and several cliques can copy the same one")
     elif isinstance(ex.get("n_flagged"), int):
         n, p = ex["n_flagged"], ex.get("n_prompts")
-        found = f"{n:,}{f' of {p:,}' if isinstance(p, int) else ''} prompts flagged"
+        of_p = f" of {p:,}" if isinstance(p, int) else ""
+        found = f"{n:,}{of_p} prompt{'' if (p if isinstance(p, int) else n) == 1 else 's'} flagged"
+        copies = (" The flagged prompt's clique holds candidate copies of a training image" if n == 1 else
+                  " The flagged prompts' cliques hold candidate copies of training images")
         short = ex.get("n_prompts_below_min_clique")
         if short and n == 0 and short == p:
             return {"level": "unknown", "text": f"Extraction could flag no prompt: each of the {p:,} prompts has fewer "
@@ -151,8 +157,8 @@ def unverified_verdict(ex: dict[str, Any] | None, *, unfinished: bool = False) -
                                             "them against the training set."}
     text = f"Extraction found {found}{of}; verification against the training set was not run."
     if n:
-        text += (" They are candidate copies of training images: `diffaudit verify --samples SAMPLES --data DATA "
-                 "--from-extract EXTRACT/result.json` checks them.")
+        text += (f"{copies}: `diffaudit verify --samples SAMPLES --data DATA --from-extract EXTRACT/result.json` checks "
+                 f"{'it against the training set' if n == 1 else 'them and maps them to training images'}.")
     return {"level": "unknown", "text": text}
 
 
@@ -425,12 +431,16 @@ def cliques(rs: ResultSet, *, redact: bool = False) -> dict[str, Any] | None:
             "members": thumbs,
             "more": max(0, len(order) - MAX_MEMBERS),
             "bound_hit": bool(p.get("bound_hit") or p.get("search_bound_hit")),
+            "truncated": bool(p.get("truncated")),
         })
     notes = []
     short = st.result.get("n_prompts_below_min_clique")
     if isinstance(short, int) and short:
-        notes.append(f"{short:,} of the {len(prompts):,} prompts have fewer generations than the minimum clique "
-                     f"({st.settings.get('min_clique')}): they could not be flagged, whatever they emit.")
+        notes.append(f"{short:,} of the {len(prompts):,} prompts {'has' if short == 1 else 'have'} fewer generations "
+                     f"than the minimum clique ({st.settings.get('min_clique')}): "
+                     f"{'it could not be flagged, whatever it emits' if short == 1 else 'they could not be flagged, whatever they emit'}.")
+    if unconditional:
+        notes += _search_limits(st, prompts)
     if items and linked and not redact:
         notes.append("Clique members are shown by id: " + LINKED.format("extract") + ".")
     elif items and samples.path is None and not redact:
@@ -449,4 +459,77 @@ def cliques(rs: ResultSet, *, redact: bool = False) -> dict[str, Any] | None:
         "edge_threshold": settings.get("edge_threshold"),
         "min_clique": settings.get("min_clique"),
         "notes": notes,
+        "calibration": None if unconditional else calibration(st),
     }
+
+
+def _count(v: Any) -> int | None:
+    """A count from a result (untrusted JSON): a non-negative int, else None."""
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+
+
+def _search_limits(st: Stage, groups: list[dict[str, Any]]) -> list[str]:
+    """Notes on what the unconditional search may have missed (extract's blackbox limits): components
+    cut to --max-component (``n_truncated_components``; older results: the components of the cliques
+    marked ``truncated``) and saturated generations (``n_saturated``)."""
+    notes = []
+    cut = _count(st.result.get("n_truncated_components"))
+    if cut is None:
+        cut = len({str(g.get("component")) for g in groups if g.get("truncated")})
+    limit = st.settings.get("max_component")
+    limit = f"{limit:,}" if _count(limit) is not None else "--max-component"
+    if cut:
+        one = cut == 1
+        notes.append(f"{cut:,} connected component{'' if one else 's'} larger than --max-component ({limit}) "
+                     f"{'was' if one else 'were'} cut to {'its' if one else 'their'} {limit} best-connected "
+                     "generations: cliques among the generations cut away may be missed (raise --max-component to "
+                     f"analyse {'it' if one else 'them'} in full).")
+    sat = _count(st.result.get("n_saturated"))
+    if sat:
+        k = _count(st.result.get("k_neighbors"))
+        nearest = f"all {k:,} nearest neighbours" if k is not None else "all their nearest neighbours"
+        notes.append(f"{sat:,} generation{' is' if sat == 1 else 's are'} saturated ({nearest} within the edge threshold): "
+                     "near-duplicates beyond them may be missed, so cliques may be larger, or more, than shown (raise "
+                     "--k-neighbors).")
+    return notes
+
+
+def _rate(v: Any) -> float | None:
+    """A precision or recall from a result (untrusted JSON): a number, else None."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _point(p: dict[str, Any]) -> CalibrationPoint:
+    """A sweep point of a result (untrusted JSON, already known to hold a threshold and a clique size),
+    counts that are no count read as 0 and rates that are no number as None."""
+    counts = {k: _count(p.get(k)) or 0 for k in ("flagged", "true_positives", "false_positives", "false_negatives",
+                                                 "bound_hits")}
+    return CalibrationPoint(edge_threshold=float(p["edge_threshold"]), min_clique=p["min_clique"], **counts,
+                            precision=_rate(p.get("precision")), recall=_rate(p.get("recall")))
+
+
+def calibration(st: Stage) -> dict[str, Any] | None:
+    """The ``extract --calibrate`` sweep as a table: a row per edge threshold, a cell per minimum clique
+    (precision, recall, flagged prompts), the best F1 (ties as extract's line picks it) and the run's
+    own settings marked; None without a calibration."""
+    cal = st.result.get("calibration")
+    if not isinstance(cal, dict):
+        return None
+    points = [_point(p) for p in (cal.get("points") or []) if isinstance(p, dict)
+              and _rate(p.get("edge_threshold")) is not None and _count(p.get("min_clique")) is not None]
+    if not points:
+        return None
+    best = best_point(points)
+    own = (st.settings.get("edge_threshold"), st.settings.get("min_clique"))
+    cells = {(p.edge_threshold, p.min_clique): p for p in points}
+    sizes = sorted({p.min_clique for p in points})
+    rows = []
+    for t in sorted({p.edge_threshold for p in points}):
+        row = []
+        for m in sizes:
+            p = cells.get((t, m))
+            row.append(None if p is None else {"precision": p.precision, "recall": p.recall, "flagged": p.flagged,
+                                               "best": p is best, "current": (t, m) == own})
+        rows.append({"edge_threshold": t, "cells": row})
+    return {"rows": rows, "sizes": sizes, "n_memorized": _count(cal.get("n_memorized")),
+            "unknown_prompts": _count(cal.get("unknown_prompts")), "best": best is not None}

@@ -192,6 +192,26 @@ def audit_setting_rows(settings: dict[str, Any]) -> list[tuple[str, str]]:
     return [r for r in rows if r[0] not in AUDIT_TRAIN_OPTIONS] + [("training options", note)]
 
 
+def data_vs_model_note(ex: dict[str, Any] | None) -> str | None:
+    """The sentence saying that verify's --data was not what the model trained on (summary.json's
+    ``extraction.data_vs_model``): how many of its "training images" the model never trained on, and how many
+    of its training examples --data lacks; None when they agree or nothing is known."""
+    d = (ex or {}).get("data_vs_model")
+    if not isinstance(d, dict) or not isinstance(d.get("n_data"), int) or not isinstance(d.get("n_trained"), int):
+        return None
+    parts = []
+    never, missing = d.get("n_not_trained") or 0, d.get("n_trained_missing") or 0
+    if never:
+        parts.append(f"{never:,} of the {d['n_data']:,} images verify counted as training images were never trained on "
+                     f"by the model that made the generations (it trained on {d['n_trained']:,}), so a match to one of "
+                     "them is not memorization")
+    if missing:
+        parts.append(f"{missing:,} of the {d['n_trained']:,} examples it trained on were not searched")
+    if not parts:
+        return None
+    return "The training set verified against is not the model's: " + "; ".join(parts) + "."
+
+
 def settings_view(summary: dict[str, Any]) -> dict[str, Any]:
     """(stage, rows) of every stage's settings and seeds, and the versions; the audit's own settings
     through :func:`audit_setting_rows`."""

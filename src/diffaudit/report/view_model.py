@@ -30,12 +30,24 @@ def _recipe(model: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _data_text(model: dict[str, Any]) -> str:
-    """``--data SPEC --OPTION V`` of the training data, with its number of training images."""
+def _data_text(model: dict[str, Any], n_canaries: int | None = None) -> str:
+    """``--data SPEC --OPTION V`` of the training data, with its number of training images (and how many of
+    them are inserted canaries, in a canary run)."""
     data = model.get("data") or {}
     text = f"--data {data_flags(data['spec'], data.get('options'))}" if data.get("spec") else ""
     if model.get("n_train") is not None:
         text += f"{', ' if text else ''}{fmt_int(model['n_train'])} training images"
+        if n_canaries:
+            text += f", {fmt_int(n_canaries)} of them inserted canaries"
+    return text
+
+
+def _repeats_text(repeats: dict[str, Any]) -> str:
+    """How many training examples were repeated (``--repeat``, or inserted canaries), and the entries in all."""
+    n = repeats.get("n_repeated")
+    text = f"{fmt_int(n)} example{'' if n == 1 else 's'} repeated in the training stream"
+    if repeats.get("n_stream") is not None:
+        text += f" ({fmt_int(repeats['n_stream'])} training entries in all, copies included)"
     return text
 
 
@@ -65,13 +77,20 @@ def _dp_text(dp: dict[str, Any] | None) -> str:
     return f"ε = {fmt(dp['epsilon'], 'auto')} at δ = {fmt(dp.get('delta'), 'auto')}" + (f" ({', '.join(extra)})" if extra else "")
 
 
-def training_facts(model: dict[str, Any] | None) -> list[tuple[str, str]]:
+def training_facts(model: dict[str, Any] | None, n_canaries: int | None = None) -> list[tuple[str, str]]:
     """(label, text) lines of the audited model's training record; deduplication and DP-SGD only when
-    the training run was found (its record says whether they were used)."""
+    the training run was found (its record says whether they were used). ``n_canaries``: the inserted
+    canaries among its training images, in a canary run."""
     if not model:
         return []
     facts = [("run", str(model["path"])) if model.get("path") else None,
-             ("training", _recipe(model)), ("data", _data_text(model))]
+             ("training", _recipe(model)), ("data", _data_text(model, n_canaries))]
+    if model.get("repeats"):
+        facts.append(("repeated", _repeats_text(model["repeats"])))
+    if model.get("extended_from"):
+        ext = model["extended_from"]
+        steps = "" if ext.get("steps") is None else f", after its {fmt_int(ext['steps'])} steps"
+        facts.append(("trained on from", f"{ext['run']}{steps} (train --extend)"))
     if "dedup" in model:
         facts.append(("deduplicated", _dedup_text(model["dedup"])))
     if "dp" in model:
@@ -98,6 +117,7 @@ def training_view(rs: ResultSet, summary: dict[str, Any]) -> dict[str, Any] | No
     if st is None:
         note = (f"No training record found for the audited model {model.get('path')} (a diffusers folder, or a run "
                 "directory moved since the audit): how it was trained is not known here.")
-    return {"facts": training_facts(model), "loss_uri": uri, "n_points": len(pts),
+    n_canaries = (summary.get("canaries") or {}).get("n_canaries")
+    return {"facts": training_facts(model, n_canaries), "loss_uri": uri, "n_points": len(pts),
             "loss_alt": loss_alt([p[0] for p in pts], [p[1] for p in pts]) if uri else None,
             "final_loss": pts[-1][1] if pts else None, "note": note, "plot_notes": [plot_note] if plot_note else []}

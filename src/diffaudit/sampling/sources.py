@@ -264,7 +264,8 @@ def open_source(model: str | Path, *, device: torch.device, steps: int, eta: flo
                                      channels_last=cuda_fast and compile, compile=cuda_fast and compile)
     given = [flag for flag, value in (("--guidance-scale", guidance_scale), ("--scheduler", scheduler)) if value is not None]
     if given:
-        raise DiffauditError(f"{' and '.join(given)} apply to a Stable Diffusion pipeline; --model {model} is a pixel UNet, "
+        raise DiffauditError(f"{' and '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to a Stable Diffusion pipeline; "
+                             f"--model {model} is a pixel UNet, "
                              "sampled with DDIM as its scheduler config says: drop them")
     den = load_denoiser(model, device=device)
     den.schedule.check(f"--model {model}: the scheduler")  # a schedule the sampler follows, and --steps in

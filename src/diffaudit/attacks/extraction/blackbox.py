@@ -8,12 +8,15 @@ so the grouping comes from the generations themselves:
    :mod:`diffaudit.distances.pixel`), every tiled-ℓ2 edge among a generation's k nearest is kept;
 3. connected components of that sparse graph; components smaller than ``min_clique`` are dropped;
 4. inside each component, the exact tiled-ℓ2 graph (paper §4.1) and every disjoint clique of at least
-   ``min_clique`` members, largest first: each memorized image forms its own clique of copies.
+   ``min_clique`` members, largest first: each clique is a set of candidate copies of one image (the
+   copies of one memorized image may split into several cliques; ``diffaudit verify --from-extract``
+   maps them to training images).
 
-Limits, reported in the result: a generation whose k-th neighbour is still within the threshold is
-*saturated* (it may have more near-duplicates than k; raise ``k_neighbors``); a component above
-``max_component`` generations is cut to the ``max_component`` members with the most kNN edges
-(``truncated``).
+Limits, reported in the result (and said by ``diffaudit extract`` and the report): a generation whose
+k-th neighbour is still within the threshold is *saturated* (it may have more near-duplicates than k;
+raise ``k_neighbors``; ``n_saturated``); a component above ``max_component`` generations is cut to the
+``max_component`` members with the most kNN edges (its cliques ``truncated``; ``n_truncated``
+components), so cliques among the members cut away may be missed.
 
 Memory: only the edges within the threshold are kept (:class:`NeighbourEdges`, built chunk by chunk
 from a resumable search), never the (N, k) neighbour lists, so 2^20 generations cost O(edges).
@@ -43,7 +46,8 @@ DEFAULT_MAX_COMPONENT = 4096
 
 @dataclass
 class CliqueGroup:
-    """One clique of near-identical generations (a candidate memorized image).
+    """One clique of near-identical generations: candidate copies of one image (several cliques may
+    copy the same training image; verification maps them to training images).
 
     Attributes:
         group: 1-based rank (by mean internal distance, tightest first; ties: larger first);
@@ -72,7 +76,7 @@ class CliqueGroup:
 class UnconditionalResult:
     """groups: the cliques found; n_samples; n_candidate_edges (kNN pairs within the threshold);
     n_components (components with ≥ min_clique generations); n_saturated (see module docstring);
-    bound_hit: any clique search hit its bound."""
+    bound_hit: any clique search hit its bound; n_truncated: components cut to ``max_component``."""
 
     groups: list[CliqueGroup]
     n_samples: int
@@ -81,6 +85,7 @@ class UnconditionalResult:
     n_saturated: int
     bound_hit: bool
     stats: dict[str, Any] = field(default_factory=dict)
+    n_truncated: int = 0
 
 
 @dataclass
@@ -202,4 +207,5 @@ def extract_unconditional(
     for i, c in enumerate(groups, 1):
         c.group = i
     return UnconditionalResult(groups, n, int(len(edges.rows)), len(comps), edges.saturated, bound_hit,
-                               {"k_neighbors": k, "knn_fallback_rows": edges.fallback_rows})
+                               {"k_neighbors": k, "knn_fallback_rows": edges.fallback_rows},
+                               n_truncated=sum(1 for comp in comps if len(comp) > max_component))

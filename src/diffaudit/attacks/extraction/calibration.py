@@ -50,6 +50,7 @@ def parse_float_list(text: str, name: str) -> list[float]:
 
 
 def parse_int_list(text: str, name: str) -> list[int]:
+    """"5,10" -> [5, 10] with a clear error naming the option."""
     try:
         vals = [int(x) for x in str(text).split(",") if x.strip()]
     except ValueError:
@@ -57,6 +58,32 @@ def parse_int_list(text: str, name: str) -> list[int]:
     if not vals:
         raise DiffauditError(f"{name}: no values given")
     return vals
+
+
+def check_clique_sizes(clique_sizes: Iterable[int]) -> list[int]:
+    """The swept clique sizes, sorted and distinct; a :class:`DiffauditError` naming
+    ``--sweep-min-clique`` when one is below 2 (a clique of one is every image)."""
+    sizes = sorted({int(m) for m in clique_sizes})
+    if any(m < 2 for m in sizes):
+        raise DiffauditError(f"--sweep-min-clique values must be at least 2, got {sizes}")
+    return sizes
+
+
+def f1_score(point: CalibrationPoint) -> float:
+    """The harmonic mean of precision and recall (0 when no memorized prompt is flagged)."""
+    if not point.true_positives:
+        return 0.0
+    return 2 * point.true_positives / (2 * point.true_positives + point.false_positives + point.false_negatives)
+
+
+def best_point(points: Sequence[CalibrationPoint]) -> CalibrationPoint | None:
+    """The most useful point of a sweep: the highest F1; ties: higher precision, then the larger
+    edge threshold and the smaller clique (the more permissive filter). None when no point flags a
+    memorized prompt (every recall 0)."""
+    useful = [p for p in points if p.true_positives]
+    if not useful:
+        return None
+    return max(useful, key=lambda p: (f1_score(p), p.precision or 0.0, p.edge_threshold, -p.min_clique))
 
 
 def calibrate(
@@ -76,9 +103,7 @@ def calibrate(
         raise DiffauditError(f"{len(distances)} prompts but {len(memorized)} ground-truth labels")
     truth = np.asarray(memorized, dtype=bool)
     ths = sorted({check_threshold(t, "--sweep-thresholds") for t in thresholds})
-    sizes = sorted({int(m) for m in clique_sizes})
-    if any(m < 2 for m in sizes):
-        raise DiffauditError(f"--sweep-min-clique values must be at least 2, got {sizes}")
+    sizes = check_clique_sizes(clique_sizes)
     out = []
     for t in ths:
         clique = np.zeros(len(distances), dtype=np.int64)

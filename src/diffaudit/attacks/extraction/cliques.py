@@ -175,8 +175,9 @@ def disjoint_cliques(adj: Any, *, min_size: int, max_expansions: int = DEFAULT_M
     """Every clique of at least ``min_size`` vertices, found greedily largest-first and disjoint.
 
     Repeats: take the maximum clique of the remaining vertices; stop when it is smaller than
-    ``min_size``; remove its vertices. Each memorized image among unconditional generations forms
-    its own clique of copies (issue 3, black-box mode). Members are indices into ``adj``. Each search
+    ``min_size``; remove its vertices. Among unconditional generations each clique is a set of
+    candidate copies of one image (issue 3, black-box mode; one memorized image's copies may split
+    into several cliques). Members are indices into ``adj``. Each search
     has its own ``max_expansions`` bound.
     """
     if min_size < 1:

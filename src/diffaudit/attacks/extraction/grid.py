@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from diffaudit.core.errors import DiffauditError
 from diffaudit.distances.pixel import DEFAULT_GRID
 
 #: The smallest tile side, in pixels, that the default grid keeps (fewer tiles below 4 x this).
@@ -30,3 +31,15 @@ def default_grid(image_shape: Sequence[int]) -> int:
 def resolve_grid(grid: int | None, image_shape: Sequence[int]) -> int:
     """``grid`` as given (an explicit ``--grid`` is kept), else :func:`default_grid` of ``image_shape``."""
     return int(grid) if grid is not None else default_grid(image_shape)
+
+
+def check_grid(grid: int, image_shape: Sequence[int], flag: str = "--grid") -> int:
+    """``grid`` when every tile of it keeps a pixel of images of ``image_shape`` (H, W[, C]); else a
+    :class:`DiffauditError` naming ``flag``, raised before any work (the tiled
+    ℓ2 is computed only where near-duplicates are found, so an impossible grid would otherwise pass
+    or fail by the data)."""
+    side = min(int(image_shape[0]), int(image_shape[1]))
+    if int(grid) > side:
+        raise DiffauditError(f"{flag} {grid} is finer than the {int(image_shape[0])}x{int(image_shape[1])} generations: "
+                             f"at most {side} tiles per side (every tile needs a pixel)")
+    return int(grid)

@@ -1,0 +1,160 @@
+"""`diffaudit verify` as a user met it on 8x8 digits: --fid-features checked before the search, a --data that
+is not what the model trained on said (and recorded, and reported), `report`'s line on a verify that verified
+nothing, settings mismatches named by flag, plurals, and an extract whose sample store was made again.
+
+A tiny model trained 2 steps on `digits --subset 32`, sampled 12 times in 2 steps, all in-process on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from diffaudit.cli.main import main
+from test_report import visible_text
+
+TRAIN = ["train", "--data", "digits", "--subset", "32", "--preset", "tiny", "--batch-size", "8", "--steps", "2",
+         "--checkpoint-every", "2", "--warmup-steps", "1", "--device", "cpu"]
+
+
+def run(*argv) -> int:
+    return main([str(a) for a in argv])
+
+
+@pytest.fixture(scope="module")
+def model_store(tmp_path_factory) -> tuple[Path, Path]:
+    """(a run trained on `digits --subset 32`, a sample store of 12 of its generations)."""
+    d = tmp_path_factory.mktemp("walk")
+    assert run("--quiet", *TRAIN, "--out", d / "run") == 0
+    assert run("--quiet", "sample", "--model", d / "run", "--n", "12", "--steps", "2", "--out", d / "store",
+               "--device", "cpu") == 0
+    return d / "run", d / "store"
+
+
+@pytest.fixture
+def digits_npz(tmp_path) -> Path:
+    from diffaudit.data import load_dataset
+
+    np.savez(tmp_path / "gens.npz", images=load_dataset("digits").images[300:330])
+    return tmp_path / "gens.npz"
+
+
+def _bad_fid_files(tmp_path: Path) -> list[tuple[Path, str]]:
+    """(--fid-features path, what its error says) for a missing file, a folder, a .json and npz without features."""
+    (tmp_path / "feat").mkdir()
+    (tmp_path / "feat.json").write_text("{}")
+    np.savez(tmp_path / "other.npz", x=np.zeros((4, 2)))
+    return [(tmp_path / "nope.npz", "file does not exist"), (tmp_path / "feat", "is a folder"),
+            (tmp_path / "feat.json", "not an .npz (zip) archive"), (tmp_path / "other.npz", "expected arrays `samples`")]
+
+
+def test_fid_features_are_checked_before_the_search(digits_npz, tmp_path, capsys, monkeypatch):
+    """A missing or wrong --fid-features was a FileNotFoundError traceback, or refused only after the whole
+    nearest-neighbour search: now one line naming the flag, before any search or --out."""
+    import diffaudit.cli.verify as verify
+
+    monkeypatch.setattr(verify, "iter_cached_knn", lambda *a, **k: pytest.fail("searched before --fid-features was read"))
+    for path, why in _bad_fid_files(tmp_path):
+        out = tmp_path / "v"
+        assert run("verify", "--samples", digits_npz, "--data", "digits", "--fid-features", path, "--out", out,
+                   "--device", "cpu") == 2
+        err = capsys.readouterr().err
+        assert f"error: --fid-features {path}" in err and why in err, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_data_the_model_never_trained_on_is_warned_recorded_and_reported(model_store, tmp_path, capsys):
+    """`--data digits` against a model trained on `digits --subset 32` counted 1,765 never-trained images as
+    "training images" silently: now a warning naming the --subset it trained on, counts in result.json and a
+    sentence in the report; --data lacking most of the model's training keys is said too."""
+    run_dir, store = model_store
+    out = tmp_path / "all"
+    assert run("verify", "--samples", store, "--data", "digits", "--out", out, "--device", "cpu") == 0
+    err = capsys.readouterr().err
+    assert "warning: 1,765 of the 1,797 examples of --data were never trained on" in err
+    assert "(it was trained on --data digits --subset 32)" in err
+    r = json.loads((out / "result.json").read_text())
+    assert r["data_vs_model"] == {"n_data": 1797, "n_trained": 32, "n_not_trained": 1765, "n_trained_missing": 0}
+    assert run("--quiet", "report", out) == 0
+    assert json.loads((out / "summary.json").read_text())["extraction"]["data_vs_model"]["n_not_trained"] == 1765
+    page = visible_text((out / "report.html").read_text())
+    assert "1,765 of the 1,797 images verify counted as training images were never trained on" in page
+
+    assert run("verify", "--samples", store, "--data", "digits", "--subset", "32", "--out", tmp_path / "same",
+               "--device", "cpu") == 0
+    assert "warning" not in capsys.readouterr().err
+    same = json.loads((tmp_path / "same" / "result.json").read_text())["data_vs_model"]
+    assert same["n_not_trained"] == 0 and same["n_trained_missing"] == 0
+
+    assert run("verify", "--samples", store, "--data", "digits", "--subset", "32", "--subset-seed", "1",
+               "--out", tmp_path / "other", "--device", "cpu") == 0
+    err = capsys.readouterr().err
+    missing = json.loads((tmp_path / "other" / "result.json").read_text())["data_vs_model"]["n_trained_missing"]
+    assert missing > 16 and f"--data lacks {missing} of the 32 examples" in err
+
+
+def test_report_line_of_a_verify_that_verified_nothing_says_not_measured(tmp_path, capsys):
+    """An extract that flagged no clique leaves verify 0 generations: `report` printed "(0 training images
+    extracted from 0 generations)" while the page says not measured."""
+    from diffaudit.data import load_dataset
+
+    images = load_dataset("digits").images
+    np.savez(tmp_path / "train.npz", images=images[:200])
+    np.savez(tmp_path / "samples.npz", images=images[300:360])
+    assert run("--quiet", "extract", "--samples", tmp_path / "samples.npz", "--out", tmp_path / "extract",
+               "--device", "cpu", "--k-neighbors", "16") == 0
+    assert run("--quiet", "verify", "--samples", tmp_path / "samples.npz", "--data", tmp_path / "train.npz",
+               "--from-extract", tmp_path / "extract", "--out", tmp_path / "verify", "--device", "cpu") == 0
+    capsys.readouterr()
+    assert run("report", tmp_path / "verify") == 0
+    out = capsys.readouterr().out
+    assert "extraction not measured: no generation was verified" in out and "extracted from 0" not in out
+
+
+def test_dropping_the_baseline_names_flags_not_keys(tmp_path, capsys):
+    """Re-run without --baseline, the refusal listed `baseline_left_out` and `baseline_seed`."""
+    from diffaudit.data import load_dataset
+
+    images = load_dataset("digits").images
+    np.savez(tmp_path / "gens.npz", images=images[300:312])
+    argv = ["verify", "--samples", tmp_path / "gens.npz", "--data", "digits", "--subset", "32", "--out", tmp_path / "v",
+            "--device", "cpu", "--quiet"]
+    assert run(*argv, "--baseline", "digits") == 0
+    capsys.readouterr()
+    assert run(*argv) == 2
+    err = capsys.readouterr().err
+    assert "the --baseline images also in --data, left out of it (was 32, now None)" in err
+    assert "--seed, which picks the equal-size --baseline (was 0, now None)" in err
+    assert "baseline_left_out" not in err and "baseline_seed" not in err
+
+
+def test_one_generation_is_singular(tmp_path, capsys):
+    from diffaudit.data import load_dataset
+
+    np.savez(tmp_path / "one.npz", images=load_dataset("digits").images[300:301])
+    assert run("verify", "--samples", tmp_path / "one.npz", "--data", "digits", "--out", tmp_path / "v",
+               "--device", "cpu") == 0
+    out, err = capsys.readouterr()
+    assert "extracted from 1 generation by rule" in out and "of 1 generation (" in err
+
+
+def test_from_extract_after_the_store_was_made_again_says_extract_again(model_store, tmp_path, capsys):
+    """`sample --fresh` into the store the extract ran on: verify advised passing that very path; now it says the
+    store was made again and to run extract on it again."""
+    run_dir, _ = model_store
+    store = tmp_path / "store"
+    sample = ["--quiet", "sample", "--model", run_dir, "--n", "12", "--steps", "2", "--out", store, "--device", "cpu"]
+    assert run(*sample) == 0
+    assert run("--quiet", "extract", "--samples", store, "--out", tmp_path / "ex", "--device", "cpu",
+               "--k-neighbors", "4") == 0
+    assert run(*sample, "--seed", "5", "--fresh") == 0
+    capsys.readouterr()
+    assert run("--quiet", "verify", "--samples", store, "--data", "digits", "--subset", "32", "--from-extract",
+               tmp_path / "ex", "--out", tmp_path / "v", "--device", "cpu") == 2
+    err = capsys.readouterr().err
+    assert f"the sample store at {store} was made again since" in err
+    assert f"run `diffaudit extract --samples {store}` again" in err and "pass the samples" not in err
+    assert not (tmp_path / "v").exists()
