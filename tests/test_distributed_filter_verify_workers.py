@@ -283,3 +283,35 @@ def test_on_a_cluster_with_gpus_the_workers_use_them_though_this_machine_has_non
     err = capsys.readouterr().err
     assert err.count("this machine has no CUDA; the Ray workers run on the cluster's GPUs") == 2
     assert "stopped by the test" in err
+
+
+def test_an_empty_ray_address_is_refused_not_run_in_one_process(files, tmp_path, capsys):
+    """`--ray "$ADDR"` with the variable unset ran everything in this process without a word."""
+    for argv in (("verify", "--samples", files / "unc.npz", "--data", files / "train.npz"),
+                 ("extract", "--samples", files / "unc.npz"), ("sample", "--model", tmp_path / "m", "--n", "4")):
+        out = tmp_path / argv[0]
+        with pytest.raises(SystemExit) as exit_:
+            run(*argv, "--out", out, "--device", "cpu", "--ray", " ")
+        assert exit_.value.code == 2 and not out.exists()
+        assert "argument --ray: empty: give a Ray address HOST:PORT, `auto` or `local`" in capsys.readouterr().err
+
+
+def test_a_cluster_that_answers_but_refuses_this_process_is_not_called_missing(monkeypatch):
+    """A running cluster that refuses the driver (Ray's token authentication, another version) was reported
+    as "cannot connect to a Ray cluster ... start one with `ray start --head`"."""
+    import sys
+    import types
+
+    from diffaudit.core import ray_pool
+
+    def refuse(**kwargs):
+        raise ConnectionError("Failed to connect to Ray cluster at 192.0.2.2:6390")
+
+    fake = types.SimpleNamespace(is_initialized=lambda: False, init=refuse)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(ray_pool, "_check_reachable", lambda *a, **k: None)  # the port answers
+    with pytest.raises(DiffauditError) as err:
+        ray_pool.connect("127.0.0.1:6390")
+    msg = str(err.value)
+    assert "a Ray cluster answers there but this process could not join it" in msg and "ray start --head" not in msg
+    assert "authentication" in msg and "`--ray auto`" in msg

@@ -42,7 +42,7 @@ def test_calibration_is_summarised_warned_and_tabled_in_the_report(digits, tmp_p
                    "--sweep-thresholds", "0.01,0.1", "--sweep-min-clique", "5,10") == 0
     err = capsys.readouterr().err
     assert ("extract: warning: 1 of the 3 --calibrate prompts is no prompt of --samples ('not a sample prompt'): "
-            "the calibration leaves them out (recall counts the 2 that are)") in err
+            "the calibration leaves it out (recall counts the 2 that are)") in err
     assert ("extract: calibration against 2 memorized prompts: at edge threshold 0.1, min clique 5 -> precision 1.000, "
             "recall 1.000 (best F1); 10 -> precision 1.000, recall 1.000; all 4 sweep points in result.json") in err
     assert strict_json(out / "result.json")["calibration"]["unknown_prompts"] == 1

@@ -318,6 +318,13 @@ def test_auto_rule_keeps_the_rule_an_older_folder_recorded(files, tmp_path):
     assert run(*argv) == 0
     r = strict_json(tmp_path / "v" / "result.json")
     assert r["rule"] == "l2" and r["rule_reason"] == "--rule auto: the rule this --out recorded when it was made"
+    # a resume whose recorded rule is the one auto chooses now writes what an uninterrupted run writes
+    plain = [a if a != tmp_path / "v" else tmp_path / "w" for a in argv]
+    assert run(*plain) == 0
+    first = strict_json(tmp_path / "w" / "result.json")
+    (tmp_path / "w" / "result.json").unlink()
+    assert run(*plain) == 0
+    assert strict_json(tmp_path / "w" / "result.json")["rule_reason"] == first["rule_reason"] != r["rule_reason"]
 
 
 def test_baseline_images_also_in_the_training_set_are_left_out(files, tmp_path, capsys):

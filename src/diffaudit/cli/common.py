@@ -132,6 +132,15 @@ def out_file(out: str, name: str) -> Path:
     return path / name if folder else path
 
 
+def ray_address(value: str) -> str:
+    """``--ray``'s value as given; an empty one is refused (an unset variable in a script, ``--ray "$ADDR"``,
+    would otherwise run everything in this one process without a word)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("empty: give a Ray address HOST:PORT, `auto` or `local`, or leave --ray out "
+                                         "to work in this process")
+    return value
+
+
 def given_options(argv: Iterable[str]) -> set[str]:
     """The destinations of the options written in ``argv`` (``--grad-clip=0.5`` -> ``grad_clip``): what the
     user gave, told apart from defaults."""

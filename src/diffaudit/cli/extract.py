@@ -23,7 +23,7 @@ from diffaudit.attacks.extraction.grid import GRID_HELP, check_grid, resolve_gri
 from diffaudit.attacks.extraction.inputs import read_generations
 from diffaudit.attacks.extraction.knn_cache import iter_cached_knn
 from diffaudit.cli.common import (
-    add_run_args, canonical_settings, devices_record, emit, emit_finished, run_devices, upgrading_paths,
+    add_run_args, canonical_settings, devices_record, emit, emit_finished, ray_address, run_devices, upgrading_paths,
 )
 from diffaudit.cli.ray_work import ImagesRecipe, knn_on_ray
 from diffaudit.core.device import resolve_device
@@ -84,7 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grid", type=int, default=None, help=GRID_HELP + "; as `diffaudit audit` uses it")
     g.add_argument("--max-expansions", type=int, default=DEFAULT_MAX_EXPANSIONS,
                    help="node-expansion bound of each clique search (deterministic; results say when it was hit)")
-    g.add_argument("--ray", default=None, metavar="ADDRESS",
+    g.add_argument("--ray", type=ray_address, default=None, metavar="ADDRESS",
                    help=f"filter the prompts (conditional) or search the nearest generations (unconditional) on a Ray "
                         f"cluster: {RAY_HELP}; every node reads --samples at the same path and writes into --out "
                         "(a shared filesystem); the result is the one a single process gives")
@@ -153,10 +153,10 @@ def _check_ground_truth(truth: set[str], prompts: set[str], path: str) -> None:
                              f"({_names(unknown)}), so the precision/recall sweep would be meaningless: the ground "
                              "truth must name prompts exactly as the samples carry them")
     if unknown:
-        stage_line(f"extract: warning: {len(unknown):,} of the {len(truth):,} --calibrate prompts "
-                   f"{'is' if len(unknown) == 1 else 'are'} no prompt of "
-                   f"--samples ({_names(unknown)}): the calibration leaves them out (recall counts the "
-                   f"{len(truth) - len(unknown):,} that are)")
+        one = len(unknown) == 1
+        stage_line(f"extract: warning: {len(unknown):,} of the {len(truth):,} --calibrate prompts {'is' if one else 'are'} "
+                   f"no prompt of --samples ({_names(unknown)}): the calibration leaves {'it' if one else 'them'} out "
+                   f"(recall counts the {len(truth) - len(unknown):,} that are)")
 
 
 def _precision_recall(p: CalibrationPoint) -> str:

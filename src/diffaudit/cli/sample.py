@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from diffaudit.cli.common import emit, file_in_folder, run_devices
+from diffaudit.cli.common import emit, file_in_folder, ray_address, run_devices
 from diffaudit.core.batch_fit import AUTO, batch_option
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.progress import stage_line
@@ -83,7 +83,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="run seed; image seeds derive from it")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     p.add_argument("--fresh", action="store_true", help="delete the store and start over")
-    p.add_argument("--ray", default=None, metavar="ADDRESS",
+    p.add_argument("--ray", type=ray_address, default=None, metavar="ADDRESS",
                    help=f"spread shards over a Ray cluster: {RAY_HELP}; every node reads --model at the same path "
                         "and writes into --out (a shared filesystem, or an object-store URL every node can reach)")
     add_sample_options(p)

@@ -26,7 +26,7 @@ from diffaudit.attacks.extraction.verification import (
 )
 from diffaudit.cli.common import (
     add_data_args, add_run_args, canonical_path, canonical_settings, data_options, emit, emit_finished, load_data,
-    devices_record, file_in_folder, run_devices, speaking_as, upgrading_paths,
+    devices_record, file_in_folder, ray_address, run_devices, speaking_as, upgrading_paths,
 )
 from diffaudit.cli.ray_work import ImagesRecipe, data_recipe, knn_on_ray
 from diffaudit.core.errors import DiffauditError
@@ -105,7 +105,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=".npz with feature matrices `samples` and `reference` (or their mu_/sigma_ statistics), e.g. Inception "
                         "pool3 features computed elsewhere; without it fid is 'not computed'")
     g.add_argument("--backend", choices=sorted(KNN_BACKENDS), default="torch", help="exact nearest-neighbour backend")
-    g.add_argument("--ray", default=None, metavar="ADDRESS",
+    g.add_argument("--ray", type=ray_address, default=None, metavar="ADDRESS",
                    help=f"search the nearest training (and --baseline) images on a Ray cluster: {RAY_HELP}; every node "
                         "reads --samples and --data at the same paths and writes into --out (a shared filesystem); the "
                         "result is the one a single process gives")
@@ -359,13 +359,15 @@ def _auto_rule(args, samples: ImageDataset) -> tuple[str, str]:
     """``--rule auto`` as :func:`auto_rule` chooses it, except on a resume, which keeps the rule the
     folder recorded (an earlier version chose l2 for a class-conditional model's generations: its
     finished work stays as it was, never refused as "other settings" for a flag the user did not
-    change)."""
+    change). The reason is :func:`auto_rule`'s whenever the rules agree, so that a resumed run writes
+    the result an uninterrupted one does."""
     from diffaudit.core.outdir import recorded_settings
 
+    chosen = auto_rule(sampler_kind(args.samples), samples.captions)
     recorded = None if args.fresh else (recorded_settings(args.out, NAME) or {}).get("rule")
-    if recorded in RULES:
+    if recorded in RULES and recorded != chosen[0]:
         return recorded, "the rule this --out recorded when it was made"
-    return auto_rule(sampler_kind(args.samples), samples.captions)
+    return chosen
 
 
 def _check_shapes(samples: ImageDataset, other: ImageDataset, what: str) -> None:

@@ -55,8 +55,13 @@ def connect(address: str):
             ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, logging_level=level)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DiffauditError(f"--ray {address}: cannot connect to a Ray cluster ({first}); start one with `ray start "
-                             "--head`, give its address, or use `--ray local`") from None
+        if address == "local":
+            raise DiffauditError(f"--ray local: cannot start Ray on this machine ({first})") from None
+        # something answered at the address (checked above): a cluster that refused this driver, not a missing one
+        raise DiffauditError(f"--ray {address}: a Ray cluster answers there but this process could not join it ({first}); "
+                             "Ray's messages above may say why (another Ray version, or its authentication: a token "
+                             "this process lacks); on a node of that cluster `--ray auto` joins it as that node "
+                             "does, and `--ray local` starts a Ray of this process's own") from None
     return ray
 
 
