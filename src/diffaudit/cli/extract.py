@@ -214,7 +214,7 @@ def _settings(args: argparse.Namespace, mode: str, ds: ImageDataset, grid: int) 
     if mode == "unconditional":
         s.update(k_neighbors=args.k_neighbors, max_component=args.max_component)
     if args.calibrate:
-        thresholds, sizes = _sweeps(args)
+        thresholds, sizes = args._sweeps
         s.update(calibrate=str(args.calibrate), calibrate_digest=text_digest(json.dumps(sorted(args._ground_truth))),
                  sweep_thresholds=thresholds, sweep_min_clique=sizes)
     return canonical_settings(s, PATH_SETTINGS)
@@ -333,7 +333,7 @@ def _conditional(args, ds, fs: FilterSettings, out: Path, device, recipe: Images
                 dists.append(near_duplicate_graph(ds.images[idx], threshold=1.0, grid=fs.grid, device=device,
                                                   compute="float64").distances)
                 bar.advance(1)
-        thresholds, sizes = _sweeps(args)
+        thresholds, sizes = args._sweeps
         points = calibrate(dists, [p in truth for p, _ in groups], thresholds=thresholds, clique_sizes=sizes,
                            max_expansions=fs.max_expansions)
         known = {p for p, _ in groups}
@@ -399,7 +399,7 @@ def _grid(args: argparse.Namespace, image_shape) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    _sweeps(args)  # a malformed sweep, or one without --calibrate, before anything is read or reached
+    args._sweeps = _sweeps(args)  # a malformed sweep, or one without --calibrate, before anything is read or reached
     if args.ray:  # a cluster that cannot be reached is an error before anything is read or written
         check_reachable_by_workers(args.samples, "--samples")
         connect(args.ray)
