@@ -119,22 +119,6 @@ def setting_flags(args: argparse.Namespace) -> dict[str, str]:
             "from_extract_samples": "the medoids --from-extract flags"}
 
 
-def _refuse_remade_samples(r: dict[str, Any], identity: str | None, path: str, spec: str) -> None:
-    """Refuse an extract result ``r`` made from the generations that ``spec`` held before it was made again
-    (``sample --fresh`` into the same store, an .npz rewritten in place): the same path, another samples
-    identity. Passing that path as the samples the extract ran on would not help; extracting again does."""
-    settings = r.get("settings") if isinstance(r.get("settings"), dict) else {}
-    recorded, made_from = settings.get("samples_identity"), settings.get("samples")
-    if recorded is None or identity is None or recorded == identity or not isinstance(made_from, str):
-        return
-    if canonical_path(made_from) != canonical_path(spec):
-        return  # other samples: check_extract_samples names both
-    remade = f"the sample store at {spec} was made again" if SampleStore.is_store(spec) else f"{spec} was rewritten"
-    raise DiffauditError(f"--from-extract {path} was made from the generations --samples {spec} held when the extract ran "
-                         f"(samples identity {recorded}); {remade} since (now {identity}), so those generations are gone: "
-                         f"run `diffaudit extract --samples {spec}` again and verify with its result")
-
-
 def _select_from_extract(path: str, samples: ImageDataset, spec: str) -> tuple[ImageDataset, list[str]]:
     """The flagged medoids of the extract result ``path`` among ``samples`` (read from ``spec``), and
     their ids. Refused when the result was made from other generations (see
@@ -143,9 +127,8 @@ def _select_from_extract(path: str, samples: ImageDataset, spec: str) -> tuple[I
     r = read_json(path)
     if r.get("command") != "extract":
         raise DiffauditError(f"--from-extract {path}: not a result.json of `diffaudit extract`")
-    identity = samples_identity(spec, samples)
-    _refuse_remade_samples(r, identity, path, spec)
-    warning = check_extract_samples(r, identity, path=path, samples=spec)
+    warning = check_extract_samples(r, samples_identity(spec, samples), path=path, samples=spec,
+                                    samples_recorded_as=canonical_path(spec))
     if warning:
         print(f"diffaudit verify: warning: {printable(warning)}", file=sys.stderr)
     medoids = [p["medoid"] for p in r.get("prompts", []) if p.get("flagged") and p.get("medoid") is not None]

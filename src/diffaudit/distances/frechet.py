@@ -70,13 +70,10 @@ def fid_from_file(path: str | Path) -> float:
 def _read_features(p: Path, flag: str) -> dict[str, np.ndarray]:
     """Every array of the ``.npz`` at ``p``; a missing file, a folder or a file that is no readable ``.npz``
     without pickles is a one-line :class:`DiffauditError` starting with ``flag``."""
-    if p.is_dir():
-        raise DiffauditError(f"{flag} is a folder; expected an .npz with feature matrices `samples` and `reference`")
-    if not p.is_file():
-        raise DiffauditError(f"{flag}: file does not exist")
     try:
-        npz = open_npz(p, kind=".npz file")
-    except DiffauditError as exc:
+        npz = open_npz(p, kind=".npz file", expected="an .npz with feature matrices `samples` and `reference`",
+                       missing=f"{p}: file does not exist")
+    except DiffauditError as exc:  # open_npz names the file (a folder, missing, not an .npz): the flag goes first
         raise DiffauditError(f"--fid-features {exc}") from None
     try:
         with npz as z:

@@ -16,7 +16,7 @@ from typing import Any
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.outdir import recorded_command
 from diffaudit.data.dataset import ImageDataset
-from diffaudit.store import read_samples
+from diffaudit.store import SampleStore, read_samples
 from diffaudit.store.location import is_object_url
 
 #: What a ``--samples`` input is, for error messages.
@@ -50,10 +50,13 @@ def _refuse_other_outputs(spec: str, flag: str) -> None:
     raise DiffauditError(f"{flag} {spec} is the output folder of `diffaudit {command}`, not generations{where}")
 
 
-def check_extract_samples(result: dict[str, Any], identity: str | None, *, path: str, samples: str) -> str | None:
+def check_extract_samples(result: dict[str, Any], identity: str | None, *, path: str, samples: str,
+                          samples_recorded_as: str | None = None) -> str | None:
     """Refuse an extract ``result`` made from other generations than ``samples`` (whose identity,
     from :func:`~diffaudit.store.samples_identity`, is ``identity``); the medoid ids it names would
-    otherwise be looked up among the wrong generations.
+    otherwise be looked up among the wrong generations. ``samples_recorded_as``: ``samples`` as settings
+    record a path; when the extract ran on that same path, its generations were made again since (``sample
+    --fresh``, an .npz rewritten), and the refusal says to extract again rather than to pass that path.
 
     Returns a warning (None when the identities match) when the check cannot be made: the result
     predates the recorded ``samples_identity`` (or ``identity`` is None). Raises
@@ -67,6 +70,12 @@ def check_extract_samples(result: dict[str, Any], identity: str | None, *, path:
                 "earlier version): the medoids are looked up in --samples by id alone, so make sure --samples "
                 f"{samples} is what the extract ran on{f' ({made_from})' if made_from else ''}, or re-run "
                 "`diffaudit extract` to record it")
+    if recorded != identity and made_from is not None and made_from == samples_recorded_as:
+        remade = (f"the sample store at {samples} was made again" if SampleStore.is_store(samples)
+                  else f"{samples} was rewritten")
+        raise DiffauditError(f"--from-extract {path} was made from the generations --samples {samples} held when the extract "
+                             f"ran (samples identity {recorded}); {remade} since (now {identity}), so those generations are "
+                             f"gone: run `diffaudit extract --samples {samples}` again and verify with its result")
     if recorded != identity:
         raise DiffauditError(
             f"--from-extract {path} was made from other generations than --samples {samples}: the extract ran on "
