@@ -26,7 +26,7 @@ from diffaudit.defenses.canaries import (
 from diffaudit.defenses.canary_run import CanaryEval
 from diffaudit.models.training import expand_repeats
 
-#: Near pixel-perfect copies only (DESIGN: below 0.05). Distinct 8x8 digits are so alike that the default
+#: Near pixel-perfect copies only (the paper: below 0.05). Distinct 8x8 digits are so alike that the default
 #: copy rule (ratio <= 1) calls some of them near-duplicates of training digits (digits:124 and digits:41,
 #: ratio 0.55); tests about drawing from a key-disjoint digits pool use this rule.
 PIXEL_COPIES = VerifySettings(rule="l2", delta=0.05)

@@ -64,3 +64,96 @@ def test_a_stage_speaks_as_the_audit_stage(monkeypatch, tmp_path, capsys):
     assert capsys.readouterr().err == "diffaudit audit (stage train): error: no membership matrix\n"
     # what the report names: the stage that stopped the audit, and what its command said
     assert json.loads((tmp_path / "stage_stopped.json").read_text()) == {"stage": "train", "exit": 2, "error": "no membership matrix"}
+
+
+class _SwallowsCtrlC:
+    """Ctrl-C pressed while the garbage collector runs this object's ``__del__``: Python prints
+    "Exception ignored in ..." and drops the KeyboardInterrupt, as it does in any GC callback."""
+
+    def __init__(self):
+        self.cycle = self  # freed by the collector only
+
+    def __del__(self):
+        import signal
+
+        signal.raise_signal(signal.SIGINT)
+
+
+def _press_ctrl_c_while_collecting() -> list:
+    """Python's own report of what it swallowed (``sys.unraisablehook``'s arguments)."""
+    import gc
+    import sys
+
+    swallowed, hook = [], sys.unraisablehook
+    sys.unraisablehook = swallowed.append
+    try:
+        _SwallowsCtrlC()
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    assert [type(u.exc_value) for u in swallowed] == [KeyboardInterrupt]
+    return swallowed
+
+
+def test_a_ctrl_c_swallowed_by_python_still_stops_the_work(tmp_path, monkeypatch, capsys):
+    """The interrupt lost in a ``__del__`` stops training at its next step (status 130, one line, no
+    result), where before the run went on to the end and exited 0; the re-run continues from the checkpoint."""
+    import diffaudit.models.training as training
+
+    run = tmp_path / "run"
+    argv = ["--quiet", "train", "--data", "digits", "--subset", "16", "--steps", "30", "--checkpoint-every", "10",
+            "--batch-size", "8", "--warmup-steps", "2", "--device", "cpu", "--out", str(run)]
+    real_fault_point = training.fault_point
+    pressed = []
+
+    def ctrl_c_at_first_checkpoint(name):
+        if name == "train.checkpoint" and not pressed:
+            pressed.append(name)
+            _press_ctrl_c_while_collecting()
+        real_fault_point(name)
+
+    monkeypatch.setattr(training, "fault_point", ctrl_c_at_first_checkpoint)
+    assert cli_main.main(argv) == 130
+    err = capsys.readouterr().err  # Python swallowed it (asserted there), the command did not:
+    assert err == "diffaudit train: interrupted; finished work is kept, re-run to continue\n"
+    assert pressed and not (run / "result.json").exists()
+    assert (run / "checkpoints" / "step-00000010").is_dir()
+    monkeypatch.undo()
+    assert cli_main.main(argv) == 0 and (run / "result.json").exists()
+
+
+def test_a_ctrl_c_swallowed_after_the_last_check_is_still_status_130(monkeypatch, capsys):
+    import diffaudit.cli.membership as membership_cli
+
+    def swallowed_then_done(args):
+        _press_ctrl_c_while_collecting()
+        return 0
+
+    monkeypatch.setattr(membership_cli, "run", swallowed_then_done)
+    assert cli_main.main(["membership", "--data", "digits", "--out", "m.npz"]) == 130
+    assert capsys.readouterr().err.endswith("diffaudit membership: interrupted; finished work is kept, re-run to continue\n")
+    capsys.readouterr()
+    monkeypatch.setattr(membership_cli, "run", lambda args: 0)  # the flag does not outlive its command
+    assert cli_main.main(["membership", "--data", "digits", "--out", "m.npz"]) == 0
+
+
+def test_a_pending_interrupt_does_not_cut_clean_up_short_and_ends_with_its_scope():
+    import signal
+
+    from diffaudit.core import interrupt
+    from diffaudit.core.progress import progress_bar
+
+    with interrupt.catching_ctrl_c():
+        assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        _press_ctrl_c_while_collecting()
+        assert interrupt.pending()
+        with pytest.raises(KeyboardInterrupt):
+            with progress_bar("work", 3) as bar:
+                bar.advance()
+        try:
+            raise KeyboardInterrupt  # the interruption on its way up: clean-up in its handlers runs whole
+        except KeyboardInterrupt:
+            with progress_bar("clean-up", 1) as bar:
+                bar.advance()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and not interrupt.pending()
+    interrupt.raise_if_interrupted()  # outside: nothing pending

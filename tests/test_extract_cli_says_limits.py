@@ -54,6 +54,10 @@ def test_calibration_is_summarised_warned_and_tabled_in_the_report(digits, tmp_p
     assert "<tr><td>0.1</td><td><b>1.000 / 1.000</b></td><td>1.000 / 1.000 (this run)</td></tr>" in html
     assert 'data-kind="calibration-unknown">1 ground-truth prompt is no prompt of the samples' in html
     assert "2 of 4 prompts flagged." in html
+    cal = strict_json(out / "summary.json")["extraction"]["calibration"]  # the sweep's numbers, for scripts
+    assert cal["n_memorized"] == 2 and cal["unknown_prompts"] == 1 and len(cal["points"]) == 4
+    assert cal["best"] == {"edge_threshold": 0.1, "min_clique": 5, "flagged": 2, "precision": 1.0, "recall": 1.0}
+    assert {"edge_threshold": 0.01, "min_clique": 10, "flagged": 0, "precision": None, "recall": 0.0} in cal["points"]
 
 
 def test_calibration_refuses_a_ground_truth_naming_no_sample_prompt(digits, tmp_path, capsys):
@@ -111,11 +115,14 @@ def test_unconditional_limits_are_said_and_reported(digits, tmp_path, capsys):
     assert 'data-kind="component-cut"' in html
     assert "1 clique.</p>" in html and "1 cliques" not in html
     assert "candidate memorized image" not in html and "several cliques can copy the same training image" in html
+    ex = strict_json(out / "summary.json")["extraction"]
+    assert ex["n_truncated_components"] == 1 and ex["n_saturated"] == 30
     # a whole component, k = n - 1: nothing said
     assert extract("--samples", digits / "unc.npz", "--out", tmp_path / "whole", "--k-neighbors", "89") == 0
     assert "cut to" not in capsys.readouterr().err
     assert main(["--quiet", "report", str(tmp_path / "whole")]) == 0
     assert "--max-component (" not in (tmp_path / "whole" / "report.html").read_text(encoding="utf-8")
+    assert "n_truncated_components" not in strict_json(tmp_path / "whole" / "summary.json")["extraction"]
 
 
 def test_many_clique_sizes_say_how_many_more_and_help_says_cliques_are_candidate_copies(tmp_path):

@@ -148,7 +148,7 @@ def test_memorized_digit_is_reconstructed_closer_than_unseen_ones(runs, digits):
                         mask_name="left", shadow_name="shadow", config=cfg, alphas_cumprod=target.alphas_cumprod)[0]
            for n, i in enumerate(idx)]
     member, same_class, other = res
-    assert member.mean_topk_l2 < 0.06  # a near-copy (DESIGN: < 0.05 is near pixel-perfect)
+    assert member.mean_topk_l2 < 0.06  # a near-copy (paper: < 0.05 is near pixel-perfect)
     assert member.mean_topk_l2 < 0.5 * same_class.mean_topk_l2
     assert member.mean_topk_l2 < 0.5 * other.mean_topk_l2
     s = summarize(res)

@@ -1,5 +1,5 @@
 """The inpainting results name the target/shadow loss ratios of the kept inpaintings for what they are,
-``top_loss_ratios`` (lower = better reconstruction), not "scores" (DESIGN: scores are larger for
+``top_loss_ratios`` (lower = better reconstruction), not "scores" (Conventions: scores are larger for
 members); results written under the old name ``top_scores`` still read."""
 
 import json

@@ -1,4 +1,4 @@
-"""The package's layers import downward only (DESIGN.md, "Layers"): a module of one layer imports
+"""The package's layers import downward only (docs/architecture.md): a module of one layer imports
 from its own layer and the layers listed before it, never from a later one, lazy imports inside
 functions included. ``python -m diffaudit`` runs the command line."""
 

@@ -121,7 +121,7 @@ def test_mia_twice_gives_identical_scores(tmp_path):
 # --------------------------------------------------------------------------- CUDA
 
 def mean_l2(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean over images of ℓ2 = sqrt(mean((a - b)^2)) on [0, 1] pixels (DESIGN: distances)."""
+    """Mean over images of ℓ2 = sqrt(mean((a - b)^2)) on [0, 1] pixels (Conventions: distances)."""
     d = (a.astype(np.float64) - b.astype(np.float64)) / 255.0
     return float(np.sqrt((d ** 2).reshape(len(a), -1).mean(1)).mean())
 

@@ -1,4 +1,4 @@
-"""Flags every command shares (DESIGN: conventions) and output helpers.
+"""Flags every command shares (docs/architecture.md, Conventions) and output helpers.
 
 ``--data`` a dataset; ``--samples`` generations; ``--model`` a run or diffusers directory;
 ``--membership`` a membership-matrix file; ``--out``; ``--seed``; ``--device``; plus ``--fresh``,

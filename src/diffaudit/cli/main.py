@@ -24,7 +24,7 @@ from diffaudit import __version__  # noqa: E402
 from diffaudit.cli.common import (  # noqa: E402
     StageInterrupted, StdoutClosed, current_stage, nested_setting_flags, set_quiet, speaking_as, write_stdout,
 )
-from diffaudit.core import folder_lock  # noqa: E402
+from diffaudit.core import folder_lock, interrupt  # noqa: E402
 from diffaudit.core.errors import DiffauditError  # noqa: E402
 
 # Order shown in --help: the audit first, then the pipeline's stages.
@@ -216,15 +216,23 @@ def _main(argv: list[str] | None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in raw if not a.startswith("-")), None)  # top-level options are flags only
     held_before = folder_lock.held()  # an audit's own folder, while it runs a stage in-process
+    interrupted = False
     try:
-        return _parse_and_run(argv, raw, command)
+        with interrupt.catching_ctrl_c():
+            code = _parse_and_run(argv, raw, command)
+            # a Ctrl-C whose KeyboardInterrupt Python swallowed (raised in a garbage-collection callback)
+            # after the work's last check: the command was interrupted all the same
+            interrupted = interrupt.pending()
+        if not interrupted:
+            return code
     except KeyboardInterrupt as exc:
-        if not isinstance(exc, StageInterrupted):  # a stage's interruption was reported by the stage
-            name = f"diffaudit {speaking_as(command)}" if command in COMMANDS else "diffaudit"
-            print(f"{name}: interrupted; finished work is kept, re-run to continue", file=sys.stderr)
-        return 130
+        if isinstance(exc, StageInterrupted):  # a stage's interruption was reported by the stage
+            return 130
     finally:
         folder_lock.release(keep=held_before)  # the --out folders this command locked
+    name = f"diffaudit {speaking_as(command)}" if command in COMMANDS else "diffaudit"
+    print(f"{name}: interrupted; finished work is kept, re-run to continue", file=sys.stderr)
+    return 130
 
 
 def _command_parser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser:

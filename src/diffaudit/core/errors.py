@@ -6,7 +6,7 @@ class DiffauditError(Exception):
 
 
 class SettingsMismatchError(DiffauditError):
-    """An output folder holds work made with other settings (DESIGN: resume conventions).
+    """An output folder holds work made with other settings (Conventions: resume).
 
     ``differences``: the settings that differ as the message names them (``--seed (was 0, now 1)``);
     empty when the folder is another command's."""

@@ -1,4 +1,4 @@
-"""Output folders with automatic resume (DESIGN: conventions).
+"""Output folders with automatic resume (docs/architecture.md, Conventions: resume).
 
 A command writes ``settings.json`` into its ``--out`` folder before any work. Pointed at a folder
 that already holds settings, it resumes when they are equal and stops with an error naming the first

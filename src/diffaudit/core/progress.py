@@ -19,6 +19,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
+from diffaudit.core.interrupt import raise_if_interrupted
+
 _console = Console(stderr=True)
 
 
@@ -46,6 +48,7 @@ class _Bar:
         self.postfix = ""
 
     def advance(self, n: float = 1, **postfix: object) -> None:
+        raise_if_interrupted()  # a Ctrl-C whose KeyboardInterrupt was swallowed stops the work here
         if self._p is None:
             return
         if postfix:
@@ -74,6 +77,7 @@ class _LogLines:
         self._printed = False
 
     def advance(self, n: float = 1, **postfix: object) -> None:
+        raise_if_interrupted()
         self.done += n
         if postfix:
             self.postfix = _postfix_text(postfix)
@@ -181,6 +185,7 @@ def bytes_text(n: int) -> str:
 
 def stage_line(message: str) -> None:
     """One line per finished stage: what it did (counts, time); control characters escaped (:func:`printable`)."""
+    raise_if_interrupted()
     if not quiet():
         print(printable(message), file=sys.stderr, flush=True)
 

@@ -1,4 +1,4 @@
-"""The envelope every ``result.json`` and ``summary.json`` carries (DESIGN: conventions).
+"""The envelope every ``result.json`` and ``summary.json`` carries (docs/architecture.md, Conventions: results).
 
 ``schema_version``, ``command``, ``settings``, ``seeds``, ``versions`` (diffaudit, torch,
 diffusers), then the command's own fields, and ``skipped_inputs`` when ``--skip-bad`` skipped inputs

@@ -1,4 +1,4 @@
-"""Datasets with stable ids, and membership matrices (DESIGN: data layer; imports only ``core``).
+"""Datasets with stable ids, and membership matrices (the data layer: imports only ``core``).
 
 - :func:`load_dataset` reads a built-in (``digits``, ``cifar10``, ``cifar10-test``), a folder of
   images, WebDataset shards or an ``.npz`` into an :class:`ImageDataset` (uint8 (N, H, W, C)).

@@ -7,7 +7,7 @@ Modes, as Pillow reports them after opening the file:
   converted to RGB by Pillow, C = 3. Alpha is *dropped*, not composited: a transparent pixel keeps
   the colour stored under it (palette images: the palette colour).
 - 16-bit grayscale (``I;16``, ``I;16B``, ``I;16L``, ``I;16N``): scaled to 8 bits by ``round(v / 257)``
-  (65535 -> 255, 257*k -> k), never clipped (DESIGN: "16-bit images scale by 1/257").
+  (65535 -> 255, 257*k -> k), never clipped (Conventions: pixels).
 - 32-bit integer grayscale ``I`` (a TIFF of 32-bit integers): the file says nothing of its white
   level, so the values say it. Pillow writes an 8-bit image converted to ``I`` (``convert("I")``) with
   its values 0..255, and a 16-bit one with 0..65535: an ``I`` image whose values all lie in [0, 255]

@@ -330,7 +330,7 @@ def write_deduped_npz(path: str | os.PathLike, dataset: ImageDataset, keep: np.n
     """The kept images as an ``.npz`` (``images``, optional ``labels``/``captions``, and the original ``keys``).
 
     The ``keys`` array is a record of where each image came from: loaders name an npz's examples
-    ``npz:<index>`` (DESIGN, ids), so a model trained on this file is audited against this file.
+    ``npz:<index>`` (Conventions: ids), so a model trained on this file is audited against this file.
     To keep the original ids, train on the original data with ``train --dedup keep.json``.
     """
     sub = dataset.subset(keep)

@@ -66,7 +66,7 @@ def _paired(a: Any, b: Any, device) -> tuple[torch.Tensor, torch.Tensor, bool]:
 def l2(a: Any, b: Any, *, device: str | torch.device | None = None) -> torch.Tensor:
     """ℓ2(a, b) = sqrt(mean((a − b)²)) over all pixels and channels, on [0, 1] pixels.
 
-    DESIGN "Distances" / paper §3 (root mean square, so it does not grow with resolution).
+    Conventions: distances; paper §3 (root mean square, so it does not grow with resolution).
     a, b: (N, H, W, C) or (H, W, C), uint8 or [0, 1] floats. Returns float64 (N,) (a 0-d tensor for
     single images), values in [0, 1]; smaller = more alike.
     """

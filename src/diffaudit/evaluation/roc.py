@@ -1,6 +1,6 @@
 """ROC curve, AUC, TPR at a fixed FPR and balanced accuracy of a membership score (pure math).
 
-Convention (DESIGN: scores): ``scores`` is float (n,), larger means "more likely a member";
+Convention (docs/architecture.md, Conventions: scores): ``scores`` is float (n,), larger means "more likely a member";
 ``labels`` is bool (n,), True for members (positives). A threshold τ predicts "member" for every
 example with ``score >= τ``. The paper reports AUC and the TPR at 1% and 0.1% FPR on log-log ROC
 curves (Carlini et al. 2023, Sec. 5, membership inference; following LiRA, Carlini et al. 2022).

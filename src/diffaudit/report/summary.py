@@ -9,14 +9,15 @@ and ``extended_from`` {``run``, ``steps``} (null when not used)},
 ``baseline_unique_extracted``, ``baseline_n_images``, ``from_extract`` (true when verify checked only the
 flagged clique medoids: ``n_samples`` and ``n_extracting_samples`` then count medoids) and
 ``n_clique_generations`` (the generations in the cliques of the extracting medoids, None when the extract
-result is not found), ``baseline_pvalue`` (the one-sided exact
+result is not found), ``calibration`` (``extract --calibrate``'s sweep: ``n_memorized``, ``points``, ``best``), ``baseline_pvalue`` (the one-sided exact
 test of the two counts), ``n_excluded_duplicates`` (near-duplicates a deduplicated target dropped,
 left out of the baseline), ``baseline_n_left_out`` (--baseline images that --data holds pixel for pixel,
 left out of it), ``data_vs_model`` {``n_data``, ``n_trained``, ``n_not_trained``, ``n_trained_missing``}
 (verify's --data against the training set of the model that made the generations, where it is known),
 ``prompt_checks_extracted`` (a ``--train-map`` check), ``n_cliques``
 (unconditional extract: the number of near-identical generation groups, which extract's result.json
-calls ``n_groups``; the report reads it as ``n_cliques``), or ``n_prompts`` and ``n_flagged``
+calls ``n_groups``; the report reads it as ``n_cliques``) with ``n_truncated_components`` and ``n_saturated``
+(where the search cut components to --max-component or saturated generations), or ``n_prompts`` and ``n_flagged``
 (conditional extract) with ``n_prompts_below_min_clique`` and ``min_clique`` (prompts too few
 generations to be flagged), ``extracted_l2_*`` and ``baseline_l2_*`` (min, median, max of each
 image's closest generation) and ``extracted_closer_than_baseline`` (training matches closer than any
@@ -60,11 +61,13 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
+from diffaudit.attacks.extraction.calibration import CalibrationPoint, best_point
 from diffaudit.attacks.membership.registry import PER_EXAMPLE_VARIANCE
 from diffaudit.core.io import write_json_atomic
 from diffaudit.core.results import SCHEMA_VERSION, with_current_names
 from diffaudit.models.digest import TRAIN_IDS
 from diffaudit.models.run_files import DROPPED_DUPLICATES
+from diffaudit.report.calibration_sweep import calibration_points
 from diffaudit.report.clique_counts import clique_counts, from_extract
 from diffaudit.report.images import data_spec
 from diffaudit.report.results import ResultSet, Stage, closest, load_results, parse_json, read_object, records
@@ -267,6 +270,9 @@ def _extraction(rs: ResultSet) -> dict[str, Any] | None:
         if r.get("mode") == "unconditional" or "groups" in r:
             groups = records(r, "members", preferred=("groups",))
             out["n_cliques"] = _int(r.get("n_groups", len(groups)))  # extract's n_groups (module docstring)
+            for k in ("n_truncated_components", "n_saturated"):  # the search's limits: cliques it may have missed
+                if _int(r.get(k)):
+                    out[k] = _int(r.get(k))
         else:
             prompts = records(r, "members", preferred=("prompts", "cliques", "results"))
             out["n_prompts"] = _int(r.get("n_prompts", len(prompts)))
@@ -275,9 +281,31 @@ def _extraction(rs: ResultSet) -> dict[str, Any] | None:
             if below:  # prompts with fewer generations than the minimum clique: never flagged, whatever they emit
                 out["n_prompts_below_min_clique"] = below
                 out["min_clique"] = _int(extract.settings.get("min_clique"))
+            cal = _calibration(extract)
+            if cal is not None:
+                out["calibration"] = cal
         if out["n_samples"] is None:
             out["n_samples"] = _int(r.get("n_samples"))
     return out
+
+
+def _calibration(extract: Stage) -> dict[str, Any] | None:
+    """``extract --calibrate``'s sweep: ``n_memorized`` (ground-truth prompts among the samples'),
+    ``unknown_prompts``, ``points`` [{``edge_threshold``, ``min_clique``, ``flagged``, ``precision``,
+    ``recall``}] and ``best`` (the highest-F1 point as extract's line picks it; None when no point finds
+    a memorized prompt); None without a calibration."""
+    found = calibration_points(extract)
+    if found is None:
+        return None
+    points, cal = found
+    best = best_point(points)
+
+    def point(p: CalibrationPoint) -> dict[str, Any]:
+        return {"edge_threshold": p.edge_threshold, "min_clique": p.min_clique, "flagged": p.flagged,
+                "precision": p.precision, "recall": p.recall}
+
+    return {"n_memorized": _int(cal.get("n_memorized")), "unknown_prompts": _int(cal.get("unknown_prompts")),
+            "points": [point(p) for p in points], "best": None if best is None else point(best)}
 
 
 def _mean(values: list[float]) -> float | None:

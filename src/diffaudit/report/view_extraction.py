@@ -12,8 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from diffaudit.attacks.extraction.calibration import CalibrationPoint, best_point
+from diffaudit.attacks.extraction.calibration import best_point
 from diffaudit.core.errors import DiffauditError
+from diffaudit.report.calibration_sweep import calibration_points, count
 from diffaudit.report.clique_counts import clique_counts, from_extract
 from diffaudit.report.fmt import fmt_p
 from diffaudit.report.images import SampleImages, TrainingImages, data_digest, data_spec, image_uri
@@ -31,7 +32,8 @@ PAIR_SIDE = 256
 
 
 def rule_text(rule: Any, delta: Any = None, *, alpha: Any = None, n_neighbors: Any = None, n_train: Any = None) -> str:
-    """The extraction rule in words (DESIGN: (ℓ2, δ)-extraction and the normalised distance)."""
+    """The extraction rule in words (paper §4.1: (ℓ2, δ)-extraction, or the normalised distance of the
+    paper's CIFAR-10 attack)."""
     if rule == "ratio":
         n = int(n_neighbors) if isinstance(n_neighbors, (int, float)) else 50
         if isinstance(n_train, int) and n_train > 0:
@@ -89,7 +91,7 @@ def verdict(ex: dict[str, Any] | None, *, canaries: dict[str, Any] | None = None
                                            "by chance is not measured."}
     p = ex["baseline_pvalue"] if ex.get("baseline_pvalue") is not None else baseline_pvalue(ex)  # as summary.json holds it
     test = f"one-sided {_test_name(ex)}, p = {fmt_p(p)}{_size_note(ex)}"
-    against = f"against {_baseline_count(ex, base)} (the false-positive baseline)"
+    against = f"against {_baselinecount(ex, base)} (the false-positive baseline)"
     if p < SIGNIFICANCE:
         text = (f"Yes: {n:,} training {s} extracted{of}, {against}: significantly above the baseline's rate of chance "
                 f"matches ({test}).{_chance_share(ex, n, base)}")
@@ -173,7 +175,7 @@ def baseline_phrase(ex: dict[str, Any] | None) -> str:
     return f"false-positive baseline: {ex['baseline_unique_extracted']:,}{among}" + ("" if p is None else f", p = {fmt_p(p)}")
 
 
-def _baseline_count(ex: dict[str, Any], base: int) -> str:
+def _baselinecount(ex: dict[str, Any], base: int) -> str:
     """The baseline's count with its set's size: "2 false positives among 1,000 never-seen images"."""
     fp = "false positive" if base == 1 else "false positives"
     size = ex.get("baseline_n_images")
@@ -463,30 +465,25 @@ def cliques(rs: ResultSet, *, redact: bool = False) -> dict[str, Any] | None:
     }
 
 
-def _count(v: Any) -> int | None:
-    """A count from a result (untrusted JSON): a non-negative int, else None."""
-    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
-
-
 def _search_limits(st: Stage, groups: list[dict[str, Any]]) -> list[str]:
     """Notes on what the unconditional search may have missed (extract's blackbox limits): components
     cut to --max-component (``n_truncated_components``; older results: the components of the cliques
     marked ``truncated``) and saturated generations (``n_saturated``)."""
     notes = []
-    cut = _count(st.result.get("n_truncated_components"))
+    cut = count(st.result.get("n_truncated_components"))
     if cut is None:
         cut = len({str(g.get("component")) for g in groups if g.get("truncated")})
     limit = st.settings.get("max_component")
-    limit = f"{limit:,}" if _count(limit) is not None else "--max-component"
+    limit = f"{limit:,}" if count(limit) is not None else "--max-component"
     if cut:
         one = cut == 1
         notes.append(f"{cut:,} connected component{'' if one else 's'} larger than --max-component ({limit}) "
                      f"{'was' if one else 'were'} cut to {'its' if one else 'their'} {limit} best-connected "
                      "generations: cliques among the generations cut away may be missed (raise --max-component to "
                      f"analyse {'it' if one else 'them'} in full).")
-    sat = _count(st.result.get("n_saturated"))
+    sat = count(st.result.get("n_saturated"))
     if sat:
-        k = _count(st.result.get("k_neighbors"))
+        k = count(st.result.get("k_neighbors"))
         nearest = f"all {k:,} nearest neighbours" if k is not None else "all their nearest neighbours"
         notes.append(f"{sat:,} generation{' is' if sat == 1 else 's are'} saturated ({nearest} within the edge threshold): "
                      "near-duplicates beyond them may be missed, so cliques may be larger, or more, than shown (raise "
@@ -494,31 +491,14 @@ def _search_limits(st: Stage, groups: list[dict[str, Any]]) -> list[str]:
     return notes
 
 
-def _rate(v: Any) -> float | None:
-    """A precision or recall from a result (untrusted JSON): a number, else None."""
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-
-def _point(p: dict[str, Any]) -> CalibrationPoint:
-    """A sweep point of a result (untrusted JSON, already known to hold a threshold and a clique size),
-    counts that are no count read as 0 and rates that are no number as None."""
-    counts = {k: _count(p.get(k)) or 0 for k in ("flagged", "true_positives", "false_positives", "false_negatives",
-                                                 "bound_hits")}
-    return CalibrationPoint(edge_threshold=float(p["edge_threshold"]), min_clique=p["min_clique"], **counts,
-                            precision=_rate(p.get("precision")), recall=_rate(p.get("recall")))
-
-
 def calibration(st: Stage) -> dict[str, Any] | None:
     """The ``extract --calibrate`` sweep as a table: a row per edge threshold, a cell per minimum clique
     (precision, recall, flagged prompts), the best F1 (ties as extract's line picks it) and the run's
     own settings marked; None without a calibration."""
-    cal = st.result.get("calibration")
-    if not isinstance(cal, dict):
+    found = calibration_points(st)
+    if found is None:
         return None
-    points = [_point(p) for p in (cal.get("points") or []) if isinstance(p, dict)
-              and _rate(p.get("edge_threshold")) is not None and _count(p.get("min_clique")) is not None]
-    if not points:
-        return None
+    points, cal = found
     best = best_point(points)
     own = (st.settings.get("edge_threshold"), st.settings.get("min_clique"))
     cells = {(p.edge_threshold, p.min_clique): p for p in points}
@@ -531,5 +511,5 @@ def calibration(st: Stage) -> dict[str, Any] | None:
             row.append(None if p is None else {"precision": p.precision, "recall": p.recall, "flagged": p.flagged,
                                                "best": p is best, "current": (t, m) == own})
         rows.append({"edge_threshold": t, "cells": row})
-    return {"rows": rows, "sizes": sizes, "n_memorized": _count(cal.get("n_memorized")),
-            "unknown_prompts": _count(cal.get("unknown_prompts")), "best": best is not None}
+    return {"rows": rows, "sizes": sizes, "n_memorized": count(cal.get("n_memorized")),
+            "unknown_prompts": count(cal.get("unknown_prompts")), "best": best is not None}

@@ -1,7 +1,7 @@
 """Inpainting masks for the reconstruction attack (paper Section 5.2, Figure 11).
 
 A mask is a float32 array (H, W) with values in {0, 1}: **1 = known pixel** (kept from the original),
-**0 = pixel to inpaint** (DESIGN: conventions). A mask is named after the region that is *hidden*:
+**0 = pixel to inpaint** (docs/architecture.md, Conventions: masks). A mask is named after the region that is *hidden*:
 
 - ``left``   the left half is inpainted, the right half known (the paper's setting);
   ``right``, ``top``, ``bottom`` likewise. For an odd width (height) the hidden half is the

@@ -104,8 +104,8 @@ class StableDiffusionSource:
     ``micro_batch``: images per pipeline call, or ``auto``: on CUDA the largest of 1, 2, 4, ... 64 whose
     UNet call and VAE decoding fit (:func:`~diffaudit.core.batch_fit.resolve_batch`, probed before compiling), 8
     elsewhere. ``channels_last``: the UNet's and the VAE's weights in channels-last memory (any
-    device; the images stay within rounding of the default layout). ``compile`` (CUDA only; DESIGN: no
-    ``torch.compile`` on the CPU, refused there): ``torch.compile`` of the UNet and of ``vae.decode``
+    device; the images stay within rounding of the default layout). ``compile`` (CUDA only; refused
+    on the CPU, Conventions: CPU limits): ``torch.compile`` of the UNet and of ``vae.decode``
     with ``compile_mode`` (None: the default mode), compiled on the first call (a minute or more at
     SD sizes; pays off over many images). ``pipe``: an already built ``StableDiffusionPipeline`` to use
     instead of loading ``path`` (see :meth:`from_pipeline`); it is moved to ``device``/``dtype`` and,

@@ -1,4 +1,4 @@
-"""Sharded, resumable, atomic storage of generations (DESIGN: conventions).
+"""Sharded, resumable, atomic storage of generations (docs/architecture.md, Conventions: generations).
 
 Layout of a store folder::
 

@@ -1,6 +1,6 @@
 """Calibrating the filter: precision and recall over edge thresholds and clique sizes.
 
-The paper does not publish its edge threshold (DESIGN: "calibrate it"). Given which prompts are
+The paper does not publish its edge threshold (so it is calibrated here). Given which prompts are
 truly memorized, every (edge threshold, minimum clique) pair is scored: a prompt is flagged when the
 maximum clique of its tiled-ℓ2 graph at that threshold has ≥ min_clique members.
 

@@ -1,5 +1,5 @@
-"""Exact maximum clique with a deterministic work bound (paper §4.1; DESIGN generate-and-filter
-step 4).
+"""Exact maximum clique with a deterministic work bound (paper §4.1,
+generate-and-filter: a prompt's maximum clique).
 
 Branch and bound with greedy colouring (Tomita & Seki's MCQ / Tomita et al.'s MCS, in the bitset form
 of San Segundo's BBMC): vertices are ordered by non-increasing degree; at each search node the

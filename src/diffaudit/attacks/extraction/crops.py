@@ -1,5 +1,5 @@
-"""ℓ2 of a generation against a larger training image under every crop alignment (paper §4.1;
-DESIGN generate-and-filter step 5: Stable Diffusion was trained on random square crops, so a memorized
+"""ℓ2 of a generation against a larger training image under every crop alignment (paper §4.1,
+verification: Stable Diffusion was trained on random square crops, so a memorized
 generation may match any window of its source image).
 
 For a generation g (h, w, C) and a training image t (H ≥ h, W ≥ w, C), the ℓ2 of g against the

@@ -1,4 +1,4 @@
-"""Generate-and-filter for conditional models (paper §4.1; DESIGN generate-and-filter steps 3-4).
+"""Generate-and-filter for conditional models (paper §4.1: graph, then maximum clique).
 
 For each prompt's generations: the tiled-ℓ2 near-duplicate graph, its maximum clique, a flag when
 the clique has ≥ ``min_clique`` members (10 in the paper), the clique's medoid (its representative)

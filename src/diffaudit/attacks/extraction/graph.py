@@ -1,5 +1,5 @@
-"""The near-duplicate graph over generations and clique summaries (paper §4.1; DESIGN generate-and-filter
-step 3).
+"""The near-duplicate graph over generations and clique summaries (paper §4.1,
+generate-and-filter).
 
 Vertices are generations; an edge joins two generations whose tiled ℓ2 (max over the 4 x 4
 same-position tiles) is ≤ the edge threshold. Pairs whose GEMM value lies within the computation's
@@ -20,7 +20,8 @@ from diffaudit.distances.images import as_tensor
 from diffaudit.distances.pairwise import pairwise_tile_mean_squares
 from diffaudit.distances.pixel import DEFAULT_GRID, tile_l2
 
-#: Default edge threshold of the tiled ℓ2 (not published; DESIGN: "0.1 is a sensible default").
+#: Default edge threshold of the tiled ℓ2. The paper does not publish it: a starting point, which
+#: ``extract --calibrate`` measures against known memorized prompts.
 DEFAULT_EDGE_THRESHOLD = 0.1
 #: Default minimum clique size that flags a prompt (paper §4.1).
 DEFAULT_MIN_CLIQUE = 10
@@ -58,7 +59,7 @@ def near_duplicate_graph(
 ) -> NearDuplicateGraph:
     """Graph over ``images`` (N, H, W, C) uint8 (or [0, 1] floats): edge iff tiled ℓ2 ≤ ``threshold``.
 
-    Paper §4.1 (DESIGN generate-and-filter step 3). ``device`` defaults to the images' device (pass
+    Paper §4.1 (generate-and-filter: the near-duplicate graph). ``device`` defaults to the images' device (pass
     ``cuda`` to build it there).
     """
     return start_near_duplicate_graph(images, threshold=threshold, grid=grid, device=device, compute=compute).result()

@@ -304,7 +304,7 @@ def check_prompt_map(
 ) -> list[dict[str, Any]]:
     """Check generations against their own prompt's training image(s) under every crop alignment.
 
-    Paper §4.1 (verification) and DESIGN generate-and-filter step 5: Stable Diffusion was trained on
+    Paper §4.1 (verification): Stable Diffusion was trained on
     random square crops of images whose shorter side was first resized to the training resolution,
     so a memorized generation reproduces a window of the *resized* image. ``resize``:
     ``"shorter-side"`` (default) passes each training image through

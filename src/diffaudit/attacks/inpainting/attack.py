@@ -5,7 +5,7 @@ target model (RePaint, :func:`diffaudit.sampling.inpaint.inpaint`; paper: 5,000)
 inpainting by target loss / shadow loss at t = 100 (:mod:`.scoring`; the shadow did not train on
 x), keep the ``top_k`` = 10 lowest loss ratios and measure their ℓ2 to x:
 
-    ℓ2(a, b) = sqrt(mean((a − b)²)) over all pixels in [0, 1]      (DESIGN: distances)
+    ℓ2(a, b) = sqrt(mean((a − b)²)) over all pixels in [0, 1]      (Conventions: distances)
 
 Inpaintings are rounded to uint8 first (as they would be stored), so every number can be
 recomputed from saved images. Members (trained on) should come out clearly closer than
@@ -16,7 +16,7 @@ Per target: ``best_l2`` = the smallest ℓ2 among the kept top-k; ``mean_topk_l2
 ``n_inpaint`` is small, and the command records ``top_k`` beside it); ``top1_l2`` = the ℓ2 of the
 best-ranked one; ``top_loss_ratios`` = the kept ones' loss ratios, lowest first. These ratios only
 rank one target's inpaintings (lower = better reconstruction); they are not membership scores,
-which point the other way (DESIGN: larger = more likely a member; :func:`.summary.membership_scores`).
+which point the other way (Conventions: larger = more likely a member; :func:`.summary.membership_scores`).
 ``oracle_best_l2`` (smallest over all n, ratios ignored) shows what ranking loses.
 
 Known pixels are copied from x, so the whole-image ℓ2 above is the hidden region's ℓ2 times

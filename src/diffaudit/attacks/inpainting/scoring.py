@@ -8,7 +8,7 @@ relative to a *shadow* model that never saw the image:
 
 Lower ratio = the target model finds x̂ unusually easy to denoise = a better candidate
 reconstruction. The ratio ranks one target's inpaintings; it is not a membership score (those are
-larger for members, DESIGN: scores), and results store it as ``top_loss_ratios``. Both models see the identical ε_d (d = 1..D, D ≥ 1, default 4), and every
+larger for members, Conventions: scores), and results store it as ``top_loss_ratios``. Both models see the identical ε_d (d = 1..D, D ≥ 1, default 4), and every
 inpainting of one target is scored with the same D draws (common random numbers: differences
 in score come from the images, not from the noise). ε_d of target i is drawn from
 ``derive_seed(seed, "inpaint-score", i, d)``.

@@ -3,8 +3,8 @@
 A memorizing model reconstructs the hidden half of its training images far better than that of
 unseen images, so ``mean_topk_l2`` (the mean ℓ2 of the ``top_k`` kept inpaintings; the paper's
 top-10 mean when k = 10) and ``best_l2`` should be lower for members. The separation
-as an AUC (of −mean_topk_l2, members positive; larger score = more likely a member, DESIGN:
-scores) is computed by :func:`diffaudit.evaluation.roc.auc` in the command, which may import the
+as an AUC (of −mean_topk_l2, members positive; larger score = more likely a member,
+Conventions: scores) is computed by :func:`diffaudit.evaluation.roc.auc` in the command, which may import the
 evaluation layer.
 """
 

@@ -20,7 +20,7 @@ MEANS MORE LIKELY A MEMBER.
   ``aggregate="sum-llr"`` (the attack registry's default) fits one Gaussian per (example, query) and
   sums the per-query scores (the log-likelihood ratios add as if independent);
   ``aggregate="mean-loss"`` averages the raw losses over the queries first and fits one Gaussian
-  (DESIGN: "Strong LiRA averages the loss over several noise draws ε and horizontal flips"). Measured
+  (the paper: Strong LiRA averages the loss over several noise draws ε and horizontal flips). Measured
   on 8 digits models, sum-llr is the stronger (docs/experiments.md).
 
 An example with no IN (or no OUT) shadow loss takes μ from the other side shifted by the mean

@@ -1,0 +1,60 @@
+"""Ctrl-C that is never lost.
+
+Python turns SIGINT into a ``KeyboardInterrupt`` raised wherever the main thread happens to be. Raised
+inside a garbage-collection callback, a ``__del__`` or a weakref finaliser, it is printed as
+"Exception ignored ..." and dropped, and the work goes on as if the key had not been pressed, to
+finish with exit status 0. Within :func:`catching_ctrl_c` SIGINT also sets a flag; work loops call
+:func:`raise_if_interrupted` (every progress bar's ``advance`` does), which raises the interruption
+again when its first ``KeyboardInterrupt`` was swallowed, and the CLI reads :func:`pending` when a
+command returns, so a command that was interrupted ends with status 130 either way.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+_pending = False
+
+
+def _on_sigint(signum, frame) -> None:  # noqa: ARG001 (the signal module's handler signature)
+    global _pending
+    _pending = True
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def catching_ctrl_c() -> Iterator[None]:
+    """Within: SIGINT raises ``KeyboardInterrupt`` as Python's own handler does, and also sets the flag
+    :func:`pending` reads. Does nothing outside the main thread, where no handler can be set, or where
+    the program has a SIGINT handler of its own (an embedding application, an enclosing
+    ``catching_ctrl_c``): the flag is then left to whoever set that handler."""
+    global _pending
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    _pending = False
+    previous = signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _pending = False
+
+
+def pending() -> bool:
+    """Whether Ctrl-C was pressed within the current :func:`catching_ctrl_c`."""
+    return _pending
+
+
+def raise_if_interrupted() -> None:
+    """Raise ``KeyboardInterrupt`` when Ctrl-C was pressed (within :func:`catching_ctrl_c`): again, where
+    the first one was swallowed; cheap enough for every step of a work loop. Not while an exception is
+    being handled (the interruption itself on its way up, through ``finally`` clauses that keep finished
+    work), so that clean-up is not cut short by the key pressed once."""
+    if _pending and sys.exc_info()[0] is None:
+        raise KeyboardInterrupt
