@@ -8,8 +8,8 @@ one batch (chunked by ``--batch``), per-inpainting counter-based noise, fp32; on
 channels-last + ``torch.compile`` (the `diffaudit inpaint --bf16 --compile` path). Prints JSON:
 inpaintings/s of each, the ratios, and the mean ℓ2 between bf16 and fp32 inpaintings of the same seeds.
 
-    python bench/bench_inpaint.py --preset ddpm-cifar10 --image-size 32 --channels 3 \
-        --targets 16 --n-inpaint 256 --batch 2048 --steps 20                                  # GPU
+    python bench/bench_inpaint.py --preset ddpm-cifar10 --image-size 32 --channels 3 --targets 16 \
+        --baseline-targets 2 --n-inpaint 128 --batch 2048 --steps 20 --repeats 1              # GPU (docs/performance.md)
     python bench/bench_inpaint.py                                                             # CPU, tiny
 """
 

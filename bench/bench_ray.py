@@ -90,7 +90,7 @@ def verify_job(a) -> dict:
         t1 = run_verify(Path(tmp) / "gen.npz", Path(tmp) / "train.npz", Path(tmp) / "w1", 1)
         t2 = run_verify(Path(tmp) / "gen.npz", Path(tmp) / "train.npz", Path(tmp) / "w2", 2)
         r0, r1, r2 = (json.loads((Path(tmp) / w / "result.json").read_text()) for w in ("w0", "w1", "w2"))
-    return {"bench": "ray-verify", "n": a.n, "train": a.train, "copies": len(picks), "torch_threads_per_worker": 1,
+    return {"bench": "ray-verify", "n": a.n, "train": a.train, "n_copies": len(picks), "torch_threads_per_worker": 1,
             "seconds": {"no_ray_1_thread": t0, "1_worker": t1, "2_workers": t2}, "speedup_2_vs_1": t1 / t2,
             "unique_extracted": r2["unique_extracted"],
             "identical_results": r0["extracted"] == r1["extracted"] == r2["extracted"]}

@@ -6,7 +6,7 @@
 
 Each benchmark runs in its own process; a failure, a time-out or output that cannot be read is
 recorded for that benchmark (``error``, ``returncode``, the last lines of its stderr) and the others
-still run. With ``--out-dir DIR`` each benchmark writes its result to ``DIR/bench-<name>.json`` as it
+still run; the exit status is then 1. With ``--out-dir DIR`` each benchmark writes its result to ``DIR/bench-<name>.json`` as it
 goes (partial results after each finished comparison, ``"partial": true``; the final one at the end),
 and ``DIR/bench-all.json`` is rewritten after every benchmark with all results so far: a run cut short
 keeps everything finished before. Without ``--out-dir`` the files go to a temporary folder. The GPU
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     names = wanted or list(table)
     tmp = None
     if a.out_dir:
-        out_dir = Path(a.out_dir)
+        out_dir = Path(a.out_dir).resolve()  # each benchmark runs in bench/: a relative folder would be read from there
         out_dir.mkdir(parents=True, exist_ok=True)
     else:
         tmp = tempfile.TemporaryDirectory(prefix="diffaudit-bench-")
@@ -202,7 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.flush()
     if tmp is not None:
         tmp.cleanup()
-    return 0
+    failed = [name for name, r in results.items() if "error" in r]
+    if failed:  # recorded above, and the others ran; a script running the benchmarks sees it too
+        print(f"run_all: {len(failed)} of {len(results)} benchmarks failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def test_run_all_records_each_failure_and_keeps_partial_results(bench, tmp_path,
     }
     monkeypatch.setattr(bench, "CPU", table)
     out = tmp_path / "out"
-    assert bench.main(["--table", "cpu", "--only", ",".join(table), "--limits", "slow=3", "--out-dir", str(out)]) == 0
+    assert bench.main(["--table", "cpu", "--only", ",".join(table), "--limits", "slow=3", "--out-dir", str(out)]) == 1
     res = json.loads((out / "bench-all.json").read_text())
     assert list(res) == list(table)
     assert res["good"]["x"] == 1 and "error" not in res["good"]
@@ -62,6 +62,17 @@ def test_run_all_records_each_failure_and_keeps_partial_results(bench, tmp_path,
     assert "error" in res["garbage"]
     for name in table:  # one file per benchmark beside the combined one
         assert json.loads((out / f"bench-{name}.json").read_text()) == res[name]
+
+
+def test_run_all_writes_into_a_relative_out_dir_from_where_it_was_called(bench, tmp_path, monkeypatch):
+    """The docstring's own `--out-dir bench-out`: each benchmark runs in bench/, where the relative
+    folder does not exist, so every one of them failed after measuring."""
+    monkeypatch.setattr(bench, "CPU", {"good": [_script(tmp_path, "good", 'emit({"x": 1})')]})
+    monkeypatch.chdir(tmp_path)
+    assert bench.main(["--table", "cpu", "--out-dir", "bench-out"]) == 0
+    good = json.loads((tmp_path / "bench-out" / "bench-good.json").read_text())
+    assert good["x"] == 1 and "error" not in good
+    assert json.loads((tmp_path / "bench-out" / "bench-all.json").read_text())["good"] == good
 
 
 def test_run_all_gpu_knn_skips_faiss(bench):

@@ -196,6 +196,7 @@ def test_dedup_cli_seed_is_a_setting_of_ivf_only(tmp_path, tmp_npz, digits, caps
     data, _ = _planted_npz(tmp_npz, digits)
     ivf = ["dedup", "--data", str(data), "--out", str(tmp_path / "ivf"), "--index", "ivf", "--nlist", "4", "--nprobe", "1"]
     assert main(ivf + ["--seed", "0"]) == 0
+    assert json.loads((tmp_path / "ivf" / "result.json").read_text())["ivf_cells"] == 4  # the cells it used
     capsys.readouterr()
     assert main(ivf + ["--seed", "7"]) == 2
     assert "seed (was 0, now 7)" in capsys.readouterr().err
@@ -242,6 +243,10 @@ def test_dedup_cli_refuses_non_positive_search_options(tmp_path, tmp_npz, digits
     assert main(["dedup", "--data", str(data), "--out", str(out)] + argv) == 2
     assert f"{flag} must be a whole number of at least 1" in capsys.readouterr().err
     assert not out.exists()
+    if flag == "--k":  # one neighbour is the image itself: "0 near-duplicate groups" whatever the data
+        assert main(["dedup", "--data", str(data), "--out", str(out), "--index", "hnsw", "--k", "1"]) == 2
+        assert "--k must be at least 2: each image is its own nearest neighbour" in capsys.readouterr().err
+        assert not out.exists()
 
 
 def test_a_membership_column_trained_with_dedup_records_only_copies_of_its_own_images(tmp_path, tmp_npz, digits):

@@ -147,7 +147,18 @@ def test_a_bad_threshold_is_refused_before_the_folder_exists(tmp_path, tmp_npz, 
 def test_prompts_cli_needs_captions(tmp_path, tmp_npz, digits, capsys):
     data = tmp_npz(digits.images[:10])
     assert main(["prompts", "--data", str(data), "--out", str(tmp_path / "pr")]) == 2
-    assert "no captions" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no captions" in err and "a .txt file beside each image of a folder" in err  # every way to give them
+
+
+def test_images_with_empty_captions_are_counted_and_said(tmp_path, tmp_npz, digits, capsys):
+    """An empty caption gives no prompt however duplicated its image is: said, and counted in the result."""
+    images = np.concatenate([digits.images[:6], digits.images[[0, 0]]])
+    captions = np.array(["", " ", "two", "three", "four", "five", "", "a copy of zero"], dtype=str)
+    assert main(["prompts", "--data", str(tmp_npz(images, captions=captions)), "--out", str(tmp_path / "pr")]) == 0
+    assert "prompts: 3 of 8 images have an empty caption (no prompt, however duplicated)" in capsys.readouterr().err
+    r = json.loads((tmp_path / "pr" / "result.json").read_text())
+    assert r["n_uncaptioned_images"] == 3 and r["n_prompts"] == 5
 
 
 def test_prompts_reads_the_parts_dedup_decoded(tmp_path, tmp_npz, digits, monkeypatch):

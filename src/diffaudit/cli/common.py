@@ -75,6 +75,7 @@ def load_data(args: argparse.Namespace, spec: str, **options: Any):
 
     cache = getattr(args, "data_cache", None)
     if cache:
+        refuse_files_for_folders(args, {"data_cache": "a folder for the decoded images"})  # not blamed on --out
         return load_dataset_to_disk(spec, cache, fresh=bool(getattr(args, "fresh", False)), **options)
     return load_dataset(spec, **options)
 
@@ -130,6 +131,40 @@ def out_file(out: str, name: str) -> Path:
     path = Path(out)
     folder = out.endswith(("/", os.sep)) or path.is_dir() or (not path.exists() and not path.suffix)
     return path / name if folder else path
+
+
+#: The options naming a path whose empty value (an unset variable in a script) is refused before any work:
+#: read as a path, "" is the current folder ("--out . already holds 31 files of yours").
+PATH_OPTIONS = ("out", "data", "samples", "model", "membership", "shadows", "target", "heldout", "data_cache")
+
+
+def check_paths(args: argparse.Namespace, command: str, *, out_object_store: bool = False) -> None:
+    """Refuse, before any work, a path option given empty, and an ``--out`` that names an object store where
+    the command (``command``) writes local files only (``out_object_store``: it writes to one, ``sample``):
+    read as a path, ``s3://bucket/x`` becomes a local folder ``s3:/bucket/x`` without a word. A ``file://``
+    ``--out`` becomes its path."""
+    from diffaudit.core.errors import DiffauditError
+
+    for dest in PATH_OPTIONS:
+        value = getattr(args, dest, None)
+        if isinstance(value, str) and not value.strip():
+            raise DiffauditError(f"--{dest.replace('_', '-')} is empty: give a path")
+    out = getattr(args, "out", None)
+    if not isinstance(out, str) or "://" not in out:
+        return
+    from diffaudit.data.local_paths import file_url_path
+    from diffaudit.store.location import url_protocol
+
+    if url_protocol(out) is None:  # file://
+        path = file_url_path(out)
+        if path is None:
+            raise DiffauditError(f"--out {out}: not a path of this machine; give a local or mounted path")
+        args.out = path
+    elif not out_object_store:
+        raise DiffauditError(
+            f"--out {out}: `diffaudit {command}` writes to a local or mounted folder, not to an object store (of the "
+            "commands, only `sample --out` writes to one); write to a local folder and copy it there (`aws s3 sync`), "
+            "or mount the bucket (s3fs, gcsfuse) and give its path")
 
 
 def ray_address(value: str) -> str:

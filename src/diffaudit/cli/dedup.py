@@ -18,7 +18,7 @@ from diffaudit.core.results import write_result
 from diffaudit.data.digest import dataset_digest
 from diffaudit.defenses.dedup import KEEP_RULE, check_threshold, find_duplicates, write_deduped_npz, write_keep_list
 from diffaudit.defenses.embedders import DEFAULT_CLIP_MODEL, EMBEDDERS, get_embedder, upgrade_embedder_record
-from diffaudit.defenses.neighbours import INDEX_KINDS, check_search_options
+from diffaudit.defenses.neighbours import INDEX_KINDS, check_search_options, ivf_cells
 
 NAME = "dedup"
 HELP = "find near-duplicate groups in a training set (pixel, phash or CLIP embeddings + faiss)"
@@ -177,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
     write_keep_list(out / "keep.json", ds, res)
     if args.write_deduped:
         write_deduped_npz(args.write_deduped, ds, res.keep_indices())
+    cells = {"ivf_cells": ivf_cells(len(ds), args.nlist)} if args.index == "ivf" else {}  # what --nlist (or its default) came to
     result = write_result(out / "result.json", NAME, settings, {"seed": args.seed}, **res.result_fields(ds.keys),
-                          keep_file="keep.json", edges_file="edges.npz", seconds=round(t.seconds, 3))
+                          **cells, keep_file="keep.json", edges_file="edges.npz", seconds=round(t.seconds, 3))
     emit(args, result, f"{_summary(result)} ({t.seconds:.1f} s)")
     return 0

@@ -175,10 +175,14 @@ def _run_naming_flags(mod, flags: dict[str, str], args: argparse.Namespace) -> i
     own name (``micro_batch`` as ``--micro-batch``; nested: ``data.options.subset`` as ``--subset``,
     :func:`setting_names`), or what the command's ``setting_flags(args)`` says where a setting is named
     otherwise (sample's ``per_prompt``: ``--n`` or ``--per-prompt``); the inputs ``--skip-bad`` skips
-    are listed in the results it writes (:func:`~diffaudit.core.results.recording_skipped`)."""
+    are listed in the results it writes (:func:`~diffaudit.core.results.recording_skipped`). Path options are
+    checked first (:func:`~diffaudit.cli.common.check_paths`: none empty, ``--out`` no object store but
+    where the command sets ``OUT_OBJECT_STORE``)."""
+    from diffaudit.cli.common import check_paths
     from diffaudit.core.outdir import flag_names
     from diffaudit.core.results import recording_skipped
 
+    check_paths(args, mod.NAME, out_object_store=getattr(mod, "OUT_OBJECT_STORE", False))
     own = getattr(mod, "setting_flags", None)
     with flag_names({**flags, **(own(args) if own else {})}), recording_skipped():
         return mod.run(args)

@@ -17,10 +17,11 @@ from diffaudit.core.io import read_json
 from diffaudit.core.outdir import prepare_out_dir
 from diffaudit.core.progress import stage_line
 from diffaudit.core.results import write_result
+from diffaudit.data.dataset import CAPTION_SOURCES
 from diffaudit.data.digest import dataset_digest
 from diffaudit.defenses.dedup import check_threshold, find_duplicates
 from diffaudit.defenses.embedders import EMBEDDERS, get_embedder, upgrade_embedder_record
-from diffaudit.defenses.prompts import rank_prompts, write_prompt_file
+from diffaudit.defenses.prompts import normalise_caption, rank_prompts, write_prompt_file
 
 NAME = "prompts"
 HELP = "rank captions by the duplication of their images and write the top N as a prompt file"
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     opts = data_options(args)
     ds = load_data(args, args.data, **opts)  # with --data-cache: the parts dedup decoded, read memory-mapped
     if ds.captions is None:
-        raise DiffauditError(f"--data {args.data}: the dataset has no captions (WebDataset .txt or npz `captions` needed)")
+        raise DiffauditError(f"--data {args.data}: the dataset has no captions; give one with captions ({CAPTION_SOURCES})")
     if args.duplicates:
         counts, count_kind = _counts_from(args.duplicates, ds)
         emb = threshold = None
@@ -127,8 +128,13 @@ def run(args: argparse.Namespace) -> int:
         counts = find_duplicates(ds.images, emb, threshold=threshold, seed=args.seed).neighbour_count
     ranked = rank_prompts(ds.captions, counts, top=args.top, min_score=args.min_score)
     write_prompt_file(out / "prompts.txt", ranked)
+    uncaptioned = sum(1 for c in ds.captions if not normalise_caption(c))  # no prompt to give: rank_prompts skips them
+    if uncaptioned:
+        stage_line(f"prompts: {uncaptioned:,} of {len(ds):,} images {'has' if uncaptioned == 1 else 'have'} an empty "
+                   "caption (no prompt, however duplicated)")
     r = write_result(out / "result.json", NAME, settings, {"seed": args.seed}, prompt_file="prompts.txt",
-                     n_prompts=len(ranked), n_images=len(ds), n_duplicated_images=int((counts > 0).sum()),
+                     n_prompts=len(ranked), n_images=len(ds), n_uncaptioned_images=uncaptioned,
+                     n_duplicated_images=int((counts > 0).sum()),
                      n_prompts_without_duplicates=sum(x.score == 0 for x in ranked), score=count_kind,
                      prompts=[x.to_dict() for x in ranked])
     stage_line(f"prompts: {len(ranked)} prompts -> {out / 'prompts.txt'}")

@@ -14,6 +14,8 @@ from diffaudit.core.ray_pool import RAY_HELP
 
 NAME = "sample"
 HELP = "generate images into a sharded, resumable store (each image from its own seed)"
+#: ``--out`` may name an object store (s3://bucket/store): the store writes through fsspec (cli.common.check_paths).
+OUT_OBJECT_STORE = True
 DESCRIPTION = (
     "Generate images from a run directory or a local diffusers folder (DDPM/DDIM UNet, class-conditional, or a "
     "StableDiffusionPipeline with --prompts). Image p<P>-i<I> is drawn from a seed derived from (--seed, P, I), so "

@@ -18,11 +18,7 @@ def check_local(spec: str | os.PathLike) -> None:
     if m is None:
         return
     if m.group(1).lower() == "file":
-        from urllib.parse import urlparse
-        from urllib.request import url2pathname
-
-        url = urlparse(s)
-        path = url2pathname(url.path) if url.netloc in ("", "localhost") else None
+        path = file_url_path(s)
         raise DiffauditError(f"{s}: a dataset is given by its path, not a file:// URL"
                              + (f" ({path})" if path else ""))
     raise DiffauditError(
@@ -30,3 +26,15 @@ def check_local(spec: str | os.PathLike) -> None:
         "`gcloud storage rsync`) or mount the bucket (s3fs, gcsfuse) at the same path on every node "
         "(sample stores are the exception: --out and --samples take s3:// URLs)"
     )
+
+
+def file_url_path(url: str) -> str | None:
+    """The local path a ``file://`` URL names (``file:///x`` and ``file://localhost/x``: ``/x``), None for
+    another host's file or another kind of URL."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    parsed = urlparse(url)
+    if parsed.scheme.lower() != "file" or parsed.netloc not in ("", "localhost"):
+        return None
+    return url2pathname(parsed.path)

@@ -138,12 +138,16 @@ def _unique_max(keys: np.ndarray, sims: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def check_search_options(*, k: int, nlist: int | None, nprobe: int) -> None:
-    """Raise :class:`DiffauditError` (naming the flag) unless ``k`` ≥ 1, ``nprobe`` ≥ 1 and ``nlist``
-    (when given) ≥ 1: faiss itself fails on these with an assertion or a C++ error."""
+    """Raise :class:`DiffauditError` (naming the flag) unless ``k`` ≥ 2, ``nprobe`` ≥ 1 and ``nlist``
+    (when given) ≥ 1: faiss itself fails on values below 1 with an assertion or a C++ error, and with
+    ``k`` 1 each image's one neighbour is itself, so no duplicate could ever be found."""
     given = [("--k", k), ("--nprobe", nprobe)] + ([("--nlist", nlist)] if nlist is not None else [])
     for flag, value in given:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise DiffauditError(f"{flag} must be a whole number of at least 1; got {value!r}")
+    if k == 1:
+        raise DiffauditError("--k must be at least 2: each image is its own nearest neighbour, so with --k 1 no "
+                             "near-duplicate can be found")
 
 
 def hamming_radius(threshold: float, dim: int) -> int:

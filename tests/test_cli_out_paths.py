@@ -1,0 +1,58 @@
+"""``--out`` and the other path options are checked before any work: an object-store URL where the command
+writes local files only (read as a path, ``s3://bkt/x`` became a folder ``./s3:/bkt/x`` and the command
+said it had exported there), a ``file://`` URL taken as its path, and an empty value refused (read as a
+path, "" was the current folder)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from diffaudit.cli.main import main
+
+
+@pytest.mark.parametrize("argv", [
+    ["export", "--samples", "store"],
+    ["dedup", "--data", "digits", "--subset", "16"],
+    ["prompts", "--data", "digits", "--subset", "16"],
+    ["membership", "--data", "digits", "--subset", "16"],
+    ["train", "--data", "digits", "--subset", "16", "--steps", "2"],
+])
+def test_an_object_store_out_is_refused_where_the_command_writes_local_files(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, "--out", "s3://bucket/result"]) == 2
+    err = capsys.readouterr().err
+    assert f"--out s3://bucket/result: `diffaudit {argv[0]}` writes to a local or mounted folder, not to an object store" in err
+    assert len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # no ./s3:/bucket/result
+
+
+def test_a_file_url_out_is_its_path(tmp_path, capsys):
+    assert main(["--quiet", "membership", "--data", "digits", "--subset", "16", "--models", "2",
+                 "--out", f"file://{tmp_path}/m.npz"]) == 0
+    with np.load(tmp_path / "m.npz") as f:
+        assert f["membership"].shape == (16, 2)
+    assert main(["membership", "--data", "digits", "--out", "file://otherhost/m.npz"]) == 2
+    assert "not a path of this machine" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["export", "--samples", "store", "--out", ""], "--out"),
+    (["export", "--samples", "", "--out", "e"], "--samples"),
+    (["dedup", "--data", " ", "--out", "d"], "--data"),
+    (["dedup", "--data", "digits", "--data-cache", "", "--out", "d"], "--data-cache"),
+])
+def test_an_empty_path_is_refused_by_its_flag(argv, flag, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert f"error: {flag} is empty: give a path" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_data_cache_that_is_a_file_is_named_not_the_out_folder(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert main(["dedup", "--data", "digits", "--subset", "16", "--data-cache", str(tmp_path / "afile"),
+                 "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert f"--data-cache {tmp_path / 'afile'} is a file, not a folder for the decoded images" in err
+    assert "--out" not in err
