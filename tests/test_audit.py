@@ -91,6 +91,7 @@ def test_audit_refuses_bad_values_before_recording_anything(tmp_path, capsys):
                       (["--timesteps", "100,100"], "--timesteps must not repeat a timestep; got 100,100"),
                       (["--timesteps=-1"], "--timesteps must be >= 0; got -1"),
                       (["--sweep", "10,10"], "--sweep must not repeat a timestep"),
+                      (["--sweep", "100,5000"], "--sweep 5000: beyond the model's 1000 timesteps"),
                       # the shadows (the target too) train on seeded halves: the size would be ignored
                       (["--shadows", "4", "--train-size", "20"], "--train-size: with --shadows 4 every model")):
         out = tmp_path / "e"
@@ -224,12 +225,21 @@ def test_audit_json_config_redact_and_class_conditional_counts(tmp_path, capsys)
     assert "not a multiple of the 10 classes" in captured.err and "20 in all" in captured.err
     assert json.loads((out / "verify" / "result.json").read_text())["n_samples"] == 20
     assert "training images redacted" in (out / "report.html").read_text()
-    assert "redact" not in (out / "config.toml").read_text()  # not a setting: a resume may change it
+    assert "redact" not in (out / "settings.json").read_text()  # not a setting: a resume may change it
+    # but the audit repeated from its config.toml is redacted too (its report hid the training images)
+    assert "\nredact = true\n" in (out / "config.toml").read_text()
     # the human line states the generations made, not the 25 asked for
     assert main(argv) == 0
     line = capsys.readouterr().out
     assert "from 20 generations" in line and "from 25" not in line
     assert line.count("\n") == 1  # every stage was kept (the sample store too): only the audit's line
+    # a run stopped (Ctrl-C, a full disk) after its result.json, before its summary and report: the re-run writes them
+    (out / "report.html").unlink()
+    (out / "summary.json").unlink()
+    assert main(argv) == 0
+    assert "audit: summary.json and report.html written now (the run that finished stopped before" in capsys.readouterr().err
+    assert "training images redacted" in (out / "report.html").read_text()
+    assert json.loads((out / "summary.json").read_text())["command"] == "audit"
     # --fresh stays command-line only, with a message that says so
     cfg.write_text("fresh = true\n")
     assert main(["audit", "--config", str(cfg), "--out", str(tmp_path / "x"), "--device", "cpu", "--quiet"]) == 2

@@ -157,3 +157,54 @@ def test_a_pending_interrupt_does_not_cut_clean_up_short_and_ends_with_its_scope
                 bar.advance()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and not interrupt.pending()
     interrupt.raise_if_interrupted()  # outside: nothing pending
+
+
+def test_ctrl_c_is_one_line_not_pythons_report_and_a_second_press_lets_clean_up_finish(monkeypatch):
+    """Python's "Exception ignored ... KeyboardInterrupt" report of the swallowed key would stand, with its
+    traceback, before the command's one line; other unraisable errors are still reported. A key pressed
+    again while the first interruption unwinds does not cut its clean-up short."""
+    import signal
+    import sys
+
+    from diffaudit.core import interrupt
+
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+    with interrupt.catching_ctrl_c():
+        _SwallowsCtrlC()
+        import gc
+
+        gc.collect()
+        assert interrupt.pending() and reported == []
+
+        class Broken:
+            def __del__(self):
+                raise ValueError("not ours to hide")
+
+        Broken()
+        assert [type(u.exc_value) for u in reported] == [ValueError]
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            signal.raise_signal(signal.SIGINT)  # pressed again during the clean-up: not raised there
+            cleaned_up = True
+        assert cleaned_up
+    assert sys.unraisablehook == reported.append  # restored
+
+
+def test_the_process_ignores_ctrl_c_once_its_command_has_ended(monkeypatch, tmp_path):
+    """`diffaudit ...` as a process: a key pressed while Python shuts down (an exit hook of torch) neither
+    prints a traceback nor turns a finished command's status 0 into 130."""
+    import signal
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["diffaudit", "--quiet", "membership", "--data", "digits", "--subset", "8",
+                                      "--models", "2", "--out", str(tmp_path / "m.npz")])
+    try:
+        assert cli_main.main() == 0
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    assert cli_main.main(["--quiet", "membership", "--data", "digits", "--subset", "8", "--models", "2",
+                          "--out", str(tmp_path / "m2.npz")]) == 0
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # a call from Python changes nothing

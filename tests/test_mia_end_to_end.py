@@ -204,6 +204,9 @@ def test_user_errors_name_the_thing(shadows, capsys, tmp_path):
     assert rc == 2 and "shadow model 0 (" in capsys.readouterr().err  # an empty folder: not yet trained
     rc, _ = mia(root, "err3", "--timesteps", "1000")
     assert rc == 2 and "--timesteps" in capsys.readouterr().err
+    rc, _ = mia(root, "err3b", "--sweep", "100,5000")  # was: taken as 999 without a word
+    assert rc == 2 and "--sweep 5000: beyond the model's 1000 timesteps (T = 1000 itself means the last one, 999)" \
+        in capsys.readouterr().err
     rc, _ = mia(root, "err4", "--timesteps", ",")
     assert rc == 2 and "at least one timestep" in capsys.readouterr().err
     rc, _ = mia(root, "err5", "--attack", "lira", "--draws", "4")  # was: silently Strong LiRA on averaged losses

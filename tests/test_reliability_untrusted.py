@@ -216,6 +216,8 @@ AUDIT = ["--quiet", "audit", "--subset", "16", "--train-size", "4", "--n-samples
 @pytest.mark.parametrize("line,message", [
     ("evil = 1", "unknown option(s) evil"),
     ("fresh = true", "fresh may only be given on the command line"),
+    ("quiet = true", "quiet may only be given on the command line"),  # was "unknown option(s) quiet"
+    ("n-sample = 64", "unknown option(s) n-sample (did you mean n-samples?)"),
     ("__class__ = 'x'", "unknown option(s) __class__"),
     ("preset = \"__import__('os').system('touch {marker}')\"", "expected one of tiny, small"),
     ("seed = \"__import__('os').system('touch {marker}')\"", "expected an integer"),

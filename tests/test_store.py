@@ -48,7 +48,7 @@ def test_batch_size_does_not_change_pixels(tiny_model, tmp_path):
     assert np.array_equal(read_samples(str(a)).images, read_samples(str(b)).images)
 
 
-def test_killed_sampling_resumes_to_the_same_store(tiny_model, tmp_path):
+def test_killed_sampling_resumes_to_the_same_store(tiny_model, tmp_path, capsys):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     assert main(sample_args(tiny_model, ref)) == 0
     env = {**os.environ, "DIFFAUDIT_KILL_AT": "sample.shard:2"}
@@ -59,7 +59,9 @@ def test_killed_sampling_resumes_to_the_same_store(tiny_model, tmp_path):
     with pytest.raises(DiffauditError, match="unfinished"):
         partial.to_dataset()
     mtime = os.path.getmtime(killed / "shards" / "shard-000000.npy")
-    assert main(sample_args(tiny_model, killed)) == 0
+    capsys.readouterr()
+    assert main([a for a in sample_args(tiny_model, killed) if a != "--quiet"]) == 0
+    assert f"sample: resuming {killed}: 2 of 3 shards finished earlier, kept" in capsys.readouterr().err
     assert os.path.getmtime(killed / "shards" / "shard-000000.npy") == mtime
     for k in range(3):
         assert np.array_equal(SampleStore.open(ref).read_shard(k)[0], SampleStore.open(killed).read_shard(k)[0])

@@ -167,13 +167,19 @@ def apply_config(args: argparse.Namespace, argv: list[str]) -> argparse.Namespac
     cfg = _load_toml(args.config)
     args._given |= set(cfg)
     actions = _audit_actions()
-    unknown = sorted(k for k in cfg if k not in actions)
-    if unknown:
-        raise DiffauditError(f"--config {args.config}: unknown option(s) {', '.join(unknown)}; see `diffaudit audit --help`")
     cli_only = sorted(k.replace("_", "-") for k in cfg if k in _NOT_SETTINGS - _CONFIG_MAY_SET)
-    if cli_only:
+    if cli_only:  # --quiet and --json too, which every command has (not among audit's own options)
         raise DiffauditError(f"--config {args.config}: {', '.join(cli_only)} may only be given on the command line "
                              f"(e.g. --{cli_only[0]}); remove it from the file")
+    unknown = sorted(k for k in cfg if k not in actions)
+    if unknown:
+        import difflib
+
+        names = [d.replace("_", "-") for d in actions]
+        typed = [k.replace("_", "-") if k[:1].isalpha() else k for k in unknown]  # as a file writes them (n-samples)
+        said = [k + (f" (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, names, n=1, cutoff=0.75)) else "")
+                for k in typed]
+        raise DiffauditError(f"--config {args.config}: unknown option(s) {', '.join(said)}; see `diffaudit audit --help`")
     for k, v in cfg.items():
         if k not in given:
             setattr(args, k, _config_value(actions[k], k, v, args.config))
@@ -225,10 +231,12 @@ def _toml_value(v: Any) -> str:
     return json.dumps(str(v))  # a JSON string is a valid TOML basic string
 
 
-def config_toml(settings: dict[str, Any]) -> str:
-    """The options of ``settings`` as the TOML file ``--config`` reads (what is recorded but not an option left out)."""
+def config_toml(settings: dict[str, Any], *, redact: bool = False) -> str:
+    """The options of ``settings`` as the TOML file ``--config`` reads (what is recorded but not an option left
+    out); ``redact = true`` too for a redacted audit: no setting (a resume may change it), but an audit repeated
+    from this file must not show the training images its original hid."""
     lines = ["# The exact configuration of this audit: `diffaudit audit --config config.toml --out ...` repeats it."]
-    lines += [f"{k.replace('_', '-')} = {_toml_value(v)}" for k, v in sorted(settings.items())
+    lines += [f"{k.replace('_', '-')} = {_toml_value(v)}" for k, v in sorted({**settings, "redact": redact or None}.items())
               if v is not None and k != DATA_DIGEST]
     return "\n".join(lines) + "\n"
 
@@ -500,6 +508,9 @@ def check_stage_values(args: argparse.Namespace) -> None:
     if max(timesteps) >= T:
         raise DiffauditError(f"--timesteps must lie in [0, {T - 1}] (the schedule has T = {T} steps; the paper's "
                              f"t = 1000 is --timesteps {T - 1}); got {args.timesteps}")
+    if sweep and max(sweep) > T:  # the mia stage's own refusal, before anything is trained
+        raise DiffauditError(f"--sweep {','.join(str(t) for t in sorted(set(sweep)) if t > T)}: beyond the model's {T} "
+                             f"timesteps (T = {T} itself means the last one, {T - 1})")
     if args.n_samples < 2 and not args.class_conditional:
         raise DiffauditError(f"--n-samples must be at least 2: extraction looks for near-identical generations among "
                              f"them; got {args.n_samples}")
@@ -714,14 +725,20 @@ def run(args: argparse.Namespace) -> int:
         folder_lock.hold(args.out)
         upgrade = prepare_redo(Path(args.out), settings, upgrade, args.redo)
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrade)
-    if args.redact and resumed and (out / "result.json").exists() and not _stale(read_json(out / "result.json"), out):
-        # finished: nothing else is rewritten (it may lie on read-only storage), but a report that is to be
-        # shared must not keep the training images an earlier run showed
-        stage_line(f"audit: report written again, redacted: {render_report(out, redact=True)}")
+    if resumed and (out / "result.json").exists() and not _stale(read_json(out / "result.json"), out):
+        missing = [name for name in ("summary.json", "report.html") if not (out / name).exists()]
+        if missing:  # the finished run stopped (Ctrl-C, a full disk) after its result.json, while writing these
+            write_summary(out)
+            stage_line(f"audit: {' and '.join(missing)} written now (the run that finished stopped before writing "
+                       f"{'it' if len(missing) == 1 else 'them'}): {render_report(out, redact=args.redact)}")
+        elif args.redact:
+            # finished: nothing else is rewritten (it may lie on read-only storage), but a report that is to be
+            # shared must not keep the training images an earlier run showed
+            stage_line(f"audit: report written again, redacted: {render_report(out, redact=True)}")
     if emit_finished(args, out, resumed, lambda r: _head(r, _read_summary(out)), stale=lambda r: _stale(r, out),
                      stale_files=("summary.json", "report.html")):
         return 0  # nothing rewritten: a finished audit may lie on read-only storage
-    write_bytes_atomic(out / "config.toml", config_toml(settings).encode("utf-8"))
+    write_bytes_atomic(out / "config.toml", config_toml(settings, redact=args.redact).encode("utf-8"))
     if args.heldout is not None:
         from diffaudit.data.view import save_parts_view
 

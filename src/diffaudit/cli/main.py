@@ -201,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             return _main(argv)
         finally:
             write_stdout("")  # flush here, not at exit, so that a closed pipe is caught below
+            if argv is None:  # the process's command (not a call from Python): it has ended and said how
+                interrupt.ignore_from_now_on()
     except StdoutClosed:
         # Python's recipe (signal module docs): what is still buffered goes to devnull at exit.
         try:

@@ -88,7 +88,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "strong-lira: LiRA over --draws noise draws and their flips")
     a.add_argument("--timesteps", type=_int_list, default=(100,), help="timestep(s) of the attack (several act as more queries)")
     a.add_argument("--sweep", type=_int_list, default=(), help="also evaluate at each of these timesteps, e.g. 10,50,100,200,300,500,1000 "
-                   "(values >= T are clipped to T-1), and at each of --timesteps alone")
+                   "(T itself, the paper's 1000, is the last step T-1; larger values are refused), and at each of --timesteps alone")
     a.add_argument("--draws", type=int, default=None,
                    help=f"strong-lira: noise draws ε per example (default {DEFAULT_STRONG_DRAWS}); other attacks use one")
     a.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
@@ -121,7 +121,12 @@ def _bootstrap_count(text: str) -> int:
 
 
 def _clip_sweep(sweep: tuple[int, ...], n_timesteps: int) -> tuple[int, ...]:
-    """Sweep timesteps in [0, T): the paper's t = 1000 means the last step, T − 1."""
+    """Sweep timesteps in [0, T): the paper's t = 1000 means the last step, T − 1; a value beyond T (a typo,
+    or a sweep written for a longer schedule) is refused rather than taken as T − 1 too."""
+    beyond = sorted({int(t) for t in sweep if int(t) > n_timesteps})
+    if beyond:
+        raise DiffauditError(f"--sweep {','.join(map(str, beyond))}: beyond the model's {n_timesteps} timesteps "
+                             f"(T = {n_timesteps} itself means the last one, {n_timesteps - 1})")
     return tuple(sorted({min(int(t), n_timesteps - 1) for t in sweep}))
 
 

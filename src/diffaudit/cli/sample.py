@@ -245,6 +245,9 @@ def sample_into(args: argparse.Namespace, model: str, out: str):
         # finished earlier: nothing rewritten (a finished store may lie on read-only storage); an object store,
         # which has no lock, is first checked for shards another command wrote after it was finished
         return store
+    kept = store.n_shards - len(store.pending())
+    if kept:  # as `train` says it resumes: the re-run's count line is of the images it makes now
+        stage_line(f"sample: resuming {store.name}: {kept} of {store.n_shards} shards finished earlier, kept")
     for attempt in range(2):  # stray_shards checks first that the store was not replaced meanwhile
         if getattr(args, "ray", None):
             from diffaudit.store.ray_fill import fill_store_ray

@@ -5,8 +5,9 @@ inside a garbage-collection callback, a ``__del__`` or a weakref finaliser, it i
 "Exception ignored ..." and dropped, and the work goes on as if the key had not been pressed, to
 finish with exit status 0. Within :func:`catching_ctrl_c` SIGINT also sets a flag; work loops call
 :func:`raise_if_interrupted` (every progress bar's ``advance`` does), which raises the interruption
-again when its first ``KeyboardInterrupt`` was swallowed, and the CLI reads :func:`pending` when a
-command returns, so a command that was interrupted ends with status 130 either way.
+again when its first ``KeyboardInterrupt`` was swallowed (Python's "Exception ignored" report of it is
+not printed), and the CLI reads :func:`pending` when a command returns, so a command that was
+interrupted ends with status 130 and one line either way.
 """
 
 from __future__ import annotations
@@ -22,8 +23,20 @@ _pending = False
 
 def _on_sigint(signum, frame) -> None:  # noqa: ARG001 (the signal module's handler signature)
     global _pending
+    if _pending and sys.exc_info()[0] is not None:
+        return  # pressed again while the first interruption unwinds: its clean-up (finished work kept) runs whole
     _pending = True
     raise KeyboardInterrupt
+
+
+def _quiet_unraisable(previous):
+    """``sys.unraisablehook`` that drops the KeyboardInterrupt Python could not raise (in a ``__del__`` or
+    a weakref callback): the flag carries it, so "Exception ignored ... KeyboardInterrupt" and its traceback
+    would only stand before the command's one line; anything else goes to ``previous``."""
+    def hook(unraisable) -> None:
+        if not (_pending and isinstance(unraisable.exc_value, KeyboardInterrupt)):
+            previous(unraisable)
+    return hook
 
 
 @contextmanager
@@ -38,12 +51,22 @@ def catching_ctrl_c() -> Iterator[None]:
         yield
         return
     _pending = False
-    previous = signal.signal(signal.SIGINT, _on_sigint)
+    previous, previous_hook = signal.signal(signal.SIGINT, _on_sigint), sys.unraisablehook
+    sys.unraisablehook = _quiet_unraisable(previous_hook)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = previous_hook
         _pending = False
+
+
+def ignore_from_now_on() -> None:
+    """Ignore Ctrl-C for the rest of the process (the main thread's, where a handler can be set): called
+    once the command has ended and said how, so a key pressed while Python shuts down (a second later, or
+    the same key pressed again) neither prints a traceback from an exit hook nor changes the exit status."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def pending() -> bool:
