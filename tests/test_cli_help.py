@@ -133,3 +133,15 @@ def test_a_command_line_refused_by_argparse_is_json_too_with_json(capsys):
     with pytest.raises(SystemExit):  # without --json, stdout stays empty
         main(["train", "--stpes", "3", "--out", "x"])
     assert capsys.readouterr().out == ""
+
+
+def test_json_without_a_command_is_a_json_refusal_not_the_help(capsys):
+    import json
+
+    from diffaudit.cli.main import main
+
+    assert main(["--json"]) == 2
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {"command": None, "error": "no command given", "exit_status": 2}
+    assert captured.err == "diffaudit: error: no command given (`diffaudit --help` lists them)\n"
+    assert main([]) == 2 and "usage: diffaudit" in capsys.readouterr().out  # without --json: the overview

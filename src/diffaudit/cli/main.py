@@ -284,6 +284,10 @@ def _parse_and_run(argv: list[str] | None, raw: list[str], command: str | None) 
         _RAW.reset(raw_token)
     args._argv = list(sys.argv[1:] if argv is None else argv)  # which flags were given (audit --config)
     if not getattr(args, "_run", None):
+        if args.json:  # a refusal, which --json answers as JSON on stdout like every other one
+            print("diffaudit: error: no command given (`diffaudit --help` lists them)", file=sys.stderr)
+            write_stdout(json.dumps({"command": None, "error": "no command given", "exit_status": 2}, indent=2) + "\n")
+            return 2
         parser.print_help()
         return 2
     previous = os.environ.get("DIFFAUDIT_QUIET")
