@@ -488,6 +488,7 @@ def check_stage_values(args: argparse.Namespace) -> None:
     from diffaudit.attacks.extraction.filter import FilterSettings
     from diffaudit.attacks.membership.run import MiaConfig
     from diffaudit.cli.inpaint import parse_counts
+    from diffaudit.cli.mia import clip_sweep
     from diffaudit.cli.train import train_config_from
     from diffaudit.models.scheduler import make_scheduler, num_train_timesteps
 
@@ -508,9 +509,7 @@ def check_stage_values(args: argparse.Namespace) -> None:
     if max(timesteps) >= T:
         raise DiffauditError(f"--timesteps must lie in [0, {T - 1}] (the schedule has T = {T} steps; the paper's "
                              f"t = 1000 is --timesteps {T - 1}); got {args.timesteps}")
-    if sweep and max(sweep) > T:  # the mia stage's own refusal, before anything is trained
-        raise DiffauditError(f"--sweep {','.join(str(t) for t in sorted(set(sweep)) if t > T)}: beyond the model's {T} "
-                             f"timesteps (T = {T} itself means the last one, {T - 1})")
+    clip_sweep(tuple(sweep), T)  # the mia stage's own refusal of a sweep beyond T, before anything is trained
     if args.n_samples < 2 and not args.class_conditional:
         raise DiffauditError(f"--n-samples must be at least 2: extraction looks for near-identical generations among "
                              f"them; got {args.n_samples}")

@@ -31,11 +31,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _summary(r: dict) -> str:
+    from diffaudit.report.fmt import counted
+
     now, unfinished = r["written_now"], r.get("unfinished_shards") or 0
     text = f"exported {r['exported']} PNG files to {r['out']}" + (f" ({now} written now)" if now != r["exported"] else "")
     if unfinished:  # --partial: the store's unfinished shards are not in the folder yet
-        text += (f"; a partial export: {unfinished} shard{'s' if unfinished != 1 else ''} of the store "
-                 f"{'are' if unfinished != 1 else 'is'} not finished (re-run once sampling has finished to add them)")
+        text += (f"; a partial export: {counted(unfinished, 'shard')} of the store {'are' if unfinished != 1 else 'is'} "
+                 "not finished (re-run once sampling has finished to add them)")
     return text
 
 

@@ -120,9 +120,10 @@ def _bootstrap_count(text: str) -> int:
     return n
 
 
-def _clip_sweep(sweep: tuple[int, ...], n_timesteps: int) -> tuple[int, ...]:
+def clip_sweep(sweep: tuple[int, ...], n_timesteps: int) -> tuple[int, ...]:
     """Sweep timesteps in [0, T): the paper's t = 1000 means the last step, T − 1; a value beyond T (a typo,
-    or a sweep written for a longer schedule) is refused rather than taken as T − 1 too."""
+    or a sweep written for a longer schedule) is refused rather than taken as T − 1 too (``audit`` checks its
+    --sweep with this before anything is trained)."""
     beyond = sorted({int(t) for t in sweep if int(t) > n_timesteps})
     if beyond:
         raise DiffauditError(f"--sweep {','.join(map(str, beyond))}: beyond the model's {n_timesteps} timesteps "
@@ -278,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
     n_draws = args.draws if args.draws is not None else (DEFAULT_STRONG_DRAWS if strong else 1)
     flips = strong if args.flips is None else args.flips
     t_max = num_train_timesteps(runs[0] if runs else args.target)  # the sweep's last step; every model's range is checked below
-    config = MiaConfig(attack=args.attack, timesteps=tuple(args.timesteps), sweep=_clip_sweep(args.sweep, t_max),
+    config = MiaConfig(attack=args.attack, timesteps=tuple(args.timesteps), sweep=clip_sweep(args.sweep, t_max),
                        n_draws=n_draws, flips=flips, noise_seed=args.seed, transform=transform,
                        strong_aggregate=aggregate, precision=precision, batch_size=args.batch_size)
     config.validate()
