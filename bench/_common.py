@@ -58,6 +58,13 @@ def _jsonable(x):
     return x
 
 
+def _named(result: dict) -> dict:
+    """``result`` with the benchmark's name first under ``bench``: as given, else the script's name
+    (``bench_knn.py`` -> ``knn``), so that every result says what measured it."""
+    name = result.get("bench") or Path(sys.argv[0]).stem.removeprefix("bench_")
+    return {"bench": name, **{k: v for k, v in result.items() if k != "bench"}}
+
+
 def _write_result_file(result: dict) -> None:
     path = os.environ.get(RESULT_ENV)
     if not path:
@@ -70,13 +77,13 @@ def _write_result_file(result: dict) -> None:
 
 def checkpoint(result: dict, stage: str) -> None:
     """Save what ``result`` holds so far (when run by run_all): kept if the benchmark dies later."""
-    _write_result_file({**result, "partial": True, "stage": stage})
+    _write_result_file({**_named(result), "partial": True, "stage": stage})
     print(f"[bench] {stage} done", file=sys.stderr, flush=True)
 
 
 def emit(result: dict) -> None:
     """The final result: one JSON object on stdout (and in the run_all result file, if any)."""
-    result = _jsonable(result)
+    result = _jsonable(_named(result))
     _write_result_file(result)
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write("\n")

@@ -99,7 +99,7 @@ def main() -> None:
         server.stop()
     megabytes = args.shards * args.shard_size * int(np.prod(shape)) / 2**20
     emit({
-        "benchmark": "object_store", "endpoint": "moto on localhost" if args.endpoint is None else args.endpoint,
+        "bench": "object_store", "endpoint": "moto on localhost" if args.endpoint is None else args.endpoint,
         "shards": args.shards, "shard_size": args.shard_size, "image_shape": list(shape), "megabytes": round(megabytes, 1),
         "seconds": {"write_local": write_local, "write_s3": write_s3, "read_local": read_local,
                     "read_s3_first": read_first, "read_s3_cached": read_cached},

@@ -99,7 +99,7 @@ def main() -> None:
             rows.append(row)
             for f in (npz,):
                 f.unlink()
-    emit({"benchmark": "verify_memory", "train_images": a.train, "threads": a.threads, "rows": rows,
+    emit({"bench": "verify_memory", "train_images": a.train, "threads": a.threads, "rows": rows,
           "note": "peak RSS of the whole `diffaudit verify` process; store: memory-mapped, read one chunk of "
                   "16,384 queries at a time; npz: decoded into memory first"})
 
@@ -121,7 +121,7 @@ def _cache_rows(a) -> dict:
                                            (*spec, "--data-cache", str(root / "cache"))),
                "data_cache_reused": _verify(store, "cifar10", root / "v-c2", a.threads,
                                             (*spec, "--data-cache", str(root / "cache")))}
-    return {"benchmark": "verify_memory_data_cache", "threads": a.threads, "row": row,
+    return {"bench": "verify_memory_data_cache", "threads": a.threads, "row": row,
             "note": "peak RSS of the whole `diffaudit verify` process; memory: --data decoded into memory; "
                     "data_cache: decoded into .npy parts (first run) or reusing them (second run)"}
 

@@ -76,6 +76,9 @@ def test_audit_config_file_and_changed_settings(tmp_path, capsys):
 
 
 def test_audit_refuses_bad_values_before_recording_anything(tmp_path, capsys):
+    import numpy as np
+
+    np.savez(tmp_path / "wide.npz", images=np.zeros((12, 8, 12, 3), np.uint8))
     for bad, says in ((["--data", str(tmp_path / "nope.npz")], "nope.npz"), (["--timesteps", "abc"], "--timesteps"),
                       (["--inpaint", "--shadows", "4", "--inpaint-targets", "x"], "--inpaint-targets"),
                       # the target is shadow 0: with 2, its non-members are all the other shadow's members
@@ -93,7 +96,14 @@ def test_audit_refuses_bad_values_before_recording_anything(tmp_path, capsys):
                       (["--sweep", "10,10"], "--sweep must not repeat a timestep"),
                       (["--sweep", "100,5000"], "--sweep 5000: beyond the model's 1000 timesteps"),
                       # the shadows (the target too) train on seeded halves: the size would be ignored
-                      (["--shadows", "4", "--train-size", "20"], "--train-size: with --shadows 4 every model")):
+                      (["--shadows", "4", "--train-size", "20"], "--train-size: with --shadows 4 every model"),
+                      # found by the train and verify stages, after the audit folder recorded its settings
+                      (["--data", str(tmp_path / "wide.npz"), "--train-size", "6"],
+                       "holds 8x12 images, and the models the audit trains need square ones: pass --image-size N"),
+                      (["--subset", "10", "--train-size", "9"], "only 1 image of --data is left out of the target's "
+                       "training: the false-positive baseline verifies the generations against the images the target "
+                       "never saw by the ratio rule, which needs at least 2 of them: lower --train-size to 8 or less"),
+                      (["--subset", "3", "--shadows", "4"], "needs at least 2 of them: give --data more images")):
         out = tmp_path / "e"
         assert main(["audit", *bad, "--out", str(out), "--device", "cpu", "--quiet"]) == 2
         assert says in capsys.readouterr().err

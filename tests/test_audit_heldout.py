@@ -31,6 +31,10 @@ def test_heldout_images_are_the_nonmembers(trained, tmp_path, capsys):
     data = ["--model", str(here / "run"), "--data", str(here / "train.npz")]
     assert main(AUDIT + data + ["--out", str(out)]) == 2  # without --heldout: nothing it never saw, and what to do
     assert "give images it never saw with --heldout (e.g. `--heldout cifar10-test`" in capsys.readouterr().err
+    # one never-seen image: a baseline the ratio rule cannot use, refused before any stage (not by verify's)
+    assert main(AUDIT + data + ["--heldout", str(here / "held.npz"), "--heldout-subset", "1", "--out", str(out)]) == 2
+    assert (f"only 1 image is one --model {here / 'run'} never trained on: the false-positive baseline"
+            in capsys.readouterr().err) and not out.exists()
     assert main(AUDIT + data + ["--heldout", str(here / "held.npz"), "--out", str(out)]) == 0
     result = json.loads((out / "result.json").read_text())
     assert (result["n_train"], result["n_nonmembers"]) == (24, 24)

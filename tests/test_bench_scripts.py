@@ -56,6 +56,8 @@ def test_run_all_records_each_failure_and_keeps_partial_results(bench, tmp_path,
     assert res["printer"]["y"] == 2 and "error" not in res["printer"]
     crash = res["crash"]
     assert crash["stock"] == 2.0 and crash["partial"] and crash["stage"] == "stock"
+    # every result names its benchmark first, under one key: the script's name where it gives none
+    assert list(res["good"])[0] == "bench" and (res["good"]["bench"], crash["bench"]) == ("good", "crash")
     assert "boom" in " ".join(crash["error"]) and crash["returncode"] != 0
     slow = res["slow"]
     assert slow["first"] == 1 and slow["partial"] and "timed out after 3s" in slow["error"] and slow["wall_seconds"] < 30

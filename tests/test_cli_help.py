@@ -51,7 +51,7 @@ def test_no_option_says_its_default_twice_or_says_none_or_false(helps):
 def test_plain_defaults_still_show_and_read_as_typed(helps):
     assert helps["train"]["--steps"].endswith("(default: 1000)")
     assert helps["extract"]["--min-clique"].endswith("(default: 10)")
-    assert helps["extract"]["--seed"] == "seed of every random draw (default 0)"
+    assert helps["extract"]["--seed"] == "seed of every random draw (default: 0)"
     assert helps["extract"]["--device"] == "cpu, cuda, cuda:N or auto (default: auto)"
     assert helps["extract"]["--sweep-min-clique"] == "clique sizes (>= 2) to sweep, with --calibrate only (default: 2,3,5,10,20,50)"
     assert helps["mia"]["--timesteps"].endswith("(default: 100)")
@@ -118,7 +118,7 @@ def test_a_command_line_refused_by_argparse_is_json_too_with_json(capsys):
         (["--json", "train", "--data", "digits", "--stpes", "3", "--out", "x"], "train",
          "unrecognized arguments: --stpes 3 (did you mean --steps?)"),
         (["mia", "--attack", "LiRA", "--out", "x", "--json"], "mia", "argument --attack: invalid choice: 'LiRA'"),
-        (["--json", "mia", "--timesteps", "abc", "--out", "x"], "mia", "expected comma-separated integers; got 'abc'"),
+        (["--json", "mia", "--timesteps", "abc", "--out", "x"], "mia", "expected comma-separated integers, got 'abc'"),
         (["--json", "trian"], None, "argument COMMAND: invalid choice: 'trian'"),
         # a mistyped required flag is first said as missing: the mistyped one is named beside it
         (["--json", "extract", "--sample", "gens", "--out", "x"], "extract",

@@ -64,6 +64,21 @@ def test_a_stage_speaks_as_the_audit_stage(monkeypatch, tmp_path, capsys):
     assert capsys.readouterr().err == "diffaudit audit (stage train): error: no membership matrix\n"
     # what the report names: the stage that stopped the audit, and what its command said
     assert json.loads((tmp_path / "stage_stopped.json").read_text()) == {"stage": "train", "exit": 2, "error": "no membership matrix"}
+    # a full disk: the record cannot be written, and the audit's error is still that its stage failed
+    (tmp_path / "stage_stopped.json").unlink()
+    monkeypatch.setenv("DIFFAUDIT_STORAGE_FAULT", "ENOSPC")
+    with pytest.raises(DiffauditError, match=r"^stage `train` failed \(exit 2\)"):
+        stages.run("train", ["shadows", "--data", "digits", "--membership", "m.npz", "--out", str(tmp_path / "models")])
+    monkeypatch.delenv("DIFFAUDIT_STORAGE_FAULT")
+    assert not (tmp_path / "stage_stopped.json").exists()
+    # --json: the audit's refusal names the stage and carries what its command said
+    capsys.readouterr()
+    assert cli_main.main(["--json", "audit", "--data", "digits", "--subset", "12", "--train-size", "6", "--steps", "2",
+                          "--n-samples", "4", "--sample-steps", "2", "--sweep", "", "--device", "cpu",
+                          "--out", str(tmp_path / "audit")]) == 2
+    assert json.loads(capsys.readouterr().out) == {
+        "command": "audit", "error": "stage `train` failed (exit 2); fix the cause and re-run: finished stages are kept",
+        "exit_status": 2, "stage": "train", "stage_error": "no membership matrix"}
 
 
 class _SwallowsCtrlC:

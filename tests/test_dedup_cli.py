@@ -285,3 +285,16 @@ def test_a_model_trained_on_a_deduped_npz_audited_against_the_original_data_says
     err = " ".join(capsys.readouterr().err.split())
     assert "(first: 'npz:0')" in err and f"(it was trained on --data {deduped}" in err
     assert "is a deduplicated .npz (`dedup --write-deduped`)" in err and "`train --dedup KEEP.json`" in err
+
+
+def test_a_pixel_size_beyond_the_images_is_said(tmp_path, capsys):
+    """--pixel-size 16 on 8x8 digits upsampled them without a word: now a warning naming a size that fits;
+    none at a size that does."""
+    assert main(["--quiet", "dedup", "--data", "digits", "--subset", "40", "--pixel-size", "16",
+                 "--out", str(tmp_path / "a")]) == 0
+    assert capsys.readouterr().err == ("diffaudit dedup: warning: --pixel-size 16 exceeds the 8x8 images of --data: they "
+                                       "are upsampled, which adds no detail; --pixel-size 8 or less compares them at "
+                                       "their own size\n")
+    assert main(["--quiet", "dedup", "--data", "digits", "--subset", "40", "--pixel-size", "8",
+                 "--out", str(tmp_path / "b")]) == 0
+    assert capsys.readouterr().err == ""

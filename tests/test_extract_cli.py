@@ -231,6 +231,9 @@ def test_prompts_too_few_to_flag_are_said_and_reported(files, tmp_path, capsys):
     assert ("4 of 4 prompts have fewer generations than --min-clique 20 (as few as 12), so none of them can be "
             "flagged") in err
     assert strict_json(out / "result.json")["n_prompts_below_min_clique"] == 4
+    assert main(["--quiet", "extract", "--samples", str(files / "cond.npz"), "--out", str(tmp_path / "q"),
+                 "--min-clique", "20", "--device", "cpu"]) == 0  # a warning, said under --quiet too
+    assert capsys.readouterr().err.startswith("diffaudit extract: warning: 4 of 4 prompts have fewer generations")
     assert main(["--quiet", "report", str(out)]) == 0
     html = (out / "report.html").read_text()
     assert "Extraction could flag no prompt: each of the 4 prompts has fewer generations than the minimum clique (20)" in html

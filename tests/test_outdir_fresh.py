@@ -7,6 +7,7 @@ would take them for its own work). A changed entry of a long list must be named 
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -210,3 +211,14 @@ def test_fresh_in_a_users_folder_interrupted_keeps_the_settings(tmp_path, monkey
     # nothing of the old settings' work is left in it (an empty folder): the re-run takes the new settings
     assert prepare_out_dir(out, "sample", {"steps": 5}) == (out, False)
     assert (out / "notes.txt").read_text() == "mine" and (out / "data" / "x.csv").read_text() == "1,2"
+
+
+def test_a_settings_file_that_names_no_command_is_said_so(tmp_path):
+    """A settings.json without "command" (hand-made, or another tool's) was refused as "the output of
+    `diffaudit None`"."""
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "settings.json").write_text(json.dumps({"settings": {}}))
+    with pytest.raises(SettingsMismatchError, match=r"holds a settings.json that names no command \(not the output of "
+                                                    r"`diffaudit extract`\); choose another --out$"):
+        prepare_out_dir(out, "extract", {})

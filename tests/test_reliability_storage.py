@@ -314,3 +314,18 @@ def test_atomic_write_flushes_the_file_then_its_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(dio.os, "replace", lambda a, b: (events.append("rename"), real_replace(a, b))[1])
     dio.write_json_atomic(tmp_path / "x.json", {"a": 1})
     assert events == ["file", "rename", "dir"]
+
+
+@pytest.mark.parametrize("variable, value, says", [
+    ("DIFFAUDIT_STORAGE_FAULT", "ENOSPACE", "DIFFAUDIT_STORAGE_FAULT='ENOSPACE': expected one of ENOSPC, EROFS, EIO"),
+    ("DIFFAUDIT_STORAGE_FAULT", "ENOSPC:x", "DIFFAUDIT_STORAGE_FAULT='ENOSPC:x': the count after ':' must be an integer"),
+    ("DIFFAUDIT_KILL_AT", "train.checkpoint:two", "DIFFAUDIT_KILL_AT='train.checkpoint:two': the count after ':' must be"),
+])
+def test_a_malformed_fault_hook_is_a_one_line_error(variable, value, says, tmp_path, monkeypatch, capsys):
+    """The test hooks' own variables, mistyped, were a KeyError or ValueError traceback."""
+    monkeypatch.setattr(faults, "_writes", 0)
+    monkeypatch.setattr(faults, "_counts", {})
+    monkeypatch.setenv(variable, value)
+    assert main(TRAIN + ["--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err

@@ -498,6 +498,9 @@ def test_cli_report(audit, tmp_path, capsys):
     assert _cli([str(audit), "--out", str(out), "--redact"], json_out=True) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["report"] == str(out) and Path(printed["summary_file"]) == tmp_path / "out" / "audit.summary.json"
+    # the envelope every command's JSON starts with
+    assert (printed["command"], printed["settings"]) == ("report", {"result_dir": str(audit), "out": str(out), "redact": True})
+    assert printed["schema_version"] == printed["summary"]["schema_version"] and "versions" in printed
     assert json.loads((tmp_path / "out" / "audit.summary.json").read_text()) == build_summary(audit)
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(tmp_path / "out" / "audit.summary.json").st_mode) == 0o600

@@ -131,5 +131,7 @@ def test_cli_extend(tmp_path, capsys):
     assert main(loud + ["--steps", "4", "--out", str(a), "--keep-state"]) == 0  # it used to say only "nothing to do"
     err = " ".join(capsys.readouterr().err.split())
     assert "already finished" in err and "finished earlier without its final state" in err and "--fresh" in err
+    assert main(TRAIN + ["--steps", "4", "--out", str(a), "--keep-state"]) == 0  # --quiet keeps the warning alone
+    assert capsys.readouterr().err.startswith(f"diffaudit train: warning: --keep-state: {a} finished earlier without")
     assert main(loud + ["--steps", "4", "--out", str(a)]) == 0  # the default --keep-state: nothing to say
     assert "without its final state" not in capsys.readouterr().err

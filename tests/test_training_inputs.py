@@ -142,6 +142,8 @@ def test_a_warmup_longer_than_the_run_is_said(tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "a")]) == 0  # the default --warmup-steps 100
     assert ("--warmup-steps 100 is not below --steps 2: the learning rate rises to 2e-05 at most and never reaches "
             "--lr 0.001") in capsys.readouterr().err
+    assert main(["--quiet", *argv, "--out", str(tmp_path / "q")]) == 0  # --quiet silences progress, not warnings
+    assert capsys.readouterr().err.startswith("diffaudit train: warning: --warmup-steps 100 is not below --steps 2")
     assert main([*argv, "--warmup-steps", "1", "--out", str(tmp_path / "b")]) == 0
     assert "--warmup-steps" not in capsys.readouterr().err
     # as long as the run: the last step is at --lr (not "rises to 0.001 at most and never reaches --lr 0.001")
@@ -160,7 +162,9 @@ def test_a_refused_input_comes_alone_before_any_warning(tmp_path, capsys):
     assert "not found" in err and "--warmup-steps" not in err
     assert main(["audit", "--train-size", "4", "--steps", "2", "--batch-size", "4", "--n-samples", "8", "--sample-steps", "2",
                  "--sweep", "", "--device", "cpu", "--out", str(tmp_path / "audit")]) == 0
-    assert capsys.readouterr().err.count("--warmup-steps 50 is not below --steps 2") == 1  # the audit's default
+    err = capsys.readouterr().err  # said once, by the stage that trains, in the audit's name
+    assert err.count("--warmup-steps 50 is not below --steps 2") == 1  # the audit's default
+    assert "diffaudit audit (stage train): warning: --warmup-steps 50" in err
 
 
 def test_the_warmup_warning_is_said_only_for_a_run_that_will_train(tmp_path, capsys):

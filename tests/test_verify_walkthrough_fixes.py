@@ -80,6 +80,11 @@ def test_data_the_model_never_trained_on_is_warned_recorded_and_reported(model_s
     assert r["data_vs_model"] == {"n_data": 1797, "n_trained": 32, "n_not_trained": 1765, "n_trained_missing": 0}
     assert run("--quiet", "report", out) == 0
     assert json.loads((out / "summary.json").read_text())["extraction"]["data_vs_model"]["n_not_trained"] == 1765
+    # --json (which implies --quiet) keeps the warning on stderr; stdout holds the JSON alone
+    assert run("--json", "verify", "--samples", store, "--data", "digits", "--out", tmp_path / "json", "--device", "cpu") == 0
+    std = capsys.readouterr()
+    assert json.loads(std.out)["data_vs_model"]["n_not_trained"] == 1765
+    assert std.err.startswith("diffaudit verify: warning: 1,765 of the 1,797 examples of --data were never trained on")
     page = visible_text((out / "report.html").read_text())
     assert "1,765 of the 1,797 images verify counted as training images were never trained on" in page
 
@@ -158,3 +163,18 @@ def test_from_extract_after_the_store_was_made_again_says_extract_again(model_st
     assert f"the sample store at {store} was made again since" in err
     assert f"run `diffaudit extract --samples {store}` again" in err and "pass the samples" not in err
     assert not (tmp_path / "v").exists()
+
+
+def test_a_one_image_baseline_is_named_as_the_baseline(digits_npz, tmp_path, capsys):
+    """The ratio rule over a --baseline of one unseen image was refused as "a training set of 1 image",
+    while --data held many: the refusal now names the baseline."""
+    from diffaudit.data import load_dataset
+
+    one = load_dataset("digits", subset=40).images[39:]
+    np.savez(tmp_path / "one.npz", images=one)
+    out = tmp_path / "v"
+    assert run("verify", "--samples", digits_npz, "--data", "digits", "--subset", "30", "--baseline",
+               tmp_path / "one.npz", "--out", out, "--device", "cpu") == 2
+    err = capsys.readouterr().err
+    assert f"with n = 1 (--baseline {tmp_path / 'one.npz'} holds 1 image not in --data)" in err, err
+    assert "training set" not in err and not out.exists()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from diffaudit.cli.common import (
     upgrading_paths,
 )
 from diffaudit.cli.train import add_train_options
-from diffaudit.core.errors import DiffauditError
+from diffaudit.core.errors import DiffauditError, StageFailedError
 
 NAME = "audit"
 HELP = "run the whole audit (train, sample, extract, verify, membership inference, report) into one folder"
@@ -332,12 +331,12 @@ RECIPE = ("preset", "steps", "batch_size", "lr", "warmup_steps", "grad_clip", "e
 def adopt_target_recipe(args: argparse.Namespace, given: set[str]) -> None:
     """Set every :data:`RECIPE` option not ``given`` to the value ``--model`` was trained with, and say so."""
     from diffaudit.core.io import read_json
-    from diffaudit.core.progress import stage_line
+    from diffaudit.core.progress import stage_line, warning_line
 
     path = Path(args.model) / "train_config.json"
     if not path.is_file():
-        stage_line(f"audit: {args.model} records no train_config.json: the shadows train with this command's training "
-                   "options, which may differ from how the target was trained")
+        warning_line("audit", f"{args.model} records no train_config.json: the shadows train with this command's training "
+                     "options, which may differ from how the target was trained")
         return
     recipe = read_json(path)
     adopted = {k: recipe[k] for k in RECIPE if k not in given and k in recipe and recipe[k] != getattr(args, k)}
@@ -408,7 +407,8 @@ class _Stages:
                 raise StageInterrupted
             if code != 0:
                 self._stopped(name, stage.error, code)
-                raise DiffauditError(f"stage `{name}` failed (exit {code}); fix the cause and re-run: finished stages are kept")
+                raise StageFailedError(f"stage `{name}` failed (exit {code}); fix the cause and re-run: finished stages are kept",
+                                       name, stage.error)
             stage_line(f"audit: {name}: done in {time.perf_counter() - t0:.1f}s")
         self.done.append(name)
         return read_json(result) if result.exists() else None
@@ -422,7 +422,7 @@ class _Stages:
 
         try:
             write_json_atomic(self.out / STAGE_STOPPED, {"stage": name, "exit": code, "error": error})
-        except OSError:
+        except (OSError, DiffauditError):  # a failed write is a DiffauditError naming this file: not the news
             pass
 
     def run_outliers(self, data, seed: int) -> None:
@@ -525,9 +525,11 @@ def _sample_count(args: argparse.Namespace, data) -> list[str]:
     n_classes = len(data.class_names) if data.class_names else int(np.max(data.labels)) + 1
     per_class = max(1, args.n_samples // n_classes)
     if per_class * n_classes != args.n_samples:
-        print(f"diffaudit audit: warning: --n-samples {args.n_samples} is not a multiple of the {n_classes} classes: "
-              f"generating {per_class} per class, {per_class * n_classes} in all (pass a multiple of {n_classes} "
-              "to get exactly --n-samples)", file=sys.stderr)
+        from diffaudit.core.progress import warning_line
+
+        warning_line("audit", f"--n-samples {args.n_samples} is not a multiple of the {n_classes} classes: "
+                     f"generating {per_class} per class, {per_class * n_classes} in all (pass a multiple of {n_classes} "
+                     "to get exactly --n-samples)")
     return ["--classes", "--per-prompt", str(per_class)]
 
 
@@ -621,6 +623,36 @@ def _refuse_unseen_copies(args: argparse.Namespace, data, trained: set[str], uns
                          "(e.g. `--heldout cifar10-test` for a model trained on all of cifar10)")
 
 
+def _check_trainable_shape(args: argparse.Namespace, data) -> None:
+    """Refuse, before any stage, --data whose images are not square when the audit trains models on it
+    (the train stage would refuse it after the audit folder records its settings)."""
+    h, w, _ = data.image_shape
+    if h != w:
+        raise DiffauditError(f"--data {args.data} holds {h}x{w} images, and the models the audit trains need square "
+                             f"ones: pass --image-size N to resize them to N x N (or --center-crop N to crop them)")
+
+
+def _planned_nonmembers(args: argparse.Namespace, data) -> int:
+    """How many images of --data the audit's own target (model 0, trained here) will never see: what the
+    train stage's membership matrix (:func:`make_membership` / :func:`target_split`, seeded) leaves out."""
+    from diffaudit.data import make_membership
+
+    if args.shadows:
+        return int((~make_membership(len(data), args.shadows, seed=args.seed)[:, 0]).sum())
+    return len(data) - args.train_size
+
+
+def _check_baseline_size(args: argparse.Namespace, n_unseen: int, where: str, fix: str) -> None:
+    """Refuse, before any stage, a false-positive baseline of one image under the ratio rule (the rule
+    `auto` picks for a pixel-space model): verify divides by the mean distance to the baseline's n ≥ 2
+    nearest images, so its verify stage would refuse it only after training. ``where`` completes "only 1
+    image ..."; ``fix`` is the first remedy named."""
+    if n_unseen == 1 and args.rule != "l2":
+        raise DiffauditError(f"only 1 image {where}: the false-positive baseline verifies the generations against "
+                             "the images the target never saw by the ratio rule, which needs at least 2 of them: "
+                             f"{fix}, or pass --rule l2")
+
+
 def _target_members(args, models: Path, dataset) -> tuple[Path, list[str]]:
     """The target run and the keys of its training set (checked: every key, with the pixels it trained on, is in --data)."""
     from diffaudit.models.run_record import check_trained_on
@@ -640,11 +672,11 @@ def _dropped_duplicates(target: Path, data, dropped: list[str] | None) -> set[st
     ``dropped``: what ``read_dropped_duplicates(target)`` returned (None: unreadable). The caller reads
     it once, so that with --model the check for unseen images and this exclusion use the same record.
     """
-    from diffaudit.core.progress import stage_line
+    from diffaudit.core.progress import stage_line, warning_line
 
     if dropped is None:
-        stage_line(f"audit: {target} was deduplicated, but its record of the dropped near-duplicates is unreadable and "
-                   "its keep list is gone: they stay among the non-members, where they look like members")
+        warning_line("audit", f"{target} was deduplicated, but its record of the dropped near-duplicates is unreadable and "
+                     "its keep list is gone: they stay among the non-members, where they look like members")
         return set()
     in_data = set(data.keys)
     excluded = sorted(k for k in set(dropped) if k in in_data)
@@ -660,7 +692,7 @@ def run(args: argparse.Namespace) -> int:
     from diffaudit.core import folder_lock
     from diffaudit.core.device import resolve_device
     from diffaudit.core.outdir import prepare_out_dir
-    from diffaudit.core.progress import stage_line
+    from diffaudit.core.progress import stage_line, warning_line
     from diffaudit.core.results import write_result
     from diffaudit.data import make_membership, save_membership, target_split
     from diffaudit.data.digest import dataset_digest
@@ -699,13 +731,18 @@ def run(args: argparse.Namespace) -> int:
     if not args.model and not args.shadows and not 1 <= args.train_size < len(data):
         raise DiffauditError(f"--train-size must lie in [1, {len(data) - 1}] for the {len(data):,} images of --data "
                              f"{args.data} (some must stay unseen: the baseline and the non-members); got {args.train_size}")
+    if not args.model or args.shadows:
+        _check_trainable_shape(args, data)
     model_dropped = None  # --model's record of its dropped near-duplicates, read once (used again below)
+    if not args.model:
+        _check_baseline_size(args, _planned_nonmembers(args, data), "of --data is left out of the target's training",
+                             "give --data more images" if args.shadows else f"lower --train-size to {len(data) - 2} or less")
     if args.model:
         _, trained = _target_members(args, Path(args.out) / "models", data)
         if args.shadows and not 0.5 <= (len(data) / 2) / len(trained) <= 2:
-            stage_line(f"audit: each shadow trains on half of --data ({len(data) // 2:,} images) but --model trained on "
-                       f"{len(trained):,}: LiRA assumes shadows trained like the target, so give --data a pool about twice "
-                       "the target's training set (e.g. --subset)")
+            warning_line("audit", f"each shadow trains on half of --data ({len(data) // 2:,} images) but --model trained on "
+                         f"{len(trained):,}: LiRA assumes shadows trained like the target, so give --data a pool about twice "
+                         "the target's training set (e.g. --subset)")
         model_dropped = read_dropped_duplicates(args.model)
         unseen = set(data.keys) - set(trained) - set(model_dropped or ())
         if not unseen:  # the verify baseline and the membership attack need unseen images
@@ -716,6 +753,8 @@ def run(args: argparse.Namespace) -> int:
                 "never saw with --heldout (e.g. `--heldout cifar10-test` for a model trained on all of cifar10), or "
                 "audit it on --data that also holds held-out images")
         _refuse_unseen_copies(args, data, set(trained), unseen)
+        _check_baseline_size(args, len(unseen), f"is one --model {args.model} never trained on",
+                             "give more images it never saw with --heldout")
     settings = audit_settings(args)
     # what --data holds now: an audit resumed (or found finished) after its images changed in place is refused
     settings[DATA_DIGEST] = dataset_digest(data)

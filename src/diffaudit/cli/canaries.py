@@ -13,6 +13,7 @@ from diffaudit.cli.train import (
     warn_short_warmup,
 )
 from diffaudit.cli.train import setting_flags as train_setting_flags
+from diffaudit.core.comma_lists import comma_values
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.outdir import prepare_out_dir
@@ -53,10 +54,7 @@ def setting_flags(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _repeats(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise DiffauditError(f"--repeats must be comma-separated integers (e.g. 1,2,4,8); got {text!r}") from None
+    return comma_values(text, int, "integers (e.g. 1,2,4,8)", "--repeats")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -110,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
                          n_reference=args.n_reference, seed=args.seed, pool=pool, training=ds,
                          copy_rule=ev.copy_rule(), device=device, class_conditional=args.class_conditional)
     ev.validate(n_train=len(ds) + len(plan.keys))
-    warn_short_warmup(config)
+    warn_short_warmup(config, "canaries")
     _say_skipped(plan.skipped)
     settings = {"data": str(args.data), "data_options": opts, "kind": args.kind, "canary_pool": args.canary_pool,
                 "repeats": repeats, "per_repeat": args.per_repeat, "n_reference": args.n_reference,

@@ -256,7 +256,7 @@ def _upgraded_paths(keys: tuple[str, ...], then: Callable[[dict[str, Any]], dict
 def add_run_args(p: argparse.ArgumentParser, *, out_required: bool = True) -> None:
     """``--out --seed --device --fresh`` (``--quiet --json`` are global)."""
     p.add_argument("--out", required=out_required, help="output folder (resumed automatically when it holds finished work)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: 0)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     p.add_argument("--fresh", action="store_true", help="delete what --out holds and start over")
 
@@ -305,10 +305,13 @@ _AUDIT_STAGE: ContextVar[AuditStage | None] = ContextVar("diffaudit_audit_stage"
 def audit_stage(name: str) -> Iterator[AuditStage]:
     """Within this block the command an audit runs is its stage ``name`` (:func:`speaking_as`); yields the
     stage, whose ``error`` says why its command failed."""
+    from diffaudit.core.progress import warnings_speak_as
+
     stage = AuditStage(name)
     token = _AUDIT_STAGE.set(stage)
     try:
-        yield stage
+        with warnings_speak_as(speaking_as(None)):  # warnings from lower layers name the stage too
+            yield stage
     finally:
         _AUDIT_STAGE.reset(token)
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 from pathlib import Path
 
 from diffaudit.cli.common import canonical_settings, emit, upgrading_paths
 from diffaudit.core.outdir import prepare_out_dir, recorded_settings
-from diffaudit.core.progress import printable, stage_line
+from diffaudit.core.progress import stage_line, warning_line
 from diffaudit.core.results import envelope, write_result
 from diffaudit.core.errors import DiffauditError, SettingsMismatchError
 from diffaudit.defenses.compare import DESCRIBES_MODEL, compare_summaries, find_dp_record
@@ -125,6 +124,6 @@ def run(args: argparse.Namespace) -> int:
               "b": {"path": str(args.audit_b), "command": b.get("command")}, "warnings": warnings}
     result = write_result(out / "result.json", NAME, settings, {}, **fields) if out else envelope(NAME, settings, {}, **fields)
     for warning in warnings:
-        print(f"diffaudit compare: warning: {printable(warning)}", file=sys.stderr)
+        warning_line("compare", warning)
     emit(args, result, format_rows(rows, *labels))
     return 0

@@ -13,7 +13,7 @@ from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import open_npz, read_json, save_npz_atomic
 from diffaudit.core.outdir import prepare_out_dir
-from diffaudit.core.progress import Timer
+from diffaudit.core.progress import Timer, warning_line
 from diffaudit.core.results import write_result
 from diffaudit.data.digest import dataset_digest
 from diffaudit.defenses.dedup import KEEP_RULE, check_threshold, find_duplicates, write_deduped_npz, write_keep_list
@@ -46,14 +46,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "value: pixel 0.97, phash 0.906 = at most 6 of 64 bits, clip 0.95)")
     g.add_argument("--index", choices=INDEX_KINDS, default="flat", help="faiss index: flat (exact), ivf or hnsw (approximate)")
     g.add_argument("--k", type=int, default=64, help="neighbours per query with --index hnsw")
-    g.add_argument("--nlist", type=int, default=None, help="IVF cells (default 4*sqrt(N), at most N/39 so each cell trains on 39 images)")
+    g.add_argument("--nlist", type=int, default=None, help="IVF cells (default: 4*sqrt(N), at most N/39 so each cell trains on 39 images)")
     g.add_argument("--nprobe", type=int, default=16, help="IVF cells searched per query")
     g.add_argument("--batch-size", type=int, default=4096, help="images embedded and queried at once (bounds memory)")
     g.add_argument("--max-shift", type=int, default=None,
                    help="tolerate translations up to this many pixels (pixel default 2, phash default 2, clip 0)")
-    g.add_argument("--pixel-size", type=int, default=None, help="pixel embedder: down-sampled side (default 8)")
+    g.add_argument("--pixel-size", type=int, default=None, help="pixel embedder: down-sampled side (default: 8)")
     g.add_argument("--pixel-color", choices=("ycc", "rgb", "gray"), default=None,
-                   help="pixel embedder: colour (default ycc: 8x8 luma + 4x4 chroma)")
+                   help="pixel embedder: colour (default: ycc, 8x8 luma + 4x4 chroma)")
     g.add_argument("--clip-model", default=None, help=f"clip embedder: local folder or cached hub name (default {DEFAULT_CLIP_MODEL})")
     g.add_argument("--write-deduped", default=None, metavar="FILE.npz",
                    help="also write the kept images as an .npz (a folder, existing, ending in / or a new path without a suffix: deduped.npz inside it); "
@@ -85,6 +85,16 @@ def _embedder_options(args: argparse.Namespace, device) -> dict:
     if args.max_shift:
         raise DiffauditError("--max-shift is not supported by the clip embedder (CLIP is already shift-tolerant)")
     return {"model": args.clip_model, "device": str(device)}
+
+
+def _warn_upsampling(args: argparse.Namespace, embedder, ds) -> None:
+    """Say when the pixel embedder's side exceeds the images': they are upsampled, which adds no detail
+    and makes the embedding larger (a duplicate is found as well at the images' own size)."""
+    h, w = ds.image_shape[:2]
+    if args.embedder == "pixel" and embedder.size > min(h, w):
+        fits = min(h, w) - (min(h, w) % 2 if embedder.color == "ycc" else 0)  # ycc halves the side for chroma
+        warning_line("dedup", f"--pixel-size {embedder.size} exceeds the {h}x{w} images of --data: they are upsampled, "
+                     f"which adds no detail; --pixel-size {fits} or less compares them at their own size")
 
 
 def _summary(r: dict) -> str:
@@ -157,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
         args.write_deduped = str(_deduped_target(args.write_deduped))
     opts = data_options(args)
     ds = load_data(args, args.data, **opts)
+    _warn_upsampling(args, embedder, ds)
     settings = canonical_settings({
         "data": str(args.data), "data_options": opts, "data_digest": dataset_digest(ds), "embedder": embedder.settings(),
         "threshold": threshold, "index": args.index, "k": args.k, "nlist": args.nlist, "nprobe": args.nprobe,

@@ -32,7 +32,7 @@ from diffaudit.core.faults import fault_point
 from diffaudit.core.identity import text_digest
 from diffaudit.core.io import make_private_dir, read_json, read_text, write_json_atomic
 from diffaudit.core.outdir import prepare_out_dir, recorded_settings
-from diffaudit.core.progress import Timer, progress_bar, stage_line
+from diffaudit.core.progress import Timer, progress_bar, stage_line, warning_line
 from diffaudit.core.ray_pool import RAY_HELP, connect
 from diffaudit.core.results import write_result
 from diffaudit.data.dataset import ImageDataset
@@ -154,9 +154,9 @@ def _check_ground_truth(truth: set[str], prompts: set[str], path: str) -> None:
                              "truth must name prompts exactly as the samples carry them")
     if unknown:
         one = len(unknown) == 1
-        stage_line(f"extract: warning: {len(unknown):,} of the {len(truth):,} --calibrate prompts {'is' if one else 'are'} "
-                   f"no prompt of --samples ({_names(unknown)}): the calibration leaves {'it' if one else 'them'} out "
-                   f"(recall counts the {len(truth) - len(unknown):,} that are)")
+        warning_line("extract", f"{len(unknown):,} of the {len(truth):,} --calibrate prompts {'is' if one else 'are'} "
+                     f"no prompt of --samples ({_names(unknown)}): the calibration leaves {'it' if one else 'them'} out "
+                     f"(recall counts the {len(truth) - len(unknown):,} that are)")
 
 
 def _precision_recall(p: CalibrationPoint) -> str:
@@ -299,9 +299,9 @@ def _conditional(args, ds, fs: FilterSettings, out: Path, device, recipe: Images
     groups = group_by_prompt(ds.captions)
     short = [len(idx) for _, idx in groups if len(idx) < fs.min_clique]  # prompts that cannot be flagged
     if short:
-        stage_line(f"extract: {len(short):,} of {len(groups):,} prompts have fewer generations than --min-clique "
-                   f"{fs.min_clique} (as few as {min(short)}), so none of them can be flagged and their not being flagged "
-                   "says nothing: generate more per prompt (`sample --per-prompt`; the paper: 500), or lower --min-clique")
+        warning_line("extract", f"{len(short):,} of {len(groups):,} prompts have fewer generations than --min-clique "
+                     f"{fs.min_clique} (as few as {min(short)}), so none of them can be flagged and their not being flagged "
+                     "says nothing: generate more per prompt (`sample --per-prompt`; the paper: 500), or lower --min-clique")
     parts_dir = out / "parts"
     if recipe is not None:
         _filter_on_ray(args, recipe, groups, fs, parts_dir, workers_device)

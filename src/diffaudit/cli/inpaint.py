@@ -252,7 +252,7 @@ def _refuse_targets_seen_by_pixels(run: Path, keys: set[str], ds, targets: list[
     """Refuse a shadow that trained on a target's image under another id (a ``dedup --write-deduped`` file
     names its images ``npz:<i>``): its training images, read from the data its settings record, are compared
     with the targets' pixel for pixel. Said aloud, not refused, when that data cannot be read."""
-    from diffaudit.core.progress import stage_line
+    from diffaudit.core.progress import warning_line
     from diffaudit.data import load_dataset
     from diffaudit.data.digest import shared_images
     from diffaudit.data.options import data_flags
@@ -264,8 +264,8 @@ def _refuse_targets_seen_by_pixels(run: Path, keys: set[str], ds, targets: list[
             raise DiffauditError("its settings do not record it")
         theirs = load_dataset(recorded[0], **recorded[1])
     except DiffauditError as exc:
-        stage_line(f"inpaint: shadow {run} trained on examples that are not in --data, and the data it trained on "
-                   f"cannot be read ({exc}): whether it saw a target's image under another id is not checked")
+        warning_line("inpaint", f"shadow {run} trained on examples that are not in --data, and the data it trained on "
+                     f"cannot be read ({exc}): whether it saw a target's image under another id is not checked")
         return
     index = theirs.index_of()
     trained = theirs.subset(sorted(index[k] for k in keys if k in index))

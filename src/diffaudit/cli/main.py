@@ -25,7 +25,7 @@ from diffaudit.cli.common import (  # noqa: E402
     StageInterrupted, StdoutClosed, current_stage, nested_setting_flags, set_quiet, speaking_as, write_stdout,
 )
 from diffaudit.core import folder_lock, interrupt  # noqa: E402
-from diffaudit.core.errors import DiffauditError  # noqa: E402
+from diffaudit.core.errors import DiffauditError, StageFailedError  # noqa: E402
 
 # Order shown in --help: the audit first, then the pipeline's stages.
 COMMANDS = [
@@ -302,7 +302,8 @@ def _parse_and_run(argv: list[str] | None, raw: list[str], command: str | None) 
         if (stage := current_stage()) is not None:  # the audit that runs this command records why its stage stopped
             stage.error = message
         if args.json and speaking_as(args.command) == args.command:  # a script reading stdout gets JSON either way
-            write_stdout(json.dumps({"command": args.command, "error": message, "exit_status": 2}, indent=2) + "\n")
+            fields = exc.json_fields() if isinstance(exc, StageFailedError) else {}
+            write_stdout(json.dumps({"command": args.command, "error": message, "exit_status": 2, **fields}, indent=2) + "\n")
         return 2
     finally:
         if previous is None:

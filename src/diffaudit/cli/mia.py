@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +19,12 @@ from diffaudit.cli.common import (
 )
 from diffaudit.cli.shadows import membership_digest
 from diffaudit.core.batch_fit import batch_option
+from diffaudit.core.comma_lists import comma_values
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import save_npz_atomic
 from diffaudit.core.outdir import prepare_out_dir
-from diffaudit.core.progress import Timer, stage_line
+from diffaudit.core.progress import Timer, stage_line, warning_line
 from diffaudit.core.results import write_result
 from diffaudit.data import load_dataset
 from diffaudit.data.dataset import ImageDataset
@@ -58,10 +58,9 @@ PATH_SETTINGS = ("data.spec", "data.options.cifar_root", "target.run")
 
 def _int_list(text: str) -> tuple[int, ...]:
     try:
-        out = tuple(int(v) for v in str(text).split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers; got {text!r}") from None
-    return out
+        return tuple(comma_values(text, int, "integers"))
+    except DiffauditError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def setting_flags(args: argparse.Namespace) -> dict[str, str]:
@@ -217,14 +216,14 @@ def _warn_if_few_shadows(attack: str, membership, target: TargetSpec) -> None:
         return
     per_side = shadows_per_side(membership, mode=target.mode, index=target.index)
     if per_side < 2:  # lira.py: a side of fewer than 2 losses takes that side's pooled σ
-        print(f"diffaudit mia: warning: {attack} fits a variance per example only from 2 or more IN and OUT shadows; "
-              f"examples scored with fewer (here as few as {per_side} a side) take the pooled variance of "
-              f"{attack}-fixed, so where all do the two attacks give the same scores; train more shadows for a per-example "
-              f"fit (below {FEW_SHADOWS_PER_SIDE} a side, {attack}-fixed is usually the stronger attack)", file=sys.stderr)
+        warning_line("mia", f"{attack} fits a variance per example only from 2 or more IN and OUT shadows; "
+                     f"examples scored with fewer (here as few as {per_side} a side) take the pooled variance of "
+                     f"{attack}-fixed, so where all do the two attacks give the same scores; train more shadows for a "
+                     f"per-example fit (below {FEW_SHADOWS_PER_SIDE} a side, {attack}-fixed is usually the stronger attack)")
     elif per_side < FEW_SHADOWS_PER_SIDE:
-        print(f"diffaudit mia: warning: {attack} fits a variance per example from as few as {per_side} IN and "
-              f"{per_side} OUT shadows; below {FEW_SHADOWS_PER_SIDE} a side, {attack}-fixed (one variance for all "
-              "examples) is usually the stronger attack", file=sys.stderr)
+        warning_line("mia", f"{attack} fits a variance per example from as few as {per_side} IN and "
+                     f"{per_side} OUT shadows; below {FEW_SHADOWS_PER_SIDE} a side, {attack}-fixed (one variance for all "
+                     "examples) is usually the stronger attack")
 
 
 def _shadow_models(args: argparse.Namespace, ds: ImageDataset) -> tuple[np.ndarray, list[Path], dict[str, Any] | None]:

@@ -72,6 +72,7 @@ def refuse_another_result_folder(out: Path, result_dir: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from diffaudit.core.io import read_json
+    from diffaudit.core.results import envelope
     from diffaudit.report import render_report, write_summary
     from diffaudit.report.results import stopped_words
     from diffaudit.report.view_extraction import baseline_phrase
@@ -101,5 +102,6 @@ def run(args: argparse.Namespace) -> int:
         parts.insert(0, f"an unfinished audit: {stopped + '; ' if stopped else ''}its later stages have not run")
     human = f"report: {report}" + (f" ({'; '.join(parts)})" if parts else "") + f"\nsummary: {spath}"
     # attack and folder names come from the result files: emit prints their control characters escaped
-    emit(args, {"report": str(report), "summary_file": str(spath), "summary": summary}, human)
+    settings = {"result_dir": str(args.result_dir), "out": str(report), "redact": bool(args.redact)}
+    emit(args, envelope(NAME, settings, report=str(report), summary_file=str(spath), summary=summary), human)
     return 0

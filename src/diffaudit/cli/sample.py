@@ -58,14 +58,14 @@ def add_sample_options(p: argparse.ArgumentParser) -> None:
                    help="images to generate (unconditional model; with --prompts or --classes use --per-prompt)")
     g.add_argument("--prompts", help="prompt file, one per line (text for Stable Diffusion, class index for class-conditional)")
     g.add_argument("--classes", action="store_true", help="every class of a class-conditional model is a prompt")
-    g.add_argument("--per-prompt", type=int, default=None, help="images per prompt with --prompts or --classes (default 1; "
+    g.add_argument("--per-prompt", type=int, default=None, help="images per prompt with --prompts or --classes (default: 1; "
                    "paper: 500)")
     g.add_argument("--steps", type=int, default=50, help="DDIM steps")
     g.add_argument("--eta", type=float, default=0.0, help="DDIM η (0 deterministic, 1 DDPM-like)")
     g.add_argument("--guidance-scale", type=float, default=None,
-                   help="classifier-free guidance of a Stable Diffusion pipeline (default 7.5)")
+                   help="classifier-free guidance of a Stable Diffusion pipeline (default: 7.5)")
     g.add_argument("--scheduler", choices=("ddim", "dpm", "pndm"), default=None,
-                   help="sampler of a Stable Diffusion pipeline (default ddim); a pixel UNet follows its scheduler config")
+                   help="sampler of a Stable Diffusion pipeline (default: ddim); a pixel UNet follows its scheduler config")
     g.add_argument("--micro-batch", type=batch_option, default=None,
                    help="images per UNet call (fixed; recorded, since bf16 kernels may round differently at other sizes; "
                         "default 32 CPU, 256 CUDA, 8 Stable Diffusion); auto: on CUDA the largest that fits within 80%% "

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= k <= mem.n_models:
         raise DiffauditError(f"--models must lie in [1, {mem.n_models}] (the membership matrix has {mem.n_models} columns); got {k}")
     config = train_config_from(args)
-    warn_short_warmup(config)
+    warn_short_warmup(config, "shadows")
     train_settings = {key: v for key, v in dataclasses.asdict(config).items() if key != "seed"}
     # --models is left out on purpose: a later run with a larger K adds models to the same folder.
     settings = {

@@ -74,17 +74,18 @@ def train_config_from(args: argparse.Namespace, seed: int | None = None):
     )
 
 
-def warn_short_warmup(config) -> None:
+def warn_short_warmup(config, command: str = "train") -> None:
     """Say when the learning rate's warm-up (``warmup_steps``) does not end before ``steps``: --lr is never
-    reached. Called once the data has loaded, so that a refusal of the inputs comes first and alone."""
+    reached. Called once the data has loaded, so that a refusal of the inputs comes first and alone;
+    ``command`` names the command in the warning."""
     if 0 < config.steps <= config.warmup_steps:
-        from diffaudit.core.progress import stage_line
+        from diffaudit.core.progress import warning_line
 
         peak = (f"rises to {config.lr * config.steps / config.warmup_steps:.3g} at most and never reaches --lr {config.lr:g}"
                 if config.steps < config.warmup_steps else
                 f"rises through the whole run and reaches --lr {config.lr:g} only at its last step")
-        stage_line(f"train: --warmup-steps {config.warmup_steps} is not below --steps {config.steps}: the learning rate "
-                   f"{peak}; lower --warmup-steps for a run this short")
+        warning_line(command, f"--warmup-steps {config.warmup_steps} is not below --steps {config.steps}: the learning "
+                     f"rate {peak}; lower --warmup-steps for a run this short")
 
 
 def read_repeats(path: str, dataset, data: str | None = None) -> dict[int, int]:
@@ -205,15 +206,15 @@ def _state_as_asked(args: argparse.Namespace, run_dir: Path) -> None:
     kept silently; the weights and records stay, and the run can no longer be extended). ``--keep-state``
     given to a run finished earlier without it: say that the state is gone and cannot be kept now."""
     from diffaudit.core.outdir import delete_aside
-    from diffaudit.core.progress import stage_line
+    from diffaudit.core.progress import stage_line, warning_line
     from diffaudit.models.run_files import STATE_DIR
 
     given = given_options(getattr(args, "_argv", []))
     kept = (run_dir / STATE_DIR).exists()
     if args.keep_state and "keep_state" in given and not kept:  # kept at the end of training, had it run now
-        stage_line(f"train: --keep-state: {run_dir} finished earlier without its final state (--no-keep-state), "
-                   "which cannot be kept after the fact; `train --extend` needs it, so train the run again with "
-                   "--fresh to keep it")
+        warning_line("train", f"--keep-state: {run_dir} finished earlier without its final state (--no-keep-state), "
+                     "which cannot be kept after the fact; `train --extend` needs it, so train the run again with "
+                     "--fresh to keep it")
     elif not args.keep_state and "no_keep_state" in given and kept:
         delete_aside(run_dir / STATE_DIR, "--no-keep-state")
         stage_line(f"train: --no-keep-state: deleted the final state {run_dir} kept ({STATE_DIR}/); its weights stay, "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from diffaudit.core.errors import DiffauditError
 from diffaudit.core.identity import file_identity, text_digest
 from diffaudit.core.io import read_json, save_npz_atomic
 from diffaudit.core.outdir import prepare_out_dir
-from diffaudit.core.progress import Timer, printable, progress_bar, stage_line
+from diffaudit.core.progress import Timer, printable, progress_bar, stage_line, warning_line
 from diffaudit.core.ray_pool import RAY_HELP, connect
 from diffaudit.core.results import write_result
 from diffaudit.core.seeds import derive_seed, numpy_rng
@@ -130,7 +129,7 @@ def _select_from_extract(path: str, samples: ImageDataset, spec: str) -> tuple[I
     warning = check_extract_samples(r, samples_identity(spec, samples), path=path, samples=spec,
                                     samples_recorded_as=canonical_path(spec))
     if warning:
-        print(f"diffaudit verify: warning: {printable(warning)}", file=sys.stderr)
+        warning_line("verify", warning)
     medoids = [p["medoid"] for p in r.get("prompts", []) if p.get("flagged") and p.get("medoid") is not None]
     medoids += [g["medoid"] for g in r.get("groups", [])]
     index = samples.index_of()
@@ -329,12 +328,12 @@ def _data_vs_model(spec: str, train: ImageDataset | NativeImages) -> dict[str, A
     advice = "give the --data and data options it trained on" + (trained_data_text(model) or " (e.g. the same --subset)")
     made = f"the model that made --samples ({model})"
     if counts["n_not_trained"]:
-        stage_line(f"verify: warning: {counts['n_not_trained']:,} of the {len(train):,} examples of --data were never "
-                   f"trained on by {made}, which trained on {len(trained):,}; they are counted as \"training images\" "
-                   f"all the same, so a match to one of them is not memorization: {advice}")
+        warning_line("verify", f"{counts['n_not_trained']:,} of the {len(train):,} examples of --data were never "
+                     f"trained on by {made}, which trained on {len(trained):,}; they are counted as \"training images\" "
+                     f"all the same, so a match to one of them is not memorization: {advice}")
     if counts["n_trained_missing"] * 2 > len(trained):
-        stage_line(f"verify: warning: --data lacks {counts['n_trained_missing']:,} of the {len(trained):,} examples "
-                   f"{made} trained on, so generations that copy them are not found: {advice}")
+        warning_line("verify", f"--data lacks {counts['n_trained_missing']:,} of the {len(trained):,} examples "
+                     f"{made} trained on, so generations that copy them are not found: {advice}")
     return counts
 
 
@@ -410,7 +409,9 @@ def run(args: argparse.Namespace) -> int:
         if whole_set:
             vs.neighbourhood(len(train))
         if base is not None:
-            vs.neighbourhood(min(len(base) if unseen is None else len(unseen), len(train)))
+            n_base = len(base) if unseen is None else len(unseen)  # less any image also in --data
+            vs.neighbourhood(min(n_base, len(train)), why=f"--baseline {printable(args.baseline)} holds "
+                             f"{counted(n_base, 'image')} not in --data" if n_base <= len(train) else None)
     settings = {
         "samples": str(args.samples), "samples_identity": samples_identity(args.samples, samples),
         "data": str(args.data), "data_options": opts, "rule": rule, "delta": vs.delta,
@@ -446,9 +447,9 @@ def run(args: argparse.Namespace) -> int:
     if len(samples) == 0:  # --from-extract of a result that flagged nothing: said, and the report says not measured
         fields.update(extracted=[], unique_extracted=0, n_extracting_samples=0)
         if medoids is not None:
-            print(f"diffaudit verify: warning: {args.from_extract} flags no clique among its {n_samples_total:,} generations: "
-                  "no generation is verified, so whether the model emits training images is not measured (extract's "
-                  "own warnings say why: e.g. fewer generations per prompt than --min-clique)", file=sys.stderr)
+            warning_line("verify", f"{args.from_extract} flags no clique among its {n_samples_total:,} generations: "
+                         "no generation is verified, so whether the model emits training images is not measured (extract's "
+                         "own warnings say why: e.g. fewer generations per prompt than --min-clique)")
     elif whole_set:
         v = _run_verification("training", samples, train, vs, out, "knn", args, device, workers_device,
                               _recipes(args, settings, queries, "data", opts, data_digest))

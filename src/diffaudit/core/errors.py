@@ -16,5 +16,18 @@ class SettingsMismatchError(DiffauditError):
         self.differences = differences
 
 
+class StageFailedError(DiffauditError):
+    """A stage of an audit failed: ``stage`` names it, ``stage_error`` is what its command said (None when
+    it raised no error of its own, e.g. its argument parser refused). ``--json`` gives both beside the
+    audit's own message, which only says that the stage failed (its error is on stderr, once)."""
+
+    def __init__(self, message: str, stage: str, stage_error: str | None):
+        super().__init__(message)
+        self.stage, self.stage_error = stage, stage_error
+
+    def json_fields(self) -> dict[str, str | None]:
+        return {"stage": self.stage, "stage_error": self.stage_error}
+
+
 class NonFiniteError(DiffauditError):
     """A model produced NaN or infinite values; the run stopped before writing them."""

@@ -22,6 +22,8 @@ import os
 import signal
 import time
 
+from diffaudit.core.errors import DiffauditError
+
 _counts: dict[str, int] = {}
 _writes = 0
 
@@ -38,7 +40,7 @@ def fault_point(name: str) -> None:
     if target != name:
         return
     _counts[name] = _counts.get(name, 0) + 1
-    if _counts[name] == int(nth or 1):
+    if _counts[name] == _count("DIFFAUDIT_KILL_AT", spec, nth or "1"):
         marker = os.environ.get("DIFFAUDIT_KILL_ONCE")
         if marker and not _first_to(marker):
             return
@@ -65,7 +67,21 @@ def check_storage(path: str | os.PathLike) -> None:
         return
     name, _, allowed = spec.partition(":")
     _writes += 1
-    if allowed and _writes <= int(allowed):
+    if allowed and _writes <= _count("DIFFAUDIT_STORAGE_FAULT", spec, allowed):
         return
-    code = {"ENOSPC": errno.ENOSPC, "EROFS": errno.EROFS, "EIO": errno.EIO}[name]
+    if name not in _STORAGE_ERRORS:
+        raise DiffauditError(f"DIFFAUDIT_STORAGE_FAULT={spec!r}: expected one of {', '.join(_STORAGE_ERRORS)}, "
+                             "optionally followed by :N (writes that succeed first)")
+    code = _STORAGE_ERRORS[name]
     raise OSError(code, os.strerror(code), str(path))
+
+
+_STORAGE_ERRORS = {"ENOSPC": errno.ENOSPC, "EROFS": errno.EROFS, "EIO": errno.EIO}
+
+
+def _count(variable: str, spec: str, text: str) -> int:
+    """The count ``text`` of test hook ``variable`` (set to ``spec``), or an error naming the variable."""
+    try:
+        return int(text)
+    except ValueError:
+        raise DiffauditError(f"{variable}={spec!r}: the count after ':' must be an integer, got {text!r}") from None

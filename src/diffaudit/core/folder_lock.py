@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 from diffaudit.core.errors import DiffauditError
+from diffaudit.core.progress import warning_line
 
 try:
     import fcntl
@@ -80,8 +80,8 @@ def _warn_unlocked(folder: str | os.PathLike) -> None:
     if not _WARNED:
         _WARNED.append(True)
         tried = ", ".join(map(str, _lock_dirs(_uid())))
-        print(f"diffaudit: warning: no private lock directory can be made here (tried {tried}); {folder} is not "
-              "locked: do not run two commands on one --out at once", file=sys.stderr)
+        warning_line("", f"no private lock directory can be made here (tried {tried}); {folder} is not "
+                     "locked: do not run two commands on one --out at once")
 
 
 def lock_path(folder: str | os.PathLike) -> Path | None:

@@ -379,9 +379,9 @@ def resumed_record(where: str, old: dict[str, Any], record: dict[str, Any],
     command = record["command"]
     if not isinstance(old, dict) or old.get("command") != command:
         found = old.get("command") if isinstance(old, dict) else None
-        raise SettingsMismatchError(
-            f"{where} holds the output of `diffaudit {found}`, not `{command}`; choose another --out"
-        )
+        held = (f"the output of `diffaudit {found}`, not `{command}`" if isinstance(found, str) and found else
+                f"a {SETTINGS_FILE} that names no command (not the output of `diffaudit {command}`)")
+        raise SettingsMismatchError(f"{where} holds {held}; choose another --out")
     recorded = old.get("settings", {})
     diffs = named_differences(recorded, record["settings"])
     if diffs and upgrade is not None:  # an earlier version's record, read as today's: only real differences

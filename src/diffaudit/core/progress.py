@@ -13,6 +13,7 @@ import re
 import sys
 import time
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Iterator
 
 from rich.console import Console
@@ -188,6 +189,33 @@ def stage_line(message: str) -> None:
     raise_if_interrupted()
     if not quiet():
         print(printable(message), file=sys.stderr, flush=True)
+
+
+#: The name warnings go by while one command runs another in-process (an audit's stage: ``audit (stage
+#: train)``), None otherwise: set by :func:`warnings_speak_as`.
+_SPEAKER: ContextVar[str | None] = ContextVar("diffaudit_warning_speaker", default=None)
+
+
+@contextmanager
+def warnings_speak_as(name: str) -> Iterator[None]:
+    """Within this block every :func:`warning_line` names ``name`` instead of its own command."""
+    token = _SPEAKER.set(name)
+    try:
+        yield
+    finally:
+        _SPEAKER.reset(token)
+
+
+def warning_line(command: str, message: str) -> None:
+    """``diffaudit COMMAND: warning: MESSAGE`` on stderr, control characters escaped (:func:`printable`);
+    inside :func:`warnings_speak_as` that name stands for ``command``.
+
+    Printed under ``--quiet`` and ``--json`` too: those silence progress and stage lines, not what the user
+    must read to trust the result (stdout, where ``--json`` writes, stays clean). ``command`` "" names
+    no command (``diffaudit: warning: ...``)."""
+    command = _SPEAKER.get() or command
+    prefix = f"diffaudit {command}: warning: " if command else "diffaudit: warning: "
+    print(printable(prefix + message), file=sys.stderr, flush=True)
 
 
 class Timer:

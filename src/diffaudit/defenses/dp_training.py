@@ -56,7 +56,7 @@ import torch
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.faults import fault_point
 from diffaudit.core.io import write_bytes_atomic, write_json_atomic
-from diffaudit.core.progress import progress_bar, stage_line
+from diffaudit.core.progress import progress_bar, stage_line, warning_line
 from diffaudit.core.results import write_result
 from diffaudit.core.seeds import derive_seed, numpy_rng, torch_generator
 from diffaudit.data.dataset import ImageDataset, to_model_space
@@ -470,14 +470,14 @@ def train_dp(
                              "each example at most once (sampling rate q = B / N at most 1); lower --batch-size")
     q = config.batch_size / n
     if q == 1 and dp.noise_multiplier != 0:
-        stage_line(f"train (DP-SGD): warning: --batch-size {config.batch_size} takes all {n} training examples every "
-                   "step (sampling rate q = 1), so subsampling amplifies no privacy: every step spends its full "
-                   "privacy cost; a --batch-size well below the training set buys a lower epsilon per step")
+        warning_line("train", f"(DP-SGD) --batch-size {config.batch_size} takes all {n} training examples every "
+                     "step (sampling rate q = 1), so subsampling amplifies no privacy: every step spends its full "
+                     "privacy cost; a --batch-size well below the training set buys a lower epsilon per step")
     delta = dp.delta if dp.delta is not None else 1.0 / (10 * n)
     if delta >= 1.0 / n:  # (ε, δ) allows a δ chance of anything: here as likely as naming one example whole
-        stage_line(f"train (DP-SGD): warning: --dp-delta {delta:g} is not below 1/N = {1.0 / n:.3g} for the {n} training "
-                   "examples: a mechanism that publishes one whole training example at random meets it, so the epsilon "
-                   f"promises little; leave --dp-delta out for 1/(10 N) = {1.0 / (10 * n):.3g}, or give one well below 1/N")
+        warning_line("train", f"(DP-SGD) --dp-delta {delta:g} is not below 1/N = {1.0 / n:.3g} for the {n} training "
+                     "examples: a mechanism that publishes one whole training example at random meets it, so the epsilon "
+                     f"promises little; leave --dp-delta out for 1/(10 N) = {1.0 / (10 * n):.3g}, or give one well below 1/N")
     sigma = resolve_noise(dp, sample_rate=q, steps=config.steps, delta=delta)
     dp_settings = {**dataclasses.asdict(dp), "max_grad_norm": _finite(dp.max_grad_norm), "delta": delta,
                    "noise_multiplier_used": sigma, "sample_rate": q}

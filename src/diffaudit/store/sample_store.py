@@ -44,7 +44,7 @@ import numpy as np
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.faults import fault_point
 from diffaudit.core.folder_lock import writer
-from diffaudit.core.progress import stage_line
+from diffaudit.core.progress import warning_line
 from diffaudit.core.io import load_npy, make_private_dir
 from diffaudit.core.outdir import SETTINGS_FILE, prepare_out_dir, recorded_settings
 from diffaudit.core.seeds import generation_seed
@@ -311,7 +311,7 @@ class SampleStore:
         try:  # another writer's sidecar came first: the shard and its pixels are its
             self.location.remove([pixels])
         except DiffauditError as exc:  # e.g. no right to delete: the unused object stays (docs: known limits)
-            stage_line(f"sample: warning: shard {index} was finished by another writer; {exc}")
+            warning_line("sample", f"shard {index} was finished by another writer; {exc}")
         if unless_finished:
             return False
         raise DiffauditError(f"shard {index} of {self.name} was finished by another writer meanwhile; finished shards "

@@ -17,6 +17,7 @@ import numpy as np
 
 from diffaudit.attacks.extraction.cliques import DEFAULT_MAX_EXPANSIONS, max_clique
 from diffaudit.attacks.extraction.graph import check_threshold
+from diffaudit.core.comma_lists import comma_values
 from diffaudit.core.errors import DiffauditError
 
 
@@ -39,25 +40,19 @@ class CalibrationPoint:
 
 
 def parse_float_list(text: str, name: str) -> list[float]:
-    """"0.05,0.1" -> [0.05, 0.1] with a clear error naming the option."""
-    try:
-        vals = [float(x) for x in str(text).split(",") if x.strip()]
-    except ValueError:
-        raise DiffauditError(f"{name}: expected comma-separated numbers, got {text!r}") from None
-    if not vals:
-        raise DiffauditError(f"{name}: no values given")
-    return vals
+    """"0.05,0.1" -> [0.05, 0.1] with a clear error naming the option (:func:`comma_values`); none is an error."""
+    return _some(comma_values(text, float, "numbers", name), name)
 
 
 def parse_int_list(text: str, name: str) -> list[int]:
-    """"5,10" -> [5, 10] with a clear error naming the option."""
-    try:
-        vals = [int(x) for x in str(text).split(",") if x.strip()]
-    except ValueError:
-        raise DiffauditError(f"{name}: expected comma-separated integers, got {text!r}") from None
-    if not vals:
+    """"5,10" -> [5, 10] with a clear error naming the option (:func:`comma_values`); none is an error."""
+    return _some(comma_values(text, int, "integers", name), name)
+
+
+def _some(values: list, name: str) -> list:
+    if not values:
         raise DiffauditError(f"{name}: no values given")
-    return vals
+    return values
 
 
 def check_clique_sizes(clique_sizes: Iterable[int]) -> list[int]:

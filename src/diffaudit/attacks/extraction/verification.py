@@ -87,17 +87,19 @@ class VerifySettings:
             raise DiffauditError(_DEGENERATE_RATIO.format(why="--n-neighbors 1"))
         return self
 
-    def neighbourhood(self, n_train: int) -> int:
-        """n = min(n_neighbors, N_train); for the ratio rule at least 2, else an error."""
+    def neighbourhood(self, n_train: int, why: str | None = None) -> int:
+        """n = min(n_neighbors, N_train); for the ratio rule at least 2, else an error that says ``why``
+        n is 1 (default: "a training set of N_train images")."""
         n = neighborhood_size(n_train, self.n_neighbors)
         if self.rule == "ratio" and n < 2:
-            raise DiffauditError(_DEGENERATE_RATIO.format(why=f"a training set of {n_train} image{'' if n_train == 1 else 's'}"))
+            raise DiffauditError(_DEGENERATE_RATIO.format(
+                why=why or f"a training set of {n_train} image{'' if n_train == 1 else 's'}"))
         return n
 
 
 _DEGENERATE_RATIO = ("the ratio rule divides the nearest distance by α times the mean of the n nearest; with n = 1 "
                      "({why}) that is 1/α for every generation, so it decides nothing: use --rule l2, or n ≥ 2 "
-                     "(at least 2 training images)")
+                     "(at least 2 images searched)")
 
 
 @dataclass

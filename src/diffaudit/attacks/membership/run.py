@@ -40,7 +40,7 @@ from diffaudit.attacks.membership.sweep import sweep_scores
 from diffaudit.attacks.membership.targets import PooledScores, score_models, shadows_per_side, without_nonmember_rows
 from diffaudit.core.batch_fit import AUTO
 from diffaudit.core.errors import DiffauditError
-from diffaudit.core.progress import stage_line
+from diffaudit.core.progress import warning_line
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.models.alike import check_models_alike
 from diffaudit.models.digest import model_digest
@@ -463,8 +463,8 @@ def without_dropped_duplicates(scores: MiaScores, dataset: ImageDataset, shadow_
     for m, run in runs.items():
         dropped = read_dropped_duplicates(run)
         if dropped is None:
-            stage_line(f"mia: {run} was deduplicated, but its record of the dropped near-duplicates is gone: they stay "
-                       "among its non-members, where they score like members")
+            warning_line("mia", f"{run} was deduplicated, but its record of the dropped near-duplicates is gone: they stay "
+                         "among its non-members, where they score like members")
         elif dropped:
             rows_by_model[m] = np.array(sorted(index[k] for k in dropped if k in index), dtype=np.int64)
     if not any(len(r) for r in rows_by_model.values()):
