@@ -29,6 +29,10 @@ def test_audit_extracts_memorized_digits_and_writes_the_report(tmp_path, capsys,
     assert "Content-Security-Policy" in html and "data:image/png;base64," in html
     assert 'src="http' not in html
     assert '<section id="training">' in html and 'alt="Training loss over ' in html  # the target is models/model-00
+    # the second question, answered from the membership attack, with the members it picks out without a false alarm
+    mia = summary["mia"]["loss"]
+    assert 'data-membership-verdict="yes"' in html and "Does the model reveal which images it trained on?" in html
+    assert 0 < mia["tpr_at_zero_fpr"] <= 1  # shown on the card where TPR at 1% FPR cannot be measured
     # the audit's own data and samples match what verify recorded of them: every pair shows both images
     n_pairs = min(len(verify["extracted"]), 48)
     assert html.count('data-kind="train"') == n_pairs and html.count('data-kind="train-missing"') == 0
@@ -250,6 +254,16 @@ def test_audit_json_config_redact_and_class_conditional_counts(tmp_path, capsys)
     assert "audit: summary.json and report.html written now (the run that finished stopped before" in capsys.readouterr().err
     assert "training images redacted" in (out / "report.html").read_text()
     assert json.loads((out / "summary.json").read_text())["command"] == "audit"
+    # without redact = true or --redact, the report it would replace decides: it stays redacted, and is said to
+    cfg.write_text("n-samples = 25\n")
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "the report stays redacted, as the one it replaces was; --no-redact shows" in capsys.readouterr().err
+    assert '<meta name="diffaudit-redacted" content="true">' in (out / "report.html").read_text()
+    assert main(argv + ["--no-redact"]) == 0  # asked for: the finished audit's report shows the images again
+    assert "audit: report written again, showing the training images" in capsys.readouterr().err
+    assert "diffaudit-redacted" not in (out / "report.html").read_text()
+    assert main(argv) == 0 and "stays redacted" not in capsys.readouterr().err
     # --fresh stays command-line only, with a message that says so
     cfg.write_text("fresh = true\n")
     assert main(["audit", "--config", str(cfg), "--out", str(tmp_path / "x"), "--device", "cpu", "--quiet"]) == 2
@@ -428,6 +442,9 @@ def test_the_report_of_an_unfinished_audit_says_it_is_unfinished(tmp_path, capsy
     assert main(SMALL + ["--out", str(out)]) == 0
     assert json.loads((out / "summary.json").read_text())["audit_finished"] is True
     assert not (out / "stage_stopped.json").exists() and json.loads((out / "summary.json").read_text())["audit_stopped"] is None
+    # the report it replaced was redacted (`report --redact` above): it stays so, unless --no-redact
+    assert "training images redacted" in (out / "report.html").read_text()
+    assert main(SMALL + ["--out", str(out), "--no-redact"]) == 0
     assert "training images redacted" not in (out / "report.html").read_text()
     assert main(SMALL + ["--out", str(out), "--redact"]) == 0  # finished: --redact still writes a report to share
     assert "training images redacted" in (out / "report.html").read_text()

@@ -752,3 +752,18 @@ def test_a_pooled_leave_one_out_attack_says_how_its_rows_were_made(tmp_path):
     write_json_atomic(tmp_path / "mia" / "result.json", record)
     text = visible_text(render_html(tmp_path / "mia"))
     assert "(model, example) rows" not in text and "fits a variance per example" not in text
+
+
+def test_a_redacted_report_stays_redacted_unless_no_redact_is_asked(audit, tmp_path, capsys):
+    """`diffaudit report DIR` over a redacted report wrote the training images back without a word: an
+    unasked --redact now follows the report written over (and says so); --no-redact shows the images."""
+    out = tmp_path / "shared" / "report.html"
+    assert _cli([str(audit), "--out", str(out), "--redact"]) == 0
+    assert _cli([str(audit), "--out", str(out)]) == 0
+    assert "report: redacted, as the report it replaces" in capsys.readouterr().err
+    page = out.read_text(encoding="utf-8")
+    assert '<meta name="diffaudit-redacted" content="true">' in page and not Page(page).images("train")
+    assert _cli([str(audit), "--out", str(out), "--no-redact"]) == 0
+    page = out.read_text(encoding="utf-8")
+    assert "diffaudit-redacted" not in page and Page(page).images("train")
+    assert _cli([str(audit), "--out", str(out)]) == 0 and "redacted" not in capsys.readouterr().err

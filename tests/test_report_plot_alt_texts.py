@@ -53,6 +53,7 @@ def test_the_roc_alt_reads_auc_and_tpr_from_the_drawn_curves(audit, plots):
         tpr = tpr_at_fpr(z["score"], z["member"], 0.01)
     assert alt.startswith("Log-log ROC curves of 2 membership attacks (true against false positive rate; the dashed "
                           "diagonal is chance): ")
+    assert "Membership inference, best TPR at 1% FPR" in render_html(audit)  # the best of the two on the card
     # 200 non-members cannot resolve 0.1% FPR; LiRA's inline points can (1,000 non-members)
     assert f"loss: AUC 0.761, TPR {100 * tpr:.1f}% at 1.0% FPR, n/a at 0.1% FPR" in alt
     assert "lira: AUC 0.934, TPR 31.0% at 1.0% FPR, 12.0% at 0.1% FPR" in alt
@@ -92,7 +93,7 @@ def test_names_in_an_alt_text_are_escaped(tmp_path):
         "auc": 0.8, "tpr_at_fpr": {"0.01": 0.2}, "n_members": 100, "n_nonmembers": 100, "roc": {"fpr": fpr, "tpr": tpr}})
     html = render_html(tmp_path)
     (alt,) = [a["alt"] for a in Page(html).images("plot")]
-    assert alt.startswith("Log-log ROC curves of 1 membership attack") and f'{IMG}" x=": AUC 0.800, TPR 20.0% at 1.0% FPR' in alt
+    assert alt.startswith("Log-log ROC curve of the membership attack") and f'{IMG}" x=": AUC 0.800, TPR 20.0% at 1.0% FPR' in alt
     assert IMG not in html and '" x="' not in html
     assert "&lt;img src=x onerror=alert(1)&gt;" in html
 

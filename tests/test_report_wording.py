@@ -494,7 +494,7 @@ def _mia_folder(root: Path, **fields) -> Path:
 
 def _headline(root: Path) -> str:
     html = render_html(root)
-    start = html.index("Membership inference, best TPR at 1% FPR")
+    start = html.index("Membership inference, TPR at 1% FPR")
     end = html.find('<div class="card">', start)
     return " ".join("".join(Page(html[start:end if end > 0 else html.index("</section>", start)]).text).split())
 

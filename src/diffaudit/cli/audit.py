@@ -119,8 +119,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--inpaint-targets", default="4,4", help="members,non-members to attack")
     g.add_argument("--n-inpaint", type=int, default=16, help="inpaintings per target (paper: 5,000)")
     g = p.add_argument_group("report")
-    g.add_argument("--redact", action="store_true", help="show training images, and the generations that copy them, as their ids in the report; "
-                   "training file names as positions and captions as prompt indices")
+    g.add_argument("--redact", action=argparse.BooleanOptionalAction, default=None,
+                   help="show training images, and the generations that copy them, as their ids in the report; "
+                   "training file names as positions and captions as prompt indices (default: as the report in --out "
+                   "was; --no-redact shows the images)")
 
 
 # --------------------------------------------------------------------------- configuration
@@ -160,6 +162,7 @@ def apply_config(args: argparse.Namespace, argv: list[str]) -> argparse.Namespac
     """Options from ``--config`` for every option not given on the command line (the command line wins).
     ``args._given``: the options given on the command line or in the file."""
     given = given_options(argv)
+    given |= {k[3:] for k in given if k.startswith("no_")}  # --no-redact gives --redact (as false)
     args._given = set(given)
     if not args.config:
         return args
@@ -698,6 +701,7 @@ def run(args: argparse.Namespace) -> int:
     from diffaudit.data.digest import dataset_digest
     from diffaudit.models.run_files import read_dropped_duplicates
     from diffaudit.report import render_report, write_summary
+    from diffaudit.report.redaction import resolve_redact, was_redacted
     from diffaudit.report.results import STAGE_STOPPED
     from diffaudit.attacks.extraction.grid import resolve_grid
 
@@ -762,6 +766,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.fresh:  # held before --redo deletes a stage (prepare_out_dir holds it again: a no-op)
         folder_lock.hold(args.out)
         upgrade = prepare_redo(Path(args.out), settings, upgrade, args.redo)
+    asked = args.redact  # --redact True, --no-redact False, neither None: as the report it replaces
+    was = was_redacted(Path(args.out) / "report.html")  # read before --fresh deletes it
+    args.redact, kept = resolve_redact(asked, Path(args.out) / "report.html")
+    if kept:
+        stage_line("audit: the report stays redacted, as the one it replaces was; --no-redact shows the training images")
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrade)
     if resumed and (out / "result.json").exists() and not _stale(read_json(out / "result.json"), out):
         missing = [name for name in ("summary.json", "report.html") if not (out / name).exists()]
@@ -769,10 +778,11 @@ def run(args: argparse.Namespace) -> int:
             write_summary(out)
             stage_line(f"audit: {' and '.join(missing)} written now (the run that finished stopped before writing "
                        f"{'it' if len(missing) == 1 else 'them'}): {render_report(out, redact=args.redact)}")
-        elif args.redact:
+        elif asked or (asked is False and was):
             # finished: nothing else is rewritten (it may lie on read-only storage), but a report that is to be
-            # shared must not keep the training images an earlier run showed
-            stage_line(f"audit: report written again, redacted: {render_report(out, redact=True)}")
+            # shared must not keep the training images an earlier run showed, and --no-redact asks for them
+            stage_line(f"audit: report written again, {'redacted' if asked else 'showing the training images'}: "
+                       f"{render_report(out, redact=asked)}")
     if emit_finished(args, out, resumed, lambda r: _head(r, _read_summary(out)), stale=lambda r: _stale(r, out),
                      stale_files=("summary.json", "report.html")):
         return 0  # nothing rewritten: a finished audit may lie on read-only storage

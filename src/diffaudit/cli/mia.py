@@ -35,6 +35,7 @@ from diffaudit.evaluation.timestep_sweep import evaluate_sweep
 from diffaudit.models.alike import check_models_alike
 from diffaudit.models.digest import model_digest
 from diffaudit.models.scheduler import num_train_timesteps
+from diffaudit.report.fmt import counted
 from diffaudit.report.plots_roc import write_roc_png, write_sweep_png
 
 NAME = "mia"
@@ -323,11 +324,11 @@ def run(args: argparse.Namespace) -> int:
         extra["target_digest"] = target_digest
     if scores.n_identical_excluded:
         extra["n_identical_excluded"] = scores.n_identical_excluded
-        stage_line(f"mia: {scores.n_identical_excluded} non-member rows left out: images that are, pixel for pixel, "
+        stage_line(f"mia: {counted(scores.n_identical_excluded, 'non-member row')} left out: images that are, pixel for pixel, "
                    "also a member of the same model under another key (the model trained on them)")
     if scores.n_excluded:
         extra["n_excluded"] = scores.n_excluded
-        stage_line(f"mia: {scores.n_excluded} non-member rows left out: near-duplicates the deduplicated target dropped "
+        stage_line(f"mia: {counted(scores.n_excluded, 'non-member row')} left out: near-duplicates the deduplicated target dropped "
                    "from training (copies of its members)")
     result = write_mia_outputs(out, scores, ds, config=config, settings=settings, seed=args.seed,
                                n_bootstrap=args.bootstrap, extra=extra)

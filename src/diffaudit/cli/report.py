@@ -26,10 +26,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("result_dir", metavar="RESULT_DIR", help="an audit folder or one command's output folder")
     p.add_argument("--out", default=None, metavar="FILE", help="HTML file to write, or a folder (an existing one, a path "
                    "ending in /, or a new path without a suffix) to write report.html into (default: RESULT_DIR/report.html)")
-    p.add_argument("--redact", action="store_true",
+    p.add_argument("--redact", action=argparse.BooleanOptionalAction, default=None,
                    help="replace training images, the generations that copy them (verified pairs, clique members) "
                    "and inpainting grids by their ids; show training examples by their position in the training set "
-                   "(not their file names) and prompts by their index (not their captions)")
+                   "(not their file names) and prompts by their index (not their captions). Default: as the report "
+                   "written over was (a redacted report stays redacted); --no-redact shows the images")
 
 
 def summary_path(report: Path) -> Path:
@@ -72,8 +73,10 @@ def refuse_another_result_folder(out: Path, result_dir: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from diffaudit.core.io import read_json
+    from diffaudit.core.progress import stage_line
     from diffaudit.core.results import envelope
     from diffaudit.report import render_report, write_summary
+    from diffaudit.report.redaction import resolve_redact
     from diffaudit.report.results import stopped_words
     from diffaudit.report.view_extraction import baseline_phrase
 
@@ -81,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
     refuse_another_result_folder(out, Path(args.result_dir))
     refuse_replacing_foreign(out, REPORT_MARK)
     refuse_replacing_foreign(summary_path(out), SUMMARY_MARK)
+    args.redact, kept = resolve_redact(args.redact, out)
+    if kept:
+        stage_line(f"report: redacted, as the report it replaces ({out}) was; --no-redact shows the training images")
     report = render_report(args.result_dir, out, redact=args.redact)
     spath = write_summary(args.result_dir, summary_path(report))
     summary = read_json(spath)

@@ -4,7 +4,7 @@
 :class:`AttackEvaluation`, which serialises to the ``result.json`` fields of issue 4::
 
     {"attack": "lira", "timesteps": [100], "auc": 0.98, "tpr_at_fpr": {"0.01": 0.5, "0.001": null},
-     "balanced_accuracy": 0.93, "n_members": 500, "n_nonmembers": 500, "ci": {...}}
+     "balanced_accuracy": 0.93, "tpr_at_zero_fpr": 0.31, "n_members": 500, "n_nonmembers": 500, "ci": {...}}
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from diffaudit.evaluation.roc import (
     RocCurve,
     auc_from_curve,
     balanced_accuracy_from_curve,
+    best_tpr_within,
     fpr_key,
     roc_curve,
     tpr_at_fpr_from_curve,
@@ -35,6 +36,8 @@ class AttackEvaluation:
         tpr_at_fpr: FPR key (``"0.01"``, ``"0.001"``) -> best TPR at FPR ≤ that target, in [0, 1],
             or None (JSON null) when the target is below 1/n_nonmembers.
         balanced_accuracy: best (TPR + TNR) / 2 over thresholds, in [0.5, 1].
+        tpr_at_zero_fpr: the share of members that score above every non-member (TPR at FPR 0), in
+            [0, 1]: measurable at any number of non-members, where TPR at 1% FPR needs 100 or more.
         n_members, n_nonmembers: counts of positives and negatives evaluated.
         timesteps: the diffusion timesteps the scores came from (empty when not applicable).
         ci: bootstrap confidence intervals, or None when not computed.
@@ -50,6 +53,7 @@ class AttackEvaluation:
     timesteps: list[int] = field(default_factory=list)
     ci: BootstrapCI | None = None
     curve: RocCurve | None = field(default=None, repr=False, compare=False)
+    tpr_at_zero_fpr: float | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready dict (no NaN; None for unmeasurable TPRs)."""
@@ -59,6 +63,7 @@ class AttackEvaluation:
             "auc": float(self.auc),
             "tpr_at_fpr": {k: (None if v is None else float(v)) for k, v in self.tpr_at_fpr.items()},
             "balanced_accuracy": float(self.balanced_accuracy),
+            "tpr_at_zero_fpr": None if self.tpr_at_zero_fpr is None else float(self.tpr_at_zero_fpr),
             "n_members": int(self.n_members),
             "n_nonmembers": int(self.n_nonmembers),
             "ci": None if self.ci is None else self.ci.to_dict(),
@@ -97,4 +102,5 @@ def evaluate_attack(
         timesteps=[int(t) for t in timesteps],
         ci=ci,
         curve=curve,
+        tpr_at_zero_fpr=best_tpr_within(curve, 0.0),
     )

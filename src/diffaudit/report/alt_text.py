@@ -41,7 +41,9 @@ def roc_alt(curves: Sequence[tuple[str, float | None, np.ndarray, np.ndarray, in
     for name, auc, fpr, tpr, n_non in curves:
         rates = ", ".join(f"{fmt_pct(curve_tpr(fpr, tpr, x, n_non))} at {fmt_pct(x)} FPR" for x in ROC_FPRS)
         parts.append(f"{name}: AUC {fmt_float(auc)}, TPR {rates}")
-    return (f"Log-log ROC curves of {counted(len(curves), 'membership attack')} (true against false positive rate; "
+    what = "Log-log ROC curve of the membership attack" if len(curves) == 1 else \
+        f"Log-log ROC curves of {counted(len(curves), 'membership attack')}"
+    return (f"{what} (true against false positive rate; "
             f"the dashed diagonal is chance): " + "; ".join(parts) + ".")
 
 

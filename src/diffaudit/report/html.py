@@ -21,7 +21,7 @@ from diffaudit.report.fmt import fmt, fmt_ci
 from diffaudit.report.results import finished_stages, load_results, stopped_words
 from diffaudit.report.summary import summarise
 from diffaudit.report.view_extraction import cliques, gallery, rule_text, verdict
-from diffaudit.report.view_mia import best_mia, mia_view
+from diffaudit.report.view_mia import best_mia, membership_verdict, mia_view
 from diffaudit.report.view_misc import canaries_view, data_vs_model_note, inpainting_view, settings_view
 from diffaudit.report.view_model import training_view
 
@@ -95,6 +95,7 @@ def report_context(result_dir: str | os.PathLike, *, redact: bool = False) -> di
         "rule": rule_text((ex or {}).get("rule"), (ex or {}).get("delta"), alpha=(ex or {}).get("alpha"),
                           n_neighbors=(ex or {}).get("n_neighbors"), n_train=(ex or {}).get("n_train")),
         "best_mia": best_mia(summary),
+        "membership_verdict": membership_verdict(best_mia(summary)),
         "gallery": gallery(rs, redact=redact),
         "cliques": cliques(rs, redact=redact),
         "mia": mia_view(rs, summary),

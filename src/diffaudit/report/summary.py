@@ -45,7 +45,7 @@ run), ``audit_finished`` (False for an audit folder whose audit has not finished
 ones it finished; None when the folder is one command's), ``audit_stopped`` (of an unfinished audit, the
 stage that stopped it: {``stage``, ``exit`` (130: interrupted), ``error`` (what its command said, or None)};
 None when none did), ``skipped_inputs`` (``n``, ``listed``: the inputs ``--skip-bad`` skipped, which no
-result looked at; None when none), ``mixed_inputs`` (a folder of separate results made on more than one dataset or model: ``data`` and ``model``, each a list of
+result looked at; None when none; summary.json holds ``n`` alone: :func:`without_names`), ``mixed_inputs`` (a folder of separate results made on more than one dataset or model: ``data`` and ``model``, each a list of
 {``input``, ``options``, ``stages``}; None when they agree), ``settings`` and ``seeds`` (per stage),
 ``versions``.
 A section whose stage did not run is null. The HTML report renders from this dictionary, so the
@@ -153,6 +153,8 @@ def _mia_entry(stage: Stage) -> dict[str, Any]:
     }
     if "balanced_accuracy" in r:
         out["balanced_accuracy"] = _finite(r.get("balanced_accuracy"))
+    if "tpr_at_zero_fpr" in r:  # members above every non-member (results of earlier versions lack it)
+        out["tpr_at_zero_fpr"] = _finite(r.get("tpr_at_zero_fpr"))
     target = r.get("target") if isinstance(r.get("target"), dict) else {}
     if target.get("mode") == "leave-one-out":  # rows of every model in turn: say so beside the counts
         out.update(pooled=True, n_models=_int(r.get("n_models")), n_examples=_int(r.get("n_examples")))
@@ -779,6 +781,16 @@ def summarise(rs: ResultSet) -> dict[str, Any]:
     }
 
 
+def without_names(summary: dict[str, Any]) -> dict[str, Any]:
+    """``summary`` as summary.json holds it: the skipped inputs counted, not named (their names, and the
+    reasons that quote them, are file names of the data, which summary.json never holds; the stages'
+    result.json files and the report list them)."""
+    skipped = summary.get("skipped_inputs")
+    if not skipped:
+        return summary
+    return {**summary, "skipped_inputs": {"n": skipped["n"]}}
+
+
 def build_summary(result_dir: str | os.PathLike) -> dict[str, Any]:
     """The ``summary.json`` dictionary of an audit folder or of one command's result folder.
 
@@ -793,6 +805,6 @@ def write_summary(result_dir: str | os.PathLike, out_file: str | os.PathLike | N
     from diffaudit.report.html import ensure_private_parent
 
     ensure_private_parent(out)
-    write_json_atomic(out, build_summary(result_dir))
+    write_json_atomic(out, without_names(build_summary(result_dir)))
     os.chmod(out, 0o600)
     return out

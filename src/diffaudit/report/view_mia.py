@@ -19,6 +19,7 @@ from diffaudit.core.io import open_npz
 from diffaudit.core.npz_arrays import read_npz_array
 from diffaudit.report import plots
 from diffaudit.report.alt_text import roc_alt, sweep_alt
+from diffaudit.report.fmt import fmt, fmt_ci
 from diffaudit.report.images import data_uri
 from diffaudit.report.results import ResultSet, Stage, parse_json
 from diffaudit.report.summary import at_chance, mia_key
@@ -179,6 +180,10 @@ def best_mia(summary: dict[str, Any]) -> dict[str, Any] | None:
         "auc_ci": (e.get("ci") or {}).get("auc"),
         "n_members": e.get("n_members"),
         "n_nonmembers": e.get("n_nonmembers"),
+        # members above every non-member: TPR at FPR 0, measurable where 1% FPR is not
+        "tpr0": e.get("tpr_at_zero_fpr"),
+        "n_above": (round(e["tpr_at_zero_fpr"] * e["n_members"]) if isinstance(e.get("tpr_at_zero_fpr"), float)
+                    and isinstance(e.get("n_members"), int) else None),
         "n_excluded": e.get("n_excluded"),
         "n_identical_excluded": e.get("n_identical_excluded"),
         # few members or non-members: the rank test says how sure the AUC is, of the smaller class
@@ -193,3 +198,40 @@ def smaller_class(n_members: Any, n_nonmembers: Any) -> dict[str, Any]:
         return {"few_count": None, "few_class": None}
     count, word = (n_members, "member") if n_members <= n_nonmembers else (n_nonmembers, "non-member")
     return {"few_count": count, "few_class": word if count == 1 else word + "s"}
+
+
+def membership_verdict(best: dict[str, Any] | None) -> dict[str, str] | None:
+    """The answer to "does the model reveal which images it trained on?" from the headline attack
+    (:func:`best_mia`): level yes/no/unsure and a sentence in plain words; None without an attack.
+
+    "yes" when the attack is not at chance (:func:`~diffaudit.report.summary.at_chance`: its AUC
+    interval, or with few examples its rank test, excludes guessing) and its AUC is above 0.5; "no"
+    when it is at chance (no evidence, which a small audit bounds only loosely); "unsure" for an AUC
+    significantly below 0.5 (scores that rank never-seen images as members: a sign of a mismatched
+    target or data, not of privacy) or none recorded."""
+    if best is None:
+        return None
+    auc = best.get("auc")
+    if not isinstance(auc, (int, float)):
+        return {"level": "unknown", "text": "Not measured: the membership attack recorded no AUC."}
+    interval = fmt_ci(best.get("auc_ci"))
+    measured = f"AUC {fmt(auc)}{', ' + interval if interval else ''}; 0.5 is a coin toss, 1 tells every one apart"
+    counts = [n for n in (best.get("n_members"), best.get("n_nonmembers")) if isinstance(n, int)]
+    few = bool(counts) and min(counts) < 100  # fewer than the 100 non-members that 1% FPR needs
+    if best.get("at_chance"):
+        return {"level": "no", "text": f"No evidence: the membership attack ({best['key']}) cannot tell the training "
+                                       f"images from images the model never saw better than guessing ({measured})."
+                                       + (" With so few images this bounds the leak only loosely." if few else "")}
+    if auc <= 0.5:
+        return {"level": "unsure", "text": f"Unsure: the membership attack ({best['key']}) ranks images the model never "
+                                           f"saw as more likely training images ({measured}): a sign that the model "
+                                           "and the data do not belong together (other training images), not of privacy."}
+    found = ""
+    if best.get("tpr") is not None:
+        found = f" At a 1% false-positive rate it picks out {fmt(best['tpr'], 'pct')} of the training images."
+    elif best.get("n_above") is not None and best.get("n_members"):
+        found = (f" {best['n_above']:,} of the {best['n_members']:,} training images ({fmt(best['tpr0'], 'pct')}) score "
+                 "above every image it never saw: picked out without a single false alarm.")
+    return {"level": "yes", "text": f"Yes: the membership attack ({best['key']}) tells the training images from images "
+                                    f"the model never saw ({measured}).{found} Whoever can run the model can learn "
+                                    "whether a given image was in its training set, even where no image is extracted."}

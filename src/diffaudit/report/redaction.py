@@ -1,0 +1,36 @@
+"""Whether a report was written redacted, so that writing it again keeps it so unless asked otherwise.
+
+A redacted report (``--redact``) is made to be shared; one written over it without ``--redact`` (a
+``diffaudit report`` of the folder, an audit ``--redo``) used to show the training images again without
+a word. :func:`resolve_redact` makes an unasked ``--redact`` follow the report being replaced;
+``--no-redact`` shows the images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: The mark a redacted report carries in its head (templates/report.html).
+REDACTED_META = b'<meta name="diffaudit-redacted" content="true">'
+#: What a redacted report of an earlier version shows in its header, and carries in its first bytes.
+_OLDER_MARK = b'<span class="badge">training images redacted</span>'
+_HEAD_BYTES = 1 << 16
+
+
+def was_redacted(report: Path) -> bool:
+    """Whether ``report`` (an HTML file diffaudit wrote) is redacted; False when it is not there or unreadable."""
+    try:
+        with open(report, "rb") as f:
+            head = f.read(_HEAD_BYTES)
+    except OSError:
+        return False
+    return REDACTED_META in head or _OLDER_MARK in head
+
+
+def resolve_redact(asked: bool | None, report: Path) -> tuple[bool, bool]:
+    """``(redact, kept)``: ``asked`` (``--redact`` True, ``--no-redact`` False) where given, else whether
+    the report written over, ``report``, was redacted; ``kept`` is True when that decided it."""
+    if asked is not None:
+        return asked, False
+    kept = was_redacted(report)
+    return kept, kept
