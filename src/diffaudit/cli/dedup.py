@@ -54,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pixel-size", type=int, default=None, help="pixel embedder: down-sampled side (default: 8)")
     g.add_argument("--pixel-color", choices=("ycc", "rgb", "gray"), default=None,
                    help="pixel embedder: colour (default: ycc, 8x8 luma + 4x4 chroma)")
-    g.add_argument("--clip-model", default=None, help=f"clip embedder: local folder or cached hub name (default {DEFAULT_CLIP_MODEL})")
+    g.add_argument("--clip-model", default=None, help=f"clip embedder: local folder or cached hub name (default: {DEFAULT_CLIP_MODEL})")
     g.add_argument("--write-deduped", default=None, metavar="FILE.npz",
                    help="also write the kept images as an .npz (a folder, existing, ending in / or a new path without a suffix: deduped.npz inside it); "
                         "its examples are named npz:<i> when loaded, the original keys are kept in its `keys` array; an "

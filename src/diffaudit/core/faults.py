@@ -26,6 +26,8 @@ from diffaudit.core.errors import DiffauditError
 
 _counts: dict[str, int] = {}
 _writes = 0
+#: The errors DIFFAUDIT_STORAGE_FAULT may name.
+_STORAGE_ERRORS = {"ENOSPC": errno.ENOSPC, "EROFS": errno.EROFS, "EIO": errno.EIO}
 
 
 def fault_point(name: str) -> None:
@@ -74,9 +76,6 @@ def check_storage(path: str | os.PathLike) -> None:
                              "optionally followed by :N (writes that succeed first)")
     code = _STORAGE_ERRORS[name]
     raise OSError(code, os.strerror(code), str(path))
-
-
-_STORAGE_ERRORS = {"ENOSPC": errno.ENOSPC, "EROFS": errno.EROFS, "EIO": errno.EIO}
 
 
 def _count(variable: str, spec: str, text: str) -> int:
