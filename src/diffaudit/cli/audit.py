@@ -768,7 +768,7 @@ def run(args: argparse.Namespace) -> int:
         upgrade = prepare_redo(Path(args.out), settings, upgrade, args.redo)
     asked = args.redact  # --redact True, --no-redact False, neither None: as the report it replaces
     was = was_redacted(Path(args.out) / "report.html")  # read before --fresh deletes it
-    args.redact, kept = resolve_redact(asked, Path(args.out) / "report.html")
+    args.redact, kept = resolve_redact(asked, was)
     if kept:
         stage_line("audit: the report stays redacted, as the one it replaces was; --no-redact shows the training images")
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrade)

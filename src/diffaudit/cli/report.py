@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from diffaudit.core.progress import stage_line
     from diffaudit.core.results import envelope
     from diffaudit.report import render_report, write_summary
-    from diffaudit.report.redaction import resolve_redact
+    from diffaudit.report.redaction import resolve_redact, was_redacted
     from diffaudit.report.results import stopped_words
     from diffaudit.report.view_extraction import baseline_phrase
 
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     refuse_another_result_folder(out, Path(args.result_dir))
     refuse_replacing_foreign(out, REPORT_MARK)
     refuse_replacing_foreign(summary_path(out), SUMMARY_MARK)
-    args.redact, kept = resolve_redact(args.redact, out)
+    args.redact, kept = resolve_redact(args.redact, was_redacted(out))
     if kept:
         stage_line(f"report: redacted, as the report it replaces ({out}) was; --no-redact shows the training images")
     report = render_report(args.result_dir, out, redact=args.redact)

@@ -79,6 +79,7 @@ def report_context(result_dir: str | os.PathLike, *, redact: bool = False) -> di
     rs = load_results(result_dir)
     summary = summarise(rs)
     ex = summary.get("extraction")
+    headline = best_mia(summary)
     ctx = {
         "title": f"diffaudit report: {rs.root.resolve().name}",
         "source": rs.root.resolve().name,
@@ -94,8 +95,8 @@ def report_context(result_dir: str | os.PathLike, *, redact: bool = False) -> di
                                    "words": stopped_words(rs.stopped)},
         "rule": rule_text((ex or {}).get("rule"), (ex or {}).get("delta"), alpha=(ex or {}).get("alpha"),
                           n_neighbors=(ex or {}).get("n_neighbors"), n_train=(ex or {}).get("n_train")),
-        "best_mia": best_mia(summary),
-        "membership_verdict": membership_verdict(best_mia(summary)),
+        "best_mia": headline,
+        "membership_verdict": membership_verdict(headline),
         "gallery": gallery(rs, redact=redact),
         "cliques": cliques(rs, redact=redact),
         "mia": mia_view(rs, summary),

@@ -27,10 +27,7 @@ def was_redacted(report: Path) -> bool:
     return REDACTED_META in head or _OLDER_MARK in head
 
 
-def resolve_redact(asked: bool | None, report: Path) -> tuple[bool, bool]:
-    """``(redact, kept)``: ``asked`` (``--redact`` True, ``--no-redact`` False) where given, else whether
-    the report written over, ``report``, was redacted; ``kept`` is True when that decided it."""
-    if asked is not None:
-        return asked, False
-    kept = was_redacted(report)
-    return kept, kept
+def resolve_redact(asked: bool | None, was: bool) -> tuple[bool, bool]:
+    """``(redact, kept)``: ``asked`` (``--redact`` True, ``--no-redact`` False) where given, else ``was``
+    (:func:`was_redacted` of the report written over); ``kept`` is True when ``was`` decided it."""
+    return (asked, False) if asked is not None else (was, was)
