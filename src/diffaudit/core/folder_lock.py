@@ -30,7 +30,6 @@ import tempfile
 from pathlib import Path
 
 from diffaudit.core.errors import DiffauditError
-from diffaudit.core.progress import warning_line
 
 try:
     import fcntl
@@ -78,6 +77,8 @@ _WARNED: list[bool] = []
 def _warn_unlocked(folder: str | os.PathLike) -> None:
     """Say once per process that folders go unlocked here, rather than dropping the guarantee silently."""
     if not _WARNED:
+        from diffaudit.core.progress import warning_line  # rich: not at every command's start (cli.main imports this module)
+
         _WARNED.append(True)
         tried = ", ".join(map(str, _lock_dirs(_uid())))
         warning_line("", f"no private lock directory can be made here (tried {tried}); {folder} is not "
