@@ -114,3 +114,19 @@ def test_without_ties_the_exact_test_is_scipys():
 
 def test_no_members_or_no_non_members_give_no_evidence():
     assert auc_evidence([], [1.0]) is None and auc_evidence([1.0], []) is None
+
+
+def test_beyond_enumeration_untied_scores_keep_the_exact_p():
+    """16 members above 44 non-members: C(60, 16) orderings, one of them as extreme; the normal
+    approximation would say about 1e-7."""
+    from diffaudit.report.rank_test import EXACT_LIMIT, SCIPY_EXACT_LIMIT
+
+    members, nonmembers = [100.0 + i for i in range(16)], [float(i) for i in range(44)]
+    assert math.comb(60, 16) > EXACT_LIMIT
+    res = rank_test(members, nonmembers)
+    assert res["method"] == "exact" and res["n_at_least"] is None
+    assert res["pvalue"] == pytest.approx(1 / math.comb(60, 16), rel=1e-6)
+    tied = rank_test(members, nonmembers + [100.0])  # a tie: scipy's exact distribution does not hold
+    assert tied["method"] == "normal approximation" and tied["pvalue"] > 100 * res["pvalue"]
+    many = rank_test(members[:10], [float(i) for i in range(SCIPY_EXACT_LIMIT // 10 + 1)])
+    assert many["method"] == "normal approximation"
