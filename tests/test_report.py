@@ -352,6 +352,20 @@ def test_redact_removes_training_images(redacted, audit):
     assert "no generation found to copy one" in text
 
 
+def test_redact_hides_where_the_data_and_results_lie(redacted, rendered, audit):
+    """A path names a ward, a cohort or a person: the redacted report shows none outside the audit folder
+    (the data, here), and paths inside it by the folder's name; the full report shows them."""
+    html, full = redacted[1], rendered[1]
+    data = str(audit.parent / "data" / "train.npz")
+    assert data in full and str(audit.resolve()) in full
+    assert str(audit.parent) not in html and str(audit.parent.resolve()) not in html
+    text = visible_text(html)
+    assert "dataset (path 1)" in text  # the header: the same label wherever that file is named
+    assert text.count("(path 1)") >= 3 and "(path 2)" not in text
+    assert f"{audit.name}/samples" in text  # extract's store, inside the audit folder
+    assert "or URL as “(path N)”" in text
+
+
 def test_files_are_owner_only(rendered, redacted):
     assert stat.S_IMODE(os.stat(rendered[0]).st_mode) == 0o600
     assert rendered[0].name == "report.html" and rendered[0].parent.name == "audit"

@@ -121,7 +121,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("report")
     g.add_argument("--redact", action=argparse.BooleanOptionalAction, default=None,
                    help="show training images, and the generations that copy them, as their ids in the report; "
-                   "training file names as positions and captions as prompt indices (default: as the report in --out "
+                   "training file names as positions, captions as prompt indices and paths outside --out as (path N) (default: as the report in --out "
                    "was; --no-redact shows the images)")
 
 
