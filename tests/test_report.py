@@ -450,7 +450,8 @@ def test_any_caption_round_trips_as_text(tmp_path, prompt):
     assert page.captions == [prompt]
     assert {t for t, _ in page.tags} <= {"html", "head", "meta", "title", "style", "body", "header", "div", "span", "h1", "h2",
                                          "h3", "p", "code", "main", "section", "nav", "a", "b", "em", "table", "thead",
-                                         "tbody", "tr", "th", "td", "details", "summary", "footer", "figure", "figcaption"}
+                                         "tbody", "tr", "th", "td", "details", "summary", "footer", "figure", "figcaption",
+                                         "dl", "dt", "dd", "caption"}
     assert not [(t, k) for t, a in page.tags for k in a if k.startswith("on")]
 
 

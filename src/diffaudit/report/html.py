@@ -18,6 +18,7 @@ from typing import Any
 
 from diffaudit.core.io import make_private_dir, write_bytes_atomic
 from diffaudit.report.fmt import fmt, fmt_ci
+from diffaudit.report.glossary import glossary
 from diffaudit.report.path_redaction import hide_paths, path_labels
 from diffaudit.report.results import finished_stages, load_results, stopped_words
 from diffaudit.report.summary import summarise
@@ -107,6 +108,7 @@ def report_context(result_dir: str | os.PathLike, *, redact: bool = False) -> di
         "tables": settings_view(summary),
     }
     ctx["shown"] = shown_images(ctx)
+    ctx["terms"] = glossary(ctx)
     if redact:  # where the data, models and results lie: see path_redaction
         ctx = hide_paths(ctx, path_labels(summary, rs.root))
     return ctx

@@ -1,0 +1,120 @@
+"""The report's "Terms used here" section: each term the report's sections use, in plain words.
+
+A report is read by people who did not run the audit (a privacy officer, a release reviewer), for whom
+TPR, AUC, ℓ2 or "clique" are not words. :func:`glossary` lists, for the sections a report holds, what each
+of its terms means and how to read it, with the paper's definition (Carlini et al. 2023) where it has one.
+Where the report's numbers come from settings (the rule's α and n, the eidetic δ), the entries use them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _extraction_terms(ex: dict[str, Any]) -> list[tuple[str, str]]:
+    """Generation, ℓ2, extracted (by the rule verify ran), false-positive baseline, k-eidetic."""
+    terms = [
+        ("generation", "an image the audited model made. The audit asks whether any generation is a copy of a "
+                       "training image."),
+        ("ℓ2 (distance)", "how far apart two images are: the root-mean-square difference of their pixels, each "
+                          "scaled to [0, 1]. 0 is the same image; below about 0.05 the two look the same to the eye "
+                          "(a JPEG of an image is about 0.02 from it); above 0.3 they are different images."),
+    ]
+    if ex.get("rule") == "ratio":
+        alpha = ex.get("alpha") if isinstance(ex.get("alpha"), (int, float)) else 0.5
+        n = ex.get("n_neighbors") if isinstance(ex.get("n_neighbors"), int) else 50
+        if isinstance(ex.get("n_train"), int) and ex["n_train"] > 0:
+            n = min(n, ex["n_train"])
+        terms.append(("extracted", f"a generation copies its closest training image when that image is at most "
+                      f"α = {alpha:g} times as far from it as its {n} nearest training images are on average (the "
+                      "ratio ≤ 1; the paper's rule for CIFAR-10). The rule asks for a copy of one training image "
+                      "rather than a likeness of many, relative to how close the training images lie to each "
+                      "other: where they lie far apart, a copy by this rule can be further than 0.05 from its "
+                      "training image, and then is close, not pixel for pixel the same."))
+    elif ex.get("rule") == "l2":
+        delta = ex.get("delta") if isinstance(ex.get("delta"), (int, float)) else 0.15
+        terms.append(("extracted", f"a generation copies a training image when their ℓ2 is at most δ = {delta:g} "
+                      "(the paper's (ℓ2, δ)-extraction)."))
+    if ex.get("rule") is not None:
+        terms.append(("false-positive baseline", "the same verification run with images the model never trained "
+                      "on standing in for the training set. Whatever it \"extracts\" is a coincidence of the rule, "
+                      "so the count of extracted training images is evidence only where it is well above the "
+                      "baseline's. The baseline draws its own never-seen images, so their number need not equal "
+                      "the membership attack's non-members."))
+        delta = ex.get("eidetic_delta") if isinstance(ex.get("eidetic_delta"), (int, float)) else 0.1
+        terms.append(("k (eidetic memorization)", f"how many training images lie within ℓ2 {delta:g} of a copy. "
+                      "The paper calls a copied image k-eidetic memorized: k = 1 means the model reproduced one "
+                      "particular image, not a picture that the training set holds many versions of."))
+    return terms
+
+
+def _clique_terms(cliques: dict[str, Any]) -> list[tuple[str, str]]:
+    """Tiled ℓ2, clique, medoid: the filter that finds copies without the training set."""
+    return [
+        ("tiled ℓ2", "the ℓ2 of two images taken tile by tile, on a grid of tiles (4 x 4 by default), keeping the "
+                     "largest: two images are close only if they are close everywhere, not merely on a shared "
+                     "background."),
+        ("clique", "a group of generations each within the edge threshold (tiled ℓ2) of every other: the model "
+                   "made nearly the same image again and again" + ("" if cliques.get("unconditional") else
+                   " for one prompt") + ", which is how a memorized image shows itself without the training "
+                   "set (the paper's generate-and-filter)."),
+        ("medoid", "the member of a clique closest to all the others: the one that stands for it, shown first, "
+                   "and the one checked against the training set when only the cliques are verified."),
+    ]
+
+
+def _membership_terms(mia: dict[str, Any]) -> list[tuple[str, str]]:
+    """Member, AUC, TPR at FPR, interval, p-value, timestep, loss, and LiRA where a row is one."""
+    terms = [
+        ("member, non-member", "an image the model trained on, and one it never saw. A membership attack gives "
+                               "every image a score; larger means \"more likely a member\"."),
+        ("AUC", "the chance that a random member scores above a random non-member: 0.5 is guessing, 1 a perfect "
+                "split. Well below 0.5, the scores run the wrong way: the attack takes non-members for members."),
+        ("TPR at 1% FPR", "the share of members the attack finds (true-positive rate) when its threshold lets "
+                          "through only 1% of non-members (false-positive rate). It says whether some members "
+                          "are identified with confidence, which an average such as the AUC can hide; with fewer "
+                          "than 100 non-members it cannot be measured, and the share of members that score above "
+                          "every non-member is given instead where recorded."),
+        ("interval [low, high]", "the 95% bootstrap confidence interval: the range the number would plausibly take "
+                                 "on another draw of as many members and non-members."),
+        ("p", "how often chance alone would give a result at least this strong; below 0.05 the result is taken as "
+              "evidence."),
+        ("loss, timestep t", "the attack adds noise to an image, the amount set by the timestep t (0: none; the "
+                             "last: pure noise), and measures how well the model predicts that noise (its loss). "
+                             "A model tends to denoise its own training images better; the paper finds t between "
+                             "50 and 300 most revealing."),
+    ]
+    if any(str(r.get("key", "")).startswith(("lira", "strong-lira")) for r in mia.get("rows") or []):
+        terms.append(("LiRA, shadow models", "the likelihood-ratio attack trains shadow models, each on a random "
+                      "half of the data, and asks whether an image's loss under the audited model looks like its "
+                      "losses in the shadows that trained on it or in those that did not. \"offline\": only the "
+                      "shadows that did not; \"fixed\": one variance for every image; Strong LiRA averages the loss "
+                      "over several noise draws and flips."))
+    return terms
+
+
+def glossary(ctx: dict[str, Any]) -> list[tuple[str, str]]:
+    """``[(term, meaning)]`` for the sections the report context ``ctx`` holds (report/html.py's
+    ``report_context``: ``summary``, ``cliques``, ``mia``, ``inpainting``, ``canaries``), in the order
+    the report shows them; empty when it holds none of them."""
+    summary = ctx.get("summary") or {}
+    terms: list[tuple[str, str]] = []
+    ex = summary.get("extraction")
+    if ex:
+        terms += _extraction_terms(ex)
+    if ctx.get("cliques"):
+        terms += _clique_terms(ctx["cliques"])
+    if ctx.get("mia"):
+        terms += _membership_terms(ctx["mia"])
+    if ctx.get("inpainting"):
+        terms.append(("inpainting attack", "half of each target image is hidden and the model fills it in many "
+                      "times; if it fills in members' hidden halves closer to the original than non-members', it "
+                      "remembers them."))
+    if ctx.get("canaries"):
+        terms.append(("canary, exposure", "a made-up image inserted into the training set a known number of "
+                      "times. Its exposure, in bits, is how much lower its loss is than that of references never "
+                      "inserted: log2(references + 1) − log2(its rank among them)."))
+    if (summary.get("model") or {}).get("dp"):
+        terms.append(("ε (DP-SGD)", "the privacy budget of differentially private training: the smaller, the less "
+                      "any one training example can change what the model does."))
+    return terms

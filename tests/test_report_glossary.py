@@ -1,0 +1,51 @@
+"""The report's "Terms used here": each section's terms, in plain words, with the numbers of the run."""
+
+from __future__ import annotations
+
+from test_report import _envelope, make_audit, visible_text
+
+from diffaudit.core.io import write_json_atomic
+from diffaudit.report import render_html
+from diffaudit.report.glossary import glossary
+
+
+def _dts(html: str) -> list[str]:
+    """The terms (dt texts) in the order shown."""
+    import re
+
+    return [visible_text(m) for m in re.findall(r"<dt>(.*?)</dt>", html)]
+
+
+def test_every_section_of_a_full_audit_has_its_terms(tmp_path):
+    html = render_html(make_audit(tmp_path))
+    assert _dts(html) == ["generation", "ℓ2 (distance)", "extracted", "false-positive baseline", "k (eidetic memorization)",
+                          "tiled ℓ2", "clique", "medoid", "member, non-member", "AUC", "TPR at 1% FPR",
+                          "interval [low, high]", "p", "loss, timestep t", "LiRA, shadow models", "inpainting attack",
+                          "canary, exposure"]
+    text = visible_text(html)
+    assert '<a href="#terms">Terms</a>' in html
+    # the rule verify ran, with its numbers: α and the neighbours it used (50 asked, 12 training images)
+    assert "at most α = 0.5 times as far from it as its 12 nearest training images" in text
+    assert "a copy by this rule can be further than 0.05 from its training image" in text
+
+
+def test_a_membership_result_alone_names_only_its_terms(tmp_path):
+    root = tmp_path / "mia-only"
+    write_json_atomic(root / "result.json", _envelope(
+        "mia", {"data": {"spec": "digits", "options": {}}}, {}, attack="loss", auc=0.6, tpr_at_fpr={}, n_members=20,
+        n_nonmembers=20))
+    terms = _dts(render_html(root))
+    assert "member, non-member" in terms and "AUC" in terms
+    assert not {"clique", "extracted", "LiRA, shadow models", "canary, exposure"} & set(terms)
+
+
+def test_the_extraction_rule_speaks_of_the_rule_verify_ran():
+    l2 = dict(glossary({"summary": {"extraction": {"rule": "l2", "delta": 0.12}}}))
+    assert l2["extracted"].startswith("a generation copies a training image when their ℓ2 is at most δ = 0.12")
+    unverified = dict(glossary({"summary": {"extraction": {"rule": None, "n_cliques": 3}}, "cliques": {"unconditional": True}}))
+    assert "extracted" not in unverified and "false-positive baseline" not in unverified  # nothing was verified
+    assert "for one prompt" not in unverified["clique"]
+    assert "for one prompt" in dict(glossary({"cliques": {"unconditional": False}}))["clique"]
+    assert glossary({"summary": {}}) == []
+    dp = dict(glossary({"summary": {"model": {"dp": {"epsilon": 8.0}}}}))
+    assert list(dp) == ["ε (DP-SGD)"]
