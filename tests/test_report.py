@@ -366,6 +366,16 @@ def test_redact_hides_where_the_data_and_results_lie(redacted, rendered, audit):
     assert "or URL as “(path N)”" in text
 
 
+def test_every_table_has_a_caption_and_scoped_headers(rendered):
+    """A screen reader announces a table by its caption and reads each cell with its column's and row's
+    headers: every table of a full report has one, and every header says what it heads."""
+    page = Page(rendered[1])
+    tags = [t for t, _ in page.tags]
+    assert tags.count("table") >= 8 and tags.count("table") == tags.count("caption")
+    headers = [a for t, a in page.tags if t == "th"]
+    assert headers and all(a.get("scope") in ("col", "row") for a in headers)
+
+
 def test_files_are_owner_only(rendered, redacted):
     assert stat.S_IMODE(os.stat(rendered[0]).st_mode) == 0o600
     assert rendered[0].name == "report.html" and rendered[0].parent.name == "audit"

@@ -107,3 +107,14 @@ def test_the_tpr_read_from_the_curve_is_the_evaluations(n_pos, n_neg, seed, targ
     curve = roc_curve(scores, labels)
     assert curve_tpr(curve.fpr, curve.tpr, target, n_neg) == tpr_at_fpr(scores, labels, target)
 
+
+
+def test_the_sweep_alt_says_a_panel_is_empty():
+    """With fewer than 100 non-members TPR at 1% FPR is not measured at any t: the figure's right panel says
+    "not measured", and so does its alt text."""
+    from diffaudit.report.alt_text import sweep_alt
+
+    alt = sweep_alt([("loss", [10, 100], [0.6, 0.7], [None, None])])
+    assert alt.endswith("AUC from 0.600 to 0.700, highest at t = 100. The TPR at 1% FPR panel is empty: not measured, "
+                        "it needs 100 or more non-members.")
+    assert "empty" not in sweep_alt([("loss", [10, 100], [0.6, 0.7], [None, 0.05])])

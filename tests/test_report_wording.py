@@ -341,7 +341,7 @@ def _text(html: str) -> str:
 
 def _facts(html: str) -> dict[str, str]:
     """{label: text} of the Training section's table of the model's training record."""
-    return {k: unescape(v) for k, v in re.findall(r"<tr><th>([^<]*)</th><td>([^<]*)</td></tr>", _section(html, "training"))}
+    return {k: unescape(v) for k, v in re.findall(r"<tr><th[^>]*>([^<]*)</th><td>([^<]*)</td></tr>", _section(html, "training"))}
 
 
 def test_header_counts_the_stages_the_audit_ran(tmp_path):
@@ -407,7 +407,7 @@ def test_a_model_without_a_training_record_says_so(tmp_path):
 def _settings_rows(html: str, stage: str) -> dict[str, str]:
     """{key: value} of one stage's table in the Settings section."""
     block = html.split(f"<summary>{stage} <span")[1].split("</details>")[0]
-    return dict(re.findall(r"<tr><th>([^<]*)</th><td><code>([^<]*)</code></td></tr>", block))
+    return dict(re.findall(r"<tr><th[^>]*>([^<]*)</th><td><code>([^<]*)</code></td></tr>", block))
 
 
 def test_the_audits_training_options_are_not_shown_as_used_for_a_model_audit(tmp_path):

@@ -83,8 +83,11 @@ def sweep_alt(sweeps: Sequence[tuple[str, Sequence[int], Sequence[float | None],
         found = [f"AUC {a}" for a in [_extreme(ts, list(aucs), "float")] if a]
         found += [f"TPR at 1% FPR {x}" for x in [_extreme(ts, list(tprs), "pct")] if x]
         parts.append(f"{name} ({span}): " + ("; ".join(found) if found else "no value recorded"))
-    return ("Attack success over the diffusion timestep t (shaded: t in [50, 300], the paper's best; dashed: chance, "
-            "AUC 0.5 and TPR 1%): " + "; ".join(parts) + ".")
+    empty = [f"The {panel} panel is empty: {why}." for panel, col, why in (
+        ("AUC", 2, "not measured"), ("TPR at 1% FPR", 3, "not measured, it needs 100 or more non-members"))
+        if not any(v is not None for s in sweeps for v in s[col])]
+    return " ".join(["Attack success over the diffusion timestep t (shaded: t in [50, 300], the paper's best; dashed: "
+                     "chance, AUC 0.5 and TPR 1%): " + "; ".join(parts) + ".", *empty])
 
 
 def _group(values: Sequence[float], word: str) -> str:

@@ -259,6 +259,6 @@ def training_loss(steps: Sequence[float], losses: Sequence[float]) -> bytes:
     if np.all(l > 0):
         ax.set_yscale("log")
     ax.set_xlabel("step")
-    ax.set_ylabel("loss")
+    ax.set_ylabel("loss (noise prediction MSE)")
     _style(ax)
     return _png(fig)
