@@ -415,7 +415,8 @@ def test_unconditional_cliques(audit, tmp_path):
     page = Page(html)
     assert "Cliques of near-identical generations" in html and "search bound hit" in html
     thumbs = [a for a in page.images("generation") if "thumb" in a.get("class", "")]
-    assert len(thumbs) == 10 and "medoid" in thumbs[0]["class"] and thumbs[0]["alt"].endswith("p0-i4")
+    assert len(thumbs) == 10 and "medoid" in thumbs[0]["class"] and thumbs[0]["alt"] == "generation p0-i4, the medoid"
+    assert thumbs[1]["alt"].startswith("generation p0-") and "medoid" not in thumbs[1]["alt"]  # not by an outline alone
     s = build_summary(res)["extraction"]
     assert s["n_cliques"] == 1 and s["n_samples"] == 20 and s["unique_extracted"] is None
 
