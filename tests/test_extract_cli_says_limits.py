@@ -49,9 +49,9 @@ def test_calibration_is_summarised_warned_and_tabled_in_the_report(digits, tmp_p
     assert main(["--quiet", "report", str(out)]) == 0
     html = (out / "report.html").read_text(encoding="utf-8")
     assert '<table class="grid" data-kind="calibration">' in html
-    assert "<th>min clique 5</th><th>min clique 10</th>" in html
-    assert "<tr><td>0.01</td><td>– / 0.000</td><td>– / 0.000</td></tr>" in html  # nothing flagged: no precision
-    assert "<tr><td>0.1</td><td><b>1.000 / 1.000</b></td><td>1.000 / 1.000 (this run)</td></tr>" in html
+    assert '<th scope="col">min clique 5</th><th scope="col">min clique 10</th>' in html
+    assert '<tr><th scope="row">0.01</th><td>– / 0.000</td><td>– / 0.000</td></tr>' in html  # nothing flagged: no precision
+    assert '<tr><th scope="row">0.1</th><td><b>1.000 / 1.000</b></td><td>1.000 / 1.000 (this run)</td></tr>' in html
     assert 'data-kind="calibration-unknown">1 ground-truth prompt is no prompt of the samples' in html
     assert "2 of 4 prompts flagged." in html
     cal = strict_json(out / "summary.json")["extraction"]["calibration"]  # the sweep's numbers, for scripts

@@ -37,7 +37,7 @@ from diffaudit.core.ray_pool import RAY_HELP, connect
 from diffaudit.core.results import write_result
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.distances.knn_backends import KNN_BACKENDS
-from diffaudit.store import samples_identity
+from diffaudit.store import sampler_classes, samples_identity
 from diffaudit.store.location import check_reachable_by_workers
 from diffaudit.report.fmt import counted
 
@@ -320,6 +320,8 @@ def _conditional(args, ds, fs: FilterSettings, out: Path, device, recipe: Images
     stage_line(f"extract: {n_flagged:,} of {counted(len(ranked), 'prompt')} flagged ({t.seconds:.1f} s)")
     fields: dict[str, Any] = {
         "mode": "conditional", "n_samples": len(ds), "n_prompts": len(ranked), "n_flagged": n_flagged,
+        # a class-conditional model's prompts are its class indices: the report calls them classes
+        "prompt_kind": "class" if sampler_classes(str(args.samples)) else "text",
         "n_prompts_below_min_clique": len(short),
         "bound_hit": any(r.bound_hit for r in ranked), "prompts": [r.to_dict() for r in ranked],
     }

@@ -56,7 +56,7 @@ def _clique_terms(cliques: dict[str, Any]) -> list[tuple[str, str]]:
                      "background."),
         ("clique", "a group of generations each within the edge threshold (tiled ℓ2) of every other: the model "
                    "made nearly the same image again and again" + ("" if cliques.get("unconditional") else
-                   " for one prompt") + ", which is how a memorized image shows itself without the training "
+                   " for one class" if cliques.get("classes") else " for one prompt") + ", which is how a memorized image shows itself without the training "
                    "set (the paper's generate-and-filter)."),
         ("medoid", "the member of a clique closest to all the others: the one that stands for it, shown first, "
                    "and the one checked against the training set when only the cliques are verified."),

@@ -127,6 +127,12 @@ def canary_verdict(canaries: dict[str, Any]) -> dict[str, str]:
     return {"level": "yes", "text": f"Yes: {k:,}{of} inserted {noun} {was} extracted: generations reproduce {them}.{scope}"}
 
 
+def prompt_words(kind: Any) -> tuple[str, str]:
+    """What a conditional extraction's prompts are called, singular and plural: a class-conditional model's
+    (extract's ``prompt_kind`` "class") are its classes, any other model's its prompts."""
+    return ("class", "classes") if kind == "class" else ("prompt", "prompts")
+
+
 def unverified_verdict(ex: dict[str, Any] | None, *, unfinished: bool = False) -> dict[str, str]:
     """The verdict without any verification: "unknown"; when an extract result is there (and no verify
     stage), what it found, and that its cliques were not checked against the training set: by the
@@ -143,15 +149,16 @@ def unverified_verdict(ex: dict[str, Any] | None, *, unfinished: bool = False) -
                   " Each clique holds candidate copies of one image, and several cliques can copy the same one")
     elif isinstance(ex.get("n_flagged"), int):
         n, p = ex["n_flagged"], ex.get("n_prompts")
+        one, many = prompt_words(ex.get("prompt_kind"))
         of_p = f" of {p:,}" if isinstance(p, int) else ""
-        found = f"{n:,}{of_p} prompt{'' if (p if isinstance(p, int) else n) == 1 else 's'} flagged"
-        copies = (" The flagged prompt's clique holds candidate copies of a training image" if n == 1 else
-                  " The flagged prompts' cliques hold candidate copies of training images")
+        found = f"{n:,}{of_p} {one if (p if isinstance(p, int) else n) == 1 else many} flagged"
+        copies = (f" The flagged {one}'s clique holds candidate copies of a training image" if n == 1 else
+                  f" The flagged {many}' cliques hold candidate copies of training images")
         short = ex.get("n_prompts_below_min_clique")
         if short and n == 0 and short == p:
-            return {"level": "unknown", "text": f"Extraction could flag no prompt: each of the {p:,} prompts has fewer "
+            return {"level": "unknown", "text": f"Extraction could flag no {one}: each of the {p:,} {many} has fewer "
                     f"generations than the minimum clique ({ex.get('min_clique')}), so finding none says nothing about "
-                    "memorization. Generate more per prompt (the paper: 500) and extract again."}
+                    f"memorization. Generate more per {one} (the paper: 500) and extract again."}
     else:
         return {"level": "unknown", "text": NOT_VERIFIED}
     if unfinished:
@@ -416,6 +423,8 @@ def cliques(rs: ResultSet, *, redact: bool = False) -> dict[str, Any] | None:
     flagged.sort(key=lambda p: (p.get("mean_distance") is None, p.get("mean_distance") or 0.0))
     linked = not rs.holds(st.path)  # another extract folder on this machine: its numbers, none of its images
     samples = SampleImages(None) if linked or redact else sample_images(st, rs)
+    classes = st.result.get("prompt_kind") == "class"
+    one, many = prompt_words(st.result.get("prompt_kind"))
     items = []
     for p in flagged[:MAX_PROMPTS]:
         members = [str(m) for m in (p.get("members") or [])]
@@ -424,7 +433,8 @@ def cliques(rs: ResultSet, *, redact: bool = False) -> dict[str, Any] | None:
         thumbs = [{"id": m, "uri": None if redact else image_uri(samples.get(m), max_side=THUMB), "medoid": m == str(medoid)}
                   for m in order[:MAX_MEMBERS]]
         items.append({
-            "prompt": None if redact else p.get("prompt"),  # a caption of the training data
+            # a caption of the training data; a class index is not one
+            "prompt": None if redact and not classes else p.get("prompt"),
             "prompt_index": p.get("prompt_index"),
             "n_generations": p.get("n_generations", p.get("component_size")),
             "largest_clique": p.get("largest_clique", p.get("size", len(members))),
@@ -438,7 +448,7 @@ def cliques(rs: ResultSet, *, redact: bool = False) -> dict[str, Any] | None:
     notes = []
     short = st.result.get("n_prompts_below_min_clique")
     if isinstance(short, int) and short:
-        notes.append(f"{short:,} of the {len(prompts):,} prompts {'has' if short == 1 else 'have'} fewer generations "
+        notes.append(f"{short:,} of the {len(prompts):,} {many} {'has' if short == 1 else 'have'} fewer generations "
                      f"than the minimum clique ({st.settings.get('min_clique')}): "
                      f"{'it could not be flagged, whatever it emits' if short == 1 else 'they could not be flagged, whatever they emit'}.")
     if unconditional:
@@ -455,6 +465,7 @@ def cliques(rs: ResultSet, *, redact: bool = False) -> dict[str, Any] | None:
     return {
         "items": items,
         "unconditional": bool(unconditional),
+        "classes": classes,  # the prompts are class indices
         "n_prompts": len(prompts),
         "n_flagged": len(flagged),
         "max_members": MAX_MEMBERS,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,14 +42,26 @@ def samples_identity(spec: str, samples: ImageDataset | None = None) -> str | No
     return None if samples is None else "data:" + dataset_digest(samples)
 
 
+def _sampler(spec: str) -> dict[str, Any]:
+    """The sampler settings a sample store's manifest records; {} for any other input, or a store that records none."""
+    if not SampleStore.is_store(spec):
+        return {}
+    sampler = SampleStore.open(spec).manifest.get("sampler")
+    return sampler if isinstance(sampler, dict) else {}
+
+
 def sampler_kind(spec: str) -> str | None:
     """The kind of model a sample store's generations came from, as its manifest records it
     (``pixel`` or ``stable-diffusion``); None for any other input, or a store that records none."""
-    if not SampleStore.is_store(spec):
-        return None
-    sampler = SampleStore.open(spec).manifest.get("sampler")
-    kind = sampler.get("kind") if isinstance(sampler, dict) else None
+    kind = _sampler(spec).get("kind")
     return kind if isinstance(kind, str) else None
+
+
+def sampler_classes(spec: str) -> int | None:
+    """How many classes the class-conditional model that made a sample store's generations has (its prompts
+    are class indices); None for any other model or input."""
+    n = _sampler(spec).get("num_classes")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
 
 
 def read_samples(spec: str, *, lazy: bool = False, **load_options) -> ImageDataset:
