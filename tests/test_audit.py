@@ -529,3 +529,16 @@ def test_an_audit_whose_data_changed_in_place_is_refused_even_when_finished(tmp_
     capsys.readouterr()
     assert main(argv) == 2
     assert "holds work made with other settings: the contents of --data (was " in capsys.readouterr().err
+
+
+def test_inpainting_values_without_inpaint_are_said_to_be_unused(tmp_path, capsys):
+    """--n-inpaint and --inpaint-targets set a stage that runs only with --inpaint: given without it, a warning
+    says they are not used (the defaults, which every config.toml records, say nothing)."""
+    nope = str(tmp_path / "nope.npz")  # refused after the values are checked: the audit stops there, cheaply
+    assert main(["audit", "--n-inpaint", "50", "--inpaint-targets", "2,2", "--data", nope, "--out", str(tmp_path / "a"),
+                 "--device", "cpu", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert ("diffaudit audit: warning: --inpaint-targets 2,2 and --n-inpaint 50 are for the inpainting stage, which runs "
+            "only with --inpaint: not used") in err and "nope.npz" in err
+    assert main(["audit", "--data", nope, "--out", str(tmp_path / "a"), "--device", "cpu", "--quiet"]) == 2
+    assert "inpainting stage" not in capsys.readouterr().err

@@ -62,6 +62,9 @@ PATH_SETTINGS = ("data", "model", "cifar_root", "heldout")
 #: The setting that records the digest of the audit's data (pixels, keys, labels, captions; with --heldout, of
 #: both datasets): named "the contents of --data" when it differs. Audits recorded before it take today's.
 DATA_DIGEST = "data_digest"
+#: The inpainting stage's defaults (--inpaint-targets, --n-inpaint): a value other than these without --inpaint is
+#: warned about, as nothing uses it.
+INPAINT_TARGETS, N_INPAINT = "4,4", 16
 #: How the keys of --heldout's images are prefixed in the audit (so that they never name a training image).
 HELDOUT_PREFIX = "heldout:"
 
@@ -116,13 +119,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("inpainting attack")
     g.add_argument("--inpaint", action="store_true", help="run the inpainting attack (needs shadows that did not train on "
                    "each target: --shadows 4 or more, or 2 or more with --model)")
-    g.add_argument("--inpaint-targets", default="4,4", help="members,non-members to attack")
-    g.add_argument("--n-inpaint", type=int, default=16, help="inpaintings per target (paper: 5,000)")
+    g.add_argument("--inpaint-targets", default=INPAINT_TARGETS,
+                   help=f"members,non-members to attack, with --inpaint (default: {INPAINT_TARGETS})")
+    g.add_argument("--n-inpaint", type=int, default=N_INPAINT,
+                   help=f"inpaintings per target, with --inpaint (default: {N_INPAINT}; paper: 5,000)")
     g = p.add_argument_group("report")
     g.add_argument("--redact", action=argparse.BooleanOptionalAction, default=None,
                    help="show training images, and the generations that copy them, as their ids in the report; "
-                   "training file names as positions, captions as prompt indices and paths outside --out as (path N) (default: as the report in --out "
-                   "was; --no-redact shows the images)")
+                   "training file names as positions, captions as prompt indices and paths outside --out as (path N) "
+                   "(default: as the report in --out was; --no-redact shows the images)")
 
 
 # --------------------------------------------------------------------------- configuration
@@ -518,6 +523,14 @@ def check_stage_values(args: argparse.Namespace) -> None:
                              f"them; got {args.n_samples}")
     if args.inpaint:
         parse_counts(args.inpaint_targets, "--inpaint-targets")
+    else:
+        unused = [f"{flag} {value}" for flag, value, default in (("--inpaint-targets", args.inpaint_targets, INPAINT_TARGETS),
+                                                               ("--n-inpaint", args.n_inpaint, N_INPAINT)) if value != default]
+        if unused:
+            from diffaudit.core.progress import warning_line
+
+            warning_line("audit", f"{' and '.join(unused)} {'is' if len(unused) == 1 else 'are'} for the inpainting stage, "
+                         "which runs only with --inpaint: not used")
 
 
 def _sample_count(args: argparse.Namespace, data) -> list[str]:
