@@ -58,6 +58,12 @@ def test_compare_cli_on_two_audit_folders(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "| extraction: unique extracted" in text and "| 12 " in text
     assert main(["compare", str(a), str(tmp_path / "missing")]) == 2
+    capsys.readouterr()
+    # --quiet alone would print the table nowhere and keep it nowhere: refused; with --out it is kept
+    assert main(["--quiet", "compare", str(a), str(b)]) == 2
+    assert "--quiet without --out or --json would neither print the comparison nor keep it" in capsys.readouterr().err
+    assert main(["--quiet", "compare", str(a), str(b), "--out", str(tmp_path / "kept")]) == 0
+    assert capsys.readouterr().out == "" and (tmp_path / "kept" / "result.json").is_file()
 
 
 def test_top_level_help_renders_with_the_defence_commands():

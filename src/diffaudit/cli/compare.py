@@ -98,8 +98,12 @@ def _open_out(args: argparse.Namespace, settings: dict) -> Path:
 def run(args: argparse.Namespace) -> int:
     """Compare the two folders: the table (or JSON) on stdout, a dataset warning on stderr.
 
-    Raises DiffauditError when neither folder holds a metric compare reads.
+    Raises DiffauditError when neither folder holds a metric compare reads, and for --quiet without --out
+    or --json, which would print the table nowhere and keep it nowhere.
     """
+    if getattr(args, "quiet", False) and not args.out and not getattr(args, "json", False):
+        raise DiffauditError("--quiet without --out or --json would neither print the comparison nor keep it: add "
+                             "--out DIR (its result.json holds the table) or --json, or drop --quiet")
     labels = _labels(args)
     a, b = build_summary(args.audit_a), build_summary(args.audit_b)
     rows = compare_summaries(a, b, dp_a=find_dp_record(args.audit_a), dp_b=find_dp_record(args.audit_b))
