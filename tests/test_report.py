@@ -354,7 +354,7 @@ def test_redact_removes_training_images(redacted, audit):
 
 def test_redact_hides_where_the_data_and_results_lie(redacted, rendered, audit):
     """A path names a ward, a cohort or a person: the redacted report shows none outside the audit folder
-    (the data, here), and paths inside it by the folder's name; the full report shows them."""
+    (the data, here), and paths inside it within the folder, called AUDIT; the full report shows them."""
     html, full = redacted[1], rendered[1]
     data = str(audit.parent / "data" / "train.npz")
     assert data in full and str(audit.resolve()) in full
@@ -362,8 +362,10 @@ def test_redact_hides_where_the_data_and_results_lie(redacted, rendered, audit):
     text = visible_text(html)
     assert "dataset (path 1)" in text  # the header: the same label wherever that file is named
     assert text.count("(path 1)") >= 3 and "(path 2)" not in text
-    assert f"{audit.name}/samples" in text  # extract's store, inside the audit folder
-    assert "or URL as “(path N)”" in text
+    assert "AUDIT/samples" in text  # extract's store, inside the audit folder
+    assert "or URL as “(path N)”" in text and "does hold the full paths" in text
+    # the folder's own name is the choice of whoever ran the audit (a person's, a ward's): not shown either
+    assert f">{audit.name}<" not in html and f"{audit.name}/" not in html and "<title>diffaudit report: redacted</title>" in html
 
 
 def test_every_table_has_a_caption_and_scoped_headers(rendered):
@@ -793,3 +795,18 @@ def test_a_redacted_report_stays_redacted_unless_no_redact_is_asked(audit, tmp_p
     page = out.read_text(encoding="utf-8")
     assert "diffaudit-redacted" not in page and Page(page).images("train")
     assert _cli([str(audit), "--out", str(out)]) == 0 and "redacted" not in capsys.readouterr().err
+
+
+def test_non_members_from_another_folder_are_said_to_be_so(tmp_path):
+    """With --heldout the non-members come from a set apart from the training data: an attack may tell the two
+    sets apart (another scanner, another year) rather than members, and the report says so where it reads."""
+    from diffaudit.report import render_html
+
+    audit = make_audit(tmp_path)
+    assert 'data-kind="mia-heldout"' not in render_html(audit)
+    recorded = json.loads((audit / "audit.json").read_text())
+    recorded["settings"]["heldout"] = str(tmp_path / "held")
+    write_json_atomic(audit / "audit.json", recorded)
+    text = visible_text(render_html(audit))
+    assert ("The non-members are the images of --heldout, a set apart from the training data (the false-positive "
+            "baseline's never-seen images too): if the two sets differ in how they were made") in text

@@ -20,13 +20,17 @@ def test_every_section_of_a_full_audit_has_its_terms(tmp_path):
     html = render_html(make_audit(tmp_path))
     assert _dts(html) == ["generation", "ℓ2 (distance)", "extracted", "false-positive baseline", "k (eidetic memorization)",
                           "tiled ℓ2", "clique", "medoid", "member, non-member", "AUC", "TPR at 1% FPR",
-                          "interval [low, high]", "p", "loss, timestep t", "LiRA, shadow models", "inpainting attack",
-                          "canary, exposure"]
+                          "95% CI [low, high]", "p", "loss, timestep t", "ROC curve", "LiRA, shadow models",
+                          "inpainting attack", "canary, exposure"]
     text = visible_text(html)
     assert '<a href="#terms">Terms</a>' in html
     # the rule verify ran, with its numbers: α and the neighbours it used (50 asked, 12 training images)
     assert "at most α = 0.5 times as far from it as its 12 nearest training images" in text
     assert "a copy by this rule can be further than 0.05 from its training image" in text
+    assert "with the 50 nearest; here every training image, as there are fewer)" in text
+    # make_audit's extract ran on the default grid; its baseline (1,000 images) is not the training set's size
+    assert "on a grid of tiles (4 x 4 by default)" in text and "so the two counts compare directly" not in text
+    assert "lie within ℓ2 0.1 of the copied training image" in text
 
 
 def test_a_membership_result_alone_names_only_its_terms(tmp_path):
@@ -49,3 +53,8 @@ def test_the_extraction_rule_speaks_of_the_rule_verify_ran():
     assert glossary({"summary": {}}) == []
     dp = dict(glossary({"summary": {"model": {"dp": {"epsilon": 8.0}}}}))
     assert list(dp) == ["ε (DP-SGD)"]
+    equal = dict(glossary({"summary": {"extraction": {"rule": "ratio", "n_train": 16, "baseline_n_images": 16}},
+                           "cliques": {"unconditional": True, "grid": 2}}))
+    assert "as many never-seen images as there are training images (16), so the two counts compare directly" in \
+        equal["false-positive baseline"]
+    assert "(2 x 2 here)" in equal["tiled ℓ2"] and "connected component" in equal

@@ -536,9 +536,9 @@ def test_an_interval_of_width_zero_is_not_shown_as_certainty():
 def test_the_gallery_legend_names_the_eidetic_radius_verify_used(tmp_path):
     root = _verify_folder(tmp_path, 3, 0, 1000, 1000)
     text = " ".join("".join(Page(_section(render_html(root), "extracted")).text).split())
-    assert "within 0.1 (eidetic memorization)" in text  # verify's default, where none is recorded
+    assert "within 0.1 of the training image, itself included (eidetic memorization)" in text  # verify's default, where none is recorded
     result = json.loads((root / "result.json").read_text())
     result["settings"]["eidetic_delta"] = 0.05
     (root / "result.json").write_text(json.dumps(result))
     text = " ".join("".join(Page(_section(render_html(root), "extracted")).text).split())
-    assert "k is the number of training images within 0.05 (eidetic memorization)" in text
+    assert "k is the number of training images within 0.05 of the training image, itself included (eidetic memorization)" in text

@@ -18,40 +18,53 @@ def _extraction_terms(ex: dict[str, Any]) -> list[tuple[str, str]]:
                        "training image."),
         ("ℓ2 (distance)", "how far apart two images are: the root-mean-square difference of their pixels, each "
                           "scaled to [0, 1]. 0 is the same image; below about 0.05 the two look the same to the eye "
-                          "(a JPEG of an image is about 0.02 from it); above 0.3 they are different images."),
+                          "(a JPEG of an image is about 0.02 from it). How far apart different images lie depends on "
+                          "the data (small, plain images such as digits can be 0.1 to 0.2 from their nearest other "
+                          "image), which is why the extraction rule below measures a copy against its neighbours."),
     ]
     if ex.get("rule") == "ratio":
         alpha = ex.get("alpha") if isinstance(ex.get("alpha"), (int, float)) else 0.5
         n = ex.get("n_neighbors") if isinstance(ex.get("n_neighbors"), int) else 50
         if isinstance(ex.get("n_train"), int) and ex["n_train"] > 0:
             n = min(n, ex["n_train"])
+        every = isinstance(ex.get("n_train"), int) and n == ex["n_train"] and n < 50
         terms.append(("extracted", f"a generation copies its closest training image when that image is at most "
                       f"α = {alpha:g} times as far from it as its {n} nearest training images are on average (the "
-                      "ratio ≤ 1; the paper's rule for CIFAR-10). The rule asks for a copy of one training image "
-                      "rather than a likeness of many, relative to how close the training images lie to each "
-                      "other: where they lie far apart, a copy by this rule can be further than 0.05 from its "
-                      "training image, and then is close, not pixel for pixel the same."))
+                      "normalised ℓ2 ratio ≤ 1: the paper's rule for CIFAR-10, with the 50 nearest"
+                      + ("; here every training image, as there are fewer" if every else "") + "). The rule asks for "
+                      "a copy of one training image rather than a likeness of many, relative to how close the "
+                      "training images lie to each other: where they lie far apart, a copy by this rule can be "
+                      "further than 0.05 from its training image, and then is close, not pixel for pixel the same. "
+                      "Extracted images are counted unique: each training image once, however many generations "
+                      "copy it."))
     elif ex.get("rule") == "l2":
         delta = ex.get("delta") if isinstance(ex.get("delta"), (int, float)) else 0.15
         terms.append(("extracted", f"a generation copies a training image when their ℓ2 is at most δ = {delta:g} "
                       "(the paper's (ℓ2, δ)-extraction)."))
     if ex.get("rule") is not None:
+        n_base, n_train = ex.get("baseline_n_images"), ex.get("n_train")
+        size = (f" It holds as many never-seen images as there are training images ({n_train:,}), so the two counts "
+                "compare directly; it draws them on its own, so their number need not equal the membership attack's "
+                "non-members." if isinstance(n_base, int) and n_base == n_train else " It draws its own never-seen "
+                "images, so their number need not equal the membership attack's non-members.")
         terms.append(("false-positive baseline", "the same verification run with images the model never trained "
-                      "on standing in for the training set. Whatever it \"extracts\" is a coincidence of the rule, "
-                      "so the count of extracted training images is evidence only where it is well above the "
-                      "baseline's. The baseline draws its own never-seen images, so their number need not equal "
-                      "the membership attack's non-members."))
+                      "on standing in for the training set. Whatever it matches is a coincidence of the rule, so "
+                      "the count of extracted training images is evidence only where it is well above the "
+                      "baseline's." + size))
         delta = ex.get("eidetic_delta") if isinstance(ex.get("eidetic_delta"), (int, float)) else 0.1
-        terms.append(("k (eidetic memorization)", f"how many training images lie within ℓ2 {delta:g} of a copy. "
-                      "The paper calls a copied image k-eidetic memorized: k = 1 means the model reproduced one "
-                      "particular image, not a picture that the training set holds many versions of."))
+        terms.append(("k (eidetic memorization)", f"how many training images, the copied one included, lie within "
+                      f"ℓ2 {delta:g} of the copied training image. The paper calls a copied image k-eidetic "
+                      "memorized: k = 1 means the model reproduced one particular image, not a picture that the "
+                      "training set holds many versions of."))
     return terms
 
 
 def _clique_terms(cliques: dict[str, Any]) -> list[tuple[str, str]]:
     """Tiled ℓ2, clique, medoid: the filter that finds copies without the training set."""
-    return [
-        ("tiled ℓ2", "the ℓ2 of two images taken tile by tile, on a grid of tiles (4 x 4 by default), keeping the "
+    grid = cliques.get("grid")
+    tiles = f"{grid} x {grid} here" if isinstance(grid, int) and grid > 0 else "4 x 4 by default"
+    terms = [
+        ("tiled ℓ2", f"the ℓ2 of two images taken tile by tile, on a grid of tiles ({tiles}), keeping the "
                      "largest: two images are close only if they are close everywhere, not merely on a shared "
                      "background."),
         ("clique", "a group of generations each within the edge threshold (tiled ℓ2) of every other: the model "
@@ -61,29 +74,39 @@ def _clique_terms(cliques: dict[str, Any]) -> list[tuple[str, str]]:
         ("medoid", "the member of a clique closest to all the others: the one that stands for it, shown first, "
                    "and the one checked against the training set when only the cliques are verified."),
     ]
+    if cliques.get("unconditional"):
+        terms.append(("connected component", "generations linked to each other through chains of near-identical "
+                      "pairs; the cliques are searched within each."))
+    return terms
 
 
 def _membership_terms(mia: dict[str, Any]) -> list[tuple[str, str]]:
     """Member, AUC, TPR at FPR, interval, p-value, timestep, loss, and LiRA where a row is one."""
     terms = [
-        ("member, non-member", "an image the model trained on, and one it never saw. A membership attack gives "
-                               "every image a score; larger means \"more likely a member\"."),
+        ("member, non-member", "an image the model trained on, and one it never saw. A membership attack (membership "
+                               "inference) gives every image a score; larger means \"more likely a member\"."),
         ("AUC", "the chance that a random member scores above a random non-member: 0.5 is guessing, 1 a perfect "
                 "split. Well below 0.5, the scores run the wrong way: the attack takes non-members for members."),
         ("TPR at 1% FPR", "the share of members the attack finds (true-positive rate) when its threshold lets "
                           "through only 1% of non-members (false-positive rate). It says whether some members "
                           "are identified with confidence, which an average such as the AUC can hide; with fewer "
-                          "than 100 non-members it cannot be measured, and the share of members that score above "
-                          "every non-member is given instead where recorded."),
-        ("interval [low, high]", "the 95% bootstrap confidence interval: the range the number would plausibly take "
-                                 "on another draw of as many members and non-members."),
-        ("p", "how often chance alone would give a result at least this strong; below 0.05 the result is taken as "
-              "evidence."),
-        ("loss, timestep t", "the attack adds noise to an image, the amount set by the timestep t (0: none; the "
-                             "last: pure noise), and measures how well the model predicts that noise (its loss). "
-                             "A model tends to denoise its own training images better; the paper finds t between "
-                             "50 and 300 most revealing."),
+                          "than 100 non-members it cannot be measured (n/a), and the share of members that score "
+                          "above every non-member is given instead where recorded. TPR at 0.1% FPR needs 1,000 "
+                          "non-members. Chance, an attack that guesses, finds 1% of members at 1% FPR."),
+        ("95% CI [low, high]", "the 95% (bootstrap) confidence interval: the range the number would plausibly take on "
+                               "another draw of as many members and non-members. [1.000, 1.000]: every draw separated "
+                               "them perfectly."),
+        ("p", "how often chance alone would give a result at least this strong (a one-sided exact or rank test); "
+              "below 0.05 the result is taken as evidence."),
+        ("loss, timestep t", "the attack adds noise to an image, the amount set by the timestep t (0: none; T − 1, "
+                             "999 for the usual 1,000-step schedule: pure noise), and measures how well the model "
+                             "predicts that noise (its loss). A model tends to denoise its own training images "
+                             "better; the paper finds t between 50 and 300 most revealing. The training loss is an "
+                             "average over every t, so it is not comparable with the loss at one t."),
     ]
+    if mia.get("roc_uri"):
+        terms.append(("ROC curve", "the TPR an attack reaches at each FPR, drawn on log-log axes so that the low "
+                      "false-positive rates, where confident attacks show, are visible."))
     if any(str(r.get("key", "")).startswith(("lira", "strong-lira")) for r in mia.get("rows") or []):
         terms.append(("LiRA, shadow models", "the likelihood-ratio attack trains shadow models, each on a random "
                       "half of the data, and asks whether an image's loss under the audited model looks like its "
@@ -114,7 +137,11 @@ def glossary(ctx: dict[str, Any]) -> list[tuple[str, str]]:
         terms.append(("canary, exposure", "a made-up image inserted into the training set a known number of "
                       "times. Its exposure, in bits, is how much lower its loss is than that of references never "
                       "inserted: log2(references + 1) − log2(its rank among them)."))
+    if summary.get("outliers"):
+        terms.append(("outlier score", "how unusual an image is in its dataset: its mean distance to its nearest "
+                      "neighbours in an embedding (a vector the image is mapped to, where similar images lie close)."))
     if (summary.get("model") or {}).get("dp"):
-        terms.append(("ε (DP-SGD)", "the privacy budget of differentially private training: the smaller, the less "
-                      "any one training example can change what the model does."))
+        terms.append(("ε (DP-SGD)", "the privacy budget of differentially private training (DP-SGD: clipped, noised "
+                      "gradient steps): the smaller, the less any one training example can change what the model "
+                      "does."))
     return terms

@@ -19,7 +19,7 @@ from typing import Any
 from diffaudit.core.io import make_private_dir, write_bytes_atomic
 from diffaudit.report.fmt import fmt, fmt_ci
 from diffaudit.report.glossary import glossary
-from diffaudit.report.path_redaction import hide_paths, path_labels
+from diffaudit.report.path_redaction import FOLDER, hide_paths, path_labels
 from diffaudit.report.results import finished_stages, load_results, stopped_words
 from diffaudit.report.summary import summarise
 from diffaudit.report.view_extraction import cliques, gallery, rule_text, verdict
@@ -109,8 +109,9 @@ def report_context(result_dir: str | os.PathLike, *, redact: bool = False) -> di
     }
     ctx["shown"] = shown_images(ctx)
     ctx["terms"] = glossary(ctx)
-    if redact:  # where the data, models and results lie: see path_redaction
-        ctx = hide_paths(ctx, path_labels(summary, rs.root))
+    if redact:  # where the data, models and results lie, and the folder's name: see path_redaction
+        # (the title keeps "diffaudit report:", by which cli.report knows a file it wrote)
+        ctx = {**hide_paths(ctx, path_labels(summary, rs.root)), "title": "diffaudit report: redacted", "source": FOLDER}
     return ctx
 
 

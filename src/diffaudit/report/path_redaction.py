@@ -7,8 +7,8 @@ or a URL (``cli.common`` resolves them), so :func:`path_labels` finds them among
 and :func:`hide_paths` replaces each wherever the report would show it (the header, the settings, the
 notes):
 
-- a path inside the audit folder by the folder's name and the path within it
-  (``audit-out/models/model-00``): the reader has the folder's name already, in the report's title;
+- the audit folder, whose name is chosen by whoever ran it (``audit-jdoe``), by :data:`FOLDER`, and a path
+  inside it by the path within it (``AUDIT/models/model-00``);
 - any other path or URL by a numbered label, ``(path 1)``, ``(path 2)``, ..., the same label for the same
   path everywhere in the report, so that a reader still sees that two stages read the same data.
 
@@ -22,6 +22,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
+#: What a redacted report calls the audit folder (the report's own folder, whose name it would show).
+FOLDER = "AUDIT"
 #: A URL's scheme (``s3://``, ``file://``, ``gs://``): what follows names a place.
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 #: A match followed by a name's character (or a dot and one: ``.png``) is part of a longer name; one
@@ -51,11 +53,11 @@ def path_labels(summary: dict[str, Any], root: str | os.PathLike) -> dict[str, s
     """``{path: label}`` for every path or URL among ``summary``'s strings (the report's summary: settings,
     inputs, model), and for the audit folder ``root`` itself.
 
-    A path inside ``root`` is labelled ``NAME/relative`` (``NAME`` the folder's name); any other, in the
-    order first met, ``(path 1)``, ``(path 2)``, ...
+    ``root`` is labelled :data:`FOLDER`, a path inside it ``AUDIT/relative``; any other, in the order first
+    met, ``(path 1)``, ``(path 2)``, ...
     """
     root = Path(root).resolve()
-    labels: dict[str, str] = {str(root): root.name}
+    labels: dict[str, str] = {str(root): FOLDER}
     n_outside = 0
     for text in _strings(summary):
         if text in labels or not _is_path(text):
@@ -63,7 +65,7 @@ def path_labels(summary: dict[str, Any], root: str | os.PathLike) -> dict[str, s
         local = Path(text).expanduser() if not _URL.match(text) else None
         inside = local is not None and (local == root or root in local.parents)
         if inside:
-            labels[text] = f"{root.name}/{local.relative_to(root).as_posix()}" if local != root else root.name
+            labels[text] = f"{FOLDER}/{local.relative_to(root).as_posix()}" if local != root else FOLDER
         else:
             n_outside += 1
             labels[text] = f"(path {n_outside})"

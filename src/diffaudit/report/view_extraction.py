@@ -46,6 +46,9 @@ def rule_text(rule: Any, delta: Any = None, *, alpha: Any = None, n_neighbors: A
 
 
 NOT_VERIFIED = "Extraction was not verified against the training set."
+#: What finding no copy says: only that these generations hold none (the paper searched 175 million).
+NOT_RULED_OUT = ("That does not rule out memorization: it says only that these generations hold no copy, and more "
+                 "generations (the paper made millions) may find some.")
 #: The verdict of an unfinished audit before its extraction.
 NOT_YET = "The audit has not finished: it has not yet measured whether the model emits its training images."
 #: The verdict of a folder without any extraction result (a membership attack, a trained run, ...).
@@ -83,7 +86,7 @@ def verdict(ex: dict[str, Any] | None, *, canaries: dict[str, Any] | None = None
     if isinstance(total, int) and isinstance(ex.get("n_samples_total"), int):  # verify --from-extract
         of = f" from the {total:,} flagged clique medoids of {ex['n_samples_total']:,} generations"
     if n == 0:
-        return {"level": "no", "text": f"No training image was extracted{of}. This bounds, but does not rule out, memorization."}
+        return {"level": "no", "text": f"No training image was extracted{of}. {NOT_RULED_OUT}"}
     s = "image was" if n == 1 else "images were"
     if base is None:  # the ratio rule matched 14 of 32 never-seen digits in the built-in audit: a count alone is no answer
         return {"level": "unsure", "text": f"Unsure: {n:,} training {s} matched{of}, but no false-positive baseline was "
@@ -120,8 +123,7 @@ def canary_verdict(canaries: dict[str, Any]) -> dict[str, str]:
                   f"canar{'y' if n == 1 else 'ies'}, each once however many times it was inserted (the canaries "
                   "result's n_train counts --data's images alone).")
     if k == 0:
-        return {"level": "no", "text": f"No inserted canary was extracted (0{of}).{scope} This bounds, but does not "
-                                       "rule out, memorization."}
+        return {"level": "no", "text": f"No inserted canary was extracted (0{of}).{scope} {NOT_RULED_OUT}"}
     noun = "canary" if (n if isinstance(n, int) else k) == 1 else "canaries"  # "1 of 3 inserted canaries was"
     was, them = ("was", "it") if k == 1 else ("were", "them")
     return {"level": "yes", "text": f"Yes: {k:,}{of} inserted {noun} {was} extracted: generations reproduce {them}.{scope}"}
@@ -242,7 +244,7 @@ def prompt_check_verdict(ex: dict[str, Any]) -> dict[str, str]:
              "set could not be searched): each generation was compared with its own prompt's training image.")
     if k == 0:
         text = (f"No generation{of} checked against its own prompt's training image reproduces it (ℓ2 ≤ δ under every "
-                f"crop alignment).{scope} This bounds, but does not rule out, memorization.")
+                f"crop alignment).{scope} {NOT_RULED_OUT}")
         return {"level": "no", "text": text}
     imgs = "" if not isinstance(u, int) else f" ({u:,} distinct training image{'' if u == 1 else 's'})"
     return {"level": "yes", "text": f"Yes: {k:,}{of} generations{imgs} reproduce their own prompt's training image "
@@ -471,6 +473,7 @@ def cliques(rs: ResultSet, *, redact: bool = False) -> dict[str, Any] | None:
         "max_members": MAX_MEMBERS,
         "edge_threshold": settings.get("edge_threshold"),
         "min_clique": settings.get("min_clique"),
+        "grid": settings.get("grid"),  # tiles per side of the tiled ℓ2
         "notes": notes,
         "calibration": None if unconditional else calibration(st),
     }

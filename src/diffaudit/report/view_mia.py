@@ -233,5 +233,6 @@ def membership_verdict(best: dict[str, Any] | None) -> dict[str, str] | None:
         found = (f" {best['n_above']:,} of the {best['n_members']:,} training images ({fmt(best['tpr0'], 'pct')}) score "
                  "above every image it never saw: picked out without a single false alarm.")
     return {"level": "yes", "text": f"Yes: the membership attack ({best['key']}) tells the training images from images "
-                                    f"the model never saw ({measured}).{found} Whoever can run the model can learn "
-                                    "whether a given image was in its training set, even where no image is extracted."}
+                                    f"the model never saw ({measured}).{found} Whoever holds the model's weights can test "
+                                    "whether a given image was in its training set (the attack reads the model's denoising "
+                                    "loss on it), even where no image is extracted."}
