@@ -524,8 +524,8 @@ def check_stage_values(args: argparse.Namespace) -> None:
     if args.inpaint:
         parse_counts(args.inpaint_targets, "--inpaint-targets")
     else:
-        unused = [f"{flag} {value}" for flag, value, default in (("--inpaint-targets", args.inpaint_targets, INPAINT_TARGETS),
-                                                               ("--n-inpaint", args.n_inpaint, N_INPAINT)) if value != default]
+        given = (("--inpaint-targets", args.inpaint_targets, INPAINT_TARGETS), ("--n-inpaint", args.n_inpaint, N_INPAINT))
+        unused = [f"{flag} {value}" for flag, value, default in given if value != default]
         if unused:
             from diffaudit.core.progress import warning_line
 

@@ -16,9 +16,9 @@ DESCRIPTION = (
     "sure; extracted pairs, flagged cliques, ROC curves, inpainting, canaries, settings and versions. "
     "Images are embedded; the page loads nothing from the network. It shows training images, so it is "
     "written owner-only; --redact replaces them, and the generations that copy them, by their ids, and names training "
-    "examples by position, prompts by index and paths outside RESULT_DIR as (path N) (file names, captions and folders may "
-    "name people). summary.json (the same numbers "
-    "and the settings, paths included, without images, example names or captions) is written beside the report: "
+    "examples by position, prompts by index and paths outside RESULT_DIR as (path N) (file names, captions and "
+    "folders may name people). summary.json (the same numbers and the settings, paths included, without images, "
+    "example names or captions) is written beside the report: "
     "summary.json next to report.html, else <name>.summary.json."
 )
 
@@ -30,9 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redact", action=argparse.BooleanOptionalAction, default=None,
                    help="replace training images, the generations that copy them (verified pairs, clique members) "
                    "and inpainting grids by their ids; show training examples by their position in the training set "
-                   "(not their file names), prompts by their index (not their captions) and paths outside RESULT_DIR as "
-                   "(path N). Default: as the report "
-                   "written over was (a redacted report stays redacted); --no-redact shows the images")
+                   "(not their file names), prompts by their index (not their captions) and paths outside RESULT_DIR "
+                   "as (path N). Default: as the report written over was (a redacted report stays redacted); "
+                   "--no-redact shows the images")
 
 
 def summary_path(report: Path) -> Path:

@@ -63,14 +63,14 @@ def _clique_terms(cliques: dict[str, Any]) -> list[tuple[str, str]]:
     """Tiled ℓ2, clique, medoid: the filter that finds copies without the training set."""
     grid = cliques.get("grid")
     tiles = f"{grid} x {grid} here" if isinstance(grid, int) and grid > 0 else "4 x 4 by default"
+    per = "" if cliques.get("unconditional") else " for one class" if cliques.get("classes") else " for one prompt"
     terms = [
         ("tiled ℓ2", f"the ℓ2 of two images taken tile by tile, on a grid of tiles ({tiles}), keeping the "
                      "largest: two images are close only if they are close everywhere, not merely on a shared "
                      "background."),
         ("clique", "a group of generations each within the edge threshold (tiled ℓ2) of every other: the model "
-                   "made nearly the same image again and again" + ("" if cliques.get("unconditional") else
-                   " for one class" if cliques.get("classes") else " for one prompt") + ", which is how a memorized image shows itself without the training "
-                   "set (the paper's generate-and-filter)."),
+                   f"made nearly the same image again and again{per}, which is how a memorized image shows itself "
+                   "without the training set (the paper's generate-and-filter)."),
         ("medoid", "the member of a clique closest to all the others: the one that stands for it, shown first, "
                    "and the one checked against the training set when only the cliques are verified."),
     ]

@@ -19,9 +19,9 @@ left out of it), ``data_vs_model`` {``n_data``, ``n_trained``, ``n_not_trained``
 calls ``n_groups``; the report reads it as ``n_cliques``) with ``n_truncated_components`` and ``n_saturated``
 (where the search cut components to --max-component or saturated generations), or ``n_prompts`` and ``n_flagged``
 (conditional extract) with ``n_prompts_below_min_clique`` and ``min_clique`` (prompts too few
-generations to be flagged) and ``prompt_kind`` (``class`` where the prompts are a class-conditional model's class
-indices, ``text`` otherwise; absent from results written before extract recorded it), ``extracted_l2_*`` and ``baseline_l2_*`` (min, median, max of each
-image's closest generation) and ``extracted_closer_than_baseline`` (training matches closer than any
+generations to be flagged) and ``prompt_kind`` (``class`` where the prompts are a class-conditional
+model's class indices, ``text`` otherwise; absent from results written before extract recorded it),
+``extracted_l2_*`` and ``baseline_l2_*`` (min, median, max of each image's closest generation) and ``extracted_closer_than_baseline`` (training matches closer than any
 baseline match), ...},
 ``mia`` {attack: {``auc``, ``tpr_at_fpr``, ``ci``, ``n_excluded``, ``n_identical_excluded``, ``mean_loss`` (the
     targets' mean denoising loss on members and non-members, and their gap), ``pooled``, ``n_models`` and
