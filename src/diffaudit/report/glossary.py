@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from diffaudit.report.view_extraction import ratio_neighbours
+
 
 def _extraction_terms(ex: dict[str, Any]) -> list[tuple[str, str]]:
     """Generation, ℓ2, extracted (by the rule verify ran), false-positive baseline, k-eidetic."""
@@ -24,10 +26,8 @@ def _extraction_terms(ex: dict[str, Any]) -> list[tuple[str, str]]:
     ]
     if ex.get("rule") == "ratio":
         alpha = ex.get("alpha") if isinstance(ex.get("alpha"), (int, float)) else 0.5
-        n = ex.get("n_neighbors") if isinstance(ex.get("n_neighbors"), int) else 50
-        if isinstance(ex.get("n_train"), int) and ex["n_train"] > 0:
-            n = min(n, ex["n_train"])
-        every = isinstance(ex.get("n_train"), int) and n == ex["n_train"] and n < 50
+        n = ratio_neighbours(ex.get("n_neighbors"), ex.get("n_train"))
+        every = n == ex.get("n_train") and n < 50
         terms.append(("extracted", f"a generation copies its closest training image when that image is at most "
                       f"α = {alpha:g} times as far from it as its {n} nearest training images are on average (the "
                       "normalised ℓ2 ratio ≤ 1: the paper's rule for CIFAR-10, with the 50 nearest"

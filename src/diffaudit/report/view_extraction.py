@@ -31,13 +31,18 @@ THUMB = 96
 PAIR_SIDE = 256
 
 
+def ratio_neighbours(n_neighbors: Any, n_train: Any) -> int:
+    """The n nearest training images the ratio rule averaged over: ``n_neighbors`` (default 50), at most the
+    training set's ``n_train`` (verify records the n it used; older settings hold the requested one)."""
+    n = int(n_neighbors) if isinstance(n_neighbors, (int, float)) else 50
+    return min(n, n_train) if isinstance(n_train, int) and n_train > 0 else n
+
+
 def rule_text(rule: Any, delta: Any = None, *, alpha: Any = None, n_neighbors: Any = None, n_train: Any = None) -> str:
     """The extraction rule in words (paper §4.1: (ℓ2, δ)-extraction, or the normalised distance of the
     paper's CIFAR-10 attack)."""
     if rule == "ratio":
-        n = int(n_neighbors) if isinstance(n_neighbors, (int, float)) else 50
-        if isinstance(n_train, int) and n_train > 0:
-            n = min(n, n_train)  # verify records the n it used; older settings hold the requested one
+        n = ratio_neighbours(n_neighbors, n_train)
         a = alpha if isinstance(alpha, (int, float)) else 0.5
         return f"normalised ℓ2 ratio ≤ 1 (α = {a:g}, against the {n} nearest training images)"
     if rule == "l2":
