@@ -38,6 +38,37 @@ def timed(fn, device: torch.device, repeats: int = 1) -> float:
     return best
 
 
+def profile_ops(fn, device: torch.device, top: int = 15) -> dict:
+    """One call of ``fn`` under the torch profiler: its ``top`` operators by self time (device time on
+    CUDA, else CPU time), and on CUDA the wall time beside the time kernels kept the GPU busy (their
+    self device times summed), so that a side whose wall time exceeds its kernel time is seen to wait on
+    the host; ``host_ops`` are the ``top`` operators by self CPU time (launches, synchronisations)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    sync(device)
+    t0 = time.perf_counter()
+    with profile(activities=acts) as prof:
+        fn()
+        sync(device)
+    wall = time.perf_counter() - t0
+    events = prof.key_averages()
+
+    def rows(attr: str) -> list[dict]:
+        best = sorted(events, key=lambda e: getattr(e, attr, 0), reverse=True)[:top]
+        return [{"name": e.key, "calls": e.count, "self_ms": getattr(e, attr, 0) / 1e3} for e in best]
+
+    attr = "self_device_time_total" if cuda else "self_cpu_time_total"
+    out = {"by": attr, "wall_ms": wall * 1e3, "ops": rows(attr)}
+    if cuda:
+        kernels = [e for e in events if str(getattr(e, "device_type", "")).endswith("CUDA")]
+        out["kernel_ms"] = sum(e.self_device_time_total for e in kernels) / 1e3
+        out["kernel_launches"] = sum(e.count for e in kernels)
+        out["host_ops"] = rows("self_cpu_time_total")
+    return out
+
+
 def device_info(device: torch.device) -> dict:
     info = {"device": str(device), "torch": torch.__version__}
     if device.type == "cuda":

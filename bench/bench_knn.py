@@ -48,7 +48,7 @@ from unittest import mock
 import numpy as np
 import torch
 
-from _common import checkpoint, emit
+from _common import checkpoint, emit, profile_ops
 from diffaudit.core.device import resolve_device
 from diffaudit.core.seeds import numpy_rng
 from diffaudit.distances.compute import cross, resolve_compute, to_compute
@@ -171,15 +171,7 @@ def time_gemm_resident(n_queries, r, dev, qb, repeats=3, kind="auto"):
 
 def profile_diffaudit(q, r, k, dev, top=15, compute="auto"):
     """The search's ``top`` operators by self time (device time on CUDA), from the torch profiler."""
-    from torch.profiler import ProfilerActivity, profile
-
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-    with profile(activities=acts) as prof:
-        knn_search(q, r, k, device=dev, compute=compute)
-        _sync(dev)
-    attr = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
-    rows = sorted(prof.key_averages(), key=lambda e: getattr(e, attr, 0), reverse=True)[:top]
-    return {"by": attr, "ops": [{"name": e.key, "calls": e.count, "self_ms": getattr(e, attr, 0) / 1e3} for e in rows]}
+    return profile_ops(lambda: knn_search(q, r, k, device=dev, compute=compute), dev, top=top)
 
 
 def time_cdist_topk(q, r, k, dev, qb):

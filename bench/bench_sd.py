@@ -20,6 +20,12 @@ Sides, each saved as it finishes when run by ``run_all.py``:
   (``UNet2DConditionModel.fuse_qkv_projections``; the same weights, so the same images within bf16
   rounding), compiled again.
 
+Diagnostics: ``--sides`` runs only the named diffaudit sides (the stock side always runs: it is the
+baseline); ``--interleave N`` first runs the stock call and the uncompiled source alternately N times
+(``interleaved``: each call's seconds, to tell a steady difference from drift of the machine);
+``--profile`` adds one profiled call of each of those two (``profile``: the top operators by device
+time, the kernels' busy time beside the wall time, the top host operators).
+
 The images of each diffaudit side are compared with the stock images (mean and max ℓ2 on [0, 1]).
 Every side does the same arithmetic, counted once with ``torch.utils.flop_counter`` on one image
 (``tflop_per_image``: the UNet ``steps`` times, twice under classifier-free guidance, the text encoder
@@ -29,6 +35,7 @@ with ``--peak-tflops`` (the device's dense bf16 peak, H100 SXM: 989) its ``fract
     python bench/bench_sd.py --size 512 --batch 8 --steps 20 --peak-tflops 989   # GPU
     python bench/bench_sd.py --tiny --size 64 --batch 2 --steps 2  # CPU smoke test
     python bench/bench_sd.py --size 512 --batch 1 --steps 20 --count-only  # the count alone (CPU: minutes)
+    python bench/bench_sd.py --size 512 --batch 8 --steps 20 --sides diffaudit_source --interleave 3 --profile
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ from diffusers import DDIMScheduler
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from _common import checkpoint, device_info, emit, timed
+from _common import checkpoint, device_info, emit, profile_ops, timed
 from diffaudit.core.seeds import generation_seed, randn_per_seed
 from diffaudit.models.sd_configs import build_stable_diffusion
 from diffaudit.sampling.sources import StableDiffusionSource
@@ -108,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compile-mode", default=None, help="torch.compile mode of the compiled side (default: default)")
     ap.add_argument("--fuse-qkv", action="store_true", help="CUDA: add a compiled side with the UNet's q/k/v projections fused")
     ap.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak (H100 SXM: 989)")
+    ap.add_argument("--sides", default=None,
+                    help="comma-separated diffaudit sides to run (default: all that apply here); the stock side always runs")
+    ap.add_argument("--interleave", type=int, default=0, metavar="N",
+                    help="first run the stock call and the uncompiled source alternately N times, each timed")
+    ap.add_argument("--profile", action="store_true",
+                    help="profile one call of the stock pipeline and one of the uncompiled source (torch profiler)")
     ap.add_argument("--count-only", action="store_true",
                     help="count the operations per image and stop (no timing; the count is the same on any device)")
     a = ap.parse_args(argv)
@@ -152,6 +165,27 @@ def main(argv: list[str] | None = None) -> int:
             sides.append(("diffaudit_source_compiled", dict(channels_last=True, compile=True)))
             if a.fuse_qkv:
                 sides.append(("diffaudit_source_compiled_fused_qkv", dict(channels_last=True, compile=True)))
+    if a.sides is not None:
+        wanted = {x.strip() for x in a.sides.split(",") if x.strip()}
+        unknown = wanted - {name for name, _ in sides}
+        if unknown:
+            ap.error(f"--sides: {', '.join(sorted(unknown))} not among {', '.join(name for name, _ in sides)} here")
+        sides = [(name, opts) for name, opts in sides if name in wanted]
+    if a.interleave or a.profile:  # before the other sides, which change the pipeline in place
+        eager = StableDiffusionSource.from_pipeline(pipe, channels_last=False, compile=False, **common)
+        eager_run = lambda: eager(seeds, prompts)  # noqa: E731
+        eager_run()  # warm-up
+        if a.interleave:
+            times = {"stock_pipeline": [], "diffaudit_source": []}
+            for _ in range(a.interleave):
+                times["stock_pipeline"].append(timed(stock, dev, 1))
+                times["diffaudit_source"].append(timed(eager_run, dev, 1))
+            result["interleaved"] = {"seconds": times,
+                                     "median_ratio": float(np.median(times["stock_pipeline"]) / np.median(times["diffaudit_source"]))}
+            checkpoint(result, "interleaved")
+        if a.profile:
+            result["profile"] = {"stock_pipeline": profile_ops(stock, dev), "diffaudit_source": profile_ops(eager_run, dev)}
+            checkpoint(result, "profile")
     result["diffaudit_settings"] = {"dtype": str(dtype), "compile_mode": a.compile_mode,
                                     "sides": {name: opts for name, opts in sides}}
     for name, opts in sides:

@@ -33,8 +33,9 @@ CIFAR_UNET = ["--preset", "ddpm-cifar10", "--image-size", "32", "--channels", "3
 GPU = {
     "sampling": ["bench_sampling.py", *CIFAR_UNET, "--batch", "1024", "--steps", "50", "--repeats", "1"],
     "training": ["bench_training.py", *CIFAR_UNET, "--batch", "128", "--steps", "60", "--n", "4096"],
-    # faiss is not on the GPU machine (no wheel carried): its two baselines are skipped there, and
-    # bench_knn also records them as skipped by itself wherever faiss cannot be imported.
+    # faiss-cpu's two baselines are skipped here: the other timings fill this call's limit (with a carried
+    # faiss-cpu wheel they ran in a separate call, docs/performance.md), and bench_knn also records them
+    # as skipped by itself wherever faiss cannot be imported.
     "knn": ["bench_knn.py", "--synthetic", "--queries", "1048576", "--refs", "50000", "--k", "50", "--peak-tflops", "989",
             "--peak-int8-tops", "1979", "--without-prefetch", "--also-compute", "bf16", "--query-blocks", "21845,43690",
             "--profile", "--skip", "faiss_cpu,diffaudit_faiss"],
@@ -48,6 +49,7 @@ GPU = {
     "stable_diffusion": ["bench_sd.py", "--size", "512", "--batch", "8", "--steps", "20", "--repeats", "1",
                          "--peak-tflops", "989", "--fuse-qkv"],
     "verify_memory": ["bench_verify_memory.py", "--sizes", "16384,131072", "--train", "500"],  # CPU: verify's peak RSS
+    "batch_fit": ["bench_batch_fit.py", *CIFAR_UNET, "--steps", "50", "--sd"],
 }
 CPU = {
     "sampling": ["bench_sampling.py", "--batch", "64", "--steps", "10"],
@@ -62,6 +64,8 @@ CPU = {
     "ray_verify": ["bench_ray.py", "--job", "verify", "--n", "16384", "--train", "20000"],
     "object_store": ["bench_object_store.py", "--shards", "64"],  # moto's S3 server: the test extra installs it
     "verify_memory": ["bench_verify_memory.py", "--sizes", "4096,16384", "--train", "500"],  # peak RSS of verify
+    "batch_fit": ["bench_batch_fit.py", "--steps", "2", "--n", "64", "--tiny-sd", "--sd-size", "32", "--sd-steps", "2",
+                  "--sd-n", "4"],  # off CUDA auto is the default: a smoke run
 }
 
 

@@ -1,5 +1,6 @@
 # Sourced by the GPU experiment scripts (from the repository root).
-# - Installs the carried wheels (.whl/: diffusers, opacus; the GPU image has their dependencies) into
+# - Installs the carried wheels (.whl/, filled by experiments/gpu_carry.sh: diffusers, opacus, webdataset,
+#   faiss-cpu and the few of their dependencies the GPU image lacks) into
 #   /tmp/site. opacus's wheel also installs top-level `benchmarks` and `examples` packages (its
 #   repository's scripts, never imported at run time): they are removed so that they shadow nothing.
 # - PYTHONPATH: the checkout's src/ first, then /tmp/site, then whatever PYTHONPATH already held.

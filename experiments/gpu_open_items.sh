@@ -2,8 +2,7 @@
 # The GPU checks and measurements issue 8 still lacks, in ONE device call (600 s at most), most
 # important first:
 #   tests    the CUDA-marked kNN, distance, extraction, DP-SGD and batch-fit tests (reported, and failing loudly if
-#            skipped): the review fixes of the filter's int8 grouping, the pipelined filter and the
-#            prefetch's pinning came after the last device call,
+#            skipped),
 #   stable_diffusion  the stock pipeline against diffaudit's SD source: eager bf16 (what --fast gives),
 #            eager channels-last, compiled channels-last (--fast --compile), and compiled with fused q/k/v
 #            projections; each side's TFLOP/s and fraction of the bf16 peak,
@@ -18,8 +17,9 @@
 # Files under $OUT (5, within the device's 8): bench-<name>.json for each benchmark (written as it goes:
 # partial results carry "partial": true and the stage reached; errors carry "error" and stderr's tail),
 # bench-all.json (rewritten after each benchmark), gpu-tests.log.
-# Run with carry [".whl", ".gpu"]: wheels of diffusers and opacus, and the CIFAR-10 train shard 0 that
-# the extraction tests read. Exit status: non-zero when the GPU tests failed, were skipped or timed out.
+# Run with carry [".whl", ".gpu"] (filled by `bash experiments/gpu_carry.sh`): the wheels the GPU image
+# lacks, and the CIFAR-10 train shard 0 that the extraction tests read. It last ran in the 28th session
+# (2026-11-24, 414 s; results in docs/results/gpu-2026-11-24/). Exit status: non-zero when the GPU tests failed, were skipped or timed out.
 set -uo pipefail
 T0=$SECONDS
 OUT=${OUT:-bench-out}; mkdir -p "$OUT"

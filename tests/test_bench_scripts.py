@@ -146,6 +146,69 @@ def test_bench_sd_counts_the_same_operations_for_every_side(bench, capsys):
     assert unguided["unet_calls"] == 3 and unguided["unet_call"] == pytest.approx(f["unet_call"])
 
 
+def test_bench_sd_diagnostics_alternate_and_profile_the_uncompiled_sides(bench, capsys):
+    """--interleave N times the stock call and the uncompiled source alternately, N each; --profile
+    reports both sides' top operators; --sides keeps only the named diffaudit sides and refuses others."""
+    import bench_sd
+
+    base = ["--tiny", "--size", "32", "--batch", "1", "--steps", "2", "--repeats", "1"]
+    out = _run_main(bench_sd, [*base, "--interleave", "2", "--profile", "--sides", "diffaudit_source"], capsys)
+    seconds = out["interleaved"]["seconds"]
+    assert set(seconds) == {"stock_pipeline", "diffaudit_source"} and all(len(v) == 2 and min(v) > 0 for v in seconds.values())
+    assert out["interleaved"]["median_ratio"] > 0
+    for side in ("stock_pipeline", "diffaudit_source"):
+        prof = out["profile"][side]
+        assert prof["by"] == "self_cpu_time_total" and prof["wall_ms"] > 0  # the CPU's view
+        assert prof["ops"] and all(op["calls"] >= 1 for op in prof["ops"])
+        assert any("conv" in op["name"] for op in prof["ops"])  # the UNet's and VAE's convolutions are there
+    with pytest.raises(SystemExit):
+        bench_sd.main([*base, "--sides", "diffaudit_source_compiled"])  # a CUDA side, not among the CPU's
+    assert "not among diffaudit_source here" in capsys.readouterr().err
+
+
+def test_bench_batch_fit_off_cuda_compares_the_default_with_itself(bench, capsys):
+    """Off CUDA ``auto`` is the default batch (nothing is probed): both sides run it on the same images,
+    and each model reports its batches, images and ratio."""
+    import bench_batch_fit
+
+    out = _run_main(bench_batch_fit, ["--steps", "2", "--n", "40", "--tiny-sd", "--sd-size", "32", "--sd-steps", "2",
+                                      "--sd-n", "3"], capsys)
+    for model, default, n in (("pixel", 32, 40), ("stable_diffusion", 8, 3)):
+        res = out[model]
+        assert res["default"] == res["auto"]["batch"] == default and res["auto"]["probed"] is False
+        assert res["images"] == n and min(res["images_per_s"].values()) > 0
+        assert res["speedup_of_auto"] == pytest.approx(res["images_per_s"]["auto"] / res["images_per_s"]["default"])
+
+
+def test_bench_batch_fit_reports_the_probe_it_ran(bench, monkeypatch):
+    """On CUDA the chosen batch is the probe's: ``choose`` reports the batch and each size's peak as
+    :func:`largest_batch_that_fits` measured them (here against a simulated allocator)."""
+    import bench_batch_fit
+    import torch
+
+    class Memory:  # 100 bytes per image on a 1,000-byte device: 800 fit within 80%
+        peak_bytes = 0
+
+        def __init__(self, device):
+            pass
+
+        def total(self):
+            return 1000
+
+        def reset(self):
+            self.peak_bytes = 0
+
+        def peak(self):
+            return self.peak_bytes
+
+    memory = Memory(None)
+    monkeypatch.setattr(bench_batch_fit, "CudaMemory", lambda device: memory)
+    probe = lambda batch: setattr(memory, "peak_bytes", 100 * batch)  # noqa: E731
+    got = bench_batch_fit.choose(probe, torch.device("cuda"), default=2, start=1, cap=64)
+    assert got["batch"] == 8 and got["probed"] and got["tried"][:4] == [(1, 100), (2, 200), (4, 400), (8, 800)]
+    assert got["limit_bytes"] == 800 and got["probe_seconds"] >= 0
+
+
 def test_bench_object_store_reads_the_same_pixels_and_reports_its_ratios():
     """In its own process: it sets the AWS variables of the moto server it starts."""
     import subprocess
