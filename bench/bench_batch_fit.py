@@ -87,7 +87,6 @@ def main(argv: list[str] | None = None) -> int:
                        **compare(lambda b, steps=a.steps: PixelSource(den, steps=steps, micro_batch=b), dev, default,
                                  auto["batch"], a.n, lambda n: [None] * n)}
     checkpoint(result, "pixel")
-    del den
 
     if a.sd or a.tiny_sd:
         from diffaudit.models.sd_configs import build_stable_diffusion
