@@ -64,7 +64,8 @@ def test_outlier_exposure_report(digits):
     out = outlier_scores(imgs, get_embedder("pixel", max_shift=0), k=10)
     mia = out * 2 + 1  # a score that rises with outlierness
     rep = outlier_exposure(imgs, mia, k=10, n_bins=5)
-    assert rep["k"] == 10 and rep["spearman"]["rho"] == pytest.approx(1.0)
+    assert rep["k"] == 10 and rep["n_images"] == 50 and rep["spearman"]["rho"] == pytest.approx(1.0)
+    assert outlier_exposure(imgs[:8], mia[:8], k=10)["k"] == 7  # capped: every other image
     assert sum(b["n"] for b in rep["bins"]) == 50
     means = [b["mean_mia_score"] for b in rep["bins"]]
     assert means == sorted(means)

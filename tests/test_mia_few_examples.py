@@ -47,7 +47,7 @@ def test_the_line_summary_and_report_say_how_sure_one_member_is(tmp_path):
                        tpr_at_fpr={"0.01": None, "0.001": None}, n_members=1, n_nonmembers=48, rank_test=few,
                        ci={"auc": {"low": 0.686, "high": 0.896, "level": 0.95}, "tpr_at_fpr": {}})
     line = _summary(result)
-    assert "with 1 member the interval barely covers their sampling: one-sided rank test p = 0.22 " \
+    assert "with 1 member the interval understates their sampling's spread: one-sided rank test p = 0.22 " \
            "(indistinguishable from guessing)" in line
     write_json_atomic(tmp_path / "mia" / "result.json", result)
     entry = build_summary(tmp_path / "mia")["mia"]["loss"]
@@ -56,8 +56,8 @@ def test_the_line_summary_and_report_say_how_sure_one_member_is(tmp_path):
     assert build_summary(tmp_path / "mia")["model"] == {"path": "sd-folder"}  # the attacked model, named in the header
     text = visible_text(render_html(tmp_path / "mia"))
     assert "model sd-folder" in text
-    assert ("indistinguishable from guessing: with 1 member, the AUC's interval covers little of their sampling; chance "
-            "alone reaches this AUC with p = 0.22 (one-sided rank test), so the attack's success is chance") in text
+    assert ("indistinguishable from guessing: with 1 member, the AUC's interval, resampled from so few, understates how "
+            "much another draw of them could change it; chance alone reaches this AUC with p = 0.22 (one-sided rank test), so the attack's success is chance") in text
     assert "rank test p = 0.22" in text and "this TPR is chance" not in text  # the TPR is not measured (n/a)
     # a significant result on few members is said to be few, not guessing
     result["rank_test"] = few_examples_test(*_one_member_above(48))

@@ -366,6 +366,7 @@ def test_redact_hides_where_the_data_and_results_lie(redacted, rendered, audit):
     assert "or URL as “(path N)”" in text and "does hold the full paths" in text
     # the folder's own name is the choice of whoever ran the audit (a person's, a ward's): not shown either
     assert f">{audit.name}<" not in html and f"{audit.name}/" not in html and "<title>diffaudit report: redacted</title>" in html
+    assert "<h1>AUDIT (folder name hidden)</h1>" in html  # the heading says why it reads AUDIT
 
 
 def test_every_table_has_a_caption_and_scoped_headers(rendered):

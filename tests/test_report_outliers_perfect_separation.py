@@ -20,7 +20,8 @@ from diffaudit.report import build_summary, render_html
 from test_report import Page, _envelope
 
 
-def _audit(root: Path, auc: float, attack: str = "loss", rho: float = 0.9, pvalue: float = 0.002) -> Path:
+def _audit(root: Path, auc: float, attack: str = "loss", rho: float = 0.9, pvalue: float = 0.002,
+           k: int = 1000, n_images: int | None = None) -> Path:
     """An audit folder with a ``mia`` stage of AUC ``auc`` (8 members, 1,789 non-members) and the outliers
     stage that correlated its members' scores."""
     write_json_atomic(root / "audit.json", {"settings": {"data": "digits"}, "seeds": {"seed": 1}})
@@ -30,8 +31,8 @@ def _audit(root: Path, auc: float, attack: str = "loss", rho: float = 0.9, pvalu
         n_members=8, n_nonmembers=1789))
     bins = [{"outlier_lo": 0.39 + i / 40, "outlier_hi": 0.415 + i / 40, "n": 2, "mean_mia_score": -0.1 + i / 100} for i in range(4)]
     write_json_atomic(root / "outliers" / "result.json", _envelope(
-        "outliers", {"k": 1000}, {"seed": 1}, population="member", k=1000,
-        spearman={"rho": rho, "pvalue": pvalue, "n": 8}, bins=bins))
+        "outliers", {"k": 1000}, {"seed": 1}, population="member", k=k,
+        spearman={"rho": rho, "pvalue": pvalue, "n": 8}, bins=bins, **({} if n_images is None else {"n_images": n_images})))
     return root
 
 
@@ -62,6 +63,8 @@ def test_a_nearly_perfect_attack_is_still_reported_with_the_raw_loss_caveat(tmp_
     text = _text(render_html(root))
     assert "outliers are more exposed here" in text and "separates members from non-members perfectly" not in text
     assert "raw negative loss, which is also higher for images the model denoises easily" in text
+    # the table's scores are negative losses: its header says which way is member-like, and why below zero
+    assert "mean membership score (higher: more member-like; the negative loss, so below zero)" in text
 
 
 def test_lira_scores_are_not_called_raw_losses(tmp_path):
@@ -70,6 +73,16 @@ def test_lira_scores_are_not_called_raw_losses(tmp_path):
     assert "raw negative loss" not in perfect
     working = _text(render_html(_audit(tmp_path / "b", 0.9, attack="lira-fixed")))
     assert "outliers are more exposed here" in working and "raw negative loss" not in working
+    assert "mean membership score (higher: more member-like)" in working and "below zero" not in working
+
+
+@pytest.mark.parametrize("k, n_images, want", [
+    (79, 80, "distance to every other image of the dataset (79: the dataset holds 80)"),
+    (50, 80, "distance to its 50 nearest neighbours in the dataset"),
+    (1000, None, "distance to its 1000 nearest neighbours in the dataset"),  # an outliers stage before n_images
+])
+def test_the_outlier_score_says_when_its_neighbours_are_every_other_image(tmp_path, k, n_images, want):
+    assert want in _text(render_html(_audit(tmp_path, 0.9, k=k, n_images=n_images)))
 
 
 @pytest.mark.parametrize("auc, want", [(1.0, True), (0.99999, False), (0.5, False), (None, None)])

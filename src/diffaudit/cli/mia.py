@@ -198,7 +198,7 @@ def _summary(r: dict[str, Any]) -> str:
         from diffaudit.report.view_mia import smaller_class
 
         least = smaller_class(r["n_members"], r["n_nonmembers"])
-        chance = (f"; with {least['few_count']} {least['few_class']} the interval barely covers their sampling: "
+        chance = (f"; with {least['few_count']} {least['few_class']} the interval understates their sampling's spread: "
                   f"one-sided rank test p = {few['pvalue']:.2g}"
                   + (" (indistinguishable from guessing)" if few["pvalue"] >= 0.05 else ""))
     elif isinstance(ci.get("low"), (int, float)) and isinstance(ci.get("high"), (int, float)) and ci["low"] <= 0.5 <= ci["high"]:

@@ -120,7 +120,9 @@ def outlier_exposure(images: np.ndarray, mia_score: np.ndarray, *, embedder: Emb
             scores are still measured against all ``images``.
 
     Returns:
-        ``{"k", "embedder", "spearman": {rho, pvalue, n}, "bins": [{outlier_lo, outlier_hi, n, mean_mia_score}]}``.
+        ``{"k", "n_images", "embedder", "spearman": {rho, pvalue, n}, "bins": [{outlier_lo, outlier_hi, n,
+        mean_mia_score}]}``; ``n_images``: the images the outlier scores were measured against (``k`` =
+        ``n_images`` − 1: every other image).
     """
     from diffaudit.defenses.embedders import get_embedder
 
@@ -135,4 +137,5 @@ def outlier_exposure(images: np.ndarray, mia_score: np.ndarray, *, embedder: Emb
     which = np.clip(np.searchsorted(edges, out, side="right") - 1, 0, n_bins - 1)
     bins = [{"outlier_lo": float(edges[b]), "outlier_hi": float(edges[b + 1]), "n": int((which == b).sum()),
              "mean_mia_score": float(score[which == b].mean()) if (which == b).any() else None} for b in range(n_bins)]
-    return {"k": min(int(k), n_all - 1), "embedder": emb.settings(), "spearman": corr.to_dict(), "bins": bins}
+    return {"k": min(int(k), n_all - 1), "n_images": n_all, "embedder": emb.settings(), "spearman": corr.to_dict(),
+            "bins": bins}

@@ -111,7 +111,8 @@ def report_context(result_dir: str | os.PathLike, *, redact: bool = False) -> di
     ctx["terms"] = glossary(ctx)
     if redact:  # where the data, models and results lie, and the folder's name: see path_redaction
         # (the title keeps "diffaudit report:", by which cli.report knows a file it wrote)
-        ctx = {**hide_paths(ctx, path_labels(summary, rs.root)), "title": "diffaudit report: redacted", "source": FOLDER}
+        ctx = {**hide_paths(ctx, path_labels(summary, rs.root)), "title": "diffaudit report: redacted",
+               "source": f"{FOLDER} (folder name hidden)"}
     return ctx
 
 

@@ -503,7 +503,8 @@ def _outliers(rs: ResultSet, mia: dict[str, Any], mia_keys: dict[str, str]) -> d
     key = _scored_attack(mia_keys)
     entry = mia.get(key) or {}
     return {"rho": _finite(sp.get("rho")), "pvalue": _finite(sp.get("pvalue")), "n": _int(sp.get("n")),
-            "k": _int(r.get("k")), "population": r.get("population"), "bins": r.get("bins") or [],
+            "k": _int(r.get("k")), "n_images": _int(r.get("n_images")), "population": r.get("population"),
+            "bins": r.get("bins") or [],
             "attack": key, "attack_auc": entry.get("auc"), "attack_auc_ci": (entry.get("ci") or {}).get("auc"),
             "attack_at_chance": at_chance(entry), "attack_separates": separates(entry),
             "attack_n_members": entry.get("n_members"), "attack_n_nonmembers": entry.get("n_nonmembers"),
