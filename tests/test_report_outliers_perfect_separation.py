@@ -79,7 +79,7 @@ def test_lira_scores_are_not_called_raw_losses(tmp_path):
 @pytest.mark.parametrize("k, n_images, want", [
     (79, 80, "distance to every other image of the dataset (79: the dataset holds 80)"),
     (50, 80, "distance to its 50 nearest neighbours in the dataset"),
-    (1000, None, "distance to its 1000 nearest neighbours in the dataset"),  # an outliers stage before n_images
+    (1000, None, "distance to its 1,000 nearest neighbours in the dataset"),  # an outliers stage before n_images
 ])
 def test_the_outlier_score_says_when_its_neighbours_are_every_other_image(tmp_path, k, n_images, want):
     assert want in _text(render_html(_audit(tmp_path, 0.9, k=k, n_images=n_images)))
