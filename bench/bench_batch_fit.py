@@ -27,12 +27,8 @@ import torch
 from _common import checkpoint, device_info, emit, random_denoiser, timed
 from diffaudit.core.batch_fit import CudaMemory, largest_batch_that_fits
 from diffaudit.core.seeds import generation_seed
-from diffaudit.sampling.sources import PixelSource, StableDiffusionSource
-
-#: (default micro-batch on CUDA, elsewhere; first probed size, largest probed size) of
-#: ``sample --micro-batch auto`` (sampling/sources.py).
-PIXEL_BATCHES, SD_BATCHES = (256, 32, 32, 4096), (8, 8, 1, 64)
-
+from diffaudit.sampling.sources import (PIXEL_MICRO_BATCH, PIXEL_PROBE, SD_MICRO_BATCH, SD_PROBE, PixelSource,
+                                        StableDiffusionSource)
 
 def choose(probe, dev: torch.device, default: int, start: int, cap: int) -> dict:
     """What ``auto`` picks here: the probe's outcome on CUDA, the default elsewhere."""
@@ -80,9 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     den = random_denoiser(a.preset, a.image_size, a.channels, dev)
     if dev.type == "cuda":
         den.optimise_for_gpu(dtype=torch.bfloat16, channels_last=True, compile=False)
-    cuda_default, cpu_default, start, cap = PIXEL_BATCHES
-    default = cuda_default if dev.type == "cuda" else cpu_default
-    auto = choose(den.forward_probe, dev, default, start, cap)
+    default = PIXEL_MICRO_BATCH["cuda" if dev.type == "cuda" else "other"]
+    auto = choose(den.forward_probe, dev, default, *PIXEL_PROBE)
     result["pixel"] = {"preset": a.preset, "image_size": a.image_size, "steps": a.steps, "default": default, "auto": auto,
                        **compare(lambda b, steps=a.steps: PixelSource(den, steps=steps, micro_batch=b), dev, default,
                                  auto["batch"], a.n, lambda n: [None] * n)}
@@ -98,11 +93,9 @@ def main(argv: list[str] | None = None) -> int:
             return StableDiffusionSource.from_pipeline(pipe, device=dev, dtype=dtype, steps=steps, micro_batch=batch,
                                                        height=a.sd_size)
 
-        cuda_default, cpu_default, start, cap = SD_BATCHES
-        default = cuda_default if dev.type == "cuda" else cpu_default
-        auto = choose(sd_source(default)._probe, dev, default, start, cap)
-        result["stable_diffusion"] = {"size": a.sd_size, "steps": a.sd_steps, "default": default, "auto": auto,
-                                      **compare(sd_source, dev, default, auto["batch"], a.sd_n,
+        auto = choose(sd_source(SD_MICRO_BATCH)._probe, dev, SD_MICRO_BATCH, *SD_PROBE)
+        result["stable_diffusion"] = {"size": a.sd_size, "steps": a.sd_steps, "default": SD_MICRO_BATCH, "auto": auto,
+                                      **compare(sd_source, dev, SD_MICRO_BATCH, auto["batch"], a.sd_n,
                                                 lambda n: ["w1 w2 w3"] * n)}
         checkpoint(result, "stable_diffusion")
     emit(result)

@@ -16,7 +16,8 @@ import pytest
 
 from diffaudit.core.io import write_json_atomic
 from diffaudit.report import render_html
-from diffaudit.report.view_mia import auc_spread_under_guessing, below_chance
+from diffaudit.report.rank_test import auc_spread_under_guessing
+from diffaudit.report.view_mia import below_chance
 from test_report import _envelope
 
 

@@ -36,6 +36,13 @@ def n_orderings(n_members: int, n_nonmembers: int) -> int:
     return math.comb(n_members + n_nonmembers, n_members)
 
 
+def auc_spread_under_guessing(n_members: int, n_nonmembers: int) -> float:
+    """Standard deviation of the AUC of a score that ignores membership, for ``n_members`` and
+    ``n_nonmembers`` examples (the Mann–Whitney U statistic's null spread over n1·n2):
+    σ0 = sqrt((n1 + n2 + 1) / (12·n1·n2)) ∈ (0, 0.5]."""
+    return math.sqrt((n_members + n_nonmembers + 1) / (12.0 * n_members * n_nonmembers))
+
+
 def rank_test(members: Sequence[float], nonmembers: Sequence[float]) -> dict[str, Any]:
     """One-sided test that members score higher than non-members (scores: larger = member).
 

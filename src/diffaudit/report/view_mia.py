@@ -22,6 +22,7 @@ from diffaudit.report import plots
 from diffaudit.report.alt_text import roc_alt, sweep_alt
 from diffaudit.report.fmt import fmt, fmt_ci
 from diffaudit.report.images import data_uri
+from diffaudit.report.rank_test import auc_spread_under_guessing
 from diffaudit.report.results import ResultSet, Stage, parse_json
 from diffaudit.report.summary import at_chance, mia_key
 
@@ -113,13 +114,6 @@ def _sweep_columns(sweep: Any) -> tuple[list[int], list[Any], list[Any]] | None:
     return [o[0] for o in out], [o[1] for o in out], [o[2] for o in out]
 
 
-def auc_spread_under_guessing(n_members: int, n_nonmembers: int) -> float:
-    """Standard deviation of the AUC of a score that ignores membership, for ``n_members`` and
-    ``n_nonmembers`` examples (the Mann–Whitney U statistic's null spread over n1·n2):
-    σ0 = sqrt((n1 + n2 + 1) / (12·n1·n2)) ∈ (0, 0.5]."""
-    return math.sqrt((n_members + n_nonmembers + 1) / (12.0 * n_members * n_nonmembers))
-
-
 def below_chance(timesteps: list[Any], aucs: list[Any], n_members: Any, n_nonmembers: Any) -> list[tuple[int, float]]:
     """The sweep's (t, AUC) whose AUC lies below 0.5 by more than twice
     :func:`auc_spread_under_guessing`: there members score as *less* member-like than non-members (a
@@ -136,8 +130,7 @@ def mia_view(rs: ResultSet, summary: dict[str, Any]) -> dict[str, Any] | None:
         return None
     taken: set[str] = set()
     rows, curves, drawn, sweeps, missing = [], [], [], [], []
-    inverted: dict[str, list[tuple[int, float]]] = {}  # sweep key -> its timesteps below chance
-    loss_sweeps: set[str] = set()  # sweep keys of the loss attack (its score is the negative loss)
+    sweep_notes: dict[str, dict[str, Any]] = {}  # sweep key -> {"below_chance": [(t, AUC)], "loss": the loss attack's}
     for st in stages:
         key = mia_key(st, taken)
         taken.add(key)
@@ -153,9 +146,8 @@ def mia_view(rs: ResultSet, summary: dict[str, Any]) -> dict[str, Any] | None:
         cols = _sweep_columns(st.result.get("sweep"))
         if cols and cols[0]:
             sweeps.append((key, *cols))
-            inverted[key] = below_chance(cols[0], cols[1], entry.get("n_members"), entry.get("n_nonmembers"))
-            if entry.get("attack") == "loss":
-                loss_sweeps.add(key)
+            low = below_chance(cols[0], cols[1], entry.get("n_members"), entry.get("n_nonmembers"))
+            sweep_notes[key] = {"below_chance": low, "loss": entry.get("attack") == "loss"}
     n_non = [r.get("n_nonmembers") for r in rows if r.get("n_nonmembers")]
     min_fpr = max(1.0 / max(n_non), 1e-5) if n_non else None
     roc = sweep = None
@@ -175,8 +167,7 @@ def mia_view(rs: ResultSet, summary: dict[str, Any]) -> dict[str, Any] | None:
         "sweep_uri": data_uri(sweep) if sweep else None,
         "sweep_alt": sweep_alt(sweeps) if sweep else None,
         "plot_notes": notes,
-        "sweeps": [{"key": s[0], "rows": list(zip(s[1], s[2], s[3])), "below_chance": inverted[s[0]],
-                    "loss": s[0] in loss_sweeps} for s in sweeps],
+        "sweeps": [{"key": s[0], "rows": list(zip(s[1], s[2], s[3])), **sweep_notes[s[0]]} for s in sweeps],
     }
 
 

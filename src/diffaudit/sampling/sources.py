@@ -32,6 +32,12 @@ from diffaudit.sampling.schedules import ddim_timesteps
 #: Classifier-free guidance of a Stable Diffusion pipeline unless --guidance-scale says otherwise.
 DEFAULT_GUIDANCE = 7.5
 
+#: Images per UNet call of a pixel UNet without --micro-batch (on CUDA, elsewhere), and the sizes
+#: ``--micro-batch auto`` probes on CUDA (first, largest; doubling).
+PIXEL_MICRO_BATCH, PIXEL_PROBE = {"cuda": 256, "other": 32}, (32, 4096)
+#: The same for a Stable Diffusion pipeline (images per pipeline call, on any device).
+SD_MICRO_BATCH, SD_PROBE = 8, (1, 64)
+
 
 @dataclass
 class PixelSource:
@@ -117,7 +123,7 @@ class StableDiffusionSource:
     steps: int = 50
     guidance_scale: float = DEFAULT_GUIDANCE
     scheduler: str = "ddim"
-    micro_batch: int | str = 8
+    micro_batch: int | str = SD_MICRO_BATCH
     dtype: torch.dtype = torch.float32
     height: int | None = None
     channels_last: bool = False
@@ -159,8 +165,8 @@ class StableDiffusionSource:
         if self.channels_last:
             pipe.unet.to(memory_format=torch.channels_last)
             pipe.vae.to(memory_format=torch.channels_last)
-        self.micro_batch = resolve_batch(self.micro_batch, torch.device(self.device), default=8, probe=self._probe,
-                                         start=1, cap=64, what="--micro-batch")
+        self.micro_batch = resolve_batch(self.micro_batch, torch.device(self.device), default=SD_MICRO_BATCH,
+                                         probe=self._probe, start=SD_PROBE[0], cap=SD_PROBE[1], what="--micro-batch")
         if self.compile:
             if not hasattr(pipe.unet, "_orig_mod"):  # not compiled twice
                 pipe.unet = torch.compile(pipe.unet, mode=self.compile_mode, dynamic=False)
@@ -259,7 +265,8 @@ def open_source(model: str | Path, *, device: torch.device, steps: int, eta: flo
         cuda_fast = fast and device.type == "cuda"
         return StableDiffusionSource(str(model), device=device, steps=steps,
                                      guidance_scale=DEFAULT_GUIDANCE if guidance_scale is None else guidance_scale,
-                                     scheduler=scheduler or "ddim", micro_batch=8 if micro_batch is None else micro_batch,
+                                     scheduler=scheduler or "ddim",
+                                     micro_batch=SD_MICRO_BATCH if micro_batch is None else micro_batch,
                                      dtype=torch.bfloat16 if cuda_fast else torch.float32,
                                      channels_last=cuda_fast and compile, compile=cuda_fast and compile)
     given = [flag for flag, value in (("--guidance-scale", guidance_scale), ("--scheduler", scheduler)) if value is not None]
@@ -273,6 +280,7 @@ def open_source(model: str | Path, *, device: torch.device, steps: int, eta: flo
                    offset=den.schedule.steps_offset)  # output folder exists
     if fast and device.type == "cuda":
         den.optimise_for_gpu(dtype=torch.bfloat16, channels_last=True, compile=compile)
-    micro_batch = resolve_batch(micro_batch, device, default=256 if device.type == "cuda" else 32, probe=den.forward_probe,
-                                start=32, cap=4096, what="--micro-batch")
+    default = PIXEL_MICRO_BATCH["cuda" if device.type == "cuda" else "other"]
+    micro_batch = resolve_batch(micro_batch, device, default=default, probe=den.forward_probe,
+                                start=PIXEL_PROBE[0], cap=PIXEL_PROBE[1], what="--micro-batch")
     return PixelSource(den, steps=steps, eta=eta, micro_batch=micro_batch)
