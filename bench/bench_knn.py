@@ -17,7 +17,13 @@ Compares, side by side in one run and on the same data:
 - ``diffaudit_faiss``: the faiss backend with diffaudit's exact re-ranking (same query cap); both faiss
   baselines are recorded under ``skipped`` with the reason where faiss cannot be imported;
 - ``naive_numpy``: the whole (Q, N) float64 distance matrix in numpy (``--only-naive`` runs it alone,
-  so that peak RSS of the two can be compared run by run).
+  so that peak RSS of the two can be compared run by run);
+- ``unfused`` (``--unfused``, CUDA): the same search with the int8 GEMM's fused selection turned off
+  (:mod:`diffaudit.distances.knn_fused`: the default search multiplies and selects in one Triton
+  kernel; off, it writes the (queries x block) matrix and runs ``torch.topk`` on it);
+- ``fused_configs`` (``--fused-configs``): the fused kernel alone on resident operands, per tile
+  shape, with and without the selection of the candidates, and on CUDA what the compiler made of it
+  (registers, shared memory, programs per multiprocessor).
 
 Data: training images from the CIFAR-10 shards (--cifar-root) when present, generations made from
 the CIFAR-10 test images with seeded noise (so distances look like real ones); --synthetic uses
@@ -51,9 +57,15 @@ import torch
 from _common import checkpoint, emit, profile_ops
 from diffaudit.core.device import resolve_device
 from diffaudit.core.seeds import numpy_rng
-from diffaudit.distances.compute import cross, resolve_compute, to_compute
+from diffaudit.distances.compute import cross, resolve_compute, shifted_sq_norms, sq_norms, to_compute
 from diffaudit.distances import knn as knn_module
-from diffaudit.distances.knn import knn_search
+from diffaudit.distances.knn import default_extra, knn_search
+
+try:  # the int8 GEMM with the selection fused in (CUDA, Triton)
+    from diffaudit.distances import knn_fused
+    from diffaudit.distances.knn_backends import TorchInt8Backend
+except ImportError:  # pragma: no cover - older library
+    knn_fused = TorchInt8Backend = None
 
 try:  # the search's own default blocks, for warm-ups of the real shapes
     from diffaudit.distances.knn import _default_blocks
@@ -169,6 +181,45 @@ def time_gemm_resident(n_queries, r, dev, qb, repeats=3, kind="auto"):
     return best
 
 
+def parse_fused_configs(text: str) -> list:
+    """'BMxBNxBKxGROUPxKEEPxWARPSxSTAGES;...' -> FusedConfig list (empty: none)."""
+    configs = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        bm, bn, bk, g, keep, w, st = (int(x) for x in part.split("x"))
+        configs.append(knn_fused.FusedConfig(bm, bn, bk, g, keep, w, st))
+    return configs
+
+
+def time_fused_resident(n_queries, r, dev, qb, k, config, repeats=3):
+    """The fused kernel (:mod:`diffaudit.distances.knn_fused`) on one query block held on the device,
+    run for every block of ``n_queries`` against all of ``r``: seconds of the kernel alone and of the
+    kernel with the selection of the c = k + extra candidates (best of ``repeats`` each), and the
+    fraction of queries the selection marks for recomputation."""
+    dim = r[0].size
+    spec = gemm_spec("int8", dev, dim)
+    raw = torch.from_numpy(r.reshape(len(r), dim)).to(dev)
+    rt, rn = to_compute(raw, spec), shifted_sq_norms(raw, sq_norms(raw)).to(torch.int32)
+    blocks = [min(qb, n_queries - lo) for lo in range(0, n_queries, qb)]
+    qt = to_compute(torch.from_numpy(numpy_rng(1).integers(0, 256, (blocks[0], dim), dtype=np.uint8)), spec)
+    c = k + default_extra(k)
+    incomplete = knn_fused.select(knn_fused.tile_keys(qt, rt, rn, config=config), c)[2]  # warm-up: compiles
+    _sync(dev)
+    times = {}
+    for name, with_select in (("kernel", False), ("kernel_and_select", True)):
+        best = float("inf")
+        for _ in range(repeats):
+            _sync(dev)
+            t = time.perf_counter()
+            for n in blocks:
+                keys = knn_fused.tile_keys(qt[:n], rt, rn, config=config)
+                if with_select:
+                    knn_fused.select(keys, c)
+            _sync(dev)
+            best = min(best, time.perf_counter() - t)
+        times[name] = best
+    return times, float(incomplete.float().mean())
+
+
 def profile_diffaudit(q, r, k, dev, top=15, compute="auto"):
     """The search's ``top`` operators by self time (device time on CUDA), from the torch profiler."""
     return profile_ops(lambda: knn_search(q, r, k, device=dev, compute=compute), dev, top=top)
@@ -258,6 +309,11 @@ def main(argv=None) -> int:
     p.add_argument("--without-prefetch", action="store_true",
                    help="time the search again with query blocks read in the main thread (no read-ahead, no pinning)")
     p.add_argument("--profile", action="store_true", help="add the search's most expensive operators (torch profiler)")
+    p.add_argument("--unfused", action="store_true",
+                   help="time the search again with the int8 GEMM's fused selection turned off (CUDA), beside the default")
+    p.add_argument("--fused-configs", default="",
+                   help="time the fused kernel alone on resident operands for each 'BMxBNxBKxGROUPxKEEPxWARPSxSTAGES' "
+                        "(';'-separated; e.g. 128x128x128x8x4x8x4)")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--skip", default="", help="comma-separated methods to skip (cdist_topk, faiss_cpu, diffaudit_faiss, "
                    "naive_numpy, gemm_only, gemm_resident)")
@@ -308,6 +364,8 @@ def main(argv=None) -> int:
     main_kind = res.stats.get("compute")
     out["diffaudit_compute"] = main_kind
     out["diffaudit_fallback_rows"] = res.fallback_rows
+    out["diffaudit_fused"] = {"used": bool(res.stats.get("fused")),
+                              "recomputed_rows": res.stats.get("fused_recomputed_rows", 0)}
     err, same = brute_check(q, r, res.distances, res.indices, args.check_queries)
     out["diffaudit_exactness"] = {"max_abs_distance_error": err, "rows_with_identical_ids": same}
     out["diffaudit_rate"] = {"tflops": flops / t_da / 1e12, **peaks(main_kind, flops / t_da)}
@@ -347,6 +405,32 @@ def main(argv=None) -> int:
             t_np, res_np = time_diffaudit(q, r, args.k, dev, repeats=args.repeats, compute=args.compute)
         out["without_prefetch"] = {"seconds": t_np, "same_result": same(res_np), "prefetch_speedup": t_np / t_da}
         checkpoint(out, "without prefetch")
+    if args.unfused and TorchInt8Backend is not None:
+        with mock.patch.object(TorchInt8Backend, "uses_fused", lambda self, *a: False):
+            warm_search(q, r, args.k, dev, compute=args.compute)
+            t_u, res_u = time_diffaudit(q, r, args.k, dev, repeats=args.repeats, compute=args.compute)
+        out["unfused"] = {"seconds": t_u, "same_result": same(res_u), "fused_speedup": t_u / t_da,
+                          "tflops": flops / t_u / 1e12, **peaks(res_u.stats.get("compute"), flops / t_u)}
+        checkpoint(out, "unfused")
+    for cfg in parse_fused_configs(args.fused_configs) if knn_fused is not None else []:
+        name = "x".join(str(v) for v in (cfg.block_m, cfg.block_n, cfg.block_k, cfg.group_m, cfg.keep,
+                                          cfg.num_warps, cfg.num_stages))
+        entry = out.setdefault("fused_configs", {}).setdefault(name, {})
+        try:
+            times, frac = time_fused_resident(len(q), r, dev, args.query_block or 65536, args.k, cfg)
+        except Exception as exc:  # a config that does not compile or fit (shared memory): recorded, not fatal
+            entry["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        else:
+            entry.update({"seconds": times, "incomplete_fraction": frac,
+                          **{f"{part}_tflops": flops / t / 1e12 for part, t in times.items()},
+                          **{f"{part}_{key}": v for part, t in times.items() for key, v in peaks("int8", flops / t).items()}})
+        if dev.type == "cuda":  # what the compiler made of it: registers, shared memory, programs per SM
+            major, minor = torch.cuda.get_device_capability(dev)
+            try:
+                entry["compiled"] = knn_fused.compile_report(cfg, dim=dim, arch=10 * major + minor)
+            except Exception as exc:  # diagnostic only
+                entry["compiled"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        checkpoint(out, f"fused config {name}")
     if args.profile:
         out["profile"] = profile_diffaudit(q, r, args.k, dev, compute=args.compute)
         checkpoint(out, "profile")

@@ -37,8 +37,8 @@ GPU = {
     # faiss-cpu wheel they ran in a separate call, docs/performance.md), and bench_knn also records them
     # as skipped by itself wherever faiss cannot be imported.
     "knn": ["bench_knn.py", "--synthetic", "--queries", "1048576", "--refs", "50000", "--k", "50", "--peak-tflops", "989",
-            "--peak-int8-tops", "1979", "--without-prefetch", "--also-compute", "bf16", "--query-blocks", "21845,43690",
-            "--profile", "--skip", "faiss_cpu,diffaudit_faiss"],
+            "--peak-int8-tops", "1979", "--without-prefetch", "--unfused", "--also-compute", "bf16",
+            "--query-blocks", "21845,43690", "--profile", "--skip", "faiss_cpu,diffaudit_faiss"],
     "rerank": ["bench_rerank.py", "--queries", "1048576", "--refs", "50000", "--k", "50", "--repeats", "1"],
     "loss": ["bench_loss.py", *CIFAR_UNET, "--n", "4096", "--models", "2", "--draws", "4", "--batch", "1024",
              "--baseline-batches", "256,1024"],

@@ -24,11 +24,16 @@ from PIL import Image
 
 def pytest_configure(config):
     """One torch thread per test process (and its subprocesses): the models in tests are tiny, and
-    several threads on a loaded 2-core machine make each call many times slower."""
+    several threads on a loaded 2-core machine make each call many times slower. Without CUDA,
+    Triton's interpreter."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
     torch.set_num_threads(1)
+    if not torch.cuda.is_available():
+        # Triton kernels (the kNN's fused one) run through Triton's interpreter on CPU tensors; it
+        # must be chosen before triton is first imported
+        os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

@@ -231,16 +231,25 @@ def int8_gemm_exact(device: torch.device | str) -> bool:
     return ok
 
 
+def extreme_int8(rows: int, width: int, gen: torch.Generator) -> torch.Tensor:
+    """Probe operands, int8 (rows ≥ 3, width) on the CPU: a seeded mix of −128, −127, −1, 0, 1, 126
+    and 127, with rows 0, 1 and 2 all 127, all −128 and all 127 (row 2 of the other operand: all
+    −128), so that a product of two such operands holds the largest sums 127·127·width and
+    (−128)²·width and the most negative one."""
+    values = torch.tensor([-128, -127, -1, 0, 1, 126, 127], dtype=torch.int8)
+    x = values[torch.randint(len(values), (rows, width), generator=gen)]
+    x[0], x[1], x[2] = 127, -128, 127
+    return x
+
+
 def _probe_int_mm(dev: torch.device) -> bool:
     if dev.type == "cuda" and not torch.cuda.is_available():
         return False
     gen = torch.Generator().manual_seed(0)
-    values = torch.tensor([-128, -127, -1, 0, 1, 126, 127], dtype=torch.int8)
     for width in (256, INT8_CHUNK):
-        a = values[torch.randint(len(values), (48 if width == 256 else 17, width), generator=gen)]
-        b = values[torch.randint(len(values), (40 if width == 256 else 8, width), generator=gen)]
-        a[0], b[0], a[1], b[1] = 127, 127, -128, -128  # the saturating cases: 127·127 and (−128)·(−128) sums
-        a[2], b[2] = 127, -128  # and the largest negative sum
+        a = extreme_int8(48 if width == 256 else 17, width, gen)
+        b = extreme_int8(40 if width == 256 else 8, width, gen)
+        b[2] = -128  # a[2]·b[2]: the largest negative sum
         want = a.to(torch.float64) @ b.to(torch.float64).T
         try:
             got = torch._int_mm(a.to(dev), b.to(dev).T).to("cpu", torch.float64)

@@ -57,7 +57,9 @@ class KnnResult:
         dim: values per image (H·W·C).
         fallback_rows: query-block pairs recomputed in full because the certificate failed (a
             diagnostic; 0 for the exact kinds, int8 and float64, except on exact ties).
-        stats: ``backend`` and ``compute`` (the kind that ran).
+        stats: ``backend`` and ``compute`` (the kind that ran); with the int8 GEMM's fused kernel
+            (:mod:`.knn_fused`, CUDA) also ``fused`` True and ``fused_recomputed_rows``, the queries
+            whose candidates were recomputed with the unfused product (a diagnostic).
     """
 
     distances: np.ndarray
@@ -458,6 +460,7 @@ def _iter_knn(queries, reference, k, *, backend, device, compute, extra, query_b
                 f"queries have {q_raw.shape[1]} values per image but the reference has {ref_dim}: image shapes differ"
             )
         q = be.prepare_queries(q_off, q_raw)
+        recomputed_before = getattr(be, "recomputed_rows", 0)
         if resident is not None:
             best_sq, best_idx, fallback = _search_resident(be, q, resident.blocks, resident.raw, resident.rows,
                                                            resident.norms, k, c, exclude_self)
@@ -470,7 +473,11 @@ def _iter_knn(queries, reference, k, *, backend, device, compute, extra, query_b
         sq = best_sq.cpu().numpy()
         dim = int(q_raw.shape[1])
         dist = np.sqrt(sq.astype(np.float64) / (dim * PIXEL_SQ))
-        res = KnnResult(dist, best_idx.cpu().numpy(), sq, dim, fallback, dict(meta["stats"]))
+        stats = dict(meta["stats"])
+        if getattr(be, "fused", None):  # the int8 backend's fused kernel ran (:mod:`.knn_fused`)
+            stats["fused"] = True
+            stats["fused_recomputed_rows"] = be.recomputed_rows - recomputed_before
+        res = KnnResult(dist, best_idx.cpu().numpy(), sq, dim, fallback, stats)
         if progress is not None:
             progress(int(q_raw.shape[0]))
         yield q_off, res
@@ -535,5 +542,13 @@ def knn_search(
         np.concatenate([p.sq for _, p in parts]),
         parts[0][1].dim,
         sum(p.fallback_rows for _, p in parts),
-        parts[0][1].stats,
+        _merged_stats([p.stats for _, p in parts]),
     )
+
+
+def _merged_stats(per_block: list[dict]) -> dict:
+    """The search's stats from its query blocks': the first block's, with counts summed."""
+    stats = dict(per_block[0])
+    if "fused_recomputed_rows" in stats:
+        stats["fused_recomputed_rows"] = sum(s.get("fused_recomputed_rows", 0) for s in per_block)
+    return stats

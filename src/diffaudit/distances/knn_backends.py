@@ -18,6 +18,7 @@ certificate of :mod:`.knn` holds for every input, not only with high probability
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -25,11 +26,14 @@ import numpy as np
 import torch
 
 from diffaudit.core.errors import DiffauditError
+from diffaudit.distances import knn_fused
 from diffaudit.distances.compute import (
+    INT8_MAX_DIM,
     U_FP32,
     ComputeSpec,
     cross,
     error_margin,
+    extreme_int8,
     fp32_chunk,
     gemm_error_factor,
     int8_acc_dtype,
@@ -159,7 +163,22 @@ class TorchInt8Backend(TorchGemmBackend):
     and ranked there. Candidates' distances are exact: no re-ranking (so nothing is ever gathered
     from the shifted ``rows``), margin 0; ties at the k-th distance fall back to the exact block
     search, as for float64.
+
+    On CUDA, for blocks that give each query at least :data:`FUSED_KEPT_PER_CANDIDATE` kept scores
+    per candidate, the product and the selection run fused in one Triton kernel (:mod:`.knn_fused`):
+    no (queries x block) matrix is written. The few queries whose kept scores cannot vouch for their
+    c best (:func:`.knn_fused.select`) are recomputed with the unfused product, so the candidates
+    and their cutoff are the same as the unfused path's. ``fused``: None decides by :func:`.knn_fused.available` and a probe of the kernel
+    on the device; True forces it (also on the CPU, where only Triton's interpreter runs it: tests);
+    False never uses it. ``recomputed_rows`` counts the recomputed queries (a diagnostic).
     """
+
+    def __init__(self, spec: ComputeSpec, fused: bool | None = None,
+                 fused_config: knn_fused.FusedConfig = knn_fused.DEFAULT_CONFIG):
+        super().__init__(spec)
+        self.fused = fused
+        self.fused_config = fused_config
+        self.recomputed_rows = 0
 
     def gemm_norms(self, raw: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
         """‖r − 128‖², the shifted operand's norms (at most 16,384·D; int32 in the handle up to
@@ -174,22 +193,92 @@ class TorchInt8Backend(TorchGemmBackend):
         norms = sq_norms(raw)
         return PreparedQueries(offset, raw, norms, (to_compute(raw, self.spec), self.gemm_norms(raw, norms)))
 
+    def uses_fused(self, n: int, dim: int, c: int) -> bool:
+        """Whether a block of ``n`` rows of ``dim`` values, ``c`` candidates, goes through the fused kernel."""
+        cfg = self.fused_config
+        if self.fused is False or dim > INT8_MAX_DIM:
+            return False
+        if -(-n // cfg.block_n) * cfg.keep < FUSED_KEPT_PER_CANDIDATE * c:
+            return False  # a small block: many queries would be recomputed, and the product is cheap
+        if self.fused is None:
+            self.fused = knn_fused.available(self.device) and _fused_probe(self.device, cfg)
+        return self.fused
+
     def candidates(self, q: PreparedQueries, r: PreparedBlock, c: int, exclude_self: bool) -> Candidates:
         q_op, q_norms = q.handle
+        if self.uses_fused(r.raw.shape[0], q.raw.shape[1], c):
+            rc, rn = r.handle
+            keys = knn_fused.tile_keys(q_op, rc, rn, q_offset=q.offset, r_offset=r.offset,
+                                       exclude_self=exclude_self, config=self.fused_config)
+            scores, local, incomplete = knn_fused.select(keys, c)
+            if bool(incomplete.any()):
+                rows = incomplete.nonzero().squeeze(1)
+                self.recomputed_rows += int(rows.numel())
+                again, again_local = self._gemm_topk(q_op[rows], rows + q.offset, r, c, exclude_self)
+                scores[rows], local[rows] = again.to(scores.dtype), again_local
+            excluded = scores == knn_fused.EXCLUDED
+            local = torch.where(excluded, torch.zeros_like(local), local)  # padding columns lie past the block
+        else:
+            global_rows = torch.arange(q.offset, q.offset + q.raw.shape[0], device=q_op.device) if exclude_self else None
+            scores, local = self._gemm_topk(q_op, global_rows, r, c, exclude_self)
+            excluded = scores == torch.iinfo(scores.dtype).max
+        vals = scores.to(torch.float64) + q_norms.to(torch.float64).unsqueeze(1)
+        vals[excluded] = np.inf
+        finite = torch.where(excluded, torch.full_like(vals, -np.inf), vals)
+        return Candidates(local, vals, finite.amax(1), torch.zeros(vals.shape[0], dtype=torch.float64, device=vals.device))
+
+    def _gemm_topk(self, q_op: torch.Tensor, q_global: torch.Tensor | None, r: PreparedBlock, c: int,
+                   exclude_self: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The unfused product: scores ‖r'‖² − 2 q'·r' (exact, rn's dtype) of the c smallest rows of
+        ``r`` per query and their local rows; a query's own row (global ids ``q_global``) scores the
+        dtype's maximum."""
         rc, rn = r.handle
         dots = cross(q_op, rc, self.spec)  # exact: int32, or int64 for D > INT8_CROSS_MAX_DIM
         if dots.dtype != rn.dtype:
             dots = dots.to(rn.dtype)
         approx = torch.add(rn.unsqueeze(0), dots, alpha=-2)  # ‖r'‖² − 2 q'·r', exact in rn's dtype
-        excluded_value = torch.iinfo(approx.dtype).max  # above every real value (≤ 49,152·D)
         if exclude_self:
-            _mask_self(approx, q.offset, r.offset, excluded_value)
+            _mask_rows(approx, q_global, r.offset, torch.iinfo(approx.dtype).max)  # above every real value (≤ 49,152·D)
         vals, local = torch.topk(approx, c, dim=1, largest=False, sorted=False)
-        excluded = vals == excluded_value
-        vals = vals.to(torch.float64) + q_norms.to(torch.float64).unsqueeze(1)
-        vals[excluded] = np.inf
-        finite = torch.where(excluded, torch.full_like(vals, -np.inf), vals)
-        return Candidates(local, vals, finite.amax(1), torch.zeros(vals.shape[0], dtype=torch.float64, device=vals.device))
+        return vals, local
+
+
+#: Kept scores per query and candidate a block must give before the fused kernel is used
+#: (:meth:`TorchInt8Backend.uses_fused`): 4·62 = 248 for the paper's k = 50 (c = 62), i.e. blocks of at
+#: least 62 tiles of 128 rows (7,936) with 4 kept per tile. Fewer, and a tile more often holds all
+#: its kept scores among the c best, which sends the query to the unfused product.
+FUSED_KEPT_PER_CANDIDATE = 4
+
+
+def _fused_probe(device: torch.device, config: knn_fused.FusedConfig) -> bool:
+    """Whether the fused kernel compiles on ``device`` and keeps, for seeded blocks built from the
+    extreme values (:func:`.compute.extreme_int8`), exactly the scores and columns of the unfused
+    product (compared in int64): once with rows a multiple of ``block_k`` long and once not (the
+    kernel's two loops), each with a ragged last tile."""
+    gen = torch.Generator().manual_seed(0)
+    for width in (4 * config.block_k, 4 * config.block_k + 8):
+        q = extreme_int8(70, width, gen).to(device)
+        r = extreme_int8(3 * config.block_n + 5, width, gen)
+        r[config.block_n + 1] = -128  # beside rows 0-2: the largest and most negative products in a second tile
+        r = r.to(device)
+        rn = (r.to(torch.int64) ** 2).sum(1)
+        try:
+            keys = knn_fused.tile_keys(q, r, rn.to(torch.int32), config=config)
+        except Exception as exc:  # a Triton or driver without this kernel: the unfused product is used
+            warnings.warn(f"the fused kNN kernel is not used on {device}: {exc}", RuntimeWarning, stacklevel=3)
+            return False
+        want = rn.unsqueeze(0) - 2 * (q.to(torch.float64) @ r.to(torch.float64).T).to(torch.int64)
+        got, cols = knn_fused.decode(keys)
+        for t in range(keys.shape[0]):
+            tile = want[:, t * config.block_n:(t + 1) * config.block_n]
+            order = torch.sort(tile, dim=1, stable=True)
+            kept = min(config.keep, tile.shape[1])
+            if not (torch.equal(got[t, :kept].T, order.values[:, :kept])
+                    and torch.equal(cols[t, :kept].T, order.indices[:, :kept] + t * config.block_n)):
+                warnings.warn(f"the fused kNN kernel gave wrong scores on {device}; the unfused product is used",
+                              RuntimeWarning, stacklevel=3)
+                return False
+    return True
 
 
 class FaissFlatBackend:
@@ -257,6 +346,13 @@ class FaissFlatBackend:
 def _shifted_f32(raw: torch.Tensor) -> np.ndarray:
     """uint8 rows (n, D) -> float32 x − 128 (exact), C-contiguous, for faiss."""
     return np.ascontiguousarray(raw.numpy().astype(np.float32) - np.float32(128.0))
+
+
+def _mask_rows(approx: torch.Tensor, q_global: torch.Tensor, r_offset: int, value: int) -> None:
+    """Set approx[i, j] = ``value`` where query i's global index ``q_global[i]`` is reference row r_offset + j."""
+    local = q_global - r_offset
+    inside = (local >= 0) & (local < approx.shape[1])
+    approx[inside.nonzero().squeeze(1), local[inside]] = value
 
 
 def _mask_self(approx: torch.Tensor, q_offset: int, r_offset: int, value: float = np.inf) -> None:
