@@ -60,10 +60,11 @@ class FusedConfig:
     num_stages: int = 3
 
 
-#: The default. Compiled for sm_90 (H100) by Triton 3.6 it multiplies with int8 wgmma
-#: (m64n128k32), uses 128 registers per thread and 96 KiB of shared memory without spilling, so two
-#: programs fit one multiprocessor and one's selection overlaps the other's products
-#: (``tests/test_knn_fused.py`` checks the compilation). Not yet timed on a GPU:
+#: The default. Compiled for sm_90 (H100) by Triton 3.6 (the GPU image's) it multiplies with int8
+#: wgmma (m64n128k32), uses 128 registers per thread and 96 KiB of shared memory without spilling,
+#: so two programs fit one multiprocessor and one's selection overlaps the other's products; Triton
+#: 3.9 gives it 156 registers, one program per multiprocessor (``tests/test_knn_fused.py`` checks
+#: the compilation). Not yet timed on a GPU:
 #: ``experiments/gpu_fused_knn.sh`` times it beside the other tile shapes
 #: (``bench/bench_knn.py --fused-configs``).
 DEFAULT_CONFIG = FusedConfig()
@@ -85,14 +86,21 @@ def available(device: torch.device) -> bool:
 
 @lru_cache(maxsize=1)
 def _kernel():
-    """The Triton kernel, defined on first use (Triton is imported only then)."""
+    """The Triton kernel, defined on first use (Triton is imported only then).
+
+    One program per (query tile, reference tile) pair, in grouped order. Per program: the int32
+    product of BM x K queries and BN x K reference rows in steps of BK values (rows and columns past
+    the ends read the last row again and are dropped), the scores rn[j] − 2·acc[i, j] with excluded
+    entries set to :data:`EXCLUDED`, then KEEP times: each query's smallest score and its first
+    column, stored as one int64 key at out[(tile·KEEP + j)·M + query], and masked out.
+    """
     import triton
     import triton.language as tl
 
     @triton.jit
-    def tile_keys(q_ptr, r_ptr, rn_ptr, out_ptr, M, N, stride_q, stride_r, q_offset, r_offset, K: tl.constexpr,
-                  EXCLUDE_SELF: tl.constexpr, KEEP: tl.constexpr, EVEN_K: tl.constexpr,
-                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+    def tile_keys_kernel(q_ptr, r_ptr, rn_ptr, out_ptr, M, N, stride_q, stride_r, q_offset, r_offset, K: tl.constexpr,
+                         EXCLUDE_SELF: tl.constexpr, KEEP: tl.constexpr, EVEN_K: tl.constexpr,
+                         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
         pid = tl.program_id(0)
         tiles_m = tl.cdiv(M, BM)
         tiles_n = tl.cdiv(N, BN)
@@ -136,7 +144,7 @@ def _kernel():
             tl.store(out_ptr + (pid_n * KEEP + j).to(tl.int64) * M + rows, key, mask=in_m)
             score = tl.where(lane == at[:, None], 2147483647, score)
 
-    return tile_keys
+    return tile_keys_kernel
 
 
 def compile_report(config: FusedConfig = DEFAULT_CONFIG, *, dim: int = 3072, arch: int = 90) -> dict:
