@@ -21,6 +21,8 @@ Compares, side by side in one run and on the same data:
 - ``unfused`` (``--unfused``, CUDA): the same search with the int8 GEMM's fused selection turned off
   (:mod:`diffaudit.distances.knn_fused`: the default search multiplies and selects in one Triton
   kernel; off, it writes the (queries x block) matrix and runs ``torch.topk`` on it);
+- ``resident_queries`` (``--resident-queries``): the search with the queries already in device
+  memory, so that no host read or copy limits it (with ``--unfused``, also unfused);
 - ``fused_configs`` (``--fused-configs``): the fused kernel alone on resident operands, per tile
   shape, with and without the selection of the candidates, and on CUDA what the compiler made of it
   (registers, shared memory, programs per multiprocessor).
@@ -48,6 +50,7 @@ import resource
 import sys
 import tarfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from unittest import mock
 
@@ -311,6 +314,9 @@ def main(argv=None) -> int:
     p.add_argument("--profile", action="store_true", help="add the search's most expensive operators (torch profiler)")
     p.add_argument("--unfused", action="store_true",
                    help="time the search again with the int8 GEMM's fused selection turned off (CUDA), beside the default")
+    p.add_argument("--resident-queries", action="store_true",
+                   help="time the search again with the queries already in device memory (no host reads or copies), "
+                        "fused and, with --unfused, unfused")
     p.add_argument("--fused-configs", default="",
                    help="time the fused kernel alone on resident operands for each 'BMxBNxBKxGROUPxKEEPxWARPSxSTAGES' "
                         "(';'-separated; e.g. 128x128x128x8x4x8x4)")
@@ -412,6 +418,19 @@ def main(argv=None) -> int:
         out["unfused"] = {"seconds": t_u, "same_result": same(res_u), "fused_speedup": t_u / t_da,
                           "tflops": flops / t_u / 1e12, **peaks(res_u.stats.get("compute"), flops / t_u)}
         checkpoint(out, "unfused")
+    if args.resident_queries:
+        q_dev = torch.from_numpy(q).to(dev)  # blocks already on the device pass the read-ahead unchanged
+        sides = {"resident_queries": False}
+        if args.unfused and TorchInt8Backend is not None:
+            sides["resident_queries_unfused"] = True
+        for side, unfused in sides.items():
+            with mock.patch.object(TorchInt8Backend, "uses_fused", lambda self, *a: False) if unfused else nullcontext():
+                warm_search(q_dev, r, args.k, dev, compute=args.compute)
+                t_r, res_r = time_diffaudit(q_dev, r, args.k, dev, repeats=args.repeats, compute=args.compute)
+            out[side] = {"seconds": t_r, "same_result": same(res_r), "tflops": flops / t_r / 1e12,
+                         **peaks(res_r.stats.get("compute"), flops / t_r)}
+            checkpoint(out, side)
+        del q_dev
     for cfg in parse_fused_configs(args.fused_configs) if knn_fused is not None else []:
         name = "x".join(str(v) for v in (cfg.block_m, cfg.block_n, cfg.block_k, cfg.group_m, cfg.keep,
                                           cfg.num_warps, cfg.num_stages))

@@ -3,8 +3,9 @@
 # in ONE device call (600 s at most):
 #   tests  the CUDA-marked kNN tests (the fused search against the unfused one at default tiles),
 #   knn    the exact top-50 of $QUERIES (2^20) CIFAR-sized generations among $REFS (50,000), synthetic: the default
-#          search (fused) beside the same search with the fusion turned off, the cuBLAS int8 GEMMs on
-#          resident operands, the fused kernel alone for each of $CONFIGS, and a profile.
+#          search (fused) beside the same search with the fusion turned off, both again with the
+#          queries already in GPU memory (no host reads or copies: the GPU's own share), the cuBLAS
+#          int8 GEMMs on resident operands, the fused kernel alone for each of $CONFIGS, and a profile.
 # Files under $OUT: bench-knn-fused.json (written as it goes: "partial": true and the stage reached
 # if it was cut off), gpu-tests.log.
 # Run with carry [".whl"] (filled by `bash experiments/gpu_carry.sh`). A dry run on a CPU (the kernel
@@ -22,7 +23,7 @@ echo "tests done after $((SECONDS - T0))s"
 cd bench
 DIFFAUDIT_BENCH_RESULT="$OUT/bench-knn-fused.json" timeout -k 10 "${KNN_LIMIT:-400}" "$PY" bench_knn.py --synthetic \
     --queries "${QUERIES:-1048576}" --refs "${REFS:-50000}" --k 50 --peak-tflops 989 --peak-int8-tops 1979 --repeats 3 \
-    --query-block 21845 --unfused --fused-configs "$CONFIGS" --profile \
+    --query-block 21845 --unfused --resident-queries --fused-configs "$CONFIGS" --profile \
     --skip cdist_topk,faiss_cpu,diffaudit_faiss,naive_numpy,gemm_only >"$OUT/bench-knn-fused.stdout" 2>"$OUT/bench-knn-fused.stderr"
 echo "bench exit $? after $((SECONDS - T0))s"; tail -5 "$OUT/bench-knn-fused.stderr"
 exit $rc

@@ -116,14 +116,16 @@ def test_bench_knn_odd_width_and_faiss_missing(bench, monkeypatch, capsys):
 def test_bench_knn_times_the_fused_kernel_per_tile_shape_and_the_search_without_it(bench, capsys):
     """--fused-configs times the fused kernel (Triton's interpreter here) with and without the
     selection and reports the share of queries it would send back to the unfused product; --unfused
-    times the search with the fusion off, with the same result (on the CPU the fusion is off anyway)."""
+    times the search with the fusion off, --resident-queries with the queries already on the device
+    (here a torch tensor), each with the same result (on the CPU the fusion is off anyway)."""
     pytest.importorskip("triton")
     import bench_knn
 
     out = _run_main(bench_knn, ["--queries", "40", "--refs", "300", "--k", "3", "--size", "4", "--synthetic",
                                 "--only", "none", "--check-queries", "8", "--query-block", "32", "--unfused",
-                                "--fused-configs", "16x16x32x2x2x1x1;16x16x32x2x4x1x1"], capsys)
+                                "--resident-queries", "--fused-configs", "16x16x32x2x2x1x1;16x16x32x2x4x1x1"], capsys)
     assert out["unfused"]["same_result"] and out["diffaudit_fused"] == {"used": False, "recomputed_rows": 0}
+    assert out["resident_queries"]["same_result"] and out["resident_queries_unfused"]["same_result"]
     two, four = out["fused_configs"]["16x16x32x2x2x1x1"], out["fused_configs"]["16x16x32x2x4x1x1"]
     for entry in (two, four):
         assert set(entry["seconds"]) == {"kernel", "kernel_and_select"} and entry["kernel_tflops"] > 0
