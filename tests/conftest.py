@@ -25,7 +25,7 @@ from PIL import Image
 def pytest_configure(config):
     """One torch thread per test process (and its subprocesses): the models in tests are tiny, and
     several threads on a loaded 2-core machine make each call many times slower. Without CUDA,
-    Triton's interpreter."""
+    Triton kernels run through Triton's interpreter."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
