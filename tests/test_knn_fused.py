@@ -153,6 +153,25 @@ def test_fused_search_excludes_each_querys_own_row_across_query_blocks():
     assert not bool((fused.indices == np.arange(64)[:, None]).any())
 
 
+@pytest.mark.skipif(not _int8_exact_here(), reason="this CPU's int8 GEMM is not exact: the search never uses int8 here")
+def test_a_kernel_failing_mid_search_warns_and_the_search_goes_on_unfused(monkeypatch):
+    rng = np.random.default_rng(5)
+    r = rng.integers(0, 256, (500, 4, 4, 3), dtype=np.uint8)
+    q = rng.integers(0, 256, (30, 4, 4, 3), dtype=np.uint8)
+    ref = prepare_reference(r, device="cpu", compute="int8")
+    ref.backend.fused, ref.backend.fused_config = True, SMALL
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of resources: shared memory")
+
+    monkeypatch.setattr(knn_fused, "tile_keys", broken)
+    with pytest.warns(RuntimeWarning, match="shared memory"):
+        got = knn_search(q, ref, 3)
+    want = knn_search(q, r, 3, device="cpu", compute="int8")
+    assert np.array_equal(got.indices, want.indices) and np.array_equal(got.sq, want.sq)
+    assert ref.backend.fused is False and "fused" not in got.stats
+
+
 def test_uses_fused_only_for_large_int8_blocks_and_decides_auto_by_the_device(monkeypatch):
     spec = ComputeSpec("int8", torch.device("cpu"))
     be = TorchInt8Backend(spec, fused=True, fused_config=knn_fused.FusedConfig(block_n=128, keep=4))

@@ -206,10 +206,8 @@ class TorchInt8Backend(TorchGemmBackend):
 
     def candidates(self, q: PreparedQueries, r: PreparedBlock, c: int, exclude_self: bool) -> Candidates:
         q_op, q_norms = q.handle
-        if self.uses_fused(r.raw.shape[0], q.raw.shape[1], c):
-            rc, rn = r.handle
-            keys = knn_fused.tile_keys(q_op, rc, rn, q_offset=q.offset, r_offset=r.offset,
-                                       exclude_self=exclude_self, config=self.fused_config)
+        keys = self._fused_keys(q, r, c, exclude_self) if self.uses_fused(r.raw.shape[0], q.raw.shape[1], c) else None
+        if keys is not None:
             scores, local, incomplete = knn_fused.select(keys, c)
             if bool(incomplete.any()):
                 rows = incomplete.nonzero().squeeze(1)
@@ -226,6 +224,22 @@ class TorchInt8Backend(TorchGemmBackend):
         vals[excluded] = np.inf
         finite = torch.where(excluded, torch.full_like(vals, -np.inf), vals)
         return Candidates(local, vals, finite.amax(1), torch.zeros(vals.shape[0], dtype=torch.float64, device=vals.device))
+
+    def _fused_keys(self, q: PreparedQueries, r: PreparedBlock, c: int, exclude_self: bool) -> torch.Tensor | None:
+        """The fused kernel's keys for this block (:func:`.knn_fused.tile_keys`), or None, with a
+        warning and the fusion off from here on, where the kernel fails at these sizes although it
+        passed the probe (the search goes on unfused; running out of memory is raised)."""
+        rc, rn = r.handle
+        try:
+            return knn_fused.tile_keys(q.handle[0], rc, rn, q_offset=q.offset, r_offset=r.offset,
+                                       exclude_self=exclude_self, config=self.fused_config)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:  # a compilation or launch failure of this specialisation
+            warnings.warn(f"the fused kNN kernel failed ({exc}); the search goes on with the unfused product",
+                          RuntimeWarning, stacklevel=4)
+            self.fused = False
+            return None
 
     def _gemm_topk(self, q_op: torch.Tensor, q_global: torch.Tensor | None, r: PreparedBlock, c: int,
                    exclude_self: bool) -> tuple[torch.Tensor, torch.Tensor]:
