@@ -9,10 +9,9 @@ against 50,000 training images, the products take 0.47 s and the whole search 2.
 Each program multiplies one tile of ``BM`` queries by ``BN`` reference rows (int8 in, int32
 accumulators, ``tl.dot``: ``wgmma …s32.s8.s8`` on sm_90, ``mma.sync …satfinite.s32.s8.s8.s32`` on
 sm_80/89, whose saturation at int32's bounds never applies; exact, since every partial sum is below
-16,384·D < 2^31), adds the
-norms (in int32: scores lie in [−16,384·D, 49,152·D], D ≤ :data:`.compute.INT8_MAX_DIM`) and, in
-registers, keeps the ``keep`` smallest scores of each query in that tile (ties by the smaller
-column). It writes them as int64 keys (score · 2^32 + column), layout (T, keep, M) with
+16,384·D < 2^31), adds the norms (in int32: scores lie in [−16,384·D, 49,152·D],
+D ≤ :data:`.compute.INT8_MAX_DIM`) and, in registers, keeps the ``keep`` smallest scores of each
+query in that tile (ties by the smaller column). It writes them as int64 keys (score · 2^32 + column), layout (T, keep, M) with
 T = ceil(N / BN) tiles, so one ``torch.topk`` over T·keep keys per query gives both the scores and
 the columns of the candidates.
 
