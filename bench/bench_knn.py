@@ -164,24 +164,41 @@ def time_gemm_only(q, r, dev, qb, kind="auto"):
     return time.perf_counter() - t, spec.kind
 
 
-def time_gemm_resident(n_queries, r, dev, qb, repeats=3, kind="auto"):
-    """The same block GEMMs on one query block held on the device, run for every block of
-    ``n_queries``: the rate of the matrix products alone (best of ``repeats``)."""
+def resident_operands(n_queries, r, dev, qb, kind="auto"):
+    """(spec, reference rows, their shifted norms as int32, query blocks' sizes, one seeded query block)
+    on the device, in the GEMM operand form of ``kind``, for the resident timings below."""
     dim = r[0].size  # the images' real width (the int8 operands are padded to a multiple of 8)
     spec = gemm_spec(kind, dev, dim)
-    rt = to_compute(torch.from_numpy(r.reshape(len(r), dim)), spec)
+    raw = torch.from_numpy(r.reshape(len(r), dim)).to(dev)
+    rn = shifted_sq_norms(raw, sq_norms(raw)).to(torch.int32)
     blocks = [min(qb, n_queries - lo) for lo in range(0, n_queries, qb)]
     qt = to_compute(torch.from_numpy(numpy_rng(1).integers(0, 256, (blocks[0], dim), dtype=np.uint8)), spec)
-    cross(qt, rt, spec)  # warm-up: one block of the real shape
+    return spec, to_compute(raw, spec), rn, blocks, qt
+
+
+def best_seconds(dev, repeats, fn) -> float:
+    """The best of ``repeats`` timings of ``fn()``, the device synchronised around each."""
     best = float("inf")
     for _ in range(repeats):
         _sync(dev)
         t = time.perf_counter()
-        for n in blocks:
-            cross(qt[:n], rt, spec)
+        fn()
         _sync(dev)
         best = min(best, time.perf_counter() - t)
     return best
+
+
+def time_gemm_resident(n_queries, r, dev, qb, repeats=3, kind="auto"):
+    """The same block GEMMs on one query block held on the device, run for every block of
+    ``n_queries``: the rate of the matrix products alone (best of ``repeats``)."""
+    spec, rt, _, blocks, qt = resident_operands(n_queries, r, dev, qb, kind)
+    cross(qt, rt, spec)  # warm-up: one block of the real shape
+
+    def run():
+        for n in blocks:
+            cross(qt[:n], rt, spec)
+
+    return best_seconds(dev, repeats, run)
 
 
 def parse_fused_configs(text: str) -> list:
@@ -198,28 +215,18 @@ def time_fused_resident(n_queries, r, dev, qb, k, config, repeats=3):
     run for every block of ``n_queries`` against all of ``r``: seconds of the kernel alone and of the
     kernel with the selection of the c = k + extra candidates (best of ``repeats`` each), and the
     fraction of queries the selection marks for recomputation."""
-    dim = r[0].size
-    spec = gemm_spec("int8", dev, dim)
-    raw = torch.from_numpy(r.reshape(len(r), dim)).to(dev)
-    rt, rn = to_compute(raw, spec), shifted_sq_norms(raw, sq_norms(raw)).to(torch.int32)
-    blocks = [min(qb, n_queries - lo) for lo in range(0, n_queries, qb)]
-    qt = to_compute(torch.from_numpy(numpy_rng(1).integers(0, 256, (blocks[0], dim), dtype=np.uint8)), spec)
+    _, rt, rn, blocks, qt = resident_operands(n_queries, r, dev, qb, "int8")
     c = k + default_extra(k)
     incomplete = knn_fused.select(knn_fused.tile_keys(qt, rt, rn, config=config), c)[2]  # warm-up: compiles
-    _sync(dev)
-    times = {}
-    for name, with_select in (("kernel", False), ("kernel_and_select", True)):
-        best = float("inf")
-        for _ in range(repeats):
-            _sync(dev)
-            t = time.perf_counter()
-            for n in blocks:
-                keys = knn_fused.tile_keys(qt[:n], rt, rn, config=config)
-                if with_select:
-                    knn_fused.select(keys, c)
-            _sync(dev)
-            best = min(best, time.perf_counter() - t)
-        times[name] = best
+
+    def run(with_select: bool):
+        for n in blocks:
+            keys = knn_fused.tile_keys(qt[:n], rt, rn, config=config)
+            if with_select:
+                knn_fused.select(keys, c)
+
+    times = {name: best_seconds(dev, repeats, lambda: run(with_select))
+             for name, with_select in (("kernel", False), ("kernel_and_select", True))}
     return times, float(incomplete.float().mean())
 
 

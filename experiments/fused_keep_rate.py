@@ -6,8 +6,7 @@ may hide a row better than one of its c = k + extra candidates, and the backend 
 unfused. The rate depends on how a query's near neighbours spread over the tiles: on random data
 about c·keep-th powers (docs/performance.md), on real data wherever near neighbours cluster in the
 training set's order. This script needs no GPU: it forms the kernel's keys with plain torch
-(exact int64 scores, each tile's ``keep`` smallest by (score, column)) and applies the library's
-own ``select``.
+(``knn_fused.reference_keys`` of exact int64 scores) and applies the library's own ``select``.
 
     python experiments/fused_keep_rate.py --queries 2000 --refs 50000 --k 50
 
@@ -37,17 +36,6 @@ def exact_scores(q: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     return (r.long() ** 2).sum(1)[None] - 2 * (q.double() @ r.double().T).round().long()
 
 
-def emulated_keys(scores: torch.Tensor, block_n: int, keep: int) -> torch.Tensor:
-    """The kernel's output for the scores (M, N): int64 (T, keep, M) keys score·2^32 + column."""
-    m, n = scores.shape
-    t = -(-n // block_n)
-    padded = torch.full((m, t * block_n), knn_fused.EXCLUDED, dtype=torch.int64)
-    padded[:, :n] = scores
-    keys = (padded << 32) | torch.arange(t * block_n).unsqueeze(0)
-    kept = torch.topk(keys.view(m, t, block_n), keep, dim=2, largest=False, sorted=True).values
-    return kept.permute(1, 2, 0).contiguous()
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--queries", type=int, default=2000)
@@ -75,7 +63,7 @@ def main(argv=None) -> int:
     for lo in range(0, len(q), args.block):
         scores = exact_scores(q[lo:lo + args.block], r)
         for block_n, keep in pairs:
-            inc = knn_fused.select(emulated_keys(scores, block_n, keep), c)[2]
+            inc = knn_fused.select(knn_fused.reference_keys(scores, block_n, keep), c)[2]
             flagged[block_n, keep][0] += int(inc.sum())
             flagged[block_n, keep][1] += int(inc[:max(0, n_copies - lo)].sum())
     for (block_n, keep), (all_q, copies) in flagged.items():

@@ -67,6 +67,7 @@ def test_tile_keys_keep_each_tiles_smallest_scores_and_columns(dim, exclude):
         kept = min(2, tile.shape[1])
         assert torch.equal(got[t, :kept].T, order.values[:, :kept])
         assert torch.equal(cols[t, :kept].T, order.indices[:, :kept] + 16 * t)
+    assert torch.equal(knn_fused.reference_keys(want, 16, 2), keys)  # the plain-torch statement of the kernel
     assert not bool((got == knn_fused.EXCLUDED).any())  # 2 kept of ≥ 5 rows: a query's own row never among them
     if exclude:  # queries 0..19 are rows 20..39 of the block
         own = torch.arange(20).unsqueeze(1) + q_off - r_off

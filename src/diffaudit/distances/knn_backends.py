@@ -281,17 +281,13 @@ def _fused_probe(device: torch.device, config: knn_fused.FusedConfig) -> bool:
         except Exception as exc:  # a Triton or driver without this kernel: the unfused product is used
             warnings.warn(f"the fused kNN kernel is not used on {device}: {exc}", RuntimeWarning, stacklevel=3)
             return False
-        want = rn.unsqueeze(0) - 2 * (q.to(torch.float64) @ r.to(torch.float64).T).to(torch.int64)
-        got, cols = knn_fused.decode(keys)
-        for t in range(keys.shape[0]):
-            tile = want[:, t * config.block_n:(t + 1) * config.block_n]
-            order = torch.sort(tile, dim=1, stable=True)
-            kept = min(config.keep, tile.shape[1])
-            if not (torch.equal(got[t, :kept].T, order.values[:, :kept])
-                    and torch.equal(cols[t, :kept].T, order.indices[:, :kept] + t * config.block_n)):
-                warnings.warn(f"the fused kNN kernel gave wrong scores on {device}; the unfused product is used",
-                              RuntimeWarning, stacklevel=3)
-                return False
+        scores = rn.unsqueeze(0) - 2 * (q.to(torch.float64) @ r.to(torch.float64).T).to(torch.int64)
+        want = knn_fused.reference_keys(scores, config.block_n, config.keep)
+        real = (want >> 32) < knn_fused.EXCLUDED  # padding keys: compared by score only
+        if not (torch.equal(keys[real], want[real]) and bool(((keys[~real] >> 32) == knn_fused.EXCLUDED).all())):
+            warnings.warn(f"the fused kNN kernel gave wrong scores on {device}; the unfused product is used",
+                          RuntimeWarning, stacklevel=3)
+            return False
     return True
 
 

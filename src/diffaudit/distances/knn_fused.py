@@ -177,7 +177,7 @@ def compile_report(config: FusedConfig = DEFAULT_CONFIG, *, dim: int = 3072, arc
     consts = {"K": dim, "EXCLUDE_SELF": False, "KEEP": c.keep, "EVEN_K": dim % c.block_k == 0,
               "BM": c.block_m, "BN": c.block_n, "BK": c.block_k, "GROUP_M": c.group_m}
     aligned = [["tt.divisibility", 16]]  # as the launcher specialises 16-byte aligned pointers and strides
-    attrs = {(i,): aligned for i in (0, 1, 2, 3, 6, 7)}
+    attrs = {(i,): aligned for i, name in enumerate(sig) if name.endswith("_ptr") or name.startswith("stride_")}
     start = time.perf_counter()
     compiled = triton.compile(ASTSource(fn=_kernel(), signature=sig, constexprs=consts, attrs=attrs),
                               target=GPUTarget("cuda", arch, 32),
@@ -239,6 +239,20 @@ def tile_keys(q: torch.Tensor, r: torch.Tensor, r_norms: torch.Tensor, *, q_offs
         num_warps=c.num_warps, num_stages=c.num_stages,
     )
     return out
+
+
+def reference_keys(scores: torch.Tensor, block_n: int, keep: int) -> torch.Tensor:
+    """What :func:`tile_keys` computes, in plain torch: from int64 scores (M, N) (excluded entries
+    already :data:`EXCLUDED`), int64 (T, keep, M) keys, each tile's ``keep`` smallest by (score,
+    column); keep ≤ block_n. Keys scoring :data:`EXCLUDED` (a tile's padding) may name other columns
+    than the kernel's, which may repeat one: compare those by score only."""
+    m, n = scores.shape
+    t = -(-n // block_n)
+    padded = torch.full((m, t * block_n), EXCLUDED, dtype=torch.int64, device=scores.device)
+    padded[:, :n] = scores
+    keys = (padded << 32) | torch.arange(t * block_n, device=scores.device)
+    kept = torch.topk(keys.view(m, t, block_n), keep, dim=2, largest=False, sorted=True).values
+    return kept.permute(1, 2, 0).contiguous()
 
 
 def decode(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
