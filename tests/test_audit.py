@@ -239,6 +239,8 @@ def test_audit_json_config_redact_and_class_conditional_counts(tmp_path, capsys)
     assert "not a multiple of the 10 classes" in captured.err and "20 in all" in captured.err
     assert json.loads((out / "verify" / "result.json").read_text())["n_samples"] == 20
     assert "training images redacted" in (out / "report.html").read_text()
+    summary = json.loads((out / "summary.json").read_text())  # its paths labelled as the report's are
+    assert summary["paths_redacted"] is True and str(tmp_path) not in json.dumps(summary)
     assert "redact" not in (out / "settings.json").read_text()  # not a setting: a resume may change it
     # but the audit repeated from its config.toml is redacted too (its report hid the training images)
     assert "\nredact = true\n" in (out / "config.toml").read_text()
@@ -263,6 +265,7 @@ def test_audit_json_config_redact_and_class_conditional_counts(tmp_path, capsys)
     assert main(argv + ["--no-redact"]) == 0  # asked for: the finished audit's report shows the images again
     assert "audit: report written again, showing the training images" in capsys.readouterr().err
     assert "diffaudit-redacted" not in (out / "report.html").read_text()
+    assert json.loads((out / "summary.json").read_text())["paths_redacted"] is False  # rewritten with it
     assert main(argv) == 0 and "stays redacted" not in capsys.readouterr().err
     # --fresh stays command-line only, with a message that says so
     cfg.write_text("fresh = true\n")

@@ -363,10 +363,30 @@ def test_redact_hides_where_the_data_and_results_lie(redacted, rendered, audit):
     assert "dataset (path 1)" in text  # the header: the same label wherever that file is named
     assert text.count("(path 1)") >= 3 and "(path 2)" not in text
     assert "AUDIT/samples" in text  # extract's store, inside the audit folder
-    assert "or URL as “(path N)”" in text and "does hold the full paths" in text
+    assert "or URL as “(path N)”" in text and "labels the paths alike" in text
     # the folder's own name is the choice of whoever ran the audit (a person's, a ward's): not shown either
     assert f">{audit.name}<" not in html and f"{audit.name}/" not in html and "<title>diffaudit report: redacted</title>" in html
     assert "<h1>AUDIT (folder name hidden)</h1>" in html  # the heading says why it reads AUDIT
+
+
+def test_the_summary_beside_a_redacted_report_labels_its_paths_as_the_report_does(audit, tmp_path, capsys):
+    """`report --redact --out shared/report.html` wrote shared/summary.json with the data's and the audit's full
+    paths (a ward's, a person's): the summary beside a redacted report now labels them as the report does."""
+    out = tmp_path / "shared" / "report.html"
+    assert _cli([str(audit), "--out", str(out), "--redact"]) == 0
+    text = (out.parent / "summary.json").read_text(encoding="utf-8")
+    summary = json.loads(text)
+    assert summary["paths_redacted"] is True
+    assert str(audit.parent) not in text and str(audit.parent.resolve()) not in text
+    assert summary["dataset"]["spec"] == "(path 1)" and "(path 1)" in visible_text(out.read_text(encoding="utf-8"))
+    assert "AUDIT/samples" in text  # inside the audit folder: shown within it, as in the report
+    # the numbers are those of the full summary
+    full = build_summary(audit)
+    assert summary["extraction"]["unique_extracted"] == full["extraction"]["unique_extracted"]
+    assert summary["mia"].keys() == full["mia"].keys()
+    assert _cli([str(audit), "--out", str(out), "--no-redact"]) == 0
+    summary = json.loads((out.parent / "summary.json").read_text(encoding="utf-8"))
+    assert summary["paths_redacted"] is False and summary["dataset"]["spec"] == full["dataset"]["spec"]
 
 
 def test_every_table_has_a_caption_and_scoped_headers(rendered):
@@ -530,7 +550,9 @@ def test_cli_report(audit, tmp_path, capsys):
     # the envelope every command's JSON starts with
     assert (printed["command"], printed["settings"]) == ("report", {"result_dir": str(audit), "out": str(out), "redact": True})
     assert printed["schema_version"] == printed["summary"]["schema_version"] and "versions" in printed
-    assert json.loads((tmp_path / "out" / "audit.summary.json").read_text()) == build_summary(audit)
+    written, full = json.loads((tmp_path / "out" / "audit.summary.json").read_text()), build_summary(audit)
+    assert written.pop("paths_redacted") is True and written.keys() == full.keys()  # redacted: its paths labelled
+    assert (written["extraction"], written["mia"]) == (full["extraction"], full["mia"]) and written != full
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(tmp_path / "out" / "audit.summary.json").st_mode) == 0o600
     assert not Page(out.read_text(encoding="utf-8")).images("train")

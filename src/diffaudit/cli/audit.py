@@ -126,8 +126,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("report")
     g.add_argument("--redact", action=argparse.BooleanOptionalAction, default=None,
                    help="show training images, and the generations that copy them, as their ids in the report; "
-                   "training file names as positions, captions as prompt indices and paths outside --out as (path N) "
-                   "(default: as the report in --out was; --no-redact shows the images)")
+                   "training file names as positions, captions as prompt indices and paths outside --out as (path N), "
+                   "in the report and summary.json (default: as the report in --out was; --no-redact shows the images)")
 
 
 # --------------------------------------------------------------------------- configuration
@@ -788,12 +788,14 @@ def run(args: argparse.Namespace) -> int:
     if resumed and (out / "result.json").exists() and not _stale(read_json(out / "result.json"), out):
         missing = [name for name in ("summary.json", "report.html") if not (out / name).exists()]
         if missing:  # the finished run stopped (Ctrl-C, a full disk) after its result.json, while writing these
-            write_summary(out)
+            write_summary(out, redact=args.redact)
             stage_line(f"audit: {' and '.join(missing)} written now (the run that finished stopped before writing "
                        f"{'it' if len(missing) == 1 else 'them'}): {render_report(out, redact=args.redact)}")
         elif asked or (asked is False and was):
             # finished: nothing else is rewritten (it may lie on read-only storage), but a report that is to be
-            # shared must not keep the training images an earlier run showed, and --no-redact asks for them
+            # shared must not keep the training images (nor summary.json the paths) an earlier run showed, and
+            # --no-redact asks for them
+            write_summary(out, redact=asked)
             stage_line(f"audit: report written again, {'redacted' if asked else 'showing the training images'}: "
                        f"{render_report(out, redact=asked)}")
     if emit_finished(args, out, resumed, lambda r: _head(r, _read_summary(out)), stale=lambda r: _stale(r, out),
@@ -885,7 +887,7 @@ def run(args: argparse.Namespace) -> int:
     }
     (out / STAGE_STOPPED).unlink(missing_ok=True)  # finished: no stage stopped it
     result = write_result(out / "result.json", NAME, settings, {"seed": args.seed}, **fields)
-    summary = read_json(write_summary(out))
+    summary = read_json(write_summary(out, redact=args.redact))
     report = render_report(out, redact=args.redact)
     stage_line(f"audit: report written to {report}")
     emit(args, result, f"{_head(result, summary)}. Report: {report}")

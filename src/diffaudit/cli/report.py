@@ -17,8 +17,8 @@ DESCRIPTION = (
     "Images are embedded; the page loads nothing from the network. It shows training images, so it is "
     "written owner-only; --redact replaces them, and the generations that copy them, by their ids, and names training "
     "examples by position, prompts by index and paths outside RESULT_DIR as (path N) (file names, captions and "
-    "folders may name people). summary.json (the same numbers and the settings, paths included, without images, "
-    "example names or captions) is written beside the report: "
+    "folders may name people). summary.json (the same numbers and the settings, without images, example names or "
+    "captions; its paths labelled alike when redacted) is written beside the report: "
     "summary.json next to report.html, else <name>.summary.json."
 )
 
@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="replace training images, the generations that copy them (verified pairs, clique members) "
                    "and inpainting grids by their ids; show training examples by their position in the training set "
                    "(not their file names), prompts by their index (not their captions) and paths outside RESULT_DIR "
-                   "as (path N). Default: as the report written over was (a redacted report stays redacted); "
+                   "as (path N), in summary.json too. Default: as the report written over was (a redacted report stays redacted); "
                    "--no-redact shows the images")
 
 
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     if kept:
         stage_line(f"report: redacted, as the report it replaces ({out}) was; --no-redact shows the training images")
     report = render_report(args.result_dir, out, redact=args.redact)
-    spath = write_summary(args.result_dir, summary_path(report))
+    spath = write_summary(args.result_dir, summary_path(report), redact=args.redact)
     summary = read_json(spath)
     ex = summary.get("extraction") or {}
     parts = []

@@ -2,7 +2,8 @@
 
 - :func:`build_summary` ``(result_dir) -> dict``: the audit's numbers (extraction, membership
   inference, inpainting, canaries, settings, seeds, versions).
-- :func:`write_summary` ``(result_dir, out_file=None) -> Path``: the same, written owner-only.
+- :func:`write_summary` ``(result_dir, out_file=None, redact=False) -> Path``: the same, written owner-only
+  (``redact``: its paths labelled as a redacted report labels them).
 - :func:`render_report` ``(result_dir, out_file=None, redact=False) -> Path``: the HTML report.
 
 ``result_dir`` is an audit folder (one sub-folder per stage) or one command's result folder.

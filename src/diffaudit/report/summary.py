@@ -803,12 +803,22 @@ def build_summary(result_dir: str | os.PathLike) -> dict[str, Any]:
     return summarise(load_results(result_dir))
 
 
-def write_summary(result_dir: str | os.PathLike, out_file: str | os.PathLike | None = None) -> Path:
-    """Write :func:`build_summary` atomically (owner-only) to ``out_file`` (default ``result_dir/summary.json``)."""
+def write_summary(result_dir: str | os.PathLike, out_file: str | os.PathLike | None = None, *,
+                  redact: bool = False) -> Path:
+    """Write :func:`build_summary` atomically (owner-only) to ``out_file`` (default ``result_dir/summary.json``).
+
+    ``redact`` (the summary written beside a redacted report, which is made to be shared): every path
+    and URL replaced as the report replaces it (:mod:`~diffaudit.report.path_redaction`: ``AUDIT/...``
+    inside ``result_dir``, ``(path N)`` elsewhere, the same labels as the report's). The file says
+    which in ``paths_redacted``.
+    """
     out = Path(out_file) if out_file is not None else Path(result_dir) / "summary.json"
     from diffaudit.report.html import ensure_private_parent
+    from diffaudit.report.path_redaction import hide_paths, path_labels
 
+    summary = build_summary(result_dir)
+    labels = path_labels(summary, result_dir) if redact else {}  # from the whole summary, as the report's are
     ensure_private_parent(out)
-    write_json_atomic(out, without_names(build_summary(result_dir)))
+    write_json_atomic(out, {**hide_paths(without_names(summary), labels), "paths_redacted": bool(redact)})
     os.chmod(out, 0o600)
     return out
