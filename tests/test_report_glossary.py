@@ -58,3 +58,20 @@ def test_the_extraction_rule_speaks_of_the_rule_verify_ran():
     assert "as many never-seen images as there are training images (16), so the two counts compare directly" in \
         equal["false-positive baseline"]
     assert "(2 x 2 here)" in equal["tiled ℓ2"] and "connected component" in equal
+
+
+def test_the_settings_table_says_how_many_neighbours_the_ratio_rule_used():
+    """verify's --n-neighbors 50 against 12 training images averages over 12: the settings row said 50 beside
+    the rule's "against the 12 nearest training images"; it now says both."""
+    from diffaudit.report.view_misc import settings_view
+
+    def verify_rows(extraction: dict) -> dict[str, str]:
+        view = settings_view({"extraction": extraction, "settings": {"verify": {"rule": extraction["rule"], "n_neighbors": 50}}})
+        return dict(view["settings"][0][1])
+
+    assert verify_rows({"rule": "ratio", "n_neighbors": 12, "n_train": 12})["n_neighbors"] == \
+        "50 (12 used: the training set holds 12 images)"
+    # older results recorded the n asked for: the n used is still at most the training set
+    assert verify_rows({"rule": "ratio", "n_neighbors": 50, "n_train": 12})["n_neighbors"].startswith("50 (12 used")
+    assert verify_rows({"rule": "ratio", "n_neighbors": 50, "n_train": 5000})["n_neighbors"] == "50"
+    assert verify_rows({"rule": "l2", "n_neighbors": 12, "n_train": 12})["n_neighbors"] == "50"  # the l2 rule uses none

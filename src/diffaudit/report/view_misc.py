@@ -13,6 +13,7 @@ from diffaudit.report.fmt import flatten
 from diffaudit.report.images import data_uri, png_file_uri
 from diffaudit.report.results import ResultSet, contained, records
 from diffaudit.report.summary import exposure_ceiling, inpainting_targets, inpainting_top_k
+from diffaudit.report.view_extraction import ratio_neighbours
 
 MAX_GRIDS = 16
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -212,12 +213,34 @@ def data_vs_model_note(ex: dict[str, Any] | None) -> str | None:
     return "The training set verified against is not the model's: " + "; ".join(parts) + "."
 
 
+def _neighbours_used(ex: dict[str, Any] | None) -> tuple[int, int] | None:
+    """(neighbours the ratio rule averaged over, training images) of summary.json's ``extraction``, the n
+    the rule's sentence states (:func:`~diffaudit.report.view_extraction.ratio_neighbours`: at most the
+    training set); None without the ratio rule or a training set's size."""
+    ex = ex or {}
+    if ex.get("rule") != "ratio" or not isinstance(ex.get("n_train"), int):
+        return None
+    return ratio_neighbours(ex.get("n_neighbors"), ex["n_train"]), ex["n_train"]
+
+
+def _with_neighbours_used(rows: list[tuple[str, str]], used: tuple[int, int] | None) -> list[tuple[str, str]]:
+    """``rows`` of a stage's settings with ``n_neighbors`` saying how many were used when that is not the n
+    asked for (a training set smaller than it): the rule's sentence states the n used."""
+    if used is None:
+        return rows
+    n, n_train = used
+    return [(k, f"{v} ({n} used: the training set holds {n_train} images)" if k == "n_neighbors" and v != str(n) else v)
+            for k, v in rows]
+
+
 def settings_view(summary: dict[str, Any]) -> dict[str, Any]:
     """(stage, rows) of every stage's settings and seeds, and the versions; the audit's own settings
     through :func:`audit_setting_rows`."""
     settings = summary.get("settings") or {}
+    used = _neighbours_used(summary.get("extraction"))
     return {
-        "settings": [(stage, audit_setting_rows(s) if stage == "audit" else flatten(s)) for stage, s in settings.items()],
+        "settings": [(stage, audit_setting_rows(s) if stage == "audit" else _with_neighbours_used(flatten(s), used))
+                     for stage, s in settings.items()],
         "seeds": [(stage, flatten(s)) for stage, s in (summary.get("seeds") or {}).items() if s],
         "versions": flatten(summary.get("versions") or {}),
     }
