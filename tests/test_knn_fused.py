@@ -8,6 +8,7 @@ where there is no CUDA), with small tiles so that sizes of a few hundred rows co
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import subprocess
@@ -187,6 +188,25 @@ def test_uses_fused_only_for_large_int8_blocks_and_decides_auto_by_the_device(mo
     monkeypatch.setattr(knn_backends, "_fused_probe", lambda dev, cfg: probed.append(dev) or True)
     auto = TorchInt8Backend(spec)
     assert auto.uses_fused(50_000, 3072, 62) and auto.uses_fused(60_000, 3072, 62) and len(probed) == 1
+
+
+def test_a_gpu_with_triton_interpret_set_keeps_the_unfused_product(monkeypatch):
+    """TRITON_INTERPRET left set on a GPU machine would run the kernel through the interpreter on the host,
+    thousands of times slower: the fusion is then off, with a warning that says why."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda dev=None: (9, 0))
+    cuda = torch.device("cuda")
+    for value in ("1", "true", "ON"):
+        monkeypatch.setenv("TRITON_INTERPRET", value)
+        with pytest.warns(RuntimeWarning, match="TRITON_INTERPRET is set"):
+            assert not knn_fused.available(cuda)
+    has_triton = importlib.util.find_spec("triton") is not None  # the test extra installs it on Linux x86-64
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert knn_fused.available(cuda) == has_triton
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert knn_fused.available(cuda) == has_triton and not knn_fused.available(torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda dev=None: (7, 5))
+    assert not knn_fused.available(cuda)  # no int8 tensor cores for it
 
 
 def test_the_probe_accepts_the_kernel_and_refuses_a_failing_or_wrong_one(monkeypatch):

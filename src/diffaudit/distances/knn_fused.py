@@ -32,6 +32,8 @@ Triton's interpreter (slowly; the tests use it).
 from __future__ import annotations
 
 import importlib
+import os
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -71,12 +73,24 @@ class FusedConfig:
 DEFAULT_CONFIG = FusedConfig()
 
 
+def interpreted() -> bool:
+    """Whether ``TRITON_INTERPRET`` asks Triton to interpret its kernels (on CPU tensors, as the tests
+    do), by the values Triton reads as true."""
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "yes", "on", "y")
+
+
 def available(device: torch.device) -> bool:
     """Whether the fused kernel can run on ``device``: CUDA with int8 tensor cores (compute
-    capability 8.0 or later) and Triton importable."""
+    capability 8.0 or later) and Triton importable. Not while ``TRITON_INTERPRET`` is set (left in
+    the environment by a test or a debugging session): the interpreter runs the kernel on the host,
+    thousands of times slower than the unfused product; a warning says so."""
     if device.type != "cuda" or not torch.cuda.is_available():
         return False
     if torch.cuda.get_device_capability(device)[0] < 8:
+        return False
+    if interpreted():
+        warnings.warn("TRITON_INTERPRET is set, so Triton would interpret the fused kNN kernel on the host; the "
+                      "unfused product is used (unset TRITON_INTERPRET to use the kernel)", RuntimeWarning, stacklevel=2)
         return False
     try:
         importlib.import_module("triton")
