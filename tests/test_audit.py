@@ -371,6 +371,29 @@ def test_audit_of_a_class_conditional_run_samples_its_classes(tmp_path, capsys):
     assert "is not class-conditional; leave the flag out" in capsys.readouterr().err
 
 
+def test_a_switch_the_config_turns_on_is_turned_off_by_its_no_flag(tmp_path):
+    """Repeating an audit from its config.toml with one switch off (`--config a/config.toml --no-inpaint`) had
+    no way to say so: every switch the file may turn on has its --no- form, and the command line wins."""
+    from diffaudit.cli.audit import apply_config
+    from diffaudit.cli.main import build_parser
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("inpaint = true\nflip = true\nskip-bad = true\nclass-conditional = true\ncompile = true\n")
+
+    def applied(*flags: str):
+        argv = ["audit", "--config", str(cfg), "--out", str(tmp_path / "a"), *flags]
+        args = build_parser(only="audit").parse_args(argv)
+        return apply_config(args, argv[1:])
+
+    on = applied()
+    assert (on.inpaint, on.flip, on.skip_bad, on.class_conditional, on.compile) == (True,) * 5
+    off = applied("--no-inpaint", "--no-flip", "--no-skip-bad", "--no-class-conditional", "--no-compile")
+    assert (off.inpaint, off.flip, off.skip_bad, off.class_conditional, off.compile) == (False,) * 5
+    assert {"inpaint", "class_conditional"} <= off._given  # given (as false): --model's own checks see it
+    cfg.write_text("")
+    assert applied("--inpaint").inpaint and not applied().inpaint
+
+
 def test_config_takes_toml_lists_for_comma_separated_options(tmp_path):
     from diffaudit.cli.audit import apply_config
     from diffaudit.cli.main import build_parser

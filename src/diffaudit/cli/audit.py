@@ -70,7 +70,8 @@ HELDOUT_PREFIX = "heldout:"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="TOML file with any of these options (names as flags, `-` or `_`)")
+    p.add_argument("--config", help="TOML file with any of these options (names as flags, `-` or `_`); options given on "
+                   "the command line win, and --no-FLAG turns off a switch the file turns on (--no-inpaint, --no-flip)")
     add_data_args(p)
     p.add_argument("--out", default="audit-out", help="output folder")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
@@ -117,7 +118,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sweep", default="10,50,100,200,300,500,1000", help="timestep sweep (paper Fig. 9); empty for none")
     g.add_argument("--draws", type=int, default=None, help="noise draws per example (strong-lira default 20)")
     g = p.add_argument_group("inpainting attack")
-    g.add_argument("--inpaint", action="store_true", help="run the inpainting attack (needs shadows that did not train on "
+    g.add_argument("--inpaint", action=argparse.BooleanOptionalAction, default=False, help="run the inpainting attack (needs shadows that did not train on "
                    "each target: --shadows 4 or more, or 2 or more with --model)")
     g.add_argument("--inpaint-targets", default=INPAINT_TARGETS,
                    help=f"members,non-members to attack, with --inpaint (default: {INPAINT_TARGETS})")

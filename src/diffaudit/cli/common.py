@@ -35,7 +35,7 @@ def add_data_args(p: argparse.ArgumentParser, *, required: bool = False, default
     g.add_argument("--subset-seed", type=int, default=0, help="seed of --subset (default: %(default)s)")
     g.add_argument("--mode", choices=["L", "RGB"], default=None,
                    help="convert to grayscale (L) or RGB; default: keep (a mix of gray and colour becomes RGB)")
-    g.add_argument("--skip-bad", action="store_true",
+    g.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=False,
                    help="skip unreadable images and damaged shards (counted and reported) instead of failing")
     g.add_argument("--cifar-root", default=None,
                    help="folder of the CIFAR-10 shards; default: $DIFFAUDIT_CIFAR10, else ../shared/data/cifar10 "

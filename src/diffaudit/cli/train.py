@@ -43,15 +43,16 @@ def add_train_options(p: argparse.ArgumentParser, *, steps: int = 1000) -> None:
     g.add_argument("--warmup-steps", type=int, default=100, help="linear learning-rate warm-up")
     g.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clipping")
     g.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the saved weights")
-    g.add_argument("--flip", action="store_true", help="random horizontal flips")
-    g.add_argument("--class-conditional", action="store_true", help="condition on the dataset's labels")
+    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False, help="random horizontal flips")
+    g.add_argument("--class-conditional", action=argparse.BooleanOptionalAction, default=False,
+                   help="condition on the dataset's labels")
     g.add_argument("--checkpoint-every", type=int, default=500,
                    help="most steps between checkpoints; a run also checkpoints at least every half of --steps, "
                         "i.e. every min(CHECKPOINT_EVERY, max(1, STEPS // 2)) steps")
     g.add_argument("--log-every", type=int, default=None,
                    help="steps per loss-log line, at least 1 (default: gcd(50, --checkpoint-every))")
     g.add_argument("--no-bf16", action="store_true", help="no bf16 autocast on CUDA")
-    g.add_argument("--compile", action="store_true", help="torch.compile the UNet (CUDA)")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the UNet (CUDA)")
 
 
 def train_config_from(args: argparse.Namespace, seed: int | None = None):
