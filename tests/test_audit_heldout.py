@@ -127,6 +127,41 @@ def test_a_diffusers_folder_trained_on_all_of_its_data(trained, tmp_path):
     assert shadow_run_dirs(tmp_path / "shadows", 1) == [tmp_path / "shadows" / "model-00"]
 
 
+def test_a_model_without_train_ids_is_taken_to_have_trained_on_all_of_data_with_heldout(trained, tmp_path, capsys):
+    """--heldout says the model trained on all of --data: a folder trained elsewhere needs no hand-written
+    train_ids.json then. The audit links the model into models/target beside one of --data's keys (the user's
+    folder is left as it was) and every stage reads it there; without --heldout the refusal says what to give."""
+    import shutil
+
+    here, model = trained, tmp_path / "ddpm"
+    for part in ("unet", "scheduler"):
+        shutil.copytree(here / "run" / part, model / part)
+    before = sorted(p.relative_to(model) for p in model.rglob("*"))
+    data = ["--model", str(model), "--data", str(here / "train.npz")]
+    assert main(AUDIT + data + ["--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "records no training set (train_ids.json). If it trained on all of --data, give images it never saw with --heldout" in err
+    out = tmp_path / "audit"
+    argv = [a for a in AUDIT if a != "--quiet"] + data + ["--heldout", str(here / "held.npz"), "--shadows", "2", "--inpaint", "--inpaint-targets", "2,2",
+                           "--n-inpaint", "2", "--steps", "10", "--batch-size", "8", "--out", str(out)]
+    assert main(argv) == 0
+    assert "with --heldout it is taken to have trained on all 24 images of --data" in capsys.readouterr().err
+    assert sorted(p.relative_to(model) for p in model.rglob("*")) == before  # nothing written into the user's folder
+    linked = out / "models" / "target"
+    assert json.loads((linked / "train_ids.json").read_text())["keys"] == load_dataset(str(here / "train.npz")).keys
+    assert (linked / "unet").resolve() == (model / "unet").resolve()
+    from diffaudit.models.digest import model_digest
+
+    assert model_digest(linked, members=False) == model_digest(model, members=False)  # the same weights
+    mia = json.loads((out / "mia" / "result.json").read_text())
+    assert (mia["n_members"], mia["n_nonmembers"]) == (24, 24)
+    inpaint = json.loads((out / "inpaint" / "result.json").read_text())
+    assert inpaint["settings"]["model"] == str(linked)
+    assert sorted(t["member"] for t in inpaint["targets"]) == [False, False, True, True]
+    # resumed, it is finished as it was (the links found as they were left)
+    assert main(argv) == 0 and json.loads((out / "mia" / "result.json").read_text()) == mia
+
+
 def test_heldout_subset_takes_a_seeded_part_of_the_heldout_images(trained, tmp_path, capsys):
     here, out = trained, tmp_path / "audit"
     data = ["--model", str(here / "run"), "--data", str(here / "train.npz"), "--heldout", str(here / "held.npz")]

@@ -87,7 +87,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --model trained on all of --data: images it never saw, from another dataset (e.g. "
                         "cifar10-test for a model trained on all of cifar10), loaded with --data's --image-size, "
                         "--center-crop and --mode (not --subset: see --heldout-subset); their ids get the prefix "
-                        "`heldout:` and they are the non-members (the verify baseline, the membership attack's OUT examples)")
+                        "`heldout:` and they are the non-members (the verify baseline, the membership attack's OUT examples). A "
+                        "--model folder without a train_ids.json (trained elsewhere) is then taken to have trained on "
+                        "every image of --data")
     p.add_argument("--heldout-subset", type=int, default=None, metavar="N",
                    help="with --heldout: use a seeded random subset of N of its images (seed --subset-seed); default: all")
     p.add_argument("--train-size", type=int, default=32,
@@ -670,13 +672,60 @@ def _check_baseline_size(args: argparse.Namespace, n_unseen: int, where: str, fi
                              f"{fix}, or pass --rule l2")
 
 
+#: With --heldout, a --model folder that records no training set (no ``train_ids.json``: a model trained
+#: elsewhere) trained on all of --data, as --heldout says: the audit links its files into this folder of
+#: ``models/`` beside a ``train_ids.json`` of --data's keys, and its stages read the model from there.
+TRAINED_ON_ALL = "target"
+
+
+def _trained_on_all(args: argparse.Namespace) -> bool:
+    """Whether --model is taken to have trained on all of --data (:data:`TRAINED_ON_ALL`)."""
+    from diffaudit.models.run_record import has_train_ids
+
+    return bool(args.model) and args.heldout is not None and Path(args.model).is_dir() and not has_train_ids(args.model)
+
+
 def _target_members(args, models: Path, dataset) -> tuple[Path, list[str]]:
-    """The target run and the keys of its training set (checked: every key, with the pixels it trained on, is in --data)."""
-    from diffaudit.models.run_record import check_trained_on
+    """The target run and the keys of its training set (checked: every key, with the pixels it trained on, is in
+    --data). A --model without a recorded training set: with --heldout all of --data's keys (not the held-out
+    ones), the target being its linked folder (:data:`TRAINED_ON_ALL`); without, refused saying what to give."""
+    from diffaudit.models.run_record import check_trained_on, has_train_ids, train_ids_howto
 
     target = Path(args.model) if args.model else models / "model-00"
+    if _trained_on_all(args):
+        return models / TRAINED_ON_ALL, [k for k in dataset.keys if not k.startswith(HELDOUT_PREFIX)]
+    if args.model and Path(args.model).is_dir() and not has_train_ids(args.model):
+        raise DiffauditError(f"--model {args.model} records no training set (train_ids.json). If it trained on all of "
+                             "--data, give images it never saw with --heldout (e.g. `--heldout cifar10-test` for a model "
+                             "trained on all of cifar10): its members are then every image of --data. Else "
+                             + train_ids_howto(args.model))
     rows = check_trained_on(target, dataset, what="--model" if args.model else "the audit's target")
     return target, [dataset.keys[i] for i in rows]
+
+
+def _link_trained_on_all(model: Path, folder: Path, keys: list[str]) -> None:
+    """Make ``folder`` (:data:`TRAINED_ON_ALL`) the model of ``model`` trained on ``keys``: a link to each of its
+    files and folders but its own ``train_ids.json``, beside a ``train_ids.json`` of ``keys``. The weights are
+    read through the links, so their digests (what a sample store or a loss cache records) are the model's own;
+    a resumed audit finds the folder as it left it (links to files gone since are removed)."""
+    from diffaudit.core.io import make_private_dir, read_json, write_json_atomic
+    from diffaudit.models.digest import TRAIN_IDS
+
+    make_private_dir(folder)
+    entries = {e.name: e.resolve() for e in model.resolve().iterdir() if e.name != TRAIN_IDS}
+    for link in folder.iterdir():
+        if link.name == TRAIN_IDS:
+            continue
+        if not link.is_symlink():
+            raise DiffauditError(f"{folder} holds {link.name}, which the audit did not link there; re-run with --fresh")
+        if link.name not in entries or link.resolve() != entries[link.name]:
+            link.unlink()
+    for name, entry in sorted(entries.items()):
+        if not (folder / name).is_symlink():
+            (folder / name).symlink_to(entry, target_is_directory=entry.is_dir())
+    ids = folder / TRAIN_IDS
+    if not ids.is_file() or read_json(ids).get("keys") != keys:
+        write_json_atomic(ids, {"keys": keys})
 
 
 def _dropped_duplicates(target: Path, data, dropped: list[str] | None) -> set[str]:
@@ -757,6 +806,10 @@ def run(args: argparse.Namespace) -> int:
                              "give --data more images" if args.shadows else f"lower --train-size to {len(data) - 2} or less")
     if args.model:
         _, trained = _target_members(args, Path(args.out) / "models", data)
+        if _trained_on_all(args):
+            stage_line(f"audit: --model {args.model} records no training set (train_ids.json); with --heldout it is taken "
+                       f"to have trained on all {len(trained):,} images of --data, its members, and the images of --heldout "
+                       "are its non-members")
         if args.shadows and not 0.5 <= (len(data) / 2) / len(trained) <= 2:
             warning_line("audit", f"each shadow trains on half of --data ({len(data) // 2:,} images) but --model trained on "
                          f"{len(trained):,}: LiRA assumes shadows trained like the target, so give --data a pool about twice "
@@ -825,8 +878,11 @@ def run(args: argparse.Namespace) -> int:
         else:
             matrix = target_split(len(data), args.train_size, seed=args.seed)
         save_membership(models / "membership.npz", matrix, data.keys, args.seed)
+    if _trained_on_all(args):
+        _link_trained_on_all(Path(args.model), models / TRAINED_ON_ALL, _target_members(args, models, data)[1])
     if args.model and not args.shadows and not (models / "model-00").exists():
-        (models / "model-00").symlink_to(Path(args.model).resolve(), target_is_directory=True)
+        model_dir = models / TRAINED_ON_ALL if _trained_on_all(args) else Path(args.model)
+        (models / "model-00").symlink_to(model_dir.resolve(), target_is_directory=True)
     if args.model is None or args.shadows:  # the target (model 0) unless --model, and any shadows: one `shadows` call
         n_train = args.shadows if args.shadows else 1
         stages.run("train", ["shadows", *_data_flags(args, out), "--membership", str(models / "membership.npz"),
