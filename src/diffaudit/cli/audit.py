@@ -703,11 +703,11 @@ def _target_members(args, models: Path, dataset) -> tuple[Path, list[str]]:
     return target, [dataset.keys[i] for i in rows]
 
 
-def _link_trained_on_all(model: Path, folder: Path, keys: list[str]) -> None:
+def _link_trained_on_all(model: Path, folder: Path, keys: list[str]) -> Path:
     """Make ``folder`` (:data:`TRAINED_ON_ALL`) the model of ``model`` trained on ``keys``: a link to each of its
     files and folders but its own ``train_ids.json``, beside a ``train_ids.json`` of ``keys``. The weights are
     read through the links, so their digests (what a sample store or a loss cache records) are the model's own;
-    a resumed audit finds the folder as it left it (links to files gone since are removed)."""
+    a resumed audit finds the folder as it left it (links to files gone since are removed). Returns ``folder``."""
     from diffaudit.core.io import make_private_dir, read_json, write_json_atomic
     from diffaudit.models.digest import TRAIN_IDS
 
@@ -726,6 +726,7 @@ def _link_trained_on_all(model: Path, folder: Path, keys: list[str]) -> None:
     ids = folder / TRAIN_IDS
     if not ids.is_file() or read_json(ids).get("keys") != keys:
         write_json_atomic(ids, {"keys": keys})
+    return folder
 
 
 def _dropped_duplicates(target: Path, data, dropped: list[str] | None) -> set[str]:
@@ -878,10 +879,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             matrix = target_split(len(data), args.train_size, seed=args.seed)
         save_membership(models / "membership.npz", matrix, data.keys, args.seed)
+    model_dir = Path(args.model) if args.model else None  # the folder the stages read --model from
     if _trained_on_all(args):
-        _link_trained_on_all(Path(args.model), models / TRAINED_ON_ALL, _target_members(args, models, data)[1])
+        model_dir = _link_trained_on_all(model_dir, models / TRAINED_ON_ALL, _target_members(args, models, data)[1])
     if args.model and not args.shadows and not (models / "model-00").exists():
-        model_dir = models / TRAINED_ON_ALL if _trained_on_all(args) else Path(args.model)
         (models / "model-00").symlink_to(model_dir.resolve(), target_is_directory=True)
     if args.model is None or args.shadows:  # the target (model 0) unless --model, and any shadows: one `shadows` call
         n_train = args.shadows if args.shadows else 1
