@@ -1,7 +1,8 @@
 # Two entry points (README Quick start): `make demo` runs the audit on the built-in digits
 # dataset, `make test` runs the test suite. Both create and reuse ./.venv.
 PY ?= python3
-# The torch to install first (pip arguments): the CPU build by default; on a GPU machine e.g.
+# The torch to install first (pip arguments): 2.13.0 by default (a CPU build where the index offers one;
+# plain PyPI's Linux wheel is the CUDA build); on a GPU machine e.g.
 # `make TORCH=torch demo` (PyPI's newest Linux wheel, a CUDA build) or `make TORCH='torch --index-url URL' demo`.
 TORCH ?= torch==2.13.0
 VENV := .venv

@@ -152,6 +152,11 @@ def test_audit_of_an_existing_run_trains_the_shadows_it_asks_for(tmp_path, capsy
     # a mistyped --model is named as missing, not as a run without a record
     assert main(["audit", *data, "--model", str(tmp_path / "rnu"), "--quiet", "--out", str(tmp_path / "typo")]) == 2
     assert f"--model {tmp_path / 'rnu'} does not exist" in capsys.readouterr().err
+    # a file of the run is named as a file, with the folder that holds it (not "write FILE/train_ids.json")
+    assert main(["audit", *data, "--model", str(tmp_path / "run" / "result.json"), "--quiet", "--out", str(tmp_path / "f")]) == 2
+    err = capsys.readouterr().err
+    assert f"--model {tmp_path / 'run' / 'result.json'} is a file, not a model folder" in err
+    assert f"the folder holding it is {tmp_path / 'run'}" in err and "train_ids.json" not in err
     # training options train nothing when --model is audited without shadows: refused, not recorded
     assert main(["audit", *data, "--model", str(tmp_path / "run"), "--steps", "100", "--lr", "0.01", "--quiet",
                  "--out", str(tmp_path / "stray")]) == 2
@@ -237,6 +242,9 @@ def test_audit_json_config_redact_and_class_conditional_counts(tmp_path, capsys)
     result = json.loads(captured.out)  # nothing but the JSON
     assert result["command"] == "audit" and result["n_samples"] == 20
     assert "not a multiple of the 10 classes" in captured.err and "20 in all" in captured.err
+    # the advice names the audit's own flag, not `sample --per-prompt`
+    assert ("generate more per prompt (a larger --n-samples, which the audit splits among the prompts: 100 make 10 "
+            "each; the paper: 500)") in captured.err
     assert json.loads((out / "verify" / "result.json").read_text())["n_samples"] == 20
     assert "training images redacted" in (out / "report.html").read_text()
     summary = json.loads((out / "summary.json").read_text())  # its paths labelled as the report's are

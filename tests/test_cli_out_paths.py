@@ -56,3 +56,39 @@ def test_a_data_cache_that_is_a_file_is_named_not_the_out_folder(tmp_path, capsy
     err = capsys.readouterr().err
     assert f"--data-cache {tmp_path / 'afile'} is a file, not a folder for the decoded images" in err
     assert "--out" not in err
+
+
+@pytest.mark.parametrize("command,out", [
+    (["audit", "--data", "imgs", "--n-samples", "4"], "imgs/audit"),
+    (["train", "--data", "imgs", "--steps", "2"], "imgs"),
+    (["mia", "--data", "imgs", "--membership", "m.npz", "--shadows", "s"], "imgs/./sub/../mia"),
+    (["audit", "--model", "run", "--data", "digits", "--heldout", "imgs"], "imgs/audit"),
+])
+def test_an_out_inside_a_data_folder_is_refused(command, out, tmp_path, monkeypatch, capsys, write_images):
+    # the audit's plots written into --data would be read as its images by the next run (a resume refused
+    # for changed data, or with --image-size, the plots trained on)
+    rng = np.random.default_rng(0)
+    write_images({f"{i}.png": rng.integers(0, 256, (8, 8), dtype=np.uint8) for i in range(6)}, tmp_path / "imgs")
+    monkeypatch.chdir(tmp_path)
+    assert main([*command, "--out", out]) == 2
+    err = capsys.readouterr().err
+    flag = "--heldout" if "--heldout" in command else "--data"
+    assert f"--out {out} lies inside {flag} imgs: what this command writes there" in err
+    assert f"choose an --out outside imgs" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == [f"{i}.png" for i in range(6)]
+
+
+def test_an_out_beside_a_data_folder_whose_name_it_begins_with_is_not_inside_it(tmp_path, monkeypatch, write_images):
+    rng = np.random.default_rng(0)
+    write_images({f"{i}.png": rng.integers(0, 256, (8, 8), dtype=np.uint8) for i in range(6)}, tmp_path / "imgs")
+    monkeypatch.chdir(tmp_path)
+    assert main(["--quiet", "membership", "--data", "imgs", "--models", "2", "--out", "imgs-split.npz"]) == 0
+
+
+def test_an_audit_folder_given_as_a_sample_store_points_at_its_samples(tmp_path, capsys):
+    (tmp_path / "audit" / "samples").mkdir(parents=True)
+    (tmp_path / "audit" / "samples" / "manifest.json").write_text("{}")
+    assert main(["export", "--samples", str(tmp_path / "audit"), "--out", str(tmp_path / "png")]) == 2
+    err = capsys.readouterr().err
+    assert (f"{tmp_path / 'audit'} is not a sample store (no manifest.json); {tmp_path / 'audit' / 'samples'} is one "
+            "(an audit's generations)") in err

@@ -405,3 +405,15 @@ def test_a_folder_given_twice_or_folders_with_nothing_in_common_are_warned_about
     b = _audit(tmp_path / "dedup", 3, 0.1, 0.6)
     assert main(["compare", str(a), str(b)]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_compare_warns_when_an_attack_ran_at_other_timesteps(tmp_path, capsys):
+    for name, t, loss in (("t100", 100, 0.45), ("t300", 300, 0.15)):
+        write_result(tmp_path / name / "result.json", "mia", {}, {}, attack="loss", auc=0.6, timesteps=[t], n_draws=1,
+                     flips=False, tpr_at_fpr={"0.01": 0.0}, n_members=50, n_nonmembers=50,
+                     mean_loss={"members": loss - 0.05, "nonmembers": loss, "gap": 0.05})
+    assert main(["compare", str(tmp_path / "t100"), str(tmp_path / "t300")]) == 0
+    captured = capsys.readouterr()
+    assert ("compare: warning: t100 and t300 ran the membership attack loss with other queries (--timesteps 100 and 300, "
+            "t100's first)") in captured.err
+    assert "(other queries)" in captured.out and "denoises never-seen images" not in captured.out

@@ -62,3 +62,33 @@ def test_a_dp_run_without_noise_reads_infinite_not_no_dp():
     # a side with no DP-SGD record at all still reads "no DP-SGD"
     plain = _cells(format_rows(compare_summaries(s, s, dp_b={"epsilon": 8.0}), "plain", "dp"))["model: DP epsilon"]
     assert plain[:2] == ["no DP-SGD", "8"]
+
+
+def test_an_attack_run_with_other_queries_is_marked_and_its_losses_not_read_as_the_models():
+    """The same model attacked at t = 100 and t = 300 has a held-out loss 3x apart: not "one model
+    denoises 2.98x worse than the other"; the rows say "other queries" and a warning names the flag."""
+    from diffaudit.report.compare_table import query_warnings
+
+    t100, t300 = _mia(0.655, 0.395, 0.454), _mia(0.577, 0.143, 0.152)
+    t100["mia"]["loss"].update(timesteps=[100], n_draws=1, flips=False)
+    t300["mia"]["loss"].update(timesteps=[300], n_draws=1, flips=False)
+    rows = {r["metric"]: r for r in compare_summaries(t100, t300)}
+    assert {k for k, r in rows.items() if r.get("other_queries")} == {
+        "mia loss: AUC", "mia loss: TPR at 1% FPR", "mia loss: TPR at 0.1% FPR", "mia loss: held-out loss",
+        "mia loss: loss gap"}
+    text = format_rows(list(rows.values()), "t100", "t300")
+    assert "denoises never-seen images" not in text
+    assert _cells(text)["mia loss: held-out loss"][2] == "-0.302 (other queries)"
+    assert "other queries: the two sides ran this attack at other timesteps, draws or flips" in text
+    (warning,) = query_warnings(t100, t300, ["t100", "t300"])
+    assert warning.startswith("t100 and t300 ran the membership attack loss with other queries (--timesteps 100 and "
+                              "300, t100's first)") and warning.endswith("compare runs with the same --timesteps")
+    strong = _mia(0.7, 0.3, 0.4)
+    strong["mia"]["loss"].update(timesteps=[100], n_draws=20, flips=True)
+    (warning,) = query_warnings(t100, strong, ["a", "b"])
+    assert "(--draws 1 and 20, --flips off and on, a's first)" in warning
+    # the same queries (or a side that records none, an older result): no mark, no warning
+    same = _mia(0.9, 0.1, 0.3)
+    same["mia"]["loss"].update(timesteps=[100], n_draws=1, flips=False)
+    assert not any(r.get("other_queries") for r in compare_summaries(t100, same))
+    assert query_warnings(t100, same, ["a", "b"]) == [] == query_warnings(t100, _mia(0.9, 0.1, 0.3), ["a", "b"])

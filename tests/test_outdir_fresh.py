@@ -222,3 +222,10 @@ def test_a_settings_file_that_names_no_command_is_said_so(tmp_path):
     with pytest.raises(SettingsMismatchError, match=r"holds a settings.json that names no command \(not the output of "
                                                     r"`diffaudit extract`\); choose another --out$"):
         prepare_out_dir(out, "extract", {})
+
+
+def test_a_switch_reads_on_or_off_and_a_group_of_settings_set_or_not():
+    assert diff_settings({"skip_bad": False}, {"skip_bad": True}) == ["skip_bad (was off, now on)"]
+    # a group one side lacks (a DP-SGD run's record) is not dumped as a dict
+    assert diff_settings({"a": 1}, {"a": 1, "dp": {"target_epsilon": 8.0, "delta": 1e-5}}) == ["dp (was not set, now set)"]
+    assert diff_settings({"dp": {"target_epsilon": 8.0}}, {}) == ["dp (was set, now not set)"]

@@ -69,5 +69,57 @@ def test_the_report_answers_the_second_question_and_shows_the_members_picked_out
     text = visible_text(html)
     assert "Was training data extracted?" in text and "Does the model reveal which images it trained on?" in text
     assert 'data-membership-verdict="' in html
-    assert "at no false positive: 3 of 4 members (75.0%) score above every non-member" in text
+    assert ("at no false positive: 3 of 4 members (75.0%) score above every non-member: a random score puts 0.67 there "
+            "on average, and 3 or more with p = 0.0476") in text
     assert 'data-metric="mia.loss.tpr_at_zero_fpr" data-value=\'0.75\'' in html
+
+
+def test_the_chance_of_members_above_every_nonmember_is_exact():
+    from itertools import permutations
+
+    from diffaudit.report.rank_test import above_every_nonmember_by_chance
+
+    m, n = 3, 4  # every ordering of 3 members and 4 non-members, equally likely under a random score
+    orders = set(permutations([1] * m + [0] * n))
+    above = [order.index(0) for order in orders]  # members ranked before the first non-member
+    for k in range(m + 1):
+        chance = above_every_nonmember_by_chance(m, n, k)
+        assert chance["pvalue"] == pytest.approx(sum(a >= k for a in above) / len(orders))
+        assert chance["expected"] == pytest.approx(np.mean(above))
+    with pytest.raises(ValueError):
+        above_every_nonmember_by_chance(3, 4, 4)
+
+
+def test_a_count_above_every_nonmember_that_chance_reaches_is_not_called_picked_out():
+    # 1 of 40 members above all of 30 non-members: a random score puts 40/31 = 1.3 there on average
+    chance_level = membership_verdict(best_mia(_summary(0.7, (0.6, 0.8), tpr0=1 / 40, n_members=40, n_nonmembers=30)))
+    assert chance_level["level"] == "yes"  # the AUC still separates them
+    assert "picked out" not in chance_level["text"]
+    assert ("1 of the 40 training images (2.5%) score above every image it never saw, no more than chance would (a "
+            "random score puts 1.3 there on average, and 1 or more with p = 0.57): read the AUC.") in chance_level["text"]
+    beyond = membership_verdict(best_mia(_summary(0.9, (0.8, 0.97), tpr0=10 / 40, n_members=40, n_nonmembers=30)))
+    assert "picked out without a single false alarm (a random score puts 1.3 there on average" in beyond["text"]
+
+
+def test_the_report_card_says_when_chance_reaches_the_count_above_every_nonmember(tmp_path):
+    from diffaudit.core.io import write_json_atomic
+    from diffaudit.core.results import envelope
+    from diffaudit.report.html import render_html
+    from test_report import visible_text
+
+    scores = np.array([9, 5, 4, 3, 8, 7, 6, 2, 1.0])  # 1 of 4 members above all 5 non-members: chance, p = 4/9
+    member = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0], bool)
+    e = evaluate_attack(scores, member, attack="loss", n_bootstrap=200)
+    write_json_atomic(tmp_path / "mia" / "result.json",
+                      envelope("mia", {"data": {"spec": "scans", "options": {}}}, {}, **e.to_dict()))
+    text = visible_text(render_html(tmp_path / "mia"))
+    assert ("1 of 4 members (25.0%) score above every non-member, no more than chance would: a random score puts 0.67 "
+            "there on average, and 1 or more with p = 0.44") in text
+    assert "a random score flags 1% of members at 1% FPR" not in text  # 1% FPR is not measured with 5 non-members
+
+
+def test_a_leak_that_picks_out_no_member_at_1pct_fpr_says_it_is_on_average():
+    v = membership_verdict(best_mia(_summary(0.655, (0.588, 0.714), tpr=0.0, tpr0=0.0, n_members=64, n_nonmembers=1733)))
+    assert v["level"] == "yes" and "picks out 0.0%" not in v["text"]
+    assert ("At a 1% false-positive rate it picks out none of the training images: the leak shows in how the scores "
+            "rank on average (the AUC), not yet as images singled out with few false alarms.") in v["text"]

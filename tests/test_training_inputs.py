@@ -194,3 +194,24 @@ def test_a_class_conditional_model_has_every_class_of_its_data(tmp_path):
     assert main(["train", "--data", "digits", "--subset", "4", "--class-conditional", "--steps", "2", "--batch-size", "4",
                  "--checkpoint-every", "2", "--device", "cpu", "--quiet", "--out", str(tmp_path / "cc")]) == 0
     assert json.loads((tmp_path / "cc" / "unet" / "config.json").read_text())["num_class_embeds"] == 10
+
+
+def test_compile_off_cuda_is_said_where_the_run_trains(tmp_path, capsys):
+    argv = ["train", "--data", "digits", "--subset", "16", "--steps", "2", "--batch-size", "4", "--warmup-steps", "1",
+            "--checkpoint-every", "2", "--device", "cpu", "--out", str(tmp_path / "a")]
+    assert main([*argv, "--compile"]) == 0
+    assert "train: --compile applies on CUDA only; the UNet trains eagerly on cpu" in capsys.readouterr().err
+    assert main([*argv, "--compile"]) == 0  # finished: nothing trains, nothing to say
+    assert "--compile" not in capsys.readouterr().err
+    assert main([*argv[:-1], str(tmp_path / "b")]) == 0
+    assert "--compile" not in capsys.readouterr().err
+
+
+def test_a_switch_changed_on_a_finished_run_is_named_by_its_flag_and_said_on_or_off(tmp_path, capsys):
+    argv = ["train", "--data", "digits", "--subset", "16", "--steps", "2", "--batch-size", "4", "--warmup-steps", "1",
+            "--checkpoint-every", "2", "--device", "cpu", "--out", str(tmp_path / "a")]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main([*argv, "--skip-bad"]) == 2
+    err = capsys.readouterr().err
+    assert "--skip-bad (was off, now on)" in err and "--no-skip-bad" not in err

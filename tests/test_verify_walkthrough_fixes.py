@@ -78,6 +78,15 @@ def test_data_the_model_never_trained_on_is_warned_recorded_and_reported(model_s
     assert "(it was trained on --data digits --subset 32)" in err
     r = json.loads((out / "result.json").read_text())
     assert r["data_vs_model"] == {"n_data": 1797, "n_trained": 32, "n_not_trained": 1765, "n_trained_missing": 0}
+    # the result lines call its matches matches, not training images extracted
+    untrained = "the model never trained on 1,765 of --data's 1,797 images, so a match to one of them is not memorization"
+    assert run("verify", "--samples", store, "--data", "digits", "--out", out, "--device", "cpu") == 0
+    line = capsys.readouterr().out
+    assert "verify: 0 unique images of --data matched from 12 generations by rule ratio" in line
+    assert untrained in line and "training image" not in line
+    assert run("report", out) == 0
+    line = capsys.readouterr().out
+    assert "0 images of --data matched from 12 generations" in line and untrained in line and "training image" not in line
     assert run("--quiet", "report", out) == 0
     assert json.loads((out / "summary.json").read_text())["extraction"]["data_vs_model"]["n_not_trained"] == 1765
     # --json (which implies --quiet) keeps the warning on stderr; stdout holds the JSON alone
@@ -178,3 +187,15 @@ def test_a_one_image_baseline_is_named_as_the_baseline(digits_npz, tmp_path, cap
     err = capsys.readouterr().err
     assert f"with n = 1 (--baseline {tmp_path / 'one.npz'} holds 1 image not in --data)" in err, err
     assert "training set" not in err and not out.exists()
+
+
+@pytest.mark.parametrize("command", [
+    ["mia", "--attack", "loss", "--target"], ["inpaint", "--model"], ["audit", "--heldout", "digits", "--model"]])
+def test_a_sample_store_given_as_a_model_is_named_with_the_model_that_made_it(model_store, tmp_path, capsys, command):
+    run_dir, store = model_store
+    assert run(*command, store, "--data", "digits", "--out", tmp_path / "x", "--device", "cpu") == 2
+    err = capsys.readouterr().err
+    flag = command[-1]
+    assert (f"{flag} {store} is a sample store written by `diffaudit sample`, not a model: give the model folder (it "
+            f"records that model {run_dir} made it)") in err
+    assert "train_ids.json" not in err and not (tmp_path / "x").exists()

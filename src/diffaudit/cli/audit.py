@@ -22,7 +22,7 @@ from typing import Any
 
 from diffaudit.cli.common import (
     StageInterrupted, add_data_args, audit_stage, canonical_settings, data_options, emit, emit_finished, given_options,
-    upgrading_paths,
+    refuse_files_for_folders, refuse_stores_for_models, upgrading_paths,
 )
 from diffaudit.cli.train import add_train_options
 from diffaudit.core.errors import DiffauditError, StageFailedError
@@ -310,6 +310,8 @@ def check_model_options(args: argparse.Namespace) -> None:
         return
     if not Path(args.model).exists():
         raise DiffauditError(f"--model {args.model} does not exist")
+    refuse_files_for_folders(args, {"model": "a model folder (a `diffaudit train` run, or a diffusers UNet folder)"})
+    refuse_stores_for_models(args, ["model"])
     from diffaudit.sampling.sources import is_stable_diffusion_dir
 
     if is_stable_diffusion_dir(args.model):

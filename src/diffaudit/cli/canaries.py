@@ -9,7 +9,7 @@ from diffaudit.cli.common import (
     add_data_args, add_run_args, canonical_settings, data_options, emit, emit_finished, upgrading_paths,
 )
 from diffaudit.cli.train import (
-    add_train_options, canonical_data_record, refuse_dp_unused, train_config_from, upgrading_run_paths,
+    add_train_options, canonical_data_record, refuse_dp_unused, say_eager_off_cuda, train_config_from, upgrading_run_paths,
     warn_short_warmup,
 )
 from diffaudit.cli.train import setting_flags as train_setting_flags
@@ -109,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
                          copy_rule=ev.copy_rule(), device=device, class_conditional=args.class_conditional)
     ev.validate(n_train=len(ds) + len(plan.keys))
     warn_short_warmup(config, "canaries")
+    if dp is None:
+        say_eager_off_cuda(config, device, "canaries")
     _say_skipped(plan.skipped)
     settings = {"data": str(args.data), "data_options": opts, "kind": args.kind, "canary_pool": args.canary_pool,
                 "repeats": repeats, "per_repeat": args.per_repeat, "n_reference": args.n_reference,

@@ -142,7 +142,8 @@ def check_paths(args: argparse.Namespace, command: str, *, out_object_store: boo
     """Refuse, before any work, a path option given empty, and an ``--out`` that names an object store where
     the command (``command``) writes local files only (``out_object_store``: it writes to one, ``sample``):
     read as a path, ``s3://bucket/x`` becomes a local folder ``s3:/bucket/x`` without a word. A ``file://``
-    ``--out`` becomes its path."""
+    ``--out`` becomes its path. An ``--out`` inside a folder the command reads as data is refused
+    (:func:`refuse_out_inside_data`)."""
     from diffaudit.core.errors import DiffauditError
 
     for dest in PATH_OPTIONS:
@@ -150,11 +151,19 @@ def check_paths(args: argparse.Namespace, command: str, *, out_object_store: boo
         if isinstance(value, str) and not value.strip():
             raise DiffauditError(f"--{dest.replace('_', '-')} is empty: give a path")
     out = getattr(args, "out", None)
-    if not isinstance(out, str) or "://" not in out:
-        return
+    if isinstance(out, str) and "://" in out:
+        _out_url(args, command, out_object_store)
+    refuse_out_inside_data(args)
+
+
+def _out_url(args: argparse.Namespace, command: str, out_object_store: bool) -> None:
+    """:func:`check_paths` of an ``--out`` given as a URL: a ``file://`` one becomes its path, an object
+    store is refused unless the command writes to one."""
+    from diffaudit.core.errors import DiffauditError
     from diffaudit.data.local_paths import file_url_path
     from diffaudit.store.location import url_protocol
 
+    out = args.out
     if url_protocol(out) is None:  # file://
         path = file_url_path(out)
         if path is None:
@@ -193,6 +202,28 @@ def refuse_files_for_folders(args: argparse.Namespace, flags: dict[str, str]) ->
 
             flag = "--" + dest.replace("_", "-")
             raise DiffauditError(f"{flag} {value} is a file, not {what}; the folder holding it is {Path(value).parent}")
+
+
+def refuse_stores_for_models(args: argparse.Namespace, dests: Iterable[str]) -> None:
+    """Refuse a sample store (``diffaudit sample --out``) given where an option (``dests``) names a model
+    folder, naming the model the store records it sampled: read as a model, it was a folder without a
+    ``train_ids.json``, and the advice was to write one into it."""
+    from diffaudit.store.sample_store import SampleStore
+
+    for dest in dests:
+        value = getattr(args, dest, None)
+        if not isinstance(value, str) or not Path(value).is_dir() or not SampleStore.is_store(value):
+            continue
+        from diffaudit.core.errors import DiffauditError
+
+        try:
+            sampler = SampleStore.open(value).manifest.get("sampler")
+        except DiffauditError:
+            sampler = None
+        model = sampler.get("model") if isinstance(sampler, dict) else None
+        made = f" (it records that model {model} made it)" if isinstance(model, str) and model else ""
+        raise DiffauditError(f"--{dest.replace('_', '-')} {value} is a sample store written by `diffaudit sample`, not a "
+                             f"model: give the model folder{made}")
 
 
 def file_in_folder(spec: str | None, name: str) -> str | None:
@@ -251,6 +282,34 @@ def _upgraded_paths(keys: tuple[str, ...], then: Callable[[dict[str, Any]], dict
     """:func:`upgrading_paths`' hook applied to the ``old`` settings."""
     settings = canonical_settings(old, keys)
     return then(settings) if then is not None else settings
+
+
+#: The options whose value may be a folder a command reads images (or shards) from.
+DATA_FOLDER_OPTIONS = ("data", "heldout", "canary_pool", "cifar_root")
+
+
+def refuse_out_inside_data(args: argparse.Namespace) -> None:
+    """Refuse an ``--out`` that is, or lies inside, a folder the command reads as data
+    (:data:`DATA_FOLDER_OPTIONS`): what the command writes there (plots, samples, model folders) would be
+    listed with that folder's images by the next read, so a resume would find other data, and with
+    ``--image-size`` the plots would be trained on. A built-in dataset name is not a folder."""
+    from diffaudit.core.errors import DiffauditError
+    from diffaudit.data.builtin import BUILTIN_NAMES
+
+    out = getattr(args, "out", None)
+    if not isinstance(out, str) or not out or "://" in out:
+        return
+    target = Path(out).expanduser().resolve()
+    for name in DATA_FOLDER_OPTIONS:
+        value = getattr(args, name, None)
+        if not isinstance(value, str) or value in BUILTIN_NAMES or not Path(value).expanduser().is_dir():
+            continue
+        folder = Path(value).expanduser().resolve()
+        if target == folder or folder in target.parents:
+            flag = "--" + name.replace("_", "-")
+            raise DiffauditError(f"--out {out} lies inside {flag} {value}: what this command writes there (plots, "
+                                 f"samples, models) would be read as part of {flag} the next time, and the data would "
+                                 f"no longer be the same; choose an --out outside {value}")
 
 
 def add_run_args(p: argparse.ArgumentParser, *, out_required: bool = True) -> None:

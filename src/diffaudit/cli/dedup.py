@@ -43,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--embedder", choices=sorted(EMBEDDERS), default="pixel", help="image embedding")
     g.add_argument("--threshold", type=float, default=None,
                    help="similarity at or above which two images are duplicates (default: the embedder's calibrated "
-                        "value: pixel 0.97, phash 0.906 = at most 6 of 64 bits, clip 0.95)")
+                        "value: pixel 0.97, phash 0.906 = at most 6 of 64 bits; clip 0.95, not calibrated)")
     g.add_argument("--index", choices=INDEX_KINDS, default="flat", help="faiss index: flat (exact), ivf or hnsw (approximate)")
     g.add_argument("--k", type=int, default=64, help="neighbours per query with --index hnsw")
     g.add_argument("--nlist", type=int, default=None, help="IVF cells (default: 4*sqrt(N), at most N/39 so each cell trains on 39 images)")

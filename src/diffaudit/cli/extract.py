@@ -23,7 +23,8 @@ from diffaudit.attacks.extraction.grid import GRID_HELP, check_grid, resolve_gri
 from diffaudit.attacks.extraction.inputs import read_generations
 from diffaudit.attacks.extraction.knn_cache import iter_cached_knn
 from diffaudit.cli.common import (
-    add_run_args, canonical_settings, devices_record, emit, emit_finished, ray_address, run_devices, upgrading_paths,
+    add_run_args, canonical_settings, current_stage, devices_record, emit, emit_finished, ray_address, run_devices,
+    upgrading_paths,
 )
 from diffaudit.cli.ray_work import ImagesRecipe, knn_on_ray
 from diffaudit.core.device import resolve_device
@@ -299,9 +300,12 @@ def _conditional(args, ds, fs: FilterSettings, out: Path, device, recipe: Images
     groups = group_by_prompt(ds.captions)
     short = [len(idx) for _, idx in groups if len(idx) < fs.min_clique]  # prompts that cannot be flagged
     if short:
+        more = ("a larger --n-samples, which the audit splits among the prompts: "
+                f"{fs.min_clique * len(groups):,} make {fs.min_clique} each" if current_stage() is not None
+                else "`sample --per-prompt`")
         warning_line("extract", f"{len(short):,} of {len(groups):,} prompts have fewer generations than --min-clique "
                      f"{fs.min_clique} (as few as {min(short)}), so none of them can be flagged and their not being flagged "
-                     "says nothing: generate more per prompt (`sample --per-prompt`; the paper: 500), or lower --min-clique")
+                     f"says nothing: generate more per prompt ({more}; the paper: 500), or lower --min-clique")
     parts_dir = out / "parts"
     if recipe is not None:
         _filter_on_ray(args, recipe, groups, fs, parts_dir, workers_device)

@@ -1,4 +1,4 @@
-"""``diffaudit inpaint``: the inpainting reconstruction attack (Carlini et al. 2023, Section 5.2).
+"""``diffaudit inpaint``: the inpainting reconstruction attack (Carlini et al. 2023, Section 5.3).
 
 Targets are members (in the target run's ``train_ids.json``) and non-members of ``--data``. Each
 is masked, inpainted ``--n-inpaint`` times by the target model, scored by target/shadow loss at
@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from diffaudit.cli.common import (
-    add_data_args, add_run_args, canonical_path, canonical_settings, data_options, emit, file_in_folder, speaking_as,
+    add_data_args, add_run_args, canonical_path, canonical_settings, data_options, emit, file_in_folder,
+    refuse_stores_for_models, speaking_as,
 )
 from diffaudit.core.batch_fit import AUTO, batch_option, resolve_batch
 from diffaudit.core.errors import DiffauditError
@@ -41,7 +42,7 @@ DESCRIPTION = (
     "Mask part of each target image (default: the left half), inpaint it --n-inpaint times with the target "
     "model (RePaint resampling), score every inpainting by target loss / shadow loss at t=100 (the shadow did "
     "not train on the image), keep the best --top-k and report their ℓ2 to the original, for members and "
-    "non-members of the target's training set (paper Section 5.2, Figure 12). Resumes per target."
+    "non-members of the target's training set (paper Section 5.3). Resumes per target."
 )
 #: Settings that hold the path of an input (recorded canonical, see :func:`~diffaudit.cli.common.canonical_path`;
 #: so are a mask image's and the shadow runs' in ``digests``: :func:`_settings`).
@@ -398,6 +399,7 @@ def run(args: argparse.Namespace) -> int:
     from diffaudit.models.scheduler import num_train_timesteps
     from diffaudit.sampling.masks import describe_mask, make_mask
 
+    refuse_stores_for_models(args, ["model"])
     if args.target_keys is not None and args.targets is not None:
         raise DiffauditError("give --targets N_IN,N_OUT (seeded random targets) or --target-keys IDS (these), not both")
     args.targets = DEFAULT_TARGETS if args.targets is None else args.targets

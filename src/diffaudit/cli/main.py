@@ -158,8 +158,10 @@ def build_parser(only: str | None = None, *, overview: bool = False) -> argparse
 
 
 def _option_flags(p: argparse.ArgumentParser) -> dict[str, str]:
-    """Each option's destination -> its flag (``shard_size`` -> ``--shard-size``); positionals have none."""
-    return {a.dest: a.option_strings[-1] for a in p._actions if a.option_strings and a.dest != "help"}
+    """Each option's destination -> its flag (``shard_size`` -> ``--shard-size``; a switch with a ``--no-``
+    form by its positive one, ``--skip-bad``); positionals have none."""
+    return {a.dest: a.option_strings[0 if isinstance(a, argparse.BooleanOptionalAction) else -1]
+            for a in p._actions if a.option_strings and a.dest != "help"}
 
 
 def setting_names(p: argparse.ArgumentParser) -> dict[str, str]:
@@ -177,7 +179,7 @@ def _run_naming_flags(mod, flags: dict[str, str], args: argparse.Namespace) -> i
     otherwise (sample's ``per_prompt``: ``--n`` or ``--per-prompt``); the inputs ``--skip-bad`` skips
     are listed in the results it writes (:func:`~diffaudit.core.results.recording_skipped`). Path options are
     checked first (:func:`~diffaudit.cli.common.check_paths`: none empty, ``--out`` no object store but
-    where the command sets ``OUT_OBJECT_STORE``)."""
+    where the command sets ``OUT_OBJECT_STORE``, nor inside a data folder)."""
     from diffaudit.cli.common import check_paths
     from diffaudit.core.outdir import flag_names
     from diffaudit.core.results import recording_skipped

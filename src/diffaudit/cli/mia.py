@@ -15,7 +15,7 @@ from diffaudit.attacks.membership.run import (MiaConfig, MiaScores, TargetSpec, 
 from diffaudit.attacks.membership.targets import mean_losses, shadows_per_side
 from diffaudit.cli.common import (
     add_data_args, add_run_args, canonical_settings, data_options, emit, emit_finished, file_in_folder,
-    refuse_files_for_folders, upgrading_paths,
+    refuse_files_for_folders, refuse_stores_for_models, upgrading_paths,
 )
 from diffaudit.cli.shadows import membership_digest
 from diffaudit.core.batch_fit import batch_option
@@ -84,15 +84,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a = p.add_argument_group("attack")
     a.add_argument("--attack", choices=ATTACK_NAMES, default="lira",
                    help="loss: -loss of the target; lira: per-example IN/OUT Gaussians; lira-offline: OUT only, "
-                        "one-sided; *-fixed: one global variance (these use one query: noise draw 0, unflipped); "
-                        "strong-lira: LiRA over --draws noise draws and their flips")
+                        "one-sided; *-fixed: one global variance (lira-fixed and lira-offline-fixed use one query: noise draw 0, "
+                        "unflipped); strong-lira, strong-lira-fixed: LiRA over --draws noise draws and their flips")
     a.add_argument("--timesteps", type=_int_list, default=(100,), help="timestep(s) of the attack (several act as more queries)")
     a.add_argument("--sweep", type=_int_list, default=(), help="also evaluate at each of these timesteps, e.g. 10,50,100,200,300,500,1000 "
                    "(T itself, the paper's 1000, is the last step T-1; larger values are refused), and at each of --timesteps alone")
     a.add_argument("--draws", type=int, default=None,
-                   help=f"strong-lira: noise draws ε per example (default {DEFAULT_STRONG_DRAWS}); other attacks use one")
+                   help=f"strong-lira, strong-lira-fixed: noise draws ε per example (default {DEFAULT_STRONG_DRAWS}); other attacks use one")
     a.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
-                   help="strong-lira: also query each image flipped horizontally, same ε (default: on for strong-lira)")
+                   help="strong-lira, strong-lira-fixed: also query each image flipped horizontally, same ε (default: on for both)")
     a.add_argument("--transform", choices=("log", "none"), default=None,
                    help=f"the LiRA attacks fit Gaussians to log(loss) or the loss (default {MiaConfig.transform})")
     a.add_argument("--strong-aggregate", choices=("sum-llr", "mean-loss"), default=None,
@@ -269,6 +269,7 @@ def _shaping_options(args: argparse.Namespace) -> tuple[str, str]:
 def run(args: argparse.Namespace) -> int:
     refuse_files_for_folders(args, {"target": "a model folder (a run, or a diffusers folder)",
                                     "shadows": "the folder of `diffaudit shadows`", "loss_cache": "a folder"})
+    refuse_stores_for_models(args, ["target"])
     transform, aggregate = _shaping_options(args)  # before the data is read
     opts = data_options(args)
     ds = load_dataset(args.data, **opts)

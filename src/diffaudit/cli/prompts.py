@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threshold", type=float, default=None,
                    help="when --duplicates is not given: similarity at or above which two images are duplicates, "
                         "1 = identical, larger = stricter (cosine for pixel and clip, 1 - Hamming/64 for phash; "
-                        "default: the embedder's calibrated value, pixel 0.97, phash 0.906, clip 0.95)")
+                        "default: the embedder's calibrated value, pixel 0.97, phash 0.906; clip 0.95, not calibrated)")
     g.add_argument("--clip-model", default=None, help="clip embedder: a local folder or cached hub name")
 
 

@@ -75,6 +75,15 @@ def train_config_from(args: argparse.Namespace, seed: int | None = None):
     )
 
 
+def say_eager_off_cuda(config, device, command: str = "train") -> None:
+    """Say that ``--compile`` (``config.compile``) does nothing on ``device`` unless it is CUDA: the UNet
+    trains eagerly there (sample and inpaint say the same of their own --compile)."""
+    if config.compile and device.type != "cuda":
+        from diffaudit.core.progress import stage_line
+
+        stage_line(f"{command}: --compile applies on CUDA only; the UNet trains eagerly on {device.type}")
+
+
 def warn_short_warmup(config, command: str = "train") -> None:
     """Say when the learning rate's warm-up (``warmup_steps``) does not end before ``steps``: --lr is never
     reached. Called once the data has loaded, so that a refusal of the inputs comes first and alone;
@@ -316,13 +325,16 @@ def run(args: argparse.Namespace) -> int:
                              "so a DP-SGD run cannot be trained on; train a new one with the --steps you want")
     if dp is not None:
         refuse_dp_unused(args)
+    device = resolve_device(args.device)
     if args.fresh or not is_finished(args.out):  # said once the options are accepted, for a run that will train
         warn_short_warmup(config)
+        if dp is None:
+            say_eager_off_cuda(config, device)
     if dp is not None:
-        run_dir = train_dp(ds, config, dp, args.out, device=resolve_device(args.device), train_indices=indices,
+        run_dir = train_dp(ds, config, dp, args.out, device=device, train_indices=indices,
                            repeats=repeats, data_record=record, fresh=args.fresh, upgrade=upgrading_run_paths())
     else:
-        run_dir = train(ds, config, args.out, device=resolve_device(args.device), train_indices=indices,
+        run_dir = train(ds, config, args.out, device=device, train_indices=indices,
                         repeats=repeats, data_record=record, fresh=args.fresh, upgrade=upgrading_run_paths(),
                         keep_state=args.keep_state, extend=args.extend)
         _state_as_asked(args, run_dir)

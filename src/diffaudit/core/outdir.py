@@ -51,6 +51,8 @@ def _normalise(value: Any) -> Any:
 #: Longest repr of a setting's value shown as it is; longer ones are shortened (a list of 10,000
 #: prompts must not become a message of 600,000 characters that never says which prompt changed).
 SHORT_REPR = 80
+#: How a setting that one side does not record is shown.
+UNSET = "<unset>"
 
 
 def _short(value: Any, limit: int = SHORT_REPR) -> str:
@@ -83,8 +85,13 @@ def _describe_change(a: Any, b: Any) -> str:
 
     Short values are shown whole; two long lists by the number of differing entries (or their
     lengths) and the first one that differs; two long strings by where they first differ; any other
-    long value shortened in the middle.
+    long value shortened in the middle. A switch reads ``was off, now on``; a group of settings that one
+    side has and the other lacks (DP-SGD's), ``was not set, now set``.
     """
+    if isinstance(a, bool) and isinstance(b, bool):
+        return f"was {'on' if a else 'off'}, now {'on' if b else 'off'}"
+    if UNSET in (a, b) and isinstance(b if a == UNSET else a, dict):
+        return "was not set, now set" if a == UNSET else "was set, now not set"
     if len(repr(a)) <= SHORT_REPR and len(repr(b)) <= SHORT_REPR:
         return f"was {a!r}, now {b!r}"
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
@@ -120,7 +127,7 @@ def diff_settings(old: dict[str, Any], new: dict[str, Any], prefix: str = "",
     names = names or {}
     out = []
     for key in sorted(set(old) | set(new)):
-        a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
+        a, b = old.get(key, UNSET), new.get(key, UNSET)
         if isinstance(a, dict) and isinstance(b, dict):
             out += diff_settings(a, b, f"{prefix}{key}.", names)
         elif a != b:

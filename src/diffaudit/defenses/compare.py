@@ -276,6 +276,43 @@ def intervals(summary: dict[str, Any]) -> dict[str, list[float]]:
     return {k: v for k, v in out.items() if v is not None}
 
 
+#: The queries of a membership attack a summary records (its ``mia`` entry), by the flag that sets each.
+QUERY_FLAGS = {"timesteps": "--timesteps", "n_draws": "--draws", "flips": "--flips"}
+
+
+def _query_value(key: str, value: Any) -> str:
+    if key == "timesteps" and isinstance(value, list):
+        return ",".join(str(t) for t in value)
+    if key == "flips":
+        return "on" if value else "off"
+    return str(value)
+
+
+def query_differences(a: dict[str, Any], b: dict[str, Any]) -> dict[str, list[tuple[str, str, str]]]:
+    """{attack: [(flag, a's value, b's value), ...]} for each membership attack both summaries ran with
+    other queries (:data:`QUERY_FLAGS`: the timesteps, noise draws and flips, where both record them).
+    The denoising loss depends on the timestep and the noise it is read at (at t = 300 it is a fraction
+    of that at t = 100), so such an attack's losses, and the AUC and TPR read from them, measure
+    different things on the two sides."""
+    out: dict[str, list[tuple[str, str, str]]] = {}
+    mia_a, mia_b = a.get("mia") or {}, b.get("mia") or {}
+    for attack in sorted(set(mia_a) & set(mia_b)):
+        ea, eb = mia_a[attack], mia_b[attack]
+        if not isinstance(ea, dict) or not isinstance(eb, dict):
+            continue
+        found = [(flag, _query_value(k, ea[k]), _query_value(k, eb[k])) for k, flag in QUERY_FLAGS.items()
+                 if ea.get(k) is not None and eb.get(k) is not None and ea[k] != eb[k]]
+        if found:
+            out[attack] = found
+    return out
+
+
+def _attack_metrics(attack: str) -> set[str]:
+    """The names of the rows one membership attack gives (:func:`measure`)."""
+    return {_auc_name(attack), *(_tpr_name(attack, key) for key in FPR_TARGETS),
+            metric_spec("mia_heldout_loss").name(attack=attack), metric_spec("mia_loss_gap").name(attack=attack)}
+
+
 def compare_summaries(a: dict[str, Any], b: dict[str, Any], *, dp_a: dict[str, Any] | None = None,
                       dp_b: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Rows {metric, key, kind, better, a, b, change} over the union of both summaries' metrics (a's order first).
@@ -287,7 +324,9 @@ def compare_summaries(a: dict[str, Any], b: dict[str, Any], *, dp_a: dict[str, A
     (:data:`QUALIFIERS`, null for exact) and, when a value is a lower bound, ``change_bound``: the
     change is ``at_most`` (a's value is a lower bound) or ``at_least`` (b's) what it says; null
     ``change`` when both are. The unique-extracted row carries ``a_pvalue`` and ``b_pvalue``: each
-    side's one-sided exact test of its count against its false-positive baseline (null without one).
+    side's one-sided exact test of its count against its false-positive baseline (null without one). The
+    rows of a membership attack the two sides ran with other queries (:func:`query_differences`) carry
+    ``other_queries``: true.
     """
     ma, mb = measure(a, dp_a), measure(b, dp_b)
     specs = {m.name: m.spec for m in ma}
@@ -298,6 +337,7 @@ def compare_summaries(a: dict[str, Any], b: dict[str, Any], *, dp_a: dict[str, A
     va_, vb_ = {m.name: m.value for m in ma}, {m.name: m.value for m in mb}
     qa_, qb_ = {m.name: m.qualifier for m in ma}, {m.name: m.qualifier for m in mb}
     ca, cb = intervals(a), intervals(b)
+    other_queries = set().union(*(_attack_metrics(attack) for attack in query_differences(a, b)))
     rows = []
     for k, spec in specs.items():
         va, vb = va_.get(k), vb_.get(k)
@@ -319,5 +359,7 @@ def compare_summaries(a: dict[str, Any], b: dict[str, Any], *, dp_a: dict[str, A
             row.update(a_ci=ca.get(k), b_ci=cb.get(k))
         if k in ca and k in cb:
             row["within_noise"] = ca[k][0] <= cb[k][1] and cb[k][0] <= ca[k][1]
+        if k in other_queries:
+            row["other_queries"] = True
         rows.append(row)
     return rows

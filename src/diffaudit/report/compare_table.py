@@ -14,7 +14,7 @@ from typing import Any
 
 from diffaudit.core.errors import DiffauditError
 from diffaudit.data.options import data_flags
-from diffaudit.defenses.compare import KINDS, metric_spec
+from diffaudit.defenses.compare import KINDS, metric_spec, query_differences
 from diffaudit.report.fmt import fmt, fmt_p, fmt_pct, zero_width_reason
 from diffaudit.report.images import DATA_OPTIONS
 from diffaudit.report.summary import CHANCE_AUC, at_chance, separates
@@ -73,6 +73,23 @@ def dataset_warnings(a: dict[str, Any], b: dict[str, Any], labels: list[str]) ->
     la, lb = labels
     return [f"{la} and {lb} were made on different datasets, {la} on {_describe(da, db)} and {lb} on "
             f"{_describe(db, da)}: the changes may come from the data, not the models"]
+
+
+def query_warnings(a: dict[str, Any], b: dict[str, Any], labels: list[str]) -> list[str]:
+    """A warning per membership attack that summaries ``a`` and ``b`` ran with other queries (another
+    ``--timesteps``, ``--draws`` or ``--flips``: :func:`~diffaudit.defenses.compare.query_differences`):
+    its losses, AUC and TPR measure other things on the two sides, so their changes are the attack's,
+    not the models'."""
+    la, lb = labels
+    out = []
+    for attack, found in query_differences(a, b).items():
+        what = ", ".join(f"{flag} {va} and {vb}" for flag, va, vb in found)
+        flags = " and ".join(flag for flag, _, _ in found)
+        out.append(f"{la} and {lb} ran the membership attack {attack} with other queries ({what}, {la}'s first): "
+                   "the denoising loss depends on the timestep and the noise it is read at, so its held-out loss, loss "
+                   "gap, AUC and TPRs measure different things on the two sides, and their changes may come from the "
+                   f"attack, not the models; compare runs with the same {flags}")
+    return out
 
 
 def _canary_run(summary: dict[str, Any]) -> dict[str, Any] | None:
@@ -183,7 +200,8 @@ def _change(kind: str, row: dict[str, Any]) -> str:
     else:
         text = _signed(change, "d" if kind == "count" and isinstance(change, int) else ".4g")
     bound = {"at_most": "≤ ", "at_least": "≥ "}.get(row.get("change_bound"), "")
-    return bound + text + (" (within noise)" if row.get("within_noise") else "")
+    return (bound + text + (" (within noise)" if row.get("within_noise") else "")
+            + (" (other queries)" if row.get("other_queries") else ""))
 
 
 #: The DP epsilon row's cell for a side without a DP-SGD record (a plain model, or one not found).
@@ -231,7 +249,8 @@ def _chance_words(row: dict[str, Any], side: str) -> str:
 
 def _loss_notes(rows: list[dict[str, Any]], labels: tuple[str, str]) -> list[str]:
     """A line per attack whose held-out loss differs by more than :data:`LOSS_RISE` between the two
-    sides, read against the same attack's AUC: when the side that denoises never-seen images worse is
+    sides (an attack run with other queries on the two sides has no such line: its losses are on other
+    scales), read against the same attack's AUC: when the side that denoises never-seen images worse is
     also attacked less well, its lower leakage is bought (at least in part) with the model's quality (as
     a defence such as DP-SGD buys it); when it is attacked no less well, the lost quality bought nothing.
 
@@ -244,7 +263,8 @@ def _loss_notes(rows: list[dict[str, Any]], labels: tuple[str, str]) -> list[str
     out = []
     for r in rows:
         a, b = r["a"], r["b"]
-        if r.get("key") != "mia_heldout_loss" or a is None or b is None or a <= 0 or abs(b - a) <= LOSS_RISE * min(a, b):
+        if (r.get("key") != "mia_heldout_loss" or r.get("other_queries") or a is None or b is None or a <= 0
+                or abs(b - a) <= LOSS_RISE * min(a, b)):
             continue
         worse, better = (labels[1], labels[0]) if b > a else labels
         line = (f"\n{r['metric']}: {worse}'s model denoises never-seen images {max(a, b) / min(a, b):.2f}x worse "
@@ -319,6 +339,9 @@ def format_rows(rows: list[dict[str, Any]], label_a: str, label_b: str) -> str:
                  "is a lower bound, and the change a bound")
     if "n/a" in qualifiers:
         text += "\nn/a: the FPR is below 1/non-members, so the TPR there cannot be measured"
+    if any(r.get("other_queries") for r in rows):
+        text += ("\nother queries: the two sides ran this attack at other timesteps, draws or flips, so the change is "
+                 "not the models' (see the warning)")
     return text
 
 

@@ -1,4 +1,4 @@
-"""How sure an AUC on a few targets is: the inpainting attack's (Carlini et al. 2023, Sec. 5.2) runs on
+"""How sure an AUC on a few targets is: the inpainting attack's (Carlini et al. 2023, Sec. 5.3) runs on
 a handful of members and non-members, where a bootstrap interval would invent precision.
 
 The AUC of m members against n non-members is the Mann-Whitney statistic over their m·n pairs (score:
@@ -34,6 +34,22 @@ N_BOOTSTRAP = 1000
 def n_orderings(n_members: int, n_nonmembers: int) -> int:
     """C(m + n, m): the equally likely ways chance can give m of the m + n targets the member label."""
     return math.comb(n_members + n_nonmembers, n_members)
+
+
+def above_every_nonmember_by_chance(n_members: int, n_nonmembers: int, n_above: int) -> dict[str, float]:
+    """How a count of members scoring above every non-member (TPR at FPR 0, times m) compares with chance.
+
+    With no relation between membership and score (untied), each of the m + n targets is equally likely
+    to hold any rank; the members above every non-member are those ranked before the first non-member.
+    ``expected``: their mean count, m / (n + 1) (each member beats all n non-members with probability
+    1 / (n + 1)). ``pvalue``: the exact one-sided chance of ``n_above`` = k or more, that the k highest
+    of the m + n scores are all members: prod_{i<k} (m - i) / (m + n - i) (1 for k = 0), in (0, 1]."""
+    if min(n_members, n_nonmembers, n_above) < 0 or n_above > n_members:
+        raise ValueError(f"need 0 <= n_above <= n_members and n_nonmembers >= 0; got {n_above}, {n_members}, {n_nonmembers}")
+    p = 1.0
+    for i in range(n_above):
+        p *= (n_members - i) / (n_members + n_nonmembers - i)
+    return {"expected": n_members / (n_nonmembers + 1), "pvalue": p}
 
 
 def auc_spread_under_guessing(n_members: int, n_nonmembers: int) -> float:

@@ -156,6 +156,8 @@ def _mia_entry(stage: Stage) -> dict[str, Any]:
         out["balanced_accuracy"] = _finite(r.get("balanced_accuracy"))
     if "tpr_at_zero_fpr" in r:  # members above every non-member (results of earlier versions lack it)
         out["tpr_at_zero_fpr"] = _finite(r.get("tpr_at_zero_fpr"))
+    if isinstance(r.get("n_draws"), int):  # the queries per timestep: noise draws, each also flipped or not
+        out.update(n_draws=r["n_draws"], flips=bool(r.get("flips")))
     target = r.get("target") if isinstance(r.get("target"), dict) else {}
     if target.get("mode") == "leave-one-out":  # rows of every model in turn: say so beside the counts
         out.update(pooled=True, n_models=_int(r.get("n_models")), n_examples=_int(r.get("n_examples")))

@@ -20,9 +20,9 @@ from diffaudit.core.io import open_npz
 from diffaudit.core.npz_arrays import read_npz_array
 from diffaudit.report import plots
 from diffaudit.report.alt_text import roc_alt, sweep_alt
-from diffaudit.report.fmt import fmt, fmt_ci
+from diffaudit.report.fmt import fmt, fmt_ci, fmt_p
 from diffaudit.report.images import data_uri
-from diffaudit.report.rank_test import auc_spread_under_guessing
+from diffaudit.report.rank_test import ANECDOTE_LEVEL, above_every_nonmember_by_chance, auc_spread_under_guessing
 from diffaudit.report.results import ResultSet, Stage, parse_json
 from diffaudit.report.summary import at_chance, mia_key
 
@@ -199,12 +199,25 @@ def best_mia(summary: dict[str, Any]) -> dict[str, Any] | None:
         "tpr0": e.get("tpr_at_zero_fpr"),
         "n_above": (round(e["tpr_at_zero_fpr"] * e["n_members"]) if isinstance(e.get("tpr_at_zero_fpr"), float)
                     and isinstance(e.get("n_members"), int) else None),
+        "n_above_chance": _above_by_chance(e),
         "n_excluded": e.get("n_excluded"),
         "n_identical_excluded": e.get("n_identical_excluded"),
         # few members or non-members: the rank test says how sure the AUC is, of the smaller class
         "rank_test": e.get("rank_test"),
         **smaller_class(e.get("n_members"), n_non),
     }
+
+
+def _above_by_chance(e: dict[str, Any]) -> dict[str, Any] | None:
+    """{"expected", "pvalue", "beyond"} of the members above every non-member (``tpr_at_zero_fpr``) under
+    a random score (:func:`~diffaudit.report.rank_test.above_every_nonmember_by_chance`); ``beyond``:
+    whether chance reaches the count with p below :data:`~diffaudit.report.rank_test.ANECDOTE_LEVEL` (0.05)
+    only. None where not recorded."""
+    n, m, tpr0 = e.get("n_members"), e.get("n_nonmembers"), e.get("tpr_at_zero_fpr")
+    if not (isinstance(n, int) and isinstance(m, int) and isinstance(tpr0, (int, float)) and n > 0):
+        return None
+    chance = above_every_nonmember_by_chance(n, m, min(n, round(tpr0 * n)))
+    return {**chance, "beyond": chance["pvalue"] < ANECDOTE_LEVEL}
 
 
 def smaller_class(n_members: Any, n_nonmembers: Any) -> dict[str, Any]:
@@ -242,11 +255,19 @@ def membership_verdict(best: dict[str, Any] | None) -> dict[str, str] | None:
                                            f"saw as more likely training images ({measured}): a sign that the model "
                                            "and the data do not belong together (other training images), not of privacy."}
     found = ""
-    if best.get("tpr") is not None:
+    if best.get("tpr") == 0:
+        found = (" At a 1% false-positive rate it picks out none of the training images: the leak shows in how the "
+                 "scores rank on average (the AUC), not yet as images singled out with few false alarms.")
+    elif best.get("tpr") is not None:
         found = f" At a 1% false-positive rate it picks out {fmt(best['tpr'], 'pct')} of the training images."
-    elif best.get("n_above") is not None and best.get("n_members"):
+    elif best.get("n_above") is not None and best.get("n_members") and best.get("n_above_chance"):
+        chance = best["n_above_chance"]
+        odds = (f"a random score puts {chance['expected']:.2g} there on average, and {best['n_above']:,} or more with "
+                f"p = {fmt_p(chance['pvalue'])}")
         found = (f" {best['n_above']:,} of the {best['n_members']:,} training images ({fmt(best['tpr0'], 'pct')}) score "
-                 "above every image it never saw: picked out without a single false alarm.")
+                 + (f"above every image it never saw: picked out without a single false alarm ({odds})."
+                    if chance["beyond"] else
+                    f"above every image it never saw, no more than chance would ({odds}): read the AUC."))
     return {"level": "yes", "text": f"Yes: the membership attack ({best['key']}) tells the training images from images "
                                     f"the model never saw ({measured}).{found} Whoever holds the model's weights can test "
                                     "whether a given image was in its training set (the attack reads the model's denoising "

@@ -213,6 +213,18 @@ def data_vs_model_note(ex: dict[str, Any] | None) -> str | None:
     return "The training set verified against is not the model's: " + "; ".join(parts) + "."
 
 
+def untrained_matches(data_vs_model: Any) -> str | None:
+    """For a one-line result: that verify's --data holds images the model never trained on (``data_vs_model``,
+    as verify records it and summary.json keeps it), whose matches are no memorization; None when it holds
+    none or nothing is known."""
+    d = data_vs_model if isinstance(data_vs_model, dict) else {}
+    never, n_data = d.get("n_not_trained"), d.get("n_data")
+    if not isinstance(never, int) or not isinstance(n_data, int) or never <= 0:
+        return None
+    return (f"the model never trained on {never:,} of --data's {n_data:,} images, so a match to one of them is not "
+            "memorization")
+
+
 def _neighbours_used(ex: dict[str, Any] | None) -> tuple[int, int] | None:
     """(neighbours the ratio rule averaged over, training images) of summary.json's ``extraction``, the n
     the rule's sentence states (:func:`~diffaudit.report.view_extraction.ratio_neighbours`: at most the

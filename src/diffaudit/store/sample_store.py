@@ -172,7 +172,9 @@ class SampleStore:
         if not loc.is_file(MANIFEST):
             if loc.path is not None and not loc.path.exists():
                 raise DiffauditError(f"{loc} does not exist (expected a sample store, written by `diffaudit sample`)")
-            raise DiffauditError(f"{loc} is not a sample store (no {MANIFEST})")
+            inner = loc.path / "samples" if loc.path is not None else None
+            hint = f"; {inner} is one (an audit's generations)" if inner is not None and (inner / MANIFEST).is_file() else ""
+            raise DiffauditError(f"{loc} is not a sample store (no {MANIFEST}){hint}")
         return cls(loc, loc.read_json(MANIFEST))
 
     @staticmethod
