@@ -153,7 +153,8 @@ def test_audit_of_an_existing_run_trains_the_shadows_it_asks_for(tmp_path, capsy
     assert main(["audit", *data, "--model", str(tmp_path / "rnu"), "--quiet", "--out", str(tmp_path / "typo")]) == 2
     assert f"--model {tmp_path / 'rnu'} does not exist" in capsys.readouterr().err
     # a file of the run is named as a file, with the folder that holds it (not "write FILE/train_ids.json")
-    assert main(["audit", *data, "--model", str(tmp_path / "run" / "result.json"), "--quiet", "--out", str(tmp_path / "f")]) == 2
+    assert main(["audit", *data, "--model", str(tmp_path / "run" / "result.json"), "--quiet",
+                 "--out", str(tmp_path / "f")]) == 2
     err = capsys.readouterr().err
     assert f"--model {tmp_path / 'run' / 'result.json'} is a file, not a model folder" in err
     assert f"the folder holding it is {tmp_path / 'run'}" in err and "train_ids.json" not in err

@@ -197,3 +197,16 @@ def test_the_sweep_alt_names_the_timesteps_tied_for_the_highest_value_first_as_t
     assert "TPR at 1% FPR from 50.0% to 100.0%, highest at t = 10 to 100 (tied)" in text
     assert "highest at t = 10, 50 and 200 (tied)" in sweep_alt([("x", [10, 50, 100, 200], [0.9, 0.9, 0.5, 0.9], [])])
     assert "highest at t = 50;" in sweep_alt([("x", [10, 50], [0.6, 0.9], [0.1, None])]) + ";"
+
+
+def test_the_canary_verdict_weighs_the_canaries_against_the_never_inserted_references():
+    from diffaudit.report.view_extraction import canary_verdict
+
+    # 1 of 3 canaries matched, 0 of 16 references: chance gives that with p = 3/19
+    weak = canary_verdict({"n_canaries": 3, "n_extracted": 1, "references": {"n": 16, "n_extracted": 0}})
+    assert weak["level"] == "unsure" and weak["text"].startswith(
+        "Inconclusive: 1 of 3 inserted canaries was matched, against 0 of the 16 never-inserted references (the "
+        "false-positive baseline; one-sided Fisher exact test, p = 0.16): not significantly above the references")
+    strong = canary_verdict({"n_canaries": 8, "n_extracted": 6, "references": {"n": 16, "n_extracted": 0}})
+    assert strong["level"] == "yes" and strong["text"].startswith(
+        "Yes: 6 of 8 inserted canaries were extracted, against 0 of the 16 never-inserted references")

@@ -220,3 +220,13 @@ def test_an_input_skipped_by_two_stages_that_spelled_the_data_differently_is_cou
     other = ResultSet(root=Path("/x"), command="audit", stages=[Stage("t", "train", Path("/x/t"), skipped("corrupt")),
                                                                Stage("h", "verify", Path("/x/h"), skipped("/data/heldout"))])
     assert _skipped_inputs(other)["n"] == 6  # two datasets' files stay apart
+
+
+def test_skipped_inputs_are_said_once_however_the_folder_is_named(write_images, capsys, monkeypatch):
+    # an audit loads --data as given, and its stages load it by its absolute path: one line, not two
+    root = write_images({"a.png": RGB, "bad.png": b"not an image", "d.png": RGB}, None)
+    monkeypatch.chdir(root.parent)
+    load_dataset(root.name, skip_bad=True)
+    assert "--skip-bad skipped 1 bad input" in capsys.readouterr().err
+    load_dataset(str(root.resolve()), skip_bad=True)
+    assert "skipped" not in capsys.readouterr().err

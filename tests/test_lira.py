@@ -335,6 +335,10 @@ def test_shadows_per_side_is_what_equal_in_out_leaves():
     assert shadows_per_side(member, mode="model") == 4
     few = member[:, :3]  # a few columns of a larger matrix: some examples are IN (or OUT) for all three
     assert shadows_per_side(few, mode="model") == 0
+    from diffaudit.attacks.membership.targets import shadows_per_side_range
+
+    assert shadows_per_side_range(member) == (3, 3)  # balanced: every example alike
+    assert shadows_per_side_range(few, mode="model")[0] == 0 < shadows_per_side_range(few, mode="model")[1]
     for k in range(8):
         others = member[:, np.r_[0:k, k + 1:8]]
         assert (others & equal_in_out(others, target=k)).sum(1).min() == 3

@@ -62,7 +62,7 @@ def test_fixed_variance_lira_detects_members(shadows):
     assert r["auc"] > 0.7  # leave-one-out over 4 models: 80 members, 80 non-members
     assert r["n_members"] == int(matrix.sum()) and r["n_nonmembers"] == matrix.size - int(matrix.sum())
     assert r["n_examples"] == N and r["rows"].startswith("one per (target model, example) pair")
-    assert r["shadows_per_side"] == M // 2 - 1  # leave-one-out over 4 balanced models
+    assert r["shadows_per_side"] == r["shadows_per_side_max"] == M // 2 - 1  # leave-one-out over 4 balanced models
     # 80 non-members cannot resolve an FPR of 1% or 0.1%: null, not 0
     assert r["tpr_at_fpr"] == {"0.01": None, "0.001": None}
     assert r["ci"]["auc"]["low"] <= r["auc"] <= r["ci"]["auc"]["high"]

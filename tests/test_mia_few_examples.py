@@ -57,7 +57,7 @@ def test_the_line_summary_and_report_say_how_sure_one_member_is(tmp_path):
     text = visible_text(render_html(tmp_path / "mia"))
     assert "model sd-folder" in text
     assert ("indistinguishable from guessing: with 1 member, the AUC's interval, resampled from so few, understates how "
-            "much another draw of them could change it; chance alone reaches this AUC with p = 0.22 (one-sided rank test), so the attack's success is chance") in text
+            "much another draw of them could change it; chance alone reaches this AUC with p = 0.22 (one-sided rank test), so the attack's success is no evidence of membership by itself") in text
     assert "rank test p = 0.22" in text and "this TPR is chance" not in text  # the TPR is not measured (n/a)
     # a significant result on few members is said to be few, not guessing
     result["rank_test"] = few_examples_test(*_one_member_above(48))

@@ -796,9 +796,14 @@ def test_a_pooled_leave_one_out_attack_says_how_its_rows_were_made(tmp_path):
         target={"mode": "leave-one-out", "index": None, "run": None}))
     text = visible_text(render_html(tmp_path / "mia"))
     assert "(model, example) rows: 4 models each the target in turn (leave-one-out), 64 examples" in text
-    assert "lira fits a variance per example only from 2 or more IN and OUT shadows; here some examples have as few " \
+    assert "lira fits a variance per example only from 2 or more shadows a side; here some examples have as few " \
            "as 1 a side" in text
     record = json.loads((tmp_path / "mia" / "result.json").read_text())
+    # 4 balanced models, leave-one-out: every example has 1 a side, and lira's scores are lira-fixed's
+    write_json_atomic(tmp_path / "mia" / "result.json", {**record, "shadows_per_side_max": 1})
+    text = visible_text(render_html(tmp_path / "mia"))
+    assert ("here every example has 1 a side, so every one takes the pooled variance of the -fixed variant, and these "
+            "are that variant's scores, not a per-example fit") in text and "some examples" not in text
     record.update(attack="lira-fixed", target={"mode": "model", "run": "run"}, shadows_per_side=None)
     write_json_atomic(tmp_path / "mia" / "result.json", record)
     text = visible_text(render_html(tmp_path / "mia"))

@@ -100,3 +100,18 @@ def test_old_inpainting_field_names_read_the_same_in_the_attack_and_the_report()
     stage = Stage(name="inpaint", command="inpaint", path=Path("."), result={"targets": [record]})
     (read,) = inpainting_targets(stage)
     assert read["mean_topk_l2"] == 0.2 and read["top_loss_ratios"] == [0.5, 0.9]
+
+
+def test_the_hidden_part_l2_is_shown_beside_the_whole_image_l2(tmp_path):
+    """The whole image's ℓ2 counts the known half, given back unchanged (0.177 where the hidden half is at
+    0.251): the report says so and shows the hidden part's mean where the result records it."""
+    folder = _inpaint_folder(tmp_path, top_k=8)
+    assert "hidden part" not in _text(render_html(folder))
+    assert "ℓ2 is over the whole image, whose known part the model is given back unchanged." in _text(render_html(folder))
+    record = json.loads((folder / "result.json").read_text())
+    for t, hidden in zip(record["targets"], (0.2, 0.3, 0.5)):
+        t.update(mean_topk_l2_hidden=hidden, hidden_fraction=0.5)
+    write_json_atomic(folder / "result.json", record)
+    text = _text(render_html(folder))
+    assert "mean top-8 ℓ2, hidden part" in text and "0.250" in text and "0.500" in text
+    assert "the last column measures the hidden part alone (for a half mask, √2 times the whole image's)" in text

@@ -40,7 +40,9 @@ def test_a_leaking_model_is_said_to_leak_with_the_members_it_picks_out():
 
 def test_an_attack_at_chance_is_no_evidence_and_says_how_loose_a_small_audit_is():
     v = membership_verdict(best_mia(_summary(0.475, (0.305, 0.66), tpr0=0.0, n_members=20, n_nonmembers=20)))
-    assert v["level"] == "no" and v["text"].startswith("No evidence: the membership attack (loss) cannot tell")
+    assert v["level"] == "no" and v["text"].startswith(
+        "No clear evidence: the membership attack (loss) does not tell the training images from images the model never "
+        "saw measurably better than guessing")
     assert v["text"].endswith("With so few images this bounds the leak only loosely.")
     large = membership_verdict(best_mia(_summary(0.5, (0.48, 0.52), n_members=500, n_nonmembers=500)))
     assert large["level"] == "no" and "so few" not in large["text"]
@@ -95,8 +97,9 @@ def test_a_count_above_every_nonmember_that_chance_reaches_is_not_called_picked_
     chance_level = membership_verdict(best_mia(_summary(0.7, (0.6, 0.8), tpr0=1 / 40, n_members=40, n_nonmembers=30)))
     assert chance_level["level"] == "yes"  # the AUC still separates them
     assert "picked out" not in chance_level["text"]
-    assert ("1 of the 40 training images (2.5%) score above every image it never saw, no more than chance would (a "
-            "random score puts 1.3 there on average, and 1 or more with p = 0.57): read the AUC.") in chance_level["text"]
+    assert ("1 of the 40 training images (2.5%) score above every image it never saw, not significantly more than "
+            "chance gives (a random score puts 1.3 there on average, and 1 or more with p = 0.57): read the AUC."
+            ) in chance_level["text"]
     beyond = membership_verdict(best_mia(_summary(0.9, (0.8, 0.97), tpr0=10 / 40, n_members=40, n_nonmembers=30)))
     assert "picked out without a single false alarm (a random score puts 1.3 there on average" in beyond["text"]
 
@@ -113,8 +116,8 @@ def test_the_report_card_says_when_chance_reaches_the_count_above_every_nonmembe
     write_json_atomic(tmp_path / "mia" / "result.json",
                       envelope("mia", {"data": {"spec": "scans", "options": {}}}, {}, **e.to_dict()))
     text = visible_text(render_html(tmp_path / "mia"))
-    assert ("1 of 4 members (25.0%) score above every non-member, no more than chance would: a random score puts 0.67 "
-            "there on average, and 1 or more with p = 0.44") in text
+    assert ("1 of 4 members (25.0%) score above every non-member, not significantly more than chance gives: a random "
+            "score puts 0.67 there on average, and 1 or more with p = 0.44") in text
     assert "a random score flags 1% of members at 1% FPR" not in text  # 1% FPR is not measured with 5 non-members
 
 

@@ -123,7 +123,8 @@ def test_a_significant_excess_says_how_many_matches_chance_would_give():
     """14 matches among 19 training images against 6 of 19 never-seen ones: significant, but about 6 of
     the 14 are what chance gives."""
     v = verdict(_ex(14, 6, n_train=19, n_base=19))
-    assert v["level"] == "yes" and "about 6 of the 14 would match by chance" in v["text"] and "about 8" in v["text"]
+    assert v["level"] == "yes" and "about 6 of the 19 training images would match by chance" in v["text"]
+    assert "the excess of the 14 matches over that, about 8, is what the count alone attributes" in v["text"]
     assert "by chance" not in verdict(_ex(5, 0))["text"].split("(")[-1]  # nothing expected: no sentence
 
 
@@ -542,3 +543,12 @@ def test_the_gallery_legend_names_the_eidetic_radius_verify_used(tmp_path):
     (root / "result.json").write_text(json.dumps(result))
     text = " ".join("".join(Page(_section(render_html(root), "extracted")).text).split())
     assert "k is the number of training images within 0.05 of the training image, itself included (eidetic memorization)" in text
+
+
+def test_matches_to_images_the_model_never_trained_on_are_not_an_extraction():
+    ex = _ex(5, 0)
+    ex["data_vs_model"] = {"n_data": 64, "n_trained": 16, "n_not_trained": 64, "n_trained_missing": 16}
+    v = verdict(ex)
+    assert v["level"] == "unknown" and v["text"].startswith("Not measured: none of the 64 images verified against is")
+    ex["data_vs_model"] = {"n_data": 64, "n_trained": 16, "n_not_trained": 48, "n_trained_missing": 0}
+    assert verdict(ex)["level"] != "unknown"  # some are its training images: the count is judged, with a caveat

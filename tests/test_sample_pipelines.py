@@ -164,3 +164,20 @@ def test_stable_diffusion_progress_per_micro_batch(sd_dir):
     told = []
     images = source([1, 2, 3], ["a", "b", "c"], on_images=told.append)
     assert told == [2, 1] and images.shape == (3, 32, 32, 3)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--steps", "0"], "--steps must be at least 1; got 0"),  # a ZeroDivisionError in diffusers
+    (["--steps", "-1"], "--steps must be at least 1; got -1"),  # undenoised latents stored as generations
+    (["--steps", "3", "--scheduler", "pndm"], "--scheduler pndm needs --steps 4 or more"),  # a broadcast ValueError
+    (["--steps", "2", "--eta", "1"], "--eta applies to a pixel UNet's DDIM"),  # silently ignored
+])
+def test_stable_diffusion_sampler_values_that_cannot_work_leave_no_store(sd_dir, tmp_path, capsys, extra, message):
+    """Each was a traceback, or work that did not do what it said, with a store left whose settings refused
+    the corrected command."""
+    (tmp_path / "p.txt").write_text("a cat\n")
+    out = tmp_path / "s"
+    assert main(["sample", "--model", str(sd_dir), "--prompts", str(tmp_path / "p.txt"), "--per-prompt", "1", *extra,
+                 "--out", str(out), "--device", "cpu", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not out.exists()

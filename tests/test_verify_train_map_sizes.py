@@ -182,3 +182,23 @@ def test_cli_without_train_map_keeps_the_size_error(files, tmp_path, capsys):
                "--device", "cpu") == 2
     err = capsys.readouterr().err
     assert "images differ in size" in err and "--image-size" in err
+
+
+def test_map_keys_match_prompts_up_to_whitespace_and_a_map_naming_none_is_refused(files, tmp_path, capsys):
+    d = files["dir"]
+    argv = ("verify", "--samples", d / "gens.npz", "--data", files["data"], "--device", "cpu")
+    # keys as read from caption files (a trailing newline): the same prompts
+    (tmp_path / "nl.json").write_text(json.dumps({"cat\n": ["a.png"], "dog\n": [1]}))
+    assert main([*map(str, argv), "--train-map", str(tmp_path / "nl.json"), "--out", str(tmp_path / "nl")]) == 0
+    err = capsys.readouterr().err
+    assert "1 of the 3 prompts of --samples have no entry in --train-map" in err  # "fresh"
+    assert strict_json(tmp_path / "nl" / "result.json")["prompt_checks_extracted"] == 2
+    # keys and prompts that share nothing: refused before anything is written (it checked 0 of 0 and read as no copy)
+    (tmp_path / "none.json").write_text(json.dumps({"a red barn": ["a.png"]}))
+    assert main([*map(str, argv), "--train-map", str(tmp_path / "none.json"), "--out", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "names none of the 3 prompts of --samples (its first key 'a red barn', their first prompt 'cat')" in err
+    assert not (tmp_path / "none").exists()
+    # the fixture's map: "bird" names no prompt of the samples
+    assert main([*map(str, argv), "--train-map", str(d / "map.json"), "--out", str(tmp_path / "m")]) == 0
+    assert "1 of the 3 prompts of --train-map are not prompts of --samples and are not checked" in capsys.readouterr().err

@@ -96,6 +96,8 @@ def test_data_the_model_never_trained_on_is_warned_recorded_and_reported(model_s
     assert std.err.startswith("diffaudit verify: warning: 1,765 of the 1,797 examples of --data were never trained on")
     page = visible_text((out / "report.html").read_text())
     assert "1,765 of the 1,797 images verify counted as training images were never trained on" in page
+    assert "Images of --data matched" in page and "Training images extracted" not in page
+    assert "1,765 of the 1,797 images of --data were never trained on by the model: a match to one of them is not" in page
 
     assert run("verify", "--samples", store, "--data", "digits", "--subset", "32", "--out", tmp_path / "same",
                "--device", "cpu") == 0
@@ -199,3 +201,16 @@ def test_a_sample_store_given_as_a_model_is_named_with_the_model_that_made_it(mo
     assert (f"{flag} {store} is a sample store written by `diffaudit sample`, not a model: give the model folder (it "
             f"records that model {run_dir} made it)") in err
     assert "train_ids.json" not in err and not (tmp_path / "x").exists()
+
+
+def test_a_baseline_of_another_size_is_refused_before_the_search(model_store, tmp_path, capsys):
+    """The shape of --baseline was checked after the whole search over --data, which then stood recorded with
+    it: the corrected --baseline was refused as other settings."""
+    _, store = model_store
+    np.savez(tmp_path / "big.npz", images=np.zeros((20, 16, 16, 1), np.uint8))
+    out = tmp_path / "v"
+    assert run("verify", "--samples", store, "--data", "digits", "--subset", "32", "--baseline", tmp_path / "big.npz",
+               "--out", out, "--device", "cpu") == 2
+    assert "--baseline" in capsys.readouterr().err and not out.exists()
+    assert run("verify", "--samples", store, "--data", "digits", "--subset", "32", "--baseline", "digits",
+               "--out", out, "--device", "cpu") == 0

@@ -84,15 +84,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a = p.add_argument_group("attack")
     a.add_argument("--attack", choices=ATTACK_NAMES, default="lira",
                    help="loss: -loss of the target; lira: per-example IN/OUT Gaussians; lira-offline: OUT only, "
-                        "one-sided; *-fixed: one global variance (lira-fixed and lira-offline-fixed use one query: noise draw 0, "
-                        "unflipped); strong-lira, strong-lira-fixed: LiRA over --draws noise draws and their flips")
+                        "one-sided; *-fixed: one global variance (lira-fixed and lira-offline-fixed use one query: "
+                        "noise draw 0, unflipped); strong-lira, strong-lira-fixed: LiRA over --draws noise draws and "
+                        "their flips")
     a.add_argument("--timesteps", type=_int_list, default=(100,), help="timestep(s) of the attack (several act as more queries)")
     a.add_argument("--sweep", type=_int_list, default=(), help="also evaluate at each of these timesteps, e.g. 10,50,100,200,300,500,1000 "
                    "(T itself, the paper's 1000, is the last step T-1; larger values are refused), and at each of --timesteps alone")
     a.add_argument("--draws", type=int, default=None,
-                   help=f"strong-lira, strong-lira-fixed: noise draws ε per example (default {DEFAULT_STRONG_DRAWS}); other attacks use one")
+                   help=f"strong-lira, strong-lira-fixed: noise draws ε per example (default {DEFAULT_STRONG_DRAWS}); "
+                        "other attacks use one")
     a.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
-                   help="strong-lira, strong-lira-fixed: also query each image flipped horizontally, same ε (default: on for both)")
+                   help="strong-lira, strong-lira-fixed: also query each image flipped horizontally, same ε "
+                        "(default: on for both)")
     a.add_argument("--transform", choices=("log", "none"), default=None,
                    help=f"the LiRA attacks fit Gaussians to log(loss) or the loss (default {MiaConfig.transform})")
     a.add_argument("--strong-aggregate", choices=("sum-llr", "mean-loss"), default=None,
@@ -172,6 +175,7 @@ def write_mia_outputs(out: Path, scores: MiaScores, dataset: ImageDataset, *, co
     fields = ev.to_dict()
     fields.update(
         target=scores.target.to_dict(), n_models=scores.n_models, shadows_per_side=scores.shadows_per_side,
+        shadows_per_side_max=scores.shadows_per_side_max,
         n_examples=int(len(np.unique(main.example_index))),
         rows=("one per (target model, example) pair: every model in turn is the target, its rows pooled"
               if scores.target.mode == "leave-one-out" else "one per example"),

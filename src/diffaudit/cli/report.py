@@ -100,9 +100,10 @@ def run(args: argparse.Namespace) -> int:
     elif ex.get("unique_extracted") is not None:
         base, untrained = baseline_phrase(ex), untrained_matches(ex.get("data_vs_model"))
         noun = f"image{'' if ex['unique_extracted'] == 1 else 's'}"
-        parts.append(f"{ex['unique_extracted']} " + (f"{noun} of --data matched" if untrained else f"training {noun} extracted")
-                     + f" from {ex.get('n_samples')} generation{'' if ex.get('n_samples') == 1 else 's'}"
-                     + (f" ({base})" if base else "") + (f"; {untrained}" if untrained else ""))
+        what = f"{noun} of --data matched" if untrained else f"training {noun} extracted"
+        gens = f"{ex.get('n_samples')} generation{'' if ex.get('n_samples') == 1 else 's'}"
+        parts.append(f"{ex['unique_extracted']} {what} from {gens}" + (f" ({base})" if base else "")
+                     + (f"; {untrained}" if untrained else ""))
     for key, m in (summary.get("mia") or {}).items():
         tpr = (m.get("tpr_at_fpr") or {}).get("0.01")
         if tpr is not None:

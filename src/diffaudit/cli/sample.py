@@ -61,7 +61,8 @@ def add_sample_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--per-prompt", type=int, default=None, help="images per prompt with --prompts or --classes (default: 1; "
                    "paper: 500)")
     g.add_argument("--steps", type=int, default=50, help="DDIM steps")
-    g.add_argument("--eta", type=float, default=0.0, help="DDIM η (0 deterministic, 1 DDPM-like)")
+    g.add_argument("--eta", type=float, default=0.0, help="DDIM η of a pixel UNet (0 deterministic, 1 DDPM-like; a Stable "
+                   "Diffusion pipeline samples at 0)")
     g.add_argument("--guidance-scale", type=float, default=None,
                    help="classifier-free guidance of a Stable Diffusion pipeline (default: 7.5)")
     g.add_argument("--scheduler", choices=("ddim", "dpm", "pndm"), default=None,

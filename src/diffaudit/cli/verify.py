@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -171,6 +171,41 @@ def _load_train_map(path: str, train: ImageDataset | NativeImages) -> dict[str, 
                 raise DiffauditError(f"--train-map {path}: {ref!r} (prompt {prompt!r}) is not a key or index of --data")
         out[str(prompt)] = ids
     return out
+
+
+def _map_to_prompts(prompt_map: dict[str, list[int]], prompts: Sequence[str]) -> dict[str, list[int]]:
+    """``prompt_map`` keyed by the samples' own ``prompts``, for those it names: a key names a prompt when the
+    two agree up to whitespace (a caption read from its .txt file keeps its newline; two keys of one form
+    are one prompt)."""
+    from diffaudit.defenses.prompts import normalise_caption
+
+    by_form: dict[str, list[int]] = {}
+    for key, ids in prompt_map.items():
+        merged = by_form.setdefault(normalise_caption(key), [])
+        merged += [i for i in ids if i not in merged]
+    return {p: by_form[normalise_caption(p)] for p in dict.fromkeys(prompts) if normalise_caption(p) in by_form}
+
+
+def _check_map_prompts(prompt_map: dict[str, list[int]], prompts: Sequence[str], path: str) -> None:
+    """Refuse a --train-map that names none of the samples' ``prompts`` (:func:`_map_to_prompts`): it would
+    check nothing, and "0 of 0 reproduce" read as no copy. Keys that name no prompt, and prompts without
+    a key (their generations are not checked), are said."""
+    from diffaudit.defenses.prompts import normalise_caption
+
+    out = _map_to_prompts(prompt_map, prompts)
+    sampled = list(dict.fromkeys(prompts))
+    by_form = {normalise_caption(k) for k in prompt_map}
+    if not out:
+        raise DiffauditError(f"--train-map {path} names none of the {len(sampled):,} prompts of --samples (its first key "
+                             f"{next(iter(prompt_map), '')!r}, their first prompt {sampled[0]!r}), so nothing would be "
+                             "checked: its keys must be the prompts the generations were made with")
+    unused = len(by_form - {normalise_caption(p) for p in out})
+    if unused:
+        warning_line("verify", f"{unused:,} of the {len(by_form):,} prompts of --train-map are not prompts of --samples "
+                     "and are not checked")
+    if len(out) < len(sampled):
+        warning_line("verify", f"{len(sampled) - len(out):,} of the {len(sampled):,} prompts of --samples have no entry in "
+                     "--train-map: their generations are not checked against their own training images")
 
 
 def _run_verification(label: str, samples: ImageDataset, train: ImageDataset, vs: VerifySettings, out: Path, cache: str,
@@ -395,11 +430,15 @@ def run(args: argparse.Namespace) -> int:
     prompt_map = _load_train_map(args.train_map, train) if args.train_map else None
     if prompt_map is not None and samples.captions is None:
         raise DiffauditError("--train-map needs samples with prompts; these samples carry none")
+    if prompt_map is not None and len(samples):
+        _check_map_prompts(prompt_map, samples.captions, args.train_map)
     if len(samples) and prompt_map is None:
         _check_shapes(samples, train, "--data")
     # the whole-set nearest-neighbour verification (and --baseline) needs --data at the samples' size
     whole_set = not native and (prompt_map is None or samples.image_shape == train.image_shape)
     base = load_data(args, args.baseline, **dict(opts, subset=None)) if args.baseline and not native else None
+    if base is not None and len(samples):  # before the search over --data, which a refusal after it would waste
+        _check_shapes(samples, base, "--baseline")
     unseen, left_out = _unseen_part(base, train, args.baseline) if base is not None else (None, None)
     if native:
         data_digest, prompt_map = _native_digest(train, prompt_map)
@@ -480,7 +519,6 @@ def run(args: argparse.Namespace) -> int:
                               "left_out": (left_out or [])[:LEFT_OUT_LISTED], "n_extracting_samples": 0, "extracted": []}
         fields["baseline_unique_extracted"] = 0
         if len(samples):
-            _check_shapes(samples, base, "--baseline")
             vb = _run_verification("baseline", samples, base, vs, out, "knn-baseline", args, device, workers_device,
                                    _recipes(args, settings, queries, "baseline", dict(opts, subset=None),
                                             settings["baseline_digest"], pick))
@@ -489,7 +527,8 @@ def run(args: argparse.Namespace) -> int:
                                       extracted=_in_all_samples(vb.extracted, medoids, all_samples))
     if prompt_map is not None:
         with Timer() as t:
-            checks = check_prompt_map(samples.images, samples.keys, samples.captions, prompt_map,
+            checks = check_prompt_map(samples.images, samples.keys, samples.captions,
+                                      _map_to_prompts(prompt_map, samples.captions),
                                       train if native else train.images, train.keys, delta=vs.delta,
                                       resize=args.map_resize)
         fields["prompt_checks"] = checks

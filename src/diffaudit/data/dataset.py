@@ -8,6 +8,7 @@ optional labels and captions. An example's integer index is its position in the 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -155,13 +156,19 @@ CAPTION_SOURCES = ("a .txt file beside each image of a folder (beach.txt for bea
 _SAID: set[tuple[str, tuple[str, ...]]] = set()
 
 
+def _one_name(path) -> str:
+    """``path`` as one name however it is written (absolute, symlinks resolved) where it exists."""
+    return os.path.realpath(path) if os.path.exists(str(path)) else str(path)
+
+
 def say_skipped(dataset: ImageDataset) -> ImageDataset:
     """Say on stderr how many inputs ``--skip-bad`` skipped, naming the first with its reason (once
-    per source and process), and note them for the running command's results
+    per source, however its path is written, and process), and note them for the running command's results
     (:func:`~diffaudit.core.results.note_skipped`); returns ``dataset``."""
     if dataset.skipped:
         note_skipped(str(dataset.source), dataset.skipped)  # listed in the running command's results
-        key = (str(dataset.source), tuple(str(name) for name, _ in dataset.skipped))
+        # a folder named two ways (an audit's stages are given it absolute) is one source
+        key = (_one_name(dataset.source), tuple(_one_name(name) for name, _ in dataset.skipped))
         if key not in _SAID:
             _SAID.add(key)
             n = len(dataset.skipped)

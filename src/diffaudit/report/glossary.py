@@ -96,8 +96,8 @@ def _membership_terms(mia: dict[str, Any]) -> list[tuple[str, str]]:
         ("95% CI [low, high]", "the 95% (bootstrap) confidence interval: the range the number would plausibly take on "
                                "another draw of as many members and non-members. [1.000, 1.000]: every draw separated "
                                "them perfectly."),
-        ("p", "how often chance alone would give a result at least this strong (a one-sided exact or rank test); "
-              "below 0.05 the result is taken as evidence."),
+        ("p", "how often chance alone would give a result at least this strong (a one-sided exact or rank test; the "
+              "outlier correlation's is two-sided); below 0.05 the result is taken as evidence."),
         ("loss, timestep t", "the attack adds noise to an image, the amount set by the timestep t (0: none; T − 1, "
                              "999 for the usual 1,000-step schedule: pure noise), and measures how well the model "
                              "predicts that noise (its loss). A model tends to denoise its own training images "

@@ -26,7 +26,8 @@ baseline match), ...},
 ``mia`` {attack: {``auc``, ``tpr_at_fpr``, ``ci``, ``n_excluded``, ``n_identical_excluded``, ``mean_loss`` (the
     targets' mean denoising loss on members and non-members, and their gap), ``pooled``, ``n_models`` and
     ``n_examples`` (leave-one-out: the counts are of (model, example) rows), ``pooled_variance_per_side`` (a
-    per-example-variance attack with fewer than 2 shadows a side for some example), ``rank_test`` (with fewer than 10
+    per-example-variance attack with fewer than 2 shadows a side for some example; ``pooled_variance_all``: for
+    every example), ``rank_test`` (with fewer than 10
     members or non-members: {``pvalue``, ``method``, ``n_orderings``}, the one-sided rank test), ...}},
 ``inpainting`` {``auc``, ``auc_evidence`` {``pvalue`` (one-sided rank test), ``method``, ``n_orderings``,
 ``n_at_least``, ``min_pvalue``, ``anecdotal`` (too few targets for any result to reach p < 0.05), ``ci`` (a
@@ -164,6 +165,8 @@ def _mia_entry(stage: Stage) -> dict[str, Any]:
     per_side = _int(r.get("shadows_per_side"))
     if out["attack"] in PER_EXAMPLE_VARIANCE and per_side is not None and per_side < 2:
         out["pooled_variance_per_side"] = per_side  # lira.py: a side of fewer than 2 takes the pooled variance
+        most = _int(r.get("shadows_per_side_max"))
+        out["pooled_variance_all"] = most is not None and most < 2  # every example: the -fixed variant's scores
     few = r.get("rank_test") if isinstance(r.get("rank_test"), dict) else None
     if few is not None and _finite(few.get("pvalue")) is not None:  # few members or non-members (mia.FEW_PER_CLASS)
         out["rank_test"] = {"pvalue": _finite(few.get("pvalue")), "method": str(few.get("method")),

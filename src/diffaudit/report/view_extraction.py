@@ -68,6 +68,8 @@ def verdict(ex: dict[str, Any] | None, *, canaries: dict[str, Any] | None = None
     (:func:`~diffaudit.report.summary.baseline_pvalue`) puts the extracted count significantly above
     the baseline's count (p < :data:`SIGNIFICANCE`); otherwise "unsure".
 
+    Verified against images none of which the model trained on (``data_vs_model``): not measured.
+
     Without a verification against the training set: ``canaries`` (summary.json's ``canaries``)
     answers with the canary check, which verifies the generations against the inserted canaries
     (:func:`canary_verdict`); an extract result alone says how many cliques were found and that they
@@ -87,6 +89,11 @@ def verdict(ex: dict[str, Any] | None, *, canaries: dict[str, Any] | None = None
         return {"level": "unknown", "text": f"Not measured: no generation was verified (the extract result flagged no "
                 f"clique{among}), so whether the model emits its training images is not known. Extraction flags only "
                 "cliques of near-identical generations: generate more (the paper: 500 per prompt) and extract again."}
+    dvm = ex.get("data_vs_model") if isinstance(ex.get("data_vs_model"), dict) else {}
+    if isinstance(dvm.get("n_data"), int) and dvm["n_data"] > 0 and dvm.get("n_not_trained") == dvm["n_data"]:
+        return {"level": "unknown", "text": f"Not measured: none of the {dvm['n_data']:,} images verified against is one the "
+                                            "model that made the generations trained on, so a match to them is not "
+                                            "memorization: verify against the data it trained on."}
     of = f" from {total:,} generations" if isinstance(total, int) else ""
     if isinstance(total, int) and isinstance(ex.get("n_samples_total"), int):  # verify --from-extract
         of = f" from the {total:,} flagged clique medoids of {ex['n_samples_total']:,} generations"
@@ -118,7 +125,12 @@ def canary_verdict(canaries: dict[str, Any]) -> dict[str, str]:
 
     It says what the report's count of training images holds: the model trained on --data's images and
     the canaries, each canary counted once however many times it was inserted (the training run's
-    ``n_train``), while the canaries result's own ``n_train`` counts --data's images alone."""
+    ``n_train``), while the canaries result's own ``n_train`` counts --data's images alone.
+
+    Where the never-inserted references were verified too (``references``: {n, n_extracted}), they are the
+    false-positive baseline: "yes" only when the one-sided Fisher exact test
+    (:func:`~diffaudit.report.summary.baseline_pvalue`) puts the canaries' count significantly above
+    theirs (p < :data:`SIGNIFICANCE`), else "unsure"."""
     k, n = canaries["n_extracted"], canaries.get("n_canaries")
     of = f" of {n:,}" if isinstance(n, int) else ""
     scope = (" The generations were verified against the inserted canaries, which are known to be in training; "
@@ -131,6 +143,17 @@ def canary_verdict(canaries: dict[str, Any]) -> dict[str, str]:
         return {"level": "no", "text": f"No inserted canary was extracted (0{of}).{scope} {NOT_RULED_OUT}"}
     noun = "canary" if (n if isinstance(n, int) else k) == 1 else "canaries"  # "1 of 3 inserted canaries was"
     was, them = ("was", "it") if k == 1 else ("were", "them")
+    refs = canaries.get("references") if isinstance(canaries.get("references"), dict) else {}
+    r, m = refs.get("n_extracted"), refs.get("n")
+    if isinstance(r, int) and isinstance(m, int) and m > 0 and isinstance(n, int) and n > 0:
+        p = baseline_pvalue({"unique_extracted": k, "baseline_unique_extracted": r, "n_train": n, "baseline_n_images": m})
+        against = (f"against {r:,} of the {m:,} never-inserted references (the false-positive baseline; one-sided "
+                   f"Fisher exact test, p = {fmt_p(p)})")
+        if p >= SIGNIFICANCE:
+            return {"level": "unsure", "text": f"Inconclusive: {k:,}{of} inserted {noun} {was} matched, {against}: not "
+                                               f"significantly above the references (not below {SIGNIFICANCE:g}).{scope}"}
+        return {"level": "yes", "text": f"Yes: {k:,}{of} inserted {noun} {was} extracted, {against}: generations "
+                                        f"reproduce {them}.{scope}"}
     return {"level": "yes", "text": f"Yes: {k:,}{of} inserted {noun} {was} extracted: generations reproduce {them}.{scope}"}
 
 
@@ -207,8 +230,9 @@ def _chance_share(ex: dict[str, Any], n: int, base: int) -> str:
     expected = n_train * base / size
     if expected < 0.5:
         return ""
-    return (f" At the baseline's rate about {min(expected, n):,.0f} of the {n:,} would match by chance: the excess, "
-            f"about {max(n - expected, 0):,.0f}, is what the test attributes to memorization.")
+    return (f" At the baseline's rate about {min(expected, n):,.0f} of the {n_train:,} training images would match by "
+            f"chance: the excess of the {n:,} matches over that, about {max(n - expected, 0):,.0f}, is what the count alone "
+            "attributes to memorization (how close the matches lie can tell more).")
 
 
 def _test_name(ex: dict[str, Any]) -> str:
@@ -506,7 +530,7 @@ def _search_limits(st: Stage, groups: list[dict[str, Any]]) -> list[str]:
         nearest = f"all {k:,} nearest neighbours" if k is not None else "all their nearest neighbours"
         notes.append(f"{sat:,} generation{' is' if sat == 1 else 's are'} saturated ({nearest} within the edge threshold): "
                      "near-duplicates beyond them may be missed, so cliques may be larger, or more, than shown (raise "
-                     "--k-neighbors).")
+                     "`extract --k-neighbors`).")
     return notes
 
 

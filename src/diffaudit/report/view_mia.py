@@ -247,8 +247,9 @@ def membership_verdict(best: dict[str, Any] | None) -> dict[str, str] | None:
     counts = [n for n in (best.get("n_members"), best.get("n_nonmembers")) if isinstance(n, int)]
     few = bool(counts) and min(counts) < 100  # fewer than the 100 non-members that 1% FPR needs
     if best.get("at_chance"):
-        return {"level": "no", "text": f"No evidence: the membership attack ({best['key']}) cannot tell the training "
-                                       f"images from images the model never saw better than guessing ({measured})."
+        return {"level": "no", "text": f"No clear evidence: the membership attack ({best['key']}) does not tell the "
+                                       "training images from images the model never saw measurably better than guessing "
+                                       f"({measured})."
                                        + (" With so few images this bounds the leak only loosely." if few else "")}
     if auc <= 0.5:
         return {"level": "unsure", "text": f"Unsure: the membership attack ({best['key']}) ranks images the model never "
@@ -267,7 +268,7 @@ def membership_verdict(best: dict[str, Any] | None) -> dict[str, str] | None:
         found = (f" {best['n_above']:,} of the {best['n_members']:,} training images ({fmt(best['tpr0'], 'pct')}) score "
                  + (f"above every image it never saw: picked out without a single false alarm ({odds})."
                     if chance["beyond"] else
-                    f"above every image it never saw, no more than chance would ({odds}): read the AUC."))
+                    f"above every image it never saw, not significantly more than chance gives ({odds}): read the AUC."))
     return {"level": "yes", "text": f"Yes: the membership attack ({best['key']}) tells the training images from images "
                                     f"the model never saw ({measured}).{found} Whoever holds the model's weights can test "
                                     "whether a given image was in its training set (the attack reads the model's denoising "

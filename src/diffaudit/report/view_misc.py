@@ -152,7 +152,21 @@ def inpainting_view(rs: ResultSet, summary: dict[str, Any], *, redact: bool) -> 
         "top_label": top_label,
         "best_text": best_text,
         "notes": notes,
+        "hidden_l2": _hidden_l2(targets),
     }
+
+
+def _hidden_l2(targets: list[dict[str, Any]]) -> dict[str, float | None] | None:
+    """{"members", "nonmembers"}: the mean over targets of ``mean_topk_l2_hidden``, the kept inpaintings'
+    ℓ2 over the hidden pixels alone (the whole image's ℓ2 counts the known pixels too, which the model is
+    given unchanged: for a half mask it is the hidden part's divided by √2); None where no target records it."""
+    def mean(member: bool) -> float | None:
+        values = [t["mean_topk_l2_hidden"] for t in targets if bool(t.get("member")) == member
+                  and isinstance(t.get("mean_topk_l2_hidden"), (int, float))]
+        return sum(values) / len(values) if values else None
+
+    out = {"members": mean(True), "nonmembers": mean(False)}
+    return out if any(v is not None for v in out.values()) else None
 
 
 def canaries_view(rs: ResultSet, summary: dict[str, Any]) -> dict[str, Any] | None:

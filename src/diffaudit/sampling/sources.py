@@ -31,6 +31,8 @@ from diffaudit.sampling.schedules import ddim_timesteps
 
 #: Classifier-free guidance of a Stable Diffusion pipeline unless --guidance-scale says otherwise.
 DEFAULT_GUIDANCE = 7.5
+#: Fewest steps diffusers' PNDM scheduler samples with (below, its warm-up fails on array shapes).
+PNDM_MIN_STEPS = 4
 
 #: Images per UNet call of a pixel UNet without --micro-batch (on CUDA, elsewhere), and the sizes
 #: ``--micro-batch auto`` probes on CUDA (first, largest; doubling).
@@ -139,6 +141,9 @@ class StableDiffusionSource:
         schedulers = {"ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler, "pndm": PNDMScheduler}
         if self.scheduler not in schedulers:
             raise DiffauditError(f"unknown --scheduler {self.scheduler!r}; choose one of {', '.join(schedulers)}")
+        if self.scheduler == "pndm" and self.steps < PNDM_MIN_STEPS:
+            raise DiffauditError(f"--scheduler pndm needs --steps {PNDM_MIN_STEPS} or more (diffusers' PNDM fails below, "
+                                 f"in its warm-up); got {self.steps}: raise --steps, or use ddim or dpm")
         if self.compile and torch.device(self.device).type != "cuda":
             raise DiffauditError(f"torch.compile of the Stable Diffusion UNet and VAE decoder is for CUDA only (no "
                                  f"compilation on the CPU); the device here is {self.device}: leave compile off")
@@ -259,9 +264,14 @@ def open_source(model: str | Path, *, device: torch.device, steps: int, eta: flo
     # Checked before any output folder exists, so a corrected re-run is not refused as "other settings".
     if not 0.0 <= eta <= 1.0:
         raise DiffauditError(f"--eta must lie in [0, 1] (0: deterministic DDIM, 1: DDPM-like); got {eta}")
+    if steps < 1:
+        raise DiffauditError(f"--steps must be at least 1; got {steps}")
     if isinstance(micro_batch, int) and micro_batch < 1:
         raise DiffauditError(f"--micro-batch must be at least 1; got {micro_batch}")
     if is_stable_diffusion_dir(model):
+        if eta != 0.0:  # the pipeline's call would take it, but its noise would not be the per-image seeded noise
+            raise DiffauditError(f"--eta applies to a pixel UNet's DDIM; --model {model} is a Stable Diffusion pipeline, "
+                                 "sampled deterministically from each image's seeded latents (η = 0): drop --eta")
         cuda_fast = fast and device.type == "cuda"
         return StableDiffusionSource(str(model), device=device, steps=steps,
                                      guidance_scale=DEFAULT_GUIDANCE if guidance_scale is None else guidance_scale,

@@ -37,7 +37,9 @@ from diffaudit.attacks.membership.loss_cache import PRECISIONS, cached_model_los
 from diffaudit.data.digest import dataset_digest, identical_groups
 from diffaudit.attacks.membership.registry import get_attack
 from diffaudit.attacks.membership.sweep import sweep_scores
-from diffaudit.attacks.membership.targets import PooledScores, score_models, shadows_per_side, without_nonmember_rows
+from diffaudit.attacks.membership.targets import (
+    PooledScores, score_models, shadows_per_side_range, without_nonmember_rows,
+)
 from diffaudit.core.batch_fit import AUTO
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.progress import warning_line
@@ -145,6 +147,7 @@ class MiaScores:
             (:func:`without_copies_of_members`).
         shadows_per_side: the fewest IN (= OUT) shadows an example was scored with
             (:func:`~.targets.shadows_per_side`); None for an attack without shadows.
+        shadows_per_side_max: the most (:func:`~.targets.shadows_per_side_range`); None likewise.
     """
 
     attack: str
@@ -156,6 +159,7 @@ class MiaScores:
     n_excluded: int = 0
     n_identical_excluded: int = 0
     shadows_per_side: int | None = None
+    shadows_per_side_max: int | None = None
 
 
 def shadows_folder(path: str | Path) -> Path:
@@ -369,7 +373,8 @@ def run_mia(
     check_target_spec(target, m)
     check_enough_shadows(config.attack, m, target)
 
-    per_side = shadows_per_side(membership, mode=target.mode, index=target.index) if attack.needs_shadows else None
+    per_side = (shadows_per_side_range(membership, mode=target.mode, index=target.index) if attack.needs_shadows
+                else (None, None))
     check_shadow_training(dataset, membership, shadow_runs)
     target_in = check_target(dataset, membership, target)  # members and non-members both, before any loss
     all_ts = config.all_timesteps
@@ -414,7 +419,7 @@ def run_mia(
         sweep = sweep_scores(attack, all_losses[:, :, pos], membership, sweep_ts, **who,
                              target_losses=None if target_losses is None else target_losses[:, pos])
     scores = MiaScores(attack=config.attack, timesteps=list(config.timesteps), target=target, main=main,
-                       sweep=sweep, n_models=m, shadows_per_side=per_side)
+                       sweep=sweep, n_models=m, shadows_per_side=per_side[0], shadows_per_side_max=per_side[1])
     # the near-duplicates a deduplicated model dropped first (the more specific reason), then exact copies
     scores = without_dropped_duplicates(scores, dataset, shadow_runs)
     return without_copies_of_members(scores, dataset, membership, target_in)

@@ -124,18 +124,27 @@ def equal_in_out(shadow_in: np.ndarray, *, target: int = -1) -> np.ndarray:
     return used
 
 
-def shadows_per_side(membership: np.ndarray, *, mode: str = "leave-one-out", index: int | None = None) -> int:
-    """The fewest IN (= OUT) shadows any example is scored with after :func:`equal_in_out`: the
-    smallest c = min(#IN, #OUT) over examples (and, in leave-one-out, over targets). ``membership``
-    bool (N, M); ``mode`` as :func:`score_models` (``model``: all M columns are shadows)."""
+def shadows_per_side_range(membership: np.ndarray, *, mode: str = "leave-one-out",
+                           index: int | None = None) -> tuple[int, int]:
+    """(fewest, most) IN (= OUT) shadows an example is scored with after :func:`equal_in_out`: the range of
+    c = min(#IN, #OUT) over examples (and, in leave-one-out, over targets). ``membership`` bool (N, M);
+    ``mode`` as :func:`score_models` (``model``: all M columns are shadows). A matrix where every example
+    is IN for half of the M models gives every example M/2 - 1 a side in leave-one-out."""
     member = np.asarray(membership, dtype=bool)
     n_in = member.sum(1)  # (N,)
     if mode == "model":
-        return int(np.minimum(n_in, member.shape[1] - n_in).min())
-    others_in = n_in[:, None] - member  # (N, M): IN among the others when column k is the target
-    if mode == "shadow":
-        others_in = others_in[:, [int(index)]]
-    return int(np.minimum(others_in, member.shape[1] - 1 - others_in).min())
+        c = np.minimum(n_in, member.shape[1] - n_in)
+    else:
+        others_in = n_in[:, None] - member  # (N, M): IN among the others when column k is the target
+        if mode == "shadow":
+            others_in = others_in[:, [int(index)]]
+        c = np.minimum(others_in, member.shape[1] - 1 - others_in)
+    return int(c.min()), int(c.max())
+
+
+def shadows_per_side(membership: np.ndarray, *, mode: str = "leave-one-out", index: int | None = None) -> int:
+    """The fewest IN (= OUT) shadows any example is scored with (:func:`shadows_per_side_range`)."""
+    return shadows_per_side_range(membership, mode=mode, index=index)[0]
 
 
 def scores_for_target(attack: MembershipAttack, target: np.ndarray, shadows: np.ndarray | None,
