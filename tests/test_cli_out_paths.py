@@ -74,7 +74,7 @@ def test_an_out_inside_a_data_folder_is_refused(command, out, tmp_path, monkeypa
     err = capsys.readouterr().err
     flag = "--heldout" if "--heldout" in command else "--data"
     assert f"--out {out} lies inside {flag} imgs: what this command writes there" in err
-    assert f"choose an --out outside imgs" in err and len(err.strip().splitlines()) == 1
+    assert "choose an --out outside imgs" in err and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == [f"{i}.png" for i in range(6)]
 
 

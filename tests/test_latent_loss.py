@@ -166,3 +166,17 @@ def test_loading_a_pipeline_prints_nothing_and_keeps_the_libraries_settings(sd_d
     err = capfd.readouterr().err
     assert "Loading" not in err and "FutureWarning" not in err and "deprecated" not in err, err
     assert dl.is_progress_bar_enabled() and dl.get_verbosity() == verbosity
+
+
+def test_a_pipeline_folder_without_its_model_index_is_said_to_lack_it(sd_dir, tmp_path, capsys):
+    import shutil
+
+    from diffaudit.cli.main import main
+
+    lost = tmp_path / "sd"
+    shutil.copytree(sd_dir, lost)
+    (lost / "model_index.json").unlink()
+    assert main(["sample", "--model", str(lost), "--n", "2", "--out", str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err
+    assert f"{lost} looks like a pipeline's folder (unet/, vae/) without its model_index.json" in err
+    assert not (tmp_path / "g").exists()

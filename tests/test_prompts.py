@@ -69,6 +69,10 @@ def test_prompts_cli_on_captioned_npz(tmp_path, tmp_npz, digits, capsys):
         read_prompts(str(out / "result.json"))  # every line of it would have been a prompt
     assert r["n_prompts"] == 4 and r["prompts"][0] == {"prompt": "copy of two", "score": 3, "n_images": 2, "indices": [30, 31]}
     assert r["n_duplicated_images"] == 6
+    # each prompt's own images by key, as `verify --train-map` reads them
+    train_map = json.loads((out / "train_map.json").read_text(encoding="utf-8"))
+    assert list(train_map) == lines and train_map["copy of two"] == ["npz:30", "npz:31"]
+    assert r["train_map_file"] == "train_map.json"
     # with more prompts asked than duplicated captions, the rest are plain captions: the result line says so
     assert main(["prompts", "--data", str(data), "--out", str(tmp_path / "pr8"), "--top", "8"]) == 0
     line = capsys.readouterr().out
@@ -188,3 +192,21 @@ def test_a_prompt_file_saved_with_a_byte_order_mark_or_blank_lines_reads_as_its_
     assert "blank lines of" in err and "(the first is line 2)" in err
     f.write_text("one\ntwo\n\n\n", encoding="utf-8")
     assert read_prompts(str(f)) == ["one", "two"] and "blank" not in capsys.readouterr().err
+
+
+def test_the_train_map_of_prompts_checks_each_generation_against_its_own_images(tmp_path, tmp_npz, digits):
+    """prompts -> sample (a tiny Stable Diffusion pipeline, 32x32) -> verify --train-map prompts/train_map.json:
+    every generation is checked against the images its prompt captions, with no map written by hand."""
+    from diffaudit.models.sd_configs import build_stable_diffusion
+
+    data = _captioned(tmp_npz, digits)
+    sd = tmp_path / "sd"
+    build_stable_diffusion(tiny=True, size=32).save_pretrained(sd, safe_serialization=True)
+    assert main(["--quiet", "prompts", "--data", str(data), "--top", "2", "--min-score", "1", "--out", str(tmp_path / "pr")]) == 0
+    assert main(["--quiet", "sample", "--model", str(sd), "--prompts", str(tmp_path / "pr"), "--per-prompt", "2",
+                 "--steps", "2", "--device", "cpu", "--out", str(tmp_path / "gens")]) == 0
+    assert main(["--quiet", "verify", "--samples", str(tmp_path / "gens"), "--data", str(data), "--train-map",
+                 str(tmp_path / "pr" / "train_map.json"), "--device", "cpu", "--out", str(tmp_path / "v")]) == 0
+    r = json.loads((tmp_path / "v" / "result.json").read_text())
+    assert len(r["prompt_checks"]) == 4  # 2 prompts x 2 generations, none left unchecked
+    assert {c["train_key"] for c in r["prompt_checks"] if c["prompt"] == "copy of two"} <= {"npz:30", "npz:31"}

@@ -104,7 +104,6 @@ def test_source_check_prompts_directly(runc, uncond):
     (["--n", "4", "--scheduler", "dpm", "--guidance-scale", "3"], "--guidance-scale and --scheduler apply to a Stable"),
     (["--n", "5", "--batch-size", "-3"], "--batch-size must be at least 1 (images per source call); got -3"),  # a traceback
     (["--n", "5", "--batch-size", "0"], "--batch-size must be at least 1 (images per source call); got 0"),  # a whole shard
-    (["--n", "4", "--steps", "0"], "--steps must be at least 1; got 0"),
 ])
 def test_options_a_pixel_model_would_ignore_leave_no_store(uncond, tmp_path, capsys, extra, message):
     """Stable Diffusion's --scheduler and --guidance-scale, and --per-prompt beside --n, would change nothing

@@ -13,7 +13,7 @@ from diffaudit.cli.common import (
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.identity import text_digest
-from diffaudit.core.io import read_json
+from diffaudit.core.io import read_json, write_json_atomic
 from diffaudit.core.outdir import prepare_out_dir
 from diffaudit.core.progress import stage_line
 from diffaudit.core.results import write_result
@@ -31,11 +31,14 @@ DESCRIPTION = (
     "least --threshold similar to its own (its direct near-duplicates: a chain of images that each resemble the "
     "next does not count as one group). The counts come from a `diffaudit dedup` run on the same --data "
     "(--duplicates DIR) or are computed here with --embedder/--threshold. Writes prompts.txt (one per line, UTF-8) "
-    "for `diffaudit sample --prompts prompts.txt --per-prompt 500`, and result.json with each prompt's score "
-    "(the largest duplicate count of its images) and image indices."
+    "for `diffaudit sample --prompts prompts.txt --per-prompt 500`, train_map.json ({prompt: the keys of the images "
+    "it captions}) for `diffaudit verify --train-map`, and result.json with each prompt's score (the largest "
+    "duplicate count of its images) and image indices."
 )
 #: Settings that hold the path of an input (recorded canonical, see :func:`~diffaudit.cli.common.canonical_path`).
 PATH_SETTINGS = ("data", "data_options.cifar_root", "duplicates", "embedder.model")
+#: Each prompt's own training images by key, for ``verify --train-map``.
+TRAIN_MAP = "train_map.json"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -128,12 +131,15 @@ def run(args: argparse.Namespace) -> int:
         counts = find_duplicates(ds.images, emb, threshold=threshold, seed=args.seed).neighbour_count
     ranked = rank_prompts(ds.captions, counts, top=args.top, min_score=args.min_score)
     write_prompt_file(out / "prompts.txt", ranked)
+    # each prompt's own training images, by key, for `verify --train-map` (the paper's check of a generation
+    # against the images its caption came from)
+    write_json_atomic(out / TRAIN_MAP, {x.prompt: [ds.keys[i] for i in x.indices] for x in ranked})
     uncaptioned = sum(1 for c in ds.captions if not normalise_caption(c))  # no prompt to give: rank_prompts skips them
     if uncaptioned:
         stage_line(f"prompts: {uncaptioned:,} of {len(ds):,} images {'has' if uncaptioned == 1 else 'have'} an empty "
                    "caption (no prompt, however duplicated)")
     r = write_result(out / "result.json", NAME, settings, {"seed": args.seed}, prompt_file="prompts.txt",
-                     n_prompts=len(ranked), n_images=len(ds), n_uncaptioned_images=uncaptioned,
+                     train_map_file=TRAIN_MAP, n_prompts=len(ranked), n_images=len(ds), n_uncaptioned_images=uncaptioned,
                      n_duplicated_images=int((counts > 0).sum()),
                      n_prompts_without_duplicates=sum(x.score == 0 for x in ranked), score=count_kind,
                      prompts=[x.to_dict() for x in ranked])

@@ -278,6 +278,9 @@ def _not_pixel_space(root: Path, cls: str, flag: str) -> str:
     pipeline = next((p for p in (root, root.parent) if (p / "model_index.json").is_file()), None)
     where = ("" if pipeline is None or pipeline == root else
              f"; {pipeline} holds its pipeline (model_index.json): give that folder to sample or mia")
+    if pipeline is None and (root / "unet").is_dir() and (root / "vae").is_dir():  # a pipeline's folder, its index lost
+        where = (f"; {root} looks like a pipeline's folder (unet/, vae/) without its model_index.json, which names "
+                 "the components: restore it (save_pretrained writes it)")
     return (f"{flag} {root}: its UNet is a {cls}, not a pixel-space UNet2DModel: this takes pixel-space diffusion models "
             "(the inpainting attack, and anything else that denoises pixels) only. A Stable Diffusion pipeline's folder "
             f"is taken whole by sample and mia{where}")

@@ -264,11 +264,11 @@ def open_source(model: str | Path, *, device: torch.device, steps: int, eta: flo
     # Checked before any output folder exists, so a corrected re-run is not refused as "other settings".
     if not 0.0 <= eta <= 1.0:
         raise DiffauditError(f"--eta must lie in [0, 1] (0: deterministic DDIM, 1: DDPM-like); got {eta}")
-    if steps < 1:
-        raise DiffauditError(f"--steps must be at least 1; got {steps}")
     if isinstance(micro_batch, int) and micro_batch < 1:
         raise DiffauditError(f"--micro-batch must be at least 1; got {micro_batch}")
     if is_stable_diffusion_dir(model):
+        if steps < 1:  # a pixel UNet's are checked against its schedule below
+            raise DiffauditError(f"--steps must be at least 1; got {steps}")
         if eta != 0.0:  # the pipeline's call would take it, but its noise would not be the per-image seeded noise
             raise DiffauditError(f"--eta applies to a pixel UNet's DDIM; --model {model} is a Stable Diffusion pipeline, "
                                  "sampled deterministically from each image's seeded latents (η = 0): drop --eta")
