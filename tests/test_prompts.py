@@ -192,6 +192,13 @@ def test_a_prompt_file_saved_with_a_byte_order_mark_or_blank_lines_reads_as_its_
     assert "blank lines of" in err and "(the first is line 2)" in err
     f.write_text("one\ntwo\n\n\n", encoding="utf-8")
     assert read_prompts(str(f)) == ["one", "two"] and "blank" not in capsys.readouterr().err
+    # a prompt given twice (up to the whitespace stripped) is sampled twice, and said: extract groups them as one
+    f.write_text("same\nother\n  same  \nsame\n", encoding="utf-8")
+    assert read_prompts(str(f)) == ["same", "other", "same", "same"]
+    assert ("sample: warning: 2 prompt lines of " in capsys.readouterr().err)
+    f.write_text("same\nother\n  same  \n", encoding="utf-8")
+    read_prompts(str(f))
+    assert "1 prompt line of " in (err := capsys.readouterr().err) and "repeats an earlier one (the first: p2, 'same')" in err
 
 
 def test_the_train_map_of_prompts_checks_each_generation_against_its_own_images(tmp_path, tmp_npz, digits):

@@ -9,7 +9,7 @@ from pathlib import Path
 from diffaudit.cli.common import emit, file_in_folder, ray_address, run_devices
 from diffaudit.core.batch_fit import AUTO, batch_option
 from diffaudit.core.errors import DiffauditError
-from diffaudit.core.progress import stage_line
+from diffaudit.core.progress import stage_line, warning_line
 from diffaudit.core.ray_pool import RAY_HELP
 
 NAME = "sample"
@@ -49,6 +49,18 @@ def read_prompts(path: str) -> list[str]:
     if blank is not None:
         stage_line(f"sample: blank lines of {path} are skipped (the first is line {blank + 1}): prompt pK is its K-th "
                    "non-blank line, counted from p0, not line K + 1")
+    seen: set[str] = set()
+    again = []  # the lines that repeat an earlier one
+    for i, prompt in enumerate(prompts):
+        if prompt in seen:
+            again.append(i)
+        seen.add(prompt)
+    if again:
+        repeats, first = len(again), again[0]
+        warning_line("sample", f"{repeats:,} prompt line{'s' if repeats != 1 else ''} of {path} "
+                     f"{'repeat' if repeats != 1 else 'repeats'} an earlier one "
+                     f"(the first: p{first}, {prompts[first]!r}): each is sampled as a prompt of its own, and extract "
+                     "groups their generations as one prompt's")
     return prompts
 
 
@@ -68,7 +80,8 @@ def add_sample_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scheduler", choices=("ddim", "dpm", "pndm"), default=None,
                    help="sampler of a Stable Diffusion pipeline (default: ddim); a pixel UNet follows its scheduler config")
     g.add_argument("--micro-batch", type=batch_option, default=None,
-                   help="images per UNet call (fixed; recorded, since bf16 kernels may round differently at other sizes; "
+                   help="images per UNet call (fixed; recorded, since kernels may round differently at other sizes, in "
+                        "float32 too; "
                         "default 32 CPU, 256 CUDA, 8 Stable Diffusion); auto: on CUDA the largest that fits within 80%% "
                         "of the GPU's memory, probed once (a resumed store keeps the one it recorded)")
     g.add_argument("--batch-size", type=int, default=None, help="images per source call (does not change pixels)")
