@@ -126,3 +126,15 @@ def test_a_leak_that_picks_out_no_member_at_1pct_fpr_says_it_is_on_average():
     assert v["level"] == "yes" and "picks out 0.0%" not in v["text"]
     assert ("At a 1% false-positive rate it picks out none of the training images: the leak shows in how the scores "
             "rank on average (the AUC), not yet as images singled out with few false alarms.") in v["text"]
+
+
+def test_a_tpr_every_resample_agreed_on_gets_an_exact_binomial_interval():
+    """16 of 16 members flagged: the bootstrap interval is [100%, 100%], which bounds nothing; the exact
+    (Clopper-Pearson) interval of 16 of 16 is [79.4%, 100%]."""
+    entry = _summary(1.0, (1.0, 1.0), tpr=1.0, tpr0=1.0, n_members=16, n_nonmembers=200)["mia"]["loss"]
+    entry["ci"]["tpr_at_fpr"] = {"0.01": {"low": 1.0, "high": 1.0, "level": 0.95}}
+    exact = best_mia({"mia": {"loss": entry}})["tpr_exact"]
+    assert (exact["k"], exact["n"], exact["high"]) == (16, 16, 1.0)
+    assert exact["low"] == pytest.approx(0.025 ** (1 / 16))  # (α/2)^(1/n) for k = n
+    entry["ci"]["tpr_at_fpr"] = {"0.01": {"low": 0.9, "high": 1.0, "level": 0.95}}  # an interval that bounds: none
+    assert best_mia({"mia": {"loss": entry}})["tpr_exact"] is None

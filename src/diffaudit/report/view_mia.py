@@ -200,12 +200,29 @@ def best_mia(summary: dict[str, Any]) -> dict[str, Any] | None:
         "n_above": (round(e["tpr_at_zero_fpr"] * e["n_members"]) if isinstance(e.get("tpr_at_zero_fpr"), float)
                     and isinstance(e.get("n_members"), int) else None),
         "n_above_chance": _above_by_chance(e),
+        "tpr_exact": _exact_rate_interval((e.get("tpr_at_fpr") or {}).get("0.01"),
+                                          ((e.get("ci") or {}).get("tpr_at_fpr") or {}).get("0.01"), e.get("n_members")),
         "n_excluded": e.get("n_excluded"),
         "n_identical_excluded": e.get("n_identical_excluded"),
         # few members or non-members: the rank test says how sure the AUC is, of the smaller class
         "rank_test": e.get("rank_test"),
         **smaller_class(e.get("n_members"), n_non),
     }
+
+
+def _exact_rate_interval(rate: Any, ci: Any, n: Any) -> dict[str, Any] | None:
+    """{"k", "n", "low", "high"}: the exact (Clopper–Pearson) 95% interval of k = rate · n members flagged,
+    where the bootstrap interval of a TPR of 0 or 1 is [x, x] (every resample agreed, which bounds nothing:
+    16 of 16 members give [0.794, 1]). It holds the threshold fixed, so the threshold's own uncertainty
+    comes on top. None elsewhere."""
+    if not (isinstance(rate, (int, float)) and rate in (0, 1) and isinstance(n, int) and n > 0 and isinstance(ci, dict)
+            and ci.get("low") == ci.get("high") == rate):
+        return None
+    from scipy.stats import binomtest
+
+    k = int(round(rate * n))
+    interval = binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+    return {"k": k, "n": n, "low": float(interval.low), "high": float(interval.high)}
 
 
 def _above_by_chance(e: dict[str, Any]) -> dict[str, Any] | None:
