@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from diffaudit.report.redaction import resolve_redact, was_redacted
     from diffaudit.report.results import stopped_words
     from diffaudit.report.view_extraction import baseline_phrase
-    from diffaudit.report.view_misc import untrained_matches
+    from diffaudit.report.view_misc import extraction_words
 
     out = out_file(args.out, "report.html") if args.out else Path(args.result_dir) / "report.html"
     refuse_another_result_folder(out, Path(args.result_dir))
@@ -98,12 +98,10 @@ def run(args: argparse.Namespace) -> int:
     if ex.get("unique_extracted") is not None and ex.get("n_samples") == 0:  # as the report's verdict says
         parts.append("extraction not measured: no generation was verified")
     elif ex.get("unique_extracted") is not None:
-        base, untrained = baseline_phrase(ex), untrained_matches(ex.get("data_vs_model"))
-        noun = f"image{'' if ex['unique_extracted'] == 1 else 's'}"
-        what = f"{noun} of --data matched" if untrained else f"training {noun} extracted"
+        base = baseline_phrase(ex)
+        what, caveat = extraction_words(ex["unique_extracted"], ex.get("data_vs_model"))
         gens = f"{ex.get('n_samples')} generation{'' if ex.get('n_samples') == 1 else 's'}"
-        parts.append(f"{ex['unique_extracted']} {what} from {gens}" + (f" ({base})" if base else "")
-                     + (f"; {untrained}" if untrained else ""))
+        parts.append(f"{ex['unique_extracted']} {what} from {gens}" + (f" ({base})" if base else "") + caveat)
     for key, m in (summary.get("mia") or {}).items():
         tpr = (m.get("tpr_at_fpr") or {}).get("0.01")
         if tpr is not None:

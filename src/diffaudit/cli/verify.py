@@ -545,14 +545,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _summary(r: dict[str, Any], out: Path) -> str:
     base = "" if r.get("baseline_unique_extracted") is None else f" (baseline: {r['baseline_unique_extracted']})"
-    from diffaudit.report.view_misc import untrained_matches
+    from diffaudit.report.view_misc import extraction_words
 
     ue = r.get("unique_extracted")
     reason = f" ({r['rule_reason']})" if r.get("rule_reason") else ""
-    images = "image" if ue == 1 else "images"
     if r.get("n_samples") == 0 and r.get("verified_medoids") == []:
         return f"verify: no generation verified (the extract result flagged none): nothing measured -> {out / 'result.json'}"
-    untrained = untrained_matches(r.get("data_vs_model"))
-    what = f"{images} of --data matched" if untrained else f"training {images} extracted"
+    what, caveat = extraction_words(ue, r.get("data_vs_model"))
     return (f"verify: {ue if ue is not None else 'n/a'} unique {what} from {counted(r['n_samples'], 'generation')} "
-            f"by rule {r['rule']}{reason}{base}{'; ' + untrained if untrained else ''} -> {out / 'result.json'}")
+            f"by rule {r['rule']}{reason}{base}{caveat} -> {out / 'result.json'}")

@@ -239,6 +239,15 @@ def untrained_matches(data_vs_model: Any) -> str | None:
             "memorization")
 
 
+def extraction_words(n: Any, data_vs_model: Any) -> tuple[str, str]:
+    """How a one-line result names verify's count ``n`` and what it adds after it: ("training images
+    extracted", ""), or where --data holds images the model never trained on ("images of --data matched",
+    "; " + :func:`untrained_matches`)."""
+    images = "image" if n == 1 else "images"
+    untrained = untrained_matches(data_vs_model)
+    return (f"{images} of --data matched", f"; {untrained}") if untrained else (f"training {images} extracted", "")
+
+
 def _neighbours_used(ex: dict[str, Any] | None) -> tuple[int, int] | None:
     """(neighbours the ratio rule averaged over, training images) of summary.json's ``extraction``, the n
     the rule's sentence states (:func:`~diffaudit.report.view_extraction.ratio_neighbours`: at most the
