@@ -436,3 +436,16 @@ def test_train_repeat_under_dp_sgd_from_the_command_line(tmp_path, capsys):
     assert json.loads((tmp_path / "run" / "dp.json").read_text())["n_train"] == 28
     ids = json.loads((tmp_path / "run" / "train_ids.json").read_text())
     assert len(ids["keys"]) == 24 and ids["repeats"] == {key: 5}
+
+
+def test_weak_settings_are_not_warned_about_before_a_refusal_of_them(tmp_path, data, capsys):
+    """A resume with other settings is refused; the warnings about q = 1 came before the refusal and
+    read as if the run went on with them."""
+    train_dp(data, _cfg(steps=1, batch_size=4), DPConfig(noise_multiplier=1.0), tmp_path / "dp",
+             train_indices=list(range(16)))
+    capsys.readouterr()
+    with pytest.raises(DiffauditError, match="other settings|batch_size"):
+        train_dp(data, _cfg(steps=1, batch_size=16), DPConfig(noise_multiplier=1.0, delta=0.5), tmp_path / "dp",
+                 train_indices=list(range(16)))
+    err = capsys.readouterr().err
+    assert "amplifies no privacy" not in err and "not below 1/N" not in err

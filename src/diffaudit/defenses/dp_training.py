@@ -413,6 +413,19 @@ def _check_finite(window_sum: float, model: torch.nn.Module, step: int) -> None:
     check_finite_state(window_sum, model, step, "DP-SGD training", "lower --lr or --dp-max-grad-norm")
 
 
+def _warn_weak_settings(batch_size: int, n: int, noise_multiplier: float, delta: float) -> None:
+    """Warn of DP-SGD settings that keep the guarantee but weaken it: a batch of all ``n`` examples
+    (sampling rate q = 1, no amplification by subsampling) and a δ not below 1/n."""
+    if batch_size == n and noise_multiplier != 0:
+        warning_line("train", f"(DP-SGD) --batch-size {batch_size} takes all {n} training examples every "
+                     "step (sampling rate q = 1), so subsampling amplifies no privacy: every step spends its full "
+                     "privacy cost; a --batch-size well below the training set buys a lower epsilon per step")
+    if delta >= 1.0 / n:  # (ε, δ) allows a δ chance of anything: here as likely as naming one example whole
+        warning_line("train", f"(DP-SGD) --dp-delta {delta:g} is not below 1/N = {1.0 / n:.3g} for the {n} training "
+                     "examples: a mechanism that publishes one whole training example at random meets it, so the epsilon "
+                     f"promises little; leave --dp-delta out for 1/(10 N) = {1.0 / (10 * n):.3g}, or give one well below 1/N")
+
+
 def batch_rows(step: int, cfg: TrainConfig, dp: DPConfig, n: int, q: float) -> np.ndarray:
     """Rows (positions among the n training examples) of DP-SGD batch ``step``, distinct, int64.
 
@@ -469,15 +482,7 @@ def train_dp(
         raise DiffauditError(f"--batch-size {config.batch_size} exceeds the {n} training examples: a DP-SGD batch holds "
                              "each example at most once (sampling rate q = B / N at most 1); lower --batch-size")
     q = config.batch_size / n
-    if q == 1 and dp.noise_multiplier != 0:
-        warning_line("train", f"(DP-SGD) --batch-size {config.batch_size} takes all {n} training examples every "
-                     "step (sampling rate q = 1), so subsampling amplifies no privacy: every step spends its full "
-                     "privacy cost; a --batch-size well below the training set buys a lower epsilon per step")
     delta = dp.delta if dp.delta is not None else 1.0 / (10 * n)
-    if delta >= 1.0 / n:  # (ε, δ) allows a δ chance of anything: here as likely as naming one example whole
-        warning_line("train", f"(DP-SGD) --dp-delta {delta:g} is not below 1/N = {1.0 / n:.3g} for the {n} training "
-                     "examples: a mechanism that publishes one whole training example at random meets it, so the epsilon "
-                     f"promises little; leave --dp-delta out for 1/(10 N) = {1.0 / (10 * n):.3g}, or give one well below 1/N")
     sigma = resolve_noise(dp, sample_rate=q, steps=config.steps, delta=delta)
     dp_settings = {**dataclasses.asdict(dp), "max_grad_norm": _finite(dp.max_grad_norm), "delta": delta,
                    "noise_multiplier_used": sigma, "sample_rate": q}
@@ -494,6 +499,7 @@ def train_dp(
         stage_line(f"train (DP-SGD): {run} is already finished; nothing to do")
         drop_checkpoints(run)  # a run killed between its result and this cleanup
         return run
+    _warn_weak_settings(config.batch_size, n, dp.noise_multiplier, delta)  # once the run folder took the settings
 
     model.to(device).train()
     ema = Ema(model, config.ema_decay)
