@@ -141,9 +141,12 @@ def _pickled(folder, weights, pickled, marker):
     ("pickled unet", "unet", "only pickled weights"),
     ("cut vae weights", "vae", "damaged or cut safetensors"),
     ("deep unet config", "unet", "nested too deeply"),
+    ("no unet weights", "unet", "cannot be loaded"),  # without diffusers' own line before ours
 ])
-def test_damaged_stable_diffusion_folders_are_refused_before_any_output(sd_dir, tmp_path, capsys, damage, component,
-                                                                         message):
+def test_damaged_stable_diffusion_folders_are_refused_before_any_output(sd_dir, tmp_path, capsys, caplog, damage,
+                                                                         component, message):
+    """Each damage is one line of error, and the libraries log nothing of it beside (caplog: their loggers
+    write to the stream they found at import, which capsys does not see)."""
     from diffaudit.models.latent_loss import load_sd_pipeline
 
     pipe = tmp_path / "pipe"
@@ -163,12 +166,15 @@ def test_damaged_stable_diffusion_folders_are_refused_before_any_output(sd_dir, 
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     elif damage == "deep unet config":
         (pipe / "unet" / "config.json").write_text(DEEP)
+    elif damage == "no unet weights":
+        (pipe / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("w1 w2\n")
     out = tmp_path / "s"
     assert run("sample", "--model", pipe, "--prompts", prompts, "--per-prompt", "1", "--steps", "2", "--out", out,
                "--device", "cpu") == 2
     _one_line_error(capsys.readouterr().err, f"--model {pipe}", f"the {component}", message)
+    assert not [r.getMessage() for r in caplog.records if r.name.split(".")[0] in ("diffusers", "transformers")]
     assert not out.exists()  # refused before the store was made
     with pytest.raises(DiffauditError, match=f"the {component}"):
         load_sd_pipeline(pipe)  # the membership losses' loader too

@@ -4,11 +4,14 @@ Each ``from_pretrained`` of these libraries prints a progress bar per pipeline a
 deprecation notices about its own arguments (``torch_dtype``), and notices about optional backends it
 falls back from: none concerns the user of a diffaudit command, whose stderr holds its own progress
 lines and the warnings that do. :func:`quiet_loading` silences them for one load, and puts back the
-libraries' settings afterwards (a caller's own choice of verbosity is kept). Errors still raise.
+libraries' settings afterwards (a caller's own choice of verbosity is kept). Errors still raise; the
+line a library logs before raising one ("An error occurred while trying to fetch ...") is not shown,
+since the caller's own message says what failed.
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
 from contextlib import ExitStack, contextmanager
 from typing import Iterator
@@ -16,10 +19,10 @@ from typing import Iterator
 
 @contextmanager
 def _library_quiet(logging_module) -> Iterator[None]:
-    """The library's progress bars off and its logger at errors only, within the block."""
+    """The library's progress bars off and its logger at critical only, within the block."""
     bars, verbosity = logging_module.is_progress_bar_enabled(), logging_module.get_verbosity()
     logging_module.disable_progress_bar()
-    logging_module.set_verbosity_error()
+    logging_module.set_verbosity(logging.CRITICAL)
     try:
         yield
     finally:
@@ -30,8 +33,8 @@ def _library_quiet(logging_module) -> Iterator[None]:
 
 @contextmanager
 def quiet_loading() -> Iterator[None]:
-    """Within the block, diffusers and transformers (those installed) show no progress bar, log errors
-    only, and their ``FutureWarning``s and ``DeprecationWarning``s (of their own arguments) are not shown."""
+    """Within the block, diffusers and transformers (those installed) show no progress bar, log nothing
+    below critical, and their ``FutureWarning``s and ``DeprecationWarning``s (of their own arguments) are not shown."""
     with ExitStack() as stack:
         for name in ("diffusers.utils.logging", "transformers.utils.logging"):
             try:
