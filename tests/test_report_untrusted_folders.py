@@ -424,3 +424,18 @@ def test_infinite_counts_in_a_result_are_read_as_missing(tmp_path):
         '"unique_extracted": 2, "rule": "l2", "extracted": [], "baseline_unique_extracted": Infinity}')
     assert main(["--quiet", "report", str(folder)]) == 0 and (folder / "report.html").exists()
     assert _int(float("-inf")) is None and _int(float("nan")) is None and _int("7") == 7
+
+
+def test_data_rewritten_since_verify_read_it_is_said_at_the_top_of_the_report(tmp_path):
+    """A training image edited in place after the audit: the pair shows ids (its pixels are not what was
+    measured), and the answer section says that every number describes the data as it was read."""
+    from diffaudit.data import load_dataset
+    from diffaudit.data.digest import dataset_digest
+
+    private, pixels = _private_photo(tmp_path)
+    res = _verify(tmp_path / "verify", {"data": str(private.parent), "data_digest": dataset_digest(load_dataset(str(private.parent)))})
+    assert "data-changed" not in _kinds(render_html(res))  # as read
+    Image.fromarray(255 - pixels).save(private)  # rewritten in place
+    html = render_html(res)
+    assert "data-changed" in _kinds(html) and not _embeds(html, 255 - pixels)
+    assert f"The data {private.parent} is no longer the data this audit read" in _text(html)

@@ -343,13 +343,15 @@ class TrainingImages:
     private photo album) and its keys a file there: without the check the report would embed that
     file. The digest (:func:`~diffaudit.data.digest.dataset_digest` of pixels, keys and labels) cannot
     be known without the images, so a result recording the right one was made from these very images.
-    ``error`` says why images are unavailable (the report prints it beside the ids).
+    ``error`` says why images are unavailable (the report prints it beside the ids); ``changed``: the
+    data loaded but is no longer the data the result was made from (rewritten in place since).
     """
 
     def __init__(self, spec: Any, options: dict[str, Any], bases: tuple[Path, ...] = (), digest: Any = None):
         self.spec, self.options = spec, options
         self.dataset = None
         self.error: str | None = None
+        self.changed = False
         self._index: dict[str, int] = {}
         if not spec:
             self.error = "no dataset recorded in the settings"
@@ -381,6 +383,7 @@ class TrainingImages:
             if actual != digest:
                 self.error = (f"the data loaded from {spec!r} is not the data the result was made from (its digest is "
                               f"{actual}, the result records {digest}), so none of its images is shown")
+                self.changed = not actual.startswith("unknown")
                 self.dataset = None
         if self.dataset is not None:
             self._index = self.dataset.index_of()

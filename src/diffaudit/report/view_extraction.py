@@ -437,7 +437,9 @@ def gallery(rs: ResultSet, *, redact: bool) -> dict[str, Any] | None:
         })
     if samples.error:  # known once the shards were read, above
         notes.append(f"Some generations are shown by id: {samples.error}.")
-    return {"items": items, "total": len(pairs), "notes": notes, "redacted": redact, "from_extract": medoids_only}
+    return {"items": items, "total": len(pairs), "notes": notes, "redacted": redact, "from_extract": medoids_only,
+            # the training data was rewritten since verify read it: said at the top, since every number is of the old
+            "data_changed": str(train.spec) if train is not None and train.changed else None}
 
 
 def cliques(rs: ResultSet, *, redact: bool = False) -> dict[str, Any] | None:
