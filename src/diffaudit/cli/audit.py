@@ -62,6 +62,14 @@ PATH_SETTINGS = ("data", "model", "cifar_root", "heldout")
 #: The setting that records the digest of the audit's data (pixels, keys, labels, captions; with --heldout, of
 #: both datasets): named "the contents of --data" when it differs. Audits recorded before it take today's.
 DATA_DIGEST = "data_digest"
+#: What an audit writes into its --out besides result.json: the stages' folders and its own files. A user's file
+#: or folder of one of these names already there is refused, never written over or taken for a stage's work.
+AUDIT_WRITES = ("models", "samples", "extract", "verify", "mia", "outliers", "inpaint", "config.toml", "report.html",
+                "summary.json", "members.view.json", "nonmembers.view.json", "data.view.json", "stage_stopped.json")
+#: The setting that records the digest of --model's weights, configs and train_ids.json: an audit resumed (or
+#: found finished) after the model was retrained in place is refused, naming "the contents of --model", since
+#: its finished stages measured the model as it was. Audits recorded before it take today's.
+MODEL_DIGEST = "model_digest"
 #: The inpainting stage's defaults (--inpaint-targets, --n-inpaint): a value other than these without --inpaint is
 #: warned about, as nothing uses it.
 INPAINT_TARGETS, N_INPAINT = "4,4", 16
@@ -247,7 +255,7 @@ def config_toml(settings: dict[str, Any], *, redact: bool = False) -> str:
     from this file must not show the training images its original hid."""
     lines = ["# The exact configuration of this audit: `diffaudit audit --config config.toml --out ...` repeats it."]
     lines += [f"{k.replace('_', '-')} = {_toml_value(v)}" for k, v in sorted({**settings, "redact": redact or None}.items())
-              if v is not None and k != DATA_DIGEST]
+              if v is not None and k not in (DATA_DIGEST, MODEL_DIGEST)]
     return "\n".join(lines) + "\n"
 
 
@@ -832,7 +840,12 @@ def run(args: argparse.Namespace) -> int:
     settings = audit_settings(args)
     # what --data holds now: an audit resumed (or found finished) after its images changed in place is refused
     settings[DATA_DIGEST] = dataset_digest(data)
-    upgrade = upgrading_paths(PATH_SETTINGS, then=lambda old: {DATA_DIGEST: settings[DATA_DIGEST], **upgrade_settings(old)})
+    digests = {DATA_DIGEST: settings[DATA_DIGEST]}
+    if args.model:  # and what --model holds: one retrained in place is another model
+        from diffaudit.models.digest import model_digest
+
+        settings[MODEL_DIGEST] = digests[MODEL_DIGEST] = model_digest(args.model)
+    upgrade = upgrading_paths(PATH_SETTINGS, then=lambda old: {**digests, **upgrade_settings(old)})
     if not args.fresh:  # held before --redo deletes a stage (prepare_out_dir holds it again: a no-op)
         folder_lock.hold(args.out)
         upgrade = prepare_redo(Path(args.out), settings, upgrade, args.redo)
@@ -841,7 +854,7 @@ def run(args: argparse.Namespace) -> int:
     args.redact, kept = resolve_redact(asked, was)
     if kept:
         stage_line("audit: the report stays redacted, as the one it replaces was; --no-redact shows the training images")
-    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrade)
+    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrade, writes=AUDIT_WRITES)
     if resumed and (out / "result.json").exists() and not _stale(read_json(out / "result.json"), out):
         missing = [name for name in ("summary.json", "report.html") if not (out / name).exists()]
         if missing:  # the finished run stopped (Ctrl-C, a full disk) after its result.json, while writing these

@@ -302,9 +302,29 @@ def delete_aside(path: Path, why: str = "diffaudit") -> None:
     remove_deletion_leftovers(target)
 
 
+#: What every command writes into its --out (beside ``settings.json``): a file of that name already there
+#: when diffaudit first writes into the folder is refused, never written over (:func:`refuse_taken_names`).
+WRITTEN_BY_EVERY_COMMAND = ("result.json",)
+
+
+def refuse_taken_names(path: Path, foreign: list[str], command: str, writes: tuple[str, ...]) -> None:
+    """Refuse a first write into ``path`` whose entries ``foreign`` (there before diffaudit, no
+    ``settings.json`` beside them) include a name ``command`` writes (``writes`` and
+    :data:`WRITTEN_BY_EVERY_COMMAND`): the user's own file would be written over, or an earlier run's
+    work, whose settings file was removed, taken as this run's without its settings being compared."""
+    taken = sorted(set(foreign) & {*WRITTEN_BY_EVERY_COMMAND, *writes})
+    if taken:
+        names = ", ".join(taken[:5]) + (f" and {len(taken) - 5} more" if len(taken) > 5 else "")
+        it = "it" if len(taken) == 1 else "them"
+        raise DiffauditError(f"--out {path} already holds {names}, which `diffaudit {command}` writes, with no "
+                             f"{SETTINGS_FILE} of diffaudit's beside {it} (your own, or a run's whose {SETTINGS_FILE} was "
+                             f"removed): it would write over {it} or take {it} for its own work; choose another --out, "
+                             f"or move {it} out of it")
+
+
 def prepare_out_dir(out: str | os.PathLike, command: str, settings: dict[str, Any], *, fresh: bool = False,
                     upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-                    refuse_foreign: str | None = None) -> tuple[Path, bool]:
+                    refuse_foreign: str | None = None, writes: tuple[str, ...] = ()) -> tuple[Path, bool]:
     """Create or reopen ``out`` for ``command`` with ``settings``.
 
     ``upgrade``: the command's reading of settings an earlier version recorded (keys since dropped
@@ -313,7 +333,8 @@ def prepare_out_dir(out: str | os.PathLike, command: str, settings: dict[str, An
     read-only storage: it is read the same way next time).
 
     ``refuse_foreign``: why the command refuses a folder that already holds files diffaudit did not
-    write (``export``: its generated images are never mixed with real ones); None records and keeps them.
+    write (``export``: its generated images are never mixed with real ones); None records and keeps them,
+    unless one has a name the command writes (``writes``, and ``result.json``): refused, never written over.
 
     Returns ``(path, resumed)``; ``resumed`` is True when the folder held the same settings.
     Raises :class:`SettingsMismatchError` when it holds different ones.
@@ -329,6 +350,7 @@ def prepare_out_dir(out: str | os.PathLike, command: str, settings: dict[str, An
     if foreign and refuse_foreign:
         raise DiffauditError(f"--out {path} already holds {len(foreign)} file{'s' * (len(foreign) != 1)} of yours (e.g. "
                              f"{foreign[0]}); {refuse_foreign}")
+    refuse_taken_names(path, foreign, command, writes)
     make_private_dir(path)
     record = settings_record(command, settings)
     if foreign:  # what the folder held before diffaudit first wrote into it: never deleted by --fresh

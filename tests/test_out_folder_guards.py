@@ -1,0 +1,78 @@
+"""What an --out folder held before diffaudit, and a --model that changed under a finished audit:
+
+- a user's file named as one diffaudit writes (an audit's ``config.toml``, any command's ``result.json``)
+  was written over without a word, and a folder named as an audit's stage (``models``) was taken for the
+  stage's finished work, also after ``--fresh`` or after the folder's ``settings.json`` was removed;
+- an audit of ``--model RUN`` recorded RUN by path only: RUN retrained in place gave "already finished",
+  or mixed the old model's generations with the new one's membership attack.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import pytest
+
+from diffaudit.cli.main import main
+from diffaudit.core.errors import DiffauditError
+from diffaudit.core.outdir import prepare_out_dir
+
+AUDIT = ["audit", "--data", "digits", "--n-samples", "16", "--sample-steps", "2", "--sweep", "", "--device", "cpu"]
+
+
+def _main(argv: list) -> tuple[int, str]:
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, err.getvalue()
+
+
+def test_a_users_file_of_a_name_a_command_writes_is_refused_not_written_over(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "result.json").write_text("my thesis")
+    (home / "notes.txt").write_text("mine")
+    with pytest.raises(DiffauditError, match=r"already holds result.json, which `diffaudit extract` writes"):
+        prepare_out_dir(home, "extract", {"a": 1})
+    assert (home / "result.json").read_text() == "my thesis" and not (home / "settings.json").exists()
+    (home / "result.json").unlink()
+    out, resumed = prepare_out_dir(home, "extract", {"a": 1})  # other files of the user's are kept, as before
+    assert not resumed and json.loads((out / "settings.json").read_text())["kept_on_fresh"] == ["notes.txt"]
+
+
+def test_a_run_whose_settings_file_was_removed_is_not_resumed_with_other_settings(tmp_path):
+    out, _ = prepare_out_dir(tmp_path / "x", "extract", {"a": 1})
+    (out / "result.json").write_text("{}")
+    (out / "settings.json").unlink()
+    with pytest.raises(DiffauditError, match="a run's whose settings.json was removed"):
+        prepare_out_dir(out, "extract", {"a": 2})
+
+
+def test_an_audit_refuses_a_users_config_toml_and_models_folder(tmp_path):
+    own = tmp_path / "study"
+    own.mkdir()
+    (own / "config.toml").write_text("# my annotated study\nsteps = 20\n")
+    code, err = _main(["audit", "--config", own / "config.toml", "--out", own])
+    assert code == 2 and "already holds config.toml, which `diffaudit audit` writes" in err, err
+    assert (own / "config.toml").read_text().startswith("# my annotated study")
+    mine = tmp_path / "mine"
+    (mine / "models").mkdir(parents=True)
+    (mine / "models" / "notes.txt").write_text("mine")
+    code, err = _main([*AUDIT, "--steps", "20", "--out", mine])
+    assert code == 2 and "already holds models" in err, err
+    assert sorted(p.name for p in (mine / "models").iterdir()) == ["notes.txt"]
+
+
+def test_an_audit_of_a_model_retrained_in_place_is_refused(tmp_path):
+    run = tmp_path / "run"
+    train = ["train", "--data", "digits", "--subset", "48", "--steps", "10", "--batch-size", "8", "--out", run]
+    assert _main(train)[0] == 0
+    audit = [*AUDIT, "--model", run, "--out", tmp_path / "audit"]
+    code, err = _main(audit)
+    assert code == 0, err
+    assert _main(audit)[0] == 0  # unchanged: already finished
+    assert _main([*train, "--seed", "7", "--fresh"])[0] == 0
+    code, err = _main(audit)
+    assert code == 2 and "the contents of --model" in err, err
