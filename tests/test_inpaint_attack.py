@@ -294,10 +294,13 @@ def test_command_checks_data_models_and_targets_before_any_inpainting(runs, tmp_
     base = ["--quiet", "inpaint", "--model", str(target), "--shadow", str(shadow), "--n-inpaint", "4", "--top-k", "2",
             "--steps", "5", "--device", "cpu"]
     cases = [
-        # another size: an 8x8 UNet runs on 16x16 images (it is convolutional); the pixels differ from training
-        (["--data", "digits", "--image-size", "16", "--target-keys", "digits:0"], "trained on other pixels"),
+        # another size: an 8x8 UNet runs on 16x16 images (it is convolutional), which it never trained on
+        (["--data", "digits", "--image-size", "16", "--target-keys", "digits:0"], "takes 8x8 images"),
+        # the same keys at another channel count
+        (["--data", "digits", "--mode", "RGB", "--target-keys", "digits:0"], "load it with --mode L"),
         # the same keys over other pixels
-        (["--data", "digits", "--mode", "RGB", "--target-keys", "digits:0"], "trained on other pixels"),
+        (["--data", "digits", "--center-crop", "6", "--image-size", "8", "--target-keys", "digits:0"],
+         "trained on other pixels"),
         (["--data", "digits", "--target-keys", "digits:0", "--timestep", "1000"], "--timestep must lie in [0, 999]"),
         (["--data", "digits", "--target-keys", "digits:0,digits:1,digits:0"], "'digits:0' is given twice"),
     ]

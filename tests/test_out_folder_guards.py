@@ -76,3 +76,15 @@ def test_an_audit_of_a_model_retrained_in_place_is_refused(tmp_path):
     assert _main([*train, "--seed", "7", "--fresh"])[0] == 0
     code, err = _main(audit)
     assert code == 2 and "the contents of --model" in err, err
+
+
+def test_data_loaded_at_another_channel_count_than_the_model_takes_is_said_so(tmp_path):
+    """A gray model audited on the same images loaded as RGB (a gray folder with one colour-mode file
+    does that): the refusal named "other pixels under the same keys" and advised repeating the
+    training's --subset, which the audit then refused too."""
+    run = tmp_path / "run"
+    assert _main(["train", "--data", "digits", "--subset", "48", "--steps", "5", "--batch-size", "8", "--out", run])[0] == 0
+    code, err = _main([*AUDIT, "--mode", "RGB", "--model", run, "--out", tmp_path / "audit"])
+    assert code == 2 and "takes images of 1 channel, but --data digits is loaded with 3 (colour): load it with --mode L" in err, err
+    code, err = _main([*AUDIT, "--image-size", "16", "--model", run, "--out", tmp_path / "audit"])
+    assert code == 2 and "takes 8x8 images, but --data digits is loaded at 16x16: load it with --image-size 8" in err, err
