@@ -14,6 +14,12 @@ its sidecar exists; both files are written atomically, so a killed writer leaves
 shard or nothing, and a resumed run redoes exactly the unfinished shards. Finished shards are never
 rewritten.
 
+A shard damaged after it was finished (its pixels file truncated or edited in place) is not finished:
+resuming a store in a folder (:meth:`SampleStore.create`) looks at every finished shard's pixels file
+(:meth:`SampleStore.damaged_shards`), warns of each damaged one by name, and unfinishes it so it is made
+again, bitwise the same (each image has its own seed). Readers refuse a damaged shard, naming it and
+saying to re-run ``diffaudit sample`` with the same ``--out`` to repair it.
+
 A store never takes another run's shards for its own: a folder holding a manifest or shards but no
 ``settings.json``, or no manifest but shards, is refused when created, and a shard whose sidecar
 records other sampler settings, ids, seeds or prompts than the manifest plans for it is refused
@@ -58,6 +64,44 @@ _SHARD_RE = re.compile(r"^shard-(\d{6,})\.json$")  # 6 digits, more from shard 1
 #: A shard's pixels: ``shard-NNNNNN.npy`` in a folder, ``shard-NNNNNN.<12 hex>.npy`` on an object store.
 _PIXELS_RE = re.compile(r"^shard-(\d{6,})(?:\.[0-9a-f]{12})?\.npy$")
 _SHARD_FILE = re.compile(r"^shard-\d{6,}(\.json|(?:\.[0-9a-f]{12})?\.npy)$")
+#: The sidecar field recording the SHA-256 of a shard's pixels (the array's bytes in C order, not the
+#: ``.npy`` header), written with the shard; sidecars of stores made before it have none.
+DIGEST_FIELD = "pixels_sha256"
+
+
+def pixels_digest(images: np.ndarray) -> str:
+    """:data:`DIGEST_FIELD` of ``images``: the SHA-256 of its bytes in C order."""
+    return hashlib.sha256(np.ascontiguousarray(images).data).hexdigest()
+
+
+def _npy_damage(path: Path, expected: tuple[int, ...]) -> str | None:
+    """What is wrong with the ``.npy`` file ``path`` that should hold a uint8 array of shape ``expected``,
+    from its size and header alone (a stat and the first few hundred bytes, never the pixels); None when
+    nothing is."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                return f"an .npy file of format version {version[0]}.{version[1]}, which diffaudit does not write"
+            offset = f.tell()
+    except FileNotFoundError:
+        return "it is missing"
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror or exc})"
+    except (ValueError, EOFError) as exc:  # no magic, a cut or garbled header
+        return f"its .npy header is damaged or truncated ({exc or 'empty'})"
+    if dtype != np.uint8 or fortran or tuple(shape) != tuple(expected):
+        order = " (Fortran order)" if fortran else ""
+        return f"its header says {dtype} {tuple(shape)}{order}, not the uint8 {tuple(expected)} its sidecar and the manifest say"
+    want = offset + int(np.prod(expected, dtype=np.int64))
+    if size != want:
+        return f"it is {size} bytes, not the {want} its header and sidecar promise ({'truncated' if size < want else 'extra bytes at its end'})"
+    return None
 
 
 def generation_id(prompt_index: int, image_index: int) -> str:
@@ -159,12 +203,16 @@ class SampleStore:
             "n_shards": -(-total // shard_size), "image_shape": list(image_shape), "prompts": prompts,
             "seed": settings.get("seed", 0), "sampler": settings,
         }
-        if not loc.exists(MANIFEST):
+        resumed = loc.exists(MANIFEST)
+        if not resumed:
             _refuse_orphan_shards(loc)
             loc.write_json(MANIFEST, manifest, create=True)  # of two writers on an object store, one manifest
         if loc.path is not None:
             make_private_dir(loc.path / "shards")
-        return cls(loc, loc.read_json(MANIFEST))
+        store = cls(loc, loc.read_json(MANIFEST))
+        if resumed:
+            store.unfinish_damaged()
+        return store
 
     @classmethod
     def open(cls, path: str | Path) -> "SampleStore":
@@ -299,7 +347,7 @@ class SampleStore:
             raise DiffauditError(f"shard {index}: expected uint8 {exp}, got {images.dtype} {images.shape}")
         req = self.shard_request(index)
         meta = {"shard": index, "start": pl.start, "stop": pl.stop, "ids": req["ids"], "seeds": req["seeds"],
-                "prompts": req["prompts"], "sampler": self.manifest["sampler"]}
+                "prompts": req["prompts"], "sampler": self.manifest["sampler"], DIGEST_FIELD: pixels_digest(images)}
         if not self._on_objects:
             self.location.write_npy(self._npy(index), images)
             fault_point("store.between_files")  # a crash here leaves pixels without a sidecar: unfinished
@@ -346,13 +394,101 @@ class SampleStore:
                                  "the sidecar was edited or damaged")
         self._check_same_run(index, meta)
         pixels = f"shards/{self._pixels_name(index, meta)}"
-        path = self._local_copy(pixels) if mmap else None
-        images = load_npy(path, mmap=True) if mmap else loc.read_npy(pixels)
         expected = (len(meta["ids"]), *self.manifest["image_shape"])
+        if not self._on_objects:  # a stat and a header read: a truncated file is named before numpy fails on it
+            reason = _npy_damage(self.location.path / pixels, expected)
+            if reason is not None:
+                raise self._damaged(index, pixels, reason)
+        try:
+            path = self._local_copy(pixels) if mmap else None
+            images = load_npy(path, mmap=True) if mmap else loc.read_npy(pixels)
+        except StoreReadError:
+            raise
+        except DiffauditError as exc:  # damaged or truncated (an object store's copy included)
+            raise self._damaged(index, pixels, str(exc)) from None
         if images.dtype != np.uint8 or tuple(images.shape) != tuple(expected):
-            raise DiffauditError(f"{loc.name(pixels)}: {images.dtype} {tuple(images.shape)}, not the uint8 {tuple(expected)} "
-                                 "its sidecar and the manifest say (an edited or damaged file)")
+            raise self._damaged(index, pixels, f"{images.dtype} {tuple(images.shape)}, not the uint8 {tuple(expected)} "
+                                               "its sidecar and the manifest say (an edited or damaged file)")
+        digest = meta.get(DIGEST_FIELD)
+        if not mmap and isinstance(digest, str) and pixels_digest(images) != digest:  # in memory already: cheap
+            raise self._damaged(index, pixels, f"its pixels' SHA-256 is not the {DIGEST_FIELD} its sidecar records "
+                                               "(changed after it was written)")
         return images, meta, path
+
+    def _damaged(self, index: int, pixels: str, reason: str) -> DiffauditError:
+        """The error a reader raises for shard ``index`` whose pixels file ``pixels`` is damaged."""
+        return DiffauditError(f"{self.location.name(pixels)}: {reason}. Shard {index} of {self.name} is damaged; "
+                              f"re-run `diffaudit sample` with the same flags and --out {self.name} to repair it "
+                              "(it is made again, bitwise the same)")
+
+    def damaged_shards(self, *, full: bool = False) -> dict[int, str]:
+        """Finished shards of a store in a folder whose pixels file is damaged -> what is wrong with it.
+
+        Cheap by default, as a store may hold millions of images (hundreds of GB): each finished shard's
+        pixels file is stat'ed and its ``.npy`` header read, and the file must be exactly as long as that
+        header (uint8, the shard's shape as its sidecar and the manifest say) promises: a truncated file,
+        or one with bytes added, is damaged. A same-size change of its bytes cannot be seen so; the
+        :data:`DIGEST_FIELD` the sidecar records (stores written since it was added) tells it, at the cost
+        of reading the pixels, so it is checked only for shards whose pixels file was modified after its
+        sidecar was written (the sidecar is written last, so a shard as written never is: an edit in
+        place, or a truncation, makes it so), or for every shard with ``full``. A copy of a store that does
+        not keep modification times (``cp`` without ``-p``) may have some shards' digests checked on every
+        resume: correct, just slower. A sidecar without a digest (an older store) has its size checked only.
+
+        On an object store the pixels are objects uploaded whole and never rewritten, so nothing is
+        looked at: {} (:meth:`read_shard` checks a shard as it reads it, there as here)."""
+        if self._on_objects:
+            return {}
+        shards = self.location.path / "shards"
+        out = {}
+        for k in self.completed():
+            pl = self.plan(k)
+            expected = (pl.stop - pl.start, *self.manifest["image_shape"])
+            sidecar = shards / _shard_name(k, "json")
+            pixels = shards / _shard_name(k, "npy")
+            meta = None
+            if not pixels.exists():  # an object store's shard-NNNNNN.<hex>.npy copied into a folder: its sidecar names it
+                try:
+                    meta = self.location.read_json(self._sidecar(k))
+                    pixels = shards / self._pixels_name(k, meta)
+                except StoreReadError:
+                    raise
+                except DiffauditError:  # another run's or a damaged sidecar: stray_shards' business
+                    continue
+            reason = _npy_damage(pixels, expected)
+            if reason is None and (full or self._modified_after(pixels, sidecar)):
+                try:
+                    meta = meta if meta is not None else self.location.read_json(self._sidecar(k))
+                except StoreReadError:
+                    raise
+                except DiffauditError:
+                    continue
+                digest = meta.get(DIGEST_FIELD) if isinstance(meta, dict) else None
+                if isinstance(digest, str) and pixels_digest(load_npy(pixels, mmap=True)) != digest:
+                    reason = f"its pixels' SHA-256 is not the {DIGEST_FIELD} its sidecar records (changed after it was written)"
+            if reason is not None:
+                out[k] = f"{pixels}: {reason}"
+        return out
+
+    @staticmethod
+    def _modified_after(pixels: Path, sidecar: Path) -> bool:
+        """Whether file ``pixels`` was modified after ``sidecar`` (False when either cannot be stat'ed)."""
+        try:
+            return pixels.stat().st_mtime_ns > sidecar.stat().st_mtime_ns
+        except OSError:
+            return False
+
+    def unfinish_damaged(self) -> list[int]:
+        """Unfinish (:meth:`discard`) the finished shards whose pixels file is damaged (:meth:`damaged_shards`),
+        with a warning naming each, so the next fill makes them again; returns their indices. Run when a store
+        is resumed (:meth:`create`)."""
+        damaged = self.damaged_shards()
+        for k, reason in damaged.items():
+            warning_line("sample", f"shard {k} of {self.name} is damaged ({reason}); it is treated as unfinished "
+                                   "and made again")
+        if damaged:
+            self.discard(sorted(damaged))
+        return sorted(damaged)
 
     def _local_copy(self, rel: str) -> Path:
         """A local file holding ``rel`` (``shards/...``) to memory-map: the file itself, or on an object store
