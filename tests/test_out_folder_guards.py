@@ -88,3 +88,30 @@ def test_data_loaded_at_another_channel_count_than_the_model_takes_is_said_so(tm
     assert code == 2 and "takes images of 1 channel, but --data digits is loaded with 3 (colour): load it with --mode L" in err, err
     code, err = _main([*AUDIT, "--image-size", "16", "--model", run, "--out", tmp_path / "audit"])
     assert code == 2 and "takes 8x8 images, but --data digits is loaded at 16x16: load it with --image-size 8" in err, err
+
+
+def test_a_moved_folder_resumes_with_the_paths_it_recorded_inside_the_moved_tree(tmp_path):
+    """An interrupted audit renamed (mvA -> mvB) was refused on resume: its mia stage recorded
+    ``--shadows mvA/models`` by absolute path ("--shadows (was .../mvA/models, now .../mvB/models)")."""
+    from diffaudit.core.outdir import moved_roots
+
+    assert moved_roots("/a/mvA/models", "/a/mvB/models") == ("/a/mvA", "/a/mvB")
+    assert moved_roots("/a/mvA", "/b/c/mvA") == ("/a", "/b/c")
+    assert moved_roots("/a/x", "/a/x") is None
+    outside = str(tmp_path / "data.npz")
+    settings = lambda root: {"shadows": str(root / "models"), "data": outside, "n": 1}  # noqa: E731
+    a = tmp_path / "mvA"
+    prepare_out_dir(a / "mia", "mia", settings(a))
+    (a / "mia" / "losses.npy").write_bytes(b"work")  # work of these settings: a mismatch is refused, not replaced
+    b = tmp_path / "mvB"
+    a.rename(b)
+    out, resumed = prepare_out_dir(b / "mia", "mia", settings(b))
+    assert resumed and json.loads((out / "settings.json").read_text())["settings"]["shadows"] == str(b / "models")
+    with pytest.raises(DiffauditError, match=r"--shadows|shadows"):  # a path inside it named elsewhere is still another
+        prepare_out_dir(b / "mia", "mia", {**settings(b), "shadows": str(tmp_path / "other" / "models")})
+    c = tmp_path / "mvC"
+    c.mkdir()
+    with pytest.raises(DiffauditError, match="shadows"):  # a tree that still exists where it was has not moved
+        prepare_out_dir(b / "mia", "mia", {**settings(b), "shadows": str(c / "models")})
+    with pytest.raises(DiffauditError, match="data"):  # and one outside the moved tree is compared as recorded
+        prepare_out_dir(b / "mia", "mia", {**settings(b), "data": str(b / "data.npz")})

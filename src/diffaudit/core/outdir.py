@@ -396,13 +396,61 @@ def holds_no_work(path: Path, old: Any, command: str) -> bool:
     return True
 
 
+def moved_roots(old_path: str, new_path: str) -> tuple[str, str] | None:
+    """(old root, new root) of two paths: each without the trailing components they share
+    (``/a/mvA/models`` and ``/a/mvB/models``: ``/a/mvA`` and ``/a/mvB``); None when they are equal."""
+    a, b = Path(old_path).parts, Path(new_path).parts
+    n = 0
+    while n < min(len(a), len(b)) - 1 and a[-1 - n] == b[-1 - n]:
+        n += 1
+    old_root, new_root = str(Path(*a[:len(a) - n])), str(Path(*b[:len(b) - n]))
+    return None if old_root == new_root else (old_root, new_root)
+
+
+def _moved_tree(old: Any, new: Any, where: str) -> tuple[str, str] | None:
+    """(old root, new root) when output folder ``where`` was moved with what lies beside it: the first
+    two absolute paths that differ between settings ``old`` and ``new`` differ only in a root
+    (:func:`moved_roots`) that holds ``where`` now and no longer exists where it was (an audit renamed
+    from ``mvA`` to ``mvB``: its mia stage recorded ``--shadows /a/mvA/models``, and is asked for
+    ``/a/mvB/models``). None otherwise: a folder not moved, or one moved alone, compares its paths as
+    recorded. What the paths hold is compared on its own (the digests of data and models), so a moved
+    tree is resumed only on the same inputs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in old.keys() & new.keys():
+            found = _moved_tree(old[key], new[key], where)
+            if found is not None:
+                return found
+        return None
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return next((f for f in (_moved_tree(a, b, where) for a, b in zip(old, new)) if f is not None), None)
+    if not (isinstance(old, str) and isinstance(new, str) and old != new and os.path.isabs(old) and os.path.isabs(new)):
+        return None
+    roots = moved_roots(old, new)
+    if roots is None or os.path.exists(roots[0]):
+        return None
+    here = Path(where).resolve()
+    return roots if here == Path(roots[1]) or Path(roots[1]) in here.parents else None
+
+
+def _remapped(value: Any, old_root: str, new_root: str) -> Any:
+    """``value`` (settings) with every string that is ``old_root`` or a path inside it moved to ``new_root``."""
+    if isinstance(value, dict):
+        return {k: _remapped(v, old_root, new_root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_remapped(v, old_root, new_root) for v in value]
+    if isinstance(value, str) and (value == old_root or value.startswith(old_root.rstrip(os.sep) + os.sep)):
+        return new_root + value[len(old_root):]
+    return value
+
+
 def resumed_record(where: str, old: dict[str, Any], record: dict[str, Any],
                    upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any] | None:
     """Check that the settings record ``old`` found in output ``where`` is the work ``record`` asks for.
 
     Returns None when ``old`` is ``record`` as it stands, or the record to write in its place when
     ``old`` is an earlier version's record of the same work (read through ``upgrade``; what it listed
-    as kept on ``--fresh`` stays). Raises :class:`SettingsMismatchError` naming the output of another
+    as kept on ``--fresh`` stays), or the record of a folder since moved with what lies beside it
+    (:func:`_moved_tree`). Raises :class:`SettingsMismatchError` naming the output of another
     command, or up to five settings that differ (by their flags, :func:`flag_names`).
     """
     command = record["command"]
@@ -412,6 +460,9 @@ def resumed_record(where: str, old: dict[str, Any], record: dict[str, Any],
                 f"a {SETTINGS_FILE} that names no command (not the output of `diffaudit {command}`)")
         raise SettingsMismatchError(f"{where} holds {held}; choose another --out")
     recorded = old.get("settings", {})
+    moved = _moved_tree(recorded, record["settings"], where)
+    if moved is not None:  # renamed or moved since: the paths it recorded inside the moved tree, at their new place
+        recorded = _remapped(recorded, *moved)
     diffs = named_differences(recorded, record["settings"])
     if diffs and upgrade is not None:  # an earlier version's record, read as today's: only real differences
         diffs = named_differences(_normalise(upgrade(dict(recorded))), record["settings"])
@@ -421,7 +472,7 @@ def resumed_record(where: str, old: dict[str, Any], record: dict[str, Any],
             "Use the same settings to resume, another --out, or --fresh to start over.",
             differences=tuple(diffs[:5]),
         )
-    if recorded == record["settings"]:
+    if old.get("settings", {}) == record["settings"]:  # not moved, nor an earlier version's record
         return None
     return _keeping_foreign(record, old)
 
