@@ -71,7 +71,7 @@ def test_interrupted_decode_resumes_after_its_last_part(tmp_path, monkeypatch):
 def test_gray_parts_become_rgb_when_colour_follows_and_skips_are_recorded(write_images, tmp_path):
     files = {f"{i:02d}.png": np.full((8, 8), 10 * i, dtype=np.uint8) for i in range(6)}
     files["07.png"] = b"corrupt"
-    files["09.png"] = np.full((8, 8, 3), 99, dtype=np.uint8)
+    files["09.png"] = np.full((8, 8, 3), (99, 30, 200), dtype=np.uint8)  # colour (an equal-channel RGB file is gray)
     root = write_images(files)
     with pytest.raises(DiffauditError, match="07.png"):
         load_dataset_to_disk(root, tmp_path / "c")

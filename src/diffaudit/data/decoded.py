@@ -19,7 +19,12 @@ An interrupted decode resumes after its last complete part; a finished one is re
 with the same spec, options and contents. A source file added, removed, rewritten or touched changes
 the contents digest: the dataset is decoded again, and the older decode of the same spec and options
 is deleted (``fresh=True`` decodes again regardless). Without ``mode``, parts decoded before the first
-colour image are rewritten as RGB at the end, as the in-memory loader converts a mixed dataset.
+colour image are rewritten as RGB at the end, as the in-memory loader converts a mixed dataset; parts
+of gray image files stored in a colour mode, written as RGB until a grayscale image came, are
+rewritten as grayscale (:class:`~diffaudit.data.loader.ChannelsSeen`: the C the in-memory loader
+chooses). Each part's ``.json`` counts its 16-bit grayscale images and their largest value,
+``done.json`` the whole decode's, so that a load from a finished decode warns of 12-bit images as a
+decoding load does.
 """
 
 from __future__ import annotations
@@ -39,7 +44,9 @@ from diffaudit.core.io import load_npy, make_private_dir, read_json, remove_stal
 from diffaudit.data.builtin import BUILTIN_NAMES
 from diffaudit.data.dataset import ImageDataset, say_skipped
 from diffaudit.data.entries import Entry
+from diffaudit.data.images import SixteenBitSeen
 from diffaudit.data.loader import (
+    ChannelsSeen,
     check_options,
     check_same_size,
     dataset_channels,
@@ -47,6 +54,7 @@ from diffaudit.data.loader import (
     list_selected,
     load_view,
     no_readable_images,
+    warn_twelve_bit,
 )
 from diffaudit.data.sharded import ShardedImages
 from diffaudit.data.transforms import to_channels
@@ -54,15 +62,22 @@ from diffaudit.data.view import is_view
 
 #: Largest decoded part file (uint8 bytes).
 PART_BYTES = 256 << 20
+#: Named in the contents digest of a decode that infers C (no ``mode``): decodes made before gray image
+#: files stored in a colour mode counted as grayscale (beside grayscale ones) may hold other channels,
+#: and are redone.
+_INFERRED_CHANNELS = "inferred channels: equal-channel image files are gray"
 
 
 def _folder_name(spec: str, options: dict[str, Any], entries: list[Entry], caption_files: Sequence[str] = ()) -> str:
     """``<options digest>-<contents digest>``: the spec and options, then the decoder (Pillow's
-    version: another may decode JPEGs to other pixels), the keys and the stamp (path, size,
+    version: another may decode JPEGs to other pixels; without ``mode``, :data:`_INFERRED_CHANNELS`),
+    the keys and the stamp (path, size,
     modification time in ns) of every file the entries are read from, and of the files their captions
     come from (``caption_files``: an image folder's ``.txt`` files; an edited caption is other data)."""
     head = hashlib.sha256(json.dumps({"spec": spec, "options": options}, sort_keys=True).encode())
     body = hashlib.sha256(f"pillow {PIL.__version__}\0".encode())
+    if options.get("mode") is None:
+        body.update(f"{_INFERRED_CHANNELS}\0".encode())
     for e in entries:
         body.update(text_bytes(e.key) + b"\0")
     files = [e.file for e in entries if e.file is not None] + list(caption_files)
@@ -152,6 +167,7 @@ def load_dataset_to_disk(
         _decode(folder, listing, entries, mode=mode, skip_bad=skip_bad, center_crop=center_crop, image_size=image_size,
                 part_bytes=part_bytes)
     done = read_json(folder / "done.json")
+    warn_twelve_bit(listing.source, SixteenBitSeen(*done.get("sixteen_bit", (0, 0))))
     parts = _finished_parts(folder)
     keys = [k for _, m in parts for k in m["keys"]]
     return say_skipped(ImageDataset(
@@ -167,35 +183,51 @@ def load_dataset_to_disk(
 
 def _decode(folder: Path, listing, entries, *, mode, skip_bad, center_crop, image_size, part_bytes) -> None:
     """Decode the entries not yet in a finished part, part by part; then make channels uniform and
-    write ``done.json``."""
+    write ``done.json`` (the skipped entries; ``sixteen_bit``: [16-bit grayscale images, their largest
+    value], summed over the parts). Each part's ``.json`` also counts its images by how they were stored
+    (``channels_seen``: [gray, equal, colour], :class:`~diffaudit.data.loader.ChannelsSeen`), so that a
+    resumed decode chooses C as one decode would."""
     parts = _finished_parts(folder)
     consumed = parts[-1][1]["consumed"] if parts else 0
     skipped = [tuple(x) for x in listing.skipped] + [tuple(x) for _, m in parts for x in m["skipped"]]
     first = (parts[0][1]["first"], tuple(load_npy(parts[0][0], mmap=True).shape[1:])) if parts else None
-    colour = any(load_npy(p, mmap=True).shape[-1] == 3 for p, _ in parts)
+    sixteen_bit, seen = SixteenBitSeen(), ChannelsSeen()  # of the finished parts, then of each part written
+    for p, m in parts:
+        sixteen_bit.add(SixteenBitSeen(*m.get("sixteen_bit", (0, 0))))
+        stored = m.get("channels_seen") or ([0, 0, 1] if load_npy(p, mmap=True).shape[-1] == 3 else [1, 0, 0])
+        seen.add(ChannelsSeen(*stored))
+    # the part being decoded: iter_decoded counts in these same objects, emptied after each part
+    part_sixteen_bit, part_seen = SixteenBitSeen(), ChannelsSeen()
     buf: list[tuple[Any, np.ndarray]] = []
     part_skipped: list[tuple[str, str]] = []  # iter_decoded appends the entries it skips
     rows = None
 
     def flush(next_consumed: int) -> None:
         nonlocal buf
-        images = np.stack([to_channels(img, dataset_channels(mode, colour)) for _, img in buf])
+        seen.add(part_seen)
+        channels = seen.channels() if mode is None else dataset_channels(mode, True)
+        images = np.stack([to_channels(img, channels) for _, img in buf])
         name = _part_name(len(parts))
         save_npy_atomic(folder / f"{name}.npy", images)
         meta = {"first": first[0], "keys": [e.key for e, _ in buf], "labels": [e.label for e, _ in buf],
-                "captions": [e.caption for e, _ in buf], "skipped": list(part_skipped), "consumed": next_consumed}
+                "captions": [e.caption for e, _ in buf], "skipped": list(part_skipped), "consumed": next_consumed,
+                "sixteen_bit": [part_sixteen_bit.images, part_sixteen_bit.max_value],
+                "channels_seen": [part_seen.gray, part_seen.equal, part_seen.colour]}
         write_json_atomic(folder / f"{name}.json", meta)  # last: the part counts once its .json is there
         parts.append((folder / f"{name}.npy", meta))
         skipped.extend(part_skipped)
+        sixteen_bit.add(part_sixteen_bit)
         buf = []
         part_skipped.clear()  # the same list iter_decoded appends to
+        part_sixteen_bit.images, part_sixteen_bit.max_value = 0, 0
+        part_seen.gray, part_seen.equal, part_seen.colour = 0, 0, 0
 
     for i, entry, img in iter_decoded(entries[consumed:], listing.source, part_skipped, center_crop=center_crop,
-                                      image_size=image_size, skip_bad=skip_bad):
+                                      image_size=image_size, skip_bad=skip_bad,
+                                      channels_seen=part_seen if mode is None else None, sixteen_bit=part_sixteen_bit):
         if first is None:
             first = (entry.name, img.shape)
         check_same_size(listing.source, first[0], first[1], entry.name, img.shape)
-        colour = colour or img.shape[2] == 3
         buf.append((entry, img))
         rows = rows or max(1, part_bytes // (img.shape[0] * img.shape[1] * 3))
         if len(buf) == rows:
@@ -205,8 +237,9 @@ def _decode(folder: Path, listing, entries, *, mode, skip_bad, center_crop, imag
     skipped.extend(part_skipped)  # bad entries after the last image (redone on a resume)
     if not parts:
         raise no_readable_images(listing.source, skipped)
-    channels = dataset_channels(mode, colour)
-    for path, _ in parts:  # parts decoded before the first colour image
+    channels = seen.channels() if mode is None else dataset_channels(mode, True)
+    for path, _ in parts:  # parts decoded before the first colour image (or the first grayscale one)
         if load_npy(path, mmap=True).shape[-1] != channels:
             save_npy_atomic(path, to_channels(load_npy(path), channels))
-    write_json_atomic(folder / "done.json", {"skipped": skipped})
+    write_json_atomic(folder / "done.json", {"skipped": skipped,
+                                             "sixteen_bit": [sixteen_bit.images, sixteen_bit.max_value]})

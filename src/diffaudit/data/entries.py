@@ -32,6 +32,10 @@ class Entry:
             reading it raises :class:`BadImageError` (skipped and recorded with ``skip_bad``).
         file: the file the pixels are read from (image file, shard, ``.npz``), or None for data
             held by a package (digits); a decode cache stamps it (size, modification time).
+        image_file: the pixels are decoded from an image file (a folder's file, a shard's member),
+            whose C follows how the file was stored (a palette or RGBA file decodes to C = 3 even
+            when gray): a load that infers C counts one whose channels are equal everywhere as
+            grayscale. False for arrays (``.npz`` rows, digits), whose C is the array's.
     """
 
     key: str
@@ -41,6 +45,7 @@ class Entry:
     caption: str | None = None
     problem: str | None = None
     file: str | None = None
+    image_file: bool = False
 
     def pixels(self) -> np.ndarray:
         """uint8 (H, W, C) with C in {1, 3}; raises :class:`BadImageError` for a bad entry."""

@@ -95,6 +95,7 @@ def list_folder(root: str | os.PathLike, *, source: str | None = None) -> Listin
             caption=caption,
             problem=problem,
             file=str(path),
+            image_file=True,
         ))
     return Listing(entries=entries, source=source, has_labels=class_names is not None, class_names=class_names,
                    has_captions=has_captions, caption_files=[str(t) for t in sidecars.values()] if has_captions else [])

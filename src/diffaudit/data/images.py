@@ -5,9 +5,14 @@ Modes, as Pillow reports them after opening the file:
 - ``1``, ``L``, ``LA``, ``La``: grayscale, C = 1 (alpha dropped).
 - ``RGB``: C = 3. ``RGBA``, ``RGBa``, ``RGBX``, ``P``, ``PA``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``:
   converted to RGB by Pillow, C = 3. Alpha is *dropped*, not composited: a transparent pixel keeps
-  the colour stored under it (palette images: the palette colour).
+  the colour stored under it (palette images: the palette colour). A load that infers C (no ``mode``)
+  counts such a file whose three channels are equal at every pixel as grayscale, as it counts ``LA``
+  (:func:`~diffaudit.data.loader.gray_if_equal`).
 - 16-bit grayscale (``I;16``, ``I;16B``, ``I;16L``, ``I;16N``): scaled to 8 bits by ``round(v / 257)``
-  (65535 -> 255, 257*k -> k), never clipped (Conventions: pixels).
+  (65535 -> 255, 257*k -> k), never clipped (Conventions: pixels). 12-bit scans stored in 16 bits
+  (values 0..4095) so read at most 16/255: nearly black. The scale stays (a file does not say its white
+  level); a load notes each 16-bit image's largest value (:func:`noting_sixteen_bit`) and warns when
+  they all fit in 12 bits (:func:`~diffaudit.data.loader.warn_twelve_bit`).
 - 32-bit integer grayscale ``I`` (a TIFF of 32-bit integers): the file says nothing of its white
   level, so the values say it. Pillow writes an 8-bit image converted to ``I`` (``convert("I")``) with
   its values 0..255, and a 16-bit one with 0..65535: an ``I`` image whose values all lie in [0, 255]
@@ -43,6 +48,10 @@ from __future__ import annotations
 
 import io
 import warnings
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -69,6 +78,47 @@ _GRAY_MODES = {"1", "L", "LA", "La"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
 _INT32_MODE = "I"
 _TO_RGB_MODES = {"RGBA", "RGBa", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"}
+
+
+@dataclass
+class SixteenBitSeen:
+    """The 16-bit grayscale images a load decoded (before scaling to 8 bits).
+
+    Attributes:
+        images: how many were 16-bit (``I;16*``, or ``I`` read as 16-bit; see the module doc).
+        max_value: the largest raw value among them, in [0, 65535] (0 when ``images`` is 0).
+    """
+
+    images: int = 0
+    max_value: int = 0
+
+    def add(self, other: "SixteenBitSeen") -> None:
+        """Count ``other``'s images in this one as well."""
+        self.images += other.images
+        self.max_value = max(self.max_value, other.max_value)
+
+
+#: Where the decoder notes 16-bit images, None when no load is listening (:func:`noting_sixteen_bit`).
+_SIXTEEN_BIT: ContextVar[SixteenBitSeen | None] = ContextVar("diffaudit_sixteen_bit_seen", default=None)
+
+
+@contextmanager
+def noting_sixteen_bit(seen: SixteenBitSeen) -> Iterator[SixteenBitSeen]:
+    """Within this block every 16-bit grayscale image decoded is counted in ``seen`` (its count, the
+    largest raw value); yields ``seen``."""
+    token = _SIXTEEN_BIT.set(seen)
+    try:
+        yield seen
+    finally:
+        _SIXTEEN_BIT.reset(token)
+
+
+def _note_sixteen_bit(raw: np.ndarray) -> None:
+    """Count the 16-bit image ``raw`` (H, W), values in [0, 65535], where a load listens."""
+    seen = _SIXTEEN_BIT.get()
+    if seen is not None:
+        seen.images += 1
+        seen.max_value = max(seen.max_value, int(raw.max()) if raw.size else 0)
 
 
 class BadImageError(DiffauditError):
@@ -154,7 +204,9 @@ def image_to_array(im: Image.Image, name: str) -> np.ndarray:
     elif mode == "RGB":
         arr = np.asarray(im)
     elif mode in _SIXTEEN_BIT_MODES:
-        arr = scale_16bit(np.asarray(im))
+        raw = np.asarray(im)
+        _note_sixteen_bit(raw)
+        arr = scale_16bit(raw)
     elif mode == _INT32_MODE:
         arr = _int32_to_8bit(np.asarray(im), name, sixteen_bit=im.format == "PNG")
     elif mode in _TO_RGB_MODES:
@@ -181,6 +233,7 @@ def _int32_to_8bit(raw: np.ndarray, name: str, *, sixteen_bit: bool) -> np.ndarr
         )
     if high <= 255 and not sixteen_bit:
         return raw.astype(np.uint8)
+    _note_sixteen_bit(raw)
     return scale_16bit(raw)
 
 

@@ -18,25 +18,35 @@ smaller (it is never topped up, so the chosen positions stay those of the seed).
 
 Channels: with ``mode="L"`` or ``"RGB"`` every image is converted (see
 :mod:`diffaudit.data.transforms`); without ``mode`` a dataset that mixes grayscale and colour
-images is converted to RGB, and a dataset of grayscale images stays C = 1.
+images is converted to RGB, and a dataset of grayscale images stays C = 1. An image file stored in a
+colour mode (palette, RGBA, RGB) whose three channels are equal at every pixel counts as grayscale
+beside grayscale images (:func:`gray_if_equal`, :class:`ChannelsSeen`): a folder of grayscale scans
+with one gray palette or RGBA file stays C = 1, while one truly coloured file still makes it RGB. A
+dataset stored in colour modes only stays C = 3 as stored, gray-looking or not (a model trained on it
+takes 3 channels). Alpha is dropped as before (:mod:`diffaudit.data.images`), so only the colour
+channels decide.
+
+16-bit images: read at ``round(v / 257)`` (:mod:`diffaudit.data.images`); when every 16-bit grayscale
+image of a load fits in 12 bits (largest value <= 4095), one warning says so (:func:`warn_twelve_bit`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
 from diffaudit.core.errors import DiffauditError
-from diffaudit.core.progress import progress_bar
+from diffaudit.core.progress import progress_bar, warning_line
 from diffaudit.data.builtin import BUILTIN_NAMES, list_cifar10, list_digits
 from diffaudit.data.dataset import ImageDataset, concat_datasets, say_skipped
 from diffaudit.data.entries import Entry, Listing, gc_paused
 from diffaudit.data.folder import list_folder
-from diffaudit.data.images import BadImageError
+from diffaudit.data.images import BadImageError, SixteenBitSeen, noting_sixteen_bit
 from diffaudit.data.local_paths import check_local
 from diffaudit.data.npz import list_npz
 from diffaudit.data.shards import is_shard_spec, list_shard_pattern
@@ -45,6 +55,8 @@ from diffaudit.data.transforms import apply_geometry, check_size_option, to_chan
 from diffaudit.data.view import ViewPart, is_view, read_view
 
 MODES = ("L", "RGB")
+#: The largest value of a 12-bit image: 16-bit images that all stay at or under it look dark (<= 16/255).
+TWELVE_BIT_MAX = 4095
 #: Loader options that only transform each image (a view's keys stay valid under any of them).
 PER_IMAGE_OPTIONS = ("image_size", "center_crop", "mode")
 
@@ -99,7 +111,8 @@ def load_dataset(
         subset: keep a seeded random ``subset`` of the examples (in source order).
         subset_seed: seed of the subset.
         mode: ``"L"`` (grayscale, C = 1) or ``"RGB"`` (C = 3); None keeps grayscale datasets
-            grayscale and converts mixed ones to RGB.
+            grayscale (beside grayscale images, an image file whose colour channels are equal
+            everywhere counts as grayscale: :class:`ChannelsSeen`) and converts mixed ones to RGB.
         skip_bad: skip bad images and damaged shards (recorded in ``.skipped``) instead of failing.
         cifar_root: folder of the CIFAR-10 shards (else ``$DIFFAUDIT_CIFAR10``, else searched).
 
@@ -118,19 +131,22 @@ def load_dataset(
     listing, entries = list_selected(spec, subset=subset, subset_seed=subset_seed, skip_bad=skip_bad, cifar_root=cifar_root)
     skipped = list(listing.skipped)
     kept, pixels = [], []
+    sixteen_bit, seen = SixteenBitSeen(), ChannelsSeen()
     for _, entry, img in iter_decoded(entries, listing.source, skipped, center_crop=center_crop, image_size=image_size,
-                                      skip_bad=skip_bad):
+                                      skip_bad=skip_bad, channels_seen=seen if mode is None else None,
+                                      sixteen_bit=sixteen_bit):
         if pixels:
             check_same_size(listing.source, kept[0].name, pixels[0].shape, entry.name, img.shape)
         kept.append(entry)
         pixels.append(img)
     if not kept:
         raise no_readable_images(listing.source, skipped)
-    channels = dataset_channels(mode, any(img.shape[2] == 3 for img in pixels))
+    channels = seen.channels() if mode is None else dataset_channels(mode, True)
     h, w = pixels[0].shape[:2]
     images = np.empty((len(pixels), h, w, channels), dtype=np.uint8)
     for i, img in enumerate(pixels):
         images[i] = to_channels(img, channels)
+    warn_twelve_bit(listing.source, sixteen_bit)
     return say_skipped(assemble(listing, kept, images, skipped))
 
 
@@ -157,13 +173,24 @@ def list_selected(spec, *, subset, subset_seed, skip_bad, cifar_root) -> tuple[L
 
 
 def iter_decoded(entries: list[Entry], source: str, skipped: list[tuple[str, str]], *, center_crop, image_size,
-                 skip_bad: bool) -> Iterator[tuple[int, Entry, np.ndarray]]:
+                 skip_bad: bool, channels_seen: ChannelsSeen | None = None,
+                 sixteen_bit: SixteenBitSeen | None = None) -> Iterator[tuple[int, Entry, np.ndarray]]:
     """(position in ``entries``, entry, uint8 (H, W, C) after crop and resize) per readable entry, with a
-    progress bar; a bad entry raises, or with ``skip_bad`` is appended to ``skipped``."""
+    progress bar; a bad entry raises, or with ``skip_bad`` is appended to ``skipped``.
+
+    ``channels_seen`` (a load that infers C): counts each image's kind (:meth:`ChannelsSeen.note`), and
+    an image file's (H, W, 3) whose channels are equal everywhere comes as (H, W, 1), decided per image
+    once decoded (each is decoded once; :meth:`ChannelsSeen.channels` then gives the dataset's C).
+    ``sixteen_bit``: counts the 16-bit grayscale images decoded and their largest raw value."""
+    seen = sixteen_bit if sixteen_bit is not None else SixteenBitSeen()
     with progress_bar(f"load {source}", len(entries), unit="img") as bar, gc_paused():
         for i, entry in enumerate(entries):
             try:
-                img = apply_geometry(entry.pixels(), entry.name, center_crop_size=center_crop, image_size=image_size)
+                with noting_sixteen_bit(seen):
+                    raw = entry.pixels()
+                img = apply_geometry(raw, entry.name, center_crop_size=center_crop, image_size=image_size)
+                if channels_seen is not None:
+                    img = channels_seen.note(img, image_file=entry.image_file)
             except BadImageError as exc:
                 if not skip_bad:
                     raise DiffauditError(
@@ -194,6 +221,75 @@ def check_same_size(source: str, first_name: str, first_shape, name: str, shape)
 
 def no_readable_images(source: str, skipped: list[tuple[str, str]]) -> DiffauditError:
     return DiffauditError(f"{source}: no readable images ({len(skipped)} skipped, first: {skipped[0][0]}: {skipped[0][1]})")
+
+
+@dataclass
+class ChannelsSeen:
+    """How the images of a load that infers C were stored, to choose its C (:meth:`channels`).
+
+    Attributes:
+        gray: images that decode to C = 1 (grayscale modes, 16-bit, grayscale arrays).
+        equal: image files that decode to C = 3 (palette, RGBA, RGB...) with the three channels equal
+            at every pixel: gray stored in a colour mode.
+        colour: images with C = 3 whose channels differ somewhere.
+    """
+
+    gray: int = 0
+    equal: int = 0
+    colour: int = 0
+
+    def note(self, image: np.ndarray, *, image_file: bool) -> np.ndarray:
+        """Count ``image``, uint8 (H, W, C), C in {1, 3}; returns it, as (H, W, 1) when it is an image
+        file whose channels are equal everywhere (:func:`gray_if_equal`: the same values)."""
+        if image.shape[-1] == 1:
+            self.gray += 1
+            return image
+        gray = gray_if_equal(image) if image_file else image
+        if gray.shape[-1] == 1:
+            self.equal += 1
+        else:
+            self.colour += 1
+        return gray
+
+    def add(self, other: "ChannelsSeen") -> None:
+        """Count ``other``'s images in this one as well."""
+        self.gray += other.gray
+        self.equal += other.equal
+        self.colour += other.colour
+
+    def channels(self) -> int:
+        """The dataset's C: 3 when an image is colour, or when every image was stored in a colour mode
+        (equal channels and no grayscale image: kept C = 3 as stored); else 1."""
+        return 3 if self.colour or (self.equal and not self.gray) else 1
+
+
+def gray_if_equal(image: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3) whose three channels are equal at every pixel -> its first channel, uint8
+    (H, W, 1) (the same values: ``rgb_to_gray`` and ``gray_to_rgb`` of it give them back); any other
+    image (C = 1, or colours that differ somewhere) unchanged."""
+    if image.shape[-1] != 3:
+        return image
+    r = image[..., 0]
+    if np.array_equal(r, image[..., 1]) and np.array_equal(r, image[..., 2]):
+        return np.ascontiguousarray(image[..., :1])
+    return image
+
+
+def warn_twelve_bit(source: str, seen: SixteenBitSeen) -> None:
+    """One warning (:func:`~diffaudit.core.progress.warning_line`, naming the running command where one
+    speaks for the data layer) when the 16-bit images of ``source``'s load all fit in 12 bits (largest
+    value <= :data:`TWELVE_BIT_MAX`): read at value/257 they look dark (at most 16/255), which a model
+    trained on them learns; nothing when no 16-bit image was decoded or one uses more than 12 bits."""
+    if seen.images == 0 or seen.max_value > TWELVE_BIT_MAX:
+        return
+    n = seen.images
+    they = f"its {n:,} 16-bit image{'s' if n != 1 else ''}"
+    warning_line("", f"{source}: {they} {'all ' if n != 1 else ''}use{'s' if n == 1 else ''} at most 12 bits "
+                     f"(largest value {seen.max_value} of 65535): diffaudit reads 16-bit pixels as value/257, so "
+                     f"{'they' if n != 1 else 'it'} look{'s' if n == 1 else ''} dark (at most "
+                     f"{round(seen.max_value / 257)}/255) to every model and measure; if 4095 is their white "
+                     "level, rescale them to the full 16-bit range (value x 65535/4095) or to 8 bits before "
+                     "auditing")
 
 
 def dataset_channels(mode: str | None, any_colour: bool) -> int:

@@ -790,6 +790,7 @@ def _list_shards(paths: list[Path], *, source: str, skip_bad: bool) -> Listing:
             caption=caption,
             problem="; ".join(problems) or None,
             file=files[path],
+            image_file=True,
         ))
     return Listing(entries=entries, source=source, has_labels=has_labels, has_captions=has_captions,
                    skipped=skipped)
