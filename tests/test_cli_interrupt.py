@@ -223,3 +223,22 @@ def test_the_process_ignores_ctrl_c_once_its_command_has_ended(monkeypatch, tmp_
     assert cli_main.main(["--quiet", "membership", "--data", "digits", "--subset", "8", "--models", "2",
                           "--out", str(tmp_path / "m2.npz")]) == 0
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # a call from Python changes nothing
+
+
+def test_an_interrupted_command_with_json_answers_json_on_stdout(monkeypatch, tmp_path, capsys):
+    """--json promises JSON on stdout for every ending: an interruption printed nothing there."""
+    def interrupted(**_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_main, "build_parser", interrupted)
+    assert cli_main.main(["train", "--data", "digits", "--out", "x", "--json"]) == 130
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {"command": "train", "error": "interrupted", "exit_status": 130}
+    assert captured.err == "diffaudit train: interrupted; finished work is kept, re-run to continue\n"
+    monkeypatch.undo()
+    # an audit whose stage was interrupted: one JSON document, the audit's (the stage in-process says none)
+    monkeypatch.setattr(cli_main, "main", lambda argv: 130)
+    stages = _Stages(tmp_path, [])
+    monkeypatch.setattr(cli_main, "_parse_and_run", lambda *a: stages.run("train", ["train"]))
+    assert cli_main._main(["audit", "--json"]) == 130
+    assert json.loads(capsys.readouterr().out) == {"command": "audit", "error": "interrupted", "exit_status": 130}

@@ -234,13 +234,29 @@ def _main(argv: list[str] | None) -> int:
         if not interrupted:
             return code
     except KeyboardInterrupt as exc:
-        if isinstance(exc, StageInterrupted):  # a stage's interruption was reported by the stage
+        if isinstance(exc, StageInterrupted):  # a stage's interruption was said by the stage: the audit's JSON here
+            _interrupted_json(raw, command)
             return 130
     finally:
         folder_lock.release(keep=held_before)  # the --out folders this command locked
     name = f"diffaudit {speaking_as(command)}" if command in COMMANDS else "diffaudit"
     print(f"{name}: interrupted; finished work is kept, re-run to continue", file=sys.stderr)
+    _interrupted_json(raw, command)
     return 130
+
+
+def _interrupted_json(raw: list[str], command: str | None) -> None:
+    """With --json, the interruption as JSON on stdout like every other ending (``{"command", "error":
+    "interrupted", "exit_status": 130}``): a script reading stdout gets JSON either way. Said by the
+    command the user ran, not by an audit's stage running in-process."""
+    options = raw[:raw.index("--")] if "--" in raw else raw
+    if "--json" not in options or current_stage() is not None:
+        return
+    try:
+        write_stdout(json.dumps({"command": command if command in COMMANDS else None, "error": "interrupted",
+                                 "exit_status": 130}, indent=2) + "\n")
+    except (StdoutClosed, OSError):  # a reader gone with the Ctrl-C: nothing to tell
+        pass
 
 
 def _command_parser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser:
