@@ -134,3 +134,12 @@ def test_a_nested_digest_of_an_input_is_named_as_its_contents():
     said = diff_settings({"data": {"spec": "d.npz", "digest": "a"}}, {"data": {"spec": "d.npz", "digest": "b"}},
                          names={"data": "--data"})
     assert said == ["the contents of --data (was 'a', now 'b')"]
+
+
+def test_the_digest_of_one_of_several_models_is_named_as_that_models_contents():
+    """mia records each shadow model's digest: a retrained one was named by the key `shadow_digests.model-00`."""
+    from diffaudit.core.outdir import diff_settings
+
+    said = diff_settings({"shadow_digests": {"model-00": "a", "model-01": "c"}},
+                         {"shadow_digests": {"model-00": "b", "model-01": "c"}}, names={"shadows": "--shadows"})
+    assert said == ["the contents of --shadows (model-00) (was 'a', now 'b')"]

@@ -138,10 +138,13 @@ def diff_settings(old: dict[str, Any], new: dict[str, Any], prefix: str = "",
 def _setting_name(key: str, names: Mapping[str, str]) -> str:
     """How a difference names setting ``key``: its flag (``names``); a digest of what a flag names
     (``model_digest`` beside ``--model``, ``samples_identity`` beside ``--samples``, ``data.digest`` inside
-    ``--data``'s record) as that input's contents; the digests of the examples a run trains on and of their
+    ``--data``'s record; ``shadow_digests.model-00`` of one of ``--shadows``' models) as that input's contents; the digests of the examples a run trains on and of their
     pixels in words; else the key itself."""
     if key in names:
         return names[key]
+    head, _, member = key.partition(".")
+    if head.endswith("_digests") and member and head.removesuffix("_digests") in names:  # shadow_digests.model-00
+        return f"the contents of {names[head.removesuffix('_digests')]} ({member})"
     for suffix in ("_digest", "_identity", ".digest"):
         base = key.removesuffix(suffix)
         if base != key and base in names:
