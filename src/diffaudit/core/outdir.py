@@ -143,8 +143,10 @@ def _setting_name(key: str, names: Mapping[str, str]) -> str:
     if key in names:
         return names[key]
     head, _, member = key.partition(".")
-    if head.endswith("_digests") and member and head.removesuffix("_digests") in names:  # shadow_digests.model-00
-        return f"the contents of {names[head.removesuffix('_digests')]} ({member})"
+    base = head.removesuffix("_digests")
+    flag = names.get(base, names.get(base + "s")) if base != head and member else None
+    if flag is not None:  # shadow_digests.model-00: one of the models --shadows names
+        return f"the contents of {flag} ({member})"
     for suffix in ("_digest", "_identity", ".digest"):
         base = key.removesuffix(suffix)
         if base != key and base in names:
