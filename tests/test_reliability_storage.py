@@ -329,3 +329,47 @@ def test_a_malformed_fault_hook_is_a_one_line_error(variable, value, says, tmp_p
     assert main(TRAIN + ["--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_full_disk_under_torch_save_and_safetensors_is_a_storage_error(tmp_path, monkeypatch):
+    """On a real full disk (tmpfs) torch.save raised "RuntimeError: unexpected pos" and diffusers'
+    safetensors writer "SafetensorError: ... (os error 28)": tracebacks, not the storage error a
+    failed write of diffaudit's own gives ("could not write ...: Free space")."""
+    import errno
+    import io
+
+    import torch
+    from safetensors import SafetensorError
+
+    from diffaudit.core.errors import DiffauditError
+    from diffaudit.core.io import atomic_write, write_through
+    from diffaudit.models.training import save_pretrained_atomic
+
+    class Full(io.RawIOBase):
+        def writable(self):
+            return True
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def full() -> io.BufferedWriter:  # a file on a full disk, buffered as atomic_write's is
+        return io.BufferedWriter(Full(), buffer_size=64)
+
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # torch's own error, as seen on the full disk
+        torch.save({"w": torch.zeros(1000)}, full())
+    with pytest.raises(OSError) as caught:
+        write_through(full(), lambda w: torch.save({"w": torch.zeros(1000)}, w))
+    assert caught.value.errno == errno.ENOSPC
+
+    # through atomic_write (as the training state is written): the storage error, naming the file
+    with pytest.raises(DiffauditError, match=r"could not write .*state.pt: No space left on device. Free space"):
+        atomic_write(tmp_path / "state.pt", lambda f: write_through(full(), lambda w: torch.save({"w": torch.zeros(9)}, w)))
+
+    class Model:
+        def save_pretrained(self, folder, safe_serialization=True):
+            raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "
+                                  "\"No space left on device\" }) No space left on device (os error 28)")
+
+    with pytest.raises(DiffauditError, match=r"could not write .*unet: No space left on device. Free space"):
+        save_pretrained_atomic(Model(), tmp_path / "unet")
+    assert not (tmp_path / "unet").exists()

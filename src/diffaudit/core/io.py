@@ -48,6 +48,50 @@ def storage_error(path: Path, exc: OSError) -> DiffauditError:
     )
 
 
+class _WriteErrors:
+    """A file object whose writes keep the first ``OSError`` one raised (:func:`write_through`)."""
+
+    def __init__(self, f: io.BufferedWriter):
+        self._f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
+def write_through(f: io.BufferedWriter, write: Callable[[Any], None]) -> None:
+    """``write(w)`` with ``w`` a view of ``f``, for a library that writes through a file object and raises
+    its own error in place of the ``OSError`` a write raised (``torch.save``: "unexpected pos" on a full
+    disk): that ``OSError`` is raised instead, which :func:`atomic_write` reports as a storage error."""
+    w = _WriteErrors(f)
+    try:
+        write(w)
+    except OSError:
+        raise
+    except Exception:
+        if w.error is not None:
+            raise w.error from None
+        raise
+
+
+def os_error_of(exc: BaseException) -> OSError | None:
+    """The ``OSError`` a library's own error reports in words ("No space left on device (os error 28)",
+    as safetensors' Rust writer says it), or None."""
+    import re
+
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    if found is None:
+        return None
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code))
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
     """Write ``path`` atomically through ``write(fileobj)``; returns the final path.
 

@@ -46,7 +46,9 @@ from safetensors.torch import load_file
 
 from diffaudit.core.errors import DiffauditError, NonFiniteError, SettingsMismatchError
 from diffaudit.core.faults import check_storage, fault_point
-from diffaudit.core.io import atomic_write, make_private_dir, read_json, storage_error, write_bytes_atomic, write_json_atomic
+from diffaudit.core.io import (
+    atomic_write, make_private_dir, os_error_of, read_json, storage_error, write_bytes_atomic, write_json_atomic, write_through,
+)
 from diffaudit.core.outdir import prepare_out_dir
 from diffaudit.core.progress import progress_bar, stage_line
 from diffaudit.core.results import write_result
@@ -284,7 +286,7 @@ def write_state(final: Path, step: int, model, ema: Ema, opt, log: list[dict],
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(tmp / "model.safetensors", lambda f: f.write(_st_bytes(sd)))
     atomic_write(tmp / "ema.safetensors", lambda f: f.write(_st_bytes(ema.shadow)))
-    atomic_write(tmp / "optimizer.pt", lambda f: torch.save(opt.state_dict(), f))
+    atomic_write(tmp / "optimizer.pt", lambda f: write_through(f, lambda w: torch.save(opt.state_dict(), w)))
     write_json_atomic(tmp / "log.json", log)
     state = {"step": step, "window": {"loss_sum": float(window[0]), "steps": int(window[1])}}
     write_json_atomic(tmp / "state.json", state)  # written last: marks the state complete
@@ -603,3 +605,8 @@ def save_pretrained_atomic(model, folder: Path) -> None:
         tmp.rename(folder)
     except OSError as exc:
         raise storage_error(folder, exc) from exc
+    except Exception as exc:  # safetensors' writer says a failed write in its own error ("(os error 28)")
+        cause = os_error_of(exc)
+        if cause is None:
+            raise
+        raise storage_error(folder, cause) from exc
