@@ -61,11 +61,11 @@ def test_summary_counts_the_canaries_at_the_ceiling(tmp_path):
 def test_ceiling_values_are_marked_at_least_and_explained(tmp_path):
     text, page = _section(render_html(_canaries(tmp_path)))
     assert _exposures(1).mean() == pytest.approx(2.009, abs=5e-4)  # 0.848 and the ceiling, 3.170
-    assert "1 2 ≥ 2.009 ≥ 3.170 at the ceiling (1 of 2) 0 / 2" in text  # the mean holds one: a lower bound too
+    assert "1 2 ≥ 2.009 ≥ 3.170 at the ceiling (1 of 2) p = 0.2 (at chance) 0 / 2" in text  # the mean holds one: a lower bound too
     e8 = _exposures(8)
     assert e8.max() < math.log2(9)
-    assert f"8 2 {e8.mean():.3f} {e8.max():.3f} 0 / 2" in text and f"≥ {e8.max():.3f}" not in text  # as measured
-    assert "32 2 ≥ 3.170 ≥ 3.170 at the ceiling (2 of 2) 0 / 2" in text
+    assert f"8 2 {e8.mean():.3f} {e8.max():.3f} p = 0.56 (at chance) 0 / 2" in text and f"≥ {e8.max():.3f}" not in text  # as measured
+    assert "32 2 ≥ 3.170 ≥ 3.170 at the ceiling (2 of 2) p = 0.025 0 / 2" in text
     titles = [a["title"] for _, a in page.tags if a.get("data-kind") == "exposure-ceiling"]
     assert titles == ["1 of 2 canaries at the ceiling (rank 1: a loss below every reference's): an exposure of at least this",
                       "2 of 2 canaries at the ceiling (rank 1: a loss below every reference's): an exposure of at least this"]
@@ -104,3 +104,19 @@ def test_the_canaries_result_line_marks_means_at_the_ceiling():
     assert "1x: 2.00, 32x: ≥ 4.09 (≥: canaries at the ceiling, a loss below all 16 references'" in line
     r["curve"][2].update(max_exposure=3.0, mean_exposure=3.0)
     assert "≥" not in _curve_line(r)
+
+
+def test_exposure_is_weighed_against_what_a_never_learnt_canary_gets_by_chance(tmp_path):
+    """A canary the model never learnt ranks at random among the references: about 1.4 bits on average,
+    not 0. Under DP-SGD a curve of 2.32, 0.89, 1.27 bits read as leakage with nothing to compare it to."""
+    from diffaudit.evaluation.exposure_chance import chance_exposure, exposure_pvalue
+
+    assert chance_exposure(1) == pytest.approx(0.5) and chance_exposure(64) == pytest.approx(1.376, abs=1e-3)
+    rng = np.random.default_rng(0)
+    draws = [exposure(rng.normal(size=3), rng.normal(size=64)) for _ in range(400)]  # never learnt: exchangeable
+    assert np.mean(draws) == pytest.approx(chance_exposure(64), abs=0.1)
+    assert np.mean([exposure_pvalue(e, 64) < 0.05 for e in draws]) <= 0.08  # a 5% test at chance
+    assert exposure_pvalue(exposure(rng.normal(size=3) - 3, rng.normal(size=64)), 64) < 0.05  # learnt ones beat it
+    text, page = _section(render_html(_canaries(tmp_path)))
+    assert "it scores 1.118 bits on average with 8 references, not 0" in text
+    assert [p.get("data-kind") for _, p in page.tags].count("exposure-chance") == 3

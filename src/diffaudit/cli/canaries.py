@@ -133,15 +133,22 @@ def run(args: argparse.Namespace) -> int:
 
 def _curve_line(r: dict) -> str:
     """The result line: mean exposure per repeat count, ``≥`` where some canaries are at the ceiling (a
-    loss below every reference's: their exposure is at least it, so the mean is a lower bound)."""
-    from diffaudit.report.summary import at_ceiling
+    loss below every reference's: their exposure is at least it, so the mean is a lower bound), beside
+    what a never-learnt canary gets by chance and which repeat counts beat it
+    (:mod:`~diffaudit.evaluation.exposure_chance`)."""
+    from diffaudit.evaluation.exposure_chance import chance_exposure
+    from diffaudit.report.summary import at_ceiling, exposure_vs_chance
 
     rows = [c for c in r["curve"] if c["repeats"] > 0]
     bound = [at_ceiling(c["max_exposure"], r["max_exposure"]) for c in rows]
     curve = ", ".join(f"{c['repeats']}x: {'≥ ' if b else ''}{c['mean_exposure']:.2f}" for c, b in zip(rows, bound))
     note = (f" (≥: canaries at the ceiling, a loss below all {r['n_reference']} references'; more --n-reference "
             "measures higher)" if any(bound) else "")
-    return f"exposure by repeats ({r['max_exposure']:.2f} bits max): {curve}{note}; {_extracted(r)}{_dp_words(r)}"
+    beat = [k for k, p in exposure_vs_chance(r).items() if p is not None and p < 0.05]
+    above = (f"above chance (one-sided p < 0.05): {', '.join(f'{k}x' for k in beat)}" if beat
+             else "no repeat count above chance (one-sided p < 0.05)")
+    return (f"exposure by repeats ({r['max_exposure']:.2f} bits max, {chance_exposure(r['n_reference']):.2f} by chance): "
+            f"{curve}{note}; {above}; {_extracted(r)}{_dp_words(r)}")
 
 
 def _dp_words(r: dict) -> str:

@@ -67,6 +67,7 @@ from diffaudit.attacks.extraction.calibration import CalibrationPoint, best_poin
 from diffaudit.attacks.membership.registry import PER_EXAMPLE_VARIANCE
 from diffaudit.core.io import write_json_atomic
 from diffaudit.core.results import SCHEMA_VERSION, with_current_names
+from diffaudit.evaluation.exposure_chance import chance_exposure, exposure_pvalue
 from diffaudit.models.digest import TRAIN_IDS
 from diffaudit.models.run_files import DROPPED_DUPLICATES
 from diffaudit.report.calibration_sweep import calibration_points
@@ -403,6 +404,21 @@ def exposure_ceiling(result: dict[str, Any]) -> float | None:
     return ceiling
 
 
+def exposure_vs_chance(result: dict[str, Any]) -> dict[int, float | None]:
+    """Repeat count (> 0) -> one-sided p that its canaries rank above the never-inserted references no
+    more than never-learnt canaries would (:func:`~diffaudit.evaluation.exposure_chance.exposure_pvalue`
+    of their recorded exposures); {} without ``n_reference``."""
+    n_ref = _int(result.get("n_reference"))
+    if n_ref is None or n_ref < 1:
+        return {}
+    groups: dict[int, list[float]] = {}
+    for c in records(result, "repeats", preferred=("canaries",)):
+        r, e = _int(c.get("repeats")), _finite(c.get("exposure"))
+        if r is not None and r > 0 and e is not None:
+            groups.setdefault(r, []).append(e)
+    return {r: exposure_pvalue(groups[r], n_ref) for r in sorted(groups)}
+
+
 def at_ceiling(exposure: float | None, ceiling: float | None) -> bool:
     """Whether a canary's ``exposure`` is the run's ceiling (rank 1), up to rounding."""
     return exposure is not None and ceiling is not None and exposure >= ceiling - CEILING_TOLERANCE
@@ -428,6 +444,7 @@ def _canaries(rs: ResultSet) -> dict[str, Any] | None:
         if r is not None:
             groups.setdefault(r, []).append(c)
     by_repeats = []
+    vs_chance = exposure_vs_chance(st.result)
     for r in sorted(groups):
         exps = [_finite(c.get("exposure")) for c in groups[r]]
         exps = [e for e in exps if e is not None]
@@ -439,6 +456,8 @@ def _canaries(rs: ResultSet) -> dict[str, Any] | None:
             # canaries at the ceiling: the max is a lower bound, and so is the mean
             "n_at_ceiling": sum(1 for e in exps if at_ceiling(e, ceiling)),
             "n_extracted": _n_extracted(groups[r]),
+            # one-sided p of ranking this far above the references by chance (None: the references, repeats 0)
+            "chance_pvalue": vs_chance.get(r),
         })
     n_extracted = _n_extracted(cans)
     if "n_extracted" in st.result and st.result["n_extracted"] is None:
@@ -449,6 +468,8 @@ def _canaries(rs: ResultSet) -> dict[str, Any] | None:
         "n_extracted": n_extracted,
         "n_reference": _int(st.result.get("n_reference")),
         "exposure_ceiling": ceiling,
+        # the mean exposure of a canary the model never learnt (its rank uniform among the references)
+        "chance_exposure": None if not _int(st.result.get("n_reference")) else chance_exposure(_int(st.result["n_reference"])),
         "n_at_ceiling": sum(row["n_at_ceiling"] for row in by_repeats),
         "ceiling_extrapolated": _ceiling_extrapolation(cans, ceiling),
         "by_repeats": by_repeats,
