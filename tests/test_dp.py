@@ -449,3 +449,10 @@ def test_weak_settings_are_not_warned_about_before_a_refusal_of_them(tmp_path, d
                  train_indices=list(range(16)))
     err = capsys.readouterr().err
     assert "amplifies no privacy" not in err and "not below 1/N" not in err
+
+
+def test_no_noise_is_warned_about_as_no_guarantee(tmp_path, data, capsys):
+    """--dp-noise 0 was accepted and printed "epsilon inf" with no word that the model has no guarantee."""
+    train_dp(data, _cfg(steps=1, batch_size=4), DPConfig(noise_multiplier=0.0), tmp_path / "dp",
+             train_indices=list(range(16)))
+    assert "--dp-noise 0 adds no noise" in capsys.readouterr().err

@@ -415,7 +415,13 @@ def _check_finite(window_sum: float, model: torch.nn.Module, step: int) -> None:
 
 def _warn_weak_settings(batch_size: int, n: int, noise_multiplier: float, delta: float) -> None:
     """Warn of DP-SGD settings that keep the guarantee but weaken it: a batch of all ``n`` examples
-    (sampling rate q = 1, no amplification by subsampling) and a δ not below 1/n."""
+    (sampling rate q = 1, no amplification by subsampling) and a δ not below 1/n; and settings that give
+    none: no noise (σ = 0, per-example clipping alone: ε is infinite)."""
+    if noise_multiplier == 0:
+        warning_line("train", "(DP-SGD) --dp-noise 0 adds no noise: the run clips each example's gradient and nothing "
+                     "more, so the model has no privacy guarantee (epsilon is infinite); it compares DP-SGD's clipping "
+                     "with plain training, it is not a defence")
+        return
     if batch_size == n and noise_multiplier != 0:
         warning_line("train", f"(DP-SGD) --batch-size {batch_size} takes all {n} training examples every "
                      "step (sampling rate q = 1), so subsampling amplifies no privacy: every step spends its full "
