@@ -272,3 +272,10 @@ def test_canaries_cli_refuses_unworkable_settings_before_writing_anything(tmp_pa
     assert not out.exists()  # no settings recorded, no model trained: the corrected command starts afresh
     err = capsys.readouterr().err
     assert re.search(message, err) and "Traceback" not in err
+
+
+def test_the_result_line_gives_epsilon_as_the_report_does():
+    """The line said "epsilon 8" where the report and compare said 7.995."""
+    from diffaudit.cli.canaries import _dp_words
+
+    assert "DP-SGD epsilon 7.995 at delta 0.0031" in _dp_words({"dp": {"epsilon": 7.99512, "delta": 0.003125}})

@@ -157,7 +157,7 @@ def _dp_words(r: dict) -> str:
     dp = r.get("dp")
     if not isinstance(dp, dict):
         return ""
-    eps = "infinite (no noise)" if dp.get("epsilon") is None else f"{dp['epsilon']:.3g}"
+    eps = "infinite (no noise)" if dp.get("epsilon") is None else f"{dp['epsilon']:.4g}"  # 7.995, not 8: as the report
     return (f"; DP-SGD epsilon {eps} at delta {dp.get('delta', float('nan')):.2g} per training example (a canary "
             "inserted k times is k examples: a group of k, guaranteed up to k times epsilon)")
 
