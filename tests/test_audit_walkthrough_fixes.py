@@ -101,3 +101,13 @@ def test_verify_refuses_an_extract_of_another_sample_store(audit, tmp_path):
     assert code == 0, err
     ok = read_json(tmp_path / "ok" / "result.json")
     assert ok["n_samples"] == len(ok["verified_medoids"]) and ok["n_samples_total"] == 32
+
+
+def test_an_inpainting_option_without_inpaint_is_warned_of_not_refused_on_resume(audit):
+    """`--n-inpaint 8` without --inpaint warned "not used" and then refused the finished audit as made
+    with other settings, asking for a --redo of a stage that never runs."""
+    root, _, _ = audit
+    code, out, err = _main([*AUDIT, "--out", root, "--n-inpaint", "8"])
+    assert code == 0, err
+    assert "--n-inpaint 8 is for the inpainting stage, which runs only with --inpaint: not used" in err
+    assert "n_inpaint" not in read_json(root / "settings.json")["settings"]

@@ -73,6 +73,9 @@ MODEL_DIGEST = "model_digest"
 #: The inpainting stage's defaults (--inpaint-targets, --n-inpaint): a value other than these without --inpaint is
 #: warned about, as nothing uses it.
 INPAINT_TARGETS, N_INPAINT = "4,4", 16
+#: The inpainting stage's options: not settings of an audit without --inpaint (a resume that gives one is
+#: warned that it is not used, not refused as other settings).
+INPAINT_OPTIONS = ("inpaint_targets", "n_inpaint")
 #: How the keys of --heldout's images are prefixed in the audit (so that they never name a training image).
 HELDOUT_PREFIX = "heldout:"
 
@@ -262,9 +265,11 @@ def config_toml(settings: dict[str, Any], *, redact: bool = False) -> str:
 def audit_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The options that shape the audit's results (recorded, compared on a resume, saved as config.toml),
     the paths of inputs canonical. A ``--model`` audit without shadows trains nothing: the training
-    options are not among them; nor is ``--train-size`` with shadows, which train on seeded halves."""
+    options are not among them; nor is ``--train-size`` with shadows, which train on seeded halves; nor,
+    without ``--inpaint``, the inpainting stage's options (:data:`INPAINT_OPTIONS`)."""
     unused = training_options() if args.model and not args.shadows else {"train_size"} if args.shadows else set()
     unused |= {k for k in RECORDED_WHEN_GIVEN if getattr(args, k) is None}
+    unused |= set() if args.inpaint else set(INPAINT_OPTIONS)
     settings = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_SETTINGS | _NOT_COMPARED | unused}
     return canonical_settings(settings, PATH_SETTINGS)
 
@@ -272,8 +277,8 @@ def audit_settings(args: argparse.Namespace) -> dict[str, Any]:
 def upgrade_settings(old: dict[str, Any]) -> dict[str, Any]:
     """Settings of an earlier version read as today's: they recorded ``device`` (:data:`_NOT_COMPARED`),
     and a ``--model`` audit without shadows the training options it never used, one with shadows the
-    ``--train-size`` it never used."""
-    old = {k: v for k, v in old.items() if k != "device"}
+    ``--train-size`` it never used; one without ``--inpaint`` the inpainting options it never used."""
+    old = {k: v for k, v in old.items() if k != "device" and (old.get("inpaint") or k not in INPAINT_OPTIONS)}
     if old.get("model") and not old.get("shadows"):
         return {k: v for k, v in old.items() if k not in training_options()}
     if old.get("shadows"):

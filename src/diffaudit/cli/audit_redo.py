@@ -95,4 +95,11 @@ def prepare_redo(out: Path, settings: dict[str, Any], upgrade: Callable[[dict[st
         (out / name).unlink(missing_ok=True)
     stage_line(f"audit: --redo: {said}; running the {', '.join(stages)} stage{'s' if len(stages) > 1 else ''} again, "
                "keeping the trained models and the other stages")
-    return lambda rec: {**upgrade(rec), **{k: settings.get(k) for k in changed}}
+    return lambda rec: _as_redone(upgrade(rec), settings, changed)
+
+
+def _as_redone(old: dict[str, Any], settings: dict[str, Any], changed: list[str]) -> dict[str, Any]:
+    """The recorded settings ``old`` with the ``changed`` ones as in ``settings``: given their new value,
+    or dropped where the new settings hold none (the inpainting options of an audit that drops --inpaint)."""
+    merged = {**old, **{k: settings[k] for k in changed if k in settings}}
+    return {k: v for k, v in merged.items() if k in settings or k not in changed}
