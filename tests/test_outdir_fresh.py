@@ -229,3 +229,17 @@ def test_a_switch_reads_on_or_off_and_a_group_of_settings_set_or_not():
     # a group one side lacks (a DP-SGD run's record) is not dumped as a dict
     assert diff_settings({"a": 1}, {"a": 1, "dp": {"target_epsilon": 8.0, "delta": 1e-5}}) == ["dp (was not set, now set)"]
     assert diff_settings({"dp": {"target_epsilon": 8.0}}, {}) == ["dp (was set, now not set)"]
+
+
+def test_long_out_names_are_refused_clearly_and_fresh_works_on_the_longest_legal_one(tmp_path):
+    """A 300-character --out was an OSError traceback; a legal 240-character one could not be --fresh'ed,
+    its hidden deletion name passing 255 bytes."""
+    from diffaudit.core.errors import DiffauditError
+
+    with pytest.raises(DiffauditError, match="is 300 bytes long; file systems allow at most 255"):
+        prepare_out_dir(tmp_path / ("x" * 300), "extract", {"a": 1})
+    long = tmp_path / ("z" * 240)
+    out, _ = prepare_out_dir(long, "extract", {"a": 1})
+    (out / "result.json").write_text("{}")
+    out, resumed = prepare_out_dir(long, "extract", {"a": 2}, fresh=True)
+    assert not resumed and not (out / "result.json").exists() and sorted(p.name for p in tmp_path.iterdir()) == [long.name]

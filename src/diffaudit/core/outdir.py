@@ -197,9 +197,23 @@ def recorded_settings(path: str | os.PathLike, command: str) -> dict[str, Any] |
     return record["settings"] if record is not None and record["command"] == command else None
 
 
+#: A file name's longest form in bytes on common file systems (ext4, xfs, APFS, NTFS in UTF-16 units).
+NAME_MAX = 255
+
+
+def _deleting_stem(name: str) -> str:
+    """``name`` as it appears in its hidden deletion name: itself, or when that name would pass
+    :data:`NAME_MAX` (a legal 240-character --out), its first 120 characters and a digest of the rest."""
+    if len(os.fsencode(name)) <= NAME_MAX - 64:
+        return name
+    import hashlib
+
+    return f"{name[:120]}~{hashlib.sha256(os.fsencode(name)).hexdigest()[:12]}"
+
+
 def _deleting_name(name: str) -> str:
     """Hidden name a folder ``name`` is renamed to while ``--fresh`` deletes it (unique per call)."""
-    return f".{name}.deleting-{os.getpid()}-{secrets.token_hex(4)}"
+    return f".{_deleting_stem(name)}.deleting-{os.getpid()}-{secrets.token_hex(4)}"
 
 
 def remove_deletion_leftovers(path: Path) -> int:
@@ -211,8 +225,9 @@ def remove_deletion_leftovers(path: Path) -> int:
     """
     try:
         target = path.resolve()
-        pattern = re.compile(rf"^\.{re.escape(target.name)}\.deleting-\d+-[0-9a-f]+$")
-        found = [p for p in target.parent.glob(f".{glob.escape(target.name)}.deleting-*") if pattern.match(p.name)]
+        stem = _deleting_stem(target.name)
+        pattern = re.compile(rf"^\.{re.escape(stem)}\.deleting-\d+-[0-9a-f]+$")
+        found = [p for p in target.parent.glob(f".{glob.escape(stem)}.deleting-*") if pattern.match(p.name)]
     except (OSError, RuntimeError):  # an unreadable parent, a link loop: nothing to clean that we could see
         return 0
     removed = 0
@@ -345,6 +360,10 @@ def prepare_out_dir(out: str | os.PathLike, command: str, settings: dict[str, An
     Raises :class:`SettingsMismatchError` when it holds different ones.
     """
     path = Path(out)
+    long = next((part for part in path.parts if len(os.fsencode(part)) > NAME_MAX), None)
+    if long is not None:
+        raise DiffauditError(f"--out {path}: the name {long[:40]}... is {len(os.fsencode(long))} bytes long; file "
+                             f"systems allow at most {NAME_MAX}: choose a shorter --out")
     folder_lock.hold(path)  # one process at a time from here: never deleted, read or written by two
     if fresh:
         remove_for_fresh(path, command)
