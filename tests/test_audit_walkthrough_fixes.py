@@ -111,3 +111,14 @@ def test_an_inpainting_option_without_inpaint_is_warned_of_not_refused_on_resume
     assert code == 0, err
     assert "--n-inpaint 8 is for the inpainting stage, which runs only with --inpaint: not used" in err
     assert "n_inpaint" not in read_json(root / "settings.json")["settings"]
+
+
+def test_a_damaged_audit_result_is_written_again_from_the_stages(audit):
+    """A cut audit result.json stopped every resume (and --redo) at "not valid JSON", with no advice."""
+    root, _, _ = audit
+    good = read_json(root / "result.json")
+    (root / "result.json").write_text('{"command": "audit", "uni')
+    code, out, err = _main([*AUDIT, "--out", root])
+    assert code == 0, err
+    assert "result.json" in err and "it is written again from the stages' results" in err
+    assert read_json(root / "result.json")["unique_extracted"] == good["unique_extracted"]

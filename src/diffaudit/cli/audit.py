@@ -465,6 +465,22 @@ class _Stages:
             self.done.append("outliers")
 
 
+def _drop_damaged_result(out: Path) -> None:
+    """Delete the audit's own ``result.json`` when it cannot be read (cut short, edited), with a warning:
+    it is written from the stages' results, so the resumed audit writes it again (without this, every
+    resume, ``--redo`` too, stopped at "not valid JSON"). A stage's own result is left to its command."""
+    from diffaudit.core.io import read_json
+    from diffaudit.core.progress import warning_line
+
+    path = out / "result.json"
+    try:
+        if path.exists():
+            read_json(path)
+    except DiffauditError as exc:
+        warning_line("audit", f"{exc}; it is written again from the stages' results")
+        path.unlink(missing_ok=True)
+
+
 def outliers_stage(out: Path, data, seed: int) -> None:
     """Outlier score of every member against its membership score (the paper: outliers are more exposed)."""
     from diffaudit.core.io import make_private_dir
@@ -860,6 +876,8 @@ def run(args: argparse.Namespace) -> int:
     if kept:
         stage_line("audit: the report stays redacted, as the one it replaces was; --no-redact shows the training images")
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrade, writes=AUDIT_WRITES)
+    if resumed:
+        _drop_damaged_result(out)
     if resumed and (out / "result.json").exists() and not _stale(read_json(out / "result.json"), out):
         missing = [name for name in ("summary.json", "report.html") if not (out / name).exists()]
         if missing:  # the finished run stopped (Ctrl-C, a full disk) after its result.json, while writing these
