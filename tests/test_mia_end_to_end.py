@@ -188,7 +188,7 @@ def test_resume_refuses_shadows_retrained_in_place(shadows, tmp_path, capsys):
         shutil.copyfile(copy / "model-02" / w.relative_to(copy / "model-01"), w)
     capsys.readouterr()
     assert main(args) == 2
-    assert "shadow_digests" in capsys.readouterr().err
+    assert "the contents of --shadows (model-01)" in capsys.readouterr().err  # named by its flag, not its key
 
 
 def test_user_errors_name_the_thing(shadows, capsys, tmp_path):

@@ -138,8 +138,8 @@ def diff_settings(old: dict[str, Any], new: dict[str, Any], prefix: str = "",
 def _setting_name(key: str, names: Mapping[str, str]) -> str:
     """How a difference names setting ``key``: its flag (``names``); a digest of what a flag names
     (``model_digest`` beside ``--model``, ``samples_identity`` beside ``--samples``, ``data.digest`` inside
-    ``--data``'s record; ``shadow_digests.model-00`` of one of ``--shadows``' models) as that input's contents; the digests of the examples a run trains on and of their
-    pixels in words; else the key itself."""
+    ``--data``'s record; ``shadow_digests.model-00`` of one of ``--shadows``' models) as that input's
+    contents; the digests of the examples a run trains on and of their pixels in words; else the key itself."""
     if key in names:
         return names[key]
     head, _, member = key.partition(".")
@@ -203,12 +203,16 @@ NAME_MAX = 255
 
 def _deleting_stem(name: str) -> str:
     """``name`` as it appears in its hidden deletion name: itself, or when that name would pass
-    :data:`NAME_MAX` (a legal 240-character --out), its first 120 characters and a digest of the rest."""
+    :data:`NAME_MAX` (a legal 240-character --out), its first 120 bytes' worth of characters and a
+    digest of the whole name."""
     if len(os.fsencode(name)) <= NAME_MAX - 64:
         return name
     import hashlib
 
-    return f"{name[:120]}~{hashlib.sha256(os.fsencode(name)).hexdigest()[:12]}"
+    head = name[:120]
+    while len(os.fsencode(head)) > 120:
+        head = head[:-1]
+    return f"{head}~{hashlib.sha256(os.fsencode(name)).hexdigest()[:12]}"
 
 
 def _deleting_name(name: str) -> str:

@@ -123,9 +123,9 @@ def _check_image_shape(run: Path, dataset: ImageDataset, what: str) -> None:
     if isinstance(channels, int) and channels != C:
         mode = {1: "L", 3: "RGB"}.get(channels)
         how = f"load it with --mode {mode}" if mode else "load it as the model was trained"
+        why = " (a folder of gray images with one colour file loads as RGB)" if mode == "L" else ""
         raise DiffauditError(f"{what} {run} takes images of {channels} channel{'s' * (channels != 1)}, but --data "
-                             f"{dataset.source} is loaded with {C} ({'gray' if C == 1 else 'colour'}): {how}"
-                             + (" (a folder of gray images with one colour-mode file loads as RGB)" if mode == "L" else ""))
+                             f"{dataset.source} is loaded with {C} ({'gray' if C == 1 else 'colour'}): {how}{why}")
     if isinstance(size, int) and (H, W) != (size, size):
         raise DiffauditError(f"{what} {run} takes {size}x{size} images, but --data {dataset.source} is loaded at "
                              f"{H}x{W}: load it with --image-size {size}")
