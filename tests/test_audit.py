@@ -148,7 +148,7 @@ def test_audit_of_an_existing_run_trains_the_shadows_it_asks_for(tmp_path, capsy
     assert main(["audit", *data, "--image-size", "16", "--model", str(tmp_path / "run"), "--n-samples", "16",
                  "--sample-steps", "3", "--sweep", "", "--device", "cpu", "--quiet", "--out", str(tmp_path / "other")]) == 2
     err = capsys.readouterr().err
-    assert "takes 8x8 images, but --data digits is loaded at 16x16: load it with --image-size 8" in err
+    assert "takes 8x8 images with 1 channel(s), but the data gives 16x16 with 1; load it with --image-size 8" in err
     # a mistyped --model is named as missing, not as a run without a record
     assert main(["audit", *data, "--model", str(tmp_path / "rnu"), "--quiet", "--out", str(tmp_path / "typo")]) == 2
     assert f"--model {tmp_path / 'rnu'} does not exist" in capsys.readouterr().err

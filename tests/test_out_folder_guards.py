@@ -85,9 +85,9 @@ def test_data_loaded_at_another_channel_count_than_the_model_takes_is_said_so(tm
     run = tmp_path / "run"
     assert _main(["train", "--data", "digits", "--subset", "48", "--steps", "5", "--batch-size", "8", "--out", run])[0] == 0
     code, err = _main([*AUDIT, "--mode", "RGB", "--model", run, "--out", tmp_path / "audit"])
-    assert code == 2 and "takes images of 1 channel, but --data digits is loaded with 3 (colour): load it with --mode L" in err, err
+    assert code == 2 and "takes 8x8 images with 1 channel(s), but the data gives 8x8 with 3; load it with --mode L" in err, err
     code, err = _main([*AUDIT, "--image-size", "16", "--model", run, "--out", tmp_path / "audit"])
-    assert code == 2 and "takes 8x8 images, but --data digits is loaded at 16x16: load it with --image-size 8" in err, err
+    assert code == 2 and "takes 8x8 images with 1 channel(s), but the data gives 16x16 with 1; load it with --image-size 8" in err, err
 
 
 def test_a_moved_folder_resumes_with_the_paths_it_recorded_inside_the_moved_tree(tmp_path):

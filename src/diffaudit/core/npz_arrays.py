@@ -30,6 +30,16 @@ def _member(npz: np.lib.npyio.NpzFile, name: str) -> str:
     return name if name in npz.zip.namelist() else name + ".npy"  # as ``NpzFile.__getitem__`` picks it
 
 
+def read_npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """(shape, Fortran order, dtype, offset of the data) from the header of the ``.npy`` array whose file
+    object ``f`` stands at its start, reading nothing past the header. Raises what numpy raises for a
+    malformed one (``ValueError``, ``EOFError``, ...)."""
+    version = npy_format.read_magic(f)
+    read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+    shape, fortran, dtype = read_header(f)
+    return shape, fortran, dtype, f.tell()
+
+
 def declared_array(npz: np.lib.npyio.NpzFile, path, name: str) -> tuple[tuple, np.dtype] | None:
     """(shape, dtype) that the header of array ``name`` declares, after checking that its data size
     equals what the zip member holds; None for a member that is not an ``.npy`` array (numpy reads
@@ -44,10 +54,7 @@ def declared_array(npz: np.lib.npyio.NpzFile, path, name: str) -> tuple[tuple, n
             if f.read(len(npy_format.MAGIC_PREFIX)) != npy_format.MAGIC_PREFIX:
                 return None
             f.seek(0)
-            version = npy_format.read_magic(f)
-            read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
-            shape, _, dtype = read_header(f)
-            header = f.tell()
+            shape, _, dtype, header = read_npy_header(f)
     except Exception as exc:  # noqa: BLE001 - an untrusted header fails in many ways (ValueError, SyntaxError...)
         raise DiffauditError(f"{path}: array {name!r} has a damaged header ({type(exc).__name__}: {exc}); "
                              "re-create the file") from None

@@ -205,7 +205,7 @@ def _decode(folder: Path, listing, entries, *, mode, skip_bad, center_crop, imag
     def flush(next_consumed: int) -> None:
         nonlocal buf
         seen.add(part_seen)
-        channels = seen.channels() if mode is None else dataset_channels(mode, True)
+        channels = dataset_channels(mode, seen)
         images = np.stack([to_channels(img, channels) for _, img in buf])
         name = _part_name(len(parts))
         save_npy_atomic(folder / f"{name}.npy", images)
@@ -237,7 +237,7 @@ def _decode(folder: Path, listing, entries, *, mode, skip_bad, center_crop, imag
     skipped.extend(part_skipped)  # bad entries after the last image (redone on a resume)
     if not parts:
         raise no_readable_images(listing.source, skipped)
-    channels = seen.channels() if mode is None else dataset_channels(mode, True)
+    channels = dataset_channels(mode, seen)
     for path, _ in parts:  # parts decoded before the first colour image (or the first grayscale one)
         if load_npy(path, mmap=True).shape[-1] != channels:
             save_npy_atomic(path, to_channels(load_npy(path), channels))

@@ -141,7 +141,7 @@ def load_dataset(
         pixels.append(img)
     if not kept:
         raise no_readable_images(listing.source, skipped)
-    channels = seen.channels() if mode is None else dataset_channels(mode, True)
+    channels = dataset_channels(mode, seen)
     h, w = pixels[0].shape[:2]
     images = np.empty((len(pixels), h, w, channels), dtype=np.uint8)
     for i, img in enumerate(pixels):
@@ -292,11 +292,12 @@ def warn_twelve_bit(source: str, seen: SixteenBitSeen) -> None:
                      "auditing")
 
 
-def dataset_channels(mode: str | None, any_colour: bool) -> int:
-    """C of a loaded dataset: 1 for mode L, 3 for RGB; without a mode 3 when any image is colour."""
+def dataset_channels(mode: str | None, seen: ChannelsSeen) -> int:
+    """C of a loaded dataset: 1 for mode L, 3 for RGB; without a mode, as its images were stored
+    (``seen``, :meth:`ChannelsSeen.channels`)."""
     if mode is not None:
         return 1 if mode == "L" else 3
-    return 3 if any_colour else 1
+    return seen.channels()
 
 
 def assemble(listing: Listing, kept: list[Entry], images, skipped: list[tuple[str, str]]) -> ImageDataset:

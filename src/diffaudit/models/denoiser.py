@@ -241,6 +241,29 @@ def read_sampling_schedule(path: str | Path, flag: str = "--model") -> SamplingS
     return SamplingSchedule.from_config(config)
 
 
+def check_image_shape(config, image_shape: tuple[int, int, int], *, what: str) -> None:
+    """Refuse images (``image_shape``: H, W, C) of another size or channel count than the UNet of
+    ``config`` takes (``sample_size``, ``in_channels``), naming the ``--image-size`` and ``--mode`` that
+    load them so (a folder of gray images with one colour file loads as RGB); ``what`` names the model."""
+    H, W, C = (int(v) for v in image_shape)
+    size = config.get("sample_size")
+    hw = (int(size), int(size)) if isinstance(size, int) else tuple(int(v) for v in size) if size else None
+    channels = config.get("in_channels")
+    if (hw is None or hw == (H, W)) and (channels is None or int(channels) == C):
+        return
+    fixes = []
+    if hw is not None and hw != (H, W) and hw[0] == hw[1]:
+        fixes.append(f"--image-size {hw[0]}")
+    mode = {1: "L", 3: "RGB"}.get(int(channels)) if channels is not None and int(channels) != C else None
+    if mode:
+        fixes.append(f"--mode {mode}")
+    how = " and ".join(fixes) if fixes else "the --image-size and --mode it was trained with"
+    why = " (a folder of gray images with one colour file loads as RGB)" if mode == "L" else ""
+    built = f"{hw[0]}x{hw[1]}" if hw else "any size"
+    raise DiffauditError(f"{what} takes {built} images with {channels} channel(s), but the data gives {H}x{W} with {C}; "
+                         f"load it with {how}{why}")
+
+
 def check_model_input(config, image_shape: tuple[int, int, int], *, labels, what: str) -> None:
     """Refuse images a UNet was not built for, before any work.
 
@@ -255,16 +278,7 @@ def check_model_input(config, image_shape: tuple[int, int, int], *, labels, what
     A fully convolutional UNet runs on any size, so without this check images of another size or
     a dataset that is not its training data would give numbers and no error.
     """
-    H, W, C = (int(v) for v in image_shape)
-    size = config.get("sample_size")
-    hw = (int(size), int(size)) if isinstance(size, int) else tuple(int(v) for v in size) if size else None
-    channels = config.get("in_channels")
-    if (hw is not None and hw != (H, W)) or (channels is not None and int(channels) != C):
-        built = f"{hw[0]}x{hw[1]}" if hw else "any size"
-        raise DiffauditError(
-            f"{what} takes {built} images with {channels} channel(s), but the data gives {H}x{W} with {C}; "
-            "use the --image-size and --mode it was trained with"
-        )
+    check_image_shape(config, image_shape, what=what)
     n_classes = config.get("num_class_embeds")
     if n_classes and labels is None:
         raise DiffauditError(f"{what} is class-conditional, but the data has no class labels")

@@ -24,7 +24,7 @@ from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import read_json
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.data.digest import dataset_digest
-from diffaudit.models.denoiser import read_unet_config
+from diffaudit.models.denoiser import check_image_shape, read_unet_config
 from diffaudit.models.digest import TRAIN_IDS
 from diffaudit.models.run_files import trained_data, trained_data_text
 
@@ -110,27 +110,6 @@ def _deduped_npz_text(run: Path, given: str) -> str:
             "keep.json), which keeps the original keys and records the near-duplicates it dropped")
 
 
-def _check_image_shape(run: Path, dataset: ImageDataset, what: str) -> None:
-    """Refuse ``dataset`` loaded at another channel count or size than the UNet of ``run`` takes (its
-    ``in_channels``, ``sample_size``): said as such, with the option that loads it so, rather than as
-    other pixels under the same keys (a gray folder holding one colour file loads as RGB). A pipeline's
-    UNet (``model_index.json``: a latent model) takes latents, not images: not compared."""
-    if (run / "model_index.json").exists():
-        return
-    config = read_unet_config(run)
-    H, W, C = dataset.image_shape
-    channels, size = config.get("in_channels"), config.get("sample_size")
-    if isinstance(channels, int) and channels != C:
-        mode = {1: "L", 3: "RGB"}.get(channels)
-        how = f"load it with --mode {mode}" if mode else "load it as the model was trained"
-        why = " (a folder of gray images with one colour file loads as RGB)" if mode == "L" else ""
-        raise DiffauditError(f"{what} {run} takes images of {channels} channel{'s' * (channels != 1)}, but --data "
-                             f"{dataset.source} is loaded with {C} ({'gray' if C == 1 else 'colour'}): {how}{why}")
-    if isinstance(size, int) and (H, W) != (size, size):
-        raise DiffauditError(f"{what} {run} takes {size}x{size} images, but --data {dataset.source} is loaded at "
-                             f"{H}x{W}: load it with --image-size {size}")
-
-
 def check_trained_on(run_dir: str | Path, dataset: ImageDataset, what: str = "--model", *,
                      allow_missing: bool = False, keys: list[str] | None = None) -> list[int]:
     """Refuse a ``dataset`` that does not hold the very examples ``run_dir`` trained on.
@@ -159,7 +138,8 @@ def check_trained_on(run_dir: str | Path, dataset: ImageDataset, what: str = "--
                              f"examples of {dataset.source} as loaded (first: {unknown[0]!r}); give the --data it was "
                              f"trained on, with the same options (a --subset may leave them out){trained_data_text(run)}"
                              f"{_deduped_npz_text(run, dataset.source)}")
-    _check_image_shape(run, dataset, what)
+    if not (run / "model_index.json").exists():  # a pipeline's UNet (a latent model) takes latents, not images
+        check_image_shape(read_unet_config(run), dataset.image_shape, what=f"{what} {run}")
     advice = "give the --data it was trained on, with the same --image-size, --mode and other data options" + trained_data_text(run)
     digests, combined = _recorded(run)
     if digests is not None:

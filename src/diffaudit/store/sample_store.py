@@ -52,6 +52,7 @@ from diffaudit.core.faults import fault_point
 from diffaudit.core.folder_lock import writer
 from diffaudit.core.progress import warning_line
 from diffaudit.core.io import load_npy, make_private_dir
+from diffaudit.core.npz_arrays import read_npy_header
 from diffaudit.core.outdir import SETTINGS_FILE, prepare_out_dir, recorded_settings
 from diffaudit.core.seeds import generation_seed
 from diffaudit.data.dataset import ImageDataset
@@ -81,14 +82,7 @@ def _npy_damage(path: Path, expected: tuple[int, ...]) -> str | None:
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-            else:
-                return f"an .npy file of format version {version[0]}.{version[1]}, which diffaudit does not write"
-            offset = f.tell()
+            shape, fortran, dtype, offset = read_npy_header(f)
     except FileNotFoundError:
         return "it is missing"
     except OSError as exc:
