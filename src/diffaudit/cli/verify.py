@@ -43,7 +43,7 @@ from diffaudit.data.native import NativeImages
 from diffaudit.distances.frechet import fid_from_file
 from diffaudit.distances.knn_backends import KNN_BACKENDS
 from diffaudit.distances.normalized import DEFAULT_ALPHA, DEFAULT_NEIGHBORS, neighborhood_size
-from diffaudit.store import SampleStore, sampler_kind, samples_identity
+from diffaudit.store import SampleStore, sampler_classes, sampler_kind, samples_identity
 from diffaudit.store.location import check_reachable_by_workers
 from diffaudit.report.fmt import counted
 
@@ -483,6 +483,10 @@ def run(args: argparse.Namespace) -> int:
         fields["verified_medoids"] = medoids
     if data_vs_model is not None:  # --data against the training set of the model that made --samples
         fields["data_vs_model"] = data_vs_model
+    if sampler_classes(str(args.samples)):  # its prompts are class indices: the report calls them classes, by name
+        fields["prompt_kind"] = "class"
+        if getattr(train, "class_names", None):
+            fields["class_names"] = [str(c) for c in train.class_names]
     if len(samples) == 0:  # --from-extract of a result that flagged nothing: said, and the report says not measured
         fields.update(extracted=[], unique_extracted=0, n_extracting_samples=0)
         if medoids is not None:

@@ -241,6 +241,8 @@ def _extraction(rs: ResultSet) -> dict[str, Any] | None:
             n_extracting_samples=_int(r.get("n_extracting_samples", len(extracted) if measured else None)),
         )
         out.update(_prompt_checks(r))
+        if r.get("prompt_kind") == "class":  # as extract records it (its result may be elsewhere)
+            out["prompt_kind"] = "class"
         total = _int(r.get("n_samples_total"))
         if total is not None and total != out["n_samples"]:  # --from-extract: medoids of more generations
             out["n_samples_total"] = total

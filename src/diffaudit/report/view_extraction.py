@@ -163,6 +163,24 @@ def prompt_words(kind: Any) -> tuple[str, str]:
     return ("class", "classes") if kind == "class" else ("prompt", "prompts")
 
 
+def class_names(rs: ResultSet) -> list[str] | None:
+    """The training set's class names (``class_names[label]``) where the prompts are a class-conditional
+    model's classes and verify recorded the names its ``--data`` gives them (sub-folder names,
+    CIFAR-10's), else None."""
+    st = rs.first("verify")
+    names = None if st is None or st.result.get("prompt_kind") != "class" else st.result.get("class_names")
+    return [str(n) for n in names] if isinstance(names, list) and names else None
+
+
+def named_class(prompt: Any, names: list[str] | None) -> Any:
+    """A class prompt (its label value, "1") with its class's name where one is known and says more:
+    "1 (pneumonia)"; any other prompt as it is."""
+    if not isinstance(prompt, str) or not names or not prompt.isdigit() or int(prompt) >= len(names):
+        return prompt
+    name = names[int(prompt)]
+    return prompt if name == prompt else f"{prompt} ({name})"
+
+
 def unverified_verdict(ex: dict[str, Any] | None, *, unfinished: bool = False) -> dict[str, str]:
     """The verdict without any verification: "unknown"; when an extract result is there (and no verify
     stage), what it found, and that its cliques were not checked against the training set: by the
@@ -411,6 +429,7 @@ def gallery(rs: ResultSet, *, redact: bool) -> dict[str, Any] | None:
         if train.error:
             notes.append(f"Training images are shown by id: {train.error}.")
     dups = duplicate_counts(rs)
+    names = None if redact else class_names(rs)  # a folder name may say more than is to be shown
     items = []
     for e, in_cliques in shown:
         key = e.get("train_key")
@@ -422,7 +441,7 @@ def gallery(rs: ResultSet, *, redact: bool) -> dict[str, Any] | None:
             "sample": e.get("sample"),
             # the prompt it was generated from: which caption emits this training image (a caption of the
             # training data itself, so not shown redacted)
-            "prompt": None if redact else samples.prompt_of(e.get("sample")),
+            "prompt": None if redact else named_class(samples.prompt_of(e.get("sample")), names),
             "gen_uri": image_uri(gen, max_side=PAIR_SIDE),
             # redacted: a file name may name a person; the position in the training set does not
             "train_key": _position(e.get("train_id")) if redact else key if key is not None else e.get("train_id"),
@@ -458,6 +477,7 @@ def cliques(rs: ResultSet, *, redact: bool = False) -> dict[str, Any] | None:
     samples = SampleImages(None) if linked or redact else sample_images(st, rs)
     classes = st.result.get("prompt_kind") == "class"
     one, many = prompt_words(st.result.get("prompt_kind"))
+    names = None if redact else class_names(rs)
     items = []
     for p in flagged[:MAX_PROMPTS]:
         members = [str(m) for m in (p.get("members") or [])]
@@ -467,7 +487,7 @@ def cliques(rs: ResultSet, *, redact: bool = False) -> dict[str, Any] | None:
                   for m in order[:MAX_MEMBERS]]
         items.append({
             # a caption of the training data; a class index is not one
-            "prompt": None if redact and not classes else p.get("prompt"),
+            "prompt": None if redact and not classes else named_class(p.get("prompt"), names),
             "prompt_index": p.get("prompt_index"),
             "n_generations": p.get("n_generations", p.get("component_size")),
             "largest_clique": p.get("largest_clique", p.get("size", len(members))),
