@@ -162,3 +162,21 @@ def test_full_range_16_bit_images_are_not_warned_of(write_images, tmp_path, caps
     load_dataset_to_disk(root, tmp_path / "cache")
     load_dataset(write_images(gray_images(3), root=tmp_path / "eight"))
     assert "warning" not in capsys.readouterr().err
+
+
+def test_12_bit_scans_in_a_uint16_npz_are_warned_of_once(tmp_path, capsys):
+    """The same dark-scan mistake stored as a uint16 `.npz` (a common export of DICOM pixel arrays) was
+    read at value/257 without a word; full-range uint16 stays silent."""
+    scans = RNG.integers(0, 4096, (6, 8, 8), dtype=np.uint16)
+    scans[0, 0, 0] = 4095
+    np.savez(tmp_path / "scans.npz", images=scans)
+    capsys.readouterr()
+    ds = load_dataset(str(tmp_path / "scans.npz"))
+    assert ds.images.max() == 16
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "6 16-bit images" in err and "largest value 4095" in err, err
+    load_dataset_to_disk(str(tmp_path / "scans.npz"), tmp_path / "cache")
+    assert capsys.readouterr().err.count("warning:") == 1
+    np.savez(tmp_path / "wide.npz", images=np.full((2, 8, 8), 60000, np.uint16))
+    load_dataset(str(tmp_path / "wide.npz"))
+    assert "warning" not in capsys.readouterr().err

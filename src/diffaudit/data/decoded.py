@@ -44,7 +44,7 @@ from diffaudit.core.io import load_npy, make_private_dir, read_json, remove_stal
 from diffaudit.data.builtin import BUILTIN_NAMES
 from diffaudit.data.dataset import ImageDataset, say_skipped
 from diffaudit.data.entries import Entry
-from diffaudit.data.images import SixteenBitSeen
+from diffaudit.data.images import SixteenBitSeen, warn_twelve_bit
 from diffaudit.data.loader import (
     ChannelsSeen,
     check_options,
@@ -54,7 +54,6 @@ from diffaudit.data.loader import (
     list_selected,
     load_view,
     no_readable_images,
-    warn_twelve_bit,
 )
 from diffaudit.data.sharded import ShardedImages
 from diffaudit.data.transforms import to_channels

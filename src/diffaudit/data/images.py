@@ -12,7 +12,7 @@ Modes, as Pillow reports them after opening the file:
   (65535 -> 255, 257*k -> k), never clipped (Conventions: pixels). 12-bit scans stored in 16 bits
   (values 0..4095) so read at most 16/255: nearly black. The scale stays (a file does not say its white
   level); a load notes each 16-bit image's largest value (:func:`noting_sixteen_bit`) and warns when
-  they all fit in 12 bits (:func:`~diffaudit.data.loader.warn_twelve_bit`).
+  they all fit in 12 bits (:func:`warn_twelve_bit`).
 - 32-bit integer grayscale ``I`` (a TIFF of 32-bit integers): the file says nothing of its white
   level, so the values say it. Pillow writes an 8-bit image converted to ``I`` (``convert("I")``) with
   its values 0..255, and a 16-bit one with 0..65535: an ``I`` image whose values all lie in [0, 255]
@@ -57,6 +57,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from diffaudit.core.errors import DiffauditError
+from diffaudit.core.progress import warning_line
 
 #: File extensions read as images (lower case, without the dot).
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "bmp", "webp", "tif", "tiff")
@@ -78,6 +79,8 @@ _GRAY_MODES = {"1", "L", "LA", "La"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
 _INT32_MODE = "I"
 _TO_RGB_MODES = {"RGBA", "RGBa", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"}
+#: The largest value of a 12-bit image: 16-bit images that all stay at or under it look dark (<= 16/255).
+TWELVE_BIT_MAX = 4095
 
 
 @dataclass
@@ -119,6 +122,23 @@ def _note_sixteen_bit(raw: np.ndarray) -> None:
     if seen is not None:
         seen.images += 1
         seen.max_value = max(seen.max_value, int(raw.max()) if raw.size else 0)
+
+
+def warn_twelve_bit(source: str, seen: SixteenBitSeen) -> None:
+    """One warning (:func:`~diffaudit.core.progress.warning_line`, naming the running command where one
+    speaks for the data layer) when the 16-bit images of ``source``'s load all fit in 12 bits (largest
+    value <= :data:`TWELVE_BIT_MAX`): read at value/257 they look dark (at most 16/255), which a model
+    trained on them learns; nothing when no 16-bit image was decoded or one uses more than 12 bits."""
+    if seen.images == 0 or seen.max_value > TWELVE_BIT_MAX:
+        return
+    n = seen.images
+    they = f"its {n:,} 16-bit image{'s' if n != 1 else ''}"
+    warning_line("", f"{source}: {they} {'all ' if n != 1 else ''}use{'s' if n == 1 else ''} at most 12 bits "
+                     f"(largest value {seen.max_value} of 65535): diffaudit reads 16-bit pixels as value/257, so "
+                     f"{'they' if n != 1 else 'it'} look{'s' if n == 1 else ''} dark (at most "
+                     f"{round(seen.max_value / 257)}/255) to every model and measure; if 4095 is their white "
+                     "level, rescale them to the full 16-bit range (value x 65535/4095) or to 8 bits before "
+                     "auditing")
 
 
 class BadImageError(DiffauditError):

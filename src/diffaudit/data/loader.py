@@ -27,7 +27,8 @@ takes 3 channels). Alpha is dropped as before (:mod:`diffaudit.data.images`), so
 channels decide.
 
 16-bit images: read at ``round(v / 257)`` (:mod:`diffaudit.data.images`); when every 16-bit grayscale
-image of a load fits in 12 bits (largest value <= 4095), one warning says so (:func:`warn_twelve_bit`).
+image of a load fits in 12 bits (largest value <= 4095), one warning says so
+(:func:`~diffaudit.data.images.warn_twelve_bit`; a uint16 ``.npz`` alike, :mod:`diffaudit.data.npz`).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from diffaudit.data.builtin import BUILTIN_NAMES, list_cifar10, list_digits
 from diffaudit.data.dataset import ImageDataset, concat_datasets, say_skipped
 from diffaudit.data.entries import Entry, Listing, gc_paused
 from diffaudit.data.folder import list_folder
-from diffaudit.data.images import BadImageError, SixteenBitSeen, noting_sixteen_bit
+from diffaudit.data.images import BadImageError, SixteenBitSeen, noting_sixteen_bit, warn_twelve_bit
 from diffaudit.data.local_paths import check_local
 from diffaudit.data.npz import list_npz
 from diffaudit.data.shards import is_shard_spec, list_shard_pattern
@@ -55,8 +56,6 @@ from diffaudit.data.transforms import apply_geometry, check_size_option, to_chan
 from diffaudit.data.view import ViewPart, is_view, read_view
 
 MODES = ("L", "RGB")
-#: The largest value of a 12-bit image: 16-bit images that all stay at or under it look dark (<= 16/255).
-TWELVE_BIT_MAX = 4095
 #: Loader options that only transform each image (a view's keys stay valid under any of them).
 PER_IMAGE_OPTIONS = ("image_size", "center_crop", "mode")
 
@@ -273,23 +272,6 @@ def gray_if_equal(image: np.ndarray) -> np.ndarray:
     if np.array_equal(r, image[..., 1]) and np.array_equal(r, image[..., 2]):
         return np.ascontiguousarray(image[..., :1])
     return image
-
-
-def warn_twelve_bit(source: str, seen: SixteenBitSeen) -> None:
-    """One warning (:func:`~diffaudit.core.progress.warning_line`, naming the running command where one
-    speaks for the data layer) when the 16-bit images of ``source``'s load all fit in 12 bits (largest
-    value <= :data:`TWELVE_BIT_MAX`): read at value/257 they look dark (at most 16/255), which a model
-    trained on them learns; nothing when no 16-bit image was decoded or one uses more than 12 bits."""
-    if seen.images == 0 or seen.max_value > TWELVE_BIT_MAX:
-        return
-    n = seen.images
-    they = f"its {n:,} 16-bit image{'s' if n != 1 else ''}"
-    warning_line("", f"{source}: {they} {'all ' if n != 1 else ''}use{'s' if n == 1 else ''} at most 12 bits "
-                     f"(largest value {seen.max_value} of 65535): diffaudit reads 16-bit pixels as value/257, so "
-                     f"{'they' if n != 1 else 'it'} look{'s' if n == 1 else ''} dark (at most "
-                     f"{round(seen.max_value / 257)}/255) to every model and measure; if 4095 is their white "
-                     "level, rescale them to the full 16-bit range (value x 65535/4095) or to 8 bits before "
-                     "auditing")
 
 
 def dataset_channels(mode: str | None, seen: ChannelsSeen) -> int:

@@ -1,7 +1,8 @@
 """An ``.npz`` of images: ``images`` plus optional ``labels`` and ``captions``.
 
 - ``images``: uint8 (N, H, W, C) with C in {1, 3, 4}, or (N, H, W) (grayscale). uint16 arrays are
-  16-bit images, scaled by ``round(v / 257)``. C = 4 drops the alpha channel (as for RGBA files).
+  16-bit images, scaled by ``round(v / 257)``; one warning when they all fit in 12 bits (as for 16-bit
+  files, :func:`~diffaudit.data.images.warn_twelve_bit`). C = 4 drops the alpha channel (as for RGBA files).
 - ``labels``: integers (N,), >= 0. ``captions``: strings (N,), a unicode (``U``) or UTF-8 bytes
   (``S``) array. Other arrays are ignored.
 - Keys ``npz:<index>`` (the row in the file, kept by subsets).
@@ -24,7 +25,7 @@ from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import open_npz
 from diffaudit.core.npz_arrays import read_npz_array
 from diffaudit.data.entries import Listing, array_entries
-from diffaudit.data.images import scale_16bit
+from diffaudit.data.images import SixteenBitSeen, scale_16bit, warn_twelve_bit
 
 
 def _get(npz, path: Path, name: str) -> np.ndarray | None:
@@ -58,6 +59,7 @@ def read_npz_arrays(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | N
     if images is None:
         raise DiffauditError(f"{path}: no `images` array (it holds {', '.join(npz.files) or 'nothing'})")
     if images.dtype.kind == "u" and images.dtype.itemsize == 2:  # uint16, either byte order
+        warn_twelve_bit(str(path), SixteenBitSeen(len(images), int(images.max()) if images.size else 0))
         images = scale_16bit(images)
     if images.dtype != np.uint8:
         raise DiffauditError(f"{path}: `images` must be uint8 pixels 0..255 (or uint16); got {images.dtype}")
