@@ -42,7 +42,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from diffaudit.core.errors import DiffauditError
-from diffaudit.core.progress import progress_bar, warning_line
+from diffaudit.core.progress import progress_bar
 from diffaudit.data.builtin import BUILTIN_NAMES, list_cifar10, list_digits
 from diffaudit.data.dataset import ImageDataset, concat_datasets, say_skipped
 from diffaudit.data.entries import Entry, Listing, gc_paused
