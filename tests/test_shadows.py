@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,3 +87,32 @@ def test_parallel_workers_give_the_same_models(setup, monkeypatch):
     assert main(args(root, "parallel", "--models", "2", "--workers", "2")) == 0
     for k in range(2):
         assert weights(root / "parallel" / f"model-{k:02d}") == weights(root / "straight" / f"model-{k:02d}")
+
+
+def test_a_cut_weights_file_says_how_to_train_that_model_again(setup, capsys):
+    """A model whose weights file was cut short failed with the loader's words only, and the user had no
+    way of knowing that deleting one shadow's folder trains it again (and `--fresh` all of them): the
+    error now says so, and doing it gives the model the uncut run had."""
+    root, _ = setup
+    assert main(args(root, "cut", "--models", "2")) == 0
+    run = root / "cut" / "model-01"
+    whole = weights(run)
+    (f,) = (run / "unet").glob("*.safetensors")
+    f.write_bytes(f.read_bytes()[:5000])
+    capsys.readouterr()
+    sample = ["sample", "--model", str(run), "--n", "2", "--steps", "2", "--device", "cpu", "--quiet"]
+    assert main(sample + ["--out", str(root / "cut-s")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be loaded" in err and f"delete {run} and re-run the `diffaudit shadows`" in err, err
+    shutil.rmtree(run)
+    assert main(args(root, "cut", "--models", "2")) == 0
+    assert weights(run) == whole
+    # a model of `diffaudit train`: trained again with --fresh
+    one = root / "one"
+    assert main(["--quiet", "train", "--data", "digits", "--subset", str(N), *TRAIN, "--out", str(one)]) == 0
+    (f,) = (one / "unet").glob("*.safetensors")
+    f.write_bytes(f.read_bytes()[:5000])
+    capsys.readouterr()
+    assert main(sample[:2] + [str(one)] + sample[3:] + ["--out", str(root / "one-s")]) == 2
+    err = capsys.readouterr().err
+    assert "train it again: `diffaudit train` with the settings in" in err and "--fresh" in err, err

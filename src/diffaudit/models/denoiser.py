@@ -29,7 +29,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import loads_json
-from diffaudit.core.outdir import read_settings_record
+from diffaudit.core.outdir import read_settings_record, recorded_command
 from diffaudit.models.quiet import quiet_loading
 from diffaudit.models.run_files import checkpoint_dirs
 from diffaudit.models.scheduler import SamplingSchedule, alphas_cumprod_of, make_scheduler
@@ -300,6 +300,18 @@ def _not_pixel_space(root: Path, cls: str, flag: str) -> str:
             f"is taken whole by sample and mia{where}")
 
 
+def _retrain_hint(root: Path) -> str:
+    """How to make a damaged model of diffaudit's again: the folder of ``diffaudit train`` (one of
+    ``diffaudit shadows``' or an audit's models when its parent is theirs, retrained when deleted), or ""."""
+    if recorded_command(root) != "train":
+        return ""
+    if recorded_command(root.parent) == "shadows":
+        return (f". If its weights file was damaged (cut short, edited), delete {root} and re-run the `diffaudit "
+                "shadows` or `diffaudit audit` that trained it: that model alone is trained again")
+    return (f". If its weights file was damaged (cut short, edited), train it again: `diffaudit train` with the settings "
+            f"in {root / 'settings.json'} and --fresh")
+
+
 def load_denoiser(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                   flag: str = "--model") -> Denoiser:
     """Load a run directory, a diffusers pipeline directory or a ``UNet2DModel`` directory. ``flag``: the
@@ -322,7 +334,8 @@ def load_denoiser(path: str | Path, device: str | torch.device = "cpu", dtype: t
         with quiet_loading():
             unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True, torch_dtype=dtype)
     except (OSError, ValueError, RuntimeError) as exc:  # a truncated or damaged weights file, a config that does not fit them
-        raise DiffauditError(f"{flag} {root}: the UNet in {unet_dir} cannot be loaded: {str(exc).splitlines()[0]}") from None
+        raise DiffauditError(f"{flag} {root}: the UNet in {unet_dir} cannot be loaded: {str(exc).splitlines()[0]}"
+                             f"{_retrain_hint(root)}") from None
     unet = unet.to(device=device).eval()
     return Denoiser(unet=unet, alphas_cumprod=alphas_cumprod_of(scheduler), dtype=dtype, path=str(root),
                     prediction_type=scheduler.config.prediction_type, learned_variance=learned_variance,
