@@ -68,6 +68,17 @@ def test_a_file_in_the_way_is_a_clear_error(tmp_path):
         assert "A file is in the way" in str(caught.value) and "Free space" not in str(caught.value)
 
 
+def test_a_device_as_out_is_not_called_a_file_to_remove(capsys):
+    """`--out /dev/null` was told "A file is in the way: remove it": the device is named as such, and no
+    removal is advised."""
+    from diffaudit.cli.main import main
+
+    assert main(["dedup", "--data", "digits", "--subset", "8", "--out", os.devnull]) == 2
+    err = capsys.readouterr().err
+    assert f"could not write {os.devnull}: it is a device or another special file, not a folder" in err, err
+    assert "remove" not in err and "re-run continues" not in err
+
+
 def test_a_trained_run_is_owner_only_also_where_diffusers_writes_the_files(tmp_path):
     """The UNet and scheduler folders are written by diffusers with the umask's modes; a run's whole
     tree (weights of a model trained on private images) is owner-only all the same."""

@@ -43,6 +43,9 @@ _ADVICE = {
 
 def storage_error(path: Path, exc: OSError) -> DiffauditError:
     advice = _ADVICE.get(exc.errno, "Free space or choose a writable --out")
+    if exc.errno == errno.EEXIST and os.path.lexists(path) and not (os.path.isfile(path) or os.path.islink(path)):
+        return DiffauditError(f"could not write {path}: it is a device or another special file, not a folder: "
+                              "choose another --out")  # a file in the way is the user's to remove; this one is not
     return DiffauditError(
         f"could not write {path}: {exc.strerror or exc}. {advice}; finished work is kept and a re-run continues from it."
     )
