@@ -626,7 +626,9 @@ def test_train_map_only_verify_is_unknown_not_zero(tmp_path):
     html = render_report(root).read_text(encoding="utf-8")
     assert "No training image was extracted" not in html
     metrics = {p: (json.loads(raw), text.strip()) for p, raw, text in Page(html).metrics}
-    assert metrics["extraction.unique_extracted"] == (None, "–")
+    # the card's number is the check's distinct training images, not a dash for the search that did not run
+    assert "extraction.unique_extracted" not in metrics
+    assert metrics["extraction.prompt_checks_unique_extracted"] == (2, "2")
     assert metrics["extraction.prompt_checks_extracted"] == (3, "3")
 
     none = verdict(build_summary(_train_map_only_verify(tmp_path / "none", [False, False]))["extraction"])

@@ -191,7 +191,7 @@ def test_map_keys_match_prompts_up_to_whitespace_and_a_map_naming_none_is_refuse
     (tmp_path / "nl.json").write_text(json.dumps({"cat\n": ["a.png"], "dog\n": [1]}))
     assert main([*map(str, argv), "--train-map", str(tmp_path / "nl.json"), "--out", str(tmp_path / "nl")]) == 0
     err = capsys.readouterr().err
-    assert "1 of the 3 prompts of --samples have no entry in --train-map" in err  # "fresh"
+    assert "1 of the 3 prompts of --samples has no entry in --train-map: its generations" in err  # "fresh"
     assert strict_json(tmp_path / "nl" / "result.json")["prompt_checks_extracted"] == 2
     # keys and prompts that share nothing: refused before anything is written (it checked 0 of 0 and read as no copy)
     (tmp_path / "none.json").write_text(json.dumps({"a red barn": ["a.png"]}))
@@ -201,4 +201,40 @@ def test_map_keys_match_prompts_up_to_whitespace_and_a_map_naming_none_is_refuse
     assert not (tmp_path / "none").exists()
     # the fixture's map: "bird" names no prompt of the samples
     assert main([*map(str, argv), "--train-map", str(d / "map.json"), "--out", str(tmp_path / "m")]) == 0
-    assert "1 of the 3 prompts of --train-map are not prompts of --samples and are not checked" in capsys.readouterr().err
+    assert "1 of the 3 prompts of --train-map is not among the prompts of --samples and is not checked" in capsys.readouterr().err
+
+
+def test_the_report_and_result_line_show_what_the_map_check_found(files, tmp_path, capsys):
+    """The report of a --train-map check on mixed-size data showed "–" as its number, "the cliques of the
+    copying medoids hold 0 generations" and "No generation was verified as a copy" beside a "Yes" verdict,
+    and the result line said "n/a unique training images": the generations that reproduce their prompt's
+    training image are now its number, its pairs and its line."""
+    from test_report import visible_text
+
+    from diffaudit.report import build_summary, render_html
+
+    d = files["dir"]
+    out = tmp_path / "v"
+    assert main(["verify", "--samples", str(d / "gens.npz"), "--data", str(files["data"]), "--train-map",
+                 str(d / "map.json"), "--out", str(out), "--device", "cpu"]) == 0
+    said = capsys.readouterr()
+    assert ("verify: 2 of 3 mapped generations reproduce their own prompt's training image (2 distinct training "
+            "images), by the --train-map check alone") in said.out and "n/a" not in said.out, said.out
+    assert build_summary(out)["extraction"]["prompt_checks_unique_extracted"] == 2
+    text = visible_text(render_html(out))
+    assert "Training images reproduced (--train-map check) 2" in text
+    assert "npz:0 → a.png" in text and "npz:1 → b.png" in text and "npz:2 →" not in text  # the unrelated one
+    assert f"crop offset {OFFSETS['a.png'][0]}, {OFFSETS['a.png'][1]}" in text
+    assert "No generation was verified" not in text and "hold 0 generations" not in text
+    assert "Training images are shown by id: --data's images differ in size" in text and "--image-size" not in text
+
+
+def test_with_from_extract_the_unflagged_prompts_of_the_map_are_not_called_foreign(capsys):
+    """Verifying the clique medoids (--from-extract) checks only the flagged prompts: the map's other prompts
+    were said to be "not prompts of --samples", though every one of them was sampled."""
+    from diffaudit.cli.verify import _check_map_prompts
+
+    _check_map_prompts({"cat": [0], "dog": [1], "bird": [2], "fish": [3]}, ["cat", "dog"], "map.json", medoids=True)
+    err = capsys.readouterr().err
+    assert "2 of the 4 prompts of --train-map are not among the prompts --from-extract flagged" in err, err
+    assert "--samples" not in err

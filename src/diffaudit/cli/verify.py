@@ -186,10 +186,12 @@ def _map_to_prompts(prompt_map: dict[str, list[int]], prompts: Sequence[str]) ->
     return {p: by_form[normalise_caption(p)] for p in dict.fromkeys(prompts) if normalise_caption(p) in by_form}
 
 
-def _check_map_prompts(prompt_map: dict[str, list[int]], prompts: Sequence[str], path: str) -> None:
+def _check_map_prompts(prompt_map: dict[str, list[int]], prompts: Sequence[str], path: str,
+                       medoids: bool = False) -> None:
     """Refuse a --train-map that names none of the samples' ``prompts`` (:func:`_map_to_prompts`): it would
     check nothing, and "0 of 0 reproduce" read as no copy. Keys that name no prompt, and prompts without
-    a key (their generations are not checked), are said."""
+    a key (their generations are not checked), are said; ``medoids``: the samples are the clique medoids
+    of --from-extract, whose prompts are the flagged ones only."""
     from diffaudit.defenses.prompts import normalise_caption
 
     out = _map_to_prompts(prompt_map, prompts)
@@ -201,11 +203,15 @@ def _check_map_prompts(prompt_map: dict[str, list[int]], prompts: Sequence[str],
                              "checked: its keys must be the prompts the generations were made with")
     unused = len(by_form - {normalise_caption(p) for p in out})
     if unused:
-        warning_line("verify", f"{unused:,} of the {len(by_form):,} prompts of --train-map are not prompts of --samples "
-                     "and are not checked")
+        which = ("prompts --from-extract flagged (only their clique medoids are verified)" if medoids else
+                 "prompts of --samples")
+        warning_line("verify", f"{unused:,} of the {len(by_form):,} prompts of --train-map {'is' if unused == 1 else 'are'} "
+                     f"not among the {which} and {'is' if unused == 1 else 'are'} not checked")
     if len(out) < len(sampled):
-        warning_line("verify", f"{len(sampled) - len(out):,} of the {len(sampled):,} prompts of --samples have no entry in "
-                     "--train-map: their generations are not checked against their own training images")
+        short = len(sampled) - len(out)
+        warning_line("verify", f"{short:,} of the {len(sampled):,} {'flagged prompts' if medoids else 'prompts of --samples'} "
+                     f"{'has' if short == 1 else 'have'} no entry in --train-map: {'its' if short == 1 else 'their'} "
+                     "generations are not checked against their own training images")
 
 
 def _run_verification(label: str, samples: ImageDataset, train: ImageDataset, vs: VerifySettings, out: Path, cache: str,
@@ -431,7 +437,7 @@ def run(args: argparse.Namespace) -> int:
     if prompt_map is not None and samples.captions is None:
         raise DiffauditError("--train-map needs samples with prompts; these samples carry none")
     if prompt_map is not None and len(samples):
-        _check_map_prompts(prompt_map, samples.captions, args.train_map)
+        _check_map_prompts(prompt_map, samples.captions, args.train_map, medoids=medoids is not None)
     if len(samples) and prompt_map is None:
         _check_shapes(samples, train, "--data")
     # the whole-set nearest-neighbour verification (and --baseline) needs --data at the samples' size
@@ -501,7 +507,7 @@ def run(args: argparse.Namespace) -> int:
         fields.update(extracted=_in_all_samples(v.extracted, medoids, all_samples), unique_extracted=v.unique_extracted,
                       n_extracting_samples=v.n_extracting_samples, per_sample_file="per_sample.npz")
     elif native:
-        fields.update(extracted=None, unique_extracted=None, n_extracting_samples=None, note=note)
+        fields.update(extracted=None, unique_extracted=None, n_extracting_samples=None, note=note, data_mixed_sizes=True)
         if train.skipped:
             fields["train_skipped"] = [list(x) for x in train.skipped]
     else:
@@ -556,5 +562,14 @@ def _summary(r: dict[str, Any], out: Path) -> str:
     if r.get("n_samples") == 0 and r.get("verified_medoids") == []:
         return f"verify: no generation verified (the extract result flagged none): nothing measured -> {out / 'result.json'}"
     what, caveat = extraction_words(ue, r.get("data_vs_model"))
+    if ue is None and r.get("prompt_checks_extracted") is not None:  # --data could not be searched whole
+        from diffaudit.report.summary import prompt_check_counts
+
+        c = prompt_check_counts(r)
+        n, u = c["prompt_checks_n"], c["prompt_checks_unique_extracted"]
+        distinct = "" if u is None else f" ({counted(u, 'distinct training image')})"
+        return (f"verify: {c['prompt_checks_extracted']:,}{'' if n is None else f' of {n:,}'} mapped generations "
+                f"reproduce their own prompt's training image{distinct}, by the --train-map check alone (--data was not "
+                f"searched whole){caveat} -> {out / 'result.json'}")
     return (f"verify: {ue if ue is not None else 'n/a'} unique {what} from {counted(r['n_samples'], 'generation')} "
             f"by rule {r['rule']}{reason}{base}{caveat} -> {out / 'result.json'}")

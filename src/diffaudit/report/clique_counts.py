@@ -105,9 +105,9 @@ def clique_counts(rs: ResultSet, verify: Stage) -> dict[str, Any] | None:
 
 def _clique_counts(rs: ResultSet, verify: Stage) -> dict[str, Any] | None:
     """:func:`clique_counts`, computed."""
-    if not from_extract(verify):
+    if not from_extract(verify) or not isinstance(verify.result.get("extracted"), list):  # not searched whole
         return None
-    extracted = [e for e in (verify.result.get("extracted") or []) if isinstance(e, dict)]
+    extracted = [e for e in verify.result["extracted"] if isinstance(e, dict)]
     extract = named_extract(rs, verify)
     if extract is None:
         return None

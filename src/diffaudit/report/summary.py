@@ -181,7 +181,7 @@ def mia_key(stage: Stage, taken: set[str]) -> str:
     return name if name not in taken else stage.name
 
 
-def _prompt_checks(r: dict[str, Any]) -> dict[str, Any]:
+def prompt_check_counts(r: dict[str, Any]) -> dict[str, Any]:
     """The ``--train-map`` check of a verify result: ``prompt_checks_extracted`` (generations within δ
     of their own prompt's training image), ``prompt_checks_n`` (mapped generations checked) and
     ``prompt_checks_unique_extracted`` (distinct training images reproduced); {} when it did not run."""
@@ -240,7 +240,7 @@ def _extraction(rs: ResultSet) -> dict[str, Any] | None:
             baseline_unique_extracted=_int(r.get("baseline_unique_extracted")),
             n_extracting_samples=_int(r.get("n_extracting_samples", len(extracted) if measured else None)),
         )
-        out.update(_prompt_checks(r))
+        out.update(prompt_check_counts(r))
         if r.get("prompt_kind") == "class":  # as extract records it (its result may be elsewhere)
             out["prompt_kind"] = "class"
         total = _int(r.get("n_samples_total"))

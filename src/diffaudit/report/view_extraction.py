@@ -406,7 +406,11 @@ def gallery(rs: ResultSet, *, redact: bool) -> dict[str, Any] | None:
     st = rs.first("verify")
     if st is None:
         return None
-    pairs = [closest(e) for e in (st.result.get("extracted") or []) if isinstance(e, dict)]
+    # --data not searched whole (only the --train-map check ran): its generations that reproduce their own
+    # prompt's training image are the pairs
+    train_map = not isinstance(st.result.get("extracted"), list) and isinstance(st.result.get("prompt_checks"), list)
+    pairs = ([c for c in st.result["prompt_checks"] if isinstance(c, dict) and c.get("extracted")] if train_map else
+             [closest(e) for e in (st.result.get("extracted") or []) if isinstance(e, dict)])
     medoids_only = from_extract(st)
     counts = clique_counts(rs, st) if medoids_only else None
     # each record with the generations in its medoids' cliques (None: not --from-extract, or unknown)
@@ -423,7 +427,10 @@ def gallery(rs: ResultSet, *, redact: bool) -> dict[str, Any] | None:
     if shown and samples.refusal:
         notes.append(f"Generations are shown by id: {samples.refusal}.")
     train = None
-    if not redact and not linked and shown:
+    if shown and not redact and st.result.get("data_mixed_sizes"):  # no training set to load whole
+        notes.append("Training images are shown by id: --data's images differ in size, and verify read only each "
+                     "generation's own prompt's training images, each at its own size.")
+    elif not redact and not linked and shown:
         spec, opts = data_spec(st.settings)
         train = TrainingImages(spec, opts, _bases(st, rs), digest=data_digest(st.settings))
         if train.error:
@@ -453,10 +460,12 @@ def gallery(rs: ResultSet, *, redact: bool) -> dict[str, Any] | None:
             "duplicates": n_dup,
             "n_matching": e.get("n_matching_samples"),
             "clique_generations": in_cliques,
+            "offset": e.get("offset") if train_map and isinstance(e.get("offset"), list) else None,
         })
     if samples.error:  # known once the shards were read, above
         notes.append(f"Some generations are shown by id: {samples.error}.")
     return {"items": items, "total": len(pairs), "notes": notes, "redacted": redact, "from_extract": medoids_only,
+            "train_map": train_map,
             # the training data was rewritten since verify read it: said at the top, since every number is of the old
             "data_changed": str(train.spec) if train is not None and train.changed else None}
 
