@@ -194,6 +194,21 @@ def test_a_whole_stable_diffusion_folder_still_loads_and_a_stripped_safety_check
     assert loaded.tokenizer.model_max_length == 77 and loaded.safety_checker is None
 
 
+def test_a_damaged_pipeline_given_to_mia_is_named_by_the_flag_that_gave_it(sd_dir, tmp_path, capsys):
+    """`mia --target PIPE` whose vae/ is gone said "--model PIPE: ...", a flag mia does not have."""
+    pipe = tmp_path / "pipe"
+    shutil.copytree(sd_dir, pipe)
+    shutil.rmtree(pipe / "vae")
+    data = tmp_path / "cap.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, images=rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8), captions=np.array(["a", "b", "c", "d"]))
+    (pipe / "train_ids.json").write_text(json.dumps({"keys": ["npz:0", "npz:1"]}))
+    assert main(["mia", "--target", str(pipe), "--attack", "loss", "--data", str(data),
+                 "--out", str(tmp_path / "m"), "--device", "cpu", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"--target {pipe}: " in err and "--model" not in err, err
+
+
 # ------------------------------------------------------------------ train --repeat counts
 
 def test_absurd_repeat_counts_are_refused_before_any_memory_is_taken(tmp_path, capsys):

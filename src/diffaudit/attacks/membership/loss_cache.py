@@ -124,7 +124,7 @@ def cached_model_losses(
         if is_stable_diffusion_dir(run_dir):  # latent diffusion: the loss needs a caption per image
             if dataset.captions is None:
                 raise DiffauditError(f"{run_dir} is a Stable Diffusion pipeline: --data needs a caption per image ({CAPTION_SOURCES})")
-            pipe = load_sd_pipeline(run_dir, device=device, dtype=dtype)
+            pipe = load_sd_pipeline(run_dir, device=device, dtype=dtype, flag=flag)
             batch = resolve_batch(batch_size if batch_size == AUTO else min(batch_size, SD_MAX_BATCH), torch.device(device),
                                   default=SD_MAX_BATCH, probe=functools.partial(latent_loss_probe, pipe), start=4,
                                   cap=SD_MAX_BATCH, what=f"mia: --batch-size for {name}")
