@@ -46,6 +46,10 @@ def test_a_membership_result_alone_names_only_its_terms(tmp_path):
 def test_the_extraction_rule_speaks_of_the_rule_verify_ran():
     l2 = dict(glossary({"summary": {"extraction": {"rule": "l2", "delta": 0.12}}}))
     assert l2["extracted"].startswith("a generation copies a training image when their ℓ2 is at most δ = 0.12")
+    # the ℓ2 term spoke of a rule that "measures a copy against its neighbours" (the ratio rule) under the l2 rule
+    assert "against its neighbours" not in l2["ℓ2 (distance)"] and "one δ below" in l2["ℓ2 (distance)"]
+    ratio = dict(glossary({"summary": {"extraction": {"rule": "ratio", "n_train": 100}}}))
+    assert "measures a copy against its neighbours" in ratio["ℓ2 (distance)"]
     unverified = dict(glossary({"summary": {"extraction": {"rule": None, "n_cliques": 3}}, "cliques": {"unconditional": True}}))
     assert "extracted" not in unverified and "false-positive baseline" not in unverified  # nothing was verified
     assert "for one prompt" not in unverified["clique"]

@@ -59,7 +59,7 @@ def test_matches_closer_than_any_baseline_match_are_said_beside_an_inconclusive_
     v = verdict(_ex(2, 2, extracted_l2_median=0.07, extracted_l2_min=0.0, baseline_l2_min=0.13,
                     extracted_closer_than_baseline=1))
     assert v["level"] == "unsure"
-    assert "1 of the training matches is closer than any baseline match (the closest at ℓ2 0.000): a copy no " \
+    assert "1 of the training matches is closer than any baseline match (the closest training match at ℓ2 0.000): a copy no " \
            "never-seen image came as near to." in v["text"]
     assert "closer than any" not in verdict(_ex(2, 2, extracted_l2_median=0.2, extracted_l2_min=0.15, baseline_l2_min=0.13,
                                                 extracted_closer_than_baseline=0))["text"]

@@ -15,6 +15,9 @@ from diffaudit.report.view_extraction import ratio_neighbours
 
 def _extraction_terms(ex: dict[str, Any]) -> list[tuple[str, str]]:
     """Generation, ℓ2, extracted (by the rule verify ran), false-positive baseline, k-eidetic."""
+    # the ratio rule measures a copy against its neighbours; the l2 rule takes one δ for every image
+    why = {"ratio": ", which is why the extraction rule below measures a copy against its neighbours",
+           "l2": ", so the rule's one δ below is not equally strict on every dataset"}.get(ex.get("rule"), "")
     terms = [
         ("generation", "an image the audited model made. The audit asks whether any generation is a copy of a "
                        "training image."),
@@ -22,7 +25,7 @@ def _extraction_terms(ex: dict[str, Any]) -> list[tuple[str, str]]:
                           "scaled to [0, 1]. 0 is the same image; below about 0.05 the two look the same to the eye "
                           "(a JPEG of an image is about 0.02 from it). How far apart different images lie depends on "
                           "the data (small, plain images such as digits can be 0.1 to 0.2 from their nearest other "
-                          "image), which is why the extraction rule below measures a copy against its neighbours."),
+                          f"image){why}."),
     ]
     if ex.get("rule") == "ratio":
         alpha = ex.get("alpha") if isinstance(ex.get("alpha"), (int, float)) else 0.5

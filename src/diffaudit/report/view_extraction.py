@@ -276,8 +276,8 @@ def _l2_note(ex: dict[str, Any], base: int) -> str:
     closer = ex.get("extracted_closer_than_baseline")
     if closer:  # the count weighs every match alike; how close a match is, the count does not see
         text += (f" {closer:,} of the training matches {'is' if closer == 1 else 'are'} closer than any baseline match "
-                 f"(the closest at ℓ2 {ex['extracted_l2_min']:.3f}): {'a copy' if closer == 1 else 'copies'} no "
-                 "never-seen image came as near to.")
+                 f"(the closest training match at ℓ2 {ex['extracted_l2_min']:.3f}): {'a copy' if closer == 1 else 'copies'} "
+                 "no never-seen image came as near to.")
     return text
 
 
