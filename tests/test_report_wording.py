@@ -552,3 +552,20 @@ def test_matches_to_images_the_model_never_trained_on_are_not_an_extraction():
     assert v["level"] == "unknown" and v["text"].startswith("Not measured: none of the 64 images verified against is")
     ex["data_vs_model"] = {"n_data": 64, "n_trained": 16, "n_not_trained": 48, "n_trained_missing": 0}
     assert verdict(ex)["level"] != "unknown"  # some are its training images: the count is judged, with a caveat
+
+
+def test_one_line_results_separate_thousands_as_the_report_does(tmp_path):
+    """"by 1384 of 1,400 generations", "1188 of 1400 mapped generations" and "from 1400 generations" stood
+    beside the report's "1,400": every count in a one-line result is written with its separators."""
+    from diffaudit.cli.audit import _head
+    from diffaudit.cli.verify import _summary
+
+    head = _head({"unique_extracted": 1234, "n_train": 50000, "n_samples": 1048576}, {})
+    assert head == "1,234 of 50,000 training images extracted from 1,048,576 generations"
+    line = _summary({"unique_extracted": 1384, "n_samples": 1400, "rule": "l2"}, tmp_path)
+    assert line.startswith("verify: 1,384 unique training images extracted from 1,400 generations by rule l2")
+    checks = [{"sample": f"p{i}", "train_key": f"k{i % 1200}", "extracted": i < 1188} for i in range(1400)]
+    line = _summary({"unique_extracted": None, "n_samples": 1400, "rule": "l2", "prompt_checks": checks,
+                     "prompt_checks_extracted": 1188}, tmp_path)
+    assert line.startswith("verify: 1,188 of 1,400 mapped generations reproduce their own prompt's training image "
+                           "(1,188 distinct training images)"), line

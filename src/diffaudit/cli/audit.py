@@ -1022,11 +1022,12 @@ def _read_summary(out: Path) -> dict[str, Any]:
 
 def _head(result: dict[str, Any], summary: dict[str, Any]) -> str:
     """The audit's answer in one line, from its result.json and summary.json."""
+    from diffaudit.report.fmt import fmt_int
     from diffaudit.report.view_extraction import baseline_phrase
 
     base = baseline_phrase(summary.get("extraction"))
-    head = (f"{result.get('unique_extracted')} of {result.get('n_train')} training images extracted from "
-            f"{result.get('n_samples')} generations" + (f" ({base})" if base else ""))
+    head = (f"{fmt_int(result.get('unique_extracted'))} of {fmt_int(result.get('n_train'))} training images extracted from "
+            f"{fmt_int(result.get('n_samples'))} generations" + (f" ({base})" if base else ""))
     m = result.get("mia")
     if m:
         tpr = (m.get("tpr_at_fpr") or {}).get("0.01")

@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from diffaudit.core.progress import stage_line
     from diffaudit.core.results import envelope
     from diffaudit.report import render_report, write_summary
+    from diffaudit.report.fmt import counted, fmt_int
     from diffaudit.report.redaction import resolve_redact, was_redacted
     from diffaudit.report.results import stopped_words
     from diffaudit.report.view_extraction import baseline_phrase
@@ -100,8 +101,8 @@ def run(args: argparse.Namespace) -> int:
     elif ex.get("unique_extracted") is not None:
         base = baseline_phrase(ex)
         what, caveat = extraction_words(ex["unique_extracted"], ex.get("data_vs_model"))
-        gens = f"{ex.get('n_samples')} generation{'' if ex.get('n_samples') == 1 else 's'}"
-        parts.append(f"{ex['unique_extracted']} {what} from {gens}" + (f" ({base})" if base else "") + caveat)
+        parts.append(f"{fmt_int(ex['unique_extracted'])} {what} from {counted(ex.get('n_samples'), 'generation')}"
+                     + (f" ({base})" if base else "") + caveat)
     for key, m in (summary.get("mia") or {}).items():
         tpr = (m.get("tpr_at_fpr") or {}).get("0.01")
         if tpr is not None:

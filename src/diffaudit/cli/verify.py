@@ -232,7 +232,7 @@ def _run_verification(label: str, samples: ImageDataset, train: ImageDataset, vs
     ids, l2, ratio, ext = (np.concatenate(col) for col in zip(*chunks))
     v = verify_decided(samples.keys, ids, l2, ratio, ext, train.images, train.keys, settings=vs, device=device)
     stage_line(f"verify: {counted(v.unique_extracted, f'unique {label} image')} extracted by "
-               f"{v.n_extracting_samples} of {counted(len(samples), 'generation')} ({t.seconds:.1f} s)")
+               f"{v.n_extracting_samples:,} of {counted(len(samples), 'generation')} ({t.seconds:.1f} s)")
     return v
 
 
@@ -543,7 +543,7 @@ def run(args: argparse.Namespace) -> int:
                                       resize=args.map_resize)
         fields["prompt_checks"] = checks
         fields["prompt_checks_extracted"] = sum(c["extracted"] for c in checks)
-        stage_line(f"verify: {fields['prompt_checks_extracted']} of {len(checks)} mapped generations within delta of "
+        stage_line(f"verify: {fields['prompt_checks_extracted']:,} of {len(checks):,} mapped generations within delta of "
                    f"their own training image ({t.seconds:.1f} s)")
     fields["fid"] = fid
     fields["score_direction"] = "l2 and ratio: smaller = closer to the training image (extracted at l2 <= delta or ratio <= 1)"
@@ -571,5 +571,5 @@ def _summary(r: dict[str, Any], out: Path) -> str:
         return (f"verify: {c['prompt_checks_extracted']:,}{'' if n is None else f' of {n:,}'} mapped generations "
                 f"reproduce their own prompt's training image{distinct}, by the --train-map check alone (--data was not "
                 f"searched whole){caveat} -> {out / 'result.json'}")
-    return (f"verify: {ue if ue is not None else 'n/a'} unique {what} from {counted(r['n_samples'], 'generation')} "
+    return (f"verify: {'n/a' if ue is None else f'{ue:,}'} unique {what} from {counted(r['n_samples'], 'generation')} "
             f"by rule {r['rule']}{reason}{base}{caveat} -> {out / 'result.json'}")
