@@ -145,3 +145,9 @@ def test_json_without_a_command_is_a_json_refusal_not_the_help(capsys):
     assert json.loads(captured.out) == {"command": None, "error": "no command given", "exit_status": 2}
     assert captured.err == "diffaudit: error: no command given (`diffaudit --help` lists them)\n"
     assert main([]) == 2 and "usage: diffaudit" in capsys.readouterr().out  # without --json: the overview
+
+
+def test_inpaint_help_says_up_front_that_it_takes_pixel_space_models_only():
+    """A Stable Diffusion user learnt that inpaint does not take their pipeline only from its refusal."""
+    text = re.sub(r"\s+", " ", _command_help("inpaint"))
+    assert "Pixel-space diffusion models only" in text and "a Stable Diffusion pipeline is refused" in text

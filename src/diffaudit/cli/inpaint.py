@@ -42,7 +42,9 @@ DESCRIPTION = (
     "Mask part of each target image (default: the left half), inpaint it --n-inpaint times with the target "
     "model (RePaint resampling), score every inpainting by target loss / shadow loss at t=100 (the shadow did "
     "not train on the image), keep the best --top-k and report their ℓ2 to the original, for members and "
-    "non-members of the target's training set (paper Section 5.3). Resumes per target."
+    "non-members of the target's training set (paper Section 5.3). Resumes per target. Pixel-space diffusion "
+    "models only (a diffaudit run or a diffusers UNet2DModel folder, as the paper attacks on CIFAR-10): a Stable "
+    "Diffusion pipeline is refused."
 )
 #: Settings that hold the path of an input (recorded canonical, see :func:`~diffaudit.cli.common.canonical_path`;
 #: so are a mask image's and the shadow runs' in ``digests``: :func:`_settings`).
