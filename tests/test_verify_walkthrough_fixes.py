@@ -76,6 +76,8 @@ def test_data_the_model_never_trained_on_is_warned_recorded_and_reported(model_s
     err = capsys.readouterr().err
     assert "warning: 1,765 of the 1,797 examples of --data were never trained on" in err
     assert "(it was trained on --data digits --subset 32)" in err
+    # the stage line too (it said "unique training images extracted" above a result line of matches)
+    assert "verify: 0 unique --data images matched by 0 of 12 generations" in err and "training images extracted" not in err
     r = json.loads((out / "result.json").read_text())
     assert r["data_vs_model"] == {"n_data": 1797, "n_trained": 32, "n_not_trained": 1765, "n_trained_missing": 0}
     # the result lines call its matches matches, not training images extracted
@@ -97,6 +99,7 @@ def test_data_the_model_never_trained_on_is_warned_recorded_and_reported(model_s
     page = visible_text((out / "report.html").read_text())
     assert "1,765 of the 1,797 images verify counted as training images were never trained on" in page
     assert "Images of --data matched" in page and "Training images extracted" not in page
+    assert "dataset digits (1,797 images, 32 of them trained on)" in page  # the header called them training images
     assert "1,765 of the 1,797 images of --data were never trained on by the model: a match to one of them is not" in page
 
     assert run("verify", "--samples", store, "--data", "digits", "--subset", "32", "--out", tmp_path / "same",

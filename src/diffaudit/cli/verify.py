@@ -231,7 +231,8 @@ def _run_verification(label: str, samples: ImageDataset, train: ImageDataset, vs
             chunks.append((knn.indices[:, 0], *decide(knn, vs, len(train))))
     ids, l2, ratio, ext = (np.concatenate(col) for col in zip(*chunks))
     v = verify_decided(samples.keys, ids, l2, ratio, ext, train.images, train.keys, settings=vs, device=device)
-    stage_line(f"verify: {counted(v.unique_extracted, f'unique {label} image')} extracted by "
+    stage_line(f"verify: {counted(v.unique_extracted, f'unique {label} image')} "
+               f"{'matched' if label == '--data' else 'extracted'} by "
                f"{v.n_extracting_samples:,} of {counted(len(samples), 'generation')} ({t.seconds:.1f} s)")
     return v
 
@@ -500,7 +501,11 @@ def run(args: argparse.Namespace) -> int:
                          "no generation is verified, so whether the model emits training images is not measured (extract's "
                          "own warnings say why: e.g. fewer generations per prompt than --min-clique)")
     elif whole_set:
-        v = _run_verification("training", samples, train, vs, out, "knn", args, device, workers_device,
+        from diffaudit.report.view_misc import untrained_matches  # here: it imports matplotlib's plots
+
+        # --data holding images the model never trained on: its matches are not all training images extracted
+        v = _run_verification("--data" if untrained_matches(data_vs_model) else "training", samples, train, vs, out,
+                              "knn", args, device, workers_device,
                               _recipes(args, settings, queries, "data", opts, data_digest))
         save_npz_atomic(out / "per_sample.npz", sample=np.array(samples.keys, dtype=str), train_id=v.train_ids,
                         l2=v.l2, ratio=v.ratio, extracted=v.is_extracted)
