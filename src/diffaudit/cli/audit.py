@@ -274,6 +274,36 @@ def audit_settings(args: argparse.Namespace) -> dict[str, Any]:
     return canonical_settings(settings, PATH_SETTINGS)
 
 
+def resolved_settings(settings: dict[str, Any], image_shape: tuple[int, ...]) -> dict[str, Any]:
+    """``settings`` with each value the stages resolve written as they resolve it, for the new settings and
+    an earlier record alike, so that one meaning is one record (a resume with ``--grid 2``, ``--rule
+    ratio``, ``--log-every 50`` or ``--timesteps 100,10`` where they are what was in effect is the same
+    audit): ``--timesteps`` and ``--sweep`` sorted, each value once (:func:`canonical_ints`); ``--rule
+    auto`` as the rule verify takes for the pixel-space models an audit studies (ratio); ``--grid`` as
+    extract resolves it for ``image_shape`` (H, W, C) of the data; ``--log-every`` as train resolves it
+    (gcd(50, --checkpoint-every)); ``--draws`` as mia does (20 for Strong LiRA, else 1). Keys a
+    setting lacks (the training options of a ``--model`` audit) stay absent."""
+    import math
+
+    from diffaudit.attacks.extraction.grid import resolve_grid
+    from diffaudit.cli.mia import DEFAULT_STRONG_DRAWS
+    from diffaudit.core.comma_lists import canonical_ints
+
+    s = dict(settings)
+    for key in ("timesteps", "sweep"):
+        if isinstance(s.get(key), str):
+            s[key] = canonical_ints(s[key], "--" + key)
+    if s.get("rule") == "auto":
+        s["rule"] = "ratio"
+    if "grid" in s:
+        s["grid"] = resolve_grid(s["grid"], image_shape)
+    if "log_every" in s and s["log_every"] is None and isinstance(s.get("checkpoint_every"), int):
+        s["log_every"] = math.gcd(50, s["checkpoint_every"])
+    if "draws" in s and s["draws"] is None:
+        s["draws"] = DEFAULT_STRONG_DRAWS if str(s.get("mia", "")).startswith("strong") else 1
+    return s
+
+
 def upgrade_settings(old: dict[str, Any]) -> dict[str, Any]:
     """Settings of an earlier version read as today's: they recorded ``device`` (:data:`_NOT_COMPARED`),
     and a ``--model`` audit without shadows the training options it never used, one with shadows the
@@ -858,7 +888,11 @@ def run(args: argparse.Namespace) -> int:
         _refuse_unseen_copies(args, data, set(trained), unseen)
         _check_baseline_size(args, len(unseen), f"is one --model {args.model} never trained on",
                              "give more images it never saw with --heldout")
-    settings = audit_settings(args)
+    # the lists the stages are given, written one way (their order and repeats mean nothing)
+    from diffaudit.core.comma_lists import canonical_ints
+
+    args.timesteps, args.sweep = canonical_ints(args.timesteps), canonical_ints(args.sweep)
+    settings = resolved_settings(audit_settings(args), data.image_shape)
     # what --data holds now: an audit resumed (or found finished) after its images changed in place is refused
     settings[DATA_DIGEST] = dataset_digest(data)
     digests = {DATA_DIGEST: settings[DATA_DIGEST]}
@@ -866,7 +900,8 @@ def run(args: argparse.Namespace) -> int:
         from diffaudit.models.digest import model_digest
 
         settings[MODEL_DIGEST] = digests[MODEL_DIGEST] = model_digest(args.model)
-    upgrade = upgrading_paths(PATH_SETTINGS, then=lambda old: {**digests, **upgrade_settings(old)})
+    upgrade = upgrading_paths(PATH_SETTINGS, then=lambda old: {**digests, **resolved_settings(upgrade_settings(old),
+                                                                                           data.image_shape)})
     if not args.fresh:  # held before --redo deletes a stage (prepare_out_dir holds it again: a no-op)
         folder_lock.hold(args.out)
         upgrade = prepare_redo(Path(args.out), settings, upgrade, args.redo)

@@ -29,3 +29,10 @@ def comma_values(text: str, convert: Callable[[str], T], kind: str, name: str | 
         return [convert(p) for p in parts]
     except ValueError:
         raise DiffauditError(f"{head}expected comma-separated {kind}, got {text!r}") from None
+
+
+def canonical_ints(text: str, name: str | None = None) -> str:
+    """A comma-separated list of integers whose order and repeats mean nothing (timesteps pooled as
+    queries, a sweep) written one way: sorted, each once, no spaces (``" 100, 10,"`` -> ``"10,100"``), so
+    that two spellings of one list record alike; ``""`` stays ``""``. Errors as :func:`comma_values`."""
+    return ",".join(str(v) for v in sorted(set(comma_values(text, int, "integers", name))))
