@@ -168,6 +168,17 @@ def test_resume_and_settings_mismatch(shadows, capsys):
     assert "--attack (was 'lira-offline-fixed', now 'lira')" in err and "attack.attack" not in err  # named by its flag
     rc, _ = mia(root, "resume", "--attack", "lira-offline-fixed", "--timesteps", "50")
     assert rc == 2 and "--timesteps (was" in capsys.readouterr().err
+    # pooled timesteps in another order are the same attack (was refused: "was [10, 100], now [100, 10]"), also in
+    # a folder an earlier version wrote, which kept the order given
+    rc, two = mia(root, "two", "--attack", "lira-offline-fixed", "--timesteps", "100,10")
+    assert rc == 0 and read_json(two / "settings.json")["settings"]["attack"]["timesteps"] == [10, 100]
+    stamp = (two / "result.json").stat().st_mtime_ns
+    assert mia(root, "two", "--attack", "lira-offline-fixed", "--timesteps", "10,100")[0] == 0
+    record = read_json(two / "settings.json")
+    record["settings"]["attack"]["timesteps"] = [100, 10]
+    (two / "settings.json").write_text(json.dumps(record))
+    assert mia(root, "two", "--attack", "lira-offline-fixed", "--timesteps", "10,100")[0] == 0
+    assert (two / "result.json").stat().st_mtime_ns == stamp
 
 
 def test_resume_refuses_shadows_retrained_in_place(shadows, tmp_path, capsys):

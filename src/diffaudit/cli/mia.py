@@ -64,6 +64,14 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _upgrade_settings(old: dict[str, Any]) -> dict[str, Any]:
+    """An earlier record read as today's: it kept ``--timesteps`` in the order given."""
+    attack = old.get("attack")
+    if isinstance(attack, dict) and isinstance(attack.get("timesteps"), list):
+        old = {**old, "attack": {**attack, "timesteps": sorted(attack["timesteps"])}}
+    return old
+
+
 def setting_flags(args: argparse.Namespace) -> dict[str, str]:
     """The flag of each setting not named after its option (for a refusal to resume); ``attack.attack``,
     ``attack.sweep``, ... are named by the options they are named after (``--attack``, ``--sweep``)."""
@@ -284,7 +292,8 @@ def run(args: argparse.Namespace) -> int:
     n_draws = args.draws if args.draws is not None else (DEFAULT_STRONG_DRAWS if strong else 1)
     flips = strong if args.flips is None else args.flips
     t_max = num_train_timesteps(runs[0] if runs else args.target)  # the sweep's last step; every model's range is checked below
-    config = MiaConfig(attack=args.attack, timesteps=tuple(args.timesteps), sweep=clip_sweep(args.sweep, t_max),
+    # the attack's timesteps are pooled queries: their order means nothing, so it is recorded sorted
+    config = MiaConfig(attack=args.attack, timesteps=tuple(sorted(args.timesteps)), sweep=clip_sweep(args.sweep, t_max),
                        n_draws=n_draws, flips=flips, noise_seed=args.seed, transform=transform,
                        strong_aggregate=aggregate, precision=precision, batch_size=args.batch_size)
     config.validate()
@@ -315,7 +324,8 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
     }
     settings = canonical_settings(settings, PATH_SETTINGS)
-    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrading_paths(PATH_SETTINGS))
+    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh,
+                                   upgrade=upgrading_paths(PATH_SETTINGS, then=_upgrade_settings))
     if emit_finished(args, out, resumed, _summary):
         return 0
     _warn_if_few_shadows(args.attack, matrix, target)
