@@ -96,6 +96,16 @@ def test_calibration_mode(files, tmp_path):
     assert cal["n_memorized"] == 2 and len(pts) == 4
     assert pts[(0.1, 10)]["precision"] == 1.0 and pts[(0.1, 10)]["recall"] == 1.0
     assert pts[(0.01, 10)]["precision"] is None and pts[(0.01, 10)]["recall"] == 0.0
+    # the sweeps in another order (or a value repeated) are the same sweep: found finished, also where an
+    # earlier version recorded them as given (was refused: "--sweep-thresholds (was [0.01, 0.1], now [0.1, 0.01])")
+    stamp = (out / "result.json").stat().st_mtime_ns
+    again = ("extract", "--samples", files / "cond.npz", "--out", out, "--calibrate", files / "truth.json",
+             "--sweep-thresholds", "0.1,0.01", "--sweep-min-clique", "10,5,5", "--device", "cpu")
+    assert run(*again) == 0
+    record = json.loads((out / "settings.json").read_text())
+    record["settings"].update(sweep_thresholds=[0.1, 0.01], sweep_min_clique=[10, 5])
+    (out / "settings.json").write_text(json.dumps(record))
+    assert run(*again) == 0 and (out / "result.json").stat().st_mtime_ns == stamp
 
 
 @pytest.mark.parametrize("argv,message", [

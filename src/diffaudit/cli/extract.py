@@ -132,8 +132,8 @@ def _sweeps(args: argparse.Namespace) -> tuple[list[float], list[int]]:
         check_threshold(t, "--sweep-thresholds")
     sizes = parse_int_list(DEFAULT_SWEEP_MIN_CLIQUE if args.sweep_min_clique is None else args.sweep_min_clique,
                            "--sweep-min-clique")
-    check_clique_sizes(sizes)
-    return thresholds, sizes
+    # as the sweep takes them (sorted, each once): so they are recorded, and a resume in another order is the same
+    return sorted(set(thresholds)), check_clique_sizes(sizes)
 
 
 def _names(prompts: list[str]) -> str:
@@ -219,6 +219,12 @@ def _settings(args: argparse.Namespace, mode: str, ds: ImageDataset, grid: int) 
         s.update(calibrate=str(args.calibrate), calibrate_digest=text_digest(json.dumps(sorted(args._ground_truth))),
                  sweep_thresholds=thresholds, sweep_min_clique=sizes)
     return canonical_settings(s, PATH_SETTINGS)
+
+
+def _upgrade_settings(old: dict[str, Any]) -> dict[str, Any]:
+    """An earlier record read as today's: it kept the swept thresholds and clique sizes in the order given."""
+    sweeps = {k: sorted(set(old[k])) for k in ("sweep_thresholds", "sweep_min_clique") if isinstance(old.get(k), list)}
+    return {**old, **sweeps}
 
 
 def _part_path(parts_dir: Path, part: int) -> Path:
@@ -429,7 +435,8 @@ def run(args: argparse.Namespace) -> int:
         args._ground_truth = _load_ground_truth(args.calibrate)
         _check_ground_truth(args._ground_truth, set(ds.captions), args.calibrate)
     settings = _settings(args, mode, ds, grid)
-    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrading_paths(PATH_SETTINGS))
+    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh,
+                                   upgrade=upgrading_paths(PATH_SETTINGS, then=_upgrade_settings))
     if emit_finished(args, out, resumed, lambda r: _summary(r, out)):
         return 0
     # with --ray, the workers read --samples where the settings say (absolute) and check its identity
