@@ -87,6 +87,16 @@ def test_prompts_cli_reuses_a_dedup_run_and_checks_it(tmp_path, tmp_npz, digits,
     assert main(["dedup", "--data", str(data), "--out", str(dd), "--embedder", "phash"]) == 0
     assert main(["prompts", "--data", str(data), "--out", str(tmp_path / "pr"), "--duplicates", str(dd), "--top", "1"]) == 0
     assert (tmp_path / "pr" / "prompts.txt").read_text(encoding="utf-8") == "copy of two\n"
+    # the dedup folder's result.json is the same input (was refused: "--duplicates (was '.../dd', now '.../dd/result.json')"),
+    # also where an earlier version recorded the folder
+    stamp = (tmp_path / "pr" / "result.json").stat().st_mtime_ns
+    again = ["prompts", "--data", str(data), "--out", str(tmp_path / "pr"), "--duplicates", str(dd / "result.json"), "--top", "1"]
+    assert main(again) == 0
+    record = json.loads((tmp_path / "pr" / "settings.json").read_text())
+    assert record["settings"]["duplicates"] == str((dd / "result.json").resolve())
+    record["settings"]["duplicates"] = str(dd.resolve())
+    (tmp_path / "pr" / "settings.json").write_text(json.dumps(record))
+    assert main(again) == 0 and (tmp_path / "pr" / "result.json").stat().st_mtime_ns == stamp
     # the dedup run redone in place with other groups: the kept prompts are of the old ones, so a mismatch
     assert main(["dedup", "--data", str(data), "--out", str(dd), "--embedder", "phash", "--threshold", "0.5", "--fresh"]) == 0
     capsys.readouterr()

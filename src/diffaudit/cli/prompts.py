@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from diffaudit.cli.common import (
-    add_data_args, add_run_args, canonical_settings, data_options, emit, emit_finished, load_data, upgrading_paths,
+    add_data_args, add_run_args, canonical_settings, data_options, emit, emit_finished, file_in_folder, load_data,
+    upgrading_paths,
 )
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
@@ -55,6 +56,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "1 = identical, larger = stricter (cosine for pixel and clip, 1 - Hamming/64 for phash; "
                         "default: the embedder's calibrated value, pixel 0.97, phash 0.906; clip 0.95, not calibrated)")
     g.add_argument("--clip-model", default=None, help="clip embedder: a local folder or cached hub name")
+
+
+def _as_result_file(path: str | None) -> str | None:
+    """A recorded ``--duplicates``: a dedup folder as the ``result.json`` in it (as one is recorded now)."""
+    return str(Path(path) / "result.json") if path and (Path(path) / "result.json").is_file() else path
 
 
 def _counts_from(path: str, ds) -> tuple[np.ndarray, str]:
@@ -109,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
     if ds.captions is None:
         raise DiffauditError(f"--data {args.data}: the dataset has no captions; give one with captions ({CAPTION_SOURCES})")
     if args.duplicates:
+        # the dedup folder and its result.json are one input: recorded as the file
+        args.duplicates = file_in_folder(args.duplicates, "result.json")
         counts, count_kind = _counts_from(args.duplicates, ds)
         emb = threshold = None
     else:
@@ -122,8 +130,10 @@ def run(args: argparse.Namespace) -> int:
                 "duplicate_counts": None if counts is None else text_digest(",".join(map(str, counts.tolist())))}
     settings = canonical_settings(settings, PATH_SETTINGS)
     # a clip embedder's record from before its weights' digest: read as made with this model (as it resumed then)
+    # and a --duplicates folder recorded as given, before it was recorded as its result.json
     upgrade = upgrading_paths(PATH_SETTINGS, then=lambda old: {
-        **old, "embedder": upgrade_embedder_record(old.get("embedder"), settings["embedder"])})
+        **old, "embedder": upgrade_embedder_record(old.get("embedder"), settings["embedder"]),
+        "duplicates": _as_result_file(old.get("duplicates"))})
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrade)
     if emit_finished(args, out, resumed, lambda r: _summary(r, out)):
         return 0
