@@ -199,6 +199,18 @@ def test_command_writes_results_grids_and_resumes_per_target(runs, tmp_path, mon
 
     monkeypatch.setattr(attack, "inpaint_targets", lambda *a, **k: pytest.fail("a finished target was redone"))
     assert _cli(runs, out) == 0
+    # the same targets in another order, spaced: the same run (each is seeded by its index in --data), also
+    # where an earlier version recorded them as typed (was refused: "--target-keys (was '...', now '...')")
+    target, shadow = runs
+    reordered = ["--quiet", "inpaint", "--model", str(target), "--shadow", str(shadow), "--data", "digits",
+                 "--target-keys", "digits:1, digits:0,digits:10", "--n-inpaint", "8", "--top-k", "3", "--steps", "10",
+                 "--jump-length", "5", "--batch-size", "16", "--device", "cpu", "--out", str(out)]
+    assert main(reordered) == 0
+    record = json.loads((out / "settings.json").read_text())
+    assert record["settings"]["target_keys"] == "digits:0,digits:1,digits:10"
+    record["settings"]["target_keys"] = "digits:0,digits:10,digits:1"
+    (out / "settings.json").write_text(json.dumps(record))
+    assert main(reordered) == 0
     monkeypatch.undo()
     # A lost target is redone, identically (seeded per target and inpainting).
     before = json.loads((out / "targets" / "000010.json").read_text())
@@ -439,3 +451,11 @@ def test_a_shadow_that_trained_on_a_targets_image_under_another_id_is_refused(ru
     (tmp_path / "copy.npz").unlink()  # the data it trained on is gone: said aloud, not refused
     assert main([*argv[1:], "--target-keys", "digits:0", "--out", str(tmp_path / "c")]) == 0
     assert "whether it saw a target's image under another id is not checked" in capsys.readouterr().err
+
+
+def test_target_counts_are_recorded_one_way():
+    """`--targets "8, 8"` after `--targets 8,8` was refused as other settings."""
+    from diffaudit.cli.inpaint import _canonical_keys, _canonical_targets
+
+    assert _canonical_targets("8, 8") == _canonical_targets("8,8") == "8,8" and _canonical_targets(None) is None
+    assert _canonical_keys(" b,a ,") == "a,b" and _canonical_keys(None) is None

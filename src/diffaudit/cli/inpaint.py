@@ -345,7 +345,8 @@ def _settings(args, config, device, ds, shadows: dict[int, Path], masks: dict) -
             "shadows": {p: model_digest(p) for p in used},
             "assignment": _assignment(shadows),
         },
-        "targets": args.targets if args.target_keys is None else None, "target_keys": args.target_keys,
+        "targets": _canonical_targets(args.targets) if args.target_keys is None else None,
+        "target_keys": _canonical_keys(args.target_keys),
         "mask": args.mask if args.mask in MASK_KINDS else canonical_path(args.mask),
         # a mask image's contents, not only its path: a rewritten mask file must not resume into a mix
         # (the built-in kinds are fixed by their name and the seed)
@@ -367,6 +368,17 @@ def _assignment(shadows: dict[int, Path], spell=canonical_path) -> int:
     return derive_seed(json.dumps(sorted((i, spell(p)) for i, p in shadows.items())))
 
 
+def _canonical_targets(text: str | None) -> str | None:
+    """``--targets`` as recorded: "N_IN,N_OUT" without spaces (``"8, 8"`` and ``"8,8"`` are one setting)."""
+    return text if text is None else ",".join(str(v) for v in parse_counts(text, targets_flag()))
+
+
+def _canonical_keys(text: str | None) -> str | None:
+    """``--target-keys`` as recorded: the ids sorted, without spaces. Each target's inpaintings are seeded
+    by its index in --data, so the order they are given in changes no result."""
+    return text if text is None else ",".join(sorted(k.strip() for k in text.split(",") if k.strip()))
+
+
 def _upgrade_settings(old: dict, shadows: dict[int, Path]) -> dict:
     """Settings of an earlier version read as today's: it recorded the paths as typed (see :data:`PATH_SETTINGS`,
     a mask image's, the shadow runs' in ``digests``), read from the current directory; its digest of the
@@ -374,6 +386,10 @@ def _upgrade_settings(old: dict, shadows: dict[int, Path]) -> dict:
     from diffaudit.sampling.masks import MASK_KINDS
 
     new = canonical_settings(old, PATH_SETTINGS)
+    if isinstance(new.get("targets"), str):  # recorded as typed
+        new["targets"] = _canonical_targets(new["targets"])
+    if isinstance(new.get("target_keys"), str):
+        new["target_keys"] = _canonical_keys(new["target_keys"])
     if isinstance(new.get("mask"), str) and new["mask"] not in MASK_KINDS:
         new["mask"] = canonical_path(new["mask"])
     digests = new.get("digests")
