@@ -315,3 +315,23 @@ def test_a_cluster_that_answers_but_refuses_this_process_is_not_called_missing(m
     msg = str(err.value)
     assert "a Ray cluster answers there but this process could not join it" in msg and "ray start --head" not in msg
     assert "authentication" in msg and "`--ray auto`" in msg
+
+
+def test_workers_keep_an_image_whose_caption_is_missing_as_the_command_does(files, tmp_path, cluster):
+    """verify keeps an image of --data whose caption file is missing (it never uses captions); its --ray
+    workers loaded the data needing captions, and refused it where a single process verified it."""
+    from PIL import Image
+
+    data = tmp_path / "captioned"
+    data.mkdir()
+    for i, img in enumerate(np.load(files / "train.npz")["images"][:50]):
+        Image.fromarray(img).save(data / f"{i:03d}.png")
+        if i != 5:  # 005.png, copied by generations of unc.npz, has no caption
+            (data / f"{i:03d}.txt").write_text(f"photo {i}")
+    argv = ("verify", "--samples", files / "unc.npz", "--data", data, "--device", "cpu")
+    assert run(*argv, "--out", tmp_path / "one") == 0
+    del cluster[:]
+    assert run(*argv, "--out", tmp_path / "ray", "--ray", "local") == 0
+    assert cluster, "the workers did not run"
+    _same_verify(tmp_path / "one", tmp_path / "ray")
+    assert "005.png" in {e["train_key"] for e in strict_json(tmp_path / "ray" / "result.json")["extracted"]}

@@ -67,17 +67,20 @@ def nested_setting_flags(flags: dict[str, str]) -> dict[str, str]:
     return names
 
 
-def load_data(args: argparse.Namespace, spec: str, **options: Any):
+def load_data(args: argparse.Namespace, spec: str, *, need_captions: bool = True, **options: Any):
     """The dataset ``spec`` loaded with ``options``: into memory, or through ``--data-cache`` when the
-    command has it and it is set (then its images are a memory-mapped ShardedImages)."""
+    command has it and it is set (then its images are a memory-mapped ShardedImages). ``need_captions=False``
+    for a load whose captions the command never uses (see :func:`~diffaudit.data.loader.load_dataset`; not
+    one of the recorded :func:`data_options`)."""
     from diffaudit.data import load_dataset  # here, not at the top: `diffaudit --help` stays free of numpy/torch
     from diffaudit.data.decoded import load_dataset_to_disk
 
     cache = getattr(args, "data_cache", None)
     if cache:
         refuse_files_for_folders(args, {"data_cache": "a folder for the decoded images"})  # not blamed on --out
-        return load_dataset_to_disk(spec, cache, fresh=bool(getattr(args, "fresh", False)), **options)
-    return load_dataset(spec, **options)
+        return load_dataset_to_disk(spec, cache, fresh=bool(getattr(args, "fresh", False)), need_captions=need_captions,
+                                    **options)
+    return load_dataset(spec, need_captions=need_captions, **options)
 
 
 def data_options(args: argparse.Namespace) -> dict[str, Any]:

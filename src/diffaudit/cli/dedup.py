@@ -166,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
     if args.write_deduped:
         args.write_deduped = str(_deduped_target(args.write_deduped))
     opts = data_options(args)
-    ds = load_data(args, args.data, **opts)
+    # captions are never used but to carry them into --write-deduped's .npz: only then is one missing an error
+    ds = load_data(args, args.data, need_captions=bool(args.write_deduped), **opts)
     _warn_upsampling(args, embedder, ds)
     settings = canonical_settings({
         "data": str(args.data), "data_options": opts, "data_digest": dataset_digest(ds), "embedder": embedder.settings(),

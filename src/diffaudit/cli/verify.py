@@ -260,7 +260,9 @@ def _load_train(args, opts: dict[str, Any]) -> ImageDataset | None:
     size and --train-map is given (then only that check runs, on :func:`_native_train`); without
     --train-map such data is the loader's error, which says how to resize it."""
     try:
-        return load_data(args, args.data, **opts)
+        # verify compares pixels and maps --train-map keys: a training caption is never used, so one missing
+        # leaves the captions out rather than the image (which --skip-bad would drop from the search)
+        return load_data(args, args.data, need_captions=False, **opts)
     except ImagesDifferInSize:
         if not args.train_map:
             raise
@@ -443,7 +445,7 @@ def run(args: argparse.Namespace) -> int:
         _check_shapes(samples, train, "--data")
     # the whole-set nearest-neighbour verification (and --baseline) needs --data at the samples' size
     whole_set = not native and (prompt_map is None or samples.image_shape == train.image_shape)
-    base = load_data(args, args.baseline, **dict(opts, subset=None)) if args.baseline and not native else None
+    base = load_data(args, args.baseline, need_captions=False, **dict(opts, subset=None)) if args.baseline and not native else None
     if base is not None and len(samples):  # before the search over --data, which a refusal after it would waste
         _check_shapes(samples, base, "--baseline")
     unseen, left_out = _unseen_part(base, train, args.baseline) if base is not None else (None, None)
@@ -506,7 +508,7 @@ def run(args: argparse.Namespace) -> int:
         # --data holding images the model never trained on: its matches are not all training images extracted
         v = _run_verification("--data" if untrained_matches(data_vs_model) else "training", samples, train, vs, out,
                               "knn", args, device, workers_device,
-                              _recipes(args, settings, queries, "data", opts, data_digest))
+                              _recipes(args, settings, queries, "data", dict(opts, need_captions=False), data_digest))
         save_npz_atomic(out / "per_sample.npz", sample=np.array(samples.keys, dtype=str), train_id=v.train_ids,
                         l2=v.l2, ratio=v.ratio, extracted=v.is_extracted)
         fields.update(extracted=_in_all_samples(v.extracted, medoids, all_samples), unique_extracted=v.unique_extracted,
@@ -535,7 +537,7 @@ def run(args: argparse.Namespace) -> int:
         fields["baseline_unique_extracted"] = 0
         if len(samples):
             vb = _run_verification("baseline", samples, base, vs, out, "knn-baseline", args, device, workers_device,
-                                   _recipes(args, settings, queries, "baseline", dict(opts, subset=None),
+                                   _recipes(args, settings, queries, "baseline", dict(opts, subset=None, need_captions=False),
                                             settings["baseline_digest"], pick))
             fields["baseline_unique_extracted"] = vb.unique_extracted
             fields["baseline"].update(n_extracting_samples=vb.n_extracting_samples,

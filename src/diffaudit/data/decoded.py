@@ -54,6 +54,7 @@ from diffaudit.data.loader import (
     list_selected,
     load_view,
     no_readable_images,
+    say_dropped_captions,
 )
 from diffaudit.data.sharded import ShardedImages
 from diffaudit.data.transforms import to_channels
@@ -133,6 +134,7 @@ def load_dataset_to_disk(
     cifar_root: str | os.PathLike | None = None,
     fresh: bool = False,
     part_bytes: int = PART_BYTES,
+    need_captions: bool = True,
 ) -> ImageDataset:
     """Like :func:`~diffaudit.data.loader.load_dataset`, with the pixels decoded into ``cache``.
 
@@ -142,6 +144,9 @@ def load_dataset_to_disk(
             also by the contents (keys, source files' sizes and modification times).
         fresh: decode again even when a finished or partial decode is there.
         part_bytes: largest part, in bytes (at least one image per part).
+        need_captions: as there; a decode that left the captions out is a decode of its own (its
+            folder's options say so), while one with every caption there is shared with loads that
+            need them.
 
     Returns:
         :class:`ImageDataset` whose ``images`` is a :class:`ShardedImages` over the parts.
@@ -149,11 +154,15 @@ def load_dataset_to_disk(
     if is_view(spec):
         return load_view(spec, lambda s, **o: load_dataset_to_disk(s, cache, fresh=fresh, part_bytes=part_bytes, **o),
                          image_size=image_size, center_crop=center_crop, subset=subset, subset_seed=subset_seed,
-                         mode=mode, skip_bad=skip_bad, cifar_root=cifar_root)
+                         mode=mode, skip_bad=skip_bad, cifar_root=cifar_root, need_captions=need_captions)
     image_size, center_crop = check_options(image_size, center_crop, mode)
-    listing, entries = list_selected(spec, subset=subset, subset_seed=subset_seed, skip_bad=skip_bad, cifar_root=cifar_root)
+    listing, entries = list_selected(spec, subset=subset, subset_seed=subset_seed, skip_bad=skip_bad, cifar_root=cifar_root,
+                                     need_captions=need_captions)
+    say_dropped_captions(listing)
     options = {"image_size": image_size, "center_crop": center_crop, "subset": subset, "subset_seed": subset_seed,
                "mode": mode, "skip_bad": skip_bad}
+    if listing.dropped_captions is not None:  # its entries differ from those of a load that needs captions:
+        options["captions_left_out"] = True  # never the folder of such a load (which --skip-bad may have cut)
     folder = Path(cache) / _folder_name(_spec_key(spec), options, entries, listing.caption_files)
     if fresh and folder.exists():
         shutil.rmtree(folder)

@@ -8,6 +8,7 @@ of CIFAR-10 decodes 1,000 JPEGs, not 50,000.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +31,10 @@ class Entry:
         caption: the caption, or None.
         problem: when set, the entry is bad for this reason (e.g. a shard sample without an image);
             reading it raises :class:`BadImageError` (skipped and recorded with ``skip_bad``).
+        caption_problem: why its caption is missing or unreadable while other entries have one (an
+            image without its ``.txt``, a caption that is not UTF-8): the entry is bad for this reason
+            too (said after ``problem``), unless a load that does not need captions drops the
+            dataset's captions instead (:func:`drop_captions`).
         file: the file the pixels are read from (image file, shard, ``.npz``), or None for data
             held by a package (digits); a decode cache stamps it (size, modification time).
         image_file: the pixels are decoded from an image file (a folder's file, a shard's member),
@@ -46,11 +51,12 @@ class Entry:
     problem: str | None = None
     file: str | None = None
     image_file: bool = False
+    caption_problem: str | None = None
 
     def pixels(self) -> np.ndarray:
         """uint8 (H, W, C) with C in {1, 3}; raises :class:`BadImageError` for a bad entry."""
-        if self.problem is not None:
-            raise BadImageError(self.name, self.problem)
+        if self.problem is not None or self.caption_problem is not None:
+            raise BadImageError(self.name, "; ".join(p for p in (self.problem, self.caption_problem) if p is not None))
         return self.read()
 
 
@@ -67,6 +73,9 @@ class Listing:
         skipped: (name, reason) of whatever was skipped while listing (``skip_bad`` only).
         caption_files: files the captions were read from other than the entries' own ``file`` (an
             image folder's ``.txt`` beside each image): a decode cache stamps them too.
+        dropped_captions: set by :func:`drop_captions` when a load that does not need captions left
+            them out: (key of the first entry whose caption is missing or unreadable, why, how many
+            entries); None otherwise.
     """
 
     entries: list[Entry]
@@ -76,6 +85,26 @@ class Listing:
     class_names: list[str] | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
     caption_files: list[str] = field(default_factory=list)
+    dropped_captions: tuple[str, str, int] | None = None
+
+
+def drop_captions(listing: Listing, entries: list[Entry]) -> tuple[Listing, list[Entry]]:
+    """For a load that never uses captions: when some of ``entries`` (those a load decodes) lack their
+    caption, or hold one that cannot be read, the dataset's captions are left out (``has_captions``
+    False, every caption None) and no entry is bad for want of one; ``dropped_captions`` of the listing
+    returned says which and how many. Entries already bad for another reason (a sample without an
+    image, a missing label) are not counted: they are errors, or skipped, either way. Otherwise (every
+    caption there and readable, or no captions at all) ``listing`` and ``entries`` come back as they
+    are, so the load is the one that needs captions."""
+    if not listing.has_captions:
+        return listing, entries
+    lacking = [e for e in entries if e.caption_problem is not None and e.problem is None]
+    if not lacking:
+        return listing, entries
+    out = [dataclasses.replace(e, caption=None, caption_problem=None) for e in entries]
+    first = lacking[0]
+    return dataclasses.replace(listing, has_captions=False,
+                               dropped_captions=(first.key, first.caption_problem, len(lacking))), out
 
 
 def array_entries(images: np.ndarray, prefix: str, name: str, labels: np.ndarray | None = None,

@@ -13,7 +13,9 @@
 - Captions: a UTF-8 ``.txt`` file beside an image with its name (``beach.txt`` for ``beach.png``)
   holds its caption (stripped), the folder form of a WebDataset sample's ``.txt``. When any image has
   one, every image needs one: one without (or with a caption that is not UTF-8) is a bad input, an
-  error or, with ``--skip-bad``, skipped and recorded.
+  error or, with ``--skip-bad``, skipped and recorded. A load that never uses captions
+  (``need_captions=False``: verify, dedup) keeps it instead and leaves out the captions of every image
+  (:func:`~diffaudit.data.entries.drop_captions`).
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def list_folder(root: str | os.PathLike, *, source: str | None = None) -> Listin
     for parts in files:
         key = "/".join(parts)
         path = root.joinpath(*parts)
-        caption, problem = (None, None) if not has_captions else captions[parts] or (
+        caption, caption_problem = (None, None) if not has_captions else captions[parts] or (
             None, f"no caption file {sidecars[parts].name} beside it, while other images have one")
         entries.append(Entry(
             key=key,
@@ -93,7 +95,7 @@ def list_folder(root: str | os.PathLike, *, source: str | None = None) -> Listin
             read=_file_reader(path, str(path)),
             label=label_of[parts[0]] if class_names else None,
             caption=caption,
-            problem=problem,
+            caption_problem=caption_problem,
             file=str(path),
             image_file=True,
         ))

@@ -14,7 +14,11 @@ Pipeline: list the source's entries in their deterministic order (no decoding) -
 each chosen entry -> centre crop -> resize -> channel conversion -> stack. Bad entries (corrupt,
 truncated, unreadable) raise a :class:`DiffauditError` naming the file, or with ``skip_bad`` are
 skipped and recorded in ``ImageDataset.skipped``; a subset that meets bad entries is that much
-smaller (it is never topped up, so the chosen positions stay those of the seed).
+smaller (it is never topped up, so the chosen positions stay those of the seed). An image whose
+caption is missing or unreadable (while others have one) is such a bad entry, except in a load with
+``need_captions=False`` (a caller that never uses captions: verify, dedup), which keeps it and leaves
+out the captions of the whole dataset, saying so once (:func:`say_dropped_captions`); with every
+caption there, that load is the one that needs them.
 
 Channels: with ``mode="L"`` or ``"RGB"`` every image is converted (see
 :mod:`diffaudit.data.transforms`); without ``mode`` a dataset that mixes grayscale and colour
@@ -42,10 +46,10 @@ from typing import Callable, Iterator
 import numpy as np
 
 from diffaudit.core.errors import DiffauditError
-from diffaudit.core.progress import progress_bar
+from diffaudit.core.progress import progress_bar, warning_line
 from diffaudit.data.builtin import BUILTIN_NAMES, list_cifar10, list_digits
 from diffaudit.data.dataset import ImageDataset, concat_datasets, say_skipped
-from diffaudit.data.entries import Entry, Listing, gc_paused
+from diffaudit.data.entries import Entry, Listing, drop_captions, gc_paused
 from diffaudit.data.folder import list_folder
 from diffaudit.data.images import BadImageError, SixteenBitSeen, noting_sixteen_bit, warn_twelve_bit
 from diffaudit.data.local_paths import check_local
@@ -60,12 +64,24 @@ MODES = ("L", "RGB")
 PER_IMAGE_OPTIONS = ("image_size", "center_crop", "mode")
 
 
-def list_source(spec: str | os.PathLike, *, skip_bad: bool = False, cifar_root: str | os.PathLike | None = None) -> Listing:
+def list_source(spec: str | os.PathLike, *, skip_bad: bool = False, cifar_root: str | os.PathLike | None = None,
+                need_captions: bool = True) -> Listing:
     """The entries of ``spec`` (see the module doc for the dispatch order), not decoded.
+
+    ``need_captions=False``: an entry whose caption is missing or unreadable is not bad; the captions of
+    every entry are left out instead (:func:`~diffaudit.data.entries.drop_captions`).
 
     Raises:
         DiffauditError: the spec names nothing readable (with what was expected).
     """
+    listing = _list_source(spec, skip_bad=skip_bad, cifar_root=cifar_root)
+    if not need_captions:
+        listing, entries = drop_captions(listing, listing.entries)
+        listing.entries = entries  # a new listing when captions were left out (else the same one)
+    return listing
+
+
+def _list_source(spec: str | os.PathLike, *, skip_bad: bool, cifar_root: str | os.PathLike | None) -> Listing:
     s = os.fspath(spec)
     if s == "digits":
         return list_digits()
@@ -100,6 +116,7 @@ def load_dataset(
     mode: str | None = None,
     skip_bad: bool = False,
     cifar_root: str | os.PathLike | None = None,
+    need_captions: bool = True,
 ) -> ImageDataset:
     """Load a dataset into memory.
 
@@ -114,6 +131,14 @@ def load_dataset(
             everywhere counts as grayscale: :class:`ChannelsSeen`) and converts mixed ones to RGB.
         skip_bad: skip bad images and damaged shards (recorded in ``.skipped``) instead of failing.
         cifar_root: folder of the CIFAR-10 shards (else ``$DIFFAUDIT_CIFAR10``, else searched).
+        need_captions: False for a caller that never uses captions (verify compares pixels): an image
+            whose caption is missing or unreadable (a folder's image without its ``.txt``, a shard's
+            sample without its ``.txt``) is then kept, not bad, and the dataset's captions are left
+            out (``captions`` None), said once in a warning naming the first such image and how many.
+            When every caption is there and readable, the load is exactly the one with True (same
+            captions, same :func:`~diffaudit.data.digest.dataset_digest`). Image problems (an
+            undecodable file, a missing ``.cls`` label) are bad entries either way. Not a recorded
+            setting: a view never stores it.
 
     Returns:
         :class:`ImageDataset` with uint8 images (N, H, W, C), C in {1, 3}, values in [0, 255];
@@ -125,9 +150,12 @@ def load_dataset(
     """
     if is_view(spec):
         return load_view(spec, load_dataset, image_size=image_size, center_crop=center_crop, subset=subset,
-                         subset_seed=subset_seed, mode=mode, skip_bad=skip_bad, cifar_root=cifar_root)
+                         subset_seed=subset_seed, mode=mode, skip_bad=skip_bad, cifar_root=cifar_root,
+                         need_captions=need_captions)
     image_size, center_crop = check_options(image_size, center_crop, mode)
-    listing, entries = list_selected(spec, subset=subset, subset_seed=subset_seed, skip_bad=skip_bad, cifar_root=cifar_root)
+    listing, entries = list_selected(spec, subset=subset, subset_seed=subset_seed, skip_bad=skip_bad, cifar_root=cifar_root,
+                                     need_captions=need_captions)
+    say_dropped_captions(listing)
     skipped = list(listing.skipped)
     kept, pixels = [], []
     sixteen_bit, seen = SixteenBitSeen(), ChannelsSeen()
@@ -158,9 +186,12 @@ def check_options(image_size, center_crop, mode) -> tuple[int | None, int | None
     return image_size, center_crop
 
 
-def list_selected(spec, *, subset, subset_seed, skip_bad, cifar_root) -> tuple[Listing, list[Entry]]:
+def list_selected(spec, *, subset, subset_seed, skip_bad, cifar_root,
+                  need_captions: bool = True) -> tuple[Listing, list[Entry]]:
     """The source's listing and the entries a load decodes (the seeded subset, else all); raises
-    :class:`DiffauditError` for an empty source."""
+    :class:`DiffauditError` for an empty source. ``need_captions=False``: captions are left out when one
+    of the entries decoded lacks its caption (:func:`~diffaudit.data.entries.drop_captions`; the
+    listing's ``dropped_captions`` says so), so a subset whose captions are all there keeps them."""
     listing = list_source(spec, skip_bad=skip_bad, cifar_root=cifar_root)
     entries = listing.entries
     if not entries:
@@ -168,7 +199,30 @@ def list_selected(spec, *, subset, subset_seed, skip_bad, cifar_root) -> tuple[L
         raise DiffauditError(f"{listing.source}: the dataset is empty (no examples){extra}")
     if subset is not None:
         entries = [entries[i] for i in choose_subset(len(entries), subset, subset_seed, listing.source)]
+    if not need_captions:
+        listing, entries = drop_captions(listing, entries)
     return listing, entries
+
+
+#: (source, first key, how many) whose captions were left out, already said in this process: a command
+#: that loads its data twice (and its report, in the same process) says it once.
+_DROPPED_SAID: set[tuple[str, str, int]] = set()
+
+
+def say_dropped_captions(listing: Listing) -> None:
+    """One warning (:func:`~diffaudit.core.progress.warning_line`) when a load that needs no captions left
+    them out (``listing.dropped_captions``), naming the first image lacking one and how many do; once per
+    source and process."""
+    if listing.dropped_captions is None:
+        return
+    key, reason, n = listing.dropped_captions
+    source = listing.source
+    said = (os.path.realpath(source) if os.path.exists(source) else source, key, n)
+    if said in _DROPPED_SAID:
+        return
+    _DROPPED_SAID.add(said)
+    warning_line("", f"{source}: {n:,} image{' has' if n == 1 else 's have'} no caption ({key}: {reason}); captions "
+                 "are not used here, so those of every image are left out and no image is dropped for lacking one")
 
 
 def iter_decoded(entries: list[Entry], source: str, skipped: list[tuple[str, str]], *, center_crop, image_size,
@@ -302,21 +356,24 @@ def load_dataset_parts(spec: str | os.PathLike, **options) -> tuple[ImageDataset
     if is_view(spec):
         return load_view_parts(spec, load_dataset, **options)
     ds = load_dataset(spec, **options)
-    return ds, [(ViewPart(str(spec), {k: v for k, v in options.items() if v not in (None, False)}), list(ds.keys))]
+    recorded = {k: v for k, v in options.items() if v not in (None, False) and k != "need_captions"}  # no view stores it
+    return ds, [(ViewPart(str(spec), recorded), list(ds.keys))]
 
 
-def load_view(path, load: Callable[..., ImageDataset], *, subset, subset_seed, cifar_root, **given) -> ImageDataset:
+def load_view(path, load: Callable[..., ImageDataset], *, subset, subset_seed, cifar_root, need_captions: bool = True,
+              **given) -> ImageDataset:
     """Load a view file: each of its datasets loaded by ``load(spec, **options)`` with the view's own
     options, its keys prefixed and restricted to the part's keys (in order), one after another
     (:func:`~diffaudit.data.dataset.concat_datasets`). Per-image options given here (``image_size``,
     ``center_crop``, ``mode``) replace the view's, since they change pixels, not which examples the
     keys name; any other option that differs from the view's is an error. ``subset`` then draws from
-    the whole view."""
-    return load_view_parts(path, load, subset=subset, subset_seed=subset_seed, cifar_root=cifar_root, **given)[0]
+    the whole view. ``need_captions`` (not a view's option) is given to each dataset's load."""
+    return load_view_parts(path, load, subset=subset, subset_seed=subset_seed, cifar_root=cifar_root,
+                           need_captions=need_captions, **given)[0]
 
 
 def load_view_parts(path, load: Callable[..., ImageDataset], *, subset=None, subset_seed=0, cifar_root=None,
-                    **given) -> tuple[ImageDataset, list[tuple[ViewPart, list[str]]]]:
+                    need_captions: bool = True, **given) -> tuple[ImageDataset, list[tuple[ViewPart, list[str]]]]:
     """:func:`load_view`, and the datasets the view is made of: ``[(part, its keys in the dataset), ...]``,
     each part with the options it was loaded with, so that a view of some of these examples can be written
     with :func:`~diffaudit.data.view.save_parts_view` (a view may not name another view)."""
@@ -334,7 +391,7 @@ def load_view_parts(path, load: Callable[..., ImageDataset], *, subset=None, sub
             options = dict(options, cifar_root=cifar_root)
         where = path if len(parts) == 1 else f"{path}: part {i}"
         try:
-            base = load(part.spec, **options)
+            base = load(part.spec, need_captions=need_captions, **options)
         except DiffauditError as exc:  # a message about the part's spec or its options: say which view holds them
             raise DiffauditError(f"{where} ({part.spec}): {exc}") from None
         if part.prefix:

@@ -11,7 +11,8 @@ when it is indexed (nothing is cached: memory holds one image at a time).
 Bad images: indexing one raises a :class:`DiffauditError` naming the file; with ``skip_bad``,
 :meth:`NativeImages.read` returns None for it instead and records it in ``skipped`` (positions do
 not shift: unlike ``load_dataset``, which drops bad entries, every listed entry keeps its index).
-Dataset views (``.view.json``) are refused: read their dataset instead.
+Dataset views (``.view.json``) are refused: read their dataset instead. Captions are never read here,
+so an image whose caption is missing or unreadable is not bad (listed with ``need_captions=False``).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class NativeImages:
         if mode is not None and mode not in MODES:
             raise DiffauditError(f"mode must be one of {', '.join(MODES)} (or None); got {mode!r}")
         listing, self._entries = list_selected(spec, subset=subset, subset_seed=subset_seed, skip_bad=skip_bad,
-                                               cifar_root=cifar_root)
+                                               cifar_root=cifar_root, need_captions=False)  # it has no captions
         self.source = listing.source
         self.keys = [e.key for e in self._entries]
         self.skipped = list(listing.skipped)

@@ -21,7 +21,9 @@ against ``webdataset.WebDataset`` itself. Reading the tar directly (rather than 
   are all one sample (``img``) to WebDataset, and reading one of them would silently drop the rest.
   ``.cls`` is its label (an ASCII integer >= 0) and ``.txt`` its caption (UTF-8). When some samples
   carry a label (caption) every sample must: a sample lacking it, or with no image, is a bad sample
-  (an error, or skipped and recorded with ``skip_bad``).
+  (an error, or skipped and recorded with ``skip_bad``). A load that never uses captions
+  (``need_captions=False``) keeps a sample whose caption is missing or unreadable, and leaves out the
+  captions of every sample instead (:func:`~diffaudit.data.entries.drop_captions`).
 - A member named with an absolute path (``/x``, ``C:x``) or a ``..`` component (``../../x``), a link
   or a device member, is refused with an error naming the shard and the member, whatever
   ``skip_bad`` says (nothing is ever extracted to disk; such a shard is not trusted at all).
@@ -757,7 +759,7 @@ def _list_shards(paths: list[Path], *, source: str, skip_bad: bool) -> Listing:
             name = f"{path}:{key}.{ext}"
         if ext is not None and isinstance(parts[ext], _BadMember):
             problems.append(f"the image member {parts[ext].reason}")
-        label = caption = None
+        label = caption = caption_problem = None
         if has_labels:
             if "cls" not in parts:
                 problems.append("no .cls label while other samples have one")
@@ -769,19 +771,19 @@ def _list_shards(paths: list[Path], *, source: str, skip_bad: bool) -> Listing:
                     label = int(text)
                 else:
                     problems.append(f".cls label {text[:20]!r} is not an integer >= 0")
-        if has_captions:
+        if has_captions:  # a caption's problem apart: a load that needs no captions drops them instead
             if "txt" not in parts:
                 dotted = sorted(e for e in parts if e.endswith(".txt"))
-                problems.append("no .txt caption while other samples have one" + (
+                caption_problem = "no .txt caption while other samples have one" + (
                     f" (its .{dotted[0]} is not one: {_FIRST_DOT_RULE}, so this is sample {key!r} with extensions "
-                    f"{', '.join('.' + e for e in sorted(parts))}; {_NO_DOT_BEFORE_EXTENSION})" if dotted else ""))
+                    f"{', '.join('.' + e for e in sorted(parts))}; {_NO_DOT_BEFORE_EXTENSION})" if dotted else "")
             elif isinstance(parts["txt"], _BadMember):
-                problems.append(f"its .txt member {parts['txt'].reason}")
+                caption_problem = f"its .txt member {parts['txt'].reason}"
             else:
                 try:
                     caption = parts["txt"].decode("utf-8-sig").strip()  # without a byte-order mark
                 except UnicodeDecodeError:
-                    problems.append(".txt caption is not UTF-8")
+                    caption_problem = ".txt caption is not UTF-8"
         entries.append(Entry(
             key=key,
             name=name,
@@ -791,6 +793,7 @@ def _list_shards(paths: list[Path], *, source: str, skip_bad: bool) -> Listing:
             problem="; ".join(problems) or None,
             file=files[path],
             image_file=True,
+            caption_problem=caption_problem,
         ))
     return Listing(entries=entries, source=source, has_labels=has_labels, has_captions=has_captions,
                    skipped=skipped)

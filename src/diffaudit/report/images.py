@@ -344,7 +344,9 @@ class TrainingImages:
     file. The digest (:func:`~diffaudit.data.digest.dataset_digest` of pixels, keys and labels) cannot
     be known without the images, so a result recording the right one was made from these very images.
     ``error`` says why images are unavailable (the report prints it beside the ids); ``changed``: the
-    data loaded but is no longer the data the result was made from (rewritten in place since).
+    data loaded but is no longer the data the result was made from (rewritten in place since). Loaded
+    with ``need_captions=False``, as verify loads its --data: the digest then matches a result made from
+    a dataset one of whose images lacks its caption, and is the usual one when every caption is there.
     """
 
     def __init__(self, spec: Any, options: dict[str, Any], bases: tuple[Path, ...] = (), digest: Any = None):
@@ -370,7 +372,9 @@ class TrainingImages:
             load_dataset = None
         try:
             if load_dataset is not None:
-                self.dataset = load_dataset(arg, **options)
+                # the images are shown, never the captions: a dataset one of whose images lacks its caption loads
+                # as verify loaded it (captions left out); with every caption there, the load that needs them
+                self.dataset = load_dataset(arg, need_captions=False, **options)
             else:
                 self.dataset = _read_npz(Path(arg))
                 if self.dataset is None:
