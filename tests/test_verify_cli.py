@@ -61,6 +61,16 @@ def test_unconditional_ratio_rule_with_baseline(files, tmp_path, capsys):
                  str(files / "unseen.npz"), "--out", str(out), "--device", "cpu"]) == 0
     assert "already finished" in capsys.readouterr().out
     assert (out / "result.json").read_bytes() == before
+    # --delta changes nothing under the ratio rule (no --train-map): the same run, also where an earlier version
+    # recorded it (was refused: "--delta (was 0.15, now 0.2)")
+    again = ["verify", "--samples", str(files / "unc.npz"), "--data", str(files / "train.npz"), "--baseline",
+             str(files / "unseen.npz"), "--out", str(out), "--device", "cpu", "--delta", "0.2"]
+    assert main(again) == 0 and (out / "result.json").read_bytes() == before
+    record = strict_json(out / "settings.json")
+    assert record["settings"]["delta"] is None
+    record["settings"]["delta"] = 0.15
+    (out / "settings.json").write_text(json.dumps(record))
+    assert main(again) == 0 and (out / "result.json").read_bytes() == before
 
 
 def test_cached_neighbours_reused_after_interruption(files, tmp_path):

@@ -295,7 +295,15 @@ def _upgrade_settings(old: dict[str, Any]) -> dict[str, Any]:
         old = {**old, "map_resize": "none" if old.get("train_map") else None}
     if "baseline_left_out" not in old:
         old = {**old, "baseline_left_out": 0 if old.get("baseline") else None}
+    if "delta" in old:  # recorded whether used or not
+        old = {**old, "delta": _delta_used(old.get("rule"), old.get("train_map"), old["delta"])}
     return old
+
+
+def _delta_used(rule: Any, train_map: Any, delta: float) -> float | None:
+    """``--delta`` as recorded: by the l2 rule and the --train-map check, which take it; None under the
+    ratio rule alone, whose results it does not change (so a resume that gives it is no other run)."""
+    return delta if rule == "l2" or train_map else None
 
 
 def _names() -> tuple[str, str]:
@@ -462,7 +470,7 @@ def run(args: argparse.Namespace) -> int:
                              f"{counted(n_base, 'image')} not in --data" if n_base <= len(train) else None)
     settings = {
         "samples": str(args.samples), "samples_identity": samples_identity(args.samples, samples),
-        "data": str(args.data), "data_options": opts, "rule": rule, "delta": vs.delta,
+        "data": str(args.data), "data_options": opts, "rule": rule, "delta": _delta_used(rule, args.train_map, vs.delta),
         "alpha": vs.alpha, "n_neighbors": vs.n_neighbors, "eidetic_delta": vs.eidetic_delta, "dup_delta": vs.dup_delta,
         "from_extract": args.from_extract, "baseline": args.baseline, "train_map": args.train_map,
         "map_resize": args.map_resize if args.train_map else None,
