@@ -68,8 +68,7 @@ def _counts_from(path: str, ds) -> tuple[np.ndarray, str]:
     count it is (``neighbour_count``, direct near-duplicates; an older run without them: its groups'
     sizes − 1). Refused when the run was made on other data (its recorded data digest), since keys such
     as ``npz:<i>`` name an image of any file of that length."""
-    p = Path(path)
-    r = read_json(p / "result.json" if p.is_dir() else p)
+    r = read_json(Path(path))  # the dedup folder's result.json (file_in_folder)
     if r.get("command") != "dedup" or "duplicate_count" not in r:
         raise DiffauditError(f"--duplicates {path}: not the output of `diffaudit dedup`")
     if len(r["duplicate_count"]) != len(ds):
