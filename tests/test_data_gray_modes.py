@@ -180,3 +180,40 @@ def test_12_bit_scans_in_a_uint16_npz_are_warned_of_once(tmp_path, capsys):
     np.savez(tmp_path / "wide.npz", images=np.full((2, 8, 8), 60000, np.uint16))
     load_dataset(str(tmp_path / "wide.npz"))
     assert "warning" not in capsys.readouterr().err
+
+
+def _png16(pixels: np.ndarray, colour_type: int) -> bytes:
+    """A 16-bit PNG of ``pixels`` uint16 (H, W, C): Pillow reads such files but cannot write them."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    h, w = pixels.shape[:2]
+    rows = b"".join(b"\0" + pixels[y].astype(">u2").tobytes() for y in range(h))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("colour_type, channels", [(2, 3), (4, 2)])  # RGB, grey + alpha
+def test_12_bit_colour_and_grey_alpha_pngs_are_warned_of(tmp_path, capsys, colour_type, channels):
+    """Pillow reads a 16-bit colour (or grey + alpha) PNG at 8 bits, its high bytes, so the 12-bit warning
+    never saw one: its IHDR says 16 bits, and the high bytes bound its largest value."""
+    root = tmp_path / "scans"
+    root.mkdir()
+    for i in range(3):
+        v = RNG.integers(0, 4096, (8, 8, channels), dtype=np.uint16)
+        v[..., -1] = 65535 if channels == 2 else v[..., -1]  # an opaque alpha never counts as the white level
+        v[0, 0, 0] = 4095
+        (root / f"s{i}.png").write_bytes(_png16(v, colour_type))
+    capsys.readouterr()
+    ds = load_dataset(root)
+    assert ds.images.max() <= 16
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "3 16-bit images" in err and "at most 12 bits" in err, err
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    (wide / "w.png").write_bytes(_png16(np.full((8, 8, channels), 60000, np.uint16), colour_type))
+    load_dataset(wide)
+    assert "warning" not in capsys.readouterr().err

@@ -12,7 +12,9 @@ Modes, as Pillow reports them after opening the file:
   (65535 -> 255, 257*k -> k), never clipped (Conventions: pixels). 12-bit scans stored in 16 bits
   (values 0..4095) so read at most 16/255: nearly black. The scale stays (a file does not say its white
   level); a load notes each 16-bit image's largest value (:func:`noting_sixteen_bit`) and warns when
-  they all fit in 12 bits (:func:`warn_twelve_bit`).
+  they all fit in 12 bits (:func:`warn_twelve_bit`). A 16-bit colour PNG (or 16-bit grey + alpha) is
+  read by Pillow at 8 bits, its high bytes kept; it is noted alike, its largest value taken as at most
+  high byte x 256 + 255 (its IHDR says 16 bits).
 - 32-bit integer grayscale ``I`` (a TIFF of 32-bit integers): the file says nothing of its white
   level, so the values say it. Pillow writes an 8-bit image converted to ``I`` (``convert("I")``) with
   its values 0..255, and a 16-bit one with 0..65535: an ``I`` image whose values all lie in [0, 255]
@@ -175,8 +177,12 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
             _check_pixel_count(im.size, len(data), name)
             im.load()
             if im.mode == "RGBA" and _png_colour_type(data) == _PNG_GREY_ALPHA:  # 16-bit grey + alpha
-                return _checked(np.asarray(im)[:, :, :1], name, "LA (16-bit)")
-            return image_to_array(im, name)
+                arr = _checked(np.asarray(im)[:, :, :1], name, "LA (16-bit)")
+            else:
+                arr = image_to_array(im, name)
+            if im.mode in ("RGB", "RGBA") and _png_bit_depth(data) == 16:  # 16-bit colour (or grey + alpha)
+                _note_sixteen_bit(arr.astype(np.int64) * 256 + 255)  # Pillow kept the high bytes: at most this
+            return arr
     except BadImageError:
         raise
     except UnidentifiedImageError:
@@ -255,6 +261,13 @@ def _int32_to_8bit(raw: np.ndarray, name: str, *, sixteen_bit: bool) -> np.ndarr
         return raw.astype(np.uint8)
     _note_sixteen_bit(raw)
     return scale_16bit(raw)
+
+
+def _png_bit_depth(data: bytes) -> int | None:
+    """The bit depth per sample in a PNG's IHDR (1, 2, 4, 8 or 16); None if not a PNG."""
+    if len(data) >= 26 and data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR":
+        return data[24]
+    return None
 
 
 def _png_colour_type(data: bytes) -> int | None:
