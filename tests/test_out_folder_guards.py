@@ -78,6 +78,40 @@ def test_an_audit_of_a_model_retrained_in_place_is_refused(tmp_path):
     assert code == 2 and "the contents of --model" in err, err
 
 
+def test_a_train_ids_json_corrected_in_place_is_another_training_set(tmp_path):
+    """A lab that fixed the keys of its model's train_ids.json and re-ran got the old members' results:
+    "already finished" from the audit, and from `mia --target`, with the weights unchanged. Both now
+    refuse, naming the file; folders recorded before take today's file and resume."""
+    import json
+    import shutil
+
+    trained = tmp_path / "trained"
+    assert _main(["train", "--data", "digits", "--subset", "48", "--steps", "10", "--batch-size", "8", "--out", trained])[0] == 0
+    run = tmp_path / "run"  # a model trained elsewhere: its folder and the train_ids.json written by hand
+    for part in ("unet", "scheduler"):
+        shutil.copytree(trained / part, run / part)
+    shutil.copy(trained / "train_ids.json", run / "train_ids.json")
+    audit = [*AUDIT, "--model", run, "--out", tmp_path / "audit"]
+    mia = ["mia", "--target", run, "--attack", "loss", "--data", "digits", "--bootstrap", "0",
+           "--device", "cpu", "--out", tmp_path / "mia"]
+    for argv in (audit, mia):
+        code, err = _main(argv)
+        assert code == 0, err
+    ids = json.loads((run / "train_ids.json").read_text())
+    (run / "train_ids.json").write_text(json.dumps({"keys": ids["keys"][:-4]}))  # the lab's correction
+    for argv, flag in ((audit, "--model"), (mia, "--target")):
+        code, err = _main(argv)
+        assert code == 2 and f"the training set {flag}'s train_ids.json names" in err, err
+    # a folder an earlier version wrote records no such digest: it takes today's file, and resumes
+    for folder, key in ((tmp_path / "audit", "model_members_digest"), (tmp_path / "mia", "target_members_digest")):
+        record = json.loads((folder / "settings.json").read_text())
+        del record["settings"][key]
+        (folder / "settings.json").write_text(json.dumps(record))
+    for argv in (audit, mia):
+        code, err = _main(argv)
+        assert code == 0, err
+
+
 def test_data_loaded_at_another_channel_count_than_the_model_takes_is_said_so(tmp_path):
     """A gray model audited on the same images loaded as RGB (a gray folder with one colour-mode file
     does that): the refusal named "other pixels under the same keys" and advised repeating the

@@ -70,6 +70,10 @@ AUDIT_WRITES = ("models", "samples", "extract", "verify", "mia", "outliers", "in
 #: found finished) after the model was retrained in place is refused, naming "the contents of --model", since
 #: its finished stages measured the model as it was. Audits recorded before it take today's.
 MODEL_DIGEST = "model_digest"
+#: The setting that records the digest of --model's train_ids.json (the training set it names, which decides the
+#: audit's members): a file corrected in place is refused, naming it, not answered with the old members' results.
+#: Audits recorded before it take today's.
+MODEL_MEMBERS_DIGEST = "model_members_digest"
 #: The inpainting stage's defaults (--inpaint-targets, --n-inpaint): a value other than these without --inpaint is
 #: warned about, as nothing uses it.
 INPAINT_TARGETS, N_INPAINT = "4,4", 16
@@ -258,7 +262,7 @@ def config_toml(settings: dict[str, Any], *, redact: bool = False) -> str:
     from this file must not show the training images its original hid."""
     lines = ["# The exact configuration of this audit: `diffaudit audit --config config.toml --out ...` repeats it."]
     lines += [f"{k.replace('_', '-')} = {_toml_value(v)}" for k, v in sorted({**settings, "redact": redact or None}.items())
-              if v is not None and k not in (DATA_DIGEST, MODEL_DIGEST)]
+              if v is not None and k not in (DATA_DIGEST, MODEL_DIGEST, MODEL_MEMBERS_DIGEST)]
     return "\n".join(lines) + "\n"
 
 
@@ -897,9 +901,10 @@ def run(args: argparse.Namespace) -> int:
     settings[DATA_DIGEST] = dataset_digest(data)
     digests = {DATA_DIGEST: settings[DATA_DIGEST]}
     if args.model:  # and what --model holds: one retrained in place is another model
-        from diffaudit.models.digest import model_digest
+        from diffaudit.models.digest import members_digest, model_digest
 
         settings[MODEL_DIGEST] = digests[MODEL_DIGEST] = model_digest(args.model)
+        settings[MODEL_MEMBERS_DIGEST] = digests[MODEL_MEMBERS_DIGEST] = members_digest(args.model)
     upgrade = upgrading_paths(PATH_SETTINGS, then=lambda old: {**digests, **resolved_settings(upgrade_settings(old),
                                                                                            data.image_shape)})
     if not args.fresh:  # held before --redo deletes a stage (prepare_out_dir holds it again: a no-op)

@@ -33,7 +33,7 @@ from diffaudit.data.membership import load_membership
 from diffaudit.evaluation.attack_evaluation import evaluate_attack
 from diffaudit.evaluation.timestep_sweep import evaluate_sweep
 from diffaudit.models.alike import check_models_alike
-from diffaudit.models.digest import model_digest
+from diffaudit.models.digest import members_digest, model_digest
 from diffaudit.models.scheduler import num_train_timesteps
 from diffaudit.report.fmt import counted
 from diffaudit.report.plots_roc import write_roc_png, write_sweep_png
@@ -319,13 +319,17 @@ def run(args: argparse.Namespace) -> int:
         "shadow_digests": digests,
         "target": target.to_dict(),
         "target_digest": target_digest,
+        # and the training set its train_ids.json names (its members): corrected in place, it is another attack
+        "target_members_digest": members_digest(target.run) if target.mode == "model" else None,
         "attack": {k: v for k, v in config.to_dict().items() if k != "batch_size"},
         "bootstrap": args.bootstrap,
         "seed": args.seed,
     }
     settings = canonical_settings(settings, PATH_SETTINGS)
-    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh,
-                                   upgrade=upgrading_paths(PATH_SETTINGS, then=_upgrade_settings))
+    # a folder recorded before the members' digest takes today's
+    out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrading_paths(
+        PATH_SETTINGS, then=lambda old: {"target_members_digest": settings["target_members_digest"],
+                                         **_upgrade_settings(old)}))
     if emit_finished(args, out, resumed, _summary):
         return 0
     _warn_if_few_shadows(args.attack, matrix, target)

@@ -147,6 +147,9 @@ def _setting_name(key: str, names: Mapping[str, str]) -> str:
     flag = names.get(base, names.get(base + "s")) if base != head and member else None
     if flag is not None:  # shadow_digests.model-00: one of the models --shadows names
         return f"the contents of {flag} ({member})"
+    base = key.removesuffix("_members_digest")  # model_members_digest: the train_ids.json in --model's folder
+    if base != key and base in names:
+        return f"the training set {names[base]}'s train_ids.json names"
     for suffix in ("_digest", "_identity", ".digest"):
         base = key.removesuffix(suffix)
         if base != key and base in names:

@@ -4,7 +4,7 @@ Recorded wherever results must not outlive the weights they came from: the loss 
 names, ``mia``'s result, a sample store's settings (a resume after the weights changed is refused).
 
 A model trained outside diffaudit is given its training set by a ``train_ids.json`` written into its
-folder (:data:`TRAIN_IDS`). Which images a model trained on shapes a membership attack's labels, not
+folder (:data:`TRAIN_IDS`; :func:`members_digest` records it where a result depends on it). Which images a model trained on shapes a membership attack's labels, not
 what the model generates: ``members=False`` leaves that file out, so a sample store survives it being
 written after the generations (as README's text-to-image workflow does before ``mia``).
 """
@@ -44,4 +44,17 @@ def model_digest(run_dir: str | Path, *, members: bool = True) -> str:
     for p in files:
         h.update(p.name.encode())
         _hash_file(h, p)
+    return h.hexdigest()[:16]
+
+
+def members_digest(run_dir: str | Path) -> str | None:
+    """SHA-256 (16 hex) of a model folder's own ``train_ids.json`` (:data:`TRAIN_IDS`: the training set it
+    names, which decides a membership attack's members and an audit's), None where the folder has none.
+    Recorded beside :func:`model_digest`, which a run folder's weights and configs alone make: a
+    ``train_ids.json`` corrected in place is another training set, so finished results are not reused."""
+    path = Path(run_dir) / TRAIN_IDS
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    _hash_file(h, path)
     return h.hexdigest()[:16]
