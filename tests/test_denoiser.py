@@ -138,3 +138,29 @@ def test_check_model_input_names_what_does_not_fit():
         check_model_input(cfg, (8, 8, 1), labels=None, what="m")
     with pytest.raises(DiffauditError, match="knows classes 0..2, but the data has labels 0..7"):
         check_model_input(cfg, (8, 8, 1), labels=np.array([0, 7]), what="m")
+
+
+def test_a_model_folder_without_its_scheduler_is_said_to_take_the_ddpm_defaults(tmp_path, capsys):
+    """A lab that copied only unet/ of a model trained with a cosine schedule got the linear defaults in
+    silence: samples and losses of another schedule. The assumption is said, once per model."""
+    import shutil
+
+    from diffaudit.core import progress
+
+    run = tmp_path / "run"
+    build_unet(unet_config("tiny", image_size=8, in_channels=1)).save_pretrained(run / "unet")
+    bare = tmp_path / "bare"
+    shutil.copytree(run / "unet", bare)
+    capsys.readouterr()
+    progress._SAID_ONCE.clear()
+    for _ in range(2):
+        load_denoiser(run)
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1, err
+    assert f"--model {run}: no scheduler/scheduler_config.json beside the UNet, so the DDPM defaults" in err
+    assert "linear β from 1e-4 to 0.02, T = 1000" in err
+    load_denoiser(bare, flag="--shadow")
+    assert f"--shadow {bare}: no scheduler_config.json beside the UNet" in capsys.readouterr().err
+    make_scheduler().save_pretrained(run / "scheduler")
+    load_denoiser(run)
+    assert "warning" not in capsys.readouterr().err

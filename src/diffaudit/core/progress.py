@@ -218,6 +218,19 @@ def warning_line(command: str, message: str) -> None:
     print(printable(prefix + message), file=sys.stderr, flush=True)
 
 
+#: The warnings :func:`warning_once` printed in this process.
+_SAID_ONCE: set[str] = set()
+
+
+def warning_once(command: str, message: str) -> None:
+    """:func:`warning_line`, unless this process printed the same ``message`` already: for what a command
+    may meet several times over (a model or dataset loaded once per stage) and needs saying once."""
+    if message in _SAID_ONCE:
+        return
+    _SAID_ONCE.add(message)
+    warning_line(command, message)
+
+
 class Timer:
     def __enter__(self):
         self.t0 = time.perf_counter()

@@ -46,7 +46,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from diffaudit.core.errors import DiffauditError
-from diffaudit.core.progress import progress_bar, warning_line
+from diffaudit.core.progress import progress_bar, warning_once
 from diffaudit.data.builtin import BUILTIN_NAMES, list_cifar10, list_digits
 from diffaudit.data.dataset import ImageDataset, concat_datasets, say_skipped
 from diffaudit.data.entries import Entry, Listing, drop_captions, gc_paused
@@ -204,25 +204,15 @@ def list_selected(spec, *, subset, subset_seed, skip_bad, cifar_root,
     return listing, entries
 
 
-#: (source, first key, how many) whose captions were left out, already said in this process: a command
-#: that loads its data twice (and its report, in the same process) says it once.
-_DROPPED_SAID: set[tuple[str, str, int]] = set()
-
-
 def say_dropped_captions(listing: Listing) -> None:
-    """One warning (:func:`~diffaudit.core.progress.warning_line`) when a load that needs no captions left
-    them out (``listing.dropped_captions``), naming the first image lacking one and how many do; once per
-    source and process."""
+    """One warning (:func:`~diffaudit.core.progress.warning_once`: a command that loads its data twice, and
+    its report in the same process, says it once) when a load that needs no captions left them out
+    (``listing.dropped_captions``), naming the first image lacking one and how many do."""
     if listing.dropped_captions is None:
         return
     key, reason, n = listing.dropped_captions
-    source = listing.source
-    said = (os.path.realpath(source) if os.path.exists(source) else source, key, n)
-    if said in _DROPPED_SAID:
-        return
-    _DROPPED_SAID.add(said)
-    warning_line("", f"{source}: {n:,} image{' has' if n == 1 else 's have'} no caption ({key}: {reason}); captions "
-                 "are not used here, so those of every image are left out and no image is dropped for lacking one")
+    warning_once("", f"{listing.source}: {n:,} image{' has' if n == 1 else 's have'} no caption ({key}: {reason}); "
+                 "captions are not used here, so those of every image are left out and no image is dropped for lacking one")
 
 
 def iter_decoded(entries: list[Entry], source: str, skipped: list[tuple[str, str]], *, center_crop, image_size,

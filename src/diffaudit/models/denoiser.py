@@ -30,6 +30,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import loads_json
 from diffaudit.core.outdir import read_settings_record, recorded_command
+from diffaudit.core.progress import warning_once
 from diffaudit.models.quiet import quiet_loading
 from diffaudit.models.run_files import checkpoint_dirs
 from diffaudit.models.scheduler import SamplingSchedule, alphas_cumprod_of, make_scheduler
@@ -139,7 +140,11 @@ def _scheduler_from(folder: Path, root: Path, flag: str = "--model") -> tuple[DD
     DDPMScheduler field: :class:`SamplingSchedule` reads it from there); errors name the model as
     ``flag root``."""
     cfg_path = folder / "scheduler_config.json"
-    if not cfg_path.exists():
+    if not cfg_path.exists():  # a bare UNet folder, or a model folder whose scheduler/ was left behind
+        warning_once("", f"{flag} {root}: no {cfg_path.relative_to(root) if folder != root else cfg_path.name} "
+                         "beside the UNet, so the DDPM defaults are taken (linear β from 1e-4 to 0.02, T = 1000, "
+                         "ε-prediction); a model trained with another schedule samples and scores wrongly under "
+                         "them: save its scheduler beside it (scheduler.save_pretrained(FOLDER/scheduler))")
         return make_scheduler(), {}
     try:
         cfg = loads_json(cfg_path.read_text(), f"{flag} {root}: {cfg_path}")
