@@ -58,9 +58,29 @@ def test_other_pixels_under_the_same_keys_are_refused(data, plain_and_conditiona
     images = np.array(data.images)
     images[0] ^= 255  # a non-member changed: not the training set's business
     assert check_trained_on(plain, dataclasses.replace(data, images=images)) == [1, 3, 5]
-    with pytest.raises(DiffauditError, match="not among the 3 examples of digits as loaded"):
+    # how many of its own training examples are missing, not a count that reads as the model's whole set
+    with pytest.raises(DiffauditError, match="2 of the 3 examples it trained on are not among the 3 examples of digits as loaded"):
         check_trained_on(plain, data.subset([0, 1, 2]))
     assert check_trained_on(plain, data.subset([0, 1, 2]), allow_missing=True) == [1]
+
+
+def test_a_hand_written_train_ids_json_is_checked_for_what_it_gets_wrong(data, plain_and_conditional, tmp_path):
+    """A key listed twice was accepted, and refused after sampling as "keys are not unique" of --data; keys
+    written with their file extension (automobile_1690.jpg) were told to give other --data."""
+    import shutil
+
+    from diffaudit.models.run_record import read_train_keys
+
+    plain, _ = plain_and_conditional
+    run = tmp_path / "run"
+    shutil.copytree(plain, run)
+    keys = read_train_keys(run)
+    (run / "train_ids.json").write_text(json.dumps({"keys": keys + keys[:1]}))
+    with pytest.raises(DiffauditError, match=f"the key '{keys[0]}' is listed 2 times; list each training example once"):
+        read_train_keys(run)
+    (run / "train_ids.json").write_text(json.dumps({"keys": [k + ".jpg" for k in keys]}))
+    with pytest.raises(DiffauditError, match=f"its keys carry a file extension where .* have none \\('{keys[0]}' is one of them\\)"):
+        check_trained_on(run, data)
 
 
 def test_runs_recording_only_the_combined_digest_are_compared_on_it(data, plain_and_conditional, tmp_path):

@@ -56,7 +56,13 @@ def read_train_keys(run_dir: str | Path, what: str = "--model") -> list[str]:
     keys = record.get("keys") if isinstance(record, dict) else None
     if not isinstance(keys, list):
         raise DiffauditError(f"{path}: no `keys` list; {train_ids_howto(run_dir)}")
-    return [str(k) for k in keys]
+    keys = [str(k) for k in keys]
+    seen: set[str] = set()
+    twice = next((k for k in keys if k in seen or seen.add(k)), None)
+    if twice is not None:  # later refused as "keys are not unique" of the data, after the sampling
+        raise DiffauditError(f"{path}: the key {twice!r} is listed {keys.count(twice)} times; list each training "
+                             "example once (an example trained on several times too)")
+    return keys
 
 
 def training_digests(dataset: ImageDataset, rows: Sequence[int]) -> dict[str, str | None]:
@@ -134,10 +140,13 @@ def check_trained_on(run_dir: str | Path, dataset: ImageDataset, what: str = "--
     if unknown:
         if allow_missing:
             return rows
-        raise DiffauditError(f"{what} {run} trained on {len(unknown)} examples that are not among the {len(dataset):,} "
-                             f"examples of {dataset.source} as loaded (first: {unknown[0]!r}); give the --data it was "
-                             f"trained on, with the same options (a --subset may leave them out){trained_data_text(run)}"
-                             f"{_deduped_npz_text(run, dataset.source)}")
+        stem = unknown[0].rsplit(".", 1)[0]
+        named = (f"; its keys carry a file extension where {dataset.source}'s have none ({stem!r} is one of them): "
+                 "write them without it" if "." in unknown[0] and stem in index else "")
+        raise DiffauditError(f"{what} {run}: {len(unknown):,} of the {len(keys):,} examples it trained on are not among "
+                             f"the {len(dataset):,} examples of {dataset.source} as loaded (first: {unknown[0]!r}){named}; "
+                             f"give the --data it was trained on, with the same options (a --subset may leave them out)"
+                             f"{trained_data_text(run)}{_deduped_npz_text(run, dataset.source)}")
     if not (run / "model_index.json").exists():  # a pipeline's UNet (a latent model) takes latents, not images
         check_image_shape(read_unet_config(run), dataset.image_shape, what=f"{what} {run}")
     advice = "give the --data it was trained on, with the same --image-size, --mode and other data options" + trained_data_text(run)
