@@ -44,6 +44,15 @@ def test_mixed_layout_is_an_error(write_images):
         load_dataset(root)
 
 
+def test_a_folder_of_shards_is_said_to_be_given_by_their_paths(tmp_path):
+    """`--data FOLDER_OF_SHARDS` said only "the folder holds no images"."""
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "part-000000.tar").write_bytes(b"")
+    with pytest.raises(DiffauditError, match=r"It holds 1 tar shard \(part-000000.tar, ...\): give WebDataset shards by a path"):
+        load_dataset(shards)
+
+
 def test_empty_folder_and_store_hint(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("x")

@@ -78,6 +78,9 @@ def test_a_hand_written_train_ids_json_is_checked_for_what_it_gets_wrong(data, p
     (run / "train_ids.json").write_text(json.dumps({"keys": keys + keys[:1]}))
     with pytest.raises(DiffauditError, match=f"the key '{keys[0]}' is listed 2 times; list each training example once"):
         read_train_keys(run)
+    (run / "train_ids.json").write_text(json.dumps({"keys": []}))
+    with pytest.raises(DiffauditError, match="train_ids.json: its `keys` list is empty"):
+        read_train_keys(run)
     (run / "train_ids.json").write_text(json.dumps({"keys": [k + ".jpg" for k in keys]}))
     with pytest.raises(DiffauditError, match=f"its keys carry a file extension where .* have none \\('{keys[0]}' is one of them\\)"):
         check_trained_on(run, data)

@@ -66,8 +66,13 @@ def list_folder(root: str | os.PathLike, *, source: str | None = None) -> Listin
     source = source or str(root)
     if not files:
         hint = ""
+        shards = sorted(p.name for p in root.glob("*.tar*") if p.is_file())
         if (root / "manifest.json").is_file():
             hint = " It looks like a sample store: pass it as --samples, which reads stores."
+        elif shards:  # WebDataset shards are given by their paths, not their folder
+            hint = (f" It holds {len(shards):,} tar shard{'s' if len(shards) != 1 else ''} ({shards[0]}, ...): give "
+                    f"WebDataset shards by a path or a brace pattern ('{root}/name-{{000000..000009}}.tar'), or "
+                    "CIFAR-10's by its name (cifar10, cifar10-test).")
         raise DiffauditError(
             f"{root}: the folder holds no images ({', '.join('.' + e for e in IMAGE_EXTENSIONS)}).{hint}"
         )

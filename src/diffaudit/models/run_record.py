@@ -57,6 +57,8 @@ def read_train_keys(run_dir: str | Path, what: str = "--model") -> list[str]:
     if not isinstance(keys, list):
         raise DiffauditError(f"{path}: no `keys` list; {train_ids_howto(run_dir)}")
     keys = [str(k) for k in keys]
+    if not keys:  # refused later in the words of a view file the audit writes
+        raise DiffauditError(f"{path}: its `keys` list is empty; {train_ids_howto(run_dir)}")
     seen: set[str] = set()
     twice = next((k for k in keys if k in seen or seen.add(k)), None)
     if twice is not None:  # later refused as "keys are not unique" of the data, after the sampling
