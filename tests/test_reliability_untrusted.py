@@ -108,7 +108,8 @@ def test_pickled_bin_weights_are_never_loaded(tmp_path, marker, capsys, with_saf
         return
     assert not list(unet_dir.glob("*.safetensors"))
     with pytest.raises(DiffauditError, match=r"weights must be in safetensors format \(pickled weights such as "
-                                             r"diffusion_pytorch_model\.bin are refused\)"):
+                                             r"diffusion_pytorch_model\.bin are refused: unpickling runs code\)\. "
+                                             r"Where you trust the file, convert it once"):  # and how to
         load_denoiser(model)
     assert main(["--quiet", "sample", "--model", str(model), "--out", str(tmp_path / "s"), "--n", "2", "--steps", "2",
                  "--device", "cpu"]) == 2
