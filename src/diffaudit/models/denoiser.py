@@ -331,8 +331,8 @@ def load_denoiser(path: str | Path, device: str | torch.device = "cpu", dtype: t
         pickled = sorted(p.name for p in unet_dir.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
         raise DiffauditError(f"{flag} {root}: weights must be in safetensors format (pickled weights such as {pickled[0]} "
                              "are refused: unpickling runs code). Where you trust the file, convert it once with "
-                             "diffusers: UNet2DModel.from_pretrained(FOLDER, use_safetensors=False)"
-                             ".save_pretrained(FOLDER, safe_serialization=True)" if pickled else f"{flag} {root}: {unet_dir} holds no weights (no "
+                             f"diffusers: UNet2DModel.from_pretrained('{unet_dir}', use_safetensors=False)"
+                             f".save_pretrained('{unet_dir}', safe_serialization=True)" if pickled else f"{flag} {root}: {unet_dir} holds no weights (no "
                              ".safetensors file); the run is incomplete or its weights were removed")
     scheduler, sched_config = _scheduler_from(sched_dir, root, flag)
     schedule = SamplingSchedule.from_config(sched_config)  # checked where it is sampled (open_source)

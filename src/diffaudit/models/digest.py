@@ -4,9 +4,10 @@ Recorded wherever results must not outlive the weights they came from: the loss 
 names, ``mia``'s result, a sample store's settings (a resume after the weights changed is refused).
 
 A model trained outside diffaudit is given its training set by a ``train_ids.json`` written into its
-folder (:data:`TRAIN_IDS`; :func:`members_digest` records it where a result depends on it). Which images a model trained on shapes a membership attack's labels, not
-what the model generates: ``members=False`` leaves that file out, so a sample store survives it being
-written after the generations (as README's text-to-image workflow does before ``mia``).
+folder (:data:`TRAIN_IDS`; :func:`members_digest` records it where a result depends on it). Which images
+a model trained on shapes a membership attack's labels, not what the model generates: ``members=False``
+leaves that file out, so a sample store survives it being written after the generations (as README's
+text-to-image workflow does before ``mia``).
 """
 
 from __future__ import annotations

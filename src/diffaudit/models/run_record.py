@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -59,10 +60,10 @@ def read_train_keys(run_dir: str | Path, what: str = "--model") -> list[str]:
     keys = [str(k) for k in keys]
     if not keys:  # refused later in the words of a view file the audit writes
         raise DiffauditError(f"{path}: its `keys` list is empty; {train_ids_howto(run_dir)}")
-    seen: set[str] = set()
-    twice = next((k for k in keys if k in seen or seen.add(k)), None)
+    counts = Counter(keys)
+    twice = next((k for k in keys if counts[k] > 1), None)
     if twice is not None:  # later refused as "keys are not unique" of the data, after the sampling
-        raise DiffauditError(f"{path}: the key {twice!r} is listed {keys.count(twice)} times; list each training "
+        raise DiffauditError(f"{path}: the key {twice!r} is listed {counts[twice]} times; list each training "
                              "example once (an example trained on several times too)")
     return keys
 
