@@ -215,6 +215,26 @@ def test_a_defence_on_the_same_dataset_is_no_warning(tmp_path, capsys):
     assert r["warnings"] == [] and err == ""
 
 
+def test_compare_warns_when_the_extractions_searched_different_budgets(tmp_path, capsys):
+    """Unique extracted grows with the generations searched: 512 against 4,096 generations is a warning
+    naming both counts, while equal budgets, and a side without extraction, are none. A verify of clique
+    medoids counts all the generations sampled (n_samples_total), not the medoids."""
+    for name, n in (("small", 512), ("large", 4096), ("same", 512)):
+        write_result(tmp_path / name / "result.json", "verify", {"rule": "ratio"}, {}, unique_extracted=3, n_samples=n,
+                     extracted=[], rule="ratio")
+    r, err = _compare_json(capsys, tmp_path / "small", tmp_path / "large")
+    (warning,) = r["warnings"]
+    assert warning.startswith("plain and other searched different numbers of generations for extracted images, "
+                              "plain 512 and other 4,096") and "--n-samples" in warning and warning in err
+    assert _compare_json(capsys, tmp_path / "small", tmp_path / "same")[0]["warnings"] == []
+    mia_only = _audit(tmp_path / "mia_only", 1, 0.1, 0.6)
+    (mia_only / "verify" / "result.json").unlink()
+    assert not any("searched different" in w for w in _compare_json(capsys, tmp_path / "small", mia_only)[0]["warnings"])
+    write_result(tmp_path / "medoids" / "result.json", "verify", {"rule": "ratio"}, {}, unique_extracted=3, n_samples=40,
+                 n_samples_total=512, extracted=[], rule="ratio")
+    assert _compare_json(capsys, tmp_path / "small", tmp_path / "medoids")[0]["warnings"] == []
+
+
 def test_compare_table_prints_tpr_as_percentages_and_json_as_fractions(tmp_path, capsys):
     a = _audit(tmp_path / "plain", 1280, 0.5, 0.9)
     b = _audit(tmp_path / "dp", 986, 0.0123, 0.6)

@@ -39,3 +39,17 @@ def test_report_shows_the_embedder_in_words(tmp_path):
     text = " ".join(unescape("".join(page.text)).split())
     assert "(embedder pixel (8 px, ycc, shifts up to 2))" in text
     assert "{'name'" not in text
+
+
+def test_report_shows_the_threshold_and_the_images_searched(tmp_path):
+    """The section says at which similarity two images were joined and among how many: a group count
+    means nothing without them (at 0.9 far more pairs join than at 0.99)."""
+    folder = tmp_path / "dedup"
+    write_json_atomic(folder / "result.json", _envelope(
+        "dedup", {"data": "digits", "embedder": PIXEL, "threshold": 0.97}, {"seed": 0}, embedder=PIXEL, threshold=0.97,
+        n_images=1797, groups=[{"members": [2, 3], "keys": ["digits:2", "digits:3"]}]))
+    s = build_summary(folder)["dedup"]
+    assert s["threshold"] == 0.97 and s["n_images"] == 1797
+    text = " ".join(unescape("".join(Page(render_html(folder)).text)).split())
+    assert ("Near-duplicate groups among the 1,797 training images (embedder pixel (8 px, ycc, shifts up to 2), pairs at "
+            "similarity 0.97 or more joined, 1 = identical): duplicated images") in text

@@ -12,7 +12,8 @@ from diffaudit.core.progress import stage_line, warning_line
 from diffaudit.core.results import envelope, write_result
 from diffaudit.core.errors import DiffauditError, SettingsMismatchError
 from diffaudit.defenses.compare import DESCRIBES_MODEL, compare_summaries, find_dp_record
-from diffaudit.report.compare_table import canary_warnings, dataset_warnings, default_labels, format_rows, query_warnings
+from diffaudit.report.compare_table import (budget_warnings, canary_warnings, dataset_warnings, default_labels, format_rows,
+                                           query_warnings)
 from diffaudit.report.summary import build_summary
 
 NAME = "compare"
@@ -31,7 +32,8 @@ DESCRIPTION = (
     "declares its kind (count, rate, auc or score: how it prints) and which change is better (lower, or none for the generations and images searched or checked, and the false-positive "
     "baseline's matches, which say how often the rule matches never-seen images: compare at equal budgets). "
     "Columns are named after the folders unless --labels names them. Warns when the "
-    "folders were run on different datasets, ran a membership attack with other queries (--timesteps, --draws, "
+    "folders were run on different datasets, searched different numbers of generations for extracted images (unique "
+    "extracted grows with them), ran a membership attack with other queries (--timesteps, --draws, "
     "--flips: its changes are then marked 'other queries'), or are canary runs of another --kind or --n-reference; "
     "two folders with "
     "none of these results are an error. Prints a table (or JSON with --json); with --out also writes result.json "
@@ -118,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
     # Always recomputed (it only reads two folders' JSON): a result kept from an earlier run would be
     # stale once either folder's results change, and the settings hold only their paths.
     out = _open_out(args, settings) if args.out else None
-    warnings = dataset_warnings(a, b, labels) + query_warnings(a, b, labels) + canary_warnings(a, b, labels)
+    warnings = (dataset_warnings(a, b, labels) + budget_warnings(a, b, labels) + query_warnings(a, b, labels)
+                + canary_warnings(a, b, labels))
     if Path(args.audit_a).resolve() == Path(args.audit_b).resolve():
         warnings.append(f"{args.audit_a} is given twice: every change is 0 by construction")
     elif not any(r["a"] is not None and r["b"] is not None for r in measured):

@@ -1,7 +1,8 @@
 """Two audits side by side as a person reads them: the table of :func:`diffaudit.defenses.compare.compare_summaries`
 rows (values and changes at the values' precision, confidence intervals, a "within noise" mark), the
-folders' default labels, and warnings when the two were made on different datasets or, for canary runs,
-with canaries of another kind or another number of references (exposures not comparable).
+folders' default labels, and warnings when the two were made on different datasets, searched different
+numbers of generations for extracted images or, for canary runs, inserted canaries of another kind or used
+another number of references (exposures not comparable).
 
 How a row prints follows the ``kind`` it declares (:data:`diffaudit.defenses.compare.KINDS`), never its
 name: ``auc`` to 3 decimals, ``rate`` as a percentage (changes in percentage points), ``count`` as an
@@ -90,6 +91,30 @@ def query_warnings(a: dict[str, Any], b: dict[str, Any], labels: list[str]) -> l
                    "gap, AUC and TPRs measure different things on the two sides, and their changes may come from the "
                    f"attack, not the models; compare runs with the same {flags}")
     return out
+
+
+def _generations(summary: dict[str, Any]) -> int | None:
+    """The generations a summary's extraction searched: all that were sampled (``n_samples_total``, for a
+    verify of clique medoids), else those verified; None without an extraction or a recorded count."""
+    ex = summary.get("extraction")
+    if not isinstance(ex, dict):
+        return None
+    n = ex.get("n_samples_total", ex.get("n_samples"))
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
+
+
+def budget_warnings(a: dict[str, Any], b: dict[str, Any], labels: list[str]) -> list[str]:
+    """A warning when summaries ``a`` and ``b`` searched different numbers of generations for extracted
+    images: the unique extracted count grows with the generations searched (the paper extracts 1,280
+    CIFAR-10 images from 2^20 generations, fewer from fewer), so its change measures the budget as well
+    as the models. A count one side does not record is no warning."""
+    ga, gb = _generations(a), _generations(b)
+    if ga is None or gb is None or ga == gb:
+        return []
+    la, lb = labels
+    return [f"{la} and {lb} searched different numbers of generations for extracted images, {la} {ga:,} and {lb} "
+            f"{gb:,}: unique extracted grows with the generations searched, so its change may come from the budget, "
+            "not the models; compare runs with the same --n-samples"]
 
 
 def _canary_run(summary: dict[str, Any]) -> dict[str, Any] | None:

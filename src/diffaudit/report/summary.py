@@ -38,7 +38,8 @@ results written before ``top_k`` was recorded call the field ``mean_top10_l2``, 
 largest exposure measurable; a canary at it has rank 1 and an exposure of at least that), ``n_at_ceiling``,
 ``ceiling_extrapolated`` {``min``, ``max``} (the Gaussian-extrapolated exposure of the canaries at the ceiling),
 ``by_repeats`` (with ``n_at_ceiling`` per repeat count), ``references`` {``n``, ``n_extracted``}: the
-never-inserted images verified like canaries, None in results from before they were}, ``dedup`` {``n_groups``, ``n_in_groups``, ``largest_group``, ``embedder`` (its settings,
+never-inserted images verified like canaries, None in results from before they were}, ``dedup`` {``threshold`` (the similarity at or above which two images were joined), ``n_images`` (images
+searched), ``n_groups``, ``n_in_groups``, ``largest_group``, ``embedder`` (its settings,
 as dedup recorded them), ``embedder_text`` (the same in words)},
 ``outliers`` {``rho``, ..., ``attack_at_chance``, ``attack_separates`` (AUC 1.0: every member is identified, so
 the correlation measures how the raw score varies between members, not their exposure), ``raw_loss``},
@@ -577,6 +578,9 @@ def _dedup(rs: ResultSet) -> dict[str, Any] | None:
     sizes = [len(g.get("members") or []) for g in groups]
     embedder = st.result.get("embedder", st.settings.get("embedder"))
     return {
+        # pairs at least this similar were joined (1 = identical); None where not recorded
+        "threshold": _finite(st.result.get("threshold", st.settings.get("threshold"))),
+        "n_images": _int(st.result.get("n_images")),
         "n_groups": len(groups),
         "n_in_groups": sum(sizes),
         "largest_group": max(sizes) if sizes else 0,
