@@ -186,3 +186,20 @@ def test_heldout_subset_takes_a_seeded_part_of_the_heldout_images(trained, tmp_p
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     assert "heldout_subset" not in audit_settings(parser.parse_args([]))
+
+
+def test_heldout_beside_images_of_data_the_model_never_saw_is_said(trained, tmp_path, capsys):
+    """A model that records its training set, audited on --data that also holds images it never trained on and
+    with --heldout: its non-members are of two kinds read together, and the audit says how many of each.
+    With --data its training set alone (the test above) it says nothing of the kind."""
+    here = trained
+    train, held = load_dataset(str(here / "train.npz")), load_dataset("digits", subset=56)
+    np.savez(tmp_path / "more.npz", images=np.concatenate([train.images, held.images[48:]]),
+             labels=np.concatenate([train.labels, held.labels[48:]]))
+    argv = ([a for a in AUDIT if a != "--quiet"] + ["--model", str(here / "run"), "--data", str(tmp_path / "more.npz"),
+            "--heldout", str(here / "held.npz"), "--out", str(tmp_path / "audit")])
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert (f"non-members of --model {here / 'run'} are the 8 images of --data it never trained on and the 24 of "
+            f"--heldout {here / 'held.npz'}, read together") in err
+    assert json.loads((tmp_path / "audit" / "mia" / "result.json").read_text())["n_nonmembers"] == 32

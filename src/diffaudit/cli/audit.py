@@ -768,6 +768,20 @@ def _target_members(args, models: Path, dataset) -> tuple[Path, list[str]]:
     return target, [dataset.keys[i] for i in rows]
 
 
+def _say_mixed_nonmembers(args: argparse.Namespace, unseen: set[str]) -> None:
+    """With --heldout and a --model that records its training set, say where its non-members come from when
+    both datasets give some: the images of --data it never trained on and those of --heldout are two kinds
+    (the same distribution or not), and the baseline and the membership attack read them together."""
+    from diffaudit.core.progress import stage_line
+
+    n_held = sum(1 for k in unseen if k.startswith(HELDOUT_PREFIX))
+    if 0 < n_held < len(unseen):
+        stage_line(f"audit: the non-members of --model {args.model} are the {len(unseen) - n_held:,} images of --data "
+                   f"it never trained on and the {n_held:,} of --heldout {args.heldout}, read together (the "
+                   "false-positive baseline and the membership attack's OUT examples); to use only --heldout's, give "
+                   "--data its training set alone")
+
+
 def _link_trained_on_all(model: Path, folder: Path, keys: list[str]) -> Path:
     """Make ``folder`` (:data:`TRAINED_ON_ALL`) the model of ``model`` trained on ``keys``: a link to each of its
     files and folders but its own ``train_ids.json``, beside a ``train_ids.json`` of ``keys``. The weights are
@@ -890,6 +904,8 @@ def run(args: argparse.Namespace) -> int:
                 "never saw with --heldout (e.g. `--heldout cifar10-test` for a model trained on all of cifar10), or "
                 "audit it on --data that also holds held-out images")
         _refuse_unseen_copies(args, data, set(trained), unseen)
+        if args.heldout is not None and not _trained_on_all(args):
+            _say_mixed_nonmembers(args, unseen)
         _check_baseline_size(args, len(unseen), f"is one --model {args.model} never trained on",
                              "give more images it never saw with --heldout")
     # the lists the stages are given, written one way (their order and repeats mean nothing)
