@@ -151,3 +151,22 @@ def test_inpaint_help_says_up_front_that_it_takes_pixel_space_models_only():
     """A Stable Diffusion user learnt that inpaint does not take their pipeline only from its refusal."""
     text = re.sub(r"\s+", " ", _command_help("inpaint"))
     assert "Pixel-space diffusion models only" in text and "a Stable Diffusion pipeline is refused" in text
+
+
+def test_a_pattern_the_shell_expanded_is_said_as_such(tmp_path, capsys):
+    """`--data shards-*.tar` unquoted: the shell passes every match, --data takes the first and the rest are
+    unrecognised; the refusal says what happened and to quote the pattern. Stray words that are no files
+    get no such words."""
+    from diffaudit.cli.main import main
+
+    shards = [tmp_path / f"shards-00000{i}.tar" for i in range(3)]
+    for s in shards:
+        s.write_bytes(b"")
+    with pytest.raises(SystemExit):
+        main(["dedup", "--data", *map(str, shards), "--out", str(tmp_path / "d")])
+    err = capsys.readouterr().err
+    assert (f"(the shell expanded a pattern into 3 files after --data, which takes one: quote it, e.g. --data "
+            f"'shards-*.tar' or --data 'shards-{{000000..000004}}.tar', for diffaudit to expand; --data took {shards[0]})") in err
+    with pytest.raises(SystemExit):
+        main(["dedup", "--data", str(shards[0]), "stray", "--out", str(tmp_path / "d")])
+    assert "shell expanded" not in capsys.readouterr().err

@@ -123,6 +123,24 @@ def test_a_pattern_naming_one_shard_twice_is_refused(tmp_path, write_tar, encode
         load_dataset(str(tmp_path / "{,sub/../}shard-000000.tar"))
 
 
+def test_a_glob_names_the_shards_it_matches_in_sorted_order(tmp_path, write_tar, encode_image):
+    """`--data 'shards/train-*.tar'` (quoted, as one argument): the files it matches, sorted, read as the brace
+    range naming them would be; a glob that matches nothing, and one that repeats a shard the pattern
+    already names, are refused naming it. A file whose own name holds a glob character is itself."""
+    for i in (2, 0, 1):
+        write_tar(tmp_path / f"train-00000{i}.tar", [(f"k{i}{j}.png", png(encode_image, 10 * i + j)) for j in range(2)])
+    by_glob, by_range = load_dataset(str(tmp_path / "train-*.tar")), load_dataset(str(tmp_path / "train-{000000..000002}.tar"))
+    assert by_glob.keys == by_range.keys == ["k00", "k01", "k10", "k11", "k20", "k21"]
+    assert np.array_equal(by_glob.images, by_range.images)
+    assert load_dataset(str(tmp_path / "train-00000[12].tar")).keys == ["k10", "k11", "k20", "k21"]
+    with pytest.raises(DiffauditError, match=r"no shard matches .*/test-\*\.tar"):
+        load_dataset(str(tmp_path / "test-*.tar"))
+    with pytest.raises(DiffauditError, match=r"names shard .*train-000000\.tar twice"):
+        load_dataset(str(tmp_path / "train-{000000,*}.tar"))
+    write_tar(tmp_path / "odd[1].tar", [("z.png", png(encode_image, 3))])
+    assert load_dataset(str(tmp_path / "odd[1].tar")).keys == ["z"]
+
+
 # --- a cut compressed shard keeps what was decompressed before the cut ---------------------------
 
 @pytest.mark.parametrize("codec", ["gz", "xz"])

@@ -27,7 +27,7 @@ def add_data_args(p: argparse.ArgumentParser, *, required: bool = False, default
     g = p.add_argument_group("dataset")
     g.add_argument("--data", required=required, default=None if required else default,
                    help="dataset: built-in name (digits, cifar10, cifar10-test), image folder, "
-                        "WebDataset shards (.tar or a brace pattern like x-{000000..000004}.tar), .npz with uint8 "
+                        "WebDataset shards (.tar, a brace pattern like x-{000000..000004}.tar, or a quoted glob 'x-*.tar'), .npz with uint8 "
                         "`images` (generations in a sample store are --samples)" + ("" if required else " (default: %(default)s)"))
     g.add_argument("--image-size", type=int, default=None, help="resize to this square size in pixels (bilinear); default: keep the size")
     g.add_argument("--center-crop", type=int, default=None, help="centre-crop to this square size first; default: no crop")

@@ -283,6 +283,21 @@ def _did_you_mean(parser: argparse.ArgumentParser, extra: list[str]) -> str:
     return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
+def _shell_expanded(raw: list[str], extra: list[str]) -> str:
+    """" (the shell expanded ...)" when the unrecognised arguments are files that follow a flag's value that is
+    a file too (``--data x-*.tar`` unquoted: the shell passed every match as its own argument, and the flag took
+    the first); "" otherwise."""
+    if not extra or not all(os.path.isfile(os.path.expanduser(e)) for e in extra) or extra[0] not in raw:
+        return ""
+    at = raw.index(extra[0])
+    if at < 2 or not raw[at - 2].startswith("--") or not os.path.isfile(os.path.expanduser(raw[at - 1])):
+        return ""
+    flag, first = raw[at - 2], raw[at - 1]
+    return (f" (the shell expanded a pattern into {len(extra) + 1} files after {flag}, which takes one: quote it, "
+            f"e.g. {flag} 'shards-*.tar' or {flag} 'shards-{{000000..000004}}.tar', for diffaudit to expand; "
+            f"{flag} took {first})")
+
+
 def _parse_and_run(argv: list[str] | None, raw: list[str], command: str | None) -> int:
     parser = build_parser(only=command if command in COMMANDS else None, overview=command not in COMMANDS)
     missing = next((_UNAVAILABLE[a] for a in raw if a in _UNAVAILABLE), None)
@@ -296,7 +311,7 @@ def _parse_and_run(argv: list[str] | None, raw: list[str], command: str | None) 
         args, extra = parser.parse_known_args(argv)
         if extra:  # said by the command's own parser: its usage and name, not the top level's
             own = _command_parser(parser, getattr(args, "command", None))
-            own.error(f"unrecognized arguments: {' '.join(extra)}{_did_you_mean(own, extra)}")
+            own.error(f"unrecognized arguments: {' '.join(extra)}{_did_you_mean(own, extra)}{_shell_expanded(options, extra)}")
     finally:
         _JSON_FOR.reset(token)
         _RAW.reset(raw_token)

@@ -1,7 +1,9 @@
-"""WebDataset tar shards, given as a brace pattern (``data/train-{000000..000004}.tar``).
+"""WebDataset tar shards, given as a brace pattern (``data/train-{000000..000004}.tar``) or a glob
+(``data/train-*.tar``).
 
 The pattern is expanded with ``braceexpand`` (as ``webdataset`` does; :func:`expand_braces` when it is
-not installed). Each shard is read by a
+not installed), then each path holding ``*``, ``?`` or ``[`` that names no file itself is matched as a
+glob, its matches in sorted order (the order a brace range gives zero-padded names). Each shard is read by a
 small memory-mapped ustar reader when it is an uncompressed tar of plain headers (fast: it parses
 the 100,000 CIFAR-10 headers in a fraction of a second), and otherwise by :mod:`tarfile` in stream
 mode (``.gz``, ``.bz2``, ``.xz``, pax/GNU headers). Members are grouped into samples exactly as
@@ -63,6 +65,7 @@ import bz2
 import collections
 import contextlib
 import errno
+import glob
 import gzip
 import lzma
 import mmap
@@ -142,18 +145,32 @@ def expand_braces(pattern: str) -> list[str]:
     return [head + o + t for o in options for t in expand_braces(tail)]
 
 
+def _glob(path: Path, pattern: str) -> list[Path]:
+    """``path`` itself, or with glob characters (``*``, ``?``, ``[``) and no file of that very name, the files
+    it matches in sorted order; a glob that matches none is an error naming it (the shell, given it unquoted,
+    would have passed it on as it is, too)."""
+    text = str(path)
+    if not any(c in text for c in "*?[") or path.exists():
+        return [path]
+    found = sorted(Path(m) for m in glob.glob(text) if os.path.isfile(m))
+    if not found:
+        raise DiffauditError(f"no shard matches {text}" + ("" if text == pattern else f" (of {pattern})"))
+    return found
+
+
 def expand_pattern(pattern: str) -> list[Path]:
-    """Shard paths of a brace pattern (``{000000..000004}``, ``{a,b}``), in pattern order.
+    """Shard paths of a brace pattern (``{000000..000004}``, ``{a,b}``), in pattern order, each glob in it
+    (``*``, ``?``, ``[...]``) replaced by the files it matches, sorted.
 
     Raises:
-        DiffauditError: a shard of the pattern does not exist, or the pattern names one shard twice
-            (``{000000,000000}``, or two paths to one file): naming it.
+        DiffauditError: a shard of the pattern does not exist, a glob matches no file, or the pattern names
+            one shard twice (``{000000,000000}``, ``{a,*}``, or two paths to one file): naming it.
     """
     try:
         from braceexpand import braceexpand
     except ImportError:  # pragma: no cover - braceexpand comes with webdataset
         braceexpand = expand_braces
-    paths = [Path(p).expanduser() for p in braceexpand(pattern)]
+    paths = [m for p in braceexpand(pattern) for m in _glob(Path(p).expanduser(), pattern)]
     if not paths:
         raise DiffauditError(f"{pattern}: the pattern names no shards")
     missing = [p for p in paths if not p.is_file()]
