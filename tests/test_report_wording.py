@@ -53,6 +53,25 @@ def test_a_count_just_above_the_baseline_is_not_evidence():
     assert "not significantly above the baseline" in v["text"] and "p = 0.5" in v["text"]
 
 
+def test_an_inconclusive_count_against_a_small_baseline_says_how_many_would_be_needed():
+    """Against a never-seen set smaller than the training set (a --heldout of CIFAR-10's test split against its
+    50,000 training images) even no baseline match leaves 5 training matches inconclusive: the verdict says
+    the fewest that the same test would call significant, checked against the exact tail on both sides
+    of it; with equal sets it says nothing of the kind."""
+    from diffaudit.report.view_extraction import needed_count
+
+    v = verdict(_ex(5, 0, n_train=50_000, n_base=10_000))
+    assert v["level"] == "unsure"
+    k = needed_count(_ex(5, 0, n_train=50_000, n_base=10_000), 0)
+    assert _exact_tail(k, 0, 50_000, 10_000) < 0.05 <= _exact_tail(k - 1, 0, 50_000, 10_000)
+    assert k == 17 and ("With only 10,000 never-seen images against 50,000 training images, at least 17 training images "
+                        "would have to match (against 0 baseline matches) to be significant") in v["text"]
+    k = needed_count(_ex(5, 2, n_train=500, n_base=40), 2)
+    assert _exact_tail(k, 2, 500, 40) < 0.05 <= _exact_tail(k - 1, 2, 500, 40)
+    assert "would have to match" not in verdict(_ex(3, 2))["text"]
+    assert "no count of the 500 training images could be significant" in verdict(_ex(5, 5, n_train=500, n_base=5))["text"]
+
+
 def test_matches_closer_than_any_baseline_match_are_said_beside_an_inconclusive_count(tmp_path):
     """2 against 2 is no evidence by count; a pixel-exact copy among them, nearer than any never-seen image came,
     is said beside it (the count weighs every match alike), and the level stays what the test says."""

@@ -113,7 +113,7 @@ def verdict(ex: dict[str, Any] | None, *, canaries: dict[str, Any] | None = None
         level = "yes"
     else:
         text = (f"Inconclusive: {n:,} training {s} matched{of}, {against}: {n:,} is not significantly above the "
-                f"baseline ({test}, not below {SIGNIFICANCE:g}).")
+                f"baseline ({test}, not below {SIGNIFICANCE:g}).{_needed_note(ex, n, base)}")
         level = "unsure"
     return {"level": level, "text": text + _l2_note(ex, base)}
 
@@ -265,6 +265,46 @@ def _size_note(ex: dict[str, Any]) -> str:
     if not (isinstance(size, int) and isinstance(n_train, int)) or size == n_train:
         return ""
     return f", which weighs the {size:,} never-seen images against the {n_train:,} training images"
+
+
+#: The largest count :func:`needed_count` tries before it says none would do.
+NEEDED_SEARCH = 100_000
+
+
+def needed_count(ex: dict[str, Any], base: int) -> int | None:
+    """The fewest extracted training images that the one-sided exact test (:func:`baseline_pvalue`) would put
+    significantly above ``base`` baseline matches, with the set sizes ``ex`` records; None without both sizes,
+    or when none up to the training set's size (at most :data:`NEEDED_SEARCH`) would. The p-value falls as
+    the count rises (the hypergeometric tail of n + b draws at n), so the first count below the level is it."""
+    n_train, n_base = ex.get("n_train"), ex.get("baseline_n_images")
+    if not (isinstance(n_train, int) and isinstance(n_base, int) and n_train > 0 and n_base > 0):
+        return None
+    lo, hi = 1, min(n_train, NEEDED_SEARCH)
+    significant = lambda k: baseline_pvalue({**ex, "unique_extracted": k, "baseline_unique_extracted": base}) < SIGNIFICANCE
+    if not significant(hi):
+        return None
+    while lo < hi:  # bisection: significance is monotone in the count
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if significant(mid) else (mid + 1, hi)
+    return lo
+
+
+def _needed_note(ex: dict[str, Any], n: int, base: int) -> str:
+    """Beside an inconclusive count against a baseline set smaller than the training set: how many training
+    images would have had to match for the test to say yes, and that a larger never-seen set lowers it (a
+    baseline of 10,000 images against 50,000 needs 17 matches where equal sets need 5, both with none on the
+    baseline). "" with sets of equal size, where the count needed is plain from the two counts."""
+    n_train, n_base = ex.get("n_train"), ex.get("baseline_n_images")
+    if not (isinstance(n_train, int) and isinstance(n_base, int)) or n_base >= n_train:
+        return ""
+    k = needed_count(ex, base)
+    if k is None:
+        return (f" Against {base:,} baseline matches among only {n_base:,} never-seen images, no count of the "
+                f"{n_train:,} training images could be significant: give more never-seen images (--baseline, or "
+                "--heldout in an audit).")
+    return (f" With only {n_base:,} never-seen images against {n_train:,} training images, at least {k:,} training "
+            f"images would have to match (against {base:,} baseline {'match' if base == 1 else 'matches'}) to be "
+            "significant; more never-seen images (--baseline, or --heldout in an audit) lower that.")
 
 
 def _l2_note(ex: dict[str, Any], base: int) -> str:
