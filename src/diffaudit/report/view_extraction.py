@@ -113,7 +113,7 @@ def verdict(ex: dict[str, Any] | None, *, canaries: dict[str, Any] | None = None
         level = "yes"
     else:
         text = (f"Inconclusive: {n:,} training {s} matched{of}, {against}: {n:,} is not significantly above the "
-                f"baseline ({test}, not below {SIGNIFICANCE:g}).{_needed_note(ex, n, base)}")
+                f"baseline ({test}, not below {SIGNIFICANCE:g}).{_needed_note(ex, base)}")
         level = "unsure"
     return {"level": level, "text": text + _l2_note(ex, base)}
 
@@ -279,8 +279,10 @@ def needed_count(ex: dict[str, Any], base: int) -> int | None:
     n_train, n_base = ex.get("n_train"), ex.get("baseline_n_images")
     if not (isinstance(n_train, int) and isinstance(n_base, int) and n_train > 0 and n_base > 0):
         return None
+    def significant(k: int) -> bool:
+        return baseline_pvalue({**ex, "unique_extracted": k, "baseline_unique_extracted": base}) < SIGNIFICANCE
+
     lo, hi = 1, min(n_train, NEEDED_SEARCH)
-    significant = lambda k: baseline_pvalue({**ex, "unique_extracted": k, "baseline_unique_extracted": base}) < SIGNIFICANCE
     if not significant(hi):
         return None
     while lo < hi:  # bisection: significance is monotone in the count
@@ -289,7 +291,7 @@ def needed_count(ex: dict[str, Any], base: int) -> int | None:
     return lo
 
 
-def _needed_note(ex: dict[str, Any], n: int, base: int) -> str:
+def _needed_note(ex: dict[str, Any], base: int) -> str:
     """Beside an inconclusive count against a baseline set smaller than the training set: how many training
     images would have had to match for the test to say yes, and that a larger never-seen set lowers it (a
     baseline of 10,000 images against 50,000 needs 17 matches where equal sets need 5, both with none on the
@@ -298,6 +300,8 @@ def _needed_note(ex: dict[str, Any], n: int, base: int) -> str:
     if not (isinstance(n_train, int) and isinstance(n_base, int)) or n_base >= n_train:
         return ""
     k = needed_count(ex, base)
+    if k is None and n_train > NEEDED_SEARCH:  # not searched that far: nothing to say
+        return ""
     if k is None:
         return (f" Against {base:,} baseline matches among only {n_base:,} never-seen images, no count of the "
                 f"{n_train:,} training images could be significant: give more never-seen images (--baseline, or "
