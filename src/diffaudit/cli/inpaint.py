@@ -204,6 +204,7 @@ def shadow_candidates(args, ds) -> tuple[list[Path], np.ndarray]:
     import numpy as np
 
     from diffaudit.data import load_membership
+    from diffaudit.models.run_files import is_model_from_elsewhere
     from diffaudit.models.run_record import has_train_ids, read_train_keys
 
     target_run = Path(args.model).resolve()
@@ -217,6 +218,11 @@ def shadow_candidates(args, ds) -> tuple[list[Path], np.ndarray]:
     mem = load_membership(args.membership, ds)
     runs = _shadow_runs(Path(args.shadows))
     cols = [k for k in sorted(runs) if k < mem.matrix.shape[1] and runs[k].resolve() != target_run]
+    unfinished = next((k for k in cols if not (runs[k] / "result.json").exists() and not is_model_from_elsewhere(runs[k])), None)
+    if unfinished is not None:  # said before targets are drawn among them, as mia says it
+        raise DiffauditError(f"shadow model {unfinished} ({runs[unfinished]}) is unfinished; re-run the `diffaudit shadows` "
+                             f"command that made {args.shadows} (the same --data, --membership and training flags), which "
+                             "resumes where it stopped")
     return [runs[k] for k in cols], ~np.asarray(mem.matrix, dtype=bool)[:, cols]
 
 

@@ -181,6 +181,14 @@ def _check_layout(config: dict, scheduler: DDPMScheduler, root: Path, flag: str 
                          "declares no learned variance; a pixel model must predict one value per input channel")
 
 
+def not_a_model_reason(root: Path) -> str | None:
+    """Why the folder ``root`` holds no model, in words (:func:`_not_a_model`), or None when it holds a UNet
+    (a run, pipeline or bare UNet folder) or is no folder at all."""
+    if not root.is_dir() or (root / "unet" / "config.json").exists() or (root / "config.json").exists():
+        return None
+    return _not_a_model(root)
+
+
 def _locate(root: Path, flag: str = "--model") -> tuple[Path, Path]:
     """(UNet folder, scheduler folder) of a run directory, pipeline directory or bare UNet folder."""
     if not root.is_dir():
@@ -192,6 +200,19 @@ def _locate(root: Path, flag: str = "--model") -> tuple[Path, Path]:
     raise DiffauditError(f"{flag} {root}: {_not_a_model(root)}")
 
 
+def _made_by(run: Path) -> tuple[str, Path] | None:
+    """(command, folder) of the ``shadows`` run (``SHADOWS/model-NN``), audit (``AUDIT/models/model-NN``) or
+    canaries run (``CANARIES/model``) that trains the run folder ``run`` as one of its models; None for a run
+    of its own."""
+    if run.name.startswith("model-") and recorded_command(run.parent) == "shadows":
+        return "shadows", run.parent
+    if run.name.startswith("model-") and run.parent.name == "models" and recorded_command(run.parent.parent) == "audit":
+        return "audit", run.parent.parent
+    if run.name == "model" and recorded_command(run.parent) == "canaries":
+        return "canaries", run.parent
+    return None
+
+
 def _not_a_model(root: Path) -> str:
     """Why a folder without a UNet is none, in words: an unfinished ``train`` run (how far it got, and
     how to finish it), the folder of another diffaudit command (where its models lie), or neither."""
@@ -200,8 +221,16 @@ def _not_a_model(root: Path) -> str:
     if command == "train":
         steps = ((record.get("settings") or {}).get("train") or {}).get("steps")
         done = checkpoint_dirs(root)
-        where = f"its last checkpoint is step {int(done[-1].name.split('-')[1])}" if done else "it has no checkpoint yet"
-        return (f"an unfinished `diffaudit train` run ({where}{f' of {steps}' if isinstance(steps, int) else ''}; "
+        of = f" of {steps}" if isinstance(steps, int) else ""
+        where = (f"its last checkpoint is step {int(done[-1].name.split('-')[1])}{of}" if done
+                 else f"it has no checkpoint yet{f', of {steps} steps' if of else ''}")
+        maker = _made_by(root)
+        if maker is not None:  # one model of a shadows run or an audit: that command finishes it, not `train`
+            command_name, folder = maker
+            return (f"a model that `diffaudit {command_name}` has not finished ({where}; its UNet is written when it "
+                    f"finishes). Re-run the `diffaudit {command_name}` command that made {folder} (the same options): it "
+                    "resumes where it stopped.")
+        return (f"an unfinished `diffaudit train` run ({where}; "
                 "its UNet is written when it finishes). Run the same `diffaudit train ... --out "
                 f"{root}` again to finish it: it resumes from its last checkpoint.")
     if command in ("shadows", "canaries", "audit"):

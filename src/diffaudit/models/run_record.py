@@ -25,7 +25,7 @@ from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import read_json
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.data.digest import dataset_digest
-from diffaudit.models.denoiser import check_image_shape, read_unet_config
+from diffaudit.models.denoiser import check_image_shape, not_a_model_reason, read_unet_config
 from diffaudit.models.digest import TRAIN_IDS
 from diffaudit.models.run_files import trained_data, trained_data_text
 
@@ -42,17 +42,28 @@ def has_train_ids(run_dir: str | Path) -> bool:
     return (Path(run_dir) / TRAIN_IDS).is_file()
 
 
+def no_train_ids_error(run_dir: str | Path, what: str = "--model", hint: str = "") -> DiffauditError:
+    """The error for a ``run_dir`` without ``train_ids.json``, said as what it is: a folder that does not
+    exist, one that holds no model (another command's folder, an unfinished run: why, and what to pass or
+    re-run), or a model that does not record its training set (how to write it; ``hint`` follows)."""
+    root = Path(run_dir)
+    if not root.exists():
+        return DiffauditError(f"{what} {run_dir} does not exist")
+    reason = not_a_model_reason(root)
+    if reason is not None:
+        return DiffauditError(f"{what} {run_dir}: {reason}")
+    return DiffauditError(f"{what} {run_dir}: no {TRAIN_IDS}, so its training set is unknown; {train_ids_howto(run_dir)}{hint}")
+
+
 def read_train_keys(run_dir: str | Path, what: str = "--model") -> list[str]:
     """The keys of the examples ``run_dir`` trained on, in the order training recorded them.
 
     Raises :class:`DiffauditError` (naming the run as ``what``) when ``train_ids.json`` is missing
-    or holds no ``keys`` list.
+    (:func:`no_train_ids_error`) or holds no ``keys`` list.
     """
     path = Path(run_dir) / TRAIN_IDS
-    if not Path(run_dir).exists():
-        raise DiffauditError(f"{what} {run_dir} does not exist")
     if not path.is_file():
-        raise DiffauditError(f"{what} {run_dir}: no {TRAIN_IDS}, so its training set is unknown; {train_ids_howto(run_dir)}")
+        raise no_train_ids_error(run_dir, what)
     record = read_json(path)
     keys = record.get("keys") if isinstance(record, dict) else None
     if not isinstance(keys, list):
@@ -151,7 +162,7 @@ def check_trained_on(run_dir: str | Path, dataset: ImageDataset, what: str = "--
                              f"give the --data it was trained on, with the same options (a --subset may leave them out)"
                              f"{trained_data_text(run)}{_deduped_npz_text(run, dataset.source)}")
     if not (run / "model_index.json").exists():  # a pipeline's UNet (a latent model) takes latents, not images
-        check_image_shape(read_unet_config(run), dataset.image_shape, what=f"{what} {run}")
+        check_image_shape(read_unet_config(run, flag=what), dataset.image_shape, what=f"{what} {run}")
     advice = "give the --data it was trained on, with the same --image-size, --mode and other data options" + trained_data_text(run)
     digests, combined = _recorded(run)
     if digests is not None:

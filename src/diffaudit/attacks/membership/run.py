@@ -47,7 +47,7 @@ from diffaudit.data.dataset import ImageDataset
 from diffaudit.models.alike import check_models_alike
 from diffaudit.models.digest import model_digest
 from diffaudit.models.run_files import is_model_from_elsewhere, read_dropped_duplicates
-from diffaudit.models.run_record import check_trained_on, has_train_ids, train_ids_howto
+from diffaudit.models.run_record import check_trained_on, has_train_ids, no_train_ids_error
 
 TARGET_MODES = ("leave-one-out", "shadow", "model")
 
@@ -197,8 +197,7 @@ def target_membership(run_dir: str | Path, dataset: ImageDataset) -> np.ndarray:
     """bool (N,): which examples of ``dataset`` trained the run in ``run_dir`` (its ``train_ids.json``
     keys); refuses a ``dataset`` whose pixels under those keys are not the ones it trained on."""
     if not has_train_ids(run_dir):
-        raise DiffauditError(f"--target {run_dir}: no train_ids.json, so its training set is unknown; "
-                             f"{train_ids_howto(run_dir)}. A shadow model of --shadows is --target-index K")
+        raise no_train_ids_error(run_dir, "--target", ". A shadow model of --shadows is --target-index K")
     rows = check_trained_on(run_dir, dataset, what="--target")
     members = np.zeros(len(dataset), dtype=bool)
     members[rows] = True
