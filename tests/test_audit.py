@@ -114,6 +114,22 @@ def test_audit_refuses_bad_values_before_recording_anything(tmp_path, capsys):
         assert not out.exists()  # nothing recorded: the corrected command starts cleanly
 
 
+def test_lira_needs_two_shadows_besides_a_given_model_and_four_when_the_target_is_one(tmp_path, capsys):
+    """With --model the target is no shadow, so 2 shadows give every example an IN and an OUT loss; without
+    it the target is shadow 0 and 4 are needed. (--shadows 2 with --model passes this check: the next one,
+    --device, is what refuses it here.)"""
+    from tests.helpers import make_tiny_model_dir
+
+    model = ["--model", str(make_tiny_model_dir(tmp_path / "run"))]
+    for given, shadows, says in ((model, "0", "--mia lira-fixed needs at least 2 shadow models besides --model"),
+                                 (model, "2", "--device"),
+                                 ([], "2", "--mia lira-fixed needs at least 4 shadow models (the target is one of them")):
+        assert main(["audit", *given, "--mia", "lira-fixed", "--shadows", shadows, "--device", "tpu9",
+                     "--out", str(tmp_path / "e")]) == 2
+        err = capsys.readouterr().err
+        assert says in err and ("shadow models" not in err if shadows == "2" and given else True), err
+
+
 def test_audit_class_conditional_samples_every_class(tmp_path):
     out = tmp_path / "audit"
     assert main(["audit", "--train-size", "20", "--class-conditional", "--steps", "30", "--batch-size", "8",

@@ -126,7 +126,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "0; under 8 with --model) the -fixed variants (one global variance) are usually the stronger "
                         "(docs/experiments.md: 3 a side)")
     g.add_argument("--shadows", type=int, default=0,
-                   help="train K shadow models on seeded random halves of --data (even; LiRA needs 4 or more, and 6 or more (4 with "
+                   help="train K shadow models on seeded random halves of --data (even; LiRA needs 4 or more (2 with --model), and 6 or more (4 with "
                         "--model) to fit a variance per example from 2 IN and 2 OUT, rather than the pooled one of the "
                         "-fixed variants); the target "
                         "is model 0, or with --model that run, whose training options (train_config.json) the shadows "
@@ -399,12 +399,33 @@ def adopt_target_recipe(args: argparse.Namespace, given: set[str]) -> None:
                      "options, which may differ from how the target was trained")
         return
     recipe = read_json(path)
+    _warn_unmatched_training(args, recipe)
     adopted = {k: recipe[k] for k in RECIPE if k not in given and k in recipe and recipe[k] != getattr(args, k)}
     for k, v in adopted.items():
         setattr(args, k, v)
     if adopted:
         stage_line("audit: the shadows train like --model (its train_config.json): "
                    + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in adopted.items()) + "; options given here win")
+
+
+def _warn_unmatched_training(args: argparse.Namespace, recipe: dict) -> None:
+    """Warn when --model trained in a way the shadows cannot copy: with DP-SGD (`shadows` trains without it) or
+    on a deduplicated training set. LiRA reads a target's loss against the shadows' IN and OUT losses, so
+    shadows trained otherwise give it other distributions to compare with (a DP model's losses sit apart from
+    a plain model's); the loss attack needs no shadows."""
+    from diffaudit.core.progress import warning_line
+    from diffaudit.models.run_files import read_dropped_duplicates
+
+    how = []
+    if isinstance(recipe.get("dp"), dict):
+        eps = recipe["dp"].get("target_epsilon")
+        how.append(f"with DP-SGD{f' (target epsilon {eps:g})' if isinstance(eps, (int, float)) else ''}")
+    if read_dropped_duplicates(args.model) != []:  # a keep list that dropped some (None: its record unreadable)
+        how.append("on a deduplicated training set (--dedup)")
+    if how:
+        warning_line("audit", f"--model {args.model} trained {' and '.join(how)}, which the shadows do not copy: they train "
+                     f"plainly on halves of --data, and {args.mia} reads the target's losses against theirs, so its scores "
+                     "may be miscalibrated for this model; --mia loss needs no shadows")
 
 
 # --------------------------------------------------------------------------- stages
@@ -745,18 +766,36 @@ TRAINED_ON_ALL = "target"
 
 def _trained_on_all(args: argparse.Namespace) -> bool:
     """Whether --model is taken to have trained on all of --data (:data:`TRAINED_ON_ALL`)."""
+    from diffaudit.models.denoiser import not_a_model_reason
     from diffaudit.models.run_record import has_train_ids
 
-    return bool(args.model) and args.heldout is not None and Path(args.model).is_dir() and not has_train_ids(args.model)
+    return (bool(args.model) and args.heldout is not None and Path(args.model).is_dir() and not has_train_ids(args.model)
+            and not_a_model_reason(Path(args.model)) is None and _run_of_unet(args) is None)
+
+
+def _run_of_unet(args: argparse.Namespace) -> Path | None:
+    """The run whose ``unet/`` folder --model is, when that run records its training set (a user who meant
+    the run); None otherwise."""
+    from diffaudit.models.run_record import has_train_ids
+
+    model = Path(args.model)
+    return model.parent if model.name == "unet" and has_train_ids(model.parent) else None
 
 
 def _target_members(args, models: Path, dataset) -> tuple[Path, list[str]]:
     """The target run and the keys of its training set (checked: every key, with the pixels it trained on, is in
     --data). A --model without a recorded training set: with --heldout all of --data's keys (not the held-out
     ones), the target being its linked folder (:data:`TRAINED_ON_ALL`); without, refused saying what to give."""
+    from diffaudit.models.denoiser import not_a_model_reason
     from diffaudit.models.run_record import check_trained_on, has_train_ids, train_ids_howto
 
     target = Path(args.model) if args.model else models / "model-00"
+    reason = not_a_model_reason(target) if args.model else None
+    if reason is not None:  # another command's folder, a training run's state: no model to take as trained on anything
+        raise DiffauditError(f"--model {args.model}: {reason}")
+    if args.model and _run_of_unet(args) is not None:
+        raise DiffauditError(f"--model {args.model} is the UNet folder of the run {_run_of_unet(args)}, which records its "
+                             f"training set: pass --model {_run_of_unet(args)}")
     if _trained_on_all(args):
         return models / TRAINED_ON_ALL, [k for k in dataset.keys if not k.startswith(HELDOUT_PREFIX)]
     if args.model and Path(args.model).is_dir() and not has_train_ids(args.model):
@@ -858,10 +897,12 @@ def run(args: argparse.Namespace) -> int:
             "--inpaint needs shadow models that did not train on each target: pass --shadows 4 or more" + (
                 " (the target is shadow 0, and with 2 every image it did not train on, the only other shadow did)"
                 if args.shadows == 2 else ""))
-    if args.mia != "loss" and args.shadows < 4:
-        raise DiffauditError(f"--mia {args.mia} needs at least 4 shadow models (the target is one of them, and every "
-                             "example needs losses from the others both with and without it): pass --shadows K "
-                             "(K even, the paper uses 16)")
+    if args.mia != "loss" and args.shadows < (2 if args.model else 4):
+        raise DiffauditError(
+            f"--mia {args.mia} needs at least 2 shadow models besides --model (every example needs losses from shadows "
+            "both with and without it): pass --shadows K (K even, the paper uses 16)" if args.model else
+            f"--mia {args.mia} needs at least 4 shadow models (the target is one of them, and every example needs "
+            "losses from the others both with and without it): pass --shadows K (K even, the paper uses 16)")
     check_stage_values(args)
     check_model_options(args)
     resolve_device(args.device)  # a typo in --device is refused before --out records anything

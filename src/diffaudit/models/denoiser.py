@@ -200,7 +200,7 @@ def _locate(root: Path, flag: str = "--model") -> tuple[Path, Path]:
     raise DiffauditError(f"{flag} {root}: {_not_a_model(root)}")
 
 
-def _made_by(run: Path) -> tuple[str, Path] | None:
+def made_by(run: Path) -> tuple[str, Path] | None:
     """(command, folder) of the ``shadows`` run (``SHADOWS/model-NN``), audit (``AUDIT/models/model-NN``) or
     canaries run (``CANARIES/model``) that trains the run folder ``run`` as one of its models; None for a run
     of its own."""
@@ -224,7 +224,7 @@ def _not_a_model(root: Path) -> str:
         of = f" of {steps}" if isinstance(steps, int) else ""
         where = (f"its last checkpoint is step {int(done[-1].name.split('-')[1])}{of}" if done
                  else f"it has no checkpoint yet{f', of {steps} steps' if of else ''}")
-        maker = _made_by(root)
+        maker = made_by(root)
         if maker is not None:  # one model of a shadows run or an audit: that command finishes it, not `train`
             command_name, folder = maker
             return (f"a model that `diffaudit {command_name}` has not finished ({where}; its UNet is written when it "
@@ -233,7 +233,12 @@ def _not_a_model(root: Path) -> str:
         return (f"an unfinished `diffaudit train` run ({where}; "
                 "its UNet is written when it finishes). Run the same `diffaudit train ... --out "
                 f"{root}` again to finish it: it resumes from its last checkpoint.")
-    if command in ("shadows", "canaries", "audit"):
+    if command == "canaries":  # its one model trained beside --data on canaries no --data holds
+        model = root / "model"
+        return (f"the folder of `diffaudit canaries`, not a model. Its model{f' ({model})' if (model / 'unet').is_dir() else ''} "
+                "trained on --data and the canaries it inserted, which no --data holds, so it is measured by that "
+                f"run itself: `diffaudit report {root}` shows its canaries' exposure and extraction")
+    if command in ("shadows", "audit"):
         models = [p for p in [root / "model", *sorted((root / "models").glob("model-*")), *sorted(root.glob("model-*"))]
                   if (p / "unet" / "config.json").exists()]
         listed = ", ".join(str(p) for p in models[:3]) + (", ..." if len(models) > 3 else "")

@@ -25,7 +25,7 @@ from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import read_json
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.data.digest import dataset_digest
-from diffaudit.models.denoiser import check_image_shape, not_a_model_reason, read_unet_config
+from diffaudit.models.denoiser import check_image_shape, made_by, not_a_model_reason, read_unet_config
 from diffaudit.models.digest import TRAIN_IDS
 from diffaudit.models.run_files import trained_data, trained_data_text
 
@@ -52,6 +52,9 @@ def no_train_ids_error(run_dir: str | Path, what: str = "--model", hint: str = "
     reason = not_a_model_reason(root)
     if reason is not None:
         return DiffauditError(f"{what} {run_dir}: {reason}")
+    if root.name == "unet" and has_train_ids(root.parent):  # the UNet folder inside a run that records it
+        return DiffauditError(f"{what} {run_dir} is the UNet folder of the run {root.parent}, which records its training "
+                              f"set: pass {root.parent}")
     return DiffauditError(f"{what} {run_dir}: no {TRAIN_IDS}, so its training set is unknown; {train_ids_howto(run_dir)}{hint}")
 
 
@@ -154,6 +157,13 @@ def check_trained_on(run_dir: str | Path, dataset: ImageDataset, what: str = "--
     if unknown:
         if allow_missing:
             return rows
+        maker = made_by(run)
+        canaries = [k for k in unknown if k.startswith("canary/")]  # as diffaudit.defenses.canaries names them
+        if maker is not None and maker[0] == "canaries" and canaries:
+            raise DiffauditError(f"{what} {run} is the model of the canaries run {maker[1]}: {len(canaries):,} of the "
+                                 f"{len(keys):,} examples it trained on are the canaries that run inserted (first: "
+                                 f"{canaries[0]!r}), which no --data holds, so it is measured by that run itself: "
+                                 f"`diffaudit report {maker[1]}` shows its canaries' exposure and extraction")
         stem = unknown[0].rsplit(".", 1)[0]
         named = (f"; its keys carry a file extension where {dataset.source}'s have none ({stem!r} is one of them): "
                  "write them without it" if "." in unknown[0] and stem in index else "")
