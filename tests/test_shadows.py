@@ -116,3 +116,44 @@ def test_a_cut_weights_file_says_how_to_train_that_model_again(setup, capsys):
     assert main(sample[:2] + [str(one)] + sample[3:] + ["--out", str(root / "one-s")]) == 2
     err = capsys.readouterr().err
     assert "train it again: `diffaudit train` with the settings in" in err and "--fresh" in err, err
+
+
+def test_another_matrix_is_said_before_too_few_shadows(setup, capsys):
+    """A 2-column matrix from another seed given with shadows trained on another: LiRA on 2 models is too few
+    shadows as well, but the matrix is the mistake, and what the refusal names (as the loss attack does)."""
+    root, _ = setup
+    assert main(args(root, "pair", "--models", "2")) == 0
+    ds = load_dataset("digits", subset=N)
+    save_membership(root / "other.npz", make_membership(N, 2, seed=7), ds.keys, 7)
+    for attack in ("lira", "loss"):
+        assert main(["mia", "--data", "digits", "--subset", str(N), "--shadows", str(root / "pair"), "--membership",
+                     str(root / "other.npz"), "--attack", attack, "--device", "cpu", "--out", str(root / f"m-{attack}")]) == 2
+        err = capsys.readouterr().err
+        assert "of the membership matrix has" in err and "give the --membership and --data the shadows were trained on" in err, err
+
+
+def test_a_matrix_with_a_model_that_trains_on_nothing_is_refused(tmp_path, capsys):
+    """One example for 4 models leaves 2 of them with no example: `membership` refuses to write such a matrix,
+    and `shadows`, given one made elsewhere, names the column before any model trains."""
+    data = ["--data", "digits", "--subset", "1"]
+    assert main(["membership", *data, "--models", "4", "--out", str(tmp_path / "m.npz")]) == 2
+    assert "with 1 example and 4 models, model 0 (and 1 more) would train on no example" in capsys.readouterr().err
+    assert not (tmp_path / "m.npz").exists()
+    ds = load_dataset("digits", subset=1)
+    save_membership(tmp_path / "m.npz", make_membership(1, 4, seed=0), ds.keys, 0)
+    assert main(["shadows", *data, "--membership", str(tmp_path / "m.npz"), "--out", str(tmp_path / "sh"), *TRAIN]) == 2
+    assert "column 0 of the membership matrix" in capsys.readouterr().err and not (tmp_path / "sh").exists()
+
+
+def test_the_matrix_shadows_were_trained_on_is_never_overwritten(setup, tmp_path, capsys):
+    """`membership --fresh --out SHADOWS` with another seed would replace the matrix the shadows in that folder
+    were trained on (and every attack on them would be refused): it is refused; the same matrix again is not."""
+    root, _ = setup
+    assert main(args(root, "kept", "--models", "1")) == 0
+    shutil.copy(root / "m.npz", root / "kept" / "membership.npz")
+    before = (root / "kept" / "membership.npz").read_bytes()
+    base = ["membership", "--data", "digits", "--subset", str(N), "--models", "4", "--out", str(root / "kept"), "--fresh"]
+    assert main(base + ["--seed", "2"]) == 2
+    assert "is the matrix that the 1 shadow model in" in capsys.readouterr().err
+    assert (root / "kept" / "membership.npz").read_bytes() == before
+    assert main(base + ["--seed", "1"]) == 0

@@ -16,6 +16,7 @@ import numpy as np
 
 from diffaudit.cli.common import add_data_args, data_options, emit, out_file
 from diffaudit.core.errors import DiffauditError
+from diffaudit.core.outdir import recorded_command
 from diffaudit.core.results import envelope
 from diffaudit.data import load_dataset
 from diffaudit.data.membership import Membership, load_membership, make_membership, save_membership
@@ -58,13 +59,33 @@ def _differs(old: Membership, matrix: np.ndarray, keys: list[str], seed: int) ->
     return None
 
 
+def _refuse_trained_on(out: Path) -> None:
+    """Refuse to overwrite the matrix that the shadow models beside it were trained on (the folder of `diffaudit
+    shadows`, where `mia` and `inpaint` read it): they would be left with another matrix's columns, and every
+    attack on them refused."""
+    folder = out.parent
+    trained = sorted(p.name for p in folder.glob("model-*") if (p / "train_ids.json").is_file())
+    if recorded_command(folder) == "shadows" and trained:
+        raise DiffauditError(f"{out} is the matrix that the {len(trained)} shadow model{'s' * (len(trained) != 1)} in {folder} "
+                             f"({', '.join(trained[:3])}{', ...' if len(trained) > 3 else ''}) were trained on; "
+                             "overwriting it would leave them without it: write the new matrix into another folder "
+                             "(and train its shadows there)")
+
+
 def run(args: argparse.Namespace) -> int:
     options = data_options(args)
     dataset = load_dataset(args.data, **options)
     matrix = make_membership(len(dataset), args.models, args.seed)
+    empty = np.flatnonzero(matrix.sum(axis=0) == 0)
+    if empty.size:  # such a model has nothing to train on: `shadows` would stop at it
+        raise DiffauditError(f"with {len(dataset)} example{'s' * (len(dataset) != 1)} and {args.models} models, model "
+                             f"{int(empty[0])} (and {empty.size - 1} more) would train on no example at seed {args.seed}: "
+                             "give --data more examples (the paper: 50,000 for 16 models)")
     out = out_file(args.out, "membership.npz")
     status = "wrote"
     old = _existing(out) if out.exists() or out.is_symlink() else None  # a file of yours: refused, --fresh or not
+    if old is not None and args.fresh and _differs(old, matrix, dataset.keys, args.seed):
+        _refuse_trained_on(out)
     if old is not None and not args.fresh:
         diff = _differs(old, matrix, dataset.keys, args.seed)
         if diff:

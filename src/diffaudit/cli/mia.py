@@ -10,7 +10,7 @@ import numpy as np
 
 from diffaudit.attacks.membership.registry import ATTACK_NAMES, FEW_SHADOWS_PER_SIDE, PER_EXAMPLE_VARIANCE, get_attack
 from diffaudit.attacks.membership.run import (MiaConfig, MiaScores, TargetSpec, check_enough_shadows, check_target,
-                                              check_target_not_shadow, mia_models,
+                                              check_shadow_training, check_target_not_shadow, mia_models,
                                               run_mia, shadow_run_dirs, shadows_folder)
 from diffaudit.attacks.membership.targets import mean_losses, shadows_per_side
 from diffaudit.cli.common import (
@@ -303,7 +303,11 @@ def run(args: argparse.Namespace) -> int:
         target = TargetSpec(mode="model", run=Path(args.target))
     else:
         target = TargetSpec()
-    check_enough_shadows(args.attack, len(runs), target)  # before the warning on few shadows, and any folder
+    try:
+        check_enough_shadows(args.attack, len(runs), target)  # before the warning on few shadows, and any folder
+    except DiffauditError:  # too few columns may be another matrix than the shadows': that is what to say then
+        check_shadow_training(ds, matrix, runs)
+        raise
     check_target(ds, matrix, target)  # members and non-members both: before any loss or folder
     check_models_alike(mia_models(runs, target), ds.image_shape, ds.labels, timesteps=config.all_timesteps)
     # the weights and pixels behind the paths: shadows retrained or data rewritten in place are other inputs

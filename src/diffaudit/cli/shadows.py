@@ -65,6 +65,11 @@ def run(args: argparse.Namespace) -> int:
     k = mem.n_models if args.models is None else args.models
     if not 1 <= k <= mem.n_models:
         raise DiffauditError(f"--models must lie in [1, {mem.n_models}] (the membership matrix has {mem.n_models} columns); got {k}")
+    empty = next((j for j in range(k) if not mem.matrix[:, j].any()), None)
+    if empty is not None:  # refused before any model trains, naming the one that cannot
+        raise DiffauditError(f"column {empty} of the membership matrix {args.membership} is IN for none of its "
+                             f"{mem.n_examples} examples, so shadow model {empty} would train on nothing: make the matrix "
+                             "(`diffaudit membership`) over more examples")
     config = train_config_from(args)
     warn_short_warmup(config, "shadows")
     train_settings = {key: v for key, v in dataclasses.asdict(config).items() if key != "seed"}
