@@ -190,7 +190,7 @@ def test_resume_refuses_shadows_retrained_in_place(shadows, tmp_path, capsys):
     copy = tmp_path / "shadows"
     shutil.copytree(root / "shadows", copy)
     args = ["--quiet", "mia", *DATA, "--shadows", str(copy), "--out", str(tmp_path / "m"), "--device", "cpu",
-            "--loss-cache", str(root / "cache"), "--attack", "loss", "--bootstrap", "10"]
+            "--loss-cache", str(root / "cache"), "--attack", "loss", "--bootstrap", "20"]
     assert main(args) == 0
     assert main(args) == 0  # unchanged: finished
     weights = sorted((copy / "model-01").rglob("*.safetensors"))
@@ -420,9 +420,10 @@ def test_refusals_come_before_any_work_and_name_the_cause(shadows, tmp_path, cap
     err = capsys.readouterr().err
     assert "needs at least 2 shadow models besides the target; got 1 (2 models, the target among them)" in err
     assert "warning" not in err and not (tmp_path / "m").exists()
-    with pytest.raises(SystemExit):  # read with the command line, before any loss
-        main([*base, "--shadows", str(root / "shadows"), "--bootstrap", "1"])
-    assert "--bootstrap: must be 0 (no intervals) or at least 2; got 1" in capsys.readouterr().err
+    for few in ("1", "2", "19"):  # read with the command line, before any loss: too few to place a 95% interval
+        with pytest.raises(SystemExit):
+            main([*base, "--shadows", str(root / "shadows"), "--bootstrap", few])
+        assert f"--bootstrap: must be 0 (no intervals) or at least 20 (the default is 200" in capsys.readouterr().err
     # a matrix of more columns than the folder's models
     wide = make_membership(N, 6, seed=3)
     save_membership(tmp_path / "wide.npz", wide, ds.keys, 3)
@@ -498,3 +499,14 @@ def test_a_model_killed_part_way_through_its_losses_resumes_from_its_last_part(s
     np.testing.assert_array_equal(resumed, straight)
     assert resumed.shape == (len(ds), 2, 4)
     assert not list((tmp_path / "killed").glob("model-01-*/parts-*"))  # parts go once the arrays are written
+
+
+def test_the_loss_line_counts_every_timestep_as_queries(shadows, tmp_path, capsys):
+    """Two timesteps of 4 queries each (2 noise draws, flipped too) are 8 forward passes per example: the line
+    says both factors, as the forward passes per second it reports count them."""
+    root, _, _ = shadows
+    capsys.readouterr()
+    assert main(["mia", *DATA, "--shadows", str(root / "shadows"), "--models", "4", "--attack", "strong-lira-fixed",
+                 "--draws", "2", "--timesteps", "10,50", "--device", "cpu", "--bootstrap", "0",
+                 "--loss-cache", str(tmp_path / "cache"), "--out", str(tmp_path / "m")]) == 0
+    assert f"at t=[10, 50] ({N} examples x 2 timesteps x 4 queries each)" in capsys.readouterr().err

@@ -150,7 +150,9 @@ def cached_model_losses(
             have[t] = fresh[:, j]
         q = fresh.shape[2]
         kept = f"; {n - computed} read from the parts of an interrupted run" if computed < n else ""
-        stage_line(f"mia: losses of {name} at t={missing} ({n} examples x {q} quer{'y' if q == 1 else 'ies'}) in {timer.seconds:.1f}s "
+        per_t = f" x {len(missing)} timesteps" if len(missing) > 1 else ""  # each timestep its own queries
+        stage_line(f"mia: losses of {name} at t={missing} ({n} examples{per_t} x {q} quer{'y' if q == 1 else 'ies'}"
+                   f"{' each' if per_t else ''}) in {timer.seconds:.1f}s "
                    f"({computed * q * len(missing) / max(timer.seconds, 1e-9):.0f} forward passes/s{kept})")
         shutil.rmtree(parts, ignore_errors=True)
         fault_point("mia.model_losses")
