@@ -295,7 +295,7 @@ def test_model_rows_say_how_each_audited_model_was_trained(tmp_path, capsys):
     shutil.rmtree(a / "verify")
     shutil.rmtree(b / "mia")
     assert main(["compare", str(a), str(b)]) == 0
-    assert "share no measured metric (one holds mia lira: AUC" in capsys.readouterr().err
+    assert "share no measured metric (short holds mia lira: AUC" in capsys.readouterr().err
 
 
 
@@ -416,12 +416,22 @@ def test_a_folder_given_twice_or_folders_with_nothing_in_common_are_warned_about
     write_result(tmp_path / "can" / "result.json", "canaries", {}, {}, n_canaries=2, n_extracted=0, canaries=cans)
     assert main(["compare", str(a), str(tmp_path / "can")]) == 0
     err = capsys.readouterr().err
-    assert "share no measured metric" in err and err.rstrip().endswith("no measurement is compared")
+    assert "share no measured metric" in err and err.rstrip().endswith("no measurement of what they leak is compared")
     # a training run beside an audit: only how the models were trained is side by side, and the warning says so
     write_result(tmp_path / "run" / "result.json", "train", {"train": {"steps": 100}}, {}, steps=100, n_train=64)
     assert main(["compare", str(a), str(tmp_path / "run")]) == 0
     out, err = capsys.readouterr()
-    assert "model: training steps" in out and "no measurement is compared, only how the models were trained" in err
+    assert "model: training steps" in out and "no measurement of what they leak is compared, only how the models were trained" in err
+    assert f"To compare what {tmp_path / 'run'} leak, audit it first, e.g. `diffaudit audit --model {tmp_path / 'run'}" in err
+    # two training runs, one with DP-SGD: epsilon says how one was trained, not what either leaks; audit each first
+    write_result(tmp_path / "dp" / "result.json", "train", {"train": {"steps": 100}}, {}, steps=100, n_train=64)
+    (tmp_path / "dp" / "dp.json").write_text(json.dumps({"epsilon": 8.0, "delta": 1e-5}))
+    assert main(["compare", str(tmp_path / "run"), str(tmp_path / "dp")]) == 0
+    err = capsys.readouterr().err
+    assert "(run holds none; dp none): no measurement of what they leak is compared" in err
+    assert f"To compare what {tmp_path / 'run'} and {tmp_path / 'dp'} leak, audit each first" in err
+    assert main(["compare", str(a), str(tmp_path / "dp"), "--labels", "x,x"]) == 2
+    assert "--labels names both folders 'x': give them two names" in capsys.readouterr().err
     b = _audit(tmp_path / "dedup", 3, 0.1, 0.6)
     assert main(["compare", str(a), str(b)]) == 0
     assert "warning" not in capsys.readouterr().err
@@ -437,3 +447,15 @@ def test_compare_warns_when_an_attack_ran_at_other_timesteps(tmp_path, capsys):
     assert ("compare: warning: t100 and t300 ran the membership attack loss with other queries (--timesteps 100 and 300, "
             "t100's first)") in captured.err
     assert "(other queries)" in captured.out and "denoises never-seen images" not in captured.out
+
+
+def test_compare_warns_when_the_folders_ran_different_membership_attacks(tmp_path, capsys):
+    """The loss attack on one side and lira-fixed on the other: no membership row has two values, and the
+    warning says which attack each ran; one attack in common is no warning."""
+    for name, attack in (("plain", "loss"), ("dp", "lira-fixed"), ("dp2", "loss")):
+        write_result(tmp_path / name / "result.json", "mia", {}, {}, attack=attack, auc=0.6, tpr_at_fpr={"0.01": 0.0},
+                     n_members=50, n_nonmembers=50)
+    r, err = _compare_json(capsys, tmp_path / "plain", tmp_path / "dp")
+    assert ("plain and other ran different membership attacks, plain loss and other lira-fixed: no membership row is "
+            "compared") in r["warnings"][0] and r["warnings"][0] in err
+    assert not any("different membership attacks" in w for w in _compare_json(capsys, tmp_path / "plain", tmp_path / "dp2")[0]["warnings"])

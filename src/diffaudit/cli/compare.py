@@ -11,9 +11,9 @@ from diffaudit.core.outdir import prepare_out_dir, recorded_settings
 from diffaudit.core.progress import stage_line, warning_line
 from diffaudit.core.results import envelope, write_result
 from diffaudit.core.errors import DiffauditError, SettingsMismatchError
-from diffaudit.defenses.compare import DESCRIBES_MODEL, compare_summaries, find_dp_record
-from diffaudit.report.compare_table import (budget_warnings, canary_warnings, dataset_warnings, default_labels, format_rows,
-                                           query_warnings)
+from diffaudit.defenses.compare import DESCRIBES_MODEL, DESCRIBES_TRAINING, compare_summaries, find_dp_record
+from diffaudit.report.compare_table import (attack_warnings, budget_warnings, canary_warnings, dataset_warnings,
+                                           default_labels, format_rows, query_warnings)
 from diffaudit.report.summary import build_summary
 
 NAME = "compare"
@@ -33,7 +33,7 @@ DESCRIPTION = (
     "baseline's matches, which say how often the rule matches never-seen images: compare at equal budgets). "
     "Columns are named after the folders unless --labels names them. Warns when the "
     "folders were run on different datasets, searched different numbers of generations for extracted images (unique "
-    "extracted grows with them), ran a membership attack with other queries (--timesteps, --draws, "
+    "extracted grows with them), ran different membership attacks, ran a membership attack with other queries (--timesteps, --draws, "
     "--flips: its changes are then marked 'other queries'), or are canary runs of another --kind or --n-reference; "
     "two folders with "
     "none of these results are an error. Prints a table (or JSON with --json); with --out also writes result.json "
@@ -60,6 +60,8 @@ def _labels(args: argparse.Namespace) -> list[str]:
     labels = [s.strip() for s in args.labels.split(",")]
     if len(labels) != 2 or not all(labels):
         raise DiffauditError(f"--labels needs two comma-separated names (e.g. plain,dedup); got {args.labels!r}")
+    if labels[0] == labels[1]:  # two columns of one name, and "change (a - a)"
+        raise DiffauditError(f"--labels names both folders {labels[0]!r}: give them two names (e.g. plain,dedup)")
     return labels
 
 
@@ -120,15 +122,17 @@ def run(args: argparse.Namespace) -> int:
     # Always recomputed (it only reads two folders' JSON): a result kept from an earlier run would be
     # stale once either folder's results change, and the settings hold only their paths.
     out = _open_out(args, settings) if args.out else None
-    warnings = (dataset_warnings(a, b, labels) + budget_warnings(a, b, labels) + query_warnings(a, b, labels)
-                + canary_warnings(a, b, labels))
+    warnings = (dataset_warnings(a, b, labels) + budget_warnings(a, b, labels) + attack_warnings(a, b, labels)
+                + query_warnings(a, b, labels) + canary_warnings(a, b, labels))
     if Path(args.audit_a).resolve() == Path(args.audit_b).resolve():
         warnings.append(f"{args.audit_a} is given twice: every change is 0 by construction")
     elif not any(r["a"] is not None and r["b"] is not None for r in measured):
-        warnings.append(f"{labels[0]} and {labels[1]} share no measured metric (one holds "
-                        f"{', '.join(r['metric'] for r in measured if r['a'] is not None) or 'none'}; the other "
-                        f"{', '.join(r['metric'] for r in measured if r['b'] is not None) or 'none'}): no measurement is "
-                        "compared" + (", only how the models were trained" if len(rows) > len(measured) else ""))
+        leaks = [r for r in measured if r["key"] not in DESCRIBES_TRAINING]  # what the models leak, not how they trained
+        warnings.append(f"{labels[0]} and {labels[1]} share no measured metric ({labels[0]} holds "
+                        f"{', '.join(r['metric'] for r in leaks if r['a'] is not None) or 'none'}; {labels[1]} "
+                        f"{', '.join(r['metric'] for r in leaks if r['b'] is not None) or 'none'}): no measurement of "
+                        "what they leak is compared" + (", only how the models were trained" if len(rows) > len(leaks) else "")
+                        + _audit_first(args, a, b))
     fields = {"labels": labels, "rows": rows, "a": {"path": str(args.audit_a), "command": a.get("command")},
               "b": {"path": str(args.audit_b), "command": b.get("command")}, "warnings": warnings}
     result = write_result(out / "result.json", NAME, settings, {}, **fields) if out else envelope(NAME, settings, {}, **fields)

@@ -110,6 +110,9 @@ METRICS: dict[str, MetricSpec] = {spec.key: spec for spec in _SPECS}
 #: Rows that describe the audited model rather than measure what it leaks: shown beside the measured
 #: rows, never a comparison on their own.
 DESCRIBES_MODEL = frozenset({"model_steps", "model_train_images"})
+#: Rows that say how a model was trained, its DP-SGD epsilon among them, rather than what it leaks: two training
+#: runs compared share only these until each is audited.
+DESCRIBES_TRAINING = DESCRIBES_MODEL | {"dp_epsilon"}
 
 
 def metric_spec(key: str) -> MetricSpec:

@@ -117,6 +117,19 @@ def budget_warnings(a: dict[str, Any], b: dict[str, Any], labels: list[str]) -> 
             "not the models; compare runs with the same --n-samples"]
 
 
+def attack_warnings(a: dict[str, Any], b: dict[str, Any], labels: list[str]) -> list[str]:
+    """A warning when both summaries ran membership attacks but none in common: every membership row then
+    has a value on one side only (an attack's AUC and TPR, and the held-out loss and loss gap read with it),
+    so no membership measure is compared."""
+    ma, mb = a.get("mia"), b.get("mia")
+    if not (isinstance(ma, dict) and isinstance(mb, dict) and ma and mb) or set(ma) & set(mb):
+        return []
+    la, lb = labels
+    return [f"{la} and {lb} ran different membership attacks, {la} {', '.join(sorted(ma))} and {lb} "
+            f"{', '.join(sorted(mb))}: no membership row is compared; run the same attack on both (audit --mia, or mia "
+            "--attack)"]
+
+
 def _canary_run(summary: dict[str, Any]) -> dict[str, Any] | None:
     """{"kind", "n_reference", "ceiling"} of the canaries run a summary reads (its first ``canaries``
     stage, as :func:`~diffaudit.report.summary.build_summary` does): the kind from that stage's settings
