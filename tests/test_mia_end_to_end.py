@@ -510,3 +510,14 @@ def test_the_loss_line_counts_every_timestep_as_queries(shadows, tmp_path, capsy
                  "--draws", "2", "--timesteps", "10,50", "--device", "cpu", "--bootstrap", "0",
                  "--loss-cache", str(tmp_path / "cache"), "--out", str(tmp_path / "m")]) == 0
     assert f"at t=[10, 50] ({N} examples x 2 timesteps x 4 queries each)" in capsys.readouterr().err
+
+
+def test_the_result_line_prints_rates_as_the_report_does():
+    """73 of 400 members at 1% FPR: the line and the report both say 18.2% (the line said 18.25%), and a rate
+    below 1% keeps two significant digits in both."""
+    from diffaudit.cli.mia import _summary
+    from diffaudit.report.fmt import fmt_pct
+
+    line = _summary({"attack": "lira", "auc": 0.729, "tpr_at_fpr": {"0.01": 73 / 400, "0.001": 0.0025},
+                     "n_members": 400, "n_nonmembers": 400})
+    assert "TPR 18.2% at 1% FPR, 0.25% at 0.1% FPR" in line and fmt_pct(73 / 400) == "18.2%"

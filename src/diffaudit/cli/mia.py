@@ -207,7 +207,9 @@ def write_mia_outputs(out: Path, scores: MiaScores, dataset: ImageDataset, *, co
 
 def _summary(r: dict[str, Any]) -> str:
     tpr = r["tpr_at_fpr"]
-    fmt = lambda v: "n/a (too few non-members)" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+    from diffaudit.report.fmt import fmt_pct  # as the report prints the same rate
+
+    fmt = lambda v: "n/a (too few non-members)" if v is None else fmt_pct(v)  # noqa: E731
     ci = ((r.get("ci") or {}).get("auc") or {})
     chance = ""
     few = r.get("rank_test") if isinstance(r.get("rank_test"), dict) else None

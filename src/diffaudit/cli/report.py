@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from diffaudit.core.progress import stage_line
     from diffaudit.core.results import envelope
     from diffaudit.report import render_report, write_summary
-    from diffaudit.report.fmt import counted, fmt_int
+    from diffaudit.report.fmt import counted, fmt_int, fmt_pct
     from diffaudit.report.redaction import resolve_redact, was_redacted
     from diffaudit.report.results import stopped_words
     from diffaudit.report.view_extraction import baseline_phrase
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     for key, m in (summary.get("mia") or {}).items():
         tpr = (m.get("tpr_at_fpr") or {}).get("0.01")
         if tpr is not None:
-            parts.append(f"{key} TPR@1%FPR {tpr * 100:.1f}%")
+            parts.append(f"{m.get('label') or key} TPR@1%FPR {fmt_pct(tpr)}")  # as the report names and prints it
     if summary.get("audit_finished") is False:
         stopped = stopped_words(summary.get("audit_stopped"))
         parts.insert(0, f"an unfinished audit: {stopped + '; ' if stopped else ''}its later stages have not run")

@@ -110,13 +110,39 @@ def _membership_terms(mia: dict[str, Any]) -> list[tuple[str, str]]:
     if mia.get("roc_uri"):
         terms.append(("ROC curve", "the TPR an attack reaches at each FPR, drawn on log-log axes so that the low "
                       "false-positive rates, where confident attacks show, are visible."))
-    if any(str(r.get("key", "")).startswith(("lira", "strong-lira")) for r in mia.get("rows") or []):
+    rows = mia.get("rows") or []
+    if any(str(r.get("attack") or r.get("key", "")).startswith(("lira", "strong-lira")) for r in rows):
         terms.append(("LiRA, shadow models", "the likelihood-ratio attack trains shadow models, each on a random "
                       "half of the data, and asks whether an image's loss under the audited model looks like its "
                       "losses in the shadows that trained on it or in those that did not. \"offline\": only the "
-                      "shadows that did not; \"fixed\": one variance for every image; Strong LiRA averages the loss "
-                      "over several noise draws and flips."))
+                      "shadows that did not; \"fixed\": one variance for every image; " + _strong_words(rows)))
     return terms
+
+
+#: How Strong LiRA combines its queries into one score, by ``mia --strong-aggregate``.
+STRONG_AGGREGATES = {
+    "sum-llr": "scores each query on its own (one likelihood ratio per noise draw and flip) and sums their log "
+               "ratios (--strong-aggregate sum-llr)",
+    "mean-loss": "averages the loss over the queries first and scores that one average as LiRA does "
+                 "(--strong-aggregate mean-loss, the paper's wording)",
+}
+
+
+def _strong_words(rows: list[dict[str, Any]]) -> str:
+    """What Strong LiRA did with its queries (several noise draws, each also flipped or not): the aggregate
+    its rows record (``strong_aggregate``), each row's where they differ; both where one is not recorded
+    (or no Strong LiRA ran), so that the term never says what the Settings table contradicts."""
+    strong = [r for r in rows if str(r.get("attack") or r.get("key", "")).startswith("strong")]
+    aggregates = [r.get("strong_aggregate") for r in strong]
+    queries = "Strong LiRA queries each image with several noise draws and flips"
+    if strong and all(a in STRONG_AGGREGATES for a in aggregates):
+        if len(set(aggregates)) == 1:
+            return f"{queries}, and here {STRONG_AGGREGATES[aggregates[0]]}."
+        each = "; ".join(f"{r.get('label') or r.get('key')} {STRONG_AGGREGATES[a]}" for r, a in zip(strong, aggregates))
+        return f"{queries}: here {each}."
+    return (f"{queries}, and either sums the log-likelihood ratios of the queries, each scored on its own "
+            "(--strong-aggregate sum-llr, the default), or averages their losses first and scores the average "
+            "(mean-loss).")
 
 
 def glossary(ctx: dict[str, Any]) -> list[tuple[str, str]]:

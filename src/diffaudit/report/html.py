@@ -23,8 +23,9 @@ from diffaudit.report.path_redaction import FOLDER, hide_paths, path_labels
 from diffaudit.report.results import finished_stages, load_results, stopped_words
 from diffaudit.report.summary import summarise
 from diffaudit.report.view_extraction import cliques, gallery, rule_text, verdict
-from diffaudit.report.view_mia import best_mia, membership_verdict, mia_view
-from diffaudit.report.view_misc import canaries_view, data_vs_model_note, inpainting_view, settings_view
+from diffaudit.report.view_mia import best_mia, membership_verdict, mia_view, pooled_target
+from diffaudit.report.view_misc import (canaries_view, data_vs_model_note, inpainting_view, mixed_inputs_view, settings_view,
+                                       shadows_view)
 from diffaudit.report.view_model import training_view
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -99,6 +100,9 @@ def report_context(result_dir: str | os.PathLike, *, redact: bool = False) -> di
                           n_neighbors=(ex or {}).get("n_neighbors"), n_train=(ex or {}).get("n_train")),
         "best_mia": headline,
         "membership_verdict": membership_verdict(headline),
+        "mixed": mixed_inputs_view(summary.get("mixed_inputs")),  # the models and datasets of separate results
+        "pooled": pooled_target(summary),  # membership attacks of every shadow model in turn, of no one model
+        "shadows": shadows_view(summary),
         "gallery": gallery(rs, redact=redact),
         "cliques": cliques(rs, redact=redact),
         "mia": mia_view(rs, summary),

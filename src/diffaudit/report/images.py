@@ -328,11 +328,13 @@ def data_spec(settings: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
 
 def data_digest(settings: dict[str, Any]) -> Any:
     """The :func:`~diffaudit.data.digest.dataset_digest` a command recorded of the data it read:
-    ``data_digest`` in its settings, or ``data: {"spec": ..., "digest": ...}`` (mia); None when absent."""
+    ``data_digest`` in its settings, ``data: {"spec": ..., "digest": ...}`` (mia, shadows) or
+    ``digests: {"data": ...}`` (inpaint); None when absent."""
     data = settings.get("data")
     if isinstance(data, dict) and data.get("digest") is not None:
         return data["digest"]
-    return settings.get("data_digest")
+    digests = settings.get("digests") if isinstance(settings.get("digests"), dict) else {}
+    return settings.get("data_digest", digests.get("data"))
 
 
 class TrainingImages:

@@ -33,6 +33,9 @@ class Stage:
     command: str
     path: Path
     result: dict[str, Any]
+    #: A training run read for the model the results were made on (an audit's target, the run a folder of
+    #: separate results names, the model a canaries run trained in its folder): not a result folder of its own.
+    model_record: bool = False
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -251,7 +254,7 @@ def _trained_inside(stage: Stage, read: Callable[[Path], dict[str, Any] | None])
     data = read(path) if path is not None and path.is_file() else None
     if data is None or _command_of(data, path.parent) != "train":
         return []
-    return [Stage(f"{stage.name}/{sub}", "train", path.parent, data)]
+    return [Stage(f"{stage.name}/{sub}", "train", path.parent, data, model_record=True)]
 
 
 def _subdirs(root: Path) -> Iterator[Path]:
@@ -279,7 +282,8 @@ def load_results(result_dir: str | Path) -> ResultSet:
     """
     root = Path(result_dir)
     if not root.is_dir():
-        raise DiffauditError(f"{root} is not a folder; give the output folder of `diffaudit audit` or of one command")
+        what = "is not a folder" if root.exists() else "does not exist"  # e.g. an audit stopped before it made its folder
+        raise DiffauditError(f"{root} {what}; give the output folder of `diffaudit audit` or of one command")
     unreadable: list[str] = []
 
     def read(path: Path) -> dict[str, Any] | None:
@@ -361,6 +365,40 @@ def _check_gathered(rs: ResultSet) -> None:
                              "compare`, or gather one of each command in a folder of its own")
 
 
+def model_used(settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The model a command's recorded settings say its result was made on, None when they name none.
+
+    ``{"run": path}`` for one model: ``model`` (sample, inpaint, canaries, an audit's ``--model``), or
+    the run mia attacked as its ``target`` records it (``--target RUN``; ``--target-index K``: the shadow
+    model ``model-0K`` of its ``shadows`` folder). ``{"pooled": M, "shadows": path}`` for mia's default
+    leave-one-out, where every one of the M shadow models is the target in turn and their rows are
+    pooled: a result of no one model (M and the folder None where not recorded)."""
+    if isinstance(settings.get("model"), str) and settings["model"]:
+        return {"run": settings["model"]}
+    target = settings.get("target")
+    if not isinstance(target, dict):
+        return None
+    shadows = settings.get("shadows") if isinstance(settings.get("shadows"), str) and settings["shadows"] else None
+    if isinstance(target.get("run"), str) and target["run"]:
+        return {"run": target["run"]}
+    index = target.get("index")
+    if target.get("mode") == "shadow" and isinstance(index, int) and not isinstance(index, bool) and shadows:
+        return {"run": os.path.join(shadows, f"model-{index:02d}")}  # shadow_run_dirs' names
+    if target.get("mode") == "leave-one-out":
+        return {"pooled": _n_models(settings), "shadows": shadows}
+    return None
+
+
+def _n_models(settings: dict[str, Any]) -> int | None:
+    """How many shadow models a mia run's settings record (``membership.models``, else its shadow digests)."""
+    membership = settings.get("membership") if isinstance(settings.get("membership"), dict) else {}
+    n = membership.get("models")
+    if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+        return n
+    digests = settings.get("shadow_digests")
+    return len(digests) if isinstance(digests, dict) and digests else None
+
+
 def _target_runs(rs: ResultSet) -> list[tuple[str, Path]]:
     """Where the training run of an audit's target may lie, as (stage name, folder), first first.
 
@@ -368,8 +406,16 @@ def _target_runs(rs: ResultSet) -> list[tuple[str, Path]]:
     (``models/model-00``). With ``--model`` the target is that run: ``models/model-00`` when there
     are no shadows (a link to it), then the recorded ``target`` and ``--model`` paths (relative to
     the audit folder or its parent when the report runs elsewhere).
+
+    A folder of separate results has no target of its own: there it is each run its results name
+    (:func:`model_used`), in folder order; none when they name none (membership attacks pooled over
+    every shadow model are of no one model, and a ``shadows`` folder beside them names none either).
     """
     s = rs.audit_settings
+    if not rs.audit:
+        runs = [(st, used["run"]) for st in rs.stages if (used := model_used(st.settings)) and used.get("run")]
+        found = [path for st, run in runs if (path := resolve_path(run, st.path, rs.root, rs.root.parent)) is not None]
+        return [(_name_in(path, rs.root), path) for path in dict.fromkeys(found)]
     if not s.get("model"):
         return [(f"{st.name}/model-00", st.path / "model-00") for st in rs.of("shadows")]
     found = [] if s.get("shadows") else [("model", rs.root / "models" / "model-00")]
@@ -380,6 +426,14 @@ def _target_runs(rs: ResultSet) -> list[tuple[str, Path]]:
     return found
 
 
+def _name_in(path: Path, root: Path) -> str:
+    """``path`` as a stage's name: relative to ``root`` where it lies inside (``shadows/model-00``), else its name."""
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except (OSError, RuntimeError, ValueError):
+        return path.name
+
+
 def _add_target_run(rs: ResultSet) -> None:
     """Add the target's training run (``result.json`` of ``train``) as a ``train`` stage, unless the audit
     folder holds one already; nothing when no candidate of :func:`_target_runs` holds one."""
@@ -388,7 +442,7 @@ def _add_target_run(rs: ResultSet) -> None:
     for name, folder in _target_runs(rs):
         data = read_object(folder / RESULT_FILE) if (folder / RESULT_FILE).is_file() else None
         if data is not None and _command_of(data, folder) == "train":
-            rs.stages.append(Stage(name, "train", folder, data))
+            rs.stages.append(Stage(name, "train", folder, data, model_record=True))
             return
 
 

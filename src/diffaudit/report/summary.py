@@ -1,7 +1,11 @@
 """``summary.json``: the audit's numbers in one file (issue 7).
 
-Fields: ``schema_version``, ``command`` (``audit`` or the single command summarised), ``dataset``,
-``model`` {``path``, what its training run records: ``steps``, ``n_train``, ``final_loss``, ``preset``,
+Fields: ``schema_version``, ``command`` (``audit`` or the single command summarised), ``dataset``
+{``spec``, ``options``, ``n_train`` (None in a folder whose results were made on several models: one run's
+count is not theirs)},
+``model`` {``path`` (the one run the results name; membership attacks pooled over every shadow model name
+none), ``stages`` (in a folder whose results were made on several models: the results made on this one),
+what its training run records: ``steps``, ``n_train``, ``final_loss``, ``preset``,
 ``batch_size``, ``lr``, ..., ``image_size``, ``data`` {``spec``, ``options``}, ``dedup``
 {``keep_list``, ``n_dropped``}, ``dp`` {``epsilon``, ``delta``, ...}, ``repeats`` {``n_repeated``, ``n_stream``}
 and ``extended_from`` {``run``, ``steps``} (null when not used)},
@@ -23,9 +27,13 @@ generations to be flagged) and ``prompt_kind`` (``class`` where the prompts are 
 model's class indices, ``text`` otherwise; absent from results written before extract recorded it),
 ``extracted_l2_*`` and ``baseline_l2_*`` (min, median, max of each image's closest generation) and ``extracted_closer_than_baseline`` (training matches closer than any
 baseline match), ...},
-``mia`` {attack: {``auc``, ``tpr_at_fpr``, ``ci``, ``n_excluded``, ``n_identical_excluded``, ``mean_loss`` (the
-    targets' mean denoising loss on members and non-members, and their gap), ``pooled``, ``n_models`` and
-    ``n_examples`` (leave-one-out: the counts are of (model, example) rows), ``pooled_variance_per_side`` (a
+``mia`` {attack: {``label`` (the attack's name as the report gives it: with its folder's where two folders ran
+    the same attack), ``auc``, ``tpr_at_fpr``, ``ci``, ``n_excluded``, ``n_identical_excluded``, ``mean_loss`` (the
+    targets' mean denoising loss on members and non-members, and their gap), ``pooled``, ``n_models``,
+    ``n_examples`` and ``shadows`` (leave-one-out: every shadow model of that folder the target in turn, and the
+    counts are of (model, example) rows), ``model`` (the one run attacked: ``--target``, or the shadow model
+    ``--target-index`` names), ``strong_aggregate`` (Strong LiRA: ``sum-llr`` or ``mean-loss``, None where
+    not recorded), ``pooled_variance_per_side`` (a
     per-example-variance attack with fewer than 2 shadows a side for some example; ``pooled_variance_all``: for
     every example), ``rank_test`` (with fewer than 10
     members or non-members: {``pvalue``, ``method``, ``n_orderings``}, the one-sided rank test), ...}},
@@ -43,13 +51,18 @@ searched), ``n_groups``, ``n_in_groups``, ``largest_group``, ``embedder`` (its s
 as dedup recorded them), ``embedder_text`` (the same in words)},
 ``outliers`` {``rho``, ..., ``attack_at_chance``, ``attack_separates`` (AUC 1.0: every member is identified, so
 the correlation measures how the raw score varies between members, not their exposure), ``raw_loss``},
-``stages`` (the result folders read), ``audit_stages`` (the stages the audit's result.json lists as
+``shadows`` (a ``diffaudit shadows`` folder: ``folder``, ``n_models``, ``n_examples``, ``n_columns``, ``models``
+[{``run``, ``n_train``, ``final_loss``}]),
+``stages`` (the result folders read, each {``name``, ``command``}; ``model_record`` true for a training run read
+for the model's record, which is no result folder of its own), ``audit_stages`` (the stages the audit's result.json lists as
 run), ``audit_finished`` (False for an audit folder whose audit has not finished: ``stages`` are the
 ones it finished; None when the folder is one command's), ``audit_stopped`` (of an unfinished audit, the
 stage that stopped it: {``stage``, ``exit`` (130: interrupted), ``error`` (what its command said, or None)};
 None when none did), ``skipped_inputs`` (``n``, ``listed``: the inputs ``--skip-bad`` skipped, which no
-result looked at; None when none; summary.json holds ``n`` alone: :func:`without_names`), ``mixed_inputs`` (a folder of separate results made on more than one dataset or model: ``data`` and ``model``, each a list of
-{``input``, ``options``, ``stages``}; None when they agree), ``settings`` and ``seeds`` (per stage),
+result looked at; None when none; summary.json holds ``n`` alone: :func:`without_names`), ``mixed_inputs`` (a folder of separate results made on more than one dataset or model: ``data``, a list of
+{``input``, ``options``, ``digest``, ``stages``} (one dataset where both digests agree, whatever the options),
+and ``model``, a list of {``input``, ``stages``} for one run and {``input`` (the shadows folder), ``pooled`` (how many
+shadow models), ``stages``} for membership attacks pooled over them; None when they agree), ``settings`` and ``seeds`` (per stage),
 ``versions``.
 A section whose stage did not run is null. The HTML report renders from this dictionary, so the
 numbers a person reads are the numbers in the file.
@@ -57,7 +70,6 @@ numbers a person reads are the numbers in the file.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -73,8 +85,9 @@ from diffaudit.models.digest import TRAIN_IDS
 from diffaudit.models.run_files import DROPPED_DUPLICATES
 from diffaudit.report.calibration_sweep import calibration_points
 from diffaudit.report.clique_counts import clique_counts, from_extract
-from diffaudit.report.images import data_spec
-from diffaudit.report.results import ResultSet, Stage, closest, load_results, parse_json, read_object, records
+from diffaudit.report.images import data_digest, data_spec
+from diffaudit.report.results import (ResultSet, Stage, closest, load_results, model_used, parse_json, read_object,
+                                      records)
 
 ENVELOPE = ("schema_version", "command", "settings", "seeds", "versions")
 # A membership attack whose AUC interval holds 0.5 is taken as guessing (what its scores correlate with
@@ -161,9 +174,17 @@ def _mia_entry(stage: Stage) -> dict[str, Any]:
         out["tpr_at_zero_fpr"] = _finite(r.get("tpr_at_zero_fpr"))
     if isinstance(r.get("n_draws"), int):  # the queries per timestep: noise draws, each also flipped or not
         out.update(n_draws=r["n_draws"], flips=bool(r.get("flips")))
+    if str(out["attack"]).startswith("strong"):  # how its queries' losses were combined into one score
+        attack = stage.settings.get("attack") if isinstance(stage.settings.get("attack"), dict) else {}
+        aggregate = r.get("strong_aggregate") or attack.get("strong_aggregate")
+        out["strong_aggregate"] = aggregate if isinstance(aggregate, str) else None
     target = r.get("target") if isinstance(r.get("target"), dict) else {}
+    used = model_used({**stage.settings, "target": target or stage.settings.get("target")}) or {}
     if target.get("mode") == "leave-one-out":  # rows of every model in turn: say so beside the counts
-        out.update(pooled=True, n_models=_int(r.get("n_models")), n_examples=_int(r.get("n_examples")))
+        out.update(pooled=True, n_models=_int(r.get("n_models")) or used.get("pooled"),
+                   n_examples=_int(r.get("n_examples")), shadows=used.get("shadows"))
+    elif used.get("run"):  # the one run attacked: --target, or the shadow --target-index names
+        out["model"] = used["run"]
     per_side = _int(r.get("shadows_per_side"))
     if out["attack"] in PER_EXAMPLE_VARIANCE and per_side is not None and per_side < 2:
         out["pooled_variance_per_side"] = per_side  # lira.py: a side of fewer than 2 takes the pooled variance
@@ -180,6 +201,15 @@ def mia_key(stage: Stage, taken: set[str]) -> str:
     """The attack's name, made unique by the folder name when two folders ran the same attack."""
     name = str(stage.result.get("attack") or stage.name)
     return name if name not in taken else stage.name
+
+
+def mia_labels(stages: list[Stage]) -> dict[str, str]:
+    """Stage name -> how the report names its membership attack: the attack's name (``loss``), and where
+    two folders ran the same attack, with the folder that tells them apart (``loss in mia-tidx1``). The
+    summary's keys stay unique names (:func:`mia_key`), but a reader is told the attack, not a folder."""
+    names = {st.name: str(st.result.get("attack") or st.name) for st in stages}
+    twice = {n for n in names.values() if list(names.values()).count(n) > 1}
+    return {st: (f"{name} in {st}" if name in twice and name != st else name) for st, name in names.items()}
 
 
 def prompt_check_counts(r: dict[str, Any]) -> dict[str, Any]:
@@ -589,7 +619,11 @@ def _dedup(rs: ResultSet) -> dict[str, Any] | None:
     }
 
 
-def _dataset(rs: ResultSet) -> dict[str, Any] | None:
+def _dataset(rs: ResultSet, one_model: bool = True) -> dict[str, Any] | None:
+    """The dataset the results were made on: ``spec``, ``options`` and ``n_train`` (verify's training
+    set, else the training images of the run found). ``one_model`` False (a folder whose results were
+    made on several models, or pooled over the shadow models beside others): a training run's count is
+    one model's, not the folder's, and ``n_train`` stays None unless verify records it."""
     order = ["verify", "train", "mia", "extract", "inpaint", "canaries", "dedup"]
     candidates = [rs.audit_settings]
     candidates += [st.settings for c in order for st in rs.of(c)]
@@ -600,7 +634,7 @@ def _dataset(rs: ResultSet) -> dict[str, Any] | None:
             train = rs.first("train")
             verify = rs.first("verify")
             n = _int(verify.result.get("n_train")) if verify is not None else None
-            if train is not None and n is None:
+            if train is not None and n is None and one_model:
                 n = _int(train.result.get("n_train", train.result.get("n_examples")))
                 ids = train.path / "train_ids.json"
                 if n is None and ids.exists():
@@ -691,48 +725,122 @@ def _extension_record(train: Stage) -> dict[str, Any] | None:
     return {"run": ext["run"], "steps": _int(ext.get("steps"))}
 
 
-def _model(rs: ResultSet) -> dict[str, Any] | None:
+def _model(rs: ResultSet, mixed: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The audited model: its path, and what its training run records (steps, parameters, training
-    images, final loss, options, data, deduplication, DP-SGD)."""
+    images, final loss, options, data, deduplication, DP-SGD). The path is the first one run the
+    results name (:func:`~diffaudit.report.results.model_used`: membership attacks pooled over every
+    shadow model name none). In a folder whose results were made on several models (``mixed``, see
+    :func:`_mixed_inputs`), ``stages`` lists the results made on this one, which are all it speaks for."""
     train = rs.first("train")
     out: dict[str, Any] = {}
     for s in [rs.audit_settings] + [st.settings for st in rs.stages]:
-        model = _stage_model(s)  # mia's --target too
-        if model:
-            out["path"] = model
+        used = model_used(s)  # mia's --target and --target-index too
+        if used and used.get("run"):
+            out["path"] = used["run"]
             break
     if train is not None:
         out.setdefault("path", train.name)
         out.update(_scalars(train.result))
         out.update({k: v for k, v in _training_record(train).items() if k not in out})
+    models = (mixed or {}).get("model")
+    if out.get("path") and models:
+        out["stages"] = next((m["stages"] for m in models if "pooled" not in m and m["input"] is not None
+                              and _same_path(m["input"], out["path"])), [])
     return out or None
 
 
-def _stage_model(settings: dict[str, Any]) -> str | None:
-    """The model a command's settings name: ``model`` (sample, inpaint, canaries), or mia's ``target`` run."""
-    target = settings.get("target")
-    model = settings.get("model") if isinstance(settings.get("model"), str) else None
-    return model or (target.get("run") if isinstance(target, dict) and isinstance(target.get("run"), str) else None)
+def _same_path(a: str, b: str) -> bool:
+    """Whether two recorded paths name one folder as written (``shadows/model-01`` and ``shadows/./model-01/``)."""
+    return os.path.normpath(a) == os.path.normpath(b)
+
+
+def _data_record(st: Stage) -> dict[str, Any] | None:
+    """{"spec", "options", "digest"} of the data a stage read (the digest of the loaded data, None where
+    it recorded none); None when it records no ``--data``."""
+    spec, opts = data_spec(st.settings)
+    if not isinstance(spec, str) or not spec:
+        return None
+    digest = data_digest(st.settings)
+    return {"spec": spec, "options": opts, "digest": digest if isinstance(digest, str) and digest else None}
+
+
+def _same_data(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two data records are one dataset: by their digests where both recorded one (the same pixels
+    read with other options, ``digits`` with and without ``--image-size 8``, are the same data), else by
+    the spec and loader options, as ``diffaudit compare`` tells (compare_table.dataset_warnings)."""
+    if a["digest"] and b["digest"]:
+        return a["digest"] == b["digest"]
+    return (a["spec"], a["options"]) == (b["spec"], b["options"])
+
+
+def _data_groups(stages: list[Stage]) -> list[dict[str, Any]]:
+    """The datasets ``stages`` read, each {"input", "options" (when any), "digest" (when recorded),
+    "stages"}, in the order first read; a stage joins the first dataset it is the same as (:func:`_same_data`)."""
+    groups: list[tuple[dict[str, Any], list[str]]] = []
+    for st in stages:
+        rec = _data_record(st)
+        if rec is None:
+            continue
+        found = next((g for g in groups if _same_data(g[0], rec)), None)
+        if found is None:
+            groups.append((dict(rec), [st.name]))
+        else:
+            found[1].append(st.name)
+            found[0]["digest"] = found[0]["digest"] or rec["digest"]
+    return [{"input": rec["spec"], **({"options": rec["options"]} if rec["options"] else {}),
+             **({"digest": rec["digest"]} if rec["digest"] else {}), "stages": names} for rec, names in groups]
+
+
+def _model_groups(stages: list[Stage]) -> list[dict[str, Any]]:
+    """The models ``stages`` were made on (:func:`~diffaudit.report.results.model_used`), each {"input",
+    "stages"} for one run, or {"input": the shadows folder, "pooled": M, "stages"} for membership attacks
+    pooled over its M shadow models, in the order first named."""
+    groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for st in stages:
+        used = model_used(st.settings)
+        if not used:
+            continue
+        if used.get("run"):
+            key: tuple[Any, ...] = ("run", os.path.normpath(used["run"]))
+            entry = {"input": used["run"]}
+        else:
+            shadows = used.get("shadows")
+            key = ("pooled", shadows and os.path.normpath(shadows), used.get("pooled"))
+            entry = {"input": shadows, "pooled": used.get("pooled")}
+        groups.setdefault(key, {**entry, "stages": []})["stages"].append(st.name)
+    return list(groups.values())
 
 
 def _mixed_inputs(rs: ResultSet) -> dict[str, list[dict[str, Any]]] | None:
     """For a folder of separate commands' results (not one audit's, whose stages read views of its one
-    dataset): the datasets and the models its results were made on, each with the stages that used it,
-    when there is more than one of either; None when they agree. The headline names one of each."""
+    dataset): the datasets (:func:`_data_groups`) and the models (:func:`_model_groups`: one run, or
+    the shadow models a membership attack pooled) its results were made on, each with the stages that
+    used it, when there is more than one of either; None when they agree. The headline names one of each."""
     if rs.audit:
         return None
-    seen: dict[str, dict[tuple[str, str], list[str]]] = {"data": {}, "model": {}}
-    for st in rs.stages:
-        spec, opts = data_spec(st.settings)
-        if isinstance(spec, str) and spec:
-            seen["data"].setdefault((spec, json.dumps(opts, sort_keys=True)), []).append(st.name)
-        model = _stage_model(st.settings)
-        if model:
-            seen["model"].setdefault((model, ""), []).append(st.name)
-    out = {kind: [{"input": key[0], **({"options": json.loads(key[1])} if kind == "data" and key[1] != "{}" else {}),
-                   "stages": stages} for key, stages in found.items()]
-           for kind, found in seen.items() if len(found) > 1}
+    results = [st for st in rs.stages if not st.model_record]  # a run read for its record is no result
+    found = {"data": _data_groups(results), "model": _model_groups(results)}
+    out = {kind: groups for kind, groups in found.items() if len(groups) > 1}
     return out or None
+
+
+def _shadows(rs: ResultSet) -> dict[str, Any] | None:
+    """A ``diffaudit shadows`` folder's models: ``n_models``, ``n_examples`` (of --data, each IN for some
+    models and OUT for the others by the membership matrix), ``n_columns`` (the matrix's), and ``models``
+    [{``run``, ``n_train``, ``final_loss``}] as its result.json lists them (None where not recorded);
+    None without one."""
+    st = rs.first("shadows")
+    if st is None:
+        return None
+    models = [m for m in st.result.get("models") or [] if isinstance(m, dict)]
+    return {
+        "folder": st.name,
+        "n_models": _int(st.result.get("n_models")) if _int(st.result.get("n_models")) is not None else len(models),
+        "n_examples": _int(st.result.get("n_examples")),
+        "n_columns": _int(st.result.get("n_columns")),
+        "models": [{"run": str(m.get("run", f"model-{i:02d}")), "n_train": _int(m.get("n_train")),
+                    "final_loss": _finite(m.get("final_loss"))} for i, m in enumerate(models)],
+    }
 
 
 def _audit_stages(rs: ResultSet) -> list[str] | None:
@@ -775,9 +883,11 @@ def summarise(rs: ResultSet) -> dict[str, Any]:
     """The summary dictionary of a loaded :class:`ResultSet` (see the module docstring)."""
     mia: dict[str, Any] = {}
     mia_keys: dict[str, str] = {}  # stage folder -> its key in ``mia``
+    labels = mia_labels(rs.of("mia"))
     for st in rs.of("mia"):
         mia_keys[st.name] = mia_key(st, set(mia))
-        mia[mia_keys[st.name]] = _mia_entry(st)
+        mia[mia_keys[st.name]] = {**_mia_entry(st), "label": labels[st.name]}
+    mixed = _mixed_inputs(rs)
     settings: dict[str, Any] = {}
     seeds: dict[str, Any] = {}
     if rs.audit:
@@ -796,21 +906,24 @@ def summarise(rs: ResultSet) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
         "command": rs.command,
-        "dataset": _dataset(rs),
-        "model": _model(rs),
+        "dataset": _dataset(rs, one_model=not (mixed or {}).get("model")),
+        "model": _model(rs, mixed),
         "extraction": _extraction(rs),
         "mia": mia or None,
         "inpainting": _inpainting(rs),
         "canaries": _canaries(rs),
         "dedup": _dedup(rs),
         "outliers": _outliers(rs, mia, mia_keys),
-        "stages": [{"name": st.name, "command": st.command} for st in rs.stages],
+        "shadows": _shadows(rs),
+        # a training run read for the model's record is marked: it is not a result folder of its own
+        "stages": [{"name": st.name, "command": st.command, **({"model_record": True} if st.model_record else {})}
+                   for st in rs.stages],
         "audit_stages": _audit_stages(rs),
         # False: an audit that has not finished (the stages above are those it finished); else None/True
         "audit_finished": (not rs.unfinished) if rs.command == "audit" else None,
         "audit_stopped": rs.stopped,  # the stage that stopped an unfinished audit, and how
         "skipped_inputs": _skipped_inputs(rs),
-        "mixed_inputs": _mixed_inputs(rs),
+        "mixed_inputs": mixed,
         "settings": settings,
         "seeds": seeds,
         "versions": versions,

@@ -135,19 +135,20 @@ def mia_view(rs: ResultSet, summary: dict[str, Any]) -> dict[str, Any] | None:
         key = mia_key(st, taken)
         taken.add(key)
         entry = (summary.get("mia") or {}).get(key, {})
-        rows.append({"key": key, **entry})
+        label = str(entry.get("label") or key)  # the attack's name; its folder's too where two ran it
+        rows.append({"key": key, "label": label, **entry})
         pts = roc_points(st)
         if pts is not None:
             auc = entry.get("auc")
-            curves.append((f"{key} (AUC {auc:.3f})" if isinstance(auc, float) else key, pts[0], pts[1]))
-            drawn.append((key, auc, pts[0], pts[1], entry.get("n_nonmembers")))  # the same points, for the alt text
+            curves.append((f"{label} (AUC {auc:.3f})" if isinstance(auc, float) else label, pts[0], pts[1]))
+            drawn.append((label, auc, pts[0], pts[1], entry.get("n_nonmembers")))  # the same points, for the alt text
         else:
-            missing.append(key)
+            missing.append(label)
         cols = _sweep_columns(st.result.get("sweep"))
         if cols and cols[0]:
-            sweeps.append((key, *cols))
+            sweeps.append((label, *cols))
             low = below_chance(cols[0], cols[1], entry.get("n_members"), entry.get("n_nonmembers"))
-            sweep_notes[key] = {"below_chance": low, "loss": entry.get("attack") == "loss"}
+            sweep_notes[label] = {"below_chance": low, "loss": entry.get("attack") == "loss"}
     n_non = [r.get("n_nonmembers") for r in rows if r.get("n_nonmembers")]
     min_fpr = max(1.0 / max(n_non), 1e-5) if n_non else None
     roc = sweep = None
@@ -172,7 +173,9 @@ def mia_view(rs: ResultSet, summary: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def best_mia(summary: dict[str, Any]) -> dict[str, Any] | None:
-    """The attack with the highest TPR at 1% FPR (then AUC), for the headline."""
+    """The attack with the highest TPR at 1% FPR (then AUC), for the headline: its numbers, its ``label``,
+    and whom it attacked (``pooled`` over ``n_models`` shadow models, or the run ``model``, given where the
+    folder's results were made on several models)."""
     best = None
     for key, e in (summary.get("mia") or {}).items():
         tpr = (e.get("tpr_at_fpr") or {}).get("0.01")
@@ -185,6 +188,12 @@ def best_mia(summary: dict[str, Any]) -> dict[str, Any] | None:
     n_non = e.get("n_nonmembers")
     return {
         "key": key,
+        "label": str(e.get("label") or key),
+        # who was attacked: every shadow model in turn (pooled), or the one run, named where the folder's
+        # results were made on several models (mixed_inputs), so that the answer says which
+        "pooled": bool(e.get("pooled")),
+        "n_models": e.get("n_models"),
+        "model": e.get("model") if (summary.get("mixed_inputs") or {}).get("model") else None,
         "tpr": (e.get("tpr_at_fpr") or {}).get("0.01"),
         "tpr_ci": ((e.get("ci") or {}).get("tpr_at_fpr") or {}).get("0.01"),
         # an attack whose AUC interval holds 0.5 guesses: its TPR at 1% FPR is noise, not a finding
@@ -208,6 +217,13 @@ def best_mia(summary: dict[str, Any]) -> dict[str, Any] | None:
         "rank_test": e.get("rank_test"),
         **smaller_class(e.get("n_members"), n_non),
     }
+
+
+def pooled_target(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """{"n_models", "shadows"} of the first membership attack pooled over every shadow model (leave-one-out:
+    each the target in turn), for the header to say so where no one model is named; None without one."""
+    e = next((e for e in (summary.get("mia") or {}).values() if e.get("pooled")), None)
+    return None if e is None else {"n_models": e.get("n_models"), "shadows": e.get("shadows")}
 
 
 def _exact_rate_interval(rate: Any, ci: Any, n: Any) -> dict[str, Any] | None:
@@ -253,7 +269,9 @@ def membership_verdict(best: dict[str, Any] | None) -> dict[str, str] | None:
     interval, or with few examples its rank test, excludes guessing) and its AUC is above 0.5; "no"
     when it is at chance (no evidence, which a small audit bounds only loosely); "unsure" for an AUC
     significantly below 0.5 (scores that rank never-seen images as members: a sign of a mismatched
-    target or data, not of privacy) or none recorded."""
+    target or data, not of privacy) or none recorded. It names the attack by its label, and says whom it
+    attacked (:func:`_attacked_words`): every shadow model in turn where its rows are pooled, the run
+    where the folder's results were made on several models."""
     if best is None:
         return None
     auc = best.get("auc")
@@ -263,30 +281,48 @@ def membership_verdict(best: dict[str, Any] | None) -> dict[str, str] | None:
     measured = f"AUC {fmt(auc)}{', ' + interval if interval else ''}; 0.5 is a coin toss, 1 tells every one apart"
     counts = [n for n in (best.get("n_members"), best.get("n_nonmembers")) if isinstance(n, int)]
     few = bool(counts) and min(counts) < 100  # fewer than the 100 non-members that 1% FPR needs
+    w = _attacked_words(best)
     if best.get("at_chance"):
-        return {"level": "no", "text": f"No clear evidence: the membership attack ({best['key']}) does not tell the "
-                                       "training images from images the model never saw measurably better than guessing "
-                                       f"({measured})."
+        return {"level": "no", "text": f"No clear evidence: {w['attack']} does not tell {w['images']} from images "
+                                       f"{w['never']} measurably better than guessing ({measured})."
                                        + (" With so few images this bounds the leak only loosely." if few else "")}
     if auc <= 0.5:
-        return {"level": "unsure", "text": f"Unsure: the membership attack ({best['key']}) ranks images the model never "
-                                           f"saw as more likely training images ({measured}): a sign that the model "
-                                           "and the data do not belong together (other training images), not of privacy."}
+        return {"level": "unsure", "text": f"Unsure: {w['attack']} ranks images {w['never']} as more likely training "
+                                           f"images ({measured}): a sign that {w['pair']} do not belong together (other "
+                                           "training images), not of privacy."}
     found = ""
     if best.get("tpr") == 0:
-        found = (" At a 1% false-positive rate it picks out none of the training images: the leak shows in how the "
+        found = (f" At a 1% false-positive rate it picks out none of {w['images']}: the leak shows in how the "
                  "scores rank on average (the AUC), not yet as images singled out with few false alarms.")
     elif best.get("tpr") is not None:
-        found = f" At a 1% false-positive rate it picks out {fmt(best['tpr'], 'pct')} of the training images."
+        found = f" At a 1% false-positive rate it picks out {fmt(best['tpr'], 'pct')} of {w['images']}."
     elif best.get("n_above") is not None and best.get("n_members") and best.get("n_above_chance"):
         chance = best["n_above_chance"]
         odds = (f"a random score puts {chance['expected']:.2g} there on average, and {best['n_above']:,} or more with "
                 f"p = {fmt_p(chance['pvalue'])}")
-        found = (f" {best['n_above']:,} of the {best['n_members']:,} training images ({fmt(best['tpr0'], 'pct')}) score "
-                 + (f"above every image it never saw: picked out without a single false alarm ({odds})."
-                    if chance["beyond"] else
-                    f"above every image it never saw, not significantly more than chance gives ({odds}): read the AUC."))
-    return {"level": "yes", "text": f"Yes: the membership attack ({best['key']}) tells the training images from images "
-                                    f"the model never saw ({measured}).{found} Whoever holds the model's weights can test "
-                                    "whether a given image was in its training set (the attack reads the model's denoising "
-                                    "loss on it), even where no image is extracted."}
+        found = (f" {best['n_above']:,} of {w['the']} {best['n_members']:,} training images ({fmt(best['tpr0'], 'pct')}) "
+                 f"score " + (f"above every image {w['it_never']}: picked out without a single false alarm ({odds})."
+                              if chance["beyond"] else
+                              f"above every image {w['it_never']}, not significantly more than chance gives ({odds}): "
+                              "read the AUC."))
+    return {"level": "yes", "text": f"Yes: {w['attack']} tells {w['images']} from images {w['never']} ({measured})."
+                                    f"{found} Whoever holds {w['weights']} can test whether a given image was in its "
+                                    "training set (the attack reads the model's denoising loss on it), even where no "
+                                    "image is extracted."}
+
+
+def _attacked_words(best: dict[str, Any]) -> dict[str, str]:
+    """The phrases :func:`membership_verdict` says who was attacked with: the attack (its name, the model
+    it attacked where the folder's results were made on several), whose training images, which model
+    never saw the others, whose weights. An attack pooled over the shadow models (leave-one-out: each
+    the target in turn) speaks of them all, never of one model: its members are each model's own."""
+    name = f"the membership attack ({best.get('label') or best.get('key')})"
+    if best.get("pooled"):
+        n = best.get("n_models")
+        models = f"the {n:,} shadow models" if isinstance(n, int) else "the shadow models"
+        return {"attack": f"{name}, pooled over {models} (each the target in turn),", "images": "their training images",
+                "never": "they never saw", "it_never": "they never saw", "the": "their", "pair": "the models and the data",
+                "weights": "one of these models' weights"}
+    attack = f"{name} on the model {best['model']}" if best.get("model") else name
+    return {"attack": attack, "images": "the training images", "never": "the model never saw", "it_never": "it never saw",
+            "the": "the", "pair": "the model and the data", "weights": "the model's weights"}

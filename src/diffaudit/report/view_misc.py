@@ -1,4 +1,4 @@
-"""Report views of inpainting, canaries and settings."""
+"""Report views of inpainting, canaries, shadow models, settings, and the note on results made on other inputs."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from diffaudit.data.options import data_flags
 from diffaudit.report import plots
 from diffaudit.report.alt_text import canary_alt, histogram_alt
 from diffaudit.report.fmt import flatten
@@ -279,3 +280,36 @@ def settings_view(summary: dict[str, Any]) -> dict[str, Any]:
         "seeds": [(stage, flatten(s)) for stage, s in (summary.get("seeds") or {}).items() if s],
         "versions": flatten(summary.get("versions") or {}),
     }
+
+
+def mixed_inputs_view(mixed: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The summary's ``mixed_inputs`` as the report's note words it: [{"kind": "datasets" or "models",
+    "entries": [{"label", "pooled", "n_models", "stages"}]}]. A dataset's label is its ``--data`` with the
+    options it was read with, and its data digest where two would otherwise read alike (the same flags,
+    other pixels), so that no two entries show the same words; a model's is its run, or (``pooled``
+    true) the shadows folder (None where not recorded) whose ``n_models`` models a membership attack
+    attacked each in turn."""
+    if not mixed:
+        return []
+    out = []
+    if mixed.get("data"):
+        labels = [data_flags(d["input"], d.get("options")) for d in mixed["data"]]
+        entries = [{"label": label + (f" [data digest {d.get('digest') or 'not recorded'}]" if labels.count(label) > 1 else ""),
+                    "pooled": False, "n_models": None, "stages": d["stages"]} for label, d in zip(labels, mixed["data"])]
+        out.append({"kind": "datasets", "entries": entries})
+    if mixed.get("model"):
+        entries = [{"label": m["input"], "pooled": "pooled" in m, "n_models": m.get("pooled"), "stages": m["stages"]}
+                   for m in mixed["model"]]
+        out.append({"kind": "models", "entries": entries})
+    return out
+
+
+def shadows_view(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The Shadow models section: how many models a ``diffaudit shadows`` folder holds, of how many
+    examples, and each model's training images and final loss (as its result.json lists them); None
+    without a shadows folder."""
+    sh = summary.get("shadows")
+    if not sh:
+        return None
+    sizes = [m["n_train"] for m in sh["models"] if m.get("n_train") is not None]
+    return {**sh, "n_train_range": (min(sizes), max(sizes)) if sizes else None}

@@ -80,10 +80,14 @@ def _dp_text(dp: dict[str, Any] | None) -> str:
 def training_facts(model: dict[str, Any] | None, n_canaries: int | None = None) -> list[tuple[str, str]]:
     """(label, text) lines of the audited model's training record; deduplication and DP-SGD only when
     the training run was found (its record says whether they were used). ``n_canaries``: the inserted
-    canaries among its training images, in a canary run."""
+    canaries among its training images, in a canary run. In a folder whose results were made on several
+    models, the run's line names the results made on this one (``model["stages"]``)."""
     if not model:
         return []
-    facts = [("run", str(model["path"])) if model.get("path") else None,
+    run = str(model["path"]) if model.get("path") else None
+    if run and model.get("stages"):  # a folder of results made on several models: this one is theirs only
+        run += f" (the model of {', '.join(model['stages'])}; the other results here are of other models)"
+    facts = [("run", run) if run else None,
              ("training", _recipe(model)), ("data", _data_text(model, n_canaries))]
     if model.get("repeats"):
         facts.append(("repeated", _repeats_text(model["repeats"])))
