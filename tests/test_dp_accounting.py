@@ -115,6 +115,13 @@ def test_not_private_note_depends_on_the_noise_not_on_epsilon():
     assert "not formally covered" in dp_note(1.0, 3.0, False)
 
 
+def test_the_note_at_sampling_rate_one_says_nothing_is_subsampled():
+    """A batch as large as the training set (q = 1) subsamples nothing: the note says so, never "Poisson-subsampled"."""
+    assert dp_note(1.0, 8.0, True, 0.32) == "(epsilon, delta)-DP per training example, Poisson-subsampled Gaussian mechanism"
+    note = dp_note(1.0, 8.0, True, 1.0)
+    assert "Poisson-subsampled" not in note and "sampling rate 1: no amplification by subsampling" in note
+
+
 def test_a_prv_target_epsilon_is_solved_for_the_epsilon_a_run_records(monkeypatch):
     """--dp-epsilon with the PRV accountant where PRV cannot run (here every mesh counts as too large):
     σ is found by bisection on the recorded ε (RDP's, the fallback), reaching the target to about 1 %,

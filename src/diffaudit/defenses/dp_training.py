@@ -382,15 +382,19 @@ def progress_epsilon(*, noise_multiplier: float, sample_rate: float, steps: int,
                          accountant="rdp")
 
 
-def dp_note(noise_multiplier: float, epsilon: float, poisson_sampling: bool) -> str:
+def dp_note(noise_multiplier: float, epsilon: float, poisson_sampling: bool, sample_rate: float | None = None) -> str:
     """The ``note`` of ``dp.json``: "not private" only without noise (σ = 0); an infinite ε with noise is
-    an accountant's limit, not the absence of privacy noise."""
+    an accountant's limit, not the absence of privacy noise. At ``sample_rate`` 1 (every example in every
+    batch) nothing is subsampled: the Gaussian mechanism's ε is spent in full at every step."""
     if noise_multiplier <= 0:
         return "not private: no noise (epsilon is infinite)"
     if not math.isfinite(epsilon):
         return "noise added, but no accountant bounds epsilon at this noise level (epsilon not finite)"
     if not poisson_sampling:
         return "accounting assumes Poisson sampling; fixed shuffled batches are not formally covered"
+    if sample_rate is not None and sample_rate >= 1:
+        return ("(epsilon, delta)-DP per training example, Gaussian mechanism on every example at every step (sampling "
+                "rate 1: no amplification by subsampling)")
     return "(epsilon, delta)-DP per training example, Poisson-subsampled Gaussian mechanism"
 
 
@@ -599,7 +603,7 @@ def train_dp(
         "max_grad_norm": _finite(dp.max_grad_norm), "accountant": dp.accountant, "accountant_used": final.accountant,
         "fallback_reason": final.fallback_reason, "poisson_sampling": dp.poisson_sampling,
         "augmentations": K, "grad_sample_mode": mode, "n_train": n, "target_epsilon": dp.target_epsilon,
-        "note": dp_note(sigma, epsilon, dp.poisson_sampling),
+        "note": dp_note(sigma, epsilon, dp.poisson_sampling, q),
         # The batches and the noise are drawn from the run's seed so that a killed run resumes to the same
         # weights. Whoever knows the seed can regenerate the noise, so the guarantee holds against an
         # adversary who sees the released weights, not this folder: the audit studies DP-SGD's effect on
