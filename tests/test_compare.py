@@ -459,3 +459,16 @@ def test_compare_warns_when_the_folders_ran_different_membership_attacks(tmp_pat
     assert ("plain and other ran different membership attacks, plain loss and other lira-fixed: no membership row is "
             "compared") in r["warnings"][0] and r["warnings"][0] in err
     assert not any("different membership attacks" in w for w in _compare_json(capsys, tmp_path / "plain", tmp_path / "dp2")[0]["warnings"])
+
+
+def test_rows_carry_the_fields_their_names_were_filled_with(tmp_path, capsys):
+    """A script reads which attack, FPR or repeat count a row is of from the row, not by parsing its name."""
+    a = _audit(tmp_path / "plain", 3, 0.1, 0.6)
+    cans = [{"key": f"c{j}", "repeats": r, "exposure": 2.0, "extracted": False} for j, r in enumerate((1, 4))]
+    write_result(a / "canaries" / "result.json", "canaries", {}, {}, n_canaries=2, n_extracted=0, canaries=cans)
+    assert main(["--json", "compare", str(a), str(a)]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    tpr = [(r["attack"], r["fpr"]) for r in rows if r["key"] == "mia_tpr"]
+    assert tpr == [("lira", 0.01), ("lira", 0.001)]
+    assert [r["repeats"] for r in rows if r["key"] == "canaries_exposure"] == [1, 4]
+    assert "attack" not in next(r for r in rows if r["key"] == "extraction_unique")

@@ -21,6 +21,7 @@ the name; a key the registry lacks is an error, never a guess.
 from __future__ import annotations
 
 import json
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,13 +133,15 @@ QUALIFIERS = ("at_least", "n/a", "unbounded")
 
 @dataclass
 class Measured:
-    """One metric's value in one summary: ``name`` (the row), ``spec``, ``value`` (None: not measured)
-    and ``qualifier`` (None: exact, else one of :data:`QUALIFIERS`)."""
+    """One metric's value in one summary: ``name`` (the row), ``spec``, ``value`` (None: not measured),
+    ``qualifier`` (None: exact, else one of :data:`QUALIFIERS`) and ``fields``, what the row's name was
+    filled with (``attack``, ``fpr``, ``repeats``): a script reads them rather than parse the name."""
 
     name: str
     spec: MetricSpec
     value: float | int | None
     qualifier: str | None = None
+    fields: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _num(x: Any) -> float | None:
@@ -205,7 +208,7 @@ def measure(summary: dict[str, Any], dp: dict[str, Any] | None = None) -> list[M
 
     def put(key: str, value: Any, qualifier: str | None = None, **fields: Any) -> None:
         spec = metric_spec(key)
-        out.append(Measured(spec.name(**fields), spec, spec.read(value), qualifier))
+        out.append(Measured(spec.name(**fields), spec, spec.read(value), qualifier, fields))
 
     ex = summary.get("extraction") or {}
     if ex:
@@ -316,9 +319,19 @@ def _attack_metrics(attack: str) -> set[str]:
             metric_spec("mia_heldout_loss").name(attack=attack), metric_spec("mia_loss_gap").name(attack=attack)}
 
 
+def _json_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """A row's name fields as its JSON carries them: ``attack``, ``repeats`` (an int), and ``fpr`` as the
+    fraction its TPR is read at (0.01, not the name's "1")."""
+    out = dict(fields)
+    if "fpr" in out:
+        out["fpr"] = round(float(out["fpr"]) / 100, 12)
+    return out
+
+
 def compare_summaries(a: dict[str, Any], b: dict[str, Any], *, dp_a: dict[str, Any] | None = None,
                       dp_b: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Rows {metric, key, kind, better, a, b, change} over the union of both summaries' metrics (a's order first).
+    """Rows {metric, key, kind, better, a, b, change} over the union of both summaries' metrics (a's order first),
+    with the fields the metric's name was filled with (``attack``, ``fpr``, ``repeats``: :func:`_json_fields`).
 
     ``key``, ``kind`` and ``better`` are the metric's declared :class:`MetricSpec` fields. A row whose metric has
     a confidence interval on either side also carries ``a_ci`` and ``b_ci`` ([low, high] or null) and,
@@ -333,6 +346,7 @@ def compare_summaries(a: dict[str, Any], b: dict[str, Any], *, dp_a: dict[str, A
     """
     ma, mb = measure(a, dp_a), measure(b, dp_b)
     specs = {m.name: m.spec for m in ma}
+    fields = {m.name: m.fields for m in [*mb, *ma]}  # a's where both have the row (the same fields)
     for m in mb:
         if specs.setdefault(m.name, m.spec) != m.spec:
             raise DiffauditError(f"compare: the row {m.name!r} names two metrics ({specs[m.name].key} and "
@@ -344,8 +358,8 @@ def compare_summaries(a: dict[str, Any], b: dict[str, Any], *, dp_a: dict[str, A
     rows = []
     for k, spec in specs.items():
         va, vb = va_.get(k), vb_.get(k)
-        row = {"metric": k, "key": spec.key, "kind": spec.kind, "better": spec.better, "a": va, "b": vb,
-               "change": None if va is None or vb is None else vb - va}
+        row = {"metric": k, "key": spec.key, "kind": spec.kind, "better": spec.better, **_json_fields(fields[k]),
+               "a": va, "b": vb, "change": None if va is None or vb is None else vb - va}
         qa, qb = qa_.get(k), qb_.get(k)
         if qa or qb:
             row.update(a_qualifier=qa, b_qualifier=qb)
