@@ -519,7 +519,7 @@ def test_audit_result_json_marks_an_audit_folder(tmp_path):
 def test_empty_folder_is_a_user_error(tmp_path):
     with pytest.raises(DiffauditError, match="no result.json"):
         build_summary(tmp_path)
-    with pytest.raises(DiffauditError, match="not a folder"):
+    with pytest.raises(DiffauditError, match="missing does not exist"):
         render_report(tmp_path / "missing")
 
 
@@ -556,7 +556,7 @@ def test_cli_report(audit, tmp_path, capsys):
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(tmp_path / "out" / "audit.summary.json").st_mode) == 0o600
     assert not Page(out.read_text(encoding="utf-8")).images("train")
-    with pytest.raises(DiffauditError, match="not a folder"):  # cli.main prints it and exits 2
+    with pytest.raises(DiffauditError, match="nothing-here does not exist"):  # cli.main prints it and exits 2
         _cli([str(tmp_path / "nothing-here")])
     # Default: report.html and summary.json inside the result folder, and a human line.
     assert _cli([str(audit / "verify")]) == 0

@@ -23,6 +23,7 @@ from diffaudit.data import load_dataset
 from diffaudit.data.digest import dataset_digest
 from diffaudit.defenses.canaries import CANARY_KINDS, DEFAULT_REPEATS, count_words, make_canaries, max_exposure
 from diffaudit.defenses.canary_run import CanaryEval, run_canary_experiment
+from diffaudit.report.fmt import fmt_p
 
 NAME = "canaries"
 HELP = "insert canaries (noise or held-out images) 1..64 times, train, and measure exposure and extraction"
@@ -65,9 +66,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--kind", choices=CANARY_KINDS, default="noise", help="uniform noise, or held-out real images from --canary-pool")
     g.add_argument("--canary-pool", default=None, help="dataset of images never trained on, for --kind heldout (e.g. cifar10-test)")
     g.add_argument("--repeats", default=",".join(map(str, DEFAULT_REPEATS)), help="insertion counts, comma-separated")
-    g.add_argument("--per-repeat", type=int, default=1, help="canaries per insertion count")
+    g.add_argument("--per-repeat", type=int, default=1,
+                   help="canaries per insertion count (with 1, the test against chance needs --n-reference 20 or more)")
     g.add_argument("--n-reference", type=int, default=64,
-                   help="never-inserted candidates, at least 2 (exposure is at most log2(N_REFERENCE + 1))")
+                   help="never-inserted candidates, at least 2 (exposure is at most log2(N_REFERENCE + 1); with one "
+                        "canary per repeat count, p < 0.05 against chance needs at least 20)")
     g = p.add_argument_group("measurement")
     g.add_argument("--timestep", type=int, default=100, help="t of the loss")
     g.add_argument("--n-draws", type=int, default=4, help="noise draws averaged per loss")
@@ -109,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
                          copy_rule=ev.copy_rule(), device=device, class_conditional=args.class_conditional)
     ev.validate(n_train=len(ds) + len(plan.keys))
     warn_short_warmup(config, "canaries")
+    _warn_untestable(args.per_repeat, args.n_reference)
     if dp is None:
         say_eager_off_cuda(config, device, "canaries")
     _say_skipped(plan.skipped)
@@ -135,20 +139,65 @@ def _curve_line(r: dict) -> str:
     """The result line: mean exposure per repeat count, ``≥`` where some canaries are at the ceiling (a
     loss below every reference's: their exposure is at least it, so the mean is a lower bound), beside
     what a never-learnt canary gets by chance and which repeat counts beat it
-    (:mod:`~diffaudit.evaluation.exposure_chance`)."""
-    from diffaudit.evaluation.exposure_chance import chance_exposure
-    from diffaudit.report.summary import at_ceiling, exposure_vs_chance
+    (:mod:`~diffaudit.evaluation.exposure_chance`); a repeat count whose canaries could not beat it even
+    below every reference is said to be untestable (:func:`_untestable_words`), not counted among those at
+    chance."""
+    from diffaudit.evaluation.exposure_chance import LEVEL, chance_exposure
+    from diffaudit.report.summary import at_ceiling, exposure_vs_chance, untestable_vs_chance
 
     rows = [c for c in r["curve"] if c["repeats"] > 0]
     bound = [at_ceiling(c["max_exposure"], r["max_exposure"]) for c in rows]
     curve = ", ".join(f"{c['repeats']}x: {'≥ ' if b else ''}{c['mean_exposure']:.2f}" for c, b in zip(rows, bound))
     note = (f" (≥: canaries at the ceiling, a loss below all {r['n_reference']} references'; more --n-reference "
             "measures higher)" if any(bound) else "")
-    beat = [k for k, p in exposure_vs_chance(r).items() if p is not None and p < 0.05]
+    untestable = untestable_vs_chance(r)
+    tested = {k: p for k, p in exposure_vs_chance(r).items() if k not in untestable}
+    beat = [k for k, p in tested.items() if p is not None and p < LEVEL]
     above = (f"above chance (one-sided p < 0.05): {', '.join(f'{k}x' for k in beat)}" if beat
-             else "no repeat count above chance (one-sided p < 0.05)")
+             else f"no {'testable ' if untestable else ''}repeat count above chance (one-sided p < 0.05)"
+             if tested or not untestable else "")
     return (f"exposure by repeats ({r['max_exposure']:.2f} bits max, {chance_exposure(r['n_reference']):.2f} by chance): "
-            f"{curve}{note}; {above}; {_extracted(r)}{_dp_words(r)}")
+            f"{curve}{note}; {above + '; ' if above else ''}{_untestable_words(untestable, r['n_reference'])}"
+            f"{_extracted(r)}{_dp_words(r)}")
+
+
+def _untestable_words(untestable: dict[int, dict], n_reference: int) -> str:
+    """"1x, 4x: not testable against chance (...); " for the repeat counts whose canaries could not give p <
+    0.05 even below every reference (:func:`~diffaudit.report.summary.untestable_vs_chance`): their p says
+    nothing, so they are not called "at chance"; with the --n-reference or --per-repeat that would test
+    them. "" where every repeat count can be tested."""
+    if not untestable:
+        return ""
+    counts = {u["n_canaries"] for u in untestable.values()}
+    each = (count_words(next(iter(counts)), "canary", "canaries") + " each" if len(counts) == 1
+            else "these canaries")
+    floor = min(u["min_pvalue"] for u in untestable.values())
+    fixes = [f"{flag} {max(needs)}" for flag, key in (("--n-reference", "n_reference"), ("--per-repeat", "n_canaries"))
+             if (needs := [u["needs"][key] for u in untestable.values() if isinstance(u["needs"].get(key), int)])]
+    fix = f"; {' or '.join(fixes)} can test them" if fixes else ""
+    return (f"{', '.join(f'{k}x' for k in untestable)}: not testable against chance (with {each} and {n_reference} "
+            f"references p is at least {fmt_p(floor)}, never below 0.05, whatever the model learnt{fix}); ")
+
+
+def _warn_untestable(per_repeat: int, n_reference: int) -> None:
+    """Warn, before training, when ``--per-repeat`` canaries among ``--n-reference`` references cannot reach
+    p < 0.05 against chance even below every reference
+    (:func:`~diffaudit.evaluation.exposure_chance.smallest_pvalue`): no repeat count could then be shown to
+    beat chance, and the result would read as if none did. Says what would let the test find memorization."""
+    from diffaudit.core.progress import warning_line
+    from diffaudit.evaluation.exposure_chance import LEVEL, needed_to_test, smallest_pvalue
+
+    floor = smallest_pvalue(per_repeat, n_reference)
+    if floor is None or floor < LEVEL:
+        return
+    needs = needed_to_test(per_repeat, n_reference)
+    fixes = [f"{flag} {needs[key]}" for flag, key in (("--n-reference", "n_reference"), ("--per-repeat", "n_canaries"))
+             if needs[key] is not None]
+    fix = f"; pass {' or '.join(fixes)} (or more) to test them" if fixes else ""
+    warning_line("canaries", f"with --per-repeat {per_repeat} and --n-reference {n_reference} the test of exposure "
+                 f"against chance cannot reach p < 0.05 for any repeat count: even canaries whose loss is below every "
+                 f"reference's give p = {fmt_p(floor)}, so the result can show none above chance, whatever the model "
+                 f"learns{fix}")
 
 
 def _dp_words(r: dict) -> str:

@@ -140,9 +140,11 @@ def stopped_words(stopped: dict[str, Any] | None) -> str:
 
 
 def finished_stages(rs: ResultSet) -> list[str]:
-    """The audit stages ``rs`` holds results of, in the order the audit runs them (a ``shadows`` folder,
-    or the target's run, is its ``train`` stage)."""
-    found = {_STAGE_OF_COMMAND.get(st.command) for st in rs.stages}
+    """The audit stages ``rs`` holds results of, in the order the audit runs them (a ``shadows`` folder is
+    its ``train`` stage). A training run read for the model's record (:attr:`Stage.model_record`: the
+    ``--model`` an audit was given, which it trains nothing for) is no stage the audit ran; where the audit
+    trained its target, its ``shadows`` folder is that stage."""
+    found = {_STAGE_OF_COMMAND.get(st.command) for st in rs.stages if not st.model_record}
     return [s for s in AUDIT_STAGES if s in found]
 
 

@@ -45,8 +45,12 @@ results written before ``top_k`` was recorded call the field ``mean_top10_l2``, 
 ``canaries`` {``n_canaries``, ``n_extracted``, ``n_reference``, ``exposure_ceiling`` (log2(n_reference + 1): the
 largest exposure measurable; a canary at it has rank 1 and an exposure of at least that), ``n_at_ceiling``,
 ``ceiling_extrapolated`` {``min``, ``max``} (the Gaussian-extrapolated exposure of the canaries at the ceiling),
-``by_repeats`` (with ``n_at_ceiling`` per repeat count), ``references`` {``n``, ``n_extracted``}: the
-never-inserted images verified like canaries, None in results from before they were}, ``dedup`` {``threshold`` (the similarity at or above which two images were joined), ``n_images`` (images
+``by_repeats`` (with ``n_at_ceiling`` per repeat count, ``chance_pvalue`` (the one-sided test of its canaries
+against chance), ``chance_min_pvalue`` (the least p that test could give them: every canary below every
+reference) and ``chance_needs`` {``n_reference``, ``n_canaries``} (where that least p is not below 0.05, so the
+test cannot find memorization: the fewest references, or canaries, that would let it; None elsewhere)),
+``references`` {``n``, ``n_extracted``}: the never-inserted images verified like canaries, None in results from
+before they were}, ``dedup`` {``threshold`` (the similarity at or above which two images were joined), ``n_images`` (images
 searched), ``n_groups``, ``n_in_groups``, ``largest_group``, ``embedder`` (its settings,
 as dedup recorded them), ``embedder_text`` (the same in words)},
 ``outliers`` {``rho``, ..., ``attack_at_chance``, ``attack_separates`` (AUC 1.0: every member is identified, so
@@ -80,7 +84,8 @@ from diffaudit.attacks.extraction.calibration import CalibrationPoint, best_poin
 from diffaudit.attacks.membership.registry import PER_EXAMPLE_VARIANCE
 from diffaudit.core.io import write_json_atomic
 from diffaudit.core.results import SCHEMA_VERSION, with_current_names
-from diffaudit.evaluation.exposure_chance import chance_exposure, exposure_pvalue
+from diffaudit.evaluation.exposure_chance import LEVEL as CHANCE_LEVEL
+from diffaudit.evaluation.exposure_chance import chance_exposure, exposure_pvalue, needed_to_test, smallest_pvalue
 from diffaudit.models.digest import TRAIN_IDS
 from diffaudit.models.run_files import DROPPED_DUPLICATES
 from diffaudit.report.calibration_sweep import calibration_points
@@ -437,10 +442,9 @@ def exposure_ceiling(result: dict[str, Any]) -> float | None:
     return ceiling
 
 
-def exposure_vs_chance(result: dict[str, Any]) -> dict[int, float | None]:
-    """Repeat count (> 0) -> one-sided p that its canaries rank above the never-inserted references no
-    more than never-learnt canaries would (:func:`~diffaudit.evaluation.exposure_chance.exposure_pvalue`
-    of their recorded exposures); {} without ``n_reference``."""
+def _exposure_groups(result: dict[str, Any]) -> dict[int, list[float]]:
+    """Repeat count (> 0) -> the recorded exposures of its canaries, in repeat order; {} without
+    ``n_reference`` (no test against chance can be made)."""
     n_ref = _int(result.get("n_reference"))
     if n_ref is None or n_ref < 1:
         return {}
@@ -449,7 +453,32 @@ def exposure_vs_chance(result: dict[str, Any]) -> dict[int, float | None]:
         r, e = _int(c.get("repeats")), _finite(c.get("exposure"))
         if r is not None and r > 0 and e is not None:
             groups.setdefault(r, []).append(e)
-    return {r: exposure_pvalue(groups[r], n_ref) for r in sorted(groups)}
+    return {r: groups[r] for r in sorted(groups)}
+
+
+def exposure_vs_chance(result: dict[str, Any]) -> dict[int, float | None]:
+    """Repeat count (> 0) -> one-sided p that its canaries rank above the never-inserted references no
+    more than never-learnt canaries would (:func:`~diffaudit.evaluation.exposure_chance.exposure_pvalue`
+    of their recorded exposures); {} without ``n_reference``."""
+    n_ref = _int(result.get("n_reference"))
+    return {r: exposure_pvalue(e, n_ref) for r, e in _exposure_groups(result).items()}
+
+
+def untestable_vs_chance(result: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """The repeat counts whose test against chance cannot reach p < 0.05 whatever the model learnt: too
+    few canaries or references for even canaries below every reference to give less
+    (:func:`~diffaudit.evaluation.exposure_chance.smallest_pvalue`). Repeat count -> {``n_canaries`` (those
+    tested), ``min_pvalue`` (the least p they could give), ``needs`` (the fewest ``n_reference`` with this many
+    canaries, and the fewest ``n_canaries`` with these references, that could reach it:
+    :func:`~diffaudit.evaluation.exposure_chance.needed_to_test`)}. A p of 0.05 or more for these says nothing
+    either way: it is no sign that their canaries were not memorized."""
+    n_ref = _int(result.get("n_reference"))
+    out = {}
+    for r, e in _exposure_groups(result).items():
+        floor = smallest_pvalue(len(e), n_ref)
+        if floor is not None and floor >= CHANCE_LEVEL:
+            out[r] = {"n_canaries": len(e), "min_pvalue": floor, "needs": needed_to_test(len(e), n_ref)}
+    return out
 
 
 def at_ceiling(exposure: float | None, ceiling: float | None) -> bool:
@@ -477,7 +506,8 @@ def _canaries(rs: ResultSet) -> dict[str, Any] | None:
         if r is not None:
             groups.setdefault(r, []).append(c)
     by_repeats = []
-    vs_chance = exposure_vs_chance(st.result)
+    n_ref = _int(st.result.get("n_reference"))
+    vs_chance, untestable = exposure_vs_chance(st.result), untestable_vs_chance(st.result)
     for r in sorted(groups):
         exps = [_finite(c.get("exposure")) for c in groups[r]]
         exps = [e for e in exps if e is not None]
@@ -491,6 +521,10 @@ def _canaries(rs: ResultSet) -> dict[str, Any] | None:
             "n_extracted": _n_extracted(groups[r]),
             # one-sided p of ranking this far above the references by chance (None: the references, repeats 0)
             "chance_pvalue": vs_chance.get(r),
+            # the least p these canaries could give, below every reference; where it is not below 0.05 the
+            # test cannot find memorization, and what would let it (None: it can, or no p was made)
+            "chance_min_pvalue": smallest_pvalue(len(exps), n_ref or 0) if r in vs_chance else None,
+            "chance_needs": untestable[r]["needs"] if r in untestable else None,
         })
     n_extracted = _n_extracted(cans)
     if "n_extracted" in st.result and st.result["n_extracted"] is None:
@@ -499,10 +533,10 @@ def _canaries(rs: ResultSet) -> dict[str, Any] | None:
     return {
         "n_canaries": len(cans),
         "n_extracted": n_extracted,
-        "n_reference": _int(st.result.get("n_reference")),
+        "n_reference": n_ref,
         "exposure_ceiling": ceiling,
         # the mean exposure of a canary the model never learnt (its rank uniform among the references)
-        "chance_exposure": None if not _int(st.result.get("n_reference")) else chance_exposure(_int(st.result["n_reference"])),
+        "chance_exposure": chance_exposure(n_ref) if n_ref else None,
         "n_at_ceiling": sum(row["n_at_ceiling"] for row in by_repeats),
         "ceiling_extrapolated": _ceiling_extrapolation(cans, ceiling),
         "by_repeats": by_repeats,

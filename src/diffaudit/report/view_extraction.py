@@ -125,7 +125,9 @@ def canary_verdict(canaries: dict[str, Any]) -> dict[str, str]:
 
     It says what the report's count of training images holds: the model trained on --data's images and
     the canaries, each canary counted once however many times it was inserted (the training run's
-    ``n_train``), while the canaries result's own ``n_train`` counts --data's images alone.
+    ``n_train``), while the canaries result's own ``n_train`` counts --data's images alone. Where none was
+    extracted, what that does not rule out (:data:`NOT_RULED_OUT`, whose "That" is the finding) comes right
+    after the finding, before those asides.
 
     Where the never-inserted references were verified too (``references``: {n, n_extracted}), they are the
     false-positive baseline: "yes" only when the one-sided Fisher exact test
@@ -140,7 +142,8 @@ def canary_verdict(canaries: dict[str, Any]) -> dict[str, str]:
                   f"canar{'y' if n == 1 else 'ies'}, each once however many times it was inserted (the canaries "
                   "result's n_train counts --data's images alone).")
     if k == 0:
-        return {"level": "no", "text": f"No inserted canary was extracted (0{of}).{scope} {NOT_RULED_OUT}"}
+        # what "none extracted" does not rule out follows it at once: after the counting aside, "That" would be it
+        return {"level": "no", "text": f"No inserted canary was extracted (0{of}). {NOT_RULED_OUT}{scope}"}
     noun = "canary" if (n if isinstance(n, int) else k) == 1 else "canaries"  # "1 of 3 inserted canaries was"
     was, them = ("was", "it") if k == 1 else ("were", "them")
     refs = canaries.get("references") if isinstance(canaries.get("references"), dict) else {}
@@ -335,7 +338,7 @@ def prompt_check_verdict(ex: dict[str, Any]) -> dict[str, str]:
              "set could not be searched): each generation was compared with its own prompt's training image.")
     if k == 0:
         text = (f"No generation{of} checked against its own prompt's training image reproduces it (ℓ2 ≤ δ under every "
-                f"crop alignment).{scope} {NOT_RULED_OUT}")
+                f"crop alignment). {NOT_RULED_OUT}{scope}")
         return {"level": "no", "text": text}
     imgs = "" if not isinstance(u, int) else f" ({u:,} distinct training image{'' if u == 1 else 's'})"
     return {"level": "yes", "text": f"Yes: {k:,}{of} generations{imgs} reproduce their own prompt's training image "

@@ -10,7 +10,7 @@ from typing import Any
 from diffaudit.data.options import data_flags
 from diffaudit.report import plots
 from diffaudit.report.alt_text import canary_alt, histogram_alt
-from diffaudit.report.fmt import flatten
+from diffaudit.report.fmt import counted, flatten, fmt_p
 from diffaudit.report.images import data_uri, png_file_uri
 from diffaudit.report.results import ResultSet, contained, records
 from diffaudit.report.summary import exposure_ceiling, inpainting_targets, inpainting_top_k
@@ -184,7 +184,46 @@ def canaries_view(rs: ResultSet, summary: dict[str, Any]) -> dict[str, Any] | No
         png, note = plots.try_plot("canary exposure plot", lambda: plots.canary_curve(*drawn, ceiling=ceiling))
         if png:
             uri, alt = data_uri(png), canary_alt(*drawn, ceiling=ceiling)
-    return {"summary": summary.get("canaries") or {}, "plot_uri": uri, "plot_alt": alt, "plot_notes": [note] if note else []}
+    canaries = summary.get("canaries") or {}
+    return {"summary": canaries, "plot_uri": uri, "plot_alt": alt, "plot_notes": [note] if note else [],
+            "untestable": untestable_note(canaries)}
+
+
+def untestable_note(canaries: dict[str, Any]) -> str | None:
+    """Why the repeat counts whose test against chance cannot reach p < 0.05 are not "at chance" (summary.json's
+    ``canaries``, rows with ``chance_needs``): even canaries whose losses are all below every reference's
+    would give their least p (``chance_min_pvalue``), so their p is no sign either way; and the
+    ``--n-reference`` or ``--per-repeat`` that would let the test find memorization. None where every
+    repeat count can be tested."""
+    rows = [r for r in canaries.get("by_repeats") or [] if r.get("chance_needs")]
+    if not rows:
+        return None
+    n_ref = canaries.get("n_reference")
+    floors: dict[tuple[Any, Any], list[Any]] = {}  # (canaries, least p) -> repeat counts
+    for r in rows:
+        floors.setdefault((r.get("n"), r.get("chance_min_pvalue")), []).append(r["repeats"])
+    where = _and_list([str(r["repeats"]) for r in rows])
+    refs = counted(n_ref, "reference") if isinstance(n_ref, int) else "its references"
+    if len(floors) == 1:
+        (n, floor), = floors
+        least = (f"with {counted(n, 'canary', 'canaries')} each and {refs}, the least p it can give, every canary's loss "
+                 f"below every reference's, is {fmt_p(floor)}")
+    else:
+        least = f"with {refs}, the least p it can give, every canary's loss below every reference's, is " + _and_list(
+            [f"{fmt_p(floor)} with {counted(n, 'canary', 'canaries')} ({', '.join(map(str, reps))})"
+             for (n, floor), reps in floors.items()])
+    fixes = [f"{flag} {max(needs)} or more" for flag, key in (("--n-reference", "n_reference"), ("--per-repeat", "n_canaries"))
+             if (needs := [r["chance_needs"][key] for r in rows if isinstance(r["chance_needs"].get(key), int)])]
+    fix = f" To test {'it' if len(rows) == 1 else 'them'}, run `diffaudit canaries` with {', or '.join(fixes)}." if fixes else ""
+    counts, its = ("repeat count", "Its") if len(rows) == 1 else ("repeat counts", "Their")
+    return (f"The test against chance cannot find memorization at {counts} {where}: {least}, not below 0.05, whatever "
+            f"the model learnt. {its} p of 0.05 or more is therefore no sign that {its.lower()} canaries were not "
+            f"memorized; {its.lower()} exposures are what was measured.{fix}")
+
+
+def _and_list(items: list[str]) -> str:
+    """"a", "a and b", "a, b and c"."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 #: The audit's training options (``diffaudit audit``'s flags shared with ``train``, and ``--train-size``;
