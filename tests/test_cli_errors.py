@@ -27,7 +27,7 @@ def test_only_a_message_led_by_one_options_value_is_changed(tmp_path, capsys):
     assert naming_the_option("steps must be positive", args, flags) == "steps must be positive"
     # a positional argument has no flag to name: `report FOLDER`'s refusal stays as it is
     assert main(["report", str(tmp_path / "nope")]) == 2
-    assert f"error: {tmp_path / 'nope'} is not a folder" in capsys.readouterr().err
+    assert f"error: {tmp_path / 'nope'} does not exist; give the output folder" in capsys.readouterr().err
 
 
 def test_an_option_with_choices_never_leads_a_message(tmp_path, capsys):
