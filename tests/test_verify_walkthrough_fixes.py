@@ -217,3 +217,35 @@ def test_a_baseline_of_another_size_is_refused_before_the_search(model_store, tm
     assert "--baseline" in capsys.readouterr().err and not out.exists()
     assert run("verify", "--samples", store, "--data", "digits", "--subset", "32", "--baseline", "digits",
                "--out", out, "--device", "cpu") == 0
+
+
+def test_the_training_names_under_other_pixels_are_said(model_store, tmp_path, capsys):
+    """--data holding every training key, but prepared otherwise (a --center-crop the model never saw): the names
+    match, the pixels do not, and the warning says so with the options it was trained with."""
+    _, store = model_store
+    assert run("verify", "--samples", store, "--data", "digits", "--subset", "32", "--center-crop", "6", "--image-size", "8",
+               "--out", tmp_path / "crop", "--device", "cpu") == 0
+    err = capsys.readouterr().err
+    assert "--data holds every example the model that made --samples" in err and "by name, but not as it trained on them" in err
+    assert "(it was trained on --data digits --subset 32)" in err
+
+
+def test_names_another_builtin_split_shares_are_not_training_images(cifar10_root, tmp_path, capsys):
+    """CIFAR-10's test split names images as the train split does (`dog_0865` is in both): a model trained on
+    cifar10 verified against cifar10-test holds none of its training images, whatever the shared names say."""
+    from diffaudit.core.io import write_json_atomic
+    from diffaudit.core.outdir import SETTINGS_FILE, settings_record
+    from tests.helpers import make_tiny_model_dir
+
+    model = make_tiny_model_dir(tmp_path / "run", image_size=8, channels=3)
+    assert run("--quiet", "sample", "--model", model, "--n", "4", "--steps", "2", "--out", tmp_path / "store",
+               "--device", "cpu") == 0
+    (model / "train_ids.json").write_text(json.dumps({"keys": ["dog_0865", "cat_4999"]}))  # cat_4999: train split only
+    write_json_atomic(model / SETTINGS_FILE, settings_record("train", {"data": {"spec": "cifar10", "options": {}}}))
+    assert run("verify", "--samples", tmp_path / "store", "--data", "cifar10-test", "--image-size", "8",
+               "--out", tmp_path / "v", "--device", "cpu") == 0
+    err = capsys.readouterr().err
+    assert ("1 example of --data cifar10-test is named like images the model that made --samples" in err
+            and "but it was trained on --data cifar10" in err)
+    r = json.loads((tmp_path / "v" / "result.json").read_text())["data_vs_model"]
+    assert r["n_not_trained"] == r["n_data"] == 10_000 and r["n_trained_missing"] == 2

@@ -356,14 +356,22 @@ def _store_model(spec: str) -> str | None:
     return model
 
 
-def _data_vs_model(spec: str, train: ImageDataset | NativeImages) -> dict[str, Any] | None:
+def _data_vs_model(spec: str, train: ImageDataset | NativeImages, data_spec: str) -> dict[str, Any] | None:
     """How --data compares with the training set of the model that made --samples (a sample store whose model
     records its training keys, ``train_ids.json``): ``n_data`` examples, ``n_trained`` the model trained on,
     ``n_not_trained`` of --data's it never trained on (yet counted as training images), ``n_trained_missing``
     of its training examples --data lacks. Each mismatch is said in a warning line; None when the model or
-    its training set is not known (and in an audit, which gives verify the model's own training set)."""
-    from diffaudit.models.run_files import trained_data_text
-    from diffaudit.models.run_record import read_train_keys
+    its training set is not known (and in an audit, which gives verify the model's own training set).
+
+    A key is an example's name, not its pixels: two datasets may name other images alike (CIFAR-10's train and
+    test splits both hold a ``dog_0865``). Where --data holds every training key, the pixels under them are
+    checked against the digest the run recorded (:func:`~diffaudit.models.run_record.check_trained_on`: another
+    --center-crop or --image-size is said); where it holds only some and the run was trained on another
+    built-in dataset than --data (``data_spec``, as given: ``cifar10`` against ``cifar10-test``), the shared names
+    are not taken for its training images. (Other specs may name the same images, as a view of the data does.)"""
+    from diffaudit.data.builtin import BUILTIN_NAMES
+    from diffaudit.models.run_files import trained_data, trained_data_text
+    from diffaudit.models.run_record import check_trained_on, read_train_keys
 
     if speaking_as(NAME) != NAME:
         return None
@@ -374,11 +382,25 @@ def _data_vs_model(spec: str, train: ImageDataset | NativeImages) -> dict[str, A
         trained = set(read_train_keys(model))
     except DiffauditError:
         return None
-    n_in = len(trained & set(train.keys))
-    counts = {"n_data": len(train), "n_trained": len(trained), "n_not_trained": len(train) - n_in,
-              "n_trained_missing": len(trained) - n_in}
     advice = "give the --data and data options it trained on" + (trained_data_text(model) or " (e.g. the same --subset)")
     made = f"the model that made --samples ({model})"
+    n_in = len(trained & set(train.keys))
+    recorded = trained_data(model)
+    if 0 < n_in < len(trained) and recorded is not None and {recorded[0], data_spec} <= set(BUILTIN_NAMES) \
+            and recorded[0] != data_spec:
+        warning_line("verify", f"{n_in:,} example{'s' * (n_in != 1)} of --data {data_spec} {'are' if n_in != 1 else 'is'} "
+                     f"named like images {made} trained on, but it "
+                     f"was trained on --data {recorded[0]}: two datasets may name other images alike (CIFAR-10's train "
+                     "and test splits do), so they are not taken for its training images")
+        n_in = 0
+    elif n_in == len(trained) and isinstance(train, ImageDataset):
+        try:
+            check_trained_on(model, train, what="the model that made --samples")
+        except DiffauditError as exc:  # the names are there, the images under them are not the ones it trained on
+            warning_line("verify", f"--data holds every example {made} trained on by name, but not as it trained on "
+                         f"them: {exc}")
+    counts = {"n_data": len(train), "n_trained": len(trained), "n_not_trained": len(train) - n_in,
+              "n_trained_missing": len(trained) - n_in}
     if counts["n_not_trained"]:
         warning_line("verify", f"{counts['n_not_trained']:,} of the {len(train):,} examples of --data were never "
                      f"trained on by {made}, which trained on {len(trained):,}; they are counted as \"training images\" "
@@ -443,7 +465,7 @@ def run(args: argparse.Namespace) -> int:
                 "training images read at their own size; the nearest-neighbour verification against the whole "
                 "training set" + (" and --baseline" if args.baseline else "") + " cannot run on it")
         stage_line(f"verify: {note}")
-    data_vs_model = _data_vs_model(args.samples, train)
+    data_vs_model = _data_vs_model(args.samples, train, args.data)
     prompt_map = _load_train_map(args.train_map, train) if args.train_map else None
     if prompt_map is not None and samples.captions is None:
         raise DiffauditError("--train-map needs samples with prompts; these samples carry none")
