@@ -94,3 +94,21 @@ def test_the_report_line_names_attacks_as_the_report_does(tmp_path, capsys):
     assert main(["report", str(tmp_path / "rel")]) == 0
     out = capsys.readouterr().out
     assert "loss in mia-a TPR@1%FPR 18.2%" in out and "loss in mia-b TPR@1%FPR 3.0%" in out
+
+
+def test_generations_of_another_model_are_another_models_results(tmp_path):
+    """A verify of a store that run32 made, gathered beside a sample store of run1: the verify records only its
+    store, which records its model, so the report lists both models (not run1's alone under the verdict)."""
+    from diffaudit.core.io import write_json_atomic
+    from diffaudit.core.outdir import SETTINGS_FILE, settings_record
+    from diffaudit.core.results import write_result
+    from diffaudit.report import build_summary
+
+    store = tmp_path / "s32"
+    write_json_atomic(store / SETTINGS_FILE, settings_record("sample", {"model": "/runs/run32"}))
+    study = tmp_path / "study"
+    write_result(study / "s1" / "result.json", "sample", {"model": "/runs/run1"}, {}, n_samples=4)
+    write_result(study / "v32" / "result.json", "verify", {"samples": str(store), "rule": "ratio"}, {}, unique_extracted=3,
+                 n_samples=40, extracted=[], rule="ratio")
+    models = build_summary(study)["mixed_inputs"]["model"]
+    assert {m["input"]: m["stages"] for m in models} == {"/runs/run32": ["v32"], "/runs/run1": ["s1"]}

@@ -92,7 +92,7 @@ from diffaudit.report.calibration_sweep import calibration_points
 from diffaudit.report.clique_counts import clique_counts, from_extract
 from diffaudit.report.images import data_digest, data_spec
 from diffaudit.report.results import (ResultSet, Stage, closest, load_results, model_used, parse_json, read_object,
-                                      records)
+                                      records, resolve_path)
 
 ENVELOPE = ("schema_version", "command", "settings", "seeds", "versions")
 # A membership attack whose AUC interval holds 0.5 is taken as guessing (what its scores correlate with
@@ -825,13 +825,26 @@ def _data_groups(stages: list[Stage]) -> list[dict[str, Any]]:
              **({"digest": rec["digest"]} if rec["digest"] else {}), "stages": names} for rec, names in groups]
 
 
+def _store_model(st: Stage) -> dict[str, Any] | None:
+    """{"run": path} of the model that made the generations an extract or verify result read (``samples``: a
+    sample store records its ``model``), None where they are not a store of a known model. Generations of
+    another model than the folder's other results are another model's results."""
+    if st.command not in ("extract", "verify"):
+        return None
+    store = resolve_path(st.settings.get("samples"), st.path, st.path.parent)
+    record = read_object(store / "settings.json") if store is not None and (store / "settings.json").is_file() else None
+    settings = record.get("settings") if isinstance(record, dict) and record.get("command") == "sample" else None
+    model = settings.get("model") if isinstance(settings, dict) else None
+    return {"run": model} if isinstance(model, str) and model else None
+
+
 def _model_groups(stages: list[Stage]) -> list[dict[str, Any]]:
     """The models ``stages`` were made on (:func:`~diffaudit.report.results.model_used`), each {"input",
     "stages"} for one run, or {"input": the shadows folder, "pooled": M, "stages"} for membership attacks
     pooled over its M shadow models, in the order first named."""
     groups: dict[tuple[Any, ...], dict[str, Any]] = {}
     for st in stages:
-        used = model_used(st.settings)
+        used = model_used(st.settings) or _store_model(st)
         if not used:
             continue
         if used.get("run"):
