@@ -252,3 +252,20 @@ def test_prompts_too_few_to_flag_are_said_and_reported(files, tmp_path, capsys):
     assert main(["extract", "--samples", str(files / "cond.npz"), "--out", str(tmp_path / "ok"), "--device", "cpu"]) == 0
     assert "fewer generations than --min-clique" not in capsys.readouterr().err
     assert strict_json(tmp_path / "ok" / "result.json")["n_prompts_below_min_clique"] == 0
+
+
+def test_the_folder_export_wrote_is_generations(tmp_path, capsys):
+    """`export` writes the generations of a store as one PNG each (named by id): that folder is generations, read
+    as an image folder with the same pixels as the store, not refused as another command's output."""
+    import numpy as np
+
+    from diffaudit.store.read import read_samples
+    from tests.helpers import make_tiny_model_dir
+
+    model = make_tiny_model_dir(tmp_path / "run")
+    assert run("--quiet", "sample", "--model", model, "--n", "6", "--steps", "2", "--out", tmp_path / "s", "--device", "cpu") == 0
+    assert run("--quiet", "export", "--samples", tmp_path / "s", "--out", tmp_path / "x") == 0
+    assert run("--quiet", "extract", "--samples", tmp_path / "x", "--out", tmp_path / "e", "--device", "cpu") == 0
+    exported, stored = read_samples(str(tmp_path / "x")), read_samples(str(tmp_path / "s"))
+    order = [stored.keys.index(k.removesuffix(".png")) for k in exported.keys]
+    assert np.array_equal(exported.images, stored.images[order])

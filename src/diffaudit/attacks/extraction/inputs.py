@@ -39,10 +39,11 @@ def read_generations(spec: str, *, flag: str = "--samples") -> ImageDataset:
 
 def _refuse_other_outputs(spec: str, flag: str) -> None:
     """Refuse another command's output folder as generations (read as an image folder, its plots would
-    be "generations"), naming the sample store inside it when there is one (an audit's ``samples/``)."""
+    be "generations"), naming the sample store inside it when there is one (an audit's ``samples/``). The
+    folder of ``diffaudit export`` is generations: one PNG per generation, named by its id."""
     path = Path(spec)
     command = recorded_command(path) if path.is_dir() else None
-    if command is None or command == "sample":
+    if command in (None, "sample", "export"):  # export's folder is the generations, one PNG each
         return
     inner = path / "samples"
     where = (f"; its generations are in {inner}: pass {flag} {inner}" if recorded_command(inner) == "sample"
