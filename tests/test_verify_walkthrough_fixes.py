@@ -249,3 +249,17 @@ def test_names_another_builtin_split_shares_are_not_training_images(cifar10_root
             and "but it was trained on --data cifar10" in err)
     r = json.loads((tmp_path / "v" / "result.json").read_text())["data_vs_model"]
     assert r["n_not_trained"] == r["n_data"] == 10_000 and r["n_trained_missing"] == 2
+
+
+def test_an_option_of_the_other_rule_is_warned_of(model_store, tmp_path, capsys):
+    """--delta under the ratio rule (the default for these generations), and --alpha under --rule l2, change
+    nothing: each run says so; --delta with --rule l2 is no warning."""
+    _, store = model_store
+    base = ["verify", "--samples", store, "--data", "digits", "--subset", "32", "--device", "cpu"]
+    assert run(*base, "--delta", "0.05", "--out", tmp_path / "a") == 0
+    assert "--delta is for --rule l2, and this run verifies by rule ratio: it changes nothing here; pass --rule l2" in (
+        capsys.readouterr().err)
+    assert run(*base, "--rule", "l2", "--alpha", "0.3", "--n-neighbors", "10", "--out", tmp_path / "b") == 0
+    assert "--alpha and --n-neighbors are for --rule ratio, and this run verifies by rule l2" in capsys.readouterr().err
+    assert run(*base, "--rule", "l2", "--delta", "0.05", "--out", tmp_path / "c") == 0
+    assert "is for --rule" not in capsys.readouterr().err

@@ -25,7 +25,7 @@ from diffaudit.attacks.extraction.verification import (
 )
 from diffaudit.cli.common import (
     add_data_args, add_run_args, canonical_path, canonical_settings, data_options, emit, emit_finished, load_data,
-    devices_record, file_in_folder, ray_address, run_devices, speaking_as, upgrading_paths,
+    devices_record, file_in_folder, given_options, ray_address, run_devices, speaking_as, upgrading_paths,
 )
 from diffaudit.cli.ray_work import ImagesRecipe, data_recipe, knn_on_ray
 from diffaudit.core.errors import DiffauditError
@@ -306,6 +306,23 @@ def _delta_used(rule: Any, train_map: Any, delta: float) -> float | None:
     return delta if rule == "l2" or train_map else None
 
 
+#: The options each rule reads: given under the other rule (and --delta without --train-map), they change nothing.
+RULE_OPTIONS = {"l2": (("delta", "--delta"),), "ratio": (("alpha", "--alpha"), ("n_neighbors", "--n-neighbors"))}
+
+
+def _say_unused_rule_options(args: argparse.Namespace, rule: str) -> None:
+    """Warn of options given on the command line that the rule in use does not read (``--delta 0.05`` under the
+    ratio rule): the run goes on as if they were not given, and its settings record none of them."""
+    given = given_options(getattr(args, "_argv", []))
+    unused = [flag for other, options in RULE_OPTIONS.items() if other != rule for dest, flag in options
+              if dest in given and not (dest == "delta" and args.train_map)]
+    if unused and speaking_as(NAME) == NAME:
+        other = "ratio" if rule == "l2" else "l2"
+        warning_line("verify", f"{' and '.join(unused)} {'is' if len(unused) == 1 else 'are'} for --rule {other}, and this "
+                     f"run verifies by rule {rule}: {'it changes' if len(unused) == 1 else 'they change'} nothing here"
+                     f"{'; pass --rule l2 to verify by (l2, delta)' if other == 'l2' else ''}")
+
+
 def _names() -> tuple[str, str]:
     """How verify's messages name its --data and its --baseline: by flag, or in an audit's verify stage
     (the audit has no --baseline) by what the audit gives it."""
@@ -456,6 +473,7 @@ def run(args: argparse.Namespace) -> int:
     if rule == "auto":
         rule, why = _auto_rule(args, samples)
         rule_reason = f"--rule auto: {why}"
+    _say_unused_rule_options(args, rule)
     vs = VerifySettings(rule, vs_probe.delta, vs_probe.alpha, vs_probe.n_neighbors, vs_probe.eidetic_delta, vs_probe.dup_delta)
     native = train is None  # --data's images differ in size: only the --train-map check runs
     note = None
