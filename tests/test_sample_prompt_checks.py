@@ -104,13 +104,16 @@ def test_source_check_prompts_directly(runc, uncond):
     (["--n", "4", "--scheduler", "dpm", "--guidance-scale", "3"], "--guidance-scale and --scheduler apply to a Stable"),
     (["--n", "5", "--batch-size", "-3"], "--batch-size must be at least 1 (images per source call); got -3"),  # a traceback
     (["--n", "5", "--batch-size", "0"], "--batch-size must be at least 1 (images per source call); got 0"),  # a whole shard
+    (["--prompts", "PROMPTS", "--classes"], "give --prompts FILE (its lines, class indices for a class-conditional model) "
+                                            "or --classes (every class), not both"),  # --classes was ignored
 ])
 def test_options_a_pixel_model_would_ignore_leave_no_store(uncond, tmp_path, capsys, extra, message):
     """Stable Diffusion's --scheduler and --guidance-scale, and --per-prompt beside --n, would change nothing
     (the store recorded none of them): refused, as --prompts on an unconditional model is; so is a --batch-size
     below 1 (a negative one was a traceback, 0 was taken as a whole shard)."""
     out = tmp_path / "g"
-    assert _sample(uncond, out, *extra) == 2
+    (tmp_path / "prompts.txt").write_text("1\n4\n")
+    assert _sample(uncond, out, *[str(tmp_path / "prompts.txt") if a == "PROMPTS" else a for a in extra]) == 2
     assert message in capsys.readouterr().err and not out.exists()
     with pytest.raises(SystemExit):  # not a sampler at all: argparse's choices
         _sample(uncond, out, "--n", "4", "--scheduler", "foo")

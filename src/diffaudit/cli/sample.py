@@ -106,8 +106,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def check_count_flags(args: argparse.Namespace) -> None:
-    """Refuse ``--n`` with ``--per-prompt``, ``--prompts`` or ``--classes`` (one of the two would be ignored),
-    and a count, or a ``--batch-size``, below 1."""
+    """Refuse ``--n`` with ``--per-prompt``, ``--prompts`` or ``--classes``, and ``--prompts`` with ``--classes``
+    (one of the two would be ignored), and a count, or a ``--batch-size``, below 1."""
     for flag, n in (("--n", args.n), ("--per-prompt", args.per_prompt)):
         if n is not None and n < 1:
             raise DiffauditError(f"{flag} must be at least 1 (images to generate); got {n}")
@@ -115,6 +115,9 @@ def check_count_flags(args: argparse.Namespace) -> None:
         raise DiffauditError(f"--batch-size must be at least 1 (images per source call); got {args.batch_size}")
     if args.n is not None and args.per_prompt is not None:
         raise DiffauditError("give --n (images of an unconditional model) or --per-prompt (images per prompt), not both")
+    if args.prompts and args.classes:  # --prompts would win, and --classes be ignored
+        raise DiffauditError("give --prompts FILE (its lines, class indices for a class-conditional model) or --classes "
+                             "(every class), not both")
     if args.n is not None and (args.prompts or args.classes):
         which = "--prompts" if args.prompts else "--classes"
         raise DiffauditError(f"--n counts the images of an unconditional model; with {which} use --per-prompt "
