@@ -79,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
     empty = np.flatnonzero(matrix.sum(axis=0) == 0)
     if empty.size:  # such a model has nothing to train on: `shadows` would stop at it
         raise DiffauditError(f"with {len(dataset)} example{'s' * (len(dataset) != 1)} and {args.models} models, model "
-                             f"{int(empty[0])} (and {empty.size - 1} more) would train on no example at seed {args.seed}: "
+                             f"{int(empty[0])}{f' (and {empty.size - 1} more)' if empty.size > 1 else ''} would train on no example at seed "
+                             f"{args.seed}: "
                              "give --data more examples (the paper: 50,000 for 16 models)")
     out = out_file(args.out, "membership.npz")
     status = "wrote"
