@@ -767,19 +767,10 @@ TRAINED_ON_ALL = "target"
 def _trained_on_all(args: argparse.Namespace) -> bool:
     """Whether --model is taken to have trained on all of --data (:data:`TRAINED_ON_ALL`)."""
     from diffaudit.models.denoiser import not_a_model_reason
-    from diffaudit.models.run_record import has_train_ids
+    from diffaudit.models.run_record import has_train_ids, run_of_unet
 
     return (bool(args.model) and args.heldout is not None and Path(args.model).is_dir() and not has_train_ids(args.model)
-            and not_a_model_reason(Path(args.model)) is None and _run_of_unet(args) is None)
-
-
-def _run_of_unet(args: argparse.Namespace) -> Path | None:
-    """The run whose ``unet/`` folder --model is, when that run records its training set (a user who meant
-    the run); None otherwise."""
-    from diffaudit.models.run_record import has_train_ids
-
-    model = Path(args.model)
-    return model.parent if model.name == "unet" and has_train_ids(model.parent) else None
+            and not_a_model_reason(Path(args.model)) is None and run_of_unet(args.model) is None)
 
 
 def _target_members(args, models: Path, dataset) -> tuple[Path, list[str]]:
@@ -787,15 +778,16 @@ def _target_members(args, models: Path, dataset) -> tuple[Path, list[str]]:
     --data). A --model without a recorded training set: with --heldout all of --data's keys (not the held-out
     ones), the target being its linked folder (:data:`TRAINED_ON_ALL`); without, refused saying what to give."""
     from diffaudit.models.denoiser import not_a_model_reason
-    from diffaudit.models.run_record import check_trained_on, has_train_ids, train_ids_howto
+    from diffaudit.models.run_record import check_trained_on, has_train_ids, run_of_unet, train_ids_howto
 
     target = Path(args.model) if args.model else models / "model-00"
     reason = not_a_model_reason(target) if args.model else None
     if reason is not None:  # another command's folder, a training run's state: no model to take as trained on anything
         raise DiffauditError(f"--model {args.model}: {reason}")
-    if args.model and _run_of_unet(args) is not None:
-        raise DiffauditError(f"--model {args.model} is the UNet folder of the run {_run_of_unet(args)}, which records its "
-                             f"training set: pass --model {_run_of_unet(args)}")
+    run = run_of_unet(args.model) if args.model else None
+    if run is not None:
+        raise DiffauditError(f"--model {args.model} is the UNet folder of the run {run}, which records its training set: "
+                             f"pass --model {run}")
     if _trained_on_all(args):
         return models / TRAINED_ON_ALL, [k for k in dataset.keys if not k.startswith(HELDOUT_PREFIX)]
     if args.model and Path(args.model).is_dir() and not has_train_ids(args.model):

@@ -42,6 +42,13 @@ def has_train_ids(run_dir: str | Path) -> bool:
     return (Path(run_dir) / TRAIN_IDS).is_file()
 
 
+def run_of_unet(path: str | Path) -> Path | None:
+    """The run whose ``unet/`` folder ``path`` is, when that run records its training set (whoever gave the
+    UNet folder meant the run); None otherwise."""
+    root = Path(path)
+    return root.parent if root.name == "unet" and has_train_ids(root.parent) else None
+
+
 def no_train_ids_error(run_dir: str | Path, what: str = "--model", hint: str = "") -> DiffauditError:
     """The error for a ``run_dir`` without ``train_ids.json``, said as what it is: a folder that does not
     exist, one that holds no model (another command's folder, an unfinished run: why, and what to pass or
@@ -52,9 +59,10 @@ def no_train_ids_error(run_dir: str | Path, what: str = "--model", hint: str = "
     reason = not_a_model_reason(root)
     if reason is not None:
         return DiffauditError(f"{what} {run_dir}: {reason}")
-    if root.name == "unet" and has_train_ids(root.parent):  # the UNet folder inside a run that records it
-        return DiffauditError(f"{what} {run_dir} is the UNet folder of the run {root.parent}, which records its training "
-                              f"set: pass {root.parent}")
+    run = run_of_unet(root)
+    if run is not None:
+        return DiffauditError(f"{what} {run_dir} is the UNet folder of the run {run}, which records its training set: "
+                              f"pass {run}")
     return DiffauditError(f"{what} {run_dir}: no {TRAIN_IDS}, so its training set is unknown; {train_ids_howto(run_dir)}{hint}")
 
 
