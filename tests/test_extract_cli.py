@@ -269,3 +269,18 @@ def test_the_folder_export_wrote_is_generations(tmp_path, capsys):
     exported, stored = read_samples(str(tmp_path / "x")), read_samples(str(tmp_path / "s"))
     order = [stored.keys.index(k.removesuffix(".png")) for k in exported.keys]
     assert np.array_equal(exported.images, stored.images[order])
+
+
+def test_ground_truth_class_indices_name_the_class_prompts(tmp_path):
+    """A class-conditional model's prompts are "0".."9": `[1, 4]` names two of them, as `["1", "4"]` does; a bool or a
+    float is still refused, naming what the list may hold."""
+    from diffaudit.cli.extract import _load_ground_truth
+    from diffaudit.core.errors import DiffauditError
+
+    for name, text in (("ints.json", "[1, 4]"), ("strs.json", '["1", "4"]'), ("wrapped.json", '{"memorized": [1, "4"]}')):
+        (tmp_path / name).write_text(text)
+        assert _load_ground_truth(str(tmp_path / name)) == {"1", "4"}, name
+    for bad in ("[true]", "[1.5]"):
+        (tmp_path / "bad.json").write_text(bad)
+        with pytest.raises(DiffauditError, match="class indices"):
+            _load_ground_truth(str(tmp_path / "bad.json"))

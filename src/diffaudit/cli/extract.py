@@ -103,6 +103,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _load_ground_truth(path: str) -> set[str]:
+    """The memorized prompts ``--calibrate`` names: a JSON list (of text, or of class indices, read as the
+    decimal prompts class-conditional samples carry), ``{"memorized": [...]}``, or a text file of one per line."""
     p = Path(path)
     if not p.is_file():
         raise DiffauditError(f"--calibrate {p}: file does not exist")
@@ -110,9 +112,12 @@ def _load_ground_truth(path: str) -> set[str]:
         data = read_json(p)
         if isinstance(data, dict):
             data = data.get("memorized")
-        if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
-            raise DiffauditError(f"--calibrate {p}: expected a JSON list of prompts or {{\"memorized\": [prompts]}}")
-        return set(data)
+        # a class-conditional model's prompts are its class indices: [1, 4] names the prompts "1" and "4"
+        if not isinstance(data, list) or not all(isinstance(x, str) or (isinstance(x, int) and not isinstance(x, bool))
+                                                 for x in data):
+            raise DiffauditError(f"--calibrate {p}: expected a JSON list of prompts (text, or a class-conditional model's "
+                                 f"class indices) or {{\"memorized\": [prompts]}}")
+        return {str(x) for x in data}
     lines = read_text(p, "--calibrate").splitlines()
     return {ln for ln in (x.strip() for x in lines) if ln}
 
