@@ -92,3 +92,16 @@ def test_an_audit_folder_given_as_a_sample_store_points_at_its_samples(tmp_path,
     err = capsys.readouterr().err
     assert (f"{tmp_path / 'audit'} is not a sample store (no manifest.json); {tmp_path / 'audit' / 'samples'} is one "
             "(an audit's generations)") in err
+
+
+def test_another_commands_folder_given_to_export_is_said_as_such(tmp_path, capsys):
+    """A training run given as --samples: export says whose folder it is, as verify and extract do, not only
+    that it lacks a manifest."""
+    from tests.helpers import make_tiny_model_dir
+    from diffaudit.core.outdir import prepare_out_dir
+
+    prepare_out_dir(tmp_path / "run", "train", {"steps": 2})
+    make_tiny_model_dir(tmp_path / "run")
+    assert main(["export", "--samples", str(tmp_path / "run"), "--out", str(tmp_path / "png")]) == 2
+    assert (f"{tmp_path / 'run'} is the output folder of `diffaudit train`, not a sample store; pass the sample store "
+            "`diffaudit sample` wrote") in capsys.readouterr().err

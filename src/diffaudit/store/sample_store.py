@@ -53,7 +53,7 @@ from diffaudit.core.folder_lock import writer
 from diffaudit.core.progress import warning_line
 from diffaudit.core.io import load_npy, make_private_dir
 from diffaudit.core.npz_arrays import read_npy_header
-from diffaudit.core.outdir import SETTINGS_FILE, prepare_out_dir, recorded_settings
+from diffaudit.core.outdir import SETTINGS_FILE, prepare_out_dir, recorded_command, recorded_settings
 from diffaudit.core.seeds import generation_seed
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.data.sharded import ShardedImages
@@ -216,6 +216,10 @@ class SampleStore:
                 raise DiffauditError(f"{loc} does not exist (expected a sample store, written by `diffaudit sample`)")
             inner = loc.path / "samples" if loc.path is not None else None
             hint = f"; {inner} is one (an audit's generations)" if inner is not None and (inner / MANIFEST).is_file() else ""
+            command = recorded_command(loc.path) if loc.path is not None and loc.path.is_dir() else None
+            if command not in (None, "sample"):  # another command's folder, said as what it is (as verify says it)
+                raise DiffauditError(f"{loc} is the output folder of `diffaudit {command}`, not a sample store"
+                                     + (hint or "; pass the sample store `diffaudit sample` wrote"))
             raise DiffauditError(f"{loc} is not a sample store (no {MANIFEST}){hint}")
         return cls(loc, loc.read_json(MANIFEST))
 
