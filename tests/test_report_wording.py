@@ -588,3 +588,22 @@ def test_one_line_results_separate_thousands_as_the_report_does(tmp_path):
                      "prompt_checks_extracted": 1188}, tmp_path)
     assert line.startswith("verify: 1,188 of 1,400 mapped generations reproduce their own prompt's training image "
                            "(1,188 distinct training images)"), line
+
+
+def test_matches_in_data_the_model_never_trained_on_are_not_called_training_images(tmp_path):
+    """verify against --data the model (mostly) never trained on: the pairs' section, its lede, its tags and the
+    card's ℓ2 line call the matched images images of --data, not training images; a verify of the training set
+    itself keeps the training words."""
+    from diffaudit.report import render_html
+
+    folder = _verify_folder_with_an_exact_copy(tmp_path / "untrained")
+    record = json.loads((folder / "result.json").read_text())
+    record.update(data_vs_model={"n_data": 12, "n_trained": 32, "n_not_trained": 12, "n_trained_missing": 32})
+    write_json_atomic(folder / "result.json", record)
+    text = " ".join(unescape(re.sub(r"<[^>]+>", " ", render_html(folder))).split())
+    assert "Images of --data matched" in text and "Extracted training images" not in text
+    assert ("Each pair is a generation (left) and the image of --data it matches (right), most exact first: the model never "
+            "trained on 12 of --data's 12 images") in text
+    assert "ℓ2 of --data matches: median" in text and "ℓ2 of training matches" not in text
+    plain = _verify_folder_with_an_exact_copy(tmp_path / "trained")
+    assert "Extracted training images" in " ".join(unescape(re.sub(r"<[^>]+>", " ", render_html(plain))).split())
