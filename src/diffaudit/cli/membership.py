@@ -85,10 +85,10 @@ def run(args: argparse.Namespace) -> int:
     out = out_file(args.out, "membership.npz")
     status = "wrote"
     old = _existing(out) if out.exists() or out.is_symlink() else None  # a file of yours: refused, --fresh or not
-    if old is not None and args.fresh and _differs(old, matrix, dataset.keys, args.seed):
+    diff = _differs(old, matrix, dataset.keys, args.seed) if old is not None else None
+    if diff and args.fresh:
         _refuse_trained_on(out)
     if old is not None and not args.fresh:
-        diff = _differs(old, matrix, dataset.keys, args.seed)
         if diff:
             raise DiffauditError(
                 f"{out} already holds a membership matrix that differs in {diff}; "

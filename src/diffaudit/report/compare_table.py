@@ -17,27 +17,7 @@ from diffaudit.core.errors import DiffauditError
 from diffaudit.data.options import data_flags
 from diffaudit.defenses.compare import KINDS, metric_spec, query_differences
 from diffaudit.report.fmt import fmt, fmt_p, fmt_pct, zero_width_reason
-from diffaudit.report.images import DATA_OPTIONS
-from diffaudit.report.summary import CHANCE_AUC, at_chance, separates
-
-
-def _data_record(settings: dict[str, Any]) -> dict[str, Any] | None:
-    """{"spec", "options", "digest"} of the ``--data`` a command's settings record, in the forms commands
-    write: ``data: {spec, options, digest}`` (mia, shadows; inpaint's digest under ``digests``), ``data``
-    with ``data_options`` and ``data_digest`` (verify, dedup, canaries, prompts), ``data`` with the
-    options flat (audit). The digest is that of the loaded dataset (pixels, keys, labels), None where
-    not recorded."""
-    data = settings.get("data")
-    if isinstance(data, dict):
-        digests = settings.get("digests") if isinstance(settings.get("digests"), dict) else {}
-        spec, options, digest = data.get("spec"), data.get("options"), data.get("digest", digests.get("data"))
-    else:
-        spec, options, digest = data, settings.get("data_options", settings), settings.get("data_digest")
-    if not isinstance(spec, str) or not spec:
-        return None
-    options = {k: v for k, v in (options if isinstance(options, dict) else {}).items()
-               if k in DATA_OPTIONS and v is not None}
-    return {"spec": spec, "options": options, "digest": digest if isinstance(digest, str) else None}
+from diffaudit.report.summary import CHANCE_AUC, at_chance, data_record, same_data, separates
 
 
 def dataset_of(summary: dict[str, Any]) -> dict[str, Any] | None:
@@ -45,7 +25,7 @@ def dataset_of(summary: dict[str, Any]) -> dict[str, Any] | None:
     own first), with the digest of the first stage that read that same data and recorded one. An
     audit's verify stage reads only the target's training examples, so its digest never stands for
     the dataset (nor do the training-set digests of a run: a deduplicated run trains on fewer)."""
-    records = [r for s in (summary.get("settings") or {}).values() if isinstance(s, dict) and (r := _data_record(s))]
+    records = [r for s in (summary.get("settings") or {}).values() if isinstance(s, dict) and (r := data_record(s))]
     if not records:
         return None
     first = records[0]
@@ -65,11 +45,7 @@ def dataset_warnings(a: dict[str, Any], b: dict[str, Any], labels: list[str]) ->
     da, db = dataset_of(a), dataset_of(b)
     if da is None or db is None:
         return []
-    if da["digest"] and db["digest"]:
-        differ = da["digest"] != db["digest"]
-    else:
-        differ = (da["spec"], da["options"]) != (db["spec"], db["options"])
-    if not differ:
+    if same_data(da, db):
         return []
     la, lb = labels
     return [f"{la} and {lb} were made on different datasets, {la} on {_describe(da, db)} and {lb} on "

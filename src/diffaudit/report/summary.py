@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -83,6 +84,7 @@ from typing import Any
 from diffaudit.attacks.extraction.calibration import CalibrationPoint, best_point
 from diffaudit.attacks.membership.registry import PER_EXAMPLE_VARIANCE
 from diffaudit.core.io import write_json_atomic
+from diffaudit.core.outdir import recorded_settings
 from diffaudit.core.results import SCHEMA_VERSION, with_current_names
 from diffaudit.evaluation.exposure_chance import LEVEL as CHANCE_LEVEL
 from diffaudit.evaluation.exposure_chance import chance_exposure, exposure_pvalue, needed_to_test, smallest_pvalue
@@ -213,8 +215,8 @@ def mia_labels(stages: list[Stage]) -> dict[str, str]:
     two folders ran the same attack, with the folder that tells them apart (``loss in mia-tidx1``). The
     summary's keys stay unique names (:func:`mia_key`), but a reader is told the attack, not a folder."""
     names = {st.name: str(st.result.get("attack") or st.name) for st in stages}
-    twice = {n for n in names.values() if list(names.values()).count(n) > 1}
-    return {st: (f"{name} in {st}" if name in twice and name != st else name) for st, name in names.items()}
+    counts = Counter(names.values())
+    return {st: (f"{name} in {st}" if counts[name] > 1 and name != st else name) for st, name in names.items()}
 
 
 def prompt_check_counts(r: dict[str, Any]) -> dict[str, Any]:
@@ -788,20 +790,21 @@ def _same_path(a: str, b: str) -> bool:
     return os.path.normpath(a) == os.path.normpath(b)
 
 
-def _data_record(st: Stage) -> dict[str, Any] | None:
-    """{"spec", "options", "digest"} of the data a stage read (the digest of the loaded data, None where
-    it recorded none); None when it records no ``--data``."""
-    spec, opts = data_spec(st.settings)
+def data_record(settings: dict[str, Any]) -> dict[str, Any] | None:
+    """{"spec", "options", "digest"} of the ``--data`` a command's recorded settings name, in every form
+    commands write (:func:`~diffaudit.report.images.data_spec`, :func:`~diffaudit.report.images.data_digest`:
+    the digest of the loaded data, None where not recorded); None when they name no ``--data``."""
+    spec, opts = data_spec(settings)
     if not isinstance(spec, str) or not spec:
         return None
-    digest = data_digest(st.settings)
+    digest = data_digest(settings)
     return {"spec": spec, "options": opts, "digest": digest if isinstance(digest, str) and digest else None}
 
 
-def _same_data(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether two data records are one dataset: by their digests where both recorded one (the same pixels
-    read with other options, ``digits`` with and without ``--image-size 8``, are the same data), else by
-    the spec and loader options, as ``diffaudit compare`` tells (compare_table.dataset_warnings)."""
+def same_data(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two :func:`data_record` are one dataset: by their digests where both recorded one (the same
+    pixels read with other options, ``digits`` with and without ``--image-size 8``, are the same data), else
+    by the spec and loader options. The report's mixed-inputs note and ``diffaudit compare`` both ask it."""
     if a["digest"] and b["digest"]:
         return a["digest"] == b["digest"]
     return (a["spec"], a["options"]) == (b["spec"], b["options"])
@@ -809,13 +812,13 @@ def _same_data(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 def _data_groups(stages: list[Stage]) -> list[dict[str, Any]]:
     """The datasets ``stages`` read, each {"input", "options" (when any), "digest" (when recorded),
-    "stages"}, in the order first read; a stage joins the first dataset it is the same as (:func:`_same_data`)."""
+    "stages"}, in the order first read; a stage joins the first dataset it is the same as (:func:`same_data`)."""
     groups: list[tuple[dict[str, Any], list[str]]] = []
     for st in stages:
-        rec = _data_record(st)
+        rec = data_record(st.settings)
         if rec is None:
             continue
-        found = next((g for g in groups if _same_data(g[0], rec)), None)
+        found = next((g for g in groups if same_data(g[0], rec)), None)
         if found is None:
             groups.append((dict(rec), [st.name]))
         else:
@@ -832,8 +835,7 @@ def _store_model(st: Stage) -> dict[str, Any] | None:
     if st.command not in ("extract", "verify"):
         return None
     store = resolve_path(st.settings.get("samples"), st.path, st.path.parent)
-    record = read_object(store / "settings.json") if store is not None and (store / "settings.json").is_file() else None
-    settings = record.get("settings") if isinstance(record, dict) and record.get("command") == "sample" else None
+    settings = recorded_settings(store, "sample") if store is not None else None
     model = settings.get("model") if isinstance(settings, dict) else None
     return {"run": model} if isinstance(model, str) and model else None
 
