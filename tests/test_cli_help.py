@@ -85,10 +85,10 @@ def test_an_unknown_flag_is_named_by_its_command(capsys):
     from diffaudit.cli.main import main
 
     with pytest.raises(SystemExit) as exit_:
-        main(["shadows", "--data", "digits", "--membership", "m.npz", "--out", "x", "--dp-noise", "1"])
+        main(["shadows", "--data", "digits", "--membership", "m.npz", "--out", "x", "--attack", "loss"])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "usage: diffaudit shadows" in err
-    assert err.rstrip().endswith("diffaudit shadows: error: unrecognized arguments: --dp-noise 1")
+    assert err.rstrip().endswith("diffaudit shadows: error: unrecognized arguments: --attack loss")
     with pytest.raises(SystemExit):
         main(["--bogus"])
     assert "diffaudit: error: unrecognized arguments: --bogus" in capsys.readouterr().err

@@ -57,9 +57,10 @@ def test_a_folder_that_is_not_the_model_is_said_as_what_it_is(folders, tmp_path,
 
 
 def test_a_dp_or_deduplicated_target_whose_shadows_train_plainly_is_warned_of(tmp_path, capsys):
-    """LiRA compares the target's losses with the shadows'; `shadows` trains without DP-SGD and on plain halves of
-    --data, so a DP-SGD or deduplicated --model gets a warning naming how it trained (and that the loss attack
-    needs no shadows); a plain one gets none. (The unknown --device then stops each audit before it trains.)"""
+    """LiRA compares the target's losses with the shadows'; `shadows` trains on plain halves of --data, and with
+    DP-SGD only where the target records the noise it trained with (tests/test_shadows_dp.py), so a deduplicated
+    --model, or a DP-SGD one whose record holds no noise multiplier, gets a warning naming how it trained (and
+    that the loss attack needs no shadows); a plain one gets none. (The unknown --device then stops each audit before it trains.)"""
     keys = load_dataset("digits", subset=40).keys[:20]
     for name, record, dropped in (("plain", {}, None), ("dp", {"dp": {"target_epsilon": 8.0, "delta": 1e-5}}, None),
                                   ("dedup", {}, ["digits:1"])):
@@ -71,6 +72,7 @@ def test_a_dp_or_deduplicated_target_whose_shadows_train_plainly_is_warned_of(tm
         assert main(AUDIT + ["--model", str(run), "--shadows", "2", "--mia", "lira-fixed", "--device", "tpu9",
                              "--out", str(tmp_path / "o")]) == 2
         err = capsys.readouterr().err
-        said = {"plain": None, "dp": "trained with DP-SGD (target epsilon 8), which the shadows do not copy",
+        said = {"plain": None, "dp": "trained with DP-SGD (its train_config.json records no noise multiplier the shadows "
+                                     "could use), which the shadows do not copy",
                 "dedup": "trained on a deduplicated training set (--dedup), which the shadows do not copy"}[name]
         assert (said in err and "--mia loss needs no shadows" in err) if said else "do not copy" not in err, (name, err)

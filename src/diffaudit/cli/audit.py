@@ -48,7 +48,7 @@ DESCRIPTION = (
 MIA_ATTACKS = ("loss", "lira", "lira-offline", "lira-fixed", "lira-offline-fixed", "strong-lira", "strong-lira-fixed")
 
 # Options that never change results (left out of the audit's settings).
-_NOT_SETTINGS = {"config", "fresh", "redo", "quiet", "json", "command", "_run", "_argv", "_given", "redact"}
+_NOT_SETTINGS = {"config", "fresh", "redo", "quiet", "json", "command", "_run", "_argv", "_given", "redact", "_shadow_dp"}
 #: Of those, the ones --config may set too (the others are command-line only: --fresh deletes --out).
 _CONFIG_MAY_SET = {"redact"}
 #: Options that --config may set but that are not compared on a resume: another spelling of the same
@@ -393,39 +393,70 @@ def adopt_target_recipe(args: argparse.Namespace, given: set[str]) -> None:
     from diffaudit.core.io import read_json
     from diffaudit.core.progress import stage_line, warning_line
 
+    args._shadow_dp = None
     path = Path(args.model) / "train_config.json"
     if not path.is_file():
         warning_line("audit", f"{args.model} records no train_config.json: the shadows train with this command's training "
                      "options, which may differ from how the target was trained")
         return
     recipe = read_json(path)
+    _adopt_target_dp(args, recipe, given)
     _warn_unmatched_training(args, recipe)
     adopted = {k: recipe[k] for k in RECIPE if k not in given and k in recipe and recipe[k] != getattr(args, k)}
+    if args._shadow_dp:  # DP-SGD clips each example's gradient instead: --grad-clip is not passed
+        adopted.pop("grad_clip", None)
     for k, v in adopted.items():
         setattr(args, k, v)
-    if adopted:
-        stage_line("audit: the shadows train like --model (its train_config.json): "
-                   + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in adopted.items()) + "; options given here win")
+    said = [f"--{k.replace('_', '-')} {v}" for k, v in adopted.items()] + (["DP-SGD: " + " ".join(args._shadow_dp)]
+                                                                          if args._shadow_dp else [])
+    if said:
+        stage_line("audit: the shadows train like --model (its train_config.json): " + ", ".join(said)
+                   + "; options given here win")
+
+
+#: Training options that DP-SGD does not use, refused when given for the shadows of a DP-SGD --model.
+_DP_UNUSED = ("grad_clip", "no_bf16", "compile")
+
+
+def _adopt_target_dp(args: argparse.Namespace, recipe: dict, given: set[str]) -> None:
+    """``args._shadow_dp``: the ``--dp-*`` flags the shadows train with, those of a DP-SGD --model
+    (:func:`~diffaudit.defenses.dp_training.dp_flags_like`: its noise multiplier as used, clipping, batching), or
+    None for a plainly trained one. LiRA reads the target's losses against the shadows', so shadows trained
+    without DP-SGD would give it another model's loss distributions. Training options DP-SGD does not use
+    (:data:`_DP_UNUSED`) given here are refused."""
+    from diffaudit.defenses.dp_training import dp_flags_like
+
+    args._shadow_dp = dp_flags_like(recipe.get("dp"))
+    unused = sorted("--" + k.replace("_", "-") for k in _DP_UNUSED if k in given)
+    if args._shadow_dp and unused:
+        raise DiffauditError(f"{', '.join(unused)}: --model {args.model} trained with DP-SGD, and so do its shadows, "
+                             "which clip each example's gradient and train eagerly in float32; drop "
+                             f"{'it' if len(unused) == 1 else 'them'}")
 
 
 def _warn_unmatched_training(args: argparse.Namespace, recipe: dict) -> None:
-    """Warn when --model trained in a way the shadows cannot copy: with DP-SGD (`shadows` trains without it) or
-    on a deduplicated training set. LiRA reads a target's loss against the shadows' IN and OUT losses, so
-    shadows trained otherwise give it other distributions to compare with (a DP model's losses sit apart from
-    a plain model's); the loss attack needs no shadows."""
+    """Warn when --model trained in a way the shadows do not copy: on a deduplicated training set (`shadows`
+    trains on halves of --data as they are), with DP-SGD this version cannot read from its record, or with
+    DP-SGD where shadows an earlier version trained plainly are kept. LiRA reads a target's loss against the
+    shadows' IN and OUT losses, so shadows trained otherwise give it other distributions to compare with (a
+    DP model's losses sit apart from a plain model's); the loss attack needs no shadows."""
+    from diffaudit.core.io import read_json
     from diffaudit.core.progress import warning_line
     from diffaudit.models.run_files import read_dropped_duplicates
 
     how = []
-    if isinstance(recipe.get("dp"), dict):
-        eps = recipe["dp"].get("target_epsilon")
-        how.append(f"with DP-SGD{f' (target epsilon {eps:g})' if isinstance(eps, (int, float)) else ''}")
+    if isinstance(recipe.get("dp"), dict) and not args._shadow_dp:
+        how.append("with DP-SGD (its train_config.json records no noise multiplier the shadows could use)")
     if read_dropped_duplicates(args.model) != []:  # a keep list that dropped some (None: its record unreadable)
         how.append("on a deduplicated training set (--dedup)")
     if how:
         warning_line("audit", f"--model {args.model} trained {' and '.join(how)}, which the shadows do not copy: they train "
-                     f"plainly on halves of --data, and {args.mia} reads the target's losses against theirs, so its scores "
-                     "may be miscalibrated for this model; --mia loss needs no shadows")
+                     f"on halves of --data as they are, and {args.mia} reads the target's losses against theirs, so its "
+                     "scores may be miscalibrated for this model; --mia loss needs no shadows")
+    kept = Path(args.out) / "models" / "settings.json"
+    if args._shadow_dp and not args.fresh and kept.is_file() and "dp" not in read_json(kept):
+        warning_line("audit", f"the shadows in {kept.parent} trained without DP-SGD, before this version trained them "
+                     f"like a DP-SGD --model; {args.mia} reads them as they are: re-run with --fresh to train them again")
 
 
 # --------------------------------------------------------------------------- stages
@@ -446,15 +477,19 @@ def _data_flags(args: argparse.Namespace, out: Path) -> list[str]:
 
 
 def _train_flags(args: argparse.Namespace) -> list[str]:
+    """The training flags of the train stage; the shadows of a DP-SGD --model get its ``--dp-*`` flags
+    (:func:`_adopt_target_dp`) in place of those DP-SGD does not use."""
+    dp = getattr(args, "_shadow_dp", None)
     flags = ["--preset", args.preset, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-             "--lr", str(args.lr), "--warmup-steps", str(args.warmup_steps), "--grad-clip", str(args.grad_clip),
+             "--lr", str(args.lr), "--warmup-steps", str(args.warmup_steps),
+             *([] if dp else ["--grad-clip", str(args.grad_clip)]),
              "--ema-decay", str(args.ema_decay), "--checkpoint-every", str(args.checkpoint_every)]
     for name in ("flip", "class_conditional", "no_bf16", "compile"):
-        if getattr(args, name):
+        if getattr(args, name) and not (dp and name in _DP_UNUSED):
             flags.append("--" + name.replace("_", "-"))
     if args.log_every:
         flags += ["--log-every", str(args.log_every)]
-    return flags
+    return flags + (dp or [])
 
 
 class _Stages:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,9 @@ from diffaudit.cli.common import (
     add_data_args, add_run_args, canonical_settings, data_options, emit, file_in_folder, speaking_as, upgrading_paths,
 )
 from diffaudit.cli.train import (
-    add_train_options, canonical_data_record, train_config_from, upgrading_run_paths, warn_short_warmup,
+    add_train_options, canonical_data_record, refuse_dp_unused, train_config_from, upgrading_run_paths, warn_short_warmup,
 )
+from diffaudit.cli.train import setting_flags as train_setting_flags
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.identity import text_bytes
@@ -33,8 +35,11 @@ DESCRIPTION = (
     "Train K DDPM shadow models (the paper: 16), model k on the examples IN column k of --membership, "
     "into --out/model-00, model-01, ... A finished model is never retrained and an interrupted one resumes "
     "from its last checkpoint, so re-running the same command continues the work. Then run "
-    "`diffaudit mia --shadows OUT` to attack them."
+    "`diffaudit mia --shadows OUT` to attack them. With --dp-noise or --dp-epsilon every shadow trains with "
+    "DP-SGD, as a DP-SGD target did (`audit --model` passes the target's own)."
 )
+#: How a refusal to resume names the --dp-* settings: as `train` names them.
+setting_flags = train_setting_flags
 #: Settings that hold the path of an input (recorded canonical, see :func:`~diffaudit.cli.common.canonical_path`).
 PATH_SETTINGS = ("data.spec", "data.options.cifar_root")
 
@@ -56,6 +61,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1,
                    help="models trained at once, each in its own process (several small models share one GPU well)")
     add_train_options(p)
+    from diffaudit.defenses.dp_training import add_dp_arguments
+
+    add_dp_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
                              f"{mem.n_examples} examples, so shadow model {empty} would train on nothing: make the matrix "
                              "(`diffaudit membership`) over more examples")
     config = train_config_from(args)
+    dp, trainer = _dp_of(args, mem, k, config.batch_size)
     warn_short_warmup(config, "shadows")
     train_settings = {key: v for key, v in dataclasses.asdict(config).items() if key != "seed"}
     # --models is left out on purpose: a later run with a larger K adds models to the same folder.
@@ -80,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         "train": train_settings,
         "seed": args.seed,
     }
+    if dp is not None:  # only then, so that the settings of plain shadows read as they always did
+        settings["dp"] = {**dataclasses.asdict(dp), "max_grad_norm": None if math.isinf(dp.max_grad_norm) else dp.max_grad_norm}
     settings = canonical_settings(settings, PATH_SETTINGS)
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrading_paths(PATH_SETTINGS))
     if resumed:
@@ -88,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     with Timer() as timer:
         runs = train_shadows(ds, mem, config, out, models=range(k), seed=args.seed, device=device,
                              data_record=canonical_data_record({"spec": args.data, "options": opts}), workers=args.workers,
-                             upgrade=upgrading_run_paths())
+                             upgrade=upgrading_run_paths(), trainer=trainer)
     finished = sorted(p for p in out.glob("model-*") if (p / "result.json").exists())
     models = []
     for j in range(mem.n_models):
@@ -96,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
         if run_dir in finished:
             r = read_json(run_dir / "result.json")
             models.append({"index": j, "run": run_dir.name, "n_train": r.get("n_train"), "final_loss": r.get("final_loss"),
-                           "seed": shadow_seed(args.seed, j)})
+                           "seed": shadow_seed(args.seed, j),
+                           **({"epsilon": r["dp"].get("epsilon")} if isinstance(r.get("dp"), dict) else {})})
     result = write_result(
         out / "result.json", NAME, settings, {"seed": args.seed},
         n_models=len(models), n_columns=mem.n_models, n_examples=len(ds), membership="membership.npz",
@@ -104,6 +116,25 @@ def run(args: argparse.Namespace) -> int:
     )
     emit(args, result, trained_line(out, len(runs), [m["index"] for m in models], mem))
     return 0
+
+
+def _dp_of(args: argparse.Namespace, mem: Membership, k: int, batch_size: int):
+    """(DPConfig, its trainer) when --dp-noise or --dp-epsilon is given, else (None, None): refused before any
+    model trains are the training flags DP-SGD does not use, and a --batch-size above the smallest column
+    among the first ``k`` (a DP-SGD batch holds each example at most once)."""
+    from diffaudit.defenses.dp_training import dp_config_from_args, dp_trainer
+
+    dp = dp_config_from_args(args)
+    if dp is None:
+        return None, None
+    refuse_dp_unused(args)
+    sizes = mem.matrix[:, :k].sum(axis=0)
+    smallest = int(np.argmin(sizes))
+    if batch_size > sizes[smallest]:
+        raise DiffauditError(f"--batch-size {batch_size} exceeds the {int(sizes[smallest])} examples shadow model {smallest} "
+                             "trains on: a DP-SGD batch holds each example at most once (sampling rate at most 1); lower "
+                             "--batch-size")
+    return dp, dp_trainer(dp)
 
 
 def is_target_split(mem: Membership) -> bool:

@@ -628,6 +628,19 @@ def train_dp(
     return run
 
 
+def dp_trainer(dp: DPConfig) -> Callable[..., Path]:
+    """A trainer called as :func:`diffaudit.models.training.train` is (``trainer(dataset, config, out_dir,
+    **options)``) that trains with DP-SGD under ``dp`` (:func:`train_dp`): how ``diffaudit shadows`` trains
+    the shadows of a DP-SGD target (:func:`diffaudit.attacks.membership.shadows.train_shadows`'s ``trainer``).
+    Picklable, so shadow worker processes take it."""
+    return functools.partial(_train_dp_with, dp=dp)
+
+
+def _train_dp_with(dataset: ImageDataset, config: TrainConfig, out_dir: str | Path, *, dp: DPConfig, **options: Any) -> Path:
+    """:func:`train_dp` with ``dp`` as a keyword (top level, so :func:`dp_trainer`'s partial pickles)."""
+    return train_dp(dataset, config, dp, out_dir, **options)
+
+
 # The settings flags are absent from the namespace unless given (argparse.SUPPRESS; the switch: False), so a
 # flag the user gave is told apart from one left out, even one given with its default value; DPConfig
 # supplies the defaults.
@@ -661,6 +674,31 @@ def add_dp_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"(t, noise) draws per example per step, averaged before clipping (default {d.augmentations})")
     g.add_argument("--dp-grad-sample-mode", choices=GRAD_SAMPLE_MODES, default=argparse.SUPPRESS,
                    help=f"opacus per-sample gradient mode (default {d.grad_sample_mode})")
+
+
+def dp_flags_like(record: Any) -> list[str] | None:
+    """The ``--dp-*`` flags that train a model with the DP-SGD of the run whose ``train_config.json`` holds
+    ``record`` (its ``dp``): the noise multiplier it trained with (``noise_multiplier_used``: solved for its
+    --dp-epsilon, so a model on another number of examples adds the same noise per step, though its epsilon
+    differs), its clipping norm, batching, augmentations, per-sample gradient mode and accountant. How
+    ``audit --model`` trains the shadows of a DP-SGD target. None when ``record`` holds no usable noise
+    multiplier (not a DP-SGD run's, or one this version cannot read)."""
+    if not isinstance(record, dict):
+        return None
+    sigma = record.get("noise_multiplier_used", record.get("noise_multiplier"))
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 <= sigma < 1e4:
+        return None
+    d = DPConfig()
+    clip = record.get("max_grad_norm", d.max_grad_norm)
+    flags = ["--dp-noise", repr(float(sigma)),
+             "--dp-max-grad-norm", "inf" if clip is None else repr(float(clip))]  # recorded None: no clipping
+    if record.get("poisson_sampling") is False:
+        flags.append("--dp-no-poisson")
+    for key, flag in (("augmentations", "--dp-augmentations"), ("grad_sample_mode", "--dp-grad-sample-mode"),
+                      ("accountant", "--dp-accountant")):
+        if key in record and record[key] != getattr(d, key):
+            flags += [flag, str(record[key])]
+    return flags
 
 
 def dp_config_from_args(args: argparse.Namespace) -> DPConfig | None:

@@ -875,21 +875,28 @@ def _mixed_inputs(rs: ResultSet) -> dict[str, list[dict[str, Any]]] | None:
 
 def _shadows(rs: ResultSet) -> dict[str, Any] | None:
     """A ``diffaudit shadows`` folder's models: ``n_models``, ``n_examples`` (of --data, each IN for some
-    models and OUT for the others by the membership matrix), ``n_columns`` (the matrix's), and ``models``
-    [{``run``, ``n_train``, ``final_loss``}] as its result.json lists them (None where not recorded);
-    None without one."""
+    models and OUT for the others by the membership matrix), ``n_columns`` (the matrix's), ``models``
+    [{``run``, ``n_train``, ``final_loss``, ``epsilon``}] as its result.json lists them (None where not
+    recorded; ``epsilon`` only for DP-SGD shadows), and ``dp_noise``: the noise multiplier they trained with
+    under DP-SGD (``shadows --dp-noise``, or the one solved for ``--dp-epsilon`` when that was given: then
+    None, each model's epsilon says it), absent for plain shadows; None without one."""
     st = rs.first("shadows")
     if st is None:
         return None
     models = [m for m in st.result.get("models") or [] if isinstance(m, dict)]
-    return {
+    out = {
         "folder": st.name,
         "n_models": _int(st.result.get("n_models")) if _int(st.result.get("n_models")) is not None else len(models),
         "n_examples": _int(st.result.get("n_examples")),
         "n_columns": _int(st.result.get("n_columns")),
         "models": [{"run": str(m.get("run", f"model-{i:02d}")), "n_train": _int(m.get("n_train")),
-                    "final_loss": _finite(m.get("final_loss"))} for i, m in enumerate(models)],
+                    "final_loss": _finite(m.get("final_loss")), "epsilon": _finite(m.get("epsilon"))}
+                   for i, m in enumerate(models)],
     }
+    dp = st.settings.get("dp")
+    if isinstance(dp, dict):
+        out["dp_noise"] = _finite(dp.get("noise_multiplier"))
+    return out
 
 
 def _audit_stages(rs: ResultSet) -> list[str] | None:

@@ -6,7 +6,8 @@ Layout of the output folder::
 
     settings.json            the command's settings (resume checks them)
     membership.npz           a copy of the matrix (``diffaudit mia`` reads it by default)
-    model-00/ .. model-KK/   run directories of :func:`diffaudit.models.training.train`
+    model-00/ .. model-KK/   run directories of :func:`diffaudit.models.training.train` (or of the
+                             trainer given, e.g. DP-SGD's, to train shadows as their target trained)
     result.json              written when every model is finished
 
 Model k trains on the examples with ``matrix[:, k]`` True, with training seed
@@ -54,6 +55,7 @@ def train_shadows(
     data_record: dict[str, Any] | None = None,
     workers: int = 1,
     upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    trainer: Callable[..., Path] | None = None,
 ) -> list[Path]:
     """Train the shadow models ``models`` (default: every column) and return their run directories.
 
@@ -69,6 +71,11 @@ def train_shadows(
             Every model gets exactly the arguments it would get alone, so results do not depend on it.
         upgrade: how each run folder reads settings an earlier version recorded
             (:meth:`~diffaudit.models.training.RunPlan.open`); picklable when ``workers`` > 1.
+        trainer: what trains one model, called as :func:`~diffaudit.models.training.train` is
+            (``trainer(dataset, config, run_dir, device=, train_indices=, data_record=, upgrade=)`` -> the
+            run directory); default :func:`~diffaudit.models.training.train`. Shadows of a DP-SGD target
+            take DP-SGD's (:func:`diffaudit.defenses.dp_training.dp_trainer`, given by the command, since
+            defences sit above attacks); picklable when ``workers`` > 1.
     """
     membership.check_keys(dataset.keys, dataset=f"dataset {dataset.source}")
     m = membership.n_models
@@ -89,9 +96,10 @@ def train_shadows(
         jobs.append((k, run, cfg, membership.column_indices(k), record))
     if workers < 1:
         raise DiffauditError(f"--workers must be at least 1; got {workers}")
+    trainer = train if trainer is None else trainer
     if workers == 1 or len(jobs) <= 1:
         for k, run, cfg, idx, record in jobs:
-            train(dataset, cfg, run, device=device, train_indices=idx, data_record=record, upgrade=upgrade)
+            trainer(dataset, cfg, run, device=device, train_indices=idx, data_record=record, upgrade=upgrade)
             fault_point("shadows.model")
     else:
         import multiprocessing
@@ -99,7 +107,7 @@ def train_shadows(
 
         ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
-            futures = [pool.submit(_train_one, dataset, cfg, run, str(device), idx, record, upgrade)
+            futures = [pool.submit(_train_one, trainer, dataset, cfg, run, str(device), idx, record, upgrade)
                        for _, run, cfg, idx, record in jobs]
             for fut in as_completed(futures):
                 fut.result()  # re-raises a worker's error
@@ -107,7 +115,7 @@ def train_shadows(
     return [shadow_dir(out, k) for k in ks]
 
 
-def _train_one(dataset: ImageDataset, config: TrainConfig, run: Path, device: str, indices, record: dict,
-               upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> str:
+def _train_one(trainer: Callable[..., Path], dataset: ImageDataset, config: TrainConfig, run: Path, device: str, indices,
+               record: dict, upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> str:
     """One shadow model in a worker process (top level, so it pickles)."""
-    return str(train(dataset, config, run, device=device, train_indices=indices, data_record=record, upgrade=upgrade))
+    return str(trainer(dataset, config, run, device=device, train_indices=indices, data_record=record, upgrade=upgrade))

@@ -1,0 +1,164 @@
+"""LiRA shadows of a DP-SGD target train with DP-SGD: `shadows --dp-noise/--dp-epsilon` trains every model as
+`train --dp-*` would, and `audit --model` passes a DP-SGD target's own noise multiplier, clipping and batching
+to its shadows (LiRA reads the target's losses against theirs, and a DP model's losses sit apart from a plain
+model's)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+
+import diffaudit.cli.audit as audit_cli
+from diffaudit.attacks.membership.shadows import shadow_seed
+from diffaudit.cli.main import main
+from diffaudit.core.io import read_json
+from diffaudit.data import load_dataset, make_membership, save_membership
+from diffaudit.defenses.dp_training import DPConfig, dp_flags_like, dp_trainer
+from diffaudit.report import render_html
+from tests.helpers import make_tiny_model_dir
+from tests.test_report import visible_text
+
+N = 24
+TRAIN = ["--steps", "4", "--batch-size", "6", "--warmup-steps", "1", "--checkpoint-every", "2", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def matrix_file(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dp_shadows")
+    ds = load_dataset("digits", subset=N)
+    save_membership(root / "m.npz", make_membership(N, 2, seed=3), ds.keys, 3)
+    return root / "m.npz"
+
+
+def shadows(matrix_file, out, *extra: str) -> list[str]:
+    return ["--quiet", "shadows", "--data", "digits", "--subset", str(N), "--membership", str(matrix_file),
+            "--out", str(out), *TRAIN, *extra]
+
+
+def weights(run) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted((run / "unet").glob("*.safetensors")))
+
+
+def test_dp_shadows_train_as_train_does_under_dp_sgd(matrix_file, tmp_path, capsys):
+    """Each shadow is a DP-SGD run (its record holds the noise and its epsilon, listed in the shadows'
+    result) with the weights `train --dp-noise` gives its column under its seed; a re-run with other noise
+    is refused by the flag's name, and re-running the same command trains nothing."""
+    out = tmp_path / "s"
+    assert main(shadows(matrix_file, out, "--dp-noise", "0.8", "--dp-no-poisson")) == 0
+    result = read_json(out / "result.json")
+    for k in range(2):
+        dp = read_json(out / f"model-{k:02d}" / "result.json")["dp"]
+        assert dp["noise_multiplier"] == 0.8 and dp["poisson_sampling"] is False and dp["epsilon"] > 0
+        assert result["models"][k]["epsilon"] == dp["epsilon"]
+    alone = tmp_path / "alone"
+    assert main(["--quiet", "train", "--data", "digits", "--subset", str(N), "--membership", str(matrix_file),
+                 "--model-index", "1", "--out", str(alone), *TRAIN, "--seed", str(shadow_seed(0, 1)),
+                 "--dp-noise", "0.8", "--dp-no-poisson"]) == 0
+    assert weights(alone) == weights(out / "model-01")
+    assert weights(out / "model-00") != weights(out / "model-01")
+    capsys.readouterr()
+    assert main(shadows(matrix_file, out, "--dp-noise", "0.5", "--dp-no-poisson")) == 2
+    assert "--dp-noise" in capsys.readouterr().err
+    assert main(shadows(matrix_file, out, "--dp-noise", "0.8")) == 2  # Poisson batches: another training
+    first = (out / "model-00" / "result.json").stat().st_mtime_ns
+    assert main(shadows(matrix_file, out, "--dp-noise", "0.8", "--dp-no-poisson")) == 0
+    assert (out / "model-00" / "result.json").stat().st_mtime_ns == first
+    # the report's shadows section says how they trained, with each one's epsilon
+    section = visible_text(render_html(out).split('<section id="shadows">')[1].split("</section>")[0])
+    assert "They trained with DP-SGD at noise multiplier 0.8, as a DP-SGD target does" in section
+    eps = [f"{m['epsilon']:.4g}" for m in result["models"]]
+    assert "epsilon" in section and all(e in section for e in eps), (eps, section)
+
+
+@pytest.mark.parametrize("extra, said", [
+    (["--dp-noise", "1", "--grad-clip", "2"], "--grad-clip do nothing under DP-SGD"),
+    (["--dp-noise", "1", "--batch-size", "8"], "--batch-size 8 exceeds the 7 examples shadow model 1 trains on"),
+    (["--dp-max-grad-norm", "2"], "--dp-max-grad-norm given without --dp-noise or --dp-epsilon"),
+])
+def test_dp_shadows_refuse_what_cannot_train_before_any_model(matrix_file, tmp_path, capsys, extra, said):
+    out = tmp_path / "s"
+    assert main(shadows(matrix_file, out, *extra)) == 2
+    assert said in capsys.readouterr().err
+    assert not (out / "model-00").exists()
+
+
+def test_the_dp_trainer_pickles_for_shadow_workers():
+    dp = DPConfig(noise_multiplier=0.5, max_grad_norm=2.0, poisson_sampling=False)
+    trainer = pickle.loads(pickle.dumps(dp_trainer(dp)))
+    assert trainer.keywords == {"dp": dp} and trainer.func.__name__ == "_train_dp_with"
+
+
+def test_dp_flags_like_a_recorded_run():
+    """The noise multiplier the run trained with (solved for its --dp-epsilon), not its epsilon; defaults
+    left out; a recorded clipping norm None is no clipping; no usable noise: None."""
+    record = {"noise_multiplier": None, "target_epsilon": 8.0, "noise_multiplier_used": 1.25, "max_grad_norm": 0.5,
+              "poisson_sampling": False, "accountant": "prv", "augmentations": 1, "grad_sample_mode": "functorch",
+              "delta": 1e-5}
+    assert dp_flags_like(record) == ["--dp-noise", "1.25", "--dp-max-grad-norm", "0.5", "--dp-no-poisson",
+                                     "--dp-grad-sample-mode", "functorch", "--dp-accountant", "prv"]
+    assert dp_flags_like({"noise_multiplier": 0.0, "max_grad_norm": None}) == ["--dp-noise", "0.0", "--dp-max-grad-norm", "inf"]
+    for unusable in (None, [], {}, {"noise_multiplier_used": "1"}, {"noise_multiplier_used": True}, {"noise_multiplier": -1}):
+        assert dp_flags_like(unusable) is None, unusable
+
+
+class _Stopped(Exception):
+    pass
+
+
+@pytest.fixture
+def dp_target(tmp_path):
+    """A DP-SGD --model as `train --dp-epsilon` records it (σ solved: 0.9, C 1.5, fixed-size batches)."""
+    keys = load_dataset("digits", subset=N).keys[:12]
+    run = make_tiny_model_dir(tmp_path / "target")
+    (run / "train_ids.json").write_text(json.dumps({"keys": keys}))
+    dp = {"noise_multiplier": None, "target_epsilon": 50.0, "noise_multiplier_used": 0.9, "max_grad_norm": 1.5,
+          "poisson_sampling": False, "accountant": "rdp", "augmentations": 1, "grad_sample_mode": "auto", "delta": 1e-3}
+    (run / "train_config.json").write_text(json.dumps({"preset": "tiny", "steps": 4, "batch_size": 6, "lr": 2e-4,
+                                                       "warmup_steps": 1, "grad_clip": 1.0, "ema_decay": 0.999,
+                                                       "flip": False, "dp": dp}))
+    return run
+
+
+AUDIT = ["audit", "--data", "digits", "--subset", str(N), "--n-samples", "8", "--sweep", "", "--mia", "lira-fixed",
+         "--shadows", "2", "--checkpoint-every", "2"]
+
+
+def test_audit_trains_the_shadows_of_a_dp_target_with_its_dp_sgd(dp_target, tmp_path, capsys, monkeypatch):
+    """The train stage gets the target's --dp-* flags (no --grad-clip, which DP-SGD does not use), says so,
+    warns of nothing, and `shadows` trains with them."""
+    stages = []
+
+    def stop_at_train(self, name, argv, folder=None):
+        stages.append(argv)
+        raise _Stopped
+
+    monkeypatch.setattr(audit_cli._Stages, "run", stop_at_train)
+    with pytest.raises(_Stopped):
+        main(AUDIT + ["--model", str(dp_target), "--device", "cpu", "--out", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    argv = stages[0]
+    assert argv[0] == "shadows" and "--grad-clip" not in argv
+    assert argv[argv.index("--dp-noise") + 1] == "0.9" and argv[argv.index("--dp-max-grad-norm") + 1] == "1.5"
+    assert "--dp-no-poisson" in argv
+    assert "DP-SGD: --dp-noise 0.9 --dp-max-grad-norm 1.5 --dp-no-poisson" in err and "do not copy" not in err
+    monkeypatch.undo()
+    assert main(argv + ["--quiet"]) == 0
+    dp = read_json(tmp_path / "a" / "models" / "model-01" / "result.json")["dp"]
+    assert dp["noise_multiplier"] == 0.9 and dp["max_grad_norm"] == 1.5 and dp["poisson_sampling"] is False
+
+
+def test_audit_refuses_training_flags_dp_sgd_does_not_use_for_its_shadows(dp_target, tmp_path, capsys):
+    assert main(AUDIT + ["--model", str(dp_target), "--grad-clip", "2", "--device", "cpu", "--out", str(tmp_path / "a")]) == 2
+    assert "--grad-clip: --model" in capsys.readouterr().err and not (tmp_path / "a").exists()
+
+
+def test_shadows_an_earlier_version_trained_plainly_are_warned_of(dp_target, tmp_path, capsys):
+    """An audit whose shadows of a DP-SGD --model were trained plainly (before this version) keeps them:
+    said, with --fresh to train them again. (The unknown --device stops the audit before it trains.)"""
+    out = tmp_path / "a"
+    (out / "models").mkdir(parents=True)
+    (out / "models" / "settings.json").write_text(json.dumps({"command": "shadows", "settings": {}}))
+    main(AUDIT + ["--model", str(dp_target), "--device", "tpu9", "--out", str(out)])
+    assert "trained without DP-SGD" in capsys.readouterr().err
