@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import runpy
+import signal
 import sys
 from pathlib import Path
 
@@ -84,8 +85,14 @@ def test_an_upward_import_is_found_also_when_relative_or_inside_a_function(tmp_p
 
 
 def test_python_dash_m_runs_the_command_line(monkeypatch, capsys):
+    """As a process's command, it ignores Ctrl-C once done (tests/test_cli_interrupt.py): the handler is put
+    back here, or the tests run after this one would see no Ctrl-C at all."""
     monkeypatch.setattr(sys, "argv", ["diffaudit", "--version"])
-    with pytest.raises(SystemExit) as stop:
-        runpy.run_module("diffaudit", run_name="__main__")
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as stop:
+            runpy.run_module("diffaudit", run_name="__main__")
+    finally:
+        signal.signal(signal.SIGINT, handler)
     assert stop.value.code == 0
     assert diffaudit.__version__ in capsys.readouterr().out
