@@ -143,3 +143,20 @@ def test_the_digest_of_one_of_several_models_is_named_as_that_models_contents():
     said = diff_settings({"shadow_digests": {"model-00": "a", "model-01": "c"}},
                          {"shadow_digests": {"model-00": "b", "model-01": "c"}}, names={"shadows": "--shadows"})
     assert said == ["the contents of --shadows (model-00) (was 'a', now 'b')"]
+
+
+def test_the_by_products_of_an_input_given_on_one_side_only_are_not_listed_again():
+    """``baseline`` dropped: its seed, digest and count, unset with it, are its by-products; a by-product that
+    differs while the input stays given (another seed), or one set on the side where the input is unset,
+    is listed."""
+    from diffaudit.core.outdir import diff_settings
+
+    given = {"baseline": "digits", "baseline_seed": 0, "baseline_digest": "ab", "baseline_left_out": 3, "seed": 0}
+    dropped = {"baseline": None, "baseline_seed": None, "baseline_digest": None, "baseline_left_out": None, "seed": 0}
+    assert diff_settings(given, dropped) == ["baseline (was 'digits', now None)"]
+    assert diff_settings(dropped, given) == ["baseline (was None, now 'digits')"]
+    assert diff_settings(given, {**given, "baseline_seed": 1}) == ["baseline_seed (was 0, now 1)"]
+    odd = {**dropped, "baseline_left_out": 5}  # set on both sides, and unlike: said
+    assert diff_settings(given, odd) == ["baseline (was 'digits', now None)", "baseline_left_out (was 3, now 5)"]
+    assert diff_settings({"data": "a", "data_digest": None}, {"data": None, "data_digest": "x"}) == [
+        "data (was 'a', now None)", "data_digest (was None, now 'x')"]

@@ -134,7 +134,8 @@ def test_report_line_of_a_verify_that_verified_nothing_says_not_measured(tmp_pat
 
 
 def test_dropping_the_baseline_names_flags_not_keys(tmp_path, capsys):
-    """Re-run without --baseline, the refusal listed `baseline_left_out` and `baseline_seed`."""
+    """Re-run without --baseline, the refusal listed `baseline_left_out` and `baseline_seed`; then the seed, the
+    digest and the left-out count of a baseline no longer given, all by-products of --baseline."""
     from diffaudit.data import load_dataset
 
     images = load_dataset("digits").images
@@ -145,9 +146,8 @@ def test_dropping_the_baseline_names_flags_not_keys(tmp_path, capsys):
     capsys.readouterr()
     assert run(*argv) == 2
     err = capsys.readouterr().err
-    assert "the --baseline images also in --data, left out of it (was 32, now None)" in err
-    assert "--seed, which picks the equal-size --baseline (was 0, now None)" in err
-    assert "baseline_left_out" not in err and "baseline_seed" not in err
+    assert "other settings: --baseline (was 'digits', now None). Use the same settings" in err
+    assert "baseline_left_out" not in err and "baseline_seed" not in err and "--seed" not in err
 
 
 def test_one_generation_is_singular(tmp_path, capsys):

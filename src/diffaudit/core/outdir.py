@@ -123,16 +123,28 @@ def diff_settings(old: dict[str, Any], new: dict[str, Any], prefix: str = "",
                   names: Mapping[str, str] | None = None) -> list[str]:
     """The settings that differ between ``old`` and ``new``, each as ``name (was X, now Y)`` (dotted
     names for nested settings, or the flag ``names`` gives for one; long values described briefly, see
-    :func:`_describe_change`)."""
+    :func:`_describe_change`). A setting given on one side only (``baseline``: a path, then None) says
+    its by-products too: the settings named after it (``baseline_seed``, ``baseline_digest``) that are
+    likewise unset on that side are not listed again."""
     names = names or {}
     out = []
-    for key in sorted(set(old) | set(new)):
+    keys = sorted(set(old) | set(new))
+    toggled = [key for key in keys if _unset(old.get(key, UNSET)) != _unset(new.get(key, UNSET))]
+    for key in keys:
         a, b = old.get(key, UNSET), new.get(key, UNSET)
+        if any(key.startswith(t + "_") and _unset(a) != _unset(b) and _unset(old.get(t, UNSET)) == _unset(a)
+               for t in toggled):
+            continue  # a by-product of an input given on one side only, which is listed
         if isinstance(a, dict) and isinstance(b, dict):
             out += diff_settings(a, b, f"{prefix}{key}.", names)
         elif a != b:
             out.append(f"{_setting_name(prefix + key, names)} ({_describe_change(a, b)})")
     return out
+
+
+def _unset(value: Any) -> bool:
+    """Whether a recorded setting is unset: None (an option not given) or absent."""
+    return value is None or value is UNSET
 
 
 def _setting_name(key: str, names: Mapping[str, str]) -> str:
