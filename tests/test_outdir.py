@@ -160,3 +160,17 @@ def test_the_by_products_of_an_input_given_on_one_side_only_are_not_listed_again
     assert diff_settings(given, odd) == ["baseline (was 'digits', now None)", "baseline_left_out (was 3, now 5)"]
     assert diff_settings({"data": "a", "data_digest": None}, {"data": None, "data_digest": "x"}) == [
         "data (was 'a', now None)", "data_digest (was None, now 'x')"]
+
+
+def test_a_nested_record_of_another_kind_lists_what_both_kinds_set():
+    """``--embedder pixel``, then ``phash``: the kind, and a setting both have (max_shift) where it differs;
+    never the settings one kind alone has, as '<unset>'."""
+    from diffaudit.core.outdir import diff_settings
+
+    pixel = {"embedder": {"name": "pixel", "size": 8, "color": "ycc", "max_shift": 0}}
+    phash = {"embedder": {"name": "phash", "hash_size": 8, "highfreq_factor": 4, "max_shift": 0}}
+    assert diff_settings(pixel, phash) == ["embedder.name (was 'pixel', now 'phash')"]
+    shifted = {"embedder": {**phash["embedder"], "max_shift": 2}}
+    assert diff_settings(pixel, shifted) == ["embedder.max_shift (was 0, now 2)", "embedder.name (was 'pixel', now 'phash')"]
+    sized = {"embedder": {**pixel["embedder"], "size": 4}}  # the same kind: every setting
+    assert diff_settings(pixel, sized) == ["embedder.size (was 8, now 4)"]

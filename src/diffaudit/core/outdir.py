@@ -125,7 +125,8 @@ def diff_settings(old: dict[str, Any], new: dict[str, Any], prefix: str = "",
     names for nested settings, or the flag ``names`` gives for one; long values described briefly, see
     :func:`_describe_change`). A setting given on one side only (``baseline``: a path, then None) says
     its by-products too: the settings named after it (``baseline_seed``, ``baseline_digest``) that are
-    likewise unset on that side are not listed again."""
+    likewise unset on that side are not listed again. So, in a nested record of another kind (its
+    ``name`` differs: ``--embedder pixel``, then ``phash``), are the settings only one of the kinds has."""
     names = names or {}
     out = []
     keys = sorted(set(old) | set(new))
@@ -136,6 +137,8 @@ def diff_settings(old: dict[str, Any], new: dict[str, Any], prefix: str = "",
                for t in toggled):
             continue  # a by-product of an input given on one side only, which is listed
         if isinstance(a, dict) and isinstance(b, dict):
+            if "name" in a and "name" in b and a["name"] != b["name"]:  # another kind: only what both kinds set
+                a, b = ({k: v for k, v in d.items() if k in a and k in b} for d in (a, b))
             out += diff_settings(a, b, f"{prefix}{key}.", names)
         elif a != b:
             out.append(f"{_setting_name(prefix + key, names)} ({_describe_change(a, b)})")
