@@ -119,7 +119,7 @@ def test_compare_out_is_recomputed_when_a_folder_changes(tmp_path, capsys):
 
 def test_dp_record_of_an_audit_folder_is_its_audited_model(tmp_path, capsys):
     """`audit --model RUN` links models/model-00 to RUN (with --shadows the target is only recorded):
-    the DP epsilon row comes from the audited run's dp.json, following the link."""
+    the DP epsilon row comes from the audited run's dp.json, following the link; never a DP-SGD shadow's."""
     from diffaudit.defenses.compare import find_dp_record
 
     run = tmp_path / "dp-run"
@@ -133,6 +133,14 @@ def test_dp_record_of_an_audit_folder_is_its_audited_model(tmp_path, capsys):
     (shadows / "models" / "model-00").mkdir(parents=True)  # a shadow, trained without DP-SGD
     write_result(shadows / "result.json", "audit", {"model": str(run), "shadows": 4}, {}, target=str(run))
     assert find_dp_record(shadows)["epsilon"] == 8.0
+    # an unfinished audit (its settings only) whose shadows trained with DP-SGD like the target: the target's
+    from diffaudit.core.outdir import SETTINGS_FILE, settings_record
+
+    unfinished = tmp_path / "unfinished"
+    (unfinished / "models" / "model-00").mkdir(parents=True)
+    (unfinished / "models" / "model-00" / "dp.json").write_text(json.dumps({"epsilon": 13.0, "delta": 1e-5}))
+    (unfinished / SETTINGS_FILE).write_text(json.dumps(settings_record("audit", {"model": str(run), "shadows": 2})))
+    assert find_dp_record(unfinished)["epsilon"] == 8.0
     plain = _audit(tmp_path / "plain", 12, 0.5, 0.9)
     (plain / "models" / "model-00").mkdir(parents=True)
     assert find_dp_record(plain) is None
@@ -472,3 +480,26 @@ def test_rows_carry_the_fields_their_names_were_filled_with(tmp_path, capsys):
     assert tpr == [("lira", 0.01), ("lira", 0.001)]
     assert [r["repeats"] for r in rows if r["key"] == "canaries_exposure"] == [1, 4]
     assert "attack" not in next(r for r in rows if r["key"] == "extraction_unique")
+
+
+def test_canary_means_over_few_canaries_say_they_carry_no_noise_estimate(tmp_path, capsys):
+    """One canary a repeat count (canaries' default --per-repeat 1): its "mean" exposure is one rank, so the
+    table says its change may be chance, and each side's count is in the row; three a count: no such line."""
+    def canaries(name, per_repeat, exposure):
+        cans = [{"key": f"c{r}-{j}", "repeats": r, "exposure": exposure, "extracted": False}
+                for r in (1, 4) for j in range(per_repeat)]
+        write_result(tmp_path / name / "canaries" / "result.json", "canaries", {}, {}, n_canaries=len(cans),
+                     n_extracted=0, canaries=cans)
+        return tmp_path / name
+
+    one, other, many, more = canaries("one", 1, 2.0), canaries("other", 1, 3.0), canaries("many", 3, 2.0), canaries("more", 3, 1.0)
+    r, _ = _compare_json(capsys, one, other)
+    row = next(x for x in r["rows"] if x["key"] == "canaries_exposure")
+    assert (row["a_n_canaries"], row["b_n_canaries"]) == (1, 1) and "n_canaries" not in row
+    assert main(["compare", str(one), str(other)]) == 0
+    assert ("canaries x1, x4: each mean is over 1 canary, with no estimate of its noise, so a change between the runs "
+            "may be chance") in capsys.readouterr().out
+    assert main(["compare", str(one), str(many)]) == 0
+    assert "each mean is over 1 or 3 canaries" in capsys.readouterr().out
+    assert main(["compare", str(many), str(more)]) == 0
+    assert "no estimate of its noise" not in capsys.readouterr().out

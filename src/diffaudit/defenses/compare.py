@@ -155,18 +155,22 @@ def _num(x: Any) -> float | None:
 
 
 def _audited_models(root: Path) -> list[Path]:
-    """Where the model an audit folder audited may lie: its ``result.json``'s ``target`` and ``--model``
-    setting (paths as recorded), then ``models/model-00`` (the target an audit trains, or a link to
-    ``--model``; with shadows and ``--model`` a shadow, which never trains with DP-SGD)."""
+    """Where the model an audit folder audited may lie: its ``result.json``'s ``target`` and the ``--model``
+    its settings record (paths as recorded; an unfinished audit's ``settings.json``), else ``models/model-00``
+    (the target an audit trains). With ``--model`` recorded, ``model-00`` is never read: it is a link to
+    that model or, with shadows, a shadow, which trains with DP-SGD like a DP-SGD target but has its own epsilon."""
+    from diffaudit.core.outdir import recorded_settings
+
     try:
         rec = json.loads((root / "result.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         rec = None
-    named = []
-    if isinstance(rec, dict) and rec.get("command") == "audit":
-        settings = rec.get("settings") if isinstance(rec.get("settings"), dict) else {}
-        named = [Path(p) for p in (rec.get("target"), settings.get("model")) if isinstance(p, str) and p]
-    return named + [root / "models" / "model-00"]
+    finished = isinstance(rec, dict) and rec.get("command") == "audit"
+    settings = (rec.get("settings") if finished else recorded_settings(root, "audit")) or {}
+    if not isinstance(settings, dict):
+        settings = {}
+    named = [Path(p) for p in ((rec.get("target") if finished else None), settings.get("model")) if isinstance(p, str) and p]
+    return named if settings.get("model") else named + [root / "models" / "model-00"]
 
 
 def find_dp_record(folder: str | Path) -> dict[str, Any] | None:
@@ -242,7 +246,7 @@ def measure(summary: dict[str, Any], dp: dict[str, Any] | None = None) -> list[M
         rows = [r for r in can.get("by_repeats") or [] if isinstance(r, dict)]
         for row in sorted(rows, key=lambda r: _num(r.get("repeats")) or 0):  # x1, x2, x4, ...: as inserted
             bound = "at_least" if (_count(row.get("n_at_ceiling")) or 0) > 0 else None  # a mean over canaries at the ceiling
-            put("canaries_exposure", row.get("mean_exposure"), bound, repeats=row.get("repeats"))
+            put("canaries_exposure", row.get("mean_exposure"), bound, repeats=row.get("repeats"), n_canaries=_count(row.get("n")))
     model = summary.get("model") if isinstance(summary.get("model"), dict) else {}
     if model.get("steps") is not None:  # a diffaudit run's (a model trained elsewhere records none)
         put("model_steps", model.get("steps"))
@@ -319,10 +323,15 @@ def _attack_metrics(attack: str) -> set[str]:
             metric_spec("mia_heldout_loss").name(attack=attack), metric_spec("mia_loss_gap").name(attack=attack)}
 
 
+#: Fields of a :class:`Measured` that are each side's own, not the row's (carried as ``a_<field>`` and ``b_<field>``):
+#: how many canaries a mean exposure averages.
+SIDE_FIELDS = ("n_canaries",)
+
+
 def _json_fields(fields: dict[str, Any]) -> dict[str, Any]:
     """A row's name fields as its JSON carries them: ``attack``, ``repeats`` (an int), and ``fpr`` as the
     fraction its TPR is read at (0.01, not the name's "1")."""
-    out = dict(fields)
+    out = {k: v for k, v in fields.items() if k not in SIDE_FIELDS}
     if "fpr" in out:
         out["fpr"] = round(float(out["fpr"]) / 100, 12)
     return out
@@ -342,7 +351,8 @@ def compare_summaries(a: dict[str, Any], b: dict[str, Any], *, dp_a: dict[str, A
     ``change`` when both are. The unique-extracted row carries ``a_pvalue`` and ``b_pvalue``: each
     side's one-sided exact test of its count against its false-positive baseline (null without one). The
     rows of a membership attack the two sides ran with other queries (:func:`query_differences`) carry
-    ``other_queries``: true.
+    ``other_queries``: true. A canary exposure row carries ``a_n_canaries`` and ``b_n_canaries``: how many
+    canaries each side's mean is over (:data:`SIDE_FIELDS`).
     """
     ma, mb = measure(a, dp_a), measure(b, dp_b)
     specs = {m.name: m.spec for m in ma}
@@ -354,6 +364,7 @@ def compare_summaries(a: dict[str, Any], b: dict[str, Any], *, dp_a: dict[str, A
     va_, vb_ = {m.name: m.value for m in ma}, {m.name: m.value for m in mb}
     qa_, qb_ = {m.name: m.qualifier for m in ma}, {m.name: m.qualifier for m in mb}
     ca, cb = intervals(a), intervals(b)
+    fa, fb = ({m.name: m.fields for m in side} for side in (ma, mb))
     other_queries = set().union(*(_attack_metrics(attack) for attack in query_differences(a, b)))
     rows = []
     for k, spec in specs.items():
@@ -378,5 +389,8 @@ def compare_summaries(a: dict[str, Any], b: dict[str, Any], *, dp_a: dict[str, A
             row["within_noise"] = ca[k][0] <= cb[k][1] and cb[k][0] <= ca[k][1]
         if k in other_queries:
             row["other_queries"] = True
+        for f in SIDE_FIELDS:
+            if any(f in side.get(k, {}) for side in (fa, fb)):
+                row.update({f"a_{f}": fa.get(k, {}).get(f), f"b_{f}": fb.get(k, {}).get(f)})
         rows.append(row)
     return rows

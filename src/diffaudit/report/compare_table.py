@@ -328,6 +328,25 @@ def _zero_width_note(rows: list[dict[str, Any]]) -> str:
     return f"\n[x, x]: every bootstrap resample gave the same value ({why}): not certainty"
 
 
+#: Below this many canaries a side's mean exposure at a repeat count is said to carry no noise estimate.
+FEW_CANARIES = 3
+
+
+def _few_canaries_note(rows: list[dict[str, Any]]) -> str:
+    """The line that says which canary exposure rows average fewer than :data:`FEW_CANARIES` canaries on a
+    side, "" without one: such a mean is one or two ranks among the references, with nothing to tell its
+    change between the runs from chance; more canaries per repeat count (``--per-repeat``) give one."""
+    few = [r for r in rows if any(isinstance(r.get(f"{s}_n_canaries"), int) and r[f"{s}_n_canaries"] < FEW_CANARIES
+                                  for s in ("a", "b"))]
+    if not few:
+        return ""
+    counts = sorted({r[f"{s}_n_canaries"] for r in few for s in ("a", "b") if isinstance(r.get(f"{s}_n_canaries"), int)})
+    names = ", ".join(f"x{r['repeats']}" for r in few)
+    return (f"\ncanaries {names}: each mean is over {' or '.join(map(str, counts))} canar{'y' if counts == [1] else 'ies'}, "
+            "with no estimate of its noise, so a change between the runs may be chance; insert more per repeat count "
+            "(canaries --per-repeat) to tell")
+
+
 def format_rows(rows: list[dict[str, Any]], label_a: str, label_b: str) -> str:
     """The rows of :func:`~diffaudit.defenses.compare.compare_summaries` as a Markdown pipe table, with a
     line that explains "within noise", "≥" (a lower bound) and "n/a" (not measurable) when a row says
@@ -351,6 +370,7 @@ def format_rows(rows: list[dict[str, Any]], label_a: str, label_b: str) -> str:
     if "at_least" in qualifiers:
         text += ("\n≥: some canaries are at the exposure ceiling (a loss below every reference's), so the mean exposure "
                  "is a lower bound, and the change a bound")
+    text += _few_canaries_note(rows)
     if "n/a" in qualifiers:
         text += "\nn/a: the FPR is below 1/non-members, so the TPR there cannot be measured"
     if any(r.get("other_queries") for r in rows):
