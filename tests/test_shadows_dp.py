@@ -14,6 +14,7 @@ import diffaudit.cli.audit as audit_cli
 from diffaudit.attacks.membership.shadows import shadow_seed
 from diffaudit.cli.main import main
 from diffaudit.core.io import read_json
+from diffaudit.core.outdir import settings_record
 from diffaudit.data import load_dataset, make_membership, save_membership
 from diffaudit.defenses.dp_training import DPConfig, dp_flags_like, dp_trainer
 from diffaudit.report import render_html
@@ -147,6 +148,9 @@ def test_audit_trains_the_shadows_of_a_dp_target_with_its_dp_sgd(dp_target, tmp_
     assert main(argv + ["--quiet"]) == 0
     dp = read_json(tmp_path / "a" / "models" / "model-01" / "result.json")["dp"]
     assert dp["noise_multiplier"] == 0.9 and dp["max_grad_norm"] == 1.5 and dp["poisson_sampling"] is False
+    capsys.readouterr()  # resumed over these shadows (the unknown --device stops it after the checks): no warning
+    main(AUDIT + ["--model", str(dp_target), "--device", "tpu9", "--out", str(tmp_path / "a")])
+    assert "trained without DP-SGD" not in capsys.readouterr().err
 
 
 def test_audit_refuses_training_flags_dp_sgd_does_not_use_for_its_shadows(dp_target, tmp_path, capsys):
@@ -159,6 +163,6 @@ def test_shadows_an_earlier_version_trained_plainly_are_warned_of(dp_target, tmp
     said, with --fresh to train them again. (The unknown --device stops the audit before it trains.)"""
     out = tmp_path / "a"
     (out / "models").mkdir(parents=True)
-    (out / "models" / "settings.json").write_text(json.dumps({"command": "shadows", "settings": {}}))
+    (out / "models" / "settings.json").write_text(json.dumps(settings_record("shadows", {"train": {"grad_clip": 1.0}})))
     main(AUDIT + ["--model", str(dp_target), "--device", "tpu9", "--out", str(out)])
     assert "trained without DP-SGD" in capsys.readouterr().err

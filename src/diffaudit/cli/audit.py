@@ -440,7 +440,7 @@ def _warn_unmatched_training(args: argparse.Namespace, recipe: dict) -> None:
     DP-SGD where shadows an earlier version trained plainly are kept. LiRA reads a target's loss against the
     shadows' IN and OUT losses, so shadows trained otherwise give it other distributions to compare with (a
     DP model's losses sit apart from a plain model's); the loss attack needs no shadows."""
-    from diffaudit.core.io import read_json
+    from diffaudit.core.outdir import recorded_settings
     from diffaudit.core.progress import warning_line
     from diffaudit.models.run_files import read_dropped_duplicates
 
@@ -453,10 +453,11 @@ def _warn_unmatched_training(args: argparse.Namespace, recipe: dict) -> None:
         warning_line("audit", f"--model {args.model} trained {' and '.join(how)}, which the shadows do not copy: they train "
                      f"on halves of --data as they are, and {args.mia} reads the target's losses against theirs, so its "
                      "scores may be miscalibrated for this model; --mia loss needs no shadows")
-    kept = Path(args.out) / "models" / "settings.json"
-    if args._shadow_dp and not args.fresh and kept.is_file() and "dp" not in read_json(kept):
-        warning_line("audit", f"the shadows in {kept.parent} trained without DP-SGD, before this version trained them "
-                     f"like a DP-SGD --model; {args.mia} reads them as they are: re-run with --fresh to train them again")
+    kept = recorded_settings(Path(args.out) / "models", "shadows")  # an earlier run's shadows, kept on resume
+    if args._shadow_dp and not args.fresh and kept is not None and "dp" not in kept:
+        warning_line("audit", f"the shadows in {Path(args.out) / 'models'} trained without DP-SGD, before this version "
+                     f"trained them like a DP-SGD --model; {args.mia} reads them as they are: re-run with --fresh to train "
+                     "them again")
 
 
 # --------------------------------------------------------------------------- stages
