@@ -83,6 +83,7 @@ def test_audit_refuses_bad_values_before_recording_anything(tmp_path, capsys):
     import numpy as np
 
     np.savez(tmp_path / "wide.npz", images=np.zeros((12, 8, 12, 3), np.uint8))
+    np.savez(tmp_path / "odd.npz", images=np.zeros((12, 15, 15, 1), np.uint8))
     for bad, says in ((["--data", str(tmp_path / "nope.npz")], "nope.npz"), (["--timesteps", "abc"], "--timesteps"),
                       (["--inpaint", "--shadows", "4", "--inpaint-targets", "x"], "--inpaint-targets"),
                       # the target is shadow 0: with 2, its non-members are all the other shadow's members
@@ -104,6 +105,9 @@ def test_audit_refuses_bad_values_before_recording_anything(tmp_path, capsys):
                       # found by the train and verify stages, after the audit folder recorded its settings
                       (["--data", str(tmp_path / "wide.npz"), "--train-size", "6"],
                        "holds 8x12 images, and the models the audit trains need square ones: pass --image-size N"),
+                      (["--data", str(tmp_path / "odd.npz"), "--train-size", "6"],
+                       "holds 15x15 images: preset 'tiny' down-samples 1 times: image size 15 must be a multiple of 2: "
+                       "resize the images to one (--image-size 16)"),
                       (["--subset", "10", "--train-size", "9"], "only 1 image of --data is left out of the target's "
                        "training: the false-positive baseline verifies the generations against the images the target "
                        "never saw by the ratio rule, which needs at least 2 of them: lower --train-size to 8 or less"),

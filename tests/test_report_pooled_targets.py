@@ -159,3 +159,15 @@ def test_a_shadows_folder_lists_its_models(tmp_path):
     assert section.startswith("Shadow models 4 models trained by diffaudit shadows")
     assert "(200 in all)" in section and "they trained on 96 to 110 images" in section
     assert '<tr><th scope="row">model-03</th><td>110</td><td>0.123</td></tr>' in html
+
+
+def test_an_audit_without_shadows_has_no_shadows_section(tmp_path):
+    """An audit trains its target with `diffaudit shadows` (column 0 of its target split) into models/: that is
+    no shadow model, so its report has no Shadow models section; one with --shadows 4 lists them."""
+    for shadows, listed in ((0, False), (4, True)):
+        root = tmp_path / f"audit-{shadows}"
+        folder = _shadows(root)
+        folder.rename(root / "models")
+        write_json_atomic(root / "result.json", _envelope("audit", {"data": "digits", "shadows": shadows}, {"seed": 0}))
+        html = render_html(root)
+        assert ('<section id="shadows">' in html) is listed and (build_summary(root)["shadows"] is not None) is listed

@@ -765,12 +765,19 @@ def _refuse_unseen_copies(args: argparse.Namespace, data, trained: set[str], uns
 
 
 def _check_trainable_shape(args: argparse.Namespace, data) -> None:
-    """Refuse, before any stage, --data whose images are not square when the audit trains models on it
-    (the train stage would refuse it after the audit folder records its settings)."""
-    h, w, _ = data.image_shape
+    """Refuse, before any stage, --data whose images are not square, or of a size --preset's UNet cannot
+    down-sample, when the audit trains models on it (the train stage would refuse it after the audit
+    folder records its settings)."""
+    from diffaudit.models.unets import unet_config
+
+    h, w, c = data.image_shape
     if h != w:
         raise DiffauditError(f"--data {args.data} holds {h}x{w} images, and the models the audit trains need square "
                              f"ones: pass --image-size N to resize them to N x N (or --center-crop N to crop them)")
+    try:
+        unet_config(args.preset, image_size=h, in_channels=c)
+    except DiffauditError as e:
+        raise DiffauditError(f"--data {args.data} holds {h}x{w} images: {e}") from None
 
 
 def _planned_nonmembers(args: argparse.Namespace, data) -> int:

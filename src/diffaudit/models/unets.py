@@ -57,7 +57,8 @@ def unet_config(preset: str, *, image_size: int, in_channels: int, num_classes: 
     levels = len(cfg["block_out_channels"])
     if image_size % (2 ** (levels - 1)):
         raise DiffauditError(
-            f"preset {preset!r} down-samples {levels - 1} times: image size {image_size} must be a multiple of {2 ** (levels - 1)}"
+            f"preset {preset!r} down-samples {levels - 1} times: image size {image_size} must be a multiple of "
+            f"{2 ** (levels - 1)}: resize the images to one (--image-size {image_size + (-image_size) % 2 ** (levels - 1)})"
         )
     cfg.update(sample_size=int(image_size), in_channels=int(in_channels), out_channels=int(in_channels))
     if num_classes:

@@ -879,9 +879,10 @@ def _shadows(rs: ResultSet) -> dict[str, Any] | None:
     [{``run``, ``n_train``, ``final_loss``, ``epsilon``}] as its result.json lists them (None where not
     recorded; ``epsilon`` only for DP-SGD shadows), and ``dp_noise``: the noise multiplier they trained with
     under DP-SGD (``shadows --dp-noise``, or the one solved for ``--dp-epsilon`` when that was given: then
-    None, each model's epsilon says it), absent for plain shadows; None without one."""
+    None, each model's epsilon says it), absent for plain shadows; None without one, and for an audit without
+    --shadows, whose models folder holds only the target it trained (column 0 of its target split)."""
     st = rs.first("shadows")
-    if st is None:
+    if st is None or (rs.audit and not rs.audit_settings.get("shadows")):  # an audit's target, trained by `shadows`
         return None
     models = [m for m in st.result.get("models") or [] if isinstance(m, dict)]
     out = {
