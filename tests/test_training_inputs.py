@@ -215,3 +215,18 @@ def test_a_switch_changed_on_a_finished_run_is_named_by_its_flag_and_said_on_or_
     assert main([*argv, "--skip-bad"]) == 2
     err = capsys.readouterr().err
     assert "--skip-bad (was off, now on)" in err and "--no-skip-bad" not in err
+
+
+def test_class_conditional_without_labels_says_where_labels_come_from(tmp_path, capsys):
+    """A flat folder has no labels: `train` and `audit` with --class-conditional say so and where labels come from
+    (a sub-folder per class, shards' .cls, an npz's labels, a built-in dataset), where they said only "needs labels"."""
+    from PIL import Image
+
+    flat = tmp_path / "scans"
+    flat.mkdir()
+    for i in range(12):
+        Image.fromarray(np.full((8, 8), i * 20, np.uint8)).save(flat / f"s{i:02d}.png")
+    for argv in (["train", "--steps", "2"], ["audit", "--train-size", "6"]):
+        assert main([*argv, "--data", str(flat), "--class-conditional", "--out", str(tmp_path / argv[0]), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert "--class-conditional needs labels" in err and "one sub-folder per class in a folder (DATA/CLASS/*.png)" in err, err

@@ -949,8 +949,11 @@ def run(args: argparse.Namespace) -> int:
                              "--subset, which chooses among those of --data)")
     data, parts = _load_data(args)  # before --out records anything: a typo costs nothing
     if args.class_conditional and data.labels is None:
+        from diffaudit.data.dataset import LABEL_SOURCES
+
         raise DiffauditError(f"--class-conditional needs labels, and {args.data} has none" + (
-            f" (or --heldout {args.heldout} has none, or other class names: both need the same)" if args.heldout else ""))
+            f" (or --heldout {args.heldout} has none, or other class names: both need the same)" if args.heldout else "")
+            + f"; they come from {LABEL_SOURCES}")
     if not args.model and not args.shadows and not 1 <= args.train_size < len(data):
         raise DiffauditError(f"--train-size must lie in [1, {len(data) - 1}] for the {len(data):,} images of --data "
                              f"{args.data} (some must stay unseen: the baseline and the non-members); got {args.train_size}")

@@ -152,6 +152,10 @@ def from_model_space(x: torch.Tensor) -> np.ndarray:
 CAPTION_SOURCES = ("a .txt file beside each image of a folder (beach.txt for beach.png), WebDataset shards' .txt "
                    "members, or an .npz's `captions` array")
 
+#: Where a dataset's labels (its classes) come from, for the errors of what needs them.
+LABEL_SOURCES = ("one sub-folder per class in a folder (DATA/CLASS/*.png), WebDataset shards' .cls members, an "
+                 ".npz's `labels` array, or a built-in dataset (digits, cifar10)")
+
 #: (source, skipped names) already said in this process: a command that loads its data twice says it once.
 _SAID: set[tuple[str, tuple[str, ...]]] = set()
 

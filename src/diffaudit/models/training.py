@@ -53,7 +53,7 @@ from diffaudit.core.outdir import prepare_out_dir
 from diffaudit.core.progress import progress_bar, stage_line
 from diffaudit.core.results import write_result
 from diffaudit.core.seeds import derive_seed, numpy_rng, torch_generator
-from diffaudit.data.dataset import ImageDataset, to_model_space
+from diffaudit.data.dataset import LABEL_SOURCES, ImageDataset, to_model_space
 from diffaudit.data.digest import dataset_digest
 from diffaudit.models.scheduler import alphas_cumprod_of, make_scheduler
 from diffaudit.models.run_extension import check_extension, extend_hint, extended_from, start_from
@@ -403,7 +403,8 @@ def plan_run(dataset: ImageDataset, config: TrainConfig, *, train_indices=None, 
     num_classes = None
     if config.class_conditional:
         if dataset.labels is None:
-            raise DiffauditError(f"{dataset.source}: --class-conditional needs labels")
+            raise DiffauditError(f"{dataset.source}: --class-conditional needs labels, and it has none; they come "
+                                 f"from {LABEL_SOURCES}")
         # every class of the data, not only those the selected examples hold: a subset may miss one
         num_classes = max(len(dataset.class_names or []), int(dataset.labels.max()) + 1)
     ucfg = unet_config(config.preset, image_size=H, in_channels=C, num_classes=num_classes)
