@@ -68,9 +68,10 @@ def test_dp_shadows_train_as_train_does_under_dp_sgd(matrix_file, tmp_path, caps
     assert (out / "model-00" / "result.json").stat().st_mtime_ns == first
     # the report's shadows section says how they trained, with each one's epsilon
     section = visible_text(render_html(out).split('<section id="shadows">')[1].split("</section>")[0])
-    assert "They trained with DP-SGD at noise multiplier 0.8, as a DP-SGD target does" in section
+    assert "They trained with DP-SGD, at noise multiplier 0.8: the epsilon of each depends on how many images" in section
     eps = [f"{m['epsilon']:.4g}" for m in result["models"]]
-    assert "epsilon" in section and all(e in section for e in eps), (eps, section)
+    assert "noise multiplierepsilon" in section and all(e in section for e in eps), (eps, section)
+    assert all(m["noise_multiplier"] == 0.8 for m in result["models"])
 
 
 @pytest.mark.parametrize("extra, said", [
@@ -166,3 +167,41 @@ def test_shadows_an_earlier_version_trained_plainly_are_warned_of(dp_target, tmp
     (out / "models" / "settings.json").write_text(json.dumps(settings_record("shadows", {"train": {"grad_clip": 1.0}})))
     main(AUDIT + ["--model", str(dp_target), "--device", "tpu9", "--out", str(out)])
     assert "trained without DP-SGD" in capsys.readouterr().err
+
+
+def test_mia_of_a_target_trained_otherwise_than_its_shadows_says_so(matrix_file, tmp_path, capsys):
+    """`mia --target` over shadows trained by hand: a plain target against DP-SGD shadows is warned of, recorded
+    and said in the report; a target trained like them (the same DP-SGD, another seed) is not."""
+    shadows_dir = tmp_path / "s"
+    assert main(shadows(matrix_file, shadows_dir, "--dp-noise", "0.8", "--dp-no-poisson")) == 0
+    common = ["--quiet", "train", "--data", "digits", "--subset", str(N), "--membership", str(matrix_file),
+              "--model-index", "0", *TRAIN, "--seed", "7"]
+    assert main([*common, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*common, "--out", str(tmp_path / "alike"), "--dp-noise", "0.8", "--dp-no-poisson"]) == 0
+    capsys.readouterr()
+    for target, unlike in (("plain", ["DP-SGD: the shadows trained with it, the target without"]), ("alike", None)):
+        out = tmp_path / f"mia-{target}"
+        assert main(["--quiet", "mia", "--data", "digits", "--subset", str(N), "--shadows", str(shadows_dir), "--target",
+                     str(tmp_path / target), "--attack", "lira-fixed", "--timesteps", "100", "--bootstrap", "0",
+                     "--device", "cpu", "--out", str(out)]) == 0
+        err = capsys.readouterr().err
+        assert read_json(out / "result.json").get("unlike_shadows") == unlike
+        assert ("trained otherwise than the shadows (DP-SGD: the shadows trained with it" in err) is bool(unlike), err
+        text = visible_text(render_html(out))
+        assert ("read the attacked model's losses against shadow models that trained otherwise" in text) is bool(unlike)
+
+
+def test_recipe_differences_name_each_flag_the_shadows_trained_otherwise_with(tmp_path):
+    from diffaudit.models.recipe import recipe_differences, training_recipe
+
+    plain = {"preset": "tiny", "steps": 150, "lr": 1e-3, "grad_clip": 1.0, "dp": None}
+    dp = {**plain, "dp": {"noise_multiplier_used": 1.288, "max_grad_norm": 1.0, "poisson_sampling": True}}
+    assert recipe_differences(plain, plain) == [] and recipe_differences(dp, dp) == []
+    assert recipe_differences(plain, {**plain, "steps": 40, "lr": 2e-4}) == ["--steps 150 against 40", "--lr 0.001 against 0.0002"]
+    assert recipe_differences(dp, plain) == ["DP-SGD: the target trained with it, the shadows without"]
+    other = {**dp, "grad_clip": 5.0, "dp": {**dp["dp"], "noise_multiplier_used": 0.85}}  # --grad-clip: unused by DP-SGD
+    assert recipe_differences(dp, other) == ["--dp-noise 1.288 against 0.85"]
+    assert recipe_differences({"steps": 5, "dp": None}, {"lr": 1.0, "dp": None}) == []  # what one side records only
+    assert training_recipe(tmp_path) is None  # a model trained elsewhere records none
+    (tmp_path / "train_config.json").write_text(json.dumps({"steps": 3, "seed": 9, "dp": {"noise_multiplier_used": 0.5}}))
+    assert training_recipe(tmp_path) == {"steps": 3, "dp": {"noise_multiplier_used": 0.5}}

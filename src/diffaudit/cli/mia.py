@@ -291,6 +291,25 @@ def _shaping_options(args: argparse.Namespace) -> tuple[str, str]:
     return args.transform or MiaConfig.transform, args.strong_aggregate or MiaConfig.strong_aggregate
 
 
+def _unlike_shadows(attack: str, target: TargetSpec, runs: list[Path]) -> list[str]:
+    """How the --target model trained otherwise than its shadows (:func:`~diffaudit.models.recipe.recipe_differences`
+    of their train_config.json, the first shadow for all: one `shadows` command trains them alike), said as a
+    warning; empty for an attack without shadows, a target among them, or a model that records no recipe."""
+    from diffaudit.models.recipe import recipe_differences, training_recipe
+
+    if target.mode != "model" or not runs or not get_attack(attack).needs_shadows:
+        return []
+    mine, theirs = training_recipe(target.run), training_recipe(runs[0])
+    if mine is None or theirs is None:
+        return []
+    unlike = recipe_differences(mine, theirs)
+    if unlike:
+        warning_line("mia", f"--target {target.run} trained otherwise than the shadows ({'; '.join(unlike)}, the "
+                     f"target's first): {attack} reads its losses against theirs as if they trained alike, so its scores "
+                     "may be miscalibrated; train the shadows as the target trained (`audit --model` does)")
+    return unlike
+
+
 def run(args: argparse.Namespace) -> int:
     refuse_files_for_folders(args, {"target": "a model folder (a run, or a diffusers folder)",
                                     "shadows": "the folder of `diffaudit shadows`", "loss_cache": "a folder"})
@@ -350,12 +369,14 @@ def run(args: argparse.Namespace) -> int:
     if emit_finished(args, out, resumed, _summary):
         return 0
     _warn_if_few_shadows(args.attack, matrix, target)
+    unlike = _unlike_shadows(args.attack, target, runs)
     cache = Path(args.loss_cache) if args.loss_cache else out / "losses"
     with Timer() as timer:
         scores = run_mia(ds, matrix, runs, config, target=target, cache_dir=cache, device=device,
                          data_digest=data_digest)
     stage_line(f"mia: {config.attack} scored {len(scores.main.scores)} (target, example) pairs in {timer.seconds:.1f}s")
-    extra = {"models": digests, "seconds": timer.seconds, "device": str(device), "precision": precision}
+    extra = {"models": digests, "seconds": timer.seconds, "device": str(device), "precision": precision,
+             **({"unlike_shadows": unlike} if unlike else {})}
     if target_digest is not None:
         extra["target_digest"] = target_digest
     if scores.n_identical_excluded:

@@ -108,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
             r = read_json(run_dir / "result.json")
             models.append({"index": j, "run": run_dir.name, "n_train": r.get("n_train"), "final_loss": r.get("final_loss"),
                            "seed": shadow_seed(args.seed, j),
-                           **({"epsilon": r["dp"].get("epsilon")} if isinstance(r.get("dp"), dict) else {})})
+                           **({"epsilon": r["dp"].get("epsilon"), "noise_multiplier": r["dp"].get("noise_multiplier")}
+                              if isinstance(r.get("dp"), dict) else {})})
     result = write_result(
         out / "result.json", NAME, settings, {"seed": args.seed},
         n_models=len(models), n_columns=mem.n_models, n_examples=len(ds), membership="membership.npz",

@@ -197,6 +197,9 @@ def _mia_entry(stage: Stage) -> dict[str, Any]:
         out["pooled_variance_per_side"] = per_side  # lira.py: a side of fewer than 2 takes the pooled variance
         most = _int(r.get("shadows_per_side_max"))
         out["pooled_variance_all"] = most is not None and most < 2  # every example: the -fixed variant's scores
+    unlike = r.get("unlike_shadows")
+    if isinstance(unlike, list) and unlike:  # the attacked model trained otherwise than its shadows
+        out["unlike_shadows"] = [str(x) for x in unlike]
     few = r.get("rank_test") if isinstance(r.get("rank_test"), dict) else None
     if few is not None and _finite(few.get("pvalue")) is not None:  # few members or non-members (mia.FEW_PER_CLASS)
         out["rank_test"] = {"pvalue": _finite(few.get("pvalue")), "method": str(few.get("method")),
@@ -876,10 +879,10 @@ def _mixed_inputs(rs: ResultSet) -> dict[str, list[dict[str, Any]]] | None:
 def _shadows(rs: ResultSet) -> dict[str, Any] | None:
     """A ``diffaudit shadows`` folder's models: ``n_models``, ``n_examples`` (of --data, each IN for some
     models and OUT for the others by the membership matrix), ``n_columns`` (the matrix's), ``models``
-    [{``run``, ``n_train``, ``final_loss``, ``epsilon``}] as its result.json lists them (None where not
-    recorded; ``epsilon`` only for DP-SGD shadows), and ``dp_noise``: the noise multiplier they trained with
-    under DP-SGD (``shadows --dp-noise``, or the one solved for ``--dp-epsilon`` when that was given: then
-    None, each model's epsilon says it), absent for plain shadows; None without one, and for an audit without
+    [{``run``, ``n_train``, ``final_loss``, ``epsilon``, ``noise_multiplier``}] as its result.json lists them
+    (None where not recorded; the last two only for DP-SGD shadows), and under DP-SGD ``dp_noise`` (the
+    noise multiplier all trained with, ``shadows --dp-noise``) or ``dp_target_epsilon`` (``--dp-epsilon``:
+    each solved its own noise multiplier for it), absent for plain shadows; None without one, and for an audit without
     --shadows, whose models folder holds only the target it trained (column 0 of its target split)."""
     st = rs.first("shadows")
     if st is None or (rs.audit and not rs.audit_settings.get("shadows")):  # an audit's target, trained by `shadows`
@@ -891,12 +894,13 @@ def _shadows(rs: ResultSet) -> dict[str, Any] | None:
         "n_examples": _int(st.result.get("n_examples")),
         "n_columns": _int(st.result.get("n_columns")),
         "models": [{"run": str(m.get("run", f"model-{i:02d}")), "n_train": _int(m.get("n_train")),
-                    "final_loss": _finite(m.get("final_loss")), "epsilon": _finite(m.get("epsilon"))}
-                   for i, m in enumerate(models)],
+                    "final_loss": _finite(m.get("final_loss")), "epsilon": _finite(m.get("epsilon")),
+                    "noise_multiplier": _finite(m.get("noise_multiplier"))} for i, m in enumerate(models)],
     }
     dp = st.settings.get("dp")
     if isinstance(dp, dict):
         out["dp_noise"] = _finite(dp.get("noise_multiplier"))
+        out["dp_target_epsilon"] = _finite(dp.get("target_epsilon"))
     return out
 
 

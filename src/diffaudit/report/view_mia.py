@@ -213,6 +213,7 @@ def best_mia(summary: dict[str, Any]) -> dict[str, Any] | None:
                                           ((e.get("ci") or {}).get("tpr_at_fpr") or {}).get("0.01"), e.get("n_members")),
         "n_excluded": e.get("n_excluded"),
         "n_identical_excluded": e.get("n_identical_excluded"),
+        "unlike_shadows": e.get("unlike_shadows"),  # how the attacked model trained otherwise than its shadows
         # few members or non-members: the rank test says how sure the AUC is, of the smaller class
         "rank_test": e.get("rank_test"),
         **smaller_class(e.get("n_members"), n_non),
