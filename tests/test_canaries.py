@@ -257,7 +257,7 @@ _CLI_BASE = ["canaries", "--data", "digits", "--subset", "60", "--repeats", "1,8
     (["--steps", "0"], "--steps must be at least 1"),
     (["--subset", "1500", "--kind", "heldout", "--canary-pool", "digits"], r"of the 10 drawn candidates .* are training images"),
     (["--canary-pool", "digits"], "--canary-pool is read by --kind heldout only; --kind noise draws its canaries itself"),
-    (["--dp-noise", "0.5", "--grad-clip", "2"], "--grad-clip do nothing under DP-SGD"),
+    (["--dp-noise", "0.5", "--grad-clip", "2"], "--grad-clip does nothing under DP-SGD"),
     (["--dp-delta", "1e-5"], "--dp-delta given without --dp-noise or --dp-epsilon"),
 ])
 def test_canaries_cli_refuses_unworkable_settings_before_writing_anything(tmp_path, capsys, extra, message):

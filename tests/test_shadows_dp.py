@@ -75,7 +75,7 @@ def test_dp_shadows_train_as_train_does_under_dp_sgd(matrix_file, tmp_path, caps
 
 
 @pytest.mark.parametrize("extra, said", [
-    (["--dp-noise", "1", "--grad-clip", "2"], "--grad-clip do nothing under DP-SGD"),
+    (["--dp-noise", "1", "--grad-clip", "2"], "--grad-clip does nothing under DP-SGD"),
     (["--dp-noise", "1", "--batch-size", "8"], "--batch-size 8 exceeds the 7 examples shadow model 1 trains on"),
     (["--dp-max-grad-norm", "2"], "--dp-max-grad-norm given without --dp-noise or --dp-epsilon"),
 ])
@@ -119,7 +119,7 @@ def dp_target(tmp_path):
           "poisson_sampling": False, "accountant": "rdp", "augmentations": 1, "grad_sample_mode": "auto", "delta": 1e-3}
     (run / "train_config.json").write_text(json.dumps({"preset": "tiny", "steps": 4, "batch_size": 6, "lr": 2e-4,
                                                        "warmup_steps": 1, "grad_clip": 1.0, "ema_decay": 0.999,
-                                                       "flip": False, "dp": dp}))
+                                                       "flip": True, "dp": dp}))
     return run
 
 
@@ -145,6 +145,7 @@ def test_audit_trains_the_shadows_of_a_dp_target_with_its_dp_sgd(dp_target, tmp_
     assert argv[argv.index("--dp-noise") + 1] == "0.9" and argv[argv.index("--dp-max-grad-norm") + 1] == "1.5"
     assert "--dp-no-poisson" in argv
     assert "DP-SGD: --dp-noise 0.9 --dp-max-grad-norm 1.5 --dp-no-poisson" in err and "do not copy" not in err
+    assert "--flip" in argv and "--flip, " in err and "--flip True" not in err  # a switch said as it is written
     monkeypatch.undo()
     assert main(argv + ["--quiet"]) == 0
     dp = read_json(tmp_path / "a" / "models" / "model-01" / "result.json")["dp"]

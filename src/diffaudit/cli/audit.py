@@ -407,11 +407,20 @@ def adopt_target_recipe(args: argparse.Namespace, given: set[str]) -> None:
         adopted.pop("grad_clip", None)
     for k, v in adopted.items():
         setattr(args, k, v)
-    said = [f"--{k.replace('_', '-')} {v}" for k, v in adopted.items()] + (["DP-SGD: " + " ".join(args._shadow_dp)]
+    said = [_flag_with(k, v) for k, v in adopted.items()] + (["DP-SGD: " + " ".join(args._shadow_dp)]
                                                                           if args._shadow_dp else [])
     if said:
         stage_line("audit: the shadows train like --model (its train_config.json): " + ", ".join(said)
                    + "; options given here win")
+
+
+def _flag_with(key: str, value) -> str:
+    """Option ``key`` set to ``value`` as it is written on a command line: ``--lr 0.001``, a switch as
+    ``--flip`` or ``--no-flip``."""
+    flag = key.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{'' if value else 'no-'}{flag}"
+    return f"--{flag} {value}"
 
 
 #: Training options that DP-SGD does not use, refused when given for the shadows of a DP-SGD --model.

@@ -236,8 +236,9 @@ def refuse_dp_unused(args: argparse.Namespace) -> None:
     given = given_options(getattr(args, "_argv", []))
     unused = sorted(flag for flag in DP_UNUSED_FLAGS if flag[2:].replace("-", "_") in given)
     if unused:
-        raise DiffauditError(f"{', '.join(unused)} do nothing under DP-SGD ({'; '.join(DP_UNUSED_FLAGS[f] for f in unused)}): "
-                             "drop them")
+        one = len(unused) == 1
+        raise DiffauditError(f"{', '.join(unused)} {'does' if one else 'do'} nothing under DP-SGD "
+                             f"({'; '.join(DP_UNUSED_FLAGS[f] for f in unused)}): drop {'it' if one else 'them'}")
 
 
 def _refuse_repeats_not_trained(args: argparse.Namespace, repeats: dict[int, int], indices: np.ndarray,
