@@ -109,6 +109,11 @@ class _Stopped(Exception):
     pass
 
 
+def _stop_at_a_stage(self, name, argv, folder=None):
+    """An audit's ``_Stages.run`` that stops it at its first stage, once every check has run."""
+    raise _Stopped
+
+
 @pytest.fixture
 def dp_target(tmp_path):
     """A DP-SGD --model as `train --dp-epsilon` records it (σ solved: 0.9, C 1.5, fixed-size batches)."""
@@ -206,3 +211,21 @@ def test_recipe_differences_name_each_flag_the_shadows_trained_otherwise_with(tm
     assert training_recipe(tmp_path) is None  # a model trained elsewhere records none
     (tmp_path / "train_config.json").write_text(json.dumps({"steps": 3, "seed": 9, "dp": {"noise_multiplier_used": 0.5}}))
     assert training_recipe(tmp_path) == {"steps": 3, "dp": {"noise_multiplier_used": 0.5}}
+
+
+def test_audit_refuses_a_dp_batch_above_a_shadows_images_before_recording(dp_target, tmp_path, capsys, monkeypatch):
+    """The target's --batch-size, adopted, above the images the smallest shadow trains on: refused before the
+    folder exists (the train stage refused it after recording, and the corrected re-run was then refused too),
+    naming more images as the remedy; the pool advice names a pool that holds the target's training set."""
+    config = json.loads((dp_target / "train_config.json").read_text())
+    (dp_target / "train_config.json").write_text(json.dumps({**config, "batch_size": 20}))
+    out = tmp_path / "a"
+    assert main(AUDIT + ["--model", str(dp_target), "--device", "cpu", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--batch-size 20 (the one --model {dp_target} trained with) exceeds the" in err
+    assert "give --data more images, about twice the target's training set" in err and not out.exists()
+    (dp_target / "train_ids.json").write_text(json.dumps({"keys": load_dataset("digits", subset=N).keys[:4]}))
+    monkeypatch.setattr(audit_cli._Stages, "run", _stop_at_a_stage)  # the checks done, before training
+    with pytest.raises(_Stopped):
+        main(AUDIT + ["--model", str(dp_target), "--batch-size", "4", "--device", "cpu", "--out", str(out)])
+    assert "a pool about twice the target's training set that holds it" in capsys.readouterr().err

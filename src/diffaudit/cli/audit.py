@@ -789,6 +789,23 @@ def _check_trainable_shape(args: argparse.Namespace, data) -> None:
         raise DiffauditError(f"--data {args.data} holds {h}x{w} images: {e}") from None
 
 
+def _check_dp_batch(args: argparse.Namespace, data) -> None:
+    """Refuse, before anything is recorded, a --batch-size above the images the smallest shadow of a DP-SGD
+    --model trains on (a DP-SGD batch holds each image at most once): the train stage would refuse it only
+    after the audit folder recorded its settings. The batch size is mostly the target's, adopted, so the
+    remedy named is more images, not another batch size."""
+    from diffaudit.data import make_membership
+
+    sizes = make_membership(len(data), args.shadows, seed=args.seed).sum(axis=0)
+    k = int(np.argmin(sizes))
+    if args.batch_size > sizes[k]:
+        whose = ("given here" if "batch_size" in getattr(args, "_given", set())
+                 else f"the one --model {args.model} trained with")
+        raise DiffauditError(f"--batch-size {args.batch_size} ({whose}) exceeds the {int(sizes[k])} images shadow model {k} "
+                             f"would train on (each trains on about half of --data's {len(data):,}), and a DP-SGD batch holds "
+                             "each image at most once: give --data more images, about twice the target's training set")
+
+
 def _planned_nonmembers(args: argparse.Namespace, data) -> int:
     """How many images of --data the audit's own target (model 0, trained here) will never see: what the
     train stage's membership matrix (:func:`make_membership` / :func:`target_split`, seeded) leaves out."""
@@ -981,7 +998,10 @@ def run(args: argparse.Namespace) -> int:
         if args.shadows and not 0.5 <= (len(data) / 2) / len(trained) <= 2:
             warning_line("audit", f"each shadow trains on half of --data ({len(data) // 2:,} images) but --model trained on "
                          f"{len(trained):,}: LiRA assumes shadows trained like the target, so give --data a pool about twice "
-                         "the target's training set (e.g. --subset)")
+                         "the target's training set that holds it: its training images and about as many it never saw (a "
+                         "`.view.json` naming them by id, README; a seeded --subset of a larger --data holds others)")
+        if args.shadows and args._shadow_dp:
+            _check_dp_batch(args, data)
         model_dropped = read_dropped_duplicates(args.model)
         unseen = set(data.keys) - set(trained) - set(model_dropped or ())
         if not unseen:  # the verify baseline and the membership attack need unseen images
