@@ -86,6 +86,20 @@ def test_matches_closer_than_any_baseline_match_are_said_beside_an_inconclusive_
     assert summary["extraction"]["extracted_closer_than_baseline"] == 1
 
 
+def test_a_count_above_chance_with_no_match_closer_than_the_baseline_is_no_extracted_copy():
+    """8 against 2 among 300 of each is significant by count, but with every training match farther than the
+    closest never-seen one (0.178 against 0.132) no copy was emitted: "Above chance, but no copy", not "Yes"; one
+    match closer than every baseline match makes it "Yes"; a record without the distances keeps the count's answer."""
+    far = dict(extracted_l2_median=0.178, extracted_l2_min=0.160, baseline_l2_min=0.132)
+    v = verdict(_ex(8, 0, n_train=300, n_base=300, **far, extracted_closer_than_baseline=0))
+    assert v["level"] == "unsure" and v["text"].startswith("Above chance, but no copy: 8 training images were matched")
+    assert "yet none lies closer than the closest baseline match (ℓ2 0.132; the training matches at median ℓ2 0.178)" in v["text"]
+    assert "not an extracted copy" in v["text"] and "Yes" not in v["text"]
+    near = verdict(_ex(8, 0, n_train=300, n_base=300, **{**far, "extracted_l2_min": 0.01}, extracted_closer_than_baseline=1))
+    assert near["level"] == "yes" and near["text"].startswith("Yes: 8 training images were extracted")
+    assert verdict(_ex(8, 0, n_train=300, n_base=300))["level"] == "yes"
+
+
 def _verify_folder_with_an_exact_copy(root: Path) -> Path:
     res = root / "verify"
     write_json_atomic(res / "result.json", _envelope(

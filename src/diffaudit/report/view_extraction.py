@@ -66,7 +66,9 @@ def verdict(ex: dict[str, Any] | None, *, canaries: dict[str, Any] | None = None
 
     Against a false-positive baseline the answer is "yes" only when the one-sided exact test
     (:func:`~diffaudit.report.summary.baseline_pvalue`) puts the extracted count significantly above
-    the baseline's count (p < :data:`SIGNIFICANCE`); otherwise "unsure".
+    the baseline's count (p < :data:`SIGNIFICANCE`) and some training match lies closer than the closest
+    baseline match (where both distances are recorded): a count above chance whose every match lies
+    farther than a never-seen image came is "unsure", a sign of memorization but no copy. Otherwise "unsure".
 
     Verified against images none of which the model trained on (``data_vs_model``): not measured.
 
@@ -107,6 +109,13 @@ def verdict(ex: dict[str, Any] | None, *, canaries: dict[str, Any] | None = None
     p = ex["baseline_pvalue"] if ex.get("baseline_pvalue") is not None else baseline_pvalue(ex)  # as summary.json holds it
     test = f"one-sided {_test_name(ex)}, p = {fmt_p(p)}{_size_note(ex)}"
     against = f"against {_baselinecount(ex, base)} (the false-positive baseline)"
+    if p < SIGNIFICANCE and ex.get("extracted_closer_than_baseline") == 0 and ex.get("baseline_l2_min") is not None:
+        return {"level": "unsure", "text": (
+            f"Above chance, but no copy: {n:,} training {s} matched{of}, {against}: significantly more than the baseline's "
+            f"chance matches ({test}), yet none lies closer than the closest baseline match (ℓ2 "
+            f"{ex['baseline_l2_min']:.3f}; the training matches at median ℓ2 {ex['extracted_l2_median']:.3f}). The model "
+            "comes near its training images more often than near images it never saw, but emits none more nearly than "
+            f"it comes to a never-seen one: a sign of memorization, not an extracted copy.{_chance_share(ex, n, base)}")}
     if p < SIGNIFICANCE:
         text = (f"Yes: {n:,} training {s} extracted{of}, {against}: significantly above the baseline's rate of chance "
                 f"matches ({test}).{_chance_share(ex, n, base)}")
