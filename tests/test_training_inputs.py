@@ -230,3 +230,39 @@ def test_class_conditional_without_labels_says_where_labels_come_from(tmp_path, 
         assert main([*argv, "--data", str(flat), "--class-conditional", "--out", str(tmp_path / argv[0]), "--quiet"]) == 2
         err = capsys.readouterr().err
         assert "--class-conditional needs labels" in err and "one sub-folder per class in a folder (DATA/CLASS/*.png)" in err, err
+
+
+def test_a_pixel_model_trains_and_is_attacked_on_a_folder_where_some_images_have_no_caption(tmp_path, capsys):
+    """A .txt beside some scans (reports, not captions): `train` refused the folder ("no caption file"), or with
+    --skip-bad dropped the scans without one. A pixel model reads no captions: every image trains, the captions
+    are left out (said once), and `mia` on the run reads the same images. With every caption there, the run's
+    training digest is the one of the folder with its captions, as before."""
+    from PIL import Image
+
+    from diffaudit.core.io import read_json
+    from diffaudit.data import load_dataset
+    from diffaudit.data.digest import dataset_digest
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for i in range(12):
+        Image.fromarray(np.full((8, 8), i * 20, np.uint8)).save(scans / f"s{i:02d}.png")
+        if i < 10:
+            (scans / f"s{i:02d}.txt").write_text(f"report {i}")
+    train = ["--quiet", "train", "--steps", "2", "--warmup-steps", "1", "--batch-size", "4", "--device", "cpu"]
+    assert main([*train, "--data", str(scans), "--out", str(tmp_path / "all")]) == 0
+    assert read_json(tmp_path / "all" / "result.json")["n_train"] == 12
+    assert "2 images have no caption" in capsys.readouterr().err
+    # trained on a seeded 8 of them, attacked on all 12: its 8 members against the 4 others
+    assert main([*train, "--data", str(scans), "--subset", "8", "--out", str(tmp_path / "run")]) == 0
+    assert main(["--quiet", "mia", "--data", str(scans), "--target", str(tmp_path / "run"), "--attack", "loss",
+                 "--timesteps", "100", "--bootstrap", "0", "--device", "cpu", "--out", str(tmp_path / "mia")]) == 0
+    r = read_json(tmp_path / "mia" / "result.json")
+    assert (r["n_members"], r["n_nonmembers"]) == (8, 4)
+    for i in (10, 11):
+        (scans / f"s{i:02d}.txt").write_text(f"report {i}")
+    assert main([*train, "--data", str(scans), "--out", str(tmp_path / "captioned")]) == 0
+    with_captions = load_dataset(str(scans))
+    assert with_captions.captions is not None
+    recorded = read_json(tmp_path / "captioned" / "settings.json")["settings"]["training_pixels_digest"]
+    assert recorded == dataset_digest(with_captions)

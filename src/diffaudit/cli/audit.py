@@ -708,7 +708,8 @@ def _load_data(args: argparse.Namespace):
     from diffaudit.data.loader import load_dataset_parts
     from diffaudit.data.view import ViewPart
 
-    data, parts = load_dataset_parts(args.data, **data_options(args))  # a view's own datasets: no view names a view
+    # a view's own datasets (no view names a view); the pixel models an audit studies read no captions
+    data, parts = load_dataset_parts(args.data, need_captions=False, **data_options(args))
     if args.heldout is None:
         return data, parts
     opts = {k: v for k, v in data_options(args).items() if v not in (None, False)}
@@ -716,7 +717,7 @@ def _load_data(args: argparse.Namespace):
     if args.heldout_subset is not None:
         held_opts.update(subset=args.heldout_subset, subset_seed=args.subset_seed)
     try:
-        held = load_dataset(args.heldout, **held_opts)
+        held = load_dataset(args.heldout, need_captions=False, **held_opts)
     except DiffauditError:
         _check_heldout_subset(args)  # the loader's refusal names --subset: say which subset asked too much
         raise

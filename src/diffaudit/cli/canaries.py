@@ -104,8 +104,8 @@ def run(args: argparse.Namespace) -> int:
     if args.kind != "heldout" and args.canary_pool:
         raise DiffauditError(f"--canary-pool is read by --kind heldout only; --kind {args.kind} draws its canaries itself: "
                              "drop --canary-pool, or pass --kind heldout to plant images from it")
-    ds = load_dataset(args.data, **opts)
-    pool = load_dataset(args.canary_pool, **dict(opts, subset=None)) if args.kind == "heldout" else None
+    ds = load_dataset(args.data, need_captions=False, **opts)  # a pixel model reads no captions
+    pool = load_dataset(args.canary_pool, need_captions=False, **dict(opts, subset=None)) if args.kind == "heldout" else None
     # before the output folder exists: a value that cannot work is refused while fixing it costs nothing
     plan = make_canaries(args.kind, image_shape=ds.image_shape, repeats=repeats, per_repeat=args.per_repeat,
                          n_reference=args.n_reference, seed=args.seed, pool=pool, training=ds,

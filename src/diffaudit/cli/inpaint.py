@@ -271,7 +271,7 @@ def _refuse_targets_seen_by_pixels(run: Path, keys: set[str], ds, targets: list[
     try:
         if recorded is None:
             raise DiffauditError("its settings do not record it")
-        theirs = load_dataset(recorded[0], **recorded[1])
+        theirs = load_dataset(recorded[0], need_captions=False, **recorded[1])
     except DiffauditError as exc:
         warning_line("inpaint", f"shadow {run} trained on examples that are not in --data, and the data it trained on "
                      f"cannot be read ({exc}): whether it saw a target's image under another id is not checked")
@@ -435,7 +435,7 @@ def run(args: argparse.Namespace) -> int:
     check_shadow_args(args)
     if args.batch_size != AUTO and args.batch_size < 1:
         raise DiffauditError(f"--batch-size must be at least 1; got {args.batch_size}")
-    ds = load_dataset(args.data, **data_options(args))
+    ds = load_dataset(args.data, need_captions=False, **data_options(args))  # a pixel model reads no captions
     H, W, _ = ds.image_shape
     # member labels come from keys: the pixels under them must be the ones the target trained on
     trained = read_train_keys(args.model, "--model")

@@ -74,7 +74,7 @@ def _refuse_trained_on(out: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options = data_options(args)
-    dataset = load_dataset(args.data, **options)
+    dataset = load_dataset(args.data, need_captions=False, **options)  # its keys only
     matrix = make_membership(len(dataset), args.models, args.seed)
     empty = np.flatnonzero(matrix.sum(axis=0) == 0)
     if empty.size:  # such a model has nothing to train on: `shadows` would stop at it

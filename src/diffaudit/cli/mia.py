@@ -316,7 +316,10 @@ def run(args: argparse.Namespace) -> int:
     refuse_stores_for_models(args, ["target"])
     transform, aggregate = _shaping_options(args)  # before the data is read
     opts = data_options(args)
-    ds = load_dataset(args.data, **opts)
+    from diffaudit.sampling.sources import is_stable_diffusion_dir
+
+    # only a Stable Diffusion target's loss reads a caption per image; a pixel model's none
+    ds = load_dataset(args.data, need_captions=bool(args.target) and is_stable_diffusion_dir(args.target), **opts)
     matrix, runs, mem_record = _shadow_models(args, ds)
     device = resolve_device(args.device)
     precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")

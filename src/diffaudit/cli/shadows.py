@@ -68,7 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     opts = data_options(args)
-    ds = load_dataset(args.data, **opts)
+    ds = load_dataset(args.data, need_captions=False, **opts)  # a pixel model reads no captions
     mem = load_membership(file_in_folder(args.membership, "membership.npz"), ds)
     k = mem.n_models if args.models is None else args.models
     if not 1 <= k <= mem.n_models:

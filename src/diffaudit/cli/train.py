@@ -291,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
                              "model trains on all of --data")
     args.membership, args.dedup = file_in_folder(args.membership, "membership.npz"), file_in_folder(args.dedup, "keep.json")
     opts = data_options(args)
-    ds = load_dataset(args.data, **opts)
+    ds = load_dataset(args.data, need_captions=False, **opts)  # a pixel model reads no captions
     indices = None
     record = {"spec": args.data, "options": opts}
     if args.membership:
