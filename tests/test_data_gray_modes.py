@@ -217,3 +217,20 @@ def test_12_bit_colour_and_grey_alpha_pngs_are_warned_of(tmp_path, capsys, colou
     (wide / "w.png").write_bytes(_png16(np.full((8, 8, channels), 60000, np.uint16), colour_type))
     load_dataset(wide)
     assert "warning" not in capsys.readouterr().err
+
+
+def test_a_data_warning_names_the_command_that_loaded_the_data(tmp_path, capsys):
+    """The 12-bit warning comes from the data layer, which names no command: run by `diffaudit train` it reads
+    `diffaudit train: warning:`, as README says every warning does (it read `diffaudit: warning:`)."""
+    from diffaudit.cli.main import main
+
+    root = tmp_path / "scans"
+    root.mkdir()
+    for i in range(4):
+        v = RNG.integers(0, 4096, (8, 8), dtype=np.uint16)
+        v[0, 0] = 4095
+        Image.fromarray(v).save(root / f"s{i}.png")
+    assert main(["train", "--data", str(root), "--steps", "1", "--warmup-steps", "0", "--batch-size", "4",
+                 "--device", "cpu", "--quiet", "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert "diffaudit train: warning: " in err and "at most 12 bits" in err and "diffaudit: warning" not in err, err

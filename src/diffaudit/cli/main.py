@@ -185,8 +185,10 @@ def _run_naming_flags(mod, flags: dict[str, str], args: argparse.Namespace) -> i
     from diffaudit.core.results import recording_skipped
 
     check_paths(args, mod.NAME, out_object_store=getattr(mod, "OUT_OBJECT_STORE", False))
+    from diffaudit.core.progress import running_command
+
     own = getattr(mod, "setting_flags", None)
-    with flag_names({**flags, **(own(args) if own else {})}), recording_skipped():
+    with flag_names({**flags, **(own(args) if own else {})}), recording_skipped(), running_command(mod.NAME):
         return mod.run(args)
 
 

@@ -206,14 +206,28 @@ def warnings_speak_as(name: str) -> Iterator[None]:
         _SPEAKER.reset(token)
 
 
+#: The command running now (:func:`running_command`), which a warning of a lower layer that names none speaks as.
+_RUNNING: ContextVar[str | None] = ContextVar("diffaudit_running_command", default=None)
+
+
+@contextmanager
+def running_command(name: str) -> Iterator[None]:
+    """Within this block a :func:`warning_line` that names no command (the data layer's) names ``name``."""
+    token = _RUNNING.set(name)
+    try:
+        yield
+    finally:
+        _RUNNING.reset(token)
+
+
 def warning_line(command: str, message: str) -> None:
     """``diffaudit COMMAND: warning: MESSAGE`` on stderr, control characters escaped (:func:`printable`);
     inside :func:`warnings_speak_as` that name stands for ``command``.
 
     Printed under ``--quiet`` and ``--json`` too: those silence progress and stage lines, not what the user
     must read to trust the result (stdout, where ``--json`` writes, stays clean). ``command`` "" names
-    no command (``diffaudit: warning: ...``)."""
-    command = _SPEAKER.get() or command
+    the command running (:func:`running_command`), else none (``diffaudit: warning: ...``)."""
+    command = _SPEAKER.get() or command or _RUNNING.get()
     prefix = f"diffaudit {command}: warning: " if command else "diffaudit: warning: "
     print(printable(prefix + message), file=sys.stderr, flush=True)
 
