@@ -234,3 +234,24 @@ def test_a_data_warning_names_the_command_that_loaded_the_data(tmp_path, capsys)
                  "--device", "cpu", "--quiet", "--out", str(tmp_path / "run")]) == 0
     err = capsys.readouterr().err
     assert "diffaudit train: warning: " in err and "at most 12 bits" in err and "diffaudit: warning" not in err, err
+
+
+def test_a_few_colour_images_that_make_a_grey_folder_rgb_are_warned_of(tmp_path, capsys):
+    """55 grey scans and 5 coloured files load as RGB (documented), which trains a colour model without a word:
+    now said once, with --mode L and --mode RGB; a folder mostly in colour, or one loaded --mode L, is not."""
+    root = tmp_path / "scans"
+    root.mkdir()
+    for i in range(8):
+        Image.fromarray(RNG.integers(0, 256, (8, 8), dtype=np.uint8)).save(root / f"g{i}.png")
+    for i in range(2):
+        Image.fromarray(RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / f"c{i}.png")
+    capsys.readouterr()
+    assert load_dataset(root).images.shape[-1] == 3
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "2 of its 10 images are in colour and the other 8 grey" in err
+    assert "--mode L loads them all grey" in err
+    assert load_dataset(root, mode="L").images.shape[-1] == 1 and "in colour" not in capsys.readouterr().err
+    for i in range(2, 12):
+        Image.fromarray(RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / f"c{i}.png")
+    load_dataset(root)
+    assert "in colour" not in capsys.readouterr().err

@@ -245,7 +245,7 @@ def _decode(folder: Path, listing, entries, *, mode, skip_bad, center_crop, imag
     skipped.extend(part_skipped)  # bad entries after the last image (redone on a resume)
     if not parts:
         raise no_readable_images(listing.source, skipped)
-    channels = dataset_channels(mode, seen)
+    channels = dataset_channels(mode, seen, listing.source)
     for path, _ in parts:  # parts decoded before the first colour image (or the first grayscale one)
         if load_npy(path, mmap=True).shape[-1] != channels:
             save_npy_atomic(path, to_channels(load_npy(path), channels))

@@ -168,7 +168,7 @@ def load_dataset(
         pixels.append(img)
     if not kept:
         raise no_readable_images(listing.source, skipped)
-    channels = dataset_channels(mode, seen)
+    channels = dataset_channels(mode, seen, listing.source)
     h, w = pixels[0].shape[:2]
     images = np.empty((len(pixels), h, w, channels), dtype=np.uint8)
     for i, img in enumerate(pixels):
@@ -318,11 +318,18 @@ def gray_if_equal(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def dataset_channels(mode: str | None, seen: ChannelsSeen) -> int:
+def dataset_channels(mode: str | None, seen: ChannelsSeen, source: str | None = None) -> int:
     """C of a loaded dataset: 1 for mode L, 3 for RGB; without a mode, as its images were stored
-    (``seen``, :meth:`ChannelsSeen.channels`)."""
+    (``seen``, :meth:`ChannelsSeen.channels`). Given the ``source``, a grey dataset that a few colour images
+    make RGB is warned of once (a scan folder with a stray colour file trains a colour model)."""
     if mode is not None:
         return 1 if mode == "L" else 3
+    grey = seen.gray + seen.equal
+    if source is not None and seen.gray and 0 < seen.colour < grey:  # grey files that the colour ones make RGB
+        n = seen.colour
+        warning_once("", f"{source}: {n:,} of its {n + grey:,} images {'is' if n == 1 else 'are'} in colour and the "
+                     f"other {grey:,} grey, so every image is loaded as RGB (3 channels; a model trained on them takes "
+                     "colour): --mode L loads them all grey, --mode RGB says colour is meant")
     return seen.channels()
 
 
