@@ -170,3 +170,22 @@ def test_a_pattern_the_shell_expanded_is_said_as_such(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["dedup", "--data", str(shards[0]), "stray", "--out", str(tmp_path / "d")])
     assert "shell expanded" not in capsys.readouterr().err
+
+
+def test_a_dp_flag_given_to_audit_says_how_a_dp_model_is_audited(tmp_path, capsys):
+    """`audit --dp-noise` (or dp_noise in --config) was a bare "unrecognized arguments": audit trains no DP-SGD
+    model, and the refusal now says to train one with `train --dp-*` and audit it with --model."""
+    from diffaudit.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main(["audit", "--data", "digits", "--dp-noise", "1", "--out", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --dp-noise 1; audit trains no DP-SGD model of its own" in err
+    assert "audit it with --model, whose shadows then train with its DP-SGD" in err
+    config = tmp_path / "c.toml"
+    config.write_text("dp_epsilon = 8.0\n")
+    assert main(["audit", "--data", "digits", "--config", str(config), "--out", str(tmp_path / "a")]) == 2
+    assert "unknown option(s) dp-epsilon; audit trains no DP-SGD model of its own" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # another command's unknown flag: no such hint
+        main(["train", "--data", "digits", "--mia", "loss", "--out", str(tmp_path / "t")])
+    assert "DP-SGD" not in capsys.readouterr().err

@@ -47,6 +47,13 @@ DESCRIPTION = (
 #: The attacks of ``diffaudit mia`` (its registry's ATTACK_NAMES, named here so `--help` imports no torch).
 MIA_ATTACKS = ("loss", "lira", "lira-offline", "lira-fixed", "lira-offline-fixed", "strong-lira", "strong-lira-fixed")
 
+#: Why `audit` has no flag of a family and what does it (read by the command line on an unknown flag, and by --config).
+UNKNOWN_FLAG_HINTS = {
+    "--dp-": "audit trains no DP-SGD model of its own: train one with `diffaudit train --dp-epsilon E` (or --dp-noise) "
+             "and audit it with --model, whose shadows then train with its DP-SGD (or train shadows by hand with "
+             "`diffaudit shadows --dp-noise`)",
+}
+
 # Options that never change results (left out of the audit's settings).
 _NOT_SETTINGS = {"config", "fresh", "redo", "quiet", "json", "command", "_run", "_argv", "_given", "redact", "_shadow_dp"}
 #: Of those, the ones --config may set too (the others are command-line only: --fresh deletes --out).
@@ -204,7 +211,9 @@ def apply_config(args: argparse.Namespace, argv: list[str]) -> argparse.Namespac
         typed = [k.replace("_", "-") if k[:1].isalpha() else k for k in unknown]  # as a file writes them (n-samples)
         said = [k + (f" (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, names, n=1, cutoff=0.75)) else "")
                 for k in typed]
-        raise DiffauditError(f"--config {args.config}: unknown option(s) {', '.join(said)}; see `diffaudit audit --help`")
+        hints = "".join(f"; {hint}" for prefix, hint in UNKNOWN_FLAG_HINTS.items()
+                        if any(("--" + k).startswith(prefix) for k in typed))
+        raise DiffauditError(f"--config {args.config}: unknown option(s) {', '.join(said)}{hints}; see `diffaudit audit --help`")
     for k, v in cfg.items():
         if k not in given:
             setattr(args, k, _config_value(actions[k], k, v, args.config))

@@ -285,6 +285,16 @@ def _did_you_mean(parser: argparse.ArgumentParser, extra: list[str]) -> str:
     return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
+def _command_hint(command: str | None, extra: list[str]) -> str:
+    """"; HINT" for unrecognised flags a command module names in ``UNKNOWN_FLAG_HINTS`` ({flag prefix: why the
+    command has no such flag and what does it}), "" otherwise."""
+    if command not in COMMANDS:
+        return ""
+    hints = getattr(importlib.import_module(f"diffaudit.cli.{command.replace('-', '_')}"), "UNKNOWN_FLAG_HINTS", {})
+    said = [hint for prefix, hint in hints.items() if any(e.startswith(prefix) for e in extra)]
+    return "".join(f"; {hint}" for hint in said)
+
+
 def _shell_expanded(raw: list[str], extra: list[str]) -> str:
     """" (the shell expanded ...)" when the unrecognised arguments are files that follow a flag's value that is
     a file too (``--data x-*.tar`` unquoted: the shell passed every match as its own argument, and the flag took
@@ -313,7 +323,8 @@ def _parse_and_run(argv: list[str] | None, raw: list[str], command: str | None) 
         args, extra = parser.parse_known_args(argv)
         if extra:  # said by the command's own parser: its usage and name, not the top level's
             own = _command_parser(parser, getattr(args, "command", None))
-            own.error(f"unrecognized arguments: {' '.join(extra)}{_did_you_mean(own, extra)}{_shell_expanded(options, extra)}")
+            own.error(f"unrecognized arguments: {' '.join(extra)}{_did_you_mean(own, extra)}{_shell_expanded(options, extra)}"
+                      f"{_command_hint(getattr(args, 'command', None), extra)}")
     finally:
         _JSON_FOR.reset(token)
         _RAW.reset(raw_token)
