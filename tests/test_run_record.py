@@ -99,3 +99,31 @@ def test_runs_recording_only_the_combined_digest_are_compared_on_it(data, plain_
     assert check_trained_on(old, data) == [1, 3, 5]
     with pytest.raises(DiffauditError, match="other pixels, labels or captions"):
         check_trained_on(old, dataclasses.replace(data, captions=["other"] * len(data)))
+
+
+def test_training_keys_not_in_the_data_say_when_skip_bad_skipped_them_or_they_are_absolute_paths(tmp_path):
+    """A train_ids.json naming an image --skip-bad skipped, or naming images by absolute path, said only "1 of the
+    7 examples it trained on are not among ...": now it says which of the two it is."""
+    from PIL import Image
+
+    from diffaudit.data import load_dataset
+    from tests.helpers import make_tiny_model_dir
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for i in range(6):
+        Image.fromarray(np.full((8, 8), i * 30, np.uint8)).save(scans / f"s{i}.png")
+    (scans / "trunc.png").write_bytes((scans / "s0.png").read_bytes()[:40])
+    ds = load_dataset(str(scans), skip_bad=True)
+    run = make_tiny_model_dir(tmp_path / "run")
+    (run / "train_ids.json").write_text(json.dumps({"keys": ["s0.png", "trunc.png"]}))
+    with pytest.raises(DiffauditError, match=r"'trunc.png' is an image --skip-bad skipped as bad \(.*trunc.png: "):
+        check_trained_on(run, ds)
+    (run / "train_ids.json").write_text(json.dumps({"keys": [str(scans / "s1.png"), str(scans / "s2.png")]}))
+    with pytest.raises(DiffauditError, match=r"its keys are absolute paths, where an image's id is its path inside the "
+                                             r"folder \(.*s1.png' is 's1.png'\): write them so"):
+        check_trained_on(run, ds)
+    (run / "train_ids.json").write_text(json.dumps({"keys": ["nowhere.png"]}))
+    with pytest.raises(DiffauditError) as refused:
+        check_trained_on(run, ds)
+    assert "skip-bad" not in str(refused.value) and "absolute" not in str(refused.value)

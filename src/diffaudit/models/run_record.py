@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -141,6 +142,23 @@ def _deduped_npz_text(run: Path, given: str) -> str:
             "keep.json), which keeps the original keys and records the near-duplicates it dropped")
 
 
+def _unknown_key_note(unknown: list[str], dataset: ImageDataset) -> str:
+    """Why training keys are not among ``dataset``'s where that can be told: one names an image ``--skip-bad``
+    skipped as bad (an id is its path inside the folder; the skipped are named by path), or the keys are
+    absolute paths to images whose ids here are their paths inside the folder; "" otherwise."""
+    skipped = {name.replace(os.sep, "/"): reason for name, reason in dataset.skipped}
+    for key in unknown:
+        hit = next((name for name in skipped if name == key or name.endswith("/" + key)), None)
+        if hit is not None:
+            return f"; {key!r} is an image --skip-bad skipped as bad ({hit}: {skipped[hit]})"
+    index = dataset.index_of()
+    inside = [k for k in index if unknown[0].replace(os.sep, "/").endswith("/" + k)]
+    if os.path.isabs(unknown[0]) and inside:
+        return (f"; its keys are absolute paths, where an image's id is its path inside the folder ({unknown[0]!r} is "
+                f"{max(inside, key=len)!r}): write them so")
+    return ""
+
+
 def check_trained_on(run_dir: str | Path, dataset: ImageDataset, what: str = "--model", *,
                      allow_missing: bool = False, keys: list[str] | None = None) -> list[int]:
     """Refuse a ``dataset`` that does not hold the very examples ``run_dir`` trained on.
@@ -174,7 +192,7 @@ def check_trained_on(run_dir: str | Path, dataset: ImageDataset, what: str = "--
                                  f"`diffaudit report {maker[1]}` shows its canaries' exposure and extraction")
         stem = unknown[0].rsplit(".", 1)[0]
         named = (f"; its keys carry a file extension where {dataset.source}'s have none ({stem!r} is one of them): "
-                 "write them without it" if "." in unknown[0] and stem in index else "")
+                 "write them without it" if "." in unknown[0] and stem in index else "") + _unknown_key_note(unknown, dataset)
         raise DiffauditError(f"{what} {run}: {len(unknown):,} of the {len(keys):,} examples it trained on are not among "
                              f"the {len(dataset):,} examples of {dataset.source} as loaded (first: {unknown[0]!r}){named}; "
                              f"give the --data it was trained on, with the same options (a --subset may leave them out)"
