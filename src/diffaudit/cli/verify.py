@@ -414,8 +414,8 @@ def _data_vs_model(spec: str, train: ImageDataset | NativeImages, data_spec: str
         try:
             check_trained_on(model, train, what="the model that made --samples")
         except DiffauditError as exc:  # the names are there, the images under them are not the ones it trained on
-            warning_line("verify", f"--data holds every example {made} trained on by name, but not as it trained on "
-                         f"them: {exc}")
+            warning_line("verify", f"{exc} (--data holds by name every example it trained on, but not as it trained on "
+                         "them)")
     counts = {"n_data": len(train), "n_trained": len(trained), "n_not_trained": len(train) - n_in,
               "n_trained_missing": len(trained) - n_in}
     if counts["n_not_trained"]:
