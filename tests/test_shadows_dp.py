@@ -229,3 +229,17 @@ def test_audit_refuses_a_dp_batch_above_a_shadows_images_before_recording(dp_tar
     with pytest.raises(_Stopped):
         main(AUDIT + ["--model", str(dp_target), "--batch-size", "4", "--device", "cpu", "--out", str(out)])
     assert "a pool about twice the target's training set that holds it" in capsys.readouterr().err
+
+
+def test_the_epsilon_of_a_noise_free_shadow_reads_infinite(tmp_path):
+    """--dp-noise 0 records no finite epsilon: the shadows table said "-" (not measured), where it is infinite."""
+    from tests.test_report import _envelope
+
+    models = [{"index": 0, "run": "model-00", "n_train": 12, "final_loss": 0.3, "seed": 1, "epsilon": None,
+               "noise_multiplier": 0.0}]
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "result.json").write_text(json.dumps(_envelope(
+        "shadows", {"data": {"spec": "digits"}, "dp": {"noise_multiplier": 0.0}}, {"seed": 0}, n_models=1, n_columns=2,
+        n_examples=24, models=models)))
+    section = visible_text(render_html(tmp_path / "s").split('<section id="shadows">')[1].split("</section>")[0])
+    assert "infinite (no noise)" in section
