@@ -194,30 +194,28 @@ def stage_line(message: str) -> None:
 #: The name warnings go by while one command runs another in-process (an audit's stage: ``audit (stage
 #: train)``), None otherwise: set by :func:`warnings_speak_as`.
 _SPEAKER: ContextVar[str | None] = ContextVar("diffaudit_warning_speaker", default=None)
-
-
-@contextmanager
-def warnings_speak_as(name: str) -> Iterator[None]:
-    """Within this block every :func:`warning_line` names ``name`` instead of its own command."""
-    token = _SPEAKER.set(name)
-    try:
-        yield
-    finally:
-        _SPEAKER.reset(token)
-
-
 #: The command running now (:func:`running_command`), which a warning of a lower layer that names none speaks as.
 _RUNNING: ContextVar[str | None] = ContextVar("diffaudit_running_command", default=None)
 
 
 @contextmanager
-def running_command(name: str) -> Iterator[None]:
-    """Within this block a :func:`warning_line` that names no command (the data layer's) names ``name``."""
-    token = _RUNNING.set(name)
+def _naming(var: ContextVar[str | None], name: str) -> Iterator[None]:
+    """``var`` set to ``name`` within this block."""
+    token = var.set(name)
     try:
         yield
     finally:
-        _RUNNING.reset(token)
+        var.reset(token)
+
+
+def warnings_speak_as(name: str):
+    """Within this block every :func:`warning_line` names ``name`` instead of its own command."""
+    return _naming(_SPEAKER, name)
+
+
+def running_command(name: str):
+    """Within this block a :func:`warning_line` that names no command (the data layer's) names ``name``."""
+    return _naming(_RUNNING, name)
 
 
 def warning_line(command: str, message: str) -> None:
