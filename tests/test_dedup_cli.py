@@ -299,3 +299,16 @@ def test_a_pixel_size_beyond_the_images_is_said(tmp_path, capsys):
     assert main(["--quiet", "dedup", "--data", "digits", "--subset", "40", "--pixel-size", "8",
                  "--out", str(tmp_path / "b")]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_the_same_data_named_as_its_shards_resumes(cifar10_root, tmp_path, capsys):
+    """`--data cifar10-test`, then the quoted glob of its shard: the same images (one digest), so the finished
+    run answers as finished, where it was refused as other settings (--data)."""
+    out = tmp_path / "dd"
+    argv = ["dedup", "--subset", "30", "--embedder", "pixel", "--out", str(out)]
+    assert main([*argv, "--data", "cifar10-test"]) == 0
+    before = (out / "result.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main([*argv, "--data", str(cifar10_root / "cifar10-test-*.tar")]) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert (out / "result.json").stat().st_mtime_ns == before

@@ -174,3 +174,21 @@ def test_a_nested_record_of_another_kind_lists_what_both_kinds_set():
     assert diff_settings(pixel, shifted) == ["embedder.max_shift (was 0, now 2)", "embedder.name (was 'pixel', now 'phash')"]
     sized = {"embedder": {**pixel["embedder"], "size": 4}}  # the same kind: every setting
     assert diff_settings(pixel, sized) == ["embedder.size (was 8, now 4)"]
+
+
+def test_the_same_data_named_another_way_is_the_same_work():
+    """`cifar10-test` and the glob of its shard load the same images (one digest): their spec and options differ,
+    the work does not; another digest is another dataset, listed."""
+    from diffaudit.core.outdir import diff_settings
+
+    builtin = {"data": {"spec": "cifar10-test", "options": {"subset": 20}, "digest": "ab12"}, "seed": 0}
+    shards = {"data": {"spec": "/d/cifar10-test-*.tar", "options": {"subset": 20, "cifar_root": None}, "digest": "ab12"},
+              "seed": 0}
+    assert diff_settings(builtin, shards) == []
+    flat_a = {"data": "cifar10-test", "data_options": {}, "data_digest": "ab12"}
+    assert diff_settings(flat_a, {**flat_a, "data": "/d/cifar10-test-*.tar"}) == []
+    other = {"data": {**shards["data"], "digest": "cd34"}, "seed": 0}
+    assert diff_settings(builtin, other) == ["data.digest (was 'ab12', now 'cd34')", "data.options.cifar_root (was "
+                                             "'<unset>', now None)", "data.spec (was 'cifar10-test', now '/d/cifar10-test-*.tar')"]
+    assert diff_settings({**builtin, "data": {**builtin["data"], "digest": None}},
+                         {**shards, "data": {**shards["data"], "digest": None}}) != []  # no digest: the spec decides

@@ -126,13 +126,17 @@ def diff_settings(old: dict[str, Any], new: dict[str, Any], prefix: str = "",
     :func:`_describe_change`). A setting given on one side only (``baseline``: a path, then None) says
     its by-products too: the settings named after it (``baseline_seed``, ``baseline_digest``) that are
     likewise unset on that side are not listed again. So, in a nested record of another kind (its
-    ``name`` differs: ``--embedder pixel``, then ``phash``), are the settings only one of the kinds has."""
+    ``name`` differs: ``--embedder pixel``, then ``phash``), are the settings only one of the kinds has, and
+    the spec and options of data whose recorded digest is the same (:func:`_same_data_spelled_otherwise`)."""
     names = names or {}
     out = []
     keys = sorted(set(old) | set(new))
     toggled = [key for key in keys if _unset(old.get(key, UNSET)) != _unset(new.get(key, UNSET))]
+    same_data = _same_data_spelled_otherwise(old, new)
     for key in keys:
         a, b = old.get(key, UNSET), new.get(key, UNSET)
+        if key in same_data:
+            continue
         if any(key.startswith(t + "_") and _unset(a) != _unset(b) and _unset(old.get(t, UNSET)) == _unset(a)
                for t in toggled):
             continue  # a by-product of an input given on one side only, which is listed
@@ -142,6 +146,23 @@ def diff_settings(old: dict[str, Any], new: dict[str, Any], prefix: str = "",
             out += diff_settings(a, b, f"{prefix}{key}.", names)
         elif a != b:
             out.append(f"{_setting_name(prefix + key, names)} ({_describe_change(a, b)})")
+    return out
+
+
+#: How a command records its data: (the spec, its loader options, the digest of the images loaded), nested
+#: (``data: {spec, options, digest}``) or flat (``data``, ``data_options``, ``data_digest``).
+DATA_RECORDS = (("spec", "options", "digest"), ("data", "data_options", "data_digest"))
+
+
+def _same_data_spelled_otherwise(old: dict[str, Any], new: dict[str, Any]) -> set[str]:
+    """The keys of a data record not to compare: its spec and options, where both sides record the same
+    digest of the images loaded (pixels, keys, labels, captions: :func:`~diffaudit.data.digest.dataset_digest`),
+    so the same data named another way (``cifar10``, and the glob of its shards) is no other work."""
+    out: set[str] = set()
+    for spec, options, digest in DATA_RECORDS:
+        a, b = old.get(digest), new.get(digest)
+        if isinstance(a, str) and a and a == b:
+            out |= {spec, options}
     return out
 
 
