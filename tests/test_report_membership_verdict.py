@@ -138,3 +138,32 @@ def test_a_tpr_every_resample_agreed_on_gets_an_exact_binomial_interval():
     assert exact["low"] == pytest.approx(0.025 ** (1 / 16))  # (α/2)^(1/n) for k = n
     entry["ci"]["tpr_at_fpr"] = {"0.01": {"low": 0.9, "high": 1.0, "level": 0.95}}  # an interval that bounds: none
     assert best_mia({"mia": {"loss": entry}})["tpr_exact"] is None
+
+
+def test_without_a_bootstrap_interval_the_verdict_is_the_one_its_counts_give():
+    """`mia --bootstrap 0` records no interval: AUC 0.586 over 512 members and 512 non-members was called "no clear
+    evidence" (below 0.6) where with the bootstrap it is "yes"; Hanley and McNeil's interval from the counts now
+    decides, and the headline says no interval was recorded. The same AUC over 60 and 60 stays at chance."""
+    from diffaudit.evaluation.roc import auc_standard_error
+    from diffaudit.report.summary import at_chance
+
+    se = auc_standard_error(0.586, 512, 512)
+    assert 0.015 < se < 0.02 and auc_standard_error(0.5, 20, 20) == pytest.approx(0.0924, abs=1e-4)  # sqrt(3.4167 / 400)
+    big = _summary(0.586, None, n_members=512, n_nonmembers=512)
+    assert at_chance(big["mia"]["loss"]) is False and membership_verdict(best_mia(big))["level"] == "yes"
+    small = _summary(0.586, None, n_members=60, n_nonmembers=60)
+    assert at_chance(small["mia"]["loss"]) is True
+    assert best_mia(small)["auc_ci"] is None  # what the headline's "no bootstrap interval" reads
+
+
+def test_the_headline_of_an_attack_without_an_interval_does_not_cite_one(tmp_path):
+    from diffaudit.core.io import write_json_atomic
+    from diffaudit.report import render_html
+    from tests.test_report import _envelope, visible_text
+
+    write_json_atomic(tmp_path / "mia" / "result.json", _envelope(
+        "mia", {"attack": {"attack": "loss"}}, {"seed": 0}, attack="loss", auc=0.586, tpr_at_fpr={"0.01": 0.02},
+        n_members=60, n_nonmembers=60))
+    text = visible_text(render_html(tmp_path / "mia"))
+    assert "no bootstrap interval was recorded (--bootstrap 0), and the AUC lies within 1.96 standard errors" in text
+    assert "the AUC's interval holds 0.5" not in text

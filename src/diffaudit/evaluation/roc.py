@@ -104,6 +104,20 @@ def auc(scores, labels) -> float:
     return float(min(1.0, max(0.0, u / (n_pos * n_neg))))
 
 
+def auc_standard_error(auc_value: float, n_members: int, n_nonmembers: int) -> float:
+    """Hanley & McNeil's (1982) standard error of an AUC ``A`` in [0, 1] from n₁ members and n₂ non-members:
+    SE² = (A(1 − A) + (n₁ − 1)(Q₁ − A²) + (n₂ − 1)(Q₂ − A²)) / (n₁ n₂), Q₁ = A / (2 − A), Q₂ = 2A² / (1 + A).
+    The interval of an attack run without a bootstrap (``mia --bootstrap 0``): A ± 1.96 SE. It takes the
+    examples as independent, so it is narrower than a bootstrap over examples where rows share an example
+    (pooled leave-one-out attacks)."""
+    if n_members < 1 or n_nonmembers < 1:
+        raise ValueError(f"need members and non-members; got {n_members} and {n_nonmembers}")
+    a = float(auc_value)
+    q1, q2 = a / (2.0 - a), 2.0 * a * a / (1.0 + a)
+    var = (a * (1.0 - a) + (n_members - 1) * (q1 - a * a) + (n_nonmembers - 1) * (q2 - a * a)) / (n_members * n_nonmembers)
+    return float(np.sqrt(max(var, 0.0)))
+
+
 def auc_from_curve(curve: RocCurve) -> float:
     """Trapezoidal area under ``curve``; equal to :func:`auc` (ties count half)."""
     area = float(np.sum(np.diff(curve.fpr) * (curve.tpr[1:] + curve.tpr[:-1]) / 2.0))

@@ -553,8 +553,9 @@ def at_chance(entry: dict[str, Any]) -> bool | None:
     """Whether a membership attack (a ``mia`` summary entry) is indistinguishable from guessing: with few
     members or non-members, its one-sided rank test is not below 0.05 (``ANECDOTE_LEVEL``; the bootstrap
     interval barely covers a small class's sampling); else its recorded AUC confidence interval holds 0.5
-    (AUC 0.58 [0.57, 0.59] is weak but not guessing), or, without an interval, its AUC is below
-    :data:`CHANCE_AUC`. None when the AUC is not recorded."""
+    (AUC 0.58 [0.57, 0.59] is weak but not guessing), or, without one (``--bootstrap 0``), Hanley and
+    McNeil's 95% interval from its counts does (:func:`~diffaudit.evaluation.roc.auc_standard_error`); without
+    the counts either, its AUC is below :data:`CHANCE_AUC`. None when the AUC is not recorded."""
     auc = entry.get("auc")
     if auc is None:
         return None
@@ -566,6 +567,11 @@ def at_chance(entry: dict[str, Any]) -> bool | None:
     ci = (entry.get("ci") or {}).get("auc")
     if ci and ci.get("low") is not None and ci.get("high") is not None:
         return bool(ci["low"] <= 0.5 <= ci["high"])
+    n1, n0 = entry.get("n_members"), entry.get("n_nonmembers")
+    if isinstance(n1, int) and isinstance(n0, int) and n1 > 0 and n0 > 0:  # no bootstrap: Hanley-McNeil's interval
+        from diffaudit.evaluation.roc import auc_standard_error
+
+        return bool(abs(auc - 0.5) <= 1.96 * auc_standard_error(auc, n1, n0))
     return auc < CHANCE_AUC
 
 
