@@ -53,6 +53,7 @@ def test_an_attack_at_chance_is_no_evidence_and_says_how_loose_a_small_audit_is(
 def test_an_attack_below_chance_is_unsure_and_no_attack_is_no_answer():
     v = membership_verdict(best_mia(_summary(0.2, (0.1, 0.3))))
     assert v["level"] == "unsure" and "the model and the data do not belong together" in v["text"]
+    assert "chance beyond what the interval covers" in v["text"] and "another --seed tells" in v["text"]
     assert membership_verdict(best_mia({"mia": {}})) is None
 
 

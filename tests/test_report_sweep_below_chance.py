@@ -54,6 +54,8 @@ def test_the_report_notes_a_sweep_below_chance(tmp_path):
     notes = _notes(render_html(_audit(tmp_path / "a", [0.9, 0.8, 0.30])))
     assert len(notes) == 1
     assert "the AUC at t = 999 (0.300) lies below 0.5" in notes[0] and "(their loss is higher)" in notes[0]
+    # the spread takes the images as independent: one run alone may be chance, another --seed tells
+    assert "taken as independent images" in notes[0] and "once alone, it may be chance" in notes[0]
     assert _notes(render_html(_audit(tmp_path / "b", [0.9, 0.8, 0.47]))) == []  # within guessing's spread
     lira = _notes(render_html(_audit(tmp_path / "c", [0.9, 0.2, 0.30], attack="lira")))
     assert "t = 100 (0.200), t = 999 (0.300)" in lira[0] and "loss is higher" not in lira[0]

@@ -289,8 +289,10 @@ def membership_verdict(best: dict[str, Any] | None) -> dict[str, str] | None:
                                        + (" With so few images this bounds the leak only loosely." if few else "")}
     if auc <= 0.5:
         return {"level": "unsure", "text": f"Unsure: {w['attack']} ranks images {w['never']} as more likely training "
-                                           f"images ({measured}): a sign that {w['pair']} do not belong together (other "
-                                           "training images), not of privacy."}
+                                           f"images ({measured}): chance beyond what the interval covers (it resamples "
+                                           "the images, not the noise draws or the models: another --seed tells), or a "
+                                           f"sign that {w['pair']} do not belong together (other training images); not a "
+                                           "sign of privacy."}
     found = ""
     if best.get("tpr") == 0:
         found = (f" At a 1% false-positive rate it picks out none of {w['images']}: the leak shows in how the "
