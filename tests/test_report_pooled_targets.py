@@ -141,11 +141,14 @@ def test_the_glossary_says_what_strong_lira_did_with_its_queries(tmp_path):
     shadows = _shadows(tmp_path)
     _mia(root, shadows, LOO, attack="strong-lira", n_draws=4, flips=True, strong_aggregate="sum-llr")
     text = visible_text(render_html(root))
-    assert ("Strong LiRA queries each image with several noise draws and flips, and here scores each query on its own "
-            "(one likelihood ratio per noise draw and flip) and sums their log ratios (--strong-aggregate sum-llr).") in text
+    assert ("Strong LiRA queries each image with 4 noise draws and their horizontal flips, and here scores each query on "
+            "its own (one likelihood ratio per noise draw and flip) and sums their log ratios (--strong-aggregate sum-llr).") in text
     assert "averages the loss over several noise draws" not in text
     _mia(root, shadows, LOO, attack="strong-lira", n_draws=4, flips=True, strong_aggregate="mean-loss")
     assert "and here averages the loss over the queries first" in visible_text(render_html(root))
+    # run with --no-flips, it queried no flipped image: the term said "noise draws and flips" all the same
+    _mia(root, shadows, LOO, attack="strong-lira", n_draws=8, flips=False, strong_aggregate="sum-llr")
+    assert "queries each image with 8 noise draws (here not flipped: --no-flips)" in visible_text(render_html(root))
 
 
 def test_a_shadows_folder_lists_its_models(tmp_path):

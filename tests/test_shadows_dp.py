@@ -195,6 +195,15 @@ def test_mia_of_a_target_trained_otherwise_than_its_shadows_says_so(matrix_file,
         assert ("trained otherwise than the shadows (DP-SGD: the shadows trained with it" in err) is bool(unlike), err
         text = visible_text(render_html(out))
         assert ("read the attacked model's losses against shadow models that trained otherwise" in text) is bool(unlike)
+        assert "--flips queries each image flipped too" not in err
+    # Strong LiRA flips its queries by default; these models trained without flips: said, and not with --no-flips
+    strong = ["--quiet", "mia", "--data", "digits", "--subset", str(N), "--shadows", str(shadows_dir), "--target",
+              str(tmp_path / "alike"), "--attack", "strong-lira-fixed", "--draws", "2", "--timesteps", "100",
+              "--bootstrap", "0", "--device", "cpu"]
+    assert main([*strong, "--out", str(tmp_path / "strong")]) == 0
+    assert "--flips queries each image flipped too, but the models trained without flips" in capsys.readouterr().err
+    assert main([*strong, "--no-flips", "--out", str(tmp_path / "strong-no-flips")]) == 0
+    assert "--flips queries" not in capsys.readouterr().err
 
 
 def test_recipe_differences_name_each_flag_the_shadows_trained_otherwise_with(tmp_path):

@@ -291,6 +291,20 @@ def _shaping_options(args: argparse.Namespace) -> tuple[str, str]:
     return args.transform or MiaConfig.transform, args.strong_aggregate or MiaConfig.strong_aggregate
 
 
+def _warn_flips_never_trained(config: MiaConfig, runs: list[Path]) -> None:
+    """Warn when the attack queries flipped images (``--flips``, Strong LiRA's default) of models that record
+    they trained without flips (``--flip`` off; the first model read for all: one command trains them alike):
+    a flipped image is one they never saw, so its queries add noise rather than signal (the paper's Strong LiRA
+    queries the augmentations the models trained with)."""
+    from diffaudit.models.recipe import training_recipe
+
+    recipe = training_recipe(runs[0]) if runs and runs[0] is not None else None
+    if config.flips and recipe is not None and recipe.get("flip") is False:
+        warning_line("mia", f"--flips queries each image flipped too, but the models trained without flips (--flip off, "
+                     f"{runs[0]}): a flipped image is one they never saw, so those queries add noise; --no-flips queries "
+                     "them as they trained")
+
+
 def _unlike_shadows(attack: str, target: TargetSpec, runs: list[Path]) -> list[str]:
     """How the --target model trained otherwise than its shadows (:func:`~diffaudit.models.recipe.recipe_differences`
     of their train_config.json, the first shadow for all: one `shadows` command trains them alike), said as a
@@ -373,6 +387,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _warn_if_few_shadows(args.attack, matrix, target)
     unlike = _unlike_shadows(args.attack, target, runs)
+    _warn_flips_never_trained(config, runs or [target.run])
     cache = Path(args.loss_cache) if args.loss_cache else out / "losses"
     with Timer() as timer:
         scores = run_mia(ds, matrix, runs, config, target=target, cache_dir=cache, device=device,

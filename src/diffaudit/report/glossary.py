@@ -134,7 +134,12 @@ def _strong_words(rows: list[dict[str, Any]]) -> str:
     (or no Strong LiRA ran), so that the term never says what the Settings table contradicts."""
     strong = [r for r in rows if str(r.get("attack") or r.get("key", "")).startswith("strong")]
     aggregates = [r.get("strong_aggregate") for r in strong]
-    queries = "Strong LiRA queries each image with several noise draws and flips"
+    draws = {r.get("n_draws") for r in strong}
+    flips = {r.get("flips") for r in strong}
+    how_many = f"{draws.pop()} noise draws" if len(draws) == 1 and isinstance(next(iter(draws)), int) else "several noise draws"
+    flipped = (" and their horizontal flips" if flips == {True} else " (here not flipped: --no-flips)" if flips == {False}
+               else " and, with --flips, their horizontal flips")
+    queries = f"Strong LiRA queries each image with {how_many}{flipped}"
     if strong and all(a in STRONG_AGGREGATES for a in aggregates):
         if len(set(aggregates)) == 1:
             return f"{queries}, and here {STRONG_AGGREGATES[aggregates[0]]}."
