@@ -204,6 +204,14 @@ def test_mia_of_a_target_trained_otherwise_than_its_shadows_says_so(matrix_file,
     assert "--flips queries each image flipped too, but the models trained without flips" in capsys.readouterr().err
     assert main([*strong, "--no-flips", "--out", str(tmp_path / "strong-no-flips")]) == 0
     assert "--flips queries" not in capsys.readouterr().err
+    # the same folder asked for a shadow as the target: refused by the flags, not as target.mode / target.index
+    loss = ["--quiet", "mia", "--data", "digits", "--subset", str(N), "--shadows", str(shadows_dir), "--attack", "loss",
+            "--timesteps", "100", "--bootstrap", "0", "--device", "cpu", "--out", str(tmp_path / "loss")]
+    assert main([*loss, "--target", str(tmp_path / "alike")]) == 0
+    assert main([*loss, "--target-index", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--target-index (was None, now 0)" in err and "whom it attacks (--target, --target-index" in err
+    assert "target.mode" not in err and "target.index" not in err
 
 
 def test_recipe_differences_name_each_flag_the_shadows_trained_otherwise_with(tmp_path):

@@ -291,6 +291,12 @@ def _shaping_options(args: argparse.Namespace) -> tuple[str, str]:
     return args.transform or MiaConfig.transform, args.strong_aggregate or MiaConfig.strong_aggregate
 
 
+def setting_flags(args: argparse.Namespace) -> dict[str, str]:
+    """The flag of each setting not named after its option (for a refusal to resume): whom the attack targets."""
+    return {"target.mode": "whom it attacks (--target, --target-index, or each model in turn without either)",
+            "target.index": "--target-index", "target.run": "--target"}
+
+
 def _warn_flips_never_trained(config: MiaConfig, runs: list[Path]) -> None:
     """Warn when the attack queries flipped images (``--flips``, Strong LiRA's default) of models that record
     they trained without flips (``--flip`` off; the first model read for all: one command trains them alike):
