@@ -503,3 +503,21 @@ def test_canary_means_over_few_canaries_say_they_carry_no_noise_estimate(tmp_pat
     assert "each mean is over 1 or 3 canaries" in capsys.readouterr().out
     assert main(["compare", str(many), str(more)]) == 0
     assert "no estimate of its noise" not in capsys.readouterr().out
+
+
+def test_compare_warns_when_an_attack_ran_on_different_targets(tmp_path, capsys):
+    """One shadow model as the target (--target-index 3) against every shadow model in turn, pooled: the change
+    was printed as "+0.067 (within noise)" with no word that the two AUCs measure other targets."""
+    loo = {"mode": "leave-one-out", "index": None, "run": None}
+    one = {"mode": "shadow", "index": 3, "run": None}
+    for name, target, extra in (("pooled", loo, {"n_models": 8, "n_examples": 128}), ("one", one, {}),
+                                ("pooled4", loo, {"n_models": 4, "n_examples": 128}), ("other", {**one, "index": 2}, {})):
+        write_result(tmp_path / name / "result.json", "mia", {"shadows": str(tmp_path / "sh"), "target": target}, {},
+                     attack="lira", auc=0.6, tpr_at_fpr={"0.01": 0.0}, n_members=64, n_nonmembers=64, target=target, **extra)
+    r, err = _compare_json(capsys, tmp_path / "one", tmp_path / "pooled")
+    said = [w for w in r["warnings"] if "on different targets" in w]
+    assert len(said) == 1 and said[0] in err
+    assert said[0].startswith(f"plain and other ran lira on different targets, plain the model {tmp_path / 'sh' / 'model-03'} "
+                              "and other the 8 shadow models in turn, pooled")
+    assert any("on different targets" in w for w in _compare_json(capsys, tmp_path / "pooled", tmp_path / "pooled4")[0]["warnings"])
+    assert not any("on different targets" in w for w in _compare_json(capsys, tmp_path / "one", tmp_path / "other")[0]["warnings"])

@@ -13,7 +13,7 @@ from diffaudit.core.results import envelope, write_result
 from diffaudit.core.errors import DiffauditError, SettingsMismatchError
 from diffaudit.defenses.compare import DESCRIBES_MODEL, DESCRIBES_TRAINING, compare_summaries, find_dp_record
 from diffaudit.report.compare_table import (attack_warnings, budget_warnings, canary_warnings, dataset_warnings,
-                                           default_labels, format_rows, query_warnings)
+                                           default_labels, format_rows, query_warnings, target_warnings)
 from diffaudit.report.summary import build_summary
 
 NAME = "compare"
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     # stale once either folder's results change, and the settings hold only their paths.
     out = _open_out(args, settings) if args.out else None
     warnings = (dataset_warnings(a, b, labels) + budget_warnings(a, b, labels) + attack_warnings(a, b, labels)
-                + query_warnings(a, b, labels) + canary_warnings(a, b, labels))
+                + target_warnings(a, b, labels) + query_warnings(a, b, labels) + canary_warnings(a, b, labels))
     if Path(args.audit_a).resolve() == Path(args.audit_b).resolve():
         warnings.append(f"{args.audit_a} is given twice: every change is 0 by construction")
     elif not any(r["a"] is not None and r["b"] is not None for r in measured):

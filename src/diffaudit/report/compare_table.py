@@ -106,6 +106,37 @@ def attack_warnings(a: dict[str, Any], b: dict[str, Any], labels: list[str]) -> 
             "--attack)"]
 
 
+def _attacked(entry: dict[str, Any]) -> str | None:
+    """Whom a membership attack (a summary ``mia`` entry) attacked, in words: every shadow model in turn (its rows
+    pooled), or the one run it names; None where it records neither."""
+    if entry.get("pooled"):
+        n = entry.get("n_models")
+        return f"the {n} shadow models in turn, pooled" if isinstance(n, int) else "every shadow model in turn, pooled"
+    return f"the model {entry['model']}" if isinstance(entry.get("model"), str) else None
+
+
+def target_warnings(a: dict[str, Any], b: dict[str, Any], labels: list[str]) -> list[str]:
+    """A warning for each membership attack both summaries ran on different targets: one model against the
+    rows of every shadow model pooled (leave-one-out), or two pooled sets of other sizes. Their AUCs then
+    measure other things (one model's members; every model's), so the change is not the models'. Two single
+    models are what a comparison compares, and no warning."""
+    ma, mb = a.get("mia"), b.get("mia")
+    if not (isinstance(ma, dict) and isinstance(mb, dict)):
+        return []
+    la, lb = labels
+    out = []
+    for attack in sorted(set(ma) & set(mb)):
+        ea, eb = ma[attack], mb[attack]
+        if not (isinstance(ea, dict) and isinstance(eb, dict)) or not (ea.get("pooled") or eb.get("pooled")):
+            continue
+        wa, wb = _attacked(ea), _attacked(eb)
+        if wa and wb and wa != wb:
+            out.append(f"{la} and {lb} ran {attack} on different targets, {la} {wa} and {lb} {wb}: pooled rows measure "
+                       "every model's members at once, one model its own, so the change is not one model against another; "
+                       "attack the same kind of target on both (mia --target or --target-index, or neither)")
+    return out
+
+
 def _canary_run(summary: dict[str, Any]) -> dict[str, Any] | None:
     """{"kind", "n_reference", "ceiling"} of the canaries run a summary reads (its first ``canaries``
     stage, as :func:`~diffaudit.report.summary.build_summary` does): the kind from that stage's settings
