@@ -43,7 +43,7 @@ def test_a_shadow_target_whose_column_is_all_in_or_all_out_is_refused(ds):
     matrix[:, 1] = False
     with pytest.raises(DiffauditError, match=r"0 members and 6 non-members"):
         check_target(ds, matrix, TargetSpec(mode="shadow", index=1))
-    with pytest.raises(DiffauditError, match=r"--target-index must lie in \[0, 3\]"):
+    with pytest.raises(DiffauditError, match=r"--target-index must lie in \[0, 3\] \(one of the 4 shadow models the attack reads: --models"):
         check_target(ds, matrix, TargetSpec(mode="shadow", index=4))
 
 

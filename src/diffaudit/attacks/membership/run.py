@@ -209,7 +209,8 @@ def check_target_spec(target: TargetSpec, n_models: int) -> None:
     if target.mode not in TARGET_MODES:
         raise DiffauditError(f"unknown target mode {target.mode!r}; choose one of {', '.join(TARGET_MODES)}")
     if target.mode == "shadow" and not (target.index is not None and 0 <= target.index < n_models):
-        raise DiffauditError(f"--target-index must lie in [0, {n_models - 1}]; got {target.index}")
+        raise DiffauditError(f"--target-index must lie in [0, {n_models - 1}] (one of the {n_models} shadow models the "
+                             f"attack reads: --models, else every column); got {target.index}")
     if target.mode == "model" and target.run is None:
         raise DiffauditError("target mode `model` needs a run directory (--target)")
 
