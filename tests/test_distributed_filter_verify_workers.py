@@ -335,3 +335,25 @@ def test_workers_keep_an_image_whose_caption_is_missing_as_the_command_does(file
     assert cluster, "the workers did not run"
     _same_verify(tmp_path / "one", tmp_path / "ray")
     assert "005.png" in {e["train_key"] for e in strict_json(tmp_path / "ray" / "result.json")["extracted"]}
+
+
+def test_auto_from_a_ray_address_nothing_answers_at_says_to_correct_the_variable(monkeypatch):
+    """`--ray auto` reads $RAY_ADDRESS first: where nothing answers there, the refusal named an address the user never
+    typed and advised starting a cluster (one was running); it now names the variable and says to correct it."""
+    import sys
+    import types
+
+    from diffaudit.core import ray_pool
+
+    fake = types.SimpleNamespace(is_initialized=lambda: False)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(ray_pool, "_auto_address", lambda: "127.0.0.1:1")
+    monkeypatch.setenv("RAY_ADDRESS", "localhost:1")
+    with pytest.raises(DiffauditError) as err:
+        ray_pool.connect("auto")
+    msg = str(err.value)
+    assert msg.startswith("--ray auto (the cluster at 127.0.0.1:1, from RAY_ADDRESS=localhost:1): nothing answers there")
+    assert msg.endswith("correct or unset RAY_ADDRESS, which --ray auto reads first") and "ray start --head" not in msg
+    monkeypatch.delenv("RAY_ADDRESS")
+    with pytest.raises(DiffauditError, match=r"--ray auto \(the cluster at 127.0.0.1:1\): .*ray start --head"):
+        ray_pool.connect("auto")

@@ -137,14 +137,17 @@ def knn_on_ray(address: str, queries, query_recipe: ImagesRecipe, reference_reci
     spans = [span for parts in chunks.values() for span in parts]
     if not spans:
         return
+    kept = sum(hi - lo for lo, hi in spans if is_cached(cache_dir, lo, hi, k))  # spans an interrupted run finished
+    todo = sum(hi - lo for lo, hi in spans) - kept
     with Timer() as t:
         n = run_parts(address, KnnChunkWorker,
                       (query_recipe, reference_recipe, k, str(cache_dir), {"backend": backend}, device.type,
                        exclude_self, fault_name),
                       lambda: [s for s in spans if not is_cached(cache_dir, *s, k)], label=f"{label} (ray)",
-                      size=lambda span: span[1] - span[0], total=sum(hi - lo for lo, hi in chunks), unit="img",
+                      size=lambda span: span[1] - span[0], total=todo, unit="img",
                       use_gpu=device.type == "cuda", threads=None, per_node=True)
         for chunk, parts in chunks.items():
             merge_spans(cache_dir, chunk, parts, k)
     workers = f"{n} worker{'s' if n != 1 else ''}"
-    stage_line(f"{label}: neighbours of {sum(hi - lo for lo, hi in chunks)} queries computed on Ray ({workers}, {t.seconds:.1f} s)")
+    earlier = f"; {kept:,} finished earlier, kept" if kept else ""
+    stage_line(f"{label}: neighbours of {todo:,} queries computed on Ray ({workers}, {t.seconds:.1f} s){earlier}")

@@ -101,7 +101,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fresh", action="store_true", help="delete the store and start over")
     p.add_argument("--ray", type=ray_address, default=None, metavar="ADDRESS",
                    help=f"spread shards over a Ray cluster: {RAY_HELP}; every node reads --model at the same path "
-                        "and writes into --out (a shared filesystem, or an object-store URL every node can reach)")
+                        "and writes into --out (a shared filesystem, or an object-store URL every node can reach). "
+                        "One worker per GPU, or on CPUs one per CPU of the cluster (each with its own copy of the "
+                        "model), at most one per shard: `ray start --num-cpus N` limits them")
     add_sample_options(p)
 
 

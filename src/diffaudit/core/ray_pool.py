@@ -44,7 +44,7 @@ def connect(address: str):
         return ray
     if address == "auto":
         found = _auto_address()
-        _check_reachable(found, shown=f"auto (the cluster at {found})")
+        _check_reachable(found, **_auto_words(found, os.environ.get("RAY_ADDRESS")))
     elif address != "local":
         _check_reachable(address)
     level = logging.ERROR if quiet() else logging.WARNING  # --quiet: Ray's own notices too
@@ -82,9 +82,19 @@ def _auto_address() -> str:
     return found
 
 
-def _check_reachable(address: str, timeout: float = 5.0, *, shown: str | None = None) -> None:
+def _auto_words(found: str, env: str | None) -> dict[str, str | None]:
+    """How a refusal of ``--ray auto`` names the address it found (``shown``) and what to do (``remedy``):
+    one from ``$RAY_ADDRESS`` (``env``; Ray may rewrite it to the node's own IP) is that variable's to correct."""
+    if not env:
+        return {"shown": f"auto (the cluster at {found})", "remedy": None}
+    return {"shown": f"auto (the cluster at {found}, from RAY_ADDRESS={env})",
+            "remedy": "correct or unset RAY_ADDRESS, which --ray auto reads first"}
+
+
+def _check_reachable(address: str, timeout: float = 5.0, *, shown: str | None = None, remedy: str | None = None) -> None:
     """Refuse an address ``host:port`` (optionally ``ray://``) where nothing accepts a connection within
-    ``timeout`` seconds: Ray itself retries such an address without end."""
+    ``timeout`` seconds: Ray itself retries such an address without end. ``shown``: the address as the
+    refusal names it; ``remedy``: what to do instead of starting a cluster (an address from ``RAY_ADDRESS``)."""
     import socket
 
     if not address:
@@ -96,8 +106,8 @@ def _check_reachable(address: str, timeout: float = 5.0, *, shown: str | None = 
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as exc:
-        raise DiffauditError(f"--ray {shown}: nothing answers there ({exc.strerror or exc}); start a cluster with "
-                             "`ray start --head`, give its address, or use `--ray local`") from None
+        raise DiffauditError(f"--ray {shown}: nothing answers there ({exc.strerror or exc}); " + (
+            remedy or "start a cluster with `ray start --head`, give its address, or use `--ray local`")) from None
 
 
 class _Host:

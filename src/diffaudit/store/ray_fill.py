@@ -168,5 +168,6 @@ def fill_store_ray(store: SampleStore, model: str, args: argparse.Namespace, opt
                               unit="img", use_gpu=use_gpu, workers=workers or getattr(args, "ray_workers", None),
                               threads=torch_threads, max_rounds=max_rounds)
     made = sum(size(k) for k in todo)
-    stage_line(f"sample (ray, {n_workers} workers): {made} images in {tm.seconds:.1f}s -> {store.name}")
+    stage_line(f"sample (ray, {n_workers} worker{'s' if n_workers != 1 else ''}): {made} images in {tm.seconds:.1f}s "
+               f"-> {store.name}")
     return made
