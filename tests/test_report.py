@@ -764,7 +764,9 @@ def test_a_folder_of_whole_audits_or_of_one_command_twice_is_refused(tmp_path, c
     for name, steps in (("run1", 100), ("run1long", 150)):
         write_json_atomic(gathered / name / "result.json", _envelope("train", {"train": {"steps": steps}}, steps=steps))
     assert main(["report", str(gathered)]) == 2
-    assert "holds 2 results of `train` (run1, run1long)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds 2 results of `train` (run1, run1long)" in err
+    assert "a report shows one result of each command but `mia` (whose results it shows side by side)" in err
     (gathered / "run1long" / "result.json").unlink()
     for name, attack in (("mia-loss", "loss"), ("mia-lira", "lira")):
         write_json_atomic(gathered / name / "result.json", _envelope(

@@ -398,7 +398,8 @@ def run(args: argparse.Namespace) -> int:
     with Timer() as timer:
         scores = run_mia(ds, matrix, runs, config, target=target, cache_dir=cache, device=device,
                          data_digest=data_digest)
-    stage_line(f"mia: {config.attack} scored {len(scores.main.scores)} (target, example) pairs in {timer.seconds:.1f}s")
+    rows = "(target, example) pairs" if target.mode == "leave-one-out" else "examples"  # one target: one row an example
+    stage_line(f"mia: {config.attack} scored {len(scores.main.scores)} {rows} in {timer.seconds:.1f}s")
     extra = {"models": digests, "seconds": timer.seconds, "device": str(device), "precision": precision,
              **({"unlike_shadows": unlike} if unlike else {})}
     if target_digest is not None:

@@ -363,8 +363,9 @@ def _check_gathered(rs: ResultSet) -> None:
     if twice:
         cmd, names = next(iter(twice.items()))
         raise DiffauditError(f"{rs.root} holds {len(names)} results of `{cmd}` ({', '.join(names)}), and a report shows "
-                             "one of each command: report each folder alone, put two side by side with `diffaudit "
-                             "compare`, or gather one of each command in a folder of its own")
+                             f"one result of each command but `{'`, `'.join(SHOWN_SIDE_BY_SIDE)}` (whose results it shows "
+                             "side by side): report each folder alone, put two side by side with `diffaudit compare`, or "
+                             "gather one of each command in a folder of its own")
 
 
 def model_used(settings: dict[str, Any]) -> dict[str, Any] | None:
