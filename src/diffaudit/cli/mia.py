@@ -77,8 +77,11 @@ def _upgrade_settings(old: dict[str, Any]) -> dict[str, Any]:
 
 def setting_flags(args: argparse.Namespace) -> dict[str, str]:
     """The flag of each setting not named after its option (for a refusal to resume); ``attack.attack``,
-    ``attack.sweep``, ... are named by the options they are named after (``--attack``, ``--sweep``)."""
-    return {"attack.n_draws": "--draws", "attack.noise_seed": "--seed", "membership.models": "--models"}
+    ``attack.sweep``, ... are named by the options they are named after (``--attack``, ``--sweep``); whom
+    the attack targets by the flags that choose it."""
+    return {"attack.n_draws": "--draws", "attack.noise_seed": "--seed", "membership.models": "--models",
+            "target.mode": "whom it attacks (--target, --target-index, or each model in turn without either)",
+            "target.index": "--target-index", "target.run": "--target"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -289,12 +292,6 @@ def _shaping_options(args: argparse.Namespace) -> tuple[str, str]:
         raise DiffauditError(f"--strong-aggregate says how strong-lira and strong-lira-fixed combine their queries; "
                              f"--attack {args.attack} uses one query per example: drop --strong-aggregate")
     return args.transform or MiaConfig.transform, args.strong_aggregate or MiaConfig.strong_aggregate
-
-
-def setting_flags(args: argparse.Namespace) -> dict[str, str]:
-    """The flag of each setting not named after its option (for a refusal to resume): whom the attack targets."""
-    return {"target.mode": "whom it attacks (--target, --target-index, or each model in turn without either)",
-            "target.index": "--target-index", "target.run": "--target"}
 
 
 def _warn_flips_never_trained(config: MiaConfig, runs: list[Path]) -> None:

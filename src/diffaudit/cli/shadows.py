@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
     }
     if dp is not None:  # only then, so that the settings of plain shadows read as they always did
-        settings["dp"] = {**dataclasses.asdict(dp), "max_grad_norm": None if math.isinf(dp.max_grad_norm) else dp.max_grad_norm}
+        clip = None if math.isinf(dp.max_grad_norm) else dp.max_grad_norm  # JSON holds no inf: None is no clipping
+        settings["dp"] = {**dataclasses.asdict(dp), "max_grad_norm": clip}
     settings = canonical_settings(settings, PATH_SETTINGS)
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, upgrade=upgrading_paths(PATH_SETTINGS))
     if resumed:

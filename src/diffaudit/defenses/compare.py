@@ -169,7 +169,8 @@ def _audited_models(root: Path) -> list[Path]:
     settings = (rec.get("settings") if finished else recorded_settings(root, "audit")) or {}
     if not isinstance(settings, dict):
         settings = {}
-    named = [Path(p) for p in ((rec.get("target") if finished else None), settings.get("model")) if isinstance(p, str) and p]
+    target = rec.get("target") if finished else None
+    named = [Path(p) for p in (target, settings.get("model")) if isinstance(p, str) and p]
     return named if settings.get("model") else named + [root / "models" / "model-00"]
 
 
@@ -246,7 +247,8 @@ def measure(summary: dict[str, Any], dp: dict[str, Any] | None = None) -> list[M
         rows = [r for r in can.get("by_repeats") or [] if isinstance(r, dict)]
         for row in sorted(rows, key=lambda r: _num(r.get("repeats")) or 0):  # x1, x2, x4, ...: as inserted
             bound = "at_least" if (_count(row.get("n_at_ceiling")) or 0) > 0 else None  # a mean over canaries at the ceiling
-            put("canaries_exposure", row.get("mean_exposure"), bound, repeats=row.get("repeats"), n_canaries=_count(row.get("n")))
+            put("canaries_exposure", row.get("mean_exposure"), bound, repeats=row.get("repeats"),
+                n_canaries=_count(row.get("n")))
     model = summary.get("model") if isinstance(summary.get("model"), dict) else {}
     if model.get("steps") is not None:  # a diffaudit run's (a model trained elsewhere records none)
         put("model_steps", model.get("steps"))

@@ -192,7 +192,8 @@ def check_trained_on(run_dir: str | Path, dataset: ImageDataset, what: str = "--
                                  f"`diffaudit report {maker[1]}` shows its canaries' exposure and extraction")
         stem = unknown[0].rsplit(".", 1)[0]
         named = (f"; its keys carry a file extension where {dataset.source}'s have none ({stem!r} is one of them): "
-                 "write them without it" if "." in unknown[0] and stem in index else "") + _unknown_key_note(unknown, dataset)
+                 "write them without it" if "." in unknown[0] and stem in index else "")
+        named += _unknown_key_note(unknown, dataset)
         raise DiffauditError(f"{what} {run}: {len(unknown):,} of the {len(keys):,} examples it trained on are not among "
                              f"the {len(dataset):,} examples of {dataset.source} as loaded (first: {unknown[0]!r}){named}; "
                              f"give the --data it was trained on, with the same options (a --subset may leave them out)"

@@ -136,7 +136,8 @@ def _strong_words(rows: list[dict[str, Any]]) -> str:
     aggregates = [r.get("strong_aggregate") for r in strong]
     draws = {r.get("n_draws") for r in strong}
     flips = {r.get("flips") for r in strong}
-    how_many = f"{draws.pop()} noise draws" if len(draws) == 1 and isinstance(next(iter(draws)), int) else "several noise draws"
+    n_draws = next(iter(draws)) if len(draws) == 1 else None  # one count for every row, else none said
+    how_many = f"{n_draws} noise draws" if isinstance(n_draws, int) else "several noise draws"
     flipped = (" and their horizontal flips" if flips == {True} else " (here not flipped: --no-flips)" if flips == {False}
                else " and, with --flips, their horizontal flips")
     queries = f"Strong LiRA queries each image with {how_many}{flipped}"
