@@ -213,6 +213,9 @@ def test_mia_of_a_target_trained_otherwise_than_its_shadows_says_so(matrix_file,
     err = capsys.readouterr().err
     assert "--target-index (was None, now 0)" in err and "whom it attacks (--target, --target-index" in err
     assert "target.mode" not in err and "target.index" not in err
+    from diffaudit.cli.mia import setting_flags  # the target's flags beside the others mia names, none hidden
+
+    assert {"attack.n_draws", "attack.noise_seed", "membership.models", "target.index"} <= set(setting_flags(None))
 
 
 def test_recipe_differences_name_each_flag_the_shadows_trained_otherwise_with(tmp_path):
