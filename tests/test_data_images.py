@@ -230,3 +230,14 @@ def test_skipped_inputs_are_said_once_however_the_folder_is_named(write_images, 
     assert "--skip-bad skipped 1 bad input" in capsys.readouterr().err
     load_dataset(str(root.resolve()), skip_bad=True)
     assert "skipped" not in capsys.readouterr().err
+
+
+def test_a_subset_that_meets_bad_inputs_says_it_holds_fewer_than_asked(write_images, capsys):
+    """--subset 4 of a folder with a corrupt file among those chosen loaded 3 images, saying only "3 images loaded":
+    it now says they are of the 4 --subset chose, and that the subset is not topped up."""
+    root = write_images({"a.png": RGB, "b.png": b"not an image at all", "c.png": RGB, "d.png": RGB})
+    capsys.readouterr()
+    ds = load_dataset(root, skip_bad=True, subset=4)
+    assert len(ds) == 3
+    assert capsys.readouterr().err.rstrip().endswith("; 3 images loaded of the 4 --subset chose (not topped up, so the "
+                                                     "seed's choice stays the same)")

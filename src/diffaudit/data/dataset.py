@@ -165,10 +165,11 @@ def _one_name(path) -> str:
     return os.path.realpath(path) if os.path.exists(str(path)) else str(path)
 
 
-def say_skipped(dataset: ImageDataset) -> ImageDataset:
+def say_skipped(dataset: ImageDataset, asked: int | None = None) -> ImageDataset:
     """Say on stderr how many inputs ``--skip-bad`` skipped, naming the first with its reason (once
     per source, however its path is written, and process), and note them for the running command's results
-    (:func:`~diffaudit.core.results.note_skipped`); returns ``dataset``."""
+    (:func:`~diffaudit.core.results.note_skipped`); returns ``dataset``. ``asked``: the ``--subset`` size, said
+    beside the images loaded when bad ones among those it chose leave fewer (a subset is not topped up)."""
     if dataset.skipped:
         note_skipped(str(dataset.source), dataset.skipped)  # listed in the running command's results
         # a folder named two ways (an audit's stages are given it absolute) is one source
@@ -177,6 +178,8 @@ def say_skipped(dataset: ImageDataset) -> ImageDataset:
             _SAID.add(key)
             n = len(dataset.skipped)
             name, reason = dataset.skipped[0]
+            fewer = (f" of the {asked:,} --subset chose (not topped up, so the seed's choice stays the same)"
+                     if asked is not None and len(dataset) < asked else "")
             stage_line(f"{dataset.source}: --skip-bad skipped {n} bad input{'s' * (n != 1)} (first: {name}: "
-                       f"{reason}); {len(dataset):,} image{'' if len(dataset) == 1 else 's'} loaded")
+                       f"{reason}); {len(dataset):,} image{'' if len(dataset) == 1 else 's'} loaded{fewer}")
     return dataset

@@ -174,7 +174,7 @@ def load_dataset(
     for i, img in enumerate(pixels):
         images[i] = to_channels(img, channels)
     warn_twelve_bit(listing.source, sixteen_bit)
-    return say_skipped(assemble(listing, kept, images, skipped))
+    return say_skipped(assemble(listing, kept, images, skipped), asked=subset)
 
 
 def check_options(image_size, center_crop, mode) -> tuple[int | None, int | None]:
