@@ -621,3 +621,23 @@ def test_matches_in_data_the_model_never_trained_on_are_not_called_training_imag
     assert "ℓ2 of --data matches: median" in text and "ℓ2 of training matches" not in text
     plain = _verify_folder_with_an_exact_copy(tmp_path / "trained")
     assert "Extracted training images" in " ".join(unescape(re.sub(r"<[^>]+>", " ", render_html(plain))).split())
+
+
+def test_every_match_closer_than_the_baseline_is_said_as_all_with_the_farthest():
+    """The demo's 32 matches all lie closer than any never-seen image came: it said "32 of the training matches are
+    closer ... (the closest training match at ℓ2 0.013)", where the claim needs the farthest; now "All 32 ... (the
+    farthest at ℓ2 0.025)". Some of them closer keeps the count and the closest."""
+    near = dict(extracted_l2_median=0.018, extracted_l2_min=0.013, extracted_l2_max=0.025, baseline_l2_min=0.108)
+    v = verdict(_ex(32, 14, n_train=32, n_base=32, **near, extracted_closer_than_baseline=32))
+    assert ("All 32 training matches are closer than any baseline match (the farthest at ℓ2 0.025): copies that no "
+            "never-seen image came as near to.") in v["text"] and "32 of the training matches" not in v["text"]
+    some = verdict(_ex(32, 14, n_train=32, n_base=32, **near, extracted_closer_than_baseline=20))
+    assert "20 of the training matches are closer than any baseline match (the closest training match at ℓ2 0.013)" in some["text"]
+
+
+def test_the_glossary_says_a_zero_width_interval_is_not_certainty():
+    from diffaudit.report.glossary import glossary
+
+    terms = dict(glossary({"summary": {}, "mia": {"rows": [{"key": "loss", "attack": "loss"}]}}))
+    ci = next(v for k, v in terms.items() if k.startswith("95% CI"))
+    assert "[1.000, 1.000]: every draw separated them perfectly, which is not certainty" in ci

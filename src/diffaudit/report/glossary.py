@@ -98,9 +98,12 @@ def _membership_terms(mia: dict[str, Any]) -> list[tuple[str, str]]:
                           "non-members. Chance, an attack that guesses, finds 1% of members at 1% FPR."),
         ("95% CI [low, high]", "the 95% (bootstrap) confidence interval: the range the number would plausibly take on "
                                "another draw of as many members and non-members. [1.000, 1.000]: every draw separated "
-                               "them perfectly."),
+                               "them perfectly, which is not certainty: a perfect score leaves nothing to resample, "
+                               "and with few members another draw could fall short of it (the exact interval of a "
+                               "rate, where given, bounds that)."),
         ("p", "how often chance alone would give a result at least this strong (a one-sided exact or rank test; the "
-              "outlier correlation's is two-sided); below 0.05 the result is taken as evidence."),
+              "outlier correlation's is two-sided); below 0.05 the result is taken as evidence, unless its section says why "
+              "not (an outlier correlation under an attack that separates every member)."),
         ("loss, timestep t", "the attack adds noise to an image, the amount set by the timestep t (0: none; T − 1, "
                              "999 for the usual 1,000-step schedule: pure noise), and measures how well the model "
                              "predicts that noise (its loss). A model tends to denoise its own training images "

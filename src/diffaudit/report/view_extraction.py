@@ -330,7 +330,10 @@ def _l2_note(ex: dict[str, Any], base: int) -> str:
     text = (f" The training matches lie at median ℓ2 {ex['extracted_l2_median']:.3f}; the closest baseline match is at "
             f"ℓ2 {ex['baseline_l2_min']:.3f}.")
     closer = ex.get("extracted_closer_than_baseline")
-    if closer:  # the count weighs every match alike; how close a match is, the count does not see
+    if closer and closer == ex.get("unique_extracted") and closer > 1 and ex.get("extracted_l2_max") is not None:
+        text += (f" All {closer:,} training matches are closer than any baseline match (the farthest at ℓ2 "
+                 f"{ex['extracted_l2_max']:.3f}): copies that no never-seen image came as near to.")
+    elif closer:  # the count weighs every match alike; how close a match is, the count does not see
         text += (f" {closer:,} of the training matches {'is' if closer == 1 else 'are'} closer than any baseline match "
                  f"(the closest training match at ℓ2 {ex['extracted_l2_min']:.3f}): {'a copy' if closer == 1 else 'copies'} "
                  "no never-seen image came as near to.")
