@@ -641,3 +641,20 @@ def test_the_glossary_says_a_zero_width_interval_is_not_certainty():
     terms = dict(glossary({"summary": {}, "mia": {"rows": [{"key": "loss", "attack": "loss"}]}}))
     ci = next(v for k, v in terms.items() if k.startswith("95% CI"))
     assert "[1.000, 1.000]: every draw separated them perfectly, which is not certainty" in ci
+
+
+def test_the_generations_that_copy_are_shown_beside_those_matching_never_seen_images(tmp_path):
+    """"copied by 511 of 512 generations" had no comparison, though the same loose rule matches 159 of them to a
+    never-seen image: the card now says both, from verify's baseline record."""
+    import json
+
+    from diffaudit.report import render_html
+    from tests.test_report import visible_text
+
+    folder = _verify_folder_with_an_exact_copy(tmp_path)
+    result = json.loads((folder / "result.json").read_text())
+    result["n_extracting_samples"] = 3
+    result["baseline"]["n_extracting_samples"] = 2
+    (folder / "result.json").write_text(json.dumps(result))
+    text = visible_text(render_html(folder))
+    assert "copied by 3 of 48 generations (by the same rule, 2 of them match a never-seen image)" in text

@@ -296,6 +296,8 @@ def _extraction(rs: ResultSet) -> dict[str, Any] | None:
         base_rec = r.get("baseline") if isinstance(r.get("baseline"), dict) else {}
         if base_rec.get("n_images") is not None:
             out["baseline_n_images"] = _int(base_rec.get("n_images"))
+        if _int(base_rec.get("n_extracting_samples")) is not None:  # the same generations matching never-seen images
+            out["baseline_n_extracting_samples"] = _int(base_rec.get("n_extracting_samples"))
         if _int(base_rec.get("n_left_out")):  # --baseline images --data holds too: not never-seen, not counted
             out["baseline_n_left_out"] = _int(base_rec.get("n_left_out"))
         excluded = _int(rs.audit.get("n_excluded_duplicates"))
