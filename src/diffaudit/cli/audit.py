@@ -805,13 +805,13 @@ def _check_dp_batch(args: argparse.Namespace, data) -> None:
     after the audit folder recorded its settings. The batch size is mostly the target's, adopted, so the
     remedy named is more images, not another batch size."""
     from diffaudit.data import make_membership
+    from diffaudit.data.membership import smallest_column
 
-    sizes = make_membership(len(data), args.shadows, seed=args.seed).sum(axis=0)
-    k = int(np.argmin(sizes))
-    if args.batch_size > sizes[k]:
+    k, size = smallest_column(make_membership(len(data), args.shadows, seed=args.seed))
+    if args.batch_size > size:
         whose = ("given here" if "batch_size" in getattr(args, "_given", set())
                  else f"the one --model {args.model} trained with")
-        raise DiffauditError(f"--batch-size {args.batch_size} ({whose}) exceeds the {int(sizes[k])} images shadow model {k} "
+        raise DiffauditError(f"--batch-size {args.batch_size} ({whose}) exceeds the {size} images shadow model {k} "
                              f"would train on (each trains on about half of --data's {len(data):,}), and a DP-SGD batch holds "
                              "each image at most once: give --data more images, about twice the target's training set")
 

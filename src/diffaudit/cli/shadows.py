@@ -27,7 +27,7 @@ from diffaudit.core.progress import Timer, stage_line
 from diffaudit.core.results import write_result
 from diffaudit.data import load_dataset
 from diffaudit.data.digest import dataset_digest
-from diffaudit.data.membership import Membership, load_membership
+from diffaudit.data.membership import Membership, load_membership, smallest_column
 
 NAME = "shadows"
 HELP = "train LiRA shadow models, one per column of a membership matrix (resumable)"
@@ -130,12 +130,10 @@ def _dp_of(args: argparse.Namespace, mem: Membership, k: int, batch_size: int):
     if dp is None:
         return None, None
     refuse_dp_unused(args)
-    sizes = mem.matrix[:, :k].sum(axis=0)
-    smallest = int(np.argmin(sizes))
-    if batch_size > sizes[smallest]:
-        raise DiffauditError(f"--batch-size {batch_size} exceeds the {int(sizes[smallest])} examples shadow model {smallest} "
-                             "trains on: a DP-SGD batch holds each example at most once (sampling rate at most 1); lower "
-                             "--batch-size")
+    smallest, size = smallest_column(mem.matrix[:, :k])
+    if batch_size > size:
+        raise DiffauditError(f"--batch-size {batch_size} exceeds the {size} examples shadow model {smallest} trains on: a "
+                             "DP-SGD batch holds each example at most once (sampling rate at most 1); lower --batch-size")
     return dp, dp_trainer(dp)
 
 

@@ -79,6 +79,14 @@ def target_split(n_examples: int, n_train: int, seed: int = 0) -> np.ndarray:
     return matrix
 
 
+def smallest_column(matrix: np.ndarray) -> tuple[int, int]:
+    """(k, n): the column of a membership matrix, bool (N, M), with the fewest examples IN, and how many (the
+    first such column where several tie): the training set a batch size must fit, under DP-SGD."""
+    sizes = np.asarray(matrix, dtype=bool).sum(axis=0)
+    k = int(np.argmin(sizes))
+    return k, int(sizes[k])
+
+
 @dataclass(frozen=True)
 class Membership:
     """A membership matrix with the ids of its rows.
