@@ -86,6 +86,16 @@ def make_tiny_model_dir(root: Path, *, image_size: int = 8, channels: int = 1) -
     return root
 
 
+def digits_membership(path: Path, n_examples: int, n_models: int, seed: int) -> np.ndarray:
+    """A membership matrix (:func:`~diffaudit.data.make_membership`) of ``n_models`` over the first
+    ``n_examples`` of the built-in digits (``--data digits --subset N``), saved at ``path``; returns it."""
+    from diffaudit.data import load_dataset, make_membership, save_membership
+
+    matrix = make_membership(n_examples, n_models, seed=seed)
+    save_membership(path, matrix, load_dataset("digits", subset=n_examples).keys, seed)
+    return matrix
+
+
 def assert_same_shards(a, b, n_shards: int) -> None:
     """Sample stores ``a`` and ``b`` (opened) both finished with ``n_shards`` shards holding the same
     pixels, ids and seeds, shard by shard."""

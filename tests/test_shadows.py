@@ -14,6 +14,7 @@ import pytest
 from diffaudit.cli.main import main
 from diffaudit.core.io import read_json
 from diffaudit.data import load_dataset, make_membership, save_membership
+from tests.helpers import digits_membership
 
 N = 24
 TRAIN = ["--steps", "12", "--batch-size", "12", "--warmup-steps", "2", "--checkpoint-every", "5", "--device", "cpu"]
@@ -22,10 +23,7 @@ TRAIN = ["--steps", "12", "--batch-size", "12", "--warmup-steps", "2", "--checkp
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("shadows")
-    ds = load_dataset("digits", subset=N)
-    matrix = make_membership(N, 4, seed=1)
-    save_membership(root / "m.npz", matrix, ds.keys, 1)
-    yield root, matrix
+    yield root, digits_membership(root / "m.npz", N, 4, seed=1)
 
 
 def args(root: Path, out: str, *extra: str) -> list[str]:

@@ -15,10 +15,10 @@ from diffaudit.attacks.membership.shadows import shadow_seed
 from diffaudit.cli.main import main
 from diffaudit.core.io import read_json
 from diffaudit.core.outdir import settings_record
-from diffaudit.data import load_dataset, make_membership, save_membership
+from diffaudit.data import load_dataset
 from diffaudit.defenses.dp_training import DPConfig, dp_flags_like, dp_trainer
 from diffaudit.report import render_html
-from tests.helpers import make_tiny_model_dir
+from tests.helpers import digits_membership, make_tiny_model_dir
 from tests.test_report import visible_text
 
 N = 24
@@ -28,8 +28,7 @@ TRAIN = ["--steps", "4", "--batch-size", "6", "--warmup-steps", "1", "--checkpoi
 @pytest.fixture(scope="module")
 def matrix_file(tmp_path_factory):
     root = tmp_path_factory.mktemp("dp_shadows")
-    ds = load_dataset("digits", subset=N)
-    save_membership(root / "m.npz", make_membership(N, 2, seed=3), ds.keys, 3)
+    digits_membership(root / "m.npz", N, 2, seed=3)
     return root / "m.npz"
 
 

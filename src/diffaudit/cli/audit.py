@@ -26,6 +26,7 @@ from diffaudit.cli.common import (
 )
 from diffaudit.cli.train import add_train_options
 from diffaudit.core.errors import DiffauditError, StageFailedError
+from diffaudit.models.recipe import RECIPE_FLAGS
 
 NAME = "audit"
 HELP = "run the whole audit (train, sample, extract, verify, membership inference, report) into one folder"
@@ -393,8 +394,10 @@ def check_model_options(args: argparse.Namespace) -> None:
     adopt_target_recipe(args, given)
 
 
-#: The training options a shadow copies from the audited run's train_config.json.
-RECIPE = ("preset", "steps", "batch_size", "lr", "warmup_steps", "grad_clip", "ema_decay", "flip")
+#: The training options a shadow copies from the audited run's train_config.json: those of
+#: :data:`~diffaudit.models.recipe.RECIPE_FLAGS` (what mia compares a target and its shadows on) but
+#: --class-conditional, which is the model's own (:func:`model_is_conditional`).
+RECIPE = tuple(k for k in RECIPE_FLAGS if k != "class_conditional")
 
 
 def adopt_target_recipe(args: argparse.Namespace, given: set[str]) -> None:

@@ -294,30 +294,29 @@ def _shaping_options(args: argparse.Namespace) -> tuple[str, str]:
     return args.transform or MiaConfig.transform, args.strong_aggregate or MiaConfig.strong_aggregate
 
 
-def _warn_flips_never_trained(config: MiaConfig, runs: list[Path]) -> None:
+def _warn_flips_never_trained(config: MiaConfig, recipe: dict[str, Any] | None, run: Path | None) -> None:
     """Warn when the attack queries flipped images (``--flips``, Strong LiRA's default) of models that record
-    they trained without flips (``--flip`` off; the first model read for all: one command trains them alike):
-    a flipped image is one they never saw, so its queries add noise rather than signal (the paper's Strong LiRA
-    queries the augmentations the models trained with)."""
-    from diffaudit.models.recipe import training_recipe
-
-    recipe = training_recipe(runs[0]) if runs and runs[0] is not None else None
+    they trained without flips (``--flip`` off in ``recipe``, :func:`~diffaudit.models.recipe.training_recipe` of
+    ``run``, the first model read for all: one command trains them alike): a flipped image is one they never
+    saw, so its queries add noise rather than signal (the paper's Strong LiRA queries the augmentations the
+    models trained with)."""
     if config.flips and recipe is not None and recipe.get("flip") is False:
         warning_line("mia", f"--flips queries each image flipped too, but the models trained without flips (--flip off, "
-                     f"{runs[0]}): a flipped image is one they never saw, so those queries add noise; --no-flips queries "
+                     f"{run}): a flipped image is one they never saw, so those queries add noise; --no-flips queries "
                      "them as they trained")
 
 
-def _unlike_shadows(attack: str, target: TargetSpec, runs: list[Path]) -> list[str]:
-    """How the --target model trained otherwise than its shadows (:func:`~diffaudit.models.recipe.recipe_differences`
-    of their train_config.json, the first shadow for all: one `shadows` command trains them alike), said as a
-    warning; empty for an attack without shadows, a target among them, or a model that records no recipe."""
+def _unlike_shadows(attack: str, target: TargetSpec, theirs: dict[str, Any] | None) -> list[str]:
+    """How the --target model trained otherwise than its shadows, whose recipe is ``theirs`` (the first shadow's
+    :func:`~diffaudit.models.recipe.training_recipe` for all: one `shadows` command trains them alike; compared
+    by :func:`~diffaudit.models.recipe.recipe_differences`), said as a warning; empty for an attack without
+    shadows, a target among them, or a model that records no recipe."""
     from diffaudit.models.recipe import recipe_differences, training_recipe
 
-    if target.mode != "model" or not runs or not get_attack(attack).needs_shadows:
+    if target.mode != "model" or theirs is None or not get_attack(attack).needs_shadows:
         return []
-    mine, theirs = training_recipe(target.run), training_recipe(runs[0])
-    if mine is None or theirs is None:
+    mine = training_recipe(target.run)
+    if mine is None:
         return []
     unlike = recipe_differences(mine, theirs)
     if unlike:
@@ -389,8 +388,12 @@ def run(args: argparse.Namespace) -> int:
     if emit_finished(args, out, resumed, _summary):
         return 0
     _warn_if_few_shadows(args.attack, matrix, target)
-    unlike = _unlike_shadows(args.attack, target, runs)
-    _warn_flips_never_trained(config, runs or [target.run])
+    from diffaudit.models.recipe import training_recipe
+
+    first = runs[0] if runs else target.run  # the models' recipe, read once: the shadows', else the one target's
+    recipe = training_recipe(first) if first is not None else None
+    unlike = _unlike_shadows(args.attack, target, recipe if runs else None)
+    _warn_flips_never_trained(config, recipe, first)
     cache = Path(args.loss_cache) if args.loss_cache else out / "losses"
     with Timer() as timer:
         scores = run_mia(ds, matrix, runs, config, target=target, cache_dir=cache, device=device,
