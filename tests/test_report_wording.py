@@ -630,9 +630,13 @@ def test_every_match_closer_than_the_baseline_is_said_as_all_with_the_farthest()
     near = dict(extracted_l2_median=0.018, extracted_l2_min=0.013, extracted_l2_max=0.025, baseline_l2_min=0.108)
     v = verdict(_ex(32, 14, n_train=32, n_base=32, **near, extracted_closer_than_baseline=32))
     assert ("All 32 training matches are closer than any baseline match (the farthest at ℓ2 0.025): copies that no "
-            "never-seen image came as near to.") in v["text"] and "32 of the training matches" not in v["text"]
+            "never-seen image came as near to, so none of them is one of the chance matches the count allows for (about "
+            "14 at the baseline's rate).") in v["text"] and "32 of the training matches" not in v["text"]
+    # the closeness settles it: no "excess of 32 over 14, about 18" guess before it (the report reader's three counts)
+    assert "excess" not in v["text"] and v["text"].count("14") == 2  # the baseline's count, and the chance matches
     some = verdict(_ex(32, 14, n_train=32, n_base=32, **near, extracted_closer_than_baseline=20))
     assert "20 of the training matches are closer than any baseline match (the closest training match at ℓ2 0.013)" in some["text"]
+    assert "the excess of the 32 matches over that, about 18" in some["text"]  # some closer: the count's guess stays
 
 
 def test_the_glossary_says_a_zero_width_interval_is_not_certainty():

@@ -117,8 +117,10 @@ def verdict(ex: dict[str, Any] | None, *, canaries: dict[str, Any] | None = None
             "comes near its training images more often than near images it never saw, but emits none more nearly than "
             f"it comes to a never-seen one: a sign of memorization, not an extracted copy.{_chance_share(ex, n, base)}")}
     if p < SIGNIFICANCE:
+        # every match closer than any chance match: the closeness, said next, settles what the excess would guess
+        share = "" if _all_closer(ex) and n > 1 else _chance_share(ex, n, base)
         text = (f"Yes: {n:,} training {s} extracted{of}, {against}: significantly above the baseline's rate of chance "
-                f"matches ({test}).{_chance_share(ex, n, base)}")
+                f"matches ({test}).{share}")
         level = "yes"
     else:
         text = (f"Inconclusive: {n:,} training {s} matched{of}, {against}: {n:,} is not significantly above the "
@@ -251,15 +253,23 @@ def _baselinecount(ex: dict[str, Any], base: int) -> str:
     return f"{base:,} {fp} among never-seen images (their number not recorded: taken as equal to the training set)"
 
 
-def _chance_share(ex: dict[str, Any], n: int, base: int) -> str:
-    """How many of the ``n`` matches the baseline's rate would give by chance (n_train · base / n_baseline),
-    when that is not negligible: a significant excess is not every match a memorized image."""
+def _chance_expected(ex: dict[str, Any], base: int) -> float | None:
+    """How many training images the baseline's rate would match by chance (n_train · base / n_baseline);
+    None without both set sizes or when that is negligible (below 0.5)."""
     size, n_train = ex.get("baseline_n_images"), ex.get("n_train")
     if not base or not (isinstance(size, int) and isinstance(n_train, int)) or size == 0:
-        return ""
+        return None
     expected = n_train * base / size
-    if expected < 0.5:
+    return None if expected < 0.5 else expected
+
+
+def _chance_share(ex: dict[str, Any], n: int, base: int) -> str:
+    """How many of the ``n`` matches the baseline's rate would give by chance, when that is not negligible
+    (:func:`_chance_expected`): a significant excess is not every match a memorized image."""
+    expected = _chance_expected(ex, base)
+    if expected is None:
         return ""
+    n_train = ex["n_train"]
     return (f" At the baseline's rate about {min(expected, n):,.0f} of the {n_train:,} training images would match by "
             f"chance: the excess of the {n:,} matches over that, about {max(n - expected, 0):,.0f}, is what the count alone "
             "attributes to memorization (how close the matches lie can tell more).")
@@ -323,6 +333,12 @@ def _needed_note(ex: dict[str, Any], base: int) -> str:
             "significant; more never-seen images (--baseline, or --heldout in an audit) lower that.")
 
 
+def _all_closer(ex: dict[str, Any]) -> bool:
+    """Whether every training match lies closer than the closest baseline match (and the farthest is recorded)."""
+    closer = ex.get("extracted_closer_than_baseline")
+    return bool(closer) and closer == ex.get("unique_extracted") and ex.get("extracted_l2_max") is not None
+
+
 def _l2_note(ex: dict[str, Any], base: int) -> str:
     """How far the training matches lie against the closest baseline match (when both are recorded)."""
     if not base or ex.get("extracted_l2_median") is None or ex.get("baseline_l2_min") is None:
@@ -330,9 +346,12 @@ def _l2_note(ex: dict[str, Any], base: int) -> str:
     text = (f" The training matches lie at median ℓ2 {ex['extracted_l2_median']:.3f}; the closest baseline match is at "
             f"ℓ2 {ex['baseline_l2_min']:.3f}.")
     closer = ex.get("extracted_closer_than_baseline")
-    if closer and closer == ex.get("unique_extracted") and closer > 1 and ex.get("extracted_l2_max") is not None:
+    if _all_closer(ex) and closer > 1:
+        expected = _chance_expected(ex, base)
+        chance = ("" if expected is None else f", so none of them is one of the chance matches the count allows for "
+                  f"(about {min(expected, closer):,.0f} at the baseline's rate)")
         text += (f" All {closer:,} training matches are closer than any baseline match (the farthest at ℓ2 "
-                 f"{ex['extracted_l2_max']:.3f}): copies that no never-seen image came as near to.")
+                 f"{ex['extracted_l2_max']:.3f}): copies that no never-seen image came as near to{chance}.")
     elif closer:  # the count weighs every match alike; how close a match is, the count does not see
         text += (f" {closer:,} of the training matches {'is' if closer == 1 else 'are'} closer than any baseline match "
                  f"(the closest training match at ℓ2 {ex['extracted_l2_min']:.3f}): {'a copy' if closer == 1 else 'copies'} "
