@@ -79,3 +79,21 @@ def test_the_settings_table_says_how_many_neighbours_the_ratio_rule_used():
     assert verify_rows({"rule": "ratio", "n_neighbors": 50, "n_train": 12})["n_neighbors"].startswith("50 (12 used")
     assert verify_rows({"rule": "ratio", "n_neighbors": 50, "n_train": 5000})["n_neighbors"] == "50"
     assert verify_rows({"rule": "l2", "n_neighbors": 12, "n_train": 12})["n_neighbors"] == "50"  # the l2 rule uses none
+
+
+def test_the_settings_table_says_which_sweep_timesteps_mia_ran():
+    """The audit's --sweep ...,1000 ran as ...,999 (the last of 1,000 timesteps): the Settings table showed 1000
+    beside mia's 999 with nothing to join them; the audit's row now says what ran. A sweep that ran as given,
+    and one mia did not record, stay as given."""
+    from diffaudit.report.view_misc import settings_view
+
+    def sweep_row(given: str, ran) -> str:
+        mia = {} if ran is None else {"attack": {"sweep": ran}}
+        view = settings_view({"settings": {"audit": {"sweep": given}, "mia": mia}})
+        return dict(view["settings"][0][1])["sweep"]
+
+    assert sweep_row("10,50,1000", [10, 50, 999]) == \
+        "10,50,1000 (mia ran t = 10, 50, 999: a t equal to the number of timesteps means the last of them)"
+    assert sweep_row("50,10", [10, 50]) == "50,10"
+    assert sweep_row("10,1000", None) == "10,1000" and sweep_row("10,1000", []) == "10,1000"
+    assert dict(settings_view({"settings": {"audit": {"sweep": "10"}, "mia": {"attack": "loss"}}})["settings"][0][1])["sweep"] == "10"

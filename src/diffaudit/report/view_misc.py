@@ -308,13 +308,36 @@ def _with_neighbours_used(rows: list[tuple[str, str]], used: tuple[int, int] | N
             for k, v in rows]
 
 
+def _sweep_ran(value: Any, mia: Any) -> str | None:
+    """The audit's ``--sweep`` as given (``value``, "10,50,...,1000") with the timesteps its mia stage ran
+    where those differ: the paper's t = 1000 is the last of a 1,000-step schedule, 999 (``clip_sweep`` of
+    :mod:`diffaudit.cli.mia`). None when they agree or either is not recorded as numbers."""
+    attack = mia.get("attack") if isinstance(mia, dict) else None  # older records name the attack alone
+    ran = attack.get("sweep") if isinstance(attack, dict) else None
+    try:
+        given = sorted({int(t) for t in str(value).split(",")})
+        ran = [int(t) for t in ran]
+    except (TypeError, ValueError):
+        return None
+    if not ran or given == ran:
+        return None
+    return (f"{value} (mia ran t = {', '.join(map(str, ran))}: a t equal to the number of timesteps means the last "
+            "of them)")
+
+
 def settings_view(summary: dict[str, Any]) -> dict[str, Any]:
     """(stage, rows) of every stage's settings and seeds, and the versions; the audit's own settings
-    through :func:`audit_setting_rows`."""
+    through :func:`audit_setting_rows`, its ``sweep`` with the timesteps mia ran where they differ
+    (:func:`_sweep_ran`)."""
     settings = summary.get("settings") or {}
     used = _neighbours_used(summary.get("extraction"))
+
+    def audit_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+        ran = _sweep_ran(s.get("sweep"), settings.get("mia"))
+        return [(k, ran if k == "sweep" and ran else v) for k, v in audit_setting_rows(s)]
+
     return {
-        "settings": [(stage, audit_setting_rows(s) if stage == "audit" else _with_neighbours_used(flatten(s), used))
+        "settings": [(stage, audit_rows(s) if stage == "audit" else _with_neighbours_used(flatten(s), used))
                      for stage, s in settings.items()],
         "seeds": [(stage, flatten(s)) for stage, s in (summary.get("seeds") or {}).items() if s],
         "versions": flatten(summary.get("versions") or {}),
