@@ -263,3 +263,10 @@ def test_the_epsilon_of_a_noise_free_shadow_reads_infinite(tmp_path):
         n_examples=24, models=models)))
     section = visible_text(render_html(tmp_path / "s").split('<section id="shadows">')[1].split("</section>")[0])
     assert "infinite (no noise)" in section
+
+
+def test_a_noise_free_setting_is_warned_of_once_for_all_the_shadows(matrix_file, tmp_path, capsys):
+    """`shadows --dp-noise 0` printed "--dp-noise 0 adds no noise" once per shadow model; it is one setting of
+    the command, said once."""
+    assert main(shadows(matrix_file, tmp_path / "s", "--dp-noise", "0", "--dp-no-poisson")) == 0
+    assert capsys.readouterr().err.count("--dp-noise 0 adds no noise") == 1

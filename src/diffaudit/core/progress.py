@@ -196,6 +196,10 @@ def stage_line(message: str) -> None:
 _SPEAKER: ContextVar[str | None] = ContextVar("diffaudit_warning_speaker", default=None)
 #: The command running now (:func:`running_command`), which a warning of a lower layer that names none speaks as.
 _RUNNING: ContextVar[str | None] = ContextVar("diffaudit_running_command", default=None)
+#: The warnings :func:`warning_once` printed in this process outside any command (a library call).
+_SAID_ONCE: set[str] = set()
+#: The warnings :func:`warning_once` printed in the command running now (:func:`running_command`).
+_SAID_IN_COMMAND: ContextVar[set[str] | None] = ContextVar("diffaudit_said_in_command", default=None)
 
 
 @contextmanager
@@ -213,9 +217,19 @@ def warnings_speak_as(name: str):
     return _naming(_SPEAKER, name)
 
 
-def running_command(name: str):
-    """Within this block a :func:`warning_line` that names no command (the data layer's) names ``name``."""
-    return _naming(_RUNNING, name)
+@contextmanager
+def running_command(name: str) -> Iterator[None]:
+    """Within this block a :func:`warning_line` that names no command (the data layer's) names ``name``, and
+    :func:`warning_once` says each warning once for this command: the outermost block (an audit, whose stages
+    run within it) keeps its own record, so a command run again in the same process warns again."""
+    fresh = _SAID_IN_COMMAND.get() is None
+    token = _SAID_IN_COMMAND.set(set()) if fresh else None
+    try:
+        with _naming(_RUNNING, name):
+            yield
+    finally:
+        if token is not None:
+            _SAID_IN_COMMAND.reset(token)
 
 
 def warning_line(command: str, message: str) -> None:
@@ -230,16 +244,15 @@ def warning_line(command: str, message: str) -> None:
     print(printable(prefix + message), file=sys.stderr, flush=True)
 
 
-#: The warnings :func:`warning_once` printed in this process.
-_SAID_ONCE: set[str] = set()
-
-
 def warning_once(command: str, message: str) -> None:
-    """:func:`warning_line`, unless this process printed the same ``message`` already: for what a command
-    may meet several times over (a model or dataset loaded once per stage) and needs saying once."""
-    if message in _SAID_ONCE:
+    """:func:`warning_line`, unless the running command (:func:`running_command`), or outside one this
+    process, printed the same ``message`` already: for what a command may meet several times over (a model
+    or dataset loaded once per stage, a setting every shadow model trains with) and needs saying once."""
+    said = _SAID_IN_COMMAND.get()
+    said = _SAID_ONCE if said is None else said
+    if message in said:
         return
-    _SAID_ONCE.add(message)
+    said.add(message)
     warning_line(command, message)
 
 

@@ -56,7 +56,7 @@ import torch
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.faults import fault_point
 from diffaudit.core.io import write_bytes_atomic, write_json_atomic
-from diffaudit.core.progress import progress_bar, stage_line, warning_line
+from diffaudit.core.progress import progress_bar, stage_line, warning_line, warning_once
 from diffaudit.core.results import write_result
 from diffaudit.core.seeds import derive_seed, numpy_rng, torch_generator
 from diffaudit.data.dataset import ImageDataset, to_model_space
@@ -421,8 +421,8 @@ def _warn_weak_settings(batch_size: int, n: int, noise_multiplier: float, delta:
     """Warn of DP-SGD settings that keep the guarantee but weaken it: a batch of all ``n`` examples
     (sampling rate q = 1, no amplification by subsampling) and a δ not below 1/n; and settings that give
     none: no noise (σ = 0, per-example clipping alone: ε is infinite)."""
-    if noise_multiplier == 0:
-        warning_line("train", "(DP-SGD) --dp-noise 0 adds no noise: the run clips each example's gradient and nothing "
+    if noise_multiplier == 0:  # once for a command's every model (each shadow of `shadows` trains with it)
+        warning_once("train", "(DP-SGD) --dp-noise 0 adds no noise: the run clips each example's gradient and nothing "
                      "more, so the model has no privacy guarantee (epsilon is infinite); it compares DP-SGD's clipping "
                      "with plain training, it is not a defence")
         return
