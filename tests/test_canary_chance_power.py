@@ -64,6 +64,32 @@ def test_the_least_p_of_one_canary_is_one_over_the_references_plus_one():
     assert needed_to_test(1, 64) == {"n_reference": 64, "n_canaries": 1}  # already testable: as they are
 
 
+def test_the_exposure_p_is_exact_under_ties():
+    """k canaries at the ceiling tie each other: the normal approximation gave 2 among 5 references p = 0.039
+    where exactly 1 / C(7, 2) = 0.048 of the orderings rank them so low, and 2 among 4 p < 0.05 where 1 / 15 of
+    them do (a test that cannot reach 0.05 said it could). Untied values agree with scipy's exact test, and
+    counts past the exact computation's budget fall back to the approximation."""
+    import math
+
+    import numpy as np
+    from scipy.stats import mannwhitneyu
+
+    from diffaudit.evaluation import exposure_chance as ec
+
+    for k, n in [(2, 5), (2, 4), (3, 16), (5, 10)]:
+        exact = 1 / math.comb(n + k, k)
+        assert ec.exposure_pvalue([math.log2(n + 1)] * k, n) == pytest.approx(exact) == ec.smallest_pvalue(k, n)
+    assert not ec.testable(2, 4) and ec.testable(2, 5)
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=4), rng.normal(size=9)
+    assert ec._rank_sum_pvalue(a, b) == pytest.approx(mannwhitneyu(a, b, alternative="less", method="exact").pvalue)
+    # a canary tied with the lowest reference (rank 1.5): 2 of the 6 values rank that low (midranks, where
+    # scipy's exact test refuses ties)
+    assert ec.exposure_pvalue([math.log2(6) - math.log2(1.5)], 5) == pytest.approx(2 / 6)
+    assert ec._rank_sum_pvalue(np.zeros(40), np.arange(5000.0)) is None  # past EXACT_WORK
+    assert 0 < ec.exposure_pvalue([math.log2(5001)] * 40, 5000) < 1e-9
+
+
 def test_an_untestable_repeat_count_is_not_called_at_chance(tmp_path):
     root = _canaries(tmp_path, {r: (v,) for r, v in CANARY_LOSS.items()})
     text = _section(render_html(root))
@@ -81,7 +107,7 @@ def test_an_untestable_repeat_count_is_not_called_at_chance(tmp_path):
 
 
 def test_a_testable_repeat_count_at_chance_stays_at_chance(tmp_path):
-    """Two canaries among 16 references can reach p < 0.05 (0.015 below every reference): p ≥ 0.05 there
+    """Two canaries among 16 references can reach p < 0.05 (1 / C(18, 2) = 0.0065 below every reference): p ≥ 0.05 there
     is a test the canaries failed, and the report says at chance, as before."""
     root = _canaries(tmp_path, {1: (0.9, 1.0), 16: (0.2, 0.3)})
     rows = build_summary(root)["canaries"]["by_repeats"]

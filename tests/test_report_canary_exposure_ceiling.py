@@ -65,7 +65,8 @@ def test_ceiling_values_are_marked_at_least_and_explained(tmp_path):
     e8 = _exposures(8)
     assert e8.max() < math.log2(9)
     assert f"8 2 {e8.mean():.3f} {e8.max():.3f} p = 0.56 (at chance) 0 / 2" in text and f"≥ {e8.max():.3f}" not in text  # as measured
-    assert "32 2 ≥ 3.170 ≥ 3.170 at the ceiling (2 of 2) p = 0.025 0 / 2" in text
+    # both below every reference: 1 / C(10, 2) exactly (the normal approximation of the tied pair said 0.025)
+    assert "32 2 ≥ 3.170 ≥ 3.170 at the ceiling (2 of 2) p = 0.022 0 / 2" in text
     titles = [a["title"] for _, a in page.tags if a.get("data-kind") == "exposure-ceiling"]
     assert titles == ["1 of 2 canaries at the ceiling (rank 1: a loss below every reference's): an exposure of at least this",
                       "2 of 2 canaries at the ceiling (rank 1: a loss below every reference's): an exposure of at least this"]

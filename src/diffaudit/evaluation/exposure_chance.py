@@ -6,7 +6,7 @@ references' (1 = lowest). A canary the model never learnt is one more reference:
 exchangeable with theirs, its rank uniform on 1..n + 1, so its exposure is not 0 but on average
 :func:`chance_exposure` (about log2 e ≈ 1.44 bits as n grows, 1.38 at n = 64). A mean exposure near
 it measures nothing; :func:`exposure_pvalue` says whether canaries rank above the references more
-than chance lets them (one-sided Mann–Whitney U on the ranks their exposures record).
+than chance lets them (one-sided Mann–Whitney U on the ranks their exposures record, exact under ties).
 
 That test has a floor: however well the model learnt them, k canaries among n references cannot rank
 higher than all below every reference, and the p of that (:func:`smallest_pvalue`; 1/(n + 1) for one
@@ -26,6 +26,9 @@ import numpy as np
 LEVEL = 0.05
 #: How far :func:`needed_to_test` searches for a count of canaries that lets the test reach :data:`LEVEL`.
 MAX_SEARCH = 1000
+#: The most element operations :func:`exposure_pvalue`'s exact null distribution may take (canaries ×
+#: pooled losses × rank sums: a fraction of a second); beyond it the normal approximation stands in.
+EXACT_WORK = 5e8
 
 
 def chance_exposure(n_reference: int) -> float:
@@ -42,26 +45,54 @@ def exposure_pvalue(exposures: Sequence[float], n_reference: int) -> float | Non
     among the ``n_reference`` references as they do, or higher, if their losses were exchangeable with
     the references' (never learnt): Mann–Whitney U of the canaries' losses below the references',
     each canary's count of lower reference losses read back from its exposure (rank = 2^(log2(n + 1) −
-    exposure), ties as halves). In [0, 1]; None without exposures or references."""
-    from scipy.stats import mannwhitneyu
-
+    exposure), ties as halves). Exact under ties (canaries at the ceiling tie each other) by
+    :func:`_rank_sum_pvalue`, where that takes at most :data:`EXACT_WORK`; else the normal approximation.
+    In [0, 1]; None without exposures or references."""
     e = np.asarray([x for x in exposures if x is not None and math.isfinite(x)], np.float64)
     if len(e) == 0 or n_reference < 1:
         return None
     below = np.round(2 * (2.0 ** (math.log2(n_reference + 1) - e) - 1)) / 2  # references below each canary
     references = np.arange(n_reference, dtype=np.float64)  # distinct losses 0..n-1
     canaries = below - 0.5  # `below` of them lower; a half count ties one
-    return float(mannwhitneyu(canaries, references, alternative="less").pvalue)
+    exact = _rank_sum_pvalue(canaries, references)
+    if exact is not None:
+        return exact
+    from scipy.stats import mannwhitneyu
+
+    return float(mannwhitneyu(canaries, references, alternative="less", method="asymptotic").pvalue)
+
+
+def _rank_sum_pvalue(low: np.ndarray, other: np.ndarray) -> float | None:
+    """Exact one-sided p of the rank sum of ``low`` (k values) among the pooled values being as small as it is,
+    or smaller, when every choice of k of the N pooled values is as likely (the permutation null of the
+    Mann–Whitney U test, midranks for ties): the count of k-subsets by doubled rank sum, built one pooled
+    value at a time (subset-sum recursion), over C(N, k). None when that would take more than
+    :data:`EXACT_WORK` element operations."""
+    from scipy.stats import rankdata
+
+    k = len(low)
+    ranks = np.rint(2 * rankdata(np.r_[low, other])).astype(np.int64)  # midranks are multiples of 1/2
+    top = int(np.sort(ranks)[-k:].sum())  # the largest doubled rank sum k values can have
+    if k * len(ranks) * (top + 1) > EXACT_WORK:
+        return None
+    ways = np.zeros((k + 1, top + 1))  # ways[j, s]: j-subsets of the values so far with doubled rank sum s
+    ways[0, 0] = 1.0
+    for i, r in enumerate(ranks):
+        for j in range(min(k, i + 1), 0, -1):  # downwards: each value joins a subset at most once
+            ways[j, r:] += ways[j - 1, :top + 1 - r]
+    observed = int(ranks[:k].sum())
+    return float(min(ways[k, :observed + 1].sum() / ways[k].sum(), 1.0))
 
 
 def smallest_pvalue(n_canaries: int, n_reference: int) -> float | None:
-    """The least p :func:`exposure_pvalue` can give ``n_canaries`` canaries among ``n_reference`` references:
-    that of every canary's loss below every reference's (each at the ceiling, log2(n + 1) bits), the
-    strongest evidence such a group can hold. One canary among 16 references: 1/17 ≈ 0.059, so no model,
-    however well it learnt it, gives p < 0.05. None without canaries or references."""
+    """The least p :func:`exposure_pvalue` can give ``n_canaries`` = k canaries among ``n_reference`` = n
+    references: that of every canary's loss below every reference's (each at the ceiling, log2(n + 1)
+    bits), the strongest evidence such a group can hold, 1 / C(n + k, k) (only the canaries' own k values
+    rank that low). One canary among 16 references: 1/17 ≈ 0.059, so no model, however well it learnt
+    it, gives p < 0.05. None without canaries or references."""
     if n_canaries < 1 or n_reference < 1:
         return None
-    return exposure_pvalue([math.log2(n_reference + 1)] * n_canaries, n_reference)
+    return 1.0 / math.comb(n_reference + n_canaries, n_canaries)
 
 
 def testable(n_canaries: int, n_reference: int) -> bool:
