@@ -137,6 +137,28 @@ def test_the_digest_is_read_on_resume_only_for_pixels_changed_after_their_sideca
     assert list(store.damaged_shards(full=True)) == [0]  # the explicit check reads every shard's pixels
 
 
+def test_sample_check_shards_finds_a_change_the_cheap_check_cannot_and_makes_it_again(tiny_model, reference, tmp_path,
+                                                                                      capsys):
+    """`damaged_shards(full=True)` had no flag: a same-size change older than its sidecar (a copy that kept
+    neither order of modification times) resumed as finished. `sample --check-shards` reads every shard."""
+    import shutil
+
+    out = tmp_path / "s"
+    shutil.copytree(reference, out)
+    npy, sidecar = shard_files(out, 2)
+    st = sidecar.stat()
+    flip_a_byte(npy)
+    os.utime(npy, ns=(st.st_atime_ns, st.st_mtime_ns - 10**9))
+    capsys.readouterr()
+    assert main(sample_args(tiny_model, out)) == 0  # the default resume does not see it
+    assert "shard 2 of" not in capsys.readouterr().err and npy.read_bytes() != shard_files(reference, 2)[0].read_bytes()
+    assert main(sample_args(tiny_model, out, "--check-shards")) == 0
+    assert "warning: shard 2 of" in capsys.readouterr().err
+    assert_same_shards(out, reference)
+    settings = json.loads((out / "result.json").read_text())["settings"]
+    assert "check_shards" not in settings  # a check, not a setting: the re-run without it resumes
+
+
 def test_a_store_written_before_digests_resumes_and_still_has_its_sizes_checked(tiny_model, reference, tmp_path, capsys):
     import shutil
 

@@ -99,6 +99,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="run seed; image seeds derive from it")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     p.add_argument("--fresh", action="store_true", help="delete the store and start over")
+    p.add_argument("--check-shards", action="store_true",
+                   help="on resume, read every finished shard and check its pixels against the SHA-256 its sidecar "
+                        "records (after copying a store, or to rule out changed bytes); by default only each shard's "
+                        "size is checked, and the digest of shards modified after they were written. A damaged "
+                        "shard is made again")
     p.add_argument("--ray", type=ray_address, default=None, metavar="ADDRESS",
                    help=f"spread shards over a Ray cluster: {RAY_HELP}; every node reads --model at the same path "
                         "and writes into --out (a shared filesystem, or an object-store URL every node can reach). "
@@ -259,7 +264,7 @@ def sample_into(args: argparse.Namespace, model: str, out: str):
                 "device_type": workers.type, "fast": fast, "compile": compile, **sampler}
     store = SampleStore.create(out, settings=settings, prompts=prompts, per_prompt=per_prompt,
                                image_shape=image_shape, shard_size=args.shard_size, fresh=args.fresh,
-                               upgrade=upgrade_settings)
+                               upgrade=upgrade_settings, check_shards=getattr(args, "check_shards", False))
     if not store.pending() and store.location.exists("result.json") and (store.path is not None or not store.stray_shards()):
         # finished earlier: nothing rewritten (a finished store may lie on read-only storage); an object store,
         # which has no lock, is first checked for shards another command wrote after it was finished

@@ -36,6 +36,7 @@ owns the shard (:meth:`SampleStore.write_shard`). No shard's object (pixels or s
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -50,7 +51,7 @@ import numpy as np
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.faults import fault_point
 from diffaudit.core.folder_lock import writer
-from diffaudit.core.progress import warning_line
+from diffaudit.core.progress import progress_bar, warning_line
 from diffaudit.core.io import load_npy, make_private_dir
 from diffaudit.core.npz_arrays import read_npy_header
 from diffaudit.core.outdir import SETTINGS_FILE, prepare_out_dir, recorded_command, recorded_settings
@@ -176,9 +177,10 @@ class SampleStore:
     @classmethod
     def create(cls, path: str | Path, *, settings: dict[str, Any], prompts: list[str | None], per_prompt: int,
                image_shape: tuple[int, int, int], shard_size: int, fresh: bool = False,
-               upgrade=None) -> "SampleStore":
+               upgrade=None, check_shards: bool = False) -> "SampleStore":
         """Create a store, or reopen one made with the same settings (resume; ``upgrade``: see
-        :func:`~diffaudit.core.outdir.prepare_out_dir`)."""
+        :func:`~diffaudit.core.outdir.prepare_out_dir`), its damaged shards unfinished
+        (:meth:`unfinish_damaged`; ``check_shards``: every finished shard's digest read)."""
         if per_prompt < 1 or not prompts:
             raise DiffauditError("nothing to generate: need at least one prompt and one image per prompt")
         if shard_size < 1:
@@ -205,7 +207,7 @@ class SampleStore:
             make_private_dir(loc.path / "shards")
         store = cls(loc, loc.read_json(MANIFEST))
         if resumed:
-            store.unfinish_damaged()
+            store.unfinish_damaged(full=check_shards)
         return store
 
     @classmethod
@@ -439,34 +441,46 @@ class SampleStore:
             return {}
         shards = self.location.path / "shards"
         out = {}
-        for k in self.completed():
-            pl = self.plan(k)
-            expected = (pl.stop - pl.start, *self.manifest["image_shape"])
-            sidecar = shards / _shard_name(k, "json")
-            pixels = shards / _shard_name(k, "npy")
-            meta = None
-            if not pixels.exists():  # an object store's shard-NNNNNN.<hex>.npy copied into a folder: its sidecar names it
-                try:
-                    meta = self.location.read_json(self._sidecar(k))
-                    pixels = shards / self._pixels_name(k, meta)
-                except StoreReadError:
-                    raise
-                except DiffauditError:  # another run's or a damaged sidecar: stray_shards' business
-                    continue
-            reason = _npy_damage(pixels, expected)
-            if reason is None and (full or self._modified_after(pixels, sidecar)):
-                try:
-                    meta = meta if meta is not None else self.location.read_json(self._sidecar(k))
-                except StoreReadError:
-                    raise
-                except DiffauditError:
-                    continue
-                digest = meta.get(DIGEST_FIELD) if isinstance(meta, dict) else None
-                if isinstance(digest, str) and pixels_digest(load_npy(pixels, mmap=True)) != digest:
-                    reason = f"its pixels' SHA-256 is not the {DIGEST_FIELD} its sidecar records (changed after it was written)"
-            if reason is not None:
-                out[k] = f"{pixels}: {reason}"
+        done = self.completed()
+        # reading every shard's pixels takes a while (a bar); the cheap check is done before a bar would show
+        with progress_bar("check shards", len(done), unit="shard") if full else contextlib.nullcontext() as bar:
+            for k in done:
+                reason = self._damage(k, shards, full)
+                if reason is not None:
+                    out[k] = reason
+                if bar is not None:
+                    bar.advance(1)
         return out
+
+    def _damage(self, k: int, shards: Path, full: bool) -> str | None:
+        """What is wrong with finished shard ``k``'s pixels file in folder ``shards`` ("PATH: reason"), None
+        when nothing is, or when its sidecar is another run's (:meth:`stray_shards`' business); see
+        :meth:`damaged_shards`."""
+        pl = self.plan(k)
+        expected = (pl.stop - pl.start, *self.manifest["image_shape"])
+        sidecar = shards / _shard_name(k, "json")
+        pixels = shards / _shard_name(k, "npy")
+        meta = None
+        if not pixels.exists():  # an object store's shard-NNNNNN.<hex>.npy copied into a folder: its sidecar names it
+            try:
+                meta = self.location.read_json(self._sidecar(k))
+                pixels = shards / self._pixels_name(k, meta)
+            except StoreReadError:
+                raise
+            except DiffauditError:  # another run's or a damaged sidecar: stray_shards' business
+                return None
+        reason = _npy_damage(pixels, expected)
+        if reason is None and (full or self._modified_after(pixels, sidecar)):
+            try:
+                meta = meta if meta is not None else self.location.read_json(self._sidecar(k))
+            except StoreReadError:
+                raise
+            except DiffauditError:
+                return None
+            digest = meta.get(DIGEST_FIELD) if isinstance(meta, dict) else None
+            if isinstance(digest, str) and pixels_digest(load_npy(pixels, mmap=True)) != digest:
+                reason = f"its pixels' SHA-256 is not the {DIGEST_FIELD} its sidecar records (changed after it was written)"
+        return None if reason is None else f"{pixels}: {reason}"
 
     @staticmethod
     def _modified_after(pixels: Path, sidecar: Path) -> bool:
@@ -476,11 +490,11 @@ class SampleStore:
         except OSError:
             return False
 
-    def unfinish_damaged(self) -> list[int]:
-        """Unfinish (:meth:`discard`) the finished shards whose pixels file is damaged (:meth:`damaged_shards`),
-        with a warning naming each, so the next fill makes them again; returns their indices. Run when a store
-        is resumed (:meth:`create`)."""
-        damaged = self.damaged_shards()
+    def unfinish_damaged(self, *, full: bool = False) -> list[int]:
+        """Unfinish (:meth:`discard`) the finished shards whose pixels file is damaged (:meth:`damaged_shards`,
+        with ``full`` every shard's digest read), with a warning naming each, so the next fill makes them
+        again; returns their indices. Run when a store is resumed (:meth:`create`)."""
+        damaged = self.damaged_shards(full=full)
         for k, reason in damaged.items():
             warning_line("sample", f"shard {k} of {self.name} is damaged ({reason}); it is treated as unfinished "
                                    "and made again")
