@@ -116,17 +116,23 @@ def test_no_members_or_no_non_members_give_no_evidence():
     assert auc_evidence([], [1.0]) is None and auc_evidence([1.0], []) is None
 
 
-def test_beyond_enumeration_untied_scores_keep_the_exact_p():
-    """16 members above 44 non-members: C(60, 16) orderings, one of them as extreme; the normal
-    approximation would say about 1e-7."""
-    from diffaudit.report.rank_test import EXACT_LIMIT, SCIPY_EXACT_LIMIT
+def test_beyond_enumeration_the_exact_p_holds_with_ties_too():
+    """16 members above 44 non-members: C(60, 16) orderings (too many to enumerate), one of them as extreme;
+    the normal approximation would say about 1e-7. With a non-member tied with the lowest member, scipy's
+    exact distribution does not hold, and the normal approximation said more than 100 times the p: the count
+    by rank sums keeps it exact (2 orderings reach the observed sum, the tied pair's two ways). Past that
+    count's reach, untied scores take scipy's exact distribution, and tied ones the approximation."""
+    from diffaudit.report.rank_test import SCIPY_EXACT_LIMIT
 
     members, nonmembers = [100.0 + i for i in range(16)], [float(i) for i in range(44)]
-    assert math.comb(60, 16) > EXACT_LIMIT
     res = rank_test(members, nonmembers)
-    assert res["method"] == "exact" and res["n_at_least"] is None
-    assert res["pvalue"] == pytest.approx(1 / math.comb(60, 16), rel=1e-6)
-    tied = rank_test(members, nonmembers + [100.0])  # a tie: scipy's exact distribution does not hold
-    assert tied["method"] == "normal approximation" and tied["pvalue"] > 100 * res["pvalue"]
+    assert res["method"] == "exact" and res["n_at_least"] == 1
+    assert res["pvalue"] == pytest.approx(1 / math.comb(60, 16), rel=1e-9)
+    tied = rank_test(members, nonmembers + [100.0])
+    assert tied["method"] == "exact" and tied["n_at_least"] == 2
+    assert tied["pvalue"] == pytest.approx(2 / math.comb(61, 16), rel=1e-9)
+    far = [float(i) - 5000 for i in range(3000)]  # 10 members among 3,010 targets: past the exact count's reach
+    assert rank_test(members[:10], far)["method"] == "exact"  # scipy's, untied
+    assert rank_test(members[:10], far + [100.0])["method"] == "normal approximation"
     many = rank_test(members[:10], [float(i) for i in range(SCIPY_EXACT_LIMIT // 10 + 1)])
     assert many["method"] == "normal approximation"

@@ -22,13 +22,12 @@ from typing import Sequence
 
 import numpy as np
 
+from diffaudit.evaluation.rank_sum import rank_sum_pvalue
+
 #: The one-sided level below which a group of canaries is said to rank above chance.
 LEVEL = 0.05
 #: How far :func:`needed_to_test` searches for a count of canaries that lets the test reach :data:`LEVEL`.
 MAX_SEARCH = 1000
-#: The most element operations :func:`exposure_pvalue`'s exact null distribution may take (canaries ×
-#: pooled losses × rank sums: a fraction of a second); beyond it the normal approximation stands in.
-EXACT_WORK = 5e8
 
 
 def chance_exposure(n_reference: int) -> float:
@@ -45,43 +44,21 @@ def exposure_pvalue(exposures: Sequence[float], n_reference: int) -> float | Non
     among the ``n_reference`` references as they do, or higher, if their losses were exchangeable with
     the references' (never learnt): Mann–Whitney U of the canaries' losses below the references',
     each canary's count of lower reference losses read back from its exposure (rank = 2^(log2(n + 1) −
-    exposure), ties as halves). Exact under ties (canaries at the ceiling tie each other) by
-    :func:`_rank_sum_pvalue`, where that takes at most :data:`EXACT_WORK`; else the normal approximation.
-    In [0, 1]; None without exposures or references."""
+    exposure), ties as halves). Exact under ties (canaries at the ceiling tie each other), by
+    :func:`~diffaudit.evaluation.rank_sum.rank_sum_pvalue`, where that is cheap enough; else the normal
+    approximation. In [0, 1]; None without exposures or references."""
     e = np.asarray([x for x in exposures if x is not None and math.isfinite(x)], np.float64)
     if len(e) == 0 or n_reference < 1:
         return None
     below = np.round(2 * (2.0 ** (math.log2(n_reference + 1) - e) - 1)) / 2  # references below each canary
     references = np.arange(n_reference, dtype=np.float64)  # distinct losses 0..n-1
     canaries = below - 0.5  # `below` of them lower; a half count ties one
-    exact = _rank_sum_pvalue(canaries, references)
+    exact = rank_sum_pvalue(canaries, references)
     if exact is not None:
         return exact
     from scipy.stats import mannwhitneyu
 
     return float(mannwhitneyu(canaries, references, alternative="less", method="asymptotic").pvalue)
-
-
-def _rank_sum_pvalue(low: np.ndarray, other: np.ndarray) -> float | None:
-    """Exact one-sided p of the rank sum of ``low`` (k values) among the pooled values being as small as it is,
-    or smaller, when every choice of k of the N pooled values is as likely (the permutation null of the
-    Mann–Whitney U test, midranks for ties): the count of k-subsets by doubled rank sum, built one pooled
-    value at a time (subset-sum recursion), over C(N, k). None when that would take more than
-    :data:`EXACT_WORK` element operations."""
-    from scipy.stats import rankdata
-
-    k = len(low)
-    ranks = np.rint(2 * rankdata(np.r_[low, other])).astype(np.int64)  # midranks are multiples of 1/2
-    top = int(np.sort(ranks)[-k:].sum())  # the largest doubled rank sum k values can have
-    if k * len(ranks) * (top + 1) > EXACT_WORK:
-        return None
-    ways = np.zeros((k + 1, top + 1))  # ways[j, s]: j-subsets of the values so far with doubled rank sum s
-    ways[0, 0] = 1.0
-    for i, r in enumerate(ranks):
-        for j in range(min(k, i + 1), 0, -1):  # downwards: each value joins a subset at most once
-            ways[j, r:] += ways[j - 1, :top + 1 - r]
-    observed = int(ranks[:k].sum())
-    return float(min(ways[k, :observed + 1].sum() / ways[k].sum(), 1.0))
 
 
 def smallest_pvalue(n_canaries: int, n_reference: int) -> float | None:

@@ -15,17 +15,15 @@ for it. With more targets, a stratified percentile bootstrap interval
 from __future__ import annotations
 
 import math
-from itertools import combinations
 from typing import Any, Sequence
 
 import numpy as np
 
 #: The level a result must be able to reach to be evidence: fewer orderings than 1 / this, an anecdote.
 ANECDOTE_LEVEL = 0.05
-#: Orderings enumerated exactly (8 + 8 targets: 12,870); beyond, scipy's exact distribution or the normal approximation.
-EXACT_LIMIT = 20_000
-#: Member-non-member pairs (m·n) up to which untied scores beyond :data:`EXACT_LIMIT` take scipy's exact
-#: distribution (10 x 10,000: about 0.3 s); beyond, the normal approximation.
+#: Member-non-member pairs (m·n) up to which untied scores beyond the exact count's reach
+#: (:data:`~diffaudit.evaluation.rank_sum.EXACT_WORK`) take scipy's exact distribution (10 x 10,000: about
+#: 0.3 s); beyond, the normal approximation.
 SCIPY_EXACT_LIMIT = 100_000
 #: Bootstrap replicates of the AUC interval (when the targets are not an anecdote).
 N_BOOTSTRAP = 1000
@@ -63,29 +61,30 @@ def rank_test(members: Sequence[float], nonmembers: Sequence[float]) -> dict[str
     """One-sided test that members score higher than non-members (scores: larger = member).
 
     Returns ``{"pvalue", "method"}`` and, for the exact test, ``n_at_least`` (orderings whose AUC is at
-    least the observed one; p = n_at_least / n_orderings). ``method``: "exact" (every ordering
-    enumerated up to :data:`EXACT_LIMIT`; beyond, scipy's exact distribution for untied scores, with
-    ``n_at_least`` None) or "normal approximation" (Mann-Whitney, tie-corrected: tied scores, or more than
-    :data:`SCIPY_EXACT_LIMIT` pairs).
+    least the observed one; p = n_at_least / n_orderings). ``method``: "exact" (the orderings counted,
+    ties included, by :func:`~diffaudit.evaluation.rank_sum.rank_sum_count` where that is cheap enough;
+    beyond, scipy's exact distribution for untied scores, with ``n_at_least`` None) or "normal
+    approximation" (Mann-Whitney, tie-corrected: tied scores, or more than :data:`SCIPY_EXACT_LIMIT` pairs).
     """
-    from scipy.stats import mannwhitneyu, rankdata
+    from scipy.stats import mannwhitneyu
+
+    from diffaudit.evaluation.rank_sum import rank_sum_count
 
     m, n = len(members), len(nonmembers)
     total = n_orderings(m, n)
-    scores = np.r_[np.asarray(members, float), np.asarray(nonmembers, float)]
-    if total > EXACT_LIMIT:
-        if m * n <= SCIPY_EXACT_LIMIT and len(np.unique(scores)) == m + n:
-            with np.errstate(all="ignore"):
-                p = float(mannwhitneyu(members, nonmembers, alternative="greater", method="exact").pvalue)
-            if math.isfinite(p):
-                return {"pvalue": p, "method": "exact", "n_at_least": None}
-        res = mannwhitneyu(members, nonmembers, alternative="greater", method="asymptotic")
-        return {"pvalue": float(res.pvalue), "method": "normal approximation", "n_at_least": None}
-    ranks = rankdata(scores)  # midranks for ties
-    observed = ranks[:m].sum()
-    sums = np.fromiter((ranks[list(c)].sum() for c in combinations(range(m + n), m)), dtype=float, count=total)
-    at_least = int(np.sum(sums >= observed - 1e-9))
-    return {"pvalue": at_least / total, "method": "exact", "n_at_least": at_least}
+    members_up, nonmembers_up = np.asarray(members, float), np.asarray(nonmembers, float)
+    at_least = rank_sum_count(-members_up, -nonmembers_up)  # members' rank sum at least the observed one
+    if at_least is not None:
+        exact_count = total < 2 ** 53  # a float count is an exact integer below that
+        return {"pvalue": min(at_least / total, 1.0), "method": "exact",
+                "n_at_least": int(round(at_least)) if exact_count else None}
+    if m * n <= SCIPY_EXACT_LIMIT and len(np.unique(np.r_[members_up, nonmembers_up])) == m + n:
+        with np.errstate(all="ignore"):
+            p = float(mannwhitneyu(members, nonmembers, alternative="greater", method="exact").pvalue)
+        if math.isfinite(p):
+            return {"pvalue": p, "method": "exact", "n_at_least": None}
+    res = mannwhitneyu(members, nonmembers, alternative="greater", method="asymptotic")
+    return {"pvalue": float(res.pvalue), "method": "normal approximation", "n_at_least": None}
 
 
 def auc_evidence(members: Sequence[float], nonmembers: Sequence[float], *, seed: int = 0) -> dict[str, Any] | None:
