@@ -56,7 +56,7 @@ def diffusers_loop(unet, originals: torch.Tensor, mask: torch.Tensor, *, n: int,
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--image-size", type=int, default=8)
     ap.add_argument("--channels", type=int, default=1)

@@ -36,8 +36,8 @@ profiler, self time on the device, else on the CPU), to see where the time beyon
 Every timed method is first run once on one query block of the real shapes (allocations, kernel
 choice), so that with ``--repeats 1`` no first-use cost falls inside the timing. When run by
 ``run_all.py``, the result so far is saved after each method (``_common.checkpoint``).
-GEMM rates are given against ``--peak-tflops`` (the device's bf16 peak) and, for int8, also against
-``--peak-int8-tops``. Prints one JSON object. Small CPU defaults; on an H100, e.g.
+Rates are T operations/s, ``tops`` for int8 and ``tflops`` for floating point, each given against the
+peak of its kind: ``--peak-int8-tops`` and ``--peak-tflops`` (the device's bf16 peak). Prints one JSON object. Small CPU defaults; on an H100, e.g.
 ``--queries 1048576 --refs 50000 --k 50 --peak-tflops 989 --peak-int8-tops 1979 --also-compute bf16``.
 """
 
@@ -361,13 +361,18 @@ def main(argv=None) -> int:
                     out["skipped"][m] = why
                     skip.add(m)
     flops = 2.0 * len(q) * len(r) * dim
-    def peaks(kind: str, ops_per_s: float) -> dict:
-        """The fraction of the bf16 peak, and for int8 of the int8 peak too."""
-        f = {}
+    def rate(kind: str, ops_per_s: float) -> dict:
+        """The rate in T operations/s, named for what they are, with its fraction of the peak of its own
+        kind: int8 ("tops") against ``--peak-int8-tops``, floating point ("tflops") against the bf16
+        ``--peak-tflops`` (int8 operations against a bf16 rate would compare unlike things)."""
+        if kind == "int8":
+            f = {"tops": ops_per_s / 1e12}
+            if args.peak_int8_tops:
+                f["fraction_of_int8_peak"] = ops_per_s / 1e12 / args.peak_int8_tops
+            return f
+        f = {"tflops": ops_per_s / 1e12}
         if args.peak_tflops:
             f["fraction_of_bf16_peak"] = ops_per_s / 1e12 / args.peak_tflops
-        if kind == "int8" and args.peak_int8_tops:
-            f["fraction_of_int8_peak"] = ops_per_s / 1e12 / args.peak_int8_tops
         return f
 
     checkpoint(out, "data")
@@ -381,17 +386,17 @@ def main(argv=None) -> int:
                               "recomputed_rows": res.stats.get("fused_recomputed_rows", 0)}
     err, same = brute_check(q, r, res.distances, res.indices, args.check_queries)
     out["diffaudit_exactness"] = {"max_abs_distance_error": err, "rows_with_identical_ids": same}
-    out["diffaudit_rate"] = {"tflops": flops / t_da / 1e12, **peaks(main_kind, flops / t_da)}
+    out["diffaudit_rate"] = rate(main_kind, flops / t_da)
     checkpoint(out, "diffaudit")
     if "gemm_only" not in skip:
         t_g, kind = time_gemm_only(q, r, dev, qb, args.compute)
         out["seconds"]["gemm_only"] = t_g
-        out["gemm"] = {"dtype": kind, "tflops": flops / t_g / 1e12, **peaks(kind, flops / t_g)}
+        out["gemm"] = {"dtype": kind, **rate(kind, flops / t_g)}
         checkpoint(out, "gemm_only")
     if "gemm_resident" not in skip:
         t_gr = time_gemm_resident(len(q), r, dev, qb, kind=args.compute)
         out["seconds"]["gemm_resident"] = t_gr
-        out["gemm_resident"] = {"dtype": main_kind, "tflops": flops / t_gr / 1e12, "query_block": qb, **peaks(main_kind, flops / t_gr)}
+        out["gemm_resident"] = {"dtype": main_kind, "query_block": qb, **rate(main_kind, flops / t_gr)}
         checkpoint(out, "gemm_resident")
 
     def same(other) -> bool:
@@ -404,7 +409,7 @@ def main(argv=None) -> int:
                  "fallback_rows": res_k.fallback_rows, "diffaudit_speedup_over_it": t_k / t_da}
         if "gemm_resident" not in skip:
             t_kr = time_gemm_resident(len(q), r, dev, qb, kind=kind)
-            entry["gemm_resident"] = {"seconds": t_kr, "tflops": flops / t_kr / 1e12, **peaks(entry["compute"], flops / t_kr)}
+            entry["gemm_resident"] = {"seconds": t_kr, **rate(entry["compute"], flops / t_kr)}
         out.setdefault("diffaudit_by_compute", {})[kind] = entry
         checkpoint(out, f"compute {kind}")
     for qb_try in (int(x) for x in filter(None, args.query_blocks.split(","))):
@@ -423,7 +428,7 @@ def main(argv=None) -> int:
             warm_search(q, r, args.k, dev, compute=args.compute)
             t_u, res_u = time_diffaudit(q, r, args.k, dev, repeats=args.repeats, compute=args.compute)
         out["unfused"] = {"seconds": t_u, "same_result": same(res_u), "fused_speedup": t_u / t_da,
-                          "tflops": flops / t_u / 1e12, **peaks(res_u.stats.get("compute"), flops / t_u)}
+                          **rate(res_u.stats.get("compute"), flops / t_u)}
         checkpoint(out, "unfused")
     if args.resident_queries:
         q_dev = torch.from_numpy(q).to(dev)  # blocks already on the device pass the read-ahead unchanged
@@ -434,8 +439,7 @@ def main(argv=None) -> int:
             with mock.patch.object(TorchInt8Backend, "uses_fused", lambda self, *a: False) if unfused else nullcontext():
                 warm_search(q_dev, r, args.k, dev, compute=args.compute)
                 t_r, res_r = time_diffaudit(q_dev, r, args.k, dev, repeats=args.repeats, compute=args.compute)
-            out[side] = {"seconds": t_r, "same_result": same(res_r), "tflops": flops / t_r / 1e12,
-                         **peaks(res_r.stats.get("compute"), flops / t_r)}
+            out[side] = {"seconds": t_r, "same_result": same(res_r), **rate(res_r.stats.get("compute"), flops / t_r)}
             checkpoint(out, side)
         del q_dev
     for cfg in parse_fused_configs(args.fused_configs) if knn_fused is not None else []:
@@ -448,8 +452,7 @@ def main(argv=None) -> int:
             entry["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
         else:
             entry.update({"seconds": times, "incomplete_fraction": frac,
-                          **{f"{part}_tflops": flops / t / 1e12 for part, t in times.items()},
-                          **{f"{part}_{key}": v for part, t in times.items() for key, v in peaks("int8", flops / t).items()}})
+                          **{f"{part}_{key}": v for part, t in times.items() for key, v in rate("int8", flops / t).items()}})
         if dev.type == "cuda":  # what the compiler made of it: registers, shared memory, programs per SM
             major, minor = torch.cuda.get_device_capability(dev)
             try:

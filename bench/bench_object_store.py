@@ -65,7 +65,7 @@ def _moto() -> tuple[object, str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shards", type=int, default=32)
     ap.add_argument("--shard-size", type=int, default=1024)
     ap.add_argument("--image-size", type=int, default=32)

@@ -97,7 +97,7 @@ def verify_job(a) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--job", choices=("sample", "verify"), default="sample")
     ap.add_argument("--n", type=int, default=256, help="images to sample, or generations to verify")
     ap.add_argument("--steps", type=int, default=10)

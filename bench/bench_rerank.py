@@ -53,7 +53,7 @@ def run(q_all, rows_u8, rows_op, sel_all, step, fn, gather_from):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--queries", type=int, default=4096)
     ap.add_argument("--refs", type=int, default=5000)
     ap.add_argument("--k", type=int, default=50)

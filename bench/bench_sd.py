@@ -104,7 +104,7 @@ def rate(images_per_s: float, flops: dict, peak_tflops: float | None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="a tiny pipeline (CPU smoke test) instead of SD 1.x sizes")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--batch", type=int, default=8, help="images per call (the source's micro-batch)")

@@ -58,7 +58,7 @@ def plain_loop(images: torch.Tensor, preset: str, batch: int, steps: int, dev: t
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--image-size", type=int, default=8)
     ap.add_argument("--channels", type=int, default=1)

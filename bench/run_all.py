@@ -16,12 +16,14 @@ sizes are those of docs/performance.md.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -164,9 +166,26 @@ def write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def benchmarks_listing() -> str:
+    """Each benchmark's name, script and what it measures (the first line of the script's docstring), for
+    ``--help``, with the tables it runs in."""
+    lines = ["benchmarks (name: script, what it measures; [gpu], [cpu] or both: the tables that run it):"]
+    for name in dict.fromkeys([*GPU, *CPU]):
+        script, *script_args = GPU.get(name) or CPU[name]
+        job = script_args[script_args.index("--job") + 1] if "--job" in script_args else None
+        path = HERE / script
+        doc = (ast.get_docstring(ast.parse(path.read_text())) if path.is_file() else None) or "(no docstring)"
+        first = " ".join(doc.split("\n\n")[0].split())  # its first paragraph, as one line
+        where = ", ".join(t for t, table in (("gpu", GPU), ("cpu", CPU)) if name in table)
+        lines.append(f"  {name}: {script}{f' --job {job}' if job else ''} [{where}]")
+        lines.extend(textwrap.wrap(first, width=100, initial_indent=" " * 6, subsequent_indent=" " * 6))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="", help="comma-separated benchmark names (run in this order)")
+    ap = argparse.ArgumentParser(description=__doc__, epilog=benchmarks_listing(),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default="", help="comma-separated benchmark names, listed below (run in this order)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per benchmark (default for those not in --limits)")
     ap.add_argument("--limits", default="", help="per-benchmark seconds, e.g. knn=150,rerank=75")
     ap.add_argument("--table", choices=("auto", "gpu", "cpu"), default="auto",

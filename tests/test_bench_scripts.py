@@ -104,13 +104,20 @@ def test_bench_knn_odd_width_and_faiss_missing(bench, monkeypatch, capsys):
 
     monkeypatch.setattr(bench_knn, "faiss_missing", lambda: "faiss cannot be imported (test)")
     out = _run_main(bench_knn, ["--queries", "48", "--refs", "150", "--k", "5", "--size", "30", "--synthetic",
-                                "--skip", "cdist_topk", "--check-queries", "16", "--query-blocks", "20"], capsys)
+                                "--skip", "cdist_topk", "--check-queries", "16", "--query-blocks", "20",
+                                "--peak-tflops", "1", "--peak-int8-tops", "1"], capsys)
     assert out["dim"] == 2700 and {"gemm_only", "gemm_resident", "naive_numpy"} <= set(out["seconds"])
     assert out["skipped"]["faiss_cpu"] == out["skipped"]["diffaudit_faiss"] == "faiss cannot be imported (test)"
     assert out["skipped"]["cdist_topk"] == "--skip/--only"
     assert "faiss_cpu" not in out["seconds"] and "diffaudit_faiss" not in out["seconds"]
     assert out["diffaudit_exactness"]["max_abs_distance_error"] == 0.0
     assert out["diffaudit_by_query_block"]["20"]["same_result"]
+    # int8 operations are "tops" and never a fraction of the bf16 peak (unlike things); float64's are "tflops"
+    rate = out["diffaudit_rate"]
+    if out["diffaudit_compute"] == "int8":
+        assert set(rate) == {"tops", "fraction_of_int8_peak"}
+    else:
+        assert set(rate) == {"tflops", "fraction_of_bf16_peak"}
 
 
 def test_bench_knn_times_the_fused_kernel_per_tile_shape_and_the_search_without_it(bench, capsys):
@@ -128,7 +135,7 @@ def test_bench_knn_times_the_fused_kernel_per_tile_shape_and_the_search_without_
     assert out["resident_queries"]["same_result"] and out["resident_queries_unfused"]["same_result"]
     two, four = out["fused_configs"]["16x16x32x2x2x1x1"], out["fused_configs"]["16x16x32x2x4x1x1"]
     for entry in (two, four):
-        assert set(entry["seconds"]) == {"kernel", "kernel_and_select"} and entry["kernel_tflops"] > 0
+        assert set(entry["seconds"]) == {"kernel", "kernel_and_select"} and entry["kernel_tops"] > 0
         assert "compiled" not in entry  # the compiler's report only on CUDA
     assert 0 <= four["incomplete_fraction"] < two["incomplete_fraction"] <= 1  # keeping more per tile vouches for more
 
@@ -198,6 +205,7 @@ def test_bench_batch_fit_off_cuda_compares_the_default_with_itself(bench, capsys
         assert res["default"] == res["auto"]["batch"] == default and res["auto"]["probed"] is False
         assert res["images"] == n and min(res["images_per_s"].values()) > 0
         assert res["speedup_of_auto"] == pytest.approx(res["images_per_s"]["auto"] / res["images_per_s"]["default"])
+        assert "same configuration" in res["note"]  # a ratio of one configuration with itself is said to be noise
 
 
 def test_bench_batch_fit_reports_the_probe_it_ran(bench, monkeypatch):
@@ -241,3 +249,33 @@ def test_bench_object_store_reads_the_same_pixels_and_reports_its_ratios():
     assert out["megabytes"] == pytest.approx(2 * 16 * 8 * 8 * 3 / 2**20, abs=0.05)
     assert out["cached_over_local"] == pytest.approx(out["seconds"]["read_s3_cached"] / out["seconds"]["read_local"])
     assert out["first_over_cached"] > 0
+
+
+def test_every_benchmark_explains_itself_in_help(bench, capsys):
+    """`run_all.py --help` said only "Run every benchmark", and four scripts' --help had no description:
+    run_all lists each benchmark with what it measures, and every script prints its docstring."""
+    import subprocess
+    import sys
+
+    with pytest.raises(SystemExit):
+        bench.main(["--help"])
+    text = capsys.readouterr().out
+    for name in {*bench.GPU, *bench.CPU}:
+        assert f"\n  {name}: " in text
+    assert "ray_verify: bench_ray.py --job verify [cpu]" in text and "Sampling throughput" in text
+    for script in sorted(bench.HERE.glob("bench_*.py")):
+        out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, cwd=bench.HERE)
+        assert out.returncode == 0, script
+        description = out.stdout.split("\n\n")[1]  # after the usage lines: the docstring's first paragraph
+        assert len(description.split()) >= 8, script
+
+
+def test_bench_filter_keeps_the_fastest_of_its_repeats(bench, capsys, monkeypatch):
+    """A single timing on a loaded machine inverted the filter's int8-against-float64 comparison:
+    --repeats N keeps each side's fastest."""
+    import bench_filter
+
+    times = iter([5.0, 2.0, 3.0])
+    assert bench_filter._best_of(3, lambda: (next(times), "result")) == (2.0, "result")
+    out = _run_main(bench_filter, ["--prompts", "2", "--generations", "24", "--size", "16", "--repeats", "2"], capsys)
+    assert out["repeats"] == 2 and out["host_inputs"]["flagged"] == out["expected_flagged"]
