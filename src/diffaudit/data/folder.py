@@ -2,7 +2,8 @@
 
 - Image files: extensions in :data:`~diffaudit.data.images.IMAGE_EXTENSIONS` (any case). Other
   files (a README, a labels.json) are not examples and are ignored; so are hidden files and folders
-  (names starting with ``.``). Symbolic links to folders are not followed.
+  (names starting with ``.``). Symbolic links to folders are not followed; a file that is a link out of
+  the folder, or no regular file (a FIFO, a device), is a bad input (:func:`_not_a_plain_file`).
 - Flat: every image directly in the folder; no labels.
 - Classes: every image inside a sub-folder (at any depth); the class is the top-level sub-folder
   and the label its position among the sorted names of the sub-folders that hold images
@@ -21,6 +22,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from diffaudit.core.errors import DiffauditError
@@ -44,8 +46,35 @@ def _image_files(root: Path) -> list[tuple[str, ...]]:
     return found
 
 
-def _file_reader(path: Path, name: str):
+#: The longest caption file read (bytes): a caption is a sentence or two (CLIP reads 77 tokens); a longer
+#: file is refused rather than read whole into memory and the report.
+MAX_CAPTION_BYTES = 64 * 1024
+
+
+def _not_a_plain_file(path: Path, root: Path) -> str | None:
+    """Why ``path`` (under ``root``) is not read as an example's file, None when it may be: a symbolic link
+    that leads out of ``root`` (a folder's files are its own: a link to /etc/passwd beside an image would
+    put that file in the report; links within it are followed), or anything but a regular file (a FIFO
+    would block the read forever, a device read without end)."""
+    try:
+        if path.is_symlink():
+            target = Path(os.path.realpath(path))
+            if not target.is_relative_to(Path(os.path.realpath(root))):
+                return (f"a symbolic link to {target}, outside the folder (copy the file in, or give the folder "
+                        "it lies in)")
+        mode = path.stat().st_mode
+    except OSError as exc:
+        return f"cannot read the file ({exc.strerror or exc})"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a FIFO, socket or device), so it is not read"
+    return None
+
+
+def _file_reader(path: Path, name: str, root: Path):
     def read():
+        reason = _not_a_plain_file(path, root)
+        if reason is not None:
+            raise BadImageError(name, reason)
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -86,7 +115,7 @@ def list_folder(root: str | os.PathLike, *, source: str | None = None) -> Listin
     class_names = sorted({p[0] for p in nested}) if nested else None
     label_of = {c: i for i, c in enumerate(class_names or [])}
     sidecars = {parts: root.joinpath(*parts).with_suffix(".txt") for parts in files}
-    captions = {parts: _caption(t) for parts, t in sidecars.items()}  # each file tried once; None: none there
+    captions = {parts: _caption(t, root) for parts, t in sidecars.items()}  # each file tried once; None: none there
     has_captions = any(found is not None for found in captions.values())
     entries = []
     for parts in files:
@@ -97,7 +126,7 @@ def list_folder(root: str | os.PathLike, *, source: str | None = None) -> Listin
         entries.append(Entry(
             key=key,
             name=str(path),
-            read=_file_reader(path, str(path)),
+            read=_file_reader(path, str(path), root),
             label=label_of[parts[0]] if class_names else None,
             caption=caption,
             caption_problem=caption_problem,
@@ -108,11 +137,21 @@ def list_folder(root: str | os.PathLike, *, source: str | None = None) -> Listin
                    has_captions=has_captions, caption_files=[str(t) for t in sidecars.values()] if has_captions else [])
 
 
-def _caption(path: Path) -> tuple[str | None, str | None] | None:
-    """(the caption in the ``.txt`` file ``path``, None), (None, why it cannot be read), or None when
-    there is no such file."""
+def _caption(path: Path, root: Path) -> tuple[str | None, str | None] | None:
+    """(the caption in the ``.txt`` file ``path``, None), (None, why it cannot be read: a link out of
+    ``root`` or no regular file (:func:`_not_a_plain_file`), longer than :data:`MAX_CAPTION_BYTES`, not
+    UTF-8), or None when there is no such file."""
+    if not os.path.lexists(path):
+        return None
+    reason = _not_a_plain_file(path, root)
+    if reason is not None:
+        return None, f"its caption file {path.name}: {reason}"
     try:
-        return path.read_bytes().decode("utf-8-sig").strip(), None  # without a byte-order mark
+        with open(path, "rb") as f:
+            data = f.read(MAX_CAPTION_BYTES + 1)
+        if len(data) > MAX_CAPTION_BYTES:
+            return None, f"its caption file {path.name} is longer than {MAX_CAPTION_BYTES // 1024} KiB: not a caption"
+        return data.decode("utf-8-sig").strip(), None  # without a byte-order mark
     except FileNotFoundError:
         return None
     except UnicodeDecodeError:
