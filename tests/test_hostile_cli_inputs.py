@@ -30,6 +30,34 @@ def _one_line_error(err: str, *needles: str) -> None:
         assert needle in err, (needle, err)
 
 
+# ------------------------------------------------------------------ integers past Python's digit limit
+
+def test_an_integer_of_thousands_of_digits_is_a_clear_error(tmp_path, capsys):
+    """An integer of 5,001 digits in a result file, a model's config or an audit's TOML ended in Python's
+    "Exceeds the limit (4300 digits)" ValueError traceback, in report, compare, sample and audit."""
+    big = "1" + "0" * 5000
+    model = make_tiny_model_dir(tmp_path / "m")
+    config = model / "unet" / "config.json"
+    config.write_text(config.read_text().replace('"sample_size": 8', f'"sample_size": {big}', 1))
+    assert big in config.read_text()
+    assert run("sample", "--model", model, "--n", "2", "--out", tmp_path / "s", "--device", "cpu") == 2
+    _one_line_error(capsys.readouterr().err, "config.json cannot be read as JSON", "more than 4,300 digits")
+
+    result = tmp_path / "r"
+    result.mkdir()
+    (result / "result.json").write_text('{"command": "verify", "n_samples": ' + big + "}")
+    assert run("report", result) == 2
+    _one_line_error(capsys.readouterr().err, "result.json cannot be read as JSON", "was it edited?")
+    assert main(["compare", str(result), str(result)]) == 2
+    _one_line_error(capsys.readouterr().err, "more than 4,300 digits")
+
+    toml = tmp_path / "big.toml"
+    toml.write_text(f"steps = {big}\n")
+    assert run("audit", "--config", toml, "--out", tmp_path / "a") == 2
+    _one_line_error(capsys.readouterr().err, f"--config {toml} cannot be read as TOML", "more than 4,300 digits")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "s").exists()
+
+
 # ------------------------------------------------------------------ JSON and TOML nested too deeply
 
 def test_deeply_nested_json_and_toml_are_clear_errors(tmp_path, capsys):
@@ -102,6 +130,8 @@ def test_names_from_data_are_printed_with_their_control_characters_escaped(tmp_p
     assert err == f"sample: 3 images -> {printable(HOSTILE)}\nnext\n" and "\x1b" not in err
     # a byte of a name that is not UTF-8 (a lone surrogate) as its escape: a strict stream or a font refuses it
     assert printable("a\tb\rc\x00d\x7fe\nf é \udcff") == "a\\x09b\\x0dc\\x00d\\x7fe\nf é \\xff"
+    # a bidirectional override reorders what the terminal shows ("ok<RLO>gnp.exe" reads as "okexe.png"): escaped
+    assert printable("ok\u202egnp.exe \u2066x\u2069 \u200f") == "ok\\u202egnp.exe \\u2066x\\u2069 \\u200f"
 
 
 # ------------------------------------------------------------------ damaged Stable Diffusion folders

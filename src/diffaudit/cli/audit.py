@@ -179,6 +179,10 @@ def _load_toml(path: str) -> dict[str, Any]:
         from diffaudit.core.io import nested_too_deeply
 
         raise nested_too_deeply(f"--config {path}", "TOML") from None
+    except ValueError:  # an integer past Python's digits limit
+        from diffaudit.core.io import number_too_long
+
+        raise number_too_long(f"--config {path}", "TOML") from None
     out: dict[str, Any] = {}
     for k, v in raw.items():
         name = k.replace("-", "_")

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import socket
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -231,14 +232,28 @@ def nested_too_deeply(source: str | os.PathLike, kind: str = "JSON") -> Diffaudi
                           "Python's parser follows); diffaudit's files nest a few levels: is it the right file?")
 
 
+def number_too_long(source: str | os.PathLike, kind: str = "JSON") -> DiffauditError:
+    """The error for a ``kind`` document holding an integer longer than Python converts from text (4,300
+    digits, ``sys.get_int_max_str_digits``; a ValueError): no count or setting of diffaudit's is that long."""
+    limit = sys.get_int_max_str_digits()
+    return DiffauditError(f"{source} cannot be read as {kind}: it holds an integer of more than {limit:,} digits, more "
+                          "than Python reads from text; no number in diffaudit's files is that long: is it the right "
+                          "file, or was it edited?")
+
+
 def loads_json(text: str, source: str | os.PathLike) -> Any:
-    """``json.loads(text)``, where a document nested too deeply for Python's parser is a
-    :class:`DiffauditError` naming ``source`` (:func:`nested_too_deeply`), never a RecursionError
-    traceback; other errors (``json.JSONDecodeError``) are the caller's to word."""
+    """``json.loads(text)``, where a document nested too deeply for Python's parser
+    (:func:`nested_too_deeply`) or holding an integer of more digits than Python converts
+    (:func:`number_too_long`) is a :class:`DiffauditError` naming ``source``, never a traceback; other
+    errors (``json.JSONDecodeError``) are the caller's to word."""
     try:
         return json.loads(text)
     except RecursionError:
         raise nested_too_deeply(source) from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError:  # int() past sys.get_int_max_str_digits()
+        raise number_too_long(source) from None
 
 
 def read_text(path: str | os.PathLike, flag: str) -> str:

@@ -154,7 +154,9 @@ def progress_bar(description: str, total: float | None, *, unit: str = "it", com
 
 #: C0 control characters but the newline, DEL and the C1 controls: what can drive a terminal (move the
 #: cursor, erase lines, set the clipboard through OSC 52, ...) when printed raw.
-_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+#: Control characters but the newline, and the Unicode bidirectional controls (U+061C, U+200E-F,
+#: U+202A-E, U+2066-9), which reorder what a terminal shows ("ok\u202egnp.exe" reads "okexe.png").
+_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 #: Lone surrogates: the bytes of a file name that are not UTF-8, as Python decodes them (0xDC80-0xDCFF).
@@ -167,11 +169,17 @@ def _surrogate(m: re.Match) -> str:
 
 
 def printable(text: str) -> str:
-    """``text`` with every control character but the newline written as its escape (ESC as ``\\x1b``),
-    and a byte of a name that is not UTF-8 (a lone surrogate, which a strict UTF-8 stream or a font
-    refuses) as ``\\xff``: names and messages from data (a tar member, a file name, a key) then show as
-    what they are, and can never drive the terminal they are printed on."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", _SURROGATE.sub(_surrogate, text))
+    """``text`` with every control character but the newline written as its escape (ESC as ``\\x1b``, a
+    bidirectional override as ``\\u202e``), and a byte of a name that is not UTF-8 (a lone surrogate,
+    which a strict UTF-8 stream or a font refuses) as ``\\xff``: names and messages from data (a tar
+    member, a file name, a key) then show as what they are, and can never drive or reorder the terminal
+    they are printed on."""
+    return _CONTROL.sub(_escape, _SURROGATE.sub(_surrogate, text))
+
+
+def _escape(m: re.Match) -> str:
+    code = ord(m.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def bytes_text(n: int) -> str:
