@@ -91,6 +91,16 @@ def test_resume_refuses_a_malicious_optimizer_checkpoint(tmp_path, marker, capsy
     assert f"{ck / 'optimizer.pt'}: refused to load" in err
     assert "weights_only=True" in err and "posix.system" in err and "Traceback" not in err
     assert "weights_only` set to `False`" not in err  # torch's advice to disable the protection is not passed on
+    # a raw pickle (not torch.save's zip): its reason is torch's "Unsupported operand", with none of torch's advice
+    # (that line came first and, cut at 200 characters, ended on it) and no warning about its pickle protocol
+    import pickle
+
+    (ck / "optimizer.pt").write_bytes(pickle.dumps(Payload(marker), protocol=4))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "refused to load" in err and "Unsupported operand" in err and err.count("\n") == 1
+    assert "weights_only` set to `False`" not in err and "file an issue" not in err and "UserWarning" not in err
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("with_safetensors", [False, True])

@@ -36,6 +36,7 @@ import os
 import pickle
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -306,11 +307,15 @@ def load_checkpoint(ck: Path, model, ema: Ema, opt) -> tuple[int, list[dict], tu
     model.load_state_dict(load_file(ck / "model.safetensors"))
     ema.shadow = {k: v.float() for k, v in load_file(ck / "ema.safetensors").items()}
     try:
-        opt_state = torch.load(ck / "optimizer.pt", weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():  # torch's note on the pickle protocol of a file it is about to refuse
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            opt_state = torch.load(ck / "optimizer.pt", weights_only=True, map_location="cpu")
     except (pickle.UnpicklingError, RuntimeError) as exc:
         # weights_only=True refuses any pickle that would import or call code: say so, without torch's
-        # suggestion to retry with weights_only=False (that would run the file's code).
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+        # suggestion to retry with weights_only=False (that would run the file's code) or its other advice
+        advice = ("weights_only", "Re-running", "file an issue", "documentation of torch.load")
+        lines = [ln.strip() for ln in str(exc).splitlines()
+                 if ln.strip() and not any(a in ln for a in advice)] or [type(exc).__name__]
         reason = next((ln for ln in lines if "GLOBAL" in ln.upper()), lines[0])
         raise DiffauditError(
             f"{ck / 'optimizer.pt'}: refused to load: it is not a plain weights-only checkpoint (it would need "
