@@ -153,3 +153,21 @@ def test_cli_prints_one_line_and_exits_2(tmp_path, capsys):
     code = main(["dedup", "--data", str(path), "--embedder", "pixel", "--out", str(tmp_path / "out"), "--device", "cpu"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "huge.npz: array 'images' declares shape" in err[0], err
+
+
+def test_a_compressed_array_that_expands_past_the_limit_is_refused_before_it_is_decompressed(tmp_path, monkeypatch):
+    """A 2.9 MB ``savez_compressed`` file held a (4, 16000, 16000, 3) array of zeros, 3 GB: the data loader
+    decompressed it and ended in a MemoryError traceback. Its size is true, so the declared-size check let it
+    through; the compression ratio (the rule of compressed shards) does not. Real image data passes."""
+    import diffaudit.core.npz_arrays as npz_arrays
+    from diffaudit.data import load_dataset
+
+    monkeypatch.setattr(npz_arrays, "MIN_DECOMPRESSED_LIMIT", 1 << 20)  # small files stand in for gigabytes
+    bomb = tmp_path / "bomb.npz"
+    np.savez_compressed(bomb, images=np.zeros((4, 512, 512, 3), np.uint8))  # 3 MiB in a few KiB
+    with pytest.raises(DiffauditError, match=r"bomb.npz: array 'images' \(3.0 MiB\) is stored in .*decompression bomb"):
+        load_dataset(str(bomb))
+    real = tmp_path / "real.npz"
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 256, 256, 3), dtype=np.uint8)  # 1.5 MiB, hardly compresses
+    np.savez_compressed(real, images=pixels)
+    assert np.array_equal(load_dataset(str(real)).images, pixels)

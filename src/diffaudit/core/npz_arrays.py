@@ -6,8 +6,9 @@ An ``.npy`` member starts with a header declaring the array's shape and dtype; n
 the allocation succeeds, in gigabytes taken for a file that holds a few bytes. The zip archive
 records each member's uncompressed size, so the two are compared before anything is allocated: an
 array whose declared size is not what its member holds is a corrupt file, an error naming it.
-Whatever allocation still fails (a genuine array larger than this machine's memory) is an error
-naming the file and the array, never a traceback.
+A compressed member that expands past :mod:`diffaudit.core.decompression`'s limit is refused as a
+decompression bomb. Whatever allocation still fails (a genuine array larger than this machine's
+memory) is an error naming the file and the array, never a traceback.
 
 Every reader of untrusted ``.npz`` files goes through :func:`read_npz_array`: datasets
 (:mod:`diffaudit.data.npz`), samples' prompts (:mod:`diffaudit.store.read`), membership files
@@ -21,6 +22,7 @@ import math
 import numpy as np
 from numpy.lib import format as npy_format
 
+from diffaudit.core.decompression import MAX_DECOMPRESSION_RATIO, MIN_DECOMPRESSED_LIMIT
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.progress import bytes_text
 
@@ -69,6 +71,14 @@ def declared_array(npz: np.lib.npyio.NpzFile, path, name: str) -> tuple[tuple, n
         raise DiffauditError(
             f"{path}: array {name!r} declares shape {shape} of {dtype} ({bytes_text(declared)}), but the file holds "
             f"{bytes_text(held)} of data for it; the file is corrupt or truncated: re-create it"
+        )
+    limit = max(MIN_DECOMPRESSED_LIMIT, MAX_DECOMPRESSION_RATIO * info.compress_size)
+    if info.file_size > limit:  # savez_compressed's deflate: a 2.9 MB file held a 3 GB array
+        raise DiffauditError(
+            f"{path}: array {name!r} ({bytes_text(info.file_size)}) is stored in {bytes_text(info.compress_size)}, "
+            f"compressed more than {MAX_DECOMPRESSION_RATIO} times (and past {bytes_text(MIN_DECOMPRESSED_LIMIT)}): "
+            "refused as a decompression bomb (real image data compresses a few times: save it with np.savez if it "
+            "is genuine)"
         )
     return shape, dtype
 

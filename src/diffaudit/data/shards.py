@@ -79,6 +79,7 @@ import zlib
 from pathlib import Path
 from typing import NamedTuple
 
+from diffaudit.core.decompression import MAX_DECOMPRESSION_RATIO, MIN_DECOMPRESSED_LIMIT  # decompressed_limit reads them here
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import host_tag, remove_left_by_exited_writers
 from diffaudit.core.progress import bytes_text
@@ -102,11 +103,6 @@ _RESOURCE_ERRNOS = {errno.ENOMEM: "out of memory: free memory or use a machine w
 #: The largest member (image, label, caption) a shard may hold, in bytes; a larger one is a bad sample,
 #: never read. Real images are a few MiB at most.
 MAX_MEMBER_BYTES = 256 << 20
-#: A compressed shard may decompress to this many times its own size...
-MAX_DECOMPRESSION_RATIO = 100
-#: ...or to this many bytes, whichever is larger; more is refused as a decompression bomb. Image data
-#: (PNG, JPEG, WebP) hardly compresses, so genuine shards stay far below either.
-MIN_DECOMPRESSED_LIMIT = 256 << 20
 
 
 _BRACE_PATTERN = re.compile(r"\{[^{}]*(?:\.\.|,)[^{}]*\}")
