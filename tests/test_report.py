@@ -411,6 +411,11 @@ def test_single_command_folders(audit):
     page = Page(html)
     assert "extracted" in page.ids() and "mia" not in page.ids() and "cliques" not in page.ids()
     assert len(page.images("train")) == 3 and len(page.images("generation")) == 3
+    # a pair's alt texts say which image copies which and how closely (they named the image's id alone)
+    for pair_gen, pair_train in zip(page.images("generation"), page.images("train")):
+        gen_id, train_key = pair_gen["alt"].split()[1].rstrip(","), pair_train["alt"].split(",")[0].split()[-1]
+        assert pair_gen["alt"].startswith(f"generation {gen_id}, which reproduces training image {train_key} at ℓ2 0.")
+        assert pair_train["alt"] == f"training image {train_key}, reproduced by generation {gen_id}"
     s = build_summary(audit / "mia-lira")
     assert s["command"] == "mia" and s["extraction"] is None and set(s["mia"]) == {"lira"}
     page = Page(render_report(audit / "mia-loss", audit.parent / "m.html").read_text(encoding="utf-8"))
