@@ -322,3 +322,30 @@ def test_a_large_photograph_still_decodes_where_a_bomb_of_its_size_is_refused(mo
     assert decode_image(buf.getvalue(), "photo.jpg").shape == (96, 96, 3)
     with pytest.raises(BadImageError, match=r"pixels a byte, where a photograph holds a few"):
         decode_image(png_header_only(96, 96), "bomb.png")
+
+
+def test_a_folder_of_flat_images_within_the_per_image_limit_is_still_refused_as_a_bomb(tmp_path, monkeypatch):
+    """Each image passed the per-image limit, yet six flat 8192 x 8192 PNGs (1.2 MB in all) held 1.2 GB of pixels
+    and took 10.9 GB to deduplicate: a load whose kept pixels outgrow their files by the rule of compressed
+    shards is refused. --image-size keeps the pixels small and loads them; real images stay far below it."""
+    import diffaudit.data.loader as loader
+    from PIL import Image
+
+    from diffaudit.data import load_dataset
+
+    monkeypatch.setattr(loader, "MIN_DECOMPRESSED_LIMIT", 1 << 20)  # small images stand in for gigabytes
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(4):  # 768 KiB of pixels each, from about 2 KiB of PNG
+        Image.new("RGB", (512, 512), (i, 0, 0)).save(flat / f"{i}.png")
+    with pytest.raises(DiffauditError, match=r"flat: its images decode to .* times their size: refused as a "
+                                             r"decompression bomb.*--image-size"):
+        load_dataset(str(flat))
+    with pytest.raises(DiffauditError, match="decompression bomb"):
+        load_dataset(str(flat), skip_bad=True)  # no image is bad on its own: never skipped into a smaller load
+    assert load_dataset(str(flat), image_size=8).images.shape == (4, 8, 8, 3)
+    noisy = tmp_path / "noisy"
+    noisy.mkdir()
+    for i in range(4):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (512, 512, 3), dtype=np.uint8)).save(noisy / f"{i}.png")
+    assert len(load_dataset(str(noisy))) == 4

@@ -118,6 +118,28 @@ def noting_sixteen_bit(seen: SixteenBitSeen) -> Iterator[SixteenBitSeen]:
         _SIXTEEN_BIT.reset(token)
 
 
+@dataclass
+class EncodedBytes:
+    """The bytes of the image files :func:`decode_image` decoded within :func:`counting_encoded_bytes`."""
+
+    total: int = 0
+
+
+#: Where the decoder counts the encoded bytes it reads, None when no load is listening.
+_ENCODED: ContextVar[EncodedBytes | None] = ContextVar("diffaudit_encoded_bytes", default=None)
+
+
+@contextmanager
+def counting_encoded_bytes(counter: EncodedBytes) -> Iterator[EncodedBytes]:
+    """Within this block every image file decoded adds its size to ``counter`` (a load's decompression
+    budget: :func:`~diffaudit.data.loader.iter_decoded`); yields ``counter``."""
+    token = _ENCODED.set(counter)
+    try:
+        yield counter
+    finally:
+        _ENCODED.reset(token)
+
+
 def _note_sixteen_bit(raw: np.ndarray) -> None:
     """Count the 16-bit image ``raw`` (H, W), values in [0, 65535], where a load listens."""
     seen = _SIXTEEN_BIT.get()
@@ -172,6 +194,9 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
         BadImageError: unreadable, truncated or corrupt data, an unsupported mode, or more pixels than
             :data:`MAX_IMAGE_PIXELS` (checked from the header, before decoding).
     """
+    counter = _ENCODED.get()
+    if counter is not None:
+        counter.total += len(data)
     try:
         with _open(data) as im:
             _check_pixel_count(im.size, len(data), name)

@@ -45,13 +45,15 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from diffaudit.core.decompression import MAX_DECOMPRESSION_RATIO, MIN_DECOMPRESSED_LIMIT
 from diffaudit.core.errors import DiffauditError
-from diffaudit.core.progress import progress_bar, warning_once
+from diffaudit.core.progress import bytes_text, progress_bar, warning_once
 from diffaudit.data.builtin import BUILTIN_NAMES, list_cifar10, list_digits
 from diffaudit.data.dataset import ImageDataset, concat_datasets, say_skipped
 from diffaudit.data.entries import Entry, Listing, drop_captions, gc_paused
 from diffaudit.data.folder import list_folder
-from diffaudit.data.images import BadImageError, SixteenBitSeen, noting_sixteen_bit, warn_twelve_bit
+from diffaudit.data.images import (BadImageError, EncodedBytes, SixteenBitSeen, counting_encoded_bytes, noting_sixteen_bit,
+                                   warn_twelve_bit)
 from diffaudit.data.local_paths import check_local
 from diffaudit.data.npz import list_npz
 from diffaudit.data.shards import is_shard_spec, list_shard_pattern
@@ -226,14 +228,19 @@ def iter_decoded(entries: list[Entry], source: str, skipped: list[tuple[str, str
     once decoded (each is decoded once; :meth:`ChannelsSeen.channels` then gives the dataset's C).
     ``sixteen_bit``: counts the 16-bit grayscale images decoded and their largest raw value."""
     seen = sixteen_bit if sixteen_bit is not None else SixteenBitSeen()
+    encoded, kept = EncodedBytes(), 0  # image files' bytes decoded, and the pixels kept from them
     with progress_bar(f"load {source}", len(entries), unit="img") as bar, gc_paused():
         for i, entry in enumerate(entries):
             try:
-                with noting_sixteen_bit(seen):
+                before = encoded.total
+                with noting_sixteen_bit(seen), counting_encoded_bytes(encoded):
                     raw = entry.pixels()
                 img = apply_geometry(raw, entry.name, center_crop_size=center_crop, image_size=image_size)
                 if channels_seen is not None:
                     img = channels_seen.note(img, image_file=entry.image_file)
+                if encoded.total > before:  # decoded from a file now (not a decode cache's pixels)
+                    kept += img.nbytes
+                    _check_decompression(source, kept, encoded.total)
             except BadImageError as exc:
                 if not skip_bad:
                     raise DiffauditError(
@@ -245,6 +252,20 @@ def iter_decoded(entries: list[Entry], source: str, skipped: list[tuple[str, str
             finally:
                 bar.advance(1)
             yield i, entry, img
+
+
+def _check_decompression(source: str, kept: int, encoded: int) -> None:
+    """Refuse a load whose decoded pixels (``kept`` bytes, after crop and resize) outgrow the image files
+    they came from (``encoded`` bytes) by the rule of compressed shards (:mod:`diffaudit.core.decompression`):
+    each image passes the per-image limit (:data:`~diffaudit.data.images.MAX_IMAGE_PIXELS`), yet six flat
+    8192 x 8192 PNGs, 1.2 MB in all, held 1.2 GB of pixels and took 10.9 GB to deduplicate. Not a bad image
+    (no single one is), so never skipped; --image-size keeps the pixels small."""
+    limit = max(MIN_DECOMPRESSED_LIMIT, MAX_DECOMPRESSION_RATIO * encoded)
+    if kept > limit:
+        raise DiffauditError(
+            f"{source}: its images decode to more than {bytes_text(kept)} of pixels from {bytes_text(encoded)} of "
+            f"files, over {MAX_DECOMPRESSION_RATIO} times their size: refused as a decompression bomb. Real images "
+            "compress a few times; if these are genuine (large flat images), --image-size loads them smaller")
 
 
 class ImagesDifferInSize(DiffauditError):
