@@ -31,6 +31,7 @@ from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import loads_json
 from diffaudit.core.outdir import read_settings_record, recorded_command
 from diffaudit.core.progress import warning_once
+from diffaudit.models.config_values import check_scheduler_values, check_unet_values, shown
 from diffaudit.models.quiet import quiet_loading
 from diffaudit.models.run_files import checkpoint_dirs
 from diffaudit.models.scheduler import SamplingSchedule, alphas_cumprod_of, make_scheduler
@@ -70,6 +71,9 @@ class Denoiser:
     @property
     def image_size(self) -> int:
         s = self.unet.config.sample_size
+        if s is None:  # diffusers' default: the UNet scores images of any size, but none says what to generate
+            raise DiffauditError(f"{self.path or 'the model'}: its UNet's config.json gives no sample_size, so the size "
+                                 "of the images to generate is unknown: set sample_size to the size it was trained at")
         return int(s if isinstance(s, int) else s[0])
 
     @property
@@ -158,7 +162,22 @@ def _scheduler_from(folder: Path, root: Path, flag: str = "--model") -> tuple[DD
     if prediction not in PREDICTION_TYPES:
         raise DiffauditError(f"{flag} {root}: prediction_type {prediction!r} is not supported; "
                              f"choose one of {', '.join(PREDICTION_TYPES)}")
-    scheduler = DDPMScheduler.from_pretrained(folder)
+    where = f"{flag} {root}: {cfg_path}"
+    check_scheduler_values(cfg, where)
+    try:
+        scheduler = DDPMScheduler.from_pretrained(folder)
+    except NotImplementedError:  # the one refusal of DDPMScheduler.__init__: a β schedule it does not build
+        raise DiffauditError(f"{where}: beta_schedule {shown(cfg.get('beta_schedule'))} is not a β schedule "
+                             "diffusers' DDPMScheduler builds (linear, scaled_linear, squaredcos_cap_v2, sigmoid)") from None
+    except (OSError, ValueError, TypeError, RuntimeError) as exc:  # any other value it cannot take
+        raise DiffauditError(f"{where}: no noise schedule can be built from it: "
+                             f"{(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
+    betas = scheduler.betas
+    if not (bool(torch.isfinite(betas).all()) and 0 <= float(betas.min()) and float(betas.max()) <= 1):
+        why = "ᾱ_t = Π(1 − β) must stay in (0, 1]"
+        raise DiffauditError(f"{where}: trained_betas must be numbers in [0, 1] ({why})" if cfg.get("trained_betas") is not None
+                             else f"{where}: beta_start and beta_end must give βs in [0, 1] ({why}); they are "
+                                  f"{shown(cfg.get('beta_start'))} and {shown(cfg.get('beta_end'))}")
     if float(scheduler.alphas_cumprod.min()) <= 0:  # zero terminal SNR: ε̂ ↔ x̂_0 divides by sqrt(ᾱ_t) = 0
         raise DiffauditError(f"{flag} {root}: the schedule reaches ᾱ_t = 0 (zero terminal SNR, "
                              "rescale_betas_zero_snr), where the sampler and the losses, which work through ε̂, "
@@ -260,6 +279,8 @@ def read_unet_config(path: str | Path, flag: str = "--model") -> dict:
         raise DiffauditError(f"{flag} {root}: {unet_dir / 'config.json'} is not readable JSON ({exc})") from None
     if not isinstance(config, dict):
         raise DiffauditError(f"{flag} {root}: {unet_dir / 'config.json'} is not a JSON object")
+    if config.get("_class_name", "UNet2DModel") == "UNet2DModel":  # another class is refused by its name where loaded
+        check_unet_values(config, f"{flag} {root}: {unet_dir / 'config.json'}")
     return config
 
 
@@ -374,9 +395,11 @@ def load_denoiser(path: str | Path, device: str | torch.device = "cpu", dtype: t
     try:
         with quiet_loading():
             unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True, torch_dtype=dtype)
-    except (OSError, ValueError, RuntimeError) as exc:  # a truncated or damaged weights file, a config that does not fit them
-        raise DiffauditError(f"{flag} {root}: the UNet in {unet_dir} cannot be loaded: {str(exc).splitlines()[0]}"
-                             f"{_retrain_hint(root)}") from None
+    # a truncated or damaged weights file, a config that does not fit them, or a config value that diffusers or torch
+    # cannot build a layer from (those check_unet_values names are refused before; others fail inside them)
+    except (OSError, ValueError, RuntimeError, TypeError, ArithmeticError, LookupError, NameError) as exc:
+        said = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise DiffauditError(f"{flag} {root}: the UNet in {unet_dir} cannot be loaded: {said}{_retrain_hint(root)}") from None
     unet = unet.to(device=device).eval()
     return Denoiser(unet=unet, alphas_cumprod=alphas_cumprod_of(scheduler), dtype=dtype, path=str(root),
                     prediction_type=scheduler.config.prediction_type, learned_variance=learned_variance,

@@ -12,6 +12,7 @@ from diffusers import DDPMScheduler
 
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import read_json
+from diffaudit.models.config_values import DEFAULT_TRAIN_TIMESTEPS, train_timesteps
 
 
 def make_scheduler(num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> DDPMScheduler:
@@ -32,8 +33,9 @@ def num_train_timesteps(model_dir: str | Path) -> int:
     root = Path(model_dir)
     for cfg in (root / "scheduler" / "scheduler_config.json", root / "scheduler_config.json"):
         if cfg.exists():
-            return int(read_json(cfg).get("num_train_timesteps", 1000))
-    return 1000
+            config = read_json(cfg)
+            return train_timesteps(config, str(cfg)) if isinstance(config, dict) else DEFAULT_TRAIN_TIMESTEPS
+    return DEFAULT_TRAIN_TIMESTEPS
 
 
 #: The timestep spacings of diffusers' DDIMScheduler (Lin et al. 2023, Table 2).
