@@ -153,9 +153,9 @@ def progress_bar(description: str, total: float | None, *, unit: str = "it", com
 
 
 #: C0 control characters but the newline, DEL and the C1 controls: what can drive a terminal (move the
-#: cursor, erase lines, set the clipboard through OSC 52, ...) when printed raw.
-#: Control characters but the newline, and the Unicode bidirectional controls (U+061C, U+200E-F,
-#: U+202A-E, U+2066-9), which reorder what a terminal shows ("ok\u202egnp.exe" reads "okexe.png").
+#: cursor, erase lines, set the clipboard through OSC 52, ...) when printed raw; and the Unicode
+#: bidirectional controls (U+061C, U+200E-F, U+202A-E, U+2066-9), which reorder what it shows
+#: ("ok\u202egnp.exe" reads "okexe.png").
 _CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
