@@ -152,3 +152,18 @@ def test_valid_configs_load_and_sample_as_before(tiny, tmp_path):
                           generate_images(load_denoiser(tiny), [1, 2], steps=2))
     long = _edited(tiny, tmp_path / "long", SCHED, num_train_timesteps=MAX_TRAIN_TIMESTEPS, beta_start=1e-6, beta_end=2e-5)
     assert load_denoiser(long).num_train_timesteps == num_train_timesteps(long) == MAX_TRAIN_TIMESTEPS
+
+
+def test_a_config_wider_than_its_weights_is_refused_before_anything_is_allocated(tiny, tmp_path):
+    """diffusers builds a UNet (randomly initialised) before it compares it with the weights: block_out_channels
+    [8000, 8000] beside a tiny model's 164k weights first took tens of GB. The parameters the config describes are
+    counted on the meta device against the tensors the safetensors headers list, and refused by count."""
+    import resource
+
+    model = _edited(tiny, tmp_path, UNET, block_out_channels=[2048, 2048])  # 1.0e9 parameters: 4 GB of float32
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(DiffauditError, match=r"config.json describes a UNet of [\d,]+ parameters, but its weights hold "
+                                             r"[\d,]+: the config and the weights are not of one model"):
+        load_denoiser(model)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 1_000_000  # KiB: nothing near 4 GB taken
+    assert load_denoiser(tiny).image_size == 8  # a model whose config and weights agree loads as before

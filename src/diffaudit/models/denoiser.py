@@ -20,12 +20,14 @@ UNets and other output layouts are refused at load.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
+from safetensors import SafetensorError
 
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import loads_json
@@ -372,6 +374,26 @@ def _retrain_hint(root: Path) -> str:
             f"in {root / 'settings.json'} and --fresh")
 
 
+def _check_weights_hold_config(unet_dir: Path, config: dict, root: Path, flag: str) -> None:
+    """Refuse a UNet whose ``config`` describes more parameters than its safetensors files hold, before
+    diffusers allocates them: it builds the model, randomly initialised, and only then compares it with the
+    weights, so ``block_out_channels: [8000, 8000]`` beside a tiny model's weights first took tens of GB.
+    The model is built on the meta device (shapes, no memory); the files' tensors are counted from their
+    headers. Errors of the build itself are the caller's to word."""
+    from safetensors import safe_open
+
+    with quiet_loading(), torch.device("meta"):
+        wanted = sum(p.numel() for p in UNet2DModel.from_config(config).parameters())
+    held = 0
+    for weights in sorted(unet_dir.glob("*.safetensors")):
+        with safe_open(str(weights), framework="pt") as f:  # the header only
+            held += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    if wanted > held:
+        raise DiffauditError(f"{flag} {root}: {unet_dir / 'config.json'} describes a UNet of {wanted:,} parameters, but "
+                             f"its weights hold {held:,}: the config and the weights are not of one model (a config "
+                             f"edited, or weights of another model){_retrain_hint(root)}")
+
+
 def load_denoiser(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                   flag: str = "--model") -> Denoiser:
     """Load a run directory, a diffusers pipeline directory or a ``UNet2DModel`` directory. ``flag``: the
@@ -393,11 +415,14 @@ def load_denoiser(path: str | Path, device: str | torch.device = "cpu", dtype: t
     schedule = SamplingSchedule.from_config(sched_config)  # checked where it is sampled (open_source)
     learned_variance = _check_layout(config, scheduler, root, flag)
     try:
+        _check_weights_hold_config(unet_dir, config, root, flag)
         with quiet_loading():
             unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True, torch_dtype=dtype)
+    except DiffauditError:
+        raise
     # a truncated or damaged weights file, a config that does not fit them, or a config value that diffusers or torch
     # cannot build a layer from (those check_unet_values names are refused before; others fail inside them)
-    except (OSError, ValueError, RuntimeError, TypeError, ArithmeticError, LookupError, NameError) as exc:
+    except (OSError, ValueError, RuntimeError, TypeError, ArithmeticError, LookupError, NameError, SafetensorError) as exc:
         said = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise DiffauditError(f"{flag} {root}: the UNet in {unet_dir} cannot be loaded: {said}{_retrain_hint(root)}") from None
     unet = unet.to(device=device).eval()
