@@ -222,7 +222,7 @@ def test_summary_line_says_when_extraction_was_not_tested():
 @pytest.mark.parametrize("field, value, message", [
     ("timestep", 1000, r"--timestep must lie in \[0, 999\]"),
     ("timestep", -1, r"--timestep must lie in \[0, 999\]"),
-    ("n_draws", 0, "--n-draws must be at least 1"),
+    ("n_draws", 0, r"--n-draws must lie in \[1, 1,000\]"),
     ("n_samples", -1, "--n-samples must be at least 0"),
     ("sample_steps", 0, r"--sample-steps must lie in \[1, 1000\]"),
     ("sample_steps", 1001, r"--sample-steps must lie in \[1, 1000\]"),
@@ -251,7 +251,7 @@ _CLI_BASE = ["canaries", "--data", "digits", "--subset", "60", "--repeats", "1,8
 @pytest.mark.parametrize("extra, message", [
     (["--n-reference", "1"], "--n-reference must be at least 2"),
     (["--timestep", "1000"], r"--timestep must lie in \[0, 999\]"),
-    (["--n-draws", "0"], "--n-draws must be at least 1"),
+    (["--n-draws", "0"], r"--n-draws must lie in \[1, 1,000\]"),
     (["--n-samples", "8", "--sample-steps", "0"], "--sample-steps must lie in"),
     (["--n-samples", "8", "--rule", "l2", "--delta", "0"], "--delta must be in"),
     (["--steps", "0"], "--steps must be at least 1"),

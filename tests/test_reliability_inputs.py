@@ -173,7 +173,7 @@ def test_mia_refuses_a_membership_matrix_of_another_dataset(membership_40, tmp_p
     (["--steps", "0"], "--steps must lie in [1, 1000]; got 0"),
     (["--steps", "1001"], "--steps must lie in [1, 1000]; got 1001"),
     (["--micro-batch", "0"], "--micro-batch must be at least 1"),
-    (["--n", "0"], "--n must be at least 1"),
+    (["--n", "0"], "--n must lie in [1, 4,294,967,296]"),
     (["--shard-size", "0"], "--shard-size must be at least 1"),
 ])
 def test_sample_settings_out_of_range_are_refused(tmp_path, capsys, flags, message):

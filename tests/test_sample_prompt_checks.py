@@ -99,8 +99,8 @@ def test_source_check_prompts_directly(runc, uncond):
     (["--n", "4", "--scheduler", "dpm"], "--scheduler applies to a Stable Diffusion pipeline; --model"),
     (["--n", "4", "--guidance-scale", "3"], "--guidance-scale applies to a Stable Diffusion pipeline"),
     (["--n", "4", "--per-prompt", "2"], "give --n (images of an unconditional model) or --per-prompt"),
-    (["--n", "-5"], "--n must be at least 1 (images to generate); got -5"),
-    (["--per-prompt", "0"], "--per-prompt must be at least 1 (images to generate); got 0"),  # was taken as 1
+    (["--n", "-5"], "--n must lie in [1, 4,294,967,296] (images to generate); got -5"),
+    (["--per-prompt", "0"], "--per-prompt must lie in [1, 4,294,967,296] (images to generate); got 0"),  # was taken as 1
     (["--n", "4", "--scheduler", "dpm", "--guidance-scale", "3"], "--guidance-scale and --scheduler apply to a Stable"),
     (["--n", "5", "--batch-size", "-3"], "--batch-size must be at least 1 (images per source call); got -3"),  # a traceback
     (["--n", "5", "--batch-size", "0"], "--batch-size must be at least 1 (images per source call); got 0"),  # a whole shard

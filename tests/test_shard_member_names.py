@@ -206,11 +206,11 @@ def test_a_png_opened_as_mode_i_is_16bit_whatever_its_values():
 # --- size options named by their flags ----------------------------------------------------------
 
 def test_size_options_are_named_by_their_flags(tmp_path, capsys):
-    with pytest.raises(DiffauditError, match=r"^--image-size must be a positive number of pixels; got 0$"):
+    with pytest.raises(DiffauditError, match=r"^--image-size must be a number of pixels in \[1, 4096\]; got 0$"):
         check_size_option("image_size", 0)
-    with pytest.raises(DiffauditError, match=r"^--center-crop must be a positive number of pixels; got -2$"):
+    with pytest.raises(DiffauditError, match=r"^--center-crop must be a number of pixels in \[1, 4096\]; got -2$"):
         check_size_option("center_crop", -2)
     assert main(["train", "--data", "digits", "--image-size", "0", "--out", str(tmp_path / "t")]) == 2
     err = capsys.readouterr().err
-    assert "error: --image-size must be a positive number of pixels; got 0" in err and "image_size" not in err
+    assert "error: --image-size must be a number of pixels in [1, 4096]; got 0" in err and "image_size" not in err
     assert not (tmp_path / "t").exists()

@@ -55,6 +55,9 @@ DEFAULT_STRONG_DRAWS = 20
 #: The fewest bootstrap replicates --bootstrap takes: with 2, the "95% interval" of an AUC of 0.615 came out as
 #: [0.609, 0.613], not even holding the estimate; percentiles at 2.5% and 97.5% need tens of replicates to mean much.
 MIN_BOOTSTRAP = 20
+#: The most bootstrap replicates: 10,000 already puts a 95% interval's ends within a fraction of its width;
+#: 10^11 asked for terabytes.
+MAX_BOOTSTRAP = 100_000
 #: Settings that hold the path of an input (recorded canonical, see :func:`~diffaudit.cli.common.canonical_path`;
 #: ``shadows`` is recorded resolved).
 PATH_SETTINGS = ("data.spec", "data.options.cifar_root", "target.run")
@@ -133,9 +136,9 @@ def _bootstrap_count(text: str) -> int:
         n = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer; got {text!r}") from None
-    if n != 0 and n < MIN_BOOTSTRAP:
-        raise argparse.ArgumentTypeError(f"must be 0 (no intervals) or at least {MIN_BOOTSTRAP} (the default is 200: a 95% "
-                                         f"interval is read from the replicates' percentiles); got {n}")
+    if n != 0 and not MIN_BOOTSTRAP <= n <= MAX_BOOTSTRAP:
+        raise argparse.ArgumentTypeError(f"must be 0 (no intervals) or in [{MIN_BOOTSTRAP}, {MAX_BOOTSTRAP:,}] (the default is "
+                                         f"200: a 95% interval is read from the replicates' percentiles); got {n}")
     return n
 
 
@@ -330,6 +333,8 @@ def run(args: argparse.Namespace) -> int:
     refuse_files_for_folders(args, {"target": "a model folder (a run, or a diffusers folder)",
                                     "shadows": "the folder of `diffaudit shadows`", "loss_cache": "a folder"})
     refuse_stores_for_models(args, ["target"])
+    refuse_stores_for_models(args, ["shadows"], "the folder of `diffaudit shadows`")
+    refuse_stores_for_models(args, ["loss_cache"], "a folder of cached losses (its own, or another mia's)")
     transform, aggregate = _shaping_options(args)  # before the data is read
     opts = data_options(args)
     from diffaudit.sampling.sources import is_stable_diffusion_dir

@@ -112,12 +112,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_sample_options(p)
 
 
+#: The most generations one store plans: 25 times the paper's Stable Diffusion attack (350,000 prompts x 500);
+#: 10^11 planned 97 million shards and hung before the first.
+MAX_GENERATIONS = 1 << 32
+#: The largest fixed ``--micro-batch``: `auto` probes pixel UNets up to 4,096; a batch is padded to it, so
+#: 10^11 asked for its padding's memory at once.
+MAX_MICRO_BATCH = 65_536
+
+
 def check_count_flags(args: argparse.Namespace) -> None:
     """Refuse ``--n`` with ``--per-prompt``, ``--prompts`` or ``--classes``, and ``--prompts`` with ``--classes``
-    (one of the two would be ignored), and a count, or a ``--batch-size``, below 1."""
+    (one of the two would be ignored), a count, or a ``--batch-size``, below 1, and a count or ``--micro-batch``
+    past its bound (:data:`MAX_GENERATIONS`, :data:`MAX_MICRO_BATCH`)."""
     for flag, n in (("--n", args.n), ("--per-prompt", args.per_prompt)):
-        if n is not None and n < 1:
-            raise DiffauditError(f"{flag} must be at least 1 (images to generate); got {n}")
+        if n is not None and not 1 <= n <= MAX_GENERATIONS:
+            raise DiffauditError(f"{flag} must lie in [1, {MAX_GENERATIONS:,}] (images to generate); got {n:,}")
+    micro = getattr(args, "micro_batch", None)
+    if isinstance(micro, int) and micro > MAX_MICRO_BATCH:
+        raise DiffauditError(f"--micro-batch must be at most {MAX_MICRO_BATCH:,} images per UNet call (or auto); got "
+                             f"{micro:,}")
     if getattr(args, "batch_size", None) is not None and args.batch_size < 1:
         raise DiffauditError(f"--batch-size must be at least 1 (images per source call); got {args.batch_size}")
     if args.n is not None and args.per_prompt is not None:
@@ -133,8 +146,18 @@ def check_count_flags(args: argparse.Namespace) -> None:
 
 def plan_prompts(args: argparse.Namespace, source, prompts: list[str] | None = None) -> tuple[list[str | None], int]:
     """(prompts, per_prompt) for the request (``sample_into`` has refused a stray ``--n`` and a count below 1
-    already, :func:`check_count_flags`; the source checks the prompts themselves, with ``check_prompts``).
-    ``prompts``: ``--prompts``' lines when the caller has read them already."""
+    already, :func:`check_count_flags`; the source checks the prompts themselves, with ``check_prompts``), at
+    most :data:`MAX_GENERATIONS` generations in all. ``prompts``: ``--prompts``' lines when the caller has
+    read them already."""
+    planned = _planned_prompts(args, source, prompts)
+    prompts, per_prompt = planned
+    if len(prompts) * per_prompt > MAX_GENERATIONS:
+        raise DiffauditError(f"{len(prompts):,} prompts x --per-prompt {per_prompt:,} is more than {MAX_GENERATIONS:,} "
+                             "generations in one store: split the prompts over several stores")
+    return planned
+
+
+def _planned_prompts(args: argparse.Namespace, source, prompts: list[str] | None) -> tuple[list[str | None], int]:
     num_classes = source.num_classes
     per_prompt = 1 if args.per_prompt is None else args.per_prompt
     if args.prompts:

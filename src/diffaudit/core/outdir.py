@@ -387,7 +387,8 @@ def refuse_taken_names(path: Path, foreign: list[str], command: str, writes: tup
 
 def prepare_out_dir(out: str | os.PathLike, command: str, settings: dict[str, Any], *, fresh: bool = False,
                     upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-                    refuse_foreign: str | None = None, writes: tuple[str, ...] = ()) -> tuple[Path, bool]:
+                    refuse_foreign: str | None = None, writes: tuple[str, ...] = (),
+                    setup_files: tuple[str, ...] = ()) -> tuple[Path, bool]:
     """Create or reopen ``out`` for ``command`` with ``settings``.
 
     ``upgrade``: the command's reading of settings an earlier version recorded (keys since dropped
@@ -398,6 +399,10 @@ def prepare_out_dir(out: str | os.PathLike, command: str, settings: dict[str, An
     ``refuse_foreign``: why the command refuses a folder that already holds files diffaudit did not
     write (``export``: its generated images are never mixed with real ones); None records and keeps them,
     unless one has a name the command writes (``writes``, and ``result.json``): refused, never written over.
+
+    ``setup_files``: what the command writes from its settings before any work (``train``'s config and
+    training ids, a sample store's manifest). They are no work: a folder holding only them and the
+    settings of a run refused or stopped before its first result is started over, and they are removed.
 
     Returns ``(path, resumed)``; ``resumed`` is True when the folder held the same settings.
     Raises :class:`SettingsMismatchError` when it holds different ones.
@@ -427,9 +432,12 @@ def prepare_out_dir(out: str | os.PathLike, command: str, settings: dict[str, An
         try:
             rewrite = resumed_record(str(path), old, record, upgrade)
         except SettingsMismatchError as e:
-            if not holds_no_work(path, old, command):
+            if not holds_no_work(path, old, command, setup_files):
                 raise
             from diffaudit.core.progress import stage_line
+
+            for name in setup_files:  # written from the earlier settings
+                (path / name).unlink(missing_ok=True)
 
             # a run refused or stopped before its first result: nothing of the earlier settings to keep
             stage_line(f"{path} held no work yet, only the settings of an earlier run ({'; '.join(e.differences)}); "
@@ -447,15 +455,16 @@ def prepare_out_dir(out: str | os.PathLike, command: str, settings: dict[str, An
     return path, False
 
 
-def holds_no_work(path: Path, old: Any, command: str) -> bool:
+def holds_no_work(path: Path, old: Any, command: str, setup_files: tuple[str, ...] = ()) -> bool:
     """True when ``path``, holding ``command``'s settings record ``old``, holds nothing else of diffaudit's:
-    no file besides ``settings.json`` (and what the folder held before, ``kept_on_fresh``), empty
-    folders aside. Such a folder is what a run refused or stopped before its first result leaves."""
+    no file besides ``settings.json``, the command's ``setup_files`` (see :func:`prepare_out_dir`) and what
+    the folder held before (``kept_on_fresh``), empty folders aside. Such a folder is what a run refused or
+    stopped before its first result leaves."""
     if not isinstance(old, dict) or old.get("command") != command:
         return False
     kept = _foreign_entries(old)
     for p in path.iterdir():
-        if p.name == SETTINGS_FILE or p.name in kept:
+        if p.name == SETTINGS_FILE or p.name in kept or (p.name in setup_files and p.is_file()):
             continue
         if p.is_dir() and not p.is_symlink() and not any(not q.is_dir() or q.is_symlink() for q in p.rglob("*")):
             continue

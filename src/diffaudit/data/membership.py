@@ -32,6 +32,10 @@ from diffaudit.core.io import open_npz, save_npz_atomic
 from diffaudit.core.npz_arrays import read_npz_array
 from diffaudit.core.seeds import derive_seed, numpy_rng
 
+#: The most shadow models a membership matrix plans: the paper trains 16, LiRA's own study up to 256;
+#: 10^11 columns asked for terabytes.
+MAX_MODELS = 4096
+
 FORMAT_VERSION = 1
 _INT64 = np.iinfo(np.int64)
 
@@ -52,9 +56,10 @@ def make_membership(n_examples: int, n_models: int = 16, seed: int = 0) -> np.nd
             raise DiffauditError(f"{name} must be an integer; got {v!r}")
     if n_examples < 1:
         raise DiffauditError(f"a membership matrix needs at least one example; got n_examples={n_examples}")
-    if n_models < 2 or n_models % 2:
+    if n_models < 2 or n_models % 2 or n_models > MAX_MODELS:
         raise DiffauditError(
-            f"the number of models must be even and at least 2 (each example is IN for exactly half of them); got {n_models}"
+            f"the number of models must be even, at least 2 (each example is IN for exactly half of them) and at most "
+            f"{MAX_MODELS:,}; got {n_models}"
         )
     rng = numpy_rng(derive_seed(int(seed), "membership", int(n_models)))
     u = rng.random((int(n_examples), int(n_models)))

@@ -102,6 +102,12 @@ def to_channels(images: np.ndarray, channels: int) -> np.ndarray:
     return rgb_to_gray(images) if channels == 1 else gray_to_rgb(images)
 
 
+#: The largest image side a load resizes or crops to: 4 times the largest pixel-space diffusion model's
+#: (1024), and the largest ``sample_size`` a model folder may give
+#: (:data:`~diffaudit.models.config_values.MAX_SAMPLE_SIZE`); 10^11 overflowed Pillow.
+MAX_IMAGE_SIDE = 4096
+
+
 def check_size_option(name: str, value: int | None) -> int | None:
     """Validate an ``image_size`` / ``center_crop`` option: None or a positive int.
 
@@ -109,6 +115,6 @@ def check_size_option(name: str, value: int | None) -> int | None:
     the command line gives it."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise DiffauditError(f"--{name.replace('_', '-')} must be a positive number of pixels; got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= MAX_IMAGE_SIDE:
+        raise DiffauditError(f"--{name.replace('_', '-')} must be a number of pixels in [1, {MAX_IMAGE_SIDE}]; got {value!r}")
     return int(value)

@@ -44,6 +44,7 @@ from diffaudit.defenses.canaries import (
     max_exposure,
     reference_row,
 )
+from diffaudit.models.loss import MAX_NOISE_DRAWS
 
 SAMPLE_CHUNK = 1024
 
@@ -87,8 +88,9 @@ class CanaryEval:
         T = training_timesteps()
         if not 0 <= self.timestep < T:
             raise DiffauditError(f"--timestep must lie in [0, {T - 1}] (the schedule has T = {T} steps); got {self.timestep}")
-        if self.n_draws < 1:
-            raise DiffauditError(f"--n-draws must be at least 1 (noise draws averaged per loss); got {self.n_draws}")
+        if not 1 <= self.n_draws <= MAX_NOISE_DRAWS:
+            raise DiffauditError(f"--n-draws must lie in [1, {MAX_NOISE_DRAWS:,}] (noise draws averaged per loss); got "
+                                 f"{self.n_draws}")
         if self.n_samples < 0:
             raise DiffauditError(f"--n-samples must be at least 0 (0: no extraction check); got {self.n_samples}")
         if not 1 <= self.sample_steps <= T:

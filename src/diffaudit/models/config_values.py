@@ -16,11 +16,12 @@ import math
 from typing import Any, Mapping
 
 from diffaudit.core.errors import DiffauditError
+from diffaudit.data.transforms import MAX_IMAGE_SIDE
 
 #: Largest ``sample_size`` (image side, pixels). Published pixel-space diffusion models sample at most
 #: 1024 x 1024 (NCSN++ on FFHQ-1024); 4096 leaves four times that side. One 4-channel float32 image at the
 #: bound is 256 MiB, where a side of 100,000 asked the allocator for 1.28 TB for x_T of one micro-batch.
-MAX_SAMPLE_SIZE = 4096
+MAX_SAMPLE_SIZE = MAX_IMAGE_SIDE
 #: Largest ``in_channels`` / ``out_channels``. Images have 1 to 4 channels and a learned-variance UNet
 #: gives twice its input; 256 is far past any pixel model, and keeps the first and last convolutions small
 #: (the weights file must hold tensors of these shapes, so a larger value only asked for memory first).

@@ -24,6 +24,10 @@ from diffaudit.core.seeds import counter_randn, derive_seed
 from diffaudit.data.dataset import to_model_space
 from diffaudit.models.denoiser import Denoiser, check_model_input
 
+#: The most noise draws ε a loss averages over (``--draws``, ``--n-draws``): the paper's Strong LiRA uses up
+#: to 20; past a thousand the average no longer changes, and 10^11 draws asked for terabytes.
+MAX_NOISE_DRAWS = 1000
+
 
 #: Version of how ε is drawn (above). Loss caches name it from version 2 on: a change to the noise
 #: must raise it, or shadow losses cached under the old noise would meet target losses under the new one.
@@ -89,8 +93,8 @@ def per_example_loss(
     ts = [int(t) for t in timesteps]
     if not ts or min(ts) < 0 or max(ts) >= T:
         raise DiffauditError(f"timesteps must lie in [0, {T - 1}]; got {list(timesteps)}")
-    if n_draws < 1:
-        raise DiffauditError("n_draws must be at least 1")
+    if not 1 <= n_draws <= MAX_NOISE_DRAWS:
+        raise DiffauditError(f"n_draws must lie in [1, {MAX_NOISE_DRAWS:,}]; got {n_draws}")
     if batch_size < 1:
         raise DiffauditError(f"batch_size must be at least 1; got {batch_size}")
     n_flip = 2 if flips else 1

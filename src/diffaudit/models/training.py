@@ -63,6 +63,11 @@ from diffaudit.models.run_record import training_digests
 from diffaudit.models.unets import build_unet, count_parameters, unet_config
 
 
+#: The most images a training step takes: DDPM trains CIFAR-10 at 128, large-batch and DP-SGD runs at a few
+#: thousand; 10^11 asked numpy for 745 GiB of batch positions.
+MAX_BATCH_SIZE = 65_536
+
+
 @dataclass
 class TrainConfig:
     """Hyper-parameters of a training run (saved in ``train_config.json``).
@@ -90,6 +95,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise DiffauditError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.batch_size > MAX_BATCH_SIZE:
+            raise DiffauditError(f"--batch-size must be at most {MAX_BATCH_SIZE:,} images per step; got {self.batch_size:,}")
         if not (0 < self.lr < 1):
             raise DiffauditError(f"--lr must lie in (0, 1); got {self.lr}")
         if not (0 <= self.ema_decay < 1):
@@ -386,7 +393,8 @@ class RunPlan:
         :func:`~diffaudit.core.outdir.prepare_out_dir` takes it (the paths of the data record, which
         the caller makes, as typed then and canonical now): a run whose upgraded settings match
         resumes, its settings recorded anew."""
-        run, _ = prepare_out_dir(out_dir, "train", self.settings, fresh=fresh, upgrade=upgrade)
+        run, _ = prepare_out_dir(out_dir, "train", self.settings, fresh=fresh, upgrade=upgrade,
+                                 setup_files=("train_config.json", "train_ids.json"))
         if not is_finished(run):
             write_json_atomic(run / "train_config.json", self.config_record)
             write_json_atomic(run / "train_ids.json", self.ids_record)

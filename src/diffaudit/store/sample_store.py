@@ -192,7 +192,8 @@ class SampleStore:
         else:
             if not fresh:
                 _refuse_unowned_store(loc)
-            loc = LocalFolder(prepare_out_dir(loc.path, "sample", full, fresh=fresh, upgrade=upgrade)[0])
+            loc = LocalFolder(prepare_out_dir(loc.path, "sample", full, fresh=fresh, upgrade=upgrade,
+                                              setup_files=(MANIFEST,))[0])
         total = len(prompts) * per_prompt
         manifest = {
             "schema_version": 1, "n_total": total, "per_prompt": per_prompt, "shard_size": shard_size,

@@ -42,6 +42,7 @@ from diffaudit.core.errors import DiffauditError
 from diffaudit.core.results import with_current_names
 from diffaudit.data.dataset import from_model_space, to_model_space
 from diffaudit.distances.pixel import l2
+from diffaudit.models.loss import MAX_NOISE_DRAWS
 from diffaudit.sampling.inpaint import inpaint, inpainting_seeds
 
 Model = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -69,8 +70,8 @@ class InpaintAttackConfig:
             raise DiffauditError(f"--n-inpaint must be at least 1; got {self.n_inpaint}")
         if not 1 <= self.top_k <= self.n_inpaint:
             raise DiffauditError(f"--top-k must lie in [1, --n-inpaint = {self.n_inpaint}]; got {self.top_k}")
-        if self.n_draws < 1:
-            raise DiffauditError(f"--n-draws must be at least 1; got {self.n_draws}")
+        if not 1 <= self.n_draws <= MAX_NOISE_DRAWS:
+            raise DiffauditError(f"--n-draws must lie in [1, {MAX_NOISE_DRAWS:,}]; got {self.n_draws}")
         for name in ("steps", "jump_length", "jump_n_sample"):
             if getattr(self, name) < 1:
                 raise DiffauditError(f"--{name.replace('_', '-')} must be at least 1; got {getattr(self, name)}")

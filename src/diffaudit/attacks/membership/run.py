@@ -46,6 +46,7 @@ from diffaudit.core.progress import warning_line
 from diffaudit.data.dataset import ImageDataset
 from diffaudit.models.alike import check_models_alike
 from diffaudit.models.digest import model_digest
+from diffaudit.models.loss import MAX_NOISE_DRAWS
 from diffaudit.models.run_files import is_model_from_elsewhere, read_dropped_duplicates
 from diffaudit.models.run_record import check_trained_on, has_train_ids, no_train_ids_error
 
@@ -95,8 +96,8 @@ class MiaConfig:
                 raise DiffauditError(f"{flag} must not repeat a timestep; got {','.join(map(str, ts))}")
             if ts and min(ts) < 0:
                 raise DiffauditError(f"{flag} must be >= 0; got {','.join(map(str, ts))}")
-        if self.n_draws < 1:
-            raise DiffauditError(f"--draws must be at least 1; got {self.n_draws}")
+        if not 1 <= self.n_draws <= MAX_NOISE_DRAWS:
+            raise DiffauditError(f"--draws must lie in [1, {MAX_NOISE_DRAWS:,}] (the paper: up to 20); got {self.n_draws}")
         if self.batch_size != AUTO and self.batch_size < 1:
             raise DiffauditError(f"--batch-size must be at least 1; got {self.batch_size}")
         if self.transform not in TRANSFORMS:
