@@ -41,6 +41,10 @@ def test_a_file_url_out_is_its_path(tmp_path, capsys):
     (["export", "--samples", "", "--out", "e"], "--samples"),
     (["dedup", "--data", " ", "--out", "d"], "--data"),
     (["dedup", "--data", "digits", "--data-cache", "", "--out", "d"], "--data-cache"),
+    # the fuzzing walk's: `inpaint --mask ''` read the current folder as a mask image
+    (["inpaint", "--model", "m", "--shadow", "s", "--data", "digits", "--mask", "", "--out", "i"], "--mask"),
+    (["verify", "--samples", "s", "--data", "digits", "--baseline", "", "--out", "v"], "--baseline"),
+    (["train", "--data", "digits", "--repeat", "", "--out", "t"], "--repeat"),
 ])
 def test_an_empty_path_is_refused_by_its_flag(argv, flag, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

@@ -112,7 +112,7 @@ def test_center_crop_then_resize(write_images):
     assert both.images.shape == (1, 2, 2, 1) and np.all(both.images == 200)
     with pytest.raises(DiffauditError, match=r"a\.png: cannot centre-crop 7x7 from a 10x6 image"):
         load_dataset(root, center_crop=7)
-    with pytest.raises(DiffauditError, match="--image-size must be a positive"):
+    with pytest.raises(DiffauditError, match=r"--image-size must be a number of pixels in \[1, 4096\]"):
         load_dataset(root, image_size=0)
 
 
@@ -144,3 +144,21 @@ def test_folder_names_with_braces_are_folders(tmp_path, monkeypatch):
         assert load_dataset(f"../{name}").keys == ["a.png"]  # relative, with '..': still the folder
     assert is_shard_spec("s-{000000..000004}.tar") and is_shard_spec("s-{a,b}.tar") and is_shard_spec("x.tar.gz")
     assert not is_shard_spec(str(tmp_path / "run{1}"))
+
+
+def test_a_sample_store_given_as_data_is_refused_even_with_images_exported_into_it(tmp_path):
+    """`verify --samples gens --data gens`, with `export --out gens/png` done before, read the exported PNGs as a
+    training set and reported every generation as an extracted copy of itself. A store is never a dataset."""
+    from PIL import Image
+
+    from diffaudit.core.errors import DiffauditError
+    from diffaudit.data import load_dataset
+
+    store = tmp_path / "gens"
+    (store / "shards").mkdir(parents=True)
+    (store / "manifest.json").write_text("{}")
+    (store / "png").mkdir()
+    Image.new("L", (8, 8)).save(store / "png" / "p0-i0.png")
+    with pytest.raises(DiffauditError, match="gens is a sample store .*give it as --samples"):
+        load_dataset(str(store))
+    assert len(load_dataset(str(store / "png"))) == 1  # the exported images themselves are a folder like any

@@ -54,7 +54,11 @@ def test_a_missing_shadow_is_named_by_its_flag(models, tmp_path, capsys):
     capsys.readouterr()
     assert _inpaint(target, tmp_path / "inp", "--shadow", str(missing), "--steps", "2") == 2
     err = capsys.readouterr().err
-    assert f"--shadow {missing}: not a directory" in err and "--model" not in err
+    assert f"--shadow {missing} does not exist" in err and "--model" not in err
+    # with the default --targets, which digits' 10 members cannot meet, the missing shadow is still what is said
+    assert main(["--quiet", "inpaint", "--model", str(target), "--shadow", str(missing), "--data", "digits", "--subset",
+                 "16", "--device", "cpu", "--out", str(tmp_path / "inp")]) == 2
+    assert f"--shadow {missing} does not exist" in capsys.readouterr().err
 
 
 def test_check_models_fit_names_the_shadow_flag(models, digits, tmp_path):

@@ -264,3 +264,21 @@ def test_an_option_of_the_other_rule_is_warned_of(model_store, tmp_path, capsys)
     assert "--alpha and --n-neighbors are for --rule ratio, and this run verifies by rule l2" in capsys.readouterr().err
     assert run(*base, "--rule", "l2", "--delta", "0.05", "--out", tmp_path / "c") == 0
     assert "is for --rule" not in capsys.readouterr().err
+    # --map-resize without --train-map was ignored in silence
+    assert run(*base, "--map-resize", "none", "--out", tmp_path / "d") == 0
+    assert "--map-resize says how --train-map's images were cropped, and this run has no --train-map" in (
+        capsys.readouterr().err)
+
+
+def test_a_sample_store_given_as_shadows_or_a_loss_cache_is_named_as_such(model_store, tmp_path, capsys):
+    """`mia --shadows STORE` said "shadow model 0 (STORE/model-00) is missing; re-run the diffaudit shadows
+    command that made STORE", and `--loss-cache STORE` wrote cache folders into the store."""
+    _, store = model_store
+    base = ["mia", "--data", "digits", "--subset", "16", "--out", tmp_path / "x", "--device", "cpu"]
+    assert run(*base, "--shadows", store, "--membership", store) == 2
+    assert (f"--shadows {store} is a sample store written by `diffaudit sample`, not the folder of `diffaudit shadows`"
+            in capsys.readouterr().err)
+    assert run(*base, "--target", store.parent / "run", "--attack", "loss", "--loss-cache", store) == 2
+    assert f"--loss-cache {store} is a sample store written by `diffaudit sample`, not a folder of cached losses" in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "x").exists()

@@ -138,7 +138,9 @@ def out_file(out: str, name: str) -> Path:
 
 #: The options naming a path whose empty value (an unset variable in a script) is refused before any work:
 #: read as a path, "" is the current folder ("--out . already holds 31 files of yours").
-PATH_OPTIONS = ("out", "data", "samples", "model", "membership", "shadows", "target", "heldout", "data_cache")
+PATH_OPTIONS = ("out", "data", "samples", "model", "membership", "shadows", "target", "heldout", "data_cache", "shadow",
+                "baseline", "train_map", "from_extract", "prompts", "dedup", "calibrate", "loss_cache", "fid_features",
+                "config", "repeat", "extend", "mask", "canary_pool", "clip_model")
 
 
 def check_paths(args: argparse.Namespace, command: str, *, out_object_store: bool = False) -> None:
@@ -207,10 +209,12 @@ def refuse_files_for_folders(args: argparse.Namespace, flags: dict[str, str]) ->
             raise DiffauditError(f"{flag} {value} is a file, not {what}; the folder holding it is {Path(value).parent}")
 
 
-def refuse_stores_for_models(args: argparse.Namespace, dests: Iterable[str]) -> None:
+def refuse_stores_for_models(args: argparse.Namespace, dests: Iterable[str], what: str | None = None) -> None:
     """Refuse a sample store (``diffaudit sample --out``) given where an option (``dests``) names a model
     folder, naming the model the store records it sampled: read as a model, it was a folder without a
-    ``train_ids.json``, and the advice was to write one into it."""
+    ``train_ids.json``, and the advice was to write one into it. ``what``: what the options name instead
+    of a model (``--shadows``: the folder of `diffaudit shadows`, which called the store's shadow model 0
+    missing)."""
     from diffaudit.store.sample_store import SampleStore
 
     for dest in dests:
@@ -225,8 +229,9 @@ def refuse_stores_for_models(args: argparse.Namespace, dests: Iterable[str]) -> 
             sampler = None
         model = sampler.get("model") if isinstance(sampler, dict) else None
         made = f" (it records that model {model} made it)" if isinstance(model, str) and model else ""
-        raise DiffauditError(f"--{dest.replace('_', '-')} {value} is a sample store written by `diffaudit sample`, not a "
-                             f"model: give the model folder{made}")
+        instead = f"{what}: give that" if what else f"a model: give the model folder{made}"
+        raise DiffauditError(f"--{dest.replace('_', '-')} {value} is a sample store written by `diffaudit sample`, not "
+                             f"{instead}")
 
 
 def file_in_folder(spec: str | None, name: str) -> str | None:

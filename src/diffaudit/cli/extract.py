@@ -12,6 +12,7 @@ from diffaudit.attacks.extraction.blackbox import (
     DEFAULT_MAX_COMPONENT,
     NeighbourEdges,
     extract_unconditional,
+    too_large_a_clique,
 )
 from diffaudit.attacks.extraction.calibration import (
     CalibrationPoint, best_point, calibrate, check_clique_sizes, parse_float_list, parse_int_list,
@@ -424,7 +425,7 @@ def run(args: argparse.Namespace) -> int:
     if args.k_neighbors < 1:
         raise DiffauditError(f"--k-neighbors must be at least 1, got {args.k_neighbors}")
     if args.max_component < args.min_clique:
-        raise DiffauditError(f"--max-component ({args.max_component}) must be at least --min-clique ({args.min_clique})")
+        raise DiffauditError(too_large_a_clique(args.min_clique, args.max_component))
     device, workers_device = run_devices(args, "extract")
     ds = read_generations(args.samples)
     grid = check_grid(_grid(args, ds.image_shape), ds.image_shape)  # before any work, whatever the data
@@ -434,6 +435,9 @@ def run(args: argparse.Namespace) -> int:
         mode = "conditional" if ds.captions is not None else "unconditional"
     if mode == "conditional" and ds.captions is None:
         raise DiffauditError(f"--mode conditional: {args.samples} carries no prompts; use --mode unconditional")
+    if mode == "unconditional" and len(ds) < args.min_clique:  # (a prompt with too few is said in its result)
+        warning_line("extract", f"{len(ds):,} generation{'s' if len(ds) != 1 else ''} cannot hold a clique of --min-clique "
+                                f"{args.min_clique:,}, so none can be flagged: generate more, or lower --min-clique")
     if args.calibrate:
         if mode != "conditional":
             raise DiffauditError("--calibrate needs prompts (conditional samples): the ground truth names memorized prompts")

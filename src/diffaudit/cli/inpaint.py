@@ -183,6 +183,9 @@ def check_shadow_args(args) -> None:
     ``membership.npz`` (as `diffaudit shadows` writes it and `diffaudit mia` reads it)."""
     if bool(args.shadow) == bool(args.shadows):
         raise DiffauditError("give exactly one of --shadow RUN or --shadows DIR [--membership FILE]")
+    for flag, value in (("--shadow", args.shadow), ("--shadows", args.shadows)):
+        if value and not Path(value).exists():  # before the targets are drawn, whose refusal would come first
+            raise DiffauditError(f"{flag} {value} does not exist")
     if args.shadows and not args.membership:
         default = Path(args.shadows) / "membership.npz"
         if not default.is_file():
@@ -423,7 +426,7 @@ def run(args: argparse.Namespace) -> int:
     from diffaudit.models.scheduler import num_train_timesteps
     from diffaudit.sampling.masks import describe_mask, make_mask
 
-    refuse_stores_for_models(args, ["model"])
+    refuse_stores_for_models(args, ["model", "shadow"])
     if args.target_keys is not None and args.targets is not None:
         raise DiffauditError("give --targets N_IN,N_OUT (seeded random targets) or --target-keys IDS (these), not both")
     args.targets = DEFAULT_TARGETS if args.targets is None else args.targets

@@ -321,6 +321,9 @@ def _say_unused_rule_options(args: argparse.Namespace, rule: str) -> None:
         warning_line("verify", f"{' and '.join(unused)} {'is' if len(unused) == 1 else 'are'} for --rule {other}, and this "
                      f"run verifies by rule {rule}: {'it changes' if len(unused) == 1 else 'they change'} nothing here"
                      f"{'; pass --rule l2 to verify by (l2, delta)' if other == 'l2' else ''}")
+    if "map_resize" in given and not args.train_map and speaking_as(NAME) == NAME:
+        warning_line("verify", "--map-resize says how --train-map's images were cropped, and this run has no --train-map: "
+                               "it changes nothing here")
 
 
 def _names() -> tuple[str, str]:

@@ -91,8 +91,12 @@ def list_folder(root: str | os.PathLike, *, source: str | None = None) -> Listin
         DiffauditError: the folder mixes top-level images with class sub-folders, or holds no images.
     """
     root = Path(root)
-    files = _image_files(root)
     source = source or str(root)
+    if (root / "manifest.json").is_file() and (root / "shards").is_dir():  # as `diffaudit sample` writes them
+        raise DiffauditError(f"{root} is a sample store (its manifest.json and shards/): generations, not a dataset; "
+                             "give it as --samples, which reads stores (read as a dataset, the images exported into "
+                             "it would be taken for training images, each generation matching itself)")
+    files = _image_files(root)
     if not files:
         hint = ""
         shards = sorted(p.name for p in root.glob("*.tar*") if p.is_file())

@@ -127,6 +127,14 @@ class NeighbourEdges:
         return cls.from_chunks(len(knn.indices), [(0, knn)], threshold)
 
 
+
+def too_large_a_clique(min_clique: int, max_component: int) -> str:
+    """The refusal of a ``--min-clique`` above ``--max-component``: the clique asked for is larger than any
+    group searched, so none could ever be flagged (it named --max-component as the one at fault)."""
+    return (f"--min-clique {min_clique:,} is more than --max-component {max_component:,}, the largest group of "
+            "near-identical generations searched for cliques, so no clique could be flagged: lower --min-clique "
+            "(the paper: 10) or raise --max-component")
+
 def candidate_components(edges: NeighbourEdges, min_size: int) -> list[np.ndarray]:
     """Components (index arrays, ≥ ``min_size``, ordered by smallest member) of the graph of ``edges``."""
     n = edges.n
@@ -165,7 +173,7 @@ def extract_unconditional(
     if k_neighbors < 1:
         raise DiffauditError(f"--k-neighbors must be at least 1, got {k_neighbors}")
     if max_component < s.min_clique:
-        raise DiffauditError(f"--max-component ({max_component}) must be at least --min-clique ({s.min_clique})")
+        raise DiffauditError(too_large_a_clique(s.min_clique, max_component))
     if n < 2:
         return UnconditionalResult([], n, 0, 0, 0, False)
     k = min(k_neighbors, n - 1)
