@@ -436,10 +436,9 @@ def prepare_out_dir(out: str | os.PathLike, command: str, settings: dict[str, An
                 raise
             from diffaudit.core.progress import stage_line
 
+            # a run refused or stopped before its first result: nothing of the earlier settings to keep
             for name in setup_files:  # written from the earlier settings
                 (path / name).unlink(missing_ok=True)
-
-            # a run refused or stopped before its first result: nothing of the earlier settings to keep
             stage_line(f"{path} held no work yet, only the settings of an earlier run ({'; '.join(e.differences)}); "
                        "starting over with these")
             write_json_atomic(sfile, _keeping_foreign(record, old))
