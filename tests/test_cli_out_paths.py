@@ -109,3 +109,30 @@ def test_another_commands_folder_given_to_export_is_said_as_such(tmp_path, capsy
     assert main(["export", "--samples", str(tmp_path / "run"), "--out", str(tmp_path / "png")]) == 2
     assert (f"{tmp_path / 'run'} is the output folder of `diffaudit train`, not a sample store; pass the sample store "
             "`diffaudit sample` wrote") in capsys.readouterr().err
+
+
+def test_an_out_inside_a_train_run_or_a_sample_store_is_refused(tmp_path, capsys):
+    """`export --out STORE/png`, `train --out RUN/unet` and `membership --out RUN/m.npz` filled other commands'
+    folders with unrelated files (and a store holding exported PNGs then read as a dataset). An audit's and
+    `shadows`' folders hold the folders of the commands they run, so an --out inside those stays allowed."""
+    from helpers import make_tiny_model_dir
+
+    from diffaudit.core.io import write_json_atomic
+    from diffaudit.core.outdir import SETTINGS_FILE, settings_record
+
+    run = make_tiny_model_dir(tmp_path / "run")
+    write_json_atomic(run / SETTINGS_FILE, settings_record("train", {"data": {"spec": "digits", "options": {}}}))
+    store = tmp_path / "store"
+    assert main(["--quiet", "sample", "--model", str(run), "--n", "2", "--steps", "2", "--device", "cpu",
+                 "--out", str(store)]) == 0
+    for argv, inside in ((["export", "--samples", str(store), "--out", str(store / "png")], f"{store}, a sample store"),
+                         (["membership", "--data", "digits", "--subset", "16", "--models", "2", "--out",
+                           str(run / "m.npz")], f"{run}, the folder of a `diffaudit train` run")):
+        assert main(argv) == 2
+        assert f"lies inside {inside}" in capsys.readouterr().err
+    assert not (store / "png").exists() and not (run / "m.npz").exists()
+    audit_like = tmp_path / "audit"
+    (audit_like / "models").mkdir(parents=True)
+    write_json_atomic(audit_like / SETTINGS_FILE, settings_record("audit", {}))
+    assert main(["--quiet", "membership", "--data", "digits", "--subset", "16", "--models", "2", "--out",
+                 str(audit_like / "models" / "m.npz")]) == 0

@@ -308,6 +308,7 @@ def refuse_out_inside_data(args: argparse.Namespace) -> None:
     if not isinstance(out, str) or not out or "://" in out:
         return
     target = Path(out).expanduser().resolve()
+    refuse_out_inside_runs(out, target)
     for name in DATA_FOLDER_OPTIONS:
         value = getattr(args, name, None)
         if not isinstance(value, str) or value in BUILTIN_NAMES or not Path(value).expanduser().is_dir():
@@ -318,6 +319,27 @@ def refuse_out_inside_data(args: argparse.Namespace) -> None:
             raise DiffauditError(f"--out {out} lies inside {flag} {value}: what this command writes there (plots, "
                                  f"samples, models) would be read as part of {flag} the next time, and the data would "
                                  f"no longer be the same; choose an --out outside {value}")
+
+
+#: Commands whose output folder holds only what they write themselves: another command's --out inside one
+#: (`export --out STORE/png`, `train --out RUN/unet`, `membership --out RUN`) filled it with unrelated files,
+#: and a sample store with exported PNGs then read as a dataset. (An audit's and `shadows`' folders hold
+#: the folders of the commands they run, so those are not among them.)
+CLOSED_FOLDERS = ("train", "sample")
+
+
+def refuse_out_inside_runs(out: str, target: Path) -> None:
+    """Refuse an ``--out`` (``target``, resolved) that lies inside the folder of a `train` run or a sample
+    store (:data:`CLOSED_FOLDERS`), naming that folder."""
+    from diffaudit.core.errors import DiffauditError
+    from diffaudit.core.outdir import recorded_command
+
+    for parent in target.parents:
+        command = recorded_command(parent) if (parent / "settings.json").is_file() else None
+        if command in CLOSED_FOLDERS:
+            what = "a sample store" if command == "sample" else "the folder of a `diffaudit train` run"
+            raise DiffauditError(f"--out {out} lies inside {parent}, {what}, which holds only what `diffaudit "
+                                 f"{command}` writes there: choose an --out outside it")
 
 
 def add_run_args(p: argparse.ArgumentParser, *, out_required: bool = True) -> None:
