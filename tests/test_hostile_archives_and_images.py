@@ -21,6 +21,7 @@ import zlib
 import numpy as np
 import pytest
 
+from diffaudit.core import decompression
 from diffaudit.core.errors import DiffauditError
 from diffaudit.data import load_dataset
 from diffaudit.data import images as images_module
@@ -72,7 +73,7 @@ def test_a_compressed_bomb_is_refused_as_soon_as_it_passes_the_limit(tmp_path, p
                                                                       write_tar, encode_image, codec):
     """A shard that inflates far past its size is refused with an error naming it, whatever
     ``skip_bad`` says; decompression stops at the limit, and its temporary file is removed."""
-    monkeypatch.setattr(shards, "MIN_DECOMPRESSED_LIMIT", 1 << 20)
+    monkeypatch.setattr(decompression, "MIN_DECOMPRESSED_LIMIT", 1 << 20)
     members = [("a.png", noisy_png(encode_image)), ("bomb.png", bytes(8 << 20))]  # 8 MiB of zeros: ~10 KiB packed
     plain = write_tar(tmp_path / "bomb.tar", members).read_bytes()
     module = {"gz": gzip, "xz": lzma}[codec]
@@ -89,8 +90,8 @@ def test_a_compressed_bomb_is_refused_as_soon_as_it_passes_the_limit(tmp_path, p
 
 
 def test_the_limit_follows_the_compressed_size():
-    assert shards.decompressed_limit(1000) == shards.MIN_DECOMPRESSED_LIMIT
-    assert shards.decompressed_limit(1 << 30) == shards.MAX_DECOMPRESSION_RATIO << 30
+    assert decompression.decompressed_limit(1000) == decompression.MIN_DECOMPRESSED_LIMIT
+    assert decompression.decompressed_limit(1 << 30) == decompression.MAX_DECOMPRESSION_RATIO << 30
 
 
 def test_a_compressed_shards_images_are_spans_into_its_temporary_tar(tmp_path, private_tmpdir, write_tar, encode_image):
@@ -328,12 +329,11 @@ def test_a_folder_of_flat_images_within_the_per_image_limit_is_still_refused_as_
     """Each image passed the per-image limit, yet six flat 8192 x 8192 PNGs (1.2 MB in all) held 1.2 GB of pixels
     and took 10.9 GB to deduplicate: a load whose kept pixels outgrow their files by the rule of compressed
     shards is refused. --image-size keeps the pixels small and loads them; real images stay far below it."""
-    import diffaudit.data.loader as loader
     from PIL import Image
 
     from diffaudit.data import load_dataset
 
-    monkeypatch.setattr(loader, "MIN_DECOMPRESSED_LIMIT", 1 << 20)  # small images stand in for gigabytes
+    monkeypatch.setattr(decompression, "MIN_DECOMPRESSED_LIMIT", 1 << 20)  # small images stand in for gigabytes
     flat = tmp_path / "flat"
     flat.mkdir()
     for i in range(4):  # 768 KiB of pixels each, from about 2 KiB of PNG

@@ -159,10 +159,10 @@ def test_a_compressed_array_that_expands_past_the_limit_is_refused_before_it_is_
     """A 2.9 MB ``savez_compressed`` file held a (4, 16000, 16000, 3) array of zeros, 3 GB: the data loader
     decompressed it and ended in a MemoryError traceback. Its size is true, so the declared-size check let it
     through; the compression ratio (the rule of compressed shards) does not. Real image data passes."""
-    import diffaudit.core.npz_arrays as npz_arrays
+    from diffaudit.core import decompression
     from diffaudit.data import load_dataset
 
-    monkeypatch.setattr(npz_arrays, "MIN_DECOMPRESSED_LIMIT", 1 << 20)  # small files stand in for gigabytes
+    monkeypatch.setattr(decompression, "MIN_DECOMPRESSED_LIMIT", 1 << 20)  # small files stand in for gigabytes
     bomb = tmp_path / "bomb.npz"
     np.savez_compressed(bomb, images=np.zeros((4, 512, 512, 3), np.uint8))  # 3 MiB in a few KiB
     with pytest.raises(DiffauditError, match=r"bomb.npz: array 'images' \(3.0 MiB\) is stored in .*decompression bomb"):

@@ -158,6 +158,8 @@ def plan_prompts(args: argparse.Namespace, source, prompts: list[str] | None = N
 
 
 def _planned_prompts(args: argparse.Namespace, source, prompts: list[str] | None) -> tuple[list[str | None], int]:
+    """(prompts, per_prompt) as the flags ask: ``--prompts``' lines, ``--classes``' class indices, or one
+    unconditional "prompt" (None) of ``--n`` images."""
     num_classes = source.num_classes
     per_prompt = 1 if args.per_prompt is None else args.per_prompt
     if args.prompts:

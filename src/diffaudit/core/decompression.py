@@ -13,3 +13,9 @@ from __future__ import annotations
 MAX_DECOMPRESSION_RATIO = 100
 #: ...or to this many bytes, whichever is larger; more is refused as a decompression bomb.
 MIN_DECOMPRESSED_LIMIT = 256 << 20
+
+
+def decompressed_limit(compressed_bytes: int) -> int:
+    """How many bytes input stored in ``compressed_bytes`` may expand to: :data:`MAX_DECOMPRESSION_RATIO`
+    times that, or :data:`MIN_DECOMPRESSED_LIMIT`, whichever is larger."""
+    return max(MIN_DECOMPRESSED_LIMIT, MAX_DECOMPRESSION_RATIO * compressed_bytes)

@@ -22,7 +22,7 @@ import math
 import numpy as np
 from numpy.lib import format as npy_format
 
-from diffaudit.core.decompression import MAX_DECOMPRESSION_RATIO, MIN_DECOMPRESSED_LIMIT
+from diffaudit.core import decompression
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.progress import bytes_text
 
@@ -72,11 +72,11 @@ def declared_array(npz: np.lib.npyio.NpzFile, path, name: str) -> tuple[tuple, n
             f"{path}: array {name!r} declares shape {shape} of {dtype} ({bytes_text(declared)}), but the file holds "
             f"{bytes_text(held)} of data for it; the file is corrupt or truncated: re-create it"
         )
-    limit = max(MIN_DECOMPRESSED_LIMIT, MAX_DECOMPRESSION_RATIO * info.compress_size)
-    if info.file_size > limit:  # savez_compressed's deflate: a 2.9 MB file held a 3 GB array
+    if info.file_size > decompression.decompressed_limit(info.compress_size):  # savez_compressed's deflate: a 2.9 MB file held a 3 GB array
         raise DiffauditError(
             f"{path}: array {name!r} ({bytes_text(info.file_size)}) is stored in {bytes_text(info.compress_size)}, "
-            f"compressed more than {MAX_DECOMPRESSION_RATIO} times (and past {bytes_text(MIN_DECOMPRESSED_LIMIT)}): "
+            f"compressed more than {decompression.MAX_DECOMPRESSION_RATIO} times (and past "
+            f"{bytes_text(decompression.MIN_DECOMPRESSED_LIMIT)}): "
             "refused as a decompression bomb (real image data compresses a few times: save it with np.savez if it "
             "is genuine)"
         )

@@ -45,7 +45,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from diffaudit.core.decompression import MAX_DECOMPRESSION_RATIO, MIN_DECOMPRESSED_LIMIT
+from diffaudit.core import decompression
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.progress import bytes_text, progress_bar, warning_once
 from diffaudit.data.builtin import BUILTIN_NAMES, list_cifar10, list_digits
@@ -260,11 +260,10 @@ def _check_decompression(source: str, kept: int, encoded: int) -> None:
     each image passes the per-image limit (:data:`~diffaudit.data.images.MAX_IMAGE_PIXELS`), yet six flat
     8192 x 8192 PNGs, 1.2 MB in all, held 1.2 GB of pixels and took 10.9 GB to deduplicate. Not a bad image
     (no single one is), so never skipped; --image-size keeps the pixels small."""
-    limit = max(MIN_DECOMPRESSED_LIMIT, MAX_DECOMPRESSION_RATIO * encoded)
-    if kept > limit:
+    if kept > decompression.decompressed_limit(encoded):
         raise DiffauditError(
             f"{source}: its images decode to more than {bytes_text(kept)} of pixels from {bytes_text(encoded)} of "
-            f"files, over {MAX_DECOMPRESSION_RATIO} times their size: refused as a decompression bomb. Real images "
+            f"files, over {decompression.MAX_DECOMPRESSION_RATIO} times their size: refused as a decompression bomb. Real images "
             "compress a few times; if these are genuine (large flat images), --image-size loads them smaller")
 
 

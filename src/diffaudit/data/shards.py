@@ -38,8 +38,8 @@ against ``webdataset.WebDataset`` itself. Reading the tar directly (rather than 
   silently there), every byte decompressed before the damage kept, and then read and checked as an
   uncompressed one.
 - Hostile sizes are refused before they are read. A compressed shard may decompress to at most
-  :data:`MAX_DECOMPRESSION_RATIO` times its size (or :data:`MIN_DECOMPRESSED_LIMIT`, whichever is
-  larger): a 153 KB ``.tar.xz`` that inflates to 1 GiB is a decompression bomb, an error naming the
+  :data:`~diffaudit.core.decompression.MAX_DECOMPRESSION_RATIO` times its size (or
+  :data:`~diffaudit.core.decompression.MIN_DECOMPRESSED_LIMIT`, whichever is larger): a 153 KB ``.tar.xz`` that inflates to 1 GiB is a decompression bomb, an error naming the
   shard whatever ``skip_bad`` says (decompressing a genuine one yourself and passing the ``.tar``
   lifts the limit: a plain tar is read in place). A member over :data:`MAX_MEMBER_BYTES`, and a GNU
   sparse member (a 10 KB member may declare gigabytes of holes), is a bad sample naming the member
@@ -79,7 +79,7 @@ import zlib
 from pathlib import Path
 from typing import NamedTuple
 
-from diffaudit.core.decompression import MAX_DECOMPRESSION_RATIO, MIN_DECOMPRESSED_LIMIT  # decompressed_limit reads them here
+from diffaudit.core import decompression
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import host_tag, remove_left_by_exited_writers
 from diffaudit.core.progress import bytes_text
@@ -205,11 +205,6 @@ def _compression(path: Path):
     return None
 
 
-def decompressed_limit(compressed_bytes: int) -> int:
-    """How many bytes a compressed shard of ``compressed_bytes`` may decompress to (see the module doc)."""
-    return max(MIN_DECOMPRESSED_LIMIT, MAX_DECOMPRESSION_RATIO * compressed_bytes)
-
-
 class _TempTar:
     """A compressed shard's decompressed tar: a temporary file that lives as long as this object, which
     every span into it holds (``Span.owner``), so the listing keeps spans, not bytes. The file is
@@ -233,13 +228,13 @@ def _decompressed(path: Path, module) -> tuple[_TempTar, BaseException | None]:
     The compressor's checks catch a stream that is cut short or damaged (``EOFError``, ``OSError``,
     ``zlib.error``, ``lzma.LZMAError``); what it decompressed before the damage stays in the file, so
     the complete samples before it can be kept. Decompression stops as soon as the output passes
-    :func:`decompressed_limit` (memory stays at one 64 KiB block; the disk at the limit).
+    :func:`~diffaudit.core.decompression.decompressed_limit` (memory stays at one 64 KiB block; the disk at the limit).
 
     Raises:
         DiffauditError: the shard decompresses past the limit (a decompression bomb), or the temporary
             file cannot be written (a full disk: said as such, never as a damaged shard).
     """
-    limit = decompressed_limit(path.stat().st_size)
+    limit = decompression.decompressed_limit(path.stat().st_size)
     remove_stale_temp_tars()
     try:
         fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_TAR_PREFIX}{host_tag()}-{os.getpid()}-", suffix=".tar")
@@ -299,9 +294,9 @@ def _inflate(path: Path, module, fd: int, limit: int) -> BaseException | None:
             if written > limit:
                 raise DiffauditError(
                     f"shard {path} decompresses to more than {bytes_text(limit)}, over diffaudit's limit for a compressed "
-                    f"shard of {bytes_text(path.stat().st_size)} ({MAX_DECOMPRESSION_RATIO} times its size, at least "
-                    f"{bytes_text(MIN_DECOMPRESSED_LIMIT)}: MAX_DECOMPRESSION_RATIO and MIN_DECOMPRESSED_LIMIT in "
-                    "diffaudit.data.shards); it is refused as a decompression bomb. If it is a genuine shard, "
+                    f"shard of {bytes_text(path.stat().st_size)} ({decompression.MAX_DECOMPRESSION_RATIO} times its size, "
+                    f"at least {bytes_text(decompression.MIN_DECOMPRESSED_LIMIT)}: MAX_DECOMPRESSION_RATIO and "
+                    "MIN_DECOMPRESSED_LIMIT in diffaudit.core.decompression); it is refused as a decompression bomb. If it is a genuine shard, "
                     "decompress it yourself (gunzip -k, xz -dk, bunzip2 -k) and pass the .tar, which is read in place"
                 )
             try:
