@@ -53,7 +53,7 @@ import warnings
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, ContextManager, Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -108,14 +108,19 @@ _SIXTEEN_BIT: ContextVar[SixteenBitSeen | None] = ContextVar("diffaudit_sixteen_
 
 
 @contextmanager
-def noting_sixteen_bit(seen: SixteenBitSeen) -> Iterator[SixteenBitSeen]:
+def _listening(var: ContextVar, listener: Any) -> Iterator[Any]:
+    """``var`` set to ``listener`` within this block, which yields it: where the decoder reports to a load."""
+    token = var.set(listener)
+    try:
+        yield listener
+    finally:
+        var.reset(token)
+
+
+def noting_sixteen_bit(seen: SixteenBitSeen) -> ContextManager[SixteenBitSeen]:
     """Within this block every 16-bit grayscale image decoded is counted in ``seen`` (its count, the
     largest raw value); yields ``seen``."""
-    token = _SIXTEEN_BIT.set(seen)
-    try:
-        yield seen
-    finally:
-        _SIXTEEN_BIT.reset(token)
+    return _listening(_SIXTEEN_BIT, seen)
 
 
 @dataclass
@@ -129,15 +134,10 @@ class EncodedBytes:
 _ENCODED: ContextVar[EncodedBytes | None] = ContextVar("diffaudit_encoded_bytes", default=None)
 
 
-@contextmanager
-def counting_encoded_bytes(counter: EncodedBytes) -> Iterator[EncodedBytes]:
+def counting_encoded_bytes(counter: EncodedBytes) -> ContextManager[EncodedBytes]:
     """Within this block every image file decoded adds its size to ``counter`` (a load's decompression
     budget: :func:`~diffaudit.data.loader.iter_decoded`); yields ``counter``."""
-    token = _ENCODED.set(counter)
-    try:
-        yield counter
-    finally:
-        _ENCODED.reset(token)
+    return _listening(_ENCODED, counter)
 
 
 def _note_sixteen_bit(raw: np.ndarray) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import loads_json
@@ -380,8 +380,6 @@ def _check_weights_hold_config(unet_dir: Path, config: dict, root: Path, flag: s
     weights, so ``block_out_channels: [8000, 8000]`` beside a tiny model's weights first took tens of GB.
     The model is built on the meta device (shapes, no memory); the files' tensors are counted from their
     headers. Errors of the build itself are the caller's to word."""
-    from safetensors import safe_open
-
     with quiet_loading(), torch.device("meta"):
         wanted = sum(p.numel() for p in UNet2DModel.from_config(config).parameters())
     held = 0

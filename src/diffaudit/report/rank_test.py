@@ -72,13 +72,13 @@ def rank_test(members: Sequence[float], nonmembers: Sequence[float]) -> dict[str
 
     m, n = len(members), len(nonmembers)
     total = n_orderings(m, n)
-    members_up, nonmembers_up = np.asarray(members, float), np.asarray(nonmembers, float)
-    at_least = rank_sum_count(-members_up, -nonmembers_up)  # members' rank sum at least the observed one
+    m_scores, n_scores = np.asarray(members, float), np.asarray(nonmembers, float)
+    at_least = rank_sum_count(-m_scores, -n_scores)  # members' rank sum at least the observed one
     if at_least is not None:
         exact_count = total < 2 ** 53  # a float count is an exact integer below that
         return {"pvalue": min(at_least / total, 1.0), "method": "exact",
                 "n_at_least": int(round(at_least)) if exact_count else None}
-    if m * n <= SCIPY_EXACT_LIMIT and len(np.unique(np.r_[members_up, nonmembers_up])) == m + n:
+    if m * n <= SCIPY_EXACT_LIMIT and len(np.unique(np.r_[m_scores, n_scores])) == m + n:
         with np.errstate(all="ignore"):
             p = float(mannwhitneyu(members, nonmembers, alternative="greater", method="exact").pvalue)
         if math.isfinite(p):
