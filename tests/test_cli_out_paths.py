@@ -111,17 +111,18 @@ def test_another_commands_folder_given_to_export_is_said_as_such(tmp_path, capsy
             "`diffaudit sample` wrote") in capsys.readouterr().err
 
 
-def test_an_out_inside_a_train_run_or_a_sample_store_is_refused(tmp_path, capsys):
+def test_an_out_inside_another_commands_folder_is_refused(tmp_path, capsys):
     """`export --out STORE/png`, `train --out RUN/unet` and `membership --out RUN/m.npz` filled other commands'
-    folders with unrelated files (and a store holding exported PNGs then read as a dataset). An audit's and
-    `shadows`' folders hold the folders of the commands they run, so an --out inside those stays allowed."""
-    from helpers import make_tiny_model_dir
-
+    folders with unrelated files (and a store holding exported PNGs then read as a dataset); another result's
+    report written into a verify folder replaced that folder's own report.html and summary.json. An audit's
+    and `shadows`' folders hold the folders of the commands they run, so an --out inside those stays allowed,
+    and so does a report's --out inside the folder it renders, where its default puts it."""
     from diffaudit.core.io import write_json_atomic
     from diffaudit.core.outdir import SETTINGS_FILE, settings_record
 
-    run = make_tiny_model_dir(tmp_path / "run")
-    write_json_atomic(run / SETTINGS_FILE, settings_record("train", {"data": {"spec": "digits", "options": {}}}))
+    run = tmp_path / "run"
+    assert main(["--quiet", "train", "--data", "digits", "--subset", "16", "--image-size", "8", "--steps", "2",
+                 "--warmup-steps", "0", "--device", "cpu", "--out", str(run)]) == 0
     store = tmp_path / "store"
     assert main(["--quiet", "sample", "--model", str(run), "--n", "2", "--steps", "2", "--device", "cpu",
                  "--out", str(store)]) == 0
@@ -131,6 +132,16 @@ def test_an_out_inside_a_train_run_or_a_sample_store_is_refused(tmp_path, capsys
         assert main(argv) == 2
         assert f"lies inside {inside}" in capsys.readouterr().err
     assert not (store / "png").exists() and not (run / "m.npz").exists()
+    verify = tmp_path / "verify"
+    verify.mkdir()
+    write_json_atomic(verify / SETTINGS_FILE, settings_record("verify", {}))
+    for argv in (["membership", "--data", "digits", "--subset", "16", "--models", "2", "--out", str(verify / "m.npz")],
+                 ["report", str(run), "--out", str(verify / "report.html")]):
+        assert main(argv) == 2
+        assert f"lies inside {verify}, the result folder of `diffaudit verify`" in capsys.readouterr().err
+    assert sorted(p.name for p in verify.iterdir()) == [SETTINGS_FILE]
+    assert main(["--quiet", "report", str(run), "--out", str(run / "report.html")]) == 0  # where its default puts it
+    assert (run / "report.html").is_file()
     audit_like = tmp_path / "audit"
     (audit_like / "models").mkdir(parents=True)
     write_json_atomic(audit_like / SETTINGS_FILE, settings_record("audit", {}))

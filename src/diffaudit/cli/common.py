@@ -158,7 +158,7 @@ def check_paths(args: argparse.Namespace, command: str, *, out_object_store: boo
     out = getattr(args, "out", None)
     if isinstance(out, str) and "://" in out:
         _out_url(args, command, out_object_store)
-    refuse_out_inside_data(args)
+    refuse_out_inside_data(args, command)
 
 
 def _out_url(args: argparse.Namespace, command: str, out_object_store: bool) -> None:
@@ -296,8 +296,9 @@ def _upgraded_paths(keys: tuple[str, ...], then: Callable[[dict[str, Any]], dict
 DATA_FOLDER_OPTIONS = ("data", "heldout", "canary_pool", "cifar_root")
 
 
-def refuse_out_inside_data(args: argparse.Namespace) -> None:
-    """Refuse an ``--out`` that is, or lies inside, a folder the command reads as data
+def refuse_out_inside_data(args: argparse.Namespace, command: str) -> None:
+    """Refuse an ``--out`` of ``command`` that lies inside another command's output folder
+    (:func:`refuse_out_inside_runs`), or is, or lies inside, a folder the command reads as data
     (:data:`DATA_FOLDER_OPTIONS`): what the command writes there (plots, samples, model folders) would be
     listed with that folder's images by the next read, so a resume would find other data, and with
     ``--image-size`` the plots would be trained on. A built-in dataset name is not a folder."""
@@ -308,7 +309,8 @@ def refuse_out_inside_data(args: argparse.Namespace) -> None:
     if not isinstance(out, str) or not out or "://" in out:
         return
     target = Path(out).expanduser().resolve()
-    refuse_out_inside_runs(out, target)
+    result_dir = getattr(args, "result_dir", None) if command == "report" else None
+    refuse_out_inside_runs(out, target, Path(result_dir).expanduser().resolve() if isinstance(result_dir, str) else None)
     for name in DATA_FOLDER_OPTIONS:
         value = getattr(args, name, None)
         if not isinstance(value, str) or value in BUILTIN_NAMES or not Path(value).expanduser().is_dir():
@@ -321,25 +323,29 @@ def refuse_out_inside_data(args: argparse.Namespace) -> None:
                                  f"no longer be the same; choose an --out outside {value}")
 
 
-#: Commands whose output folder holds only what they write themselves: another command's --out inside one
-#: (`export --out STORE/png`, `train --out RUN/unet`, `membership --out RUN`) filled it with unrelated files,
-#: and a sample store with exported PNGs then read as a dataset. (An audit's and `shadows`' folders hold
-#: the folders of the commands they run, so those are not among them.)
-CLOSED_FOLDERS = ("train", "sample")
+#: Commands whose output folder holds the folders of the commands they run (an audit's stages, the training
+#: runs of `shadows` and `canaries`): an --out inside one of those is allowed. Every other command's folder
+#: holds only what it writes itself: another command's --out inside one (`export --out STORE/png`,
+#: `train --out RUN/unet`, `membership --out MIA/m.npz`) filled it with unrelated files, which a sample store
+#: then read as a dataset, another result's report replaced the folder's own, and the owner's --fresh deleted.
+CONTAINER_FOLDERS = ("audit", "shadows", "canaries")
 
 
-def refuse_out_inside_runs(out: str, target: Path) -> None:
-    """Refuse an ``--out`` (``target``, resolved) that lies inside the folder of a `train` run or a sample
-    store (:data:`CLOSED_FOLDERS`), naming that folder."""
+def refuse_out_inside_runs(out: str, target: Path, reported: Path | None = None) -> None:
+    """Refuse an ``--out`` (``target``, resolved) that lies inside another command's output folder, unless
+    that command's folder holds others' (:data:`CONTAINER_FOLDERS`), naming the folder. ``reported``: the
+    result folder a `report` renders, into which its report.html and summary.json go by design."""
     from diffaudit.core.errors import DiffauditError
     from diffaudit.core.outdir import recorded_command
 
     for parent in target.parents:
         command = recorded_command(parent) if (parent / "settings.json").is_file() else None
-        if command in CLOSED_FOLDERS:
-            what = "a sample store" if command == "sample" else "the folder of a `diffaudit train` run"
-            raise DiffauditError(f"--out {out} lies inside {parent}, {what}, which holds only what `diffaudit "
-                                 f"{command}` writes there: choose an --out outside it")
+        if command is None or command in CONTAINER_FOLDERS or parent == reported:
+            continue
+        what = {"sample": "a sample store", "train": "the folder of a `diffaudit train` run"}.get(
+            command, f"the result folder of `diffaudit {command}`")
+        raise DiffauditError(f"--out {out} lies inside {parent}, {what}, which holds only what `diffaudit "
+                             f"{command}` writes there: choose an --out outside it")
 
 
 def add_run_args(p: argparse.ArgumentParser, *, out_required: bool = True) -> None:
