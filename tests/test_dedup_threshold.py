@@ -28,3 +28,15 @@ def test_threshold_range_follows_the_metric():
     for value, metric in ((-0.5, "hamming"), (math.nan, "cosine"), (math.inf, "hamming"), (1.0001, "cosine")):
         with pytest.raises(DiffauditError, match="--threshold"):
             check_threshold(value, metric)
+
+
+def test_a_low_threshold_that_removes_most_images_is_warned_of(tmp_path, capsys):
+    """-1 (in range) joins every pair of digits into one group: said, naming the calibrated value; the
+    default threshold on the same images says nothing."""
+    argv = ["--quiet", "dedup", "--data", "digits", "--subset", "40"]
+    assert main([*argv, "--out", str(tmp_path / "low"), "--threshold=-1"]) == 0
+    err = capsys.readouterr().err
+    assert "--threshold -1 removes 39 of 40 images as duplicates of another" in err
+    assert "calibrated 0.97" in err
+    assert main([*argv, "--out", str(tmp_path / "default")]) == 0
+    assert "warning" not in capsys.readouterr().err

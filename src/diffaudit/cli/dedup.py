@@ -154,6 +154,16 @@ def _deduped_target(spec: str) -> Path:
     return path
 
 
+def _warn_most_removed(args: argparse.Namespace, embedder, threshold: float, n: int, kept: int) -> None:
+    """Warn when a ``--threshold`` below the embedder's default removes more than half the images as
+    duplicates: at such a value (``-1`` joins every pair) unrelated images count as copies of each other."""
+    if args.threshold is None or threshold >= embedder.default_threshold or n - kept <= n / 2:
+        return
+    warning_line(NAME, f"--threshold {threshold:g} removes {n - kept} of {n} images as duplicates of another: below "
+                       f"the {args.embedder} embedder's calibrated {embedder.default_threshold:g}, unrelated images "
+                       "join the same group; raise --threshold unless the data is mostly copies")
+
+
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if args.batch_size < 1:
@@ -185,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
     with Timer() as t:
         res = find_duplicates(ds.images, embedder, threshold=threshold, index=args.index, k=args.k, nlist=args.nlist,
                               nprobe=args.nprobe, batch_size=args.batch_size, seed=args.seed, cache_dir=out / "embeddings")
+    _warn_most_removed(args, embedder, threshold, len(ds), len(res.keep_indices()))
     save_npz_atomic(out / "edges.npz", pairs=res.edges.pairs, similarity=res.edges.similarity)
     write_keep_list(out / "keep.json", ds, res)
     if args.write_deduped:
