@@ -109,7 +109,8 @@ def test_an_error_with_json_is_json_on_stdout(tmp_path, capsys):
 
 def test_a_command_line_refused_by_argparse_is_json_too_with_json(capsys):
     """An unknown flag, a value of the wrong type, an unknown command: with --json, a JSON document on
-    stdout as for any other refusal; a mistyped flag is named with the one meant."""
+    stdout as for any other refusal; a mistyped flag is named with the one meant, and a value that begins
+    with a dash is shown written as --flag=VALUE."""
     import json
 
     from diffaudit.cli.main import main
@@ -123,6 +124,9 @@ def test_a_command_line_refused_by_argparse_is_json_too_with_json(capsys):
         # a mistyped required flag is first said as missing: the mistyped one is named beside it
         (["--json", "extract", "--sample", "gens", "--out", "x"], "extract",
          "the following arguments are required: --samples (--sample is not an option here; did you mean --samples?)"),
+        # a value that begins with a dash reads as a flag: how to write it is said
+        (["--json", "inpaint", "--targets", "-1,2", "--out", "x"], "inpaint",
+         "argument --targets: expected one argument (a value that begins with a dash is written --targets=-1,2)"),
     ):
         with pytest.raises(SystemExit) as exit_:
             main(argv)

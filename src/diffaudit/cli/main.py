@@ -13,6 +13,7 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import sys
 from contextvars import ContextVar
 
@@ -109,6 +110,20 @@ _JSON_FOR: ContextVar[tuple[str | None] | None] = ContextVar("json_for", default
 _RAW: ContextVar[list[str]] = ContextVar("raw_argv", default=[])
 
 
+def _dash_value_hint(parser: argparse.ArgumentParser, message: str) -> str:
+    """For argparse's "argument --targets: expected one argument" where the value given begins with a dash
+    (``--targets -1,2``, read as an unknown flag): how to write it, ``--targets=-1,2``."""
+    match = re.match(r"argument (--[\w-]+)(?:/[\w-]+)*: expected one argument", message)
+    if not match:
+        return ""
+    raw, known = _RAW.get(), {f for a in parser._actions for f in a.option_strings}
+    flag = match.group(1)
+    for given, value in zip(raw, raw[1:]):
+        if given == flag and value.startswith("-") and value.split("=", 1)[0] not in known:
+            return f" (a value that begins with a dash is written {flag}={value})"
+    return ""
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse's parser whose refusal of a command line (an unknown flag, a value of the wrong type)
     is also a JSON document on stdout when ``--json`` was given, as every other refusal is."""
@@ -120,6 +135,7 @@ class _Parser(argparse.ArgumentParser):
             close = _close_flags(self, unknown)
             if close:
                 message += f" ({', '.join(unknown)} is not an option here; did you mean {', '.join(close)}?)"
+        message += _dash_value_hint(self, message)
         asked = _JSON_FOR.get()
         if asked is not None:
             self.print_usage(sys.stderr)
