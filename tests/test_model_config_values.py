@@ -13,7 +13,7 @@ import pytest
 
 from diffaudit.cli.main import main
 from diffaudit.core.errors import DiffauditError
-from diffaudit.models.config_values import MAX_LAYERS_PER_BLOCK, MAX_SAMPLE_SIZE, MAX_TRAIN_TIMESTEPS, check_unet_values
+from diffaudit.models.config_values import MAX_BLOCK_WIDTH, MAX_LAYERS_PER_BLOCK, MAX_SAMPLE_SIZE, MAX_TRAIN_TIMESTEPS, check_unet_values
 from diffaudit.models.denoiser import load_denoiser, read_schedule
 from diffaudit.models.scheduler import num_train_timesteps
 from helpers import make_tiny_model_dir
@@ -83,6 +83,10 @@ FURTHER = [
     (UNET, "block_out_channels", [16, "x"], "block_out_channels must be a list of positive integers"),
     (UNET, "norm_num_groups", 0, "norm_num_groups must be a positive integer"),  # ZeroDivisionError
     (UNET, "attention_head_dim", "x", "attention_head_dim must be null or a positive integer"),
+    # widths past any published UNet, refused by value even where the weights file is as large as the config
+    (UNET, "block_out_channels", [16, 10 ** 6], f"block_out_channels must be a list of positive integers up to "
+                                               f"{MAX_BLOCK_WIDTH:,}"),
+    (UNET, "time_embedding_dim", 10 ** 6, f"time_embedding_dim must be null or a positive integer up to {MAX_BLOCK_WIDTH:,}"),
     (UNET, "norm_eps", "x", "norm_eps must be a finite number"),  # failed mid-sampling, inside group_norm
     (SCHED, "beta_end", "x", "beta_end must be a finite number"),
     (SCHED, "beta_start", -0.5, "beta_start and beta_end must give βs in [0, 1]"),  # ᾱ > 1: complex clamp

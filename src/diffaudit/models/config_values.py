@@ -30,6 +30,12 @@ MAX_CHANNELS = 256
 #: efficient U-Net up to 8; 32 leaves four times that, and the ddpm-cifar10 preset built with 32 has 380M
 #: parameters and takes about 2 s to build, where 100,000 kept building for hours.
 MAX_LAYERS_PER_BLOCK = 32
+#: Largest entry of ``block_out_channels`` (a resolution's feature channels), and of ``time_embedding_dim``
+#: and ``attention_head_dim``. Pixel-space UNets are at most 1,024 wide (ADM on ImageNet-512; the DDPM
+#: CIFAR-10 UNet, 256; Stable Diffusion's latent UNet, 1,280); 8,192 leaves eight times that. One 3x3
+#: convolution between two such blocks is 604M parameters (2.4 GB in float32), where a width of 10^6 asked
+#: for 36 TB per convolution before the weights file was compared with the config.
+MAX_BLOCK_WIDTH = 8192
 #: Largest ``num_class_embeds``: 100 times ImageNet's 1,000 classes; the class embedding is one row each.
 MAX_CLASSES = 100_000
 #: Largest ``num_train_timesteps`` (T). Published discrete schedules have 1,000 to 4,000 steps (the cosine
@@ -98,14 +104,16 @@ def check_unet_values(config: Mapping[str, Any], where: str) -> None:
     _int_in(config, "layers_per_block", 1, MAX_LAYERS_PER_BLOCK, where,
             f"a positive integer up to {MAX_LAYERS_PER_BLOCK}")
     widths = config.get("block_out_channels")  # their number against the blocks' is diffusers' check
-    if widths is not None and not (isinstance(widths, (list, tuple)) and all(_is_int(w) and w >= 1 for w in widths)):
-        raise _refuse(where, "block_out_channels", "a list of positive integers (one per down block)", widths)
+    if widths is not None and not (isinstance(widths, (list, tuple))
+                                   and all(_is_int(w) and 1 <= w <= MAX_BLOCK_WIDTH for w in widths)):
+        raise _refuse(where, "block_out_channels",
+                      f"a list of positive integers up to {MAX_BLOCK_WIDTH:,} (one per down block)", widths)
     if "norm_num_groups" in config and not (_is_int(config["norm_num_groups"]) and config["norm_num_groups"] >= 1):
         raise _refuse(where, "norm_num_groups", "a positive integer (dividing every block's channels)",
                       config["norm_num_groups"])
     for key in ("attn_norm_num_groups", "attention_head_dim", "time_embedding_dim"):
-        if config.get(key) is not None and not (_is_int(config[key]) and config[key] >= 1):
-            raise _refuse(where, key, "null or a positive integer", config[key])
+        if config.get(key) is not None and not (_is_int(config[key]) and 1 <= config[key] <= MAX_BLOCK_WIDTH):
+            raise _refuse(where, key, f"null or a positive integer up to {MAX_BLOCK_WIDTH:,}", config[key])
     # numbers the UNet computes with when it runs (a string there failed mid-sampling, inside torch)
     for key in ("norm_eps", "freq_shift", "mid_block_scale_factor", "dropout", "downsample_padding"):
         if key in config and not _is_number(config[key]):
