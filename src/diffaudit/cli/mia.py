@@ -14,7 +14,7 @@ from diffaudit.attacks.membership.run import (MiaConfig, MiaScores, TargetSpec, 
                                               run_mia, shadow_run_dirs, shadows_folder)
 from diffaudit.attacks.membership.targets import mean_losses, shadows_per_side
 from diffaudit.cli.common import (
-    add_data_args, add_run_args, canonical_settings, data_options, emit, emit_finished, file_in_folder,
+    add_data_args, add_run_args, canonical_path, canonical_settings, data_options, emit, emit_finished, file_in_folder,
     refuse_files_for_folders, refuse_stores_for_models, upgrading_paths,
 )
 from diffaudit.cli.shadows import membership_digest
@@ -356,7 +356,8 @@ def run(args: argparse.Namespace) -> int:
     if args.target_index is not None:
         target = TargetSpec(mode="shadow", index=args.target_index)
     elif args.target is not None:
-        target = TargetSpec(mode="model", run=Path(args.target))
+        # as settings record it (result.json's copy is read by a redacted report, which hides absolute paths)
+        target = TargetSpec(mode="model", run=Path(canonical_path(args.target)))
     else:
         target = TargetSpec()
     try:

@@ -186,7 +186,9 @@ def _mia_entry(stage: Stage) -> dict[str, Any]:
         aggregate = r.get("strong_aggregate") or attack.get("strong_aggregate")
         out["strong_aggregate"] = aggregate if isinstance(aggregate, str) else None
     target = r.get("target") if isinstance(r.get("target"), dict) else {}
-    used = model_used({**stage.settings, "target": target or stage.settings.get("target")}) or {}
+    recorded = stage.settings.get("target") if isinstance(stage.settings.get("target"), dict) else {}
+    # the run as settings record it, canonical: results of earlier versions kept --target as typed ("runs/x")
+    used = model_used({**stage.settings, "target": {**target, **recorded}}) or {}
     if target.get("mode") == "leave-one-out":  # rows of every model in turn: say so beside the counts
         out.update(pooled=True, n_models=_int(r.get("n_models")) or used.get("pooled"),
                    n_examples=_int(r.get("n_examples")), shadows=used.get("shadows"))
