@@ -31,8 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="replace training images, the generations that copy them (verified pairs, clique members) "
                    "and inpainting grids by their ids; show training examples by their position in the training set "
                    "(not their file names), prompts by their index (not their captions) and paths outside RESULT_DIR "
-                   "as (path N), in summary.json too. Default: as the report written over was (a redacted report stays redacted); "
-                   "--no-redact shows the images")
+                   "as (path N), in summary.json too. Default: redacted when the report written over is, or RESULT_DIR's own "
+                   "report (or its audit's) is: a redacted audit stays redacted in every report of it; --no-redact shows "
+                   "the images")
 
 
 def summary_path(report: Path) -> Path:
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from diffaudit.core.results import envelope
     from diffaudit.report import render_report, write_summary
     from diffaudit.report.fmt import counted, fmt_int, fmt_pct
-    from diffaudit.report.redaction import resolve_redact, was_redacted
+    from diffaudit.report.redaction import redacted_report, resolve_redact
     from diffaudit.report.results import stopped_words
     from diffaudit.report.view_extraction import baseline_phrase
     from diffaudit.report.view_misc import extraction_words
@@ -88,9 +89,11 @@ def run(args: argparse.Namespace) -> int:
     refuse_another_result_folder(out, Path(args.result_dir))
     refuse_replacing_foreign(out, REPORT_MARK)
     refuse_replacing_foreign(summary_path(out), SUMMARY_MARK)
-    args.redact, kept = resolve_redact(args.redact, was_redacted(out))
+    follows = redacted_report(out, Path(args.result_dir))
+    args.redact, kept = resolve_redact(args.redact, follows is not None)
     if kept:
-        stage_line(f"report: redacted, as the report it replaces ({out}) was; --no-redact shows the training images")
+        what = f"the report it replaces ({out})" if follows == out else f"{follows}"
+        stage_line(f"report: redacted, as {what} is; --no-redact shows the training images")
     report = render_report(args.result_dir, out, redact=args.redact)
     spath = write_summary(args.result_dir, summary_path(report), redact=args.redact)
     summary = read_json(spath)
