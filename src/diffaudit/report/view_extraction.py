@@ -17,6 +17,7 @@ from diffaudit.core.errors import DiffauditError
 from diffaudit.report.calibration_sweep import calibration_points, count
 from diffaudit.report.clique_counts import clique_counts, from_extract
 from diffaudit.report.fmt import fmt_p
+from diffaudit.report.redacted_names import generation_names, shown_as
 from diffaudit.report.images import SampleImages, TrainingImages, data_digest, data_spec, image_uri
 from diffaudit.report.results import ResultSet, Stage, closest, links_out, records, resolve_path
 from diffaudit.report.summary import baseline_pvalue
@@ -515,6 +516,7 @@ def gallery(rs: ResultSet, *, redact: bool) -> dict[str, Any] | None:
             notes.append(f"Training images are shown by id: {train.error}.")
     dups = duplicate_counts(rs)
     names = None if redact else class_names(rs)  # a folder name may say more than is to be shown
+    generations = generation_names(rs) if redact else {}  # file names may name people; positions do not
     items = []
     for e, in_cliques in shown:
         key = e.get("train_key")
@@ -523,7 +525,7 @@ def gallery(rs: ResultSet, *, redact: bool) -> dict[str, Any] | None:
         gen = None if redact else samples.get(e.get("sample"))  # a verified copy shows its training image
         timg = None if train is None else train.get(key, e.get("train_id"))
         items.append({
-            "sample": e.get("sample"),
+            "sample": shown_as(generations, e.get("sample")),
             # the prompt it was generated from: which caption emits this training image (a caption of the
             # training data itself, so not shown redacted)
             "prompt": None if redact else named_class(samples.prompt_of(e.get("sample")), names),
@@ -565,13 +567,14 @@ def cliques(rs: ResultSet, *, redact: bool = False) -> dict[str, Any] | None:
     classes = st.result.get("prompt_kind") == "class"
     one, many = prompt_words(st.result.get("prompt_kind"))
     names = None if redact else class_names(rs)
+    generations = generation_names(rs) if redact else {}  # as the verified pairs name them
     items = []
     for p in flagged[:MAX_PROMPTS]:
         members = [str(m) for m in (p.get("members") or [])]
         medoid = p.get("medoid")
         order = ([str(medoid)] if medoid is not None and str(medoid) in members else []) + [m for m in members if m != str(medoid)]
-        thumbs = [{"id": m, "uri": None if redact else image_uri(samples.get(m), max_side=THUMB), "medoid": m == str(medoid)}
-                  for m in order[:MAX_MEMBERS]]
+        thumbs = [{"id": shown_as(generations, m), "uri": None if redact else image_uri(samples.get(m), max_side=THUMB),
+                   "medoid": m == str(medoid)} for m in order[:MAX_MEMBERS]]
         items.append({
             # a caption of the training data; a class index is not one
             "prompt": None if redact and not classes else named_class(p.get("prompt"), names),
@@ -579,7 +582,7 @@ def cliques(rs: ResultSet, *, redact: bool = False) -> dict[str, Any] | None:
             "n_generations": p.get("n_generations", p.get("component_size")),
             "largest_clique": p.get("largest_clique", p.get("size", len(members))),
             "mean_distance": p.get("mean_distance"),
-            "medoid": medoid,
+            "medoid": shown_as(generations, medoid),
             "members": thumbs,
             "more": max(0, len(order) - MAX_MEMBERS),
             "bound_hit": bool(p.get("bound_hit") or p.get("search_bound_hit")),

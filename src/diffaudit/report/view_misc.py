@@ -11,7 +11,8 @@ from diffaudit.data.options import data_flags
 from diffaudit.report import plots
 from diffaudit.report.alt_text import canary_alt, histogram_alt
 from diffaudit.report.fmt import counted, flatten, fmt_p
-from diffaudit.report.images import data_uri, png_file_uri
+from diffaudit.report.images import data_spec, data_uri, png_file_uri
+from diffaudit.report.redacted_names import target_name, training_positions
 from diffaudit.report.results import ResultSet, contained, records
 from diffaudit.report.summary import exposure_ceiling, inpainting_targets, inpainting_top_k
 from diffaudit.report.view_extraction import ratio_neighbours
@@ -95,8 +96,9 @@ def inpainting_view(rs: ResultSet, summary: dict[str, Any], *, redact: bool) -> 
     Distances are each target's ``mean_topk_l2`` (the mean ℓ2 of its ``top_k`` best inpaintings; the
     old name ``mean_top10_l2`` reads too), and every label names the run's own k.
     A grid shows the original target (a training image when it is a member), so ``redact`` replaces
-    every grid by its target's position in the training set (``#index``): its id is a training key,
-    and keys (file names) may name a person.
+    every grid by its target's position: ``#N`` in the training set extraction numbers, else ``--data #N``
+    in the --data inpaint read (:func:`~diffaudit.report.redacted_names.target_name`): its id is a
+    training key, and keys (file names) may name a person.
     """
     st = rs.first("inpaint")
     if st is None:
@@ -116,6 +118,10 @@ def inpainting_view(rs: ResultSet, summary: dict[str, Any], *, redact: bool) -> 
     files, outside = ([], 0) if inside is None else _grid_files(st.path, inside)
     used: set[Path] = set()  # real paths
     grids = []
+    if redact:
+        verify = rs.first("verify")
+        positions = training_positions(rs)
+        same_data = verify is not None and data_spec(verify.settings) == data_spec(st.settings)
     # Members first: their reconstructions are what the attack is about.
     for t in sorted(targets, key=lambda t: (not t.get("member"), t.get("mean_topk_l2") or 0.0)):
         if len(grids) >= MAX_GRIDS:
@@ -129,7 +135,7 @@ def inpainting_view(rs: ResultSet, summary: dict[str, Any], *, redact: bool) -> 
         if real is not None:
             used.add(real)
         grids.append({
-            "id": (f"#{t['index']}" if t.get("index") is not None else f"target {len(grids) + 1}") if redact else tid,
+            "id": (target_name(t, positions, same_data) or f"target {len(grids) + 1}") if redact else tid,
             "member": bool(t.get("member")), "best_l2": t.get("best_l2"), "mean_topk_l2": t.get("mean_topk_l2"),
             "name": path.name if path is not None else None,
             "uri": None if redact or real is None else png_file_uri(real),
