@@ -202,7 +202,7 @@ def test_filter_prompts_order_and_errors_with_and_without_queued_graphs(world, m
     imgs, ids = world["images"], world["ids"]
     work = [(0, "memorized", imgs[:20], ids[:20]), (1, "varied", imgs[40:57], ids[40:57]),
             (2, "bad", imgs[:3, :, :, :1][:, :1], ["x", "y", "z"])]  # 1x32 images: finer than the 4x4 grid
-    it = filter_prompts(iter(work))
+    it = filter_prompts(iter(work), settings=FilterSettings(grid=4))
     got = [next(it).prompt]
     got.append(next(it).prompt)
     with pytest.raises(DiffauditError, match="grid"):

@@ -307,6 +307,11 @@ def test_invalid_inputs_name_the_array():
         AttackInput(np.ones((2, 1)), np.ones((2, 3, 1)), np.ones((2, 2), bool))
     with pytest.raises(DiffauditError, match="target losses"):
         AttackInput(np.ones(3))
+    # losses already logged: the log transform floored them to one value, and every LiRA score was 0
+    with pytest.raises(DiffauditError, match="shadow losses holds 4 negative values .* not their logarithm"):
+        AttackInput(np.ones((2, 1)), np.log(np.full((2, 2, 1), 0.5)), np.array([[True, False]] * 2))
+    with pytest.raises(DiffauditError, match="target losses holds 1 negative value \\(smallest -0.1\\)"):
+        AttackInput(np.array([[0.5], [-0.1]]))
     with pytest.raises(DiffauditError, match="unknown attack 'liras'"):
         get_attack("liras")
     with pytest.raises(DiffauditError, match="needs shadow models"):

@@ -655,7 +655,7 @@ def check_stage_values(args: argparse.Namespace) -> None:
     for flag, value in (("--n-samples", args.n_samples), ("--sample-steps", args.sample_steps), ("--n-inpaint", args.n_inpaint)):
         if value < 1:
             raise DiffauditError(f"{flag} must be at least 1, got {value}")
-    FilterSettings(min_clique=args.min_clique, **({"grid": args.grid} if args.grid is not None else {})).validate()
+    FilterSettings(min_clique=args.min_clique, grid=args.grid).validate()
     timesteps = parse_int_list(args.timesteps, "--timesteps")
     sweep = parse_int_list(args.sweep, "--sweep") if str(args.sweep).strip() else []
     MiaConfig(attack=args.mia, timesteps=tuple(timesteps), sweep=tuple(sweep), n_draws=args.draws or 1).validate()

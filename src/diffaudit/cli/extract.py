@@ -421,7 +421,7 @@ def run(args: argparse.Namespace) -> int:
     if args.ray:  # a cluster that cannot be reached is an error before anything is read or written
         check_reachable_by_workers(args.samples, "--samples")
         connect(args.ray)
-    FilterSettings(args.edge_threshold, args.min_clique, 1 if args.grid is None else args.grid, args.max_expansions).validate()
+    FilterSettings(args.edge_threshold, args.min_clique, args.grid, args.max_expansions).validate()
     if args.k_neighbors < 1:
         raise DiffauditError(f"--k-neighbors must be at least 1, got {args.k_neighbors}")
     if args.max_component < args.min_clique:

@@ -13,6 +13,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from diffaudit.core.errors import DiffauditError
+
 _MASK63 = (1 << 63) - 1
 _M32 = 0xFFFFFFFF
 
@@ -36,8 +38,11 @@ def generation_seed(run_seed: int, prompt_index: int, image_index: int) -> int:
 def torch_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
     """A ``torch.Generator`` on ``device`` (default the CPU) seeded with ``seed``. Draws with it must be
     made on that device; the same seed gives other numbers on another device type."""
+    value = int(seed)
+    if not 0 <= value < 1 << 64:  # torch's range: beyond it "Overflow when unpacking long long"
+        raise DiffauditError(f"a seed must be an integer in [0, 2^64); got {seed}")
     g = torch.Generator(device=device)
-    g.manual_seed(int(seed))
+    g.manual_seed(value)
     return g
 
 

@@ -130,20 +130,39 @@ def concat_datasets(parts: list[ImageDataset], source: str) -> ImageDataset:
     )
 
 
-def to_model_space(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> float32 (N, C, H, W) in [-1, 1] (the models' pixel range)."""
+def _uint8_images(images: np.ndarray | torch.Tensor, what: str) -> torch.Tensor:
+    """``images`` as a tensor, checked to be uint8 (N, H, W, C) with C in (1, 3) as :class:`ImageDataset`
+    holds them: float pixels in [0, 1] became almost all -1 in model space, and an (N, C, H, W) array was
+    permuted into nonsense, both without an error."""
     t = torch.as_tensor(np.ascontiguousarray(images)) if not isinstance(images, torch.Tensor) else images
-    return t.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    if t.dtype != torch.uint8 or t.ndim != 4 or t.shape[-1] not in (1, 3):
+        raise DiffauditError(f"{what} takes uint8 images of shape (N, H, W, C), channels last with C 1 or 3; got "
+                             f"{str(t.dtype).removeprefix('torch.')} of shape {tuple(t.shape)} (float pixels: "
+                             "(x * 255).round().astype(np.uint8); channels first: .transpose(0, 2, 3, 1))")
+    return t
+
+
+def to_model_space(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> float32 (N, C, H, W) in [-1, 1] (the models' pixel range): x / 127.5 - 1.
+
+    Raises :class:`DiffauditError` for any other dtype or layout (:func:`_uint8_images`)."""
+    return _uint8_images(images, "to_model_space").permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
 def to_unit(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> float32 (N, C, H, W) in [0, 1] (the distances' pixel range)."""
-    t = torch.as_tensor(np.ascontiguousarray(images)) if not isinstance(images, torch.Tensor) else images
-    return t.permute(0, 3, 1, 2).float().div(255.0)
+    """uint8 (N, H, W, C) -> float32 (N, C, H, W) in [0, 1] (the distances' pixel range): x / 255.
+
+    Raises :class:`DiffauditError` for any other dtype or layout (:func:`_uint8_images`)."""
+    return _uint8_images(images, "to_unit").permute(0, 3, 1, 2).float().div(255.0)
 
 
 def from_model_space(x: torch.Tensor) -> np.ndarray:
-    """float (N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C), rounded, clipped."""
+    """float (N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C), rounded, clipped: (x + 1) * 127.5.
+
+    Raises :class:`DiffauditError` for integer input (uint8 pixels are already images: each became 255)."""
+    if not x.is_floating_point() or x.ndim != 4:
+        raise DiffauditError(f"from_model_space takes float model-space images (N, C, H, W) in [-1, 1]; got "
+                             f"{str(x.dtype).removeprefix('torch.')} of shape {tuple(x.shape)}")
     y = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return y.permute(0, 2, 3, 1).cpu().numpy()
 

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from diffaudit.core.errors import NonFiniteError
+from diffaudit.core.errors import DiffauditError, NonFiniteError
 from diffaudit.core.seeds import counter_randn
 
 Model = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -51,6 +51,10 @@ def sample(
     if eta > 0 and (noise_seeds is None or len(noise_seeds) != x_T.shape[0]):
         raise ValueError("eta > 0 needs one noise seed per image")
     ab = alphas_cumprod.to(torch.float64)
+    steps = [int(t) for t in timesteps]
+    if not steps or not all(0 <= t < len(ab) for t in steps) or any(a <= b for a, b in zip(steps, steps[1:])):
+        raise DiffauditError(f"timesteps must be distinct, descending and in [0, {len(ab) - 1}] (the reverse process "
+                             f"runs from noise to the image); got {steps[:8]}{' ...' if len(steps) > 8 else ''}")
     x = x_T.float()
     finite = torch.ones((), dtype=torch.bool, device=x.device)
     ts = list(timesteps)

@@ -131,6 +131,8 @@ def validate_mask(mask, height: int, width: int, *, name: str = "mask") -> np.nd
     m = np.asarray(mask)
     if m.ndim == 3 and m.shape[0] == 1:
         m = m[0]
+    elif m.ndim == 3 and m.shape[-1] == 1:  # (H, W, 1), as an image's channel axis
+        m = m[..., 0]
     if m.shape != (height, width):
         raise DiffauditError(f"{name} has shape {tuple(m.shape)}; the images need ({height}, {width}) (H, W)")
     m = m.astype(np.float32)

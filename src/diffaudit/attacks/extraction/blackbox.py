@@ -34,6 +34,7 @@ from scipy.sparse.csgraph import connected_components
 from diffaudit.attacks.extraction.cliques import disjoint_cliques
 from diffaudit.attacks.extraction.filter import FilterSettings
 from diffaudit.attacks.extraction.graph import mean_internal_distance, medoid, near_duplicate_graph
+from diffaudit.attacks.extraction.grid import resolve_grid
 from diffaudit.core.device import resolve_device
 from diffaudit.core.errors import DiffauditError
 from diffaudit.distances.knn import KnnResult, knn_search
@@ -193,7 +194,8 @@ def extract_unconditional(
         if truncated:
             order = np.lexsort((comp, -indeg[comp]))[:max_component]
             members = np.sort(comp[order])
-        g = near_duplicate_graph(images[members], threshold=s.edge_threshold, grid=s.grid, device=graph_device, compute=compute)
+        g = near_duplicate_graph(images[members], threshold=s.edge_threshold, grid=resolve_grid(s.grid, images.shape[1:]),
+                                 device=graph_device, compute=compute)
         for cq in disjoint_cliques(g.adjacency, min_size=s.min_clique, max_expansions=s.max_expansions):
             bound_hit |= cq.bound_hit
             glob = members[cq.members]

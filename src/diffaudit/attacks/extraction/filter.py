@@ -23,24 +23,26 @@ from diffaudit.attacks.extraction.graph import (
     near_duplicate_graph,
     start_near_duplicate_graph,
 )
+from diffaudit.attacks.extraction.grid import resolve_grid
 from diffaudit.core.errors import DiffauditError
-from diffaudit.distances.pixel import DEFAULT_GRID
 
 
 @dataclass
 class FilterSettings:
-    """Thresholds of the filter (paper defaults). ``edge_threshold`` in (0, 1]; ``min_clique`` ≥ 2."""
+    """Thresholds of the filter (paper defaults). ``edge_threshold`` in (0, 1]; ``min_clique`` ≥ 2;
+    ``grid`` tiles per side of the tiled ℓ2, None: :func:`~diffaudit.attacks.extraction.grid.default_grid`
+    of the images (the paper's 4, fewer on images under 16 pixels a side), as `extract` and the audit take it."""
 
     edge_threshold: float = DEFAULT_EDGE_THRESHOLD
     min_clique: int = DEFAULT_MIN_CLIQUE
-    grid: int = DEFAULT_GRID
+    grid: int | None = None
     max_expansions: int = DEFAULT_MAX_EXPANSIONS
 
     def validate(self) -> "FilterSettings":
         check_threshold(self.edge_threshold, "--edge-threshold")
         if int(self.min_clique) < 2:
             raise DiffauditError(f"--min-clique must be at least 2 (a clique of one is every image), got {self.min_clique}")
-        if int(self.grid) < 1:
+        if self.grid is not None and int(self.grid) < 1:
             raise DiffauditError(f"--grid must be at least 1, got {self.grid}")
         if int(self.max_expansions) < 1:
             raise DiffauditError(f"--max-expansions must be at least 1, got {self.max_expansions}")
@@ -92,8 +94,9 @@ def filter_prompt(
     ``distances_out``, when a list, receives the (n, n) tiled-ℓ2 matrix (for calibration).
     """
     s = (settings or FilterSettings()).validate()
-    g = None if len(ids) == 0 else near_duplicate_graph(images, threshold=s.edge_threshold, grid=s.grid,
-                                                        device=device, compute=compute)
+    g = None if len(ids) == 0 else near_duplicate_graph(images, threshold=s.edge_threshold,
+                                                        grid=resolve_grid(s.grid, images.shape[1:]), device=device,
+                                                        compute=compute)
     return _verdict(g, ids, prompt, prompt_index, s, distances_out)
 
 
@@ -113,7 +116,8 @@ def filter_prompts(
     for pi, prompt, images, ids in prompts:
         try:
             started = (pi, prompt, ids, None if len(ids) == 0 else start_near_duplicate_graph(
-                images, threshold=s.edge_threshold, grid=s.grid, device=device, compute=compute))
+                images, threshold=s.edge_threshold, grid=resolve_grid(s.grid, images.shape[1:]), device=device,
+                compute=compute))
         except BaseException:
             if pending is not None:  # deliver the finished prompt before the error
                 yield _finish(pending, s)

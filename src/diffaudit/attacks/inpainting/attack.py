@@ -44,6 +44,7 @@ from diffaudit.data.dataset import from_model_space, to_model_space
 from diffaudit.distances.pixel import l2
 from diffaudit.models.loss import MAX_NOISE_DRAWS
 from diffaudit.sampling.inpaint import inpaint, inpainting_seeds
+from diffaudit.sampling.masks import validate_mask
 
 Model = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -158,13 +159,16 @@ def inpaint_targets(
         uint8 (N, n_inpaint, H, W, C).
     """
     images = np.asarray(images)
-    N, n = len(images), config.n_inpaint
+    config.validate()
+    x0 = to_model_space(images).to(device)  # uint8 (N, H, W, C), checked
+    N, n, (height, width) = len(images), config.n_inpaint, images.shape[1:3]
     if len(target_indices) != N:
         raise DiffauditError(f"{len(target_indices)} target indices for {N} images")
-    m = torch.as_tensor(np.asarray(masks, dtype=np.float32))
-    if m.ndim == 2:
-        m = m[None].expand(N, *m.shape)
-    x0 = to_model_space(images).to(device)
+    masks = np.asarray(masks)
+    if masks.shape == (N, height, width):  # one mask per target, each checked (an all-ones one inpaints nothing)
+        m = torch.as_tensor(np.stack([validate_mask(k, height, width, name=f"mask {i}") for i, k in enumerate(masks)]))
+    else:
+        m = torch.as_tensor(validate_mask(masks, height, width))[None].expand(N, height, width)
     seeds = [s for i in target_indices for s in inpainting_seeds(config.seed, int(i), n)]
     lab = None if labels is None else torch.as_tensor(np.asarray(labels), device=device).long().repeat_interleave(n)
     out = inpaint(
@@ -198,7 +202,13 @@ def score_target(
 
     ``mask`` (H, W), 1 = known: the mask they were made with, for the hidden-region ℓ2 (None: not
     measured). Returns ``(result, kept)``, kept = uint8 (top_k, H, W, C) in rank order.
+
+    Raises :class:`DiffauditError` for fewer inpaintings than ``config.top_k`` (its mean was of fewer).
     """
+    config.validate()
+    if len(inpaintings) < config.top_k:
+        raise DiffauditError(f"{len(inpaintings)} inpaintings to rank, fewer than top_k = {config.top_k}: the "
+                             f"top-{config.top_k} mean would be of {len(inpaintings)}")
     x = to_model_space(inpaintings).to(device)
     noise = score_noise(config.seed, target_index, config.n_draws, x.shape[1:], device=device)
     lab = None if label is None else torch.full((len(x),), int(label), dtype=torch.long, device=device)

@@ -41,9 +41,17 @@ def transform_losses(losses: np.ndarray, transform: str) -> np.ndarray:
 
 
 def _finite(name: str, a: np.ndarray) -> None:
+    """Refuse NaN or infinite losses (a broken model), and negative ones: a loss is a mean of squares, so
+    a negative value is something else, most often losses already logged, which the log transform floored
+    to one value (every score 0) without an error."""
     if not np.isfinite(a).all():
         raise NonFiniteError(f"{name} holds {int((~np.isfinite(a)).sum())} NaN or infinite losses; "
                              "the model that produced them is broken (check its training log)")
+    n_negative = int((a < 0).sum())
+    if n_negative:
+        raise DiffauditError(f"{name} holds {n_negative} negative value{'s' if n_negative > 1 else ''} (smallest {float(a.min()):.4g}); a loss "
+                             "is a mean of squared errors, ≥ 0: pass the losses themselves, not their logarithm "
+                             "(the attacks take it where they need it)")
 
 
 @dataclass

@@ -134,7 +134,9 @@ def lira_online_scores(
         transform: ``"log"`` or ``"none"``, applied to losses before fitting.
 
     Returns:
-        float (N,), larger = more likely a member (ℓ closer to the IN Gaussian than to the OUT one).
+        float (N,), larger = more likely a member (ℓ likelier under the IN Gaussian than under the OUT one).
+        Not monotone in the loss: where σ_in < σ_out, a loss far below both Gaussians is likelier under
+        the wider OUT one and scores as a non-member (the likelihood ratio of the paper, as it is).
     """
     inp.require_shadows("lira", need_in=True)
     target, shadows = _prepare(inp, aggregate, transform)
