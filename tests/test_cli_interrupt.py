@@ -233,7 +233,7 @@ def test_an_interrupted_command_with_json_answers_json_on_stdout(monkeypatch, tm
     monkeypatch.setattr(cli_main, "build_parser", interrupted)
     assert cli_main.main(["train", "--data", "digits", "--out", "x", "--json"]) == 130
     captured = capsys.readouterr()
-    assert json.loads(captured.out) == {"command": "train", "error": "interrupted", "exit_status": 130}
+    assert json.loads(captured.out) == {"command": "train", "error": "interrupted", "signal": "SIGINT", "exit_status": 130}
     assert captured.err == "diffaudit train: interrupted; finished work is kept, re-run to continue\n"
     monkeypatch.undo()
     # an audit whose stage was interrupted: one JSON document, the audit's (the stage in-process says none)
@@ -241,4 +241,26 @@ def test_an_interrupted_command_with_json_answers_json_on_stdout(monkeypatch, tm
     stages = _Stages(tmp_path, [])
     monkeypatch.setattr(cli_main, "_parse_and_run", lambda *a: stages.run("train", ["train"]))
     assert cli_main._main(["audit", "--json"]) == 130
-    assert json.loads(capsys.readouterr().out) == {"command": "audit", "error": "interrupted", "exit_status": 130}
+    assert json.loads(capsys.readouterr().out) == {"command": "audit", "error": "interrupted", "signal": "SIGINT",
+                                                   "exit_status": 130}
+
+
+@pytest.mark.parametrize("name, status", [("SIGTERM", 143), ("SIGHUP", 129)])
+def test_sigterm_and_sighup_stop_a_command_as_ctrl_c_does(monkeypatch, capsys, name, status):
+    """What `timeout`, `kill` and batch schedulers send ended a command silently (no line, no JSON under
+    --json, status 143): it now stops as Ctrl-C does, finished work kept, with the signal named and its
+    own status; the handlers are given back after."""
+    import signal
+
+    stop = getattr(signal, name)
+    assert signal.getsignal(stop) is signal.SIG_DFL  # else raising it below would end the test process
+
+    def stopped(**_):
+        signal.raise_signal(stop)
+
+    monkeypatch.setattr(cli_main, "build_parser", stopped)
+    assert cli_main.main(["train", "--data", "digits", "--out", "x", "--json"]) == status
+    captured = capsys.readouterr()
+    assert captured.err == f"diffaudit train: stopped by {name}; finished work is kept, re-run to continue\n"
+    assert json.loads(captured.out) == {"command": "train", "error": "interrupted", "signal": name, "exit_status": status}
+    assert signal.getsignal(stop) is signal.SIG_DFL

@@ -155,3 +155,40 @@ def test_the_matrix_shadows_were_trained_on_is_never_overwritten(setup, tmp_path
     assert "is the matrix that the 1 shadow model in" in capsys.readouterr().err
     assert (root / "kept" / "membership.npz").read_bytes() == before
     assert main(base + ["--seed", "1"]) == 0
+
+
+def _trains_for_ever(*args, **kwargs):
+    """A shadow model's training that never ends (a worker process's job)."""
+    import time
+
+    time.sleep(600)
+
+
+@pytest.mark.timeout(120)  # before, the shutdown waited for the 600 s of each worker
+def test_an_interrupted_parallel_run_stops_its_workers(setup, monkeypatch):
+    """SIGTERM reaches the command's process alone, and a worker stopped by Ctrl-C took up the next model
+    queued to it: the pool's shutdown waited for their training (a minute and more). The workers are now
+    stopped with the command, which ends at once as interrupted."""
+    import multiprocessing
+    import threading
+    import time
+
+    from diffaudit.attacks.membership.shadows import train_shadows
+    from diffaudit.core import interrupt
+    from diffaudit.models.training import TrainConfig
+
+    from diffaudit.data.membership import load_membership
+
+    root, _ = setup
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    dataset = load_dataset("digits", subset=N)
+    membership = load_membership(root / "m.npz", dataset)
+    timer = threading.Timer(8.0, os.kill, (os.getpid(), signal.SIGTERM))
+    with interrupt.catching_ctrl_c():
+        timer.start()
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            train_shadows(dataset, membership, TrainConfig(steps=2), root / "forever", workers=2,
+                          trainer=_trains_for_ever)
+    assert time.monotonic() - started < 30 and interrupt.received() == signal.SIGTERM
+    assert multiprocessing.active_children() == []

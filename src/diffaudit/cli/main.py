@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import sys
 from contextvars import ContextVar
 
@@ -253,28 +254,38 @@ def _main(argv: list[str] | None) -> int:
             return code
     except KeyboardInterrupt as exc:
         if isinstance(exc, StageInterrupted):  # a stage's interruption was said by the stage: the audit's JSON here
-            _interrupted_json(raw, command)
-            return 130
+            return _interrupted_json(raw, command)
     finally:
         folder_lock.release(keep=held_before)  # the --out folders this command locked
     name = f"diffaudit {speaking_as(command)}" if command in COMMANDS else "diffaudit"
-    print(f"{name}: interrupted; finished work is kept, re-run to continue", file=sys.stderr)
-    _interrupted_json(raw, command)
-    return 130
+    by = _stopping_signal()
+    what = "interrupted" if by == signal.SIGINT else f"stopped by {signal.Signals(by).name}"
+    print(f"{name}: {what}; finished work is kept, re-run to continue", file=sys.stderr)
+    return _interrupted_json(raw, command)
 
 
-def _interrupted_json(raw: list[str], command: str | None) -> None:
-    """With --json, the interruption as JSON on stdout like every other ending (``{"command", "error":
-    "interrupted", "exit_status": 130}``): a script reading stdout gets JSON either way. Said by the
+def _stopping_signal() -> int:
+    """The signal that stopped the command: SIGINT (Ctrl-C, or an interruption raised in Python), SIGTERM or
+    SIGHUP (:func:`~diffaudit.core.interrupt.received`)."""
+    return interrupt.received() or signal.SIGINT
+
+
+def _interrupted_json(raw: list[str], command: str | None) -> int:
+    """The exit status of an interrupted command, 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM);
+    with --json, the interruption as JSON on stdout like every other ending (``{"command", "error":
+    "interrupted", "signal", "exit_status"}``): a script reading stdout gets JSON either way. Said by the
     command the user ran, not by an audit's stage running in-process."""
+    by = _stopping_signal()
+    status = 128 + int(by)
     options = raw[:raw.index("--")] if "--" in raw else raw
     if "--json" not in options or current_stage() is not None:
-        return
+        return status
     try:
         write_stdout(json.dumps({"command": command if command in COMMANDS else None, "error": "interrupted",
-                                 "exit_status": 130}, indent=2) + "\n")
+                                 "signal": signal.Signals(by).name, "exit_status": status}, indent=2) + "\n")
     except (StdoutClosed, OSError):  # a reader gone with the Ctrl-C: nothing to tell
         pass
+    return status
 
 
 def _command_parser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser:
@@ -355,7 +366,12 @@ def _parse_and_run(argv: list[str] | None, raw: list[str], command: str | None) 
     previous = os.environ.get("DIFFAUDIT_QUIET")
     set_quiet(args.quiet or args.json)
     try:
-        return int(args._run(args) or 0)
+        try:
+            return int(args._run(args) or 0)
+        except PermissionError as exc:  # a file or folder another user owns (where no reader said it before)
+            from diffaudit.core.io import permission_denied
+
+            raise permission_denied(exc) from None
     except DiffauditError as exc:
         from diffaudit.core.progress import printable  # names from data never drive the terminal
 

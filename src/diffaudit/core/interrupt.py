@@ -8,6 +8,11 @@ finish with exit status 0. Within :func:`catching_ctrl_c` SIGINT also sets a fla
 again when its first ``KeyboardInterrupt`` was swallowed (Python's "Exception ignored" report of it is
 not printed), and the CLI reads :func:`pending` when a command returns, so a command that was
 interrupted ends with status 130 and one line either way.
+
+SIGTERM (what ``timeout``, ``kill`` and batch schedulers send) and SIGHUP (a closed terminal) stop a
+command the same way, where the process has no handler of its own for them: they ended it silently before,
+with no line and, under ``--json``, no JSON. :func:`received` says which signal it was, for the exit status
+(128 + its number: 143 for SIGTERM).
 """
 
 from __future__ import annotations
@@ -19,13 +24,16 @@ from contextlib import contextmanager
 from typing import Iterator
 
 _pending = False
+_received: int | None = None
+#: The signals that stop a command as Ctrl-C does, beside SIGINT (SIGHUP is not on every system).
+OTHER_STOP_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None)
 
 
 def _on_sigint(signum, frame) -> None:  # noqa: ARG001 (the signal module's handler signature)
-    global _pending
+    global _pending, _received
     if _pending and sys.exc_info()[0] is not None:
         return  # pressed again while the first interruption unwinds: its clean-up (finished work kept) runs whole
-    _pending = True
+    _pending, _received = True, signum
     raise KeyboardInterrupt
 
 
@@ -45,18 +53,22 @@ def catching_ctrl_c() -> Iterator[None]:
     :func:`pending` reads. Does nothing outside the main thread, where no handler can be set, or where
     the program has a SIGINT handler of its own (an embedding application, an enclosing
     ``catching_ctrl_c``): the flag is then left to whoever set that handler."""
-    global _pending
+    global _pending, _received
     if (threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
         yield
         return
-    _pending = False
-    previous, previous_hook = signal.signal(signal.SIGINT, _on_sigint), sys.unraisablehook
+    _pending, _received = False, None
+    # SIGTERM and SIGHUP only where nothing else handles them (their default ends the process at once)
+    others = [s for s in OTHER_STOP_SIGNALS if signal.getsignal(s) is signal.SIG_DFL]
+    previous = {s: signal.signal(s, _on_sigint) for s in (signal.SIGINT, *others)}
+    previous_hook = sys.unraisablehook
     sys.unraisablehook = _quiet_unraisable(previous_hook)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         sys.unraisablehook = previous_hook
         _pending = False
 
@@ -67,6 +79,12 @@ def ignore_from_now_on() -> None:
     the same key pressed again) neither prints a traceback from an exit hook nor changes the exit status."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def received() -> int | None:
+    """The signal that stopped the last :func:`catching_ctrl_c` block (SIGINT, SIGTERM or SIGHUP), None when
+    none did; read after the block has ended."""
+    return _received
 
 
 def pending() -> bool:

@@ -52,6 +52,19 @@ def storage_error(path: Path, exc: OSError) -> DiffauditError:
     )
 
 
+def permission_denied(exc: PermissionError, path: str | os.PathLike | None = None) -> DiffauditError:
+    """One line for a file or folder the system refuses to this user (``exc``; ``path`` when it does not name
+    one). diffaudit writes its folders owner-only, so a colleague's store, run or data folder on a shared
+    machine gives this: a PermissionError traceback before, or a weights file "not found", with advice to
+    train the model again."""
+    where = os.fspath(exc.filename if exc.filename is not None else path)
+    folder = os.path.dirname(where)
+    if folder and not os.access(folder, os.R_OK | os.X_OK):  # the folder refused, not the file it looked for
+        where = folder
+    return DiffauditError(f"permission denied: {where}: this user may not open it (diffaudit writes its folders "
+                          "owner-only: run as their owner, or have the owner give you a copy)")
+
+
 class _WriteErrors:
     """A file object whose writes keep the first ``OSError`` one raised (:func:`write_through`)."""
 

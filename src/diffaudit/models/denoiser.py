@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from safetensors import SafetensorError, safe_open
 
 from diffaudit.core.errors import DiffauditError
-from diffaudit.core.io import loads_json
+from diffaudit.core.io import loads_json, permission_denied
 from diffaudit.core.outdir import read_settings_record, recorded_command
 from diffaudit.core.progress import warning_once
 from diffaudit.models.config_values import check_scheduler_values, check_unet_values, shown
@@ -421,6 +422,9 @@ def load_denoiser(path: str | Path, device: str | torch.device = "cpu", dtype: t
     # a truncated or damaged weights file, a config that does not fit them, or a config value that diffusers or torch
     # cannot build a layer from (those check_unet_values names are refused before; others fail inside them)
     except (OSError, ValueError, RuntimeError, TypeError, ArithmeticError, LookupError, NameError, SafetensorError) as exc:
+        unreadable = next((f for f in sorted(unet_dir.iterdir()) if f.is_file() and not os.access(f, os.R_OK)), None)
+        if unreadable is not None:  # safetensors says "No such file": not damaged, so never "train it again"
+            raise DiffauditError(f"{flag} {root}: {permission_denied(PermissionError(), unreadable)}") from None
         said = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise DiffauditError(f"{flag} {root}: the UNet in {unet_dir} cannot be loaded: {said}{_retrain_hint(root)}") from None
     unet = unet.to(device=device).eval()

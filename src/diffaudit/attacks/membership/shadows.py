@@ -107,12 +107,31 @@ def train_shadows(
 
         ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
-            futures = [pool.submit(_train_one, trainer, dataset, cfg, run, str(device), idx, record, upgrade)
-                       for _, run, cfg, idx, record in jobs]
-            for fut in as_completed(futures):
-                fut.result()  # re-raises a worker's error
-                fault_point("shadows.model")
+            try:
+                futures = [pool.submit(_train_one, trainer, dataset, cfg, run, str(device), idx, record, upgrade)
+                           for _, run, cfg, idx, record in jobs]
+                for fut in as_completed(futures):
+                    fut.result()  # re-raises a worker's error
+                    fault_point("shadows.model")
+            except KeyboardInterrupt:
+                _interrupt_workers()
+                raise
     return [shadow_dir(out, k) for k in ks]
+
+
+def _interrupt_workers() -> None:
+    """Stop the worker processes at once, when this process is interrupted: each model keeps its last
+    checkpoint (written atomically) and the re-run resumes from it. Left alone, a worker interrupted by
+    Ctrl-C took up the next model already queued to it, and one that SIGTERM did not reach (it is sent to
+    this process alone) trained on, while the pool's shutdown waited for both."""
+    import multiprocessing
+
+    # the futures are not cancelled: the pool marks them broken itself (3.11 raised InvalidStateError in its
+    # manager thread, printed as a traceback, on setting that on a cancelled one)
+    for worker in multiprocessing.active_children():
+        worker.terminate()
+    for worker in multiprocessing.active_children():
+        worker.join(timeout=10)
 
 
 def _train_one(trainer: Callable[..., Path], dataset: ImageDataset, config: TrainConfig, run: Path, device: str, indices,
