@@ -55,6 +55,7 @@ import torch
 
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.faults import fault_point
+from diffaudit.core.folder_identity import FolderIdentity
 from diffaudit.core.io import write_bytes_atomic, write_json_atomic
 from diffaudit.core.progress import progress_bar, stage_line, warning_line, warning_once
 from diffaudit.core.results import write_result
@@ -510,6 +511,7 @@ def train_dp(
         drop_checkpoints(run)  # a run killed between its result and this cleanup
         return run
     _warn_weak_settings(config.batch_size, n, dp.noise_multiplier, delta)  # once the run folder took the settings
+    folder = FolderIdentity.of(run)  # checked before each write: a run moved meanwhile is not made again
 
     model.to(device).train()
     ema = Ema(model, config.ema_decay)
@@ -586,11 +588,13 @@ def train_dp(
             fault_point("train.step")
             if done % every == 0 and done < config.steps:
                 _check_finite(window_sum, model, done)  # a checkpoint never holds non-finite weights
+                folder.check()
                 save_checkpoint(run, done, model, ema, opt, log, (window_sum, window_n))
                 fault_point("train.checkpoint")
     elapsed = time.perf_counter() - t0
     gsm._close()
 
+    folder.check()
     final_model = build_unet_untouched_rng(ucfg)
     final_model.load_state_dict({k: v.detach().cpu() for k, v in ema.shadow.items()})
     save_pretrained_atomic(final_model, run / "unet")

@@ -47,6 +47,7 @@ from safetensors.torch import load_file
 
 from diffaudit.core.errors import DiffauditError, NonFiniteError, SettingsMismatchError
 from diffaudit.core.faults import check_storage, fault_point
+from diffaudit.core.folder_identity import FolderIdentity
 from diffaudit.core.io import (
     atomic_write, make_private_dir, os_error_of, read_json, storage_error, write_bytes_atomic, write_json_atomic, write_through,
 )
@@ -495,6 +496,7 @@ def train(
         return run
     settings = plan.settings
     extending = origin is not None and start_from(run, extend, *origin)
+    folder = FolderIdentity.of(run)  # checked before each write: a run moved meanwhile is not made again
 
     model = init_model(config, ucfg)
     model.to(device).train()
@@ -569,10 +571,12 @@ def train(
             if done % every == 0 and done < config.steps:
                 wsum = float(window.item())
                 check_finite_state(wsum, model, done)  # a checkpoint never holds non-finite weights
+                folder.check()
                 save_checkpoint(run, done, model, ema, opt, log, (wsum, window_n))
                 fault_point("train.checkpoint")
     elapsed = time.perf_counter() - t0
 
+    folder.check()
     # Final weights: the EMA copy, in the UNet's own save_pretrained layout.
     final_model = build_unet_untouched_rng(ucfg)
     final_model.load_state_dict({k: v.detach().cpu() for k, v in ema.shadow.items()})

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from diffaudit.core.errors import DiffauditError
+from diffaudit.core.folder_identity import FolderIdentity
 from diffaudit.core.io import (atomic_write, dumps_json, load_npy, loads_json, make_private_dir, read_json,
                                save_npy_atomic, write_json_atomic)
 
@@ -87,6 +88,8 @@ class LocalFolder:
     def __init__(self, path: str | os.PathLike):
         self.path = local_path(path)
         self.url = str(self.path)
+        # the folder as it is now, checked before each write (None where it is yet to be made)
+        self._identity = FolderIdentity.of(self.path) if self.path.is_dir() else None
 
     def __str__(self) -> str:
         return self.url
@@ -116,13 +119,21 @@ class LocalFolder:
     def write_json(self, rel: str, obj: Any, *, create: bool = False) -> bool:
         """Write ``rel`` whole; with ``create``, only where it does not exist (False: it does, and is kept;
         a local store is written by one process at a time, :mod:`~diffaudit.core.folder_lock`)."""
+        self._check_still_here()
         if create and (self.path / rel).exists():
             return False
         write_json_atomic(self.path / rel, obj)
         return True
 
     def write_npy(self, rel: str, array: np.ndarray) -> None:
+        self._check_still_here()
         save_npy_atomic(self.path / rel, array)
+
+    def _check_still_here(self) -> None:
+        """Refuse to write when the folder was moved or removed since it was opened (the write would make
+        its path again; :mod:`~diffaudit.core.folder_identity`)."""
+        if self._identity is not None:
+            self._identity.check()
 
     def read_npy(self, rel: str) -> np.ndarray:
         return load_npy(self.path / rel)
