@@ -40,7 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data_args(p, required=True, cache=True)
     add_run_args(p)
     g = p.add_argument_group("near-duplicates")
-    g.add_argument("--embedder", choices=sorted(EMBEDDERS), default="pixel", help="image embedding")
+    g.add_argument("--embedder", choices=sorted(EMBEDDERS), default="pixel", help="image embedding (the paper: CLIP for "
+                   "the prompts, a CNN for CIFAR-10; --embedder clip needs --clip-model, a local CLIP folder)")
     g.add_argument("--threshold", type=float, default=None,
                    help="similarity at or above which two images are duplicates (default: the embedder's calibrated "
                         "value: pixel 0.97, phash 0.906 = at most 6 of 64 bits; clip 0.95, not calibrated)")

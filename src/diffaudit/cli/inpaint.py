@@ -72,7 +72,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--target-keys", help="comma-separated example ids to attack instead of --targets (membership from "
                    "train_ids.json)")
     a = p.add_argument_group("attack")
-    a.add_argument("--mask", default="left", help=f"{MASK_CHOICES} (the hidden region) or a mask image (nonzero = known)")
+    a.add_argument("--mask", default="left", help=f"{MASK_CHOICES} (the hidden region; random: the paper's "
+                   "\"random halves\", one of left, right, top and bottom per target, seeded) or a mask image (nonzero = known)")
     a.add_argument("--n-inpaint", type=int, default=64, help="inpaintings per target (the paper: 5,000)")
     a.add_argument("--top-k", type=int, default=None, help="best-scored inpaintings kept per target (default: 10, the "
                    "paper's, or --n-inpaint when fewer)")

@@ -104,7 +104,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "one-sided; *-fixed: one global variance (lira-fixed and lira-offline-fixed use one query: "
                         "noise draw 0, unflipped); strong-lira, strong-lira-fixed: LiRA over --draws noise draws and "
                         "their flips")
-    a.add_argument("--timesteps", type=_int_list, default=(100,), help="timestep(s) of the attack (several act as more queries)")
+    a.add_argument("--timesteps", type=_int_list, default=(100,), help="timestep(s) of the attack (several act as more queries), 0-based as diffusers counts them: "
+                   "100 is the paper's t = 100 up to one step")
     a.add_argument("--sweep", type=_int_list, default=(), help="also evaluate at each of these timesteps, e.g. 10,50,100,200,300,500,1000 "
                    "(T itself, the paper's 1000, is the last step T-1; larger values are refused), and at each of --timesteps alone")
     a.add_argument("--draws", type=int, default=None,
@@ -114,11 +115,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="strong-lira, strong-lira-fixed: also query each image flipped horizontally, same ε "
                         "(default: on for both)")
     a.add_argument("--transform", choices=("log", "none"), default=None,
-                   help=f"the LiRA attacks fit Gaussians to log(loss) or the loss (default {MiaConfig.transform})")
+                   help=f"the LiRA attacks fit Gaussians to log(loss) or to the loss itself (default {MiaConfig.transform}; the "
+                        "paper fits the loss, `none`: a loss is a mean of squares, right-skewed with a spread that grows "
+                        "with its mean, and its log is close to Gaussian across shadows, as logit scaling is for "
+                        "classifiers in LiRA)")
     a.add_argument("--strong-aggregate", choices=("sum-llr", "mean-loss"), default=None,
                    help="strong-lira, strong-lira-fixed: fit a Gaussian per query and sum the log-likelihood ratios (default: the "
-                        "stronger on 8 digits models, AUC 0.961 against 0.821 with fixed variance, docs/experiments.md), "
-                        "or average the losses over the queries first")
+                        "stronger on 8 digits models, AUC 0.961 against 0.821 with fixed variance and 0.820 against 0.747 "
+                        "with per-example variance, docs/experiments.md), or average the losses over the queries first "
+                        "(mean-loss, the paper's wording)")
     a.add_argument("--batch-size", type=batch_option, default=256,
                    help="examples per forward pass (the losses do not depend on it, in bf16 up to rounding); auto: on CUDA the largest that fits "
                         "within 80%% of the GPU's memory, probed for each model (a Stable Diffusion pipeline takes at most 64)")

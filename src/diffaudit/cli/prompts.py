@@ -50,7 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-score", type=int, default=0, help="keep captions whose images have at least this many duplicates")
     g.add_argument("--duplicates", default=None, metavar="DEDUP_DIR",
                    help="a `diffaudit dedup` output folder (or its result.json) made on the same --data")
-    g.add_argument("--embedder", choices=sorted(EMBEDDERS), default="pixel", help="embedder when --duplicates is not given")
+    g.add_argument("--embedder", choices=sorted(EMBEDDERS), default="pixel", help="embedder when --duplicates is not given (the paper: CLIP; "
+                   "--embedder clip needs --clip-model, a local CLIP folder, whose threshold is not calibrated)")
     g.add_argument("--threshold", type=float, default=None,
                    help="when --duplicates is not given: similarity at or above which two images are duplicates, "
                         "1 = identical, larger = stricter (cosine for pixel and clip, 1 - Hamming/64 for phash; "
