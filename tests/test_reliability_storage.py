@@ -373,3 +373,16 @@ def test_a_full_disk_under_torch_save_and_safetensors_is_a_storage_error(tmp_pat
     with pytest.raises(DiffauditError, match=r"could not write .*unet: No space left on device. Free space"):
         save_pretrained_atomic(Model(), tmp_path / "unet")
     assert not (tmp_path / "unet").exists()
+
+
+def test_a_write_cut_short_names_the_file_size_limit(tmp_path):
+    """`ulimit -f` cut a shard short: numpy's "8192 requested and 1920 written", without an error number, got
+    the advice of a read-only --out; it now names the limit, as EFBIG does."""
+    import errno
+
+    from diffaudit.core.io import storage_error
+
+    short = str(storage_error(tmp_path / "shard.npy", OSError("8192 requested and 1920 written")))
+    assert "8192 requested and 1920 written. The write was cut short: free space, raise the file size limit" in short
+    too_big = str(storage_error(tmp_path / "shard.npy", OSError(errno.EFBIG, "File too large")))
+    assert "File too large. A file outgrew the largest this process may write (`ulimit -f`" in too_big

@@ -39,11 +39,17 @@ _ADVICE = {
     errno.EEXIST: "A file is in the way: remove it or choose another --out",
     errno.ENOTDIR: "A file is in the way of a folder on that path: remove it or choose another --out",
     errno.ENOENT: "The folder disappeared while writing (removed by another process?); re-run",
+    errno.EFBIG: "A file outgrew the largest this process may write (`ulimit -f`, or the file system's): raise it "
+                 "or choose another --out",
 }
+#: A write the system cut short without an error number (numpy's "8192 requested and 1920 written"): a full disk,
+#: or the file size limit, whose signal Python ignores.
+_SHORT_WRITE = ("The write was cut short: free space, raise the file size limit (`ulimit -f`) or choose another "
+                "--out")
 
 
 def storage_error(path: Path, exc: OSError) -> DiffauditError:
-    advice = _ADVICE.get(exc.errno, "Free space or choose a writable --out")
+    advice = _ADVICE.get(exc.errno, _SHORT_WRITE if exc.errno is None else "Free space or choose a writable --out")
     if exc.errno == errno.EEXIST and os.path.lexists(path) and not (os.path.isfile(path) or os.path.islink(path)):
         return DiffauditError(f"could not write {path}: it is a device or another special file, not a folder: "
                               "choose another --out")  # a file in the way is the user's to remove; this one is not
