@@ -254,14 +254,14 @@ def _main(argv: list[str] | None) -> int:
             return code
     except KeyboardInterrupt as exc:
         if isinstance(exc, StageInterrupted):  # a stage's interruption was said by the stage: the audit's JSON here
-            return _interrupted_json(raw, command)
+            return _interrupted_status(raw, command)
     finally:
         folder_lock.release(keep=held_before)  # the --out folders this command locked
     name = f"diffaudit {speaking_as(command)}" if command in COMMANDS else "diffaudit"
     by = _stopping_signal()
     what = "interrupted" if by == signal.SIGINT else f"stopped by {signal.Signals(by).name}"
     print(f"{name}: {what}; finished work is kept, re-run to continue", file=sys.stderr)
-    return _interrupted_json(raw, command)
+    return _interrupted_status(raw, command)
 
 
 def _stopping_signal() -> int:
@@ -270,7 +270,7 @@ def _stopping_signal() -> int:
     return interrupt.received() or signal.SIGINT
 
 
-def _interrupted_json(raw: list[str], command: str | None) -> int:
+def _interrupted_status(raw: list[str], command: str | None) -> int:
     """The exit status of an interrupted command, 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM);
     with --json, the interruption as JSON on stdout like every other ending (``{"command", "error":
     "interrupted", "signal", "exit_status"}``): a script reading stdout gets JSON either way. Said by the

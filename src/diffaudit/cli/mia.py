@@ -104,8 +104,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "one-sided; *-fixed: one global variance (lira-fixed and lira-offline-fixed use one query: "
                         "noise draw 0, unflipped); strong-lira, strong-lira-fixed: LiRA over --draws noise draws and "
                         "their flips")
-    a.add_argument("--timesteps", type=_int_list, default=(100,), help="timestep(s) of the attack (several act as more queries), 0-based as diffusers counts them: "
-                   "100 is the paper's t = 100 up to one step")
+    a.add_argument("--timesteps", type=_int_list, default=(100,),
+                   help="timestep(s) of the attack (several act as more queries), 0-based as diffusers counts them: "
+                        "100 is the paper's t = 100 up to one step")
     a.add_argument("--sweep", type=_int_list, default=(), help="also evaluate at each of these timesteps, e.g. 10,50,100,200,300,500,1000 "
                    "(T itself, the paper's 1000, is the last step T-1; larger values are refused), and at each of --timesteps alone")
     a.add_argument("--draws", type=int, default=None,

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     follows = redacted_report(out, Path(args.result_dir))
     args.redact, kept = resolve_redact(args.redact, follows is not None)
     if kept:
-        what = f"the report it replaces ({out})" if follows == out else f"{follows}"
+        what = f"the report it replaces ({out})" if follows == out else str(follows)
         stage_line(f"report: redacted, as {what} is; --no-redact shows the training images")
     report = render_report(args.result_dir, out, redact=args.redact)
     spath = write_summary(args.result_dir, summary_path(report), redact=args.redact)

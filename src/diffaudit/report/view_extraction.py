@@ -17,8 +17,8 @@ from diffaudit.core.errors import DiffauditError
 from diffaudit.report.calibration_sweep import calibration_points, count
 from diffaudit.report.clique_counts import clique_counts, from_extract
 from diffaudit.report.fmt import fmt_p
-from diffaudit.report.redacted_names import generation_names, shown_as
 from diffaudit.report.images import SampleImages, TrainingImages, data_digest, data_spec, image_uri
+from diffaudit.report.redacted_names import generation_names, shown_as
 from diffaudit.report.results import ResultSet, Stage, closest, links_out, records, resolve_path
 from diffaudit.report.summary import baseline_pvalue
 

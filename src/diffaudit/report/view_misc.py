@@ -118,10 +118,10 @@ def inpainting_view(rs: ResultSet, summary: dict[str, Any], *, redact: bool) -> 
     files, outside = ([], 0) if inside is None else _grid_files(st.path, inside)
     used: set[Path] = set()  # real paths
     grids = []
-    if redact:
-        verify = rs.first("verify")
-        positions = training_positions(rs)
-        same_data = verify is not None and data_spec(verify.settings) == data_spec(st.settings)
+    # redacted, a target is named by its position in the training set extraction numbers where it is there
+    verify = rs.first("verify")
+    positions = training_positions(rs) if redact else {}
+    same_data = verify is not None and data_spec(verify.settings) == data_spec(st.settings)
     # Members first: their reconstructions are what the attack is about.
     for t in sorted(targets, key=lambda t: (not t.get("member"), t.get("mean_topk_l2") or 0.0)):
         if len(grids) >= MAX_GRIDS:

@@ -49,9 +49,10 @@ def _finite(name: str, a: np.ndarray) -> None:
                              "the model that produced them is broken (check its training log)")
     n_negative = int((a < 0).sum())
     if n_negative:
-        raise DiffauditError(f"{name} holds {n_negative} negative value{'s' if n_negative > 1 else ''} (smallest {float(a.min()):.4g}); a loss "
-                             "is a mean of squared errors, ≥ 0: pass the losses themselves, not their logarithm "
-                             "(the attacks take it where they need it)")
+        values = "value" if n_negative == 1 else "values"
+        raise DiffauditError(f"{name} holds {n_negative} negative {values} (smallest {float(a.min()):.4g}); a loss is a "
+                             "mean of squared errors, ≥ 0: pass the losses themselves, not their logarithm (the "
+                             "attacks take it where they need it)")
 
 
 @dataclass
