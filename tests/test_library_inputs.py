@@ -90,3 +90,23 @@ def test_sampling_refuses_a_seed_past_torchs_range_and_ascending_timesteps():
     for steps in ([0, 500, 999], [500, 500], [1000, 10], []):
         with pytest.raises(DiffauditError, match=r"timesteps must be distinct, descending and in \[0, 999\]"):
             sample(_identity_model, x_T, alphas_cumprod=AB, timesteps=steps)
+
+
+def test_verification_and_unconditional_results_serialise_to_strict_json():
+    """Verification and UnconditionalResult had no to_dict (asdict of a Verification failed on its arrays): a
+    notebook had to copy the command's field assembly to keep a result."""
+    import json
+
+    from diffaudit.attacks.extraction import verify
+
+    images = load_dataset("digits").images
+    gens = np.concatenate([noisy_copies(images[3], 2, 0), images[200:206]])
+    result = verify(gens, [f"g{i}" for i in range(len(gens))], images[:50], [f"t{i}" for i in range(50)])
+    whole = json.loads(json.dumps(result.to_dict(per_sample=True), allow_nan=False))
+    assert whole["unique_extracted"] == result.unique_extracted >= 1 and whole["extracted"][0]["train_key"] == "t3"
+    assert len(whole["l2"]) == len(whole["ratio"]) == len(whole["is_extracted"]) == 8
+    assert "l2" not in result.to_dict()  # the per-sample arrays only when asked
+    found = extract_unconditional(np.concatenate([noisy_copies(images[1], 12, 0), images[100:140]]),
+                                  [f"s{i}" for i in range(52)], settings=FilterSettings(min_clique=10), device="cpu")
+    groups = json.loads(json.dumps(found.to_dict(), allow_nan=False))["groups"]
+    assert [g["size"] for g in groups] == [12]

@@ -88,6 +88,9 @@ class UnconditionalResult:
     stats: dict[str, Any] = field(default_factory=dict)
     n_truncated: int = 0
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
 
 @dataclass
 class NeighbourEdges:

@@ -168,6 +168,19 @@ class Verification:
     def unique_extracted(self) -> int:
         return len(self.extracted)
 
+    def to_dict(self, *, per_sample: bool = False) -> dict[str, Any]:
+        """The outcome as JSON-ready values: the counts, the settings and each :class:`Extraction`; with
+        ``per_sample`` also the (Q,) arrays as lists, a ratio that is undefined (inf) as None. (`diffaudit
+        verify` keeps those arrays in a file of their own.)"""
+        out = {"n_samples": int(self.n_samples), "n_train": int(self.n_train), "settings": asdict(self.settings),
+               "neighbors": int(self.neighbors), "unique_extracted": self.unique_extracted,
+               "n_extracting_samples": int(self.n_extracting_samples), "extracted": [e.to_dict() for e in self.extracted]}
+        if per_sample:
+            out.update(train_ids=[int(i) for i in self.train_ids], l2=[float(v) for v in self.l2],
+                       ratio=[float(v) if np.isfinite(v) else None for v in self.ratio],
+                       is_extracted=[bool(v) for v in self.is_extracted])
+        return out
+
 
 def decide(knn: KnnResult, settings: VerifySettings, n_train: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(l2, ratio, extracted) per generation from its sorted kNN distances (paper §3, §5.1)."""
