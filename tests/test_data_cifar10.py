@@ -69,3 +69,20 @@ def test_checksum_mismatch_names_shard(tmp_path, write_tar, encode_image):
     (tmp_path / "SHA256SUMS").write_text(hashlib.sha256(shard.read_bytes()).hexdigest() + "  cifar10-test-000000.tar\n")
     ds = load_dataset("cifar10-test", cifar_root=tmp_path)
     assert ds.keys == ["cat_0001"] and ds.labels.tolist() == [3]
+
+
+def test_an_installed_package_does_not_look_for_cifar10_inside_its_environment(tmp_path, monkeypatch):
+    """Installed from a wheel, the "repository root" three folders above the package is inside the virtual
+    environment: the error listed <venv>/lib/shared/data/cifar10. Only a checkout (its pyproject.toml) is
+    searched; the working directory and its parents always are."""
+    from diffaudit.data import builtin
+
+    site = tmp_path / "venv" / "lib"
+    site.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(builtin, "_REPO_ROOT", site)
+    roots = builtin._search_roots()
+    assert (tmp_path / "venv" / "shared" / "data" / "cifar10") not in roots
+    assert roots[0] == (tmp_path / ".." / "shared" / "data" / "cifar10").resolve()
+    (site / "pyproject.toml").write_text("")
+    assert builtin._search_roots()[0] == (site / ".." / "shared" / "data" / "cifar10").resolve()

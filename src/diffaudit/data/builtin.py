@@ -66,7 +66,9 @@ def list_digits() -> Listing:
 
 def _search_roots() -> list[Path]:
     cwd = Path.cwd()
-    bases = [_REPO_ROOT, cwd, *cwd.parents]
+    # the checkout diffaudit runs from (an installed wheel's "root" is inside its environment: not searched)
+    repo = [_REPO_ROOT] if (_REPO_ROOT / "pyproject.toml").is_file() else []
+    bases = [*repo, cwd, *cwd.parents]
     out: list[Path] = []
     for base in bases:
         cand = (base / ".." / "shared" / "data" / "cifar10").resolve()
