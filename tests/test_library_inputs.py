@@ -110,3 +110,21 @@ def test_verification_and_unconditional_results_serialise_to_strict_json():
                                   [f"s{i}" for i in range(52)], settings=FilterSettings(min_clique=10), device="cpu")
     groups = json.loads(json.dumps(found.to_dict(), allow_nan=False))["groups"]
     assert [g["size"] for g in groups] == [12]
+
+
+def test_the_denoiser_refuses_another_layout_or_float_timesteps(tmp_path):
+    """Channels-last x_t gave a torch error from inside the UNet about channels, and float timesteps were
+    taken: the layout and dtypes are now checked (the values are not, which would wait for the device)."""
+    from diffaudit.models.denoiser import load_denoiser
+    from helpers import make_tiny_model_dir
+
+    den = load_denoiser(make_tiny_model_dir(tmp_path / "m"))
+    x = torch.zeros(2, 1, 8, 8)
+    t = torch.tensor([10, 20])
+    assert den(x, t).shape == (2, 1, 8, 8) and den(x, torch.tensor(5)).shape == (2, 1, 8, 8)
+    with pytest.raises(DiffauditError, match=r"float x_t of shape \(B, 1, H, W\).*got float32 of shape \(2, 8, 8, 1\)"):
+        den(x.permute(0, 2, 3, 1), t)
+    with pytest.raises(DiffauditError, match=r"float x_t .* got uint8"):
+        den(x.to(torch.uint8), t)
+    with pytest.raises(DiffauditError, match=r"integer timesteps t of shape \(2,\) or \(\); got float32 of shape \(2,\)"):
+        den(x, t.float())

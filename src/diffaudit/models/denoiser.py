@@ -90,6 +90,19 @@ class Denoiser:
 
     @torch.no_grad()
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """ε̂(x_t, t): float32 (B, C, H, W) for noisy images ``x_t`` float (B, C, H, W) in model space and
+        integer timesteps ``t`` (B,) or () in [0, T); ``labels`` int (B,) for a class-conditional model.
+
+        Raises :class:`DiffauditError` for another layout or dtype (channels last, or float timesteps, gave a
+        torch error from inside the UNet, or a silent answer); the values are not checked, which would wait
+        for the device on every call."""
+        if x_t.ndim != 4 or x_t.shape[1] != self.in_channels or not x_t.is_floating_point():
+            raise DiffauditError(f"the model takes float x_t of shape (B, {self.in_channels}, H, W), in model space "
+                                 f"[-1, 1] plus noise; got {str(x_t.dtype).removeprefix('torch.')} of shape "
+                                 f"{tuple(x_t.shape)}")
+        if t.is_floating_point() or t.shape not in ((), (x_t.shape[0],)):
+            raise DiffauditError(f"the model takes integer timesteps t of shape ({x_t.shape[0]},) or (); got "
+                                 f"{str(t.dtype).removeprefix('torch.')} of shape {tuple(t.shape)}")
         if self.num_classes is not None and labels is None:
             raise DiffauditError("this model is class-conditional: give a class (prompt) for every image")
         x = x_t.to(self.device, self.dtype)
