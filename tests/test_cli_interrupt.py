@@ -264,3 +264,38 @@ def test_sigterm_and_sighup_stop_a_command_as_ctrl_c_does(monkeypatch, capsys, n
     assert captured.err == f"diffaudit train: stopped by {name}; finished work is kept, re-run to continue\n"
     assert json.loads(captured.out) == {"command": "train", "error": "interrupted", "signal": name, "exit_status": status}
     assert signal.getsignal(stop) is signal.SIG_DFL
+
+
+def test_an_audit_stage_stopped_by_sigterm_stops_the_audit_as_interrupted(monkeypatch, tmp_path, capsys):
+    """A stage ended by SIGTERM (status 143) was taken for a failed stage: the audit printed a "stage failed"
+    JSON document and then the interruption's, which no parser reads, and its report said "failed (exit 143)".
+    It is now one interruption, with the stage's status, recorded as interrupted."""
+    from diffaudit.core.io import read_json
+    from diffaudit.report.results import STAGE_STOPPED, stopped_words
+
+    monkeypatch.setattr(cli_main, "main", lambda argv: 143)  # the stage said "stopped by SIGTERM" itself
+    stages = _Stages(tmp_path, [])
+    monkeypatch.setattr(cli_main, "_parse_and_run", lambda *a: stages.run("sample", ["sample"]))
+    assert cli_main._main(["audit", "--json"]) == 143
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {"command": "audit", "error": "interrupted", "signal": "SIGTERM",
+                                        "exit_status": 143}
+    assert captured.err == ""  # the stage's own line is the one line
+    assert stopped_words(read_json(tmp_path / STAGE_STOPPED)) == "its sample stage was interrupted"
+
+
+def test_sigterm_is_taken_where_ctrl_c_is_ignored(monkeypatch, capsys):
+    """A shell's background job (and nohup) ignores SIGINT: no handler was taken at all then, and SIGTERM ended
+    the command with no line and no JSON. SIGTERM is now taken whatever SIGINT's handler; SIGINT stays ignored."""
+    import signal
+
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    monkeypatch.setattr(cli_main, "build_parser", lambda **_: signal.raise_signal(signal.SIGTERM))
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        assert cli_main.main(["train", "--data", "digits", "--out", "x", "--json"]) == 143
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert json.loads(capsys.readouterr().out)["signal"] == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

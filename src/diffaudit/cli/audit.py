@@ -25,6 +25,7 @@ from diffaudit.cli.common import (
     refuse_files_for_folders, refuse_stores_for_models, upgrading_paths,
 )
 from diffaudit.cli.train import add_train_options
+from diffaudit.core import interrupt
 from diffaudit.core.errors import DiffauditError, StageFailedError
 from diffaudit.models.recipe import RECIPE_FLAGS
 
@@ -542,11 +543,11 @@ class _Stages:
                 code = exc.code if isinstance(exc.code, int) else 2
             except BaseException as exc:  # a crash, or Ctrl-C between the stage's own handlers: recorded, then raised
                 self._stopped(name, None if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}",
-                              130 if isinstance(exc, KeyboardInterrupt) else 1)
+                              interrupt.stopped_with() if isinstance(exc, KeyboardInterrupt) else 1)
                 raise
-            if code == 130:  # the stage was interrupted (it said so): the audit is, too
+            if interrupt.stopped_status(code):  # the stage was interrupted or stopped (it said so): the audit is, too
                 self._stopped(name, None, code)
-                raise StageInterrupted
+                raise StageInterrupted(code)
             if code != 0:
                 self._stopped(name, stage.error, code)
                 raise StageFailedError(f"stage `{name}` failed (exit {code}); fix the cause and re-run: finished stages are kept",
@@ -556,9 +557,9 @@ class _Stages:
         return read_json(result) if result.exists() else None
 
     def _stopped(self, name: str, error: str | None, code: int) -> None:
-        """Record in :data:`STAGE_STOPPED` that stage ``name`` stopped the audit (exit ``code``, 130: interrupted;
-        ``error``: what its command said), for ``diffaudit report`` to name; a record that cannot be written
-        (a full disk) leaves the stage's own error to be seen."""
+        """Record in :data:`STAGE_STOPPED` that stage ``name`` stopped the audit (exit ``code``; 130, 143 or 129:
+        interrupted; ``error``: what its command said), for ``diffaudit report`` to name; a record that cannot
+        be written (a full disk) leaves the stage's own error to be seen."""
         from diffaudit.core.io import write_json_atomic
         from diffaudit.report.results import STAGE_STOPPED
 

@@ -424,8 +424,12 @@ def speaking_as(command: str | None) -> str | None:
 
 
 class StageInterrupted(KeyboardInterrupt):
-    """Ctrl-C inside a command that another ran in-process (an audit's stage), which said so itself: the
-    enclosing command ends with status 130 without saying it again."""
+    """Ctrl-C (or SIGTERM, SIGHUP) inside a command that another ran in-process (an audit's stage), which said
+    so itself: the enclosing command ends with the stage's ``status`` (130, 143, 129) without saying it again."""
+
+    def __init__(self, status: int = 130):
+        super().__init__(status)
+        self.status = status
 
 
 class StdoutClosed(Exception):

@@ -254,35 +254,29 @@ def _main(argv: list[str] | None) -> int:
             return code
     except KeyboardInterrupt as exc:
         if isinstance(exc, StageInterrupted):  # a stage's interruption was said by the stage: the audit's JSON here
-            return _interrupted_status(raw, command)
+            return _interrupted_status(raw, command, exc.status)
     finally:
         folder_lock.release(keep=held_before)  # the --out folders this command locked
     name = f"diffaudit {speaking_as(command)}" if command in COMMANDS else "diffaudit"
-    by = _stopping_signal()
-    what = "interrupted" if by == signal.SIGINT else f"stopped by {signal.Signals(by).name}"
+    by = signal.Signals(interrupt.stopped_with() - 128)
+    what = "interrupted" if by == signal.SIGINT else f"stopped by {by.name}"
     print(f"{name}: {what}; finished work is kept, re-run to continue", file=sys.stderr)
     return _interrupted_status(raw, command)
 
 
-def _stopping_signal() -> int:
-    """The signal that stopped the command: SIGINT (Ctrl-C, or an interruption raised in Python), SIGTERM or
-    SIGHUP (:func:`~diffaudit.core.interrupt.received`)."""
-    return interrupt.received() or signal.SIGINT
-
-
-def _interrupted_status(raw: list[str], command: str | None) -> int:
+def _interrupted_status(raw: list[str], command: str | None, status: int | None = None) -> int:
     """The exit status of an interrupted command, 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM);
     with --json, the interruption as JSON on stdout like every other ending (``{"command", "error":
     "interrupted", "signal", "exit_status"}``): a script reading stdout gets JSON either way. Said by the
-    command the user ran, not by an audit's stage running in-process."""
-    by = _stopping_signal()
-    status = 128 + int(by)
+    command the user ran, not by an audit's stage running in-process. ``status``: the one a stage ended with
+    (:class:`~diffaudit.cli.common.StageInterrupted`), else this command's."""
+    status = interrupt.stopped_with() if status is None else status
     options = raw[:raw.index("--")] if "--" in raw else raw
     if "--json" not in options or current_stage() is not None:
         return status
     try:
         write_stdout(json.dumps({"command": command if command in COMMANDS else None, "error": "interrupted",
-                                 "signal": signal.Signals(by).name, "exit_status": status}, indent=2) + "\n")
+                                 "signal": signal.Signals(status - 128).name, "exit_status": status}, indent=2) + "\n")
     except (StdoutClosed, OSError):  # a reader gone with the Ctrl-C: nothing to tell
         pass
     return status

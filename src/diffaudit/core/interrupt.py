@@ -50,18 +50,22 @@ def _quiet_unraisable(previous):
 @contextmanager
 def catching_ctrl_c() -> Iterator[None]:
     """Within: SIGINT raises ``KeyboardInterrupt`` as Python's own handler does, and also sets the flag
-    :func:`pending` reads. Does nothing outside the main thread, where no handler can be set, or where
-    the program has a SIGINT handler of its own (an embedding application, an enclosing
-    ``catching_ctrl_c``): the flag is then left to whoever set that handler."""
+    :func:`pending` reads; SIGTERM and SIGHUP do the same. Each is taken only where nothing else handles it:
+    SIGINT where Python's own handler does, SIGTERM and SIGHUP where their default (ending the process at
+    once) would. An embedding application's handler, an enclosing ``catching_ctrl_c``, or a SIGINT that is
+    ignored (a shell's background job, ``nohup``) is left as it is; outside the main thread, where no handler
+    can be set, nothing is taken."""
     global _pending, _received
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    taken = [signal.SIGINT] if signal.getsignal(signal.SIGINT) is signal.default_int_handler else []
+    taken += [s for s in OTHER_STOP_SIGNALS if signal.getsignal(s) is signal.SIG_DFL]
+    if not taken:
         yield
         return
     _pending, _received = False, None
-    # SIGTERM and SIGHUP only where nothing else handles them (their default ends the process at once)
-    others = [s for s in OTHER_STOP_SIGNALS if signal.getsignal(s) is signal.SIG_DFL]
-    previous = {s: signal.signal(s, _on_sigint) for s in (signal.SIGINT, *others)}
+    previous = {s: signal.signal(s, _on_sigint) for s in taken}
     previous_hook = sys.unraisablehook
     sys.unraisablehook = _quiet_unraisable(previous_hook)
     try:
@@ -81,10 +85,22 @@ def ignore_from_now_on() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def stopped_status(status: int) -> bool:
+    """Whether a command's exit ``status`` says it was stopped, not failed: 128 + SIGINT, SIGTERM or SIGHUP
+    (130, 143, 129), as the CLI ends an interrupted command."""
+    return status in {128 + int(s) for s in (signal.SIGINT, *OTHER_STOP_SIGNALS)}
+
+
 def received() -> int | None:
     """The signal that stopped the last :func:`catching_ctrl_c` block (SIGINT, SIGTERM or SIGHUP), None when
     none did; read after the block has ended."""
     return _received
+
+
+def stopped_with() -> int:
+    """The exit status of a command stopped within :func:`catching_ctrl_c`: 128 + the signal's number (130
+    for Ctrl-C, or for an interruption raised in Python without a signal; 143 for SIGTERM)."""
+    return 128 + int(_received or signal.SIGINT)
 
 
 def pending() -> bool:

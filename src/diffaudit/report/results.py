@@ -14,14 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from diffaudit.core import interrupt
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.io import loads_json, read_json
 from diffaudit.core.outdir import SETTINGS_FILE
 
 RESULT_FILE = "result.json"
 AUDIT_FILES = ("audit.json",)
-#: What an audit records when one of its stages stops it (``diffaudit audit``): ``stage``, ``exit`` (130:
-#: interrupted) and ``error`` (what the stage's command said, None when it said nothing a record keeps).
+#: What an audit records when one of its stages stops it (``diffaudit audit``): ``stage``, ``exit`` (130, 143 or
+#: 129: interrupted, by Ctrl-C, SIGTERM or SIGHUP) and ``error`` (what the stage's command said, None when it said nothing a record keeps).
 STAGE_STOPPED = "stage_stopped.json"
 
 
@@ -135,7 +136,7 @@ def stopped_words(stopped: dict[str, Any] | None) -> str:
     """"its mia stage failed (exit 2)" (or "was interrupted") of a :data:`STAGE_STOPPED` record, "" without one."""
     if not stopped:
         return ""
-    how = "was interrupted" if stopped["exit"] == 130 else f"failed (exit {stopped['exit']})"
+    how = "was interrupted" if interrupt.stopped_status(stopped["exit"]) else f"failed (exit {stopped['exit']})"
     return f"its {stopped['stage']} stage {how}"
 
 
