@@ -39,6 +39,12 @@ def test_view_errors(tmp_path):
     bad.write_text('{"spec": "digits"}')
     with pytest.raises(DiffauditError, match="not a dataset view"):
         load_dataset(str(bad))
+    # a part's keys carry its prefix: a key written as the dataset names it is said so
+    prefixed = tmp_path / "p.view.json"
+    prefixed.write_text('{"view": 1, "parts": [{"spec": "digits", "prefix": "held:", "keys": ["digits:3"]}]}')
+    with pytest.raises(DiffauditError, match=r"p.view.json: 1 key is not in digits \(first: 'digits:3'\); a part's keys "
+                                             r"carry its prefix: 'held:digits:3'"):
+        load_dataset(str(prefixed))
 
 
 def test_view_of_a_relative_path_loads_from_any_directory(tmp_path, tmp_npz, monkeypatch):

@@ -417,7 +417,11 @@ def load_view_parts(path, load: Callable[..., ImageDataset], *, subset=None, sub
             index = base.index_of()
             missing = [k for k in part.keys if k not in index]
             if missing:
-                raise DiffauditError(f"{path}: {len(missing)} keys are not in {part.spec} (first: {missing[0]!r})")
+                # keys are written prefixed: a key of the dataset as it names it is said so
+                bare = part.prefix and part.prefix + missing[0] in index
+                hint = f"; a part's keys carry its prefix: {part.prefix + missing[0]!r}" if bare else ""
+                raise DiffauditError(f"{where}: {len(missing)} key{'s are' if len(missing) > 1 else ' is'} not in "
+                                     f"{part.spec} (first: {missing[0]!r}){hint}")
             base = base.subset([index[k] for k in part.keys])
         loaded.append(base)
         used.append(dataclasses.replace(part, options=options))
