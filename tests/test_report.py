@@ -847,3 +847,17 @@ def test_non_members_from_another_folder_are_said_to_be_so(tmp_path):
     text = visible_text(render_html(audit))
     assert ("The non-members are the images of --heldout, a set apart from the training data (the false-positive "
             "baseline's never-seen images too): if the two sets differ in how they were made") in text
+
+
+def test_summary_json_carries_the_reports_two_verdicts(audit, rendered):
+    """A release gate read the answer only from the HTML's data-verdict attributes, or derived it again from
+    the numbers: summary.json now holds the report's two verdicts, level and sentence, as the page shows them."""
+    verdicts = build_summary(audit)["verdicts"]
+    page = Page(rendered[1])
+    shown = {a["data-verdict"] for _, a in page.tags if "data-verdict" in a}
+    membership = {a["data-membership-verdict"] for _, a in page.tags if "data-membership-verdict" in a}
+    assert shown == {verdicts["extraction"]["level"]} == {"yes"}
+    assert membership == {verdicts["membership"]["level"]}
+    text = visible_text(rendered[1])
+    assert verdicts["extraction"]["text"] in text and verdicts["membership"]["text"] in text
+    json.dumps(verdicts, allow_nan=False)

@@ -22,10 +22,10 @@ from diffaudit.report.glossary import glossary
 from diffaudit.report.path_redaction import FOLDER, hide_paths, path_labels
 from diffaudit.report.results import finished_stages, load_results, stopped_words
 from diffaudit.report.summary import summarise
-from diffaudit.report.view_extraction import cliques, gallery, rule_text, verdict
-from diffaudit.report.view_mia import best_mia, membership_verdict, mia_view, pooled_target
-from diffaudit.report.view_misc import (canaries_view, data_vs_model_note, inpainting_view, mixed_inputs_view, settings_view,
-                                       shadows_view)
+from diffaudit.report.verdicts import verdicts
+from diffaudit.report.view_extraction import cliques, gallery, rule_text
+from diffaudit.report.view_mia import best_mia, mia_view, pooled_target
+from diffaudit.report.view_misc import canaries_view, inpainting_view, mixed_inputs_view, settings_view, shadows_view
 from diffaudit.report.view_model import training_view
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -72,17 +72,13 @@ def shown_images(ctx: dict[str, Any]) -> dict[str, bool]:
     }
 
 
-def _noted(verdict: dict[str, str], note: str | None) -> dict[str, str]:
-    """``verdict`` with ``note`` (a caveat about what it counts) appended to its sentence."""
-    return verdict if not note else {**verdict, "text": f"{verdict['text']} {note}"}
-
-
 def report_context(result_dir: str | os.PathLike, *, redact: bool = False) -> dict[str, Any]:
     """Everything the template renders: the summary and the per-section views."""
     rs = load_results(result_dir)
     summary = summarise(rs)
     ex = summary.get("extraction")
     headline = best_mia(summary)
+    answers = verdicts(rs, summary)
     ctx = {
         "title": f"diffaudit report: {rs.root.resolve().name}",
         "source": rs.root.resolve().name,
@@ -91,7 +87,7 @@ def report_context(result_dir: str | os.PathLike, *, redact: bool = False) -> di
         "unreadable": rs.unreadable,  # result files left out, each with why
         "csp": CSP,
         "summary": summary,
-        "verdict": _noted(verdict(ex, canaries=summary.get("canaries"), unfinished=rs.unfinished), data_vs_model_note(ex)),
+        "verdict": answers["extraction"],
         "unfinished": finished_stages(rs) if rs.unfinished else None,  # the stages finished so far
         # the stage that stopped it; what it said may name files and examples, which --redact hides
         "stopped": rs.stopped and {**rs.stopped, "error": None if redact else rs.stopped["error"],
@@ -99,7 +95,7 @@ def report_context(result_dir: str | os.PathLike, *, redact: bool = False) -> di
         "rule": rule_text((ex or {}).get("rule"), (ex or {}).get("delta"), alpha=(ex or {}).get("alpha"),
                           n_neighbors=(ex or {}).get("n_neighbors"), n_train=(ex or {}).get("n_train")),
         "best_mia": headline,
-        "membership_verdict": membership_verdict(headline),
+        "membership_verdict": answers["membership"],
         "mixed": mixed_inputs_view(summary.get("mixed_inputs")),  # the models and datasets of separate results
         "pooled": pooled_target(summary),  # membership attacks of every shadow model in turn, of no one model
         "shadows": shadows_view(summary),

@@ -1012,11 +1012,16 @@ def without_names(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_summary(result_dir: str | os.PathLike) -> dict[str, Any]:
-    """The ``summary.json`` dictionary of an audit folder or of one command's result folder.
+    """The ``summary.json`` dictionary of an audit folder or of one command's result folder: :func:`summarise`
+    and the report's two answers under ``verdicts`` (:mod:`~diffaudit.report.verdicts`), for a script to read.
 
     Raises :class:`~diffaudit.core.errors.DiffauditError` when ``result_dir`` holds no result.
     """
-    return summarise(load_results(result_dir))
+    from diffaudit.report.verdicts import verdicts  # the views it reads import this module
+
+    rs = load_results(result_dir)
+    summary = summarise(rs)
+    return {**summary, "verdicts": verdicts(rs, summary)}
 
 
 def write_summary(result_dir: str | os.PathLike, out_file: str | os.PathLike | None = None, *,
