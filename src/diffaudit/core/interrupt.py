@@ -11,8 +11,8 @@ interrupted ends with status 130 and one line either way.
 
 SIGTERM (what ``timeout``, ``kill`` and batch schedulers send) and SIGHUP (a closed terminal) stop a
 command the same way, where the process has no handler of its own for them: they ended it silently before,
-with no line and, under ``--json``, no JSON. :func:`received` says which signal it was, for the exit status
-(128 + its number: 143 for SIGTERM).
+with no line and, under ``--json``, no JSON. :func:`received` says which signal it was, and
+:func:`stopped_with` the exit status it gives (128 + its number: 143 for SIGTERM).
 """
 
 from __future__ import annotations
