@@ -365,7 +365,7 @@ def _parse_and_run(argv: list[str] | None, raw: list[str], command: str | None) 
         except PermissionError as exc:  # a file or folder another user owns (where no reader said it before)
             from diffaudit.core.io import permission_denied
 
-            raise permission_denied(exc) from None
+            raise permission_denied(exc.filename if exc.filename is not None else "a file it needs") from None
     except DiffauditError as exc:
         from diffaudit.core.progress import printable  # names from data never drive the terminal
 

@@ -11,8 +11,8 @@ interrupted ends with status 130 and one line either way.
 
 SIGTERM (what ``timeout``, ``kill`` and batch schedulers send) and SIGHUP (a closed terminal) stop a
 command the same way, where the process has no handler of its own for them: they ended it silently before,
-with no line and, under ``--json``, no JSON. :func:`received` says which signal it was, and
-:func:`stopped_with` the exit status it gives (128 + its number: 143 for SIGTERM).
+with no line and, under ``--json``, no JSON. :func:`stopped_with` gives the exit status of the
+signal that stopped a command (128 + its number: 143 for SIGTERM).
 """
 
 from __future__ import annotations
@@ -89,12 +89,6 @@ def stopped_status(status: int) -> bool:
     """Whether a command's exit ``status`` says it was stopped, not failed: 128 + SIGINT, SIGTERM or SIGHUP
     (130, 143, 129), as the CLI ends an interrupted command."""
     return status in {128 + int(s) for s in (signal.SIGINT, *OTHER_STOP_SIGNALS)}
-
-
-def received() -> int | None:
-    """The signal that stopped the last :func:`catching_ctrl_c` block (SIGINT, SIGTERM or SIGHUP), None when
-    none did; read after the block has ended."""
-    return _received
 
 
 def stopped_with() -> int:

@@ -58,12 +58,12 @@ def storage_error(path: Path, exc: OSError) -> DiffauditError:
     )
 
 
-def permission_denied(exc: PermissionError, path: str | os.PathLike | None = None) -> DiffauditError:
-    """One line for a file or folder the system refuses to this user (``exc``; ``path`` when it does not name
-    one). diffaudit writes its folders owner-only, so a colleague's store, run or data folder on a shared
-    machine gives this: a PermissionError traceback before, or a weights file "not found", with advice to
-    train the model again."""
-    where = os.fspath(exc.filename if exc.filename is not None else path)
+def permission_denied(path: str | os.PathLike) -> DiffauditError:
+    """One line for a file or folder at ``path`` the system refuses to this user (named by its folder where
+    that is what refused it). diffaudit writes its folders owner-only, so a colleague's store, run or data
+    folder on a shared machine gives this: a PermissionError traceback before, or a weights file "not
+    found", with advice to train the model again."""
+    where = os.fspath(path)
     folder = os.path.dirname(where)
     if folder and not os.access(folder, os.R_OK | os.X_OK):  # the folder refused, not the file it looked for
         where = folder

@@ -437,7 +437,7 @@ def load_denoiser(path: str | Path, device: str | torch.device = "cpu", dtype: t
     except (OSError, ValueError, RuntimeError, TypeError, ArithmeticError, LookupError, NameError, SafetensorError) as exc:
         unreadable = next((f for f in sorted(unet_dir.iterdir()) if f.is_file() and not os.access(f, os.R_OK)), None)
         if unreadable is not None:  # safetensors says "No such file": not damaged, so never "train it again"
-            raise DiffauditError(f"{flag} {root}: {permission_denied(PermissionError(), unreadable)}") from None
+            raise DiffauditError(f"{flag} {root}: {permission_denied(unreadable)}") from None
         said = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise DiffauditError(f"{flag} {root}: the UNet in {unet_dir} cannot be loaded: {said}{_retrain_hint(root)}") from None
     unet = unet.to(device=device).eval()
