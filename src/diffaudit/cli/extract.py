@@ -74,7 +74,8 @@ PATH_SETTINGS = ("samples", "calibrate")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", required=True, help="generations: a sample store (a folder, or an object-store URL such "
-                                                    "as s3://bucket/store), image folder, WebDataset shards or .npz "
+                                                    "as s3://bucket/store), a pool of stores (`diffaudit pool`), image "
+                                                    "folder, WebDataset shards or .npz "
                                                     "(uint8 `images`, optional per-image `prompts`)")
     add_run_args(p)
     g = p.add_argument_group("filter")

@@ -31,7 +31,7 @@ from diffaudit.core.errors import DiffauditError, StageFailedError  # noqa: E402
 
 # Order shown in --help: the audit first, then the pipeline's stages.
 COMMANDS = [
-    "audit", "train", "sample", "export", "extract", "verify", "shadows", "mia", "inpaint",
+    "audit", "train", "sample", "export", "pool", "extract", "verify", "shadows", "mia", "inpaint",
     "dedup", "prompts", "canaries", "compare", "report", "membership",
 ]
 

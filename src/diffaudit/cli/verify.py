@@ -19,6 +19,7 @@ from diffaudit.attacks.extraction.verification import (
     Verification,
     VerifySettings,
     auto_rule,
+    by_member,
     check_prompt_map,
     decide,
     verify_decided,
@@ -45,6 +46,7 @@ from diffaudit.distances.knn_backends import KNN_BACKENDS
 from diffaudit.distances.normalized import DEFAULT_ALPHA, DEFAULT_NEIGHBORS, neighborhood_size
 from diffaudit.store import SampleStore, sampler_classes, sampler_kind, samples_identity
 from diffaudit.store.location import check_reachable_by_workers
+from diffaudit.store.pool import SamplePool, split_pooled_id
 from diffaudit.report.fmt import counted
 
 NAME = "verify"
@@ -73,7 +75,9 @@ LEFT_OUT_LISTED = 100
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", required=True, help="generations: a sample store (a folder, or an object-store URL such "
-                                                    "as s3://bucket/store), image folder, WebDataset shards or .npz")
+                                                    "as s3://bucket/store), a pool of stores (`diffaudit pool`: several "
+                                                    "models' generations counted together, each model's count beside), "
+                                                    "image folder, WebDataset shards or .npz")
     add_data_args(p, required=True, cache=True)
     add_run_args(p)
     g = p.add_argument_group("verification")
@@ -237,6 +241,20 @@ def _run_verification(label: str, samples: ImageDataset, train: ImageDataset, vs
     return v
 
 
+def _pool_counts(spec: str, v: Verification, samples: ImageDataset, train: ImageDataset, device) -> dict[str, Any]:
+    """What each store of the pool ``spec`` extracted (:func:`by_member`): ``{"members": [{"samples", "n_samples",
+    "n_extracting_samples", "unique_extracted" (alone), "first_credited"}]}``, the pooled count being verify's
+    own ``unique_extracted``. Said in a line."""
+    members = SamplePool.open(spec).members
+    member = np.array([split_pooled_id(key)[0] for key in samples.keys], dtype=np.int64)
+    rows = by_member(v, member, len(members), samples.keys, train.images, train.keys, device=device)
+    alone = ", ".join(f"{r['unique_extracted']:,}" for r in rows)
+    first = ", ".join(f"{r['first_credited']:,}" for r in rows)
+    stage_line(f"verify: pooled over {len(members)} stores: each alone extracts {alone} unique images; first extracted "
+               f"by each: {first}")
+    return {"members": [{"samples": m, **r} for m, r in zip(members, rows)]}
+
+
 def _queries_recipe(settings: dict[str, Any], all_samples: ImageDataset, medoids: list[str] | None) -> ImagesRecipe:
     """How ``--ray`` workers read the generations verified: ``--samples`` as the settings record it
     (absolute: the workers' nodes read it too), checked by the identity of all of it, then the
@@ -395,30 +413,39 @@ def _data_vs_model(spec: str, train: ImageDataset | NativeImages, data_spec: str
 
     if speaking_as(NAME) != NAME:
         return None
-    model = _store_model(spec)
-    if model is None:
+    # a pool's generations were made by each of its stores' models, whose training sets together are its own
+    models = [_store_model(m) for m in SamplePool.open(spec).members] if SamplePool.is_pool(spec) else [_store_model(spec)]
+    if None in models:
         return None
     try:
-        trained = set(read_train_keys(model))
+        trained_by = {model: set(read_train_keys(model)) for model in models}
     except DiffauditError:
         return None
+    trained = set().union(*trained_by.values())
+    model = models[0]
     advice = "give the --data and data options it trained on" + (trained_data_text(model) or " (e.g. the same --subset)")
-    made = f"the model that made --samples ({model})"
+    made = (f"the model that made --samples ({model})" if len(trained_by) == 1 else
+            f"the {len(trained_by)} models that made the pool's generations (the first {model})")
     n_in = len(trained & set(train.keys))
-    recorded = trained_data(model)
-    if 0 < n_in < len(trained) and recorded is not None and {recorded[0], data_spec} <= set(BUILTIN_NAMES) \
-            and recorded[0] != data_spec:
+    recorded = {model: trained_data(model) for model in trained_by}
+    other_split = {r[0] for r in recorded.values() if r is not None and r[0] != data_spec}
+    if 0 < n_in < len(trained) and other_split and {*other_split, data_spec} <= set(BUILTIN_NAMES):
         warning_line("verify", f"{n_in:,} example{'s' * (n_in != 1)} of --data {data_spec} {'are' if n_in != 1 else 'is'} "
-                     f"named like images {made} trained on, but it "
-                     f"was trained on --data {recorded[0]}: two datasets may name other images alike (CIFAR-10's train "
-                     "and test splits do), so they are not taken for its training images")
+                     f"named like images {made} trained on, but {'it' if len(trained_by) == 1 else 'they'} "
+                     f"{'was' if len(trained_by) == 1 else 'were'} trained on --data {', '.join(sorted(other_split))}: two "
+                     "datasets may name other images alike (CIFAR-10's train and test splits do), so they are not taken "
+                     "for training images")
         n_in = 0
-    elif n_in == len(trained) and isinstance(train, ImageDataset):
-        try:
-            check_trained_on(model, train, what="the model that made --samples")
-        except DiffauditError as exc:  # the names are there, the images under them are not the ones it trained on
-            warning_line("verify", f"{exc} (--data holds by name every example it trained on, but not as it trained on "
-                         "them)")
+    elif isinstance(train, ImageDataset):
+        for one, keys in trained_by.items():
+            if not keys <= set(train.keys):
+                continue
+            try:
+                check_trained_on(one, train, what="the model that made --samples" if len(trained_by) == 1 else
+                                 f"the pool's model {one}")
+            except DiffauditError as exc:  # the names are there, the images under them are not the ones it trained on
+                warning_line("verify", f"{exc} (--data holds by name every example it trained on, but not as it "
+                             "trained on them)")
     counts = {"n_data": len(train), "n_trained": len(trained), "n_not_trained": len(train) - n_in,
               "n_trained_missing": len(trained) - n_in}
     if counts["n_not_trained"]:
@@ -564,6 +591,8 @@ def run(args: argparse.Namespace) -> int:
                         l2=v.l2, ratio=v.ratio, extracted=v.is_extracted)
         fields.update(extracted=_in_all_samples(v.extracted, medoids, all_samples), unique_extracted=v.unique_extracted,
                       n_extracting_samples=v.n_extracting_samples, per_sample_file="per_sample.npz")
+        if SamplePool.is_pool(args.samples):
+            fields["pool"] = _pool_counts(args.samples, v, samples, train, device)
     elif native:
         fields.update(extracted=None, unique_extracted=None, n_extracting_samples=None, note=note, data_mixed_sizes=True)
         if train.skipped:

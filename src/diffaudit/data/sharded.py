@@ -75,6 +75,11 @@ class ShardedImages:
         self._starts = np.cumsum([0] + [n for n, *_ in shapes])
         self._open: tuple[int, np.ndarray] | None = None  # the one mapped file part
 
+    @classmethod
+    def joined(cls, arrays: Sequence["ShardedImages"], *, name: str = "images") -> "ShardedImages":
+        """``arrays`` one after the other (N = Σ N_i), as lazy as they are: their parts, none read."""
+        return cls([part for a in arrays for part in a._parts], name=name)
+
     def _part(self, p: int) -> np.ndarray:
         part = self._parts[p]
         if isinstance(part, np.ndarray):

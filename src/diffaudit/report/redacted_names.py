@@ -25,9 +25,9 @@ from diffaudit.report.images import data_spec
 from diffaudit.report.results import ResultSet, records
 
 #: Ids that name a position only: a sample store's (:func:`~diffaudit.store.sample_store.generation_id`),
-#: also as the file `export` names by it (``p3-i17.png``), and an array's rows (``npz:12``,
-#: :func:`~diffaudit.data.entries.array_entries`).
-POSITION_ID = re.compile(r"p\d+-i\d+(\.png)?|[a-z]+:\d+")
+#: also in a pool (``m2:p3-i17``, :func:`~diffaudit.store.pool.pooled_id`) and as the file `export` names by
+#: it (``p3-i17.png``), and an array's rows (``npz:12``, :func:`~diffaudit.data.entries.array_entries`).
+POSITION_ID = re.compile(r"(m\d+:)?p\d+-i\d+(\.png)?|[a-z]+:\d+")
 
 
 def _shown_ids(rs: ResultSet) -> Iterator[str]:

@@ -272,6 +272,8 @@ NOTHING_TO_REPORT = {
     "sample": "it is a store of generations. `diffaudit export --samples FOLDER --out PNGS` writes them as images; "
               "`diffaudit extract` and `verify` measure them, and their folders have a report",
     "export": "it holds generations exported as PNG files, to look at as they are",
+    "pool": "it lists sample stores read as one set of generations; `diffaudit verify --samples FOLDER` counts the "
+            "training images extracted over all of them, and its folder has a report",
     "prompts": "its prompts.txt (and their duplicate counts, in result.json) are what `diffaudit sample --prompts` "
                "generates from",
     "membership": "its membership matrix is what `diffaudit shadows` trains on and `diffaudit mia` attacks with",

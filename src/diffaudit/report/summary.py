@@ -18,7 +18,9 @@ test of the two counts), ``n_excluded_duplicates`` (near-duplicates a deduplicat
 left out of the baseline), ``baseline_n_left_out`` (--baseline images that --data holds pixel for pixel,
 left out of it), ``data_vs_model`` {``n_data``, ``n_trained``, ``n_not_trained``, ``n_trained_missing``}
 (verify's --data against the training set of the model that made the generations, where it is known),
-``prompt_checks_extracted`` (a ``--train-map`` check), ``n_cliques``
+``prompt_checks_extracted`` (a ``--train-map`` check), ``pool`` {``n_members``, ``members``: [{``samples``,
+``n_samples``, ``n_extracting_samples``, ``unique_extracted``, ``first_credited``}]} (generations of a pool of
+stores, one per model: ``unique_extracted`` is then counted over all of them, each member's alone beside it), ``n_cliques``
 (unconditional extract: the number of near-identical generation groups, which extract's result.json
 calls ``n_groups``; the report reads it as ``n_cliques``) with ``n_truncated_components`` and ``n_saturated``
 (where the search cut components to --max-component or saturated generations), or ``n_prompts`` and ``n_flagged``
@@ -262,6 +264,17 @@ def baseline_pvalue(ex: dict[str, Any]) -> float:
     return float(binom.sf(n - 1, n + b, 0.5))
 
 
+def _pool(record: Any) -> dict[str, Any] | None:
+    """verify's ``pool`` record as the summary gives it: ``n_members`` and per member ``samples`` (its store),
+    ``n_samples``, ``n_extracting_samples``, ``unique_extracted`` (alone) and ``first_credited``; None without one."""
+    members = record.get("members") if isinstance(record, dict) else None
+    if not isinstance(members, list) or not members:
+        return None
+    keys = ("n_samples", "n_extracting_samples", "unique_extracted", "first_credited")
+    rows = [{"samples": m.get("samples"), **{k: _int(m.get(k)) for k in keys}} for m in members if isinstance(m, dict)]
+    return {"n_members": len(rows), "members": rows}
+
+
 def _extraction(rs: ResultSet) -> dict[str, Any] | None:
     verify, extract = rs.first("verify"), rs.first("extract")
     if verify is None and extract is None:
@@ -292,6 +305,9 @@ def _extraction(rs: ResultSet) -> dict[str, Any] | None:
         if from_extract(verify):  # the counts above are of clique medoids; their cliques hold more generations
             counts = clique_counts(rs, verify)
             out.update(from_extract=True, n_clique_generations=None if counts is None else counts["n_generations"])
+        pooled = _pool(r.get("pool"))
+        if pooled is not None:  # generations of several models' stores (`diffaudit pool`), counted over all of them
+            out["pool"] = pooled
         dvm = r.get("data_vs_model")
         if isinstance(dvm, dict):  # --data against the training set of the model that made --samples
             out["data_vs_model"] = {k: _int(dvm.get(k)) for k in ("n_data", "n_trained", "n_not_trained", "n_trained_missing")}

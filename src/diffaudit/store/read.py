@@ -1,6 +1,6 @@
 """Read any ``--samples`` input as an :class:`ImageDataset`.
 
-A sample store (folder with ``manifest.json``), an image folder, WebDataset shards, or an ``.npz``
+A sample store (folder with ``manifest.json``), a pool of stores (:mod:`~diffaudit.store.pool`), an image folder, WebDataset shards, or an ``.npz``
 with uint8 ``images`` and an optional per-image ``prompts`` array. Prompts come back in
 ``captions`` (None for unconditional samples).
 """
@@ -21,7 +21,9 @@ from diffaudit.data.dataset import ImageDataset
 from diffaudit.data.digest import dataset_digest
 from diffaudit.data.npz import string_list
 from diffaudit.store.location import MANIFEST, is_object_url
+from diffaudit.store.pool import SamplePool
 from diffaudit.store.sample_store import SampleStore
+
 
 def samples_identity(spec: str, samples: ImageDataset | None = None) -> str | None:
     """What, beside its path, tells whether ``spec`` still holds the same generations when a command
@@ -29,13 +31,15 @@ def samples_identity(spec: str, samples: ImageDataset | None = None) -> str | No
     generations are never reused).
 
     A sample store (a folder or an object-store URL): :attr:`SampleStore.identity`, a digest of its
-    manifest without the model folder's path. A file: a digest of its contents,
-    or its size and modification time above :data:`~diffaudit.core.identity.HASHED_FILE_BYTES`. An
-    image folder or shards: the :func:`~diffaudit.data.digest.dataset_digest` of ``samples`` (``spec``
-    as read; None when it is not given).
+    manifest without the model folder's path. A pool: :attr:`SamplePool.identity`, of its members'.
+    A file: a digest of its contents, or its size and modification time above
+    :data:`~diffaudit.core.identity.HASHED_FILE_BYTES`. An image folder or shards: the
+    :func:`~diffaudit.data.digest.dataset_digest` of ``samples`` (``spec`` as read; None when it is not given).
     """
     if SampleStore.is_store(spec):
         return SampleStore.open(spec).identity
+    if SamplePool.is_pool(spec):
+        return SamplePool.open(spec).identity
     path = Path(spec)
     if path.is_file():
         return file_identity(path)
@@ -43,7 +47,10 @@ def samples_identity(spec: str, samples: ImageDataset | None = None) -> str | No
 
 
 def _sampler(spec: str) -> dict[str, Any]:
-    """The sampler settings a sample store's manifest records; {} for any other input, or a store that records none."""
+    """The sampler settings a sample store's manifest records (a pool: those all its members record alike); {} for
+    any other input, or a store that records none."""
+    if SamplePool.is_pool(spec):
+        return SamplePool.open(spec).sampler()
     if not SampleStore.is_store(spec):
         return {}
     sampler = SampleStore.open(spec).manifest.get("sampler")
@@ -65,10 +72,12 @@ def sampler_classes(spec: str) -> int | None:
 
 
 def read_samples(spec: str, *, lazy: bool = False, **load_options) -> ImageDataset:
-    """``spec`` as a dataset; a sample store with ``lazy`` is memory-mapped (images: ShardedImages),
+    """``spec`` as a dataset; a sample store (or a pool of them) with ``lazy`` is memory-mapped (images: ShardedImages),
     every other input is decoded into memory (load_options: those of ``load_dataset``)."""
     if SampleStore.is_store(spec):
         return SampleStore.open(spec).to_dataset(lazy=lazy)
+    if SamplePool.is_pool(spec):
+        return SamplePool.open(spec).to_dataset(lazy=lazy)
     if is_object_url(spec):
         raise DiffauditError(f"{spec} is not a sample store (no {MANIFEST} there); from an object store diffaudit reads "
                              "sample stores only (`diffaudit sample --out URL` writes one)")

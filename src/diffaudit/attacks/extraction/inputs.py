@@ -20,7 +20,8 @@ from diffaudit.store import SampleStore, read_samples
 from diffaudit.store.location import is_object_url
 
 #: What a ``--samples`` input is, for error messages.
-SAMPLES_KINDS = ("a sample store (a folder or an object-store URL, written by `diffaudit sample`), an .npz with uint8 `images` (and optional "
+SAMPLES_KINDS = ("a sample store (a folder or an object-store URL, written by `diffaudit sample`), a pool of stores "
+                 "(`diffaudit pool`), an .npz with uint8 `images` (and optional "
                  "`prompts`), an image folder, or WebDataset shards (.tar or a brace pattern)")
 
 
@@ -43,7 +44,7 @@ def _refuse_other_outputs(spec: str, flag: str) -> None:
     folder of ``diffaudit export`` is generations: one PNG per generation, named by its id."""
     path = Path(spec)
     command = recorded_command(path) if path.is_dir() else None
-    if command in (None, "sample", "export"):  # export's folder is the generations, one PNG each
+    if command in (None, "sample", "export", "pool"):  # export's folder is the generations, one PNG each
         return
     inner = path / "samples"
     where = (f"; its generations are in {inner}: pass {flag} {inner}" if recorded_command(inner) == "sample"

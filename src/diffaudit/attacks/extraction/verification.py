@@ -301,6 +301,32 @@ def verify_decided(
     return Verification(len(sample_ids), len(train), settings, n, found, int(extracted.sum()), train_ids, l2, ratio, extracted)
 
 
+
+def by_member(v: Verification, member: np.ndarray, n_members: int, sample_ids: Sequence[str], train_images: Any,
+              train_keys: Sequence[str], *, device: Any = "auto") -> list[dict[str, int]]:
+    """The pooled verification ``v`` of several models' generations (a pool of sample stores, paper §5.1: 2^16
+    generations from each of 16 models) told per model: ``member`` (Q,) int in [0, ``n_members``), the store of
+    each generation verified, in ``sample_ids``' order.
+
+    Returns one dict per member: ``n_samples``; ``n_extracting_samples``; ``unique_extracted``, the training
+    images that member's generations extract alone (counted as :func:`count_unique` counts the pool, so a
+    model's own count); ``first_credited``, the pooled count's images first extracted by that member (these sum
+    to ``v.unique_extracted``; the alone counts sum to at least it, an image extracted by two models counting
+    in each)."""
+    member = np.asarray(member)
+    if member.shape != (v.n_samples,) or (len(member) and (member.min() < 0 or member.max() >= n_members)):
+        raise DiffauditError(f"member must be ({v.n_samples},) integers in [0, {n_members}), got {member.shape}")
+    credited = np.bincount(member[[e.sample_index for e in v.extracted]].astype(np.int64), minlength=n_members)
+    out = []
+    for k in range(n_members):
+        rows = np.flatnonzero(member == k)
+        alone = count_unique([sample_ids[i] for i in rows], v.train_ids[rows], v.l2[rows], v.ratio[rows],
+                             v.is_extracted[rows], train_images, train_keys, v.settings, device=device)
+        out.append({"member": k, "n_samples": int(len(rows)), "n_extracting_samples": int(v.is_extracted[rows].sum()),
+                    "unique_extracted": len(alone), "first_credited": int(credited[k])})
+    return out
+
+
 #: How training resized an image before its random square crop (``check_prompt_map``'s ``resize``).
 MAP_RESIZES = ("shorter-side", "none")
 

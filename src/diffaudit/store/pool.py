@@ -1,0 +1,135 @@
+"""Several sample stores read as one set of generations (a pool).
+
+The paper's untargeted extraction from CIFAR-10 models (Carlini et al. 2023, §5.1) samples 2^16 images
+from each of 16 models (2^20 in all) and counts the training images extracted over all of them: each
+training image once, at its first generation. One store holds one model's generations, so that count
+needs the stores read together. A pool is a folder holding ``pool.json``, the list of its member stores;
+wherever ``--samples`` is read (``verify``, ``extract``, ``report``, Ray workers), a pool reads as the
+members' generations one store after another, member 0 first, so "first generation" means the first
+member that made it.
+
+Ids: generation ``p<P>-i<I>`` of member ``k`` is ``m<k>:p<P>-i<I>`` (:func:`pooled_id`), since every
+store has a ``p0-i0``. Like a store's own ids, these are positions and name no file.
+
+A pool copies nothing: its members are read where they lie (recorded as absolute paths or object-store
+URLs), and its identity (:attr:`SamplePool.identity`) is a digest of theirs, so a member made again since
+is other generations to a command that resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from diffaudit.core.errors import DiffauditError
+from diffaudit.core.io import read_json
+from diffaudit.data.dataset import ImageDataset
+from diffaudit.data.sharded import ShardedImages
+from diffaudit.store.location import is_object_url
+from diffaudit.store.sample_store import SampleStore
+
+#: The file that makes a folder a pool: ``{"schema_version": 1, "members": [store, ...]}``.
+POOL_FILE = "pool.json"
+#: A pooled generation id: member ``k``'s generation ``id`` is ``m<k>:<id>``.
+POOLED_ID = re.compile(r"m(\d+):(.+)")
+#: The fewest members a pool has (one store is read as itself).
+MIN_MEMBERS = 2
+
+
+def pooled_id(member: int, generation_id: str) -> str:
+    """The id of member ``member``'s generation ``generation_id`` in a pool: ``m<member>:<id>``."""
+    return f"m{member}:{generation_id}"
+
+
+def split_pooled_id(pooled: str) -> tuple[int, str] | None:
+    """(member, the generation's id in its store) of a pooled id; None for any other id."""
+    m = POOLED_ID.fullmatch(pooled)
+    return None if m is None else (int(m.group(1)), m.group(2))
+
+
+class SamplePool:
+    """A pool (see the module): ``path`` its folder, ``members`` its stores' paths or URLs, in order."""
+
+    def __init__(self, path: str | Path, members: Sequence[str]):
+        self.path = Path(path)
+        self.members = [str(m) for m in members]
+
+    @staticmethod
+    def is_pool(spec: str | Path) -> bool:
+        """Whether ``spec`` is a local folder holding :data:`POOL_FILE`."""
+        if is_object_url(str(spec)):
+            return False
+        try:
+            return (Path(spec) / POOL_FILE).is_file()
+        except OSError:  # a name too long, a folder this user may not enter: not a pool
+            return False
+
+    @classmethod
+    def open(cls, spec: str | Path) -> "SamplePool":
+        """The pool at ``spec``; its file checked (a list of at least :data:`MIN_MEMBERS` strings)."""
+        record = read_json(Path(spec) / POOL_FILE)
+        members = record.get("members") if isinstance(record, dict) else None
+        if (not isinstance(members, list) or len(members) < MIN_MEMBERS
+                or not all(isinstance(m, str) and m for m in members)):
+            raise DiffauditError(f"{Path(spec) / POOL_FILE}: not a pool of sample stores (expected \"members\": a list of "
+                                 f"at least {MIN_MEMBERS} store paths, as `diffaudit pool` writes)")
+        return cls(spec, members)
+
+    def stores(self) -> list[SampleStore]:
+        """The member stores, opened; a member that is gone or no store is refused, naming it."""
+        return [self._member(k, SampleStore.open, member) for k, member in enumerate(self.members)]
+
+    def _member(self, k: int, read, *args, **kwargs):
+        """``read(*args, **kwargs)`` for member ``k``, its error said as that member's."""
+        try:
+            return read(*args, **kwargs)
+        except DiffauditError as exc:
+            raise DiffauditError(f"pool {self.path}: member {k} ({self.members[k]}) cannot be read: {exc}") from None
+
+    @property
+    def identity(self) -> str:
+        """``pool:`` and a digest of the members' identities in order (:attr:`SampleStore.identity`: their
+        generations, wherever they lie)."""
+        body = json.dumps([s.identity for s in self.stores()]).encode("utf-8")
+        return "pool:" + hashlib.sha256(body).hexdigest()[:16]
+
+    def sampler(self) -> dict[str, Any]:
+        """The sampler settings every member records alike (``kind``, ``num_classes``), {} where they differ."""
+        samplers = [s.manifest.get("sampler") if isinstance(s.manifest.get("sampler"), dict) else {} for s in self.stores()]
+        return {key: samplers[0].get(key) for key in ("kind", "num_classes")
+                if all(s.get(key) == samplers[0].get(key) for s in samplers)}
+
+    def to_dataset(self, *, lazy: bool = False) -> ImageDataset:
+        """Every member's finished generations, member 0 first, ids :func:`pooled_id` (each member must be
+        finished, as a store read alone must be). With ``lazy`` the images stay memory-mapped shards."""
+        parts = [self._member(k, store.to_dataset, lazy=lazy) for k, store in enumerate(self.stores())]
+        check_alike(parts, [str(m) for m in self.members], where=f"pool {self.path}")
+        name = f"pool {self.path}"
+        images = (ShardedImages.joined([p.images for p in parts], name=name) if lazy
+                  else np.concatenate([np.asarray(p.images) for p in parts]))
+        keys = [pooled_id(k, key) for k, p in enumerate(parts) for key in p.keys]
+        captions = None if parts[0].captions is None else [c for p in parts for c in p.captions]
+        return ImageDataset(images, keys, captions=captions, source=name)
+
+    def member_sizes(self) -> list[int]:
+        """How many generations each member holds when finished (its manifest's ``n_total``), in order."""
+        return [int(s.manifest["n_total"]) for s in self.stores()]
+
+
+def check_alike(parts: Sequence[ImageDataset], names: Sequence[str], *, where: str) -> None:
+    """Refuse members whose generations cannot be read as one set: another image shape (H, W, C), or
+    prompts beside none (a conditional model's generations pooled with an unconditional one's)."""
+    first = parts[0]
+    for name, p in zip(names[1:], parts[1:]):
+        if p.image_shape != first.image_shape:
+            raise DiffauditError(f"{where}: {name} holds {p.image_shape} (H, W, C) generations, {names[0]} "
+                                 f"{first.image_shape}; a pool's members are generations of one size")
+        if (p.captions is None) != (first.captions is None):
+            which, other = (name, names[0]) if p.captions is not None else (names[0], name)
+            raise DiffauditError(f"{where}: {which} was generated from prompts and {other} without: a pool's members are "
+                                 "all conditional or all unconditional")
