@@ -53,3 +53,30 @@ def test_a_file_given_for_a_folder_is_named_so(tmp_path, capsys):
     assert not (tmp_path / "m").exists()
     assert main(["train", "--data", "digits", "--steps", "4", "--extend", str(f), "--out", str(tmp_path / "t")]) == 2
     assert f"--extend {f} is a file, not a run folder" in capsys.readouterr().err
+
+
+def test_an_unexpected_error_under_json_still_gives_json(tmp_path, capsys, monkeypatch):
+    """A failure no check foresaw gave a traceback and no JSON, so a script reading stdout found nothing to
+    parse: now the JSON of every other ending (status 1), the exception raised on as before (its traceback);
+    an audit whose stage crashed gives one document, the audit's."""
+    import pytest
+
+    import diffaudit.cli.export as export
+    import diffaudit.cli.shadows as shadows
+
+    def crash(args):
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setattr(export, "run", crash)
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["--json", "export", "--samples", str(tmp_path / "s"), "--out", str(tmp_path / "png")])
+    assert json.loads(capsys.readouterr().out) == {"command": "export", "error": "unexpected error: RuntimeError: boom",
+                                                   "exit_status": 1}
+    with pytest.raises(RuntimeError, match="boom"):  # without --json: nothing on stdout
+        main(["export", "--samples", str(tmp_path / "s"), "--out", str(tmp_path / "png")])
+    assert capsys.readouterr().out == ""
+    monkeypatch.setattr(shadows, "run", crash)  # the audit's first stage trains its models with `shadows`
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["--json", "audit", "--data", "digits", "--out", str(tmp_path / "audit"), "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert json.loads(out) == {"command": "audit", "error": "unexpected error: RuntimeError: boom", "exit_status": 1}

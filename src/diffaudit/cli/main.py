@@ -377,6 +377,15 @@ def _parse_and_run(argv: list[str] | None, raw: list[str], command: str | None) 
             fields = exc.json_fields() if isinstance(exc, StageFailedError) else {}
             write_stdout(json.dumps({"command": args.command, "error": message, "exit_status": 2, **fields}, indent=2) + "\n")
         return 2
+    except Exception as exc:  # a failure no check foresaw: its traceback on stderr, status 1, and JSON as for any ending
+        if args.json and speaking_as(args.command) == args.command:
+            said = (str(exc).splitlines() or [""])[0]
+            try:
+                write_stdout(json.dumps({"command": args.command, "error": f"unexpected error: {type(exc).__name__}: "
+                                         f"{said}", "exit_status": 1}, indent=2) + "\n")
+            except (StdoutClosed, OSError):  # a reader gone: the traceback still says what happened
+                pass
+        raise
     finally:
         if previous is None:
             os.environ.pop("DIFFAUDIT_QUIET", None)
