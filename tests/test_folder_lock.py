@@ -8,6 +8,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -86,6 +88,7 @@ def test_a_lock_file_deleted_between_open_and_lock_is_not_trusted(tmp_path, monk
         return real_flock(fd, flags)
 
     monkeypatch.setattr(folder_lock.fcntl, "flock", flock_after_a_release)
+    monkeypatch.setattr(folder_lock, "_SWEPT", [True])  # no sweep of the lock directory in this count
     folder_lock.hold(out)
     try:
         assert len(calls) == 2 and folder_lock.lock_path(out).exists()
@@ -126,3 +129,85 @@ def test_where_no_lock_directory_can_be_made_a_warning_says_so(tmp_path, monkeyp
     prepare_out_dir(tmp_path / "out", "extract", {"a": 1})
     assert "is not locked: do not run two commands on one --out at once" in capsys.readouterr().err
     folder_lock.release_folder(tmp_path / "out")
+
+
+def _lock_file(path, *, age: float, pid: str = "999999999") -> None:
+    """A lock file at ``path`` recording ``pid`` (by default none that can exist: above the kernel's pid_max),
+    last written ``age`` seconds ago."""
+    path.write_text(f"{pid}\n/some/folder\n")
+    t = time.time() - age
+    os.utime(path, (t, t))
+
+
+def test_a_sweep_deletes_only_the_lock_files_no_one_holds(tmp_path):
+    """Lock files of killed processes piled up (thousands under /tmp): a sweep deletes those no process holds
+    that were not locked for an hour, at most its limit, and never a held, recent or other file."""
+    base = tmp_path / "locks"
+    base.mkdir()
+    for k in range(5):
+        _lock_file(base / f"stale{k}.lock", age=7200)
+    _lock_file(base / "recent.lock", age=60)
+    _lock_file(base / "held.lock", age=7200, pid=str(os.getpid()))
+    _lock_file(base / "notes.txt", age=7200)
+    fd = os.open(base / "held.lock", os.O_RDWR)
+    try:
+        folder_lock.fcntl.flock(fd, folder_lock.fcntl.LOCK_EX | folder_lock.fcntl.LOCK_NB)
+        assert folder_lock.sweep(base, limit=3) == 3
+        assert folder_lock.sweep(base) == 2
+        assert sorted(p.name for p in base.iterdir()) == ["held.lock", "notes.txt", "recent.lock"]
+        assert folder_lock.sweep(base, min_age=0) == 1  # the recent one, once old enough; never the held one
+    finally:
+        os.close(fd)
+    assert sorted(p.name for p in base.iterdir()) == ["held.lock", "notes.txt"]
+
+
+def test_the_first_lock_a_process_takes_sweeps_the_lock_directory(tmp_path, monkeypatch):
+    base = tmp_path / "locks"
+    monkeypatch.setattr(folder_lock, "_lock_dirs", lambda uid: [base])
+    monkeypatch.setattr(folder_lock, "_SWEPT", [])
+    base.mkdir(mode=0o700)
+    _lock_file(base / "stale.lock", age=7200)
+    folder_lock.hold(tmp_path / "out")
+    try:
+        assert [p.name for p in base.iterdir()] == [folder_lock.lock_path(tmp_path / "out").name]
+        _lock_file(base / "later.lock", age=7200)
+        folder_lock.hold(tmp_path / "other")  # once per process
+        assert (base / "later.lock").exists()
+    finally:
+        folder_lock.release_folder(tmp_path / "out")
+        folder_lock.release_folder(tmp_path / "other")
+
+
+def test_a_lock_a_sweep_holds_for_a_moment_is_waited_for_not_refused(tmp_path):
+    """A sweep locks a dead process's file before it deletes it: a command starting on that folder meanwhile
+    waits for it (the holder its file records is gone) and locks a new file; a live holder is refused at once."""
+    out = tmp_path / "out"
+    path = folder_lock.lock_path(out)
+    _lock_file(path, age=7200)
+    fd = os.open(path, os.O_RDWR)
+    folder_lock.fcntl.flock(fd, folder_lock.fcntl.LOCK_EX | folder_lock.fcntl.LOCK_NB)
+
+    def swept():
+        os.unlink(path)
+        os.close(fd)
+
+    timer = threading.Timer(0.1, swept)
+    timer.start()
+    try:
+        folder_lock.hold(out)
+        held_fd, _ = folder_lock._HELD[str(out.resolve())]
+        assert os.fstat(held_fd).st_ino == os.stat(path).st_ino  # the new file
+    finally:
+        timer.join()
+        folder_lock.release_folder(out)
+    _lock_file(path, age=0, pid=str(os.getpid()))  # a live holder's file, locked
+    fd = os.open(path, os.O_RDWR)
+    folder_lock.fcntl.flock(fd, folder_lock.fcntl.LOCK_EX | folder_lock.fcntl.LOCK_NB)
+    started = time.monotonic()
+    try:
+        with pytest.raises(DiffauditError, match=f"in use by another diffaudit process \\(pid {os.getpid()}\\)"):
+            folder_lock.hold(out)
+        assert time.monotonic() - started < folder_lock.STALE_WAIT
+    finally:
+        os.close(fd)
+        path.unlink()

@@ -12,7 +12,10 @@ user's folder (also not to one diffaudit then refuses), and ``--fresh`` moving t
 keeps it locked. The lock belongs to the open file, so it ends when the command releases it
 (:func:`release`, which the CLI calls when a command returns) or when its process ends in any way,
 a kill included: a stale lock file never blocks a re-run. Released lock files are deleted; a
-process that locked a file just deleted sees its inode gone and locks the new one instead.
+process that locked a file just deleted sees its inode gone and locks the new one instead. The
+files of processes killed before they released are swept by the next process that locks a folder
+(:func:`sweep`, once per process): each is locked before it is deleted, as a release deletes it, so
+no holder ever loses its file.
 
 Library use: a script that calls ``prepare_out_dir`` (``train``, ``SampleStore.create``...) holds
 the folder until it calls :func:`release` (or :func:`release_folder`) or its interpreter exits;
@@ -27,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 from pathlib import Path
 
 from diffaudit.core.errors import DiffauditError
@@ -37,6 +41,14 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
 _HELD: dict[str, tuple[int, Path]] = {}  # resolved folder -> (open lock file, its path)
+_SWEPT: list[bool] = []  # whether this process has swept the lock directory
+
+#: The most lock files one sweep deletes (a sweep per process keeps each command's start quick).
+SWEEP_LIMIT = 256
+#: Seconds since a lock file was last written (locked) before a sweep may delete it, unless it is held.
+SWEEP_AGE = 3600.0
+#: How long :func:`hold` waits on a lock whose recorded holder is gone (a sweep holds it for a moment).
+STALE_WAIT = 0.5
 
 
 def _lock_dirs(uid: int) -> list[Path]:
@@ -111,13 +123,18 @@ def hold(folder: str | os.PathLike) -> None:
         _warn_unlocked(folder)
     if path is None or key in _HELD:
         return
-    for _ in range(8):  # retried only when the file was deleted (released) between open and lock
+    waited_until = time.monotonic() + STALE_WAIT
+    replaced = 0
+    while replaced < 8:  # retried when the file was deleted (released, swept) between open and lock
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             other = os.read(fd, 32).decode("ascii", "replace").split("\n")[0].strip()
             os.close(fd)
+            if not _alive(other) and time.monotonic() < waited_until:  # a sweep holds a dead process's file
+                time.sleep(0.02)
+                continue
             who = f"another diffaudit process (pid {other})" if other.isdigit() else "another diffaudit process"
             raise DiffauditError(f"{folder} is in use by {who}; wait for it to finish, or choose another --out") from None
         try:
@@ -128,9 +145,64 @@ def hold(folder: str | os.PathLike) -> None:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n{key}\n".encode("utf-8", "surrogateescape"))
             _HELD[key] = (fd, path)
+            if not _SWEPT:
+                _SWEPT.append(True)
+                sweep(path.parent)
             return
         os.close(fd)
+        replaced += 1
     raise DiffauditError(f"could not lock {folder}: its lock file {path} keeps being replaced")
+
+
+def _alive(pid_text: str) -> bool:
+    """Whether the process a lock file records (``pid_text``, its first line) still runs. An empty record (a
+    file its holder has not written yet) counts as gone, so :func:`hold` waits for it; any other that is no
+    process id counts as alive."""
+    if not pid_text.isdigit():
+        return pid_text != ""
+    try:
+        os.kill(int(pid_text), 0)  # no signal sent
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # another user's process (alive), or no such pid at all
+        return True
+    return True
+
+
+def sweep(base: Path, *, limit: int = SWEEP_LIMIT, min_age: float = SWEEP_AGE) -> int:
+    """Delete up to ``limit`` lock files in ``base`` that no process holds and none locked for ``min_age``
+    seconds: those of processes killed before they released. Returns how many it deleted.
+
+    As safe as a release: each file is locked (one a process holds is passed over) and deleted while locked,
+    so a process that opened it meanwhile finds its inode gone once it has the lock, and locks a new file
+    (:func:`hold`); one that finds it locked by the sweep waits :data:`STALE_WAIT` for it, since the holder it
+    records is gone."""
+    if fcntl is None:
+        return 0
+    removed, now = 0, time.time()
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return 0
+    for entry in entries:
+        if removed >= limit:
+            break
+        try:
+            if not entry.name.endswith(".lock") or now - entry.stat(follow_symlinks=False).st_mtime < min_age:
+                continue
+            fd = os.open(entry.path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:  # gone meanwhile, or a link
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(fd).st_ino == os.stat(entry.path).st_ino:
+                os.unlink(entry.path)
+                removed += 1
+        except OSError:  # held (a live process's), or released and replaced meanwhile
+            pass
+        finally:
+            os.close(fd)
+    return removed
 
 
 def writer(folder: str | os.PathLike) -> int | None:
@@ -147,13 +219,7 @@ def writer(folder: str | os.PathLike) -> int | None:
         return None
     if pid is None or pid == os.getpid():
         return None
-    try:
-        os.kill(pid, 0)  # no signal sent: whether it is alive
-    except ProcessLookupError:
-        return None  # a process killed before it released: its file is stale
-    except OSError:
-        pass  # alive, another user's
-    return pid
+    return pid if _alive(str(pid)) else None  # a process killed before it released: its file is stale
 
 
 def release_folder(folder: str | os.PathLike) -> None:
