@@ -262,6 +262,10 @@ def test_audit_json_config_redact_and_class_conditional_counts(tmp_path, capsys)
     captured = capsys.readouterr()
     result = json.loads(captured.out)  # nothing but the JSON
     assert result["command"] == "audit" and result["n_samples"] == 20
+    # with the report's two answers, as summary.json gives them (a gate reads them from --json too)
+    verdicts = json.loads((out / "summary.json").read_text())["verdicts"]
+    assert result["verdicts"] == verdicts == json.loads((out / "result.json").read_text())["verdicts"]
+    assert {verdicts["extraction"]["level"], verdicts["membership"]["level"]} <= {"yes", "no", "unsure", "unknown"}
     assert "not a multiple of the 10 classes" in captured.err and "20 in all" in captured.err
     # the advice names the audit's own flag, not `sample --per-prompt`
     assert ("generate more per prompt (a larger --n-samples, which the audit splits among the prompts: 100 make 10 "
@@ -281,8 +285,11 @@ def test_audit_json_config_redact_and_class_conditional_counts(tmp_path, capsys)
     # a run stopped (Ctrl-C, a full disk) after its result.json, before its summary and report: the re-run writes them
     (out / "report.html").unlink()
     (out / "summary.json").unlink()
+    finished = json.loads((out / "result.json").read_text())
+    (out / "result.json").write_text(json.dumps({k: v for k, v in finished.items() if k != "verdicts"}))
     assert main(argv) == 0
     assert "audit: summary.json and report.html written now (the run that finished stopped before" in capsys.readouterr().err
+    assert json.loads((out / "result.json").read_text())["verdicts"] == verdicts
     assert "training images redacted" in (out / "report.html").read_text()
     assert json.loads((out / "summary.json").read_text())["command"] == "audit"
     # without redact = true or --redact, the report it would replace decides: it stays redacted, and is said to

@@ -1063,7 +1063,7 @@ def run(args: argparse.Namespace) -> int:
     if resumed and (out / "result.json").exists() and not _stale(read_json(out / "result.json"), out):
         missing = [name for name in ("summary.json", "report.html") if not (out / name).exists()]
         if missing:  # the finished run stopped (Ctrl-C, a full disk) after its result.json, while writing these
-            write_summary(out, redact=args.redact)
+            _record_verdicts(out, read_json(out / "result.json"), read_json(write_summary(out, redact=args.redact)))
             stage_line(f"audit: {' and '.join(missing)} written now (the run that finished stopped before writing "
                        f"{'it' if len(missing) == 1 else 'them'}): {render_report(out, redact=args.redact)}")
         elif asked or (asked is False and was):
@@ -1166,10 +1166,21 @@ def run(args: argparse.Namespace) -> int:
     (out / STAGE_STOPPED).unlink(missing_ok=True)  # finished: no stage stopped it
     result = write_result(out / "result.json", NAME, settings, {"seed": args.seed}, **fields)
     summary = read_json(write_summary(out, redact=args.redact))
+    result = _record_verdicts(out, result, summary)
     report = render_report(out, redact=args.redact)
     stage_line(f"audit: report written to {report}")
     emit(args, result, f"{_head(result, summary)}. Report: {report}")
     return 0
+
+
+def _record_verdicts(out: Path, result: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    """``result`` with the report's two answers (summary.json's ``verdicts``, read from the stages and this
+    result), written into the audit's result.json: what ``--json`` prints, and a gate reads."""
+    from diffaudit.core.io import write_json_atomic
+
+    result = {**result, "verdicts": summary.get("verdicts")}
+    write_json_atomic(out / "result.json", result)
+    return result
 
 
 def _inpainting_fields(result: dict[str, Any]) -> dict[str, Any]:
