@@ -106,6 +106,22 @@ def assert_same_shards(a, b, n_shards: int) -> None:
         assert np.array_equal(ia, ib) and ma["ids"] == mb["ids"] and ma["seeds"] == mb["seeds"], k
 
 
+def finished_store(path: Path, images: np.ndarray, *, seed: int, prompts: list[str] | None = None,
+                   shard_size: int = 16):
+    """A finished sample store at ``path`` holding ``images``, as the model named by the folder's name sampled
+    them with ``seed`` (its identity differs from another folder's store of the same seed); unconditional
+    unless ``prompts`` (each the prompt of an equal block of images)."""
+    from diffaudit.store import SampleStore
+
+    names = prompts or [None]
+    settings = {"seed": seed, "kind": "pixel", "model_digest": path.name}
+    store = SampleStore.create(path, settings=settings, prompts=names, per_prompt=len(images) // len(names),
+                               image_shape=images.shape[1:], shard_size=shard_size)
+    for k in range(store.n_shards):
+        store.write_shard(k, images[store.plan(k).start:store.plan(k).stop])
+    return store
+
+
 def noisy_copies(img: np.ndarray, n: int, seed: int, sigma: float = 0.02) -> np.ndarray:
     """``n`` copies of uint8 ``img`` with seeded Gaussian pixel noise (std ``sigma`` in [0, 1] units)."""
     rng = np.random.default_rng(seed)

@@ -15,24 +15,11 @@ from diffaudit.core.errors import DiffauditError
 from diffaudit.data.sharded import ShardedImages
 from diffaudit.store import SampleStore, read_samples, samples_identity
 from diffaudit.store.pool import SamplePool, split_pooled_id
-from helpers import cifar_images, noisy_copies, strict_json
+from helpers import cifar_images, finished_store, noisy_copies, strict_json
 
 
 def run(*argv) -> int:
     return main(["--quiet", *map(str, argv)])
-
-
-def make_store(path, images, *, seed, prompts=None, shard_size=16):
-    """A finished sample store of the model named by ``path``'s folder, sampled with ``seed``, holding ``images``
-    (unconditional unless ``prompts``)."""
-    names = prompts or [None]
-    settings = {"seed": seed, "kind": "pixel", "model_digest": path.name}
-    store = SampleStore.create(path, settings=settings, prompts=names,
-                               per_prompt=len(images) // len(names), image_shape=images.shape[1:], shard_size=shard_size)
-    for k in range(store.n_shards):
-        pl = store.plan(k)
-        store.write_shard(k, images[pl.start:pl.stop])
-    return store
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +33,7 @@ def models(tmp_path_factory):
     b = np.concatenate([test[20:40], noisy_copies(train[77], 6, 3), noisy_copies(train[5], 6, 4)])
     c = test[40:72]
     for name, images, seed in (("a", a, 1), ("b", b, 2), ("c", c, 3)):
-        make_store(d / name, images, seed=seed)
+        finished_store(d / name, images, seed=seed)
     np.savez(d / "all.npz", images=np.concatenate([a, b, c]))
     return d
 
@@ -92,7 +79,7 @@ def test_verify_of_a_pool_counts_each_training_image_once_over_all_models(models
 
 def test_a_member_made_again_is_other_generations_to_a_resumed_verify(models, tmp_path):
     for name in "ab":
-        make_store(tmp_path / name, np.asarray(read_samples(str(models / name)).images), seed=ord(name))
+        finished_store(tmp_path / name, np.asarray(read_samples(str(models / name)).images), seed=ord(name))
     run("pool", "--samples", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "p")
     argv = ("verify", "--samples", tmp_path / "p", "--data", models / "train.npz", "--out", tmp_path / "v", "--device", "cpu")
     assert run(*argv) == 0
@@ -100,7 +87,7 @@ def test_a_member_made_again_is_other_generations_to_a_resumed_verify(models, tm
                        image_shape=(32, 32, 3), shard_size=16, fresh=True)
     with pytest.raises(DiffauditError, match="member 1 .* cannot be read: .*unfinished"):
         read_samples(str(tmp_path / "p"))
-    make_store(tmp_path / "b", cifar_images(32, "test"), seed=7)
+    finished_store(tmp_path / "b", cifar_images(32, "test"), seed=7)
     assert main(["verify", "--samples", str(tmp_path / "p"), "--data", str(models / "train.npz"), "--out",
                  str(tmp_path / "v"), "--device", "cpu"]) == 2  # other settings: its samples identity
 
@@ -113,9 +100,9 @@ def test_pool_refuses_what_cannot_be_read_as_one_set(models, tmp_path, capsys):
 
     assert "at least 2 stores" in refused(models / "a")
     assert "is given twice" in refused(models / "a", models / "b", models / "a")
-    small = make_store(tmp_path / "small", cifar_images(8, "test")[:, :16, :16], seed=5)
+    small = finished_store(tmp_path / "small", cifar_images(8, "test")[:, :16, :16], seed=5)
     assert "(16, 16, 3) (H, W, C) generations" in refused(models / "a", small.path)
-    cond = make_store(tmp_path / "cond", cifar_images(8, "test"), seed=6, prompts=["a cat", "a dog"])
+    cond = finished_store(tmp_path / "cond", cifar_images(8, "test"), seed=6, prompts=["a cat", "a dog"])
     assert "all conditional or all unconditional" in refused(models / "a", cond.path)
     half = SampleStore.create(tmp_path / "half", settings={"seed": 8}, prompts=[None], per_prompt=32,
                               image_shape=(32, 32, 3), shard_size=16)
@@ -129,8 +116,8 @@ def test_pool_refuses_what_cannot_be_read_as_one_set(models, tmp_path, capsys):
 
 def test_stores_sampled_with_one_seed_are_warned_of(models, tmp_path, capsys):
     images = cifar_images(32, "test")
-    make_store(tmp_path / "x", images[:16], seed=4)
-    make_store(tmp_path / "y", images[16:], seed=4)
+    finished_store(tmp_path / "x", images[:16], seed=4)
+    finished_store(tmp_path / "y", images[16:], seed=4)
     assert main(["pool", "--samples", str(tmp_path / "x"), str(tmp_path / "y"), "--out", str(tmp_path / "p")]) == 0
     out = capsys.readouterr()
     assert "2 stores" in out.err and "--seed 4" in out.err and "same noise" in out.err

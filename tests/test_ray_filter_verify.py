@@ -12,7 +12,7 @@ from diffaudit.cli.main import main
 from diffaudit.cli.ray_work import ImagesRecipe, KnnChunkWorker
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.ray_pool import run_parts
-from helpers import cifar_images, noisy_copies, strict_json
+from helpers import cifar_images, finished_store, noisy_copies, strict_json
 
 ray = pytest.importorskip("ray", reason="Ray is optional: pip install 'diffaudit[ray]'")
 pytestmark = pytest.mark.slow
@@ -63,6 +63,25 @@ def test_verify_on_ray_equals_a_single_process_when_a_worker_dies(files, tmp_pat
         assert a[key] == b[key], key
     assert len(list((tmp_path / "ray" / "knn").glob("knn-*.npz"))) == 4
     assert not list((tmp_path / "ray").rglob("*.tmp*"))
+
+
+def test_verify_of_a_pool_on_ray_equals_a_single_process(files, tmp_path, small_parts):
+    """Ray workers read a pool (`diffaudit pool`) as the head does: the pooled count and each store's are a
+    single process's, with a worker killed mid-run."""
+    with np.load(files / "unc.npz") as z:
+        images = z["images"]
+    for k, part in enumerate((images[:32], images[32:])):
+        finished_store(tmp_path / f"s{k}", part, seed=k)
+    assert run("pool", "--samples", tmp_path / "s0", tmp_path / "s1", "--out", tmp_path / "p") == 0
+    argv = ("verify", "--samples", tmp_path / "p", "--data", files / "train.npz", "--device", "cpu")
+    assert run(*argv, "--out", tmp_path / "one") == 0
+    killing_ray(tmp_path, "verify-knn:2")
+    assert run(*argv, "--out", tmp_path / "ray", "--ray", "local") == 0
+    assert (tmp_path / "killed-once").exists(), "no worker was killed: the test did not exercise recovery"
+    a, b = strict_json(tmp_path / "one" / "result.json"), strict_json(tmp_path / "ray" / "result.json")
+    for key in ("extracted", "unique_extracted", "n_extracting_samples", "pool"):
+        assert a[key] == b[key], key
+    assert sum(m["first_credited"] for m in a["pool"]["members"]) == a["unique_extracted"] >= 2
 
 
 @pytest.mark.parametrize("samples, point", [("cond.npz", "extract-part:2"), ("unc.npz", "extract-knn:2")])

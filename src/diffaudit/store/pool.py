@@ -116,10 +116,6 @@ class SamplePool:
         captions = None if parts[0].captions is None else [c for p in parts for c in p.captions]
         return ImageDataset(images, keys, captions=captions, source=name)
 
-    def member_sizes(self) -> list[int]:
-        """How many generations each member holds when finished (its manifest's ``n_total``), in order."""
-        return [int(s.manifest["n_total"]) for s in self.stores()]
-
 
 def check_alike(parts: Sequence[ImageDataset], names: Sequence[str], *, where: str) -> None:
     """Refuse members whose generations cannot be read as one set: another image shape (H, W, C), or
