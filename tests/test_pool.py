@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -77,19 +78,32 @@ def test_verify_of_a_pool_counts_each_training_image_once_over_all_models(models
     assert "pooled over 3 stores: each alone extracts 2, 2, 0 unique images; first extracted by each: 2, 1, 0" in err
 
 
-def test_a_member_made_again_is_other_generations_to_a_resumed_verify(models, tmp_path):
+def test_a_member_sampled_again_or_moved_is_refused_saying_to_pool_again(models, tmp_path, capsys):
+    """A pool lists its stores by path: a store sampled again after pooling (other generations under the same
+    name) or moved away is refused when the pool is read, with the command that pools them again; a pool made
+    again is other generations to a resumed verify. A relative member written by hand is read from the pool."""
     for name in "ab":
         finished_store(tmp_path / name, np.asarray(read_samples(str(models / name)).images), seed=ord(name))
     run("pool", "--samples", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "p")
-    argv = ("verify", "--samples", tmp_path / "p", "--data", models / "train.npz", "--out", tmp_path / "v", "--device", "cpu")
-    assert run(*argv) == 0
-    SampleStore.create(tmp_path / "b", settings={"seed": 7, "kind": "pixel"}, prompts=[None], per_prompt=32,
-                       image_shape=(32, 32, 3), shard_size=16, fresh=True)
-    with pytest.raises(DiffauditError, match="member 1 .* cannot be read: .*unfinished"):
-        read_samples(str(tmp_path / "p"))
+    argv = ["verify", "--samples", str(tmp_path / "p"), "--data", str(models / "train.npz"), "--out", str(tmp_path / "v"),
+            "--device", "cpu"]
+    assert main(["--quiet", *argv]) == 0
+    shutil.rmtree(tmp_path / "b")
     finished_store(tmp_path / "b", cifar_images(32, "test"), seed=7)
-    assert main(["verify", "--samples", str(tmp_path / "p"), "--data", str(models / "train.npz"), "--out",
-                 str(tmp_path / "v"), "--device", "cpu"]) == 2  # other settings: its samples identity
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "member 1 (" in err and "holds other generations than when it was pooled" in err
+    assert f"pool the stores again: diffaudit pool --samples {tmp_path / 'a'} {tmp_path / 'b'} --out" in err
+    assert run("pool", "--samples", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "p", "--fresh") == 0
+    assert main(argv) == 2 and "--samples" in capsys.readouterr().err  # the finished verify read other generations
+    shutil.move(tmp_path / "a", tmp_path / "moved")
+    with pytest.raises(DiffauditError, match=r"member 0 \(.*\) cannot be read: .* does not exist .*; a pool reads its "
+                                             r"stores where they were pooled: pool them again where they are now"):
+        read_samples(str(tmp_path / "p"))
+    (tmp_path / "q").mkdir()
+    (tmp_path / "q" / "pool.json").write_text(json.dumps({"members": ["../moved", "../b"]}))
+    assert len(read_samples(str(tmp_path / "q")).keys) == 64
 
 
 def test_pool_refuses_what_cannot_be_read_as_one_set(models, tmp_path, capsys):
@@ -99,6 +113,7 @@ def test_pool_refuses_what_cannot_be_read_as_one_set(models, tmp_path, capsys):
         return capsys.readouterr().err
 
     assert "at least 2 stores" in refused(models / "a")
+    assert "nothere-* does not exist" in refused(tmp_path / "nothere-*", models / "a")  # a pattern that matched nothing
     assert "is given twice" in refused(models / "a", models / "b", models / "a")
     small = finished_store(tmp_path / "small", cifar_images(8, "test")[:, :16, :16], seed=5)
     assert "(16, 16, 3) (H, W, C) generations" in refused(models / "a", small.path)
@@ -112,6 +127,9 @@ def test_pool_refuses_what_cannot_be_read_as_one_set(models, tmp_path, capsys):
     assert not (tmp_path / "p").exists()
     run("pool", "--samples", models / "a", models / "b", "--out", tmp_path / "ab")
     assert "is a pool itself; pool its stores instead" in refused(tmp_path / "ab", models / "c")
+    assert main(["export", "--samples", str(tmp_path / "ab"), "--out", str(tmp_path / "png")]) == 2
+    assert f"is a pool of 2 stores (`diffaudit pool`); export each store to its own folder: {models / 'a'}, " \
+           f"{models / 'b'}" in capsys.readouterr().err
 
 
 def test_stores_sampled_with_one_seed_are_warned_of(models, tmp_path, capsys):
@@ -151,6 +169,8 @@ def test_extract_and_a_redacted_report_of_a_pooled_verify(models, tmp_path):
     # generations are shown beside the training images they copy
     assert run("report", tmp_path / "v", "--no-redact", "--out", tmp_path / "shown.html") == 0
     assert (tmp_path / "shown.html").read_text().count("data:image/png") >= 6
+    assert f"name the store: m0 <code>{models / 'a'}</code>, m1 <code>{models / 'b'}</code>" in \
+        (tmp_path / "shown.html").read_text()
 
 
 def test_by_member_checks_its_member_array():
@@ -182,7 +202,20 @@ def test_verify_of_a_pool_checks_data_against_every_model_s_training_set(tmp_pat
                  "--device", "cpu"]) == 0
     err = capsys.readouterr().err
     assert f"{1797 - union:,} of the 1,797 examples of --data were never trained on by the 2 models that made" in err
+    assert "give a --data that holds every pooled model's training images" in err and "it was trained on" not in err
     r = strict_json(tmp_path / "v" / "result.json")
     assert r["data_vs_model"] == {"n_data": 1797, "n_trained": union, "n_not_trained": 1797 - union,
                                   "n_trained_missing": 0}
     assert [m["n_samples"] for m in r["pool"]["members"]] == [4, 4]
+
+
+def test_compare_of_a_pooled_count_and_one_store_s_says_the_models_differ(models, tmp_path, capsys):
+    run("pool", "--samples", models / "a", models / "b", "--out", tmp_path / "p")
+    for name, samples in (("pooled", tmp_path / "p"), ("one", models / "a")):
+        run("verify", "--samples", samples, "--data", models / "train.npz", "--out", tmp_path / name, "--device", "cpu")
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "pooled"), str(tmp_path / "one"), "--labels", "pooled,one"]) == 0
+    err = capsys.readouterr().err
+    assert ("pooled and one counted extracted images over the generations of different numbers of models (pooled 2 "
+            "models pooled and one one model)") in err
+    assert "compare runs that generated as many (audit --n-samples, sample --n or --per-prompt)" in err

@@ -57,6 +57,12 @@ def run(args: argparse.Namespace) -> int:
     from diffaudit.core.results import write_result
     from diffaudit.store import SampleStore, samples_identity
 
+    from diffaudit.store.pool import SamplePool
+
+    if SamplePool.is_pool(args.samples):  # its stores are what export writes, each under its own ids
+        members = SamplePool.open(args.samples).members
+        raise DiffauditError(f"--samples {args.samples} is a pool of {len(members)} stores (`diffaudit pool`); export "
+                             f"each store to its own folder: {', '.join(members)}")
     store = SampleStore.open(args.samples)
     pending = store.pending()
     if pending and not args.partial:

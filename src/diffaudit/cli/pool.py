@@ -32,7 +32,8 @@ DESCRIPTION = (
     "2023 (Sec. 5.1) count the images extracted from 16 CIFAR-10 models (2^16 generations each); its result also "
     "lists what each store extracted alone. Every store must be finished, of one image size, and all conditional "
     "or all unconditional; stores sampled with the same --seed start their generations from the same noise and "
-    "are warned of."
+    "are warned of. Stores are recorded by absolute path: moved stores are pooled again where they are, and a "
+    "store sampled again after pooling is refused when the pool is read."
 )
 
 
@@ -47,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def setting_flags(args: argparse.Namespace) -> dict[str, str]:
     """The flag of each setting not named after its option (for a refusal to resume)."""
-    return {"members": "--samples", "members_identity": "--samples (the generations each store holds)"}
+    return {"members": "--samples (the stores, in order)", "members_identity": "the generations each --samples store holds"}
 
 
 def _open_members(specs: list[str]) -> list[SampleStore]:
@@ -94,9 +95,9 @@ def _warn_shared_seeds(specs: list[str], stores: list[SampleStore]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     specs = [canonical_path(s) for s in args.samples]
+    stores = _open_members(specs)  # first: a pattern the shell matched to nothing is "does not exist"
     if len(specs) < MIN_MEMBERS:
         raise DiffauditError(f"--samples: a pool needs at least {MIN_MEMBERS} stores (one store is read as itself)")
-    stores = _open_members(specs)
     identities = [s.identity for s in stores]
     _refuse_repeats(specs, identities)
     check_alike([s.to_dataset(lazy=True) for s in stores], specs, where="--samples")
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     if emit_finished(args, out, resumed, lambda r: _summary(r)):
         return 0
     _warn_shared_seeds(specs, stores)
-    write_json_atomic(out / POOL_FILE, {"schema_version": 1, "members": specs})
+    write_json_atomic(out / POOL_FILE, {"schema_version": 1, "members": specs, "identities": identities})
     pool = SamplePool.open(out)
     members = [{"samples": spec, "n_generations": int(store.manifest["n_total"]),
                 "model": (store.manifest.get("sampler") or {}).get("model"), "seed": store.manifest.get("seed")}

@@ -423,7 +423,9 @@ def _data_vs_model(spec: str, train: ImageDataset | NativeImages, data_spec: str
         return None
     trained = set().union(*trained_by.values())
     model = models[0]
-    advice = "give the --data and data options it trained on" + (trained_data_text(model) or " (e.g. the same --subset)")
+    advice = ("give the --data and data options it trained on" + (trained_data_text(model) or " (e.g. the same --subset)")
+              if len(trained_by) == 1 else "give a --data that holds every pooled model's training images (the dataset "
+              "their training sets were drawn from, with the data options they share)")
     made = (f"the model that made --samples ({model})" if len(trained_by) == 1 else
             f"the {len(trained_by)} models that made the pool's generations (the first {model})")
     n_in = len(trained & set(train.keys))

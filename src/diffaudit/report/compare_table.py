@@ -83,14 +83,32 @@ def budget_warnings(a: dict[str, Any], b: dict[str, Any], labels: list[str]) -> 
     """A warning when summaries ``a`` and ``b`` searched different numbers of generations for extracted
     images: the unique extracted count grows with the generations searched (the paper extracts 1,280
     CIFAR-10 images from 2^20 generations, fewer from fewer), so its change measures the budget as well
-    as the models. A count one side does not record is no warning."""
+    as the models. A count one side does not record is no warning. Another when one side's count pools
+    other numbers of models' generations (:func:`_pooled_models`)."""
     ga, gb = _generations(a), _generations(b)
-    if ga is None or gb is None or ga == gb:
-        return []
     la, lb = labels
-    return [f"{la} and {lb} searched different numbers of generations for extracted images, {la} {ga:,} and {lb} "
-            f"{gb:,}: unique extracted grows with the generations searched, so its change may come from the budget, "
-            "not the models; compare runs with the same --n-samples"]
+    out = []
+    models = [_pooled_models(a), _pooled_models(b)]
+    if models[0] != models[1]:  # a pool's count is over several models' generations (`diffaudit pool`)
+        sides = " and ".join(f"{label} {'one model' if n is None else f'{n} models pooled'}"
+                             for label, n in zip(labels, models))
+        out.append(f"{la} and {lb} counted extracted images over the generations of different numbers of models "
+                   f"({sides}): a pooled count credits each image to the first model that extracted it, so its change "
+                   "says how many models were pooled as well as how much they memorize")
+    if ga is not None and gb is not None and ga != gb:
+        out.append(f"{la} and {lb} searched different numbers of generations for extracted images, {la} {ga:,} and {lb} "
+                   f"{gb:,}: unique extracted grows with the generations searched, so its change may come from the "
+                   "budget, not the models; compare runs that generated as many (audit --n-samples, sample --n or "
+                   "--per-prompt)")
+    return out
+
+
+def _pooled_models(summary: dict[str, Any]) -> int | None:
+    """How many models' stores a summary's extraction pooled (`diffaudit pool`), None for one store's."""
+    ex = summary.get("extraction")
+    pool = ex.get("pool") if isinstance(ex, dict) else None
+    n = pool.get("n_members") if isinstance(pool, dict) else None
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
 
 
 def attack_warnings(a: dict[str, Any], b: dict[str, Any], labels: list[str]) -> list[str]:

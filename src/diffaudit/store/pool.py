@@ -11,9 +11,11 @@ member that made it.
 Ids: generation ``p<P>-i<I>`` of member ``k`` is ``m<k>:p<P>-i<I>`` (:func:`pooled_id`), since every
 store has a ``p0-i0``. Like a store's own ids, these are positions and name no file.
 
-A pool copies nothing: its members are read where they lie (recorded as absolute paths or object-store
-URLs), and its identity (:attr:`SamplePool.identity`) is a digest of theirs, so a member made again since
-is other generations to a command that resumes.
+A pool copies nothing: its members are read where they lie, recorded as absolute paths or object-store
+URLs (a relative path written by hand is read from the pool's folder), so stores moved elsewhere are
+pooled again. Each member's identity (:attr:`SampleStore.identity`) is recorded when it is pooled, and a
+member sampled again since is refused rather than read as other generations under the same name; the
+pool's identity (:attr:`SamplePool.identity`) is a digest of its members'.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ from diffaudit.data.sharded import ShardedImages
 from diffaudit.store.location import is_object_url
 from diffaudit.store.sample_store import SampleStore
 
-#: The file that makes a folder a pool: ``{"schema_version": 1, "members": [store, ...]}``.
+#: The file that makes a folder a pool: ``{"schema_version": 1, "members": [store, ...], "identities": [...]}``
+#: (``identities``: each member's :attr:`SampleStore.identity` when pooled; a pool written without them is
+#: read without that check).
 POOL_FILE = "pool.json"
 #: A pooled generation id: member ``k``'s generation ``id`` is ``m<k>:<id>``.
 POOLED_ID = re.compile(r"m(\d+):(.+)")
@@ -55,9 +59,10 @@ def split_pooled_id(pooled: str) -> tuple[int, str] | None:
 class SamplePool:
     """A pool (see the module): ``path`` its folder, ``members`` its stores' paths or URLs, in order."""
 
-    def __init__(self, path: str | Path, members: Sequence[str]):
+    def __init__(self, path: str | Path, members: Sequence[str], identities: Sequence[str] | None = None):
         self.path = Path(path)
-        self.members = [str(m) for m in members]
+        self.members = [m if is_object_url(m) or Path(m).is_absolute() else str(self.path / m) for m in map(str, members)]
+        self.identities = None if identities is None else [str(i) for i in identities]
 
     @staticmethod
     def is_pool(spec: str | Path) -> bool:
@@ -74,22 +79,37 @@ class SamplePool:
         """The pool at ``spec``; its file checked (a list of at least :data:`MIN_MEMBERS` strings)."""
         record = read_json(Path(spec) / POOL_FILE)
         members = record.get("members") if isinstance(record, dict) else None
+        identities = record.get("identities") if isinstance(record, dict) else None
         if (not isinstance(members, list) or len(members) < MIN_MEMBERS
-                or not all(isinstance(m, str) and m for m in members)):
+                or not all(isinstance(m, str) and m for m in members)
+                or not (identities is None or (isinstance(identities, list) and len(identities) == len(members)))):
             raise DiffauditError(f"{Path(spec) / POOL_FILE}: not a pool of sample stores (expected \"members\": a list of "
                                  f"at least {MIN_MEMBERS} store paths, as `diffaudit pool` writes)")
-        return cls(spec, members)
+        return cls(spec, members, identities)
 
     def stores(self) -> list[SampleStore]:
-        """The member stores, opened; a member that is gone or no store is refused, naming it."""
-        return [self._member(k, SampleStore.open, member) for k, member in enumerate(self.members)]
+        """The member stores, opened; a member that is gone, no store, or sampled again since it was pooled
+        (another identity than the one recorded) is refused, naming it and what to do."""
+        stores = [self._member(k, SampleStore.open, member) for k, member in enumerate(self.members)]
+        for k, store in enumerate(stores):
+            if self.identities is not None and store.identity != self.identities[k]:
+                raise DiffauditError(f"pool {self.path}: member {k} ({self.members[k]}) holds other generations than "
+                                     f"when it was pooled (store identity {self.identities[k]}, now {store.identity}: "
+                                     f"sampled again since); pool the stores again: {self._again()}")
+        return stores
 
     def _member(self, k: int, read, *args, **kwargs):
         """``read(*args, **kwargs)`` for member ``k``, its error said as that member's."""
         try:
             return read(*args, **kwargs)
         except DiffauditError as exc:
-            raise DiffauditError(f"pool {self.path}: member {k} ({self.members[k]}) cannot be read: {exc}") from None
+            raise DiffauditError(f"pool {self.path}: member {k} ({self.members[k]}) cannot be read: {exc}; a pool reads "
+                                 "its stores where they were pooled: pool them again where they are now (`diffaudit "
+                                 f"pool --samples STORE... --out {self.path} --fresh`)") from None
+
+    def _again(self) -> str:
+        """The command that pools the members again into this folder."""
+        return f"diffaudit pool --samples {' '.join(self.members)} --out {self.path} --fresh"
 
     @property
     def identity(self) -> str:
@@ -127,5 +147,5 @@ def check_alike(parts: Sequence[ImageDataset], names: Sequence[str], *, where: s
                                  f"{first.image_shape}; a pool's members are generations of one size")
         if (p.captions is None) != (first.captions is None):
             which, other = (name, names[0]) if p.captions is not None else (names[0], name)
-            raise DiffauditError(f"{where}: {which} was generated from prompts and {other} without: a pool's members are "
+            raise DiffauditError(f"{where}: {which} was generated from prompts (or class indices) and {other} without: a pool's members are "
                                  "all conditional or all unconditional")
