@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     check_alike([s.to_dataset(lazy=True) for s in stores], specs, where="--samples")
     settings = {"members": specs, "members_identity": identities}
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, writes=(POOL_FILE,))
-    if emit_finished(args, out, resumed, lambda r: _summary(r)):
+    if emit_finished(args, out, resumed, _summary):
         return 0
     _warn_shared_seeds(specs, stores)
     write_json_atomic(out / POOL_FILE, {"schema_version": 1, "members": specs, "identities": identities})

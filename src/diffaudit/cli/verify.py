@@ -418,7 +418,7 @@ def _data_vs_model(spec: str, train: ImageDataset | NativeImages, data_spec: str
     if None in models:
         return None
     try:
-        trained_by = {model: set(read_train_keys(model)) for model in models}
+        trained_by = {one: set(read_train_keys(one)) for one in models}
     except DiffauditError:
         return None
     trained = set().union(*trained_by.values())
@@ -428,8 +428,9 @@ def _data_vs_model(spec: str, train: ImageDataset | NativeImages, data_spec: str
               "their training sets were drawn from, with the data options they share)")
     made = (f"the model that made --samples ({model})" if len(trained_by) == 1 else
             f"the {len(trained_by)} models that made the pool's generations (the first {model})")
-    n_in = len(trained & set(train.keys))
-    recorded = {model: trained_data(model) for model in trained_by}
+    keys = set(train.keys)
+    n_in = len(trained & keys)
+    recorded = {one: trained_data(one) for one in trained_by}
     other_split = {r[0] for r in recorded.values() if r is not None and r[0] != data_spec}
     if 0 < n_in < len(trained) and other_split and {*other_split, data_spec} <= set(BUILTIN_NAMES):
         warning_line("verify", f"{n_in:,} example{'s' * (n_in != 1)} of --data {data_spec} {'are' if n_in != 1 else 'is'} "
@@ -439,8 +440,8 @@ def _data_vs_model(spec: str, train: ImageDataset | NativeImages, data_spec: str
                      "for training images")
         n_in = 0
     elif isinstance(train, ImageDataset):
-        for one, keys in trained_by.items():
-            if not keys <= set(train.keys):
+        for one, its_keys in trained_by.items():
+            if not its_keys <= keys:
                 continue
             try:
                 check_trained_on(one, train, what="the model that made --samples" if len(trained_by) == 1 else
