@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         raise DiffauditError(f"--samples: a pool needs at least {MIN_MEMBERS} stores (one store is read as itself)")
     identities = [s.identity for s in stores]
     _refuse_repeats(specs, identities)
-    check_alike([s.to_dataset(lazy=True) for s in stores], specs, where="--samples")
+    check_alike(stores, specs, where="--samples")
     settings = {"members": specs, "members_identity": identities}
     out, resumed = prepare_out_dir(args.out, NAME, settings, fresh=args.fresh, writes=(POOL_FILE,))
     if emit_finished(args, out, resumed, _summary):

@@ -20,6 +20,7 @@ pool's identity (:attr:`SamplePool.identity`) is a digest of its members'.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -88,8 +89,12 @@ class SamplePool:
         return cls(spec, members, identities)
 
     def stores(self) -> list[SampleStore]:
-        """The member stores, opened; a member that is gone, no store, or sampled again since it was pooled
-        (another identity than the one recorded) is refused, naming it and what to do."""
+        """The member stores, opened once per pool object; a member that is gone, no store, or sampled again
+        since it was pooled (another identity than the one recorded) is refused, naming it and what to do."""
+        return self._opened
+
+    @functools.cached_property
+    def _opened(self) -> list[SampleStore]:
         stores = [self._member(k, SampleStore.open, member) for k, member in enumerate(self.members)]
         for k, store in enumerate(stores):
             if self.identities is not None and store.identity != self.identities[k]:
@@ -127,8 +132,8 @@ class SamplePool:
     def to_dataset(self, *, lazy: bool = False) -> ImageDataset:
         """Every member's finished generations, member 0 first, ids :func:`pooled_id` (each member must be
         finished, as a store read alone must be). With ``lazy`` the images stay memory-mapped shards."""
+        check_alike(self.stores(), self.members, where=f"pool {self.path}")
         parts = [self._member(k, store.to_dataset, lazy=lazy) for k, store in enumerate(self.stores())]
-        check_alike(parts, [str(m) for m in self.members], where=f"pool {self.path}")
         name = f"pool {self.path}"
         images = (ShardedImages.joined([p.images for p in parts], name=name) if lazy
                   else np.concatenate([np.asarray(p.images) for p in parts]))
@@ -137,15 +142,17 @@ class SamplePool:
         return ImageDataset(images, keys, captions=captions, source=name)
 
 
-def check_alike(parts: Sequence[ImageDataset], names: Sequence[str], *, where: str) -> None:
-    """Refuse members whose generations cannot be read as one set: another image shape (H, W, C), or
-    prompts beside none (a conditional model's generations pooled with an unconditional one's)."""
-    first = parts[0]
-    for name, p in zip(names[1:], parts[1:]):
-        if p.image_shape != first.image_shape:
-            raise DiffauditError(f"{where}: {name} holds {p.image_shape} (H, W, C) generations, {names[0]} "
-                                 f"{first.image_shape}; a pool's members are generations of one size")
-        if (p.captions is None) != (first.captions is None):
-            which, other = (name, names[0]) if p.captions is not None else (names[0], name)
-            raise DiffauditError(f"{where}: {which} was generated from prompts (or class indices) and {other} without: a pool's members are "
-                                 "all conditional or all unconditional")
+def check_alike(stores: Sequence[SampleStore], names: Sequence[str], *, where: str) -> None:
+    """Refuse member ``stores`` (named ``names``) whose generations cannot be read as one set, as their
+    manifests say, before any shard is read: another image shape (H, W, C), or prompts beside none (a
+    conditional model's generations pooled with an unconditional one's)."""
+    shapes = [tuple(int(x) for x in s.manifest["image_shape"]) for s in stores]
+    conditional = [any(p is not None for p in s.manifest["prompts"]) for s in stores]
+    for k in range(1, len(stores)):
+        if shapes[k] != shapes[0]:
+            raise DiffauditError(f"{where}: {names[k]} holds {shapes[k]} (H, W, C) generations, {names[0]} "
+                                 f"{shapes[0]}; a pool's members are generations of one size")
+        if conditional[k] != conditional[0]:
+            which, other = (names[k], names[0]) if conditional[k] else (names[0], names[k])
+            raise DiffauditError(f"{where}: {which} was generated from prompts (or class indices) and {other} "
+                                 "without: a pool's members are all conditional or all unconditional")
