@@ -38,11 +38,37 @@ def timed(fn, device: torch.device, repeats: int = 1) -> float:
     return best
 
 
+#: Substrings of a kernel's name (lower case) that place it in a family, tried in this order:
+#: inductor's generated element-wise and reduction kernels (``triton_poi``/``triton_red``/
+#: ``triton_per``, whose names list the operations fused, "convolution" among them when they hold a
+#: convolution's bias), the libraries' attention and convolution kernels, then matrix products
+#: (cuBLAS's ``nvjet``/``gemm`` kernels, CUTLASS, inductor's Triton templates ``triton_tem``), then
+#: everything else.
+KERNEL_FAMILIES = (
+    ("inductor fused (element-wise, norms)", ("triton_poi", "triton_red", "triton_per")),
+    ("attention", ("sdpa", "flash", "fmha", "attention")),
+    ("layout conversion", ("nchwtonhwc", "nhwctonchw")),
+    ("convolution", ("conv", "fprop", "dgrad", "wgrad", "implicit_gemm")),
+    ("matrix product", ("nvjet", "gemm", "gemv", "cutlass", "xmma", "triton_tem", "triton_mm", "wgmma")),
+)
+
+
+def kernel_family(name: str) -> str:
+    """The family (:data:`KERNEL_FAMILIES`) of a CUDA kernel by its name; "other (element-wise,
+    norms, copies)" where none matches."""
+    low = name.lower()
+    for family, marks in KERNEL_FAMILIES:
+        if any(m in low for m in marks):
+            return family
+    return "other (element-wise, norms, copies)"
+
+
 def profile_ops(fn, device: torch.device, top: int = 15) -> dict:
     """One call of ``fn`` under the torch profiler: its ``top`` operators by self time (device time on
     CUDA, else CPU time), and on CUDA the wall time beside the time kernels kept the GPU busy (their
     self device times summed), so that a side whose wall time exceeds its kernel time is seen to wait on
-    the host; ``host_ops`` are the ``top`` operators by self CPU time (launches, synchronisations)."""
+    the host, and that time by kernel family (:func:`kernel_family`); ``host_ops`` are the ``top``
+    operators by self CPU time (launches, synchronisations)."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
@@ -65,6 +91,11 @@ def profile_ops(fn, device: torch.device, top: int = 15) -> dict:
         kernels = [e for e in events if str(getattr(e, "device_type", "")).endswith("CUDA")]
         out["kernel_ms"] = sum(e.self_device_time_total for e in kernels) / 1e3
         out["kernel_launches"] = sum(e.count for e in kernels)
+        families: dict[str, float] = {}
+        for e in kernels:
+            fam = kernel_family(e.key)
+            families[fam] = families.get(fam, 0.0) + e.self_device_time_total / 1e3
+        out["kernel_ms_by_family"] = dict(sorted(families.items(), key=lambda kv: -kv[1]))
         out["host_ops"] = rows("self_cpu_time_total")
     return out
 

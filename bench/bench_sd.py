@@ -19,12 +19,18 @@ Sides, each saved as it finishes when run by ``run_all.py``:
   UNet's attention query/key/value projections fused into one matrix product each
   (``UNet2DConditionModel.fuse_qkv_projections``; the same weights, so the same images within bf16
   rounding), compiled again.
+- ``diffaudit_source_compiled_tuned`` (CUDA, with ``--tuned``): the compiled side compiled again from
+  scratch with inductor's autotuning and the settings diffusers' speed-up guides use for UNets
+  (:data:`TUNED_INDUCTOR`: ``max_autotune`` without CUDA graphs, 1x1 convolutions as matrix products,
+  coordinate-descent tuning of the generated kernels, no epilogue fusion); its compilation takes
+  minutes (``warmup_seconds``).
 
 Diagnostics: ``--sides`` runs only the named diffaudit sides (the stock side always runs: it is the
 baseline); ``--interleave N`` first runs the stock call and the uncompiled source alternately N times
 (``interleaved``: each call's seconds, to tell a steady difference from drift of the machine);
-``--profile`` adds one profiled call of each of those two (``profile``: the top operators by device
-time, the kernels' busy time beside the wall time, the top host operators).
+``--profile`` adds one profiled call of each of those two and of each compiled side (``profile``: the
+top operators by device time, the kernels' busy time beside the wall time and by kernel family, the
+top host operators).
 
 The images of each diffaudit side are compared with the stock images (mean and max ℓ2 on [0, 1]).
 Every side does the same arithmetic, counted once with ``torch.utils.flop_counter`` on one image
@@ -41,6 +47,7 @@ with ``--peak-tflops`` (the device's dense bf16 peak, H100 SXM: 989) its ``fract
 from __future__ import annotations
 
 import argparse
+import time
 
 import numpy as np
 import torch
@@ -53,6 +60,12 @@ from _common import checkpoint, device_info, emit, profile_ops, timed
 from diffaudit.core.seeds import generation_seed, randn_per_seed
 from diffaudit.models.sd_configs import build_stable_diffusion
 from diffaudit.sampling.sources import StableDiffusionSource
+
+
+#: Inductor's settings of the ``--tuned`` side (``torch.compile(options=...)``).
+TUNED_INDUCTOR = {"max_autotune": True, "triton.cudagraphs": False, "conv_1x1_as_mm": True,
+                  "coordinate_descent_tuning": True, "coordinate_descent_check_all_directions": True,
+                  "epilogue_fusion": False}
 
 
 def to_uint8(images) -> np.ndarray:
@@ -103,6 +116,16 @@ def rate(images_per_s: float, flops: dict, peak_tflops: float | None) -> dict:
     return out
 
 
+def uncompile(pipe) -> None:
+    """The pipeline's UNet and ``vae.decode`` as they were before ``torch.compile`` (and dynamo's caches
+    emptied), so that a side can compile them again with other settings."""
+    torch._dynamo.reset()
+    if hasattr(pipe.unet, "_orig_mod"):
+        pipe.unet = pipe.unet._orig_mod
+    if "decode" in vars(pipe.vae):  # the compiled wrapper set on the instance; the class's method beneath
+        del pipe.vae.decode
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="a tiny pipeline (CPU smoke test) instead of SD 1.x sizes")
@@ -114,13 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-compile", action="store_true", help="CUDA: leave out the compiled side")
     ap.add_argument("--compile-mode", default=None, help="torch.compile mode of the compiled side (default: default)")
     ap.add_argument("--fuse-qkv", action="store_true", help="CUDA: add a compiled side with the UNet's q/k/v projections fused")
+    ap.add_argument("--tuned", action="store_true",
+                    help="CUDA: add a compiled side with inductor's autotuning (TUNED_INDUCTOR; compiles for minutes)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak (H100 SXM: 989)")
     ap.add_argument("--sides", default=None,
                     help="comma-separated diffaudit sides to run (default: all that apply here); the stock side always runs")
     ap.add_argument("--interleave", type=int, default=0, metavar="N",
                     help="first run the stock call and the uncompiled source alternately N times, each timed")
     ap.add_argument("--profile", action="store_true",
-                    help="profile one call of the stock pipeline and one of the uncompiled source (torch profiler)")
+                    help="profile one call of the stock pipeline, of the uncompiled source and of each compiled side (torch profiler)")
     ap.add_argument("--count-only", action="store_true",
                     help="count the operations per image and stop (no timing; the count is the same on any device)")
     a = ap.parse_args(argv)
@@ -165,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
             sides.append(("diffaudit_source_compiled", dict(channels_last=True, compile=True)))
             if a.fuse_qkv:
                 sides.append(("diffaudit_source_compiled_fused_qkv", dict(channels_last=True, compile=True)))
+            if a.tuned:
+                sides.append(("diffaudit_source_compiled_tuned", dict(channels_last=True, compile=True)))
     if a.sides is not None:
         wanted = {x.strip() for x in a.sides.split(",") if x.strip()}
         unknown = wanted - {name for name, _ in sides}
@@ -188,18 +215,28 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint(result, "profile")
     result["diffaudit_settings"] = {"dtype": str(dtype), "compile_mode": a.compile_mode,
                                     "sides": {name: opts for name, opts in sides}}
+    if a.tuned:
+        result["diffaudit_settings"]["tuned_inductor"] = TUNED_INDUCTOR
     for name, opts in sides:
         if name.endswith("_fused_qkv"):
             pipe.unet = pipe.unet._orig_mod  # un-compiled, fused, then compiled again by the source
             pipe.unet.fuse_qkv_projections()
+        if name.endswith("_tuned"):
+            uncompile(pipe)
+            pipe.unet = torch.compile(pipe.unet, options=TUNED_INDUCTOR, dynamic=False)
+            pipe.vae.decode = torch.compile(pipe.vae.decode, options=TUNED_INDUCTOR, dynamic=False)
         source = StableDiffusionSource.from_pipeline(pipe, **opts, **common)
         run = lambda source=source: source(seeds, prompts)
+        t0 = time.perf_counter()
         images = run()  # warm-up (compiles the compiled sides)
+        result.setdefault("warmup_seconds", {})[name] = time.perf_counter() - t0
         t = timed(run, dev, a.repeats)
         result["images_per_s"][name] = a.batch / t
         result["rate"][name] = rate(a.batch / t, flops, a.peak_tflops)
         result[f"{name}_images"] = l2_stats(images, stock_images)
         result[f"speedup_of_{name}"] = t_stock / t
+        if a.profile and opts["compile"]:
+            result.setdefault("profile", {})[name] = profile_ops(run, dev)
         checkpoint(result, name)
     if cuda:
         result["peak_cuda_mib"] = torch.cuda.max_memory_allocated(dev) / 2 ** 20

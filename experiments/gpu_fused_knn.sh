@@ -8,7 +8,8 @@
 #          int8 GEMMs on resident operands, the fused kernel alone for each of $CONFIGS, and a profile.
 # Files under $OUT: bench-knn-fused.json (written as it goes: "partial": true and the stage reached
 # if it was cut off), gpu-tests.log.
-# Run with carry [".whl"] (filled by `bash experiments/gpu_carry.sh`). A dry run on a CPU (the kernel
+# Run with carry [".whl"] (filled by `bash experiments/gpu_carry.sh`). It last ran in the 39th session (2026-11-25,
+# 240 s; results in docs/results/gpu-2026-11-25/). A dry run on a CPU (the kernel
 # through Triton's interpreter): TRITON_INTERPRET=1 QUERIES=256 REFS=3000 bash experiments/gpu_fused_knn.sh
 set -uo pipefail
 T0=$SECONDS

@@ -193,6 +193,45 @@ def test_bench_sd_diagnostics_alternate_and_profile_the_uncompiled_sides(bench, 
     assert "not among diffaudit_source here" in capsys.readouterr().err
 
 
+def test_kernel_families_sort_the_kernels_an_h100_profile_named(bench):
+    """The families bench_sd's profiles sum kernel time by, for kernel names taken from an H100's
+    profiles of the stock pipeline and of the compiled source: inductor's fused kernels whose names
+    mention a convolution stay fused work, cuBLAS's nvjet kernels are matrix products."""
+    from _common import kernel_family
+
+    names = {
+        "triton_poi_fused_convolution_add_3": "inductor fused (element-wise, norms)",
+        "triton_red_fused_native_group_norm_2": "inductor fused (element-wise, norms)",
+        "nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_bias_TNT": "matrix product",
+        "triton_tem_fused_mm_4": "matrix product",
+        "sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize256x64x32": "convolution",
+        "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x64": "attention",
+        "void cudnn::engines_precompiled::nchwToNhwcKernel<__nv_bfloat16>": "layout conversion",
+        "void at::native::elementwise_kernel<128, 4>": "other (element-wise, norms, copies)",
+    }
+    assert {name: kernel_family(name) for name in names} == names
+
+
+def test_bench_sd_uncompile_restores_the_modules_and_records_each_sides_warm_up(bench, capsys):
+    """uncompile gives back the UNet and vae.decode as they were before torch.compile (so --tuned can
+    compile them again with other settings); every side's warm-up (its compilation, if any) is timed."""
+    import torch
+
+    import bench_sd
+    from diffaudit.models.sd_configs import build_stable_diffusion
+
+    pipe = build_stable_diffusion(tiny=True, size=32)
+    unet, decode = pipe.unet, type(pipe.vae).decode
+    pipe.unet = torch.compile(pipe.unet, options=bench_sd.TUNED_INDUCTOR, dynamic=False)  # not called: no compile
+    pipe.vae.decode = torch.compile(pipe.vae.decode, options=bench_sd.TUNED_INDUCTOR, dynamic=False)
+    bench_sd.uncompile(pipe)
+    assert pipe.unet is unet and "decode" not in vars(pipe.vae) and pipe.vae.decode.__func__ is decode
+    bench_sd.uncompile(pipe)  # nothing compiled: unchanged
+    assert pipe.unet is unet
+    out = _run_main(bench_sd, ["--tiny", "--size", "32", "--batch", "1", "--steps", "2", "--repeats", "1"], capsys)
+    assert set(out["warmup_seconds"]) == {"diffaudit_source"} and out["warmup_seconds"]["diffaudit_source"] > 0
+
+
 def test_bench_batch_fit_off_cuda_compares_the_default_with_itself(bench, capsys):
     """Off CUDA ``auto`` is the default batch (nothing is probed): both sides run it on the same images,
     and each model reports its batches, images and ratio."""

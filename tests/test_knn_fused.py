@@ -20,7 +20,7 @@ import torch
 
 from diffaudit.distances import knn_backends, knn_fused
 from diffaudit.distances.compute import INT8_MAX_DIM, ComputeSpec, resolve_compute
-from diffaudit.distances.knn import knn_search, prepare_reference
+from diffaudit.distances.knn import default_extra, knn_search, prepare_reference
 from diffaudit.distances.knn_backends import TorchInt8Backend
 
 pytest.importorskip("triton", reason="the fused kernel is written in Triton (a test dependency)")
@@ -250,11 +250,17 @@ def test_kernel_compiles_for_hopper_to_int8_tensor_cores_without_spilling():
 @pytest.mark.gpu
 def test_cuda_fused_search_equals_unfused_at_default_tiles():
     """On CUDA the default search of CIFAR-sized rows uses the compiled kernel (default tiles) and
-    gives the unfused search's result, with and without self-exclusion."""
+    gives the unfused search's result, with and without self-exclusion, recomputing about as many
+    queries as neighbours in random order would flag (c = 62 best among 157 tiles of 128 rows: about
+    11% of queries see a tile holding 4 of them; the first GPU run recomputed 300 of 3,000)."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     rng = np.random.default_rng(0)
     r = rng.integers(0, 256, (20_000, 32, 32, 3), dtype=np.uint8)
+    cfg, c = knn_fused.DEFAULT_CONFIG, 50 + default_extra(50)
+    random_order = torch.from_numpy(rng.integers(0, 2 ** 30, (1000, len(r)))).cuda()  # scores in random order
+    random_rate = float(knn_fused.select(knn_fused.reference_keys(random_order, cfg.block_n, cfg.keep), c)[2].float().mean())
+    assert 0.05 < random_rate < 0.2
     q = np.clip(r[rng.integers(0, len(r), 3000)].astype(int) + rng.integers(-20, 21, (3000, 32, 32, 3)), 0, 255).astype(np.uint8)
     q[:20] = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
     for kw in ({}, {"exclude_self": True}):
@@ -266,4 +272,4 @@ def test_cuda_fused_search_equals_unfused_at_default_tiles():
             unfused = knn_search(qq, r, 50, device="cuda", **kw)
         assert unfused.stats.get("fused") is None
         assert np.array_equal(fused.indices, unfused.indices) and np.array_equal(fused.sq, unfused.sq)
-        assert fused.stats["fused_recomputed_rows"] < 0.05 * len(qq)
+        assert fused.stats["fused_recomputed_rows"] <= (1.5 * random_rate + 0.01) * len(qq)
