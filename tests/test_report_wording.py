@@ -662,3 +662,21 @@ def test_the_generations_that_copy_are_shown_beside_those_matching_never_seen_im
     (folder / "result.json").write_text(json.dumps(result))
     text = visible_text(render_html(folder))
     assert "copied by 3 of 48 generations (by the same rule, 2 of them match a never-seen image)" in text
+
+
+def test_the_verdict_of_a_pool_speaks_of_the_models():
+    """A pool's count (``extraction.pool``: generations of several models, ``diffaudit pool``) is answered
+    of "the models" in every sentence that names who made the generations; one store's of "the model"."""
+    pool = {"n_members": 2, "members": []}
+    far = dict(extracted_l2_median=0.178, extracted_l2_min=0.160, baseline_l2_min=0.132, extracted_closer_than_baseline=0)
+    cases = [
+        _ex(8, 0, n_train=300, n_base=300, **far),  # above chance, no copy
+        _ex(3, None),  # no baseline
+        {**_ex(0, 0), "n_samples": 0, "n_samples_total": 500},  # nothing verified
+        _ex(3, 0, data_vs_model={"n_data": 1000, "n_not_trained": 1000}),  # --data none of them trained on
+    ]
+    for ex in cases:
+        one, pooled = verdict(ex)["text"], verdict({**ex, "pool": pool})["text"]
+        assert re.search(r"\b[Tt]he model\b", one) and not re.search(r"\b[Tt]he models\b", one), one
+        assert re.search(r"\b[Tt]he models\b", pooled) and not re.search(r"\b[Tt]he model\b", pooled), pooled
+        assert not re.search(r"\b(its training|it never|it trained|emits)\b", pooled), pooled

@@ -86,17 +86,19 @@ def verdict(ex: dict[str, Any] | None, *, canaries: dict[str, Any] | None = None
             return canary_verdict(canaries)
         return unverified_verdict(ex, unfinished=unfinished)
     n, base, total = ex["unique_extracted"], ex.get("baseline_unique_extracted"), ex.get("n_samples")
+    pooled = bool(ex.get("pool"))  # generations of several models (diffaudit pool): their sentences say so
+    models, emits, they = ("the models", "emit their", "they") if pooled else ("the model", "emits its", "it")
     if total == 0:  # verify --from-extract of a result that flagged nothing: no count bounds anything
         among = ex.get("n_samples_total")
         among = f" among its {among:,} generations" if isinstance(among, int) else ""
         return {"level": "unknown", "text": f"Not measured: no generation was verified (the extract result flagged no "
-                f"clique{among}), so whether the model emits its training images is not known. Extraction flags only "
+                f"clique{among}), so whether {models} {emits} training images is not known. Extraction flags only "
                 "cliques of near-identical generations: generate more (the paper: 500 per prompt) and extract again."}
     dvm = ex.get("data_vs_model") if isinstance(ex.get("data_vs_model"), dict) else {}
     if isinstance(dvm.get("n_data"), int) and dvm["n_data"] > 0 and dvm.get("n_not_trained") == dvm["n_data"]:
-        return {"level": "unknown", "text": f"Not measured: none of the {dvm['n_data']:,} images verified against is one the "
-                                            "model that made the generations trained on, so a match to them is not "
-                                            "memorization: verify against the data it trained on."}
+        return {"level": "unknown", "text": f"Not measured: none of the {dvm['n_data']:,} images verified against is one "
+                                            f"{models} that made the generations trained on, so a match to them is not "
+                                            f"memorization: verify against the data {they} trained on."}
     of = f" from {total:,} generations" if isinstance(total, int) else ""
     if isinstance(total, int) and isinstance(ex.get("n_samples_total"), int):  # verify --from-extract
         of = f" from the {total:,} flagged clique medoids of {ex['n_samples_total']:,} generations"
@@ -105,7 +107,7 @@ def verdict(ex: dict[str, Any] | None, *, canaries: dict[str, Any] | None = None
     s = "image was" if n == 1 else "images were"
     if base is None:  # the ratio rule matched 14 of 32 never-seen digits in the built-in audit: a count alone is no answer
         return {"level": "unsure", "text": f"Unsure: {n:,} training {s} matched{of}, but no false-positive baseline was "
-                                           "run (verify --baseline: images the model never saw), so how many would match "
+                                           f"run (verify --baseline: images {models} never saw), so how many would match "
                                            "by chance is not measured."}
     p = ex["baseline_pvalue"] if ex.get("baseline_pvalue") is not None else baseline_pvalue(ex)  # as summary.json holds it
     test = f"one-sided {_test_name(ex)}, p = {fmt_p(p)}{_size_note(ex)}"
@@ -114,9 +116,12 @@ def verdict(ex: dict[str, Any] | None, *, canaries: dict[str, Any] | None = None
         return {"level": "unsure", "text": (
             f"Above chance, but no copy: {n:,} training {s} matched{of}, {against}: significantly more than the baseline's "
             f"chance matches ({test}), yet none lies closer than the closest baseline match (ℓ2 "
-            f"{ex['baseline_l2_min']:.3f}; the training matches at median ℓ2 {ex['extracted_l2_median']:.3f}). The model "
-            "comes near its training images more often than near images it never saw, but emits none more nearly than "
-            f"it comes to a never-seen one: a sign of memorization, not an extracted copy.{_chance_share(ex, n, base)}")}
+            f"{ex['baseline_l2_min']:.3f}; the training matches at median ℓ2 {ex['extracted_l2_median']:.3f}). "
+            + ("The models come near their training images more often than near images they never saw, but emit none "
+               "more nearly than they come to a never-seen one" if pooled else
+               "The model comes near its training images more often than near images it never saw, but emits none "
+               "more nearly than it comes to a never-seen one")
+            + f": a sign of memorization, not an extracted copy.{_chance_share(ex, n, base)}")}
     if p < SIGNIFICANCE:
         # every match closer than any chance match: the closeness, said next, settles what the excess would guess
         share = "" if _all_closer(ex) and n > 1 else _chance_share(ex, n, base)
