@@ -39,8 +39,11 @@ def models(tmp_path_factory):
     return d
 
 
-def test_a_pool_reads_as_its_members_one_after_another(models, tmp_path):
+def test_a_pool_reads_as_its_members_one_after_another(models, tmp_path, capsys):
     assert run("pool", "--samples", models / "a", models / "b", models / "c", "--out", tmp_path / "p") == 0
+    assert main(["pool", "--samples", *(str(models / m) for m in "abc"), "--out", str(tmp_path / "p")]) == 0
+    again = capsys.readouterr().out.strip().splitlines()[-1]  # said once, not in a second pair of brackets
+    assert again.endswith(f"over all of them (already finished in {tmp_path / 'p'})") and "))" not in again
     r = strict_json(tmp_path / "p" / "result.json")
     assert r["command"] == "pool" and r["n_members"] == 3 and r["n_generations"] == 96
     assert [m["n_generations"] for m in r["members"]] == [32, 32, 32] and [m["seed"] for m in r["members"]] == [1, 2, 3]

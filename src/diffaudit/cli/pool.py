@@ -119,5 +119,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _summary(r: dict[str, Any]) -> str:
-    return (f"pool: {counted(r['n_generations'], 'generation')} of {r['n_members']} stores -> {r['out']} (give it as "
-            f"--samples to `diffaudit verify` for the unique count over all of them)")
+    return (f"pool: {counted(r['n_generations'], 'generation')} of {r['n_members']} stores -> {r['out']}; give it as "
+            f"--samples to `diffaudit verify` for the unique count over all of them")
