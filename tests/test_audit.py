@@ -25,6 +25,11 @@ def test_audit_extracts_memorized_digits_and_writes_the_report(tmp_path, capsys,
     assert result["mia"]["auc"] > 0.5
     summary = json.loads((out / "summary.json").read_text())
     assert summary["extraction"]["unique_extracted"] == result["unique_extracted"]
+    # what a gate reads beside the verdicts: the AUC's interval and the baseline test's p-value
+    ci = result["mia"]["ci"]["auc"]
+    assert ci["low"] <= result["mia"]["auc"] <= ci["high"] and ci["level"] == 0.95
+    assert set(result["mia"]["ci"]["tpr_at_fpr"]) == set(result["mia"]["tpr_at_fpr"])
+    assert result["baseline_pvalue"] == summary["extraction"]["baseline_pvalue"] and 0 <= result["baseline_pvalue"] <= 1
     html = (out / "report.html").read_text()
     assert "Content-Security-Policy" in html and "data:image/png;base64," in html
     assert 'src="http' not in html

@@ -1157,7 +1157,8 @@ def run(args: argparse.Namespace) -> int:
         "n_samples": _n_generated(args, sample, verify),
         "unique_extracted": None if verify is None else verify.get("unique_extracted"),
         "baseline_unique_extracted": None if verify is None else verify.get("baseline_unique_extracted"),
-        "mia": None if mia is None else {"attack": mia.get("attack"), "auc": mia.get("auc"), "tpr_at_fpr": mia.get("tpr_at_fpr")},
+        "mia": None if mia is None else {"attack": mia.get("attack"), "auc": mia.get("auc"), "tpr_at_fpr": mia.get("tpr_at_fpr"),
+                                         "ci": mia.get("ci")},  # bootstrap intervals of the AUC and each TPR
         "n_shadows": args.shadows,
         "inpainting": None if inpaint is None else _inpainting_fields(inpaint),
         "report": str(out / "report.html"),
@@ -1175,10 +1176,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _record_verdicts(out: Path, result: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
     """``result`` with the report's two answers (summary.json's ``verdicts``, read from the stages and this
-    result), written into the audit's result.json: what ``--json`` prints, and a gate reads."""
+    result) and the extraction verdict's exact-test p-value against the false-positive baseline
+    (``baseline_pvalue``, None without a baseline), written into the audit's result.json: what ``--json``
+    prints, and a gate reads."""
     from diffaudit.core.io import write_json_atomic
 
-    result = {**result, "verdicts": summary.get("verdicts")}
+    result = {**result, "baseline_pvalue": (summary.get("extraction") or {}).get("baseline_pvalue"),
+              "verdicts": summary.get("verdicts")}
     write_json_atomic(out / "result.json", result)
     return result
 
