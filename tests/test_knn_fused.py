@@ -252,7 +252,7 @@ def test_cuda_fused_search_equals_unfused_at_default_tiles():
     """On CUDA the default search of CIFAR-sized rows uses the compiled kernel (default tiles) and
     gives the unfused search's result, with and without self-exclusion, recomputing about as many
     queries as neighbours in random order would flag (c = 62 best among 157 tiles of 128 rows: about
-    11% of queries see a tile holding 4 of them; the first GPU run recomputed 300 of 3,000)."""
+    10% of queries see a tile holding 4 of them; the first GPU run recomputed 300 of 3,000)."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     rng = np.random.default_rng(0)
