@@ -63,12 +63,18 @@ def kernel_family(name: str) -> str:
     return "other (element-wise, norms, copies)"
 
 
+#: CUDA runtime calls in which the host waits for the GPU (counted by :func:`profile_ops`).
+HOST_WAITS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+
+
 def profile_ops(fn, device: torch.device, top: int = 15) -> dict:
     """One call of ``fn`` under the torch profiler: its ``top`` operators by self time (device time on
     CUDA, else CPU time), and on CUDA the wall time beside the time kernels kept the GPU busy (their
     self device times summed), so that a side whose wall time exceeds its kernel time is seen to wait on
     the host, and that time by kernel family (:func:`kernel_family`); ``host_ops`` are the ``top``
-    operators by self CPU time (launches, synchronisations)."""
+    operators by self CPU time (launches, synchronisations), ``host_waits`` the calls in which the
+    host waited for the GPU (:data:`HOST_WAITS`; a copy to pageable memory waits inside
+    ``cudaMemcpyAsync`` and is not among them)."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
@@ -97,6 +103,7 @@ def profile_ops(fn, device: torch.device, top: int = 15) -> dict:
             families[fam] = families.get(fam, 0.0) + e.self_device_time_total / 1e3
         out["kernel_ms_by_family"] = dict(sorted(families.items(), key=lambda kv: -kv[1]))
         out["host_ops"] = rows("self_cpu_time_total")
+        out["host_waits"] = sum(e.count for e in events if e.key in HOST_WAITS)
     return out
 
 

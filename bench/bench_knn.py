@@ -22,7 +22,13 @@ Compares, side by side in one run and on the same data:
   (:mod:`diffaudit.distances.knn_fused`: the default search multiplies and selects in one Triton
   kernel; off, it writes the (queries x block) matrix and runs ``torch.topk`` on it);
 - ``resident_queries`` (``--resident-queries``): the search with the queries already in device
-  memory, so that no host read or copy limits it (with ``--unfused``, also unfused);
+  memory, so that no host read or copy limits it (with ``--unfused``, also unfused; with
+  ``--waiting``, also waiting);
+- ``waiting`` (``--waiting``): the same search with ``pipeline=False``: each query block's results
+  read back before the next block is queued, and the block's recomputed queries found by reading
+  their masks back (host waits inside the block), as the search ran through the 39th session; the
+  default on CUDA queues the next block first and never waits inside one (:mod:`diffaudit.distances.knn`);
+  ``--query-blocks`` sides are timed both ways with it;
 - ``fused_configs`` (``--fused-configs``): the fused kernel alone on resident operands, per tile
   shape, with and without the selection of the candidates, and on CUDA what the compiler made of it
   (registers, shared memory, programs per multiprocessor).
@@ -124,12 +130,13 @@ def gemm_spec(kind, dev, dim):
     return resolve_compute(kind, dev, cpu_default="float64", dim=dim, allow_int8=True)
 
 
-def time_diffaudit(q, r, k, dev, backend="torch", repeats=1, query_block=None, compute="auto"):
+def time_diffaudit(q, r, k, dev, backend="torch", repeats=1, query_block=None, compute="auto", pipeline=None):
     best, res = float("inf"), None
+    kw = {} if pipeline is None else {"pipeline": pipeline}  # the search's default unless a side sets it
     for _ in range(repeats):
         _sync(dev)
         t = time.perf_counter()
-        res = knn_search(q, r, k, backend=backend, device=dev, query_block=query_block, compute=compute)
+        res = knn_search(q, r, k, backend=backend, device=dev, query_block=query_block, compute=compute, **kw)
         _sync(dev)
         best = min(best, time.perf_counter() - t)
     return best, res
@@ -230,9 +237,10 @@ def time_fused_resident(n_queries, r, dev, qb, k, config, repeats=3):
     return times, float(incomplete.float().mean())
 
 
-def profile_diffaudit(q, r, k, dev, top=15, compute="auto"):
+def profile_diffaudit(q, r, k, dev, top=15, compute="auto", pipeline=None):
     """The search's ``top`` operators by self time (device time on CUDA), from the torch profiler."""
-    return profile_ops(lambda: knn_search(q, r, k, device=dev, compute=compute), dev, top=top)
+    kw = {} if pipeline is None else {"pipeline": pipeline}
+    return profile_ops(lambda: knn_search(q, r, k, device=dev, compute=compute, **kw), dev, top=top)
 
 
 def time_cdist_topk(q, r, k, dev, qb):
@@ -321,6 +329,8 @@ def main(argv=None) -> int:
     p.add_argument("--profile", action="store_true", help="add the search's most expensive operators (torch profiler)")
     p.add_argument("--unfused", action="store_true",
                    help="time the search again with the int8 GEMM's fused selection turned off (CUDA), beside the default")
+    p.add_argument("--waiting", action="store_true",
+                   help="time the search again with pipeline=False (host waits inside and between query blocks), beside the default")
     p.add_argument("--resident-queries", action="store_true",
                    help="time the search again with the queries already in device memory (no host reads or copies), "
                         "fused and, with --unfused, unfused")
@@ -415,8 +425,18 @@ def main(argv=None) -> int:
     for qb_try in (int(x) for x in filter(None, args.query_blocks.split(","))):
         warm_search(q, r, args.k, dev, query_block=qb_try, compute=args.compute)
         t_b, res_b = time_diffaudit(q, r, args.k, dev, repeats=args.repeats, query_block=qb_try, compute=args.compute)
-        out.setdefault("diffaudit_by_query_block", {})[qb_try] = {"seconds": t_b, "same_result": same(res_b)}
+        entry = {"seconds": t_b, "same_result": same(res_b)}
+        if args.waiting:
+            t_w, res_w = time_diffaudit(q, r, args.k, dev, repeats=args.repeats, query_block=qb_try,
+                                        compute=args.compute, pipeline=False)
+            entry["waiting"] = {"seconds": t_w, "same_result": same(res_w), "pipeline_speedup": t_w / t_b}
+        out.setdefault("diffaudit_by_query_block", {})[qb_try] = entry
         checkpoint(out, f"query block {qb_try}")
+    if args.waiting:
+        t_w, res_w = time_diffaudit(q, r, args.k, dev, repeats=args.repeats, compute=args.compute, pipeline=False)
+        out["waiting"] = {"seconds": t_w, "same_result": same(res_w), "pipeline_speedup": t_w / t_da,
+                          **rate(res_w.stats.get("compute"), flops / t_w)}
+        checkpoint(out, "waiting")
     if args.without_prefetch and hasattr(knn_module, "prefetch"):
         # the same search with the query blocks read and copied in the main thread, as before prefetch
         with mock.patch.object(knn_module, "prefetch", lambda blocks, device, **kw: blocks):
@@ -432,13 +452,16 @@ def main(argv=None) -> int:
         checkpoint(out, "unfused")
     if args.resident_queries:
         q_dev = torch.from_numpy(q).to(dev)  # blocks already on the device pass the read-ahead unchanged
-        sides = {"resident_queries": False}
+        sides = {"resident_queries": (False, None)}
         if args.unfused and TorchInt8Backend is not None:
-            sides["resident_queries_unfused"] = True
-        for side, unfused in sides.items():
+            sides["resident_queries_unfused"] = (True, None)
+        if args.waiting:
+            sides["resident_queries_waiting"] = (False, False)
+        for side, (unfused, pipeline) in sides.items():
             with mock.patch.object(TorchInt8Backend, "uses_fused", lambda self, *a: False) if unfused else nullcontext():
                 warm_search(q_dev, r, args.k, dev, compute=args.compute)
-                t_r, res_r = time_diffaudit(q_dev, r, args.k, dev, repeats=args.repeats, compute=args.compute)
+                t_r, res_r = time_diffaudit(q_dev, r, args.k, dev, repeats=args.repeats, compute=args.compute,
+                                            pipeline=pipeline)
             out[side] = {"seconds": t_r, "same_result": same(res_r), **rate(res_r.stats.get("compute"), flops / t_r)}
             checkpoint(out, side)
         del q_dev
@@ -463,6 +486,9 @@ def main(argv=None) -> int:
     if args.profile:
         out["profile"] = profile_diffaudit(q, r, args.k, dev, compute=args.compute)
         checkpoint(out, "profile")
+        if args.waiting:
+            out["profile_waiting"] = profile_diffaudit(q, r, args.k, dev, compute=args.compute, pipeline=False)
+            checkpoint(out, "profile waiting")
     if "cdist_topk" not in skip:
         t_c, d_c, i_c = time_cdist_topk(q, r, args.k, dev, qb)
         out["seconds"]["cdist_topk"] = t_c

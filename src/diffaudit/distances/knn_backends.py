@@ -81,12 +81,37 @@ class Candidates:
     scores of the candidates (+inf marks an excluded self match): approximate squared distances, or
     lower bounds on them; ``cutoff`` (Bq,) float64: every non-candidate row's score is ≥ cutoff;
     ``margin`` (Bq,) float64: every row's exact squared distance is ≥ its score − margin (a bound on
-    |approximate − exact|, or 0 where the scores are exact or lower bounds)."""
+    |approximate − exact|, or 0 where the scores are exact or lower bounds).
+
+    ``recomputed``: queries whose candidates a backend had to compute a second way (the int8
+    backend's fused kernel, :class:`TorchInt8Backend`): an int, or with a ``cap`` a 0-d int64 tensor
+    on the device; None where the backend never does. ``overflow``: with a ``cap``, a 0-d bool
+    tensor, True where more queries needed it than the cap allowed (the candidates of the others are
+    then not the block's c best: the caller must search the block again without a cap)."""
 
     local: torch.Tensor
     approx: torch.Tensor
     cutoff: torch.Tensor
     margin: torch.Tensor
+    recomputed: Any = None
+    overflow: torch.Tensor | None = None
+
+
+def static_rows(mask: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows where ``mask`` holds, listed without reading the mask back to the host (no GPU wait).
+
+    Args:
+        mask: bool (B,), on any device; cap: rows to list, ≥ 1.
+
+    Returns:
+        ``rows`` int64 (min(cap, B),), distinct: the masked rows in ascending order, then unmasked
+        ones to fill the list (callers work on every listed row and keep the result only where
+        ``mask[rows]``: rows are distinct, so writing back ``torch.where(mask[rows], new, old)`` has
+        no conflicting writes); ``count`` int64 0-d on the device, how many rows the mask holds. The
+        list misses masked rows exactly where ``count > cap``.
+    """
+    order = torch.argsort((~mask).to(torch.uint8), stable=True)
+    return order[:min(int(cap), mask.shape[0])], mask.sum()
 
 
 class TorchGemmBackend:
@@ -140,7 +165,9 @@ class TorchGemmBackend:
         # −2·q folded into the operand (−510..0 are exact in bf16), saving a pass over the (Bq, Br) block
         return PreparedQueries(offset, raw, norms, to_compute(raw, self.spec).mul_(-2))
 
-    def candidates(self, q: PreparedQueries, r: PreparedBlock, c: int, exclude_self: bool) -> Candidates:
+    def candidates(self, q: PreparedQueries, r: PreparedBlock, c: int, exclude_self: bool,
+                   cap: int | None = None) -> Candidates:
+        """The c best rows of block ``r`` per query (``cap``: unused, nothing is recomputed here)."""
         rc, rn = r.handle
         approx = cross(q.handle, rc, self.spec).add_(rn.unsqueeze(0))  # ‖r‖² − 2 q·r (‖q‖² added to the candidates)
         if exclude_self:
@@ -170,7 +197,8 @@ class TorchInt8Backend(TorchGemmBackend):
     c best (:func:`.knn_fused.select`) are recomputed with the unfused product, so the candidates
     and their cutoff are the same as the unfused path's. ``fused``: None decides by :func:`.knn_fused.available` and a probe of the kernel
     on the device; True forces it (also on the CPU, where only Triton's interpreter runs it: tests);
-    False never uses it. ``recomputed_rows`` counts the recomputed queries (a diagnostic).
+    False never uses it. ``recomputed_rows`` counts the queries recomputed by the searches that
+    used this backend (a diagnostic, added to by :mod:`.knn` as each query block's results come back).
     """
 
     def __init__(self, spec: ComputeSpec, fused: bool | None = None,
@@ -204,16 +232,34 @@ class TorchInt8Backend(TorchGemmBackend):
             self.fused = knn_fused.available(self.device) and _fused_probe(self.device, cfg)
         return self.fused
 
-    def candidates(self, q: PreparedQueries, r: PreparedBlock, c: int, exclude_self: bool) -> Candidates:
+    def candidates(self, q: PreparedQueries, r: PreparedBlock, c: int, exclude_self: bool,
+                   cap: int | None = None) -> Candidates:
+        """The c best rows of block ``r`` per query, exactly scored.
+
+        With the fused kernel, the queries :func:`.knn_fused.select` marks incomplete get the unfused
+        product's candidates: found by reading the mask back (``cap`` None), or without any host
+        wait (``cap`` rows listed by :func:`static_rows`, all recomputed; ``overflow`` in the result
+        says whether more needed it). ``recomputed`` counts them either way.
+        """
         q_op, q_norms = q.handle
         keys = self._fused_keys(q, r, c, exclude_self) if self.uses_fused(r.raw.shape[0], q.raw.shape[1], c) else None
+        recomputed, overflow = None, None
         if keys is not None:
             scores, local, incomplete = knn_fused.select(keys, c)
-            if bool(incomplete.any()):
-                rows = incomplete.nonzero().squeeze(1)
-                self.recomputed_rows += int(rows.numel())
+            if cap is None:
+                recomputed = 0
+                if bool(incomplete.any()):
+                    rows = incomplete.nonzero().squeeze(1)
+                    recomputed = int(rows.numel())
+                    again, again_local = self._gemm_topk(q_op[rows], rows + q.offset, r, c, exclude_self)
+                    scores[rows], local[rows] = again.to(scores.dtype), again_local
+            else:
+                rows, recomputed = static_rows(incomplete, cap)
                 again, again_local = self._gemm_topk(q_op[rows], rows + q.offset, r, c, exclude_self)
-                scores[rows], local[rows] = again.to(scores.dtype), again_local
+                redo = incomplete[rows].unsqueeze(1)
+                scores[rows] = torch.where(redo, again.to(scores.dtype), scores[rows])
+                local[rows] = torch.where(redo, again_local, local[rows])
+                overflow = recomputed > rows.shape[0]
             excluded = scores == knn_fused.EXCLUDED
             local = torch.where(excluded, torch.zeros_like(local), local)  # padding columns lie past the block
         else:
@@ -221,9 +267,10 @@ class TorchInt8Backend(TorchGemmBackend):
             scores, local = self._gemm_topk(q_op, global_rows, r, c, exclude_self)
             excluded = scores == torch.iinfo(scores.dtype).max
         vals = scores.to(torch.float64) + q_norms.to(torch.float64).unsqueeze(1)
-        vals[excluded] = np.inf
+        vals.masked_fill_(excluded, np.inf)
         finite = torch.where(excluded, torch.full_like(vals, -np.inf), vals)
-        return Candidates(local, vals, finite.amax(1), torch.zeros(vals.shape[0], dtype=torch.float64, device=vals.device))
+        return Candidates(local, vals, finite.amax(1), torch.zeros(vals.shape[0], dtype=torch.float64, device=vals.device),
+                          recomputed, overflow)
 
     def _fused_keys(self, q: PreparedQueries, r: PreparedBlock, c: int, exclude_self: bool) -> torch.Tensor | None:
         """The fused kernel's keys for this block (:func:`.knn_fused.tile_keys`), or None, with a
@@ -252,7 +299,7 @@ class TorchInt8Backend(TorchGemmBackend):
             dots = dots.to(rn.dtype)
         approx = torch.add(rn.unsqueeze(0), dots, alpha=-2)  # ‖r'‖² − 2 q'·r', exact in rn's dtype
         if exclude_self:
-            _mask_rows(approx, q_global, r.offset, torch.iinfo(approx.dtype).max)  # above every real value (≤ 49,152·D)
+            mask_rows(approx, q_global, r.offset, torch.iinfo(approx.dtype).max)  # above every real value (≤ 49,152·D)
         vals, local = torch.topk(approx, c, dim=1, largest=False, sorted=False)
         return vals, local
 
@@ -330,7 +377,9 @@ class FaissFlatBackend:
         norms = sq_norms(raw)
         return PreparedQueries(offset, raw, norms, (_shifted_f32(raw), shifted_sq_norms(raw, norms)))
 
-    def candidates(self, q: PreparedQueries, r: PreparedBlock, c: int, exclude_self: bool) -> Candidates:
+    def candidates(self, q: PreparedQueries, r: PreparedBlock, c: int, exclude_self: bool,
+                   cap: int | None = None) -> Candidates:
+        """The c best rows of block ``r`` per query by faiss's fp32 distances (``cap``: unused)."""
         n = r.raw.shape[0]
         want = min(n, c + (1 if exclude_self else 0))
         q_op, q_shifted_norms = q.handle
@@ -358,11 +407,15 @@ def _shifted_f32(raw: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(raw.numpy().astype(np.float32) - np.float32(128.0))
 
 
-def _mask_rows(approx: torch.Tensor, q_global: torch.Tensor, r_offset: int, value: int) -> None:
-    """Set approx[i, j] = ``value`` where query i's global index ``q_global[i]`` is reference row r_offset + j."""
+def mask_rows(approx: torch.Tensor, q_global: torch.Tensor, r_offset: int, value: int) -> None:
+    """Set approx[i, j] = ``value`` where query i's global index ``q_global[i]`` is reference row
+    r_offset + j (no host wait: rows whose index lies outside the block write their own value back)."""
+    if approx.shape[1] == 0:
+        return
     local = q_global - r_offset
-    inside = (local >= 0) & (local < approx.shape[1])
-    approx[inside.nonzero().squeeze(1), local[inside]] = value
+    inside = ((local >= 0) & (local < approx.shape[1])).unsqueeze(1)
+    col = local.clamp(0, approx.shape[1] - 1).unsqueeze(1)
+    approx.scatter_(1, col, torch.where(inside, torch.full_like(col, value, dtype=approx.dtype), approx.gather(1, col)))
 
 
 def _mask_self(approx: torch.Tensor, q_offset: int, r_offset: int, value: float = np.inf) -> None:
