@@ -159,6 +159,36 @@ def test_pipelined_search_overflowing_its_caps_equals_the_waiting_search(monkeyp
 
 
 @pytest.mark.skipif(not _int8_exact_here(), reason="this CPU's int8 GEMM is not exact: the search never uses int8 here")
+def test_a_prepared_reference_keeps_the_caps_its_searches_learned(monkeypatch):
+    """Searches of successive chunks against one prepared reference (as the resumable verification
+    runs them): the first learns caps from its blocks' needs, and the next starts from them rather
+    than from the defaults."""
+    monkeypatch.setattr(knn, "_CAP_INCOMPLETE", 1)
+    monkeypatch.setattr(knn, "_CAP_FALLBACK", 1)
+    rng = np.random.default_rng(7)
+    r = rng.integers(0, 256, (400, 4, 4, 3), dtype=np.uint8)
+    r[100:116] = r[3]
+    ref = prepare_reference(r, device="cpu", compute="int8")
+    ref.backend.fused, ref.backend.fused_config = True, SMALL
+    caps_used = []
+    search = knn._search_resident
+
+    def spy(*a, **kw):
+        caps_used.append(None if a[9] is None else (a[9].incomplete, a[9].fallback))
+        return search(*a, **kw)
+
+    monkeypatch.setattr(knn, "_search_resident", spy)
+    first = knn_search(r[:120], ref, 3, query_block=40, pipeline=True)
+    assert caps_used[0] == (1, 1) and None in caps_used  # a block needed more than one row: searched again
+    learned = (ref.caps.incomplete, ref.caps.fallback)
+    assert learned != (1, 1)
+    caps_used.clear()
+    second = knn_search(r[:120], ref, 3, query_block=40, pipeline=True)
+    assert caps_used[0] == learned
+    assert np.array_equal(first.indices, second.indices) and np.array_equal(first.sq, second.sq)
+
+
+@pytest.mark.skipif(not _int8_exact_here(), reason="this CPU's int8 GEMM is not exact: the search never uses int8 here")
 def test_pipelined_search_excluding_self_equals_the_waiting_one_and_brute_force():
     rng = np.random.default_rng(3)
     x = rng.integers(0, 256, (500, 3, 3, 3), dtype=np.uint8)

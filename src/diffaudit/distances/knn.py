@@ -262,7 +262,8 @@ class _Caps:
     pays for recomputing up to ``incomplete`` queries per reference block (fused kernel) and
     ``fallback`` per query block (certificate) whether they need it or not. Each finished block sets
     them to twice what it needed (a power of two, at least the defaults); a block that needed more
-    than its caps is searched again the waiting way (:func:`_search_resident` without caps)."""
+    than its caps is searched again the waiting way (:func:`_search_resident` without caps). A
+    :class:`ResidentReference` keeps its caps from one search to the next."""
 
     incomplete: int = field(default_factory=lambda: _CAP_INCOMPLETE)
     fallback: int = field(default_factory=lambda: _CAP_FALLBACK)
@@ -357,7 +358,9 @@ class ResidentReference:
 
     ``rows`` is the backend's operand of the whole set (the re-rank gathers from it); the blocks'
     operands are slices of it, so it costs no extra memory. ``image_shape``: (H, W, C) when the set
-    was given as images, else None (rows)."""
+    was given as images, else None (rows). ``caps``: the recompute caps its pipelined searches have
+    learned (:class:`_Caps`), kept from one search to the next, so that a search of one chunk starts
+    where the last chunk's left off."""
 
     backend: Any
     raw: torch.Tensor
@@ -365,6 +368,7 @@ class ResidentReference:
     blocks: list[PreparedBlock]
     rows: torch.Tensor
     image_shape: tuple[int, int, int] | None = None
+    caps: _Caps = field(default_factory=_Caps)
 
     @property
     def size(self) -> int:
@@ -549,7 +553,7 @@ def _iter_knn(queries, reference, k, *, backend, device, compute, extra, query_b
     # GPU before block i's results are read back, and no step inside a block waits on the device
     # (:class:`_Caps`), so the GPU is never idle while the host reads, converts or hands out results.
     pipelined = (be.device.type == "cuda") if pipeline is None else bool(pipeline)
-    caps = _Caps() if pipelined and resident is not None else None
+    caps = resident.caps if pipelined and resident is not None else None
     ahead = 1 if caps is not None else 0
 
     def search(q_off: int, q_raw: torch.Tensor) -> tuple[int, PreparedQueries, _Readback]:
