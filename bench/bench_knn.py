@@ -29,6 +29,10 @@ Compares, side by side in one run and on the same data:
   their masks back (host waits inside the block), as the search ran through the 39th session; the
   default on CUDA queues the next block first and never waits inside one (:mod:`diffaudit.distances.knn`);
   ``--query-blocks`` sides are timed both ways with it;
+- ``cached_chunks`` (``--cached-chunks``): the resumable search that ``verify`` and ``extract`` run
+  (:func:`diffaudit.attacks.extraction.knn_cache.iter_cached_knn`: chunks of 16,384 queries, each
+  saved to a temporary folder), each chunk saved in a background thread while the next is searched,
+  beside each saved in turn before the next (as through the 39th session);
 - ``fused_configs`` (``--fused-configs``): the fused kernel alone on resident operands, per tile
   shape, with and without the selection of the candidates, and on CUDA what the compiler made of it
   (registers, shared memory, programs per multiprocessor).
@@ -237,6 +241,39 @@ def time_fused_resident(n_queries, r, dev, qb, k, config, repeats=3):
     return times, float(incomplete.float().mean())
 
 
+def time_cached_chunks(q, r, k, dev, repeats=1) -> dict:
+    """The resumable search (``knn_cache.iter_cached_knn``) into a fresh temporary folder per run,
+    chunks saved in the background and in turn, alternating; best of ``repeats`` each."""
+    import shutil
+    import tempfile
+
+    from diffaudit.attacks.extraction import knn_cache
+
+    background = knn_cache._ChunkWriter.submit
+
+    def in_turn(self, path, res, fault_name):
+        knn_cache._save_chunk(path, res, fault_name)
+
+    best: dict = {"background": float("inf"), "in_turn": float("inf")}
+    results = {}
+    for _ in range(repeats):
+        for side, submit in (("background", background), ("in_turn", in_turn)):
+            folder = tempfile.mkdtemp(prefix="bench-knn-cache-")
+            try:
+                with mock.patch.object(knn_cache._ChunkWriter, "submit", submit):
+                    _sync(dev)
+                    t = time.perf_counter()
+                    parts = [res for _, res in knn_cache.iter_cached_knn(q, r, k, folder, device=dev)]
+                    best[side] = min(best[side], time.perf_counter() - t)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+            results[side] = np.concatenate([p.indices for p in parts])
+    return {"background_seconds": best["background"], "in_turn_seconds": best["in_turn"],
+            "background_speedup": best["in_turn"] / best["background"],
+            "chunks": -(-len(q) // knn_cache.DEFAULT_CHUNK),
+            "same_result": bool(np.array_equal(results["background"], results["in_turn"]))}
+
+
 def profile_diffaudit(q, r, k, dev, top=15, compute="auto", pipeline=None):
     """The search's ``top`` operators by self time (device time on CUDA), from the torch profiler."""
     kw = {} if pipeline is None else {"pipeline": pipeline}
@@ -331,6 +368,8 @@ def main(argv=None) -> int:
                    help="time the search again with the int8 GEMM's fused selection turned off (CUDA), beside the default")
     p.add_argument("--waiting", action="store_true",
                    help="time the search again with pipeline=False (host waits inside and between query blocks), beside the default")
+    p.add_argument("--cached-chunks", action="store_true",
+                   help="time the resumable chunked search verify runs, chunks saved in the background beside in turn")
     p.add_argument("--resident-queries", action="store_true",
                    help="time the search again with the queries already in device memory (no host reads or copies), "
                         "fused and, with --unfused, unfused")
@@ -465,6 +504,9 @@ def main(argv=None) -> int:
             out[side] = {"seconds": t_r, "same_result": same(res_r), **rate(res_r.stats.get("compute"), flops / t_r)}
             checkpoint(out, side)
         del q_dev
+    if args.cached_chunks:
+        out["cached_chunks"] = time_cached_chunks(q, r, args.k, dev, repeats=args.repeats)
+        checkpoint(out, "cached chunks")
     for cfg in parse_fused_configs(args.fused_configs) if knn_fused is not None else []:
         name = "x".join(str(v) for v in (cfg.block_m, cfg.block_n, cfg.block_k, cfg.group_m, cfg.keep,
                                           cfg.num_warps, cfg.num_stages))

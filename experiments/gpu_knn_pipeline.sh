@@ -9,7 +9,8 @@
 #          blocks, as through the 39th session), both with the queries on the host and in GPU memory,
 #          both again at the query blocks $QUERY_BLOCKS (the default block is 5,368 queries: the fused
 #          kernel writes no score matrix, so larger ones fit), and both profiled (host_waits: the
-#          host's waits on the GPU).
+#          host's waits on the GPU); and the resumable chunked search verify runs, each chunk saved in
+#          the background while the next is searched, beside saved in turn (--cached-chunks).
 # Files under $OUT: bench-knn-pipeline.json (written as it goes: "partial": true and the stage reached
 # if it was cut off), gpu-tests.log.
 # Run with carry [".whl"] (filled by `bash experiments/gpu_carry.sh`). Not yet run on a GPU (written in the
@@ -27,7 +28,7 @@ echo "tests done after $((SECONDS - T0))s"
 cd bench
 DIFFAUDIT_BENCH_RESULT="$OUT/bench-knn-pipeline.json" timeout -k 10 "${KNN_LIMIT:-400}" "$PY" bench_knn.py --synthetic \
     --queries "${QUERIES:-1048576}" --refs "${REFS:-50000}" --k 50 --peak-tflops 989 --peak-int8-tops 1979 --repeats 3 \
-    --waiting --resident-queries --query-blocks "${QUERY_BLOCKS:-21845,65536}" --profile \
+    --waiting --resident-queries --query-blocks "${QUERY_BLOCKS:-21845,65536}" --cached-chunks --profile \
     --skip cdist_topk,faiss_cpu,diffaudit_faiss,naive_numpy,gemm_only >"$OUT/bench-knn-pipeline.stdout" 2>"$OUT/bench-knn-pipeline.stderr"
 echo "bench exit $? after $((SECONDS - T0))s"; tail -5 "$OUT/bench-knn-pipeline.stderr"
 exit $rc

@@ -142,16 +142,19 @@ def test_bench_knn_times_the_fused_kernel_per_tile_shape_and_the_search_without_
 
 def test_bench_knn_times_the_waiting_search_beside_the_pipelined_one(bench, capsys):
     """--waiting times the search with pipeline=False beside the default, also at each --query-blocks
-    size and with --resident-queries, each with the same result and the ratio between them."""
+    size and with --resident-queries, each with the same result and the ratio between them;
+    --cached-chunks times the resumable search with chunks saved in the background and in turn."""
     import bench_knn
 
     out = _run_main(bench_knn, ["--queries", "40", "--refs", "300", "--k", "3", "--size", "4", "--synthetic",
                                 "--only", "none", "--check-queries", "8", "--waiting", "--resident-queries",
-                                "--query-blocks", "16"], capsys)
+                                "--query-blocks", "16", "--cached-chunks"], capsys)
     assert out["waiting"]["same_result"] and out["waiting"]["pipeline_speedup"] > 0
     assert out["resident_queries_waiting"]["same_result"]
     by_block = out["diffaudit_by_query_block"]["16"]
     assert by_block["same_result"] and by_block["waiting"]["same_result"]
+    cached = out["cached_chunks"]  # the resumable search, chunks saved in the background or in turn
+    assert cached["same_result"] and cached["chunks"] == 1 and cached["background_seconds"] > 0
 
 
 def test_bench_filter_records_resolved_kinds(bench, capsys):

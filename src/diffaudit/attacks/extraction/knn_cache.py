@@ -3,11 +3,17 @@
 A command that is killed keeps every finished chunk; a re-run loads them and computes only the rest.
 Chunk files are named by their query range, so a partial file is never read as complete (atomic
 rename) and chunks computed on another device are reused (the search is exact, hence identical).
+:func:`iter_cached_knn` saves each chunk in a background thread while it searches the next one: the
+file of 16,384 queries' 50 neighbours took 30 ms to write and flush on a 2-core CI-like machine, and
+an H100 searches those queries among CIFAR-10's 50,000 images in about 34 ms (2.16 s per 2^20). A
+chunk handed out may therefore not be on disk yet; it is searched again if the process dies first.
+Callers must not change a chunk's arrays (they are being written).
 """
 
 from __future__ import annotations
 
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -117,9 +123,47 @@ def compute_chunk(queries: Any, prepared: Any, k: int, lo: int, hi: int, path: P
     saved atomically to ``path`` when one is given."""
     res = knn_search(queries[lo:hi], prepared, k, exclude_self=exclude_self, query_offset=lo, **knn_kwargs)
     if path is not None:
-        save_npz_atomic(path, indices=res.indices, sq=res.sq, distances=res.distances, dim=np.int64(res.dim))
-        fault_point(fault_name)
+        _save_chunk(path, res, fault_name)
     return res
+
+
+def _save_chunk(path: Path, res: KnnResult, fault_name: str) -> None:
+    save_npz_atomic(path, indices=res.indices, sq=res.sq, distances=res.distances, dim=np.int64(res.dim))
+    fault_point(fault_name)
+
+
+class _ChunkWriter:
+    """Saves chunks (:func:`_save_chunk`) in one background thread, one at a time: :meth:`submit`
+    first waits for the chunk before (so at most one result waits in memory, and a failure to save
+    it is raised there, in order), :meth:`close` for the last."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
+
+    def submit(self, path: Path, res: KnnResult, fault_name: str) -> None:
+        self.wait()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="diffaudit-knn-save")
+        self._pending = self._pool.submit(_save_chunk, path, res, fault_name)
+
+    def wait(self) -> None:
+        """Wait for the chunk being saved; its failure, if any, is raised here."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self, raise_failure: bool) -> None:
+        """Wait for the last chunk (raising its failure only with ``raise_failure``: not over an error
+        already on its way) and stop the thread."""
+        try:
+            if raise_failure:
+                self.wait()
+            elif self._pending is not None:
+                self._pending.exception()  # waits; the error already raised matters more
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
 
 
 def prepare_reference(reference: Any, knn_kwargs: dict[str, Any]) -> Any:
@@ -144,22 +188,31 @@ def iter_cached_knn(
     ``queries`` (a random-access uint8 array (N, ...), e.g. a memory-mapped ShardedImages) against
     ``reference`` (prepared on the device once when it fits, else streamed) in the chunks of
     :func:`chunk_ranges`, each saved to ``cache_dir/knn-<lo>-<hi>.npz`` (chunks already there, from
-    an earlier run or from workers, are read instead). Only one chunk of queries and its result are in
+    an earlier run or from workers, are read instead). Each chunk is saved in a background thread
+    while the next is searched (:class:`_ChunkWriter`); the last is on disk when the iteration ends,
+    also when the caller stops early. Only one chunk of queries and at most two results are in
     memory at a time unless the caller keeps them."""
     prepared = None  # the reference, prepared on the device at the first chunk that needs computing
-    for lo, hi in chunk_ranges(queries, chunk):
-        path = None if cache_dir is None else chunk_path(cache_dir, lo, hi)
-        res = _load_chunk(path, hi - lo, k) if path is not None else None
-        if res is None and path is not None:  # a stopped --ray run may have left the chunk in spans
-            res = _from_spans(Path(cache_dir), lo, hi, k)
-        if res is None:
-            if prepared is None:
-                prepared = prepare_reference(reference, knn_kwargs)
-            res = compute_chunk(queries, prepared, k, lo, hi, path, exclude_self=exclude_self, fault_name=fault_name,
-                                **knn_kwargs)
-        if progress is not None:
-            progress(hi - lo)
-        yield lo, res
+    writer = _ChunkWriter()
+    finished = False
+    try:
+        for lo, hi in chunk_ranges(queries, chunk):
+            path = None if cache_dir is None else chunk_path(cache_dir, lo, hi)
+            res = _load_chunk(path, hi - lo, k) if path is not None else None
+            if res is None and path is not None:  # a stopped --ray run may have left the chunk in spans
+                res = _from_spans(Path(cache_dir), lo, hi, k)
+            if res is None:
+                if prepared is None:
+                    prepared = prepare_reference(reference, knn_kwargs)
+                res = compute_chunk(queries, prepared, k, lo, hi, None, exclude_self=exclude_self, **knn_kwargs)
+                if path is not None:
+                    writer.submit(path, res, fault_name)
+            if progress is not None:
+                progress(hi - lo)
+            yield lo, res
+        finished = True
+    finally:
+        writer.close(raise_failure=finished)
 
 
 def cached_knn(queries: Any, reference: Any, k: int, cache_dir: str | Path | None, **kwargs: Any) -> KnnResult:
