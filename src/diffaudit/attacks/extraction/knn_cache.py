@@ -4,7 +4,7 @@ A command that is killed keeps every finished chunk; a re-run loads them and com
 Chunk files are named by their query range, so a partial file is never read as complete (atomic
 rename) and chunks computed on another device are reused (the search is exact, hence identical).
 :func:`iter_cached_knn` saves each chunk in a background thread while it searches the next one: the
-file of 16,384 queries' 50 neighbours took 30 ms to write and flush on a 2-core CI-like machine, and
+file of 16,384 queries' 50 neighbours took 30 ms to write and flush on a 2-core machine, and
 an H100 searches those queries among CIFAR-10's 50,000 images in about 34 ms (2.16 s per 2^20). A
 chunk handed out may therefore not be on disk yet; it is searched again if the process dies first.
 Callers must not change a chunk's arrays (they are being written).
