@@ -433,6 +433,7 @@ def main(argv=None) -> int:
     out["diffaudit_fallback_rows"] = res.fallback_rows
     out["diffaudit_fused"] = {"used": bool(res.stats.get("fused")),
                               "recomputed_rows": res.stats.get("fused_recomputed_rows", 0)}
+    out["diffaudit_pipeline_redone_blocks"] = res.stats.get("pipeline_redone_blocks", 0)
     err, same = brute_check(q, r, res.distances, res.indices, args.check_queries)
     out["diffaudit_exactness"] = {"max_abs_distance_error": err, "rows_with_identical_ids": same}
     out["diffaudit_rate"] = rate(main_kind, flops / t_da)

@@ -154,8 +154,10 @@ def test_pipelined_search_overflowing_its_caps_equals_the_waiting_search(monkeyp
     assert fast.fallback_rows == slow.fallback_rows >= 1
     assert fast.stats["fused_recomputed_rows"] == slow.stats["fused_recomputed_rows"] == be_fast.recomputed_rows >= 1
     assert be_slow.recomputed_rows == be_fast.recomputed_rows
+    assert fast.stats["pipeline_redone_blocks"] >= 1 and "pipeline_redone_blocks" not in slow.stats
     fast_calls = redone[:len(redone) - 4]  # the waiting search's 4 blocks come last
     assert fast_calls.count(False) == 4 and 1 <= fast_calls.count(True) < 4  # some redone, caps grew
+    assert fast.stats["pipeline_redone_blocks"] == fast_calls.count(True)
 
 
 @pytest.mark.skipif(not _int8_exact_here(), reason="this CPU's int8 GEMM is not exact: the search never uses int8 here")

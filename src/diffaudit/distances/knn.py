@@ -74,7 +74,9 @@ class KnnResult:
             diagnostic; 0 for the exact kinds, int8 and float64, except on exact ties).
         stats: ``backend`` and ``compute`` (the kind that ran); with the int8 GEMM's fused kernel
             (:mod:`.knn_fused`, CUDA) also ``fused`` True and ``fused_recomputed_rows``, the queries
-            whose candidates were recomputed with the unfused product (a diagnostic).
+            whose candidates were recomputed with the unfused product (a diagnostic); where a
+            pipelined block needed more rows recomputed than its caps and was searched again
+            (:class:`_Caps`), ``pipeline_redone_blocks``.
     """
 
     distances: np.ndarray
@@ -585,6 +587,8 @@ def _iter_knn(queries, reference, k, *, backend, device, compute, extra, query_b
         dim = int(q.raw.shape[1])
         dist = np.sqrt(sq.astype(np.float64) / (dim * PIXEL_SQ))
         stats = dict(meta["stats"])
+        if overflow:
+            stats["pipeline_redone_blocks"] = 1
         if recomputed >= 0:  # the int8 backend's fused kernel ran (:mod:`.knn_fused`)
             stats["fused"] = True
             stats["fused_recomputed_rows"] = recomputed
@@ -718,6 +722,8 @@ def knn_search(
 def _merged_stats(per_block: list[dict]) -> dict:
     """The search's stats from its query blocks': the first block's, with counts summed."""
     stats = dict(per_block[0])
-    if "fused_recomputed_rows" in stats:
-        stats["fused_recomputed_rows"] = sum(s.get("fused_recomputed_rows", 0) for s in per_block)
+    for count in ("fused_recomputed_rows", "pipeline_redone_blocks"):
+        total = sum(s.get(count, 0) for s in per_block)
+        if total or count in stats:
+            stats[count] = total
     return stats
