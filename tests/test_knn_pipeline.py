@@ -52,6 +52,21 @@ class HostReads(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+def record_caps(monkeypatch) -> list:
+    """Per call of the resident block search from here on: the caps it was given as (incomplete,
+    fallback), or None for a search that waits on its counts (the redo of an overflowed block)."""
+    calls: list = []
+    search = knn._search_resident
+
+    def spy(*a, **kw):
+        caps = a[9] if len(a) > 9 else kw.get("caps")
+        calls.append(None if caps is None else (caps.incomplete, caps.fallback))
+        return search(*a, **kw)
+
+    monkeypatch.setattr(knn, "_search_resident", spy)
+    return calls
+
+
 def _int8_exact_here() -> bool:
     return resolve_compute("auto", torch.device("cpu"), dim=48, allow_int8=True).kind == "int8"
 
@@ -136,15 +151,7 @@ def test_pipelined_search_overflowing_its_caps_equals_the_waiting_search(monkeyp
     r = rng.integers(0, 256, (400, 4, 4, 3), dtype=np.uint8)
     r[100:116] = r[3]  # 17 copies, more than the 11 candidates: their ties reach the exact fallback
     q = np.concatenate([r[:120], rng.integers(0, 256, (60, 4, 4, 3), dtype=np.uint8)])
-    results, redone = {}, []
-    search = knn._search_resident
-
-    def spy(*a, **kw):
-        caps = a[9] if len(a) > 9 else kw.get("caps")
-        redone.append(caps is None)
-        return search(*a, **kw)
-
-    monkeypatch.setattr(knn, "_search_resident", spy)
+    results, calls = {}, record_caps(monkeypatch)
     for pipeline in (True, False):
         ref = prepare_reference(r, device="cpu", compute="int8")
         ref.backend.fused, ref.backend.fused_config = True, SMALL
@@ -155,6 +162,7 @@ def test_pipelined_search_overflowing_its_caps_equals_the_waiting_search(monkeyp
     assert fast.stats["fused_recomputed_rows"] == slow.stats["fused_recomputed_rows"] == be_fast.recomputed_rows >= 1
     assert be_slow.recomputed_rows == be_fast.recomputed_rows
     assert fast.stats["pipeline_redone_blocks"] >= 1 and "pipeline_redone_blocks" not in slow.stats
+    redone = [caps is None for caps in calls]
     fast_calls = redone[:len(redone) - 4]  # the waiting search's 4 blocks come last
     assert fast_calls.count(False) == 4 and 1 <= fast_calls.count(True) < 4  # some redone, caps grew
     assert fast.stats["pipeline_redone_blocks"] == fast_calls.count(True)
@@ -172,14 +180,7 @@ def test_a_prepared_reference_keeps_the_caps_its_searches_learned(monkeypatch):
     r[100:116] = r[3]
     ref = prepare_reference(r, device="cpu", compute="int8")
     ref.backend.fused, ref.backend.fused_config = True, SMALL
-    caps_used = []
-    search = knn._search_resident
-
-    def spy(*a, **kw):
-        caps_used.append(None if a[9] is None else (a[9].incomplete, a[9].fallback))
-        return search(*a, **kw)
-
-    monkeypatch.setattr(knn, "_search_resident", spy)
+    caps_used = record_caps(monkeypatch)
     first = knn_search(r[:120], ref, 3, query_block=40, pipeline=True)
     assert caps_used[0] == (1, 1) and None in caps_used  # a block needed more than one row: searched again
     learned = (ref.caps.incomplete, ref.caps.fallback)

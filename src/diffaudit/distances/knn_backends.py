@@ -237,29 +237,23 @@ class TorchInt8Backend(TorchGemmBackend):
         """The c best rows of block ``r`` per query, exactly scored.
 
         With the fused kernel, the queries :func:`.knn_fused.select` marks incomplete get the unfused
-        product's candidates: found by reading the mask back (``cap`` None), or without any host
-        wait (``cap`` rows listed by :func:`static_rows`, all recomputed; ``overflow`` in the result
-        says whether more needed it). ``recomputed`` counts them either way.
+        product's candidates, listed by :func:`static_rows`: as many as need it, counted on the host
+        (``cap`` None), or ``cap`` rows without any host wait, all recomputed (``overflow`` in the
+        result says whether more needed it). ``recomputed`` counts them either way.
         """
         q_op, q_norms = q.handle
         keys = self._fused_keys(q, r, c, exclude_self) if self.uses_fused(r.raw.shape[0], q.raw.shape[1], c) else None
         recomputed, overflow = None, None
         if keys is not None:
             scores, local, incomplete = knn_fused.select(keys, c)
-            if cap is None:
-                recomputed = 0
-                if bool(incomplete.any()):
-                    rows = incomplete.nonzero().squeeze(1)
-                    recomputed = int(rows.numel())
-                    again, again_local = self._gemm_topk(q_op[rows], rows + q.offset, r, c, exclude_self)
-                    scores[rows], local[rows] = again.to(scores.dtype), again_local
-            else:
-                rows, recomputed = static_rows(incomplete, cap)
+            listed = int(incomplete.sum()) if cap is None else cap  # the waiting way reads the count back
+            rows, count = static_rows(incomplete, listed)
+            if rows.numel():
                 again, again_local = self._gemm_topk(q_op[rows], rows + q.offset, r, c, exclude_self)
                 redo = incomplete[rows].unsqueeze(1)
                 scores[rows] = torch.where(redo, again.to(scores.dtype), scores[rows])
                 local[rows] = torch.where(redo, again_local, local[rows])
-                overflow = recomputed > rows.shape[0]
+            recomputed, overflow = (listed, None) if cap is None else (count, count > rows.shape[0])
             excluded = scores == knn_fused.EXCLUDED
             local = torch.where(excluded, torch.zeros_like(local), local)  # padding columns lie past the block
         else:
