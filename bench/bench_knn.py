@@ -33,6 +33,10 @@ Compares, side by side in one run and on the same data:
   (:func:`diffaudit.attacks.extraction.knn_cache.iter_cached_knn`: chunks of 16,384 queries, each
   saved to a temporary folder), each chunk saved in a background thread while the next is searched,
   beside each saved in turn before the next (as through the 39th session);
+- ``streamed`` (``--streamed``): the search against a reference that is not cached (given as a
+  callable yielding parts of 1,000 images, as a reference larger than the cache is read), which is
+  read once per group of query blocks (the default budget), beside once per query block
+  (``query_group_bytes=0``, as through the 40th session), with the passes each made;
 - ``fused_configs`` (``--fused-configs``): the fused kernel alone on resident operands, per tile
   shape, with and without the selection of the candidates, and on CUDA what the compiler made of it
   (registers, shared memory, programs per multiprocessor).
@@ -274,6 +278,36 @@ def time_cached_chunks(q, r, k, dev, repeats=1) -> dict:
             "same_result": bool(np.array_equal(results["background"], results["in_turn"]))}
 
 
+def time_streamed(q, r, k, dev, repeats=1, query_block=None) -> dict:
+    """The search against ``r`` streamed (a callable yielding parts of 1,000 images, counted), read
+    once per group of query blocks (default budget) and once per query block, alternating; best of
+    ``repeats`` each."""
+    passes = {"grouped": 0, "per_block": 0}
+
+    def reference(side):
+        def parts():
+            passes[side] += 1
+            return (r[lo:lo + 1000] for lo in range(0, len(r), 1000))
+        return parts
+
+    best = {"grouped": float("inf"), "per_block": float("inf")}
+    results = {}
+    for _ in range(repeats):
+        for side, budget in (("grouped", None), ("per_block", 0)):
+            passes[side] = 0
+            _sync(dev)
+            t = time.perf_counter()
+            res = knn_search(q, reference(side), k, device=dev, query_block=query_block, query_group_bytes=budget)
+            _sync(dev)
+            best[side] = min(best[side], time.perf_counter() - t)
+            results[side] = res
+    return {"grouped_seconds": best["grouped"], "per_block_seconds": best["per_block"],
+            "grouped_speedup": best["per_block"] / best["grouped"],
+            "passes_grouped": passes["grouped"], "passes_per_block": passes["per_block"],
+            "same_result": bool(np.array_equal(results["grouped"].indices, results["per_block"].indices)
+                                and np.array_equal(results["grouped"].sq, results["per_block"].sq))}
+
+
 def profile_diffaudit(q, r, k, dev, top=15, compute="auto", pipeline=None):
     """The search's ``top`` operators by self time (device time on CUDA), from the torch profiler."""
     kw = {} if pipeline is None else {"pipeline": pipeline}
@@ -370,6 +404,9 @@ def main(argv=None) -> int:
                    help="time the search again with pipeline=False (host waits inside and between query blocks), beside the default")
     p.add_argument("--cached-chunks", action="store_true",
                    help="time the resumable chunked search verify runs, chunks saved in the background beside in turn")
+    p.add_argument("--streamed", action="store_true",
+                   help="also time the search against the reference streamed, read once per group of query blocks "
+                        "and once per query block")
     p.add_argument("--resident-queries", action="store_true",
                    help="time the search again with the queries already in device memory (no host reads or copies), "
                         "fused and, with --unfused, unfused")
@@ -508,6 +545,9 @@ def main(argv=None) -> int:
     if args.cached_chunks:
         out["cached_chunks"] = time_cached_chunks(q, r, args.k, dev, repeats=args.repeats)
         checkpoint(out, "cached chunks")
+    if args.streamed:
+        out["streamed"] = time_streamed(q, r, args.k, dev, repeats=args.repeats, query_block=args.query_block)
+        checkpoint(out, "streamed")
     for cfg in parse_fused_configs(args.fused_configs) if knn_fused is not None else []:
         name = "x".join(str(v) for v in (cfg.block_m, cfg.block_n, cfg.block_k, cfg.group_m, cfg.keep,
                                           cfg.num_warps, cfg.num_stages))

@@ -137,8 +137,25 @@ def test_caps_grow_to_twice_the_need_as_a_power_of_two():
     caps.fit(100, 5)
     assert (caps.incomplete, caps.fallback) == (256, 16)
     caps.fit(0, 0)
+    assert (caps.incomplete, caps.fallback) == (128, knn._CAP_FALLBACK)
+    caps.fit(0, 0)
     assert (caps.incomplete, caps.fallback) == (knn._CAP_INCOMPLETE, knn._CAP_FALLBACK)
     assert [knn._pow2(n) for n in (0, 1, 2, 3, 64, 65)] == [1, 1, 2, 4, 64, 128]
+
+
+def test_caps_hold_needs_that_alternate():
+    """Needs of 100 and 10 rows per block in turn (blocks of mixed difficulty): once grown, the caps
+    cover every later block, so none is searched again (with caps that fell back to the need of
+    the last block, every large one would overflow)."""
+    caps = knn._Caps()
+    needs = [(100, 20), (10, 1)] * 4
+    caps.fit(*needs[0])
+    overflows = 0
+    for need_incomplete, need_fallback in needs[1:]:
+        overflows += need_incomplete > caps.incomplete or need_fallback > caps.fallback
+        caps.fit(need_incomplete, need_fallback)
+    assert overflows == 0
+    assert caps.incomplete <= 256 and caps.fallback <= 64
 
 
 @pytest.mark.skipif(not _int8_exact_here(), reason="this CPU's int8 GEMM is not exact: the search never uses int8 here")

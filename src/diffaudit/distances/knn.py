@@ -19,8 +19,11 @@ For every query block and every reference block (:mod:`.sources`):
    is therefore the exact top k, with exact distances, for every compute kind, backend and image size.
 
 Memory is bounded by the blocks: queries are read once, ``query_block`` rows at a time; the reference
-is cached prepared on the device when it fits ``ref_cache_bytes``, else re-streamed for every query
-block; the certificate's fallback also works one reference block at a time. Distances are returned
+is cached prepared on the device when it fits ``ref_cache_bytes``, else streamed once per group of
+query blocks held prepared within ``query_group_bytes`` (the same budget by default: the memory a
+cached reference would take goes to the queries instead), in reference blocks of at most 1 GiB
+prepared on CUDA, 256 MiB on the CPU (:func:`_stream_block_rows`); the certificate's fallback also
+works one reference block at a time. Distances are returned
 ascending, float64 RMS in [0, 1]; smaller = nearer. Queries and reference must have the same values
 per image and, where both are given as images (N, H, W, C), the same image shape (H, W, C).
 
@@ -208,47 +211,69 @@ def _most(a: Any, b: Any) -> Any:
     return b if a is None else torch.maximum(a, b) if isinstance(b, torch.Tensor) else max(a, b)
 
 
-def _search_block(backend, q: PreparedQueries, blocks: Iterator[PreparedBlock], k: int, c: int,
-                  exclude_self: bool) -> _Found:
-    """Top k of a query block against a streamed reference, block by block (waits on its counts)."""
-    bq = q.raw.shape[0]
-    dev = q.raw.device
-    best_sq = torch.full((bq, k), _SENTINEL, dtype=torch.int64, device=dev)
-    best_idx = torch.full((bq, k), -1, dtype=torch.int64, device=dev)
-    fallback = 0
-    recomputed = None
+@dataclass
+class _Running:
+    """One query block's top k so far against a streamed reference: ``sq``/``idx`` int64 (Bq, k)
+    sorted by (distance, index), and the diagnostics :class:`_Found` reports."""
+
+    q: PreparedQueries
+    sq: torch.Tensor
+    idx: torch.Tensor
+    fallback: int = 0
+    recomputed: Any = None
+
+
+def _search_streamed(backend, qs: list[PreparedQueries], blocks: Iterator[PreparedBlock], k: int, c: int,
+                     exclude_self: bool) -> list[_Found]:
+    """Top k of a group of query blocks against a streamed reference, read once for all of them:
+    each reference block is searched against every query block in turn (:func:`_merge_block`)."""
+    runs = []
+    for q in qs:
+        bq, dev = q.raw.shape[0], q.raw.device
+        runs.append(_Running(q, torch.full((bq, k), _SENTINEL, dtype=torch.int64, device=dev),
+                             torch.full((bq, k), -1, dtype=torch.int64, device=dev)))
     for r in blocks:
-        n = r.raw.shape[0]
-        if r.raw.shape[1] != q.raw.shape[1]:
+        if qs and r.raw.shape[1] != qs[0].raw.shape[1]:
             raise DiffauditError(
-                f"queries have {q.raw.shape[1]} values per image but the reference has {r.raw.shape[1]}: image shapes differ"
+                f"queries have {qs[0].raw.shape[1]} values per image but the reference has {r.raw.shape[1]}: image shapes differ"
             )
-        if n == 0:
+        if r.raw.shape[0] == 0:
             continue
-        cc = min(c, n)
-        cand = backend.candidates(q, r, cc, exclude_self)
-        recomputed = _add(recomputed, cand.recomputed)
-        if backend.spec.exact:  # the float64 GEMM already gave exact integers
-            exact = torch.where(torch.isfinite(cand.approx), cand.approx, torch.zeros_like(cand.approx)).round().to(torch.int64)
-            exact[~torch.isfinite(cand.approx)] = _SENTINEL
-            exact = exact.to(dev)
-        else:
-            exact = _exact_candidates(q, r, cand)
-        prev_sq, prev_idx = best_sq, best_idx
-        best_sq, best_idx = _merge(prev_sq, prev_idx, exact, cand.local.to(dev) + r.offset, k)
-        if cc >= n:
-            continue  # every row of the block was a candidate
-        kth = best_sq[:, -1].to(torch.float64)
-        bound = (cand.cutoff - cand.margin).to(dev)
-        fail = ~(bound > kth)
-        if bool(fail.any()):
-            rows = fail.nonzero().squeeze(1)
-            fallback += int(rows.numel())
-            q_global = (rows + q.offset) if exclude_self else None
-            fsq, fidx = _exact_block_topk(q.raw[rows], q_global, r, k)
-            msq, midx = _merge(prev_sq[rows], prev_idx[rows], fsq, fidx, k)
-            best_sq[rows], best_idx[rows] = msq, midx
-    return _Found(best_sq, best_idx, fallback, recomputed)
+        for run in runs:
+            _merge_block(backend, run, r, k, c, exclude_self)
+    return [_Found(run.sq, run.idx, run.fallback, run.recomputed) for run in runs]
+
+
+def _merge_block(backend, run: _Running, r: PreparedBlock, k: int, c: int, exclude_self: bool) -> None:
+    """Merge reference block ``r`` (n ≥ 1 rows) into ``run``: the backend's c candidates, made exact
+    and merged; then the certificate, and the exact recomputation of the queries where it fails (one
+    host wait per block: this path reads its reference from the host anyway)."""
+    q = run.q
+    dev = q.raw.device
+    n = r.raw.shape[0]
+    cc = min(c, n)
+    cand = backend.candidates(q, r, cc, exclude_self)
+    run.recomputed = _add(run.recomputed, cand.recomputed)
+    if backend.spec.exact:  # the float64 GEMM already gave exact integers
+        exact = torch.where(torch.isfinite(cand.approx), cand.approx, torch.zeros_like(cand.approx)).round().to(torch.int64)
+        exact[~torch.isfinite(cand.approx)] = _SENTINEL
+        exact = exact.to(dev)
+    else:
+        exact = _exact_candidates(q, r, cand)
+    prev_sq, prev_idx = run.sq, run.idx
+    run.sq, run.idx = _merge(prev_sq, prev_idx, exact, cand.local.to(dev) + r.offset, k)
+    if cc >= n:
+        return  # every row of the block was a candidate
+    kth = run.sq[:, -1].to(torch.float64)
+    bound = (cand.cutoff - cand.margin).to(dev)
+    fail = ~(bound > kth)
+    if bool(fail.any()):
+        rows = fail.nonzero().squeeze(1)
+        run.fallback += int(rows.numel())
+        q_global = (rows + q.offset) if exclude_self else None
+        fsq, fidx = _exact_block_topk(q.raw[rows], q_global, r, k)
+        msq, midx = _merge(prev_sq[rows], prev_idx[rows], fsq, fidx, k)
+        run.sq[rows], run.idx[rows] = msq, midx
 
 
 #: Rows per query block the sync-free search recomputes at first (:class:`_Caps`): for the fused
@@ -263,16 +288,17 @@ class _Caps:
     (:func:`.knn_backends.static_rows`): the search never waits on the device inside a block, and
     pays for recomputing up to ``incomplete`` queries per reference block (fused kernel) and
     ``fallback`` per query block (certificate) whether they need it or not. Each finished block sets
-    them to twice what it needed (a power of two, at least the defaults); a block that needed more
-    than its caps is searched again the waiting way (:func:`_search_resident` without caps). A
-    :class:`ResidentReference` keeps its caps from one search to the next."""
+    them to twice what it needed (a power of two, at least the defaults), shrinking by at most half per
+    block, so that needs that alternate between large and small do not overflow every other block; a
+    block that needed more than its caps is searched again the waiting way (:func:`_search_resident`
+    without caps). A :class:`ResidentReference` keeps its caps from one search to the next."""
 
     incomplete: int = field(default_factory=lambda: _CAP_INCOMPLETE)
     fallback: int = field(default_factory=lambda: _CAP_FALLBACK)
 
     def fit(self, need_incomplete: int, need_fallback: int) -> None:
-        self.incomplete = max(_CAP_INCOMPLETE, _pow2(2 * need_incomplete))
-        self.fallback = max(_CAP_FALLBACK, _pow2(2 * need_fallback))
+        self.incomplete = max(_CAP_INCOMPLETE, _pow2(2 * need_incomplete), self.incomplete // 2)
+        self.fallback = max(_CAP_FALLBACK, _pow2(2 * need_fallback), self.fallback // 2)
 
 
 def _pow2(n: int) -> int:
@@ -468,8 +494,26 @@ def _fits(be, ref: ReferenceSource, ref_cache_bytes: int | None) -> bool:
     if not nbytes:
         return False
     budget = default_cache_bytes(be.device) if ref_cache_bytes is None else ref_cache_bytes
-    itemsize = 1 + torch.empty((), dtype=be.spec.input_dtype).element_size()
-    return nbytes * itemsize <= budget
+    return nbytes * _prepared_itemsize(be) <= budget
+
+
+def _prepared_itemsize(be) -> int:
+    """Bytes per value of prepared rows: the uint8 value and the backend's GEMM operand."""
+    return 1 + torch.empty((), dtype=be.spec.input_dtype).element_size()
+
+
+#: Bytes of one streamed reference block, prepared (uint8 rows and GEMM operand), at most.
+_STREAM_BLOCK_BYTES = {"cuda": 1 << 30, "cpu": 256 << 20}
+
+
+def _stream_block_rows(be, rows: int, dim: int | None) -> int:
+    """Rows per block of a streamed reference: ``rows`` (the default block), fewer where a block's
+    prepared bytes would pass :data:`_STREAM_BLOCK_BYTES` (about 682 images of 512x512x3 on CUDA
+    with the int8 GEMM, 170 on the CPU, against 65,536 and 8,192 CIFAR-sized ones)."""
+    if not dim:
+        return rows
+    budget = _STREAM_BLOCK_BYTES["cuda" if be.device.type == "cuda" else "cpu"]
+    return max(1, min(rows, budget // (dim * _prepared_itemsize(be))))
 
 
 def _too_few(k: int, n_ref: int, exclude_self: bool) -> DiffauditError:
@@ -495,17 +539,19 @@ def iter_knn(
     ref_cache_bytes: int | None = None,
     progress: Callable[[int], None] | None = None,
     pipeline: bool | None = None,
+    query_group_bytes: int | None = None,
 ) -> Iterator[tuple[int, KnnResult]]:
     """Yield ``(query_offset, KnnResult)`` per query block (none for empty queries); see
     :func:`knn_search` for arguments."""
     yield from _iter_knn(queries, reference, k, backend=backend, device=device, compute=compute, extra=extra,
                          query_block=query_block, ref_block=ref_block, exclude_self=exclude_self,
                          query_offset=query_offset, ref_cache_bytes=ref_cache_bytes, progress=progress,
-                         pipeline=pipeline)
+                         pipeline=pipeline, query_group_bytes=query_group_bytes)
 
 
 def _iter_knn(queries, reference, k, *, backend, device, compute, extra, query_block, ref_block, exclude_self,
-              query_offset, ref_cache_bytes, progress, pipeline=None, meta: dict | None = None):
+              query_offset, ref_cache_bytes, progress, pipeline=None, query_group_bytes=None,
+              meta: dict | None = None):
     """:func:`iter_knn`; ``meta`` receives ``dim`` (values per image, when known) and ``stats``, also
     when no query block is yielded (empty queries)."""
     meta = {} if meta is None else meta
@@ -516,6 +562,9 @@ def _iter_knn(queries, reference, k, *, backend, device, compute, extra, query_b
         raise DiffauditError(f"extra must be a non-negative integer (candidates beyond k per block) or None, got {extra!r}")
     query_block = _positive_block(query_block, "query_block")
     ref_block = _positive_block(ref_block, "ref_block")
+    if query_group_bytes is not None and (isinstance(query_group_bytes, (bool, np.bool_))
+                                          or not isinstance(query_group_bytes, (int, np.integer)) or query_group_bytes < 0):
+        raise DiffauditError(f"query_group_bytes must be a non-negative integer (bytes) or None, got {query_group_bytes!r}")
     resident: ResidentReference | None = None
     ref: ReferenceSource | None = None
     if isinstance(reference, ResidentReference):
@@ -542,14 +591,22 @@ def _iter_knn(queries, reference, k, *, backend, device, compute, extra, query_b
     if resident is None and ref is not None and _fits(be, ref, ref_cache_bytes):
         resident = _prepare_resident(be, ref.random_access, rb, ref.image_shape)  # one exact re-rank per query
     q_shape: dict = {}
+    if resident is None and ref_block is None:  # a streamed block is read and prepared whole
+        rb = _stream_block_rows(be, rb, ref_dim if ref_dim is not None else q_dim)
+    group_bytes = default_cache_bytes(be.device) if query_group_bytes is None else int(query_group_bytes)
 
     def ref_shape():
         return resident.image_shape if resident is not None else ref.image_shape
 
     def streamed_blocks() -> Iterator[PreparedBlock]:
-        for off, t in ref.blocks(rb):
-            check_same_image_shape(q_shape.get("shape"), ref.image_shape)
-            yield be.prepare_block(off, t)
+        # on CUDA the next reference block is read, and pinned, while the GPU searches this one
+        blocks = prefetch(ref.blocks(rb), be.device)
+        try:
+            for off, t in blocks:
+                check_same_image_shape(q_shape.get("shape"), ref.image_shape)
+                yield be.prepare_block(off, t)
+        finally:
+            blocks.close()
 
     # A resident search on CUDA runs one query block ahead of its results: block i + 1 is queued on the
     # GPU before block i's results are read back, and no step inside a block waits on the device
@@ -558,7 +615,7 @@ def _iter_knn(queries, reference, k, *, backend, device, compute, extra, query_b
     caps = resident.caps if pipelined and resident is not None else None
     ahead = 1 if caps is not None else 0
 
-    def search(q_off: int, q_raw: torch.Tensor) -> tuple[int, PreparedQueries, _Readback]:
+    def prepare(q_off: int, q_raw: torch.Tensor) -> PreparedQueries:
         q_off += int(query_offset)
         check_same_image_shape(q_shape.get("shape"), ref_shape())
         ref_dim = int(resident.raw.shape[1]) if resident is not None else ref.dim
@@ -566,15 +623,40 @@ def _iter_knn(queries, reference, k, *, backend, device, compute, extra, query_b
             raise DiffauditError(
                 f"queries have {q_raw.shape[1]} values per image but the reference has {ref_dim}: image shapes differ"
             )
-        q = be.prepare_queries(q_off, q_raw)
-        return q_off, q, _Readback(resident_search(q, caps) if resident is not None
-                                   else _search_block(be, q, streamed_blocks(), k, c, exclude_self))
+        return be.prepare_queries(q_off, q_raw)
+
+    def grouped(items: Iterator[tuple[int, torch.Tensor]]) -> Iterator[list[PreparedQueries]]:
+        """The query blocks, prepared, in the groups searched together: one block each against a
+        cached reference; against a streamed one, as many as ``group_bytes`` holds (at least one), so
+        that the reference is read once per group. After an error reading or preparing a block, the
+        blocks before it come out as a last group, then the error is raised."""
+        group: list[PreparedQueries] = []
+        held = 0
+        try:
+            for item in items:
+                group.append(prepare(*item))
+                held += group[-1].raw.numel() * _prepared_itemsize(be)
+                if resident is not None or held >= group_bytes:
+                    yield group
+                    group, held = [], 0
+        except Exception:
+            if group:
+                yield group
+            raise
+        if group:
+            yield group
+
+    def search(group: list[PreparedQueries]) -> list[tuple[PreparedQueries, _Readback]]:
+        if resident is not None:
+            return [(q, _Readback(resident_search(q, caps))) for q in group]
+        found = _search_streamed(be, group, streamed_blocks(), k, c, exclude_self)
+        return [(q, _Readback(f)) for q, f in zip(group, found)]
 
     def resident_search(q: PreparedQueries, caps: _Caps | None) -> _Found:
         return _search_resident(be, q, resident.blocks, resident.raw, resident.rows, resident.norms, k, c,
                                 exclude_self, caps)
 
-    def finish(q_off: int, q: PreparedQueries, back: _Readback) -> tuple[int, KnnResult]:
+    def finish(q: PreparedQueries, back: _Readback) -> tuple[int, KnnResult]:
         sq, idx, (too_few, overflow, fallback, recomputed, need) = back.host()
         if overflow:  # more rows needed recomputing than the caps allowed: again, waiting on the counts
             sq, idx, (too_few, _, fallback, recomputed, need) = _Readback(resident_search(q, None)).host()
@@ -595,26 +677,28 @@ def _iter_knn(queries, reference, k, *, backend, device, compute, extra, query_b
             be.recomputed_rows += recomputed
         if progress is not None:
             progress(int(q.raw.shape[0]))
-        return q_off, KnnResult(dist, idx, sq, dim, fallback, stats)
+        return q.offset, KnnResult(dist, idx, sq, dim, fallback, stats)
 
     # on CUDA the next query block is read, and pinned, while the GPU searches the current one
     blocks = prefetch(iter_blocks(queries, qb, name="queries", shape=q_shape), be.device)
+    groups = grouped(blocks)
     queued: deque = deque()
     try:
         while True:
             try:
-                item = next(blocks, None)
-                if item is not None:
-                    queued.append(search(*item))
+                group = next(groups, None)
+                if group is not None:
+                    queued.extend(search(group))
             except Exception:
                 while queued:  # the blocks already searched are handed out before the error
                     yield finish(*queued.popleft())
                 raise
-            while queued and (item is None or len(queued) > ahead):
+            while queued and (group is None or len(queued) > ahead):
                 yield finish(*queued.popleft())
-            if item is None:
+            if group is None:
                 return
     finally:
+        groups.close()
         blocks.close()
 
 
@@ -666,7 +750,7 @@ def knn_search(
         queries: uint8 images (Q, H, W, C) or rows (Q, D) (numpy, memory map, torch, ImageDataset) or
             an iterable of such blocks (read once); Q may be 0 (an empty result).
         reference: uint8 (N, H, W, C)/(N, D) array or ImageDataset, a list of blocks, a callable
-            returning a fresh iterator of blocks (re-read per query block when not cached), or a
+            returning a fresh iterator of blocks (re-read per group of query blocks when not cached), or a
             :class:`ResidentReference` from :func:`prepare_reference` (then backend/device/compute
             are those it was prepared with); N ≥ 1. Images must match the queries' shape (H, W, C)
             (channels-last, at most 4 channels) where both are given as images.
@@ -692,6 +776,9 @@ def knn_search(
         progress: called with the number of queries finished after every block.
         pipeline: search a cached reference one query block ahead of reading results back, with no
             host wait inside a block (default: on CUDA); only speed depends on it.
+        query_group_bytes: against a reference that is not cached, the query blocks held prepared
+            together (uint8 and GEMM operand), ≥ 0; the reference is read once per such group
+            (default: the cache's budget, 4 GiB CUDA, 1 GiB CPU; 0 reads it once per query block).
 
     Returns:
         :class:`KnnResult` with exact ascending distances (Q, k) and indices; equal for every backend,
@@ -699,7 +786,8 @@ def knn_search(
     """
     meta: dict = {}
     kw = dict(backend="torch", device="auto", compute="auto", extra=None, query_block=None, ref_block=None,
-              exclude_self=False, query_offset=0, ref_cache_bytes=None, progress=None, pipeline=None)
+              exclude_self=False, query_offset=0, ref_cache_bytes=None, progress=None, pipeline=None,
+              query_group_bytes=None)
     unknown = set(kwargs) - set(kw)
     if unknown:
         raise TypeError(f"knn_search() got unexpected keyword arguments: {', '.join(sorted(unknown))}")

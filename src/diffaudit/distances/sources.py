@@ -1,13 +1,15 @@
 """Blocks of uint8 image rows, streamed from arrays, memory maps, datasets or iterables.
 
-Nearest-neighbour search reads its queries once and its reference set once per query block, so
-neither side has to fit in memory: both are sequences of uint8 blocks (n, H, W, C) or (n, D).
+Nearest-neighbour search reads its queries once and its reference set once per group of query
+blocks (as many as its memory budget holds), so neither side has to fit in memory: both are
+sequences of uint8 blocks (n, H, W, C) or (n, D).
 
 - queries: an array (numpy, memory-mapped ``.npy``, torch), a ShardedImages (a sample store read
   lazily), an ImageDataset, or any iterable of uint8 arrays; re-chunked to ``block`` rows.
 - reference: an array or ImageDataset (random access), a ShardedImages (streamed part by part, or
   read once when it is small enough to keep prepared on the device), a list of arrays, or a
-  zero-argument callable returning a fresh iterator of arrays (re-iterated once per query block).
+  zero-argument callable returning a fresh iterator of arrays (re-iterated once per group of query
+  blocks).
 
 Every block of one source must have the same values per image, and the same image shape (H, W, C)
 where blocks are given as images; the image shape is recorded (``shape`` sinks, and
