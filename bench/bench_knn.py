@@ -36,7 +36,9 @@ Compares, side by side in one run and on the same data:
 - ``streamed`` (``--streamed``): the search against a reference that is not cached (given as a
   callable yielding parts of 1,000 images, as a reference larger than the cache is read), which is
   read once per group of query blocks (the default budget), beside once per query block
-  (``query_group_bytes=0``, as through the 40th session), with the passes each made;
+  (``query_group_bytes=0``, as through the 40th session), with the passes each made; and the
+  resumable search (``iter_cached_knn``, chunks of 16,384 into a temporary folder) against it,
+  consecutive chunks searched in one call beside one search per chunk (as through the 40th session);
 - ``fused_configs`` (``--fused-configs``): the fused kernel alone on resident operands, per tile
   shape, with and without the selection of the candidates, and on CUDA what the compiler made of it
   (registers, shared memory, programs per multiprocessor).
@@ -282,7 +284,7 @@ def time_streamed(q, r, k, dev, repeats=1, query_block=None) -> dict:
     """The search against ``r`` streamed (a callable yielding parts of 1,000 images, counted), read
     once per group of query blocks (default budget) and once per query block, alternating; best of
     ``repeats`` each."""
-    passes = {"grouped": 0, "per_block": 0}
+    passes = {"grouped": 0, "per_block": 0, "runs": 0, "per_chunk": 0}
 
     def reference(side):
         def parts():
@@ -301,11 +303,40 @@ def time_streamed(q, r, k, dev, repeats=1, query_block=None) -> dict:
             _sync(dev)
             best[side] = min(best[side], time.perf_counter() - t)
             results[side] = res
-    return {"grouped_seconds": best["grouped"], "per_block_seconds": best["per_block"],
-            "grouped_speedup": best["per_block"] / best["grouped"],
-            "passes_grouped": passes["grouped"], "passes_per_block": passes["per_block"],
-            "same_result": bool(np.array_equal(results["grouped"].indices, results["per_block"].indices)
-                                and np.array_equal(results["grouped"].sq, results["per_block"].sq))}
+    out = {"grouped_seconds": best["grouped"], "per_block_seconds": best["per_block"],
+           "grouped_speedup": best["per_block"] / best["grouped"],
+           "passes_grouped": passes["grouped"], "passes_per_block": passes["per_block"],
+           "same_result": bool(np.array_equal(results["grouped"].indices, results["per_block"].indices)
+                               and np.array_equal(results["grouped"].sq, results["per_block"].sq))}
+    import shutil
+    import tempfile
+
+    from diffaudit.attacks.extraction import knn_cache
+
+    chunked = {"runs": float("inf"), "per_chunk": float("inf")}
+    for _ in range(repeats):
+        for side, grouped_chunks in (("runs", True), ("per_chunk", False)):
+            folder = tempfile.mkdtemp(prefix="bench-knn-streamed-")
+            passes[side] = 0
+            # per chunk: every later chunk looks cached, so each is searched alone, as before
+            patch = nullcontext() if grouped_chunks else mock.patch.object(knn_cache, "_may_be_cached", lambda *a: True)
+            try:
+                with patch:
+                    _sync(dev)
+                    t = time.perf_counter()
+                    parts = [res for _, res in knn_cache.iter_cached_knn(q, reference(side), k, folder, device=dev,
+                                                                       query_block=query_block)]
+                    chunked[side] = min(chunked[side], time.perf_counter() - t)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+            results[side] = np.concatenate([p.indices for p in parts])
+    out["cached_chunks"] = {"runs_seconds": chunked["runs"], "per_chunk_seconds": chunked["per_chunk"],
+                            "runs_speedup": chunked["per_chunk"] / chunked["runs"],
+                            "passes_runs": passes["runs"], "passes_per_chunk": passes["per_chunk"],
+                            "chunks": len(knn_cache.chunk_ranges(q)),
+                            "same_result": bool(np.array_equal(results["runs"], results["per_chunk"])
+                                                and np.array_equal(results["runs"], results["grouped"].indices))}
+    return out
 
 
 def profile_diffaudit(q, r, k, dev, top=15, compute="auto", pipeline=None):

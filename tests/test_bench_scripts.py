@@ -157,6 +157,20 @@ def test_bench_knn_times_the_waiting_search_beside_the_pipelined_one(bench, caps
     assert cached["same_result"] and cached["chunks"] == 1 and cached["background_seconds"] > 0
 
 
+def test_bench_knn_times_the_streamed_reference_read_once_beside_once_per_block(bench, capsys):
+    """--streamed: the search against a reference given as a callable, read once for all query blocks
+    beside once per block, and the resumable search in one call beside one per chunk, with the passes
+    each made and the same result."""
+    import bench_knn
+
+    out = _run_main(bench_knn, ["--queries", "40", "--refs", "300", "--k", "3", "--size", "4", "--synthetic",
+                                "--only", "none", "--check-queries", "8", "--query-block", "16", "--streamed"], capsys)
+    streamed = out["streamed"]
+    assert streamed["same_result"] and (streamed["passes_grouped"], streamed["passes_per_block"]) == (1, 3)
+    chunked = streamed["cached_chunks"]
+    assert chunked["same_result"] and chunked["chunks"] == 1 and chunked["passes_runs"] == chunked["passes_per_chunk"] == 1
+
+
 def test_bench_filter_records_resolved_kinds(bench, capsys):
     import bench_filter
 

@@ -245,10 +245,11 @@ def test_spans_left_by_a_run_stopped_before_merging_are_merged_by_any_re_run(fil
         if drop:
             (out / "knn" / drop).unlink()
         searched = []
-        real_search = knn_cache.knn_search
-        monkeypatch.setattr(knn_cache, "knn_search", lambda q, *a, **k: searched.append(len(q)) or real_search(q, *a, **k))
+        real_search = knn_cache._search_run
+        monkeypatch.setattr(knn_cache, "_search_run", lambda q, p, k, chunks, **kw: searched.append(
+            sum(hi - lo for lo, hi in chunks)) or real_search(q, p, k, chunks, **kw))
         assert run(*argv, "--out", out) == 0  # without Ray
-        monkeypatch.setattr(knn_cache, "knn_search", real_search)
+        monkeypatch.setattr(knn_cache, "_search_run", real_search)
         assert searched == ([] if drop is None else [63])
         assert sorted(p.name for p in (out / "knn").iterdir()) == ["knn-0000000000-0000000063.npz"]
         _same_verify(tmp_path / "one", out)

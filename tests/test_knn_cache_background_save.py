@@ -20,17 +20,18 @@ def _data(n_queries: int = 90, n_ref: int = 120):
 
 
 def test_a_chunk_is_saved_while_the_next_is_searched(tmp_path, monkeypatch):
-    """The save of chunk 0 waits until the search of chunk 1 has begun: saved in the calling thread,
-    it would wait in vain (and the search would never begin)."""
+    """The save of chunk 0 waits until the search of chunk 1 has begun (a query block past it came
+    out): saved in the calling thread, it would wait in vain (and the search would never begin)."""
     q, r = _data()
     next_search_began = threading.Event()
     saver_threads = []
-    search, save = knn_cache.knn_search, knn_cache._save_chunk
+    search, save = knn_cache.iter_knn, knn_cache._save_chunk
 
-    def spy_search(queries, *a, query_offset=0, **kw):
-        if query_offset > 0:
-            next_search_began.set()
-        return search(queries, *a, query_offset=query_offset, **kw)
+    def spy_search(*a, **kw):
+        for off, part in search(*a, **kw):
+            if off > 0:
+                next_search_began.set()
+            yield off, part
 
     def slow_save(path, res, fault_name):
         saver_threads.append(threading.current_thread().name)
@@ -38,9 +39,9 @@ def test_a_chunk_is_saved_while_the_next_is_searched(tmp_path, monkeypatch):
             assert next_search_began.wait(20), "the next chunk was not searched while this one was saved"
         save(path, res, fault_name)
 
-    monkeypatch.setattr(knn_cache, "knn_search", spy_search)
+    monkeypatch.setattr(knn_cache, "iter_knn", spy_search)
     monkeypatch.setattr(knn_cache, "_save_chunk", slow_save)
-    got = list(iter_cached_knn(q, r, 3, tmp_path, chunk=30, device="cpu"))
+    got = list(iter_cached_knn(q, r, 3, tmp_path, chunk=30, device="cpu", query_block=30))
     assert [lo for lo, _ in got] == [0, 30, 60]
     assert len(saver_threads) == 3 and all(t.startswith("diffaudit-knn-save") for t in saver_threads)
     for lo, res in got:  # every chunk on disk when the iteration ends, and read back as computed

@@ -803,11 +803,11 @@ def knn_search(
         np.concatenate([p.sq for _, p in parts]),
         parts[0][1].dim,
         sum(p.fallback_rows for _, p in parts),
-        _merged_stats([p.stats for _, p in parts]),
+        merged_stats([p.stats for _, p in parts]),
     )
 
 
-def _merged_stats(per_block: list[dict]) -> dict:
+def merged_stats(per_block: list[dict]) -> dict:
     """The search's stats from its query blocks': the first block's, with counts summed."""
     stats = dict(per_block[0])
     for count in ("fused_recomputed_rows", "pipeline_redone_blocks"):

@@ -8,11 +8,17 @@ file of 16,384 queries' 50 neighbours took 30 ms to write and flush on a 2-core 
 an H100 searches those queries among CIFAR-10's 50,000 images in about 34 ms (2.16 s per 2^20). A
 chunk handed out may therefore not be on disk yet; it is searched again if the process dies first.
 Callers must not change a chunk's arrays (they are being written).
+
+Consecutive chunks to compute are searched in one call (:func:`_search_run`), cut into chunks as the
+results come out: on CUDA the search stays one query block ahead across chunk boundaries, and a
+reference too large to cache is read once per group of queries the search's memory holds
+(:func:`~diffaudit.distances.knn.knn_search`'s ``query_group_bytes``), not once per chunk.
 """
 
 from __future__ import annotations
 
 import re
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -22,7 +28,7 @@ import numpy as np
 from diffaudit.core.errors import DiffauditError
 from diffaudit.core.faults import fault_point
 from diffaudit.core.io import save_npz_atomic
-from diffaudit.distances.knn import KnnResult, knn_search, prepare_reference_if_fits
+from diffaudit.distances.knn import KnnResult, iter_knn, knn_search, merged_stats, prepare_reference_if_fits
 
 #: Queries per cached chunk, at most.
 DEFAULT_CHUNK = 16384
@@ -166,6 +172,42 @@ class _ChunkWriter:
                 self._pool.shutdown(wait=True)
 
 
+def _search_run(queries: Any, prepared: Any, k: int, run: list[tuple[int, int]], *, exclude_self: bool,
+                **knn_kwargs: Any) -> Iterator[tuple[int, int, KnnResult]]:
+    """``(lo, hi, KnnResult)`` for each chunk of ``run`` (consecutive ranges, in order), from one
+    search of all their queries, read one chunk at a time; each chunk comes out as soon as the query
+    blocks holding its rows have (a block may straddle two chunks). A chunk's ``fallback_rows`` and
+    ``stats`` are those of the blocks that start in it."""
+    chunks = deque(run)
+    source = (queries[lo:hi] for lo, hi in run)
+    pieces: list[tuple[int, KnnResult]] = []  # block results holding rows of chunks not yet handed out
+    for off, part in iter_knn(source, prepared, k, exclude_self=exclude_self, query_offset=run[0][0], **knn_kwargs):
+        pieces.append((off, part))
+        while chunks and chunks[0][1] <= off + len(part.indices):
+            lo, hi = chunks.popleft()
+            yield lo, hi, _cut(pieces, lo, hi)
+
+
+def _cut(pieces: list[tuple[int, KnnResult]], lo: int, hi: int) -> KnnResult:
+    """Rows ``lo:hi`` of the block results ``pieces`` (offset, KnnResult), which cover them; the
+    pieces with rows past ``hi`` are kept in ``pieces``, the others removed."""
+    rows = [(p, max(lo, off) - off, min(hi, off + len(p.indices)) - off) for off, p in pieces]
+    rows = [(p, a, b) for p, a, b in rows if a < b]
+    starting = [p for off, p in pieces if lo <= off < hi]
+    pieces[:] = [(off, p) for off, p in pieces if off + len(p.indices) > hi]
+    return KnnResult(np.concatenate([p.distances[a:b] for p, a, b in rows]),
+                     np.concatenate([p.indices[a:b] for p, a, b in rows]),
+                     np.concatenate([p.sq[a:b] for p, a, b in rows]), rows[0][0].dim,
+                     sum(p.fallback_rows for p in starting), merged_stats([p.stats for p in starting]) if starting else {})
+
+
+def _may_be_cached(cache_dir: str | Path | None, lo: int, hi: int) -> bool:
+    """Whether chunk ``lo:hi`` has a file, or spans, that a run may read instead of searching it."""
+    if cache_dir is None:
+        return False
+    return chunk_path(cache_dir, lo, hi).exists() or bool(_spans_within(Path(cache_dir), lo, hi))
+
+
 def prepare_reference(reference: Any, knn_kwargs: dict[str, Any]) -> Any:
     """``reference`` prepared on the search's device once, when it fits (else as given, streamed)."""
     return prepare_reference_if_fits(reference, **{a: knn_kwargs[a] for a in ("backend", "device", "compute", "ref_cache_bytes")
@@ -190,26 +232,40 @@ def iter_cached_knn(
     :func:`chunk_ranges`, each saved to ``cache_dir/knn-<lo>-<hi>.npz`` (chunks already there, from
     an earlier run or from workers, are read instead). Each chunk is saved in a background thread
     while the next is searched (:class:`_ChunkWriter`); the last is on disk when the iteration ends,
-    also when the caller stops early. Only one chunk of queries and at most two results are in
-    memory at a time unless the caller keeps them."""
+    also when the caller stops early. Consecutive chunks to compute are searched in one call
+    (:func:`_search_run`): one chunk of queries is read at a time, and the results of the query
+    blocks the search holds (a group of them against a streamed reference) wait in memory until
+    their chunks are complete, besides at most two chunks' results unless the caller keeps them."""
     prepared = None  # the reference, prepared on the device at the first chunk that needs computing
     writer = _ChunkWriter()
     finished = False
+    ranges = chunk_ranges(queries, chunk)
     try:
-        for lo, hi in chunk_ranges(queries, chunk):
+        i = 0
+        while i < len(ranges):
+            lo, hi = ranges[i]
             path = None if cache_dir is None else chunk_path(cache_dir, lo, hi)
             res = _load_chunk(path, hi - lo, k) if path is not None else None
             if res is None and path is not None:  # a stopped --ray run may have left the chunk in spans
                 res = _from_spans(Path(cache_dir), lo, hi, k)
-            if res is None:
-                if prepared is None:
-                    prepared = prepare_reference(reference, knn_kwargs)
-                res = compute_chunk(queries, prepared, k, lo, hi, None, exclude_self=exclude_self, **knn_kwargs)
-                if path is not None:
-                    writer.submit(path, res, fault_name)
-            if progress is not None:
-                progress(hi - lo)
-            yield lo, res
+            if res is not None:
+                if progress is not None:
+                    progress(hi - lo)
+                yield lo, res
+                i += 1
+                continue
+            j = i + 1  # this chunk and the following ones that have nothing cached: one search
+            while j < len(ranges) and not _may_be_cached(cache_dir, *ranges[j]):
+                j += 1
+            if prepared is None:
+                prepared = prepare_reference(reference, knn_kwargs)
+            for lo, hi, res in _search_run(queries, prepared, k, ranges[i:j], exclude_self=exclude_self, **knn_kwargs):
+                if cache_dir is not None:
+                    writer.submit(chunk_path(cache_dir, lo, hi), res, fault_name)
+                if progress is not None:
+                    progress(hi - lo)
+                yield lo, res
+            i = j
         finished = True
     finally:
         writer.close(raise_failure=finished)
