@@ -10,9 +10,13 @@
 #          both again at the query blocks $QUERY_BLOCKS (the default block is 5,368 queries: the fused
 #          kernel writes no score matrix, so larger ones fit), and both profiled (host_waits: the
 #          host's waits on the GPU); and the resumable chunked search verify runs, each chunk saved in
-#          the background while the next is searched, beside saved in turn (--cached-chunks).
-# Files under $OUT: bench-knn-pipeline.json (written as it goes: "partial": true and the stage reached
-# if it was cut off), gpu-tests.log.
+#          the background while the next is searched, beside saved in turn (--cached-chunks);
+#   streamed  $STREAM_QUERIES (2^18) generations against the same reference given as a callable (never
+#          cached, as a training set larger than the cache): read once per group of query blocks beside
+#          once per block, and the resumable search in one call beside one per chunk (--streamed, 41st
+#          session).
+# Files under $OUT: bench-knn-pipeline.json and bench-knn-streamed.json (written as they go: "partial":
+# true and the stage reached if cut off), gpu-tests.log.
 # Run with carry [".whl"] (filled by `bash experiments/gpu_carry.sh`). Not yet run on a GPU (written in the
 # 40th session, which had none). A dry run on a CPU (the kernel through Triton's interpreter):
 #   TRITON_INTERPRET=1 QUERIES=256 REFS=3000 QUERY_BLOCKS=64,128 bash experiments/gpu_knn_pipeline.sh
@@ -26,9 +30,13 @@ run_gpu_tests "${TEST_LIMIT:-150}" tests/test_knn_pipeline.py tests/test_knn_fus
 rc=$?
 echo "tests done after $((SECONDS - T0))s"
 cd bench
-DIFFAUDIT_BENCH_RESULT="$OUT/bench-knn-pipeline.json" timeout -k 10 "${KNN_LIMIT:-400}" "$PY" bench_knn.py --synthetic \
+DIFFAUDIT_BENCH_RESULT="$OUT/bench-knn-pipeline.json" timeout -k 10 "${KNN_LIMIT:-330}" "$PY" bench_knn.py --synthetic \
     --queries "${QUERIES:-1048576}" --refs "${REFS:-50000}" --k 50 --peak-tflops 989 --peak-int8-tops 1979 --repeats 3 \
     --waiting --resident-queries --query-blocks "${QUERY_BLOCKS:-21845,65536}" --cached-chunks --profile \
     --skip cdist_topk,faiss_cpu,diffaudit_faiss,naive_numpy,gemm_only >"$OUT/bench-knn-pipeline.stdout" 2>"$OUT/bench-knn-pipeline.stderr"
 echo "bench exit $? after $((SECONDS - T0))s"; tail -5 "$OUT/bench-knn-pipeline.stderr"
+DIFFAUDIT_BENCH_RESULT="$OUT/bench-knn-streamed.json" timeout -k 10 "${STREAM_LIMIT:-90}" "$PY" bench_knn.py --synthetic \
+    --queries "${STREAM_QUERIES:-262144}" --refs "${REFS:-50000}" --k 50 --peak-int8-tops 1979 --repeats 2 --streamed \
+    --only none >"$OUT/bench-knn-streamed.stdout" 2>"$OUT/bench-knn-streamed.stderr"
+echo "streamed bench exit $? after $((SECONDS - T0))s"; tail -3 "$OUT/bench-knn-streamed.stderr"
 exit $rc
