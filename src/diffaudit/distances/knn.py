@@ -23,9 +23,9 @@ is cached prepared on the device when it fits ``ref_cache_bytes``, else streamed
 query blocks held prepared within ``query_group_bytes`` (the same budget by default: the memory a
 cached reference would take goes to the queries instead), in reference blocks of at most 1 GiB
 prepared on CUDA, 256 MiB on the CPU (:func:`_stream_block_rows`); the certificate's fallback also
-works one reference block at a time. Distances are returned
-ascending, float64 RMS in [0, 1]; smaller = nearer. Queries and reference must have the same values
-per image and, where both are given as images (N, H, W, C), the same image shape (H, W, C).
+works one reference block at a time. Distances are returned ascending, float64 RMS in [0, 1];
+smaller = nearer. Queries and reference must have the same values per image and, where both are
+given as images (N, H, W, C), the same image shape (H, W, C).
 
 On CUDA a cached reference is searched as a pipeline (``pipeline``, default on CUDA): query block
 i + 1 is queued on the GPU before block i's results are read back, into pinned memory behind an
