@@ -284,6 +284,11 @@ def time_streamed(q, r, k, dev, repeats=1, query_block=None) -> dict:
     """The search against ``r`` streamed (a callable yielding parts of 1,000 images, counted), read
     once per group of query blocks (default budget) and once per query block, alternating; best of
     ``repeats`` each."""
+    import shutil
+    import tempfile
+
+    from diffaudit.attacks.extraction import knn_cache
+
     passes = {"grouped": 0, "per_block": 0, "runs": 0, "per_chunk": 0}
 
     def reference(side):
@@ -308,11 +313,6 @@ def time_streamed(q, r, k, dev, repeats=1, query_block=None) -> dict:
            "passes_grouped": passes["grouped"], "passes_per_block": passes["per_block"],
            "same_result": bool(np.array_equal(results["grouped"].indices, results["per_block"].indices)
                                and np.array_equal(results["grouped"].sq, results["per_block"].sq))}
-    import shutil
-    import tempfile
-
-    from diffaudit.attacks.extraction import knn_cache
-
     chunked = {"runs": float("inf"), "per_chunk": float("inf")}
     for _ in range(repeats):
         for side, grouped_chunks in (("runs", True), ("per_chunk", False)):

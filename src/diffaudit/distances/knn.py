@@ -631,11 +631,11 @@ def _iter_knn(queries, reference, k, *, backend, device, compute, extra, query_b
         that the reference is read once per group. After an error reading or preparing a block, the
         blocks before it come out as a last group, then the error is raised."""
         group: list[PreparedQueries] = []
-        held = 0
+        held, itemsize = 0, _prepared_itemsize(be)
         try:
             for item in items:
                 group.append(prepare(*item))
-                held += group[-1].raw.numel() * _prepared_itemsize(be)
+                held += group[-1].raw.numel() * itemsize
                 if resident is not None or held >= group_bytes:
                     yield group
                     group, held = [], 0
