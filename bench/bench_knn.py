@@ -63,8 +63,10 @@ import argparse
 import importlib
 import io
 import resource
+import shutil
 import sys
 import tarfile
+import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -247,12 +249,26 @@ def time_fused_resident(n_queries, r, dev, qb, k, config, repeats=3):
     return times, float(incomplete.float().mean())
 
 
+def time_cached_knn(q, r, k, dev, patch=None, **kw) -> tuple[float, np.ndarray]:
+    """Seconds and neighbour indices of one resumable search (``knn_cache.iter_cached_knn``) into a
+    fresh temporary folder, removed after, under ``patch`` (a context manager, or None)."""
+    from diffaudit.attacks.extraction import knn_cache
+
+    folder = tempfile.mkdtemp(prefix="bench-knn-cache-")
+    try:
+        with patch or nullcontext():
+            _sync(dev)
+            t = time.perf_counter()
+            parts = [res for _, res in knn_cache.iter_cached_knn(q, r, k, folder, device=dev, **kw)]
+            seconds = time.perf_counter() - t
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return seconds, np.concatenate([p.indices for p in parts])
+
+
 def time_cached_chunks(q, r, k, dev, repeats=1) -> dict:
     """The resumable search (``knn_cache.iter_cached_knn``) into a fresh temporary folder per run,
     chunks saved in the background and in turn, alternating; best of ``repeats`` each."""
-    import shutil
-    import tempfile
-
     from diffaudit.attacks.extraction import knn_cache
 
     background = knn_cache._ChunkWriter.submit
@@ -264,16 +280,8 @@ def time_cached_chunks(q, r, k, dev, repeats=1) -> dict:
     results = {}
     for _ in range(repeats):
         for side, submit in (("background", background), ("in_turn", in_turn)):
-            folder = tempfile.mkdtemp(prefix="bench-knn-cache-")
-            try:
-                with mock.patch.object(knn_cache._ChunkWriter, "submit", submit):
-                    _sync(dev)
-                    t = time.perf_counter()
-                    parts = [res for _, res in knn_cache.iter_cached_knn(q, r, k, folder, device=dev)]
-                    best[side] = min(best[side], time.perf_counter() - t)
-            finally:
-                shutil.rmtree(folder, ignore_errors=True)
-            results[side] = np.concatenate([p.indices for p in parts])
+            seconds, results[side] = time_cached_knn(q, r, k, dev, mock.patch.object(knn_cache._ChunkWriter, "submit", submit))
+            best[side] = min(best[side], seconds)
     return {"background_seconds": best["background"], "in_turn_seconds": best["in_turn"],
             "background_speedup": best["in_turn"] / best["background"],
             "chunks": -(-len(q) // knn_cache.DEFAULT_CHUNK),
@@ -284,9 +292,6 @@ def time_streamed(q, r, k, dev, repeats=1, query_block=None) -> dict:
     """The search against ``r`` streamed (a callable yielding parts of 1,000 images, counted), read
     once per group of query blocks (default budget) and once per query block, alternating; best of
     ``repeats`` each."""
-    import shutil
-    import tempfile
-
     from diffaudit.attacks.extraction import knn_cache
 
     passes = {"grouped": 0, "per_block": 0, "runs": 0, "per_chunk": 0}
@@ -316,20 +321,11 @@ def time_streamed(q, r, k, dev, repeats=1, query_block=None) -> dict:
     chunked = {"runs": float("inf"), "per_chunk": float("inf")}
     for _ in range(repeats):
         for side, grouped_chunks in (("runs", True), ("per_chunk", False)):
-            folder = tempfile.mkdtemp(prefix="bench-knn-streamed-")
             passes[side] = 0
             # per chunk: every later chunk looks cached, so each is searched alone, as before
-            patch = nullcontext() if grouped_chunks else mock.patch.object(knn_cache, "_may_be_cached", lambda *a: True)
-            try:
-                with patch:
-                    _sync(dev)
-                    t = time.perf_counter()
-                    parts = [res for _, res in knn_cache.iter_cached_knn(q, reference(side), k, folder, device=dev,
-                                                                       query_block=query_block)]
-                    chunked[side] = min(chunked[side], time.perf_counter() - t)
-            finally:
-                shutil.rmtree(folder, ignore_errors=True)
-            results[side] = np.concatenate([p.indices for p in parts])
+            patch = None if grouped_chunks else mock.patch.object(knn_cache, "_may_be_cached", lambda *a: True)
+            seconds, results[side] = time_cached_knn(q, reference(side), k, dev, patch, query_block=query_block)
+            chunked[side] = min(chunked[side], seconds)
     out["cached_chunks"] = {"runs_seconds": chunked["runs"], "per_chunk_seconds": chunked["per_chunk"],
                             "runs_speedup": chunked["per_chunk"] / chunked["runs"],
                             "passes_runs": passes["runs"], "passes_per_chunk": passes["per_chunk"],

@@ -225,15 +225,16 @@ class _Running:
 
 def _search_streamed(backend, qs: list[PreparedQueries], blocks: Iterator[PreparedBlock], k: int, c: int,
                      exclude_self: bool) -> list[_Found]:
-    """Top k of a group of query blocks against a streamed reference, read once for all of them:
-    each reference block is searched against every query block in turn (:func:`_merge_block`)."""
+    """Top k of a group of query blocks (at least one) against a streamed reference, read once for
+    all of them: each reference block is searched against every query block in turn
+    (:func:`_merge_block`)."""
     runs = []
     for q in qs:
         bq, dev = q.raw.shape[0], q.raw.device
         runs.append(_Running(q, torch.full((bq, k), _SENTINEL, dtype=torch.int64, device=dev),
                              torch.full((bq, k), -1, dtype=torch.int64, device=dev)))
     for r in blocks:
-        if qs and r.raw.shape[1] != qs[0].raw.shape[1]:
+        if r.raw.shape[1] != qs[0].raw.shape[1]:
             raise DiffauditError(
                 f"queries have {qs[0].raw.shape[1]} values per image but the reference has {r.raw.shape[1]}: image shapes differ"
             )
